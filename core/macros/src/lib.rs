@@ -1,0 +1,1 @@
+//! Manta macros (being written).

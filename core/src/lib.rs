@@ -1,0 +1,1 @@
+//! Manta core (being written).

@@ -1,0 +1,1 @@
+//! Manta launcher (being written).
