@@ -1,1 +1,107 @@
-//! Manta (being written).
+//! # Manta
+//!
+//! A distributed task, actor and object runtime for HPC clusters, in the spirit of Ray.
+//! Write remote **tasks** (functions), **actors** (stateful objects) and pass immutable
+//! **objects** between them as futures ([`ObjectRef`]). `manta::init()` with nothing configured
+//! starts an embedded single-node cluster inside the process.
+//!
+//! ```
+//! #[manta::remote]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! #[manta::actor]
+//! pub struct Counter {
+//!     total: i64,
+//! }
+//!
+//! #[manta::actor]
+//! impl Counter {
+//!     pub fn new(start: i64) -> Self {
+//!         Counter { total: start }
+//!     }
+//!     pub fn add(&mut self, by: i64) -> i64 {
+//!         self.total += by;
+//!         self.total
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), manta::Error> {
+//!     manta::init()?;
+//!     let x = add::remote(1, 2);                 // a task; returns ObjectRef<i64> at once
+//!     let y = add::remote(&x, 10);               // refs are resolved before the task runs
+//!     assert_eq!(manta::get(&y)?, 13);
+//!
+//!     let counter = Counter::remote(100);        // an actor
+//!     counter.add(1);
+//!     assert_eq!(counter.add(&y).get()?, 114);   // calls run in submission order
+//!
+//!     let big = manta::put(vec![1u8; 1 << 20])?; // an object
+//!     let (ready, _) = manta::wait(vec![big], 1, None)?;
+//!     assert_eq!(ready[0].get()?.len(), 1 << 20);
+//!     manta::shutdown();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Errors are values
+//!
+//! A task that panics fails its result object; `get` returns [`Error::Task`] with the task's
+//! name and panic message, and the caller keeps running. A request no node could ever satisfy
+//! fails fast with [`Error::Infeasible`]. Using the API before `init` or after `shutdown`
+//! returns [`Error::NotInitialized`] or [`Error::ShutDown`].
+//!
+//! ## Bounds
+//!
+//! Arguments and results cross process boundaries in a cluster, so they are owned,
+//! `serde`-serialisable, `Send + 'static` values. Borrowed or thread-bound values are refused at
+//! compile time:
+//!
+//! ```compile_fail
+//! #[manta::remote]
+//! fn length(s: &str) -> usize { s.len() }
+//! ```
+//!
+//! ```compile_fail
+//! // Rc is neither Send nor serialisable: not a valid argument type.
+//! #[manta::remote]
+//! fn count(v: std::rc::Rc<Vec<u8>>) -> usize { v.len() }
+//! ```
+//!
+//! ```compile_fail
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct NotSend(std::marker::PhantomData<*const ()>);
+//! #[manta::remote]
+//! fn f() -> u8 { 0 }
+//! fn main() { let _ = f::remote(); let _ = manta::put(NotSend(Default::default())); }
+//! ```
+//!
+//! An actor's state is shared by the slots that run its methods, so it must be `Send + Sync`:
+//!
+//! ```compile_fail
+//! #[manta::actor]
+//! pub struct Cache { hits: std::cell::Cell<u64> }
+//! #[manta::actor]
+//! impl Cache {
+//!     pub fn new() -> Self { Cache { hits: std::cell::Cell::new(0) } }
+//! }
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
+
+extern crate self as manta;
+
+pub use manta_core::{
+    Actor, ActorHandle, ActorId, ActorOptions, Config, CustomResources, Error, IntoArg, NodeStatus,
+    ObjectId, ObjectRef, PutError, TaskError, TaskId, TaskOptions, block_on, cancel, get,
+    get_actor, get_all, get_timeout, init, init_with, is_initialized, kill, put,
+    registered_functions, restart, shutdown, status, wait,
+};
+pub use manta_macros::{actor, remote};
+
+/// Items generated code names; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use manta_core::__private::*;
+}

@@ -1,1 +1,45 @@
-//! Manta core (being written).
+//! The heart of Manta: ids, task specs, objects and ownership, the lock-free local scheduler,
+//! actors, the configuration catalogue and the embedded single-node runtime.
+//!
+//! Users depend on the `manta` facade, which re-exports this crate's API together with the
+//! `#[remote]` and `#[actor]` macros. See `ARCHITECTURE.md` at the repository root for how the
+//! pieces fit and which invariants they keep.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
+
+mod actor;
+mod api;
+mod codec;
+mod config;
+mod error;
+mod id;
+mod object;
+mod resources;
+mod runtime;
+mod scheduler;
+mod sync;
+mod task;
+
+pub use actor::{Actor, ActorHandle, ActorOptions};
+pub use api::{
+    NodeStatus, block_on, cancel, get, get_actor, get_all, get_timeout, kill, put, restart, status,
+    wait,
+};
+pub use config::{Config, CustomResources, Resolved};
+pub use error::{Error, PutError, TaskError};
+pub use id::{ActorId, ObjectId, TaskId};
+pub use object::ObjectRef;
+pub use runtime::{init, init_with, is_initialized, shutdown};
+pub use task::{IntoArg, TaskOptions, registered_functions};
+
+/// Items the macros' generated code names; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::actor::{ActorClass, ActorMethod, ActorState, BoxedState, RawActorHandle};
+    pub use crate::api::{create_actor, submit};
+    pub use crate::codec::encode;
+    pub use crate::object::ObjectCell;
+    pub use crate::object::ObjectValue;
+    pub use crate::task::{ArgReader, ArgSlot, Invoke, Registration, RemoteFunction};
+    pub use inventory;
+}

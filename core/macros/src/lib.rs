@@ -1,1 +1,367 @@
-//! Manta macros (being written).
+//! The `#[remote]` and `#[actor]` attribute macros of Manta.
+//!
+//! Generated code names the runtime through `::manta` (the facade crate), so these macros are
+//! for crates that depend on `manta`. Remote functions and actor classes must be module-level
+//! items: the generated module for a function `f` sits beside it and reaches it as `super::f`.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{FnArg, ImplItem, ItemFn, ItemImpl, ItemStruct, ReturnType, Type, parse_macro_input};
+
+/// Makes a function remote: `f::remote(args)` submits it as a task and returns an
+/// `ObjectRef` of its result; `f::options().num_cpus(2.0).remote(args)` sets per-call options.
+///
+/// Each argument may be given as a value or as an `ObjectRef` of that type.
+#[proc_macro_attribute]
+pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            Span::call_site(),
+            "#[remote] takes no arguments; set options per call with f::options()",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let func = parse_macro_input!(item as ItemFn);
+    expand_remote(func)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Makes a struct an actor class. Put it on the struct *and* on its `impl` block (in the same
+/// module): the impl must have a constructor `fn new(..) -> Self`; its `&self`/`&mut self`
+/// methods become remote methods, callable through `ActorHandle<Self>`.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            Span::call_site(),
+            "#[actor] takes no arguments; set options with Actor::options()",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let parsed: syn::Item = parse_macro_input!(item as syn::Item);
+    let out = match parsed {
+        syn::Item::Struct(s) => expand_actor_struct(s),
+        syn::Item::Impl(i) => expand_actor_impl(i),
+        other => Err(syn::Error::new(
+            other.span(),
+            "#[actor] goes on a struct and on its impl block",
+        )),
+    };
+    out.unwrap_or_else(syn::Error::into_compile_error).into()
+}
+
+/// The typed arguments of a function signature, renamed `__arg0..`.
+struct Args {
+    names: Vec<syn::Ident>,
+    types: Vec<Type>,
+}
+
+fn typed_args<'a>(inputs: impl Iterator<Item = &'a FnArg>) -> syn::Result<Args> {
+    let mut names = Vec::new();
+    let mut types = Vec::new();
+    for (i, arg) in inputs.enumerate() {
+        match arg {
+            FnArg::Typed(pt) => {
+                if let Type::ImplTrait(_) = &*pt.ty {
+                    return Err(syn::Error::new(
+                        pt.ty.span(),
+                        "remote arguments need concrete types, not `impl Trait`",
+                    ));
+                }
+                if let Type::Reference(_) = &*pt.ty {
+                    return Err(syn::Error::new(
+                        pt.ty.span(),
+                        "remote arguments are owned values (they may travel to another process); take `T`, not `&T`",
+                    ));
+                }
+                names.push(format_ident!("__arg{}", i));
+                types.push((*pt.ty).clone());
+            }
+            FnArg::Receiver(r) => return Err(syn::Error::new(r.span(), "unexpected receiver")),
+        }
+    }
+    Ok(Args { names, types })
+}
+
+fn return_type(output: &ReturnType) -> Type {
+    match output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    }
+}
+
+fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &func.sig;
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "remote functions cannot be generic: each is registered under one stable name",
+        ));
+    }
+    if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
+        return Err(syn::Error::new(
+            r.span(),
+            "#[remote] is for free functions; use #[actor] for methods",
+        ));
+    }
+    let name = &sig.ident;
+    let vis = &func.vis;
+    let Args { names, types } = typed_args(sig.inputs.iter())?;
+    let ret = return_type(&sig.output);
+    let call = if sig.asyncness.is_some() {
+        quote!(::manta::block_on(super::#name(#(#names),*)))
+    } else {
+        quote!(super::#name(#(#names),*))
+    };
+    let doc = format!(
+        "Remote handle of [`{name}`](fn@{name}): `{name}::remote(..)` submits it as a task."
+    );
+    Ok(quote! {
+        #func
+
+        #[doc = #doc]
+        #[allow(non_snake_case, non_camel_case_types, unreachable_pub, clippy::too_many_arguments)]
+        #vis mod #name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The registered function.
+            pub static FUNCTION: ::manta::__private::RemoteFunction =
+                ::manta::__private::RemoteFunction::new(::core::module_path!(), __invoke);
+
+            ::manta::__private::inventory::submit! { ::manta::__private::Registration(&FUNCTION) }
+
+            fn __invoke(
+                __args: &mut ::manta::__private::ArgReader<'_>,
+            ) -> ::core::result::Result<::manta::__private::ObjectValue, ::manta::Error> {
+                #( let #names: #types = __args.next()?; )*
+                let __out: #ret = #call;
+                ::manta::__private::encode(&__out)
+            }
+
+            /// Submits the function as a task with default options.
+            pub fn remote(#( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ObjectRef<#ret> {
+                options().remote(#(#names),*)
+            }
+
+            /// Per-call options; finish with `.remote(args)`.
+            pub fn options() -> Options {
+                Options(::manta::TaskOptions::default())
+            }
+
+            /// Per-call options of this function.
+            #[derive(Clone, Debug)]
+            pub struct Options(::manta::TaskOptions);
+
+            impl Options {
+                /// CPUs the task holds while it runs (default 1).
+                pub fn num_cpus(self, n: f64) -> Self { Options(self.0.num_cpus(n)) }
+                /// GPUs the task holds while it runs (default 0).
+                pub fn num_gpus(self, n: f64) -> Self { Options(self.0.num_gpus(n)) }
+                /// An amount of a custom resource the task holds while it runs.
+                pub fn resource(self, name: &str, amount: f64) -> Self { Options(self.0.resource(name, amount)) }
+                /// How many times to run the task again if it panics.
+                pub fn max_retries(self, n: u32) -> Self { Options(self.0.max_retries(n)) }
+                /// The task's name in errors and listings.
+                pub fn name(self, name: impl Into<String>) -> Self { Options(self.0.name(name)) }
+                /// Submits the task with these options.
+                pub fn remote(&self, #( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ObjectRef<#ret> {
+                    ::manta::__private::submit(
+                        &FUNCTION,
+                        ::std::vec![#( ::manta::IntoArg::into_slot(#names) ),*],
+                        &self.0,
+                    )
+                }
+            }
+        }
+    })
+}
+
+fn expand_actor_struct(item: ItemStruct) -> syn::Result<TokenStream2> {
+    if !item.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            item.generics.span(),
+            "actor classes cannot be generic",
+        ));
+    }
+    let name = &item.ident;
+    let vis = &item.vis;
+    let methods = format_ident!("{}Methods", name);
+    let doc = format!(
+        "The remote methods of a [`{name}`] actor; an `ActorHandle<{name}>` derefs to this."
+    );
+    Ok(quote! {
+        #item
+
+        #[doc = #doc]
+        #[derive(Clone, Debug)]
+        #vis struct #methods(::manta::__private::RawActorHandle);
+
+        impl ::core::convert::From<::manta::__private::RawActorHandle> for #methods {
+            fn from(raw: ::manta::__private::RawActorHandle) -> Self { #methods(raw) }
+        }
+
+        impl ::core::convert::AsRef<::manta::__private::RawActorHandle> for #methods {
+            fn as_ref(&self) -> &::manta::__private::RawActorHandle { &self.0 }
+        }
+
+        impl ::manta::Actor for #name {
+            type Methods = #methods;
+            const CLASS: &'static ::manta::__private::ActorClass = &#name::__MANTA_CLASS;
+        }
+    })
+}
+
+fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
+    if !item.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            item.generics.span(),
+            "actor classes cannot be generic",
+        ));
+    }
+    if let Some((_, path, _)) = &item.trait_ {
+        return Err(syn::Error::new(
+            path.span(),
+            "#[actor] goes on the inherent impl block, not a trait impl",
+        ));
+    }
+    let name = match &*item.self_ty {
+        Type::Path(p) => p.path.segments.last().map(|s| s.ident.clone()),
+        _ => None,
+    }
+    .ok_or_else(|| syn::Error::new(item.self_ty.span(), "#[actor] needs a named struct type"))?;
+    let methods_ty = format_ident!("{}Methods", name);
+    let options_ty = format_ident!("{}Options", name);
+
+    let mut constructor = None;
+    let mut proxies = Vec::new();
+    for impl_item in &item.items {
+        let ImplItem::Fn(f) = impl_item else { continue };
+        let sig = &f.sig;
+        match sig.inputs.first() {
+            Some(FnArg::Receiver(r)) => {
+                if r.reference.is_none() {
+                    return Err(syn::Error::new(
+                        r.span(),
+                        "actor methods take &self or &mut self",
+                    ));
+                }
+                if !sig.generics.params.is_empty() {
+                    return Err(syn::Error::new(
+                        sig.generics.span(),
+                        "actor methods cannot be generic",
+                    ));
+                }
+                let mutable = r.mutability.is_some();
+                let Args { names, types } = typed_args(sig.inputs.iter().skip(1))?;
+                let ret = return_type(&sig.output);
+                let method = &sig.ident;
+                let vis = &f.vis;
+                let label = format!("{name}::{method}");
+                let body = if sig.asyncness.is_some() {
+                    quote!(::manta::block_on(__this.#method(#(#names),*)))
+                } else {
+                    quote!(__this.#method(#(#names),*))
+                };
+                let access = if mutable {
+                    quote!(with_mut)
+                } else {
+                    quote!(with_ref)
+                };
+                let doc = format!(
+                    "Calls [`{name}::{method}`] on the actor; returns its result as an object."
+                );
+                proxies.push(quote! {
+                    #[doc = #doc]
+                    #[allow(clippy::too_many_arguments)]
+                    #vis fn #method(&self, #( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ObjectRef<#ret> {
+                        fn __invoke(
+                            __state: &::manta::__private::ActorState,
+                            __args: &mut ::manta::__private::ArgReader<'_>,
+                        ) -> ::core::result::Result<::manta::__private::ObjectValue, ::manta::Error> {
+                            #( let #names: #types = __args.next()?; )*
+                            let __out: #ret = __state.#access::<#name, _>(|__this| #body)?;
+                            ::manta::__private::encode(&__out)
+                        }
+                        static __METHOD: ::manta::__private::ActorMethod =
+                            ::manta::__private::ActorMethod::new(#label, __invoke);
+                        self.0.call(&__METHOD, ::std::vec![#( ::manta::IntoArg::into_slot(#names) ),*])
+                    }
+                });
+            }
+            _ if sig.ident == "new" => constructor = Some(typed_args(sig.inputs.iter())?),
+            _ => {}
+        }
+    }
+    let Args { names, types } = constructor.ok_or_else(|| {
+        syn::Error::new(
+            item.self_ty.span(),
+            "an #[actor] impl needs a constructor `fn new(..) -> Self`",
+        )
+    })?;
+    let doc_options =
+        format!("Options for creating a [`{name}`] actor; finish with `.remote(args)`.");
+    Ok(quote! {
+        #item
+
+        impl #name {
+            #[doc(hidden)]
+            pub const __MANTA_CLASS: ::manta::__private::ActorClass = ::manta::__private::ActorClass::new(
+                ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name)),
+                #name::__manta_construct,
+            );
+
+            fn __manta_construct(
+                __args: &mut ::manta::__private::ArgReader<'_>,
+            ) -> ::core::result::Result<::manta::__private::BoxedState, ::manta::Error> {
+                #( let #names: #types = __args.next()?; )*
+                ::core::result::Result::Ok(::std::boxed::Box::new(#name::new(#(#names),*)))
+            }
+
+            /// Creates the actor with default options; its constructor runs on a slot.
+            pub fn remote(#( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ActorHandle<#name> {
+                #name::options().remote(#(#names),*)
+            }
+
+            /// Options for creating the actor.
+            pub fn options() -> #options_ty {
+                #options_ty(::manta::ActorOptions::default())
+            }
+        }
+
+        #[doc = #doc_options]
+        #[derive(Clone, Debug)]
+        pub struct #options_ty(::manta::ActorOptions);
+
+        impl #options_ty {
+            /// CPUs the actor holds for its whole life (default 0).
+            pub fn num_cpus(self, n: f64) -> Self { #options_ty(self.0.num_cpus(n)) }
+            /// GPUs the actor holds for its whole life (default 0).
+            pub fn num_gpus(self, n: f64) -> Self { #options_ty(self.0.num_gpus(n)) }
+            /// An amount of a custom resource the actor holds for its whole life.
+            pub fn resource(self, name: &str, amount: f64) -> Self { #options_ty(self.0.resource(name, amount)) }
+            /// How many calls may run at once (default 1, in submission order).
+            pub fn max_concurrency(self, n: usize) -> Self { #options_ty(self.0.max_concurrency(n)) }
+            /// How many times `manta::restart` may bring the actor back (default 0).
+            pub fn max_restarts(self, n: u32) -> Self { #options_ty(self.0.max_restarts(n)) }
+            /// Registers the actor under a name for `manta::get_actor`.
+            pub fn name(self, name: impl Into<String>) -> Self { #options_ty(self.0.name(name)) }
+            /// Creates the actor with these options.
+            pub fn remote(&self, #( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ActorHandle<#name> {
+                ::manta::__private::create_actor::<#name>(
+                    ::std::vec![#( ::manta::IntoArg::into_slot(#names) ),*],
+                    &self.0,
+                )
+            }
+        }
+
+        impl #methods_ty {
+            #(#proxies)*
+        }
+    })
+}

@@ -1,0 +1,626 @@
+//! Actors: stateful workers whose method calls run one at a time, in submission order.
+//!
+//! An actor is a value of the user's type (its *state*) plus a mailbox of calls. It is not a
+//! thread: when calls arrive, the actor is scheduled as a [`Job`] on the node's slots, and the
+//! slot that picks it up *drains* the mailbox. `max_concurrency` bounds how many drainers run
+//! at once (1 by default, which gives Ray's per-caller ordering — in fact a total order).
+//!
+//! # The mailbox protocol
+//!
+//! 1. A call is pushed onto the lock-free mailbox, then [`ActorCell::activate`] raises `active`
+//!    by compare-and-swap unless it is already `max_concurrency`; the one that raises it pushes
+//!    a drain job. So at most `max_concurrency` drainers exist.
+//! 2. A drainer takes the stalled head (if any) or pops the next call. If one of the call's
+//!    argument objects is not ready, the call becomes the stalled head and the actor registers
+//!    as a waiter on that object; no later call overtakes it (ordering survives dependencies).
+//! 3. A drainer leaves by lowering `active`, then re-checks for runnable calls and, if there
+//!    are any, activates again. A push (or dependency completion) that raced with the leaving
+//!    drainer either saw `active` already lowered and activated itself, or happened before the
+//!    re-check and is found by it: no call is stranded. Both sides use `SeqCst`.
+//! 4. After `DRAIN_BATCH` calls a drainer re-queues the actor as a fresh job, so one busy actor
+//!    cannot monopolise a slot while other jobs wait.
+//!
+//! # Life
+//!
+//! `Creating → Alive → Dead`; a kill with restarts left goes `Alive → Creating` again and
+//! re-runs the constructor with its original arguments. The constructor runs as a task, which
+//! takes the actor's resources; they are held until the actor dies.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crossbeam_queue::SegQueue;
+
+use crate::codec;
+use crate::error::{Error, TaskError};
+use crate::id::ActorId;
+use crate::object::{ObjectCell, ObjectRef, ObjectValue, Waiter};
+use crate::resources::{Demand, ResourceRequest};
+use crate::runtime::{self, RuntimeInner};
+use crate::scheduler::{Job, Scheduler};
+use crate::sync::{
+    Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, OnceLock, Ordering, RwLock, lock,
+};
+use crate::task::{ArgReader, ArgSlot};
+
+/// A type usable as an actor (implemented by `#[manta::actor]`).
+pub trait Actor: Send + Sync + 'static {
+    /// The generated type carrying the actor's remote methods; an [`ActorHandle`] derefs to it.
+    type Methods: From<RawActorHandle> + AsRef<RawActorHandle> + Clone + Send + Sync;
+    /// The class descriptor.
+    const CLASS: &'static ActorClass;
+}
+
+/// Type-erased actor state.
+pub type BoxedState = Box<dyn Any + Send + Sync>;
+
+/// An actor class: its name and constructor (registered by `#[manta::actor]`).
+#[derive(Debug)]
+pub struct ActorClass {
+    name: &'static str,
+    construct: fn(&mut ArgReader<'_>) -> Result<BoxedState, Error>,
+}
+
+impl ActorClass {
+    /// Declares a class (used by the `#[actor]` macro).
+    pub const fn new(
+        name: &'static str,
+        construct: fn(&mut ArgReader<'_>) -> Result<BoxedState, Error>,
+    ) -> Self {
+        ActorClass { name, construct }
+    }
+    /// The class name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// One remote method of an actor class.
+#[derive(Debug)]
+pub struct ActorMethod {
+    name: &'static str,
+    invoke: fn(&ActorState, &mut ArgReader<'_>) -> Result<ObjectValue, Error>,
+}
+
+impl ActorMethod {
+    /// Declares a method (used by the `#[actor]` macro).
+    pub const fn new(
+        name: &'static str,
+        invoke: fn(&ActorState, &mut ArgReader<'_>) -> Result<ObjectValue, Error>,
+    ) -> Self {
+        ActorMethod { name, invoke }
+    }
+}
+
+/// An actor's state behind a read-write lock: `&self` methods share it (and may run
+/// concurrently under `max_concurrency`), `&mut self` methods hold it exclusively.
+pub struct ActorState(RwLock<Option<BoxedState>>);
+
+impl std::fmt::Debug for ActorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ActorState")
+    }
+}
+
+impl ActorState {
+    /// Runs `f` on a shared borrow of the state.
+    pub fn with_ref<A: 'static, R>(&self, f: impl FnOnce(&A) -> R) -> Result<R, Error> {
+        let guard = self.0.read().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref().and_then(|s| s.downcast_ref::<A>()) {
+            Some(state) => Ok(f(state)),
+            None => Err(Error::ShutDown),
+        }
+    }
+
+    /// Runs `f` on an exclusive borrow of the state.
+    pub fn with_mut<A: 'static, R>(&self, f: impl FnOnce(&mut A) -> R) -> Result<R, Error> {
+        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut().and_then(|s| s.downcast_mut::<A>()) {
+            Some(state) => Ok(f(state)),
+            None => Err(Error::ShutDown),
+        }
+    }
+
+    fn replace(&self, state: Option<BoxedState>) -> Option<BoxedState> {
+        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, state)
+    }
+}
+
+/// Options of an actor (Ray's `.options(...)` on an actor class).
+#[derive(Clone, Debug)]
+pub struct ActorOptions {
+    pub(crate) resources: ResourceRequest,
+    pub(crate) max_concurrency: usize,
+    pub(crate) max_restarts: u32,
+    pub(crate) name: Option<String>,
+}
+
+impl Default for ActorOptions {
+    fn default() -> Self {
+        ActorOptions {
+            resources: ResourceRequest::actor_default(),
+            max_concurrency: 1,
+            max_restarts: 0,
+            name: None,
+        }
+    }
+}
+
+impl ActorOptions {
+    /// CPUs the actor holds for its whole life (default 0).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.resources.num_cpus = n;
+        self
+    }
+    /// GPUs the actor holds for its whole life (default 0).
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.resources.num_gpus = n;
+        self
+    }
+    /// An amount of a custom resource the actor holds for its whole life.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.set_custom(name, amount);
+        self
+    }
+    /// How many calls may run at once (default 1: one at a time, in submission order).
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n.max(1);
+        self
+    }
+    /// How many times `manta::restart` may bring the actor back (default 0).
+    pub fn max_restarts(mut self, n: u32) -> Self {
+        self.max_restarts = n;
+        self
+    }
+    /// Registers the actor under a name, for [`crate::get_actor`]. A named actor lives until
+    /// it is killed, even with no handle left.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+struct ActorCall {
+    method: &'static ActorMethod,
+    args: Box<[ArgSlot]>,
+    result: Arc<ObjectCell>,
+}
+
+impl ActorCall {
+    fn first_unready(&self) -> Option<&Arc<ObjectCell>> {
+        self.args.iter().find_map(|a| match a {
+            ArgSlot::Ref(cell) if !cell.is_ready() => Some(cell),
+            _ => None,
+        })
+    }
+}
+
+const CREATING: u8 = 0;
+const ALIVE: u8 = 1;
+const DEAD: u8 = 2;
+const DRAIN_BATCH: usize = 256;
+
+/// A live actor (see the module docs).
+pub(crate) struct ActorCell {
+    id: ActorId,
+    class: &'static ActorClass,
+    state: ActorState,
+    mailbox: SegQueue<ActorCall>,
+    stalled: Mutex<Option<ActorCall>>,
+    has_stalled: AtomicBool,
+    active: AtomicUsize,
+    max_concurrency: usize,
+    life: AtomicU8,
+    death: OnceLock<Error>,
+    name: Option<String>,
+    demand: Demand,
+    holds_resources: AtomicBool,
+    restarts_left: AtomicUsize,
+    ctor_args: OnceLock<Box<[ArgSlot]>>,
+    created: OnceLock<Arc<ObjectCell>>,
+}
+
+impl std::fmt::Debug for ActorCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorCell")
+            .field("id", &self.id)
+            .field("class", &self.class.name)
+            .finish()
+    }
+}
+
+impl ActorCell {
+    pub(crate) fn new(
+        id: ActorId,
+        class: &'static ActorClass,
+        options: &ActorOptions,
+        demand: Demand,
+    ) -> Self {
+        ActorCell {
+            id,
+            class,
+            state: ActorState(RwLock::new(None)),
+            mailbox: SegQueue::new(),
+            stalled: Mutex::new(None),
+            has_stalled: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            max_concurrency: options.max_concurrency.max(1),
+            life: AtomicU8::new(CREATING),
+            death: OnceLock::new(),
+            name: options.name.clone(),
+            demand,
+            holds_resources: AtomicBool::new(false),
+            restarts_left: AtomicUsize::new(options.max_restarts as usize),
+            ctor_args: OnceLock::new(),
+            created: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> ActorId {
+        self.id
+    }
+
+    pub(crate) fn class_name(&self) -> &'static str {
+        self.class.name
+    }
+
+    pub(crate) fn demand(&self) -> &Demand {
+        &self.demand
+    }
+
+    pub(crate) fn set_created(&self, cell: Arc<ObjectCell>) {
+        let _ = self.created.set(cell);
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.life.load(Ordering::Acquire) == ALIVE
+    }
+
+    pub(crate) fn is_dead(&self) -> bool {
+        self.life.load(Ordering::Acquire) == DEAD
+    }
+
+    fn death_error(&self) -> Error {
+        self.death
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.died("dead"))
+    }
+
+    fn died(&self, reason: &str) -> Error {
+        Error::ActorDied {
+            actor: self.id,
+            class: self.class.name.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Runs the constructor (as the body of the actor's creation task).
+    pub(crate) fn construct(self: &Arc<Self>, args: &[ArgSlot]) -> Result<ObjectValue, Error> {
+        let state = (self.class.construct)(&mut ArgReader::new(args))?;
+        self.state.replace(Some(state));
+        let _ = self.ctor_args.set(args.to_vec().into_boxed_slice());
+        self.holds_resources
+            .store(!self.demand.is_empty(), Ordering::Release);
+        if self
+            .life
+            .compare_exchange(CREATING, ALIVE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Killed while its constructor ran.
+            self.state.replace(None);
+        }
+        self.activate();
+        codec::encode(&())
+    }
+
+    pub(crate) fn constructor_failed(&self, error: Error) {
+        let reason = format!("its constructor failed: {error}");
+        self.die(self.died(&reason));
+    }
+
+    /// Marks the actor dead with `error` and fails every queued call with it.
+    pub(crate) fn die(&self, error: Error) {
+        let _ = self.death.set(error);
+        self.life.store(DEAD, Ordering::Release);
+        self.state.replace(None);
+        if self.holds_resources.swap(false, Ordering::AcqRel) {
+            let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));
+        }
+        if let Some(name) = &self.name {
+            let _ = runtime::with_current(|rt| rt.unname_actor(name, self.id));
+        }
+        self.fail_all(self.death_error());
+    }
+
+    /// Kills the actor; with `restart` and restarts left, runs its constructor again.
+    pub(crate) fn kill(self: &Arc<Self>, restart: bool, rt: &Arc<RuntimeInner>) -> bool {
+        if self.is_dead() {
+            return false;
+        }
+        let restarting = restart
+            && self
+                .restarts_left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+        if !restarting {
+            self.die(self.died("killed by manta::kill"));
+            return true;
+        }
+        self.life.store(CREATING, Ordering::Release);
+        self.state.replace(None);
+        if self.holds_resources.swap(false, Ordering::AcqRel) {
+            rt.scheduler.release(&self.demand);
+        }
+        let args = self.ctor_args.get().cloned().unwrap_or_default();
+        rt.start_actor(self.clone(), args.into_vec());
+        true
+    }
+
+    /// Submits a method call (step 1 of the protocol).
+    pub(crate) fn call<R>(
+        self: &Arc<Self>,
+        method: &'static ActorMethod,
+        args: Vec<Result<ArgSlot, Error>>,
+    ) -> ObjectRef<R> {
+        if self.is_dead() {
+            return ObjectRef::failed(self.death_error());
+        }
+        let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(a) => a.into_boxed_slice(),
+            Err(e) => return ObjectRef::failed(e),
+        };
+        let id = match runtime::with_current(|rt| rt.next_object_id()) {
+            Ok(id) => id,
+            Err(e) => return ObjectRef::failed(e),
+        };
+        let result = Arc::new(ObjectCell::pending(id, None));
+        self.mailbox.push(ActorCall {
+            method,
+            args,
+            result: result.clone(),
+        });
+        if self.is_dead() {
+            self.fail_all(self.death_error());
+        } else {
+            self.activate();
+        }
+        ObjectRef::from_cell(result)
+    }
+
+    /// Schedules a drainer if fewer than `max_concurrency` run (step 1).
+    pub(crate) fn activate(self: &Arc<Self>) {
+        if !self.is_alive() {
+            return;
+        }
+        let mut current = self.active.load(Ordering::SeqCst);
+        while current < self.max_concurrency {
+            match self.active.compare_exchange(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    let me = self.clone();
+                    if let Err(e) =
+                        runtime::with_current(move |rt| rt.scheduler.push(Job::Actor(me)))
+                    {
+                        self.active.fetch_sub(1, Ordering::SeqCst);
+                        self.fail_all(e);
+                    }
+                    return;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    pub(crate) fn dependency_ready(self: Arc<Self>) {
+        self.activate();
+    }
+
+    fn next_call(&self) -> Option<ActorCall> {
+        if self.has_stalled.load(Ordering::SeqCst) {
+            let mut stalled = lock(&self.stalled);
+            if let Some(call) = stalled.take() {
+                self.has_stalled.store(false, Ordering::SeqCst);
+                return Some(call);
+            }
+        }
+        self.mailbox.pop()
+    }
+
+    fn stall(&self, call: ActorCall) {
+        *lock(&self.stalled) = Some(call);
+        self.has_stalled.store(true, Ordering::SeqCst);
+    }
+
+    fn has_runnable(&self) -> bool {
+        if !self.is_alive() {
+            return false;
+        }
+        if self.has_stalled.load(Ordering::SeqCst) {
+            return lock(&self.stalled)
+                .as_ref()
+                .is_some_and(|c| c.first_unready().is_none());
+        }
+        !self.mailbox.is_empty()
+    }
+
+    /// Runs queued calls (steps 2–4), on a slot.
+    pub(crate) fn drain(self: Arc<Self>, scheduler: &Scheduler) {
+        for _ in 0..DRAIN_BATCH {
+            if !self.is_alive() {
+                break;
+            }
+            let Some(call) = self.next_call() else { break };
+            if let Some(dep) = call.first_unready().cloned() {
+                self.stall(call);
+                if dep.register(Waiter::Actor(self.clone())).is_ok() {
+                    break;
+                }
+                continue;
+            }
+            self.run(call);
+        }
+        if self.is_alive() && self.has_runnable() && !self.has_stalled.load(Ordering::SeqCst) {
+            // Step 4: batch exhausted with calls left; stay active and go to the back.
+            scheduler.push(Job::Actor(self));
+            return;
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        if self.is_dead() {
+            self.fail_all(self.death_error());
+        } else if self.has_runnable() {
+            self.activate();
+        }
+    }
+
+    fn run(&self, call: ActorCall) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            (call.method.invoke)(&self.state, &mut ArgReader::new(&call.args))
+        }));
+        let result = match outcome {
+            Ok(Err(Error::ShutDown)) if !self.is_alive() => Err(self.death_error()),
+            Ok(r) => r,
+            Err(payload) => Err(Error::Task(TaskError::panic(
+                call.method.name,
+                payload.as_ref(),
+            ))),
+        };
+        call.result.complete(result);
+    }
+
+    /// Fails every queued call with `error`.
+    pub(crate) fn fail_all(&self, error: Error) {
+        if let Some(call) = lock(&self.stalled).take() {
+            self.has_stalled.store(false, Ordering::SeqCst);
+            call.result.complete(Err(error.clone()));
+        }
+        while let Some(call) = self.mailbox.pop() {
+            call.result.complete(Err(error.clone()));
+        }
+    }
+}
+
+impl Drop for ActorCell {
+    fn drop(&mut self) {
+        if self.holds_resources.swap(false, Ordering::AcqRel) {
+            let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));
+        }
+        let _ = runtime::with_current(|rt| rt.forget_actor(self.id));
+        let err = self.died("it went out of scope");
+        self.fail_all(err);
+    }
+}
+
+/// The untyped part of an actor handle; generated method wrappers call through it.
+#[derive(Clone, Debug)]
+pub struct RawActorHandle {
+    pub(crate) cell: Arc<ActorCell>,
+}
+
+impl RawActorHandle {
+    /// Submits a call of `method` (used by generated code).
+    pub fn call<R>(
+        &self,
+        method: &'static ActorMethod,
+        args: Vec<Result<ArgSlot, Error>>,
+    ) -> ObjectRef<R> {
+        self.cell.call(method, args)
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.cell.id
+    }
+}
+
+/// A handle to an actor of type `A`: call its methods through it (it derefs to the generated
+/// method set), clone it, pass it to tasks.
+pub struct ActorHandle<A: Actor> {
+    methods: A::Methods,
+}
+
+impl<A: Actor> ActorHandle<A> {
+    pub(crate) fn from_raw(raw: RawActorHandle) -> Self {
+        ActorHandle {
+            methods: A::Methods::from(raw),
+        }
+    }
+
+    /// The untyped handle (for generated code and the runtime).
+    #[doc(hidden)]
+    pub fn as_raw(&self) -> &RawActorHandle {
+        self.methods.as_ref()
+    }
+
+    fn raw(&self) -> &RawActorHandle {
+        self.as_raw()
+    }
+
+    /// A handle to an actor that could not be created: every call fails with `error`.
+    pub(crate) fn dead(error: Error) -> Self {
+        let cell = Arc::new(ActorCell::new(
+            ActorId::from_u64(0),
+            A::CLASS,
+            &ActorOptions::default(),
+            Demand::none(),
+        ));
+        cell.die(error);
+        Self::from_raw(RawActorHandle { cell })
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.raw().cell.id
+    }
+
+    /// An object that becomes ready when the constructor has run (or fails if it failed).
+    pub fn ready(&self) -> ObjectRef<()> {
+        match self.raw().cell.created.get() {
+            Some(cell) => ObjectRef::from_cell(cell.clone()),
+            None => ObjectRef::failed(self.raw().cell.death_error()),
+        }
+    }
+}
+
+impl<A: Actor> Clone for ActorHandle<A> {
+    fn clone(&self) -> Self {
+        ActorHandle {
+            methods: self.methods.clone(),
+        }
+    }
+}
+
+impl<A: Actor> std::ops::Deref for ActorHandle<A> {
+    type Target = A::Methods;
+    fn deref(&self) -> &A::Methods {
+        &self.methods
+    }
+}
+
+impl<A: Actor> std::fmt::Debug for ActorHandle<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle<{}>({})", A::CLASS.name, self.id())
+    }
+}
+
+impl<A: Actor> serde::Serialize for ActorHandle<A> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        codec::note_nested_actor(&self.raw().cell);
+        serializer.serialize_u64(self.id().as_u64())
+    }
+}
+
+impl<'de, A: Actor> serde::Deserialize<'de> for ActorHandle<A> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let id = ActorId::from_u64(<u64 as serde::Deserialize>::deserialize(deserializer)?);
+        let cell = runtime::with_current(|rt| rt.lookup_actor(id))
+            .and_then(|r| r)
+            .map_err(serde::de::Error::custom)?;
+        Ok(Self::from_raw(RawActorHandle { cell }))
+    }
+}

@@ -1,0 +1,225 @@
+//! The user-facing calls: `put`, `get`, `wait`, `cancel`, actor lookup and kill, status.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::actor::{Actor, ActorHandle, ActorOptions, RawActorHandle};
+use crate::codec;
+use crate::error::{Error, PutError};
+use crate::object::{Latch, ObjectCell, ObjectRef, Waiter};
+use crate::runtime::{self, with_current};
+use crate::scheduler::Blocked;
+use crate::sync::{Arc, Ordering, thread};
+use crate::task::{ArgSlot, RemoteFunction, TaskOptions};
+
+/// Stores `value` as an immutable object and returns a reference to it.
+///
+/// On failure the value is handed back inside the [`PutError`].
+pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>, PutError<T>> {
+    let id = match with_current(|rt| rt.next_object_id()) {
+        Ok(id) => id,
+        Err(error) => return Err(PutError { value, error }),
+    };
+    match codec::encode(&value) {
+        Ok(encoded) => Ok(ObjectRef::from_cell(Arc::new(ObjectCell::ready(
+            id,
+            Ok(encoded),
+        )))),
+        Err(error) => Err(PutError { value, error }),
+    }
+}
+
+/// Blocks until the object is available and returns a copy of its value.
+pub fn get<T: DeserializeOwned>(object: &ObjectRef<T>) -> Result<T, Error> {
+    object.get()
+}
+
+/// Like [`get`], failing with [`Error::Timeout`] after `timeout`.
+pub fn get_timeout<T: DeserializeOwned>(
+    object: &ObjectRef<T>,
+    timeout: Duration,
+) -> Result<T, Error> {
+    object.get_timeout(timeout)
+}
+
+/// Gets every object, in order; the first failure is returned.
+pub fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, Error> {
+    objects.iter().map(ObjectRef::get).collect()
+}
+
+/// Waits until `num_returns` of `objects` are ready or `timeout` passes, and splits them into
+/// `(ready, not_ready)`, each in the input order. `ready` holds at most `num_returns`; a
+/// timeout is not an error (Ray's `ray.wait`).
+pub fn wait<T>(
+    objects: Vec<ObjectRef<T>>,
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>), Error> {
+    let num_returns = num_returns.min(objects.len());
+    let already = objects.iter().filter(|o| o.is_ready()).count();
+    if already < num_returns {
+        let rt = with_current(|rt| rt.clone())?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let s = &rt.scheduler;
+        let _blocked = Blocked::enter(s);
+        let enough = || objects.iter().filter(|o| o.is_ready()).count() >= num_returns;
+        if !s.spin_until(enough, deadline) {
+            let latch = Latch::new(num_returns - already);
+            for o in &objects {
+                if o.cell.register(Waiter::Latch(latch.clone())).is_err() {
+                    latch.count_down();
+                }
+            }
+            // A timeout here is not an error: report what is ready.
+            let _ = s.park_until(|| latch.is_done(), deadline);
+        }
+    }
+    let mut ready = Vec::with_capacity(num_returns);
+    let mut not_ready = Vec::new();
+    for o in objects {
+        if ready.len() < num_returns && o.is_ready() {
+            ready.push(o);
+        } else {
+            not_ready.push(o);
+        }
+    }
+    Ok((ready, not_ready))
+}
+
+/// Cancels the task producing `object`. A queued task never runs; a running one finishes but
+/// its result is discarded. Either way `get` then fails with [`Error::Cancelled`]. Returns
+/// whether the object was cancelled (false if it was already complete or is not a task result).
+pub fn cancel<T>(object: &ObjectRef<T>) -> bool {
+    let Some(task) = object.cell.producer() else {
+        return false;
+    };
+    task.cancel();
+    let cancelled = task.result.complete(Err(Error::Cancelled {
+        object: object.id(),
+        task: task.name().to_string(),
+    }));
+    if cancelled {
+        let _ = with_current(|rt| rt.scheduler.drain_pending());
+    }
+    cancelled
+}
+
+/// Kills an actor: queued calls fail with [`Error::ActorDied`], its state is dropped, its
+/// resources are released and its name freed. Returns whether it was alive.
+pub fn kill<A: Actor>(actor: &ActorHandle<A>) -> Result<bool, Error> {
+    with_current(|rt| actor_cell(actor).kill(false, rt))
+}
+
+/// Kills an actor and, if it has restarts left (`max_restarts`), starts it again with its
+/// original constructor arguments; calls queued meanwhile run on the new instance.
+pub fn restart<A: Actor>(actor: &ActorHandle<A>) -> Result<bool, Error> {
+    with_current(|rt| actor_cell(actor).kill(true, rt))
+}
+
+fn actor_cell<A: Actor>(actor: &ActorHandle<A>) -> &Arc<crate::actor::ActorCell> {
+    let raw: &RawActorHandle = actor.as_raw();
+    &raw.cell
+}
+
+/// Looks up a live named actor of class `A`.
+pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, Error> {
+    let cell = with_current(|rt| rt.named_actor(name))?.ok_or_else(|| Error::ActorNotFound {
+        name: name.to_string(),
+    })?;
+    if cell.class_name() != A::CLASS.name() {
+        return Err(Error::ActorClassMismatch {
+            name: name.to_string(),
+            wanted: A::CLASS.name().to_string(),
+            found: cell.class_name().to_string(),
+        });
+    }
+    Ok(ActorHandle::from_raw(RawActorHandle { cell }))
+}
+
+struct ThreadWaker(thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs a future to completion on the calling thread (async actor methods and async tasks run
+/// this way). While the future waits, the thread counts as blocked, as in `get`.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+        return v;
+    }
+    let rt = runtime::current_inner();
+    let _blocked = rt.as_ref().map(|rt| Blocked::enter(&rt.scheduler));
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        thread::park();
+    }
+}
+
+/// A snapshot of the node's state, for `manta status` and tests.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// `(name, available, total)` per resource.
+    pub resources: Vec<(String, f64, f64)>,
+    /// Slot threads started (base slots plus those added for blocked tasks).
+    pub slots: usize,
+    /// Tasks waiting for resources.
+    pub pending_tasks: usize,
+    /// Tasks completed since start.
+    pub finished_tasks: usize,
+    /// Actors alive or being created.
+    pub actors: usize,
+    /// Objects whose references were serialised and are still alive.
+    pub escaped_objects: usize,
+    /// Time since `init`.
+    pub uptime: Duration,
+}
+
+/// The current node's status.
+pub fn status() -> Result<NodeStatus, Error> {
+    with_current(|rt| NodeStatus {
+        resources: rt.scheduler.resources.snapshot(),
+        slots: rt.scheduler.num_slots(),
+        pending_tasks: rt.scheduler.num_pending(),
+        finished_tasks: rt.scheduler.finished.load(Ordering::Relaxed),
+        actors: rt.actor_count(),
+        escaped_objects: rt.escaped_count(),
+        uptime: rt.started.elapsed(),
+    })
+}
+
+/// Submits a task (generated `f::remote` calls this).
+pub fn submit<R>(
+    function: &'static RemoteFunction,
+    args: Vec<Result<ArgSlot, Error>>,
+    options: &TaskOptions,
+) -> ObjectRef<R> {
+    with_current(|rt| rt.submit(function, args, options)).unwrap_or_else(ObjectRef::failed)
+}
+
+/// Creates an actor (generated `A::remote` calls this).
+pub fn create_actor<A: Actor>(
+    args: Vec<Result<ArgSlot, Error>>,
+    options: &ActorOptions,
+) -> ActorHandle<A> {
+    match with_current(|rt| rt.create_actor::<A>(args, options)) {
+        Ok(handle) => handle,
+        Err(e) => ActorHandle::dead(e),
+    }
+}

@@ -1,0 +1,210 @@
+//! The configuration catalogue: every tunable of the runtime, declared once.
+//!
+//! Each entry names its field, type, default, `MANTA_*` environment override and a doc line,
+//! in the manner of Ray's `ray_config_def.h`. Nothing else in Manta hard-codes a tunable:
+//! code reads it from the [`Config`] value the runtime was started with.
+//!
+//! Precedence: a value set on the [`Config`] builder wins over the environment, which wins over
+//! the default. A malformed environment value is an error at `init`, never silently ignored.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// A value that can be read from a `MANTA_*` environment variable.
+trait FromEnv: Sized {
+    fn parse_env(raw: &str) -> Result<Self, String>;
+}
+
+macro_rules! from_env_via_fromstr {
+    ($($t:ty),*) => {$(
+        impl FromEnv for $t {
+            fn parse_env(raw: &str) -> Result<Self, String> {
+                raw.trim().parse::<$t>().map_err(|e| e.to_string())
+            }
+        }
+    )*};
+}
+from_env_via_fromstr!(f64, usize, u64, u32);
+
+impl FromEnv for bool {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            other => Err(format!("expected true/false, got {other:?}")),
+        }
+    }
+}
+
+impl FromEnv for Duration {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        let micros = raw.trim().parse::<u64>().map_err(|e| e.to_string())?;
+        Ok(Duration::from_micros(micros))
+    }
+}
+
+impl FromEnv for CustomResources {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        CustomResources::parse(raw)
+    }
+}
+
+/// Custom resources a node offers (e.g. `{"accelerator": 4}`), as `name=amount` pairs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CustomResources(pub Vec<(String, f64)>);
+
+impl CustomResources {
+    /// Parses `name=amount[,name=amount…]`, e.g. `MANTA_RESOURCES="custom=100,ssd=1"`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, amount) = part
+                .split_once('=')
+                .ok_or_else(|| format!("expected name=amount, got {part:?}"))?;
+            let amount: f64 = amount
+                .trim()
+                .parse()
+                .map_err(|e| format!("{part:?}: {e}"))?;
+            out.push((name.trim().to_string(), amount));
+        }
+        Ok(CustomResources(out))
+    }
+}
+
+macro_rules! catalogue {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident : $ty:ty = $default:expr, env $env:literal;
+    )*) => {
+        /// Runtime configuration: one field per tunable, each with a default and a `MANTA_*`
+        /// environment override (see the module docs for precedence).
+        ///
+        /// ```
+        /// let config = manta_core::Config::default().num_cpus(4.0).num_gpus(1.0);
+        /// assert_eq!(config.get_num_cpus(), 4.0);
+        /// ```
+        #[derive(Clone, Debug, Default)]
+        pub struct Config {
+            $( $field: Option<$ty>, )*
+        }
+
+        impl Config {
+            $(
+                $(#[doc = $doc])+
+                #[doc = concat!("\n\nEnvironment override: `", $env, "`.")]
+                pub fn $field(mut self, value: $ty) -> Self {
+                    self.$field = Some(value);
+                    self
+                }
+            )*
+
+            /// Resolves every entry: builder value, else environment, else default.
+            pub fn resolve(&self) -> Result<Resolved, Error> {
+                Ok(Resolved {
+                    $( $field: match &self.$field {
+                        Some(v) => v.clone(),
+                        None => match std::env::var($env) {
+                            Ok(raw) => <$ty as FromEnv>::parse_env(&raw).map_err(|message| {
+                                Error::Config { key: $env.to_string(), message }
+                            })?,
+                            Err(_) => $default,
+                        },
+                    }, )*
+                })
+            }
+
+            /// Every entry of the catalogue as `(env var, doc)`, for `manta config --help`-style listings.
+            pub fn catalogue() -> &'static [(&'static str, &'static str)] {
+                &[ $( ($env, concat!($($doc),+)) ),* ]
+            }
+        }
+
+        /// A [`Config`] with every entry resolved to a value.
+        #[derive(Clone, Debug)]
+        pub struct Resolved {
+            $( $(#[doc = $doc])+ pub $field: $ty, )*
+        }
+    };
+}
+
+fn default_cpus() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0)
+}
+
+catalogue! {
+    /// CPUs this node offers to tasks and actors (default: the host's available parallelism).
+    num_cpus: f64 = default_cpus(), env "MANTA_NUM_CPUS";
+    /// GPUs this node offers (default 0; GPU discovery arrives with the `gpu` crate).
+    num_gpus: f64 = 0.0, env "MANTA_NUM_GPUS";
+    /// Custom resources this node offers, `name=amount,…`.
+    resources: CustomResources = CustomResources::default(), env "MANTA_RESOURCES";
+    /// Worker slots (threads) started with the runtime; 0 means one per whole CPU, at least 1.
+    num_slots: usize = 0, env "MANTA_NUM_SLOTS";
+    /// Upper bound on slot threads, reached only when slots block in `get` inside tasks.
+    max_slots: usize = 1024, env "MANTA_MAX_SLOTS";
+    /// How long an idle slot, or a caller waiting in `get`, spins before it parks (microseconds).
+    spin_before_park: Duration = Duration::from_micros(100), env "MANTA_SPIN_US";
+    /// Whether a `get` (without timeout) that finds its task still queued runs it on the caller.
+    inline_get: bool = true, env "MANTA_INLINE_GET";
+    /// How many times a task whose body panics is run again before `get` reports the panic.
+    max_task_retries: u32 = 0, env "MANTA_TASK_MAX_RETRIES";
+    /// Values whose encoding is at most this many bytes travel inline in task messages.
+    max_inline_object_bytes: usize = 100 * 1024, env "MANTA_MAX_INLINE_OBJECT_BYTES";
+}
+
+impl Config {
+    /// Shorthand for adding one custom resource to [`Config::resources`].
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        let mut res = self.resources.take().unwrap_or_default();
+        res.0.push((name.to_string(), amount));
+        self.resources = Some(res);
+        self
+    }
+
+    /// The CPU count this config resolves to (for examples and tests).
+    pub fn get_num_cpus(&self) -> f64 {
+        self.num_cpus.unwrap_or_else(default_cpus)
+    }
+}
+
+impl fmt::Display for CustomResources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, amount)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{name}={amount}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_beats_default() {
+        let r = Config::default().num_cpus(3.0).resolve().unwrap();
+        assert_eq!(r.num_cpus, 3.0);
+        assert_eq!(r.max_slots, 1024);
+    }
+
+    #[test]
+    fn custom_resources_parse_and_reject() {
+        let r = CustomResources::parse("custom=100, ssd=1.5").unwrap();
+        assert_eq!(r.0, vec![("custom".into(), 100.0), ("ssd".into(), 1.5)]);
+        assert!(CustomResources::parse("custom").is_err());
+        assert!(CustomResources::parse("custom=lots").is_err());
+    }
+
+    #[test]
+    fn bad_bool_is_an_error() {
+        assert!(bool::parse_env("maybe").is_err());
+        assert!(bool::parse_env("ON").unwrap());
+    }
+}

@@ -1,0 +1,222 @@
+//! Errors are values: every failing operation has a variant carrying the ids involved.
+//!
+//! [`Error`] is what every public call returns. A task's own failure is the opaque
+//! [`TaskError`] (task name and panic message, with `is_*` predicates, as tokio's `JoinError`);
+//! it is stored in the task's result object and handed to every `get` of it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::id::{ActorId, ObjectId};
+
+/// Every way a Manta call can fail.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The API was used before `manta::init()`.
+    #[error("manta is not initialised: call manta::init() first")]
+    NotInitialized,
+    /// `init` was called while a runtime is already running in this process.
+    #[error("manta is already initialised in this process: call manta::shutdown() first")]
+    AlreadyInitialized,
+    /// The runtime shut down before the operation could complete.
+    #[error("the manta runtime has shut down")]
+    ShutDown,
+    /// The task that produces the object failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The request can never be satisfied by this cluster's resources.
+    #[error("{what} can never be scheduled: it requests {request}, but the cluster has {total}")]
+    Infeasible {
+        /// The task or actor that asked.
+        what: String,
+        /// What it asked for.
+        request: String,
+        /// What the cluster has in total.
+        total: String,
+    },
+    /// A `get` or `wait` with a timeout ran out of time; the object may still arrive later.
+    #[error("timed out after {waited:?} waiting for {object}")]
+    Timeout {
+        /// The object waited for.
+        object: ObjectId,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// The task producing the object was cancelled.
+    #[error("task {task} producing {object} was cancelled")]
+    Cancelled {
+        /// The object the cancelled task would have produced.
+        object: ObjectId,
+        /// The task's name.
+        task: String,
+    },
+    /// The actor is dead: killed, failed in its constructor, or gone out of scope.
+    #[error("actor {actor} ({class}) is dead: {reason}")]
+    ActorDied {
+        /// The actor.
+        actor: ActorId,
+        /// Its class (the Rust type name).
+        class: String,
+        /// Why it died.
+        reason: String,
+    },
+    /// No live actor is registered under this name.
+    #[error("no actor named {name:?}")]
+    ActorNotFound {
+        /// The name looked up.
+        name: String,
+    },
+    /// A named actor exists but is of another class than the one asked for.
+    #[error("actor {name:?} is a {found}, not a {wanted}")]
+    ActorClassMismatch {
+        /// The name looked up.
+        name: String,
+        /// The class asked for.
+        wanted: String,
+        /// The class found.
+        found: String,
+    },
+    /// A live actor already holds this name.
+    #[error("an actor named {name:?} already exists")]
+    ActorNameTaken {
+        /// The contested name.
+        name: String,
+    },
+    /// A value could not be serialised.
+    #[error("could not encode a {type_name}: {message}")]
+    Encode {
+        /// The Rust type.
+        type_name: &'static str,
+        /// The serialiser's message.
+        message: String,
+    },
+    /// Stored bytes could not be decoded as the requested type.
+    #[error("could not decode {object} as a {type_name}: {message}")]
+    Decode {
+        /// The object, when known.
+        object: ObjectId,
+        /// The Rust type asked for.
+        type_name: &'static str,
+        /// The deserialiser's message.
+        message: String,
+    },
+    /// A reference was deserialised after every handle to its object was dropped.
+    #[error("{object} was freed: no reference to it was left")]
+    ObjectFreed {
+        /// The freed object.
+        object: ObjectId,
+    },
+    /// A configuration value is malformed.
+    #[error("invalid configuration {key}: {message}")]
+    Config {
+        /// The `MANTA_*` key or builder field.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The operating system refused a resource the runtime needs (a thread, say).
+    #[error("{what}: {message}")]
+    Os {
+        /// What the runtime was doing.
+        what: &'static str,
+        /// The OS error.
+        message: String,
+    },
+}
+
+/// The failure of a task or actor method: its name and what went wrong.
+///
+/// Opaque by design; ask it questions with the `is_*` predicates.
+#[derive(Clone)]
+pub struct TaskError {
+    task: Arc<str>,
+    message: Arc<str>,
+    kind: TaskErrorKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TaskErrorKind {
+    Panic,
+}
+
+impl TaskError {
+    pub(crate) fn panic(task: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+        let message: &str = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            s
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s
+        } else {
+            "non-string panic payload"
+        };
+        TaskError {
+            task: task.into(),
+            message: message.into(),
+            kind: TaskErrorKind::Panic,
+        }
+    }
+
+    /// Whether the task's body panicked.
+    pub fn is_panic(&self) -> bool {
+        self.kind == TaskErrorKind::Panic
+    }
+
+    /// The failed task's or method's name (`module::function` or `Class::method`).
+    pub fn task_name(&self) -> &str {
+        &self.task
+    }
+
+    /// The panic message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskError")
+            .field("task", &self.task)
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task {} panicked: {}", self.task, self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// A failed `put`: the error, with the value handed back so nothing is lost.
+pub struct PutError<T> {
+    /// The value that was not stored.
+    pub value: T,
+    /// Why.
+    pub error: Error,
+}
+
+impl<T> fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "put failed: {}", self.error)
+    }
+}
+
+impl<T> std::error::Error for PutError<T> {}
+
+impl<T> From<PutError<T>> for Error {
+    fn from(e: PutError<T>) -> Self {
+        e.error
+    }
+}

@@ -1,0 +1,312 @@
+//! Objects: the in-process memory store's cells and the typed [`ObjectRef`] users hold.
+//!
+//! An object is written once and then immutable. Its [`ObjectCell`] is shared by every handle
+//! (`Arc`), so on one node a reference *is* the object's location: `get` never looks anything up.
+//!
+//! # The cell protocol
+//!
+//! 1. A cell is created pending, by `put` (and at once completed) or by submitting a task.
+//! 2. Exactly one completion wins (`OnceLock::set`): the task's result, its failure, a
+//!    cancellation or the runtime's shutdown. Later completions are ignored.
+//! 3. The completer then takes the waiter list under its mutex and wakes every waiter.
+//! 4. A waiter registers under the same mutex after re-checking completion. So either the
+//!    registration happens before step 3's take (and is woken), or it sees the value: no wake-up
+//!    is lost. Waiters are threads parked in `get`, futures' wakers, tasks and actors waiting
+//!    for their arguments, and `wait` latches.
+//!
+//! # Ownership and lifetime
+//!
+//! The process that created an object owns it (Ray's ownership model). Its lifetime is its
+//! handles' lifetime: the `Arc` count is the local reference count. A reference serialised into
+//! another object or into task arguments is *escaped*: it is entered into the runtime's escape
+//! table (id → weak cell) so deserialisation can find it, and the containing object or task
+//! keeps a strong handle to it (`nested`), so a reference inside an object keeps its referent
+//! alive exactly as long as the container, as in Ray. The cell leaves the table when dropped.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::actor::ActorCell;
+use crate::codec::{self, Nested};
+use crate::error::Error;
+use crate::id::ObjectId;
+use crate::runtime::{self, RuntimeInner};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, OnceLock, Ordering, Weak, lock, thread};
+use crate::task::Task;
+
+/// An object's sealed contents: encoded bytes plus the objects referenced from inside them.
+#[derive(Clone, Debug)]
+#[doc(hidden)]
+pub struct ObjectValue {
+    pub(crate) bytes: Bytes,
+    /// Strong handles on the objects and actors whose references are serialised in `bytes`;
+    /// held only so that they live as long as this value.
+    #[allow(dead_code)]
+    pub(crate) nested: Box<[Nested]>,
+}
+
+/// Something to wake when a cell completes.
+pub(crate) enum Waiter {
+    Thread(thread::Thread),
+    Waker(Waker),
+    Task(Arc<Task>),
+    Actor(Arc<ActorCell>),
+    Latch(Arc<Latch>),
+}
+
+impl Waiter {
+    fn wake(self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Waker(w) => w.wake(),
+            Waiter::Task(task) => task.dependency_ready(),
+            Waiter::Actor(actor) => actor.dependency_ready(),
+            Waiter::Latch(latch) => latch.count_down(),
+        }
+    }
+}
+
+/// Counts completions for `wait(refs, n)`; unparks its thread when the count reaches zero.
+#[derive(Debug)]
+pub(crate) struct Latch {
+    remaining: AtomicUsize,
+    thread: thread::Thread,
+}
+
+impl Latch {
+    pub(crate) fn new(count: usize) -> Arc<Self> {
+        Arc::new(Latch {
+            remaining: AtomicUsize::new(count),
+            thread: thread::current(),
+        })
+    }
+    pub(crate) fn count_down(&self) {
+        // Saturating: more completions than the count may arrive; only the one reaching 0 wakes.
+        let prev = self
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
+        if prev == Ok(1) {
+            self.thread.unpark();
+        }
+    }
+    pub(crate) fn is_done(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One object of the in-process memory store (see the module docs for the protocol).
+#[doc(hidden)]
+pub struct ObjectCell {
+    id: ObjectId,
+    value: OnceLock<Result<ObjectValue, Error>>,
+    waiters: Mutex<Vec<Waiter>>,
+    /// The task that will produce this object, for `cancel` and for running it inline in `get`.
+    producer: Option<Weak<Task>>,
+    /// Set once the cell is entered in its runtime's escape table.
+    escaped: AtomicBool,
+    escape_table: OnceLock<Weak<RuntimeInner>>,
+}
+
+impl fmt::Debug for ObjectCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectCell")
+            .field("id", &self.id)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl ObjectCell {
+    pub(crate) fn pending(id: ObjectId, producer: Option<Weak<Task>>) -> Self {
+        ObjectCell {
+            id,
+            value: OnceLock::new(),
+            waiters: Mutex::new(Vec::new()),
+            producer,
+            escaped: AtomicBool::new(false),
+            escape_table: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn ready(id: ObjectId, value: Result<ObjectValue, Error>) -> Self {
+        let cell = Self::pending(id, None);
+        let _ = cell.value.set(value);
+        cell
+    }
+
+    pub(crate) fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.value.get().is_some()
+    }
+
+    pub(crate) fn get(&self) -> Option<&Result<ObjectValue, Error>> {
+        self.value.get()
+    }
+
+    pub(crate) fn producer(&self) -> Option<Arc<Task>> {
+        self.producer.as_ref().and_then(Weak::upgrade)
+    }
+
+    /// Step 2–3 of the protocol. Returns whether this call completed the cell.
+    pub(crate) fn complete(&self, value: Result<ObjectValue, Error>) -> bool {
+        if self.value.set(value).is_err() {
+            return false;
+        }
+        let waiters = std::mem::take(&mut *lock(&self.waiters));
+        for w in waiters {
+            w.wake();
+        }
+        true
+    }
+
+    /// Step 4: registers `waiter` unless the cell is already complete, in which case the waiter
+    /// is handed back so the caller can act on the value at once.
+    pub(crate) fn register(&self, waiter: Waiter) -> Result<(), Waiter> {
+        let mut waiters = lock(&self.waiters);
+        if self.is_ready() {
+            return Err(waiter);
+        }
+        waiters.push(waiter);
+        Ok(())
+    }
+
+    /// Enters the cell in `rt`'s escape table (once) so a serialised reference can be resolved.
+    pub(crate) fn escape(self: &Arc<Self>, rt: &Arc<RuntimeInner>) {
+        if !self.escaped.swap(true, Ordering::AcqRel) {
+            let _ = self.escape_table.set(Arc::downgrade(rt));
+            rt.escape(self);
+        }
+    }
+}
+
+impl Drop for ObjectCell {
+    fn drop(&mut self) {
+        if let Some(rt) = self.escape_table.get().and_then(Weak::upgrade) {
+            rt.unescape(self.id);
+        }
+    }
+}
+
+/// A future value of type `T`: the result of a task or actor call, or a `put` value.
+///
+/// Cheap to clone (a reference count). Pass it to another task wherever that task takes a `T`:
+/// Manta resolves it before the task runs. `.await` it, or block with [`ObjectRef::get`].
+pub struct ObjectRef<T> {
+    pub(crate) cell: Arc<ObjectCell>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn from_cell(cell: Arc<ObjectCell>) -> Self {
+        ObjectRef {
+            cell,
+            _type: PhantomData,
+        }
+    }
+
+    /// A reference that is already failed with `error` (used when submission itself fails).
+    pub(crate) fn failed(error: Error) -> Self {
+        Self::from_cell(Arc::new(ObjectCell::ready(
+            ObjectId::from_u64(0),
+            Err(error),
+        )))
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.cell.id()
+    }
+
+    /// Whether the value (or its failure) is available without waiting.
+    pub fn is_ready(&self) -> bool {
+        self.cell.is_ready()
+    }
+}
+
+impl<T: DeserializeOwned> ObjectRef<T> {
+    /// Blocks until the value is available and returns a copy of it.
+    pub fn get(&self) -> Result<T, Error> {
+        runtime::wait_cell(&self.cell, None)?;
+        self.decode_ready()
+    }
+
+    /// Like [`ObjectRef::get`], failing with [`Error::Timeout`] after `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error> {
+        runtime::wait_cell(&self.cell, Some(Instant::now() + timeout)).map_err(|e| match e {
+            Error::Timeout { object, .. } => Error::Timeout {
+                object,
+                waited: timeout,
+            },
+            other => other,
+        })?;
+        self.decode_ready()
+    }
+
+    fn decode_ready(&self) -> Result<T, Error> {
+        match self.cell.get() {
+            Some(Ok(v)) => codec::decode(self.cell.id(), &v.bytes),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::ShutDown),
+        }
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        Self::from_cell(self.cell.clone())
+    }
+}
+
+impl<T> fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ObjectRef<{}>({})",
+            std::any::type_name::<T>(),
+            self.cell.id()
+        )
+    }
+}
+
+impl<T: DeserializeOwned> Future for ObjectRef<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if !self.cell.is_ready()
+            && self
+                .cell
+                .register(Waiter::Waker(cx.waker().clone()))
+                .is_ok()
+        {
+            return Poll::Pending;
+        }
+        Poll::Ready(self.decode_ready())
+    }
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        codec::note_nested(&self.cell);
+        serializer.serialize_u64(self.cell.id().as_u64())
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let id = ObjectId::from_u64(u64::deserialize(deserializer)?);
+        runtime::resolve_escaped(id)
+            .map(Self::from_cell)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,305 @@
+//! Resource requests and a node's lock-free resource accounting.
+//!
+//! Amounts are fixed-point thousandths (`1.0 CPU = 1000`), so fractional requests
+//! (`num_cpus(0.5)`) are exact. A node keeps one signed atomic counter of what is available per
+//! resource kind: index 0 is CPU, 1 is GPU, the rest are the custom resources named at start.
+//!
+//! # Memory ordering
+//!
+//! Each counter is updated with a compare-and-swap loop that never lets it go below zero on
+//! acquisition (`try_acquire`), and by `fetch_add` on release. Counters are independent; a
+//! multi-resource request takes them one by one and gives back what it took if a later one is
+//! short. Such a transient partial hold can make a concurrent `try_acquire` fail spuriously,
+//! which is safe because every failure parks the task in the scheduler's pending queue and every
+//! release (the rollback included) re-examines that queue. `Relaxed` suffices for the counters:
+//! they guard no other memory — the task data itself travels through the deques, whose
+//! push/steal pairs synchronise.
+//!
+//! `force_acquire` may drive a counter negative: a slot that blocked in `get` gave its CPU back
+//! and takes it again when it wakes, even if others took it meanwhile (Ray does the same); the
+//! node is briefly oversubscribed and no new task starts until enough is released.
+
+use std::fmt;
+
+use crate::config::Resolved;
+use crate::error::Error;
+use crate::sync::{AtomicI64, Ordering};
+
+/// Thousandths of a unit.
+const SCALE: f64 = 1000.0;
+pub(crate) const CPU: usize = 0;
+
+/// What a task or actor asks for, by name: CPUs, GPUs and custom resources.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ResourceRequest {
+    pub(crate) num_cpus: f64,
+    pub(crate) num_gpus: f64,
+    pub(crate) custom: Vec<(String, f64)>,
+}
+
+impl ResourceRequest {
+    /// One CPU, the default for tasks.
+    pub(crate) fn task_default() -> Self {
+        ResourceRequest {
+            num_cpus: 1.0,
+            num_gpus: 0.0,
+            custom: Vec::new(),
+        }
+    }
+
+    /// Nothing held while alive, the default for actors (as Ray's actors after placement).
+    pub(crate) fn actor_default() -> Self {
+        ResourceRequest {
+            num_cpus: 0.0,
+            num_gpus: 0.0,
+            custom: Vec::new(),
+        }
+    }
+
+    pub(crate) fn set_custom(&mut self, name: &str, amount: f64) {
+        match self.custom.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = amount,
+            None => self.custom.push((name.to_string(), amount)),
+        }
+    }
+}
+
+impl fmt::Display for ResourceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{CPU: {}, GPU: {}", self.num_cpus, self.num_gpus)?;
+        for (name, amount) in &self.custom {
+            write!(f, ", {name}: {amount}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// A request resolved against one node's resource table: `(index, thousandths)` pairs with
+/// non-zero amounts. Cheap to test and apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Demand(Box<[(u32, i64)]>);
+
+impl Demand {
+    pub(crate) fn none() -> Self {
+        Demand(Box::new([]))
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The CPU part, in thousandths: what a slot gives back while it blocks.
+    pub(crate) fn cpu(&self) -> i64 {
+        self.0
+            .iter()
+            .filter(|(i, _)| *i as usize == CPU)
+            .map(|(_, a)| a)
+            .sum()
+    }
+}
+
+/// A node's resources: totals fixed at start, availability as atomics.
+#[derive(Debug)]
+pub(crate) struct NodeResources {
+    names: Vec<String>,
+    total: Vec<i64>,
+    available: Box<[AtomicI64]>,
+}
+
+fn to_fixed(what: &str, name: &str, amount: f64) -> Result<i64, String> {
+    if !amount.is_finite() || amount < 0.0 {
+        return Err(format!(
+            "{what} {name} must be a non-negative number, got {amount}"
+        ));
+    }
+    Ok((amount * SCALE).round() as i64)
+}
+
+impl NodeResources {
+    pub(crate) fn new(config: &Resolved) -> Result<Self, Error> {
+        let bad = |message: String| Error::Config {
+            key: "resources".into(),
+            message,
+        };
+        let mut names = vec!["CPU".to_string(), "GPU".to_string()];
+        let mut total = vec![
+            to_fixed("resource", "CPU", config.num_cpus).map_err(bad)?,
+            to_fixed("resource", "GPU", config.num_gpus).map_err(bad)?,
+        ];
+        for (name, amount) in &config.resources.0 {
+            if names.iter().any(|n| n == name) {
+                return Err(bad(format!("resource {name} is declared twice")));
+            }
+            names.push(name.clone());
+            total.push(to_fixed("resource", name, *amount).map_err(bad)?);
+        }
+        let available = total.iter().map(|&t| AtomicI64::new(t)).collect();
+        Ok(NodeResources {
+            names,
+            total,
+            available,
+        })
+    }
+
+    /// Resolves a request by name. A resource this node does not have counts as a total of 0,
+    /// which makes the request infeasible rather than an error of its own.
+    pub(crate) fn demand(&self, req: &ResourceRequest) -> Result<Demand, DemandError> {
+        let mut out = Vec::with_capacity(2 + req.custom.len());
+        let mut push = |name: &str, amount: f64| -> Result<(), DemandError> {
+            let fixed = to_fixed("request", name, amount).map_err(DemandError::Invalid)?;
+            if fixed == 0 {
+                return Ok(());
+            }
+            match self.names.iter().position(|n| n == name) {
+                Some(i) if self.total[i] >= fixed => {
+                    out.push((i as u32, fixed));
+                    Ok(())
+                }
+                _ => Err(DemandError::Infeasible),
+            }
+        };
+        push("CPU", req.num_cpus)?;
+        push("GPU", req.num_gpus)?;
+        for (name, amount) in &req.custom {
+            push(name, *amount)?;
+        }
+        Ok(Demand(out.into_boxed_slice()))
+    }
+
+    /// Takes the whole demand or nothing (see the module docs on spurious failure).
+    pub(crate) fn try_acquire(&self, demand: &Demand) -> bool {
+        for (k, &(i, amount)) in demand.0.iter().enumerate() {
+            let counter = &self.available[i as usize];
+            let mut current = counter.load(Ordering::Relaxed);
+            loop {
+                if current < amount {
+                    for &(j, taken) in &demand.0[..k] {
+                        self.available[j as usize].fetch_add(taken, Ordering::Relaxed);
+                    }
+                    return false;
+                }
+                match counter.compare_exchange_weak(
+                    current,
+                    current - amount,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
+            }
+        }
+        true
+    }
+
+    pub(crate) fn release_cpu(&self, thousandths: i64) {
+        self.available[CPU].fetch_add(thousandths, Ordering::Relaxed);
+    }
+
+    /// Takes CPU back even if that drives the counter negative (a slot waking from `get`).
+    pub(crate) fn force_acquire_cpu(&self, thousandths: i64) {
+        self.available[CPU].fetch_sub(thousandths, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release(&self, demand: &Demand) {
+        for &(i, amount) in demand.0.iter() {
+            self.available[i as usize].fetch_add(amount, Ordering::Relaxed);
+        }
+    }
+
+    /// `(name, available, total)` per resource, in units.
+    pub(crate) fn snapshot(&self) -> Vec<(String, f64, f64)> {
+        self.names
+            .iter()
+            .zip(&self.total)
+            .zip(self.available.iter())
+            .map(|((n, &t), a)| {
+                (
+                    n.clone(),
+                    a.load(Ordering::Relaxed) as f64 / SCALE,
+                    t as f64 / SCALE,
+                )
+            })
+            .collect()
+    }
+
+    pub(crate) fn total_string(&self) -> String {
+        let parts: Vec<String> = self
+            .names
+            .iter()
+            .zip(&self.total)
+            .map(|(n, &t)| format!("{n}: {}", t as f64 / SCALE))
+            .collect();
+        format!("{{{}}}", parts.join(", "))
+    }
+}
+
+/// Why a request could not be resolved.
+#[derive(Debug)]
+pub(crate) enum DemandError {
+    /// More than the node has in total (or a resource it lacks).
+    Infeasible,
+    /// A negative or non-finite amount.
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn node(cpus: f64) -> NodeResources {
+        NodeResources::new(
+            &Config::default()
+                .num_cpus(cpus)
+                .resource("custom", 2.0)
+                .resolve()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn acquire_is_all_or_nothing() {
+        let n = node(2.0);
+        let mut req = ResourceRequest::task_default();
+        req.set_custom("custom", 2.0);
+        let d = n.demand(&req).unwrap();
+        assert!(n.try_acquire(&d));
+        let one = n.demand(&ResourceRequest::task_default()).unwrap();
+        assert!(n.try_acquire(&one), "a CPU is still free");
+        assert!(!n.try_acquire(&d), "custom is exhausted");
+        assert_eq!(
+            n.snapshot()[0].1,
+            0.0,
+            "the failed attempt gave back its CPU"
+        );
+        n.release(&d);
+        n.release(&one);
+        assert_eq!(n.snapshot()[0].1, 2.0);
+    }
+
+    #[test]
+    fn oversize_and_unknown_requests_are_infeasible() {
+        let n = node(2.0);
+        let mut big = ResourceRequest::task_default();
+        big.num_cpus = 3.0;
+        assert!(matches!(n.demand(&big), Err(DemandError::Infeasible)));
+        let mut gpu = ResourceRequest::task_default();
+        gpu.num_gpus = 1.0;
+        assert!(matches!(n.demand(&gpu), Err(DemandError::Infeasible)));
+        let mut neg = ResourceRequest::task_default();
+        neg.num_cpus = -1.0;
+        assert!(matches!(n.demand(&neg), Err(DemandError::Invalid(_))));
+    }
+
+    #[test]
+    fn fractional_cpus_are_exact() {
+        let n = node(1.0);
+        let mut half = ResourceRequest::task_default();
+        half.num_cpus = 0.5;
+        let d = n.demand(&half).unwrap();
+        assert!(n.try_acquire(&d) && n.try_acquire(&d));
+        assert!(!n.try_acquire(&d));
+    }
+}

@@ -1,0 +1,367 @@
+//! The embedded single-node runtime: head, raylet and worker slots inside one process.
+//!
+//! [`RuntimeInner`] ties together the scheduler, the in-process memory store's escape table and
+//! the actor directory. One runtime at a time is the process's *current* runtime (`init` sets
+//! it, `shutdown` clears it), reached through a thread-local cache validated by a global
+//! generation counter, so the hot path costs one atomic load, not a lock.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::actor::{Actor, ActorCell, ActorClass, ActorHandle, ActorOptions, RawActorHandle};
+use crate::config::{Config, Resolved};
+use crate::error::Error;
+use crate::id::{ActorId, ObjectId, TaskId};
+use crate::object::{ObjectCell, ObjectRef};
+use crate::resources::{DemandError, NodeResources};
+use crate::scheduler::{Job, Scheduler, fail_job};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak, lock};
+use crate::task::{ArgSlot, RemoteFunction, Task, TaskBody, TaskOptions};
+
+/// Everything one running runtime owns.
+#[derive(Debug)]
+pub(crate) struct RuntimeInner {
+    pub(crate) config: Resolved,
+    pub(crate) scheduler: Scheduler,
+    next_id: AtomicU64,
+    escaped: Mutex<HashMap<ObjectId, Weak<ObjectCell>>>,
+    actors: Mutex<HashMap<ActorId, Weak<ActorCell>>>,
+    named: Mutex<HashMap<String, Arc<ActorCell>>>,
+    default_demand: crate::resources::Demand,
+    pub(crate) started: Instant,
+}
+
+struct Global {
+    current: Option<Arc<RuntimeInner>>,
+    shut_down: bool,
+}
+
+static GLOBAL: Mutex<Global> = Mutex::new(Global {
+    current: None,
+    shut_down: false,
+});
+/// Bumped on every `init` and `shutdown`; thread-local caches compare against it.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static CACHE: RefCell<(u64, Option<Arc<RuntimeInner>>)> = const { RefCell::new((0, None)) };
+}
+
+fn global_current() -> Result<Arc<RuntimeInner>, Error> {
+    let g = lock(&GLOBAL);
+    match &g.current {
+        Some(rt) => Ok(rt.clone()),
+        None if g.shut_down => Err(Error::ShutDown),
+        None => Err(Error::NotInitialized),
+    }
+}
+
+/// Runs `f` with the current runtime.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Arc<RuntimeInner>) -> R) -> Result<R, Error> {
+    let generation = GENERATION.load(Ordering::Acquire);
+    CACHE.with(|cache| {
+        if let Ok(c) = cache.try_borrow() {
+            if c.0 == generation {
+                if let Some(rt) = &c.1 {
+                    return Ok(f(rt));
+                }
+            }
+        }
+        let fresh = global_current();
+        if let Ok(mut c) = cache.try_borrow_mut() {
+            *c = (generation, fresh.as_ref().ok().cloned());
+        }
+        fresh.map(|rt| f(&rt))
+    })
+}
+
+/// The current runtime, if any.
+pub(crate) fn current_inner() -> Option<Arc<RuntimeInner>> {
+    with_current(|rt| rt.clone()).ok()
+}
+
+/// Starts the embedded runtime with configuration from the environment and defaults.
+pub fn init() -> Result<(), Error> {
+    init_with(Config::default())
+}
+
+/// Starts the embedded runtime with `config`.
+pub fn init_with(config: Config) -> Result<(), Error> {
+    let resolved = config.resolve()?;
+    let mut g = lock(&GLOBAL);
+    if g.current.is_some() {
+        return Err(Error::AlreadyInitialized);
+    }
+    let rt = Arc::new(RuntimeInner::new(resolved)?);
+    let base = rt.scheduler.base_slots();
+    for _ in 0..base {
+        if let Err(e) = crate::scheduler::spawn_slot(&rt) {
+            rt.scheduler.shutdown();
+            return Err(e);
+        }
+    }
+    tracing::debug!(slots = base, resources = %rt.scheduler.resources.total_string(), "manta runtime started");
+    g.current = Some(rt);
+    g.shut_down = false;
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+    Ok(())
+}
+
+/// Whether a runtime is running in this process.
+pub fn is_initialized() -> bool {
+    lock(&GLOBAL).current.is_some()
+}
+
+/// Stops the runtime: slots finish their current task and exit; queued tasks, pending actor
+/// calls and unfinished objects fail with [`Error::ShutDown`]. Idempotent.
+pub fn shutdown() {
+    let rt = {
+        let mut g = lock(&GLOBAL);
+        let rt = g.current.take();
+        if rt.is_some() {
+            g.shut_down = true;
+        }
+        GENERATION.fetch_add(1, Ordering::AcqRel);
+        rt
+    };
+    let Some(rt) = rt else { return };
+    rt.scheduler.shutdown();
+    let named: Vec<_> = lock(&rt.named).drain().map(|(_, a)| a).collect();
+    let actors: Vec<_> = lock(&rt.actors)
+        .values()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for actor in named.iter().chain(&actors) {
+        actor.die(Error::ShutDown);
+    }
+    lock(&rt.escaped).clear();
+}
+
+impl RuntimeInner {
+    fn new(config: Resolved) -> Result<Self, Error> {
+        let resources = NodeResources::new(&config)?;
+        let base_slots = match config.num_slots {
+            0 => (config.num_cpus.ceil() as usize).max(1),
+            n => n,
+        };
+        let default_demand =
+            match resources.demand(&crate::resources::ResourceRequest::task_default()) {
+                Ok(d) => d,
+                Err(_) => crate::resources::Demand::none(),
+            };
+        let scheduler = Scheduler::new(
+            resources,
+            base_slots,
+            config.max_slots,
+            config.spin_before_park,
+            config.inline_get,
+        );
+        Ok(RuntimeInner {
+            scheduler,
+            next_id: AtomicU64::new(1),
+            escaped: Mutex::new(HashMap::new()),
+            actors: Mutex::new(HashMap::new()),
+            named: Mutex::new(HashMap::new()),
+            default_demand,
+            started: Instant::now(),
+            config,
+        })
+    }
+
+    pub(crate) fn next_object_id(&self) -> ObjectId {
+        ObjectId::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn escape(&self, cell: &Arc<ObjectCell>) {
+        lock(&self.escaped).insert(cell.id(), Arc::downgrade(cell));
+    }
+
+    pub(crate) fn unescape(&self, id: ObjectId) {
+        lock(&self.escaped).remove(&id);
+    }
+
+    pub(crate) fn escaped_count(&self) -> usize {
+        lock(&self.escaped).len()
+    }
+
+    fn infeasible(
+        &self,
+        what: String,
+        request: &crate::resources::ResourceRequest,
+        e: DemandError,
+    ) -> Error {
+        match e {
+            DemandError::Infeasible => Error::Infeasible {
+                what,
+                request: request.to_string(),
+                total: self.scheduler.resources.total_string(),
+            },
+            DemandError::Invalid(message) => Error::Config {
+                key: "resources".into(),
+                message,
+            },
+        }
+    }
+
+    /// Submits a task of `function`.
+    pub(crate) fn submit<R>(
+        &self,
+        function: &'static RemoteFunction,
+        args: Vec<Result<ArgSlot, Error>>,
+        options: &TaskOptions,
+    ) -> ObjectRef<R> {
+        let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(a) => a.into_boxed_slice(),
+            Err(e) => return ObjectRef::failed(e),
+        };
+        let demand = if options.is_default_shape() {
+            self.default_demand.clone()
+        } else {
+            match self.scheduler.resources.demand(&options.resources) {
+                Ok(d) => d,
+                Err(e) => {
+                    let name = options.name.as_deref().unwrap_or(function.name());
+                    return ObjectRef::failed(self.infeasible(
+                        format!("task {name}"),
+                        &options.resources,
+                        e,
+                    ));
+                }
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+        let task = Task::new(
+            TaskId::from_u64(id),
+            ObjectId::from_u64(id),
+            TaskBody::Function(function),
+            args,
+            demand,
+            options.name.as_deref().map(Box::from),
+            retries,
+        );
+        let result = ObjectRef::from_cell(task.result.clone());
+        if task.resolve_arguments() {
+            self.scheduler.push(Job::Task(task));
+        }
+        result
+    }
+
+    /// Creates an actor of class `A`.
+    pub(crate) fn create_actor<A: Actor>(
+        self: &Arc<Self>,
+        args: Vec<Result<ArgSlot, Error>>,
+        options: &ActorOptions,
+    ) -> ActorHandle<A> {
+        let class: &'static ActorClass = A::CLASS;
+        let id = ActorId::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let demand = self.scheduler.resources.demand(&options.resources);
+        let (demand, early_death) = match demand {
+            Ok(d) => (d, None),
+            Err(e) => (
+                crate::resources::Demand::none(),
+                Some(self.infeasible(format!("actor {}", class.name()), &options.resources, e)),
+            ),
+        };
+        let cell = Arc::new(ActorCell::new(id, class, options, demand));
+        let handle = ActorHandle::from_raw(RawActorHandle { cell: cell.clone() });
+        let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(a) => a,
+            Err(e) => {
+                cell.die(e);
+                return handle;
+            }
+        };
+        if let Some(e) = early_death {
+            cell.die(e);
+            return handle;
+        }
+        if let Some(name) = options.name.clone() {
+            let mut named = lock(&self.named);
+            if named.get(&name).is_some_and(|a| !a.is_dead()) {
+                drop(named);
+                cell.die(Error::ActorNameTaken { name });
+                return handle;
+            }
+            named.insert(name, cell.clone());
+        }
+        lock(&self.actors).insert(id, Arc::downgrade(&cell));
+        self.start_actor(cell, args);
+        handle
+    }
+
+    /// Submits the task that runs an actor's constructor.
+    pub(crate) fn start_actor(&self, cell: Arc<ActorCell>, args: Vec<ArgSlot>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let task = Task::new(
+            TaskId::from_u64(id),
+            ObjectId::from_u64(id),
+            TaskBody::CreateActor(cell.clone()),
+            args.into_boxed_slice(),
+            cell.demand().clone(),
+            None,
+            0,
+        );
+        cell.set_created(task.result.clone());
+        if task.resolve_arguments() {
+            self.scheduler.push(Job::Task(task));
+        }
+    }
+
+    pub(crate) fn lookup_actor(&self, id: ActorId) -> Result<Arc<ActorCell>, Error> {
+        lock(&self.actors)
+            .get(&id)
+            .and_then(Weak::upgrade)
+            .ok_or(Error::ActorDied {
+                actor: id,
+                class: "?".into(),
+                reason: "no handle to it is left".into(),
+            })
+    }
+
+    pub(crate) fn forget_actor(&self, id: ActorId) {
+        lock(&self.actors).remove(&id);
+    }
+
+    pub(crate) fn unname_actor(&self, name: &str, id: ActorId) {
+        let mut named = lock(&self.named);
+        if named.get(name).is_some_and(|a| a.id() == id) {
+            named.remove(name);
+        }
+    }
+
+    pub(crate) fn named_actor(&self, name: &str) -> Option<Arc<ActorCell>> {
+        lock(&self.named)
+            .get(name)
+            .filter(|a| !a.is_dead())
+            .cloned()
+    }
+
+    pub(crate) fn actor_count(&self) -> usize {
+        lock(&self.actors).len()
+    }
+}
+
+/// Blocks until `cell` completes (or `deadline`), using the current runtime's scheduler.
+pub(crate) fn wait_cell(cell: &Arc<ObjectCell>, deadline: Option<Instant>) -> Result<(), Error> {
+    if cell.is_ready() {
+        return Ok(());
+    }
+    let rt = with_current(|rt| rt.clone())?;
+    rt.scheduler.wait_for(cell, deadline)
+}
+
+/// Queues a task whose arguments just became ready.
+pub(crate) fn enqueue_ready(task: Arc<Task>) {
+    if let Err(job) = with_current(|rt| rt.scheduler.push(Job::Task(task.clone()))) {
+        tracing::debug!("dropping {task:?}: {job}");
+        fail_job(Job::Task(task));
+    }
+}
+
+/// Resolves a deserialised object reference.
+pub(crate) fn resolve_escaped(id: ObjectId) -> Result<Arc<ObjectCell>, Error> {
+    with_current(|rt| lock(&rt.escaped).get(&id).and_then(Weak::upgrade))?
+        .ok_or(Error::ObjectFreed { object: id })
+}

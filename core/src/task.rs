@@ -1,0 +1,327 @@
+//! Task specifications: registered remote functions, arguments, options and the task record.
+//!
+//! # Task states
+//!
+//! ```text
+//! Waiting (for argument objects) ──► Queued ──► Running ──► Done
+//!              │                        │
+//!              └──────► Cancelled ◄─────┘
+//! ```
+//!
+//! 1. A task is born `Waiting` with a count of unresolved argument objects plus one guard.
+//!    Each argument's completion decrements the count (it registered as a waiter on the cell);
+//!    the submitter drops the guard after registering all of them. Whoever brings the count to
+//!    zero moves the task to `Queued` and hands it to the scheduler — exactly once.
+//! 2. `Queued → Running` is a compare-and-swap (`claim`): a slot that popped the task and a
+//!    caller that wants to run it inline in `get` may race; one wins, the other drops its copy.
+//! 3. `cancel` moves `Waiting` or `Queued` to `Cancelled` and completes the result with
+//!    [`Error::Cancelled`]; a running task finishes, but its result is discarded because the
+//!    result cell was completed first (cells are written once).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::actor::ActorCell;
+use crate::codec;
+use crate::error::Error;
+use crate::id::{ObjectId, TaskId};
+use crate::object::{ObjectCell, ObjectRef, ObjectValue};
+use crate::resources::{Demand, ResourceRequest};
+use crate::runtime;
+use crate::sync::{Arc, AtomicU8, AtomicUsize, Ordering};
+
+/// A remote function, registered at link time by `#[manta::remote]` under a stable name.
+#[derive(Debug)]
+pub struct RemoteFunction {
+    name: &'static str,
+    invoke: Invoke,
+}
+
+/// Runs a function body on decoded arguments and encodes its result.
+pub type Invoke = fn(&mut ArgReader<'_>) -> Result<ObjectValue, Error>;
+
+impl RemoteFunction {
+    /// Declares a function (used by the `#[remote]` macro).
+    pub const fn new(name: &'static str, invoke: Invoke) -> Self {
+        RemoteFunction { name, invoke }
+    }
+
+    /// The stable name every process of a job uses for this function.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn invoke(&self, args: &mut ArgReader<'_>) -> Result<ObjectValue, Error> {
+        (self.invoke)(args)
+    }
+}
+
+/// A link-time registration of a remote function (collected with `inventory`).
+#[derive(Debug)]
+pub struct Registration(pub &'static RemoteFunction);
+
+inventory::collect!(Registration);
+
+/// Every remote function linked into this binary.
+pub fn registered_functions() -> impl Iterator<Item = &'static RemoteFunction> {
+    inventory::iter::<Registration>.into_iter().map(|r| r.0)
+}
+
+/// One argument of a task: a value encoded at submission, or an object to resolve first.
+#[derive(Clone, Debug)]
+#[doc(hidden)]
+pub enum ArgSlot {
+    /// An encoded value.
+    Value(ObjectValue),
+    /// An object that must be ready before the task runs.
+    Ref(Arc<ObjectCell>),
+}
+
+/// Something a task may take where its parameter is a `T`: a `T` itself, or an
+/// [`ObjectRef<T>`] (by value or by reference) that Manta resolves before the task runs.
+pub trait IntoArg<T> {
+    #[doc(hidden)]
+    fn into_slot(self) -> Result<ArgSlot, Error>;
+}
+
+impl<T: Serialize + Send + 'static> IntoArg<T> for T {
+    fn into_slot(self) -> Result<ArgSlot, Error> {
+        codec::encode(&self).map(ArgSlot::Value)
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_slot(self) -> Result<ArgSlot, Error> {
+        Ok(ArgSlot::Ref(self.cell))
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_slot(self) -> Result<ArgSlot, Error> {
+        Ok(ArgSlot::Ref(self.cell.clone()))
+    }
+}
+
+/// Hands a task body its arguments one by one, decoded.
+#[derive(Debug)]
+pub struct ArgReader<'a> {
+    slots: &'a [ArgSlot],
+    next: usize,
+}
+
+impl<'a> ArgReader<'a> {
+    pub(crate) fn new(slots: &'a [ArgSlot]) -> Self {
+        ArgReader { slots, next: 0 }
+    }
+
+    /// Decodes the next argument. Fails with the argument object's own error if it failed.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
+        let slot = self.slots.get(self.next).ok_or(Error::Decode {
+            object: ObjectId::from_u64(0),
+            type_name: std::any::type_name::<T>(),
+            message: format!(
+                "the task was given {} arguments, it takes more",
+                self.slots.len()
+            ),
+        })?;
+        self.next += 1;
+        match slot {
+            ArgSlot::Value(v) => codec::decode(ObjectId::from_u64(0), &v.bytes),
+            ArgSlot::Ref(cell) => match cell.get() {
+                Some(Ok(v)) => codec::decode(cell.id(), &v.bytes),
+                Some(Err(e)) => Err(e.clone()),
+                // Arguments are resolved before a task runs; only a shutdown gets here.
+                None => Err(Error::ShutDown),
+            },
+        }
+    }
+}
+
+/// Per-call options of a task (Ray's `.options(...)`).
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    pub(crate) resources: ResourceRequest,
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) name: Option<String>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            resources: ResourceRequest::task_default(),
+            max_retries: None,
+            name: None,
+        }
+    }
+}
+
+impl TaskOptions {
+    /// CPUs the task holds while it runs (default 1; may be fractional or 0).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.resources.num_cpus = n;
+        self
+    }
+    /// GPUs the task holds while it runs (default 0).
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.resources.num_gpus = n;
+        self
+    }
+    /// An amount of a custom resource the task holds while it runs.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.set_custom(name, amount);
+        self
+    }
+    /// How many times to run the task again if its body panics (default: the config's
+    /// `max_task_retries`, 0 unless set).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = Some(n);
+        self
+    }
+    /// A name for the task in errors and listings (default: the function's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    pub(crate) fn is_default_shape(&self) -> bool {
+        self.resources == ResourceRequest::task_default()
+    }
+}
+
+/// What a task runs.
+pub(crate) enum TaskBody {
+    Function(&'static RemoteFunction),
+    /// Runs an actor's constructor; the demand is then held for the actor's life.
+    CreateActor(Arc<ActorCell>),
+}
+
+pub(crate) const WAITING: u8 = 0;
+pub(crate) const QUEUED: u8 = 1;
+pub(crate) const RUNNING: u8 = 2;
+pub(crate) const DONE: u8 = 3;
+pub(crate) const CANCELLED: u8 = 4;
+
+/// A submitted task (see the module docs for its states).
+pub(crate) struct Task {
+    pub(crate) id: TaskId,
+    pub(crate) body: TaskBody,
+    pub(crate) args: Box<[ArgSlot]>,
+    pub(crate) result: Arc<ObjectCell>,
+    pub(crate) demand: Demand,
+    pub(crate) name: Option<Box<str>>,
+    state: AtomicU8,
+    unresolved: AtomicUsize,
+    pub(crate) retries_left: AtomicU8,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id)
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+impl Task {
+    pub(crate) fn new(
+        id: TaskId,
+        object: ObjectId,
+        body: TaskBody,
+        args: Box<[ArgSlot]>,
+        demand: Demand,
+        name: Option<Box<str>>,
+        retries: u32,
+    ) -> Arc<Task> {
+        Arc::new_cyclic(|me| Task {
+            id,
+            body,
+            args,
+            result: Arc::new(ObjectCell::pending(object, Some(me.clone()))),
+            demand,
+            name,
+            state: AtomicU8::new(WAITING),
+            unresolved: AtomicUsize::new(1),
+            retries_left: AtomicU8::new(retries.min(u8::MAX as u32) as u8),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        if let Some(n) = &self.name {
+            return n;
+        }
+        match &self.body {
+            TaskBody::Function(f) => f.name(),
+            TaskBody::CreateActor(a) => a.class_name(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Step 1: registers the task on each unresolved argument, then drops the guard.
+    /// Returns whether the task is ready to queue now.
+    pub(crate) fn resolve_arguments(self: &Arc<Self>) -> bool {
+        for slot in self.args.iter() {
+            if let ArgSlot::Ref(cell) = slot {
+                if cell.is_ready() {
+                    continue;
+                }
+                self.unresolved.fetch_add(1, Ordering::AcqRel);
+                if cell
+                    .register(crate::object::Waiter::Task(self.clone()))
+                    .is_err()
+                {
+                    self.unresolved.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+        self.release_one()
+    }
+
+    fn release_one(&self) -> bool {
+        self.unresolved.fetch_sub(1, Ordering::AcqRel) == 1
+            && self
+                .state
+                .compare_exchange(WAITING, QUEUED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// An argument completed (called from the completing thread).
+    pub(crate) fn dependency_ready(self: Arc<Self>) {
+        if self.release_one() {
+            runtime::enqueue_ready(self);
+        }
+    }
+
+    /// Step 2: the one winner runs the task.
+    pub(crate) fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Returns a claimed task to `Queued` (its resources were not available).
+    pub(crate) fn unclaim(&self) {
+        self.state.store(QUEUED, Ordering::Release);
+    }
+
+    pub(crate) fn finish(&self) {
+        self.state.store(DONE, Ordering::Release);
+    }
+
+    /// Step 3: cancels a task that has not started. Returns whether it was cancelled.
+    pub(crate) fn cancel(&self) -> bool {
+        for from in [WAITING, QUEUED] {
+            if self
+                .state
+                .compare_exchange(from, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+}
