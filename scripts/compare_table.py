@@ -1,6 +1,6 @@
 """Parsing and the side-by-side table for scripts/compare-ray (Python 3 standard library only).
 
-    compare_table.py parse-ray RAY_TXT OUT_JSON
+    compare_table.py parse-ray [--allow-empty] RAY_TXT OUT_JSON
         `ray microbenchmark` output -> {case: {"per_second": x, "stddev": y}}
     compare_table.py regex-escape TEXT
         TEXT as a regex (Rust `regex` syntax) matching TEXT literally
@@ -115,6 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("parse-ray")
+    p.add_argument("--allow-empty", action="store_true", help="no case is not an error")
     p.add_argument("ray_txt")
     p.add_argument("out_json")
     p = sub.add_parser("regex-escape")
@@ -129,7 +130,7 @@ def main():
     if args.cmd == "parse-ray":
         with open(args.ray_txt) as f:
             cases = parse_ray(f.read())
-        if not cases:
+        if not cases and not args.allow_empty:
             sys.exit(f"compare_table: no '<case> per second <mean> +- <sd>' line in {args.ray_txt}")
         with open(args.out_json, "w") as f:
             json.dump(cases, f, indent=1)

@@ -133,7 +133,10 @@ def main():
 
     ray.init()
     niceness = ray.get(worker_niceness.remote())
-    print(f"Ray worker niceness: {niceness}", flush=True)
+    print(f"Ray worker niceness: {niceness} (driver: {os.nice(0)})", flush=True)
+    if niceness != os.nice(0):
+        print("ray_extras: warning: Ray's workers run at another priority than this driver;"
+              " set RAY_worker_niceness=0", file=sys.stderr, flush=True)
     name = "task round trip"
     if wanted(name):
         record(name, percentiles_us(lambda: ray.get(noop.remote()), warmup, samples))
