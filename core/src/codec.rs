@@ -29,8 +29,9 @@ thread_local! {
     static COLLECTOR: RefCell<Option<Vec<Nested>>> = const { RefCell::new(None) };
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+fn config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Fixint>
+{
+    bincode::config::standard().with_fixed_int_encoding()
 }
 
 /// Records an object reference being serialised (and makes it resolvable by id).

@@ -294,11 +294,13 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                     }
                 });
             }
-            _ if sig.ident == "new" => constructor = Some(typed_args(sig.inputs.iter())?),
+            _ if sig.ident == "new" => {
+                constructor = Some((typed_args(sig.inputs.iter())?, f.vis.clone()))
+            }
             _ => {}
         }
     }
-    let Args { names, types } = constructor.ok_or_else(|| {
+    let (Args { names, types }, ctor_vis) = constructor.ok_or_else(|| {
         syn::Error::new(
             item.self_ty.span(),
             "an #[actor] impl needs a constructor `fn new(..) -> Self`",
@@ -324,19 +326,19 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             }
 
             /// Creates the actor with default options; its constructor runs on a slot.
-            pub fn remote(#( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ActorHandle<#name> {
+            #ctor_vis fn remote(#( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ActorHandle<#name> {
                 #name::options().remote(#(#names),*)
             }
 
             /// Options for creating the actor.
-            pub fn options() -> #options_ty {
+            #ctor_vis fn options() -> #options_ty {
                 #options_ty(::manta::ActorOptions::default())
             }
         }
 
         #[doc = #doc_options]
         #[derive(Clone, Debug)]
-        pub struct #options_ty(::manta::ActorOptions);
+        #ctor_vis struct #options_ty(::manta::ActorOptions);
 
         impl #options_ty {
             /// CPUs the actor holds for its whole life (default 0).

@@ -171,7 +171,11 @@ impl<'a> Blocked<'a> {
         let slot = in_slot();
         if slot {
             s.blocked.fetch_add(1, Ordering::SeqCst);
-            s.grow_if_starved();
+            // Jobs may sit in this slot's deque (pushed by the task, or stolen in a batch) while
+            // the other slots sleep: make sure someone takes them, adding a slot if all block.
+            if s.has_work() {
+                s.notify();
+            }
         }
         Blocked { s, held, slot }
     }

@@ -1,0 +1,17 @@
+//! The `manta` command-line tool.
+//!
+//! Its CLI is defined in `manta-launcher`; the binary lives in the root package because the
+//! microbenchmark suite defines remote functions and actors, whose generated code names the
+//! `manta` facade (see ARCHITECTURE.md, "The one cycle").
+
+mod microbenchmark;
+
+use clap::Parser;
+use manta_launcher::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Microbenchmark(args) => microbenchmark::run(&args),
+    }
+}
