@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use io_uring::{IoUring, opcode, types};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::StoreConfig;
 
@@ -251,7 +251,10 @@ impl Spiller {
         if !slot.tried {
             slot.tried = true;
             match IoUring::new(self.entries) {
-                Ok(ring) => slot.ring = Some(ring),
+                Ok(ring) => {
+                    info!(entries = self.entries, dir = %self.dir.display(), "spill: io_uring ready");
+                    slot.ring = Some(ring);
+                }
                 Err(e) => warn!(error = %e, "spill: io_uring unavailable; using pwrite/pread"),
             }
         }
