@@ -124,12 +124,9 @@ fn map_memfd(len: usize, flags: libc::c_uint) -> io::Result<(File, MmapRaw)> {
 
 impl Arena {
     /// An arena of at least `capacity` bytes (rounded up to whole pages) with the pages
-    /// `request` asks for, falling back as the module doc describes; pre-faulted if `prefault`.
-    pub fn create(
-        capacity: usize,
-        request: PageRequest,
-        prefault: bool,
-    ) -> Result<Arena, StoreError> {
+    /// `request` asks for, falling back as the module doc describes. Not yet touched: see
+    /// [`Arena::prefault`].
+    pub fn create(capacity: usize, request: PageRequest) -> Result<Arena, StoreError> {
         let mut tries = Vec::new();
         if request == PageRequest::Gigantic {
             tries.push((PageKind::Huge1GiB, libc::MFD_HUGETLB | libc::MFD_HUGE_1GB));
@@ -164,21 +161,22 @@ impl Arena {
                 (PageKind::Small4KiB, pair)
             }
         };
-        let mut arena = Arena {
+        let arena = Arena {
             file,
             map,
             kind,
             prefault: None,
         };
         info!(len = arena.len(), pages = %kind, "arena created");
-        if prefault {
-            arena.prefault = Some(arena.prefault_pages());
-        }
         Ok(arena)
     }
 
-    /// Touches every page once so that no object pays the first-touch fault; returns how long
-    /// it took (also logged).
+    /// Touches every page once so that no object pays the first-touch fault; the time it took
+    /// is logged and kept ([`Arena::prefault_time`]). Call before any object is created.
+    pub fn prefault(&mut self) {
+        self.prefault = Some(self.prefault_pages());
+    }
+
     fn prefault_pages(&self) -> Duration {
         let start = Instant::now();
         if let Err(e) = self.map.advise(Advice::PopulateWrite) {
@@ -295,7 +293,9 @@ mod tests {
 
     #[test]
     fn small_pages_when_forced() {
-        let a = Arena::create(3 << 20, PageRequest::Small, true).expect("arena");
+        let mut a = Arena::create(3 << 20, PageRequest::Small).expect("arena");
+        assert!(a.prefault_time().is_none());
+        a.prefault();
         assert_eq!(a.page_kind(), PageKind::Small4KiB);
         assert_eq!(a.len(), 3 << 20);
         assert!(a.prefault_time().is_some());
@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn size_is_sealed() {
-        let a = Arena::create(1 << 20, PageRequest::Small, false).expect("arena");
+        let a = Arena::create(1 << 20, PageRequest::Small).expect("arena");
         let dup = a.fd().try_clone_to_owned().expect("dup");
         let f = File::from(dup);
         assert!(f.set_len(0).is_err(), "a sealed arena cannot shrink");

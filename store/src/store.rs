@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::alloc::{Allocator, Block};
+use crate::alloc::{Allocator, Block, Regions};
 use crate::arena::{Arena, PageKind};
 use crate::config::StoreConfig;
 use crate::error::{PutError, StoreError};
@@ -66,7 +66,7 @@ use crate::table::{Entry, State, Table};
 #[derive(Debug)]
 pub struct Store {
     arena: Arena,
-    alloc: Allocator,
+    alloc: Regions,
     table: Mutex<Table>,
     /// Signalled after every change that can free space or finish a restore.
     changed: Condvar,
@@ -106,9 +106,14 @@ pub struct StoreStats {
 impl Store {
     /// Creates the arena (pre-faulted if configured) and an empty table.
     pub fn new(config: StoreConfig) -> Result<Store, StoreError> {
-        let arena = Arena::create(config.capacity, config.pages, config.prefault)?;
-        let numa_nodes = numa::place(&arena);
-        let alloc = Allocator::new(arena.len());
+        let mut arena = Arena::create(config.capacity, config.pages)?;
+        // Bind before touching: NUMA policy applies to pages when they are first faulted.
+        let spans = numa::place(&arena);
+        if config.prefault {
+            arena.prefault();
+        }
+        let alloc = Regions::new(&spans);
+        let numa_nodes = alloc.len();
         let spiller = Spiller::new(&config);
         info!(capacity = arena.len(), pages = %arena.page_kind(), spill_dir = %config.spill_dir.display(), "object store ready");
         Ok(Store {
@@ -158,20 +163,32 @@ impl Store {
         size: usize,
         copy: CopyKind,
     ) -> Result<Created<'_>, StoreError> {
+        self.create_near(key, size, copy, None)
+    }
+
+    /// Step 1, placing the object on NUMA region `numa` (the consumer's node, as an index
+    /// below [`StoreStats::numa_nodes`]) when it has room, else on any region.
+    pub fn create_near(
+        &self,
+        key: ObjectKey,
+        size: usize,
+        copy: CopyKind,
+        numa: Option<usize>,
+    ) -> Result<Created<'_>, StoreError> {
         if size == 0 {
             return Err(StoreError::ZeroSize { key });
         }
-        if Allocator::round_up(size) > self.alloc.capacity() {
+        if Allocator::round_up(size) > self.alloc.max_object() {
             return Err(StoreError::TooLarge {
                 key,
                 size,
-                capacity: self.alloc.capacity(),
+                capacity: self.alloc.max_object(),
             });
         }
         if self.lock().entries.contains_key(&key) {
             return Err(StoreError::AlreadyExists { key });
         }
-        let block = self.reserve(key, size)?;
+        let block = self.reserve(key, size, numa)?;
         let offset = block.offset();
         {
             let mut table = self.lock();
@@ -389,11 +406,16 @@ impl Store {
     }
 
     /// A block of `size` bytes, making room (step 5) and waiting for it up to `create_timeout`.
-    fn reserve(&self, key: ObjectKey, size: usize) -> Result<Block, StoreError> {
+    fn reserve(
+        &self,
+        key: ObjectKey,
+        size: usize,
+        numa: Option<usize>,
+    ) -> Result<Block, StoreError> {
         let start = Instant::now();
         let deadline = start + self.config.create_timeout;
         loop {
-            if let Some(block) = self.alloc.alloc(size) {
+            if let Some(block) = self.alloc.alloc(size, numa) {
                 return Ok(block);
             }
             let free = self.alloc.free_bytes();
@@ -405,7 +427,7 @@ impl Store {
             let table = self.lock();
             // Re-checked under the lock: every free happens under it and notifies after, so no
             // wake-up can be lost between this check and the wait.
-            if let Some(block) = self.alloc.alloc(size) {
+            if let Some(block) = self.alloc.alloc(size, numa) {
                 return Ok(block);
             }
             let now = Instant::now();
@@ -555,7 +577,7 @@ impl Store {
             }
             self.changed.notify_all();
         };
-        let block = match self.reserve(key, size) {
+        let block = match self.reserve(key, size, None) {
             Ok(b) => b,
             Err(e) => {
                 put_back(slot);

@@ -6,10 +6,14 @@
 //! chosen are in `README.md` beside this file.
 //!
 //! # Invariants (checked by [`Allocator::check`] in tests)
-//! 1. Free blocks and live blocks partition `[0, units)`: no overlap, no gap.
+//! 1. Free blocks and live blocks partition the allocator's range: no overlap, no gap.
 //! 2. No two free blocks are adjacent (coalescing is immediate and complete).
 //! 3. `by_addr` and `by_size` describe the same set of free blocks.
 //! 4. `free_units` is the sum of the free blocks' lengths.
+
+mod regions;
+
+pub(crate) use regions::Regions;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -71,8 +75,10 @@ impl FreeLists {
     }
 }
 
-/// A best-fit, coalescing allocator over `units` blocks of [`UNIT`] bytes.
+/// A best-fit, coalescing allocator over `units` blocks of [`UNIT`] bytes starting at unit
+/// `first` of the arena (one allocator per NUMA region; `first` is 0 for a whole arena).
 pub struct Allocator {
+    first: usize,
     units: usize,
     free: Mutex<FreeLists>,
 }
@@ -87,17 +93,30 @@ impl fmt::Debug for Allocator {
 }
 
 impl Allocator {
-    /// An allocator for `capacity` bytes (rounded down to whole units), all free.
+    /// An allocator for `capacity` bytes (rounded down to whole units) from offset 0, all free.
     pub fn new(capacity: usize) -> Self {
-        let units = capacity / UNIT;
+        Allocator::with_range(0, capacity)
+    }
+
+    /// An allocator for the `len` bytes at `base` (`base` rounded up, `len` down, to whole
+    /// units), all free. Blocks' offsets are from the arena's start, not from `base`.
+    pub fn with_range(base: usize, len: usize) -> Self {
+        let first = base.div_ceil(UNIT);
+        let units = (base + len).saturating_sub(first * UNIT) / UNIT;
         let mut free = FreeLists::default();
         if units > 0 {
-            free.insert(0, units);
+            free.insert(first, units);
         }
         Allocator {
+            first,
             units,
             free: Mutex::new(free),
         }
+    }
+
+    /// Whether `offset` lies in this allocator's range.
+    pub fn contains(&self, offset: usize) -> bool {
+        (self.first * UNIT..(self.first + self.units) * UNIT).contains(&offset)
     }
 
     /// Total bytes managed.
@@ -144,7 +163,10 @@ impl Allocator {
     pub fn free(&self, block: Block) {
         let mut start = block.offset / UNIT;
         let mut len = block.len / UNIT;
-        debug_assert!(start + len <= self.units, "block outside this allocator");
+        debug_assert!(
+            start >= self.first && start + len <= self.first + self.units,
+            "block outside this allocator"
+        );
         let mut free = self.lock();
         if let Some((&prev, &prev_len)) = free.by_addr.range(..start).next_back() {
             debug_assert!(prev + prev_len <= start, "double free or foreign block");
@@ -203,7 +225,7 @@ impl Allocator {
                 .map(|&(off, len)| (off / UNIT, len / UNIT, false)),
         );
         all.sort_unstable();
-        let mut at = 0;
+        let mut at = self.first;
         let mut prev_free = false;
         for (start, len, is_free) in all {
             assert_eq!(start, at, "invariant 1: gap or overlap at unit {at}");
@@ -214,7 +236,11 @@ impl Allocator {
             at = start + len;
             prev_free = is_free;
         }
-        assert_eq!(at, self.units, "invariant 1: blocks do not cover the arena");
+        assert_eq!(
+            at,
+            self.first + self.units,
+            "invariant 1: blocks do not cover the range"
+        );
     }
 }
 
@@ -264,6 +290,17 @@ mod tests {
             "the exact 8-unit hole, not the 16-unit one"
         );
         assert!(a.alloc(17 * UNIT).is_none(), "no hole of 17 units");
+    }
+
+    #[test]
+    fn a_range_hands_out_offsets_inside_it() {
+        let a = Allocator::with_range(8 * UNIT, 4 * UNIT);
+        let b = a.alloc(UNIT).expect("fits");
+        assert_eq!(b.offset(), 8 * UNIT);
+        assert!(a.contains(b.offset()) && !a.contains(12 * UNIT) && !a.contains(0));
+        a.check(&[(8 * UNIT, UNIT)]);
+        a.free(b);
+        a.check(&[]);
     }
 
     #[test]
