@@ -595,10 +595,11 @@ impl Store {
         }
         let offset = block.offset();
         let mut table = self.lock();
-        let entry = table
-            .entries
-            .get_mut(&key)
-            .ok_or(StoreError::NotFound { key })?;
+        // A Restoring entry cannot be deleted (`Busy`), so it is still here.
+        let Some(entry) = table.entries.get_mut(&key) else {
+            self.alloc.free(block);
+            return Err(StoreError::NotFound { key });
+        };
         entry.state = State::Sealed {
             block,
             spilling: false,
