@@ -1,9 +1,47 @@
 //! The per-node shared-memory object store.
 //!
-//! This crate will own the node's object arena: huge-page backed shared memory (memfd), its
-//! allocator, the object table (create → seal → get → release), pinning, eviction of secondary
-//! copies, spilling of primaries with io_uring, NUMA placement (hwloc) and chunked pull/push
-//! between nodes. Object ids are opaque keys to it.
+//! One [`Store`] per node owns an [`Arena`] of shared memory (a memfd, backed by huge pages when
+//! the node has them), an [`Allocator`] that hands out page-aligned blocks of it, and the object
+//! table that takes every object through the state machine described in [`store`](crate::Store):
+//! created (writable, invisible) → sealed (immutable, readable zero-copy while pinned) → released
+//! (unpinned, evictable or spillable) → spilled (bytes on disk, restored on the next `get`).
 //!
-//! **Status:** empty until the store work lands; the embedded runtime keeps every object in the
-//! in-process memory store of `manta-core` meanwhile (see `ARCHITECTURE.md`).
+//! Object ids are opaque [`ObjectKey`]s here: the store knows nothing of tasks, owners or
+//! lineage (dependency direction `store ← core`). Its tunables arrive as one [`StoreConfig`]
+//! value, filled by core's configuration catalogue; the store reads no environment variables.
+//!
+//! Other processes on the node attach by receiving the arena's memfd over a Unix socket
+//! ([`fdpass`]) and mapping it ([`AttachedArena`]): they read the very bytes the store holds.
+//!
+//! # Module map
+//! - [`arena`](Arena): the memfd mapping, page kind, pre-faulting (unsafe: raw mapping).
+//! - `alloc`: the block allocator, a value; design in `src/alloc/README.md` (no unsafe).
+//! - `table`: object entries, LRU order and the object state machine (no unsafe).
+//! - `handle`: the typed handles [`Created`], [`Sealed`], [`Pinned`], [`View`] (unsafe: slices
+//!   into the mapping, argued from the state machine).
+//! - `pressure`: the sans-I/O eviction/spill policy.
+//! - `spill`: io_uring spill files (unsafe: buffers handed to the kernel).
+//! - [`fdpass`]: SCM_RIGHTS over a Unix socket (unsafe: `sendmsg`/`recvmsg`).
+//! - `numa`: NUMA placement with hwloc (feature `hwloc`).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod alloc;
+mod arena;
+mod config;
+mod error;
+pub mod fdpass;
+mod handle;
+mod key;
+mod numa;
+mod pressure;
+mod spill;
+mod store;
+mod table;
+
+pub use alloc::{Allocator, Block, UNIT};
+pub use arena::{Arena, AttachedArena, PageKind};
+pub use config::{PageRequest, StoreConfig};
+pub use error::{PutError, StoreError};
+pub use handle::{Created, Pinned, Sealed, View};
+pub use key::{CopyKind, Location, ObjectKey};
+pub use store::{Store, StoreStats};

@@ -1,0 +1,320 @@
+//! The arena: one shared mapping of one memfd per store, and its read-only twin in attached
+//! processes.
+//!
+//! # Why memfd
+//! A memfd has no name in any filesystem: the memory lives exactly as long as some process holds
+//! the fd or a mapping of it. A store process that dies, however it dies, leaves nothing in
+//! `/dev/shm` to clean up. Other processes get the arena by receiving the fd over a Unix socket
+//! ([`crate::fdpass`]).
+//!
+//! # Page kinds, in the order tried
+//! 1. [`PageRequest::Gigantic`]: `MFD_HUGETLB | MFD_HUGE_1GB`.
+//! 2. `MFD_HUGETLB | MFD_HUGE_2MB` (hugetlb reserves the pages at `mmap`, so an empty or short
+//!    pool fails there with `ENOMEM`, never later with `SIGBUS`).
+//! 3. A plain memfd with `MADV_HUGEPAGE` (transparent huge pages if the kernel's
+//!    `shmem_enabled` allows; 4 KiB pages otherwise).
+//!
+//! # Size is fixed
+//! The memfd is sealed against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW`) right after
+//! it is sized. That is what makes mapping it sound in any process: nobody can truncate it under
+//! a mapping (which would turn reads into `SIGBUS`). [`AttachedArena`] checks the seals.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use memmap2::{Advice, Mmap, MmapOptions, MmapRaw};
+use tracing::{info, warn};
+
+use crate::config::PageRequest;
+use crate::error::StoreError;
+use crate::key::Location;
+
+/// The kind of page that backs an arena (shown by `manta status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageKind {
+    /// 1 GiB hugetlb pages.
+    Huge1GiB,
+    /// 2 MiB hugetlb pages.
+    Huge2MiB,
+    /// 4 KiB pages, transparent huge pages advised (used if the kernel allows them for shmem).
+    Small4KiB,
+}
+
+impl PageKind {
+    /// Page size in bytes.
+    pub const fn page_size(self) -> usize {
+        match self {
+            PageKind::Huge1GiB => 1 << 30,
+            PageKind::Huge2MiB => 2 << 20,
+            PageKind::Small4KiB => 4 << 10,
+        }
+    }
+}
+
+impl fmt::Display for PageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PageKind::Huge1GiB => "1 GiB huge pages",
+            PageKind::Huge2MiB => "2 MiB huge pages",
+            PageKind::Small4KiB => "4 KiB pages (THP advised)",
+        })
+    }
+}
+
+/// The store's shared memory: a sealed-size memfd mapped read-write.
+pub struct Arena {
+    file: File,
+    map: MmapRaw,
+    kind: PageKind,
+    prefault: Option<Duration>,
+}
+
+impl fmt::Debug for Arena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Arena")
+            .field("len", &self.len())
+            .field("kind", &self.kind)
+            .field("fd", &self.file.as_raw_fd())
+            .field("prefault", &self.prefault)
+            .finish()
+    }
+}
+
+/// `memfd_create(name, flags)` as an owned file.
+fn memfd(flags: libc::c_uint) -> io::Result<File> {
+    const NAME: &CStr = c"manta-arena";
+    // SAFETY: NAME is a valid NUL-terminated string; memfd_create does not keep the pointer.
+    let fd = unsafe { libc::memfd_create(NAME.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a fresh fd that nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Seals `file` against any size change.
+fn seal_size(file: &File) -> io::Result<()> {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on an fd we own, with an integer argument; no memory is passed.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `fd` is sealed against shrinking (so a mapping of it can never lose its pages).
+fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: fcntl F_GET_SEALS takes no argument and only reads the fd's seals.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
+/// A memfd of `len` bytes (a multiple of the page size) with `flags`, sized, sealed and mapped.
+fn map_memfd(len: usize, flags: libc::c_uint) -> io::Result<(File, MmapRaw)> {
+    let file = memfd(libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | flags)?;
+    file.set_len(len as u64)?;
+    seal_size(&file)?;
+    let map = MmapOptions::new().len(len).map_raw(&file)?;
+    Ok((file, map))
+}
+
+impl Arena {
+    /// An arena of at least `capacity` bytes (rounded up to whole pages) with the pages
+    /// `request` asks for, falling back as the module doc describes. Not yet touched: see
+    /// [`Arena::prefault`].
+    pub fn create(capacity: usize, request: PageRequest) -> Result<Arena, StoreError> {
+        let mut tries = Vec::new();
+        if request == PageRequest::Gigantic {
+            tries.push((PageKind::Huge1GiB, libc::MFD_HUGETLB | libc::MFD_HUGE_1GB));
+        }
+        if request != PageRequest::Small {
+            tries.push((PageKind::Huge2MiB, libc::MFD_HUGETLB | libc::MFD_HUGE_2MB));
+        }
+        let mut mapped = None;
+        for (kind, flags) in tries {
+            let len = capacity.next_multiple_of(kind.page_size());
+            match map_memfd(len, flags) {
+                Ok(pair) => {
+                    mapped = Some((kind, pair));
+                    break;
+                }
+                Err(e) => {
+                    info!(%kind, len, error = %e, "arena: no huge pages of this size, falling back")
+                }
+            }
+        }
+        let (kind, (file, map)) = match mapped {
+            Some(m) => m,
+            None => {
+                let len = capacity.next_multiple_of(PageKind::Small4KiB.page_size());
+                let pair = map_memfd(len, 0).map_err(|source| StoreError::Arena {
+                    op: "memfd mapping",
+                    source,
+                })?;
+                if let Err(e) = pair.1.advise(Advice::HugePage) {
+                    info!(error = %e, "arena: MADV_HUGEPAGE refused; plain 4 KiB pages");
+                }
+                (PageKind::Small4KiB, pair)
+            }
+        };
+        let arena = Arena {
+            file,
+            map,
+            kind,
+            prefault: None,
+        };
+        info!(len = arena.len(), pages = %kind, "arena created");
+        Ok(arena)
+    }
+
+    /// Touches every page once so that no object pays the first-touch fault; the time it took
+    /// is logged and kept ([`Arena::prefault_time`]). Call before any object is created.
+    pub fn prefault(&mut self) {
+        self.prefault = Some(self.prefault_pages());
+    }
+
+    fn prefault_pages(&self) -> Duration {
+        let start = Instant::now();
+        if let Err(e) = self.map.advise(Advice::PopulateWrite) {
+            warn!(error = %e, "arena: MADV_POPULATE_WRITE refused; touching pages one by one");
+            let page = self.kind.page_size();
+            let base = self.map.as_mut_ptr();
+            for off in (0..self.len()).step_by(page) {
+                // SAFETY: off < len, inside the mapping; the arena was just created so no object
+                // lives there yet, and writing 0 over fresh (zeroed) memory changes nothing.
+                unsafe { base.add(off).write_volatile(0) };
+            }
+        }
+        let took = start.elapsed();
+        let gbps = self.len() as f64 / took.as_secs_f64().max(1e-9) / 1e9;
+        info!(len = self.len(), pages = %self.kind, ?took, gbps, "arena pre-faulted");
+        took
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always false: arenas have at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// Which pages back the arena.
+    pub fn page_kind(&self) -> PageKind {
+        self.kind
+    }
+
+    /// How long pre-faulting took, if it was done.
+    pub fn prefault_time(&self) -> Option<Duration> {
+        self.prefault
+    }
+
+    /// The memfd, to send to other processes on the node ([`crate::fdpass::send_fd`]).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Base address of the mapping. Pointers derived from it are valid for `len()` bytes for as
+    /// long as the arena lives; who may read or write which bytes is the object table's rule.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+}
+
+/// A read-only mapping of a store's arena in another process, attached from the memfd.
+pub struct AttachedArena {
+    map: Mmap,
+}
+
+impl fmt::Debug for AttachedArena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttachedArena")
+            .field("len", &self.map.len())
+            .finish()
+    }
+}
+
+impl AttachedArena {
+    /// Maps the arena memfd `fd` (as received with [`crate::fdpass::recv_fd`]) read-only.
+    ///
+    /// Fails with `InvalidInput` if `fd` is not sealed against shrinking (not a store arena).
+    pub fn attach(fd: OwnedFd) -> io::Result<AttachedArena> {
+        if !is_size_sealed(fd.as_fd()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "fd is not a size-sealed store arena",
+            ));
+        }
+        let file = File::from(fd);
+        // SAFETY: the memfd is sealed against shrinking (checked above), so no process can
+        // truncate it under this mapping. Its bytes may change while mapped (the store writes
+        // objects being created); readers only look at sealed objects, whose bytes no longer
+        // change, and the slices handed out are of those.
+        let map = unsafe { MmapOptions::new().map(&file)? };
+        Ok(AttachedArena { map })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always false: arenas have at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The bytes of the object at `loc` (no copy), or `None` if `loc` is outside the arena.
+    ///
+    /// The caller must hold a pin on the object (taken for it by the store process) for as long
+    /// as it reads: an unpinned object may be spilled and its block reused.
+    pub fn bytes(&self, loc: Location) -> Option<&[u8]> {
+        let start = usize::try_from(loc.offset).ok()?;
+        let end = start.checked_add(usize::try_from(loc.len).ok()?)?;
+        self.map.get(start..end)
+    }
+
+    /// The object at `loc` as a slice of `T` (no copy), or `None` if `loc` is outside the arena
+    /// or its length is not a whole number of `T`s. Store offsets are 4 KiB aligned.
+    pub fn view<T: bytemuck::Pod>(&self, loc: Location) -> Option<&[T]> {
+        bytemuck::try_cast_slice(self.bytes(loc)?).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_pages_when_forced() {
+        let mut a = Arena::create(3 << 20, PageRequest::Small).expect("arena");
+        assert!(a.prefault_time().is_none());
+        a.prefault();
+        assert_eq!(a.page_kind(), PageKind::Small4KiB);
+        assert_eq!(a.len(), 3 << 20);
+        assert!(a.prefault_time().is_some());
+        assert!(is_size_sealed(a.fd()));
+    }
+
+    #[test]
+    fn size_is_sealed() {
+        let a = Arena::create(1 << 20, PageRequest::Small).expect("arena");
+        let dup = a.fd().try_clone_to_owned().expect("dup");
+        let f = File::from(dup);
+        assert!(f.set_len(0).is_err(), "a sealed arena cannot shrink");
+        assert!(f.set_len(2 << 20).is_err(), "a sealed arena cannot grow");
+    }
+
+    #[test]
+    fn attach_refuses_unsealed_fds() {
+        let f = memfd(libc::MFD_CLOEXEC).expect("memfd");
+        f.set_len(4096).expect("size");
+        assert!(AttachedArena::attach(OwnedFd::from(f)).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The store's configuration: one plain value, filled by core's configuration catalogue.
+//!
+//! The store reads no environment variables; every default here is the catalogue's default and
+//! is documented where it is declared.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which pages to back the arena with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PageRequest {
+    /// 2 MiB huge pages (hugetlb) when the node's pool has enough free, else 4 KiB pages with
+    /// transparent huge pages advised.
+    #[default]
+    Auto,
+    /// 1 GiB pages when the node's 1 GiB pool has enough free, else as [`PageRequest::Auto`].
+    Gigantic,
+    /// 4 KiB pages with transparent huge pages advised, whatever the node has (tests, and nodes
+    /// whose huge-page pool belongs to someone else).
+    Small,
+}
+
+/// Everything the store can be told.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Arena size in bytes; rounded up to the page size used. Default: 30% of physical memory,
+    /// as Ray's object store.
+    pub capacity: usize,
+    /// Which pages back the arena. Default: [`PageRequest::Auto`].
+    pub pages: PageRequest,
+    /// Touch every page of the arena at start, so no object pays first-touch faults (on these
+    /// VMs first touch, not page size, dominates copy cost). Default: on.
+    pub prefault: bool,
+    /// Fraction of the arena above which primaries are spilled (after secondaries are evicted).
+    /// Default: 0.8.
+    pub spill_threshold: f64,
+    /// Directory for spill files (created unlinked: nothing is left there even on a crash).
+    /// Default: the system's temporary directory.
+    pub spill_dir: PathBuf,
+    /// Spilled objects smaller than this are fused into one file per spill batch; larger ones
+    /// get a file each. Default: 1 MiB.
+    pub spill_fuse_below: usize,
+    /// Largest single write or read submitted to io_uring (a multiple of 4 KiB). Default: 8 MiB.
+    pub spill_chunk: usize,
+    /// Submission queue depth of the spill ring. Default: 64.
+    pub io_uring_entries: u32,
+    /// How long a `create` that does not fit waits for space before failing with
+    /// `ObjectStoreFull`. Default: 10 s.
+    pub create_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// The defaults with an arena of `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        StoreConfig {
+            capacity,
+            ..StoreConfig::default()
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            capacity: default_capacity(),
+            pages: PageRequest::Auto,
+            prefault: true,
+            spill_threshold: 0.8,
+            spill_dir: std::env::temp_dir(),
+            spill_fuse_below: 1 << 20,
+            spill_chunk: 8 << 20,
+            io_uring_entries: 64,
+            create_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// 30% of physical memory, or 1 GiB when the OS will not say.
+fn default_capacity() -> usize {
+    // SAFETY: sysconf only reads system parameters; these names are valid on Linux.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return 1 << 30;
+    }
+    let total = (pages as u128) * (page as u128);
+    usize::try_from(total * 3 / 10).unwrap_or(usize::MAX)
+}

@@ -1,0 +1,614 @@
+//! The store: arena + allocator + object table + spiller, and the object state machine.
+//!
+//! # The object state machine
+//!
+//! ```text
+//!            create                 seal                   last unpin
+//!   (none) ────────▶ Created ────────────▶ Sealed, pinned ◀─────────▶ Sealed, released
+//!                      │  drop unsealed /        ▲  get / pin             │      │
+//!                      ▼  delete if detached     │                 spill  │      │ evict (secondary)
+//!                   (none)                 Restoring ◀──── get ── Spilled ◀─┘      ▼ / delete
+//!                                                                    │           (none)
+//!                                                                    └─ delete ─▶ (none)
+//! ```
+//!
+//! 1. **Create.** `create(key, size)` reserves a block (step 5 if none is free), inserts the
+//!    entry as `Created` and returns the only [`Created`] handle. A `Created` object is invisible:
+//!    `get`/`pin` answer `NotSealed`, eviction and spilling skip it, `delete` refuses it unless
+//!    its writer detached to another process. Its bytes belong to the handle alone.
+//! 2. **Seal.** `Created::seal` (consuming the handle) or `Store::seal(key)` (detached writers)
+//!    turns it `Sealed` and makes it most recently used. From here its bytes never change until
+//!    its block is freed.
+//! 3. **Pin / release.** `get` (guard) and `pin` (by key, for other processes) add a pin; the
+//!    guard's drop and `release` remove one. While `pins > 0` the block is neither freed nor
+//!    spilled nor evicted, so a view's slice stays valid. `release` with no pin is `NotPinned`.
+//!    A sealed object with no pins is *released*: a candidate for step 5.
+//! 4. **Delete.** Only a released (or spilled) object can be deleted; its block returns to the
+//!    allocator, its spill slot (if any) is dropped.
+//! 5. **Pressure.** When a block cannot be had, or use exceeds `spill_threshold`, the policy
+//!    (`pressure`) picks released objects in LRU order: secondary copies are evicted (removed,
+//!    like a delete), primaries are spilled: (a) under the lock they are marked `spilling`;
+//!    (b) outside it their blocks are written to disk (readers may still pin them: the bytes
+//!    are immutable); (c) under the lock, each object still unpinned becomes `Spilled` and its
+//!    block is freed; one pinned meanwhile stays `Sealed` and its copy on disk is dropped. If
+//!    nothing can be freed the creator waits (condition variable, woken by every unpin, delete,
+//!    abort and spill) until `create_timeout`, then fails with `ObjectStoreFull`.
+//! 6. **Restore.** `get` of a `Spilled` object marks it `Restoring` (other getters wait),
+//!    reserves a block (step 5), reads the file into it outside the lock, then makes it
+//!    `Sealed` with the getter's pin. On failure it goes back to `Spilled`.
+//!
+//! # Why it is correct
+//! Every transition happens under the table lock, so each entry is in exactly one state and the
+//! checks in steps 3–6 see a consistent pin count. The only accesses to arena bytes outside the
+//! lock are the writer's (`Created`: nobody else may touch), readers' (`pins > 0`: the block
+//! cannot be freed), the spiller's (reads bytes of an immutable object whose entry cannot be
+//! deleted while `spilling`, and whose block is only freed in (c), after the I/O completed) and
+//! the restorer's (`Restoring`: the block is not yet reachable by anyone else). Lock order:
+//! table, then allocator; the spill ring's lock is never held with the table's.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::alloc::{Allocator, Block, Regions};
+use crate::arena::{Arena, PageKind};
+use crate::config::StoreConfig;
+use crate::error::{PutError, StoreError};
+use crate::handle::{Created, Pinned, Sealed, View};
+use crate::key::{CopyKind, Location, ObjectKey};
+use crate::numa;
+use crate::pressure;
+use crate::spill::{SpillItem, SpillSlot, Spiller};
+use crate::table::{Entry, State, Table};
+
+/// One node's object store. Shared by reference between threads (`Store: Sync`).
+#[derive(Debug)]
+pub struct Store {
+    arena: Arena,
+    alloc: Regions,
+    table: Mutex<Table>,
+    /// Signalled after every change that can free space or finish a restore.
+    changed: Condvar,
+    spiller: Spiller,
+    config: StoreConfig,
+    numa_nodes: usize,
+}
+
+/// A snapshot of the store's use, for `manta status`.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Arena size in bytes.
+    pub capacity: usize,
+    /// Bytes allocated to objects (created, sealed, restoring).
+    pub used: usize,
+    /// Largest block that could be allocated now.
+    pub largest_free: usize,
+    /// Objects known (any state).
+    pub objects: usize,
+    /// Objects currently on disk only.
+    pub spilled_objects: usize,
+    /// Bytes on disk for them.
+    pub spilled_bytes: usize,
+    /// Spills performed since start (objects).
+    pub spills: u64,
+    /// Restores performed since start.
+    pub restores: u64,
+    /// Secondary copies evicted since start.
+    pub evictions: u64,
+    /// Pages backing the arena.
+    pub page_kind: PageKind,
+    /// NUMA nodes the arena spans (1 without the `hwloc` feature).
+    pub numa_nodes: usize,
+}
+
+impl Store {
+    /// Creates the arena (pre-faulted if configured) and an empty table.
+    pub fn new(config: StoreConfig) -> Result<Store, StoreError> {
+        let mut arena = Arena::create(config.capacity, config.pages)?;
+        // Bind before touching: NUMA policy applies to pages when they are first faulted.
+        let spans = numa::place(&arena);
+        if config.prefault {
+            arena.prefault();
+        }
+        let alloc = Regions::new(&spans);
+        let numa_nodes = alloc.len();
+        let spiller = Spiller::new(&config);
+        info!(capacity = arena.len(), pages = %arena.page_kind(), spill_dir = %config.spill_dir.display(), "object store ready");
+        Ok(Store {
+            arena,
+            alloc,
+            table: Mutex::new(Table::default()),
+            changed: Condvar::new(),
+            spiller,
+            config,
+            numa_nodes,
+        })
+    }
+
+    /// The arena (its memfd to send to other processes, its page kind).
+    pub fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    /// The configuration the store was made with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub(crate) fn arena_ptr(&self, offset: usize) -> *mut u8 {
+        debug_assert!(offset <= self.arena.len());
+        self.arena.base().wrapping_add(offset)
+    }
+
+    /// The table lock. A panic under it cannot leave an entry half-changed (each transition
+    /// mutates after its checks, and the allocator call it makes does not panic), so poisoning
+    /// is ignored.
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Step 1 for a primary copy.
+    pub fn create(&self, key: ObjectKey, size: usize) -> Result<Created<'_>, StoreError> {
+        self.create_with(key, size, CopyKind::Primary)
+    }
+
+    /// Step 1: a writable handle on a new object of `size` bytes.
+    ///
+    /// Waits up to `create_timeout` for space (evicting, spilling, waiting for releases).
+    pub fn create_with(
+        &self,
+        key: ObjectKey,
+        size: usize,
+        copy: CopyKind,
+    ) -> Result<Created<'_>, StoreError> {
+        self.create_near(key, size, copy, None)
+    }
+
+    /// Step 1, placing the object on NUMA region `numa` (the consumer's node, as an index
+    /// below [`StoreStats::numa_nodes`]) when it has room, else on any region.
+    pub fn create_near(
+        &self,
+        key: ObjectKey,
+        size: usize,
+        copy: CopyKind,
+        numa: Option<usize>,
+    ) -> Result<Created<'_>, StoreError> {
+        if size == 0 {
+            return Err(StoreError::ZeroSize { key });
+        }
+        if Allocator::round_up(size) > self.alloc.max_object() {
+            return Err(StoreError::TooLarge {
+                key,
+                size,
+                capacity: self.alloc.max_object(),
+            });
+        }
+        if self.lock().entries.contains_key(&key) {
+            return Err(StoreError::AlreadyExists { key });
+        }
+        let block = self.reserve(key, size, numa)?;
+        let offset = block.offset();
+        {
+            let mut table = self.lock();
+            if table.entries.contains_key(&key) {
+                self.alloc.free(block);
+                return Err(StoreError::AlreadyExists { key });
+            }
+            table.entries.insert(key, Entry::new(size, copy, block));
+        }
+        self.relieve_threshold();
+        Ok(Created::new(self, key, offset, size))
+    }
+
+    /// create + copy + seal. On failure the value is handed back.
+    pub fn put<B: AsRef<[u8]>>(&self, key: ObjectKey, value: B) -> Result<Sealed, PutError<B>> {
+        let mut created = match self.create(key, value.as_ref().len()) {
+            Ok(c) => c,
+            Err(error) => return Err(PutError { error, value }),
+        };
+        created.write(value.as_ref());
+        created.seal().map_err(|error| PutError { error, value })
+    }
+
+    /// Step 2 by key, for a writer that [detached](Created::detach).
+    pub fn seal(&self, key: ObjectKey) -> Result<(), StoreError> {
+        let mut table = self.lock();
+        let entry = table
+            .entries
+            .get_mut(&key)
+            .ok_or(StoreError::NotFound { key })?;
+        let State::Created { .. } = entry.state else {
+            return Err(StoreError::AlreadySealed { key });
+        };
+        let State::Created { block, .. } = std::mem::replace(&mut entry.state, State::Restoring)
+        else {
+            unreachable!("checked just above under the same lock")
+        };
+        entry.state = State::Sealed {
+            block,
+            spilling: false,
+        };
+        table.touch(key);
+        Ok(())
+    }
+
+    pub(crate) fn mark_detached(&self, key: ObjectKey) {
+        if let Some(Entry {
+            state: State::Created { detached, .. },
+            ..
+        }) = self.lock().entries.get_mut(&key)
+        {
+            *detached = true;
+        }
+    }
+
+    /// A `Created` handle dropped unsealed: forget the object, free its block.
+    pub(crate) fn abort_created(&self, key: ObjectKey) {
+        let mut table = self.lock();
+        if let Some(Entry {
+            state: State::Created { .. },
+            ..
+        }) = table.entries.get(&key)
+            && let Some(Entry {
+                state: State::Created { block, .. },
+                ..
+            }) = table.remove(key)
+        {
+            self.alloc.free(block);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Step 3: a pinned zero-copy view of a sealed object, restoring it from disk if spilled
+    /// (step 6).
+    pub fn get(&self, key: ObjectKey) -> Result<Pinned<'_>, StoreError> {
+        let mut table = self.lock();
+        loop {
+            let entry = table
+                .entries
+                .get_mut(&key)
+                .ok_or(StoreError::NotFound { key })?;
+            match &entry.state {
+                State::Created { .. } => return Err(StoreError::NotSealed { key }),
+                State::Sealed { block, .. } => {
+                    let (offset, size) = (block.offset(), entry.size);
+                    entry.pins += 1;
+                    table.touch(key);
+                    return Ok(Pinned::new(self, key, offset, size));
+                }
+                State::Restoring => {
+                    table = self.changed.wait(table).unwrap_or_else(|p| p.into_inner());
+                }
+                State::Spilled { .. } => {
+                    let State::Spilled { slot } =
+                        std::mem::replace(&mut entry.state, State::Restoring)
+                    else {
+                        unreachable!("matched Spilled just above under the same lock")
+                    };
+                    let size = entry.size;
+                    drop(table);
+                    return self.restore(key, size, slot);
+                }
+            }
+        }
+    }
+
+    /// [`Store::get`] as a slice of plain-old-data `T` (no copy).
+    pub fn get_view<T: bytemuck::Pod>(&self, key: ObjectKey) -> Result<View<'_, T>, StoreError> {
+        View::new(self.get(key)?)
+    }
+
+    /// Step 3 by key, for a reader in another process: pins the object (restoring it if
+    /// spilled) and says where it lies. Undo with [`Store::release`].
+    pub fn pin(&self, key: ObjectKey) -> Result<Location, StoreError> {
+        Ok(self.get(key)?.leak())
+    }
+
+    /// Step 3: drops one pin taken with [`Store::pin`] (or leaked from a guard).
+    pub fn release(&self, key: ObjectKey) -> Result<(), StoreError> {
+        let mut table = self.lock();
+        let entry = table
+            .entries
+            .get_mut(&key)
+            .ok_or(StoreError::NotFound { key })?;
+        if entry.pins == 0 {
+            return Err(StoreError::NotPinned { key });
+        }
+        entry.pins -= 1;
+        if entry.pins == 0 {
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// A guard's drop: its pin exists, so release cannot fail.
+    pub(crate) fn unpin(&self, key: ObjectKey) {
+        let released = self.release(key);
+        debug_assert!(released.is_ok(), "a guard's pin vanished: {released:?}");
+    }
+
+    /// Step 4: removes a released (or spilled) object.
+    pub fn delete(&self, key: ObjectKey) -> Result<(), StoreError> {
+        let mut table = self.lock();
+        let entry = table
+            .entries
+            .get(&key)
+            .ok_or(StoreError::NotFound { key })?;
+        if entry.pins > 0 {
+            return Err(StoreError::StillPinned {
+                key,
+                pins: entry.pins,
+            });
+        }
+        match entry.state {
+            State::Created {
+                detached: false, ..
+            } => return Err(StoreError::NotSealed { key }),
+            State::Restoring | State::Sealed { spilling: true, .. } => {
+                return Err(StoreError::Busy { key });
+            }
+            _ => {}
+        }
+        if let Some(entry) = table.remove(key) {
+            match entry.state {
+                State::Created { block, .. } | State::Sealed { block, .. } => {
+                    self.alloc.free(block)
+                }
+                State::Spilled { slot } => drop(slot),
+                State::Restoring => {}
+            }
+        }
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Whether the store holds `key` (in any state).
+    pub fn contains(&self, key: ObjectKey) -> bool {
+        self.lock().entries.contains_key(&key)
+    }
+
+    /// Whether `key` is on disk only.
+    pub fn is_spilled(&self, key: ObjectKey) -> bool {
+        matches!(
+            self.lock().entries.get(&key),
+            Some(Entry {
+                state: State::Spilled { .. },
+                ..
+            })
+        )
+    }
+
+    /// A snapshot of use and counters.
+    pub fn stats(&self) -> StoreStats {
+        let table = self.lock();
+        let (mut spilled_objects, mut spilled_bytes) = (0, 0);
+        for e in table.entries.values() {
+            if let State::Spilled { slot } = &e.state {
+                spilled_objects += 1;
+                spilled_bytes += slot.len();
+            }
+        }
+        StoreStats {
+            capacity: self.alloc.capacity(),
+            used: self.alloc.used_bytes(),
+            largest_free: self.alloc.largest_free(),
+            objects: table.entries.len(),
+            spilled_objects,
+            spilled_bytes,
+            spills: table.counters.spilled,
+            restores: table.counters.restored,
+            evictions: table.counters.evicted,
+            page_kind: self.arena.page_kind(),
+            numa_nodes: self.numa_nodes,
+        }
+    }
+
+    /// A block of `size` bytes, making room (step 5) and waiting for it up to `create_timeout`.
+    fn reserve(
+        &self,
+        key: ObjectKey,
+        size: usize,
+        numa: Option<usize>,
+    ) -> Result<Block, StoreError> {
+        let start = Instant::now();
+        let deadline = start + self.config.create_timeout;
+        loop {
+            if let Some(block) = self.alloc.alloc(size, numa) {
+                return Ok(block);
+            }
+            let free = self.alloc.free_bytes();
+            // Short of bytes: free the shortfall. Enough bytes but fragmented: free `size` more.
+            let to_free = if free >= size { size } else { size - free };
+            if self.relieve(to_free) {
+                continue;
+            }
+            let table = self.lock();
+            // Re-checked under the lock: every free happens under it and notifies after, so no
+            // wake-up can be lost between this check and the wait.
+            if let Some(block) = self.alloc.alloc(size, numa) {
+                return Ok(block);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::ObjectStoreFull {
+                    key,
+                    size,
+                    waited: now - start,
+                    used: self.alloc.used_bytes(),
+                    pinned: table.stuck_bytes(),
+                    capacity: self.alloc.capacity(),
+                });
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            drop(
+                self.changed
+                    .wait_timeout(table, wait)
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+        }
+    }
+
+    /// Spills primaries while use is above `spill_threshold` (step 5, proactive).
+    fn relieve_threshold(&self) {
+        let limit =
+            (self.alloc.capacity() as f64 * self.config.spill_threshold.clamp(0.0, 1.0)) as usize;
+        let used = self.alloc.used_bytes();
+        if used > limit {
+            self.relieve(used - limit);
+        }
+    }
+
+    /// Step 5: evicts and spills released objects to free `to_free` bytes. Returns whether any
+    /// space was freed.
+    fn relieve(&self, to_free: usize) -> bool {
+        let mut victims = Vec::new();
+        let mut items = Vec::new();
+        let evicted;
+        {
+            let mut table = self.lock();
+            let plan = pressure::plan(to_free, &table.candidates());
+            if plan.is_empty() {
+                return false;
+            }
+            evicted = plan.evict.len();
+            for key in plan.evict {
+                if let Some(Entry {
+                    state: State::Sealed { block, .. },
+                    ..
+                }) = table.remove(key)
+                {
+                    self.alloc.free(block);
+                    table.counters.evicted += 1;
+                }
+            }
+            // (a) mark the primaries.
+            for key in plan.spill {
+                if let Some(Entry {
+                    state: State::Sealed { block, spilling },
+                    ..
+                }) = table.entries.get_mut(&key)
+                {
+                    *spilling = true;
+                    items.push(SpillItem {
+                        ptr: self.arena_ptr(block.offset()),
+                        len: block.len(),
+                    });
+                    victims.push(key);
+                }
+            }
+            if evicted > 0 {
+                debug!(evicted, "evicted secondary copies");
+                self.changed.notify_all();
+            }
+        }
+        if victims.is_empty() {
+            return evicted > 0;
+        }
+        // (b) write them out, no lock held.
+        let started = Instant::now();
+        // SAFETY: each item is the block of a sealed object marked `spilling`: its bytes never
+        // change, and its block is not freed before (c) below, which runs after this returns.
+        let written = unsafe { self.spiller.spill(&items) };
+        let bytes: usize = items.iter().map(|i| i.len).sum();
+        // (c) free the blocks of those still unpinned.
+        let mut table = self.lock();
+        let mut spilled = 0;
+        match written {
+            Ok(slots) => {
+                for (key, slot) in victims.into_iter().zip(slots) {
+                    let Some(entry) = table.entries.get_mut(&key) else {
+                        continue;
+                    };
+                    let State::Sealed { spilling, .. } = &mut entry.state else {
+                        continue;
+                    };
+                    *spilling = false;
+                    if entry.pins > 0 {
+                        continue;
+                    }
+                    if let State::Sealed { block, .. } =
+                        std::mem::replace(&mut entry.state, State::Spilled { slot })
+                    {
+                        self.alloc.free(block);
+                    }
+                    table.untrack(key);
+                    table.counters.spilled += 1;
+                    spilled += 1;
+                }
+                let took = started.elapsed();
+                debug!(
+                    objects = spilled,
+                    bytes,
+                    ?took,
+                    gbps = bytes as f64 / took.as_secs_f64().max(1e-9) / 1e9,
+                    "spilled"
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, objects = victims.len(), "spill failed; objects stay in memory");
+                for key in victims {
+                    if let Some(Entry {
+                        state: State::Sealed { spilling, .. },
+                        ..
+                    }) = table.entries.get_mut(&key)
+                    {
+                        *spilling = false;
+                    }
+                }
+            }
+        }
+        self.changed.notify_all();
+        evicted > 0 || spilled > 0
+    }
+
+    /// Step 6, after `get` marked `key` Restoring and took its slot.
+    fn restore(
+        &self,
+        key: ObjectKey,
+        size: usize,
+        slot: SpillSlot,
+    ) -> Result<Pinned<'_>, StoreError> {
+        let put_back = |slot: SpillSlot| {
+            let mut table = self.lock();
+            if let Some(entry) = table.entries.get_mut(&key) {
+                entry.state = State::Spilled { slot };
+            }
+            self.changed.notify_all();
+        };
+        let block = match self.reserve(key, size, None) {
+            Ok(b) => b,
+            Err(e) => {
+                put_back(slot);
+                return Err(e);
+            }
+        };
+        debug_assert_eq!(block.len(), slot.len());
+        // SAFETY: the block was just allocated and is reachable from no entry yet: only this
+        // thread touches it until the entry becomes Sealed below.
+        if let Err(source) = unsafe { self.spiller.restore(&slot, self.arena_ptr(block.offset())) }
+        {
+            self.alloc.free(block);
+            put_back(slot);
+            return Err(StoreError::Restore { key, source });
+        }
+        let offset = block.offset();
+        let mut table = self.lock();
+        // A Restoring entry cannot be deleted (`Busy`), so it is still here.
+        let Some(entry) = table.entries.get_mut(&key) else {
+            self.alloc.free(block);
+            return Err(StoreError::NotFound { key });
+        };
+        entry.state = State::Sealed {
+            block,
+            spilling: false,
+        };
+        entry.pins += 1;
+        table.touch(key);
+        table.counters.restored += 1;
+        self.changed.notify_all();
+        drop(slot);
+        Ok(Pinned::new(self, key, offset, size))
+    }
+}
