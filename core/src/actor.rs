@@ -17,7 +17,10 @@
 //!    are any, activates again. A push (or dependency completion) that raced with the leaving
 //!    drainer either saw `active` already lowered and activated itself, or happened before the
 //!    re-check and is found by it: no call is stranded. Both sides use `SeqCst`.
-//! 4. After `DRAIN_BATCH` calls a drainer re-queues the actor as a fresh job, so one busy actor
+//! 4. With `max_concurrency > 1`, a drainer about to run a call activates once more if calls
+//!    are still queued, so drainers fan out up to the bound (calls that arrived while the
+//!    constructor ran found the actor not yet alive and activated nothing).
+//! 5. After `DRAIN_BATCH` calls a drainer re-queues the actor as a fresh job, so one busy actor
 //!    cannot monopolise a slot while other jobs wait.
 //!
 //! # Life
@@ -449,7 +452,7 @@ impl ActorCell {
         !self.mailbox.is_empty()
     }
 
-    /// Runs queued calls (steps 2–4), on a slot.
+    /// Runs queued calls (steps 2–5), on a slot.
     pub(crate) fn drain(self: Arc<Self>, scheduler: &Scheduler) {
         for _ in 0..DRAIN_BATCH {
             if !self.is_alive() {
@@ -463,10 +466,14 @@ impl ActorCell {
                 }
                 continue;
             }
+            if self.max_concurrency > 1 && !self.mailbox.is_empty() {
+                // Fan out: more calls are waiting and more drainers are allowed.
+                self.activate();
+            }
             self.run(call);
         }
         if self.is_alive() && self.has_runnable() && !self.has_stalled.load(Ordering::SeqCst) {
-            // Step 4: batch exhausted with calls left; stay active and go to the back.
+            // Step 5: batch exhausted with calls left; stay active and go to the back.
             scheduler.push(Job::Actor(self));
             return;
         }

@@ -69,7 +69,8 @@ pub fn wait<T>(
         let _blocked = Blocked::enter(s);
         let enough = || objects.iter().filter(|o| o.is_ready()).count() >= num_returns;
         if !s.spin_until(enough, deadline) {
-            let latch = Latch::new(num_returns - already);
+            // Every object counts once: found ready at registration, or woken later.
+            let latch = Latch::new(num_returns);
             for o in &objects {
                 if o.cell.register(Waiter::Latch(latch.clone())).is_err() {
                     latch.count_down();

@@ -194,27 +194,19 @@ impl Scheduler {
         if let Some(job) = local.pop() {
             return Some(job);
         }
-        loop {
-            match self.injector.steal_batch_and_pop(local) {
-                Steal::Success(job) => return Some(job),
-                Steal::Retry => continue,
-                Steal::Empty => break,
-            }
-        }
         let n = self.slots.load(Ordering::Acquire);
-        for k in 1..n {
-            let Some(stealer) = self.stealers[(me + k) % n].get() else {
-                continue;
-            };
-            loop {
-                match stealer.steal_batch_and_pop(local) {
-                    Steal::Success(job) => return Some(job),
-                    Steal::Retry => continue,
-                    Steal::Empty => break,
-                }
-            }
+        let found = steal(|| self.injector.steal_batch_and_pop(local)).or_else(|| {
+            (1..n).find_map(|k| {
+                let stealer = self.stealers[(me + k) % n].get()?;
+                steal(|| stealer.steal_batch_and_pop(local))
+            })
+        });
+        if found.is_some() && !local.is_empty() {
+            // A batch came along with the job: this slot is busy with the first one, so let a
+            // sleeping slot know there is more to steal.
+            self.notify();
         }
-        None
+        found
     }
 
     /// Runs one job on the current thread.
@@ -442,6 +434,17 @@ impl Scheduler {
         let pending = std::mem::take(&mut *lock(&self.pending));
         for task in pending {
             fail_job(Job::Task(task));
+        }
+    }
+}
+
+/// Retries a steal until it succeeds or finds nothing.
+fn steal(mut attempt: impl FnMut() -> Steal<Job>) -> Option<Job> {
+    loop {
+        match attempt() {
+            Steal::Success(job) => return Some(job),
+            Steal::Retry => continue,
+            Steal::Empty => return None,
         }
     }
 }

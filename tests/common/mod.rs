@@ -1,0 +1,32 @@
+//! Shared test helpers: one runtime at a time per process.
+//!
+//! nextest runs each test in its own process; `cargo test` runs a file's tests as threads of
+//! one process, where the runtime (one per process) must be taken in turn.
+
+use std::sync::{Mutex, MutexGuard};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A running runtime, shut down when dropped.
+pub(crate) struct Runtime {
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        manta::shutdown();
+    }
+}
+
+/// Starts a runtime with `config` (2 CPUs unless the test says otherwise).
+pub(crate) fn start(config: manta::Config) -> Runtime {
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    manta::shutdown();
+    manta::init_with(config).expect("init");
+    Runtime { _turn: turn }
+}
+
+/// The default test cluster: 2 CPUs, whatever the host has.
+pub(crate) fn start_default() -> Runtime {
+    start(manta::Config::default().num_cpus(2.0))
+}
