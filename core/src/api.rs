@@ -52,6 +52,9 @@ pub fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, 
     objects.iter().map(ObjectRef::get).collect()
 }
 
+/// `(ready, not_ready)`, as returned by [`wait`].
+pub type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_returns` of `objects` are ready or `timeout` passes, and splits them into
 /// `(ready, not_ready)`, each in the input order. `ready` holds at most `num_returns`; a
 /// timeout is not an error (Ray's `ray.wait`).
@@ -59,7 +62,7 @@ pub fn wait<T>(
     objects: Vec<ObjectRef<T>>,
     num_returns: usize,
     timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>), Error> {
+) -> Result<Split<T>, Error> {
     let num_returns = num_returns.min(objects.len());
     let already = objects.iter().filter(|o| o.is_ready()).count();
     if already < num_returns {

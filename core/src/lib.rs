@@ -22,8 +22,8 @@ mod task;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};
 pub use api::{
-    NodeStatus, block_on, cancel, get, get_actor, get_all, get_timeout, kill, put, restart, status,
-    wait,
+    NodeStatus, Split, block_on, cancel, get, get_actor, get_all, get_timeout, kill, put, restart,
+    status, wait,
 };
 pub use config::{Config, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};

@@ -61,12 +61,11 @@ fn global_current() -> Result<Arc<RuntimeInner>, Error> {
 pub(crate) fn with_current<R>(f: impl FnOnce(&Arc<RuntimeInner>) -> R) -> Result<R, Error> {
     let generation = GENERATION.load(Ordering::Acquire);
     CACHE.with(|cache| {
-        if let Ok(c) = cache.try_borrow() {
-            if c.0 == generation {
-                if let Some(rt) = &c.1 {
-                    return Ok(f(rt));
-                }
-            }
+        if let Ok(c) = cache.try_borrow()
+            && c.0 == generation
+            && let Some(rt) = &c.1
+        {
+            return Ok(f(rt));
         }
         let fresh = global_current();
         if let Ok(mut c) = cache.try_borrow_mut() {

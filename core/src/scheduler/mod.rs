@@ -170,12 +170,13 @@ impl Scheduler {
     fn grow_if_starved(&self) {
         let slots = self.slots.load(Ordering::Acquire);
         let runnable = slots.saturating_sub(self.blocked.load(Ordering::Acquire));
-        if runnable < self.base_slots && slots < self.stealers.len() && self.has_work() {
-            if let Some(rt) = crate::runtime::current_inner() {
-                if let Err(e) = slot::spawn(&rt) {
-                    tracing::warn!("could not add a slot for blocked tasks: {e}");
-                }
-            }
+        if runnable < self.base_slots
+            && slots < self.stealers.len()
+            && self.has_work()
+            && let Some(rt) = crate::runtime::current_inner()
+            && let Err(e) = slot::spawn(&rt)
+        {
+            tracing::warn!("could not add a slot for blocked tasks: {e}");
         }
     }
 
@@ -333,10 +334,11 @@ impl Scheduler {
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
         let _blocked = slot::Blocked::enter(self);
-        if deadline.is_none() && self.inline_get {
-            if let Some(task) = cell.producer() {
-                self.help(task);
-            }
+        if deadline.is_none()
+            && self.inline_get
+            && let Some(task) = cell.producer()
+        {
+            self.help(task);
         }
         if self.spin_until(|| cell.is_ready(), deadline) {
             return Ok(());

@@ -290,6 +290,11 @@ fn check(r: Result<(), String>) -> Result<()> {
     r.map_err(anyhow::Error::msg)
 }
 
+/// Gets task results that report their own failure as `Err(String)`.
+fn get_checked(refs: &[ObjectRef<Result<(), String>>]) -> Result<()> {
+    manta::get_all(refs)?.into_iter().try_for_each(check)
+}
+
 pub(crate) fn run(args: &MicrobenchmarkArgs) -> Result<()> {
     let filter = match &args.cases {
         Some(re) => Some(
@@ -380,9 +385,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
     })?;
     r.timeit("multi client put calls (Plasma Store)", 1000.0, || {
         let refs: Vec<_> = (0..10).map(|_| do_put_small::remote()).collect();
-        manta::get_all(&refs)?
-            .into_iter()
-            .try_for_each(|x| check(x))
+        get_checked(&refs)
     })?;
     if r.wants("single client put gigabytes") {
         let arr = vec![0i64; 100 * 1024 * 1024];
@@ -397,9 +400,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
     })?;
     r.timeit("multi client put gigabytes", 10.0 * 8.0 * 0.1, || {
         let refs: Vec<_> = (0..10).map(|_| do_put::remote()).collect();
-        manta::get_all(&refs)?
-            .into_iter()
-            .try_for_each(|x| check(x))
+        get_checked(&refs)
     })?;
     if r.wants("single client get object containing 10k refs") {
         let obj = create_object_containing_ref::remote();
@@ -429,9 +430,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
         let actors: Vec<_> = (0..m).map(|_| Server::remote()).collect();
         r.timeit("multi client tasks async", (n * m) as f64, || {
             let refs: Vec<_> = actors.iter().map(|a| a.small_value_batch(n)).collect();
-            manta::get_all(&refs)?
-                .into_iter()
-                .try_for_each(|x| check(x))
+            get_checked(&refs)
         })?;
     }
     let a = Server::remote();
@@ -457,9 +456,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
         let m = 4;
         r.timeit("n:n actor calls async", (m * n) as f64, || {
             let refs: Vec<_> = (0..m).map(|_| work::remote(actors.clone(), n)).collect();
-            manta::get_all(&refs)?
-                .into_iter()
-                .try_for_each(|x| check(x))
+            get_checked(&refs)
         })?;
         let n = 1000;
         let clients: Vec<_> = (0..n_cpu)
@@ -470,9 +467,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
             (n * clients.len()) as f64,
             || {
                 let refs: Vec<_> = clients.iter().map(|c| c.small_value_batch_arg(n)).collect();
-                manta::get_all(&refs)?
-                    .into_iter()
-                    .try_for_each(|x| check(x))
+                get_checked(&refs)
             },
         )?;
     }
@@ -502,9 +497,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
             let refs: Vec<_> = (0..m)
                 .map(|_| async_actor_work::remote(actors.clone(), n))
                 .collect();
-            manta::get_all(&refs)?
-                .into_iter()
-                .try_for_each(|x| check(x))
+            get_checked(&refs)
         })?;
     }
     Ok(())
