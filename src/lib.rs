@@ -105,3 +105,8 @@ pub use manta_macros::{actor, remote};
 pub mod __private {
     pub use manta_core::__private::*;
 }
+
+/// The README's code blocks, compiled and run as doctests so the tour cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
