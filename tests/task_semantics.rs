@@ -300,3 +300,19 @@ fn a_type_mismatch_on_get_is_a_decode_error() {
     let wrong: ObjectRef<Vec<u64>> = serde_json::from_slice(&bytes).unwrap();
     assert!(matches!(wrong.get(), Err(Error::Decode { .. })));
 }
+
+#[test]
+fn bad_configuration_is_refused_at_init() {
+    let _turn = common::turn();
+    for config in [
+        manta::Config::default().num_cpus(-1.0),
+        manta::Config::default().num_gpus(f64::NAN),
+        manta::Config::default().resource("x", 1.0).resource("x", 2.0),
+    ] {
+        match manta::init_with(config) {
+            Err(Error::Config { key, message }) => assert!(!key.is_empty() && !message.is_empty()),
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+        assert!(!manta::is_initialized());
+    }
+}

@@ -18,10 +18,16 @@ impl Drop for Runtime {
     }
 }
 
-/// Starts a runtime with `config` (2 CPUs unless the test says otherwise).
-pub(crate) fn start(config: manta::Config) -> Runtime {
+/// This test's turn at the process's one runtime, with none running.
+pub(crate) fn turn() -> MutexGuard<'static, ()> {
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     manta::shutdown();
+    turn
+}
+
+/// Starts a runtime with `config` (2 CPUs unless the test says otherwise).
+pub(crate) fn start(config: manta::Config) -> Runtime {
+    let turn = turn();
     manta::init_with(config).expect("init");
     Runtime { _turn: turn }
 }
