@@ -180,6 +180,15 @@ impl Runner {
         self.filter.as_ref().is_none_or(|re| re.is_match(name))
     }
 
+    /// Whether to run the case `name`; if so, shows it in the progress line.
+    fn begin(&self, name: &str) -> bool {
+        let wanted = self.wants(name);
+        if wanted {
+            self.progress.set_message(name.to_string());
+        }
+        wanted
+    }
+
     /// Ray's `timeit`: see the module docs.
     fn timeit(
         &mut self,
@@ -187,10 +196,9 @@ impl Runner {
         multiplier: f64,
         mut f: impl FnMut() -> Result<()>,
     ) -> Result<()> {
-        if !self.wants(name) {
+        if !self.begin(name) {
             return Ok(());
         }
-        self.progress.set_message(name.to_string());
         let warmup = self.duration / 2;
         let start = Instant::now();
         let mut count = 0u64;
@@ -214,13 +222,11 @@ impl Runner {
         let mean = stats.iter().sum::<f64>() / stats.len() as f64;
         let sd =
             (stats.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / stats.len() as f64).sqrt();
-        self.progress
-            .suspend(|| println!("{name} per second {mean:.2} +- {sd:.2}"));
-        self.results.insert(
-            name.to_string(),
+        self.record(
+            name,
+            format!("per second {mean:.2} +- {sd:.2}"),
             json!({"per_second": round2(mean), "stddev": round2(sd)}),
         );
-        self.progress.inc(1);
         Ok(())
     }
 
@@ -231,10 +237,9 @@ impl Runner {
         samples: usize,
         mut f: impl FnMut() -> Result<()>,
     ) -> Result<()> {
-        if !self.wants(name) {
+        if !self.begin(name) {
             return Ok(());
         }
-        self.progress.set_message(name.to_string());
         for _ in 0..samples / 4 {
             f()?;
         }
@@ -247,16 +252,15 @@ impl Runner {
         times.sort_by(f64::total_cmp);
         let p50 = times[times.len() / 2];
         let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
-        self.progress
-            .suspend(|| println!("{name} p50 {p50:.2} us p99 {p99:.2} us"));
-        self.results.insert(
-            name.to_string(),
+        self.record(
+            name,
+            format!("p50 {p50:.2} us p99 {p99:.2} us"),
             json!({"p50_us": round2(p50), "p99_us": round2(p99)}),
         );
-        self.progress.inc(1);
         Ok(())
     }
 
+    /// Prints `<name> <line>` and keeps `value` for the JSON output.
     fn record(&mut self, name: &str, line: String, value: Value) {
         self.progress.suspend(|| println!("{name} {line}"));
         self.results.insert(name.to_string(), value);
