@@ -17,8 +17,10 @@ mod object;
 mod resources;
 mod runtime;
 mod scheduler;
+mod store;
 mod sync;
 mod task;
+mod view;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};
 pub use api::{
@@ -29,8 +31,11 @@ pub use config::{Config, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};
 pub use id::{ActorId, ObjectId, TaskId};
 pub use object::ObjectRef;
+pub use manta_store::PageKind;
 pub use runtime::{init, init_with, is_initialized, shutdown};
+pub use store::ObjectStoreStatus;
 pub use task::{IntoArg, TaskOptions, registered_functions};
+pub use view::{Element, View, get_view};
 
 /// Items the macros' generated code names; not part of the public API.
 #[doc(hidden)]

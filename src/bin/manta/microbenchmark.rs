@@ -282,7 +282,7 @@ fn rss_mb() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn get<T: serde::de::DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
+fn get<T: serde::de::DeserializeOwned + 'static>(r: &ObjectRef<T>) -> Result<T> {
     Ok(r.get()?)
 }
 
