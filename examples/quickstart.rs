@@ -65,7 +65,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let data: Vec<u32> = (0..LEN as u32).collect();
     let array = manta::put(data)?;
-    println!("put a {} MiB array as {}", LEN * 4 >> 20, array.id());
+    println!("put a {} MiB array as {}", (LEN * 4) >> 20, array.id());
 
     let mut pending: Vec<ObjectRef<u64>> = (0..CHUNKS)
         .map(|c| partial_sum::remote(&array, c))
