@@ -58,7 +58,11 @@ fn large_values_round_trip_byte_exact_through_the_store() {
     let r_ints = manta::put(ints.clone()).unwrap();
     let r_strings = manta::put(strings.clone()).unwrap();
     let r_records = manta::put(records).unwrap();
-    assert_eq!(store().objects, 5, "every value above 100 KiB is in the store");
+    assert_eq!(
+        store().objects,
+        5,
+        "every value above 100 KiB is in the store"
+    );
 
     assert_eq!(r_bytes.get().unwrap(), bytes);
     assert_eq!(r_floats.get().unwrap(), floats);
@@ -121,9 +125,15 @@ fn task_arguments_and_results_above_the_threshold_go_through_the_store() {
     // An argument passed by value.
     let (sum, seen) = sum_and_count::remote(vec![1u8; MIB]).get().unwrap();
     assert_eq!(sum, MIB as u64);
-    assert!(seen >= 1, "the 1 MiB argument was in the store while the task ran");
+    assert!(
+        seen >= 1,
+        "the 1 MiB argument was in the store while the task ran"
+    );
     // The slot that ran the task may still be letting go of it (and its arguments).
-    eventually(|| store().objects == 0, "the argument left the store with its task");
+    eventually(
+        || store().objects == 0,
+        "the argument left the store with its task",
+    );
 
     // A result, then that result passed by reference to another task.
     let big = make::remote(MIB);

@@ -55,7 +55,11 @@ fn a_full_store_hands_the_value_back_and_fails_task_results() {
 
     let value = vec![7u8; 20 * MIB];
     let err = manta::put(value).unwrap_err();
-    assert_eq!(err.value, vec![7u8; 20 * MIB], "the value is handed back intact");
+    assert_eq!(
+        err.value,
+        vec![7u8; 20 * MIB],
+        "the value is handed back intact"
+    );
     match &err.error {
         manta::Error::ObjectStoreFull {
             object,

@@ -42,6 +42,18 @@ pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>, PutE
     }
 }
 
+/// Stores a copy of `*value` as an immutable object, leaving the caller its value (Ray's
+/// `ray.put(x)`, which does not consume `x`): the one copy is the encoding into the object.
+/// Fails as [`put`] does, with the error alone since nothing was taken.
+pub fn put_ref<T: Serialize + Send + 'static>(value: &T) -> Result<ObjectRef<T>, Error> {
+    let id = with_current(|rt| rt.next_object_id())?;
+    let encoded = codec::encode(value).map_err(|e| e.for_object(id))?;
+    Ok(ObjectRef::from_cell(Arc::new(ObjectCell::ready(
+        id,
+        Ok(encoded),
+    ))))
+}
+
 /// Blocks until the object is available and returns a copy of its value.
 pub fn get<T: DeserializeOwned + 'static>(object: &ObjectRef<T>) -> Result<T, Error> {
     object.get()

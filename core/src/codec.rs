@@ -238,7 +238,10 @@ pub(crate) fn pod_slice<P: bytemuck::Pod>(
         message,
     };
     let Some((header, body)) = bytes.split_first_chunk::<SEQ_HEADER>() else {
-        return Err(bad(format!("{} bytes is too short for a vector", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes is too short for a vector",
+            bytes.len()
+        )));
     };
     let count = u64::from_le_bytes(*header);
     let len = usize::try_from(count)
@@ -286,11 +289,17 @@ mod tests {
         {
             let fast = encode(&values).unwrap();
             let generic = bincode::serde::encode_to_vec(&values, config()).unwrap();
-            assert_eq!(inline(&fast), &generic[..], "{}", std::any::type_name::<P>());
+            assert_eq!(
+                inline(&fast),
+                &generic[..],
+                "{}",
+                std::any::type_name::<P>()
+            );
             let via_fast: Vec<P> = decode(ObjectId::from_u64(1), &generic).unwrap();
             assert_eq!(via_fast, values);
-            let via_serde: Vec<P> =
-                bincode::serde::decode_from_slice(inline(&fast), config()).unwrap().0;
+            let via_serde: Vec<P> = bincode::serde::decode_from_slice(inline(&fast), config())
+                .unwrap()
+                .0;
             assert_eq!(via_serde, values);
         }
         check::<u8>(vec![0, 1, 255]);

@@ -50,9 +50,9 @@ use crate::error::Error;
 use crate::id::ObjectId;
 use crate::runtime::{self, RuntimeInner};
 use crate::store::StoredObject;
-use crate::view::{Element, View};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, OnceLock, Ordering, Weak, lock, thread};
 use crate::task::Task;
+use crate::view::{Element, View};
 
 /// An object's sealed contents: encoded bytes plus the objects referenced from inside them.
 #[derive(Clone, Debug)]
@@ -88,7 +88,10 @@ impl ObjectValue {
     }
 
     /// Decodes the value as a `T`.
-    pub(crate) fn decode<T: DeserializeOwned + 'static>(&self, object: ObjectId) -> Result<T, Error> {
+    pub(crate) fn decode<T: DeserializeOwned + 'static>(
+        &self,
+        object: ObjectId,
+    ) -> Result<T, Error> {
         self.read(object, |bytes| codec::decode(object, bytes))
     }
 
