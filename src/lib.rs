@@ -93,10 +93,11 @@
 extern crate self as manta;
 
 pub use manta_core::{
-    Actor, ActorHandle, ActorId, ActorOptions, Config, CustomResources, Error, IntoArg, NodeStatus,
-    ObjectId, ObjectRef, PutError, TaskError, TaskId, TaskOptions, block_on, cancel, get,
-    get_actor, get_all, get_timeout, init, init_with, is_initialized, kill, put,
-    registered_functions, restart, shutdown, status, wait,
+    Actor, ActorHandle, ActorId, ActorOptions, Config, CustomResources, Element, Error, IntoArg,
+    NodeStatus, ObjectId, ObjectRef, ObjectStoreStatus, PageKind, PutError, TaskError, TaskId,
+    TaskOptions, View, block_on, cancel, get, get_actor, get_all, get_timeout, get_view, init,
+    init_with, is_initialized, kill, put, put_ref, registered_functions, restart, shutdown, status,
+    wait,
 };
 pub use manta_macros::{actor, remote};
 

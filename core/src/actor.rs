@@ -491,7 +491,7 @@ impl ActorCell {
         }));
         let result = match outcome {
             Ok(Err(Error::ShutDown)) if !self.is_alive() => Err(self.death_error()),
-            Ok(r) => r,
+            Ok(r) => r.map_err(|e| e.for_object(call.result.id())),
             Err(payload) => Err(Error::Task(TaskError::panic(
                 call.method.name,
                 payload.as_ref(),

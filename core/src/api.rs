@@ -14,12 +14,17 @@ use crate::error::{Error, PutError};
 use crate::object::{Latch, ObjectCell, ObjectRef, Waiter};
 use crate::runtime::{self, with_current};
 use crate::scheduler::Blocked;
+use crate::store::ObjectStoreStatus;
 use crate::sync::{Arc, Ordering, thread};
 use crate::task::{ArgSlot, RemoteFunction, TaskOptions};
 
 /// Stores `value` as an immutable object and returns a reference to it.
 ///
-/// On failure the value is handed back inside the [`PutError`].
+/// A value whose encoding is larger than `max_inline_object_bytes` is encoded straight into the
+/// node's shared-memory object store (vectors of numbers with one `memcpy`). If the store is
+/// full, the put waits up to `object_store_put_timeout` for space (spilling, releases), then
+/// fails with [`Error::ObjectStoreFull`]. On failure the value is handed back inside the
+/// [`PutError`].
 pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>, PutError<T>> {
     let id = match with_current(|rt| rt.next_object_id()) {
         Ok(id) => id,
@@ -30,17 +35,32 @@ pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>, PutE
             id,
             Ok(encoded),
         )))),
-        Err(error) => Err(PutError { value, error }),
+        Err(error) => Err(PutError {
+            value,
+            error: error.for_object(id),
+        }),
     }
 }
 
+/// Stores a copy of `*value` as an immutable object, leaving the caller its value (Ray's
+/// `ray.put(x)`, which does not consume `x`): the one copy is the encoding into the object.
+/// Fails as [`put`] does, with the error alone since nothing was taken.
+pub fn put_ref<T: Serialize + Send + 'static>(value: &T) -> Result<ObjectRef<T>, Error> {
+    let id = with_current(|rt| rt.next_object_id())?;
+    let encoded = codec::encode(value).map_err(|e| e.for_object(id))?;
+    Ok(ObjectRef::from_cell(Arc::new(ObjectCell::ready(
+        id,
+        Ok(encoded),
+    ))))
+}
+
 /// Blocks until the object is available and returns a copy of its value.
-pub fn get<T: DeserializeOwned>(object: &ObjectRef<T>) -> Result<T, Error> {
+pub fn get<T: DeserializeOwned + 'static>(object: &ObjectRef<T>) -> Result<T, Error> {
     object.get()
 }
 
 /// Like [`get`], failing with [`Error::Timeout`] after `timeout`.
-pub fn get_timeout<T: DeserializeOwned>(
+pub fn get_timeout<T: DeserializeOwned + 'static>(
     object: &ObjectRef<T>,
     timeout: Duration,
 ) -> Result<T, Error> {
@@ -48,7 +68,7 @@ pub fn get_timeout<T: DeserializeOwned>(
 }
 
 /// Gets every object, in order; the first failure is returned.
-pub fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, Error> {
+pub fn get_all<T: DeserializeOwned + 'static>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, Error> {
     objects.iter().map(ObjectRef::get).collect()
 }
 
@@ -193,6 +213,8 @@ pub struct NodeStatus {
     pub escaped_objects: usize,
     /// Time since `init`.
     pub uptime: Duration,
+    /// The shared-memory object store (`None` if it could not be created at `init`).
+    pub object_store: Option<ObjectStoreStatus>,
 }
 
 /// The current node's status.
@@ -205,6 +227,7 @@ pub fn status() -> Result<NodeStatus, Error> {
         actors: rt.actor_count(),
         escaped_objects: rt.escaped_count(),
         uptime: rt.started.elapsed(),
+        object_store: rt.store.as_ref().map(|s| s.status()),
     })
 }
 

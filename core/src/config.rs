@@ -45,6 +45,12 @@ impl FromEnv for Duration {
     }
 }
 
+impl FromEnv for String {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        Ok(raw.to_string())
+    }
+}
+
 impl FromEnv for CustomResources {
     fn parse_env(raw: &str) -> Result<Self, String> {
         CustomResources::parse(raw)
@@ -154,6 +160,28 @@ catalogue! {
     max_task_retries: u32 = 0, env "MANTA_TASK_MAX_RETRIES";
     /// Values whose encoding is at most this many bytes travel inline in task messages.
     max_inline_object_bytes: usize = 100 * 1024, env "MANTA_MAX_INLINE_OBJECT_BYTES";
+    /// Size of the node's shared-memory object store in bytes (default: 30% of physical memory,
+    /// as Ray's). Objects larger than `max_inline_object_bytes` live there.
+    object_store_memory: usize = default_object_store_memory(), env "MANTA_OBJECT_STORE_MEMORY";
+    /// Whether to touch every page of the object store at `init`, so that no put pays
+    /// first-touch page faults (slow start and resident memory for faster first puts).
+    object_store_prefault: bool = false, env "MANTA_OBJECT_STORE_PREFAULT";
+    /// Whether to back the object store with 2 MiB huge pages when the node's pool has enough
+    /// free ones (else 4 KiB pages with transparent huge pages advised, as when this is false).
+    object_store_huge_pages: bool = true, env "MANTA_OBJECT_STORE_HUGE_PAGES";
+    /// Fraction of the object store in use above which unpinned objects are spilled to disk.
+    object_spilling_threshold: f64 = 0.8, env "MANTA_OBJECT_SPILLING_THRESHOLD";
+    /// Directory for spill files; empty means a directory of this process's own under the
+    /// system's temporary directory, removed when the runtime's store is dropped.
+    object_spilling_directory: String = String::new(), env "MANTA_OBJECT_SPILLING_DIRECTORY";
+    /// How long a put (or a task result) waits for room in a full object store before failing
+    /// with `ObjectStoreFull` (microseconds in the environment).
+    object_store_put_timeout: Duration = Duration::from_secs(10), env "MANTA_OBJECT_STORE_PUT_TIMEOUT_US";
+}
+
+/// 30% of physical memory, as Ray's default object store size.
+fn default_object_store_memory() -> usize {
+    manta_store::StoreConfig::default().capacity
 }
 
 impl Config {

@@ -108,6 +108,47 @@ pub enum Error {
         /// The freed object.
         object: ObjectId,
     },
+    /// The object store had no room for an object after waiting `object_store_put_timeout`
+    /// (everything in it pinned, or spilling impossible). A failed `put` hands its value back
+    /// in the [`PutError`]; a task whose result cannot be stored fails that result with this.
+    #[error(
+        "object store full: no room for {object} ({size} bytes) after {waited:?}; \
+         {used} of {capacity} bytes in use, {pinned} bytes pinned"
+    )]
+    ObjectStoreFull {
+        /// The object that could not be stored (`ObjectId` 0 for a task argument).
+        object: ObjectId,
+        /// Its encoded size in bytes.
+        size: usize,
+        /// Bytes in use in the store when the put gave up.
+        used: usize,
+        /// Bytes pinned by readers (neither spillable nor evictable) then.
+        pinned: usize,
+        /// The store's capacity in bytes.
+        capacity: usize,
+        /// How long the put waited for space.
+        waited: Duration,
+    },
+    /// Any other object store failure (an object larger than the whole store, a failed
+    /// restore from disk, the store could not be created).
+    #[error("object store: {object}: {message}")]
+    ObjectStore {
+        /// The object concerned (`ObjectId` 0 when none).
+        object: ObjectId,
+        /// What went wrong.
+        message: String,
+    },
+    /// A typed view could not be made over an object's bytes (misaligned, or a length that is
+    /// not a whole number of elements).
+    #[error("cannot view {object} as a slice of {type_name}: {reason}")]
+    View {
+        /// The object.
+        object: ObjectId,
+        /// The element type asked for.
+        type_name: &'static str,
+        /// Why not.
+        reason: String,
+    },
     /// A configuration value is malformed.
     #[error("invalid configuration {key}: {message}")]
     Config {
@@ -124,6 +165,35 @@ pub enum Error {
         /// The OS error.
         message: String,
     },
+}
+
+impl Error {
+    /// Names `object` in a store error raised before the object's id was known (encoding a
+    /// task's result happens in generated code that does not know the result's id).
+    pub(crate) fn for_object(self, object: ObjectId) -> Self {
+        match self {
+            Error::ObjectStoreFull {
+                object: unknown,
+                size,
+                used,
+                pinned,
+                capacity,
+                waited,
+            } if unknown.as_u64() == 0 => Error::ObjectStoreFull {
+                object,
+                size,
+                used,
+                pinned,
+                capacity,
+                waited,
+            },
+            Error::ObjectStore {
+                object: unknown,
+                message,
+            } if unknown.as_u64() == 0 => Error::ObjectStore { object, message },
+            other => other,
+        }
+    }
 }
 
 /// The failure of a task or actor method: its name and what went wrong.

@@ -17,20 +17,25 @@ mod object;
 mod resources;
 mod runtime;
 mod scheduler;
+mod store;
 mod sync;
 mod task;
+mod view;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};
 pub use api::{
-    NodeStatus, Split, block_on, cancel, get, get_actor, get_all, get_timeout, kill, put, restart,
-    status, wait,
+    NodeStatus, Split, block_on, cancel, get, get_actor, get_all, get_timeout, kill, put, put_ref,
+    restart, status, wait,
 };
 pub use config::{Config, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};
 pub use id::{ActorId, ObjectId, TaskId};
+pub use manta_store::PageKind;
 pub use object::ObjectRef;
 pub use runtime::{init, init_with, is_initialized, shutdown};
+pub use store::ObjectStoreStatus;
 pub use task::{IntoArg, TaskOptions, registered_functions};
+pub use view::{Element, View, get_view};
 
 /// Items the macros' generated code names; not part of the public API.
 #[doc(hidden)]

@@ -22,6 +22,16 @@
 //! table (id → weak cell) so deserialisation can find it, and the containing object or task
 //! keeps a strong handle to it (`nested`), so a reference inside an object keeps its referent
 //! alive exactly as long as the container, as in Ray. The cell leaves the table when dropped.
+//!
+//! # Where the bytes live
+//!
+//! An [`ObjectValue`]'s encoding is either inline (`Bytes`, at most `max_inline_object_bytes`)
+//! or a [`StoredObject`] in the runtime's shared-memory store (larger values). The cell holds
+//! the value, so the cell's lifetime is the stored object's lifetime: when the last handle on
+//! the cell (and the last task argument slot sharing its value) drops, the object is deleted
+//! from the store. Readers pin a stored object only while they decode it, or while a
+//! [`View`](crate::View) of it lives; an object nobody reads may be spilled to disk and is
+//! restored by the next read (the stored-object protocol is in [`store`](crate::store)).
 
 use std::fmt;
 use std::future::Future;
@@ -39,18 +49,69 @@ use crate::codec::{self, Nested};
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::runtime::{self, RuntimeInner};
+use crate::store::StoredObject;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, OnceLock, Ordering, Weak, lock, thread};
 use crate::task::Task;
+use crate::view::{Element, View};
 
 /// An object's sealed contents: encoded bytes plus the objects referenced from inside them.
 #[derive(Clone, Debug)]
 #[doc(hidden)]
 pub struct ObjectValue {
-    pub(crate) bytes: Bytes,
+    pub(crate) data: Payload,
     /// Strong handles on the objects and actors whose references are serialised in `bytes`;
     /// held only so that they live as long as this value.
     #[allow(dead_code)]
     pub(crate) nested: Box<[Nested]>,
+}
+
+/// Where an object's encoded bytes are.
+#[derive(Clone, Debug)]
+pub(crate) enum Payload {
+    /// Small values: in the process heap.
+    Inline(Bytes),
+    /// Values above `max_inline_object_bytes`: in the shared-memory store.
+    Stored(Arc<StoredObject>),
+}
+
+impl ObjectValue {
+    /// Runs `f` on the encoded bytes (pinned in the store for the duration, if stored there).
+    pub(crate) fn read<R>(
+        &self,
+        object: ObjectId,
+        f: impl FnOnce(&[u8]) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        match &self.data {
+            Payload::Inline(bytes) => f(bytes),
+            Payload::Stored(stored) => stored.read(object, f),
+        }
+    }
+
+    /// Decodes the value as a `T`.
+    pub(crate) fn decode<T: DeserializeOwned + 'static>(
+        &self,
+        object: ObjectId,
+    ) -> Result<T, Error> {
+        self.read(object, |bytes| codec::decode(object, bytes))
+    }
+
+    /// The encoding's length in bytes.
+    pub fn len(&self) -> usize {
+        match &self.data {
+            Payload::Inline(bytes) => bytes.len(),
+            Payload::Stored(stored) => stored.len(),
+        }
+    }
+
+    /// Whether the encoding is empty (never: every encoding has at least one byte, except `()`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the bytes live in the shared-memory store.
+    pub fn is_stored(&self) -> bool {
+        matches!(self.data, Payload::Stored(_))
+    }
 }
 
 /// Something to wake when a cell completes.
@@ -234,7 +295,7 @@ impl<T> ObjectRef<T> {
     }
 }
 
-impl<T: DeserializeOwned> ObjectRef<T> {
+impl<T: DeserializeOwned + 'static> ObjectRef<T> {
     /// Blocks until the value is available and returns a copy of it.
     pub fn get(&self) -> Result<T, Error> {
         runtime::wait_cell(&self.cell, None)?;
@@ -255,7 +316,31 @@ impl<T: DeserializeOwned> ObjectRef<T> {
 
     fn decode_ready(&self) -> Result<T, Error> {
         match self.cell.get() {
-            Some(Ok(v)) => codec::decode(self.cell.id(), &v.bytes),
+            Some(Ok(v)) => v.decode(self.cell.id()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Error::ShutDown),
+        }
+    }
+}
+
+impl<T: Element> ObjectRef<Vec<T>> {
+    /// Blocks until the vector is available and returns a zero-copy view of its elements: on
+    /// this node the slice points into the shared-memory store (or the inline bytes of a small
+    /// object). The object stays pinned in memory while the view lives.
+    ///
+    /// ```
+    /// manta_core::init()?;
+    /// let r = manta_core::put(vec![1.5f32; 1 << 20])?;
+    /// let v: manta_core::View<f32> = r.get_view()?;
+    /// assert_eq!(v.iter().sum::<f32>(), 1.5 * (1 << 20) as f32);
+    /// # drop(v);
+    /// # manta_core::shutdown();
+    /// # Ok::<(), manta_core::Error>(())
+    /// ```
+    pub fn get_view(&self) -> Result<View<T>, Error> {
+        runtime::wait_cell(&self.cell, None)?;
+        match self.cell.get() {
+            Some(Ok(v)) => View::new(self.cell.id(), v),
             Some(Err(e)) => Err(e.clone()),
             None => Err(Error::ShutDown),
         }
@@ -279,7 +364,7 @@ impl<T> fmt::Debug for ObjectRef<T> {
     }
 }
 
-impl<T: DeserializeOwned> Future for ObjectRef<T> {
+impl<T: DeserializeOwned + 'static> Future for ObjectRef<T> {
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -1,7 +1,8 @@
 //! The embedded single-node runtime: head, raylet and worker slots inside one process.
 //!
-//! [`RuntimeInner`] ties together the scheduler, the in-process memory store's escape table and
-//! the actor directory. One runtime at a time is the process's *current* runtime (`init` sets
+//! [`RuntimeInner`] ties together the scheduler, the in-process memory store's escape table,
+//! the node's shared-memory object store (for objects above the inline threshold) and the actor
+//! directory. One runtime at a time is the process's *current* runtime (`init` sets
 //! it, `shutdown` clears it), reached through a thread-local cache validated by a global
 //! generation counter, so the hot path costs one atomic load, not a lock.
 
@@ -16,6 +17,7 @@ use crate::id::{ActorId, ObjectId, TaskId};
 use crate::object::{ObjectCell, ObjectRef};
 use crate::resources::{DemandError, NodeResources};
 use crate::scheduler::{Job, Scheduler, fail_job};
+use crate::store::ObjectStore;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak, lock};
 use crate::task::{ArgSlot, RemoteFunction, Task, TaskBody, TaskOptions};
 
@@ -24,6 +26,9 @@ use crate::task::{ArgSlot, RemoteFunction, Task, TaskBody, TaskOptions};
 pub(crate) struct RuntimeInner {
     pub(crate) config: Resolved,
     pub(crate) scheduler: Scheduler,
+    /// The shared-memory object store; `None` only if it could not be created (every object is
+    /// then inline).
+    pub(crate) store: Option<Arc<ObjectStore>>,
     next_id: AtomicU64,
     escaped: Mutex<HashMap<ObjectId, Weak<ObjectCell>>>,
     actors: Mutex<HashMap<ActorId, Weak<ActorCell>>>,
@@ -156,8 +161,16 @@ impl RuntimeInner {
             config.spin_before_park,
             config.inline_get,
         );
+        let store = match ObjectStore::open(&config) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no object store: large objects will stay in the heap");
+                None
+            }
+        };
         Ok(RuntimeInner {
             scheduler,
+            store,
             next_id: AtomicU64::new(1),
             escaped: Mutex::new(HashMap::new()),
             actors: Mutex::new(HashMap::new()),
@@ -357,6 +370,16 @@ pub(crate) fn enqueue_ready(task: Arc<Task>) {
         tracing::debug!("dropping {task:?}: {job}");
         fail_job(Job::Task(task));
     }
+}
+
+/// The current runtime's inline threshold (`usize::MAX` without a runtime: all inline).
+pub(crate) fn max_inline_object_bytes() -> usize {
+    with_current(|rt| rt.config.max_inline_object_bytes).unwrap_or(usize::MAX)
+}
+
+/// The current runtime's object store, if there is a runtime and it has one.
+pub(crate) fn object_store() -> Option<Arc<ObjectStore>> {
+    with_current(|rt| rt.store.clone()).ok().flatten()
 }
 
 /// Resolves a deserialised object reference.

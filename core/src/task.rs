@@ -116,7 +116,7 @@ impl<'a> ArgReader<'a> {
 
     /// Decodes the next argument. Fails with the argument object's own error if it failed.
     #[allow(clippy::should_implement_trait)]
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
+    pub fn next<T: DeserializeOwned + 'static>(&mut self) -> Result<T, Error> {
         let slot = self.slots.get(self.next).ok_or(Error::Decode {
             object: ObjectId::from_u64(0),
             type_name: std::any::type_name::<T>(),
@@ -127,9 +127,9 @@ impl<'a> ArgReader<'a> {
         })?;
         self.next += 1;
         match slot {
-            ArgSlot::Value(v) => codec::decode(ObjectId::from_u64(0), &v.bytes),
+            ArgSlot::Value(v) => v.decode(ObjectId::from_u64(0)),
             ArgSlot::Ref(cell) => match cell.get() {
-                Some(Ok(v)) => codec::decode(cell.id(), &v.bytes),
+                Some(Ok(v)) => v.decode(cell.id()),
                 Some(Err(e)) => Err(e.clone()),
                 // Arguments are resolved before a task runs; only a shutdown gets here.
                 None => Err(Error::ShutDown),

@@ -3,11 +3,14 @@
 //! Roles are types: a [`Created`] handle is the one writer of an object and can only be sealed
 //! once (`seal` consumes it); a [`Sealed`] receipt names a finished object; a [`Pinned`] guard
 //! is a zero-copy read view that keeps the object in place while it lives; a [`View`] is a
-//! pinned view typed as plain-old-data.
+//! pinned view typed as plain-old-data; a [`SharedPin`] is a [`Pinned`] that owns an `Arc` of
+//! its store instead of borrowing it, for readers whose views outlive a stack frame (core's
+//! typed views).
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use crate::error::StoreError;
 use crate::key::{Location, ObjectKey};
@@ -250,5 +253,62 @@ impl<T: bytemuck::Pod> Deref for View<'_, T> {
     fn deref(&self) -> &[T] {
         // Checked in `View::new`: length divides, and blocks are 4 KiB aligned.
         bytemuck::cast_slice(&self.pin)
+    }
+}
+
+/// A pinned, zero-copy view like [`Pinned`] that holds its store by `Arc` rather than by
+/// borrow, so it can be stored in a value with no lifetime. Same guarantees: while it lives the
+/// object is neither freed, spilled, evicted nor deleted. Dropping it releases the pin.
+pub struct SharedPin {
+    store: Arc<Store>,
+    key: ObjectKey,
+    offset: usize,
+    len: usize,
+}
+
+impl fmt::Debug for SharedPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedPin")
+            .field("key", &self.key)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl SharedPin {
+    /// Takes over the pin held by `pin` (which must be a guard on `store`).
+    pub(crate) fn new(store: Arc<Store>, pin: Pinned<'_>) -> Self {
+        debug_assert!(std::ptr::eq(pin.store, &*store));
+        let key = pin.key;
+        let Location { offset, len } = pin.leak();
+        SharedPin {
+            store,
+            key,
+            offset: offset as usize,
+            len: len as usize,
+        }
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> ObjectKey {
+        self.key
+    }
+}
+
+impl Deref for SharedPin {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: as for `Pinned`: this guard owns a pin on a sealed object (taken over from a
+        // `Pinned` in `SharedPin::new` and released only in drop), so its block is neither freed
+        // nor spilled nor evicted and its bytes never change (store.rs, steps 2–3). The `Arc`
+        // keeps the store, hence the arena mapping, alive at least as long as this guard.
+        unsafe { std::slice::from_raw_parts(self.store.arena_ptr(self.offset), self.len) }
+    }
+}
+
+impl Drop for SharedPin {
+    fn drop(&mut self) {
+        self.store.unpin(self.key);
     }
 }

@@ -17,8 +17,8 @@
 //! - [`arena`](Arena): the memfd mapping, page kind, pre-faulting (unsafe: raw mapping).
 //! - `alloc`: the block allocator, a value; design in `src/alloc/README.md` (no unsafe).
 //! - `table`: object entries, LRU order and the object state machine (no unsafe).
-//! - `handle`: the typed handles [`Created`], [`Sealed`], [`Pinned`], [`View`] (unsafe: slices
-//!   into the mapping, argued from the state machine).
+//! - `handle`: the typed handles [`Created`], [`Sealed`], [`Pinned`], [`SharedPin`], [`View`]
+//!   (unsafe: slices into the mapping, argued from the state machine).
 //! - `pressure`: the sans-I/O eviction/spill policy.
 //! - `spill`: io_uring spill files (unsafe: buffers handed to the kernel).
 //! - [`fdpass`]: SCM_RIGHTS over a Unix socket (unsafe: `sendmsg`/`recvmsg`).
@@ -42,6 +42,6 @@ pub use alloc::{Allocator, Block, UNIT};
 pub use arena::{Arena, AttachedArena, PageKind};
 pub use config::{PageRequest, StoreConfig};
 pub use error::{PutError, StoreError};
-pub use handle::{Created, Pinned, Sealed, View};
+pub use handle::{Created, Pinned, Sealed, SharedPin, View};
 pub use key::{CopyKind, Location, ObjectKey};
 pub use store::{Store, StoreStats};

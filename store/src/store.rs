@@ -46,7 +46,7 @@
 //! the restorer's (`Restoring`: the block is not yet reachable by anyone else). Lock order:
 //! table, then allocator; the spill ring's lock is never held with the table's.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -55,7 +55,7 @@ use crate::alloc::{Allocator, Block, Regions};
 use crate::arena::{Arena, PageKind};
 use crate::config::StoreConfig;
 use crate::error::{PutError, StoreError};
-use crate::handle::{Created, Pinned, Sealed, View};
+use crate::handle::{Created, Pinned, Sealed, SharedPin, View};
 use crate::key::{CopyKind, Location, ObjectKey};
 use crate::numa;
 use crate::pressure;
@@ -293,6 +293,13 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// [`Store::get`] returning a guard that owns an `Arc` of the store (no lifetime), for
+    /// views kept in values.
+    pub fn get_shared(self: &Arc<Self>, key: ObjectKey) -> Result<SharedPin, StoreError> {
+        let pin = self.get(key)?;
+        Ok(SharedPin::new(self.clone(), pin))
     }
 
     /// [`Store::get`] as a slice of plain-old-data `T` (no copy).

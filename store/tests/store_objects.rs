@@ -290,3 +290,23 @@ fn huge_page_arena_when_the_pool_has_pages_else_fallback() {
     .expect("store");
     assert_eq!(fallback.stats().page_kind, PageKind::Small4KiB);
 }
+
+#[test]
+fn a_shared_pin_owns_its_store_and_holds_the_object_in_place() {
+    let store = std::sync::Arc::new(small_store(8 << 20));
+    store.put(key(7), vec![3u8; 200_000]).expect("put");
+    let pin = store.get_shared(key(7)).expect("get_shared");
+    let borrowed = store.get(key(7)).expect("get");
+    assert_eq!(pin.as_ptr(), borrowed.as_ptr(), "the same bytes, no copy");
+    drop(borrowed);
+    assert!(matches!(
+        store.delete(key(7)),
+        Err(StoreError::StillPinned { pins: 1, .. })
+    ));
+    let weak = std::sync::Arc::downgrade(&store);
+    drop(store);
+    assert!(pin.iter().all(|&b| b == 3), "the pin keeps the store alive");
+    let store = weak.upgrade().expect("still alive");
+    drop(pin);
+    store.delete(key(7)).expect("unpinned: deletable");
+}

@@ -33,6 +33,7 @@ pub(crate) fn start(config: manta::Config) -> Runtime {
 }
 
 /// The default test cluster: 2 CPUs, whatever the host has.
+#[allow(dead_code)] // not every test file uses it
 pub(crate) fn start_default() -> Runtime {
     start(manta::Config::default().num_cpus(2.0))
 }

@@ -265,6 +265,8 @@ impl Scheduler {
         if let (TaskBody::CreateActor(actor), Err(e)) = (&task.body, &result) {
             actor.constructor_failed(e.clone());
         }
+        // A result the object store had no room for fails this task's object, named.
+        let result = result.map_err(|e| e.for_object(task.result.id()));
         task.finish();
         task.result.complete(result);
         self.finished.fetch_add(1, Ordering::Relaxed);

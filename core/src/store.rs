@@ -1,0 +1,252 @@
+//! The runtime's shared-memory object store: one [`manta_store::Store`] per runtime, and the
+//! handle that ties a store object's lifetime to the object cells holding it.
+//!
+//! Values whose encoding is larger than `max_inline_object_bytes` live here instead of in an
+//! inline `Bytes` (see [`codec`](crate::codec) for the choice and the one-copy write). The store
+//! knows nothing of Manta's ids: every stored object gets a fresh [`ObjectKey`] from this
+//! runtime's counter, so a task retried or an argument encoded twice can never collide.
+//!
+//! # The stored-object protocol
+//!
+//! 1. **Write.** [`ObjectStore::write`] creates an object of the exact encoded size (waiting up
+//!    to `object_store_put_timeout` for space: the store evicts, spills and waits for pins to be
+//!    released), lets the encoder fill the buffer in place, and seals it. An encoder error drops
+//!    the unsealed `Created` handle, which aborts the object. The result is one
+//!    [`StoredObject`], shared by `Arc` between the cell's value and any task argument slots.
+//! 2. **Read.** [`StoredObject::read`] pins the object for the duration of one closure (a
+//!    decode) and unpins it after; [`StoredObject::pin`] returns a [`SharedPin`] that the typed
+//!    [`View`](crate::View) keeps, together with an `Arc` of the `StoredObject`, for as long as
+//!    the view lives. No pin outlives its reader, so an object nobody is reading can be spilled
+//!    and is restored transparently by the next read.
+//! 3. **Delete.** When the last `Arc<StoredObject>` drops, the object is deleted from the store.
+//!    No pin of this process can exist then: every pin is held by a reader that holds (or
+//!    borrows) that same `Arc`. The store answers `Busy` only while a spill batch is writing the
+//!    object out; the drop waits for that bounded I/O to finish, then deletes.
+//! 4. **Shutdown.** Each `StoredObject` holds an `Arc` of its [`ObjectStore`], so the arena
+//!    outlives every object and every view, even past `shutdown`. The spill directory this
+//!    runtime made for itself is removed when the last of them is gone.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use manta_store::{ObjectKey, PageKind, PageRequest, SharedPin, Store, StoreConfig, StoreError};
+
+use crate::config::Resolved;
+use crate::error::Error;
+use crate::id::ObjectId;
+use crate::sync::{Arc, AtomicU64, Ordering, thread};
+
+/// How long dropping an object waits for a spill batch that is writing it out.
+const DELETE_BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// A runtime's object store: the arena, a key counter and the spill directory it owns.
+#[derive(Debug)]
+pub(crate) struct ObjectStore {
+    store: Arc<Store>,
+    next_key: AtomicU64,
+    /// The per-process spill directory made at start (removed at drop), unless the user chose one.
+    owned_spill_dir: Option<PathBuf>,
+}
+
+/// The store's part of [`NodeStatus`](crate::NodeStatus).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ObjectStoreStatus {
+    /// Arena size in bytes.
+    pub capacity: usize,
+    /// Bytes allocated to objects now.
+    pub used: usize,
+    /// Objects in the store (in memory or spilled).
+    pub objects: usize,
+    /// Objects currently on disk only.
+    pub spilled_objects: usize,
+    /// Bytes on disk for them.
+    pub spilled_bytes: usize,
+    /// Objects spilled since start.
+    pub spills: u64,
+    /// Objects restored from disk since start.
+    pub restores: u64,
+    /// The pages backing the arena.
+    pub page_kind: PageKind,
+}
+
+impl ObjectStore {
+    /// Creates the arena from the configuration catalogue's `object_store_*` entries. Falls back
+    /// to 4 KiB pages where the node has no (or too few) huge pages.
+    pub(crate) fn open(config: &Resolved) -> Result<ObjectStore, Error> {
+        let (spill_dir, owned_spill_dir) = if config.object_spilling_directory.is_empty() {
+            static SEQ: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "manta-spill-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Os {
+                what: "creating the object spill directory",
+                message: format!("{}: {e}", dir.display()),
+            })?;
+            (dir.clone(), Some(dir))
+        } else {
+            (PathBuf::from(&config.object_spilling_directory), None)
+        };
+        let store_config = StoreConfig {
+            capacity: config.object_store_memory,
+            pages: if config.object_store_huge_pages {
+                PageRequest::Auto
+            } else {
+                PageRequest::Small
+            },
+            prefault: config.object_store_prefault,
+            spill_threshold: config.object_spilling_threshold,
+            spill_dir,
+            create_timeout: config.object_store_put_timeout,
+            ..StoreConfig::default()
+        };
+        let store = match Store::new(store_config) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(dir) = &owned_spill_dir {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(Error::ObjectStore {
+                    object: ObjectId::from_u64(0),
+                    message: format!("creating the object store: {e}"),
+                });
+            }
+        };
+        Ok(ObjectStore {
+            store: Arc::new(store),
+            next_key: AtomicU64::new(1),
+            owned_spill_dir,
+        })
+    }
+
+    /// Step 1: an object of `size` bytes, filled in place by `fill`, sealed.
+    pub(crate) fn write(
+        self: &Arc<Self>,
+        size: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<Arc<StoredObject>, Error> {
+        let key = ObjectKey::from_u128(self.next_key.fetch_add(1, Ordering::Relaxed) as u128);
+        let mut created = self
+            .store
+            .create(key, size)
+            .map_err(|e| store_error(ObjectId::from_u64(0), e))?;
+        fill(created.as_mut_slice())?;
+        created
+            .seal()
+            .map_err(|e| store_error(ObjectId::from_u64(0), e))?;
+        Ok(Arc::new(StoredObject {
+            store: self.clone(),
+            key,
+            len: size,
+        }))
+    }
+
+    pub(crate) fn status(&self) -> ObjectStoreStatus {
+        let s = self.store.stats();
+        ObjectStoreStatus {
+            capacity: s.capacity,
+            used: s.used,
+            objects: s.objects,
+            spilled_objects: s.spilled_objects,
+            spilled_bytes: s.spilled_bytes,
+            spills: s.spills,
+            restores: s.restores,
+            page_kind: s.page_kind,
+        }
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        // Step 4. Spill files are unlinked from birth, so the directory is empty.
+        if let Some(dir) = &self.owned_spill_dir
+            && let Err(e) = std::fs::remove_dir(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the spill directory");
+        }
+    }
+}
+
+/// One sealed object in the store; deleted from it when the last `Arc` of this drops.
+#[derive(Debug)]
+pub(crate) struct StoredObject {
+    store: Arc<ObjectStore>,
+    key: ObjectKey,
+    len: usize,
+}
+
+impl StoredObject {
+    /// The object's encoded length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Step 2: runs `f` on the object's bytes, pinned (restored from disk first if spilled).
+    pub(crate) fn read<R>(
+        &self,
+        object: ObjectId,
+        f: impl FnOnce(&[u8]) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let pin = self
+            .store
+            .store
+            .get(self.key)
+            .map_err(|e| store_error(object, e))?;
+        f(&pin)
+    }
+
+    /// Step 2: a pin that lives as long as the returned guard (for views).
+    pub(crate) fn pin(&self, object: ObjectId) -> Result<SharedPin, Error> {
+        self.store
+            .store
+            .get_shared(self.key)
+            .map_err(|e| store_error(object, e))
+    }
+}
+
+impl Drop for StoredObject {
+    fn drop(&mut self) {
+        // Step 3.
+        let deadline = Instant::now() + DELETE_BUSY_WAIT;
+        loop {
+            match self.store.store.delete(self.key) {
+                Ok(()) | Err(StoreError::NotFound { .. }) => return,
+                Err(StoreError::Busy { .. }) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "could not delete a stored object");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Core's error for a store failure concerning `object` (`ObjectId 0` when not yet known; see
+/// [`Error::for_object`]).
+fn store_error(object: ObjectId, e: StoreError) -> Error {
+    match e {
+        StoreError::ObjectStoreFull {
+            size,
+            waited,
+            used,
+            pinned,
+            capacity,
+            ..
+        } => Error::ObjectStoreFull {
+            object,
+            size,
+            used,
+            pinned,
+            capacity,
+            waited,
+        },
+        other => Error::ObjectStore {
+            object,
+            message: other.to_string(),
+        },
+    }
+}
