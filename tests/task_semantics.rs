@@ -307,7 +307,9 @@ fn bad_configuration_is_refused_at_init() {
     for config in [
         manta::Config::default().num_cpus(-1.0),
         manta::Config::default().num_gpus(f64::NAN),
-        manta::Config::default().resource("x", 1.0).resource("x", 2.0),
+        manta::Config::default()
+            .resource("x", 1.0)
+            .resource("x", 2.0),
     ] {
         match manta::init_with(config) {
             Err(Error::Config { key, message }) => assert!(!key.is_empty() && !message.is_empty()),
