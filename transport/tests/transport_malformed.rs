@@ -1,0 +1,244 @@
+//! Bad input against a real TCP listener, sent with raw `std::net` sockets: garbage, a
+//! truncated frame, an oversize length, an unknown kind, a failing flatbuffer, a wrong
+//! protocol version, and garbage after a good handshake. Each must give a typed error on the
+//! listener and a closed connection — never a panic or a hang.
+
+#[path = "../src/wire/control_generated.rs"]
+#[allow(dead_code, unused_imports, clippy::all, missing_docs, unsafe_op_in_unsafe_fn)]
+#[allow(unreachable_pub, missing_debug_implementations, clippy::undocumented_unsafe_blocks)]
+#[rustfmt::skip]
+mod control_generated;
+
+use control_generated::manta::transport::wire as fb;
+use manta_transport::{
+    Address, FrameError, Listener, PROTOCOL_VERSION, RefusalReason, TransportConfig, TransportError,
+};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const TOKEN: &[u8] = b"cluster-secret";
+
+fn header(version: u16, kind: u8, len: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(16);
+    h.extend_from_slice(b"MNTA");
+    h.extend_from_slice(&version.to_le_bytes());
+    h.push(kind);
+    h.push(0);
+    h.extend_from_slice(&len.to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    h
+}
+
+fn hello(version: u16, token: &[u8]) -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let t = fbb.create_vector(token);
+    let n = fbb.create_string("raw");
+    let h = fb::Hello::create(
+        &mut fbb,
+        &fb::HelloArgs {
+            protocol_version: version,
+            cluster_token: Some(t),
+            peer_name: Some(n),
+        },
+    );
+    fbb.finish_minimal(h);
+    let body = fbb.finished_data().to_vec();
+    let mut f = header(version, 1, body.len() as u32);
+    f.extend_from_slice(&body);
+    f
+}
+
+/// Runs a listener, sends `bytes` from a raw socket (then `close_write` if asked), and returns
+/// the listener's accept error plus everything the raw socket read until the server closed.
+fn run(bytes: Vec<u8>, close_write: bool) -> (TransportError, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut cfg = TransportConfig::new(TOKEN.to_vec(), "server");
+        cfg.handshake_timeout = Duration::from_secs(2);
+        cfg.max_frame_len = 1 << 16;
+        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".parse().unwrap()), cfg)
+            .await
+            .unwrap();
+        let Address::Tcp(addr) = l.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(&bytes).unwrap();
+            if close_write {
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            let mut reply = Vec::new();
+            // Ends with EOF when the server closes; a timeout would fail the test.
+            s.read_to_end(&mut reply)
+                .expect("server must close the connection");
+            reply
+        });
+        let err = tokio::time::timeout(Duration::from_secs(20), l.accept())
+            .await
+            .expect("accept must not hang")
+            .expect_err("bad input must not be accepted");
+        drop(l);
+        (err, client.join().unwrap())
+    })
+}
+
+fn problem(e: TransportError) -> FrameError {
+    match e {
+        TransportError::Malformed { problem, peer } => {
+            assert!(
+                peer.starts_with("127.0.0.1:"),
+                "error names the peer: {peer}"
+            );
+            problem
+        }
+        other => panic!("expected Malformed, got {other}"),
+    }
+}
+
+#[test]
+fn garbage_bytes() {
+    let (e, _) = run(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false);
+    assert!(matches!(problem(e), FrameError::BadMagic { .. }));
+}
+
+#[test]
+fn truncated_header() {
+    let (e, _) = run(b"MNTA\x01\x00".to_vec(), true);
+    assert!(matches!(
+        problem(e),
+        FrameError::Truncated {
+            expected: 16,
+            got: 6
+        }
+    ));
+}
+
+#[test]
+fn truncated_payload() {
+    let mut f = hello(PROTOCOL_VERSION, TOKEN);
+    f.truncate(f.len() - 5);
+    let (e, _) = run(f, true);
+    assert!(matches!(problem(e), FrameError::Truncated { .. }));
+}
+
+#[test]
+fn oversize_length() {
+    let (e, _) = run(header(PROTOCOL_VERSION, 1, u32::MAX), false);
+    assert!(matches!(
+        problem(e),
+        FrameError::Oversize { len: u32::MAX, .. }
+    ));
+}
+
+#[test]
+fn unknown_kind() {
+    let (e, _) = run(header(PROTOCOL_VERSION, 99, 0), false);
+    assert!(matches!(problem(e), FrameError::UnknownKind { kind: 99 }));
+}
+
+#[test]
+fn flatbuffer_failing_verification() {
+    let mut f = header(PROTOCOL_VERSION, 1, 8);
+    f.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]);
+    let (e, reply) = run(f, false);
+    assert!(matches!(
+        problem(e),
+        FrameError::InvalidFlatbuffer { table: "Hello", .. }
+    ));
+    assert!(
+        !reply.is_empty(),
+        "a Refused(Malformed) frame is sent before closing"
+    );
+}
+
+#[test]
+fn wrong_protocol_version_is_refused_with_a_reason() {
+    let (e, reply) = run(hello(PROTOCOL_VERSION + 1, TOKEN), false);
+    assert!(matches!(
+        e,
+        TransportError::Rejected {
+            reason: RefusalReason::WrongVersion,
+            ..
+        }
+    ));
+    assert!(
+        reply.len() > 16 && reply[6] == 3,
+        "a Refused frame comes back"
+    );
+    let r = flatbuffers::root::<fb::Refused>(&reply[16..]).unwrap();
+    assert_eq!(r.reason(), fb::RefusedReason::WrongVersion);
+}
+
+#[test]
+fn wrong_token_is_refused_with_a_reason() {
+    let (e, reply) = run(hello(PROTOCOL_VERSION, b"nope"), false);
+    assert!(matches!(
+        e,
+        TransportError::Rejected {
+            reason: RefusalReason::WrongToken,
+            ..
+        }
+    ));
+    let r = flatbuffers::root::<fb::Refused>(&reply[16..]).unwrap();
+    assert_eq!(r.reason(), fb::RefusedReason::WrongToken);
+}
+
+#[test]
+fn silent_peer_times_out() {
+    let (e, _) = run(Vec::new(), false);
+    assert!(matches!(e, TransportError::HandshakeTimeout { .. }));
+}
+
+#[test]
+fn garbage_after_a_good_handshake_closes_the_connection() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = TransportConfig::new(TOKEN.to_vec(), "server");
+        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".parse().unwrap()), cfg)
+            .await
+            .unwrap();
+        let Address::Tcp(addr) = l.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(&hello(PROTOCOL_VERSION, TOKEN)).unwrap();
+            let mut ack = [0u8; 16];
+            s.read_exact(&mut ack).unwrap();
+            assert_eq!(ack[6], 2, "HelloAck");
+            let mut body = vec![0u8; u32::from_le_bytes(ack[8..12].try_into().unwrap()) as usize];
+            s.read_exact(&mut body).unwrap();
+            // A Message frame whose payload is not an Envelope.
+            let mut f = header(PROTOCOL_VERSION, 4, 4);
+            f.extend_from_slice(&[1, 2, 3, 4]);
+            s.write_all(&f).unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest)
+                .expect("server must close the connection");
+        });
+        let mut conn = l.accept().await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .expect("recv must not hang")
+            .expect_err("bad envelope");
+        assert!(matches!(
+            problem(e),
+            FrameError::InvalidFlatbuffer {
+                table: "Envelope",
+                ..
+            }
+        ));
+        drop(conn);
+        client.join().unwrap();
+    });
+}
