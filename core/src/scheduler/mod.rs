@@ -342,6 +342,18 @@ impl Scheduler {
         {
             self.help(task);
         }
+        if deadline.is_none() && self.inline_get && !slot::in_slot() {
+            // A thread that is not a slot (the driver) runs queued jobs itself while it waits,
+            // as rayon's `join` does: an actor call it waits for then needs no slot to wake
+            // up, which is what a busy machine makes slow. Slots do not do this, so helping
+            // never nests beyond the targeted task above.
+            while !cell.is_ready() {
+                match steal(|| self.injector.steal()) {
+                    Some(job) => self.run_job(job),
+                    None => break,
+                }
+            }
+        }
         if self.spin_until(|| cell.is_ready(), deadline) {
             return Ok(());
         }
