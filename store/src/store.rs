@@ -34,8 +34,9 @@
 //!    nothing can be freed the creator waits (condition variable, woken by every unpin, delete,
 //!    abort and spill) until `create_timeout`, then fails with `ObjectStoreFull`.
 //! 6. **Restore.** `get` of a `Spilled` object marks it `Restoring` (other getters wait),
-//!    reserves a block (step 5), reads the file into it outside the lock, then makes it
-//!    `Sealed` with the getter's pin. On failure it goes back to `Spilled`.
+//!    reserves a block (step 5; on the getter's NUMA region if it has room), reads the file
+//!    into it outside the lock, then makes it `Sealed` with the getter's pin. On failure it goes
+//!    back to `Spilled`.
 //!
 //! # Why it is correct
 //! Every transition happens under the table lock, so each entry is in exactly one state and the
@@ -72,7 +73,8 @@ pub struct Store {
     changed: Condvar,
     spiller: Spiller,
     config: StoreConfig,
-    numa_nodes: usize,
+    /// The NUMA node each allocator region is bound to (empty: one unbound region).
+    region_nodes: Vec<u32>,
 }
 
 /// A snapshot of the store's use, for `manta status`.
@@ -101,6 +103,10 @@ pub struct StoreStats {
     pub page_kind: PageKind,
     /// NUMA nodes the arena spans (1 without the `hwloc` feature).
     pub numa_nodes: usize,
+    /// Blocks (creates and restores) placed on the NUMA region asked for, the caller's.
+    pub numa_near: u64,
+    /// Blocks placed on another region because the one asked for had no room.
+    pub numa_far: u64,
 }
 
 impl Store {
@@ -108,12 +114,11 @@ impl Store {
     pub fn new(config: StoreConfig) -> Result<Store, StoreError> {
         let mut arena = Arena::create(config.capacity, config.pages)?;
         // Bind before touching: NUMA policy applies to pages when they are first faulted.
-        let spans = numa::place(&arena);
+        let placement = numa::place(&arena);
         if config.prefault {
             arena.prefault();
         }
-        let alloc = Regions::new(&spans);
-        let numa_nodes = alloc.len();
+        let alloc = Regions::new(&placement.spans);
         let spiller = Spiller::new(&config);
         info!(capacity = arena.len(), pages = %arena.page_kind(), spill_dir = %config.spill_dir.display(), "object store ready");
         Ok(Store {
@@ -123,8 +128,15 @@ impl Store {
             changed: Condvar::new(),
             spiller,
             config,
-            numa_nodes,
+            region_nodes: placement.nodes,
         })
+    }
+
+    /// The NUMA region (an index below [`StoreStats::numa_nodes`]) of the calling thread's
+    /// node, for [`Store::create_near`]: `Some(0)` when the arena is one region (no system
+    /// call then), `None` when the thread's node holds no region. Costs one `getcpu` otherwise.
+    pub fn local_region(&self) -> Option<usize> {
+        numa::region_for(&self.region_nodes, numa::current_node)
     }
 
     /// The arena (its memfd to send to other processes, its page kind).
@@ -196,10 +208,22 @@ impl Store {
                 self.alloc.free(block);
                 return Err(StoreError::AlreadyExists { key });
             }
+            self.count_placement(&mut table, offset, numa);
             table.entries.insert(key, Entry::new(size, copy, block));
         }
         self.relieve_threshold();
         Ok(Created::new(self, key, offset, size))
+    }
+
+    /// Counts whether the block at `offset` landed on the region `asked` for.
+    fn count_placement(&self, table: &mut Table, offset: usize, asked: Option<usize>) {
+        if let Some(asked) = asked {
+            if self.alloc.region_of(offset) == Some(asked) {
+                table.counters.numa_near += 1;
+            } else {
+                table.counters.numa_far += 1;
+            }
+        }
     }
 
     /// create + copy + seal. On failure the value is handed back.
@@ -408,7 +432,9 @@ impl Store {
             restores: table.counters.restored,
             evictions: table.counters.evicted,
             page_kind: self.arena.page_kind(),
-            numa_nodes: self.numa_nodes,
+            numa_nodes: self.alloc.len(),
+            numa_near: table.counters.numa_near,
+            numa_far: table.counters.numa_far,
         }
     }
 
@@ -584,7 +610,9 @@ impl Store {
             }
             self.changed.notify_all();
         };
-        let block = match self.reserve(key, size, None) {
+        // The getter is the consumer: restore onto its NUMA node.
+        let near = self.local_region();
+        let block = match self.reserve(key, size, near) {
             Ok(b) => b,
             Err(e) => {
                 put_back(slot);
@@ -614,6 +642,7 @@ impl Store {
         entry.pins += 1;
         table.touch(key);
         table.counters.restored += 1;
+        self.count_placement(&mut table, offset, near);
         self.changed.notify_all();
         drop(slot);
         Ok(Pinned::new(self, key, offset, size))

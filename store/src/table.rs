@@ -56,6 +56,10 @@ pub(crate) struct Counters {
     pub(crate) spilled: u64,
     pub(crate) restored: u64,
     pub(crate) evicted: u64,
+    /// Blocks (creates and restores) placed on the NUMA region asked for.
+    pub(crate) numa_near: u64,
+    /// Blocks placed on another region because the one asked for had no room.
+    pub(crate) numa_far: u64,
 }
 
 /// All entries and their LRU order.
