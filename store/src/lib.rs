@@ -46,3 +46,4 @@ pub use error::{PutError, StoreError};
 pub use handle::{Created, Pinned, Sealed, SharedPin, View};
 pub use key::{CopyKind, Location, ObjectKey};
 pub use store::{Store, StoreStats};
+pub use table::IoTotals;

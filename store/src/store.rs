@@ -61,7 +61,7 @@ use crate::key::{CopyKind, Location, ObjectKey};
 use crate::numa;
 use crate::pressure;
 use crate::spill::{SpillItem, SpillSlot, Spiller};
-use crate::table::{Entry, State, Table};
+use crate::table::{Entry, IoTotals, State, Table};
 
 /// One node's object store. Shared by reference between threads (`Store: Sync`).
 #[derive(Debug)]
@@ -107,6 +107,11 @@ pub struct StoreStats {
     pub numa_near: u64,
     /// Blocks placed on another region because the one asked for had no room.
     pub numa_far: u64,
+    /// Bytes written to spill files since start, and the time those writes took (the I/O of
+    /// step 5 (b), no lock held): their quotient is the spill throughput.
+    pub spill_io: IoTotals,
+    /// Bytes read back from spill files since start, and the time those reads took.
+    pub restore_io: IoTotals,
 }
 
 impl Store {
@@ -435,6 +440,8 @@ impl Store {
             numa_nodes: self.alloc.len(),
             numa_near: table.counters.numa_near,
             numa_far: table.counters.numa_far,
+            spill_io: table.counters.spill_io,
+            restore_io: table.counters.restore_io,
         }
     }
 
@@ -454,7 +461,7 @@ impl Store {
             let free = self.alloc.free_bytes();
             // Short of bytes: free the shortfall. Enough bytes but fragmented: free `size` more.
             let to_free = if free >= size { size } else { size - free };
-            if self.relieve(to_free) {
+            if self.relieve(to_free) > 0 {
                 continue;
             }
             let table = self.lock();
@@ -493,9 +500,18 @@ impl Store {
         }
     }
 
-    /// Step 5: evicts and spills released objects to free `to_free` bytes. Returns whether any
-    /// space was freed.
-    fn relieve(&self, to_free: usize) -> bool {
+    /// Step 5 for everything eligible: evicts every released secondary copy and spills every
+    /// released primary now, in one batch, through the very path pressure takes. Returns the
+    /// number of objects freed from the arena. For benchmarks and tests; the store spills by
+    /// itself under pressure.
+    #[doc(hidden)]
+    pub fn spill_all(&self) -> usize {
+        self.relieve(usize::MAX)
+    }
+
+    /// Step 5: evicts and spills released objects to free `to_free` bytes. Returns the number of
+    /// objects freed (evicted or spilled).
+    fn relieve(&self, to_free: usize) -> usize {
         let mut victims = Vec::new();
         let mut items = Vec::new();
         let evicted;
@@ -503,7 +519,7 @@ impl Store {
             let mut table = self.lock();
             let plan = pressure::plan(to_free, &table.candidates());
             if plan.is_empty() {
-                return false;
+                return 0;
             }
             evicted = plan.evict.len();
             for key in plan.evict {
@@ -537,19 +553,21 @@ impl Store {
             }
         }
         if victims.is_empty() {
-            return evicted > 0;
+            return evicted;
         }
         // (b) write them out, no lock held.
         let started = Instant::now();
         // SAFETY: each item is the block of a sealed object marked `spilling`: its bytes never
         // change, and its block is not freed before (c) below, which runs after this returns.
         let written = unsafe { self.spiller.spill(&items) };
+        let took = started.elapsed();
         let bytes: usize = items.iter().map(|i| i.len).sum();
         // (c) free the blocks of those still unpinned.
         let mut table = self.lock();
         let mut spilled = 0;
         match written {
             Ok(slots) => {
+                table.counters.spill_io.add(bytes, took);
                 for (key, slot) in victims.into_iter().zip(slots) {
                     let Some(entry) = table.entries.get_mut(&key) else {
                         continue;
@@ -570,7 +588,6 @@ impl Store {
                     table.counters.spilled += 1;
                     spilled += 1;
                 }
-                let took = started.elapsed();
                 debug!(
                     objects = spilled,
                     bytes,
@@ -593,7 +610,7 @@ impl Store {
             }
         }
         self.changed.notify_all();
-        evicted > 0 || spilled > 0
+        evicted + spilled
     }
 
     /// Step 6, after `get` marked `key` Restoring and took its slot.
@@ -620,10 +637,12 @@ impl Store {
             }
         };
         debug_assert_eq!(block.len(), slot.len());
+        let started = Instant::now();
         // SAFETY: the block was just allocated and is reachable from no entry yet: only this
         // thread touches it until the entry becomes Sealed below.
-        if let Err(source) = unsafe { self.spiller.restore(&slot, self.arena_ptr(block.offset())) }
-        {
+        let read = unsafe { self.spiller.restore(&slot, self.arena_ptr(block.offset())) };
+        let took = started.elapsed();
+        if let Err(source) = read {
             self.alloc.free(block);
             put_back(slot);
             return Err(StoreError::Restore { key, source });
@@ -642,6 +661,7 @@ impl Store {
         entry.pins += 1;
         table.touch(key);
         table.counters.restored += 1;
+        table.counters.restore_io.add(slot.len(), took);
         self.count_placement(&mut table, offset, near);
         self.changed.notify_all();
         drop(slot);
