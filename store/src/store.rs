@@ -45,7 +45,10 @@
 //! cannot be freed), the spiller's (reads bytes of an immutable object whose entry cannot be
 //! deleted while `spilling`, and whose block is only freed in (c), after the I/O completed) and
 //! the restorer's (`Restoring`: the block is not yet reachable by anyone else). Lock order:
-//! table, then allocator; the spill ring's lock is never held with the table's.
+//! table, then allocator; the spill ring's lock and the closer's are never held with the
+//! table's. A restored object's spill file is closed on the spiller's closer thread, a deleted
+//! one's after the table lock is released: closing an unlinked file frees its blocks, which
+//! takes milliseconds.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -387,16 +390,20 @@ impl Store {
             }
             _ => {}
         }
+        let mut spilled = None;
         if let Some(entry) = table.remove(key) {
             match entry.state {
                 State::Created { block, .. } | State::Sealed { block, .. } => {
                     self.alloc.free(block)
                 }
-                State::Spilled { slot } => drop(slot),
+                State::Spilled { slot } => spilled = Some(slot),
                 State::Restoring => {}
             }
         }
         self.changed.notify_all();
+        drop(table);
+        // Outside the lock: closing an unlinked file frees its blocks (milliseconds).
+        drop(spilled);
         Ok(())
     }
 
@@ -664,7 +671,8 @@ impl Store {
         table.counters.restore_io.add(slot.len(), took);
         self.count_placement(&mut table, offset, near);
         self.changed.notify_all();
-        drop(slot);
+        drop(table);
+        self.spiller.release(slot);
         Ok(Pinned::new(self, key, offset, size))
     }
 }
