@@ -181,3 +181,17 @@ fn status_reports_the_store() {
     assert_eq!((s.objects, s.used, s.spilled_objects), (0, 0, 0));
     assert!(s.page_kind.page_size() >= 4096);
 }
+
+#[test]
+fn objects_are_created_on_the_writers_numa_region() {
+    let _rt = common::start(config());
+    let before = store();
+    assert!(before.numa_nodes >= 1, "{before:?}");
+    let r = manta::put(vec![3u8; 4 * MIB]).expect("put");
+    let after = store();
+    // Whatever the machine, the write path asks for the writer's region; on one NUMA node that
+    // is region 0, which always has room here.
+    assert_eq!(after.numa_near, before.numa_near + 1, "{after:?}");
+    assert_eq!(after.numa_far, before.numa_far, "{after:?}");
+    drop(r);
+}

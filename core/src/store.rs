@@ -8,9 +8,10 @@
 //!
 //! # The stored-object protocol
 //!
-//! 1. **Write.** [`ObjectStore::write`] creates an object of the exact encoded size (waiting up
-//!    to `object_store_put_timeout` for space: the store evicts, spills and waits for pins to be
-//!    released), lets the encoder fill the buffer in place, and seals it. An encoder error drops
+//! 1. **Write.** [`ObjectStore::write`] creates an object of the exact encoded size on the
+//!    writing thread's NUMA region ([`Store::local_region`]; the store falls back to another
+//!    region when that one is full), waiting up to `object_store_put_timeout` for space (the
+//!    store evicts, spills and waits for pins to be released), lets the encoder fill the buffer in place, and seals it. An encoder error drops
 //!    the unsealed `Created` handle, which aborts the object. The result is one
 //!    [`StoredObject`], shared by `Arc` between the cell's value and any task argument slots.
 //! 2. **Read.** [`StoredObject::read`] pins the object for the duration of one closure (a
@@ -29,7 +30,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use manta_store::{ObjectKey, PageKind, PageRequest, SharedPin, Store, StoreConfig, StoreError};
+use manta_store::{
+    CopyKind, ObjectKey, PageKind, PageRequest, SharedPin, Store, StoreConfig, StoreError,
+};
 
 use crate::config::Resolved;
 use crate::error::Error;
@@ -68,6 +71,12 @@ pub struct ObjectStoreStatus {
     pub restores: u64,
     /// The pages backing the arena.
     pub page_kind: PageKind,
+    /// NUMA nodes the arena spans.
+    pub numa_nodes: usize,
+    /// Objects created (or restored) on the NUMA region of the thread that wrote (or read) them.
+    pub numa_near: u64,
+    /// Objects placed on another region because that thread's region was full.
+    pub numa_far: u64,
 }
 
 impl ObjectStore {
@@ -128,9 +137,10 @@ impl ObjectStore {
         fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
     ) -> Result<Arc<StoredObject>, Error> {
         let key = ObjectKey::from_u128(self.next_key.fetch_add(1, Ordering::Relaxed) as u128);
+        let near = self.store.local_region();
         let mut created = self
             .store
-            .create(key, size)
+            .create_near(key, size, CopyKind::Primary, near)
             .map_err(|e| store_error(ObjectId::from_u64(0), e))?;
         fill(created.as_mut_slice())?;
         created
@@ -154,6 +164,9 @@ impl ObjectStore {
             spills: s.spills,
             restores: s.restores,
             page_kind: s.page_kind,
+            numa_nodes: s.numa_nodes,
+            numa_near: s.numa_near,
+            numa_far: s.numa_far,
         }
     }
 }

@@ -22,7 +22,8 @@
 //! - `pressure`: the sans-I/O eviction/spill policy.
 //! - `spill`: io_uring spill files (unsafe: buffers handed to the kernel).
 //! - [`fdpass`]: SCM_RIGHTS over a Unix socket (unsafe: `sendmsg`/`recvmsg`).
-//! - `numa`: NUMA placement with hwloc (feature `hwloc`).
+//! - `numa`: NUMA placement with hwloc (feature `hwloc`) and the calling thread's node
+//!   (unsafe: `mbind`, `getcpu`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod alloc;
@@ -45,3 +46,4 @@ pub use error::{PutError, StoreError};
 pub use handle::{Created, Pinned, Sealed, SharedPin, View};
 pub use key::{CopyKind, Location, ObjectKey};
 pub use store::{Store, StoreStats};
+pub use table::IoTotals;

@@ -10,25 +10,83 @@
 //! Without the feature there is one span, the whole arena, placed by the kernel's first-touch
 //! policy, and the log says "NUMA placement off: built without hwloc".
 //!
+//! # Finding the consumer's region
+//! [`Store::local_region`] maps the calling thread's NUMA node to the index of the span bound to
+//! it: `getcpu(2)` gives the node the thread runs on now ([`current_node`]), and the placement
+//! kept, per span, the node it was bound to ([`Placement::nodes`]), so the index is a position
+//! in that list ([`region_for`]). With one span there is nothing to choose: region 0, and no
+//! system call. A thread can migrate right after asking; the answer is a preference, never a
+//! correctness matter (any region serves any reader).
+//!
 //! [`Store::create_near`]: crate::Store::create_near
+//! [`Store::local_region`]: crate::Store::local_region
 
 use tracing::info;
 
 use crate::arena::Arena;
 
-/// The arena's spans, `(offset, length)` in address order, one per NUMA node.
-#[cfg(not(feature = "hwloc"))]
-pub(crate) fn place(arena: &Arena) -> Vec<(usize, usize)> {
-    info!(len = arena.len(), "NUMA placement off: built without hwloc");
-    vec![(0, arena.len())]
+/// Where the arena lies: its spans and the NUMA node each is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// `(offset, length)` in address order, one per region.
+    pub(crate) spans: Vec<(usize, usize)>,
+    /// The NUMA node (OS index) of each span, same order; empty when the arena is one unbound
+    /// span.
+    pub(crate) nodes: Vec<u32>,
 }
 
-/// The arena's spans, `(offset, length)` in address order, one per NUMA node.
+impl Placement {
+    /// The whole arena as one region, bound to no node.
+    fn whole(arena: &Arena) -> Self {
+        Placement {
+            spans: vec![(0, arena.len())],
+            nodes: Vec::new(),
+        }
+    }
+}
+
+/// The region index for the calling thread, given each region's node (`nodes`, as in
+/// [`Placement::nodes`]) and a way to learn the thread's node (`current`, called only when there
+/// is a choice). `Some(0)` with at most one region; `None` when the thread's node is unknown or
+/// holds no region (then any region will do).
+pub(crate) fn region_for(nodes: &[u32], current: impl FnOnce() -> Option<u32>) -> Option<usize> {
+    if nodes.len() <= 1 {
+        return Some(0);
+    }
+    let node = current()?;
+    nodes.iter().position(|&n| n == node)
+}
+
+/// The NUMA node the calling thread runs on now, from `getcpu(2)`; `None` if the call fails.
+pub(crate) fn current_node() -> Option<u32> {
+    let (mut cpu, mut node): (libc::c_uint, libc::c_uint) = (0, 0);
+    // SAFETY: getcpu writes one `unsigned int` through each of its first two pointers, which
+    // point to live locals of that type; the third argument (a cache, unused since Linux
+    // 2.6.24) may be null.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_getcpu,
+            &mut cpu as *mut libc::c_uint,
+            &mut node as *mut libc::c_uint,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    (rc == 0).then_some(node)
+}
+
+/// The arena's regions: one span per NUMA node.
+#[cfg(not(feature = "hwloc"))]
+pub(crate) fn place(arena: &Arena) -> Placement {
+    info!(len = arena.len(), "NUMA placement off: built without hwloc");
+    Placement::whole(arena)
+}
+
+/// The arena's regions: one span per NUMA node, each bound to its node.
 #[cfg(feature = "hwloc")]
-pub(crate) fn place(arena: &Arena) -> Vec<(usize, usize)> {
+pub(crate) fn place(arena: &Arena) -> Placement {
     use tracing::warn;
 
-    let whole = vec![(0, arena.len())];
+    let whole = Placement::whole(arena);
     let Some(topology) = hwloc2::Topology::new() else {
         warn!("NUMA placement off: hwloc could not load the topology");
         return whole;
@@ -73,7 +131,7 @@ pub(crate) fn place(arena: &Arena) -> Vec<(usize, usize)> {
         span = per,
         "NUMA placement: arena split per NUMA node"
     );
-    spans
+    Placement { spans, nodes }
 }
 
 /// Binds the arena's bytes `[offset, offset + len)` to NUMA node `node`.
@@ -102,4 +160,37 @@ fn bind(arena: &Arena, offset: usize, len: usize, node: u32) -> std::io::Result<
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never() -> Option<u32> {
+        panic!("with one region the thread's node is not asked for")
+    }
+
+    #[test]
+    fn one_region_is_region_zero_without_a_system_call() {
+        assert_eq!(region_for(&[], never), Some(0));
+        assert_eq!(region_for(&[3], never), Some(0));
+    }
+
+    #[test]
+    fn the_threads_node_maps_to_its_span() {
+        // A fake topology: spans bound to nodes 0, 2 and 1 (OS indexes need not be dense or
+        // sorted).
+        let nodes = [0, 2, 1];
+        assert_eq!(region_for(&nodes, || Some(0)), Some(0));
+        assert_eq!(region_for(&nodes, || Some(2)), Some(1));
+        assert_eq!(region_for(&nodes, || Some(1)), Some(2));
+        assert_eq!(region_for(&nodes, || Some(7)), None, "a node with no span");
+        assert_eq!(region_for(&nodes, || None), None, "getcpu failed");
+    }
+
+    #[test]
+    fn getcpu_answers_on_this_machine() {
+        let node = current_node().expect("getcpu works on Linux");
+        assert!(node < 1024, "a plausible node index: {node}");
+    }
 }

@@ -15,6 +15,12 @@
 //! many in flight. Short transfers are resubmitted for their remainder. Where io_uring cannot be
 //! set up (e.g. a seccomp filter), positional `pwrite`/`pread` take over, and the log says so.
 //!
+//! # Closing
+//! Closing the last descriptor of an unlinked file makes the filesystem free its blocks there
+//! and then: about 5 ms for a 16 MiB file on ext4 here, as long as reading it back. A restore
+//! therefore hands its slot to [`Spiller::release`], which drops it on a closer thread (started
+//! on first use, joined when the spiller drops, so every file is closed when the store is gone).
+//!
 //! # The soundness rule
 //! The kernel reads and writes the arena asynchronously. [`Spiller::spill`] and
 //! [`Spiller::restore`] therefore return only when every operation they submitted has
@@ -29,7 +35,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use io_uring::{IoUring, opcode, types};
 use tracing::{debug, info, warn};
@@ -105,6 +113,13 @@ pub(crate) struct Spiller {
     entries: u32,
     ring: Mutex<RingSlot>,
     seq: AtomicU64,
+    closer: Mutex<Option<Closer>>,
+}
+
+/// The thread that drops released slots, and the channel to it.
+struct Closer {
+    tx: Sender<SpillSlot>,
+    thread: JoinHandle<()>,
 }
 
 impl fmt::Debug for Spiller {
@@ -125,7 +140,30 @@ impl Spiller {
             entries: config.io_uring_entries.max(1),
             ring: Mutex::new(RingSlot::default()),
             seq: AtomicU64::new(0),
+            closer: Mutex::new(None),
         }
+    }
+
+    /// Drops `slot` (closing its file if it was the last slot of it) on the closer thread, off
+    /// the caller's path; inline if that thread cannot be had.
+    pub(crate) fn release(&self, slot: SpillSlot) {
+        let mut closer = self.closer.lock().unwrap_or_else(|p| p.into_inner());
+        if closer.is_none() {
+            let (tx, rx) = mpsc::channel::<SpillSlot>();
+            let spawned = std::thread::Builder::new()
+                .name("manta-spill-close".into())
+                .spawn(move || rx.into_iter().for_each(drop));
+            match spawned {
+                Ok(thread) => *closer = Some(Closer { tx, thread }),
+                Err(e) => debug!(error = %e, "spill: no closer thread; closing inline"),
+            }
+        }
+        let unsent = match closer.as_ref() {
+            Some(c) => c.tx.send(slot).err().map(|e| e.0),
+            None => Some(slot),
+        };
+        drop(closer);
+        drop(unsent);
     }
 
     /// Opens a new unlinked file in the spill directory, `O_DIRECT` if the filesystem allows.
@@ -263,6 +301,18 @@ impl Spiller {
             Some(ring) => unsafe { run_uring(ring, dir, ops) },
             // SAFETY: forwarded from our caller.
             None => unsafe { run_sync(dir, &ops) },
+        }
+    }
+}
+
+impl Drop for Spiller {
+    fn drop(&mut self) {
+        let closer = self.closer.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(Closer { tx, thread }) = closer.take() {
+            drop(tx);
+            if thread.join().is_err() {
+                warn!("spill: the closer thread panicked");
+            }
         }
     }
 }

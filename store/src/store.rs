@@ -34,8 +34,9 @@
 //!    nothing can be freed the creator waits (condition variable, woken by every unpin, delete,
 //!    abort and spill) until `create_timeout`, then fails with `ObjectStoreFull`.
 //! 6. **Restore.** `get` of a `Spilled` object marks it `Restoring` (other getters wait),
-//!    reserves a block (step 5), reads the file into it outside the lock, then makes it
-//!    `Sealed` with the getter's pin. On failure it goes back to `Spilled`.
+//!    reserves a block (step 5; on the getter's NUMA region if it has room), reads the file
+//!    into it outside the lock, then makes it `Sealed` with the getter's pin. On failure it goes
+//!    back to `Spilled`.
 //!
 //! # Why it is correct
 //! Every transition happens under the table lock, so each entry is in exactly one state and the
@@ -44,7 +45,10 @@
 //! cannot be freed), the spiller's (reads bytes of an immutable object whose entry cannot be
 //! deleted while `spilling`, and whose block is only freed in (c), after the I/O completed) and
 //! the restorer's (`Restoring`: the block is not yet reachable by anyone else). Lock order:
-//! table, then allocator; the spill ring's lock is never held with the table's.
+//! table, then allocator; the spill ring's lock and the closer's are never held with the
+//! table's. A restored object's spill file is closed on the spiller's closer thread, a deleted
+//! one's after the table lock is released: closing an unlinked file frees its blocks, which
+//! takes milliseconds.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -60,7 +64,7 @@ use crate::key::{CopyKind, Location, ObjectKey};
 use crate::numa;
 use crate::pressure;
 use crate::spill::{SpillItem, SpillSlot, Spiller};
-use crate::table::{Entry, State, Table};
+use crate::table::{Entry, IoTotals, State, Table};
 
 /// One node's object store. Shared by reference between threads (`Store: Sync`).
 #[derive(Debug)]
@@ -72,7 +76,8 @@ pub struct Store {
     changed: Condvar,
     spiller: Spiller,
     config: StoreConfig,
-    numa_nodes: usize,
+    /// The NUMA node each allocator region is bound to (empty: one unbound region).
+    region_nodes: Vec<u32>,
 }
 
 /// A snapshot of the store's use, for `manta status`.
@@ -101,6 +106,15 @@ pub struct StoreStats {
     pub page_kind: PageKind,
     /// NUMA nodes the arena spans (1 without the `hwloc` feature).
     pub numa_nodes: usize,
+    /// Blocks (creates and restores) placed on the NUMA region asked for, the caller's.
+    pub numa_near: u64,
+    /// Blocks placed on another region because the one asked for had no room.
+    pub numa_far: u64,
+    /// Bytes written to spill files since start, and the time those writes took (the I/O of
+    /// step 5 (b), no lock held): their quotient is the spill throughput.
+    pub spill_io: IoTotals,
+    /// Bytes read back from spill files since start, and the time those reads took.
+    pub restore_io: IoTotals,
 }
 
 impl Store {
@@ -108,12 +122,11 @@ impl Store {
     pub fn new(config: StoreConfig) -> Result<Store, StoreError> {
         let mut arena = Arena::create(config.capacity, config.pages)?;
         // Bind before touching: NUMA policy applies to pages when they are first faulted.
-        let spans = numa::place(&arena);
+        let placement = numa::place(&arena);
         if config.prefault {
             arena.prefault();
         }
-        let alloc = Regions::new(&spans);
-        let numa_nodes = alloc.len();
+        let alloc = Regions::new(&placement.spans);
         let spiller = Spiller::new(&config);
         info!(capacity = arena.len(), pages = %arena.page_kind(), spill_dir = %config.spill_dir.display(), "object store ready");
         Ok(Store {
@@ -123,8 +136,15 @@ impl Store {
             changed: Condvar::new(),
             spiller,
             config,
-            numa_nodes,
+            region_nodes: placement.nodes,
         })
+    }
+
+    /// The NUMA region (an index below [`StoreStats::numa_nodes`]) of the calling thread's
+    /// node, for [`Store::create_near`]: `Some(0)` when the arena is one region (no system
+    /// call then), `None` when the thread's node holds no region. Costs one `getcpu` otherwise.
+    pub fn local_region(&self) -> Option<usize> {
+        numa::region_for(&self.region_nodes, numa::current_node)
     }
 
     /// The arena (its memfd to send to other processes, its page kind).
@@ -196,10 +216,22 @@ impl Store {
                 self.alloc.free(block);
                 return Err(StoreError::AlreadyExists { key });
             }
+            self.count_placement(&mut table, offset, numa);
             table.entries.insert(key, Entry::new(size, copy, block));
         }
         self.relieve_threshold();
         Ok(Created::new(self, key, offset, size))
+    }
+
+    /// Counts whether the block at `offset` landed on the region `asked` for.
+    fn count_placement(&self, table: &mut Table, offset: usize, asked: Option<usize>) {
+        if let Some(asked) = asked {
+            if self.alloc.region_of(offset) == Some(asked) {
+                table.counters.numa_near += 1;
+            } else {
+                table.counters.numa_far += 1;
+            }
+        }
     }
 
     /// create + copy + seal. On failure the value is handed back.
@@ -358,16 +390,20 @@ impl Store {
             }
             _ => {}
         }
+        let mut spilled = None;
         if let Some(entry) = table.remove(key) {
             match entry.state {
                 State::Created { block, .. } | State::Sealed { block, .. } => {
                     self.alloc.free(block)
                 }
-                State::Spilled { slot } => drop(slot),
+                State::Spilled { slot } => spilled = Some(slot),
                 State::Restoring => {}
             }
         }
         self.changed.notify_all();
+        drop(table);
+        // Outside the lock: closing an unlinked file frees its blocks (milliseconds).
+        drop(spilled);
         Ok(())
     }
 
@@ -408,7 +444,11 @@ impl Store {
             restores: table.counters.restored,
             evictions: table.counters.evicted,
             page_kind: self.arena.page_kind(),
-            numa_nodes: self.numa_nodes,
+            numa_nodes: self.alloc.len(),
+            numa_near: table.counters.numa_near,
+            numa_far: table.counters.numa_far,
+            spill_io: table.counters.spill_io,
+            restore_io: table.counters.restore_io,
         }
     }
 
@@ -428,7 +468,7 @@ impl Store {
             let free = self.alloc.free_bytes();
             // Short of bytes: free the shortfall. Enough bytes but fragmented: free `size` more.
             let to_free = if free >= size { size } else { size - free };
-            if self.relieve(to_free) {
+            if self.relieve(to_free) > 0 {
                 continue;
             }
             let table = self.lock();
@@ -467,9 +507,18 @@ impl Store {
         }
     }
 
-    /// Step 5: evicts and spills released objects to free `to_free` bytes. Returns whether any
-    /// space was freed.
-    fn relieve(&self, to_free: usize) -> bool {
+    /// Step 5 for everything eligible: evicts every released secondary copy and spills every
+    /// released primary now, in one batch, through the very path pressure takes. Returns the
+    /// number of objects freed from the arena. For benchmarks and tests; the store spills by
+    /// itself under pressure.
+    #[doc(hidden)]
+    pub fn spill_all(&self) -> usize {
+        self.relieve(usize::MAX)
+    }
+
+    /// Step 5: evicts and spills released objects to free `to_free` bytes. Returns the number of
+    /// objects freed (evicted or spilled).
+    fn relieve(&self, to_free: usize) -> usize {
         let mut victims = Vec::new();
         let mut items = Vec::new();
         let evicted;
@@ -477,7 +526,7 @@ impl Store {
             let mut table = self.lock();
             let plan = pressure::plan(to_free, &table.candidates());
             if plan.is_empty() {
-                return false;
+                return 0;
             }
             evicted = plan.evict.len();
             for key in plan.evict {
@@ -511,19 +560,21 @@ impl Store {
             }
         }
         if victims.is_empty() {
-            return evicted > 0;
+            return evicted;
         }
         // (b) write them out, no lock held.
         let started = Instant::now();
         // SAFETY: each item is the block of a sealed object marked `spilling`: its bytes never
         // change, and its block is not freed before (c) below, which runs after this returns.
         let written = unsafe { self.spiller.spill(&items) };
+        let took = started.elapsed();
         let bytes: usize = items.iter().map(|i| i.len).sum();
         // (c) free the blocks of those still unpinned.
         let mut table = self.lock();
         let mut spilled = 0;
         match written {
             Ok(slots) => {
+                table.counters.spill_io.add(bytes, took);
                 for (key, slot) in victims.into_iter().zip(slots) {
                     let Some(entry) = table.entries.get_mut(&key) else {
                         continue;
@@ -544,7 +595,6 @@ impl Store {
                     table.counters.spilled += 1;
                     spilled += 1;
                 }
-                let took = started.elapsed();
                 debug!(
                     objects = spilled,
                     bytes,
@@ -567,7 +617,7 @@ impl Store {
             }
         }
         self.changed.notify_all();
-        evicted > 0 || spilled > 0
+        evicted + spilled
     }
 
     /// Step 6, after `get` marked `key` Restoring and took its slot.
@@ -584,7 +634,9 @@ impl Store {
             }
             self.changed.notify_all();
         };
-        let block = match self.reserve(key, size, None) {
+        // The getter is the consumer: restore onto its NUMA node.
+        let near = self.local_region();
+        let block = match self.reserve(key, size, near) {
             Ok(b) => b,
             Err(e) => {
                 put_back(slot);
@@ -592,10 +644,12 @@ impl Store {
             }
         };
         debug_assert_eq!(block.len(), slot.len());
+        let started = Instant::now();
         // SAFETY: the block was just allocated and is reachable from no entry yet: only this
         // thread touches it until the entry becomes Sealed below.
-        if let Err(source) = unsafe { self.spiller.restore(&slot, self.arena_ptr(block.offset())) }
-        {
+        let read = unsafe { self.spiller.restore(&slot, self.arena_ptr(block.offset())) };
+        let took = started.elapsed();
+        if let Err(source) = read {
             self.alloc.free(block);
             put_back(slot);
             return Err(StoreError::Restore { key, source });
@@ -614,8 +668,11 @@ impl Store {
         entry.pins += 1;
         table.touch(key);
         table.counters.restored += 1;
+        table.counters.restore_io.add(slot.len(), took);
+        self.count_placement(&mut table, offset, near);
         self.changed.notify_all();
-        drop(slot);
+        drop(table);
+        self.spiller.release(slot);
         Ok(Pinned::new(self, key, offset, size))
     }
 }

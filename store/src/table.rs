@@ -2,6 +2,7 @@
 //! whose bytes are in the arena. Pure data; the transitions are [`Store`](crate::Store)'s.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use crate::alloc::Block;
 use crate::key::{CopyKind, ObjectKey};
@@ -56,6 +57,39 @@ pub(crate) struct Counters {
     pub(crate) spilled: u64,
     pub(crate) restored: u64,
     pub(crate) evicted: u64,
+    /// Blocks (creates and restores) placed on the NUMA region asked for.
+    pub(crate) numa_near: u64,
+    /// Blocks placed on another region because the one asked for had no room.
+    pub(crate) numa_far: u64,
+    pub(crate) spill_io: IoTotals,
+    pub(crate) restore_io: IoTotals,
+}
+
+/// Bytes moved to or from spill files and the time it took, summed since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IoTotals {
+    /// Bytes transferred.
+    pub bytes: u64,
+    /// Time spent transferring them (wall-clock, per batch, I/O only).
+    pub time: Duration,
+}
+
+impl IoTotals {
+    pub(crate) fn add(&mut self, bytes: usize, time: Duration) {
+        self.bytes += bytes as u64;
+        self.time += time;
+    }
+
+    /// Bytes per second, 0 before any transfer.
+    pub fn bytes_per_sec(&self) -> f64 {
+        let secs = self.time.as_secs_f64();
+        if secs > 0.0 {
+            self.bytes as f64 / secs
+        } else {
+            0.0
+        }
+    }
 }
 
 /// All entries and their LRU order.

@@ -310,3 +310,26 @@ fn a_shared_pin_owns_its_store_and_holds_the_object_in_place() {
     drop(pin);
     store.delete(key(7)).expect("unpinned: deletable");
 }
+
+#[test]
+fn create_near_the_callers_region_counts_where_blocks_land() {
+    let store = small_store(8 << 20);
+    let stats = store.stats();
+    let region = store
+        .local_region()
+        .expect("the calling thread runs on a node holding a region");
+    assert!(region < stats.numa_nodes, "{region} of {stats:?}");
+    store
+        .create_near(key(1), 200_000, CopyKind::Primary, Some(region))
+        .expect("create near")
+        .seal()
+        .expect("seal");
+    store
+        .create(key(2), 200_000)
+        .expect("create")
+        .seal()
+        .expect("seal");
+    let stats = store.stats();
+    // Only the create that asked for a region is counted; it had room there.
+    assert_eq!((stats.numa_near, stats.numa_far), (1, 0), "{stats:?}");
+}

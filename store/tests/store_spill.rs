@@ -153,3 +153,36 @@ fn deleting_spilled_objects_frees_their_files() {
     );
     assert_eq!(store.stats().spilled_objects, 0);
 }
+
+#[test]
+fn spill_all_writes_every_released_primary_and_counts_the_io() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_in(dir.path(), 16 << 20);
+    // Large objects (a file each) and small ones (fused into one file).
+    let sizes = [3 << 20, 200_000, 2 << 20, 150_000];
+    for (n, &len) in sizes.iter().enumerate() {
+        store
+            .put(ObjectKey::from_u128(n as u128), contents(n as u64, len))
+            .expect("put");
+    }
+    let pinned = store.get(ObjectKey::from_u128(0)).expect("get");
+    assert_eq!(store.spill_all(), 3, "all but the pinned object");
+    drop(pinned);
+    let stats = store.stats();
+    let on_disk: usize = sizes[1..].iter().map(|&s| s.div_ceil(4096) * 4096).sum();
+    assert_eq!((stats.spilled_objects, stats.spilled_bytes), (3, on_disk));
+    assert_eq!(stats.spill_io.bytes, on_disk as u64);
+    assert!(stats.spill_io.time > Duration::ZERO);
+    for (n, &len) in sizes.iter().enumerate() {
+        let view = store.get(ObjectKey::from_u128(n as u128)).expect("get");
+        assert!(view[..] == contents(n as u64, len)[..], "object {n}");
+    }
+    let stats = store.stats();
+    assert_eq!(stats.restore_io.bytes, on_disk as u64);
+    assert!(stats.restore_io.bytes_per_sec() > 0.0);
+    assert_eq!(
+        store.spill_all(),
+        4,
+        "nothing pinned now: everything spills again"
+    );
+}

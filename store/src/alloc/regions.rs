@@ -39,6 +39,11 @@ impl Regions {
             .find_map(|part| part.alloc(bytes))
     }
 
+    /// The index of the region holding `offset`.
+    pub(crate) fn region_of(&self, offset: usize) -> Option<usize> {
+        self.parts.iter().position(|p| p.contains(offset))
+    }
+
     /// Returns `block` to the region it came from.
     pub(crate) fn free(&self, block: Block) {
         match self.parts.iter().find(|p| p.contains(block.offset())) {
@@ -96,6 +101,7 @@ mod tests {
         let r = Regions::new(&[(0, 4 * UNIT), (4 * UNIT, 4 * UNIT)]);
         let b = r.alloc(UNIT, Some(1)).expect("fits");
         assert_eq!(b.offset(), 4 * UNIT, "from region 1");
+        assert_eq!(r.region_of(b.offset()), Some(1));
         let big = r.alloc(4 * UNIT, Some(1)).expect("region 0 has room");
         assert_eq!(big.offset(), 0);
         assert!(
