@@ -57,12 +57,18 @@ fn create_object_containing_ref() -> Result<Vec<ObjectRef<u64>>, String> {
         .collect()
 }
 
+/// Inside tasks and actor methods: waits for every call's result, reporting a failure as text
+/// (the bodies return `Result<(), String>`, which is serialisable).
+fn wait_all(refs: &[ObjectRef<Vec<u8>>]) -> Result<(), String> {
+    manta::get_all(refs).map(drop).map_err(|e| e.to_string())
+}
+
 #[manta::remote]
 fn work(actors: Vec<ActorHandle<Server>>, n: usize) -> Result<(), String> {
     let refs: Vec<_> = (0..n)
         .map(|i| actors[i % actors.len()].small_value())
         .collect();
-    manta::get_all(&refs).map(drop).map_err(|e| e.to_string())
+    wait_all(&refs)
 }
 
 #[manta::remote]
@@ -70,7 +76,7 @@ fn async_actor_work(actors: Vec<ActorHandle<AsyncServer>>, n: usize) -> Result<(
     let refs: Vec<_> = (0..n)
         .map(|i| actors[i % actors.len()].small_value())
         .collect();
-    manta::get_all(&refs).map(drop).map_err(|e| e.to_string())
+    wait_all(&refs)
 }
 
 /// Ray's `Actor` (num_cpus=0).
@@ -90,7 +96,7 @@ impl Server {
     }
     pub(crate) fn small_value_batch(&self, n: usize) -> Result<(), String> {
         let refs: Vec<_> = (0..n).map(|_| small_value::remote()).collect();
-        manta::get_all(&refs).map(drop).map_err(|e| e.to_string())
+        wait_all(&refs)
     }
 }
 
@@ -128,7 +134,7 @@ impl Client {
             .iter()
             .flat_map(|s| (0..n).map(move |_| s.small_value()))
             .collect();
-        manta::get_all(&refs).map(drop).map_err(|e| e.to_string())
+        wait_all(&refs)
     }
     pub(crate) fn small_value_batch_arg(&self, n: usize) -> Result<(), String> {
         let x = manta::put(0u64).map_err(|e| e.to_string())?;
@@ -137,7 +143,7 @@ impl Client {
             .iter()
             .flat_map(|s| (0..n).map(|_| s.small_value_arg(&x)).collect::<Vec<_>>())
             .collect();
-        manta::get_all(&refs).map(drop).map_err(|e| e.to_string())
+        wait_all(&refs)
     }
 }
 
@@ -158,7 +164,7 @@ impl AsyncClient {
             .iter()
             .flat_map(|s| (0..n).map(move |_| s.small_value()))
             .collect();
-        manta::get_all(&refs).map(drop).map_err(|e| e.to_string())
+        wait_all(&refs)
     }
 }
 
