@@ -5,10 +5,11 @@
 //! `#[remote]` and `#[actor]` macros. See `ARCHITECTURE.md` at the repository root for how the
 //! pieces fit and which invariants they keep.
 #![deny(unsafe_op_in_unsafe_fn)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod actor;
 mod api;
+mod cluster;
 mod codec;
 mod config;
 mod error;
