@@ -20,21 +20,21 @@
 //!
 //! # Flow
 //!
-//! One task drives a connection (`&mut self`). A bulk send completes only as the peer
+//! One task drives a connection (`&mut self`); to read and write from two tasks at once,
+//! [`Connection::into_split`] it into a [`RecvHalf`](crate::RecvHalf) and a
+//! [`SendHalf`](crate::SendHalf). A bulk send completes only as the peer
 //! receives; two peers that both send large transfers (or serve large one-sided reads) to each
 //! other at the same instant without receiving can stall on full buffers, as with any
 //! blocking stream: split such traffic over two connections.
 
 use crate::config::TransportConfig;
 use crate::error::{FrameError, RefusalReason, Result, TransportError};
-use crate::frame::{self, FrameKind, HEADER_LEN, Header, PROTOCOL_VERSION};
-use crate::link::Link;
+use crate::frame::{FrameKind, PROTOCOL_VERSION};
+use crate::framed::{Frame, FrameReader, FrameWriter, malformed, unexpected};
+use crate::link::{LinkReader, LinkWriter};
 use crate::wire;
-use flatbuffers::FlatBufferBuilder;
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An opaque tag the layer above attaches to a message (a method id, a channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,7 +126,7 @@ impl RemoteRegion {
 
 type RegionBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
-/// What [`Connection::recv`] returns.
+/// What [`Connection::recv`] and [`RecvHalf::recv`](crate::RecvHalf::recv) return.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Incoming<'c> {
@@ -140,7 +140,7 @@ pub enum Incoming<'c> {
 /// [`BulkIncoming::into_vec`]; if dropped unread, the next receive discards them.
 #[derive(Debug)]
 pub struct BulkIncoming<'c> {
-    conn: &'c mut Connection,
+    reader: &'c mut FrameReader,
     id: TransferId,
     len: u64,
     buffered: Option<Vec<u8>>,
@@ -176,10 +176,10 @@ impl BulkIncoming<'_> {
             dst.copy_from_slice(&b);
             return Ok(());
         }
-        self.conn.bulk_remaining = 0;
-        self.conn.guard()?;
-        self.conn.read_chunks_into(dst).await?;
-        self.conn.broken = false;
+        self.reader.bulk_remaining = 0;
+        self.reader.guard()?;
+        self.reader.read_chunks_into(dst).await?;
+        self.reader.broken = false;
         Ok(())
     }
 
@@ -220,41 +220,75 @@ pub enum BulkLenMismatch {
     Transport(#[from] TransportError),
 }
 
-/// What `next_event` found.
-enum Event {
-    Message(Message),
-    Bulk(TransferId, u64),
-    ReadResponse(wire::ReadResponse),
-}
-
-/// A connection to one peer, after a successful handshake.
-pub struct Connection {
-    link: Link,
-    peer: String,
-    peer_name: String,
-    max_frame_len: u32,
-    chunk_len: usize,
-    max_bulk_len: u64,
-    fbb: FlatBufferBuilder<'static>,
-    /// Header bytes of the next frame read so far (kept across cancellation).
-    hdr: [u8; HEADER_LEN],
-    hdr_filled: usize,
-    /// Messages and bulk transfers received while waiting for something else.
-    inbox: VecDeque<Queued>,
+/// Received messages and transfers held back for `recv`: those that arrived while a
+/// one-sided read waited for its response, and a transfer `progress` stopped at.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    queued: VecDeque<Queued>,
     /// A bulk transfer announced to `progress` but not yet handed to `recv`.
     pending_bulk: Option<(TransferId, u64)>,
-    /// Bytes of chunks to discard before the next frame (an unread bulk transfer).
-    bulk_remaining: u64,
-    regions: HashMap<u64, Registered>,
-    next_region: u64,
-    next_request: u64,
-    broken: bool,
 }
 
 #[derive(Debug)]
-enum Queued {
+pub(crate) enum Queued {
     Message(Message),
     Bulk(TransferId, Vec<u8>),
+}
+
+/// An item taken from the [`Inbox`], not yet bound to the reader.
+pub(crate) enum Held {
+    Queued(Queued),
+    OnWire(TransferId, u64),
+}
+
+impl Inbox {
+    /// Takes the oldest held-back item, if any.
+    pub(crate) fn take(&mut self) -> Option<Held> {
+        if let Some(q) = self.queued.pop_front() {
+            return Some(Held::Queued(q));
+        }
+        let (id, len) = self.pending_bulk.take()?;
+        Some(Held::OnWire(id, len))
+    }
+}
+
+impl Held {
+    /// Hands the item out as `recv` returns it.
+    pub(crate) fn into_incoming(self, reader: &mut FrameReader) -> Incoming<'_> {
+        match self {
+            Held::Queued(Queued::Message(m)) => Incoming::Message(m),
+            Held::Queued(Queued::Bulk(id, data)) => Incoming::Bulk(BulkIncoming {
+                id,
+                len: data.len() as u64,
+                buffered: Some(data),
+                reader,
+            }),
+            Held::OnWire(id, len) => bulk_on_wire(reader, id, len),
+        }
+    }
+}
+
+/// Hands out a bulk transfer whose chunks are next on the wire.
+pub(crate) fn bulk_on_wire(reader: &mut FrameReader, id: TransferId, len: u64) -> Incoming<'_> {
+    reader.bulk_remaining = len;
+    Incoming::Bulk(BulkIncoming {
+        reader,
+        id,
+        len,
+        buffered: None,
+    })
+}
+
+/// A connection to one peer, after a successful handshake.
+#[derive(Debug)]
+pub struct Connection {
+    reader: FrameReader,
+    writer: FrameWriter,
+    peer_name: String,
+    inbox: Inbox,
+    regions: HashMap<u64, Registered>,
+    next_region: u64,
+    next_request: u64,
 }
 
 /// Registered bytes (a newtype so the connection can be `Debug`).
@@ -267,79 +301,27 @@ impl std::fmt::Debug for Registered {
     }
 }
 
-fn malformed(peer: &str, problem: FrameError) -> TransportError {
-    TransportError::Malformed {
-        peer: peer.to_owned(),
-        problem,
-    }
-}
-
-fn kind_name(k: FrameKind) -> &'static str {
-    match k {
-        FrameKind::Hello => "Hello",
-        FrameKind::HelloAck => "HelloAck",
-        FrameKind::Refused => "Refused",
-        FrameKind::Message => "Message",
-        FrameKind::BulkBegin => "BulkBegin",
-        FrameKind::BulkChunk => "BulkChunk",
-        FrameKind::ReadRequest => "ReadRequest",
-        FrameKind::ReadResponse => "ReadResponse",
-    }
-}
-
-fn unexpected(peer: &str, k: FrameKind, context: &'static str) -> TransportError {
-    malformed(
-        peer,
-        FrameError::Unexpected {
-            kind: kind_name(k),
-            context,
-        },
-    )
-}
-
 /// Constant-time equality, so a token's prefix cannot be found by timing refusals.
 fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("link", &self.link)
-            .field("peer", &self.peer)
-            .field("peer_name", &self.peer_name)
-            .field("queued", &self.inbox.len())
-            .field("regions", &self.regions.len())
-            .field("broken", &self.broken)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Connection {
-    fn new(link: Link, peer: String, cfg: &TransportConfig) -> Self {
+    fn new((r, w): (LinkReader, LinkWriter), peer: String, cfg: &TransportConfig) -> Self {
         Self {
-            link,
-            peer,
+            reader: FrameReader::new(r, peer.clone(), cfg),
+            writer: FrameWriter::new(w, peer, cfg),
             peer_name: String::new(),
-            max_frame_len: cfg.max_frame_len,
-            chunk_len: cfg.chunk_len(),
-            max_bulk_len: cfg.max_bulk_len,
-            fbb: FlatBufferBuilder::with_capacity(256),
-            hdr: [0; HEADER_LEN],
-            hdr_filled: 0,
-            inbox: VecDeque::new(),
-            pending_bulk: None,
-            bulk_remaining: 0,
+            inbox: Inbox::default(),
             regions: HashMap::new(),
             next_region: 1,
             next_request: 1,
-            broken: false,
         }
     }
 
     /// The peer's address (`ip:port`, or `shm:<path>`).
     pub fn peer_addr(&self) -> &str {
-        &self.peer
+        &self.reader.peer
     }
 
     /// The name the peer gave in the handshake.
@@ -347,33 +329,50 @@ impl Connection {
         &self.peer_name
     }
 
+    /// Splits the connection into a receiving and a sending half that can be driven
+    /// concurrently from different tasks (both are `Send + 'static`).
+    ///
+    /// Messages and transfers already received but not yet handed out stay with the
+    /// [`RecvHalf`](crate::RecvHalf). Registered regions are dropped: a split connection does
+    /// not serve the peer's one-sided reads (a `ReadRequest` arriving at the `RecvHalf` is a
+    /// [`TransportError::Malformed`] error), and has no [`read`](Connection::read) of its own.
+    /// A side already broken stays broken in its half.
+    pub fn into_split(self) -> (crate::RecvHalf, crate::SendHalf) {
+        crate::split::halves(self.reader, self.inbox, self.writer, self.peer_name)
+    }
+
+    fn guard(&self) -> Result<()> {
+        self.reader.guard()?;
+        self.writer.guard()
+    }
+
     // ----- handshake -------------------------------------------------------------------
 
     /// Connector side of the handshake (steps 1 and 3).
     pub(crate) async fn client_handshake(
-        link: Link,
+        link: (LinkReader, LinkWriter),
         peer: String,
         cfg: &TransportConfig,
     ) -> Result<Self> {
         let mut c = Self::new(link, peer, cfg);
         let fut = async {
             let hello = wire::build_hello(
-                &mut c.fbb,
+                &mut c.writer.fbb,
                 PROTOCOL_VERSION,
                 &cfg.cluster_token,
                 &cfg.local_name,
             )
             .to_vec();
-            c.write_frame(FrameKind::Hello, &hello).await?;
-            let h = c.read_header().await?;
-            let payload = c.read_payload(h.len).await?;
+            c.writer.write_frame(FrameKind::Hello, &hello).await?;
+            let h = c.reader.read_header().await?;
+            let payload = c.reader.read_payload(h.len).await?;
             match h.kind {
                 FrameKind::HelloAck => {
                     let (version, name) =
-                        wire::parse_hello_ack(&payload).map_err(|p| malformed(&c.peer, p))?;
+                        wire::parse_hello_ack(&payload).map_err(|p| malformed(c.peer_addr(), p))?;
                     if version != PROTOCOL_VERSION || h.version != PROTOCOL_VERSION {
                         return Err(malformed(
-                            &c.peer,
+                            c.peer_addr(),
                             FrameError::VersionMismatch {
                                 found: version,
                                 expected: PROTOCOL_VERSION,
@@ -385,22 +384,22 @@ impl Connection {
                 }
                 FrameKind::Refused => {
                     let (reason, detail) =
-                        wire::parse_refused(&payload).map_err(|p| malformed(&c.peer, p))?;
-                    tracing::warn!(peer = %c.peer, %reason, %detail, "handshake refused by peer");
+                        wire::parse_refused(&payload).map_err(|p| malformed(c.peer_addr(), p))?;
+                    tracing::warn!(peer = %c.peer_addr(), %reason, %detail, "handshake refused by peer");
                     Err(TransportError::Refused {
-                        peer: c.peer.clone(),
+                        peer: c.peer_addr().to_owned(),
                         reason,
                         detail,
                     })
                 }
-                k => Err(unexpected(&c.peer, k, "in reply to Hello")),
+                k => Err(unexpected(c.peer_addr(), k, "in reply to Hello")),
             }
         };
         match tokio::time::timeout(cfg.handshake_timeout, fut).await {
             Ok(Ok(())) => Ok(c),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(TransportError::HandshakeTimeout {
-                peer: c.peer,
+                peer: c.peer_addr().to_owned(),
                 timeout: cfg.handshake_timeout,
             }),
         }
@@ -408,7 +407,7 @@ impl Connection {
 
     /// Listener side of the handshake (step 2 and 3).
     pub(crate) async fn server_handshake(
-        link: Link,
+        link: (LinkReader, LinkWriter),
         peer: String,
         cfg: &TransportConfig,
     ) -> Result<Self> {
@@ -418,29 +417,29 @@ impl Connection {
         let outcome = match result {
             Ok(r) => r,
             Err(_) => Err(TransportError::HandshakeTimeout {
-                peer: c.peer.clone(),
+                peer: c.peer_addr().to_owned(),
                 timeout,
             }),
         };
         match outcome {
             Ok(()) => {
-                tracing::debug!(peer = %c.peer, name = %c.peer_name, "handshake accepted");
+                tracing::debug!(peer = %c.peer_addr(), name = %c.peer_name, "handshake accepted");
                 Ok(c)
             }
             Err(e) => {
-                tracing::warn!(peer = %c.peer, error = %e, "closing connection: handshake failed");
-                let _ = tokio::time::timeout(timeout, c.link.shutdown()).await;
+                tracing::warn!(peer = %c.peer_addr(), error = %e, "closing connection: handshake failed");
+                let _ = tokio::time::timeout(timeout, c.writer.shutdown()).await;
                 Err(e)
             }
         }
     }
 
     async fn answer_hello(&mut self, cfg: &TransportConfig) -> Result<()> {
-        let h = self.read_header().await?;
+        let h = self.reader.read_header().await?;
         if h.kind != FrameKind::Hello {
-            return Err(unexpected(&self.peer, h.kind, "as the first frame"));
+            return Err(unexpected(self.peer_addr(), h.kind, "as the first frame"));
         }
-        let payload = self.read_payload(h.len).await?;
+        let payload = self.reader.read_payload(h.len).await?;
         if h.version != PROTOCOL_VERSION {
             return self.refuse(RefusalReason::WrongVersion, h.version).await;
         }
@@ -449,7 +448,7 @@ impl Connection {
             Err(p) => {
                 let detail = p.to_string();
                 let _ = self.send_refused(RefusalReason::Malformed, &detail).await;
-                return Err(malformed(&self.peer, p));
+                return Err(malformed(self.peer_addr(), p));
             }
         };
         if hello.protocol_version != PROTOCOL_VERSION {
@@ -463,13 +462,14 @@ impl Connection {
                 .await;
         }
         self.peer_name = hello.peer_name;
-        let ack = wire::build_hello_ack(&mut self.fbb, PROTOCOL_VERSION, &cfg.local_name).to_vec();
-        self.write_frame(FrameKind::HelloAck, &ack).await
+        let ack =
+            wire::build_hello_ack(&mut self.writer.fbb, PROTOCOL_VERSION, &cfg.local_name).to_vec();
+        self.writer.write_frame(FrameKind::HelloAck, &ack).await
     }
 
     async fn send_refused(&mut self, reason: RefusalReason, detail: &str) -> Result<()> {
-        let msg = wire::build_refused(&mut self.fbb, reason, detail).to_vec();
-        self.write_frame(FrameKind::Refused, &msg).await
+        let msg = wire::build_refused(&mut self.writer.fbb, reason, detail).to_vec();
+        self.writer.write_frame(FrameKind::Refused, &msg).await
     }
 
     async fn refuse(&mut self, reason: RefusalReason, their_version: u16) -> Result<()> {
@@ -482,254 +482,21 @@ impl Connection {
         // Best effort: the peer may already be gone.
         let _ = self.send_refused(reason, &detail).await;
         Err(TransportError::Rejected {
-            peer: self.peer.clone(),
+            peer: self.peer_addr().to_owned(),
             reason,
         })
     }
 
-    // ----- framing -----------------------------------------------------------------------
+    // ----- receiving -------------------------------------------------------------------
 
-    fn guard(&self) -> Result<()> {
-        if self.broken {
-            return Err(TransportError::Broken {
-                peer: self.peer.clone(),
-            });
-        }
-        Ok(())
-    }
-
-    fn send_err(&self, source: io::Error) -> TransportError {
-        TransportError::Send {
-            peer: self.peer.clone(),
-            source,
-        }
-    }
-
-    fn recv_err(&self, source: io::Error, expected: usize, got: usize) -> TransportError {
-        if source.kind() == io::ErrorKind::UnexpectedEof {
-            return malformed(&self.peer, FrameError::Truncated { expected, got });
-        }
-        if source.kind() == io::ErrorKind::InvalidData
-            && let Some(p) = source
-                .get_ref()
-                .and_then(|e| e.downcast_ref::<FrameError>())
-        {
-            return malformed(&self.peer, p.clone());
-        }
-        TransportError::Recv {
-            peer: self.peer.clone(),
-            source,
-        }
-    }
-
-    /// Writes header and payload with as few copies and syscalls as the link allows.
-    async fn write_frame(&mut self, kind: FrameKind, payload: &[u8]) -> Result<()> {
-        let hdr = frame::encode(kind, payload.len() as u32);
-        self.write_two(&hdr, payload).await
-    }
-
-    async fn write_two(&mut self, a: &[u8], b: &[u8]) -> Result<()> {
-        let total = a.len() + b.len();
-        let mut done = 0;
-        while done < total {
-            let bufs = if done < a.len() {
-                [IoSlice::new(&a[done..]), IoSlice::new(b)]
-            } else {
-                [IoSlice::new(&b[done - a.len()..]), IoSlice::new(&[])]
-            };
-            let n = self
-                .link
-                .write_vectored(&bufs)
-                .await
-                .map_err(|e| self.send_err(e))?;
-            if n == 0 {
-                return Err(self.send_err(io::ErrorKind::WriteZero.into()));
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Reads the next header; cancel-safe (bytes so far are kept in `self.hdr`).
-    async fn read_header(&mut self) -> Result<Header> {
-        while self.hdr_filled < HEADER_LEN {
-            let n = match self.link.read(&mut self.hdr[self.hdr_filled..]).await {
-                Ok(n) => n,
-                Err(e) => {
-                    self.broken = true;
-                    return Err(self.recv_err(e, HEADER_LEN, self.hdr_filled));
-                }
-            };
-            if n == 0 {
-                self.broken = true;
-                if self.hdr_filled == 0 {
-                    return Err(TransportError::Closed {
-                        peer: self.peer.clone(),
-                    });
-                }
-                return Err(malformed(
-                    &self.peer,
-                    FrameError::Truncated {
-                        expected: HEADER_LEN,
-                        got: self.hdr_filled,
-                    },
-                ));
-            }
-            self.hdr_filled += n;
-        }
-        self.hdr_filled = 0;
-        frame::decode(&self.hdr, self.max_frame_len).map_err(|p| {
-            self.broken = true;
-            malformed(&self.peer, p)
-        })
-    }
-
-    async fn read_payload(&mut self, len: u32) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len as usize];
-        self.read_exact(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.link.read(&mut buf[got..]).await {
-                Ok(0) => {
-                    return Err(malformed(
-                        &self.peer,
-                        FrameError::Truncated {
-                            expected: buf.len(),
-                            got,
-                        },
-                    ));
-                }
-                Ok(n) => got += n,
-                Err(e) => return Err(self.recv_err(e, buf.len(), got)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads the header of a frame that must be a version-matching `want`.
-    async fn expect_frame(&mut self, want: FrameKind, context: &'static str) -> Result<Header> {
-        let h = self.read_header().await?;
-        self.check_version(&h)?;
-        if h.kind != want {
-            return Err(unexpected(&self.peer, h.kind, context));
-        }
-        Ok(h)
-    }
-
-    fn check_version(&self, h: &Header) -> Result<()> {
-        if h.version != PROTOCOL_VERSION {
-            return Err(malformed(
-                &self.peer,
-                FrameError::VersionMismatch {
-                    found: h.version,
-                    expected: PROTOCOL_VERSION,
-                },
-            ));
-        }
-        Ok(())
-    }
-
-    /// Receives `BulkChunk` frames until `dst` is full.
-    async fn read_chunks_into(&mut self, dst: &mut [u8]) -> Result<()> {
-        self.broken = true;
-        let mut filled = 0;
-        while filled < dst.len() {
-            let h = self
-                .expect_frame(FrameKind::BulkChunk, "inside a bulk transfer")
-                .await?;
-            let n = h.len as usize;
-            if n == 0 || n > dst.len() - filled {
-                return Err(malformed(
-                    &self.peer,
-                    FrameError::Unexpected {
-                        kind: "BulkChunk",
-                        context: "of a length overrunning its transfer",
-                    },
-                ));
-            }
-            self.read_exact(&mut dst[filled..filled + n]).await?;
-            filled += n;
-        }
-        Ok(())
-    }
-
-    /// Discards the chunks of a bulk transfer that was dropped unread.
-    async fn drain_bulk(&mut self) -> Result<()> {
-        let mut scratch = vec![0u8; (self.bulk_remaining.min(self.chunk_len as u64)) as usize];
-        while self.bulk_remaining > 0 {
-            self.broken = true;
-            let h = self
-                .expect_frame(FrameKind::BulkChunk, "inside a bulk transfer")
-                .await?;
-            if h.len == 0 || u64::from(h.len) > self.bulk_remaining {
-                return Err(unexpected(&self.peer, h.kind, "overrunning its transfer"));
-            }
-            scratch.resize(h.len as usize, 0);
-            self.read_exact(&mut scratch).await?;
-            self.bulk_remaining -= u64::from(h.len);
-        }
-        self.broken = false;
-        Ok(())
-    }
-
-    /// Handles one frame whose header has been read. Read requests are served here.
-    async fn handle_frame(&mut self, h: Header) -> Result<Option<Event>> {
-        self.broken = true;
-        self.check_version(&h)?;
-        let payload = if h.kind == FrameKind::BulkChunk {
-            return Err(unexpected(&self.peer, h.kind, "outside a bulk transfer"));
-        } else {
-            self.read_payload(h.len).await?
-        };
-        let peer = self.peer.clone();
-        let event = match h.kind {
-            FrameKind::Message => {
-                let (tag, payload) =
-                    wire::parse_envelope(&payload).map_err(|p| malformed(&peer, p))?;
-                Some(Event::Message(Message {
-                    tag: Tag(tag),
-                    payload,
-                }))
-            }
-            FrameKind::BulkBegin => {
-                let (id, len) =
-                    wire::parse_bulk_begin(&payload).map_err(|p| malformed(&peer, p))?;
-                if len > self.max_bulk_len {
-                    return Err(malformed(
-                        &peer,
-                        FrameError::BulkOversize {
-                            len,
-                            max: self.max_bulk_len,
-                        },
-                    ));
-                }
-                Some(Event::Bulk(TransferId(id), len))
-            }
-            FrameKind::ReadRequest => {
-                let req = wire::parse_read_request(&payload).map_err(|p| malformed(&peer, p))?;
-                self.serve_read(req).await?;
-                None
-            }
-            FrameKind::ReadResponse => Some(Event::ReadResponse(
-                wire::parse_read_response(&payload).map_err(|p| malformed(&peer, p))?,
-            )),
-            k => return Err(unexpected(&peer, k, "after the handshake")),
-        };
-        self.broken = false;
-        Ok(event)
-    }
-
-    async fn next_event(&mut self) -> Result<Event> {
+    /// Reads frames until a message, a bulk transfer or a read response, serving the peer's
+    /// one-sided reads on the way.
+    async fn next_event(&mut self) -> Result<Frame> {
         self.guard()?;
         loop {
-            self.drain_bulk().await?;
-            let h = self.read_header().await?;
-            if let Some(ev) = self.handle_frame(h).await? {
-                return Ok(ev);
+            match self.reader.next_frame().await? {
+                Frame::ReadRequest(req) => self.serve_read(req).await?,
+                f => return Ok(f),
             }
         }
     }
@@ -741,6 +508,8 @@ impl Connection {
             let end = req.offset.checked_add(req.len)?;
             (end <= bytes.len() as u64).then_some(req.offset as usize..end as usize)
         });
+        let w = &mut self.writer;
+        w.broken = true;
         let (Some(region), Some(range)) = (region, range) else {
             let detail = if self.regions.contains_key(&req.region_id) {
                 "range outside the region"
@@ -748,20 +517,15 @@ impl Connection {
                 "no such region"
             };
             let msg =
-                wire::build_read_response(&mut self.fbb, req.request_id, false, 0, detail).to_vec();
-            return self.write_frame(FrameKind::ReadResponse, &msg).await;
+                wire::build_read_response(&mut w.fbb, req.request_id, false, 0, detail).to_vec();
+            w.write_frame(FrameKind::ReadResponse, &msg).await?;
+            w.broken = false;
+            return Ok(());
         };
-        let msg =
-            wire::build_read_response(&mut self.fbb, req.request_id, true, req.len, "").to_vec();
-        self.write_frame(FrameKind::ReadResponse, &msg).await?;
-        self.write_chunks(&(*region.0).as_ref()[range]).await
-    }
-
-    async fn write_chunks(&mut self, data: &[u8]) -> Result<()> {
-        for chunk in data.chunks(self.chunk_len) {
-            let hdr = frame::encode(FrameKind::BulkChunk, chunk.len() as u32);
-            self.write_two(&hdr, chunk).await?;
-        }
+        let msg = wire::build_read_response(&mut w.fbb, req.request_id, true, req.len, "").to_vec();
+        w.write_frame(FrameKind::ReadResponse, &msg).await?;
+        w.write_chunks(&(*region.0).as_ref()[range]).await?;
+        w.broken = false;
         Ok(())
     }
 
@@ -770,82 +534,45 @@ impl Connection {
     /// Sends a message. Payloads are limited by `max_frame_len` (less a few bytes of
     /// envelope); send larger data with [`Connection::send_bulk`].
     pub async fn send(&mut self, tag: Tag, payload: &[u8]) -> Result<()> {
-        self.guard()?;
-        let env = wire::build_envelope(&mut self.fbb, tag.0, payload);
-        if env.len() > self.max_frame_len as usize {
-            return Err(TransportError::TooLarge {
-                peer: self.peer.clone(),
-                len: payload.len() as u64,
-                max: u64::from(self.max_frame_len),
-            });
-        }
-        let hdr = frame::encode(FrameKind::Message, env.len() as u32);
-        // Move the builder out so its bytes can be borrowed across the write.
-        let fbb = std::mem::replace(&mut self.fbb, FlatBufferBuilder::new());
-        self.broken = true;
-        let r = self.write_two(&hdr, fbb.finished_data()).await;
-        self.fbb = fbb;
-        r?;
-        self.broken = false;
-        Ok(())
+        self.reader.guard()?;
+        self.writer.send(tag, payload).await
+    }
+
+    /// Sends several messages, in order, as consecutive frames assembled in one buffer and
+    /// written with as few syscalls as the link allows: for throughput when many small
+    /// messages are queued. Each is limited as in [`Connection::send`]; all are checked
+    /// before any is written, so a too-large one sends none.
+    pub async fn send_batch(&mut self, msgs: &[(Tag, &[u8])]) -> Result<()> {
+        self.reader.guard()?;
+        self.writer.send_batch(msgs).await
     }
 
     /// Sends `data` as one bulk transfer, streamed from `data` in chunks of
     /// `bulk_chunk_len` (no copy into a frame buffer).
     pub async fn send_bulk(&mut self, id: TransferId, data: &[u8]) -> Result<()> {
-        self.guard()?;
-        if data.len() as u64 > self.max_bulk_len {
-            return Err(TransportError::TooLarge {
-                peer: self.peer.clone(),
-                len: data.len() as u64,
-                max: self.max_bulk_len,
-            });
-        }
-        let begin = wire::build_bulk_begin(&mut self.fbb, id.0, data.len() as u64).to_vec();
-        self.broken = true;
-        self.write_frame(FrameKind::BulkBegin, &begin).await?;
-        self.write_chunks(data).await?;
-        self.broken = false;
-        Ok(())
+        self.reader.guard()?;
+        self.writer.send_bulk(id, data).await
     }
 
     /// Receives the next message or bulk transfer, serving the peer's one-sided reads on the
     /// way. Cancel-safe while no frame has started arriving.
     pub async fn recv(&mut self) -> Result<Incoming<'_>> {
         self.guard()?;
-        if let Some(q) = self.inbox.pop_front() {
-            return Ok(match q {
-                Queued::Message(m) => Incoming::Message(m),
-                Queued::Bulk(id, data) => Incoming::Bulk(BulkIncoming {
-                    id,
-                    len: data.len() as u64,
-                    buffered: Some(data),
-                    conn: self,
-                }),
-            });
+        if let Some(h) = self.inbox.take() {
+            return Ok(h.into_incoming(&mut self.reader));
         }
-        let (id, len) = match self.pending_bulk.take() {
-            Some(p) => p,
-            None => match self.next_event().await? {
-                Event::Message(m) => return Ok(Incoming::Message(m)),
-                Event::Bulk(id, len) => (id, len),
-                Event::ReadResponse(_) => {
-                    self.broken = true;
-                    return Err(unexpected(
-                        &self.peer,
-                        FrameKind::ReadResponse,
-                        "unsolicited",
-                    ));
-                }
-            },
-        };
-        self.bulk_remaining = len;
-        Ok(Incoming::Bulk(BulkIncoming {
-            conn: self,
-            id,
-            len,
-            buffered: None,
-        }))
+        match self.next_event().await? {
+            Frame::Message(m) => Ok(Incoming::Message(m)),
+            Frame::Bulk(id, len) => Ok(bulk_on_wire(&mut self.reader, id, len)),
+            _ => {
+                self.reader.broken = true;
+                Err(unexpected(
+                    self.peer_addr(),
+                    FrameKind::ReadResponse,
+                    "unsolicited",
+                ))
+            }
+        }
     }
 
     /// Registers `bytes` so the peer can [`read`](Connection::read) them; they stay
@@ -871,11 +598,11 @@ impl Connection {
     pub async fn read(&mut self, remote: &RemoteRegion, offset: u64, dst: &mut [u8]) -> Result<()> {
         self.guard()?;
         let len = dst.len() as u64;
-        if len > self.max_bulk_len {
+        if len > self.reader.max_bulk_len() {
             return Err(TransportError::TooLarge {
-                peer: self.peer.clone(),
+                peer: self.peer_addr().to_owned(),
                 len,
-                max: self.max_bulk_len,
+                max: self.reader.max_bulk_len(),
             });
         }
         let request_id = self.next_request;
@@ -886,37 +613,39 @@ impl Connection {
             offset,
             len,
         };
-        let msg = wire::build_read_request(&mut self.fbb, req).to_vec();
-        self.broken = true;
-        self.write_frame(FrameKind::ReadRequest, &msg).await?;
-        self.broken = false;
+        let w = &mut self.writer;
+        let msg = wire::build_read_request(&mut w.fbb, req).to_vec();
+        w.broken = true;
+        w.write_frame(FrameKind::ReadRequest, &msg).await?;
+        w.broken = false;
         loop {
-            if let Some((id, len)) = self.pending_bulk.take() {
+            if let Some((id, len)) = self.inbox.pending_bulk.take() {
                 self.queue_bulk(id, len).await?;
             }
             match self.next_event().await? {
-                Event::Message(m) => self.inbox.push_back(Queued::Message(m)),
-                Event::Bulk(id, len) => self.queue_bulk(id, len).await?,
-                Event::ReadResponse(r) => {
+                Frame::Message(m) => self.inbox.queued.push_back(Queued::Message(m)),
+                Frame::Bulk(id, len) => self.queue_bulk(id, len).await?,
+                Frame::ReadRequest(_) => {}
+                Frame::ReadResponse(r) => {
                     if r.request_id != request_id || (r.ok && r.len != len) {
-                        self.broken = true;
+                        self.reader.broken = true;
                         return Err(unexpected(
-                            &self.peer,
+                            self.peer_addr(),
                             FrameKind::ReadResponse,
                             "not matching the outstanding read",
                         ));
                     }
                     if !r.ok {
                         return Err(TransportError::RemoteRead {
-                            peer: self.peer.clone(),
+                            peer: self.peer_addr().to_owned(),
                             region: remote.id,
                             offset,
                             len,
                             detail: r.detail,
                         });
                     }
-                    self.read_chunks_into(dst).await?;
-                    self.broken = false;
+                    self.reader.read_chunks_into(dst).await?;
+                    self.reader.broken = false;
                     return Ok(());
                 }
             }
@@ -925,9 +654,9 @@ impl Connection {
 
     async fn queue_bulk(&mut self, id: TransferId, len: u64) -> Result<()> {
         let mut data = vec![0u8; len as usize];
-        self.read_chunks_into(&mut data).await?;
-        self.broken = false;
-        self.inbox.push_back(Queued::Bulk(id, data));
+        self.reader.read_chunks_into(&mut data).await?;
+        self.reader.broken = false;
+        self.inbox.queued.push_back(Queued::Bulk(id, data));
         Ok(())
     }
 
@@ -937,35 +666,19 @@ impl Connection {
     /// A process that registered memory must call this (or `recv`) for reads to be served.
     pub async fn progress(&mut self) -> Result<usize> {
         self.guard()?;
-        self.drain_bulk().await?;
+        self.reader.drain_bulk().await?;
         let mut handled = 0;
-        while self.pending_bulk.is_none() {
-            if self.hdr_filled == 0 {
-                match self.link.try_read(&mut self.hdr) {
-                    Ok(0) => {
-                        self.broken = true;
-                        return Err(TransportError::Closed {
-                            peer: self.peer.clone(),
-                        });
-                    }
-                    Ok(n) => self.hdr_filled = n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        self.broken = true;
-                        return Err(self.recv_err(e, HEADER_LEN, 0));
-                    }
-                }
-            }
-            let h = self.read_header().await?;
+        while self.inbox.pending_bulk.is_none() && self.reader.try_start_frame()? {
+            let h = self.reader.read_header().await?;
             handled += 1;
-            match self.handle_frame(h).await? {
-                None => {}
-                Some(Event::Message(m)) => self.inbox.push_back(Queued::Message(m)),
-                Some(Event::Bulk(id, len)) => self.pending_bulk = Some((id, len)),
-                Some(Event::ReadResponse(_)) => {
-                    self.broken = true;
+            match self.reader.read_body(h).await? {
+                Frame::ReadRequest(req) => self.serve_read(req).await?,
+                Frame::Message(m) => self.inbox.queued.push_back(Queued::Message(m)),
+                Frame::Bulk(id, len) => self.inbox.pending_bulk = Some((id, len)),
+                Frame::ReadResponse(_) => {
+                    self.reader.broken = true;
                     return Err(unexpected(
-                        &self.peer,
+                        self.peer_addr(),
                         FrameKind::ReadResponse,
                         "unsolicited",
                     ));
@@ -977,6 +690,6 @@ impl Connection {
 
     /// Closes the connection: the peer's next receive reports [`TransportError::Closed`].
     pub async fn close(mut self) -> Result<()> {
-        self.link.shutdown().await.map_err(|e| self.send_err(e))
+        self.writer.shutdown().await
     }
 }

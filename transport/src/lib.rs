@@ -5,7 +5,10 @@
 //!
 //! - [`Listener::bind`] / [`Listener::accept`] and [`Connection::connect`], each running a
 //!   handshake that refuses another cluster token or protocol version;
-//! - [`Connection::send`] / [`Connection::recv`] of tagged messages;
+//! - [`Connection::send`] / [`Connection::recv`] of tagged messages, and
+//!   [`Connection::send_batch`] of many small ones in one write;
+//! - [`Connection::into_split`] into a [`RecvHalf`] and a [`SendHalf`] driven from two tasks
+//!   at once (a split connection serves no one-sided reads);
 //! - [`Connection::send_bulk`] (chunked, streamed from the caller's slice) and
 //!   [`BulkIncoming::read_into`] (received straight into the caller's memory);
 //! - [`Connection::register`] of memory and one-sided [`Connection::read`] of a peer's
@@ -41,10 +44,12 @@ mod config;
 mod connection;
 mod error;
 mod frame;
+mod framed;
 mod link;
 mod listener;
 #[cfg(feature = "shm")]
 mod shm;
+mod split;
 mod wire;
 
 pub use config::TransportConfig;
@@ -55,3 +60,4 @@ pub use connection::{
 pub use error::{FrameError, RefusalReason, Result, TransportError};
 pub use frame::PROTOCOL_VERSION;
 pub use listener::{Address, Listener};
+pub use split::{RecvHalf, SendHalf};

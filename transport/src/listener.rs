@@ -3,7 +3,7 @@
 use crate::config::TransportConfig;
 use crate::connection::Connection;
 use crate::error::{Result, TransportError};
-use crate::link::Link;
+use crate::link;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -108,12 +108,12 @@ impl Listener {
                 })?;
                 let peer = peer.to_string();
                 set_nodelay(&s, &peer)?;
-                Connection::server_handshake(Link::Tcp(s), peer, cfg).await
+                Connection::server_handshake(link::tcp(s), peer, cfg).await
             }
             #[cfg(feature = "shm")]
             ListenerFlavor::Shm(l) => {
                 let (s, peer) = l.accept(cfg).await?;
-                Connection::server_handshake(Link::Shm(Box::new(s)), peer, cfg).await
+                Connection::server_handshake(link::shm(s), peer, cfg).await
             }
         }
     }
@@ -137,12 +137,12 @@ impl Connection {
                         source,
                     })?;
                 set_nodelay(&s, &peer)?;
-                Connection::client_handshake(Link::Tcp(s), peer, config).await
+                Connection::client_handshake(link::tcp(s), peer, config).await
             }
             #[cfg(feature = "shm")]
             Address::Shm(p) => {
                 let (s, peer) = crate::shm::connect(p, config).await?;
-                Connection::client_handshake(Link::Shm(Box::new(s)), peer, config).await
+                Connection::client_handshake(link::shm(s), peer, config).await
             }
         }
     }

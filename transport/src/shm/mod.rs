@@ -20,7 +20,7 @@ mod ring;
 mod stream;
 pub(crate) mod sys;
 
-pub(crate) use stream::ShmStream;
+pub(crate) use stream::{ShmReader, ShmWriter};
 
 use crate::config::TransportConfig;
 use crate::error::{Result, TransportError};
@@ -66,7 +66,7 @@ impl ShmListener {
     }
 
     /// Accepts one socket and sets up its segment (steps 3–4, listener side).
-    pub(crate) async fn accept(&self, cfg: &TransportConfig) -> Result<(ShmStream, String)> {
+    pub(crate) async fn accept(&self, cfg: &TransportConfig) -> Result<(ShmHalves, String)> {
         let addr = format!("shm:{}", self.path.display());
         let (sock, _) = self
             .listener
@@ -126,6 +126,9 @@ impl Drop for ShmListener {
     }
 }
 
+/// The two halves of this process's end of a shm connection.
+pub(crate) type ShmHalves = (ShmReader, ShmWriter);
+
 /// `waits` = [our rx data, our tx space, peer's rx data, peer's tx space].
 fn build(
     tx: ring::Producer,
@@ -133,23 +136,18 @@ fn build(
     fds: [OwnedFd; 4],
     sock: UnixStream,
     cfg: &TransportConfig,
-) -> io::Result<ShmStream> {
-    let [rx_data, tx_space, peer_data, peer_space] = fds.map(EventFd::from_owned);
-    Ok(ShmStream {
+) -> io::Result<ShmHalves> {
+    stream::split_stream(stream::StreamParts {
         tx,
         rx,
-        rx_data: sys::async_eventfd(rx_data)?,
-        tx_space: sys::async_eventfd(tx_space)?,
-        peer_data,
-        peer_space,
+        waits: fds.map(EventFd::from_owned),
         sock,
         spin: cfg.shm_spin,
-        peer_gone: false,
     })
 }
 
 /// Connects to a listener's socket and sets up a fresh segment (steps 2–3).
-pub(crate) async fn connect(path: &Path, cfg: &TransportConfig) -> Result<(ShmStream, String)> {
+pub(crate) async fn connect(path: &Path, cfg: &TransportConfig) -> Result<(ShmHalves, String)> {
     let peer = format!("shm:{}", path.display());
     let sock = tokio::time::timeout(cfg.handshake_timeout, UnixStream::connect(path))
         .await

@@ -1,4 +1,5 @@
-//! A byte stream over a pair of rings: `AsyncRead`/`AsyncWrite` with spin-then-park wake-ups.
+//! A byte stream over a pair of rings, as two independent halves: [`ShmReader`]
+//! (`AsyncRead`) and [`ShmWriter`] (`AsyncWrite`), each with spin-then-park wake-ups.
 //!
 //! A reader that finds its ring empty spins for `shm_spin` (waking an idle vCPU costs
 //! 40–150 µs on the target VMs, a spin costs only this core's time), then parks: it sets the
@@ -18,32 +19,20 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 
-/// This process's end of a shm connection.
+/// The liveness socket and spin budget each half of a shm connection keeps for itself.
+///
+/// Each half owns its own descriptor of the Unix socket (a `dup` made at setup), so the two
+/// halves can park in different tasks without sharing tokio's single read-readiness waker.
 #[derive(Debug)]
-pub(crate) struct ShmStream {
-    pub(super) tx: Producer,
-    pub(super) rx: Consumer,
-    /// Signalled by the peer when it wrote into `rx`.
-    pub(super) rx_data: AsyncFd<EventFd>,
-    /// Signalled by the peer when it freed space in `tx`.
-    pub(super) tx_space: AsyncFd<EventFd>,
-    /// The peer's `rx_data`: signalled after we write.
-    pub(super) peer_data: EventFd,
-    /// The peer's `tx_space`: signalled after we read.
-    pub(super) peer_space: EventFd,
-    /// Liveness: end-of-file here means the peer process is gone.
-    pub(super) sock: UnixStream,
-    pub(super) spin: Duration,
-    pub(super) peer_gone: bool,
+struct Liveness {
+    /// End-of-file here means the peer process is gone.
+    sock: UnixStream,
+    peer_gone: bool,
 }
 
-fn corrupt(e: FrameError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
-}
-
-impl ShmStream {
+impl Liveness {
     /// Polls the liveness socket; sets `peer_gone` on end-of-file or error.
-    fn poll_liveness(&mut self, cx: &mut Context<'_>) -> bool {
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             match self.sock.poll_read_ready(cx) {
                 Poll::Pending => return false,
@@ -63,7 +52,92 @@ impl ShmStream {
         self.peer_gone = true;
         true
     }
+}
 
+/// The reading half of this process's end of a shm connection: our ring's consumer.
+#[derive(Debug)]
+pub(crate) struct ShmReader {
+    rx: Consumer,
+    /// Signalled by the peer when it wrote into `rx`.
+    rx_data: AsyncFd<EventFd>,
+    /// The peer's `tx_space`: signalled after we read.
+    peer_space: EventFd,
+    live: Liveness,
+    spin: Duration,
+}
+
+/// The writing half of this process's end of a shm connection: the peer's ring's producer.
+#[derive(Debug)]
+pub(crate) struct ShmWriter {
+    tx: Producer,
+    /// Signalled by the peer when it freed space in `tx`.
+    tx_space: AsyncFd<EventFd>,
+    /// The peer's `rx_data`: signalled after we write.
+    peer_data: EventFd,
+    live: Liveness,
+    spin: Duration,
+}
+
+/// Everything [`split_stream`] needs: the two rings, `waits` = [our rx data, our tx space,
+/// peer's rx data, peer's tx space], and the liveness socket.
+pub(crate) struct StreamParts {
+    pub(crate) tx: Producer,
+    pub(crate) rx: Consumer,
+    pub(crate) waits: [EventFd; 4],
+    pub(crate) sock: UnixStream,
+    pub(crate) spin: Duration,
+}
+
+/// Builds the two halves, duplicating the liveness socket so each half owns one.
+/// Must run inside a tokio runtime (it registers descriptors with the reactor).
+pub(crate) fn split_stream(p: StreamParts) -> io::Result<(ShmReader, ShmWriter)> {
+    let [rx_data, tx_space, peer_data, peer_space] = p.waits;
+    let std_sock = p.sock.into_std()?;
+    let dup = std_sock.try_clone()?;
+    let reader = ShmReader {
+        rx: p.rx,
+        rx_data: super::sys::async_eventfd(rx_data)?,
+        peer_space,
+        live: Liveness {
+            sock: UnixStream::from_std(std_sock)?,
+            peer_gone: false,
+        },
+        spin: p.spin,
+    };
+    let writer = ShmWriter {
+        tx: p.tx,
+        tx_space: super::sys::async_eventfd(tx_space)?,
+        peer_data,
+        live: Liveness {
+            sock: UnixStream::from_std(dup)?,
+            peer_gone: false,
+        },
+        spin: p.spin,
+    };
+    Ok((reader, writer))
+}
+
+fn corrupt(e: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Spins until `ready` or `spin` elapses; returns whether `ready` held.
+fn spin_until(spin: Duration, ready: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= spin {
+            return false;
+        }
+    }
+}
+
+impl ShmReader {
     fn read_now(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         let n = self.rx.read(dst).map_err(corrupt)?;
         if n > 0 && self.rx.take_space_waiter() {
@@ -72,8 +146,19 @@ impl ShmStream {
         Ok(n)
     }
 
+    /// Non-blocking read: `WouldBlock` when the ring is empty and open.
+    pub(crate) fn try_read(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        let n = self.read_now(dst)?;
+        if n > 0 || dst.is_empty() || self.rx.is_closed() || self.live.peer_gone {
+            return Ok(n);
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl ShmWriter {
     fn write_now(&mut self, src: &[u8]) -> io::Result<usize> {
-        if self.tx.is_closed() || self.peer_gone {
+        if self.tx.is_closed() || self.live.peer_gone {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let n = self.tx.write(src).map_err(corrupt)?;
@@ -82,33 +167,9 @@ impl ShmStream {
         }
         Ok(n)
     }
-
-    /// Non-blocking read: `WouldBlock` when the ring is empty and open.
-    pub(crate) fn try_read(&mut self, dst: &mut [u8]) -> io::Result<usize> {
-        let n = self.read_now(dst)?;
-        if n > 0 || dst.is_empty() || self.rx.is_closed() || self.peer_gone {
-            return Ok(n);
-        }
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-
-    fn spin_until(&self, ready: impl Fn(&Self) -> bool) -> bool {
-        let start = Instant::now();
-        loop {
-            if ready(self) {
-                return true;
-            }
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-            if start.elapsed() >= self.spin {
-                return false;
-            }
-        }
-    }
 }
 
-impl AsyncRead for ShmStream {
+impl AsyncRead for ShmReader {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -122,7 +183,7 @@ impl AsyncRead for ShmStream {
                 buf.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            if this.rx.is_closed() || this.peer_gone {
+            if this.rx.is_closed() || this.live.peer_gone {
                 // Step 7: closed was seen after the last read found nothing... re-read once
                 // in case the final bytes were published just before `closed`.
                 let n = this.read_now(buf.initialize_unfilled())?;
@@ -131,8 +192,9 @@ impl AsyncRead for ShmStream {
             }
             if !spun {
                 spun = true;
-                if this.spin_until(|s| {
-                    s.rx.available().map(|a| a > 0).unwrap_or(true) || s.rx.is_closed()
+                let rx = &this.rx;
+                if spin_until(this.spin, || {
+                    rx.available().map(|a| a > 0).unwrap_or(true) || rx.is_closed()
                 }) {
                     continue;
                 }
@@ -148,7 +210,7 @@ impl AsyncRead for ShmStream {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    if this.poll_liveness(cx) {
+                    if this.live.poll(cx) {
                         continue;
                     }
                     return Poll::Pending;
@@ -158,7 +220,7 @@ impl AsyncRead for ShmStream {
     }
 }
 
-impl AsyncWrite for ShmStream {
+impl AsyncWrite for ShmWriter {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -173,9 +235,10 @@ impl AsyncWrite for ShmStream {
             }
             if !spun {
                 spun = true;
-                if this
-                    .spin_until(|s| s.tx.free().map(|f| f > 0).unwrap_or(true) || s.tx.is_closed())
-                {
+                let tx = &this.tx;
+                if spin_until(this.spin, || {
+                    tx.free().map(|f| f > 0).unwrap_or(true) || tx.is_closed()
+                }) {
                     continue;
                 }
             }
@@ -190,7 +253,7 @@ impl AsyncWrite for ShmStream {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    if this.poll_liveness(cx) {
+                    if this.live.poll(cx) {
                         continue;
                     }
                     return Poll::Pending;
@@ -211,12 +274,18 @@ impl AsyncWrite for ShmStream {
     }
 }
 
-impl Drop for ShmStream {
+impl Drop for ShmReader {
     fn drop(&mut self) {
-        // Step 7 on both rings: our reader and our writer are gone.
-        self.tx.close();
+        // Step 7 on the ring we read: our reader is gone; wake a writer parked on it.
         self.rx.close();
-        let _ = self.peer_data.signal();
         let _ = self.peer_space.signal();
+    }
+}
+
+impl Drop for ShmWriter {
+    fn drop(&mut self) {
+        // Step 7 on the ring we write: no more bytes; wake a reader parked on it.
+        self.tx.close();
+        let _ = self.peer_data.signal();
     }
 }
