@@ -99,10 +99,11 @@ fn child(mode: &str) {
 /// Host 1: takes the stream into one buffer, acks its length at EOF, then sends its
 /// checksum (computed after the ack, so off the timed path); then echoes ping-pongs.
 fn receiver(addr: SocketAddr) {
-    let listener = TcpListener::bind(addr).expect("bind");
     // The destination buffer, touched up front so page faults stay out of the transfer
-    // (an object transfer writes into a preallocated object the same way).
+    // (an object transfer writes into a preallocated object the same way). Before the
+    // bind: the sender's clock starts once the kernel accepts its connection.
     let mut buf = vec![0xa5_u8; STREAM_BYTES + 1];
+    let listener = TcpListener::bind(addr).expect("bind");
     let (mut s, _) = listener.accept().expect("accept stream");
     let mut n = 0;
     loop {
