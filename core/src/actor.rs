@@ -222,6 +222,56 @@ pub(crate) struct ActorCell {
     restarts_left: AtomicUsize,
     ctor_args: OnceLock<Box<[ArgSlot]>>,
     created: OnceLock<Arc<ObjectCell>>,
+    /// Set when the actor lives in another worker process: this cell is then its proxy.
+    remote: OnceLock<RemoteActor>,
+}
+
+/// Where a remote actor lives.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteActor {
+    /// The hosting worker's index.
+    pub(crate) worker: u64,
+    pub(crate) peer: Arc<crate::cluster::peer::Peer>,
+}
+
+/// A link-time registration of an actor class (for creation by name in another process).
+#[derive(Debug)]
+pub struct ClassRegistration(pub &'static ActorClass);
+
+inventory::collect!(ClassRegistration);
+
+/// A link-time registration of an actor method (for calls by name from another process).
+#[derive(Debug)]
+pub struct MethodRegistration(pub &'static ActorMethod);
+
+inventory::collect!(MethodRegistration);
+
+/// The class registered under `name`.
+pub(crate) fn class_by_name(name: &str) -> Option<&'static ActorClass> {
+    static MAP: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static ActorClass>> =
+        std::sync::OnceLock::new();
+    MAP.get_or_init(|| {
+        inventory::iter::<ClassRegistration>
+            .into_iter()
+            .map(|r| (r.0.name, r.0))
+            .collect()
+    })
+    .get(name)
+    .copied()
+}
+
+/// The method registered under `name`.
+pub(crate) fn method_by_name(name: &str) -> Option<&'static ActorMethod> {
+    static MAP: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static ActorMethod>> =
+        std::sync::OnceLock::new();
+    MAP.get_or_init(|| {
+        inventory::iter::<MethodRegistration>
+            .into_iter()
+            .map(|r| (r.0.name, r.0))
+            .collect()
+    })
+    .get(name)
+    .copied()
 }
 
 impl std::fmt::Debug for ActorCell {
@@ -257,7 +307,24 @@ impl ActorCell {
             restarts_left: AtomicUsize::new(options.max_restarts as usize),
             ctor_args: OnceLock::new(),
             created: OnceLock::new(),
+            remote: OnceLock::new(),
         }
+    }
+
+    /// Makes this cell the proxy of an actor living at `remote`.
+    pub(crate) fn set_remote(&self, remote: RemoteActor) {
+        let _ = self.remote.set(remote);
+        let _ = self
+            .life
+            .compare_exchange(CREATING, ALIVE, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn remote(&self) -> Option<&RemoteActor> {
+        self.remote.get()
+    }
+
+    pub(crate) fn class(&self) -> &'static ActorClass {
+        self.class
     }
 
     pub(crate) fn id(&self) -> ActorId {
@@ -342,6 +409,13 @@ impl ActorCell {
         if self.is_dead() {
             return false;
         }
+        if let (Some(remote), Some(cluster)) = (self.remote.get(), rt.cluster.as_ref()) {
+            cluster.kill_remote(remote, self.id.as_u64(), restart);
+            if !restart {
+                self.die(self.died("killed by manta::kill"));
+            }
+            return true;
+        }
         let restarting = restart
             && self
                 .restarts_left
@@ -379,17 +453,54 @@ impl ActorCell {
             Err(e) => return ObjectRef::failed(e),
         };
         let result = Arc::new(ObjectCell::pending(id, None));
+        if let Some(remote) = self.remote.get() {
+            if let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone()) {
+                cluster.call_remote(remote, self.id.as_u64(), method.name, result.clone(), args);
+            } else {
+                result.complete(Err(Error::ShutDown));
+            }
+            return ObjectRef::from_cell(result);
+        }
+        self.enqueue(method, args, result.clone());
+        ObjectRef::from_cell(result)
+    }
+
+    /// A call whose result id was chosen by a remote caller.
+    pub(crate) fn call_with_id(
+        self: &Arc<Self>,
+        method: &'static ActorMethod,
+        args: Vec<ArgSlot>,
+        id: crate::id::ObjectId,
+    ) -> Arc<ObjectCell> {
+        if self.is_dead() {
+            return Arc::new(ObjectCell::ready(id, Err(self.death_error())));
+        }
+        let result = Arc::new(ObjectCell::pending(id, None));
+        self.enqueue(method, args.into_boxed_slice(), result.clone());
+        result
+    }
+
+    fn enqueue(
+        self: &Arc<Self>,
+        method: &'static ActorMethod,
+        args: Box<[ArgSlot]>,
+        result: Arc<ObjectCell>,
+    ) {
         self.mailbox.push(ActorCall {
             method,
             args,
-            result: result.clone(),
+            result,
         });
         if self.is_dead() {
             self.fail_all(self.death_error());
         } else {
             self.activate();
         }
-        ObjectRef::from_cell(result)
+    }
+
+    /// The cell completed when the constructor has run.
+    pub(crate) fn created_cell(&self) -> Option<Arc<ObjectCell>> {
+        self.created.get().cloned()
     }
 
     /// Schedules a drainer if fewer than `max_concurrency` run (step 1).
@@ -514,6 +625,14 @@ impl ActorCell {
 
 impl Drop for ActorCell {
     fn drop(&mut self) {
+        if let Some(remote) = self.remote.get()
+            && !self.is_dead()
+            && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
+            && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
+        {
+            // The owner's last handle went away: the actor goes too (Ray's rule).
+            cluster.kill_remote(remote, self.id.as_u64(), false);
+        }
         if self.holds_resources.swap(false, Ordering::AcqRel) {
             let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));
         }

@@ -265,7 +265,7 @@ mod tests {
     fn inline(v: &ObjectValue) -> &[u8] {
         match &v.data {
             Payload::Inline(b) => b,
-            Payload::Stored(_) => panic!("no runtime: values stay inline"),
+            _ => panic!("no runtime: values stay inline"),
         }
     }
 

@@ -177,6 +177,13 @@ catalogue! {
     /// How long a put (or a task result) waits for room in a full object store before failing
     /// with `ObjectStoreFull` (microseconds in the environment).
     object_store_put_timeout: Duration = Duration::from_secs(10), env "MANTA_OBJECT_STORE_PUT_TIMEOUT_US";
+    /// The GCS (`host:port`) of a running cluster to join; empty runs the embedded single-node
+    /// runtime. A driver that joins runs no tasks itself: its tasks and actors go to worker
+    /// processes the cluster's raylets start from this same binary.
+    address: String = String::new(), env "MANTA_ADDRESS";
+    /// The cluster's token (printed by `manta start --head`); empty means the one in the
+    /// session directory of the cluster at `address`, if this host has it.
+    token: String = String::new(), env "MANTA_TOKEN";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

@@ -157,6 +157,15 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A cluster operation failed: a member died or could not be reached, or answered
+    /// something unexpected.
+    #[error("{what}: {message}")]
+    Cluster {
+        /// What was being done.
+        what: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The operating system refused a resource the runtime needs (a thread, say).
     #[error("{what}: {message}")]
     Os {
@@ -220,6 +229,15 @@ impl TaskError {
         } else {
             "non-string panic payload"
         };
+        TaskError {
+            task: task.into(),
+            message: message.into(),
+            kind: TaskErrorKind::Panic,
+        }
+    }
+
+    /// A panic reported by another process of the cluster.
+    pub(crate) fn remote_panic(task: &str, message: &str) -> Self {
         TaskError {
             task: task.into(),
             message: message.into(),

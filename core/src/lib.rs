@@ -9,7 +9,7 @@
 
 mod actor;
 mod api;
-mod cluster;
+pub mod cluster;
 mod codec;
 mod config;
 mod error;
@@ -41,7 +41,10 @@ pub use view::{Element, View, get_view};
 /// Items the macros' generated code names; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::actor::{ActorClass, ActorMethod, ActorState, BoxedState, RawActorHandle};
+    pub use crate::actor::{
+        ActorClass, ActorMethod, ActorState, BoxedState, ClassRegistration, MethodRegistration,
+        RawActorHandle,
+    };
     pub use crate::api::{create_actor, submit};
     pub use crate::codec::encode;
     pub use crate::object::ObjectCell;

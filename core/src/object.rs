@@ -72,6 +72,8 @@ pub(crate) enum Payload {
     Inline(Bytes),
     /// Values above `max_inline_object_bytes`: in the shared-memory store.
     Stored(Arc<StoredObject>),
+    /// Held by another worker process of the cluster; pulled on first read.
+    Remote(Arc<crate::cluster::worker::RemoteObject>),
 }
 
 impl ObjectValue {
@@ -84,6 +86,30 @@ impl ObjectValue {
         match &self.data {
             Payload::Inline(bytes) => f(bytes),
             Payload::Stored(stored) => stored.read(object, f),
+            Payload::Remote(remote) => match remote.fetch()? {
+                Payload::Inline(bytes) => f(&bytes),
+                Payload::Stored(stored) => stored.read(object, f),
+                Payload::Remote(_) => Err(Error::ObjectStore {
+                    object,
+                    message: "a pulled object is still remote".into(),
+                }),
+            },
+        }
+    }
+
+    /// A value of inline bytes with no nested references.
+    pub(crate) fn inline(bytes: Bytes) -> Self {
+        ObjectValue {
+            data: Payload::Inline(bytes),
+            nested: Box::new([]),
+        }
+    }
+
+    /// A value held by another worker process.
+    pub(crate) fn remote(remote: Arc<crate::cluster::worker::RemoteObject>) -> Self {
+        ObjectValue {
+            data: Payload::Remote(remote),
+            nested: Box::new([]),
         }
     }
 
@@ -100,6 +126,7 @@ impl ObjectValue {
         match &self.data {
             Payload::Inline(bytes) => bytes.len(),
             Payload::Stored(stored) => stored.len(),
+            Payload::Remote(remote) => remote.len as usize,
         }
     }
 
@@ -121,6 +148,8 @@ pub(crate) enum Waiter {
     Task(Arc<Task>),
     Actor(Arc<ActorCell>),
     Latch(Arc<Latch>),
+    /// Runs on the completing thread (the cluster's replies to remote owners and pullers).
+    Callback(Box<dyn FnOnce() + Send>),
 }
 
 impl Waiter {
@@ -131,6 +160,7 @@ impl Waiter {
             Waiter::Task(task) => task.dependency_ready(),
             Waiter::Actor(actor) => actor.dependency_ready(),
             Waiter::Latch(latch) => latch.count_down(),
+            Waiter::Callback(f) => f(),
         }
     }
 }

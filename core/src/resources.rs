@@ -38,6 +38,20 @@ pub(crate) struct ResourceRequest {
 }
 
 impl ResourceRequest {
+    /// Nothing at all.
+    pub(crate) fn none() -> Self {
+        ResourceRequest {
+            num_cpus: 0.0,
+            num_gpus: 0.0,
+            custom: Vec::new(),
+        }
+    }
+
+    /// The custom amounts asked for.
+    pub(crate) fn custom(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.custom.iter().map(|(n, a)| (n.as_str(), *a))
+    }
+
     /// One CPU, the default for tasks.
     pub(crate) fn task_default() -> Self {
         ResourceRequest {

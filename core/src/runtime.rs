@@ -33,6 +33,10 @@ pub(crate) struct RuntimeInner {
     escaped: Mutex<HashMap<ObjectId, Weak<ObjectCell>>>,
     actors: Mutex<HashMap<ActorId, Weak<ActorCell>>>,
     named: Mutex<HashMap<String, Arc<ActorCell>>>,
+    /// Actors created here by remote owners (held until killed).
+    pushed_actors: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
+    /// This process's cluster membership, if it joined one.
+    pub(crate) cluster: Option<Arc<crate::cluster::worker::Cluster>>,
     default_demand: crate::resources::Demand,
     pub(crate) started: Instant,
 }
@@ -92,12 +96,16 @@ pub fn init() -> Result<(), Error> {
 
 /// Starts the embedded runtime with `config`.
 pub fn init_with(config: Config) -> Result<(), Error> {
-    let resolved = config.resolve()?;
+    let mut resolved = config.resolve()?;
     let mut g = lock(&GLOBAL);
     if g.current.is_some() {
         return Err(Error::AlreadyInitialized);
     }
-    let rt = Arc::new(RuntimeInner::new(resolved)?);
+    let cluster = crate::cluster::join_from_env(&mut resolved)?;
+    let rt = Arc::new(RuntimeInner::new(resolved, cluster.clone())?);
+    if let Some(c) = &cluster {
+        c.set_runtime(&rt);
+    }
     let base = rt.scheduler.base_slots();
     for _ in 0..base {
         if let Err(e) = crate::scheduler::spawn_slot(&rt) {
@@ -109,6 +117,13 @@ pub fn init_with(config: Config) -> Result<(), Error> {
     g.current = Some(rt);
     g.shut_down = false;
     GENERATION.fetch_add(1, Ordering::AcqRel);
+    drop(g);
+    if let Some(c) = cluster
+        && !c.is_driver()
+    {
+        // A worker process: serve until the raylet says stop, then exit.
+        c.serve_as_worker();
+    }
     Ok(())
 }
 
@@ -130,6 +145,10 @@ pub fn shutdown() {
         rt
     };
     let Some(rt) = rt else { return };
+    if let Some(c) = &rt.cluster {
+        c.leave();
+    }
+    lock(&rt.pushed_actors).clear();
     rt.scheduler.shutdown();
     let named: Vec<_> = lock(&rt.named).drain().map(|(_, a)| a).collect();
     let actors: Vec<_> = lock(&rt.actors)
@@ -143,7 +162,10 @@ pub fn shutdown() {
 }
 
 impl RuntimeInner {
-    fn new(config: Resolved) -> Result<Self, Error> {
+    fn new(
+        config: Resolved,
+        cluster: Option<Arc<crate::cluster::worker::Cluster>>,
+    ) -> Result<Self, Error> {
         let resources = NodeResources::new(&config)?;
         let base_slots = match config.num_slots {
             0 => (config.num_cpus.ceil() as usize).max(1),
@@ -171,7 +193,9 @@ impl RuntimeInner {
         Ok(RuntimeInner {
             scheduler,
             store,
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(cluster.as_ref().map_or(1, |c| c.first_id())),
+            pushed_actors: Mutex::new(HashMap::new()),
+            cluster,
             escaped: Mutex::new(HashMap::new()),
             actors: Mutex::new(HashMap::new()),
             named: Mutex::new(HashMap::new()),
@@ -227,6 +251,23 @@ impl RuntimeInner {
             Ok(a) => a.into_boxed_slice(),
             Err(e) => return ObjectRef::failed(e),
         };
+        if let Some(cluster) = &self.cluster
+            && (cluster.is_driver() || self.scheduler.resources.demand(&options.resources).is_err())
+        {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
+            let me = self.me();
+            cluster.submit_remote(
+                &me,
+                function.name(),
+                cell.clone(),
+                args,
+                &options.resources,
+                options.name.as_deref(),
+                options.max_retries.unwrap_or(self.config.max_task_retries),
+            );
+            return ObjectRef::from_cell(cell);
+        }
         let demand = if options.is_default_shape() {
             self.default_demand.clone()
         } else {
@@ -268,6 +309,54 @@ impl RuntimeInner {
     ) -> ActorHandle<A> {
         let class: &'static ActorClass = A::CLASS;
         let id = ActorId::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed));
+        if let Some(cluster) = &self.cluster
+            && (cluster.is_driver() || self.scheduler.resources.demand(&options.resources).is_err())
+        {
+            let cell = Arc::new(ActorCell::new(
+                id,
+                class,
+                options,
+                crate::resources::Demand::none(),
+            ));
+            let handle = ActorHandle::from_raw(RawActorHandle { cell: cell.clone() });
+            let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
+                Ok(a) => a,
+                Err(e) => {
+                    cell.die(e);
+                    return handle;
+                }
+            };
+            let created = Arc::new(ObjectCell::pending(ObjectId::from_u64(id.as_u64()), None));
+            cell.set_created(created.clone());
+            if let Err(e) = cluster.create_actor_remote(
+                self,
+                &cell,
+                created.clone(),
+                args,
+                &options.resources,
+                options.name.as_deref(),
+                options.max_concurrency,
+                options.max_restarts,
+            ) {
+                created.complete(Err(e.clone()));
+                cell.die(e);
+                return handle;
+            }
+            let weak = Arc::downgrade(&cell);
+            let c2 = created.clone();
+            let on_created = move || {
+                if let (Some(Err(e)), Some(cell)) = (c2.get(), weak.upgrade()) {
+                    cell.constructor_failed(e.clone());
+                }
+            };
+            if let Err(crate::object::Waiter::Callback(f)) =
+                created.register(crate::object::Waiter::Callback(Box::new(on_created)))
+            {
+                f();
+            }
+            lock(&self.actors).insert(id, Arc::downgrade(&cell));
+            return handle;
+        }
         let demand = self.scheduler.resources.demand(&options.resources);
         let (demand, early_death) = match demand {
             Ok(d) => (d, None),
@@ -322,14 +411,181 @@ impl RuntimeInner {
     }
 
     pub(crate) fn lookup_actor(&self, id: ActorId) -> Result<Arc<ActorCell>, Error> {
-        lock(&self.actors)
-            .get(&id)
-            .and_then(Weak::upgrade)
-            .ok_or(Error::ActorDied {
-                actor: id,
+        if let Some(cell) = lock(&self.actors).get(&id).and_then(Weak::upgrade) {
+            return Ok(cell);
+        }
+        if let Some(cell) = lock(&self.pushed_actors).get(&id) {
+            return Ok(cell.clone());
+        }
+        if let Some(cluster) = &self.cluster {
+            let info = cluster.locate_actor(id.as_u64(), "")?;
+            return self.actor_proxy(cluster, &info);
+        }
+        Err(Error::ActorDied {
+            actor: id,
+            class: "?".into(),
+            reason: "no handle to it is left".into(),
+        })
+    }
+
+    /// A local proxy cell for an actor another process hosts.
+    fn actor_proxy(
+        &self,
+        cluster: &Arc<crate::cluster::worker::Cluster>,
+        info: &crate::cluster::proto::ActorInfo,
+    ) -> Result<Arc<ActorCell>, Error> {
+        let class =
+            crate::actor::class_by_name(&info.class_name).ok_or_else(|| Error::Cluster {
+                what: format!("actor {:#x}", info.actor_id),
+                message: format!("class {} is not in this binary", info.class_name),
+            })?;
+        let id = ActorId::from_u64(info.actor_id);
+        let cell = Arc::new(ActorCell::new(
+            id,
+            class,
+            &ActorOptions::default(),
+            crate::resources::Demand::none(),
+        ));
+        cell.set_remote(cluster.remote_actor(info.worker));
+        let created = Arc::new(ObjectCell::ready(
+            ObjectId::from_u64(info.actor_id),
+            crate::codec::encode(&()),
+        ));
+        cell.set_created(created);
+        lock(&self.actors).insert(id, Arc::downgrade(&cell));
+        Ok(cell)
+    }
+
+    /// This runtime as an `Arc` (it is always reached through one).
+    fn me(&self) -> Arc<RuntimeInner> {
+        current_inner().expect("a runtime submitting work is the current one")
+    }
+
+    /// An escaped cell by id, if alive.
+    pub(crate) fn lookup_escaped(&self, id: ObjectId) -> Option<Arc<ObjectCell>> {
+        lock(&self.escaped).get(&id).and_then(Weak::upgrade)
+    }
+
+    /// Runs a task a remote owner pushed here (its result cell keeps the owner's id).
+    pub(crate) fn submit_pushed(
+        &self,
+        task_id: u64,
+        function: &str,
+        args: Vec<ArgSlot>,
+        request: &crate::resources::ResourceRequest,
+        name: Option<String>,
+        max_retries: u32,
+    ) -> Arc<ObjectCell> {
+        let Some(function) = crate::task::function_by_name(function) else {
+            return Arc::new(ObjectCell::ready(
+                ObjectId::from_u64(task_id),
+                Err(Error::Cluster {
+                    what: format!("task {function}"),
+                    message: "no such remote function in this binary".into(),
+                }),
+            ));
+        };
+        let demand = match self.scheduler.resources.demand(request) {
+            Ok(d) => d,
+            Err(e) => {
+                return Arc::new(ObjectCell::ready(
+                    ObjectId::from_u64(task_id),
+                    Err(self.infeasible(format!("task {}", function.name()), request, e)),
+                ));
+            }
+        };
+        let task = Task::new(
+            TaskId::from_u64(task_id),
+            ObjectId::from_u64(task_id),
+            TaskBody::Function(function),
+            args.into_boxed_slice(),
+            demand,
+            name.map(Box::from),
+            max_retries,
+        );
+        let result = task.result.clone();
+        if task.resolve_arguments() {
+            self.scheduler.push(Job::Task(task));
+        }
+        result
+    }
+
+    /// Creates an actor a remote owner asked for; returns the cell completed when its
+    /// constructor has run.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create_pushed_actor(
+        &self,
+        actor_id: u64,
+        class_name: &str,
+        args: Vec<ArgSlot>,
+        request: &crate::resources::ResourceRequest,
+        name: &str,
+        max_concurrency: usize,
+        max_restarts: u32,
+    ) -> Arc<ObjectCell> {
+        let fail = |e: Error| Arc::new(ObjectCell::ready(ObjectId::from_u64(actor_id), Err(e)));
+        let Some(class) = crate::actor::class_by_name(class_name) else {
+            return fail(Error::Cluster {
+                what: format!("actor class {class_name}"),
+                message: "not in this binary".into(),
+            });
+        };
+        let demand = match self.scheduler.resources.demand(request) {
+            Ok(d) => d,
+            Err(e) => return fail(self.infeasible(format!("actor {class_name}"), request, e)),
+        };
+        let mut options = ActorOptions::default()
+            .max_concurrency(max_concurrency)
+            .max_restarts(max_restarts);
+        if !name.is_empty() {
+            options = options.name(name.to_owned());
+        }
+        let id = ActorId::from_u64(actor_id);
+        let cell = Arc::new(ActorCell::new(id, class, &options, demand));
+        lock(&self.pushed_actors).insert(id, cell.clone());
+        self.start_actor(cell.clone(), args);
+        cell.created_cell().unwrap_or_else(|| fail(Error::ShutDown))
+    }
+
+    /// A call a remote caller made on an actor hosted here.
+    pub(crate) fn call_pushed(
+        &self,
+        actor_id: u64,
+        call_id: u64,
+        method: &str,
+        args: Vec<ArgSlot>,
+    ) -> Arc<ObjectCell> {
+        let fail = |e: Error| Arc::new(ObjectCell::ready(ObjectId::from_u64(call_id), Err(e)));
+        let Some(method) = crate::actor::method_by_name(method) else {
+            return fail(Error::Cluster {
+                what: format!("actor method {method}"),
+                message: "not in this binary".into(),
+            });
+        };
+        let cell = lock(&self.pushed_actors)
+            .get(&ActorId::from_u64(actor_id))
+            .cloned();
+        let Some(cell) = cell else {
+            return fail(Error::ActorDied {
+                actor: ActorId::from_u64(actor_id),
                 class: "?".into(),
-                reason: "no handle to it is left".into(),
-            })
+                reason: "it is not hosted by this worker (killed or never created)".into(),
+            });
+        };
+        cell.call_with_id(method, args, ObjectId::from_u64(call_id))
+    }
+
+    /// Kills an actor hosted here for a remote owner.
+    pub(crate) fn kill_pushed(self: &Arc<Self>, actor_id: u64, restart: bool) {
+        let id = ActorId::from_u64(actor_id);
+        let cell = if restart {
+            lock(&self.pushed_actors).get(&id).cloned()
+        } else {
+            lock(&self.pushed_actors).remove(&id)
+        };
+        if let Some(cell) = cell {
+            cell.kill(restart, self);
+        }
     }
 
     pub(crate) fn forget_actor(&self, id: ActorId) {
@@ -384,6 +640,14 @@ pub(crate) fn object_store() -> Option<Arc<ObjectStore>> {
 
 /// Resolves a deserialised object reference.
 pub(crate) fn resolve_escaped(id: ObjectId) -> Result<Arc<ObjectCell>, Error> {
-    with_current(|rt| lock(&rt.escaped).get(&id).and_then(Weak::upgrade))?
-        .ok_or(Error::ObjectFreed { object: id })
+    with_current(|rt| {
+        if let Some(cell) = lock(&rt.escaped).get(&id).and_then(Weak::upgrade) {
+            return Some(cell);
+        }
+        match &rt.cluster {
+            Some(c) if crate::cluster::owner_of(id.as_u64()) != c.index => Some(c.borrow(id)),
+            _ => None,
+        }
+    })?
+    .ok_or(Error::ObjectFreed { object: id })
 }

@@ -153,6 +153,21 @@ impl ObjectStore {
         }))
     }
 
+    /// Step 1 for bytes that arrive over time (a transfer from another node): an object of
+    /// `size` bytes to fill through [`Writing::as_mut_slice`] and then [`Writing::seal`].
+    pub(crate) fn create(self: &Arc<Self>, size: usize) -> Result<Writing, Error> {
+        let key = ObjectKey::from_u128(self.next_key.fetch_add(1, Ordering::Relaxed) as u128);
+        let near = self.store.local_region();
+        let created = self
+            .store
+            .create_owned(key, size, CopyKind::Primary, near)
+            .map_err(|e| store_error(ObjectId::from_u64(0), e))?;
+        Ok(Writing {
+            store: self.clone(),
+            created,
+        })
+    }
+
     pub(crate) fn status(&self) -> ObjectStoreStatus {
         let s = self.store.stats();
         ObjectStoreStatus {
@@ -179,6 +194,32 @@ impl Drop for ObjectStore {
         {
             tracing::warn!(dir = %dir.display(), error = %e, "could not remove the spill directory");
         }
+    }
+}
+
+/// An object being written by [`ObjectStore::create`]; dropping it unsealed aborts it.
+#[derive(Debug)]
+pub(crate) struct Writing {
+    store: Arc<ObjectStore>,
+    created: manta_store::CreatedOwned,
+}
+
+impl Writing {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.created.as_mut_slice()
+    }
+
+    pub(crate) fn seal(self) -> Result<Arc<StoredObject>, Error> {
+        let key = self.created.key();
+        let len = self.created.len();
+        self.created
+            .seal()
+            .map_err(|e| store_error(ObjectId::from_u64(0), e))?;
+        Ok(Arc::new(StoredObject {
+            store: self.store,
+            key,
+            len,
+        }))
     }
 }
 

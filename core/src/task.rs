@@ -67,6 +67,16 @@ pub fn registered_functions() -> impl Iterator<Item = &'static RemoteFunction> {
     inventory::iter::<Registration>.into_iter().map(|r| r.0)
 }
 
+/// The function registered under `name`.
+pub(crate) fn function_by_name(name: &str) -> Option<&'static RemoteFunction> {
+    static MAP: std::sync::OnceLock<
+        std::collections::HashMap<&'static str, &'static RemoteFunction>,
+    > = std::sync::OnceLock::new();
+    MAP.get_or_init(|| registered_functions().map(|f| (f.name(), f)).collect())
+        .get(name)
+        .copied()
+}
+
 /// One argument of a task: a value encoded at submission, or an object to resolve first.
 #[derive(Clone, Debug)]
 #[doc(hidden)]

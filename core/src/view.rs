@@ -95,12 +95,21 @@ impl<T: Element> View<T> {
         if cfg!(target_endian = "big") {
             return Err(fail("views need a little-endian host".into()));
         }
-        let held = match &value.data {
+        let local;
+        let data = match &value.data {
+            Payload::Remote(remote) => {
+                local = remote.fetch()?;
+                &local
+            }
+            other => other,
+        };
+        let held = match data {
             Payload::Inline(bytes) => Held::Inline(bytes.clone()),
             Payload::Stored(stored) => Held::Stored {
                 pin: stored.pin(object)?,
                 _object: stored.clone(),
             },
+            Payload::Remote(_) => return Err(fail("a pulled object is still remote".into())),
         };
         let len = match codec::pod_slice::<T>(object, held.bytes())? {
             Ok(elems) => elems.len(),

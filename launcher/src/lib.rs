@@ -9,6 +9,9 @@
 //! microbenchmark defines remote functions, whose generated code names the `manta` facade,
 //! which depends on this crate (see `ARCHITECTURE.md`, "The one cycle").
 
+pub mod cluster;
+
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +30,122 @@ pub struct Cli {
 pub enum Command {
     /// Run Manta's microbenchmark suite (Ray's cases under Ray's names, plus latency cases).
     Microbenchmark(MicrobenchmarkArgs),
+    /// Start a node: the head (GCS + raylet) with `--head`, or a raylet joining `--address`.
+    Start(StartArgs),
+    /// Stop the cluster (every node and its workers).
+    Stop(ClusterArgs),
+    /// Show the cluster's nodes, their resources and liveness.
+    Status(ClusterArgs),
+    /// List the cluster's nodes or actors.
+    List(ListArgs),
+}
+
+/// Arguments of `manta start`.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Start the head node (GCS and this node's raylet).
+    #[arg(long, conflicts_with = "address")]
+    pub head: bool,
+    /// The head's address (`HOST:PORT`) to join, for a non-head node.
+    #[arg(long, env = "MANTA_ADDRESS", required_unless_present = "head")]
+    pub address: Option<String>,
+    /// The address to listen on (default: 127.0.0.1 for the head; for another node, its
+    /// address towards the head). Never all interfaces unless asked with 0.0.0.0.
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// The head's GCS port (0: any free port).
+    #[arg(long, default_value_t = 6380)]
+    pub port: u16,
+    /// The cluster's token (the head makes one when not given).
+    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CPUs this node offers (default: its available parallelism).
+    #[arg(long)]
+    pub num_cpus: Option<f64>,
+    /// GPUs this node offers.
+    #[arg(long, default_value_t = 0.0)]
+    pub num_gpus: f64,
+    /// Custom resources, as JSON (`{"ssd": 1}`) or `name=amount,...`.
+    #[arg(long, value_parser = parse_resources)]
+    pub resources: Option<Resources>,
+    /// Stay in the foreground (otherwise the node runs in the background and this returns
+    /// once it has joined).
+    #[arg(long)]
+    pub block: bool,
+}
+
+/// Custom resources given on the command line.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources(pub Vec<(String, f64)>);
+
+fn parse_resources(s: &str) -> Result<Resources, String> {
+    let s = s.trim();
+    let mut out = Vec::new();
+    if s.starts_with('{') {
+        let body = s
+            .strip_prefix('{')
+            .and_then(|b| b.strip_suffix('}'))
+            .ok_or("unbalanced braces")?;
+        for pair in body.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair
+                .split_once(':')
+                .ok_or_else(|| format!("{pair:?} is not \"name\": amount"))?;
+            let k = k.trim().trim_matches('"').to_owned();
+            let v: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{v:?} is not a number"))?;
+            out.push((k, v));
+        }
+    } else {
+        for pair in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not name=amount"))?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{v:?} is not a number"))?;
+            out.push((k.trim().to_owned(), v));
+        }
+    }
+    for (k, v) in &out {
+        if k.is_empty() || !v.is_finite() || *v < 0.0 {
+            return Err(format!("bad resource {k:?}: {v}"));
+        }
+    }
+    Ok(Resources(out))
+}
+
+/// Where the cluster is, for `stop`, `status` and `list`.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// The head's address (default: the latest session on this host).
+    #[arg(long, env = "MANTA_ADDRESS")]
+    pub address: Option<String>,
+    /// The cluster's token (default: the latest session's).
+    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Arguments of `manta list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// What to list.
+    #[arg(value_enum)]
+    pub what: ListWhat,
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// What `manta list` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListWhat {
+    /// Nodes with id, address and state.
+    Nodes,
+    /// Actors with id, class, name, node and state.
+    Actors,
 }
 
 /// Arguments of `manta microbenchmark`.
@@ -75,8 +194,34 @@ mod tests {
             "0.5",
         ])
         .unwrap();
-        let Command::Microbenchmark(args) = cli.command;
+        let Command::Microbenchmark(args) = cli.command else {
+            panic!("parsed as another command");
+        };
         assert_eq!(args.cases.as_deref(), Some("tasks"));
         assert_eq!(args.duration, 0.5);
+    }
+
+    #[test]
+    fn start_needs_head_or_address() {
+        assert!(Cli::try_parse_from(["manta", "start"]).is_err());
+        assert!(Cli::try_parse_from(["manta", "start", "--head", "--address", "a:1"]).is_err());
+        let cli = Cli::try_parse_from(["manta", "start", "--head", "--resources", "{\"ssd\": 2}"])
+            .unwrap();
+        let Command::Start(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert!(args.head);
+        assert_eq!(args.resources, Some(Resources(vec![("ssd".into(), 2.0)])));
+    }
+
+    #[test]
+    fn resources_parse_both_forms_and_refuse_garbage() {
+        assert_eq!(
+            parse_resources("a=1,b=2.5").unwrap(),
+            Resources(vec![("a".into(), 1.0), ("b".into(), 2.5)])
+        );
+        assert!(parse_resources("a=x").is_err());
+        assert!(parse_resources("{\"a\": -1}").is_err());
+        assert!(parse_resources("{a").is_err());
     }
 }

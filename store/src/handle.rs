@@ -113,6 +113,83 @@ impl Drop for Created<'_> {
     }
 }
 
+/// A [`Created`] handle that owns an `Arc` of its store instead of borrowing it, for writers
+/// that fill an object across `await` points (bytes arriving from the network straight into
+/// the mapping). Made by [`Store::create_owned`]; the same rules as [`Created`] hold.
+pub struct CreatedOwned {
+    store: Arc<Store>,
+    key: ObjectKey,
+    offset: usize,
+    len: usize,
+    armed: bool,
+}
+
+impl fmt::Debug for CreatedOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedOwned")
+            .field("key", &self.key)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl CreatedOwned {
+    /// Takes over the writing of `created` (which must be a handle on `store`).
+    pub(crate) fn new(store: Arc<Store>, mut created: Created<'_>) -> Self {
+        debug_assert!(std::ptr::eq(created.store, &*store));
+        created.armed = false;
+        CreatedOwned {
+            key: created.key,
+            offset: created.offset,
+            len: created.len,
+            armed: true,
+            store,
+        }
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> ObjectKey {
+        self.key
+    }
+
+    /// The object's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: the store refuses zero-size objects.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The object's bytes, to be filled in place.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `Created::as_mut_slice`: the block belongs to this object alone, which
+        // is in state Created (untouched by readers, spillers and evictors) with this handle as
+        // its only writer; `&mut self` makes the borrow unique, and the `Arc` keeps the arena
+        // mapped for as long as the handle lives.
+        unsafe { std::slice::from_raw_parts_mut(self.store.arena_ptr(self.offset), self.len) }
+    }
+
+    /// Makes the object immutable and visible to readers.
+    pub fn seal(mut self) -> Result<Sealed, StoreError> {
+        self.armed = false;
+        self.store.seal(self.key)?;
+        Ok(Sealed {
+            key: self.key,
+            len: self.len,
+        })
+    }
+}
+
+impl Drop for CreatedOwned {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.abort_created(self.key);
+        }
+    }
+}
+
 /// The receipt of a sealed object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sealed {

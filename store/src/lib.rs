@@ -43,7 +43,7 @@ pub use alloc::{Allocator, Block, UNIT};
 pub use arena::{Arena, AttachedArena, PageKind};
 pub use config::{PageRequest, StoreConfig};
 pub use error::{PutError, StoreError};
-pub use handle::{Created, Pinned, Sealed, SharedPin, View};
+pub use handle::{Created, CreatedOwned, Pinned, Sealed, SharedPin, View};
 pub use key::{CopyKind, Location, ObjectKey};
 pub use store::{Store, StoreStats};
 pub use table::IoTotals;

@@ -59,7 +59,7 @@ use crate::alloc::{Allocator, Block, Regions};
 use crate::arena::{Arena, PageKind};
 use crate::config::StoreConfig;
 use crate::error::{PutError, StoreError};
-use crate::handle::{Created, Pinned, Sealed, SharedPin, View};
+use crate::handle::{Created, CreatedOwned, Pinned, Sealed, SharedPin, View};
 use crate::key::{CopyKind, Location, ObjectKey};
 use crate::numa;
 use crate::pressure;
@@ -221,6 +221,18 @@ impl Store {
         }
         self.relieve_threshold();
         Ok(Created::new(self, key, offset, size))
+    }
+
+    /// [`Store::create_near`], returning a handle that owns an `Arc` of the store.
+    pub fn create_owned(
+        self: &Arc<Self>,
+        key: ObjectKey,
+        size: usize,
+        copy: CopyKind,
+        numa: Option<usize>,
+    ) -> Result<CreatedOwned, StoreError> {
+        let created = self.create_near(key, size, copy, numa)?;
+        Ok(CreatedOwned::new(self.clone(), created))
     }
 
     /// Counts whether the block at `offset` landed on the region `asked` for.

@@ -289,7 +289,13 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                             ::manta::__private::encode(&__out)
                         }
                         static __METHOD: ::manta::__private::ActorMethod =
-                            ::manta::__private::ActorMethod::new(#label, __invoke);
+                            ::manta::__private::ActorMethod::new(
+                                ::core::concat!(::core::module_path!(), "::", #label),
+                                __invoke,
+                            );
+                        ::manta::__private::inventory::submit! {
+                            ::manta::__private::MethodRegistration(&__METHOD)
+                        }
                         self.0.call(&__METHOD, ::std::vec![#( ::manta::IntoArg::into_slot(#names) ),*])
                     }
                 });
@@ -360,6 +366,10 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                     &self.0,
                 )
             }
+        }
+
+        ::manta::__private::inventory::submit! {
+            ::manta::__private::ClassRegistration(&#name::__MANTA_CLASS)
         }
 
         impl #methods_ty {

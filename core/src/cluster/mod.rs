@@ -1,5 +1,220 @@
-//! The multi-node cluster: its control messages and (to come) the GCS, raylets and workers.
-#![allow(dead_code)] // Only the messages are written so far; the rest of the cluster uses them.
+//! The cluster: a process's membership in a Manta cluster (its *core worker*), the GCS and the
+//! raylet.
+//!
+//! A process joins a cluster when `MANTA_ADDRESS` (or [`Config::address`](crate::Config)) names
+//! a GCS, or when a raylet started it as a worker (`MANTA_WORKER_RAYLET`). It then
+//!
+//! 1. registers with the GCS and receives a *worker index*, which becomes the top 16 bits of
+//!    every object and actor id it creates (so any process can find an id's owner);
+//! 2. listens for other members on a TCP port of its node's address and connects to them on
+//!    demand ([`peer::Peer`]);
+//! 3. as a **driver** (no local slots of its own: every task and actor goes to worker
+//!    processes, as with Ray's driver), places tasks on nodes with Ray's hybrid policy
+//!    ([`policy`]) and asks each node's raylet once for the job's worker process there;
+//! 4. as a **worker**, runs what owners push to it on its slots and serves until its raylet
+//!    tells it to stop (or disappears), then exits.
+//!
+//! Ownership is Ray's: the submitter of a task owns its result. A result larger than
+//! `max_inline_object_bytes` stays in the executor's store until its owner drops its last
+//! reference (the owner then sends `FreeObject`); a reader elsewhere pulls it, as a bulk
+//! transfer written straight into its own store.
+#![allow(dead_code)]
 
+pub(crate) mod gcs;
+mod node;
+pub(crate) mod peer;
+pub(crate) mod policy;
 pub(crate) mod proto;
 mod wire;
+pub(crate) mod worker;
+
+pub use node::{
+    ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, query, run_node, stop_cluster,
+};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Resolved;
+
+/// Where session directories live: `$MANTA_SESSION_ROOT`, default `/tmp/manta`.
+pub fn session_root() -> PathBuf {
+    std::env::var_os("MANTA_SESSION_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/manta"))
+}
+
+/// The token of the cluster at `address`, from the latest session directory on this host
+/// (written by `manta start --head`), if it is that cluster's.
+pub fn session_token(address: &str) -> Option<String> {
+    let dir = session_root().join("session_latest");
+    let recorded = std::fs::read_to_string(dir.join("address")).ok()?;
+    if recorded.trim() != address.trim() {
+        return None;
+    }
+    std::fs::read_to_string(dir.join("token"))
+        .ok()
+        .map(|t| t.trim().to_owned())
+}
+
+/// Joins the cluster the configuration (or a raylet's environment) names, if any.
+pub(crate) fn join_from_env(config: &mut Resolved) -> Result<Option<Arc<worker::Cluster>>, Error> {
+    let raylet = std::env::var("MANTA_WORKER_RAYLET").unwrap_or_default();
+    if config.address.is_empty() {
+        if !raylet.is_empty() {
+            return Err(Error::Config {
+                key: "MANTA_ADDRESS".into(),
+                message: "a worker process needs the GCS address".into(),
+            });
+        }
+        return Ok(None);
+    }
+    let token = if config.token.is_empty() {
+        session_token(&config.address).ok_or_else(|| Error::Config {
+            key: "MANTA_TOKEN".into(),
+            message: format!(
+                "no token for the cluster at {}: set MANTA_TOKEN (printed by `manta start --head`)",
+                config.address
+            ),
+        })?
+    } else {
+        config.token.clone()
+    };
+    let env_u64 = |key: &str| -> Result<u64, Error> {
+        std::env::var(key)
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| Error::Config {
+                key: key.into(),
+                message: "a worker process needs it as a number".into(),
+            })
+    };
+    let role = if raylet.is_empty() {
+        // A driver runs no work of its own.
+        config.num_cpus = 0.0;
+        config.num_gpus = 0.0;
+        config.resources = crate::config::CustomResources::default();
+        worker::Role::Driver
+    } else {
+        worker::Role::Worker {
+            raylet,
+            job_id: env_u64("MANTA_JOB_ID")?,
+            node_id: env_u64("MANTA_NODE_ID")?,
+        }
+    };
+    worker::Cluster::join(worker::JoinOptions {
+        gcs_address: config.address.clone(),
+        token,
+        role,
+        max_inline: config.max_inline_object_bytes,
+    })
+    .map(Some)
+}
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use manta_transport::{Address, Connection, TransportConfig};
+
+use crate::error::Error;
+
+/// How long a blocking call to another member waits for its reply.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bits of an id below the creating worker's index.
+pub(crate) const INDEX_SHIFT: u32 = 48;
+
+/// The worker index that created `id` (0: a process outside any cluster).
+pub(crate) fn owner_of(id: u64) -> u64 {
+    id >> INDEX_SHIFT
+}
+
+/// Transport settings for a member named `name`.
+pub(crate) fn transport_config(token: &str, name: String) -> TransportConfig {
+    TransportConfig::new(token.as_bytes().to_vec(), name)
+}
+
+/// Parses `host:port` into a socket address (resolving a host name).
+pub(crate) fn parse_address(address: &str) -> Result<SocketAddr, Error> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::Config {
+            key: "address".into(),
+            message: format!("{address:?} is not a HOST:PORT address"),
+        })
+}
+
+/// The address of this host that reaches `peer` (what the routing table would use; nothing is
+/// sent). Loopback for a loopback peer.
+pub(crate) fn local_ip_towards(peer: SocketAddr) -> IpAddr {
+    if peer.ip().is_loopback() {
+        return IpAddr::V4(Ipv4Addr::LOCALHOST);
+    }
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect(peer)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Connects to `address` with the cluster's token.
+pub(crate) async fn connect(address: &str, token: &str, name: String) -> Result<Connection, Error> {
+    let addr = parse_address(address)?;
+    Connection::connect(&Address::Tcp(addr), &transport_config(token, name))
+        .await
+        .map_err(|e| Error::Cluster {
+            what: format!("connecting to {address}"),
+            message: e.to_string(),
+        })
+}
+
+/// Blocks the calling (non-tokio) thread on a reply, for at most `timeout`.
+pub(crate) fn wait_reply<T>(
+    rx: tokio::sync::oneshot::Receiver<Result<T, Error>>,
+    timeout: Duration,
+    what: &str,
+) -> Result<T, Error> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let deadline = std::time::Instant::now() + timeout;
+    let waker = Waker::from(std::sync::Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut rx = std::pin::pin!(rx);
+    loop {
+        match rx.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(r)) => return r,
+            Poll::Ready(Err(_)) => {
+                return Err(Error::Cluster {
+                    what: what.to_owned(),
+                    message: "no reply: the connection closed".into(),
+                });
+            }
+            Poll::Pending => {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Err(Error::Cluster {
+                        what: what.to_owned(),
+                        message: format!("no reply within {timeout:?}"),
+                    });
+                }
+                std::thread::park_timeout(deadline - now);
+            }
+        }
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}

@@ -13,5 +13,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Microbenchmark(args) => microbenchmark::run(&args),
+        Command::Start(args) => manta_launcher::cluster::start(&args),
+        Command::Stop(args) => manta_launcher::cluster::stop(&args),
+        Command::Status(args) => manta_launcher::cluster::status(&args),
+        Command::List(args) => manta_launcher::cluster::list(&args),
     }
 }

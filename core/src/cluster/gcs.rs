@@ -1,0 +1,372 @@
+//! The GCS (head): node table with health checks, worker and job tables, the actor directory
+//! with named actors, a key-value store, and pub/sub of node and job events.
+//!
+//! All state sits behind one mutex: the GCS handles registrations and lookups, never the
+//! per-task path, so contention is not a concern. Health: a node is dead when its connection
+//! closes or no heartbeat arrived for [`NODE_TIMEOUT`]; its death is published. A job ends
+//! when its driver's connection closes; raylets hear it and stop that job's workers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::peer::{Handler, Peer};
+use super::proto::{ActorInfo, Msg, Node};
+use crate::sync::lock;
+
+/// A node silent for this long is declared dead.
+pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct NodeEntry {
+    node: Node,
+    peer: Arc<Peer>,
+    since: Instant,
+    last_heard: Instant,
+}
+
+struct WorkerEntry {
+    node_id: u64,
+    job_id: u64,
+    address: String,
+    alive: bool,
+    peer: Arc<Peer>,
+    is_driver: bool,
+}
+
+#[derive(Default)]
+struct State {
+    nodes: Vec<NodeEntry>,
+    workers: HashMap<u64, WorkerEntry>,
+    jobs: HashMap<u64, bool>,
+    kv: HashMap<String, Vec<u8>>,
+    actors: HashMap<u64, ActorInfo>,
+    named: HashMap<String, u64>,
+    subscribers: Vec<Arc<Peer>>,
+    next_node: u64,
+    next_worker: u64,
+    next_job: u64,
+}
+
+/// The GCS's state and message handling.
+#[derive(Default)]
+pub(crate) struct Gcs {
+    state: Mutex<State>,
+    /// Set when `manta stop` asked the cluster to stop.
+    pub(crate) stop: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Gcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gcs")
+    }
+}
+
+fn node_view(e: &NodeEntry) -> Node {
+    let mut n = e.node.clone();
+    n.age_s = e.since.elapsed().as_secs_f64();
+    n
+}
+
+impl Gcs {
+    pub(crate) fn new() -> Arc<Gcs> {
+        Arc::new(Gcs {
+            state: Mutex::new(State {
+                next_node: 1,
+                next_worker: 1,
+                next_job: 1,
+                ..State::default()
+            }),
+            stop: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn publish(state: &mut State, msg: &Msg) {
+        state.subscribers.retain(|p| !p.is_closed());
+        for p in &state.subscribers {
+            p.send(msg.clone());
+        }
+    }
+
+    fn node_dead(state: &mut State, i: usize, why: &str) {
+        let e = &mut state.nodes[i];
+        if !e.node.alive {
+            return;
+        }
+        e.node.alive = false;
+        e.node.death = why.to_owned();
+        tracing::warn!(node = e.node.node_id, address = %e.node.address, why, "node dead");
+        let node = node_view(e);
+        let node_id = node.node_id;
+        for w in state.workers.values_mut() {
+            if w.node_id == node_id {
+                w.alive = false;
+            }
+        }
+        Self::publish(state, &Msg::NodeEvent { node });
+    }
+
+    /// Declares silent nodes dead (called periodically).
+    pub(crate) fn check_health(&self) {
+        let mut s = lock(&self.state);
+        let silent: Vec<usize> = s
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.node.alive && e.last_heard.elapsed() > NODE_TIMEOUT)
+            .map(|(i, _)| i)
+            .collect();
+        for i in silent {
+            Self::node_dead(&mut s, i, "no heartbeat");
+        }
+    }
+
+    fn handle(&self, peer: &Arc<Peer>, msg: Msg) {
+        let mut s = lock(&self.state);
+        match msg {
+            Msg::RegisterNode {
+                request_id,
+                mut node,
+            } => {
+                let id = s.next_node;
+                s.next_node += 1;
+                node.node_id = id;
+                node.alive = true;
+                tracing::info!(node = id, address = %node.address, "node joined");
+                let now = Instant::now();
+                s.nodes.push(NodeEntry {
+                    node: node.clone(),
+                    peer: peer.clone(),
+                    since: now,
+                    last_heard: now,
+                });
+                peer.send(Msg::Registered {
+                    request_id,
+                    id,
+                    job_id: 0,
+                    error: String::new(),
+                });
+                Self::publish(&mut s, &Msg::NodeEvent { node });
+            }
+            Msg::Heartbeat {
+                node_id,
+                resources,
+                store_used,
+            } => {
+                if let Some(e) = s.nodes.iter_mut().find(|e| e.node.node_id == node_id) {
+                    e.last_heard = Instant::now();
+                    for r in resources {
+                        if let Some(mine) = e.node.resources.iter_mut().find(|m| m.name == r.name) {
+                            mine.available = r.available;
+                        }
+                    }
+                    e.node.store_used = store_used;
+                }
+            }
+            Msg::RegisterWorker {
+                request_id,
+                node_id,
+                job_id,
+                address,
+                executable,
+                pid,
+                ..
+            } => {
+                let index = s.next_worker;
+                s.next_worker += 1;
+                let is_driver = job_id == 0;
+                let job_id = if is_driver {
+                    let j = s.next_job;
+                    s.next_job += 1;
+                    s.jobs.insert(j, true);
+                    tracing::info!(job = j, %executable, pid, "job started");
+                    j
+                } else {
+                    job_id
+                };
+                s.workers.insert(
+                    index,
+                    WorkerEntry {
+                        node_id,
+                        job_id,
+                        address,
+                        alive: true,
+                        peer: peer.clone(),
+                        is_driver,
+                    },
+                );
+                peer.send(Msg::Registered {
+                    request_id,
+                    id: index,
+                    job_id,
+                    error: String::new(),
+                });
+            }
+            Msg::GetNodes { request_id } => {
+                let nodes = s.nodes.iter().map(node_view).collect();
+                peer.send(Msg::Nodes { request_id, nodes });
+            }
+            Msg::GetWorker { request_id, index } => {
+                let reply = match s.workers.get(&index) {
+                    Some(w) => Msg::WorkerInfo {
+                        request_id,
+                        index,
+                        node_id: w.node_id,
+                        job_id: w.job_id,
+                        address: w.address.clone(),
+                        alive: w.alive,
+                    },
+                    None => Msg::WorkerInfo {
+                        request_id,
+                        index,
+                        node_id: 0,
+                        job_id: 0,
+                        address: String::new(),
+                        alive: false,
+                    },
+                };
+                peer.send(reply);
+            }
+            Msg::KvPut {
+                request_id,
+                key,
+                value,
+            } => {
+                let old = s.kv.insert(key, value);
+                peer.send(Msg::KvValue {
+                    request_id,
+                    found: old.is_some(),
+                    value: old.unwrap_or_default(),
+                });
+            }
+            Msg::KvGet { request_id, key } => {
+                let v = s.kv.get(&key).cloned();
+                peer.send(Msg::KvValue {
+                    request_id,
+                    found: v.is_some(),
+                    value: v.unwrap_or_default(),
+                });
+            }
+            Msg::RegisterActor { request_id, actor } => {
+                let taken = !actor.name.is_empty()
+                    && s.named
+                        .get(&actor.name)
+                        .and_then(|id| s.actors.get(id))
+                        .is_some_and(|a| a.alive && a.actor_id != actor.actor_id);
+                if taken {
+                    peer.send(Msg::ActorReply {
+                        request_id,
+                        found: false,
+                        actor: ActorInfo::default(),
+                        error: format!("the name {:?} is taken", actor.name),
+                    });
+                    return;
+                }
+                if !actor.name.is_empty() {
+                    s.named.insert(actor.name.clone(), actor.actor_id);
+                }
+                s.actors.insert(actor.actor_id, actor.clone());
+                peer.send(Msg::ActorReply {
+                    request_id,
+                    found: true,
+                    actor,
+                    error: String::new(),
+                });
+            }
+            Msg::LookupActor {
+                request_id,
+                name,
+                actor_id,
+            } => {
+                let id = if name.is_empty() {
+                    Some(actor_id)
+                } else {
+                    s.named.get(&name).copied()
+                };
+                let found = id
+                    .and_then(|id| s.actors.get(&id))
+                    .filter(|a| a.alive)
+                    .cloned();
+                peer.send(Msg::ActorReply {
+                    request_id,
+                    found: found.is_some(),
+                    actor: found.unwrap_or_default(),
+                    error: String::new(),
+                });
+            }
+            Msg::ListActors { request_id } => {
+                let mut actors: Vec<ActorInfo> = s.actors.values().cloned().collect();
+                actors.sort_by_key(|a| a.actor_id);
+                peer.send(Msg::Actors { request_id, actors });
+            }
+            Msg::Subscribe { .. } => s.subscribers.push(peer.clone()),
+            Msg::Stop { reason } => {
+                tracing::info!(%reason, "cluster stop requested");
+                Self::stop_nodes(&s, &reason);
+                self.stop.notify_one();
+            }
+            other => {
+                tracing::warn!(peer = %peer.name, message = other.name(), "unexpected message for the GCS: ignored");
+            }
+        }
+    }
+
+    fn stop_nodes(s: &State, reason: &str) {
+        for e in s.nodes.iter().filter(|e| e.node.alive) {
+            e.peer.send(Msg::Stop {
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Tells every live node to stop.
+    pub(crate) fn stop_all(&self, reason: &str) {
+        Self::stop_nodes(&lock(&self.state), reason);
+    }
+
+    fn closed(&self, peer: &Arc<Peer>) {
+        let mut s = lock(&self.state);
+        if let Some(i) = s.nodes.iter().position(|e| Arc::ptr_eq(&e.peer, peer)) {
+            Self::node_dead(&mut s, i, "its connection closed");
+        }
+        let gone: Vec<(u64, u64, bool)> = s
+            .workers
+            .iter()
+            .filter(|(_, w)| Arc::ptr_eq(&w.peer, peer))
+            .map(|(i, w)| (*i, w.job_id, w.is_driver))
+            .collect();
+        for (index, job, driver) in gone {
+            if let Some(w) = s.workers.get_mut(&index) {
+                w.alive = false;
+            }
+            for a in s.actors.values_mut() {
+                if a.worker == index && a.alive {
+                    a.alive = false;
+                    a.death = format!("its worker process {index} exited");
+                }
+            }
+            if driver && s.jobs.insert(job, false) == Some(true) {
+                tracing::info!(job, "job finished (driver left)");
+                Self::publish(
+                    &mut s,
+                    &Msg::JobEvent {
+                        job_id: job,
+                        finished: true,
+                    },
+                );
+            }
+        }
+        s.subscribers.retain(|p| !Arc::ptr_eq(p, peer));
+    }
+}
+
+/// The GCS's connection handler.
+pub(crate) struct GcsHandler(pub(crate) Arc<Gcs>);
+
+impl Handler for GcsHandler {
+    fn on_message(self: Arc<Self>, peer: &Arc<Peer>, msg: Msg) {
+        self.0.handle(peer, msg);
+    }
+    fn on_close(self: Arc<Self>, peer: &Arc<Peer>, _reason: &str) {
+        self.0.closed(peer);
+    }
+}

@@ -1,0 +1,607 @@
+//! A node process (`manta start`): the raylet of one node, plus the GCS on the head; and the
+//! CLI's queries of a running cluster (`manta status`, `manta list`, `manta stop`).
+//!
+//! The raylet registers its node with the GCS, heartbeats every second, and keeps one worker
+//! process per job on its node: the first `StartWorker` of a job re-executes the job's binary
+//! (the path the driver registered; clusters share a filesystem, as HPC clusters do) with the
+//! node's resources in its environment, and every later request of that job reuses it. When
+//! the job's driver leaves, or the cluster stops, the raylet stops its workers (a `Stop`
+//! message, then SIGKILL after a grace period).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use manta_transport::{Address, Listener};
+
+use super::gcs::{Gcs, GcsHandler};
+use super::peer::{Handler, Peer};
+use super::proto::{Msg, Node, Resource};
+use super::{CALL_TIMEOUT, transport_config};
+use crate::error::Error;
+use crate::sync::lock;
+
+/// How a node process starts.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeOptions {
+    /// Also run the GCS here (`manta start --head`).
+    pub head: bool,
+    /// The GCS to join (for a non-head node).
+    pub gcs_address: Option<String>,
+    /// The address to listen on (never all interfaces unless asked).
+    pub ip: IpAddr,
+    /// The GCS port on the head (0: any free port); raylets use any free port.
+    pub port: u16,
+    /// The cluster's token.
+    pub token: String,
+    /// CPUs offered.
+    pub num_cpus: f64,
+    /// GPUs offered.
+    pub num_gpus: f64,
+    /// Custom resources offered.
+    pub resources: Vec<(String, f64)>,
+    /// Where worker processes' output goes (inherited when `None`).
+    pub log_dir: Option<PathBuf>,
+}
+
+impl NodeOptions {
+    /// Options for a node listening on `ip`, with `token`.
+    pub fn new(ip: IpAddr, token: impl Into<String>) -> Self {
+        NodeOptions {
+            head: false,
+            gcs_address: None,
+            ip,
+            port: 0,
+            token: token.into(),
+            num_cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0),
+            num_gpus: 0.0,
+            resources: Vec::new(),
+            log_dir: None,
+        }
+    }
+}
+
+/// What a started node reports.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeReady {
+    /// The GCS address (`ip:port`) members join with.
+    pub gcs_address: String,
+    /// This node's raylet address.
+    pub raylet_address: String,
+    /// This node's id.
+    pub node_id: u64,
+}
+
+/// One node in [`ClusterState`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeRow {
+    /// Node id.
+    pub node_id: u64,
+    /// Raylet address.
+    pub address: String,
+    /// Host name.
+    pub hostname: String,
+    /// ALIVE or DEAD.
+    pub alive: bool,
+    /// `(name, available, total)`.
+    pub resources: Vec<(String, f64, f64)>,
+    /// Seconds since it joined.
+    pub age_s: f64,
+    /// Why it died.
+    pub death: String,
+}
+
+/// One actor in [`ClusterState`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ActorRow {
+    /// Actor id.
+    pub actor_id: u64,
+    /// Name, if named.
+    pub name: String,
+    /// Class.
+    pub class_name: String,
+    /// Node id.
+    pub node_id: u64,
+    /// Worker index.
+    pub worker: u64,
+    /// ALIVE or DEAD.
+    pub alive: bool,
+}
+
+/// A snapshot of a running cluster, for `manta status` and `manta list`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClusterState {
+    /// The node table.
+    pub nodes: Vec<NodeRow>,
+    /// The actor directory.
+    pub actors: Vec<ActorRow>,
+}
+
+fn cluster_error(what: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Cluster {
+        what: what.into(),
+        message: message.into(),
+    }
+}
+
+fn io_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Os {
+            what: "starting the I/O runtime",
+            message: e.to_string(),
+        })
+}
+
+/// A handler for connections that only carry replies (CLI queries).
+struct RepliesOnly;
+
+impl Handler for RepliesOnly {
+    fn on_message(self: Arc<Self>, _peer: &Arc<Peer>, _msg: Msg) {}
+    fn on_close(self: Arc<Self>, _peer: &Arc<Peer>, _reason: &str) {}
+}
+
+/// Reads the node table and actor directory of the cluster whose GCS is at `address`.
+pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
+    let io = io_runtime()?;
+    io.block_on(async {
+        let conn = super::connect(address, token, "cli".into()).await?;
+        let gcs = Peer::spawn(conn, "gcs".into(), Arc::new(RepliesOnly));
+        let nodes = gcs.request(|request_id| Msg::GetNodes { request_id });
+        let actors = gcs.request(|request_id| Msg::ListActors { request_id });
+        let timeout = |what: &'static str| move |_| cluster_error(what, "no reply in time");
+        let nodes = tokio::time::timeout(CALL_TIMEOUT, nodes)
+            .await
+            .map_err(timeout("reading the node table"))?
+            .map_err(|_| cluster_error("reading the node table", "connection closed"))??;
+        let actors = tokio::time::timeout(CALL_TIMEOUT, actors)
+            .await
+            .map_err(timeout("reading the actor directory"))?
+            .map_err(|_| cluster_error("reading the actor directory", "connection closed"))??;
+        let Msg::Nodes { nodes, .. } = nodes else {
+            return Err(cluster_error("reading the node table", "unexpected reply"));
+        };
+        let Msg::Actors { actors, .. } = actors else {
+            return Err(cluster_error(
+                "reading the actor directory",
+                "unexpected reply",
+            ));
+        };
+        gcs.shutdown("done");
+        Ok(ClusterState {
+            nodes: nodes
+                .into_iter()
+                .map(|n| NodeRow {
+                    node_id: n.node_id,
+                    address: n.address,
+                    hostname: n.hostname,
+                    alive: n.alive,
+                    resources: n
+                        .resources
+                        .into_iter()
+                        .map(|r| (r.name, r.available, r.total))
+                        .collect(),
+                    age_s: n.age_s,
+                    death: n.death,
+                })
+                .collect(),
+            actors: actors
+                .into_iter()
+                .map(|a| ActorRow {
+                    actor_id: a.actor_id,
+                    name: a.name,
+                    class_name: a.class_name,
+                    node_id: a.node_id,
+                    worker: a.worker,
+                    alive: a.alive,
+                })
+                .collect(),
+        })
+    })
+}
+
+/// Asks the cluster whose GCS is at `address` to stop (every raylet stops its workers and
+/// exits, then the head).
+pub fn stop_cluster(address: &str, token: &str) -> Result<(), Error> {
+    let io = io_runtime()?;
+    io.block_on(async {
+        let conn = super::connect(address, token, "cli".into()).await?;
+        let gcs = Peer::spawn(conn, "gcs".into(), Arc::new(RepliesOnly));
+        gcs.send(Msg::Stop {
+            reason: "manta stop".into(),
+        });
+        // Let the writer flush before the runtime goes away.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    })
+}
+
+struct WorkerProc {
+    child: Child,
+    index: u64,
+    address: String,
+    peer: Option<Arc<Peer>>,
+    waiting: Vec<(Arc<Peer>, u64)>,
+}
+
+/// The raylet of this node.
+struct Raylet {
+    node_id: OnceLock<u64>,
+    gcs_address: String,
+    address: String,
+    opts: NodeOptions,
+    workers: Mutex<HashMap<u64, WorkerProc>>,
+    stop: tokio::sync::Notify,
+    me: OnceLock<Weak<Raylet>>,
+}
+
+impl Raylet {
+    fn resources(&self) -> Vec<Resource> {
+        let mut v = vec![Resource {
+            name: "CPU".into(),
+            total: self.opts.num_cpus,
+            available: self.opts.num_cpus,
+        }];
+        if self.opts.num_gpus > 0.0 {
+            v.push(Resource {
+                name: "GPU".into(),
+                total: self.opts.num_gpus,
+                available: self.opts.num_gpus,
+            });
+        }
+        for (name, amount) in &self.opts.resources {
+            v.push(Resource {
+                name: name.clone(),
+                total: *amount,
+                available: *amount,
+            });
+        }
+        v
+    }
+
+    fn start_worker(
+        &self,
+        from: &Arc<Peer>,
+        request_id: u64,
+        job_id: u64,
+        executable: String,
+        args: Vec<String>,
+        cwd: String,
+        env: Vec<(String, String)>,
+    ) {
+        let mut workers = lock(&self.workers);
+        if let Some(w) = workers.get_mut(&job_id) {
+            if w.peer.is_some() {
+                from.send(Msg::WorkerStarted {
+                    request_id,
+                    index: w.index,
+                    address: w.address.clone(),
+                    error: String::new(),
+                });
+            } else {
+                w.waiting.push((from.clone(), request_id));
+            }
+            return;
+        }
+        let node_id = self.node_id.get().copied().unwrap_or(0);
+        let resources: Vec<String> = self
+            .opts
+            .resources
+            .iter()
+            .map(|(n, a)| format!("{n}={a}"))
+            .collect();
+        let mut cmd = Command::new(&executable);
+        cmd.args(&args)
+            .envs(env)
+            .env("MANTA_ADDRESS", &self.gcs_address)
+            .env("MANTA_TOKEN", &self.opts.token)
+            .env("MANTA_WORKER_RAYLET", &self.address)
+            .env("MANTA_JOB_ID", job_id.to_string())
+            .env("MANTA_NODE_ID", node_id.to_string())
+            .env("MANTA_NODE_IP", self.opts.ip.to_string())
+            .env("MANTA_NUM_CPUS", self.opts.num_cpus.to_string())
+            .env("MANTA_NUM_GPUS", self.opts.num_gpus.to_string())
+            .env("MANTA_RESOURCES", resources.join(","))
+            .stdin(Stdio::null());
+        if !cwd.is_empty() {
+            cmd.current_dir(&cwd);
+        }
+        if let Some(dir) = &self.opts.log_dir {
+            let path = dir.join(format!("worker-job{job_id}-node{node_id}.log"));
+            if let Ok(f) = std::fs::File::create(&path)
+                && let Ok(f2) = f.try_clone()
+            {
+                cmd.stdout(f).stderr(f2);
+            }
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                tracing::info!(job = job_id, pid = child.id(), %executable, "worker process started");
+                workers.insert(
+                    job_id,
+                    WorkerProc {
+                        child,
+                        index: 0,
+                        address: String::new(),
+                        peer: None,
+                        waiting: vec![(from.clone(), request_id)],
+                    },
+                );
+            }
+            Err(e) => from.send(Msg::WorkerStarted {
+                request_id,
+                index: 0,
+                address: String::new(),
+                error: format!("could not start {executable}: {e}"),
+            }),
+        }
+    }
+
+    fn worker_ready(&self, peer: &Arc<Peer>, job_id: u64, index: u64, address: String) {
+        let mut workers = lock(&self.workers);
+        let Some(w) = workers.get_mut(&job_id) else {
+            tracing::warn!(
+                job = job_id,
+                "a worker of an unknown job reported ready: stopping it"
+            );
+            peer.send(Msg::Stop {
+                reason: "unknown job".into(),
+            });
+            return;
+        };
+        w.index = index;
+        w.address = address.clone();
+        w.peer = Some(peer.clone());
+        for (from, request_id) in w.waiting.drain(..) {
+            from.send(Msg::WorkerStarted {
+                request_id,
+                index,
+                address: address.clone(),
+                error: String::new(),
+            });
+        }
+    }
+
+    /// Reaps exited workers; fails requests waiting on one that died before it was ready.
+    fn reap(&self) {
+        let mut workers = lock(&self.workers);
+        let mut gone = Vec::new();
+        for (job, w) in workers.iter_mut() {
+            if let Ok(Some(status)) = w.child.try_wait() {
+                gone.push((*job, status));
+            }
+        }
+        for (job, status) in gone {
+            if let Some(w) = workers.remove(&job) {
+                tracing::info!(job, %status, "worker process exited");
+                for (from, request_id) in w.waiting {
+                    from.send(Msg::WorkerStarted {
+                        request_id,
+                        index: 0,
+                        address: String::new(),
+                        error: format!("the worker process exited before it was ready ({status})"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stops the workers of `job` (all jobs when `None`): a Stop message, SIGKILL later.
+    fn stop_workers(&self, job: Option<u64>) {
+        let stopping: Vec<WorkerProc> = {
+            let mut workers = lock(&self.workers);
+            let jobs: Vec<u64> = workers
+                .keys()
+                .copied()
+                .filter(|j| job.is_none_or(|x| x == *j))
+                .collect();
+            jobs.into_iter()
+                .filter_map(|j| workers.remove(&j))
+                .collect()
+        };
+        for mut w in stopping {
+            if let Some(p) = &w.peer {
+                p.send(Msg::Stop {
+                    reason: "job finished".into(),
+                });
+            }
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    if let Ok(Some(_)) = w.child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+            });
+        }
+    }
+}
+
+struct RayletHandler(Arc<Raylet>);
+
+impl Handler for RayletHandler {
+    fn on_message(self: Arc<Self>, peer: &Arc<Peer>, msg: Msg) {
+        match msg {
+            Msg::StartWorker {
+                request_id,
+                job_id,
+                executable,
+                args,
+                cwd,
+                env,
+            } => self
+                .0
+                .start_worker(peer, request_id, job_id, executable, args, cwd, env),
+            Msg::WorkerReady {
+                job_id,
+                index,
+                address,
+                ..
+            } => self.0.worker_ready(peer, job_id, index, address),
+            Msg::JobEvent {
+                job_id,
+                finished: true,
+            } => self.0.stop_workers(Some(job_id)),
+            Msg::Stop { reason } => {
+                tracing::info!(%reason, "node stopping");
+                self.0.stop.notify_one();
+            }
+            Msg::NodeEvent { .. } | Msg::JobEvent { .. } => {}
+            other => {
+                tracing::warn!(peer = %peer.name, message = other.name(), "unexpected message for a raylet: ignored");
+            }
+        }
+    }
+
+    fn on_close(self: Arc<Self>, peer: &Arc<Peer>, _reason: &str) {
+        if peer.name == "gcs" {
+            tracing::warn!("lost the GCS: node stopping");
+            self.0.stop.notify_one();
+        }
+    }
+}
+
+async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => {
+                let name = conn.peer_name().to_owned();
+                Peer::spawn(conn, name, handler.clone());
+            }
+            Err(e) => tracing::warn!(error = %e, "refused a connection"),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Runs a node until the cluster is stopped (`manta stop`), the GCS is lost, or SIGTERM/SIGINT.
+/// `on_ready` is called once the node has joined.
+pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<(), Error> {
+    let io = io_runtime()?;
+    io.block_on(async move {
+        let config = |name: &str| transport_config(&opts.token, name.to_owned());
+        let mut gcs_state = None;
+        let gcs_address = if opts.head {
+            let listener = Listener::bind(
+                &Address::Tcp(SocketAddr::new(opts.ip, opts.port)),
+                config("gcs"),
+            )
+            .await
+            .map_err(|e| cluster_error("starting the GCS", e.to_string()))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| cluster_error("starting the GCS", e.to_string()))?
+                .to_string();
+            let gcs = Gcs::new();
+            tokio::spawn(accept_loop(listener, Arc::new(GcsHandler(gcs.clone()))));
+            let g2 = gcs.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    g2.check_health();
+                }
+            });
+            gcs_state = Some(gcs);
+            addr
+        } else {
+            opts.gcs_address.clone().ok_or_else(|| Error::Config {
+                key: "address".into(),
+                message: "a non-head node needs the GCS address (--address)".into(),
+            })?
+        };
+        let listener = Listener::bind(
+            &Address::Tcp(SocketAddr::new(opts.ip, 0)),
+            config("raylet"),
+        )
+        .await
+        .map_err(|e| cluster_error("starting the raylet", e.to_string()))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| cluster_error("starting the raylet", e.to_string()))?
+            .to_string();
+        let raylet = Arc::new(Raylet {
+            node_id: OnceLock::new(),
+            gcs_address: gcs_address.clone(),
+            address: address.clone(),
+            opts: opts.clone(),
+            workers: Mutex::new(HashMap::new()),
+            stop: tokio::sync::Notify::new(),
+            me: OnceLock::new(),
+        });
+        let _ = raylet.me.set(Arc::downgrade(&raylet));
+        let handler: Arc<dyn Handler> = Arc::new(RayletHandler(raylet.clone()));
+        tokio::spawn(accept_loop(listener, handler.clone()));
+        let conn = super::connect(&gcs_address, &opts.token, "raylet".into()).await?;
+        let gcs = Peer::spawn(conn, "gcs".into(), handler);
+        let reply = gcs.request(|request_id| Msg::RegisterNode {
+            request_id,
+            node: Node {
+                address: address.clone(),
+                hostname: hostname(),
+                alive: true,
+                resources: raylet.resources(),
+                ..Node::default()
+            },
+        });
+        let node_id = match tokio::time::timeout(CALL_TIMEOUT, reply).await {
+            Ok(Ok(Ok(Msg::Registered { id, error, .. }))) if error.is_empty() => id,
+            Ok(Ok(Ok(Msg::Registered { error, .. }))) => {
+                return Err(cluster_error("registering the node", error));
+            }
+            Ok(Ok(Err(e))) => return Err(e),
+            _ => return Err(cluster_error("registering the node", "no reply from the GCS")),
+        };
+        let _ = raylet.node_id.set(node_id);
+        gcs.send(Msg::Subscribe { request_id: 0 });
+        on_ready(&NodeReady {
+            gcs_address: gcs_address.clone(),
+            raylet_address: address,
+            node_id,
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::Os {
+                what: "installing a SIGTERM handler",
+                message: e.to_string(),
+            })?;
+        loop {
+            tokio::select! {
+                _ = raylet.stop.notified() => break,
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    raylet.reap();
+                    gcs.send(Msg::Heartbeat { node_id, resources: raylet.resources(), store_used: 0 });
+                }
+            }
+        }
+        raylet.stop_workers(None);
+        if let Some(g) = &gcs_state {
+            // Tell the other nodes, then give the messages a moment to leave.
+            g.stop_all("the head stopped");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Wait for this node's workers to exit (stop_workers kills them after 2 s).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gcs.shutdown("node stopped");
+        Ok(())
+    })
+}

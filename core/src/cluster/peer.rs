@@ -1,0 +1,363 @@
+//! One connection to another cluster member, as two tokio tasks: a writer that drains an
+//! unbounded queue (batching every message already queued into one write) and a reader that
+//! decodes messages and hands them to the connection's [`Handler`], answers pending requests,
+//! and receives bulk transfers straight into the memory a [`BulkSink`] names.
+//!
+//! # Protocol of a peer
+//! 1. Anyone may [`Peer::send`] at any time, from any thread: the message is queued (never
+//!    blocks, never fails; a closed peer drops it and the close is reported once).
+//! 2. A request carries a fresh `request_id` ([`Peer::request`]); the reader completes the
+//!    matching waiter when the reply with that id arrives. A closed connection fails every
+//!    waiter with the close reason.
+//! 3. A bulk transfer is announced by a message first (e.g. `ObjectData`), whose handler
+//!    registers a [`BulkSink`] under the transfer id *before* the reader reads the next frame,
+//!    so the reader always knows where the bytes go. A transfer nobody expects is discarded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use flatbuffers::FlatBufferBuilder;
+use manta_transport::{Connection, Incoming, RecvHalf, SendHalf, Tag, TransferId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::{self, Msg};
+use crate::error::Error;
+use crate::store::StoredObject;
+use crate::sync::lock;
+
+/// What a connection's reader calls for each message that is not a reply.
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// A message arrived from `peer`.
+    fn on_message(self: Arc<Self>, peer: &Arc<Peer>, msg: Msg);
+    /// The connection closed (`reason` says why).
+    fn on_close(self: Arc<Self>, peer: &Arc<Peer>, reason: &str);
+}
+
+/// Bytes to send as one bulk transfer.
+pub(crate) enum BulkData {
+    Heap(Bytes),
+    Stored(Arc<StoredObject>),
+}
+
+enum Out {
+    Msg(Msg),
+    Bulk(u64, BulkData),
+}
+
+/// Where the bytes of an expected bulk transfer go.
+pub(crate) type BulkSink = Box<dyn FnOnce(BulkArrival) + Send>;
+
+/// A bulk transfer's bytes, received into the store or the heap.
+pub(crate) enum BulkArrival {
+    Stored(Arc<StoredObject>),
+    Heap(Bytes),
+    Failed(Error),
+}
+
+/// Allocates the destination of an expected transfer (called on the reader, before reading).
+pub(crate) type BulkAlloc =
+    Box<dyn FnOnce(u64) -> Result<Option<crate::store::Writing>, Error> + Send>;
+
+struct Expected {
+    alloc: BulkAlloc,
+    sink: BulkSink,
+}
+
+/// A connection to one member.
+pub(crate) struct Peer {
+    /// Who it is (`gcs`, `raylet:<node>`, `w<index>`, or the address).
+    pub(crate) name: String,
+    tx: mpsc::UnboundedSender<Out>,
+    next_request: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Result<Msg, Error>>>>,
+    expected: Mutex<HashMap<u64, Expected>>,
+    closed: AtomicBool,
+    close_reason: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("name", &self.name).finish()
+    }
+}
+
+impl Peer {
+    /// Starts the reader and writer tasks of `conn` on the current tokio runtime.
+    pub(crate) fn spawn(conn: Connection, name: String, handler: Arc<dyn Handler>) -> Arc<Peer> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let peer = Arc::new(Peer {
+            name,
+            tx,
+            next_request: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+            expected: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
+        });
+        let (recv, send) = conn.into_split();
+        tokio::spawn(write_loop(peer.clone(), send, rx));
+        tokio::spawn(read_loop(peer.clone(), recv, handler));
+        peer
+    }
+
+    /// A peer whose connection is still being made: messages queue until `attach` (or fail
+    /// with `fail`).
+    pub(crate) fn pending(name: String) -> (Arc<Peer>, PendingPeer) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let peer = Arc::new(Peer {
+            name,
+            tx,
+            next_request: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+            expected: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
+        });
+        (peer.clone(), PendingPeer { peer, rx })
+    }
+
+    /// Queues `msg` (step 1).
+    pub(crate) fn send(&self, msg: Msg) {
+        let _ = self.tx.send(Out::Msg(msg));
+    }
+
+    /// Queues a bulk transfer with id `id`.
+    pub(crate) fn send_bulk(&self, id: u64, data: BulkData) {
+        let _ = self.tx.send(Out::Bulk(id, data));
+    }
+
+    /// A fresh request id for this connection.
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends the request `make(request_id)` and returns the receiver of its reply (step 2).
+    pub(crate) fn request(
+        &self,
+        make: impl FnOnce(u64) -> Msg,
+    ) -> oneshot::Receiver<Result<Msg, Error>> {
+        let id = self.next_request_id();
+        let (tx, rx) = oneshot::channel();
+        if self.is_closed() {
+            let _ = tx.send(Err(self.closed_error()));
+            return rx;
+        }
+        lock(&self.waiting).insert(id, tx);
+        self.send(make(id));
+        rx
+    }
+
+    /// Registers where transfer `id`'s bytes go (step 3).
+    pub(crate) fn expect_bulk(&self, id: u64, alloc: BulkAlloc, sink: BulkSink) {
+        lock(&self.expected).insert(id, Expected { alloc, sink });
+    }
+
+    /// Whether the connection closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn closed_error(&self) -> Error {
+        let reason = lock(&self.close_reason)
+            .clone()
+            .unwrap_or_else(|| "connection closed".into());
+        Error::Cluster {
+            what: format!("connection to {}", self.name),
+            message: reason,
+        }
+    }
+
+    /// Marks the peer closed and fails every waiter (once).
+    fn close(self: &Arc<Self>, reason: &str) -> bool {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *lock(&self.close_reason) = Some(reason.to_owned());
+        let waiting: Vec<_> = lock(&self.waiting).drain().collect();
+        for (_, w) in waiting {
+            let _ = w.send(Err(self.closed_error()));
+        }
+        let expected: Vec<_> = lock(&self.expected).drain().collect();
+        for (_, e) in expected {
+            (e.sink)(BulkArrival::Failed(self.closed_error()));
+        }
+        true
+    }
+
+    /// Closes the connection from this side: the writer stops, the peer sees it closed.
+    pub(crate) fn shutdown(self: &Arc<Self>, reason: &str) {
+        self.close(reason);
+    }
+}
+
+/// The other half of [`Peer::pending`].
+pub(crate) struct PendingPeer {
+    peer: Arc<Peer>,
+    rx: mpsc::UnboundedReceiver<Out>,
+}
+
+impl PendingPeer {
+    /// The connection is up: start its tasks.
+    pub(crate) fn attach(self, conn: Connection, handler: Arc<dyn Handler>) {
+        let (recv, send) = conn.into_split();
+        tokio::spawn(write_loop(self.peer.clone(), send, self.rx));
+        tokio::spawn(read_loop(self.peer, recv, handler));
+    }
+
+    /// The connection could not be made.
+    pub(crate) fn fail(self, handler: Arc<dyn Handler>, reason: &str) {
+        if self.peer.close(reason) {
+            handler.on_close(&self.peer, reason);
+        }
+    }
+}
+
+/// Largest number of queued messages written in one batch.
+const MAX_BATCH: usize = 256;
+
+async fn write_loop(peer: Arc<Peer>, mut send: SendHalf, mut rx: mpsc::UnboundedReceiver<Out>) {
+    let mut fbb = FlatBufferBuilder::with_capacity(1024);
+    let mut encoded: Vec<(Tag, Vec<u8>)> = Vec::with_capacity(MAX_BATCH);
+    let mut bulk: Option<(u64, BulkData)> = None;
+    while let Some(first) = rx.recv().await {
+        if peer.is_closed() {
+            break;
+        }
+        let mut next = Some(first);
+        loop {
+            match next.take() {
+                Some(Out::Msg(m)) => {
+                    let bytes = proto::encode(&m, &mut fbb).to_vec();
+                    encoded.push((m.tag(), bytes));
+                }
+                Some(Out::Bulk(id, data)) => {
+                    bulk = Some((id, data));
+                    break;
+                }
+                None => {}
+            }
+            if encoded.len() >= MAX_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(o) => next = Some(o),
+                Err(_) => break,
+            }
+        }
+        if !encoded.is_empty() {
+            let batch: Vec<(Tag, &[u8])> = encoded.iter().map(|(t, b)| (*t, &b[..])).collect();
+            let r = send.send_batch(&batch).await;
+            drop(batch);
+            encoded.clear();
+            if let Err(e) = r {
+                peer.close(&e.to_string());
+                break;
+            }
+        }
+        if let Some((id, data)) = bulk.take() {
+            let r = match &data {
+                BulkData::Heap(b) => send.send_bulk(TransferId(id), b).await,
+                BulkData::Stored(s) => match s.pin(crate::id::ObjectId::from_u64(id)) {
+                    Ok(pin) => send.send_bulk(TransferId(id), &pin).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read an object to send it");
+                        send.send_bulk(TransferId(id), &[]).await
+                    }
+                },
+            };
+            if let Err(e) = r {
+                peer.close(&e.to_string());
+                break;
+            }
+        }
+    }
+    let _ = send.close().await;
+}
+
+async fn read_loop(peer: Arc<Peer>, mut recv: RecvHalf, handler: Arc<dyn Handler>) {
+    let reason = loop {
+        let incoming = match recv.recv().await {
+            Ok(i) => i,
+            Err(e) => break e.to_string(),
+        };
+        match incoming {
+            Incoming::Message(m) => {
+                let msg = match proto::decode(m.tag.0, &m.payload) {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.name, error = %e, "malformed cluster message: closing the connection");
+                        break format!("malformed message: {e}");
+                    }
+                };
+                if let Some(id) = reply_id(&msg) {
+                    let waiter = lock(&peer.waiting).remove(&id);
+                    if let Some(w) = waiter {
+                        let _ = w.send(Ok(msg));
+                        continue;
+                    }
+                }
+                handler.clone().on_message(&peer, msg);
+            }
+            Incoming::Bulk(b) => {
+                let id = b.id().0;
+                let len = b.len();
+                let Some(expected) = lock(&peer.expected).remove(&id) else {
+                    tracing::warn!(peer = %peer.name, transfer = id, "unexpected bulk transfer discarded");
+                    continue;
+                };
+                match (expected.alloc)(len) {
+                    Ok(Some(mut writing)) => match b.read_into(writing.as_mut_slice()).await {
+                        Ok(()) => (expected.sink)(match writing.seal() {
+                            Ok(s) => BulkArrival::Stored(s),
+                            Err(e) => BulkArrival::Failed(e),
+                        }),
+                        Err(e) => {
+                            let reason = e.to_string();
+                            (expected.sink)(BulkArrival::Failed(Error::Cluster {
+                                what: format!("transfer from {}", peer.name),
+                                message: reason.clone(),
+                            }));
+                            break reason;
+                        }
+                    },
+                    Ok(None) => match b.into_vec().await {
+                        Ok(v) => (expected.sink)(BulkArrival::Heap(Bytes::from(v))),
+                        Err(e) => {
+                            let reason = e.to_string();
+                            (expected.sink)(BulkArrival::Failed(Error::Cluster {
+                                what: format!("transfer from {}", peer.name),
+                                message: reason.clone(),
+                            }));
+                            break reason;
+                        }
+                    },
+                    Err(e) => {
+                        // No room: read the bytes into nothing so the stream stays in step.
+                        drop(b);
+                        (expected.sink)(BulkArrival::Failed(e));
+                    }
+                }
+            }
+            _ => break "unknown incoming frame".to_owned(),
+        }
+    };
+    if peer.close(&reason) {
+        handler.on_close(&peer, &reason);
+    }
+}
+
+/// The request id a reply message answers, if it is a reply.
+fn reply_id(msg: &Msg) -> Option<u64> {
+    match msg {
+        Msg::Registered { request_id, .. }
+        | Msg::Nodes { request_id, .. }
+        | Msg::WorkerInfo { request_id, .. }
+        | Msg::KvValue { request_id, .. }
+        | Msg::ActorReply { request_id, .. }
+        | Msg::Actors { request_id, .. }
+        | Msg::WorkerStarted { request_id, .. } => Some(*request_id),
+        _ => None,
+    }
+}

@@ -1,0 +1,1486 @@
+//! The core worker: this process's membership in a cluster — owner of what it submits,
+//! executor of what others push to it, server of the objects it holds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use bytes::Bytes;
+use manta_transport::{Address, Listener};
+
+use super::peer::{BulkArrival, BulkData, Handler, Peer};
+use super::policy::{self, NodeLoad};
+use super::proto::{Arg, ErrorKind, Msg, Outcome, Resource};
+use super::{CALL_TIMEOUT, INDEX_SHIFT, owner_of, wait_reply};
+use crate::actor::{ActorCell, RemoteActor};
+use crate::error::{Error, TaskError};
+use crate::id::ObjectId;
+use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
+use crate::resources::ResourceRequest;
+use crate::runtime::RuntimeInner;
+use crate::store::StoredObject;
+use crate::sync::lock;
+use crate::task::ArgSlot;
+
+/// How this process joined.
+#[derive(Clone, Debug)]
+pub(crate) enum Role {
+    /// The job's driver: owns work, runs none of it.
+    Driver,
+    /// A worker process a raylet started.
+    Worker {
+        raylet: String,
+        job_id: u64,
+        node_id: u64,
+    },
+}
+
+/// A task or actor call this process owns that runs elsewhere.
+struct InFlight {
+    cell: Arc<ObjectCell>,
+    /// Worker index it was pushed to.
+    worker: u64,
+    /// Node slot it counts against, and its CPUs.
+    node: Option<usize>,
+    cpus: f64,
+    /// Kept alive until the task is done (argument cells the executor may pull).
+    #[allow(dead_code)]
+    args: Box<[ArgSlot]>,
+}
+
+/// A node of the cluster as this owner sees it.
+struct NodeSlot {
+    node_id: u64,
+    address: String,
+    alive: bool,
+    totals: Vec<(String, f64)>,
+    busy_cpus: f64,
+    /// The job's worker process there (a pending peer while it starts).
+    worker: Option<(u64, Arc<Peer>)>,
+    starting: Option<Arc<Peer>>,
+}
+
+/// A pending pull: who holds the object, and what to do with it.
+type PullDone = Box<dyn FnOnce(Result<Payload, Error>) + Send>;
+
+/// This process's cluster membership.
+pub(crate) struct Cluster {
+    pub(crate) io: tokio::runtime::Runtime,
+    pub(crate) role: Role,
+    pub(crate) index: u64,
+    pub(crate) job_id: u64,
+    pub(crate) token: String,
+    pub(crate) gcs_address: String,
+    pub(crate) address: String,
+    pub(crate) gcs: Arc<Peer>,
+    rt: OnceLock<Weak<RuntimeInner>>,
+    me: OnceLock<Weak<Cluster>>,
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    raylets: Mutex<HashMap<u64, Arc<Peer>>>,
+    nodes: Mutex<Vec<NodeSlot>>,
+    nodes_loaded: AtomicBool,
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+    /// Results this process computed for remote owners, until they free them.
+    held: Mutex<HashMap<u64, ObjectValue>>,
+    pulls: Mutex<HashMap<u64, (String, PullDone)>>,
+    next_pull: AtomicU64,
+    executable: (String, Vec<String>, String),
+    stop: tokio::sync::Notify,
+    stopped: AtomicBool,
+    max_inline: usize,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("role", &self.role)
+            .field("index", &self.index)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `join` needs.
+pub(crate) struct JoinOptions {
+    pub(crate) gcs_address: String,
+    pub(crate) token: String,
+    pub(crate) role: Role,
+    pub(crate) max_inline: usize,
+}
+
+fn cluster_error(what: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Cluster {
+        what: what.into(),
+        message: message.into(),
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster: starts the I/O runtime, listens, registers with the GCS.
+    pub(crate) fn join(opts: JoinOptions) -> Result<Arc<Cluster>, Error> {
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("manta-io")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Os {
+                what: "starting the cluster I/O thread",
+                message: e.to_string(),
+            })?;
+        let gcs_sock = super::parse_address(&opts.gcs_address)?;
+        let ip = match std::env::var("MANTA_NODE_IP") {
+            Ok(ip) if !ip.is_empty() => ip.parse().map_err(|_| Error::Config {
+                key: "MANTA_NODE_IP".into(),
+                message: format!("{ip:?} is not an IP address"),
+            })?,
+            _ => super::local_ip_towards(gcs_sock),
+        };
+        let token = opts.token.clone();
+        let listener = io.block_on(async {
+            Listener::bind(
+                &Address::Tcp(std::net::SocketAddr::new(ip, 0)),
+                super::transport_config(&token, "worker".into()),
+            )
+            .await
+        });
+        let listener = listener.map_err(|e| cluster_error("listening", e.to_string()))?;
+        let address = match listener.local_addr() {
+            Ok(Address::Tcp(a)) => a.to_string(),
+            Ok(other) => other.to_string(),
+            Err(e) => return Err(cluster_error("listening", e.to_string())),
+        };
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let cwd = std::env::current_dir()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let (node_id, job_id) = match &opts.role {
+            Role::Driver => (0, 0),
+            Role::Worker {
+                node_id, job_id, ..
+            } => (*node_id, *job_id),
+        };
+        // The GCS connection is made first; its handler needs the cluster, so it reaches it
+        // through a cell filled right after.
+        let slot: Arc<OnceLock<Weak<Cluster>>> = Arc::new(OnceLock::new());
+        let handler: Arc<dyn Handler> = Arc::new(WorkerHandler {
+            cluster: slot.clone(),
+        });
+        let gcs = io.block_on(async {
+            let conn = super::connect(&opts.gcs_address, &token, "worker".into()).await?;
+            Ok::<_, Error>(Peer::spawn(conn, "gcs".into(), handler.clone()))
+        })?;
+        let _guard = io.enter();
+        let rx = gcs.request(|request_id| Msg::RegisterWorker {
+            request_id,
+            node_id,
+            job_id,
+            address: address.clone(),
+            pid: std::process::id(),
+            executable: exe.clone(),
+            args: args.clone(),
+            cwd: cwd.clone(),
+        });
+        let (index, job_id) = match wait_reply(rx, CALL_TIMEOUT, "registering with the GCS")? {
+            Msg::Registered {
+                id, job_id, error, ..
+            } => {
+                if !error.is_empty() {
+                    return Err(cluster_error("registering with the GCS", error));
+                }
+                (id, job_id)
+            }
+            other => {
+                return Err(cluster_error(
+                    "registering with the GCS",
+                    format!("unexpected reply {other:?}"),
+                ));
+            }
+        };
+        if index == 0 || index >= 1 << (64 - INDEX_SHIFT) {
+            return Err(cluster_error(
+                "registering with the GCS",
+                format!("bad worker index {index}"),
+            ));
+        }
+        let cluster = Arc::new(Cluster {
+            io,
+            role: opts.role,
+            index,
+            job_id,
+            token,
+            gcs_address: opts.gcs_address,
+            address,
+            gcs,
+            rt: OnceLock::new(),
+            me: OnceLock::new(),
+            peers: Mutex::new(HashMap::new()),
+            raylets: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(Vec::new()),
+            nodes_loaded: AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
+            next_pull: AtomicU64::new(1),
+            executable: (exe, args, cwd),
+            stop: tokio::sync::Notify::new(),
+            stopped: AtomicBool::new(false),
+            max_inline: opts.max_inline,
+        });
+        let _ = slot.set(Arc::downgrade(&cluster));
+        let _ = cluster.me.set(Arc::downgrade(&cluster));
+        // Accept other members.
+        let weak = Arc::downgrade(&cluster);
+        cluster.io.spawn(async move {
+            loop {
+                let conn = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refused a connection");
+                        continue;
+                    }
+                };
+                let Some(c) = weak.upgrade() else { return };
+                c.adopt(conn);
+            }
+        });
+        Ok(cluster)
+    }
+
+    /// Gives the cluster its runtime (right after the runtime is made).
+    pub(crate) fn set_runtime(&self, rt: &Arc<RuntimeInner>) {
+        let _ = self.rt.set(Arc::downgrade(rt));
+    }
+
+    fn runtime(&self) -> Option<Arc<RuntimeInner>> {
+        self.rt.get().and_then(Weak::upgrade)
+    }
+
+    fn handler(&self) -> Arc<dyn Handler> {
+        let slot = Arc::new(OnceLock::new());
+        if let Some(me) = self.me.get() {
+            let _ = slot.set(me.clone());
+        }
+        Arc::new(WorkerHandler { cluster: slot })
+    }
+
+    /// The name this process gives itself in handshakes.
+    fn my_name(&self) -> String {
+        format!("w{}", self.index)
+    }
+
+    /// An accepted connection: if it is a worker we do not know yet, remember it as that
+    /// worker's peer.
+    fn adopt(&self, conn: manta_transport::Connection) {
+        let name = conn.peer_name().to_owned();
+        let _guard = self.io.enter();
+        let peer = Peer::spawn(conn, name.clone(), self.handler());
+        if let Some(index) = name.strip_prefix('w').and_then(|i| i.parse::<u64>().ok()) {
+            lock(&self.peers).entry(index).or_insert(peer);
+        }
+    }
+
+    /// The first id this process hands out.
+    pub(crate) fn first_id(&self) -> u64 {
+        (self.index << INDEX_SHIFT) | 1
+    }
+
+    /// Whether this process runs no work of its own.
+    pub(crate) fn is_driver(&self) -> bool {
+        matches!(self.role, Role::Driver)
+    }
+
+    // ----- peers ------------------------------------------------------------------------
+
+    /// The connection to worker `index`, made on first use (its address from the GCS).
+    pub(crate) fn peer(&self, index: u64) -> Arc<Peer> {
+        let mut peers = lock(&self.peers);
+        if let Some(p) = peers.get(&index)
+            && !p.is_closed()
+        {
+            return p.clone();
+        }
+        let (peer, pending) = Peer::pending(format!("w{index}"));
+        peers.insert(index, peer.clone());
+        drop(peers);
+        let gcs = self.gcs.clone();
+        let token = self.token.clone();
+        let name = self.my_name();
+        let handler = self.handler();
+        let _guard = self.io.enter();
+        let rx = gcs.request(|request_id| Msg::GetWorker { request_id, index });
+        self.io.spawn(async move {
+            let address = match rx.await {
+                Ok(Ok(Msg::WorkerInfo {
+                    address,
+                    alive: true,
+                    ..
+                })) => address,
+                Ok(Ok(_)) => return pending.fail(handler, &format!("worker {index} is not alive")),
+                Ok(Err(e)) => return pending.fail(handler, &e.to_string()),
+                Err(_) => return pending.fail(handler, "the GCS connection closed"),
+            };
+            match super::connect(&address, &token, name).await {
+                Ok(conn) => pending.attach(conn, handler),
+                Err(e) => pending.fail(handler, &e.to_string()),
+            }
+        });
+        peer
+    }
+
+    /// The connection to the raylet of node slot `node` (made on first use).
+    fn raylet(&self, node_id: u64, address: &str) -> Arc<Peer> {
+        let mut raylets = lock(&self.raylets);
+        if let Some(p) = raylets.get(&node_id)
+            && !p.is_closed()
+        {
+            return p.clone();
+        }
+        let (peer, pending) = Peer::pending(format!("raylet:{node_id}"));
+        raylets.insert(node_id, peer.clone());
+        drop(raylets);
+        let token = self.token.clone();
+        let name = self.my_name();
+        let handler = self.handler();
+        let address = address.to_owned();
+        self.io.spawn(async move {
+            match super::connect(&address, &token, name).await {
+                Ok(conn) => pending.attach(conn, handler),
+                Err(e) => pending.fail(handler, &e.to_string()),
+            }
+        });
+        peer
+    }
+
+    // ----- nodes and placement ----------------------------------------------------------
+
+    /// Refreshes the node table from the GCS.
+    pub(crate) fn refresh_nodes(&self) -> Result<(), Error> {
+        let _guard = self.io.enter();
+        let rx = self.gcs.request(|request_id| Msg::GetNodes { request_id });
+        let Msg::Nodes { nodes, .. } = wait_reply(rx, CALL_TIMEOUT, "reading the node table")?
+        else {
+            return Err(cluster_error("reading the node table", "unexpected reply"));
+        };
+        let mut slots = lock(&self.nodes);
+        for n in nodes {
+            let totals: Vec<(String, f64)> = n
+                .resources
+                .iter()
+                .map(|r| (r.name.clone(), r.total))
+                .collect();
+            match slots.iter_mut().find(|s| s.node_id == n.node_id) {
+                Some(s) => {
+                    s.alive = n.alive;
+                    s.totals = totals;
+                }
+                None => slots.push(NodeSlot {
+                    node_id: n.node_id,
+                    address: n.address,
+                    alive: n.alive,
+                    totals,
+                    busy_cpus: 0.0,
+                    worker: None,
+                    starting: None,
+                }),
+            }
+        }
+        self.nodes_loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Marks a node dead (a NodeEvent from the GCS).
+    fn node_died(&self, node_id: u64) {
+        for s in lock(&self.nodes).iter_mut() {
+            if s.node_id == node_id {
+                s.alive = false;
+            }
+        }
+    }
+
+    /// Chooses a node for `request` and returns its slot index and the job worker's peer.
+    fn place(
+        &self,
+        request: &ResourceRequest,
+        preferred_worker: Option<u64>,
+    ) -> Result<(usize, u64, Arc<Peer>), Error> {
+        if !self.nodes_loaded.load(Ordering::Acquire) {
+            self.refresh_nodes()?;
+        }
+        let wanted = request_pairs(request);
+        let pick = |slots: &Vec<NodeSlot>| {
+            let loads: Vec<NodeLoad> = slots
+                .iter()
+                .map(|s| NodeLoad {
+                    totals: s.totals.clone(),
+                    busy_cpus: s.busy_cpus,
+                    alive: s.alive,
+                })
+                .collect();
+            let preferred = preferred_worker.and_then(|w| {
+                slots
+                    .iter()
+                    .position(|s| s.worker.as_ref().is_some_and(|(i, _)| *i == w))
+            });
+            policy::pick(&loads, &wanted, preferred, 0.5)
+        };
+        let mut chosen = pick(&lock(&self.nodes));
+        if chosen.is_none() {
+            // A node may have joined since: look again once.
+            self.refresh_nodes()?;
+            chosen = pick(&lock(&self.nodes));
+        }
+        let Some(i) = chosen else {
+            let totals: Vec<String> = lock(&self.nodes)
+                .iter()
+                .filter(|s| s.alive)
+                .map(|s| format!("node {}: {:?}", s.node_id, s.totals))
+                .collect();
+            return Err(Error::Infeasible {
+                what: "the task or actor".into(),
+                request: request.to_string(),
+                total: if totals.is_empty() {
+                    "no live nodes".into()
+                } else {
+                    totals.join("; ")
+                },
+            });
+        };
+        let (worker, peer) = self.node_worker(i)?;
+        Ok((i, worker, peer))
+    }
+
+    /// The job's worker on node slot `i`, started through that node's raylet on first use.
+    fn node_worker(&self, i: usize) -> Result<(u64, Arc<Peer>), Error> {
+        let (node_id, address) = {
+            let slots = lock(&self.nodes);
+            let s = &slots[i];
+            if let Some((index, p)) = &s.worker
+                && !p.is_closed()
+            {
+                return Ok((*index, p.clone()));
+            }
+            (s.node_id, s.address.clone())
+        };
+        let raylet = self.raylet(node_id, &address);
+        let (exe, args, cwd) = self.executable.clone();
+        let job_id = self.job_id;
+        let _guard = self.io.enter();
+        let rx = raylet.request(|request_id| Msg::StartWorker {
+            request_id,
+            job_id,
+            executable: exe,
+            args,
+            cwd,
+            env: forwarded_env(),
+        });
+        let what = format!("starting a worker on node {node_id}");
+        let Msg::WorkerStarted { index, error, .. } = wait_reply(rx, CALL_TIMEOUT, &what)? else {
+            return Err(cluster_error(what, "unexpected reply"));
+        };
+        if !error.is_empty() {
+            return Err(cluster_error(what, error));
+        }
+        let peer = self.peer(index);
+        let mut slots = lock(&self.nodes);
+        slots[i].worker = Some((index, peer.clone()));
+        Ok((index, peer))
+    }
+
+    fn release_load(&self, node: Option<usize>, cpus: f64) {
+        if let Some(i) = node
+            && let Some(s) = lock(&self.nodes).get_mut(i)
+        {
+            s.busy_cpus = (s.busy_cpus - cpus).max(0.0);
+        }
+    }
+
+    // ----- owning remote work -----------------------------------------------------------
+
+    /// Turns an argument slot into its wire form, entering local objects in the escape table
+    /// so the executor can pull them.
+    fn wire_arg(&self, rt: &Arc<RuntimeInner>, slot: &ArgSlot) -> Arg {
+        match slot {
+            ArgSlot::Value(v) => self.value_arg(v, None),
+            ArgSlot::Ref(cell) => match cell.get() {
+                Some(Ok(v)) => self.value_arg(v, Some(cell)),
+                _ => {
+                    cell.escape(rt);
+                    Arg::Ref {
+                        object_id: cell.id().as_u64(),
+                        holder: self.index,
+                        len: 0,
+                    }
+                }
+            },
+        }
+    }
+
+    fn value_arg(&self, v: &ObjectValue, cell: Option<&Arc<ObjectCell>>) -> Arg {
+        match &v.data {
+            Payload::Inline(b) if v.nested.is_empty() || cell.is_none() => Arg::Inline(b.to_vec()),
+            Payload::Remote(r) => Arg::Ref {
+                object_id: r.id,
+                holder: r.holder,
+                len: r.len,
+            },
+            _ => match cell {
+                Some(cell) => {
+                    if let Some(rt) = self.runtime() {
+                        cell.escape(&rt);
+                    }
+                    Arg::Ref {
+                        object_id: cell.id().as_u64(),
+                        holder: self.index,
+                        len: v.len() as u64,
+                    }
+                }
+                // A stored value given by value: hold it under a fresh id to be pulled.
+                None => {
+                    let id = self
+                        .runtime()
+                        .map(|rt| rt.next_object_id().as_u64())
+                        .unwrap_or(0);
+                    lock(&self.held).insert(id, v.clone());
+                    Arg::Ref {
+                        object_id: id,
+                        holder: self.index,
+                        len: v.len() as u64,
+                    }
+                }
+            },
+        }
+    }
+
+    /// Submits a task to a worker process elsewhere; completes `cell` when it is done.
+    pub(crate) fn submit_remote(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        function: &str,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+        request: &ResourceRequest,
+        name: Option<&str>,
+        max_retries: u32,
+    ) {
+        let (node, worker, peer) = match self.place(request, None) {
+            Ok(p) => p,
+            Err(e) => {
+                cell.complete(Err(e));
+                return;
+            }
+        };
+        let task_id = cell.id().as_u64();
+        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
+        let cpus = request.num_cpus;
+        if let Some(s) = lock(&self.nodes).get_mut(node) {
+            s.busy_cpus += cpus;
+        }
+        lock(&self.in_flight).insert(
+            task_id,
+            InFlight {
+                cell,
+                worker,
+                node: Some(node),
+                cpus,
+                args,
+            },
+        );
+        peer.send(Msg::PushTask {
+            task_id,
+            function: function.to_owned(),
+            args: wire_args,
+            resources: request_resources(request),
+            name: name.unwrap_or_default().to_owned(),
+            max_retries,
+        });
+        if peer.is_closed() {
+            self.worker_lost(worker, &peer.closed_error().to_string());
+        }
+    }
+
+    /// Creates an actor in a worker process elsewhere; `created` completes when its
+    /// constructor has run there. Returns the actor's location.
+    pub(crate) fn create_actor_remote(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        actor: &Arc<ActorCell>,
+        created: Arc<ObjectCell>,
+        args: Vec<ArgSlot>,
+        request: &ResourceRequest,
+        name: Option<&str>,
+        max_concurrency: usize,
+        max_restarts: u32,
+    ) -> Result<(), Error> {
+        let (node, worker, peer) = self.place(request, None)?;
+        let actor_id = actor.id().as_u64();
+        let node_id = lock(&self.nodes).get(node).map(|s| s.node_id).unwrap_or(0);
+        // The directory first, so a taken name fails before anything runs.
+        let _guard = self.io.enter();
+        let rx = self.gcs.request(|request_id| Msg::RegisterActor {
+            request_id,
+            actor: super::proto::ActorInfo {
+                actor_id,
+                name: name.unwrap_or_default().to_owned(),
+                class_name: actor.class_name().to_owned(),
+                worker,
+                node_id,
+                alive: true,
+                death: String::new(),
+            },
+        });
+        if let Msg::ActorReply { error, .. } = wait_reply(rx, CALL_TIMEOUT, "registering an actor")?
+            && !error.is_empty()
+        {
+            return Err(match name {
+                Some(n) if error.contains("taken") => Error::ActorNameTaken { name: n.to_owned() },
+                _ => cluster_error("registering an actor", error),
+            });
+        }
+        actor.set_remote(RemoteActor {
+            worker,
+            peer: peer.clone(),
+        });
+        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
+        let cpus = request.num_cpus;
+        if let Some(s) = lock(&self.nodes).get_mut(node) {
+            s.busy_cpus += cpus;
+        }
+        lock(&self.in_flight).insert(
+            actor_id,
+            InFlight {
+                cell: created,
+                worker,
+                node: None,
+                cpus: 0.0,
+                args: args.into_boxed_slice(),
+            },
+        );
+        peer.send(Msg::CreateActor {
+            actor_id,
+            class_name: actor.class_name().to_owned(),
+            args: wire_args,
+            resources: request_resources(request),
+            name: name.unwrap_or_default().to_owned(),
+            max_concurrency: max_concurrency as u32,
+            max_restarts,
+        });
+        Ok(())
+    }
+
+    /// Sends a call to a remote actor; completes `cell` with its result.
+    pub(crate) fn call_remote(
+        &self,
+        remote: &RemoteActor,
+        actor_id: u64,
+        method: &str,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+    ) {
+        let Some(rt) = self.runtime() else {
+            cell.complete(Err(Error::ShutDown));
+            return;
+        };
+        let call_id = cell.id().as_u64();
+        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(&rt, a)).collect();
+        lock(&self.in_flight).insert(
+            call_id,
+            InFlight {
+                cell,
+                worker: remote.worker,
+                node: None,
+                cpus: 0.0,
+                args,
+            },
+        );
+        remote.peer.send(Msg::ActorCall {
+            actor_id,
+            call_id,
+            method: method.to_owned(),
+            args: wire_args,
+        });
+        if remote.peer.is_closed() {
+            self.worker_lost(remote.worker, &remote.peer.closed_error().to_string());
+        }
+    }
+
+    /// Looks up where actor `actor_id` lives (the GCS directory).
+    pub(crate) fn locate_actor(
+        &self,
+        actor_id: u64,
+        name: &str,
+    ) -> Result<super::proto::ActorInfo, Error> {
+        let _guard = self.io.enter();
+        let rx = self.gcs.request(|request_id| Msg::LookupActor {
+            request_id,
+            name: name.to_owned(),
+            actor_id,
+        });
+        match wait_reply(rx, CALL_TIMEOUT, "looking up an actor")? {
+            Msg::ActorReply {
+                found: true, actor, ..
+            } => Ok(actor),
+            _ => Err(Error::ActorNotFound {
+                name: if name.is_empty() {
+                    format!("{actor_id:#x}")
+                } else {
+                    name.to_owned()
+                },
+            }),
+        }
+    }
+
+    /// A remote actor's proxy target.
+    pub(crate) fn remote_actor(&self, worker: u64) -> RemoteActor {
+        RemoteActor {
+            worker,
+            peer: self.peer(worker),
+        }
+    }
+
+    /// Asks the actor's worker to kill (and maybe restart) it.
+    pub(crate) fn kill_remote(&self, remote: &RemoteActor, actor_id: u64, restart: bool) {
+        remote.peer.send(Msg::KillActor { actor_id, restart });
+    }
+
+    /// A task or call we own finished elsewhere.
+    fn task_done(&self, from: &Arc<Peer>, task_id: u64, outcome: Outcome) {
+        let Some(f) = lock(&self.in_flight).remove(&task_id) else {
+            tracing::debug!(task_id, "completion of an unknown task ignored");
+            return;
+        };
+        self.release_load(f.node, f.cpus);
+        let value = match outcome {
+            Outcome::Inline(bytes) => Ok(ObjectValue::inline(Bytes::from(bytes))),
+            Outcome::Stored { len } => Ok(ObjectValue::remote(RemoteObject::new(
+                task_id,
+                f.worker,
+                len,
+                self.me.get().cloned().unwrap_or_default(),
+            ))),
+            Outcome::Failed {
+                kind,
+                task,
+                message,
+            } => Err(wire_error(kind, task, message, task_id)),
+        };
+        let _ = from;
+        f.cell.complete(value);
+    }
+
+    /// Worker `index` is gone: fail everything in flight there.
+    fn worker_lost(&self, index: u64, reason: &str) {
+        let lost: Vec<(u64, InFlight)> = {
+            let mut m = lock(&self.in_flight);
+            let ids: Vec<u64> = m
+                .iter()
+                .filter(|(_, f)| f.worker == index)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| m.remove(&id).map(|f| (id, f)))
+                .collect()
+        };
+        for (_, f) in lost {
+            self.release_load(f.node, f.cpus);
+            f.cell.complete(Err(cluster_error(
+                format!("worker process {index}"),
+                format!("it died or became unreachable ({reason})"),
+            )));
+        }
+        for s in lock(&self.nodes).iter_mut() {
+            if s.worker.as_ref().is_some_and(|(i, _)| *i == index) {
+                s.worker = None;
+            }
+        }
+        let failed: Vec<PullDone> = {
+            let mut pulls = lock(&self.pulls);
+            let name = format!("w{index}");
+            let ids: Vec<u64> = pulls
+                .iter()
+                .filter(|(_, (p, _))| *p == name)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pulls.remove(&id).map(|(_, d)| d))
+                .collect()
+        };
+        for done in failed {
+            done(Err(cluster_error(
+                format!("worker process {index}"),
+                format!("unreachable ({reason})"),
+            )));
+        }
+    }
+
+    // ----- objects ----------------------------------------------------------------------
+
+    /// Pulls object `object_id` from worker `holder`; `done` gets its bytes.
+    pub(crate) fn pull(&self, holder: u64, object_id: u64, priority: u8, done: PullDone) {
+        if holder == self.index {
+            done(self.local_value(object_id).and_then(|v| match v {
+                Some(v) => Ok(v.data.clone()),
+                None => Err(Error::ObjectFreed {
+                    object: ObjectId::from_u64(object_id),
+                }),
+            }));
+            return;
+        }
+        let peer = self.peer(holder);
+        let request_id = self.next_pull.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pulls).insert(request_id, (peer.name.clone(), done));
+        peer.send(Msg::PullObject {
+            request_id,
+            object_id,
+            priority,
+        });
+        if peer.is_closed() {
+            self.worker_lost(holder, &peer.closed_error().to_string());
+        }
+    }
+
+    /// Pulls and waits (from a non-tokio thread).
+    pub(crate) fn pull_blocking(&self, holder: u64, object_id: u64) -> Result<Payload, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pull(
+            holder,
+            object_id,
+            0,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        wait_reply(
+            rx,
+            std::time::Duration::from_secs(3600),
+            "pulling an object",
+        )
+    }
+
+    /// A value this process holds under `id`: a result kept for a remote owner, or an object
+    /// of its own entered in the escape table (`Ok(None)` if neither, or not ready yet).
+    fn local_value(&self, id: u64) -> Result<Option<ObjectValue>, Error> {
+        if let Some(v) = lock(&self.held).get(&id) {
+            return Ok(Some(v.clone()));
+        }
+        let Some(rt) = self.runtime() else {
+            return Ok(None);
+        };
+        match rt.lookup_escaped(ObjectId::from_u64(id)) {
+            Some(cell) => match cell.get() {
+                Some(Ok(v)) => Ok(Some(v.clone())),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Serves a pull: replies when the object is ready (waiting for a pending one).
+    fn serve_pull(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64) {
+        let reply_err = |error: String| Msg::ObjectData {
+            request_id,
+            found: false,
+            len: 0,
+            inline: Vec::new(),
+            error,
+        };
+        if let Some(v) = lock(&self.held).get(&object_id).cloned() {
+            return self.send_value(peer, request_id, object_id, v);
+        }
+        let Some(rt) = self.runtime() else {
+            return peer.send(reply_err("the runtime shut down".into()));
+        };
+        let Some(cell) = rt.lookup_escaped(ObjectId::from_u64(object_id)) else {
+            return peer.send(reply_err(format!(
+                "{} was freed: no reference to it was left",
+                ObjectId::from_u64(object_id)
+            )));
+        };
+        let me = self.me.get().cloned().unwrap_or_default();
+        let peer2 = peer.clone();
+        let respond = move || {
+            let Some(c) = me.upgrade() else { return };
+            match cell.get() {
+                Some(Ok(v)) => c.send_value(&peer2, request_id, object_id, v.clone()),
+                Some(Err(e)) => peer2.send(Msg::ObjectData {
+                    request_id,
+                    found: false,
+                    len: 0,
+                    inline: Vec::new(),
+                    error: e.to_string(),
+                }),
+                None => {}
+            }
+        };
+        let cell2 = rt.lookup_escaped(ObjectId::from_u64(object_id));
+        if let Some(cell2) = cell2 {
+            if let Err(Waiter::Callback(f)) = cell2.register(Waiter::Callback(Box::new(respond))) {
+                f();
+            }
+        }
+    }
+
+    /// Sends a ready value to a puller: inline in the reply, or as a bulk transfer after it.
+    fn send_value(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64, v: ObjectValue) {
+        match &v.data {
+            Payload::Inline(b) => peer.send(Msg::ObjectData {
+                request_id,
+                found: true,
+                len: b.len() as u64,
+                inline: b.to_vec(),
+                error: String::new(),
+            }),
+            Payload::Stored(s) => {
+                peer.send(Msg::ObjectData {
+                    request_id,
+                    found: true,
+                    len: s.len() as u64,
+                    inline: Vec::new(),
+                    error: String::new(),
+                });
+                peer.send_bulk(request_id, BulkData::Stored(s.clone()));
+            }
+            Payload::Remote(r) => {
+                // We own it but another worker holds it: fetch it first, off the I/O thread.
+                let r = r.clone();
+                let peer = peer.clone();
+                let me = self.me.get().cloned().unwrap_or_default();
+                std::thread::spawn(move || {
+                    let Some(c) = me.upgrade() else { return };
+                    match r.fetch() {
+                        Ok(data) => c.send_value(
+                            &peer,
+                            request_id,
+                            object_id,
+                            ObjectValue {
+                                data,
+                                nested: Box::new([]),
+                            },
+                        ),
+                        Err(e) => peer.send(Msg::ObjectData {
+                            request_id,
+                            found: false,
+                            len: 0,
+                            inline: Vec::new(),
+                            error: e.to_string(),
+                        }),
+                    }
+                });
+            }
+        }
+    }
+
+    /// The answer to one of our pulls.
+    fn object_data(
+        &self,
+        peer: &Arc<Peer>,
+        request_id: u64,
+        found: bool,
+        len: u64,
+        inline: Vec<u8>,
+        error: String,
+    ) {
+        let Some((_, done)) = lock(&self.pulls).remove(&request_id) else {
+            return;
+        };
+        if !found {
+            return done(Err(cluster_error("pulling an object", error)));
+        }
+        if len == 0 || !inline.is_empty() {
+            return done(Ok(Payload::Inline(Bytes::from(inline))));
+        }
+        let store = self.runtime().and_then(|rt| rt.store.clone());
+        let max_inline = self.max_inline;
+        peer.expect_bulk(
+            request_id,
+            Box::new(move |n| match store {
+                Some(store) if n as usize > max_inline => store.create(n as usize).map(Some),
+                _ => Ok(None),
+            }),
+            Box::new(move |arrival| match arrival {
+                BulkArrival::Stored(s) => done(Ok(Payload::Stored(s))),
+                BulkArrival::Heap(b) => done(Ok(Payload::Inline(b))),
+                BulkArrival::Failed(e) => done(Err(e)),
+            }),
+        );
+    }
+
+    /// A reference to an object owned elsewhere was deserialised here: a cell that completes
+    /// when its value has been pulled from the owner.
+    pub(crate) fn borrow(&self, id: ObjectId) -> Arc<ObjectCell> {
+        let cell = Arc::new(ObjectCell::pending(id, None));
+        let c2 = cell.clone();
+        self.pull(
+            owner_of(id.as_u64()),
+            id.as_u64(),
+            2,
+            Box::new(move |r| {
+                c2.complete(r.map(|data| ObjectValue {
+                    data,
+                    nested: Box::new([]),
+                }));
+            }),
+        );
+        cell
+    }
+
+    /// The owner dropped a result we hold.
+    pub(crate) fn free_remote(&self, holder: u64, object_id: u64) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        if holder == self.index {
+            lock(&self.held).remove(&object_id);
+            return;
+        }
+        if let Some(p) = lock(&self.peers).get(&holder) {
+            p.send(Msg::FreeObject { object_id });
+        }
+    }
+
+    // ----- executing work pushed to us ---------------------------------------------------
+
+    /// An argument from the wire as a local slot (a pending cell pulled from its holder).
+    fn local_arg(&self, arg: Arg) -> ArgSlot {
+        match arg {
+            Arg::Inline(v) => ArgSlot::Value(ObjectValue::inline(Bytes::from(v))),
+            Arg::Ref {
+                object_id, holder, ..
+            } => {
+                let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(object_id), None));
+                let c2 = cell.clone();
+                self.pull(
+                    holder,
+                    object_id,
+                    2,
+                    Box::new(move |r| {
+                        c2.complete(r.map(|data| ObjectValue {
+                            data,
+                            nested: Box::new([]),
+                        }));
+                    }),
+                );
+                ArgSlot::Ref(cell)
+            }
+        }
+    }
+
+    /// When `cell` completes, tells `peer` (the owner) with TaskDone{task_id}.
+    fn reply_when_done(&self, peer: &Arc<Peer>, task_id: u64, cell: &Arc<ObjectCell>) {
+        let me = self.me.get().cloned().unwrap_or_default();
+        let peer = peer.clone();
+        let c2 = cell.clone();
+        let respond = move || {
+            let Some(c) = me.upgrade() else { return };
+            let outcome = match c2.get() {
+                Some(Ok(v)) => c.outcome_of(task_id, v),
+                Some(Err(e)) => failed_outcome(e),
+                None => return,
+            };
+            peer.send(Msg::TaskDone { task_id, outcome });
+        };
+        if let Err(Waiter::Callback(f)) = cell.register(Waiter::Callback(Box::new(respond))) {
+            f();
+        }
+    }
+
+    fn outcome_of(&self, task_id: u64, v: &ObjectValue) -> Outcome {
+        match &v.data {
+            Payload::Inline(b) if v.nested.is_empty() => Outcome::Inline(b.to_vec()),
+            _ => {
+                let len = v.len() as u64;
+                lock(&self.held).insert(task_id, v.clone());
+                Outcome::Stored { len }
+            }
+        }
+    }
+
+    fn run_pushed_task(
+        &self,
+        peer: &Arc<Peer>,
+        task_id: u64,
+        function: &str,
+        args: Vec<Arg>,
+        resources: Vec<Resource>,
+        name: String,
+        max_retries: u32,
+    ) {
+        let Some(rt) = self.runtime() else { return };
+        let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
+        let request = resource_request(&resources);
+        let cell = rt.submit_pushed(
+            task_id,
+            function,
+            slots,
+            &request,
+            (!name.is_empty()).then_some(name),
+            max_retries,
+        );
+        self.reply_when_done(peer, task_id, &cell);
+    }
+
+    fn create_pushed_actor(
+        &self,
+        peer: &Arc<Peer>,
+        actor_id: u64,
+        class_name: &str,
+        args: Vec<Arg>,
+        resources: Vec<Resource>,
+        name: String,
+        max_concurrency: u32,
+        max_restarts: u32,
+    ) {
+        let Some(rt) = self.runtime() else { return };
+        let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
+        let request = resource_request(&resources);
+        let created = rt.create_pushed_actor(
+            actor_id,
+            class_name,
+            slots,
+            &request,
+            &name,
+            max_concurrency as usize,
+            max_restarts,
+        );
+        self.reply_when_done(peer, actor_id, &created);
+    }
+
+    fn call_pushed_actor(
+        &self,
+        peer: &Arc<Peer>,
+        actor_id: u64,
+        call_id: u64,
+        method: &str,
+        args: Vec<Arg>,
+    ) {
+        let Some(rt) = self.runtime() else { return };
+        let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
+        let cell = rt.call_pushed(actor_id, call_id, method, slots);
+        self.reply_when_done(peer, call_id, &cell);
+    }
+
+    // ----- lifetime ---------------------------------------------------------------------
+
+    /// A worker process: tell the raylet we are ready, then serve until told to stop.
+    pub(crate) fn serve_as_worker(&self) -> ! {
+        let Role::Worker {
+            raylet,
+            job_id,
+            node_id,
+        } = &self.role
+        else {
+            std::process::exit(2);
+        };
+        let token = self.token.clone();
+        let name = self.my_name();
+        let handler = self.handler();
+        let raylet = raylet.clone();
+        let ready = Msg::WorkerReady {
+            job_id: *job_id,
+            index: self.index,
+            address: self.address.clone(),
+            pid: std::process::id(),
+        };
+        let node_id = *node_id;
+        let r = self.io.block_on(async move {
+            let conn = super::connect(&raylet, &token, name).await?;
+            let peer = Peer::spawn(conn, format!("raylet:{node_id}"), handler);
+            peer.send(ready);
+            Ok::<_, Error>(peer)
+        });
+        let raylet_peer = match r {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("manta worker: cannot reach its raylet: {e}");
+                std::process::exit(1);
+            }
+        };
+        self.io.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = self.stop.notified() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                        if raylet_peer.is_closed() || self.gcs.is_closed() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        tracing::debug!(index = self.index, "worker stopping");
+        crate::runtime::shutdown();
+        std::process::exit(0);
+    }
+
+    /// Leaves the cluster (at `shutdown`): closes connections.
+    pub(crate) fn leave(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.gcs.shutdown("shutdown");
+        for p in lock(&self.peers).drain().map(|(_, p)| p) {
+            p.shutdown("shutdown");
+        }
+        for p in lock(&self.raylets).drain().map(|(_, p)| p) {
+            p.shutdown("shutdown");
+        }
+        let in_flight: Vec<InFlight> = lock(&self.in_flight).drain().map(|(_, f)| f).collect();
+        for f in in_flight {
+            f.cell.complete(Err(Error::ShutDown));
+        }
+    }
+}
+
+/// Environment a driver forwards to its workers (their configuration).
+fn forwarded_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            (k.starts_with("MANTA_")
+                && !matches!(
+                    k.as_str(),
+                    "MANTA_ADDRESS"
+                        | "MANTA_TOKEN"
+                        | "MANTA_NUM_CPUS"
+                        | "MANTA_NUM_GPUS"
+                        | "MANTA_RESOURCES"
+                        | "MANTA_NODE_IP"
+                ))
+                || k == "RUST_LOG"
+                || k == "RUST_BACKTRACE"
+        })
+        .collect()
+}
+
+/// A request's non-zero amounts as `(name, amount)` pairs.
+pub(crate) fn request_pairs(r: &ResourceRequest) -> Vec<(String, f64)> {
+    let mut v = Vec::new();
+    if r.num_cpus > 0.0 {
+        v.push(("CPU".to_string(), r.num_cpus));
+    }
+    if r.num_gpus > 0.0 {
+        v.push(("GPU".to_string(), r.num_gpus));
+    }
+    for (name, amount) in r.custom() {
+        v.push((name.to_string(), amount));
+    }
+    v
+}
+
+fn request_resources(r: &ResourceRequest) -> Vec<Resource> {
+    request_pairs(r)
+        .into_iter()
+        .map(|(name, total)| Resource {
+            name,
+            total,
+            available: 0.0,
+        })
+        .collect()
+}
+
+fn resource_request(resources: &[Resource]) -> ResourceRequest {
+    let mut r = ResourceRequest::none();
+    for res in resources {
+        match res.name.as_str() {
+            "CPU" => r.num_cpus = res.total,
+            "GPU" => r.num_gpus = res.total,
+            other => r.set_custom(other, res.total),
+        }
+    }
+    r
+}
+
+fn failed_outcome(e: &Error) -> Outcome {
+    let (kind, task, message) = match e {
+        Error::Task(t) => (
+            ErrorKind::Panic,
+            t.task_name().to_owned(),
+            t.message().to_owned(),
+        ),
+        Error::ActorDied { class, reason, .. } => {
+            (ErrorKind::ActorDied, class.clone(), reason.clone())
+        }
+        Error::Cancelled { task, .. } => (ErrorKind::Cancelled, task.clone(), String::new()),
+        Error::Infeasible { what, .. } => (ErrorKind::Infeasible, what.clone(), e.to_string()),
+        Error::ObjectStoreFull { .. } | Error::ObjectStore { .. } => {
+            (ErrorKind::Store, String::new(), e.to_string())
+        }
+        other => (ErrorKind::Other, String::new(), other.to_string()),
+    };
+    Outcome::Failed {
+        kind,
+        task,
+        message,
+    }
+}
+
+fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error {
+    match kind {
+        ErrorKind::Panic => Error::Task(TaskError::remote_panic(&task, &message)),
+        ErrorKind::ActorDied => Error::ActorDied {
+            actor: crate::id::ActorId::from_u64(id),
+            class: task,
+            reason: message,
+        },
+        ErrorKind::Cancelled => Error::Cancelled {
+            object: ObjectId::from_u64(id),
+            task,
+        },
+        ErrorKind::Infeasible | ErrorKind::Store | ErrorKind::Other => Error::Cluster {
+            what: if task.is_empty() {
+                "remote task".into()
+            } else {
+                task
+            },
+            message,
+        },
+    }
+}
+
+/// An object held by another worker process: pulled into this process on first read.
+#[derive(Debug)]
+pub(crate) struct RemoteObject {
+    pub(crate) id: u64,
+    pub(crate) holder: u64,
+    pub(crate) len: u64,
+    local: OnceLock<Result<Payload, Error>>,
+    cluster: Weak<Cluster>,
+}
+
+impl RemoteObject {
+    pub(crate) fn new(id: u64, holder: u64, len: u64, cluster: Weak<Cluster>) -> Arc<Self> {
+        Arc::new(RemoteObject {
+            id,
+            holder,
+            len,
+            local: OnceLock::new(),
+            cluster,
+        })
+    }
+
+    /// The bytes, pulled from the holder on first call.
+    pub(crate) fn fetch(&self) -> Result<Payload, Error> {
+        self.local
+            .get_or_init(|| match self.cluster.upgrade() {
+                Some(c) => c.pull_blocking(self.holder, self.id),
+                None => Err(Error::ShutDown),
+            })
+            .clone()
+    }
+}
+
+impl Drop for RemoteObject {
+    fn drop(&mut self) {
+        if let Some(c) = self.cluster.upgrade() {
+            c.free_remote(self.holder, self.id);
+        }
+    }
+}
+
+/// Handles messages on every connection of a core worker.
+struct WorkerHandler {
+    cluster: Arc<OnceLock<Weak<Cluster>>>,
+}
+
+impl Handler for WorkerHandler {
+    fn on_message(self: Arc<Self>, peer: &Arc<Peer>, msg: Msg) {
+        let Some(c) = self.cluster.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        match msg {
+            Msg::PushTask {
+                task_id,
+                function,
+                args,
+                resources,
+                name,
+                max_retries,
+            } => c.run_pushed_task(peer, task_id, &function, args, resources, name, max_retries),
+            Msg::CreateActor {
+                actor_id,
+                class_name,
+                args,
+                resources,
+                name,
+                max_concurrency,
+                max_restarts,
+            } => c.create_pushed_actor(
+                peer,
+                actor_id,
+                &class_name,
+                args,
+                resources,
+                name,
+                max_concurrency,
+                max_restarts,
+            ),
+            Msg::ActorCall {
+                actor_id,
+                call_id,
+                method,
+                args,
+            } => c.call_pushed_actor(peer, actor_id, call_id, &method, args),
+            Msg::KillActor { actor_id, restart } => {
+                if let Some(rt) = c.runtime() {
+                    rt.kill_pushed(actor_id, restart);
+                }
+            }
+            Msg::TaskDone { task_id, outcome } => c.task_done(peer, task_id, outcome),
+            Msg::PullObject {
+                request_id,
+                object_id,
+                ..
+            } => c.serve_pull(peer, request_id, object_id),
+            Msg::ObjectData {
+                request_id,
+                found,
+                len,
+                inline,
+                error,
+            } => c.object_data(peer, request_id, found, len, inline, error),
+            Msg::FreeObject { object_id } => {
+                lock(&c.held).remove(&object_id);
+            }
+            Msg::NodeEvent { node } if !node.alive => c.node_died(node.node_id),
+            Msg::NodeEvent { .. } => {
+                c.nodes_loaded.store(false, Ordering::Release);
+            }
+            Msg::Stop { reason } => {
+                tracing::debug!(%reason, "told to stop");
+                c.stop.notify_one();
+                c.stop.notify_waiters();
+            }
+            other => {
+                tracing::warn!(peer = %peer.name, message = ?other, "unexpected message for a worker: ignored");
+            }
+        }
+    }
+
+    fn on_close(self: Arc<Self>, peer: &Arc<Peer>, reason: &str) {
+        let Some(c) = self.cluster.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if let Some(index) = peer
+            .name
+            .strip_prefix('w')
+            .and_then(|i| i.parse::<u64>().ok())
+        {
+            {
+                let mut peers = lock(&c.peers);
+                if peers.get(&index).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+                    peers.remove(&index);
+                }
+            }
+            c.worker_lost(index, reason);
+        } else if peer.name.starts_with("raylet:") && !matches!(c.role, Role::Driver) {
+            c.stop.notify_one();
+        }
+    }
+}
+
+#[allow(unused)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Cluster>();
+    is::<StoredObject>();
+}

@@ -1,0 +1,309 @@
+//! `manta start`, `stop`, `status` and `list`: starting node processes and asking a running
+//! cluster about itself.
+//!
+//! # Session directories
+//! `manta start --head` makes `<session root>/session_<time>_<pid>/` (root: `$MANTA_SESSION_ROOT`,
+//! default `/tmp/manta`) holding `address`, `token` (mode 0600) and `logs/`, and points
+//! `session_latest` at it. Commands and drivers on the same host (or on a shared filesystem)
+//! find the address and token there when none is given.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use manta_core::cluster::{self, NodeOptions};
+
+use crate::{ClusterArgs, ListArgs, ListWhat, StartArgs};
+
+/// A fresh random token (16 bytes from the kernel, hex).
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    let mut f = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    std::io::Read::read_exact(&mut f, &mut bytes).context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn new_session_dir() -> Result<PathBuf> {
+    let root = cluster::session_root();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dir = root.join(format!("session_{stamp}_{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+fn point_latest(dir: &Path) -> Result<()> {
+    let latest = cluster::session_root().join("session_latest");
+    let tmp = cluster::session_root().join(format!(".session_latest.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dir, &tmp).context("linking session_latest")?;
+    std::fs::rename(&tmp, &latest).context("linking session_latest")?;
+    Ok(())
+}
+
+/// `manta start`.
+pub fn start(args: &StartArgs) -> Result<()> {
+    let token = match (&args.token, args.head) {
+        (Some(t), _) => t.clone(),
+        (None, true) => new_token()?,
+        (None, false) => {
+            let address = args.address.as_deref().unwrap_or_default();
+            cluster::session_token(address).with_context(|| {
+                format!("no token for {address}: give --token (printed by `manta start --head`)")
+            })?
+        }
+    };
+    let ip = match (args.ip, args.head, &args.address) {
+        (Some(ip), _, _) => ip,
+        (None, true, _) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (None, false, Some(a)) => {
+            use std::net::ToSocketAddrs;
+            let peer = a
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut s| s.next())
+                .with_context(|| format!("{a:?} is not a HOST:PORT address"))?;
+            local_ip_towards(peer)
+        }
+        (None, false, None) => bail!("a non-head node needs --address"),
+    };
+    let dir = match std::env::var_os("MANTA_SESSION_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => new_session_dir()?,
+    };
+    if !args.block {
+        return start_in_background(args, &dir, &token);
+    }
+    let mut opts = NodeOptions::new(ip, token.clone());
+    opts.head = args.head;
+    opts.gcs_address = args.address.clone();
+    opts.port = args.port;
+    if let Some(n) = args.num_cpus {
+        opts.num_cpus = n;
+    }
+    opts.num_gpus = args.num_gpus;
+    opts.resources = args.resources.clone().unwrap_or_default().0;
+    opts.log_dir = Some(dir.join("logs"));
+    let head = args.head;
+    let dir2 = dir.clone();
+    cluster::run_node(opts, move |ready| {
+        if head {
+            let _ = write_private(&dir2.join("token"), &token);
+            let _ = std::fs::write(dir2.join("address"), &ready.gcs_address);
+            let _ = point_latest(&dir2);
+        }
+        let _ = std::fs::write(
+            dir2.join(format!("node-{}", ready.node_id)),
+            &ready.raylet_address,
+        );
+        let _ = std::fs::write(dir2.join("ready"), ready.node_id.to_string());
+        println!(
+            "manta node {} up: raylet {}, cluster {}",
+            ready.node_id, ready.raylet_address, ready.gcs_address
+        );
+    })
+    .map_err(anyhow::Error::from)
+}
+
+/// Re-runs `manta start ... --block` detached, waits until it has joined, prints how to use it.
+fn start_in_background(args: &StartArgs, dir: &Path, token: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the manta executable")?;
+    let log = dir
+        .join("logs")
+        .join(if args.head { "head.log" } else { "node.log" });
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .arg("--block")
+        .env("MANTA_SESSION_DIR", dir)
+        .env("MANTA_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let mut child = cmd.spawn().context("starting the node process")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("ready").exists() {
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("the node process exited ({status}) before joining:\n{tail}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the node did not join within 30 s (log: {})", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(dir.join("pid"), child.id().to_string())?;
+    if args.head {
+        let address = std::fs::read_to_string(dir.join("address"))?;
+        println!(
+            "Manta head started at {address} (session {})",
+            dir.display()
+        );
+        println!("  join another node:  manta start --address {address} --token {token}");
+        println!("  run a driver:       MANTA_ADDRESS={address} MANTA_TOKEN={token} ./your-app");
+        println!("  stop the cluster:   manta stop");
+    } else {
+        println!(
+            "Manta node joined {} (log {})",
+            args.address.as_deref().unwrap_or(""),
+            log.display()
+        );
+    }
+    Ok(())
+}
+
+fn local_ip_towards(peer: std::net::SocketAddr) -> IpAddr {
+    if peer.ip().is_loopback() {
+        return IpAddr::V4(Ipv4Addr::LOCALHOST);
+    }
+    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect(peer)?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// The address and token `args` name, or the latest session's.
+fn locate(args: &ClusterArgs) -> Result<(String, String)> {
+    let address = match &args.address {
+        Some(a) => a.clone(),
+        None => std::fs::read_to_string(cluster::session_root().join("session_latest/address"))
+            .map(|a| a.trim().to_owned())
+            .context("no --address and no running cluster's session on this host")?,
+    };
+    let token = match &args.token {
+        Some(t) => t.clone(),
+        None => cluster::session_token(&address)
+            .with_context(|| format!("no token for {address}: give --token"))?,
+    };
+    Ok((address, token))
+}
+
+/// `manta stop`.
+pub fn stop(args: &ClusterArgs) -> Result<()> {
+    let (address, token) = locate(args)?;
+    cluster::stop_cluster(&address, &token)?;
+    // Wait until the head is gone (its port refuses).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && cluster::query(&address, &token).is_ok() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("stopped the cluster at {address}");
+    Ok(())
+}
+
+/// `manta status`.
+pub fn status(args: &ClusterArgs) -> Result<()> {
+    let (address, token) = locate(args)?;
+    let state = cluster::query(&address, &token)?;
+    let alive = state.nodes.iter().filter(|n| n.alive).count();
+    println!(
+        "cluster {address}: {alive} node(s) alive, {} dead",
+        state.nodes.len() - alive
+    );
+    let mut totals: Vec<(String, f64, f64)> = Vec::new();
+    for n in state.nodes.iter().filter(|n| n.alive) {
+        for (name, avail, total) in &n.resources {
+            match totals.iter_mut().find(|t| &t.0 == name) {
+                Some(t) => {
+                    t.1 += avail;
+                    t.2 += total;
+                }
+                None => totals.push((name.clone(), *avail, *total)),
+            }
+        }
+    }
+    println!("resources (available / total):");
+    for (name, avail, total) in totals {
+        println!("  {name:>10}: {avail} / {total}");
+    }
+    println!("nodes:");
+    for n in &state.nodes {
+        print_node(n);
+    }
+    println!(
+        "actors: {} alive",
+        state.actors.iter().filter(|a| a.alive).count()
+    );
+    Ok(())
+}
+
+fn print_node(n: &cluster::NodeRow) {
+    let res: Vec<String> = n
+        .resources
+        .iter()
+        .map(|(name, _, total)| format!("{name}={total}"))
+        .collect();
+    println!(
+        "  {:>4}  {:<21}  {:<5}  {:<16}  {}{}",
+        n.node_id,
+        n.address,
+        if n.alive { "ALIVE" } else { "DEAD" },
+        n.hostname,
+        res.join(","),
+        if n.death.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", n.death)
+        }
+    );
+}
+
+/// `manta list`.
+pub fn list(args: &ListArgs) -> Result<()> {
+    let (address, token) = locate(&args.cluster)?;
+    let state = cluster::query(&address, &token)?;
+    match args.what {
+        ListWhat::Nodes => {
+            println!(
+                "  {:>4}  {:<21}  {:<5}  {:<16}  RESOURCES",
+                "ID", "ADDRESS", "STATE", "HOST"
+            );
+            for n in &state.nodes {
+                print_node(n);
+            }
+        }
+        ListWhat::Actors => {
+            println!(
+                "  {:>18}  {:<5}  {:>4}  {:>6}  {:<16}  CLASS",
+                "ID", "STATE", "NODE", "WORKER", "NAME"
+            );
+            for a in &state.actors {
+                println!(
+                    "  {:>18}  {:<5}  {:>4}  {:>6}  {:<16}  {}",
+                    format!("{:#x}", a.actor_id),
+                    if a.alive { "ALIVE" } else { "DEAD" },
+                    a.node_id,
+                    a.worker,
+                    a.name,
+                    a.class_name
+                );
+            }
+        }
+    }
+    Ok(())
+}
