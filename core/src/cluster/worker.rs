@@ -84,6 +84,9 @@ pub(crate) struct Cluster {
     held: Mutex<HashMap<u64, ObjectValue>>,
     pulls: Mutex<HashMap<u64, (String, PullDone)>>,
     next_pull: AtomicU64,
+    /// Objects of other processes pulled (or being pulled) here, so that every reader of one
+    /// shares one transfer and one copy.
+    borrowed: Mutex<HashMap<u64, Weak<ObjectCell>>>,
     executable: (String, Vec<String>, String),
     stop: tokio::sync::Notify,
     stopped: AtomicBool,
@@ -224,6 +227,7 @@ impl Cluster {
             held: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             next_pull: AtomicU64::new(1),
+            borrowed: Mutex::new(HashMap::new()),
             executable: (exe, args, cwd),
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
@@ -1011,19 +1015,26 @@ impl Cluster {
     /// A reference to an object owned elsewhere was deserialised here: a cell that completes
     /// when its value has been pulled from the owner.
     pub(crate) fn borrow(&self, id: ObjectId) -> Arc<ObjectCell> {
-        let cell = Arc::new(ObjectCell::pending(id, None));
+        self.pulled(id.as_u64(), owner_of(id.as_u64()))
+    }
+
+    /// The local cell of object `object_id` held by worker `holder`: shared with every other
+    /// reader here, pulled once.
+    fn pulled(&self, object_id: u64, holder: u64) -> Arc<ObjectCell> {
+        let mut borrowed = lock(&self.borrowed);
+        if let Some(cell) = borrowed.get(&object_id).and_then(Weak::upgrade) {
+            return cell;
+        }
+        if borrowed.len() > 1024 {
+            borrowed.retain(|_, w| w.strong_count() > 0);
+        }
+        let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(object_id), None));
+        borrowed.insert(object_id, Arc::downgrade(&cell));
+        drop(borrowed);
         let c2 = cell.clone();
-        self.pull(
-            owner_of(id.as_u64()),
-            id.as_u64(),
-            2,
-            Box::new(move |r| {
-                c2.complete(r.map(|data| ObjectValue {
-                    data,
-                    nested: Box::new([]),
-                }));
-            }),
-        );
+        self.pull(holder, object_id, 2, Box::new(move |r| {
+            c2.complete(r.map(|data| ObjectValue { data, nested: Box::new([]) }));
+        }));
         cell
     }
 
