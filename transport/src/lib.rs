@@ -4,7 +4,8 @@
 //! tasks, objects or allocation. Its whole API is:
 //!
 //! - [`Listener::bind`] / [`Listener::accept`] and [`Connection::connect`], each running a
-//!   handshake that refuses another cluster token or protocol version;
+//!   handshake that refuses another cluster token or protocol version (a listener runs its
+//!   peers' handshakes concurrently, so a silent peer delays no other);
 //! - [`Connection::send`] / [`Connection::recv`] of tagged messages, and
 //!   [`Connection::send_batch`] of many small ones in one write;
 //! - [`Connection::into_split`] into a [`RecvHalf`] and a [`SendHalf`] driven from two tasks

@@ -6,7 +6,10 @@ use crate::error::{Result, TransportError};
 use crate::link;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// Where a listener listens. There is no default: the caller always chooses (never
 /// `0.0.0.0` unless it asks for it, and then a warning is logged).
@@ -37,11 +40,41 @@ enum ListenerFlavor {
     Shm(crate::shm::ShmListener),
 }
 
-/// Accepts handshaken connections. Dropping it stops listening (and removes a shm socket).
+/// Completed handshakes (or their errors) waiting for [`Listener::accept`].
+const READY_QUEUE: usize = 64;
+/// Pause after a failed `accept(2)` (say, out of descriptors) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+#[derive(Debug)]
+enum State {
+    /// Bound; no accept yet.
+    Idle(ListenerFlavor),
+    /// The background accept task runs.
+    Running {
+        ready: mpsc::Receiver<Result<Connection>>,
+        task: AbortHandle,
+    },
+    /// The background task could not be started or has ended.
+    Stopped,
+}
+
+/// Accepts handshaken connections. Dropping it stops listening (and removes a shm socket),
+/// abandoning handshakes in progress and connections not yet accepted.
+///
+/// # Concurrent handshakes
+///
+/// The first [`accept`](Listener::accept) spawns a background task on the caller's tokio
+/// runtime that accepts sockets and runs each one's handshake in a task of its own, so a
+/// slow or silent peer never delays another: it only holds its own task until
+/// `handshake_timeout`. `accept` hands out results in the order the handshakes finish —
+/// connections and, so the caller can see and count them, the errors of failed handshakes
+/// (also logged with `tracing::warn`). Up to 64 finished results wait for `accept`; beyond
+/// that, finished handshakes wait for room.
 #[derive(Debug)]
 pub struct Listener {
-    flavor: ListenerFlavor,
+    local: Address,
     config: Arc<TransportConfig>,
+    state: tokio::sync::Mutex<State>,
 }
 
 fn set_nodelay(s: &TcpStream, peer: &str) -> Result<()> {
@@ -55,65 +88,149 @@ fn set_nodelay(s: &TcpStream, peer: &str) -> Result<()> {
 impl Listener {
     /// Binds `addr`.
     pub async fn bind(addr: &Address, config: TransportConfig) -> Result<Self> {
-        let flavor = match addr {
+        let (flavor, local) = match addr {
             Address::Tcp(a) => {
                 if a.ip().is_unspecified() {
                     tracing::warn!(addr = %a, "listening on all interfaces, as asked");
                 }
-                ListenerFlavor::Tcp(TcpListener::bind(a).await.map_err(|source| {
-                    TransportError::Bind {
-                        addr: addr.to_string(),
-                        source,
-                    }
-                })?)
+                let bind_err = |source| TransportError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                };
+                let l = TcpListener::bind(a).await.map_err(bind_err)?;
+                let local = l.local_addr().map_err(bind_err)?;
+                (ListenerFlavor::Tcp(l), Address::Tcp(local))
             }
             #[cfg(feature = "shm")]
-            Address::Shm(p) => ListenerFlavor::Shm(crate::shm::ShmListener::bind(p)?),
+            Address::Shm(p) => (
+                ListenerFlavor::Shm(crate::shm::ShmListener::bind(p)?),
+                addr.clone(),
+            ),
         };
         Ok(Self {
-            flavor,
+            local,
             config: Arc::new(config),
+            state: tokio::sync::Mutex::new(State::Idle(flavor)),
         })
     }
 
     /// The bound address (with the port the OS chose for port 0).
     pub fn local_addr(&self) -> Result<Address> {
-        match &self.flavor {
-            ListenerFlavor::Tcp(l) => {
-                l.local_addr()
-                    .map(Address::Tcp)
-                    .map_err(|source| TransportError::Accept {
-                        addr: "tcp listener".into(),
-                        source,
-                    })
+        Ok(self.local.clone())
+    }
+
+    /// Returns the next connection whose handshake completed, or the error of the next one
+    /// that failed (garbage, wrong token or version, timeout; the peer's socket is closed).
+    /// Handshakes run concurrently in the background (see [`Listener`]), so one peer never
+    /// stalls another; the listener stays usable after an error, so loop on `accept`.
+    /// Cancel-safe: a result not returned stays queued for the next call.
+    pub async fn accept(&self) -> Result<Connection> {
+        let mut state = self.state.lock().await;
+        if matches!(*state, State::Idle(_)) {
+            let State::Idle(flavor) = std::mem::replace(&mut *state, State::Stopped) else {
+                return Err(self.stopped());
+            };
+            let (tx, ready) = mpsc::channel(READY_QUEUE);
+            let task = tokio::spawn(accept_loop(flavor, self.config.clone(), tx)).abort_handle();
+            *state = State::Running { ready, task };
+        }
+        let State::Running { ready, .. } = &mut *state else {
+            return Err(self.stopped());
+        };
+        match ready.recv().await {
+            Some(r) => r,
+            None => {
+                *state = State::Stopped;
+                Err(self.stopped())
             }
-            #[cfg(feature = "shm")]
-            ListenerFlavor::Shm(l) => Ok(Address::Shm(l.path().to_owned())),
         }
     }
 
-    /// Accepts one connection and runs the listener side of the handshake. A peer that fails
-    /// it (garbage, wrong token or version, timeout) yields an error and a closed connection;
-    /// the listener itself stays usable, so loop on `accept`.
-    pub async fn accept(&self) -> Result<Connection> {
-        let cfg = &self.config;
-        match &self.flavor {
-            ListenerFlavor::Tcp(l) => {
-                let (s, peer) = l.accept().await.map_err(|source| TransportError::Accept {
-                    addr: l
-                        .local_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|_| "tcp listener".into()),
-                    source,
-                })?;
-                let peer = peer.to_string();
-                set_nodelay(&s, &peer)?;
-                Connection::server_handshake(link::tcp(s), peer, cfg).await
+    fn stopped(&self) -> TransportError {
+        TransportError::Accept {
+            addr: self.local.to_string(),
+            source: std::io::Error::other("the listener's accept task has ended"),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let State::Running { task, .. } = self.state.get_mut() {
+            task.abort();
+        }
+        #[cfg(feature = "shm")]
+        if let Address::Shm(p) = &self.local {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A socket accepted but not yet set up or handshaken.
+enum Accepted {
+    Tcp(TcpStream, String),
+    #[cfg(feature = "shm")]
+    Shm(tokio::net::UnixStream, std::path::PathBuf),
+}
+
+async fn accept_socket(flavor: &ListenerFlavor) -> Result<Accepted> {
+    match flavor {
+        ListenerFlavor::Tcp(l) => {
+            let (s, peer) = l.accept().await.map_err(|source| TransportError::Accept {
+                addr: l
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "tcp listener".into()),
+                source,
+            })?;
+            Ok(Accepted::Tcp(s, peer.to_string()))
+        }
+        #[cfg(feature = "shm")]
+        ListenerFlavor::Shm(l) => Ok(Accepted::Shm(l.accept().await?, l.path().to_owned())),
+    }
+}
+
+/// Sets up (shm) and handshakes one accepted socket.
+async fn handshake(sock: Accepted, cfg: &TransportConfig) -> Result<Connection> {
+    match sock {
+        Accepted::Tcp(s, peer) => {
+            set_nodelay(&s, &peer)?;
+            Connection::server_handshake(link::tcp(s), peer, cfg).await
+        }
+        #[cfg(feature = "shm")]
+        Accepted::Shm(s, path) => {
+            let (halves, peer) = crate::shm::setup(s, &path, cfg).await.inspect_err(|e| {
+                tracing::warn!(error = %e, "closing connection: shm setup failed");
+            })?;
+            Connection::server_handshake(link::shm(halves), peer, cfg).await
+        }
+    }
+}
+
+/// The background task of a [`Listener`]: accepts sockets and spawns one handshake task per
+/// socket; every result goes to `ready`. Ends when the listener is dropped (aborted, which
+/// also aborts the handshakes in its `JoinSet`).
+async fn accept_loop(
+    flavor: ListenerFlavor,
+    cfg: Arc<TransportConfig>,
+    ready: mpsc::Sender<Result<Connection>>,
+) {
+    let mut handshakes = JoinSet::new();
+    loop {
+        while handshakes.try_join_next().is_some() {}
+        match accept_socket(&flavor).await {
+            Ok(sock) => {
+                let (cfg, ready) = (cfg.clone(), ready.clone());
+                handshakes.spawn(async move {
+                    let _ = ready.send(handshake(sock, &cfg).await).await;
+                });
             }
-            #[cfg(feature = "shm")]
-            ListenerFlavor::Shm(l) => {
-                let (s, peer) = l.accept(cfg).await?;
-                Connection::server_handshake(link::shm(s), peer, cfg).await
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                if ready.send(Err(e)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
     }

@@ -252,3 +252,38 @@ async fn clean_close_is_reported_as_closed() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn silent_peer_does_not_delay_a_good_one() {
+    tokio::time::timeout(LIMIT, async {
+        // cfg() has a 2 s handshake timeout.
+        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".parse().unwrap()), cfg("server"))
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        let Address::Tcp(sa) = addr.clone() else {
+            panic!("tcp address")
+        };
+        // A raw peer that connects first and never says anything.
+        let silent = std::net::TcpStream::connect(sa).unwrap();
+        let start = std::time::Instant::now();
+        let c = cfg("client");
+        let (accepted, connected) = tokio::join!(l.accept(), Connection::connect(&addr, &c));
+        let elapsed = start.elapsed();
+        let server = accepted.unwrap();
+        assert_eq!(server.peer_name(), "client");
+        connected.unwrap();
+        assert!(
+            elapsed < Duration::from_secs(1),
+            "good peer waited {elapsed:?} behind a silent one"
+        );
+        // The silent peer's handshake still times out, as an error from a later accept.
+        match l.accept().await {
+            Err(TransportError::HandshakeTimeout { .. }) => {}
+            other => panic!("expected the silent peer's timeout, got {other:?}"),
+        }
+        drop(silent);
+    })
+    .await
+    .expect("test timed out");
+}

@@ -42,7 +42,8 @@ fn setup_err(peer: &str, detail: impl std::fmt::Display) -> TransportError {
     }
 }
 
-/// A bound rendezvous socket; its path is removed on drop.
+/// A bound rendezvous socket. Its path is removed by the owning
+/// [`Listener`](crate::Listener) when that drops.
 #[derive(Debug)]
 pub(crate) struct ShmListener {
     listener: UnixListener,
@@ -65,65 +66,67 @@ impl ShmListener {
         &self.path
     }
 
-    /// Accepts one socket and sets up its segment (steps 3–4, listener side).
-    pub(crate) async fn accept(&self, cfg: &TransportConfig) -> Result<(ShmHalves, String)> {
-        let addr = format!("shm:{}", self.path.display());
+    /// Accepts one socket; [`setup`] then runs steps 3–4 on it.
+    pub(crate) async fn accept(&self) -> Result<UnixStream> {
         let (sock, _) = self
             .listener
             .accept()
             .await
             .map_err(|source| TransportError::Accept {
-                addr: addr.clone(),
+                addr: format!("shm:{}", self.path.display()),
                 source,
             })?;
-        let peer = format!("{addr}#peer");
-        let setup = async {
-            let mut buf = [0u8; 12];
-            let (n, fds) = loop {
-                sock.readable().await?;
-                match sock.try_io(Interest::READABLE, || {
-                    sys::recv_fds(sock.as_raw_fd(), &mut buf)
-                }) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    r => break r?,
-                }
-            };
-            Ok::<_, io::Error>((n, buf, fds))
-        };
-        let (n, buf, fds) = tokio::time::timeout(cfg.handshake_timeout, setup)
-            .await
-            .map_err(|_| TransportError::HandshakeTimeout {
-                peer: peer.clone(),
-                timeout: cfg.handshake_timeout,
-            })?
-            .map_err(|e| setup_err(&peer, e))?;
-        if n != buf.len() || &buf[..4] != SETUP_MAGIC || fds.len() != 5 {
-            return Err(setup_err(&peer, "bad setup message"));
-        }
-        let capacity = u64::from_le_bytes(buf[4..12].try_into().unwrap_or([0; 8]));
-        let mut fds = fds.into_iter();
-        let (Some(mem), Some(a_data), Some(a_space), Some(b_data), Some(b_space)) =
-            (fds.next(), fds.next(), fds.next(), fds.next(), fds.next())
-        else {
-            return Err(setup_err(&peer, "missing fds"));
-        };
-        let file = File::from(mem);
-        if !sys::is_size_sealed(&file).map_err(|e| setup_err(&peer, e))? {
-            return Err(setup_err(&peer, "segment is not sealed against resizing"));
-        }
-        let (tx, rx) =
-            ring::open(&file, capacity, Side::Listener).map_err(|e| setup_err(&peer, e))?;
-        // Listener writes ring B and reads ring A.
-        let stream = build(tx, rx, [a_data, b_space, b_data, a_space], sock, cfg)
-            .map_err(|e| setup_err(&peer, e))?;
-        Ok((stream, peer))
+        Ok(sock)
     }
 }
 
-impl Drop for ShmListener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+/// Sets up the segment of an accepted socket (steps 3–4, listener side); `path` is the
+/// listener's.
+pub(crate) async fn setup(
+    sock: UnixStream,
+    path: &Path,
+    cfg: &TransportConfig,
+) -> Result<(ShmHalves, String)> {
+    let peer = format!("shm:{}#peer", path.display());
+    let setup = async {
+        let mut buf = [0u8; 12];
+        let (n, fds) = loop {
+            sock.readable().await?;
+            match sock.try_io(Interest::READABLE, || {
+                sys::recv_fds(sock.as_raw_fd(), &mut buf)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => break r?,
+            }
+        };
+        Ok::<_, io::Error>((n, buf, fds))
+    };
+    let (n, buf, fds) = tokio::time::timeout(cfg.handshake_timeout, setup)
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout {
+            peer: peer.clone(),
+            timeout: cfg.handshake_timeout,
+        })?
+        .map_err(|e| setup_err(&peer, e))?;
+    if n != buf.len() || &buf[..4] != SETUP_MAGIC || fds.len() != 5 {
+        return Err(setup_err(&peer, "bad setup message"));
     }
+    let capacity = u64::from_le_bytes(buf[4..12].try_into().unwrap_or([0; 8]));
+    let mut fds = fds.into_iter();
+    let (Some(mem), Some(a_data), Some(a_space), Some(b_data), Some(b_space)) =
+        (fds.next(), fds.next(), fds.next(), fds.next(), fds.next())
+    else {
+        return Err(setup_err(&peer, "missing fds"));
+    };
+    let file = File::from(mem);
+    if !sys::is_size_sealed(&file).map_err(|e| setup_err(&peer, e))? {
+        return Err(setup_err(&peer, "segment is not sealed against resizing"));
+    }
+    let (tx, rx) = ring::open(&file, capacity, Side::Listener).map_err(|e| setup_err(&peer, e))?;
+    // Listener writes ring B and reads ring A.
+    let stream = build(tx, rx, [a_data, b_space, b_data, a_space], sock, cfg)
+        .map_err(|e| setup_err(&peer, e))?;
+    Ok((stream, peer))
 }
 
 /// The two halves of this process's end of a shm connection.
