@@ -99,6 +99,7 @@ pub use manta_core::{
     init_with, is_initialized, kill, put, put_ref, registered_functions, restart, shutdown, status,
     wait,
 };
+pub use manta_core::cluster;
 pub use manta_macros::{actor, remote};
 
 /// Items generated code names; not part of the public API.

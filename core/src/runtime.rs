@@ -606,6 +606,30 @@ impl RuntimeInner {
             .cloned()
     }
 
+    /// A live named actor: this process's, or (in a cluster) the GCS directory's.
+    pub(crate) fn named_actor_anywhere(&self, name: &str) -> Result<Option<Arc<ActorCell>>, Error> {
+        if let Some(cell) = self.named_actor(name) {
+            return Ok(Some(cell));
+        }
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        match cluster.locate_actor(0, name) {
+            Ok(info) => {
+                let id = ActorId::from_u64(info.actor_id);
+                if let Some(cell) = lock(&self.actors).get(&id).and_then(Weak::upgrade) {
+                    return Ok(Some(cell));
+                }
+                if let Some(cell) = lock(&self.pushed_actors).get(&id) {
+                    return Ok(Some(cell.clone()));
+                }
+                self.actor_proxy(cluster, &info).map(Some)
+            }
+            Err(Error::ActorNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) fn actor_count(&self) -> usize {
         lock(&self.actors).len()
     }

@@ -3,6 +3,9 @@
 //! nextest runs each test in its own process; `cargo test` runs a file's tests as threads of
 //! one process, where the runtime (one per process) must be taken in turn.
 
+#[allow(dead_code)] // only the cluster tests use it
+pub(crate) mod cluster;
+
 use std::sync::{Mutex, MutexGuard};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

@@ -65,7 +65,7 @@ type PullDone = Box<dyn FnOnce(Result<Payload, Error>) + Send>;
 
 /// This process's cluster membership.
 pub(crate) struct Cluster {
-    pub(crate) io: tokio::runtime::Runtime,
+    pub(crate) io: IoRuntime,
     pub(crate) role: Role,
     pub(crate) index: u64,
     pub(crate) job_id: u64,
@@ -100,6 +100,25 @@ impl std::fmt::Debug for Cluster {
             .field("index", &self.index)
             .field("address", &self.address)
             .finish_non_exhaustive()
+    }
+}
+
+/// The I/O runtime; dropping it never blocks (the last handle on a cluster may go away on
+/// one of its own I/O threads, where a blocking shutdown would panic).
+pub(crate) struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for IoRuntime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("the I/O runtime lives until drop")
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -209,7 +228,7 @@ impl Cluster {
             ));
         }
         let cluster = Arc::new(Cluster {
-            io,
+            io: IoRuntime(Some(io)),
             role: opts.role,
             index,
             job_id,

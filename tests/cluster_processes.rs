@@ -1,0 +1,196 @@
+//! A head and three raylets as separate processes on this machine; a driver (this test) joins
+//! them and runs tasks, actors and object transfers across the worker processes the raylets
+//! start from this very binary.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::cluster::{LocalCluster, NodeSpec, serve_if_worker};
+
+/// The node this code runs on (raylets give their workers MANTA_NODE_ID).
+fn node_id() -> u64 {
+    std::env::var("MANTA_NODE_ID")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[manta::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[manta::remote]
+fn where_am_i(pause_ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    node_id()
+}
+
+#[manta::remote]
+fn sum_f32(v: Vec<f32>) -> f64 {
+    v.iter().map(|x| *x as f64).sum()
+}
+
+#[manta::remote]
+fn make_vec(n: usize, value: f32) -> Vec<f32> {
+    vec![value; n]
+}
+
+#[manta::remote]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[manta::remote]
+fn sum_refs(refs: Vec<manta::ObjectRef<u64>>) -> u64 {
+    refs.iter().map(|r| r.get().expect("nested ref")).sum()
+}
+
+#[manta::remote]
+fn boom(msg: String) -> u64 {
+    panic!("{msg}")
+}
+
+#[manta::remote]
+fn ask_counter(name: String) -> u64 {
+    let c = manta::get_actor::<Counter>(&name).expect("named actor from a worker");
+    c.incr(100).get().expect("call from a worker")
+}
+
+#[manta::remote]
+fn nested_tasks(n: u64) -> u64 {
+    let refs: Vec<_> = (0..n).map(square::remote).collect();
+    manta::get_all(&refs).expect("nested").iter().sum()
+}
+
+#[manta::actor]
+struct Counter {
+    total: u64,
+    log: Vec<u64>,
+}
+
+#[manta::actor]
+impl Counter {
+    fn new(start: u64) -> Self {
+        Counter {
+            total: start,
+            log: Vec::new(),
+        }
+    }
+    fn incr(&mut self, by: u64) -> u64 {
+        self.total += by;
+        self.log.push(by);
+        self.total
+    }
+    fn log(&self) -> Vec<u64> {
+        self.log.clone()
+    }
+    fn node(&self) -> u64 {
+        node_id()
+    }
+}
+
+#[test]
+fn head_and_three_raylets_run_tasks_actors_and_objects() {
+    serve_if_worker();
+    let node = |cpus: f64, resources: &str| NodeSpec {
+        num_cpus: cpus,
+        resources: resources.into(),
+        ..NodeSpec::default()
+    };
+    let cluster = LocalCluster::start(
+        node(2.0, ""),
+        &[node(2.0, ""), node(2.0, "special=1"), node(2.0, "")],
+    );
+    manta::init_with(cluster.config()).expect("the driver joins");
+
+    // Tasks, inline values.
+    let refs: Vec<_> = (0..200u64).map(square::remote).collect();
+    let total: u64 = manta::get_all(&refs).unwrap().iter().sum();
+    assert_eq!(total, (0..200u64).map(|x| x * x).sum());
+
+    // Spread: a burst of slow tasks lands on more than one node (hybrid: pack to 50%, spread).
+    let refs: Vec<_> = (0..16).map(|_| where_am_i::remote(100u64)).collect();
+    let nodes: BTreeSet<u64> = manta::get_all(&refs).unwrap().into_iter().collect();
+    assert!(nodes.len() >= 3, "16 tasks of 100 ms should spread over nodes, ran on {nodes:?}");
+    assert!(!nodes.contains(&0), "the driver runs no tasks: {nodes:?}");
+
+    // A custom resource only one node has.
+    let r = where_am_i::options().resource("special", 1.0).remote(0u64);
+    let special = r.get().unwrap();
+    let state = manta::cluster::query(&cluster.address, &cluster.token).unwrap();
+    let holder = state
+        .nodes
+        .iter()
+        .find(|n| n.resources.iter().any(|(k, _, _)| k == "special"))
+        .unwrap();
+    assert_eq!(special, holder.node_id);
+
+    // Infeasible everywhere: a clear error, fast.
+    let e = where_am_i::options().num_gpus(1.0).remote(0u64).get().unwrap_err();
+    assert!(matches!(e, manta::Error::Infeasible { .. }), "{e}");
+
+    // Large objects both ways: a 32 MiB put read by a task, a 16 MiB result read by the driver.
+    let big = manta::put(vec![0.5f32; 8 << 20]).unwrap();
+    let sums: Vec<_> = (0..4).map(|_| sum_f32::remote(&big)).collect();
+    for s in manta::get_all(&sums).unwrap() {
+        assert_eq!(s, 0.5 * (8 << 20) as f64);
+    }
+    let made = make_vec::remote(4usize << 20, 2.0f32);
+    let view = made.get_view().unwrap();
+    assert_eq!(view.len(), 4 << 20);
+    assert!(view.iter().all(|x| *x == 2.0));
+    // A result held by one worker passed to another task (pulled worker to worker).
+    let again = sum_f32::remote(&made).get().unwrap();
+    assert_eq!(again, 2.0 * (4 << 20) as f64);
+
+    // Chains of refs and refs nested in values.
+    let a = square::remote(3u64);
+    let b = add::remote(&a, square::remote(4u64));
+    assert_eq!(b.get().unwrap(), 25);
+    let parts: Vec<_> = (1..=10u64).map(square::remote).collect();
+    assert_eq!(sum_refs::remote(parts).get().unwrap(), 385);
+    let puts: Vec<_> = (1..=5u64).map(|x| manta::put(x).unwrap()).collect();
+    assert_eq!(sum_refs::remote(puts).get().unwrap(), 15);
+
+    // Nested tasks inside a worker.
+    assert_eq!(nested_tasks::remote(20u64).get().unwrap(), (0..20u64).map(|x| x * x).sum());
+
+    // A panic comes back as a TaskError with its message.
+    match boom::remote("remote boom".to_string()).get() {
+        Err(manta::Error::Task(e)) => {
+            assert!(e.is_panic());
+            assert!(e.message().contains("remote boom"), "{e}");
+        }
+        other => panic!("expected a task error, got {other:?}"),
+    }
+
+    // Actors in worker processes: ordered calls, named lookup from the driver and a worker.
+    let counter = Counter::options()
+        .name("counter")
+        .num_cpus(1.0)
+        .remote(10u64);
+    let calls: Vec<_> = (1..=50u64).map(|i| counter.incr(i)).collect();
+    let last = calls.last().unwrap().get().unwrap();
+    assert_eq!(last, 10 + (1..=50u64).sum::<u64>());
+    assert_eq!(counter.log().get().unwrap(), (1..=50u64).collect::<Vec<_>>());
+    assert_ne!(counter.node().get().unwrap(), 0);
+    let found = manta::get_actor::<Counter>("counter").unwrap();
+    assert_eq!(found.incr(0).get().unwrap(), last);
+    assert_eq!(ask_counter::remote("counter".to_string()).get().unwrap(), last + 100);
+    let dup = Counter::options().name("counter").remote(0u64);
+    assert!(dup.ready().get().is_err(), "a taken name is refused");
+    let state = manta::cluster::query(&cluster.address, &cluster.token).unwrap();
+    assert!(state.actors.iter().any(|a| a.name == "counter" && a.alive));
+
+    // Kill: later calls fail with ActorDied.
+    assert!(manta::kill(&counter).unwrap());
+    assert!(matches!(
+        counter.incr(1).get(),
+        Err(manta::Error::ActorDied { .. })
+    ));
+
+    manta::shutdown();
+}

@@ -1,0 +1,208 @@
+//! A real multi-process cluster for tests: `manta start --head --block` and further
+//! `manta start --address ... --block` node processes, each in its own session root, stopped
+//! (and, failing that, killed) on drop.
+//!
+//! A cluster test's binary is also its job's worker binary: raylets re-execute it with the
+//! test's own arguments, so the test must call [`serve_if_worker`] first.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// In a worker process (started by a raylet), serves the job and never returns.
+pub(crate) fn serve_if_worker() {
+    if std::env::var_os("MANTA_WORKER_RAYLET").is_some() {
+        let r = manta::init();
+        // `init` only returns in a worker if it failed.
+        eprintln!("worker failed to start: {r:?}");
+        std::process::exit(3);
+    }
+}
+
+/// One node to start: its CPUs, custom resources and the program wrapper (e.g. `ip netns
+/// exec <ns>`) and address to listen on.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodeSpec {
+    pub(crate) num_cpus: f64,
+    pub(crate) resources: String,
+    pub(crate) wrapper: Vec<String>,
+    pub(crate) ip: Option<String>,
+}
+
+/// A running cluster of node processes.
+pub(crate) struct LocalCluster {
+    pub(crate) address: String,
+    pub(crate) token: String,
+    pub(crate) root: PathBuf,
+    nodes: Vec<Child>,
+}
+
+fn manta_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_manta")
+}
+
+fn spawn_node(spec: &NodeSpec, root: &PathBuf, name: &str, args: &[String]) -> Child {
+    let mut argv: Vec<String> = spec.wrapper.clone();
+    argv.push(manta_bin().to_owned());
+    argv.push("start".into());
+    argv.extend(args.iter().cloned());
+    argv.push("--block".into());
+    argv.push("--num-cpus".into());
+    argv.push(spec.num_cpus.to_string());
+    if !spec.resources.is_empty() {
+        argv.push("--resources".into());
+        argv.push(spec.resources.clone());
+    }
+    if let Some(ip) = &spec.ip {
+        argv.push("--ip".into());
+        argv.push(ip.clone());
+    }
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let log = std::fs::File::create(dir.join("node.log")).unwrap();
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("MANTA_SESSION_ROOT", root)
+        .env("MANTA_SESSION_DIR", &dir)
+        .env_remove("MANTA_ADDRESS")
+        .env_remove("MANTA_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting a manta node process")
+}
+
+fn wait_for(path: &std::path::Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return s.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "{what} did not come up within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl LocalCluster {
+    /// Starts a head with `head` and one more node per entry of `others`; returns once every
+    /// node has joined.
+    pub(crate) fn start(head: NodeSpec, others: &[NodeSpec]) -> LocalCluster {
+        let root = std::env::temp_dir().join(format!(
+            "manta-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&root).unwrap();
+        let token = "test-token-0123456789".to_owned();
+        let head_args = vec![
+            "--head".to_owned(),
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--token".to_owned(),
+            token.clone(),
+        ];
+        let mut nodes = vec![spawn_node(&head, &root, "node-0", &head_args)];
+        let head_dir = root.join("node-0");
+        let address = wait_for(&head_dir.join("address"), "the head");
+        for (i, spec) in others.iter().enumerate() {
+            let args = vec![
+                "--address".to_owned(),
+                address.clone(),
+                "--token".to_owned(),
+                token.clone(),
+            ];
+            nodes.push(spawn_node(spec, &root, &format!("node-{}", i + 1), &args));
+        }
+        let cluster = LocalCluster {
+            address,
+            token,
+            root,
+            nodes,
+        };
+        cluster.wait_nodes(1 + others.len());
+        cluster
+    }
+
+    /// Waits until `n` nodes are alive in the GCS's table.
+    pub(crate) fn wait_nodes(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(state) = manta::cluster::query(&self.address, &self.token)
+                && state.nodes.iter().filter(|x| x.alive).count() >= n
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} nodes did not join within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A configuration that joins this cluster as its driver.
+    pub(crate) fn config(&self) -> manta::Config {
+        manta::Config::default()
+            .address(self.address.clone())
+            .token(self.token.clone())
+    }
+
+    /// Kills node process `i` (0 is the head) at once.
+    #[allow(dead_code)]
+    pub(crate) fn kill_node(&mut self, i: usize) {
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+    }
+
+    /// Prints every node's and worker's log (for a failing test).
+    pub(crate) fn dump_logs(&self) {
+        for entry in walk(&self.root) {
+            if entry.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&entry).unwrap_or_default();
+                eprintln!("===== {} =====\n{text}", entry.display());
+            }
+        }
+    }
+}
+
+fn walk(dir: &PathBuf) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        let _ = manta::cluster::stop_cluster(&self.address, &self.token);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.nodes {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
