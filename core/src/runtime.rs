@@ -257,6 +257,7 @@ impl RuntimeInner {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
             let me = self.me();
+            let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
             cluster.submit_remote(
                 &me,
                 function.name(),
@@ -264,7 +265,8 @@ impl RuntimeInner {
                 args,
                 &options.resources,
                 options.name.as_deref(),
-                options.max_retries.unwrap_or(self.config.max_task_retries),
+                retries,
+                retries,
             );
             return ObjectRef::from_cell(cell);
         }

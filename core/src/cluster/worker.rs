@@ -44,8 +44,18 @@ struct InFlight {
     node: Option<usize>,
     cpus: f64,
     /// Kept alive until the task is done (argument cells the executor may pull).
-    #[allow(dead_code)]
     args: Box<[ArgSlot]>,
+    /// How to run a task again elsewhere if its worker dies (tasks only, not actor calls).
+    retry: Option<Retry>,
+}
+
+/// A task's submission, kept to run it again after its worker process died.
+struct Retry {
+    function: String,
+    request: ResourceRequest,
+    name: Option<String>,
+    max_retries: u32,
+    left: u32,
 }
 
 /// A node of the cluster as this owner sees it.
@@ -254,6 +264,8 @@ impl Cluster {
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         let _ = cluster.me.set(Arc::downgrade(&cluster));
+        // Node deaths and joins reach the placement view.
+        cluster.gcs.send(Msg::Subscribe { request_id: 0 });
         // Accept other members.
         let weak = Arc::downgrade(&cluster);
         cluster.io.spawn(async move {
@@ -587,6 +599,7 @@ impl Cluster {
         request: &ResourceRequest,
         name: Option<&str>,
         max_retries: u32,
+        retries_left: u32,
     ) {
         let (node, worker, peer) = match self.place(request, None) {
             Ok(p) => p,
@@ -609,6 +622,13 @@ impl Cluster {
                 node: Some(node),
                 cpus,
                 args,
+                retry: Some(Retry {
+                    function: function.to_owned(),
+                    request: request.clone(),
+                    name: name.map(str::to_owned),
+                    max_retries,
+                    left: retries_left,
+                }),
             },
         );
         peer.send(Msg::PushTask {
@@ -679,6 +699,7 @@ impl Cluster {
                 node: None,
                 cpus: 0.0,
                 args: args.into_boxed_slice(),
+                retry: None,
             },
         );
         peer.send(Msg::CreateActor {
@@ -716,6 +737,7 @@ impl Cluster {
                 node: None,
                 cpus: 0.0,
                 args,
+                retry: None,
             },
         );
         remote.peer.send(Msg::ActorCall {
@@ -806,12 +828,39 @@ impl Cluster {
                 .filter_map(|id| m.remove(&id).map(|f| (id, f)))
                 .collect()
         };
+        let mut again = Vec::new();
         for (_, f) in lost {
             self.release_load(f.node, f.cpus);
-            f.cell.complete(Err(cluster_error(
-                format!("worker process {index}"),
-                format!("it died or became unreachable ({reason})"),
-            )));
+            match f.retry {
+                Some(r) if r.left > 0 => again.push((f.cell, f.args, r)),
+                _ => {
+                    f.cell.complete(Err(cluster_error(
+                        format!("worker process {index}"),
+                        format!("it died or became unreachable ({reason})"),
+                    )));
+                }
+            }
+        }
+        if !again.is_empty() {
+            // Placing may wait on the GCS and a raylet: never on an I/O thread.
+            let me = self.me.get().cloned().unwrap_or_default();
+            std::thread::spawn(move || {
+                let Some(c) = me.upgrade() else { return };
+                let Some(rt) = c.runtime() else { return };
+                for (cell, args, r) in again {
+                    tracing::info!(task = %cell.id(), left = r.left, "retrying a task whose worker died");
+                    c.submit_remote(
+                        &rt,
+                        &r.function,
+                        cell,
+                        args,
+                        &r.request,
+                        r.name.as_deref(),
+                        r.max_retries,
+                        r.left - 1,
+                    );
+                }
+            });
         }
         for s in lock(&self.nodes).iter_mut() {
             if s.worker.as_ref().is_some_and(|(i, _)| *i == index) {
