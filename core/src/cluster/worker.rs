@@ -73,6 +73,30 @@ struct NodeSlot {
 /// A pending pull: who holds the object, and what to do with it.
 type PullDone = Box<dyn FnOnce(Result<Payload, Error>) + Send>;
 
+/// Bytes of pulls in flight at once (more wait, highest priority first).
+const MAX_PULL_BYTES: u64 = 256 << 20;
+/// What an object of unknown size counts as against [`MAX_PULL_BYTES`].
+const UNKNOWN_PULL_BYTES: u64 = 1 << 20;
+
+/// A pull waiting for room.
+struct QueuedPull {
+    priority: u8,
+    seq: u64,
+    holder: u64,
+    object_id: u64,
+    bytes: u64,
+    done: PullDone,
+}
+
+/// The object manager's pull queue: get (0) before wait (1) before task arguments (2), FIFO
+/// within a priority, and at most [`MAX_PULL_BYTES`] in flight (one pull always may run).
+#[derive(Default)]
+struct PullQueue {
+    in_flight: u64,
+    waiting: std::collections::BTreeMap<(u8, u64), QueuedPull>,
+    seq: u64,
+}
+
 /// This process's cluster membership.
 pub(crate) struct Cluster {
     pub(crate) io: IoRuntime,
@@ -93,6 +117,7 @@ pub(crate) struct Cluster {
     /// Results this process computed for remote owners, until they free them.
     held: Mutex<HashMap<u64, ObjectValue>>,
     pulls: Mutex<HashMap<u64, (String, PullDone)>>,
+    pull_queue: Mutex<PullQueue>,
     next_pull: AtomicU64,
     /// Objects of other processes pulled (or being pulled) here, so that every reader of one
     /// shares one transfer and one copy.
@@ -255,6 +280,7 @@ impl Cluster {
             in_flight: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
+            pull_queue: Mutex::new(PullQueue::default()),
             next_pull: AtomicU64::new(1),
             borrowed: Mutex::new(HashMap::new()),
             executable: (exe, args, cwd),
@@ -889,8 +915,9 @@ impl Cluster {
 
     // ----- objects ----------------------------------------------------------------------
 
-    /// Pulls object `object_id` from worker `holder`; `done` gets its bytes.
-    pub(crate) fn pull(&self, holder: u64, object_id: u64, priority: u8, done: PullDone) {
+    /// Pulls object `object_id` (about `len` bytes, 0 if unknown) from worker `holder` with
+    /// `priority` (0 get, 1 wait, 2 task argument); `done` gets its bytes.
+    pub(crate) fn pull(&self, holder: u64, object_id: u64, priority: u8, len: u64, done: PullDone) {
         if holder == self.index {
             done(self.local_value(object_id).and_then(|v| match v {
                 Some(v) => Ok(v.data.clone()),
@@ -900,6 +927,64 @@ impl Cluster {
             }));
             return;
         }
+        {
+            let mut q = lock(&self.pull_queue);
+            let seq = q.seq;
+            q.seq += 1;
+            q.waiting.insert(
+                (priority, seq),
+                QueuedPull {
+                    priority,
+                    seq,
+                    holder,
+                    object_id,
+                    bytes: len.max(UNKNOWN_PULL_BYTES),
+                    done,
+                },
+            );
+        }
+        self.dispatch_pulls();
+    }
+
+    /// Starts queued pulls while there is room.
+    fn dispatch_pulls(&self) {
+        loop {
+            let next = {
+                let mut q = lock(&self.pull_queue);
+                let Some((_, first)) = q.waiting.first_key_value() else {
+                    return;
+                };
+                if q.in_flight > 0 && q.in_flight + first.bytes > MAX_PULL_BYTES {
+                    return;
+                }
+                let (_, p) = q.waiting.pop_first().expect("checked above");
+                q.in_flight += p.bytes;
+                p
+            };
+            self.start_pull(next);
+        }
+    }
+
+    fn start_pull(&self, p: QueuedPull) {
+        let QueuedPull {
+            priority,
+            holder,
+            object_id,
+            bytes,
+            done,
+            ..
+        } = p;
+        let me = self.me.get().cloned().unwrap_or_default();
+        let done: PullDone = Box::new(move |r| {
+            if let Some(c) = me.upgrade() {
+                {
+                    let mut q = lock(&c.pull_queue);
+                    q.in_flight = q.in_flight.saturating_sub(bytes);
+                }
+                c.dispatch_pulls();
+            }
+            done(r);
+        });
         let peer = self.peer(holder);
         let request_id = self.next_pull.fetch_add(1, Ordering::Relaxed);
         lock(&self.pulls).insert(request_id, (peer.name.clone(), done));
@@ -914,12 +999,13 @@ impl Cluster {
     }
 
     /// Pulls and waits (from a non-tokio thread).
-    pub(crate) fn pull_blocking(&self, holder: u64, object_id: u64) -> Result<Payload, Error> {
+    pub(crate) fn pull_blocking(&self, holder: u64, object_id: u64, len: u64) -> Result<Payload, Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pull(
             holder,
             object_id,
             0,
+            len,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -1083,12 +1169,12 @@ impl Cluster {
     /// A reference to an object owned elsewhere was deserialised here: a cell that completes
     /// when its value has been pulled from the owner.
     pub(crate) fn borrow(&self, id: ObjectId) -> Arc<ObjectCell> {
-        self.pulled(id.as_u64(), owner_of(id.as_u64()))
+        self.pulled(id.as_u64(), owner_of(id.as_u64()), 0)
     }
 
     /// The local cell of object `object_id` held by worker `holder`: shared with every other
     /// reader here, pulled once.
-    fn pulled(&self, object_id: u64, holder: u64) -> Arc<ObjectCell> {
+    fn pulled(&self, object_id: u64, holder: u64, len: u64) -> Arc<ObjectCell> {
         let mut borrowed = lock(&self.borrowed);
         if let Some(cell) = borrowed.get(&object_id).and_then(Weak::upgrade) {
             return cell;
@@ -1100,7 +1186,7 @@ impl Cluster {
         borrowed.insert(object_id, Arc::downgrade(&cell));
         drop(borrowed);
         let c2 = cell.clone();
-        self.pull(holder, object_id, 2, Box::new(move |r| {
+        self.pull(holder, object_id, 2, len, Box::new(move |r| {
             c2.complete(r.map(|data| ObjectValue { data, nested: Box::new([]) }));
         }));
         cell
@@ -1127,23 +1213,10 @@ impl Cluster {
         match arg {
             Arg::Inline(v) => ArgSlot::Value(ObjectValue::inline(Bytes::from(v))),
             Arg::Ref {
-                object_id, holder, ..
-            } => {
-                let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(object_id), None));
-                let c2 = cell.clone();
-                self.pull(
-                    holder,
-                    object_id,
-                    2,
-                    Box::new(move |r| {
-                        c2.complete(r.map(|data| ObjectValue {
-                            data,
-                            nested: Box::new([]),
-                        }));
-                    }),
-                );
-                ArgSlot::Ref(cell)
-            }
+                object_id,
+                holder,
+                len,
+            } => ArgSlot::Ref(self.pulled(object_id, holder, len)),
         }
     }
 
@@ -1441,7 +1514,7 @@ impl RemoteObject {
     pub(crate) fn fetch(&self) -> Result<Payload, Error> {
         self.local
             .get_or_init(|| match self.cluster.upgrade() {
-                Some(c) => c.pull_blocking(self.holder, self.id),
+                Some(c) => c.pull_blocking(self.holder, self.id, self.len),
                 None => Err(Error::ShutDown),
             })
             .clone()
