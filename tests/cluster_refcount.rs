@@ -19,7 +19,13 @@ fn slow_sum(pause_ms: u64, v: Vec<u8>) -> u64 {
 fn sum_inner(outer: Vec<ObjectRef<Vec<u8>>>) -> u64 {
     outer
         .iter()
-        .map(|r| r.get().expect("inner").iter().map(|x| *x as u64).sum::<u64>())
+        .map(|r| {
+            r.get()
+                .expect("inner")
+                .iter()
+                .map(|x| *x as u64)
+                .sum::<u64>()
+        })
         .sum()
 }
 
@@ -67,7 +73,10 @@ impl Keeper {
 }
 
 fn driver_store_objects() -> usize {
-    manta::status().unwrap().object_store.map_or(0, |s| s.objects)
+    manta::status()
+        .unwrap()
+        .object_store
+        .map_or(0, |s| s.objects)
 }
 
 /// Polls `f` until it returns `want` (objects are freed by messages: eventually, not at once).
@@ -112,7 +121,11 @@ fn reference_counting_across_processes() {
     drop(inner);
     assert_eq!(sum_inner::remote(&outer).get().unwrap(), 2 * BIG as u64);
     drop(outer);
-    eventually("driver store after the nested case", 0, driver_store_objects);
+    eventually(
+        "driver store after the nested case",
+        0,
+        driver_store_objects,
+    );
 
     // 3. A worker's object, returned by reference, outlives the task that made it (the
     //    driver borrows it from its owner).

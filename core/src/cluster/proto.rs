@@ -242,6 +242,7 @@ pub(crate) enum Msg {
         len: u64,
         inline: Vec<u8>,
         error: String,
+        redirect: u64,
     },
     FreeObject {
         object_id: u64,
@@ -1005,6 +1006,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             len,
             inline,
             error,
+            redirect,
         } => {
             let inline = opt_bytes(fbb, inline);
             let error = opt_str(fbb, error);
@@ -1016,6 +1018,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     len: *len,
                     inline,
                     error,
+                    redirect: *redirect,
                 }
             );
         }
@@ -1386,6 +1389,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 len: t.len(),
                 inline: bytes(t.inline()),
                 error: string(t.error()),
+                redirect: t.redirect(),
             }
         }
         TAG_FREE_OBJECT => Msg::FreeObject {
@@ -1629,6 +1633,7 @@ mod tests {
                 len: 3,
                 inline: vec![9, 8, 7],
                 error: "partial".into(),
+                redirect: 7,
             },
             Msg::FreeObject {
                 object_id: 0xdead_beef,

@@ -97,6 +97,27 @@ struct PullQueue {
     seq: u64,
 }
 
+/// A pull sent, waiting for its ObjectData.
+struct PendingPull {
+    peer: String,
+    object_id: u64,
+    priority: u8,
+    /// Redirects followed so far.
+    hops: u8,
+    done: PullDone,
+}
+
+fn not_found(request_id: u64, error: String) -> Msg {
+    Msg::ObjectData {
+        request_id,
+        found: false,
+        len: 0,
+        inline: Vec::new(),
+        error,
+        redirect: 0,
+    }
+}
+
 /// This process's cluster membership.
 pub(crate) struct Cluster {
     pub(crate) io: IoRuntime,
@@ -116,7 +137,7 @@ pub(crate) struct Cluster {
     in_flight: Mutex<HashMap<u64, InFlight>>,
     /// Results this process computed for remote owners, until they free them.
     held: Mutex<HashMap<u64, ObjectValue>>,
-    pulls: Mutex<HashMap<u64, (String, PullDone)>>,
+    pulls: Mutex<HashMap<u64, PendingPull>>,
     pull_queue: Mutex<PullQueue>,
     next_pull: AtomicU64,
     /// Objects of other processes pulled (or being pulled) here, so that every reader of one
@@ -898,11 +919,11 @@ impl Cluster {
             let name = format!("w{index}");
             let ids: Vec<u64> = pulls
                 .iter()
-                .filter(|(_, (p, _))| *p == name)
+                .filter(|(_, p)| p.peer == name)
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter()
-                .filter_map(|id| pulls.remove(&id).map(|(_, d)| d))
+                .filter_map(|id| pulls.remove(&id).map(|p| p.done))
                 .collect()
         };
         for done in failed {
@@ -985,9 +1006,22 @@ impl Cluster {
             }
             done(r);
         });
+        self.send_pull(holder, object_id, priority, 0, done);
+    }
+
+    fn send_pull(&self, holder: u64, object_id: u64, priority: u8, hops: u8, done: PullDone) {
         let peer = self.peer(holder);
         let request_id = self.next_pull.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pulls).insert(request_id, (peer.name.clone(), done));
+        lock(&self.pulls).insert(
+            request_id,
+            PendingPull {
+                peer: peer.name.clone(),
+                object_id,
+                priority,
+                hops,
+                done,
+            },
+        );
         peer.send(Msg::PullObject {
             request_id,
             object_id,
@@ -999,7 +1033,12 @@ impl Cluster {
     }
 
     /// Pulls and waits (from a non-tokio thread).
-    pub(crate) fn pull_blocking(&self, holder: u64, object_id: u64, len: u64) -> Result<Payload, Error> {
+    pub(crate) fn pull_blocking(
+        &self,
+        holder: u64,
+        object_id: u64,
+        len: u64,
+    ) -> Result<Payload, Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pull(
             holder,
@@ -1038,58 +1077,86 @@ impl Cluster {
 
     /// Serves a pull: replies when the object is ready (waiting for a pending one).
     fn serve_pull(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64) {
-        let reply_err = |error: String| Msg::ObjectData {
-            request_id,
-            found: false,
-            len: 0,
-            inline: Vec::new(),
-            error,
-        };
         if let Some(v) = lock(&self.held).get(&object_id).cloned() {
             return self.send_value(peer, request_id, object_id, v);
         }
-        let Some(rt) = self.runtime() else {
-            return peer.send(reply_err("the runtime shut down".into()));
-        };
-        let Some(cell) = rt.lookup_escaped(ObjectId::from_u64(object_id)) else {
-            return peer.send(reply_err(format!(
-                "{} was freed: no reference to it was left",
-                ObjectId::from_u64(object_id)
-            )));
+        let cell = self
+            .runtime()
+            .and_then(|rt| rt.lookup_escaped(ObjectId::from_u64(object_id)));
+        let Some(cell) = cell else {
+            return peer.send(not_found(
+                request_id,
+                format!(
+                    "{} was freed: no reference to it was left",
+                    ObjectId::from_u64(object_id)
+                ),
+            ));
         };
         let me = self.me.get().cloned().unwrap_or_default();
         let peer2 = peer.clone();
+        let c2 = cell.clone();
         let respond = move || {
             let Some(c) = me.upgrade() else { return };
-            match cell.get() {
+            match c2.get() {
                 Some(Ok(v)) => c.send_value(&peer2, request_id, object_id, v.clone()),
-                Some(Err(e)) => peer2.send(Msg::ObjectData {
-                    request_id,
-                    found: false,
-                    len: 0,
-                    inline: Vec::new(),
-                    error: e.to_string(),
-                }),
+                Some(Err(e)) => peer2.send(not_found(request_id, e.to_string())),
                 None => {}
             }
         };
-        let cell2 = rt.lookup_escaped(ObjectId::from_u64(object_id));
-        if let Some(cell2) = cell2 {
-            if let Err(Waiter::Callback(f)) = cell2.register(Waiter::Callback(Box::new(respond))) {
-                f();
-            }
+        if let Err(Waiter::Callback(f)) = cell.register(Waiter::Callback(Box::new(respond))) {
+            f();
         }
     }
 
-    /// Sends a ready value to a puller: inline in the reply, or as a bulk transfer after it.
+    /// Sends a ready value to a puller: inline in the reply, or as a bulk transfer after it,
+    /// or (an object another worker holds for us) a redirect to that worker.
     fn send_value(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64, v: ObjectValue) {
-        match &v.data {
+        let data = match &v.data {
+            Payload::Remote(r) => match r.local_copy() {
+                Some(local) => local,
+                None if r.id == object_id => {
+                    return peer.send(Msg::ObjectData {
+                        request_id,
+                        found: false,
+                        len: r.len,
+                        inline: Vec::new(),
+                        error: String::new(),
+                        redirect: r.holder,
+                    });
+                }
+                None => {
+                    // Held under another id: fetch it here first, off the I/O thread.
+                    let r = r.clone();
+                    let peer = peer.clone();
+                    let me = self.me.get().cloned().unwrap_or_default();
+                    std::thread::spawn(move || {
+                        let Some(c) = me.upgrade() else { return };
+                        match r.fetch() {
+                            Ok(data) => c.send_value(
+                                &peer,
+                                request_id,
+                                object_id,
+                                ObjectValue {
+                                    data,
+                                    nested: Box::new([]),
+                                },
+                            ),
+                            Err(e) => peer.send(not_found(request_id, e.to_string())),
+                        }
+                    });
+                    return;
+                }
+            },
+            other => other.clone(),
+        };
+        match data {
             Payload::Inline(b) => peer.send(Msg::ObjectData {
                 request_id,
                 found: true,
                 len: b.len() as u64,
                 inline: b.to_vec(),
                 error: String::new(),
+                redirect: 0,
             }),
             Payload::Stored(s) => {
                 peer.send(Msg::ObjectData {
@@ -1098,40 +1165,19 @@ impl Cluster {
                     len: s.len() as u64,
                     inline: Vec::new(),
                     error: String::new(),
+                    redirect: 0,
                 });
-                peer.send_bulk(request_id, BulkData::Stored(s.clone()));
+                peer.send_bulk(request_id, BulkData::Stored(s));
             }
-            Payload::Remote(r) => {
-                // We own it but another worker holds it: fetch it first, off the I/O thread.
-                let r = r.clone();
-                let peer = peer.clone();
-                let me = self.me.get().cloned().unwrap_or_default();
-                std::thread::spawn(move || {
-                    let Some(c) = me.upgrade() else { return };
-                    match r.fetch() {
-                        Ok(data) => c.send_value(
-                            &peer,
-                            request_id,
-                            object_id,
-                            ObjectValue {
-                                data,
-                                nested: Box::new([]),
-                            },
-                        ),
-                        Err(e) => peer.send(Msg::ObjectData {
-                            request_id,
-                            found: false,
-                            len: 0,
-                            inline: Vec::new(),
-                            error: e.to_string(),
-                        }),
-                    }
-                });
-            }
+            Payload::Remote(_) => peer.send(not_found(
+                request_id,
+                "a pulled object is still remote".into(),
+            )),
         }
     }
 
     /// The answer to one of our pulls.
+    #[allow(clippy::too_many_arguments)]
     fn object_data(
         &self,
         peer: &Arc<Peer>,
@@ -1140,10 +1186,21 @@ impl Cluster {
         len: u64,
         inline: Vec<u8>,
         error: String,
+        redirect: u64,
     ) {
-        let Some((_, done)) = lock(&self.pulls).remove(&request_id) else {
+        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
             return;
         };
+        let done = pending.done;
+        if !found && redirect != 0 && redirect != self.index && pending.hops < 4 {
+            return self.send_pull(
+                redirect,
+                pending.object_id,
+                pending.priority,
+                pending.hops + 1,
+                done,
+            );
+        }
         if !found {
             return done(Err(cluster_error("pulling an object", error)));
         }
@@ -1186,9 +1243,18 @@ impl Cluster {
         borrowed.insert(object_id, Arc::downgrade(&cell));
         drop(borrowed);
         let c2 = cell.clone();
-        self.pull(holder, object_id, 2, len, Box::new(move |r| {
-            c2.complete(r.map(|data| ObjectValue { data, nested: Box::new([]) }));
-        }));
+        self.pull(
+            holder,
+            object_id,
+            2,
+            len,
+            Box::new(move |r| {
+                c2.complete(r.map(|data| ObjectValue {
+                    data,
+                    nested: Box::new([]),
+                }));
+            }),
+        );
         cell
     }
 
@@ -1510,6 +1576,11 @@ impl RemoteObject {
         })
     }
 
+    /// The local copy, if it was already pulled.
+    pub(crate) fn local_copy(&self) -> Option<Payload> {
+        self.local.get().and_then(|r| r.as_ref().ok()).cloned()
+    }
+
     /// The bytes, pulled from the holder on first call.
     pub(crate) fn fetch(&self) -> Result<Payload, Error> {
         self.local
@@ -1589,7 +1660,8 @@ impl Handler for WorkerHandler {
                 len,
                 inline,
                 error,
-            } => c.object_data(peer, request_id, found, len, inline, error),
+                redirect,
+            } => c.object_data(peer, request_id, found, len, inline, error, redirect),
             Msg::FreeObject { object_id } => {
                 lock(&c.held).remove(&object_id);
             }

@@ -5132,6 +5132,7 @@ impl<'a> ObjectData<'a> {
   pub const VT_LEN: ::flatbuffers::VOffsetT = 8;
   pub const VT_INLINE: ::flatbuffers::VOffsetT = 10;
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 12;
+  pub const VT_REDIRECT: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5143,6 +5144,7 @@ impl<'a> ObjectData<'a> {
     args: &'args ObjectDataArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ObjectData<'bldr>> {
     let mut builder = ObjectDataBuilder::new(_fbb);
+    builder.add_redirect(args.redirect);
     builder.add_len(args.len);
     builder.add_request_id(args.request_id);
     if let Some(x) = args.error { builder.add_error(x); }
@@ -5187,6 +5189,14 @@ impl<'a> ObjectData<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ObjectData::VT_ERROR, None)}
   }
+  /// When not found here but held by another worker: pull it from that worker instead.
+  #[inline]
+  pub fn redirect(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectData::VT_REDIRECT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ObjectData<'_> {
@@ -5200,6 +5210,7 @@ impl ::flatbuffers::Verifiable for ObjectData<'_> {
      .visit_field::<u64>("len", Self::VT_LEN, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("inline", Self::VT_INLINE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<u64>("redirect", Self::VT_REDIRECT, false)?
      .finish();
     Ok(())
   }
@@ -5210,6 +5221,7 @@ pub struct ObjectDataArgs<'a> {
     pub len: u64,
     pub inline: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub redirect: u64,
 }
 impl<'a> Default for ObjectDataArgs<'a> {
   #[inline]
@@ -5220,6 +5232,7 @@ impl<'a> Default for ObjectDataArgs<'a> {
       len: 0,
       inline: None,
       error: None,
+      redirect: 0,
     }
   }
 }
@@ -5250,6 +5263,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ObjectDataBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ObjectData::VT_ERROR, error);
   }
   #[inline]
+  pub fn add_redirect(&mut self, redirect: u64) {
+    self.fbb_.push_slot::<u64>(ObjectData::VT_REDIRECT, redirect, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ObjectDataBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ObjectDataBuilder {
@@ -5272,6 +5289,7 @@ impl ::core::fmt::Debug for ObjectData<'_> {
       ds.field("len", &self.len());
       ds.field("inline", &self.inline());
       ds.field("error", &self.error());
+      ds.field("redirect", &self.redirect());
       ds.finish()
   }
 }
