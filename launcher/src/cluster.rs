@@ -59,6 +59,19 @@ fn point_latest(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Sends the node's log (warnings about peers, nodes joining and dying, ...) to stderr, which
+/// is the node's log file when it runs in the background. `RUST_LOG` filters it (default
+/// `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// `manta start`.
 pub fn start(args: &StartArgs) -> Result<()> {
     let token = match (&args.token, args.head) {
@@ -92,6 +105,7 @@ pub fn start(args: &StartArgs) -> Result<()> {
     if !args.block {
         return start_in_background(args, &dir, &token);
     }
+    init_logging();
     let mut opts = NodeOptions::new(ip, token.clone());
     opts.head = args.head;
     opts.gcs_address = args.address.clone();

@@ -245,6 +245,8 @@ struct Raylet {
     workers: Mutex<HashMap<u64, WorkerProc>>,
     stop: tokio::sync::Notify,
     me: OnceLock<Weak<Raylet>>,
+    /// This raylet's own connection to the GCS (a peer's self-declared name proves nothing).
+    gcs: OnceLock<Arc<Peer>>,
 }
 
 impl Raylet {
@@ -468,7 +470,7 @@ impl Handler for RayletHandler {
     }
 
     fn on_close(self: Arc<Self>, peer: &Arc<Peer>, _reason: &str) {
-        if peer.name == "gcs" {
+        if self.0.gcs.get().is_some_and(|g| Arc::ptr_eq(g, peer)) {
             tracing::warn!("lost the GCS: node stopping");
             self.0.stop.notify_one();
         }
@@ -546,12 +548,14 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             workers: Mutex::new(HashMap::new()),
             stop: tokio::sync::Notify::new(),
             me: OnceLock::new(),
+            gcs: OnceLock::new(),
         });
         let _ = raylet.me.set(Arc::downgrade(&raylet));
         let handler: Arc<dyn Handler> = Arc::new(RayletHandler(raylet.clone()));
         tokio::spawn(accept_loop(listener, handler.clone()));
         let conn = super::connect(&gcs_address, &opts.token, "raylet".into()).await?;
         let gcs = Peer::spawn(conn, "gcs".into(), handler);
+        let _ = raylet.gcs.set(gcs.clone());
         let reply = gcs.request(|request_id| Msg::RegisterNode {
             request_id,
             node: Node {

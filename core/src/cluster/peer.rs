@@ -75,6 +75,8 @@ pub(crate) struct Peer {
     expected: Mutex<HashMap<u64, Expected>>,
     closed: AtomicBool,
     close_reason: Mutex<Option<String>>,
+    /// Wakes the writer when the peer closes, so it closes the socket at once.
+    closing: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Peer {
@@ -95,6 +97,7 @@ impl Peer {
             expected: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
+            closing: tokio::sync::Notify::new(),
         });
         let (recv, send) = conn.into_split();
         tokio::spawn(write_loop(peer.clone(), send, rx));
@@ -114,6 +117,7 @@ impl Peer {
             expected: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
+            closing: tokio::sync::Notify::new(),
         });
         (peer.clone(), PendingPeer { peer, rx })
     }
@@ -175,6 +179,9 @@ impl Peer {
             return false;
         }
         *lock(&self.close_reason) = Some(reason.to_owned());
+        // The writer holds the socket: without this it would wait for the next message
+        // (forever, on a connection nobody sends to) before closing it.
+        self.closing.notify_one();
         let waiting: Vec<_> = lock(&self.waiting).drain().collect();
         for (_, w) in waiting {
             let _ = w.send(Err(self.closed_error()));
@@ -221,7 +228,15 @@ async fn write_loop(peer: Arc<Peer>, mut send: SendHalf, mut rx: mpsc::Unbounded
     let mut fbb = FlatBufferBuilder::with_capacity(1024);
     let mut encoded: Vec<(Tag, Vec<u8>)> = Vec::with_capacity(MAX_BATCH);
     let mut bulk: Option<(u64, BulkData)> = None;
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = peer.closing.notified() => break,
+            next = rx.recv() => match next {
+                Some(o) => o,
+                None => break,
+            },
+        };
         if peer.is_closed() {
             break;
         }
@@ -359,5 +374,125 @@ fn reply_id(msg: &Msg) -> Option<u64> {
         | Msg::Actors { request_id, .. }
         | Msg::WorkerStarted { request_id, .. } => Some(*request_id),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manta_transport::{Address, Listener, TransportConfig};
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    /// Counts what the reader hands it.
+    #[derive(Default)]
+    struct Counting {
+        messages: AtomicUsize,
+        closes: AtomicUsize,
+        reason: Mutex<String>,
+        closed: tokio::sync::Notify,
+    }
+
+    impl Handler for Counting {
+        fn on_message(self: Arc<Self>, _peer: &Arc<Peer>, _msg: Msg) {
+            self.messages.fetch_add(1, Ordering::SeqCst);
+        }
+        fn on_close(self: Arc<Self>, _peer: &Arc<Peer>, reason: &str) {
+            self.closes.fetch_add(1, Ordering::SeqCst);
+            *lock(&self.reason) = reason.to_owned();
+            self.closed.notify_one();
+        }
+    }
+
+    fn config(name: &str) -> TransportConfig {
+        TransportConfig::new(b"peer-test".to_vec(), name)
+    }
+
+    /// A peer (the accepting side) and a raw connection to it.
+    async fn pair(handler: Arc<Counting>) -> (Arc<Peer>, Connection) {
+        let l = Listener::bind(
+            &Address::Tcp("127.0.0.1:0".parse().unwrap()),
+            config("peer"),
+        )
+        .await
+        .unwrap();
+        let addr = l.local_addr().unwrap();
+        let remote_config = config("remote");
+        let (accepted, remote) =
+            tokio::join!(l.accept(), Connection::connect(&addr, &remote_config));
+        let peer = Peer::spawn(accepted.unwrap(), "remote".into(), handler);
+        (peer, remote.unwrap())
+    }
+
+    fn get_nodes(request_id: u64) -> Vec<u8> {
+        let mut fbb = FlatBufferBuilder::new();
+        proto::encode(&Msg::GetNodes { request_id }, &mut fbb).to_vec()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_tag_closes_the_peer_and_reports_the_close_once() {
+        let handler = Arc::new(Counting::default());
+        let (peer, mut remote) = pair(handler.clone()).await;
+        // A good message first: handed to the handler.
+        remote
+            .send(Tag(proto::TAG_GET_NODES), &get_nodes(1))
+            .await
+            .unwrap();
+        // A waiter, failed by the close.
+        let waiter = peer.request(|request_id| Msg::GetNodes { request_id });
+        remote.send(Tag(999), b"whatever").await.unwrap();
+        // More after the bad one: never read.
+        remote
+            .send(Tag(proto::TAG_GET_NODES), &get_nodes(2))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), handler.closed.notified())
+            .await
+            .expect("on_close within 5 s");
+        assert!(peer.is_closed());
+        assert!(
+            lock(&handler.reason).contains("unknown cluster message tag 999"),
+            "{}",
+            lock(&handler.reason)
+        );
+        let r = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter is failed");
+        assert!(matches!(r, Ok(Err(Error::Cluster { .. }))), "{r:?}");
+        // The remote sees the connection close (after the request the peer sent it).
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if remote.recv().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the remote end must see the close");
+        // Closing again, from either side, reports nothing more.
+        peer.shutdown("again");
+        drop(remote);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(handler.closes.load(Ordering::SeqCst), 1);
+        assert_eq!(handler.messages.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payload_that_is_no_flatbuffer_closes_the_peer_once() {
+        let handler = Arc::new(Counting::default());
+        let (peer, mut remote) = pair(handler.clone()).await;
+        remote
+            .send(Tag(proto::TAG_PUSH_TASK), &[0xff; 64])
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), handler.closed.notified())
+            .await
+            .expect("on_close within 5 s");
+        assert!(peer.is_closed());
+        assert!(lock(&handler.reason).contains("invalid PushTask message"));
+        drop(remote);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(handler.closes.load(Ordering::SeqCst), 1);
+        assert_eq!(handler.messages.load(Ordering::SeqCst), 0);
     }
 }
