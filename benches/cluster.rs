@@ -116,7 +116,8 @@ fn raw_loopback() -> Result<(f64, f64, f64)> {
     let addr = listener.local_addr()?;
     let rx = std::thread::spawn(move || raw_receiver(listener));
     let r = raw_sender(addr)?;
-    rx.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    rx.join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     Ok(r)
 }
 
@@ -295,7 +296,9 @@ fn child(mode: &str) -> Result<()> {
         let (gbps, p50, p99) = loop {
             match raw_sender(addr) {
                 Ok(r) => break r,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(e) => return Err(e),
             }
         };

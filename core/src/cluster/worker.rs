@@ -1684,20 +1684,25 @@ impl Handler for WorkerHandler {
         let Some(c) = self.cluster.get().and_then(Weak::upgrade) else {
             return;
         };
+        // Names are the remote's own choice: act only on the connection recorded for a worker
+        // (a member closing some other connection that calls itself `w<N>` changes nothing).
+        // A worker's raylet connection is watched by `serve_as_worker`.
         if let Some(index) = peer
             .name
             .strip_prefix('w')
             .and_then(|i| i.parse::<u64>().ok())
         {
-            {
+            let recorded = {
                 let mut peers = lock(&c.peers);
-                if peers.get(&index).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+                let is = peers.get(&index).is_some_and(|p| Arc::ptr_eq(p, peer));
+                if is {
                     peers.remove(&index);
                 }
+                is
+            };
+            if recorded {
+                c.worker_lost(index, reason);
             }
-            c.worker_lost(index, reason);
-        } else if peer.name.starts_with("raylet:") && !matches!(c.role, Role::Driver) {
-            c.stop.notify_one();
         }
     }
 }
