@@ -14,7 +14,7 @@
 //!    so the reader always knows where the bytes go. A transfer nobody expects is discarded.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -77,6 +77,17 @@ pub(crate) struct Peer {
     close_reason: Mutex<Option<String>>,
     /// Wakes the writer when the peer closes, so it closes the socket at once.
     closing: tokio::sync::Notify,
+    /// The send half while nobody writes with it (see "Direct writes" in the module docs).
+    direct: Mutex<Option<SendHalf>>,
+    /// Messages queued for the writer task and not yet written.
+    queued: AtomicUsize,
+    /// Wakes the writer task when a direct writer released the send half.
+    released: tokio::sync::Notify,
+}
+
+thread_local! {
+    static FBB: std::cell::RefCell<FlatBufferBuilder<'static>> =
+        std::cell::RefCell::new(FlatBufferBuilder::with_capacity(1024));
 }
 
 impl std::fmt::Debug for Peer {
@@ -98,6 +109,9 @@ impl Peer {
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             closing: tokio::sync::Notify::new(),
+            direct: Mutex::new(None),
+            queued: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
         });
         let (recv, send) = conn.into_split();
         tokio::spawn(write_loop(peer.clone(), send, rx));
@@ -118,18 +132,80 @@ impl Peer {
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             closing: tokio::sync::Notify::new(),
+            direct: Mutex::new(None),
+            queued: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
         });
         (peer.clone(), PendingPeer { peer, rx })
     }
 
-    /// Queues `msg` (step 1).
+    /// Sends `msg` (step 1): written at once by this thread when it may, else queued.
     pub(crate) fn send(&self, msg: Msg) {
-        let _ = self.tx.send(Out::Msg(msg));
+        match self.try_direct(&msg) {
+            Direct::Sent => {}
+            Direct::Failed(e) => {
+                tracing::debug!(peer = %self.name, error = %e, "write failed");
+                self.fail_write(&e);
+            }
+            Direct::Busy => self.enqueue(Out::Msg(msg)),
+        }
     }
 
-    /// Queues a bulk transfer with id `id`.
+    /// Queues a bulk transfer with id `id` (always through the writer task).
     pub(crate) fn send_bulk(&self, id: u64, data: BulkData) {
-        let _ = self.tx.send(Out::Bulk(id, data));
+        self.enqueue(Out::Bulk(id, data));
+    }
+
+    fn enqueue(&self, out: Out) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Writes `msg` on this thread if nothing is queued before it and nobody else is writing,
+    /// and this is not an I/O thread (which must never block on a socket).
+    fn try_direct(&self, msg: &Msg) -> Direct {
+        if self.queued.load(Ordering::Acquire) != 0
+            || self.is_closed()
+            || tokio::runtime::Handle::try_current().is_ok()
+        {
+            return Direct::Busy;
+        }
+        let Ok(mut guard) = self.direct.try_lock() else {
+            return Direct::Busy;
+        };
+        let Some(send) = guard.as_mut() else {
+            return Direct::Busy;
+        };
+        // Re-checked under the lock: a message queued meanwhile must go first.
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Direct::Busy;
+        }
+        let result = FBB.with(|fbb| {
+            let mut fbb = fbb.borrow_mut();
+            let bytes = proto::encode(msg, &mut fbb);
+            block_on_io(send.send(msg.tag(), bytes))
+        });
+        drop(guard);
+        if self.queued.load(Ordering::Acquire) != 0 {
+            self.released.notify_one();
+        }
+        match result {
+            Ok(()) => Direct::Sent,
+            Err(e) => Direct::Failed(e.to_string()),
+        }
+    }
+
+    /// A direct write failed: the writer task closes the socket, and the reader then reports
+    /// the close (once) to the handler and the waiters.
+    fn fail_write(&self, reason: &str) {
+        let mut r = lock(&self.close_reason);
+        if r.is_none() {
+            *r = Some(reason.to_owned());
+        }
+        drop(r);
+        self.closing.notify_one();
     }
 
     /// A fresh request id for this connection.
@@ -178,7 +254,7 @@ impl Peer {
         if self.closed.swap(true, Ordering::AcqRel) {
             return false;
         }
-        *lock(&self.close_reason) = Some(reason.to_owned());
+        lock(&self.close_reason).get_or_insert_with(|| reason.to_owned());
         // The writer holds the socket: without this it would wait for the next message
         // (forever, on a connection nobody sends to) before closing it.
         self.closing.notify_one();
@@ -221,14 +297,47 @@ impl PendingPeer {
     }
 }
 
+/// Whether a direct write happened.
+enum Direct {
+    Sent,
+    Failed(String),
+    Busy,
+}
+
+/// Polls a write to completion on a thread outside the I/O runtime. The socket is registered
+/// with the I/O runtime's reactor, which keeps running on its own thread and wakes this one
+/// if the socket is full.
+fn block_on_io<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// Largest number of queued messages written in one batch.
 const MAX_BATCH: usize = 256;
 
-async fn write_loop(peer: Arc<Peer>, mut send: SendHalf, mut rx: mpsc::UnboundedReceiver<Out>) {
+async fn write_loop(peer: Arc<Peer>, send: SendHalf, mut rx: mpsc::UnboundedReceiver<Out>) {
     let mut fbb = FlatBufferBuilder::with_capacity(1024);
     let mut encoded: Vec<(Tag, Vec<u8>)> = Vec::with_capacity(MAX_BATCH);
     let mut bulk: Option<(u64, BulkData)> = None;
-    loop {
+    *lock(&peer.direct) = Some(send);
+    'outer: loop {
         let first = tokio::select! {
             biased;
             _ = peer.closing.notified() => break,
@@ -237,17 +346,33 @@ async fn write_loop(peer: Arc<Peer>, mut send: SendHalf, mut rx: mpsc::Unbounded
                 None => break,
             },
         };
-        if peer.is_closed() {
-            break;
-        }
+        // Take the send half from the direct writers (waiting while one is writing).
+        let mut send = loop {
+            if peer.is_closed() {
+                break 'outer;
+            }
+            if let Ok(mut g) = peer.direct.try_lock()
+                && let Some(s) = g.take()
+            {
+                break s;
+            }
+            tokio::select! {
+                _ = peer.released.notified() => {}
+                _ = peer.closing.notified() => break 'outer,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
+            }
+        };
+        let mut taken = 0usize;
         let mut next = Some(first);
         loop {
             match next.take() {
                 Some(Out::Msg(m)) => {
+                    taken += 1;
                     let bytes = proto::encode(&m, &mut fbb).to_vec();
                     encoded.push((m.tag(), bytes));
                 }
                 Some(Out::Bulk(id, data)) => {
+                    taken += 1;
                     bulk = Some((id, data));
                     break;
                 }
@@ -261,17 +386,19 @@ async fn write_loop(peer: Arc<Peer>, mut send: SendHalf, mut rx: mpsc::Unbounded
                 Err(_) => break,
             }
         }
+        let mut failed = None;
         if !encoded.is_empty() {
             let batch: Vec<(Tag, &[u8])> = encoded.iter().map(|(t, b)| (*t, &b[..])).collect();
             let r = send.send_batch(&batch).await;
             drop(batch);
             encoded.clear();
             if let Err(e) = r {
-                peer.close(&e.to_string());
-                break;
+                failed = Some(e.to_string());
             }
         }
-        if let Some((id, data)) = bulk.take() {
+        if failed.is_none()
+            && let Some((id, data)) = bulk.take()
+        {
             let r = match &data {
                 BulkData::Heap(b) => send.send_bulk(TransferId(id), b).await,
                 BulkData::Stored(s) => match s.pin(crate::id::ObjectId::from_u64(id)) {
@@ -283,12 +410,21 @@ async fn write_loop(peer: Arc<Peer>, mut send: SendHalf, mut rx: mpsc::Unbounded
                 },
             };
             if let Err(e) = r {
-                peer.close(&e.to_string());
-                break;
+                failed = Some(e.to_string());
             }
         }
+        // Written (or failed): direct writers may go again once the queue is empty.
+        *lock(&peer.direct) = Some(send);
+        peer.queued.fetch_sub(taken, Ordering::AcqRel);
+        if let Some(e) = failed {
+            peer.close(&e);
+            break;
+        }
     }
-    let _ = send.close().await;
+    let send = lock(&peer.direct).take();
+    if let Some(send) = send {
+        let _ = send.close().await;
+    }
 }
 
 async fn read_loop(peer: Arc<Peer>, mut recv: RecvHalf, handler: Arc<dyn Handler>) {
