@@ -1240,6 +1240,13 @@ impl Cluster {
                 }
             }
         });
+        if raylet_peer.is_closed() || self.gcs.is_closed() {
+            // Our node is gone (or cut off): a worker shares its raylet's fate, as in Ray.
+            // Exit now rather than wait for running tasks (`shutdown` joins them), so that
+            // our connections close and owners fail what they had in flight here.
+            tracing::warn!(index = self.index, "lost the raylet or the GCS: worker exiting");
+            std::process::exit(1);
+        }
         tracing::debug!(index = self.index, "worker stopping");
         crate::runtime::shutdown();
         std::process::exit(0);
