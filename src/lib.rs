@@ -92,6 +92,7 @@
 
 extern crate self as manta;
 
+pub use manta_core::cluster;
 pub use manta_core::{
     Actor, ActorHandle, ActorId, ActorOptions, Config, CustomResources, Element, Error, IntoArg,
     NodeStatus, ObjectId, ObjectRef, ObjectStoreStatus, PageKind, PutError, TaskError, TaskId,
@@ -99,7 +100,6 @@ pub use manta_core::{
     init_with, is_initialized, kill, put, put_ref, registered_functions, restart, shutdown, status,
     wait,
 };
-pub use manta_core::cluster;
 pub use manta_macros::{actor, remote};
 
 /// Items generated code names; not part of the public API.

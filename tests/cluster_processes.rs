@@ -114,7 +114,10 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     // Spread: a burst of slow tasks lands on more than one node (hybrid: pack to 50%, spread).
     let refs: Vec<_> = (0..16).map(|_| where_am_i::remote(100u64)).collect();
     let nodes: BTreeSet<u64> = manta::get_all(&refs).unwrap().into_iter().collect();
-    assert!(nodes.len() >= 3, "16 tasks of 100 ms should spread over nodes, ran on {nodes:?}");
+    assert!(
+        nodes.len() >= 3,
+        "16 tasks of 100 ms should spread over nodes, ran on {nodes:?}"
+    );
     assert!(!nodes.contains(&0), "the driver runs no tasks: {nodes:?}");
 
     // A custom resource only one node has.
@@ -129,7 +132,11 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     assert_eq!(special, holder.node_id);
 
     // Infeasible everywhere: a clear error, fast.
-    let e = where_am_i::options().num_gpus(1.0).remote(0u64).get().unwrap_err();
+    let e = where_am_i::options()
+        .num_gpus(1.0)
+        .remote(0u64)
+        .get()
+        .unwrap_err();
     assert!(matches!(e, manta::Error::Infeasible { .. }), "{e}");
 
     // Large objects both ways: a 32 MiB put read by a task, a 16 MiB result read by the driver.
@@ -156,7 +163,10 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     assert_eq!(sum_refs::remote(puts).get().unwrap(), 15);
 
     // Nested tasks inside a worker.
-    assert_eq!(nested_tasks::remote(20u64).get().unwrap(), (0..20u64).map(|x| x * x).sum());
+    assert_eq!(
+        nested_tasks::remote(20u64).get().unwrap(),
+        (0..20u64).map(|x| x * x).sum()
+    );
 
     // A panic comes back as a TaskError with its message.
     match boom::remote("remote boom".to_string()).get() {
@@ -175,11 +185,17 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     let calls: Vec<_> = (1..=50u64).map(|i| counter.incr(i)).collect();
     let last = calls.last().unwrap().get().unwrap();
     assert_eq!(last, 10 + (1..=50u64).sum::<u64>());
-    assert_eq!(counter.log().get().unwrap(), (1..=50u64).collect::<Vec<_>>());
+    assert_eq!(
+        counter.log().get().unwrap(),
+        (1..=50u64).collect::<Vec<_>>()
+    );
     assert_ne!(counter.node().get().unwrap(), 0);
     let found = manta::get_actor::<Counter>("counter").unwrap();
     assert_eq!(found.incr(0).get().unwrap(), last);
-    assert_eq!(ask_counter::remote("counter".to_string()).get().unwrap(), last + 100);
+    assert_eq!(
+        ask_counter::remote("counter".to_string()).get().unwrap(),
+        last + 100
+    );
     let dup = Counter::options().name("counter").remote(0u64);
     assert!(dup.ready().get().is_err(), "a taken name is refused");
     let state = manta::cluster::query(&cluster.address, &cluster.token).unwrap();

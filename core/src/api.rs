@@ -152,11 +152,10 @@ fn actor_cell<A: Actor>(actor: &ActorHandle<A>) -> &Arc<crate::actor::ActorCell>
 
 /// Looks up a live named actor of class `A`.
 pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, Error> {
-    let cell = with_current(|rt| rt.named_actor_anywhere(name))??.ok_or_else(|| {
-        Error::ActorNotFound {
+    let cell =
+        with_current(|rt| rt.named_actor_anywhere(name))??.ok_or_else(|| Error::ActorNotFound {
             name: name.to_string(),
-        }
-    })?;
+        })?;
     if cell.class_name() != A::CLASS.name() {
         return Err(Error::ActorClassMismatch {
             name: name.to_string(),

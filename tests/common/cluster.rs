@@ -81,7 +81,10 @@ fn wait_for(path: &std::path::Path, what: &str) -> String {
         {
             return s.trim().to_owned();
         }
-        assert!(Instant::now() < deadline, "{what} did not come up within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not come up within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -138,7 +141,10 @@ impl LocalCluster {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "{n} nodes did not join within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "{n} nodes did not join within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

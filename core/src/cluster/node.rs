@@ -271,6 +271,7 @@ impl Raylet {
         v
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_worker(
         &self,
         from: &Arc<Peer>,

@@ -578,6 +578,7 @@ impl Cluster {
     }
 
     /// Submits a task to a worker process elsewhere; completes `cell` when it is done.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit_remote(
         &self,
         rt: &Arc<RuntimeInner>,
@@ -626,6 +627,7 @@ impl Cluster {
 
     /// Creates an actor in a worker process elsewhere; `created` completes when its
     /// constructor has run there. Returns the actor's location.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_actor_remote(
         &self,
         rt: &Arc<RuntimeInner>,
@@ -939,14 +941,15 @@ impl Cluster {
             }
         };
         let cell2 = rt.lookup_escaped(ObjectId::from_u64(object_id));
-        if let Some(cell2) = cell2 {
-            if let Err(Waiter::Callback(f)) = cell2.register(Waiter::Callback(Box::new(respond))) {
-                f();
-            }
+        if let Some(cell2) = cell2
+            && let Err(Waiter::Callback(f)) = cell2.register(Waiter::Callback(Box::new(respond)))
+        {
+            f();
         }
     }
 
     /// Sends a ready value to a puller: inline in the reply, or as a bulk transfer after it.
+    #[allow(clippy::only_used_in_recursion)]
     fn send_value(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64, v: ObjectValue) {
         match &v.data {
             Payload::Inline(b) => peer.send(Msg::ObjectData {
@@ -1051,9 +1054,17 @@ impl Cluster {
         borrowed.insert(object_id, Arc::downgrade(&cell));
         drop(borrowed);
         let c2 = cell.clone();
-        self.pull(holder, object_id, 2, Box::new(move |r| {
-            c2.complete(r.map(|data| ObjectValue { data, nested: Box::new([]) }));
-        }));
+        self.pull(
+            holder,
+            object_id,
+            2,
+            Box::new(move |r| {
+                c2.complete(r.map(|data| ObjectValue {
+                    data,
+                    nested: Box::new([]),
+                }));
+            }),
+        );
         cell
     }
 
@@ -1128,6 +1139,7 @@ impl Cluster {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_pushed_task(
         &self,
         peer: &Arc<Peer>,
@@ -1152,6 +1164,7 @@ impl Cluster {
         self.reply_when_done(peer, task_id, &cell);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create_pushed_actor(
         &self,
         peer: &Arc<Peer>,
@@ -1244,7 +1257,10 @@ impl Cluster {
             // Our node is gone (or cut off): a worker shares its raylet's fate, as in Ray.
             // Exit now rather than wait for running tasks (`shutdown` joins them), so that
             // our connections close and owners fail what they had in flight here.
-            tracing::warn!(index = self.index, "lost the raylet or the GCS: worker exiting");
+            tracing::warn!(
+                index = self.index,
+                "lost the raylet or the GCS: worker exiting"
+            );
             std::process::exit(1);
         }
         tracing::debug!(index = self.index, "worker stopping");
