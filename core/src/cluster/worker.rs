@@ -254,6 +254,8 @@ impl Cluster {
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         let _ = cluster.me.set(Arc::downgrade(&cluster));
+        // Hear of nodes joining and dying (an owner fails its work on a dead node).
+        cluster.gcs.send(Msg::Subscribe { request_id: 0 });
         // Accept other members.
         let weak = Arc::downgrade(&cluster);
         cluster.io.spawn(async move {
@@ -414,12 +416,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// Marks a node dead (a NodeEvent from the GCS).
+    /// Marks a node dead (a NodeEvent from the GCS) and fails what this process had in flight
+    /// on the job's worker there: its connection may never report the loss (an unreachable
+    /// host sends no FIN), and no new work may be placed there.
     fn node_died(&self, node_id: u64) {
+        let mut lost = Vec::new();
         for s in lock(&self.nodes).iter_mut() {
             if s.node_id == node_id {
                 s.alive = false;
+                if let Some((index, _)) = s.worker.take() {
+                    lost.push(index);
+                }
             }
+        }
+        for index in lost {
+            if let Some(p) = lock(&self.peers).remove(&index) {
+                p.shutdown("its node died");
+            }
+            self.worker_lost(index, &format!("node {node_id} died"));
         }
     }
 
