@@ -102,6 +102,12 @@ impl Gcs {
                 w.alive = false;
             }
         }
+        for a in state.actors.values_mut() {
+            if a.node_id == node_id && a.alive {
+                a.alive = false;
+                a.death = format!("its node {node_id} died ({why})");
+            }
+        }
         Self::publish(state, &Msg::NodeEvent { node });
     }
 

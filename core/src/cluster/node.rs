@@ -273,6 +273,7 @@ impl Raylet {
         v
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_worker(
         &self,
         from: &Arc<Peer>,

@@ -473,12 +473,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// Marks a node dead (a NodeEvent from the GCS).
+    /// Marks a node dead (a NodeEvent from the GCS) and fails what this process had in flight
+    /// on the job's worker there: its connection may never report the loss (an unreachable
+    /// host sends no FIN), and no new work may be placed there.
     fn node_died(&self, node_id: u64) {
+        let mut lost = Vec::new();
         for s in lock(&self.nodes).iter_mut() {
             if s.node_id == node_id {
                 s.alive = false;
+                if let Some((index, _)) = s.worker.take() {
+                    lost.push(index);
+                }
             }
+        }
+        for index in lost {
+            if let Some(p) = lock(&self.peers).remove(&index) {
+                p.shutdown("its node died");
+            }
+            self.worker_lost(index, &format!("node {node_id} died"));
         }
     }
 
@@ -637,6 +649,7 @@ impl Cluster {
     }
 
     /// Submits a task to a worker process elsewhere; completes `cell` when it is done.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit_remote(
         &self,
         rt: &Arc<RuntimeInner>,
@@ -693,6 +706,7 @@ impl Cluster {
 
     /// Creates an actor in a worker process elsewhere; `created` completes when its
     /// constructor has run there. Returns the actor's location.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_actor_remote(
         &self,
         rt: &Arc<RuntimeInner>,
@@ -1316,6 +1330,7 @@ impl Cluster {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_pushed_task(
         &self,
         peer: &Arc<Peer>,
@@ -1340,6 +1355,7 @@ impl Cluster {
         self.reply_when_done(peer, task_id, &cell);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create_pushed_actor(
         &self,
         peer: &Arc<Peer>,
@@ -1428,6 +1444,16 @@ impl Cluster {
                 }
             }
         });
+        if raylet_peer.is_closed() || self.gcs.is_closed() {
+            // Our node is gone (or cut off): a worker shares its raylet's fate, as in Ray.
+            // Exit now rather than wait for running tasks (`shutdown` joins them), so that
+            // our connections close and owners fail what they had in flight here.
+            tracing::warn!(
+                index = self.index,
+                "lost the raylet or the GCS: worker exiting"
+            );
+            std::process::exit(1);
+        }
         tracing::debug!(index = self.index, "worker stopping");
         crate::runtime::shutdown();
         std::process::exit(0);
