@@ -15,7 +15,6 @@
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/cluster.rs"]
 mod cluster;
-#[allow(dead_code, unreachable_pub)]
 #[path = "../tests/netns/mod.rs"]
 mod netns;
 
