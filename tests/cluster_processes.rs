@@ -39,6 +39,12 @@ fn make_vec(n: usize, value: f32) -> Vec<f32> {
 }
 
 #[manta::remote]
+fn node_of_arg(v: Vec<f32>) -> u64 {
+    assert!(!v.is_empty());
+    node_id()
+}
+
+#[manta::remote]
 fn add(a: u64, b: u64) -> u64 {
     a + b
 }
@@ -152,6 +158,13 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     // A result held by one worker passed to another task (pulled worker to worker).
     let again = sum_f32::remote(&made).get().unwrap();
     assert_eq!(again, 2.0 * (4 << 20) as f64);
+
+    // Locality: a task whose big argument one worker holds runs on that worker's node.
+    let on_special = make_vec::options()
+        .resource("special", 1.0)
+        .remote(1usize << 20, 1.0f32);
+    manta::wait(vec![on_special.clone()], 1, None).unwrap();
+    assert_eq!(node_of_arg::remote(&on_special).get().unwrap(), special);
 
     // Chains of refs and refs nested in values.
     let a = square::remote(3u64);

@@ -661,7 +661,20 @@ impl Cluster {
         max_retries: u32,
         retries_left: u32,
     ) {
-        let (node, worker, peer) = match self.place(request, None) {
+        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
+        // Prefer the worker that holds the largest argument (Ray's locality-aware leasing),
+        // as long as its node is not busy.
+        let preferred = wire_args
+            .iter()
+            .filter_map(|a| match a {
+                Arg::Ref { holder, len, .. } if *holder != self.index && *len > 0 => {
+                    Some((*len, *holder))
+                }
+                _ => None,
+            })
+            .max()
+            .map(|(_, holder)| holder);
+        let (node, worker, peer) = match self.place(request, preferred) {
             Ok(p) => p,
             Err(e) => {
                 cell.complete(Err(e));
@@ -669,7 +682,6 @@ impl Cluster {
             }
         };
         let task_id = cell.id().as_u64();
-        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
         let cpus = request.num_cpus;
         if let Some(s) = lock(&self.nodes).get_mut(node) {
             s.busy_cpus += cpus;
