@@ -137,6 +137,35 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
         .unwrap();
     assert_eq!(special, holder.node_id);
 
+    // `manta status` sees resources in use: two long tasks fill the special node's 2 CPUs.
+    let long: Vec<_> = (0..2)
+        .map(|_| {
+            where_am_i::options()
+                .resource("special", 0.5)
+                .remote(3000u64)
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = manta::cluster::query(&cluster.address, &cluster.token).unwrap();
+        let node = state.nodes.iter().find(|n| n.node_id == special).unwrap();
+        let cpu = node.resources.iter().find(|(k, _, _)| k == "CPU").unwrap();
+        let store = node
+            .resources
+            .iter()
+            .find(|(k, _, _)| k == "object_store_memory");
+        if cpu.1 == 0.0 && store.is_some_and(|s| s.2 > 0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node's CPUs never showed as used: {:?}",
+            node.resources
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(manta::get_all(&long).unwrap().iter().all(|n| *n == special));
+
     // Infeasible everywhere: a clear error, fast.
     let e = where_am_i::options()
         .num_gpus(1.0)

@@ -251,9 +251,19 @@ pub fn status(args: &ClusterArgs) -> Result<()> {
             }
         }
     }
-    println!("resources (available / total):");
+    println!("resources:");
     for (name, avail, total) in totals {
-        println!("  {name:>10}: {avail} / {total}");
+        if name == "object_store_memory" {
+            let gib = |b: f64| b / (1u64 << 30) as f64;
+            println!(
+                "  {:>19}: {:.2} GiB used of {:.2} GiB",
+                "object store",
+                gib(total - avail),
+                gib(total)
+            );
+        } else {
+            println!("  {name:>19}: {} used of {total}", total - avail);
+        }
     }
     println!("nodes:");
     for n in &state.nodes {
@@ -270,6 +280,7 @@ fn print_node(n: &cluster::NodeRow) {
     let res: Vec<String> = n
         .resources
         .iter()
+        .filter(|(name, _, _)| name != "object_store_memory")
         .map(|(name, _, total)| format!("{name}={total}"))
         .collect();
     println!(

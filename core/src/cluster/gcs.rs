@@ -161,8 +161,12 @@ impl Gcs {
                 if let Some(e) = s.nodes.iter_mut().find(|e| e.node.node_id == node_id) {
                     e.last_heard = Instant::now();
                     for r in resources {
-                        if let Some(mine) = e.node.resources.iter_mut().find(|m| m.name == r.name) {
-                            mine.available = r.available;
+                        match e.node.resources.iter_mut().find(|m| m.name == r.name) {
+                            Some(mine) => {
+                                mine.available = r.available;
+                                mine.total = r.total;
+                            }
+                            None => e.node.resources.push(r),
                         }
                     }
                     e.node.store_used = store_used;

@@ -234,6 +234,8 @@ struct WorkerProc {
     address: String,
     peer: Option<Arc<Peer>>,
     waiting: Vec<(Arc<Peer>, u64)>,
+    /// The worker's last report: `(resource, available, total)`, store bytes in use.
+    load: Vec<Resource>,
 }
 
 /// The raylet of this node.
@@ -250,7 +252,47 @@ struct Raylet {
 }
 
 impl Raylet {
+    /// The node's resources with what its workers last reported in use subtracted, and the
+    /// object store (every worker's arena) as the `object_store_memory` resource, as Ray
+    /// reports it.
     fn resources(&self) -> Vec<Resource> {
+        let mut v = self.totals();
+        let workers = lock(&self.workers);
+        let mut store = Resource {
+            name: "object_store_memory".into(),
+            total: 0.0,
+            available: 0.0,
+        };
+        for w in workers.values() {
+            for r in &w.load {
+                if r.name == "object_store_memory" {
+                    store.total += r.total;
+                    store.available += r.available;
+                } else if let Some(mine) = v.iter_mut().find(|m| m.name == r.name) {
+                    mine.available -= (r.total - r.available).max(0.0);
+                }
+            }
+        }
+        for r in &mut v {
+            r.available = r.available.max(0.0);
+        }
+        if store.total > 0.0 {
+            v.push(store);
+        }
+        v
+    }
+
+    /// Store bytes in use on this node (every worker's arena).
+    fn store_used(&self) -> u64 {
+        lock(&self.workers)
+            .values()
+            .flat_map(|w| w.load.iter())
+            .filter(|r| r.name == "object_store_memory")
+            .map(|r| (r.total - r.available).max(0.0) as u64)
+            .sum()
+    }
+
+    fn totals(&self) -> Vec<Resource> {
         let mut v = vec![Resource {
             name: "CPU".into(),
             total: self.opts.num_cpus,
@@ -340,6 +382,7 @@ impl Raylet {
                         address: String::new(),
                         peer: None,
                         waiting: vec![(from.clone(), request_id)],
+                        load: Vec::new(),
                     },
                 );
             }
@@ -455,6 +498,15 @@ impl Handler for RayletHandler {
                 address,
                 ..
             } => self.0.worker_ready(peer, job_id, index, address),
+            Msg::Heartbeat { resources, .. } => {
+                let mut workers = lock(&self.0.workers);
+                if let Some(w) = workers
+                    .values_mut()
+                    .find(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
+                {
+                    w.load = resources;
+                }
+            }
             Msg::JobEvent {
                 job_id,
                 finished: true,
@@ -594,7 +646,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     raylet.reap();
-                    gcs.send(Msg::Heartbeat { node_id, resources: raylet.resources(), store_used: 0 });
+                    gcs.send(Msg::Heartbeat { node_id, resources: raylet.resources(), store_used: raylet.store_used() });
                 }
             }
         }

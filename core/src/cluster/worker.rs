@@ -1452,6 +1452,7 @@ impl Cluster {
                         if raylet_peer.is_closed() || self.gcs.is_closed() {
                             break;
                         }
+                        raylet_peer.send(self.load_report(node_id));
                     }
                 }
             }
@@ -1469,6 +1470,43 @@ impl Cluster {
         tracing::debug!(index = self.index, "worker stopping");
         crate::runtime::shutdown();
         std::process::exit(0);
+    }
+
+    /// What this worker uses of its node: its scheduler's free resources and its store.
+    fn load_report(&self, node_id: u64) -> Msg {
+        let Some(rt) = self.runtime() else {
+            return Msg::Heartbeat {
+                node_id,
+                resources: Vec::new(),
+                store_used: 0,
+            };
+        };
+        let mut resources: Vec<Resource> = rt
+            .scheduler
+            .resources
+            .snapshot()
+            .into_iter()
+            .map(|(name, available, total)| Resource {
+                name,
+                total,
+                available,
+            })
+            .collect();
+        let mut store_used = 0;
+        if let Some(store) = &rt.store {
+            let s = store.status();
+            store_used = s.used as u64;
+            resources.push(Resource {
+                name: "object_store_memory".into(),
+                total: s.capacity as f64,
+                available: s.capacity.saturating_sub(s.used) as f64,
+            });
+        }
+        Msg::Heartbeat {
+            node_id,
+            resources,
+            store_used,
+        }
     }
 
     /// Leaves the cluster (at `shutdown`): closes connections.
