@@ -77,9 +77,10 @@ fn time_each(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> 
 
 /// Raw TCP: a receiver that reads `BYTES` into a buffer and acknowledges, and 8-byte echoes.
 fn raw_receiver(listener: TcpListener) -> Result<()> {
+    // Touched before the sender starts, as the store's reused space is on the pulls timed.
+    let mut buf = vec![1u8; BYTES];
     let (mut s, _) = listener.accept()?;
     s.set_nodelay(true)?;
-    let mut buf = vec![0u8; BYTES];
     s.read_exact(&mut buf)?;
     s.write_all(&[1])?;
     let mut b = [0u8; 8];

@@ -1,4 +1,5 @@
-//! Manta's quickstart job: tasks, an actor and a large object on the embedded runtime.
+//! Manta's quickstart job: tasks, an actor and a large object, on the embedded runtime or, with
+//! `MANTA_ADDRESS` set, on a running cluster (unchanged).
 //!
 //! It puts a 64 MiB array into the shared-memory object store, sums it in parallel with remote
 //! tasks (each is handed a reference to the array and reads its own slice through a zero-copy
@@ -61,10 +62,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     manta::init()?;
     let status = manta::status()?;
-    println!(
-        "manta: embedded runtime with {} slots, resources {:?}",
-        status.slots, status.resources
-    );
+    match &status.cluster {
+        Some(address) => println!("manta: driver of the cluster at {address}"),
+        None => println!(
+            "manta: embedded runtime with {} slots, resources {:?}",
+            status.slots, status.resources
+        ),
+    }
 
     let data: Vec<u32> = (0..LEN as u32).collect();
     let array = manta::put(data)?;

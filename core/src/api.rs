@@ -216,6 +216,8 @@ pub struct NodeStatus {
     pub uptime: Duration,
     /// The shared-memory object store (`None` if it could not be created at `init`).
     pub object_store: Option<ObjectStoreStatus>,
+    /// The GCS address of the cluster this process joined (`None`: the embedded runtime).
+    pub cluster: Option<String>,
 }
 
 /// The current node's status.
@@ -229,6 +231,7 @@ pub fn status() -> Result<NodeStatus, Error> {
         escaped_objects: rt.escaped_count(),
         uptime: rt.started.elapsed(),
         object_store: rt.store.as_ref().map(|s| s.status()),
+        cluster: rt.cluster.as_ref().map(|c| c.gcs_address.clone()),
     })
 }
 
