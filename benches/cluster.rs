@@ -76,9 +76,9 @@ fn time_each(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> 
 }
 
 /// Raw TCP: a receiver that reads `BYTES` into a buffer and acknowledges, and 8-byte echoes.
-fn raw_receiver(listener: TcpListener) -> Result<()> {
-    // Touched before the sender starts, as the store's reused space is on the pulls timed.
-    let mut buf = vec![1u8; BYTES];
+/// `buf` is touched memory (as the store's reused space is on the pulls timed), filled before
+/// the listener was bound so that no sender starts its clock early.
+fn raw_receiver(mut buf: Vec<u8>, listener: TcpListener) -> Result<()> {
     let (mut s, _) = listener.accept()?;
     s.set_nodelay(true)?;
     s.read_exact(&mut buf)?;
@@ -112,9 +112,10 @@ fn raw_sender(addr: SocketAddr) -> Result<(f64, f64, f64)> {
 }
 
 fn raw_loopback() -> Result<(f64, f64, f64)> {
+    let buf = vec![1u8; BYTES];
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let rx = std::thread::spawn(move || raw_receiver(listener));
+    let rx = std::thread::spawn(move || raw_receiver(buf, listener));
     let r = raw_sender(addr)?;
     rx.join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
@@ -287,8 +288,9 @@ fn two_hosts() -> Result<()> {
 
 fn child(mode: &str) -> Result<()> {
     if let Some(addr) = mode.strip_prefix("recv:") {
+        let buf = vec![1u8; BYTES];
         let listener = TcpListener::bind(addr)?;
-        return raw_receiver(listener);
+        return raw_receiver(buf, listener);
     }
     if let Some(addr) = mode.strip_prefix("send:") {
         let addr: SocketAddr = addr.parse()?;
