@@ -184,6 +184,8 @@ catalogue! {
     /// The cluster's token (printed by `manta start --head`); empty means the one in the
     /// session directory of the cluster at `address`, if this host has it.
     token: String = String::new(), env "MANTA_TOKEN";
+    /// Whether processes of one host talk over shared-memory rings (else loopback TCP).
+    shm_transport: bool = true, env "MANTA_SHM_TRANSPORT";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

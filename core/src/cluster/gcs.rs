@@ -28,6 +28,8 @@ struct WorkerEntry {
     node_id: u64,
     job_id: u64,
     address: String,
+    shm_path: String,
+    host_id: String,
     alive: bool,
     peer: Arc<Peer>,
     is_driver: bool,
@@ -179,6 +181,8 @@ impl Gcs {
                 address,
                 executable,
                 pid,
+                shm_path,
+                host_id,
                 ..
             } => {
                 let index = s.next_worker;
@@ -199,6 +203,8 @@ impl Gcs {
                         node_id,
                         job_id,
                         address,
+                        shm_path,
+                        host_id,
                         alive: true,
                         peer: peer.clone(),
                         is_driver,
@@ -224,6 +230,8 @@ impl Gcs {
                         job_id: w.job_id,
                         address: w.address.clone(),
                         alive: w.alive,
+                        shm_path: w.shm_path.clone(),
+                        host_id: w.host_id.clone(),
                     },
                     None => Msg::WorkerInfo {
                         request_id,
@@ -232,6 +240,8 @@ impl Gcs {
                         job_id: 0,
                         address: String::new(),
                         alive: false,
+                        shm_path: String::new(),
+                        host_id: String::new(),
                     },
                 };
                 peer.send(reply);

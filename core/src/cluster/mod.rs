@@ -107,6 +107,7 @@ pub(crate) fn join_from_env(config: &mut Resolved) -> Result<Option<Arc<worker::
         token,
         role,
         max_inline: config.max_inline_object_bytes,
+        shm: config.shm_transport,
     })
     .map(Some)
 }
@@ -131,7 +132,16 @@ pub(crate) fn owner_of(id: u64) -> u64 {
 
 /// Transport settings for a member named `name`.
 pub(crate) fn transport_config(token: &str, name: String) -> TransportConfig {
-    TransportConfig::new(token.as_bytes().to_vec(), name)
+    let mut c = TransportConfig::new(token.as_bytes().to_vec(), name);
+    // A shared-memory reader's spin before it parks: the cluster's I/O thread shares few
+    // cores with the slots it feeds, so it spins briefly (MANTA_SHM_SPIN_US).
+    c.shm_spin = Duration::from_micros(
+        std::env::var("MANTA_SHM_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    c
 }
 
 /// Parses `host:port` into a socket address (resolving a host name).

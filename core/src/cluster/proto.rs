@@ -100,6 +100,8 @@ pub(crate) enum Msg {
         executable: String,
         args: Vec<String>,
         cwd: String,
+        shm_path: String,
+        host_id: String,
     },
     Registered {
         request_id: u64,
@@ -130,6 +132,8 @@ pub(crate) enum Msg {
         job_id: u64,
         address: String,
         alive: bool,
+        shm_path: String,
+        host_id: String,
     },
     KvPut {
         request_id: u64,
@@ -589,11 +593,15 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             executable,
             args,
             cwd,
+            shm_path,
+            host_id,
         } => {
             let address = opt_str(fbb, address);
             let executable = opt_str(fbb, executable);
             let args = opt_strings(fbb, args);
             let cwd = opt_str(fbb, cwd);
+            let shm_path = opt_str(fbb, shm_path);
+            let host_id = opt_str(fbb, host_id);
             table!(
                 RegisterWorker,
                 RegisterWorkerArgs {
@@ -605,6 +613,8 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     executable,
                     args,
                     cwd,
+                    shm_path,
+                    host_id,
                 }
             );
         }
@@ -674,8 +684,12 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             job_id,
             address,
             alive,
+            shm_path,
+            host_id,
         } => {
             let address = opt_str(fbb, address);
+            let shm_path = opt_str(fbb, shm_path);
+            let host_id = opt_str(fbb, host_id);
             table!(
                 WorkerInfo,
                 WorkerInfoArgs {
@@ -685,6 +699,8 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     job_id: *job_id,
                     address,
                     alive: *alive,
+                    shm_path,
+                    host_id,
                 }
             );
         }
@@ -1154,6 +1170,8 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 executable: string(t.executable()),
                 args: strings(t.args()),
                 cwd: string(t.cwd()),
+                shm_path: string(t.shm_path()),
+                host_id: string(t.host_id()),
             }
         }
         TAG_REGISTERED => {
@@ -1202,6 +1220,8 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 job_id: t.job_id(),
                 address: string(t.address()),
                 alive: t.alive(),
+                shm_path: string(t.shm_path()),
+                host_id: string(t.host_id()),
             }
         }
         TAG_KV_PUT => {
@@ -1482,6 +1502,8 @@ mod tests {
                 executable: "/usr/bin/app".into(),
                 args: vec!["--flag".into(), "value".into()],
                 cwd: "/home/me".into(),
+                shm_path: "/tmp/manta-w11.sock".into(),
+                host_id: "boot/net:[1]".into(),
             },
             Msg::Registered {
                 request_id: 3,
@@ -1510,6 +1532,8 @@ mod tests {
                 job_id: 3,
                 address: "10.0.0.2:40000".into(),
                 alive: true,
+                shm_path: "/tmp/manta-w12.sock".into(),
+                host_id: "boot/net:[1]".into(),
             },
             Msg::KvPut {
                 request_id: 9,

@@ -147,6 +147,9 @@ pub(crate) struct Cluster {
     stop: tokio::sync::Notify,
     stopped: AtomicBool,
     max_inline: usize,
+    /// Our shared-memory listener's socket (removed when we leave).
+    shm_path: Option<std::path::PathBuf>,
+    host_id: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -184,6 +187,17 @@ pub(crate) struct JoinOptions {
     pub(crate) token: String,
     pub(crate) role: Role,
     pub(crate) max_inline: usize,
+    /// Also accept (and make) shared-memory connections with processes of this host.
+    pub(crate) shm: bool,
+}
+
+/// This host and network namespace: processes with equal ids can meet over shared memory.
+fn host_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let net = std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{}/{net}", boot.trim())
 }
 
 fn cluster_error(what: impl Into<String>, message: impl Into<String>) -> Error {
@@ -227,6 +241,36 @@ impl Cluster {
             Ok(other) => other.to_string(),
             Err(e) => return Err(cluster_error("listening", e.to_string())),
         };
+        // The shared-memory listener: a Unix socket in a directory of the system's temp dir.
+        let shm = if opts.shm {
+            let dir = std::env::temp_dir().join("manta-shm");
+            let _ = std::fs::create_dir_all(&dir);
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let path = dir.join(format!("w-{}-{stamp}.sock", std::process::id()));
+            let bound = io.block_on(async {
+                Listener::bind(
+                    &Address::Shm(path.clone()),
+                    super::transport_config(&token, "worker".into()),
+                )
+                .await
+            });
+            match bound {
+                Ok(l) => Some((l, path)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no shared-memory transport: processes of this host use TCP");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let shm_path = shm
+            .as_ref()
+            .map(|(_, p)| p.display().to_string())
+            .unwrap_or_default();
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
@@ -260,6 +304,8 @@ impl Cluster {
             executable: exe.clone(),
             args: args.clone(),
             cwd: cwd.clone(),
+            shm_path: shm_path.clone(),
+            host_id: host_id(),
         });
         let (index, job_id) = match wait_reply(rx, CALL_TIMEOUT, "registering with the GCS")? {
             Msg::Registered {
@@ -308,11 +354,29 @@ impl Cluster {
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
             max_inline: opts.max_inline,
+            shm_path: shm.as_ref().map(|(_, p)| p.clone()),
+            host_id: host_id(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         let _ = cluster.me.set(Arc::downgrade(&cluster));
         // Node deaths and joins reach the placement view.
         cluster.gcs.send(Msg::Subscribe { request_id: 0 });
+        if let Some((shm_listener, _)) = shm {
+            let weak = Arc::downgrade(&cluster);
+            cluster.io.spawn(async move {
+                loop {
+                    let conn = match shm_listener.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refused a shared-memory connection");
+                            continue;
+                        }
+                    };
+                    let Some(c) = weak.upgrade() else { return };
+                    c.adopt(conn);
+                }
+            });
+        }
         // Accept other members.
         let weak = Arc::downgrade(&cluster);
         cluster.io.spawn(async move {
@@ -391,19 +455,44 @@ impl Cluster {
         let token = self.token.clone();
         let name = self.my_name();
         let handler = self.handler();
+        let my_host = if self.shm_path.is_some() {
+            self.host_id.clone()
+        } else {
+            String::new()
+        };
         let _guard = self.io.enter();
         let rx = gcs.request(|request_id| Msg::GetWorker { request_id, index });
         self.io.spawn(async move {
-            let address = match rx.await {
+            let (address, shm) = match rx.await {
                 Ok(Ok(Msg::WorkerInfo {
                     address,
                     alive: true,
+                    shm_path,
+                    host_id,
                     ..
-                })) => address,
+                })) => {
+                    let shm = (!shm_path.is_empty() && host_id == my_host).then_some(shm_path);
+                    (address, shm)
+                }
                 Ok(Ok(_)) => return pending.fail(handler, &format!("worker {index} is not alive")),
                 Ok(Err(e)) => return pending.fail(handler, &e.to_string()),
                 Err(_) => return pending.fail(handler, "the GCS connection closed"),
             };
+            // Same host and namespace: shared-memory rings; else (or if that fails) TCP.
+            if let Some(path) = shm.filter(|_| !my_host.is_empty()) {
+                let config = super::transport_config(&token, name.clone());
+                match manta_transport::Connection::connect(
+                    &Address::Shm(std::path::PathBuf::from(&path)),
+                    &config,
+                )
+                .await
+                {
+                    Ok(conn) => return pending.attach(conn, handler),
+                    Err(e) => {
+                        tracing::debug!(error = %e, %path, "shared-memory connect failed: using TCP");
+                    }
+                }
+            }
             match super::connect(&address, &token, name).await {
                 Ok(conn) => pending.attach(conn, handler),
                 Err(e) => pending.fail(handler, &e.to_string()),
@@ -1465,11 +1554,18 @@ impl Cluster {
                 index = self.index,
                 "lost the raylet or the GCS: worker exiting"
             );
+            self.remove_shm_socket();
             std::process::exit(1);
         }
         tracing::debug!(index = self.index, "worker stopping");
         crate::runtime::shutdown();
         std::process::exit(0);
+    }
+
+    fn remove_shm_socket(&self) {
+        if let Some(p) = &self.shm_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     /// What this worker uses of its node: its scheduler's free resources and its store.
@@ -1512,6 +1608,7 @@ impl Cluster {
     /// Leaves the cluster (at `shutdown`): closes connections.
     pub(crate) fn leave(&self) {
         self.stopped.store(true, Ordering::Release);
+        self.remove_shm_socket();
         self.gcs.shutdown("shutdown");
         for p in lock(&self.peers).drain().map(|(_, p)| p) {
             p.shutdown("shutdown");

@@ -806,6 +806,8 @@ impl<'a> RegisterWorker<'a> {
   pub const VT_EXECUTABLE: ::flatbuffers::VOffsetT = 14;
   pub const VT_ARGS: ::flatbuffers::VOffsetT = 16;
   pub const VT_CWD: ::flatbuffers::VOffsetT = 18;
+  pub const VT_SHM_PATH: ::flatbuffers::VOffsetT = 20;
+  pub const VT_HOST_ID: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -820,6 +822,8 @@ impl<'a> RegisterWorker<'a> {
     builder.add_job_id(args.job_id);
     builder.add_node_id(args.node_id);
     builder.add_request_id(args.request_id);
+    if let Some(x) = args.host_id { builder.add_host_id(x); }
+    if let Some(x) = args.shm_path { builder.add_shm_path(x); }
     if let Some(x) = args.cwd { builder.add_cwd(x); }
     if let Some(x) = args.args { builder.add_args(x); }
     if let Some(x) = args.executable { builder.add_executable(x); }
@@ -885,6 +889,23 @@ impl<'a> RegisterWorker<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RegisterWorker::VT_CWD, None)}
   }
+  /// Unix-socket path where it also accepts shared-memory connections (empty: none).
+  #[inline]
+  pub fn shm_path(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RegisterWorker::VT_SHM_PATH, None)}
+  }
+  /// Which host (and network namespace) it runs on: only members with the same id connect
+  /// through `shm_path`.
+  #[inline]
+  pub fn host_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RegisterWorker::VT_HOST_ID, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for RegisterWorker<'_> {
@@ -901,6 +922,8 @@ impl ::flatbuffers::Verifiable for RegisterWorker<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("executable", Self::VT_EXECUTABLE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("args", Self::VT_ARGS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("cwd", Self::VT_CWD, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("shm_path", Self::VT_SHM_PATH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host_id", Self::VT_HOST_ID, false)?
      .finish();
     Ok(())
   }
@@ -914,6 +937,8 @@ pub struct RegisterWorkerArgs<'a> {
     pub executable: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub args: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub cwd: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shm_path: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub host_id: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for RegisterWorkerArgs<'a> {
   #[inline]
@@ -927,6 +952,8 @@ impl<'a> Default for RegisterWorkerArgs<'a> {
       executable: None,
       args: None,
       cwd: None,
+      shm_path: None,
+      host_id: None,
     }
   }
 }
@@ -969,6 +996,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegisterWorkerBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RegisterWorker::VT_CWD, cwd);
   }
   #[inline]
+  pub fn add_shm_path(&mut self, shm_path: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RegisterWorker::VT_SHM_PATH, shm_path);
+  }
+  #[inline]
+  pub fn add_host_id(&mut self, host_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RegisterWorker::VT_HOST_ID, host_id);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RegisterWorkerBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RegisterWorkerBuilder {
@@ -994,6 +1029,8 @@ impl ::core::fmt::Debug for RegisterWorker<'_> {
       ds.field("executable", &self.executable());
       ds.field("args", &self.args());
       ds.field("cwd", &self.cwd());
+      ds.field("shm_path", &self.shm_path());
+      ds.field("host_id", &self.host_id());
       ds.finish()
   }
 }
@@ -1622,6 +1659,8 @@ impl<'a> WorkerInfo<'a> {
   pub const VT_JOB_ID: ::flatbuffers::VOffsetT = 10;
   pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 12;
   pub const VT_ALIVE: ::flatbuffers::VOffsetT = 14;
+  pub const VT_SHM_PATH: ::flatbuffers::VOffsetT = 16;
+  pub const VT_HOST_ID: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1637,6 +1676,8 @@ impl<'a> WorkerInfo<'a> {
     builder.add_node_id(args.node_id);
     builder.add_index(args.index);
     builder.add_request_id(args.request_id);
+    if let Some(x) = args.host_id { builder.add_host_id(x); }
+    if let Some(x) = args.shm_path { builder.add_shm_path(x); }
     if let Some(x) = args.address { builder.add_address(x); }
     builder.add_alive(args.alive);
     builder.finish()
@@ -1685,6 +1726,20 @@ impl<'a> WorkerInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(WorkerInfo::VT_ALIVE, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn shm_path(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WorkerInfo::VT_SHM_PATH, None)}
+  }
+  #[inline]
+  pub fn host_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WorkerInfo::VT_HOST_ID, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for WorkerInfo<'_> {
@@ -1699,6 +1754,8 @@ impl ::flatbuffers::Verifiable for WorkerInfo<'_> {
      .visit_field::<u64>("job_id", Self::VT_JOB_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
      .visit_field::<bool>("alive", Self::VT_ALIVE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("shm_path", Self::VT_SHM_PATH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host_id", Self::VT_HOST_ID, false)?
      .finish();
     Ok(())
   }
@@ -1710,6 +1767,8 @@ pub struct WorkerInfoArgs<'a> {
     pub job_id: u64,
     pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub alive: bool,
+    pub shm_path: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub host_id: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for WorkerInfoArgs<'a> {
   #[inline]
@@ -1721,6 +1780,8 @@ impl<'a> Default for WorkerInfoArgs<'a> {
       job_id: 0,
       address: None,
       alive: false,
+      shm_path: None,
+      host_id: None,
     }
   }
 }
@@ -1755,6 +1816,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WorkerInfoBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<bool>(WorkerInfo::VT_ALIVE, alive, false);
   }
   #[inline]
+  pub fn add_shm_path(&mut self, shm_path: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerInfo::VT_SHM_PATH, shm_path);
+  }
+  #[inline]
+  pub fn add_host_id(&mut self, host_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerInfo::VT_HOST_ID, host_id);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WorkerInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WorkerInfoBuilder {
@@ -1778,6 +1847,8 @@ impl ::core::fmt::Debug for WorkerInfo<'_> {
       ds.field("job_id", &self.job_id());
       ds.field("address", &self.address());
       ds.field("alive", &self.alive());
+      ds.field("shm_path", &self.shm_path());
+      ds.field("host_id", &self.host_id());
       ds.finish()
   }
 }
