@@ -224,6 +224,8 @@ pub(crate) struct ActorCell {
     created: OnceLock<Arc<ObjectCell>>,
     /// Set when the actor lives in another worker process: this cell is then its proxy.
     remote: OnceLock<RemoteActor>,
+    /// Whether a handle to it was ever serialised (sent to another task or actor).
+    escaped: AtomicBool,
 }
 
 /// Where a remote actor lives.
@@ -308,7 +310,13 @@ impl ActorCell {
             ctor_args: OnceLock::new(),
             created: OnceLock::new(),
             remote: OnceLock::new(),
+            escaped: AtomicBool::new(false),
         }
+    }
+
+    /// Records that a handle was serialised: other processes may hold it now.
+    pub(crate) fn mark_escaped(&self) {
+        self.escaped.store(true, Ordering::Release);
     }
 
     /// Makes this cell the proxy of an actor living at `remote`.
@@ -627,12 +635,15 @@ impl ActorCell {
 
 impl Drop for ActorCell {
     fn drop(&mut self) {
+        // The owner's last handle went away. An actor whose handle never left this process
+        // goes too (Ray's rule); one whose handle was sent elsewhere may still be used there
+        // and lives until the job ends or `manta::kill` (no borrower protocol for actors yet).
         if let Some(remote) = self.remote.get()
             && !self.is_dead()
+            && !self.escaped.load(Ordering::Acquire)
             && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
             && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
         {
-            // The owner's last handle went away: the actor goes too (Ray's rule).
             cluster.kill_remote(remote, self.id.as_u64(), false);
         }
         if self.holds_resources.swap(false, Ordering::AcqRel) {

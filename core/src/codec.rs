@@ -75,6 +75,7 @@ pub(crate) fn note_nested(cell: &Arc<ObjectCell>) {
 
 /// Records an actor handle being serialised.
 pub(crate) fn note_nested_actor(actor: &Arc<ActorCell>) {
+    actor.mark_escaped();
     COLLECTOR.with(|c| {
         if let Some(v) = c.borrow_mut().as_mut() {
             v.push(Nested::Actor(actor.clone()));
