@@ -4,8 +4,10 @@
         `ray microbenchmark` output -> {case: {"per_second": x, "stddev": y}}
     compare_table.py regex-escape TEXT
         TEXT as a regex (Rust `regex` syntax) matching TEXT literally
-    compare_table.py table --ray JSON [--ray JSON...] --manta JSON [--md FILE] [--caption TEXT]
-        prints case | Ray 2.60 | Manta | Manta/Ray for every case in both, writes it as Markdown
+    compare_table.py table --ray JSON [--ray JSON...] --manta JSON [--manta-cluster JSON]
+                           [--md FILE] [--caption TEXT]
+        prints case | Ray 2.60 | Manta | Manta/Ray for every case in both, writes it as Markdown;
+        with --manta-cluster also | Manta (worker processes) | its ratio to Ray
 
 A case holds per_second (and stddev), p50_us/p99_us, or seconds. The ratio column always reads
 "how many times better Manta is": Manta/Ray for rates, Ray/Manta for latencies and times.
@@ -57,7 +59,15 @@ def cell(case, field, unit):
     return f"{text} {unit}"
 
 
-def build_rows(ray, manta):
+def ratio_text(rv, mv, higher_better):
+    if rv > 0 and mv > 0:
+        ratio = mv / rv if higher_better else rv / mv
+        text = f"{ratio:,.2f}×" if ratio < 100 else f"{ratio:,.0f}×"
+        return text + ("" if higher_better else " †")
+    return "n/a"
+
+
+def build_rows(ray, manta, cluster=None):
     rows, only = [], []
     for name in list(ray) + [n for n in manta if n not in ray]:
         if name.startswith("_"):
@@ -69,22 +79,32 @@ def build_rows(ray, manta):
             continue
         for field, suffix, unit, higher_better in fields:
             rv, mv = float(r[field]), float(m[field])
-            if rv > 0 and mv > 0:
-                ratio = mv / rv if higher_better else rv / mv
-                ratio_text = f"{ratio:,.2f}×" if ratio < 100 else f"{ratio:,.0f}×"
-                ratio_text += "" if higher_better else " †"
-            else:
-                ratio_text = "n/a"
-            rows.append((name + suffix, cell(r, field, unit), cell(m, field, unit), ratio_text))
+            row = [name + suffix, cell(r, field, unit), cell(m, field, unit),
+                   ratio_text(rv, mv, higher_better)]
+            if cluster is not None:
+                c = cluster.get(name)
+                if c and field in c:
+                    row += [cell(c, field, unit), ratio_text(rv, float(c[field]), higher_better)]
+                else:
+                    row += ["–", "–"]
+            rows.append(tuple(row))
     return rows, only
+
+
+def header(rows):
+    h = ["case", "Ray 2.60", "Manta", "Manta/Ray"]
+    if rows and len(rows[0]) > 4:
+        h += ["Manta, worker processes", "its ratio"]
+    return h
 
 
 def markdown(rows, only, caption):
     out = []
     if caption:
         out += [caption, ""]
-    out += ["| case | Ray 2.60 | Manta | Manta/Ray |", "|---|---:|---:|---:|"]
-    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    h = header(rows)
+    out += ["| " + " | ".join(h) + " |", "|---|" + "---:|" * (len(h) - 1)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
     out += ["", "Ratios read \"times better for Manta\": Manta/Ray for rates (/s); † marks latency "
             "and time rows, where the ratio is Ray/Manta (how many times faster Manta is)."]
     if only:
@@ -95,12 +115,13 @@ def markdown(rows, only, caption):
 
 
 def plain(rows):
-    header = ("case", "Ray 2.60", "Manta", "Manta/Ray")
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(4)]
+    h = tuple(header(rows))
+    n = len(h)
+    widths = [max(len(r[i]) for r in [h] + rows) for i in range(n)]
     line = lambda r: "  ".join(  # noqa: E731
-        r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i]) for i in range(4)
+        r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i]) for i in range(n)
     )
-    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+    return "\n".join([line(h), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
 def load(path):
@@ -123,6 +144,7 @@ def main():
     p = sub.add_parser("table")
     p.add_argument("--ray", action="append", required=True, help="Ray JSON (repeatable)")
     p.add_argument("--manta", required=True)
+    p.add_argument("--manta-cluster", help="Manta run as a driver of a local cluster")
     p.add_argument("--md", help="also write the table here as Markdown")
     p.add_argument("--caption", default="")
     args = parser.parse_args()
@@ -142,7 +164,8 @@ def main():
         ray = {}
         for path in args.ray:
             ray.update(load(path))
-        rows, only = build_rows(ray, load(args.manta))
+        cluster = load(args.manta_cluster) if args.manta_cluster else None
+        rows, only = build_rows(ray, load(args.manta), cluster)
         if not rows:
             sys.exit("compare_table: no case measured on both sides")
         print(plain(rows))
