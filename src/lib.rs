@@ -96,10 +96,10 @@ pub use manta_core::cluster;
 pub use manta_core::{
     Actor, ActorHandle, ActorId, ActorOptions, Config, CustomResources, Element, Error, IntoArg,
     NodeStatus, ObjectId, ObjectRef, ObjectStoreStatus, PageKind, PutError, TaskError, TaskId,
-    TaskOptions, View, block_on, cancel, get, get_actor, get_all, get_timeout, get_view, init,
-    init_with, is_initialized, kill, put, put_ref, registered_functions, restart, shutdown, status,
-    wait,
+    TaskOptions, View, block_on, cancel, get, get_actor, get_all, get_timeout, get_view,
+    is_initialized, kill, put, put_ref, registered_functions, restart, status, wait,
 };
+pub use manta_launcher::{init, init_with, shutdown};
 pub use manta_macros::{actor, remote};
 
 /// Items generated code names; not part of the public API.

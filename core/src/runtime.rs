@@ -96,12 +96,23 @@ pub fn init() -> Result<(), Error> {
 
 /// Starts the embedded runtime with `config`.
 pub fn init_with(config: Config) -> Result<(), Error> {
+    init_joining(config, crate::cluster::join_from_env)
+}
+
+/// Starts the runtime, joining the cluster `join` names (if any); a worker process serves
+/// here and never returns.
+pub(crate) fn init_joining(
+    config: Config,
+    join: impl FnOnce(
+        &mut Resolved,
+    ) -> Result<Option<Arc<crate::cluster::worker::Cluster>>, Error>,
+) -> Result<(), Error> {
     let mut resolved = config.resolve()?;
     let mut g = lock(&GLOBAL);
     if g.current.is_some() {
         return Err(Error::AlreadyInitialized);
     }
-    let cluster = crate::cluster::join_from_env(&mut resolved)?;
+    let cluster = join(&mut resolved)?;
     let rt = Arc::new(RuntimeInner::new(resolved, cluster.clone())?);
     if let Some(c) = &cluster {
         c.set_runtime(&rt);

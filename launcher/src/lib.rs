@@ -10,6 +10,46 @@
 //! which depends on this crate (see `ARCHITECTURE.md`, "The one cycle").
 
 pub mod cluster;
+pub mod spmd;
+
+/// Rank 0's handle on the cluster it brought up, kept until `shutdown`.
+static HEAD: std::sync::Mutex<Option<spmd::Head>> = std::sync::Mutex::new(None);
+
+/// Starts Manta with configuration from the environment: see [`init_with`].
+pub fn init() -> Result<(), manta_core::Error> {
+    init_with(manta_core::Config::default())
+}
+
+/// Starts Manta. Under `srun` or `mpirun` with more than one rank (and no `MANTA_ADDRESS`),
+/// brings up an SPMD cluster ([`spmd`]): rank 0 returns as its driver, every other rank serves
+/// as a node and worker until the job ends and then exits. Otherwise this is
+/// [`manta_core::init_with`]: the embedded runtime, or a driver or worker of the cluster that
+/// `MANTA_ADDRESS` names. `MANTA_SPMD=0` turns the SPMD bootstrap off.
+pub fn init_with(config: manta_core::Config) -> Result<(), manta_core::Error> {
+    let resolved = config.resolve()?;
+    let joining = !resolved.address.is_empty() || std::env::var_os("MANTA_WORKER_RAYLET").is_some();
+    let spmd_off = std::env::var("MANTA_SPMD").is_ok_and(|v| v == "0");
+    if !joining
+        && !spmd_off
+        && let Some(rank) = spmd::detect(|k| std::env::var(k).ok())
+        && rank.size > 1
+    {
+        let head = spmd::bootstrap(&rank, config)?;
+        *HEAD.lock().unwrap_or_else(|p| p.into_inner()) = Some(head);
+        return Ok(());
+    }
+    manta_core::init_with(config)
+}
+
+/// Stops Manta (see [`manta_core::shutdown`]). On rank 0 of an SPMD launch it also ends the
+/// job: every rank's node stops and the ranks exit 0; this returns once they are gone.
+pub fn shutdown() {
+    manta_core::shutdown();
+    let head = HEAD.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(head) = head {
+        spmd::finish(head);
+    }
+}
 
 use std::net::IpAddr;
 use std::path::PathBuf;

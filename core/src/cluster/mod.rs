@@ -57,6 +57,68 @@ pub fn session_token(address: &str) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
+/// Where a worker process of an SPMD launch (a rank) joins: its GCS and its node's raylet.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerSpec {
+    /// The GCS (`host:port`).
+    pub gcs_address: String,
+    /// The cluster's token.
+    pub token: String,
+    /// This node's raylet (`host:port`).
+    pub raylet_address: String,
+    /// The job it works for.
+    pub job_id: u64,
+    /// Its node.
+    pub node_id: u64,
+}
+
+impl WorkerSpec {
+    /// A worker of `job_id` on node `node_id`.
+    pub fn new(
+        gcs_address: impl Into<String>,
+        token: impl Into<String>,
+        raylet_address: impl Into<String>,
+        job_id: u64,
+        node_id: u64,
+    ) -> Self {
+        WorkerSpec {
+            gcs_address: gcs_address.into(),
+            token: token.into(),
+            raylet_address: raylet_address.into(),
+            job_id,
+            node_id,
+        }
+    }
+}
+
+/// Runs this process as a worker of the cluster `spec` names, with `config`'s resources, until
+/// the cluster stops it; then the process exits (0 when told to stop, 1 when its raylet or the
+/// GCS is lost). Returns only if it could not join.
+pub fn serve_worker(config: crate::Config, spec: WorkerSpec) -> Error {
+    let join = move |resolved: &mut Resolved| {
+        worker::Cluster::join(worker::JoinOptions {
+            gcs_address: spec.gcs_address,
+            token: spec.token,
+            role: worker::Role::Worker {
+                raylet: spec.raylet_address,
+                job_id: spec.job_id,
+                node_id: spec.node_id,
+            },
+            max_inline: resolved.max_inline_object_bytes,
+            shm: resolved.shm_transport,
+        })
+        .map(Some)
+    };
+    match crate::runtime::init_joining(config, join) {
+        Ok(()) => Error::Cluster {
+            what: "serving as a worker".into(),
+            message: "the runtime returned instead of serving".into(),
+        },
+        Err(e) => e,
+    }
+}
+
 /// Joins the cluster the configuration (or a raylet's environment) names, if any.
 pub(crate) fn join_from_env(config: &mut Resolved) -> Result<Option<Arc<worker::Cluster>>, Error> {
     let raylet = std::env::var("MANTA_WORKER_RAYLET").unwrap_or_default();

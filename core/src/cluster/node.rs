@@ -46,6 +46,9 @@ pub struct NodeOptions {
     pub resources: Vec<(String, f64)>,
     /// Where worker processes' output goes (inherited when `None`).
     pub log_dir: Option<PathBuf>,
+    /// Whether the raylet starts worker processes itself (`manta start`), or waits for one to
+    /// join for each job (the ranks of an `srun`/`mpirun` launch).
+    pub spawn_workers: bool,
 }
 
 impl NodeOptions {
@@ -63,6 +66,7 @@ impl NodeOptions {
             num_gpus: 0.0,
             resources: Vec::new(),
             log_dir: None,
+            spawn_workers: true,
         }
     }
 }
@@ -229,7 +233,9 @@ pub fn stop_cluster(address: &str, token: &str) -> Result<(), Error> {
 }
 
 struct WorkerProc {
-    child: Child,
+    /// The process, when this raylet started it (`None`: a worker that joined by itself, as
+    /// the ranks of an `srun`/`mpirun` launch do).
+    child: Option<Child>,
     index: u64,
     address: String,
     peer: Option<Arc<Peer>>,
@@ -340,6 +346,21 @@ impl Raylet {
             }
             return;
         }
+        if !self.opts.spawn_workers {
+            // This node's worker joins by itself (an SPMD rank): wait for it.
+            workers.insert(
+                job_id,
+                WorkerProc {
+                    child: None,
+                    index: 0,
+                    address: String::new(),
+                    peer: None,
+                    waiting: vec![(from.clone(), request_id)],
+                    load: Vec::new(),
+                },
+            );
+            return;
+        }
         let node_id = self.node_id.get().copied().unwrap_or(0);
         let resources: Vec<String> = self
             .opts
@@ -377,7 +398,7 @@ impl Raylet {
                 workers.insert(
                     job_id,
                     WorkerProc {
-                        child,
+                        child: Some(child),
                         index: 0,
                         address: String::new(),
                         peer: None,
@@ -397,14 +418,31 @@ impl Raylet {
 
     fn worker_ready(&self, peer: &Arc<Peer>, job_id: u64, index: u64, address: String) {
         let mut workers = lock(&self.workers);
-        let Some(w) = workers.get_mut(&job_id) else {
-            tracing::warn!(
-                job = job_id,
-                "a worker of an unknown job reported ready: stopping it"
+        if !workers.contains_key(&job_id) {
+            if self.opts.spawn_workers {
+                tracing::warn!(
+                    job = job_id,
+                    "a worker of an unknown job reported ready: stopping it"
+                );
+                peer.send(Msg::Stop {
+                    reason: "unknown job".into(),
+                });
+                return;
+            }
+            // A rank of an SPMD launch: it is this node's worker for the job.
+            workers.insert(
+                job_id,
+                WorkerProc {
+                    child: None,
+                    index,
+                    address: address.clone(),
+                    peer: None,
+                    waiting: Vec::new(),
+                    load: Vec::new(),
+                },
             );
-            peer.send(Msg::Stop {
-                reason: "unknown job".into(),
-            });
+        }
+        let Some(w) = workers.get_mut(&job_id) else {
             return;
         };
         w.index = index;
@@ -425,7 +463,9 @@ impl Raylet {
         let mut workers = lock(&self.workers);
         let mut gone = Vec::new();
         for (job, w) in workers.iter_mut() {
-            if let Ok(Some(status)) = w.child.try_wait() {
+            if let Some(child) = &mut w.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
                 gone.push((*job, status));
             }
         }
@@ -463,15 +503,18 @@ impl Raylet {
                     reason: "job finished".into(),
                 });
             }
+            let Some(mut child) = w.child.take() else {
+                continue;
+            };
             std::thread::spawn(move || {
                 for _ in 0..40 {
-                    if let Ok(Some(_)) = w.child.try_wait() {
+                    if let Ok(Some(_)) = child.try_wait() {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                let _ = w.child.kill();
-                let _ = w.child.wait();
+                let _ = child.kill();
+                let _ = child.wait();
             });
         }
     }

@@ -1,0 +1,451 @@
+//! SPMD launch: the same binary started by `srun -n N` or `mpirun -np N` brings up a whole
+//! Manta cluster, one node (a raylet and its worker) per rank.
+//!
+//! # Roles
+//! - **rank 0** hosts the GCS and a raylet (in threads of its process) and returns from `init`
+//!   as the job's driver; its raylet starts a worker process for its own share of the node, as
+//!   `manta start` does.
+//! - **every other rank** hosts a raylet for its share of its node (the node's CPUs divided
+//!   among the ranks on it) and serves as that raylet's worker; `init` never returns there: the
+//!   rank exits 0 when the driver's job ends, non-zero if the head is lost.
+//!
+//! # Address exchange (no fixed ports, no sleeps)
+//! Everything a rank needs is derived from the launcher's environment, identically on every
+//! rank: the job's identity (Slurm's job and step ids; Open MPI's PMIx namespace), from it the
+//! head's port (a hash into 20000–49999, so two jobs on one node use different ports) and the
+//! cluster token (a keyed hash with a per-user secret in `~/.manta/secret`, mode 0600, made
+//! once; clusters share home directories), and the head's host (the first host of
+//! `SLURM_STEP_NODELIST`; under `mpirun`, this host when all ranks are local). Ranks other than 0
+//! connect to the head, retrying until it answers (up to 60 s), rather than sleeping. Exchange
+//! through MPI itself (the `mpi` crate's allgather, for `mpirun` across nodes) is not built yet.
+//!
+//! This module is the only place in Manta that reads Slurm, MPI or PMI environment variables.
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use manta_core::cluster::{self, NodeOptions, WorkerSpec};
+use manta_core::{Config, Error};
+
+/// Which launcher started this process, and where the process is in the job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rank {
+    /// The launcher: `srun` or `mpirun`.
+    pub launcher: &'static str,
+    /// This process's rank, 0-based.
+    pub rank: u32,
+    /// Ranks in the job.
+    pub size: u32,
+    /// Rank among the ranks on this node.
+    pub local_rank: u32,
+    /// Ranks on this node.
+    pub local_size: u32,
+    /// The job's identity (equal on every rank, different for every job and step).
+    pub job_key: String,
+    /// The host rank 0 runs on (`None`: unknown, which only works when all ranks are local).
+    pub head_host: Option<String>,
+    /// CPUs the launcher gave this node's ranks together (`None`: unknown).
+    pub cpus_on_node: Option<f64>,
+}
+
+/// Reads the launcher's environment through `var` (sans I/O, for tests).
+pub fn detect(var: impl Fn(&str) -> Option<String>) -> Option<Rank> {
+    let num = |k: &str| var(k).and_then(|v| v.trim().parse::<u32>().ok());
+    if let (Some(rank), Some(size), Some(job)) = (
+        num("SLURM_PROCID"),
+        num("SLURM_STEP_NUM_TASKS").or_else(|| num("SLURM_NTASKS")),
+        var("SLURM_JOB_ID"),
+    ) {
+        // A batch script's own shell has SLURM_PROCID too, but no step: only `srun` starts
+        // steps' tasks.
+        let step = var("SLURM_STEP_ID")?;
+        let nodes = var("SLURM_STEP_NODELIST").or_else(|| var("SLURM_JOB_NODELIST"));
+        let local_size = var("SLURM_STEP_TASKS_PER_NODE")
+            .or_else(|| var("SLURM_TASKS_PER_NODE"))
+            .and_then(|t| tasks_on_node(&t, num("SLURM_NODEID").unwrap_or(0) as usize))
+            .unwrap_or(1);
+        return Some(Rank {
+            launcher: "srun",
+            rank,
+            size,
+            local_rank: num("SLURM_LOCALID").unwrap_or(0),
+            local_size,
+            job_key: format!("slurm-{job}.{step}"),
+            head_host: nodes.as_deref().and_then(first_host),
+            cpus_on_node: var("SLURM_CPUS_ON_NODE").and_then(|v| v.trim().parse().ok()),
+        });
+    }
+    if let (Some(rank), Some(size)) = (num("OMPI_COMM_WORLD_RANK"), num("OMPI_COMM_WORLD_SIZE")) {
+        let local_size = num("OMPI_COMM_WORLD_LOCAL_SIZE").unwrap_or(1);
+        let job = var("PMIX_NAMESPACE")
+            .or_else(|| var("OMPI_MCA_ess_base_jobid"))
+            .or_else(|| var("OMPI_MCA_orte_ess_jobid"))?;
+        return Some(Rank {
+            launcher: "mpirun",
+            rank,
+            size,
+            local_rank: num("OMPI_COMM_WORLD_LOCAL_RANK").unwrap_or(0),
+            local_size,
+            job_key: format!("ompi-{job}"),
+            head_host: (local_size == size).then(|| "127.0.0.1".to_owned()),
+            cpus_on_node: None,
+        });
+    }
+    None
+}
+
+/// The number of tasks on node `node` from Slurm's `2(x3),1` notation.
+fn tasks_on_node(spec: &str, node: usize) -> Option<u32> {
+    let mut i = 0usize;
+    for part in spec.split(',') {
+        let (count, repeat) = match part.split_once("(x") {
+            Some((c, r)) => (c.trim().parse().ok()?, r.trim_end_matches(')').parse().ok()?),
+            None => (part.trim().parse().ok()?, 1usize),
+        };
+        if node < i + repeat {
+            return Some(count);
+        }
+        i += repeat;
+    }
+    None
+}
+
+/// The first host of a Slurm host list (`vm`, `n[01-04,07]`, `a,b`, `gpu[3,5]-ib`).
+pub fn first_host(list: &str) -> Option<String> {
+    let list = list.trim();
+    let mut depth = 0;
+    let mut end = list.len();
+    for (i, c) in list.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let first = &list[..end];
+    let Some(open) = first.find('[') else {
+        return (!first.is_empty()).then(|| first.to_owned());
+    };
+    let close = first.find(']')?;
+    let range = first[open + 1..close].split(',').next()?;
+    let low = range.split('-').next()?;
+    Some(format!("{}{}{}", &first[..open], low, &first[close + 1..]))
+}
+
+fn fnv(data: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The head's port for a job: a hash of the job's identity into 20000–49999.
+pub fn port_for(job_key: &str) -> u16 {
+    20_000 + (fnv(job_key) % 30_000) as u16
+}
+
+/// The per-user secret, made once (`~/.manta/secret`, mode 0600).
+fn user_secret() -> Result<String, Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |message: String| Error::Config {
+        key: "~/.manta/secret".into(),
+        message,
+    };
+    let home = std::env::var_os("HOME").ok_or_else(|| fail("HOME is not set".into()))?;
+    let dir = std::path::PathBuf::from(home).join(".manta");
+    let path = dir.join("secret");
+    if let Ok(s) = std::fs::read_to_string(&path)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_owned());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| fail(format!("reading /dev/urandom: {e}")))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // create_new: if another rank made it first, use theirs.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            f.write_all(secret.as_bytes())
+                .map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
+            Ok(secret)
+        }
+        Err(_) => {
+            // Lost a race with another rank: wait for its write.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Ok(s) = std::fs::read_to_string(&path)
+                    && s.trim().len() == 32
+                {
+                    return Ok(s.trim().to_owned());
+                }
+                if Instant::now() > deadline {
+                    return Err(fail(format!("{} is unreadable or empty", path.display())));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// The job's cluster token: a keyed hash of the job's identity with the user's secret.
+fn token_for(job_key: &str) -> Result<String, Error> {
+    let secret = user_secret()?;
+    let mut a = std::collections::hash_map::DefaultHasher::new();
+    (&secret, job_key, 1u8).hash(&mut a);
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    (job_key, &secret, 2u8).hash(&mut b);
+    Ok(format!("{:016x}{:016x}", a.finish(), b.finish()))
+}
+
+fn resolve(host: &str) -> Option<IpAddr> {
+    if let Ok(ip) = host.parse() {
+        return Some(ip);
+    }
+    (host, 0)
+        .to_socket_addrs()
+        .ok()?
+        .map(|a| a.ip())
+        .find(|ip| ip.is_ipv4())
+}
+
+/// The address of this host that reaches `peer`.
+fn local_ip_towards(peer: IpAddr) -> IpAddr {
+    if peer.is_loopback() {
+        return IpAddr::V4(Ipv4Addr::LOCALHOST);
+    }
+    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect((peer, 9))?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn launch_error(rank: &Rank, message: impl std::fmt::Display) -> Error {
+    Error::Cluster {
+        what: format!("{} rank {} of {}", rank.launcher, rank.rank, rank.size),
+        message: message.to_string(),
+    }
+}
+
+/// Starts this rank's node in a thread; returns once it has joined (or failed).
+fn start_node(
+    rank: &Rank,
+    opts: NodeOptions,
+) -> Result<(cluster::NodeReady, std::thread::JoinHandle<()>), Error> {
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    let handle = std::thread::Builder::new()
+        .name("manta-node".into())
+        .spawn(move || {
+            let r = cluster::run_node(opts, move |ready| {
+                let _ = tx.send(Ok(ready.clone()));
+            });
+            if let Err(e) = r {
+                let _ = tx2.send(Err(e));
+            }
+        })
+        .map_err(|e| launch_error(rank, format!("starting the node thread: {e}")))?;
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(ready)) => Ok((ready, handle)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(launch_error(rank, "the node did not join within 60 s")),
+    }
+}
+
+/// What rank 0 keeps to end the job at `shutdown`.
+#[derive(Debug)]
+pub(crate) struct Head {
+    gcs_address: String,
+    token: String,
+    node: std::thread::JoinHandle<()>,
+}
+
+/// Brings up this rank's part of the cluster. Returns the head's handle on rank 0 (the
+/// driver); never returns on other ranks unless they fail.
+pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
+    let token = token_for(&rank.job_key)?;
+    let port = port_for(&rank.job_key);
+    let head_ip = match &rank.head_host {
+        Some(h) => resolve(h)
+            .ok_or_else(|| launch_error(rank, format!("cannot resolve the head's host {h:?}")))?,
+        None => {
+            return Err(launch_error(
+                rank,
+                "the head's host is unknown: under mpirun across nodes, build with the `mpi` \
+                 feature (not built yet) or start the cluster with `manta start`",
+            ));
+        }
+    };
+    let gcs_address = std::net::SocketAddr::new(head_ip, port).to_string();
+    let cpus = rank
+        .cpus_on_node
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0)
+        })
+        / f64::from(rank.local_size.max(1));
+    let cpus = cpus.max(1.0).floor();
+    let config = config.num_cpus(cpus);
+    if rank.rank == 0 {
+        let mut opts = NodeOptions::new(head_ip, token.clone());
+        opts.head = true;
+        opts.port = port;
+        opts.num_cpus = cpus;
+        let (ready, node) = start_node(rank, opts).map_err(|e| {
+            launch_error(rank, format!("starting the head on {gcs_address}: {e}"))
+        })?;
+        tracing::info!(gcs = %ready.gcs_address, rank = rank.rank, size = rank.size, "SPMD head up");
+        manta_core::init_with(
+            config
+                .address(ready.gcs_address.clone())
+                .token(token.clone()),
+        )?;
+        return Ok(Head {
+            gcs_address: ready.gcs_address,
+            token,
+            node,
+        });
+    }
+    // Wait for the head to answer (it may start after us).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match cluster::query(&gcs_address, &token) {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                return Err(launch_error(
+                    rank,
+                    format!("the head at {gcs_address} did not answer within 60 s: {e}"),
+                ));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let mut opts = NodeOptions::new(local_ip_towards(head_ip), token.clone());
+    opts.gcs_address = Some(gcs_address.clone());
+    opts.num_cpus = cpus;
+    opts.spawn_workers = false;
+    let (ready, _node) = start_node(rank, opts)?;
+    // This rank is its node's worker for the job (the first and only job of this cluster).
+    let spec = WorkerSpec::new(gcs_address, token, ready.raylet_address, 1, ready.node_id);
+    Err(cluster::serve_worker(config, spec))
+}
+
+/// Ends the job on rank 0: every node stops and its rank exits; returns once they are gone.
+pub(crate) fn finish(head: Head) {
+    let Head {
+        gcs_address,
+        token,
+        node,
+    } = head;
+    if let Err(e) = cluster::stop_cluster(&gcs_address, &token) {
+        tracing::warn!(error = %e, "could not stop the cluster");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = node.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn srun_environment_gives_the_rank_and_the_head() {
+        let r = detect(env(&[
+            ("SLURM_PROCID", "2"),
+            ("SLURM_STEP_NUM_TASKS", "4"),
+            ("SLURM_JOB_ID", "77"),
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_LOCALID", "0"),
+            ("SLURM_NODEID", "1"),
+            ("SLURM_STEP_NODELIST", "n[07-08]"),
+            ("SLURM_STEP_TASKS_PER_NODE", "2(x2)"),
+            ("SLURM_CPUS_ON_NODE", "8"),
+        ]))
+        .unwrap();
+        assert_eq!(r.launcher, "srun");
+        assert_eq!((r.rank, r.size, r.local_rank, r.local_size), (2, 4, 0, 2));
+        assert_eq!(r.head_host.as_deref(), Some("n07"));
+        assert_eq!(r.job_key, "slurm-77.0");
+        assert_eq!(r.cpus_on_node, Some(8.0));
+    }
+
+    #[test]
+    fn a_batch_shell_without_a_step_is_not_a_rank() {
+        assert!(
+            detect(env(&[
+                ("SLURM_PROCID", "0"),
+                ("SLURM_NTASKS", "3"),
+                ("SLURM_JOB_ID", "5"),
+            ]))
+            .is_none()
+        );
+        assert!(detect(env(&[])).is_none());
+    }
+
+    #[test]
+    fn mpirun_environment_gives_the_rank() {
+        let r = detect(env(&[
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "3"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "3"),
+            ("PMIX_NAMESPACE", "prterun-vm-123@1"),
+        ]))
+        .unwrap();
+        assert_eq!(r.launcher, "mpirun");
+        assert_eq!(r.head_host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(r.job_key, "ompi-prterun-vm-123@1");
+    }
+
+    #[test]
+    fn host_lists() {
+        assert_eq!(first_host("vm").as_deref(), Some("vm"));
+        assert_eq!(first_host("a,b").as_deref(), Some("a"));
+        assert_eq!(first_host("n[01-04,07],x").as_deref(), Some("n01"));
+        assert_eq!(first_host("gpu[3,5]-ib").as_deref(), Some("gpu3-ib"));
+        assert_eq!(first_host(""), None);
+        assert_eq!(tasks_on_node("2(x3),1", 3), Some(1));
+        assert_eq!(tasks_on_node("2(x3),1", 1), Some(2));
+        assert_eq!(tasks_on_node("3", 0), Some(3));
+    }
+
+    #[test]
+    fn jobs_get_different_ports() {
+        let a = port_for("slurm-77.0");
+        let b = port_for("slurm-78.0");
+        assert_ne!(a, b);
+        assert!((20_000..50_000).contains(&a));
+    }
+}
