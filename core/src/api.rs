@@ -218,6 +218,8 @@ pub struct NodeStatus {
     pub object_store: Option<ObjectStoreStatus>,
     /// The GCS address of the cluster this process joined (`None`: the embedded runtime).
     pub cluster: Option<String>,
+    /// The cluster node this process works on (`None`: a driver, or the embedded runtime).
+    pub node_id: Option<u64>,
 }
 
 /// The current node's status.
@@ -232,6 +234,7 @@ pub fn status() -> Result<NodeStatus, Error> {
         uptime: rt.started.elapsed(),
         object_store: rt.store.as_ref().map(|s| s.status()),
         cluster: rt.cluster.as_ref().map(|c| c.gcs_address.clone()),
+        node_id: rt.cluster.as_ref().and_then(|c| c.node_id()),
     })
 }
 

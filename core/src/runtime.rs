@@ -103,9 +103,7 @@ pub fn init_with(config: Config) -> Result<(), Error> {
 /// here and never returns.
 pub(crate) fn init_joining(
     config: Config,
-    join: impl FnOnce(
-        &mut Resolved,
-    ) -> Result<Option<Arc<crate::cluster::worker::Cluster>>, Error>,
+    join: impl FnOnce(&mut Resolved) -> Result<Option<Arc<crate::cluster::worker::Cluster>>, Error>,
 ) -> Result<(), Error> {
     let mut resolved = config.resolve()?;
     let mut g = lock(&GLOBAL);

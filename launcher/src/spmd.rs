@@ -2,9 +2,9 @@
 //! Manta cluster, one node (a raylet and its worker) per rank.
 //!
 //! # Roles
-//! - **rank 0** hosts the GCS and a raylet (in threads of its process) and returns from `init`
-//!   as the job's driver; its raylet starts a worker process for its own share of the node, as
-//!   `manta start` does.
+//! - **rank 0** hosts the GCS and a raylet (in threads of its process) and, once every rank's
+//!   node has joined, returns from `init` as the job's driver; its raylet starts a worker
+//!   process for its own share of the node, as `manta start` does.
 //! - **every other rank** hosts a raylet for its share of its node (the node's CPUs divided
 //!   among the ranks on it) and serves as that raylet's worker; `init` never returns there: the
 //!   rank exits 0 when the driver's job ends, non-zero if the head is lost.
@@ -101,7 +101,10 @@ fn tasks_on_node(spec: &str, node: usize) -> Option<u32> {
     let mut i = 0usize;
     for part in spec.split(',') {
         let (count, repeat) = match part.split_once("(x") {
-            Some((c, r)) => (c.trim().parse().ok()?, r.trim_end_matches(')').parse().ok()?),
+            Some((c, r)) => (
+                c.trim().parse().ok()?,
+                r.trim_end_matches(')').parse().ok()?,
+            ),
             None => (part.trim().parse().ok()?, 1usize),
         };
         if node < i + repeat {
@@ -296,14 +299,11 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
         }
     };
     let gcs_address = std::net::SocketAddr::new(head_ip, port).to_string();
-    let cpus = rank
-        .cpus_on_node
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as f64)
-                .unwrap_or(1.0)
-        })
-        / f64::from(rank.local_size.max(1));
+    let cpus = rank.cpus_on_node.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0)
+    }) / f64::from(rank.local_size.max(1));
     let cpus = cpus.max(1.0).floor();
     let config = config.num_cpus(cpus);
     if rank.rank == 0 {
@@ -311,10 +311,26 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
         opts.head = true;
         opts.port = port;
         opts.num_cpus = cpus;
-        let (ready, node) = start_node(rank, opts).map_err(|e| {
-            launch_error(rank, format!("starting the head on {gcs_address}: {e}"))
-        })?;
+        let (ready, node) = start_node(rank, opts)
+            .map_err(|e| launch_error(rank, format!("starting the head on {gcs_address}: {e}")))?;
         tracing::info!(gcs = %ready.gcs_address, rank = rank.rank, size = rank.size, "SPMD head up");
+        // Every rank's node joins before the driver starts: `srun -n N` means N nodes.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let alive = cluster::query(&ready.gcs_address, &token)
+                .map(|s| s.nodes.iter().filter(|n| n.alive).count())
+                .unwrap_or(0);
+            if alive >= rank.size as usize {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(launch_error(
+                    rank,
+                    format!("only {alive} of {} ranks joined within 60 s", rank.size),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         manta_core::init_with(
             config
                 .address(ready.gcs_address.clone())

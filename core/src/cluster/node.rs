@@ -418,33 +418,25 @@ impl Raylet {
 
     fn worker_ready(&self, peer: &Arc<Peer>, job_id: u64, index: u64, address: String) {
         let mut workers = lock(&self.workers);
-        if !workers.contains_key(&job_id) {
-            if self.opts.spawn_workers {
-                tracing::warn!(
-                    job = job_id,
-                    "a worker of an unknown job reported ready: stopping it"
-                );
-                peer.send(Msg::Stop {
-                    reason: "unknown job".into(),
-                });
-                return;
-            }
-            // A rank of an SPMD launch: it is this node's worker for the job.
-            workers.insert(
-                job_id,
-                WorkerProc {
-                    child: None,
-                    index,
-                    address: address.clone(),
-                    peer: None,
-                    waiting: Vec::new(),
-                    load: Vec::new(),
-                },
+        if !workers.contains_key(&job_id) && self.opts.spawn_workers {
+            tracing::warn!(
+                job = job_id,
+                "a worker of an unknown job reported ready: stopping it"
             );
-        }
-        let Some(w) = workers.get_mut(&job_id) else {
+            peer.send(Msg::Stop {
+                reason: "unknown job".into(),
+            });
             return;
-        };
+        }
+        // Unknown here only for a rank of an SPMD launch: it is this node's worker for the job.
+        let w = workers.entry(job_id).or_insert_with(|| WorkerProc {
+            child: None,
+            index,
+            address: address.clone(),
+            peer: None,
+            waiting: Vec::new(),
+            load: Vec::new(),
+        });
         w.index = index;
         w.address = address.clone();
         w.peer = Some(peer.clone());

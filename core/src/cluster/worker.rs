@@ -147,7 +147,7 @@ pub(crate) struct Cluster {
     stop: tokio::sync::Notify,
     stopped: AtomicBool,
     max_inline: usize,
-    /// Our shared-memory listener's socket (removed when we leave).
+    /// Our shared-memory listener's (abstract) socket.
     shm_path: Option<std::path::PathBuf>,
     host_id: String,
 }
@@ -189,6 +189,23 @@ pub(crate) struct JoinOptions {
     pub(crate) max_inline: usize,
     /// Also accept (and make) shared-memory connections with processes of this host.
     pub(crate) shm: bool,
+}
+
+/// The path of the abstract Unix socket `name` (a leading NUL byte: no file exists for it).
+fn abstract_socket(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("\0{name}"))
+}
+
+/// An abstract socket's path as advertised (`@name`), and back.
+fn advertised(path: &std::path::Path) -> String {
+    path.display().to_string().replacen('\0', "@", 1)
+}
+
+fn from_advertised(s: &str) -> std::path::PathBuf {
+    match s.strip_prefix('@') {
+        Some(name) => abstract_socket(name),
+        None => std::path::PathBuf::from(s),
+    }
 }
 
 /// This host and network namespace: processes with equal ids can meet over shared memory.
@@ -243,13 +260,12 @@ impl Cluster {
         };
         // The shared-memory listener: a Unix socket in a directory of the system's temp dir.
         let shm = if opts.shm {
-            let dir = std::env::temp_dir().join("manta-shm");
-            let _ = std::fs::create_dir_all(&dir);
+            // An abstract Unix socket (Linux): no file to leave behind if the process is killed.
             let stamp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            let path = dir.join(format!("w-{}-{stamp}.sock", std::process::id()));
+            let path = abstract_socket(&format!("manta-w-{}-{stamp}", std::process::id()));
             let bound = io.block_on(async {
                 Listener::bind(
                     &Address::Shm(path.clone()),
@@ -267,10 +283,7 @@ impl Cluster {
         } else {
             None
         };
-        let shm_path = shm
-            .as_ref()
-            .map(|(_, p)| p.display().to_string())
-            .unwrap_or_default();
+        let shm_path = shm.as_ref().map(|(_, p)| advertised(p)).unwrap_or_default();
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
@@ -433,6 +446,14 @@ impl Cluster {
         (self.index << INDEX_SHIFT) | 1
     }
 
+    /// The node this process works on (`None` for a driver).
+    pub(crate) fn node_id(&self) -> Option<u64> {
+        match &self.role {
+            Role::Driver => None,
+            Role::Worker { node_id, .. } => Some(*node_id),
+        }
+    }
+
     /// Whether this process runs no work of its own.
     pub(crate) fn is_driver(&self) -> bool {
         matches!(self.role, Role::Driver)
@@ -482,7 +503,7 @@ impl Cluster {
             if let Some(path) = shm.filter(|_| !my_host.is_empty()) {
                 let config = super::transport_config(&token, name.clone());
                 match manta_transport::Connection::connect(
-                    &Address::Shm(std::path::PathBuf::from(&path)),
+                    &Address::Shm(from_advertised(&path)),
                     &config,
                 )
                 .await
@@ -1554,18 +1575,11 @@ impl Cluster {
                 index = self.index,
                 "lost the raylet or the GCS: worker exiting"
             );
-            self.remove_shm_socket();
             std::process::exit(1);
         }
         tracing::debug!(index = self.index, "worker stopping");
         crate::runtime::shutdown();
         std::process::exit(0);
-    }
-
-    fn remove_shm_socket(&self) {
-        if let Some(p) = &self.shm_path {
-            let _ = std::fs::remove_file(p);
-        }
     }
 
     /// What this worker uses of its node: its scheduler's free resources and its store.
@@ -1608,7 +1622,6 @@ impl Cluster {
     /// Leaves the cluster (at `shutdown`): closes connections.
     pub(crate) fn leave(&self) {
         self.stopped.store(true, Ordering::Release);
-        self.remove_shm_socket();
         self.gcs.shutdown("shutdown");
         for p in lock(&self.peers).drain().map(|(_, p)| p) {
             p.shutdown("shutdown");

@@ -1,0 +1,282 @@
+//! SPMD launch under the real launchers: this test binary, started by `srun -n 3` or
+//! `mpirun -np 3`, brings up a whole cluster from `manta::init()` (rank 0 head and driver, the
+//! other ranks nodes and workers) and runs tasks, actors and object transfers across ranks.
+//! Also: two jobs at once on one node, and a job whose rank dies (non-zero exit, nothing left).
+//!
+//! Needs a running single-node Slurm (`scripts/slurm-up`) and Open MPI (`scripts/setup --mpi`);
+//! `scripts/test` brings both up. Where `srun`/`mpirun` are missing the tests print why and
+//! pass, so a developer machine without them can still run the rest of the suite.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Set on the processes the launchers start: which job body to run.
+const JOB_ENV: &str = "MANTA_TEST_SPMD_JOB";
+
+fn rank_var() -> Option<u32> {
+    ["SLURM_PROCID", "OMPI_COMM_WORLD_RANK"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+}
+
+#[manta::remote]
+fn where_am_i(pause_ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    manta::status()
+        .unwrap()
+        .node_id
+        .expect("tasks run on a node")
+}
+
+#[manta::remote]
+fn sum(v: Vec<u32>) -> u64 {
+    v.iter().map(|x| u64::from(*x)).sum()
+}
+
+#[manta::remote]
+fn fill(n: usize) -> Vec<u8> {
+    vec![9u8; n]
+}
+
+#[manta::actor]
+struct Tally {
+    n: u64,
+}
+
+#[manta::actor]
+impl Tally {
+    fn new() -> Self {
+        Tally { n: 0 }
+    }
+    fn add(&mut self, x: u64) -> u64 {
+        self.n += x;
+        self.n
+    }
+}
+
+/// What a rank does when a launcher started it for this test.
+fn job(kind: &str) {
+    if kind == "dies" && rank_var() == Some(2) && std::env::var_os("MANTA_WORKER_RAYLET").is_none()
+    {
+        // Rank 2 dies a while after joining, while the driver is waiting on work.
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(1500));
+            std::process::abort();
+        });
+    }
+    manta::init().expect("init under the launcher");
+    // Only rank 0 (the driver) gets here; the other ranks serve inside `init` and exit.
+    let status = manta::status().unwrap();
+    assert!(
+        status.cluster.is_some(),
+        "rank 0 is the driver of a cluster"
+    );
+    match kind {
+        "work" => {
+            let nodes: BTreeSet<u64> = manta::get_all(
+                &(0..24)
+                    .map(|_| where_am_i::remote(100u64))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap()
+            .into_iter()
+            .collect();
+            let data: Vec<u32> = (0..(8u32 << 20)).collect();
+            let expected: u64 = data.iter().map(|x| u64::from(*x)).sum();
+            let big = manta::put(data).unwrap();
+            let sums: Vec<_> = (0..3).map(|_| sum::remote(&big)).collect();
+            for s in manta::get_all(&sums).unwrap() {
+                assert_eq!(s, expected);
+            }
+            let filled = fill::remote(16usize << 20);
+            assert!(filled.get_view().unwrap().iter().all(|b| *b == 9));
+            let tally = Tally::options().num_cpus(1.0).remote();
+            let calls: Vec<_> = (1..=10u64).map(|i| tally.add(i)).collect();
+            assert_eq!(calls[9].get().unwrap(), 55);
+            println!("spmd-job: ok nodes={}", nodes.len());
+        }
+        "dies" => {
+            // Long enough for rank 2 to die under us: the step must then end non-zero.
+            let refs: Vec<_> = (0..60).map(|_| where_am_i::remote(200u64)).collect();
+            let r = manta::get_all(&refs);
+            println!("spmd-job: finished {:?}", r.map(|v| v.len()));
+        }
+        other => panic!("unknown job {other}"),
+    }
+    manta::shutdown();
+}
+
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs this test binary (filtered to `test`) under a launcher as job `kind`.
+fn launch(launcher: &[&str], test: &str, kind: &str) -> Output {
+    let exe = std::env::current_exe().unwrap();
+    let mut argv: Vec<String> = launcher.iter().map(|s| s.to_string()).collect();
+    argv.push(exe.display().to_string());
+    argv.extend([test.to_owned(), "--exact".into(), "--nocapture".into()]);
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .args(&argv)
+        .env(JOB_ENV, kind)
+        .env(TAG_ENV, tag(test));
+    // The job runs as its own cluster: nothing of ours leaks in.
+    for k in ["MANTA_ADDRESS", "MANTA_TOKEN", "MANTA_WORKER_RAYLET"] {
+        cmd.env_remove(k);
+    }
+    cmd.output().expect("running the launcher")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn srun() -> Option<Vec<&'static str>> {
+    if !have("srun") {
+        eprintln!("skipped: no srun (run scripts/slurm-up)");
+        return None;
+    }
+    Some(vec!["srun", "-n", "3", "--kill-on-bad-exit=1"])
+}
+
+fn mpirun() -> Option<Vec<&'static str>> {
+    if !have("mpirun") {
+        eprintln!("skipped: no mpirun (run scripts/setup --mpi)");
+        return None;
+    }
+    Some(vec![
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        "3",
+    ])
+}
+
+/// Marks every process of one test's jobs (launchers pass the environment on).
+const TAG_ENV: &str = "MANTA_TEST_SPMD_TAG";
+
+fn tag(test: &str) -> String {
+    format!("{}-{test}", std::process::id())
+}
+
+/// Processes of `test`'s jobs still running.
+fn leftovers(test: &str) -> Vec<u32> {
+    let needle = format!("{TAG_ENV}={}", tag(test));
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn no_leftovers(test: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = leftovers(test);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn srun_three_ranks_run_tasks_actors_and_objects() {
+    if let Ok(kind) = std::env::var(JOB_ENV) {
+        return job(&kind);
+    }
+    let Some(srun) = srun() else { return };
+    let out = launch(
+        &srun,
+        "srun_three_ranks_run_tasks_actors_and_objects",
+        "work",
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "srun failed: {}\n{t}", out.status);
+    assert!(t.contains("spmd-job: ok nodes=3"), "{t}");
+    no_leftovers("srun_three_ranks_run_tasks_actors_and_objects");
+}
+
+#[test]
+fn mpirun_three_ranks_run_tasks_actors_and_objects() {
+    if let Ok(kind) = std::env::var(JOB_ENV) {
+        return job(&kind);
+    }
+    let Some(mpirun) = mpirun() else { return };
+    let out = launch(
+        &mpirun,
+        "mpirun_three_ranks_run_tasks_actors_and_objects",
+        "work",
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "mpirun failed: {}\n{t}", out.status);
+    assert!(t.contains("spmd-job: ok nodes=3"), "{t}");
+    no_leftovers("mpirun_three_ranks_run_tasks_actors_and_objects");
+}
+
+#[test]
+fn two_srun_jobs_at_once_do_not_collide() {
+    if let Ok(kind) = std::env::var(JOB_ENV) {
+        return job(&kind);
+    }
+    let Some(srun) = srun() else { return };
+    let name = "two_srun_jobs_at_once_do_not_collide";
+    let a = {
+        let srun = srun.clone();
+        std::thread::spawn(move || launch(&srun, name, "work"))
+    };
+    let b = launch(&srun, name, "work");
+    let a = a.join().unwrap();
+    for out in [a, b] {
+        let t = text(&out);
+        assert!(out.status.success(), "srun failed: {}\n{t}", out.status);
+        assert!(t.contains("spmd-job: ok"), "{t}");
+    }
+    no_leftovers(name);
+}
+
+#[test]
+fn a_dead_rank_ends_the_step_with_an_error_and_leaves_nothing() {
+    if let Ok(kind) = std::env::var(JOB_ENV) {
+        return job(&kind);
+    }
+    let Some(srun) = srun() else { return };
+    let t0 = Instant::now();
+    let out = launch(
+        &srun,
+        "a_dead_rank_ends_the_step_with_an_error_and_leaves_nothing",
+        "dies",
+    );
+    let t = text(&out);
+    assert!(!out.status.success(), "the step should fail:\n{t}");
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "the step hung until timeout:\n{t}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
+    no_leftovers("a_dead_rank_ends_the_step_with_an_error_and_leaves_nothing");
+}
