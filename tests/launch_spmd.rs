@@ -73,6 +73,12 @@ fn job(kind: &str) {
         "rank 0 is the driver of a cluster"
     );
     match kind {
+        "driver" => {
+            // A driver of a cluster started with `manta start`: one node here.
+            let refs: Vec<_> = (0..8).map(|_| where_am_i::remote(10u64)).collect();
+            assert_eq!(manta::get_all(&refs).unwrap().len(), 8);
+            println!("spmd-job: ok driver");
+        }
         "work" => {
             let nodes: BTreeSet<u64> = manta::get_all(
                 &(0..24)
@@ -279,4 +285,46 @@ fn a_dead_rank_ends_the_step_with_an_error_and_leaves_nothing() {
         t0.elapsed()
     );
     no_leftovers("a_dead_rank_ends_the_step_with_an_error_and_leaves_nothing");
+}
+
+/// Submits `script` with `sbatch --wait`, this test binary as the job's `APP`.
+fn sbatch(script: &str, test: &str, kind: &str) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    let out_file = std::env::temp_dir().join(format!("{}.out", tag(test)));
+    let root = env!("CARGO_MANIFEST_DIR");
+    let status = Command::new("timeout")
+        .args(["180", "sbatch", "--wait", "--quiet", "-o"])
+        .arg(&out_file)
+        .arg(format!("{root}/scripts/sbatch/{script}"))
+        .args([test, "--exact", "--nocapture"])
+        .env("APP", &exe)
+        .env("MANTA", env!("CARGO_BIN_EXE_manta"))
+        .env(JOB_ENV, kind)
+        .env(TAG_ENV, tag(test))
+        .current_dir(root)
+        .status()
+        .expect("running sbatch");
+    let text = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    (status.success(), text)
+}
+
+#[test]
+fn sbatch_templates_run_both_routes() {
+    if let Ok(kind) = std::env::var(JOB_ENV) {
+        return job(&kind);
+    }
+    if !have("sbatch") {
+        eprintln!("skipped: no sbatch (run scripts/slurm-up)");
+        return;
+    }
+    let name = "sbatch_templates_run_both_routes";
+    let (ok, text) = sbatch("spmd.sh", name, "work");
+    assert!(ok, "the SPMD template failed:\n{text}");
+    assert!(text.contains("spmd-job: ok nodes=3"), "{text}");
+    // Route 2: `manta start` through srun, then this binary as the driver (MANTA_ADDRESS).
+    let (ok, text) = sbatch("ray-style.sh", name, "driver");
+    assert!(ok, "the Ray-style template failed:\n{text}");
+    assert!(text.contains("spmd-job: ok"), "{text}");
+    no_leftovers(name);
 }
