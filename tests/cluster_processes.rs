@@ -55,6 +55,11 @@ fn sum_refs(refs: Vec<manta::ObjectRef<u64>>) -> u64 {
 }
 
 #[manta::remote]
+fn read_kv(key: String) -> Option<Vec<u8>> {
+    manta::cluster::kv_get(&key).expect("kv from a worker")
+}
+
+#[manta::remote]
 fn boom(msg: String) -> u64 {
     panic!("{msg}")
 }
@@ -242,6 +247,15 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     assert!(dup.ready().get().is_err(), "a taken name is refused");
     let state = manta::cluster::query(&cluster.address, &cluster.token).unwrap();
     assert!(state.actors.iter().any(|a| a.name == "counter" && a.alive));
+
+    // The GCS's key-value store, from the driver and from a worker.
+    assert!(!manta::cluster::kv_put("config/lr", b"0.001").unwrap());
+    assert!(manta::cluster::kv_put("config/lr", b"0.002").unwrap());
+    assert_eq!(
+        read_kv::remote("config/lr".to_string()).get().unwrap(),
+        Some(b"0.002".to_vec())
+    );
+    assert_eq!(manta::cluster::kv_get("missing").unwrap(), None);
 
     // Kill: later calls fail with ActorDied.
     assert!(manta::kill(&counter).unwrap());

@@ -44,6 +44,51 @@ pub fn session_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp/manta"))
 }
 
+/// The cluster this process joined, or an error saying it joined none.
+fn joined() -> Result<Arc<worker::Cluster>, Error> {
+    crate::runtime::current_inner()
+        .ok_or(Error::NotInitialized)?
+        .cluster
+        .clone()
+        .ok_or_else(|| Error::Cluster {
+            what: "the key-value store".into(),
+            message: "this process runs the embedded runtime, not a cluster".into(),
+        })
+}
+
+/// Stores `value` under `key` in the GCS's key-value store (Ray's internal KV), replacing any
+/// old value; returns whether there was one.
+pub fn kv_put(key: &str, value: &[u8]) -> Result<bool, Error> {
+    let c = joined()?;
+    match c.gcs_call(|request_id| proto::Msg::KvPut {
+        request_id,
+        key: key.to_owned(),
+        value: value.to_vec(),
+    })? {
+        proto::Msg::KvValue { found, .. } => Ok(found),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The value stored under `key` in the GCS's key-value store, if any.
+pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, Error> {
+    let c = joined()?;
+    match c.gcs_call(|request_id| proto::Msg::KvGet {
+        request_id,
+        key: key.to_owned(),
+    })? {
+        proto::Msg::KvValue { found, value, .. } => Ok(found.then_some(value)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(msg: &proto::Msg) -> Error {
+    Error::Cluster {
+        what: "the GCS".into(),
+        message: format!("unexpected reply {}", msg.name()),
+    }
+}
+
 /// The token of the cluster at `address`, from the latest session directory on this host
 /// (written by `manta start --head`), if it is that cluster's.
 pub fn session_token(address: &str) -> Option<String> {

@@ -413,6 +413,13 @@ impl Cluster {
         let _ = self.rt.set(Arc::downgrade(rt));
     }
 
+    /// A request to the GCS and its reply (from a non-I/O thread).
+    pub(crate) fn gcs_call(&self, make: impl FnOnce(u64) -> Msg) -> Result<Msg, Error> {
+        let _guard = self.io.enter();
+        let rx = self.gcs.request(make);
+        wait_reply(rx, CALL_TIMEOUT, "a request to the GCS")
+    }
+
     fn runtime(&self) -> Option<Arc<RuntimeInner>> {
         self.rt.get().and_then(Weak::upgrade)
     }
