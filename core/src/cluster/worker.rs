@@ -1578,9 +1578,17 @@ impl Cluster {
             // Our node is gone (or cut off): a worker shares its raylet's fate, as in Ray.
             // Exit now rather than wait for running tasks (`shutdown` joins them), so that
             // our connections close and owners fail what they had in flight here.
-            tracing::warn!(
-                index = self.index,
-                "lost the raylet or the GCS: worker exiting"
+            let lost = if self.gcs.is_closed() {
+                format!("the cluster's head at {}", self.gcs_address)
+            } else {
+                "this node's raylet".to_owned()
+            };
+            // One line on stderr whatever the application's logging (under srun/mpirun this
+            // is what the user sees from the ranks that outlived the head).
+            eprintln!(
+                "manta: worker {} (pid {}) lost {lost}; exiting",
+                self.index,
+                std::process::id()
             );
             std::process::exit(1);
         }
