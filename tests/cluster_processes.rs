@@ -169,6 +169,17 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `manta list tasks` sees them: submitted by the driver, running on the special node.
+    let work = manta::cluster::list_work(&cluster.address, &cluster.token).unwrap();
+    let running: Vec<_> = work
+        .tasks
+        .iter()
+        .filter(|t| t.state == "RUNNING" && t.name.ends_with("where_am_i"))
+        .collect();
+    assert_eq!(running.len(), 2, "{:?}", work.tasks);
+    assert!(running.iter().all(|t| t.node_id == special));
+    assert!(work.tasks.iter().filter(|t| t.state == "SUBMITTED").count() >= 2);
+    assert!(!work.partial);
     assert!(manta::get_all(&long).unwrap().iter().all(|n| *n == special));
 
     // Infeasible everywhere: a clear error, fast.
@@ -189,6 +200,15 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     let view = made.get_view().unwrap();
     assert_eq!(view.len(), 4 << 20);
     assert!(view.iter().all(|x| *x == 2.0));
+    // `manta list objects`: the 16 MiB result is held by its worker for the driver.
+    let work = manta::cluster::list_work(&cluster.address, &cluster.token).unwrap();
+    assert!(
+        work.objects
+            .iter()
+            .any(|o| o.object_id == made.id().as_u64() && o.role == "held" && o.size > 16 << 20),
+        "{:?}",
+        work.objects
+    );
     // A result held by one worker passed to another task (pulled worker to worker).
     let again = sum_f32::remote(&made).get().unwrap();
     assert_eq!(again, 2.0 * (4 << 20) as f64);

@@ -226,6 +226,14 @@ impl RuntimeInner {
         lock(&self.escaped).remove(&id);
     }
 
+    /// The live cells of the escape table.
+    pub(crate) fn escaped_cells(&self) -> Vec<Arc<ObjectCell>> {
+        lock(&self.escaped)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     pub(crate) fn escaped_count(&self) -> usize {
         lock(&self.escaped).len()
     }

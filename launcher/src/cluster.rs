@@ -312,6 +312,45 @@ pub fn list(args: &ListArgs) -> Result<()> {
                 print_node(n);
             }
         }
+        ListWhat::Tasks | ListWhat::Objects => {
+            let work = cluster::list_work(&address, &token)?;
+            if args.what == ListWhat::Tasks {
+                println!(
+                    "  {:>18}  {:<9}  {:>5}  {:>6}  {:>4}  NAME",
+                    "ID", "STATE", "OWNER", "WORKER", "NODE"
+                );
+                for t in &work.tasks {
+                    println!(
+                        "  {:>18}  {:<9}  {:>5}  {:>6}  {:>4}  {}",
+                        format!("{:#x}", t.task_id),
+                        t.state,
+                        t.owner,
+                        t.worker,
+                        t.node_id,
+                        t.name
+                    );
+                }
+            } else {
+                println!(
+                    "  {:>18}  {:>12}  {:<8}  {:<8}  {:>6}  {:>5}",
+                    "ID", "BYTES", "KIND", "ROLE", "HOLDER", "OWNER"
+                );
+                for o in &work.objects {
+                    println!(
+                        "  {:>18}  {:>12}  {:<8}  {:<8}  {:>6}  {:>5}",
+                        format!("{:#x}", o.object_id),
+                        o.size,
+                        o.kind,
+                        o.role,
+                        o.holder,
+                        o.owner
+                    );
+                }
+            }
+            if work.partial {
+                println!("(partial: some worker did not answer within 2 s)");
+            }
+        }
         ListWhat::Actors => {
             println!(
                 "  {:>18}  {:<5}  {:>4}  {:>6}  {:<16}  CLASS",

@@ -76,7 +76,7 @@ pub enum Command {
     Stop(ClusterArgs),
     /// Show the cluster's nodes, their resources and liveness.
     Status(ClusterArgs),
-    /// List the cluster's nodes or actors.
+    /// List the cluster's nodes, actors, tasks or objects.
     List(ListArgs),
 }
 
@@ -186,6 +186,10 @@ pub enum ListWhat {
     Nodes,
     /// Actors with id, class, name, node and state.
     Actors,
+    /// Tasks and actor calls submitted or running, with owner, worker and node.
+    Tasks,
+    /// Objects held for owners, shared across processes or borrowed, with size and place.
+    Objects,
 }
 
 /// Arguments of `manta microbenchmark`.

@@ -44,10 +44,25 @@ struct State {
     actors: HashMap<u64, ActorInfo>,
     named: HashMap<String, u64>,
     subscribers: Vec<Arc<Peer>>,
+    /// Listings being gathered from every worker, by the id sent to the workers.
+    listings: HashMap<u64, Listing>,
+    next_listing: u64,
     next_node: u64,
     next_worker: u64,
     next_job: u64,
 }
+
+/// A `manta list` answer being gathered.
+struct Listing {
+    asker: Arc<Peer>,
+    request_id: u64,
+    waiting: usize,
+    tasks: Vec<super::proto::TaskRow>,
+    objects: Vec<super::proto::ObjectRow>,
+}
+
+/// How long the GCS waits for every worker's part of a listing.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The GCS's state and message handling.
 #[derive(Default)]
@@ -74,6 +89,7 @@ impl Gcs {
         Arc::new(Gcs {
             state: Mutex::new(State {
                 next_node: 1,
+                next_listing: 1,
                 next_worker: 1,
                 next_job: 1,
                 ..State::default()
@@ -330,6 +346,83 @@ impl Gcs {
         }
     }
 
+    /// Asks every live worker for its part of a listing; answers when all did, or after
+    /// [`LISTING_TIMEOUT`] with what came (marked partial).
+    fn start_listing(self: &Arc<Self>, asker: &Arc<Peer>, request_id: u64) {
+        let mut s = lock(&self.state);
+        let id = s.next_listing;
+        s.next_listing += 1;
+        let workers: Vec<Arc<Peer>> = s
+            .workers
+            .values()
+            .filter(|w| w.alive && !w.peer.is_closed())
+            .map(|w| w.peer.clone())
+            .collect();
+        if workers.is_empty() {
+            asker.send(Msg::Work {
+                request_id,
+                tasks: Vec::new(),
+                objects: Vec::new(),
+                partial: false,
+            });
+            return;
+        }
+        s.listings.insert(
+            id,
+            Listing {
+                asker: asker.clone(),
+                request_id,
+                waiting: workers.len(),
+                tasks: Vec::new(),
+                objects: Vec::new(),
+            },
+        );
+        drop(s);
+        for w in workers {
+            w.send(Msg::ListWork { request_id: id });
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(LISTING_TIMEOUT).await;
+            me.finish_listing(id, true);
+        });
+    }
+
+    fn listing_part(
+        &self,
+        id: u64,
+        tasks: Vec<super::proto::TaskRow>,
+        objects: Vec<super::proto::ObjectRow>,
+    ) {
+        let done = {
+            let mut s = lock(&self.state);
+            let Some(l) = s.listings.get_mut(&id) else {
+                return;
+            };
+            l.tasks.extend(tasks);
+            l.objects.extend(objects);
+            l.waiting = l.waiting.saturating_sub(1);
+            l.waiting == 0
+        };
+        if done {
+            self.finish_listing(id, false);
+        }
+    }
+
+    fn finish_listing(&self, id: u64, partial: bool) {
+        let Some(mut l) = lock(&self.state).listings.remove(&id) else {
+            return;
+        };
+        l.tasks.sort_by_key(|t| t.task_id);
+        l.objects.sort_by_key(|o| o.object_id);
+        l.asker.send(Msg::Work {
+            request_id: l.request_id,
+            tasks: l.tasks,
+            objects: l.objects,
+            partial,
+        });
+    }
+
     fn stop_nodes(s: &State, reason: &str) {
         for e in s.nodes.iter().filter(|e| e.node.alive) {
             e.peer.send(Msg::Stop {
@@ -384,7 +477,16 @@ pub(crate) struct GcsHandler(pub(crate) Arc<Gcs>);
 
 impl Handler for GcsHandler {
     fn on_message(self: Arc<Self>, peer: &Arc<Peer>, msg: Msg) {
-        self.0.handle(peer, msg);
+        match msg {
+            Msg::ListWork { request_id } => self.0.start_listing(peer, request_id),
+            Msg::Work {
+                request_id,
+                tasks,
+                objects,
+                ..
+            } => self.0.listing_part(request_id, tasks, objects),
+            other => self.0.handle(peer, other),
+        }
     }
     fn on_close(self: Arc<Self>, peer: &Arc<Peer>, _reason: &str) {
         self.0.closed(peer);

@@ -29,7 +29,8 @@ mod wire;
 pub(crate) mod worker;
 
 pub use node::{
-    ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, query, run_node, stop_cluster,
+    ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,
+    list_work, query, run_node, stop_cluster,
 };
 
 use std::path::PathBuf;

@@ -216,6 +216,104 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
     })
 }
 
+/// One task in [`WorkList`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TaskListing {
+    /// Task (or actor call) id.
+    pub task_id: u64,
+    /// Function, method or actor class.
+    pub name: String,
+    /// SUBMITTED (seen by its owner) or RUNNING (seen by its executor).
+    pub state: String,
+    /// The owner's worker index.
+    pub owner: u64,
+    /// The executing worker's index.
+    pub worker: u64,
+    /// The executing node.
+    pub node_id: u64,
+}
+
+/// One object in [`WorkList`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ObjectListing {
+    /// Object id.
+    pub object_id: u64,
+    /// Encoded size in bytes.
+    pub size: u64,
+    /// inline, store, remote, pending or failed.
+    pub kind: String,
+    /// held (a result kept for its owner), shared (referenced from other processes) or
+    /// borrowed (a copy pulled from its owner).
+    pub role: String,
+    /// The worker holding its bytes.
+    pub holder: u64,
+    /// The owner's worker index.
+    pub owner: u64,
+}
+
+/// Every worker's tasks and objects, for `manta list tasks|objects`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkList {
+    /// Tasks submitted or running.
+    pub tasks: Vec<TaskListing>,
+    /// Objects held, shared or borrowed.
+    pub objects: Vec<ObjectListing>,
+    /// Whether some worker did not answer in time.
+    pub partial: bool,
+}
+
+/// Gathers every worker's tasks and objects from the cluster whose GCS is at `address`.
+pub fn list_work(address: &str, token: &str) -> Result<WorkList, Error> {
+    let io = io_runtime()?;
+    io.block_on(async {
+        let conn = super::connect(address, token, "cli".into()).await?;
+        let gcs = Peer::spawn(conn, "gcs".into(), Arc::new(RepliesOnly));
+        let reply = gcs.request(|request_id| Msg::ListWork { request_id });
+        let reply = tokio::time::timeout(CALL_TIMEOUT, reply)
+            .await
+            .map_err(|_| cluster_error("listing work", "no reply in time"))?
+            .map_err(|_| cluster_error("listing work", "connection closed"))??;
+        gcs.shutdown("done");
+        let Msg::Work {
+            tasks,
+            objects,
+            partial,
+            ..
+        } = reply
+        else {
+            return Err(cluster_error("listing work", "unexpected reply"));
+        };
+        Ok(WorkList {
+            tasks: tasks
+                .into_iter()
+                .map(|t| TaskListing {
+                    task_id: t.task_id,
+                    name: t.name,
+                    state: t.state,
+                    owner: t.owner,
+                    worker: t.worker,
+                    node_id: t.node_id,
+                })
+                .collect(),
+            objects: objects
+                .into_iter()
+                .map(|o| ObjectListing {
+                    object_id: o.object_id,
+                    size: o.size,
+                    kind: o.kind,
+                    role: o.role,
+                    holder: o.holder,
+                    owner: o.owner,
+                })
+                .collect(),
+            partial,
+        })
+    })
+}
+
 /// Asks the cluster whose GCS is at `address` to stop (every raylet stops its workers and
 /// exits, then the head).
 pub fn stop_cluster(address: &str, token: &str) -> Result<(), Error> {

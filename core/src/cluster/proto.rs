@@ -84,6 +84,28 @@ pub(crate) enum Outcome {
     },
 }
 
+/// One task in a listing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TaskRow {
+    pub(crate) task_id: u64,
+    pub(crate) name: String,
+    pub(crate) state: String,
+    pub(crate) owner: u64,
+    pub(crate) worker: u64,
+    pub(crate) node_id: u64,
+}
+
+/// One object in a listing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct ObjectRow {
+    pub(crate) object_id: u64,
+    pub(crate) size: u64,
+    pub(crate) kind: String,
+    pub(crate) role: String,
+    pub(crate) holder: u64,
+    pub(crate) owner: u64,
+}
+
 /// Every cluster message.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Msg {
@@ -251,6 +273,15 @@ pub(crate) enum Msg {
     FreeObject {
         object_id: u64,
     },
+    ListWork {
+        request_id: u64,
+    },
+    Work {
+        request_id: u64,
+        tasks: Vec<TaskRow>,
+        objects: Vec<ObjectRow>,
+        partial: bool,
+    },
 }
 
 // ---- tags ---------------------------------------------------------------------------------
@@ -289,9 +320,11 @@ pub(crate) const TAG_KILL_ACTOR: u64 = 28;
 pub(crate) const TAG_PULL_OBJECT: u64 = 29;
 pub(crate) const TAG_OBJECT_DATA: u64 = 30;
 pub(crate) const TAG_FREE_OBJECT: u64 = 31;
+pub(crate) const TAG_LIST_WORK: u64 = 32;
+pub(crate) const TAG_WORK: u64 = 33;
 
 /// Table names by tag (`NAMES[tag - 1]`).
-const NAMES: [&str; 31] = [
+const NAMES: [&str; 33] = [
     "RegisterNode",
     "RegisterWorker",
     "Registered",
@@ -323,6 +356,8 @@ const NAMES: [&str; 31] = [
     "PullObject",
     "ObjectData",
     "FreeObject",
+    "ListWork",
+    "Work",
 ];
 
 /// The table name a tag stands for, if it is a cluster message's.
@@ -366,6 +401,8 @@ impl Msg {
             Msg::PullObject { .. } => TAG_PULL_OBJECT,
             Msg::ObjectData { .. } => TAG_OBJECT_DATA,
             Msg::FreeObject { .. } => TAG_FREE_OBJECT,
+            Msg::ListWork { .. } => TAG_LIST_WORK,
+            Msg::Work { .. } => TAG_WORK,
         }
     }
 
@@ -510,6 +547,41 @@ fn build_actor_info<'a>(
                 fb::ActorState::Dead
             },
             death,
+        },
+    )
+}
+
+fn build_task_row<'a>(fbb: &mut FlatBufferBuilder<'a>, t: &TaskRow) -> WIPOffset<fb::TaskRow<'a>> {
+    let name = opt_str(fbb, &t.name);
+    let state = opt_str(fbb, &t.state);
+    fb::TaskRow::create(
+        fbb,
+        &fb::TaskRowArgs {
+            task_id: t.task_id,
+            name,
+            state,
+            owner: t.owner,
+            worker: t.worker,
+            node_id: t.node_id,
+        },
+    )
+}
+
+fn build_object_row<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    o: &ObjectRow,
+) -> WIPOffset<fb::ObjectRow<'a>> {
+    let kind = opt_str(fbb, &o.kind);
+    let role = opt_str(fbb, &o.role);
+    fb::ObjectRow::create(
+        fbb,
+        &fb::ObjectRowArgs {
+            object_id: o.object_id,
+            size: o.size,
+            kind,
+            role,
+            holder: o.holder,
+            owner: o.owner,
         },
     )
 }
@@ -1046,6 +1118,32 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                 }
             );
         }
+        Msg::ListWork { request_id } => {
+            table!(
+                ListWork,
+                ListWorkArgs {
+                    request_id: *request_id
+                }
+            );
+        }
+        Msg::Work {
+            request_id,
+            tasks,
+            objects,
+            partial,
+        } => {
+            let tasks = opt_offsets(fbb, tasks, build_task_row);
+            let objects = opt_offsets(fbb, objects, build_object_row);
+            table!(
+                Work,
+                WorkArgs {
+                    request_id: *request_id,
+                    tasks,
+                    objects,
+                    partial: *partial,
+                }
+            );
+        }
     }
     fbb.finished_data()
 }
@@ -1415,6 +1513,46 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
         TAG_FREE_OBJECT => Msg::FreeObject {
             object_id: root!(FreeObject).object_id(),
         },
+        TAG_LIST_WORK => Msg::ListWork {
+            request_id: root!(ListWork).request_id(),
+        },
+        TAG_WORK => {
+            let t = root!(Work);
+            Msg::Work {
+                request_id: t.request_id(),
+                tasks: t
+                    .tasks()
+                    .map(|v| {
+                        v.iter()
+                            .map(|r| TaskRow {
+                                task_id: r.task_id(),
+                                name: string(r.name()),
+                                state: string(r.state()),
+                                owner: r.owner(),
+                                worker: r.worker(),
+                                node_id: r.node_id(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                objects: t
+                    .objects()
+                    .map(|v| {
+                        v.iter()
+                            .map(|r| ObjectRow {
+                                object_id: r.object_id(),
+                                size: r.size(),
+                                kind: string(r.kind()),
+                                role: string(r.role()),
+                                holder: r.holder(),
+                                owner: r.owner(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                partial: t.partial(),
+            }
+        }
         _ => return Err(ProtoError::UnknownTag(tag)),
     })
 }
@@ -1662,6 +1800,27 @@ mod tests {
             Msg::FreeObject {
                 object_id: 0xdead_beef,
             },
+            Msg::ListWork { request_id: 32 },
+            Msg::Work {
+                request_id: 33,
+                tasks: vec![TaskRow {
+                    task_id: 5,
+                    name: "app::f".into(),
+                    state: "RUNNING".into(),
+                    owner: 1,
+                    worker: 2,
+                    node_id: 3,
+                }],
+                objects: vec![ObjectRow {
+                    object_id: 6,
+                    size: 1 << 20,
+                    kind: "store".into(),
+                    role: "held".into(),
+                    holder: 2,
+                    owner: 1,
+                }],
+                partial: true,
+            },
         ]
     }
 
@@ -1676,7 +1835,7 @@ mod tests {
     fn every_variant_round_trips_through_one_reused_builder() {
         let samples = samples();
         let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
-        assert_eq!(tags, (1..=31).collect(), "a sample of every variant");
+        assert_eq!(tags, (1..=33).collect(), "a sample of every variant");
         let mut fbb = FlatBufferBuilder::new();
         for msg in &samples {
             round_trip(&mut fbb, msg);
@@ -1789,7 +1948,7 @@ mod tests {
         let mut seen = HashSet::new();
         for msg in &samples {
             let tag = msg.tag().0;
-            assert!((1..=31).contains(&tag));
+            assert!((1..=33).contains(&tag));
             assert_eq!(tag_name(tag), Some(msg.name()));
             // Distinct per variant (TaskDone has three samples, one tag).
             if !matches!(msg, Msg::TaskDone { .. }) {
@@ -1804,13 +1963,13 @@ mod tests {
         assert_eq!(TAG_ACTOR_CALL, 27);
         assert_eq!(TAG_FREE_OBJECT, 31);
         assert_eq!(tag_name(0), None);
-        assert_eq!(tag_name(32), None);
+        assert_eq!(tag_name(34), None);
         assert_eq!(tag_name(u64::MAX), None);
     }
 
     #[test]
     fn unknown_tag_is_an_error() {
-        for tag in [0, 32, 1000, u64::MAX] {
+        for tag in [0, 34, 1000, u64::MAX] {
             assert_eq!(decode(tag, &[]), Err(ProtoError::UnknownTag(tag)));
         }
         let e = decode(99, &[]).unwrap_err();

@@ -38,6 +38,8 @@ pub(crate) enum Role {
 /// A task or actor call this process owns that runs elsewhere.
 struct InFlight {
     cell: Arc<ObjectCell>,
+    /// The function, method or actor class (for listings).
+    name: &'static str,
     /// Worker index it was pushed to.
     worker: u64,
     /// Node slot it counts against, and its CPUs.
@@ -51,7 +53,7 @@ struct InFlight {
 
 /// A task's submission, kept to run it again after its worker process died.
 struct Retry {
-    function: String,
+    function: &'static str,
     request: ResourceRequest,
     name: Option<String>,
     max_retries: u32,
@@ -137,6 +139,8 @@ pub(crate) struct Cluster {
     in_flight: Mutex<HashMap<u64, InFlight>>,
     /// Results this process computed for remote owners, until they free them.
     held: Mutex<HashMap<u64, ObjectValue>>,
+    /// Work pushed here and not yet done: id -> (name, owner's worker index), for listings.
+    executing: Mutex<HashMap<u64, (Box<str>, u64)>>,
     pulls: Mutex<HashMap<u64, PendingPull>>,
     pull_queue: Mutex<PullQueue>,
     next_pull: AtomicU64,
@@ -359,6 +363,7 @@ impl Cluster {
             nodes_loaded: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            executing: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             pull_queue: Mutex::new(PullQueue::default()),
             next_pull: AtomicU64::new(1),
@@ -770,7 +775,7 @@ impl Cluster {
     pub(crate) fn submit_remote(
         &self,
         rt: &Arc<RuntimeInner>,
-        function: &str,
+        function: &'static str,
         cell: Arc<ObjectCell>,
         args: Box<[ArgSlot]>,
         request: &ResourceRequest,
@@ -807,12 +812,13 @@ impl Cluster {
             task_id,
             InFlight {
                 cell,
+                name: function,
                 worker,
                 node: Some(node),
                 cpus,
                 args,
                 retry: Some(Retry {
-                    function: function.to_owned(),
+                    function,
                     request: request.clone(),
                     name: name.map(str::to_owned),
                     max_retries,
@@ -885,6 +891,7 @@ impl Cluster {
             actor_id,
             InFlight {
                 cell: created,
+                name: actor.class_name(),
                 worker,
                 node: None,
                 cpus: 0.0,
@@ -909,7 +916,7 @@ impl Cluster {
         &self,
         remote: &RemoteActor,
         actor_id: u64,
-        method: &str,
+        method: &'static str,
         cell: Arc<ObjectCell>,
         args: Box<[ArgSlot]>,
     ) {
@@ -923,6 +930,7 @@ impl Cluster {
             call_id,
             InFlight {
                 cell,
+                name: method,
                 worker: remote.worker,
                 node: None,
                 cpus: 0.0,
@@ -1041,7 +1049,7 @@ impl Cluster {
                     tracing::info!(task = %cell.id(), left = r.left, "retrying a task whose worker died");
                     c.submit_remote(
                         &rt,
-                        &r.function,
+                        r.function,
                         cell,
                         args,
                         &r.request,
@@ -1430,12 +1438,19 @@ impl Cluster {
     }
 
     /// When `cell` completes, tells `peer` (the owner) with TaskDone{task_id}.
-    fn reply_when_done(&self, peer: &Arc<Peer>, task_id: u64, cell: &Arc<ObjectCell>) {
+    fn reply_when_done(&self, peer: &Arc<Peer>, task_id: u64, name: &str, cell: &Arc<ObjectCell>) {
+        let owner = peer
+            .name
+            .strip_prefix('w')
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        lock(&self.executing).insert(task_id, (name.into(), owner));
         let me = self.me.get().cloned().unwrap_or_default();
         let peer = peer.clone();
         let c2 = cell.clone();
         let respond = move || {
             let Some(c) = me.upgrade() else { return };
+            lock(&c.executing).remove(&task_id);
             let outcome = match c2.get() {
                 Some(Ok(v)) => c.outcome_of(task_id, v),
                 Some(Err(e)) => failed_outcome(e),
@@ -1481,7 +1496,7 @@ impl Cluster {
             (!name.is_empty()).then_some(name),
             max_retries,
         );
-        self.reply_when_done(peer, task_id, &cell);
+        self.reply_when_done(peer, task_id, function, &cell);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1508,7 +1523,7 @@ impl Cluster {
             max_concurrency as usize,
             max_restarts,
         );
-        self.reply_when_done(peer, actor_id, &created);
+        self.reply_when_done(peer, actor_id, class_name, &created);
     }
 
     fn call_pushed_actor(
@@ -1522,7 +1537,99 @@ impl Cluster {
         let Some(rt) = self.runtime() else { return };
         let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
         let cell = rt.call_pushed(actor_id, call_id, method, slots);
-        self.reply_when_done(peer, call_id, &cell);
+        self.reply_when_done(peer, call_id, method, &cell);
+    }
+
+    // ----- listings ---------------------------------------------------------------------
+
+    /// What this process knows of tasks and objects (`manta list tasks|objects`).
+    fn work(&self, request_id: u64) -> Msg {
+        use super::proto::{ObjectRow, TaskRow};
+        let my_node = self.node_id().unwrap_or(0);
+        let node_of_slot = |slot: Option<usize>| {
+            slot.and_then(|i| lock(&self.nodes).get(i).map(|s| s.node_id))
+                .unwrap_or(0)
+        };
+        let mut tasks: Vec<TaskRow> = Vec::new();
+        let owned: Vec<(u64, &'static str, u64, Option<usize>)> = lock(&self.in_flight)
+            .iter()
+            .map(|(id, f)| (*id, f.name, f.worker, f.node))
+            .collect();
+        for (id, name, worker, slot) in owned {
+            tasks.push(TaskRow {
+                task_id: id,
+                name: name.to_owned(),
+                state: "SUBMITTED".into(),
+                owner: self.index,
+                worker,
+                node_id: node_of_slot(slot),
+            });
+        }
+        for (id, (name, owner)) in lock(&self.executing).iter() {
+            tasks.push(TaskRow {
+                task_id: *id,
+                name: name.to_string(),
+                state: "RUNNING".into(),
+                owner: *owner,
+                worker: self.index,
+                node_id: my_node,
+            });
+        }
+        let describe = |v: Option<&Result<ObjectValue, Error>>| match v {
+            None => ("pending", 0, self.index),
+            Some(Err(_)) => ("failed", 0, self.index),
+            Some(Ok(v)) => match &v.data {
+                Payload::Inline(b) => ("inline", b.len() as u64, self.index),
+                Payload::Stored(s) => ("store", s.len() as u64, self.index),
+                Payload::Remote(r) => ("remote", r.len, r.holder),
+            },
+        };
+        let mut objects: Vec<ObjectRow> = Vec::new();
+        for (id, v) in lock(&self.held).iter() {
+            let (kind, size, holder) = describe(Some(&Ok(v.clone())));
+            objects.push(ObjectRow {
+                object_id: *id,
+                size,
+                kind: kind.into(),
+                role: "held".into(),
+                holder,
+                owner: owner_of(*id),
+            });
+        }
+        if let Some(rt) = self.runtime() {
+            for cell in rt.escaped_cells() {
+                let (kind, size, holder) = describe(cell.get());
+                objects.push(ObjectRow {
+                    object_id: cell.id().as_u64(),
+                    size,
+                    kind: kind.into(),
+                    role: "shared".into(),
+                    holder,
+                    owner: self.index,
+                });
+            }
+        }
+        let borrowed: Vec<Arc<ObjectCell>> = lock(&self.borrowed)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for cell in borrowed {
+            let (kind, size, holder) = describe(cell.get());
+            objects.push(ObjectRow {
+                object_id: cell.id().as_u64(),
+                size,
+                kind: kind.into(),
+                role: "borrowed".into(),
+                holder,
+                owner: owner_of(cell.id().as_u64()),
+            });
+        }
+        Msg::Work {
+            request_id,
+            tasks,
+            objects,
+            partial: false,
+        }
     }
 
     // ----- lifetime ---------------------------------------------------------------------
@@ -1866,6 +1973,7 @@ impl Handler for WorkerHandler {
             Msg::FreeObject { object_id } => {
                 lock(&c.held).remove(&object_id);
             }
+            Msg::ListWork { request_id } => peer.send(c.work(request_id)),
             Msg::NodeEvent { node } if !node.alive => c.node_died(node.node_id),
             Msg::NodeEvent { .. } => {
                 c.nodes_loaded.store(false, Ordering::Release);

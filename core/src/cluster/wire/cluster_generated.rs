@@ -5461,6 +5461,619 @@ impl ::core::fmt::Debug for FreeObject<'_> {
       ds.finish()
   }
 }
+pub enum TaskRowOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A task or actor call a worker knows of.
+pub struct TaskRow<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TaskRow<'a> {
+  type Inner = TaskRow<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TaskRow<'a> {
+  pub const VT_TASK_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_OWNER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_WORKER: ::flatbuffers::VOffsetT = 12;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TaskRow { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TaskRowArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TaskRow<'bldr>> {
+    let mut builder = TaskRowBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    builder.add_worker(args.worker);
+    builder.add_owner(args.owner);
+    builder.add_task_id(args.task_id);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn task_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TaskRow::VT_TASK_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TaskRow::VT_NAME, None)}
+  }
+  /// SUBMITTED (the owner sent it), RUNNING (the executor has it), ...
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TaskRow::VT_STATE, None)}
+  }
+  #[inline]
+  pub fn owner(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TaskRow::VT_OWNER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn worker(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TaskRow::VT_WORKER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TaskRow::VT_NODE_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TaskRow<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("task_id", Self::VT_TASK_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .visit_field::<u64>("owner", Self::VT_OWNER, false)?
+     .visit_field::<u64>("worker", Self::VT_WORKER, false)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TaskRowArgs<'a> {
+    pub task_id: u64,
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub state: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub owner: u64,
+    pub worker: u64,
+    pub node_id: u64,
+}
+impl<'a> Default for TaskRowArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TaskRowArgs {
+      task_id: 0,
+      name: None,
+      state: None,
+      owner: 0,
+      worker: 0,
+      node_id: 0,
+    }
+  }
+}
+
+pub struct TaskRowBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TaskRowBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_task_id(&mut self, task_id: u64) {
+    self.fbb_.push_slot::<u64>(TaskRow::VT_TASK_ID, task_id, 0);
+  }
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TaskRow::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TaskRow::VT_STATE, state);
+  }
+  #[inline]
+  pub fn add_owner(&mut self, owner: u64) {
+    self.fbb_.push_slot::<u64>(TaskRow::VT_OWNER, owner, 0);
+  }
+  #[inline]
+  pub fn add_worker(&mut self, worker: u64) {
+    self.fbb_.push_slot::<u64>(TaskRow::VT_WORKER, worker, 0);
+  }
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(TaskRow::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TaskRowBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TaskRowBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TaskRow<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TaskRow<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TaskRow");
+      ds.field("task_id", &self.task_id());
+      ds.field("name", &self.name());
+      ds.field("state", &self.state());
+      ds.field("owner", &self.owner());
+      ds.field("worker", &self.worker());
+      ds.field("node_id", &self.node_id());
+      ds.finish()
+  }
+}
+pub enum ObjectRowOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// An object a worker holds or shares.
+pub struct ObjectRow<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ObjectRow<'a> {
+  type Inner = ObjectRow<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ObjectRow<'a> {
+  pub const VT_OBJECT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SIZE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_HOLDER: ::flatbuffers::VOffsetT = 12;
+  pub const VT_OWNER: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ObjectRow { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ObjectRowArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ObjectRow<'bldr>> {
+    let mut builder = ObjectRowBuilder::new(_fbb);
+    builder.add_owner(args.owner);
+    builder.add_holder(args.holder);
+    builder.add_size(args.size);
+    builder.add_object_id(args.object_id);
+    if let Some(x) = args.role { builder.add_role(x); }
+    if let Some(x) = args.kind { builder.add_kind(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn object_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectRow::VT_OBJECT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn size(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectRow::VT_SIZE, Some(0)).unwrap()}
+  }
+  /// Where its bytes are: inline, store, remote (held elsewhere), pending.
+  #[inline]
+  pub fn kind(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ObjectRow::VT_KIND, None)}
+  }
+  /// Why this worker lists it: held (a result kept for its owner), shared (owned here,
+  /// referenced elsewhere), borrowed (a copy pulled from its owner).
+  #[inline]
+  pub fn role(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ObjectRow::VT_ROLE, None)}
+  }
+  #[inline]
+  pub fn holder(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectRow::VT_HOLDER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn owner(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectRow::VT_OWNER, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ObjectRow<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("object_id", Self::VT_OBJECT_ID, false)?
+     .visit_field::<u64>("size", Self::VT_SIZE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("kind", Self::VT_KIND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("role", Self::VT_ROLE, false)?
+     .visit_field::<u64>("holder", Self::VT_HOLDER, false)?
+     .visit_field::<u64>("owner", Self::VT_OWNER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ObjectRowArgs<'a> {
+    pub object_id: u64,
+    pub size: u64,
+    pub kind: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub role: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub holder: u64,
+    pub owner: u64,
+}
+impl<'a> Default for ObjectRowArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ObjectRowArgs {
+      object_id: 0,
+      size: 0,
+      kind: None,
+      role: None,
+      holder: 0,
+      owner: 0,
+    }
+  }
+}
+
+pub struct ObjectRowBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ObjectRowBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_object_id(&mut self, object_id: u64) {
+    self.fbb_.push_slot::<u64>(ObjectRow::VT_OBJECT_ID, object_id, 0);
+  }
+  #[inline]
+  pub fn add_size(&mut self, size: u64) {
+    self.fbb_.push_slot::<u64>(ObjectRow::VT_SIZE, size, 0);
+  }
+  #[inline]
+  pub fn add_kind(&mut self, kind: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ObjectRow::VT_KIND, kind);
+  }
+  #[inline]
+  pub fn add_role(&mut self, role: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ObjectRow::VT_ROLE, role);
+  }
+  #[inline]
+  pub fn add_holder(&mut self, holder: u64) {
+    self.fbb_.push_slot::<u64>(ObjectRow::VT_HOLDER, holder, 0);
+  }
+  #[inline]
+  pub fn add_owner(&mut self, owner: u64) {
+    self.fbb_.push_slot::<u64>(ObjectRow::VT_OWNER, owner, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ObjectRowBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ObjectRowBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ObjectRow<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ObjectRow<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ObjectRow");
+      ds.field("object_id", &self.object_id());
+      ds.field("size", &self.size());
+      ds.field("kind", &self.kind());
+      ds.field("role", &self.role());
+      ds.field("holder", &self.holder());
+      ds.field("owner", &self.owner());
+      ds.finish()
+  }
+}
+pub enum ListWorkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// CLI -> GCS -> every live worker: what work and objects do you have? Reply: Work.
+pub struct ListWork<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ListWork<'a> {
+  type Inner = ListWork<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ListWork<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ListWork { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ListWorkArgs
+  ) -> ::flatbuffers::WIPOffset<ListWork<'bldr>> {
+    let mut builder = ListWorkBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ListWork::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ListWork<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ListWorkArgs {
+    pub request_id: u64,
+}
+impl<'a> Default for ListWorkArgs {
+  #[inline]
+  fn default() -> Self {
+    ListWorkArgs {
+      request_id: 0,
+    }
+  }
+}
+
+pub struct ListWorkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListWorkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ListWork::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ListWorkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ListWorkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ListWork<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ListWork<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ListWork");
+      ds.field("request_id", &self.request_id());
+      ds.finish()
+  }
+}
+pub enum WorkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer; the GCS's reply merges every worker's (`partial` when one did not answer).
+pub struct Work<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Work<'a> {
+  type Inner = Work<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Work<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TASKS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OBJECTS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PARTIAL: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Work { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WorkArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Work<'bldr>> {
+    let mut builder = WorkBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.objects { builder.add_objects(x); }
+    if let Some(x) = args.tasks { builder.add_tasks(x); }
+    builder.add_partial(args.partial);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Work::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn tasks(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TaskRow<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TaskRow>>>>(Work::VT_TASKS, None)}
+  }
+  #[inline]
+  pub fn objects(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ObjectRow<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ObjectRow>>>>(Work::VT_OBJECTS, None)}
+  }
+  #[inline]
+  pub fn partial(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Work::VT_PARTIAL, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Work<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TaskRow>>>>("tasks", Self::VT_TASKS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ObjectRow>>>>("objects", Self::VT_OBJECTS, false)?
+     .visit_field::<bool>("partial", Self::VT_PARTIAL, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WorkArgs<'a> {
+    pub request_id: u64,
+    pub tasks: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TaskRow<'a>>>>>,
+    pub objects: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ObjectRow<'a>>>>>,
+    pub partial: bool,
+}
+impl<'a> Default for WorkArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    WorkArgs {
+      request_id: 0,
+      tasks: None,
+      objects: None,
+      partial: false,
+    }
+  }
+}
+
+pub struct WorkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WorkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(Work::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_tasks(&mut self, tasks: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TaskRow<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Work::VT_TASKS, tasks);
+  }
+  #[inline]
+  pub fn add_objects(&mut self, objects: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ObjectRow<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Work::VT_OBJECTS, objects);
+  }
+  #[inline]
+  pub fn add_partial(&mut self, partial: bool) {
+    self.fbb_.push_slot::<bool>(Work::VT_PARTIAL, partial, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WorkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WorkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Work<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Work<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Work");
+      ds.field("request_id", &self.request_id());
+      ds.field("tasks", &self.tasks());
+      ds.field("objects", &self.objects());
+      ds.field("partial", &self.partial());
+      ds.finish()
+  }
+}
 }  // pub mod wire
 }  // pub mod cluster
 }  // pub mod manta
