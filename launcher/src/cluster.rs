@@ -106,14 +106,14 @@ pub fn start(args: &StartArgs) -> Result<()> {
         return start_in_background(args, &dir, &token);
     }
     init_logging();
+    let topo = crate::topology::discover();
     let mut opts = NodeOptions::new(ip, token.clone());
     opts.head = args.head;
     opts.gcs_address = args.address.clone();
     opts.port = args.port;
-    if let Some(n) = args.num_cpus {
-        opts.num_cpus = n;
-    }
-    opts.num_gpus = args.num_gpus;
+    opts.num_cpus = args.num_cpus.unwrap_or(topo.cpus.len() as f64);
+    opts.num_gpus = args.num_gpus.unwrap_or(topo.gpus.len() as f64);
+    opts.topology = topo.summary();
     opts.resources = args.resources.clone().unwrap_or_default().0;
     opts.log_dir = Some(dir.join("logs"));
     let head = args.head;
@@ -277,6 +277,13 @@ pub fn status(args: &ClusterArgs) -> Result<()> {
 }
 
 fn print_node(n: &cluster::NodeRow) {
+    print_node_line(n);
+    if !n.topology.is_empty() {
+        println!("        topology: {}", n.topology);
+    }
+}
+
+fn print_node_line(n: &cluster::NodeRow) {
     let res: Vec<String> = n
         .resources
         .iter()
@@ -309,7 +316,7 @@ pub fn list(args: &ListArgs) -> Result<()> {
                 "ID", "ADDRESS", "STATE", "HOST"
             );
             for n in &state.nodes {
-                print_node(n);
+                print_node_line(n);
             }
         }
         ListWhat::Tasks | ListWhat::Objects => {

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod spmd;
+pub mod topology;
 
 /// Rank 0's handle on the cluster it brought up, kept until `shutdown`.
 static HEAD: std::sync::Mutex<Option<spmd::Head>> = std::sync::Mutex::new(None);
@@ -99,12 +100,14 @@ pub struct StartArgs {
     /// The cluster's token (the head makes one when not given).
     #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// CPUs this node offers (default: its available parallelism).
+    /// CPUs this node offers (default: the CPUs this process may run on — the cgroup cpuset
+    /// and any binding respected).
     #[arg(long)]
     pub num_cpus: Option<f64>,
-    /// GPUs this node offers.
-    #[arg(long, default_value_t = 0.0)]
-    pub num_gpus: f64,
+    /// GPUs this node offers (default: those the launcher made visible, CUDA_VISIBLE_DEVICES
+    /// or SLURM_STEP_GPUS).
+    #[arg(long)]
+    pub num_gpus: Option<f64>,
     /// Custom resources, as JSON (`{"ssd": 1}`) or `name=amount,...`.
     #[arg(long, value_parser = parse_resources)]
     pub resources: Option<Resources>,

@@ -299,18 +299,26 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
         }
     };
     let gcs_address = std::net::SocketAddr::new(head_ip, port).to_string();
-    let cpus = rank.cpus_on_node.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as f64)
-            .unwrap_or(1.0)
-    }) / f64::from(rank.local_size.max(1));
+    // This rank's share of the node: the launcher's CPU count (else the CPUs our cpuset
+    // allows) and the visible GPUs, split evenly among the node's ranks.
+    let topo = crate::topology::discover();
+    let local = rank.local_size.max(1) as usize;
+    let cpus = rank.cpus_on_node.unwrap_or(topo.cpus.len() as f64) / local as f64;
     let cpus = cpus.max(1.0).floor();
-    let config = config.num_cpus(cpus);
+    let per_rank = topo.gpus.len() / local;
+    let gpus = if per_rank > 0 {
+        per_rank
+    } else {
+        usize::from((rank.local_rank as usize) < topo.gpus.len())
+    };
+    let config = config.num_cpus(cpus).num_gpus(gpus as f64);
     if rank.rank == 0 {
         let mut opts = NodeOptions::new(head_ip, token.clone());
         opts.head = true;
         opts.port = port;
         opts.num_cpus = cpus;
+        opts.num_gpus = gpus as f64;
+        opts.topology = topo.summary();
         let (ready, node) = start_node(rank, opts)
             .map_err(|e| launch_error(rank, format!("starting the head on {gcs_address}: {e}")))?;
         tracing::info!(gcs = %ready.gcs_address, rank = rank.rank, size = rank.size, "SPMD head up");
@@ -359,6 +367,8 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
     let mut opts = NodeOptions::new(local_ip_towards(head_ip), token.clone());
     opts.gcs_address = Some(gcs_address.clone());
     opts.num_cpus = cpus;
+    opts.num_gpus = gpus as f64;
+    opts.topology = topo.summary();
     opts.spawn_workers = false;
     let (ready, _node) = start_node(rank, opts)?;
     // This rank is its node's worker for the job (the first and only job of this cluster).

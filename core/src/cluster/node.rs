@@ -49,6 +49,8 @@ pub struct NodeOptions {
     /// Whether the raylet starts worker processes itself (`manta start`), or waits for one to
     /// join for each job (the ranks of an `srun`/`mpirun` launch).
     pub spawn_workers: bool,
+    /// The node's topology as found by the launcher, one line for `manta status`.
+    pub topology: String,
 }
 
 impl NodeOptions {
@@ -67,6 +69,7 @@ impl NodeOptions {
             resources: Vec::new(),
             log_dir: None,
             spawn_workers: true,
+            topology: String::new(),
         }
     }
 }
@@ -101,6 +104,8 @@ pub struct NodeRow {
     pub age_s: f64,
     /// Why it died.
     pub death: String,
+    /// The topology its raylet found (cores, NUMA nodes, GPUs, NICs).
+    pub topology: String,
 }
 
 /// One actor in [`ClusterState`].
@@ -199,6 +204,7 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
                         .collect(),
                     age_s: n.age_s,
                     death: n.death,
+                    topology: n.topology,
                 })
                 .collect(),
             actors: actors
@@ -749,6 +755,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 hostname: hostname(),
                 alive: true,
                 resources: raylet.resources(),
+                topology: opts.topology.clone(),
                 ..Node::default()
             },
         });

@@ -31,6 +31,7 @@ pub(crate) struct Node {
     pub(crate) store_pages: String,
     pub(crate) age_s: f64,
     pub(crate) death: String,
+    pub(crate) topology: String,
 }
 
 /// An actor of the GCS's directory.
@@ -505,6 +506,7 @@ fn build_node<'a>(fbb: &mut FlatBufferBuilder<'a>, n: &Node) -> WIPOffset<fb::No
     let resources = opt_resources(fbb, &n.resources);
     let store_pages = opt_str(fbb, &n.store_pages);
     let death = opt_str(fbb, &n.death);
+    let topology = opt_str(fbb, &n.topology);
     fb::Node::create(
         fbb,
         &fb::NodeArgs {
@@ -522,6 +524,7 @@ fn build_node<'a>(fbb: &mut FlatBufferBuilder<'a>, n: &Node) -> WIPOffset<fb::No
             store_pages,
             age_s: n.age_s,
             death,
+            topology,
         },
     )
 }
@@ -1204,6 +1207,7 @@ fn node(n: Option<fb::Node<'_>>) -> Node {
         store_pages: string(n.store_pages()),
         age_s: n.age_s(),
         death: string(n.death()),
+        topology: string(n.topology()),
     }
 }
 

@@ -439,6 +439,7 @@ impl<'a> Node<'a> {
   pub const VT_STORE_PAGES: ::flatbuffers::VOffsetT = 18;
   pub const VT_AGE_S: ::flatbuffers::VOffsetT = 20;
   pub const VT_DEATH: ::flatbuffers::VOffsetT = 22;
+  pub const VT_TOPOLOGY: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -454,6 +455,7 @@ impl<'a> Node<'a> {
     builder.add_store_used(args.store_used);
     builder.add_store_capacity(args.store_capacity);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.topology { builder.add_topology(x); }
     if let Some(x) = args.death { builder.add_death(x); }
     if let Some(x) = args.store_pages { builder.add_store_pages(x); }
     if let Some(x) = args.resources { builder.add_resources(x); }
@@ -538,6 +540,14 @@ impl<'a> Node<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Node::VT_DEATH, None)}
   }
+  /// The topology its raylet found (cores, NUMA nodes, GPUs, NICs), one line.
+  #[inline]
+  pub fn topology(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Node::VT_TOPOLOGY, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Node<'_> {
@@ -556,6 +566,7 @@ impl ::flatbuffers::Verifiable for Node<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("store_pages", Self::VT_STORE_PAGES, false)?
      .visit_field::<f64>("age_s", Self::VT_AGE_S, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("death", Self::VT_DEATH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topology", Self::VT_TOPOLOGY, false)?
      .finish();
     Ok(())
   }
@@ -571,6 +582,7 @@ pub struct NodeArgs<'a> {
     pub store_pages: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub age_s: f64,
     pub death: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub topology: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for NodeArgs<'a> {
   #[inline]
@@ -586,6 +598,7 @@ impl<'a> Default for NodeArgs<'a> {
       store_pages: None,
       age_s: 0.0,
       death: None,
+      topology: None,
     }
   }
 }
@@ -636,6 +649,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Node::VT_DEATH, death);
   }
   #[inline]
+  pub fn add_topology(&mut self, topology: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Node::VT_TOPOLOGY, topology);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     NodeBuilder {
@@ -663,6 +680,7 @@ impl ::core::fmt::Debug for Node<'_> {
       ds.field("store_pages", &self.store_pages());
       ds.field("age_s", &self.age_s());
       ds.field("death", &self.death());
+      ds.field("topology", &self.topology());
       ds.finish()
   }
 }
