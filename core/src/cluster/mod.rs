@@ -7,10 +7,10 @@
 //! 1. registers with the GCS and receives a *worker index*, which becomes the top 16 bits of
 //!    every object and actor id it creates (so any process can find an id's owner);
 //! 2. listens for other members on a TCP port of its node's address and connects to them on
-//!    demand ([`peer::Peer`]);
+//!    demand (`peer::Peer`);
 //! 3. as a **driver** (no local slots of its own: every task and actor goes to worker
 //!    processes, as with Ray's driver), places tasks on nodes with Ray's hybrid policy
-//!    ([`policy`]) and asks each node's raylet once for the job's worker process there;
+//!    (`policy.rs`) and asks each node's raylet once for the job's worker process there;
 //! 4. as a **worker**, runs what owners push to it on its slots and serves until its raylet
 //!    tells it to stop (or disappears), then exits.
 //!

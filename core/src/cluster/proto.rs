@@ -1597,6 +1597,7 @@ mod tests {
             } else {
                 "heartbeats stopped".into()
             },
+            topology: "2 cpus [0-1] 1 numa [numa0:2] 0 gpus [] nics [eth0] (hwloc)".into(),
         }
     }
 
