@@ -21,7 +21,7 @@ use crate::store::Store;
 /// Dropping it without [`Created::seal`] aborts the object (its space is freed and the key
 /// forgotten), so an object whose writer panicked never becomes visible half-written.
 pub struct Created<'s> {
-    store: &'s Store,
+    store: StoreRef<'s>,
     key: ObjectKey,
     offset: usize,
     len: usize,
@@ -40,10 +40,24 @@ impl fmt::Debug for Created<'_> {
 impl<'s> Created<'s> {
     pub(crate) fn new(store: &'s Store, key: ObjectKey, offset: usize, len: usize) -> Self {
         Created {
-            store,
+            store: StoreRef::Borrowed(store),
             key,
             offset,
             len,
+            armed: true,
+        }
+    }
+
+    /// Takes over the writing with an `Arc` of the store (which must be this handle's store),
+    /// so the handle can outlive the borrow.
+    pub(crate) fn into_owned(mut self, store: Arc<Store>) -> CreatedOwned {
+        debug_assert!(std::ptr::eq(&*self.store, &*store));
+        self.armed = false;
+        Created {
+            store: StoreRef::Owned(store),
+            key: self.key,
+            offset: self.offset,
+            len: self.len,
             armed: true,
         }
     }
@@ -76,7 +90,7 @@ impl<'s> Created<'s> {
         // SAFETY: the allocator gave this block to this object alone, and the object is in state
         // Created, which no reader, spiller or evictor touches (store.rs, step 1); this handle is
         // its only writer and `&mut self` makes this borrow the only one. offset + len lies
-        // inside the arena, which outlives 's.
+        // inside the arena, which outlives this handle (borrowed for 's, or kept by the `Arc`).
         unsafe { std::slice::from_raw_parts_mut(self.store.arena_ptr(self.offset), self.len) }
     }
 
@@ -116,76 +130,20 @@ impl Drop for Created<'_> {
 /// A [`Created`] handle that owns an `Arc` of its store instead of borrowing it, for writers
 /// that fill an object across `await` points (bytes arriving from the network straight into
 /// the mapping). Made by [`Store::create_owned`]; the same rules as [`Created`] hold.
-pub struct CreatedOwned {
-    store: Arc<Store>,
-    key: ObjectKey,
-    offset: usize,
-    len: usize,
-    armed: bool,
+pub type CreatedOwned = Created<'static>;
+
+/// How a [`Created`] handle reaches its store: borrowed, or owned by `Arc`.
+enum StoreRef<'s> {
+    Borrowed(&'s Store),
+    Owned(Arc<Store>),
 }
 
-impl fmt::Debug for CreatedOwned {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CreatedOwned")
-            .field("key", &self.key)
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-impl CreatedOwned {
-    /// Takes over the writing of `created` (which must be a handle on `store`).
-    pub(crate) fn new(store: Arc<Store>, mut created: Created<'_>) -> Self {
-        debug_assert!(std::ptr::eq(created.store, &*store));
-        created.armed = false;
-        CreatedOwned {
-            key: created.key,
-            offset: created.offset,
-            len: created.len,
-            armed: true,
-            store,
-        }
-    }
-
-    /// The object's key.
-    pub fn key(&self) -> ObjectKey {
-        self.key
-    }
-
-    /// The object's length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Always false: the store refuses zero-size objects.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The object's bytes, to be filled in place.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `Created::as_mut_slice`: the block belongs to this object alone, which
-        // is in state Created (untouched by readers, spillers and evictors) with this handle as
-        // its only writer; `&mut self` makes the borrow unique, and the `Arc` keeps the arena
-        // mapped for as long as the handle lives.
-        unsafe { std::slice::from_raw_parts_mut(self.store.arena_ptr(self.offset), self.len) }
-    }
-
-    /// Makes the object immutable and visible to readers.
-    pub fn seal(mut self) -> Result<Sealed, StoreError> {
-        self.armed = false;
-        self.store.seal(self.key)?;
-        Ok(Sealed {
-            key: self.key,
-            len: self.len,
-        })
-    }
-}
-
-impl Drop for CreatedOwned {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store.abort_created(self.key);
+impl Deref for StoreRef<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        match self {
+            StoreRef::Borrowed(s) => s,
+            StoreRef::Owned(s) => s,
         }
     }
 }

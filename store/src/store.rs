@@ -232,7 +232,7 @@ impl Store {
         numa: Option<usize>,
     ) -> Result<CreatedOwned, StoreError> {
         let created = self.create_near(key, size, copy, numa)?;
-        Ok(CreatedOwned::new(self.clone(), created))
+        Ok(created.into_owned(self.clone()))
     }
 
     /// Counts whether the block at `offset` landed on the region `asked` for.

@@ -97,8 +97,7 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    /// Starts the reader and writer tasks of `conn` on the current tokio runtime.
-    pub(crate) fn spawn(conn: Connection, name: String, handler: Arc<dyn Handler>) -> Arc<Peer> {
+    fn new(name: String) -> (Arc<Peer>, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let peer = Arc::new(Peer {
             name,
@@ -113,6 +112,12 @@ impl Peer {
             queued: AtomicUsize::new(0),
             released: tokio::sync::Notify::new(),
         });
+        (peer, rx)
+    }
+
+    /// Starts the reader and writer tasks of `conn` on the current tokio runtime.
+    pub(crate) fn spawn(conn: Connection, name: String, handler: Arc<dyn Handler>) -> Arc<Peer> {
+        let (peer, rx) = Peer::new(name);
         let (recv, send) = conn.into_split();
         tokio::spawn(write_loop(peer.clone(), send, rx));
         tokio::spawn(read_loop(peer.clone(), recv, handler));
@@ -122,20 +127,7 @@ impl Peer {
     /// A peer whose connection is still being made: messages queue until `attach` (or fail
     /// with `fail`).
     pub(crate) fn pending(name: String) -> (Arc<Peer>, PendingPeer) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let peer = Arc::new(Peer {
-            name,
-            tx,
-            next_request: AtomicU64::new(1),
-            waiting: Mutex::new(HashMap::new()),
-            expected: Mutex::new(HashMap::new()),
-            closed: AtomicBool::new(false),
-            close_reason: Mutex::new(None),
-            closing: tokio::sync::Notify::new(),
-            direct: Mutex::new(None),
-            queued: AtomicUsize::new(0),
-            released: tokio::sync::Notify::new(),
-        });
+        let (peer, rx) = Peer::new(name);
         (peer.clone(), PendingPeer { peer, rx })
     }
 
