@@ -18,7 +18,7 @@ use manta_core::cluster::{self, NodeOptions};
 use crate::{ClusterArgs, ListArgs, ListWhat, StartArgs};
 
 /// A fresh random token (16 bytes from the kernel, hex).
-fn new_token() -> Result<String> {
+pub(crate) fn new_token() -> Result<String> {
     let mut bytes = [0u8; 16];
     let mut f = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
     std::io::Read::read_exact(&mut f, &mut bytes).context("reading /dev/urandom")?;
@@ -186,6 +186,18 @@ fn start_in_background(args: &StartArgs, dir: &Path, token: &str) -> Result<()> 
         );
     }
     Ok(())
+}
+
+/// This host's address as its name resolves (for a head other hosts must reach).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn hostname_ip() -> Option<IpAddr> {
+    use std::net::ToSocketAddrs;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    (name.trim(), 0)
+        .to_socket_addrs()
+        .ok()?
+        .map(|a| a.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
 }
 
 fn local_ip_towards(peer: std::net::SocketAddr) -> IpAddr {

@@ -16,8 +16,11 @@
 //! cluster token (a keyed hash with a per-user secret in `~/.manta/secret`, mode 0600, made
 //! once; clusters share home directories), and the head's host (the first host of
 //! `SLURM_STEP_NODELIST`; under `mpirun`, this host when all ranks are local). Ranks other than 0
-//! connect to the head, retrying until it answers (up to 60 s), rather than sleeping. Exchange
-//! through MPI itself (the `mpi` crate's allgather, for `mpirun` across nodes) is not built yet.
+//! connect to the head, retrying until it answers (up to 60 s), rather than sleeping.
+//!
+//! With the `mpi` feature, `mpirun` ranks exchange through MPI instead: rank 0 starts the head
+//! on a port the OS picks and broadcasts its address and a fresh random token; MPI is finalised
+//! right after (it only carried the address). That is the route for `mpirun` across nodes.
 //!
 //! This module is the only place in Manta that reads Slurm, MPI or PMI environment variables.
 
@@ -282,9 +285,50 @@ pub(crate) struct Head {
     node: std::thread::JoinHandle<()>,
 }
 
+/// This rank's share of its node: the launcher's CPU count (else the CPUs our cpuset allows)
+/// and the visible GPUs, split evenly among the node's ranks.
+struct Share {
+    cpus: f64,
+    gpus: f64,
+    topology: String,
+}
+
+impl Share {
+    fn of(rank: &Rank) -> Share {
+        let topo = crate::topology::discover();
+        let local = rank.local_size.max(1) as usize;
+        let cpus = rank.cpus_on_node.unwrap_or(topo.cpus.len() as f64) / local as f64;
+        let per_rank = topo.gpus.len() / local;
+        let gpus = if per_rank > 0 {
+            per_rank
+        } else {
+            usize::from((rank.local_rank as usize) < topo.gpus.len())
+        };
+        Share {
+            cpus: cpus.max(1.0).floor(),
+            gpus: gpus as f64,
+            topology: topo.summary(),
+        }
+    }
+
+    fn node(&self, ip: IpAddr, token: &str) -> NodeOptions {
+        let mut opts = NodeOptions::new(ip, token.to_owned());
+        opts.num_cpus = self.cpus;
+        opts.num_gpus = self.gpus;
+        opts.topology = self.topology.clone();
+        opts
+    }
+}
+
 /// Brings up this rank's part of the cluster. Returns the head's handle on rank 0 (the
 /// driver); never returns on other ranks unless they fail.
 pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
+    let share = Share::of(rank);
+    let config = config.num_cpus(share.cpus).num_gpus(share.gpus);
+    #[cfg(feature = "mpi")]
+    if rank.launcher == "mpirun" {
+        return bootstrap_mpi(rank, config, share);
+    }
     let token = token_for(&rank.job_key)?;
     let port = port_for(&rank.job_key);
     let head_ip = match &rank.head_host {
@@ -294,61 +338,14 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
             return Err(launch_error(
                 rank,
                 "the head's host is unknown: under mpirun across nodes, build with the `mpi` \
-                 feature (not built yet) or start the cluster with `manta start`",
+                 feature or start the cluster with `manta start`",
             ));
         }
     };
     let gcs_address = std::net::SocketAddr::new(head_ip, port).to_string();
-    // This rank's share of the node: the launcher's CPU count (else the CPUs our cpuset
-    // allows) and the visible GPUs, split evenly among the node's ranks.
-    let topo = crate::topology::discover();
-    let local = rank.local_size.max(1) as usize;
-    let cpus = rank.cpus_on_node.unwrap_or(topo.cpus.len() as f64) / local as f64;
-    let cpus = cpus.max(1.0).floor();
-    let per_rank = topo.gpus.len() / local;
-    let gpus = if per_rank > 0 {
-        per_rank
-    } else {
-        usize::from((rank.local_rank as usize) < topo.gpus.len())
-    };
-    let config = config.num_cpus(cpus).num_gpus(gpus as f64);
     if rank.rank == 0 {
-        let mut opts = NodeOptions::new(head_ip, token.clone());
-        opts.head = true;
-        opts.port = port;
-        opts.num_cpus = cpus;
-        opts.num_gpus = gpus as f64;
-        opts.topology = topo.summary();
-        let (ready, node) = start_node(rank, opts)
-            .map_err(|e| launch_error(rank, format!("starting the head on {gcs_address}: {e}")))?;
-        tracing::info!(gcs = %ready.gcs_address, rank = rank.rank, size = rank.size, "SPMD head up");
-        // Every rank's node joins before the driver starts: `srun -n N` means N nodes.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let alive = cluster::query(&ready.gcs_address, &token)
-                .map(|s| s.nodes.iter().filter(|n| n.alive).count())
-                .unwrap_or(0);
-            if alive >= rank.size as usize {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(launch_error(
-                    rank,
-                    format!("only {alive} of {} ranks joined within 60 s", rank.size),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        manta_core::init_with(
-            config
-                .address(ready.gcs_address.clone())
-                .token(token.clone()),
-        )?;
-        return Ok(Head {
-            gcs_address: ready.gcs_address,
-            token,
-            node,
-        });
+        let (ready, node) = start_head(rank, &share, head_ip, port, &token)?;
+        return drive(rank, config, ready, node, token);
     }
     // Wait for the head to answer (it may start after us).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -364,16 +361,141 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    let mut opts = NodeOptions::new(local_ip_towards(head_ip), token.clone());
+    Err(serve(rank, config, &share, head_ip, gcs_address, token))
+}
+
+/// Rank 0: the head node (GCS and raylet) in a thread of this process.
+fn start_head(
+    rank: &Rank,
+    share: &Share,
+    ip: IpAddr,
+    port: u16,
+    token: &str,
+) -> Result<(cluster::NodeReady, std::thread::JoinHandle<()>), Error> {
+    let mut opts = share.node(ip, token);
+    opts.head = true;
+    opts.port = port;
+    start_node(rank, opts)
+        .map_err(|e| launch_error(rank, format!("starting the head on {ip}:{port}: {e}")))
+}
+
+/// Rank 0, once the head is up: waits for every rank's node, then joins as the driver.
+fn drive(
+    rank: &Rank,
+    config: Config,
+    ready: cluster::NodeReady,
+    node: std::thread::JoinHandle<()>,
+    token: String,
+) -> Result<Head, Error> {
+    tracing::info!(gcs = %ready.gcs_address, rank = rank.rank, size = rank.size, "SPMD head up");
+    // Every rank's node joins before the driver starts: `srun -n N` means N nodes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = cluster::query(&ready.gcs_address, &token)
+            .map(|s| s.nodes.iter().filter(|n| n.alive).count())
+            .unwrap_or(0);
+        if alive >= rank.size as usize {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(launch_error(
+                rank,
+                format!("only {alive} of {} ranks joined within 60 s", rank.size),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    manta_core::init_with(
+        config
+            .address(ready.gcs_address.clone())
+            .token(token.clone()),
+    )?;
+    Ok(Head {
+        gcs_address: ready.gcs_address,
+        token,
+        node,
+    })
+}
+
+/// Other ranks: a raylet for this rank's share, and this process as its worker (returns only
+/// if that fails).
+fn serve(
+    rank: &Rank,
+    config: Config,
+    share: &Share,
+    head_ip: IpAddr,
+    gcs_address: String,
+    token: String,
+) -> Error {
+    let mut opts = share.node(local_ip_towards(head_ip), &token);
     opts.gcs_address = Some(gcs_address.clone());
-    opts.num_cpus = cpus;
-    opts.num_gpus = gpus as f64;
-    opts.topology = topo.summary();
     opts.spawn_workers = false;
-    let (ready, _node) = start_node(rank, opts)?;
+    let (ready, _node) = match start_node(rank, opts) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
     // This rank is its node's worker for the job (the first and only job of this cluster).
     let spec = WorkerSpec::new(gcs_address, token, ready.raylet_address, 1, ready.node_id);
-    Err(cluster::serve_worker(config, spec))
+    cluster::serve_worker(config, spec)
+}
+
+/// The exchange through MPI (`mpirun`): rank 0 starts the head on a port the OS picks and
+/// broadcasts its address and a fresh token; MPI is then finalised (it only carried the
+/// address) and every rank goes on as in the Slurm route.
+#[cfg(feature = "mpi")]
+fn bootstrap_mpi(rank: &Rank, config: Config, share: Share) -> Result<Head, Error> {
+    use mpi::traits::{Communicator, Root};
+    const LEN: usize = 512;
+    let universe = mpi::initialize()
+        .ok_or_else(|| launch_error(rank, "MPI was already initialised in this process"))?;
+    let world = universe.world();
+    let mut buf = [0u8; LEN];
+    let mut head = None;
+    if world.rank() == 0 {
+        // All ranks on this host: loopback; else this host's address.
+        let ip = if rank.local_size >= rank.size {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            crate::cluster::hostname_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        };
+        let text = match crate::cluster::new_token()
+            .map_err(|e| launch_error(rank, e))
+            .and_then(|token| {
+                let (ready, node) = start_head(rank, &share, ip, 0, &token)?;
+                let text = format!("ok\n{}\n{token}", ready.gcs_address);
+                head = Some((ready, node, token));
+                Ok(text)
+            }) {
+            Ok(t) => t,
+            Err(e) => format!("err\n{e}"),
+        };
+        let n = text.len().min(LEN);
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+    }
+    world.process_at_rank(0).broadcast_into(&mut buf[..]);
+    drop(universe);
+    let text = String::from_utf8_lossy(&buf);
+    let text = text.trim_end_matches('\0');
+    let mut lines = text.lines();
+    match lines.next() {
+        Some("ok") => {}
+        _ => {
+            return Err(launch_error(
+                rank,
+                format!("rank 0 could not start the head: {}", lines.collect::<Vec<_>>().join(" ")),
+            ));
+        }
+    }
+    let gcs_address = lines.next().unwrap_or_default().to_owned();
+    let token = lines.next().unwrap_or_default().to_owned();
+    if let Some((ready, node, token)) = head {
+        return drive(rank, config, ready, node, token);
+    }
+    let head_ip = gcs_address
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .map_err(|_| launch_error(rank, format!("rank 0 sent a bad address {gcs_address:?}")))?;
+    Err(serve(rank, config, &share, head_ip, gcs_address, token))
 }
 
 /// Ends the job on rank 0: every node stops and its rank exits; returns once they are gone.
