@@ -482,7 +482,10 @@ fn bootstrap_mpi(rank: &Rank, config: Config, share: Share) -> Result<Head, Erro
         _ => {
             return Err(launch_error(
                 rank,
-                format!("rank 0 could not start the head: {}", lines.collect::<Vec<_>>().join(" ")),
+                format!(
+                    "rank 0 could not start the head: {}",
+                    lines.collect::<Vec<_>>().join(" ")
+                ),
             ));
         }
     }
