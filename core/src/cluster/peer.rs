@@ -450,36 +450,34 @@ async fn read_loop(peer: Arc<Peer>, mut recv: RecvHalf, handler: Arc<dyn Handler
                     tracing::warn!(peer = %peer.name, transfer = id, "unexpected bulk transfer discarded");
                     continue;
                 };
-                match (expected.alloc)(len) {
-                    Ok(Some(mut writing)) => match b.read_into(writing.as_mut_slice()).await {
-                        Ok(()) => (expected.sink)(match writing.seal() {
+                let received: Result<BulkArrival, String> = match (expected.alloc)(len) {
+                    Ok(Some(mut writing)) => b
+                        .read_into(writing.as_mut_slice())
+                        .await
+                        .map_err(|e| e.to_string())
+                        .map(|()| match writing.seal() {
                             Ok(s) => BulkArrival::Stored(s),
                             Err(e) => BulkArrival::Failed(e),
                         }),
-                        Err(e) => {
-                            let reason = e.to_string();
-                            (expected.sink)(BulkArrival::Failed(Error::Cluster {
-                                what: format!("transfer from {}", peer.name),
-                                message: reason.clone(),
-                            }));
-                            break reason;
-                        }
-                    },
-                    Ok(None) => match b.into_vec().await {
-                        Ok(v) => (expected.sink)(BulkArrival::Heap(Bytes::from(v))),
-                        Err(e) => {
-                            let reason = e.to_string();
-                            (expected.sink)(BulkArrival::Failed(Error::Cluster {
-                                what: format!("transfer from {}", peer.name),
-                                message: reason.clone(),
-                            }));
-                            break reason;
-                        }
-                    },
+                    Ok(None) => b
+                        .into_vec()
+                        .await
+                        .map_err(|e| e.to_string())
+                        .map(|v| BulkArrival::Heap(Bytes::from(v))),
                     Err(e) => {
-                        // No room: read the bytes into nothing so the stream stays in step.
+                        // No room: the unread bytes are discarded so the stream stays in step.
                         drop(b);
-                        (expected.sink)(BulkArrival::Failed(e));
+                        Ok(BulkArrival::Failed(e))
+                    }
+                };
+                match received {
+                    Ok(arrival) => (expected.sink)(arrival),
+                    Err(reason) => {
+                        (expected.sink)(BulkArrival::Failed(Error::Cluster {
+                            what: format!("transfer from {}", peer.name),
+                            message: reason.clone(),
+                        }));
+                        break reason;
                     }
                 }
             }
