@@ -143,6 +143,12 @@ impl Peer {
         }
     }
 
+    /// Queues `msg` for the writer task, which batches everything queued into one write (for
+    /// messages that come in bursts).
+    pub(crate) fn send_queued(&self, msg: Msg) {
+        self.enqueue(Out::Msg(msg));
+    }
+
     /// Queues a bulk transfer with id `id` (always through the writer task).
     pub(crate) fn send_bulk(&self, id: u64, data: BulkData) {
         self.enqueue(Out::Bulk(id, data));

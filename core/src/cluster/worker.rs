@@ -2,7 +2,7 @@
 //! executor of what others push to it, server of the objects it holds.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -88,6 +88,9 @@ struct QueuedPull {
     object_id: u64,
     bytes: u64,
     done: PullDone,
+    /// The cell this pull fills, when nothing else needs it: a pull whose cell every reader
+    /// dropped before it started is skipped.
+    wanted: Option<Weak<ObjectCell>>,
 }
 
 /// The object manager's pull queue: get (0) before wait (1) before task arguments (2), FIFO
@@ -147,6 +150,9 @@ pub(crate) struct Cluster {
     /// Objects of other processes pulled (or being pulled) here, so that every reader of one
     /// shares one transfer and one copy.
     borrowed: Mutex<HashMap<u64, Weak<ObjectCell>>>,
+    /// Size of `borrowed` at which dead entries are next swept (doubles with the live ones, so
+    /// sweeping stays amortised O(1) per borrow).
+    borrowed_sweep_at: AtomicUsize,
     executable: (String, Vec<String>, String),
     stop: tokio::sync::Notify,
     stopped: AtomicBool,
@@ -368,6 +374,7 @@ impl Cluster {
             pull_queue: Mutex::new(PullQueue::default()),
             next_pull: AtomicU64::new(1),
             borrowed: Mutex::new(HashMap::new()),
+            borrowed_sweep_at: AtomicUsize::new(1024),
             executable: (exe, args, cwd),
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
@@ -1089,7 +1096,15 @@ impl Cluster {
 
     /// Pulls object `object_id` (about `len` bytes, 0 if unknown) from worker `holder` with
     /// `priority` (0 get, 1 wait, 2 task argument); `done` gets its bytes.
-    pub(crate) fn pull(&self, holder: u64, object_id: u64, priority: u8, len: u64, done: PullDone) {
+    pub(crate) fn pull(
+        &self,
+        holder: u64,
+        object_id: u64,
+        priority: u8,
+        len: u64,
+        done: PullDone,
+        wanted: Option<Weak<ObjectCell>>,
+    ) {
         if holder == self.index {
             done(self.local_value(object_id).and_then(|v| match v {
                 Some(v) => Ok(v.data.clone()),
@@ -1112,6 +1127,7 @@ impl Cluster {
                     object_id,
                     bytes: len.max(UNKNOWN_PULL_BYTES),
                     done,
+                    wanted,
                 },
             );
         }
@@ -1130,6 +1146,9 @@ impl Cluster {
                     return;
                 }
                 let (_, p) = q.waiting.pop_first().expect("checked above");
+                if p.wanted.as_ref().is_some_and(|w| w.strong_count() == 0) {
+                    continue;
+                }
                 q.in_flight += p.bytes;
                 p
             };
@@ -1173,7 +1192,9 @@ impl Cluster {
                 done,
             },
         );
-        peer.send(Msg::PullObject {
+        // Queued, not written here: pulls come in bursts (every reference deserialised from
+        // one value), which the writer task sends in one batch.
+        peer.send_queued(Msg::PullObject {
             request_id,
             object_id,
             priority,
@@ -1199,6 +1220,7 @@ impl Cluster {
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
+            None,
         );
         wait_reply(
             rx,
@@ -1387,24 +1409,29 @@ impl Cluster {
         if let Some(cell) = borrowed.get(&object_id).and_then(Weak::upgrade) {
             return cell;
         }
-        if borrowed.len() > 1024 {
+        if borrowed.len() >= self.borrowed_sweep_at.load(Ordering::Relaxed) {
             borrowed.retain(|_, w| w.strong_count() > 0);
+            self.borrowed_sweep_at
+                .store((borrowed.len() * 2).max(1024), Ordering::Relaxed);
         }
         let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(object_id), None));
         borrowed.insert(object_id, Arc::downgrade(&cell));
         drop(borrowed);
-        let c2 = cell.clone();
+        let weak = Arc::downgrade(&cell);
         self.pull(
             holder,
             object_id,
             2,
             len,
             Box::new(move |r| {
-                c2.complete(r.map(|data| ObjectValue {
-                    data,
-                    nested: Box::new([]),
-                }));
+                if let Some(c) = weak.upgrade() {
+                    c.complete(r.map(|data| ObjectValue {
+                        data,
+                        nested: Box::new([]),
+                    }));
+                }
             }),
+            Some(Arc::downgrade(&cell)),
         );
         cell
     }
@@ -1419,7 +1446,7 @@ impl Cluster {
             return;
         }
         if let Some(p) = lock(&self.peers).get(&holder) {
-            p.send(Msg::FreeObject { object_id });
+            p.send_queued(Msg::FreeObject { object_id });
         }
     }
 
