@@ -94,7 +94,7 @@ pub fn start(args: &StartArgs) -> Result<()> {
                 .ok()
                 .and_then(|mut s| s.next())
                 .with_context(|| format!("{a:?} is not a HOST:PORT address"))?;
-            local_ip_towards(peer)
+            cluster::local_ip_towards(peer)
         }
         (None, false, None) => bail!("a non-head node needs --address"),
     };
@@ -198,19 +198,6 @@ pub(crate) fn hostname_ip() -> Option<IpAddr> {
         .ok()?
         .map(|a| a.ip())
         .find(|ip| ip.is_ipv4() && !ip.is_loopback())
-}
-
-fn local_ip_towards(peer: std::net::SocketAddr) -> IpAddr {
-    if peer.ip().is_loopback() {
-        return IpAddr::V4(Ipv4Addr::LOCALHOST);
-    }
-    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|s| {
-            s.connect(peer)?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 /// The address and token `args` name, or the latest session's.

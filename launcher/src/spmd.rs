@@ -231,20 +231,6 @@ fn resolve(host: &str) -> Option<IpAddr> {
         .find(|ip| ip.is_ipv4())
 }
 
-/// The address of this host that reaches `peer`.
-fn local_ip_towards(peer: IpAddr) -> IpAddr {
-    if peer.is_loopback() {
-        return IpAddr::V4(Ipv4Addr::LOCALHOST);
-    }
-    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|s| {
-            s.connect((peer, 9))?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
 fn launch_error(rank: &Rank, message: impl std::fmt::Display) -> Error {
     Error::Cluster {
         what: format!("{} rank {} of {}", rank.launcher, rank.rank, rank.size),
@@ -427,7 +413,10 @@ fn serve(
     gcs_address: String,
     token: String,
 ) -> Error {
-    let mut opts = share.node(local_ip_towards(head_ip), &token);
+    let mut opts = share.node(
+        cluster::local_ip_towards(std::net::SocketAddr::new(head_ip, 9)),
+        &token,
+    );
     opts.gcs_address = Some(gcs_address.clone());
     opts.spawn_workers = false;
     let (ready, _node) = match start_node(rank, opts) {

@@ -265,9 +265,17 @@ pub(crate) fn parse_address(address: &str) -> Result<SocketAddr, Error> {
         })
 }
 
+/// A cluster error: `what` was being done, `message` went wrong.
+pub(crate) fn cluster_error(what: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Cluster {
+        what: what.into(),
+        message: message.into(),
+    }
+}
+
 /// The address of this host that reaches `peer` (what the routing table would use; nothing is
 /// sent). Loopback for a loopback peer.
-pub(crate) fn local_ip_towards(peer: SocketAddr) -> IpAddr {
+pub fn local_ip_towards(peer: SocketAddr) -> IpAddr {
     if peer.ip().is_loopback() {
         return IpAddr::V4(Ipv4Addr::LOCALHOST);
     }

@@ -20,7 +20,7 @@ use manta_transport::{Address, Listener};
 use super::gcs::{Gcs, GcsHandler};
 use super::peer::{Handler, Peer};
 use super::proto::{Msg, Node, Resource};
-use super::{CALL_TIMEOUT, transport_config};
+use super::{CALL_TIMEOUT, cluster_error, transport_config};
 use crate::error::Error;
 use crate::sync::lock;
 
@@ -134,13 +134,6 @@ pub struct ClusterState {
     pub nodes: Vec<NodeRow>,
     /// The actor directory.
     pub actors: Vec<ActorRow>,
-}
-
-fn cluster_error(what: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Cluster {
-        what: what.into(),
-        message: message.into(),
-    }
 }
 
 fn io_runtime() -> Result<tokio::runtime::Runtime, Error> {

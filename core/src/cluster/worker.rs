@@ -11,7 +11,7 @@ use manta_transport::{Address, Listener};
 use super::peer::{BulkArrival, BulkData, Handler, Peer};
 use super::policy::{self, NodeLoad};
 use super::proto::{Arg, ErrorKind, Msg, Outcome, Resource};
-use super::{CALL_TIMEOUT, INDEX_SHIFT, owner_of, wait_reply};
+use super::{CALL_TIMEOUT, INDEX_SHIFT, cluster_error, owner_of, wait_reply};
 use crate::actor::{ActorCell, RemoteActor};
 use crate::error::{Error, TaskError};
 use crate::id::ObjectId;
@@ -225,13 +225,6 @@ fn host_id() -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     format!("{}/{net}", boot.trim())
-}
-
-fn cluster_error(what: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Cluster {
-        what: what.into(),
-        message: message.into(),
-    }
 }
 
 impl Cluster {
