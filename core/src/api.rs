@@ -166,7 +166,8 @@ pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, Error> {
     Ok(ActorHandle::from_raw(RawActorHandle { cell }))
 }
 
-struct ThreadWaker(thread::Thread);
+/// A waker that unparks the thread it was made on (for polling futures on a plain thread).
+pub(crate) struct ThreadWaker(pub(crate) thread::Thread);
 
 impl Wake for ThreadWaker {
     fn wake(self: Arc<Self>) {

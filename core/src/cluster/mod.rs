@@ -308,7 +308,9 @@ pub(crate) fn wait_reply<T>(
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
     let deadline = std::time::Instant::now() + timeout;
-    let waker = Waker::from(std::sync::Arc::new(ThreadWaker(std::thread::current())));
+    let waker = Waker::from(std::sync::Arc::new(crate::api::ThreadWaker(
+        std::thread::current(),
+    )));
     let mut cx = Context::from_waker(&waker);
     let mut rx = std::pin::pin!(rx);
     loop {
@@ -331,16 +333,5 @@ pub(crate) fn wait_reply<T>(
                 std::thread::park_timeout(deadline - now);
             }
         }
-    }
-}
-
-struct ThreadWaker(std::thread::Thread);
-
-impl std::task::Wake for ThreadWaker {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.0.unpark();
-    }
-    fn wake_by_ref(self: &std::sync::Arc<Self>) {
-        self.0.unpark();
     }
 }

@@ -306,17 +306,8 @@ enum Direct {
 /// with the I/O runtime's reactor, which keeps running on its own thread and wakes this one
 /// if the socket is full.
 fn block_on_io<F: std::future::Future>(f: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    use std::task::{Context, Poll, Waker};
+    let waker = Waker::from(Arc::new(crate::api::ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut f = std::pin::pin!(f);
     loop {
