@@ -175,11 +175,7 @@ fn user_secret() -> Result<String, Error> {
         return Ok(s.trim().to_owned());
     }
     std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map_err(|e| fail(format!("reading /dev/urandom: {e}")))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = crate::cluster::new_token().map_err(|e| fail(format!("{e:#}")))?;
     // create_new: if another rank made it first, use theirs.
     match std::fs::OpenOptions::new()
         .write(true)
