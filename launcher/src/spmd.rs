@@ -25,7 +25,7 @@
 //! This module is the only place in Manta that reads Slurm, MPI or PMI environment variables.
 
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -439,9 +439,9 @@ fn bootstrap_mpi(rank: &Rank, config: Config, share: Share) -> Result<Head, Erro
     if world.rank() == 0 {
         // All ranks on this host: loopback; else this host's address.
         let ip = if rank.local_size >= rank.size {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
         } else {
-            crate::cluster::hostname_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            crate::cluster::hostname_ip().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
         };
         let text = match crate::cluster::new_token()
             .map_err(|e| launch_error(rank, e))
