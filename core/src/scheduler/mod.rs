@@ -268,11 +268,13 @@ impl Scheduler {
         // A result the object store had no room for fails this task's object, named.
         let result = result.map_err(|e| e.for_object(task.result.id()));
         task.finish();
-        task.result.complete(result);
-        self.finished.fetch_add(1, Ordering::Relaxed);
+        // Resources go back before the result is visible, so whoever the result wakes sees
+        // them free (`status()` right after `get` reported a 2-CPU task's CPUs still held).
         if !keep_resources {
             self.release(&task.demand);
         }
+        self.finished.fetch_add(1, Ordering::Relaxed);
+        task.result.complete(result);
     }
 
     /// Gives resources back and lets pending tasks have them.
