@@ -1,15 +1,17 @@
 //! Cluster benchmarks, each printed beside a baseline measured in the same run:
 //!
 //! - **one host**: a head node on loopback and this process as the driver. Task and actor-call
-//!   round trips to the worker process (p50/p99) beside a raw TCP ping-pong over loopback;
-//!   tasks per second through the worker process; a 256 MiB object pulled from the driver into
-//!   the worker's store beside a raw TCP stream of the same size over loopback.
+//!   round trips to the worker process (p50/p99) beside a raw TCP ping-pong between two
+//!   processes over loopback; tasks per second through the worker process; a 256 MiB object
+//!   pulled from the driver into the worker's store beside a raw TCP stream of the same size
+//!   over loopback. The transport is shm rings unless `MANTA_SHM_TRANSPORT=0`; the I/O
+//!   threads' spin follows the core count unless `MANTA_SHM_SPIN_US` is set.
 //! - **two hosts** (network namespaces on a bridge; needs root, skipped otherwise): nodes A and
 //!   B in their own namespaces. Round trips from the driver (root namespace) to B's worker
 //!   over TCP; a 256 MiB object produced on A and pulled by a task on B beside a raw TCP stream
 //!   from A's namespace to B's.
 //!
-//! Run with `cargo bench --bench cluster` (or `scripts/bench`). The worker processes are this
+//! Run with `cargo bench --bench cluster [-- one-host|two-hosts]` (or `scripts/bench`). The worker processes are this
 //! binary, re-executed by the raylets.
 
 #[allow(dead_code, unreachable_pub)]
@@ -111,15 +113,31 @@ fn raw_sender(addr: SocketAddr) -> Result<(f64, f64, f64)> {
     Ok((gbps, p50, p99))
 }
 
+/// The raw baselines over loopback between two processes: this one receives, a child (this
+/// binary) sends and pings.
 fn raw_loopback() -> Result<(f64, f64, f64)> {
     let buf = vec![1u8; BYTES];
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let rx = std::thread::spawn(move || raw_receiver(buf, listener));
-    let r = raw_sender(addr)?;
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .env(CHILD_ENV, format!("send:{addr}"))
+        .output()?;
     rx.join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-    Ok(r)
+    parse_raw(&out.stdout)
+}
+
+/// Parses a raw sender's `gbps= p50= p99=` line.
+fn parse_raw(stdout: &[u8]) -> Result<(f64, f64, f64)> {
+    let line = String::from_utf8_lossy(stdout);
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("raw sender said {line:?}"))
+    };
+    Ok((field("gbps=")?, field("p50=")?, field("p99=")?))
 }
 
 /// The driver's measurements against a joined cluster.
@@ -193,9 +211,16 @@ fn one_host() -> Result<()> {
     let f = measure(None, None)?;
     manta::shutdown();
     drop(cluster);
-    println!("one host (loopback TCP), driver -> worker process:");
+    let transport = if std::env::var("MANTA_SHM_TRANSPORT").as_deref() == Ok("0") {
+        "loopback TCP"
+    } else {
+        "shared-memory rings"
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spin = std::env::var("MANTA_SHM_SPIN_US").unwrap_or_else(|_| "default".into());
+    println!("one host ({transport}; {cores} cores, I/O spin {spin}), driver -> worker process:");
     println!(
-        "  task round trip        p50 {:8.1} us  p99 {:8.1} us   (raw TCP ping-pong p50 {:.1} us, p99 {:.1} us)",
+        "  task round trip        p50 {:8.1} us  p99 {:8.1} us   (raw TCP ping-pong between processes p50 {:.1} us, p99 {:.1} us)",
         f.task_rtt.0, f.task_rtt.1, raw.1, raw.2
     );
     println!(
@@ -233,20 +258,7 @@ fn two_hosts() -> Result<()> {
         .env(CHILD_ENV, format!("send:{b_addr}"))
         .output()?;
     let _ = recv.wait();
-    let line = String::from_utf8_lossy(&out.stdout);
-    let raw_gbps: f64 = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("gbps="))
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("raw sender said {line:?}"))?;
-    let rtt: Vec<f64> = ["p50=", "p99="]
-        .iter()
-        .filter_map(|k| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .and_then(|v| v.parse().ok())
-        })
-        .collect();
+    let (raw_gbps, raw_p50, raw_p99) = parse_raw(&out.stdout)?;
 
     let node = |i: usize, res: &str| NodeSpec {
         num_cpus: 2.0,
@@ -267,10 +279,7 @@ fn two_hosts() -> Result<()> {
     println!("two hosts (network namespaces, TCP over a bridge):");
     println!(
         "  task round trip driver -> B   p50 {:8.1} us  p99 {:8.1} us   (raw TCP A->B p50 {:.1} us, p99 {:.1} us)",
-        f.task_rtt.0,
-        f.task_rtt.1,
-        rtt.first().copied().unwrap_or(f64::NAN),
-        rtt.get(1).copied().unwrap_or(f64::NAN)
+        f.task_rtt.0, f.task_rtt.1, raw_p50, raw_p99
     );
     println!(
         "  actor call round trip -> B    p50 {:8.1} us  p99 {:8.1} us",
@@ -320,7 +329,16 @@ fn main() -> Result<()> {
         println!("cluster: benchmark");
         return Ok(());
     }
-    one_host()?;
-    two_hosts()?;
+    // `-- one-host` or `-- two-hosts` runs one part.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a == "one-host" || a == "two-hosts")
+        .collect();
+    if only.is_empty() || only.iter().any(|a| a == "one-host") {
+        one_host()?;
+    }
+    if only.is_empty() || only.iter().any(|a| a == "two-hosts") {
+        two_hosts()?;
+    }
     Ok(())
 }

@@ -37,13 +37,14 @@ pub(crate) struct LocalCluster {
     nodes: Vec<Child>,
 }
 
-fn manta_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_manta")
+/// The `manta` binary: cargo's, or `MANTA_BIN` where the tests run from a copy built elsewhere.
+fn manta_bin() -> String {
+    std::env::var("MANTA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_manta").to_owned())
 }
 
 fn spawn_node(spec: &NodeSpec, root: &PathBuf, name: &str, args: &[String]) -> Child {
     let mut argv: Vec<String> = spec.wrapper.clone();
-    argv.push(manta_bin().to_owned());
+    argv.push(manta_bin());
     argv.push("start".into());
     argv.extend(args.iter().cloned());
     argv.push("--block".into());
