@@ -100,7 +100,11 @@ fn job(kind: &str) {
             let tally = Tally::options().num_cpus(1.0).remote();
             let calls: Vec<_> = (1..=10u64).map(|i| tally.add(i)).collect();
             assert_eq!(calls[9].get().unwrap(), 55);
-            println!("spmd-job: ok nodes={}", nodes.len());
+            println!(
+                "spmd-job: ok nodes={} exchange={}",
+                nodes.len(),
+                manta_launcher::spmd::exchange().unwrap_or("none")
+            );
         }
         "dies" => {
             // Long enough for rank 2 to die under us: the step must then end non-zero.
@@ -146,12 +150,26 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn srun() -> Option<Vec<&'static str>> {
+/// `srun -n 3` with MPI plugin `mpi` (`none`: no PMIx server, the environment route).
+fn srun(mpi: &'static str) -> Option<Vec<&'static str>> {
     if !have("srun") {
         eprintln!("skipped: no srun (run scripts/slurm-up)");
         return None;
     }
-    Some(vec!["srun", "-n", "3", "--kill-on-bad-exit=1"])
+    let plugin = match mpi {
+        "pmix" => "--mpi=pmix",
+        _ => "--mpi=none",
+    };
+    Some(vec!["srun", plugin, "-n", "3", "--kill-on-bad-exit=1"])
+}
+
+/// The route `exchange` a job of this build takes with a PMIx server.
+fn with_pmix() -> &'static str {
+    if cfg!(feature = "mpi") {
+        "exchange=mpi"
+    } else {
+        "exchange=environment"
+    }
 }
 
 fn mpirun() -> Option<Vec<&'static str>> {
@@ -210,7 +228,7 @@ fn srun_three_ranks_run_tasks_actors_and_objects() {
     if let Ok(kind) = std::env::var(JOB_ENV) {
         return job(&kind);
     }
-    let Some(srun) = srun() else { return };
+    let Some(srun) = srun("none") else { return };
     let out = launch(
         &srun,
         "srun_three_ranks_run_tasks_actors_and_objects",
@@ -218,8 +236,28 @@ fn srun_three_ranks_run_tasks_actors_and_objects() {
     );
     let t = text(&out);
     assert!(out.status.success(), "srun failed: {}\n{t}", out.status);
-    assert!(t.contains("spmd-job: ok nodes=3"), "{t}");
+    assert!(
+        t.contains("spmd-job: ok nodes=3 exchange=environment"),
+        "{t}"
+    );
     no_leftovers("srun_three_ranks_run_tasks_actors_and_objects");
+}
+
+#[test]
+fn srun_with_pmix_exchanges_through_mpi() {
+    if let Ok(kind) = std::env::var(JOB_ENV) {
+        return job(&kind);
+    }
+    let Some(srun) = srun("pmix") else { return };
+    let name = "srun_with_pmix_exchanges_through_mpi";
+    let out = launch(&srun, name, "work");
+    let t = text(&out);
+    assert!(out.status.success(), "srun failed: {}\n{t}", out.status);
+    assert!(
+        t.contains(&format!("spmd-job: ok nodes=3 {}", with_pmix())),
+        "{t}"
+    );
+    no_leftovers(name);
 }
 
 #[test]
@@ -235,7 +273,10 @@ fn mpirun_three_ranks_run_tasks_actors_and_objects() {
     );
     let t = text(&out);
     assert!(out.status.success(), "mpirun failed: {}\n{t}", out.status);
-    assert!(t.contains("spmd-job: ok nodes=3"), "{t}");
+    assert!(
+        t.contains(&format!("spmd-job: ok nodes=3 {}", with_pmix())),
+        "{t}"
+    );
     no_leftovers("mpirun_three_ranks_run_tasks_actors_and_objects");
 }
 
@@ -244,7 +285,8 @@ fn two_srun_jobs_at_once_do_not_collide() {
     if let Ok(kind) = std::env::var(JOB_ENV) {
         return job(&kind);
     }
-    let Some(srun) = srun() else { return };
+    // The environment route, whose head ports derive from the job's identity.
+    let Some(srun) = srun("none") else { return };
     let name = "two_srun_jobs_at_once_do_not_collide";
     let a = {
         let srun = srun.clone();
@@ -260,12 +302,77 @@ fn two_srun_jobs_at_once_do_not_collide() {
     no_leftovers(name);
 }
 
+/// Three ranks started as `srun -n 3` starts them on one node (its environment, set by hand,
+/// so the job's identity and hence its head's port are known in advance) while another
+/// service holds that port: the head moves to the job's next port and the ranks find it.
+#[test]
+fn a_taken_head_port_moves_the_head_on() {
+    if let Ok(kind) = std::env::var(JOB_ENV) {
+        return job(&kind);
+    }
+    let name = "a_taken_head_port_moves_the_head_on";
+    let job_id = 900_000_000 + std::process::id();
+    let port = manta_launcher::spmd::port_for(&format!("slurm-{job_id}.0"));
+    // The squatter accepts and hangs up, as a foreign service would.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("taking the port");
+    std::thread::spawn(move || {
+        for conn in squatter.incoming() {
+            drop(conn);
+        }
+    });
+    let exe = std::env::current_exe().unwrap();
+    let ranks: Vec<_> = (0..3)
+        .map(|rank| {
+            let mut cmd = Command::new("timeout");
+            cmd.arg("120")
+                .arg(&exe)
+                .args([name, "--exact", "--nocapture"])
+                .env(JOB_ENV, "work")
+                .env(TAG_ENV, tag(name))
+                .env("SLURM_PROCID", rank.to_string())
+                .env("SLURM_LOCALID", rank.to_string())
+                .env("SLURM_NODEID", "0")
+                .env("SLURM_NTASKS", "3")
+                .env("SLURM_STEP_TASKS_PER_NODE", "3")
+                .env("SLURM_JOB_ID", job_id.to_string())
+                .env("SLURM_STEP_ID", "0")
+                .env("SLURM_STEP_NODELIST", "localhost")
+                .env("SLURM_CPUS_ON_NODE", "3");
+            for k in ["MANTA_ADDRESS", "MANTA_TOKEN", "MANTA_WORKER_RAYLET"] {
+                cmd.env_remove(k);
+            }
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("starting a rank")
+        })
+        .collect();
+    let outs: Vec<Output> = ranks
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (rank, out) in outs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "rank {rank}: {}\n{}",
+            out.status,
+            text(out)
+        );
+    }
+    let t = text(&outs[0]);
+    assert!(
+        t.contains("spmd-job: ok nodes=3 exchange=environment"),
+        "{t}"
+    );
+    no_leftovers(name);
+}
+
 #[test]
 fn a_dead_rank_ends_the_step_with_an_error_and_leaves_nothing() {
     if let Ok(kind) = std::env::var(JOB_ENV) {
         return job(&kind);
     }
-    let Some(srun) = srun() else { return };
+    let Some(srun) = srun("pmix") else { return };
     let t0 = Instant::now();
     let out = launch(
         &srun,

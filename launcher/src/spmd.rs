@@ -12,15 +12,21 @@
 //! # Address exchange (no fixed ports, no sleeps)
 //! Everything a rank needs is derived from the launcher's environment, identically on every
 //! rank: the job's identity (Slurm's job and step ids; Open MPI's PMIx namespace), from it the
-//! head's port (a hash into 20000–49999, so two jobs on one node use different ports) and the
+//! head's ports (hashes into 20000–49999, so two jobs on one node use different ports; rank 0
+//! takes the first free one of eight, the others probe them for the one that accepts the job's
+//! token, so a port held by another job or service moves the head on) and the
 //! cluster token (a keyed hash with a per-user secret in `~/.manta/secret`, mode 0600, made
 //! once; clusters share home directories), and the head's host (the first host of
 //! `SLURM_STEP_NODELIST`; under `mpirun`, this host when all ranks are local). Ranks other than 0
 //! connect to the head, retrying until it answers (up to 60 s), rather than sleeping.
 //!
-//! With the `mpi` feature, `mpirun` ranks exchange through MPI instead: rank 0 starts the head
-//! on a port the OS picks and broadcasts its address and a fresh random token; MPI is finalised
+//! With the `mpi` feature, ranks with a PMIx server — `mpirun`, and `srun --mpi=pmix` (or a
+//! Slurm whose `MpiDefault` is pmix) — exchange through MPI instead: rank 0 starts the head on
+//! a port the OS picks and broadcasts its address and a fresh random token; MPI is finalised
 //! right after (it only carried the address). That is the route for `mpirun` across nodes.
+//! `MANTA_MPI_EXCHANGE=0` forces the environment route (an MPI library that cannot be
+//! direct-launched by this Slurm would abort in `MPI_Init`; `srun --mpi=pmi2` sets no PMIx
+//! variables and takes the environment route). [`exchange`] says which route a process took.
 //!
 //! This module is the only place in Manta that reads Slurm, MPI or PMI environment variables.
 
@@ -51,6 +57,10 @@ pub struct Rank {
     pub head_host: Option<String>,
     /// CPUs the launcher gave this node's ranks together (`None`: unknown).
     pub cpus_on_node: Option<f64>,
+    /// The launcher runs a PMIx server for the job (`srun --mpi=pmix`, Open MPI's `mpirun`):
+    /// with the `mpi` feature the ranks exchange the head's address through MPI. Off when
+    /// `MANTA_MPI_EXCHANGE=0`.
+    pub pmix: bool,
 }
 
 /// Reads the launcher's environment through `var` (sans I/O, for tests).
@@ -78,6 +88,7 @@ pub fn detect(var: impl Fn(&str) -> Option<String>) -> Option<Rank> {
             job_key: format!("slurm-{job}.{step}"),
             head_host: nodes.as_deref().and_then(first_host),
             cpus_on_node: var("SLURM_CPUS_ON_NODE").and_then(|v| v.trim().parse().ok()),
+            pmix: pmix(&var),
         });
     }
     if let (Some(rank), Some(size)) = (num("OMPI_COMM_WORLD_RANK"), num("OMPI_COMM_WORLD_SIZE")) {
@@ -94,10 +105,25 @@ pub fn detect(var: impl Fn(&str) -> Option<String>) -> Option<Rank> {
             job_key: format!("ompi-{job}"),
             head_host: (local_size == size).then(|| "127.0.0.1".to_owned()),
             cpus_on_node: None,
+            pmix: pmix(&var),
         });
     }
     None
 }
+
+/// Whether the job has a PMIx server to exchange through (and the user did not opt out).
+fn pmix(var: &impl Fn(&str) -> Option<String>) -> bool {
+    var("PMIX_RANK").is_some() && var("MANTA_MPI_EXCHANGE").as_deref() != Some("0")
+}
+
+/// How this process's SPMD cluster found its head: `"mpi"` (broadcast through MPI) or
+/// `"environment"` (ports and token derived from the launcher's environment); `None` before
+/// a launch.
+pub fn exchange() -> Option<&'static str> {
+    EXCHANGE.get().copied()
+}
+
+static EXCHANGE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 /// The number of tasks on node `node` from Slurm's `2(x3),1` notation.
 fn tasks_on_node(spec: &str, node: usize) -> Option<u32> {
@@ -157,6 +183,24 @@ fn fnv(data: &str) -> u64 {
 pub fn port_for(job_key: &str) -> u16 {
     20_000 + (fnv(job_key) % 30_000) as u16
 }
+
+/// Ports the head of a job may take, in order: [`port_for`] the job, then hashes of the job
+/// with a counter. Rank 0 binds the first one free; the other ranks probe them in turn until
+/// one answers to the job's token (another job's head refuses it), so a port taken by another
+/// job or service moves the head on instead of failing the launch.
+pub fn ports_for(job_key: &str) -> Vec<u16> {
+    let mut ports = vec![port_for(job_key)];
+    for i in 1..PORT_CANDIDATES {
+        let p = port_for(&format!("{job_key}#{i}"));
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
+/// How many ports a job's head tries before the launch fails.
+const PORT_CANDIDATES: usize = 8;
 
 /// The per-user secret, made once (`~/.manta/secret`, mode 0600).
 fn user_secret() -> Result<String, Error> {
@@ -308,11 +352,13 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
     let share = Share::of(rank);
     let config = config.num_cpus(share.cpus).num_gpus(share.gpus);
     #[cfg(feature = "mpi")]
-    if rank.launcher == "mpirun" {
+    if rank.launcher == "mpirun" || rank.pmix {
+        let _ = EXCHANGE.set("mpi");
         return bootstrap_mpi(rank, config, share);
     }
+    let _ = EXCHANGE.set("environment");
     let token = token_for(&rank.job_key)?;
-    let port = port_for(&rank.job_key);
+    let ports = ports_for(&rank.job_key);
     let head_ip = match &rank.head_host {
         Some(h) => resolve(h)
             .ok_or_else(|| launch_error(rank, format!("cannot resolve the head's host {h:?}")))?,
@@ -324,25 +370,41 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
             ));
         }
     };
-    let gcs_address = std::net::SocketAddr::new(head_ip, port).to_string();
     if rank.rank == 0 {
-        let (ready, node) = start_head(rank, &share, head_ip, port, &token)?;
-        return drive(rank, config, ready, node, token);
-    }
-    // Wait for the head to answer (it may start after us).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match cluster::query(&gcs_address, &token) {
-            Ok(_) => break,
-            Err(e) if Instant::now() > deadline => {
-                return Err(launch_error(
-                    rank,
-                    format!("the head at {gcs_address} did not answer within 60 s: {e}"),
-                ));
+        let mut failures = Vec::new();
+        for &port in &ports {
+            match start_head(rank, &share, head_ip, port, &token) {
+                Ok((ready, node)) => return drive(rank, config, ready, node, token),
+                Err(e) => {
+                    tracing::debug!(port, error = %e, "SPMD head port unavailable");
+                    failures.push(format!("{port}: {e}"));
+                }
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
+        return Err(launch_error(
+            rank,
+            format!("no port for the head on {head_ip}: {}", failures.join("; ")),
+        ));
     }
+    // Wait for the head to answer on one of the job's ports (it may start after us).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let gcs_address = 'found: loop {
+        let mut last = String::new();
+        for &port in &ports {
+            let address = std::net::SocketAddr::new(head_ip, port).to_string();
+            match cluster::query(&address, &token) {
+                Ok(_) => break 'found address,
+                Err(e) => last = format!("{address}: {e}"),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(launch_error(
+                rank,
+                format!("the head did not answer on any of the job's ports within 60 s ({last})"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     Err(serve(rank, config, &share, head_ip, gcs_address, token))
 }
 
@@ -535,6 +597,22 @@ mod tests {
         assert_eq!(r.head_host.as_deref(), Some("n07"));
         assert_eq!(r.job_key, "slurm-77.0");
         assert_eq!(r.cpus_on_node, Some(8.0));
+        assert!(!r.pmix, "srun --mpi=none: no PMIx server");
+    }
+
+    #[test]
+    fn srun_with_pmix_exchanges_through_mpi_unless_told_not_to() {
+        let base = [
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "3"),
+            ("SLURM_JOB_ID", "5"),
+            ("SLURM_STEP_ID", "0"),
+            ("PMIX_RANK", "0"),
+        ];
+        assert!(detect(env(&base)).unwrap().pmix);
+        let mut off = base.to_vec();
+        off.push(("MANTA_MPI_EXCHANGE", "0"));
+        assert!(!detect(env(&off)).unwrap().pmix);
     }
 
     #[test]
@@ -583,5 +661,14 @@ mod tests {
         let b = port_for("slurm-78.0");
         assert_ne!(a, b);
         assert!((20_000..50_000).contains(&a));
+        let ports = ports_for("slurm-77.0");
+        assert_eq!(ports[0], a);
+        assert!(ports.len() > 1 && ports.len() <= PORT_CANDIDATES);
+        assert!(ports.iter().all(|p| (20_000..50_000).contains(p)));
+        assert_eq!(
+            ports,
+            ports_for("slurm-77.0"),
+            "every rank derives the same list"
+        );
     }
 }
