@@ -2,7 +2,8 @@
 //! bytes and well-formed transport frames carrying malformed cluster messages, sent straight
 //! to the GCS port and to a raylet port, each on its own connection. Every bad message must
 //! close that connection (never a panic or a hang), the nodes must stay ALIVE, and a driver
-//! must still join and run a task afterwards.
+//! must still join and run a task afterwards. Well-formed borrower messages naming objects a
+//! worker does not own are answered (all missing) or ignored, with the connection kept.
 
 mod common;
 
@@ -30,6 +31,9 @@ const TAG_NODES: u64 = 6;
 const TAG_GET_WORKER: u64 = 7;
 const TAG_WORKER_INFO: u64 = 8;
 const TAG_PUSH_TASK: u64 = 24;
+const TAG_ADD_BORROWERS: u64 = 34;
+const TAG_BORROWERS_ADDED: u64 = 35;
+const TAG_REMOVE_BORROWER: u64 = 36;
 
 /// How long a server may take to close a connection after a bad message.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
@@ -122,6 +126,91 @@ fn get_worker(request_id: u64, index: u64) -> Vec<u8> {
     let t = fb::GetWorker::create(&mut fbb, &fb::GetWorkerArgs { request_id, index });
     fbb.finish_minimal(t);
     fbb.finished_data().to_vec()
+}
+
+fn add_borrowers(request_id: u64, objects: &[u64]) -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let objects = Some(fbb.create_vector(objects));
+    let t = fb::AddBorrowers::create(
+        &mut fbb,
+        &fb::AddBorrowersArgs {
+            request_id,
+            objects,
+        },
+    );
+    fbb.finish_minimal(t);
+    fbb.finished_data().to_vec()
+}
+
+fn remove_borrower(object_id: u64) -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let t = fb::RemoveBorrower::create(&mut fbb, &fb::RemoveBorrowerArgs { object_id });
+    fbb.finish_minimal(t);
+    fbb.finished_data().to_vec()
+}
+
+/// The listening addresses of the live workers with indices 1..=8 (from the GCS).
+fn worker_addresses(cluster: &LocalCluster) -> Vec<(u64, String)> {
+    rt().block_on(async {
+        let mut conn = connect(&cluster.address, &cluster.token, "probe")
+            .await
+            .unwrap();
+        let mut found = Vec::new();
+        for index in 1..=8 {
+            conn.send(Tag(TAG_GET_WORKER), &get_worker(index, index))
+                .await
+                .unwrap();
+            let m = next_message(&mut conn, "GetWorker").await;
+            assert_eq!(m.tag.0, TAG_WORKER_INFO);
+            let info = flatbuffers::root::<fb::WorkerInfo>(&m.payload).unwrap();
+            if info.alive()
+                && let Some(a) = info.address()
+            {
+                found.push((index, a.to_owned()));
+            }
+        }
+        found
+    })
+}
+
+/// Borrower messages a worker must answer or ignore, never act on: AddBorrowers for ids it
+/// does not own (or from a connection that is no worker) is answered "all missing",
+/// RemoveBorrower from a non-borrower is ignored, and the connection stays open.
+fn unknown_borrows_are_ignored(address: &str, token: &str, index: u64) {
+    rt().block_on(async {
+        for name in ["w4242", "attacker"] {
+            let mut conn = connect(address, token, name).await.unwrap();
+            let ids = [
+                u64::MAX,
+                1,
+                (index << 48) | 0xabcdef,
+                ((index + 1) << 48) | 1,
+            ];
+            conn.send(Tag(TAG_REMOVE_BORROWER), &remove_borrower(ids[2]))
+                .await
+                .unwrap();
+            conn.send(Tag(TAG_ADD_BORROWERS), &add_borrowers(7, &ids))
+                .await
+                .unwrap();
+            let m = next_message(&mut conn, "AddBorrowers").await;
+            assert_eq!(m.tag.0, TAG_BORROWERS_ADDED, "{name}");
+            let reply = flatbuffers::root::<fb::BorrowersAdded>(&m.payload).unwrap();
+            assert_eq!(reply.request_id(), 7);
+            let missing: Vec<u64> = reply
+                .missing()
+                .map(|v| v.iter().collect())
+                .unwrap_or_default();
+            assert_eq!(missing, ids, "{name}: every unknown id is missing");
+            conn.send(Tag(TAG_REMOVE_BORROWER), &remove_borrower(ids[0]))
+                .await
+                .unwrap();
+            conn.send(Tag(TAG_ADD_BORROWERS), &add_borrowers(8, &[]))
+                .await
+                .unwrap();
+            let m = next_message(&mut conn, "an empty AddBorrowers").await;
+            assert_eq!(m.tag.0, TAG_BORROWERS_ADDED, "{name}: still open");
+        }
+    });
 }
 
 /// A valid RegisterNode table, cut to half its length.
@@ -344,6 +433,14 @@ fn malformed_input_closes_the_connection_and_the_cluster_keeps_working() {
     // A driver still joins and runs a task.
     manta::init_with(cluster.config()).expect("a driver joins after the attack");
     assert_eq!(triple::remote(14).get().unwrap(), 42);
+
+    // Borrower messages naming objects a worker does not own are answered or ignored.
+    let workers = worker_addresses(&cluster);
+    assert!(workers.len() >= 2, "the driver and a worker: {workers:?}");
+    for (index, address) in &workers {
+        unknown_borrows_are_ignored(address, &cluster.token, *index);
+    }
+    assert_eq!(triple::remote(15).get().unwrap(), 45);
     manta::shutdown();
     assert_healthy(&cluster, 2, "the driver's task");
     eprintln!("cluster_malformed took {:?}", started.elapsed());

@@ -1,6 +1,7 @@
-//! Ray's reference-counting cases, across processes: a driver and one node's worker process.
-//! An object lives while any reference to it lives anywhere (the owner's handles, a task in
-//! flight, a value or actor holding it), and is freed in every store once none is left.
+//! Ray's reference-counting cases, across processes: a driver and one or two nodes' worker
+//! processes. An object lives while any reference to it lives anywhere (the owner's handles, a
+//! task in flight, a value or actor holding it, a borrower in another process), and is freed in
+//! every store once none is left.
 
 mod common;
 
@@ -39,13 +40,32 @@ fn make_vec(n: usize) -> Vec<u8> {
     vec![1u8; n]
 }
 
-/// Objects in this worker process's store.
 #[manta::remote]
+fn sum_u8(v: Vec<u8>) -> u64 {
+    v.iter().map(|x| *x as u64).sum()
+}
+
+/// This worker's store objects after deserialising `refs` (a borrow pulls nothing), then
+/// after reading the first one.
+#[manta::remote]
+fn lazy_refs(refs: Vec<ObjectRef<Vec<u8>>>) -> (usize, usize) {
+    let before = store_objects();
+    assert_eq!(refs[0].get().expect("the first ref").len(), BIG);
+    (before, store_objects())
+}
+
+/// Objects in this process's store.
 fn store_objects() -> usize {
     manta::status()
         .ok()
         .and_then(|s| s.object_store)
         .map_or(0, |s| s.objects)
+}
+
+/// Objects in the store of the worker process that runs it.
+#[manta::remote]
+fn worker_store_objects() -> usize {
+    store_objects()
 }
 
 #[manta::actor]
@@ -69,6 +89,28 @@ impl Keeper {
     fn drop_it(&mut self) -> usize {
         self.kept = None;
         0
+    }
+    /// Passes the kept ref, nested in a value, to a task on the node with resource `b`.
+    fn forward_nested(&self) -> u64 {
+        let r = self.kept.clone().expect("a kept ref");
+        sum_inner::options()
+            .resource("b", 1.0)
+            .remote(vec![r])
+            .get()
+            .expect("the forwarded ref")
+    }
+    /// Passes the kept ref as a task argument to a task on the node with resource `b`.
+    fn forward_by_ref(&self) -> u64 {
+        let r = self.kept.as_ref().expect("a kept ref");
+        sum_u8::options()
+            .resource("b", 1.0)
+            .remote(r)
+            .get()
+            .expect("the forwarded argument")
+    }
+    /// Ends this actor's worker process.
+    fn exit_process(&self) -> usize {
+        std::process::exit(1)
     }
 }
 
@@ -105,7 +147,7 @@ fn reference_counting_across_processes() {
         &[],
     );
     manta::init_with(cluster.config()).expect("the driver joins");
-    let worker_objects = || store_objects::remote().get().unwrap();
+    let worker_objects = || worker_store_objects::remote().get().unwrap();
     assert_eq!(worker_objects(), 0);
 
     // 1. A task's arguments stay alive while it is in flight, though the owner dropped them.
@@ -150,6 +192,102 @@ fn reference_counting_across_processes() {
     // Nothing is left anywhere.
     eventually("driver store at the end", 0, driver_store_objects);
     eventually("worker store at the end", 0, worker_objects);
+    drop(keeper);
+    manta::shutdown();
+}
+
+/// The borrower protocol with two worker processes (nodes with resources `a` and `b`): refs
+/// are pulled only when read, a borrower can pass a ref on after its owner dropped its own
+/// handles, refs nested in results outlive the result, and a borrower that dies releases what
+/// it borrowed.
+#[test]
+fn borrowers_across_processes() {
+    serve_if_worker();
+    let node = |resources: &str| NodeSpec {
+        num_cpus: 2.0,
+        resources: resources.into(),
+        ..NodeSpec::default()
+    };
+    let cluster = LocalCluster::start(node("a=1"), &[node("b=1")]);
+    manta::init_with(cluster.config()).expect("the driver joins");
+    let on_b = || {
+        worker_store_objects::options()
+            .resource("b", 1.0)
+            .remote()
+            .get()
+            .unwrap()
+    };
+    assert_eq!(on_b(), 0);
+
+    // 1. A value holding many refs pulls none of them when deserialised, one when read.
+    let refs: Vec<ObjectRef<Vec<u8>>> = (0..8)
+        .map(|i| manta::put(vec![i as u8; BIG]).unwrap())
+        .collect();
+    let (before, after) = lazy_refs::options()
+        .resource("b", 1.0)
+        .remote(refs.clone())
+        .get()
+        .unwrap();
+    assert_eq!(
+        (before, after),
+        (0, 1),
+        "store objects before and after a read"
+    );
+    drop(refs);
+    eventually("driver store after the lazy refs", 0, driver_store_objects);
+    eventually("store on b after the lazy refs", 0, on_b);
+
+    // 2. A borrower passes the ref on after its owner dropped its handle (Ray's "borrower
+    //    forwards the ref"): the owner keeps the object for its borrower.
+    let keeper = Keeper::options().num_cpus(1.0).resource("a", 1.0).remote();
+    let x = manta::put(vec![7u8; BIG]).unwrap();
+    keeper.keep(vec![x.clone()]).get().unwrap();
+    drop(x);
+    assert_eq!(keeper.forward_nested().get().unwrap(), 7 * BIG as u64);
+    assert_eq!(keeper.forward_by_ref().get().unwrap(), 7 * BIG as u64);
+    assert_eq!(driver_store_objects(), 1, "the borrowed object is kept");
+    // The last borrower drops it: freed at the owner.
+    keeper.drop_it().get().unwrap();
+    eventually(
+        "driver store after the borrower dropped",
+        0,
+        driver_store_objects,
+    );
+
+    // 3. Refs owned by a worker, returned nested in its result (held, and inline), outlive
+    //    the result and are lent on to a third process.
+    let refs = make_and_return_ref::options()
+        .resource("b", 1.0)
+        .remote(BIG)
+        .get()
+        .unwrap();
+    keeper.keep(refs.clone()).get().unwrap();
+    drop(refs);
+    assert_eq!(keeper.sum().get().unwrap(), 3 * BIG as u64);
+    assert_eq!(on_b(), 1, "the worker keeps its object for the actor");
+    keeper.drop_it().get().unwrap();
+    eventually("store on b after the actor dropped", 0, on_b);
+    let small = make_and_return_ref::options()
+        .resource("b", 1.0)
+        .remote(16usize)
+        .get()
+        .unwrap();
+    assert_eq!(small[0].get().unwrap(), vec![3u8; 16]);
+    assert_eq!(sum_inner::remote(small.clone()).get().unwrap(), 48);
+    drop(small);
+
+    // 4. A borrower whose process dies releases its borrows.
+    let y = manta::put(vec![9u8; BIG]).unwrap();
+    keeper.keep(vec![y.clone()]).get().unwrap();
+    drop(y);
+    assert_eq!(driver_store_objects(), 1, "the borrowed object is kept");
+    assert!(keeper.exit_process().get().is_err());
+    eventually(
+        "driver store after the borrower died",
+        0,
+        driver_store_objects,
+    );
+
     drop(keeper);
     manta::shutdown();
 }

@@ -27,7 +27,9 @@
 //! [`ActorHandle`](crate::ActorHandle)s records each one (a thread-local collector is active for
 //! the duration of [`encode`]; the counting pass's records are discarded so each reference is
 //! held once); the resulting [`ObjectValue`] holds them strongly, so nested references keep
-//! their referents alive as long as the container lives.
+//! their referents alive as long as the container lives. [`decode`] runs inside a
+//! borrow scope: the references it deserialises that other processes own are registered with
+//! those owners before it returns (the borrower protocol, in `cluster/worker.rs`).
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
@@ -193,6 +195,9 @@ pub(crate) fn decode<T: DeserializeOwned + 'static>(
     if let Some(value) = decode_pod::<T>(object, bytes) {
         return value;
     }
+    // References owned by other processes are registered with their owners when this scope
+    // ends, before the value is returned.
+    let _borrows = crate::cluster::worker::BorrowScope::begin();
     match bincode::serde::decode_from_slice::<T, _>(bytes, config()) {
         Ok((value, _)) => Ok(value),
         Err(e) => Err(Error::Decode {

@@ -22,6 +22,9 @@
 //! table (id → weak cell) so deserialisation can find it, and the containing object or task
 //! keeps a strong handle to it (`nested`), so a reference inside an object keeps its referent
 //! alive exactly as long as the container, as in Ray. The cell leaves the table when dropped.
+//! In a cluster, a reference deserialised in another process makes that process a borrower,
+//! registered with the owner, which keeps the object until every borrower has dropped it (the
+//! protocol is in `cluster/worker.rs`).
 //!
 //! # Where the bytes live
 //!

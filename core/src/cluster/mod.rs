@@ -15,9 +15,11 @@
 //!    tells it to stop (or disappears), then exits.
 //!
 //! Ownership is Ray's: the submitter of a task owns its result. A result larger than
-//! `max_inline_object_bytes` stays in the executor's store until its owner drops its last
-//! reference (the owner then sends `FreeObject`); a reader elsewhere pulls it, as a bulk
-//! transfer written straight into its own store.
+//! `max_inline_object_bytes` (or holding references) stays in the executor's store until its
+//! owner drops its last reference and no borrower is left (the owner then sends
+//! `FreeObject`); a reader elsewhere pulls it, as a bulk transfer written straight into its
+//! own store. A process that deserialises a reference registers with the owner as a borrower
+//! and pulls the value on first read (`worker.rs`, "Borrowers").
 #![allow(dead_code)]
 
 pub(crate) mod gcs;

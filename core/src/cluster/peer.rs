@@ -496,7 +496,8 @@ fn reply_id(msg: &Msg) -> Option<u64> {
         | Msg::ActorReply { request_id, .. }
         | Msg::Actors { request_id, .. }
         | Msg::WorkerStarted { request_id, .. }
-        | Msg::Work { request_id, .. } => Some(*request_id),
+        | Msg::Work { request_id, .. }
+        | Msg::BorrowersAdded { request_id, .. } => Some(*request_id),
         _ => None,
     }
 }

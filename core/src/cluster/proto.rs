@@ -283,6 +283,17 @@ pub(crate) enum Msg {
         objects: Vec<ObjectRow>,
         partial: bool,
     },
+    AddBorrowers {
+        request_id: u64,
+        objects: Vec<u64>,
+    },
+    BorrowersAdded {
+        request_id: u64,
+        missing: Vec<u64>,
+    },
+    RemoveBorrower {
+        object_id: u64,
+    },
 }
 
 // ---- tags ---------------------------------------------------------------------------------
@@ -323,9 +334,12 @@ pub(crate) const TAG_OBJECT_DATA: u64 = 30;
 pub(crate) const TAG_FREE_OBJECT: u64 = 31;
 pub(crate) const TAG_LIST_WORK: u64 = 32;
 pub(crate) const TAG_WORK: u64 = 33;
+pub(crate) const TAG_ADD_BORROWERS: u64 = 34;
+pub(crate) const TAG_BORROWERS_ADDED: u64 = 35;
+pub(crate) const TAG_REMOVE_BORROWER: u64 = 36;
 
 /// Table names by tag (`NAMES[tag - 1]`).
-const NAMES: [&str; 33] = [
+const NAMES: [&str; 36] = [
     "RegisterNode",
     "RegisterWorker",
     "Registered",
@@ -359,6 +373,9 @@ const NAMES: [&str; 33] = [
     "FreeObject",
     "ListWork",
     "Work",
+    "AddBorrowers",
+    "BorrowersAdded",
+    "RemoveBorrower",
 ];
 
 /// The table name a tag stands for, if it is a cluster message's.
@@ -404,6 +421,9 @@ impl Msg {
             Msg::FreeObject { .. } => TAG_FREE_OBJECT,
             Msg::ListWork { .. } => TAG_LIST_WORK,
             Msg::Work { .. } => TAG_WORK,
+            Msg::AddBorrowers { .. } => TAG_ADD_BORROWERS,
+            Msg::BorrowersAdded { .. } => TAG_BORROWERS_ADDED,
+            Msg::RemoveBorrower { .. } => TAG_REMOVE_BORROWER,
         }
     }
 
@@ -450,6 +470,10 @@ fn opt_str<'a>(fbb: &mut FlatBufferBuilder<'a>, s: &str) -> Option<WIPOffset<&'a
 
 fn opt_bytes<'a>(fbb: &mut FlatBufferBuilder<'a>, b: &[u8]) -> Option<WIPOffset<Vector<'a, u8>>> {
     (!b.is_empty()).then(|| fbb.create_vector(b))
+}
+
+fn opt_ids<'a>(fbb: &mut FlatBufferBuilder<'a>, v: &[u64]) -> Option<WIPOffset<Vector<'a, u64>>> {
+    (!v.is_empty()).then(|| fbb.create_vector(v))
 }
 
 /// Builds one table (or string) per item, then the vector of their offsets. The offsets of up
@@ -1121,6 +1145,40 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                 }
             );
         }
+        Msg::AddBorrowers {
+            request_id,
+            objects,
+        } => {
+            let objects = opt_ids(fbb, objects);
+            table!(
+                AddBorrowers,
+                AddBorrowersArgs {
+                    request_id: *request_id,
+                    objects,
+                }
+            );
+        }
+        Msg::BorrowersAdded {
+            request_id,
+            missing,
+        } => {
+            let missing = opt_ids(fbb, missing);
+            table!(
+                BorrowersAdded,
+                BorrowersAddedArgs {
+                    request_id: *request_id,
+                    missing,
+                }
+            );
+        }
+        Msg::RemoveBorrower { object_id } => {
+            table!(
+                RemoveBorrower,
+                RemoveBorrowerArgs {
+                    object_id: *object_id
+                }
+            );
+        }
         Msg::ListWork { request_id } => {
             table!(
                 ListWork,
@@ -1172,6 +1230,10 @@ fn string(s: Option<&str>) -> String {
 
 fn bytes(v: Option<Vector<'_, u8>>) -> Vec<u8> {
     v.map(|v| v.bytes().to_vec()).unwrap_or_default()
+}
+
+fn ids(v: Option<Vector<'_, u64>>) -> Vec<u64> {
+    v.map(|v| v.iter().collect()).unwrap_or_default()
 }
 
 fn strings(v: Option<Vector<'_, ForwardsUOffset<&str>>>) -> Vec<String> {
@@ -1520,6 +1582,23 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
         TAG_LIST_WORK => Msg::ListWork {
             request_id: root!(ListWork).request_id(),
         },
+        TAG_ADD_BORROWERS => {
+            let t = root!(AddBorrowers);
+            Msg::AddBorrowers {
+                request_id: t.request_id(),
+                objects: ids(t.objects()),
+            }
+        }
+        TAG_BORROWERS_ADDED => {
+            let t = root!(BorrowersAdded);
+            Msg::BorrowersAdded {
+                request_id: t.request_id(),
+                missing: ids(t.missing()),
+            }
+        }
+        TAG_REMOVE_BORROWER => Msg::RemoveBorrower {
+            object_id: root!(RemoveBorrower).object_id(),
+        },
         TAG_WORK => {
             let t = root!(Work);
             Msg::Work {
@@ -1826,6 +1905,17 @@ mod tests {
                 }],
                 partial: true,
             },
+            Msg::AddBorrowers {
+                request_id: 34,
+                objects: vec![1, 0xdead_beef, u64::MAX],
+            },
+            Msg::BorrowersAdded {
+                request_id: 34,
+                missing: vec![0xdead_beef],
+            },
+            Msg::RemoveBorrower {
+                object_id: 0xdead_beef,
+            },
         ]
     }
 
@@ -1840,7 +1930,7 @@ mod tests {
     fn every_variant_round_trips_through_one_reused_builder() {
         let samples = samples();
         let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
-        assert_eq!(tags, (1..=33).collect(), "a sample of every variant");
+        assert_eq!(tags, (1..=36).collect(), "a sample of every variant");
         let mut fbb = FlatBufferBuilder::new();
         for msg in &samples {
             round_trip(&mut fbb, msg);
@@ -1953,7 +2043,7 @@ mod tests {
         let mut seen = HashSet::new();
         for msg in &samples {
             let tag = msg.tag().0;
-            assert!((1..=33).contains(&tag));
+            assert!((1..=36).contains(&tag));
             assert_eq!(tag_name(tag), Some(msg.name()));
             // Distinct per variant (TaskDone has three samples, one tag).
             if !matches!(msg, Msg::TaskDone { .. }) {
@@ -1968,13 +2058,15 @@ mod tests {
         assert_eq!(TAG_ACTOR_CALL, 27);
         assert_eq!(TAG_FREE_OBJECT, 31);
         assert_eq!(tag_name(0), None);
-        assert_eq!(tag_name(34), None);
+        assert_eq!(TAG_ADD_BORROWERS, 34);
+        assert_eq!(TAG_REMOVE_BORROWER, 36);
+        assert_eq!(tag_name(37), None);
         assert_eq!(tag_name(u64::MAX), None);
     }
 
     #[test]
     fn unknown_tag_is_an_error() {
-        for tag in [0, 34, 1000, u64::MAX] {
+        for tag in [0, 37, 1000, u64::MAX] {
             assert_eq!(decode(tag, &[]), Err(ProtoError::UnknownTag(tag)));
         }
         let e = decode(99, &[]).unwrap_err();
@@ -1990,7 +2082,7 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        for tag in 1..=31 {
+        for tag in 1..=36 {
             assert!(matches!(decode(tag, &[]), Err(ProtoError::Invalid { .. })));
             assert!(decode(tag, &[0xff; 3]).is_err());
             let e = decode(tag, &[0xff; 64]).unwrap_err();
@@ -2041,7 +2133,7 @@ mod tests {
         let mut fbb = FlatBufferBuilder::new();
         for msg in samples() {
             let bytes = encode(&msg, &mut fbb).to_vec();
-            for tag in 1..=31 {
+            for tag in 1..=36 {
                 let _ = decode(tag, &bytes);
             }
         }

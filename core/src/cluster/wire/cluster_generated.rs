@@ -5479,6 +5479,333 @@ impl ::core::fmt::Debug for FreeObject<'_> {
       ds.finish()
   }
 }
+pub enum AddBorrowersOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// borrower -> owner: this process deserialised references to `objects`, which the receiver
+/// owns; keep each alive until this process sends RemoveBorrower for it (or dies). Reply:
+/// BorrowersAdded.
+pub struct AddBorrowers<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddBorrowers<'a> {
+  type Inner = AddBorrowers<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddBorrowers<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OBJECTS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddBorrowers { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddBorrowersArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddBorrowers<'bldr>> {
+    let mut builder = AddBorrowersBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.objects { builder.add_objects(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(AddBorrowers::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn objects(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(AddBorrowers::VT_OBJECTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddBorrowers<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("objects", Self::VT_OBJECTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddBorrowersArgs<'a> {
+    pub request_id: u64,
+    pub objects: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for AddBorrowersArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddBorrowersArgs {
+      request_id: 0,
+      objects: None,
+    }
+  }
+}
+
+pub struct AddBorrowersBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddBorrowersBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(AddBorrowers::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_objects(&mut self, objects: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddBorrowers::VT_OBJECTS, objects);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddBorrowersBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddBorrowersBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddBorrowers<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddBorrowers<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddBorrowers");
+      ds.field("request_id", &self.request_id());
+      ds.field("objects", &self.objects());
+      ds.finish()
+  }
+}
+pub enum BorrowersAddedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// owner -> borrower: registered, except `missing` (not owned here, or already freed).
+pub struct BorrowersAdded<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BorrowersAdded<'a> {
+  type Inner = BorrowersAdded<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BorrowersAdded<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MISSING: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BorrowersAdded { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BorrowersAddedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<BorrowersAdded<'bldr>> {
+    let mut builder = BorrowersAddedBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.missing { builder.add_missing(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BorrowersAdded::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn missing(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(BorrowersAdded::VT_MISSING, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for BorrowersAdded<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("missing", Self::VT_MISSING, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BorrowersAddedArgs<'a> {
+    pub request_id: u64,
+    pub missing: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+}
+impl<'a> Default for BorrowersAddedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BorrowersAddedArgs {
+      request_id: 0,
+      missing: None,
+    }
+  }
+}
+
+pub struct BorrowersAddedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BorrowersAddedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(BorrowersAdded::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_missing(&mut self, missing: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BorrowersAdded::VT_MISSING, missing);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BorrowersAddedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BorrowersAddedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BorrowersAdded<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BorrowersAdded<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BorrowersAdded");
+      ds.field("request_id", &self.request_id());
+      ds.field("missing", &self.missing());
+      ds.finish()
+  }
+}
+pub enum RemoveBorrowerOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// borrower -> owner: this process dropped its last reference to `object_id`.
+pub struct RemoveBorrower<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RemoveBorrower<'a> {
+  type Inner = RemoveBorrower<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RemoveBorrower<'a> {
+  pub const VT_OBJECT_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RemoveBorrower { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RemoveBorrowerArgs
+  ) -> ::flatbuffers::WIPOffset<RemoveBorrower<'bldr>> {
+    let mut builder = RemoveBorrowerBuilder::new(_fbb);
+    builder.add_object_id(args.object_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn object_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RemoveBorrower::VT_OBJECT_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RemoveBorrower<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("object_id", Self::VT_OBJECT_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RemoveBorrowerArgs {
+    pub object_id: u64,
+}
+impl<'a> Default for RemoveBorrowerArgs {
+  #[inline]
+  fn default() -> Self {
+    RemoveBorrowerArgs {
+      object_id: 0,
+    }
+  }
+}
+
+pub struct RemoveBorrowerBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RemoveBorrowerBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_object_id(&mut self, object_id: u64) {
+    self.fbb_.push_slot::<u64>(RemoveBorrower::VT_OBJECT_ID, object_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RemoveBorrowerBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RemoveBorrowerBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RemoveBorrower<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RemoveBorrower<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RemoveBorrower");
+      ds.field("object_id", &self.object_id());
+      ds.finish()
+  }
+}
 pub enum TaskRowOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
