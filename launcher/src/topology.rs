@@ -29,6 +29,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use manta_core::CpuList;
+
 /// A node's topology.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Topology {
@@ -182,6 +184,95 @@ fn allowed_cpus() -> Vec<usize> {
         })
 }
 
+/// The CPUs of this process's cgroup cpuset: what the allocation (Slurm's cgroup, a container)
+/// gives all of the job's processes on this node, before any per-task binding. `sys` is `/sys`
+/// and `cgroups` the text of `/proc/self/cgroup` (arguments for tests). cgroup v2 reads
+/// `cpuset.cpus.effective`, v1 the cpuset hierarchy's `cpuset.effective_cpus` (else
+/// `cpuset.cpus`), from the process's cgroup up to the root, the first one present; `None` when
+/// none is readable.
+pub fn cgroup_cpus(sys: &Path, cgroups: &str) -> Option<Vec<usize>> {
+    type Tries<'a> = Vec<(std::path::PathBuf, &'a [&'a str])>;
+    let (mut v1, mut v2): (Tries, Tries) = (Vec::new(), Vec::new());
+    for line in cgroups.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let path = path.trim().trim_start_matches('/');
+        if controllers.is_empty() {
+            v2.push((sys.join("fs/cgroup").join(path), &["cpuset.cpus.effective"]));
+        } else if controllers.split(',').any(|c| c == "cpuset") {
+            v1.push((
+                sys.join("fs/cgroup/cpuset").join(path),
+                &["cpuset.effective_cpus", "cpuset.cpus"],
+            ));
+        }
+    }
+    // A v1 cpuset hierarchy, when mounted, is the one in force: its entries go first.
+    for (dir, files) in v1.into_iter().chain(v2) {
+        for d in dir
+            .ancestors()
+            .take_while(|d| d.starts_with(sys.join("fs/cgroup")))
+        {
+            for file in files {
+                if let Ok(text) = std::fs::read_to_string(d.join(file)) {
+                    let cpus = parse_cpu_list(&text);
+                    if !cpus.is_empty() {
+                        return Some(cpus);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether a launcher bound this process to part of its allocation (Slurm's `--cpu-bind`,
+/// Open MPI's `--bind-to`): its CPUs are a strict subset of its cgroup's cpuset. Its ranks'
+/// CPUs are then already disjoint, and Manta does not split them again.
+pub fn bound_by_launcher(allowed: &[usize], cgroup: Option<&[usize]>) -> bool {
+    cgroup.is_some_and(|all| allowed.len() < all.len() && allowed.iter().all(|c| all.contains(c)))
+}
+
+/// The CPUs of local rank `local_rank` of `local_size` ranks sharing a node whose allowed CPUs
+/// are `numa` (NUMA node, CPUs), preferring one NUMA node per rank (sans I/O):
+/// - with at least as many NUMA nodes as ranks, each rank gets whole NUMA nodes (rank `r` the
+///   nodes `r·N/L .. (r+1)·N/L`);
+/// - with more ranks than NUMA nodes, rank `r` goes to node `r·N/L` and shares it with the
+///   other ranks there, each taking a contiguous, disjoint slice of its CPUs;
+/// - with more ranks on a node than it has CPUs, ranks share: the `j`-th rank there gets CPU
+///   `j mod n` (a 2-CPU node with 3 ranks: CPUs 0, 1, 0).
+///
+/// Every rank gets at least one CPU when the node has any.
+pub fn rank_cpus(numa: &[(usize, Vec<usize>)], local_rank: usize, local_size: usize) -> Vec<usize> {
+    let nodes: Vec<&Vec<usize>> = numa
+        .iter()
+        .map(|(_, c)| c)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let (n, l) = (nodes.len(), local_size.max(1));
+    let r = local_rank.min(l - 1);
+    if n == 0 {
+        return Vec::new();
+    }
+    if n >= l {
+        let mut out: Vec<usize> = nodes[r * n / l..(r + 1) * n / l]
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .collect();
+        out.sort_unstable();
+        return out;
+    }
+    let node = r * n / l;
+    let here: Vec<usize> = (0..l).filter(|&x| x * n / l == node).collect();
+    let (j, k) = (here.iter().position(|&x| x == r).unwrap_or(0), here.len());
+    let cpus = nodes[node];
+    if cpus.len() < k {
+        return vec![cpus[j % cpus.len()]];
+    }
+    cpus[j * cpus.len() / k..(j + 1) * cpus.len() / k].to_vec()
+}
+
 fn sysfs_numa(allowed: &[usize]) -> NumaNodes {
     let mut nodes = Vec::new();
     let Ok(dir) = std::fs::read_dir("/sys/devices/system/node") else {
@@ -261,6 +352,27 @@ fn gpus() -> Vec<Gpu> {
     locate_gpus(|k| std::env::var(k).ok(), &pci_displays(Path::new("/sys")))
 }
 
+impl Topology {
+    /// The allowed CPUs by NUMA node (one group of all of them when no NUMA node was found).
+    pub fn cpus_by_numa(&self) -> NumaNodes {
+        if self.numa.is_empty() {
+            vec![(0, self.cpus.clone())]
+        } else {
+            self.numa.clone()
+        }
+    }
+
+    /// Whether a launcher bound this process to part of its cgroup's cpuset
+    /// ([`bound_by_launcher`]).
+    pub fn bound_by_launcher(&self) -> bool {
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        bound_by_launcher(
+            &self.cpus,
+            cgroup_cpus(Path::new("/sys"), &cgroups).as_deref(),
+        )
+    }
+}
+
 /// Finds this node's topology as this process's allocation sees it.
 pub fn discover() -> Topology {
     let allowed = allowed_cpus();
@@ -286,7 +398,31 @@ pub fn discover() -> Topology {
     }
 }
 
+/// The user's list from `key` (`MANTA_CPU_AFFINITY`, …) when it is set — empty meaning none —
+/// else `computed`: the launcher does not override a choice the user made. `var` reads the
+/// environment (sans I/O, for tests).
+pub fn user_list_or(
+    var: impl Fn(&str) -> Option<String>,
+    key: &str,
+    computed: Vec<usize>,
+) -> Result<CpuList, String> {
+    match var(key) {
+        Some(raw) => CpuList::parse(&raw).map_err(|e| format!("{key}: {e}")),
+        None => Ok(CpuList(computed)),
+    }
+}
+
 impl Topology {
+    /// The line `manta status` shows for a node: [`Topology::summary`] and the CPUs its workers'
+    /// slots are pinned to.
+    pub fn node_line(&self, workers: &CpuList) -> String {
+        if workers.is_empty() {
+            format!("{}; workers unpinned", self.summary())
+        } else {
+            format!("{}; workers pinned to [{workers}]", self.summary())
+        }
+    }
+
     /// One line for `manta status`.
     pub fn summary(&self) -> String {
         let numa: Vec<String> = self
@@ -426,6 +562,101 @@ mod tests {
         assert_eq!(none.len(), 2);
         assert_eq!(none[0].bus_id, None);
         assert!(pci_displays(&sys.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn ranks_get_disjoint_cpus_one_numa_node_each_where_they_can() {
+        let two = vec![(0, (0..8).collect::<Vec<_>>()), (1, (8..16).collect())];
+        let share = |numa: &NumaNodes, l: usize| -> Vec<Vec<usize>> {
+            (0..l).map(|r| rank_cpus(numa, r, l)).collect()
+        };
+        // One rank: everything. Two ranks on two NUMA nodes: one node each.
+        assert_eq!(share(&two, 1), [(0..16).collect::<Vec<_>>()]);
+        assert_eq!(
+            share(&two, 2),
+            [(0..8).collect::<Vec<_>>(), (8..16).collect()]
+        );
+        // Four ranks: two per node, halves of it.
+        assert_eq!(
+            share(&two, 4),
+            [
+                vec![0, 1, 2, 3],
+                vec![4, 5, 6, 7],
+                vec![8, 9, 10, 11],
+                vec![12, 13, 14, 15]
+            ]
+        );
+        // Three ranks: ranks 0 and 1 split node 0, rank 2 has node 1; still disjoint.
+        let three = share(&two, 3);
+        assert_eq!(three[0], vec![0, 1, 2, 3]);
+        assert_eq!(three[1], vec![4, 5, 6, 7]);
+        assert_eq!(three[2], (8..16).collect::<Vec<_>>());
+        // Four NUMA nodes, two ranks: two whole nodes each.
+        let four: NumaNodes = (0..4).map(|n| (n, vec![2 * n, 2 * n + 1])).collect();
+        assert_eq!(share(&four, 2), [vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+        // Fewer CPUs than ranks (this 2-CPU machine, 3 ranks): ranks share, one CPU each.
+        let small = vec![(0, vec![0, 1])];
+        assert_eq!(share(&small, 3), [vec![0], vec![1], vec![0]]);
+        assert!(rank_cpus(&[], 0, 2).is_empty());
+    }
+
+    #[test]
+    fn the_cgroup_cpuset_tells_a_bound_rank() {
+        let sys = tempfile::tempdir().unwrap();
+        let v1 = sys.path().join("fs/cgroup/cpuset/slurm/job_5");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("cpuset.effective_cpus"), "0-7\n").unwrap();
+        let v2 = sys.path().join("fs/cgroup/user.slice");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(sys.path().join("fs/cgroup/cpuset.cpus.effective"), "0-15\n").unwrap();
+        // v1 first (hybrid hosts list it before the unified line); v2 found at an ancestor.
+        let hybrid = "3:cpuset:/slurm/job_5\n0::/user.slice\n";
+        assert_eq!(
+            cgroup_cpus(sys.path(), hybrid),
+            Some((0..8).collect::<Vec<_>>())
+        );
+        assert_eq!(
+            cgroup_cpus(sys.path(), "0::/user.slice\n"),
+            Some((0..16).collect::<Vec<_>>())
+        );
+        assert_eq!(cgroup_cpus(sys.path(), "1:cpu:/\n"), None);
+        let job: Vec<usize> = (0..8).collect();
+        assert!(bound_by_launcher(&[2, 3], Some(&job)));
+        assert!(!bound_by_launcher(&job, Some(&job)));
+        assert!(!bound_by_launcher(&[2, 3], None));
+    }
+
+    #[test]
+    fn the_users_list_wins_over_the_launchers() {
+        let computed = vec![0, 1, 2];
+        assert_eq!(
+            user_list_or(env(&[]), "MANTA_CPU_AFFINITY", computed.clone()).unwrap(),
+            CpuList(computed.clone())
+        );
+        let off = user_list_or(
+            env(&[("MANTA_CPU_AFFINITY", "")]),
+            "MANTA_CPU_AFFINITY",
+            computed.clone(),
+        );
+        assert!(off.unwrap().is_empty());
+        let bad = user_list_or(
+            env(&[("MANTA_CPU_AFFINITY", "x-")]),
+            "MANTA_CPU_AFFINITY",
+            computed,
+        );
+        assert!(bad.unwrap_err().starts_with("MANTA_CPU_AFFINITY: "));
+        let t = Topology {
+            cpus: vec![0, 1],
+            ..Topology::default()
+        };
+        assert!(
+            t.node_line(&CpuList(vec![1]))
+                .ends_with("; workers pinned to [1]")
+        );
+        assert!(
+            t.node_line(&CpuList::default())
+                .ends_with("; workers unpinned")
+        );
     }
 
     #[test]
