@@ -273,6 +273,11 @@ catalogue! {
     /// Whether to back the object store with 2 MiB huge pages when the node's pool has enough
     /// free ones (else 4 KiB pages with transparent huge pages advised, as when this is false).
     object_store_huge_pages: bool = true, env "MANTA_OBJECT_STORE_HUGE_PAGES";
+    /// NUMA nodes to split the object store's arena across (a node list like `0-1`), one span
+    /// bound to each; empty (the default) means every NUMA node of the machine with the
+    /// `hwloc` feature, else one unplaced span. The launcher sets it to the NUMA nodes of the
+    /// CPUs the node's (or rank's) workers run on.
+    object_store_numa_nodes: CpuList = CpuList::default(), env "MANTA_OBJECT_STORE_NUMA_NODES";
     /// Fraction of the object store in use above which unpinned objects are spilled to disk.
     object_spilling_threshold: f64 = 0.8, env "MANTA_OBJECT_SPILLING_THRESHOLD";
     /// Directory for spill files; empty means a directory of this process's own under the

@@ -279,11 +279,13 @@ pub(crate) struct Head {
 /// affinity is a strict subset of the cgroup's cpuset); otherwise a disjoint slice by local
 /// rank, whole NUMA nodes per rank where there are enough ([`topology::rank_cpus`]); ranks
 /// share CPUs only when the node has fewer CPUs than ranks. `MANTA_CPU_AFFINITY`, when set,
-/// wins (empty: no pinning).
+/// wins (empty: no pinning). The worker's object store splits its arena across the NUMA nodes
+/// of those CPUs (`MANTA_OBJECT_STORE_NUMA_NODES`, when set, wins).
 struct Share {
     cpus: f64,
     gpus: f64,
     cpu_list: CpuList,
+    numa_nodes: CpuList,
     topology: String,
 }
 
@@ -298,7 +300,10 @@ impl Share {
             topology::rank_cpus(&topo.cpus_by_numa(), rank.local_rank as usize, local)
         };
         let env = |k: &str| std::env::var(k).ok();
+        let store_numa = topo.numa_of(&mine);
         let cpu_list = topology::user_list_or(env, "MANTA_CPU_AFFINITY", mine)
+            .map_err(|e| launch_error(rank, e))?;
+        let numa_nodes = topology::user_list_or(env, "MANTA_OBJECT_STORE_NUMA_NODES", store_numa)
             .map_err(|e| launch_error(rank, e))?;
         let cpus = match rank.cpus_on_node {
             Some(n) => n / local as f64,
@@ -315,8 +320,9 @@ impl Share {
         Ok(Share {
             cpus: cpus.max(1.0).floor(),
             gpus: gpus as f64,
-            topology: topo.node_line(&cpu_list),
+            topology: topo.node_line(&cpu_list, &numa_nodes),
             cpu_list,
+            numa_nodes,
         })
     }
 
@@ -326,6 +332,7 @@ impl Share {
         opts.num_gpus = self.gpus;
         opts.topology = self.topology.clone();
         opts.cpu_affinity = self.cpu_list.clone();
+        opts.numa_nodes = self.numa_nodes.clone();
         opts
     }
 }
@@ -448,9 +455,12 @@ fn serve(
         Err(e) => return e,
     };
     // This rank is its node's worker for the job (the first and only job of this cluster), its
-    // slots pinned to the rank's CPUs.
+    // slots pinned to the rank's CPUs and its store on their NUMA nodes.
     let spec = WorkerSpec::new(gcs_address, token, ready.raylet_address, 1, ready.node_id);
-    cluster::serve_worker(config.cpu_affinity(share.cpu_list.clone()), spec)
+    let config = config
+        .cpu_affinity(share.cpu_list.clone())
+        .object_store_numa_nodes(share.numa_nodes.clone());
+    cluster::serve_worker(config, spec)
 }
 
 /// The exchange through MPI (`mpirun`): rank 0 starts the head on a port the OS picks and

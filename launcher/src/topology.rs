@@ -413,14 +413,30 @@ pub fn user_list_or(
 }
 
 impl Topology {
-    /// The line `manta status` shows for a node: [`Topology::summary`] and the CPUs its workers'
-    /// slots are pinned to.
-    pub fn node_line(&self, workers: &CpuList) -> String {
-        if workers.is_empty() {
-            format!("{}; workers unpinned", self.summary())
+    /// The NUMA nodes holding any of `cpus` (all allowed CPUs when `cpus` is empty), for the
+    /// store's arena; empty when no NUMA node was found.
+    pub fn numa_of(&self, cpus: &[usize]) -> Vec<usize> {
+        self.numa
+            .iter()
+            .filter(|(_, mine)| cpus.is_empty() || mine.iter().any(|c| cpus.contains(c)))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// The line `manta status` shows for a node: [`Topology::summary`], the CPUs its workers'
+    /// slots are pinned to and the NUMA nodes their object store spans.
+    pub fn node_line(&self, workers: &CpuList, store_numa: &CpuList) -> String {
+        let pinned = if workers.is_empty() {
+            "workers unpinned".to_owned()
         } else {
-            format!("{}; workers pinned to [{workers}]", self.summary())
-        }
+            format!("workers pinned to [{workers}]")
+        };
+        let store = if store_numa.is_empty() {
+            "store on any numa".to_owned()
+        } else {
+            format!("store on numa [{store_numa}]")
+        };
+        format!("{}; {pinned}; {store}", self.summary())
     }
 
     /// One line for `manta status`.
@@ -646,16 +662,19 @@ mod tests {
         );
         assert!(bad.unwrap_err().starts_with("MANTA_CPU_AFFINITY: "));
         let t = Topology {
-            cpus: vec![0, 1],
+            cpus: vec![0, 1, 2, 3],
+            numa: vec![(0, vec![0, 1]), (1, vec![2, 3])],
             ..Topology::default()
         };
+        assert_eq!(t.numa_of(&[3]), [1]);
+        assert_eq!(t.numa_of(&[]), [0, 1]);
         assert!(
-            t.node_line(&CpuList(vec![1]))
-                .ends_with("; workers pinned to [1]")
+            t.node_line(&CpuList(vec![3]), &CpuList(vec![1]))
+                .ends_with("; workers pinned to [3]; store on numa [1]")
         );
         assert!(
-            t.node_line(&CpuList::default())
-                .ends_with("; workers unpinned")
+            t.node_line(&CpuList::default(), &CpuList::default())
+                .ends_with("; workers unpinned; store on any numa")
         );
     }
 

@@ -1792,6 +1792,7 @@ fn forwarded_env() -> Vec<(String, String)> {
                         | "MANTA_NUM_GPUS"
                         | "MANTA_RESOURCES"
                         | "MANTA_CPU_AFFINITY"
+                        | "MANTA_OBJECT_STORE_NUMA_NODES"
                         | "MANTA_NODE_IP"
                 ))
                 || k == "RUST_LOG"
