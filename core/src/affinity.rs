@@ -7,12 +7,21 @@
 //! that is a multiple of the word size.
 
 /// Pins the calling thread (not the process) to the CPUs in `cpus`. An empty list changes
-/// nothing. The error is the kernel's: `EINVAL` when none of the CPUs is online or in this
-/// process's cpuset.
+/// nothing. The error is the kernel's (`EINVAL` when none of the CPUs is online or in this
+/// process's cpuset), or `InvalidInput` for a CPU above [`CpuList::MAX`], refused before a mask
+/// that large is built (a `CpuList` can be made by hand, unchecked).
+///
+/// [`CpuList::MAX`]: crate::CpuList::MAX
 pub(crate) fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
     let Some(&max) = cpus.iter().max() else {
         return Ok(());
     };
+    if max > crate::CpuList::MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("CPU {max} is above {}", crate::CpuList::MAX),
+        ));
+    }
     let bits = libc::c_ulong::BITS as usize;
     let mut mask = vec![0 as libc::c_ulong; max / bits + 1];
     for &cpu in cpus {
@@ -76,10 +85,13 @@ mod tests {
         .unwrap();
         assert_eq!(pinned, first.to_string());
         assert_eq!(my_cpus(), before, "the spawning thread is untouched");
-        // A CPU no machine has: the kernel refuses, nothing panics.
-        let refused = std::thread::spawn(|| pin_current_thread(&[crate::CpuList::MAX]))
-            .join()
-            .unwrap();
-        assert!(refused.is_err());
+        // A CPU no machine has: the kernel refuses, nothing panics; one past the list's bound
+        // is refused before any mask is built.
+        for cpu in [crate::CpuList::MAX, usize::MAX] {
+            let refused = std::thread::spawn(move || pin_current_thread(&[cpu]))
+                .join()
+                .unwrap();
+            assert!(refused.is_err(), "{cpu}");
+        }
     }
 }

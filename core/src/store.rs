@@ -111,13 +111,14 @@ impl ObjectStore {
             spill_threshold: config.object_spilling_threshold,
             spill_dir,
             create_timeout: config.object_store_put_timeout,
-            // CpuList caps indexes at 65535, so they fit.
+            // A node past u32 (only a hand-made CpuList has one) becomes u32::MAX, which the
+            // store refuses to bind (a warning, one unbound span).
             numa_nodes: (!config.object_store_numa_nodes.is_empty()).then(|| {
                 config
                     .object_store_numa_nodes
                     .0
                     .iter()
-                    .map(|&n| n as u32)
+                    .map(|&n| u32::try_from(n).unwrap_or(u32::MAX))
                     .collect()
             }),
             ..StoreConfig::default()

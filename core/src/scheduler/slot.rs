@@ -116,7 +116,12 @@ fn pin(s: &Scheduler, me: usize) {
     if let Err(e) = crate::affinity::pin_current_thread(&[cpu])
         && !s.pin_warned.swap(true, Ordering::Relaxed)
     {
-        tracing::warn!(slot = me, cpu, error = %e, "could not pin a slot thread to its CPU: it runs unpinned (logged once)");
+        tracing::warn!(
+            slot = me,
+            cpu,
+            error = %e,
+            "could not pin a slot thread to its CPU: it runs unpinned (logged once)"
+        );
     }
 }
 
