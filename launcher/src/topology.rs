@@ -19,8 +19,8 @@
 //! `SLURM_STEP_GPUS` / `SLURM_JOB_GPUS`; with none of these set, every NVIDIA GPU (as CUDA does).
 //! An index `i` is located as the `i`-th NVIDIA GPU in PCI bus order: that is CUDA's numbering
 //! only with `CUDA_DEVICE_ORDER=PCI_BUS_ID` (nvidia-smi's order; CUDA's default puts the fastest
-//! device first), and Slurm's indices are assumed to follow bus order too (as its NVML
-//! autodetection does). When Slurm names the step's GPUs and `CUDA_VISIBLE_DEVICES` lists as
+//! device first), and Slurm's indices are assumed to follow bus order too (an assumption about
+//! the site's `gres.conf`, not checked here). When Slurm names the step's GPUs and `CUDA_VISIBLE_DEVICES` lists as
 //! many, Slurm's indices locate them: inside a device cgroup Slurm renumbers
 //! `CUDA_VISIBLE_DEVICES` from 0 while sysfs still shows every GPU of the host. A GPU named by
 //! UUID (`GPU-…`, `MIG-…`), or by an index beyond what sysfs shows, stays count-only (its id,
