@@ -281,6 +281,11 @@ pub(crate) struct Head {
 /// share CPUs only when the node has fewer CPUs than ranks. `MANTA_CPU_AFFINITY`, when set,
 /// wins (empty: no pinning). The worker's object store splits its arena across the NUMA nodes
 /// of those CPUs (`MANTA_OBJECT_STORE_NUMA_NODES`, when set, wins).
+///
+/// `SLURM_CPUS_ON_NODE` sets the CPU resource, not the list: it says how many CPUs the job
+/// has, not which. Where Slurm confines the job (task/cgroup) the cpuset says which; where it
+/// does not (task/none, as on the test machine) the shares are cut from every CPU the process
+/// may use, and may be more CPUs than the job was given.
 struct Share {
     cpus: f64,
     gpus: f64,
