@@ -1,7 +1,8 @@
 //! SPMD launch under the real launchers: this test binary, started by `srun -n 3` or
 //! `mpirun -np 3`, brings up a whole cluster from `manta::init()` (rank 0 head and driver, the
 //! other ranks nodes and workers) and runs tasks, actors and object transfers across ranks.
-//! Also: two jobs at once on one node, and a job whose rank dies (non-zero exit, nothing left).
+//! Also: each rank's worker pinned to its own CPUs, two jobs at once on one node, and a job
+//! whose rank dies (non-zero exit, nothing left).
 //!
 //! Needs a running single-node Slurm (`scripts/slurm-up`) and Open MPI (`scripts/setup --mpi`);
 //! `scripts/test` brings both up. Where `srun`/`mpirun` are missing the tests print why and
@@ -27,6 +28,56 @@ fn where_am_i(pause_ms: u64) -> u64 {
         .unwrap()
         .node_id
         .expect("tasks run on a node")
+}
+
+/// The calling thread's allowed CPUs as the kernel lists them (`0-3,8`).
+fn thread_cpus() -> String {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The node a task ran on and the CPUs its slot thread may use.
+#[manta::remote]
+fn node_and_cpus(pause_ms: u64) -> (u64, String) {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    let node = manta::status()
+        .unwrap()
+        .node_id
+        .expect("tasks run on a node");
+    (node, thread_cpus())
+}
+
+/// Each rank's worker got its own CPUs: disjoint sets when the node has a CPU per rank; with
+/// fewer CPUs than ranks (this 2-CPU machine runs 3), one CPU each, shared, all allowed ones.
+fn check_rank_cpus(ranks: usize) {
+    let allowed: manta::CpuList = thread_cpus().parse().expect("the kernel's CPU list");
+    let refs: Vec<_> = (0..24).map(|_| node_and_cpus::remote(50u64)).collect();
+    let mut per_node: std::collections::BTreeMap<u64, BTreeSet<usize>> = Default::default();
+    for (node, cpus) in manta::get_all(&refs).unwrap() {
+        let cpus: manta::CpuList = cpus.parse().expect("the kernel's CPU list");
+        per_node.entry(node).or_default().extend(cpus.0);
+    }
+    let sets: Vec<&BTreeSet<usize>> = per_node.values().collect();
+    for set in &sets {
+        assert!(
+            !set.is_empty() && set.iter().all(|c| allowed.0.contains(c)),
+            "{per_node:?}"
+        );
+    }
+    if allowed.0.len() >= ranks {
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let union: BTreeSet<usize> = sets.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(total, union.len(), "ranks' CPUs overlap: {per_node:?}");
+    } else {
+        assert!(sets.iter().all(|s| s.len() == 1), "{per_node:?}");
+    }
+    println!("spmd-job: rank cpus {per_node:?} of {allowed}");
 }
 
 #[manta::remote]
@@ -88,6 +139,8 @@ fn job(kind: &str) {
             .unwrap()
             .into_iter()
             .collect();
+            // Before the actor below takes a node's only CPU for the rest of the job.
+            check_rank_cpus(3);
             let data: Vec<u32> = (0..(8u32 << 20)).collect();
             let expected: u64 = data.iter().map(|x| u64::from(*x)).sum();
             let big = manta::put(data).unwrap();

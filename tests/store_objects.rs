@@ -195,3 +195,19 @@ fn objects_are_created_on_the_writers_numa_region() {
     assert_eq!(after.numa_far, before.numa_far, "{after:?}");
     drop(r);
 }
+
+#[test]
+fn the_configured_numa_nodes_reach_the_store() {
+    if !std::path::Path::new("/sys/devices/system/node/node0").exists() {
+        eprintln!("skipped: this kernel shows no NUMA node 0");
+        return;
+    }
+    // What the launcher passes a worker (MANTA_OBJECT_STORE_NUMA_NODES): here node 0, the one
+    // NUMA node every Linux machine has. The arena is bound to it, in both builds.
+    let _rt = common::start(config().object_store_numa_nodes(manta::CpuList(vec![0])));
+    let s = store();
+    assert_eq!(s.numa_node_ids, [0]);
+    assert_eq!(s.numa_nodes, 1);
+    let big = manta::put(vec![7u8; 2 * MIB]).unwrap();
+    assert_eq!(manta::get(&big).unwrap().len(), 2 * MIB);
+}

@@ -51,6 +51,12 @@ impl FromEnv for String {
     }
 }
 
+impl FromEnv for CpuList {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        CpuList::parse(raw)
+    }
+}
+
 impl FromEnv for CustomResources {
     fn parse_env(raw: &str) -> Result<Self, String> {
         CustomResources::parse(raw)
@@ -76,6 +82,90 @@ impl CustomResources {
             out.push((name.trim().to_string(), amount));
         }
         Ok(CustomResources(out))
+    }
+}
+
+/// A set of CPUs (or of NUMA nodes) in the kernel's list notation (`0-3,8`), ascending and
+/// without repeats; empty means "none given".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+impl CpuList {
+    /// The largest index accepted (the kernel's CPU and node masks are far smaller).
+    pub const MAX: usize = (1 << 16) - 1;
+
+    /// Parses `0-3,8,10-11` (whitespace around items allowed, an empty string is the empty
+    /// list). Anything else — `x-`, `3-1`, an index above [`CpuList::MAX`] — is an error naming
+    /// the item.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut out = std::collections::BTreeSet::new();
+        let index = |part: &str, n: &str| {
+            let n: usize = n.trim().parse().map_err(|_| {
+                format!("{part:?}: expected a number or a range like 0-3 (in a list like 0-3,8)")
+            })?;
+            if n > Self::MAX {
+                return Err(format!("{part:?}: {n} is above {}", Self::MAX));
+            }
+            Ok(n)
+        };
+        for part in raw.split(',').map(str::trim) {
+            if part.is_empty() {
+                if raw.trim().is_empty() {
+                    continue;
+                }
+                return Err(format!("{raw:?}: an empty item"));
+            }
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (index(part, a)?, index(part, b)?);
+                    if a > b {
+                        return Err(format!("{part:?}: the range runs backwards"));
+                    }
+                    out.extend(a..=b);
+                }
+                None => {
+                    out.insert(index(part, part)?);
+                }
+            }
+        }
+        Ok(CpuList(out.into_iter().collect()))
+    }
+
+    /// Whether no CPU is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::str::FromStr for CpuList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        CpuList::parse(s)
+    }
+}
+
+impl fmt::Display for CpuList {
+    /// The kernel's notation, ranges compacted: `0-3,8`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = &self.0;
+        let mut i = 0;
+        while i < v.len() {
+            let mut j = i;
+            while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+                j += 1;
+            }
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if i == j {
+                write!(f, "{}", v[i])?;
+            } else {
+                write!(f, "{}-{}", v[i], v[j])?;
+            }
+            i = j + 1;
+        }
+        Ok(())
     }
 }
 
@@ -108,14 +198,23 @@ macro_rules! catalogue {
 
             /// Resolves every entry: builder value, else environment, else default.
             pub fn resolve(&self) -> Result<Resolved, Error> {
+                self.resolve_from(|key| std::env::var(key).ok())
+            }
+
+            /// [`Config::resolve`] with the environment read through `var` (sans I/O, for
+            /// tests).
+            pub(crate) fn resolve_from(
+                &self,
+                var: impl Fn(&str) -> Option<String>,
+            ) -> Result<Resolved, Error> {
                 Ok(Resolved {
                     $( $field: match &self.$field {
                         Some(v) => v.clone(),
-                        None => match std::env::var($env) {
-                            Ok(raw) => <$ty as FromEnv>::parse_env(&raw).map_err(|message| {
+                        None => match var($env) {
+                            Some(raw) => <$ty as FromEnv>::parse_env(&raw).map_err(|message| {
                                 Error::Config { key: $env.to_string(), message }
                             })?,
-                            Err(_) => $default,
+                            None => $default,
                         },
                     }, )*
                 })
@@ -150,6 +249,11 @@ catalogue! {
     resources: CustomResources = CustomResources::default(), env "MANTA_RESOURCES";
     /// Worker slots (threads) started with the runtime; 0 means one per whole CPU, at least 1.
     num_slots: usize = 0, env "MANTA_NUM_SLOTS";
+    /// CPUs the slot threads pin themselves to, in the kernel's list notation (`0-3,8`): slot
+    /// `i` runs on the `i`-th CPU of the list, round-robin. Empty (the default) pins nothing.
+    /// The launcher sets it for the workers it starts (the node's or the rank's CPUs); a
+    /// failed pin is a warning, not an error.
+    cpu_affinity: CpuList = CpuList::default(), env "MANTA_CPU_AFFINITY";
     /// Upper bound on slot threads, reached only when slots block in `get` inside tasks.
     max_slots: usize = 1024, env "MANTA_MAX_SLOTS";
     /// How long an idle slot, or a caller waiting in `get`, spins before it parks (microseconds).
@@ -169,6 +273,11 @@ catalogue! {
     /// Whether to back the object store with 2 MiB huge pages when the node's pool has enough
     /// free ones (else 4 KiB pages with transparent huge pages advised, as when this is false).
     object_store_huge_pages: bool = true, env "MANTA_OBJECT_STORE_HUGE_PAGES";
+    /// NUMA nodes to split the object store's arena across (a node list like `0-1`), one span
+    /// bound to each; empty (the default) means every NUMA node of the machine with the
+    /// `hwloc` feature, else one unplaced span. The launcher sets it to the NUMA nodes of the
+    /// CPUs the node's (or rank's) workers run on.
+    object_store_numa_nodes: CpuList = CpuList::default(), env "MANTA_OBJECT_STORE_NUMA_NODES";
     /// Fraction of the object store in use above which unpinned objects are spilled to disk.
     object_spilling_threshold: f64 = 0.8, env "MANTA_OBJECT_SPILLING_THRESHOLD";
     /// Directory for spill files; empty means a directory of this process's own under the
@@ -237,6 +346,33 @@ mod tests {
         assert_eq!(r.0, vec![("custom".into(), 100.0), ("ssd".into(), 1.5)]);
         assert!(CustomResources::parse("custom").is_err());
         assert!(CustomResources::parse("custom=lots").is_err());
+    }
+
+    #[test]
+    fn cpu_lists_parse_print_and_reject() {
+        let l = CpuList::parse(" 8, 0-3 ,2\n").unwrap();
+        assert_eq!(l.0, vec![0, 1, 2, 3, 8]);
+        assert_eq!(l.to_string(), "0-3,8");
+        assert!(CpuList::parse("").unwrap().is_empty());
+        for bad in ["x-", "3-1", "0,,1", "1-", "70000"] {
+            let e = CpuList::parse(bad).unwrap_err();
+            assert!(e.contains('"'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_cpu_list_in_the_environment_is_a_config_error() {
+        let env = |k: &str| (k == "MANTA_CPU_AFFINITY").then(|| "x-".to_string());
+        match Config::default().resolve_from(env) {
+            Err(Error::Config { key, message }) => {
+                assert_eq!(key, "MANTA_CPU_AFFINITY");
+                assert!(message.contains("\"x-\""), "{message}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+        let env = |k: &str| (k == "MANTA_CPU_AFFINITY").then(|| "0-1".to_string());
+        let r = Config::default().resolve_from(env).unwrap();
+        assert_eq!(r.cpu_affinity, CpuList(vec![0, 1]));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 #![deny(unsafe_code)]
 
 mod actor;
+#[allow(unsafe_code)] // one system call, argued there
+mod affinity;
 mod api;
 pub mod cluster;
 mod codec;
@@ -28,7 +30,7 @@ pub use api::{
     NodeStatus, Split, block_on, cancel, get, get_actor, get_all, get_timeout, kill, put, put_ref,
     restart, status, wait,
 };
-pub use config::{Config, CustomResources, Resolved};
+pub use config::{Config, CpuList, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};
 pub use id::{ActorId, ObjectId, TaskId};
 pub use manta_store::PageKind;

@@ -191,6 +191,7 @@ impl RuntimeInner {
             config.max_slots,
             config.spin_before_park,
             config.inline_get,
+            config.cpu_affinity.0.clone(),
         );
         let store = match ObjectStore::open(&config) {
             Ok(store) => Some(Arc::new(store)),

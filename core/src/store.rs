@@ -52,7 +52,7 @@ pub(crate) struct ObjectStore {
 }
 
 /// The store's part of [`NodeStatus`](crate::NodeStatus).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ObjectStoreStatus {
     /// Arena size in bytes.
@@ -73,6 +73,8 @@ pub struct ObjectStoreStatus {
     pub page_kind: PageKind,
     /// NUMA nodes the arena spans.
     pub numa_nodes: usize,
+    /// The NUMA node each span of the arena is bound to (empty: one span bound to no node).
+    pub numa_node_ids: Vec<u32>,
     /// Objects created (or restored) on the NUMA region of the thread that wrote (or read) them.
     pub numa_near: u64,
     /// Objects placed on another region because that thread's region was full.
@@ -109,6 +111,16 @@ impl ObjectStore {
             spill_threshold: config.object_spilling_threshold,
             spill_dir,
             create_timeout: config.object_store_put_timeout,
+            // A node past u32 (only a hand-made CpuList has one) becomes u32::MAX, which the
+            // store refuses to bind (a warning, one unbound span).
+            numa_nodes: (!config.object_store_numa_nodes.is_empty()).then(|| {
+                config
+                    .object_store_numa_nodes
+                    .0
+                    .iter()
+                    .map(|&n| u32::try_from(n).unwrap_or(u32::MAX))
+                    .collect()
+            }),
             ..StoreConfig::default()
         };
         let store = match Store::new(store_config) {
@@ -180,6 +192,7 @@ impl ObjectStore {
             restores: s.restores,
             page_kind: s.page_kind,
             numa_nodes: s.numa_nodes,
+            numa_node_ids: self.store.region_nodes().to_vec(),
             numa_near: s.numa_near,
             numa_far: s.numa_far,
         }

@@ -113,7 +113,15 @@ pub fn start(args: &StartArgs) -> Result<()> {
     opts.port = args.port;
     opts.num_cpus = args.num_cpus.unwrap_or(topo.cpus.len() as f64);
     opts.num_gpus = args.num_gpus.unwrap_or(topo.gpus.len() as f64);
-    opts.topology = topo.summary();
+    // The workers' slots get the node's allowed CPUs (the cpuset) and their stores the NUMA
+    // nodes of those CPUs, unless the user chose.
+    let env = |k: &str| std::env::var(k).ok();
+    opts.cpu_affinity = crate::topology::user_list_or(env, "MANTA_CPU_AFFINITY", topo.cpus.clone())
+        .map_err(anyhow::Error::msg)?;
+    opts.numa_nodes =
+        crate::topology::user_list_or(env, "MANTA_OBJECT_STORE_NUMA_NODES", topo.numa_of(&[]))
+            .map_err(anyhow::Error::msg)?;
+    opts.topology = topo.node_line(&opts.cpu_affinity, &opts.numa_nodes);
     opts.resources = args.resources.clone().unwrap_or_default().0;
     opts.log_dir = Some(dir.join("logs"));
     let head = args.head;

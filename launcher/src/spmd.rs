@@ -6,7 +6,8 @@
 //!   node has joined, returns from `init` as the job's driver; its raylet starts a worker
 //!   process for its own share of the node, as `manta start` does.
 //! - **every other rank** hosts a raylet for its share of its node (the node's CPUs divided
-//!   among the ranks on it) and serves as that raylet's worker; `init` never returns there: the
+//!   among the ranks on it, its worker's slots pinned to a disjoint slice of them: `Share`)
+//!   and serves as that raylet's worker; `init` never returns there: the
 //!   rank exits 0 when the driver's job ends, non-zero if the head is lost.
 //!
 //! # Address exchange (no fixed ports, no sleeps)
@@ -36,7 +37,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use manta_core::cluster::{self, NodeOptions, WorkerSpec};
-use manta_core::{Config, Error};
+use manta_core::{Config, CpuList, Error};
+
+use crate::topology;
 
 /// Which launcher started this process, and where the process is in the job.
 #[derive(Clone, Debug, PartialEq)]
@@ -312,29 +315,64 @@ pub(crate) struct Head {
 }
 
 /// This rank's share of its node: the launcher's CPU count (else the CPUs our cpuset allows)
-/// and the visible GPUs, split evenly among the node's ranks.
+/// and the visible GPUs, split evenly among the node's ranks, and the CPUs its worker's slots
+/// are pinned to.
+///
+/// The CPUs: all this process may use when it is the node's only rank or when the launcher
+/// bound it to part of the allocation already (`srun --cpu-bind`, `mpirun --bind-to`: its
+/// affinity is a strict subset of the cgroup's cpuset); otherwise a disjoint slice by local
+/// rank, whole NUMA nodes per rank where there are enough ([`topology::rank_cpus`]); ranks
+/// share CPUs only when the node has fewer CPUs than ranks. `MANTA_CPU_AFFINITY`, when set,
+/// wins (empty: no pinning). The worker's object store splits its arena across the NUMA nodes
+/// of those CPUs (`MANTA_OBJECT_STORE_NUMA_NODES`, when set, wins).
+///
+/// `SLURM_CPUS_ON_NODE` sets the CPU resource, not the list: it says how many CPUs the job
+/// has, not which. Where Slurm confines the job (task/cgroup) the cpuset says which; where it
+/// does not (task/none, as on the test machine) the shares are cut from every CPU the process
+/// may use, and may be more CPUs than the job was given.
 struct Share {
     cpus: f64,
     gpus: f64,
+    cpu_list: CpuList,
+    numa_nodes: CpuList,
     topology: String,
 }
 
 impl Share {
-    fn of(rank: &Rank) -> Share {
-        let topo = crate::topology::discover();
+    fn of(rank: &Rank) -> Result<Share, Error> {
+        let topo = topology::discover();
         let local = rank.local_size.max(1) as usize;
-        let cpus = rank.cpus_on_node.unwrap_or(topo.cpus.len() as f64) / local as f64;
+        let bound = local > 1 && topo.bound_by_launcher();
+        let mine = if local == 1 || bound {
+            topo.cpus.clone()
+        } else {
+            topology::rank_cpus(&topo.cpus_by_numa(), rank.local_rank as usize, local)
+        };
+        let env = |k: &str| std::env::var(k).ok();
+        let store_numa = topo.numa_of(&mine);
+        let cpu_list = topology::user_list_or(env, "MANTA_CPU_AFFINITY", mine)
+            .map_err(|e| launch_error(rank, e))?;
+        let numa_nodes = topology::user_list_or(env, "MANTA_OBJECT_STORE_NUMA_NODES", store_numa)
+            .map_err(|e| launch_error(rank, e))?;
+        let cpus = match rank.cpus_on_node {
+            Some(n) => n / local as f64,
+            // A bound rank's CPUs are its own already.
+            None if bound => topo.cpus.len() as f64,
+            None => topo.cpus.len() as f64 / local as f64,
+        };
         let per_rank = topo.gpus.len() / local;
         let gpus = if per_rank > 0 {
             per_rank
         } else {
             usize::from((rank.local_rank as usize) < topo.gpus.len())
         };
-        Share {
+        Ok(Share {
             cpus: cpus.max(1.0).floor(),
             gpus: gpus as f64,
-            topology: topo.summary(),
-        }
+            topology: topo.node_line(&cpu_list, &numa_nodes),
+            cpu_list,
+            numa_nodes,
+        })
     }
 
     fn node(&self, ip: IpAddr, token: &str) -> NodeOptions {
@@ -342,6 +380,8 @@ impl Share {
         opts.num_cpus = self.cpus;
         opts.num_gpus = self.gpus;
         opts.topology = self.topology.clone();
+        opts.cpu_affinity = self.cpu_list.clone();
+        opts.numa_nodes = self.numa_nodes.clone();
         opts
     }
 }
@@ -349,7 +389,7 @@ impl Share {
 /// Brings up this rank's part of the cluster. Returns the head's handle on rank 0 (the
 /// driver); never returns on other ranks unless they fail.
 pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
-    let share = Share::of(rank);
+    let share = Share::of(rank)?;
     let config = config.num_cpus(share.cpus).num_gpus(share.gpus);
     #[cfg(feature = "mpi")]
     if rank.launcher == "mpirun" || rank.pmix {
@@ -481,8 +521,12 @@ fn serve(
         Ok(r) => r,
         Err(e) => return e,
     };
-    // This rank is its node's worker for the job (the first and only job of this cluster).
+    // This rank is its node's worker for the job (the first and only job of this cluster), its
+    // slots pinned to the rank's CPUs and its store on their NUMA nodes.
     let spec = WorkerSpec::new(gcs_address, token, ready.raylet_address, 1, ready.node_id);
+    let config = config
+        .cpu_affinity(share.cpu_list.clone())
+        .object_store_numa_nodes(share.numa_nodes.clone());
     cluster::serve_worker(config, spec)
 }
 

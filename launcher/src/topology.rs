@@ -1,13 +1,35 @@
 //! What a node has, as its allocation sees it: the CPUs this process may run on (the cgroup
 //! cpuset and any launcher binding, from the kernel's affinity mask), the NUMA nodes those CPUs
-//! sit on, the GPUs the launcher gave it (`CUDA_VISIBLE_DEVICES`, else `SLURM_STEP_GPUS` /
-//! `SLURM_JOB_GPUS`), and its network interfaces (InfiniBand devices marked).
+//! sit on, the GPUs the launcher gave it with their PCI bus ids and NUMA nodes, and its network
+//! interfaces (InfiniBand devices marked).
 //!
 //! Cores and NUMA nodes come from hwloc when built with the `hwloc` feature (the hwloc2 crate;
 //! its NUMA-object iterator is avoided, see PLATFORM.md), else from the kernel's `/sys` and
 //! `/proc` files, and the summary says which.
+//!
+//! # GPUs
+//! GPUs are found on the PCI bus through sysfs in both builds (`/sys/bus/pci/devices/*`:
+//! `vendor`, `class`, `numa_node`): display controllers of class VGA (`0x0300xx`) or 3D
+//! (`0x0302xx`). hwloc knows them too, but hwloc 2 filters I/O objects out unless a type filter
+//! is set, and the hwloc2 crate (2.2) does not expose `hwloc_topology_set_type_filter`.
+//! Only NVIDIA's (vendor `0x10de`) count as GPUs: they are what CUDA sees, whereas a server's
+//! other VGA controller is usually its BMC's console, not a compute device.
+//!
+//! Which of them this process may use is the launcher's word: `CUDA_VISIBLE_DEVICES`, else
+//! `SLURM_STEP_GPUS` / `SLURM_JOB_GPUS`; with none of these set, every NVIDIA GPU (as CUDA does).
+//! An index `i` is located as the `i`-th NVIDIA GPU in PCI bus order: that is CUDA's numbering
+//! only with `CUDA_DEVICE_ORDER=PCI_BUS_ID` (nvidia-smi's order; CUDA's default puts the fastest
+//! device first), and Slurm's indices are assumed to follow bus order too (an assumption about
+//! the site's `gres.conf`, not checked here). When Slurm names the step's GPUs and `CUDA_VISIBLE_DEVICES` lists as
+//! many, Slurm's indices locate them: inside a device cgroup Slurm renumbers
+//! `CUDA_VISIBLE_DEVICES` from 0 while sysfs still shows every GPU of the host. A GPU named by
+//! UUID (`GPU-…`, `MIG-…`), or by an index beyond what sysfs shows, stays count-only (its id,
+//! no bus id or NUMA node), and so do all of them when sysfs shows no NVIDIA device.
 
 use std::collections::BTreeSet;
+use std::path::Path;
+
+use manta_core::CpuList;
 
 /// A node's topology.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -16,12 +38,117 @@ pub struct Topology {
     pub cpus: Vec<usize>,
     /// NUMA nodes with the allowed CPUs on each.
     pub numa: NumaNodes,
-    /// GPUs given to this process (the launcher's ids).
-    pub gpus: Vec<String>,
+    /// GPUs given to this process, located on the PCI bus where possible (module docs).
+    pub gpus: Vec<Gpu>,
     /// Network interfaces other than loopback; InfiniBand devices as `ib:<name>`.
     pub nics: Vec<String>,
     /// What found the cores and NUMA nodes: `hwloc` or `sysfs`.
     pub source: &'static str,
+}
+
+/// A GPU this process may use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gpu {
+    /// The launcher's id for it (`CUDA_VISIBLE_DEVICES` entry), or its index in PCI bus order
+    /// when the launcher named none.
+    pub id: String,
+    /// Its PCI bus id (`0000:17:00.0`), when it was located on the bus.
+    pub bus_id: Option<String>,
+    /// The NUMA node it is attached to, when located and the platform says.
+    pub numa: Option<usize>,
+}
+
+/// A display controller (PCI class VGA or 3D) found in sysfs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciDisplay {
+    /// PCI bus id (`0000:17:00.0`).
+    pub bus_id: String,
+    /// PCI vendor id (`0x10de`: NVIDIA).
+    pub vendor: u16,
+    /// PCI class code (`0x030200`: 3D controller).
+    pub class: u32,
+    /// NUMA node, `None` when sysfs says -1 (unknown, or a one-node machine).
+    pub numa: Option<usize>,
+}
+
+/// PCI vendor id of NVIDIA.
+const NVIDIA: u16 = 0x10de;
+
+/// The VGA (`0x0300xx`) and 3D (`0x0302xx`) controllers under `<sys>/bus/pci/devices`, in bus
+/// order; `sys` is `/sys` except in tests. Unreadable or malformed entries are skipped.
+pub fn pci_displays(sys: &Path) -> Vec<PciDisplay> {
+    let hex = |dir: &Path, file: &str| {
+        let raw = std::fs::read_to_string(dir.join(file)).ok()?;
+        u32::from_str_radix(raw.trim().trim_start_matches("0x"), 16).ok()
+    };
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(sys.join("bus/pci/devices")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let path = e.path();
+        let (Some(class), Some(vendor)) = (hex(&path, "class"), hex(&path, "vendor")) else {
+            continue;
+        };
+        if !matches!(class >> 8, 0x0300 | 0x0302) {
+            continue;
+        }
+        let numa = std::fs::read_to_string(path.join("numa_node"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|n| usize::try_from(n).ok());
+        out.push(PciDisplay {
+            bus_id: e.file_name().to_string_lossy().into_owned(),
+            vendor: u16::try_from(vendor).unwrap_or(0),
+            class,
+            numa,
+        });
+    }
+    out.sort_by(|a, b| a.bus_id.cmp(&b.bus_id));
+    out
+}
+
+/// The launcher's list of GPUs from the first of `keys` that is set (`None`: none is).
+fn gpu_list(var: &impl Fn(&str) -> Option<String>, keys: &[&str]) -> Option<Vec<String>> {
+    let v = keys.iter().find_map(|k| var(k))?;
+    let v = v.trim();
+    if v.is_empty() || v == "NoDevFiles" || v == "-1" {
+        return Some(Vec::new());
+    }
+    Some(v.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+/// The GPUs this process may use, from the launcher's environment (`var`) located among the
+/// display controllers found (`pci`): sans I/O; the rules are in the module docs.
+pub fn locate_gpus(var: impl Fn(&str) -> Option<String>, pci: &[PciDisplay]) -> Vec<Gpu> {
+    let nvidia: Vec<&PciDisplay> = pci.iter().filter(|d| d.vendor == NVIDIA).collect();
+    let slurm = gpu_list(&var, &["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"]);
+    let Some(ids) = gpu_list(&var, &["CUDA_VISIBLE_DEVICES"]).or_else(|| slurm.clone()) else {
+        return nvidia
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Gpu {
+                id: i.to_string(),
+                bus_id: Some(d.bus_id.clone()),
+                numa: d.numa,
+            })
+            .collect();
+    };
+    let keys = match slurm {
+        Some(s) if s.len() == ids.len() => s,
+        _ => ids.clone(),
+    };
+    ids.into_iter()
+        .zip(keys)
+        .map(|(id, key)| {
+            let found = key.parse::<usize>().ok().and_then(|i| nvidia.get(i));
+            Gpu {
+                id,
+                bus_id: found.map(|d| d.bus_id.clone()),
+                numa: found.and_then(|d| d.numa),
+            }
+        })
+        .collect()
 }
 
 /// Parses a kernel CPU list (`0-3,8,10-11`).
@@ -44,20 +171,6 @@ pub fn parse_cpu_list(s: &str) -> Vec<usize> {
     out.into_iter().collect()
 }
 
-/// The GPUs the launcher gave this process, from `var` (sans I/O).
-pub fn visible_gpus(var: impl Fn(&str) -> Option<String>) -> Vec<String> {
-    for key in ["CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"] {
-        if let Some(v) = var(key) {
-            let v = v.trim();
-            if v.is_empty() || v == "NoDevFiles" || v == "-1" {
-                return Vec::new();
-            }
-            return v.split(',').map(|s| s.trim().to_owned()).collect();
-        }
-    }
-    Vec::new()
-}
-
 fn allowed_cpus() -> Vec<usize> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -69,6 +182,95 @@ fn allowed_cpus() -> Vec<usize> {
         .unwrap_or_else(|| {
             (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
         })
+}
+
+/// The CPUs of this process's cgroup cpuset: what the allocation (Slurm's cgroup, a container)
+/// gives all of the job's processes on this node, before any per-task binding. `sys` is `/sys`
+/// and `cgroups` the text of `/proc/self/cgroup` (arguments for tests). cgroup v2 reads
+/// `cpuset.cpus.effective`, v1 the cpuset hierarchy's `cpuset.effective_cpus` (else
+/// `cpuset.cpus`), from the process's cgroup up to the root, the first one present; `None` when
+/// none is readable.
+pub fn cgroup_cpus(sys: &Path, cgroups: &str) -> Option<Vec<usize>> {
+    type Tries<'a> = Vec<(std::path::PathBuf, &'a [&'a str])>;
+    let (mut v1, mut v2): (Tries, Tries) = (Vec::new(), Vec::new());
+    for line in cgroups.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let path = path.trim().trim_start_matches('/');
+        if controllers.is_empty() {
+            v2.push((sys.join("fs/cgroup").join(path), &["cpuset.cpus.effective"]));
+        } else if controllers.split(',').any(|c| c == "cpuset") {
+            v1.push((
+                sys.join("fs/cgroup/cpuset").join(path),
+                &["cpuset.effective_cpus", "cpuset.cpus"],
+            ));
+        }
+    }
+    // A v1 cpuset hierarchy, when mounted, is the one in force: its entries go first.
+    for (dir, files) in v1.into_iter().chain(v2) {
+        for d in dir
+            .ancestors()
+            .take_while(|d| d.starts_with(sys.join("fs/cgroup")))
+        {
+            for file in files {
+                if let Ok(text) = std::fs::read_to_string(d.join(file)) {
+                    let cpus = parse_cpu_list(&text);
+                    if !cpus.is_empty() {
+                        return Some(cpus);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether a launcher bound this process to part of its allocation (Slurm's `--cpu-bind`,
+/// Open MPI's `--bind-to`): its CPUs are a strict subset of its cgroup's cpuset. Its ranks'
+/// CPUs are then already disjoint, and Manta does not split them again.
+pub fn bound_by_launcher(allowed: &[usize], cgroup: Option<&[usize]>) -> bool {
+    cgroup.is_some_and(|all| allowed.len() < all.len() && allowed.iter().all(|c| all.contains(c)))
+}
+
+/// The CPUs of local rank `local_rank` of `local_size` ranks sharing a node whose allowed CPUs
+/// are `numa` (NUMA node, CPUs), preferring one NUMA node per rank (sans I/O):
+/// - with at least as many NUMA nodes as ranks, each rank gets whole NUMA nodes (rank `r` the
+///   nodes `r·N/L .. (r+1)·N/L`);
+/// - with more ranks than NUMA nodes, rank `r` goes to node `r·N/L` and shares it with the
+///   other ranks there, each taking a contiguous, disjoint slice of its CPUs;
+/// - with more ranks on a node than it has CPUs, ranks share: the `j`-th rank there gets CPU
+///   `j mod n` (a 2-CPU node with 3 ranks: CPUs 0, 1, 0).
+///
+/// Every rank gets at least one CPU when the node has any.
+pub fn rank_cpus(numa: &[(usize, Vec<usize>)], local_rank: usize, local_size: usize) -> Vec<usize> {
+    let nodes: Vec<&Vec<usize>> = numa
+        .iter()
+        .map(|(_, c)| c)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let (n, l) = (nodes.len(), local_size.max(1));
+    let r = local_rank.min(l - 1);
+    if n == 0 {
+        return Vec::new();
+    }
+    if n >= l {
+        let mut out: Vec<usize> = nodes[r * n / l..(r + 1) * n / l]
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .collect();
+        out.sort_unstable();
+        return out;
+    }
+    let node = r * n / l;
+    let here: Vec<usize> = (0..l).filter(|&x| x * n / l == node).collect();
+    let (j, k) = (here.iter().position(|&x| x == r).unwrap_or(0), here.len());
+    let cpus = nodes[node];
+    if cpus.len() < k {
+        return vec![cpus[j % cpus.len()]];
+    }
+    cpus[j * cpus.len() / k..(j + 1) * cpus.len() / k].to_vec()
 }
 
 fn sysfs_numa(allowed: &[usize]) -> NumaNodes {
@@ -146,6 +348,31 @@ fn nics() -> Vec<String> {
     out
 }
 
+fn gpus() -> Vec<Gpu> {
+    locate_gpus(|k| std::env::var(k).ok(), &pci_displays(Path::new("/sys")))
+}
+
+impl Topology {
+    /// The allowed CPUs by NUMA node (one group of all of them when no NUMA node was found).
+    pub fn cpus_by_numa(&self) -> NumaNodes {
+        if self.numa.is_empty() {
+            vec![(0, self.cpus.clone())]
+        } else {
+            self.numa.clone()
+        }
+    }
+
+    /// Whether a launcher bound this process to part of its cgroup's cpuset
+    /// ([`bound_by_launcher`]).
+    pub fn bound_by_launcher(&self) -> bool {
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        bound_by_launcher(
+            &self.cpus,
+            cgroup_cpus(Path::new("/sys"), &cgroups).as_deref(),
+        )
+    }
+}
+
 /// Finds this node's topology as this process's allocation sees it.
 pub fn discover() -> Topology {
     let allowed = allowed_cpus();
@@ -156,7 +383,7 @@ pub fn discover() -> Topology {
         return Topology {
             cpus,
             numa,
-            gpus: visible_gpus(|k| std::env::var(k).ok()),
+            gpus: gpus(),
             nics: nics(),
             source: "hwloc",
         };
@@ -165,13 +392,53 @@ pub fn discover() -> Topology {
     Topology {
         cpus: allowed,
         numa,
-        gpus: visible_gpus(|k| std::env::var(k).ok()),
+        gpus: gpus(),
         nics: nics(),
         source: "sysfs",
     }
 }
 
+/// The user's list from `key` (`MANTA_CPU_AFFINITY`, …) when it is set — empty meaning none —
+/// else `computed`: the launcher does not override a choice the user made. `var` reads the
+/// environment (sans I/O, for tests).
+pub fn user_list_or(
+    var: impl Fn(&str) -> Option<String>,
+    key: &str,
+    computed: Vec<usize>,
+) -> Result<CpuList, String> {
+    match var(key) {
+        Some(raw) => CpuList::parse(&raw).map_err(|e| format!("{key}: {e}")),
+        None => Ok(CpuList(computed)),
+    }
+}
+
 impl Topology {
+    /// The NUMA nodes holding any of `cpus` (all allowed CPUs when `cpus` is empty), for the
+    /// store's arena; empty when no NUMA node was found.
+    pub fn numa_of(&self, cpus: &[usize]) -> Vec<usize> {
+        self.numa
+            .iter()
+            .filter(|(_, mine)| cpus.is_empty() || mine.iter().any(|c| cpus.contains(c)))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// The line `manta status` shows for a node: [`Topology::summary`], the CPUs its workers'
+    /// slots are pinned to and the NUMA nodes their object store spans.
+    pub fn node_line(&self, workers: &CpuList, store_numa: &CpuList) -> String {
+        let pinned = if workers.is_empty() {
+            "workers unpinned".to_owned()
+        } else {
+            format!("workers pinned to [{workers}]")
+        };
+        let store = if store_numa.is_empty() {
+            "store on any numa".to_owned()
+        } else {
+            format!("store on numa [{store_numa}]")
+        };
+        format!("{}; {pinned}; {store}", self.summary())
+    }
+
     /// One line for `manta status`.
     pub fn summary(&self) -> String {
         let numa: Vec<String> = self
@@ -179,6 +446,7 @@ impl Topology {
             .iter()
             .map(|(n, cpus)| format!("numa{n}:{}", cpus.len()))
             .collect();
+        let gpus: Vec<String> = self.gpus.iter().map(Gpu::to_string).collect();
         format!(
             "{} cpus [{}] {} numa [{}] {} gpus [{}] nics [{}] ({})",
             self.cpus.len(),
@@ -186,10 +454,24 @@ impl Topology {
             self.numa.len(),
             numa.join(" "),
             self.gpus.len(),
-            self.gpus.join(","),
+            gpus.join(" "),
             self.nics.join(","),
             self.source
         )
+    }
+}
+
+impl std::fmt::Display for Gpu {
+    /// `0=0000:17:00.0@numa0`; the id alone when the GPU was not located.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.id)?;
+        if let Some(bus) = &self.bus_id {
+            write!(f, "={bus}")?;
+        }
+        if let Some(n) = self.numa {
+            write!(f, "@numa{n}")?;
+        }
+        Ok(())
     }
 }
 
@@ -224,23 +506,176 @@ mod tests {
         assert_eq!(compact(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
     }
 
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(a, _)| *a == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
     #[test]
     fn gpus_come_from_the_launcher() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(a, _)| *a == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
+        let ids = |v: Vec<Gpu>| v.into_iter().map(|g| g.id).collect::<Vec<_>>();
         assert_eq!(
-            visible_gpus(env(&[("CUDA_VISIBLE_DEVICES", "2,3")])),
+            ids(locate_gpus(env(&[("CUDA_VISIBLE_DEVICES", "2,3")]), &[])),
             vec!["2", "3"]
         );
-        assert_eq!(visible_gpus(env(&[("SLURM_STEP_GPUS", "0")])), vec!["0"]);
-        assert!(visible_gpus(env(&[("CUDA_VISIBLE_DEVICES", "")])).is_empty());
-        assert!(visible_gpus(env(&[])).is_empty());
+        assert_eq!(
+            ids(locate_gpus(env(&[("SLURM_STEP_GPUS", "0")]), &[])),
+            vec!["0"]
+        );
+        assert!(locate_gpus(env(&[("CUDA_VISIBLE_DEVICES", "")]), &[]).is_empty());
+        assert!(locate_gpus(env(&[]), &[]).is_empty());
+    }
+
+    /// A fake sysfs: two NVIDIA GPUs on NUMA nodes 1 and 0 (listed out of bus order), an
+    /// ASPEED VGA controller, and a NIC.
+    fn fake_sysfs() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let devices = [
+            ("0000:65:00.0", "0x10de", "0x030200", "1"),
+            ("0000:17:00.0", "0x10de", "0x030000", "0"),
+            ("0000:03:00.0", "0x1a03", "0x030000", "-1"),
+            ("0000:31:00.0", "0x15b3", "0x020700", "0"),
+        ];
+        for (bus, vendor, class, numa) in devices {
+            let dir = root.path().join("bus/pci/devices").join(bus);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("vendor"), format!("{vendor}\n")).unwrap();
+            std::fs::write(dir.join("class"), format!("{class}\n")).unwrap();
+            std::fs::write(dir.join("numa_node"), format!("{numa}\n")).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn gpus_are_found_in_sysfs_with_their_numa_nodes() {
+        let sys = fake_sysfs();
+        let pci = pci_displays(sys.path());
+        let buses: Vec<&str> = pci.iter().map(|d| d.bus_id.as_str()).collect();
+        assert_eq!(buses, ["0000:03:00.0", "0000:17:00.0", "0000:65:00.0"]);
+        assert_eq!(pci[0].numa, None);
+        // No launcher variable: every NVIDIA GPU, in bus order; the BMC's VGA is not one.
+        let all = locate_gpus(env(&[]), &pci);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].to_string(), "0=0000:17:00.0@numa0");
+        assert_eq!(all[1].to_string(), "1=0000:65:00.0@numa1");
+        // Indices are PCI bus order; a UUID or an index beyond the bus stays count-only.
+        let some = locate_gpus(env(&[("CUDA_VISIBLE_DEVICES", "1,GPU-abc,7")]), &pci);
+        let shown: Vec<String> = some.iter().map(Gpu::to_string).collect();
+        assert_eq!(shown, ["1=0000:65:00.0@numa1", "GPU-abc", "7"]);
+        // Inside Slurm's device cgroup CUDA_VISIBLE_DEVICES is renumbered: Slurm's indices
+        // locate the GPU.
+        let slurm = locate_gpus(
+            env(&[("CUDA_VISIBLE_DEVICES", "0"), ("SLURM_STEP_GPUS", "1")]),
+            &pci,
+        );
+        assert_eq!(slurm[0].to_string(), "0=0000:65:00.0@numa1");
+        // Nothing in sysfs: the launcher's ids, counted only.
+        let none = locate_gpus(env(&[("CUDA_VISIBLE_DEVICES", "0,1")]), &[]);
+        assert_eq!(none.len(), 2);
+        assert_eq!(none[0].bus_id, None);
+        assert!(pci_displays(&sys.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn ranks_get_disjoint_cpus_one_numa_node_each_where_they_can() {
+        let two = vec![(0, (0..8).collect::<Vec<_>>()), (1, (8..16).collect())];
+        let share = |numa: &NumaNodes, l: usize| -> Vec<Vec<usize>> {
+            (0..l).map(|r| rank_cpus(numa, r, l)).collect()
+        };
+        // One rank: everything. Two ranks on two NUMA nodes: one node each.
+        assert_eq!(share(&two, 1), [(0..16).collect::<Vec<_>>()]);
+        assert_eq!(
+            share(&two, 2),
+            [(0..8).collect::<Vec<_>>(), (8..16).collect()]
+        );
+        // Four ranks: two per node, halves of it.
+        assert_eq!(
+            share(&two, 4),
+            [
+                vec![0, 1, 2, 3],
+                vec![4, 5, 6, 7],
+                vec![8, 9, 10, 11],
+                vec![12, 13, 14, 15]
+            ]
+        );
+        // Three ranks: ranks 0 and 1 split node 0, rank 2 has node 1; still disjoint.
+        let three = share(&two, 3);
+        assert_eq!(three[0], vec![0, 1, 2, 3]);
+        assert_eq!(three[1], vec![4, 5, 6, 7]);
+        assert_eq!(three[2], (8..16).collect::<Vec<_>>());
+        // Four NUMA nodes, two ranks: two whole nodes each.
+        let four: NumaNodes = (0..4).map(|n| (n, vec![2 * n, 2 * n + 1])).collect();
+        assert_eq!(share(&four, 2), [vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+        // Fewer CPUs than ranks (this 2-CPU machine, 3 ranks): ranks share, one CPU each.
+        let small = vec![(0, vec![0, 1])];
+        assert_eq!(share(&small, 3), [vec![0], vec![1], vec![0]]);
+        assert!(rank_cpus(&[], 0, 2).is_empty());
+    }
+
+    #[test]
+    fn the_cgroup_cpuset_tells_a_bound_rank() {
+        let sys = tempfile::tempdir().unwrap();
+        let v1 = sys.path().join("fs/cgroup/cpuset/slurm/job_5");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("cpuset.effective_cpus"), "0-7\n").unwrap();
+        let v2 = sys.path().join("fs/cgroup/user.slice");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(sys.path().join("fs/cgroup/cpuset.cpus.effective"), "0-15\n").unwrap();
+        // v1 first (hybrid hosts list it before the unified line); v2 found at an ancestor.
+        let hybrid = "3:cpuset:/slurm/job_5\n0::/user.slice\n";
+        assert_eq!(
+            cgroup_cpus(sys.path(), hybrid),
+            Some((0..8).collect::<Vec<_>>())
+        );
+        assert_eq!(
+            cgroup_cpus(sys.path(), "0::/user.slice\n"),
+            Some((0..16).collect::<Vec<_>>())
+        );
+        assert_eq!(cgroup_cpus(sys.path(), "1:cpu:/\n"), None);
+        let job: Vec<usize> = (0..8).collect();
+        assert!(bound_by_launcher(&[2, 3], Some(&job)));
+        assert!(!bound_by_launcher(&job, Some(&job)));
+        assert!(!bound_by_launcher(&[2, 3], None));
+    }
+
+    #[test]
+    fn the_users_list_wins_over_the_launchers() {
+        let computed = vec![0, 1, 2];
+        assert_eq!(
+            user_list_or(env(&[]), "MANTA_CPU_AFFINITY", computed.clone()).unwrap(),
+            CpuList(computed.clone())
+        );
+        let off = user_list_or(
+            env(&[("MANTA_CPU_AFFINITY", "")]),
+            "MANTA_CPU_AFFINITY",
+            computed.clone(),
+        );
+        assert!(off.unwrap().is_empty());
+        let bad = user_list_or(
+            env(&[("MANTA_CPU_AFFINITY", "x-")]),
+            "MANTA_CPU_AFFINITY",
+            computed,
+        );
+        assert!(bad.unwrap_err().starts_with("MANTA_CPU_AFFINITY: "));
+        let t = Topology {
+            cpus: vec![0, 1, 2, 3],
+            numa: vec![(0, vec![0, 1]), (1, vec![2, 3])],
+            ..Topology::default()
+        };
+        assert_eq!(t.numa_of(&[3]), [1]);
+        assert_eq!(t.numa_of(&[]), [0, 1]);
+        assert!(
+            t.node_line(&CpuList(vec![3]), &CpuList(vec![1]))
+                .ends_with("; workers pinned to [3]; store on numa [1]")
+        );
+        assert!(
+            t.node_line(&CpuList::default(), &CpuList::default())
+                .ends_with("; workers unpinned; store on any numa")
+        );
     }
 
     #[test]

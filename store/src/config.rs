@@ -47,6 +47,12 @@ pub struct StoreConfig {
     /// How long a `create` that does not fit waits for space before failing with
     /// `ObjectStoreFull`. Default: 10 s.
     pub create_timeout: Duration,
+    /// The NUMA nodes (OS indexes) to split the arena across, one span bound to each, even
+    /// when there is one (a rank on NUMA node 1 gets its arena there). `None` (the default):
+    /// every NUMA node of the machine as hwloc finds them (feature `hwloc`; one node means one
+    /// unbound span), else one unbound span. The launcher passes the nodes of the CPUs the
+    /// node's (or rank's) workers run on.
+    pub numa_nodes: Option<Vec<u32>>,
 }
 
 impl StoreConfig {
@@ -71,6 +77,7 @@ impl Default for StoreConfig {
             spill_chunk: 8 << 20,
             io_uring_entries: 64,
             create_timeout: Duration::from_secs(10),
+            numa_nodes: None,
         }
     }
 }

@@ -22,7 +22,8 @@
 //! - `pressure`: the sans-I/O eviction/spill policy.
 //! - `spill`: io_uring spill files (unsafe: buffers handed to the kernel).
 //! - [`fdpass`]: SCM_RIGHTS over a Unix socket (unsafe: `sendmsg`/`recvmsg`).
-//! - `numa`: NUMA placement with hwloc (feature `hwloc`) and the calling thread's node
+//! - `numa`: NUMA placement along the configured nodes or hwloc's (feature `hwloc`) and the
+//!   calling thread's node
 //!   (unsafe: `mbind`, `getcpu`).
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -1,14 +1,20 @@
 //! NUMA placement of the arena: which slice of it lives on which NUMA node.
 //!
-//! With the `hwloc` feature, the node's NUMA nodes are read from hwloc's topology (the root
-//! object's nodeset: PLATFORM.md notes that hwloc2's `objects_with_type(NUMANode)` panics), the
-//! arena is cut into one page-aligned span per NUMA node, and each span is bound to its node
-//! with `mbind(MPOL_BIND)` before the arena is touched, so pre-faulting places every page. The
-//! hwloc2 crate has no memory-binding wrapper; `mbind` is what `hwloc_set_area_membind` does on
-//! Linux. Allocation then prefers the consumer's span ([`Store::create_near`]).
+//! The nodes come from the configuration when it names them ([`StoreConfig::numa_nodes`]: the
+//! launcher passes the NUMA nodes of the CPUs the node's workers run on, so a rank of an SPMD
+//! launch keeps its arena on its own NUMA node), else, with the `hwloc` feature, from hwloc's
+//! topology (the root object's nodeset: PLATFORM.md notes that hwloc2's
+//! `objects_with_type(NUMANode)` panics). The arena is cut into one page-aligned span per
+//! node, and each span is bound to its node with `mbind(MPOL_BIND)` before the arena is
+//! touched, so pre-faulting places every page. The hwloc2 crate has no memory-binding wrapper;
+//! `mbind` is what `hwloc_set_area_membind` does on Linux, and being a plain system call it
+//! serves configured nodes in builds without hwloc too. hwloc's list is bound only when it has
+//! several nodes; a configured list even when it has one.
 //!
-//! Without the feature there is one span, the whole arena, placed by the kernel's first-touch
-//! policy, and the log says "NUMA placement off: built without hwloc".
+//! Allocation then prefers the consumer's span ([`Store::create_near`]). Without configured
+//! nodes and without the feature there is one span, the whole arena, placed by the kernel's
+//! first-touch policy, and the log says "NUMA placement off: built without hwloc". A failed
+//! `mbind` (a node outside the cpuset's memory nodes, say) is a warning and one unbound span.
 //!
 //! # Finding the consumer's region
 //! [`Store::local_region`] maps the calling thread's NUMA node to the index of the span bound to
@@ -19,9 +25,10 @@
 //! correctness matter (any region serves any reader).
 //!
 //! [`Store::create_near`]: crate::Store::create_near
+//! [`StoreConfig::numa_nodes`]: crate::StoreConfig::numa_nodes
 //! [`Store::local_region`]: crate::Store::local_region
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::arena::Arena;
 
@@ -74,22 +81,27 @@ pub(crate) fn current_node() -> Option<u32> {
     (rc == 0).then_some(node)
 }
 
-/// The arena's regions: one span per NUMA node.
+/// The arena's regions: one span per NUMA node of `configured` (the store's configuration),
+/// else of the machine (hwloc), each bound to its node; one unbound span when there is nothing
+/// to place.
+pub(crate) fn place(arena: &Arena, configured: Option<&[u32]>) -> Placement {
+    match configured {
+        Some(nodes) if !nodes.is_empty() => split(arena, nodes),
+        _ => place_by_machine(arena),
+    }
+}
+
 #[cfg(not(feature = "hwloc"))]
-pub(crate) fn place(arena: &Arena) -> Placement {
+fn place_by_machine(arena: &Arena) -> Placement {
     info!(len = arena.len(), "NUMA placement off: built without hwloc");
     Placement::whole(arena)
 }
 
-/// The arena's regions: one span per NUMA node, each bound to its node.
 #[cfg(feature = "hwloc")]
-pub(crate) fn place(arena: &Arena) -> Placement {
-    use tracing::warn;
-
-    let whole = Placement::whole(arena);
+fn place_by_machine(arena: &Arena) -> Placement {
     let Some(topology) = hwloc2::Topology::new() else {
         warn!("NUMA placement off: hwloc could not load the topology");
-        return whole;
+        return Placement::whole(arena);
     };
     let nodes: Vec<u32> = topology
         .object_at_root()
@@ -101,8 +113,14 @@ pub(crate) fn place(arena: &Arena) -> Placement {
             numa_nodes = nodes.len(),
             "NUMA placement: one NUMA node, nothing to place"
         );
-        return whole;
+        return Placement::whole(arena);
     }
+    split(arena, &nodes)
+}
+
+/// One span per node of `nodes`, in that order, each bound to its node.
+fn split(arena: &Arena, nodes: &[u32]) -> Placement {
+    let whole = Placement::whole(arena);
     let page = arena.page_kind().page_size();
     let per = (arena.len() / nodes.len()) / page * page;
     if per == 0 {
@@ -131,13 +149,22 @@ pub(crate) fn place(arena: &Arena) -> Placement {
         span = per,
         "NUMA placement: arena split per NUMA node"
     );
-    Placement { spans, nodes }
+    Placement {
+        spans,
+        nodes: nodes.to_vec(),
+    }
 }
 
 /// Binds the arena's bytes `[offset, offset + len)` to NUMA node `node`.
-#[cfg(feature = "hwloc")]
 fn bind(arena: &Arena, offset: usize, len: usize, node: u32) -> std::io::Result<()> {
     const MPOL_BIND: libc::c_long = 2;
+    // Far above any kernel's MAX_NUMNODES; keeps the mask below small.
+    if node > u32::from(u16::MAX) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("NUMA node {node} out of range"),
+        ));
+    }
     let bits = libc::c_ulong::BITS;
     let mut mask = vec![0 as libc::c_ulong; node as usize / bits as usize + 1];
     mask[(node / bits) as usize] |= 1 << (node % bits);

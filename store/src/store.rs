@@ -122,7 +122,7 @@ impl Store {
     pub fn new(config: StoreConfig) -> Result<Store, StoreError> {
         let mut arena = Arena::create(config.capacity, config.pages)?;
         // Bind before touching: NUMA policy applies to pages when they are first faulted.
-        let placement = numa::place(&arena);
+        let placement = numa::place(&arena, config.numa_nodes.as_deref());
         if config.prefault {
             arena.prefault();
         }
@@ -145,6 +145,12 @@ impl Store {
     /// call then), `None` when the thread's node holds no region. Costs one `getcpu` otherwise.
     pub fn local_region(&self) -> Option<usize> {
         numa::region_for(&self.region_nodes, numa::current_node)
+    }
+
+    /// The NUMA node each region of the arena is bound to, in region order; empty when the
+    /// arena is one region bound to no node.
+    pub fn region_nodes(&self) -> &[u32] {
+        &self.region_nodes
     }
 
     /// The arena (its memfd to send to other processes, its page kind).

@@ -333,3 +333,35 @@ fn create_near_the_callers_region_counts_where_blocks_land() {
     // Only the create that asked for a region is counted; it had room there.
     assert_eq!((stats.numa_near, stats.numa_far), (1, 0), "{stats:?}");
 }
+
+#[test]
+fn configured_numa_nodes_bind_the_arena_and_a_bad_node_leaves_it_whole() {
+    if !std::path::Path::new("/sys/devices/system/node/node0").exists() {
+        eprintln!("skipped: this kernel shows no NUMA node 0");
+        return;
+    }
+    // The launcher's list, one node: the arena is one span bound to it (both builds).
+    let config = StoreConfig {
+        pages: PageRequest::Small,
+        prefault: true,
+        numa_nodes: Some(vec![0]),
+        ..StoreConfig::with_capacity(4 << 20)
+    };
+    let store = Store::new(config).expect("store");
+    assert_eq!(store.region_nodes(), [0]);
+    assert_eq!(store.stats().numa_nodes, 1);
+    assert_eq!(store.local_region(), Some(0));
+    let created = store.create(key(1), 1000).expect("create");
+    created.seal().expect("seal");
+    // A node no machine has: mbind refuses, the arena stays one unbound span, nothing fails.
+    let config = StoreConfig {
+        pages: PageRequest::Small,
+        prefault: false,
+        numa_nodes: Some(vec![60_000]),
+        ..StoreConfig::with_capacity(4 << 20)
+    };
+    let store = Store::new(config).expect("store");
+    assert!(store.region_nodes().is_empty());
+    let created = store.create(key(2), 1000).expect("create");
+    created.seal().expect("seal");
+}

@@ -4,7 +4,8 @@
 //! The raylet registers its node with the GCS, heartbeats every second, and keeps one worker
 //! process per job on its node: the first `StartWorker` of a job re-executes the job's binary
 //! (the path the driver registered; clusters share a filesystem, as HPC clusters do) with the
-//! node's resources in its environment, and every later request of that job reuses it. When
+//! node's resources (and the CPUs its slots pin themselves to, the NUMA nodes its store
+//! splits across) in its environment, and every later request of that job reuses it. When
 //! the job's driver leaves, or the cluster stops, the raylet stops its workers (a `Stop`
 //! message, then SIGKILL after a grace period).
 
@@ -21,6 +22,7 @@ use super::gcs::{Gcs, GcsHandler};
 use super::peer::{Handler, Peer};
 use super::proto::{Msg, Node, Resource};
 use super::{CALL_TIMEOUT, cluster_error, transport_config};
+use crate::config::CpuList;
 use crate::error::Error;
 use crate::sync::lock;
 
@@ -51,6 +53,12 @@ pub struct NodeOptions {
     pub spawn_workers: bool,
     /// The node's topology as found by the launcher, one line for `manta status`.
     pub topology: String,
+    /// CPUs the slots of the worker processes this raylet starts pin themselves to
+    /// (`MANTA_CPU_AFFINITY` in their environment); empty: the raylet sets nothing.
+    pub cpu_affinity: CpuList,
+    /// NUMA nodes the object stores of the worker processes this raylet starts split their
+    /// arenas across (`MANTA_OBJECT_STORE_NUMA_NODES`); empty: the raylet sets nothing.
+    pub numa_nodes: CpuList,
 }
 
 impl NodeOptions {
@@ -70,6 +78,8 @@ impl NodeOptions {
             log_dir: None,
             spawn_workers: true,
             topology: String::new(),
+            cpu_affinity: CpuList::default(),
+            numa_nodes: CpuList::default(),
         }
     }
 }
@@ -478,6 +488,15 @@ impl Raylet {
             .env("MANTA_NUM_GPUS", self.opts.num_gpus.to_string())
             .env("MANTA_RESOURCES", resources.join(","))
             .stdin(Stdio::null());
+        if !self.opts.cpu_affinity.is_empty() {
+            cmd.env("MANTA_CPU_AFFINITY", self.opts.cpu_affinity.to_string());
+        }
+        if !self.opts.numa_nodes.is_empty() {
+            cmd.env(
+                "MANTA_OBJECT_STORE_NUMA_NODES",
+                self.opts.numa_nodes.to_string(),
+            );
+        }
         if !cwd.is_empty() {
             cmd.current_dir(&cwd);
         }

@@ -2105,7 +2105,8 @@ impl Cluster {
     }
 }
 
-/// Environment a driver forwards to its workers (their configuration).
+/// Environment a driver forwards to its workers (their configuration), less what describes the
+/// driver's own node (its address, resources and CPUs), which each raylet sets for its node.
 fn forwarded_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
@@ -2117,6 +2118,8 @@ fn forwarded_env() -> Vec<(String, String)> {
                         | "MANTA_NUM_CPUS"
                         | "MANTA_NUM_GPUS"
                         | "MANTA_RESOURCES"
+                        | "MANTA_CPU_AFFINITY"
+                        | "MANTA_OBJECT_STORE_NUMA_NODES"
                         | "MANTA_NODE_IP"
                 ))
                 || k == "RUST_LOG"

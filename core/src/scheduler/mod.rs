@@ -63,6 +63,10 @@ pub(crate) struct Scheduler {
     pub(crate) resources: NodeResources,
     spin: Duration,
     inline_get: bool,
+    /// CPUs the slots pin themselves to, round-robin (config `cpu_affinity`; empty: none).
+    affinity: Vec<usize>,
+    /// Whether a failed pin has been logged (once per scheduler, not once per slot).
+    pin_warned: AtomicBool,
     shutdown: AtomicBool,
     handles: Mutex<Vec<thread::JoinHandle<()>>>,
     /// Tasks completed, for status listings.
@@ -92,6 +96,7 @@ impl Scheduler {
         max_slots: usize,
         spin: Duration,
         inline_get: bool,
+        affinity: Vec<usize>,
     ) -> Self {
         let max_slots = max_slots.max(base_slots);
         Scheduler {
@@ -108,6 +113,8 @@ impl Scheduler {
             resources,
             spin,
             inline_get,
+            affinity,
+            pin_warned: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             handles: Mutex::new(Vec::new()),
             finished: AtomicUsize::new(0),

@@ -2,7 +2,9 @@
 //!
 //! Each slot thread owns a FIFO `Worker` deque (thread-local here, its `Stealer` published in
 //! the scheduler) and remembers how much CPU the task it is running holds, so that blocking in
-//! `get` can give exactly that back.
+//! `get` can give exactly that back. A slot starting with a configured `cpu_affinity` pins
+//! itself to the list's CPUs in turn (slot `i` to the `i`-th, round-robin), before it takes
+//! any work.
 
 use std::cell::{Cell, OnceCell};
 use std::time::Instant;
@@ -81,6 +83,7 @@ fn main_loop(rt: Arc<RuntimeInner>, me: usize, worker: Worker<Job>) {
         let _ = l.set(worker);
     });
     let s = &rt.scheduler;
+    pin(s, me);
     loop {
         if let Some(job) = LOCAL.with(|l| l.get().and_then(|w| s.find_work(w, me))) {
             s.run_job(job);
@@ -102,6 +105,24 @@ fn main_loop(rt: Arc<RuntimeInner>, me: usize, worker: Worker<Job>) {
             }
         }
     });
+}
+
+/// Pins the calling slot `me` to its CPU of the configured list (round-robin); a refusal is
+/// logged once per scheduler and the slot runs unpinned.
+fn pin(s: &Scheduler, me: usize) {
+    let Some(cpu) = crate::affinity::cpu_for_slot(&s.affinity, me) else {
+        return;
+    };
+    if let Err(e) = crate::affinity::pin_current_thread(&[cpu])
+        && !s.pin_warned.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            slot = me,
+            cpu,
+            error = %e,
+            "could not pin a slot thread to its CPU: it runs unpinned (logged once)"
+        );
+    }
 }
 
 /// Spins for work for the configured time, if fewer than `MAX_SEARCHING` slots already do.
