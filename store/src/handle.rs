@@ -328,6 +328,15 @@ impl SharedPin {
     pub fn key(&self) -> ObjectKey {
         self.key
     }
+
+    /// Where the object lies in the arena (to tell a process that attached it: the pin keeps
+    /// it there while this guard lives).
+    pub fn location(&self) -> Location {
+        Location {
+            offset: self.offset as u64,
+            len: self.len as u64,
+        }
+    }
 }
 
 impl Deref for SharedPin {
