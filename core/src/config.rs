@@ -295,6 +295,10 @@ catalogue! {
     token: String = String::new(), env "MANTA_TOKEN";
     /// Whether processes of one host talk over shared-memory rings (else loopback TCP).
     shm_transport: bool = true, env "MANTA_SHM_TRANSPORT";
+    /// Whether a read of an object held by another process of this host (same boot and network
+    /// namespace, as for `shm_transport`) maps that process's store arena and reads the object
+    /// in place, pinned there while read, instead of copying it into this process's store.
+    zero_copy_node: bool = true, env "MANTA_ZERO_COPY_NODE";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

@@ -26,12 +26,23 @@
 //! 4. **Shutdown.** Each `StoredObject` holds an `Arc` of its [`ObjectStore`], so the arena
 //!    outlives every object and every view, even past `shutdown`. The spill directory this
 //!    runtime made for itself is removed when the last of them is gone.
+//!
+//! # Objects in another process's arena
+//!
+//! A `StoredObject` may also stand for an object of another process of this host whose arena
+//! this process attached ([`StoredObject::attached`], made by the cluster's object manager):
+//! the holder pinned the object for this process, and the [`AttachedPin`] releases that pin
+//! (through a callback: a one-way message to the holder) when the last `Arc` of the
+//! `StoredObject` and the last view of it drop. Reads are slices of the read-only mapping,
+//! bounds-checked when the pin arrives; such an object is never deleted from this process's
+//! store (it is not in it).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use manta_store::{
-    CopyKind, ObjectKey, PageKind, PageRequest, SharedPin, Store, StoreConfig, StoreError,
+    AttachedArena, CopyKind, Location, ObjectKey, PageKind, PageRequest, SharedPin, Store,
+    StoreConfig, StoreError,
 };
 
 use crate::config::Resolved;
@@ -158,7 +169,7 @@ impl ObjectStore {
         created
             .seal()
             .map_err(|e| store_error(ObjectId::from_u64(0), e))?;
-        Ok(Arc::new(StoredObject {
+        Ok(Arc::new(StoredObject::Local {
             store: self.clone(),
             key,
             len: size,
@@ -178,6 +189,12 @@ impl ObjectStore {
             store: self.clone(),
             created,
         })
+    }
+
+    /// The arena (its memfd and length), to hand to another process of this host that
+    /// attaches it.
+    pub(crate) fn arena(&self) -> &manta_store::Arena {
+        self.store.arena()
     }
 
     pub(crate) fn status(&self) -> ObjectStoreStatus {
@@ -228,7 +245,7 @@ impl Writing {
         self.created
             .seal()
             .map_err(|e| store_error(ObjectId::from_u64(0), e))?;
-        Ok(Arc::new(StoredObject {
+        Ok(Arc::new(StoredObject::Local {
             store: self.store,
             key,
             len,
@@ -236,18 +253,102 @@ impl Writing {
     }
 }
 
-/// One sealed object in the store; deleted from it when the last `Arc` of this drops.
+/// One sealed object: in this process's store (deleted from it when the last `Arc` of this
+/// drops), or pinned for this process in another process's arena that it attached.
 #[derive(Debug)]
-pub(crate) struct StoredObject {
-    store: Arc<ObjectStore>,
-    key: ObjectKey,
-    len: usize,
+pub(crate) enum StoredObject {
+    /// In this runtime's own store.
+    Local {
+        store: Arc<ObjectStore>,
+        key: ObjectKey,
+        len: usize,
+    },
+    /// In the attached arena of another process of this host, pinned there for this process.
+    Attached(Arc<AttachedPin>),
+}
+
+/// A pin on an object of another process's arena, held for this process: the mapping, where
+/// the object lies in it (checked to be inside it), and what releases the pin at its holder.
+pub(crate) struct AttachedPin {
+    arena: Arc<AttachedArena>,
+    location: Location,
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for AttachedPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachedPin")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AttachedPin {
+    /// The pin the holder took on `location` of `arena`; `release` runs when it drops. `None`
+    /// (and `release` is run at once) if `location` is not inside the arena.
+    pub(crate) fn new(
+        arena: Arc<AttachedArena>,
+        location: Location,
+        release: Box<dyn FnOnce() + Send + Sync>,
+    ) -> Option<Arc<AttachedPin>> {
+        if location.len == 0 || arena.bytes(location).is_none() {
+            release();
+            return None;
+        }
+        Some(Arc::new(AttachedPin {
+            arena,
+            location,
+            release: Some(release),
+        }))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // Checked in `new` against the same mapping, which never shrinks (its memfd is sealed).
+        self.arena.bytes(self.location).unwrap_or(&[])
+    }
+}
+
+impl Drop for AttachedPin {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+/// A stored object's bytes, pinned while this guard lives (typed views keep one).
+pub(crate) enum StoredPin {
+    Local(SharedPin),
+    Attached(Arc<AttachedPin>),
+}
+
+impl std::ops::Deref for StoredPin {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            StoredPin::Local(pin) => pin,
+            StoredPin::Attached(pin) => pin.bytes(),
+        }
+    }
 }
 
 impl StoredObject {
+    /// An object pinned for this process in another process's attached arena.
+    pub(crate) fn attached(pin: Arc<AttachedPin>) -> Arc<StoredObject> {
+        Arc::new(StoredObject::Attached(pin))
+    }
+
     /// The object's encoded length in bytes.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        match self {
+            StoredObject::Local { len, .. } => *len,
+            StoredObject::Attached(pin) => pin.location.len as usize,
+        }
+    }
+
+    /// Whether the bytes lie in another process's arena.
+    pub(crate) fn is_attached(&self) -> bool {
+        matches!(self, StoredObject::Attached(_))
     }
 
     /// Step 2: runs `f` on the object's bytes, pinned (restored from disk first if spilled).
@@ -256,35 +357,51 @@ impl StoredObject {
         object: ObjectId,
         f: impl FnOnce(&[u8]) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let pin = self
-            .store
-            .store
-            .get(self.key)
-            .map_err(|e| store_error(object, e))?;
-        f(&pin)
+        f(&self.pin(object)?)
     }
 
     /// Step 2: a pin that lives as long as the returned guard (for views).
-    pub(crate) fn pin(&self, object: ObjectId) -> Result<SharedPin, Error> {
-        self.store
-            .store
-            .get_shared(self.key)
-            .map_err(|e| store_error(object, e))
+    pub(crate) fn pin(&self, object: ObjectId) -> Result<StoredPin, Error> {
+        match self {
+            StoredObject::Local { store, key, .. } => store
+                .store
+                .get_shared(*key)
+                .map(StoredPin::Local)
+                .map_err(|e| store_error(object, e)),
+            StoredObject::Attached(pin) => Ok(StoredPin::Attached(pin.clone())),
+        }
+    }
+
+    /// A pin of this process's own store on the object, with its place in the arena, to hold
+    /// on behalf of another process that attached the arena (`None` for an attached object).
+    pub(crate) fn pin_for_peer(&self, object: ObjectId) -> Option<Result<SharedPin, Error>> {
+        match self {
+            StoredObject::Local { store, key, .. } => Some(
+                store
+                    .store
+                    .get_shared(*key)
+                    .map_err(|e| store_error(object, e)),
+            ),
+            StoredObject::Attached(_) => None,
+        }
     }
 }
 
 impl Drop for StoredObject {
     fn drop(&mut self) {
-        // Step 3.
+        // Step 3 (an attached object releases its holder's pin by dropping its `AttachedPin`).
+        let StoredObject::Local { store, key, .. } = self else {
+            return;
+        };
         let deadline = Instant::now() + DELETE_BUSY_WAIT;
         loop {
-            match self.store.store.delete(self.key) {
+            match store.store.delete(*key) {
                 Ok(()) | Err(StoreError::NotFound { .. }) => return,
                 Err(StoreError::Busy { .. }) if Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(1));
                 }
                 Err(e) => {
-                    tracing::warn!(key = %self.key, error = %e, "could not delete a stored object");
+                    tracing::warn!(key = %key, error = %e, "could not delete a stored object");
                     return;
                 }
             }

@@ -16,13 +16,12 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 
 use bytes::Bytes;
-use manta_store::SharedPin;
 
 use crate::codec::{self, SEQ_HEADER};
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectRef, ObjectValue, Payload};
-use crate::store::StoredObject;
+use crate::store::{StoredObject, StoredPin};
 use crate::sync::Arc;
 
 mod sealed {
@@ -48,7 +47,7 @@ element!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
 enum Held {
     Inline(Bytes),
     Stored {
-        pin: SharedPin,
+        pin: StoredPin,
         _object: Arc<StoredObject>,
     },
 }

@@ -170,6 +170,7 @@ impl Cluster {
             Some(Err(_)) => ("failed", 0, self.index),
             Some(Ok(v)) => match &v.data {
                 Payload::Inline(b) => ("inline", b.len() as u64, self.index),
+                Payload::Stored(s) if s.is_attached() => ("attached", s.len() as u64, self.index),
                 Payload::Stored(s) => ("store", s.len() as u64, self.index),
                 Payload::Remote(r) => ("remote", r.len, r.holder),
             },

@@ -22,6 +22,7 @@
 //! and pulls the value on first read (`borrow.rs`).
 #![allow(dead_code)]
 
+mod attach;
 pub(crate) mod borrow;
 mod execute;
 pub(crate) mod gcs;
@@ -160,6 +161,7 @@ pub fn serve_worker(config: crate::Config, spec: WorkerSpec) -> Error {
             },
             max_inline: resolved.max_inline_object_bytes,
             shm: resolved.shm_transport,
+            zero_copy: resolved.zero_copy_node,
         })
         .map(Some)
     };
@@ -223,6 +225,7 @@ pub(crate) fn join_from_env(config: &mut Resolved) -> Result<Option<Arc<worker::
         role,
         max_inline: config.max_inline_object_bytes,
         shm: config.shm_transport,
+        zero_copy: config.zero_copy_node,
     })
     .map(Some)
 }

@@ -48,9 +48,26 @@ pub(super) struct PullQueue {
     pub(super) seq: u64,
 }
 
-/// A pull sent, waiting for its ObjectData.
+/// A pull about to be sent (or waiting for its holder's arena to be attached).
+pub(super) struct PullReq {
+    pub(super) holder: u64,
+    pub(super) object_id: u64,
+    pub(super) priority: u8,
+    /// Redirects followed so far.
+    pub(super) hops: u8,
+    pub(super) done: PullDone,
+    /// Whether to ask for a pin when the holder's arena is attached (`attach.rs`); false to
+    /// copy.
+    pub(super) try_pin: bool,
+}
+
+/// A pull sent, waiting for its ObjectData (or ObjectPinned).
 pub(super) struct PendingPull {
     pub(super) peer: String,
+    /// The worker asked.
+    pub(super) holder: u64,
+    /// Whether a pin was asked for.
+    pub(super) pin: bool,
     pub(super) object_id: u64,
     pub(super) priority: u8,
     /// Redirects followed so far.
@@ -156,12 +173,38 @@ impl Cluster {
     }
 
     fn send_pull(&self, holder: u64, object_id: u64, priority: u8, hops: u8, done: PullDone) {
+        self.send_pull_req(PullReq {
+            holder,
+            object_id,
+            priority,
+            hops,
+            done,
+            try_pin: true,
+        });
+    }
+
+    /// Sends a pull: asking for a pin when the holder's arena is attached here, waiting for
+    /// an attach under way (`attach.rs`), else for a copy.
+    pub(super) fn send_pull_req(&self, req: PullReq) {
+        let Some((req, pin)) = self.pin_gate(req) else {
+            return;
+        };
+        let PullReq {
+            holder,
+            object_id,
+            priority,
+            hops,
+            done,
+            ..
+        } = req;
         let peer = self.peer(holder);
         let request_id = self.next_pull.fetch_add(1, Ordering::Relaxed);
         lock(&self.pulls).insert(
             request_id,
             PendingPull {
                 peer: peer.name.clone(),
+                holder,
+                pin,
                 object_id,
                 priority,
                 hops,
@@ -174,6 +217,7 @@ impl Cluster {
             request_id,
             object_id,
             priority,
+            pin,
         });
         if peer.is_closed() {
             self.worker_lost(holder, &peer.closed_error().to_string());
@@ -224,10 +268,11 @@ impl Cluster {
         }
     }
 
-    /// Serves a pull: replies when the object is ready (waiting for a pending one).
-    pub(super) fn serve_pull(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64) {
+    /// Serves a pull: replies when the object is ready (waiting for a pending one). With
+    /// `pin`, a stored object is pinned for the puller rather than sent (`attach.rs`).
+    pub(super) fn serve_pull(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64, pin: bool) {
         if let Some(v) = lock(&self.held).get(&object_id).cloned() {
-            return self.send_value(peer, request_id, object_id, v);
+            return self.send_value(peer, request_id, object_id, v, pin);
         }
         let cell = self
             .runtime()
@@ -247,7 +292,7 @@ impl Cluster {
         let respond = move || {
             let Some(c) = me.upgrade() else { return };
             match c2.get() {
-                Some(Ok(v)) => c.send_value(&peer2, request_id, object_id, v.clone()),
+                Some(Ok(v)) => c.send_value(&peer2, request_id, object_id, v.clone(), pin),
                 Some(Err(e)) => peer2.send(not_found(request_id, e.to_string())),
                 None => {}
             }
@@ -258,8 +303,16 @@ impl Cluster {
     }
 
     /// Sends a ready value to a puller: inline in the reply, or as a bulk transfer after it,
-    /// or (an object another worker holds for us) a redirect to that worker.
-    fn send_value(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64, v: ObjectValue) {
+    /// or (an object another worker holds for us) a redirect to that worker, or (`pin`, an
+    /// object of this process's store) a pin for the puller to read it in place.
+    fn send_value(
+        &self,
+        peer: &Arc<Peer>,
+        request_id: u64,
+        object_id: u64,
+        v: ObjectValue,
+        pin: bool,
+    ) {
         let data = match &v.data {
             Payload::Remote(r) => match r.local_copy() {
                 Some(local) => local,
@@ -289,6 +342,7 @@ impl Cluster {
                                     data,
                                     nested: Box::new([]),
                                 },
+                                pin,
                             ),
                             Err(e) => peer.send(not_found(request_id, e.to_string())),
                         }
@@ -308,6 +362,9 @@ impl Cluster {
                 redirect: 0,
             }),
             Payload::Stored(s) => {
+                if pin && let Some(pinned) = self.pin_for_reader(peer, request_id, object_id, &s) {
+                    return peer.send(pinned);
+                }
                 peer.send(Msg::ObjectData {
                     request_id,
                     found: true,

@@ -262,6 +262,7 @@ pub(crate) enum Msg {
         request_id: u64,
         object_id: u64,
         priority: u8,
+        pin: bool,
     },
     ObjectData {
         request_id: u64,
@@ -273,6 +274,16 @@ pub(crate) enum Msg {
     },
     FreeObject {
         object_id: u64,
+    },
+    ObjectPinned {
+        request_id: u64,
+        pin_id: u64,
+        offset: u64,
+        len: u64,
+        arena: u64,
+    },
+    UnpinObject {
+        pin_id: u64,
     },
     ListWork {
         request_id: u64,
@@ -337,9 +348,11 @@ pub(crate) const TAG_WORK: u64 = 33;
 pub(crate) const TAG_ADD_BORROWERS: u64 = 34;
 pub(crate) const TAG_BORROWERS_ADDED: u64 = 35;
 pub(crate) const TAG_REMOVE_BORROWER: u64 = 36;
+pub(crate) const TAG_OBJECT_PINNED: u64 = 37;
+pub(crate) const TAG_UNPIN_OBJECT: u64 = 38;
 
 /// Table names by tag (`NAMES[tag - 1]`).
-const NAMES: [&str; 36] = [
+const NAMES: [&str; 38] = [
     "RegisterNode",
     "RegisterWorker",
     "Registered",
@@ -376,6 +389,8 @@ const NAMES: [&str; 36] = [
     "AddBorrowers",
     "BorrowersAdded",
     "RemoveBorrower",
+    "ObjectPinned",
+    "UnpinObject",
 ];
 
 /// The table name a tag stands for, if it is a cluster message's.
@@ -424,6 +439,8 @@ impl Msg {
             Msg::AddBorrowers { .. } => TAG_ADD_BORROWERS,
             Msg::BorrowersAdded { .. } => TAG_BORROWERS_ADDED,
             Msg::RemoveBorrower { .. } => TAG_REMOVE_BORROWER,
+            Msg::ObjectPinned { .. } => TAG_OBJECT_PINNED,
+            Msg::UnpinObject { .. } => TAG_UNPIN_OBJECT,
         }
     }
 
@@ -1105,6 +1122,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             request_id,
             object_id,
             priority,
+            pin,
         } => {
             table!(
                 PullObject,
@@ -1112,6 +1130,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     request_id: *request_id,
                     object_id: *object_id,
                     priority: *priority,
+                    pin: *pin,
                 }
             );
         }
@@ -1144,6 +1163,27 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     object_id: *object_id
                 }
             );
+        }
+        Msg::ObjectPinned {
+            request_id,
+            pin_id,
+            offset,
+            len,
+            arena,
+        } => {
+            table!(
+                ObjectPinned,
+                ObjectPinnedArgs {
+                    request_id: *request_id,
+                    pin_id: *pin_id,
+                    offset: *offset,
+                    len: *len,
+                    arena: *arena,
+                }
+            );
+        }
+        Msg::UnpinObject { pin_id } => {
+            table!(UnpinObject, UnpinObjectArgs { pin_id: *pin_id });
         }
         Msg::AddBorrowers {
             request_id,
@@ -1563,6 +1603,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 request_id: t.request_id(),
                 object_id: t.object_id(),
                 priority: t.priority(),
+                pin: t.pin(),
             }
         }
         TAG_OBJECT_DATA => {
@@ -1578,6 +1619,19 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
         }
         TAG_FREE_OBJECT => Msg::FreeObject {
             object_id: root!(FreeObject).object_id(),
+        },
+        TAG_OBJECT_PINNED => {
+            let t = root!(ObjectPinned);
+            Msg::ObjectPinned {
+                request_id: t.request_id(),
+                pin_id: t.pin_id(),
+                offset: t.offset(),
+                len: t.len(),
+                arena: t.arena(),
+            }
+        }
+        TAG_UNPIN_OBJECT => Msg::UnpinObject {
+            pin_id: root!(UnpinObject).pin_id(),
         },
         TAG_LIST_WORK => Msg::ListWork {
             request_id: root!(ListWork).request_id(),
@@ -1872,6 +1926,7 @@ mod tests {
                 request_id: 29,
                 object_id: 0xdead_beef,
                 priority: 2,
+                pin: true,
             },
             Msg::ObjectData {
                 request_id: 29,
@@ -1884,6 +1939,14 @@ mod tests {
             Msg::FreeObject {
                 object_id: 0xdead_beef,
             },
+            Msg::ObjectPinned {
+                request_id: 29,
+                pin_id: 3,
+                offset: 4096,
+                len: 1 << 20,
+                arena: 7,
+            },
+            Msg::UnpinObject { pin_id: 3 },
             Msg::ListWork { request_id: 32 },
             Msg::Work {
                 request_id: 33,
@@ -1930,7 +1993,7 @@ mod tests {
     fn every_variant_round_trips_through_one_reused_builder() {
         let samples = samples();
         let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
-        assert_eq!(tags, (1..=36).collect(), "a sample of every variant");
+        assert_eq!(tags, (1..=38).collect(), "a sample of every variant");
         let mut fbb = FlatBufferBuilder::new();
         for msg in &samples {
             round_trip(&mut fbb, msg);
@@ -2043,7 +2106,7 @@ mod tests {
         let mut seen = HashSet::new();
         for msg in &samples {
             let tag = msg.tag().0;
-            assert!((1..=36).contains(&tag));
+            assert!((1..=38).contains(&tag));
             assert_eq!(tag_name(tag), Some(msg.name()));
             // Distinct per variant (TaskDone has three samples, one tag).
             if !matches!(msg, Msg::TaskDone { .. }) {
@@ -2060,13 +2123,14 @@ mod tests {
         assert_eq!(tag_name(0), None);
         assert_eq!(TAG_ADD_BORROWERS, 34);
         assert_eq!(TAG_REMOVE_BORROWER, 36);
-        assert_eq!(tag_name(37), None);
+        assert_eq!(TAG_UNPIN_OBJECT, 38);
+        assert_eq!(tag_name(39), None);
         assert_eq!(tag_name(u64::MAX), None);
     }
 
     #[test]
     fn unknown_tag_is_an_error() {
-        for tag in [0, 37, 1000, u64::MAX] {
+        for tag in [0, 39, 1000, u64::MAX] {
             assert_eq!(decode(tag, &[]), Err(ProtoError::UnknownTag(tag)));
         }
         let e = decode(99, &[]).unwrap_err();
@@ -2082,7 +2146,7 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        for tag in 1..=36 {
+        for tag in 1..=38 {
             assert!(matches!(decode(tag, &[]), Err(ProtoError::Invalid { .. })));
             assert!(decode(tag, &[0xff; 3]).is_err());
             let e = decode(tag, &[0xff; 64]).unwrap_err();
@@ -2133,7 +2197,7 @@ mod tests {
         let mut fbb = FlatBufferBuilder::new();
         for msg in samples() {
             let bytes = encode(&msg, &mut fbb).to_vec();
-            for tag in 1..=36 {
+            for tag in 1..=38 {
                 let _ = decode(tag, &bytes);
             }
         }

@@ -398,6 +398,7 @@ impl Cluster {
             }
         }
         self.drop_borrower(index);
+        self.attach_worker_lost(index);
         let failed: Vec<PullDone> = {
             let mut pulls = lock(&self.pulls);
             let name = format!("w{index}");

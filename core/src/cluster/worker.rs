@@ -10,6 +10,8 @@
 //! - `submit.rs`: work this process owns that runs elsewhere, and its fate when a worker dies;
 //! - `execute.rs`: work other processes push here, and listings;
 //! - `objects.rs`: the object manager (pulls, serving pulls, held results, `FreeObject`);
+//! - `attach.rs`: zero-copy reads on one host (attaching another process's arena, the pins
+//!   its holder keeps for a reader);
 //! - `borrow.rs`: Ray's borrower protocol (borrowed references, the owner's `lent` table),
 //!   with its numbered steps and the argument for their correctness.
 
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use manta_transport::{Address, Listener};
 
+use super::attach::{ArenaSlot, PinTable};
 use super::borrow::{BorrowEntry, Lent};
 use super::objects::{PendingPull, PullQueue};
 use super::peer::{Handler, Peer};
@@ -93,6 +96,16 @@ pub(crate) struct Cluster {
     /// Our shared-memory listener's (abstract) socket.
     pub(super) shm_path: Option<std::path::PathBuf>,
     pub(super) host_id: String,
+    /// Whether reads of objects held by processes of this host go through their attached
+    /// arenas (`zero_copy_node`).
+    pub(super) zero_copy: bool,
+    /// Arenas of other processes of this host, attached (or being attached) for zero-copy
+    /// reads, by worker index.
+    pub(super) arenas: Mutex<HashMap<u64, ArenaSlot>>,
+    /// Pins this process holds on objects of its store for readers in other processes.
+    pub(super) pins: Mutex<PinTable>,
+    /// Whether a failed attach was logged at warning level already (once per process).
+    pub(super) attach_warned: AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -132,6 +145,8 @@ pub(crate) struct JoinOptions {
     pub(crate) max_inline: usize,
     /// Also accept (and make) shared-memory connections with processes of this host.
     pub(crate) shm: bool,
+    /// Read objects held by processes of this host in place, through their attached arenas.
+    pub(crate) zero_copy: bool,
 }
 
 /// The path of the abstract Unix socket `name` (a leading NUL byte: no file exists for it).
@@ -210,7 +225,17 @@ impl Cluster {
                 .await
             });
             match bound {
-                Ok(l) => Some((l, path)),
+                Ok(l) => {
+                    // The arena socket beside it (`attach.rs`), for zero-copy reads.
+                    let arena = match super::attach::bind(&path) {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no arena attach socket: processes of this host read this one's objects by copy");
+                            None
+                        }
+                    };
+                    Some((l, path, arena))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "no shared-memory transport: processes of this host use TCP");
                     None
@@ -219,7 +244,10 @@ impl Cluster {
         } else {
             None
         };
-        let shm_path = shm.as_ref().map(|(_, p)| advertised(p)).unwrap_or_default();
+        let shm_path = shm
+            .as_ref()
+            .map(|(_, p, _)| advertised(p))
+            .unwrap_or_default();
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
@@ -308,14 +336,22 @@ impl Cluster {
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
             max_inline: opts.max_inline,
-            shm_path: shm.as_ref().map(|(_, p)| p.clone()),
+            shm_path: shm.as_ref().map(|(_, p, _)| p.clone()),
             host_id: host_id(),
+            zero_copy: opts.zero_copy,
+            arenas: Mutex::new(HashMap::new()),
+            pins: Mutex::new(PinTable::default()),
+            attach_warned: AtomicBool::new(false),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         let _ = cluster.me.set(Arc::downgrade(&cluster));
         // Node deaths and joins reach the placement view.
         cluster.gcs.send(Msg::Subscribe { request_id: 0 });
-        if let Some((shm_listener, _)) = shm {
+        if let Some((shm_listener, _, arena_listener)) = shm {
+            if let Some(l) = arena_listener {
+                let weak = Arc::downgrade(&cluster);
+                cluster.io.spawn(super::attach::serve(l, weak));
+            }
             let weak = Arc::downgrade(&cluster);
             cluster.io.spawn(async move {
                 loop {
@@ -619,6 +655,7 @@ impl Cluster {
         }
         let lent: Vec<Lent> = lock(&self.lent).drain().map(|(_, l)| l).collect();
         drop(lent);
+        self.attach_leave();
     }
 }
 
@@ -674,8 +711,17 @@ impl Handler for WorkerHandler {
             Msg::PullObject {
                 request_id,
                 object_id,
+                pin,
                 ..
-            } => c.serve_pull(peer, request_id, object_id),
+            } => c.serve_pull(peer, request_id, object_id, pin),
+            Msg::ObjectPinned {
+                request_id,
+                pin_id,
+                offset,
+                len,
+                arena,
+            } => c.object_pinned(peer, request_id, pin_id, offset, len, arena),
+            Msg::UnpinObject { pin_id } => c.unpin_object(peer, pin_id),
             Msg::ObjectData {
                 request_id,
                 found,

@@ -5073,6 +5073,8 @@ pub enum PullObjectOffset {}
 
 /// anyone -> holder: send object `object_id`; priority 0 = get, 1 = wait, 2 = task argument.
 /// Reply: ObjectData, then (when found and not inline) a bulk transfer with id request_id.
+/// With `pin` (the puller is on the holder's host and has attached its arena): a stored object
+/// is pinned for the puller instead, and the reply is ObjectPinned (no transfer).
 pub struct PullObject<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -5089,6 +5091,7 @@ impl<'a> PullObject<'a> {
   pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_OBJECT_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_PRIORITY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PIN: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5102,6 +5105,7 @@ impl<'a> PullObject<'a> {
     let mut builder = PullObjectBuilder::new(_fbb);
     builder.add_object_id(args.object_id);
     builder.add_request_id(args.request_id);
+    builder.add_pin(args.pin);
     builder.add_priority(args.priority);
     builder.finish()
   }
@@ -5128,6 +5132,13 @@ impl<'a> PullObject<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u8>(PullObject::VT_PRIORITY, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn pin(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PullObject::VT_PIN, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PullObject<'_> {
@@ -5139,6 +5150,7 @@ impl ::flatbuffers::Verifiable for PullObject<'_> {
      .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
      .visit_field::<u64>("object_id", Self::VT_OBJECT_ID, false)?
      .visit_field::<u8>("priority", Self::VT_PRIORITY, false)?
+     .visit_field::<bool>("pin", Self::VT_PIN, false)?
      .finish();
     Ok(())
   }
@@ -5147,6 +5159,7 @@ pub struct PullObjectArgs {
     pub request_id: u64,
     pub object_id: u64,
     pub priority: u8,
+    pub pin: bool,
 }
 impl<'a> Default for PullObjectArgs {
   #[inline]
@@ -5155,6 +5168,7 @@ impl<'a> Default for PullObjectArgs {
       request_id: 0,
       object_id: 0,
       priority: 0,
+      pin: false,
     }
   }
 }
@@ -5177,6 +5191,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PullObjectBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u8>(PullObject::VT_PRIORITY, priority, 0);
   }
   #[inline]
+  pub fn add_pin(&mut self, pin: bool) {
+    self.fbb_.push_slot::<bool>(PullObject::VT_PIN, pin, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PullObjectBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PullObjectBuilder {
@@ -5197,6 +5215,7 @@ impl ::core::fmt::Debug for PullObject<'_> {
       ds.field("request_id", &self.request_id());
       ds.field("object_id", &self.object_id());
       ds.field("priority", &self.priority());
+      ds.field("pin", &self.pin());
       ds.finish()
   }
 }
@@ -5476,6 +5495,271 @@ impl ::core::fmt::Debug for FreeObject<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("FreeObject");
       ds.field("object_id", &self.object_id());
+      ds.finish()
+  }
+}
+pub enum ObjectPinnedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// holder -> puller (reply to PullObject with `pin`): the object is pinned for the puller
+/// under `pin_id` and lies at [offset, offset + len) of the arena of worker `arena` (the
+/// holder), which the puller attached; it stays there until the puller sends UnpinObject (or
+/// dies).
+pub struct ObjectPinned<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ObjectPinned<'a> {
+  type Inner = ObjectPinned<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ObjectPinned<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PIN_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEN: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ARENA: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ObjectPinned { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ObjectPinnedArgs
+  ) -> ::flatbuffers::WIPOffset<ObjectPinned<'bldr>> {
+    let mut builder = ObjectPinnedBuilder::new(_fbb);
+    builder.add_arena(args.arena);
+    builder.add_len(args.len);
+    builder.add_offset(args.offset);
+    builder.add_pin_id(args.pin_id);
+    builder.add_request_id(args.request_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectPinned::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn pin_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectPinned::VT_PIN_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectPinned::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn len(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectPinned::VT_LEN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn arena(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectPinned::VT_ARENA, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ObjectPinned<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u64>("pin_id", Self::VT_PIN_ID, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<u64>("len", Self::VT_LEN, false)?
+     .visit_field::<u64>("arena", Self::VT_ARENA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ObjectPinnedArgs {
+    pub request_id: u64,
+    pub pin_id: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub arena: u64,
+}
+impl<'a> Default for ObjectPinnedArgs {
+  #[inline]
+  fn default() -> Self {
+    ObjectPinnedArgs {
+      request_id: 0,
+      pin_id: 0,
+      offset: 0,
+      len: 0,
+      arena: 0,
+    }
+  }
+}
+
+pub struct ObjectPinnedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ObjectPinnedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ObjectPinned::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_pin_id(&mut self, pin_id: u64) {
+    self.fbb_.push_slot::<u64>(ObjectPinned::VT_PIN_ID, pin_id, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(ObjectPinned::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_len(&mut self, len: u64) {
+    self.fbb_.push_slot::<u64>(ObjectPinned::VT_LEN, len, 0);
+  }
+  #[inline]
+  pub fn add_arena(&mut self, arena: u64) {
+    self.fbb_.push_slot::<u64>(ObjectPinned::VT_ARENA, arena, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ObjectPinnedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ObjectPinnedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ObjectPinned<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ObjectPinned<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ObjectPinned");
+      ds.field("request_id", &self.request_id());
+      ds.field("pin_id", &self.pin_id());
+      ds.field("offset", &self.offset());
+      ds.field("len", &self.len());
+      ds.field("arena", &self.arena());
+      ds.finish()
+  }
+}
+pub enum UnpinObjectOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// puller -> holder: release the pin `pin_id` (the puller's last view of it dropped).
+pub struct UnpinObject<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for UnpinObject<'a> {
+  type Inner = UnpinObject<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> UnpinObject<'a> {
+  pub const VT_PIN_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    UnpinObject { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UnpinObjectArgs
+  ) -> ::flatbuffers::WIPOffset<UnpinObject<'bldr>> {
+    let mut builder = UnpinObjectBuilder::new(_fbb);
+    builder.add_pin_id(args.pin_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn pin_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(UnpinObject::VT_PIN_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for UnpinObject<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("pin_id", Self::VT_PIN_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UnpinObjectArgs {
+    pub pin_id: u64,
+}
+impl<'a> Default for UnpinObjectArgs {
+  #[inline]
+  fn default() -> Self {
+    UnpinObjectArgs {
+      pin_id: 0,
+    }
+  }
+}
+
+pub struct UnpinObjectBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UnpinObjectBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_pin_id(&mut self, pin_id: u64) {
+    self.fbb_.push_slot::<u64>(UnpinObject::VT_PIN_ID, pin_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UnpinObjectBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UnpinObjectBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<UnpinObject<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for UnpinObject<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("UnpinObject");
+      ds.field("pin_id", &self.pin_id());
       ds.finish()
   }
 }

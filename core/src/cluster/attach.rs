@@ -1,0 +1,500 @@
+//! Zero-copy reads between processes of one host: attaching another process's store arena,
+//! and the pins its holder keeps for a reader while that reader's views live.
+//!
+//! Each worker process (and driver) has its own store arena, a memfd. A process that reads an
+//! object held by another process of the same host and network namespace (the condition under
+//! which the cluster already uses the shared-memory transport: equal host ids, boot id + netns)
+//! maps the holder's arena read-only, once, and reads the object where it lies.
+//!
+//! # Attach (once per pair of processes)
+//!
+//! A process listening for shared-memory connections on the abstract Unix socket `@<name>`
+//! (advertised through the GCS as its `shm_path`) also listens on `@<name>.arena`, so it is
+//! advertised by the same entry. Abstract sockets are reachable by anyone in the network
+//! namespace, so the fd goes only to a requester that proves the cluster token:
+//!
+//! 1. The requester connects and writes a 4-byte little-endian length and the token.
+//! 2. The holder reads them within [`ATTACH_TIMEOUT`] and compares the token in constant time;
+//!    a wrong or missing token is logged and the socket closed: no fd is sent.
+//! 3. The holder sends its arena's memfd (`SCM_RIGHTS`, [`manta_store::fdpass`]) with 16
+//!    bytes: its worker index and the arena's length (little-endian `u64`s).
+//! 4. The requester checks the index is the holder it asked for and the length is the
+//!    mapping's, maps the fd read-only ([`AttachedArena::attach`] refuses an fd not sealed
+//!    against shrinking, so nobody can truncate it under the mapping), and caches it per holder
+//!    (`Cluster::arenas`): each peer's arena is mapped at most once. Pulls issued while an
+//!    attach is under way wait for it (they are queued in the slot). A holder that is on
+//!    another host, or whose attach fails (logged once per process), is read by copy.
+//! 5. When the holder is lost (`worker_lost`), its mapping leaves the cache; views still
+//!    reading it keep it mapped through their `Arc` until they drop.
+//!
+//! # Pins (the numbered protocol of a zero-copy read)
+//!
+//! 1. A reader that attached the holder's arena sends `PullObject { pin: true }` (through the
+//!    ordinary pull queue, redirects included).
+//! 2. The holder answers a value in its own store by taking a store pin on it for the reader
+//!    and keeping that pin *and a strong handle on the stored object* in its pin table under a
+//!    fresh pin id, with the reader's worker index; it replies `ObjectPinned { pin_id, offset,
+//!    len, arena }` (`arena`: its own index). Anything else (an inline value, an object it
+//!    itself reads from a third process's arena) gets the ordinary reply: the copy path.
+//! 3. The reader checks that `arena` is the holder it asked, that it has that arena mapped, and
+//!    that `[offset, offset + len)` lies inside the mapping; its payload is then a
+//!    [`StoredObject::attached`] slicing the mapping. A reply it cannot use is unpinned at once
+//!    and the object is pulled again by copy (logged as an error: a holder never sends one).
+//! 4. When the reader's last handle on that payload (the object's cell, a task argument, a
+//!    view) drops, it sends the one-way `UnpinObject { pin_id }`, queued on the holder's
+//!    connection (batched by its writer). The holder drops the entry: first the pin, then the
+//!    handle, which deletes the object from its store if nobody else holds it. An unknown pin
+//!    id, or one held by another reader, is logged and ignored.
+//! 5. When the reader is lost (`worker_lost`: its connection closed), the holder drops every
+//!    pin that reader held.
+//!
+//! **Why the reader's bytes cannot change under it.** While the holder's table entry lives,
+//! its store pin keeps the block from being spilled, evicted or freed (store state machine,
+//! step 3), and its handle keeps the object from being deleted even when its owner frees it
+//! (`FreeObject` drops only the `held` handle) or the holder's own references drop: the store
+//! object is deleted only with the last handle (core's stored-object protocol, step 3). The
+//! entry lives until the reader unpins (after its last view dropped) or dies. Sealed bytes are
+//! never written, and the mapping cannot shrink (sealed memfd), so a checked location stays
+//! valid for as long as the mapping is held.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use manta_store::{AttachedArena, Location, SharedPin, fdpass};
+
+use super::objects::PullReq;
+use super::peer::Peer;
+use super::proto::Msg;
+use super::worker::Cluster;
+use crate::id::ObjectId;
+use crate::object::Payload;
+use crate::store::{AttachedPin, StoredObject};
+use crate::sync::lock;
+
+/// How long either side of an attach waits for the other.
+pub(super) const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest token a holder reads.
+const MAX_TOKEN: usize = 4096;
+
+/// Another process's arena as this process knows it.
+pub(super) enum ArenaSlot {
+    /// Being attached; these pulls wait for the outcome.
+    Attaching(Vec<PullReq>),
+    /// Mapped read-only.
+    Ready(Arc<AttachedArena>),
+    /// Another host, or the attach failed: read by copy.
+    Unavailable,
+}
+
+/// A pin this process holds on an object of its store for another process reading it in
+/// place. Field order matters: the pin is released before the handle may delete the object.
+struct HeldPin {
+    reader: u64,
+    _pin: SharedPin,
+    _object: Arc<StoredObject>,
+}
+
+/// The pins this process holds for readers in other processes, by pin id.
+#[derive(Default)]
+pub(super) struct PinTable {
+    next: u64,
+    pins: HashMap<u64, HeldPin>,
+}
+
+/// The abstract name of the arena socket that goes with the shared-memory socket `shm` (an
+/// abstract path, with its leading NUL, or as advertised, with a leading `@`).
+fn arena_socket(shm: &str) -> Option<SocketAddr> {
+    let name = shm.strip_prefix('\0').or_else(|| shm.strip_prefix('@'))?;
+    SocketAddr::from_abstract_name(format!("{name}.arena")).ok()
+}
+
+/// Constant-time equality, so that a token's prefix cannot be found by timing refusals.
+fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The worker index a connection's peer claims (`w<index>`).
+fn peer_index(peer: &Peer) -> Option<u64> {
+    peer.name.strip_prefix('w').and_then(|i| i.parse().ok())
+}
+
+/// Binds the arena socket beside the shared-memory socket at `shm` (non-blocking, for tokio).
+pub(super) fn bind(shm: &Path) -> std::io::Result<UnixListener> {
+    let addr = arena_socket(&shm.display().to_string()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an abstract socket")
+    })?;
+    let listener = UnixListener::bind_addr(&addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves attaches on `listener` (on the I/O runtime) until the cluster is gone.
+pub(super) async fn serve(listener: UnixListener, cluster: Weak<Cluster>) {
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "no arena attach: processes of this host read by copy");
+            return;
+        }
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "arena attach: accept failed");
+                continue;
+            }
+        };
+        let weak = cluster.clone();
+        if weak.strong_count() == 0 {
+            return;
+        }
+        tokio::spawn(serve_one(stream, weak));
+    }
+}
+
+/// Steps 2 and 3 for one requester.
+async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>) {
+    use tokio::io::AsyncReadExt;
+    let proof = tokio::time::timeout(ATTACH_TIMEOUT, async {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_TOKEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "token too long",
+            ));
+        }
+        let mut token = vec![0u8; len];
+        stream.read_exact(&mut token).await?;
+        Ok(token)
+    })
+    .await;
+    let Some(c) = cluster.upgrade() else { return };
+    let token = match proof {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "arena attach refused: no token read");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("arena attach refused: no token within the timeout");
+            return;
+        }
+    };
+    if !tokens_equal(&token, c.token.as_bytes()) {
+        tracing::warn!("arena attach refused: wrong cluster token");
+        return;
+    }
+    let Some(store) = c.runtime().and_then(|rt| rt.store.clone()) else {
+        tracing::debug!("arena attach refused: this process has no store");
+        return;
+    };
+    let sent = stream.into_std().and_then(|s| {
+        s.set_nonblocking(false)?;
+        s.set_write_timeout(Some(ATTACH_TIMEOUT))?;
+        let mut payload = [0u8; 16];
+        payload[..8].copy_from_slice(&c.index.to_le_bytes());
+        payload[8..].copy_from_slice(&(store.arena().len() as u64).to_le_bytes());
+        fdpass::send_fd(&s, store.arena().fd(), &payload)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "arena attach: sending the arena failed");
+    }
+}
+
+impl Cluster {
+    /// Whether a pull may ask its holder for a pin (`Some((req, true))`), must copy
+    /// (`Some((req, false))`), or waits for an attach under way (`None`: `req` is queued and
+    /// re-sent when the attach ends).
+    pub(super) fn pin_gate(&self, req: PullReq) -> Option<(PullReq, bool)> {
+        if !req.try_pin || !self.zero_copy || self.shm_path.is_none() || req.holder == self.index {
+            return Some((req, false));
+        }
+        let holder = req.holder;
+        {
+            let mut arenas = lock(&self.arenas);
+            match arenas.get_mut(&holder) {
+                Some(ArenaSlot::Ready(_)) => return Some((req, true)),
+                Some(ArenaSlot::Unavailable) => return Some((req, false)),
+                Some(ArenaSlot::Attaching(waiting)) => {
+                    waiting.push(req);
+                    return None;
+                }
+                None => {
+                    arenas.insert(holder, ArenaSlot::Attaching(vec![req]));
+                }
+            }
+        }
+        // Step 1 blocks (a GCS look-up, a socket): never on an I/O thread.
+        let me = self.me.get().cloned().unwrap_or_default();
+        let spawned = std::thread::Builder::new()
+            .name("manta-attach".into())
+            .spawn(move || {
+                if let Some(c) = me.upgrade() {
+                    let slot = match c.attach(holder) {
+                        Ok(Some(arena)) => ArenaSlot::Ready(arena),
+                        Ok(None) => ArenaSlot::Unavailable,
+                        Err(e) => {
+                            c.attach_failed(holder, &e);
+                            ArenaSlot::Unavailable
+                        }
+                    };
+                    c.attach_done(holder, slot);
+                }
+            });
+        if let Err(e) = spawned {
+            self.attach_failed(holder, &e.to_string());
+            self.attach_done(holder, ArenaSlot::Unavailable);
+        }
+        None
+    }
+
+    fn attach_failed(&self, holder: u64, error: &str) {
+        if !self.attach_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(holder, %error, "cannot attach the arena of a process on this host: its objects are read by copy (logged once)");
+        } else {
+            tracing::debug!(holder, %error, "cannot attach an arena: reading by copy");
+        }
+    }
+
+    /// The end of an attach: records its outcome and sends the pulls that waited for it.
+    fn attach_done(&self, holder: u64, slot: ArenaSlot) {
+        let waiting = {
+            let mut arenas = lock(&self.arenas);
+            if !matches!(arenas.get(&holder), Some(ArenaSlot::Attaching(_))) {
+                // The holder was lost meanwhile: its waiting pulls were re-sent then.
+                return;
+            }
+            match arenas.insert(holder, slot) {
+                Some(ArenaSlot::Attaching(waiting)) => waiting,
+                _ => Vec::new(),
+            }
+        };
+        for req in waiting {
+            self.send_pull_req(req);
+        }
+    }
+
+    /// Steps 1 and 4 of an attach: `Ok(None)` if `holder` is not on this host (and network
+    /// namespace) or not reachable over shared memory.
+    fn attach(&self, holder: u64) -> Result<Option<Arc<AttachedArena>>, String> {
+        let info = self
+            .gcs_call(|request_id| Msg::GetWorker {
+                request_id,
+                index: holder,
+            })
+            .map_err(|e| e.to_string())?;
+        let Msg::WorkerInfo {
+            alive: true,
+            shm_path,
+            host_id,
+            ..
+        } = info
+        else {
+            return Ok(None);
+        };
+        if shm_path.is_empty() || host_id != self.host_id {
+            return Ok(None);
+        }
+        let addr = arena_socket(&shm_path).ok_or("the shared-memory socket is not abstract")?;
+        let fail = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        let mut sock = UnixStream::connect_addr(&addr).map_err(|e| fail("connecting", e))?;
+        sock.set_read_timeout(Some(ATTACH_TIMEOUT))
+            .and_then(|()| sock.set_write_timeout(Some(ATTACH_TIMEOUT)))
+            .map_err(|e| fail("socket timeouts", e))?;
+        let token = self.token.as_bytes();
+        let mut proof = Vec::with_capacity(4 + token.len());
+        proof.extend_from_slice(&(token.len() as u32).to_le_bytes());
+        proof.extend_from_slice(token);
+        sock.write_all(&proof)
+            .map_err(|e| fail("sending the token", e))?;
+        let mut reply = [0u8; 16];
+        let (n, fd) =
+            fdpass::recv_fd(&sock, &mut reply).map_err(|e| fail("receiving the arena", e))?;
+        if n < reply.len() {
+            // The payload may arrive split from the fd's first byte.
+            (&sock)
+                .read_exact(&mut reply[n..])
+                .map_err(|e| fail("receiving the arena's size", e))?;
+        }
+        let index = u64::from_le_bytes(reply[..8].try_into().unwrap_or_default());
+        let len = u64::from_le_bytes(reply[8..].try_into().unwrap_or_default());
+        if index != holder {
+            return Err(format!(
+                "the arena socket of worker {holder} answered as worker {index}"
+            ));
+        }
+        let arena = AttachedArena::attach(fd).map_err(|e| fail("mapping the arena", e))?;
+        if arena.len() as u64 != len {
+            return Err(format!(
+                "the arena of worker {holder} maps {} bytes, announced {len}",
+                arena.len()
+            ));
+        }
+        tracing::debug!(holder, len, "attached the arena of a process of this host");
+        Ok(Some(Arc::new(arena)))
+    }
+
+    /// Holder, step 2: pins the stored object `stored` for the reader at the other end of
+    /// `peer`; `None` when it is not in this process's store (or the pin failed): copy then.
+    pub(super) fn pin_for_reader(
+        &self,
+        peer: &Peer,
+        request_id: u64,
+        object_id: u64,
+        stored: &Arc<StoredObject>,
+    ) -> Option<Msg> {
+        let reader = peer_index(peer)?;
+        let pin = match stored.pin_for_peer(ObjectId::from_u64(object_id))? {
+            Ok(pin) => pin,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not pin an object for a reader: copying it");
+                return None;
+            }
+        };
+        let Location { offset, len } = pin.location();
+        let mut table = lock(&self.pins);
+        table.next += 1;
+        let pin_id = table.next;
+        table.pins.insert(
+            pin_id,
+            HeldPin {
+                reader,
+                _pin: pin,
+                _object: stored.clone(),
+            },
+        );
+        Some(Msg::ObjectPinned {
+            request_id,
+            pin_id,
+            offset,
+            len,
+            arena: self.index,
+        })
+    }
+
+    /// Holder, step 4: the reader at the other end of `peer` releases `pin_id`.
+    pub(super) fn unpin_object(&self, peer: &Peer, pin_id: u64) {
+        let reader = peer_index(peer);
+        let released = {
+            let mut table = lock(&self.pins);
+            match table.pins.get(&pin_id) {
+                Some(p) if Some(p.reader) == reader => table.pins.remove(&pin_id),
+                Some(_) => {
+                    tracing::error!(peer = %peer.name, pin_id, "unpin of a pin another reader holds: ignored");
+                    None
+                }
+                None => {
+                    tracing::error!(peer = %peer.name, pin_id, "unpin of an unknown pin: ignored");
+                    None
+                }
+            }
+        };
+        // Outside the lock: dropping the last handle deletes the object from the store.
+        drop(released);
+    }
+
+    /// Reader, step 3: the holder pinned what pull `request_id` asked for.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn object_pinned(
+        &self,
+        peer: &Arc<Peer>,
+        request_id: u64,
+        pin_id: u64,
+        offset: u64,
+        len: u64,
+        arena: u64,
+    ) {
+        let unpin = {
+            let peer = peer.clone();
+            move || peer.send_queued(Msg::UnpinObject { pin_id })
+        };
+        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+            // Nobody waits for it (the pull failed meanwhile): release it at once.
+            return unpin();
+        };
+        let mapping = match lock(&self.arenas).get(&pending.holder) {
+            Some(ArenaSlot::Ready(a)) if pending.pin && arena == pending.holder => Some(a.clone()),
+            _ => None,
+        };
+        let again = PullReq {
+            holder: pending.holder,
+            object_id: pending.object_id,
+            priority: pending.priority,
+            hops: pending.hops,
+            done: pending.done,
+            try_pin: false,
+        };
+        let Some(mapping) = mapping else {
+            tracing::error!(peer = %peer.name, pin_id, arena, "a pin in an arena not attached here: unpinned, copying instead");
+            unpin();
+            return self.send_pull_req(again);
+        };
+        let me = self.me.get().cloned().unwrap_or_default();
+        let holder = pending.holder;
+        // Step 4, when the payload's last handle drops: on the holder's current connection.
+        let release = Box::new(move || {
+            if let Some(c) = me.upgrade()
+                && !c.stopped.load(Ordering::Acquire)
+                && let Some(p) = lock(&c.peers).get(&holder)
+            {
+                p.send_queued(Msg::UnpinObject { pin_id });
+            }
+        });
+        match AttachedPin::new(mapping, Location { offset, len }, release) {
+            Some(pin) => (again.done)(Ok(Payload::Stored(StoredObject::attached(pin)))),
+            None => {
+                // `AttachedPin::new` ran `release`: the pin is given back.
+                tracing::error!(peer = %peer.name, pin_id, offset, len, "a pin outside the holder's arena: unpinned, copying instead");
+                self.send_pull_req(again);
+            }
+        }
+    }
+
+    /// Both sides, step 5 and attach step 5: worker `index` is gone.
+    pub(super) fn attach_worker_lost(&self, index: u64) {
+        // Taken out first: re-sending may find the peer closed and come back here.
+        let slot = lock(&self.arenas).remove(&index);
+        if let Some(ArenaSlot::Attaching(waiting)) = slot {
+            for mut req in waiting {
+                req.try_pin = false;
+                self.send_pull_req(req);
+            }
+        }
+        let released: Vec<HeldPin> = {
+            let mut table = lock(&self.pins);
+            let ids: Vec<u64> = table
+                .pins
+                .iter()
+                .filter(|(_, p)| p.reader == index)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| table.pins.remove(&id))
+                .collect()
+        };
+        if !released.is_empty() {
+            tracing::debug!(
+                reader = index,
+                pins = released.len(),
+                "released the pins of a lost reader"
+            );
+        }
+        drop(released);
+    }
+
+    /// At `leave`: every mapping and every pin held for readers.
+    pub(super) fn attach_leave(&self) {
+        lock(&self.arenas).clear();
+        let pins = std::mem::take(&mut lock(&self.pins).pins);
+        drop(pins);
+    }
+}
