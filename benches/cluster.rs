@@ -4,7 +4,10 @@
 //!   round trips to the worker process (p50/p99) beside a raw TCP ping-pong between two
 //!   processes over loopback; tasks per second through the worker process; a 256 MiB object
 //!   pulled from the driver into the worker's store beside a raw TCP stream of the same size
-//!   over loopback. The transport is shm rings unless `MANTA_SHM_TRANSPORT=0`; the I/O
+//!   over loopback; a 256 MiB object of the worker read by the driver (`get_view`) through the
+//!   zero-copy path (the worker's arena attached and the object pinned there) and, with a
+//!   second driver that sets `zero_copy_node(false)`, through the copy path, in the same run.
+//!   The transport is shm rings unless `MANTA_SHM_TRANSPORT=0`; the I/O
 //!   threads' spin follows the core count unless `MANTA_SHM_SPIN_US` is set.
 //! - **two hosts** (network namespaces on a bridge; needs root, skipped otherwise): nodes A and
 //!   B in their own namespaces. Round trips from the driver (root namespace) to B's worker
@@ -198,6 +201,24 @@ fn measure(pin: Option<&str>, produce_on: Option<&str>) -> Result<Figures> {
     })
 }
 
+/// The driver reads a 256 MiB object the worker process produced (`get_view`: in place when
+/// this driver's `zero_copy_node` is on, else a copy into its store). Best of 3, in seconds.
+fn same_node_read() -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let object = produce::remote(BYTES);
+        manta::wait(vec![object.clone()], 1, None)?;
+        let t = Instant::now();
+        let view = object.get_view()?;
+        let secs = t.elapsed().as_secs_f64();
+        if view.len() != BYTES {
+            bail!("read {} bytes, expected {BYTES}", view.len());
+        }
+        best = best.min(secs);
+    }
+    Ok(best)
+}
+
 fn one_host() -> Result<()> {
     let raw = raw_loopback()?;
     let cluster = LocalCluster::start(
@@ -209,6 +230,10 @@ fn one_host() -> Result<()> {
     );
     manta::init_with(cluster.config())?;
     let f = measure(None, None)?;
+    let zero_copy = same_node_read()?;
+    manta::shutdown();
+    manta::init_with(cluster.config().zero_copy_node(false))?;
+    let copy = same_node_read()?;
     manta::shutdown();
     drop(cluster);
     let transport = if std::env::var("MANTA_SHM_TRANSPORT").as_deref() == Ok("0") {
@@ -233,6 +258,16 @@ fn one_host() -> Result<()> {
         f.pull_gbps,
         raw.0,
         f.pull_gbps / raw.0
+    );
+    let gbps = |secs: f64| BYTES as f64 / secs / 1e9;
+    println!(
+        "  256 MiB same-node read (worker's object, driver get_view): zero-copy {:.3} ms ({:.0} GB/s)   copy path {:.1} ms ({:.2} GB/s)   raw TCP stream {:.2} GB/s   copy/zero-copy time {:.0}x",
+        zero_copy * 1e3,
+        gbps(zero_copy),
+        copy * 1e3,
+        gbps(copy),
+        raw.0,
+        copy / zero_copy
     );
     Ok(())
 }
