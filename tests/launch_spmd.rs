@@ -1,8 +1,8 @@
 //! SPMD launch under the real launchers: this test binary, started by `srun -n 3` or
-//! `mpirun -np 3`, brings up a whole cluster from `manta::init()` (rank 0 head and driver, the
-//! other ranks nodes and workers) and runs tasks, actors and object transfers across ranks.
-//! Also: each rank's worker pinned to its own CPUs, two jobs at once on one node, and a job
-//! whose rank dies (non-zero exit, nothing left).
+//! `mpirun -np 3`, brings up a whole cluster from `manta::init()` (rank 0 head and driver, one
+//! node for the machine, every rank a worker process of it) and runs tasks, actors and object
+//! transfers across ranks. Also: each rank's worker pinned to its own CPUs, two jobs at once on
+//! one node, and a job whose rank dies (non-zero exit, nothing left).
 //!
 //! Needs a running single-node Slurm (`scripts/slurm-up`) and Open MPI (`scripts/setup --mpi`);
 //! `scripts/test` brings both up. Where `srun`/`mpirun` are missing the tests print why and
@@ -21,13 +21,15 @@ fn rank_var() -> Option<u32> {
         .find_map(|k| std::env::var(k).ok()?.parse().ok())
 }
 
+/// The node and the worker process a task ran in.
 #[manta::remote]
-fn where_am_i(pause_ms: u64) -> u64 {
+fn where_am_i(pause_ms: u64) -> (u64, u32) {
     std::thread::sleep(Duration::from_millis(pause_ms));
-    manta::status()
+    let node = manta::status()
         .unwrap()
         .node_id
-        .expect("tasks run on a node")
+        .expect("tasks run on a node");
+    (node, std::process::id())
 }
 
 /// The calling thread's allowed CPUs as the kernel lists them (`0-3,8`).
@@ -42,26 +44,22 @@ fn thread_cpus() -> String {
         .unwrap_or_default()
 }
 
-/// The node a task ran on and the CPUs its slot thread may use.
+/// The worker process a task ran in and the CPUs its slot thread may use.
 #[manta::remote]
-fn node_and_cpus(pause_ms: u64) -> (u64, String) {
+fn worker_and_cpus(pause_ms: u64) -> (u32, String) {
     std::thread::sleep(Duration::from_millis(pause_ms));
-    let node = manta::status()
-        .unwrap()
-        .node_id
-        .expect("tasks run on a node");
-    (node, thread_cpus())
+    (std::process::id(), thread_cpus())
 }
 
 /// Each rank's worker got its own CPUs: disjoint sets when the node has a CPU per rank; with
 /// fewer CPUs than ranks (this 2-CPU machine runs 3), one CPU each, shared, all allowed ones.
 fn check_rank_cpus(ranks: usize) {
     let allowed: manta::CpuList = thread_cpus().parse().expect("the kernel's CPU list");
-    let refs: Vec<_> = (0..24).map(|_| node_and_cpus::remote(50u64)).collect();
-    let mut per_node: std::collections::BTreeMap<u64, BTreeSet<usize>> = Default::default();
-    for (node, cpus) in manta::get_all(&refs).unwrap() {
+    let refs: Vec<_> = (0..24).map(|_| worker_and_cpus::remote(50u64)).collect();
+    let mut per_node: std::collections::BTreeMap<u32, BTreeSet<usize>> = Default::default();
+    for (pid, cpus) in manta::get_all(&refs).unwrap() {
         let cpus: manta::CpuList = cpus.parse().expect("the kernel's CPU list");
-        per_node.entry(node).or_default().extend(cpus.0);
+        per_node.entry(pid).or_default().extend(cpus.0);
     }
     let sets: Vec<&BTreeSet<usize>> = per_node.values().collect();
     for set in &sets {
@@ -131,14 +129,25 @@ fn job(kind: &str) {
             println!("spmd-job: ok driver");
         }
         "work" => {
-            let nodes: BTreeSet<u64> = manta::get_all(
+            let ran = manta::get_all(
                 &(0..24)
                     .map(|_| where_am_i::remote(100u64))
                     .collect::<Vec<_>>(),
             )
-            .unwrap()
-            .into_iter()
-            .collect();
+            .unwrap();
+            let nodes: BTreeSet<u64> = ran.iter().map(|(n, _)| *n).collect();
+            let workers: BTreeSet<u32> = ran.iter().map(|(_, p)| *p).collect();
+            // What `manta status` shows: one node per machine, every rank a worker of it.
+            let state = manta_launcher::spmd_cluster_state()
+                .expect("rank 0 holds the head")
+                .expect("the node table");
+            let alive: Vec<_> = state.nodes.iter().filter(|n| n.alive).collect();
+            assert_eq!(alive.len(), nodes.len(), "{alive:?}");
+            assert_eq!(
+                alive.iter().map(|n| n.workers).sum::<u32>() as usize,
+                workers.len(),
+                "{alive:?}"
+            );
             // Before the actor below takes a node's only CPU for the rest of the job.
             check_rank_cpus(3);
             let data: Vec<u32> = (0..(8u32 << 20)).collect();
@@ -154,8 +163,9 @@ fn job(kind: &str) {
             let calls: Vec<_> = (1..=10u64).map(|i| tally.add(i)).collect();
             assert_eq!(calls[9].get().unwrap(), 55);
             println!(
-                "spmd-job: ok nodes={} exchange={}",
+                "spmd-job: ok nodes={} workers={} exchange={}",
                 nodes.len(),
+                workers.len(),
                 manta_launcher::spmd::exchange().unwrap_or("none")
             );
         }
@@ -290,7 +300,7 @@ fn srun_three_ranks_run_tasks_actors_and_objects() {
     let t = text(&out);
     assert!(out.status.success(), "srun failed: {}\n{t}", out.status);
     assert!(
-        t.contains("spmd-job: ok nodes=3 exchange=environment"),
+        t.contains("spmd-job: ok nodes=1 workers=3 exchange=environment"),
         "{t}"
     );
     no_leftovers("srun_three_ranks_run_tasks_actors_and_objects");
@@ -307,7 +317,7 @@ fn srun_with_pmix_exchanges_through_mpi() {
     let t = text(&out);
     assert!(out.status.success(), "srun failed: {}\n{t}", out.status);
     assert!(
-        t.contains(&format!("spmd-job: ok nodes=3 {}", with_pmix())),
+        t.contains(&format!("spmd-job: ok nodes=1 workers=3 {}", with_pmix())),
         "{t}"
     );
     no_leftovers(name);
@@ -327,7 +337,7 @@ fn mpirun_three_ranks_run_tasks_actors_and_objects() {
     let t = text(&out);
     assert!(out.status.success(), "mpirun failed: {}\n{t}", out.status);
     assert!(
-        t.contains(&format!("spmd-job: ok nodes=3 {}", with_pmix())),
+        t.contains(&format!("spmd-job: ok nodes=1 workers=3 {}", with_pmix())),
         "{t}"
     );
     no_leftovers("mpirun_three_ranks_run_tasks_actors_and_objects");
@@ -414,7 +424,7 @@ fn a_taken_head_port_moves_the_head_on() {
     }
     let t = text(&outs[0]);
     assert!(
-        t.contains("spmd-job: ok nodes=3 exchange=environment"),
+        t.contains("spmd-job: ok nodes=1 workers=3 exchange=environment"),
         "{t}"
     );
     no_leftovers(name);
@@ -481,7 +491,7 @@ fn sbatch_templates_run_both_routes() {
     let name = "sbatch_templates_run_both_routes";
     let (ok, text) = sbatch("spmd.sh", name, "work");
     assert!(ok, "the SPMD template failed:\n{text}");
-    assert!(text.contains("spmd-job: ok nodes=3"), "{text}");
+    assert!(text.contains("spmd-job: ok nodes=1 workers=3"), "{text}");
     // Route 2: `manta start` through srun, then this binary as the driver (MANTA_ADDRESS).
     let (ok, text) = sbatch("ray-style.sh", name, "driver");
     assert!(ok, "the Ray-style template failed:\n{text}");
