@@ -29,7 +29,7 @@
 //! held once); the resulting [`ObjectValue`] holds them strongly, so nested references keep
 //! their referents alive as long as the container lives. [`decode`] runs inside a
 //! borrow scope: the references it deserialises that other processes own are registered with
-//! those owners before it returns (the borrower protocol, in `cluster/worker.rs`).
+//! those owners before it returns (the borrower protocol, in `cluster/borrow.rs`).
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
@@ -197,7 +197,7 @@ pub(crate) fn decode<T: DeserializeOwned + 'static>(
     }
     // References owned by other processes are registered with their owners when this scope
     // ends, before the value is returned.
-    let _borrows = crate::cluster::worker::BorrowScope::begin();
+    let _borrows = crate::cluster::borrow::BorrowScope::begin();
     match bincode::serde::decode_from_slice::<T, _>(bytes, config()) {
         Ok((value, _)) => Ok(value),
         Err(e) => Err(Error::Decode {

@@ -24,7 +24,7 @@
 //! alive exactly as long as the container, as in Ray. The cell leaves the table when dropped.
 //! In a cluster, a reference deserialised in another process makes that process a borrower,
 //! registered with the owner, which keeps the object until every borrower has dropped it (the
-//! protocol is in `cluster/worker.rs`).
+//! protocol is in `cluster/borrow.rs`).
 //!
 //! # Where the bytes live
 //!
@@ -76,7 +76,7 @@ pub(crate) enum Payload {
     /// Values above `max_inline_object_bytes`: in the shared-memory store.
     Stored(Arc<StoredObject>),
     /// Held by another worker process of the cluster; pulled on first read.
-    Remote(Arc<crate::cluster::worker::RemoteObject>),
+    Remote(Arc<crate::cluster::objects::RemoteObject>),
 }
 
 impl ObjectValue {
@@ -109,7 +109,7 @@ impl ObjectValue {
     }
 
     /// A value held by another worker process.
-    pub(crate) fn remote(remote: Arc<crate::cluster::worker::RemoteObject>) -> Self {
+    pub(crate) fn remote(remote: Arc<crate::cluster::objects::RemoteObject>) -> Self {
         ObjectValue {
             data: Payload::Remote(remote),
             nested: Box::new([]),

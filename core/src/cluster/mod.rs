@@ -19,14 +19,19 @@
 //! owner drops its last reference and no borrower is left (the owner then sends
 //! `FreeObject`); a reader elsewhere pulls it, as a bulk transfer written straight into its
 //! own store. A process that deserialises a reference registers with the owner as a borrower
-//! and pulls the value on first read (`worker.rs`, "Borrowers").
+//! and pulls the value on first read (`borrow.rs`).
 #![allow(dead_code)]
 
+pub(crate) mod borrow;
+mod execute;
 pub(crate) mod gcs;
 mod node;
+pub(crate) mod objects;
 pub(crate) mod peer;
+mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
+mod submit;
 mod wire;
 pub(crate) mod worker;
 

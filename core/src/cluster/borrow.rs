@@ -1,0 +1,424 @@
+//! Borrowers (Ray's distributed reference counting): references deserialised here that other
+//! processes own, their registration with those owners, and the owner's table of what it lent.
+//!
+//! # The protocol
+//!
+//! The process whose worker index is in an object's id owns it. Another process that
+//! deserialises a reference to it is a *borrower*; the object lives while its owner's handles
+//! or any borrower's handles live, and is freed (locally, or `FreeObject` to the worker that
+//! holds it) when the last of them goes.
+//!
+//! 1. Deserialising a foreign-owned id ([`Cluster::borrow`]) hands out the process's one live
+//!    cell for it (table `borrowed`), or makes one: already complete, its value a lazy
+//!    [`RemoteObject`] pointing at the owner, pulled on first read (the owner redirects the
+//!    pull to the worker holding the bytes). Deserialising pulls nothing.
+//! 2. A new borrowed `RemoteObject` is the process's registration: it is noted in the
+//!    decoding thread's [`BorrowScope`] (one per `codec::decode`). A cell found whose
+//!    registration another thread still has in flight is noted too, to wait for.
+//! 3. When the scope ends, before the decoded value is returned, the thread sends one
+//!    `AddBorrowers{objects}` per owner for the borrows it made and waits for every
+//!    `BorrowersAdded` (with `CALL_TIMEOUT`), then waits for the registrations of other
+//!    threads it found in flight. An object the owner does not know, or an owner that does
+//!    not answer, fails the borrow: its reads return the error.
+//! 4. The owner ([`Cluster::add_borrowers`]) keeps a strong handle on each object in `lent`
+//!    with the set of borrowing workers, so dropping its own handles no longer frees it.
+//! 5. When the borrowed `RemoteObject` drops (the last cell and value here holding it), the
+//!    borrower sends `RemoveBorrower` (queued, batched by the writer) — only if it is still
+//!    the registration in `borrowed` and was acknowledged. The owner removes the borrower and
+//!    drops its handle when the set is empty. A borrower's death (`worker_lost`) removes it
+//!    from every set; an owner's death fails its borrowers' reads.
+//!
+//! Why it is safe: a reference crosses processes only inside something its sender keeps
+//! alive until the receiver is done with it — task arguments (the owner's `InFlight` holds
+//! them until `TaskDone`), values nested in a stored object (the object holds them), or a
+//! result (the executor holds every result with nested references until its owner frees it,
+//! however small). The receiver deserialises on a user thread or a slot, and step 3 completes
+//! before the value is handed over, so before the receiving task can finish and before its
+//! `TaskDone` (or its free of the container) can reach the sender: by the time the sender may
+//! drop its own handle, the owner has already counted the receiver. Step 5's sends are made
+//! under the `borrowed` lock, so a later registration of the same object by this process
+//! always reaches the owner after the RemoveBorrower of an earlier one.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
+
+use super::objects::{RemoteKind, RemoteObject};
+use super::peer::Peer;
+use super::proto::Msg;
+use super::worker::{Cluster, IO_THREAD};
+use super::{CALL_TIMEOUT, cluster_error, owner_of, wait_reply};
+use crate::error::Error;
+use crate::id::ObjectId;
+use crate::object::{ObjectCell, ObjectValue};
+use crate::sync::lock;
+
+impl Cluster {
+    /// A reference to an object owned elsewhere was deserialised here: a cell that is already
+    /// complete with a lazy payload pointing at the owner (the bytes are pulled on first read),
+    /// shared with every other handle on it in this process. A new borrow is registered with
+    /// the owner before the deserialisation that made it returns (steps 1–3 of "Borrowers").
+    pub(crate) fn borrow(&self, id: ObjectId) -> Arc<ObjectCell> {
+        let object_id = id.as_u64();
+        let mut borrowed = lock(&self.borrowed);
+        // Every handle taken under the lock is returned or kept past it: dropping the last
+        // handle on a `RemoteObject` takes this lock (`end_borrow`).
+        let remote = borrowed.get(&object_id).and_then(|e| e.remote.upgrade());
+        let (cell, remote, mine) = match remote {
+            Some(remote) => {
+                let live = borrowed.get(&object_id).and_then(|e| e.cell.upgrade());
+                let cell = live.unwrap_or_else(|| {
+                    let cell = lazy_cell(object_id, &remote);
+                    if let Some(e) = borrowed.get_mut(&object_id) {
+                        e.cell = Arc::downgrade(&cell);
+                    }
+                    cell
+                });
+                (cell, remote, false)
+            }
+            None => {
+                if borrowed.len() >= self.borrowed_sweep_at.load(Ordering::Relaxed) {
+                    borrowed.retain(|_, e| e.remote.strong_count() > 0);
+                    self.borrowed_sweep_at
+                        .store((borrowed.len() * 2).max(1024), Ordering::Relaxed);
+                }
+                let remote = Arc::new(RemoteObject {
+                    id: object_id,
+                    holder: owner_of(object_id),
+                    len: 0,
+                    kind: RemoteKind::Borrowed {
+                        registrar: std::thread::current().id(),
+                    },
+                    registered: OnceLock::new(),
+                    local: OnceLock::new(),
+                    cluster: self.me.get().cloned().unwrap_or_default(),
+                });
+                let cell = lazy_cell(object_id, &remote);
+                borrowed.insert(
+                    object_id,
+                    BorrowEntry {
+                        cell: Arc::downgrade(&cell),
+                        remote: Arc::downgrade(&remote),
+                    },
+                );
+                (cell, remote, true)
+            }
+        };
+        drop(borrowed);
+        if remote.registered.get().is_none() {
+            note_borrow(&remote, mine);
+        }
+        cell
+    }
+
+    /// Registers this process as a borrower of `remotes` (grouped by owner) and waits for each
+    /// owner's answer; a remote the owner does not know, or whose owner cannot answer, is
+    /// failed (its reads return the error).
+    fn register_borrows(&self, by_owner: HashMap<u64, Vec<Arc<RemoteObject>>>) {
+        // An I/O thread must never block: it registers without waiting for the answer. (Values
+        // are decoded by user threads and slots; this is a guard, not a path in use.)
+        let on_io = std::thread::current().name() == Some(IO_THREAD);
+        let _guard = (!on_io).then(|| self.io.enter());
+        let mut waiting = Vec::new();
+        for (owner, remotes) in by_owner {
+            if owner == self.index || owner == 0 {
+                for r in remotes {
+                    let _ = r.registered.set(true);
+                }
+                continue;
+            }
+            let peer = self.peer(owner);
+            let objects: Vec<u64> = remotes.iter().map(|r| r.id).collect();
+            let rx = peer.request(|request_id| Msg::AddBorrowers {
+                request_id,
+                objects,
+            });
+            if on_io {
+                tracing::debug!(
+                    owner,
+                    "borrow registered from an I/O thread without waiting"
+                );
+                for r in remotes {
+                    let _ = r.registered.set(true);
+                }
+                continue;
+            }
+            waiting.push((owner, remotes, rx));
+        }
+        for (owner, remotes, rx) in waiting {
+            let unreachable = |e: &dyn std::fmt::Display| {
+                cluster_error(
+                    format!("worker process {owner} (the object's owner)"),
+                    format!("it died or became unreachable ({e})"),
+                )
+            };
+            match wait_reply(rx, CALL_TIMEOUT, "registering as a borrower") {
+                Ok(Msg::BorrowersAdded { missing, .. }) => {
+                    let missing: HashSet<u64> = missing.into_iter().collect();
+                    for r in remotes {
+                        if missing.contains(&r.id) {
+                            r.fail(Error::ObjectFreed {
+                                object: ObjectId::from_u64(r.id),
+                            });
+                        } else {
+                            let _ = r.registered.set(true);
+                        }
+                    }
+                }
+                Ok(other) => {
+                    let e = unreachable(&format!("unexpected reply {}", other.name()));
+                    for r in remotes {
+                        r.fail(e.clone());
+                    }
+                }
+                Err(e) => {
+                    let e = unreachable(&e);
+                    for r in remotes {
+                        r.fail(e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last handle here on borrowed object `r` dropped: tell its owner (step 5).
+    pub(super) fn end_borrow(&self, r: &RemoteObject) {
+        let mut borrowed = lock(&self.borrowed);
+        let ours = borrowed
+            .get(&r.id)
+            .is_none_or(|e| std::ptr::eq(e.remote.as_ptr(), r));
+        if !ours {
+            // A newer borrow of the same object already registered again (the owner keeps one
+            // entry per borrowing process): it sends the RemoveBorrower when it ends.
+            return;
+        }
+        borrowed.remove(&r.id);
+        if r.registered.get() != Some(&true) || self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        // Sent under the lock: a newer borrow's AddBorrowers can only follow it.
+        if let Some(p) = lock(&self.peers).get(&r.holder) {
+            p.send_queued(Msg::RemoveBorrower { object_id: r.id });
+        }
+    }
+
+    // ----- lending (the owner's side of borrowing) ----------------------------------------
+
+    /// AddBorrowers from `peer`: keeps each object it names (owned here) alive until that
+    /// worker removes itself or dies; answers which it does not know (step 4).
+    pub(super) fn add_borrowers(&self, peer: &Arc<Peer>, request_id: u64, objects: Vec<u64>) {
+        let borrower = peer_index(peer).filter(|b| *b != self.index);
+        let rt = self.runtime();
+        let mut missing = Vec::new();
+        match (borrower, rt) {
+            (Some(b), Some(rt)) => {
+                let mut lent = lock(&self.lent);
+                for id in objects {
+                    if let Some(l) = lent.get_mut(&id) {
+                        l.borrowers.insert(b);
+                        continue;
+                    }
+                    let cell = (owner_of(id) == self.index)
+                        .then(|| rt.lookup_escaped(ObjectId::from_u64(id)))
+                        .flatten();
+                    match cell {
+                        Some(cell) => {
+                            lent.insert(
+                                id,
+                                Lent {
+                                    cell,
+                                    borrowers: HashSet::from([b]),
+                                },
+                            );
+                        }
+                        None => {
+                            tracing::debug!(
+                                object = id,
+                                borrower = b,
+                                "AddBorrowers for an object not owned here (or freed)"
+                            );
+                            missing.push(id);
+                        }
+                    }
+                }
+            }
+            _ => {
+                tracing::debug!(peer = %peer.name, "AddBorrowers from a connection that is no worker: ignored");
+                missing = objects;
+            }
+        }
+        peer.send(Msg::BorrowersAdded {
+            request_id,
+            missing,
+        });
+    }
+
+    /// RemoveBorrower from `peer`: it dropped its last handle on `object_id`.
+    pub(super) fn remove_borrower(&self, peer: &Arc<Peer>, object_id: u64) {
+        let Some(b) = peer_index(peer) else {
+            tracing::debug!(peer = %peer.name, "RemoveBorrower from a connection that is no worker: ignored");
+            return;
+        };
+        let freed = {
+            let mut lent = lock(&self.lent);
+            let was = lent.get_mut(&object_id).map(|l| {
+                let removed = l.borrowers.remove(&b);
+                (removed, l.borrowers.is_empty())
+            });
+            match was {
+                Some((true, true)) => lent.remove(&object_id),
+                Some((true, false)) => None,
+                _ => {
+                    tracing::debug!(
+                        object = object_id,
+                        borrower = b,
+                        "RemoveBorrower from a worker that is not a borrower: ignored"
+                    );
+                    None
+                }
+            }
+        };
+        // Dropped outside the lock: freeing may send FreeObject or end borrows of nested refs.
+        drop(freed);
+    }
+
+    /// Worker `index` died: it borrows nothing any more.
+    pub(super) fn drop_borrower(&self, index: u64) {
+        let freed: Vec<Lent> = {
+            let mut lent = lock(&self.lent);
+            let mut emptied = Vec::new();
+            for (id, l) in lent.iter_mut() {
+                if l.borrowers.remove(&index) && l.borrowers.is_empty() {
+                    emptied.push(*id);
+                }
+            }
+            emptied
+                .into_iter()
+                .filter_map(|id| lent.remove(&id))
+                .collect()
+        };
+        drop(freed);
+    }
+}
+
+/// A borrowed object's entry in [`Cluster::borrowed`].
+pub(super) struct BorrowEntry {
+    /// The cell handed to deserialisers (re-made around `remote` if it died first).
+    pub(super) cell: Weak<ObjectCell>,
+    /// The registration: its drop ends the borrow.
+    pub(super) remote: Weak<RemoteObject>,
+}
+
+/// An object of this process lent to other processes.
+pub(super) struct Lent {
+    /// Keeps the object alive while anyone borrows it.
+    pub(super) cell: Arc<ObjectCell>,
+    /// Worker indices of the borrowers.
+    pub(super) borrowers: HashSet<u64>,
+}
+
+/// A complete cell whose value is the lazy `remote`.
+fn lazy_cell(object_id: u64, remote: &Arc<RemoteObject>) -> Arc<ObjectCell> {
+    Arc::new(ObjectCell::ready(
+        ObjectId::from_u64(object_id),
+        Ok(ObjectValue::remote(remote.clone())),
+    ))
+}
+
+/// The worker index a connection's peer gave in its handshake (`w<index>`).
+fn peer_index(peer: &Peer) -> Option<u64> {
+    peer.name.strip_prefix('w').and_then(|i| i.parse().ok())
+}
+
+/// A borrow noted during one decode: the remote, and whether this thread made it (and so
+/// registers it) or found another thread's registration still in flight (and so waits).
+type Noted = (Weak<RemoteObject>, bool);
+
+thread_local! {
+    /// The borrows of the value being decoded on this thread (`None` outside a decode).
+    static BORROWS: RefCell<Option<Vec<Noted>>> = const { RefCell::new(None) };
+}
+
+/// Defers `remote`'s registration to the end of the current decode, or registers it now.
+fn note_borrow(remote: &Arc<RemoteObject>, mine: bool) {
+    let noted = (Arc::downgrade(remote), mine);
+    let deferred = BORROWS.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => match b.as_mut() {
+            Some(v) => {
+                v.push(noted.clone());
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
+    });
+    if !deferred {
+        finish_borrows(vec![noted]);
+    }
+}
+
+/// Registers the borrows this thread made, grouped by owner (one AddBorrowers each), then
+/// waits for those other threads are registering.
+fn finish_borrows(noted: Vec<Noted>) {
+    let me = std::thread::current().id();
+    let mut mine: HashMap<u64, Vec<Arc<RemoteObject>>> = HashMap::new();
+    let mut others = Vec::new();
+    let mut seen = HashSet::new();
+    for (weak, made_here) in noted {
+        // Dead already (the decode failed and dropped it): nothing to register.
+        let Some(r) = weak.upgrade() else { continue };
+        if r.registered.get().is_some() || !seen.insert(Arc::as_ptr(&r)) {
+            continue;
+        }
+        if made_here {
+            mine.entry(r.holder).or_default().push(r);
+        } else if !matches!(r.kind, RemoteKind::Borrowed { registrar } if registrar == me) {
+            // (One this thread made in an enclosing decode is registered when that ends.)
+            others.push(r);
+        }
+    }
+    if !mine.is_empty() {
+        let cluster = mine.values().flatten().find_map(|r| r.cluster.upgrade());
+        match cluster {
+            Some(c) => c.register_borrows(mine),
+            None => mine
+                .values()
+                .flatten()
+                .for_each(|r| r.fail(Error::ShutDown)),
+        }
+    }
+    for r in others {
+        r.registered.wait();
+    }
+}
+
+/// The borrows of one decode (see [`Cluster::borrow`]): begun before a value is deserialised,
+/// registered with their owners when dropped, so before the decoded value reaches its reader.
+#[derive(Debug)]
+pub(crate) struct BorrowScope {
+    previous: Option<Vec<Noted>>,
+}
+
+impl BorrowScope {
+    pub(crate) fn begin() -> BorrowScope {
+        let previous = BORROWS.with(|b| b.try_borrow_mut().ok()?.replace(Vec::new()));
+        BorrowScope { previous }
+    }
+}
+
+impl Drop for BorrowScope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        let noted = BORROWS
+            .with(|b| {
+                b.try_borrow_mut()
+                    .ok()
+                    .and_then(|mut b| std::mem::replace(&mut *b, previous))
+            })
+            .unwrap_or_default();
+        if !noted.is_empty() {
+            finish_borrows(noted);
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Executing work other processes push here (tasks, actor creations and calls, each answered
+//! with `TaskDone` when done), and the listing of what this process knows of tasks and
+//! objects (`manta list tasks|objects`).
+
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+
+use super::owner_of;
+use super::peer::Peer;
+use super::placement::resource_request;
+use super::proto::{Arg, ErrorKind, Msg, Outcome, Resource};
+use super::worker::Cluster;
+use crate::error::Error;
+use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
+use crate::sync::lock;
+use crate::task::ArgSlot;
+
+impl Cluster {
+    /// An argument from the wire as a local slot (a pending cell pulled from its holder).
+    fn local_arg(&self, arg: Arg) -> ArgSlot {
+        match arg {
+            Arg::Inline(v) => ArgSlot::Value(ObjectValue::inline(Bytes::from(v))),
+            Arg::Ref {
+                object_id,
+                holder,
+                len,
+            } => ArgSlot::Ref(self.pulled(object_id, holder, len)),
+        }
+    }
+
+    /// When `cell` completes, tells `peer` (the owner) with TaskDone{task_id}.
+    fn reply_when_done(&self, peer: &Arc<Peer>, task_id: u64, name: &str, cell: &Arc<ObjectCell>) {
+        let owner = peer
+            .name
+            .strip_prefix('w')
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        lock(&self.executing).insert(task_id, (name.into(), owner));
+        let me = self.me.get().cloned().unwrap_or_default();
+        let peer = peer.clone();
+        let c2 = cell.clone();
+        let respond = move || {
+            let Some(c) = me.upgrade() else { return };
+            lock(&c.executing).remove(&task_id);
+            let outcome = match c2.get() {
+                Some(Ok(v)) => c.outcome_of(task_id, v),
+                Some(Err(e)) => failed_outcome(e),
+                None => return,
+            };
+            peer.send(Msg::TaskDone { task_id, outcome });
+        };
+        if let Err(Waiter::Callback(f)) = cell.register(Waiter::Callback(Box::new(respond))) {
+            f();
+        }
+    }
+
+    fn outcome_of(&self, task_id: u64, v: &ObjectValue) -> Outcome {
+        match &v.data {
+            Payload::Inline(b) if v.nested.is_empty() => Outcome::Inline(b.to_vec()),
+            _ => {
+                let len = v.len() as u64;
+                lock(&self.held).insert(task_id, v.clone());
+                Outcome::Stored { len }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_pushed_task(
+        &self,
+        peer: &Arc<Peer>,
+        task_id: u64,
+        function: &str,
+        args: Vec<Arg>,
+        resources: Vec<Resource>,
+        name: String,
+        max_retries: u32,
+    ) {
+        let Some(rt) = self.runtime() else { return };
+        let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
+        let request = resource_request(&resources);
+        let cell = rt.submit_pushed(
+            task_id,
+            function,
+            slots,
+            &request,
+            (!name.is_empty()).then_some(name),
+            max_retries,
+        );
+        self.reply_when_done(peer, task_id, function, &cell);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_pushed_actor(
+        &self,
+        peer: &Arc<Peer>,
+        actor_id: u64,
+        class_name: &str,
+        args: Vec<Arg>,
+        resources: Vec<Resource>,
+        name: String,
+        max_concurrency: u32,
+        max_restarts: u32,
+    ) {
+        let Some(rt) = self.runtime() else { return };
+        let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
+        let request = resource_request(&resources);
+        let created = rt.create_pushed_actor(
+            actor_id,
+            class_name,
+            slots,
+            &request,
+            &name,
+            max_concurrency as usize,
+            max_restarts,
+        );
+        self.reply_when_done(peer, actor_id, class_name, &created);
+    }
+
+    pub(super) fn call_pushed_actor(
+        &self,
+        peer: &Arc<Peer>,
+        actor_id: u64,
+        call_id: u64,
+        method: &str,
+        args: Vec<Arg>,
+    ) {
+        let Some(rt) = self.runtime() else { return };
+        let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
+        let cell = rt.call_pushed(actor_id, call_id, method, slots);
+        self.reply_when_done(peer, call_id, method, &cell);
+    }
+
+    /// What this process knows of tasks and objects (`manta list tasks|objects`).
+    pub(super) fn work(&self, request_id: u64) -> Msg {
+        use super::proto::{ObjectRow, TaskRow};
+        let my_node = self.node_id().unwrap_or(0);
+        let node_of_slot = |slot: Option<usize>| {
+            slot.and_then(|i| lock(&self.nodes).get(i).map(|s| s.node_id))
+                .unwrap_or(0)
+        };
+        let mut tasks: Vec<TaskRow> = Vec::new();
+        let owned: Vec<(u64, &'static str, u64, Option<usize>)> = lock(&self.in_flight)
+            .iter()
+            .map(|(id, f)| (*id, f.name, f.worker, f.node))
+            .collect();
+        for (id, name, worker, slot) in owned {
+            tasks.push(TaskRow {
+                task_id: id,
+                name: name.to_owned(),
+                state: "SUBMITTED".into(),
+                owner: self.index,
+                worker,
+                node_id: node_of_slot(slot),
+            });
+        }
+        for (id, (name, owner)) in lock(&self.executing).iter() {
+            tasks.push(TaskRow {
+                task_id: *id,
+                name: name.to_string(),
+                state: "RUNNING".into(),
+                owner: *owner,
+                worker: self.index,
+                node_id: my_node,
+            });
+        }
+        let describe = |v: Option<&Result<ObjectValue, Error>>| match v {
+            None => ("pending", 0, self.index),
+            Some(Err(_)) => ("failed", 0, self.index),
+            Some(Ok(v)) => match &v.data {
+                Payload::Inline(b) => ("inline", b.len() as u64, self.index),
+                Payload::Stored(s) => ("store", s.len() as u64, self.index),
+                Payload::Remote(r) => ("remote", r.len, r.holder),
+            },
+        };
+        let mut objects: Vec<ObjectRow> = Vec::new();
+        for (id, v) in lock(&self.held).iter() {
+            let (kind, size, holder) = describe(Some(&Ok(v.clone())));
+            objects.push(ObjectRow {
+                object_id: *id,
+                size,
+                kind: kind.into(),
+                role: "held".into(),
+                holder,
+                owner: owner_of(*id),
+            });
+        }
+        if let Some(rt) = self.runtime() {
+            for cell in rt.escaped_cells() {
+                let (kind, size, holder) = describe(cell.get());
+                objects.push(ObjectRow {
+                    object_id: cell.id().as_u64(),
+                    size,
+                    kind: kind.into(),
+                    role: "shared".into(),
+                    holder,
+                    owner: owner_of(cell.id().as_u64()),
+                });
+            }
+        }
+        let mut borrowed: Vec<Arc<ObjectCell>> = lock(&self.fetched)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        borrowed.extend(
+            lock(&self.borrowed)
+                .values()
+                .filter_map(|e| e.cell.upgrade()),
+        );
+        for cell in borrowed {
+            let (kind, size, holder) = describe(cell.get());
+            objects.push(ObjectRow {
+                object_id: cell.id().as_u64(),
+                size,
+                kind: kind.into(),
+                role: "borrowed".into(),
+                holder,
+                owner: owner_of(cell.id().as_u64()),
+            });
+        }
+        Msg::Work {
+            request_id,
+            tasks,
+            objects,
+            partial: false,
+        }
+    }
+}
+
+fn failed_outcome(e: &Error) -> Outcome {
+    let (kind, task, message) = match e {
+        Error::Task(t) => (
+            ErrorKind::Panic,
+            t.task_name().to_owned(),
+            t.message().to_owned(),
+        ),
+        Error::ActorDied { class, reason, .. } => {
+            (ErrorKind::ActorDied, class.clone(), reason.clone())
+        }
+        Error::Cancelled { task, .. } => (ErrorKind::Cancelled, task.clone(), String::new()),
+        Error::Infeasible { what, .. } => (ErrorKind::Infeasible, what.clone(), e.to_string()),
+        Error::ObjectStoreFull { .. } | Error::ObjectStore { .. } => {
+            (ErrorKind::Store, String::new(), e.to_string())
+        }
+        other => (ErrorKind::Other, String::new(), other.to_string()),
+    };
+    Outcome::Failed {
+        kind,
+        task,
+        message,
+    }
+}

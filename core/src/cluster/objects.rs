@@ -1,0 +1,523 @@
+//! The object manager: pulls of objects held by other processes (a queue ordered get > wait >
+//! task argument, at most [`MAX_PULL_BYTES`] in flight, redirects from an owner to the worker
+//! holding a result), serving other processes' pulls (inline, or a bulk transfer straight into
+//! the reader's store), task arguments pulled once per process, results held for remote owners
+//! and `FreeObject`, and [`RemoteObject`], the lazy payload of an object held elsewhere.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
+
+use bytes::Bytes;
+
+use super::peer::{BulkArrival, BulkData, Peer};
+use super::proto::Msg;
+use super::worker::Cluster;
+use super::{cluster_error, wait_reply};
+use crate::error::Error;
+use crate::id::ObjectId;
+use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
+use crate::sync::lock;
+
+/// A pending pull: who holds the object, and what to do with it.
+pub(super) type PullDone = Box<dyn FnOnce(Result<Payload, Error>) + Send>;
+
+/// Bytes of pulls in flight at once (more wait, highest priority first).
+const MAX_PULL_BYTES: u64 = 256 << 20;
+/// What an object of unknown size counts as against [`MAX_PULL_BYTES`].
+const UNKNOWN_PULL_BYTES: u64 = 1 << 20;
+
+/// A pull waiting for room.
+pub(super) struct QueuedPull {
+    priority: u8,
+    seq: u64,
+    holder: u64,
+    object_id: u64,
+    bytes: u64,
+    done: PullDone,
+    /// The cell this pull fills, when nothing else needs it: a pull whose cell every reader
+    /// dropped before it started is skipped.
+    wanted: Option<Weak<ObjectCell>>,
+}
+
+/// The object manager's pull queue: get (0) before wait (1) before task arguments (2), FIFO
+/// within a priority, and at most [`MAX_PULL_BYTES`] in flight (one pull always may run).
+#[derive(Default)]
+pub(super) struct PullQueue {
+    pub(super) in_flight: u64,
+    pub(super) waiting: std::collections::BTreeMap<(u8, u64), QueuedPull>,
+    pub(super) seq: u64,
+}
+
+/// A pull sent, waiting for its ObjectData.
+pub(super) struct PendingPull {
+    pub(super) peer: String,
+    pub(super) object_id: u64,
+    pub(super) priority: u8,
+    /// Redirects followed so far.
+    pub(super) hops: u8,
+    pub(super) done: PullDone,
+}
+
+fn not_found(request_id: u64, error: String) -> Msg {
+    Msg::ObjectData {
+        request_id,
+        found: false,
+        len: 0,
+        inline: Vec::new(),
+        error,
+        redirect: 0,
+    }
+}
+
+impl Cluster {
+    /// Pulls object `object_id` (about `len` bytes, 0 if unknown) from worker `holder` with
+    /// `priority` (0 get, 1 wait, 2 task argument); `done` gets its bytes.
+    pub(crate) fn pull(
+        &self,
+        holder: u64,
+        object_id: u64,
+        priority: u8,
+        len: u64,
+        done: PullDone,
+        wanted: Option<Weak<ObjectCell>>,
+    ) {
+        if holder == self.index {
+            done(self.local_value(object_id).and_then(|v| match v {
+                Some(v) => Ok(v.data.clone()),
+                None => Err(Error::ObjectFreed {
+                    object: ObjectId::from_u64(object_id),
+                }),
+            }));
+            return;
+        }
+        {
+            let mut q = lock(&self.pull_queue);
+            let seq = q.seq;
+            q.seq += 1;
+            q.waiting.insert(
+                (priority, seq),
+                QueuedPull {
+                    priority,
+                    seq,
+                    holder,
+                    object_id,
+                    bytes: len.max(UNKNOWN_PULL_BYTES),
+                    done,
+                    wanted,
+                },
+            );
+        }
+        self.dispatch_pulls();
+    }
+
+    /// Starts queued pulls while there is room.
+    fn dispatch_pulls(&self) {
+        loop {
+            let next = {
+                let mut q = lock(&self.pull_queue);
+                let Some((_, first)) = q.waiting.first_key_value() else {
+                    return;
+                };
+                if q.in_flight > 0 && q.in_flight + first.bytes > MAX_PULL_BYTES {
+                    return;
+                }
+                let (_, p) = q.waiting.pop_first().expect("checked above");
+                if p.wanted.as_ref().is_some_and(|w| w.strong_count() == 0) {
+                    continue;
+                }
+                q.in_flight += p.bytes;
+                p
+            };
+            self.start_pull(next);
+        }
+    }
+
+    fn start_pull(&self, p: QueuedPull) {
+        let QueuedPull {
+            priority,
+            holder,
+            object_id,
+            bytes,
+            done,
+            ..
+        } = p;
+        let me = self.me.get().cloned().unwrap_or_default();
+        let done: PullDone = Box::new(move |r| {
+            if let Some(c) = me.upgrade() {
+                {
+                    let mut q = lock(&c.pull_queue);
+                    q.in_flight = q.in_flight.saturating_sub(bytes);
+                }
+                c.dispatch_pulls();
+            }
+            done(r);
+        });
+        self.send_pull(holder, object_id, priority, 0, done);
+    }
+
+    fn send_pull(&self, holder: u64, object_id: u64, priority: u8, hops: u8, done: PullDone) {
+        let peer = self.peer(holder);
+        let request_id = self.next_pull.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pulls).insert(
+            request_id,
+            PendingPull {
+                peer: peer.name.clone(),
+                object_id,
+                priority,
+                hops,
+                done,
+            },
+        );
+        // Queued, not written here: pulls come in bursts (every reference deserialised from
+        // one value), which the writer task sends in one batch.
+        peer.send_queued(Msg::PullObject {
+            request_id,
+            object_id,
+            priority,
+        });
+        if peer.is_closed() {
+            self.worker_lost(holder, &peer.closed_error().to_string());
+        }
+    }
+
+    /// Pulls and waits (from a non-tokio thread).
+    pub(crate) fn pull_blocking(
+        &self,
+        holder: u64,
+        object_id: u64,
+        len: u64,
+    ) -> Result<Payload, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pull(
+            holder,
+            object_id,
+            0,
+            len,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            None,
+        );
+        wait_reply(
+            rx,
+            std::time::Duration::from_secs(3600),
+            "pulling an object",
+        )
+    }
+
+    /// A value this process holds under `id`: a result kept for a remote owner, or an object
+    /// of its own entered in the escape table (`Ok(None)` if neither, or not ready yet).
+    fn local_value(&self, id: u64) -> Result<Option<ObjectValue>, Error> {
+        if let Some(v) = lock(&self.held).get(&id) {
+            return Ok(Some(v.clone()));
+        }
+        let Some(rt) = self.runtime() else {
+            return Ok(None);
+        };
+        match rt.lookup_escaped(ObjectId::from_u64(id)) {
+            Some(cell) => match cell.get() {
+                Some(Ok(v)) => Ok(Some(v.clone())),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Serves a pull: replies when the object is ready (waiting for a pending one).
+    pub(super) fn serve_pull(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64) {
+        if let Some(v) = lock(&self.held).get(&object_id).cloned() {
+            return self.send_value(peer, request_id, object_id, v);
+        }
+        let cell = self
+            .runtime()
+            .and_then(|rt| rt.lookup_escaped(ObjectId::from_u64(object_id)));
+        let Some(cell) = cell else {
+            return peer.send(not_found(
+                request_id,
+                format!(
+                    "{} was freed: no reference to it was left",
+                    ObjectId::from_u64(object_id)
+                ),
+            ));
+        };
+        let me = self.me.get().cloned().unwrap_or_default();
+        let peer2 = peer.clone();
+        let c2 = cell.clone();
+        let respond = move || {
+            let Some(c) = me.upgrade() else { return };
+            match c2.get() {
+                Some(Ok(v)) => c.send_value(&peer2, request_id, object_id, v.clone()),
+                Some(Err(e)) => peer2.send(not_found(request_id, e.to_string())),
+                None => {}
+            }
+        };
+        if let Err(Waiter::Callback(f)) = cell.register(Waiter::Callback(Box::new(respond))) {
+            f();
+        }
+    }
+
+    /// Sends a ready value to a puller: inline in the reply, or as a bulk transfer after it,
+    /// or (an object another worker holds for us) a redirect to that worker.
+    fn send_value(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64, v: ObjectValue) {
+        let data = match &v.data {
+            Payload::Remote(r) => match r.local_copy() {
+                Some(local) => local,
+                None if r.id == object_id => {
+                    return peer.send(Msg::ObjectData {
+                        request_id,
+                        found: false,
+                        len: r.len,
+                        inline: Vec::new(),
+                        error: String::new(),
+                        redirect: r.holder,
+                    });
+                }
+                None => {
+                    // Held under another id: fetch it here first, off the I/O thread.
+                    let r = r.clone();
+                    let peer = peer.clone();
+                    let me = self.me.get().cloned().unwrap_or_default();
+                    std::thread::spawn(move || {
+                        let Some(c) = me.upgrade() else { return };
+                        match r.fetch() {
+                            Ok(data) => c.send_value(
+                                &peer,
+                                request_id,
+                                object_id,
+                                ObjectValue {
+                                    data,
+                                    nested: Box::new([]),
+                                },
+                            ),
+                            Err(e) => peer.send(not_found(request_id, e.to_string())),
+                        }
+                    });
+                    return;
+                }
+            },
+            other => other.clone(),
+        };
+        match data {
+            Payload::Inline(b) => peer.send(Msg::ObjectData {
+                request_id,
+                found: true,
+                len: b.len() as u64,
+                inline: b.to_vec(),
+                error: String::new(),
+                redirect: 0,
+            }),
+            Payload::Stored(s) => {
+                peer.send(Msg::ObjectData {
+                    request_id,
+                    found: true,
+                    len: s.len() as u64,
+                    inline: Vec::new(),
+                    error: String::new(),
+                    redirect: 0,
+                });
+                peer.send_bulk(request_id, BulkData::Stored(s));
+            }
+            Payload::Remote(_) => peer.send(not_found(
+                request_id,
+                "a pulled object is still remote".into(),
+            )),
+        }
+    }
+
+    /// The answer to one of our pulls.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn object_data(
+        &self,
+        peer: &Arc<Peer>,
+        request_id: u64,
+        found: bool,
+        len: u64,
+        inline: Vec<u8>,
+        error: String,
+        redirect: u64,
+    ) {
+        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+            return;
+        };
+        let done = pending.done;
+        if !found && redirect != 0 && redirect != self.index && pending.hops < 4 {
+            return self.send_pull(
+                redirect,
+                pending.object_id,
+                pending.priority,
+                pending.hops + 1,
+                done,
+            );
+        }
+        if !found {
+            return done(Err(cluster_error("pulling an object", error)));
+        }
+        if len == 0 || !inline.is_empty() {
+            return done(Ok(Payload::Inline(Bytes::from(inline))));
+        }
+        let store = self.runtime().and_then(|rt| rt.store.clone());
+        let max_inline = self.max_inline;
+        peer.expect_bulk(
+            request_id,
+            Box::new(move |n| match store {
+                Some(store) if n as usize > max_inline => store.create(n as usize).map(Some),
+                _ => Ok(None),
+            }),
+            Box::new(move |arrival| match arrival {
+                BulkArrival::Stored(s) => done(Ok(Payload::Stored(s))),
+                BulkArrival::Heap(b) => done(Ok(Payload::Inline(b))),
+                BulkArrival::Failed(e) => done(Err(e)),
+            }),
+        );
+    }
+
+    /// A pulled copy of `object_id` made for a task argument, if one is here.
+    fn fetched_copy(&self, object_id: u64) -> Option<Payload> {
+        let cell = lock(&self.fetched)
+            .get(&object_id)
+            .and_then(Weak::upgrade)?;
+        match cell.get() {
+            Some(Ok(v)) if !matches!(v.data, Payload::Remote(_)) => Some(v.data.clone()),
+            _ => None,
+        }
+    }
+
+    /// The local cell of task argument `object_id` held by worker `holder`: shared with every
+    /// other task reading it here, pulled once. (Not a borrow: the task's owner keeps the
+    /// argument alive until the task is done.)
+    pub(super) fn pulled(&self, object_id: u64, holder: u64, len: u64) -> Arc<ObjectCell> {
+        // A borrowed copy already pulled here serves as well.
+        let remote = lock(&self.borrowed)
+            .get(&object_id)
+            .and_then(|e| e.remote.upgrade());
+        if let Some(data) = remote.as_ref().and_then(|r| r.local_copy()) {
+            return Arc::new(ObjectCell::ready(
+                ObjectId::from_u64(object_id),
+                Ok(ObjectValue {
+                    data,
+                    nested: Box::new([]),
+                }),
+            ));
+        }
+        drop(remote);
+        let mut fetched = lock(&self.fetched);
+        if let Some(cell) = fetched.get(&object_id).and_then(Weak::upgrade) {
+            return cell;
+        }
+        if fetched.len() >= self.fetched_sweep_at.load(Ordering::Relaxed) {
+            fetched.retain(|_, w| w.strong_count() > 0);
+            self.fetched_sweep_at
+                .store((fetched.len() * 2).max(1024), Ordering::Relaxed);
+        }
+        let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(object_id), None));
+        fetched.insert(object_id, Arc::downgrade(&cell));
+        drop(fetched);
+        let weak = Arc::downgrade(&cell);
+        self.pull(
+            holder,
+            object_id,
+            2,
+            len,
+            Box::new(move |r| {
+                if let Some(c) = weak.upgrade() {
+                    c.complete(r.map(|data| ObjectValue {
+                        data,
+                        nested: Box::new([]),
+                    }));
+                }
+            }),
+            Some(Arc::downgrade(&cell)),
+        );
+        cell
+    }
+
+    /// The owner dropped a result we hold.
+    pub(crate) fn free_remote(&self, holder: u64, object_id: u64) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        if holder == self.index {
+            lock(&self.held).remove(&object_id);
+            return;
+        }
+        if let Some(p) = lock(&self.peers).get(&holder) {
+            p.send_queued(Msg::FreeObject { object_id });
+        }
+    }
+}
+
+/// What a [`RemoteObject`] stands for, and so what dropping it tells the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RemoteKind {
+    /// A result `holder` computed for this process, its owner: FreeObject on drop.
+    Held,
+    /// A reference owned by `holder` and deserialised here: RemoveBorrower on drop, once
+    /// registered. `registrar` is the thread that registers it.
+    Borrowed { registrar: std::thread::ThreadId },
+}
+
+/// An object held by another worker process (or, borrowed, by its owner, which redirects a
+/// pull to the actual holder): pulled into this process on first read.
+#[derive(Debug)]
+pub(crate) struct RemoteObject {
+    pub(crate) id: u64,
+    pub(crate) holder: u64,
+    pub(crate) len: u64,
+    pub(super) kind: RemoteKind,
+    /// Borrowed only: set once the owner acknowledged the registration (`true`) or it failed
+    /// (`false`, and `local` holds the error).
+    pub(super) registered: OnceLock<bool>,
+    pub(super) local: OnceLock<Result<Payload, Error>>,
+    pub(super) cluster: Weak<Cluster>,
+}
+
+impl RemoteObject {
+    /// A result `holder` keeps for this process (which owns it).
+    pub(crate) fn new(id: u64, holder: u64, len: u64, cluster: Weak<Cluster>) -> Arc<Self> {
+        Arc::new(RemoteObject {
+            id,
+            holder,
+            len,
+            kind: RemoteKind::Held,
+            registered: OnceLock::new(),
+            local: OnceLock::new(),
+            cluster,
+        })
+    }
+
+    /// The local copy, if it was already pulled.
+    pub(crate) fn local_copy(&self) -> Option<Payload> {
+        self.local.get().and_then(|r| r.as_ref().ok()).cloned()
+    }
+
+    /// The bytes, pulled from the holder on first call.
+    pub(crate) fn fetch(&self) -> Result<Payload, Error> {
+        self.local
+            .get_or_init(|| match self.cluster.upgrade() {
+                Some(c) => match c.fetched_copy(self.id) {
+                    Some(copy) => Ok(copy),
+                    None => c.pull_blocking(self.holder, self.id, self.len),
+                },
+                None => Err(Error::ShutDown),
+            })
+            .clone()
+    }
+
+    /// A borrow whose registration failed: every read returns `e`.
+    pub(super) fn fail(&self, e: Error) {
+        let _ = self.local.set(Err(e));
+        let _ = self.registered.set(false);
+    }
+}
+
+impl Drop for RemoteObject {
+    fn drop(&mut self) {
+        if let Some(c) = self.cluster.upgrade() {
+            match self.kind {
+                RemoteKind::Held => c.free_remote(self.holder, self.id),
+                RemoteKind::Borrowed { .. } => c.end_borrow(self),
+            }
+        }
+    }
+}

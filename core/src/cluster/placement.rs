@@ -1,0 +1,351 @@
+//! The node table as this owner sees it and placement: Ray's hybrid policy (`policy.rs`, sans
+//! I/O) over the owner's own in-flight load per node, then a worker of the job on the chosen
+//! node that can take the request (`policy::pick_worker`, over the owner's in-flight load per
+//! worker). A node's workers are named by its raylet on first use: the one it starts
+//! (`manta start`), or the SPMD ranks of the node, each with its share.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::peer::Peer;
+use super::policy::{self, NodeLoad};
+use super::proto::{Msg, Resource};
+use super::worker::Cluster;
+use super::{CALL_TIMEOUT, cluster_error, wait_reply};
+use crate::error::Error;
+use crate::resources::ResourceRequest;
+use crate::sync::lock;
+
+/// A node of the cluster as this owner sees it.
+pub(super) struct NodeSlot {
+    pub(super) node_id: u64,
+    pub(super) address: String,
+    pub(super) alive: bool,
+    pub(super) totals: Vec<(String, f64)>,
+    pub(super) busy_cpus: f64,
+    /// The job's worker processes there (empty until its raylet has named them).
+    pub(super) workers: Vec<NodeWorker>,
+}
+
+/// One of the job's worker processes on a node, as this owner sees it.
+pub(super) struct NodeWorker {
+    pub(super) index: u64,
+    peer: Arc<Peer>,
+    /// `(resource, total)` its scheduler holds.
+    totals: Vec<(String, f64)>,
+    /// This owner's demand in flight there, per resource.
+    busy: Vec<(String, f64)>,
+}
+
+impl NodeWorker {
+    fn load(&self) -> policy::WorkerLoad {
+        policy::WorkerLoad {
+            totals: self.totals.clone(),
+            busy: self.busy.clone(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Refreshes the node table from the GCS.
+    pub(crate) fn refresh_nodes(&self) -> Result<(), Error> {
+        let _guard = self.io.enter();
+        let rx = self.gcs.request(|request_id| Msg::GetNodes { request_id });
+        let Msg::Nodes { nodes, .. } = wait_reply(rx, CALL_TIMEOUT, "reading the node table")?
+        else {
+            return Err(cluster_error("reading the node table", "unexpected reply"));
+        };
+        let mut slots = lock(&self.nodes);
+        for n in nodes {
+            let totals: Vec<(String, f64)> = n
+                .resources
+                .iter()
+                .map(|r| (r.name.clone(), r.total))
+                .collect();
+            match slots.iter_mut().find(|s| s.node_id == n.node_id) {
+                Some(s) => {
+                    s.alive = n.alive;
+                    s.totals = totals;
+                }
+                None => slots.push(NodeSlot {
+                    node_id: n.node_id,
+                    address: n.address,
+                    alive: n.alive,
+                    totals,
+                    busy_cpus: 0.0,
+                    workers: Vec::new(),
+                }),
+            }
+        }
+        self.nodes_loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Marks a node dead (a NodeEvent from the GCS) and fails what this process had in flight
+    /// on the job's worker there: its connection may never report the loss (an unreachable
+    /// host sends no FIN), and no new work may be placed there.
+    pub(super) fn node_died(&self, node_id: u64) {
+        let mut lost = Vec::new();
+        for s in lock(&self.nodes).iter_mut() {
+            if s.node_id == node_id {
+                s.alive = false;
+                lost.extend(s.workers.drain(..).map(|w| w.index));
+            }
+        }
+        for index in lost {
+            if let Some(p) = lock(&self.peers).remove(&index) {
+                p.shutdown("its node died");
+            }
+            self.worker_lost(index, &format!("node {node_id} died"));
+        }
+    }
+
+    /// Chooses a node for `request` (Ray's hybrid policy) and, among the job's workers there,
+    /// one that can take it (`policy::pick_worker`); returns the node's slot index and the
+    /// worker's index and peer. A node whose totals cover the request but none of whose
+    /// workers does (SPMD ranks each hold a share of their node) is passed over.
+    pub(super) fn place(
+        &self,
+        request: &ResourceRequest,
+        preferred_worker: Option<u64>,
+    ) -> Result<(usize, u64, Arc<Peer>), Error> {
+        if !self.nodes_loaded.load(Ordering::Acquire) {
+            self.refresh_nodes()?;
+        }
+        let wanted = request_pairs(request);
+        let mut passed: Vec<usize> = Vec::new();
+        let pick = |slots: &Vec<NodeSlot>, passed: &[usize]| {
+            let loads: Vec<NodeLoad> = slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| NodeLoad {
+                    totals: s.totals.clone(),
+                    busy_cpus: s.busy_cpus,
+                    alive: s.alive && !passed.contains(&i),
+                })
+                .collect();
+            let preferred = preferred_worker.and_then(|w| {
+                slots
+                    .iter()
+                    .position(|s| s.workers.iter().any(|x| x.index == w))
+            });
+            policy::pick(&loads, &wanted, preferred, 0.5)
+        };
+        let mut refreshed = false;
+        loop {
+            let mut chosen = pick(&lock(&self.nodes), &passed);
+            if chosen.is_none() && !refreshed {
+                // A node may have joined since: look again once.
+                self.refresh_nodes()?;
+                refreshed = true;
+                chosen = pick(&lock(&self.nodes), &passed);
+            }
+            let Some(i) = chosen else {
+                let totals: Vec<String> = lock(&self.nodes)
+                    .iter()
+                    .filter(|s| s.alive)
+                    .map(|s| {
+                        let workers: Vec<String> = s
+                            .workers
+                            .iter()
+                            .map(|w| format!("{:?}", w.totals))
+                            .collect();
+                        if workers.len() > 1 {
+                            format!(
+                                "node {}: {:?} in workers {}",
+                                s.node_id,
+                                s.totals,
+                                workers.join(", ")
+                            )
+                        } else {
+                            format!("node {}: {:?}", s.node_id, s.totals)
+                        }
+                    })
+                    .collect();
+                return Err(Error::Infeasible {
+                    what: "the task or actor".into(),
+                    request: request.to_string(),
+                    total: if totals.is_empty() {
+                        "no live nodes".into()
+                    } else {
+                        totals.join("; ")
+                    },
+                });
+            };
+            self.node_workers(i)?;
+            let slots = lock(&self.nodes);
+            let workers = &slots[i].workers;
+            let loads: Vec<policy::WorkerLoad> = workers.iter().map(NodeWorker::load).collect();
+            let preferred =
+                preferred_worker.and_then(|w| workers.iter().position(|x| x.index == w));
+            match policy::pick_worker(&loads, &wanted, preferred) {
+                Some(j) => return Ok((i, workers[j].index, workers[j].peer.clone())),
+                None => passed.push(i),
+            }
+        }
+    }
+
+    /// Makes sure the job's workers on node slot `i` are known: asks that node's raylet for
+    /// them on first use (it starts one, or names those that joined by themselves).
+    fn node_workers(&self, i: usize) -> Result<(), Error> {
+        let (node_id, address, totals) = {
+            let mut slots = lock(&self.nodes);
+            let s = &mut slots[i];
+            s.workers.retain(|w| !w.peer.is_closed());
+            if !s.workers.is_empty() {
+                return Ok(());
+            }
+            (s.node_id, s.address.clone(), s.totals.clone())
+        };
+        let raylet = self.raylet(node_id, &address);
+        let (exe, args, cwd) = self.executable.clone();
+        let job_id = self.job_id;
+        let _guard = self.io.enter();
+        let rx = raylet.request(|request_id| Msg::StartWorker {
+            request_id,
+            job_id,
+            executable: exe,
+            args,
+            cwd,
+            env: forwarded_env(),
+        });
+        let what = format!("starting a worker on node {node_id}");
+        let Msg::WorkerStarted {
+            index,
+            error,
+            workers,
+            ..
+        } = wait_reply(rx, CALL_TIMEOUT, &what)?
+        else {
+            return Err(cluster_error(what, "unexpected reply"));
+        };
+        if !error.is_empty() {
+            return Err(cluster_error(what, error));
+        }
+        // A raylet that names no list started one worker holding the whole node.
+        let named: Vec<(u64, Vec<(String, f64)>)> = if workers.is_empty() {
+            vec![(index, totals)]
+        } else {
+            workers
+                .into_iter()
+                .map(|w| {
+                    let totals = w.resources.into_iter().map(|r| (r.name, r.total)).collect();
+                    (w.index, totals)
+                })
+                .collect()
+        };
+        let found: Vec<NodeWorker> = named
+            .into_iter()
+            .map(|(index, totals)| NodeWorker {
+                index,
+                peer: self.peer(index),
+                totals,
+                busy: Vec::new(),
+            })
+            .collect();
+        let mut slots = lock(&self.nodes);
+        // Another thread may have asked at the same time: keep its list (and its load).
+        if slots[i].workers.is_empty() {
+            slots[i].workers = found;
+        }
+        Ok(())
+    }
+
+    /// Counts `load` against worker `worker` on node slot `node` (until `release_load`).
+    pub(super) fn take_load(&self, node: usize, worker: u64, load: &[(String, f64)]) {
+        let mut slots = lock(&self.nodes);
+        let Some(s) = slots.get_mut(node) else { return };
+        s.busy_cpus += cpus_of(load);
+        if let Some(w) = s.workers.iter_mut().find(|w| w.index == worker) {
+            for (name, amount) in load {
+                match w.busy.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, busy)) => *busy += amount,
+                    None => w.busy.push((name.clone(), *amount)),
+                }
+            }
+        }
+    }
+
+    pub(super) fn release_load(&self, node: Option<usize>, worker: u64, load: &[(String, f64)]) {
+        let Some(i) = node else { return };
+        let mut slots = lock(&self.nodes);
+        let Some(s) = slots.get_mut(i) else { return };
+        s.busy_cpus = (s.busy_cpus - cpus_of(load)).max(0.0);
+        if let Some(w) = s.workers.iter_mut().find(|w| w.index == worker) {
+            for (name, amount) in load {
+                if let Some((_, busy)) = w.busy.iter_mut().find(|(n, _)| n == name) {
+                    *busy = (*busy - amount).max(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Environment a driver forwards to its workers (their configuration), less what describes the
+/// driver's own node (its address, resources and CPUs), which each raylet sets for its node.
+fn forwarded_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            (k.starts_with("MANTA_")
+                && !matches!(
+                    k.as_str(),
+                    "MANTA_ADDRESS"
+                        | "MANTA_TOKEN"
+                        | "MANTA_NUM_CPUS"
+                        | "MANTA_NUM_GPUS"
+                        | "MANTA_RESOURCES"
+                        | "MANTA_CPU_AFFINITY"
+                        | "MANTA_OBJECT_STORE_NUMA_NODES"
+                        | "MANTA_NODE_IP"
+                ))
+                || k == "RUST_LOG"
+                || k == "RUST_BACKTRACE"
+        })
+        .collect()
+}
+
+/// A request's non-zero amounts as `(name, amount)` pairs.
+pub(crate) fn request_pairs(r: &ResourceRequest) -> Vec<(String, f64)> {
+    let mut v = Vec::new();
+    if r.num_cpus > 0.0 {
+        v.push(("CPU".to_string(), r.num_cpus));
+    }
+    if r.num_gpus > 0.0 {
+        v.push(("GPU".to_string(), r.num_gpus));
+    }
+    for (name, amount) in r.custom() {
+        v.push((name.to_string(), amount));
+    }
+    v
+}
+
+/// The CPUs among request pairs.
+fn cpus_of(load: &[(String, f64)]) -> f64 {
+    load.iter()
+        .filter(|(n, _)| n == "CPU")
+        .map(|(_, a)| *a)
+        .sum()
+}
+
+pub(super) fn request_resources(r: &ResourceRequest) -> Vec<Resource> {
+    request_pairs(r)
+        .into_iter()
+        .map(|(name, total)| Resource {
+            name,
+            total,
+            available: 0.0,
+        })
+        .collect()
+}
+
+pub(super) fn resource_request(resources: &[Resource]) -> ResourceRequest {
+    let mut r = ResourceRequest::none();
+    for res in resources {
+        match res.name.as_str() {
+            "CPU" => r.num_cpus = res.total,
+            "GPU" => r.num_gpus = res.total,
+            other => r.set_custom(other, res.total),
+        }
+    }
+    r
+}
