@@ -1,12 +1,16 @@
 //! SPMD launch under the real launchers: this test binary, started by `srun -n 3` or
-//! `mpirun -np 3`, brings up a whole cluster from `manta::init()` (rank 0 head and driver, the
-//! other ranks nodes and workers) and runs tasks, actors and object transfers across ranks.
-//! Also: each rank's worker pinned to its own CPUs, two jobs at once on one node, and a job
-//! whose rank dies (non-zero exit, nothing left).
+//! `mpirun -np 3`, brings up a whole cluster from `manta::init()` (rank 0 head and driver, one
+//! node for the machine, every rank a worker process of it) and runs tasks, actors and object
+//! transfers across ranks. Also: each rank's worker pinned to its own CPUs, two jobs at once on
+//! one node, a job whose rank dies (non-zero exit, nothing left), and four ranks on two hosts
+//! (network namespaces) started with the environment `srun -N 2 -n 4` gives them.
 //!
 //! Needs a running single-node Slurm (`scripts/slurm-up`) and Open MPI (`scripts/setup --mpi`);
-//! `scripts/test` brings both up. Where `srun`/`mpirun` are missing the tests print why and
-//! pass, so a developer machine without them can still run the rest of the suite.
+//! `scripts/test` brings both up; the two-host test needs root and `ip` (iproute2). Where
+//! these are missing the tests print why and pass, so a developer machine without them can
+//! still run the rest of the suite.
+
+mod netns;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Output};
@@ -21,13 +25,15 @@ fn rank_var() -> Option<u32> {
         .find_map(|k| std::env::var(k).ok()?.parse().ok())
 }
 
+/// The node and the worker process a task ran in.
 #[manta::remote]
-fn where_am_i(pause_ms: u64) -> u64 {
+fn where_am_i(pause_ms: u64) -> (u64, u32) {
     std::thread::sleep(Duration::from_millis(pause_ms));
-    manta::status()
+    let node = manta::status()
         .unwrap()
         .node_id
-        .expect("tasks run on a node")
+        .expect("tasks run on a node");
+    (node, std::process::id())
 }
 
 /// The calling thread's allowed CPUs as the kernel lists them (`0-3,8`).
@@ -42,26 +48,22 @@ fn thread_cpus() -> String {
         .unwrap_or_default()
 }
 
-/// The node a task ran on and the CPUs its slot thread may use.
+/// The worker process a task ran in and the CPUs its slot thread may use.
 #[manta::remote]
-fn node_and_cpus(pause_ms: u64) -> (u64, String) {
+fn worker_and_cpus(pause_ms: u64) -> (u32, String) {
     std::thread::sleep(Duration::from_millis(pause_ms));
-    let node = manta::status()
-        .unwrap()
-        .node_id
-        .expect("tasks run on a node");
-    (node, thread_cpus())
+    (std::process::id(), thread_cpus())
 }
 
 /// Each rank's worker got its own CPUs: disjoint sets when the node has a CPU per rank; with
 /// fewer CPUs than ranks (this 2-CPU machine runs 3), one CPU each, shared, all allowed ones.
 fn check_rank_cpus(ranks: usize) {
     let allowed: manta::CpuList = thread_cpus().parse().expect("the kernel's CPU list");
-    let refs: Vec<_> = (0..24).map(|_| node_and_cpus::remote(50u64)).collect();
-    let mut per_node: std::collections::BTreeMap<u64, BTreeSet<usize>> = Default::default();
-    for (node, cpus) in manta::get_all(&refs).unwrap() {
+    let refs: Vec<_> = (0..24).map(|_| worker_and_cpus::remote(50u64)).collect();
+    let mut per_node: std::collections::BTreeMap<u32, BTreeSet<usize>> = Default::default();
+    for (pid, cpus) in manta::get_all(&refs).unwrap() {
         let cpus: manta::CpuList = cpus.parse().expect("the kernel's CPU list");
-        per_node.entry(node).or_default().extend(cpus.0);
+        per_node.entry(pid).or_default().extend(cpus.0);
     }
     let sets: Vec<&BTreeSet<usize>> = per_node.values().collect();
     for set in &sets {
@@ -131,14 +133,25 @@ fn job(kind: &str) {
             println!("spmd-job: ok driver");
         }
         "work" => {
-            let nodes: BTreeSet<u64> = manta::get_all(
+            let ran = manta::get_all(
                 &(0..24)
                     .map(|_| where_am_i::remote(100u64))
                     .collect::<Vec<_>>(),
             )
-            .unwrap()
-            .into_iter()
-            .collect();
+            .unwrap();
+            let nodes: BTreeSet<u64> = ran.iter().map(|(n, _)| *n).collect();
+            let workers: BTreeSet<u32> = ran.iter().map(|(_, p)| *p).collect();
+            // What `manta status` shows: one node per machine, every rank a worker of it.
+            let state = manta_launcher::spmd_cluster_state()
+                .expect("rank 0 holds the head")
+                .expect("the node table");
+            let alive: Vec<_> = state.nodes.iter().filter(|n| n.alive).collect();
+            assert_eq!(alive.len(), nodes.len(), "{alive:?}");
+            assert_eq!(
+                alive.iter().map(|n| n.workers).sum::<u32>() as usize,
+                workers.len(),
+                "{alive:?}"
+            );
             // Before the actor below takes a node's only CPU for the rest of the job.
             check_rank_cpus(3);
             let data: Vec<u32> = (0..(8u32 << 20)).collect();
@@ -154,11 +167,13 @@ fn job(kind: &str) {
             let calls: Vec<_> = (1..=10u64).map(|i| tally.add(i)).collect();
             assert_eq!(calls[9].get().unwrap(), 55);
             println!(
-                "spmd-job: ok nodes={} exchange={}",
+                "spmd-job: ok nodes={} workers={} exchange={}",
                 nodes.len(),
+                workers.len(),
                 manta_launcher::spmd::exchange().unwrap_or("none")
             );
         }
+        "hosts" => hosts_job(),
         "dies" => {
             // Long enough for rank 2 to die under us: the step must then end non-zero.
             let refs: Vec<_> = (0..60).map(|_| where_am_i::remote(200u64)).collect();
@@ -290,7 +305,7 @@ fn srun_three_ranks_run_tasks_actors_and_objects() {
     let t = text(&out);
     assert!(out.status.success(), "srun failed: {}\n{t}", out.status);
     assert!(
-        t.contains("spmd-job: ok nodes=3 exchange=environment"),
+        t.contains("spmd-job: ok nodes=1 workers=3 exchange=environment"),
         "{t}"
     );
     no_leftovers("srun_three_ranks_run_tasks_actors_and_objects");
@@ -307,7 +322,7 @@ fn srun_with_pmix_exchanges_through_mpi() {
     let t = text(&out);
     assert!(out.status.success(), "srun failed: {}\n{t}", out.status);
     assert!(
-        t.contains(&format!("spmd-job: ok nodes=3 {}", with_pmix())),
+        t.contains(&format!("spmd-job: ok nodes=1 workers=3 {}", with_pmix())),
         "{t}"
     );
     no_leftovers(name);
@@ -327,7 +342,7 @@ fn mpirun_three_ranks_run_tasks_actors_and_objects() {
     let t = text(&out);
     assert!(out.status.success(), "mpirun failed: {}\n{t}", out.status);
     assert!(
-        t.contains(&format!("spmd-job: ok nodes=3 {}", with_pmix())),
+        t.contains(&format!("spmd-job: ok nodes=1 workers=3 {}", with_pmix())),
         "{t}"
     );
     no_leftovers("mpirun_three_ranks_run_tasks_actors_and_objects");
@@ -414,7 +429,7 @@ fn a_taken_head_port_moves_the_head_on() {
     }
     let t = text(&outs[0]);
     assert!(
-        t.contains("spmd-job: ok nodes=3 exchange=environment"),
+        t.contains("spmd-job: ok nodes=1 workers=3 exchange=environment"),
         "{t}"
     );
     no_leftovers(name);
@@ -481,10 +496,213 @@ fn sbatch_templates_run_both_routes() {
     let name = "sbatch_templates_run_both_routes";
     let (ok, text) = sbatch("spmd.sh", name, "work");
     assert!(ok, "the SPMD template failed:\n{text}");
-    assert!(text.contains("spmd-job: ok nodes=3"), "{text}");
+    assert!(text.contains("spmd-job: ok nodes=1 workers=3"), "{text}");
     // Route 2: `manta start` through srun, then this binary as the driver (MANTA_ADDRESS).
     let (ok, text) = sbatch("ray-style.sh", name, "driver");
     assert!(ok, "the Ray-style template failed:\n{text}");
     assert!(text.contains("spmd-job: ok"), "{text}");
     no_leftovers(name);
+}
+
+/// Where an actor lives: its node and worker process.
+#[manta::actor]
+struct Resident {}
+
+#[manta::actor]
+impl Resident {
+    fn new() -> Self {
+        Resident {}
+    }
+    fn place(&self) -> (u64, u32) {
+        let node = manta::status()
+            .unwrap()
+            .node_id
+            .expect("actors live on a node");
+        (node, std::process::id())
+    }
+}
+
+/// Whether `r` failed as infeasible (no worker anywhere holds what it asks).
+fn infeasible<T: std::fmt::Debug>(r: Result<T, manta::Error>) -> bool {
+    match r {
+        Err(manta::Error::Infeasible { .. }) => true,
+        other => {
+            eprintln!("spmd-job: expected an infeasible request, got {other:?}");
+            false
+        }
+    }
+}
+
+/// The driver of the two-host job: 4 ranks, 2 per host, `SLURM_CPUS_ON_NODE=4` (2 CPUs per
+/// rank), host B with two (count-only) GPUs, one per rank there.
+fn hosts_job() {
+    // Host B's node: the one with GPUs (its raylet registered both ranks' shares).
+    let b = {
+        let state = manta_launcher::spmd_cluster_state()
+            .expect("rank 0 holds the head")
+            .expect("the node table");
+        state
+            .nodes
+            .into_iter()
+            .find(|n| n.resources.iter().any(|r| r.0 == "GPU" && r.2 == 2.0))
+            .expect("host B's node has its two GPUs")
+    };
+
+    // A node's totals are not one worker's: 3 CPUs or 2 GPUs fit no single rank's share.
+    assert!(infeasible(
+        where_am_i::options().num_cpus(3.0).remote(0u64).get()
+    ));
+    assert!(infeasible(
+        where_am_i::options().num_gpus(2.0).remote(0u64).get()
+    ));
+    // GPU work goes to the GPU host only; objects move both ways between the hosts.
+    let (node, _) = where_am_i::options()
+        .num_gpus(1.0)
+        .remote(0u64)
+        .get()
+        .unwrap();
+    assert_eq!(node, b.node_id, "GPU work ran on the GPU-less host");
+    let data: Vec<u32> = (0..(4u32 << 20)).collect();
+    let expected: u64 = data.iter().map(|x| u64::from(*x)).sum();
+    let big = manta::put(data).unwrap();
+    let remote_sum = sum::options().num_gpus(1.0).remote(&big);
+    assert_eq!(remote_sum.get().unwrap(), expected, "host A -> host B");
+    let filled = fill::options().num_gpus(1.0).remote(16usize << 20);
+    let view = filled.get_view().unwrap();
+    assert!(
+        view.len() == 16 << 20 && view.iter().all(|x| *x == 9),
+        "host B -> host A"
+    );
+    drop(view);
+
+    // Two GPU actors: one on each of host B's workers (each has one GPU).
+    let gpu_actors: Vec<_> = (0..2)
+        .map(|_| Resident::options().num_cpus(0.0).num_gpus(1.0).remote())
+        .collect();
+    let gpu_places: Vec<(u64, u32)> = gpu_actors
+        .iter()
+        .map(|r| r.place().get().unwrap())
+        .collect();
+    assert!(
+        gpu_places.iter().all(|(n, _)| *n == b.node_id),
+        "{gpu_places:?}"
+    );
+    assert_ne!(gpu_places[0].1, gpu_places[1].1, "{gpu_places:?}");
+    // Four actors of 2 CPUs each (a whole rank's share): one in every worker process.
+    let cpu_actors: Vec<_> = (0..4)
+        .map(|_| Resident::options().num_cpus(2.0).remote())
+        .collect();
+    let places: Vec<(u64, u32)> = cpu_actors
+        .iter()
+        .map(|r| r.place().get().unwrap())
+        .collect();
+    let pids: BTreeSet<u32> = places.iter().map(|(_, p)| *p).collect();
+    let nodes: BTreeSet<u64> = places.iter().map(|(n, _)| *n).collect();
+    assert_eq!((pids.len(), nodes.len()), (4, 2), "{places:?}");
+    for (_, pid) in &gpu_places {
+        assert!(pids.contains(pid), "{gpu_places:?} vs {places:?}");
+    }
+    let state = manta_launcher::spmd_cluster_state()
+        .expect("rank 0 holds the head")
+        .expect("the node table");
+    let alive: Vec<_> = state.nodes.iter().filter(|n| n.alive).collect();
+    let total = |resources: &[(String, f64, f64)], name: &str| {
+        resources.iter().find(|r| r.0 == name).map_or(0.0, |r| r.2)
+    };
+    // What `manta status` shows: one node per host, each with its two ranks' shares together
+    // and two worker processes (rank 0's started by its raylet at the first placement).
+    assert_eq!(alive.len(), 2, "{alive:?}");
+    assert!(alive.iter().all(|n| n.workers == 2), "{alive:?}");
+    assert!(
+        alive.iter().all(|n| total(&n.resources, "CPU") == 4.0),
+        "{alive:?}"
+    );
+    let gpus: Vec<f64> = alive.iter().map(|n| total(&n.resources, "GPU")).collect();
+    assert!(gpus.contains(&0.0) && gpus.contains(&2.0), "{alive:?}");
+    assert_ne!(alive[0].host_id, alive[1].host_id, "{alive:?}");
+
+    println!(
+        "spmd-job: ok hosts nodes={} workers={}",
+        nodes.len(),
+        pids.len()
+    );
+}
+
+/// Four ranks on two hosts (network namespaces), started as `srun -N 2 -n 4 --mpi=none`
+/// starts them: its environment, set by hand, host A first in the node list. Host A's
+/// first rank is the head and driver, host B's first rank hosts B's raylet, the second rank
+/// on each host joins its host's raylet as a worker.
+#[test]
+fn two_hosts_four_ranks_one_node_per_host() {
+    if let Ok(kind) = std::env::var(JOB_ENV) {
+        return job(&kind);
+    }
+    let name = "two_hosts_four_ranks_one_node_per_host";
+    let hosts = match netns::Hosts::create(2) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let job_id = 910_000_000 + std::process::id();
+    let nodelist = format!("{},{}", hosts.host(0).ip(), hosts.host(1).ip());
+    let exe = std::env::current_exe().unwrap();
+    let ranks: Vec<_> = (0..4u32)
+        .map(|rank| {
+            let (node, local) = (rank / 2, rank % 2);
+            let mut cmd = hosts.command(node as usize, "timeout");
+            cmd.arg("120")
+                .arg(&exe)
+                .args([name, "--exact", "--nocapture"])
+                .env(JOB_ENV, "hosts")
+                .env(TAG_ENV, tag(name))
+                .env("SLURM_PROCID", rank.to_string())
+                .env("SLURM_LOCALID", local.to_string())
+                .env("SLURM_NODEID", node.to_string())
+                .env("SLURM_NTASKS", "4")
+                .env("SLURM_STEP_TASKS_PER_NODE", "2(x2)")
+                .env("SLURM_JOB_ID", job_id.to_string())
+                .env("SLURM_STEP_ID", "0")
+                .env("SLURM_STEP_NODELIST", &nodelist)
+                .env("SLURM_CPUS_ON_NODE", "4");
+            // Host B has two GPUs (named by UUID: counted, not looked up on the PCI bus).
+            if node == 1 {
+                cmd.env("CUDA_VISIBLE_DEVICES", "GPU-manta-test-0,GPU-manta-test-1");
+            } else {
+                cmd.env_remove("CUDA_VISIBLE_DEVICES");
+            }
+            for k in [
+                "MANTA_ADDRESS",
+                "MANTA_TOKEN",
+                "MANTA_WORKER_RAYLET",
+                "MANTA_CPU_AFFINITY",
+                "PMIX_RANK",
+                "SLURM_STEP_GPUS",
+                "SLURM_JOB_GPUS",
+            ] {
+                cmd.env_remove(k);
+            }
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("starting a rank")
+        })
+        .collect();
+    let outs: Vec<Output> = ranks
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (rank, out) in outs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "rank {rank}: {}\n{}",
+            out.status,
+            text(out)
+        );
+    }
+    let t = text(&outs[0]);
+    assert!(t.contains("spmd-job: ok hosts nodes=2 workers=4"), "{t}");
+    no_leftovers(name);
+    drop(hosts);
 }

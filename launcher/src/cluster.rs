@@ -298,12 +298,13 @@ fn print_node_line(n: &cluster::NodeRow) {
         .map(|(name, _, total)| format!("{name}={total}"))
         .collect();
     println!(
-        "  {:>4}  {:<21}  {:<5}  {:<16}  {}{}",
+        "  {:>4}  {:<21}  {:<5}  {:<16}  {}  workers={}{}",
         n.node_id,
         n.address,
         if n.alive { "ALIVE" } else { "DEAD" },
         n.hostname,
         res.join(","),
+        n.workers,
         if n.death.is_empty() {
             String::new()
         } else {

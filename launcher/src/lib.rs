@@ -42,6 +42,14 @@ pub fn init_with(config: manta_core::Config) -> Result<(), manta_core::Error> {
     manta_core::init_with(config)
 }
 
+/// On rank 0 of an SPMD launch, between `init` and `shutdown`: the cluster's node table and
+/// actor directory, as `manta status` shows them (`None` in any other process).
+pub fn spmd_cluster_state() -> Option<Result<manta_core::cluster::ClusterState, manta_core::Error>>
+{
+    let head = HEAD.lock().unwrap_or_else(|p| p.into_inner());
+    head.as_ref().map(spmd::Head::state)
+}
+
 /// Stops Manta (see [`manta_core::shutdown`]). On rank 0 of an SPMD launch it also ends the
 /// job: every rank's node stops and the ranks exit 0; this returns once they are gone.
 pub fn shutdown() {

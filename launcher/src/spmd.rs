@@ -1,14 +1,23 @@
-//! SPMD launch: the same binary started by `srun -n N` or `mpirun -np N` brings up a whole
-//! Manta cluster, one node (a raylet and its worker) per rank.
+//! SPMD launch: the same binary started by `srun -N n -n m` or `mpirun -np m` brings up a
+//! whole Manta cluster: one node (one raylet) per machine, one worker process per rank.
 //!
 //! # Roles
-//! - **rank 0** hosts the GCS and a raylet (in threads of its process) and, once every rank's
-//!   node has joined, returns from `init` as the job's driver; its raylet starts a worker
-//!   process for its own share of the node, as `manta start` does.
-//! - **every other rank** hosts a raylet for its share of its node (the node's CPUs divided
-//!   among the ranks on it, its worker's slots pinned to a disjoint slice of them: `Share`)
-//!   and serves as that raylet's worker; `init` never returns there: the
-//!   rank exits 0 when the driver's job ends, non-zero if the head is lost.
+//! - **rank 0** hosts the GCS and its node's raylet (in threads of its process) and, once
+//!   every other rank has joined as a worker, returns from `init` as the job's driver. Its
+//!   raylet registers the node's whole allocation (the sum of its ranks' shares), starts a
+//!   worker process for rank 0's own share (rank 0 runs no work, as Ray's driver), and adopts
+//!   the node's other ranks as further workers.
+//! - **local rank 0 of every other node** hosts that node's raylet (in a thread), registering
+//!   the node's whole allocation, and serves as one of its workers.
+//! - **every other rank** finds its node's raylet in the GCS node table (the node whose
+//!   raylet has this process's host identity — boot id and network namespace — or address;
+//!   polled until it appears, for at most 60 s) and serves as its worker.
+//!
+//! Every worker holds its rank's share of the node (`Share`: the node's CPUs divided among
+//! the ranks on it, its slots pinned to a disjoint slice of them, and its GPUs), so owners
+//! choose a worker within the node by what it holds (`num_gpus = 1` goes to a worker with a
+//! free GPU). `init` never returns on ranks other than 0: they exit 0 when the driver's job
+//! ends, non-zero if the head is lost.
 //!
 //! # Address exchange (no fixed ports, no sleeps)
 //! Everything a rank needs is derived from the launcher's environment, identically on every
@@ -314,6 +323,13 @@ pub(crate) struct Head {
     node: std::thread::JoinHandle<()>,
 }
 
+impl Head {
+    /// The cluster's node table and actor directory.
+    pub(crate) fn state(&self) -> Result<cluster::ClusterState, Error> {
+        cluster::query(&self.gcs_address, &self.token)
+    }
+}
+
 /// This rank's share of its node: the launcher's CPU count (else the CPUs our cpuset allows)
 /// and the visible GPUs, split evenly among the node's ranks, and the CPUs its worker's slots
 /// are pinned to.
@@ -335,18 +351,17 @@ struct Share {
     gpus: f64,
     cpu_list: CpuList,
     numa_nodes: CpuList,
-    topology: String,
 }
 
 impl Share {
-    fn of(rank: &Rank) -> Result<Share, Error> {
-        let topo = topology::discover();
+    /// The share of the rank with local rank `local_rank` on this node.
+    fn of(rank: &Rank, topo: &topology::Topology, local_rank: u32) -> Result<Share, Error> {
         let local = rank.local_size.max(1) as usize;
         let bound = local > 1 && topo.bound_by_launcher();
         let mine = if local == 1 || bound {
             topo.cpus.clone()
         } else {
-            topology::rank_cpus(&topo.cpus_by_numa(), rank.local_rank as usize, local)
+            topology::rank_cpus(&topo.cpus_by_numa(), local_rank as usize, local)
         };
         let env = |k: &str| std::env::var(k).ok();
         let store_numa = topo.numa_of(&mine);
@@ -364,37 +379,57 @@ impl Share {
         let gpus = if per_rank > 0 {
             per_rank
         } else {
-            usize::from((rank.local_rank as usize) < topo.gpus.len())
+            usize::from((local_rank as usize) < topo.gpus.len())
         };
         Ok(Share {
             cpus: cpus.max(1.0).floor(),
             gpus: gpus as f64,
-            topology: topo.node_line(&cpu_list, &numa_nodes),
             cpu_list,
             numa_nodes,
         })
     }
+}
 
-    fn node(&self, ip: IpAddr, token: &str) -> NodeOptions {
-        let mut opts = NodeOptions::new(ip, token.to_owned());
-        opts.num_cpus = self.cpus;
-        opts.num_gpus = self.gpus;
-        opts.topology = self.topology.clone();
-        opts.cpu_affinity = self.cpu_list.clone();
-        opts.numa_nodes = self.numa_nodes.clone();
-        opts
+/// A node's whole allocation, registered by its one raylet: the sum of its local ranks'
+/// shares (each computed as that rank computes its own), and the topology line with the CPUs
+/// and NUMA nodes of all of them. Where the launcher bound the ranks, a rank knows only its
+/// own CPUs: the line then shows the raylet's rank's.
+fn node_options(
+    rank: &Rank,
+    topo: &topology::Topology,
+    ip: IpAddr,
+    token: &str,
+) -> Result<NodeOptions, Error> {
+    let mut opts = NodeOptions::new(ip, token.to_owned());
+    let (mut cpus, mut gpus) = (0.0, 0.0);
+    let (mut cpu_list, mut numa) = (Vec::new(), Vec::new());
+    for local_rank in 0..rank.local_size.max(1) {
+        let share = Share::of(rank, topo, local_rank)?;
+        cpus += share.cpus;
+        gpus += share.gpus;
+        cpu_list.extend(share.cpu_list.0);
+        numa.extend(share.numa_nodes.0);
     }
+    for v in [&mut cpu_list, &mut numa] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    opts.num_cpus = cpus;
+    opts.num_gpus = gpus;
+    opts.topology = topo.node_line(&CpuList(cpu_list), &CpuList(numa));
+    Ok(opts)
 }
 
 /// Brings up this rank's part of the cluster. Returns the head's handle on rank 0 (the
 /// driver); never returns on other ranks unless they fail.
 pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
-    let share = Share::of(rank)?;
+    let topo = topology::discover();
+    let share = Share::of(rank, &topo, rank.local_rank)?;
     let config = config.num_cpus(share.cpus).num_gpus(share.gpus);
     #[cfg(feature = "mpi")]
     if rank.launcher == "mpirun" || rank.pmix {
         let _ = EXCHANGE.set("mpi");
-        return bootstrap_mpi(rank, config, share);
+        return bootstrap_mpi(rank, config, &topo, share);
     }
     let _ = EXCHANGE.set("environment");
     let token = token_for(&rank.job_key)?;
@@ -413,7 +448,7 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
     if rank.rank == 0 {
         let mut failures = Vec::new();
         for &port in &ports {
-            match start_head(rank, &share, head_ip, port, &token) {
+            match start_head(rank, &topo, &share, head_ip, port, &token) {
                 Ok((ready, node)) => return drive(rank, config, ready, node, token),
                 Err(e) => {
                     tracing::debug!(port, error = %e, "SPMD head port unavailable");
@@ -445,20 +480,36 @@ pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Err(serve(rank, config, &share, head_ip, gcs_address, token))
+    Err(join(
+        rank,
+        config,
+        &topo,
+        &share,
+        head_ip,
+        gcs_address,
+        token,
+    ))
 }
 
-/// Rank 0: the head node (GCS and raylet) in a thread of this process.
+/// Rank 0: the head node (GCS and its node's raylet) in a thread of this process. The raylet
+/// registers the node's whole allocation, starts a worker process for rank 0's share (rank 0
+/// itself is the driver) and waits for the node's other ranks to join as workers.
 fn start_head(
     rank: &Rank,
+    topo: &topology::Topology,
     share: &Share,
     ip: IpAddr,
     port: u16,
     token: &str,
 ) -> Result<(cluster::NodeReady, std::thread::JoinHandle<()>), Error> {
-    let mut opts = share.node(ip, token);
+    let mut opts = node_options(rank, topo, ip, token)?;
     opts.head = true;
     opts.port = port;
+    opts.worker_cpus = Some(share.cpus);
+    opts.worker_gpus = Some(share.gpus);
+    opts.cpu_affinity = share.cpu_list.clone();
+    opts.numa_nodes = share.numa_nodes.clone();
+    opts.joining_workers = rank.local_size.max(1) - 1;
     start_node(rank, opts)
         .map_err(|e| launch_error(rank, format!("starting the head on {ip}:{port}: {e}")))
 }
@@ -472,19 +523,24 @@ fn drive(
     token: String,
 ) -> Result<Head, Error> {
     tracing::info!(gcs = %ready.gcs_address, rank = rank.rank, size = rank.size, "SPMD head up");
-    // Every rank's node joins before the driver starts: `srun -n N` means N nodes.
+    // Every other rank joins as a worker (and with the first on each node, its raylet) before
+    // the driver starts, so the first placement sees every node.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let alive = cluster::query(&ready.gcs_address, &token)
-            .map(|s| s.nodes.iter().filter(|n| n.alive).count())
+        let joined: u32 = cluster::query(&ready.gcs_address, &token)
+            .map(|s| s.nodes.iter().filter(|n| n.alive).map(|n| n.workers).sum())
             .unwrap_or(0);
-        if alive >= rank.size as usize {
+        if joined + 1 >= rank.size {
             break;
         }
         if Instant::now() > deadline {
             return Err(launch_error(
                 rank,
-                format!("only {alive} of {} ranks joined within 60 s", rank.size),
+                format!(
+                    "only {} of {} ranks joined within 60 s",
+                    joined + 1,
+                    rank.size
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -501,29 +557,68 @@ fn drive(
     })
 }
 
-/// Other ranks: a raylet for this rank's share, and this process as its worker (returns only
-/// if that fails).
-fn serve(
+/// Other ranks, once the head answers: a worker process of their node's raylet, with their
+/// own share. The node's raylet is the one registered from this host (same boot id and
+/// network namespace, or the same address): rank 0's on its node; elsewhere local rank 0
+/// starts it, in a thread, once the head's node is in the table (so a local rank 0 on rank
+/// 0's node, under an unusual rank mapping, joins the head's raylet instead of starting a
+/// second one), and the other local ranks poll the node table until it appears. Returns only
+/// if that fails.
+fn join(
     rank: &Rank,
     config: Config,
+    topo: &topology::Topology,
     share: &Share,
     head_ip: IpAddr,
     gcs_address: String,
     token: String,
 ) -> Error {
-    let mut opts = share.node(
-        cluster::local_ip_towards(std::net::SocketAddr::new(head_ip, 9)),
-        &token,
-    );
-    opts.gcs_address = Some(gcs_address.clone());
-    opts.spawn_workers = false;
-    let (ready, _node) = match start_node(rank, opts) {
-        Ok(r) => r,
-        Err(e) => return e,
+    let my_ip = cluster::local_ip_towards(std::net::SocketAddr::new(head_ip, 9));
+    let my_host = cluster::host_id();
+    let on_this_host = |n: &cluster::NodeRow| {
+        n.alive
+            && (n.host_id == my_host
+                || n.address
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok_and(|a| a.ip() == my_ip))
     };
-    // This rank is its node's worker for the job (the first and only job of this cluster), its
-    // slots pinned to the rank's CPUs and its store on their NUMA nodes.
-    let spec = WorkerSpec::new(gcs_address, token, ready.raylet_address, 1, ready.node_id);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last;
+    let (raylet_address, node_id) = loop {
+        match cluster::query(&gcs_address, &token) {
+            Ok(state) => {
+                if let Some(n) = state.nodes.iter().find(|n| on_this_host(n)) {
+                    break (n.address.clone(), n.node_id);
+                }
+                if rank.local_rank == 0 && state.nodes.iter().any(|n| n.alive) {
+                    let mut opts = match node_options(rank, topo, my_ip, &token) {
+                        Ok(o) => o,
+                        Err(e) => return e,
+                    };
+                    opts.gcs_address = Some(gcs_address.clone());
+                    opts.spawn_workers = false;
+                    opts.joining_workers = rank.local_size.max(1);
+                    match start_node(rank, opts) {
+                        // The thread lives as long as this process serves.
+                        Ok((ready, _node)) => break (ready.raylet_address, ready.node_id),
+                        Err(e) => return e,
+                    }
+                }
+                last = format!("{} node(s), none on this host yet", state.nodes.len());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            return launch_error(
+                rank,
+                format!("no raylet for this host ({my_host}, {my_ip}) within 60 s: {last}"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // This rank is one of its node's workers for the job (the first and only job of this
+    // cluster), its slots pinned to the rank's CPUs and its store on their NUMA nodes.
+    let spec = WorkerSpec::new(gcs_address, token, raylet_address, 1, node_id);
     let config = config
         .cpu_affinity(share.cpu_list.clone())
         .object_store_numa_nodes(share.numa_nodes.clone());
@@ -534,7 +629,12 @@ fn serve(
 /// broadcasts its address and a fresh token; MPI is then finalised (it only carried the
 /// address) and every rank goes on as in the Slurm route.
 #[cfg(feature = "mpi")]
-fn bootstrap_mpi(rank: &Rank, config: Config, share: Share) -> Result<Head, Error> {
+fn bootstrap_mpi(
+    rank: &Rank,
+    config: Config,
+    topo: &topology::Topology,
+    share: Share,
+) -> Result<Head, Error> {
     use mpi::traits::{Communicator, Root};
     const LEN: usize = 512;
     let universe = mpi::initialize()
@@ -552,7 +652,7 @@ fn bootstrap_mpi(rank: &Rank, config: Config, share: Share) -> Result<Head, Erro
         let text = match crate::cluster::new_token()
             .map_err(|e| launch_error(rank, e))
             .and_then(|token| {
-                let (ready, node) = start_head(rank, &share, ip, 0, &token)?;
+                let (ready, node) = start_head(rank, topo, &share, ip, 0, &token)?;
                 let text = format!("ok\n{}\n{token}", ready.gcs_address);
                 head = Some((ready, node, token));
                 Ok(text)
@@ -589,7 +689,15 @@ fn bootstrap_mpi(rank: &Rank, config: Config, share: Share) -> Result<Head, Erro
         .parse::<std::net::SocketAddr>()
         .map(|a| a.ip())
         .map_err(|_| launch_error(rank, format!("rank 0 sent a bad address {gcs_address:?}")))?;
-    Err(serve(rank, config, &share, head_ip, gcs_address, token))
+    Err(join(
+        rank,
+        config,
+        topo,
+        &share,
+        head_ip,
+        gcs_address,
+        token,
+    ))
 }
 
 /// Ends the job on rank 0: every node stops and its rank exits; returns once they are gone.

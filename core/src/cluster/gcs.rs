@@ -234,7 +234,16 @@ impl Gcs {
                 });
             }
             Msg::GetNodes { request_id } => {
-                let nodes = s.nodes.iter().map(node_view).collect();
+                let mut nodes: Vec<Node> = s.nodes.iter().map(node_view).collect();
+                for n in &mut nodes {
+                    n.workers = s
+                        .workers
+                        .values()
+                        .filter(|w| {
+                            w.node_id == n.node_id && w.alive && !w.is_driver && !w.peer.is_closed()
+                        })
+                        .count() as u32;
+                }
                 peer.send(Msg::Nodes { request_id, nodes });
             }
             Msg::GetWorker { request_id, index } => {

@@ -111,6 +111,17 @@ pub fn session_token(address: &str) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
+/// This host and network namespace (`<boot id>/net:[<inode>]`): processes with equal ids can
+/// meet over shared memory, and a raylet's node row carries its own so that an SPMD rank finds
+/// the raylet of its machine ([`NodeRow::host_id`]).
+pub fn host_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let net = std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{}/{net}", boot.trim())
+}
+
 /// Where a worker process of an SPMD launch (a rank) joins: its GCS and its node's raylet.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

@@ -1,13 +1,22 @@
 //! A node process (`manta start`): the raylet of one node, plus the GCS on the head; and the
 //! CLI's queries of a running cluster (`manta status`, `manta list`, `manta stop`).
 //!
-//! The raylet registers its node with the GCS, heartbeats every second, and keeps one worker
-//! process per job on its node: the first `StartWorker` of a job re-executes the job's binary
-//! (the path the driver registered; clusters share a filesystem, as HPC clusters do) with the
-//! node's resources (and the CPUs its slots pin themselves to, the NUMA nodes its store
-//! splits across) in its environment, and every later request of that job reuses it. When
-//! the job's driver leaves, or the cluster stops, the raylet stops its workers (a `Stop`
-//! message, then SIGKILL after a grace period).
+//! The raylet registers its node with the GCS (with its host identity, so SPMD ranks of the
+//! machine find it), heartbeats every second, and keeps a job's worker processes on its node:
+//!
+//! - `manta start`: one per job. The first `StartWorker` of a job re-executes the job's
+//!   binary (the path the driver registered; clusters share a filesystem, as HPC clusters do)
+//!   with the node's resources (and the CPUs its slots pin themselves to, the NUMA nodes its
+//!   store splits across) in its environment, and every later request of that job reuses it.
+//! - SPMD (`srun`/`mpirun`): the node's ranks join by themselves (`joining_workers` of them,
+//!   each with its share of the node), and on rank 0's node the raylet also starts one for
+//!   rank 0's share (`worker_cpus`/`worker_gpus`).
+//!
+//! A `StartWorker` is answered once every worker the job has here is ready, with all of them
+//! and what each holds (`WorkerStarted.workers`), so the owner chooses among them. What the
+//! workers report in use is summed into the node's heartbeats. When the job's driver leaves,
+//! or the cluster stops, the raylet stops its workers (a `Stop` message, then SIGKILL after a
+//! grace period); a worker that joined by itself is forgotten when its connection closes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +29,7 @@ use manta_transport::{Address, Listener};
 
 use super::gcs::{Gcs, GcsHandler};
 use super::peer::{Handler, Peer};
-use super::proto::{Msg, Node, Resource};
+use super::proto::{JobWorker, Msg, Node, Resource};
 use super::{CALL_TIMEOUT, cluster_error, transport_config};
 use crate::config::CpuList;
 use crate::error::Error;
@@ -48,9 +57,17 @@ pub struct NodeOptions {
     pub resources: Vec<(String, f64)>,
     /// Where worker processes' output goes (inherited when `None`).
     pub log_dir: Option<PathBuf>,
-    /// Whether the raylet starts worker processes itself (`manta start`), or waits for one to
-    /// join for each job (the ranks of an `srun`/`mpirun` launch).
+    /// Whether the raylet starts a worker process for each job itself (`manta start`; under
+    /// SPMD, rank 0's raylet, for rank 0's share of its node).
     pub spawn_workers: bool,
+    /// Worker processes that join this raylet by themselves for each job: the ranks of an
+    /// `srun`/`mpirun` launch on this node (but rank 0, the driver). A job's first
+    /// `StartWorker` is answered once the started one (if any) and all of these are ready.
+    pub joining_workers: u32,
+    /// CPUs a worker process this raylet starts holds (`None`: `num_cpus`, the whole node).
+    pub worker_cpus: Option<f64>,
+    /// GPUs a worker process this raylet starts holds (`None`: `num_gpus`, the whole node).
+    pub worker_gpus: Option<f64>,
     /// The node's topology as found by the launcher, one line for `manta status`.
     pub topology: String,
     /// CPUs the slots of the worker processes this raylet starts pin themselves to
@@ -77,6 +94,9 @@ impl NodeOptions {
             resources: Vec::new(),
             log_dir: None,
             spawn_workers: true,
+            joining_workers: 0,
+            worker_cpus: None,
+            worker_gpus: None,
             topology: String::new(),
             cpu_affinity: CpuList::default(),
             numa_nodes: CpuList::default(),
@@ -116,6 +136,10 @@ pub struct NodeRow {
     pub death: String,
     /// The topology its raylet found (cores, NUMA nodes, GPUs, NICs).
     pub topology: String,
+    /// Its raylet's host and network namespace ([`host_id`](super::host_id)).
+    pub host_id: String,
+    /// Live worker processes registered on it (every job's).
+    pub workers: u32,
 }
 
 /// One actor in [`ClusterState`].
@@ -208,6 +232,8 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
                     age_s: n.age_s,
                     death: n.death,
                     topology: n.topology,
+                    host_id: n.host_id,
+                    workers: n.workers,
                 })
                 .collect(),
             actors: actors
@@ -339,16 +365,80 @@ pub fn stop_cluster(address: &str, token: &str) -> Result<(), Error> {
     })
 }
 
+/// One worker process of a job on this node.
 struct WorkerProc {
     /// The process, when this raylet started it (`None`: a worker that joined by itself, as
     /// the ranks of an `srun`/`mpirun` launch do).
     child: Option<Child>,
+    /// Its worker index (0 until it is ready).
     index: u64,
     address: String,
+    /// Its connection, once it reported ready.
     peer: Option<Arc<Peer>>,
-    waiting: Vec<(Arc<Peer>, u64)>,
+    /// What its scheduler holds (`WorkerReady`): `(resource, total)`.
+    resources: Vec<Resource>,
     /// The worker's last report: `(resource, available, total)`, store bytes in use.
     load: Vec<Resource>,
+}
+
+impl WorkerProc {
+    fn started(child: Child) -> WorkerProc {
+        WorkerProc {
+            child: Some(child),
+            index: 0,
+            address: String::new(),
+            peer: None,
+            resources: Vec::new(),
+            load: Vec::new(),
+        }
+    }
+}
+
+/// A job's worker processes on this node, and the owners waiting for them.
+#[derive(Default)]
+struct JobWorkers {
+    procs: Vec<WorkerProc>,
+    /// `StartWorker` requests, answered once every worker the job has here is ready.
+    waiting: Vec<(Arc<Peer>, u64)>,
+}
+
+impl JobWorkers {
+    /// The reply to a `StartWorker`: every ready worker, the first as `index`/`address`.
+    fn started(&self, request_id: u64) -> Msg {
+        let workers: Vec<JobWorker> = self
+            .procs
+            .iter()
+            .filter(|w| w.peer.is_some())
+            .map(|w| JobWorker {
+                index: w.index,
+                address: w.address.clone(),
+                resources: w.resources.clone(),
+            })
+            .collect();
+        let (index, address) = workers
+            .first()
+            .map(|w| (w.index, w.address.clone()))
+            .unwrap_or_default();
+        Msg::WorkerStarted {
+            request_id,
+            index,
+            address,
+            error: String::new(),
+            workers,
+        }
+    }
+
+    fn fail_waiting(&mut self, error: &str) {
+        for (from, request_id) in self.waiting.drain(..) {
+            from.send(Msg::WorkerStarted {
+                request_id,
+                index: 0,
+                address: String::new(),
+                error: error.to_owned(),
+                workers: Vec::new(),
+            });
+        }
+    }
 }
 
 /// The raylet of this node.
@@ -357,7 +447,7 @@ struct Raylet {
     gcs_address: String,
     address: String,
     opts: NodeOptions,
-    workers: Mutex<HashMap<u64, WorkerProc>>,
+    workers: Mutex<HashMap<u64, JobWorkers>>,
     stop: tokio::sync::Notify,
     me: OnceLock<Weak<Raylet>>,
     /// This raylet's own connection to the GCS (a peer's self-declared name proves nothing).
@@ -376,7 +466,7 @@ impl Raylet {
             total: 0.0,
             available: 0.0,
         };
-        for w in workers.values() {
+        for w in workers.values().flat_map(|j| j.procs.iter()) {
             for r in &w.load {
                 if r.name == "object_store_memory" {
                     store.total += r.total;
@@ -399,6 +489,7 @@ impl Raylet {
     fn store_used(&self) -> u64 {
         lock(&self.workers)
             .values()
+            .flat_map(|j| j.procs.iter())
             .flat_map(|w| w.load.iter())
             .filter(|r| r.name == "object_store_memory")
             .map(|r| (r.total - r.available).max(0.0) as u64)
@@ -428,6 +519,23 @@ impl Raylet {
         v
     }
 
+    /// Worker processes a job has on this node once all are up: the one this raylet starts
+    /// (if it starts any) and those that join by themselves.
+    fn expected_workers(&self) -> usize {
+        usize::from(self.opts.spawn_workers) + self.opts.joining_workers as usize
+    }
+
+    /// Answers the job's waiting `StartWorker` requests if every worker it has here is ready.
+    fn answer_if_ready(&self, job: &mut JobWorkers) {
+        let ready = job.procs.iter().filter(|w| w.peer.is_some()).count();
+        if ready == 0 || ready < self.expected_workers() {
+            return;
+        }
+        for (from, request_id) in std::mem::take(&mut job.waiting) {
+            from.send(job.started(request_id));
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn start_worker(
         &self,
@@ -440,34 +548,30 @@ impl Raylet {
         env: Vec<(String, String)>,
     ) {
         let mut workers = lock(&self.workers);
-        if let Some(w) = workers.get_mut(&job_id) {
-            if w.peer.is_some() {
-                from.send(Msg::WorkerStarted {
-                    request_id,
-                    index: w.index,
-                    address: w.address.clone(),
-                    error: String::new(),
-                });
-            } else {
-                w.waiting.push((from.clone(), request_id));
+        let job = workers.entry(job_id).or_default();
+        job.waiting.push((from.clone(), request_id));
+        // Start this raylet's worker for the job unless it has one (running or starting).
+        if self.opts.spawn_workers && !job.procs.iter().any(|w| w.child.is_some()) {
+            match self.spawn(job_id, &executable, args, cwd, env) {
+                Ok(child) => job.procs.push(WorkerProc::started(child)),
+                Err(e) => {
+                    job.fail_waiting(&format!("could not start {executable}: {e}"));
+                    return;
+                }
             }
-            return;
         }
-        if !self.opts.spawn_workers {
-            // This node's worker joins by itself (an SPMD rank): wait for it.
-            workers.insert(
-                job_id,
-                WorkerProc {
-                    child: None,
-                    index: 0,
-                    address: String::new(),
-                    peer: None,
-                    waiting: vec![(from.clone(), request_id)],
-                    load: Vec::new(),
-                },
-            );
-            return;
-        }
+        self.answer_if_ready(job);
+    }
+
+    /// Starts a worker process of `job_id` with this node's share for it.
+    fn spawn(
+        &self,
+        job_id: u64,
+        executable: &str,
+        args: Vec<String>,
+        cwd: String,
+        env: Vec<(String, String)>,
+    ) -> std::io::Result<Child> {
         let node_id = self.node_id.get().copied().unwrap_or(0);
         let resources: Vec<String> = self
             .opts
@@ -475,7 +579,7 @@ impl Raylet {
             .iter()
             .map(|(n, a)| format!("{n}={a}"))
             .collect();
-        let mut cmd = Command::new(&executable);
+        let mut cmd = Command::new(executable);
         cmd.args(&args)
             .envs(env)
             .env("MANTA_ADDRESS", &self.gcs_address)
@@ -484,8 +588,20 @@ impl Raylet {
             .env("MANTA_JOB_ID", job_id.to_string())
             .env("MANTA_NODE_ID", node_id.to_string())
             .env("MANTA_NODE_IP", self.opts.ip.to_string())
-            .env("MANTA_NUM_CPUS", self.opts.num_cpus.to_string())
-            .env("MANTA_NUM_GPUS", self.opts.num_gpus.to_string())
+            .env(
+                "MANTA_NUM_CPUS",
+                self.opts
+                    .worker_cpus
+                    .unwrap_or(self.opts.num_cpus)
+                    .to_string(),
+            )
+            .env(
+                "MANTA_NUM_GPUS",
+                self.opts
+                    .worker_gpus
+                    .unwrap_or(self.opts.num_gpus)
+                    .to_string(),
+            )
             .env("MANTA_RESOURCES", resources.join(","))
             .stdin(Stdio::null());
         if !self.opts.cpu_affinity.is_empty() {
@@ -508,33 +624,22 @@ impl Raylet {
                 cmd.stdout(f).stderr(f2);
             }
         }
-        match cmd.spawn() {
-            Ok(child) => {
-                tracing::info!(job = job_id, pid = child.id(), %executable, "worker process started");
-                workers.insert(
-                    job_id,
-                    WorkerProc {
-                        child: Some(child),
-                        index: 0,
-                        address: String::new(),
-                        peer: None,
-                        waiting: vec![(from.clone(), request_id)],
-                        load: Vec::new(),
-                    },
-                );
-            }
-            Err(e) => from.send(Msg::WorkerStarted {
-                request_id,
-                index: 0,
-                address: String::new(),
-                error: format!("could not start {executable}: {e}"),
-            }),
-        }
+        let child = cmd.spawn()?;
+        tracing::info!(job = job_id, pid = child.id(), %executable, "worker process started");
+        Ok(child)
     }
 
-    fn worker_ready(&self, peer: &Arc<Peer>, job_id: u64, index: u64, address: String) {
+    fn worker_ready(
+        &self,
+        peer: &Arc<Peer>,
+        job_id: u64,
+        index: u64,
+        address: String,
+        pid: u32,
+        resources: Vec<Resource>,
+    ) {
         let mut workers = lock(&self.workers);
-        if !workers.contains_key(&job_id) && self.opts.spawn_workers {
+        if !workers.contains_key(&job_id) && self.opts.joining_workers == 0 {
             tracing::warn!(
                 job = job_id,
                 "a worker of an unknown job reported ready: stopping it"
@@ -544,52 +649,69 @@ impl Raylet {
             });
             return;
         }
-        // Unknown here only for a rank of an SPMD launch: it is this node's worker for the job.
-        let w = workers.entry(job_id).or_insert_with(|| WorkerProc {
-            child: None,
-            index,
-            address: address.clone(),
-            peer: None,
-            waiting: Vec::new(),
-            load: Vec::new(),
-        });
+        let job = workers.entry(job_id).or_default();
+        // The process this raylet started, or one that joined by itself (an SPMD rank).
+        let i = match job
+            .procs
+            .iter()
+            .position(|w| w.peer.is_none() && w.child.as_ref().is_some_and(|c| c.id() == pid))
+        {
+            Some(i) => i,
+            None => {
+                job.procs.push(WorkerProc {
+                    child: None,
+                    index,
+                    address: String::new(),
+                    peer: None,
+                    resources: Vec::new(),
+                    load: Vec::new(),
+                });
+                job.procs.len() - 1
+            }
+        };
+        let w = &mut job.procs[i];
         w.index = index;
-        w.address = address.clone();
+        w.address = address;
         w.peer = Some(peer.clone());
-        for (from, request_id) in w.waiting.drain(..) {
-            from.send(Msg::WorkerStarted {
-                request_id,
-                index,
-                address: address.clone(),
-                error: String::new(),
+        w.resources = resources;
+        self.answer_if_ready(job);
+    }
+
+    /// A connection closed: a worker that joined by itself is gone with it.
+    fn connection_closed(&self, peer: &Arc<Peer>) {
+        let mut workers = lock(&self.workers);
+        for job in workers.values_mut() {
+            job.procs.retain(|w| {
+                w.child.is_some() || !w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer))
             });
         }
     }
 
-    /// Reaps exited workers; fails requests waiting on one that died before it was ready.
+    /// Reaps exited workers; fails requests waiting on a job whose worker died before it was
+    /// ready.
     fn reap(&self) {
         let mut workers = lock(&self.workers);
-        let mut gone = Vec::new();
-        for (job, w) in workers.iter_mut() {
-            if let Some(child) = &mut w.child
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                gone.push((*job, status));
-            }
-        }
-        for (job, status) in gone {
-            if let Some(w) = workers.remove(&job) {
-                tracing::info!(job, %status, "worker process exited");
-                for (from, request_id) in w.waiting {
-                    from.send(Msg::WorkerStarted {
-                        request_id,
-                        index: 0,
-                        address: String::new(),
-                        error: format!("the worker process exited before it was ready ({status})"),
-                    });
+        for (job_id, job) in workers.iter_mut() {
+            let mut i = 0;
+            while i < job.procs.len() {
+                let exited = match &mut job.procs[i].child {
+                    Some(child) => child.try_wait().ok().flatten(),
+                    None => None,
+                };
+                let Some(status) = exited else {
+                    i += 1;
+                    continue;
+                };
+                let w = job.procs.remove(i);
+                tracing::info!(job = job_id, %status, "worker process exited");
+                if w.peer.is_none() {
+                    job.fail_waiting(&format!(
+                        "the worker process exited before it was ready ({status})"
+                    ));
                 }
             }
         }
+        workers.retain(|_, job| !job.procs.is_empty() || !job.waiting.is_empty());
     }
 
     /// Stops the workers of `job` (all jobs when `None`): a Stop message, SIGKILL later.
@@ -603,6 +725,7 @@ impl Raylet {
                 .collect();
             jobs.into_iter()
                 .filter_map(|j| workers.remove(&j))
+                .flat_map(|j| j.procs)
                 .collect()
         };
         for mut w in stopping {
@@ -647,12 +770,16 @@ impl Handler for RayletHandler {
                 job_id,
                 index,
                 address,
-                ..
-            } => self.0.worker_ready(peer, job_id, index, address),
+                pid,
+                resources,
+            } => self
+                .0
+                .worker_ready(peer, job_id, index, address, pid, resources),
             Msg::Heartbeat { resources, .. } => {
                 let mut workers = lock(&self.0.workers);
                 if let Some(w) = workers
                     .values_mut()
+                    .flat_map(|j| j.procs.iter_mut())
                     .find(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
                 {
                     w.load = resources;
@@ -678,6 +805,7 @@ impl Handler for RayletHandler {
             tracing::warn!("lost the GCS: node stopping");
             self.0.stop.notify_one();
         }
+        self.0.connection_closed(peer);
     }
 }
 
@@ -768,6 +896,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 alive: true,
                 resources: raylet.resources(),
                 topology: opts.topology.clone(),
+                host_id: super::host_id(),
                 ..Node::default()
             },
         });

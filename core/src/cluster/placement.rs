@@ -1,6 +1,8 @@
 //! The node table as this owner sees it and placement: Ray's hybrid policy (`policy.rs`, sans
-//! I/O) over the owner's own in-flight load per node, and the job's worker process on each
-//! node, started through that node's raylet on first use.
+//! I/O) over the owner's own in-flight load per node, then a worker of the job on the chosen
+//! node that can take the request (`policy::pick_worker`, over the owner's in-flight load per
+//! worker). A node's workers are named by its raylet on first use: the one it starts
+//! (`manta start`), or the SPMD ranks of the node, each with its share.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,9 +23,27 @@ pub(super) struct NodeSlot {
     pub(super) alive: bool,
     pub(super) totals: Vec<(String, f64)>,
     pub(super) busy_cpus: f64,
-    /// The job's worker process there (a pending peer while it starts).
-    pub(super) worker: Option<(u64, Arc<Peer>)>,
-    pub(super) starting: Option<Arc<Peer>>,
+    /// The job's worker processes there (empty until its raylet has named them).
+    pub(super) workers: Vec<NodeWorker>,
+}
+
+/// One of the job's worker processes on a node, as this owner sees it.
+pub(super) struct NodeWorker {
+    pub(super) index: u64,
+    peer: Arc<Peer>,
+    /// `(resource, total)` its scheduler holds.
+    totals: Vec<(String, f64)>,
+    /// This owner's demand in flight there, per resource.
+    busy: Vec<(String, f64)>,
+}
+
+impl NodeWorker {
+    fn load(&self) -> policy::WorkerLoad {
+        policy::WorkerLoad {
+            totals: self.totals.clone(),
+            busy: self.busy.clone(),
+        }
+    }
 }
 
 impl Cluster {
@@ -53,8 +73,7 @@ impl Cluster {
                     alive: n.alive,
                     totals,
                     busy_cpus: 0.0,
-                    worker: None,
-                    starting: None,
+                    workers: Vec::new(),
                 }),
             }
         }
@@ -70,9 +89,7 @@ impl Cluster {
         for s in lock(&self.nodes).iter_mut() {
             if s.node_id == node_id {
                 s.alive = false;
-                if let Some((index, _)) = s.worker.take() {
-                    lost.push(index);
-                }
+                lost.extend(s.workers.drain(..).map(|w| w.index));
             }
         }
         for index in lost {
@@ -83,7 +100,10 @@ impl Cluster {
         }
     }
 
-    /// Chooses a node for `request` and returns its slot index and the job worker's peer.
+    /// Chooses a node for `request` (Ray's hybrid policy) and, among the job's workers there,
+    /// one that can take it (`policy::pick_worker`); returns the node's slot index and the
+    /// worker's index and peer. A node whose totals cover the request but none of whose
+    /// workers does (SPMD ranks each hold a share of their node) is passed over.
     pub(super) fn place(
         &self,
         request: &ResourceRequest,
@@ -93,59 +113,89 @@ impl Cluster {
             self.refresh_nodes()?;
         }
         let wanted = request_pairs(request);
-        let pick = |slots: &Vec<NodeSlot>| {
+        let mut passed: Vec<usize> = Vec::new();
+        let pick = |slots: &Vec<NodeSlot>, passed: &[usize]| {
             let loads: Vec<NodeLoad> = slots
                 .iter()
-                .map(|s| NodeLoad {
+                .enumerate()
+                .map(|(i, s)| NodeLoad {
                     totals: s.totals.clone(),
                     busy_cpus: s.busy_cpus,
-                    alive: s.alive,
+                    alive: s.alive && !passed.contains(&i),
                 })
                 .collect();
             let preferred = preferred_worker.and_then(|w| {
                 slots
                     .iter()
-                    .position(|s| s.worker.as_ref().is_some_and(|(i, _)| *i == w))
+                    .position(|s| s.workers.iter().any(|x| x.index == w))
             });
             policy::pick(&loads, &wanted, preferred, 0.5)
         };
-        let mut chosen = pick(&lock(&self.nodes));
-        if chosen.is_none() {
-            // A node may have joined since: look again once.
-            self.refresh_nodes()?;
-            chosen = pick(&lock(&self.nodes));
+        let mut refreshed = false;
+        loop {
+            let mut chosen = pick(&lock(&self.nodes), &passed);
+            if chosen.is_none() && !refreshed {
+                // A node may have joined since: look again once.
+                self.refresh_nodes()?;
+                refreshed = true;
+                chosen = pick(&lock(&self.nodes), &passed);
+            }
+            let Some(i) = chosen else {
+                let totals: Vec<String> = lock(&self.nodes)
+                    .iter()
+                    .filter(|s| s.alive)
+                    .map(|s| {
+                        let workers: Vec<String> = s
+                            .workers
+                            .iter()
+                            .map(|w| format!("{:?}", w.totals))
+                            .collect();
+                        if workers.len() > 1 {
+                            format!(
+                                "node {}: {:?} in workers {}",
+                                s.node_id,
+                                s.totals,
+                                workers.join(", ")
+                            )
+                        } else {
+                            format!("node {}: {:?}", s.node_id, s.totals)
+                        }
+                    })
+                    .collect();
+                return Err(Error::Infeasible {
+                    what: "the task or actor".into(),
+                    request: request.to_string(),
+                    total: if totals.is_empty() {
+                        "no live nodes".into()
+                    } else {
+                        totals.join("; ")
+                    },
+                });
+            };
+            self.node_workers(i)?;
+            let slots = lock(&self.nodes);
+            let workers = &slots[i].workers;
+            let loads: Vec<policy::WorkerLoad> = workers.iter().map(NodeWorker::load).collect();
+            let preferred =
+                preferred_worker.and_then(|w| workers.iter().position(|x| x.index == w));
+            match policy::pick_worker(&loads, &wanted, preferred) {
+                Some(j) => return Ok((i, workers[j].index, workers[j].peer.clone())),
+                None => passed.push(i),
+            }
         }
-        let Some(i) = chosen else {
-            let totals: Vec<String> = lock(&self.nodes)
-                .iter()
-                .filter(|s| s.alive)
-                .map(|s| format!("node {}: {:?}", s.node_id, s.totals))
-                .collect();
-            return Err(Error::Infeasible {
-                what: "the task or actor".into(),
-                request: request.to_string(),
-                total: if totals.is_empty() {
-                    "no live nodes".into()
-                } else {
-                    totals.join("; ")
-                },
-            });
-        };
-        let (worker, peer) = self.node_worker(i)?;
-        Ok((i, worker, peer))
     }
 
-    /// The job's worker on node slot `i`, started through that node's raylet on first use.
-    fn node_worker(&self, i: usize) -> Result<(u64, Arc<Peer>), Error> {
-        let (node_id, address) = {
-            let slots = lock(&self.nodes);
-            let s = &slots[i];
-            if let Some((index, p)) = &s.worker
-                && !p.is_closed()
-            {
-                return Ok((*index, p.clone()));
+    /// Makes sure the job's workers on node slot `i` are known: asks that node's raylet for
+    /// them on first use (it starts one, or names those that joined by themselves).
+    fn node_workers(&self, i: usize) -> Result<(), Error> {
+        let (node_id, address, totals) = {
+            let mut slots = lock(&self.nodes);
+            let s = &mut slots[i];
+            s.workers.retain(|w| !w.peer.is_closed());
+            if !s.workers.is_empty() {
+                return Ok(());
             }
-            (s.node_id, s.address.clone())
+            (s.node_id, s.address.clone(), s.totals.clone())
         };
         let raylet = self.raylet(node_id, &address);
         let (exe, args, cwd) = self.executable.clone();
@@ -160,23 +210,73 @@ impl Cluster {
             env: forwarded_env(),
         });
         let what = format!("starting a worker on node {node_id}");
-        let Msg::WorkerStarted { index, error, .. } = wait_reply(rx, CALL_TIMEOUT, &what)? else {
+        let Msg::WorkerStarted {
+            index,
+            error,
+            workers,
+            ..
+        } = wait_reply(rx, CALL_TIMEOUT, &what)?
+        else {
             return Err(cluster_error(what, "unexpected reply"));
         };
         if !error.is_empty() {
             return Err(cluster_error(what, error));
         }
-        let peer = self.peer(index);
+        // A raylet that names no list started one worker holding the whole node.
+        let named: Vec<(u64, Vec<(String, f64)>)> = if workers.is_empty() {
+            vec![(index, totals)]
+        } else {
+            workers
+                .into_iter()
+                .map(|w| {
+                    let totals = w.resources.into_iter().map(|r| (r.name, r.total)).collect();
+                    (w.index, totals)
+                })
+                .collect()
+        };
+        let found: Vec<NodeWorker> = named
+            .into_iter()
+            .map(|(index, totals)| NodeWorker {
+                index,
+                peer: self.peer(index),
+                totals,
+                busy: Vec::new(),
+            })
+            .collect();
         let mut slots = lock(&self.nodes);
-        slots[i].worker = Some((index, peer.clone()));
-        Ok((index, peer))
+        // Another thread may have asked at the same time: keep its list (and its load).
+        if slots[i].workers.is_empty() {
+            slots[i].workers = found;
+        }
+        Ok(())
     }
 
-    pub(super) fn release_load(&self, node: Option<usize>, cpus: f64) {
-        if let Some(i) = node
-            && let Some(s) = lock(&self.nodes).get_mut(i)
-        {
-            s.busy_cpus = (s.busy_cpus - cpus).max(0.0);
+    /// Counts `load` against worker `worker` on node slot `node` (until `release_load`).
+    pub(super) fn take_load(&self, node: usize, worker: u64, load: &[(String, f64)]) {
+        let mut slots = lock(&self.nodes);
+        let Some(s) = slots.get_mut(node) else { return };
+        s.busy_cpus += cpus_of(load);
+        if let Some(w) = s.workers.iter_mut().find(|w| w.index == worker) {
+            for (name, amount) in load {
+                match w.busy.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, busy)) => *busy += amount,
+                    None => w.busy.push((name.clone(), *amount)),
+                }
+            }
+        }
+    }
+
+    pub(super) fn release_load(&self, node: Option<usize>, worker: u64, load: &[(String, f64)]) {
+        let Some(i) = node else { return };
+        let mut slots = lock(&self.nodes);
+        let Some(s) = slots.get_mut(i) else { return };
+        s.busy_cpus = (s.busy_cpus - cpus_of(load)).max(0.0);
+        if let Some(w) = s.workers.iter_mut().find(|w| w.index == worker) {
+            for (name, amount) in load {
+                if let Some((_, busy)) = w.busy.iter_mut().find(|(n, _)| n == name) {
+                    *busy = (*busy - amount).max(0.0);
+                }
+            }
         }
     }
 }
@@ -217,6 +317,14 @@ pub(crate) fn request_pairs(r: &ResourceRequest) -> Vec<(String, f64)> {
         v.push((name.to_string(), amount));
     }
     v
+}
+
+/// The CPUs among request pairs.
+fn cpus_of(load: &[(String, f64)]) -> f64 {
+    load.iter()
+        .filter(|(n, _)| n == "CPU")
+        .map(|(_, a)| *a)
+        .sum()
 }
 
 pub(super) fn request_resources(r: &ResourceRequest) -> Vec<Resource> {

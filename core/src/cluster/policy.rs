@@ -12,6 +12,18 @@
 //! demand it has in flight on the node over the node's total. One owner per job is the usual
 //! shape, so this view is exact for it; several owners each see only their own load (Ray's
 //! raylets exchange load instead — noted in ARCHITECTURE.md).
+//!
+//! Then a worker on the chosen node ([`pick_worker`]): a node may have several worker
+//! processes of the job (the ranks of an SPMD launch, each holding its share of the node).
+//! Among the workers whose totals cover the request:
+//!
+//! 1. the preferred worker (the one holding the task's largest argument) if the request fits
+//!    in what it has free;
+//! 2. otherwise the worker where it fits with the most free CPUs (so CPU tasks spread over
+//!    the node's workers, and a GPU request goes to a worker with a free GPU);
+//! 3. otherwise, none having room, the one with the most free CPUs (the task waits there).
+//!
+//! A node none of whose workers covers the request is passed over by the caller.
 
 /// One node as the policy sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +87,80 @@ pub(crate) fn pick(
     best
 }
 
+/// One worker process of a node as [`pick_worker`] sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct WorkerLoad {
+    /// `(resource name, total)` its scheduler holds.
+    pub(crate) totals: Vec<(String, f64)>,
+    /// This owner's demand in flight there, per resource.
+    pub(crate) busy: Vec<(String, f64)>,
+}
+
+impl WorkerLoad {
+    fn total(&self, name: &str) -> f64 {
+        self.totals
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| *t)
+            .unwrap_or(0.0)
+    }
+
+    fn free(&self, name: &str) -> f64 {
+        let busy: f64 = self
+            .busy
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, b)| *b)
+            .sum();
+        self.total(name) - busy
+    }
+
+    fn feasible(&self, request: &[(String, f64)]) -> bool {
+        request
+            .iter()
+            .all(|(name, amount)| *amount <= 0.0 || self.total(name) + 1e-9 >= *amount)
+    }
+
+    fn fits(&self, request: &[(String, f64)]) -> bool {
+        request
+            .iter()
+            .all(|(name, amount)| *amount <= 0.0 || self.free(name) + 1e-9 >= *amount)
+    }
+}
+
+/// Picks a worker of one node for `request`, or `None` if none of them can ever run it.
+pub(crate) fn pick_worker(
+    workers: &[WorkerLoad],
+    request: &[(String, f64)],
+    preferred: Option<usize>,
+) -> Option<usize> {
+    if let Some(p) = preferred.filter(|p| *p < workers.len())
+        && workers[p].feasible(request)
+        && workers[p].fits(request)
+    {
+        return Some(p);
+    }
+    let mut best: Option<(bool, f64, usize)> = None;
+    for (i, w) in workers.iter().enumerate() {
+        if !w.feasible(request) {
+            continue;
+        }
+        let (fits, free) = (w.fits(request), w.free("CPU"));
+        // Room first, then free CPUs; the first worker wins ties.
+        let better = best.is_none_or(|(best_fits, best_free, _)| {
+            if fits == best_fits {
+                free > best_free
+            } else {
+                fits
+            }
+        });
+        if better {
+            best = Some((fits, free, i));
+        }
+    }
+    best.map(|(_, _, i)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +210,56 @@ mod tests {
         assert_eq!(pick(&nodes, &cpu(4.0), None, 0.5), None);
         let gpu = vec![("GPU".to_string(), 1.0)];
         assert_eq!(pick(&nodes, &gpu, None, 0.5), None);
+    }
+
+    fn worker(cpus: f64, gpus: f64) -> WorkerLoad {
+        WorkerLoad {
+            totals: vec![("CPU".into(), cpus), ("GPU".into(), gpus)],
+            busy: Vec::new(),
+        }
+    }
+
+    fn take(w: &mut WorkerLoad, request: &[(String, f64)]) {
+        for (name, amount) in request {
+            match w.busy.iter_mut().find(|(n, _)| n == name) {
+                Some((_, b)) => *b += amount,
+                None => w.busy.push((name.clone(), *amount)),
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_tasks_spread_over_a_nodes_workers_by_free_cpus() {
+        let mut workers = vec![worker(2.0, 0.0), worker(2.0, 0.0)];
+        let mut placed = Vec::new();
+        for _ in 0..4 {
+            let i = pick_worker(&workers, &cpu(1.0), None).unwrap();
+            take(&mut workers[i], &cpu(1.0));
+            placed.push(i);
+        }
+        assert_eq!(placed, vec![0, 1, 0, 1]);
+        // Every worker full: the one with the most free CPUs (the first on a tie) queues it.
+        assert_eq!(pick_worker(&workers, &cpu(1.0), None), Some(0));
+    }
+
+    #[test]
+    fn a_gpu_request_goes_to_a_worker_with_a_free_gpu() {
+        let gpu = vec![("GPU".to_string(), 1.0)];
+        let mut workers = vec![worker(4.0, 0.0), worker(1.0, 1.0), worker(1.0, 1.0)];
+        let first = pick_worker(&workers, &gpu, None).unwrap();
+        assert_eq!(first, 1, "the GPU-less worker never gets it");
+        take(&mut workers[first], &gpu);
+        assert_eq!(pick_worker(&workers, &gpu, None), Some(2));
+        // Preferred but its GPU is taken: the free one instead.
+        assert_eq!(pick_worker(&workers, &gpu, Some(1)), Some(2));
+    }
+
+    #[test]
+    fn a_request_no_single_worker_covers_is_infeasible_on_the_node() {
+        // Two workers of 2 CPUs each: the node has 4, but a 3-CPU task fits neither.
+        let workers = vec![worker(2.0, 0.0), worker(2.0, 0.0)];
+        assert_eq!(pick_worker(&workers, &cpu(3.0), None), None);
+        assert_eq!(pick_worker(&[], &cpu(1.0), None), None);
+        assert_eq!(pick_worker(&workers, &cpu(2.0), Some(1)), Some(1));
     }
 }

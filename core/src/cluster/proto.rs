@@ -32,6 +32,19 @@ pub(crate) struct Node {
     pub(crate) age_s: f64,
     pub(crate) death: String,
     pub(crate) topology: String,
+    /// The raylet's host and network namespace (see `cluster::host_id`).
+    pub(crate) host_id: String,
+    /// Live worker processes on the node (filled by the GCS in replies).
+    pub(crate) workers: u32,
+}
+
+/// One worker process of a job on a node (in `WorkerStarted`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct JobWorker {
+    pub(crate) index: u64,
+    pub(crate) address: String,
+    /// The resources its scheduler holds (`available` unused).
+    pub(crate) resources: Vec<Resource>,
 }
 
 /// An actor of the GCS's directory.
@@ -220,12 +233,14 @@ pub(crate) enum Msg {
         index: u64,
         address: String,
         error: String,
+        workers: Vec<JobWorker>,
     },
     WorkerReady {
         job_id: u64,
         index: u64,
         address: String,
         pid: u32,
+        resources: Vec<Resource>,
     },
     PushTask {
         task_id: u64,
@@ -548,6 +563,7 @@ fn build_node<'a>(fbb: &mut FlatBufferBuilder<'a>, n: &Node) -> WIPOffset<fb::No
     let store_pages = opt_str(fbb, &n.store_pages);
     let death = opt_str(fbb, &n.death);
     let topology = opt_str(fbb, &n.topology);
+    let host_id = opt_str(fbb, &n.host_id);
     fb::Node::create(
         fbb,
         &fb::NodeArgs {
@@ -566,6 +582,24 @@ fn build_node<'a>(fbb: &mut FlatBufferBuilder<'a>, n: &Node) -> WIPOffset<fb::No
             age_s: n.age_s,
             death,
             topology,
+            host_id,
+            workers: n.workers,
+        },
+    )
+}
+
+fn build_job_worker<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    w: &JobWorker,
+) -> WIPOffset<fb::JobWorker<'a>> {
+    let address = opt_str(fbb, &w.address);
+    let resources = opt_resources(fbb, &w.resources);
+    fb::JobWorker::create(
+        fbb,
+        &fb::JobWorkerArgs {
+            index: w.index,
+            address,
+            resources,
         },
     )
 }
@@ -980,9 +1014,11 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             index,
             address,
             error,
+            workers,
         } => {
             let address = opt_str(fbb, address);
             let error = opt_str(fbb, error);
+            let workers = opt_offsets(fbb, workers, build_job_worker);
             table!(
                 WorkerStarted,
                 WorkerStartedArgs {
@@ -990,6 +1026,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     index: *index,
                     address,
                     error,
+                    workers,
                 }
             );
         }
@@ -998,8 +1035,10 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             index,
             address,
             pid,
+            resources,
         } => {
             let address = opt_str(fbb, address);
+            let resources = opt_resources(fbb, resources);
             table!(
                 WorkerReady,
                 WorkerReadyArgs {
@@ -1007,6 +1046,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     index: *index,
                     address,
                     pid: *pid,
+                    resources,
                 }
             );
         }
@@ -1310,6 +1350,8 @@ fn node(n: Option<fb::Node<'_>>) -> Node {
         age_s: n.age_s(),
         death: string(n.death()),
         topology: string(n.topology()),
+        host_id: string(n.host_id()),
+        workers: n.workers(),
     }
 }
 
@@ -1529,6 +1571,18 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 index: t.index(),
                 address: string(t.address()),
                 error: string(t.error()),
+                workers: t
+                    .workers()
+                    .map(|v| {
+                        v.iter()
+                            .map(|w| JobWorker {
+                                index: w.index(),
+                                address: string(w.address()),
+                                resources: resources(w.resources()),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         }
         TAG_WORKER_READY => {
@@ -1538,6 +1592,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 index: t.index(),
                 address: string(t.address()),
                 pid: t.pid(),
+                resources: resources(t.resources()),
             }
         }
         TAG_PUSH_TASK => {
@@ -1731,6 +1786,8 @@ mod tests {
                 "heartbeats stopped".into()
             },
             topology: "2 cpus [0-1] 1 numa [numa0:2] 0 gpus [] nics [eth0] (hwloc)".into(),
+            host_id: "boot/net:[4026531840]".into(),
+            workers: 3,
         }
     }
 
@@ -1872,12 +1929,25 @@ mod tests {
                 index: 4,
                 address: "10.0.0.7:40004".into(),
                 error: "exec failed".into(),
+                workers: vec![
+                    JobWorker {
+                        index: 4,
+                        address: "10.0.0.7:40004".into(),
+                        resources: resources(),
+                    },
+                    JobWorker {
+                        index: 5,
+                        address: "10.0.0.7:40005".into(),
+                        resources: Vec::new(),
+                    },
+                ],
             },
             Msg::WorkerReady {
                 job_id: 3,
                 index: 4,
                 address: "10.0.0.7:40004".into(),
                 pid: 777,
+                resources: resources(),
             },
             Msg::PushTask {
                 task_id: 24,

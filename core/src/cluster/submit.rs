@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::objects::{PullDone, RemoteObject};
 use super::peer::Peer;
-use super::placement::request_resources;
+use super::placement::{request_pairs, request_resources};
 use super::proto::{Arg, ErrorKind, Msg, Outcome};
 use super::worker::Cluster;
 use super::{CALL_TIMEOUT, cluster_error, wait_reply};
@@ -28,9 +28,9 @@ pub(super) struct InFlight {
     pub(super) name: &'static str,
     /// Worker index it was pushed to.
     pub(super) worker: u64,
-    /// Node slot it counts against, and its CPUs.
+    /// Node slot it counts against, and what it holds there (released when done).
     pub(super) node: Option<usize>,
-    pub(super) cpus: f64,
+    pub(super) load: Vec<(String, f64)>,
     /// Kept alive until the task is done (argument cells the executor may pull).
     pub(super) args: Box<[ArgSlot]>,
     /// How to run a task again elsewhere if its worker dies (tasks only, not actor calls).
@@ -136,10 +136,8 @@ impl Cluster {
             }
         };
         let task_id = cell.id().as_u64();
-        let cpus = request.num_cpus;
-        if let Some(s) = lock(&self.nodes).get_mut(node) {
-            s.busy_cpus += cpus;
-        }
+        let load = request_pairs(request);
+        self.take_load(node, worker, &load);
         lock(&self.in_flight).insert(
             task_id,
             InFlight {
@@ -147,7 +145,7 @@ impl Cluster {
                 name: function,
                 worker,
                 node: Some(node),
-                cpus,
+                load,
                 args,
                 retry: Some(Retry {
                     function,
@@ -215,10 +213,8 @@ impl Cluster {
             peer: peer.clone(),
         });
         let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
-        let cpus = request.num_cpus;
-        if let Some(s) = lock(&self.nodes).get_mut(node) {
-            s.busy_cpus += cpus;
-        }
+        // An actor holds what it asked for on its worker while it lives.
+        self.take_load(node, worker, &request_pairs(request));
         lock(&self.in_flight).insert(
             actor_id,
             InFlight {
@@ -226,7 +222,7 @@ impl Cluster {
                 name: actor.class_name(),
                 worker,
                 node: None,
-                cpus: 0.0,
+                load: Vec::new(),
                 args: args.into_boxed_slice(),
                 retry: None,
             },
@@ -265,7 +261,7 @@ impl Cluster {
                 name: method,
                 worker: remote.worker,
                 node: None,
-                cpus: 0.0,
+                load: Vec::new(),
                 args,
                 retry: None,
             },
@@ -326,7 +322,7 @@ impl Cluster {
             tracing::debug!(task_id, "completion of an unknown task ignored");
             return;
         };
-        self.release_load(f.node, f.cpus);
+        self.release_load(f.node, f.worker, &f.load);
         let value = match outcome {
             Outcome::Inline(bytes) => Ok(ObjectValue::inline(Bytes::from(bytes))),
             Outcome::Stored { len } => Ok(ObjectValue::remote(RemoteObject::new(
@@ -360,7 +356,7 @@ impl Cluster {
         };
         let mut again = Vec::new();
         for (_, f) in lost {
-            self.release_load(f.node, f.cpus);
+            self.release_load(f.node, f.worker, &f.load);
             match f.retry {
                 Some(r) if r.left > 0 => again.push((f.cell, f.args, r)),
                 _ => {
@@ -393,9 +389,7 @@ impl Cluster {
             });
         }
         for s in lock(&self.nodes).iter_mut() {
-            if s.worker.as_ref().is_some_and(|(i, _)| *i == index) {
-                s.worker = None;
-            }
+            s.workers.retain(|w| w.index != index);
         }
         self.drop_borrower(index);
         self.attach_worker_lost(index);

@@ -28,7 +28,7 @@ use super::peer::{Handler, Peer};
 use super::placement::NodeSlot;
 use super::proto::{Msg, Resource};
 use super::submit::InFlight;
-use super::{CALL_TIMEOUT, INDEX_SHIFT, cluster_error, wait_reply};
+use super::{CALL_TIMEOUT, INDEX_SHIFT, cluster_error, host_id, wait_reply};
 use crate::error::Error;
 use crate::object::{ObjectCell, ObjectValue};
 use crate::runtime::RuntimeInner;
@@ -164,15 +164,6 @@ fn from_advertised(s: &str) -> std::path::PathBuf {
         Some(name) => abstract_socket(name),
         None => std::path::PathBuf::from(s),
     }
-}
-
-/// This host and network namespace: processes with equal ids can meet over shared memory.
-fn host_id() -> String {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let net = std::fs::read_link("/proc/self/ns/net")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    format!("{}/{net}", boot.trim())
 }
 
 impl Cluster {
@@ -546,13 +537,22 @@ impl Cluster {
         let name = self.my_name();
         let handler = self.handler();
         let raylet = raylet.clone();
+        let node_id = *node_id;
+        // What this worker holds, for owners choosing among a node's workers.
+        let resources = match self.load_report(node_id) {
+            Msg::Heartbeat { resources, .. } => resources
+                .into_iter()
+                .filter(|r| r.name != "object_store_memory")
+                .collect(),
+            _ => Vec::new(),
+        };
         let ready = Msg::WorkerReady {
             job_id: *job_id,
             index: self.index,
             address: self.address.clone(),
             pid: std::process::id(),
+            resources,
         };
-        let node_id = *node_id;
         let r = self.io.block_on(async move {
             let conn = super::connect(&raylet, &token, name).await?;
             let peer = Peer::spawn(conn, format!("raylet:{node_id}"), handler);

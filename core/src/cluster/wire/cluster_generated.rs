@@ -440,6 +440,8 @@ impl<'a> Node<'a> {
   pub const VT_AGE_S: ::flatbuffers::VOffsetT = 20;
   pub const VT_DEATH: ::flatbuffers::VOffsetT = 22;
   pub const VT_TOPOLOGY: ::flatbuffers::VOffsetT = 24;
+  pub const VT_HOST_ID: ::flatbuffers::VOffsetT = 26;
+  pub const VT_WORKERS: ::flatbuffers::VOffsetT = 28;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -455,6 +457,8 @@ impl<'a> Node<'a> {
     builder.add_store_used(args.store_used);
     builder.add_store_capacity(args.store_capacity);
     builder.add_node_id(args.node_id);
+    builder.add_workers(args.workers);
+    if let Some(x) = args.host_id { builder.add_host_id(x); }
     if let Some(x) = args.topology { builder.add_topology(x); }
     if let Some(x) = args.death { builder.add_death(x); }
     if let Some(x) = args.store_pages { builder.add_store_pages(x); }
@@ -548,6 +552,23 @@ impl<'a> Node<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Node::VT_TOPOLOGY, None)}
   }
+  /// The raylet's host and network namespace (boot id / netns): equal ids share a machine,
+  /// so an SPMD rank finds its node's raylet by it.
+  #[inline]
+  pub fn host_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Node::VT_HOST_ID, None)}
+  }
+  /// Live worker processes registered on the node (the GCS fills it in replies).
+  #[inline]
+  pub fn workers(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Node::VT_WORKERS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Node<'_> {
@@ -567,6 +588,8 @@ impl ::flatbuffers::Verifiable for Node<'_> {
      .visit_field::<f64>("age_s", Self::VT_AGE_S, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("death", Self::VT_DEATH, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topology", Self::VT_TOPOLOGY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host_id", Self::VT_HOST_ID, false)?
+     .visit_field::<u32>("workers", Self::VT_WORKERS, false)?
      .finish();
     Ok(())
   }
@@ -583,6 +606,8 @@ pub struct NodeArgs<'a> {
     pub age_s: f64,
     pub death: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub topology: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub host_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub workers: u32,
 }
 impl<'a> Default for NodeArgs<'a> {
   #[inline]
@@ -599,6 +624,8 @@ impl<'a> Default for NodeArgs<'a> {
       age_s: 0.0,
       death: None,
       topology: None,
+      host_id: None,
+      workers: 0,
     }
   }
 }
@@ -653,6 +680,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Node::VT_TOPOLOGY, topology);
   }
   #[inline]
+  pub fn add_host_id(&mut self, host_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Node::VT_HOST_ID, host_id);
+  }
+  #[inline]
+  pub fn add_workers(&mut self, workers: u32) {
+    self.fbb_.push_slot::<u32>(Node::VT_WORKERS, workers, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     NodeBuilder {
@@ -681,6 +716,8 @@ impl ::core::fmt::Debug for Node<'_> {
       ds.field("age_s", &self.age_s());
       ds.field("death", &self.death());
       ds.field("topology", &self.topology());
+      ds.field("host_id", &self.host_id());
+      ds.field("workers", &self.workers());
       ds.finish()
   }
 }
@@ -3567,8 +3604,9 @@ impl ::core::fmt::Debug for KeyValue<'_> {
 pub enum StartWorkerOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// owner -> raylet: a worker process of `job_id` on this node (started by re-executing the
-/// job's binary, or reused). Reply: WorkerStarted.
+/// owner -> raylet: the worker processes of `job_id` on this node (one started by
+/// re-executing the job's binary, or those already there; under SPMD the ranks that joined).
+/// Reply: WorkerStarted.
 pub struct StartWorker<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -3747,9 +3785,141 @@ impl ::core::fmt::Debug for StartWorker<'_> {
       ds.finish()
   }
 }
+pub enum JobWorkerOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One worker process of a job on a node, with the resources its scheduler holds.
+pub struct JobWorker<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for JobWorker<'a> {
+  type Inner = JobWorker<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> JobWorker<'a> {
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RESOURCES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    JobWorker { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args JobWorkerArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<JobWorker<'bldr>> {
+    let mut builder = JobWorkerBuilder::new(_fbb);
+    builder.add_index(args.index);
+    if let Some(x) = args.resources { builder.add_resources(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(JobWorker::VT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(JobWorker::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn resources(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource>>>>(JobWorker::VT_RESOURCES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for JobWorker<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Resource>>>>("resources", Self::VT_RESOURCES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct JobWorkerArgs<'a> {
+    pub index: u64,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub resources: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>>>,
+}
+impl<'a> Default for JobWorkerArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    JobWorkerArgs {
+      index: 0,
+      address: None,
+      resources: None,
+    }
+  }
+}
+
+pub struct JobWorkerBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JobWorkerBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(JobWorker::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(JobWorker::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_resources(&mut self, resources: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Resource<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(JobWorker::VT_RESOURCES, resources);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> JobWorkerBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    JobWorkerBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<JobWorker<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for JobWorker<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("JobWorker");
+      ds.field("index", &self.index());
+      ds.field("address", &self.address());
+      ds.field("resources", &self.resources());
+      ds.finish()
+  }
+}
 pub enum WorkerStartedOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `index`/`address`: the first of `workers` (every worker of the job on the node).
 pub struct WorkerStarted<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -3767,6 +3937,7 @@ impl<'a> WorkerStarted<'a> {
   pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
   pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 8;
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 10;
+  pub const VT_WORKERS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3780,6 +3951,7 @@ impl<'a> WorkerStarted<'a> {
     let mut builder = WorkerStartedBuilder::new(_fbb);
     builder.add_index(args.index);
     builder.add_request_id(args.request_id);
+    if let Some(x) = args.workers { builder.add_workers(x); }
     if let Some(x) = args.error { builder.add_error(x); }
     if let Some(x) = args.address { builder.add_address(x); }
     builder.finish()
@@ -3814,6 +3986,13 @@ impl<'a> WorkerStarted<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(WorkerStarted::VT_ERROR, None)}
   }
+  #[inline]
+  pub fn workers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<JobWorker<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<JobWorker>>>>(WorkerStarted::VT_WORKERS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for WorkerStarted<'_> {
@@ -3826,6 +4005,7 @@ impl ::flatbuffers::Verifiable for WorkerStarted<'_> {
      .visit_field::<u64>("index", Self::VT_INDEX, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<JobWorker>>>>("workers", Self::VT_WORKERS, false)?
      .finish();
     Ok(())
   }
@@ -3835,6 +4015,7 @@ pub struct WorkerStartedArgs<'a> {
     pub index: u64,
     pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub workers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<JobWorker<'a>>>>>,
 }
 impl<'a> Default for WorkerStartedArgs<'a> {
   #[inline]
@@ -3844,6 +4025,7 @@ impl<'a> Default for WorkerStartedArgs<'a> {
       index: 0,
       address: None,
       error: None,
+      workers: None,
     }
   }
 }
@@ -3870,6 +4052,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WorkerStartedBuilder<'a, 'b, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerStarted::VT_ERROR, error);
   }
   #[inline]
+  pub fn add_workers(&mut self, workers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<JobWorker<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerStarted::VT_WORKERS, workers);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WorkerStartedBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WorkerStartedBuilder {
@@ -3891,13 +4077,14 @@ impl ::core::fmt::Debug for WorkerStarted<'_> {
       ds.field("index", &self.index());
       ds.field("address", &self.address());
       ds.field("error", &self.error());
+      ds.field("workers", &self.workers());
       ds.finish()
   }
 }
 pub enum WorkerReadyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// worker -> raylet, once its server listens: ready to take tasks.
+/// worker -> raylet, once its server listens: ready to take tasks, with its resources.
 pub struct WorkerReady<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -3915,6 +4102,7 @@ impl<'a> WorkerReady<'a> {
   pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
   pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 8;
   pub const VT_PID: ::flatbuffers::VOffsetT = 10;
+  pub const VT_RESOURCES: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3928,6 +4116,7 @@ impl<'a> WorkerReady<'a> {
     let mut builder = WorkerReadyBuilder::new(_fbb);
     builder.add_index(args.index);
     builder.add_job_id(args.job_id);
+    if let Some(x) = args.resources { builder.add_resources(x); }
     builder.add_pid(args.pid);
     if let Some(x) = args.address { builder.add_address(x); }
     builder.finish()
@@ -3962,6 +4151,13 @@ impl<'a> WorkerReady<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(WorkerReady::VT_PID, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn resources(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource>>>>(WorkerReady::VT_RESOURCES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for WorkerReady<'_> {
@@ -3974,6 +4170,7 @@ impl ::flatbuffers::Verifiable for WorkerReady<'_> {
      .visit_field::<u64>("index", Self::VT_INDEX, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
      .visit_field::<u32>("pid", Self::VT_PID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Resource>>>>("resources", Self::VT_RESOURCES, false)?
      .finish();
     Ok(())
   }
@@ -3983,6 +4180,7 @@ pub struct WorkerReadyArgs<'a> {
     pub index: u64,
     pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub pid: u32,
+    pub resources: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>>>,
 }
 impl<'a> Default for WorkerReadyArgs<'a> {
   #[inline]
@@ -3992,6 +4190,7 @@ impl<'a> Default for WorkerReadyArgs<'a> {
       index: 0,
       address: None,
       pid: 0,
+      resources: None,
     }
   }
 }
@@ -4018,6 +4217,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WorkerReadyBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u32>(WorkerReady::VT_PID, pid, 0);
   }
   #[inline]
+  pub fn add_resources(&mut self, resources: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Resource<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(WorkerReady::VT_RESOURCES, resources);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WorkerReadyBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WorkerReadyBuilder {
@@ -4039,6 +4242,7 @@ impl ::core::fmt::Debug for WorkerReady<'_> {
       ds.field("index", &self.index());
       ds.field("address", &self.address());
       ds.field("pid", &self.pid());
+      ds.field("resources", &self.resources());
       ds.finish()
   }
 }
