@@ -345,6 +345,11 @@ impl ActorCell {
         self.class.name
     }
 
+    /// The name it was registered under, if any.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     pub(crate) fn demand(&self) -> &Demand {
         &self.demand
     }

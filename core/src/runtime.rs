@@ -594,17 +594,21 @@ impl RuntimeInner {
         cell.call_with_id(method, args, ObjectId::from_u64(call_id))
     }
 
-    /// Kills an actor hosted here for a remote owner.
-    pub(crate) fn kill_pushed(self: &Arc<Self>, actor_id: u64, restart: bool) {
+    /// Kills an actor hosted here for a remote owner; returns the cell of an actor it killed
+    /// for good (not restarted).
+    pub(crate) fn kill_pushed(
+        self: &Arc<Self>,
+        actor_id: u64,
+        restart: bool,
+    ) -> Option<Arc<ActorCell>> {
         let id = ActorId::from_u64(actor_id);
         let cell = if restart {
             lock(&self.pushed_actors).get(&id).cloned()
         } else {
             lock(&self.pushed_actors).remove(&id)
         };
-        if let Some(cell) = cell {
-            cell.kill(restart, self);
-        }
+        let cell = cell?;
+        (cell.kill(restart, self) && !restart).then_some(cell)
     }
 
     pub(crate) fn forget_actor(&self, id: ActorId) {

@@ -2447,7 +2447,8 @@ impl ::core::fmt::Debug for ActorInfo<'_> {
 pub enum RegisterActorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// owner -> GCS: an actor was created (or died). Reply: ActorReply (error if the name is taken).
+/// owner -> GCS: an actor was created; host -> GCS: it was killed (`alive` false: the name table
+/// is left alone). Reply: ActorReply (error if the name is taken).
 pub struct RegisterActor<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
