@@ -277,12 +277,25 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     );
     assert_eq!(manta::cluster::kv_get("missing").unwrap(), None);
 
-    // Kill: later calls fail with ActorDied.
+    // Kill: later calls fail with ActorDied, and the directory lists the actor dead.
     assert!(manta::kill(&counter).unwrap());
     assert!(matches!(
         counter.incr(1).get(),
         Err(manta::Error::ActorDied { .. })
     ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while manta::cluster::query(&cluster.address, &cluster.token)
+        .unwrap()
+        .actors
+        .iter()
+        .any(|a| a.name == "counter" && a.alive)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed actor is still listed alive"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     manta::shutdown();
 }

@@ -1,14 +1,15 @@
 //! Ray's reference-counting cases, across processes: a driver and one or two nodes' worker
 //! processes. An object lives while any reference to it lives anywhere (the owner's handles, a
 //! task in flight, a value or actor holding it, a borrower in another process), and is freed in
-//! every store once none is left.
+//! every store once none is left. An actor likewise lives while any handle to it lives
+//! anywhere, and is killed once none is left, unless it is named.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::cluster::{LocalCluster, NodeSpec, serve_if_worker};
-use manta::ObjectRef;
+use manta::{ActorHandle, ObjectRef};
 
 #[manta::remote]
 fn slow_sum(pause_ms: u64, v: Vec<u8>) -> u64 {
@@ -289,6 +290,172 @@ fn borrowers_across_processes() {
         0,
         driver_store_objects,
     );
+
+    drop(keeper);
+    manta::shutdown();
+}
+
+#[manta::actor]
+struct Tally {
+    n: u64,
+}
+
+#[manta::actor]
+impl Tally {
+    fn new() -> Self {
+        Tally { n: 0 }
+    }
+    fn add(&mut self, k: u64) -> u64 {
+        self.n += k;
+        self.n
+    }
+}
+
+/// Adds `k` through a handle it was given (run on the node with resource `a`).
+#[manta::remote]
+fn add_through(t: ActorHandle<Tally>, k: u64) -> u64 {
+    t.add(k).get().expect("the tally answers a task")
+}
+
+/// Keeps a handle to a `Tally` it was given, by value or nested in an object.
+#[manta::actor]
+struct HandleKeeper {
+    kept: Option<ActorHandle<Tally>>,
+}
+
+#[manta::actor]
+impl HandleKeeper {
+    fn new() -> Self {
+        HandleKeeper { kept: None }
+    }
+    fn keep(&mut self, t: ActorHandle<Tally>) -> usize {
+        self.kept = Some(t);
+        1
+    }
+    /// Keeps the first handle of the value `r[0]` refers to (a borrowed object).
+    fn keep_nested(&mut self, r: Vec<ObjectRef<Vec<ActorHandle<Tally>>>>) -> usize {
+        self.kept = r[0].get().expect("the handles").into_iter().next();
+        1
+    }
+    fn add(&self, k: u64) -> u64 {
+        let t = self.kept.as_ref().expect("a kept handle");
+        t.add(k).get().expect("the tally answers its borrower")
+    }
+    /// Passes the kept handle on to a task on the node with resource `a`.
+    fn forward(&self, k: u64) -> u64 {
+        let t = self.kept.clone().expect("a kept handle");
+        add_through::options()
+            .resource("a", 1.0)
+            .remote(t, k)
+            .get()
+            .expect("the forwarded handle")
+    }
+    fn drop_it(&mut self) -> usize {
+        self.kept = None;
+        0
+    }
+    /// Ends this actor's worker process.
+    fn exit_process(&self) -> usize {
+        std::process::exit(1)
+    }
+}
+
+/// Whether the GCS's directory lists actor `id` alive (`manta list actors`).
+fn listed_alive(cluster: &LocalCluster, id: manta::ActorId) -> usize {
+    let state = manta::cluster::query(&cluster.address, &cluster.token).unwrap();
+    let row = state.actors.iter().find(|a| a.actor_id == id.as_u64());
+    usize::from(row.expect("the actor is in the directory").alive)
+}
+
+/// The borrower protocol for actor handles, with two worker processes (nodes with resources
+/// `a`, hosting the actors, and `b`, hosting their borrower): an actor lives while a handle to
+/// it lives in any process, and is killed when the last one goes or its holder dies; a named
+/// actor lives until it is killed.
+#[test]
+fn actor_handles_are_borrowed_across_processes() {
+    serve_if_worker();
+    let node = |resources: &str| NodeSpec {
+        num_cpus: 2.0,
+        resources: resources.into(),
+        ..NodeSpec::default()
+    };
+    // Each live tally holds one `a`; `add_through` takes one more.
+    let cluster = LocalCluster::start(node("a=4"), &[node("b=1")]);
+    manta::init_with(cluster.config()).expect("the driver joins");
+    let tally = || Tally::options().resource("a", 1.0).remote();
+    let keeper = HandleKeeper::options().resource("b", 1.0).remote();
+
+    // 1. A handle that never left its owner: the actor goes with it (as before).
+    let t = tally();
+    let id = t.id();
+    assert_eq!(t.add(1).get().unwrap(), 1);
+    drop(t);
+    eventually("an unshared actor after its drop", 0, || {
+        listed_alive(&cluster, id)
+    });
+
+    // 2. A borrower keeps the actor after its owner dropped its handle, and passes the handle
+    //    on (to a task in the actor's own process); the actor goes when the borrower drops it.
+    let t = tally();
+    let id = t.id();
+    assert_eq!(keeper.keep(t.clone()).get().unwrap(), 1);
+    drop(t);
+    assert_eq!(keeper.add(2).get().unwrap(), 2);
+    assert_eq!(keeper.forward(3).get().unwrap(), 5);
+    assert_eq!(keeper.add(4).get().unwrap(), 9);
+    assert_eq!(listed_alive(&cluster, id), 1, "the borrowed actor lives");
+    keeper.drop_it().get().unwrap();
+    eventually("the actor after its borrower dropped it", 0, || {
+        listed_alive(&cluster, id)
+    });
+
+    // 3. A handle nested in an object: the process that reads it borrows the actor.
+    let t = tally();
+    let id = t.id();
+    let handles = manta::put(vec![t.clone()]).unwrap();
+    assert_eq!(keeper.keep_nested(vec![handles.clone()]).get().unwrap(), 1);
+    drop(handles);
+    drop(t);
+    eventually(
+        "driver store after the nested handles",
+        0,
+        driver_store_objects,
+    );
+    assert_eq!(keeper.add(5).get().unwrap(), 5);
+    assert_eq!(
+        listed_alive(&cluster, id),
+        1,
+        "the nested handle's actor lives"
+    );
+    keeper.drop_it().get().unwrap();
+    eventually("the actor after its nested handle dropped", 0, || {
+        listed_alive(&cluster, id)
+    });
+
+    // 4. A named actor lives with no handle left, until it is killed.
+    let named = Tally::options().name("tally").resource("a", 1.0).remote();
+    let id = named.id();
+    assert_eq!(keeper.keep(named.clone()).get().unwrap(), 1);
+    drop(named);
+    keeper.drop_it().get().unwrap();
+    let found = manta::get_actor::<Tally>("tally").expect("the named actor lives");
+    assert_eq!(found.add(6).get().unwrap(), 6);
+    assert!(manta::kill(&found).unwrap());
+    eventually("the named actor after its kill", 0, || {
+        listed_alive(&cluster, id)
+    });
+    drop(found);
+
+    // 5. A borrower whose process dies releases the actor.
+    let t = tally();
+    let id = t.id();
+    assert_eq!(keeper.keep(t.clone()).get().unwrap(), 1);
+    drop(t);
+    assert_eq!(keeper.add(7).get().unwrap(), 7);
+    assert!(keeper.exit_process().get().is_err());
+    eventually("the actor after its borrower died", 0, || {
+        listed_alive(&cluster, id)
+    });
 
     drop(keeper);
     manta::shutdown();

@@ -224,8 +224,6 @@ pub(crate) struct ActorCell {
     created: OnceLock<Arc<ObjectCell>>,
     /// Set when the actor lives in another worker process: this cell is then its proxy.
     remote: OnceLock<RemoteActor>,
-    /// Whether a handle to it was ever serialised (sent to another task or actor).
-    escaped: AtomicBool,
 }
 
 /// Where a remote actor lives.
@@ -310,13 +308,7 @@ impl ActorCell {
             ctor_args: OnceLock::new(),
             created: OnceLock::new(),
             remote: OnceLock::new(),
-            escaped: AtomicBool::new(false),
         }
-    }
-
-    /// Records that a handle was serialised: other processes may hold it now.
-    pub(crate) fn mark_escaped(&self) {
-        self.escaped.store(true, Ordering::Release);
     }
 
     /// Makes this cell the proxy of an actor living at `remote`.
@@ -343,6 +335,11 @@ impl ActorCell {
 
     pub(crate) fn class_name(&self) -> &'static str {
         self.class.name
+    }
+
+    /// The name it was registered under, if any.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
     }
 
     pub(crate) fn demand(&self) -> &Demand {
@@ -635,12 +632,12 @@ impl ActorCell {
 
 impl Drop for ActorCell {
     fn drop(&mut self) {
-        // The owner's last handle went away. An actor whose handle never left this process
-        // goes too (Ray's rule); one whose handle was sent elsewhere may still be used there
-        // and lives until the job ends or `manta::kill` (no borrower protocol for actors yet).
+        // The owner's last handle went away, and with it every borrower (the owner's `lent`
+        // table holds a handle for each process that deserialised one; `cluster/borrow.rs`):
+        // the actor goes too (Ray's rule). A named actor is held by the owner's name table
+        // until it is killed, so it never gets here alive.
         if let Some(remote) = self.remote.get()
             && !self.is_dead()
-            && !self.escaped.load(Ordering::Acquire)
             && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
             && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
         {
@@ -659,6 +656,11 @@ impl Drop for ActorCell {
 #[derive(Clone, Debug)]
 pub struct RawActorHandle {
     pub(crate) cell: Arc<ActorCell>,
+    /// In a process that deserialised the handle of an actor another process owns: this
+    /// process's registration as a borrower, shared by every handle here; its drop (with the
+    /// last of them) tells the owner (`cluster/borrow.rs`).
+    #[allow(dead_code)] // held for its drop
+    pub(crate) borrow: Option<Arc<crate::cluster::objects::RemoteObject>>,
 }
 
 impl RawActorHandle {
@@ -709,7 +711,7 @@ impl<A: Actor> ActorHandle<A> {
             Demand::none(),
         ));
         cell.die(error);
-        Self::from_raw(RawActorHandle { cell })
+        Self::from_raw(RawActorHandle { cell, borrow: None })
     }
 
     /// The actor's id.
@@ -749,7 +751,7 @@ impl<A: Actor> std::fmt::Debug for ActorHandle<A> {
 
 impl<A: Actor> serde::Serialize for ActorHandle<A> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        codec::note_nested_actor(&self.raw().cell);
+        codec::note_nested_actor(self.raw());
         serializer.serialize_u64(self.id().as_u64())
     }
 }
@@ -757,9 +759,9 @@ impl<A: Actor> serde::Serialize for ActorHandle<A> {
 impl<'de, A: Actor> serde::Deserialize<'de> for ActorHandle<A> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let id = ActorId::from_u64(<u64 as serde::Deserialize>::deserialize(deserializer)?);
-        let cell = runtime::with_current(|rt| rt.lookup_actor(id))
+        let raw = runtime::with_current(|rt| rt.actor_handle(id))
             .and_then(|r| r)
             .map_err(serde::de::Error::custom)?;
-        Ok(Self::from_raw(RawActorHandle { cell }))
+        Ok(Self::from_raw(raw))
     }
 }

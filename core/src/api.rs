@@ -163,7 +163,7 @@ pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, Error> {
             found: cell.class_name().to_string(),
         });
     }
-    Ok(ActorHandle::from_raw(RawActorHandle { cell }))
+    Ok(ActorHandle::from_raw(RawActorHandle { cell, borrow: None }))
 }
 
 /// A waker that unparks the thread it was made on (for polling futures on a plain thread).

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::actor::ActorCell;
+use crate::actor::RawActorHandle;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectValue, Payload};
@@ -50,7 +50,8 @@ use crate::sync::Arc;
 #[derive(Clone, Debug)]
 pub(crate) enum Nested {
     Object(#[allow(dead_code)] Arc<ObjectCell>),
-    Actor(#[allow(dead_code)] Arc<ActorCell>),
+    /// The handle itself: the actor's cell and, in a borrower, its borrow registration.
+    Actor(#[allow(dead_code)] RawActorHandle),
 }
 
 thread_local! {
@@ -76,8 +77,7 @@ pub(crate) fn note_nested(cell: &Arc<ObjectCell>) {
 }
 
 /// Records an actor handle being serialised.
-pub(crate) fn note_nested_actor(actor: &Arc<ActorCell>) {
-    actor.mark_escaped();
+pub(crate) fn note_nested_actor(actor: &RawActorHandle) {
     COLLECTOR.with(|c| {
         if let Some(v) = c.borrow_mut().as_mut() {
             v.push(Nested::Actor(actor.clone()));

@@ -338,7 +338,10 @@ impl RuntimeInner {
                 options,
                 crate::resources::Demand::none(),
             ));
-            let handle = ActorHandle::from_raw(RawActorHandle { cell: cell.clone() });
+            let handle = ActorHandle::from_raw(RawActorHandle {
+                cell: cell.clone(),
+                borrow: None,
+            });
             let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
                 Ok(a) => a,
                 Err(e) => {
@@ -375,6 +378,11 @@ impl RuntimeInner {
                 f();
             }
             lock(&self.actors).insert(id, Arc::downgrade(&cell));
+            if let Some(name) = options.name.clone() {
+                // A named actor lives until it is killed, even with no handle left (its name
+                // is released by `die`): the owner's name table keeps its cell.
+                lock(&self.named).insert(name, cell.clone());
+            }
             return handle;
         }
         let demand = self.scheduler.resources.demand(&options.resources);
@@ -386,7 +394,10 @@ impl RuntimeInner {
             ),
         };
         let cell = Arc::new(ActorCell::new(id, class, options, demand));
-        let handle = ActorHandle::from_raw(RawActorHandle { cell: cell.clone() });
+        let handle = ActorHandle::from_raw(RawActorHandle {
+            cell: cell.clone(),
+            borrow: None,
+        });
         let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(a) => a,
             Err(e) => {
@@ -446,6 +457,23 @@ impl RuntimeInner {
             class: "?".into(),
             reason: "no handle to it is left".into(),
         })
+    }
+
+    /// A handle to actor `id` being deserialised here: its cell and, in a cluster where
+    /// another process owns the actor, this process's borrow of it (registered with the owner
+    /// before the decode returns; `cluster/borrow.rs`).
+    pub(crate) fn actor_handle(&self, id: ActorId) -> Result<RawActorHandle, Error> {
+        let cell = self.lookup_actor(id)?;
+        let borrow = match &self.cluster {
+            Some(c) if crate::cluster::owner_of(id.as_u64()) != c.index => Some(c.borrow_actor(id)),
+            _ => None,
+        };
+        Ok(RawActorHandle { cell, borrow })
+    }
+
+    /// A live actor this process created (its own cell or its proxy), by id.
+    pub(crate) fn owned_actor(&self, id: ActorId) -> Option<Arc<ActorCell>> {
+        lock(&self.actors).get(&id).and_then(Weak::upgrade)
     }
 
     /// A local proxy cell for an actor another process hosts.
@@ -595,17 +623,21 @@ impl RuntimeInner {
         cell.call_with_id(method, args, ObjectId::from_u64(call_id))
     }
 
-    /// Kills an actor hosted here for a remote owner.
-    pub(crate) fn kill_pushed(self: &Arc<Self>, actor_id: u64, restart: bool) {
+    /// Kills an actor hosted here for a remote owner; returns the cell of an actor it killed
+    /// for good (not restarted).
+    pub(crate) fn kill_pushed(
+        self: &Arc<Self>,
+        actor_id: u64,
+        restart: bool,
+    ) -> Option<Arc<ActorCell>> {
         let id = ActorId::from_u64(actor_id);
         let cell = if restart {
             lock(&self.pushed_actors).get(&id).cloned()
         } else {
             lock(&self.pushed_actors).remove(&id)
         };
-        if let Some(cell) = cell {
-            cell.kill(restart, self);
-        }
+        let cell = cell?;
+        (cell.kill(restart, self) && !restart).then_some(cell)
     }
 
     pub(crate) fn forget_actor(&self, id: ActorId) {

@@ -38,6 +38,21 @@
 //! drop its own handle, the owner has already counted the receiver. Step 5's sends are made
 //! under the `borrowed` lock, so a later registration of the same object by this process
 //! always reaches the owner after the RemoveBorrower of an earlier one.
+//!
+//! # Actor handles
+//!
+//! An actor is owned by the process that created it, and an actor handle is a reference like
+//! any other: deserialising one whose actor another process owns ([`Cluster::borrow_actor`])
+//! gives the handle this process's registration, a borrowed `RemoteObject` under the actor's
+//! id with no cell and nothing to pull (actor and object ids come from one counter per owner,
+//! so an id names one or the other). Steps 2, 3 and 5 are the same; in step 4 the owner's
+//! `lent` entry holds the actor's cell there (its proxy), so the actor outlives the owner's
+//! own handles. When that cell drops — the owner's handles, its containers and every
+//! borrower gone — it sends `KillActor` to the host, which records the death in the GCS's
+//! directory. The argument above carries over: a serialised handle is held by the container it
+//! travels in (`codec::Nested::Actor` holds the whole handle, registration included). The host
+//! deserialising a handle of an actor it runs is a borrower too. A named actor is held by the
+//! owner's name table until it is killed, so borrows never decide its end.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -49,8 +64,9 @@ use super::peer::Peer;
 use super::proto::Msg;
 use super::worker::{Cluster, IO_THREAD};
 use super::{CALL_TIMEOUT, cluster_error, owner_of, wait_reply};
+use crate::actor::ActorCell;
 use crate::error::Error;
-use crate::id::ObjectId;
+use crate::id::{ActorId, ObjectId};
 use crate::object::{ObjectCell, ObjectValue};
 use crate::sync::lock;
 
@@ -78,30 +94,11 @@ impl Cluster {
                 (cell, remote, false)
             }
             None => {
-                if borrowed.len() >= self.borrowed_sweep_at.load(Ordering::Relaxed) {
-                    borrowed.retain(|_, e| e.remote.strong_count() > 0);
-                    self.borrowed_sweep_at
-                        .store((borrowed.len() * 2).max(1024), Ordering::Relaxed);
-                }
-                let remote = Arc::new(RemoteObject {
-                    id: object_id,
-                    holder: owner_of(object_id),
-                    len: 0,
-                    kind: RemoteKind::Borrowed {
-                        registrar: std::thread::current().id(),
-                    },
-                    registered: OnceLock::new(),
-                    local: OnceLock::new(),
-                    cluster: self.me.get().cloned().unwrap_or_default(),
-                });
+                let remote = self.new_borrow(&mut borrowed, object_id);
                 let cell = lazy_cell(object_id, &remote);
-                borrowed.insert(
-                    object_id,
-                    BorrowEntry {
-                        cell: Arc::downgrade(&cell),
-                        remote: Arc::downgrade(&remote),
-                    },
-                );
+                if let Some(e) = borrowed.get_mut(&object_id) {
+                    e.cell = Arc::downgrade(&cell);
+                }
                 (cell, remote, true)
             }
         };
@@ -110,6 +107,56 @@ impl Cluster {
             note_borrow(&remote, mine);
         }
         cell
+    }
+
+    /// A handle to actor `id`, owned elsewhere, was deserialised here: this process's one
+    /// registration as a borrower of the actor, shared by every handle on it here (each
+    /// [`RawActorHandle`](crate::actor::RawActorHandle) holds it). It is made, noted and
+    /// registered as an object's borrow is (steps 1–3; actor and object ids come from one
+    /// counter per owner, so an id names one or the other) and ends the same way (step 5).
+    /// Calls do not depend on it: they go to the actor's host through its proxy cell.
+    pub(crate) fn borrow_actor(&self, id: ActorId) -> Arc<RemoteObject> {
+        let actor_id = id.as_u64();
+        let mut borrowed = lock(&self.borrowed);
+        let found = borrowed.get(&actor_id).and_then(|e| e.remote.upgrade());
+        let (remote, mine) = match found {
+            Some(remote) => (remote, false),
+            None => (self.new_borrow(&mut borrowed, actor_id), true),
+        };
+        drop(borrowed);
+        if remote.registered.get().is_none() {
+            note_borrow(&remote, mine);
+        }
+        remote
+    }
+
+    /// A new registration for `id` in `borrowed` (whose dead entries are swept now and then),
+    /// with no cell yet.
+    fn new_borrow(&self, borrowed: &mut HashMap<u64, BorrowEntry>, id: u64) -> Arc<RemoteObject> {
+        if borrowed.len() >= self.borrowed_sweep_at.load(Ordering::Relaxed) {
+            borrowed.retain(|_, e| e.remote.strong_count() > 0);
+            self.borrowed_sweep_at
+                .store((borrowed.len() * 2).max(1024), Ordering::Relaxed);
+        }
+        let remote = Arc::new(RemoteObject {
+            id,
+            holder: owner_of(id),
+            len: 0,
+            kind: RemoteKind::Borrowed {
+                registrar: std::thread::current().id(),
+            },
+            registered: OnceLock::new(),
+            local: OnceLock::new(),
+            cluster: self.me.get().cloned().unwrap_or_default(),
+        });
+        borrowed.insert(
+            id,
+            BorrowEntry {
+                cell: Weak::new(),
+                remote: Arc::downgrade(&remote),
+            },
+        );
+        remote
     }
 
     /// Registers this process as a borrower of `remotes` (grouped by owner) and waits for each
@@ -219,15 +266,20 @@ impl Cluster {
                         l.borrowers.insert(b);
                         continue;
                     }
-                    let cell = (owner_of(id) == self.index)
-                        .then(|| rt.lookup_escaped(ObjectId::from_u64(id)))
+                    // An id names an object or an actor (one counter per owner).
+                    let loan = (owner_of(id) == self.index)
+                        .then(|| {
+                            rt.lookup_escaped(ObjectId::from_u64(id))
+                                .map(Loan::Object)
+                                .or_else(|| rt.owned_actor(ActorId::from_u64(id)).map(Loan::Actor))
+                        })
                         .flatten();
-                    match cell {
-                        Some(cell) => {
+                    match loan {
+                        Some(loan) => {
                             lent.insert(
                                 id,
                                 Lent {
-                                    cell,
+                                    loan,
                                     borrowers: HashSet::from([b]),
                                 },
                             );
@@ -312,10 +364,17 @@ pub(super) struct BorrowEntry {
 
 /// An object of this process lent to other processes.
 pub(super) struct Lent {
-    /// Keeps the object alive while anyone borrows it.
-    pub(super) cell: Arc<ObjectCell>,
+    /// Keeps the object or actor alive while anyone borrows it.
+    pub(super) loan: Loan,
     /// Worker indices of the borrowers.
     pub(super) borrowers: HashSet<u64>,
+}
+
+/// What a [`Lent`] entry keeps alive: dropping the last strong handle on an object frees it;
+/// on an actor's cell, kills the actor (`ActorCell`'s drop, unless it is named).
+pub(super) enum Loan {
+    Object(Arc<ObjectCell>),
+    Actor(Arc<ActorCell>),
 }
 
 /// A complete cell whose value is the lazy `remote`.

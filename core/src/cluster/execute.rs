@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::owner_of;
 use super::peer::Peer;
 use super::placement::resource_request;
-use super::proto::{Arg, ErrorKind, Msg, Outcome, Resource};
+use super::proto::{ActorInfo, Arg, ErrorKind, Msg, Outcome, Resource};
 use super::worker::Cluster;
 use crate::error::Error;
 use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
@@ -130,6 +130,30 @@ impl Cluster {
         let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
         let cell = rt.call_pushed(actor_id, call_id, method, slots);
         self.reply_when_done(peer, call_id, method, &cell);
+    }
+
+    /// KillActor from an actor's owner (its last handle anywhere went, or `manta::kill`), or
+    /// from any holder of a handle (`manta::kill`): kills the actor hosted here and, unless it
+    /// restarts, records its death in the GCS's directory (`manta list actors`).
+    pub(super) fn kill_pushed_actor(&self, actor_id: u64, restart: bool) {
+        let Some(rt) = self.runtime() else { return };
+        let Some(cell) = rt.kill_pushed(actor_id, restart) else {
+            return;
+        };
+        let actor = ActorInfo {
+            actor_id,
+            name: cell.name().unwrap_or_default().to_owned(),
+            class_name: cell.class_name().to_owned(),
+            worker: self.index,
+            node_id: self.node_id().unwrap_or(0),
+            alive: false,
+            death: "killed (manta::kill, or no handle to it was left)".into(),
+        };
+        // The answer is of no use: the receiver is dropped.
+        drop(
+            self.gcs
+                .request(|request_id| Msg::RegisterActor { request_id, actor }),
+        );
     }
 
     /// What this process knows of tasks and objects (`manta list tasks|objects`).

@@ -292,7 +292,8 @@ impl Gcs {
                 });
             }
             Msg::RegisterActor { request_id, actor } => {
-                let taken = !actor.name.is_empty()
+                let taken = actor.alive
+                    && !actor.name.is_empty()
                     && s.named
                         .get(&actor.name)
                         .and_then(|id| s.actors.get(id))
@@ -306,7 +307,9 @@ impl Gcs {
                     });
                     return;
                 }
-                if !actor.name.is_empty() {
+                // A death report (alive: false) leaves the name table alone: the name may
+                // already belong to a newer actor.
+                if !actor.name.is_empty() && actor.alive {
                     s.named.insert(actor.name.clone(), actor.actor_id);
                 }
                 s.actors.insert(actor.actor_id, actor.clone());

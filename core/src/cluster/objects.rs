@@ -509,13 +509,14 @@ impl Cluster {
 pub(super) enum RemoteKind {
     /// A result `holder` computed for this process, its owner: FreeObject on drop.
     Held,
-    /// A reference owned by `holder` and deserialised here: RemoveBorrower on drop, once
-    /// registered. `registrar` is the thread that registers it.
+    /// A reference (or actor handle) owned by `holder` and deserialised here: RemoveBorrower
+    /// on drop, once registered. `registrar` is the thread that registers it.
     Borrowed { registrar: std::thread::ThreadId },
 }
 
 /// An object held by another worker process (or, borrowed, by its owner, which redirects a
-/// pull to the actual holder): pulled into this process on first read.
+/// pull to the actual holder): pulled into this process on first read. A borrow of an actor
+/// handle is one too, under the actor's id, never read (`borrow.rs`, "Actor handles").
 #[derive(Debug)]
 pub(crate) struct RemoteObject {
     pub(crate) id: u64,

@@ -702,11 +702,7 @@ impl Handler for WorkerHandler {
                 method,
                 args,
             } => c.call_pushed_actor(peer, actor_id, call_id, &method, args),
-            Msg::KillActor { actor_id, restart } => {
-                if let Some(rt) = c.runtime() {
-                    rt.kill_pushed(actor_id, restart);
-                }
-            }
+            Msg::KillActor { actor_id, restart } => c.kill_pushed_actor(actor_id, restart),
             Msg::TaskDone { task_id, outcome } => c.task_done(peer, task_id, outcome),
             Msg::PullObject {
                 request_id,

@@ -2484,7 +2484,8 @@ impl ::core::fmt::Debug for ActorInfo<'_> {
 pub enum RegisterActorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// owner -> GCS: an actor was created (or died). Reply: ActorReply (error if the name is taken).
+/// owner -> GCS: an actor was created; host -> GCS: it was killed (`alive` false: the name table
+/// is left alone). Reply: ActorReply (error if the name is taken).
 pub struct RegisterActor<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -5971,7 +5972,8 @@ pub enum AddBorrowersOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// borrower -> owner: this process deserialised references to `objects`, which the receiver
-/// owns; keep each alive until this process sends RemoveBorrower for it (or dies). Reply:
+/// owns (object ids, or actor ids for actor handles: both come from one counter per owner);
+/// keep each alive until this process sends RemoveBorrower for it (or dies). Reply:
 /// BorrowersAdded.
 pub struct AddBorrowers<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
@@ -6200,7 +6202,8 @@ impl ::core::fmt::Debug for BorrowersAdded<'_> {
 pub enum RemoveBorrowerOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// borrower -> owner: this process dropped its last reference to `object_id`.
+/// borrower -> owner: this process dropped its last reference to `object_id` (an object or
+/// an actor).
 pub struct RemoveBorrower<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
