@@ -40,6 +40,12 @@ pub struct StoreConfig {
     /// Spilled objects smaller than this are fused into one file per spill batch; larger ones
     /// get a file each. Default: 1 MiB.
     pub spill_fuse_below: usize,
+    /// Bytes of emptied spill files kept open for reuse by later spills (a restored object's
+    /// file is overwritten in place instead of being closed: closing an unlinked file frees its
+    /// disk blocks, which competes with the spill and restore I/O around it). The disk space
+    /// these files hold stays allocated until the store drops; files beyond this are closed.
+    /// Default: 1 GiB.
+    pub spill_reuse_bytes: usize,
     /// Largest single write or read submitted to io_uring (a multiple of 4 KiB). Default: 8 MiB.
     pub spill_chunk: usize,
     /// Submission queue depth of the spill ring. Default: 64.
@@ -68,6 +74,7 @@ impl Default for StoreConfig {
             spill_threshold: 0.8,
             spill_dir: std::env::temp_dir(),
             spill_fuse_below: 1 << 20,
+            spill_reuse_bytes: 1 << 30,
             spill_chunk: 8 << 20,
             io_uring_entries: 64,
             create_timeout: Duration::from_secs(10),
