@@ -9,11 +9,14 @@ use std::time::Duration;
 /// Which pages to back the arena with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PageRequest {
-    /// 2 MiB huge pages (hugetlb) when the node's pool has enough free, else 4 KiB pages with
-    /// transparent huge pages advised.
+    /// 1 GiB huge pages when the arena is large enough (its size rounded down to whole GiB keeps
+    /// at least 7/8 of it; see `arena.rs`) and the node's 1 GiB pool has enough free; else 2 MiB
+    /// huge pages (hugetlb) when that pool has enough free; else 4 KiB pages with transparent
+    /// huge pages advised.
     #[default]
     Auto,
-    /// 1 GiB pages when the node's 1 GiB pool has enough free, else as [`PageRequest::Auto`].
+    /// 1 GiB pages whenever the node's 1 GiB pool has enough free (the size rounded up to whole
+    /// GiB), else as [`PageRequest::Auto`].
     Gigantic,
     /// 4 KiB pages with transparent huge pages advised, whatever the node has (tests, and nodes
     /// whose huge-page pool belongs to someone else).
