@@ -49,6 +49,9 @@ pub struct StoreConfig {
     /// these files hold stays allocated until the store drops; files beyond this are closed.
     /// Default: 1 GiB.
     pub spill_reuse_bytes: usize,
+    /// Most emptied spill files kept for reuse, whatever their bytes (each holds a file
+    /// descriptor). Default: 64.
+    pub spill_reuse_files: usize,
     /// Largest single write or read submitted to io_uring (a multiple of 4 KiB). Default: 8 MiB.
     pub spill_chunk: usize,
     /// Submission queue depth of the spill ring. Default: 64.
@@ -78,6 +81,7 @@ impl Default for StoreConfig {
             spill_dir: std::env::temp_dir(),
             spill_fuse_below: 1 << 20,
             spill_reuse_bytes: 1 << 30,
+            spill_reuse_files: 64,
             spill_chunk: 8 << 20,
             io_uring_entries: 64,
             create_timeout: Duration::from_secs(10),

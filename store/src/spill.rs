@@ -24,7 +24,8 @@
 //! they were kept open). So a restore hands its slot to [`Spiller::release`], which keeps the
 //! emptied file in a pool for a later spill to overwrite in place (its blocks are already
 //! allocated and written: the overwrite allocates nothing, frees nothing and extends nothing),
-//! up to `spill_reuse_bytes`; only files beyond that are dropped, on a closer thread (started on
+//! up to `spill_reuse_bytes` and `spill_reuse_files` (each pooled file holds a descriptor: many
+//! small fused files must not exhaust the process's limit); only files beyond that are dropped, on a closer thread (started on
 //! first use, joined when the spiller drops, so every file is closed when the store is gone).
 //! A spill takes the smallest pooled file at least as large as what it writes and at most twice
 //! that (so a small object never pins a large file's disk space); otherwise it opens a new one.
@@ -127,6 +128,7 @@ pub(crate) struct Spiller {
     ring: Mutex<RingSlot>,
     seq: AtomicU64,
     reuse_cap: u64,
+    reuse_files: usize,
     pool: Mutex<Pool>,
     closer: Mutex<Option<Closer>>,
 }
@@ -178,6 +180,7 @@ impl Spiller {
             ring: Mutex::new(RingSlot::default()),
             seq: AtomicU64::new(0),
             reuse_cap: config.spill_reuse_bytes as u64,
+            reuse_files: config.spill_reuse_files,
             pool: Mutex::new(Pool::default()),
             closer: Mutex::new(None),
         }
@@ -192,7 +195,7 @@ impl Spiller {
         };
         let overflow = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.bytes + file.size <= self.reuse_cap {
+            if pool.bytes + file.size <= self.reuse_cap && pool.files.len() < self.reuse_files {
                 pool.bytes += file.size;
                 pool.files.push(file);
                 None
