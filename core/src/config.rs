@@ -270,8 +270,10 @@ catalogue! {
     /// Whether to touch every page of the object store at `init`, so that no put pays
     /// first-touch page faults (slow start and resident memory for faster first puts).
     object_store_prefault: bool = false, env "MANTA_OBJECT_STORE_PREFAULT";
-    /// Whether to back the object store with 2 MiB huge pages when the node's pool has enough
-    /// free ones (else 4 KiB pages with transparent huge pages advised, as when this is false).
+    /// Whether to back the object store with huge pages when the node's pool has enough free
+    /// ones: 1 GiB pages when the store is large enough (its size rounded down to whole GiB keeps
+    /// 7/8 of it), else 2 MiB pages (else 4 KiB pages with transparent huge pages advised, as
+    /// when this is false).
     object_store_huge_pages: bool = true, env "MANTA_OBJECT_STORE_HUGE_PAGES";
     /// NUMA nodes to split the object store's arena across (a node list like `0-1`), one span
     /// bound to each; empty (the default) means every NUMA node of the machine with the

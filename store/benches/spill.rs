@@ -9,16 +9,19 @@
 //! - `spill/store`: put the objects (not timed), then [`Store::spill_all`] (timed): the pressure
 //!   path of step 5 with every object a victim, in one batch. Bytes of primaries written / time.
 //! - `restore/store`: `get` of every spilled object, one after another (each restores its object
-//!   into the arena before returning), timed.
-//! - `spill/disk-<chunk>x<depth>[-falloc]`, `restore/disk-...`: the baseline. One new file per
+//!   into the arena before returning), timed. The restored objects' files go to the spiller's
+//!   reuse pool, so from the second round on `spill/store` overwrites them in place.
+//! - `spill/disk-<chunk>x<depth>[-falloc|-overwrite]`, `restore/disk-...`: the baseline. One new file per
 //!   object, same sizes, same directory, opened the way the spiller opens them (`O_TMPFILE`,
 //!   `O_DIRECT` where the filesystem allows), written then read sequentially through io_uring
 //!   with `<chunk>`-byte transfers, `<depth>` in flight across all files, as `fio --rw=write
 //!   --direct=1 --ioengine=io_uring --bs=<chunk> --iodepth=<depth>` would (`-falloc`: each file
-//!   laid out with `fallocate` first, as fio does by default). The memory is one block of the
-//!   same store's arena: the very pages the spiller moves (with `O_DIRECT` the kernel pins them
-//!   page by page, so 4 KiB pages against huge ones would skew the comparison by ~1.5×). Three
-//!   settings are measured; each ratio is taken against the fastest, so the baseline is the
+//!   laid out with `fallocate` first, as fio does by default; `-overwrite`: files written once
+//!   beforehand, untimed, then written again in place, which is what a spill into a file the
+//!   spiller kept for reuse does — so neither side is compared with an easier kind of write
+//!   than its own). The memory is one block of the same store's arena: the very pages the
+//!   spiller moves (with `O_DIRECT` the kernel pins them page by page, so 4 KiB pages against
+//!   huge ones would skew the comparison by ~1.5×). Four settings are measured; each ratio is taken against the fastest, so the baseline is the
 //!   best this disk did in this run.
 //! - Under pressure (printed only): a second store whose arena holds 8 objects, default spill
 //!   threshold (0.8), gets 3× that many objects put, then every one read back: the store spills
@@ -57,9 +60,27 @@ const MIB: usize = 1 << 20;
 const OBJECT: usize = 16 * MIB;
 /// Objects per round: 256 MiB in all.
 const OBJECTS: usize = 16;
-/// The baseline's settings: (transfer size, transfers in flight, lay files out with fallocate).
-const BASELINES: [(usize, usize, bool); 3] =
-    [(MIB, 32, true), (8 * MIB, 8, true), (8 * MIB, 32, false)];
+/// How the baseline's files are laid out before its timed writes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    /// New, empty files.
+    Fresh,
+    /// New files laid out with `fallocate` first, as fio does by default.
+    Falloc,
+    /// Files already written once: the timed write overwrites them in place.
+    Overwrite,
+}
+
+/// One baseline setting: (transfer size, transfers in flight, layout).
+type Method = (usize, usize, Layout);
+
+/// The baseline's settings.
+const BASELINES: [Method; 4] = [
+    (MIB, 32, Layout::Falloc),
+    (8 * MIB, 8, Layout::Falloc),
+    (8 * MIB, 32, Layout::Fresh),
+    (8 * MIB, 32, Layout::Overwrite),
+];
 
 fn keys() -> Vec<ObjectKey> {
     (0..OBJECTS as u128).map(ObjectKey::from_u128).collect()
@@ -288,22 +309,38 @@ impl Disk {
 
     /// Time of writing `OBJECTS` new files of `OBJECT` bytes (open included, as the spiller's
     /// open is in its time). Returns the files, written and durable (on the device, or synced).
+    ///
+    /// With [`Layout::Overwrite`] the files are first written once, untimed, and the time is
+    /// that of writing them again in place (no open, no allocation: what a spill into a reused
+    /// file does).
     fn write(
         &mut self,
         dir: &Path,
         buf: &mut [u8],
-        (chunk, depth, falloc): (usize, usize, bool),
+        (chunk, depth, layout): Method,
     ) -> (Duration, Vec<DiskFile>) {
+        if layout == Layout::Overwrite {
+            let (_, files) = self.write(dir, buf, (chunk, depth, Layout::Falloc));
+            let start = Instant::now();
+            self.write_files(&files, buf, chunk, depth);
+            return (start.elapsed(), files);
+        }
         let start = Instant::now();
         let files: Vec<DiskFile> = (0..OBJECTS).map(|_| open(dir)).collect();
-        for f in files.iter().filter(|_| falloc) {
+        for f in files.iter().filter(|_| layout == Layout::Falloc) {
             // Lay the file out first, as fio does by default (`fallocate=native`).
             // SAFETY: fallocate only reads its integer arguments; the fd is open.
             let rc = unsafe { libc::fallocate(f.file.as_raw_fd(), 0, 0, OBJECT as libc::off_t) };
             assert_eq!(rc, 0, "fallocate: {}", io::Error::last_os_error());
         }
+        self.write_files(&files, buf, chunk, depth);
+        (start.elapsed(), files)
+    }
+
+    /// Writes `buf` to `files` (file `i` from `buf[i * OBJECT..]`), durably.
+    fn write_files(&mut self, files: &[DiskFile], buf: &mut [u8], chunk: usize, depth: usize) {
         if files[0].direct {
-            let ops = ops(&files, buf.as_mut_ptr(), chunk);
+            let ops = ops(files, buf.as_mut_ptr(), chunk);
             // SAFETY: the ops read `buf`, borrowed for this whole call, and write files that
             // `files` keeps open.
             unsafe { run_ops(&mut self.ring, ops, true, depth) };
@@ -315,16 +352,10 @@ impl Disk {
                 f.file.sync_data().expect("fdatasync");
             }
         }
-        (start.elapsed(), files)
     }
 
     /// Time of reading `files` back, sequentially.
-    fn read(
-        &mut self,
-        files: &[DiskFile],
-        buf: &mut [u8],
-        (chunk, depth, _): (usize, usize, bool),
-    ) -> Duration {
+    fn read(&mut self, files: &[DiskFile], buf: &mut [u8], (chunk, depth, _): Method) -> Duration {
         if !files[0].direct {
             for f in files {
                 // SAFETY: posix_fadvise only reads its integer arguments; the fd is open.
@@ -360,11 +391,15 @@ fn gbps(d: Duration) -> f64 {
     (OBJECTS * OBJECT) as f64 / d.as_secs_f64() / 1e9
 }
 
-fn label((chunk, depth, falloc): (usize, usize, bool)) -> String {
+fn label((chunk, depth, layout): Method) -> String {
     format!(
         "disk-{}MiBx{depth}{}",
         chunk / MIB,
-        if falloc { "-falloc" } else { "" }
+        match layout {
+            Layout::Fresh => "",
+            Layout::Falloc => "-falloc",
+            Layout::Overwrite => "-overwrite",
+        }
     )
 }
 

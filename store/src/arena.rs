@@ -8,9 +8,13 @@
 //! ([`crate::fdpass`]).
 //!
 //! # Page kinds, in the order tried
-//! 1. [`PageRequest::Gigantic`]: `MFD_HUGETLB | MFD_HUGE_1GB`.
+//! 1. `MFD_HUGETLB | MFD_HUGE_1GB`: with [`PageRequest::Gigantic`] always (the size rounded up
+//!    to whole GiB); with [`PageRequest::Auto`] when the capacity rounded *down* to whole GiB
+//!    keeps at least 7/8 of it (an arena of 1 GiB, 2 GiB, 7.2 GiB → 7 GiB, any size from 8 GiB
+//!    on), so the arena never exceeds what was asked and loses at most an eighth of it.
 //! 2. `MFD_HUGETLB | MFD_HUGE_2MB` (hugetlb reserves the pages at `mmap`, so an empty or short
-//!    pool fails there with `ENOMEM`, never later with `SIGBUS`).
+//!    pool fails there with `ENOMEM`, never later with `SIGBUS`; the same holds for 1 GiB
+//!    pages, so a node with no or too few of them falls through to the next kind).
 //! 3. A plain memfd with `MADV_HUGEPAGE` (transparent huge pages if the kernel's
 //!    `shmem_enabled` allows; 4 KiB pages otherwise).
 //!
@@ -113,6 +117,14 @@ fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
 }
 
+/// The arena length on 1 GiB pages for [`PageRequest::Auto`]: `capacity` rounded down to whole
+/// GiB, if that is at least one page and keeps at least 7/8 of `capacity`.
+fn gigantic_len(capacity: usize) -> Option<usize> {
+    let page = PageKind::Huge1GiB.page_size();
+    let len = capacity / page * page;
+    (len >= page && len >= capacity - capacity / 8).then_some(len)
+}
+
 /// A memfd of `len` bytes (a multiple of the page size) with `flags`, sized, sealed and mapped.
 fn map_memfd(len: usize, flags: libc::c_uint) -> io::Result<(File, MmapRaw)> {
     let file = memfd(libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | flags)?;
@@ -128,15 +140,30 @@ impl Arena {
     /// [`Arena::prefault`].
     pub fn create(capacity: usize, request: PageRequest) -> Result<Arena, StoreError> {
         let mut tries = Vec::new();
-        if request == PageRequest::Gigantic {
-            tries.push((PageKind::Huge1GiB, libc::MFD_HUGETLB | libc::MFD_HUGE_1GB));
+        let gigantic = match request {
+            PageRequest::Gigantic => {
+                Some(capacity.next_multiple_of(PageKind::Huge1GiB.page_size()))
+            }
+            PageRequest::Auto => gigantic_len(capacity),
+            PageRequest::Small => None,
+        };
+        if let Some(len) = gigantic {
+            tries.push((
+                PageKind::Huge1GiB,
+                libc::MFD_HUGETLB | libc::MFD_HUGE_1GB,
+                len,
+            ));
         }
         if request != PageRequest::Small {
-            tries.push((PageKind::Huge2MiB, libc::MFD_HUGETLB | libc::MFD_HUGE_2MB));
+            let len = capacity.next_multiple_of(PageKind::Huge2MiB.page_size());
+            tries.push((
+                PageKind::Huge2MiB,
+                libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
+                len,
+            ));
         }
         let mut mapped = None;
-        for (kind, flags) in tries {
-            let len = capacity.next_multiple_of(kind.page_size());
+        for (kind, flags, len) in tries {
             match map_memfd(len, flags) {
                 Ok(pair) => {
                     mapped = Some((kind, pair));
@@ -300,6 +327,25 @@ mod tests {
         assert_eq!(a.len(), 3 << 20);
         assert!(a.prefault_time().is_some());
         assert!(is_size_sealed(a.fd()));
+    }
+
+    #[test]
+    fn gigantic_pages_only_when_rounding_down_keeps_seven_eighths() {
+        const GIB: usize = 1 << 30;
+        assert_eq!(gigantic_len(GIB - 4096), None, "below one page");
+        assert_eq!(gigantic_len(GIB), Some(GIB));
+        assert_eq!(
+            gigantic_len(GIB + GIB / 2),
+            None,
+            "1.5 GiB would lose a third"
+        );
+        assert_eq!(gigantic_len(2 * GIB + (200 << 20)), Some(2 * GIB));
+        assert_eq!(
+            gigantic_len(7 * GIB + GIB / 5),
+            Some(7 * GIB),
+            "30% of 24 GiB"
+        );
+        assert_eq!(gigantic_len(8 * GIB + GIB - 1), Some(8 * GIB));
     }
 
     #[test]

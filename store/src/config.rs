@@ -9,11 +9,14 @@ use std::time::Duration;
 /// Which pages to back the arena with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PageRequest {
-    /// 2 MiB huge pages (hugetlb) when the node's pool has enough free, else 4 KiB pages with
-    /// transparent huge pages advised.
+    /// 1 GiB huge pages when the arena is large enough (its size rounded down to whole GiB keeps
+    /// at least 7/8 of it; see `arena.rs`) and the node's 1 GiB pool has enough free; else 2 MiB
+    /// huge pages (hugetlb) when that pool has enough free; else 4 KiB pages with transparent
+    /// huge pages advised.
     #[default]
     Auto,
-    /// 1 GiB pages when the node's 1 GiB pool has enough free, else as [`PageRequest::Auto`].
+    /// 1 GiB pages whenever the node's 1 GiB pool has enough free (the size rounded up to whole
+    /// GiB), else as [`PageRequest::Auto`].
     Gigantic,
     /// 4 KiB pages with transparent huge pages advised, whatever the node has (tests, and nodes
     /// whose huge-page pool belongs to someone else).
@@ -40,6 +43,15 @@ pub struct StoreConfig {
     /// Spilled objects smaller than this are fused into one file per spill batch; larger ones
     /// get a file each. Default: 1 MiB.
     pub spill_fuse_below: usize,
+    /// Bytes of emptied spill files kept open for reuse by later spills (a restored object's
+    /// file is overwritten in place instead of being closed: closing an unlinked file frees its
+    /// disk blocks, which competes with the spill and restore I/O around it). The disk space
+    /// these files hold stays allocated until the store drops; files beyond this are closed.
+    /// Default: 1 GiB.
+    pub spill_reuse_bytes: usize,
+    /// Most emptied spill files kept for reuse, whatever their bytes (each holds a file
+    /// descriptor). Default: 64.
+    pub spill_reuse_files: usize,
     /// Largest single write or read submitted to io_uring (a multiple of 4 KiB). Default: 8 MiB.
     pub spill_chunk: usize,
     /// Submission queue depth of the spill ring. Default: 64.
@@ -74,6 +86,8 @@ impl Default for StoreConfig {
             spill_threshold: 0.8,
             spill_dir: std::env::temp_dir(),
             spill_fuse_below: 1 << 20,
+            spill_reuse_bytes: 1 << 30,
+            spill_reuse_files: 64,
             spill_chunk: 8 << 20,
             io_uring_entries: 64,
             create_timeout: Duration::from_secs(10),

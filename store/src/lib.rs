@@ -22,11 +22,14 @@
 //! - `pressure`: the sans-I/O eviction/spill policy.
 //! - `spill`: io_uring spill files (unsafe: buffers handed to the kernel).
 //! - [`fdpass`]: SCM_RIGHTS over a Unix socket (unsafe: `sendmsg`/`recvmsg`).
+//! - [`advise_huge_pages`]: numpy's huge-page advice for memory outside the arena, for
+//!   benchmarks that allocate source arrays as numpy does (unsafe: `madvise`).
 //! - `numa`: NUMA placement along the configured nodes or hwloc's (feature `hwloc`) and the
 //!   calling thread's node
 //!   (unsafe: `mbind`, `getcpu`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod advice;
 mod alloc;
 mod arena;
 mod config;
@@ -40,6 +43,7 @@ mod spill;
 mod store;
 mod table;
 
+pub use advice::{NUMPY_HUGEPAGE_THRESHOLD, advise_huge_pages};
 pub use alloc::{Allocator, Block, UNIT};
 pub use arena::{Arena, AttachedArena, PageKind};
 pub use config::{PageRequest, StoreConfig};

@@ -46,9 +46,9 @@
 //! deleted while `spilling`, and whose block is only freed in (c), after the I/O completed) and
 //! the restorer's (`Restoring`: the block is not yet reachable by anyone else). Lock order:
 //! table, then allocator; the spill ring's lock and the closer's are never held with the
-//! table's. A restored object's spill file is closed on the spiller's closer thread, a deleted
-//! one's after the table lock is released: closing an unlinked file frees its blocks, which
-//! takes milliseconds.
+//! table's. A restored or deleted object's spill slot goes back to the spiller after the table
+//! lock is released, which keeps its emptied file for reuse or closes it on its closer thread:
+//! closing an unlinked file frees its blocks, which takes milliseconds (`spill.rs`).
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -420,8 +420,11 @@ impl Store {
         }
         self.changed.notify_all();
         drop(table);
-        // Outside the lock: closing an unlinked file frees its blocks (milliseconds).
-        drop(spilled);
+        // Outside the lock: the spiller reuses the file or closes it off this thread (closing an
+        // unlinked file frees its blocks: milliseconds).
+        if let Some(slot) = spilled {
+            self.spiller.release(slot);
+        }
         Ok(())
     }
 

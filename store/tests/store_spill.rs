@@ -39,15 +39,41 @@ fn init_logs() {
 }
 
 fn store_in(dir: &std::path::Path, capacity: usize) -> Store {
+    let defaults = StoreConfig::default();
+    store_reusing(
+        dir,
+        capacity,
+        defaults.spill_reuse_bytes,
+        defaults.spill_reuse_files,
+    )
+}
+
+/// A store that keeps at most `reuse` bytes and `files` files of emptied spill files for reuse.
+fn store_reusing(dir: &std::path::Path, capacity: usize, reuse: usize, files: usize) -> Store {
     init_logs();
     Store::new(StoreConfig {
         pages: PageRequest::Small,
         prefault: true,
         spill_dir: dir.to_path_buf(),
         create_timeout: Duration::from_secs(5),
+        spill_reuse_bytes: reuse,
+        spill_reuse_files: files,
         ..StoreConfig::with_capacity(capacity)
     })
     .expect("store")
+}
+
+/// Waits (up to 10 s) until at most `n` fds of this process point into `dir`; returns the
+/// count seen last. Files beyond the reuse pool are closed on the spiller's closer thread.
+fn fds_settle(dir: &std::path::Path, n: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = fds_in(dir);
+        if now <= n || std::time::Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Sizes cycling through fused-small (< 1 MiB) and own-file large objects.
@@ -129,7 +155,8 @@ fn concurrent_writers_and_readers_under_pressure() {
 #[test]
 fn deleting_spilled_objects_frees_their_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = store_in(dir.path(), 4 << 20);
+    // No reuse pool: every emptied file is closed.
+    let store = store_reusing(dir.path(), 4 << 20, 0, 0);
     for n in 0..12u64 {
         store
             .put(ObjectKey::from_u128(n.into()), contents(n, 1 << 20))
@@ -147,11 +174,71 @@ fn deleting_spilled_objects_frees_their_files() {
     }
     assert!(fds_spilling > 0);
     assert_eq!(
-        fds_in(dir.path()),
+        fds_settle(dir.path(), 0),
         0,
         "each spilled object's file is closed with it"
     );
     assert_eq!(store.stats().spilled_objects, 0);
+}
+
+#[test]
+fn emptied_spill_files_are_reused_up_to_the_byte_cap() {
+    // 1 MiB objects (a file each); the pool keeps at most 3 MiB of files.
+    reuse_round(3 << 20, 64, 3);
+}
+
+#[test]
+fn emptied_spill_files_are_reused_up_to_the_file_cap() {
+    reuse_round(1 << 30, 2, 2);
+}
+
+/// Spills 1 MiB objects from a 4 MiB arena, empties their files, checks that `kept` of them
+/// stay open and that the next spills reuse them.
+fn reuse_round(reuse_bytes: usize, reuse_files: usize, kept: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_reusing(dir.path(), 4 << 20, reuse_bytes, reuse_files);
+    let put_round = |first: u64| -> Vec<u64> {
+        for n in first..first + 12 {
+            store
+                .put(ObjectKey::from_u128(n.into()), contents(n, 1 << 20))
+                .expect("put");
+        }
+        (first..first + 12)
+            .filter(|&n| store.is_spilled(ObjectKey::from_u128(n.into())))
+            .collect()
+    };
+    let spilled = put_round(0);
+    let files = fds_in(dir.path());
+    assert!(
+        spilled.len() > kept && files == spilled.len(),
+        "{files} files"
+    );
+    // Read back two (their files go to the pool), delete the rest (pool up to the cap).
+    for &n in &spilled[..2] {
+        let view = store.get(ObjectKey::from_u128(n.into())).expect("restore");
+        assert!(view[..] == contents(n, 1 << 20)[..], "object {n}");
+    }
+    for n in 0..12u64 {
+        store
+            .delete(ObjectKey::from_u128(n.into()))
+            .expect("delete");
+    }
+    assert_eq!(store.stats().spilled_objects, 0);
+    assert_eq!(
+        fds_settle(dir.path(), kept),
+        kept,
+        "{kept} emptied 1 MiB files kept, the others closed"
+    );
+    // The next spills overwrite the kept files before opening new ones, byte-exact.
+    let spilled = put_round(100);
+    assert!(spilled.len() > kept);
+    assert_eq!(fds_in(dir.path()), spilled.len(), "kept files were reused");
+    for n in 100..112u64 {
+        let view = store.get(ObjectKey::from_u128(n.into())).expect("get");
+        assert!(view[..] == contents(n, 1 << 20)[..], "object {n}");
+    }
+    drop(store);
+    assert_eq!(fds_in(dir.path()), 0, "every file is closed with the store");
 }
 
 #[test]

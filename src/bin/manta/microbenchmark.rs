@@ -42,8 +42,29 @@ fn do_put_small() -> Result<(), String> {
     Ok(())
 }
 
+/// `np.zeros(n, dtype=np.int64)` as numpy allocates it: `calloc`'d, so its pages are untouched
+/// zeros, and (being 4 MiB or more) advised for transparent huge pages, so a first read maps the
+/// huge zero page 2 MiB at a time (`manta_store::advise_huge_pages` says why that matters; a
+/// plain `vec![0; n]` faults once per 4 KiB page instead). Ray's put cases put such arrays.
+fn numpy_zeros(n: usize) -> Vec<i64> {
+    let v = vec![0i64; n];
+    if n * size_of::<i64>() >= manta_store::NUMPY_HUGEPAGE_THRESHOLD {
+        manta_store::advise_huge_pages(&v);
+    }
+    v
+}
+
 #[manta::remote]
 fn do_put() -> Result<(), String> {
+    // Ray's `ray.put(np.zeros(10 * 1024 * 1024, dtype=np.int64))`, 10 times: fresh arrays.
+    for _ in 0..10 {
+        manta::put(numpy_zeros(10 * 1024 * 1024)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[manta::remote]
+fn do_put_plain_vec() -> Result<(), String> {
     for _ in 0..10 {
         manta::put(vec![0i64; 10 * 1024 * 1024]).map_err(|e| e.to_string())?;
     }
@@ -412,7 +433,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
         get_checked(&refs)
     })?;
     if r.wants("single client put gigabytes") {
-        let arr = vec![0i64; 100 * 1024 * 1024];
+        let arr = numpy_zeros(100 * 1024 * 1024);
         r.timeit("single client put gigabytes", 8.0 * 0.1, || {
             // As Ray's `ray.put(arr)`: the array is encoded straight into a new object in the
             // shared-memory store (one memcpy: a Vec of numbers skips serde) and stays the caller's.
@@ -435,6 +456,16 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
         let refs: Vec<_> = (0..10).map(|_| do_put::remote()).collect();
         get_checked(&refs)
     })?;
+    // The same from Rust's own `vec![0; n]` (no huge-page advice: one fault per 4 KiB page of
+    // the source), which a Rust program writes unless it allocates as numpy does.
+    r.timeit(
+        "multi client put gigabytes, plain vec source",
+        10.0 * 8.0 * 0.1,
+        || {
+            let refs: Vec<_> = (0..10).map(|_| do_put_plain_vec::remote()).collect();
+            get_checked(&refs)
+        },
+    )?;
     if r.wants("single client get object containing 10k refs") {
         let obj = create_object_containing_ref::remote();
         r.timeit("single client get object containing 10k refs", 1.0, || {
