@@ -159,13 +159,21 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
             .resources
             .iter()
             .find(|(k, _, _)| k == "object_store_memory");
-        if cpu.1 == 0.0 && store.is_some_and(|s| s.2 > 0.0) {
+        // ... and which pages back the node's store (the arena its worker reported).
+        let pages_known = [
+            "1 GiB huge pages",
+            "2 MiB huge pages",
+            "4 KiB pages (THP advised)",
+        ]
+        .contains(&node.store_pages.as_str());
+        if cpu.1 == 0.0 && store.is_some_and(|s| s.2 > 0.0) && pages_known {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the node's CPUs never showed as used: {:?}",
-            node.resources
+            "the node's CPUs, store or store pages never showed: {:?} {:?}",
+            node.resources,
+            node.store_pages
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -288,6 +288,9 @@ fn print_node(n: &cluster::NodeRow) {
     if !n.topology.is_empty() {
         println!("        topology: {}", n.topology);
     }
+    if !n.store_pages.is_empty() {
+        println!("        object store: {}", n.store_pages);
+    }
 }
 
 fn print_node_line(n: &cluster::NodeRow) {

@@ -175,6 +175,7 @@ impl Gcs {
                 node_id,
                 resources,
                 store_used,
+                store_pages,
             } => {
                 if let Some(e) = s.nodes.iter_mut().find(|e| e.node.node_id == node_id) {
                     e.last_heard = Instant::now();
@@ -188,6 +189,9 @@ impl Gcs {
                         }
                     }
                     e.node.store_used = store_used;
+                    if !store_pages.is_empty() {
+                        e.node.store_pages = store_pages;
+                    }
                 }
             }
             Msg::RegisterWorker {

@@ -140,6 +140,9 @@ pub struct NodeRow {
     pub host_id: String,
     /// Live worker processes registered on it (every job's).
     pub workers: u32,
+    /// The page kind of its workers' store arenas, as their reports last said ("2 MiB huge
+    /// pages", "1 GiB huge pages", "4 KiB pages (THP advised)"); empty before any worker ran.
+    pub store_pages: String,
 }
 
 /// One actor in [`ClusterState`].
@@ -234,6 +237,7 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
                     topology: n.topology,
                     host_id: n.host_id,
                     workers: n.workers,
+                    store_pages: n.store_pages,
                 })
                 .collect(),
             actors: actors
@@ -379,6 +383,8 @@ struct WorkerProc {
     resources: Vec<Resource>,
     /// The worker's last report: `(resource, available, total)`, store bytes in use.
     load: Vec<Resource>,
+    /// The page kind of its store arena, from its reports.
+    store_pages: String,
 }
 
 impl WorkerProc {
@@ -390,6 +396,7 @@ impl WorkerProc {
             peer: None,
             resources: Vec::new(),
             load: Vec::new(),
+            store_pages: String::new(),
         }
     }
 }
@@ -483,6 +490,20 @@ impl Raylet {
             v.push(store);
         }
         v
+    }
+
+    /// The page kinds of this node's store arenas (its workers'), e.g. "2 MiB huge pages", or
+    /// several joined with " + " when they differ (one worker got huge pages, the next not).
+    fn store_pages(&self) -> String {
+        let mut kinds: Vec<String> = lock(&self.workers)
+            .values()
+            .flat_map(|j| j.procs.iter())
+            .filter(|w| !w.store_pages.is_empty())
+            .map(|w| w.store_pages.clone())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds.join(" + ")
     }
 
     /// Store bytes in use on this node (every worker's arena).
@@ -665,6 +686,7 @@ impl Raylet {
                     peer: None,
                     resources: Vec::new(),
                     load: Vec::new(),
+                    store_pages: String::new(),
                 });
                 job.procs.len() - 1
             }
@@ -775,7 +797,11 @@ impl Handler for RayletHandler {
             } => self
                 .0
                 .worker_ready(peer, job_id, index, address, pid, resources),
-            Msg::Heartbeat { resources, .. } => {
+            Msg::Heartbeat {
+                resources,
+                store_pages,
+                ..
+            } => {
                 let mut workers = lock(&self.0.workers);
                 if let Some(w) = workers
                     .values_mut()
@@ -783,6 +809,7 @@ impl Handler for RayletHandler {
                     .find(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
                 {
                     w.load = resources;
+                    w.store_pages = store_pages;
                 }
             }
             Msg::JobEvent {
@@ -927,7 +954,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     raylet.reap();
-                    gcs.send(Msg::Heartbeat { node_id, resources: raylet.resources(), store_used: raylet.store_used() });
+                    gcs.send(Msg::Heartbeat { node_id, resources: raylet.resources(), store_used: raylet.store_used(), store_pages: raylet.store_pages() });
                 }
             }
         }

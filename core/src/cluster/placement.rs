@@ -38,10 +38,10 @@ pub(super) struct NodeWorker {
 }
 
 impl NodeWorker {
-    fn load(&self) -> policy::WorkerLoad {
+    fn load(&self) -> policy::WorkerLoad<'_> {
         policy::WorkerLoad {
-            totals: self.totals.clone(),
-            busy: self.busy.clone(),
+            totals: self.totals.as_slice().into(),
+            busy: self.busy.as_slice().into(),
         }
     }
 }
@@ -115,11 +115,11 @@ impl Cluster {
         let wanted = request_pairs(request);
         let mut passed: Vec<usize> = Vec::new();
         let pick = |slots: &Vec<NodeSlot>, passed: &[usize]| {
-            let loads: Vec<NodeLoad> = slots
+            let loads: Vec<NodeLoad<'_>> = slots
                 .iter()
                 .enumerate()
                 .map(|(i, s)| NodeLoad {
-                    totals: s.totals.clone(),
+                    totals: s.totals.as_slice().into(),
                     busy_cpus: s.busy_cpus,
                     alive: s.alive && !passed.contains(&i),
                 })

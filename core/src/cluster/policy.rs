@@ -25,17 +25,23 @@
 //!
 //! A node none of whose workers covers the request is passed over by the caller.
 
+use std::borrow::Cow;
+
+/// `(resource name, amount)` pairs, borrowed from the caller's tables on the submit path (no
+/// copy per task), owned in tests.
+pub(crate) type Amounts<'a> = Cow<'a, [(String, f64)]>;
+
 /// One node as the policy sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct NodeLoad {
+pub(crate) struct NodeLoad<'a> {
     /// `(resource name, total)`.
-    pub(crate) totals: Vec<(String, f64)>,
+    pub(crate) totals: Amounts<'a>,
     /// In-flight CPU demand of this owner on the node.
     pub(crate) busy_cpus: f64,
     pub(crate) alive: bool,
 }
 
-impl NodeLoad {
+impl NodeLoad<'_> {
     fn total(&self, name: &str) -> f64 {
         self.totals
             .iter()
@@ -63,7 +69,7 @@ impl NodeLoad {
 /// Picks a node for `request` (`(resource, amount)` pairs), or `None` if no node can ever
 /// run it.
 pub(crate) fn pick(
-    nodes: &[NodeLoad],
+    nodes: &[NodeLoad<'_>],
     request: &[(String, f64)],
     preferred: Option<usize>,
     spread_threshold: f64,
@@ -89,14 +95,14 @@ pub(crate) fn pick(
 
 /// One worker process of a node as [`pick_worker`] sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct WorkerLoad {
+pub(crate) struct WorkerLoad<'a> {
     /// `(resource name, total)` its scheduler holds.
-    pub(crate) totals: Vec<(String, f64)>,
+    pub(crate) totals: Amounts<'a>,
     /// This owner's demand in flight there, per resource.
-    pub(crate) busy: Vec<(String, f64)>,
+    pub(crate) busy: Amounts<'a>,
 }
 
-impl WorkerLoad {
+impl WorkerLoad<'_> {
     fn total(&self, name: &str) -> f64 {
         self.totals
             .iter()
@@ -130,7 +136,7 @@ impl WorkerLoad {
 
 /// Picks a worker of one node for `request`, or `None` if none of them can ever run it.
 pub(crate) fn pick_worker(
-    workers: &[WorkerLoad],
+    workers: &[WorkerLoad<'_>],
     request: &[(String, f64)],
     preferred: Option<usize>,
 ) -> Option<usize> {
@@ -165,9 +171,9 @@ pub(crate) fn pick_worker(
 mod tests {
     use super::*;
 
-    fn node(cpus: f64, busy: f64) -> NodeLoad {
+    fn node(cpus: f64, busy: f64) -> NodeLoad<'static> {
         NodeLoad {
-            totals: vec![("CPU".into(), cpus)],
+            totals: vec![("CPU".into(), cpus)].into(),
             busy_cpus: busy,
             alive: true,
         }
@@ -212,18 +218,19 @@ mod tests {
         assert_eq!(pick(&nodes, &gpu, None, 0.5), None);
     }
 
-    fn worker(cpus: f64, gpus: f64) -> WorkerLoad {
+    fn worker(cpus: f64, gpus: f64) -> WorkerLoad<'static> {
         WorkerLoad {
-            totals: vec![("CPU".into(), cpus), ("GPU".into(), gpus)],
-            busy: Vec::new(),
+            totals: vec![("CPU".into(), cpus), ("GPU".into(), gpus)].into(),
+            busy: Vec::new().into(),
         }
     }
 
-    fn take(w: &mut WorkerLoad, request: &[(String, f64)]) {
+    fn take(w: &mut WorkerLoad<'_>, request: &[(String, f64)]) {
+        let busy = w.busy.to_mut();
         for (name, amount) in request {
-            match w.busy.iter_mut().find(|(n, _)| n == name) {
+            match busy.iter_mut().find(|(n, _)| n == name) {
                 Some((_, b)) => *b += amount,
-                None => w.busy.push((name.clone(), *amount)),
+                None => busy.push((name.clone(), *amount)),
             }
         }
     }

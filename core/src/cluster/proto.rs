@@ -149,6 +149,8 @@ pub(crate) enum Msg {
         node_id: u64,
         resources: Vec<Resource>,
         store_used: u64,
+        /// Page kind of the store arena(s) (`manta status`), empty when none.
+        store_pages: String,
     },
     GetNodes {
         request_id: u64,
@@ -789,14 +791,17 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             node_id,
             resources,
             store_used,
+            store_pages,
         } => {
             let resources = opt_resources(fbb, resources);
+            let store_pages = opt_str(fbb, store_pages);
             table!(
                 Heartbeat,
                 HeartbeatArgs {
                     node_id: *node_id,
                     resources,
                     store_used: *store_used,
+                    store_pages,
                 }
             );
         }
@@ -1435,6 +1440,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 node_id: t.node_id(),
                 resources: resources(t.resources()),
                 store_used: t.store_used(),
+                store_pages: string(t.store_pages()),
             }
         }
         TAG_GET_NODES => Msg::GetNodes {
@@ -1848,6 +1854,7 @@ mod tests {
                 node_id: 7,
                 resources: resources(),
                 store_used: 999,
+                store_pages: "1 GiB huge pages".into(),
             },
             Msg::GetNodes { request_id: 5 },
             Msg::Nodes {

@@ -609,6 +609,7 @@ impl Cluster {
                 node_id,
                 resources: Vec::new(),
                 store_used: 0,
+                store_pages: String::new(),
             };
         };
         let mut resources: Vec<Resource> = rt
@@ -623,9 +624,11 @@ impl Cluster {
             })
             .collect();
         let mut store_used = 0;
+        let mut store_pages = String::new();
         if let Some(store) = &rt.store {
             let s = store.status();
             store_used = s.used as u64;
+            store_pages = s.page_kind.to_string();
             resources.push(Resource {
                 name: "object_store_memory".into(),
                 total: s.capacity as f64,
@@ -636,6 +639,7 @@ impl Cluster {
             node_id,
             resources,
             store_used,
+            store_pages,
         }
     }
 

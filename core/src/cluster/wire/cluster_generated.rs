@@ -1257,6 +1257,7 @@ impl<'a> Heartbeat<'a> {
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_RESOURCES: ::flatbuffers::VOffsetT = 6;
   pub const VT_STORE_USED: ::flatbuffers::VOffsetT = 8;
+  pub const VT_STORE_PAGES: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1270,6 +1271,7 @@ impl<'a> Heartbeat<'a> {
     let mut builder = HeartbeatBuilder::new(_fbb);
     builder.add_store_used(args.store_used);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.store_pages { builder.add_store_pages(x); }
     if let Some(x) = args.resources { builder.add_resources(x); }
     builder.finish()
   }
@@ -1296,6 +1298,14 @@ impl<'a> Heartbeat<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Heartbeat::VT_STORE_USED, Some(0)).unwrap()}
   }
+  /// The page kind of the sender's store arena(s), e.g. "2 MiB huge pages" (empty: none).
+  #[inline]
+  pub fn store_pages(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Heartbeat::VT_STORE_PAGES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Heartbeat<'_> {
@@ -1307,6 +1317,7 @@ impl ::flatbuffers::Verifiable for Heartbeat<'_> {
      .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Resource>>>>("resources", Self::VT_RESOURCES, false)?
      .visit_field::<u64>("store_used", Self::VT_STORE_USED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("store_pages", Self::VT_STORE_PAGES, false)?
      .finish();
     Ok(())
   }
@@ -1315,6 +1326,7 @@ pub struct HeartbeatArgs<'a> {
     pub node_id: u64,
     pub resources: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>>>,
     pub store_used: u64,
+    pub store_pages: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for HeartbeatArgs<'a> {
   #[inline]
@@ -1323,6 +1335,7 @@ impl<'a> Default for HeartbeatArgs<'a> {
       node_id: 0,
       resources: None,
       store_used: 0,
+      store_pages: None,
     }
   }
 }
@@ -1345,6 +1358,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HeartbeatBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Heartbeat::VT_STORE_USED, store_used, 0);
   }
   #[inline]
+  pub fn add_store_pages(&mut self, store_pages: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Heartbeat::VT_STORE_PAGES, store_pages);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HeartbeatBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HeartbeatBuilder {
@@ -1365,6 +1382,7 @@ impl ::core::fmt::Debug for Heartbeat<'_> {
       ds.field("node_id", &self.node_id());
       ds.field("resources", &self.resources());
       ds.field("store_used", &self.store_used());
+      ds.field("store_pages", &self.store_pages());
       ds.finish()
   }
 }
