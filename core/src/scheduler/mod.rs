@@ -315,11 +315,16 @@ impl Scheduler {
             let mut i = 0;
             let mut scanned = 0;
             while i < pending.len() && scanned < PENDING_SCAN {
-                scanned += 1;
                 if pending[i].state() != QUEUED {
+                    // Run elsewhere meanwhile (a `get` ran it inline): dropped without counting
+                    // against the scan, or a run of such entries could end the pass before the
+                    // live task behind them — after the last release anyone would make.
                     pending.remove(i);
                     self.num_pending.fetch_sub(1, Ordering::SeqCst);
-                } else if self.resources.try_acquire(&pending[i].demand) {
+                    continue;
+                }
+                scanned += 1;
+                if self.resources.try_acquire(&pending[i].demand) {
                     if let Some(task) = pending.remove(i) {
                         ready.push(task);
                     }

@@ -151,6 +151,9 @@ fn search(s: &Scheduler, me: usize) -> Option<Job> {
     found
 }
 
+/// How long an idle slot sleeps before it looks for work again unasked.
+const SLEEP_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Parks until woken; re-checks for work after registering (README, "No lost wake-ups").
 fn sleep(s: &Scheduler) {
     let me = thread::current();
@@ -161,7 +164,10 @@ fn sleep(s: &Scheduler) {
     }
     fence(Ordering::SeqCst);
     if !(s.has_work() || s.is_shut_down()) {
-        thread::park();
+        // Bounded: a stress run of nested `get`s on one CPU (597 slots blocked) once ended with
+        // a job in a deque and the only runnable slot asleep — a wake-up lost somewhere not yet
+        // found. Looking again every `SLEEP_RECHECK` bounds what such a loss costs.
+        thread::park_timeout(SLEEP_RECHECK);
     }
     let mut sleepers = lock(&s.sleepers);
     if let Some(i) = sleepers.iter().position(|t| t.id() == me.id()) {
