@@ -370,6 +370,72 @@ fn two_srun_jobs_at_once_do_not_collide() {
     no_leftovers(name);
 }
 
+/// One rank as `srun` describes it, for tests that start the ranks themselves (to know the
+/// job's identity in advance, or to place ranks in network namespaces).
+struct SrunRank<'a> {
+    test: &'a str,
+    kind: &'a str,
+    job_id: u32,
+    rank: u32,
+    local: u32,
+    node: u32,
+    ntasks: u32,
+    tasks_per_node: &'a str,
+    nodelist: &'a str,
+    cpus_on_node: &'a str,
+}
+
+impl SrunRank<'_> {
+    /// Points `cmd` (a `timeout` wrapper) at this test binary with the rank's environment,
+    /// and nothing of the caller's cluster, MPI or GPU settings.
+    fn apply(&self, cmd: &mut Command) {
+        cmd.arg("120")
+            .arg(std::env::current_exe().unwrap())
+            .args([self.test, "--exact", "--nocapture"])
+            .env(JOB_ENV, self.kind)
+            .env(TAG_ENV, tag(self.test))
+            .env("SLURM_PROCID", self.rank.to_string())
+            .env("SLURM_LOCALID", self.local.to_string())
+            .env("SLURM_NODEID", self.node.to_string())
+            .env("SLURM_NTASKS", self.ntasks.to_string())
+            .env("SLURM_STEP_TASKS_PER_NODE", self.tasks_per_node)
+            .env("SLURM_JOB_ID", self.job_id.to_string())
+            .env("SLURM_STEP_ID", "0")
+            .env("SLURM_STEP_NODELIST", self.nodelist)
+            .env("SLURM_CPUS_ON_NODE", self.cpus_on_node)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for k in [
+            "MANTA_ADDRESS",
+            "MANTA_TOKEN",
+            "MANTA_WORKER_RAYLET",
+            "MANTA_CPU_AFFINITY",
+            "PMIX_RANK",
+            "SLURM_STEP_GPUS",
+            "SLURM_JOB_GPUS",
+        ] {
+            cmd.env_remove(k);
+        }
+    }
+}
+
+/// Waits for every rank and checks each exited 0; returns their outputs.
+fn all_succeed(ranks: Vec<std::process::Child>) -> Vec<Output> {
+    let outs: Vec<Output> = ranks
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (rank, out) in outs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "rank {rank}: {}\n{}",
+            out.status,
+            text(out)
+        );
+    }
+    outs
+}
+
 /// Three ranks started as `srun -n 3` starts them on one node (its environment, set by hand,
 /// so the job's identity and hence its head's port are known in advance) while another
 /// service holds that port: the head moves to the job's next port and the ranks find it.
@@ -388,45 +454,26 @@ fn a_taken_head_port_moves_the_head_on() {
             drop(conn);
         }
     });
-    let exe = std::env::current_exe().unwrap();
     let ranks: Vec<_> = (0..3)
         .map(|rank| {
             let mut cmd = Command::new("timeout");
-            cmd.arg("120")
-                .arg(&exe)
-                .args([name, "--exact", "--nocapture"])
-                .env(JOB_ENV, "work")
-                .env(TAG_ENV, tag(name))
-                .env("SLURM_PROCID", rank.to_string())
-                .env("SLURM_LOCALID", rank.to_string())
-                .env("SLURM_NODEID", "0")
-                .env("SLURM_NTASKS", "3")
-                .env("SLURM_STEP_TASKS_PER_NODE", "3")
-                .env("SLURM_JOB_ID", job_id.to_string())
-                .env("SLURM_STEP_ID", "0")
-                .env("SLURM_STEP_NODELIST", "localhost")
-                .env("SLURM_CPUS_ON_NODE", "3");
-            for k in ["MANTA_ADDRESS", "MANTA_TOKEN", "MANTA_WORKER_RAYLET"] {
-                cmd.env_remove(k);
+            SrunRank {
+                test: name,
+                kind: "work",
+                job_id,
+                rank,
+                local: rank,
+                node: 0,
+                ntasks: 3,
+                tasks_per_node: "3",
+                nodelist: "localhost",
+                cpus_on_node: "3",
             }
-            cmd.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("starting a rank")
+            .apply(&mut cmd);
+            cmd.spawn().expect("starting a rank")
         })
         .collect();
-    let outs: Vec<Output> = ranks
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    for (rank, out) in outs.iter().enumerate() {
-        assert!(
-            out.status.success(),
-            "rank {rank}: {}\n{}",
-            out.status,
-            text(out)
-        );
-    }
+    let outs = all_succeed(ranks);
     let t = text(&outs[0]);
     assert!(
         t.contains("spmd-job: ok nodes=1 workers=3 exchange=environment"),
@@ -647,60 +694,33 @@ fn two_hosts_four_ranks_one_node_per_host() {
     };
     let job_id = 910_000_000 + std::process::id();
     let nodelist = format!("{},{}", hosts.host(0).ip(), hosts.host(1).ip());
-    let exe = std::env::current_exe().unwrap();
     let ranks: Vec<_> = (0..4u32)
         .map(|rank| {
             let (node, local) = (rank / 2, rank % 2);
             let mut cmd = hosts.command(node as usize, "timeout");
-            cmd.arg("120")
-                .arg(&exe)
-                .args([name, "--exact", "--nocapture"])
-                .env(JOB_ENV, "hosts")
-                .env(TAG_ENV, tag(name))
-                .env("SLURM_PROCID", rank.to_string())
-                .env("SLURM_LOCALID", local.to_string())
-                .env("SLURM_NODEID", node.to_string())
-                .env("SLURM_NTASKS", "4")
-                .env("SLURM_STEP_TASKS_PER_NODE", "2(x2)")
-                .env("SLURM_JOB_ID", job_id.to_string())
-                .env("SLURM_STEP_ID", "0")
-                .env("SLURM_STEP_NODELIST", &nodelist)
-                .env("SLURM_CPUS_ON_NODE", "4");
+            SrunRank {
+                test: name,
+                kind: "hosts",
+                job_id,
+                rank,
+                local,
+                node,
+                ntasks: 4,
+                tasks_per_node: "2(x2)",
+                nodelist: &nodelist,
+                cpus_on_node: "4",
+            }
+            .apply(&mut cmd);
             // Host B has two GPUs (named by UUID: counted, not looked up on the PCI bus).
             if node == 1 {
                 cmd.env("CUDA_VISIBLE_DEVICES", "GPU-manta-test-0,GPU-manta-test-1");
             } else {
                 cmd.env_remove("CUDA_VISIBLE_DEVICES");
             }
-            for k in [
-                "MANTA_ADDRESS",
-                "MANTA_TOKEN",
-                "MANTA_WORKER_RAYLET",
-                "MANTA_CPU_AFFINITY",
-                "PMIX_RANK",
-                "SLURM_STEP_GPUS",
-                "SLURM_JOB_GPUS",
-            ] {
-                cmd.env_remove(k);
-            }
-            cmd.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("starting a rank")
+            cmd.spawn().expect("starting a rank")
         })
         .collect();
-    let outs: Vec<Output> = ranks
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    for (rank, out) in outs.iter().enumerate() {
-        assert!(
-            out.status.success(),
-            "rank {rank}: {}\n{}",
-            out.status,
-            text(out)
-        );
-    }
+    let outs = all_succeed(ranks);
     let t = text(&outs[0]);
     assert!(t.contains("spmd-job: ok hosts nodes=2 workers=4"), "{t}");
     no_leftovers(name);
