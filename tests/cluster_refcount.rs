@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{LocalCluster, NodeSpec, serve_if_worker};
+use common::cluster::{
+    LocalCluster, NodeSpec, serve_if_worker, store_objects, worker_store_objects,
+};
 use manta::{ActorHandle, ObjectRef};
 
 #[manta::remote]
@@ -53,20 +55,6 @@ fn lazy_refs(refs: Vec<ObjectRef<Vec<u8>>>) -> (usize, usize) {
     let before = store_objects();
     assert_eq!(refs[0].get().expect("the first ref").len(), BIG);
     (before, store_objects())
-}
-
-/// Objects in this process's store.
-fn store_objects() -> usize {
-    manta::status()
-        .ok()
-        .and_then(|s| s.object_store)
-        .map_or(0, |s| s.objects)
-}
-
-/// Objects in the store of the worker process that runs it.
-#[manta::remote]
-fn worker_store_objects() -> usize {
-    store_objects()
 }
 
 #[manta::actor]

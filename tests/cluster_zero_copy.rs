@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{LocalCluster, NodeSpec, serve_if_worker};
+use common::cluster::{
+    LocalCluster, NodeSpec, serve_if_worker, store_objects, worker_store_objects,
+};
 use manta::ObjectRef;
 
 const BIG: usize = 64 << 20;
@@ -27,20 +29,6 @@ fn is_pattern(bytes: &[u8]) -> bool {
             .step_by(4093)
             .chain([BIG - 1])
             .all(|i| bytes[i] == pattern(i))
-}
-
-/// Objects in this process's store.
-fn store_objects() -> usize {
-    manta::status()
-        .ok()
-        .and_then(|s| s.object_store)
-        .map_or(0, |s| s.objects)
-}
-
-/// Objects in the store of the worker process that runs it.
-#[manta::remote]
-fn worker_store_objects() -> usize {
-    store_objects()
 }
 
 /// Whether the argument has the pattern, and this worker's store objects while reading it.

@@ -213,3 +213,17 @@ impl Drop for LocalCluster {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
+
+/// Objects in this process's store.
+pub(crate) fn store_objects() -> usize {
+    manta::status()
+        .ok()
+        .and_then(|s| s.object_store)
+        .map_or(0, |s| s.objects)
+}
+
+/// Objects in the store of the worker process that runs it.
+#[manta::remote]
+pub(crate) fn worker_store_objects() -> usize {
+    store_objects()
+}
