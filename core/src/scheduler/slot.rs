@@ -83,6 +83,13 @@ fn main_loop(rt: Arc<RuntimeInner>, me: usize, worker: Worker<Job>) {
         let _ = l.set(worker);
     });
     let s = &rt.scheduler;
+    // Take no work before `spawn` has published this slot: jobs this slot pushed to its deque
+    // meanwhile would be invisible to `has_work` (it scans `stealers[..slots]`), so a slot
+    // going to sleep, or this one blocking in `get`, could miss them — every other slot
+    // asleep or blocked, and the job never taken (the `fib(15)`-on-one-CPU hang).
+    while s.slots.load(Ordering::Acquire) <= me {
+        thread::yield_now();
+    }
     pin(s, me);
     loop {
         if let Some(job) = LOCAL.with(|l| l.get().and_then(|w| s.find_work(w, me))) {
@@ -151,9 +158,6 @@ fn search(s: &Scheduler, me: usize) -> Option<Job> {
     found
 }
 
-/// How long an idle slot sleeps before it looks for work again unasked.
-const SLEEP_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
-
 /// Parks until woken; re-checks for work after registering (README, "No lost wake-ups").
 fn sleep(s: &Scheduler) {
     let me = thread::current();
@@ -164,10 +168,7 @@ fn sleep(s: &Scheduler) {
     }
     fence(Ordering::SeqCst);
     if !(s.has_work() || s.is_shut_down()) {
-        // Bounded: a stress run of nested `get`s on one CPU (597 slots blocked) once ended with
-        // a job in a deque and the only runnable slot asleep — a wake-up lost somewhere not yet
-        // found. Looking again every `SLEEP_RECHECK` bounds what such a loss costs.
-        thread::park_timeout(SLEEP_RECHECK);
+        thread::park();
     }
     let mut sleepers = lock(&s.sleepers);
     if let Some(i) = sleepers.iter().position(|t| t.id() == me.id()) {
