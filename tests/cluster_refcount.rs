@@ -192,11 +192,7 @@ fn reference_counting_across_processes() {
 #[test]
 fn borrowers_across_processes() {
     serve_if_worker();
-    let node = |resources: &str| NodeSpec {
-        num_cpus: 2.0,
-        resources: resources.into(),
-        ..NodeSpec::default()
-    };
+    let node = NodeSpec::with_resources;
     let cluster = LocalCluster::start(node("a=1"), &[node("b=1")]);
     manta::init_with(cluster.config()).expect("the driver joins");
     let on_b = || {
@@ -362,11 +358,7 @@ fn listed_alive(cluster: &LocalCluster, id: manta::ActorId) -> usize {
 #[test]
 fn actor_handles_are_borrowed_across_processes() {
     serve_if_worker();
-    let node = |resources: &str| NodeSpec {
-        num_cpus: 2.0,
-        resources: resources.into(),
-        ..NodeSpec::default()
-    };
+    let node = NodeSpec::with_resources;
     // Each live tally holds one `a`; `add_through` takes one more.
     let cluster = LocalCluster::start(node("a=4"), &[node("b=1")]);
     manta::init_with(cluster.config()).expect("the driver joins");

@@ -134,11 +134,7 @@ fn a_worker_object_is_read_in_place() {
 #[test]
 fn a_dead_reader_releases_its_pins() {
     serve_if_worker();
-    let node = |resources: &str| NodeSpec {
-        num_cpus: 2.0,
-        resources: resources.into(),
-        ..NodeSpec::default()
-    };
+    let node = NodeSpec::with_resources;
     let cluster = LocalCluster::start(node("a=1"), &[node("b=1")]);
     manta::init_with(cluster.config()).expect("the driver joins");
     let on = |res: &str| {

@@ -29,6 +29,17 @@ pub(crate) struct NodeSpec {
     pub(crate) ip: Option<String>,
 }
 
+impl NodeSpec {
+    /// A node of 2 CPUs with custom `resources` (`"a=1"`), the rest as default.
+    pub(crate) fn with_resources(resources: &str) -> NodeSpec {
+        NodeSpec {
+            num_cpus: 2.0,
+            resources: resources.into(),
+            ..NodeSpec::default()
+        }
+    }
+}
+
 /// A running cluster of node processes.
 pub(crate) struct LocalCluster {
     pub(crate) address: String,
