@@ -301,6 +301,12 @@ catalogue! {
     /// namespace, as for `shm_transport`) maps that process's store arena and reads the object
     /// in place, pinned there while read, instead of copying it into this process's store.
     zero_copy_node: bool = true, env "MANTA_ZERO_COPY_NODE";
+    /// Whether the processes of a cluster node share one object-store arena that the node's
+    /// raylet creates (`object_store_memory` is then the node's, and the raylet's environment
+    /// sets it), each allocating in extents the raylet grants it; else each process has an
+    /// arena of its own of `object_store_memory` bytes. Read by raylets and by the processes
+    /// that join them; a process that cannot reach its raylet's arena keeps its own.
+    node_object_store: bool = true, env "MANTA_NODE_OBJECT_STORE";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

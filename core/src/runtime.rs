@@ -193,7 +193,12 @@ impl RuntimeInner {
             config.inline_get,
             config.cpu_affinity.0.clone(),
         );
-        let store = match ObjectStore::open(&config) {
+        // A member of a cluster allocates in its node's shared arena when its raylet has one.
+        let node = match &cluster {
+            Some(c) if config.node_object_store => c.node_arena(),
+            _ => None,
+        };
+        let store = match ObjectStore::open(&config, node) {
             Ok(store) => Some(Arc::new(store)),
             Err(e) => {
                 tracing::warn!(error = %e, "no object store: large objects will stay in the heap");

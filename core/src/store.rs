@@ -41,8 +41,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use manta_store::{
-    AttachedArena, CopyKind, Location, ObjectKey, PageKind, PageRequest, SharedPin, Store,
-    StoreConfig, StoreError,
+    AttachedArena, CopyKind, Location, ObjectKey, PageKind, PageRequest, ReadHold, SharedPin,
+    Store, StoreConfig, StoreError,
 };
 
 use crate::config::Resolved;
@@ -66,8 +66,11 @@ pub(crate) struct ObjectStore {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ObjectStoreStatus {
-    /// Arena size in bytes.
+    /// Arena size in bytes; on a node's shared arena, the bytes granted to this process now.
     pub capacity: usize,
+    /// The size of the node's shared arena this store allocates in (`None`: the store has an
+    /// arena of its own).
+    pub node_capacity: Option<usize>,
     /// Bytes allocated to objects now.
     pub used: usize,
     /// Objects in the store (in memory or spilled).
@@ -93,9 +96,13 @@ pub struct ObjectStoreStatus {
 }
 
 impl ObjectStore {
-    /// Creates the arena from the configuration catalogue's `object_store_*` entries. Falls back
-    /// to 4 KiB pages where the node has no (or too few) huge pages.
-    pub(crate) fn open(config: &Resolved) -> Result<ObjectStore, Error> {
+    /// Creates the store from the configuration catalogue's `object_store_*` entries: on the
+    /// node's shared arena when `node` (a connection to the raylet's arena) is given, else an
+    /// arena of its own. Falls back to 4 KiB pages where the node has no (or too few) huge pages.
+    pub(crate) fn open(
+        config: &Resolved,
+        node: Option<manta_store::NodeClient>,
+    ) -> Result<ObjectStore, Error> {
         let (spill_dir, owned_spill_dir) = if config.object_spilling_directory.is_empty() {
             static SEQ: AtomicU64 = AtomicU64::new(0);
             let dir = std::env::temp_dir().join(format!(
@@ -111,30 +118,12 @@ impl ObjectStore {
         } else {
             (PathBuf::from(&config.object_spilling_directory), None)
         };
-        let store_config = StoreConfig {
-            capacity: config.object_store_memory,
-            pages: if config.object_store_huge_pages {
-                PageRequest::Auto
-            } else {
-                PageRequest::Small
-            },
-            prefault: config.object_store_prefault,
-            spill_threshold: config.object_spilling_threshold,
-            spill_dir,
-            create_timeout: config.object_store_put_timeout,
-            // A node past u32 (only a hand-made CpuList has one) becomes u32::MAX, which the
-            // store refuses to bind (a warning, one unbound span).
-            numa_nodes: (!config.object_store_numa_nodes.is_empty()).then(|| {
-                config
-                    .object_store_numa_nodes
-                    .0
-                    .iter()
-                    .map(|&n| u32::try_from(n).unwrap_or(u32::MAX))
-                    .collect()
-            }),
-            ..StoreConfig::default()
+        let store_config = store_config(config, Some(spill_dir));
+        let store = match node {
+            Some(client) => Store::on_node(client, store_config),
+            None => Store::new(store_config),
         };
-        let store = match Store::new(store_config) {
+        let store = match store {
             Ok(s) => s,
             Err(e) => {
                 if let Some(dir) = &owned_spill_dir {
@@ -191,6 +180,13 @@ impl ObjectStore {
         })
     }
 
+    /// The node arena's read-only mapping (on this process's own file description, for read
+    /// locks) and its identity, when this store allocates in its node's shared arena.
+    pub(crate) fn node_reader(&self) -> Option<(Arc<AttachedArena>, (u64, u64))> {
+        let node = self.store.node()?;
+        Some((node.reader(), node.arena_id()))
+    }
+
     /// The arena (its memfd and length), to hand to another process of this host that
     /// attaches it.
     pub(crate) fn arena(&self) -> &manta_store::Arena {
@@ -201,6 +197,7 @@ impl ObjectStore {
         let s = self.store.stats();
         ObjectStoreStatus {
             capacity: s.capacity,
+            node_capacity: s.node_capacity,
             used: s.used,
             objects: s.objects,
             spilled_objects: s.spilled_objects,
@@ -213,6 +210,35 @@ impl ObjectStore {
             numa_near: s.numa_near,
             numa_far: s.numa_far,
         }
+    }
+}
+
+/// The store's configuration from the catalogue's `object_store_*` entries (`spill_dir`: the
+/// directory to spill to; `None` leaves the store's default, for an arena that never spills).
+pub(crate) fn store_config(config: &Resolved, spill_dir: Option<PathBuf>) -> StoreConfig {
+    let defaults = StoreConfig::default();
+    StoreConfig {
+        capacity: config.object_store_memory,
+        pages: if config.object_store_huge_pages {
+            PageRequest::Auto
+        } else {
+            PageRequest::Small
+        },
+        prefault: config.object_store_prefault,
+        spill_threshold: config.object_spilling_threshold,
+        spill_dir: spill_dir.unwrap_or(defaults.spill_dir.clone()),
+        create_timeout: config.object_store_put_timeout,
+        // A node past u32 (only a hand-made CpuList has one) becomes u32::MAX, which the store
+        // refuses to bind (a warning, one unbound span).
+        numa_nodes: (!config.object_store_numa_nodes.is_empty()).then(|| {
+            config
+                .object_store_numa_nodes
+                .0
+                .iter()
+                .map(|&n| u32::try_from(n).unwrap_or(u32::MAX))
+                .collect()
+        }),
+        ..defaults
     }
 }
 
@@ -273,6 +299,10 @@ pub(crate) struct AttachedPin {
     arena: Arc<AttachedArena>,
     location: Location,
     release: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// A read lock on the object's range of the memfd while this pin lives: should the
+    /// holder die, the node's raylet does not hand the range to another process before it is
+    /// dropped (`None` if the lock could not be taken; logged by the store).
+    _hold: Option<ReadHold>,
 }
 
 impl std::fmt::Debug for AttachedPin {
@@ -295,10 +325,12 @@ impl AttachedPin {
             release();
             return None;
         }
+        let hold = arena.hold(location);
         Some(Arc::new(AttachedPin {
             arena,
             location,
             release: Some(release),
+            _hold: hold,
         }))
     }
 

@@ -27,6 +27,8 @@ pub(crate) struct NodeSpec {
     pub(crate) resources: String,
     pub(crate) wrapper: Vec<String>,
     pub(crate) ip: Option<String>,
+    /// Extra environment of the node process (its raylet reads the catalogue from it).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -78,6 +80,7 @@ fn spawn_node(spec: &NodeSpec, root: &PathBuf, name: &str, args: &[String]) -> C
         .env("MANTA_SESSION_DIR", &dir)
         .env_remove("MANTA_ADDRESS")
         .env_remove("MANTA_TOKEN")
+        .envs(spec.env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -1,10 +1,14 @@
 //! Zero-copy reads between processes of one host: attaching another process's store arena,
 //! and the pins its holder keeps for a reader while that reader's views live.
 //!
-//! Each worker process (and driver) has its own store arena, a memfd. A process that reads an
-//! object held by another process of the same host and network namespace (the condition under
-//! which the cluster already uses the shared-memory transport: equal host ids, boot id + netns)
-//! maps the holder's arena read-only, once, and reads the object where it lies.
+//! Each worker process (and driver) allocates its objects in a store arena, a memfd: its
+//! node's shared arena (`node_store.rs`) or, where the node has none, one of its own. A process
+//! that reads an object held by another process of the same host and network namespace (the
+//! condition under which the cluster already uses the shared-memory transport: equal host ids,
+//! boot id + netns) maps the holder's arena read-only, once, and reads the object where it
+//! lies. When the holder's arena is this process's node arena too (the fd it receives is the
+//! same file: equal `(st_dev, st_ino)`), it reads through its own mapping of it instead of
+//! mapping it again.
 //!
 //! # Attach (once per pair of processes)
 //!
@@ -40,6 +44,9 @@
 //!    that `[offset, offset + len)` lies inside the mapping; its payload is then a
 //!    [`StoredObject::attached`] slicing the mapping. A reply it cannot use is unpinned at once
 //!    and the object is pulled again by copy (logged as an error: a holder never sends one).
+//!    While the payload lives, the reader also holds a read lock on the object's range of the
+//!    memfd (`AttachedArena::hold`): a node's raylet does not hand a dead holder's extent to
+//!    another process while any reader locks it (`manta_store`'s `node.rs`).
 //! 4. When the reader's last handle on that payload (the object's cell, a task argument, a
 //!    view) drops, it sends the one-way `UnpinObject { pin_id }`, queued on the holder's
 //!    connection (batched by its writer). The holder drops the entry: first the pin, then the
@@ -59,6 +66,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
@@ -332,6 +340,14 @@ impl Cluster {
                 "the arena socket of worker {holder} answered as worker {index}"
             ));
         }
+        // The holder allocates in the node's arena, as this process does: read through this
+        // process's own mapping of it (node_store.rs, step 3).
+        if let Some((reader, id)) = self.node_reader()
+            && manta_store::arena_identity(fd.as_fd()).ok() == Some(id)
+        {
+            tracing::debug!(holder, "the holder shares this node's arena");
+            return Ok(Some(reader));
+        }
         let arena = AttachedArena::attach(fd).map_err(|e| fail("mapping the arena", e))?;
         if arena.len() as u64 != len {
             return Err(format!(
@@ -341,6 +357,12 @@ impl Cluster {
         }
         tracing::debug!(holder, len, "attached the arena of a process of this host");
         Ok(Some(Arc::new(arena)))
+    }
+
+    /// This process's own read-only mapping of its node's arena, if its store lives there.
+    fn node_reader(&self) -> Option<(Arc<AttachedArena>, (u64, u64))> {
+        let rt = self.rt.get()?.upgrade()?;
+        rt.store.as_ref()?.node_reader()
     }
 
     /// Holder, step 2: pins the stored object `stored` for the reader at the other end of

@@ -27,6 +27,7 @@ pub(crate) mod borrow;
 mod execute;
 pub(crate) mod gcs;
 mod node;
+pub(crate) mod node_store;
 pub(crate) mod objects;
 pub(crate) mod peer;
 mod placement;

@@ -28,6 +28,7 @@ use std::time::Duration;
 use manta_transport::{Address, Listener};
 
 use super::gcs::{Gcs, GcsHandler};
+use super::node_store::NodeStore;
 use super::peer::{Handler, Peer};
 use super::proto::{JobWorker, Msg, Node, Resource};
 use super::{CALL_TIMEOUT, cluster_error, transport_config};
@@ -459,6 +460,8 @@ struct Raylet {
     me: OnceLock<Weak<Raylet>>,
     /// This raylet's own connection to the GCS (a peer's self-declared name proves nothing).
     gcs: OnceLock<Arc<Peer>>,
+    /// The node's object-store arena, shared by its processes (`None`: each keeps its own).
+    store: Option<NodeStore>,
 }
 
 impl Raylet {
@@ -486,7 +489,9 @@ impl Raylet {
         for r in &mut v {
             r.available = r.available.max(0.0);
         }
-        if store.total > 0.0 {
+        if let Some(node) = &self.store {
+            v.push(node.resource());
+        } else if store.total > 0.0 {
             v.push(store);
         }
         v
@@ -495,6 +500,9 @@ impl Raylet {
     /// The page kinds of this node's store arenas (its workers'), e.g. "2 MiB huge pages", or
     /// several joined with " + " when they differ (one worker got huge pages, the next not).
     fn store_pages(&self) -> String {
+        if let Some(node) = &self.store {
+            return node.pages();
+        }
         let mut kinds: Vec<String> = lock(&self.workers)
             .values()
             .flat_map(|j| j.procs.iter())
@@ -508,6 +516,9 @@ impl Raylet {
 
     /// Store bytes in use on this node (every worker's arena).
     fn store_used(&self) -> u64 {
+        if let Some(node) = &self.store {
+            return node.used();
+        }
         lock(&self.workers)
             .values()
             .flat_map(|j| j.procs.iter())
@@ -899,6 +910,8 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             .local_addr()
             .map_err(|e| cluster_error("starting the raylet", e.to_string()))?
             .to_string();
+        let store = NodeStore::start(&opts.token);
+        let arena_socket = store.as_ref().map(|s| s.socket.clone()).unwrap_or_default();
         let raylet = Arc::new(Raylet {
             node_id: OnceLock::new(),
             gcs_address: gcs_address.clone(),
@@ -908,6 +921,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             stop: tokio::sync::Notify::new(),
             me: OnceLock::new(),
             gcs: OnceLock::new(),
+            store,
         });
         let _ = raylet.me.set(Arc::downgrade(&raylet));
         let handler: Arc<dyn Handler> = Arc::new(RayletHandler(raylet.clone()));
@@ -924,6 +938,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 resources: raylet.resources(),
                 topology: opts.topology.clone(),
                 host_id: super::host_id(),
+                arena_socket,
                 ..Node::default()
             },
         });

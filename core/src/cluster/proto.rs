@@ -36,6 +36,8 @@ pub(crate) struct Node {
     pub(crate) host_id: String,
     /// Live worker processes on the node (filled by the GCS in replies).
     pub(crate) workers: u32,
+    /// Where the raylet serves the node's object-store arena (`@name`; empty: none).
+    pub(crate) arena_socket: String,
 }
 
 /// One worker process of a job on a node (in `WorkerStarted`).
@@ -566,6 +568,7 @@ fn build_node<'a>(fbb: &mut FlatBufferBuilder<'a>, n: &Node) -> WIPOffset<fb::No
     let death = opt_str(fbb, &n.death);
     let topology = opt_str(fbb, &n.topology);
     let host_id = opt_str(fbb, &n.host_id);
+    let arena_socket = opt_str(fbb, &n.arena_socket);
     fb::Node::create(
         fbb,
         &fb::NodeArgs {
@@ -586,6 +589,7 @@ fn build_node<'a>(fbb: &mut FlatBufferBuilder<'a>, n: &Node) -> WIPOffset<fb::No
             topology,
             host_id,
             workers: n.workers,
+            arena_socket,
         },
     )
 }
@@ -1357,6 +1361,7 @@ fn node(n: Option<fb::Node<'_>>) -> Node {
         topology: string(n.topology()),
         host_id: string(n.host_id()),
         workers: n.workers(),
+        arena_socket: string(n.arena_socket()),
     }
 }
 
@@ -1794,6 +1799,7 @@ mod tests {
             topology: "2 cpus [0-1] 1 numa [numa0:2] 0 gpus [] nics [eth0] (hwloc)".into(),
             host_id: "boot/net:[4026531840]".into(),
             workers: 3,
+            arena_socket: "@manta-node-7.arena".into(),
         }
     }
 

@@ -442,6 +442,7 @@ impl<'a> Node<'a> {
   pub const VT_TOPOLOGY: ::flatbuffers::VOffsetT = 24;
   pub const VT_HOST_ID: ::flatbuffers::VOffsetT = 26;
   pub const VT_WORKERS: ::flatbuffers::VOffsetT = 28;
+  pub const VT_ARENA_SOCKET: ::flatbuffers::VOffsetT = 30;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -457,6 +458,7 @@ impl<'a> Node<'a> {
     builder.add_store_used(args.store_used);
     builder.add_store_capacity(args.store_capacity);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.arena_socket { builder.add_arena_socket(x); }
     builder.add_workers(args.workers);
     if let Some(x) = args.host_id { builder.add_host_id(x); }
     if let Some(x) = args.topology { builder.add_topology(x); }
@@ -569,6 +571,15 @@ impl<'a> Node<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Node::VT_WORKERS, Some(0)).unwrap()}
   }
+  /// The abstract Unix socket (`@name`) where the raylet hands out its node's object-store
+  /// arena to the node's processes (empty: the node has none; each process keeps its own).
+  #[inline]
+  pub fn arena_socket(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Node::VT_ARENA_SOCKET, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Node<'_> {
@@ -590,6 +601,7 @@ impl ::flatbuffers::Verifiable for Node<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topology", Self::VT_TOPOLOGY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host_id", Self::VT_HOST_ID, false)?
      .visit_field::<u32>("workers", Self::VT_WORKERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("arena_socket", Self::VT_ARENA_SOCKET, false)?
      .finish();
     Ok(())
   }
@@ -608,6 +620,7 @@ pub struct NodeArgs<'a> {
     pub topology: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub host_id: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub workers: u32,
+    pub arena_socket: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for NodeArgs<'a> {
   #[inline]
@@ -626,6 +639,7 @@ impl<'a> Default for NodeArgs<'a> {
       topology: None,
       host_id: None,
       workers: 0,
+      arena_socket: None,
     }
   }
 }
@@ -688,6 +702,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Node::VT_WORKERS, workers, 0);
   }
   #[inline]
+  pub fn add_arena_socket(&mut self, arena_socket: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Node::VT_ARENA_SOCKET, arena_socket);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     NodeBuilder {
@@ -718,6 +736,7 @@ impl ::core::fmt::Debug for Node<'_> {
       ds.field("topology", &self.topology());
       ds.field("host_id", &self.host_id());
       ds.field("workers", &self.workers());
+      ds.field("arena_socket", &self.arena_socket());
       ds.finish()
   }
 }

@@ -1,0 +1,208 @@
+//! One object-store arena per node: the raylet creates it, the node's processes (its worker,
+//! the driver on the same host) allocate in extents it grants them, read each other's objects
+//! through their one mapping, and a dead process's extents come back to the node — but not
+//! while another process still reads an object in them (`core/src/cluster/node_store.rs`).
+//! Real processes: `manta start` nodes, their workers and the test as driver.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{LocalCluster, NodeSpec, serve_if_worker, store_objects};
+use manta::ObjectRef;
+
+const MIB: usize = 1 << 20;
+/// The node arena: 8 granules of the default 64 MiB.
+const NODE_ARENA: usize = 512 * MIB;
+/// Objects that fit one granule with their encoding's header.
+const BIG: usize = 60 * MIB;
+
+fn pattern(i: usize, seed: usize) -> u8 {
+    ((i + seed) % 251) as u8
+}
+
+#[manta::remote]
+fn make_bytes(n: usize, seed: usize) -> Vec<u8> {
+    (0..n).map(|i| pattern(i, seed)).collect()
+}
+
+/// Whether `bytes` are `make_bytes(BIG, seed)`'s (every 4093rd byte and the last one).
+fn is_pattern(bytes: &[u8], seed: usize) -> bool {
+    bytes.len() == BIG
+        && (0..BIG)
+            .step_by(4093)
+            .chain([BIG - 1])
+            .all(|i| bytes[i] == pattern(i, seed))
+}
+
+/// This process's store: (node arena size if it is on one, objects, spills).
+fn my_store() -> (Option<usize>, usize, u64) {
+    let s = manta::status()
+        .ok()
+        .and_then(|s| s.object_store)
+        .expect("a store");
+    (s.node_capacity, s.objects, s.spills)
+}
+
+#[manta::remote]
+fn worker_store() -> (Option<usize>, usize, u64) {
+    my_store()
+}
+
+/// Keeps objects it made in its own worker's store.
+#[manta::actor]
+struct Keeper {
+    kept: Vec<ObjectRef<Vec<u8>>>,
+}
+
+#[manta::actor]
+impl Keeper {
+    fn new() -> Self {
+        Keeper { kept: Vec::new() }
+    }
+    /// Puts `n` objects into this worker's store and keeps them.
+    fn keep(&mut self, n: usize) -> usize {
+        for i in 0..n {
+            let v: Vec<u8> = (0..BIG).map(|j| pattern(j, 100 + i)).collect();
+            self.kept.push(manta::put(v).expect("put"));
+        }
+        self.kept.len()
+    }
+    /// Ends this actor's worker process.
+    fn exit_process(&self) -> usize {
+        std::process::exit(1)
+    }
+}
+
+/// One node whose raylet makes a 512 MiB arena of 4 KiB pages.
+fn one_node() -> LocalCluster {
+    LocalCluster::start(
+        NodeSpec {
+            num_cpus: 2.0,
+            env: vec![
+                (
+                    "MANTA_OBJECT_STORE_MEMORY".into(),
+                    NODE_ARENA.to_string(),
+                ),
+                ("MANTA_OBJECT_STORE_HUGE_PAGES".into(), "0".into()),
+            ],
+            ..NodeSpec::default()
+        },
+        &[],
+    )
+}
+
+/// The node's `object_store_memory` as the GCS reports it: (granted, total).
+fn node_store(cluster: &LocalCluster) -> (usize, usize) {
+    let state = manta::cluster::query(&cluster.address, &cluster.token).expect("query");
+    let node = &state.nodes[0];
+    let (_, avail, total) = node
+        .resources
+        .iter()
+        .find(|(k, _, _)| k == "object_store_memory")
+        .cloned()
+        .expect("the node reports its store");
+    ((total - avail) as usize, total as usize)
+}
+
+/// Polls `f` until `ok` holds of its value (heartbeats are once a second).
+fn eventually<T: std::fmt::Debug>(what: &str, f: impl Fn() -> T, ok: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = f();
+        if ok(&got) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{what}: {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_node_processes_share_one_bounded_arena() {
+    serve_if_worker();
+    let cluster = one_node();
+    manta::init_with(cluster.config()).expect("the driver joins");
+
+    // Both the worker and the driver allocate in the raylet's arena.
+    let (node, _, _) = worker_store::remote().get().unwrap();
+    assert_eq!(node, Some(NODE_ARENA), "the worker's store");
+    assert_eq!(my_store().0, Some(NODE_ARENA), "the driver's store");
+    let (_, total) = node_store(&cluster);
+    assert_eq!(total, NODE_ARENA, "the node's object_store_memory");
+
+    // A worker's object is read in place through the driver's own mapping of the node arena.
+    let r = make_bytes::remote(BIG, 1);
+    let view = r.get_view().expect("a view");
+    assert!(view.is_stored());
+    assert!(is_pattern(&view, 1));
+    assert_eq!(store_objects(), 0, "the driver copied nothing");
+    drop(view);
+
+    // The bound is the node's: the driver putting more than the arena while the worker holds
+    // one object spills (an arena of its own would be 30% of RAM and never spill here).
+    let refs: Vec<_> = (0..10)
+        .map(|i| manta::put((0..BIG).map(|j| pattern(j, 10 + i)).collect::<Vec<u8>>()).unwrap())
+        .collect();
+    let (_, objects, spills) = my_store();
+    assert_eq!(objects, 10);
+    assert!(spills > 0, "the driver's puts past the node arena spilled");
+    for (i, r) in refs.iter().enumerate() {
+        let v = r.get_view().expect("restored");
+        assert!(is_pattern(&v, 10 + i), "object {i} byte-exact");
+    }
+    let (granted, total) = node_store(&cluster);
+    assert!(granted <= total, "granted {granted} of {total}");
+    assert!(is_pattern(&r.get_view().unwrap(), 1), "the worker's object");
+    drop(refs);
+    drop(r);
+    manta::shutdown();
+}
+
+#[test]
+fn a_dead_process_gives_its_extents_back_unless_they_are_read() {
+    serve_if_worker();
+    let cluster = one_node();
+    manta::init_with(cluster.config()).expect("the driver joins");
+
+    // The worker holds three objects; the driver views one of them in place.
+    let keeper = Keeper::remote();
+    assert_eq!(keeper.keep(3).get().unwrap(), 3);
+    let r = make_bytes::remote(BIG, 7);
+    let view = r.get_view().expect("a view");
+    assert!(is_pattern(&view, 7));
+    let (granted, _) = eventually(
+        "the worker's extents granted",
+        || node_store(&cluster),
+        |(g, _)| *g >= 4 * BIG,
+    );
+
+    // The worker dies. Its extents come back, but the one the driver reads is held back:
+    // the driver filling the node arena spills rather than overwrite it.
+    assert!(keeper.exit_process().get().is_err());
+    let (after, _) = eventually(
+        "the dead worker's free extents back",
+        || node_store(&cluster),
+        |(g, _)| *g < granted,
+    );
+    assert!(after >= BIG, "the viewed object's extent stays granted: {after}");
+    let refs: Vec<_> = (0..9)
+        .map(|i| manta::put((0..BIG).map(|j| pattern(j, 20 + i)).collect::<Vec<u8>>()).unwrap())
+        .collect();
+    assert!(is_pattern(&view, 7), "the dead worker's object, read in place, is intact");
+    for (i, r) in refs.iter().enumerate() {
+        assert!(is_pattern(&r.get_view().unwrap(), 20 + i), "object {i}");
+    }
+    drop(refs);
+
+    // The view drops: the extent comes back too.
+    drop(view);
+    drop(r);
+    eventually(
+        "every extent back once the view dropped",
+        || node_store(&cluster),
+        |(g, _)| *g <= 2 * 64 * MIB,
+    );
+    drop(keeper);
+    manta::shutdown();
+}
