@@ -61,6 +61,7 @@ use crate::config::StoreConfig;
 use crate::error::{PutError, StoreError};
 use crate::handle::{Created, CreatedOwned, Pinned, Sealed, SharedPin, View};
 use crate::key::{CopyKind, Location, ObjectKey};
+use crate::node::NodeClient;
 use crate::numa;
 use crate::pressure;
 use crate::spill::{SpillItem, SpillSlot, Spiller};
@@ -69,7 +70,7 @@ use crate::table::{Entry, IoTotals, State, Table};
 /// One node's object store. Shared by reference between threads (`Store: Sync`).
 #[derive(Debug)]
 pub struct Store {
-    arena: Arena,
+    backing: Backing,
     alloc: Regions,
     table: Mutex<Table>,
     /// Signalled after every change that can free space or finish a restore.
@@ -80,11 +81,20 @@ pub struct Store {
     region_nodes: Vec<u32>,
 }
 
+/// Where the store's arena comes from.
+#[derive(Debug)]
+enum Backing {
+    /// Its own arena, all of it its allocator's.
+    Own(Arena),
+    /// The node's arena, in the extents granted through the client.
+    Node(NodeClient),
+}
+
 /// A snapshot of the store's use, for `manta status`.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct StoreStats {
-    /// Arena size in bytes.
+    /// Arena size in bytes; on a node arena, the bytes granted to this store now.
     pub capacity: usize,
     /// Bytes allocated to objects (created, sealed, restoring).
     pub used: usize,
@@ -104,6 +114,11 @@ pub struct StoreStats {
     pub evictions: u64,
     /// Pages backing the arena.
     pub page_kind: PageKind,
+    /// On a node arena: the node's capacity in bytes (whole granules); `None` standalone.
+    pub node_capacity: Option<usize>,
+    /// On a node arena: bytes the node has granted to all its processes, as of this store's
+    /// latest exchange with the node; `None` standalone.
+    pub node_granted: Option<usize>,
     /// NUMA nodes the arena spans (1 without the `hwloc` feature).
     pub numa_nodes: usize,
     /// Blocks (creates and restores) placed on the NUMA region asked for, the caller's.
@@ -130,7 +145,7 @@ impl Store {
         let spiller = Spiller::new(&config);
         info!(capacity = arena.len(), pages = %arena.page_kind(), spill_dir = %config.spill_dir.display(), "object store ready");
         Ok(Store {
-            arena,
+            backing: Backing::Own(arena),
             alloc,
             table: Mutex::new(Table::default()),
             changed: Condvar::new(),
@@ -138,6 +153,34 @@ impl Store {
             config,
             region_nodes: placement.nodes,
         })
+    }
+
+    /// A store whose blocks come from the node's arena through `client`: it starts with no
+    /// space and asks the node for granules as objects need them (step 5), giving wholly free
+    /// ones back. `config`'s capacity, pages, prefault, NUMA nodes and granule are the node's
+    /// business and ignored here; its spill and timeout settings apply.
+    pub fn on_node(client: NodeClient, config: StoreConfig) -> Result<Store, StoreError> {
+        let alloc = Regions::growable(client.regions());
+        let region_nodes = client.region_nodes();
+        let spiller = Spiller::new(&config);
+        info!(node_capacity = client.capacity(), granule = client.granule(), pages = %client.page_kind(), spill_dir = %config.spill_dir.display(), "object store on the node arena ready");
+        Ok(Store {
+            backing: Backing::Node(client),
+            alloc,
+            table: Mutex::new(Table::default()),
+            changed: Condvar::new(),
+            spiller,
+            config,
+            region_nodes,
+        })
+    }
+
+    /// The node client when this store lives on a node arena.
+    pub fn node(&self) -> Option<&NodeClient> {
+        match &self.backing {
+            Backing::Own(_) => None,
+            Backing::Node(client) => Some(client),
+        }
     }
 
     /// The NUMA region (an index below [`StoreStats::numa_nodes`]) of the calling thread's
@@ -153,9 +196,13 @@ impl Store {
         &self.region_nodes
     }
 
-    /// The arena (its memfd to send to other processes, its page kind).
+    /// The arena (its memfd to send to other processes, its page kind): the store's own, or
+    /// the node's as this process maps it.
     pub fn arena(&self) -> &Arena {
-        &self.arena
+        match &self.backing {
+            Backing::Own(arena) => arena,
+            Backing::Node(client) => client.arena(),
+        }
     }
 
     /// The configuration the store was made with.
@@ -164,8 +211,9 @@ impl Store {
     }
 
     pub(crate) fn arena_ptr(&self, offset: usize) -> *mut u8 {
-        debug_assert!(offset <= self.arena.len());
-        self.arena.base().wrapping_add(offset)
+        let arena = self.arena();
+        debug_assert!(offset <= arena.len());
+        arena.base().wrapping_add(offset)
     }
 
     /// The table lock. A panic under it cannot leave an entry half-changed (each transition
@@ -204,11 +252,12 @@ impl Store {
         if size == 0 {
             return Err(StoreError::ZeroSize { key });
         }
-        if Allocator::round_up(size) > self.alloc.max_object() {
+        let max_object = self.max_object();
+        if Allocator::round_up(size) > max_object {
             return Err(StoreError::TooLarge {
                 key,
                 size,
-                capacity: self.alloc.max_object(),
+                capacity: max_object,
             });
         }
         if self.lock().entries.contains_key(&key) {
@@ -220,6 +269,8 @@ impl Store {
             let mut table = self.lock();
             if table.entries.contains_key(&key) {
                 self.alloc.free(block);
+                drop(table);
+                self.trim();
                 return Err(StoreError::AlreadyExists { key });
             }
             self.count_placement(&mut table, offset, numa);
@@ -308,6 +359,8 @@ impl Store {
         {
             self.alloc.free(block);
             self.changed.notify_all();
+            drop(table);
+            self.trim();
         }
     }
 
@@ -425,6 +478,7 @@ impl Store {
         if let Some(slot) = spilled {
             self.spiller.release(slot);
         }
+        self.trim();
         Ok(())
     }
 
@@ -464,7 +518,9 @@ impl Store {
             spills: table.counters.spilled,
             restores: table.counters.restored,
             evictions: table.counters.evicted,
-            page_kind: self.arena.page_kind(),
+            page_kind: self.arena().page_kind(),
+            node_capacity: self.node().map(|c| c.node_usage().1),
+            node_granted: self.node().map(|c| c.node_usage().0),
             numa_nodes: self.alloc.len(),
             numa_near: table.counters.numa_near,
             numa_far: table.counters.numa_far,
@@ -486,10 +542,16 @@ impl Store {
             if let Some(block) = self.alloc.alloc(size, numa) {
                 return Ok(block);
             }
+            if Instant::now() < deadline && self.grow(size, numa) {
+                continue;
+            }
             let free = self.alloc.free_bytes();
             // Short of bytes: free the shortfall. Enough bytes but fragmented: free `size` more.
             let to_free = if free >= size { size } else { size - free };
             if self.relieve(to_free) > 0 {
+                // On a node arena, extents emptied by the spill go back, so that the next
+                // grant can make one run of them (and other processes can have them).
+                self.trim();
                 continue;
             }
             let table = self.lock();
@@ -509,7 +571,13 @@ impl Store {
                     capacity: self.alloc.capacity(),
                 });
             }
-            let wait = (deadline - now).min(Duration::from_millis(100));
+            // On a node arena, space freed by other processes wakes nobody here: poll the node.
+            let round = if self.node().is_some() {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(100)
+            };
+            let wait = (deadline - now).min(round);
             drop(
                 self.changed
                     .wait_timeout(table, wait)
@@ -518,10 +586,79 @@ impl Store {
         }
     }
 
-    /// Spills primaries while use is above `spill_threshold` (step 5, proactive).
+    /// The largest object the store could ever hold: its arena's largest region, or on a node
+    /// arena the largest grant the node can make (its largest span's whole granules).
+    fn max_object(&self) -> usize {
+        match &self.backing {
+            Backing::Own(_) => self.alloc.max_object(),
+            Backing::Node(client) => client.max_grant(),
+        }
+    }
+
+    /// On a node arena, asks for an extent that holds `size` bytes (at least one granule),
+    /// on the NUMA node of region `numa` if given, and adds it. False standalone, when the
+    /// node has no room, or when the channel to it failed.
+    fn grow(&self, size: usize, numa: Option<usize>) -> bool {
+        let Backing::Node(client) = &self.backing else {
+            return false;
+        };
+        let granule = client.granule();
+        let want = Allocator::round_up(size)
+            .max(granule)
+            .next_multiple_of(granule);
+        let prefer = numa.and_then(|i| self.region_nodes.get(i).copied());
+        match client.grant(want, prefer) {
+            Some((offset, len, region)) => {
+                self.alloc.add(offset, len, region);
+                debug!(offset, len, region, "node arena: extent granted");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// On a node arena, gives back every wholly free extent but one spare granule (hysteresis:
+    /// a store that frees and creates around a granule boundary does not ask the node each
+    /// time; extents larger than a granule go back at once). Never called with the table lock
+    /// held: it may wait for a round trip to the node.
+    fn trim(&self) {
+        let Backing::Node(client) = &self.backing else {
+            return;
+        };
+        for (offset, len) in self.alloc.take_free(client.granule()) {
+            if client.give_back(offset, len) {
+                debug!(offset, len, "node arena: extent given back");
+            } else {
+                // Still ours as far as the node knows (or the channel is gone): keep using it.
+                self.alloc
+                    .add(offset, len, self.region_of_span(client, offset));
+            }
+        }
+    }
+
+    /// The region (span index) of `offset` in a node arena.
+    fn region_of_span(&self, client: &NodeClient, offset: usize) -> usize {
+        client.span_of(offset).unwrap_or(0)
+    }
+
+    /// Spills primaries while use is above `spill_threshold` (step 5, proactive). On a node
+    /// arena the threshold is node-wide: when the node's granted bytes (as of the latest reply)
+    /// exceed `spill_threshold` of its capacity, this store spills its own released objects,
+    /// as much as the excess or all it uses, and gives the emptied extents back.
     fn relieve_threshold(&self) {
-        let limit =
-            (self.alloc.capacity() as f64 * self.config.spill_threshold.clamp(0.0, 1.0)) as usize;
+        let fraction = self.config.spill_threshold.clamp(0.0, 1.0);
+        if let Backing::Node(client) = &self.backing {
+            let (granted, capacity) = client.node_usage();
+            let limit = (capacity as f64 * fraction) as usize;
+            if granted > limit {
+                let excess = (granted - limit).min(self.alloc.used_bytes());
+                if excess > 0 && self.relieve(excess) > 0 {
+                    self.trim();
+                }
+            }
+            return;
+        }
+        let limit = (self.alloc.capacity() as f64 * fraction) as usize;
         let used = self.alloc.used_bytes();
         if used > limit {
             self.relieve(used - limit);
@@ -673,6 +810,7 @@ impl Store {
         if let Err(source) = read {
             self.alloc.free(block);
             put_back(slot);
+            self.trim();
             return Err(StoreError::Restore { key, source });
         }
         let offset = block.offset();
