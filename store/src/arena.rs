@@ -1,5 +1,5 @@
-//! The arena: one shared mapping of one memfd per store, and its read-only twin in attached
-//! processes.
+//! The arena: one shared mapping of one memfd per store (or per node: `node.rs`), and its
+//! read-only twin in attached processes.
 //!
 //! # Why memfd
 //! A memfd has no name in any filesystem: the memory lives exactly as long as some process holds
@@ -21,7 +21,13 @@
 //! # Size is fixed
 //! The memfd is sealed against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW`) right after
 //! it is sized. That is what makes mapping it sound in any process: nobody can truncate it under
-//! a mapping (which would turn reads into `SIGBUS`). [`AttachedArena`] checks the seals.
+//! a mapping (which would turn reads into `SIGBUS`). [`AttachedArena`] checks the seals, and so
+//! does a node client mapping the node's arena read-write.
+//!
+//! # Read holds
+//! An [`AttachedArena`] reopens the memfd, so it has an open file description of its own, and
+//! [`AttachedArena::hold`] takes OFD read locks on it (`ofd.rs`): the node's server does not
+//! reuse a dead process's granule while any reader holds one on it (`node.rs`).
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
@@ -260,7 +266,7 @@ impl Arena {
             return Err(invalid("the node arena fd is not size-sealed"));
         }
         let (_, size) = identity_and_len(fd.as_fd())?;
-        if size != len as u64 || len == 0 || len % kind.page_size() != 0 {
+        if size != len as u64 || len == 0 || !len.is_multiple_of(kind.page_size()) {
             return Err(invalid(
                 "the node arena's size does not match its description",
             ));
@@ -547,6 +553,47 @@ mod tests {
         let f = File::from(dup);
         assert!(f.set_len(0).is_err(), "a sealed arena cannot shrink");
         assert!(f.set_len(2 << 20).is_err(), "a sealed arena cannot grow");
+    }
+
+    #[test]
+    fn holds_lock_on_a_description_of_their_own_and_survive_overlaps() {
+        let a = Arena::create(1 << 20, PageRequest::Small).expect("arena");
+        let attached = Arc::new(
+            AttachedArena::attach(a.fd().try_clone_to_owned().expect("dup")).expect("attach"),
+        );
+        let locked = |offset, len| ofd::locked_by_others(a.fd(), offset, len).expect("probe");
+        let whole = Location {
+            offset: 0,
+            len: 8192,
+        };
+        let tail = Location {
+            offset: 4096,
+            len: 4096,
+        };
+        let h1 = attached.hold(whole).expect("hold");
+        let h2 = attached.hold(tail).expect("overlapping hold");
+        assert!(
+            locked(0, 4096),
+            "the reopened description's lock is seen by the creator's"
+        );
+        drop(h1);
+        assert!(!locked(0, 4096));
+        assert!(locked(4096, 4096), "the overlapping hold is still locked");
+        drop(h2);
+        assert!(!locked(0, 1 << 20));
+        assert!(
+            attached.hold(Location { offset: 0, len: 0 }).is_none(),
+            "empty"
+        );
+        assert!(
+            attached
+                .hold(Location {
+                    offset: 1 << 20,
+                    len: 1
+                })
+                .is_none(),
+            "outside"
+        );
     }
 
     #[test]

@@ -1,5 +1,19 @@
 //! The store: arena + allocator + object table + spiller, and the object state machine.
 //!
+//! # Standalone or on a node arena
+//! [`Store::new`] makes a store with an arena of its own: all of it is the allocator's, one
+//! extent per NUMA region. [`Store::on_node`] makes a store on the node's shared arena
+//! (`node.rs`): it starts with no space; its allocator is a growable list of extents, each a
+//! run of granules the node granted it, tagged with the NUMA span it lies in. Step 5 then
+//! first asks the node for a grant (at least one granule, on the caller's NUMA node if it can)
+//! before spilling its own objects, and an extent left wholly free is given back (all but one
+//! spare granule; larger extents at once). The state machine below is the same in both modes:
+//! it never depends on where a block came from. On a node arena the proactive threshold of
+//! step 5 is node-wide (the node's granted bytes against `spill_threshold` of its capacity, as
+//! of the latest reply from the node). A dropped store gives nothing back explicitly: closing
+//! its connection makes its granules dead-held, and the node frees them once no reader in
+//! another process read-locks them (`node.rs`, "Why read locks").
+//!
 //! # The object state machine
 //!
 //! ```text
@@ -25,14 +39,18 @@
 //!    A sealed object with no pins is *released*: a candidate for step 5.
 //! 4. **Delete.** Only a released (or spilled) object can be deleted; its block returns to the
 //!    allocator, its spill slot (if any) is dropped.
-//! 5. **Pressure.** When a block cannot be had, or use exceeds `spill_threshold`, the policy
+//! 5. **Pressure.** When a block cannot be had (on a node arena: nor granted by the node), or
+//!    use exceeds `spill_threshold`, the policy
 //!    (`pressure`) picks released objects in LRU order: secondary copies are evicted (removed,
 //!    like a delete), primaries are spilled: (a) under the lock they are marked `spilling`;
 //!    (b) outside it their blocks are written to disk (readers may still pin them: the bytes
 //!    are immutable); (c) under the lock, each object still unpinned becomes `Spilled` and its
 //!    block is freed; one pinned meanwhile stays `Sealed` and its copy on disk is dropped. If
 //!    nothing can be freed the creator waits (condition variable, woken by every unpin, delete,
-//!    abort and spill) until `create_timeout`, then fails with `ObjectStoreFull`.
+//!    abort and spill; on a node arena also re-asking the node every 20 ms, since other
+//!    processes' give-backs wake nobody here) until `create_timeout`, then fails with
+//!    `ObjectStoreFull`. Extents emptied by frees go back to the node after the table lock is
+//!    released (a round trip to the node is never made under it).
 //! 6. **Restore.** `get` of a `Spilled` object marks it `Restoring` (other getters wait),
 //!    reserves a block (step 5; on the getter's NUMA region if it has room), reads the file
 //!    into it outside the lock, then makes it `Sealed` with the getter's pin. On failure it goes
@@ -44,8 +62,10 @@
 //! lock are the writer's (`Created`: nobody else may touch), readers' (`pins > 0`: the block
 //! cannot be freed), the spiller's (reads bytes of an immutable object whose entry cannot be
 //! deleted while `spilling`, and whose block is only freed in (c), after the I/O completed) and
-//! the restorer's (`Restoring`: the block is not yet reachable by anyone else). Lock order:
-//! table, then allocator; the spill ring's lock and the closer's are never held with the
+//! the restorer's (`Restoring`: the block is not yet reachable by anyone else). On a node
+//! arena an extent is given back only while no block of it is allocated (checked and removed
+//! under the allocator's exclusive lock, so no alloc races it), hence never under any of
+//! these accesses. Lock order: table, then allocator; the spill ring's lock and the closer's are never held with the
 //! table's. A restored or deleted object's spill slot goes back to the spiller after the table
 //! lock is released, which keeps its emptied file for reuse or closes it on its closer thread:
 //! closing an unlinked file frees its blocks, which takes milliseconds (`spill.rs`).
@@ -596,7 +616,7 @@ impl Store {
     }
 
     /// On a node arena, asks for an extent that holds `size` bytes (at least one granule),
-    /// on the NUMA node of region `numa` if given, and adds it. False standalone, when the
+    /// on the NUMA node of region `numa` (else of the calling thread), and adds it. False standalone, when the
     /// node has no room, or when the channel to it failed.
     fn grow(&self, size: usize, numa: Option<usize>) -> bool {
         let Backing::Node(client) = &self.backing else {
@@ -606,7 +626,10 @@ impl Store {
         let want = Allocator::round_up(size)
             .max(granule)
             .next_multiple_of(granule);
-        let prefer = numa.and_then(|i| self.region_nodes.get(i).copied());
+        // The region asked for, else the calling thread's (no system call with one region).
+        let prefer = numa
+            .or_else(|| self.local_region())
+            .and_then(|i| self.region_nodes.get(i).copied());
         match client.grant(want, prefer) {
             Some((offset, len, region)) => {
                 self.alloc.add(offset, len, region);

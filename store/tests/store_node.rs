@@ -89,10 +89,10 @@ impl Kid {
         let (tx, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some((_, tagged)) = line.split_once("@@") {
-                    if tx.send(tagged.trim().to_owned()).is_err() {
-                        return;
-                    }
+                if let Some((_, tagged)) = line.split_once("@@")
+                    && tx.send(tagged.trim().to_owned()).is_err()
+                {
+                    return;
                 }
             }
         });
