@@ -1,5 +1,5 @@
-//! The arena: one shared mapping of one memfd per store, and its read-only twin in attached
-//! processes.
+//! The arena: one shared mapping of one memfd per store (or per node: `node.rs`), and its
+//! read-only twin in attached processes.
 //!
 //! # Why memfd
 //! A memfd has no name in any filesystem: the memory lives exactly as long as some process holds
@@ -21,13 +21,22 @@
 //! # Size is fixed
 //! The memfd is sealed against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW`) right after
 //! it is sized. That is what makes mapping it sound in any process: nobody can truncate it under
-//! a mapping (which would turn reads into `SIGBUS`). [`AttachedArena`] checks the seals.
+//! a mapping (which would turn reads into `SIGBUS`). [`AttachedArena`] checks the seals, and so
+//! does a node client mapping the node's arena read-write.
+//!
+//! # Read holds
+//! An [`AttachedArena`] reopens the memfd, so it has an open file description of its own, and
+//! [`AttachedArena::hold`] takes OFD read locks on it (`ofd.rs`): the node's server does not
+//! reuse a dead process's granule while any reader holds one on it (`node.rs`).
 
+use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use memmap2::{Advice, Mmap, MmapOptions, MmapRaw};
@@ -36,6 +45,7 @@ use tracing::{info, warn};
 use crate::config::PageRequest;
 use crate::error::StoreError;
 use crate::key::Location;
+use crate::ofd::{self, LockOp};
 
 /// The kind of page that backs an arena (shown by `manta status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +257,30 @@ impl Arena {
         self.file.as_fd()
     }
 
+    /// The node arena `fd` received by a client process (`node.rs`), mapped read-write: the
+    /// client's store writes its objects into the granules it was granted. Checks that the fd
+    /// is sealed against shrinking and exactly `len` bytes long.
+    pub(crate) fn map_shared(fd: OwnedFd, kind: PageKind, len: usize) -> io::Result<Arena> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        if !is_size_sealed(fd.as_fd()) {
+            return Err(invalid("the node arena fd is not size-sealed"));
+        }
+        let (_, size) = identity_and_len(fd.as_fd())?;
+        if size != len as u64 || len == 0 || !len.is_multiple_of(kind.page_size()) {
+            return Err(invalid(
+                "the node arena's size does not match its description",
+            ));
+        }
+        let file = File::from(fd);
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(Arena {
+            file,
+            map,
+            kind,
+            prefault: None,
+        })
+    }
+
     /// Base address of the mapping. Pointers derived from it are valid for `len()` bytes for as
     /// long as the arena lives; who may read or write which bytes is the object table's rule.
     pub(crate) fn base(&self) -> *mut u8 {
@@ -255,20 +289,50 @@ impl Arena {
 }
 
 /// A read-only mapping of a store's arena in another process, attached from the memfd.
+///
+/// It keeps an open file description of its own (see [`AttachedArena::attach`]), on which
+/// [`AttachedArena::hold`] takes the read locks that keep a node arena's granule from being
+/// reclaimed while this process reads it in place (`node.rs`).
 pub struct AttachedArena {
     map: Mmap,
+    /// The memfd, reopened: this process's own open file description (`private`), or the
+    /// received fd itself when reopening failed (then `hold` refuses: locks on a shared
+    /// description would be the sender's too).
+    file: File,
+    private: bool,
+    /// `(offset, len)` → holds on that exact range; the kernel lock exists while the count is
+    /// above 0.
+    holds: Mutex<BTreeMap<(u64, u64), u32>>,
 }
 
 impl fmt::Debug for AttachedArena {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AttachedArena")
             .field("len", &self.map.len())
+            .field("private", &self.private)
             .finish()
     }
 }
 
+/// `fd` opened again through `/proc/self/fd`: the same memfd on a new open file description.
+fn reopen(fd: BorrowedFd<'_>) -> io::Result<File> {
+    // std opens with O_CLOEXEC; read-only is all a reader and its read locks need.
+    File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// `(st_dev, st_ino)` and size of `fd`.
+pub(crate) fn identity_and_len(fd: BorrowedFd<'_>) -> io::Result<((u64, u64), u64)> {
+    let meta = File::from(fd.try_clone_to_owned()?).metadata()?;
+    Ok(((meta.dev(), meta.ino()), meta.len()))
+}
+
 impl AttachedArena {
     /// Maps the arena memfd `fd` (as received with [`crate::fdpass::recv_fd`]) read-only.
+    ///
+    /// The memfd is reopened through `/proc/self/fd` first, so this mapping's read locks
+    /// ([`AttachedArena::hold`]) live on an open file description of this process's own: an fd
+    /// received over `SCM_RIGHTS` shares the sender's description, and with it its locks. If
+    /// the reopen fails (no `/proc`), the mapping still works and `hold` answers `None`.
     ///
     /// Fails with `InvalidInput` if `fd` is not sealed against shrinking (not a store arena).
     pub fn attach(fd: OwnedFd) -> io::Result<AttachedArena> {
@@ -278,13 +342,110 @@ impl AttachedArena {
                 "fd is not a size-sealed store arena",
             ));
         }
-        let file = File::from(fd);
-        // SAFETY: the memfd is sealed against shrinking (checked above), so no process can
-        // truncate it under this mapping. Its bytes may change while mapped (the store writes
-        // objects being created); readers only look at sealed objects, whose bytes no longer
-        // change, and the slices handed out are of those.
+        let (file, private) = match reopen(fd.as_fd()) {
+            Ok(own) => (own, true),
+            Err(e) => {
+                warn!(error = %e, "arena attach: cannot reopen the memfd; no read locks");
+                (File::from(fd), false)
+            }
+        };
+        // SAFETY: the memfd is sealed against shrinking (checked above; seals belong to the
+        // inode, which the reopened file shares), so no process can truncate it under this
+        // mapping. Its bytes may change while mapped (the store writes objects being created);
+        // readers only look at sealed objects, whose bytes no longer change, and the slices
+        // handed out are of those.
         let map = unsafe { MmapOptions::new().map(&file)? };
-        Ok(AttachedArena { map })
+        Ok(AttachedArena {
+            map,
+            file,
+            private,
+            holds: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Takes a read lock (`F_OFD_SETLK`, `F_RDLCK`) on the bytes of the object at `loc`, on
+    /// this mapping's own open file description, for as long as the returned hold lives.
+    ///
+    /// Holds are counted per range inside this `AttachedArena`: two holds on one range are one
+    /// kernel lock, released when the last drops. `None` (logged) if `loc` is empty or outside
+    /// the mapping, if this mapping has no description of its own, or if the kernel refuses.
+    /// A reader takes one for as long as it reads another process's object of a node arena in
+    /// place: the node's server does not reclaim a dead process's granule while any part of
+    /// it is read-locked (`node.rs`, "Why read locks").
+    pub fn hold(self: &Arc<Self>, loc: Location) -> Option<ReadHold> {
+        if loc.len == 0 || self.bytes(loc).is_none() {
+            warn!(
+                ?loc,
+                len = self.len(),
+                "read hold: location outside the arena"
+            );
+            return None;
+        }
+        if !self.private {
+            warn!(
+                ?loc,
+                "read hold: the arena has no open file description of its own"
+            );
+            return None;
+        }
+        let range = (loc.offset, loc.len);
+        let mut holds = self.lock_holds();
+        let count = holds.entry(range).or_insert(0);
+        if *count == 0
+            && let Err(e) = ofd::set(self.file.as_fd(), LockOp::Read, loc.offset, loc.len)
+        {
+            holds.remove(&range);
+            warn!(?loc, error = %e, "read hold: lock refused");
+            return None;
+        }
+        *count += 1;
+        Some(ReadHold {
+            arena: self.clone(),
+            range,
+        })
+    }
+
+    fn lock_holds(&self) -> MutexGuard<'_, BTreeMap<(u64, u64), u32>> {
+        // The map is changed only after each fallible step, so a poisoned lock is consistent.
+        self.holds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A hold's drop: counts down and unlocks at zero.
+    fn unhold(&self, range: (u64, u64)) {
+        let mut holds = self.lock_holds();
+        let Some(count) = holds.get_mut(&range) else {
+            debug_assert!(false, "a hold's range vanished");
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        holds.remove(&range);
+        let fd = self.file.as_fd();
+        if let Err(e) = ofd::set(fd, LockOp::Unlock, range.0, range.1) {
+            warn!(?range, error = %e, "read hold: unlock failed");
+        }
+        // Locks of one description merge: unlocking this range also unlocked any part of it
+        // that another held range overlaps. Lock those again (store objects never overlap, so
+        // this loop finds nothing unless a caller holds overlapping views).
+        let (start, end) = (range.0, range.0 + range.1);
+        for &(offset, len) in holds.keys() {
+            if offset < end
+                && start < offset + len
+                && let Err(e) = ofd::set(fd, LockOp::Read, offset, len)
+            {
+                warn!(offset, len, error = %e, "read hold: re-lock after an overlap failed");
+            }
+        }
+    }
+
+    /// Ranges read-locked now, with their hold counts (for tests and `manta status`).
+    pub fn held(&self) -> Vec<(Location, u32)> {
+        self.lock_holds()
+            .iter()
+            .map(|(&(offset, len), &n)| (Location { offset, len }, n))
+            .collect()
     }
 
     /// Length in bytes.
@@ -311,6 +472,43 @@ impl AttachedArena {
     /// or its length is not a whole number of `T`s. Store offsets are 4 KiB aligned.
     pub fn view<T: bytemuck::Pod>(&self, loc: Location) -> Option<&[T]> {
         bytemuck::try_cast_slice(self.bytes(loc)?).ok()
+    }
+}
+
+/// A read lock on one object's bytes in an [`AttachedArena`] ([`AttachedArena::hold`]);
+/// dropping it counts the range's holds down and unlocks it at zero.
+pub struct ReadHold {
+    arena: Arc<AttachedArena>,
+    range: (u64, u64),
+}
+
+impl fmt::Debug for ReadHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadHold")
+            .field("offset", &self.range.0)
+            .field("len", &self.range.1)
+            .finish()
+    }
+}
+
+impl ReadHold {
+    /// The locked location.
+    pub fn location(&self) -> Location {
+        Location {
+            offset: self.range.0,
+            len: self.range.1,
+        }
+    }
+
+    /// The arena it locks.
+    pub fn arena(&self) -> &Arc<AttachedArena> {
+        &self.arena
+    }
+}
+
+impl Drop for ReadHold {
+    fn drop(&mut self) {
+        self.arena.unhold(self.range);
     }
 }
 
@@ -355,6 +553,47 @@ mod tests {
         let f = File::from(dup);
         assert!(f.set_len(0).is_err(), "a sealed arena cannot shrink");
         assert!(f.set_len(2 << 20).is_err(), "a sealed arena cannot grow");
+    }
+
+    #[test]
+    fn holds_lock_on_a_description_of_their_own_and_survive_overlaps() {
+        let a = Arena::create(1 << 20, PageRequest::Small).expect("arena");
+        let attached = Arc::new(
+            AttachedArena::attach(a.fd().try_clone_to_owned().expect("dup")).expect("attach"),
+        );
+        let locked = |offset, len| ofd::locked_by_others(a.fd(), offset, len).expect("probe");
+        let whole = Location {
+            offset: 0,
+            len: 8192,
+        };
+        let tail = Location {
+            offset: 4096,
+            len: 4096,
+        };
+        let h1 = attached.hold(whole).expect("hold");
+        let h2 = attached.hold(tail).expect("overlapping hold");
+        assert!(
+            locked(0, 4096),
+            "the reopened description's lock is seen by the creator's"
+        );
+        drop(h1);
+        assert!(!locked(0, 4096));
+        assert!(locked(4096, 4096), "the overlapping hold is still locked");
+        drop(h2);
+        assert!(!locked(0, 1 << 20));
+        assert!(
+            attached.hold(Location { offset: 0, len: 0 }).is_none(),
+            "empty"
+        );
+        assert!(
+            attached
+                .hold(Location {
+                    offset: 1 << 20,
+                    len: 1
+                })
+                .is_none(),
+            "outside"
+        );
     }
 
     #[test]

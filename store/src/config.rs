@@ -65,6 +65,11 @@ pub struct StoreConfig {
     /// unbound span), else one unbound span. The launcher passes the nodes of the CPUs the
     /// node's (or rank's) workers run on.
     pub numa_nodes: Option<Vec<u32>>,
+    /// The granule of a node arena ([`NodeArena`](crate::NodeArena)): the unit in which the
+    /// node's raylet grants its arena to the processes of the node. Raised to a multiple of the
+    /// arena's page size, lowered (not below one page) so that the arena holds at least 8
+    /// granules. Only the node arena's creator reads it. Default: 64 MiB.
+    pub node_granule: usize,
 }
 
 impl StoreConfig {
@@ -92,6 +97,7 @@ impl Default for StoreConfig {
             io_uring_entries: 64,
             create_timeout: Duration::from_secs(10),
             numa_nodes: None,
+            node_granule: 64 << 20,
         }
     }
 }

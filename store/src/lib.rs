@@ -1,7 +1,7 @@
 //! The per-node shared-memory object store.
 //!
-//! One [`Store`] per node owns an [`Arena`] of shared memory (a memfd, backed by huge pages when
-//! the node has them), an [`Allocator`] that hands out page-aligned blocks of it, and the object
+//! A [`Store`] owns an [`Arena`] of shared memory (a memfd, backed by huge pages when the node
+//! has them), an [`Allocator`] that hands out page-aligned blocks of it, and the object
 //! table that takes every object through the state machine described in [`store`](crate::Store):
 //! created (writable, invisible) → sealed (immutable, readable zero-copy while pinned) → released
 //! (unpinned, evictable or spillable) → spilled (bytes on disk, restored on the next `get`).
@@ -13,9 +13,22 @@
 //! Other processes on the node attach by receiving the arena's memfd over a Unix socket
 //! ([`fdpass`]) and mapping it ([`AttachedArena`]): they read the very bytes the store holds.
 //!
+//! Or the node has one arena for all its processes: the raylet creates a [`NodeArena`] and
+//! [serves](NodeArena::serve) it; each process connects a [`NodeClient`] (which maps it
+//! read-write) and runs [`Store::on_node`], whose blocks come from granules the raylet grants.
+//! Node-wide use is then bounded by the one arena, and every process reads every object in
+//! place through [`NodeClient::reader`], under [`ReadHold`] read locks that keep a dead
+//! process's granules from being reused while read.
+//!
 //! # Module map
-//! - [`arena`](Arena): the memfd mapping, page kind, pre-faulting (unsafe: raw mapping).
-//! - `alloc`: the block allocator, a value; design in `src/alloc/README.md` (no unsafe).
+//! - [`arena`](Arena): the memfd mapping, page kind, pre-faulting, attached read-only
+//!   mappings and their read holds (unsafe: raw mapping).
+//! - `node`: the node arena — [`NodeArena`] and its server, [`NodeClient`], the granule table
+//!   (sans-I/O) and the wire format; the read-lock argument is its module doc (unsafe: one
+//!   `poll`).
+//! - `ofd`: open-file-description byte-range locks (unsafe: `fcntl`).
+//! - `alloc`: the block allocator, a value, and the store's extents (fixed per NUMA region, or
+//!   growing by node grants); design in `src/alloc/README.md` (no unsafe).
 //! - `table`: object entries, LRU order and the object state machine (no unsafe).
 //! - `handle`: the typed handles [`Created`], [`Sealed`], [`Pinned`], [`SharedPin`], [`View`]
 //!   (unsafe: slices into the mapping, argued from the state machine).
@@ -37,7 +50,9 @@ mod error;
 pub mod fdpass;
 mod handle;
 mod key;
+mod node;
 mod numa;
+mod ofd;
 mod pressure;
 mod spill;
 mod store;
@@ -45,10 +60,11 @@ mod table;
 
 pub use advice::{NUMPY_HUGEPAGE_THRESHOLD, advise_huge_pages};
 pub use alloc::{Allocator, Block, UNIT};
-pub use arena::{Arena, AttachedArena, PageKind};
+pub use arena::{Arena, AttachedArena, PageKind, ReadHold};
 pub use config::{PageRequest, StoreConfig};
 pub use error::{PutError, StoreError};
 pub use handle::{Created, CreatedOwned, Pinned, Sealed, SharedPin, View};
 pub use key::{CopyKind, Location, ObjectKey};
+pub use node::{NodeArena, NodeArenaStats, NodeClient, NodeServer, arena_identity};
 pub use store::{Store, StoreStats};
 pub use table::IoTotals;

@@ -1,5 +1,19 @@
 //! The store: arena + allocator + object table + spiller, and the object state machine.
 //!
+//! # Standalone or on a node arena
+//! [`Store::new`] makes a store with an arena of its own: all of it is the allocator's, one
+//! extent per NUMA region. [`Store::on_node`] makes a store on the node's shared arena
+//! (`node.rs`): it starts with no space; its allocator is a growable list of extents, each a
+//! run of granules the node granted it, tagged with the NUMA span it lies in. Step 5 then
+//! first asks the node for a grant (at least one granule, on the caller's NUMA node if it can)
+//! before spilling its own objects, and an extent left wholly free is given back (all but one
+//! spare granule; larger extents at once). The state machine below is the same in both modes:
+//! it never depends on where a block came from. On a node arena the proactive threshold of
+//! step 5 is node-wide (the node's granted bytes against `spill_threshold` of its capacity, as
+//! of the latest reply from the node). A dropped store gives nothing back explicitly: closing
+//! its connection makes its granules dead-held, and the node frees them once no reader in
+//! another process read-locks them (`node.rs`, "Why read locks").
+//!
 //! # The object state machine
 //!
 //! ```text
@@ -25,14 +39,18 @@
 //!    A sealed object with no pins is *released*: a candidate for step 5.
 //! 4. **Delete.** Only a released (or spilled) object can be deleted; its block returns to the
 //!    allocator, its spill slot (if any) is dropped.
-//! 5. **Pressure.** When a block cannot be had, or use exceeds `spill_threshold`, the policy
+//! 5. **Pressure.** When a block cannot be had (on a node arena: nor granted by the node), or
+//!    use exceeds `spill_threshold`, the policy
 //!    (`pressure`) picks released objects in LRU order: secondary copies are evicted (removed,
 //!    like a delete), primaries are spilled: (a) under the lock they are marked `spilling`;
 //!    (b) outside it their blocks are written to disk (readers may still pin them: the bytes
 //!    are immutable); (c) under the lock, each object still unpinned becomes `Spilled` and its
 //!    block is freed; one pinned meanwhile stays `Sealed` and its copy on disk is dropped. If
 //!    nothing can be freed the creator waits (condition variable, woken by every unpin, delete,
-//!    abort and spill) until `create_timeout`, then fails with `ObjectStoreFull`.
+//!    abort and spill; on a node arena also re-asking the node every 20 ms, since other
+//!    processes' give-backs wake nobody here) until `create_timeout`, then fails with
+//!    `ObjectStoreFull`. Extents emptied by frees go back to the node after the table lock is
+//!    released (a round trip to the node is never made under it).
 //! 6. **Restore.** `get` of a `Spilled` object marks it `Restoring` (other getters wait),
 //!    reserves a block (step 5; on the getter's NUMA region if it has room), reads the file
 //!    into it outside the lock, then makes it `Sealed` with the getter's pin. On failure it goes
@@ -44,8 +62,10 @@
 //! lock are the writer's (`Created`: nobody else may touch), readers' (`pins > 0`: the block
 //! cannot be freed), the spiller's (reads bytes of an immutable object whose entry cannot be
 //! deleted while `spilling`, and whose block is only freed in (c), after the I/O completed) and
-//! the restorer's (`Restoring`: the block is not yet reachable by anyone else). Lock order:
-//! table, then allocator; the spill ring's lock and the closer's are never held with the
+//! the restorer's (`Restoring`: the block is not yet reachable by anyone else). On a node
+//! arena an extent is given back only while no block of it is allocated (checked and removed
+//! under the allocator's exclusive lock, so no alloc races it), hence never under any of
+//! these accesses. Lock order: table, then allocator; the spill ring's lock and the closer's are never held with the
 //! table's. A restored or deleted object's spill slot goes back to the spiller after the table
 //! lock is released, which keeps its emptied file for reuse or closes it on its closer thread:
 //! closing an unlinked file frees its blocks, which takes milliseconds (`spill.rs`).
@@ -61,6 +81,7 @@ use crate::config::StoreConfig;
 use crate::error::{PutError, StoreError};
 use crate::handle::{Created, CreatedOwned, Pinned, Sealed, SharedPin, View};
 use crate::key::{CopyKind, Location, ObjectKey};
+use crate::node::NodeClient;
 use crate::numa;
 use crate::pressure;
 use crate::spill::{SpillItem, SpillSlot, Spiller};
@@ -69,7 +90,7 @@ use crate::table::{Entry, IoTotals, State, Table};
 /// One node's object store. Shared by reference between threads (`Store: Sync`).
 #[derive(Debug)]
 pub struct Store {
-    arena: Arena,
+    backing: Backing,
     alloc: Regions,
     table: Mutex<Table>,
     /// Signalled after every change that can free space or finish a restore.
@@ -80,11 +101,20 @@ pub struct Store {
     region_nodes: Vec<u32>,
 }
 
+/// Where the store's arena comes from.
+#[derive(Debug)]
+enum Backing {
+    /// Its own arena, all of it its allocator's.
+    Own(Arena),
+    /// The node's arena, in the extents granted through the client.
+    Node(NodeClient),
+}
+
 /// A snapshot of the store's use, for `manta status`.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct StoreStats {
-    /// Arena size in bytes.
+    /// Arena size in bytes; on a node arena, the bytes granted to this store now.
     pub capacity: usize,
     /// Bytes allocated to objects (created, sealed, restoring).
     pub used: usize,
@@ -104,6 +134,11 @@ pub struct StoreStats {
     pub evictions: u64,
     /// Pages backing the arena.
     pub page_kind: PageKind,
+    /// On a node arena: the node's capacity in bytes (whole granules); `None` standalone.
+    pub node_capacity: Option<usize>,
+    /// On a node arena: bytes the node has granted to all its processes, as of this store's
+    /// latest exchange with the node; `None` standalone.
+    pub node_granted: Option<usize>,
     /// NUMA nodes the arena spans (1 without the `hwloc` feature).
     pub numa_nodes: usize,
     /// Blocks (creates and restores) placed on the NUMA region asked for, the caller's.
@@ -130,7 +165,7 @@ impl Store {
         let spiller = Spiller::new(&config);
         info!(capacity = arena.len(), pages = %arena.page_kind(), spill_dir = %config.spill_dir.display(), "object store ready");
         Ok(Store {
-            arena,
+            backing: Backing::Own(arena),
             alloc,
             table: Mutex::new(Table::default()),
             changed: Condvar::new(),
@@ -138,6 +173,34 @@ impl Store {
             config,
             region_nodes: placement.nodes,
         })
+    }
+
+    /// A store whose blocks come from the node's arena through `client`: it starts with no
+    /// space and asks the node for granules as objects need them (step 5), giving wholly free
+    /// ones back. `config`'s capacity, pages, prefault, NUMA nodes and granule are the node's
+    /// business and ignored here; its spill and timeout settings apply.
+    pub fn on_node(client: NodeClient, config: StoreConfig) -> Result<Store, StoreError> {
+        let alloc = Regions::growable(client.regions());
+        let region_nodes = client.region_nodes();
+        let spiller = Spiller::new(&config);
+        info!(node_capacity = client.capacity(), granule = client.granule(), pages = %client.page_kind(), spill_dir = %config.spill_dir.display(), "object store on the node arena ready");
+        Ok(Store {
+            backing: Backing::Node(client),
+            alloc,
+            table: Mutex::new(Table::default()),
+            changed: Condvar::new(),
+            spiller,
+            config,
+            region_nodes,
+        })
+    }
+
+    /// The node client when this store lives on a node arena.
+    pub fn node(&self) -> Option<&NodeClient> {
+        match &self.backing {
+            Backing::Own(_) => None,
+            Backing::Node(client) => Some(client),
+        }
     }
 
     /// The NUMA region (an index below [`StoreStats::numa_nodes`]) of the calling thread's
@@ -153,9 +216,13 @@ impl Store {
         &self.region_nodes
     }
 
-    /// The arena (its memfd to send to other processes, its page kind).
+    /// The arena (its memfd to send to other processes, its page kind): the store's own, or
+    /// the node's as this process maps it.
     pub fn arena(&self) -> &Arena {
-        &self.arena
+        match &self.backing {
+            Backing::Own(arena) => arena,
+            Backing::Node(client) => client.arena(),
+        }
     }
 
     /// The configuration the store was made with.
@@ -164,8 +231,9 @@ impl Store {
     }
 
     pub(crate) fn arena_ptr(&self, offset: usize) -> *mut u8 {
-        debug_assert!(offset <= self.arena.len());
-        self.arena.base().wrapping_add(offset)
+        let arena = self.arena();
+        debug_assert!(offset <= arena.len());
+        arena.base().wrapping_add(offset)
     }
 
     /// The table lock. A panic under it cannot leave an entry half-changed (each transition
@@ -204,11 +272,12 @@ impl Store {
         if size == 0 {
             return Err(StoreError::ZeroSize { key });
         }
-        if Allocator::round_up(size) > self.alloc.max_object() {
+        let max_object = self.max_object();
+        if Allocator::round_up(size) > max_object {
             return Err(StoreError::TooLarge {
                 key,
                 size,
-                capacity: self.alloc.max_object(),
+                capacity: max_object,
             });
         }
         if self.lock().entries.contains_key(&key) {
@@ -220,6 +289,8 @@ impl Store {
             let mut table = self.lock();
             if table.entries.contains_key(&key) {
                 self.alloc.free(block);
+                drop(table);
+                self.trim();
                 return Err(StoreError::AlreadyExists { key });
             }
             self.count_placement(&mut table, offset, numa);
@@ -308,6 +379,8 @@ impl Store {
         {
             self.alloc.free(block);
             self.changed.notify_all();
+            drop(table);
+            self.trim();
         }
     }
 
@@ -425,6 +498,7 @@ impl Store {
         if let Some(slot) = spilled {
             self.spiller.release(slot);
         }
+        self.trim();
         Ok(())
     }
 
@@ -464,7 +538,9 @@ impl Store {
             spills: table.counters.spilled,
             restores: table.counters.restored,
             evictions: table.counters.evicted,
-            page_kind: self.arena.page_kind(),
+            page_kind: self.arena().page_kind(),
+            node_capacity: self.node().map(|c| c.node_usage().1),
+            node_granted: self.node().map(|c| c.node_usage().0),
             numa_nodes: self.alloc.len(),
             numa_near: table.counters.numa_near,
             numa_far: table.counters.numa_far,
@@ -486,10 +562,16 @@ impl Store {
             if let Some(block) = self.alloc.alloc(size, numa) {
                 return Ok(block);
             }
+            if Instant::now() < deadline && self.grow(size, numa) {
+                continue;
+            }
             let free = self.alloc.free_bytes();
             // Short of bytes: free the shortfall. Enough bytes but fragmented: free `size` more.
             let to_free = if free >= size { size } else { size - free };
             if self.relieve(to_free) > 0 {
+                // On a node arena, extents emptied by the spill go back, so that the next
+                // grant can make one run of them (and other processes can have them).
+                self.trim();
                 continue;
             }
             let table = self.lock();
@@ -509,7 +591,13 @@ impl Store {
                     capacity: self.alloc.capacity(),
                 });
             }
-            let wait = (deadline - now).min(Duration::from_millis(100));
+            // On a node arena, space freed by other processes wakes nobody here: poll the node.
+            let round = if self.node().is_some() {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(100)
+            };
+            let wait = (deadline - now).min(round);
             drop(
                 self.changed
                     .wait_timeout(table, wait)
@@ -518,10 +606,82 @@ impl Store {
         }
     }
 
-    /// Spills primaries while use is above `spill_threshold` (step 5, proactive).
+    /// The largest object the store could ever hold: its arena's largest region, or on a node
+    /// arena the largest grant the node can make (its largest span's whole granules).
+    fn max_object(&self) -> usize {
+        match &self.backing {
+            Backing::Own(_) => self.alloc.max_object(),
+            Backing::Node(client) => client.max_grant(),
+        }
+    }
+
+    /// On a node arena, asks for an extent that holds `size` bytes (at least one granule),
+    /// on the NUMA node of region `numa` (else of the calling thread), and adds it. False standalone, when the
+    /// node has no room, or when the channel to it failed.
+    fn grow(&self, size: usize, numa: Option<usize>) -> bool {
+        let Backing::Node(client) = &self.backing else {
+            return false;
+        };
+        let granule = client.granule();
+        let want = Allocator::round_up(size)
+            .max(granule)
+            .next_multiple_of(granule);
+        // The region asked for, else the calling thread's (no system call with one region).
+        let prefer = numa
+            .or_else(|| self.local_region())
+            .and_then(|i| self.region_nodes.get(i).copied());
+        match client.grant(want, prefer) {
+            Some((offset, len, region)) => {
+                self.alloc.add(offset, len, region);
+                debug!(offset, len, region, "node arena: extent granted");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// On a node arena, gives back every wholly free extent but one spare granule (hysteresis:
+    /// a store that frees and creates around a granule boundary does not ask the node each
+    /// time; extents larger than a granule go back at once). Never called with the table lock
+    /// held: it may wait for a round trip to the node.
+    fn trim(&self) {
+        let Backing::Node(client) = &self.backing else {
+            return;
+        };
+        for (offset, len) in self.alloc.take_free(client.granule()) {
+            if client.give_back(offset, len) {
+                debug!(offset, len, "node arena: extent given back");
+            } else {
+                // Still ours as far as the node knows (or the channel is gone): keep using it.
+                self.alloc
+                    .add(offset, len, self.region_of_span(client, offset));
+            }
+        }
+    }
+
+    /// The region (span index) of `offset` in a node arena.
+    fn region_of_span(&self, client: &NodeClient, offset: usize) -> usize {
+        client.span_of(offset).unwrap_or(0)
+    }
+
+    /// Spills primaries while use is above `spill_threshold` (step 5, proactive). On a node
+    /// arena the threshold is node-wide: when the node's granted bytes (as of the latest reply)
+    /// exceed `spill_threshold` of its capacity, this store spills its own released objects,
+    /// as much as the excess or all it uses, and gives the emptied extents back.
     fn relieve_threshold(&self) {
-        let limit =
-            (self.alloc.capacity() as f64 * self.config.spill_threshold.clamp(0.0, 1.0)) as usize;
+        let fraction = self.config.spill_threshold.clamp(0.0, 1.0);
+        if let Backing::Node(client) = &self.backing {
+            let (granted, capacity) = client.node_usage();
+            let limit = (capacity as f64 * fraction) as usize;
+            if granted > limit {
+                let excess = (granted - limit).min(self.alloc.used_bytes());
+                if excess > 0 && self.relieve(excess) > 0 {
+                    self.trim();
+                }
+            }
+            return;
+        }
+        let limit = (self.alloc.capacity() as f64 * fraction) as usize;
         let used = self.alloc.used_bytes();
         if used > limit {
             self.relieve(used - limit);
@@ -673,6 +833,7 @@ impl Store {
         if let Err(source) = read {
             self.alloc.free(block);
             put_back(slot);
+            self.trim();
             return Err(StoreError::Restore { key, source });
         }
         let offset = block.offset();

@@ -114,6 +114,11 @@ impl Allocator {
         }
     }
 
+    /// The offset of the first byte managed.
+    pub(crate) fn base(&self) -> usize {
+        self.first * UNIT
+    }
+
     /// Whether `offset` lies in this allocator's range.
     pub fn contains(&self, offset: usize) -> bool {
         (self.first * UNIT..(self.first + self.units) * UNIT).contains(&offset)
