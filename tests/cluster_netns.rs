@@ -109,6 +109,7 @@ fn three_hosts_in_network_namespaces() {
             hosts.host(i).netns().into(),
         ],
         ip: Some(ip(i)),
+        ..NodeSpec::default()
     };
     // Host 2 has `host2=2`: one for the actor (held while it lives), one for a task there.
     // Declared after `hosts`: stopped before the namespaces go.

@@ -80,10 +80,7 @@ fn one_node() -> LocalCluster {
         NodeSpec {
             num_cpus: 2.0,
             env: vec![
-                (
-                    "MANTA_OBJECT_STORE_MEMORY".into(),
-                    NODE_ARENA.to_string(),
-                ),
+                ("MANTA_OBJECT_STORE_MEMORY".into(), NODE_ARENA.to_string()),
                 ("MANTA_OBJECT_STORE_HUGE_PAGES".into(), "0".into()),
             ],
             ..NodeSpec::default()
@@ -185,11 +182,17 @@ fn a_dead_process_gives_its_extents_back_unless_they_are_read() {
         || node_store(&cluster),
         |(g, _)| *g < granted,
     );
-    assert!(after >= BIG, "the viewed object's extent stays granted: {after}");
+    assert!(
+        after >= BIG,
+        "the viewed object's extent stays granted: {after}"
+    );
     let refs: Vec<_> = (0..9)
         .map(|i| manta::put((0..BIG).map(|j| pattern(j, 20 + i)).collect::<Vec<u8>>()).unwrap())
         .collect();
-    assert!(is_pattern(&view, 7), "the dead worker's object, read in place, is intact");
+    assert!(
+        is_pattern(&view, 7),
+        "the dead worker's object, read in place, is intact"
+    );
     for (i, r) in refs.iter().enumerate() {
         assert!(is_pattern(&r.get_view().unwrap(), 20 + i), "object {i}");
     }

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use manta_store::{NodeArena, NodeClient, NodeServer};
 
 use super::proto::Resource;
-use crate::config::Resolved;
 
 /// The raylet's side: the arena, its server, and the name it is served under.
 pub(super) struct NodeStore {
@@ -115,8 +114,8 @@ impl NodeStore {
 /// Step 2: connects to the arena served at `socket` (`@name`); `None` (logged) when it cannot.
 pub(crate) fn connect(socket: &str, token: &str) -> Option<NodeClient> {
     let name = socket.strip_prefix('@')?;
-    let client = SocketAddr::from_abstract_name(name)
-        .and_then(|addr| NodeClient::connect(&addr, token));
+    let client =
+        SocketAddr::from_abstract_name(name).and_then(|addr| NodeClient::connect(&addr, token));
     match client {
         Ok(c) => Some(c),
         Err(e) => {
