@@ -5,6 +5,10 @@
 //!   pre-faulted, so neither side pays first-touch faults. After criterion's report, an
 //!   interleaved loop prints the median put/memcpy ratio (target ≥ 0.90 in throughput, i.e.
 //!   put time ≤ 1.11× memcpy time).
+//! - The same interleaved loop on a node arena (`NodeArena` served in this process, the store
+//!   a `Store::on_node` client allocating in granted extents): a 64 MiB object fits the one
+//!   spare granule the store keeps, a 256 MiB one asks the raylet's side for a 4-granule extent
+//!   and gives it back at every delete, so its row includes two socket round trips per put.
 //! - `get`: pin + unpin of a 1 GiB object and of a 1 MiB one (zero-copy: independent of size;
 //!   target ≤ 10 µs).
 //!
@@ -14,7 +18,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use manta_store::{ObjectKey, PageRequest, Store, StoreConfig};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
+
+use manta_store::{NodeArena, NodeClient, ObjectKey, PageRequest, Store, StoreConfig};
 
 const MIB: usize = 1 << 20;
 
@@ -37,6 +44,41 @@ fn time_put(store: &Store, key: ObjectKey, src: &[u8]) -> Duration {
     black_box(sealed);
     store.delete(key).expect("delete");
     took
+}
+
+/// A node arena of `capacity` served in this process, and a store allocating in it.
+fn node_store(capacity: usize) -> (std::sync::Arc<NodeArena>, manta_store::NodeServer, Store) {
+    let config = StoreConfig {
+        capacity,
+        pages: PageRequest::Auto,
+        prefault: true,
+        spill_threshold: 1.0,
+        ..StoreConfig::default()
+    };
+    let arena = NodeArena::create(&config).expect("node arena");
+    let name = format!("manta-bench-node-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(&name).expect("socket name");
+    let listener = UnixListener::bind_addr(&addr).expect("bind");
+    let server = arena.serve(listener, "bench").expect("serve");
+    let client = NodeClient::connect(&addr, "bench").expect("connect");
+    let store = Store::on_node(client, config).expect("node store");
+    (arena, server, store)
+}
+
+/// Median put and memcpy times of `src`, interleaved, into `s` (the memcpy into a block of it).
+fn interleaved(s: &Store, src: &[u8], reps: usize) -> (Duration, Duration) {
+    let size = src.len();
+    let mut baseline = s
+        .create(ObjectKey::from_u128(u128::MAX), size)
+        .expect("baseline block");
+    let dst = baseline.as_mut_slice();
+    let key = ObjectKey::from_u128(size as u128);
+    let (mut puts, mut copies) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        copies.push(time_memcpy(dst, src));
+        puts.push(time_put(s, key, src));
+    }
+    (median(puts), median(copies))
 }
 
 /// Time of one memcpy of `src` into `dst`.
@@ -81,20 +123,22 @@ fn main() {
             group.bench_function(BenchmarkId::new("store_put", size / MIB), |b| {
                 b.iter_custom(|iters| (0..iters).map(|_| time_put(&s, key, &src)).sum())
             });
-            // Interleaved, so both see the same machine state.
-            let reps = if smoke { 1 } else { 15 };
-            let (mut puts, mut copies) = (Vec::new(), Vec::new());
-            for _ in 0..reps {
-                copies.push(time_memcpy(dst, &src));
-                puts.push(time_put(&s, key, &src));
-            }
-            let (p, m) = (median(puts), median(copies));
-            ratios.push((size, p, m));
             drop(baseline);
+            // Interleaved, so both see the same machine state.
+            let (p, m) = interleaved(&s, &src, if smoke { 1 } else { 15 });
+            ratios.push(("own arena", size, p, m));
         }
         group.finish();
     }
     drop(s);
+    {
+        let (_arena, _server, s) = node_store(2 * 256 * MIB + 64 * MIB);
+        for size in [64 * MIB, 256 * MIB] {
+            let src: Vec<u8> = (0..size).map(|i| (i * 31 % 255) as u8).collect();
+            let (p, m) = interleaved(&s, &src, if smoke { 1 } else { 15 });
+            ratios.push(("node arena", size, p, m));
+        }
+    }
 
     // get of the largest object that fits, and of a small one: pin + unpin, no copy.
     let big = 1024 * MIB;
@@ -126,9 +170,9 @@ fn main() {
     let get_1g = start.elapsed() / reps;
 
     println!("\n== manta-store put/get vs baselines (same run, arena on {page_kind}) ==");
-    for (size, put, memcpy) in ratios {
+    for (arena, size, put, memcpy) in ratios {
         println!(
-            "put {:>4} MiB: put {:>9.2?}  memcpy {:>9.2?}  put throughput = {:.3} x memcpy  ({:.2} vs {:.2} GB/s)",
+            "{arena:>10}: put {:>4} MiB: put {:>9.2?}  memcpy {:>9.2?}  put throughput = {:.3} x memcpy  ({:.2} vs {:.2} GB/s)",
             size / MIB,
             put,
             memcpy,
