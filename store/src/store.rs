@@ -26,8 +26,10 @@
 //! 4. **Delete.** Only a released (or spilled) object can be deleted; its block returns to the
 //!    allocator, its spill slot (if any) is dropped.
 //! 5. **Pressure.** When a block cannot be had, or use exceeds `spill_threshold`, the policy
-//!    (`pressure`) picks released objects in LRU order: secondary copies are evicted (removed,
-//!    like a delete), primaries are spilled: (a) under the lock they are marked `spilling`;
+//!    (`pressure`) picks released objects in LRU order (past the threshold: enough to bring use
+//!    `spill_min_batch` below it, so that the next puts spill nothing; a batch that spills
+//!    writes at least `spill_min_batch`): secondary copies are evicted (removed, like a delete),
+//!    primaries are spilled: (a) under the lock they are marked `spilling`;
 //!    (b) outside it their blocks are written to disk (readers may still pin them: the bytes
 //!    are immutable); (c) under the lock, each object still unpinned becomes `Spilled` and its
 //!    block is freed; one pinned meanwhile stays `Sealed` and its copy on disk is dropped. If
@@ -518,13 +520,21 @@ impl Store {
         }
     }
 
-    /// Spills primaries while use is above `spill_threshold` (step 5, proactive).
+    /// The policy's marks for this store's arena and configuration.
+    fn marks(&self) -> pressure::Marks {
+        pressure::Marks::new(
+            self.alloc.capacity(),
+            self.config.spill_threshold,
+            self.config.spill_min_batch,
+        )
+    }
+
+    /// Spills primaries once use is above `spill_threshold`, down to the low mark below it
+    /// (step 5, proactive).
     fn relieve_threshold(&self) {
-        let limit =
-            (self.alloc.capacity() as f64 * self.config.spill_threshold.clamp(0.0, 1.0)) as usize;
-        let used = self.alloc.used_bytes();
-        if used > limit {
-            self.relieve(used - limit);
+        let to_free = self.marks().over_threshold(self.alloc.used_bytes());
+        if to_free > 0 {
+            self.relieve(to_free);
         }
     }
 
@@ -537,15 +547,16 @@ impl Store {
         self.relieve(usize::MAX)
     }
 
-    /// Step 5: evicts and spills released objects to free `to_free` bytes. Returns the number of
-    /// objects freed (evicted or spilled).
+    /// Step 5: evicts and spills released objects to free `to_free` bytes, spilling at least
+    /// `spill_min_batch` if it spills at all. Returns the number of objects freed (evicted or
+    /// spilled).
     fn relieve(&self, to_free: usize) -> usize {
         let mut victims = Vec::new();
         let mut items = Vec::new();
         let evicted;
         {
             let mut table = self.lock();
-            let plan = pressure::plan(to_free, &table.candidates());
+            let plan = pressure::plan(to_free, self.marks().min_batch(), &table.candidates());
             if plan.is_empty() {
                 return 0;
             }
