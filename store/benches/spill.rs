@@ -24,9 +24,10 @@
 //!   huge ones would skew the comparison by ~1.5×). Four settings are measured; each ratio is taken against the fastest, so the baseline is the
 //!   best this disk did in this run.
 //! - Under pressure (printed only): a second store whose arena holds 8 objects, default spill
-//!   threshold (0.8), gets 3× that many objects put, then every one read back: the store spills
-//!   by itself, a batch per `put` just above the threshold, and restores on `get` (spilling
-//!   others to make room). Its rates come from [`StoreStats::spill_io`] and
+//!   threshold (0.8) and `spill_min_batch` (64 MiB: 4 objects), gets 3× that many objects put,
+//!   then every one read back: the store spills by itself, one batch each time a `put` takes
+//!   use past the threshold (down to 64 MiB below it), and restores on `get` (spilling others,
+//!   again 64 MiB at a time, to make room). Its rates come from [`StoreStats::spill_io`] and
 //!   [`StoreStats::restore_io`] (bytes and time of the spill I/O alone, not the puts' copies).
 //!
 //! **Page cache.** With `O_DIRECT` (ext4, xfs, ...) neither side goes through the page cache, so

@@ -35,8 +35,15 @@ pub struct StoreConfig {
     /// VMs first touch, not page size, dominates copy cost). Default: on.
     pub prefault: bool,
     /// Fraction of the arena above which primaries are spilled (after secondaries are evicted).
-    /// Default: 0.8.
+    /// Past it the store spills down to `spill_min_batch` below it (hysteresis). Default: 0.8.
     pub spill_threshold: f64,
+    /// Least bytes one spill batch writes, when that many are eligible, whether it spills for
+    /// the threshold or to make room for a `create` or a restore; also the hysteresis: past
+    /// `spill_threshold` the store frees down to this far below it. Large batches keep the disk
+    /// busy with large sequential writes; one object per batch left it idle between batches
+    /// (`pressure.rs`). Evictions of secondary copies are never padded to it. `0`: free just
+    /// what is needed. Default: 64 MiB.
+    pub spill_min_batch: usize,
     /// Directory for spill files (created unlinked: nothing is left there even on a crash).
     /// Default: the system's temporary directory.
     pub spill_dir: PathBuf,
@@ -89,6 +96,7 @@ impl Default for StoreConfig {
             pages: PageRequest::Auto,
             prefault: true,
             spill_threshold: 0.8,
+            spill_min_batch: 64 << 20,
             spill_dir: std::env::temp_dir(),
             spill_fuse_below: 1 << 20,
             spill_reuse_bytes: 1 << 30,

@@ -40,9 +40,11 @@
 //! 4. **Delete.** Only a released (or spilled) object can be deleted; its block returns to the
 //!    allocator, its spill slot (if any) is dropped.
 //! 5. **Pressure.** When a block cannot be had (on a node arena: nor granted by the node), or
-//!    use exceeds `spill_threshold`, the policy
-//!    (`pressure`) picks released objects in LRU order: secondary copies are evicted (removed,
-//!    like a delete), primaries are spilled: (a) under the lock they are marked `spilling`;
+//!    use exceeds `spill_threshold`, the policy (`pressure`) picks released objects in LRU
+//!    order (past the threshold: enough to bring use `spill_min_batch` below it, so that the
+//!    next puts spill nothing; a batch that spills writes at least `spill_min_batch`):
+//!    secondary copies are evicted (removed, like a delete), primaries are spilled: (a) under
+//!    the lock they are marked `spilling`;
 //!    (b) outside it their blocks are written to disk (readers may still pin them: the bytes
 //!    are immutable); (c) under the lock, each object still unpinned becomes `Spilled` and its
 //!    block is freed; one pinned meanwhile stays `Sealed` and its copy on disk is dropped. If
@@ -664,27 +666,37 @@ impl Store {
         client.span_of(offset).unwrap_or(0)
     }
 
-    /// Spills primaries while use is above `spill_threshold` (step 5, proactive). On a node
-    /// arena the threshold is node-wide: when the node's granted bytes (as of the latest reply)
-    /// exceed `spill_threshold` of its capacity, this store spills its own released objects,
-    /// as much as the excess or all it uses, and gives the emptied extents back.
+    /// The policy's marks for an arena of `capacity` bytes and this store's configuration.
+    fn marks(&self, capacity: usize) -> pressure::Marks {
+        pressure::Marks::new(
+            capacity,
+            self.config.spill_threshold,
+            self.config.spill_min_batch,
+        )
+    }
+
+    /// Spills primaries once use is above `spill_threshold`, down to the low mark below it
+    /// (step 5, proactive). On a node arena the threshold is node-wide: when the node's granted
+    /// bytes (as of the latest reply) exceed `spill_threshold` of its capacity, this store
+    /// spills its own released objects, as much as brings the node to the low mark or all it
+    /// uses, and gives the emptied extents back.
     fn relieve_threshold(&self) {
-        let fraction = self.config.spill_threshold.clamp(0.0, 1.0);
         if let Backing::Node(client) = &self.backing {
             let (granted, capacity) = client.node_usage();
-            let limit = (capacity as f64 * fraction) as usize;
-            if granted > limit {
-                let excess = (granted - limit).min(self.alloc.used_bytes());
-                if excess > 0 && self.relieve(excess) > 0 {
-                    self.trim();
-                }
+            let excess = self
+                .marks(capacity)
+                .over_threshold(granted)
+                .min(self.alloc.used_bytes());
+            if excess > 0 && self.relieve(excess) > 0 {
+                self.trim();
             }
             return;
         }
-        let limit = (self.alloc.capacity() as f64 * fraction) as usize;
-        let used = self.alloc.used_bytes();
-        if used > limit {
-            self.relieve(used - limit);
+        let to_free = self
+            .marks(self.alloc.capacity())
+            .over_threshold(self.alloc.used_bytes());
+        if to_free > 0 {
+            self.relieve(to_free);
         }
     }
 
@@ -697,15 +709,16 @@ impl Store {
         self.relieve(usize::MAX)
     }
 
-    /// Step 5: evicts and spills released objects to free `to_free` bytes. Returns the number of
-    /// objects freed (evicted or spilled).
+    /// Step 5: evicts and spills released objects to free `to_free` bytes, spilling at least
+    /// `spill_min_batch` if it spills at all. Returns the number of objects freed (evicted or
+    /// spilled).
     fn relieve(&self, to_free: usize) -> usize {
         let mut victims = Vec::new();
         let mut items = Vec::new();
         let evicted;
         {
             let mut table = self.lock();
-            let plan = pressure::plan(to_free, &table.candidates());
+            let plan = pressure::plan(to_free, self.config.spill_min_batch, &table.candidates());
             if plan.is_empty() {
                 return 0;
             }
