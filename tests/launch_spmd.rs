@@ -36,6 +36,21 @@ fn where_am_i(pause_ms: u64) -> (u64, u32) {
     (node, std::process::id())
 }
 
+/// The size of the node arena this process's store allocates in (`None`: an arena of its own).
+fn my_node_arena() -> Option<usize> {
+    manta::status()
+        .ok()
+        .and_then(|s| s.object_store)
+        .and_then(|s| s.node_capacity)
+}
+
+/// A worker's pid and the node arena its store allocates in.
+#[manta::remote]
+fn node_arena_of(pause_ms: u64) -> (u32, Option<usize>) {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    (std::process::id(), my_node_arena())
+}
+
 /// The calling thread's allowed CPUs as the kernel lists them (`0-3,8`).
 fn thread_cpus() -> String {
     std::fs::read_to_string("/proc/thread-self/status")
@@ -152,6 +167,24 @@ fn job(kind: &str) {
                 workers.len(),
                 "{alive:?}"
             );
+            // Every rank allocates in its node's one arena, the driver too (one machine here).
+            let arenas = manta::get_all(
+                &(0..12)
+                    .map(|_| node_arena_of::remote(50u64))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let node_store = alive[0]
+                .resources
+                .iter()
+                .find(|(k, _, _)| k == "object_store_memory")
+                .map(|(_, _, total)| *total as usize);
+            assert!(node_store.is_some(), "{:?}", alive[0].resources);
+            assert!(
+                arenas.iter().all(|(_, a)| *a == node_store),
+                "{arenas:?} vs {node_store:?}"
+            );
+            assert_eq!(my_node_arena(), node_store, "the driver's store");
             // Before the actor below takes a node's only CPU for the rest of the job.
             check_rank_cpus(3);
             let data: Vec<u32> = (0..(8u32 << 20)).collect();
