@@ -21,18 +21,29 @@ fn pattern(i: usize, seed: usize) -> u8 {
     ((i + seed) % 251) as u8
 }
 
-#[manta::remote]
-fn make_bytes(n: usize, seed: usize) -> Vec<u8> {
-    (0..n).map(|i| pattern(i, seed)).collect()
+/// The bytes checked: every 4093rd and the last one (cheap to write in a debug build, unlike a
+/// pattern over every byte, and spread over every page).
+fn checked() -> impl Iterator<Item = usize> {
+    (0..BIG).step_by(4093).chain([BIG - 1])
 }
 
-/// Whether `bytes` are `make_bytes(BIG, seed)`'s (every 4093rd byte and the last one).
-fn is_pattern(bytes: &[u8], seed: usize) -> bool {
-    bytes.len() == BIG
-        && (0..BIG)
-            .step_by(4093)
-            .chain([BIG - 1])
-            .all(|i| bytes[i] == pattern(i, seed))
+/// `BIG` bytes of `seed`, with the checked bytes set to the pattern.
+fn bytes(seed: usize) -> Vec<u8> {
+    let mut v = vec![seed as u8; BIG];
+    for i in checked() {
+        v[i] = pattern(i, seed);
+    }
+    v
+}
+
+#[manta::remote]
+fn make_bytes(seed: usize) -> Vec<u8> {
+    bytes(seed)
+}
+
+/// Whether `bytes` are `bytes(seed)` at the checked positions (and one byte between).
+fn is_pattern(b: &[u8], seed: usize) -> bool {
+    b.len() == BIG && b[1] == seed as u8 && checked().all(|i| b[i] == pattern(i, seed))
 }
 
 /// This process's store: (node arena size if it is on one, objects, spills).
@@ -63,8 +74,7 @@ impl Keeper {
     /// Puts `n` objects into this worker's store and keeps them.
     fn keep(&mut self, n: usize) -> usize {
         for i in 0..n {
-            let v: Vec<u8> = (0..BIG).map(|j| pattern(j, 100 + i)).collect();
-            self.kept.push(manta::put(v).expect("put"));
+            self.kept.push(manta::put(bytes(100 + i)).expect("put"));
         }
         self.kept.len()
     }
@@ -129,7 +139,7 @@ fn the_node_processes_share_one_bounded_arena() {
     assert_eq!(total, NODE_ARENA, "the node's object_store_memory");
 
     // A worker's object is read in place through the driver's own mapping of the node arena.
-    let r = make_bytes::remote(BIG, 1);
+    let r = make_bytes::remote(1);
     let view = r.get_view().expect("a view");
     assert!(view.is_stored());
     assert!(is_pattern(&view, 1));
@@ -139,7 +149,7 @@ fn the_node_processes_share_one_bounded_arena() {
     // The bound is the node's: the driver putting more than the arena while the worker holds
     // one object spills (an arena of its own would be 30% of RAM and never spill here).
     let refs: Vec<_> = (0..10)
-        .map(|i| manta::put((0..BIG).map(|j| pattern(j, 10 + i)).collect::<Vec<u8>>()).unwrap())
+        .map(|i| manta::put(bytes(10 + i)).unwrap())
         .collect();
     let (_, objects, spills) = my_store();
     assert_eq!(objects, 10);
@@ -165,7 +175,7 @@ fn a_dead_process_gives_its_extents_back_unless_they_are_read() {
     // The worker holds three objects; the driver views one of them in place.
     let keeper = Keeper::remote();
     assert_eq!(keeper.keep(3).get().unwrap(), 3);
-    let r = make_bytes::remote(BIG, 7);
+    let r = make_bytes::remote(7);
     let view = r.get_view().expect("a view");
     assert!(is_pattern(&view, 7));
     let (granted, _) = eventually(
@@ -186,9 +196,7 @@ fn a_dead_process_gives_its_extents_back_unless_they_are_read() {
         after >= BIG,
         "the viewed object's extent stays granted: {after}"
     );
-    let refs: Vec<_> = (0..9)
-        .map(|i| manta::put((0..BIG).map(|j| pattern(j, 20 + i)).collect::<Vec<u8>>()).unwrap())
-        .collect();
+    let refs: Vec<_> = (0..9).map(|i| manta::put(bytes(20 + i)).unwrap()).collect();
     assert!(
         is_pattern(&view, 7),
         "the dead worker's object, read in place, is intact"

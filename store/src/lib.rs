@@ -27,6 +27,8 @@
 //!   (sans-I/O) and the wire format; the read-lock argument is its module doc (unsafe: one
 //!   `poll`).
 //! - `ofd`: open-file-description byte-range locks (unsafe: `fcntl`).
+//! - [`PeerLife`]: a pidfd of a Unix socket's peer, to know it has not exited (unsafe:
+//!   `getsockopt`, `pidfd_open`, `poll`).
 //! - `alloc`: the block allocator, a value, and the store's extents (fixed per NUMA region, or
 //!   growing by node grants); design in `src/alloc/README.md` (no unsafe).
 //! - `table`: object entries, LRU order and the object state machine (no unsafe).
@@ -50,6 +52,7 @@ mod error;
 pub mod fdpass;
 mod handle;
 mod key;
+mod life;
 mod node;
 mod numa;
 mod ofd;
@@ -65,6 +68,7 @@ pub use config::{PageRequest, StoreConfig};
 pub use error::{PutError, StoreError};
 pub use handle::{Created, CreatedOwned, Pinned, Sealed, SharedPin, View};
 pub use key::{CopyKind, Location, ObjectKey};
+pub use life::PeerLife;
 pub use node::{NodeArena, NodeArenaStats, NodeClient, NodeServer, arena_identity};
 pub use store::{Store, StoreStats};
 pub use table::IoTotals;

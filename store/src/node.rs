@@ -45,7 +45,10 @@
 //!    file description of R's own ([`AttachedArena::attach`](crate::AttachedArena::attach)
 //!    reopens the memfd: a received fd shares the sender's description, and OFD locks belong
 //!    to descriptions). R takes it while H still lives (before it starts reading), so by 1 the
-//!    bytes are H's object's at that moment.
+//!    bytes are H's object's at that moment. R learns the location from H's reply, and H may
+//!    die between replying and R's lock; so R checks, after locking, that H has not exited
+//!    ([`PeerLife`](crate::PeerLife), a pidfd: a process cannot come back, so alive after the
+//!    lock means alive when it was taken), and does not read in place otherwise.
 //! 4. The server frees a dead-held granule only when `fcntl(F_OFD_GETLK)` with a write-lock
 //!    probe over the granule, on the server's own description, reports no conflicting lock.
 //!    Any read lock by another description on any byte of it conflicts, so no granule that a

@@ -46,7 +46,10 @@
 //!    and the object is pulled again by copy (logged as an error: a holder never sends one).
 //!    While the payload lives, the reader also holds a read lock on the object's range of the
 //!    memfd (`AttachedArena::hold`): a node's raylet does not hand a dead holder's extent to
-//!    another process while any reader locks it (`manta_store`'s `node.rs`).
+//!    another process while any reader locks it (`manta_store`'s `node.rs`). On the node arena
+//!    the lock counts only if the holder was alive when it was taken, so right after taking it
+//!    the reader checks the holder's pidfd (opened on the attach socket's peer, `PeerLife`):
+//!    exited means the object is read by copy instead.
 //! 4. When the reader's last handle on that payload (the object's cell, a task argument, a
 //!    view) drops, it sends the one-way `UnpinObject { pin_id }`, queued on the holder's
 //!    connection (batched by its writer). The holder drops the entry: first the pin, then the
@@ -74,7 +77,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use manta_store::{AttachedArena, Location, SharedPin, fdpass};
+use manta_store::{AttachedArena, Location, PeerLife, SharedPin, fdpass};
 
 use super::objects::PullReq;
 use super::peer::Peer;
@@ -95,9 +98,18 @@ pub(super) enum ArenaSlot {
     /// Being attached; these pulls wait for the outcome.
     Attaching(Vec<PullReq>),
     /// Mapped read-only.
-    Ready(Arc<AttachedArena>),
+    Ready(Mapped),
     /// Another host, or the attach failed: read by copy.
     Unavailable,
+}
+
+/// A holder's arena as mapped here.
+#[derive(Clone)]
+pub(super) struct Mapped {
+    arena: Arc<AttachedArena>,
+    /// On this node's shared arena (read through this process's own mapping): the holder's
+    /// pidfd, checked after each read lock is taken (pin step 3).
+    node_holder: Option<Arc<PeerLife>>,
 }
 
 /// A pin this process holds on an object of its store for another process reading it in
@@ -230,7 +242,7 @@ impl Cluster {
         {
             let mut arenas = lock(&self.arenas);
             match arenas.get_mut(&holder) {
-                Some(ArenaSlot::Ready(_)) => return Some((req, true)),
+                Some(ArenaSlot::Ready(..)) => return Some((req, true)),
                 Some(ArenaSlot::Unavailable) => return Some((req, false)),
                 Some(ArenaSlot::Attaching(waiting)) => {
                     waiting.push(req);
@@ -248,7 +260,7 @@ impl Cluster {
             .spawn(move || {
                 if let Some(c) = me.upgrade() {
                     let slot = match c.attach(holder) {
-                        Ok(Some(arena)) => ArenaSlot::Ready(arena),
+                        Ok(Some(mapped)) => ArenaSlot::Ready(mapped),
                         Ok(None) => ArenaSlot::Unavailable,
                         Err(e) => {
                             c.attach_failed(holder, &e);
@@ -293,7 +305,7 @@ impl Cluster {
 
     /// Steps 1 and 4 of an attach: `Ok(None)` if `holder` is not on this host (and network
     /// namespace) or not reachable over shared memory.
-    fn attach(&self, holder: u64) -> Result<Option<Arc<AttachedArena>>, String> {
+    fn attach(&self, holder: u64) -> Result<Option<Mapped>, String> {
         let info = self
             .gcs_call(|request_id| Msg::GetWorker {
                 request_id,
@@ -345,8 +357,12 @@ impl Cluster {
         if let Some((reader, id)) = self.node_reader()
             && manta_store::arena_identity(fd.as_fd()).ok() == Some(id)
         {
+            let life = PeerLife::of_peer(&sock).map_err(|e| fail("the holder's pidfd", e))?;
             tracing::debug!(holder, "the holder shares this node's arena");
-            return Ok(Some(reader));
+            return Ok(Some(Mapped {
+                arena: reader,
+                node_holder: Some(Arc::new(life)),
+            }));
         }
         let arena = AttachedArena::attach(fd).map_err(|e| fail("mapping the arena", e))?;
         if arena.len() as u64 != len {
@@ -356,7 +372,10 @@ impl Cluster {
             ));
         }
         tracing::debug!(holder, len, "attached the arena of a process of this host");
-        Ok(Some(Arc::new(arena)))
+        Ok(Some(Mapped {
+            arena: Arc::new(arena),
+            node_holder: None,
+        }))
     }
 
     /// This process's own read-only mapping of its node's arena, if its store lives there.
@@ -444,7 +463,7 @@ impl Cluster {
             return unpin();
         };
         let mapping = match lock(&self.arenas).get(&pending.holder) {
-            Some(ArenaSlot::Ready(a)) if pending.pin && arena == pending.holder => Some(a.clone()),
+            Some(ArenaSlot::Ready(m)) if pending.pin && arena == pending.holder => Some(m.clone()),
             _ => None,
         };
         let again = PullReq {
@@ -471,7 +490,19 @@ impl Cluster {
                 p.send_queued(Msg::UnpinObject { pin_id });
             }
         });
-        match AttachedPin::new(mapping, Location { offset, len }, release) {
+        match AttachedPin::new(mapping.arena, Location { offset, len }, release) {
+            // The read lock is taken (in `new`); on the node arena it protects the bytes only
+            // if the holder had not died before it (store's `life.rs`): else copy (which finds
+            // the holder gone and fails or recovers as any pull from a dead holder does).
+            Some(pin) if mapping.node_holder.as_ref().is_some_and(|h| !h.is_alive()) => {
+                tracing::debug!(
+                    holder,
+                    pin_id,
+                    "the holder died before the read lock: not reading in place"
+                );
+                drop(pin);
+                self.send_pull_req(again);
+            }
             Some(pin) => (again.done)(Ok(Payload::Stored(StoredObject::attached(pin)))),
             None => {
                 // `AttachedPin::new` ran `release`: the pin is given back.
