@@ -314,6 +314,7 @@ fn two_hosts() -> Result<()> {
             hosts.host(i).netns().to_owned(),
         ],
         ip: Some(hosts.host(i).ip().to_string()),
+        ..NodeSpec::default()
     };
     let cluster = LocalCluster::start(node(0, "a=1"), &[node(1, "b=1")]);
     manta::init_with(cluster.config())?;
