@@ -10,11 +10,14 @@
 //! these are missing the tests print why and pass, so a developer machine without them can
 //! still run the rest of the suite.
 
+mod common;
 mod netns;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use common::thread_cpus;
 
 /// Set on the processes the launchers start: which job body to run.
 const JOB_ENV: &str = "MANTA_TEST_SPMD_JOB";
@@ -49,18 +52,6 @@ fn my_node_arena() -> Option<usize> {
 fn node_arena_of(pause_ms: u64) -> (u32, Option<usize>) {
     std::thread::sleep(Duration::from_millis(pause_ms));
     (std::process::id(), my_node_arena())
-}
-
-/// The calling thread's allowed CPUs as the kernel lists them (`0-3,8`).
-fn thread_cpus() -> String {
-    std::fs::read_to_string("/proc/thread-self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(|l| l.trim().to_owned())
-        })
-        .unwrap_or_default()
 }
 
 /// The worker process a task ran in and the CPUs its slot thread may use.

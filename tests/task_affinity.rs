@@ -3,17 +3,7 @@
 
 mod common;
 
-/// The calling thread's allowed CPUs, as the kernel reports them (`0-3,8`).
-fn thread_cpus() -> String {
-    std::fs::read_to_string("/proc/thread-self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(|l| l.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
+use common::thread_cpus;
 
 #[manta::remote]
 fn my_cpus() -> String {

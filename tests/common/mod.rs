@@ -40,3 +40,16 @@ pub(crate) fn start(config: manta::Config) -> Runtime {
 pub(crate) fn start_default() -> Runtime {
     start(manta::Config::default().num_cpus(2.0))
 }
+
+/// The calling thread's allowed CPUs, as the kernel reports them (`0-3,8`).
+#[allow(dead_code)] // the affinity tests' helper
+pub(crate) fn thread_cpus() -> String {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
