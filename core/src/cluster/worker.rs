@@ -335,6 +335,7 @@ impl Cluster {
             attach_warned: AtomicBool::new(false),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
+        super::borrow::enable_borrows();
         let _ = cluster.me.set(Arc::downgrade(&cluster));
         // Node deaths and joins reach the placement view.
         cluster.gcs.send(Msg::Subscribe { request_id: 0 });
