@@ -108,7 +108,7 @@ fn node_store(cluster: &LocalCluster) -> (usize, usize) {
         .iter()
         .find(|(k, _, _)| k == "object_store_memory")
         .cloned()
-        .expect("the node reports its store");
+        .unwrap_or_default();
     ((total - avail) as usize, total as usize)
 }
 
@@ -215,5 +215,45 @@ fn a_dead_process_gives_its_extents_back_unless_they_are_read() {
         |(g, _)| *g <= 2 * 64 * MIB,
     );
     drop(keeper);
+    manta::shutdown();
+}
+
+#[test]
+fn with_the_switch_off_each_process_keeps_its_own_arena() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(
+        NodeSpec {
+            num_cpus: 2.0,
+            env: vec![
+                ("MANTA_NODE_OBJECT_STORE".into(), "0".into()),
+                ("MANTA_OBJECT_STORE_MEMORY".into(), NODE_ARENA.to_string()),
+                ("MANTA_OBJECT_STORE_HUGE_PAGES".into(), "0".into()),
+            ],
+            ..NodeSpec::default()
+        },
+        &[],
+    );
+    manta::init_with(cluster.config()).expect("the driver joins");
+
+    // The raylet serves no arena: the worker (started with the raylet's environment) and the
+    // driver each have their own.
+    let (node, _, _) = worker_store::remote().get().unwrap();
+    assert_eq!(node, None, "the worker's store");
+    assert_eq!(my_store().0, None, "the driver's store");
+
+    // Reads in place still work, through the worker's own arena attached by the driver.
+    let r = make_bytes::remote(3);
+    let view = r.get_view().expect("a view");
+    assert!(is_pattern(&view, 3));
+    assert_eq!(store_objects(), 0, "the driver copied nothing");
+    // The node's store is its worker's arena, as the worker reports it.
+    let (_, total) = eventually(
+        "the worker's arena in the node's resources",
+        || node_store(&cluster),
+        |(_, t)| *t > 0,
+    );
+    assert_eq!(total, NODE_ARENA, "one worker's arena");
+    drop(view);
+    drop(r);
     manta::shutdown();
 }
