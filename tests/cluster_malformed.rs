@@ -24,7 +24,7 @@ use manta_transport::{
     Address, Connection, Incoming, RefusalReason, Tag, TransferId, TransportConfig, TransportError,
 };
 
-// Wire numbers of core/src/cluster/proto.rs (stable, never renumbered).
+// Wire numbers of core/src/cluster/proto/mod.rs (stable, never renumbered).
 const TAG_REGISTER_NODE: u64 = 1;
 const TAG_GET_NODES: u64 = 5;
 const TAG_NODES: u64 = 6;
