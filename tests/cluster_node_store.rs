@@ -6,10 +6,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::cluster::{LocalCluster, NodeSpec, serve_if_worker, store_objects};
+use common::cluster::{LocalCluster, NodeSpec, eventually_that, serve_if_worker, store_objects};
 use manta::ObjectRef;
+
+/// How long the node's reports may take to show a change (heartbeats are once a second).
+const HEARTBEATS: Duration = Duration::from_secs(20);
 
 const MIB: usize = 1 << 20;
 /// The node arena: 8 granules of the default 64 MiB.
@@ -112,19 +115,6 @@ fn node_store(cluster: &LocalCluster) -> (usize, usize) {
     ((total - avail) as usize, total as usize)
 }
 
-/// Polls `f` until `ok` holds of its value (heartbeats are once a second).
-fn eventually<T: std::fmt::Debug>(what: &str, f: impl Fn() -> T, ok: impl Fn(&T) -> bool) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = f();
-        if ok(&got) {
-            return got;
-        }
-        assert!(Instant::now() < deadline, "{what}: {got:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_node_processes_share_one_bounded_arena() {
     serve_if_worker();
@@ -178,8 +168,9 @@ fn a_dead_process_gives_its_extents_back_unless_they_are_read() {
     let r = make_bytes::remote(7);
     let view = r.get_view().expect("a view");
     assert!(is_pattern(&view, 7));
-    let (granted, _) = eventually(
+    let (granted, _) = eventually_that(
         "the worker's extents granted",
+        HEARTBEATS,
         || node_store(&cluster),
         |(g, _)| *g >= 4 * BIG,
     );
@@ -187,8 +178,9 @@ fn a_dead_process_gives_its_extents_back_unless_they_are_read() {
     // The worker dies. Its extents come back, but the one the driver reads is held back:
     // the driver filling the node arena spills rather than overwrite it.
     assert!(keeper.exit_process().get().is_err());
-    let (after, _) = eventually(
+    let (after, _) = eventually_that(
         "the dead worker's free extents back",
+        HEARTBEATS,
         || node_store(&cluster),
         |(g, _)| *g < granted,
     );
@@ -209,8 +201,9 @@ fn a_dead_process_gives_its_extents_back_unless_they_are_read() {
     // The view drops: the extent comes back too.
     drop(view);
     drop(r);
-    eventually(
+    eventually_that(
         "every extent back once the view dropped",
+        HEARTBEATS,
         || node_store(&cluster),
         |(g, _)| *g <= 2 * 64 * MIB,
     );
@@ -247,8 +240,9 @@ fn with_the_switch_off_each_process_keeps_its_own_arena() {
     assert!(is_pattern(&view, 3));
     assert_eq!(store_objects(), 0, "the driver copied nothing");
     // The node's store is its worker's arena, as the worker reports it.
-    let (_, total) = eventually(
+    let (_, total) = eventually_that(
         "the worker's arena in the node's resources",
+        HEARTBEATS,
         || node_store(&cluster),
         |(_, t)| *t > 0,
     );

@@ -6,12 +6,15 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{
-    LocalCluster, NodeSpec, serve_if_worker, store_objects, worker_store_objects,
+    LocalCluster, NodeSpec, Tally, eventually, serve_if_worker, store_objects, worker_store_objects,
 };
 use manta::{ActorHandle, ObjectRef};
+
+/// How long a free, an unpin or a kill may take to reach every process.
+const SETTLE: Duration = Duration::from_secs(10);
 
 #[manta::remote]
 fn slow_sum(pause_ms: u64, v: Vec<u8>) -> u64 {
@@ -110,19 +113,6 @@ fn driver_store_objects() -> usize {
         .map_or(0, |s| s.objects)
 }
 
-/// Polls `f` until it returns `want` (objects are freed by messages: eventually, not at once).
-fn eventually(what: &str, want: usize, f: impl Fn() -> usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = f();
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {got}, expected {want}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 const BIG: usize = 4 << 20;
 
 #[test]
@@ -144,7 +134,12 @@ fn reference_counting_across_processes() {
     let r = slow_sum::remote(200u64, &arg);
     drop(arg);
     assert_eq!(r.get().unwrap(), BIG as u64);
-    eventually("driver store after the task", 0, driver_store_objects);
+    eventually(
+        "driver store after the task",
+        0,
+        SETTLE,
+        driver_store_objects,
+    );
 
     // 2. A reference inside a value keeps its object alive while the value lives.
     let inner = manta::put(vec![2u8; BIG]).unwrap();
@@ -155,6 +150,7 @@ fn reference_counting_across_processes() {
     eventually(
         "driver store after the nested case",
         0,
+        SETTLE,
         driver_store_objects,
     );
 
@@ -179,8 +175,8 @@ fn reference_counting_across_processes() {
     drop(made);
 
     // Nothing is left anywhere.
-    eventually("driver store at the end", 0, driver_store_objects);
-    eventually("worker store at the end", 0, worker_objects);
+    eventually("driver store at the end", 0, SETTLE, driver_store_objects);
+    eventually("worker store at the end", 0, SETTLE, worker_objects);
     drop(keeper);
     manta::shutdown();
 }
@@ -221,8 +217,13 @@ fn borrowers_across_processes() {
         "store objects before and after a read"
     );
     drop(refs);
-    eventually("driver store after the lazy refs", 0, driver_store_objects);
-    eventually("store on b after the lazy refs", 0, on_b);
+    eventually(
+        "driver store after the lazy refs",
+        0,
+        SETTLE,
+        driver_store_objects,
+    );
+    eventually("store on b after the lazy refs", 0, SETTLE, on_b);
 
     // 2. A borrower passes the ref on after its owner dropped its handle (Ray's "borrower
     //    forwards the ref"): the owner keeps the object for its borrower.
@@ -238,6 +239,7 @@ fn borrowers_across_processes() {
     eventually(
         "driver store after the borrower dropped",
         0,
+        SETTLE,
         driver_store_objects,
     );
 
@@ -253,7 +255,7 @@ fn borrowers_across_processes() {
     assert_eq!(keeper.sum().get().unwrap(), 3 * BIG as u64);
     assert_eq!(on_b(), 1, "the worker keeps its object for the actor");
     keeper.drop_it().get().unwrap();
-    eventually("store on b after the actor dropped", 0, on_b);
+    eventually("store on b after the actor dropped", 0, SETTLE, on_b);
     let small = make_and_return_ref::options()
         .resource("b", 1.0)
         .remote(16usize)
@@ -272,27 +274,12 @@ fn borrowers_across_processes() {
     eventually(
         "driver store after the borrower died",
         0,
+        SETTLE,
         driver_store_objects,
     );
 
     drop(keeper);
     manta::shutdown();
-}
-
-#[manta::actor]
-struct Tally {
-    n: u64,
-}
-
-#[manta::actor]
-impl Tally {
-    fn new() -> Self {
-        Tally { n: 0 }
-    }
-    fn add(&mut self, k: u64) -> u64 {
-        self.n += k;
-        self.n
-    }
 }
 
 /// Adds `k` through a handle it was given (run on the node with resource `a`).
@@ -370,7 +357,7 @@ fn actor_handles_are_borrowed_across_processes() {
     let id = t.id();
     assert_eq!(t.add(1).get().unwrap(), 1);
     drop(t);
-    eventually("an unshared actor after its drop", 0, || {
+    eventually("an unshared actor after its drop", 0, SETTLE, || {
         listed_alive(&cluster, id)
     });
 
@@ -385,7 +372,7 @@ fn actor_handles_are_borrowed_across_processes() {
     assert_eq!(keeper.add(4).get().unwrap(), 9);
     assert_eq!(listed_alive(&cluster, id), 1, "the borrowed actor lives");
     keeper.drop_it().get().unwrap();
-    eventually("the actor after its borrower dropped it", 0, || {
+    eventually("the actor after its borrower dropped it", 0, SETTLE, || {
         listed_alive(&cluster, id)
     });
 
@@ -399,6 +386,7 @@ fn actor_handles_are_borrowed_across_processes() {
     eventually(
         "driver store after the nested handles",
         0,
+        SETTLE,
         driver_store_objects,
     );
     assert_eq!(keeper.add(5).get().unwrap(), 5);
@@ -408,9 +396,12 @@ fn actor_handles_are_borrowed_across_processes() {
         "the nested handle's actor lives"
     );
     keeper.drop_it().get().unwrap();
-    eventually("the actor after its nested handle dropped", 0, || {
-        listed_alive(&cluster, id)
-    });
+    eventually(
+        "the actor after its nested handle dropped",
+        0,
+        SETTLE,
+        || listed_alive(&cluster, id),
+    );
 
     // 4. A named actor lives with no handle left, until it is killed.
     let named = Tally::options().name("tally").resource("a", 1.0).remote();
@@ -421,7 +412,7 @@ fn actor_handles_are_borrowed_across_processes() {
     let found = manta::get_actor::<Tally>("tally").expect("the named actor lives");
     assert_eq!(found.add(6).get().unwrap(), 6);
     assert!(manta::kill(&found).unwrap());
-    eventually("the named actor after its kill", 0, || {
+    eventually("the named actor after its kill", 0, SETTLE, || {
         listed_alive(&cluster, id)
     });
     drop(found);
@@ -433,7 +424,7 @@ fn actor_handles_are_borrowed_across_processes() {
     drop(t);
     assert_eq!(keeper.add(7).get().unwrap(), 7);
     assert!(keeper.exit_process().get().is_err());
-    eventually("the actor after its borrower died", 0, || {
+    eventually("the actor after its borrower died", 0, SETTLE, || {
         listed_alive(&cluster, id)
     });
 

@@ -4,12 +4,15 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{
-    LocalCluster, NodeSpec, serve_if_worker, store_objects, worker_store_objects,
+    LocalCluster, NodeSpec, eventually, serve_if_worker, store_objects, worker_store_objects,
 };
 use manta::ObjectRef;
+
+/// How long a free, an unpin or a kill may take to reach every process.
+const SETTLE: Duration = Duration::from_secs(20);
 
 const BIG: usize = 64 << 20;
 
@@ -62,19 +65,6 @@ impl Viewer {
     }
 }
 
-/// Polls `f` until it returns `want` (pins are released by messages: eventually, not at once).
-fn eventually(what: &str, want: usize, f: impl Fn() -> usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = f();
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {got}, expected {want}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn one_node() -> LocalCluster {
     LocalCluster::start(
         NodeSpec {
@@ -115,7 +105,12 @@ fn a_worker_object_is_read_in_place() {
     );
     assert!(is_pattern(&view));
     drop(view);
-    eventually("worker store after the view dropped", 0, worker_objects);
+    eventually(
+        "worker store after the view dropped",
+        0,
+        SETTLE,
+        worker_objects,
+    );
 
     // get (decode) reads in place too: the driver's store stays empty.
     let r = make_bytes::remote(BIG);
@@ -127,7 +122,7 @@ fn a_worker_object_is_read_in_place() {
         "the driver's store after a zero-copy get"
     );
     drop(r);
-    eventually("worker store at the end", 0, worker_objects);
+    eventually("worker store at the end", 0, SETTLE, worker_objects);
     manta::shutdown();
 }
 
@@ -167,7 +162,7 @@ fn a_dead_reader_releases_its_pins() {
 
     // b's process dies with the view: a releases the pin, and the object is freed.
     assert!(viewer.exit_process().get().is_err());
-    eventually("a's store after its reader died", 0, || on("a"));
+    eventually("a's store after its reader died", 0, SETTLE, || on("a"));
     drop(viewer);
     manta::shutdown();
 }
@@ -183,8 +178,8 @@ fn with_the_switch_off_reads_copy() {
     assert_eq!(store_objects(), 1, "the driver's copy");
     drop(view);
     drop(r);
-    eventually("the driver's store at the end", 0, store_objects);
-    eventually("the worker's store at the end", 0, || {
+    eventually("the driver's store at the end", 0, SETTLE, store_objects);
+    eventually("the worker's store at the end", 0, SETTLE, || {
         worker_store_objects::remote().get().unwrap()
     });
     manta::shutdown();

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::cluster::Tally;
 use common::thread_cpus;
 
 /// Set on the processes the launchers start: which job body to run.
@@ -96,22 +97,6 @@ fn sum(v: Vec<u32>) -> u64 {
 #[manta::remote]
 fn fill(n: usize) -> Vec<u8> {
     vec![9u8; n]
-}
-
-#[manta::actor]
-struct Tally {
-    n: u64,
-}
-
-#[manta::actor]
-impl Tally {
-    fn new() -> Self {
-        Tally { n: 0 }
-    }
-    fn add(&mut self, x: u64) -> u64 {
-        self.n += x;
-        self.n
-    }
 }
 
 /// What a rank does when a launcher started it for this test.

@@ -241,3 +241,47 @@ pub(crate) fn store_objects() -> usize {
 pub(crate) fn worker_store_objects() -> usize {
     store_objects()
 }
+
+/// Polls `f` every 50 ms until `ok` holds of its value, for at most `within`, and returns that
+/// value: what processes tell each other (frees, unpins, heartbeats) arrives eventually, not
+/// at once.
+pub(crate) fn eventually_that<T: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    f: impl Fn() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = f();
+        if ok(&got) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{what}: {got:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// [`eventually_that`] for a count that must reach `want`.
+pub(crate) fn eventually(what: &str, want: usize, within: Duration, f: impl Fn() -> usize) {
+    eventually_that(&format!("{what}, expected {want}"), within, f, |got| {
+        *got == want
+    });
+}
+
+/// A counter actor: `add(k)` returns the running sum.
+#[manta::actor]
+pub(crate) struct Tally {
+    n: u64,
+}
+
+#[manta::actor]
+impl Tally {
+    pub(crate) fn new() -> Self {
+        Tally { n: 0 }
+    }
+    pub(crate) fn add(&mut self, k: u64) -> u64 {
+        self.n += k;
+        self.n
+    }
+}
