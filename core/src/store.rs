@@ -299,9 +299,11 @@ pub(crate) struct AttachedPin {
     arena: Arc<AttachedArena>,
     location: Location,
     release: Option<Box<dyn FnOnce() + Send + Sync>>,
-    /// A read lock on the object's range of the memfd while this pin lives: should the
-    /// holder die, the node's raylet does not hand the range to another process before it is
-    /// dropped (`None` if the lock could not be taken; logged by the store).
+    /// On the node's shared arena, a read lock on the object's range of the memfd while this
+    /// pin lives: should the holder die, the node's raylet does not hand the range to another
+    /// process before it is dropped (`None` elsewhere — a holder's own arena stays mapped
+    /// here whatever becomes of the holder — or if the lock could not be taken; logged by the
+    /// store).
     _hold: Option<ReadHold>,
 }
 
@@ -314,18 +316,24 @@ impl std::fmt::Debug for AttachedPin {
 }
 
 impl AttachedPin {
-    /// The pin the holder took on `location` of `arena`; `release` runs when it drops. `None`
-    /// (and `release` is run at once) if `location` is not inside the arena.
+    /// The pin the holder took on `location` of `arena`, read-locked there if `node_arena`;
+    /// `release` runs when it drops. `None` (and `release` is run at once) if `location` is not
+    /// inside the arena.
     pub(crate) fn new(
         arena: Arc<AttachedArena>,
         location: Location,
+        node_arena: bool,
         release: Box<dyn FnOnce() + Send + Sync>,
     ) -> Option<Arc<AttachedPin>> {
         if location.len == 0 || arena.bytes(location).is_none() {
             release();
             return None;
         }
-        let hold = arena.hold(location);
+        let hold = if node_arena {
+            arena.hold(location)
+        } else {
+            None
+        };
         Some(Arc::new(AttachedPin {
             arena,
             location,

@@ -44,10 +44,11 @@
 //!    that `[offset, offset + len)` lies inside the mapping; its payload is then a
 //!    [`StoredObject::attached`] slicing the mapping. A reply it cannot use is unpinned at once
 //!    and the object is pulled again by copy (logged as an error: a holder never sends one).
-//!    While the payload lives, the reader also holds a read lock on the object's range of the
-//!    memfd (`AttachedArena::hold`): a node's raylet does not hand a dead holder's extent to
-//!    another process while any reader locks it (`manta_store`'s `node.rs`). On the node arena
-//!    the lock counts only if the holder was alive when it was taken, so right after taking it
+//!    On the node's shared arena, while the payload lives, the reader also holds a read lock on
+//!    the object's range of the memfd (`AttachedArena::hold`): a node's raylet does not hand a
+//!    dead holder's extent to another process while any reader locks it (`manta_store`'s
+//!    `node.rs`); a holder's own arena needs none, since the reader's mapping keeps it. The
+//!    lock counts only if the holder was alive when it was taken, so right after taking it
 //!    the reader checks the holder's pidfd (opened on the attach socket's peer, `PeerLife`):
 //!    exited means the object is read by copy instead.
 //! 4. When the reader's last handle on that payload (the object's cell, a task argument, a
@@ -490,7 +491,8 @@ impl Cluster {
                 p.send_queued(Msg::UnpinObject { pin_id });
             }
         });
-        match AttachedPin::new(mapping.arena, Location { offset, len }, release) {
+        let node_arena = mapping.node_holder.is_some();
+        match AttachedPin::new(mapping.arena, Location { offset, len }, node_arena, release) {
             // The read lock is taken (in `new`); on the node arena it protects the bytes only
             // if the holder had not died before it (store's `life.rs`): else copy (which finds
             // the holder gone and fails or recovers as any pull from a dead holder does).

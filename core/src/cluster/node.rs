@@ -466,8 +466,8 @@ struct Raylet {
 
 impl Raylet {
     /// The node's resources with what its workers last reported in use subtracted, and the
-    /// object store (every worker's arena) as the `object_store_memory` resource, as Ray
-    /// reports it.
+    /// object store as the `object_store_memory` resource, as Ray reports it: the node arena
+    /// (granted bytes in use), or where the node has none, every worker's own arena.
     fn resources(&self) -> Vec<Resource> {
         let mut v = self.totals();
         let workers = lock(&self.workers);
@@ -497,8 +497,9 @@ impl Raylet {
         v
     }
 
-    /// The page kinds of this node's store arenas (its workers'), e.g. "2 MiB huge pages", or
-    /// several joined with " + " when they differ (one worker got huge pages, the next not).
+    /// The page kind of the node arena, or where the node has none, of its workers' arenas,
+    /// e.g. "2 MiB huge pages", several joined with " + " when they differ (one worker got huge
+    /// pages, the next not).
     fn store_pages(&self) -> String {
         if let Some(node) = &self.store {
             return node.pages();
@@ -514,7 +515,8 @@ impl Raylet {
         kinds.join(" + ")
     }
 
-    /// Store bytes in use on this node (every worker's arena).
+    /// Store bytes in use on this node: granted in the node arena, or where the node has none,
+    /// in every worker's own arena.
     fn store_used(&self) -> u64 {
         if let Some(node) = &self.store {
             return node.used();
