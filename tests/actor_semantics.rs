@@ -1,12 +1,13 @@
-//! Ray's actor semantics, ported: per-caller ordering, named actors, kill and restart,
-//! handles passed to tasks, max_concurrency, constructor failure and async methods.
+//! Actor semantics that need a runtime of their own (embedded): named actors, kill,
+//! max_concurrency on 4 CPUs, resources freed with the last handle. The rest runs in every mode
+//! in the semantics matrix (`tests/semantics/actors.rs`).
 
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use manta::{ActorHandle, Error};
+use manta::Error;
 
 #[manta::actor]
 struct Log {
@@ -25,67 +26,6 @@ impl Log {
     fn seen(&self) -> Vec<(u32, u32)> {
         self.seen.clone()
     }
-    fn fail(&mut self) -> u32 {
-        panic!("method failed")
-    }
-}
-
-#[test]
-fn calls_from_each_caller_run_in_submission_order() {
-    let _rt = common::start_default();
-    let log = Log::remote();
-    let callers: Vec<_> = (0..4u32)
-        .map(|c| {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let refs: Vec<_> = (0..500u32).map(|s| log.push(c, s)).collect();
-                manta::get_all(&refs).unwrap();
-            })
-        })
-        .collect();
-    for c in callers {
-        c.join().unwrap();
-    }
-    let seen = log.seen().get().unwrap();
-    assert_eq!(seen.len(), 2000);
-    for c in 0..4 {
-        let mine: Vec<u32> = seen
-            .iter()
-            .filter(|(who, _)| *who == c)
-            .map(|(_, s)| *s)
-            .collect();
-        assert_eq!(
-            mine,
-            (0..500).collect::<Vec<_>>(),
-            "caller {c} saw its calls reordered"
-        );
-    }
-}
-
-#[test]
-fn a_panicking_method_fails_that_call_only() {
-    let _rt = common::start_default();
-    let log = Log::remote();
-    assert!(matches!(log.fail().get(), Err(Error::Task(e)) if e.message() == "method failed"));
-    assert_eq!(
-        log.push(0, 0).get().unwrap(),
-        1,
-        "the actor keeps its state and keeps serving"
-    );
-}
-
-#[manta::remote]
-fn push_from_task(log: ActorHandle<Log>, caller: u32) -> usize {
-    log.push(caller, 0).get().unwrap()
-}
-
-#[test]
-fn handles_can_be_passed_to_tasks() {
-    let _rt = common::start_default();
-    let log = Log::remote();
-    let n = push_from_task::remote(log.clone(), 7).get().unwrap();
-    assert_eq!(n, 1);
-    assert_eq!(log.seen().get().unwrap(), vec![(7, 0)]);
 }
 
 #[test]
@@ -143,61 +83,6 @@ fn kill_fails_queued_and_later_calls_and_frees_the_name() {
     assert!(!manta::kill(&c).unwrap(), "already dead");
 }
 
-#[test]
-fn restart_reruns_the_constructor_within_max_restarts() {
-    let _rt = common::start_default();
-    let c = Counter::options().max_restarts(1).remote(100);
-    assert_eq!(c.incr().get().unwrap(), 101);
-    assert!(manta::restart(&c).unwrap());
-    assert_eq!(
-        c.incr().get().unwrap(),
-        101,
-        "state starts over from the constructor"
-    );
-    assert!(
-        manta::restart(&c).unwrap(),
-        "no restarts left: this kill is final"
-    );
-    assert!(matches!(c.incr().get(), Err(Error::ActorDied { .. })));
-}
-
-#[manta::actor]
-struct Fragile;
-
-#[manta::actor]
-impl Fragile {
-    fn new(ok: bool) -> Self {
-        assert!(ok, "constructor refused");
-        Fragile
-    }
-    fn ping(&self) -> u8 {
-        1
-    }
-}
-
-#[test]
-fn a_failed_constructor_kills_the_actor_with_the_reason() {
-    let _rt = common::start_default();
-    let f = Fragile::remote(false);
-    match f.ping().get() {
-        Err(Error::ActorDied { reason, .. }) => {
-            assert!(reason.contains("constructor refused"), "{reason}")
-        }
-        other => panic!("expected ActorDied, got {other:?}"),
-    }
-    assert!(f.ready().get().is_err());
-    let ok = Fragile::remote(true);
-    ok.ready().get().unwrap();
-    assert_eq!(ok.ping().get().unwrap(), 1);
-}
-
-#[test]
-fn infeasible_actors_fail_fast() {
-    let _rt = common::start_default();
-    let c = Counter::options().num_gpus(1.0).remote(0);
-    assert!(matches!(c.incr().get(), Err(Error::Infeasible { .. })));
-}
-
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
@@ -232,14 +117,6 @@ fn max_concurrency_bounds_concurrent_calls() {
     manta::get_all(&(0..9).map(|_| wide.nap()).collect::<Vec<_>>()).unwrap();
     let max = MAX_IN_FLIGHT.load(Ordering::SeqCst);
     assert!((2..=3).contains(&max), "max in flight {max}");
-}
-
-#[test]
-fn async_methods_run_and_return() {
-    let _rt = common::start_default();
-    let s = Sleeper::remote();
-    let refs: Vec<_> = (0..100).map(|i| s.async_echo(i)).collect();
-    assert_eq!(manta::get_all(&refs).unwrap(), (0..100).collect::<Vec<_>>());
 }
 
 #[test]

@@ -1,28 +1,19 @@
-//! Ray's task semantics, ported: dependency resolution, nested tasks, errors as values,
-//! infeasible requests, cancel, retries, `wait`, timeouts and resource accounting.
+//! Task semantics that need a runtime of their own (embedded: one CPU, custom resources, more
+//! slots than CPUs, init and shutdown). The rest runs in every mode in the semantics matrix
+//! (`tests/semantics/tasks.rs`).
 
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use manta::{Error, ObjectRef};
+use manta::Error;
 
 const LONG: Duration = Duration::from_secs(30);
 
 #[manta::remote]
 fn add(a: i64, b: i64) -> i64 {
     a + b
-}
-
-#[manta::remote]
-fn concat(parts: Vec<String>, sep: String) -> String {
-    parts.join(&sep)
-}
-
-#[manta::remote]
-fn boom(msg: String) -> i64 {
-    panic!("{msg}")
 }
 
 #[manta::remote]
@@ -41,84 +32,10 @@ fn fib(n: u64) -> u64 {
     a.get().expect("fib(n-1)") + b.get().expect("fib(n-2)")
 }
 
-#[manta::remote]
-async fn async_double(x: i64) -> i64 {
-    x * 2
-}
-
-#[manta::remote]
-fn sum_refs(refs: Vec<ObjectRef<i64>>) -> i64 {
-    refs.iter().map(|r| r.get().expect("nested ref")).sum()
-}
-
-#[test]
-fn refs_as_arguments_are_resolved_before_the_task_runs() {
-    let _rt = common::start_default();
-    let slow = sleep_ms::remote(50);
-    let a = add::remote(1, 2);
-    let b = add::remote(&a, 10);
-    let c = add::remote(b, a.clone());
-    assert_eq!(c.get_timeout(LONG).unwrap(), 16);
-    // A ref to a slow task as argument: the dependent waits for it.
-    let d = add::remote(ObjectRef::clone(&a), 0);
-    let s = concat::remote(vec!["x".to_string(), "y".to_string()], "-".to_string());
-    assert_eq!(s.get().unwrap(), "x-y");
-    assert_eq!(d.get().unwrap(), 3);
-    assert_eq!(slow.get().unwrap(), 50);
-    // Values from put work the same way.
-    let p = manta::put(100i64).unwrap();
-    assert_eq!(add::remote(&p, &p).get().unwrap(), 200);
-}
-
 #[test]
 fn nested_tasks_do_not_deadlock_even_on_one_cpu() {
     let _rt = common::start(manta::Config::default().num_cpus(1.0));
     assert_eq!(fib::remote(15).get_timeout(LONG).unwrap(), 610);
-}
-
-#[test]
-fn refs_nested_inside_objects_stay_alive_with_their_container() {
-    let _rt = common::start_default();
-    let inner: Vec<_> = (0..100).map(|i| manta::put(i as i64).unwrap()).collect();
-    let outer = manta::put(inner).unwrap(); // `inner` moved in: only `outer` holds them now
-    assert_eq!(sum_refs::remote(&outer).get().unwrap(), 4950);
-    let back = outer.get().unwrap();
-    assert_eq!(back[99].get().unwrap(), 99);
-}
-
-#[test]
-fn a_panicking_task_is_an_error_value_with_name_and_message() {
-    let _rt = common::start_default();
-    let r = boom::remote("it broke".to_string());
-    match r.get() {
-        Err(Error::Task(e)) => {
-            assert!(e.is_panic());
-            assert!(e.task_name().ends_with("boom"), "{}", e.task_name());
-            assert_eq!(e.message(), "it broke");
-        }
-        other => panic!("expected a task error, got {other:?}"),
-    }
-    // The failure propagates to dependents, and the runtime keeps working.
-    assert!(matches!(add::remote(&r, 1).get(), Err(Error::Task(_))));
-    assert_eq!(add::remote(1, 1).get().unwrap(), 2);
-}
-
-static FLAKY_RUNS: AtomicUsize = AtomicUsize::new(0);
-
-#[manta::remote]
-fn flaky() -> usize {
-    let n = FLAKY_RUNS.fetch_add(1, Ordering::SeqCst);
-    assert!(n >= 2, "fails the first two runs");
-    n
-}
-
-#[test]
-fn max_retries_reruns_a_panicking_task() {
-    let _rt = common::start_default();
-    FLAKY_RUNS.store(0, Ordering::SeqCst);
-    assert!(flaky::options().max_retries(1).remote().get().is_err());
-    FLAKY_RUNS.store(0, Ordering::SeqCst);
-    assert_eq!(flaky::options().max_retries(2).remote().get().unwrap(), 2);
 }
 
 #[test]
@@ -164,45 +81,6 @@ fn api_before_init_and_after_shutdown_is_a_clear_error() {
     assert_eq!(err.value, 5, "a failed put hands the value back");
     assert!(matches!(err.error, Error::ShutDown));
     assert!(matches!(manta::status(), Err(Error::ShutDown)));
-}
-
-#[test]
-fn wait_returns_ready_refs_in_order_and_honours_timeouts() {
-    let _rt = common::start_default();
-    let fast = sleep_ms::remote(0);
-    fast.get().unwrap();
-    let slow = sleep_ms::remote(400);
-    let refs = vec![slow.clone(), fast.clone()];
-    // num_returns = 1: the fast one is ready at once.
-    let (ready, not_ready) = manta::wait(refs.clone(), 1, None).unwrap();
-    assert_eq!(ready.len(), 1);
-    assert_eq!(ready[0].id(), fast.id());
-    assert_eq!(not_ready[0].id(), slow.id());
-    // num_returns = 2 with a short timeout: returns what is ready when time runs out.
-    let t = Instant::now();
-    let (ready, not_ready) = manta::wait(refs.clone(), 2, Some(Duration::from_millis(50))).unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(50));
-    assert_eq!((ready.len(), not_ready.len()), (1, 1));
-    // Without a timeout it waits for both, and keeps input order.
-    let (ready, _) = manta::wait(refs, 2, None).unwrap();
-    assert_eq!(
-        ready.iter().map(|r| r.id()).collect::<Vec<_>>(),
-        vec![slow.id(), fast.id()]
-    );
-}
-
-#[test]
-fn get_timeout_times_out_and_the_object_still_arrives() {
-    let _rt = common::start_default();
-    let slow = sleep_ms::remote(300);
-    match slow.get_timeout(Duration::from_millis(20)) {
-        Err(Error::Timeout { object, waited }) => {
-            assert_eq!(object, slow.id());
-            assert_eq!(waited, Duration::from_millis(20));
-        }
-        other => panic!("expected a timeout, got {other:?}"),
-    }
-    assert_eq!(slow.get().unwrap(), 300);
 }
 
 #[test]
@@ -261,44 +139,6 @@ fn a_two_cpu_task_never_shares_a_two_cpu_node() {
     let status = manta::status().unwrap();
     let cpu = status.resources.iter().find(|r| r.0 == "CPU").unwrap();
     assert_eq!((cpu.1, cpu.2), (2.0, 2.0), "every CPU was given back");
-}
-
-#[test]
-fn object_refs_are_futures() {
-    let _rt = common::start_default();
-    let x = async_double::remote(21);
-    let y = add::remote(&x, 0);
-    let sum = manta::block_on(async { x.await.unwrap() + y.await.unwrap() });
-    assert_eq!(sum, 84);
-}
-
-#[test]
-fn many_tasks_and_a_reduction_tree() {
-    let _rt = common::start_default();
-    let mut level: Vec<ObjectRef<i64>> = (0..2000).map(|_| add::remote(0, 1)).collect();
-    while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|p| {
-                if p.len() == 2 {
-                    add::remote(&p[0], &p[1])
-                } else {
-                    p[0].clone()
-                }
-            })
-            .collect();
-    }
-    assert_eq!(level[0].get_timeout(LONG).unwrap(), 2000);
-}
-
-#[test]
-fn a_type_mismatch_on_get_is_a_decode_error() {
-    let _rt = common::start_default();
-    let s = manta::put("text".to_string()).unwrap();
-    // Re-type the reference through serde: ObjectRef<String> read as ObjectRef<u64>.
-    let bytes = serde_json::to_vec(&s).unwrap();
-    let wrong: ObjectRef<Vec<u64>> = serde_json::from_slice(&bytes).unwrap();
-    assert!(matches!(wrong.get(), Err(Error::Decode { .. })));
 }
 
 #[test]

@@ -46,6 +46,7 @@ pub(crate) struct Ctx {
     pub(crate) mode: Mode,
     /// CPUs of the node(s) that run CPU work (2 in every mode but srun, where it is the node's
     /// share of the machine).
+    #[allow(dead_code)] // for cases that size their load by it
     pub(crate) cpus: f64,
 }
 
