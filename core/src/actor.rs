@@ -128,6 +128,17 @@ impl ActorState {
         let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
         std::mem::replace(&mut *guard, state)
     }
+
+    /// Drops the state unless a call holds it (then it goes with the actor's cell).
+    fn try_clear(&self) {
+        use std::sync::TryLockError;
+        let taken = match self.0.try_write() {
+            Ok(mut guard) => guard.take(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        drop(taken);
+    }
 }
 
 /// Options of an actor (Ray's `.options(...)` on an actor class).
@@ -407,6 +418,19 @@ impl ActorCell {
         }
         if let Some(name) = &self.name {
             let _ = runtime::with_current(|rt| rt.unname_actor(name, self.id));
+        }
+        self.fail_all(self.death_error());
+    }
+
+    /// The runtime is shutting down: like [`ActorCell::die`] with [`Error::ShutDown`], but it
+    /// never waits for a running call to drop the state (that call may be stuck in user code,
+    /// and `shutdown` is bounded).
+    pub(crate) fn shut_down(&self) {
+        let _ = self.death.set(Error::ShutDown);
+        self.life.store(DEAD, Ordering::Release);
+        self.state.try_clear();
+        if self.holds_resources.swap(false, Ordering::AcqRel) {
+            let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));
         }
         self.fail_all(self.death_error());
     }

@@ -100,7 +100,9 @@ pub fn wait<T>(
                 }
             }
             // A timeout here is not an error: report what is ready.
-            let _ = s.park_until(|| latch.is_done(), deadline);
+            if s.park_until(|| latch.is_done(), deadline).is_err() && s.is_shut_down() {
+                return Err(Error::ShutDown);
+            }
         }
     }
     let mut ready = Vec::with_capacity(num_returns);

@@ -102,6 +102,11 @@ impl Demand {
         self.0.is_empty()
     }
 
+    /// Whether it asks for nothing but CPU (or nothing at all).
+    pub(crate) fn is_cpu_only(&self) -> bool {
+        self.0.iter().all(|(i, _)| *i as usize == CPU)
+    }
+
     /// The CPU part, in thousandths: what a slot gives back while it blocks.
     pub(crate) fn cpu(&self) -> i64 {
         self.0

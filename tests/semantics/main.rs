@@ -14,12 +14,13 @@ mod common;
 mod harness;
 
 mod basics;
+mod nesting;
 
 use harness::{Case, Ctx, Mode, run_cases, start_cluster};
 
 /// Every case of the matrix, in the order they run.
 fn all_cases() -> Vec<Case> {
-    [basics::CASES].concat()
+    [basics::CASES, nesting::CASES].concat()
 }
 
 /// Set on the ranks `srun` starts for the matrix.

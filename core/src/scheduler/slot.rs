@@ -48,6 +48,12 @@ pub(super) fn holding<R>(demand: &Demand, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Whether the task the calling thread runs holds enough to cover `demand` on its own: a
+/// demand of CPU only, no more than the CPU held (an empty demand always fits).
+pub(super) fn can_lend(demand: &Demand) -> bool {
+    demand.is_cpu_only() && demand.cpu() <= HELD_CPU.with(Cell::get)
+}
+
 /// Starts one more slot thread.
 pub(super) fn spawn(rt: &Arc<RuntimeInner>) -> Result<(), Error> {
     let scheduler = &rt.scheduler;
