@@ -22,6 +22,12 @@
 //!    constructor ran found the actor not yet alive and activated nothing).
 //! 5. After `DRAIN_BATCH` calls a drainer re-queues the actor as a fresh job, so one busy actor
 //!    cannot monopolise a slot while other jobs wait.
+//! 6. A thread that is not a slot and waits for a call's result (the driver in `get`) may take
+//!    the actor's job from the injector and drain it itself, but stops before any call once
+//!    its own result is complete, re-queuing the actor as in step 5. It must never run calls
+//!    beyond its own: a later call may wait for something the caller does after its `get`
+//!    (`get_all([a.fail(), a.block_until_signalled()])` ran the blocking call on the
+//!    caller's thread, which then never sent the signal).
 //!
 //! # Life
 //!
@@ -483,7 +489,10 @@ impl ActorCell {
             Ok(id) => id,
             Err(e) => return ObjectRef::failed(e),
         };
-        let result = Arc::new(ObjectCell::pending(id, None));
+        let result = match self.remote.get() {
+            Some(_) => Arc::new(ObjectCell::pending(id, None)),
+            None => Arc::new(ObjectCell::pending_call(id, Arc::downgrade(self))),
+        };
         if let Some(remote) = self.remote.get() {
             if let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone()) {
                 cluster.call_remote(remote, self.id.as_u64(), method.name, result.clone(), args);
@@ -506,7 +515,7 @@ impl ActorCell {
         if self.is_dead() {
             return Arc::new(ObjectCell::ready(id, Err(self.death_error())));
         }
-        let result = Arc::new(ObjectCell::pending(id, None));
+        let result = Arc::new(ObjectCell::pending_call(id, Arc::downgrade(self)));
         self.enqueue(method, args.into_boxed_slice(), result.clone());
         result
     }
@@ -596,8 +605,15 @@ impl ActorCell {
 
     /// Runs queued calls (steps 2–5), on a slot.
     pub(crate) fn drain(self: Arc<Self>, scheduler: &Scheduler) {
+        self.drain_until(scheduler, || false);
+    }
+
+    /// Runs queued calls (steps 2–5) until `stop()` holds before a call: a thread that is not
+    /// a slot (the driver) drains the actor it waits for only up to the call it waits for
+    /// (step 6), then hands the actor back to the slots as a job.
+    pub(crate) fn drain_until(self: Arc<Self>, scheduler: &Scheduler, stop: impl Fn() -> bool) {
         for _ in 0..DRAIN_BATCH {
-            if !self.is_alive() {
+            if !self.is_alive() || stop() {
                 break;
             }
             let Some(call) = self.next_call() else { break };

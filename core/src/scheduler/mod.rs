@@ -372,17 +372,11 @@ impl Scheduler {
         if helps && let Some(task) = cell.producer() {
             self.help(task);
         }
-        if deadline.is_none() && self.inline_get && !slot::in_slot() {
-            // A thread that is not a slot (the driver) runs queued jobs itself while it waits,
-            // as rayon's `join` does: an actor call it waits for then needs no slot to wake
-            // up, which is what a busy machine makes slow. Slots do not do this, so helping
-            // never nests beyond the targeted task above.
-            while !cell.is_ready() {
-                match steal(|| self.injector.steal()) {
-                    Some(job) => self.run_job(job),
-                    None => break,
-                }
-            }
+        if helps
+            && !slot::in_slot()
+            && let Some(actor) = cell.producer_actor()
+        {
+            self.help_actor(cell, &actor);
         }
         if self.spin_until(|| cell.is_ready(), deadline) {
             return Ok(());
@@ -419,6 +413,28 @@ impl Scheduler {
         }
         self.execute_holding(task.clone(), Holding::Lent);
         true
+    }
+
+    /// A thread that is not a slot (the driver), waiting for a call of `actor`, drains that
+    /// actor itself up to its call if the actor's job is next in the injector: the call then
+    /// needs no slot to wake up, which is what a busy machine makes slow (`1:1 actor calls
+    /// sync`). Any other job goes back to the injector: the caller runs nothing it does not
+    /// wait for (an unrelated job may wait for what the caller does next), and no call after
+    /// its own (`ActorCell::drain_until`). Slots do not do this, so helping never nests.
+    fn help_actor(&self, cell: &Arc<ObjectCell>, actor: &Arc<ActorCell>) {
+        while !cell.is_ready() {
+            match steal(|| self.injector.steal()) {
+                Some(Job::Actor(a)) if Arc::ptr_eq(&a, actor) => {
+                    a.drain_until(self, || cell.is_ready());
+                }
+                Some(other) => {
+                    self.injector.push(other);
+                    self.notify();
+                    return;
+                }
+                None => return,
+            }
+        }
     }
 
     /// Runs a queued task on the calling thread, if it fits now.
