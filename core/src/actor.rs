@@ -28,6 +28,12 @@
 //!    beyond its own: a later call may wait for something the caller does after its `get`
 //!    (`get_all([a.fail(), a.block_until_signalled()])` ran the blocking call on the
 //!    caller's thread, which then never sent the signal).
+//! 7. A *threaded* actor (`max_concurrency > 1`) runs up to `max_concurrency` calls at once
+//!    whatever the node's CPU count, as Ray's threaded actors do on their own threads: while
+//!    a slot drains one, it counts as blocked (it holds no CPU; actor calls take none), so
+//!    queued work — another drainer of the same actor included — makes the pool grow. Three
+//!    calls meeting at a barrier inside a `max_concurrency(3)` actor deadlocked a 2-CPU node
+//!    when drainers needed a free slot each.
 //!
 //! # Life
 //!
@@ -46,7 +52,7 @@ use crate::id::ActorId;
 use crate::object::{ObjectCell, ObjectRef, ObjectValue, Waiter};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime::{self, RuntimeInner};
-use crate::scheduler::{Job, Scheduler};
+use crate::scheduler::{Blocked, Job, Scheduler};
 use crate::sync::{
     Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, OnceLock, Ordering, RwLock, lock,
 };
@@ -612,6 +618,8 @@ impl ActorCell {
     /// a slot (the driver) drains the actor it waits for only up to the call it waits for
     /// (step 6), then hands the actor back to the slots as a job.
     pub(crate) fn drain_until(self: Arc<Self>, scheduler: &Scheduler, stop: impl Fn() -> bool) {
+        // Step 7: a threaded actor's calls run beside the node's tasks, not in its CPU slots.
+        let _threaded = (self.max_concurrency > 1).then(|| Blocked::enter(scheduler));
         for _ in 0..DRAIN_BATCH {
             if !self.is_alive() || stop() {
                 break;

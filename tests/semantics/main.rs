@@ -13,6 +13,7 @@
 mod common;
 mod harness;
 
+mod actors_concurrency;
 mod basics;
 mod nesting;
 
@@ -20,7 +21,7 @@ use harness::{Case, Ctx, Mode, run_cases, start_cluster};
 
 /// Every case of the matrix, in the order they run.
 fn all_cases() -> Vec<Case> {
-    [basics::CASES, nesting::CASES].concat()
+    [basics::CASES, nesting::CASES, actors_concurrency::CASES].concat()
 }
 
 /// Set on the ranks `srun` starts for the matrix.
