@@ -189,9 +189,10 @@ impl ActorOptions {
         self.resources.set_custom(name, amount);
         self
     }
-    /// How many calls may run at once (default 1: one at a time, in submission order).
+    /// How many calls may run at once (default 1: one at a time, in submission order; 0 is
+    /// an invalid argument).
     pub fn max_concurrency(mut self, n: usize) -> Self {
-        self.max_concurrency = n.max(1);
+        self.max_concurrency = n;
         self
     }
     /// How many times `manta::restart` may bring the actor back (default 0).
@@ -200,10 +201,26 @@ impl ActorOptions {
         self
     }
     /// Registers the actor under a name, for [`crate::get_actor`]. A named actor lives until
-    /// it is killed, even with no handle left.
+    /// it is killed, even with no handle left. An empty or blank name is an invalid argument.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
+    }
+
+    /// Checks the options before anything is created: the option at fault and why.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(name) = &self.name
+            && name.trim().is_empty()
+        {
+            return Err((
+                "name".into(),
+                format!("{name:?}: an actor name must not be empty or blank"),
+            ));
+        }
+        if self.max_concurrency == 0 {
+            return Err(("max_concurrency".into(), "must be at least 1".into()));
+        }
+        self.resources.validate()
     }
 }
 

@@ -174,6 +174,20 @@ pub enum Error {
         /// The OS error.
         message: String,
     },
+    /// A call was given an argument it cannot accept, and nothing was done: `wait` with
+    /// duplicate references or a `num_returns` of 0 or above the list's length; an empty or
+    /// blank actor name; a resource amount that is negative, not finite, 0 for a custom
+    /// resource, or fractional above 1 (Ray: quantities over 1 must be whole); a
+    /// `max_concurrency` of 0. Checked when the call is made, the same in every mode; where the
+    /// call returns a reference (`f::remote`), its `get` gives this error at once and the task
+    /// never runs.
+    #[error("invalid argument to {what}: {message}")]
+    InvalidArgument {
+        /// The call and the argument (`wait: num_returns`, `task m::f: num_cpus`).
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl Error {

@@ -16,12 +16,20 @@ mod harness;
 mod actors_concurrency;
 mod basics;
 mod nesting;
+mod validation;
 
 use harness::{Case, Ctx, Mode, run_cases, start_cluster};
 
-/// Every case of the matrix, in the order they run.
+/// Every case of the matrix, in the order they run (one module a line).
+#[rustfmt::skip]
 fn all_cases() -> Vec<Case> {
-    [basics::CASES, nesting::CASES, actors_concurrency::CASES].concat()
+    [
+        basics::CASES,
+        nesting::CASES,
+        actors_concurrency::CASES,
+        validation::CASES,
+    ]
+    .concat()
 }
 
 /// Set on the ranks `srun` starts for the matrix.
