@@ -15,6 +15,7 @@ mod harness;
 
 mod actors_concurrency;
 mod basics;
+mod errors;
 mod nesting;
 mod validation;
 
@@ -28,6 +29,7 @@ fn all_cases() -> Vec<Case> {
         nesting::CASES,
         actors_concurrency::CASES,
         validation::CASES,
+        errors::CASES,
     ]
     .concat()
 }
