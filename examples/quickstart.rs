@@ -74,7 +74,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let array = manta::put(data)?;
     println!("put a {} MiB array as {}", (LEN * 4) >> 20, array.id());
 
-    let mut pending: Vec<ObjectRef<Result<u64, String>>> = (0..CHUNKS)
+    let mut pending: Vec<ObjectRef<u64>> = (0..CHUNKS)
         .map(|c| partial_sum::remote(array.clone(), c))
         .collect();
     let acc = Accumulator::remote();
@@ -88,7 +88,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             return Err("no partial sum finished within 60 s".into());
         }
         for part in ready {
-            acc.add(part.get()??);
+            acc.add(part.get()?);
             bar.inc(1);
         }
         pending = rest;

@@ -93,6 +93,7 @@
 extern crate self as manta;
 
 pub use manta_core::cluster;
+pub use manta_core::register_error;
 pub use manta_core::{
     Actor, ActorHandle, ActorId, ActorOptions, Config, CpuList, CustomResources, Element, Error,
     IntoArg, NodeStatus, ObjectId, ObjectRef, ObjectStoreStatus, PageKind, PutError, TaskError,

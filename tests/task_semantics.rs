@@ -158,3 +158,107 @@ fn bad_configuration_is_refused_at_init() {
         assert!(!manta::is_initialized());
     }
 }
+
+#[manta::remote]
+fn nest_h(x: u64) -> u64 {
+    x + 1
+}
+
+#[manta::remote]
+fn nest_g(x: u64) -> u64 {
+    nest_h::remote(x).get().expect("h") + 1
+}
+
+#[manta::remote]
+fn nest_f(x: u64) -> u64 {
+    nest_g::remote(x).get().expect("g") + 1
+}
+
+/// Runs `tasks` chains `f → g → h` (each blocking in `get` on the next) from a thread of its
+/// own; `Err` with how many were done if they are not all done within `bound`.
+fn nested_gets(tasks: u64, bound: Duration) -> Result<(), usize> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = done.clone();
+    std::thread::spawn(move || {
+        let refs: Vec<_> = (0..tasks).map(nest_f::remote).collect();
+        let mut sum = 0;
+        for r in &refs {
+            sum += r.get().expect("f");
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        let _ = tx.send(sum);
+    });
+    match rx.recv_timeout(bound) {
+        Ok(sum) => {
+            assert_eq!(sum, (0..tasks).map(|x| x + 3).sum::<u64>());
+            Ok(())
+        }
+        Err(_) => Err(done.load(Ordering::SeqCst)),
+    }
+}
+
+/// Issue 11, item 2: 1,000 tasks `f`, each blocking in `get` on a `g` that blocks on an `h`,
+/// on one CPU. It deadlocked with a few hundred done, and `shutdown` then hung too.
+#[test]
+fn nested_blocking_gets_on_one_cpu_finish() {
+    let rt = common::start(manta::Config::default().num_cpus(1.0));
+    if let Err(done) = nested_gets(1000, Duration::from_secs(60)) {
+        let status = manta::status();
+        let t = Instant::now();
+        drop(rt);
+        panic!(
+            "deadlock: {done} of 1000 nested tasks done after 60 s ({status:?}); \
+             shutdown then took {:?}",
+            t.elapsed()
+        );
+    }
+    // Shutdown is bounded even right after nested work.
+    let t = Instant::now();
+    drop(rt);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+}
+
+/// The stress loop `scripts/stress-nested-get` runs (not in CI): the scenario above,
+/// `MANTA_STRESS_ITERATIONS` times (200) on `MANTA_STRESS_CPUS` CPUs (1), each iteration on a
+/// fresh runtime and bounded by `MANTA_STRESS_TIMEOUT_S` (30); prints the count of hangs and
+/// fails on any.
+#[test]
+#[ignore = "a stress loop: run by scripts/stress-nested-get"]
+fn stress_nested_get() {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let cpus = var("MANTA_STRESS_CPUS", 1);
+    let iterations = var("MANTA_STRESS_ITERATIONS", 200);
+    let bound = Duration::from_secs(var("MANTA_STRESS_TIMEOUT_S", 30));
+    let mut hangs = 0;
+    let mut slowest = Duration::ZERO;
+    let mut slowest_shutdown = Duration::ZERO;
+    let started = Instant::now();
+    for i in 0..iterations {
+        let rt = common::start(manta::Config::default().num_cpus(cpus as f64));
+        let t = Instant::now();
+        if let Err(done) = nested_gets(1000, bound) {
+            hangs += 1;
+            eprintln!("iteration {i}: HANG, {done} of 1000 done after {bound:?}");
+        }
+        slowest = slowest.max(t.elapsed());
+        let t = Instant::now();
+        drop(rt);
+        slowest_shutdown = slowest_shutdown.max(t.elapsed());
+    }
+    println!(
+        "stress-nested-get: cpus={cpus} iterations={iterations} hangs={hangs} \
+         slowest={slowest:?} slowest_shutdown={slowest_shutdown:?} total={:?}",
+        started.elapsed()
+    );
+    assert_eq!(hangs, 0, "{hangs} of {iterations} iterations hung");
+}

@@ -22,6 +22,18 @@
 //!    constructor ran found the actor not yet alive and activated nothing).
 //! 5. After `DRAIN_BATCH` calls a drainer re-queues the actor as a fresh job, so one busy actor
 //!    cannot monopolise a slot while other jobs wait.
+//! 6. A thread that is not a slot and waits for a call's result (the driver in `get`) may take
+//!    the actor's job from the injector and drain it itself, but stops before any call once
+//!    its own result is complete, re-queuing the actor as in step 5. It must never run calls
+//!    beyond its own: a later call may wait for something the caller does after its `get`
+//!    (`get_all([a.fail(), a.block_until_signalled()])` ran the blocking call on the
+//!    caller's thread, which then never sent the signal).
+//! 7. A *threaded* actor (`max_concurrency > 1`) runs up to `max_concurrency` calls at once
+//!    whatever the node's CPU count, as Ray's threaded actors do on their own threads: while
+//!    a slot drains one, it counts as blocked (it holds no CPU; actor calls take none), so
+//!    queued work — another drainer of the same actor included — makes the pool grow. Three
+//!    calls meeting at a barrier inside a `max_concurrency(3)` actor deadlocked a 2-CPU node
+//!    when drainers needed a free slot each.
 //!
 //! # Life
 //!
@@ -40,7 +52,7 @@ use crate::id::ActorId;
 use crate::object::{ObjectCell, ObjectRef, ObjectValue, Waiter};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime::{self, RuntimeInner};
-use crate::scheduler::{Job, Scheduler};
+use crate::scheduler::{Blocked, Job, Scheduler};
 use crate::sync::{
     Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, OnceLock, Ordering, RwLock, lock,
 };
@@ -128,6 +140,17 @@ impl ActorState {
         let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
         std::mem::replace(&mut *guard, state)
     }
+
+    /// Drops the state unless a call holds it (then it goes with the actor's cell).
+    fn try_clear(&self) {
+        use std::sync::TryLockError;
+        let taken = match self.0.try_write() {
+            Ok(mut guard) => guard.take(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        drop(taken);
+    }
 }
 
 /// Options of an actor (Ray's `.options(...)` on an actor class).
@@ -166,9 +189,10 @@ impl ActorOptions {
         self.resources.set_custom(name, amount);
         self
     }
-    /// How many calls may run at once (default 1: one at a time, in submission order).
+    /// How many calls may run at once (default 1: one at a time, in submission order; 0 is
+    /// an invalid argument).
     pub fn max_concurrency(mut self, n: usize) -> Self {
-        self.max_concurrency = n.max(1);
+        self.max_concurrency = n;
         self
     }
     /// How many times `manta::restart` may bring the actor back (default 0).
@@ -177,10 +201,26 @@ impl ActorOptions {
         self
     }
     /// Registers the actor under a name, for [`crate::get_actor`]. A named actor lives until
-    /// it is killed, even with no handle left.
+    /// it is killed, even with no handle left. An empty or blank name is an invalid argument.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
+    }
+
+    /// Checks the options before anything is created: the option at fault and why.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(name) = &self.name
+            && name.trim().is_empty()
+        {
+            return Err((
+                "name".into(),
+                format!("{name:?}: an actor name must not be empty or blank"),
+            ));
+        }
+        if self.max_concurrency == 0 {
+            return Err(("max_concurrency".into(), "must be at least 1".into()));
+        }
+        self.resources.validate()
     }
 }
 
@@ -411,6 +451,19 @@ impl ActorCell {
         self.fail_all(self.death_error());
     }
 
+    /// The runtime is shutting down: like [`ActorCell::die`] with [`Error::ShutDown`], but it
+    /// never waits for a running call to drop the state (that call may be stuck in user code,
+    /// and `shutdown` is bounded).
+    pub(crate) fn shut_down(&self) {
+        let _ = self.death.set(Error::ShutDown);
+        self.life.store(DEAD, Ordering::Release);
+        self.state.try_clear();
+        if self.holds_resources.swap(false, Ordering::AcqRel) {
+            let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));
+        }
+        self.fail_all(self.death_error());
+    }
+
     /// Kills the actor; with `restart` and restarts left, runs its constructor again.
     pub(crate) fn kill(self: &Arc<Self>, restart: bool, rt: &Arc<RuntimeInner>) -> bool {
         if self.is_dead() {
@@ -459,7 +512,10 @@ impl ActorCell {
             Ok(id) => id,
             Err(e) => return ObjectRef::failed(e),
         };
-        let result = Arc::new(ObjectCell::pending(id, None));
+        let result = match self.remote.get() {
+            Some(_) => Arc::new(ObjectCell::pending(id, None)),
+            None => Arc::new(ObjectCell::pending_call(id, Arc::downgrade(self))),
+        };
         if let Some(remote) = self.remote.get() {
             if let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone()) {
                 cluster.call_remote(remote, self.id.as_u64(), method.name, result.clone(), args);
@@ -482,7 +538,7 @@ impl ActorCell {
         if self.is_dead() {
             return Arc::new(ObjectCell::ready(id, Err(self.death_error())));
         }
-        let result = Arc::new(ObjectCell::pending(id, None));
+        let result = Arc::new(ObjectCell::pending_call(id, Arc::downgrade(self)));
         self.enqueue(method, args.into_boxed_slice(), result.clone());
         result
     }
@@ -572,8 +628,17 @@ impl ActorCell {
 
     /// Runs queued calls (steps 2–5), on a slot.
     pub(crate) fn drain(self: Arc<Self>, scheduler: &Scheduler) {
+        self.drain_until(scheduler, || false);
+    }
+
+    /// Runs queued calls (steps 2–5) until `stop()` holds before a call: a thread that is not
+    /// a slot (the driver) drains the actor it waits for only up to the call it waits for
+    /// (step 6), then hands the actor back to the slots as a job.
+    pub(crate) fn drain_until(self: Arc<Self>, scheduler: &Scheduler, stop: impl Fn() -> bool) {
+        // Step 7: a threaded actor's calls run beside the node's tasks, not in its CPU slots.
+        let _threaded = (self.max_concurrency > 1).then(|| Blocked::enter(scheduler));
         for _ in 0..DRAIN_BATCH {
-            if !self.is_alive() {
+            if !self.is_alive() || stop() {
                 break;
             }
             let Some(call) = self.next_call() else { break };

@@ -78,12 +78,15 @@ pub type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 /// Waits until `num_returns` of `objects` are ready or `timeout` passes, and splits them into
 /// `(ready, not_ready)`, each in the input order. `ready` holds at most `num_returns`; a
 /// timeout is not an error (Ray's `ray.wait`).
+///
+/// Fails with [`Error::InvalidArgument`] (as Ray's `ValueError`) when `objects` holds the same
+/// object twice, or `num_returns` is 0 or more than `objects.len()`.
 pub fn wait<T>(
     objects: Vec<ObjectRef<T>>,
     num_returns: usize,
     timeout: Option<Duration>,
 ) -> Result<Split<T>, Error> {
-    let num_returns = num_returns.min(objects.len());
+    check_wait(&objects, num_returns)?;
     let already = objects.iter().filter(|o| o.is_ready()).count();
     if already < num_returns {
         let rt = with_current(|rt| rt.clone())?;
@@ -100,7 +103,9 @@ pub fn wait<T>(
                 }
             }
             // A timeout here is not an error: report what is ready.
-            let _ = s.park_until(|| latch.is_done(), deadline);
+            if s.park_until(|| latch.is_done(), deadline).is_err() && s.is_shut_down() {
+                return Err(Error::ShutDown);
+            }
         }
     }
     let mut ready = Vec::with_capacity(num_returns);
@@ -113,6 +118,50 @@ pub fn wait<T>(
         }
     }
     Ok((ready, not_ready))
+}
+
+/// `wait`'s argument checks (see [`wait`]).
+fn check_wait<T>(objects: &[ObjectRef<T>], num_returns: usize) -> Result<(), Error> {
+    let invalid = |what: &str, message: String| {
+        Err(Error::InvalidArgument {
+            what: format!("wait: {what}"),
+            message,
+        })
+    };
+    if num_returns == 0 {
+        return invalid("num_returns", "must be at least 1".into());
+    }
+    if num_returns > objects.len() {
+        return invalid(
+            "num_returns",
+            format!(
+                "{num_returns} is more than the {} references given",
+                objects.len()
+            ),
+        );
+    }
+    if objects.len() > 1 {
+        // One object is one cell: compare cells, not ids (refs that failed at submit share
+        // id 0). Sorted addresses in a reused buffer: no hashing, no allocation per call.
+        thread_local! {
+            static SEEN: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let duplicate = SEEN.with(|seen| {
+            let mut seen = seen.borrow_mut();
+            seen.clear();
+            seen.extend(objects.iter().map(|o| Arc::as_ptr(&o.cell) as usize));
+            seen.sort_unstable();
+            seen.windows(2).any(|w| w[0] == w[1])
+        });
+        if duplicate {
+            return invalid(
+                "objects",
+                "the same object is given more than once (Ray: the references must be unique)"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Cancels the task producing `object`. A queued task never runs; a running one finishes but
@@ -239,20 +288,38 @@ pub fn status() -> Result<NodeStatus, Error> {
     })
 }
 
-/// Submits a task (generated `f::remote` calls this).
+/// Submits a task (generated `f::remote` calls this). Options are checked first: a bad one
+/// gives a reference that fails with [`Error::InvalidArgument`], and nothing runs.
 pub fn submit<R>(
     function: &'static RemoteFunction,
     args: Vec<Result<ArgSlot, Error>>,
     options: &TaskOptions,
 ) -> ObjectRef<R> {
+    if !options.is_default_shape()
+        && let Err((option, message)) = options.resources.validate()
+    {
+        let name = options.name.as_deref().unwrap_or(function.name());
+        return ObjectRef::failed(Error::InvalidArgument {
+            what: format!("task {name}: {option}"),
+            message,
+        });
+    }
     with_current(|rt| rt.submit(function, args, options)).unwrap_or_else(ObjectRef::failed)
 }
 
-/// Creates an actor (generated `A::remote` calls this).
+/// Creates an actor (generated `A::remote` calls this). Options are checked first: with a bad
+/// one the handle is dead with [`Error::InvalidArgument`] (its `ready()` and every call give
+/// it), and no actor is created.
 pub fn create_actor<A: Actor>(
     args: Vec<Result<ArgSlot, Error>>,
     options: &ActorOptions,
 ) -> ActorHandle<A> {
+    if let Err((option, message)) = options.validate() {
+        return ActorHandle::dead(Error::InvalidArgument {
+            what: format!("actor {}: {option}", A::CLASS.name()),
+            message,
+        });
+    }
     match with_current(|rt| rt.create_actor::<A>(args, options)) {
         Ok(handle) => handle,
         Err(e) => ActorHandle::dead(e),

@@ -187,6 +187,26 @@ fn write_payload(
     Ok(Payload::Inline(Bytes::from(buf)))
 }
 
+/// Encodes `value` alone as bytes, with the object codec's serde configuration and no
+/// reference tracking (a task error's typed cause).
+pub(crate) fn encode_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode {
+        type_name: std::any::type_name::<T>(),
+        message: e.to_string(),
+    })
+}
+
+/// Decodes bytes written by [`encode_bytes`].
+pub(crate) fn decode_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    bincode::serde::decode_from_slice(bytes, config())
+        .map(|(v, _)| v)
+        .map_err(|e| Error::Decode {
+            object: ObjectId::from_u64(0),
+            type_name: std::any::type_name::<T>(),
+            message: e.to_string(),
+        })
+}
+
 /// Decodes bytes of object `object` as a `T`.
 pub(crate) fn decode<T: DeserializeOwned + 'static>(
     object: ObjectId,

@@ -307,6 +307,10 @@ catalogue! {
     /// arena of its own of `object_store_memory` bytes. Read by raylets and by the processes
     /// that join them; a process that cannot reach its raylet's arena keeps its own.
     node_object_store: bool = true, env "MANTA_NODE_OBJECT_STORE";
+    /// How long `shutdown` waits for slot threads to finish the task each is running (a task
+    /// stuck in user code past it is left running, with a warning; microseconds in the
+    /// environment).
+    shutdown_timeout: Duration = Duration::from_secs(10), env "MANTA_SHUTDOWN_TIMEOUT_US";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

@@ -174,6 +174,20 @@ pub enum Error {
         /// The OS error.
         message: String,
     },
+    /// A call was given an argument it cannot accept, and nothing was done: `wait` with
+    /// duplicate references or a `num_returns` of 0 or above the list's length; an empty or
+    /// blank actor name; a resource amount that is negative, not finite, 0 for a custom
+    /// resource, or fractional above 1 (Ray: quantities over 1 must be whole); a
+    /// `max_concurrency` of 0. Checked when the call is made, the same in every mode; where the
+    /// call returns a reference (`f::remote`), its `get` gives this error at once and the task
+    /// never runs.
+    #[error("invalid argument to {what}: {message}")]
+    InvalidArgument {
+        /// The call and the argument (`wait: num_returns`, `task m::f: num_cpus`).
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl Error {
@@ -207,47 +221,231 @@ impl Error {
 
 /// The failure of a task or actor method: its name and what went wrong.
 ///
-/// Opaque by design; ask it questions with the `is_*` predicates.
+/// Opaque by design; ask it questions with the `is_*` predicates. A failure with a typed
+/// cause — a remote function that returned `Err(e)`, or a task that panicked with
+/// `std::panic::panic_any(e)` for an `e` of a registered error type — keeps that cause, in
+/// every mode: [`TaskError::downcast_ref`] gives it back as its own type, on the caller's side
+/// of the cluster too (it travels serialised with its type name and is decoded when asked for).
 #[derive(Clone)]
 pub struct TaskError {
     task: Arc<str>,
     message: Arc<str>,
     kind: TaskErrorKind,
+    cause: Option<Arc<Cause>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TaskErrorKind {
     Panic,
+    /// The function returned `Err`.
+    Returned,
+}
+
+/// A task error's typed cause: its Rust type name and its value, serialised with Manta's
+/// codec; decoded (once) by the first [`TaskError::downcast_ref`] for its type.
+pub(crate) struct Cause {
+    type_name: Box<str>,
+    bytes: bytes::Bytes,
+    decoded: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Cause {
+    pub(crate) fn new(type_name: &str, bytes: bytes::Bytes) -> Self {
+        Cause {
+            type_name: type_name.into(),
+            bytes,
+            decoded: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+/// An error type a panic payload may carry and keep across processes (`panic_any(e)`):
+/// registered by [`register_error!`](crate::register_error) or, for the `E` of a remote
+/// function returning `Result<T, E>`, by `#[manta::remote]`.
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct ErrorType {
+    type_id: fn() -> std::any::TypeId,
+    type_name: fn() -> &'static str,
+    encode: EncodePayload,
+}
+
+/// Encodes a panic payload of one error type: its message and its serialised value.
+type EncodePayload = fn(&(dyn std::any::Any + Send)) -> Option<(String, Vec<u8>)>;
+
+impl ErrorType {
+    /// The registration of `E`.
+    pub const fn of<E>() -> Self
+    where
+        E: serde::Serialize + fmt::Display + Send + 'static,
+    {
+        ErrorType {
+            type_id: std::any::TypeId::of::<E>,
+            type_name: std::any::type_name::<E>,
+            encode: encode_payload::<E>,
+        }
+    }
+}
+
+/// A link-time registration of an [`ErrorType`].
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct ErrorTypeRegistration(pub &'static ErrorType);
+
+inventory::collect!(ErrorTypeRegistration);
+
+fn encode_payload<E>(payload: &(dyn std::any::Any + Send)) -> Option<(String, Vec<u8>)>
+where
+    E: serde::Serialize + fmt::Display + Send + 'static,
+{
+    let e = payload.downcast_ref::<E>()?;
+    Some((e.to_string(), crate::codec::encode_bytes(e).ok()?))
 }
 
 impl TaskError {
     pub(crate) fn panic(task: &str, payload: &(dyn std::any::Any + Send)) -> Self {
-        let message: &str = if let Some(s) = payload.downcast_ref::<&'static str>() {
-            s
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s
-        } else {
-            "non-string panic payload"
+        let typed = || {
+            let id = payload.type_id();
+            inventory::iter::<ErrorTypeRegistration>
+                .into_iter()
+                .find(|r| (r.0.type_id)() == id)
+                .and_then(|r| {
+                    let (message, bytes) = (r.0.encode)(payload)?;
+                    Some((message, Cause::new((r.0.type_name)(), bytes.into())))
+                })
         };
+        let (message, cause): (String, Option<Cause>) =
+            if let Some(s) = payload.downcast_ref::<&'static str>() {
+                (s.to_string(), None)
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                (s.clone(), None)
+            } else if let Some((message, cause)) = typed() {
+                (message, Some(cause))
+            } else {
+                ("non-string panic payload".into(), None)
+            };
         TaskError {
             task: task.into(),
             message: message.into(),
             kind: TaskErrorKind::Panic,
+            cause: cause.map(Arc::new),
+        }
+    }
+
+    /// A function's `Err(error)` (generated code, through `__private::returned_error`).
+    pub(crate) fn returned<E>(task: &str, error: &E) -> Self
+    where
+        E: serde::Serialize + fmt::Display + 'static,
+    {
+        let cause = crate::codec::encode_bytes(error)
+            .ok()
+            .map(|b| Arc::new(Cause::new(std::any::type_name::<E>(), b.into())));
+        TaskError {
+            task: task.into(),
+            message: error.to_string().into(),
+            kind: TaskErrorKind::Returned,
+            cause,
         }
     }
 
     /// A panic reported by another process of the cluster.
     pub(crate) fn remote_panic(task: &str, message: &str) -> Self {
+        Self::unpack(task, message, &[])
+    }
+
+    /// The typed cause as it crosses the wire (`TaskDone`'s failed outcome): whether the
+    /// function returned `Err`, the cause's type name and serialised value, encoded together;
+    /// empty for a panic without a typed cause.
+    pub(crate) fn pack_cause(&self) -> Vec<u8> {
+        let returned = self.kind == TaskErrorKind::Returned;
+        if !returned && self.cause.is_none() {
+            return Vec::new();
+        }
+        let (name, bytes) = match self.cause.as_deref() {
+            Some(c) => (&*c.type_name, c.bytes.as_ref()),
+            None => ("", &[][..]),
+        };
+        crate::codec::encode_bytes(&(returned, name, bytes)).unwrap_or_default()
+    }
+
+    /// A failure reported by another process, with its cause packed by
+    /// [`TaskError::pack_cause`] (a cause that does not decode is dropped, the message kept).
+    pub(crate) fn unpack(task: &str, message: &str, packed: &[u8]) -> Self {
+        let (returned, cause) = match crate::codec::decode_bytes::<(bool, String, Vec<u8>)>(packed)
+        {
+            Ok((returned, name, bytes)) if !name.is_empty() => {
+                (returned, Some(Arc::new(Cause::new(&name, bytes.into()))))
+            }
+            Ok((returned, _, _)) => (returned, None),
+            Err(_) => (false, None),
+        };
         TaskError {
             task: task.into(),
             message: message.into(),
-            kind: TaskErrorKind::Panic,
+            kind: if returned {
+                TaskErrorKind::Returned
+            } else {
+                TaskErrorKind::Panic
+            },
+            cause,
         }
     }
 
     /// Whether the task's body panicked.
     pub fn is_panic(&self) -> bool {
         self.kind == TaskErrorKind::Panic
+    }
+
+    /// Whether the remote function returned `Err` (its value is the [cause](Self::downcast_ref)).
+    pub fn is_returned_error(&self) -> bool {
+        self.kind == TaskErrorKind::Returned
+    }
+
+    /// The Rust type name of the typed cause, if the failure has one.
+    pub fn cause_type_name(&self) -> Option<&str> {
+        self.cause.as_deref().map(|c| &*c.type_name)
+    }
+
+    /// The typed cause as an `E`, if it is one: the `Err(e)` a remote function returned, or the
+    /// payload of `panic_any(e)` for a registered error type. Decoded on first use (it may come
+    /// from another process); `None` if the cause is of another type, or there is none.
+    ///
+    /// ```
+    /// # fn check(r: Result<u64, manta_core::Error>) {
+    /// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    /// struct NotFound { key: String }
+    /// if let Err(manta_core::Error::Task(e)) = r {
+    ///     if let Some(nf) = e.downcast_ref::<NotFound>() {
+    ///         println!("no {}", nf.key);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn downcast_ref<E>(&self) -> Option<&E>
+    where
+        E: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        let cause = self.cause.as_deref()?;
+        if *cause.type_name != *std::any::type_name::<E>() {
+            return None;
+        }
+        if cause.decoded.get().is_none() {
+            let value: E = crate::codec::decode_bytes(&cause.bytes).ok()?;
+            let _ = cause.decoded.set(Box::new(value));
+        }
+        cause.decoded.get()?.downcast_ref::<E>()
+    }
+
+    /// The typed cause as an `E`, owned (see [`TaskError::downcast_ref`]).
+    pub fn cause<E>(&self) -> Option<E>
+    where
+        E: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        let cause = self.cause.as_deref()?;
+        if *cause.type_name != *std::any::type_name::<E>() {
+            return None;
+        }
+        crate::codec::decode_bytes(&cause.bytes).ok()
     }
 
     /// The failed task's or method's name (`module::function` or `Class::method`).
@@ -267,17 +465,56 @@ impl fmt::Debug for TaskError {
             .field("task", &self.task)
             .field("kind", &self.kind)
             .field("message", &self.message)
+            .field("cause", &self.cause_type_name())
             .finish()
     }
 }
 
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "task {} panicked: {}", self.task, self.message)
+        match self.kind {
+            TaskErrorKind::Panic => write!(f, "task {} panicked: {}", self.task, self.message),
+            TaskErrorKind::Returned => {
+                write!(f, "task {} returned an error: {}", self.task, self.message)
+            }
+        }
     }
 }
 
+/// Registers an error type for panic payloads, so that `std::panic::panic_any(e)` in a task
+/// keeps `e` as the failure's typed cause ([`TaskError::downcast_ref`]) in every mode. The
+/// type must be `Serialize + DeserializeOwned + Display + Send + Sync + 'static`. The error
+/// type `E` of a remote function returning `Result<T, E>` is registered already.
+///
+/// ```
+/// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// struct Overheated { celsius: u32 }
+/// impl std::fmt::Display for Overheated {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         write!(f, "overheated at {} °C", self.celsius)
+///     }
+/// }
+/// manta_core::register_error!(Overheated);
+/// ```
+#[macro_export]
+macro_rules! register_error {
+    ($ty:ty) => {
+        $crate::__private::inventory::submit! {
+            $crate::__private::ErrorTypeRegistration(&$crate::__private::ErrorType::of::<$ty>())
+        }
+    };
+}
+
 impl std::error::Error for TaskError {}
+
+/// The failure of a remote function that returned `Err(error)` (generated code calls this).
+#[doc(hidden)]
+pub fn returned_error<E>(task: &str, error: &E) -> Error
+where
+    E: serde::Serialize + fmt::Display + 'static,
+{
+    Error::Task(TaskError::returned(task, error))
+}
 
 /// A failed `put`: the error, with the value handed back so nothing is lost.
 pub struct PutError<T> {

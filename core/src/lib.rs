@@ -49,6 +49,7 @@ pub mod __private {
     };
     pub use crate::api::{create_actor, submit};
     pub use crate::codec::encode;
+    pub use crate::error::{ErrorType, ErrorTypeRegistration, returned_error};
     pub use crate::object::ObjectCell;
     pub use crate::object::ObjectValue;
     pub use crate::task::{ArgReader, ArgSlot, Invoke, Registration, RemoteFunction};

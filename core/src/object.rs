@@ -196,14 +196,24 @@ impl Latch {
     }
 }
 
+/// What produces a pending object on this node.
+enum Producer {
+    /// A `put`, a remote result, or a call whose producer does not matter here.
+    None,
+    /// A task of this node's scheduler.
+    Task(Weak<Task>),
+    /// A call of an actor hosted on this node.
+    Actor(Weak<ActorCell>),
+}
+
 /// One object of the in-process memory store (see the module docs for the protocol).
 #[doc(hidden)]
 pub struct ObjectCell {
     id: ObjectId,
     value: OnceLock<Result<ObjectValue, Error>>,
     waiters: Mutex<Vec<Waiter>>,
-    /// The task that will produce this object, for `cancel` and for running it inline in `get`.
-    producer: Option<Weak<Task>>,
+    /// What will produce this object, for `cancel` and for running it inline in `get`.
+    producer: Producer,
     /// Set once the cell is entered in its runtime's escape table.
     escaped: AtomicBool,
     escape_table: OnceLock<Weak<RuntimeInner>>,
@@ -220,6 +230,15 @@ impl fmt::Debug for ObjectCell {
 
 impl ObjectCell {
     pub(crate) fn pending(id: ObjectId, producer: Option<Weak<Task>>) -> Self {
+        Self::pending_from(id, producer.map_or(Producer::None, Producer::Task))
+    }
+
+    /// A pending result of a call of `actor`, hosted on this node.
+    pub(crate) fn pending_call(id: ObjectId, actor: Weak<ActorCell>) -> Self {
+        Self::pending_from(id, Producer::Actor(actor))
+    }
+
+    fn pending_from(id: ObjectId, producer: Producer) -> Self {
         ObjectCell {
             id,
             value: OnceLock::new(),
@@ -249,7 +268,18 @@ impl ObjectCell {
     }
 
     pub(crate) fn producer(&self) -> Option<Arc<Task>> {
-        self.producer.as_ref().and_then(Weak::upgrade)
+        match &self.producer {
+            Producer::Task(task) => task.upgrade(),
+            _ => None,
+        }
+    }
+
+    /// The actor hosted here whose call produces this object, if it is one.
+    pub(crate) fn producer_actor(&self) -> Option<Arc<ActorCell>> {
+        match &self.producer {
+            Producer::Actor(actor) => actor.upgrade(),
+            _ => None,
+        }
     }
 
     /// Step 2–3 of the protocol. Returns whether this call completed the cell.

@@ -70,6 +70,38 @@ impl ResourceRequest {
         }
     }
 
+    /// Checks every amount as Ray does, before anything is submitted: finite, not negative,
+    /// whole above 1, and not 0 for a custom resource (0 CPUs or GPUs is how a task or actor
+    /// says it needs none, as `num_cpus=0` in Ray; a custom resource of 0 asks for nothing and
+    /// is a mistake). Returns the offending option and what is wrong with it.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        let check = |option: String, amount: f64, zero_ok: bool| {
+            let problem = if !amount.is_finite() {
+                Some(format!("must be a finite number, got {amount}"))
+            } else if amount < 0.0 {
+                Some(format!("must not be negative, got {amount}"))
+            } else if amount == 0.0 && !zero_ok {
+                Some("0 asks for nothing: leave the resource out".to_string())
+            } else if amount > 1.0 && amount.fract() != 0.0 {
+                Some(format!(
+                    "quantities over 1 must be whole numbers, got {amount}"
+                ))
+            } else {
+                None
+            };
+            problem.map_or(Ok(()), |p| Err((option, p)))
+        };
+        check("num_cpus".into(), self.num_cpus, true)?;
+        check("num_gpus".into(), self.num_gpus, true)?;
+        for (name, amount) in &self.custom {
+            if name.trim().is_empty() {
+                return Err(("resource".into(), "a resource needs a name".to_string()));
+            }
+            check(format!("resource {name:?}"), *amount, false)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_custom(&mut self, name: &str, amount: f64) {
         match self.custom.iter_mut().find(|(n, _)| n == name) {
             Some(entry) => entry.1 = amount,
@@ -100,6 +132,11 @@ impl Demand {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether it asks for nothing but CPU (or nothing at all).
+    pub(crate) fn is_cpu_only(&self) -> bool {
+        self.0.iter().all(|(i, _)| *i as usize == CPU)
     }
 
     /// The CPU part, in thousandths: what a slot gives back while it blocks.

@@ -157,16 +157,20 @@ pub fn shutdown() {
     if let Some(c) = &rt.cluster {
         c.leave();
     }
-    lock(&rt.pushed_actors).clear();
-    rt.scheduler.shutdown();
+    // Queued work fails first, and every actor dies (its queued calls fail), so that slots
+    // blocked waiting for them wake up; then the slots are joined, within a bound.
+    let pushed: Vec<_> = lock(&rt.pushed_actors).drain().map(|(_, a)| a).collect();
+    rt.scheduler.begin_shutdown();
     let named: Vec<_> = lock(&rt.named).drain().map(|(_, a)| a).collect();
     let actors: Vec<_> = lock(&rt.actors)
         .values()
         .filter_map(Weak::upgrade)
         .collect();
-    for actor in named.iter().chain(&actors) {
-        actor.die(Error::ShutDown);
+    for actor in named.iter().chain(&actors).chain(&pushed) {
+        actor.shut_down();
     }
+    rt.scheduler.join_slots();
+    drop(pushed);
     lock(&rt.escaped).clear();
 }
 
@@ -192,6 +196,7 @@ impl RuntimeInner {
             config.spin_before_park,
             config.inline_get,
             config.cpu_affinity.0.clone(),
+            config.shutdown_timeout,
         );
         // A member of a cluster allocates in its node's shared arena when its raylet has one.
         let node = match &cluster {

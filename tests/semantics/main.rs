@@ -14,14 +14,28 @@ mod common;
 mod harness;
 
 mod actors;
+mod actors_concurrency;
 mod basics;
+mod errors;
+mod nesting;
 mod tasks;
+mod validation;
 
 use harness::{Case, Ctx, Mode, run_cases, start_cluster};
 
-/// Every case of the matrix, in the order they run.
+/// Every case of the matrix, in the order they run (one module a line).
+#[rustfmt::skip]
 fn all_cases() -> Vec<Case> {
-    [basics::CASES, tasks::CASES, actors::CASES].concat()
+    [
+        basics::CASES,
+        tasks::CASES,
+        actors::CASES,
+        actors_concurrency::CASES,
+        errors::CASES,
+        nesting::CASES,
+        validation::CASES,
+    ]
+    .concat()
 }
 
 /// Set on the ranks `srun` starts for the matrix.

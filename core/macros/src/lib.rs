@@ -14,6 +14,14 @@ use syn::{FnArg, ImplItem, ItemFn, ItemImpl, ItemStruct, ReturnType, Type, parse
 /// `ObjectRef` of its result; `f::options().num_cpus(2.0).remote(args)` sets per-call options.
 ///
 /// Each argument may be given as a value or as an `ObjectRef` of that type.
+///
+/// A function declared to return `Result<T, E>` (written so: a path ending in `Result` with two
+/// type arguments) is *fallible*, as a Python function that raises is in Ray: `f::remote`
+/// returns an `ObjectRef<T>`, `Ok(v)` is its value, and `Err(e)` fails the task — `get` gives
+/// `Error::Task` whose `downcast_ref::<E>()` is `e`, in every mode (it travels serialised). `E`
+/// must be `Serialize + DeserializeOwned + Display + Send + Sync + 'static`; an `Err` is not
+/// retried (`max_retries` re-runs panics). A one-argument alias such as `io::Result<T>` is not
+/// recognised and stays the task's value.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
@@ -88,6 +96,33 @@ fn typed_args<'a>(inputs: impl Iterator<Item = &'a FnArg>) -> syn::Result<Args> 
     Ok(Args { names, types })
 }
 
+/// `T` and `E` of a return type written `Result<T, E>` (any path ending in `Result` with two
+/// type arguments). Such a remote function is *fallible*: `Ok(v)` is its value, `Err(e)` fails
+/// the task with `e` as the typed cause. A one-argument alias (`io::Result<T>`) is not
+/// recognised: its `Result` is then the task's value, as any other type.
+fn fallible(ty: &Type) -> Option<(Type, Type)> {
+    let Type::Path(p) = ty else { return None };
+    if p.qself.is_some() {
+        return None;
+    }
+    let last = p.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        syn::GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    let (ok, err) = (types.next()?, types.next()?);
+    if types.next().is_some() || args.args.len() != 2 {
+        return None;
+    }
+    Some((ok, err))
+}
+
 fn return_type(output: &ReturnType) -> Type {
     match output {
         ReturnType::Default => syn::parse_quote!(()),
@@ -112,11 +147,37 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
     let name = &sig.ident;
     let vis = &func.vis;
     let Args { names, types } = typed_args(sig.inputs.iter())?;
-    let ret = return_type(&sig.output);
+    let declared = return_type(&sig.output);
     let call = if sig.asyncness.is_some() {
         quote!(::manta::block_on(super::#name(#(#names),*)))
     } else {
         quote!(super::#name(#(#names),*))
+    };
+    // A fallible function's object holds its `Ok` value; its `Err` fails the task.
+    let (ret, finish, register_error) = match fallible(&declared) {
+        Some((ok, err)) => (
+            ok,
+            quote! {
+                match __out {
+                    ::core::result::Result::Ok(__v) => ::manta::__private::encode(&__v),
+                    ::core::result::Result::Err(__e) => ::core::result::Result::Err(
+                        ::manta::__private::returned_error::<#err>(FUNCTION.name(), &__e),
+                    ),
+                }
+            },
+            quote! {
+                ::manta::__private::inventory::submit! {
+                    ::manta::__private::ErrorTypeRegistration(
+                        &::manta::__private::ErrorType::of::<#err>()
+                    )
+                }
+            },
+        ),
+        None => (
+            declared.clone(),
+            quote!(::manta::__private::encode(&__out)),
+            quote!(),
+        ),
     };
     let doc = format!(
         "Remote handle of [`{name}`](fn@{name}): `{name}::remote(..)` submits it as a task."
@@ -135,13 +196,14 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
                 ::manta::__private::RemoteFunction::new(::core::module_path!(), __invoke);
 
             ::manta::__private::inventory::submit! { ::manta::__private::Registration(&FUNCTION) }
+            #register_error
 
             fn __invoke(
                 __args: &mut ::manta::__private::ArgReader<'_>,
             ) -> ::core::result::Result<::manta::__private::ObjectValue, ::manta::Error> {
                 #( let #names: #types = __args.next()?; )*
-                let __out: #ret = #call;
-                ::manta::__private::encode(&__out)
+                let __out: #declared = #call;
+                #finish
             }
 
             /// Submits the function as a task with default options.

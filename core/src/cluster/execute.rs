@@ -254,6 +254,10 @@ impl Cluster {
 }
 
 fn failed_outcome(e: &Error) -> Outcome {
+    let cause = match e {
+        Error::Task(t) => t.pack_cause(),
+        _ => Vec::new(),
+    };
     let (kind, task, message) = match e {
         Error::Task(t) => (
             ErrorKind::Panic,
@@ -274,5 +278,6 @@ fn failed_outcome(e: &Error) -> Outcome {
         kind,
         task,
         message,
+        cause,
     }
 }

@@ -335,7 +335,11 @@ impl Cluster {
                 kind,
                 task,
                 message,
-            } => Err(wire_error(kind, task, message, task_id)),
+                cause,
+            } => Err(match kind {
+                ErrorKind::Panic => Error::Task(TaskError::unpack(&task, &message, &cause)),
+                _ => wire_error(kind, task, message, task_id),
+            }),
         };
         let _ = from;
         f.cell.complete(value);

@@ -68,6 +68,8 @@ pub(crate) struct Scheduler {
     /// Whether a failed pin has been logged (once per scheduler, not once per slot).
     pin_warned: AtomicBool,
     shutdown: AtomicBool,
+    /// How long `shutdown` waits for the slot threads.
+    shutdown_timeout: Duration,
     handles: Mutex<Vec<thread::JoinHandle<()>>>,
     /// Tasks completed, for status listings.
     pub(crate) finished: AtomicUsize,
@@ -97,6 +99,7 @@ impl Scheduler {
         spin: Duration,
         inline_get: bool,
         affinity: Vec<usize>,
+        shutdown_timeout: Duration,
     ) -> Self {
         let max_slots = max_slots.max(base_slots);
         Scheduler {
@@ -116,6 +119,7 @@ impl Scheduler {
             affinity,
             pin_warned: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            shutdown_timeout,
             handles: Mutex::new(Vec::new()),
             finished: AtomicUsize::new(0),
         }
@@ -246,6 +250,11 @@ impl Scheduler {
 
     /// Executes a claimed task holding its resources, then completes its result.
     pub(crate) fn execute(&self, task: Arc<Task>) {
+        self.execute_holding(task, Holding::Own);
+    }
+
+    /// Executes a claimed task; `holding` says whose resources it runs on (see [`Holding`]).
+    fn execute_holding(&self, task: Arc<Task>, holding: Holding) {
         let outcome = slot::holding(&task.demand, || {
             catch_unwind(AssertUnwindSafe(|| match &task.body {
                 TaskBody::Function(f) => f.invoke(&mut ArgReader::new(&task.args)),
@@ -261,7 +270,9 @@ impl Scheduler {
                 if retries > 0 {
                     task.retries_left.store(retries - 1, Ordering::Relaxed);
                     tracing::warn!(task = %task.id, "task {} panicked; retrying ({} left)", task.name(), retries - 1);
-                    self.release(&task.demand);
+                    if holding == Holding::Own {
+                        self.release(&task.demand);
+                    }
                     task.unclaim();
                     self.push(Job::Task(task));
                     return;
@@ -277,7 +288,7 @@ impl Scheduler {
         task.finish();
         // Resources go back before the result is visible, so whoever the result wakes sees
         // them free (`status()` right after `get` reported a 2-CPU task's CPUs still held).
-        if !keep_resources {
+        if !keep_resources && holding == Holding::Own {
             self.release(&task.demand);
         }
         self.finished.fetch_add(1, Ordering::Relaxed);
@@ -349,24 +360,23 @@ impl Scheduler {
         cell: &Arc<ObjectCell>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        let _blocked = slot::Blocked::enter(self);
-        if deadline.is_none()
-            && self.inline_get
+        let helps = deadline.is_none() && self.inline_get;
+        if helps
             && let Some(task) = cell.producer()
+            && self.help_lending(&task)
+            && cell.is_ready()
         {
+            return Ok(());
+        }
+        let _blocked = slot::Blocked::enter(self);
+        if helps && let Some(task) = cell.producer() {
             self.help(task);
         }
-        if deadline.is_none() && self.inline_get && !slot::in_slot() {
-            // A thread that is not a slot (the driver) runs queued jobs itself while it waits,
-            // as rayon's `join` does: an actor call it waits for then needs no slot to wake
-            // up, which is what a busy machine makes slow. Slots do not do this, so helping
-            // never nests beyond the targeted task above.
-            while !cell.is_ready() {
-                match steal(|| self.injector.steal()) {
-                    Some(job) => self.run_job(job),
-                    None => break,
-                }
-            }
+        if helps
+            && !slot::in_slot()
+            && let Some(actor) = cell.producer_actor()
+        {
+            self.help_actor(cell, &actor);
         }
         if self.spin_until(|| cell.is_ready(), deadline) {
             return Ok(());
@@ -375,10 +385,56 @@ impl Scheduler {
             return Ok(());
         }
         self.park_until(|| cell.is_ready(), deadline)
-            .map_err(|waited| Error::Timeout {
-                object: cell.id(),
-                waited,
+            .map_err(|waited| match self.is_shut_down() {
+                true => Error::ShutDown,
+                false => Error::Timeout {
+                    object: cell.id(),
+                    waited,
+                },
             })
+    }
+
+    /// Runs a queued task on the calling thread with the CPU the caller's own task holds, if
+    /// that covers the task's whole demand; returns whether it ran it.
+    ///
+    /// This is what keeps nested `get`s from needing the pool at all: `f` waiting for `g` runs
+    /// `g` on its own thread and its own CPU, depth-first, as rayon's `join` does. Giving the
+    /// CPU back first and then taking it again (what [`Scheduler::help`] does) lets a queued
+    /// task take it in between — on one CPU, another top-level `f`, which blocks in turn: with
+    /// enough of them every slot the pool may grow to is blocked, and the CPU is held by a job
+    /// in a deque nobody runs (1,000 `f → g → h` chains on one CPU stopped with 27–195 done).
+    fn help_lending(&self, task: &Arc<Task>) -> bool {
+        if task.state() != QUEUED
+            || !matches!(task.body, TaskBody::Function(_))
+            || !slot::can_lend(&task.demand)
+            || !task.claim()
+        {
+            return false;
+        }
+        self.execute_holding(task.clone(), Holding::Lent);
+        true
+    }
+
+    /// A thread that is not a slot (the driver), waiting for a call of `actor`, drains that
+    /// actor itself up to its call if the actor's job is next in the injector: the call then
+    /// needs no slot to wake up, which is what a busy machine makes slow (`1:1 actor calls
+    /// sync`). Any other job goes back to the injector: the caller runs nothing it does not
+    /// wait for (an unrelated job may wait for what the caller does next), and no call after
+    /// its own (`ActorCell::drain_until`). Slots do not do this, so helping never nests.
+    fn help_actor(&self, cell: &Arc<ObjectCell>, actor: &Arc<ActorCell>) {
+        while !cell.is_ready() {
+            match steal(|| self.injector.steal()) {
+                Some(Job::Actor(a)) if Arc::ptr_eq(&a, actor) => {
+                    a.drain_until(self, || cell.is_ready());
+                }
+                Some(other) => {
+                    self.injector.push(other);
+                    self.notify();
+                    return;
+                }
+                None => return,
+            }
+        }
     }
 
     /// Runs a queued task on the calling thread, if it fits now.
@@ -414,8 +470,12 @@ impl Scheduler {
         }
     }
 
-    /// Parks until `done` (the waker must unpark this thread) or `deadline`; on timeout returns
-    /// how long it waited.
+    /// Parks until `done` (the waker must unpark this thread) or `deadline`; on timeout, or
+    /// when the scheduler shuts down first, returns how long it waited.
+    ///
+    /// A park without deadline still wakes every [`SHUTDOWN_POLL`] to look at the shutdown
+    /// flag: a thread waiting for an object that shutdown left incomplete (one a task stuck in
+    /// user code would have produced) must not keep `shutdown` from joining its slot.
     pub(crate) fn park_until(
         &self,
         done: impl Fn() -> bool,
@@ -426,46 +486,106 @@ impl Scheduler {
             if done() {
                 return Ok(());
             }
+            let now = Instant::now();
+            if self.is_shut_down() {
+                return Err(now - start);
+            }
             match deadline {
-                None => thread::park(),
+                None => thread::park_timeout(SHUTDOWN_POLL),
                 Some(d) => {
-                    let now = Instant::now();
                     if now >= d {
                         return Err(now - start);
                     }
-                    thread::park_timeout(d - now);
+                    thread::park_timeout((d - now).min(SHUTDOWN_POLL));
                 }
             }
         }
     }
 
-    /// Stops every slot, then fails whatever work is left with [`Error::ShutDown`].
+    /// Stops the slots: fails every queued job with [`Error::ShutDown`] and wakes every slot,
+    /// then waits for them, at most `shutdown_timeout` (see [`Scheduler::join_slots`]).
+    ///
+    /// Queued work is failed *before* the slots are joined: a slot blocked in `get` waits for
+    /// an object that a queued task would have produced, and only its failure (or the
+    /// shutdown flag, seen by its next poll) lets that slot finish its own task and exit.
     pub(crate) fn shutdown(&self) {
+        self.begin_shutdown();
+        self.join_slots();
+    }
+
+    /// Raises the shutdown flag, wakes sleeping slots and fails every queued job: the
+    /// injector, every slot's deque (through its stealer) and the pending queue.
+    pub(crate) fn begin_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
         let sleepers = std::mem::take(&mut *lock(&self.sleepers));
         self.num_sleeping.store(0, Ordering::SeqCst);
         for t in sleepers {
             t.unpark();
         }
-        let handles = std::mem::take(&mut *lock(&self.handles));
-        let me = thread::current().id();
-        for h in handles {
-            if h.thread().id() != me {
-                let _ = h.join();
-            }
+        self.fail_queued();
+    }
+
+    fn fail_queued(&self) {
+        while let Some(job) = steal(|| self.injector.steal()) {
+            fail_job(job);
         }
-        loop {
-            match self.injector.steal() {
-                Steal::Success(job) => fail_job(job),
-                Steal::Retry => continue,
-                Steal::Empty => break,
+        let n = self.slots.load(Ordering::Acquire);
+        for stealer in self.stealers[..n].iter().filter_map(OnceLock::get) {
+            while let Some(job) = steal(|| stealer.steal()) {
+                fail_job(job);
             }
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
+        self.num_pending.store(0, Ordering::SeqCst);
         for task in pending {
             fail_job(Job::Task(task));
         }
     }
+
+    /// Joins the slot threads, waiting at most `shutdown_timeout` in all: a slot whose task is
+    /// stuck in user code is left running (detached), with a warning, rather than hanging the
+    /// caller. Jobs queued meanwhile (by tasks finishing) are failed as well.
+    pub(crate) fn join_slots(&self) {
+        let handles = std::mem::take(&mut *lock(&self.handles));
+        let me = thread::current().id();
+        let deadline = Instant::now() + self.shutdown_timeout;
+        let mut left: Vec<_> = handles
+            .into_iter()
+            .filter(|h| h.thread().id() != me)
+            .collect();
+        while !left.is_empty() && Instant::now() < deadline {
+            self.fail_queued();
+            let (done, running): (Vec<_>, Vec<_>) = left.into_iter().partition(|h| h.is_finished());
+            for h in done {
+                let _ = h.join();
+            }
+            left = running;
+            if !left.is_empty() {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.fail_queued();
+        if !left.is_empty() {
+            tracing::warn!(
+                slots = left.len(),
+                "shutdown: slot threads still running a task after {:?}; left running",
+                self.shutdown_timeout
+            );
+        }
+    }
+}
+
+/// How often a thread parked without a deadline looks at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// Whose resources a task runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holding {
+    /// Its own, taken from the node's counters; given back when it ends.
+    Own,
+    /// The CPU of the task that waits for it on the same thread (`help_lending`): nothing is
+    /// taken or given back, the waiting task's hold simply covers it.
+    Lent,
 }
 
 /// Retries a steal until it succeeds or finds nothing.

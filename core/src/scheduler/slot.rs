@@ -22,6 +22,8 @@ thread_local! {
     static LOCAL: OnceCell<Worker<Job>> = const { OnceCell::new() };
     /// CPU (thousandths) held by the task this thread is running, 0 when none.
     static HELD_CPU: Cell<i64> = const { Cell::new(0) };
+    /// Whether this slot is counted in the scheduler's `blocked` (so it is counted once).
+    static COUNTED_BLOCKED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether the calling thread is a slot.
@@ -46,6 +48,12 @@ pub(super) fn holding<R>(demand: &Demand, f: impl FnOnce() -> R) -> R {
     let r = f();
     HELD_CPU.with(|h| h.set(prev));
     r
+}
+
+/// Whether the task the calling thread runs holds enough to cover `demand` on its own: a
+/// demand of CPU only, no more than the CPU held (an empty demand always fits).
+pub(super) fn can_lend(demand: &Demand) -> bool {
+    demand.is_cpu_only() && demand.cpu() <= HELD_CPU.with(Cell::get)
 }
 
 /// Starts one more slot thread.
@@ -177,7 +185,9 @@ fn sleep(s: &Scheduler) {
     }
 }
 
-/// Marks the calling thread as waiting (in `get`, `wait` or `block_on`) for its lifetime.
+/// Marks the calling thread as waiting (in `get`, `wait` or `block_on`) for its lifetime, or
+/// as running calls of a threaded actor (`max_concurrency > 1`; see `ActorCell::drain_until`).
+/// A slot is counted once however deeply these nest.
 ///
 /// The CPU held by the task the thread runs is given back meanwhile, so other tasks — often the
 /// very ones waited for — can run; on a slot the scheduler may add a slot if blocked ones leave
@@ -196,7 +206,7 @@ impl<'a> Blocked<'a> {
             s.resources.release_cpu(held);
             s.drain_pending();
         }
-        let slot = in_slot();
+        let slot = in_slot() && !COUNTED_BLOCKED.with(|c| c.replace(true));
         if slot {
             s.blocked.fetch_add(1, Ordering::SeqCst);
             // Jobs may sit in this slot's deque (pushed by the task, or stolen in a batch) while
@@ -211,7 +221,7 @@ impl<'a> Blocked<'a> {
     /// While the returned guard lives, a blocked slot counts as running again (it is running
     /// the task it waits for).
     pub(crate) fn suspend(s: &'a Scheduler) -> Suspended<'a> {
-        let slot = in_slot();
+        let slot = in_slot() && COUNTED_BLOCKED.with(|c| c.replace(false));
         if slot {
             s.blocked.fetch_sub(1, Ordering::SeqCst);
         }
@@ -223,6 +233,7 @@ impl Drop for Blocked<'_> {
     fn drop(&mut self) {
         if self.slot {
             self.s.blocked.fetch_sub(1, Ordering::SeqCst);
+            COUNTED_BLOCKED.with(|c| c.set(false));
         }
         if self.held > 0 {
             self.s.resources.force_acquire_cpu(self.held);
@@ -242,6 +253,7 @@ impl Drop for Suspended<'_> {
     fn drop(&mut self) {
         if self.slot {
             self.s.blocked.fetch_add(1, Ordering::SeqCst);
+            COUNTED_BLOCKED.with(|c| c.set(true));
         }
     }
 }

@@ -326,6 +326,12 @@ fn get_checked(refs: &[ObjectRef<Result<(), String>>]) -> Result<()> {
     manta::get_all(refs)?.into_iter().try_for_each(check)
 }
 
+/// Gets the results of fallible remote functions (their `Err` is a task error).
+fn get_done(refs: &[ObjectRef<()>]) -> Result<()> {
+    manta::get_all(refs)?;
+    Ok(())
+}
+
 pub(crate) fn run(args: &MicrobenchmarkArgs) -> Result<()> {
     let filter = match &args.cases {
         Some(re) => Some(
@@ -430,7 +436,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
     })?;
     r.timeit("multi client put calls (Plasma Store)", 1000.0, || {
         let refs: Vec<_> = (0..10).map(|_| do_put_small::remote()).collect();
-        get_checked(&refs)
+        get_done(&refs)
     })?;
     if r.wants("single client put gigabytes") {
         let arr = numpy_zeros(100 * 1024 * 1024);
@@ -454,7 +460,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
     })?;
     r.timeit("multi client put gigabytes", 10.0 * 8.0 * 0.1, || {
         let refs: Vec<_> = (0..10).map(|_| do_put::remote()).collect();
-        get_checked(&refs)
+        get_done(&refs)
     })?;
     // The same from Rust's own `vec![0; n]` (no huge-page advice: one fault per 4 KiB page of
     // the source), which a Rust program writes unless it allocates as numpy does.
@@ -463,13 +469,13 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
         10.0 * 8.0 * 0.1,
         || {
             let refs: Vec<_> = (0..10).map(|_| do_put_plain_vec::remote()).collect();
-            get_checked(&refs)
+            get_done(&refs)
         },
     )?;
     if r.wants("single client get object containing 10k refs") {
         let obj = create_object_containing_ref::remote();
         r.timeit("single client get object containing 10k refs", 1.0, || {
-            let refs = get(&obj)?.map_err(anyhow::Error::msg)?;
+            let refs = get(&obj)?;
             anyhow::ensure!(refs.len() == 10_000);
             Ok(())
         })?;
@@ -520,7 +526,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
         let m = 4;
         r.timeit("n:n actor calls async", (m * n) as f64, || {
             let refs: Vec<_> = (0..m).map(|_| work::remote(actors.clone(), n)).collect();
-            get_checked(&refs)
+            get_done(&refs)
         })?;
         let n = 1000;
         let clients: Vec<_> = (0..n_cpu)
@@ -561,7 +567,7 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
             let refs: Vec<_> = (0..m)
                 .map(|_| async_actor_work::remote(actors.clone(), n))
                 .collect();
-            get_checked(&refs)
+            get_done(&refs)
         })?;
     }
     Ok(())

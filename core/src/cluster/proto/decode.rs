@@ -352,6 +352,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                     kind: error_kind_from_wire(t.error_kind()),
                     task: string(t.error_task()),
                     message: string(t.error_message()),
+                    cause: bytes(t.inline()),
                 }
             } else if t.stored() {
                 Outcome::Stored { len: t.len() }

@@ -603,9 +603,11 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     kind,
                     task,
                     message,
+                    cause,
                 } => fb::TaskDoneArgs {
                     task_id: *task_id,
                     ok: false,
+                    inline: (!cause.is_empty()).then(|| fbb.create_vector(cause)),
                     error_kind: error_kind_to_wire(*kind),
                     error_task: opt_str(fbb, task),
                     error_message: opt_str(fbb, message),

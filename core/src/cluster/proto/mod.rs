@@ -106,6 +106,10 @@ pub(crate) enum Outcome {
         kind: ErrorKind,
         task: String,
         message: String,
+        /// A task error's typed cause, packed by `TaskError::pack_cause` (whether the function
+        /// returned `Err`, the cause's type name, its serialised value); empty when none. On
+        /// the wire it is `TaskDone.inline`, which a failed outcome does not otherwise use.
+        cause: Vec<u8>,
     },
 }
 

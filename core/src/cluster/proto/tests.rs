@@ -223,6 +223,7 @@ fn samples() -> Vec<Msg> {
                 kind: ErrorKind::ActorDied,
                 task: "my_crate::add".into(),
                 message: "the actor's worker exited".into(),
+                cause: Vec::new(),
             },
         },
         Msg::CreateActor {
@@ -343,6 +344,11 @@ fn every_error_kind_round_trips() {
                 kind,
                 task: String::new(),
                 message: "m".into(),
+                cause: if kind == ErrorKind::Panic {
+                    vec![1, 2, 3]
+                } else {
+                    Vec::new()
+                },
             },
         };
         round_trip(&mut fbb, &msg);
