@@ -14,12 +14,14 @@ mod common;
 mod harness;
 
 mod basics;
+mod cancel;
+mod kill;
 
 use harness::{Case, Ctx, Mode, run_cases, start_cluster};
 
 /// Every case of the matrix, in the order they run.
 fn all_cases() -> Vec<Case> {
-    [basics::CASES].concat()
+    [basics::CASES, kill::CASES, cancel::CASES].concat()
 }
 
 /// Set on the ranks `srun` starts for the matrix.

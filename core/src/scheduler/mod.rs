@@ -247,6 +247,7 @@ impl Scheduler {
     /// Executes a claimed task holding its resources, then completes its result.
     pub(crate) fn execute(&self, task: Arc<Task>) {
         let outcome = slot::holding(&task.demand, || {
+            let _running = crate::cancel::Running::enter(&task);
             catch_unwind(AssertUnwindSafe(|| match &task.body {
                 TaskBody::Function(f) => f.invoke(&mut ArgReader::new(&task.args)),
                 TaskBody::CreateActor(actor) => actor.construct(&task.args),
@@ -258,7 +259,9 @@ impl Scheduler {
             Ok(result) => result,
             Err(payload) => {
                 let retries = task.retries_left.load(Ordering::Relaxed);
-                if retries > 0 {
+                // A cancelled task (its body may panic on the `Cancelled` its calls returned)
+                // is never run again.
+                if retries > 0 && !task.is_interrupted() {
                     task.retries_left.store(retries - 1, Ordering::Relaxed);
                     tracing::warn!(task = %task.id, "task {} panicked; retrying ({} left)", task.name(), retries - 1);
                     self.release(&task.demand);
@@ -374,11 +377,14 @@ impl Scheduler {
         if cell.register(Waiter::Thread(thread::current())).is_err() {
             return Ok(());
         }
-        self.park_until(|| cell.is_ready(), deadline)
+        // A task cancelled while it waits here is woken and told so (`cancel.rs`, step 3).
+        let cancelled = crate::cancel::blocking();
+        self.park_until(|| cell.is_ready() || cancelled(), deadline)
             .map_err(|waited| Error::Timeout {
                 object: cell.id(),
                 waited,
-            })
+            })?;
+        crate::cancel::check()
     }
 
     /// Runs a queued task on the calling thread, if it fits now.
