@@ -41,6 +41,13 @@ use crate::object::ObjectCell;
 use crate::sync::lock;
 use crate::task::RUNNING;
 
+/// Work pushed to this process and not yet done: its name, its owner's worker index and its
+/// result (an entry of `Cluster::executing`, for listings and `CancelTask`).
+pub(super) type Executing = (Box<str>, u64, std::sync::Weak<ObjectCell>);
+
+/// What a remote actor's creation counts on its placement: node slot, worker, load.
+pub(super) type ActorLoad = (usize, u64, Vec<(String, f64)>);
+
 /// Prefix of a pull's error text when the object's task was cancelled, so that a task whose
 /// argument was cancelled fails with `Cancelled` in any process (followed by the task name).
 pub(super) const CANCELLED_OBJECT: &str = "cancelled: ";
@@ -70,7 +77,8 @@ impl Cluster {
             recursive: options.recursive,
         };
         let on_io = std::thread::current().name() == Some(IO_THREAD);
-        if !call && !(options.force && !on_io) {
+        let answer_wanted = call || (options.force && !on_io);
+        if !answer_wanted {
             peer.send(cancel(0));
             return cell.complete(Err(Error::Cancelled {
                 object: cell.id(),

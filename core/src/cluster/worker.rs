@@ -72,7 +72,7 @@ pub(crate) struct Cluster {
     pub(super) held: Mutex<HashMap<u64, ObjectValue>>,
     /// Work pushed here and not yet done: id -> (name, owner's worker index, result), for
     /// listings and `CancelTask`.
-    pub(super) executing: Mutex<HashMap<u64, (Box<str>, u64, Weak<ObjectCell>)>>,
+    pub(super) executing: Mutex<HashMap<u64, super::cancel::Executing>>,
     pub(super) pulls: Mutex<HashMap<u64, PendingPull>>,
     pub(super) pull_queue: Mutex<PullQueue>,
     pub(super) next_pull: AtomicU64,
@@ -109,7 +109,7 @@ pub(crate) struct Cluster {
     pub(super) attach_warned: AtomicBool,
     /// What each remote actor this process created counts on its placement: (node slot,
     /// worker, load), given back when it is killed (`cancel.rs`).
-    pub(super) actor_loads: Mutex<HashMap<u64, (usize, u64, Vec<(String, f64)>)>>,
+    pub(super) actor_loads: Mutex<HashMap<u64, super::cancel::ActorLoad>>,
 }
 
 impl std::fmt::Debug for Cluster {
