@@ -444,6 +444,7 @@ impl ActorCell {
         if let (Some(remote), Some(cluster)) = (self.remote.get(), rt.cluster.as_ref()) {
             cluster.kill_remote(remote, self.id.as_u64(), restart);
             if !restart {
+                cluster.fail_calls_to(self.id.as_u64());
                 self.die(self.died("killed by manta::kill"));
                 cluster.record_actor_death(self.id.as_u64(), self.class.name, remote.worker);
             }

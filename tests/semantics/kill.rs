@@ -114,3 +114,40 @@ fn releases_cpus(ctx: &Ctx) {
     );
     assert_died("the running call", &running);
 }
+
+/// `scripts/stress-actor-kill`: [`kill_mid_call`] `iterations` times in the current runtime,
+/// each bounded by `per_iteration`; returns (hangs, failures). It stops after three hangs
+/// (a wedged runtime would make every later iteration hang too).
+pub(crate) fn stress(iterations: usize, nap_ms: u64, per_iteration: Duration) -> (usize, usize) {
+    let (mut hangs, mut failures) = (0, 0);
+    for i in 0..iterations {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = std::panic::catch_unwind(|| {
+                kill_mid_call(&format!("stress-kill-{}-{i}", std::process::id()), nap_ms)
+            });
+            let _ = tx.send(r.is_ok());
+        });
+        match rx.recv_timeout(per_iteration) {
+            Ok(true) => {}
+            Ok(false) => {
+                failures += 1;
+                eprintln!("stress: iteration {i} failed (its panic is above)");
+            }
+            Err(_) => {
+                hangs += 1;
+                eprintln!("stress: iteration {i} HUNG (no end within {per_iteration:?})");
+                if hangs >= 3 {
+                    break;
+                }
+            }
+        }
+        if (i + 1) % 50 == 0 {
+            eprintln!(
+                "stress: {} iterations, {hangs} hangs, {failures} failures",
+                i + 1
+            );
+        }
+    }
+    (hangs, failures)
+}

@@ -157,10 +157,9 @@ impl Cluster {
         }
     }
 
-    /// The owner's side of killing remote actor `actor_id` (module docs, "Kill"): fails the
-    /// calls in flight to it and gives back its placement load. Called for every kill, also
-    /// when the last handle of an unnamed actor goes.
-    pub(crate) fn actor_killed_here(&self, actor_id: u64) {
+    /// `manta::kill` of remote actor `actor_id` (module docs, "Kill"): fails this process's
+    /// calls in flight to it at once, without waiting for its host.
+    pub(crate) fn fail_calls_to(&self, actor_id: u64) {
         let calls: Vec<Arc<ObjectCell>> = {
             let mut in_flight = lock(&self.in_flight);
             let ids: Vec<u64> = in_flight
@@ -179,6 +178,12 @@ impl Cluster {
                 reason: "killed by manta::kill".into(),
             }));
         }
+    }
+
+    /// Gives back the placement load remote actor `actor_id`'s creation counted, if this
+    /// process created it (every kill for good, also when the last handle of an unnamed actor
+    /// goes).
+    pub(crate) fn release_actor_load(&self, actor_id: u64) {
         let load = lock(&self.actor_loads).remove(&actor_id);
         if let Some((node, worker, load)) = load {
             self.release_load(Some(node), worker, &load);

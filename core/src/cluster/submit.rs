@@ -318,12 +318,12 @@ impl Cluster {
         }
     }
 
-    /// Asks the actor's worker to kill (and maybe restart) it; a kill for good also fails
-    /// this process's calls in flight to it at once (`cancel.rs`).
+    /// Asks the actor's worker to kill (and maybe restart) it; a kill for good gives back the
+    /// placement load its creation counted here (`cancel.rs`).
     pub(crate) fn kill_remote(&self, remote: &RemoteActor, actor_id: u64, restart: bool) {
         remote.peer.send(Msg::KillActor { actor_id, restart });
         if !restart {
-            self.actor_killed_here(actor_id);
+            self.release_actor_load(actor_id);
         }
     }
 
