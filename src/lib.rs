@@ -95,10 +95,11 @@ extern crate self as manta;
 pub use manta_core::cluster;
 pub use manta_core::register_error;
 pub use manta_core::{
-    Actor, ActorHandle, ActorId, ActorOptions, Config, CpuList, CustomResources, Element, Error,
-    IntoArg, NodeStatus, ObjectId, ObjectRef, ObjectStoreStatus, PageKind, PutError, TaskError,
-    TaskId, TaskOptions, View, block_on, cancel, get, get_actor, get_all, get_timeout, get_view,
-    is_initialized, kill, put, put_ref, registered_functions, restart, status, wait,
+    Actor, ActorHandle, ActorId, ActorOptions, CancelOptions, Config, CpuList, CustomResources,
+    Element, Error, IntoArg, NodeStatus, ObjectId, ObjectRef, ObjectStoreStatus, PageKind,
+    PutError, TaskError, TaskId, TaskOptions, View, block_on, cancel, cancel_with, get, get_actor,
+    get_all, get_timeout, get_view, is_initialized, kill, put, put_ref, registered_functions,
+    restart, status, wait,
 };
 pub use manta_launcher::{init, init_with, shutdown};
 pub use manta_macros::{actor, remote};

@@ -40,6 +40,16 @@
 //! `Creating → Alive → Dead`; a kill with restarts left goes `Alive → Creating` again and
 //! re-runs the constructor with its original arguments. The constructor runs as a task, which
 //! takes the actor's resources; they are held until the actor dies.
+//!
+//! # Kill
+//!
+//! A kill never waits for a running method (a thread cannot be interrupted): the runner of
+//! each call lists its result in `running` before it checks that the actor is alive, and the
+//! kill marks the actor dead before it takes that list, so every running call is either failed
+//! by the kill with [`Error::ActorDied`] or sees the death and does not run. A method already
+//! running goes on in the background; what it returns is discarded (its result was completed
+//! first), and the last such runner drops the state. Queued calls fail too, the name is freed
+//! and the resources go back at once.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -141,13 +151,13 @@ impl ActorState {
         std::mem::replace(&mut *guard, state)
     }
 
-    /// Drops the state unless a call holds it (then it goes with the actor's cell).
+    /// Drops the state unless a method holds it; that method's runner drops it when it
+    /// returns (a kill never waits for a running method).
     fn try_clear(&self) {
-        use std::sync::TryLockError;
         let taken = match self.0.try_write() {
-            Ok(mut guard) => guard.take(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
-            Err(TryLockError::WouldBlock) => None,
+            Ok(mut g) => g.take(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         };
         drop(taken);
     }
@@ -264,6 +274,8 @@ pub(crate) struct ActorCell {
     created: OnceLock<Arc<ObjectCell>>,
     /// Set when the actor lives in another worker process: this cell is then its proxy.
     remote: OnceLock<RemoteActor>,
+    /// Results of the calls running now (failed by a kill; see "Kill" above).
+    running: Mutex<Vec<Arc<ObjectCell>>>,
 }
 
 /// Where a remote actor lives.
@@ -348,6 +360,7 @@ impl ActorCell {
             ctor_args: OnceLock::new(),
             created: OnceLock::new(),
             remote: OnceLock::new(),
+            running: Mutex::new(Vec::new()),
         }
     }
 
@@ -437,11 +450,12 @@ impl ActorCell {
         self.die(self.died(&reason));
     }
 
-    /// Marks the actor dead with `error` and fails every queued call with it.
+    /// Marks the actor dead with `error` and fails every running and queued call with it.
     pub(crate) fn die(&self, error: Error) {
         let _ = self.death.set(error);
-        self.life.store(DEAD, Ordering::Release);
-        self.state.replace(None);
+        self.life.store(DEAD, Ordering::SeqCst);
+        self.fail_running(self.death_error());
+        self.state.try_clear();
         if self.holds_resources.swap(false, Ordering::AcqRel) {
             let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));
         }
@@ -472,7 +486,9 @@ impl ActorCell {
         if let (Some(remote), Some(cluster)) = (self.remote.get(), rt.cluster.as_ref()) {
             cluster.kill_remote(remote, self.id.as_u64(), restart);
             if !restart {
+                cluster.fail_calls_to(self.id.as_u64());
                 self.die(self.died("killed by manta::kill"));
+                cluster.record_actor_death(self.id.as_u64(), self.class.name, remote.worker);
             }
             return true;
         }
@@ -485,8 +501,9 @@ impl ActorCell {
             self.die(self.died("killed by manta::kill"));
             return true;
         }
-        self.life.store(CREATING, Ordering::Release);
-        self.state.replace(None);
+        self.life.store(CREATING, Ordering::SeqCst);
+        self.fail_running(self.died("killed by manta::restart"));
+        self.state.try_clear();
         if self.holds_resources.swap(false, Ordering::AcqRel) {
             rt.scheduler.release(&self.demand);
         }
@@ -504,6 +521,9 @@ impl ActorCell {
         if self.is_dead() {
             return ObjectRef::failed(self.death_error());
         }
+        if let Err(e) = crate::cancel::check() {
+            return ObjectRef::failed(e);
+        }
         let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(a) => a.into_boxed_slice(),
             Err(e) => return ObjectRef::failed(e),
@@ -512,11 +532,8 @@ impl ActorCell {
             Ok(id) => id,
             Err(e) => return ObjectRef::failed(e),
         };
-        let result = match self.remote.get() {
-            Some(_) => Arc::new(ObjectCell::pending(id, None)),
-            None => Arc::new(ObjectCell::pending_call(id, Arc::downgrade(self))),
-        };
         if let Some(remote) = self.remote.get() {
+            let result = Arc::new(ObjectCell::pending(id, None));
             if let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone()) {
                 cluster.call_remote(remote, self.id.as_u64(), method.name, result.clone(), args);
             } else {
@@ -524,6 +541,7 @@ impl ActorCell {
             }
             return ObjectRef::from_cell(result);
         }
+        let result = Arc::new(ObjectCell::pending_call(id, Arc::downgrade(self)));
         self.enqueue(method, args, result.clone());
         ObjectRef::from_cell(result)
     }
@@ -669,9 +687,26 @@ impl ActorCell {
     }
 
     fn run(&self, call: ActorCall) {
+        if !call.result.start_call() {
+            return; // cancelled before it started
+        }
+        lock(&self.running).push(call.result.clone());
+        if !self.is_alive() {
+            // Killed since the drainer looked: the kill failed the calls it found, this one
+            // is failed here.
+            self.forget_running(&call.result);
+            call.result.complete(Err(self.death_error()));
+            return;
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             (call.method.invoke)(&self.state, &mut ArgReader::new(&call.args))
         }));
+        self.forget_running(&call.result);
+        if self.is_dead() {
+            // Killed while the method ran: its result was failed by the kill (and is ignored
+            // below); the last runner out drops the state.
+            self.state.try_clear();
+        }
         let result = match outcome {
             Ok(Err(Error::ShutDown)) if !self.is_alive() => Err(self.death_error()),
             Ok(r) => r.map_err(|e| e.for_object(call.result.id())),
@@ -681,6 +716,21 @@ impl ActorCell {
             ))),
         };
         call.result.complete(result);
+    }
+
+    fn forget_running(&self, result: &Arc<ObjectCell>) {
+        let mut running = lock(&self.running);
+        if let Some(i) = running.iter().position(|r| Arc::ptr_eq(r, result)) {
+            running.swap_remove(i);
+        }
+    }
+
+    /// Fails every running call with `error` (their methods run on, their results ignored).
+    fn fail_running(&self, error: Error) {
+        let running = std::mem::take(&mut *lock(&self.running));
+        for r in running {
+            r.complete(Err(error.clone()));
+        }
     }
 
     /// Fails every queued call with `error`.

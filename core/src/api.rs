@@ -26,6 +26,9 @@ use crate::task::{ArgSlot, RemoteFunction, TaskOptions};
 /// fails with [`Error::ObjectStoreFull`]. On failure the value is handed back inside the
 /// [`PutError`].
 pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>, PutError<T>> {
+    if let Err(error) = crate::cancel::check() {
+        return Err(PutError { value, error });
+    }
     let id = match with_current(|rt| rt.next_object_id()) {
         Ok(id) => id,
         Err(error) => return Err(PutError { value, error }),
@@ -46,6 +49,7 @@ pub fn put<T: Serialize + Send + 'static>(value: T) -> Result<ObjectRef<T>, PutE
 /// `ray.put(x)`, which does not consume `x`): the one copy is the encoding into the object.
 /// Fails as [`put`] does, with the error alone since nothing was taken.
 pub fn put_ref<T: Serialize + Send + 'static>(value: &T) -> Result<ObjectRef<T>, Error> {
+    crate::cancel::check()?;
     let id = with_current(|rt| rt.next_object_id())?;
     let encoded = codec::encode(value).map_err(|e| e.for_object(id))?;
     Ok(ObjectRef::from_cell(Arc::new(ObjectCell::ready(
@@ -87,6 +91,7 @@ pub fn wait<T>(
     timeout: Option<Duration>,
 ) -> Result<Split<T>, Error> {
     check_wait(&objects, num_returns)?;
+    crate::cancel::check()?;
     let already = objects.iter().filter(|o| o.is_ready()).count();
     if already < num_returns {
         let rt = with_current(|rt| rt.clone())?;
@@ -103,9 +108,13 @@ pub fn wait<T>(
                 }
             }
             // A timeout here is not an error: report what is ready.
-            if s.park_until(|| latch.is_done(), deadline).is_err() && s.is_shut_down() {
+            let cancelled = crate::cancel::blocking();
+            if s.park_until(|| latch.is_done() || cancelled(), deadline).is_err()
+                && s.is_shut_down()
+            {
                 return Err(Error::ShutDown);
             }
+            crate::cancel::check()?;
         }
     }
     let mut ready = Vec::with_capacity(num_returns);
@@ -164,22 +173,63 @@ fn check_wait<T>(objects: &[ObjectRef<T>], num_returns: usize) -> Result<(), Err
     Ok(())
 }
 
-/// Cancels the task producing `object`. A queued task never runs; a running one finishes but
-/// its result is discarded. Either way `get` then fails with [`Error::Cancelled`]. Returns
-/// whether the object was cancelled (false if it was already complete or is not a task result).
+/// Cancels the task or actor call producing `object` (Ray's `ray.cancel(ref)`: not forced,
+/// recursive); see [`cancel_with`].
 pub fn cancel<T>(object: &ObjectRef<T>) -> bool {
-    let Some(task) = object.cell.producer() else {
-        return false;
-    };
-    task.cancel();
-    let cancelled = task.result.complete(Err(Error::Cancelled {
-        object: object.id(),
-        task: task.name().to_string(),
-    }));
-    if cancelled {
-        let _ = with_current(|rt| rt.scheduler.drain_pending());
+    cancel_with(object, CancelOptions::default())
+}
+
+/// How [`cancel_with`] cancels (Ray's `ray.cancel(ref, force=..., recursive=...)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CancelOptions {
+    /// Kill the worker process running the task (cluster only; see [`cancel_with`]).
+    pub force: bool,
+    /// Cancel the tasks the cancelled task submitted, and theirs, too.
+    pub recursive: bool,
+}
+
+impl Default for CancelOptions {
+    fn default() -> Self {
+        CancelOptions {
+            force: false,
+            recursive: true,
+        }
     }
-    cancelled
+}
+
+impl CancelOptions {
+    /// With `force` set or not.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+    /// With `recursive` set or not.
+    pub fn recursive(mut self, recursive: bool) -> Self {
+        self.recursive = recursive;
+        self
+    }
+}
+
+/// Cancels the task or actor call producing `object`, as `options` say (Ray's
+/// `ray.cancel(ref, force, recursive)`). Returns whether it was cancelled: false if the object
+/// is complete, is not the result of a task or call this process submitted, or is the result
+/// of an actor call already running.
+///
+/// - A task not yet running never runs. A running task is interrupted: its next Manta call
+///   (`get`, `wait`, `put`, submitting a task or calling an actor) returns
+///   [`Error::Cancelled`], so it can unwind; a `get` or `wait` it is blocked in returns at
+///   once. Its result fails with `Cancelled` at once, and it is not retried.
+/// - `recursive` (the default) cancels the tasks it submitted in the same way.
+/// - An actor call not yet started never runs; a running one is not interrupted.
+/// - `force`: in a cluster, the worker process running the task is ended (every other task
+///   and actor of that process fails as if it crashed; a task with retries left runs again).
+///   Embedded, and in the worker processes of an `srun`/`mpirun` job (ranks the launcher
+///   cannot restart), a thread cannot be killed: force acts as a plain cancel.
+///
+/// A task whose argument was cancelled fails with `Cancelled` too.
+pub fn cancel_with<T>(object: &ObjectRef<T>, options: CancelOptions) -> bool {
+    crate::cancel::cancel_cell(&object.cell, options)
 }
 
 /// Kills an actor: queued calls fail with [`Error::ActorDied`], its state is dropped, its

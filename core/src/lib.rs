@@ -11,6 +11,7 @@ mod actor;
 #[allow(unsafe_code)] // one system call, argued there
 mod affinity;
 mod api;
+mod cancel;
 pub mod cluster;
 mod codec;
 mod config;
@@ -27,8 +28,8 @@ mod view;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};
 pub use api::{
-    NodeStatus, Split, block_on, cancel, get, get_actor, get_all, get_timeout, kill, put, put_ref,
-    restart, status, wait,
+    CancelOptions, NodeStatus, Split, block_on, cancel, cancel_with, get, get_actor, get_all,
+    get_timeout, kill, put, put_ref, restart, status, wait,
 };
 pub use config::{Config, CpuList, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};

@@ -53,7 +53,9 @@ use crate::error::Error;
 use crate::id::ObjectId;
 use crate::runtime::{self, RuntimeInner};
 use crate::store::StoredObject;
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, OnceLock, Ordering, Weak, lock, thread};
+use crate::sync::{
+    Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, OnceLock, Ordering, Weak, lock, thread,
+};
 use crate::task::Task;
 use crate::view::{Element, View};
 
@@ -217,7 +219,19 @@ pub struct ObjectCell {
     /// Set once the cell is entered in its runtime's escape table.
     escaped: AtomicBool,
     escape_table: OnceLock<Weak<RuntimeInner>>,
+    /// For the result of an actor call run here: whether the call started or was cancelled
+    /// first (`CALL_*`; the one compare-and-swap that leaves `CALL_QUEUED` wins).
+    call: AtomicU8,
 }
+
+/// Not an actor call's result.
+const CALL_NONE: u8 = 0;
+/// An actor call's result, the call not yet started.
+const CALL_QUEUED: u8 = 1;
+/// The call started: it runs to its end.
+const CALL_STARTED: u8 = 2;
+/// The call was cancelled before it started: it never runs.
+const CALL_CANCELLED: u8 = 3;
 
 impl fmt::Debug for ObjectCell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -235,7 +249,9 @@ impl ObjectCell {
 
     /// A pending result of a call of `actor`, hosted on this node.
     pub(crate) fn pending_call(id: ObjectId, actor: Weak<ActorCell>) -> Self {
-        Self::pending_from(id, Producer::Actor(actor))
+        let cell = Self::pending_from(id, Producer::Actor(actor));
+        cell.call.store(CALL_QUEUED, Ordering::Relaxed);
+        cell
     }
 
     fn pending_from(id: ObjectId, producer: Producer) -> Self {
@@ -246,7 +262,33 @@ impl ObjectCell {
             producer,
             escaped: AtomicBool::new(false),
             escape_table: OnceLock::new(),
+            call: AtomicU8::new(CALL_NONE),
         }
+    }
+
+    /// The actor is about to run the call: false if it was cancelled first.
+    pub(crate) fn start_call(&self) -> bool {
+        self.call
+            .compare_exchange(
+                CALL_QUEUED,
+                CALL_STARTED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map_or_else(|now| now != CALL_CANCELLED, |_| true)
+    }
+
+    /// Cancels the actor call producing this cell if it has not started; returns whether it
+    /// did (false too if this is not an actor call's result).
+    pub(crate) fn cancel_call(&self) -> bool {
+        self.call
+            .compare_exchange(
+                CALL_QUEUED,
+                CALL_CANCELLED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     pub(crate) fn ready(id: ObjectId, value: Result<ObjectValue, Error>) -> Self {

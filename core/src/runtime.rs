@@ -275,6 +275,9 @@ impl RuntimeInner {
         args: Vec<Result<ArgSlot, Error>>,
         options: &TaskOptions,
     ) -> ObjectRef<R> {
+        if let Err(e) = crate::cancel::check() {
+            return ObjectRef::failed(e);
+        }
         let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(a) => a.into_boxed_slice(),
             Err(e) => return ObjectRef::failed(e),
@@ -296,6 +299,7 @@ impl RuntimeInner {
                 retries,
                 retries,
             );
+            crate::cancel::note_child(&cell);
             return ObjectRef::from_cell(cell);
         }
         let demand = if options.is_default_shape() {
@@ -325,6 +329,7 @@ impl RuntimeInner {
             retries,
         );
         let result = ObjectRef::from_cell(task.result.clone());
+        crate::cancel::note_child(&task.result);
         if task.resolve_arguments() {
             self.scheduler.push(Job::Task(task));
         }
@@ -699,6 +704,7 @@ impl RuntimeInner {
 
 /// Blocks until `cell` completes (or `deadline`), using the current runtime's scheduler.
 pub(crate) fn wait_cell(cell: &Arc<ObjectCell>, deadline: Option<Instant>) -> Result<(), Error> {
+    crate::cancel::check()?;
     if cell.is_ready() {
         return Ok(());
     }

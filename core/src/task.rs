@@ -15,8 +15,9 @@
 //! 2. `Queued → Running` is a compare-and-swap (`claim`): a slot that popped the task and a
 //!    caller that wants to run it inline in `get` may race; one wins, the other drops its copy.
 //! 3. `cancel` moves `Waiting` or `Queued` to `Cancelled` and completes the result with
-//!    [`Error::Cancelled`]; a running task finishes, but its result is discarded because the
-//!    result cell was completed first (cells are written once).
+//!    [`Error::Cancelled`]; a running task is *interrupted* instead (`cancel.rs`): its result
+//!    is completed with `Cancelled` first (cells are written once, so what its body returns
+//!    later is discarded) and its next Manta call fails with `Cancelled`.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,7 +29,7 @@ use crate::id::{ObjectId, TaskId};
 use crate::object::{ObjectCell, ObjectRef, ObjectValue};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime;
-use crate::sync::{Arc, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, Ordering, Weak, lock, thread};
 
 /// A remote function, registered at link time by `#[manta::remote]` under a stable name.
 #[derive(Debug)]
@@ -222,6 +223,17 @@ pub(crate) struct Task {
     state: AtomicU8,
     unresolved: AtomicUsize,
     pub(crate) retries_left: AtomicU8,
+    /// Set when the task was cancelled while running (`cancel.rs`, step 2).
+    interrupted: AtomicBool,
+    /// What cancelling it needs while it runs: the results of the tasks it submitted (for a
+    /// recursive cancel) and the thread its body is parked in, if it is.
+    cancel_state: Mutex<CancelState>,
+}
+
+#[derive(Default)]
+struct CancelState {
+    children: Vec<Weak<ObjectCell>>,
+    parked: Option<thread::Thread>,
 }
 
 impl std::fmt::Debug for Task {
@@ -253,6 +265,8 @@ impl Task {
             state: AtomicU8::new(WAITING),
             unresolved: AtomicUsize::new(1),
             retries_left: AtomicU8::new(retries.min(u8::MAX as u32) as u8),
+            interrupted: AtomicBool::new(false),
+            cancel_state: Mutex::new(CancelState::default()),
         })
     }
 
@@ -319,6 +333,55 @@ impl Task {
 
     pub(crate) fn finish(&self) {
         self.state.store(DONE, Ordering::Release);
+    }
+
+    /// Whether the task was cancelled while it ran.
+    pub(crate) fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// The error of this task's cancellation.
+    pub(crate) fn cancelled_error(&self) -> Error {
+        Error::Cancelled {
+            object: self.result.id(),
+            task: self.name().to_string(),
+        }
+    }
+
+    /// Interrupts the running task (`cancel.rs`, step 2): sets the flag, wakes its body if it
+    /// is parked.
+    pub(crate) fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        let parked = lock(&self.cancel_state).parked.take();
+        if let Some(t) = parked {
+            t.unpark();
+        }
+    }
+
+    /// Records the thread the body is about to park in (`cancel.rs`, step 3).
+    pub(crate) fn park_here(&self, t: thread::Thread) {
+        lock(&self.cancel_state).parked = Some(t);
+    }
+
+    /// Notes the result of a task this one submitted; finished children are swept now and
+    /// then, so a long-running task that submits many keeps a short list.
+    pub(crate) fn add_child(&self, cell: &Arc<ObjectCell>) {
+        let mut state = lock(&self.cancel_state);
+        let children = &mut state.children;
+        if children.len() >= 64 && children.len().is_power_of_two() {
+            children.retain(|c| c.upgrade().is_some_and(|c| !c.is_ready()));
+        }
+        children.push(Arc::downgrade(cell));
+    }
+
+    /// The live, unfinished children (taken: a task is cancelled once).
+    pub(crate) fn take_children(&self) -> Vec<Arc<ObjectCell>> {
+        let children = std::mem::take(&mut lock(&self.cancel_state).children);
+        children
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| !c.is_ready())
+            .collect()
     }
 
     /// Step 3: cancels a task that has not started. Returns whether it was cancelled.

@@ -16,7 +16,9 @@ mod harness;
 mod actors;
 mod actors_concurrency;
 mod basics;
+mod cancel;
 mod errors;
+mod kill;
 mod nesting;
 mod tasks;
 mod validation;
@@ -31,7 +33,9 @@ fn all_cases() -> Vec<Case> {
         tasks::CASES,
         actors::CASES,
         actors_concurrency::CASES,
+        cancel::CASES,
         errors::CASES,
+        kill::CASES,
         nesting::CASES,
         validation::CASES,
     ]
@@ -151,4 +155,56 @@ fn srun_rank() {
         std::process::exit(1);
     }
     manta::shutdown();
+}
+
+/// The kill-mid-call scenario in a loop, for `scripts/stress-actor-kill` (not CI):
+/// `MANTA_STRESS_MODE` (`embedded` or `one_node`), `MANTA_STRESS_CPUS`,
+/// `MANTA_STRESS_ITERATIONS` (200), `MANTA_STRESS_ITERATION_TIMEOUT_S` (20). Fails on any hang or
+/// failed iteration.
+#[test]
+#[ignore = "a stress loop: scripts/stress-actor-kill runs it"]
+fn stress_actor_kill() {
+    common::cluster::serve_if_worker();
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let cpus: f64 = env("MANTA_STRESS_CPUS", "2")
+        .parse()
+        .expect("MANTA_STRESS_CPUS");
+    let iterations: usize = env("MANTA_STRESS_ITERATIONS", "200")
+        .parse()
+        .expect("iterations");
+    let bound: u64 = env("MANTA_STRESS_ITERATION_TIMEOUT_S", "20")
+        .parse()
+        .expect("timeout");
+    let mode = env("MANTA_STRESS_MODE", "embedded");
+    let cluster = match mode.as_str() {
+        "embedded" => None,
+        "one_node" => Some(common::cluster::LocalCluster::start(
+            common::cluster::NodeSpec {
+                num_cpus: cpus,
+                ..Default::default()
+            },
+            &[],
+        )),
+        other => panic!("MANTA_STRESS_MODE={other}: embedded or one_node"),
+    };
+    let config = match &cluster {
+        Some(c) => c.config(),
+        None => manta::Config::default().num_cpus(cpus),
+    };
+    let rt = common::start(config);
+    let started = std::time::Instant::now();
+    let (hangs, failures) = kill::stress(iterations, 200, std::time::Duration::from_secs(bound));
+    eprintln!(
+        "stress-actor-kill {mode} on {cpus} CPUs: {iterations} iterations in {:.1} s, \
+         {hangs} hangs, {failures} failures",
+        started.elapsed().as_secs_f64()
+    );
+    if hangs > 0 {
+        // The hung iteration's thread may hold the runtime: leave without a shutdown.
+        drop(cluster);
+        std::process::exit(1);
+    }
+    drop(rt);
+    drop(cluster);
+    assert_eq!(failures, 0, "failed iterations");
 }

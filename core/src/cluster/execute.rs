@@ -36,7 +36,7 @@ impl Cluster {
             .strip_prefix('w')
             .and_then(|i| i.parse().ok())
             .unwrap_or(0);
-        lock(&self.executing).insert(task_id, (name.into(), owner));
+        lock(&self.executing).insert(task_id, (name.into(), owner, Arc::downgrade(cell)));
         let me = self.me.get().cloned().unwrap_or_default();
         let peer = peer.clone();
         let c2 = cell.clone();
@@ -179,7 +179,7 @@ impl Cluster {
                 node_id: node_of_slot(slot),
             });
         }
-        for (id, (name, owner)) in lock(&self.executing).iter() {
+        for (id, (name, owner, _)) in lock(&self.executing).iter() {
             tasks.push(TaskRow {
                 task_id: *id,
                 name: name.to_string(),

@@ -312,7 +312,19 @@ impl Gcs {
                     return;
                 }
                 // A death report (alive: false) leaves the name table alone: the name may
-                // already belong to a newer actor.
+                // already belong to a newer actor. A killer may not know the name or node
+                // (a handle looked up by name): the directory keeps what it had.
+                let mut actor = actor;
+                if !actor.alive
+                    && let Some(known) = s.actors.get(&actor.actor_id)
+                {
+                    if actor.name.is_empty() {
+                        actor.name = known.name.clone();
+                    }
+                    if actor.node_id == 0 {
+                        actor.node_id = known.node_id;
+                    }
+                }
                 if !actor.name.is_empty() && actor.alive {
                     s.named.insert(actor.name.clone(), actor.actor_id);
                 }

@@ -24,6 +24,7 @@
 
 mod attach;
 pub(crate) mod borrow;
+pub(crate) mod cancel;
 mod execute;
 pub(crate) mod gcs;
 mod node;

@@ -583,6 +583,10 @@ impl Raylet {
     ) {
         let mut workers = lock(&self.workers);
         let job = workers.entry(job_id).or_default();
+        // A worker that exited since the last reap (one that ended because a task was
+        // cancelled with force, say) is not offered: its owners are asking for another.
+        job.procs
+            .retain_mut(|w| !matches!(w.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_)))));
         job.waiting.push((from.clone(), request_id));
         // Start this raylet's worker for the job unless it has one (running or starting).
         if self.opts.spawn_workers && !job.procs.iter().any(|w| w.child.is_some()) {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::peer::{BulkArrival, BulkData, Peer};
 use super::proto::Msg;
+use super::wait_reply;
 use super::worker::Cluster;
-use super::{cluster_error, wait_reply};
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
@@ -293,7 +293,9 @@ impl Cluster {
             let Some(c) = me.upgrade() else { return };
             match c2.get() {
                 Some(Ok(v)) => c.send_value(&peer2, request_id, object_id, v.clone(), pin),
-                Some(Err(e)) => peer2.send(not_found(request_id, e.to_string())),
+                Some(Err(e)) => {
+                    peer2.send(not_found(request_id, super::cancel::pull_error_text(e)));
+                }
                 None => {}
             }
         };
@@ -408,7 +410,7 @@ impl Cluster {
             );
         }
         if !found {
-            return done(Err(cluster_error("pulling an object", error)));
+            return done(Err(super::cancel::pull_error(pending.object_id, error)));
         }
         if len == 0 || !inline.is_empty() {
             return done(Ok(Payload::Inline(Bytes::from(inline))));

@@ -497,7 +497,8 @@ fn reply_id(msg: &Msg) -> Option<u64> {
         | Msg::Actors { request_id, .. }
         | Msg::WorkerStarted { request_id, .. }
         | Msg::Work { request_id, .. }
-        | Msg::BorrowersAdded { request_id, .. } => Some(*request_id),
+        | Msg::BorrowersAdded { request_id, .. }
+        | Msg::CancelReply { request_id, .. } => Some(*request_id),
         _ => None,
     }
 }

@@ -188,40 +188,59 @@ impl Cluster {
     /// Makes sure the job's workers on node slot `i` are known: asks that node's raylet for
     /// them on first use (it starts one, or names those that joined by themselves).
     fn node_workers(&self, i: usize) -> Result<(), Error> {
-        let (node_id, address, totals) = {
+        let (node_id, address, totals, gone) = {
             let mut slots = lock(&self.nodes);
             let s = &mut slots[i];
+            let gone: Vec<u64> = s
+                .workers
+                .iter()
+                .filter(|w| w.peer.is_closed())
+                .map(|w| w.index)
+                .collect();
             s.workers.retain(|w| !w.peer.is_closed());
             if !s.workers.is_empty() {
                 return Ok(());
             }
-            (s.node_id, s.address.clone(), s.totals.clone())
+            (s.node_id, s.address.clone(), s.totals.clone(), gone)
         };
         let raylet = self.raylet(node_id, &address);
-        let (exe, args, cwd) = self.executable.clone();
-        let job_id = self.job_id;
-        let _guard = self.io.enter();
-        let rx = raylet.request(|request_id| Msg::StartWorker {
-            request_id,
-            job_id,
-            executable: exe,
-            args,
-            cwd,
-            env: forwarded_env(),
-        });
         let what = format!("starting a worker on node {node_id}");
-        let Msg::WorkerStarted {
-            index,
-            error,
-            workers,
-            ..
-        } = wait_reply(rx, CALL_TIMEOUT, &what)?
-        else {
-            return Err(cluster_error(what, "unexpected reply"));
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        let (index, workers) = loop {
+            let (exe, args, cwd) = self.executable.clone();
+            let job_id = self.job_id;
+            let rx = {
+                let _guard = self.io.enter();
+                raylet.request(|request_id| Msg::StartWorker {
+                    request_id,
+                    job_id,
+                    executable: exe,
+                    args,
+                    cwd,
+                    env: forwarded_env(),
+                })
+            };
+            let Msg::WorkerStarted {
+                index,
+                error,
+                workers,
+                ..
+            } = wait_reply(rx, CALL_TIMEOUT, &what)?
+            else {
+                return Err(cluster_error(what, "unexpected reply"));
+            };
+            if !error.is_empty() {
+                return Err(cluster_error(what, error));
+            }
+            // A worker that just exited (ended by a cancel with force) may be named until the
+            // raylet reaps it: ask again for a moment rather than place work on it.
+            let stale = (workers.is_empty() && gone.contains(&index))
+                || (!workers.is_empty() && workers.iter().all(|w| gone.contains(&w.index)));
+            if !stale || std::time::Instant::now() >= deadline {
+                break (index, workers);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         };
-        if !error.is_empty() {
-            return Err(cluster_error(what, error));
-        }
         // A raylet that names no list started one worker holding the whole node.
         let named: Vec<(u64, Vec<(String, f64)>)> = if workers.is_empty() {
             vec![(index, totals)]

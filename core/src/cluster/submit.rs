@@ -35,6 +35,8 @@ pub(super) struct InFlight {
     pub(super) args: Box<[ArgSlot]>,
     /// How to run a task again elsewhere if its worker dies (tasks only, not actor calls).
     pub(super) retry: Option<Retry>,
+    /// The actor, for an actor call (failed at once when this process kills the actor).
+    pub(super) call_of: Option<u64>,
 }
 
 /// A task's submission, kept to run it again after its worker process died.
@@ -154,6 +156,7 @@ impl Cluster {
                     max_retries,
                     left: retries_left,
                 }),
+                call_of: None,
             },
         );
         peer.send(Msg::PushTask {
@@ -213,8 +216,10 @@ impl Cluster {
             peer: peer.clone(),
         });
         let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
-        // An actor holds what it asked for on its worker while it lives.
-        self.take_load(node, worker, &request_pairs(request));
+        // An actor holds what it asked for on its worker while it lives (until killed).
+        let load = request_pairs(request);
+        self.take_load(node, worker, &load);
+        lock(&self.actor_loads).insert(actor_id, (node, worker, load));
         lock(&self.in_flight).insert(
             actor_id,
             InFlight {
@@ -225,6 +230,7 @@ impl Cluster {
                 load: Vec::new(),
                 args: args.into_boxed_slice(),
                 retry: None,
+                call_of: None,
             },
         );
         peer.send(Msg::CreateActor {
@@ -264,6 +270,7 @@ impl Cluster {
                 load: Vec::new(),
                 args,
                 retry: None,
+                call_of: Some(actor_id),
             },
         );
         remote.peer.send(Msg::ActorCall {
@@ -311,9 +318,13 @@ impl Cluster {
         }
     }
 
-    /// Asks the actor's worker to kill (and maybe restart) it.
+    /// Asks the actor's worker to kill (and maybe restart) it; a kill for good gives back the
+    /// placement load its creation counted here (`cancel.rs`).
     pub(crate) fn kill_remote(&self, remote: &RemoteActor, actor_id: u64, restart: bool) {
         remote.peer.send(Msg::KillActor { actor_id, restart });
+        if !restart {
+            self.release_actor_load(actor_id);
+        }
     }
 
     /// A task or call we own finished elsewhere.

@@ -70,8 +70,9 @@ pub(crate) struct Cluster {
     pub(super) in_flight: Mutex<HashMap<u64, InFlight>>,
     /// Results this process computed for remote owners, until they free them.
     pub(super) held: Mutex<HashMap<u64, ObjectValue>>,
-    /// Work pushed here and not yet done: id -> (name, owner's worker index), for listings.
-    pub(super) executing: Mutex<HashMap<u64, (Box<str>, u64)>>,
+    /// Work pushed here and not yet done: id -> (name, owner's worker index, result), for
+    /// listings and `CancelTask`.
+    pub(super) executing: Mutex<HashMap<u64, super::cancel::Executing>>,
     pub(super) pulls: Mutex<HashMap<u64, PendingPull>>,
     pub(super) pull_queue: Mutex<PullQueue>,
     pub(super) next_pull: AtomicU64,
@@ -106,6 +107,9 @@ pub(crate) struct Cluster {
     pub(super) pins: Mutex<PinTable>,
     /// Whether a failed attach was logged at warning level already (once per process).
     pub(super) attach_warned: AtomicBool,
+    /// What each remote actor this process created counts on its placement: (node slot,
+    /// worker, load), given back when it is killed (`cancel.rs`).
+    pub(super) actor_loads: Mutex<HashMap<u64, super::cancel::ActorLoad>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -333,6 +337,7 @@ impl Cluster {
             arenas: Mutex::new(HashMap::new()),
             pins: Mutex::new(PinTable::default()),
             attach_warned: AtomicBool::new(false),
+            actor_loads: Mutex::new(HashMap::new()),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         super::borrow::enable_borrows();
@@ -708,6 +713,17 @@ impl Handler for WorkerHandler {
                 args,
             } => c.call_pushed_actor(peer, actor_id, call_id, &method, args),
             Msg::KillActor { actor_id, restart } => c.kill_pushed_actor(actor_id, restart),
+            Msg::CancelTask {
+                request_id,
+                task_id,
+                force,
+                recursive,
+            } => c.cancel_pushed(
+                peer,
+                request_id,
+                task_id,
+                crate::cancel::CancelOptions { force, recursive },
+            ),
             Msg::TaskDone { task_id, outcome } => c.task_done(peer, task_id, outcome),
             Msg::PullObject {
                 request_id,

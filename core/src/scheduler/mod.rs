@@ -256,6 +256,7 @@ impl Scheduler {
     /// Executes a claimed task; `holding` says whose resources it runs on (see [`Holding`]).
     fn execute_holding(&self, task: Arc<Task>, holding: Holding) {
         let outcome = slot::holding(&task.demand, || {
+            let _running = crate::cancel::Running::enter(&task);
             catch_unwind(AssertUnwindSafe(|| match &task.body {
                 TaskBody::Function(f) => f.invoke(&mut ArgReader::new(&task.args)),
                 TaskBody::CreateActor(actor) => actor.construct(&task.args),
@@ -267,7 +268,9 @@ impl Scheduler {
             Ok(result) => result,
             Err(payload) => {
                 let retries = task.retries_left.load(Ordering::Relaxed);
-                if retries > 0 {
+                // A cancelled task (its body may panic on the `Cancelled` its calls returned)
+                // is never run again.
+                if retries > 0 && !task.is_interrupted() {
                     task.retries_left.store(retries - 1, Ordering::Relaxed);
                     tracing::warn!(task = %task.id, "task {} panicked; retrying ({} left)", task.name(), retries - 1);
                     if holding == Holding::Own {
@@ -384,14 +387,17 @@ impl Scheduler {
         if cell.register(Waiter::Thread(thread::current())).is_err() {
             return Ok(());
         }
-        self.park_until(|| cell.is_ready(), deadline)
+        // A task cancelled while it waits here is woken and told so (`cancel.rs`, step 3).
+        let cancelled = crate::cancel::blocking();
+        self.park_until(|| cell.is_ready() || cancelled(), deadline)
             .map_err(|waited| match self.is_shut_down() {
                 true => Error::ShutDown,
                 false => Error::Timeout {
                     object: cell.id(),
                     waited,
                 },
-            })
+            })?;
+        crate::cancel::check()
     }
 
     /// Runs a queued task on the calling thread with the CPU the caller's own task holds, if

@@ -661,6 +661,36 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                 }
             );
         }
+        Msg::CancelTask {
+            request_id,
+            task_id,
+            force,
+            recursive,
+        } => {
+            table!(
+                CancelTask,
+                CancelTaskArgs {
+                    request_id: *request_id,
+                    task_id: *task_id,
+                    force: *force,
+                    recursive: *recursive
+                }
+            );
+        }
+        Msg::CancelReply {
+            request_id,
+            cancelled,
+            ending,
+        } => {
+            table!(
+                CancelReply,
+                CancelReplyArgs {
+                    request_id: *request_id,
+                    cancelled: *cancelled,
+                    ending: *ending
+                }
+            );
+        }
         Msg::KillActor { actor_id, restart } => {
             table!(
                 KillActor,

@@ -337,6 +337,17 @@ pub(crate) enum Msg {
     RemoveBorrower {
         object_id: u64,
     },
+    CancelTask {
+        request_id: u64,
+        task_id: u64,
+        force: bool,
+        recursive: bool,
+    },
+    CancelReply {
+        request_id: u64,
+        cancelled: bool,
+        ending: bool,
+    },
 }
 
 // ---- tags ---------------------------------------------------------------------------------
@@ -382,6 +393,9 @@ pub(crate) const TAG_BORROWERS_ADDED: u64 = 35;
 pub(crate) const TAG_REMOVE_BORROWER: u64 = 36;
 pub(crate) const TAG_OBJECT_PINNED: u64 = 37;
 pub(crate) const TAG_UNPIN_OBJECT: u64 = 38;
+// Cancel (50–59).
+pub(crate) const TAG_CANCEL_TASK: u64 = 50;
+pub(crate) const TAG_CANCEL_REPLY: u64 = 51;
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -425,10 +439,21 @@ const NAMES: [&str; 38] = [
     "UnpinObject",
 ];
 
+/// Table names of the tags past `NAMES`, which are numbered in ranges (`(tag, name)`).
+const MORE_NAMES: &[(u64, &str)] = &[
+    (TAG_CANCEL_TASK, "CancelTask"),
+    (TAG_CANCEL_REPLY, "CancelReply"),
+];
+
 /// The table name a tag stands for, if it is a cluster message's.
 pub(crate) fn tag_name(tag: u64) -> Option<&'static str> {
     let i = usize::try_from(tag.checked_sub(1)?).ok()?;
-    NAMES.get(i).copied()
+    NAMES.get(i).copied().or_else(|| {
+        MORE_NAMES
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, name)| *name)
+    })
 }
 
 impl Msg {
@@ -473,6 +498,8 @@ impl Msg {
             Msg::RemoveBorrower { .. } => TAG_REMOVE_BORROWER,
             Msg::ObjectPinned { .. } => TAG_OBJECT_PINNED,
             Msg::UnpinObject { .. } => TAG_UNPIN_OBJECT,
+            Msg::CancelTask { .. } => TAG_CANCEL_TASK,
+            Msg::CancelReply { .. } => TAG_CANCEL_REPLY,
         }
     }
 
@@ -483,8 +510,8 @@ impl Msg {
 
     /// The name of this message's table (for logs and errors).
     pub(crate) fn name(&self) -> &'static str {
-        // Every tag is in 1..=NAMES.len(), so the index is in range.
-        NAMES[(self.tag_u64() - 1) as usize]
+        // Every tag names a table.
+        tag_name(self.tag_u64()).unwrap_or("?")
     }
 }
 

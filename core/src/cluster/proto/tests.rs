@@ -245,6 +245,17 @@ fn samples() -> Vec<Msg> {
             actor_id: 26,
             restart: true,
         },
+        Msg::CancelTask {
+            request_id: 50,
+            task_id: 0xfeed,
+            force: true,
+            recursive: false,
+        },
+        Msg::CancelReply {
+            request_id: 51,
+            cancelled: true,
+            ending: true,
+        },
         Msg::PullObject {
             request_id: 29,
             object_id: 0xdead_beef,
@@ -316,7 +327,13 @@ fn round_trip(fbb: &mut FlatBufferBuilder<'static>, msg: &Msg) {
 fn every_variant_round_trips_through_one_reused_builder() {
     let samples = samples();
     let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
-    assert_eq!(tags, (1..=38).collect(), "a sample of every variant");
+    assert_eq!(
+        tags,
+        (1..=38)
+            .chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY])
+            .collect(),
+        "a sample of every variant"
+    );
     let mut fbb = FlatBufferBuilder::new();
     for msg in &samples {
         round_trip(&mut fbb, msg);
@@ -434,7 +451,10 @@ fn tags_are_distinct_stable_and_named() {
     let mut seen = HashSet::new();
     for msg in &samples {
         let tag = msg.tag().0;
-        assert!((1..=38).contains(&tag));
+        assert!(
+            (1..=38).contains(&tag) || (50..=59).contains(&tag),
+            "tag {tag}"
+        );
         assert_eq!(tag_name(tag), Some(msg.name()));
         // Distinct per variant (TaskDone has three samples, one tag).
         if !matches!(msg, Msg::TaskDone { .. }) {
@@ -454,6 +474,8 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(TAG_UNPIN_OBJECT, 38);
     assert_eq!(tag_name(39), None);
     assert_eq!(tag_name(u64::MAX), None);
+    assert_eq!(TAG_CANCEL_TASK, 50);
+    assert_eq!(TAG_CANCEL_REPLY, 51);
 }
 
 #[test]
@@ -474,7 +496,7 @@ fn garbage_is_an_error_not_a_panic() {
         rng ^= rng << 17;
         rng
     };
-    for tag in 1..=38 {
+    for tag in (1..=38).chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY]) {
         assert!(matches!(decode(tag, &[]), Err(ProtoError::Invalid { .. })));
         assert!(decode(tag, &[0xff; 3]).is_err());
         let e = decode(tag, &[0xff; 64]).unwrap_err();

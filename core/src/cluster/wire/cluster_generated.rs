@@ -6947,6 +6947,288 @@ impl ::core::fmt::Debug for Work<'_> {
       ds.finish()
   }
 }
+pub enum CancelTaskOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// owner -> executing worker: cancel task or actor call `task_id` (its result's id); `force`
+/// ends the worker process if the task is running there; `recursive` cancels the tasks it
+/// submitted. Reply: CancelReply (a `request_id` of 0 asks for none that anyone waits for).
+pub struct CancelTask<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CancelTask<'a> {
+  type Inner = CancelTask<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CancelTask<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TASK_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FORCE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RECURSIVE: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CancelTask { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CancelTaskArgs
+  ) -> ::flatbuffers::WIPOffset<CancelTask<'bldr>> {
+    let mut builder = CancelTaskBuilder::new(_fbb);
+    builder.add_task_id(args.task_id);
+    builder.add_request_id(args.request_id);
+    builder.add_recursive(args.recursive);
+    builder.add_force(args.force);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CancelTask::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn task_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CancelTask::VT_TASK_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn force(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CancelTask::VT_FORCE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn recursive(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CancelTask::VT_RECURSIVE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CancelTask<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u64>("task_id", Self::VT_TASK_ID, false)?
+     .visit_field::<bool>("force", Self::VT_FORCE, false)?
+     .visit_field::<bool>("recursive", Self::VT_RECURSIVE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CancelTaskArgs {
+    pub request_id: u64,
+    pub task_id: u64,
+    pub force: bool,
+    pub recursive: bool,
+}
+impl<'a> Default for CancelTaskArgs {
+  #[inline]
+  fn default() -> Self {
+    CancelTaskArgs {
+      request_id: 0,
+      task_id: 0,
+      force: false,
+      recursive: false,
+    }
+  }
+}
+
+pub struct CancelTaskBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CancelTaskBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(CancelTask::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_task_id(&mut self, task_id: u64) {
+    self.fbb_.push_slot::<u64>(CancelTask::VT_TASK_ID, task_id, 0);
+  }
+  #[inline]
+  pub fn add_force(&mut self, force: bool) {
+    self.fbb_.push_slot::<bool>(CancelTask::VT_FORCE, force, false);
+  }
+  #[inline]
+  pub fn add_recursive(&mut self, recursive: bool) {
+    self.fbb_.push_slot::<bool>(CancelTask::VT_RECURSIVE, recursive, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CancelTaskBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CancelTaskBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CancelTask<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CancelTask<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CancelTask");
+      ds.field("request_id", &self.request_id());
+      ds.field("task_id", &self.task_id());
+      ds.field("force", &self.force());
+      ds.field("recursive", &self.recursive());
+      ds.finish()
+  }
+}
+pub enum CancelReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer: whether the task or call was cancelled (false: it had finished, or it is an
+/// actor call already running), and whether the worker process ends now (`force`).
+pub struct CancelReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CancelReply<'a> {
+  type Inner = CancelReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CancelReply<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CANCELLED: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ENDING: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CancelReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CancelReplyArgs
+  ) -> ::flatbuffers::WIPOffset<CancelReply<'bldr>> {
+    let mut builder = CancelReplyBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    builder.add_ending(args.ending);
+    builder.add_cancelled(args.cancelled);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CancelReply::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cancelled(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CancelReply::VT_CANCELLED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn ending(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CancelReply::VT_ENDING, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CancelReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<bool>("cancelled", Self::VT_CANCELLED, false)?
+     .visit_field::<bool>("ending", Self::VT_ENDING, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CancelReplyArgs {
+    pub request_id: u64,
+    pub cancelled: bool,
+    pub ending: bool,
+}
+impl<'a> Default for CancelReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    CancelReplyArgs {
+      request_id: 0,
+      cancelled: false,
+      ending: false,
+    }
+  }
+}
+
+pub struct CancelReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CancelReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(CancelReply::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_cancelled(&mut self, cancelled: bool) {
+    self.fbb_.push_slot::<bool>(CancelReply::VT_CANCELLED, cancelled, false);
+  }
+  #[inline]
+  pub fn add_ending(&mut self, ending: bool) {
+    self.fbb_.push_slot::<bool>(CancelReply::VT_ENDING, ending, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CancelReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CancelReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CancelReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CancelReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CancelReply");
+      ds.field("request_id", &self.request_id());
+      ds.field("cancelled", &self.cancelled());
+      ds.field("ending", &self.ending());
+      ds.finish()
+  }
+}
 }  // pub mod wire
 }  // pub mod cluster
 }  // pub mod manta
