@@ -13,13 +13,22 @@
 mod common;
 mod harness;
 
+mod actor_handles;
 mod basics;
+mod cluster_objects;
+mod error_kinds;
 
 use harness::{Case, Ctx, Mode, run_cases, start_cluster};
 
 /// Every case of the matrix, in the order they run.
 fn all_cases() -> Vec<Case> {
-    [basics::CASES].concat()
+    [
+        basics::CASES,
+        cluster_objects::CASES,
+        actor_handles::CASES,
+        error_kinds::CASES,
+    ]
+    .concat()
 }
 
 /// Set on the ranks `srun` starts for the matrix.

@@ -99,13 +99,7 @@ impl Cluster {
         wanted: Option<Weak<ObjectCell>>,
     ) {
         if holder == self.index {
-            done(self.local_value(object_id).and_then(|v| match v {
-                Some(v) => Ok(v.data.clone()),
-                None => Err(Error::ObjectFreed {
-                    object: ObjectId::from_u64(object_id),
-                }),
-            }));
-            return;
+            return done(self.local_payload(object_id));
         }
         {
             let mut q = lock(&self.pull_queue);
@@ -247,6 +241,16 @@ impl Cluster {
             std::time::Duration::from_secs(3600),
             "pulling an object",
         )
+    }
+
+    /// The payload of an object this process holds (see [`Cluster::local_value`]).
+    fn local_payload(&self, object_id: u64) -> Result<Payload, Error> {
+        self.local_value(object_id).and_then(|v| match v {
+            Some(v) => Ok(v.data.clone()),
+            None => Err(Error::ObjectFreed {
+                object: ObjectId::from_u64(object_id),
+            }),
+        })
     }
 
     /// A value this process holds under `id`: a result kept for a remote owner, or an object
@@ -398,7 +402,12 @@ impl Cluster {
             return;
         };
         let done = pending.done;
-        if !found && redirect != 0 && redirect != self.index && pending.hops < 4 {
+        if !found && redirect != 0 && redirect == self.index {
+            // The owner points back here: this process holds the object itself (a result it
+            // computed for that owner, now an argument of a task it runs).
+            return done(self.local_payload(pending.object_id));
+        }
+        if !found && redirect != 0 && pending.hops < 4 {
             return self.send_pull(
                 redirect,
                 pending.object_id,
