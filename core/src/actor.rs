@@ -337,6 +337,11 @@ impl ActorCell {
         self.class.name
     }
 
+    /// Whether this cell is a proxy of an actor another process hosts.
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote.get().is_some()
+    }
+
     /// The name it was registered under, if any.
     pub(crate) fn name(&self) -> Option<&str> {
         self.name.as_deref()
@@ -642,6 +647,19 @@ impl Drop for ActorCell {
             && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
         {
             cluster.kill_remote(remote, self.id.as_u64(), false);
+        }
+        // An actor a worker process created and hosts is in the cluster's directory: record
+        // its death there (`cluster/submit.rs`, `register_hosted_actor`).
+        if self.remote.get().is_none()
+            && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
+            && !cluster.is_driver()
+            && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
+        {
+            cluster.hosted_actor_died(
+                self.id.as_u64(),
+                self.class.name,
+                "no handle to it was left",
+            );
         }
         if self.holds_resources.swap(false, Ordering::AcqRel) {
             let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));

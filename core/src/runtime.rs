@@ -414,6 +414,14 @@ impl RuntimeInner {
             cell.die(e);
             return handle;
         }
+        // A worker process hosts it: into the cluster's directory, so its handle works in
+        // every process.
+        if let Some(cluster) = &self.cluster
+            && let Err(e) = cluster.register_hosted_actor(id.as_u64(), class.name())
+        {
+            cell.die(e);
+            return handle;
+        }
         if let Some(name) = options.name.clone() {
             let mut named = lock(&self.named);
             if named.get(&name).is_some_and(|a| !a.is_dead()) {
@@ -615,9 +623,7 @@ impl RuntimeInner {
                 message: "not in this binary".into(),
             });
         };
-        let cell = lock(&self.pushed_actors)
-            .get(&ActorId::from_u64(actor_id))
-            .cloned();
+        let cell = self.hosted_actor(ActorId::from_u64(actor_id));
         let Some(cell) = cell else {
             return fail(Error::ActorDied {
                 actor: ActorId::from_u64(actor_id),
@@ -628,8 +634,20 @@ impl RuntimeInner {
         cell.call_with_id(method, args, ObjectId::from_u64(call_id))
     }
 
-    /// Kills an actor hosted here for a remote owner; returns the cell of an actor it killed
-    /// for good (not restarted).
+    /// An actor this process hosts: for a remote owner, or created here by this worker
+    /// process itself (a proxy of an actor hosted elsewhere is not one).
+    fn hosted_actor(&self, id: ActorId) -> Option<Arc<ActorCell>> {
+        if let Some(cell) = lock(&self.pushed_actors).get(&id) {
+            return Some(cell.clone());
+        }
+        lock(&self.actors)
+            .get(&id)
+            .and_then(Weak::upgrade)
+            .filter(|c| !c.is_remote())
+    }
+
+    /// Kills an actor hosted here (for a remote owner, or created here); returns the cell of
+    /// an actor it killed for good (not restarted).
     pub(crate) fn kill_pushed(
         self: &Arc<Self>,
         actor_id: u64,
@@ -637,9 +655,11 @@ impl RuntimeInner {
     ) -> Option<Arc<ActorCell>> {
         let id = ActorId::from_u64(actor_id);
         let cell = if restart {
-            lock(&self.pushed_actors).get(&id).cloned()
+            self.hosted_actor(id)
         } else {
-            lock(&self.pushed_actors).remove(&id)
+            lock(&self.pushed_actors)
+                .remove(&id)
+                .or_else(|| self.hosted_actor(id))
         };
         let cell = cell?;
         (cell.kill(restart, self) && !restart).then_some(cell)

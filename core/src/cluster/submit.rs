@@ -187,27 +187,15 @@ impl Cluster {
         let actor_id = actor.id().as_u64();
         let node_id = lock(&self.nodes).get(node).map(|s| s.node_id).unwrap_or(0);
         // The directory first, so a taken name fails before anything runs.
-        let _guard = self.io.enter();
-        let rx = self.gcs.request(|request_id| Msg::RegisterActor {
-            request_id,
-            actor: super::proto::ActorInfo {
-                actor_id,
-                name: name.unwrap_or_default().to_owned(),
-                class_name: actor.class_name().to_owned(),
-                worker,
-                node_id,
-                alive: true,
-                death: String::new(),
-            },
-        });
-        if let Msg::ActorReply { error, .. } = wait_reply(rx, CALL_TIMEOUT, "registering an actor")?
-            && !error.is_empty()
-        {
-            return Err(match name {
-                Some(n) if error.contains("taken") => Error::ActorNameTaken { name: n.to_owned() },
-                _ => cluster_error("registering an actor", error),
-            });
-        }
+        self.register_actor(super::proto::ActorInfo {
+            actor_id,
+            name: name.unwrap_or_default().to_owned(),
+            class_name: actor.class_name().to_owned(),
+            worker,
+            node_id,
+            alive: true,
+            death: String::new(),
+        })?;
         actor.set_remote(RemoteActor {
             worker,
             peer: peer.clone(),
@@ -237,6 +225,61 @@ impl Cluster {
             max_restarts,
         });
         Ok(())
+    }
+
+    /// Enters an actor in the GCS's directory (a taken name is `ActorNameTaken`).
+    fn register_actor(&self, actor: super::proto::ActorInfo) -> Result<(), Error> {
+        let name = actor.name.clone();
+        let _guard = self.io.enter();
+        let rx = self
+            .gcs
+            .request(|request_id| Msg::RegisterActor { request_id, actor });
+        if let Msg::ActorReply { error, .. } = wait_reply(rx, CALL_TIMEOUT, "registering an actor")?
+            && !error.is_empty()
+        {
+            return Err(if !name.is_empty() && error.contains("taken") {
+                Error::ActorNameTaken { name }
+            } else {
+                cluster_error("registering an actor", error)
+            });
+        }
+        Ok(())
+    }
+
+    /// Enters an actor this worker process created and hosts itself (its own resources
+    /// sufficed) in the GCS's directory, under its id only (a name stays this process's), so
+    /// a handle to it can be decoded, called and killed in any process. Its death is
+    /// recorded by [`Cluster::hosted_actor_died`].
+    pub(crate) fn register_hosted_actor(&self, actor_id: u64, class: &str) -> Result<(), Error> {
+        self.register_actor(super::proto::ActorInfo {
+            actor_id,
+            name: String::new(),
+            class_name: class.to_owned(),
+            worker: self.index,
+            node_id: self.node_id().unwrap_or(0),
+            alive: true,
+            death: String::new(),
+        })
+    }
+
+    /// Records in the GCS's directory that an actor this process created and hosts is dead
+    /// (`manta list actors`; a lookup of its id then finds it dead).
+    pub(crate) fn hosted_actor_died(&self, actor_id: u64, class: &str, death: &str) {
+        let actor = super::proto::ActorInfo {
+            actor_id,
+            name: String::new(),
+            class_name: class.to_owned(),
+            worker: self.index,
+            node_id: self.node_id().unwrap_or(0),
+            alive: false,
+            death: death.to_owned(),
+        };
+        let _guard = self.io.enter();
+        // The answer is of no use: the receiver is dropped.
+        drop(
+            self.gcs
+                .request(|request_id| Msg::RegisterActor { request_id, actor }),
+        );
     }
 
     /// Sends a call to a remote actor; completes `cell` with its result.
