@@ -467,7 +467,7 @@ impl ActorCell {
         let result = Arc::new(ObjectCell::pending(id, None));
         if let Some(remote) = self.remote.get() {
             if let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone()) {
-                cluster.call_remote(remote, self.id.as_u64(), method.name, result.clone(), args);
+                cluster.call_remote(self, remote, method.name, result.clone(), args);
             } else {
                 result.complete(Err(Error::ShutDown));
             }

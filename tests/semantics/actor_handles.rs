@@ -101,7 +101,7 @@ fn calls_outlive_a_dropped_handle(_: &Ctx) {
 /// lands on a node without CPUs; an explicit `num_cpus` is what it holds.
 fn default_actor_placement(ctx: &Ctx) {
     // Every CPU busy first, so a placement that ignored CPUs would pick the idle node.
-    let busy: Vec<_> = (0..4).map(|_| nap::remote(1_500)).collect();
+    let busy: Vec<_> = (0..4).map(|_| nap::remote(800)).collect();
     let actors: Vec<ActorHandle<Tally>> = (0..6).map(Tally::remote).collect();
     let nodes: Vec<Option<u64>> = actors
         .iter()

@@ -35,6 +35,9 @@ pub(super) struct InFlight {
     pub(super) args: Box<[ArgSlot]>,
     /// How to run a task again elsewhere if its worker dies (tasks only, not actor calls).
     pub(super) retry: Option<Retry>,
+    /// An actor call's actor (its proxy cell): the owner kills an actor when its cell goes,
+    /// and Ray lets the calls already submitted finish first.
+    pub(super) actor: Option<Arc<ActorCell>>,
 }
 
 /// A task's submission, kept to run it again after its worker process died.
@@ -154,6 +157,7 @@ impl Cluster {
                     max_retries,
                     left: retries_left,
                 }),
+                actor: None,
             },
         );
         peer.send(Msg::PushTask {
@@ -213,6 +217,7 @@ impl Cluster {
                 load: Vec::new(),
                 args: args.into_boxed_slice(),
                 retry: None,
+                actor: None,
             },
         );
         peer.send(Msg::CreateActor {
@@ -285,12 +290,13 @@ impl Cluster {
     /// Sends a call to a remote actor; completes `cell` with its result.
     pub(crate) fn call_remote(
         &self,
+        actor: &Arc<ActorCell>,
         remote: &RemoteActor,
-        actor_id: u64,
         method: &'static str,
         cell: Arc<ObjectCell>,
         args: Box<[ArgSlot]>,
     ) {
+        let actor_id = actor.id().as_u64();
         let Some(rt) = self.runtime() else {
             cell.complete(Err(Error::ShutDown));
             return;
@@ -307,6 +313,7 @@ impl Cluster {
                 load: Vec::new(),
                 args,
                 retry: None,
+                actor: Some(actor.clone()),
             },
         );
         remote.peer.send(Msg::ActorCall {
