@@ -137,6 +137,9 @@ pub struct ActorOptions {
     pub(crate) max_concurrency: usize,
     pub(crate) max_restarts: u32,
     pub(crate) name: Option<String>,
+    /// Whether any resource was asked for explicitly (else Ray's default: 1 CPU to be
+    /// placed, none held).
+    pub(crate) explicit_resources: bool,
 }
 
 impl Default for ActorOptions {
@@ -146,25 +149,43 @@ impl Default for ActorOptions {
             max_concurrency: 1,
             max_restarts: 0,
             name: None,
+            explicit_resources: false,
         }
     }
 }
 
 impl ActorOptions {
-    /// CPUs the actor holds for its whole life (default 0).
+    /// CPUs the actor holds for its whole life. By default (no resource asked for) an actor
+    /// needs 1 CPU to be placed and holds none while it runs, as Ray's; any explicit
+    /// resource makes the request both what it is placed by and what it holds.
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.resources.num_cpus = n;
+        self.explicit_resources = true;
         self
     }
     /// GPUs the actor holds for its whole life (default 0).
     pub fn num_gpus(mut self, n: f64) -> Self {
         self.resources.num_gpus = n;
+        self.explicit_resources = true;
         self
     }
     /// An amount of a custom resource the actor holds for its whole life.
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources.set_custom(name, amount);
+        self.explicit_resources = true;
         self
+    }
+
+    /// What a node must have for the actor to be placed there: 1 CPU for a default actor
+    /// (Ray's), else what it holds.
+    pub(crate) fn placement(&self) -> ResourceRequest {
+        if self.explicit_resources {
+            return self.resources.clone();
+        }
+        ResourceRequest {
+            num_cpus: 1.0,
+            ..self.resources.clone()
+        }
     }
     /// How many calls may run at once (default 1: one at a time, in submission order).
     pub fn max_concurrency(mut self, n: usize) -> Self {

@@ -334,8 +334,9 @@ impl RuntimeInner {
     ) -> ActorHandle<A> {
         let class: &'static ActorClass = A::CLASS;
         let id = ActorId::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let placement = options.placement();
         if let Some(cluster) = &self.cluster
-            && (cluster.is_driver() || self.scheduler.resources.demand(&options.resources).is_err())
+            && (cluster.is_driver() || self.scheduler.resources.demand(&placement).is_err())
         {
             let cell = Arc::new(ActorCell::new(
                 id,
@@ -362,6 +363,7 @@ impl RuntimeInner {
                 created.clone(),
                 args,
                 &options.resources,
+                &placement,
                 options.name.as_deref(),
                 options.max_concurrency,
                 options.max_restarts,
@@ -390,12 +392,24 @@ impl RuntimeInner {
             }
             return handle;
         }
-        let demand = self.scheduler.resources.demand(&options.resources);
+        // Placed here only if this node could place it (a default actor needs a CPU), then
+        // holding what it asked for.
+        let demand = self
+            .scheduler
+            .resources
+            .demand(&placement)
+            .map_err(|e| (e, &placement))
+            .and_then(|_| {
+                self.scheduler
+                    .resources
+                    .demand(&options.resources)
+                    .map_err(|e| (e, &options.resources))
+            });
         let (demand, early_death) = match demand {
             Ok(d) => (d, None),
-            Err(e) => (
+            Err((e, request)) => (
                 crate::resources::Demand::none(),
-                Some(self.infeasible(format!("actor {}", class.name()), &options.resources, e)),
+                Some(self.infeasible(format!("actor {}", class.name()), request, e)),
             ),
         };
         let cell = Arc::new(ActorCell::new(id, class, options, demand));

@@ -174,7 +174,7 @@ impl Cluster {
     }
 
     /// Creates an actor in a worker process elsewhere; `created` completes when its
-    /// constructor has run there. Returns the actor's location.
+    /// constructor has run there.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_actor_remote(
         &self,
@@ -183,11 +183,13 @@ impl Cluster {
         created: Arc<ObjectCell>,
         args: Vec<ArgSlot>,
         request: &ResourceRequest,
+        placement: &ResourceRequest,
         name: Option<&str>,
         max_concurrency: usize,
         max_restarts: u32,
     ) -> Result<(), Error> {
-        let (node, worker, peer) = self.place(request, None)?;
+        // Placed where `placement` fits (a default actor needs 1 CPU), holding `request`.
+        let (node, worker, peer) = self.place(placement, None)?;
         let actor_id = actor.id().as_u64();
         let node_id = lock(&self.nodes).get(node).map(|s| s.node_id).unwrap_or(0);
         // The directory first, so a taken name fails before anything runs.
