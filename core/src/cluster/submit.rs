@@ -38,6 +38,20 @@ pub(super) struct InFlight {
     /// An actor call's actor (its proxy cell): the owner kills an actor when its cell goes,
     /// and Ray lets the calls already submitted finish first.
     pub(super) actor: Option<Arc<ActorCell>>,
+    /// Arguments held here for the executor to pull ([`WireArgs`]), freed when it is done.
+    pub(super) held_args: Vec<u64>,
+}
+
+/// A task's arguments as they go on the wire. Values travel inline in the task's message up
+/// to `max_inline_args_bytes` in all (Ray's `task_rpc_inlined_bytes_limit`), so a spec always
+/// fits in one transport frame; past that, and for stored values given by value, they are
+/// held here under fresh ids (`held`) and pulled by the executor like any argument.
+struct WireArgs {
+    args: Vec<Arg>,
+    /// Ids held in `Cluster::held` for this task until it is done.
+    held: Vec<u64>,
+    /// Inline bytes still allowed in the message.
+    inline_left: usize,
 }
 
 /// A task's submission, kept to run it again after its worker process died.
@@ -50,13 +64,27 @@ pub(super) struct Retry {
 }
 
 impl Cluster {
+    /// Turns a task's argument slots into their wire form (see [`WireArgs`]).
+    fn wire_args(&self, rt: &Arc<RuntimeInner>, slots: &[ArgSlot]) -> WireArgs {
+        let mut w = WireArgs {
+            args: Vec::with_capacity(slots.len()),
+            held: Vec::new(),
+            inline_left: rt.config.max_inline_args_bytes,
+        };
+        for slot in slots {
+            let arg = self.wire_arg(rt, slot, &mut w);
+            w.args.push(arg);
+        }
+        w
+    }
+
     /// Turns an argument slot into its wire form, entering local objects in the escape table
     /// so the executor can pull them.
-    fn wire_arg(&self, rt: &Arc<RuntimeInner>, slot: &ArgSlot) -> Arg {
+    fn wire_arg(&self, rt: &Arc<RuntimeInner>, slot: &ArgSlot, w: &mut WireArgs) -> Arg {
         match slot {
-            ArgSlot::Value(v) => self.value_arg(v, None),
+            ArgSlot::Value(v) => self.value_arg(v, None, w),
             ArgSlot::Ref(cell) => match cell.get() {
-                Some(Ok(v)) => self.value_arg(v, Some(cell)),
+                Some(Ok(v)) => self.value_arg(v, Some(cell), w),
                 _ => {
                     cell.escape(rt);
                     Arg::Ref {
@@ -69,9 +97,14 @@ impl Cluster {
         }
     }
 
-    fn value_arg(&self, v: &ObjectValue, cell: Option<&Arc<ObjectCell>>) -> Arg {
+    fn value_arg(&self, v: &ObjectValue, cell: Option<&Arc<ObjectCell>>, w: &mut WireArgs) -> Arg {
         match &v.data {
-            Payload::Inline(b) if v.nested.is_empty() || cell.is_none() => Arg::Inline(b.to_vec()),
+            Payload::Inline(b)
+                if (v.nested.is_empty() || cell.is_none()) && b.len() <= w.inline_left =>
+            {
+                w.inline_left -= b.len();
+                Arg::Inline(b.to_vec())
+            }
             Payload::Remote(r) => Arg::Ref {
                 object_id: r.id,
                 holder: r.holder,
@@ -88,13 +121,15 @@ impl Cluster {
                         len: v.len() as u64,
                     }
                 }
-                // A stored value given by value: hold it under a fresh id to be pulled.
+                // A stored value given by value, or an inline one past the spec's inline
+                // budget: held under a fresh id to be pulled, until the task is done.
                 None => {
                     let id = self
                         .runtime()
                         .map(|rt| rt.next_object_id().as_u64())
                         .unwrap_or(0);
                     lock(&self.held).insert(id, v.clone());
+                    w.held.push(id);
                     Arg::Ref {
                         object_id: id,
                         holder: self.index,
@@ -102,6 +137,17 @@ impl Cluster {
                     }
                 }
             },
+        }
+    }
+
+    /// Frees the arguments held for a task that is done (or whose worker is gone).
+    fn release_held_args(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut held = lock(&self.held);
+        for id in ids {
+            held.remove(id);
         }
     }
 
@@ -118,7 +164,11 @@ impl Cluster {
         max_retries: u32,
         retries_left: u32,
     ) {
-        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
+        let WireArgs {
+            args: wire_args,
+            held: held_args,
+            ..
+        } = self.wire_args(rt, &args);
         // Prefer the worker that holds the largest argument (Ray's locality-aware leasing),
         // as long as its node is not busy.
         let preferred = wire_args
@@ -134,6 +184,7 @@ impl Cluster {
         let (node, worker, peer) = match self.place(request, preferred) {
             Ok(p) => p,
             Err(e) => {
+                self.release_held_args(&held_args);
                 cell.complete(Err(e));
                 return;
             }
@@ -158,6 +209,7 @@ impl Cluster {
                     left: retries_left,
                 }),
                 actor: None,
+                held_args,
             },
         );
         peer.send(Msg::PushTask {
@@ -206,7 +258,11 @@ impl Cluster {
             worker,
             peer: peer.clone(),
         });
-        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
+        let WireArgs {
+            args: wire_args,
+            held: held_args,
+            ..
+        } = self.wire_args(rt, &args);
         // An actor holds what it asked for on its worker while it lives.
         self.take_load(node, worker, &request_pairs(request));
         lock(&self.in_flight).insert(
@@ -220,6 +276,7 @@ impl Cluster {
                 args: args.into_boxed_slice(),
                 retry: None,
                 actor: None,
+                held_args,
             },
         );
         peer.send(Msg::CreateActor {
@@ -304,7 +361,11 @@ impl Cluster {
             return;
         };
         let call_id = cell.id().as_u64();
-        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(&rt, a)).collect();
+        let WireArgs {
+            args: wire_args,
+            held: held_args,
+            ..
+        } = self.wire_args(&rt, &args);
         lock(&self.in_flight).insert(
             call_id,
             InFlight {
@@ -316,6 +377,7 @@ impl Cluster {
                 args,
                 retry: None,
                 actor: Some(actor.clone()),
+                held_args,
             },
         );
         remote.peer.send(Msg::ActorCall {
@@ -375,6 +437,7 @@ impl Cluster {
             return;
         };
         self.release_load(f.node, f.worker, &f.load);
+        self.release_held_args(&f.held_args);
         let value = match outcome {
             Outcome::Inline(bytes) => Ok(ObjectValue::inline(Bytes::from(bytes))),
             Outcome::Stored { len } => Ok(ObjectValue::remote(RemoteObject::new(
@@ -409,6 +472,7 @@ impl Cluster {
         let mut again = Vec::new();
         for (_, f) in lost {
             self.release_load(f.node, f.worker, &f.load);
+            self.release_held_args(&f.held_args);
             match f.retry {
                 Some(r) if r.left > 0 => again.push((f.cell, f.args, r)),
                 _ => {
