@@ -61,6 +61,7 @@ fn large_result_on_its_node(_: &Ctx) {
 macro_rules! wide_task {
     ($($a:ident),*) => {
         #[manta::remote]
+        #[allow(clippy::too_many_arguments)] // the point of the case
         fn wide($($a: Vec<u8>),*) -> (u64, u64) {
             let mut n = 0u64;
             let mut sum = 0u64;

@@ -254,7 +254,18 @@ impl Cluster {
 }
 
 fn failed_outcome(e: &Error) -> Outcome {
-    let (kind, task, message) = match e {
+    let (kind, task, message) = error_to_wire(e);
+    Outcome::Failed {
+        kind,
+        task,
+        message,
+    }
+}
+
+/// An error as it crosses the wire (`TaskDone`, `ObjectFailed`): its kind, the task (or, for
+/// a lost object, the object's id) and the message; `submit::wire_error` reads it back.
+pub(super) fn error_to_wire(e: &Error) -> (ErrorKind, String, String) {
+    match e {
         Error::Task(t) => (
             ErrorKind::Panic,
             t.task_name().to_owned(),
@@ -268,11 +279,19 @@ fn failed_outcome(e: &Error) -> Outcome {
         Error::ObjectStoreFull { .. } | Error::ObjectStore { .. } => {
             (ErrorKind::Store, String::new(), e.to_string())
         }
+        Error::WorkerCrashed { task, reason } => {
+            (ErrorKind::WorkerCrashed, task.clone(), reason.clone())
+        }
+        Error::ObjectLost { object, reason } => (
+            ErrorKind::ObjectLost,
+            object.as_u64().to_string(),
+            reason.clone(),
+        ),
+        Error::OwnerDied { object, reason } => (
+            ErrorKind::OwnerDied,
+            object.as_u64().to_string(),
+            reason.clone(),
+        ),
         other => (ErrorKind::Other, String::new(), other.to_string()),
-    };
-    Outcome::Failed {
-        kind,
-        task,
-        message,
     }
 }

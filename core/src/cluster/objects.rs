@@ -3,6 +3,13 @@
 //! holding a result), serving other processes' pulls (inline, or a bulk transfer straight into
 //! the reader's store), task arguments pulled once per process, results held for remote owners
 //! and `FreeObject`, and [`RemoteObject`], the lazy payload of an object held elsewhere.
+//!
+//! A pull is answered with `ObjectData` (found: the value, or a bulk transfer after it; not
+//! found: a redirect to the holder, which may be the puller itself, or a message), with
+//! `ObjectPinned` (`attach.rs`), or, when the object failed, with `ObjectFailed` carrying the
+//! error as `TaskDone` does, so a task whose argument failed fails with that cause. A pull
+//! from a worker that died fails with `OwnerDied` when that worker owned the object, else
+//! `ObjectLost`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
@@ -73,6 +80,17 @@ pub(super) struct PendingPull {
     /// Redirects followed so far.
     pub(super) hops: u8,
     pub(super) done: PullDone,
+}
+
+/// The reply to a pull of an object that failed: its error, kind and all.
+fn failed(request_id: u64, e: &Error) -> Msg {
+    let (kind, task, message) = super::execute::error_to_wire(e);
+    Msg::ObjectFailed {
+        request_id,
+        kind,
+        task,
+        message,
+    }
 }
 
 fn not_found(request_id: u64, error: String) -> Msg {
@@ -297,7 +315,7 @@ impl Cluster {
             let Some(c) = me.upgrade() else { return };
             match c2.get() {
                 Some(Ok(v)) => c.send_value(&peer2, request_id, object_id, v.clone(), pin),
-                Some(Err(e)) => peer2.send(not_found(request_id, e.to_string())),
+                Some(Err(e)) => peer2.send(failed(request_id, e)),
                 None => {}
             }
         };
@@ -348,7 +366,7 @@ impl Cluster {
                                 },
                                 pin,
                             ),
-                            Err(e) => peer.send(not_found(request_id, e.to_string())),
+                            Err(e) => peer.send(failed(request_id, &e)),
                         }
                     });
                     return;
@@ -436,6 +454,25 @@ impl Cluster {
                 BulkArrival::Failed(e) => done(Err(e)),
             }),
         );
+    }
+
+    /// The answer to one of our pulls: the object failed.
+    pub(super) fn object_failed(
+        &self,
+        request_id: u64,
+        kind: super::proto::ErrorKind,
+        task: String,
+        message: String,
+    ) {
+        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+            return;
+        };
+        (pending.done)(Err(super::submit::wire_error(
+            kind,
+            task,
+            message,
+            pending.object_id,
+        )));
     }
 
     /// A pulled copy of `object_id` made for a task argument, if one is here.

@@ -1,6 +1,8 @@
 //! Owning remote work: tasks, actor creations and actor calls this process submits to worker
 //! processes (`PushTask`, `CreateActor`, `ActorCall`), their completion (`TaskDone`), and what
-//! happens to them when the worker running them dies (failed, or retried elsewhere).
+//! happens to them when the worker running them dies: a task is retried elsewhere while it
+//! has retries, else fails with `WorkerCrashed`; an actor call or creation fails with
+//! `ActorDied`; a pull from that worker with `OwnerDied` or `ObjectLost`.
 
 use std::sync::Arc;
 
@@ -469,17 +471,32 @@ impl Cluster {
                 .filter_map(|id| m.remove(&id).map(|f| (id, f)))
                 .collect()
         };
+        lock(&self.lost_workers).insert(index);
         let mut again = Vec::new();
-        for (_, f) in lost {
+        let death = format!("worker process {index} died or became unreachable ({reason})");
+        for (id, f) in lost {
             self.release_load(f.node, f.worker, &f.load);
             self.release_held_args(&f.held_args);
-            match f.retry {
-                Some(r) if r.left > 0 => again.push((f.cell, f.args, r)),
-                _ => {
-                    f.cell.complete(Err(cluster_error(
-                        format!("worker process {index}"),
-                        format!("it died or became unreachable ({reason})"),
-                    )));
+            match (f.retry, &f.actor) {
+                (Some(r), _) if r.left > 0 => again.push((f.cell, f.args, r)),
+                // A task: Ray's WorkerCrashedError.
+                (Some(_), _) => {
+                    f.cell.complete(Err(Error::WorkerCrashed {
+                        task: f.name.to_owned(),
+                        reason: death.clone(),
+                    }));
+                }
+                // An actor call, or (no actor cell: the id is the actor's) its creation.
+                (None, actor) => {
+                    let (actor, class) = match actor {
+                        Some(a) => (a.id(), a.class_name()),
+                        None => (crate::id::ActorId::from_u64(id), f.name),
+                    };
+                    f.cell.complete(Err(Error::ActorDied {
+                        actor,
+                        class: class.to_owned(),
+                        reason: death.clone(),
+                    }));
                 }
             }
         }
@@ -509,7 +526,7 @@ impl Cluster {
         }
         self.drop_borrower(index);
         self.attach_worker_lost(index);
-        let failed: Vec<PullDone> = {
+        let failed: Vec<(u64, PullDone)> = {
             let mut pulls = lock(&self.pulls);
             let name = format!("w{index}");
             let ids: Vec<u64> = pulls
@@ -518,20 +535,55 @@ impl Cluster {
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter()
-                .filter_map(|id| pulls.remove(&id).map(|p| p.done))
+                .filter_map(|id| pulls.remove(&id).map(|p| (p.object_id, p.done)))
                 .collect()
         };
-        for done in failed {
-            done(Err(cluster_error(
-                format!("worker process {index}"),
-                format!("unreachable ({reason})"),
-            )));
+        for (object_id, done) in failed {
+            done(Err(lost_with(object_id, index, &death)));
         }
     }
 }
 
-fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error {
+/// The error of a pull of `object_id` from worker `index`, which died: its owner's death
+/// when it owned the object (Ray's `OwnerDiedError`), else the object's loss
+/// (`ObjectLostError`).
+pub(super) fn lost_with(object_id: u64, index: u64, death: &str) -> Error {
+    let object = ObjectId::from_u64(object_id);
+    if super::owner_of(object_id) == index {
+        Error::OwnerDied {
+            object,
+            reason: death.to_owned(),
+        }
+    } else {
+        Error::ObjectLost {
+            object,
+            reason: death.to_owned(),
+        }
+    }
+}
+
+/// An error from the wire (`TaskDone` of task `id`, or `ObjectFailed`), as
+/// `execute::error_to_wire` sent it.
+pub(super) fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error {
     match kind {
+        ErrorKind::WorkerCrashed => Error::WorkerCrashed {
+            task,
+            reason: message,
+        },
+        ErrorKind::ObjectLost | ErrorKind::OwnerDied => {
+            let object = ObjectId::from_u64(task.parse().unwrap_or(id));
+            if kind == ErrorKind::ObjectLost {
+                Error::ObjectLost {
+                    object,
+                    reason: message,
+                }
+            } else {
+                Error::OwnerDied {
+                    object,
+                    reason: message,
+                }
+            }
+        }
         ErrorKind::Panic => Error::Task(TaskError::remote_panic(&task, &message)),
         ErrorKind::ActorDied => Error::ActorDied {
             actor: crate::id::ActorId::from_u64(id),

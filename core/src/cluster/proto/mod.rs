@@ -92,6 +92,12 @@ pub(crate) enum ErrorKind {
     Infeasible,
     Store,
     Other,
+    /// `task` is the task's name.
+    WorkerCrashed,
+    /// `task` is the object's id (decimal).
+    ObjectLost,
+    /// `task` is the object's id (decimal).
+    OwnerDied,
 }
 
 /// The outcome of a task, actor creation or actor call.
@@ -313,6 +319,13 @@ pub(crate) enum Msg {
     UnpinObject {
         pin_id: u64,
     },
+    /// The object a pull asked for failed (instead of `ObjectData`).
+    ObjectFailed {
+        request_id: u64,
+        kind: ErrorKind,
+        task: String,
+        message: String,
+    },
     ListWork {
         request_id: u64,
     },
@@ -378,6 +391,7 @@ pub(crate) const TAG_BORROWERS_ADDED: u64 = 35;
 pub(crate) const TAG_REMOVE_BORROWER: u64 = 36;
 pub(crate) const TAG_OBJECT_PINNED: u64 = 37;
 pub(crate) const TAG_UNPIN_OBJECT: u64 = 38;
+pub(crate) const TAG_OBJECT_FAILED: u64 = 40;
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -423,6 +437,9 @@ const NAMES: [&str; 38] = [
 
 /// The table name a tag stands for, if it is a cluster message's.
 pub(crate) fn tag_name(tag: u64) -> Option<&'static str> {
+    if tag == TAG_OBJECT_FAILED {
+        return Some("ObjectFailed");
+    }
     let i = usize::try_from(tag.checked_sub(1)?).ok()?;
     NAMES.get(i).copied()
 }
@@ -469,6 +486,7 @@ impl Msg {
             Msg::RemoveBorrower { .. } => TAG_REMOVE_BORROWER,
             Msg::ObjectPinned { .. } => TAG_OBJECT_PINNED,
             Msg::UnpinObject { .. } => TAG_UNPIN_OBJECT,
+            Msg::ObjectFailed { .. } => TAG_OBJECT_FAILED,
         }
     }
 
@@ -479,8 +497,8 @@ impl Msg {
 
     /// The name of this message's table (for logs and errors).
     pub(crate) fn name(&self) -> &'static str {
-        // Every tag is in 1..=NAMES.len(), so the index is in range.
-        NAMES[(self.tag_u64() - 1) as usize]
+        // Every tag has a name (tags past NAMES are named in `tag_name`).
+        tag_name(self.tag_u64()).unwrap_or("?")
     }
 }
 
