@@ -595,17 +595,28 @@ impl RemoteObject {
         self.local.get().and_then(|r| r.as_ref().ok()).cloned()
     }
 
-    /// The bytes, pulled from the holder on first call.
+    /// The bytes, pulled from the holder on first call. A copy is kept for later reads; an
+    /// object read in place in the holder's arena (`attach.rs`) is not: its pin holds the
+    /// holder's primary in memory, so it lives only as long as this read's payload (and any
+    /// view of it), leaving the holder free to spill it once nobody reads it. A later read
+    /// pins it again (restored from disk if it was spilled).
     pub(crate) fn fetch(&self) -> Result<Payload, Error> {
-        self.local
-            .get_or_init(|| match self.cluster.upgrade() {
-                Some(c) => match c.fetched_copy(self.id) {
-                    Some(copy) => Ok(copy),
-                    None => c.pull_blocking(self.holder, self.id, self.len),
-                },
-                None => Err(Error::ShutDown),
-            })
-            .clone()
+        if let Some(r) = self.local.get() {
+            return r.clone();
+        }
+        let r = match self.cluster.upgrade() {
+            Some(c) => match c.fetched_copy(self.id) {
+                Some(copy) => Ok(copy),
+                None => c.pull_blocking(self.holder, self.id, self.len),
+            },
+            None => Err(Error::ShutDown),
+        };
+        if let Ok(Payload::Stored(s)) = &r
+            && s.is_attached()
+        {
+            return r;
+        }
+        self.local.get_or_init(|| r).clone()
     }
 
     /// A borrow whose registration failed: every read returns `e`.
