@@ -262,6 +262,9 @@ fn failed_outcome(e: &Error) -> Outcome {
     }
 }
 
+/// Separates the fields of an error packed into one wire string.
+pub(super) const SEP: char = '\u{1f}';
+
 /// An error as it crosses the wire (`TaskDone`, `ObjectFailed`): its kind, the task (or, for
 /// a lost object, the object's id) and the message; `submit::wire_error` reads it back.
 pub(super) fn error_to_wire(e: &Error) -> (ErrorKind, String, String) {
@@ -275,10 +278,37 @@ pub(super) fn error_to_wire(e: &Error) -> (ErrorKind, String, String) {
             (ErrorKind::ActorDied, class.clone(), reason.clone())
         }
         Error::Cancelled { task, .. } => (ErrorKind::Cancelled, task.clone(), String::new()),
-        Error::Infeasible { what, .. } => (ErrorKind::Infeasible, what.clone(), e.to_string()),
-        Error::ObjectStoreFull { .. } | Error::ObjectStore { .. } => {
-            (ErrorKind::Store, String::new(), e.to_string())
-        }
+        // Fields the message cannot carry go in `task`, separated by U+001F.
+        Error::Infeasible {
+            what,
+            request,
+            total,
+        } => (
+            ErrorKind::Infeasible,
+            what.clone(),
+            format!("{request}{SEP}{total}"),
+        ),
+        Error::ObjectStoreFull {
+            object,
+            size,
+            used,
+            pinned,
+            capacity,
+            waited,
+        } => (
+            ErrorKind::Store,
+            format!(
+                "full{SEP}{}{SEP}{size}{SEP}{used}{SEP}{pinned}{SEP}{capacity}{SEP}{}",
+                object.as_u64(),
+                waited.as_micros()
+            ),
+            e.to_string(),
+        ),
+        Error::ObjectStore { object, message } => (
+            ErrorKind::Store,
+            object.as_u64().to_string(),
+            message.clone(),
+        ),
         Error::WorkerCrashed { task, reason } => {
             (ErrorKind::WorkerCrashed, task.clone(), reason.clone())
         }

@@ -594,6 +594,11 @@ pub(super) fn wire_error(kind: ErrorKind, task: String, message: String, id: u64
             object: ObjectId::from_u64(id),
             task,
         },
+        ErrorKind::Infeasible | ErrorKind::Store
+            if let Some(e) = typed_wire_error(kind, &task, &message) =>
+        {
+            e
+        }
         ErrorKind::Infeasible | ErrorKind::Store | ErrorKind::Other => Error::Cluster {
             what: if task.is_empty() {
                 "remote task".into()
@@ -602,5 +607,94 @@ pub(super) fn wire_error(kind: ErrorKind, task: String, message: String, id: u64
             },
             message,
         },
+    }
+}
+
+/// `Infeasible` and the store's errors, whose fields `execute::error_to_wire` packed.
+fn typed_wire_error(kind: ErrorKind, task: &str, message: &str) -> Option<Error> {
+    use super::execute::SEP;
+    if kind == ErrorKind::Infeasible {
+        let (request, total) = message.split_once(SEP)?;
+        return Some(Error::Infeasible {
+            what: task.to_owned(),
+            request: request.to_owned(),
+            total: total.to_owned(),
+        });
+    }
+    let fields: Vec<&str> = task.split(SEP).collect();
+    match fields.as_slice() {
+        ["full", object, size, used, pinned, capacity, waited] => Some(Error::ObjectStoreFull {
+            object: ObjectId::from_u64(object.parse().ok()?),
+            size: size.parse().ok()?,
+            used: used.parse().ok()?,
+            pinned: pinned.parse().ok()?,
+            capacity: capacity.parse().ok()?,
+            waited: std::time::Duration::from_micros(waited.parse().ok()?),
+        }),
+        [object] => Some(Error::ObjectStore {
+            object: ObjectId::from_u64(object.parse().ok()?),
+            message: message.to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::execute::error_to_wire;
+    use super::*;
+    use std::time::Duration;
+
+    /// Every error a task or a pulled object can fail with keeps its kind across the wire.
+    #[test]
+    fn errors_keep_their_kind_across_the_wire() {
+        let object = ObjectId::from_u64(0x2000_0000_0042);
+        let errors = [
+            Error::Task(TaskError::remote_panic("m::f", "boom")),
+            Error::ActorDied {
+                actor: crate::id::ActorId::from_u64(7),
+                class: "m::A".into(),
+                reason: "killed".into(),
+            },
+            Error::Infeasible {
+                what: "task m::f".into(),
+                request: "{CPU: 4}".into(),
+                total: "{CPU: 2}".into(),
+            },
+            Error::ObjectStoreFull {
+                object,
+                size: 40,
+                used: 70,
+                pinned: 30,
+                capacity: 75,
+                waited: Duration::from_micros(1234),
+            },
+            Error::ObjectStore {
+                object,
+                message: "larger than the store".into(),
+            },
+            Error::WorkerCrashed {
+                task: "m::f".into(),
+                reason: "worker process 3 died".into(),
+            },
+            Error::ObjectLost {
+                object,
+                reason: "worker process 3 died".into(),
+            },
+            Error::OwnerDied {
+                object,
+                reason: "worker process 3 died".into(),
+            },
+        ];
+        for e in errors {
+            let (kind, task, message) = error_to_wire(&e);
+            let back = wire_error(kind, task, message, 7);
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&e),
+                "{e:?} came back as {back:?}"
+            );
+            assert_eq!(back.to_string(), e.to_string());
+        }
     }
 }
