@@ -142,3 +142,20 @@ fn an_actor_dropped_with_no_handles_frees_its_resources() {
     }
     assert_eq!(cpu(), 2.0, "released when the last handle went away");
 }
+
+/// Ray: a default actor needs 1 CPU to be placed (and holds none while it runs), so a runtime
+/// without CPUs cannot place one; one that asks for no CPU explicitly is placed.
+#[test]
+fn a_default_actor_needs_a_cpu_to_be_placed() {
+    let _rt = common::start(manta::Config::default().num_cpus(0.0));
+    let e = Log::remote().seen().get_timeout(Duration::from_secs(10));
+    assert!(matches!(e, Err(Error::Infeasible { .. })), "{e:?}");
+    let explicit = Log::options().num_cpus(0.0).remote();
+    assert_eq!(
+        explicit
+            .push(0, 0)
+            .get_timeout(Duration::from_secs(10))
+            .unwrap(),
+        1
+    );
+}

@@ -170,6 +170,9 @@ pub struct ActorOptions {
     pub(crate) max_concurrency: usize,
     pub(crate) max_restarts: u32,
     pub(crate) name: Option<String>,
+    /// Whether any resource was asked for explicitly (else Ray's default: 1 CPU to be
+    /// placed, none held).
+    pub(crate) explicit_resources: bool,
 }
 
 impl Default for ActorOptions {
@@ -179,25 +182,43 @@ impl Default for ActorOptions {
             max_concurrency: 1,
             max_restarts: 0,
             name: None,
+            explicit_resources: false,
         }
     }
 }
 
 impl ActorOptions {
-    /// CPUs the actor holds for its whole life (default 0).
+    /// CPUs the actor holds for its whole life. By default (no resource asked for) an actor
+    /// needs 1 CPU to be placed and holds none while it runs, as Ray's; any explicit
+    /// resource makes the request both what it is placed by and what it holds.
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.resources.num_cpus = n;
+        self.explicit_resources = true;
         self
     }
     /// GPUs the actor holds for its whole life (default 0).
     pub fn num_gpus(mut self, n: f64) -> Self {
         self.resources.num_gpus = n;
+        self.explicit_resources = true;
         self
     }
     /// An amount of a custom resource the actor holds for its whole life.
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources.set_custom(name, amount);
+        self.explicit_resources = true;
         self
+    }
+
+    /// What a node must have for the actor to be placed there: 1 CPU for a default actor
+    /// (Ray's), else what it holds.
+    pub(crate) fn placement(&self) -> ResourceRequest {
+        if self.explicit_resources {
+            return self.resources.clone();
+        }
+        ResourceRequest {
+            num_cpus: 1.0,
+            ..self.resources.clone()
+        }
     }
     /// How many calls may run at once (default 1: one at a time, in submission order; 0 is
     /// an invalid argument).
@@ -390,6 +411,11 @@ impl ActorCell {
         self.class.name
     }
 
+    /// Whether this cell is a proxy of an actor another process hosts.
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote.get().is_some()
+    }
+
     /// The name it was registered under, if any.
     pub(crate) fn name(&self) -> Option<&str> {
         self.name.as_deref()
@@ -535,7 +561,7 @@ impl ActorCell {
         if let Some(remote) = self.remote.get() {
             let result = Arc::new(ObjectCell::pending(id, None));
             if let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone()) {
-                cluster.call_remote(remote, self.id.as_u64(), method.name, result.clone(), args);
+                cluster.call_remote(self, remote, method.name, result.clone(), args);
             } else {
                 result.complete(Err(Error::ShutDown));
             }
@@ -757,6 +783,19 @@ impl Drop for ActorCell {
             && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
         {
             cluster.kill_remote(remote, self.id.as_u64(), false);
+        }
+        // An actor a worker process created and hosts is in the cluster's directory: record
+        // its death there (`cluster/submit.rs`, `register_hosted_actor`).
+        if self.remote.get().is_none()
+            && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
+            && !cluster.is_driver()
+            && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
+        {
+            cluster.hosted_actor_died(
+                self.id.as_u64(),
+                self.class.name,
+                "no handle to it was left",
+            );
         }
         if self.holds_resources.swap(false, Ordering::AcqRel) {
             let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));

@@ -264,6 +264,10 @@ catalogue! {
     max_task_retries: u32 = 0, env "MANTA_TASK_MAX_RETRIES";
     /// Values whose encoding is at most this many bytes travel inline in task messages.
     max_inline_object_bytes: usize = 100 * 1024, env "MANTA_MAX_INLINE_OBJECT_BYTES";
+    /// In a cluster, at most this many bytes of a task's arguments travel inline in its
+    /// message (Ray's `task_rpc_inlined_bytes_limit`); the rest are held by the caller and
+    /// pulled by the executor, so a task message always fits in one transport frame (4 MiB).
+    max_inline_args_bytes: usize = 2 << 20, env "MANTA_MAX_INLINE_ARGS_BYTES";
     /// Size of the node's shared-memory object store in bytes (default: 30% of physical memory,
     /// as Ray's). Objects larger than `max_inline_object_bytes` live there.
     object_store_memory: usize = default_object_store_memory(), env "MANTA_OBJECT_STORE_MEMORY";

@@ -188,6 +188,35 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// The worker process running the task died (it crashed, was killed, or became
+    /// unreachable) before the task finished, and the task had no retries left (Ray's
+    /// `WorkerCrashedError`). Only in a cluster: embedded, tasks run in the caller's process,
+    /// so a task that crashes ends that process.
+    #[error("task {task} failed: its worker process died ({reason})")]
+    WorkerCrashed {
+        /// The task's name.
+        task: String,
+        /// The worker process and why it is considered dead.
+        reason: String,
+    },
+    /// The object's value is gone: the only process holding it died (Ray's
+    /// `ObjectLostError`). Its owner is alive; lineage reconstruction is not done.
+    #[error("{object} was lost: {reason}")]
+    ObjectLost {
+        /// The lost object.
+        object: ObjectId,
+        /// Which process held it and what became of it.
+        reason: String,
+    },
+    /// The owner of a borrowed object died, and with it the object's value and the
+    /// knowledge of where it lives (Ray's `OwnerDiedError`).
+    #[error("{object} is gone with its owner: {reason}")]
+    OwnerDied {
+        /// The object.
+        object: ObjectId,
+        /// The owner process and what became of it.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -344,8 +344,9 @@ impl RuntimeInner {
     ) -> ActorHandle<A> {
         let class: &'static ActorClass = A::CLASS;
         let id = ActorId::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let placement = options.placement();
         if let Some(cluster) = &self.cluster
-            && (cluster.is_driver() || self.scheduler.resources.demand(&options.resources).is_err())
+            && (cluster.is_driver() || self.scheduler.resources.demand(&placement).is_err())
         {
             let cell = Arc::new(ActorCell::new(
                 id,
@@ -372,6 +373,7 @@ impl RuntimeInner {
                 created.clone(),
                 args,
                 &options.resources,
+                &placement,
                 options.name.as_deref(),
                 options.max_concurrency,
                 options.max_restarts,
@@ -400,12 +402,24 @@ impl RuntimeInner {
             }
             return handle;
         }
-        let demand = self.scheduler.resources.demand(&options.resources);
+        // Placed here only if this node could place it (a default actor needs a CPU), then
+        // holding what it asked for.
+        let demand = self
+            .scheduler
+            .resources
+            .demand(&placement)
+            .map_err(|e| (e, &placement))
+            .and_then(|_| {
+                self.scheduler
+                    .resources
+                    .demand(&options.resources)
+                    .map_err(|e| (e, &options.resources))
+            });
         let (demand, early_death) = match demand {
             Ok(d) => (d, None),
-            Err(e) => (
+            Err((e, request)) => (
                 crate::resources::Demand::none(),
-                Some(self.infeasible(format!("actor {}", class.name()), &options.resources, e)),
+                Some(self.infeasible(format!("actor {}", class.name()), request, e)),
             ),
         };
         let cell = Arc::new(ActorCell::new(id, class, options, demand));
@@ -421,6 +435,14 @@ impl RuntimeInner {
             }
         };
         if let Some(e) = early_death {
+            cell.die(e);
+            return handle;
+        }
+        // A worker process hosts it: into the cluster's directory, so its handle works in
+        // every process.
+        if let Some(cluster) = &self.cluster
+            && let Err(e) = cluster.register_hosted_actor(id.as_u64(), class.name())
+        {
             cell.die(e);
             return handle;
         }
@@ -625,9 +647,7 @@ impl RuntimeInner {
                 message: "not in this binary".into(),
             });
         };
-        let cell = lock(&self.pushed_actors)
-            .get(&ActorId::from_u64(actor_id))
-            .cloned();
+        let cell = self.hosted_actor(ActorId::from_u64(actor_id));
         let Some(cell) = cell else {
             return fail(Error::ActorDied {
                 actor: ActorId::from_u64(actor_id),
@@ -638,8 +658,20 @@ impl RuntimeInner {
         cell.call_with_id(method, args, ObjectId::from_u64(call_id))
     }
 
-    /// Kills an actor hosted here for a remote owner; returns the cell of an actor it killed
-    /// for good (not restarted).
+    /// An actor this process hosts: for a remote owner, or created here by this worker
+    /// process itself (a proxy of an actor hosted elsewhere is not one).
+    fn hosted_actor(&self, id: ActorId) -> Option<Arc<ActorCell>> {
+        if let Some(cell) = lock(&self.pushed_actors).get(&id) {
+            return Some(cell.clone());
+        }
+        lock(&self.actors)
+            .get(&id)
+            .and_then(Weak::upgrade)
+            .filter(|c| !c.is_remote())
+    }
+
+    /// Kills an actor hosted here (for a remote owner, or created here); returns the cell of
+    /// an actor it killed for good (not restarted).
     pub(crate) fn kill_pushed(
         self: &Arc<Self>,
         actor_id: u64,
@@ -647,9 +679,11 @@ impl RuntimeInner {
     ) -> Option<Arc<ActorCell>> {
         let id = ActorId::from_u64(actor_id);
         let cell = if restart {
-            lock(&self.pushed_actors).get(&id).cloned()
+            self.hosted_actor(id)
         } else {
-            lock(&self.pushed_actors).remove(&id)
+            lock(&self.pushed_actors)
+                .remove(&id)
+                .or_else(|| self.hosted_actor(id))
         };
         let cell = cell?;
         (cell.kill(restart, self) && !restart).then_some(cell)

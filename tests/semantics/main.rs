@@ -13,10 +13,13 @@
 mod common;
 mod harness;
 
+mod actor_handles;
 mod actors;
 mod actors_concurrency;
 mod basics;
 mod cancel;
+mod cluster_objects;
+mod error_kinds;
 mod errors;
 mod kill;
 mod nesting;
@@ -32,8 +35,11 @@ fn all_cases() -> Vec<Case> {
         basics::CASES,
         tasks::CASES,
         actors::CASES,
+        actor_handles::CASES,
         actors_concurrency::CASES,
         cancel::CASES,
+        cluster_objects::CASES,
+        error_kinds::CASES,
         errors::CASES,
         kill::CASES,
         nesting::CASES,

@@ -51,8 +51,10 @@
 //!    lock counts only if the holder was alive when it was taken, so right after taking it
 //!    the reader checks the holder's pidfd (opened on the attach socket's peer, `PeerLife`):
 //!    exited means the object is read by copy instead.
-//! 4. When the reader's last handle on that payload (the object's cell, a task argument, a
-//!    view) drops, it sends the one-way `UnpinObject { pin_id }`, queued on the holder's
+//! 4. When the reader's last handle on that payload (one read of a result or borrowed
+//!    object — `RemoteObject::fetch` keeps no pinned payload, so the holder may spill an
+//!    object nobody reads —, a task argument, a view) drops, it sends the one-way
+//!    `UnpinObject { pin_id }`, queued on the holder's
 //!    connection (batched by its writer). The holder drops the entry: first the pin, then the
 //!    handle, which deletes the object from its store if nobody else holds it. An unknown pin
 //!    id, or one held by another reader, is logged and ignored.

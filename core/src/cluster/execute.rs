@@ -258,7 +258,22 @@ fn failed_outcome(e: &Error) -> Outcome {
         Error::Task(t) => t.pack_cause(),
         _ => Vec::new(),
     };
-    let (kind, task, message) = match e {
+    let (kind, task, message) = error_to_wire(e);
+    Outcome::Failed {
+        kind,
+        task,
+        message,
+        cause,
+    }
+}
+
+/// Separates the fields of an error packed into one wire string.
+pub(super) const SEP: char = '\u{1f}';
+
+/// An error as it crosses the wire (`TaskDone`, `ObjectFailed`): its kind, the task (or, for
+/// a lost object, the object's id) and the message; `submit::wire_error` reads it back.
+pub(super) fn error_to_wire(e: &Error) -> (ErrorKind, String, String) {
+    match e {
         Error::Task(t) => (
             ErrorKind::Panic,
             t.task_name().to_owned(),
@@ -268,16 +283,50 @@ fn failed_outcome(e: &Error) -> Outcome {
             (ErrorKind::ActorDied, class.clone(), reason.clone())
         }
         Error::Cancelled { task, .. } => (ErrorKind::Cancelled, task.clone(), String::new()),
-        Error::Infeasible { what, .. } => (ErrorKind::Infeasible, what.clone(), e.to_string()),
-        Error::ObjectStoreFull { .. } | Error::ObjectStore { .. } => {
-            (ErrorKind::Store, String::new(), e.to_string())
+        // Fields the message cannot carry go in `task`, separated by U+001F.
+        Error::Infeasible {
+            what,
+            request,
+            total,
+        } => (
+            ErrorKind::Infeasible,
+            what.clone(),
+            format!("{request}{SEP}{total}"),
+        ),
+        Error::ObjectStoreFull {
+            object,
+            size,
+            used,
+            pinned,
+            capacity,
+            waited,
+        } => (
+            ErrorKind::Store,
+            format!(
+                "full{SEP}{}{SEP}{size}{SEP}{used}{SEP}{pinned}{SEP}{capacity}{SEP}{}",
+                object.as_u64(),
+                waited.as_micros()
+            ),
+            e.to_string(),
+        ),
+        Error::ObjectStore { object, message } => (
+            ErrorKind::Store,
+            object.as_u64().to_string(),
+            message.clone(),
+        ),
+        Error::WorkerCrashed { task, reason } => {
+            (ErrorKind::WorkerCrashed, task.clone(), reason.clone())
         }
+        Error::ObjectLost { object, reason } => (
+            ErrorKind::ObjectLost,
+            object.as_u64().to_string(),
+            reason.clone(),
+        ),
+        Error::OwnerDied { object, reason } => (
+            ErrorKind::OwnerDied,
+            object.as_u64().to_string(),
+            reason.clone(),
+        ),
         other => (ErrorKind::Other, String::new(), other.to_string()),
-    };
-    Outcome::Failed {
-        kind,
-        task,
-        message,
-        cause,
     }
 }

@@ -716,12 +716,42 @@ impl Raylet {
         self.answer_if_ready(job);
     }
 
-    /// A connection closed: a worker that joined by itself is gone with it.
+    /// A connection closed: the worker on it is gone (a crashed one included), so the
+    /// next `StartWorker` of its job starts another rather than answering with it. A process
+    /// this raylet started is reaped by a thread of its own (killed if it lingers).
     fn connection_closed(&self, peer: &Arc<Peer>) {
-        let mut workers = lock(&self.workers);
-        for job in workers.values_mut() {
-            job.procs.retain(|w| {
-                w.child.is_some() || !w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer))
+        let mut gone = Vec::new();
+        {
+            let mut workers = lock(&self.workers);
+            for job in workers.values_mut() {
+                let mut i = 0;
+                while i < job.procs.len() {
+                    if job.procs[i]
+                        .peer
+                        .as_ref()
+                        .is_some_and(|p| Arc::ptr_eq(p, peer))
+                    {
+                        gone.push(job.procs.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        for mut w in gone {
+            let Some(mut child) = w.child.take() else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        tracing::info!(%status, "worker process exited");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
             });
         }
     }

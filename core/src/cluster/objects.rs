@@ -3,6 +3,13 @@
 //! holding a result), serving other processes' pulls (inline, or a bulk transfer straight into
 //! the reader's store), task arguments pulled once per process, results held for remote owners
 //! and `FreeObject`, and [`RemoteObject`], the lazy payload of an object held elsewhere.
+//!
+//! A pull is answered with `ObjectData` (found: the value, or a bulk transfer after it; not
+//! found: a redirect to the holder, which may be the puller itself, or a message), with
+//! `ObjectPinned` (`attach.rs`), or, when the object failed, with `ObjectFailed` carrying the
+//! error as `TaskDone` does, so a task whose argument failed fails with that cause. A pull
+//! from a worker that died fails with `OwnerDied` when that worker owned the object, else
+//! `ObjectLost`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
@@ -75,6 +82,17 @@ pub(super) struct PendingPull {
     pub(super) done: PullDone,
 }
 
+/// The reply to a pull of an object that failed: its error, kind and all.
+fn failed(request_id: u64, e: &Error) -> Msg {
+    let (kind, task, message) = super::execute::error_to_wire(e);
+    Msg::ObjectFailed {
+        request_id,
+        kind,
+        task,
+        message,
+    }
+}
+
 fn not_found(request_id: u64, error: String) -> Msg {
     Msg::ObjectData {
         request_id,
@@ -99,13 +117,7 @@ impl Cluster {
         wanted: Option<Weak<ObjectCell>>,
     ) {
         if holder == self.index {
-            done(self.local_value(object_id).and_then(|v| match v {
-                Some(v) => Ok(v.data.clone()),
-                None => Err(Error::ObjectFreed {
-                    object: ObjectId::from_u64(object_id),
-                }),
-            }));
-            return;
+            return done(self.local_payload(object_id));
         }
         {
             let mut q = lock(&self.pull_queue);
@@ -249,6 +261,16 @@ impl Cluster {
         )
     }
 
+    /// The payload of an object this process holds (see [`Cluster::local_value`]).
+    fn local_payload(&self, object_id: u64) -> Result<Payload, Error> {
+        self.local_value(object_id).and_then(|v| match v {
+            Some(v) => Ok(v.data.clone()),
+            None => Err(Error::ObjectFreed {
+                object: ObjectId::from_u64(object_id),
+            }),
+        })
+    }
+
     /// A value this process holds under `id`: a result kept for a remote owner, or an object
     /// of its own entered in the escape table (`Ok(None)` if neither, or not ready yet).
     fn local_value(&self, id: u64) -> Result<Option<ObjectValue>, Error> {
@@ -293,9 +315,7 @@ impl Cluster {
             let Some(c) = me.upgrade() else { return };
             match c2.get() {
                 Some(Ok(v)) => c.send_value(&peer2, request_id, object_id, v.clone(), pin),
-                Some(Err(e)) => {
-                    peer2.send(not_found(request_id, super::cancel::pull_error_text(e)));
-                }
+                Some(Err(e)) => peer2.send(failed(request_id, e)),
                 None => {}
             }
         };
@@ -346,7 +366,7 @@ impl Cluster {
                                 },
                                 pin,
                             ),
-                            Err(e) => peer.send(not_found(request_id, e.to_string())),
+                            Err(e) => peer.send(failed(request_id, &e)),
                         }
                     });
                     return;
@@ -400,7 +420,12 @@ impl Cluster {
             return;
         };
         let done = pending.done;
-        if !found && redirect != 0 && redirect != self.index && pending.hops < 4 {
+        if !found && redirect != 0 && redirect == self.index {
+            // The owner points back here: this process holds the object itself (a result it
+            // computed for that owner, now an argument of a task it runs).
+            return done(self.local_payload(pending.object_id));
+        }
+        if !found && redirect != 0 && pending.hops < 4 {
             return self.send_pull(
                 redirect,
                 pending.object_id,
@@ -429,6 +454,25 @@ impl Cluster {
                 BulkArrival::Failed(e) => done(Err(e)),
             }),
         );
+    }
+
+    /// The answer to one of our pulls: the object failed.
+    pub(super) fn object_failed(
+        &self,
+        request_id: u64,
+        kind: super::proto::ErrorKind,
+        task: String,
+        message: String,
+    ) {
+        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+            return;
+        };
+        (pending.done)(Err(super::submit::wire_error(
+            kind,
+            task,
+            message,
+            pending.object_id,
+        )));
     }
 
     /// A pulled copy of `object_id` made for a task argument, if one is here.
@@ -551,17 +595,28 @@ impl RemoteObject {
         self.local.get().and_then(|r| r.as_ref().ok()).cloned()
     }
 
-    /// The bytes, pulled from the holder on first call.
+    /// The bytes, pulled from the holder on first call. A copy is kept for later reads; an
+    /// object read in place in the holder's arena (`attach.rs`) is not: its pin holds the
+    /// holder's primary in memory, so it lives only as long as this read's payload (and any
+    /// view of it), leaving the holder free to spill it once nobody reads it. A later read
+    /// pins it again (restored from disk if it was spilled).
     pub(crate) fn fetch(&self) -> Result<Payload, Error> {
-        self.local
-            .get_or_init(|| match self.cluster.upgrade() {
-                Some(c) => match c.fetched_copy(self.id) {
-                    Some(copy) => Ok(copy),
-                    None => c.pull_blocking(self.holder, self.id, self.len),
-                },
-                None => Err(Error::ShutDown),
-            })
-            .clone()
+        if let Some(r) = self.local.get() {
+            return r.clone();
+        }
+        let r = match self.cluster.upgrade() {
+            Some(c) => match c.fetched_copy(self.id) {
+                Some(copy) => Ok(copy),
+                None => c.pull_blocking(self.holder, self.id, self.len),
+            },
+            None => Err(Error::ShutDown),
+        };
+        if let Ok(Payload::Stored(s)) = &r
+            && s.is_attached()
+        {
+            return r;
+        }
+        self.local.get_or_init(|| r).clone()
     }
 
     /// A borrow whose registration failed: every read returns `e`.

@@ -46,6 +46,9 @@ impl NodeWorker {
     }
 }
 
+/// A worker a raylet named: its index and what it holds.
+type NamedWorker = (u64, Vec<(String, f64)>);
+
 impl Cluster {
     /// Refreshes the node table from the GCS.
     pub(crate) fn refresh_nodes(&self) -> Result<(), Error> {
@@ -188,70 +191,36 @@ impl Cluster {
     /// Makes sure the job's workers on node slot `i` are known: asks that node's raylet for
     /// them on first use (it starts one, or names those that joined by themselves).
     fn node_workers(&self, i: usize) -> Result<(), Error> {
-        let (node_id, address, totals, gone) = {
+        let (node_id, address, totals) = {
             let mut slots = lock(&self.nodes);
             let s = &mut slots[i];
-            let gone: Vec<u64> = s
-                .workers
-                .iter()
-                .filter(|w| w.peer.is_closed())
-                .map(|w| w.index)
-                .collect();
             s.workers.retain(|w| !w.peer.is_closed());
             if !s.workers.is_empty() {
                 return Ok(());
             }
-            (s.node_id, s.address.clone(), s.totals.clone(), gone)
+            (s.node_id, s.address.clone(), s.totals.clone())
         };
         let raylet = self.raylet(node_id, &address);
         let what = format!("starting a worker on node {node_id}");
-        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
-        let (index, workers) = loop {
-            let (exe, args, cwd) = self.executable.clone();
-            let job_id = self.job_id;
-            let rx = {
-                let _guard = self.io.enter();
-                raylet.request(|request_id| Msg::StartWorker {
-                    request_id,
-                    job_id,
-                    executable: exe,
-                    args,
-                    cwd,
-                    env: forwarded_env(),
-                })
-            };
-            let Msg::WorkerStarted {
-                index,
-                error,
-                workers,
-                ..
-            } = wait_reply(rx, CALL_TIMEOUT, &what)?
-            else {
-                return Err(cluster_error(what, "unexpected reply"));
-            };
-            if !error.is_empty() {
-                return Err(cluster_error(what, error));
-            }
-            // A worker that just exited (ended by a cancel with force) may be named until the
-            // raylet reaps it: ask again for a moment rather than place work on it.
-            let stale = (workers.is_empty() && gone.contains(&index))
-                || (!workers.is_empty() && workers.iter().all(|w| gone.contains(&w.index)));
-            if !stale || std::time::Instant::now() >= deadline {
-                break (index, workers);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        // A raylet that names no list started one worker holding the whole node.
-        let named: Vec<(u64, Vec<(String, f64)>)> = if workers.is_empty() {
-            vec![(index, totals)]
-        } else {
-            workers
+        // A raylet that has not yet seen a worker die names it: ask again (bounded) until it
+        // names live ones.
+        let mut tries = 0;
+        let named = loop {
+            let named = self.start_workers(&raylet, &what, &totals)?;
+            let lost = lock(&self.lost_workers);
+            let live: Vec<_> = named
                 .into_iter()
-                .map(|w| {
-                    let totals = w.resources.into_iter().map(|r| (r.name, r.total)).collect();
-                    (w.index, totals)
-                })
-                .collect()
+                .filter(|(index, _)| !lost.contains(index))
+                .collect();
+            drop(lost);
+            tries += 1;
+            if !live.is_empty() {
+                break live;
+            }
+            if tries >= 50 {
+                return Err(cluster_error(what, "its raylet names only dead workers"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         };
         let found: Vec<NodeWorker> = named
             .into_iter()
@@ -268,6 +237,51 @@ impl Cluster {
             slots[i].workers = found;
         }
         Ok(())
+    }
+
+    /// Asks a node's raylet for the job's workers there (it starts one if it has none):
+    /// their indices and what each holds.
+    fn start_workers(
+        &self,
+        raylet: &Arc<Peer>,
+        what: &str,
+        totals: &[(String, f64)],
+    ) -> Result<Vec<NamedWorker>, Error> {
+        let (exe, args, cwd) = self.executable.clone();
+        let job_id = self.job_id;
+        let _guard = self.io.enter();
+        let rx = raylet.request(|request_id| Msg::StartWorker {
+            request_id,
+            job_id,
+            executable: exe,
+            args,
+            cwd,
+            env: forwarded_env(),
+        });
+        let Msg::WorkerStarted {
+            index,
+            error,
+            workers,
+            ..
+        } = wait_reply(rx, CALL_TIMEOUT, what)?
+        else {
+            return Err(cluster_error(what, "unexpected reply"));
+        };
+        if !error.is_empty() {
+            return Err(cluster_error(what, error));
+        }
+        // A raylet that names no list started one worker holding the whole node.
+        Ok(if workers.is_empty() {
+            vec![(index, totals.to_vec())]
+        } else {
+            workers
+                .into_iter()
+                .map(|w| {
+                    let totals = w.resources.into_iter().map(|r| (r.name, r.total)).collect();
+                    (w.index, totals)
+                })
+                .collect()
+        })
     }
 
     /// Counts `load` against worker `worker` on node slot `node` (until `release_load`).

@@ -1,6 +1,8 @@
 //! Owning remote work: tasks, actor creations and actor calls this process submits to worker
 //! processes (`PushTask`, `CreateActor`, `ActorCall`), their completion (`TaskDone`), and what
-//! happens to them when the worker running them dies (failed, or retried elsewhere).
+//! happens to them when the worker running them dies: a task is retried elsewhere while it
+//! has retries, else fails with `WorkerCrashed`; an actor call or creation fails with
+//! `ActorDied`; a pull from that worker with `OwnerDied` or `ObjectLost`.
 
 use std::sync::Arc;
 
@@ -37,6 +39,23 @@ pub(super) struct InFlight {
     pub(super) retry: Option<Retry>,
     /// The actor, for an actor call (failed at once when this process kills the actor).
     pub(super) call_of: Option<u64>,
+    /// An actor call's actor (its proxy cell): the owner kills an actor when its cell goes,
+    /// and Ray lets the calls already submitted finish first.
+    pub(super) actor: Option<Arc<ActorCell>>,
+    /// Arguments held here for the executor to pull ([`WireArgs`]), freed when it is done.
+    pub(super) held_args: Vec<u64>,
+}
+
+/// A task's arguments as they go on the wire. Values travel inline in the task's message up
+/// to `max_inline_args_bytes` in all (Ray's `task_rpc_inlined_bytes_limit`), so a spec always
+/// fits in one transport frame; past that, and for stored values given by value, they are
+/// held here under fresh ids (`held`) and pulled by the executor like any argument.
+struct WireArgs {
+    args: Vec<Arg>,
+    /// Ids held in `Cluster::held` for this task until it is done.
+    held: Vec<u64>,
+    /// Inline bytes still allowed in the message.
+    inline_left: usize,
 }
 
 /// A task's submission, kept to run it again after its worker process died.
@@ -49,13 +68,27 @@ pub(super) struct Retry {
 }
 
 impl Cluster {
+    /// Turns a task's argument slots into their wire form (see [`WireArgs`]).
+    fn wire_args(&self, rt: &Arc<RuntimeInner>, slots: &[ArgSlot]) -> WireArgs {
+        let mut w = WireArgs {
+            args: Vec::with_capacity(slots.len()),
+            held: Vec::new(),
+            inline_left: rt.config.max_inline_args_bytes,
+        };
+        for slot in slots {
+            let arg = self.wire_arg(rt, slot, &mut w);
+            w.args.push(arg);
+        }
+        w
+    }
+
     /// Turns an argument slot into its wire form, entering local objects in the escape table
     /// so the executor can pull them.
-    fn wire_arg(&self, rt: &Arc<RuntimeInner>, slot: &ArgSlot) -> Arg {
+    fn wire_arg(&self, rt: &Arc<RuntimeInner>, slot: &ArgSlot, w: &mut WireArgs) -> Arg {
         match slot {
-            ArgSlot::Value(v) => self.value_arg(v, None),
+            ArgSlot::Value(v) => self.value_arg(v, None, w),
             ArgSlot::Ref(cell) => match cell.get() {
-                Some(Ok(v)) => self.value_arg(v, Some(cell)),
+                Some(Ok(v)) => self.value_arg(v, Some(cell), w),
                 _ => {
                     cell.escape(rt);
                     Arg::Ref {
@@ -68,9 +101,14 @@ impl Cluster {
         }
     }
 
-    fn value_arg(&self, v: &ObjectValue, cell: Option<&Arc<ObjectCell>>) -> Arg {
+    fn value_arg(&self, v: &ObjectValue, cell: Option<&Arc<ObjectCell>>, w: &mut WireArgs) -> Arg {
         match &v.data {
-            Payload::Inline(b) if v.nested.is_empty() || cell.is_none() => Arg::Inline(b.to_vec()),
+            Payload::Inline(b)
+                if (v.nested.is_empty() || cell.is_none()) && b.len() <= w.inline_left =>
+            {
+                w.inline_left -= b.len();
+                Arg::Inline(b.to_vec())
+            }
             Payload::Remote(r) => Arg::Ref {
                 object_id: r.id,
                 holder: r.holder,
@@ -87,13 +125,15 @@ impl Cluster {
                         len: v.len() as u64,
                     }
                 }
-                // A stored value given by value: hold it under a fresh id to be pulled.
+                // A stored value given by value, or an inline one past the spec's inline
+                // budget: held under a fresh id to be pulled, until the task is done.
                 None => {
                     let id = self
                         .runtime()
                         .map(|rt| rt.next_object_id().as_u64())
                         .unwrap_or(0);
                     lock(&self.held).insert(id, v.clone());
+                    w.held.push(id);
                     Arg::Ref {
                         object_id: id,
                         holder: self.index,
@@ -101,6 +141,17 @@ impl Cluster {
                     }
                 }
             },
+        }
+    }
+
+    /// Frees the arguments held for a task that is done (or whose worker is gone).
+    fn release_held_args(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut held = lock(&self.held);
+        for id in ids {
+            held.remove(id);
         }
     }
 
@@ -117,7 +168,11 @@ impl Cluster {
         max_retries: u32,
         retries_left: u32,
     ) {
-        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
+        let WireArgs {
+            args: wire_args,
+            held: held_args,
+            ..
+        } = self.wire_args(rt, &args);
         // Prefer the worker that holds the largest argument (Ray's locality-aware leasing),
         // as long as its node is not busy.
         let preferred = wire_args
@@ -133,6 +188,7 @@ impl Cluster {
         let (node, worker, peer) = match self.place(request, preferred) {
             Ok(p) => p,
             Err(e) => {
+                self.release_held_args(&held_args);
                 cell.complete(Err(e));
                 return;
             }
@@ -157,6 +213,8 @@ impl Cluster {
                     left: retries_left,
                 }),
                 call_of: None,
+                actor: None,
+                held_args,
             },
         );
         peer.send(Msg::PushTask {
@@ -173,7 +231,7 @@ impl Cluster {
     }
 
     /// Creates an actor in a worker process elsewhere; `created` completes when its
-    /// constructor has run there. Returns the actor's location.
+    /// constructor has run there.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_actor_remote(
         &self,
@@ -182,40 +240,34 @@ impl Cluster {
         created: Arc<ObjectCell>,
         args: Vec<ArgSlot>,
         request: &ResourceRequest,
+        placement: &ResourceRequest,
         name: Option<&str>,
         max_concurrency: usize,
         max_restarts: u32,
     ) -> Result<(), Error> {
-        let (node, worker, peer) = self.place(request, None)?;
+        // Placed where `placement` fits (a default actor needs 1 CPU), holding `request`.
+        let (node, worker, peer) = self.place(placement, None)?;
         let actor_id = actor.id().as_u64();
         let node_id = lock(&self.nodes).get(node).map(|s| s.node_id).unwrap_or(0);
         // The directory first, so a taken name fails before anything runs.
-        let _guard = self.io.enter();
-        let rx = self.gcs.request(|request_id| Msg::RegisterActor {
-            request_id,
-            actor: super::proto::ActorInfo {
-                actor_id,
-                name: name.unwrap_or_default().to_owned(),
-                class_name: actor.class_name().to_owned(),
-                worker,
-                node_id,
-                alive: true,
-                death: String::new(),
-            },
-        });
-        if let Msg::ActorReply { error, .. } = wait_reply(rx, CALL_TIMEOUT, "registering an actor")?
-            && !error.is_empty()
-        {
-            return Err(match name {
-                Some(n) if error.contains("taken") => Error::ActorNameTaken { name: n.to_owned() },
-                _ => cluster_error("registering an actor", error),
-            });
-        }
+        self.register_actor(super::proto::ActorInfo {
+            actor_id,
+            name: name.unwrap_or_default().to_owned(),
+            class_name: actor.class_name().to_owned(),
+            worker,
+            node_id,
+            alive: true,
+            death: String::new(),
+        })?;
         actor.set_remote(RemoteActor {
             worker,
             peer: peer.clone(),
         });
-        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
+        let WireArgs {
+            args: wire_args,
+            held: held_args,
+            ..
+        } = self.wire_args(rt, &args);
         // An actor holds what it asked for on its worker while it lives (until killed).
         let load = request_pairs(request);
         self.take_load(node, worker, &load);
@@ -231,6 +283,8 @@ impl Cluster {
                 args: args.into_boxed_slice(),
                 retry: None,
                 call_of: None,
+                actor: None,
+                held_args,
             },
         );
         peer.send(Msg::CreateActor {
@@ -245,21 +299,81 @@ impl Cluster {
         Ok(())
     }
 
+    /// Enters an actor in the GCS's directory (a taken name is `ActorNameTaken`).
+    fn register_actor(&self, actor: super::proto::ActorInfo) -> Result<(), Error> {
+        let name = actor.name.clone();
+        let _guard = self.io.enter();
+        let rx = self
+            .gcs
+            .request(|request_id| Msg::RegisterActor { request_id, actor });
+        if let Msg::ActorReply { error, .. } = wait_reply(rx, CALL_TIMEOUT, "registering an actor")?
+            && !error.is_empty()
+        {
+            return Err(if !name.is_empty() && error.contains("taken") {
+                Error::ActorNameTaken { name }
+            } else {
+                cluster_error("registering an actor", error)
+            });
+        }
+        Ok(())
+    }
+
+    /// Enters an actor this worker process created and hosts itself (its own resources
+    /// sufficed) in the GCS's directory, under its id only (a name stays this process's), so
+    /// a handle to it can be decoded, called and killed in any process. Its death is
+    /// recorded by [`Cluster::hosted_actor_died`].
+    pub(crate) fn register_hosted_actor(&self, actor_id: u64, class: &str) -> Result<(), Error> {
+        self.register_actor(super::proto::ActorInfo {
+            actor_id,
+            name: String::new(),
+            class_name: class.to_owned(),
+            worker: self.index,
+            node_id: self.node_id().unwrap_or(0),
+            alive: true,
+            death: String::new(),
+        })
+    }
+
+    /// Records in the GCS's directory that an actor this process created and hosts is dead
+    /// (`manta list actors`; a lookup of its id then finds it dead).
+    pub(crate) fn hosted_actor_died(&self, actor_id: u64, class: &str, death: &str) {
+        let actor = super::proto::ActorInfo {
+            actor_id,
+            name: String::new(),
+            class_name: class.to_owned(),
+            worker: self.index,
+            node_id: self.node_id().unwrap_or(0),
+            alive: false,
+            death: death.to_owned(),
+        };
+        let _guard = self.io.enter();
+        // The answer is of no use: the receiver is dropped.
+        drop(
+            self.gcs
+                .request(|request_id| Msg::RegisterActor { request_id, actor }),
+        );
+    }
+
     /// Sends a call to a remote actor; completes `cell` with its result.
     pub(crate) fn call_remote(
         &self,
+        actor: &Arc<ActorCell>,
         remote: &RemoteActor,
-        actor_id: u64,
         method: &'static str,
         cell: Arc<ObjectCell>,
         args: Box<[ArgSlot]>,
     ) {
+        let actor_id = actor.id().as_u64();
         let Some(rt) = self.runtime() else {
             cell.complete(Err(Error::ShutDown));
             return;
         };
         let call_id = cell.id().as_u64();
-        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(&rt, a)).collect();
+        let WireArgs {
+            args: wire_args,
+            held: held_args,
+            ..
+        } = self.wire_args(&rt, &args);
         lock(&self.in_flight).insert(
             call_id,
             InFlight {
@@ -271,6 +385,8 @@ impl Cluster {
                 args,
                 retry: None,
                 call_of: Some(actor_id),
+                actor: Some(actor.clone()),
+                held_args,
             },
         );
         remote.peer.send(Msg::ActorCall {
@@ -334,6 +450,7 @@ impl Cluster {
             return;
         };
         self.release_load(f.node, f.worker, &f.load);
+        self.release_held_args(&f.held_args);
         let value = match outcome {
             Outcome::Inline(bytes) => Ok(ObjectValue::inline(Bytes::from(bytes))),
             Outcome::Stored { len } => Ok(ObjectValue::remote(RemoteObject::new(
@@ -369,16 +486,32 @@ impl Cluster {
                 .filter_map(|id| m.remove(&id).map(|f| (id, f)))
                 .collect()
         };
+        lock(&self.lost_workers).insert(index);
         let mut again = Vec::new();
-        for (_, f) in lost {
+        let death = format!("worker process {index} died or became unreachable ({reason})");
+        for (id, f) in lost {
             self.release_load(f.node, f.worker, &f.load);
-            match f.retry {
-                Some(r) if r.left > 0 => again.push((f.cell, f.args, r)),
-                _ => {
-                    f.cell.complete(Err(cluster_error(
-                        format!("worker process {index}"),
-                        format!("it died or became unreachable ({reason})"),
-                    )));
+            self.release_held_args(&f.held_args);
+            match (f.retry, &f.actor) {
+                (Some(r), _) if r.left > 0 => again.push((f.cell, f.args, r)),
+                // A task: Ray's WorkerCrashedError.
+                (Some(_), _) => {
+                    f.cell.complete(Err(Error::WorkerCrashed {
+                        task: f.name.to_owned(),
+                        reason: death.clone(),
+                    }));
+                }
+                // An actor call, or (no actor cell: the id is the actor's) its creation.
+                (None, actor) => {
+                    let (actor, class) = match actor {
+                        Some(a) => (a.id(), a.class_name()),
+                        None => (crate::id::ActorId::from_u64(id), f.name),
+                    };
+                    f.cell.complete(Err(Error::ActorDied {
+                        actor,
+                        class: class.to_owned(),
+                        reason: death.clone(),
+                    }));
                 }
             }
         }
@@ -408,7 +541,7 @@ impl Cluster {
         }
         self.drop_borrower(index);
         self.attach_worker_lost(index);
-        let failed: Vec<PullDone> = {
+        let failed: Vec<(u64, PullDone)> = {
             let mut pulls = lock(&self.pulls);
             let name = format!("w{index}");
             let ids: Vec<u64> = pulls
@@ -417,20 +550,55 @@ impl Cluster {
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter()
-                .filter_map(|id| pulls.remove(&id).map(|p| p.done))
+                .filter_map(|id| pulls.remove(&id).map(|p| (p.object_id, p.done)))
                 .collect()
         };
-        for done in failed {
-            done(Err(cluster_error(
-                format!("worker process {index}"),
-                format!("unreachable ({reason})"),
-            )));
+        for (object_id, done) in failed {
+            done(Err(lost_with(object_id, index, &death)));
         }
     }
 }
 
-fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error {
+/// The error of a pull of `object_id` from worker `index`, which died: its owner's death
+/// when it owned the object (Ray's `OwnerDiedError`), else the object's loss
+/// (`ObjectLostError`).
+pub(super) fn lost_with(object_id: u64, index: u64, death: &str) -> Error {
+    let object = ObjectId::from_u64(object_id);
+    if super::owner_of(object_id) == index {
+        Error::OwnerDied {
+            object,
+            reason: death.to_owned(),
+        }
+    } else {
+        Error::ObjectLost {
+            object,
+            reason: death.to_owned(),
+        }
+    }
+}
+
+/// An error from the wire (`TaskDone` of task `id`, or `ObjectFailed`), as
+/// `execute::error_to_wire` sent it.
+pub(super) fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error {
     match kind {
+        ErrorKind::WorkerCrashed => Error::WorkerCrashed {
+            task,
+            reason: message,
+        },
+        ErrorKind::ObjectLost | ErrorKind::OwnerDied => {
+            let object = ObjectId::from_u64(task.parse().unwrap_or(id));
+            if kind == ErrorKind::ObjectLost {
+                Error::ObjectLost {
+                    object,
+                    reason: message,
+                }
+            } else {
+                Error::OwnerDied {
+                    object,
+                    reason: message,
+                }
+            }
+        }
         ErrorKind::Panic => Error::Task(TaskError::remote_panic(&task, &message)),
         ErrorKind::ActorDied => Error::ActorDied {
             actor: crate::id::ActorId::from_u64(id),
@@ -441,6 +609,11 @@ fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error 
             object: ObjectId::from_u64(id),
             task,
         },
+        ErrorKind::Infeasible | ErrorKind::Store
+            if let Some(e) = typed_wire_error(kind, &task, &message) =>
+        {
+            e
+        }
         ErrorKind::Infeasible | ErrorKind::Store | ErrorKind::Other => Error::Cluster {
             what: if task.is_empty() {
                 "remote task".into()
@@ -449,5 +622,94 @@ fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error 
             },
             message,
         },
+    }
+}
+
+/// `Infeasible` and the store's errors, whose fields `execute::error_to_wire` packed.
+fn typed_wire_error(kind: ErrorKind, task: &str, message: &str) -> Option<Error> {
+    use super::execute::SEP;
+    if kind == ErrorKind::Infeasible {
+        let (request, total) = message.split_once(SEP)?;
+        return Some(Error::Infeasible {
+            what: task.to_owned(),
+            request: request.to_owned(),
+            total: total.to_owned(),
+        });
+    }
+    let fields: Vec<&str> = task.split(SEP).collect();
+    match fields.as_slice() {
+        ["full", object, size, used, pinned, capacity, waited] => Some(Error::ObjectStoreFull {
+            object: ObjectId::from_u64(object.parse().ok()?),
+            size: size.parse().ok()?,
+            used: used.parse().ok()?,
+            pinned: pinned.parse().ok()?,
+            capacity: capacity.parse().ok()?,
+            waited: std::time::Duration::from_micros(waited.parse().ok()?),
+        }),
+        [object] => Some(Error::ObjectStore {
+            object: ObjectId::from_u64(object.parse().ok()?),
+            message: message.to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::execute::error_to_wire;
+    use super::*;
+    use std::time::Duration;
+
+    /// Every error a task or a pulled object can fail with keeps its kind across the wire.
+    #[test]
+    fn errors_keep_their_kind_across_the_wire() {
+        let object = ObjectId::from_u64(0x2000_0000_0042);
+        let errors = [
+            Error::Task(TaskError::remote_panic("m::f", "boom")),
+            Error::ActorDied {
+                actor: crate::id::ActorId::from_u64(7),
+                class: "m::A".into(),
+                reason: "killed".into(),
+            },
+            Error::Infeasible {
+                what: "task m::f".into(),
+                request: "{CPU: 4}".into(),
+                total: "{CPU: 2}".into(),
+            },
+            Error::ObjectStoreFull {
+                object,
+                size: 40,
+                used: 70,
+                pinned: 30,
+                capacity: 75,
+                waited: Duration::from_micros(1234),
+            },
+            Error::ObjectStore {
+                object,
+                message: "larger than the store".into(),
+            },
+            Error::WorkerCrashed {
+                task: "m::f".into(),
+                reason: "worker process 3 died".into(),
+            },
+            Error::ObjectLost {
+                object,
+                reason: "worker process 3 died".into(),
+            },
+            Error::OwnerDied {
+                object,
+                reason: "worker process 3 died".into(),
+            },
+        ];
+        for e in errors {
+            let (kind, task, message) = error_to_wire(&e);
+            let back = wire_error(kind, task, message, 7);
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&e),
+                "{e:?} came back as {back:?}"
+            );
+            assert_eq!(back.to_string(), e.to_string());
+        }
     }
 }

@@ -93,6 +93,9 @@ pub(crate) struct Cluster {
     pub(super) executable: (String, Vec<String>, String),
     pub(super) stop: tokio::sync::Notify,
     pub(super) stopped: AtomicBool,
+    /// Worker processes found dead (`worker_lost`): a raylet that has not noticed yet may
+    /// still name one, which placement then passes over.
+    pub(super) lost_workers: Mutex<std::collections::HashSet<u64>>,
     pub(super) max_inline: usize,
     /// Our shared-memory listener's (abstract) socket.
     pub(super) shm_path: Option<std::path::PathBuf>,
@@ -330,6 +333,7 @@ impl Cluster {
             executable: (exe, args, cwd),
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
+            lost_workers: Mutex::new(std::collections::HashSet::new()),
             max_inline: opts.max_inline,
             shm_path: shm.as_ref().map(|(_, p, _)| p.clone()),
             host_id: host_id(),
@@ -739,6 +743,12 @@ impl Handler for WorkerHandler {
                 arena,
             } => c.object_pinned(peer, request_id, pin_id, offset, len, arena),
             Msg::UnpinObject { pin_id } => c.unpin_object(peer, pin_id),
+            Msg::ObjectFailed {
+                request_id,
+                kind,
+                task,
+                message,
+            } => c.object_failed(request_id, kind, task, message),
             Msg::ObjectData {
                 request_id,
                 found,

@@ -7,10 +7,11 @@ use super::{
     TAG_CANCEL_REPLY, TAG_CANCEL_TASK, TAG_CREATE_ACTOR, TAG_FREE_OBJECT, TAG_GET_NODES,
     TAG_GET_WORKER, TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR, TAG_KV_GET, TAG_KV_PUT,
     TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT, TAG_NODES,
-    TAG_OBJECT_DATA, TAG_OBJECT_PINNED, TAG_PULL_OBJECT, TAG_PUSH_TASK, TAG_REGISTER_ACTOR,
-    TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED, TAG_REMOVE_BORROWER, TAG_START_WORKER,
-    TAG_STOP, TAG_SUBSCRIBE, TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_INFO,
-    TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
+    TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT, TAG_PUSH_TASK,
+    TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED,
+    TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP, TAG_SUBSCRIBE, TAG_TASK_DONE,
+    TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_INFO, TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow,
+    tag_name,
 };
 use flatbuffers::{ForwardsUOffset, Vector};
 
@@ -122,6 +123,9 @@ fn error_kind_from_wire(k: fb::ErrorKind) -> ErrorKind {
         fb::ErrorKind::Cancelled => ErrorKind::Cancelled,
         fb::ErrorKind::Infeasible => ErrorKind::Infeasible,
         fb::ErrorKind::Store => ErrorKind::Store,
+        fb::ErrorKind::WorkerCrashed => ErrorKind::WorkerCrashed,
+        fb::ErrorKind::ObjectLost => ErrorKind::ObjectLost,
+        fb::ErrorKind::OwnerDied => ErrorKind::OwnerDied,
         // Other, and kinds a newer peer may add.
         _ => ErrorKind::Other,
     }
@@ -440,6 +444,15 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 offset: t.offset(),
                 len: t.len(),
                 arena: t.arena(),
+            }
+        }
+        TAG_OBJECT_FAILED => {
+            let t = root!(ObjectFailed);
+            Msg::ObjectFailed {
+                request_id: t.request_id(),
+                kind: error_kind_from_wire(t.error_kind()),
+                task: string(t.error_task()),
+                message: string(t.error_message()),
             }
         }
         TAG_UNPIN_OBJECT => Msg::UnpinObject {

@@ -216,6 +216,9 @@ fn error_kind_to_wire(k: ErrorKind) -> fb::ErrorKind {
         ErrorKind::Infeasible => fb::ErrorKind::Infeasible,
         ErrorKind::Store => fb::ErrorKind::Store,
         ErrorKind::Other => fb::ErrorKind::Other,
+        ErrorKind::WorkerCrashed => fb::ErrorKind::WorkerCrashed,
+        ErrorKind::ObjectLost => fb::ErrorKind::ObjectLost,
+        ErrorKind::OwnerDied => fb::ErrorKind::OwnerDied,
     }
 }
 
@@ -761,6 +764,24 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     offset: *offset,
                     len: *len,
                     arena: *arena,
+                }
+            );
+        }
+        Msg::ObjectFailed {
+            request_id,
+            kind,
+            task,
+            message,
+        } => {
+            let error_task = opt_str(fbb, task);
+            let error_message = opt_str(fbb, message);
+            table!(
+                ObjectFailed,
+                ObjectFailedArgs {
+                    request_id: *request_id,
+                    error_kind: error_kind_to_wire(*kind),
+                    error_task,
+                    error_message,
                 }
             );
         }

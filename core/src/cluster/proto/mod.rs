@@ -92,6 +92,12 @@ pub(crate) enum ErrorKind {
     Infeasible,
     Store,
     Other,
+    /// `task` is the task's name.
+    WorkerCrashed,
+    /// `task` is the object's id (decimal).
+    ObjectLost,
+    /// `task` is the object's id (decimal).
+    OwnerDied,
 }
 
 /// The outcome of a task, actor creation or actor call.
@@ -317,6 +323,13 @@ pub(crate) enum Msg {
     UnpinObject {
         pin_id: u64,
     },
+    /// The object a pull asked for failed (instead of `ObjectData`).
+    ObjectFailed {
+        request_id: u64,
+        kind: ErrorKind,
+        task: String,
+        message: String,
+    },
     ListWork {
         request_id: u64,
     },
@@ -396,6 +409,7 @@ pub(crate) const TAG_UNPIN_OBJECT: u64 = 38;
 // Cancel (50–59).
 pub(crate) const TAG_CANCEL_TASK: u64 = 50;
 pub(crate) const TAG_CANCEL_REPLY: u64 = 51;
+pub(crate) const TAG_OBJECT_FAILED: u64 = 40;
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -447,6 +461,9 @@ const MORE_NAMES: &[(u64, &str)] = &[
 
 /// The table name a tag stands for, if it is a cluster message's.
 pub(crate) fn tag_name(tag: u64) -> Option<&'static str> {
+    if tag == TAG_OBJECT_FAILED {
+        return Some("ObjectFailed");
+    }
     let i = usize::try_from(tag.checked_sub(1)?).ok()?;
     NAMES.get(i).copied().or_else(|| {
         MORE_NAMES
@@ -500,6 +517,7 @@ impl Msg {
             Msg::UnpinObject { .. } => TAG_UNPIN_OBJECT,
             Msg::CancelTask { .. } => TAG_CANCEL_TASK,
             Msg::CancelReply { .. } => TAG_CANCEL_REPLY,
+            Msg::ObjectFailed { .. } => TAG_OBJECT_FAILED,
         }
     }
 
@@ -510,7 +528,7 @@ impl Msg {
 
     /// The name of this message's table (for logs and errors).
     pub(crate) fn name(&self) -> &'static str {
-        // Every tag names a table.
+        // Every tag has a name (tags past NAMES are named in `tag_name`).
         tag_name(self.tag_u64()).unwrap_or("?")
     }
 }

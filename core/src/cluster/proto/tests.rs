@@ -281,6 +281,12 @@ fn samples() -> Vec<Msg> {
             arena: 7,
         },
         Msg::UnpinObject { pin_id: 3 },
+        Msg::ObjectFailed {
+            request_id: 40,
+            kind: ErrorKind::OwnerDied,
+            task: "12345".into(),
+            message: "worker process 3 died".into(),
+        },
         Msg::ListWork { request_id: 32 },
         Msg::Work {
             request_id: 33,
@@ -327,13 +333,10 @@ fn round_trip(fbb: &mut FlatBufferBuilder<'static>, msg: &Msg) {
 fn every_variant_round_trips_through_one_reused_builder() {
     let samples = samples();
     let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
-    assert_eq!(
-        tags,
-        (1..=38)
-            .chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY])
-            .collect(),
-        "a sample of every variant"
-    );
+    let want: HashSet<u64> = (1..=38)
+        .chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY, TAG_OBJECT_FAILED])
+        .collect();
+    assert_eq!(tags, want, "a sample of every variant");
     let mut fbb = FlatBufferBuilder::new();
     for msg in &samples {
         round_trip(&mut fbb, msg);
@@ -354,6 +357,9 @@ fn every_error_kind_round_trips() {
         ErrorKind::Infeasible,
         ErrorKind::Store,
         ErrorKind::Other,
+        ErrorKind::WorkerCrashed,
+        ErrorKind::ObjectLost,
+        ErrorKind::OwnerDied,
     ] {
         let msg = Msg::TaskDone {
             task_id: 1,
@@ -452,7 +458,7 @@ fn tags_are_distinct_stable_and_named() {
     for msg in &samples {
         let tag = msg.tag().0;
         assert!(
-            (1..=38).contains(&tag) || (50..=59).contains(&tag),
+            (1..=38).contains(&tag) || (50..=59).contains(&tag) || tag == TAG_OBJECT_FAILED,
             "tag {tag}"
         );
         assert_eq!(tag_name(tag), Some(msg.name()));
@@ -473,6 +479,7 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(TAG_REMOVE_BORROWER, 36);
     assert_eq!(TAG_UNPIN_OBJECT, 38);
     assert_eq!(tag_name(39), None);
+    assert_eq!(tag_name(TAG_OBJECT_FAILED), Some("ObjectFailed"));
     assert_eq!(tag_name(u64::MAX), None);
     assert_eq!(TAG_CANCEL_TASK, 50);
     assert_eq!(TAG_CANCEL_REPLY, 51);

@@ -184,16 +184,19 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ActorState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_KIND: u8 = 5;
+pub const ENUM_MAX_ERROR_KIND: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 6] = [
+pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 9] = [
   ErrorKind::Panic,
   ErrorKind::ActorDied,
   ErrorKind::Cancelled,
   ErrorKind::Infeasible,
   ErrorKind::Store,
   ErrorKind::Other,
+  ErrorKind::WorkerCrashed,
+  ErrorKind::ObjectLost,
+  ErrorKind::OwnerDied,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -207,9 +210,14 @@ impl ErrorKind {
   pub const Infeasible: Self = Self(3);
   pub const Store: Self = Self(4);
   pub const Other: Self = Self(5);
+  /// The task's worker process died (`error_task`: the task).
+  pub const WorkerCrashed: Self = Self(6);
+  /// An object was lost with its holder, or with its owner (`error_task`: the object id).
+  pub const ObjectLost: Self = Self(7);
+  pub const OwnerDied: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Panic,
     Self::ActorDied,
@@ -217,6 +225,9 @@ impl ErrorKind {
     Self::Infeasible,
     Self::Store,
     Self::Other,
+    Self::WorkerCrashed,
+    Self::ObjectLost,
+    Self::OwnerDied,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -227,6 +238,9 @@ impl ErrorKind {
       Self::Infeasible => Some("Infeasible"),
       Self::Store => Some("Store"),
       Self::Other => Some("Other"),
+      Self::WorkerCrashed => Some("WorkerCrashed"),
+      Self::ObjectLost => Some("ObjectLost"),
+      Self::OwnerDied => Some("OwnerDied"),
       _ => None,
     }
   }
@@ -7226,6 +7240,155 @@ impl ::core::fmt::Debug for CancelReply<'_> {
       ds.field("request_id", &self.request_id());
       ds.field("cancelled", &self.cancelled());
       ds.field("ending", &self.ending());
+      ds.finish()
+  }
+}
+pub enum ObjectFailedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// holder -> puller (reply to PullObject, instead of ObjectData): the object failed; its
+/// error, as TaskDone carries one, so a task whose argument failed fails with that cause.
+pub struct ObjectFailed<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ObjectFailed<'a> {
+  type Inner = ObjectFailed<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ObjectFailed<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_KIND: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ERROR_TASK: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ObjectFailed { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ObjectFailedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ObjectFailed<'bldr>> {
+    let mut builder = ObjectFailedBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    if let Some(x) = args.error_task { builder.add_error_task(x); }
+    builder.add_error_kind(args.error_kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ObjectFailed::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_kind(&self) -> ErrorKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorKind>(ObjectFailed::VT_ERROR_KIND, Some(ErrorKind::Panic)).unwrap()}
+  }
+  #[inline]
+  pub fn error_task(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ObjectFailed::VT_ERROR_TASK, None)}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ObjectFailed::VT_ERROR_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ObjectFailed<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<ErrorKind>("error_kind", Self::VT_ERROR_KIND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_task", Self::VT_ERROR_TASK, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ObjectFailedArgs<'a> {
+    pub request_id: u64,
+    pub error_kind: ErrorKind,
+    pub error_task: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ObjectFailedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ObjectFailedArgs {
+      request_id: 0,
+      error_kind: ErrorKind::Panic,
+      error_task: None,
+      error_message: None,
+    }
+  }
+}
+
+pub struct ObjectFailedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ObjectFailedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(ObjectFailed::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_error_kind(&mut self, error_kind: ErrorKind) {
+    self.fbb_.push_slot::<ErrorKind>(ObjectFailed::VT_ERROR_KIND, error_kind, ErrorKind::Panic);
+  }
+  #[inline]
+  pub fn add_error_task(&mut self, error_task: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ObjectFailed::VT_ERROR_TASK, error_task);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ObjectFailed::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ObjectFailedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ObjectFailedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ObjectFailed<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ObjectFailed<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ObjectFailed");
+      ds.field("request_id", &self.request_id());
+      ds.field("error_kind", &self.error_kind());
+      ds.field("error_task", &self.error_task());
+      ds.field("error_message", &self.error_message());
       ds.finish()
   }
 }
