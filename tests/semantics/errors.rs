@@ -8,7 +8,7 @@ use std::time::Duration;
 use manta::Error;
 use serde::{Deserialize, Serialize};
 
-use crate::harness::{Case, Ctx, Mode};
+use crate::harness::{Case, Ctx};
 
 pub(crate) const CASES: &[Case] = &[
     Case::new("errors::returned_err_is_a_typed_task_error", returned_err),
@@ -19,24 +19,6 @@ pub(crate) const CASES: &[Case] = &[
     Case::new(
         "errors::a_dependent_fails_with_the_typed_error",
         dependent_of_typed_error,
-    )
-    .skip(CLUSTER_ARG_ERRORS),
-];
-
-/// In a cluster a task whose argument failed gets a generic `Error::Cluster` ("pulling an
-/// object: …") instead of the argument's error: issue 11, item 10, fixed separately.
-const CLUSTER_ARG_ERRORS: &[(Mode, &str)] = &[
-    (
-        Mode::OneNode,
-        "issue 11 item 10: a failed argument is Error::Cluster in a cluster",
-    ),
-    (
-        Mode::ThreeNodes,
-        "issue 11 item 10: a failed argument is Error::Cluster in a cluster",
-    ),
-    (
-        Mode::Srun,
-        "issue 11 item 10: a failed argument is Error::Cluster in a cluster",
     ),
 ];
 

@@ -85,11 +85,16 @@ pub(super) struct PendingPull {
 /// The reply to a pull of an object that failed: its error, kind and all.
 fn failed(request_id: u64, e: &Error) -> Msg {
     let (kind, task, message) = super::execute::error_to_wire(e);
+    let cause = match e {
+        Error::Task(t) => t.pack_cause(),
+        _ => Vec::new(),
+    };
     Msg::ObjectFailed {
         request_id,
         kind,
         task,
         message,
+        cause,
     }
 }
 
@@ -463,16 +468,17 @@ impl Cluster {
         kind: super::proto::ErrorKind,
         task: String,
         message: String,
+        cause: Vec<u8>,
     ) {
         let Some(pending) = lock(&self.pulls).remove(&request_id) else {
             return;
         };
-        (pending.done)(Err(super::submit::wire_error(
-            kind,
-            task,
-            message,
-            pending.object_id,
-        )));
+        (pending.done)(Err(match kind {
+            super::proto::ErrorKind::Panic => {
+                crate::error::Error::Task(crate::error::TaskError::unpack(&task, &message, &cause))
+            }
+            _ => super::submit::wire_error(kind, task, message, pending.object_id),
+        }));
     }
 
     /// A pulled copy of `object_id` made for a task argument, if one is here.

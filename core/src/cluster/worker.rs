@@ -748,7 +748,8 @@ impl Handler for WorkerHandler {
                 kind,
                 task,
                 message,
-            } => c.object_failed(request_id, kind, task, message),
+                cause,
+            } => c.object_failed(request_id, kind, task, message, cause),
             Msg::ObjectData {
                 request_id,
                 found,

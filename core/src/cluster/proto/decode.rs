@@ -453,6 +453,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 kind: error_kind_from_wire(t.error_kind()),
                 task: string(t.error_task()),
                 message: string(t.error_message()),
+                cause: bytes(t.error_cause()),
             }
         }
         TAG_UNPIN_OBJECT => Msg::UnpinObject {

@@ -772,9 +772,11 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             kind,
             task,
             message,
+            cause,
         } => {
             let error_task = opt_str(fbb, task);
             let error_message = opt_str(fbb, message);
+            let error_cause = (!cause.is_empty()).then(|| fbb.create_vector(cause));
             table!(
                 ObjectFailed,
                 ObjectFailedArgs {
@@ -782,6 +784,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     error_kind: error_kind_to_wire(*kind),
                     error_task,
                     error_message,
+                    error_cause,
                 }
             );
         }

@@ -329,6 +329,8 @@ pub(crate) enum Msg {
         kind: ErrorKind,
         task: String,
         message: String,
+        /// A task error's typed cause (`TaskError::pack_cause`); empty when none.
+        cause: Vec<u8>,
     },
     ListWork {
         request_id: u64,

@@ -286,6 +286,7 @@ fn samples() -> Vec<Msg> {
             kind: ErrorKind::OwnerDied,
             task: "12345".into(),
             message: "worker process 3 died".into(),
+            cause: vec![1, 2, 3],
         },
         Msg::ListWork { request_id: 32 },
         Msg::Work {

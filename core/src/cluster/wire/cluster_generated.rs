@@ -7265,6 +7265,7 @@ impl<'a> ObjectFailed<'a> {
   pub const VT_ERROR_KIND: ::flatbuffers::VOffsetT = 6;
   pub const VT_ERROR_TASK: ::flatbuffers::VOffsetT = 8;
   pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ERROR_CAUSE: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -7277,6 +7278,7 @@ impl<'a> ObjectFailed<'a> {
   ) -> ::flatbuffers::WIPOffset<ObjectFailed<'bldr>> {
     let mut builder = ObjectFailedBuilder::new(_fbb);
     builder.add_request_id(args.request_id);
+    if let Some(x) = args.error_cause { builder.add_error_cause(x); }
     if let Some(x) = args.error_message { builder.add_error_message(x); }
     if let Some(x) = args.error_task { builder.add_error_task(x); }
     builder.add_error_kind(args.error_kind);
@@ -7312,6 +7314,13 @@ impl<'a> ObjectFailed<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ObjectFailed::VT_ERROR_MESSAGE, None)}
   }
+  #[inline]
+  pub fn error_cause(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ObjectFailed::VT_ERROR_CAUSE, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ObjectFailed<'_> {
@@ -7324,6 +7333,7 @@ impl ::flatbuffers::Verifiable for ObjectFailed<'_> {
      .visit_field::<ErrorKind>("error_kind", Self::VT_ERROR_KIND, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_task", Self::VT_ERROR_TASK, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("error_cause", Self::VT_ERROR_CAUSE, false)?
      .finish();
     Ok(())
   }
@@ -7333,6 +7343,7 @@ pub struct ObjectFailedArgs<'a> {
     pub error_kind: ErrorKind,
     pub error_task: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub error_cause: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for ObjectFailedArgs<'a> {
   #[inline]
@@ -7342,6 +7353,7 @@ impl<'a> Default for ObjectFailedArgs<'a> {
       error_kind: ErrorKind::Panic,
       error_task: None,
       error_message: None,
+      error_cause: None,
     }
   }
 }
@@ -7368,6 +7380,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ObjectFailedBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ObjectFailed::VT_ERROR_MESSAGE, error_message);
   }
   #[inline]
+  pub fn add_error_cause(&mut self, error_cause: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ObjectFailed::VT_ERROR_CAUSE, error_cause);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ObjectFailedBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ObjectFailedBuilder {
@@ -7389,6 +7405,7 @@ impl ::core::fmt::Debug for ObjectFailed<'_> {
       ds.field("error_kind", &self.error_kind());
       ds.field("error_task", &self.error_task());
       ds.field("error_message", &self.error_message());
+      ds.field("error_cause", &self.error_cause());
       ds.finish()
   }
 }
