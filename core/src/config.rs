@@ -307,6 +307,11 @@ catalogue! {
     /// arena of its own of `object_store_memory` bytes. Read by raylets and by the processes
     /// that join them; a process that cannot reach its raylet's arena keeps its own.
     node_object_store: bool = true, env "MANTA_NODE_OBJECT_STORE";
+    /// The namespace of this job's actor names (Ray's `ray.init(namespace=...)`): `get_actor`
+    /// and `ActorOptions::name` use it unless told another. Empty (the default) is the
+    /// cluster's default namespace, shared by every job that sets none. A driver's namespace
+    /// is its workers'.
+    namespace: String = String::new(), env "MANTA_NAMESPACE";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

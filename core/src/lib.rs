@@ -27,8 +27,8 @@ mod view;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};
 pub use api::{
-    NodeStatus, Split, block_on, cancel, get, get_actor, get_all, get_timeout, kill, put, put_ref,
-    restart, status, wait,
+    NodeStatus, Split, block_on, cancel, exit_actor, get, get_actor, get_actor_in, get_all,
+    get_timeout, kill, put, put_ref, restart, status, wait,
 };
 pub use config::{Config, CpuList, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};
@@ -47,10 +47,12 @@ pub mod __private {
         ActorClass, ActorMethod, ActorState, BoxedState, ClassRegistration, MethodRegistration,
         RawActorHandle,
     };
-    pub use crate::api::{create_actor, submit};
+    pub use crate::api::{Returns, create_actor, submit, submit_returns};
     pub use crate::codec::encode;
     pub use crate::object::ObjectCell;
     pub use crate::object::ObjectValue;
-    pub use crate::task::{ArgReader, ArgSlot, Invoke, Registration, RemoteFunction};
+    pub use crate::task::{
+        ArgReader, ArgSlot, Invoke, InvokeReturns, Registration, RemoteFunction,
+    };
     pub use inventory;
 }

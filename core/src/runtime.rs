@@ -32,13 +32,34 @@ pub(crate) struct RuntimeInner {
     next_id: AtomicU64,
     escaped: Mutex<HashMap<ObjectId, Weak<ObjectCell>>>,
     actors: Mutex<HashMap<ActorId, Weak<ActorCell>>>,
-    named: Mutex<HashMap<String, Arc<ActorCell>>>,
+    /// Named actors this process created, by name key (`ActorOptions::name_key`).
+    named: Mutex<HashMap<String, Named>>,
     /// Actors created here by remote owners (held until killed).
     pushed_actors: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
     /// This process's cluster membership, if it joined one.
     pub(crate) cluster: Option<Arc<crate::cluster::worker::Cluster>>,
     default_demand: crate::resources::Demand,
     pub(crate) started: Instant,
+}
+
+/// An entry of the name table: a detached actor is held by it (until killed or shutdown), any
+/// other named actor only referred to, so that it dies with its last handle (Ray's rule).
+#[derive(Debug)]
+struct Named {
+    id: ActorId,
+    weak: Weak<ActorCell>,
+    #[allow(dead_code)] // held for its drop
+    detached: Option<Arc<ActorCell>>,
+}
+
+impl Named {
+    fn new(cell: &Arc<ActorCell>, detached: bool) -> Self {
+        Named {
+            id: cell.id(),
+            weak: Arc::downgrade(cell),
+            detached: detached.then(|| cell.clone()),
+        }
+    }
 }
 
 struct Global {
@@ -159,7 +180,10 @@ pub fn shutdown() {
     }
     lock(&rt.pushed_actors).clear();
     rt.scheduler.shutdown();
-    let named: Vec<_> = lock(&rt.named).drain().map(|(_, a)| a).collect();
+    let named: Vec<_> = lock(&rt.named)
+        .drain()
+        .filter_map(|(_, a)| a.weak.upgrade())
+        .collect();
     let actors: Vec<_> = lock(&rt.actors)
         .values()
         .filter_map(Weak::upgrade)
@@ -270,15 +294,34 @@ impl RuntimeInner {
         args: Vec<Result<ArgSlot, Error>>,
         options: &TaskOptions,
     ) -> ObjectRef<R> {
+        ObjectRef::from_cell(self.submit_returns(function, args, options).0)
+    }
+
+    /// Submits a task of `function`; returns its first return object and (for
+    /// `num_returns > 1`) the others, in order, each with its own id (`first + i`).
+    pub(crate) fn submit_returns(
+        &self,
+        function: &'static RemoteFunction,
+        args: Vec<Result<ArgSlot, Error>>,
+        options: &TaskOptions,
+    ) -> (Arc<ObjectCell>, Box<[Arc<ObjectCell>]>) {
+        let returns = function.num_returns();
         let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(a) => a.into_boxed_slice(),
-            Err(e) => return ObjectRef::failed(e),
+            Err(e) => return failed_returns(returns, e),
         };
         if let Some(cluster) = &self.cluster
             && (cluster.is_driver() || self.scheduler.resources.demand(&options.resources).is_err())
         {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = self.next_id.fetch_add(returns as u64, Ordering::Relaxed);
             let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
+            let extra: Box<[Arc<ObjectCell>]> = (1..returns as u64)
+                .map(|i| Arc::new(ObjectCell::pending(ObjectId::from_u64(id + i), None)))
+                .collect();
+            if !extra.is_empty() {
+                // Before the push: the executor's completions may come back at once.
+                cluster.expect_returns(&cell, &extra);
+            }
             let me = self.me();
             let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
             cluster.submit_remote(
@@ -291,7 +334,7 @@ impl RuntimeInner {
                 retries,
                 retries,
             );
-            return ObjectRef::from_cell(cell);
+            return (cell, extra);
         }
         let demand = if options.is_default_shape() {
             self.default_demand.clone()
@@ -300,26 +343,38 @@ impl RuntimeInner {
                 Ok(d) => d,
                 Err(e) => {
                     let name = options.name.as_deref().unwrap_or(function.name());
-                    return ObjectRef::failed(self.infeasible(
-                        format!("task {name}"),
-                        &options.resources,
-                        e,
-                    ));
+                    return failed_returns(
+                        returns,
+                        self.infeasible(format!("task {name}"), &options.resources, e),
+                    );
                 }
             }
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id.fetch_add(returns as u64, Ordering::Relaxed);
         let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
-        let task = Task::new(
-            TaskId::from_u64(id),
-            ObjectId::from_u64(id),
-            TaskBody::Function(function),
-            args,
-            demand,
-            options.name.as_deref().map(Box::from),
-            retries,
-        );
-        let result = ObjectRef::from_cell(task.result.clone());
+        let name = options.name.as_deref().map(Box::from);
+        let task = if returns == 1 {
+            Task::new(
+                TaskId::from_u64(id),
+                ObjectId::from_u64(id),
+                TaskBody::Function(function),
+                args,
+                demand,
+                name,
+                retries,
+            )
+        } else {
+            Task::with_returns(
+                TaskId::from_u64(id),
+                ObjectId::from_u64(id),
+                function,
+                args,
+                demand,
+                name,
+                retries,
+            )
+        };
+        let result = (task.result.clone(), task.extra.clone());
         if task.resolve_arguments() {
             self.scheduler.push(Job::Task(task));
         }
@@ -333,6 +388,20 @@ impl RuntimeInner {
         options: &ActorOptions,
     ) -> ActorHandle<A> {
         let class: &'static ActorClass = A::CLASS;
+        // A name is registered under its key in its namespace (`ActorOptions::name_key`).
+        let keyed;
+        let options = match options.name_key(&self.config.namespace) {
+            Ok(None) => options,
+            Ok(key) => {
+                keyed = ActorOptions {
+                    name: key,
+                    namespace: None,
+                    ..options.clone()
+                };
+                &keyed
+            }
+            Err(e) => return ActorHandle::dead(e),
+        };
         let id = ActorId::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed));
         if let Some(cluster) = &self.cluster
             && (cluster.is_driver() || self.scheduler.resources.demand(&options.resources).is_err())
@@ -384,9 +453,10 @@ impl RuntimeInner {
             }
             lock(&self.actors).insert(id, Arc::downgrade(&cell));
             if let Some(name) = options.name.clone() {
-                // A named actor lives until it is killed, even with no handle left (its name
-                // is released by `die`): the owner's name table keeps its cell.
-                lock(&self.named).insert(name, cell.clone());
+                // A detached actor is held by the owner's name table until it is killed; any
+                // other dies with its last handle (its drop kills it; `die` unnames it).
+                let old = lock(&self.named).insert(name, Named::new(&cell, options.detached));
+                drop(old);
             }
             return handle;
         }
@@ -416,12 +486,18 @@ impl RuntimeInner {
         }
         if let Some(name) = options.name.clone() {
             let mut named = lock(&self.named);
-            if named.get(&name).is_some_and(|a| !a.is_dead()) {
+            let live = |n: &Named| n.weak.upgrade().is_some_and(|a| !a.is_dead());
+            if named.get(&name).is_some_and(live) {
                 drop(named);
-                cell.die(Error::ActorNameTaken { name });
+                cell.die(Error::ActorNameTaken {
+                    name: display_name(&name),
+                });
                 return handle;
             }
-            named.insert(name, cell.clone());
+            let old = named.insert(name, Named::new(&cell, options.detached));
+            // Dropped outside the lock: a last handle's drop unnames, taking it again.
+            drop(named);
+            drop(old);
         }
         lock(&self.actors).insert(id, Arc::downgrade(&cell));
         self.start_actor(cell, args);
@@ -519,7 +595,8 @@ impl RuntimeInner {
         lock(&self.escaped).get(&id).and_then(Weak::upgrade)
     }
 
-    /// Runs a task a remote owner pushed here (its result cell keeps the owner's id).
+    /// Runs a task a remote owner pushed here (its result cells keep the owner's ids): its
+    /// first return and, for `num_returns > 1`, the others (empty if it failed at once).
     pub(crate) fn submit_pushed(
         &self,
         task_id: u64,
@@ -528,35 +605,49 @@ impl RuntimeInner {
         request: &crate::resources::ResourceRequest,
         name: Option<String>,
         max_retries: u32,
-    ) -> Arc<ObjectCell> {
+    ) -> (Arc<ObjectCell>, Box<[Arc<ObjectCell>]>) {
         let Some(function) = crate::task::function_by_name(function) else {
-            return Arc::new(ObjectCell::ready(
-                ObjectId::from_u64(task_id),
-                Err(Error::Cluster {
-                    what: format!("task {function}"),
-                    message: "no such remote function in this binary".into(),
-                }),
-            ));
+            let e = Error::Cluster {
+                what: format!("task {function}"),
+                message: "no such remote function in this binary".into(),
+            };
+            return (
+                Arc::new(ObjectCell::ready(ObjectId::from_u64(task_id), Err(e))),
+                Box::new([]),
+            );
         };
         let demand = match self.scheduler.resources.demand(request) {
             Ok(d) => d,
             Err(e) => {
-                return Arc::new(ObjectCell::ready(
-                    ObjectId::from_u64(task_id),
-                    Err(self.infeasible(format!("task {}", function.name()), request, e)),
-                ));
+                let e = self.infeasible(format!("task {}", function.name()), request, e);
+                return (
+                    Arc::new(ObjectCell::ready(ObjectId::from_u64(task_id), Err(e))),
+                    Box::new([]),
+                );
             }
         };
-        let task = Task::new(
-            TaskId::from_u64(task_id),
-            ObjectId::from_u64(task_id),
-            TaskBody::Function(function),
-            args.into_boxed_slice(),
-            demand,
-            name.map(Box::from),
-            max_retries,
-        );
-        let result = task.result.clone();
+        let task = if function.num_returns() == 1 {
+            Task::new(
+                TaskId::from_u64(task_id),
+                ObjectId::from_u64(task_id),
+                TaskBody::Function(function),
+                args.into_boxed_slice(),
+                demand,
+                name.map(Box::from),
+                max_retries,
+            )
+        } else {
+            Task::with_returns(
+                TaskId::from_u64(task_id),
+                ObjectId::from_u64(task_id),
+                function,
+                args.into_boxed_slice(),
+                demand,
+                name.map(Box::from),
+                max_retries,
+            )
+        };
+        let result = (task.result.clone(), task.extra.clone());
         if task.resolve_arguments() {
             self.scheduler.push(Job::Task(task));
         }
@@ -645,29 +736,49 @@ impl RuntimeInner {
         (cell.kill(restart, self) && !restart).then_some(cell)
     }
 
+    /// Actor `cell` ended itself (`exit_actor`): a worker stops hosting it and records its
+    /// death in the cluster's directory, which frees its name there.
+    pub(crate) fn actor_exited(&self, cell: &ActorCell) {
+        let hosted = lock(&self.pushed_actors).remove(&cell.id());
+        if hosted.is_some()
+            && let Some(c) = &self.cluster
+        {
+            c.record_actor_death(cell, "it called manta::exit_actor");
+        }
+    }
+
     pub(crate) fn forget_actor(&self, id: ActorId) {
         lock(&self.actors).remove(&id);
     }
 
     pub(crate) fn unname_actor(&self, name: &str, id: ActorId) {
         let mut named = lock(&self.named);
-        if named.get(name).is_some_and(|a| a.id() == id) {
-            named.remove(name);
-        }
+        let gone = if named.get(name).is_some_and(|a| a.id == id) {
+            named.remove(name)
+        } else {
+            None
+        };
+        // Dropped outside the lock (it may hold the actor's last reference).
+        drop(named);
+        drop(gone);
     }
 
     pub(crate) fn named_actor(&self, name: &str) -> Option<Arc<ActorCell>> {
         lock(&self.named)
             .get(name)
+            .and_then(|a| a.weak.upgrade())
             .filter(|a| !a.is_dead())
-            .cloned()
     }
 
     /// A live named actor: this process's, or (in a cluster) the GCS directory's.
     pub(crate) fn named_actor_anywhere(&self, name: &str) -> Result<Option<Arc<ActorCell>>, Error> {
-        if let Some(cell) = self.named_actor(name) {
+        if let Some(cell) = self.named_actor(name)
+            && (cell.remote().is_none() || self.cluster.is_none())
+        {
             return Ok(Some(cell));
         }
+        // A proxy of an actor another process hosts may be dead there (`exit_actor`): the
+        // cluster's directory decides, and gives back this same cell if it lives.
         let Some(cluster) = &self.cluster else {
             return Ok(None);
         };
@@ -690,6 +801,18 @@ impl RuntimeInner {
     pub(crate) fn actor_count(&self) -> usize {
         lock(&self.actors).len()
     }
+}
+
+/// A registered name key as users wrote it: `namespace/name`, or the name alone in the default
+/// namespace.
+pub(crate) fn display_name(key: &str) -> String {
+    key.replace(crate::actor::NAMESPACE_SEPARATOR, "/")
+}
+
+/// `n` return objects failed with `error` (a submission that failed before it was made).
+fn failed_returns(n: usize, error: Error) -> (Arc<ObjectCell>, Box<[Arc<ObjectCell>]>) {
+    let cell = || Arc::new(ObjectCell::ready(ObjectId::from_u64(0), Err(error.clone())));
+    (cell(), (1..n).map(|_| cell()).collect())
 }
 
 /// Blocks until `cell` completes (or `deadline`), using the current runtime's scheduler.

@@ -13,13 +13,14 @@
 mod common;
 mod harness;
 
+mod api;
 mod basics;
 
 use harness::{Case, Ctx, Mode, run_cases, start_cluster};
 
 /// Every case of the matrix, in the order they run.
 fn all_cases() -> Vec<Case> {
-    [basics::CASES].concat()
+    [basics::CASES, api::CASES].concat()
 }
 
 /// Set on the ranks `srun` starts for the matrix.

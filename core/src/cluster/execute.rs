@@ -55,7 +55,7 @@ impl Cluster {
         }
     }
 
-    fn outcome_of(&self, task_id: u64, v: &ObjectValue) -> Outcome {
+    pub(super) fn outcome_of(&self, task_id: u64, v: &ObjectValue) -> Outcome {
         match &v.data {
             Payload::Inline(b) if v.nested.is_empty() => Outcome::Inline(b.to_vec()),
             _ => {
@@ -80,7 +80,7 @@ impl Cluster {
         let Some(rt) = self.runtime() else { return };
         let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
         let request = resource_request(&resources);
-        let cell = rt.submit_pushed(
+        let (cell, extra) = rt.submit_pushed(
             task_id,
             function,
             slots,
@@ -88,7 +88,11 @@ impl Cluster {
             (!name.is_empty()).then_some(name),
             max_retries,
         );
-        self.reply_when_done(peer, task_id, function, &cell);
+        if extra.is_empty() {
+            self.reply_when_done(peer, task_id, function, &cell);
+        } else {
+            self.reply_returns_when_done(peer, task_id, function, &cell, extra);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -253,7 +257,7 @@ impl Cluster {
     }
 }
 
-fn failed_outcome(e: &Error) -> Outcome {
+pub(super) fn failed_outcome(e: &Error) -> Outcome {
     let (kind, task, message) = match e {
         Error::Task(t) => (
             ErrorKind::Panic,

@@ -152,7 +152,7 @@ pub struct NodeRow {
 pub struct ActorRow {
     /// Actor id.
     pub actor_id: u64,
-    /// Name, if named.
+    /// Name, if named (`namespace/name` outside the default namespace).
     pub name: String,
     /// Class.
     pub class_name: String,
@@ -245,7 +245,7 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
                 .into_iter()
                 .map(|a| ActorRow {
                     actor_id: a.actor_id,
-                    name: a.name,
+                    name: crate::runtime::display_name(&a.name),
                     class_name: a.class_name,
                     node_id: a.node_id,
                     worker: a.worker,

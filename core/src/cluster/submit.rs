@@ -204,7 +204,9 @@ impl Cluster {
             && !error.is_empty()
         {
             return Err(match name {
-                Some(n) if error.contains("taken") => Error::ActorNameTaken { name: n.to_owned() },
+                Some(n) if error.contains("taken") => Error::ActorNameTaken {
+                    name: crate::runtime::display_name(n),
+                },
                 _ => cluster_error("registering an actor", error),
             });
         }
@@ -319,7 +321,8 @@ impl Cluster {
     /// A task or call we own finished elsewhere.
     pub(super) fn task_done(&self, from: &Arc<Peer>, task_id: u64, outcome: Outcome) {
         let Some(f) = lock(&self.in_flight).remove(&task_id) else {
-            tracing::debug!(task_id, "completion of an unknown task ignored");
+            // Another return of a task with several (`returns.rs`), or unknown.
+            self.return_done(from, task_id, outcome);
             return;
         };
         self.release_load(f.node, f.worker, &f.load);
@@ -414,7 +417,7 @@ impl Cluster {
     }
 }
 
-fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error {
+pub(super) fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error {
     match kind {
         ErrorKind::Panic => Error::Task(TaskError::remote_panic(&task, &message)),
         ErrorKind::ActorDied => Error::ActorDied {

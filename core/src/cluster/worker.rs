@@ -106,6 +106,9 @@ pub(crate) struct Cluster {
     pub(super) pins: Mutex<PinTable>,
     /// Whether a failed attach was logged at warning level already (once per process).
     pub(super) attach_warned: AtomicBool,
+    /// The other returns of tasks with `num_returns > 1` this process owns, by object id,
+    /// until their `TaskDone` (`returns.rs`).
+    pub(super) returns: Mutex<HashMap<u64, Arc<ObjectCell>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -333,6 +336,7 @@ impl Cluster {
             arenas: Mutex::new(HashMap::new()),
             pins: Mutex::new(PinTable::default()),
             attach_warned: AtomicBool::new(false),
+            returns: Mutex::new(HashMap::new()),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         super::borrow::enable_borrows();

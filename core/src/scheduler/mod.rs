@@ -248,7 +248,7 @@ impl Scheduler {
     pub(crate) fn execute(&self, task: Arc<Task>) {
         let outcome = slot::holding(&task.demand, || {
             catch_unwind(AssertUnwindSafe(|| match &task.body {
-                TaskBody::Function(f) => f.invoke(&mut ArgReader::new(&task.args)),
+                TaskBody::Function(f) => f.invoke(&mut ArgReader::new(&task.args), &task.extra),
                 TaskBody::CreateActor(actor) => actor.construct(&task.args),
             }))
         });
