@@ -439,6 +439,9 @@ impl RuntimeInner {
                 cell.die(e);
                 return handle;
             }
+            if options.detached {
+                cluster.detach_remote(&cell);
+            }
             let weak = Arc::downgrade(&cell);
             let c2 = created.clone();
             let on_created = move || {
@@ -745,6 +748,16 @@ impl RuntimeInner {
         {
             c.record_actor_death(cell, "it called manta::exit_actor");
         }
+    }
+
+    /// Whether this worker hosts actor `id` for a remote owner.
+    pub(crate) fn hosts_actor(&self, id: ActorId) -> bool {
+        lock(&self.pushed_actors).contains_key(&id)
+    }
+
+    /// The actors this worker hosts for remote owners.
+    pub(crate) fn hosted_actors(&self) -> Vec<ActorId> {
+        lock(&self.pushed_actors).keys().copied().collect()
     }
 
     pub(crate) fn forget_actor(&self, id: ActorId) {

@@ -144,6 +144,7 @@ impl Cluster {
         let Some(cell) = rt.kill_pushed(actor_id, restart) else {
             return;
         };
+        self.undetach(actor_id);
         let actor = ActorInfo {
             actor_id,
             name: cell.name().unwrap_or_default().to_owned(),

@@ -8,6 +8,9 @@
 //!
 //! `encode.rs` builds the tables, `decode.rs` verifies and reads them, `tests.rs` round-trips
 //! every message.
+//!
+//! Tags are stable wire numbers: 1–38 (`NAMES`), then ranges kept apart per area; 60–69
+//! carry actor lifetimes (`DetachActor`, `WorkerDetached`: `cluster/lifetime.rs`).
 
 use manta_transport::Tag;
 
@@ -286,6 +289,13 @@ pub(crate) enum Msg {
         actor_id: u64,
         restart: bool,
     },
+    DetachActor {
+        actor_id: u64,
+    },
+    WorkerDetached {
+        index: u64,
+        count: u32,
+    },
     PullObject {
         request_id: u64,
         object_id: u64,
@@ -378,6 +388,12 @@ pub(crate) const TAG_BORROWERS_ADDED: u64 = 35;
 pub(crate) const TAG_REMOVE_BORROWER: u64 = 36;
 pub(crate) const TAG_OBJECT_PINNED: u64 = 37;
 pub(crate) const TAG_UNPIN_OBJECT: u64 = 38;
+// The api range, 60–69 (actor lifetimes).
+pub(crate) const TAG_DETACH_ACTOR: u64 = 60;
+pub(crate) const TAG_WORKER_DETACHED: u64 = 61;
+
+/// Table names of the api range by tag (`API_NAMES[tag - 60]`).
+const API_NAMES: [&str; 2] = ["DetachActor", "WorkerDetached"];
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -423,6 +439,11 @@ const NAMES: [&str; 38] = [
 
 /// The table name a tag stands for, if it is a cluster message's.
 pub(crate) fn tag_name(tag: u64) -> Option<&'static str> {
+    if let Some(i) = tag.checked_sub(TAG_DETACH_ACTOR)
+        && let Some(name) = usize::try_from(i).ok().and_then(|i| API_NAMES.get(i))
+    {
+        return Some(name);
+    }
     let i = usize::try_from(tag.checked_sub(1)?).ok()?;
     NAMES.get(i).copied()
 }
@@ -459,6 +480,8 @@ impl Msg {
             Msg::CreateActor { .. } => TAG_CREATE_ACTOR,
             Msg::ActorCall { .. } => TAG_ACTOR_CALL,
             Msg::KillActor { .. } => TAG_KILL_ACTOR,
+            Msg::DetachActor { .. } => TAG_DETACH_ACTOR,
+            Msg::WorkerDetached { .. } => TAG_WORKER_DETACHED,
             Msg::PullObject { .. } => TAG_PULL_OBJECT,
             Msg::ObjectData { .. } => TAG_OBJECT_DATA,
             Msg::FreeObject { .. } => TAG_FREE_OBJECT,
@@ -479,8 +502,8 @@ impl Msg {
 
     /// The name of this message's table (for logs and errors).
     pub(crate) fn name(&self) -> &'static str {
-        // Every tag is in 1..=NAMES.len(), so the index is in range.
-        NAMES[(self.tag_u64() - 1) as usize]
+        // Every tag has a name (`tags_are_distinct_stable_and_named`).
+        tag_name(self.tag_u64()).unwrap_or("?")
     }
 }
 

@@ -269,6 +269,11 @@ fn samples() -> Vec<Msg> {
             arena: 7,
         },
         Msg::UnpinObject { pin_id: 3 },
+        Msg::DetachActor { actor_id: 60 },
+        Msg::WorkerDetached {
+            index: 61,
+            count: 2,
+        },
         Msg::ListWork { request_id: 32 },
         Msg::Work {
             request_id: 33,
@@ -315,7 +320,11 @@ fn round_trip(fbb: &mut FlatBufferBuilder<'static>, msg: &Msg) {
 fn every_variant_round_trips_through_one_reused_builder() {
     let samples = samples();
     let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
-    assert_eq!(tags, (1..=38).collect(), "a sample of every variant");
+    assert_eq!(
+        tags,
+        (1..=38).chain(60..=61).collect(),
+        "a sample of every variant"
+    );
     let mut fbb = FlatBufferBuilder::new();
     for msg in &samples {
         round_trip(&mut fbb, msg);
@@ -428,7 +437,7 @@ fn tags_are_distinct_stable_and_named() {
     let mut seen = HashSet::new();
     for msg in &samples {
         let tag = msg.tag().0;
-        assert!((1..=38).contains(&tag));
+        assert!((1..=38).contains(&tag) || (60..=61).contains(&tag));
         assert_eq!(tag_name(tag), Some(msg.name()));
         // Distinct per variant (TaskDone has three samples, one tag).
         if !matches!(msg, Msg::TaskDone { .. }) {
@@ -447,12 +456,16 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(TAG_REMOVE_BORROWER, 36);
     assert_eq!(TAG_UNPIN_OBJECT, 38);
     assert_eq!(tag_name(39), None);
+    assert_eq!(TAG_DETACH_ACTOR, 60);
+    assert_eq!(TAG_WORKER_DETACHED, 61);
+    assert_eq!(tag_name(59), None);
+    assert_eq!(tag_name(62), None);
     assert_eq!(tag_name(u64::MAX), None);
 }
 
 #[test]
 fn unknown_tag_is_an_error() {
-    for tag in [0, 39, 1000, u64::MAX] {
+    for tag in [0, 39, 59, 62, 1000, u64::MAX] {
         assert_eq!(decode(tag, &[]), Err(ProtoError::UnknownTag(tag)));
     }
     let e = decode(99, &[]).unwrap_err();
@@ -468,7 +481,7 @@ fn garbage_is_an_error_not_a_panic() {
         rng ^= rng << 17;
         rng
     };
-    for tag in 1..=38 {
+    for tag in (1..=38).chain(60..=61) {
         assert!(matches!(decode(tag, &[]), Err(ProtoError::Invalid { .. })));
         assert!(decode(tag, &[0xff; 3]).is_err());
         let e = decode(tag, &[0xff; 64]).unwrap_err();
@@ -519,7 +532,7 @@ fn a_valid_table_under_the_wrong_tag_does_not_panic() {
     let mut fbb = FlatBufferBuilder::new();
     for msg in samples() {
         let bytes = encode(&msg, &mut fbb).to_vec();
-        for tag in 1..=38 {
+        for tag in (1..=38).chain(60..=61) {
             let _ = decode(tag, &bytes);
         }
     }
