@@ -172,7 +172,10 @@ pub fn get_actor_in<A: Actor>(name: &str, namespace: &str) -> Result<ActorHandle
             found: cell.class_name().to_string(),
         });
     }
-    Ok(ActorHandle::from_raw(RawActorHandle { cell, borrow: None }))
+    // In a process other than the owner the handle is a borrow, registered with the owner
+    // like a deserialised one, so it keeps a non-detached actor alive (Ray's rule).
+    let borrow = with_current(|rt| rt.actor_borrow(cell.id()))?;
+    Ok(ActorHandle::from_raw(RawActorHandle { cell, borrow }))
 }
 
 /// A waker that unparks the thread it was made on (for polling futures on a plain thread).

@@ -548,11 +548,20 @@ impl RuntimeInner {
     /// before the decode returns; `cluster/borrow.rs`).
     pub(crate) fn actor_handle(&self, id: ActorId) -> Result<RawActorHandle, Error> {
         let cell = self.lookup_actor(id)?;
-        let borrow = match &self.cluster {
+        let borrow = self.actor_borrow(id);
+        Ok(RawActorHandle { cell, borrow })
+    }
+
+    /// In a cluster, where another process owns actor `id`: this process's borrow of it
+    /// (registered with the owner before it returns; `cluster/borrow.rs`).
+    pub(crate) fn actor_borrow(
+        &self,
+        id: ActorId,
+    ) -> Option<Arc<crate::cluster::objects::RemoteObject>> {
+        match &self.cluster {
             Some(c) if crate::cluster::owner_of(id.as_u64()) != c.index => Some(c.borrow_actor(id)),
             _ => None,
-        };
-        Ok(RawActorHandle { cell, borrow })
+        }
     }
 
     /// A live actor this process created (its own cell or its proxy), by id.

@@ -29,6 +29,10 @@ pub(crate) const CASES: &[Case] = &[
         "api::detached_actor_outlives_its_handles",
         detached_outlives_handles,
     ),
+    Case::new(
+        "api::get_actor_handles_keep_a_named_actor",
+        looked_up_handles_keep,
+    ),
     Case::new("api::namespaces_keep_names_apart", namespaces),
     Case::new("api::exit_actor_ends_the_actor", exit_actor),
 ];
@@ -151,6 +155,32 @@ impl Cell {
     }
 }
 
+/// Holds a handle it looked up by name (in a cluster: in a worker process).
+#[manta::actor]
+pub(crate) struct Holder {
+    held: Option<manta::ActorHandle<Cell>>,
+}
+
+#[manta::actor]
+impl Holder {
+    pub(crate) fn new() -> Self {
+        Holder { held: None }
+    }
+    pub(crate) fn hold(&mut self, name: String) -> u64 {
+        let c = manta::get_actor::<Cell>(&name).expect("found by the holder");
+        let n = c.incr().get().expect("called by the holder");
+        self.held = Some(c);
+        n
+    }
+    pub(crate) fn poke(&self) -> u64 {
+        let c = self.held.as_ref().expect("holding");
+        c.incr().get().expect("poked by the holder")
+    }
+    pub(crate) fn release(&mut self) {
+        self.held = None;
+    }
+}
+
 /// Looks an actor up from inside a task (in a cluster: a worker process).
 #[manta::remote]
 fn incr_by_name(name: String, namespace: String) -> u64 {
@@ -188,6 +218,26 @@ fn named_dies_with_handles(_: &Ctx) {
     let c = Cell::options().name(name).remote(10);
     assert_eq!(c.incr().get_timeout(LONG).unwrap(), 11);
     assert!(manta::kill(&c).unwrap());
+}
+
+fn looked_up_handles_keep(_: &Ctx) {
+    let name = "api-looked-up-keeps";
+    let a = Cell::options().name(name).remote(0);
+    let holder = Holder::remote();
+    assert_eq!(holder.hold(name.to_string()).get_timeout(LONG).unwrap(), 1);
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        holder.poke().get_timeout(LONG).unwrap(),
+        2,
+        "a handle from get_actor keeps the actor"
+    );
+    assert!(!not_found(name));
+    holder.release().get_timeout(LONG).unwrap();
+    assert!(
+        eventually(LONG, || not_found(name)),
+        "found with no handle left"
+    );
 }
 
 fn detached_outlives_handles(_: &Ctx) {

@@ -54,7 +54,8 @@
 //! deserialising a handle of an actor it runs is a borrower too. A named actor ends the same
 //! way (Ray's rule); a detached one is held by the owner's name table until it is killed, so
 //! borrows never decide its end. A handle `get_actor` returns in a process other than the
-//! owner is not a borrow (not covered yet): it does not keep the actor alive.
+//! owner is a borrow registered the same way (`RuntimeInner::actor_borrow`), before it is
+//! returned.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
