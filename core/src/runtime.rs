@@ -489,18 +489,20 @@ impl RuntimeInner {
         }
         if let Some(name) = options.name.clone() {
             let mut named = lock(&self.named);
-            let live = |n: &Named| n.weak.upgrade().is_some_and(|a| !a.is_dead());
-            if named.get(&name).is_some_and(live) {
+            // Every cell reference taken under the lock is dropped after it: a last
+            // reference's drop unnames the actor, which takes the lock again.
+            let existing = named.get(&name).and_then(|n| n.weak.upgrade());
+            if existing.as_ref().is_some_and(|a| !a.is_dead()) {
                 drop(named);
+                drop(existing);
                 cell.die(Error::ActorNameTaken {
                     name: display_name(&name),
                 });
                 return handle;
             }
             let old = named.insert(name, Named::new(&cell, options.detached));
-            // Dropped outside the lock: a last handle's drop unnames, taking it again.
             drop(named);
-            drop(old);
+            drop((old, existing));
         }
         lock(&self.actors).insert(id, Arc::downgrade(&cell));
         self.start_actor(cell, args);
@@ -786,10 +788,9 @@ impl RuntimeInner {
     }
 
     pub(crate) fn named_actor(&self, name: &str) -> Option<Arc<ActorCell>> {
-        lock(&self.named)
-            .get(name)
-            .and_then(|a| a.weak.upgrade())
-            .filter(|a| !a.is_dead())
+        // Upgraded under the lock, dropped (if dead) after it: see `create_actor`.
+        let cell = lock(&self.named).get(name).and_then(|a| a.weak.upgrade());
+        cell.filter(|a| !a.is_dead())
     }
 
     /// A live named actor: this process's, or (in a cluster) the GCS directory's.
