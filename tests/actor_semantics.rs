@@ -281,4 +281,14 @@ fn an_actor_dropped_with_no_handles_frees_its_resources() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(cpu(), 2.0, "released when the last handle went away");
+    // A detached actor, even without a name, keeps them with no handle left (until killed,
+    // or here, the shutdown).
+    let d = Counter::options()
+        .num_cpus(2.0)
+        .lifetime_detached()
+        .remote(0);
+    assert_eq!(d.incr().get().unwrap(), 1);
+    drop(d);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(cpu(), 0.0, "a detached actor outlives its handles");
 }

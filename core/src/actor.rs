@@ -237,7 +237,8 @@ impl ActorOptions {
     }
     /// Makes the actor detached (Ray's `lifetime="detached"`): it lives on with no handle
     /// left, and in a cluster after its driver exits, until `manta::kill`; give it a name so
-    /// that `get_actor` can find it. Embedded, it lives until `shutdown`.
+    /// that `get_actor` can find it (an unnamed one is reached only through handles, so one
+    /// without any is killed by nothing). Embedded, it lives until `shutdown`.
     pub fn lifetime_detached(mut self) -> Self {
         self.detached = true;
         self
@@ -496,6 +497,7 @@ impl ActorCell {
         if let Some(name) = &self.name {
             let _ = runtime::with_current(|rt| rt.unname_actor(name, self.id));
         }
+        let _ = runtime::with_current(|rt| rt.release_detached(self.id));
         self.fail_all(self.death_error());
     }
 

@@ -34,6 +34,8 @@ pub(crate) struct RuntimeInner {
     actors: Mutex<HashMap<ActorId, Weak<ActorCell>>>,
     /// Named actors this process created, by name key (`ActorOptions::name_key`).
     named: Mutex<HashMap<String, Named>>,
+    /// Detached actors without a name this process created, held until killed.
+    unnamed_detached: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
     /// Actors created here by remote owners (held until killed).
     pushed_actors: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
     /// This process's cluster membership, if it joined one.
@@ -180,10 +182,11 @@ pub fn shutdown() {
     }
     lock(&rt.pushed_actors).clear();
     rt.scheduler.shutdown();
-    let named: Vec<_> = lock(&rt.named)
+    let mut named: Vec<_> = lock(&rt.named)
         .drain()
         .filter_map(|(_, a)| a.weak.upgrade())
         .collect();
+    named.extend(lock(&rt.unnamed_detached).drain().map(|(_, a)| a));
     let actors: Vec<_> = lock(&rt.actors)
         .values()
         .filter_map(Weak::upgrade)
@@ -238,6 +241,7 @@ impl RuntimeInner {
             escaped: Mutex::new(HashMap::new()),
             actors: Mutex::new(HashMap::new()),
             named: Mutex::new(HashMap::new()),
+            unnamed_detached: Mutex::new(HashMap::new()),
             default_demand,
             started: Instant::now(),
             config,
@@ -460,6 +464,8 @@ impl RuntimeInner {
                 // other dies with its last handle (its drop kills it; `die` unnames it).
                 let old = lock(&self.named).insert(name, Named::new(&cell, options.detached));
                 drop(old);
+            } else if options.detached {
+                lock(&self.unnamed_detached).insert(id, cell.clone());
             }
             return handle;
         }
@@ -503,6 +509,9 @@ impl RuntimeInner {
             let old = named.insert(name, Named::new(&cell, options.detached));
             drop(named);
             drop((old, existing));
+        }
+        if options.detached && options.name.is_none() {
+            lock(&self.unnamed_detached).insert(id, cell.clone());
         }
         lock(&self.actors).insert(id, Arc::downgrade(&cell));
         self.start_actor(cell, args);
@@ -773,6 +782,13 @@ impl RuntimeInner {
 
     pub(crate) fn forget_actor(&self, id: ActorId) {
         lock(&self.actors).remove(&id);
+    }
+
+    /// An actor died: a detached one without a name is no longer held.
+    pub(crate) fn release_detached(&self, id: ActorId) {
+        let held = lock(&self.unnamed_detached).remove(&id);
+        // Dropped outside the lock (it may be the last reference).
+        drop(held);
     }
 
     pub(crate) fn unname_actor(&self, name: &str, id: ActorId) {
