@@ -291,18 +291,77 @@ impl RuntimeInner {
         }
     }
 
-    /// Submits a task of `function`.
+    /// Submits a task of `function` (one return: the hot path, kept apart from
+    /// `submit_returns`).
     pub(crate) fn submit<R>(
         &self,
         function: &'static RemoteFunction,
         args: Vec<Result<ArgSlot, Error>>,
         options: &TaskOptions,
     ) -> ObjectRef<R> {
-        ObjectRef::from_cell(self.submit_returns(function, args, options).0)
+        debug_assert_eq!(
+            function.num_returns(),
+            1,
+            "several returns go through submit_returns"
+        );
+        let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(a) => a.into_boxed_slice(),
+            Err(e) => return ObjectRef::failed(e),
+        };
+        if let Some(cluster) = &self.cluster
+            && (cluster.is_driver() || self.scheduler.resources.demand(&options.resources).is_err())
+        {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
+            let me = self.me();
+            let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+            cluster.submit_remote(
+                &me,
+                function.name(),
+                cell.clone(),
+                args,
+                &options.resources,
+                options.name.as_deref(),
+                retries,
+                retries,
+            );
+            return ObjectRef::from_cell(cell);
+        }
+        let demand = if options.is_default_shape() {
+            self.default_demand.clone()
+        } else {
+            match self.scheduler.resources.demand(&options.resources) {
+                Ok(d) => d,
+                Err(e) => {
+                    let name = options.name.as_deref().unwrap_or(function.name());
+                    return ObjectRef::failed(self.infeasible(
+                        format!("task {name}"),
+                        &options.resources,
+                        e,
+                    ));
+                }
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+        let task = Task::new(
+            TaskId::from_u64(id),
+            ObjectId::from_u64(id),
+            TaskBody::Function(function),
+            args,
+            demand,
+            options.name.as_deref().map(Box::from),
+            retries,
+        );
+        let result = ObjectRef::from_cell(task.result.clone());
+        if task.resolve_arguments() {
+            self.scheduler.push(Job::Task(task));
+        }
+        result
     }
 
-    /// Submits a task of `function`; returns its first return object and (for
-    /// `num_returns > 1`) the others, in order, each with its own id (`first + i`).
+    /// Submits a task of a function with `num_returns > 1`; returns its first return object
+    /// and the others, in order, each with its own id (`first + i`).
     pub(crate) fn submit_returns(
         &self,
         function: &'static RemoteFunction,
@@ -357,27 +416,15 @@ impl RuntimeInner {
         let id = self.next_id.fetch_add(returns as u64, Ordering::Relaxed);
         let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
         let name = options.name.as_deref().map(Box::from);
-        let task = if returns == 1 {
-            Task::new(
-                TaskId::from_u64(id),
-                ObjectId::from_u64(id),
-                TaskBody::Function(function),
-                args,
-                demand,
-                name,
-                retries,
-            )
-        } else {
-            Task::with_returns(
-                TaskId::from_u64(id),
-                ObjectId::from_u64(id),
-                function,
-                args,
-                demand,
-                name,
-                retries,
-            )
-        };
+        let task = Task::with_returns(
+            TaskId::from_u64(id),
+            ObjectId::from_u64(id),
+            function,
+            args,
+            demand,
+            name,
+            retries,
+        );
         let result = (task.result.clone(), task.extra.clone());
         if task.resolve_arguments() {
             self.scheduler.push(Job::Task(task));
