@@ -77,6 +77,40 @@
 //! fn main() { let _ = f::remote(); let _ = manta::put(NotSend(Default::default())); }
 //! ```
 //!
+//! A task may return several objects (Ray's `num_returns`): the function returns a tuple of
+//! that many elements, and `f::remote(..)` returns one typed `ObjectRef` per element, each its
+//! own object, usable and freed on its own:
+//!
+//! ```
+//! #[manta::remote(num_returns = 2)]
+//! fn split(v: Vec<u32>) -> (Vec<u32>, Vec<u32>) {
+//!     let (a, b) = v.split_at(v.len() / 2);
+//!     (a.to_vec(), b.to_vec())
+//! }
+//!
+//! # fn main() -> Result<(), manta::Error> {
+//! manta::init()?;
+//! let (low, high): (manta::ObjectRef<Vec<u32>>, manta::ObjectRef<Vec<u32>>) =
+//!     split::remote(vec![1, 2, 3, 4]);
+//! drop(low);
+//! assert_eq!(high.get()?, vec![3, 4]);
+//! manta::shutdown();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The declared count must match the tuple:
+//!
+//! ```compile_fail
+//! #[manta::remote(num_returns = 3)]
+//! fn pair() -> (u8, u8) { (1, 2) }
+//! ```
+//!
+//! ```compile_fail
+//! #[manta::remote(num_returns = 0)]
+//! fn nothing() {}
+//! ```
+//!
 //! An actor's state is shared by the slots that run its methods, so it must be `Send + Sync`:
 //!
 //! ```compile_fail
@@ -97,9 +131,9 @@ pub use manta_core::register_error;
 pub use manta_core::{
     Actor, ActorHandle, ActorId, ActorOptions, CancelOptions, Config, CpuList, CustomResources,
     Element, Error, IntoArg, NodeStatus, ObjectId, ObjectRef, ObjectStoreStatus, PageKind,
-    PutError, TaskError, TaskId, TaskOptions, View, block_on, cancel, cancel_with, get, get_actor,
-    get_all, get_timeout, get_view, is_initialized, kill, put, put_ref, registered_functions,
-    restart, status, wait,
+    PutError, TaskError, TaskId, TaskOptions, View, block_on, cancel, cancel_with, exit_actor, get,
+    get_actor, get_actor_in, get_all, get_timeout, get_view, is_initialized, kill, put, put_ref,
+    registered_functions, restart, status, wait,
 };
 pub use manta_launcher::{init, init_with, shutdown};
 pub use manta_macros::{actor, remote};

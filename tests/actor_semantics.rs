@@ -48,9 +48,26 @@ fn named_actors_are_found_by_name_and_class() {
         dup.push(0, 0).get(),
         Err(Error::ActorNameTaken { .. })
     ));
-    // A named actor outlives its handles.
+    // A named actor that is not detached dies with its last handle (Ray's rule), and its
+    // name is free again.
     drop((a, b));
-    assert!(manta::get_actor::<Log>("log").is_ok());
+    assert!(matches!(
+        manta::get_actor::<Log>("log"),
+        Err(Error::ActorNotFound { .. })
+    ));
+    let again = Log::options().name("log").remote();
+    assert_eq!(again.push(2, 2).get().unwrap(), 1);
+    // A detached one outlives its handles, until killed.
+    let d = Log::options().name("kept").lifetime_detached().remote();
+    d.push(3, 3).get().unwrap();
+    drop(d);
+    let d = manta::get_actor::<Log>("kept").unwrap();
+    assert_eq!(d.seen().get().unwrap(), vec![(3, 3)]);
+    assert!(manta::kill(&d).unwrap());
+    assert!(matches!(
+        manta::get_actor::<Log>("kept"),
+        Err(Error::ActorNotFound { .. })
+    ));
 }
 
 #[manta::actor]
@@ -141,6 +158,16 @@ fn an_actor_dropped_with_no_handles_frees_its_resources() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(cpu(), 2.0, "released when the last handle went away");
+    // A detached actor, even without a name, keeps them with no handle left (until killed,
+    // or here, the shutdown).
+    let d = Counter::options()
+        .num_cpus(2.0)
+        .lifetime_detached()
+        .remote(0);
+    assert_eq!(d.incr().get().unwrap(), 1);
+    drop(d);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(cpu(), 0.0, "a detached actor outlives its handles");
 }
 
 /// Ray: a default actor needs 1 CPU to be placed (and holds none while it runs), so a runtime

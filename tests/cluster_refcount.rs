@@ -403,8 +403,12 @@ fn actor_handles_are_borrowed_across_processes() {
         || listed_alive(&cluster, id),
     );
 
-    // 4. A named actor lives with no handle left, until it is killed.
-    let named = Tally::options().name("tally").resource("a", 1.0).remote();
+    // 4. A detached named actor lives with no handle left, until it is killed.
+    let named = Tally::options()
+        .name("tally")
+        .lifetime_detached()
+        .resource("a", 1.0)
+        .remote();
     let id = named.id();
     assert_eq!(keeper.keep(named.clone()).get().unwrap(), 1);
     drop(named);
@@ -416,6 +420,29 @@ fn actor_handles_are_borrowed_across_processes() {
         listed_alive(&cluster, id)
     });
     drop(found);
+
+    // 4b. One that is not detached goes with its last handle anywhere, name and all.
+    let named = Tally::options().name("tally2").resource("a", 1.0).remote();
+    let id = named.id();
+    assert_eq!(keeper.keep(named.clone()).get().unwrap(), 1);
+    drop(named);
+    assert_eq!(
+        manta::get_actor::<Tally>("tally2")
+            .unwrap()
+            .add(1)
+            .get()
+            .unwrap(),
+        1,
+        "a borrower's handle keeps it"
+    );
+    keeper.drop_it().get().unwrap();
+    eventually("the named actor after its last handle", 0, SETTLE, || {
+        listed_alive(&cluster, id)
+    });
+    assert!(matches!(
+        manta::get_actor::<Tally>("tally2"),
+        Err(manta::Error::ActorNotFound { .. })
+    ));
 
     // 5. A borrower whose process dies releases the actor.
     let t = tally();

@@ -76,6 +76,45 @@ pub trait Actor: Send + Sync + 'static {
     const CLASS: &'static ActorClass;
 }
 
+/// What an actor method unwinds with when it calls [`exit_actor`].
+struct ExitActor;
+
+std::thread_local! {
+    /// Whether this thread is running an actor method (for [`exit_actor`]).
+    static IN_ACTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the thread as running an actor method while it lives.
+struct InActor(bool);
+
+impl InActor {
+    fn enter() -> Self {
+        InActor(IN_ACTOR.with(|f| f.replace(true)))
+    }
+}
+
+impl Drop for InActor {
+    fn drop(&mut self) {
+        IN_ACTOR.with(|f| f.set(self.0));
+    }
+}
+
+/// Ends the actor whose method calls it (Ray's `ray.actor.exit_actor()`): the method stops
+/// here, its caller gets [`Error::ActorDied`] instead of a result, calls not yet started fail
+/// with `ActorDied`, calls already running beside it (`max_concurrency > 1`) finish first, its
+/// name is freed and its resources go back. It is not restarted.
+///
+/// # Panics
+///
+/// Outside an actor method (Ray raises `TypeError` there).
+pub fn exit_actor() -> ! {
+    if !IN_ACTOR.with(std::cell::Cell::get) {
+        panic!("manta::exit_actor called outside an actor method");
+    }
+    // `resume_unwind` skips the panic hook: an intended exit prints nothing.
+    std::panic::resume_unwind(Box::new(ExitActor))
+}
+
 /// Type-erased actor state.
 pub type BoxedState = Box<dyn Any + Send + Sync>;
 
@@ -173,6 +212,10 @@ pub struct ActorOptions {
     /// Whether any resource was asked for explicitly (else Ray's default: 1 CPU to be
     /// placed, none held).
     pub(crate) explicit_resources: bool,
+    /// The namespace of `name` (`None`: the job's, `Config::namespace`).
+    pub(crate) namespace: Option<String>,
+    /// Whether the actor outlives its handles and its owner (until `manta::kill`).
+    pub(crate) detached: bool,
 }
 
 impl Default for ActorOptions {
@@ -183,6 +226,8 @@ impl Default for ActorOptions {
             max_restarts: 0,
             name: None,
             explicit_resources: false,
+            namespace: None,
+            detached: false,
         }
     }
 }
@@ -231,8 +276,10 @@ impl ActorOptions {
         self.max_restarts = n;
         self
     }
-    /// Registers the actor under a name, for [`crate::get_actor`]. A named actor lives until
-    /// it is killed, even with no handle left. An empty or blank name is an invalid argument.
+    /// Registers the actor under a name, for [`crate::get_actor`], in the job's namespace
+    /// (unless [`ActorOptions::namespace`] says another). As in Ray, a named actor that is not
+    /// detached still dies when its last handle goes (then `get_actor` finds nothing) or with
+    /// its owner. An empty or blank name is an invalid argument.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -253,6 +300,48 @@ impl ActorOptions {
         }
         self.resources.validate()
     }
+    /// The namespace the actor's name is registered in (default: the job's,
+    /// `Config::namespace`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+    /// Makes the actor detached (Ray's `lifetime="detached"`): it lives on with no handle
+    /// left, and in a cluster after its driver exits, until `manta::kill`; give it a name so
+    /// that `get_actor` can find it (an unnamed one is reached only through handles, so one
+    /// without any is killed by nothing). Embedded, it lives until `shutdown`.
+    pub fn lifetime_detached(mut self) -> Self {
+        self.detached = true;
+        self
+    }
+
+    /// The key the name is registered under: the name alone in the default namespace, else
+    /// `namespace` + U+001F + `name` (a namespace may not contain U+001F).
+    pub(crate) fn name_key(&self, default_namespace: &str) -> Result<Option<String>, Error> {
+        let Some(name) = &self.name else {
+            return Ok(None);
+        };
+        let ns = self.namespace.as_deref().unwrap_or(default_namespace);
+        name_key(ns, name).map(Some)
+    }
+}
+
+/// The separator of a namespace and a name in a registered name (`ActorOptions::name_key`).
+pub(crate) const NAMESPACE_SEPARATOR: char = '\u{1f}';
+
+/// The registered key of `name` in `namespace`.
+pub(crate) fn name_key(namespace: &str, name: &str) -> Result<String, Error> {
+    if namespace.contains(NAMESPACE_SEPARATOR) {
+        return Err(Error::Config {
+            key: "namespace".into(),
+            message: format!("{namespace:?} contains U+001F"),
+        });
+    }
+    Ok(if namespace.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{namespace}{NAMESPACE_SEPARATOR}{name}")
+    })
 }
 
 struct ActorCall {
@@ -488,6 +577,7 @@ impl ActorCell {
         if let Some(name) = &self.name {
             let _ = runtime::with_current(|rt| rt.unname_actor(name, self.id));
         }
+        let _ = runtime::with_current(|rt| rt.release_detached(self.id));
         self.fail_all(self.death_error());
     }
 
@@ -514,7 +604,7 @@ impl ActorCell {
             if !restart {
                 cluster.fail_calls_to(self.id.as_u64());
                 self.die(self.died("killed by manta::kill"));
-                cluster.record_actor_death(self.id.as_u64(), self.class.name, remote.worker);
+                cluster.record_killed_actor(self.id.as_u64(), self.class.name, remote.worker);
             }
             return true;
         }
@@ -725,6 +815,7 @@ impl ActorCell {
             return;
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let _in_actor = InActor::enter();
             (call.method.invoke)(&self.state, &mut ArgReader::new(&call.args))
         }));
         self.forget_running(&call.result);
@@ -736,6 +827,13 @@ impl ActorCell {
         let result = match outcome {
             Ok(Err(Error::ShutDown)) if !self.is_alive() => Err(self.death_error()),
             Ok(r) => r.map_err(|e| e.for_object(call.result.id())),
+            Err(payload) if payload.is::<ExitActor>() => {
+                // Ray's `exit_actor`: the caller sees the actor's death, queued calls fail,
+                // calls running beside this one (`max_concurrency`) finish first.
+                self.die(self.died("it called manta::exit_actor"));
+                let _ = runtime::with_current(|rt| rt.actor_exited(self));
+                Err(self.death_error())
+            }
             Err(payload) => Err(Error::Task(TaskError::panic(
                 call.method.name,
                 payload.as_ref(),
@@ -775,8 +873,8 @@ impl Drop for ActorCell {
     fn drop(&mut self) {
         // The owner's last handle went away, and with it every borrower (the owner's `lent`
         // table holds a handle for each process that deserialised one; `cluster/borrow.rs`):
-        // the actor goes too (Ray's rule). A named actor is held by the owner's name table
-        // until it is killed, so it never gets here alive.
+        // the actor goes too (Ray's rule), named or not. A detached actor is held by the
+        // owner's name table until it is killed, so it never gets here alive.
         if let Some(remote) = self.remote.get()
             && !self.is_dead()
             && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
@@ -801,6 +899,9 @@ impl Drop for ActorCell {
             let _ = runtime::with_current(|rt| rt.scheduler.release(&self.demand));
         }
         let _ = runtime::with_current(|rt| rt.forget_actor(self.id));
+        if let Some(name) = &self.name {
+            let _ = runtime::with_current(|rt| rt.unname_actor(name, self.id));
+        }
         let err = self.died("it went out of scope");
         self.fail_all(err);
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::actor::exit_actor;
 use crate::actor::{Actor, ActorHandle, ActorOptions, RawActorHandle};
 use crate::codec;
 use crate::error::{Error, PutError};
@@ -249,20 +250,31 @@ fn actor_cell<A: Actor>(actor: &ActorHandle<A>) -> &Arc<crate::actor::ActorCell>
     &raw.cell
 }
 
-/// Looks up a live named actor of class `A`.
+/// Looks up a live named actor of class `A` in the job's namespace (`Config::namespace`).
+/// A named actor that is not detached is found only while a handle to it lives (Ray's rule).
 pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, Error> {
-    let cell =
-        with_current(|rt| rt.named_actor_anywhere(name))??.ok_or_else(|| Error::ActorNotFound {
-            name: name.to_string(),
-        })?;
+    let namespace = with_current(|rt| rt.config.namespace.clone())?;
+    get_actor_in(name, &namespace)
+}
+
+/// Looks up a live named actor of class `A` in `namespace` (Ray's
+/// `ray.get_actor(name, namespace=...)`; `""` is the default namespace).
+pub fn get_actor_in<A: Actor>(name: &str, namespace: &str) -> Result<ActorHandle<A>, Error> {
+    let key = crate::actor::name_key(namespace, name)?;
+    let shown = || crate::runtime::display_name(&key);
+    let cell = with_current(|rt| rt.named_actor_anywhere(&key))??
+        .ok_or_else(|| Error::ActorNotFound { name: shown() })?;
     if cell.class_name() != A::CLASS.name() {
         return Err(Error::ActorClassMismatch {
-            name: name.to_string(),
+            name: shown(),
             wanted: A::CLASS.name().to_string(),
             found: cell.class_name().to_string(),
         });
     }
-    Ok(ActorHandle::from_raw(RawActorHandle { cell, borrow: None }))
+    // In a process other than the owner the handle is a borrow, registered with the owner
+    // like a deserialised one, so it keeps a non-detached actor alive (Ray's rule).
+    let borrow = with_current(|rt| rt.actor_borrow(cell.id()))?;
+    Ok(ActorHandle::from_raw(RawActorHandle { cell, borrow }))
 }
 
 /// A waker that unparks the thread it was made on (for polling futures on a plain thread).
@@ -355,6 +367,48 @@ pub fn submit<R>(
         });
     }
     with_current(|rt| rt.submit(function, args, options)).unwrap_or_else(ObjectRef::failed)
+}
+
+/// Submits a task of a function with several returns (generated `f::remote` of a
+/// `#[remote(num_returns = N)]` function calls this); [`Returns::next`] hands them out in order.
+pub fn submit_returns(
+    function: &'static RemoteFunction,
+    args: Vec<Result<ArgSlot, Error>>,
+    options: &TaskOptions,
+) -> Returns {
+    let n = function.num_returns();
+    let (first, extra) = with_current(|rt| rt.submit_returns(function, args, options))
+        .unwrap_or_else(|e| {
+            let cell = || {
+                Arc::new(ObjectCell::ready(
+                    crate::id::ObjectId::from_u64(0),
+                    Err(e.clone()),
+                ))
+            };
+            (cell(), (1..n).map(|_| cell()).collect())
+        });
+    let mut cells = Vec::with_capacity(n);
+    cells.push(first);
+    cells.extend(extra.into_vec());
+    Returns(cells.into_iter())
+}
+
+/// The return objects of one call of a function with several returns, in order.
+#[derive(Debug)]
+pub struct Returns(std::vec::IntoIter<Arc<ObjectCell>>);
+
+impl Returns {
+    /// The next return object, typed as the generated code declares it.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T>(&mut self) -> ObjectRef<T> {
+        match self.0.next() {
+            Some(cell) => ObjectRef::from_cell(cell),
+            None => ObjectRef::failed(Error::Cluster {
+                what: "a task's returns".into(),
+                message: "more returns taken than the function declares".into(),
+            }),
+        }
+    }
 }
 
 /// Creates an actor (generated `A::remote` calls this). Options are checked first: with a bad

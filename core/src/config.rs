@@ -315,6 +315,11 @@ catalogue! {
     /// stuck in user code past it is left running, with a warning; microseconds in the
     /// environment).
     shutdown_timeout: Duration = Duration::from_secs(10), env "MANTA_SHUTDOWN_TIMEOUT_US";
+    /// The namespace of this job's actor names (Ray's `ray.init(namespace=...)`): `get_actor`
+    /// and `ActorOptions::name` use it unless told another. Empty (the default) is the
+    /// cluster's default namespace, shared by every job that sets none. A driver's namespace
+    /// is its workers'.
+    namespace: String = String::new(), env "MANTA_NAMESPACE";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

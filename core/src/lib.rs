@@ -28,7 +28,8 @@ mod view;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};
 pub use api::{
-    CancelOptions, NodeStatus, Split, block_on, cancel, cancel_with, get, get_actor, get_all,
+    CancelOptions, NodeStatus, Split, block_on, cancel, cancel_with, exit_actor, get, get_actor,
+    get_actor_in, get_all,
     get_timeout, kill, put, put_ref, restart, status, wait,
 };
 pub use config::{Config, CpuList, CustomResources, Resolved};
@@ -48,11 +49,13 @@ pub mod __private {
         ActorClass, ActorMethod, ActorState, BoxedState, ClassRegistration, MethodRegistration,
         RawActorHandle,
     };
-    pub use crate::api::{create_actor, submit};
+    pub use crate::api::{Returns, create_actor, submit, submit_returns};
     pub use crate::codec::encode;
     pub use crate::error::{ErrorType, ErrorTypeRegistration, returned_error};
     pub use crate::object::ObjectCell;
     pub use crate::object::ObjectValue;
-    pub use crate::task::{ArgReader, ArgSlot, Invoke, Registration, RemoteFunction};
+    pub use crate::task::{
+        ArgReader, ArgSlot, Invoke, InvokeReturns, Registration, RemoteFunction,
+    };
     pub use inventory;
 }

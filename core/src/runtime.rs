@@ -32,13 +32,36 @@ pub(crate) struct RuntimeInner {
     next_id: AtomicU64,
     escaped: Mutex<HashMap<ObjectId, Weak<ObjectCell>>>,
     actors: Mutex<HashMap<ActorId, Weak<ActorCell>>>,
-    named: Mutex<HashMap<String, Arc<ActorCell>>>,
+    /// Named actors this process created, by name key (`ActorOptions::name_key`).
+    named: Mutex<HashMap<String, Named>>,
+    /// Detached actors without a name this process created, held until killed.
+    unnamed_detached: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
     /// Actors created here by remote owners (held until killed).
     pushed_actors: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
     /// This process's cluster membership, if it joined one.
     pub(crate) cluster: Option<Arc<crate::cluster::worker::Cluster>>,
     default_demand: crate::resources::Demand,
     pub(crate) started: Instant,
+}
+
+/// An entry of the name table: a detached actor is held by it (until killed or shutdown), any
+/// other named actor only referred to, so that it dies with its last handle (Ray's rule).
+#[derive(Debug)]
+struct Named {
+    id: ActorId,
+    weak: Weak<ActorCell>,
+    #[allow(dead_code)] // held for its drop
+    detached: Option<Arc<ActorCell>>,
+}
+
+impl Named {
+    fn new(cell: &Arc<ActorCell>, detached: bool) -> Self {
+        Named {
+            id: cell.id(),
+            weak: Arc::downgrade(cell),
+            detached: detached.then(|| cell.clone()),
+        }
+    }
 }
 
 struct Global {
@@ -161,7 +184,11 @@ pub fn shutdown() {
     // blocked waiting for them wake up; then the slots are joined, within a bound.
     let pushed: Vec<_> = lock(&rt.pushed_actors).drain().map(|(_, a)| a).collect();
     rt.scheduler.begin_shutdown();
-    let named: Vec<_> = lock(&rt.named).drain().map(|(_, a)| a).collect();
+    let mut named: Vec<_> = lock(&rt.named)
+        .drain()
+        .filter_map(|(_, a)| a.weak.upgrade())
+        .collect();
+    named.extend(lock(&rt.unnamed_detached).drain().map(|(_, a)| a));
     let actors: Vec<_> = lock(&rt.actors)
         .values()
         .filter_map(Weak::upgrade)
@@ -219,6 +246,7 @@ impl RuntimeInner {
             escaped: Mutex::new(HashMap::new()),
             actors: Mutex::new(HashMap::new()),
             named: Mutex::new(HashMap::new()),
+            unnamed_detached: Mutex::new(HashMap::new()),
             default_demand,
             started: Instant::now(),
             config,
@@ -268,7 +296,8 @@ impl RuntimeInner {
         }
     }
 
-    /// Submits a task of `function`.
+    /// Submits a task of `function` (one return: the hot path, kept apart from
+    /// `submit_returns`).
     pub(crate) fn submit<R>(
         &self,
         function: &'static RemoteFunction,
@@ -278,6 +307,11 @@ impl RuntimeInner {
         if let Err(e) = crate::cancel::check() {
             return ObjectRef::failed(e);
         }
+        debug_assert_eq!(
+            function.num_returns(),
+            1,
+            "several returns go through submit_returns"
+        );
         let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(a) => a.into_boxed_slice(),
             Err(e) => return ObjectRef::failed(e),
@@ -336,6 +370,78 @@ impl RuntimeInner {
         result
     }
 
+    /// Submits a task of a function with `num_returns > 1`; returns its first return object
+    /// and the others, in order, each with its own id (`first + i`).
+    pub(crate) fn submit_returns(
+        &self,
+        function: &'static RemoteFunction,
+        args: Vec<Result<ArgSlot, Error>>,
+        options: &TaskOptions,
+    ) -> (Arc<ObjectCell>, Box<[Arc<ObjectCell>]>) {
+        let returns = function.num_returns();
+        let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(a) => a.into_boxed_slice(),
+            Err(e) => return failed_returns(returns, e),
+        };
+        if let Some(cluster) = &self.cluster
+            && (cluster.is_driver() || self.scheduler.resources.demand(&options.resources).is_err())
+        {
+            let id = self.next_id.fetch_add(returns as u64, Ordering::Relaxed);
+            let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
+            let extra: Box<[Arc<ObjectCell>]> = (1..returns as u64)
+                .map(|i| Arc::new(ObjectCell::pending(ObjectId::from_u64(id + i), None)))
+                .collect();
+            if !extra.is_empty() {
+                // Before the push: the executor's completions may come back at once.
+                cluster.expect_returns(&cell, &extra);
+            }
+            let me = self.me();
+            let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+            cluster.submit_remote(
+                &me,
+                function.name(),
+                cell.clone(),
+                args,
+                &options.resources,
+                options.name.as_deref(),
+                retries,
+                retries,
+            );
+            return (cell, extra);
+        }
+        let demand = if options.is_default_shape() {
+            self.default_demand.clone()
+        } else {
+            match self.scheduler.resources.demand(&options.resources) {
+                Ok(d) => d,
+                Err(e) => {
+                    let name = options.name.as_deref().unwrap_or(function.name());
+                    return failed_returns(
+                        returns,
+                        self.infeasible(format!("task {name}"), &options.resources, e),
+                    );
+                }
+            }
+        };
+        let id = self.next_id.fetch_add(returns as u64, Ordering::Relaxed);
+        let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+        let name = options.name.as_deref().map(Box::from);
+        let task = Task::with_returns(
+            TaskId::from_u64(id),
+            ObjectId::from_u64(id),
+            function,
+            args,
+            demand,
+            name,
+            retries,
+        );
+        let result = (task.result.clone(), task.extra.clone());
+        if task.resolve_arguments() {
+            self.scheduler.push(Job::Task(task));
+        }
+        result
+    }
+
     /// Creates an actor of class `A`.
     pub(crate) fn create_actor<A: Actor>(
         self: &Arc<Self>,
@@ -343,6 +449,20 @@ impl RuntimeInner {
         options: &ActorOptions,
     ) -> ActorHandle<A> {
         let class: &'static ActorClass = A::CLASS;
+        // A name is registered under its key in its namespace (`ActorOptions::name_key`).
+        let keyed;
+        let options = match options.name_key(&self.config.namespace) {
+            Ok(None) => options,
+            Ok(key) => {
+                keyed = ActorOptions {
+                    name: key,
+                    namespace: None,
+                    ..options.clone()
+                };
+                &keyed
+            }
+            Err(e) => return ActorHandle::dead(e),
+        };
         let id = ActorId::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed));
         let placement = options.placement();
         if let Some(cluster) = &self.cluster
@@ -382,6 +502,9 @@ impl RuntimeInner {
                 cell.die(e);
                 return handle;
             }
+            if options.detached {
+                cluster.detach_remote(&cell);
+            }
             let weak = Arc::downgrade(&cell);
             let c2 = created.clone();
             let on_created = move || {
@@ -396,9 +519,12 @@ impl RuntimeInner {
             }
             lock(&self.actors).insert(id, Arc::downgrade(&cell));
             if let Some(name) = options.name.clone() {
-                // A named actor lives until it is killed, even with no handle left (its name
-                // is released by `die`): the owner's name table keeps its cell.
-                lock(&self.named).insert(name, cell.clone());
+                // A detached actor is held by the owner's name table until it is killed; any
+                // other dies with its last handle (its drop kills it; `die` unnames it).
+                let old = lock(&self.named).insert(name, Named::new(&cell, options.detached));
+                drop(old);
+            } else if options.detached {
+                lock(&self.unnamed_detached).insert(id, cell.clone());
             }
             return handle;
         }
@@ -448,12 +574,23 @@ impl RuntimeInner {
         }
         if let Some(name) = options.name.clone() {
             let mut named = lock(&self.named);
-            if named.get(&name).is_some_and(|a| !a.is_dead()) {
+            // Every cell reference taken under the lock is dropped after it: a last
+            // reference's drop unnames the actor, which takes the lock again.
+            let existing = named.get(&name).and_then(|n| n.weak.upgrade());
+            if existing.as_ref().is_some_and(|a| !a.is_dead()) {
                 drop(named);
-                cell.die(Error::ActorNameTaken { name });
+                drop(existing);
+                cell.die(Error::ActorNameTaken {
+                    name: display_name(&name),
+                });
                 return handle;
             }
-            named.insert(name, cell.clone());
+            let old = named.insert(name, Named::new(&cell, options.detached));
+            drop(named);
+            drop((old, existing));
+        }
+        if options.detached && options.name.is_none() {
+            lock(&self.unnamed_detached).insert(id, cell.clone());
         }
         lock(&self.actors).insert(id, Arc::downgrade(&cell));
         self.start_actor(cell, args);
@@ -501,11 +638,20 @@ impl RuntimeInner {
     /// before the decode returns; `cluster/borrow.rs`).
     pub(crate) fn actor_handle(&self, id: ActorId) -> Result<RawActorHandle, Error> {
         let cell = self.lookup_actor(id)?;
-        let borrow = match &self.cluster {
+        let borrow = self.actor_borrow(id);
+        Ok(RawActorHandle { cell, borrow })
+    }
+
+    /// In a cluster, where another process owns actor `id`: this process's borrow of it
+    /// (registered with the owner before it returns; `cluster/borrow.rs`).
+    pub(crate) fn actor_borrow(
+        &self,
+        id: ActorId,
+    ) -> Option<Arc<crate::cluster::objects::RemoteObject>> {
+        match &self.cluster {
             Some(c) if crate::cluster::owner_of(id.as_u64()) != c.index => Some(c.borrow_actor(id)),
             _ => None,
-        };
-        Ok(RawActorHandle { cell, borrow })
+        }
     }
 
     /// A live actor this process created (its own cell or its proxy), by id.
@@ -551,7 +697,8 @@ impl RuntimeInner {
         lock(&self.escaped).get(&id).and_then(Weak::upgrade)
     }
 
-    /// Runs a task a remote owner pushed here (its result cell keeps the owner's id).
+    /// Runs a task a remote owner pushed here (its result cells keep the owner's ids): its
+    /// first return and, for `num_returns > 1`, the others (empty if it failed at once).
     pub(crate) fn submit_pushed(
         &self,
         task_id: u64,
@@ -560,35 +707,49 @@ impl RuntimeInner {
         request: &crate::resources::ResourceRequest,
         name: Option<String>,
         max_retries: u32,
-    ) -> Arc<ObjectCell> {
+    ) -> (Arc<ObjectCell>, Box<[Arc<ObjectCell>]>) {
         let Some(function) = crate::task::function_by_name(function) else {
-            return Arc::new(ObjectCell::ready(
-                ObjectId::from_u64(task_id),
-                Err(Error::Cluster {
-                    what: format!("task {function}"),
-                    message: "no such remote function in this binary".into(),
-                }),
-            ));
+            let e = Error::Cluster {
+                what: format!("task {function}"),
+                message: "no such remote function in this binary".into(),
+            };
+            return (
+                Arc::new(ObjectCell::ready(ObjectId::from_u64(task_id), Err(e))),
+                Box::new([]),
+            );
         };
         let demand = match self.scheduler.resources.demand(request) {
             Ok(d) => d,
             Err(e) => {
-                return Arc::new(ObjectCell::ready(
-                    ObjectId::from_u64(task_id),
-                    Err(self.infeasible(format!("task {}", function.name()), request, e)),
-                ));
+                let e = self.infeasible(format!("task {}", function.name()), request, e);
+                return (
+                    Arc::new(ObjectCell::ready(ObjectId::from_u64(task_id), Err(e))),
+                    Box::new([]),
+                );
             }
         };
-        let task = Task::new(
-            TaskId::from_u64(task_id),
-            ObjectId::from_u64(task_id),
-            TaskBody::Function(function),
-            args.into_boxed_slice(),
-            demand,
-            name.map(Box::from),
-            max_retries,
-        );
-        let result = task.result.clone();
+        let task = if function.num_returns() == 1 {
+            Task::new(
+                TaskId::from_u64(task_id),
+                ObjectId::from_u64(task_id),
+                TaskBody::Function(function),
+                args.into_boxed_slice(),
+                demand,
+                name.map(Box::from),
+                max_retries,
+            )
+        } else {
+            Task::with_returns(
+                TaskId::from_u64(task_id),
+                ObjectId::from_u64(task_id),
+                function,
+                args.into_boxed_slice(),
+                demand,
+                name.map(Box::from),
+                max_retries,
+            )
+        };
+        let result = (task.result.clone(), task.extra.clone());
         if task.resolve_arguments() {
             self.scheduler.push(Job::Task(task));
         }
@@ -689,29 +850,65 @@ impl RuntimeInner {
         (cell.kill(restart, self) && !restart).then_some(cell)
     }
 
+    /// Actor `cell` ended itself (`exit_actor`): a worker stops hosting it and records its
+    /// death in the cluster's directory, which frees its name there.
+    pub(crate) fn actor_exited(&self, cell: &ActorCell) {
+        let hosted = lock(&self.pushed_actors).remove(&cell.id());
+        if hosted.is_some()
+            && let Some(c) = &self.cluster
+        {
+            c.record_actor_death(cell, "it called manta::exit_actor");
+        }
+    }
+
+    /// Whether this worker hosts actor `id` for a remote owner.
+    pub(crate) fn hosts_actor(&self, id: ActorId) -> bool {
+        lock(&self.pushed_actors).contains_key(&id)
+    }
+
+    /// The actors this worker hosts for remote owners.
+    pub(crate) fn hosted_actors(&self) -> Vec<ActorId> {
+        lock(&self.pushed_actors).keys().copied().collect()
+    }
+
     pub(crate) fn forget_actor(&self, id: ActorId) {
         lock(&self.actors).remove(&id);
     }
 
+    /// An actor died: a detached one without a name is no longer held.
+    pub(crate) fn release_detached(&self, id: ActorId) {
+        let held = lock(&self.unnamed_detached).remove(&id);
+        // Dropped outside the lock (it may be the last reference).
+        drop(held);
+    }
+
     pub(crate) fn unname_actor(&self, name: &str, id: ActorId) {
         let mut named = lock(&self.named);
-        if named.get(name).is_some_and(|a| a.id() == id) {
-            named.remove(name);
-        }
+        let gone = if named.get(name).is_some_and(|a| a.id == id) {
+            named.remove(name)
+        } else {
+            None
+        };
+        // Dropped outside the lock (it may hold the actor's last reference).
+        drop(named);
+        drop(gone);
     }
 
     pub(crate) fn named_actor(&self, name: &str) -> Option<Arc<ActorCell>> {
-        lock(&self.named)
-            .get(name)
-            .filter(|a| !a.is_dead())
-            .cloned()
+        // Upgraded under the lock, dropped (if dead) after it: see `create_actor`.
+        let cell = lock(&self.named).get(name).and_then(|a| a.weak.upgrade());
+        cell.filter(|a| !a.is_dead())
     }
 
     /// A live named actor: this process's, or (in a cluster) the GCS directory's.
     pub(crate) fn named_actor_anywhere(&self, name: &str) -> Result<Option<Arc<ActorCell>>, Error> {
-        if let Some(cell) = self.named_actor(name) {
+        if let Some(cell) = self.named_actor(name)
+            && (cell.remote().is_none() || self.cluster.is_none())
+        {
             return Ok(Some(cell));
         }
+        // A proxy of an actor another process hosts may be dead there (`exit_actor`): the
+        // cluster's directory decides, and gives back this same cell if it lives.
         let Some(cluster) = &self.cluster else {
             return Ok(None);
         };
@@ -734,6 +931,18 @@ impl RuntimeInner {
     pub(crate) fn actor_count(&self) -> usize {
         lock(&self.actors).len()
     }
+}
+
+/// A registered name key as users wrote it: `namespace/name`, or the name alone in the default
+/// namespace.
+pub(crate) fn display_name(key: &str) -> String {
+    key.replace(crate::actor::NAMESPACE_SEPARATOR, "/")
+}
+
+/// `n` return objects failed with `error` (a submission that failed before it was made).
+fn failed_returns(n: usize, error: Error) -> (Arc<ObjectCell>, Box<[Arc<ObjectCell>]>) {
+    let cell = || Arc::new(ObjectCell::ready(ObjectId::from_u64(0), Err(error.clone())));
+    (cell(), (1..n).map(|_| cell()).collect())
 }
 
 /// Blocks until `cell` completes (or `deadline`), using the current runtime's scheduler.

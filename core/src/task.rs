@@ -35,16 +35,41 @@ use crate::sync::{Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, Ordering, Weak,
 #[derive(Debug)]
 pub struct RemoteFunction {
     name: &'static str,
-    invoke: Invoke,
+    body: Body,
 }
 
 /// Runs a function body on decoded arguments and encodes its result.
 pub type Invoke = fn(&mut ArgReader<'_>) -> Result<ObjectValue, Error>;
 
+/// Runs a function body that returns several objects (`num_returns`), each encoded on its own.
+pub type InvokeReturns = fn(&mut ArgReader<'_>) -> Result<Vec<ObjectValue>, Error>;
+
+#[derive(Debug)]
+enum Body {
+    One(Invoke),
+    Several(usize, InvokeReturns),
+}
+
 impl RemoteFunction {
     /// Declares a function (used by the `#[remote]` macro).
     pub const fn new(name: &'static str, invoke: Invoke) -> Self {
-        RemoteFunction { name, invoke }
+        RemoteFunction {
+            name,
+            body: Body::One(invoke),
+        }
+    }
+
+    /// Declares a function returning `num_returns` objects, each its own object (used by
+    /// `#[remote(num_returns = N)]`).
+    pub const fn with_returns(
+        name: &'static str,
+        num_returns: usize,
+        invoke: InvokeReturns,
+    ) -> Self {
+        RemoteFunction {
+            name,
+            body: Body::Several(num_returns, invoke),
+        }
     }
 
     /// The stable name every process of a job uses for this function.
@@ -52,8 +77,38 @@ impl RemoteFunction {
         self.name
     }
 
-    pub(crate) fn invoke(&self, args: &mut ArgReader<'_>) -> Result<ObjectValue, Error> {
-        (self.invoke)(args)
+    /// How many objects a call returns (1 unless declared with `num_returns`).
+    pub fn num_returns(&self) -> usize {
+        match self.body {
+            Body::One(_) => 1,
+            Body::Several(n, _) => n,
+        }
+    }
+
+    /// Runs the body. The first return is handed back; the others (`num_returns > 1`) complete
+    /// `extra`, the task's other return cells, in order.
+    pub(crate) fn invoke(
+        &self,
+        args: &mut ArgReader<'_>,
+        extra: &[Arc<ObjectCell>],
+    ) -> Result<ObjectValue, Error> {
+        match self.body {
+            Body::One(invoke) => invoke(args),
+            Body::Several(n, invoke) => {
+                let mut values = invoke(args)?.into_iter();
+                let first = values.next();
+                if values.len() + 1 != n || extra.len() + 1 != n {
+                    return Err(Error::Cluster {
+                        what: format!("task {}", self.name),
+                        message: format!("declared {n} returns, produced {}", values.len() + 1),
+                    });
+                }
+                for (cell, value) in extra.iter().zip(values) {
+                    cell.complete(Ok(value));
+                }
+                first.ok_or(Error::ShutDown)
+            }
+        }
     }
 }
 
@@ -76,6 +131,31 @@ pub(crate) fn function_by_name(name: &str) -> Option<&'static RemoteFunction> {
     MAP.get_or_init(|| registered_functions().map(|f| (f.name(), f)).collect())
         .get(name)
         .copied()
+}
+
+/// Copies a failure of `first` (a call's first return) to its other returns `extra`; a
+/// success leaves them to whoever completes them (the body, or a `TaskDone` per return).
+pub(crate) fn fail_extra_with(first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]) {
+    if extra.is_empty() {
+        return;
+    }
+    let weak: Vec<_> = extra.iter().map(Arc::downgrade).collect();
+    // Weak both ways: a callback on a cell that never completes must not keep it alive.
+    let first2 = Arc::downgrade(first);
+    let copy = move || {
+        let Some(first) = first2.upgrade() else {
+            return;
+        };
+        let Some(Err(e)) = first.get() else { return };
+        for cell in weak.iter().filter_map(std::sync::Weak::upgrade) {
+            cell.complete(Err(e.clone().for_object(cell.id())));
+        }
+    };
+    if let Err(crate::object::Waiter::Callback(f)) =
+        first.register(crate::object::Waiter::Callback(Box::new(copy)))
+    {
+        f();
+    }
 }
 
 /// One argument of a task: a value encoded at submission, or an object to resolve first.
@@ -218,6 +298,9 @@ pub(crate) struct Task {
     pub(crate) body: TaskBody,
     pub(crate) args: Box<[ArgSlot]>,
     pub(crate) result: Arc<ObjectCell>,
+    /// The other return objects of a function with `num_returns > 1` (ids `id + 1 ..`), in
+    /// order; empty otherwise. Every failure of `result` fails them too (see `with_returns`).
+    pub(crate) extra: Box<[Arc<ObjectCell>]>,
     pub(crate) demand: Demand,
     pub(crate) name: Option<Box<str>>,
     state: AtomicU8,
@@ -260,6 +343,7 @@ impl Task {
             body,
             args,
             result: Arc::new(ObjectCell::pending(object, Some(me.clone()))),
+            extra: Box::new([]),
             demand,
             name,
             state: AtomicU8::new(WAITING),
@@ -268,6 +352,47 @@ impl Task {
             interrupted: AtomicBool::new(false),
             cancel_state: Mutex::new(CancelState::default()),
         })
+    }
+
+    /// A task of a function with `num_returns > 1`: `result` is its first return (id
+    /// `object`), `extra` the others (ids `object + 1 ..`), each its own object, freed on its
+    /// own. The body completes `extra` before `result` (`RemoteFunction::invoke`); every other
+    /// completion of `result` — a failure, cancel, shutdown — is copied to `extra` by a
+    /// callback registered here, before anyone else can register, so an owner waking on
+    /// `result` finds every return complete.
+    pub(crate) fn with_returns(
+        id: TaskId,
+        object: ObjectId,
+        function: &'static RemoteFunction,
+        args: Box<[ArgSlot]>,
+        demand: Demand,
+        name: Option<Box<str>>,
+        retries: u32,
+    ) -> Arc<Task> {
+        let n = function.num_returns();
+        let task = Arc::new_cyclic(|me: &std::sync::Weak<Task>| Task {
+            id,
+            body: TaskBody::Function(function),
+            args,
+            result: Arc::new(ObjectCell::pending(object, Some(me.clone()))),
+            extra: (1..n as u64)
+                .map(|i| {
+                    Arc::new(ObjectCell::pending(
+                        ObjectId::from_u64(object.as_u64() + i),
+                        Some(me.clone()),
+                    ))
+                })
+                .collect(),
+            demand,
+            name,
+            state: AtomicU8::new(WAITING),
+            unresolved: AtomicUsize::new(1),
+            retries_left: AtomicU8::new(retries.min(u8::MAX as u32) as u8),
+            interrupted: AtomicBool::new(false),
+            cancel_state: Mutex::new(CancelState::default()),
+        });
+        fail_extra_with(&task.result, &task.extra);
+        task
     }
 
     pub(crate) fn name(&self) -> &str {

@@ -16,6 +16,7 @@ mod harness;
 mod actor_handles;
 mod actors;
 mod actors_concurrency;
+mod api;
 mod basics;
 mod cancel;
 mod cluster_objects;
@@ -37,6 +38,7 @@ fn all_cases() -> Vec<Case> {
         actors::CASES,
         actor_handles::CASES,
         actors_concurrency::CASES,
+        api::CASES,
         cancel::CASES,
         cluster_objects::CASES,
         error_kinds::CASES,

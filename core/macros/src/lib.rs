@@ -22,20 +22,60 @@ use syn::{FnArg, ImplItem, ItemFn, ItemImpl, ItemStruct, ReturnType, Type, parse
 /// must be `Serialize + DeserializeOwned + Display + Send + Sync + 'static`; an `Err` is not
 /// retried (`max_retries` re-runs panics). A one-argument alias such as `io::Result<T>` is not
 /// recognised and stays the task's value.
+///
+/// `#[remote(num_returns = N)]` on a function returning an `N`-tuple makes each element its
+/// own object (Ray's `num_returns`): `f::remote(..)` returns a tuple of `N` `ObjectRef`s, each
+/// with its own id, usable and freed on its own (a fallible one returns `Result<(..), E>`;
+/// its `Err` fails every return).
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return syn::Error::new(
-            Span::call_site(),
-            "#[remote] takes no arguments; set options per call with f::options()",
-        )
-        .to_compile_error()
-        .into();
-    }
+    let num_returns = match parse_num_returns(attr.into()) {
+        Ok(n) => n,
+        Err(e) => return e.into_compile_error().into(),
+    };
     let func = parse_macro_input!(item as ItemFn);
-    expand_remote(func)
+    expand_remote(func, num_returns)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
+}
+
+/// `num_returns = N` (N ≥ 1), or nothing (1).
+fn parse_num_returns(attr: TokenStream2) -> syn::Result<usize> {
+    if attr.is_empty() {
+        return Ok(1);
+    }
+    let span = attr.span();
+    let nv: syn::MetaNameValue = syn::parse2(attr).map_err(|_| {
+        syn::Error::new(
+            span,
+            "#[remote] takes only `num_returns = N`; set other options per call with f::options()",
+        )
+    })?;
+    if !nv.path.is_ident("num_returns") {
+        return Err(syn::Error::new(
+            nv.path.span(),
+            "#[remote] takes only `num_returns = N`; set other options per call with f::options()",
+        ));
+    }
+    let n = match &nv.value {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) => i.base10_parse::<usize>()?,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "num_returns must be an integer literal",
+            ));
+        }
+    };
+    if n == 0 {
+        return Err(syn::Error::new(
+            nv.value.span(),
+            "num_returns must be at least 1",
+        ));
+    }
+    Ok(n)
 }
 
 /// Makes a struct an actor class. Put it on the struct *and* on its `impl` block (in the same
@@ -130,7 +170,7 @@ fn return_type(output: &ReturnType) -> Type {
     }
 }
 
-fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
+fn expand_remote(func: ItemFn, num_returns: usize) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(
@@ -154,6 +194,7 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
         quote!(super::#name(#(#names),*))
     };
     // A fallible function's object holds its `Ok` value; its `Err` fails the task.
+    let err_ty = fallible(&declared).map(|(_, err)| err);
     let (ret, finish, register_error) = match fallible(&declared) {
         Some((ok, err)) => (
             ok,
@@ -182,6 +223,71 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
     let doc = format!(
         "Remote handle of [`{name}`](fn@{name}): `{name}::remote(..)` submits it as a task."
     );
+    // What differs with several returns: the registration, the body's encoding, what
+    // `remote` returns and how it submits.
+    let (function, invoke_ret, encode_out, remote_ret, submit) = if num_returns == 1 {
+        (
+            quote!(::manta::__private::RemoteFunction::new(
+                ::core::module_path!(),
+                __invoke
+            )),
+            quote!(::manta::__private::ObjectValue),
+            finish,
+            quote!(::manta::ObjectRef<#ret>),
+            quote! {
+                ::manta::__private::submit(
+                    &FUNCTION,
+                    ::std::vec![#( ::manta::IntoArg::into_slot(#names) ),*],
+                    &self.0,
+                )
+            },
+        )
+    } else {
+        let elems = match &ret {
+            Type::Tuple(t) if t.elems.len() == num_returns => {
+                t.elems.iter().cloned().collect::<Vec<_>>()
+            }
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    format!(
+                        "a function with num_returns = {num_returns} returns a tuple of {num_returns} elements"
+                    ),
+                ));
+            }
+        };
+        let index = (0..num_returns).map(syn::Index::from);
+        let nexts = (0..num_returns).map(|_| quote!(__returns.next()));
+        (
+            quote!(::manta::__private::RemoteFunction::with_returns(::core::module_path!(), #num_returns, __invoke)),
+            quote!(::std::vec::Vec<::manta::__private::ObjectValue>),
+            match &err_ty {
+                // A fallible function's `Ok` tuple is the returns; its `Err` fails them all.
+                Some(err) => quote! {
+                    match __out {
+                        ::core::result::Result::Ok(__v) => ::core::result::Result::Ok(
+                            ::std::vec![#( ::manta::__private::encode(&__v.#index)? ),*]
+                        ),
+                        ::core::result::Result::Err(__e) => ::core::result::Result::Err(
+                            ::manta::__private::returned_error::<#err>(FUNCTION.name(), &__e),
+                        ),
+                    }
+                },
+                None => quote!(::core::result::Result::Ok(
+                    ::std::vec![#( ::manta::__private::encode(&__out.#index)? ),*]
+                )),
+            },
+            quote!((#( ::manta::ObjectRef<#elems> ),*)),
+            quote! {
+                let mut __returns = ::manta::__private::submit_returns(
+                    &FUNCTION,
+                    ::std::vec![#( ::manta::IntoArg::into_slot(#names) ),*],
+                    &self.0,
+                );
+                (#( #nexts ),*)
+            },
+        )
+    };
     Ok(quote! {
         #func
 
@@ -192,22 +298,21 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
             use super::*;
 
             /// The registered function.
-            pub static FUNCTION: ::manta::__private::RemoteFunction =
-                ::manta::__private::RemoteFunction::new(::core::module_path!(), __invoke);
+            pub static FUNCTION: ::manta::__private::RemoteFunction = #function;
 
             ::manta::__private::inventory::submit! { ::manta::__private::Registration(&FUNCTION) }
             #register_error
 
             fn __invoke(
                 __args: &mut ::manta::__private::ArgReader<'_>,
-            ) -> ::core::result::Result<::manta::__private::ObjectValue, ::manta::Error> {
+            ) -> ::core::result::Result<#invoke_ret, ::manta::Error> {
                 #( let #names: #types = __args.next()?; )*
                 let __out: #declared = #call;
-                #finish
+                #encode_out
             }
 
             /// Submits the function as a task with default options.
-            pub fn remote(#( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ObjectRef<#ret> {
+            pub fn remote(#( #names: impl ::manta::IntoArg<#types> ),*) -> #remote_ret {
                 options().remote(#(#names),*)
             }
 
@@ -232,12 +337,8 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
                 /// The task's name in errors and listings.
                 pub fn name(self, name: impl Into<String>) -> Self { Options(self.0.name(name)) }
                 /// Submits the task with these options.
-                pub fn remote(&self, #( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ObjectRef<#ret> {
-                    ::manta::__private::submit(
-                        &FUNCTION,
-                        ::std::vec![#( ::manta::IntoArg::into_slot(#names) ),*],
-                        &self.0,
-                    )
+                pub fn remote(&self, #( #names: impl ::manta::IntoArg<#types> ),*) -> #remote_ret {
+                    #submit
                 }
             }
         }
@@ -419,8 +520,13 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             pub fn max_concurrency(self, n: usize) -> Self { #options_ty(self.0.max_concurrency(n)) }
             /// How many times `manta::restart` may bring the actor back (default 0).
             pub fn max_restarts(self, n: u32) -> Self { #options_ty(self.0.max_restarts(n)) }
-            /// Registers the actor under a name for `manta::get_actor`.
+            /// Registers the actor under a name for `manta::get_actor`, in the job's namespace.
+            /// Unless detached, it still dies with its last handle.
             pub fn name(self, name: impl Into<String>) -> Self { #options_ty(self.0.name(name)) }
+            /// The namespace of the actor's name (default: the job's, `Config::namespace`).
+            pub fn namespace(self, namespace: impl Into<String>) -> Self { #options_ty(self.0.namespace(namespace)) }
+            /// Makes the actor outlive its handles and its driver, until `manta::kill`.
+            pub fn lifetime_detached(self) -> Self { #options_ty(self.0.lifetime_detached()) }
             /// Creates the actor with these options.
             pub fn remote(&self, #( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ActorHandle<#name> {
                 ::manta::__private::create_actor::<#name>(

@@ -51,8 +51,11 @@
 //! borrower gone — it sends `KillActor` to the host, which records the death in the GCS's
 //! directory. The argument above carries over: a serialised handle is held by the container it
 //! travels in (`codec::Nested::Actor` holds the whole handle, registration included). The host
-//! deserialising a handle of an actor it runs is a borrower too. A named actor is held by the
-//! owner's name table until it is killed, so borrows never decide its end.
+//! deserialising a handle of an actor it runs is a borrower too. A named actor ends the same
+//! way (Ray's rule); a detached one is held by the owner's name table until it is killed, so
+//! borrows never decide its end. A handle `get_actor` returns in a process other than the
+//! owner is a borrow registered the same way (`RuntimeInner::actor_borrow`), before it is
+//! returned.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -371,7 +374,7 @@ pub(super) struct Lent {
 }
 
 /// What a [`Lent`] entry keeps alive: dropping the last strong handle on an object frees it;
-/// on an actor's cell, kills the actor (`ActorCell`'s drop, unless it is named).
+/// on an actor's cell, kills the actor (`ActorCell`'s drop, unless it is detached).
 pub(super) enum Loan {
     Object(Arc<ObjectCell>),
     Actor(Arc<ActorCell>),

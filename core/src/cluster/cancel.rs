@@ -192,7 +192,7 @@ impl Cluster {
 
     /// Records in the GCS's directory that `actor` was killed, and waits for the answer (so
     /// that `get_actor` of its name fails, and a new actor may take it, once `kill` returns).
-    pub(crate) fn record_actor_death(&self, actor_id: u64, class_name: &str, worker: u64) {
+    pub(crate) fn record_killed_actor(&self, actor_id: u64, class_name: &str, worker: u64) {
         let actor = ActorInfo {
             actor_id,
             name: String::new(),

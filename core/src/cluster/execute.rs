@@ -55,7 +55,7 @@ impl Cluster {
         }
     }
 
-    fn outcome_of(&self, task_id: u64, v: &ObjectValue) -> Outcome {
+    pub(super) fn outcome_of(&self, task_id: u64, v: &ObjectValue) -> Outcome {
         match &v.data {
             Payload::Inline(b) if v.nested.is_empty() => Outcome::Inline(b.to_vec()),
             _ => {
@@ -80,7 +80,7 @@ impl Cluster {
         let Some(rt) = self.runtime() else { return };
         let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
         let request = resource_request(&resources);
-        let cell = rt.submit_pushed(
+        let (cell, extra) = rt.submit_pushed(
             task_id,
             function,
             slots,
@@ -88,7 +88,11 @@ impl Cluster {
             (!name.is_empty()).then_some(name),
             max_retries,
         );
-        self.reply_when_done(peer, task_id, function, &cell);
+        if extra.is_empty() {
+            self.reply_when_done(peer, task_id, function, &cell);
+        } else {
+            self.reply_returns_when_done(peer, task_id, function, &cell, extra);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -140,6 +144,7 @@ impl Cluster {
         let Some(cell) = rt.kill_pushed(actor_id, restart) else {
             return;
         };
+        self.undetach(actor_id);
         let actor = ActorInfo {
             actor_id,
             name: cell.name().unwrap_or_default().to_owned(),
@@ -253,7 +258,7 @@ impl Cluster {
     }
 }
 
-fn failed_outcome(e: &Error) -> Outcome {
+pub(super) fn failed_outcome(e: &Error) -> Outcome {
     let cause = match e {
         Error::Task(t) => t.pack_cause(),
         _ => Vec::new(),

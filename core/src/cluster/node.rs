@@ -16,7 +16,9 @@
 //! and what each holds (`WorkerStarted.workers`), so the owner chooses among them. What the
 //! workers report in use is summed into the node's heartbeats. When the job's driver leaves,
 //! or the cluster stops, the raylet stops its workers (a `Stop` message, then SIGKILL after a
-//! grace period); a worker that joined by itself is forgotten when its connection closes.
+//! grace period); a worker that joined by itself is forgotten when its connection closes. At
+//! a job's end a worker that reported detached actors (`WorkerDetached`) is kept instead and
+//! told `JobEvent { finished }`, and stopped once it reports none (`lifetime.rs`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -152,7 +154,7 @@ pub struct NodeRow {
 pub struct ActorRow {
     /// Actor id.
     pub actor_id: u64,
-    /// Name, if named.
+    /// Name, if named (`namespace/name` outside the default namespace).
     pub name: String,
     /// Class.
     pub class_name: String,
@@ -245,7 +247,7 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
                 .into_iter()
                 .map(|a| ActorRow {
                     actor_id: a.actor_id,
-                    name: a.name,
+                    name: crate::runtime::display_name(&a.name),
                     class_name: a.class_name,
                     node_id: a.node_id,
                     worker: a.worker,
@@ -386,6 +388,8 @@ struct WorkerProc {
     load: Vec<Resource>,
     /// The page kind of its store arena, from its reports.
     store_pages: String,
+    /// How many detached actors it hosts (`WorkerDetached`): it outlives its job while any.
+    detached: u32,
 }
 
 impl WorkerProc {
@@ -398,6 +402,7 @@ impl WorkerProc {
             resources: Vec::new(),
             load: Vec::new(),
             store_pages: String::new(),
+            detached: 0,
         }
     }
 }
@@ -408,6 +413,8 @@ struct JobWorkers {
     procs: Vec<WorkerProc>,
     /// `StartWorker` requests, answered once every worker the job has here is ready.
     waiting: Vec<(Arc<Peer>, u64)>,
+    /// The job ended; what is left are workers kept for their detached actors.
+    ended: bool,
 }
 
 impl JobWorkers {
@@ -704,6 +711,7 @@ impl Raylet {
                     resources: Vec::new(),
                     load: Vec::new(),
                     store_pages: String::new(),
+                    detached: 0,
                 });
                 job.procs.len() - 1
             }
@@ -783,7 +791,9 @@ impl Raylet {
         workers.retain(|_, job| !job.procs.is_empty() || !job.waiting.is_empty());
     }
 
-    /// Stops the workers of `job` (all jobs when `None`): a Stop message, SIGKILL later.
+    /// Stops the workers of `job` (all jobs when `None`): a Stop message, SIGKILL later. At a
+    /// job's end a worker hosting detached actors is kept and told the job ended instead
+    /// (`cluster/lifetime.rs`, step 3).
     fn stop_workers(&self, job: Option<u64>) {
         let stopping: Vec<WorkerProc> = {
             let mut workers = lock(&self.workers);
@@ -792,11 +802,71 @@ impl Raylet {
                 .copied()
                 .filter(|j| job.is_none_or(|x| x == *j))
                 .collect();
-            jobs.into_iter()
-                .filter_map(|j| workers.remove(&j))
-                .flat_map(|j| j.procs)
-                .collect()
+            let mut stopping = Vec::new();
+            for j in jobs {
+                let Some(mut entry) = workers.remove(&j) else {
+                    continue;
+                };
+                if job.is_none() {
+                    stopping.extend(entry.procs);
+                    continue;
+                }
+                let (kept, gone): (Vec<_>, Vec<_>) =
+                    entry.procs.into_iter().partition(|w| w.detached > 0);
+                stopping.extend(gone);
+                if kept.is_empty() {
+                    continue;
+                }
+                for w in &kept {
+                    if let Some(p) = &w.peer {
+                        p.send(Msg::JobEvent {
+                            job_id: j,
+                            finished: true,
+                        });
+                    }
+                }
+                tracing::info!(
+                    job = j,
+                    workers = kept.len(),
+                    "job finished: keeping the workers of its detached actors"
+                );
+                entry.procs = kept;
+                entry.ended = true;
+                entry.waiting.clear();
+                workers.insert(j, entry);
+            }
+            stopping
         };
+        self.stop_procs(stopping);
+    }
+
+    /// A worker's count of detached actors (`WorkerDetached`, from its own connection); one
+    /// kept past its job's end stops at 0.
+    fn worker_detached(&self, peer: &Arc<Peer>, count: u32) {
+        let stopping = {
+            let mut workers = lock(&self.workers);
+            let mut stopping = Vec::new();
+            for job in workers.values_mut() {
+                let Some(i) = job
+                    .procs
+                    .iter()
+                    .position(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
+                else {
+                    continue;
+                };
+                job.procs[i].detached = count;
+                if count == 0 && job.ended {
+                    stopping.push(job.procs.remove(i));
+                }
+            }
+            workers.retain(|_, job| !job.ended || !job.procs.is_empty());
+            stopping
+        };
+        self.stop_procs(stopping);
+    }
+
+    /// Sends each worker `Stop`, and SIGKILLs a child that has not exited 2 s later.
+    fn stop_procs(&self, stopping: Vec<WorkerProc>) {
         for mut w in stopping {
             if let Some(p) = &w.peer {
                 p.send(Msg::Stop {
@@ -863,6 +933,7 @@ impl Handler for RayletHandler {
                 job_id,
                 finished: true,
             } => self.0.stop_workers(Some(job_id)),
+            Msg::WorkerDetached { count, .. } => self.0.worker_detached(peer, count),
             Msg::Stop { reason } => {
                 tracing::info!(%reason, "node stopping");
                 self.0.stop.notify_one();

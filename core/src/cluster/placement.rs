@@ -249,6 +249,12 @@ impl Cluster {
     ) -> Result<Vec<NamedWorker>, Error> {
         let (exe, args, cwd) = self.executable.clone();
         let job_id = self.job_id;
+        let mut env = forwarded_env();
+        // The job's namespace is its workers' (`get_actor` in a task), set in code or not.
+        if let Some(rt) = self.runtime() {
+            env.retain(|(k, _)| k != "MANTA_NAMESPACE");
+            env.push(("MANTA_NAMESPACE".into(), rt.config.namespace.clone()));
+        }
         let _guard = self.io.enter();
         let rx = raylet.request(|request_id| Msg::StartWorker {
             request_id,
@@ -256,7 +262,7 @@ impl Cluster {
             executable: exe,
             args,
             cwd,
-            env: forwarded_env(),
+            env,
         });
         let Msg::WorkerStarted {
             index,

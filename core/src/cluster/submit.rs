@@ -310,7 +310,9 @@ impl Cluster {
             && !error.is_empty()
         {
             return Err(if !name.is_empty() && error.contains("taken") {
-                Error::ActorNameTaken { name }
+                Error::ActorNameTaken {
+                    name: crate::runtime::display_name(&name),
+                }
             } else {
                 cluster_error("registering an actor", error)
             });
@@ -446,7 +448,8 @@ impl Cluster {
     /// A task or call we own finished elsewhere.
     pub(super) fn task_done(&self, from: &Arc<Peer>, task_id: u64, outcome: Outcome) {
         let Some(f) = lock(&self.in_flight).remove(&task_id) else {
-            tracing::debug!(task_id, "completion of an unknown task ignored");
+            // Another return of a task with several (`returns.rs`), or unknown.
+            self.return_done(from, task_id, outcome);
             return;
         };
         self.release_load(f.node, f.worker, &f.load);

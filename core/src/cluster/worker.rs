@@ -113,6 +113,13 @@ pub(crate) struct Cluster {
     /// What each remote actor this process created counts on its placement: (node slot,
     /// worker, load), given back when it is killed (`cancel.rs`).
     pub(super) actor_loads: Mutex<HashMap<u64, super::cancel::ActorLoad>>,
+    /// The other returns of tasks with `num_returns > 1` this process owns, by object id,
+    /// until their `TaskDone` (`returns.rs`).
+    pub(super) returns: Mutex<HashMap<u64, Arc<ObjectCell>>>,
+    /// Detached actors this worker hosts (`lifetime.rs`).
+    pub(super) detached: Mutex<std::collections::HashSet<u64>>,
+    /// A worker's connection to its raylet (set by `serve_as_worker`).
+    pub(super) raylet_peer: OnceLock<Arc<Peer>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -342,6 +349,9 @@ impl Cluster {
             pins: Mutex::new(PinTable::default()),
             attach_warned: AtomicBool::new(false),
             actor_loads: Mutex::new(HashMap::new()),
+            returns: Mutex::new(HashMap::new()),
+            detached: Mutex::new(std::collections::HashSet::new()),
+            raylet_peer: OnceLock::new(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         super::borrow::enable_borrows();
@@ -566,6 +576,7 @@ impl Cluster {
         let r = self.io.block_on(async move {
             let conn = super::connect(&raylet, &token, name).await?;
             let peer = Peer::spawn(conn, format!("raylet:{node_id}"), handler);
+            let _ = self.raylet_peer.set(peer.clone());
             peer.send(ready);
             Ok::<_, Error>(peer)
         });
@@ -728,6 +739,11 @@ impl Handler for WorkerHandler {
                 task_id,
                 crate::cancel::CancelOptions { force, recursive },
             ),
+            Msg::DetachActor { actor_id } => c.detach_pushed_actor(actor_id),
+            Msg::JobEvent {
+                job_id,
+                finished: true,
+            } if c.raylet_peer.get().is_some_and(|r| Arc::ptr_eq(r, peer)) => c.job_ended(job_id),
             Msg::TaskDone { task_id, outcome } => c.task_done(peer, task_id, outcome),
             Msg::PullObject {
                 request_id,

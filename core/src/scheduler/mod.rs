@@ -258,7 +258,7 @@ impl Scheduler {
         let outcome = slot::holding(&task.demand, || {
             let _running = crate::cancel::Running::enter(&task);
             catch_unwind(AssertUnwindSafe(|| match &task.body {
-                TaskBody::Function(f) => f.invoke(&mut ArgReader::new(&task.args)),
+                TaskBody::Function(f) => f.invoke(&mut ArgReader::new(&task.args), &task.extra),
                 TaskBody::CreateActor(actor) => actor.construct(&task.args),
             }))
         });

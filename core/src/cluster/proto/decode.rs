@@ -4,14 +4,14 @@ use super::super::wire as fb;
 use super::{
     ActorInfo, Arg, ErrorKind, JobWorker, Msg, Node, ObjectRow, Outcome, ProtoError, Resource,
     TAG_ACTOR_CALL, TAG_ACTOR_REPLY, TAG_ACTORS, TAG_ADD_BORROWERS, TAG_BORROWERS_ADDED,
-    TAG_CANCEL_REPLY, TAG_CANCEL_TASK, TAG_CREATE_ACTOR, TAG_FREE_OBJECT, TAG_GET_NODES,
-    TAG_GET_WORKER, TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR, TAG_KV_GET, TAG_KV_PUT,
-    TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT, TAG_NODES,
-    TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT, TAG_PUSH_TASK,
-    TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED,
+    TAG_CANCEL_REPLY, TAG_CANCEL_TASK, TAG_CREATE_ACTOR, TAG_DETACH_ACTOR, TAG_FREE_OBJECT,
+    TAG_GET_NODES, TAG_GET_WORKER, TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR, TAG_KV_GET,
+    TAG_KV_PUT, TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT,
+    TAG_NODES, TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT,
+    TAG_PUSH_TASK, TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED,
     TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP, TAG_SUBSCRIBE, TAG_TASK_DONE,
-    TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_INFO, TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow,
-    tag_name,
+    TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED, TAG_WORKER_INFO, TAG_WORKER_READY,
+    TAG_WORKER_STARTED, TaskRow, tag_name,
 };
 use flatbuffers::{ForwardsUOffset, Vector};
 
@@ -454,6 +454,16 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 task: string(t.error_task()),
                 message: string(t.error_message()),
                 cause: bytes(t.error_cause()),
+            }
+        }
+        TAG_DETACH_ACTOR => Msg::DetachActor {
+            actor_id: root!(DetachActor).actor_id(),
+        },
+        TAG_WORKER_DETACHED => {
+            let t = root!(WorkerDetached);
+            Msg::WorkerDetached {
+                index: t.index(),
+                count: t.count(),
             }
         }
         TAG_UNPIN_OBJECT => Msg::UnpinObject {

@@ -788,6 +788,23 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                 }
             );
         }
+        Msg::DetachActor { actor_id } => {
+            table!(
+                DetachActor,
+                DetachActorArgs {
+                    actor_id: *actor_id
+                }
+            );
+        }
+        Msg::WorkerDetached { index, count } => {
+            table!(
+                WorkerDetached,
+                WorkerDetachedArgs {
+                    index: *index,
+                    count: *count
+                }
+            );
+        }
         Msg::UnpinObject { pin_id } => {
             table!(UnpinObject, UnpinObjectArgs { pin_id: *pin_id });
         }

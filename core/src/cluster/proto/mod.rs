@@ -8,6 +8,9 @@
 //!
 //! `encode.rs` builds the tables, `decode.rs` verifies and reads them, `tests.rs` round-trips
 //! every message.
+//!
+//! Tags are stable wire numbers: 1–38 (`NAMES`), then ranges kept apart per area; 60–69
+//! carry actor lifetimes (`DetachActor`, `WorkerDetached`: `cluster/lifetime.rs`).
 
 use manta_transport::Tag;
 
@@ -296,6 +299,13 @@ pub(crate) enum Msg {
         actor_id: u64,
         restart: bool,
     },
+    DetachActor {
+        actor_id: u64,
+    },
+    WorkerDetached {
+        index: u64,
+        count: u32,
+    },
     PullObject {
         request_id: u64,
         object_id: u64,
@@ -408,10 +418,14 @@ pub(crate) const TAG_BORROWERS_ADDED: u64 = 35;
 pub(crate) const TAG_REMOVE_BORROWER: u64 = 36;
 pub(crate) const TAG_OBJECT_PINNED: u64 = 37;
 pub(crate) const TAG_UNPIN_OBJECT: u64 = 38;
+// Failed objects (40).
+pub(crate) const TAG_OBJECT_FAILED: u64 = 40;
 // Cancel (50–59).
 pub(crate) const TAG_CANCEL_TASK: u64 = 50;
 pub(crate) const TAG_CANCEL_REPLY: u64 = 51;
-pub(crate) const TAG_OBJECT_FAILED: u64 = 40;
+// Actor lifetimes (60–69).
+pub(crate) const TAG_DETACH_ACTOR: u64 = 60;
+pub(crate) const TAG_WORKER_DETACHED: u64 = 61;
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -457,15 +471,15 @@ const NAMES: [&str; 38] = [
 
 /// Table names of the tags past `NAMES`, which are numbered in ranges (`(tag, name)`).
 const MORE_NAMES: &[(u64, &str)] = &[
+    (TAG_OBJECT_FAILED, "ObjectFailed"),
     (TAG_CANCEL_TASK, "CancelTask"),
     (TAG_CANCEL_REPLY, "CancelReply"),
+    (TAG_DETACH_ACTOR, "DetachActor"),
+    (TAG_WORKER_DETACHED, "WorkerDetached"),
 ];
 
 /// The table name a tag stands for, if it is a cluster message's.
 pub(crate) fn tag_name(tag: u64) -> Option<&'static str> {
-    if tag == TAG_OBJECT_FAILED {
-        return Some("ObjectFailed");
-    }
     let i = usize::try_from(tag.checked_sub(1)?).ok()?;
     NAMES.get(i).copied().or_else(|| {
         MORE_NAMES
@@ -507,6 +521,8 @@ impl Msg {
             Msg::CreateActor { .. } => TAG_CREATE_ACTOR,
             Msg::ActorCall { .. } => TAG_ACTOR_CALL,
             Msg::KillActor { .. } => TAG_KILL_ACTOR,
+            Msg::DetachActor { .. } => TAG_DETACH_ACTOR,
+            Msg::WorkerDetached { .. } => TAG_WORKER_DETACHED,
             Msg::PullObject { .. } => TAG_PULL_OBJECT,
             Msg::ObjectData { .. } => TAG_OBJECT_DATA,
             Msg::FreeObject { .. } => TAG_FREE_OBJECT,

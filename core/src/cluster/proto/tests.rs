@@ -288,6 +288,11 @@ fn samples() -> Vec<Msg> {
             message: "worker process 3 died".into(),
             cause: vec![1, 2, 3],
         },
+        Msg::DetachActor { actor_id: 60 },
+        Msg::WorkerDetached {
+            index: 61,
+            count: 2,
+        },
         Msg::ListWork { request_id: 32 },
         Msg::Work {
             request_id: 33,
@@ -336,6 +341,7 @@ fn every_variant_round_trips_through_one_reused_builder() {
     let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
     let want: HashSet<u64> = (1..=38)
         .chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY, TAG_OBJECT_FAILED])
+        .chain(60..=61)
         .collect();
     assert_eq!(tags, want, "a sample of every variant");
     let mut fbb = FlatBufferBuilder::new();
@@ -459,7 +465,10 @@ fn tags_are_distinct_stable_and_named() {
     for msg in &samples {
         let tag = msg.tag().0;
         assert!(
-            (1..=38).contains(&tag) || (50..=59).contains(&tag) || tag == TAG_OBJECT_FAILED,
+            (1..=38).contains(&tag)
+                || (50..=51).contains(&tag)
+                || (60..=61).contains(&tag)
+                || tag == TAG_OBJECT_FAILED,
             "tag {tag}"
         );
         assert_eq!(tag_name(tag), Some(msg.name()));
@@ -481,6 +490,10 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(TAG_UNPIN_OBJECT, 38);
     assert_eq!(tag_name(39), None);
     assert_eq!(tag_name(TAG_OBJECT_FAILED), Some("ObjectFailed"));
+    assert_eq!(TAG_DETACH_ACTOR, 60);
+    assert_eq!(TAG_WORKER_DETACHED, 61);
+    assert_eq!(tag_name(59), None);
+    assert_eq!(tag_name(62), None);
     assert_eq!(tag_name(u64::MAX), None);
     assert_eq!(TAG_CANCEL_TASK, 50);
     assert_eq!(TAG_CANCEL_REPLY, 51);
@@ -488,7 +501,7 @@ fn tags_are_distinct_stable_and_named() {
 
 #[test]
 fn unknown_tag_is_an_error() {
-    for tag in [0, 39, 1000, u64::MAX] {
+    for tag in [0, 39, 59, 62, 1000, u64::MAX] {
         assert_eq!(decode(tag, &[]), Err(ProtoError::UnknownTag(tag)));
     }
     let e = decode(99, &[]).unwrap_err();
@@ -504,7 +517,7 @@ fn garbage_is_an_error_not_a_panic() {
         rng ^= rng << 17;
         rng
     };
-    for tag in (1..=38).chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY]) {
+    for tag in (1..=38).chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY, TAG_OBJECT_FAILED]).chain(60..=61) {
         assert!(matches!(decode(tag, &[]), Err(ProtoError::Invalid { .. })));
         assert!(decode(tag, &[0xff; 3]).is_err());
         let e = decode(tag, &[0xff; 64]).unwrap_err();
@@ -555,7 +568,7 @@ fn a_valid_table_under_the_wrong_tag_does_not_panic() {
     let mut fbb = FlatBufferBuilder::new();
     for msg in samples() {
         let bytes = encode(&msg, &mut fbb).to_vec();
-        for tag in 1..=38 {
+        for tag in (1..=38).chain(60..=61) {
             let _ = decode(tag, &bytes);
         }
     }

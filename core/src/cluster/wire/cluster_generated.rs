@@ -7409,6 +7409,220 @@ impl ::core::fmt::Debug for ObjectFailed<'_> {
       ds.finish()
   }
 }
+pub enum DetachActorOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Owner -> an actor's host (after CreateActor): the actor is detached (Ray's
+/// `lifetime="detached"`): it outlives its owner and its job, until killed.
+pub struct DetachActor<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DetachActor<'a> {
+  type Inner = DetachActor<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DetachActor<'a> {
+  pub const VT_ACTOR_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DetachActor { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DetachActorArgs
+  ) -> ::flatbuffers::WIPOffset<DetachActor<'bldr>> {
+    let mut builder = DetachActorBuilder::new(_fbb);
+    builder.add_actor_id(args.actor_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn actor_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(DetachActor::VT_ACTOR_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DetachActor<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("actor_id", Self::VT_ACTOR_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DetachActorArgs {
+    pub actor_id: u64,
+}
+impl<'a> Default for DetachActorArgs {
+  #[inline]
+  fn default() -> Self {
+    DetachActorArgs {
+      actor_id: 0,
+    }
+  }
+}
+
+pub struct DetachActorBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DetachActorBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_actor_id(&mut self, actor_id: u64) {
+    self.fbb_.push_slot::<u64>(DetachActor::VT_ACTOR_ID, actor_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DetachActorBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DetachActorBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DetachActor<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DetachActor<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DetachActor");
+      ds.field("actor_id", &self.actor_id());
+      ds.finish()
+  }
+}
+pub enum WorkerDetachedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Worker -> its raylet: how many detached actors it hosts now. A worker hosting any outlives
+/// its job (its raylet tells it the job ended with JobEvent instead of Stop) until the count
+/// falls to 0.
+pub struct WorkerDetached<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for WorkerDetached<'a> {
+  type Inner = WorkerDetached<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> WorkerDetached<'a> {
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 4;
+  pub const VT_COUNT: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    WorkerDetached { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args WorkerDetachedArgs
+  ) -> ::flatbuffers::WIPOffset<WorkerDetached<'bldr>> {
+    let mut builder = WorkerDetachedBuilder::new(_fbb);
+    builder.add_index(args.index);
+    builder.add_count(args.count);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(WorkerDetached::VT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(WorkerDetached::VT_COUNT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for WorkerDetached<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<u32>("count", Self::VT_COUNT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct WorkerDetachedArgs {
+    pub index: u64,
+    pub count: u32,
+}
+impl<'a> Default for WorkerDetachedArgs {
+  #[inline]
+  fn default() -> Self {
+    WorkerDetachedArgs {
+      index: 0,
+      count: 0,
+    }
+  }
+}
+
+pub struct WorkerDetachedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WorkerDetachedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(WorkerDetached::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_count(&mut self, count: u32) {
+    self.fbb_.push_slot::<u32>(WorkerDetached::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WorkerDetachedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    WorkerDetachedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<WorkerDetached<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for WorkerDetached<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("WorkerDetached");
+      ds.field("index", &self.index());
+      ds.field("count", &self.count());
+      ds.finish()
+  }
+}
 }  // pub mod wire
 }  // pub mod cluster
 }  // pub mod manta

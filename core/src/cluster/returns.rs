@@ -1,0 +1,160 @@
+//! Tasks with several returns (`#[remote(num_returns = N)]`) across processes: each return is
+//! its own object with its own id, completed, held, pulled and freed on its own.
+//!
+//! # Protocol
+//!
+//! 1. The owner takes ids `t, t + 1, .., t + n - 1` for a task `t` with `n` returns. Before it
+//!    sends `PushTask { t }` it enters the cells of returns `1..n` in its `returns` table
+//!    (`expect_returns`), and registers a callback on return 0's cell: when that completes,
+//!    any other return still in the table leaves it, completed with return 0's failure (or, if
+//!    return 0 succeeded, with an error saying the executor sent nothing for it).
+//! 2. The executor finds the function's `num_returns` in its own registry (same binary) and
+//!    runs it as one task holding every return cell (`Task::with_returns`). When return 0
+//!    completes, every other return is complete: the body completes them first, and a
+//!    failure of return 0 is copied to them by a callback registered when the task was made.
+//! 3. On success the executor sends `TaskDone { t + i }` for `i = 1..n`, each value inline or
+//!    held here under its own id exactly as a single result is (`outcome_of`), then
+//!    `TaskDone { t }`. On failure it sends only `TaskDone { t }` with the error.
+//! 4. The owner completes return `i`'s cell from its `TaskDone` (`return_done`): a held value
+//!    becomes a `RemoteObject` whose holder is the sender, freed there when the owner's last
+//!    reference drops. Messages on one connection keep their order, so the other returns are
+//!    complete before return 0, which is the in-flight task (retried, failed with its worker,
+//!    listed) as any single-return task is.
+//!
+//! No message is new: a return is answered as a task of its own id would be. Not covered: a
+//! worker that dies after sending some returns and before return 0 leaves those returns
+//! pointing at its lost store while the retry's values for them are ignored (cells are
+//! written once).
+
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+
+use super::objects::RemoteObject;
+use super::peer::Peer;
+use super::proto::{ErrorKind, Msg, Outcome};
+use super::submit::wire_error;
+use super::worker::Cluster;
+use crate::error::{Error, TaskError};
+use crate::object::{ObjectCell, ObjectValue, Waiter};
+use crate::sync::lock;
+
+impl Cluster {
+    /// Step 1: the other returns of task `first` wait in the table for their `TaskDone`.
+    pub(crate) fn expect_returns(&self, first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]) {
+        {
+            let mut returns = lock(&self.returns);
+            for cell in extra {
+                returns.insert(cell.id().as_u64(), cell.clone());
+            }
+        }
+        let ids: Vec<u64> = extra.iter().map(|c| c.id().as_u64()).collect();
+        let me = self.me.get().cloned().unwrap_or_default();
+        let first2 = Arc::downgrade(first);
+        let settle = move || {
+            let (Some(c), Some(first)) = (me.upgrade(), first2.upgrade()) else {
+                return;
+            };
+            let left: Vec<Arc<ObjectCell>> = {
+                let mut returns = lock(&c.returns);
+                ids.iter().filter_map(|id| returns.remove(id)).collect()
+            };
+            for cell in left {
+                let e = match first.get() {
+                    Some(Err(e)) => e.clone(),
+                    _ => Error::Cluster {
+                        what: format!("return {} of task {}", cell.id(), first.id()),
+                        message: "the executor sent no value for it".into(),
+                    },
+                };
+                cell.complete(Err(e));
+            }
+        };
+        if let Err(Waiter::Callback(f)) = first.register(Waiter::Callback(Box::new(settle))) {
+            f();
+        }
+    }
+
+    /// Step 4: a `TaskDone` for no in-flight task may be another return of one.
+    pub(super) fn return_done(&self, from: &Arc<Peer>, id: u64, outcome: Outcome) {
+        let Some(cell) = lock(&self.returns).remove(&id) else {
+            tracing::debug!(task_id = id, "completion of an unknown task ignored");
+            return;
+        };
+        let holder = worker_of(from);
+        let value = match outcome {
+            Outcome::Inline(bytes) => Ok(ObjectValue::inline(Bytes::from(bytes))),
+            Outcome::Stored { len } => Ok(ObjectValue::remote(RemoteObject::new(
+                id,
+                holder,
+                len,
+                self.me.get().cloned().unwrap_or_default(),
+            ))),
+            Outcome::Failed {
+                kind,
+                task,
+                message,
+                cause,
+            } => Err(match kind {
+                ErrorKind::Panic => Error::Task(TaskError::unpack(&task, &message, &cause)),
+                _ => wire_error(kind, task, message, id),
+            }),
+        };
+        cell.complete(value);
+    }
+
+    /// Steps 2–3, on the executor: when return 0 completes, sends every return to the owner.
+    pub(super) fn reply_returns_when_done(
+        &self,
+        peer: &Arc<Peer>,
+        task_id: u64,
+        name: &str,
+        cell: &Arc<ObjectCell>,
+        extra: Box<[Arc<ObjectCell>]>,
+    ) {
+        lock(&self.executing).insert(task_id, (name.into(), worker_of(peer), Arc::downgrade(cell)));
+        let me: Weak<Cluster> = self.me.get().cloned().unwrap_or_default();
+        let peer = peer.clone();
+        let first = Arc::downgrade(cell);
+        let respond = move || {
+            let (Some(c), Some(first)) = (me.upgrade(), first.upgrade()) else {
+                return;
+            };
+            lock(&c.executing).remove(&task_id);
+            let outcome = match first.get() {
+                Some(Ok(v)) => {
+                    for cell in extra.iter() {
+                        let id = cell.id().as_u64();
+                        let outcome = match cell.get() {
+                            Some(Ok(v)) => c.outcome_of(id, v),
+                            Some(Err(e)) => super::execute::failed_outcome(e),
+                            None => super::execute::failed_outcome(&Error::Cluster {
+                                what: format!("return {id:#x}"),
+                                message: "the task completed without it".into(),
+                            }),
+                        };
+                        peer.send(Msg::TaskDone {
+                            task_id: id,
+                            outcome,
+                        });
+                    }
+                    c.outcome_of(task_id, v)
+                }
+                Some(Err(e)) => super::execute::failed_outcome(e),
+                None => return,
+            };
+            peer.send(Msg::TaskDone { task_id, outcome });
+        };
+        if let Err(Waiter::Callback(f)) = cell.register(Waiter::Callback(Box::new(respond))) {
+            f();
+        }
+    }
+}
+
+/// The worker index a peer's connection names (`w<index>`; 0 if it names none).
+fn worker_of(peer: &Peer) -> u64 {
+    peer.name
+        .strip_prefix('w')
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0)
+}
