@@ -112,14 +112,17 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic".into())
 }
 
-/// Runs every case of `cases` selected by `only` (a substring of the name, from
-/// `MANTA_TEST_CASE`) in `ctx`'s mode; returns whether all ran clean, printing the table.
+/// Runs every case of `cases` selected by `MANTA_TEST_CASE` (substrings of the name, separated
+/// by commas) in `ctx`'s mode; returns whether all ran clean, printing the table.
 pub(crate) fn run_cases(ctx: Ctx, cases: &[Case]) -> bool {
     let only = std::env::var("MANTA_TEST_CASE").ok();
     let mut results: Vec<(&'static str, Outcome)> = Vec::new();
     let mut wedged = false;
     for case in cases {
-        if only.as_deref().is_some_and(|o| !case.name.contains(o)) {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|o| case.name.contains(o)))
+        {
             continue;
         }
         if let Some((_, why)) = case.skip.iter().find(|(m, _)| *m == ctx.mode) {

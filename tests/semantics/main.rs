@@ -5,7 +5,7 @@
 //! time (`harness.rs`). A behaviour that differs between modes is a bug unless the README says
 //! why; a case skipped in a mode names its reason, printed in the table.
 //!
-//! `MANTA_TEST_CASE=<substring>` runs only the cases whose name contains it.
+//! `MANTA_TEST_CASE=<substring>[,<substring>…]` runs only the cases whose name contains one.
 //!
 //! Cases live in one module per area; each module's `CASES` joins [`all_cases`].
 
