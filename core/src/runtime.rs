@@ -650,6 +650,11 @@ impl RuntimeInner {
         (cell.kill(restart, self) && !restart).then_some(cell)
     }
 
+    /// Whether actor `id` is hosted here for a remote owner.
+    pub(crate) fn hosts_pushed(&self, id: ActorId) -> bool {
+        lock(&self.pushed_actors).contains_key(&id)
+    }
+
     pub(crate) fn forget_actor(&self, id: ActorId) {
         lock(&self.actors).remove(&id);
     }
@@ -670,12 +675,28 @@ impl RuntimeInner {
 
     /// A live named actor: this process's, or (in a cluster) the GCS directory's.
     pub(crate) fn named_actor_anywhere(&self, name: &str) -> Result<Option<Arc<ActorCell>>, Error> {
-        if let Some(cell) = self.named_actor(name) {
-            return Ok(Some(cell));
-        }
         let Some(cluster) = &self.cluster else {
-            return Ok(None);
+            return Ok(self.named_actor(name));
         };
+        if let Some(cell) = self.named_actor(name) {
+            if cell.remote().is_none() {
+                return Ok(Some(cell));
+            }
+            // Another process may have killed it (`manta::kill` through a handle it looked
+            // up): the GCS's directory has the last word.
+            match cluster.locate_actor(0, name) {
+                Ok(info) if info.actor_id == cell.id().as_u64() => return Ok(Some(cell)),
+                Ok(_) | Err(Error::ActorNotFound { .. }) => {
+                    cluster.release_actor_load(cell.id().as_u64());
+                    cell.die(Error::ActorDied {
+                        actor: cell.id(),
+                        class: cell.class_name().to_owned(),
+                        reason: "killed by manta::kill in another process".into(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
         match cluster.locate_actor(0, name) {
             Ok(info) => {
                 let id = ActorId::from_u64(info.actor_id);

@@ -214,7 +214,11 @@ fn assert_cancelled<T: serde::de::DeserializeOwned + std::fmt::Debug + 'static>(
 fn queued_task(_: &Ctx) {
     let blocker = sleep_ms::remote(1_500);
     let queued = add_one::remote(&blocker); // waits for its argument
-    assert!(manta::cancel(&queued), "a queued task can be cancelled");
+    assert!(
+        manta::cancel(&queued),
+        "a queued task can be cancelled; it gave {:?}",
+        queued.get_timeout(PROMPT)
+    );
     assert_cancelled("the queued task", &queued);
     assert!(!manta::cancel(&queued), "cancelling twice does nothing");
     assert_eq!(blocker.get_timeout(LONG).unwrap(), 1_500);

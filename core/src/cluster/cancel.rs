@@ -190,6 +190,19 @@ impl Cluster {
         }
     }
 
+    /// `manta::kill` of an actor hosted here for another process: kills it here and records
+    /// its death (waiting for the GCS's answer, as a remote kill does).
+    pub(crate) fn kill_hosted(&self, actor_id: u64) -> bool {
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        let Some(cell) = rt.kill_pushed(actor_id, false) else {
+            return false;
+        };
+        self.record_actor_death(actor_id, cell.class_name(), self.index);
+        true
+    }
+
     /// Records in the GCS's directory that `actor` was killed, and waits for the answer (so
     /// that `get_actor` of its name fails, and a new actor may take it, once `kill` returns).
     pub(crate) fn record_actor_death(&self, actor_id: u64, class_name: &str, worker: u64) {
