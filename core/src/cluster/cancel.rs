@@ -79,11 +79,14 @@ impl Cluster {
         let on_io = std::thread::current().name() == Some(IO_THREAD);
         let answer_wanted = call || (options.force && !on_io);
         if !answer_wanted {
-            peer.send(cancel(0));
-            return cell.complete(Err(Error::Cancelled {
+            // The result first: the worker's `TaskDone` (failed, `Cancelled`) may come back
+            // before this thread runs again.
+            let cancelled = cell.complete(Err(Error::Cancelled {
                 object: cell.id(),
                 task: name.to_owned(),
             }));
+            peer.send(cancel(0));
+            return cancelled;
         }
         if !call {
             // Step 5, seen from the owner: wait for the answer, then for the worker to be
