@@ -49,7 +49,9 @@
 //! by the kill with [`Error::ActorDied`] or sees the death and does not run. A method already
 //! running goes on in the background; what it returns is discarded (its result was completed
 //! first), and the last such runner drops the state. Queued calls fail too, the name is freed
-//! and the resources go back at once.
+//! and the resources go back at once. A slot left running a killed actor's method counts as
+//! blocked until the method returns (`Scheduler::detach_slots`), so the pool grows a slot for
+//! the work the freed resources admit, as if the actor's process had ended.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -384,8 +386,9 @@ pub(crate) struct ActorCell {
     created: OnceLock<Arc<ObjectCell>>,
     /// Set when the actor lives in another worker process: this cell is then its proxy.
     remote: OnceLock<RemoteActor>,
-    /// Results of the calls running now (failed by a kill; see "Kill" above).
-    running: Mutex<Vec<Arc<ObjectCell>>>,
+    /// Results of the calls running now, and whether each runs on a slot (failed by a kill;
+    /// see "Kill" above).
+    running: Mutex<Vec<(Arc<ObjectCell>, bool)>>,
 }
 
 /// Where a remote actor lives.
@@ -806,11 +809,12 @@ impl ActorCell {
         if !call.result.start_call() {
             return; // cancelled before it started
         }
-        lock(&self.running).push(call.result.clone());
+        let slot = crate::scheduler::in_slot();
+        lock(&self.running).push((call.result.clone(), slot));
         if !self.is_alive() {
             // Killed since the drainer looked: the kill failed the calls it found, this one
             // is failed here.
-            self.forget_running(&call.result);
+            self.forget_running(&call.result, slot);
             call.result.complete(Err(self.death_error()));
             return;
         }
@@ -818,7 +822,7 @@ impl ActorCell {
             let _in_actor = InActor::enter();
             (call.method.invoke)(&self.state, &mut ArgReader::new(&call.args))
         }));
-        self.forget_running(&call.result);
+        self.forget_running(&call.result, slot);
         if self.is_dead() {
             // Killed while the method ran: its result was failed by the kill (and is ignored
             // below); the last runner out drops the state.
@@ -842,17 +846,28 @@ impl ActorCell {
         call.result.complete(result);
     }
 
-    fn forget_running(&self, result: &Arc<ObjectCell>) {
-        let mut running = lock(&self.running);
-        if let Some(i) = running.iter().position(|r| Arc::ptr_eq(r, result)) {
-            running.swap_remove(i);
+    /// The call ended: off the running list, or, if a kill took it off (and counted its slot
+    /// as detached), its slot counts as running again.
+    fn forget_running(&self, result: &Arc<ObjectCell>, slot: bool) {
+        let found = {
+            let mut running = lock(&self.running);
+            let i = running.iter().position(|(r, _)| Arc::ptr_eq(r, result));
+            i.map(|i| running.swap_remove(i)).is_some()
+        };
+        if !found && slot {
+            let _ = runtime::with_current(|rt| rt.scheduler.reattach_slot());
         }
     }
 
-    /// Fails every running call with `error` (their methods run on, their results ignored).
+    /// Fails every running call with `error` (their methods run on, their results ignored)
+    /// and counts the slots running them as detached.
     fn fail_running(&self, error: Error) {
         let running = std::mem::take(&mut *lock(&self.running));
-        for r in running {
+        let slots = running.iter().filter(|(_, slot)| *slot).count();
+        if slots > 0 {
+            let _ = runtime::with_current(|rt| rt.scheduler.detach_slots(slots));
+        }
+        for (r, _) in running {
             r.complete(Err(error.clone()));
         }
     }

@@ -236,7 +236,14 @@ pub fn cancel_with<T>(object: &ObjectRef<T>, options: CancelOptions) -> bool {
 /// Kills an actor: queued calls fail with [`Error::ActorDied`], its state is dropped, its
 /// resources are released and its name freed. Returns whether it was alive.
 pub fn kill<A: Actor>(actor: &ActorHandle<A>) -> Result<bool, Error> {
-    with_current(|rt| actor_cell(actor).kill(false, rt))
+    with_current(|rt| {
+        let cell = actor_cell(actor);
+        match &rt.cluster {
+            // Hosted here for another process: killed here, and its death recorded.
+            Some(cluster) if rt.hosts_actor(cell.id()) => cluster.kill_hosted(cell.id().as_u64()),
+            _ => cell.kill(false, rt),
+        }
+    })
 }
 
 /// Kills an actor and, if it has restarts left (`max_restarts`), starts it again with its

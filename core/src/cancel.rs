@@ -30,7 +30,7 @@
 //!    store (and unparks it), or the flag was set before the store's unlock and the check sees
 //!    it: no interrupt is lost.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use crate::error::Error;
 use crate::object::ObjectCell;
@@ -43,6 +43,9 @@ pub(crate) use crate::api::CancelOptions;
 thread_local! {
     /// The task this thread is executing, if any (step 1).
     static CURRENT: RefCell<Option<Arc<Task>>> = const { RefCell::new(None) };
+    /// Whether `CURRENT` is set: a plain flag with no destructor, so that the check on every
+    /// `get` of a thread running no task (the driver) costs one thread-local load.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Marks the calling thread as running `task` until dropped (step 1).
@@ -53,6 +56,7 @@ pub(crate) struct Running {
 impl Running {
     pub(crate) fn enter(task: &Arc<Task>) -> Running {
         let previous = CURRENT.with(|c| c.replace(Some(task.clone())));
+        IN_TASK.with(|t| t.set(true));
         Running { previous }
     }
 }
@@ -60,13 +64,18 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let previous = self.previous.take();
+        IN_TASK.with(|t| t.set(previous.is_some()));
         CURRENT.with(|c| *c.borrow_mut() = previous);
     }
 }
 
 /// The error a cancelled task's Manta calls return, if the calling thread runs a task that was
 /// cancelled.
+#[inline]
 pub(crate) fn check() -> Result<(), Error> {
+    if !IN_TASK.with(Cell::get) {
+        return Ok(());
+    }
     CURRENT.with(
         |c| match c.try_borrow().ok().as_deref().and_then(Option::as_ref) {
             Some(task) if task.is_interrupted() => Err(task.cancelled_error()),
@@ -77,11 +86,17 @@ pub(crate) fn check() -> Result<(), Error> {
 
 /// The task the calling thread runs, if any.
 pub(crate) fn current() -> Option<Arc<Task>> {
+    if !IN_TASK.with(Cell::get) {
+        return None;
+    }
     CURRENT.with(|c| c.try_borrow().ok().and_then(|t| t.clone()))
 }
 
 /// Notes `cell` as a child of the task the calling thread runs (for recursive cancel).
 pub(crate) fn note_child(cell: &Arc<ObjectCell>) {
+    if !IN_TASK.with(Cell::get) {
+        return;
+    }
     CURRENT.with(|c| {
         if let Ok(t) = c.try_borrow()
             && let Some(task) = t.as_ref()

@@ -902,16 +902,28 @@ impl RuntimeInner {
 
     /// A live named actor: this process's, or (in a cluster) the GCS directory's.
     pub(crate) fn named_actor_anywhere(&self, name: &str) -> Result<Option<Arc<ActorCell>>, Error> {
-        if let Some(cell) = self.named_actor(name)
-            && (cell.remote().is_none() || self.cluster.is_none())
-        {
-            return Ok(Some(cell));
-        }
-        // A proxy of an actor another process hosts may be dead there (`exit_actor`): the
-        // cluster's directory decides, and gives back this same cell if it lives.
         let Some(cluster) = &self.cluster else {
-            return Ok(None);
+            return Ok(self.named_actor(name));
         };
+        if let Some(cell) = self.named_actor(name) {
+            if cell.remote().is_none() {
+                return Ok(Some(cell));
+            }
+            // Another process may have killed it (`manta::kill` through a handle it looked
+            // up): the GCS's directory has the last word.
+            match cluster.locate_actor(0, name) {
+                Ok(info) if info.actor_id == cell.id().as_u64() => return Ok(Some(cell)),
+                Ok(_) | Err(Error::ActorNotFound { .. }) => {
+                    cluster.release_actor_load(cell.id().as_u64());
+                    cell.die(Error::ActorDied {
+                        actor: cell.id(),
+                        class: cell.class_name().to_owned(),
+                        reason: "killed by manta::kill in another process".into(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
         match cluster.locate_actor(0, name) {
             Ok(info) => {
                 let id = ActorId::from_u64(info.actor_id);

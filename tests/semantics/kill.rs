@@ -20,6 +20,10 @@ pub(crate) const CASES: &[Case] = &[
         by_lookup,
     ),
     Case::new("kill::mid_call_releases_the_actors_cpus", releases_cpus),
+    Case::new(
+        "kill::in_another_process_frees_the_name",
+        in_another_process,
+    ),
 ];
 
 const LONG: Duration = Duration::from_secs(30);
@@ -31,6 +35,15 @@ const KILL_BOUND: Duration = Duration::from_millis(1_000);
 #[manta::remote]
 fn hog(x: i64) -> i64 {
     x
+}
+
+/// Kills the actor named `name` through a handle looked up here.
+#[manta::remote]
+fn kill_by_name(name: String) -> String {
+    match manta::get_actor::<Napper>(&name).and_then(|h| manta::kill(&h)) {
+        Ok(true) => "killed".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 #[track_caller]
@@ -108,7 +121,7 @@ fn releases_cpus(ctx: &Ctx) {
     let r = hog::options().num_cpus(ctx.cpus).remote(7);
     assert_eq!(r.get_timeout(LONG).unwrap(), 7);
     assert!(
-        t.elapsed() < Duration::from_millis(2_500),
+        t.elapsed() < Duration::from_millis(1_500),
         "the task waited {:?} for the killed actor's CPUs",
         t.elapsed()
     );
@@ -150,4 +163,28 @@ pub(crate) fn stress(iterations: usize, nap_ms: u64, per_iteration: Duration) ->
         }
     }
     (hangs, failures)
+}
+
+fn in_another_process(ctx: &Ctx) {
+    let name = format!("kill-elsewhere-{}", ctx.mode);
+    let a = Napper::options().name(&name).remote();
+    a.ready().get_timeout(LONG).unwrap();
+    assert_eq!(
+        kill_by_name::remote(name.clone())
+            .get_timeout(LONG)
+            .unwrap(),
+        "killed"
+    );
+    assert_died("a call through the owner's handle", &a.naps());
+    match manta::get_actor::<Napper>(&name) {
+        Err(Error::ActorNotFound { .. }) => {}
+        other => panic!("get_actor of a name whose actor another process killed: {other:?}"),
+    }
+    let b = Napper::options().name(&name).remote();
+    assert_eq!(
+        b.naps().get_timeout(LONG).unwrap(),
+        0,
+        "a new actor takes the name"
+    );
+    assert!(manta::kill(&b).unwrap());
 }

@@ -79,11 +79,14 @@ impl Cluster {
         let on_io = std::thread::current().name() == Some(IO_THREAD);
         let answer_wanted = call || (options.force && !on_io);
         if !answer_wanted {
-            peer.send(cancel(0));
-            return cell.complete(Err(Error::Cancelled {
+            // The result first: the worker's `TaskDone` (failed, `Cancelled`) may come back
+            // before this thread runs again.
+            let cancelled = cell.complete(Err(Error::Cancelled {
                 object: cell.id(),
                 task: name.to_owned(),
             }));
+            peer.send(cancel(0));
+            return cancelled;
         }
         if !call {
             // Step 5, seen from the owner: wait for the answer, then for the worker to be
@@ -188,6 +191,19 @@ impl Cluster {
         if let Some((node, worker, load)) = load {
             self.release_load(Some(node), worker, &load);
         }
+    }
+
+    /// `manta::kill` of an actor hosted here for another process: kills it here and records
+    /// its death (waiting for the GCS's answer, as a remote kill does).
+    pub(crate) fn kill_hosted(&self, actor_id: u64) -> bool {
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        let Some(cell) = rt.kill_pushed(actor_id, false) else {
+            return false;
+        };
+        self.record_killed_actor(actor_id, cell.class_name(), self.index);
+        true
     }
 
     /// Records in the GCS's directory that `actor` was killed, and waits for the answer (so

@@ -26,7 +26,7 @@ use crate::task::{ArgReader, QUEUED, Task, TaskBody};
 
 mod slot;
 
-pub(crate) use slot::Blocked;
+pub(crate) use slot::{Blocked, in_slot};
 
 /// Starts one more slot thread for `rt`.
 pub(crate) fn spawn_slot(rt: &Arc<crate::runtime::RuntimeInner>) -> Result<(), Error> {
@@ -296,6 +296,21 @@ impl Scheduler {
         }
         self.finished.fetch_add(1, Ordering::Relaxed);
         task.result.complete(result);
+    }
+
+    /// `n` slots go on running work that no longer counts (the methods of a killed actor):
+    /// they count as blocked, so the pool grows a slot if they leave too few for the work
+    /// there is, until [`Scheduler::reattach_slot`].
+    pub(crate) fn detach_slots(&self, n: usize) {
+        self.blocked.fetch_add(n, Ordering::SeqCst);
+        if self.has_work() {
+            self.notify();
+        }
+    }
+
+    /// A detached slot's work ended: it counts as running again.
+    pub(crate) fn reattach_slot(&self) {
+        self.blocked.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Gives resources back and lets pending tasks have them.
