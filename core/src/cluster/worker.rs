@@ -712,6 +712,7 @@ impl Handler for WorkerHandler {
                 args,
             } => c.call_pushed_actor(peer, actor_id, call_id, &method, args),
             Msg::KillActor { actor_id, restart } => c.kill_pushed_actor(actor_id, restart),
+            Msg::ReleaseActor { actor_id } => c.release_pushed_actor(actor_id),
             Msg::TaskDone { task_id, outcome } => c.task_done(peer, task_id, outcome),
             Msg::PullObject {
                 request_id,

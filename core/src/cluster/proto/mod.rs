@@ -319,6 +319,10 @@ pub(crate) enum Msg {
     UnpinObject {
         pin_id: u64,
     },
+    /// No handle to the actor is left: it goes once its submitted calls are done.
+    ReleaseActor {
+        actor_id: u64,
+    },
     /// The object a pull asked for failed (instead of `ObjectData`).
     ObjectFailed {
         request_id: u64,
@@ -392,6 +396,7 @@ pub(crate) const TAG_REMOVE_BORROWER: u64 = 36;
 pub(crate) const TAG_OBJECT_PINNED: u64 = 37;
 pub(crate) const TAG_UNPIN_OBJECT: u64 = 38;
 pub(crate) const TAG_OBJECT_FAILED: u64 = 40;
+pub(crate) const TAG_RELEASE_ACTOR: u64 = 41;
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -437,8 +442,10 @@ const NAMES: [&str; 38] = [
 
 /// The table name a tag stands for, if it is a cluster message's.
 pub(crate) fn tag_name(tag: u64) -> Option<&'static str> {
-    if tag == TAG_OBJECT_FAILED {
-        return Some("ObjectFailed");
+    match tag {
+        TAG_OBJECT_FAILED => return Some("ObjectFailed"),
+        TAG_RELEASE_ACTOR => return Some("ReleaseActor"),
+        _ => {}
     }
     let i = usize::try_from(tag.checked_sub(1)?).ok()?;
     NAMES.get(i).copied()
@@ -487,6 +494,7 @@ impl Msg {
             Msg::ObjectPinned { .. } => TAG_OBJECT_PINNED,
             Msg::UnpinObject { .. } => TAG_UNPIN_OBJECT,
             Msg::ObjectFailed { .. } => TAG_OBJECT_FAILED,
+            Msg::ReleaseActor { .. } => TAG_RELEASE_ACTOR,
         }
     }
 

@@ -269,6 +269,7 @@ fn samples() -> Vec<Msg> {
             arena: 7,
         },
         Msg::UnpinObject { pin_id: 3 },
+        Msg::ReleaseActor { actor_id: 41 },
         Msg::ObjectFailed {
             request_id: 40,
             kind: ErrorKind::OwnerDied,
@@ -321,7 +322,9 @@ fn round_trip(fbb: &mut FlatBufferBuilder<'static>, msg: &Msg) {
 fn every_variant_round_trips_through_one_reused_builder() {
     let samples = samples();
     let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
-    let want: HashSet<u64> = (1..=38).chain([TAG_OBJECT_FAILED]).collect();
+    let want: HashSet<u64> = (1..=38)
+        .chain([TAG_OBJECT_FAILED, TAG_RELEASE_ACTOR])
+        .collect();
     assert_eq!(tags, want, "a sample of every variant");
     let mut fbb = FlatBufferBuilder::new();
     for msg in &samples {
@@ -438,7 +441,7 @@ fn tags_are_distinct_stable_and_named() {
     let mut seen = HashSet::new();
     for msg in &samples {
         let tag = msg.tag().0;
-        assert!((1..=38).contains(&tag) || tag == TAG_OBJECT_FAILED);
+        assert!((1..=38).contains(&tag) || [TAG_OBJECT_FAILED, TAG_RELEASE_ACTOR].contains(&tag));
         assert_eq!(tag_name(tag), Some(msg.name()));
         // Distinct per variant (TaskDone has three samples, one tag).
         if !matches!(msg, Msg::TaskDone { .. }) {
