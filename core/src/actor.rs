@@ -631,11 +631,13 @@ impl ActorCell {
         true
     }
 
-    /// Submits a method call (step 1 of the protocol).
+    /// Submits a method call (step 1 of the protocol); a remote call in flight keeps the
+    /// actor's cell and the caller's `borrow` of it (if any) until it is done.
     pub(crate) fn call<R>(
         self: &Arc<Self>,
         method: &'static ActorMethod,
         args: Vec<Result<ArgSlot, Error>>,
+        borrow: Option<&Arc<crate::cluster::objects::RemoteObject>>,
     ) -> ObjectRef<R> {
         if self.is_dead() {
             return ObjectRef::failed(self.death_error());
@@ -654,7 +656,7 @@ impl ActorCell {
         if let Some(remote) = self.remote.get() {
             let result = Arc::new(ObjectCell::pending(id, None));
             if let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone()) {
-                cluster.call_remote(self, remote, method.name, result.clone(), args);
+                cluster.call_remote(self, borrow, remote, method.name, result.clone(), args);
             } else {
                 result.complete(Err(Error::ShutDown));
             }
@@ -895,7 +897,7 @@ impl Drop for ActorCell {
             && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
             && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
         {
-            cluster.kill_remote(remote, self.id.as_u64(), false);
+            cluster.release_remote(remote, self.id.as_u64());
         }
         // An actor a worker process created and hosts is in the cluster's directory: record
         // its death there (`cluster/submit.rs`, `register_hosted_actor`).
@@ -940,7 +942,7 @@ impl RawActorHandle {
         method: &'static ActorMethod,
         args: Vec<Result<ArgSlot, Error>>,
     ) -> ObjectRef<R> {
-        self.cell.call(method, args)
+        self.cell.call(method, args, self.borrow.as_ref())
     }
 
     /// The actor's id.

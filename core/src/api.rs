@@ -110,7 +110,8 @@ pub fn wait<T>(
             }
             // A timeout here is not an error: report what is ready.
             let cancelled = crate::cancel::blocking();
-            if s.park_until(|| latch.is_done() || cancelled(), deadline).is_err()
+            if s.park_until(|| latch.is_done() || cancelled(), deadline)
+                .is_err()
                 && s.is_shut_down()
             {
                 return Err(Error::ShutDown);

@@ -29,8 +29,7 @@ mod view;
 pub use actor::{Actor, ActorHandle, ActorOptions};
 pub use api::{
     CancelOptions, NodeStatus, Split, block_on, cancel, cancel_with, exit_actor, get, get_actor,
-    get_actor_in, get_all,
-    get_timeout, kill, put, put_ref, restart, status, wait,
+    get_actor_in, get_all, get_timeout, kill, put, put_ref, restart, status, wait,
 };
 pub use config::{Config, CpuList, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};

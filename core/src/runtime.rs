@@ -871,6 +871,12 @@ impl RuntimeInner {
         lock(&self.pushed_actors).keys().copied().collect()
     }
 
+    /// Drops this host's hold on an actor it hosts for a remote owner (no handle to it is
+    /// left): it goes when the calls already submitted to it are done.
+    pub(crate) fn release_pushed(&self, actor_id: u64) -> Option<Arc<ActorCell>> {
+        lock(&self.pushed_actors).remove(&ActorId::from_u64(actor_id))
+    }
+
     pub(crate) fn forget_actor(&self, id: ActorId) {
         lock(&self.actors).remove(&id);
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use manta::ActorHandle;
+use manta::{ActorHandle, ObjectRef};
 
 use crate::harness::{Case, Ctx, Mode};
 
@@ -15,6 +15,10 @@ pub(crate) const CASES: &[Case] = &[
     Case::new(
         "actor_handles::calls_outlive_a_dropped_handle",
         calls_outlive_a_dropped_handle,
+    ),
+    Case::new(
+        "actor_handles::calls_outlive_a_dropped_borrowed_handle",
+        calls_outlive_a_dropped_borrowed_handle,
     ),
     Case::new(
         "actor_handles::default_actor_needs_a_cpu_to_be_placed",
@@ -95,6 +99,22 @@ fn calls_outlive_a_dropped_handle(_: &Ctx) {
     drop(t);
     let got: Vec<u64> = calls.iter().map(|c| c.get_timeout(LONG).unwrap()).collect();
     assert_eq!(got, vec![1, 3, 6, 10, 15]);
+}
+
+#[manta::remote]
+fn call_and_return(h: ActorHandle<Tally>) -> ObjectRef<u64> {
+    // The task's handle (a borrow) goes when it returns; the first call is still running,
+    // the second queued behind it.
+    let _running = h.slow_add(5, 300);
+    h.slow_add(1, 0)
+}
+
+/// The same through a borrowed handle: a task calls the actor, drops the only handles left
+/// (its own, and with the task the caller's), and hands back the call's result.
+fn calls_outlive_a_dropped_borrowed_handle(_: &Ctx) {
+    let t = Tally::remote(1);
+    let inner: ObjectRef<u64> = call_and_return::remote(t).get_timeout(LONG).unwrap();
+    assert_eq!(inner.get_timeout(LONG).unwrap(), 7);
 }
 
 /// Ray: a default actor needs 1 CPU to be placed and holds none while it runs, so it never

@@ -47,9 +47,11 @@
 //! id with no cell and nothing to pull (actor and object ids come from one counter per owner,
 //! so an id names one or the other). Steps 2, 3 and 5 are the same; in step 4 the owner's
 //! `lent` entry holds the actor's cell there (its proxy), so the actor outlives the owner's
-//! own handles. When that cell drops — the owner's handles, its containers and every
-//! borrower gone — it sends `KillActor` to the host, which records the death in the GCS's
-//! directory. The argument above carries over: a serialised handle is held by the container it
+//! own handles; each actor call in flight holds the cell too, and a borrower's call its
+//! registration. When that cell drops — the owner's handles, its containers, every borrower
+//! and every call in flight gone — it sends `ReleaseActor` to the host, which lets the calls
+//! already submitted finish, then the actor goes (Ray's out of scope; `manta::kill` is
+//! `KillActor`, at once), and records the death in the GCS's directory. The argument above carries over: a serialised handle is held by the container it
 //! travels in (`codec::Nested::Actor` holds the whole handle, registration included). The host
 //! deserialising a handle of an actor it runs is a borrower too. A named actor ends the same
 //! way (Ray's rule); a detached one is held by the owner's name table until it is killed, so

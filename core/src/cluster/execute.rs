@@ -161,6 +161,32 @@ impl Cluster {
         );
     }
 
+    /// ReleaseActor from an actor's owner: no handle to it is left anywhere. The host drops
+    /// its hold; the actor goes once the calls already submitted are done (they hold its
+    /// cell, as embedded), and its death is recorded in the GCS's directory.
+    pub(super) fn release_pushed_actor(&self, actor_id: u64) {
+        let Some(rt) = self.runtime() else { return };
+        let Some(cell) = rt.release_pushed(actor_id) else {
+            return;
+        };
+        let actor = ActorInfo {
+            actor_id,
+            name: cell.name().unwrap_or_default().to_owned(),
+            class_name: cell.class_name().to_owned(),
+            worker: self.index,
+            node_id: self.node_id().unwrap_or(0),
+            alive: false,
+            death: "no handle to it was left".into(),
+        };
+        // Dropped here or with its last submitted call.
+        drop(cell);
+        // The answer is of no use: the receiver is dropped.
+        drop(
+            self.gcs
+                .request(|request_id| Msg::RegisterActor { request_id, actor }),
+        );
+    }
+
     /// What this process knows of tasks and objects (`manta list tasks|objects`).
     pub(super) fn work(&self, request_id: u64) -> Msg {
         use super::proto::{ObjectRow, TaskRow};

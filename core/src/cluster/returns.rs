@@ -112,7 +112,10 @@ impl Cluster {
         cell: &Arc<ObjectCell>,
         extra: Box<[Arc<ObjectCell>]>,
     ) {
-        lock(&self.executing).insert(task_id, (name.into(), worker_of(peer), Arc::downgrade(cell)));
+        lock(&self.executing).insert(
+            task_id,
+            (name.into(), worker_of(peer), Arc::downgrade(cell)),
+        );
         let me: Weak<Cluster> = self.me.get().cloned().unwrap_or_default();
         let peer = peer.clone();
         let first = Arc::downgrade(cell);

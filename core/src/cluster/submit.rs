@@ -39,9 +39,10 @@ pub(super) struct InFlight {
     pub(super) retry: Option<Retry>,
     /// The actor, for an actor call (failed at once when this process kills the actor).
     pub(super) call_of: Option<u64>,
-    /// An actor call's actor (its proxy cell): the owner kills an actor when its cell goes,
-    /// and Ray lets the calls already submitted finish first.
-    pub(super) actor: Option<Arc<ActorCell>>,
+    /// An actor call's actor (its proxy cell) and the caller's borrow of it, if any: the
+    /// owner releases an actor when its cell goes (and a borrower's registration when its
+    /// borrow goes), and Ray lets the calls already submitted finish first.
+    pub(super) actor: Option<(Arc<ActorCell>, Option<Arc<RemoteObject>>)>,
     /// Arguments held here for the executor to pull ([`WireArgs`]), freed when it is done.
     pub(super) held_args: Vec<u64>,
 }
@@ -360,6 +361,7 @@ impl Cluster {
     pub(crate) fn call_remote(
         &self,
         actor: &Arc<ActorCell>,
+        borrow: Option<&Arc<RemoteObject>>,
         remote: &RemoteActor,
         method: &'static str,
         cell: Arc<ObjectCell>,
@@ -387,7 +389,7 @@ impl Cluster {
                 args,
                 retry: None,
                 call_of: Some(actor_id),
-                actor: Some(actor.clone()),
+                actor: Some((actor.clone(), borrow.cloned())),
                 held_args,
             },
         );
@@ -434,6 +436,12 @@ impl Cluster {
             worker,
             peer: self.peer(worker),
         }
+    }
+
+    /// Tells the actor's worker that no handle to it is left (it goes once its submitted
+    /// calls are done).
+    pub(crate) fn release_remote(&self, remote: &RemoteActor, actor_id: u64) {
+        remote.peer.send(Msg::ReleaseActor { actor_id });
     }
 
     /// Asks the actor's worker to kill (and maybe restart) it; a kill for good gives back the
@@ -507,7 +515,7 @@ impl Cluster {
                 // An actor call, or (no actor cell: the id is the actor's) its creation.
                 (None, actor) => {
                     let (actor, class) = match actor {
-                        Some(a) => (a.id(), a.class_name()),
+                        Some((a, _)) => (a.id(), a.class_name()),
                         None => (crate::id::ActorId::from_u64(id), f.name),
                     };
                     f.cell.complete(Err(Error::ActorDied {

@@ -744,6 +744,7 @@ impl Handler for WorkerHandler {
                 job_id,
                 finished: true,
             } if c.raylet_peer.get().is_some_and(|r| Arc::ptr_eq(r, peer)) => c.job_ended(job_id),
+            Msg::ReleaseActor { actor_id } => c.release_pushed_actor(actor_id),
             Msg::TaskDone { task_id, outcome } => c.task_done(peer, task_id, outcome),
             Msg::PullObject {
                 request_id,

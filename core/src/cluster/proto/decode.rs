@@ -9,9 +9,9 @@ use super::{
     TAG_KV_PUT, TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT,
     TAG_NODES, TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT,
     TAG_PUSH_TASK, TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED,
-    TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP, TAG_SUBSCRIBE, TAG_TASK_DONE,
-    TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED, TAG_WORKER_INFO, TAG_WORKER_READY,
-    TAG_WORKER_STARTED, TaskRow, tag_name,
+    TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP, TAG_SUBSCRIBE,
+    TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED, TAG_WORKER_INFO,
+    TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
 };
 use flatbuffers::{ForwardsUOffset, Vector};
 
@@ -466,6 +466,9 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 count: t.count(),
             }
         }
+        TAG_RELEASE_ACTOR => Msg::ReleaseActor {
+            actor_id: root!(ReleaseActor).actor_id(),
+        },
         TAG_UNPIN_OBJECT => Msg::UnpinObject {
             pin_id: root!(UnpinObject).pin_id(),
         },

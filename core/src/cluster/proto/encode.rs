@@ -805,6 +805,14 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                 }
             );
         }
+        Msg::ReleaseActor { actor_id } => {
+            table!(
+                ReleaseActor,
+                ReleaseActorArgs {
+                    actor_id: *actor_id
+                }
+            );
+        }
         Msg::UnpinObject { pin_id } => {
             table!(UnpinObject, UnpinObjectArgs { pin_id: *pin_id });
         }

@@ -333,6 +333,10 @@ pub(crate) enum Msg {
     UnpinObject {
         pin_id: u64,
     },
+    /// No handle to the actor is left: it goes once its submitted calls are done.
+    ReleaseActor {
+        actor_id: u64,
+    },
     /// The object a pull asked for failed (instead of `ObjectData`).
     ObjectFailed {
         request_id: u64,
@@ -426,6 +430,7 @@ pub(crate) const TAG_CANCEL_REPLY: u64 = 51;
 // Actor lifetimes (60–69).
 pub(crate) const TAG_DETACH_ACTOR: u64 = 60;
 pub(crate) const TAG_WORKER_DETACHED: u64 = 61;
+pub(crate) const TAG_RELEASE_ACTOR: u64 = 41;
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -472,6 +477,7 @@ const NAMES: [&str; 38] = [
 /// Table names of the tags past `NAMES`, which are numbered in ranges (`(tag, name)`).
 const MORE_NAMES: &[(u64, &str)] = &[
     (TAG_OBJECT_FAILED, "ObjectFailed"),
+    (TAG_RELEASE_ACTOR, "ReleaseActor"),
     (TAG_CANCEL_TASK, "CancelTask"),
     (TAG_CANCEL_REPLY, "CancelReply"),
     (TAG_DETACH_ACTOR, "DetachActor"),
@@ -536,6 +542,7 @@ impl Msg {
             Msg::CancelTask { .. } => TAG_CANCEL_TASK,
             Msg::CancelReply { .. } => TAG_CANCEL_REPLY,
             Msg::ObjectFailed { .. } => TAG_OBJECT_FAILED,
+            Msg::ReleaseActor { .. } => TAG_RELEASE_ACTOR,
         }
     }
 

@@ -281,6 +281,7 @@ fn samples() -> Vec<Msg> {
             arena: 7,
         },
         Msg::UnpinObject { pin_id: 3 },
+        Msg::ReleaseActor { actor_id: 41 },
         Msg::ObjectFailed {
             request_id: 40,
             kind: ErrorKind::OwnerDied,
@@ -340,7 +341,12 @@ fn every_variant_round_trips_through_one_reused_builder() {
     let samples = samples();
     let tags: HashSet<u64> = samples.iter().map(|m| m.tag().0).collect();
     let want: HashSet<u64> = (1..=38)
-        .chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY, TAG_OBJECT_FAILED])
+        .chain([
+            TAG_CANCEL_TASK,
+            TAG_CANCEL_REPLY,
+            TAG_OBJECT_FAILED,
+            TAG_RELEASE_ACTOR,
+        ])
         .chain(60..=61)
         .collect();
     assert_eq!(tags, want, "a sample of every variant");
@@ -468,7 +474,8 @@ fn tags_are_distinct_stable_and_named() {
             (1..=38).contains(&tag)
                 || (50..=51).contains(&tag)
                 || (60..=61).contains(&tag)
-                || tag == TAG_OBJECT_FAILED,
+                || tag == TAG_OBJECT_FAILED
+                || tag == TAG_RELEASE_ACTOR,
             "tag {tag}"
         );
         assert_eq!(tag_name(tag), Some(msg.name()));
@@ -517,7 +524,15 @@ fn garbage_is_an_error_not_a_panic() {
         rng ^= rng << 17;
         rng
     };
-    for tag in (1..=38).chain([TAG_CANCEL_TASK, TAG_CANCEL_REPLY, TAG_OBJECT_FAILED]).chain(60..=61) {
+    for tag in (1..=38)
+        .chain([
+            TAG_CANCEL_TASK,
+            TAG_CANCEL_REPLY,
+            TAG_OBJECT_FAILED,
+            TAG_RELEASE_ACTOR,
+        ])
+        .chain(60..=61)
+    {
         assert!(matches!(decode(tag, &[]), Err(ProtoError::Invalid { .. })));
         assert!(decode(tag, &[0xff; 3]).is_err());
         let e = decode(tag, &[0xff; 64]).unwrap_err();

@@ -7623,6 +7623,105 @@ impl ::core::fmt::Debug for WorkerDetached<'_> {
       ds.finish()
   }
 }
+pub enum ReleaseActorOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// owner -> host (tag 41): no handle to actor `actor_id` is left anywhere (Ray's out of
+/// scope). The host lets the calls already submitted finish, then the actor goes; unlike
+/// KillActor (`manta::kill`), which ends it at once.
+pub struct ReleaseActor<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReleaseActor<'a> {
+  type Inner = ReleaseActor<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReleaseActor<'a> {
+  pub const VT_ACTOR_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReleaseActor { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReleaseActorArgs
+  ) -> ::flatbuffers::WIPOffset<ReleaseActor<'bldr>> {
+    let mut builder = ReleaseActorBuilder::new(_fbb);
+    builder.add_actor_id(args.actor_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn actor_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReleaseActor::VT_ACTOR_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReleaseActor<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("actor_id", Self::VT_ACTOR_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReleaseActorArgs {
+    pub actor_id: u64,
+}
+impl<'a> Default for ReleaseActorArgs {
+  #[inline]
+  fn default() -> Self {
+    ReleaseActorArgs {
+      actor_id: 0,
+    }
+  }
+}
+
+pub struct ReleaseActorBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReleaseActorBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_actor_id(&mut self, actor_id: u64) {
+    self.fbb_.push_slot::<u64>(ReleaseActor::VT_ACTOR_ID, actor_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReleaseActorBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReleaseActorBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReleaseActor<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReleaseActor<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReleaseActor");
+      ds.field("actor_id", &self.actor_id());
+      ds.finish()
+  }
+}
 }  // pub mod wire
 }  // pub mod cluster
 }  // pub mod manta
