@@ -280,7 +280,12 @@ impl RuntimeInner {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
             let me = self.me();
+            // Panics are retried as `max_task_retries` says, worker deaths as
+            // `max_task_system_retries` (3, Ray's default); `max_retries` sets both.
             let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+            let system = options
+                .max_retries
+                .unwrap_or(self.config.max_task_system_retries);
             cluster.submit_remote(
                 &me,
                 function.name(),
@@ -289,7 +294,7 @@ impl RuntimeInner {
                 &options.resources,
                 options.name.as_deref(),
                 retries,
-                retries,
+                system,
             );
             return ObjectRef::from_cell(cell);
         }

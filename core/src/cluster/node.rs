@@ -408,9 +408,40 @@ struct JobWorkers {
     procs: Vec<WorkerProc>,
     /// `StartWorker` requests, answered once every worker the job has here is ready.
     waiting: Vec<(Arc<Peer>, u64)>,
+    /// Whether every worker the job was to have here was ready once: from then on a request
+    /// is answered with whatever is alive (a dead SPMD rank is not replaced).
+    assembled: bool,
 }
 
 impl JobWorkers {
+    /// Forgets the workers this raylet started that are gone (exited, or their connection
+    /// closed), reaping them, so that the next `StartWorker` starts a replacement. A worker
+    /// whose connection closed but that still runs is killed: it can no longer be reached.
+    fn forget_dead(&mut self, job_id: u64) {
+        let mut i = 0;
+        while i < self.procs.len() {
+            let w = &mut self.procs[i];
+            let closed = w.peer.as_ref().is_some_and(|p| p.is_closed());
+            let exited = w
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if w.child.is_none() || !(closed || exited) {
+                i += 1;
+                continue;
+            }
+            let w = self.procs.remove(i);
+            tracing::info!(
+                job = job_id,
+                worker = w.index,
+                "worker process gone: a replacement starts on the next request"
+            );
+            if let Some(child) = w.child {
+                reap(child);
+            }
+        }
+    }
+
     /// The reply to a `StartWorker`: every ready worker, the first as `index`/`address`.
     fn started(&self, request_id: u64) -> Msg {
         let workers: Vec<JobWorker> = self
@@ -559,12 +590,14 @@ impl Raylet {
         usize::from(self.opts.spawn_workers) + self.opts.joining_workers as usize
     }
 
-    /// Answers the job's waiting `StartWorker` requests if every worker it has here is ready.
+    /// Answers the job's waiting `StartWorker` requests if every worker it has here is ready
+    /// (once assembled: if any is).
     fn answer_if_ready(&self, job: &mut JobWorkers) {
         let ready = job.procs.iter().filter(|w| w.peer.is_some()).count();
-        if ready == 0 || ready < self.expected_workers() {
+        if ready == 0 || (!job.assembled && ready < self.expected_workers()) {
             return;
         }
+        job.assembled = true;
         for (from, request_id) in std::mem::take(&mut job.waiting) {
             from.send(job.started(request_id));
         }
@@ -584,6 +617,7 @@ impl Raylet {
         let mut workers = lock(&self.workers);
         let job = workers.entry(job_id).or_default();
         job.waiting.push((from.clone(), request_id));
+        job.forget_dead(job_id);
         // Start this raylet's worker for the job unless it has one (running or starting).
         if self.opts.spawn_workers && !job.procs.iter().any(|w| w.child.is_some()) {
             match self.spawn(job_id, &executable, args, cwd, env) {
@@ -712,13 +746,23 @@ impl Raylet {
         self.answer_if_ready(job);
     }
 
-    /// A connection closed: a worker that joined by itself is gone with it.
+    /// A connection closed: the worker on it is gone (one this raylet started is killed if it
+    /// still runs, and reaped; the job's next `StartWorker` starts a replacement).
     fn connection_closed(&self, peer: &Arc<Peer>) {
         let mut workers = lock(&self.workers);
-        for job in workers.values_mut() {
-            job.procs.retain(|w| {
-                w.child.is_some() || !w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer))
-            });
+        for (job_id, job) in workers.iter_mut() {
+            let Some(i) = job
+                .procs
+                .iter()
+                .position(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
+            else {
+                continue;
+            };
+            let w = job.procs.remove(i);
+            tracing::info!(job = job_id, worker = w.index, "worker connection closed");
+            if let Some(child) = w.child {
+                reap(child);
+            }
         }
     }
 
@@ -784,6 +828,18 @@ impl Raylet {
             });
         }
     }
+}
+
+/// Kills (if it still runs) and waits for a worker process this raylet started, on a thread
+/// of its own: an exited child is reaped at once, a live one within moments of SIGKILL.
+fn reap(mut child: Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = child.kill();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
 }
 
 struct RayletHandler(Arc<Raylet>);

