@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{LocalCluster, NodeSpec, eventually_that, serve_if_worker};
+use common::cluster::{LocalCluster, NodeSpec, eventually_that, serve_if_worker, signal};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -103,4 +103,81 @@ fn abort_worker(x: u64) -> u64 {
         std::process::abort();
     }
     x
+}
+
+#[manta::remote]
+fn node_of_task() -> u64 {
+    std::env::var("MANTA_NODE_ID")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_node_stalled_past_the_heartbeat_timeout_leaves_the_cluster() {
+    serve_if_worker();
+    let head = NodeSpec {
+        env: vec![("MANTA_NODE_TIMEOUT_US".into(), "2000000".into())],
+        ..NodeSpec::with_resources("")
+    };
+    let mut cluster = LocalCluster::start(head, &[NodeSpec::with_resources("side=1")]);
+    let _rt = common::start(cluster.config());
+    let side = node_of_task::options()
+        .resource("side", 1.0)
+        .remote()
+        .get_timeout(LONG)
+        .unwrap();
+    let side_raylet = manta::cluster::query(&cluster.address, &cluster.token)
+        .unwrap()
+        .nodes
+        .into_iter()
+        .find(|n| n.node_id == side)
+        .unwrap()
+        .address;
+    assert!(cluster.worker_pids().iter().any(|(_, r)| *r == side_raylet));
+    let pid = cluster.node_pid(1);
+    signal(pid, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let dead = |c: &LocalCluster| {
+        manta::cluster::query(&c.address, &c.token)
+            .ok()
+            .and_then(|s| s.nodes.into_iter().find(|n| n.node_id == side))
+            .is_some_and(|n| !n.alive)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dead(&cluster) {
+        if Instant::now() > deadline {
+            signal(pid, libc::SIGCONT);
+            panic!("the stalled node was not declared dead within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let declared = stopped.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(pid, libc::SIGCONT);
+    let resumed = Instant::now();
+    // It learns it was declared dead and leaves, with its workers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.node_exited(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled node process did not exit within 30 s of SIGCONT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = resumed.elapsed();
+    eventually_that(
+        "the stalled node's workers exiting",
+        Duration::from_secs(30),
+        || cluster.worker_pids(),
+        |w| !w.iter().any(|(_, r)| *r == side_raylet),
+    );
+    assert!(
+        dead(&cluster),
+        "a node declared dead stays dead in the table"
+    );
+    assert_eq!(slow_square::remote(5, 0).get_timeout(LONG).unwrap(), 25);
+    eprintln!(
+        "node stalled: declared dead {declared:?} after SIGSTOP, exited {left:?} after SIGCONT"
+    );
 }

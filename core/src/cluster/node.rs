@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use manta_transport::{Address, Listener};
 
-use super::gcs::{Gcs, GcsHandler};
+use super::gcs::{DECLARED_DEAD, Gcs, GcsHandler};
 use super::node_store::NodeStore;
 use super::peer::{Handler, Peer};
 use super::proto::{JobWorker, Msg, Node, Resource};
@@ -493,6 +493,8 @@ struct Raylet {
     gcs: OnceLock<Arc<Peer>>,
     /// The node's object-store arena, shared by its processes (`None`: each keeps its own).
     store: Option<NodeStore>,
+    /// Why the GCS declared this node dead, if it did (the node then exits with an error).
+    declared_dead: OnceLock<String>,
 }
 
 impl Raylet {
@@ -886,7 +888,13 @@ impl Handler for RayletHandler {
                 finished: true,
             } => self.0.stop_workers(Some(job_id)),
             Msg::Stop { reason } => {
-                tracing::info!(%reason, "node stopping");
+                let from_gcs = self.0.gcs.get().is_some_and(|g| Arc::ptr_eq(g, peer));
+                if from_gcs && reason.starts_with(DECLARED_DEAD) {
+                    tracing::error!(%reason, "this node was declared dead: stopping its workers and leaving");
+                    let _ = self.0.declared_dead.set(reason);
+                } else {
+                    tracing::info!(%reason, "node stopping");
+                }
                 self.0.stop.notify_one();
             }
             Msg::NodeEvent { .. } | Msg::JobEvent { .. } => {}
@@ -926,6 +934,7 @@ fn hostname() -> String {
 /// Runs a node until the cluster is stopped (`manta stop`), the GCS is lost, or SIGTERM/SIGINT.
 /// `on_ready` is called once the node has joined.
 pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<(), Error> {
+    let catalogue = crate::config::Config::default().resolve()?;
     let io = io_runtime()?;
     io.block_on(async move {
         let config = |name: &str| transport_config(&opts.token, name.to_owned());
@@ -941,7 +950,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 .local_addr()
                 .map_err(|e| cluster_error("starting the GCS", e.to_string()))?
                 .to_string();
-            let gcs = Gcs::new();
+            let gcs = Gcs::new(catalogue.node_timeout);
             tokio::spawn(accept_loop(listener, Arc::new(GcsHandler(gcs.clone()))));
             let g2 = gcs.clone();
             tokio::spawn(async move {
@@ -980,6 +989,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             me: OnceLock::new(),
             gcs: OnceLock::new(),
             store,
+            declared_dead: OnceLock::new(),
         });
         let _ = raylet.me.set(Arc::downgrade(&raylet));
         let handler: Arc<dyn Handler> = Arc::new(RayletHandler(raylet.clone()));
@@ -1040,6 +1050,9 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
         // Wait for this node's workers to exit (stop_workers kills them after 2 s).
         tokio::time::sleep(Duration::from_millis(100)).await;
         gcs.shutdown("node stopped");
-        Ok(())
+        match raylet.declared_dead.get() {
+            Some(reason) => Err(cluster_error(format!("node {node_id}"), reason.clone())),
+            None => Ok(()),
+        }
     })
 }
