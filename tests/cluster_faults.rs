@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{LocalCluster, NodeSpec, eventually_that, serve_if_worker, signal};
+use manta::Error;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -103,6 +104,140 @@ fn abort_worker(x: u64) -> u64 {
         std::process::abort();
     }
     x
+}
+
+#[manta::actor]
+struct Keeper {
+    n: u64,
+}
+
+#[manta::actor]
+impl Keeper {
+    fn new(start: u64) -> Self {
+        Keeper { n: start }
+    }
+    fn incr(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+/// The GCS directory's row of actor `name`.
+fn actor_row(cluster: &LocalCluster, name: &str) -> Option<manta::cluster::ActorRow> {
+    manta::cluster::query(&cluster.address, &cluster.token)
+        .ok()
+        .and_then(|s| s.actors.into_iter().find(|a| a.name == name))
+}
+
+#[test]
+fn an_actor_whose_worker_is_killed_restarts_up_to_max_restarts() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);
+    let _rt = common::start(cluster.config());
+    let a = Keeper::options().name("keeper").max_restarts(1).remote(10);
+    assert_eq!(a.incr().get_timeout(LONG).unwrap(), 11);
+    assert_eq!(a.incr().get_timeout(LONG).unwrap(), 12);
+    let pid = a.pid().get_timeout(LONG).unwrap();
+    signal(pid, libc::SIGKILL);
+    let killed = Instant::now();
+    // Calls made while it restarts wait for it; the state is the constructor's again.
+    let first = loop {
+        match a.incr().get_timeout(LONG) {
+            Ok(v) => break v,
+            // A call that reached the dead worker before its death was known fails.
+            Err(Error::ActorDied { .. }) if killed.elapsed() < LONG => continue,
+            Err(e) => panic!("the actor did not come back: {e}"),
+        }
+    };
+    let back = killed.elapsed();
+    assert_eq!(first, 11, "a restarted actor runs its constructor again");
+    let pid2 = a.pid().get_timeout(LONG).unwrap();
+    assert_ne!(pid, pid2, "the actor runs in a replacement worker process");
+    let row = eventually_that(
+        "the directory showing the actor alive after a restart",
+        LONG,
+        || actor_row(&cluster, "keeper"),
+        |r| r.as_ref().is_some_and(|r| r.alive && r.num_restarts == 1),
+    );
+    eprintln!("actor restarted after kill -9: serving again {back:?} after the kill; {row:?}");
+    // Killed again with no restart left: every call fails with ActorDied, naming why.
+    signal(pid2, libc::SIGKILL);
+    // (A call in flight at the death fails with ActorDied too, saying so.)
+    loop {
+        match a.incr().get_timeout(LONG) {
+            Err(Error::ActorDied { .. }) => break,
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("expected ActorDied, got {e}"),
+        }
+    }
+    match a.incr().get_timeout(LONG) {
+        Err(Error::ActorDied { reason, .. }) => {
+            assert!(reason.contains("max_restarts"), "{reason}")
+        }
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+    assert_eq!(
+        manta::restart(&a).ok(),
+        Some(false),
+        "nothing was restarted"
+    );
+    eventually_that(
+        "the directory showing the actor dead",
+        LONG,
+        || actor_row(&cluster, "keeper"),
+        |r| r.as_ref().is_some_and(|r| !r.alive),
+    );
+}
+
+#[manta::actor]
+struct Sleeper {
+    calls: u64,
+}
+
+#[manta::actor]
+impl Sleeper {
+    fn new() -> Self {
+        Sleeper { calls: 0 }
+    }
+    fn nap(&mut self, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.calls += 1;
+        self.calls
+    }
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+#[test]
+fn calls_in_flight_at_an_actor_death_are_retried_with_max_task_retries() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);
+    let _rt = common::start(cluster.config());
+    let plain = Sleeper::options().max_restarts(1).remote();
+    let retried = Sleeper::options()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .remote();
+    let pid = plain.pid().get_timeout(LONG).unwrap();
+    assert_eq!(retried.pid().get_timeout(LONG).unwrap(), pid);
+    let lost = plain.nap(2_000);
+    let kept = retried.nap(2_000);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(pid, libc::SIGKILL);
+    match lost.get_timeout(LONG) {
+        Err(Error::ActorDied { .. }) => {}
+        other => panic!("a call in flight at the death, without retries: {other:?}"),
+    }
+    assert_eq!(
+        kept.get_timeout(LONG).unwrap(),
+        1,
+        "retried on the restarted actor"
+    );
+    assert_eq!(plain.nap(0).get_timeout(LONG).unwrap(), 1);
 }
 
 #[manta::remote]

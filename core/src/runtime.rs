@@ -361,16 +361,8 @@ impl RuntimeInner {
             };
             let created = Arc::new(ObjectCell::pending(ObjectId::from_u64(id.as_u64()), None));
             cell.set_created(created.clone());
-            if let Err(e) = cluster.create_actor_remote(
-                self,
-                &cell,
-                created.clone(),
-                args,
-                &options.resources,
-                options.name.as_deref(),
-                options.max_concurrency,
-                options.max_restarts,
-            ) {
+            if let Err(e) = cluster.create_actor_remote(self, &cell, created.clone(), args, options)
+            {
                 created.complete(Err(e.clone()));
                 cell.die(e);
                 return handle;

@@ -148,6 +148,7 @@ impl Cluster {
             node_id: self.node_id().unwrap_or(0),
             alive: false,
             death: "killed (manta::kill, or no handle to it was left)".into(),
+            ..ActorInfo::default()
         };
         // The answer is of no use: the receiver is dropped.
         drop(

@@ -34,6 +34,7 @@ mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
 mod submit;
+pub(crate) mod supervision;
 mod wire;
 pub(crate) mod worker;
 

@@ -160,8 +160,14 @@ pub struct ActorRow {
     pub node_id: u64,
     /// Worker index.
     pub worker: u64,
-    /// ALIVE or DEAD.
+    /// ALIVE (or RESTARTING) rather than DEAD.
     pub alive: bool,
+    /// RESTARTING: its worker died and it is being started again (`max_restarts`).
+    pub restarting: bool,
+    /// Times it was restarted after its worker died.
+    pub num_restarts: u32,
+    /// Why it died, if it did.
+    pub death: String,
 }
 
 /// A snapshot of a running cluster, for `manta status` and `manta list`.
@@ -250,6 +256,9 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
                     node_id: a.node_id,
                     worker: a.worker,
                     alive: a.alive,
+                    restarting: a.restarting,
+                    num_restarts: a.num_restarts,
+                    death: a.death,
                 })
                 .collect(),
         })

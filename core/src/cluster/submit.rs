@@ -11,9 +11,10 @@ use super::objects::{PullDone, RemoteObject};
 use super::peer::Peer;
 use super::placement::{request_pairs, request_resources};
 use super::proto::{Arg, ErrorKind, Msg, Outcome};
+use super::supervision::{NewOwned, RemoteActor};
 use super::worker::Cluster;
 use super::{CALL_TIMEOUT, cluster_error, wait_reply};
-use crate::actor::{ActorCell, RemoteActor};
+use crate::actor::{ActorCell, ActorOptions};
 use crate::error::{Error, TaskError};
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectValue, Payload};
@@ -36,6 +37,21 @@ pub(super) struct InFlight {
     pub(super) args: Box<[ArgSlot]>,
     /// How to run a task again elsewhere if its worker dies (tasks only, not actor calls).
     pub(super) retry: Option<Retry>,
+    /// What it is to an actor (its creation, or a call), for `supervision.rs`.
+    pub(super) actor: Option<ActorFlight>,
+}
+
+/// An actor's creation or call in flight.
+pub(super) enum ActorFlight {
+    /// The creation of actor `.0` (first, or a restart).
+    Create(u64),
+    /// A call of `method` on actor `actor_id`, which may run `left` more times if the
+    /// actor's worker dies (`max_task_retries`).
+    Call {
+        actor_id: u64,
+        method: &'static str,
+        left: u32,
+    },
 }
 
 /// A task's submission, kept to run it again after its worker process died.
@@ -65,7 +81,7 @@ fn retry_delay(first: Duration, done: u32) -> Duration {
 impl Cluster {
     /// Turns an argument slot into its wire form, entering local objects in the escape table
     /// so the executor can pull them.
-    fn wire_arg(&self, rt: &Arc<RuntimeInner>, slot: &ArgSlot) -> Arg {
+    pub(super) fn wire_arg(&self, rt: &Arc<RuntimeInner>, slot: &ArgSlot) -> Arg {
         match slot {
             ArgSlot::Value(v) => self.value_arg(v, None),
             ArgSlot::Ref(cell) => match cell.get() {
@@ -195,6 +211,7 @@ impl Cluster {
                 load,
                 args,
                 retry: Some(retry),
+                actor: None,
             },
         );
         peer.send(Msg::PushTask {
@@ -212,18 +229,18 @@ impl Cluster {
 
     /// Creates an actor in a worker process elsewhere; `created` completes when its
     /// constructor has run there. Returns the actor's location.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_actor_remote(
         &self,
         rt: &Arc<RuntimeInner>,
         actor: &Arc<ActorCell>,
         created: Arc<ObjectCell>,
         args: Vec<ArgSlot>,
-        request: &ResourceRequest,
-        name: Option<&str>,
-        max_concurrency: usize,
-        max_restarts: u32,
+        options: &ActorOptions,
     ) -> Result<(), Error> {
+        let request = &options.resources;
+        let name = options.name.as_deref();
+        let max_concurrency = options.max_concurrency as u32;
+        let max_restarts = options.max_restarts;
         let (node, worker, peer) = self.place(request, None)?;
         let actor_id = actor.id().as_u64();
         let node_id = lock(&self.nodes).get(node).map(|s| s.node_id).unwrap_or(0);
@@ -238,7 +255,7 @@ impl Cluster {
                 worker,
                 node_id,
                 alive: true,
-                death: String::new(),
+                ..Default::default()
             },
         });
         if let Msg::ActorReply { error, .. } = wait_reply(rx, CALL_TIMEOUT, "registering an actor")?
@@ -249,9 +266,18 @@ impl Cluster {
                 _ => cluster_error("registering an actor", error),
             });
         }
-        actor.set_remote(RemoteActor {
+        let remote = RemoteActor::at(worker, peer.clone(), options.max_task_retries);
+        actor.set_remote(remote.clone());
+        self.own_actor(NewOwned {
+            cell: actor,
+            remote,
+            args: &args,
+            request,
+            name,
+            max_concurrency,
+            max_restarts,
             worker,
-            peer: peer.clone(),
+            node,
         });
         let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(rt, a)).collect();
         // An actor holds what it asked for on its worker while it lives.
@@ -266,6 +292,7 @@ impl Cluster {
                 load: Vec::new(),
                 args: args.into_boxed_slice(),
                 retry: None,
+                actor: Some(ActorFlight::Create(actor_id)),
             },
         );
         peer.send(Msg::CreateActor {
@@ -274,13 +301,17 @@ impl Cluster {
             args: wire_args,
             resources: request_resources(request),
             name: name.unwrap_or_default().to_owned(),
-            max_concurrency: max_concurrency as u32,
+            max_concurrency,
             max_restarts,
         });
+        if peer.is_closed() {
+            self.worker_lost(worker, &peer.closed_error().to_string());
+        }
         Ok(())
     }
 
-    /// Sends a call to a remote actor; completes `cell` with its result.
+    /// Sends a call to a remote actor (parked while it restarts); completes `cell` with its
+    /// result.
     pub(crate) fn call_remote(
         &self,
         remote: &RemoteActor,
@@ -289,33 +320,7 @@ impl Cluster {
         cell: Arc<ObjectCell>,
         args: Box<[ArgSlot]>,
     ) {
-        let Some(rt) = self.runtime() else {
-            cell.complete(Err(Error::ShutDown));
-            return;
-        };
-        let call_id = cell.id().as_u64();
-        let wire_args: Vec<Arg> = args.iter().map(|a| self.wire_arg(&rt, a)).collect();
-        lock(&self.in_flight).insert(
-            call_id,
-            InFlight {
-                cell,
-                name: method,
-                worker: remote.worker,
-                node: None,
-                load: Vec::new(),
-                args,
-                retry: None,
-            },
-        );
-        remote.peer.send(Msg::ActorCall {
-            actor_id,
-            call_id,
-            method: method.to_owned(),
-            args: wire_args,
-        });
-        if remote.peer.is_closed() {
-            self.worker_lost(remote.worker, &remote.peer.closed_error().to_string());
-        }
+        self.send_call(remote, actor_id, method, cell, args);
     }
 
     /// Looks up where actor `actor_id` lives (the GCS directory).
@@ -344,17 +349,19 @@ impl Cluster {
         }
     }
 
-    /// A remote actor's proxy target.
+    /// A remote actor's proxy target (an actor another process owns).
     pub(crate) fn remote_actor(&self, worker: u64) -> RemoteActor {
-        RemoteActor {
-            worker,
-            peer: self.peer(worker),
-        }
+        RemoteActor::at(worker, self.peer(worker), 0)
     }
 
-    /// Asks the actor's worker to kill (and maybe restart) it.
+    /// Asks the actor's worker to kill (and maybe restart) it; the owner forgets it.
     pub(crate) fn kill_remote(&self, remote: &RemoteActor, actor_id: u64, restart: bool) {
-        remote.peer.send(Msg::KillActor { actor_id, restart });
+        if !restart {
+            lock(&self.owned_actors).remove(&actor_id);
+        }
+        if let Some((_, peer)) = remote.target() {
+            peer.send(Msg::KillActor { actor_id, restart });
+        }
     }
 
     /// A task or call we own finished elsewhere.
@@ -394,8 +401,12 @@ impl Cluster {
         f.cell.complete(value);
     }
 
-    /// Worker `index` is gone: fail everything in flight there.
+    /// Worker `index` is gone: its actors restart or die (`supervision.rs`), its tasks are
+    /// retried or fail, and so are the calls in flight there.
     pub(super) fn worker_lost(&self, index: u64, reason: &str) {
+        lock(&self.dead_workers).insert(index);
+        // Before the in-flight table is drained: see the restart protocol's argument.
+        self.actors_lost(index, reason);
         let lost: Vec<(u64, InFlight)> = {
             let mut m = lock(&self.in_flight);
             let ids: Vec<u64> = m
@@ -407,13 +418,24 @@ impl Cluster {
                 .filter_map(|id| m.remove(&id).map(|f| (id, f)))
                 .collect()
         };
-        lock(&self.dead_workers).insert(index);
         let first_delay = self
             .runtime()
             .map_or(Duration::from_millis(50), |rt| rt.config.task_retry_delay);
         let mut again = Vec::new();
+        let mut lost = lost;
+        // Calls park for a restart in submission order.
+        lost.sort_by_key(|(id, _)| *id);
         for (_, f) in lost {
             self.release_load(f.node, f.worker, &f.load);
+            match &f.actor {
+                Some(ActorFlight::Call { .. }) => {
+                    self.actor_call_lost(index, reason, f);
+                    continue;
+                }
+                // A restart re-creates it.
+                Some(ActorFlight::Create(id)) if self.is_restarting(*id) => continue,
+                _ => {}
+            }
             match f.retry {
                 Some(mut r) if r.left > 0 => {
                     let delay = retry_delay(first_delay, r.system - r.left);

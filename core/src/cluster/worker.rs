@@ -28,6 +28,7 @@ use super::peer::{Handler, Peer};
 use super::placement::NodeSlot;
 use super::proto::{Msg, Resource};
 use super::submit::InFlight;
+use super::supervision::OwnedActor;
 use super::{CALL_TIMEOUT, INDEX_SHIFT, cluster_error, host_id, wait_reply};
 use crate::error::Error;
 use crate::object::{ObjectCell, ObjectValue};
@@ -71,6 +72,8 @@ pub(crate) struct Cluster {
     /// Worker processes known dead (their connection closed, or their node died): never
     /// chosen again, even while a raylet still names them.
     pub(super) dead_workers: Mutex<HashSet<u64>>,
+    /// Actors this process created in worker processes, with what a restart needs.
+    pub(super) owned_actors: Mutex<HashMap<u64, OwnedActor>>,
     /// Results this process computed for remote owners, until they free them.
     pub(super) held: Mutex<HashMap<u64, ObjectValue>>,
     /// Work pushed here and not yet done: id -> (name, owner's worker index), for listings.
@@ -317,6 +320,7 @@ impl Cluster {
             nodes_loaded: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             dead_workers: Mutex::new(HashSet::new()),
+            owned_actors: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             executing: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
