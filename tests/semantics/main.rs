@@ -15,13 +15,14 @@ mod harness;
 
 mod actors;
 mod basics;
+mod faults;
 mod tasks;
 
 use harness::{Case, Ctx, Mode, run_cases, start_cluster};
 
 /// Every case of the matrix, in the order they run.
 fn all_cases() -> Vec<Case> {
-    [basics::CASES, tasks::CASES, actors::CASES].concat()
+    [basics::CASES, tasks::CASES, actors::CASES, faults::CASES].concat()
 }
 
 /// Set on the ranks `srun` starts for the matrix.
