@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{LocalCluster, NodeSpec, eventually_that, serve_if_worker, signal};
-use manta::Error;
+use manta::{ActorHandle, Error};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -189,6 +189,62 @@ fn an_actor_whose_worker_is_killed_restarts_up_to_max_restarts() {
         LONG,
         || actor_row(&cluster, "keeper"),
         |r| r.as_ref().is_some_and(|r| !r.alive),
+    );
+}
+
+/// Calls a `Keeper` it was handed (a handle it does not own).
+#[manta::actor]
+struct Caller {
+    keeper: ActorHandle<Keeper>,
+}
+
+#[manta::actor]
+impl Caller {
+    fn new(keeper: ActorHandle<Keeper>) -> Self {
+        Caller { keeper }
+    }
+    fn poke(&self) -> Result<u64, String> {
+        self.keeper
+            .incr()
+            .get_timeout(Duration::from_secs(30))
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn a_handle_held_elsewhere_follows_the_restarted_actor() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(
+        NodeSpec::with_resources("main=1"),
+        &[NodeSpec::with_resources("side=1")],
+    );
+    let _rt = common::start(cluster.config());
+    let keeper = Keeper::options()
+        .resource("side", 1.0)
+        .max_restarts(1)
+        .remote(10);
+    let pid = keeper.pid().get_timeout(LONG).unwrap();
+    let caller = Caller::options()
+        .resource("main", 1.0)
+        .remote(keeper.clone());
+    assert_eq!(caller.poke().get_timeout(LONG).unwrap(), Ok(11));
+    signal(pid, libc::SIGKILL);
+    let killed = Instant::now();
+    let first = loop {
+        match caller.poke().get_timeout(LONG).unwrap() {
+            Ok(v) => break v,
+            Err(e) if e.contains("ActorDied") || e.contains("died") => {
+                assert!(killed.elapsed() < LONG, "{e}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(first, 11, "the restarted actor, from its constructor");
+    assert_ne!(keeper.pid().get_timeout(LONG).unwrap(), pid);
+    assert_eq!(caller.poke().get_timeout(LONG).unwrap(), Ok(12));
+    eprintln!(
+        "a handle held by another worker served again {:?} after the kill",
+        killed.elapsed()
     );
 }
 

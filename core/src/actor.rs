@@ -324,7 +324,6 @@ impl ActorCell {
             .compare_exchange(CREATING, ALIVE, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    #[allow(dead_code)] // unused for now
     pub(crate) fn remote(&self) -> Option<&RemoteActor> {
         self.remote.get()
     }

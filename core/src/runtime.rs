@@ -232,6 +232,14 @@ impl RuntimeInner {
         lock(&self.escaped).remove(&id);
     }
 
+    /// Every live actor cell this process holds a handle to (its own and proxies).
+    pub(crate) fn actor_cells(&self) -> Vec<Arc<ActorCell>> {
+        lock(&self.actors)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     /// The live cells of the escape table.
     pub(crate) fn escaped_cells(&self) -> Vec<Arc<ObjectCell>> {
         lock(&self.escaped)
@@ -497,6 +505,10 @@ impl RuntimeInner {
             crate::resources::Demand::none(),
         ));
         cell.set_remote(cluster.remote_actor(info.worker));
+        if info.restarting {
+            // Its owner is restarting it: calls wait until it is back.
+            cluster.follow_restart(&cell, info.worker);
+        }
         let created = Arc::new(ObjectCell::ready(
             ObjectId::from_u64(info.actor_id),
             crate::codec::encode(&()),

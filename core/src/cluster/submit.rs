@@ -407,6 +407,7 @@ impl Cluster {
         lock(&self.dead_workers).insert(index);
         // Before the in-flight table is drained: see the restart protocol's argument.
         self.actors_lost(index, reason);
+        self.proxies_lost(index);
         let lost: Vec<(u64, InFlight)> = {
             let mut m = lock(&self.in_flight);
             let ids: Vec<u64> = m

@@ -30,9 +30,13 @@
 //! location's lock before the actor turned `Restarting` — then it is in the in-flight table
 //! before step 2 drains it — or after, and is parked.
 //!
-//! Only the owner restarts an actor. A process that merely holds a handle keeps the worker it
-//! was told of; after that worker's death its calls fail with `ActorDied` (looking the actor up
-//! again, with `get_actor`, finds it once restarted).
+//! Only the owner restarts an actor. A process that merely holds a handle (a proxy) follows
+//! it: when it sees the actor's worker die, its proxy turns `Restarting` too (before its
+//! in-flight calls are drained, which fail with `ActorDied`: only the owner knows
+//! `max_task_retries`), and a thread polls the GCS directory until the actor is ALIVE on a
+//! live worker — then the parked calls are sent as in step 5 — or is gone from it for more
+//! than [`GONE_GRACE`] (the directory may list it dead for a moment before its owner reports
+//! the restart), or [`CALL_TIMEOUT`] passes: then the proxy dies with `ActorDied`.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -50,6 +54,10 @@ use crate::object::{ObjectCell, Waiter};
 use crate::resources::ResourceRequest;
 use crate::sync::lock;
 use crate::task::ArgSlot;
+
+/// How long a proxy waits for an actor missing from the directory to reappear (as restarting)
+/// before it takes it for dead.
+const GONE_GRACE: Duration = Duration::from_secs(1);
 
 /// Where a remote actor lives, shared by its proxy cell and (at its owner) its record.
 #[derive(Clone, Debug)]
@@ -290,6 +298,128 @@ impl Cluster {
                     c.restart_actor(id);
                 }
             });
+        }
+    }
+
+    /// Step 1 for the proxies here of actors other processes own that lived on worker
+    /// `index`: each waits for its actor to come back.
+    pub(super) fn proxies_lost(&self, index: u64) {
+        let Some(rt) = self.runtime() else { return };
+        let cells = rt.actor_cells();
+        for cell in &cells {
+            if super::owner_of(cell.id().as_u64()) == self.index || cell.is_dead() {
+                continue;
+            }
+            if cell
+                .remote()
+                .and_then(RemoteActor::target)
+                .is_some_and(|(worker, _)| worker == index)
+            {
+                self.follow_restart(cell, index);
+            }
+        }
+        drop(cells);
+    }
+
+    /// Parks the calls of proxy `cell` until the GCS directory shows its actor alive on a
+    /// live worker other than `old` (or it is gone: the proxy dies).
+    pub(crate) fn follow_restart(&self, cell: &Arc<ActorCell>, old: u64) {
+        let Some(remote) = cell.remote().cloned() else {
+            return;
+        };
+        {
+            let mut location = lock(&remote.0.location);
+            if let Location::At { .. } = &*location {
+                *location = Location::Restarting { parked: Vec::new() };
+            } else {
+                return; // already followed
+            }
+        }
+        let me = self.me.get().cloned().unwrap_or_default();
+        let weak = Arc::downgrade(cell);
+        std::thread::spawn(move || {
+            if let Some(c) = me.upgrade() {
+                c.follow(&weak, &remote, old);
+            }
+        });
+    }
+
+    fn follow(&self, cell: &Weak<ActorCell>, remote: &RemoteActor, old: u64) {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut gone_since: Option<Instant> = None;
+        let mut pause = Duration::from_millis(5);
+        let why = loop {
+            let Some(c) = cell.upgrade().filter(|c| !c.is_dead()) else {
+                break None;
+            };
+            let id = c.id().as_u64();
+            drop(c);
+            match self.locate_actor(id, "") {
+                Ok(info)
+                    if info.alive
+                        && !info.restarting
+                        && info.worker != 0
+                        && info.worker != old
+                        && !lock(&self.dead_workers).contains(&info.worker) =>
+                {
+                    let peer = self.peer(info.worker);
+                    let mut location = lock(&remote.0.location);
+                    let parked = match std::mem::replace(
+                        &mut *location,
+                        Location::At {
+                            worker: info.worker,
+                            peer: peer.clone(),
+                        },
+                    ) {
+                        Location::Restarting { parked } => parked,
+                        Location::At { .. } => Vec::new(),
+                    };
+                    for call in parked {
+                        self.push_call(info.worker, &peer, id, call);
+                    }
+                    return;
+                }
+                Err(Error::ActorNotFound { .. }) => {
+                    let since = *gone_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > GONE_GRACE {
+                        break Some(format!(
+                            "its worker process {old} died and it was not restarted"
+                        ));
+                    }
+                }
+                _ => gone_since = None,
+            }
+            if Instant::now() > deadline {
+                break Some(format!(
+                    "its worker process {old} died and it was not back within {CALL_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        };
+        let parked = match std::mem::replace(
+            &mut *lock(&remote.0.location),
+            Location::Restarting { parked: Vec::new() },
+        ) {
+            Location::Restarting { parked } => parked,
+            Location::At { .. } => Vec::new(),
+        };
+        match cell.upgrade() {
+            Some(c) => {
+                let error = match why {
+                    Some(why) if !c.is_dead() => c.died(&why),
+                    _ => c.died("dead"),
+                };
+                for p in parked {
+                    p.cell.complete(Err(error.clone()));
+                }
+                c.die(error);
+            }
+            None => {
+                for p in parked {
+                    p.cell.complete(Err(Error::ShutDown));
+                }
+            }
         }
     }
 
