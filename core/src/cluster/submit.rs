@@ -523,3 +523,19 @@ fn wire_error(kind: ErrorKind, task: String, message: String, id: u64) -> Error 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_a_second() {
+        let first = Duration::from_millis(50);
+        let delays: Vec<u64> = (0..7)
+            .map(|done| retry_delay(first, done).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(retry_delay(first, u32::MAX), RETRY_DELAY_CAP);
+        assert_eq!(retry_delay(Duration::ZERO, 3), Duration::ZERO);
+    }
+}

@@ -249,9 +249,18 @@ impl Cluster {
     pub(super) fn actors_lost(&self, index: u64, reason: &str) {
         let mut restart = Vec::new();
         let mut dead = Vec::new();
+        // Handles taken here are dropped after the lock: the last one's drop takes it too.
+        let mut held: Vec<Arc<ActorCell>> = Vec::new();
         {
             let mut owned = lock(&self.owned_actors);
-            owned.retain(|_, a| a.cell.upgrade().is_some_and(|c| !c.is_dead()));
+            owned.retain(|_, a| match a.cell.upgrade() {
+                Some(c) => {
+                    let alive = !c.is_dead();
+                    held.push(c);
+                    alive
+                }
+                None => false,
+            });
             for (id, a) in owned.iter_mut().filter(|(_, a)| a.worker == index) {
                 let mut location = lock(&a.remote.0.location);
                 if a.restarts_left > 0 {
@@ -286,6 +295,7 @@ impl Cluster {
                 owned.remove(id);
             }
         }
+        drop(held);
         for (id, cell, parked, why) in dead {
             self.actor_dead(id, &cell, parked, &why, index);
         }
@@ -616,19 +626,26 @@ impl Cluster {
 
     /// Step 5: the constructor ran again on `worker`: send the parked calls, in order.
     fn restarted(&self, id: u64, worker: u64, peer: &Arc<Peer>) {
-        let owned = lock(&self.owned_actors);
-        let Some(a) = owned.get(&id).filter(|a| a.worker == worker) else {
+        let Some(weak) = lock(&self.owned_actors)
+            .get(&id)
+            .filter(|a| a.worker == worker)
+            .map(|a| a.cell.clone())
+        else {
             return;
         };
-        let alive = a.cell.upgrade().is_some_and(|c| !c.is_dead());
-        if !alive {
+        // Held across the lock below and dropped after it (a last handle's drop takes it).
+        let Some(_cell) = weak.upgrade().filter(|c| !c.is_dead()) else {
             // Killed (or dropped) while it restarted.
             peer.send(Msg::KillActor {
                 actor_id: id,
                 restart: false,
             });
             return;
-        }
+        };
+        let owned = lock(&self.owned_actors);
+        let Some(a) = owned.get(&id).filter(|a| a.worker == worker) else {
+            return;
+        };
         let mut location = lock(&a.remote.0.location);
         let parked = match std::mem::replace(
             &mut *location,
