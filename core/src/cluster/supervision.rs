@@ -288,7 +288,8 @@ impl Cluster {
                             a.num_restarts
                         )
                     };
-                    dead.push((*id, a.cell.clone(), parked, why));
+                    let node_id = self.node_id_of(a.node);
+                    dead.push((*id, a.cell.clone(), parked, why, node_id));
                 }
             }
             for (id, ..) in &dead {
@@ -296,8 +297,8 @@ impl Cluster {
             }
         }
         drop(held);
-        for (id, cell, parked, why) in dead {
-            self.actor_dead(id, &cell, parked, &why, index);
+        for (id, cell, parked, why, node_id) in dead {
+            self.actor_dead(id, &cell, parked, &why, (index, node_id));
         }
         for (id, info) in restart {
             tracing::info!(actor = id, "restarting an actor whose worker died");
@@ -440,12 +441,17 @@ impl Cluster {
             name: a.name.clone().unwrap_or_default(),
             class_name: a.class.to_owned(),
             worker: a.worker,
-            node_id: lock(&self.nodes).get(a.node).map_or(0, |s| s.node_id),
+            node_id: self.node_id_of(a.node),
             alive: true,
             death: String::new(),
             restarting,
             num_restarts: a.num_restarts,
         }
+    }
+
+    /// The id of node slot `slot`.
+    fn node_id_of(&self, slot: usize) -> u64 {
+        lock(&self.nodes).get(slot).map_or(0, |s| s.node_id)
     }
 
     /// Records an actor's row in the GCS directory (no answer awaited).
@@ -464,7 +470,7 @@ impl Cluster {
         cell: &Weak<ActorCell>,
         parked: Vec<Parked>,
         why: &str,
-        worker: u64,
+        (worker, node_id): (u64, u64),
     ) {
         let Some(cell) = cell.upgrade() else { return };
         let error = cell.died(why);
@@ -477,7 +483,7 @@ impl Cluster {
             name: cell.name().unwrap_or_default().to_owned(),
             class_name: cell.class_name().to_owned(),
             worker,
-            node_id: 0,
+            node_id,
             alive: false,
             death: why.to_owned(),
             restarting: false,
@@ -679,7 +685,13 @@ impl Cluster {
             Location::Restarting { parked } => parked,
             Location::At { .. } => Vec::new(),
         };
-        self.actor_dead(id, &a.cell, parked, why, a.worker);
+        self.actor_dead(
+            id,
+            &a.cell,
+            parked,
+            why,
+            (a.worker, self.node_id_of(a.node)),
+        );
     }
 
     /// `manta::restart` of a remote actor. The owner restarts it in place (its host runs the
