@@ -326,6 +326,24 @@ fn a_node_stalled_past_the_heartbeat_timeout_leaves_the_cluster() {
         .unwrap()
         .address;
     assert!(cluster.worker_pids().iter().any(|(_, r)| *r == side_raylet));
+    // Tasks longer than the timeout, some of them on the node about to stall: those run again
+    // on the head once the node is declared dead.
+    let long: Vec<_> = (0..8u64).map(|i| slow_square::remote(i, 3_000)).collect();
+    let on_side = eventually_that(
+        "some of the long tasks placed on the side node",
+        LONG,
+        || {
+            manta::cluster::list_work(&cluster.address, &cluster.token)
+                .map(|w| {
+                    w.tasks
+                        .iter()
+                        .filter(|t| t.node_id == side && t.state == "SUBMITTED")
+                        .count()
+                })
+                .unwrap_or(0)
+        },
+        |n| *n > 0,
+    );
     let pid = cluster.node_pid(1);
     signal(pid, libc::SIGSTOP);
     let stopped = Instant::now();
@@ -367,8 +385,13 @@ fn a_node_stalled_past_the_heartbeat_timeout_leaves_the_cluster() {
         dead(&cluster),
         "a node declared dead stays dead in the table"
     );
+    for (i, r) in long.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(r.get_timeout(LONG).unwrap(), i * i, "long task {i}");
+    }
     assert_eq!(slow_square::remote(5, 0).get_timeout(LONG).unwrap(), 25);
     eprintln!(
-        "node stalled: declared dead {declared:?} after SIGSTOP, exited {left:?} after SIGCONT"
+        "node stalled: declared dead {declared:?} after SIGSTOP, exited {left:?} after SIGCONT; \
+         {on_side} of 8 tasks in flight there ran again on the head"
     );
 }
