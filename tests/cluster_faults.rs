@@ -192,6 +192,57 @@ fn an_actor_whose_worker_is_killed_restarts_up_to_max_restarts() {
     );
 }
 
+/// An actor whose constructor takes a while.
+#[manta::actor]
+struct SlowStart {
+    calls: u64,
+}
+
+#[manta::actor]
+impl SlowStart {
+    fn new(pause_ms: u64) -> Self {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        SlowStart { calls: 0 }
+    }
+    fn pid(&mut self) -> u32 {
+        self.calls += 1;
+        std::process::id()
+    }
+}
+
+#[test]
+fn an_actor_killed_while_it_restarts_stays_dead() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);
+    let _rt = common::start(cluster.config());
+    let a = SlowStart::options()
+        .name("slow")
+        .max_restarts(1)
+        .remote(500);
+    let pid = a.pid().get_timeout(LONG).unwrap();
+    signal(pid, libc::SIGKILL);
+    eventually_that(
+        "the directory showing the actor restarting",
+        LONG,
+        || actor_row(&cluster, "slow"),
+        |r| r.as_ref().is_some_and(|r| r.restarting),
+    );
+    // Killed while its constructor runs again on a replacement worker.
+    assert!(manta::kill(&a).unwrap());
+    assert!(matches!(
+        a.pid().get_timeout(LONG),
+        Err(Error::ActorDied { .. })
+    ));
+    // The new instance does not outlive the kill: the directory ends up listing it dead.
+    let row = eventually_that(
+        "the directory showing the actor dead",
+        LONG,
+        || actor_row(&cluster, "slow"),
+        |r| r.as_ref().is_some_and(|r| !r.alive),
+    );
+    eprintln!("killed while restarting: {row:?}");
+}
+
 /// Calls a `Keeper` it was handed (a handle it does not own).
 #[manta::actor]
 struct Caller {

@@ -632,25 +632,28 @@ impl Cluster {
 
     /// Step 5: the constructor ran again on `worker`: send the parked calls, in order.
     fn restarted(&self, id: u64, worker: u64, peer: &Arc<Peer>) {
+        // An instance nobody wants any more (the actor was killed or dropped while it
+        // restarted, or this restart was overtaken by another) is killed at once.
+        let unwanted = || {
+            peer.send(Msg::KillActor {
+                actor_id: id,
+                restart: false,
+            })
+        };
         let Some(weak) = lock(&self.owned_actors)
             .get(&id)
             .filter(|a| a.worker == worker)
             .map(|a| a.cell.clone())
         else {
-            return;
+            return unwanted();
         };
         // Held across the lock below and dropped after it (a last handle's drop takes it).
         let Some(_cell) = weak.upgrade().filter(|c| !c.is_dead()) else {
-            // Killed (or dropped) while it restarted.
-            peer.send(Msg::KillActor {
-                actor_id: id,
-                restart: false,
-            });
-            return;
+            return unwanted();
         };
         let owned = lock(&self.owned_actors);
         let Some(a) = owned.get(&id).filter(|a| a.worker == worker) else {
-            return;
+            return unwanted();
         };
         let mut location = lock(&a.remote.0.location);
         let parked = match std::mem::replace(
