@@ -354,16 +354,6 @@ impl Cluster {
         RemoteActor::at(worker, self.peer(worker), 0)
     }
 
-    /// Asks the actor's worker to kill (and maybe restart) it; the owner forgets it.
-    pub(crate) fn kill_remote(&self, remote: &RemoteActor, actor_id: u64, restart: bool) {
-        if !restart {
-            lock(&self.owned_actors).remove(&actor_id);
-        }
-        if let Some((_, peer)) = remote.target() {
-            peer.send(Msg::KillActor { actor_id, restart });
-        }
-    }
-
     /// A task or call we own finished elsewhere.
     pub(super) fn task_done(&self, from: &Arc<Peer>, task_id: u64, outcome: Outcome) {
         let f = {

@@ -697,6 +697,32 @@ impl Cluster {
         );
     }
 
+    /// Asks the actor's worker to kill (and maybe restart) it; a kill makes the owner forget
+    /// it. An actor killed while it restarts has no worker to ask: its owner lists it dead
+    /// (and kills the new instance if its constructor finishes: step 5).
+    pub(crate) fn kill_remote(&self, remote: &RemoteActor, actor_id: u64, restart: bool) {
+        let record = if restart {
+            None
+        } else {
+            lock(&self.owned_actors).remove(&actor_id)
+        };
+        match remote.target() {
+            Some((_, peer)) => peer.send(Msg::KillActor { actor_id, restart }),
+            None => {
+                if let Some(a) = &record {
+                    self.tell_gcs(ActorInfo {
+                        alive: false,
+                        death: "killed (manta::kill, or no handle to it was left) while it \
+                                restarted"
+                            .into(),
+                        ..self.actor_info(actor_id, a, false)
+                    });
+                }
+            }
+        }
+        drop(record);
+    }
+
     /// `manta::restart` of a remote actor. The owner restarts it in place (its host runs the
     /// constructor again) if it has restarts left, kills it if not; if its worker died, it
     /// waits for the automatic restart. Another holder can only ask the host. Returns whether
