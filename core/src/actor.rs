@@ -210,6 +210,7 @@ pub struct ActorOptions {
     pub(crate) resources: ResourceRequest,
     pub(crate) max_concurrency: usize,
     pub(crate) max_restarts: u32,
+    pub(crate) max_task_retries: u32,
     pub(crate) name: Option<String>,
     /// Whether any resource was asked for explicitly (else Ray's default: 1 CPU to be
     /// placed, none held).
@@ -226,6 +227,7 @@ impl Default for ActorOptions {
             resources: ResourceRequest::actor_default(),
             max_concurrency: 1,
             max_restarts: 0,
+            max_task_retries: 0,
             name: None,
             explicit_resources: false,
             namespace: None,
@@ -273,9 +275,18 @@ impl ActorOptions {
         self.max_concurrency = n;
         self
     }
-    /// How many times `manta::restart` may bring the actor back (default 0).
+    /// How many times the actor is brought back, with its constructor run again on its
+    /// original arguments: after its worker process dies (in a cluster; Ray's rule), or by
+    /// `manta::restart` (default 0).
     pub fn max_restarts(mut self, n: u32) -> Self {
         self.max_restarts = n;
+        self
+    }
+    /// How many times a call that was running when the actor's worker process died is run
+    /// again on the restarted actor (default 0: it fails with `ActorDied`, as in Ray). Only
+    /// with `max_restarts`, in a cluster.
+    pub fn max_task_retries(mut self, n: u32) -> Self {
+        self.max_task_retries = n;
         self
     }
     /// Registers the actor under a name, for [`crate::get_actor`], in the job's namespace
@@ -391,13 +402,7 @@ pub(crate) struct ActorCell {
     running: Mutex<Vec<(Arc<ObjectCell>, bool)>>,
 }
 
-/// Where a remote actor lives.
-#[derive(Clone, Debug)]
-pub(crate) struct RemoteActor {
-    /// The hosting worker's index.
-    pub(crate) worker: u64,
-    pub(crate) peer: Arc<crate::cluster::peer::Peer>,
-}
+pub(crate) use crate::cluster::supervision::RemoteActor;
 
 /// A link-time registration of an actor class (for creation by name in another process).
 #[derive(Debug)]
@@ -485,7 +490,6 @@ impl ActorCell {
             .compare_exchange(CREATING, ALIVE, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    #[allow(dead_code)] // unused for now
     pub(crate) fn remote(&self) -> Option<&RemoteActor> {
         self.remote.get()
     }
@@ -536,7 +540,7 @@ impl ActorCell {
             .unwrap_or_else(|| self.died("dead"))
     }
 
-    fn died(&self, reason: &str) -> Error {
+    pub(crate) fn died(&self, reason: &str) -> Error {
         Error::ActorDied {
             actor: self.id,
             class: self.class.name.to_string(),
@@ -603,12 +607,17 @@ impl ActorCell {
             return false;
         }
         if let (Some(remote), Some(cluster)) = (self.remote.get(), rt.cluster.as_ref()) {
-            cluster.kill_remote(remote, self.id.as_u64(), restart);
-            if !restart {
-                cluster.fail_calls_to(self.id.as_u64());
-                self.die(self.died("killed by manta::kill"));
-                cluster.record_killed_actor(self.id.as_u64(), self.class.name, remote.worker);
+            if restart {
+                return cluster.restart_remote(self, remote);
             }
+            cluster.kill_remote(remote, self.id.as_u64(), false);
+            cluster.fail_calls_to(self.id.as_u64());
+            self.die(self.died("killed by manta::kill"));
+            cluster.record_killed_actor(
+                self.id.as_u64(),
+                self.class.name,
+                remote.worker().unwrap_or(0),
+            );
             return true;
         }
         let restarting = restart

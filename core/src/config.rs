@@ -320,6 +320,17 @@ catalogue! {
     /// cluster's default namespace, shared by every job that sets none. A driver's namespace
     /// is its workers'.
     namespace: String = String::new(), env "MANTA_NAMESPACE";
+    /// How many times a task whose worker process dies (killed, crashed, or lost with its
+    /// node) is run again on a live worker before `get` reports the death; Ray's default is 3.
+    /// A task's own `max_retries` sets this and its panic retries (`max_task_retries`) alike.
+    max_task_system_retries: u32 = 3, env "MANTA_TASK_SYSTEM_RETRIES";
+    /// The delay before the first retry of a task whose worker died, doubled at each further
+    /// retry up to one second (microseconds in the environment).
+    task_retry_delay: Duration = Duration::from_millis(50), env "MANTA_TASK_RETRY_DELAY_US";
+    /// A node whose raylet sent no heartbeat for this long is declared dead by the GCS, which
+    /// then tells it so: it stops its workers and exits (microseconds in the environment; the
+    /// head's is the one that counts). Raylets heartbeat every second.
+    node_timeout: Duration = Duration::from_secs(10), env "MANTA_NODE_TIMEOUT_US";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

@@ -265,6 +265,14 @@ impl RuntimeInner {
         lock(&self.escaped).remove(&id);
     }
 
+    /// Every live actor cell this process holds a handle to (its own and proxies).
+    pub(crate) fn actor_cells(&self) -> Vec<Arc<ActorCell>> {
+        lock(&self.actors)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     /// The live cells of the escape table.
     pub(crate) fn escaped_cells(&self) -> Vec<Arc<ObjectCell>> {
         lock(&self.escaped)
@@ -322,7 +330,12 @@ impl RuntimeInner {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
             let me = self.me();
+            // Panics are retried as `max_task_retries` says, worker deaths as
+            // `max_task_system_retries` (3, Ray's default); `max_retries` sets both.
             let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+            let system = options
+                .max_retries
+                .unwrap_or(self.config.max_task_system_retries);
             cluster.submit_remote(
                 &me,
                 function.name(),
@@ -331,7 +344,7 @@ impl RuntimeInner {
                 &options.resources,
                 options.name.as_deref(),
                 retries,
-                retries,
+                system,
             );
             crate::cancel::note_child(&cell);
             return ObjectRef::from_cell(cell);
@@ -487,17 +500,8 @@ impl RuntimeInner {
             };
             let created = Arc::new(ObjectCell::pending(ObjectId::from_u64(id.as_u64()), None));
             cell.set_created(created.clone());
-            if let Err(e) = cluster.create_actor_remote(
-                self,
-                &cell,
-                created.clone(),
-                args,
-                &options.resources,
-                &placement,
-                options.name.as_deref(),
-                options.max_concurrency,
-                options.max_restarts,
-            ) {
+            if let Err(e) = cluster.create_actor_remote(self, &cell, created.clone(), args, options)
+            {
                 created.complete(Err(e.clone()));
                 cell.die(e);
                 return handle;
@@ -678,6 +682,10 @@ impl RuntimeInner {
             crate::resources::Demand::none(),
         ));
         cell.set_remote(cluster.remote_actor(info.worker));
+        if info.restarting {
+            // Its owner is restarting it: calls wait until it is back.
+            cluster.follow_restart(&cell, info.worker);
+        }
         let created = Arc::new(ObjectCell::ready(
             ObjectId::from_u64(info.actor_id),
             crate::codec::encode(&()),

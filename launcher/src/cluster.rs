@@ -371,14 +371,18 @@ pub fn list(args: &ListArgs) -> Result<()> {
         }
         ListWhat::Actors => {
             println!(
-                "  {:>18}  {:<5}  {:>4}  {:>6}  {:<16}  CLASS",
+                "  {:>18}  {:<10}  {:>4}  {:>6}  {:<16}  CLASS",
                 "ID", "STATE", "NODE", "WORKER", "NAME"
             );
             for a in &state.actors {
                 println!(
-                    "  {:>18}  {:<5}  {:>4}  {:>6}  {:<16}  {}",
+                    "  {:>18}  {:<10}  {:>4}  {:>6}  {:<16}  {}",
                     format!("{:#x}", a.actor_id),
-                    if a.alive { "ALIVE" } else { "DEAD" },
+                    match (a.alive, a.restarting) {
+                        (false, _) => "DEAD",
+                        (true, false) => "ALIVE",
+                        (true, true) => "RESTARTING",
+                    },
                     a.node_id,
                     a.worker,
                     a.name,

@@ -178,6 +178,59 @@ impl LocalCluster {
         let _ = self.nodes[i].wait();
     }
 
+    /// The process id of node process `i` (0 is the head).
+    pub(crate) fn node_pid(&self, i: usize) -> u32 {
+        self.nodes[i].id()
+    }
+
+    /// Whether node process `i` has exited (reaped here if so).
+    pub(crate) fn node_exited(&mut self, i: usize) -> bool {
+        matches!(self.nodes[i].try_wait(), Ok(Some(_)))
+    }
+
+    /// This cluster's worker processes as `(pid, raylet address)`, found by walking `/proc`:
+    /// a raylet's workers inherit its `MANTA_SESSION_ROOT` (this cluster's root) and carry
+    /// `MANTA_WORKER_RAYLET` (their raylet's address).
+    pub(crate) fn worker_pids(&self) -> Vec<(u32, String)> {
+        let root = format!("MANTA_SESSION_ROOT={}", self.root.display());
+        let mut found = Vec::new();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+            if !vars.contains(&root.as_bytes()) {
+                continue;
+            }
+            // A zombie (killed, not yet reaped by its raylet) has an empty environ.
+            if let Some(raylet) = vars
+                .iter()
+                .find_map(|v| v.strip_prefix(b"MANTA_WORKER_RAYLET".as_slice()))
+                .and_then(|v| v.strip_prefix(b"=".as_slice()))
+            {
+                found.push((pid, String::from_utf8_lossy(raylet).into_owned()));
+            }
+        }
+        found
+    }
+
+    /// Kills (SIGKILL) a worker process of this cluster, one of raylet `raylet`'s if given;
+    /// returns its pid, or `None` if there is none.
+    pub(crate) fn kill_worker(&self, raylet: Option<&str>) -> Option<u32> {
+        let (pid, _) = self
+            .worker_pids()
+            .into_iter()
+            .find(|(_, r)| raylet.is_none_or(|want| want == r))?;
+        signal(pid, libc::SIGKILL);
+        Some(pid)
+    }
+
     /// Prints every node's and worker's log (for a failing test).
     pub(crate) fn dump_logs(&self) {
         for entry in walk(&self.root) {
@@ -187,6 +240,18 @@ impl LocalCluster {
             }
         }
     }
+}
+
+/// Sends `sig` to process `pid`.
+pub(crate) fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn walk(dir: &PathBuf) -> Vec<PathBuf> {

@@ -22,6 +22,7 @@ mod cancel;
 mod cluster_objects;
 mod error_kinds;
 mod errors;
+mod faults;
 mod kill;
 mod nesting;
 mod tasks;
@@ -43,6 +44,7 @@ fn all_cases() -> Vec<Case> {
         cluster_objects::CASES,
         error_kinds::CASES,
         errors::CASES,
+        faults::CASES,
         kill::CASES,
         nesting::CASES,
         validation::CASES,

@@ -518,8 +518,12 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             pub fn resource(self, name: &str, amount: f64) -> Self { #options_ty(self.0.resource(name, amount)) }
             /// How many calls may run at once (default 1, in submission order).
             pub fn max_concurrency(self, n: usize) -> Self { #options_ty(self.0.max_concurrency(n)) }
-            /// How many times `manta::restart` may bring the actor back (default 0).
+            /// How many times the actor is restarted after its worker process dies, or by
+            /// `manta::restart` (default 0).
             pub fn max_restarts(self, n: u32) -> Self { #options_ty(self.0.max_restarts(n)) }
+            /// How many times a call running when the actor's worker died runs again on the
+            /// restarted actor (default 0).
+            pub fn max_task_retries(self, n: u32) -> Self { #options_ty(self.0.max_task_retries(n)) }
             /// Registers the actor under a name for `manta::get_actor`, in the job's namespace.
             /// Unless detached, it still dies with its last handle.
             pub fn name(self, name: impl Into<String>) -> Self { #options_ty(self.0.name(name)) }

@@ -61,13 +61,13 @@ impl Cluster {
             let Some(f) = in_flight.get_mut(&id) else {
                 return false;
             };
-            if f.call_of.is_none() && f.retry.is_none() {
+            if f.call_of().is_none() && f.retry.is_none() {
                 return false; // an actor's creation
             }
-            if f.call_of.is_none() {
+            if f.call_of().is_none() {
                 f.retry = None;
             }
-            (f.worker, f.call_of.is_some(), f.name)
+            (f.worker, f.call_of().is_some(), f.name)
         };
         let peer = self.peer(worker);
         let cancel = |request_id| Msg::CancelTask {
@@ -167,7 +167,7 @@ impl Cluster {
             let mut in_flight = lock(&self.in_flight);
             let ids: Vec<u64> = in_flight
                 .iter()
-                .filter(|(_, f)| f.call_of == Some(actor_id))
+                .filter(|(_, f)| f.call_of() == Some(actor_id))
                 .map(|(id, _)| *id)
                 .collect();
             ids.iter()
@@ -217,6 +217,7 @@ impl Cluster {
             node_id: 0,
             alive: false,
             death: "killed by manta::kill".into(),
+            ..Default::default()
         };
         let _guard = self.io.enter();
         let rx = self

@@ -153,6 +153,7 @@ impl Cluster {
             node_id: self.node_id().unwrap_or(0),
             alive: false,
             death: "killed (manta::kill, or no handle to it was left)".into(),
+            ..ActorInfo::default()
         };
         // The answer is of no use: the receiver is dropped.
         drop(
@@ -177,6 +178,7 @@ impl Cluster {
             node_id: self.node_id().unwrap_or(0),
             alive: false,
             death: "no handle to it was left".into(),
+            ..Default::default()
         };
         // Dropped here or with its last submitted call.
         drop(cell);

@@ -3,7 +3,9 @@
 //!
 //! All state sits behind one mutex: the GCS handles registrations and lookups, never the
 //! per-task path, so contention is not a concern. Health: a node is dead when its connection
-//! closes or no heartbeat arrived for [`NODE_TIMEOUT`]; its death is published. A job ends
+//! closes or no heartbeat arrived for `node_timeout` (the configuration catalogue); its death
+//! is published, and the node is told ([`DECLARED_DEAD`]): a stalled raylet that wakes up
+//! exits rather than run on, unseen, holding its store. A job ends
 //! when its driver's connection closes; raylets hear it and stop that job's workers.
 
 use std::collections::HashMap;
@@ -14,8 +16,11 @@ use super::peer::{Handler, Peer};
 use super::proto::{ActorInfo, Msg, Node};
 use crate::sync::lock;
 
-/// A node silent for this long is declared dead.
-pub(crate) const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a node learns that the GCS declared it dead: the reason of the `Stop` it is sent (at
+/// once, and again in answer to any later heartbeat), which makes its raylet stop its workers
+/// and exit with an error, releasing its store. A node declared dead never comes back under
+/// its id; restarted, it joins as a new node.
+pub(crate) const DECLARED_DEAD: &str = "declared dead by the GCS";
 
 struct NodeEntry {
     node: Node,
@@ -68,6 +73,8 @@ const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub(crate) struct Gcs {
     state: Mutex<State>,
+    /// A node silent for this long is declared dead.
+    node_timeout: Duration,
     /// Set when `manta stop` asked the cluster to stop.
     pub(crate) stop: tokio::sync::Notify,
 }
@@ -85,8 +92,9 @@ fn node_view(e: &NodeEntry) -> Node {
 }
 
 impl Gcs {
-    pub(crate) fn new() -> Arc<Gcs> {
+    pub(crate) fn new(node_timeout: Duration) -> Arc<Gcs> {
         Arc::new(Gcs {
+            node_timeout,
             state: Mutex::new(State {
                 next_node: 1,
                 next_listing: 1,
@@ -126,6 +134,10 @@ impl Gcs {
                 a.death = format!("its node {node_id} died ({why})");
             }
         }
+        // A node merely silent may still run: tell it (it reads this when it wakes up).
+        e.peer.send(Msg::Stop {
+            reason: format!("{DECLARED_DEAD} ({why})"),
+        });
         Self::publish(state, &Msg::NodeEvent { node });
     }
 
@@ -136,7 +148,7 @@ impl Gcs {
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.node.alive && e.last_heard.elapsed() > NODE_TIMEOUT)
+            .filter(|(_, e)| e.node.alive && e.last_heard.elapsed() > self.node_timeout)
             .map(|(i, _)| i)
             .collect();
         for i in silent {
@@ -178,6 +190,13 @@ impl Gcs {
                 store_pages,
             } => {
                 if let Some(e) = s.nodes.iter_mut().find(|e| e.node.node_id == node_id) {
+                    if !e.node.alive {
+                        // Declared dead: it must leave, not come back under this id.
+                        peer.send(Msg::Stop {
+                            reason: format!("{DECLARED_DEAD} ({})", e.node.death),
+                        });
+                        return;
+                    }
                     e.last_heard = Instant::now();
                     for r in resources {
                         match e.node.resources.iter_mut().find(|m| m.name == r.name) {

@@ -38,6 +38,7 @@ impl Cluster {
             node_id: self.node_id().unwrap_or(0),
             alive: false,
             death: reason.to_owned(),
+            ..Default::default()
         };
         drop(
             self.gcs
@@ -49,7 +50,7 @@ impl Cluster {
     /// Step 1, on the owner: tells actor `cell`'s host that it is detached.
     pub(crate) fn detach_remote(&self, cell: &ActorCell) {
         if let Some(remote) = cell.remote() {
-            remote.peer.send(Msg::DetachActor {
+            remote.send_to_host(Msg::DetachActor {
                 actor_id: cell.id().as_u64(),
             });
         }

@@ -37,6 +37,7 @@ pub(crate) mod policy;
 pub(crate) mod proto;
 mod returns;
 mod submit;
+pub(crate) mod supervision;
 mod wire;
 pub(crate) mod worker;
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use manta_transport::{Address, Listener};
 
-use super::gcs::{Gcs, GcsHandler};
+use super::gcs::{DECLARED_DEAD, Gcs, GcsHandler};
 use super::node_store::NodeStore;
 use super::peer::{Handler, Peer};
 use super::proto::{JobWorker, Msg, Node, Resource};
@@ -162,8 +162,14 @@ pub struct ActorRow {
     pub node_id: u64,
     /// Worker index.
     pub worker: u64,
-    /// ALIVE or DEAD.
+    /// ALIVE (or RESTARTING) rather than DEAD.
     pub alive: bool,
+    /// RESTARTING: its worker died and it is being started again (`max_restarts`).
+    pub restarting: bool,
+    /// Times it was restarted after its worker died.
+    pub num_restarts: u32,
+    /// Why it died, if it did.
+    pub death: String,
 }
 
 /// A snapshot of a running cluster, for `manta status` and `manta list`.
@@ -252,6 +258,9 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
                     node_id: a.node_id,
                     worker: a.worker,
                     alive: a.alive,
+                    restarting: a.restarting,
+                    num_restarts: a.num_restarts,
+                    death: a.death,
                 })
                 .collect(),
         })
@@ -415,9 +424,40 @@ struct JobWorkers {
     waiting: Vec<(Arc<Peer>, u64)>,
     /// The job ended; what is left are workers kept for their detached actors.
     ended: bool,
+    /// Whether every worker the job was to have here was ready once: from then on a request
+    /// is answered with whatever is alive (a dead SPMD rank is not replaced).
+    assembled: bool,
 }
 
 impl JobWorkers {
+    /// Forgets the workers this raylet started that are gone (exited, or their connection
+    /// closed), reaping them, so that the next `StartWorker` starts a replacement. A worker
+    /// whose connection closed but that still runs is killed: it can no longer be reached.
+    fn forget_dead(&mut self, job_id: u64) {
+        let mut i = 0;
+        while i < self.procs.len() {
+            let w = &mut self.procs[i];
+            let closed = w.peer.as_ref().is_some_and(|p| p.is_closed());
+            let exited = w
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if w.child.is_none() || !(closed || exited) {
+                i += 1;
+                continue;
+            }
+            let w = self.procs.remove(i);
+            tracing::info!(
+                job = job_id,
+                worker = w.index,
+                "worker process gone: a replacement starts on the next request"
+            );
+            if let Some(child) = w.child {
+                reap(child);
+            }
+        }
+    }
+
     /// The reply to a `StartWorker`: every ready worker, the first as `index`/`address`.
     fn started(&self, request_id: u64) -> Msg {
         let workers: Vec<JobWorker> = self
@@ -469,6 +509,8 @@ struct Raylet {
     gcs: OnceLock<Arc<Peer>>,
     /// The node's object-store arena, shared by its processes (`None`: each keeps its own).
     store: Option<NodeStore>,
+    /// Why the GCS declared this node dead, if it did (the node then exits with an error).
+    declared_dead: OnceLock<String>,
 }
 
 impl Raylet {
@@ -566,12 +608,14 @@ impl Raylet {
         usize::from(self.opts.spawn_workers) + self.opts.joining_workers as usize
     }
 
-    /// Answers the job's waiting `StartWorker` requests if every worker it has here is ready.
+    /// Answers the job's waiting `StartWorker` requests if every worker it has here is ready
+    /// (once assembled: if any is).
     fn answer_if_ready(&self, job: &mut JobWorkers) {
         let ready = job.procs.iter().filter(|w| w.peer.is_some()).count();
-        if ready == 0 || ready < self.expected_workers() {
+        if ready == 0 || (!job.assembled && ready < self.expected_workers()) {
             return;
         }
+        job.assembled = true;
         for (from, request_id) in std::mem::take(&mut job.waiting) {
             from.send(job.started(request_id));
         }
@@ -595,6 +639,7 @@ impl Raylet {
         job.procs
             .retain_mut(|w| !matches!(w.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_)))));
         job.waiting.push((from.clone(), request_id));
+        job.forget_dead(job_id);
         // Start this raylet's worker for the job unless it has one (running or starting).
         if self.opts.spawn_workers && !job.procs.iter().any(|w| w.child.is_some()) {
             match self.spawn(job_id, &executable, args, cwd, env) {
@@ -724,43 +769,23 @@ impl Raylet {
         self.answer_if_ready(job);
     }
 
-    /// A connection closed: the worker on it is gone (a crashed one included), so the
-    /// next `StartWorker` of its job starts another rather than answering with it. A process
-    /// this raylet started is reaped by a thread of its own (killed if it lingers).
+    /// A connection closed: the worker on it is gone (one this raylet started is killed if it
+    /// still runs, and reaped; the job's next `StartWorker` starts a replacement).
     fn connection_closed(&self, peer: &Arc<Peer>) {
-        let mut gone = Vec::new();
-        {
-            let mut workers = lock(&self.workers);
-            for job in workers.values_mut() {
-                let mut i = 0;
-                while i < job.procs.len() {
-                    if job.procs[i]
-                        .peer
-                        .as_ref()
-                        .is_some_and(|p| Arc::ptr_eq(p, peer))
-                    {
-                        gone.push(job.procs.remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-        }
-        for mut w in gone {
-            let Some(mut child) = w.child.take() else {
+        let mut workers = lock(&self.workers);
+        for (job_id, job) in workers.iter_mut() {
+            let Some(i) = job
+                .procs
+                .iter()
+                .position(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
+            else {
                 continue;
             };
-            std::thread::spawn(move || {
-                for _ in 0..40 {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        tracing::info!(%status, "worker process exited");
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            });
+            let w = job.procs.remove(i);
+            tracing::info!(job = job_id, worker = w.index, "worker connection closed");
+            if let Some(child) = w.child {
+                reap(child);
+            }
         }
     }
 
@@ -890,6 +915,18 @@ impl Raylet {
     }
 }
 
+/// Kills (if it still runs) and waits for a worker process this raylet started, on a thread
+/// of its own: an exited child is reaped at once, a live one within moments of SIGKILL.
+fn reap(mut child: Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = child.kill();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+}
+
 struct RayletHandler(Arc<Raylet>);
 
 impl Handler for RayletHandler {
@@ -935,7 +972,13 @@ impl Handler for RayletHandler {
             } => self.0.stop_workers(Some(job_id)),
             Msg::WorkerDetached { count, .. } => self.0.worker_detached(peer, count),
             Msg::Stop { reason } => {
-                tracing::info!(%reason, "node stopping");
+                let from_gcs = self.0.gcs.get().is_some_and(|g| Arc::ptr_eq(g, peer));
+                if from_gcs && reason.starts_with(DECLARED_DEAD) {
+                    tracing::error!(%reason, "this node was declared dead: stopping its workers and leaving");
+                    let _ = self.0.declared_dead.set(reason);
+                } else {
+                    tracing::info!(%reason, "node stopping");
+                }
                 self.0.stop.notify_one();
             }
             Msg::NodeEvent { .. } | Msg::JobEvent { .. } => {}
@@ -975,6 +1018,7 @@ fn hostname() -> String {
 /// Runs a node until the cluster is stopped (`manta stop`), the GCS is lost, or SIGTERM/SIGINT.
 /// `on_ready` is called once the node has joined.
 pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<(), Error> {
+    let catalogue = crate::config::Config::default().resolve()?;
     let io = io_runtime()?;
     io.block_on(async move {
         let config = |name: &str| transport_config(&opts.token, name.to_owned());
@@ -990,7 +1034,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 .local_addr()
                 .map_err(|e| cluster_error("starting the GCS", e.to_string()))?
                 .to_string();
-            let gcs = Gcs::new();
+            let gcs = Gcs::new(catalogue.node_timeout);
             tokio::spawn(accept_loop(listener, Arc::new(GcsHandler(gcs.clone()))));
             let g2 = gcs.clone();
             tokio::spawn(async move {
@@ -1029,6 +1073,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             me: OnceLock::new(),
             gcs: OnceLock::new(),
             store,
+            declared_dead: OnceLock::new(),
         });
         let _ = raylet.me.set(Arc::downgrade(&raylet));
         let handler: Arc<dyn Handler> = Arc::new(RayletHandler(raylet.clone()));
@@ -1089,6 +1134,9 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
         // Wait for this node's workers to exit (stop_workers kills them after 2 s).
         tokio::time::sleep(Duration::from_millis(100)).await;
         gcs.shutdown("node stopped");
-        Ok(())
+        match raylet.declared_dead.get() {
+            Some(reason) => Err(cluster_error(format!("node {node_id}"), reason.clone())),
+            None => Ok(()),
+        }
     })
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::peer::Peer;
 use super::policy::{self, NodeLoad};
@@ -15,6 +16,9 @@ use super::{CALL_TIMEOUT, cluster_error, wait_reply};
 use crate::error::Error;
 use crate::resources::ResourceRequest;
 use crate::sync::lock;
+
+/// A worker a raylet named: its index and `(resource, total)` it holds.
+type NamedWorker = (u64, Vec<(String, f64)>);
 
 /// A node of the cluster as this owner sees it.
 pub(super) struct NodeSlot {
@@ -45,9 +49,6 @@ impl NodeWorker {
         }
     }
 }
-
-/// A worker a raylet named: its index and what it holds.
-type NamedWorker = (u64, Vec<(String, f64)>);
 
 impl Cluster {
     /// Refreshes the node table from the GCS.
@@ -194,33 +195,39 @@ impl Cluster {
         let (node_id, address, totals) = {
             let mut slots = lock(&self.nodes);
             let s = &mut slots[i];
-            s.workers.retain(|w| !w.peer.is_closed());
+            let dead = lock(&self.dead_workers);
+            s.workers
+                .retain(|w| !w.peer.is_closed() && !dead.contains(&w.index));
+            drop(dead);
             if !s.workers.is_empty() {
                 return Ok(());
             }
             (s.node_id, s.address.clone(), s.totals.clone())
         };
-        let raylet = self.raylet(node_id, &address);
         let what = format!("starting a worker on node {node_id}");
-        // A raylet that has not yet seen a worker die names it: ask again (bounded) until it
-        // names live ones.
-        let mut tries = 0;
+        // A raylet may still name a worker whose death this owner saw first (the raylet
+        // hears of it a moment later, then starts a replacement): ask again, with backoff.
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut pause = Duration::from_millis(5);
         let named = loop {
-            let named = self.start_workers(&raylet, &what, &totals)?;
-            let lost = lock(&self.lost_workers);
-            let live: Vec<_> = named
+            let named = self.ask_raylet_for_workers(node_id, &address, &totals, &what)?;
+            let dead = lock(&self.dead_workers);
+            let live: Vec<NamedWorker> = named
                 .into_iter()
-                .filter(|(index, _)| !lost.contains(index))
+                .filter(|(index, _)| !dead.contains(index))
                 .collect();
-            drop(lost);
-            tries += 1;
+            drop(dead);
             if !live.is_empty() {
                 break live;
             }
-            if tries >= 50 {
-                return Err(cluster_error(what, "its raylet names only dead workers"));
+            if Instant::now() + pause > deadline {
+                return Err(cluster_error(
+                    what,
+                    "its raylet named only workers that died, and started no replacement in time",
+                ));
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
         };
         let found: Vec<NodeWorker> = named
             .into_iter()
@@ -239,14 +246,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// Asks a node's raylet for the job's workers there (it starts one if it has none):
-    /// their indices and what each holds.
-    fn start_workers(
+    /// One `StartWorker` round trip: the job's workers on node `node_id` with what each holds.
+    fn ask_raylet_for_workers(
         &self,
-        raylet: &Arc<Peer>,
-        what: &str,
+        node_id: u64,
+        address: &str,
         totals: &[(String, f64)],
+        what: &str,
     ) -> Result<Vec<NamedWorker>, Error> {
+        let raylet = self.raylet(node_id, address);
         let (exe, args, cwd) = self.executable.clone();
         let job_id = self.job_id;
         let mut env = forwarded_env();

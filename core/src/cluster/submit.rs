@@ -5,6 +5,7 @@
 //! `ActorDied`; a pull from that worker with `OwnerDied` or `ObjectLost`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -12,9 +13,10 @@ use super::objects::{PullDone, RemoteObject};
 use super::peer::Peer;
 use super::placement::{request_pairs, request_resources};
 use super::proto::{Arg, ErrorKind, Msg, Outcome};
+use super::supervision::{NewOwned, RemoteActor};
 use super::worker::Cluster;
 use super::{CALL_TIMEOUT, cluster_error, wait_reply};
-use crate::actor::{ActorCell, RemoteActor};
+use crate::actor::{ActorCell, ActorOptions};
 use crate::error::{Error, TaskError};
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectValue, Payload};
@@ -37,26 +39,54 @@ pub(super) struct InFlight {
     pub(super) args: Box<[ArgSlot]>,
     /// How to run a task again elsewhere if its worker dies (tasks only, not actor calls).
     pub(super) retry: Option<Retry>,
-    /// The actor, for an actor call (failed at once when this process kills the actor).
-    pub(super) call_of: Option<u64>,
+    /// What it is to an actor (its creation, or a call), for `supervision.rs`.
+    pub(super) actor: Option<ActorFlight>,
     /// An actor call's actor (its proxy cell) and the caller's borrow of it, if any: the
     /// owner releases an actor when its cell goes (and a borrower's registration when its
     /// borrow goes), and Ray lets the calls already submitted finish first.
-    pub(super) actor: Option<(Arc<ActorCell>, Option<Arc<RemoteObject>>)>,
+    pub(super) keep: Option<KeepActor>,
     /// Arguments held here for the executor to pull ([`WireArgs`]), freed when it is done.
     pub(super) held_args: Vec<u64>,
+}
+
+/// What keeps an actor alive while a call to it is in flight: its proxy cell, and the
+/// caller's registration as a borrower of it, if any.
+pub(super) type KeepActor = (Arc<ActorCell>, Option<Arc<RemoteObject>>);
+
+impl InFlight {
+    /// The actor this is a call of, if it is one (failed at once when this process kills
+    /// the actor).
+    pub(super) fn call_of(&self) -> Option<u64> {
+        match self.actor {
+            Some(ActorFlight::Call { actor_id, .. }) => Some(actor_id),
+            _ => None,
+        }
+    }
 }
 
 /// A task's arguments as they go on the wire. Values travel inline in the task's message up
 /// to `max_inline_args_bytes` in all (Ray's `task_rpc_inlined_bytes_limit`), so a spec always
 /// fits in one transport frame; past that, and for stored values given by value, they are
 /// held here under fresh ids (`held`) and pulled by the executor like any argument.
-struct WireArgs {
-    args: Vec<Arg>,
+pub(super) struct WireArgs {
+    pub(super) args: Vec<Arg>,
     /// Ids held in `Cluster::held` for this task until it is done.
-    held: Vec<u64>,
+    pub(super) held: Vec<u64>,
     /// Inline bytes still allowed in the message.
     inline_left: usize,
+}
+
+/// An actor's creation or call in flight.
+pub(super) enum ActorFlight {
+    /// The creation of actor `.0` (first, or a restart).
+    Create(u64),
+    /// A call of `method` on actor `actor_id`, which may run `left` more times if the
+    /// actor's worker dies (`max_task_retries`).
+    Call {
+        actor_id: u64,
+        method: &'static str,
+        left: u32,
+    },
 }
 
 /// A task's submission, kept to run it again after its worker process died.
@@ -64,13 +94,28 @@ pub(super) struct Retry {
     pub(super) function: &'static str,
     pub(super) request: ResourceRequest,
     pub(super) name: Option<String>,
+    /// Retries of a panicking body, done by the executor (sent with the task).
     pub(super) max_retries: u32,
+    /// Retries after a worker death this task may still take, and how many it had.
     pub(super) left: u32,
+    pub(super) system: u32,
+}
+
+/// The longest pause before retrying a task whose worker died (the first is
+/// `task_retry_delay`, doubled at each retry up to this).
+const RETRY_DELAY_CAP: Duration = Duration::from_secs(1);
+
+/// The pause before retry number `done + 1` of a task whose worker died.
+fn retry_delay(first: Duration, done: u32) -> Duration {
+    first
+        .checked_mul(1u32 << done.min(16))
+        .unwrap_or(RETRY_DELAY_CAP)
+        .min(RETRY_DELAY_CAP)
 }
 
 impl Cluster {
     /// Turns a task's argument slots into their wire form (see [`WireArgs`]).
-    fn wire_args(&self, rt: &Arc<RuntimeInner>, slots: &[ArgSlot]) -> WireArgs {
+    pub(super) fn wire_args(&self, rt: &Arc<RuntimeInner>, slots: &[ArgSlot]) -> WireArgs {
         let mut w = WireArgs {
             args: Vec::with_capacity(slots.len()),
             held: Vec::new(),
@@ -156,7 +201,9 @@ impl Cluster {
         }
     }
 
-    /// Submits a task to a worker process elsewhere; completes `cell` when it is done.
+    /// Submits a task to a worker process elsewhere; completes `cell` when it is done. The
+    /// executor retries a panicking body `max_retries` times; if the worker dies, the task runs
+    /// again on a live worker, up to `system_retries` times.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit_remote(
         &self,
@@ -167,8 +214,36 @@ impl Cluster {
         request: &ResourceRequest,
         name: Option<&str>,
         max_retries: u32,
-        retries_left: u32,
+        system_retries: u32,
     ) {
+        self.push_task(
+            rt,
+            cell,
+            args,
+            Retry {
+                function,
+                request: request.clone(),
+                name: name.map(str::to_owned),
+                max_retries,
+                left: system_retries,
+                system: system_retries,
+            },
+        );
+    }
+
+    /// Places and pushes a task (a first attempt or a retry).
+    fn push_task(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+        retry: Retry,
+    ) {
+        let function = retry.function;
+        let request = &retry.request;
+        let max_retries = retry.max_retries;
+        let name = retry.name.clone();
+        let name = name.as_deref();
         let WireArgs {
             args: wire_args,
             held: held_args,
@@ -196,6 +271,7 @@ impl Cluster {
         };
         let task_id = cell.id().as_u64();
         let load = request_pairs(request);
+        let resources = request_resources(request);
         self.take_load(node, worker, &load);
         lock(&self.in_flight).insert(
             task_id,
@@ -206,15 +282,9 @@ impl Cluster {
                 node: Some(node),
                 load,
                 args,
-                retry: Some(Retry {
-                    function,
-                    request: request.clone(),
-                    name: name.map(str::to_owned),
-                    max_retries,
-                    left: retries_left,
-                }),
-                call_of: None,
+                retry: Some(retry),
                 actor: None,
+                keep: None,
                 held_args,
             },
         );
@@ -222,7 +292,7 @@ impl Cluster {
             task_id,
             function: function.to_owned(),
             args: wire_args,
-            resources: request_resources(request),
+            resources,
             name: name.unwrap_or_default().to_owned(),
             max_retries,
         });
@@ -233,21 +303,21 @@ impl Cluster {
 
     /// Creates an actor in a worker process elsewhere; `created` completes when its
     /// constructor has run there.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn create_actor_remote(
         &self,
         rt: &Arc<RuntimeInner>,
         actor: &Arc<ActorCell>,
         created: Arc<ObjectCell>,
         args: Vec<ArgSlot>,
-        request: &ResourceRequest,
-        placement: &ResourceRequest,
-        name: Option<&str>,
-        max_concurrency: usize,
-        max_restarts: u32,
+        options: &ActorOptions,
     ) -> Result<(), Error> {
-        // Placed where `placement` fits (a default actor needs 1 CPU), holding `request`.
-        let (node, worker, peer) = self.place(placement, None)?;
+        let request = &options.resources;
+        let name = options.name.as_deref();
+        let max_concurrency = options.max_concurrency as u32;
+        let max_restarts = options.max_restarts;
+        // Placed where its placement request fits (a default actor needs 1 CPU), holding
+        // `request`.
+        let (node, worker, peer) = self.place(&options.placement(), None)?;
         let actor_id = actor.id().as_u64();
         let node_id = lock(&self.nodes).get(node).map(|s| s.node_id).unwrap_or(0);
         // The directory first, so a taken name fails before anything runs.
@@ -258,11 +328,20 @@ impl Cluster {
             worker,
             node_id,
             alive: true,
-            death: String::new(),
+            ..Default::default()
         })?;
-        actor.set_remote(RemoteActor {
+        let remote = RemoteActor::at(worker, peer.clone(), options.max_task_retries);
+        actor.set_remote(remote.clone());
+        self.own_actor(NewOwned {
+            cell: actor,
+            remote,
+            args: &args,
+            request,
+            name,
+            max_concurrency,
+            max_restarts,
             worker,
-            peer: peer.clone(),
+            node,
         });
         let WireArgs {
             args: wire_args,
@@ -283,8 +362,8 @@ impl Cluster {
                 load: Vec::new(),
                 args: args.into_boxed_slice(),
                 retry: None,
-                call_of: None,
-                actor: None,
+                actor: Some(ActorFlight::Create(actor_id)),
+                keep: None,
                 held_args,
             },
         );
@@ -294,9 +373,12 @@ impl Cluster {
             args: wire_args,
             resources: request_resources(request),
             name: name.unwrap_or_default().to_owned(),
-            max_concurrency: max_concurrency as u32,
+            max_concurrency,
             max_restarts,
         });
+        if peer.is_closed() {
+            self.worker_lost(worker, &peer.closed_error().to_string());
+        }
         Ok(())
     }
 
@@ -334,6 +416,7 @@ impl Cluster {
             node_id: self.node_id().unwrap_or(0),
             alive: true,
             death: String::new(),
+            ..Default::default()
         })
     }
 
@@ -348,6 +431,7 @@ impl Cluster {
             node_id: self.node_id().unwrap_or(0),
             alive: false,
             death: death.to_owned(),
+            ..Default::default()
         };
         let _guard = self.io.enter();
         // The answer is of no use: the receiver is dropped.
@@ -357,7 +441,8 @@ impl Cluster {
         );
     }
 
-    /// Sends a call to a remote actor; completes `cell` with its result.
+    /// Sends a call to a remote actor (parked while it restarts); completes `cell` with its
+    /// result.
     pub(crate) fn call_remote(
         &self,
         actor: &Arc<ActorCell>,
@@ -368,40 +453,14 @@ impl Cluster {
         args: Box<[ArgSlot]>,
     ) {
         let actor_id = actor.id().as_u64();
-        let Some(rt) = self.runtime() else {
-            cell.complete(Err(Error::ShutDown));
-            return;
-        };
-        let call_id = cell.id().as_u64();
-        let WireArgs {
-            args: wire_args,
-            held: held_args,
-            ..
-        } = self.wire_args(&rt, &args);
-        lock(&self.in_flight).insert(
-            call_id,
-            InFlight {
-                cell,
-                name: method,
-                worker: remote.worker,
-                node: None,
-                load: Vec::new(),
-                args,
-                retry: None,
-                call_of: Some(actor_id),
-                actor: Some((actor.clone(), borrow.cloned())),
-                held_args,
-            },
-        );
-        remote.peer.send(Msg::ActorCall {
+        self.send_call(
+            remote,
             actor_id,
-            call_id,
-            method: method.to_owned(),
-            args: wire_args,
-        });
-        if remote.peer.is_closed() {
-            self.worker_lost(remote.worker, &remote.peer.closed_error().to_string());
-        }
+            method,
+            cell,
+            args,
+            Some((actor.clone(), borrow.cloned())),
+        );
     }
 
     /// Looks up where actor `actor_id` lives (the GCS directory).
@@ -430,35 +489,41 @@ impl Cluster {
         }
     }
 
-    /// A remote actor's proxy target.
+    /// A remote actor's proxy target (an actor another process owns).
     pub(crate) fn remote_actor(&self, worker: u64) -> RemoteActor {
-        RemoteActor {
-            worker,
-            peer: self.peer(worker),
-        }
+        RemoteActor::at(worker, self.peer(worker), 0)
     }
 
     /// Tells the actor's worker that no handle to it is left (it goes once its submitted
     /// calls are done).
+    /// An actor that is restarting has no worker to tell: the restart finds it unwanted and
+    /// kills the new instance (`supervision.rs`, step 5).
     pub(crate) fn release_remote(&self, remote: &RemoteActor, actor_id: u64) {
-        remote.peer.send(Msg::ReleaseActor { actor_id });
-    }
-
-    /// Asks the actor's worker to kill (and maybe restart) it; a kill for good gives back the
-    /// placement load its creation counted here (`cancel.rs`).
-    pub(crate) fn kill_remote(&self, remote: &RemoteActor, actor_id: u64, restart: bool) {
-        remote.peer.send(Msg::KillActor { actor_id, restart });
-        if !restart {
-            self.release_actor_load(actor_id);
+        if let Some((_, peer)) = remote.target() {
+            peer.send(Msg::ReleaseActor { actor_id });
         }
     }
 
     /// A task or call we own finished elsewhere.
     pub(super) fn task_done(&self, from: &Arc<Peer>, task_id: u64, outcome: Outcome) {
-        let Some(f) = lock(&self.in_flight).remove(&task_id) else {
-            // Another return of a task with several (`returns.rs`), or unknown.
-            self.return_done(from, task_id, outcome);
-            return;
+        let f = {
+            let mut in_flight = lock(&self.in_flight);
+            match in_flight.remove(&task_id) {
+                // Only the worker it was pushed to completes it: a worker declared dead (its
+                // node was cut off) may still answer for an attempt since retried elsewhere.
+                Some(f) if from.name != format!("w{}", f.worker) => {
+                    tracing::debug!(task_id, from = %from.name, "completion from a previous attempt's worker ignored");
+                    in_flight.insert(task_id, f);
+                    return;
+                }
+                Some(f) => f,
+                None => {
+                    drop(in_flight);
+                    // Another return of a task with several (`returns.rs`), or unknown.
+                    self.return_done(from, task_id, outcome);
+                    return;
+                }
+            }
         };
         self.release_load(f.node, f.worker, &f.load);
         self.release_held_args(&f.held_args);
@@ -480,12 +545,16 @@ impl Cluster {
                 _ => wire_error(kind, task, message, task_id),
             }),
         };
-        let _ = from;
         f.cell.complete(value);
     }
 
-    /// Worker `index` is gone: fail everything in flight there.
+    /// Worker `index` is gone: its actors restart or die (`supervision.rs`), its tasks are
+    /// retried or fail, and so are the calls in flight there.
     pub(super) fn worker_lost(&self, index: u64, reason: &str) {
+        lock(&self.dead_workers).insert(index);
+        // Before the in-flight table is drained: see the restart protocol's argument.
+        self.actors_lost(index, reason);
+        self.proxies_lost(index);
         let lost: Vec<(u64, InFlight)> = {
             let mut m = lock(&self.in_flight);
             let ids: Vec<u64> = m
@@ -497,53 +566,70 @@ impl Cluster {
                 .filter_map(|id| m.remove(&id).map(|f| (id, f)))
                 .collect()
         };
-        lock(&self.lost_workers).insert(index);
-        let mut again = Vec::new();
         let death = format!("worker process {index} died or became unreachable ({reason})");
+        let first_delay = self
+            .runtime()
+            .map_or(Duration::from_millis(50), |rt| rt.config.task_retry_delay);
+        let mut again = Vec::new();
+        let mut lost = lost;
+        // Calls park for a restart in submission order.
+        lost.sort_by_key(|(id, _)| *id);
         for (id, f) in lost {
             self.release_load(f.node, f.worker, &f.load);
             self.release_held_args(&f.held_args);
-            match (f.retry, &f.actor) {
-                (Some(r), _) if r.left > 0 => again.push((f.cell, f.args, r)),
-                // A task: Ray's WorkerCrashedError.
-                (Some(_), _) => {
+            match &f.actor {
+                Some(ActorFlight::Call { .. }) => {
+                    self.actor_call_lost(index, reason, f);
+                    continue;
+                }
+                // A restart re-creates it.
+                Some(ActorFlight::Create(id)) if self.is_restarting(*id) => continue,
+                _ => {}
+            }
+            match f.retry {
+                Some(mut r) if r.left > 0 => {
+                    let delay = retry_delay(first_delay, r.system - r.left);
+                    r.left -= 1;
+                    again.push((delay, f.cell, f.args, r));
+                }
+                // A task out of retries: Ray's WorkerCrashedError.
+                Some(_) => {
                     f.cell.complete(Err(Error::WorkerCrashed {
                         task: f.name.to_owned(),
                         reason: death.clone(),
                     }));
                 }
-                // An actor call, or (no actor cell: the id is the actor's) its creation.
-                (None, actor) => {
-                    let (actor, class) = match actor {
-                        Some((a, _)) => (a.id(), a.class_name()),
-                        None => (crate::id::ActorId::from_u64(id), f.name),
-                    };
+                // An actor's creation (the id is the actor's).
+                None => {
                     f.cell.complete(Err(Error::ActorDied {
-                        actor,
-                        class: class.to_owned(),
+                        actor: crate::id::ActorId::from_u64(id),
+                        class: f.name.to_owned(),
                         reason: death.clone(),
                     }));
                 }
             }
         }
         if !again.is_empty() {
-            // Placing may wait on the GCS and a raylet: never on an I/O thread.
+            // Placing may wait on the GCS and a raylet (which starts a replacement worker):
+            // never on an I/O thread. Each retry waits its backoff first.
+            again.sort_by_key(|(delay, ..)| *delay);
             let me = self.me.get().cloned().unwrap_or_default();
+            let since = Instant::now();
             std::thread::spawn(move || {
-                let Some(c) = me.upgrade() else { return };
-                let Some(rt) = c.runtime() else { return };
-                for (cell, args, r) in again {
-                    tracing::info!(task = %cell.id(), left = r.left, "retrying a task whose worker died");
-                    c.submit_remote(
-                        &rt,
-                        r.function,
-                        cell,
-                        args,
-                        &r.request,
-                        r.name.as_deref(),
-                        r.max_retries,
-                        r.left - 1,
-                    );
+                for (delay, cell, args, r) in again {
+                    if let Some(pause) = delay.checked_sub(since.elapsed()) {
+                        std::thread::sleep(pause);
+                    }
+                    let Some((c, rt)) = me
+                        .upgrade()
+                        .and_then(|c| c.runtime().map(|rt| (c, rt)))
+                        .filter(|(c, _)| !c.stopped.load(std::sync::atomic::Ordering::Acquire))
+                    else {
+                        cell.complete(Err(Error::ShutDown));
+                        continue;
+                    };
+                    tracing::info!(task = %cell.id(), left = r.left, ?delay, "retrying a task whose worker died");
+                    c.push_task(&rt, cell, args, r);
                 }
             });
         }
@@ -669,7 +755,6 @@ fn typed_wire_error(kind: ErrorKind, task: &str, message: &str) -> Option<Error>
 mod tests {
     use super::super::execute::error_to_wire;
     use super::*;
-    use std::time::Duration;
 
     /// Every error a task or a pulled object can fail with keeps its kind across the wire.
     #[test]
@@ -722,5 +807,16 @@ mod tests {
             );
             assert_eq!(back.to_string(), e.to_string());
         }
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_a_second() {
+        let first = Duration::from_millis(50);
+        let delays: Vec<u64> = (0..7)
+            .map(|done| retry_delay(first, done).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(retry_delay(first, u32::MAX), RETRY_DELAY_CAP);
+        assert_eq!(retry_delay(Duration::ZERO, 3), Duration::ZERO);
     }
 }

@@ -15,7 +15,7 @@
 //! - `borrow.rs`: Ray's borrower protocol (borrowed references, the owner's `lent` table),
 //!   with its numbered steps and the argument for their correctness.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -28,6 +28,7 @@ use super::peer::{Handler, Peer};
 use super::placement::NodeSlot;
 use super::proto::{Msg, Resource};
 use super::submit::InFlight;
+use super::supervision::OwnedActor;
 use super::{CALL_TIMEOUT, INDEX_SHIFT, cluster_error, host_id, wait_reply};
 use crate::error::Error;
 use crate::object::{ObjectCell, ObjectValue};
@@ -68,6 +69,11 @@ pub(crate) struct Cluster {
     pub(super) nodes: Mutex<Vec<NodeSlot>>,
     pub(super) nodes_loaded: AtomicBool,
     pub(super) in_flight: Mutex<HashMap<u64, InFlight>>,
+    /// Worker processes known dead (their connection closed, or their node died): never
+    /// chosen again, even while a raylet still names them.
+    pub(super) dead_workers: Mutex<HashSet<u64>>,
+    /// Actors this process created in worker processes, with what a restart needs.
+    pub(super) owned_actors: Mutex<HashMap<u64, OwnedActor>>,
     /// Results this process computed for remote owners, until they free them.
     pub(super) held: Mutex<HashMap<u64, ObjectValue>>,
     /// Work pushed here and not yet done: id -> (name, owner's worker index, result), for
@@ -93,9 +99,6 @@ pub(crate) struct Cluster {
     pub(super) executable: (String, Vec<String>, String),
     pub(super) stop: tokio::sync::Notify,
     pub(super) stopped: AtomicBool,
-    /// Worker processes found dead (`worker_lost`): a raylet that has not noticed yet may
-    /// still name one, which placement then passes over.
-    pub(super) lost_workers: Mutex<std::collections::HashSet<u64>>,
     pub(super) max_inline: usize,
     /// Our shared-memory listener's (abstract) socket.
     pub(super) shm_path: Option<std::path::PathBuf>,
@@ -327,6 +330,8 @@ impl Cluster {
             nodes: Mutex::new(Vec::new()),
             nodes_loaded: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
+            dead_workers: Mutex::new(HashSet::new()),
+            owned_actors: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             executing: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
@@ -340,7 +345,6 @@ impl Cluster {
             executable: (exe, args, cwd),
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
-            lost_workers: Mutex::new(std::collections::HashSet::new()),
             max_inline: opts.max_inline,
             shm_path: shm.as_ref().map(|(_, p, _)| p.clone()),
             host_id: host_id(),

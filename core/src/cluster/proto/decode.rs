@@ -92,8 +92,10 @@ fn actor_info(a: Option<fb::ActorInfo<'_>>) -> ActorInfo {
         class_name: string(a.class_name()),
         worker: a.worker(),
         node_id: a.node_id(),
-        alive: a.state() == fb::ActorState::Alive,
+        alive: a.state() != fb::ActorState::Dead,
         death: string(a.death()),
+        restarting: a.state() == fb::ActorState::Restarting,
+        num_restarts: a.num_restarts(),
     }
 }
 

@@ -138,12 +138,13 @@ fn build_actor_info<'a>(
             class_name,
             worker: a.worker,
             node_id: a.node_id,
-            state: if a.alive {
-                fb::ActorState::Alive
-            } else {
-                fb::ActorState::Dead
+            state: match (a.alive, a.restarting) {
+                (false, _) => fb::ActorState::Dead,
+                (true, false) => fb::ActorState::Alive,
+                (true, true) => fb::ActorState::Restarting,
             },
             death,
+            num_restarts: a.num_restarts,
         },
     )
 }

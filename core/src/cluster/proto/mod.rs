@@ -69,8 +69,13 @@ pub(crate) struct ActorInfo {
     pub(crate) class_name: String,
     pub(crate) worker: u64,
     pub(crate) node_id: u64,
+    /// Not dead: alive, or restarting.
     pub(crate) alive: bool,
     pub(crate) death: String,
+    /// Its worker died and its owner is starting it again (with `alive`).
+    pub(crate) restarting: bool,
+    /// Times it was restarted after its worker died.
+    pub(crate) num_restarts: u32,
 }
 
 /// One task argument.

@@ -55,6 +55,8 @@ fn actor(actor_id: u64, alive: bool) -> ActorInfo {
         } else {
             "killed".into()
         },
+        restarting: alive && actor_id.is_multiple_of(2),
+        num_restarts: 2,
     }
 }
 

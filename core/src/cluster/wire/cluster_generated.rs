@@ -100,14 +100,16 @@ impl ::flatbuffers::SimpleToVerifyInSlice for NodeState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ACTOR_STATE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ACTOR_STATE: u8 = 1;
+pub const ENUM_MAX_ACTOR_STATE: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ACTOR_STATE: [ActorState; 2] = [
+pub const ENUM_VALUES_ACTOR_STATE: [ActorState; 3] = [
   ActorState::Alive,
   ActorState::Dead,
+  ActorState::Restarting,
 ];
 
+/// Restarting: its worker died and its owner is starting it again (`max_restarts`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct ActorState(pub u8);
@@ -115,18 +117,21 @@ pub struct ActorState(pub u8);
 impl ActorState {
   pub const Alive: Self = Self(0);
   pub const Dead: Self = Self(1);
+  pub const Restarting: Self = Self(2);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 1;
+  pub const ENUM_MAX: u8 = 2;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Alive,
     Self::Dead,
+    Self::Restarting,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
     match self {
       Self::Alive => Some("Alive"),
       Self::Dead => Some("Dead"),
+      Self::Restarting => Some("Restarting"),
       _ => None,
     }
   }
@@ -2356,6 +2361,7 @@ impl<'a> ActorInfo<'a> {
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 12;
   pub const VT_STATE: ::flatbuffers::VOffsetT = 14;
   pub const VT_DEATH: ::flatbuffers::VOffsetT = 16;
+  pub const VT_NUM_RESTARTS: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2370,6 +2376,7 @@ impl<'a> ActorInfo<'a> {
     builder.add_node_id(args.node_id);
     builder.add_worker(args.worker);
     builder.add_actor_id(args.actor_id);
+    builder.add_num_restarts(args.num_restarts);
     if let Some(x) = args.death { builder.add_death(x); }
     if let Some(x) = args.class_name { builder.add_class_name(x); }
     if let Some(x) = args.name { builder.add_name(x); }
@@ -2428,6 +2435,14 @@ impl<'a> ActorInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ActorInfo::VT_DEATH, None)}
   }
+  /// Times it was restarted after its worker died.
+  #[inline]
+  pub fn num_restarts(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ActorInfo::VT_NUM_RESTARTS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ActorInfo<'_> {
@@ -2443,6 +2458,7 @@ impl ::flatbuffers::Verifiable for ActorInfo<'_> {
      .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
      .visit_field::<ActorState>("state", Self::VT_STATE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("death", Self::VT_DEATH, false)?
+     .visit_field::<u32>("num_restarts", Self::VT_NUM_RESTARTS, false)?
      .finish();
     Ok(())
   }
@@ -2455,6 +2471,7 @@ pub struct ActorInfoArgs<'a> {
     pub node_id: u64,
     pub state: ActorState,
     pub death: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub num_restarts: u32,
 }
 impl<'a> Default for ActorInfoArgs<'a> {
   #[inline]
@@ -2467,6 +2484,7 @@ impl<'a> Default for ActorInfoArgs<'a> {
       node_id: 0,
       state: ActorState::Alive,
       death: None,
+      num_restarts: 0,
     }
   }
 }
@@ -2505,6 +2523,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ActorInfoBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ActorInfo::VT_DEATH, death);
   }
   #[inline]
+  pub fn add_num_restarts(&mut self, num_restarts: u32) {
+    self.fbb_.push_slot::<u32>(ActorInfo::VT_NUM_RESTARTS, num_restarts, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ActorInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ActorInfoBuilder {
@@ -2529,6 +2551,7 @@ impl ::core::fmt::Debug for ActorInfo<'_> {
       ds.field("node_id", &self.node_id());
       ds.field("state", &self.state());
       ds.field("death", &self.death());
+      ds.field("num_restarts", &self.num_restarts());
       ds.finish()
   }
 }

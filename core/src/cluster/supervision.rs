@@ -1,0 +1,829 @@
+//! Actor supervision by the owner (Ray's model): where a remote actor lives, and what happens
+//! when its worker process dies — the actor is restarted on a live worker up to
+//! `max_restarts` times, with its constructor run again on its original arguments, or it dies
+//! for good.
+//!
+//! # The restart protocol
+//!
+//! The owner (the process that created the actor) keeps an [`OwnedActor`] record with the
+//! constructor's arguments, and every proxy of the actor reaches it through a
+//! [`RemoteActor`], whose [`Location`] is either `At` a worker or `Restarting`.
+//!
+//! 1. The owner sees the actor's worker die (its connection closes, or its node dies:
+//!    `worker_lost`). First, under the location's lock, every actor it owns there with
+//!    restarts left turns `Restarting` (a restart is counted), and the GCS directory lists it
+//!    RESTARTING; one without restarts left dies (`ActorDied`, naming the worker's death and
+//!    the exhausted `max_restarts`), and the directory lists it DEAD.
+//! 2. Then the calls that were in flight there are taken out of the in-flight table: a call
+//!    with `max_task_retries` left, to an actor that is restarting, is parked (ahead of the
+//!    calls parked since, in submission order); any other fails with `ActorDied`.
+//! 3. Calls made while the actor is `Restarting` are parked, not sent (`call_remote`).
+//! 4. A thread places the actor (the raylet starts a replacement worker, or another node
+//!    takes it) and sends `CreateActor` with the original arguments; the creation is in flight
+//!    like a task. If that worker dies too, step 1 runs again for it.
+//! 5. When the constructor has run, under the location's lock the location becomes `At` the
+//!    new worker and the parked calls are sent in order before any later call can be (a later
+//!    call takes the same lock), and the directory lists the actor ALIVE with its restart
+//!    count. A constructor that fails on restart kills the actor for good.
+//!
+//! Step 1 happening before step 2 is what makes every call end: a call either took the
+//! location's lock before the actor turned `Restarting` — then it is in the in-flight table
+//! before step 2 drains it — or after, and is parked.
+//!
+//! Only the owner restarts an actor. A process that merely holds a handle (a proxy) follows
+//! it: when it sees the actor's worker die, its proxy turns `Restarting` too (before its
+//! in-flight calls are drained, which fail with `ActorDied`: only the owner knows
+//! `max_task_retries`), and a thread polls the GCS directory until the actor is ALIVE on a
+//! live worker — then the parked calls are sent as in step 5 — or is gone from it for more
+//! than [`GONE_GRACE`] (the directory may list it dead for a moment before its owner reports
+//! the restart), or [`CALL_TIMEOUT`] passes: then the proxy dies with `ActorDied`.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::CALL_TIMEOUT;
+use super::peer::Peer;
+use super::placement::{request_pairs, request_resources};
+use super::proto::{ActorInfo, Msg};
+use super::submit::{ActorFlight, InFlight, KeepActor, WireArgs};
+use super::worker::Cluster;
+use crate::actor::ActorCell;
+use crate::error::Error;
+use crate::id::ObjectId;
+use crate::object::{ObjectCell, Waiter};
+use crate::resources::ResourceRequest;
+use crate::sync::lock;
+use crate::task::ArgSlot;
+
+/// How long a proxy waits for an actor missing from the directory to reappear (as restarting)
+/// before it takes it for dead.
+const GONE_GRACE: Duration = Duration::from_secs(1);
+
+/// Where a remote actor lives, shared by its proxy cell and (at its owner) its record.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteActor(Arc<RemoteInner>);
+
+#[derive(Debug)]
+struct RemoteInner {
+    location: Mutex<Location>,
+    /// How many times a call in flight at a worker's death is run again.
+    max_task_retries: u32,
+}
+
+/// A remote actor's location.
+#[derive(Debug)]
+pub(super) enum Location {
+    /// Hosted by worker `worker`.
+    At { worker: u64, peer: Arc<Peer> },
+    /// Its worker died and its owner is starting it again: calls wait here.
+    Restarting { parked: Vec<Parked> },
+}
+
+/// A call waiting for its actor's restart.
+pub(super) struct Parked {
+    pub(super) method: &'static str,
+    pub(super) cell: Arc<ObjectCell>,
+    pub(super) args: Box<[ArgSlot]>,
+    /// Retries left after a worker death.
+    pub(super) left: u32,
+    /// What keeps the actor alive while the call is in flight (`InFlight::keep`).
+    pub(super) keep: Option<KeepActor>,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("method", &self.method)
+            .field("call", &self.cell.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteActor {
+    pub(super) fn at(worker: u64, peer: Arc<Peer>, max_task_retries: u32) -> RemoteActor {
+        RemoteActor(Arc::new(RemoteInner {
+            location: Mutex::new(Location::At { worker, peer }),
+            max_task_retries,
+        }))
+    }
+
+    /// The hosting worker, unless the actor is restarting.
+    pub(crate) fn worker(&self) -> Option<u64> {
+        self.target().map(|(w, _)| w)
+    }
+
+    /// Sends `msg` to the hosting worker; nothing while the actor is restarting.
+    pub(super) fn send_to_host(&self, msg: Msg) {
+        if let Some((_, peer)) = self.target() {
+            peer.send(msg);
+        }
+    }
+
+    /// The hosting worker and its connection, unless the actor is restarting.
+    pub(super) fn target(&self) -> Option<(u64, Arc<Peer>)> {
+        match &*lock(&self.0.location) {
+            Location::At { worker, peer } => Some((*worker, peer.clone())),
+            Location::Restarting { .. } => None,
+        }
+    }
+}
+
+/// An actor this process created and runs elsewhere: what it takes to restart it.
+pub(super) struct OwnedActor {
+    cell: Weak<ActorCell>,
+    remote: RemoteActor,
+    class: &'static str,
+    /// The constructor's arguments (kept only when the actor may restart).
+    args: Box<[ArgSlot]>,
+    request: ResourceRequest,
+    name: Option<String>,
+    max_concurrency: u32,
+    max_restarts: u32,
+    restarts_left: u32,
+    num_restarts: u32,
+    /// The worker hosting it (or being asked to), and its node slot.
+    worker: u64,
+    node: usize,
+}
+
+/// What `OwnedActor` needs at creation.
+pub(super) struct NewOwned<'a> {
+    pub(super) cell: &'a Arc<ActorCell>,
+    pub(super) remote: RemoteActor,
+    pub(super) args: &'a [ArgSlot],
+    pub(super) request: &'a ResourceRequest,
+    pub(super) name: Option<&'a str>,
+    pub(super) max_concurrency: u32,
+    pub(super) max_restarts: u32,
+    pub(super) worker: u64,
+    pub(super) node: usize,
+}
+
+impl Cluster {
+    /// Records an actor this process created elsewhere (step 0: what a restart needs).
+    pub(super) fn own_actor(&self, new: NewOwned<'_>) {
+        let record = OwnedActor {
+            cell: Arc::downgrade(new.cell),
+            remote: new.remote,
+            class: new.cell.class_name(),
+            args: if new.max_restarts > 0 {
+                new.args.to_vec().into_boxed_slice()
+            } else {
+                Box::default()
+            },
+            request: new.request.clone(),
+            name: new.name.map(str::to_owned),
+            max_concurrency: new.max_concurrency,
+            max_restarts: new.max_restarts,
+            restarts_left: new.max_restarts,
+            num_restarts: 0,
+            worker: new.worker,
+            node: new.node,
+        };
+        let mut owned = lock(&self.owned_actors);
+        owned.retain(|_, a| a.cell.strong_count() > 0);
+        owned.insert(new.cell.id().as_u64(), record);
+    }
+
+    /// Sends a call to a remote actor, or parks it while the actor restarts (step 3); a call
+    /// sent to a worker known dead fails at once with `ActorDied`.
+    pub(super) fn send_call(
+        &self,
+        remote: &RemoteActor,
+        actor_id: u64,
+        method: &'static str,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+        keep: Option<KeepActor>,
+    ) {
+        let mut location = lock(&remote.0.location);
+        let (worker, peer) = match &mut *location {
+            Location::Restarting { parked } => {
+                parked.push(Parked {
+                    method,
+                    cell,
+                    args,
+                    left: remote.0.max_task_retries,
+                    keep,
+                });
+                return;
+            }
+            Location::At { worker, peer } => (*worker, peer.clone()),
+        };
+        self.push_call(
+            worker,
+            &peer,
+            actor_id,
+            Parked {
+                method,
+                cell,
+                args,
+                left: remote.0.max_task_retries,
+                keep,
+            },
+        );
+        drop(location);
+        if peer.is_closed() {
+            self.worker_lost(worker, &peer.closed_error().to_string());
+        }
+    }
+
+    /// Enters a call in the in-flight table and sends it (under its actor's location lock).
+    fn push_call(&self, worker: u64, peer: &Arc<Peer>, actor_id: u64, call: Parked) {
+        let Some(rt) = self.runtime() else {
+            call.cell.complete(Err(Error::ShutDown));
+            return;
+        };
+        let call_id = call.cell.id().as_u64();
+        let WireArgs {
+            args: wire_args,
+            held: held_args,
+            ..
+        } = self.wire_args(&rt, &call.args);
+        lock(&self.in_flight).insert(
+            call_id,
+            InFlight {
+                cell: call.cell,
+                name: call.method,
+                worker,
+                node: None,
+                load: Vec::new(),
+                args: call.args,
+                retry: None,
+                actor: Some(ActorFlight::Call {
+                    actor_id,
+                    method: call.method,
+                    left: call.left,
+                }),
+                keep: call.keep,
+                held_args,
+            },
+        );
+        peer.send(Msg::ActorCall {
+            actor_id,
+            call_id,
+            method: call.method.to_owned(),
+            args: wire_args,
+        });
+    }
+
+    /// Step 1 for worker `index`: every actor this process owns there restarts (if it has
+    /// restarts left) or dies.
+    pub(super) fn actors_lost(&self, index: u64, reason: &str) {
+        let mut restart = Vec::new();
+        let mut dead = Vec::new();
+        // Handles taken here are dropped after the lock: the last one's drop takes it too.
+        let mut held: Vec<Arc<ActorCell>> = Vec::new();
+        {
+            let mut owned = lock(&self.owned_actors);
+            owned.retain(|_, a| match a.cell.upgrade() {
+                Some(c) => {
+                    let alive = !c.is_dead();
+                    held.push(c);
+                    alive
+                }
+                None => false,
+            });
+            for (id, a) in owned.iter_mut().filter(|(_, a)| a.worker == index) {
+                let mut location = lock(&a.remote.0.location);
+                if a.restarts_left > 0 {
+                    a.restarts_left -= 1;
+                    a.num_restarts += 1;
+                    if let Location::At { .. } = &*location {
+                        *location = Location::Restarting { parked: Vec::new() };
+                    }
+                    a.worker = 0;
+                    restart.push((*id, self.actor_info(*id, a, true)));
+                } else {
+                    let parked = match std::mem::replace(
+                        &mut *location,
+                        Location::Restarting { parked: Vec::new() },
+                    ) {
+                        Location::Restarting { parked } => parked,
+                        Location::At { .. } => Vec::new(),
+                    };
+                    let why = if a.max_restarts == 0 {
+                        format!("its worker process {index} died ({reason}); max_restarts is 0")
+                    } else {
+                        format!(
+                            "its worker process {index} died ({reason}) after {} restarts, all \
+                             that max_restarts allows",
+                            a.num_restarts
+                        )
+                    };
+                    let node_id = self.node_id_of(a.node);
+                    dead.push((*id, a.cell.clone(), parked, why, node_id));
+                }
+            }
+            for (id, ..) in &dead {
+                owned.remove(id);
+            }
+        }
+        drop(held);
+        for (id, cell, parked, why, node_id) in dead {
+            self.actor_dead(id, &cell, parked, &why, (index, node_id));
+        }
+        for (id, info) in restart {
+            tracing::info!(actor = id, "restarting an actor whose worker died");
+            self.tell_gcs(info);
+            let me = self.me.get().cloned().unwrap_or_default();
+            std::thread::spawn(move || {
+                if let Some(c) = me.upgrade() {
+                    c.restart_actor(id);
+                }
+            });
+        }
+    }
+
+    /// Step 1 for the proxies here of actors other processes own that lived on worker
+    /// `index`: each waits for its actor to come back.
+    pub(super) fn proxies_lost(&self, index: u64) {
+        let Some(rt) = self.runtime() else { return };
+        let cells = rt.actor_cells();
+        for cell in &cells {
+            if super::owner_of(cell.id().as_u64()) == self.index || cell.is_dead() {
+                continue;
+            }
+            if cell
+                .remote()
+                .and_then(RemoteActor::target)
+                .is_some_and(|(worker, _)| worker == index)
+            {
+                self.follow_restart(cell, index);
+            }
+        }
+        drop(cells);
+    }
+
+    /// Parks the calls of proxy `cell` until the GCS directory shows its actor alive on a
+    /// live worker other than `old` (or it is gone: the proxy dies).
+    pub(crate) fn follow_restart(&self, cell: &Arc<ActorCell>, old: u64) {
+        let Some(remote) = cell.remote().cloned() else {
+            return;
+        };
+        {
+            let mut location = lock(&remote.0.location);
+            if let Location::At { .. } = &*location {
+                *location = Location::Restarting { parked: Vec::new() };
+            } else {
+                return; // already followed
+            }
+        }
+        let me = self.me.get().cloned().unwrap_or_default();
+        let weak = Arc::downgrade(cell);
+        std::thread::spawn(move || {
+            if let Some(c) = me.upgrade() {
+                c.follow(&weak, &remote, old);
+            }
+        });
+    }
+
+    fn follow(&self, cell: &Weak<ActorCell>, remote: &RemoteActor, old: u64) {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut gone_since: Option<Instant> = None;
+        let mut pause = Duration::from_millis(5);
+        let why = loop {
+            let Some(c) = cell.upgrade().filter(|c| !c.is_dead()) else {
+                break None;
+            };
+            let id = c.id().as_u64();
+            drop(c);
+            match self.locate_actor(id, "") {
+                Ok(info)
+                    if info.alive
+                        && !info.restarting
+                        && info.worker != 0
+                        && info.worker != old
+                        && !lock(&self.dead_workers).contains(&info.worker) =>
+                {
+                    let peer = self.peer(info.worker);
+                    let mut location = lock(&remote.0.location);
+                    let parked = match std::mem::replace(
+                        &mut *location,
+                        Location::At {
+                            worker: info.worker,
+                            peer: peer.clone(),
+                        },
+                    ) {
+                        Location::Restarting { parked } => parked,
+                        Location::At { .. } => Vec::new(),
+                    };
+                    for call in parked {
+                        self.push_call(info.worker, &peer, id, call);
+                    }
+                    return;
+                }
+                Err(Error::ActorNotFound { .. }) => {
+                    let since = *gone_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > GONE_GRACE {
+                        break Some(format!(
+                            "its worker process {old} died and it was not restarted"
+                        ));
+                    }
+                }
+                _ => gone_since = None,
+            }
+            if Instant::now() > deadline {
+                break Some(format!(
+                    "its worker process {old} died and it was not back within {CALL_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        };
+        let parked = match std::mem::replace(
+            &mut *lock(&remote.0.location),
+            Location::Restarting { parked: Vec::new() },
+        ) {
+            Location::Restarting { parked } => parked,
+            Location::At { .. } => Vec::new(),
+        };
+        match cell.upgrade() {
+            Some(c) => {
+                let error = match why {
+                    Some(why) if !c.is_dead() => c.died(&why),
+                    _ => c.died("dead"),
+                };
+                for p in parked {
+                    p.cell.complete(Err(error.clone()));
+                }
+                c.die(error);
+            }
+            None => {
+                for p in parked {
+                    p.cell.complete(Err(Error::ShutDown));
+                }
+            }
+        }
+    }
+
+    /// The directory row of owned actor `id` as this owner knows it.
+    fn actor_info(&self, id: u64, a: &OwnedActor, restarting: bool) -> ActorInfo {
+        ActorInfo {
+            actor_id: id,
+            name: a.name.clone().unwrap_or_default(),
+            class_name: a.class.to_owned(),
+            worker: a.worker,
+            node_id: self.node_id_of(a.node),
+            alive: true,
+            death: String::new(),
+            restarting,
+            num_restarts: a.num_restarts,
+        }
+    }
+
+    /// The id of node slot `slot`.
+    fn node_id_of(&self, slot: usize) -> u64 {
+        lock(&self.nodes).get(slot).map_or(0, |s| s.node_id)
+    }
+
+    /// Records an actor's row in the GCS directory (no answer awaited).
+    fn tell_gcs(&self, actor: ActorInfo) {
+        let _guard = self.io.enter();
+        drop(
+            self.gcs
+                .request(|request_id| Msg::RegisterActor { request_id, actor }),
+        );
+    }
+
+    /// An owned actor is dead for good: its cell, its parked calls and the directory say why.
+    fn actor_dead(
+        &self,
+        id: u64,
+        cell: &Weak<ActorCell>,
+        parked: Vec<Parked>,
+        why: &str,
+        (worker, node_id): (u64, u64),
+    ) {
+        let Some(cell) = cell.upgrade() else { return };
+        let error = cell.died(why);
+        for p in parked {
+            p.cell.complete(Err(error.clone()));
+        }
+        tracing::warn!(actor = id, why, "actor dead");
+        self.tell_gcs(ActorInfo {
+            actor_id: id,
+            name: cell.name().unwrap_or_default().to_owned(),
+            class_name: cell.class_name().to_owned(),
+            worker,
+            node_id,
+            alive: false,
+            death: why.to_owned(),
+            restarting: false,
+            num_restarts: 0,
+        });
+        cell.die(error);
+    }
+
+    /// Step 2 for one call in flight on a dead worker: parked for the restart if it may be
+    /// retried, else failed with `ActorDied`. Returns the call if it was parked... never: it
+    /// either parks or completes it.
+    pub(super) fn actor_call_lost(&self, index: u64, reason: &str, f: InFlight) {
+        let Some(ActorFlight::Call {
+            actor_id,
+            method,
+            left,
+        }) = f.actor
+        else {
+            return;
+        };
+        let cell = f.cell;
+        let args = f.args;
+        let keep = f.keep;
+        if left > 0 {
+            let owned = lock(&self.owned_actors);
+            if let Some(a) = owned.get(&actor_id) {
+                let mut location = lock(&a.remote.0.location);
+                if let Location::Restarting { parked } = &mut *location {
+                    // Ahead of calls made since the death was seen, in submission order.
+                    let at = parked
+                        .iter()
+                        .position(|p| p.cell.id().as_u64() > cell.id().as_u64())
+                        .unwrap_or(parked.len());
+                    parked.insert(
+                        at,
+                        Parked {
+                            method,
+                            cell,
+                            args,
+                            left: left - 1,
+                            keep,
+                        },
+                    );
+                    return;
+                }
+            }
+        }
+        let class = lock(&self.owned_actors)
+            .get(&actor_id)
+            .map_or("actor", |a| a.class);
+        cell.complete(Err(Error::ActorDied {
+            actor: crate::id::ActorId::from_u64(actor_id),
+            class: class.to_owned(),
+            reason: format!(
+                "its worker process {index} died while the call to {method} was in flight \
+                 ({reason})"
+            ),
+        }));
+    }
+
+    /// Whether owned actor `actor_id` is being restarted (its creation on a dead worker is
+    /// then dropped, not failed: the restart re-creates it).
+    pub(super) fn is_restarting(&self, actor_id: u64) -> bool {
+        lock(&self.owned_actors)
+            .get(&actor_id)
+            .is_some_and(|a| matches!(&*lock(&a.remote.0.location), Location::Restarting { .. }))
+    }
+
+    /// Step 4: places owned actor `id` on a live worker and creates it there again.
+    fn restart_actor(&self, id: u64) {
+        let Some((request, args, name, class, max_concurrency, restarts_left, old)) =
+            lock(&self.owned_actors).get(&id).map(|a| {
+                (
+                    a.request.clone(),
+                    a.args.clone(),
+                    a.name.clone(),
+                    a.class,
+                    a.max_concurrency,
+                    a.restarts_left,
+                    a.node,
+                )
+            })
+        else {
+            return;
+        };
+        let Some(rt) = self.runtime() else { return };
+        let (node, worker, peer) = match self.place(&request, None) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.restart_failed(id, &format!("it could not be placed again: {e}"));
+            }
+        };
+        let pairs = request_pairs(&request);
+        let info = {
+            let mut owned = lock(&self.owned_actors);
+            let Some(a) = owned.get_mut(&id) else { return };
+            a.worker = worker;
+            a.node = node;
+            self.actor_info(id, a, true)
+        };
+        self.release_load(Some(old), 0, &pairs);
+        self.take_load(node, worker, &pairs);
+        self.tell_gcs(info);
+        let created = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
+        let WireArgs {
+            args: wire_args,
+            held: held_args,
+            ..
+        } = self.wire_args(&rt, &args);
+        lock(&self.in_flight).insert(
+            id,
+            InFlight {
+                cell: created.clone(),
+                name: class,
+                worker,
+                node: None,
+                load: Vec::new(),
+                args,
+                retry: None,
+                actor: Some(ActorFlight::Create(id)),
+                keep: None,
+                held_args,
+            },
+        );
+        let me = self.me.get().cloned().unwrap_or_default();
+        let c2 = created.clone();
+        let peer2 = peer.clone();
+        let on_created = move || {
+            let Some(c) = me.upgrade() else { return };
+            match c2.get() {
+                Some(Ok(_)) => c.restarted(id, worker, &peer2),
+                Some(Err(e)) => {
+                    c.restart_failed(id, &format!("its constructor failed on restart: {e}"))
+                }
+                None => {}
+            }
+        };
+        if let Err(Waiter::Callback(f)) = created.register(Waiter::Callback(Box::new(on_created))) {
+            f();
+        }
+        peer.send(Msg::CreateActor {
+            actor_id: id,
+            class_name: class.to_owned(),
+            args: wire_args,
+            resources: request_resources(&request),
+            name: name.unwrap_or_default(),
+            max_concurrency,
+            max_restarts: restarts_left,
+        });
+        if peer.is_closed() {
+            self.worker_lost(worker, &peer.closed_error().to_string());
+        }
+    }
+
+    /// Step 5: the constructor ran again on `worker`: send the parked calls, in order.
+    fn restarted(&self, id: u64, worker: u64, peer: &Arc<Peer>) {
+        // An instance nobody wants any more (the actor was killed or dropped while it
+        // restarted, or this restart was overtaken by another) is killed at once.
+        let unwanted = || {
+            peer.send(Msg::KillActor {
+                actor_id: id,
+                restart: false,
+            })
+        };
+        let Some(weak) = lock(&self.owned_actors)
+            .get(&id)
+            .filter(|a| a.worker == worker)
+            .map(|a| a.cell.clone())
+        else {
+            return unwanted();
+        };
+        // Held across the lock below and dropped after it (a last handle's drop takes it).
+        let Some(_cell) = weak.upgrade().filter(|c| !c.is_dead()) else {
+            return unwanted();
+        };
+        let owned = lock(&self.owned_actors);
+        let Some(a) = owned.get(&id).filter(|a| a.worker == worker) else {
+            return unwanted();
+        };
+        let mut location = lock(&a.remote.0.location);
+        let parked = match std::mem::replace(
+            &mut *location,
+            Location::At {
+                worker,
+                peer: peer.clone(),
+            },
+        ) {
+            Location::Restarting { parked } => parked,
+            Location::At { .. } => Vec::new(),
+        };
+        for call in parked {
+            self.push_call(worker, peer, id, call);
+        }
+        drop(location);
+        let info = self.actor_info(id, a, false);
+        drop(owned);
+        tracing::info!(actor = id, worker, "actor restarted");
+        self.tell_gcs(info);
+    }
+
+    /// A restart could not be done: the actor dies for good.
+    fn restart_failed(&self, id: u64, why: &str) {
+        let Some(a) = lock(&self.owned_actors).remove(&id) else {
+            return;
+        };
+        let parked = match std::mem::replace(
+            &mut *lock(&a.remote.0.location),
+            Location::Restarting { parked: Vec::new() },
+        ) {
+            Location::Restarting { parked } => parked,
+            Location::At { .. } => Vec::new(),
+        };
+        self.actor_dead(
+            id,
+            &a.cell,
+            parked,
+            why,
+            (a.worker, self.node_id_of(a.node)),
+        );
+    }
+
+    /// Asks the actor's worker to kill (and maybe restart) it; a kill makes the owner forget
+    /// it and gives back its placement load. An actor killed while it restarts has no worker to ask: its owner lists it dead
+    /// (and kills the new instance if its constructor finishes: step 5).
+    pub(crate) fn kill_remote(&self, remote: &RemoteActor, actor_id: u64, restart: bool) {
+        let record = if restart {
+            None
+        } else {
+            // A kill for good gives back the placement load its creation counted (`cancel.rs`).
+            self.release_actor_load(actor_id);
+            lock(&self.owned_actors).remove(&actor_id)
+        };
+        match remote.target() {
+            Some((_, peer)) => peer.send(Msg::KillActor { actor_id, restart }),
+            None => {
+                if let Some(a) = &record {
+                    self.tell_gcs(ActorInfo {
+                        alive: false,
+                        death: "killed (manta::kill, or no handle to it was left) while it \
+                                restarted"
+                            .into(),
+                        ..self.actor_info(actor_id, a, false)
+                    });
+                }
+            }
+        }
+        drop(record);
+    }
+
+    /// `manta::restart` of a remote actor. The owner restarts it in place (its host runs the
+    /// constructor again) if it has restarts left, kills it if not; if its worker died, it
+    /// waits for the automatic restart. Another holder can only ask the host. Returns whether
+    /// the actor was alive and is now restarted or, without restarts left, killed.
+    pub(crate) fn restart_remote(&self, cell: &Arc<ActorCell>, remote: &RemoteActor) -> bool {
+        let id = cell.id().as_u64();
+        let reachable = |worker: u64, peer: &Arc<Peer>| {
+            !peer.is_closed() && !lock(&self.dead_workers).contains(&worker)
+        };
+        let decided = {
+            let mut owned = lock(&self.owned_actors);
+            match owned.get_mut(&id) {
+                None => {
+                    return match remote.target() {
+                        Some((worker, peer)) if reachable(worker, &peer) => {
+                            peer.send(Msg::KillActor {
+                                actor_id: id,
+                                restart: true,
+                            });
+                            true
+                        }
+                        _ => false,
+                    };
+                }
+                Some(a) => match remote.target() {
+                    Some((worker, peer)) if reachable(worker, &peer) => {
+                        let restart = a.restarts_left > 0;
+                        if restart {
+                            a.restarts_left -= 1;
+                            a.num_restarts += 1;
+                        }
+                        peer.send(Msg::KillActor {
+                            actor_id: id,
+                            restart,
+                        });
+                        Some((restart, self.actor_info(id, a, false)))
+                    }
+                    _ => None,
+                },
+            }
+        };
+        match decided {
+            Some((true, info)) => {
+                self.tell_gcs(info);
+                true
+            }
+            Some((false, _)) => {
+                lock(&self.owned_actors).remove(&id);
+                cell.die(cell.died("killed by manta::restart: no restarts left"));
+                true
+            }
+            // Its worker died: the restart under way (or the death) decides.
+            None => {
+                let deadline = Instant::now() + CALL_TIMEOUT;
+                while Instant::now() < deadline {
+                    if cell.is_dead() {
+                        return false;
+                    }
+                    if remote
+                        .target()
+                        .is_some_and(|(worker, peer)| reachable(worker, &peer))
+                    {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                false
+            }
+        }
+    }
+}
