@@ -302,7 +302,7 @@ impl std::fmt::Debug for Registered {
 }
 
 /// Constant-time equality, so a token's prefix cannot be found by timing refusals.
-fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
