@@ -65,6 +65,10 @@
 //! # Threads
 //! [`NodeArena::serve`] runs an acceptor (polls the listener every 100 ms for the stop flag),
 //! one thread per client (blocking reads; the handshake with a 5 s deadline), and the sweeper.
+//! At most [`MAX_PENDING`] clients may be proving their token at once: the acceptor closes a
+//! connection beyond that at once, so idle unauthenticated connections cost no thread beyond
+//! those (a flood of 1,100 made 506 threads before). Warnings about refused connections are
+//! rate-limited (10 lines per 10 s, then a count of those suppressed).
 //! Dropping the [`NodeServer`] stops accepting, shuts every connection down (which ends the
 //! client threads' reads, and their clients' granules become dead-held as in step 5) and joins
 //! the threads, waiting at most a few seconds.
@@ -103,6 +107,35 @@ const SWEEP_PERIOD: Duration = Duration::from_millis(100);
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// How long dropping a [`NodeServer`] waits for its threads.
 const JOIN_LIMIT: Duration = Duration::from_secs(7);
+/// Most clients in the handshake (token not yet proven) at once.
+const MAX_PENDING: usize = 64;
+
+/// At most 10 warnings per 10 s about bad connections, counting the rest (a peer that
+/// misbehaves on purpose must not fill the disk).
+#[derive(Debug, Default)]
+struct LogLimit(Mutex<(Option<Instant>, u32, u64)>);
+
+impl LogLimit {
+    const PERIOD: Duration = Duration::from_secs(10);
+    const BURST: u32 = 10;
+
+    /// `Some(suppressed since the last line)` to log now, `None` to stay quiet.
+    fn check(&self) -> Option<u64> {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if w.0
+            .is_none_or(|start| now.saturating_duration_since(start) >= Self::PERIOD)
+        {
+            *w = (Some(now), 0, w.2);
+        }
+        if w.1 >= Self::BURST {
+            w.2 += 1;
+            return None;
+        }
+        w.1 += 1;
+        Some(std::mem::take(&mut w.2))
+    }
+}
 
 /// The node's arena, on the raylet's side: the memfd and who holds which granule.
 pub struct NodeArena {
@@ -340,6 +373,8 @@ impl NodeArena {
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             workers: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
+            log: LogLimit::default(),
         });
         let mut server = NodeServer {
             shared: shared.clone(),
@@ -370,6 +405,9 @@ struct Serving {
     /// A second handle on every open connection, to shut it down at stop.
     conns: Mutex<HashMap<ClientId, UnixStream>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Clients still proving their token (at most [`MAX_PENDING`]).
+    pending: AtomicUsize,
+    log: LogLimit,
 }
 
 /// Constant-time equality, so that a token's prefix cannot be found by timing refusals.
@@ -437,7 +475,9 @@ impl Serving {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of fds, say: back off instead of spinning.
-                    warn!(error = %e, "node arena: accept failed");
+                    if let Some(suppressed) = self.log.check() {
+                        warn!(error = %e, suppressed, "node arena: accept failed");
+                    }
                     std::thread::sleep(ACCEPT_POLL);
                 }
             }
@@ -445,6 +485,18 @@ impl Serving {
     }
 
     fn spawn_client(self: &Arc<Self>, stream: UnixStream) {
+        // Counted down by `serve_client` once the handshake ends, or below if no thread runs.
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            drop(stream);
+            if let Some(suppressed) = self.log.check() {
+                warn!(
+                    suppressed,
+                    "node arena: connection refused: too many handshakes under way"
+                );
+            }
+            return;
+        }
         let id = self.node.next_client();
         let me = self.clone();
         let spawned = std::thread::Builder::new()
@@ -454,7 +506,10 @@ impl Serving {
         workers.retain(|h| !h.is_finished());
         match spawned {
             Ok(handle) => workers.push(handle),
-            Err(e) => warn!(error = %e, "node arena: no thread for a client; connection dropped"),
+            Err(e) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                warn!(error = %e, "node arena: no thread for a client; connection dropped");
+            }
         }
     }
 
@@ -475,9 +530,11 @@ impl Serving {
 
     fn serve_client(self: Arc<Self>, id: ClientId, stream: UnixStream) {
         if !self.register(id, &stream) {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         let proven = self.handshake(id, &stream);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
         if proven {
             self.requests(id, &stream);
         }
@@ -493,24 +550,35 @@ impl Serving {
         let deadline = Instant::now() + EXCHANGE_TIMEOUT;
         let mut len = [0u8; 4];
         if let Err(e) = read_by(stream, &mut len, deadline) {
-            warn!(client = id, error = %e, "node arena: connection refused: no token read");
+            if let Some(suppressed) = self.log.check() {
+                warn!(client = id, error = %e, suppressed, "node arena: connection refused: no token read");
+            }
             return false;
         }
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_TOKEN {
-            warn!(
-                client = id,
-                len, "node arena: connection refused: token too long"
-            );
+            if let Some(suppressed) = self.log.check() {
+                warn!(
+                    client = id,
+                    len, suppressed, "node arena: connection refused: token too long"
+                );
+            }
             return false;
         }
         let mut token = vec![0u8; len];
         if let Err(e) = read_by(stream, &mut token, deadline) {
-            warn!(client = id, error = %e, "node arena: connection refused: no token read");
+            if let Some(suppressed) = self.log.check() {
+                warn!(client = id, error = %e, suppressed, "node arena: connection refused: no token read");
+            }
             return false;
         }
         if !tokens_equal(&token, &self.token) {
-            warn!(client = id, "node arena: connection refused: wrong token");
+            if let Some(suppressed) = self.log.check() {
+                warn!(
+                    client = id,
+                    suppressed, "node arena: connection refused: wrong token"
+                );
+            }
             return false;
         }
         self.node.lock().clients += 1;

@@ -856,7 +856,9 @@ async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>) {
                 let name = conn.peer_name().to_owned();
                 Peer::spawn(conn, name, handler.clone());
             }
-            Err(e) => tracing::warn!(error = %e, "refused a connection"),
+            // The transport logged it already, rate-limited: a flood of bad peers must not
+            // fill the log.
+            Err(e) => tracing::debug!(error = %e, "refused a connection"),
         }
     }
 }
