@@ -282,8 +282,8 @@ catalogue! {
     object_store_numa_nodes: CpuList = CpuList::default(), env "MANTA_OBJECT_STORE_NUMA_NODES";
     /// Fraction of the object store in use above which unpinned objects are spilled to disk.
     object_spilling_threshold: f64 = 0.8, env "MANTA_OBJECT_SPILLING_THRESHOLD";
-    /// Directory for spill files; empty means a directory of this process's own under the
-    /// system's temporary directory, removed when the runtime's store is dropped.
+    /// Directory for spill files (unlinked from birth: nothing is left there); empty means
+    /// the system's temporary directory.
     object_spilling_directory: String = String::new(), env "MANTA_OBJECT_SPILLING_DIRECTORY";
     /// How long a put (or a task result) waits for room in a full object store before failing
     /// with `ObjectStoreFull` (microseconds in the environment).
