@@ -1,5 +1,6 @@
-//! What a finished job leaves behind on its nodes: nothing in the temporary directory (no
-//! per-process spill directory: spill files are unlinked from birth, so none is needed).
+//! What a finished job leaves behind: nothing in the nodes' temporary directory (no
+//! per-process spill directory: spill files are unlinked from birth, so none is needed), and
+//! next to nothing in the head's memory (the GCS forgets workers whose connection closed).
 
 mod common;
 
@@ -53,5 +54,70 @@ fn worker_processes_leave_no_spill_directory() {
         live.is_empty() && left.is_empty() && after_stop.is_empty(),
         "spill directories in the nodes' TMPDIR: while running {live:?}, after the job {left:?}, \
          after stop {after_stop:?}"
+    );
+}
+
+/// The head's pid: our child whose command line has `--head`.
+fn head_pid() -> u32 {
+    let me = std::process::id();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(me) && String::from_utf8_lossy(&cmd).contains("--head") {
+            return pid;
+        }
+    }
+    panic!("no head process among our children");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// One short job: a driver that runs a few tasks and a named actor, then leaves.
+fn one_job(cluster: &LocalCluster, i: usize) {
+    manta::init_with(cluster.config()).expect("the driver joins");
+    let refs: Vec<_> = (0..4u64).map(square::remote).collect();
+    assert_eq!(manta::get_all(&refs).unwrap().iter().sum::<u64>(), 14);
+    let t = common::cluster::Tally::options()
+        .name(format!("tally-{i}"))
+        .remote();
+    assert_eq!(t.add(2).get().unwrap(), 2);
+    manta::shutdown();
+}
+
+#[test]
+fn the_gcs_gives_back_what_finished_jobs_held() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);
+    let pid = head_pid();
+    // Warm up: the first jobs size the head's pools and caches.
+    for i in 0..5 {
+        one_job(&cluster, i);
+    }
+    let before = rss_kib(pid);
+    let jobs = 100;
+    for i in 5..5 + jobs {
+        one_job(&cluster, i);
+    }
+    let after = rss_kib(pid);
+    let per_job = (after.saturating_sub(before) * 1024) / jobs as u64;
+    eprintln!("head RSS {before} → {after} KiB over {jobs} jobs: {per_job} B per job");
+    assert!(
+        per_job < 4096,
+        "the head kept {per_job} bytes per finished job (RSS {before} → {after} KiB)"
     );
 }
