@@ -121,3 +121,42 @@ fn the_gcs_gives_back_what_finished_jobs_held() {
         "the head kept {per_job} bytes per finished job (RSS {before} → {after} KiB)"
     );
 }
+
+/// The worker log files in a node's log directory.
+fn worker_logs(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("worker-job"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn worker_logs_are_kept_for_the_latest_jobs_only() {
+    serve_if_worker();
+    let mut spec = NodeSpec::with_resources("");
+    spec.env.push(("MANTA_WORKER_LOG_JOBS".into(), "3".into()));
+    let cluster = LocalCluster::start(spec, &[]);
+    for i in 0..7 {
+        one_job(&cluster, i);
+    }
+    // The next job's worker start prunes: the logs of the 3 latest jobs (its own included).
+    manta::init_with(cluster.config()).expect("the driver joins");
+    assert_eq!(square::remote(3u64).get().unwrap(), 9);
+    let logs = worker_logs(&cluster.root.join("node-0").join("logs"));
+    manta::shutdown();
+    assert_eq!(
+        logs,
+        [
+            "worker-job6-node1.log",
+            "worker-job7-node1.log",
+            "worker-job8-node1.log"
+        ],
+        "worker logs kept"
+    );
+}

@@ -307,6 +307,9 @@ catalogue! {
     /// arena of its own of `object_store_memory` bytes. Read by raylets and by the processes
     /// that join them; a process that cannot reach its raylet's arena keeps its own.
     node_object_store: bool = true, env "MANTA_NODE_OBJECT_STORE";
+    /// Worker log files a raylet keeps: those of this many latest jobs (and of every job
+    /// still running there); older ones are deleted when it starts a worker for a new job.
+    worker_log_jobs: usize = 100, env "MANTA_WORKER_LOG_JOBS";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

@@ -38,6 +38,7 @@ pub mod session;
 mod submit;
 mod wire;
 pub(crate) mod worker;
+mod worker_logs;
 
 pub use node::{
     ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,

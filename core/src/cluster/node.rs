@@ -582,10 +582,22 @@ impl Raylet {
         env: Vec<(String, String)>,
     ) {
         let mut workers = lock(&self.workers);
+        // Start this raylet's worker for the job unless it has one (running or starting).
+        let start = self.opts.spawn_workers
+            && !workers
+                .get(&job_id)
+                .is_some_and(|job| job.procs.iter().any(|w| w.child.is_some()));
+        if start && let Some(dir) = &self.opts.log_dir {
+            // Retention: the logs of older jobs go before this job's is made.
+            let keep = crate::Config::default()
+                .resolve()
+                .map_or(100, |c| c.worker_log_jobs);
+            let running: Vec<u64> = workers.keys().copied().chain([job_id]).collect();
+            super::worker_logs::prune(dir, keep.max(1), &running);
+        }
         let job = workers.entry(job_id).or_default();
         job.waiting.push((from.clone(), request_id));
-        // Start this raylet's worker for the job unless it has one (running or starting).
-        if self.opts.spawn_workers && !job.procs.iter().any(|w| w.child.is_some()) {
+        if start {
             match self.spawn(job_id, &executable, args, cwd, env) {
                 Ok(child) => job.procs.push(WorkerProc::started(child)),
                 Err(e) => {
