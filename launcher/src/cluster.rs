@@ -33,7 +33,8 @@ pub(crate) fn new_token() -> Result<String> {
 
 fn new_session_dir() -> Result<PathBuf> {
     let root = cluster::session_root();
-    session::ensure_root(&root).context("the session root")?;
+    session::ensure_root(&root)
+        .context("the session root (MANTA_SESSION_ROOT names another, of your own)")?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
