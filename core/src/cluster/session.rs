@@ -78,11 +78,9 @@ pub fn ensure_root(root: &Path) -> io::Result<()> {
 }
 
 /// Creates the fresh directory `dir` (mode `0700`) and its `logs/`, failing if anything is
-/// already there (step 2). Its parent must pass [`check_dir`].
+/// already there (step 2): a `mkdir` that succeeds made a directory of ours. (The session
+/// root is checked by [`ensure_root`] first.)
 pub fn create_dir(dir: &Path) -> io::Result<()> {
-    if let Some(parent) = dir.parent() {
-        check_dir(parent)?;
-    }
     let mk = |d: &Path| {
         DirBuilder::new()
             .mode(0o700)
