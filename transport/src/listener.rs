@@ -227,25 +227,32 @@ async fn accept_loop(
 ) {
     let mut handshakes = JoinSet::new();
     let log = Arc::new(LogLimiter::for_bad_peers());
+    // A permit per handshake under way, returned as soon as it ends (before its result waits
+    // for room in `ready`): only peers still proving themselves count against the cap.
+    let cap = cfg
+        .max_pending_handshakes
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let pending = Arc::new(tokio::sync::Semaphore::new(cap));
     loop {
         let accepted = accept_socket(&flavor).await;
-        // Reap the handshakes that ended while we waited, then count those still running.
         while handshakes.try_join_next().is_some() {}
         match accepted {
-            Ok(sock) if handshakes.len() >= cfg.max_pending_handshakes.max(1) => {
-                drop(sock);
-                if let Some(suppressed) = log.check() {
-                    tracing::warn!(
-                        pending = handshakes.len(),
-                        suppressed,
-                        "closing connection: too many handshakes under way"
-                    );
-                }
-            }
             Ok(sock) => {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    drop(sock);
+                    if let Some(suppressed) = log.check() {
+                        tracing::warn!(
+                            suppressed,
+                            "closing connection: too many handshakes under way"
+                        );
+                    }
+                    continue;
+                };
                 let (cfg, ready, log) = (cfg.clone(), ready.clone(), log.clone());
                 handshakes.spawn(async move {
-                    let _ = ready.send(handshake(sock, &cfg, &log).await).await;
+                    let result = handshake(sock, &cfg, &log).await;
+                    drop(permit);
+                    let _ = ready.send(result).await;
                 });
             }
             Err(e) => {
