@@ -76,6 +76,7 @@
 //! the threads, waiting at most a few seconds.
 
 mod granules;
+mod log_limit;
 mod pending;
 mod wire;
 
@@ -98,6 +99,7 @@ use crate::fdpass;
 use crate::numa;
 use crate::ofd;
 use granules::{ClientId, Granules};
+use log_limit::LogLimit;
 use pending::{Pending, Progress};
 use wire::{Hello, Reply, Request, Status};
 
@@ -113,33 +115,6 @@ const ACCEPT_POLL: Duration = Duration::from_millis(100);
 const JOIN_LIMIT: Duration = Duration::from_secs(7);
 /// Most clients in the handshake (token not yet proven) at once.
 const MAX_PENDING: usize = 64;
-
-/// At most 10 warnings per 10 s about bad connections, counting the rest (a peer that
-/// misbehaves on purpose must not fill the disk).
-#[derive(Debug, Default)]
-struct LogLimit(Mutex<(Option<Instant>, u32, u64)>);
-
-impl LogLimit {
-    const PERIOD: Duration = Duration::from_secs(10);
-    const BURST: u32 = 10;
-
-    /// `Some(suppressed since the last line)` to log now, `None` to stay quiet.
-    fn check(&self) -> Option<u64> {
-        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if w.0
-            .is_none_or(|start| now.saturating_duration_since(start) >= Self::PERIOD)
-        {
-            *w = (Some(now), 0, w.2);
-        }
-        if w.1 >= Self::BURST {
-            w.2 += 1;
-            return None;
-        }
-        w.1 += 1;
-        Some(std::mem::take(&mut w.2))
-    }
-}
 
 /// The node's arena, on the raylet's side: the memfd and who holds which granule.
 pub struct NodeArena {
