@@ -1,7 +1,8 @@
 //! Pinning the calling thread to CPUs (`sched_setaffinity(2)`), for slot threads.
 //!
-//! This is the one module of `manta-core` with hand-written `unsafe` (a single system call),
-//! kept here so the rest of the crate stays `#![deny(unsafe_code)]`. The mask is built as a
+//! This is one of the two modules of `manta-core` with hand-written `unsafe` (a single system
+//! call; the other is `cluster/session.rs`'s `geteuid`), so the rest of the crate stays
+//! `#![deny(unsafe_code)]`. The mask is built as a
 //! vector of `c_ulong` words sized to the largest CPU asked for, so CPUs past glibc's fixed
 //! 1,024-bit `cpu_set_t` work too; the raw system call (not glibc's wrapper) takes any length
 //! that is a multiple of the word size.

@@ -286,8 +286,8 @@ catalogue! {
     object_store_numa_nodes: CpuList = CpuList::default(), env "MANTA_OBJECT_STORE_NUMA_NODES";
     /// Fraction of the object store in use above which unpinned objects are spilled to disk.
     object_spilling_threshold: f64 = 0.8, env "MANTA_OBJECT_SPILLING_THRESHOLD";
-    /// Directory for spill files; empty means a directory of this process's own under the
-    /// system's temporary directory, removed when the runtime's store is dropped.
+    /// Directory for spill files (unlinked from birth: nothing is left there); empty means
+    /// the system's temporary directory.
     object_spilling_directory: String = String::new(), env "MANTA_OBJECT_SPILLING_DIRECTORY";
     /// How long a put (or a task result) waits for room in a full object store before failing
     /// with `ObjectStoreFull` (microseconds in the environment).
@@ -331,6 +331,9 @@ catalogue! {
     /// then tells it so: it stops its workers and exits (microseconds in the environment; the
     /// head's is the one that counts). Raylets heartbeat every second.
     node_timeout: Duration = Duration::from_secs(10), env "MANTA_NODE_TIMEOUT_US";
+    /// Worker log files a raylet keeps: those of this many latest jobs (and of every job
+    /// still running there); older ones are deleted when it starts a worker for a new job.
+    worker_log_jobs: usize = 100, env "MANTA_WORKER_LOG_JOBS";
 }
 
 /// 30% of physical memory, as Ray's default object store size.

@@ -24,8 +24,10 @@
 //!    borrows) that same `Arc`. The store answers `Busy` only while a spill batch is writing the
 //!    object out; the drop waits for that bounded I/O to finish, then deletes.
 //! 4. **Shutdown.** Each `StoredObject` holds an `Arc` of its [`ObjectStore`], so the arena
-//!    outlives every object and every view, even past `shutdown`. The spill directory this
-//!    runtime made for itself is removed when the last of them is gone.
+//!    outlives every object and every view, even past `shutdown`. Nothing is left on disk:
+//!    spill files are unlinked from birth (`manta_store`'s `spill.rs`), straight in the spill
+//!    directory (`object_spilling_directory`, default the system's temporary directory), so
+//!    no per-process directory is made that a killed process could leave behind.
 //!
 //! # Objects in another process's arena
 //!
@@ -53,13 +55,11 @@ use crate::sync::{Arc, AtomicU64, Ordering, thread};
 /// How long dropping an object waits for a spill batch that is writing it out.
 const DELETE_BUSY_WAIT: Duration = Duration::from_secs(30);
 
-/// A runtime's object store: the arena, a key counter and the spill directory it owns.
+/// A runtime's object store: the arena and a key counter.
 #[derive(Debug)]
 pub(crate) struct ObjectStore {
     store: Arc<Store>,
     next_key: AtomicU64,
-    /// The per-process spill directory made at start (removed at drop), unless the user chose one.
-    owned_spill_dir: Option<PathBuf>,
 }
 
 /// The store's part of [`NodeStatus`](crate::NodeStatus).
@@ -103,42 +103,24 @@ impl ObjectStore {
         config: &Resolved,
         node: Option<manta_store::NodeClient>,
     ) -> Result<ObjectStore, Error> {
-        let (spill_dir, owned_spill_dir) = if config.object_spilling_directory.is_empty() {
-            static SEQ: AtomicU64 = AtomicU64::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "manta-spill-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).map_err(|e| Error::Os {
-                what: "creating the object spill directory",
-                message: format!("{}: {e}", dir.display()),
-            })?;
-            (dir.clone(), Some(dir))
+        // Spill files are unlinked from birth: they need no directory of their own.
+        let spill_dir = if config.object_spilling_directory.is_empty() {
+            std::env::temp_dir()
         } else {
-            (PathBuf::from(&config.object_spilling_directory), None)
+            PathBuf::from(&config.object_spilling_directory)
         };
         let store_config = store_config(config, Some(spill_dir));
         let store = match node {
             Some(client) => Store::on_node(client, store_config),
             None => Store::new(store_config),
         };
-        let store = match store {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(dir) = &owned_spill_dir {
-                    let _ = std::fs::remove_dir(dir);
-                }
-                return Err(Error::ObjectStore {
-                    object: ObjectId::from_u64(0),
-                    message: format!("creating the object store: {e}"),
-                });
-            }
-        };
+        let store = store.map_err(|e| Error::ObjectStore {
+            object: ObjectId::from_u64(0),
+            message: format!("creating the object store: {e}"),
+        })?;
         Ok(ObjectStore {
             store: Arc::new(store),
             next_key: AtomicU64::new(1),
-            owned_spill_dir,
         })
     }
 
@@ -239,17 +221,6 @@ pub(crate) fn store_config(config: &Resolved, spill_dir: Option<PathBuf>) -> Sto
                 .collect()
         }),
         ..defaults
-    }
-}
-
-impl Drop for ObjectStore {
-    fn drop(&mut self) {
-        // Step 4. Spill files are unlinked from birth, so the directory is empty.
-        if let Some(dir) = &self.owned_spill_dir
-            && let Err(e) = std::fs::remove_dir(dir)
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the spill directory");
-        }
     }
 }
 

@@ -3,17 +3,23 @@
 //!
 //! # Session directories
 //! `manta start --head` makes `<session root>/session_<time>_<pid>/` (root: `$MANTA_SESSION_ROOT`,
-//! default `/tmp/manta`) holding `address`, `token` (mode 0600) and `logs/`, and points
-//! `session_latest` at it. Commands and drivers on the same host (or on a shared filesystem)
-//! find the address and token there when none is given.
+//! default `/tmp/manta`; both mode 0700) holding `address` and `token` (mode 0600) and `logs/`,
+//! and points `session_latest` at it. Commands and drivers on the same host find the address
+//! and token there when none is given, after checking that the directory and files are this
+//! user's alone (`manta_core::cluster::session`). The head removes its token and address when
+//! it exits, and `manta stop` does too.
+//!
+//! # The token never travels in a command line
+//! It is read from `--token-file` or `MANTA_TOKEN`; `--token` is refused, since every local
+//! user can read a process's argv. The background re-exec of `manta start` and the workers a
+//! raylet starts get it in their environment (readable only by this user).
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use manta_core::cluster::{self, NodeOptions};
+use manta_core::cluster::{self, NodeOptions, session};
 
 use crate::{ClusterArgs, ListArgs, ListWhat, StartArgs};
 
@@ -27,36 +33,63 @@ pub(crate) fn new_token() -> Result<String> {
 
 fn new_session_dir() -> Result<PathBuf> {
     let root = cluster::session_root();
+    session::ensure_root(&root)
+        .context("the session root (MANTA_SESSION_ROOT names another, of your own)")?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let dir = root.join(format!("session_{stamp}_{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("logs"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+    session::create_dir(&dir)?;
     Ok(dir)
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
+/// The session directory given in `MANTA_SESSION_DIR` (the background re-exec's, or a test's):
+/// created like a fresh one if missing, checked if it exists.
+fn given_session_dir(dir: PathBuf) -> Result<PathBuf> {
+    if dir.exists() {
+        session::check_dir(&dir)?;
+        let logs = dir.join("logs");
+        if !logs.exists() {
+            std::fs::create_dir(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        }
+    } else {
+        session::create_dir(&dir)?;
+    }
+    Ok(dir)
 }
 
-fn point_latest(dir: &Path) -> Result<()> {
-    let latest = cluster::session_root().join("session_latest");
-    let tmp = cluster::session_root().join(format!(".session_latest.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(dir, &tmp).context("linking session_latest")?;
-    std::fs::rename(&tmp, &latest).context("linking session_latest")?;
-    Ok(())
+/// The token given to this command: `--token-file`'s contents or `MANTA_TOKEN`, if either.
+/// `--token` is refused: a command line is readable by every local user.
+fn given_token(argv_token: Option<&String>, file: Option<&PathBuf>) -> Result<Option<String>> {
+    if argv_token.is_some() {
+        bail!(
+            "--token is refused: every local user can read a command line (ps, /proc/PID/cmdline), \
+             and the token lets its holder run code as this cluster's user; give it in \
+             MANTA_TOKEN or in a file of mode 0600 with --token-file"
+        );
+    }
+    if let Some(f) = file {
+        let t = session::read_private(f).context("reading --token-file")?;
+        if t.is_empty() {
+            bail!("--token-file {} is empty", f.display());
+        }
+        return Ok(Some(t));
+    }
+    Ok(std::env::var("MANTA_TOKEN").ok().filter(|t| !t.is_empty()))
+}
+
+/// The token of the cluster at `address` from the latest session on this host, or an error
+/// saying why not.
+fn latest_session_token(address: &str) -> Result<String> {
+    session::token_for(&cluster::session_root(), address)
+        .context("the latest session on this host")?
+        .with_context(|| {
+            format!(
+                "no token for {address}: set MANTA_TOKEN or give --token-file \
+                 (printed by `manta start --head`)"
+            )
+        })
 }
 
 /// Sends the node's log (warnings about peers, nodes joining and dying, ...) to stderr, which
@@ -74,15 +107,13 @@ fn init_logging() {
 
 /// `manta start`.
 pub fn start(args: &StartArgs) -> Result<()> {
-    let token = match (&args.token, args.head) {
-        (Some(t), _) => t.clone(),
+    let token = match (
+        given_token(args.token.as_ref(), args.token_file.as_ref())?,
+        args.head,
+    ) {
+        (Some(t), _) => t,
         (None, true) => new_token()?,
-        (None, false) => {
-            let address = args.address.as_deref().unwrap_or_default();
-            cluster::session_token(address).with_context(|| {
-                format!("no token for {address}: give --token (printed by `manta start --head`)")
-            })?
-        }
+        (None, false) => latest_session_token(args.address.as_deref().unwrap_or_default())?,
     };
     let ip = match (args.ip, args.head, &args.address) {
         (Some(ip), _, _) => ip,
@@ -99,7 +130,7 @@ pub fn start(args: &StartArgs) -> Result<()> {
         (None, false, None) => bail!("a non-head node needs --address"),
     };
     let dir = match std::env::var_os("MANTA_SESSION_DIR") {
-        Some(d) => PathBuf::from(d),
+        Some(d) => given_session_dir(PathBuf::from(d))?,
         None => new_session_dir()?,
     };
     if !args.block {
@@ -126,11 +157,14 @@ pub fn start(args: &StartArgs) -> Result<()> {
     opts.log_dir = Some(dir.join("logs"));
     let head = args.head;
     let dir2 = dir.clone();
-    cluster::run_node(opts, move |ready| {
+    let result = cluster::run_node(opts, move |ready| {
         if head {
-            let _ = write_private(&dir2.join("token"), &token);
-            let _ = std::fs::write(dir2.join("address"), &ready.gcs_address);
-            let _ = point_latest(&dir2);
+            let written = session::write_private(&dir2.join("token"), &token)
+                .and_then(|()| session::write_private(&dir2.join("address"), &ready.gcs_address))
+                .and_then(|()| session::point_latest(&cluster::session_root(), &dir2));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "the session's token and address were not recorded");
+            }
         }
         let _ = std::fs::write(
             dir2.join(format!("node-{}", ready.node_id)),
@@ -141,8 +175,11 @@ pub fn start(args: &StartArgs) -> Result<()> {
             "manta node {} up: raylet {}, cluster {}",
             ready.node_id, ready.raylet_address, ready.gcs_address
         );
-    })
-    .map_err(anyhow::Error::from)
+    });
+    if head && let Err(e) = session::remove_secrets(&dir) {
+        tracing::warn!(error = %e, "the session's token was not removed");
+    }
+    result.map_err(anyhow::Error::from)
 }
 
 /// Re-runs `manta start ... --block` detached, waits until it has joined, prints how to use it.
@@ -183,7 +220,11 @@ fn start_in_background(args: &StartArgs, dir: &Path, token: &str) -> Result<()> 
             "Manta head started at {address} (session {})",
             dir.display()
         );
-        println!("  join another node:  manta start --address {address} --token {token}");
+        println!(
+            "  join another node:  manta start --address {address} --token-file {}",
+            dir.join("token").display()
+        );
+        println!("                      (or with MANTA_TOKEN={token} in its environment)");
         println!("  run a driver:       MANTA_ADDRESS={address} MANTA_TOKEN={token} ./your-app");
         println!("  stop the cluster:   manta stop");
     } else {
@@ -210,16 +251,19 @@ pub(crate) fn hostname_ip() -> Option<IpAddr> {
 
 /// The address and token `args` name, or the latest session's.
 fn locate(args: &ClusterArgs) -> Result<(String, String)> {
+    let given = given_token(args.token.as_ref(), args.token_file.as_ref())?;
     let address = match &args.address {
         Some(a) => a.clone(),
-        None => std::fs::read_to_string(cluster::session_root().join("session_latest/address"))
-            .map(|a| a.trim().to_owned())
-            .context("no --address and no running cluster's session on this host")?,
+        None => {
+            let dir = session::latest(&cluster::session_root())
+                .context("no --address, and no usable session of a running cluster on this host")?;
+            session::read_private(&dir.join("address"))
+                .context("no --address, and no usable session of a running cluster on this host")?
+        }
     };
-    let token = match &args.token {
-        Some(t) => t.clone(),
-        None => cluster::session_token(&address)
-            .with_context(|| format!("no token for {address}: give --token"))?,
+    let token = match given {
+        Some(t) => t,
+        None => latest_session_token(&address)?,
     };
     Ok((address, token))
 }
@@ -232,6 +276,12 @@ pub fn stop(args: &ClusterArgs) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && cluster::query(&address, &token).is_ok() {
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // The head removes its token as it exits; this covers a head that could not.
+    if let Ok(dir) = session::latest(&cluster::session_root())
+        && session::read_private(&dir.join("address")).is_ok_and(|a| a == address)
+    {
+        session::remove_secrets(&dir).context("removing the session's token")?;
     }
     println!("stopped the cluster at {address}");
     Ok(())

@@ -105,9 +105,15 @@ pub struct StartArgs {
     /// The head's GCS port (0: any free port).
     #[arg(long, default_value_t = 6380)]
     pub port: u16,
-    /// The cluster's token (the head makes one when not given).
-    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    /// Refused: a token in the command line is readable by every local user (`ps`). Give it
+    /// in `MANTA_TOKEN` or a `--token-file` instead.
+    #[arg(long, hide = true)]
     pub token: Option<String>,
+    /// A file holding the cluster's token (owned by you, mode 0600). Otherwise the token is
+    /// `MANTA_TOKEN`'s; otherwise the head makes one, and another node takes the latest
+    /// session's on this host.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
     /// CPUs this node offers (default: the CPUs this process may run on — the cgroup cpuset
     /// and any binding respected).
     #[arg(long)]
@@ -174,9 +180,13 @@ pub struct ClusterArgs {
     /// The head's address (default: the latest session on this host).
     #[arg(long, env = "MANTA_ADDRESS")]
     pub address: Option<String>,
-    /// The cluster's token (default: the latest session's).
-    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    /// Refused: a token in the command line is readable by every local user (`ps`).
+    #[arg(long, hide = true)]
     pub token: Option<String>,
+    /// A file holding the cluster's token (owned by you, mode 0600); otherwise `MANTA_TOKEN`,
+    /// otherwise the latest session's on this host.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `manta list`.

@@ -18,18 +18,20 @@ nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 head="${nodes[0]}"
 head_ip="$(getent ahostsv4 "$head" | awk 'NR == 1 { print $1 }')"
 port=$((20000 + SLURM_JOB_ID % 30000))
-token="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# The token travels in the environment (srun passes it on), never in a command line.
+MANTA_TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export MANTA_TOKEN
 export MANTA_SESSION_ROOT="${TMPDIR:-/tmp}/manta-$SLURM_JOB_ID"
 
 srun --nodes=1 --ntasks=1 -w "$head" --overlap \
-    "$MANTA" start --head --block --ip "$head_ip" --port "$port" --token "$token" &
-until "$MANTA" status --address "$head_ip:$port" --token "$token" >/dev/null 2>&1; do
+    "$MANTA" start --head --block --ip "$head_ip" --port "$port" &
+until "$MANTA" status --address "$head_ip:$port" >/dev/null 2>&1; do
     sleep 0.1
 done
 if ((${#nodes[@]} > 1)); then
     srun --nodes=$((${#nodes[@]} - 1)) --ntasks-per-node=1 --exclude="$head" --overlap \
-        "$MANTA" start --block --address "$head_ip:$port" --token "$token" &
+        "$MANTA" start --block --address "$head_ip:$port" &
 fi
-trap '"$MANTA" stop --address "$head_ip:$port" --token "$token" || true; wait' EXIT
-MANTA_ADDRESS="$head_ip:$port" MANTA_TOKEN="$token" "$APP" "$@"
-"$MANTA" status --address "$head_ip:$port" --token "$token"
+trap '"$MANTA" stop --address "$head_ip:$port" || true; wait' EXIT
+MANTA_ADDRESS="$head_ip:$port" "$APP" "$@"
+"$MANTA" status --address "$head_ip:$port"

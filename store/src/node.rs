@@ -63,13 +63,21 @@
 //! probe. Only [`AttachedArena`](crate::AttachedArena)s lock, on their own descriptions.
 //!
 //! # Threads
-//! [`NodeArena::serve`] runs an acceptor (polls the listener every 100 ms for the stop flag),
-//! one thread per client (blocking reads; the handshake with a 5 s deadline), and the sweeper.
+//! [`NodeArena::serve`] runs an acceptor, one thread per client that proved the token (blocking
+//! reads of its requests), and the sweeper. The acceptor `poll`s the listener and the clients
+//! still proving the token (every 100 ms at least, for the stop flag and their 5 s deadlines)
+//! and reads their tokens without blocking (`node/pending.rs`): an unauthenticated connection
+//! costs no thread (a flood of 1,100 idle ones made 506 threads when each had its own), and at
+//! most [`MAX_PENDING`] may be pending at once (one beyond that is closed at once). Warnings
+//! about refused connections are rate-limited (10 lines per 10 s, then a count of those
+//! suppressed).
 //! Dropping the [`NodeServer`] stops accepting, shuts every connection down (which ends the
 //! client threads' reads, and their clients' granules become dead-held as in step 5) and joins
 //! the threads, waiting at most a few seconds.
 
 mod granules;
+mod log_limit;
+mod pending;
 mod wire;
 
 use std::collections::HashMap;
@@ -91,6 +99,8 @@ use crate::fdpass;
 use crate::numa;
 use crate::ofd;
 use granules::{ClientId, Granules};
+use log_limit::LogLimit;
+use pending::{Pending, Progress};
 use wire::{Hello, Reply, Request, Status};
 
 /// How long a client has to prove the token, and the client's timeout for every exchange.
@@ -103,6 +113,8 @@ const SWEEP_PERIOD: Duration = Duration::from_millis(100);
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// How long dropping a [`NodeServer`] waits for its threads.
 const JOIN_LIMIT: Duration = Duration::from_secs(7);
+/// Most clients in the handshake (token not yet proven) at once.
+const MAX_PENDING: usize = 64;
 
 /// The node's arena, on the raylet's side: the memfd and who holds which granule.
 pub struct NodeArena {
@@ -340,6 +352,7 @@ impl NodeArena {
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             workers: Mutex::new(Vec::new()),
+            log: LogLimit::default(),
         });
         let mut server = NodeServer {
             shared: shared.clone(),
@@ -370,6 +383,7 @@ struct Serving {
     /// A second handle on every open connection, to shut it down at stop.
     conns: Mutex<HashMap<ClientId, UnixStream>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    log: LogLimit,
 }
 
 /// Constant-time equality, so that a token's prefix cannot be found by timing refusals.
@@ -377,37 +391,22 @@ fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Fills `buf` from `stream` before `deadline`.
-fn read_by(stream: &UnixStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
-    let mut got = 0;
-    while got < buf.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
-        match (&*stream).read(&mut buf[got..]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// Waits until one of `fds` is ready or `timeout` passes; their `revents` say which.
+fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) {
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll reads and writes exactly `fds.len()` pollfds through the pointer, a live
+    // slice exclusively borrowed for the call; each fd is open (owned by the caller's
+    // listener and streams, alive across the call). On an error (EINTR) no revents are set,
+    // and the caller simply polls again.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
 }
 
-/// Waits until `fd` is readable or `timeout` passes.
-fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) {
-    let mut pfd = libc::pollfd {
+fn pollfd(fd: BorrowedFd<'_>) -> libc::pollfd {
+    libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: poll reads and writes exactly one pollfd through the pointer, a live local
-    // exclusively borrowed for the call; the fd is open (borrowed). Its result only decides
-    // when the caller retries accept, so errors need no handling.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
 }
 
 /// Waits for `handle` until `deadline`, then leaves it running (logged).
@@ -427,25 +426,106 @@ impl Serving {
         self.stop.load(Ordering::Acquire)
     }
 
+    /// Accepts connections and reads their tokens (steps 1–2) without blocking, then hands
+    /// each proven client to a thread of its own.
     fn accept_loop(self: Arc<Self>, listener: UnixListener) {
+        let mut pending: Vec<Pending> = Vec::new();
         while !self.stopping() {
-            match listener.accept() {
-                Ok((stream, _)) => self.spawn_client(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    poll_readable(listener.as_fd(), ACCEPT_POLL)
+            let now = Instant::now();
+            pending.retain(|p| {
+                let alive = p.deadline > now;
+                if !alive && let Some(suppressed) = self.log.check() {
+                    warn!(
+                        client = p.id,
+                        suppressed, "node arena: connection refused: no token within 5 s"
+                    );
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of fds, say: back off instead of spinning.
-                    warn!(error = %e, "node arena: accept failed");
-                    std::thread::sleep(ACCEPT_POLL);
+                alive
+            });
+            let wait = pending
+                .iter()
+                .map(|p| p.deadline.saturating_duration_since(now))
+                .fold(ACCEPT_POLL, Duration::min);
+            let mut fds: Vec<libc::pollfd> = std::iter::once(pollfd(listener.as_fd()))
+                .chain(pending.iter().map(|p| pollfd(p.stream.as_fd())))
+                .collect();
+            poll_fds(&mut fds, wait);
+            // Pending clients first (indices match `fds[1..]`), last to first for swap_remove.
+            for i in (0..pending.len()).rev() {
+                if fds[i + 1].revents == 0 {
+                    continue;
+                }
+                match pending[i].read(MAX_TOKEN) {
+                    Progress::More => {}
+                    Progress::Token(token) => {
+                        let p = pending.swap_remove(i);
+                        self.proven(p, &token);
+                    }
+                    Progress::Refused(why) => {
+                        let p = pending.swap_remove(i);
+                        if let Some(suppressed) = self.log.check() {
+                            warn!(
+                                client = p.id,
+                                why, suppressed, "node arena: connection refused"
+                            );
+                        }
+                    }
+                }
+            }
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => self.admit(&mut pending, stream),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // Out of fds, say: back off instead of spinning.
+                        if let Some(suppressed) = self.log.check() {
+                            warn!(error = %e, suppressed, "node arena: accept failed");
+                        }
+                        std::thread::sleep(ACCEPT_POLL);
+                        break;
+                    }
                 }
             }
         }
     }
 
-    fn spawn_client(self: &Arc<Self>, stream: UnixStream) {
+    /// Step 1: a new connection joins the pending ones, unless [`MAX_PENDING`] already are.
+    fn admit(&self, pending: &mut Vec<Pending>, stream: UnixStream) {
+        if pending.len() >= MAX_PENDING {
+            drop(stream);
+            if let Some(suppressed) = self.log.check() {
+                warn!(
+                    suppressed,
+                    "node arena: connection refused: too many handshakes under way"
+                );
+            }
+            return;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            warn!(error = %e, "node arena: socket setup failed; connection dropped");
+            return;
+        }
         let id = self.node.next_client();
+        pending.push(Pending::new(id, stream, Instant::now() + EXCHANGE_TIMEOUT));
+    }
+
+    /// Step 2's verdict on a whole token: a client that proved it gets a thread of its own.
+    fn proven(self: &Arc<Self>, p: Pending, token: &[u8]) {
+        if !tokens_equal(token, &self.token) {
+            if let Some(suppressed) = self.log.check() {
+                warn!(
+                    client = p.id,
+                    suppressed, "node arena: connection refused: wrong token"
+                );
+            }
+            return;
+        }
+        if let Err(e) = p.stream.set_nonblocking(false) {
+            warn!(client = p.id, error = %e, "node arena: socket setup failed; connection dropped");
+            return;
+        }
+        let (id, stream) = (p.id, p.stream);
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("manta-node-client-{id}"))
@@ -473,59 +553,33 @@ impl Serving {
         true
     }
 
+    /// A client that proved the token, on its own thread: step 3, then step 4 until it closes.
     fn serve_client(self: Arc<Self>, id: ClientId, stream: UnixStream) {
         if !self.register(id, &stream) {
             return;
         }
-        let proven = self.handshake(id, &stream);
-        if proven {
-            self.requests(id, &stream);
-        }
+        self.attach(id, &stream);
+        self.requests(id, &stream);
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        self.node.client_gone(id, proven);
+        self.node.client_gone(id, true);
     }
 
-    /// Steps 1–3: the token, then the memfd and hello. False (logged) if the client failed.
-    fn handshake(&self, id: ClientId, stream: &UnixStream) -> bool {
-        let deadline = Instant::now() + EXCHANGE_TIMEOUT;
-        let mut len = [0u8; 4];
-        if let Err(e) = read_by(stream, &mut len, deadline) {
-            warn!(client = id, error = %e, "node arena: connection refused: no token read");
-            return false;
-        }
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_TOKEN {
-            warn!(
-                client = id,
-                len, "node arena: connection refused: token too long"
-            );
-            return false;
-        }
-        let mut token = vec![0u8; len];
-        if let Err(e) = read_by(stream, &mut token, deadline) {
-            warn!(client = id, error = %e, "node arena: connection refused: no token read");
-            return false;
-        }
-        if !tokens_equal(&token, &self.token) {
-            warn!(client = id, "node arena: connection refused: wrong token");
-            return false;
-        }
+    /// Step 3: the memfd and hello, to a client that proved the token (counted as a client
+    /// from here on, even if the send fails: `client_gone` counts it down).
+    fn attach(&self, id: ClientId, stream: &UnixStream) {
         self.node.lock().clients += 1;
         let sent = stream
             .set_write_timeout(Some(EXCHANGE_TIMEOUT))
             .and_then(|()| {
                 fdpass::send_fd(stream, self.node.arena.fd(), &self.node.hello().encode())
             });
-        if let Err(e) = sent {
-            warn!(client = id, error = %e, "node arena: sending the arena failed");
-            // Counted as proven: client_gone counts it down.
-            return true;
+        match sent {
+            Ok(()) => debug!(client = id, "node arena: client attached"),
+            Err(e) => warn!(client = id, error = %e, "node arena: sending the arena failed"),
         }
-        debug!(client = id, "node arena: client attached");
-        true
     }
 
     /// Step 4 until the connection closes.

@@ -55,7 +55,8 @@ fn manta_bin() -> String {
     std::env::var("MANTA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_manta").to_owned())
 }
 
-fn spawn_node(spec: &NodeSpec, root: &PathBuf, name: &str, args: &[String]) -> Child {
+/// Starts one node process; the token travels in its environment, never in its argv.
+fn spawn_node(spec: &NodeSpec, root: &PathBuf, name: &str, args: &[String], token: &str) -> Child {
     let mut argv: Vec<String> = spec.wrapper.clone();
     argv.push(manta_bin());
     argv.push("start".into());
@@ -79,7 +80,7 @@ fn spawn_node(spec: &NodeSpec, root: &PathBuf, name: &str, args: &[String]) -> C
         .env("MANTA_SESSION_ROOT", root)
         .env("MANTA_SESSION_DIR", &dir)
         .env_remove("MANTA_ADDRESS")
-        .env_remove("MANTA_TOKEN")
+        .env("MANTA_TOKEN", token)
         .envs(spec.env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -118,24 +119,19 @@ impl LocalCluster {
         ));
         std::fs::create_dir_all(&root).unwrap();
         let token = "test-token-0123456789".to_owned();
-        let head_args = vec![
-            "--head".to_owned(),
-            "--port".to_owned(),
-            "0".to_owned(),
-            "--token".to_owned(),
-            token.clone(),
-        ];
-        let mut nodes = vec![spawn_node(&head, &root, "node-0", &head_args)];
+        let head_args = vec!["--head".to_owned(), "--port".to_owned(), "0".to_owned()];
+        let mut nodes = vec![spawn_node(&head, &root, "node-0", &head_args, &token)];
         let head_dir = root.join("node-0");
         let address = wait_for(&head_dir.join("address"), "the head");
         for (i, spec) in others.iter().enumerate() {
-            let args = vec![
-                "--address".to_owned(),
-                address.clone(),
-                "--token".to_owned(),
-                token.clone(),
-            ];
-            nodes.push(spawn_node(spec, &root, &format!("node-{}", i + 1), &args));
+            let args = vec!["--address".to_owned(), address.clone()];
+            nodes.push(spawn_node(
+                spec,
+                &root,
+                &format!("node-{}", i + 1),
+                &args,
+                &token,
+            ));
         }
         let cluster = LocalCluster {
             address,

@@ -23,11 +23,15 @@ pub struct TransportConfig {
     pub shm_ring_capacity: usize,
     /// How long a shm reader or writer spins before parking on its eventfd.
     pub shm_spin: Duration,
+    /// Most handshakes a listener runs at once; a connection accepted beyond that is closed
+    /// at once (so unauthenticated peers cannot make a listener hold unbounded state).
+    pub max_pending_handshakes: usize,
 }
 
 impl TransportConfig {
     /// Settings with the given token and name and defaults for the rest: frames ≤ 4 MiB, bulk
-    /// chunks of 1 MiB, bulk transfers ≤ 16 GiB, 5 s handshake, 4 MiB shm rings, 50 µs spin.
+    /// chunks of 1 MiB, bulk transfers ≤ 16 GiB, 5 s handshake, 4 MiB shm rings, 50 µs spin,
+    /// 256 handshakes at once per listener.
     pub fn new(cluster_token: impl Into<Vec<u8>>, local_name: impl Into<String>) -> Self {
         Self {
             cluster_token: cluster_token.into(),
@@ -38,6 +42,7 @@ impl TransportConfig {
             handshake_timeout: Duration::from_secs(5),
             shm_ring_capacity: 4 << 20,
             shm_spin: Duration::from_micros(50),
+            max_pending_handshakes: 256,
         }
     }
 
@@ -58,6 +63,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("shm_ring_capacity", &self.shm_ring_capacity)
             .field("shm_spin", &self.shm_spin)
+            .field("max_pending_handshakes", &self.max_pending_handshakes)
             .finish()
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! 1. The connector sends `Hello { protocol_version, cluster_token, peer_name }`.
 //! 2. The listener reads one frame within `handshake_timeout`. Garbage (bad magic, unknown
-//!    kind, oversize length, failed verification) gets a log line and a closed connection.
+//!    kind, a length over [`MAX_HELLO_LEN`] — checked before any payload is read, so an
+//!    unauthenticated peer makes the listener hold no more than that — failed verification)
+//!    gets a (rate-limited) log line and a closed connection.
 //!    A frame or `Hello` of another protocol version, or another token (compared in constant
 //!    time), gets `Refused { reason }`, a log line and a closed connection.
 //! 3. Otherwise the listener answers `HelloAck` and both sides may send anything.
@@ -301,8 +303,12 @@ impl std::fmt::Debug for Registered {
     }
 }
 
+/// Largest `Hello` payload a listener reads from a peer not yet authenticated (a token and a
+/// name fit in a few hundred bytes; `max_frame_len` applies only after the handshake).
+pub const MAX_HELLO_LEN: u32 = 4096;
+
 /// Constant-time equality, so a token's prefix cannot be found by timing refusals.
-fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -405,11 +411,12 @@ impl Connection {
         }
     }
 
-    /// Listener side of the handshake (step 2 and 3).
+    /// Listener side of the handshake (step 2 and 3); failures are logged through `log`.
     pub(crate) async fn server_handshake(
         link: (LinkReader, LinkWriter),
         peer: String,
         cfg: &TransportConfig,
+        log: &crate::LogLimiter,
     ) -> Result<Self> {
         let mut c = Self::new(link, peer, cfg);
         let timeout = cfg.handshake_timeout;
@@ -427,7 +434,9 @@ impl Connection {
                 Ok(c)
             }
             Err(e) => {
-                tracing::warn!(peer = %c.peer_addr(), error = %e, "closing connection: handshake failed");
+                if let Some(suppressed) = log.check() {
+                    tracing::warn!(peer = %c.peer_addr(), error = %e, suppressed, "closing connection: handshake failed");
+                }
                 let _ = tokio::time::timeout(timeout, c.writer.shutdown()).await;
                 Err(e)
             }
@@ -438,6 +447,16 @@ impl Connection {
         let h = self.reader.read_header().await?;
         if h.kind != FrameKind::Hello {
             return Err(unexpected(self.peer_addr(), h.kind, "as the first frame"));
+        }
+        if h.len > MAX_HELLO_LEN {
+            self.reader.broken = true;
+            return Err(malformed(
+                self.peer_addr(),
+                FrameError::Oversize {
+                    len: h.len,
+                    max: MAX_HELLO_LEN,
+                },
+            ));
         }
         let payload = self.reader.read_payload(h.len).await?;
         if h.version != PROTOCOL_VERSION {

@@ -46,6 +46,7 @@ mod connection;
 mod error;
 mod frame;
 mod framed;
+mod limit;
 mod link;
 mod listener;
 #[cfg(feature = "shm")]
@@ -55,10 +56,11 @@ mod wire;
 
 pub use config::TransportConfig;
 pub use connection::{
-    BulkIncoming, BulkLenMismatch, Connection, Incoming, MemoryRegion, Message, RemoteRegion, Tag,
-    TransferId,
+    BulkIncoming, BulkLenMismatch, Connection, Incoming, MAX_HELLO_LEN, MemoryRegion, Message,
+    RemoteRegion, Tag, TransferId,
 };
 pub use error::{FrameError, RefusalReason, Result, TransportError};
 pub use frame::PROTOCOL_VERSION;
+pub use limit::LogLimiter;
 pub use listener::{Address, Listener};
 pub use split::{RecvHalf, SendHalf};

@@ -3,6 +3,7 @@
 use crate::config::TransportConfig;
 use crate::connection::Connection;
 use crate::error::{Result, TransportError};
+use crate::limit::LogLimiter;
 use crate::link;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,8 +69,13 @@ enum State {
 /// slow or silent peer never delays another: it only holds its own task until
 /// `handshake_timeout`. `accept` hands out results in the order the handshakes finish —
 /// connections and, so the caller can see and count them, the errors of failed handshakes
-/// (also logged with `tracing::warn`). Up to 64 finished results wait for `accept`; beyond
-/// that, finished handshakes wait for room.
+/// (also logged with `tracing::warn`, at most 10 lines per 10 s per listener). Up to 64
+/// finished results wait for `accept`; beyond that, finished handshakes wait for room.
+///
+/// What an unauthenticated peer can make a listener hold is bounded: at most
+/// `max_pending_handshakes` handshakes run at once (a socket accepted beyond that is closed
+/// at once), and each reads at most [`MAX_HELLO_LEN`](crate::MAX_HELLO_LEN) bytes of payload
+/// before the token is proven (on a shm socket, at most 1 KiB and no fd).
 #[derive(Debug)]
 pub struct Listener {
     local: Address,
@@ -190,43 +196,69 @@ async fn accept_socket(flavor: &ListenerFlavor) -> Result<Accepted> {
     }
 }
 
-/// Sets up (shm) and handshakes one accepted socket.
-async fn handshake(sock: Accepted, cfg: &TransportConfig) -> Result<Connection> {
+/// Sets up (shm) and handshakes one accepted socket; failures are logged through `log`.
+async fn handshake(sock: Accepted, cfg: &TransportConfig, log: &LogLimiter) -> Result<Connection> {
     match sock {
         Accepted::Tcp(s, peer) => {
             set_nodelay(&s, &peer)?;
-            Connection::server_handshake(link::tcp(s), peer, cfg).await
+            Connection::server_handshake(link::tcp(s), peer, cfg, log).await
         }
         #[cfg(feature = "shm")]
         Accepted::Shm(s, path) => {
             let (halves, peer) = crate::shm::setup(s, &path, cfg).await.inspect_err(|e| {
-                tracing::warn!(error = %e, "closing connection: shm setup failed");
+                if let Some(suppressed) = log.check() {
+                    tracing::warn!(error = %e, suppressed, "closing connection: shm setup failed");
+                }
             })?;
-            Connection::server_handshake(link::shm(halves), peer, cfg).await
+            Connection::server_handshake(link::shm(halves), peer, cfg, log).await
         }
     }
 }
 
 /// The background task of a [`Listener`]: accepts sockets and spawns one handshake task per
-/// socket; every result goes to `ready`. Ends when the listener is dropped (aborted, which
-/// also aborts the handshakes in its `JoinSet`).
+/// socket, at most `max_pending_handshakes` at once (a socket beyond that is closed at once);
+/// every result goes to `ready`. Ends when the listener is dropped (aborted, which also
+/// aborts the handshakes in its `JoinSet`). Warnings about bad peers share one
+/// [`LogLimiter`].
 async fn accept_loop(
     flavor: ListenerFlavor,
     cfg: Arc<TransportConfig>,
     ready: mpsc::Sender<Result<Connection>>,
 ) {
     let mut handshakes = JoinSet::new();
+    let log = Arc::new(LogLimiter::for_bad_peers());
+    // A permit per handshake under way, returned as soon as it ends (before its result waits
+    // for room in `ready`): only peers still proving themselves count against the cap.
+    let cap = cfg
+        .max_pending_handshakes
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let pending = Arc::new(tokio::sync::Semaphore::new(cap));
     loop {
+        let accepted = accept_socket(&flavor).await;
         while handshakes.try_join_next().is_some() {}
-        match accept_socket(&flavor).await {
+        match accepted {
             Ok(sock) => {
-                let (cfg, ready) = (cfg.clone(), ready.clone());
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    drop(sock);
+                    if let Some(suppressed) = log.check() {
+                        tracing::warn!(
+                            suppressed,
+                            "closing connection: too many handshakes under way"
+                        );
+                    }
+                    continue;
+                };
+                let (cfg, ready, log) = (cfg.clone(), ready.clone(), log.clone());
                 handshakes.spawn(async move {
-                    let _ = ready.send(handshake(sock, &cfg).await).await;
+                    let result = handshake(sock, &cfg, &log).await;
+                    drop(permit);
+                    let _ = ready.send(result).await;
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                if let Some(suppressed) = log.check() {
+                    tracing::warn!(error = %e, suppressed, "accept failed");
+                }
                 if ready.send(Err(e)).await.is_err() {
                     return;
                 }

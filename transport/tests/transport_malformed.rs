@@ -137,6 +137,18 @@ fn oversize_length() {
 }
 
 #[test]
+fn a_hello_over_the_unauthenticated_limit_is_refused_at_its_header() {
+    // Within max_frame_len (64 KiB here) but over MAX_HELLO_LEN: refused before any payload
+    // is read, so an unauthenticated peer cannot make the listener buffer it.
+    let len = manta_transport::MAX_HELLO_LEN + 1;
+    let (e, _) = run(header(PROTOCOL_VERSION, 1, len), false);
+    assert!(matches!(
+        problem(e),
+        FrameError::Oversize { len: l, max } if l == len && max == manta_transport::MAX_HELLO_LEN
+    ));
+}
+
+#[test]
 fn unknown_kind() {
     let (e, _) = run(header(PROTOCOL_VERSION, 99, 0), false);
     assert!(matches!(problem(e), FrameError::UnknownKind { kind: 99 }));
@@ -241,4 +253,58 @@ fn garbage_after_a_good_handshake_closes_the_connection() {
         drop(conn);
         client.join().unwrap();
     });
+}
+
+#[test]
+fn handshakes_beyond_the_pending_cap_are_closed_at_once() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut cfg = TransportConfig::new(TOKEN.to_vec(), "server");
+        cfg.handshake_timeout = Duration::from_secs(10);
+        cfg.max_pending_handshakes = 2;
+        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".parse().unwrap()), cfg)
+            .await
+            .unwrap();
+        let Address::Tcp(addr) = l.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let l = std::sync::Arc::new(l);
+        let accepting = l.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let _ = accepting.accept().await;
+            }
+        });
+        let client = std::thread::spawn(move || {
+            // Two silent peers fill the cap; a third is closed without waiting for the timeout.
+            let silent: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+            std::thread::sleep(Duration::from_millis(300));
+            let mut third = TcpStream::connect(addr).unwrap();
+            third
+                .set_read_timeout(Some(Duration::from_secs(8)))
+                .unwrap();
+            let start = std::time::Instant::now();
+            let mut b = [0u8; 1];
+            let r = third.read(&mut b);
+            let waited = start.elapsed();
+            drop(silent);
+            (r.map_err(|e| e.kind()), waited)
+        });
+        while !client.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (r, waited) = client.join().unwrap();
+        task.abort();
+        assert!(
+            matches!(r, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+            "the third connection is closed: {r:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(3),
+            "closed at once, not after the handshake timeout: {waited:?}"
+        );
+    })
 }

@@ -19,7 +19,9 @@
 //!
 //! 1. The requester connects and writes a 4-byte little-endian length and the token.
 //! 2. The holder reads them within [`ATTACH_TIMEOUT`] and compares the token in constant time;
-//!    a wrong or missing token is logged and the socket closed: no fd is sent.
+//!    a wrong or missing token is logged (rate-limited) and the socket closed: no fd is sent.
+//!    At most [`MAX_PENDING_ATTACHES`] requesters may be at this step at once; one beyond that
+//!    is closed at once.
 //! 3. The holder sends its arena's memfd (`SCM_RIGHTS`, [`manta_store::fdpass`]) with 16
 //!    bytes: its worker index and the arena's length (little-endian `u64`s).
 //! 4. The requester checks the index is the holder it asked for and the length is the
@@ -81,6 +83,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use manta_store::{AttachedArena, Location, PeerLife, SharedPin, fdpass};
+use manta_transport::LogLimiter;
 
 use super::objects::PullReq;
 use super::peer::Peer;
@@ -95,6 +98,9 @@ use crate::sync::lock;
 pub(super) const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest token a holder reads.
 const MAX_TOKEN: usize = 4096;
+/// Most attaches a holder lets prove their token at once; a requester beyond that is closed
+/// at once (so idle unauthenticated connections cannot pile up tasks and buffers).
+const MAX_PENDING_ATTACHES: usize = 64;
 
 /// Another process's arena as this process knows it.
 pub(super) enum ArenaSlot {
@@ -166,11 +172,17 @@ pub(super) async fn serve(listener: UnixListener, cluster: Weak<Cluster>) {
             return;
         }
     };
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_ATTACHES));
+    let log = Arc::new(LogLimiter::for_bad_peers());
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "arena attach: accept failed");
+                if let Some(suppressed) = log.check() {
+                    tracing::warn!(error = %e, suppressed, "arena attach: accept failed");
+                }
+                // Out of fds, say: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
@@ -178,12 +190,26 @@ pub(super) async fn serve(listener: UnixListener, cluster: Weak<Cluster>) {
         if weak.strong_count() == 0 {
             return;
         }
-        tokio::spawn(serve_one(stream, weak));
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            drop(stream);
+            if let Some(suppressed) = log.check() {
+                tracing::warn!(
+                    suppressed,
+                    "arena attach refused: too many attaches under way"
+                );
+            }
+            continue;
+        };
+        let log = log.clone();
+        tokio::spawn(async move {
+            serve_one(stream, weak, &log).await;
+            drop(permit);
+        });
     }
 }
 
-/// Steps 2 and 3 for one requester.
-async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>) {
+/// Steps 2 and 3 for one requester; refusals are logged through `log`.
+async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>, log: &LogLimiter) {
     use tokio::io::AsyncReadExt;
     let proof = tokio::time::timeout(ATTACH_TIMEOUT, async {
         let mut len = [0u8; 4];
@@ -204,16 +230,25 @@ async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>) {
     let token = match proof {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "arena attach refused: no token read");
+            if let Some(suppressed) = log.check() {
+                tracing::warn!(error = %e, suppressed, "arena attach refused: no token read");
+            }
             return;
         }
         Err(_) => {
-            tracing::warn!("arena attach refused: no token within the timeout");
+            if let Some(suppressed) = log.check() {
+                tracing::warn!(
+                    suppressed,
+                    "arena attach refused: no token within the timeout"
+                );
+            }
             return;
         }
     };
     if !tokens_equal(&token, c.token.as_bytes()) {
-        tracing::warn!("arena attach refused: wrong cluster token");
+        if let Some(suppressed) = log.check() {
+            tracing::warn!(suppressed, "arena attach refused: wrong cluster token");
+        }
         return;
     }
     let Some(store) = c.runtime().and_then(|rt| rt.store.clone()) else {

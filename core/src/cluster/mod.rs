@@ -36,10 +36,13 @@ mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
 mod returns;
+#[allow(unsafe_code)] // one system call (geteuid), argued there
+pub mod session;
 mod submit;
 pub(crate) mod supervision;
 mod wire;
 pub(crate) mod worker;
+mod worker_logs;
 
 pub use node::{
     ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,
@@ -104,16 +107,16 @@ fn unexpected(msg: &proto::Msg) -> Error {
 }
 
 /// The token of the cluster at `address`, from the latest session directory on this host
-/// (written by `manta start --head`), if it is that cluster's.
+/// (written by `manta start --head`), if it is that cluster's. A session directory that is not
+/// this user's alone is refused with a warning ([`session`]).
 pub fn session_token(address: &str) -> Option<String> {
-    let dir = session_root().join("session_latest");
-    let recorded = std::fs::read_to_string(dir.join("address")).ok()?;
-    if recorded.trim() != address.trim() {
-        return None;
+    match session::token_for(&session_root(), address) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "not reading the session's token");
+            None
+        }
     }
-    std::fs::read_to_string(dir.join("token"))
-        .ok()
-        .map(|t| t.trim().to_owned())
 }
 
 /// This host and network namespace (`<boot id>/net:[<inode>]`): processes with equal ids can

@@ -633,6 +633,19 @@ impl Raylet {
         env: Vec<(String, String)>,
     ) {
         let mut workers = lock(&self.workers);
+        // Start this raylet's worker for the job unless it has one (running or starting).
+        let start = self.opts.spawn_workers
+            && !workers
+                .get(&job_id)
+                .is_some_and(|job| job.procs.iter().any(|w| w.child.is_some()));
+        if start && let Some(dir) = &self.opts.log_dir {
+            // Retention: the logs of older jobs go before this job's is made.
+            let keep = crate::Config::default()
+                .resolve()
+                .map_or(100, |c| c.worker_log_jobs);
+            let running: Vec<u64> = workers.keys().copied().chain([job_id]).collect();
+            super::worker_logs::prune(dir, keep.max(1), &running);
+        }
         let job = workers.entry(job_id).or_default();
         // A worker that exited since the last reap (one that ended because a task was
         // cancelled with force, say) is not offered: its owners are asking for another.
@@ -1004,7 +1017,9 @@ async fn accept_loop(listener: Listener, handler: Arc<dyn Handler>) {
                 let name = conn.peer_name().to_owned();
                 Peer::spawn(conn, name, handler.clone());
             }
-            Err(e) => tracing::warn!(error = %e, "refused a connection"),
+            // The transport logged it already, rate-limited: a flood of bad peers must not
+            // fill the log.
+            Err(e) => tracing::debug!(error = %e, "refused a connection"),
         }
     }
 }

@@ -373,7 +373,8 @@ impl Cluster {
                     let conn = match shm_listener.accept().await {
                         Ok(c) => c,
                         Err(e) => {
-                            tracing::warn!(error = %e, "refused a shared-memory connection");
+                            // Logged by the transport, rate-limited.
+                            tracing::debug!(error = %e, "refused a shared-memory connection");
                             continue;
                         }
                     };
@@ -389,7 +390,8 @@ impl Cluster {
                 let conn = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(error = %e, "refused a connection");
+                        // Logged by the transport, rate-limited.
+                        tracing::debug!(error = %e, "refused a connection");
                         continue;
                     }
                 };

@@ -7,11 +7,22 @@
 //! 2. The connector creates a memfd of [`ring::segment_len`] bytes, seals it against
 //!    shrinking and growing, maps it, writes the segment header, and creates four eventfds
 //!    (data and space for each ring).
-//! 3. The connector sends a 12-byte `b"MSHM"` + capacity message carrying the memfd and the
+//! 3. The connector proves the cluster token: `b"MSHA"`, a little-endian `u16` length and the
+//!    token (at most [`MAX_PROOF_TOKEN`] bytes), with no fds.
+//! 4. The listener reads the proof with plain reads (fds sent alongside are never installed:
+//!    the kernel drops them) and compares the token in constant time, all within
+//!    `handshake_timeout`; it answers one byte, 1 (proven) or 0 (wrong token: the connector
+//!    reports [`TransportError::Refused`]). A wrong magic, length or token closes the socket:
+//!    nothing of the peer's is kept, mapped or read further.
+//! 5. Once it has read the 1, the connector sends a 12-byte `b"MSHM"` + capacity message carrying the memfd and the
 //!    eventfds (`SCM_RIGHTS`).
-//! 4. The listener checks the message, the fd count, the seals, the file size and the
-//!    segment header before trusting the mapping; any failure closes the socket.
-//! 5. Both sides speak the ordinary framed protocol (handshake first) over the rings; the
+//! 6. The listener validates every fd before using it: the segment must be a memfd
+//!    (`/proc/self/fd` names it `/memfd:…`) of exactly `segment_len(capacity)` bytes, sealed
+//!    against resizing, with a valid header; each wake-up fd must be an eventfd
+//!    (`anon_inode:[eventfd]`), and the listener sets `O_NONBLOCK` on it itself. So no fd a
+//!    peer passes can block this process's I/O thread (a full blocking pipe in place of an
+//!    eventfd would) or fault its mapping. Any failure closes the socket.
+//! 7. Both sides speak the ordinary framed protocol (handshake first) over the rings; the
 //!    Unix socket stays open only to notice a peer's death.
 //!
 //! The segment lives as long as either process maps it; nothing is left in `/dev/shm`.
@@ -23,7 +34,7 @@ pub(crate) mod sys;
 pub(crate) use stream::{ShmReader, ShmWriter};
 
 use crate::config::TransportConfig;
-use crate::error::{Result, TransportError};
+use crate::error::{RefusalReason, Result, TransportError};
 use ring::Side;
 use std::fs::File;
 use std::io;
@@ -34,6 +45,9 @@ use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 
 const SETUP_MAGIC: &[u8; 4] = b"MSHM";
+const PROOF_MAGIC: &[u8; 4] = b"MSHA";
+/// Longest token a listener reads in step 4.
+pub(crate) const MAX_PROOF_TOKEN: usize = 1024;
 
 fn setup_err(peer: &str, detail: impl std::fmt::Display) -> TransportError {
     TransportError::ShmSetup {
@@ -66,7 +80,7 @@ impl ShmListener {
         &self.path
     }
 
-    /// Accepts one socket; [`setup`] then runs steps 3–4 on it.
+    /// Accepts one socket; [`setup`] then runs steps 4 and 6 on it.
     pub(crate) async fn accept(&self) -> Result<UnixStream> {
         let (sock, _) = self
             .listener
@@ -80,15 +94,37 @@ impl ShmListener {
     }
 }
 
-/// Sets up the segment of an accepted socket (steps 3–4, listener side); `path` is the
-/// listener's.
+/// Checks the token proof and sets up the segment of an accepted socket (steps 4 and 6,
+/// listener side); `path` is the listener's.
 pub(crate) async fn setup(
-    sock: UnixStream,
+    mut sock: UnixStream,
     path: &Path,
     cfg: &TransportConfig,
 ) -> Result<(ShmHalves, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let peer = format!("shm:{}#peer", path.display());
     let setup = async {
+        // Step 4: the token first, by plain reads (no fd is installed).
+        let mut head = [0u8; 6];
+        sock.read_exact(&mut head).await?;
+        if &head[..4] != PROOF_MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no token proof before the setup message",
+            ));
+        }
+        let len = usize::from(u16::from_le_bytes([head[4], head[5]]));
+        if len > MAX_PROOF_TOKEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "token too long"));
+        }
+        let mut token = vec![0u8; len];
+        sock.read_exact(&mut token).await?;
+        let proven = crate::connection::tokens_equal(&token, &cfg.cluster_token);
+        sock.write_all(&[u8::from(proven)]).await?;
+        if !proven {
+            return Ok(None);
+        }
+        // Step 6 starts: only now are the peer's fds received.
         let mut buf = [0u8; 12];
         let (n, fds) = loop {
             sock.readable().await?;
@@ -99,19 +135,28 @@ pub(crate) async fn setup(
                 r => break r?,
             }
         };
-        Ok::<_, io::Error>((n, buf, fds))
+        Ok::<_, io::Error>(Some((n, buf, fds)))
     };
-    let (n, buf, fds) = tokio::time::timeout(cfg.handshake_timeout, setup)
+    let received = tokio::time::timeout(cfg.handshake_timeout, setup)
         .await
         .map_err(|_| TransportError::HandshakeTimeout {
             peer: peer.clone(),
             timeout: cfg.handshake_timeout,
         })?
         .map_err(|e| setup_err(&peer, e))?;
+    let Some((n, buf, fds)) = received else {
+        return Err(TransportError::Rejected {
+            peer,
+            reason: RefusalReason::WrongToken,
+        });
+    };
     if n != buf.len() || &buf[..4] != SETUP_MAGIC || fds.len() != 5 {
         return Err(setup_err(&peer, "bad setup message"));
     }
     let capacity = u64::from_le_bytes(buf[4..12].try_into().unwrap_or([0; 8]));
+    if !capacity.is_power_of_two() || !(4096..=ring::MAX_CAPACITY).contains(&capacity) {
+        return Err(setup_err(&peer, format!("bad ring capacity {capacity}")));
+    }
     let mut fds = fds.into_iter();
     let (Some(mem), Some(a_data), Some(a_space), Some(b_data), Some(b_space)) =
         (fds.next(), fds.next(), fds.next(), fds.next(), fds.next())
@@ -119,13 +164,18 @@ pub(crate) async fn setup(
         return Err(setup_err(&peer, "missing fds"));
     };
     let file = File::from(mem);
-    if !sys::is_size_sealed(&file).map_err(|e| setup_err(&peer, e))? {
-        return Err(setup_err(&peer, "segment is not sealed against resizing"));
-    }
+    sys::check_peer_segment(&file, ring::segment_len(capacity)).map_err(|e| setup_err(&peer, e))?;
+    let waits = [a_data, b_space, b_data, a_space]
+        .map(EventFd::from_peer)
+        .into_iter()
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| setup_err(&peer, e))?;
+    let Ok(waits) = <[EventFd; 4]>::try_from(waits) else {
+        return Err(setup_err(&peer, "missing fds"));
+    };
     let (tx, rx) = ring::open(&file, capacity, Side::Listener).map_err(|e| setup_err(&peer, e))?;
     // Listener writes ring B and reads ring A.
-    let stream = build(tx, rx, [a_data, b_space, b_data, a_space], sock, cfg)
-        .map_err(|e| setup_err(&peer, e))?;
+    let stream = build(tx, rx, waits, sock, cfg).map_err(|e| setup_err(&peer, e))?;
     Ok((stream, peer))
 }
 
@@ -136,23 +186,24 @@ pub(crate) type ShmHalves = (ShmReader, ShmWriter);
 fn build(
     tx: ring::Producer,
     rx: ring::Consumer,
-    fds: [OwnedFd; 4],
+    waits: [EventFd; 4],
     sock: UnixStream,
     cfg: &TransportConfig,
 ) -> io::Result<ShmHalves> {
     stream::split_stream(stream::StreamParts {
         tx,
         rx,
-        waits: fds.map(EventFd::from_owned),
+        waits,
         sock,
         spin: cfg.shm_spin,
     })
 }
 
-/// Connects to a listener's socket and sets up a fresh segment (steps 2–3).
+/// Connects to a listener's socket, proves the token and sets up a fresh segment (steps 2, 3
+/// and 5).
 pub(crate) async fn connect(path: &Path, cfg: &TransportConfig) -> Result<(ShmHalves, String)> {
     let peer = format!("shm:{}", path.display());
-    let sock = tokio::time::timeout(cfg.handshake_timeout, UnixStream::connect(path))
+    let mut sock = tokio::time::timeout(cfg.handshake_timeout, UnixStream::connect(path))
         .await
         .map_err(|_| TransportError::HandshakeTimeout {
             peer: peer.clone(),
@@ -178,6 +229,34 @@ pub(crate) async fn connect(path: &Path, cfg: &TransportConfig) -> Result<(ShmHa
         evs[2].as_raw_fd(),
         evs[3].as_raw_fd(),
     ];
+    if cfg.cluster_token.len() > MAX_PROOF_TOKEN {
+        return Err(setup_err(&peer, "the cluster token is longer than 1 KiB"));
+    }
+    let mut proof = PROOF_MAGIC.to_vec();
+    proof.extend_from_slice(&(cfg.cluster_token.len() as u16).to_le_bytes());
+    proof.extend_from_slice(&cfg.cluster_token);
+    let send_proof = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        sock.write_all(&proof).await?;
+        let mut verdict = [0u8; 1];
+        sock.read_exact(&mut verdict).await?;
+        Ok::<_, io::Error>(verdict[0] == 1)
+    };
+    let proven = tokio::time::timeout(cfg.handshake_timeout, send_proof)
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout {
+            peer: peer.clone(),
+            timeout: cfg.handshake_timeout,
+        })?
+        .map_err(|e| setup_err(&peer, e))?;
+    if !proven {
+        tracing::warn!(%peer, "shared-memory connection refused by peer: wrong cluster token");
+        return Err(TransportError::Refused {
+            peer,
+            reason: RefusalReason::WrongToken,
+            detail: "wrong cluster token".into(),
+        });
+    }
     let mut msg = [0u8; 12];
     msg[..4].copy_from_slice(SETUP_MAGIC);
     msg[4..].copy_from_slice(&capacity.to_le_bytes());
@@ -205,7 +284,7 @@ pub(crate) async fn connect(path: &Path, cfg: &TransportConfig) -> Result<(ShmHa
         .try_into()
         .map_err(|_| setup_err(&peer, "eventfds"))?;
     // Connector writes ring A and reads ring B.
-    let stream = build(tx, rx, [b_data, a_space, a_data, b_space], sock, cfg)
-        .map_err(|e| setup_err(&peer, e))?;
+    let waits = [b_data, a_space, a_data, b_space].map(EventFd::from_owned);
+    let stream = build(tx, rx, waits, sock, cfg).map_err(|e| setup_err(&peer, e))?;
     Ok((stream, peer))
 }

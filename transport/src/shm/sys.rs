@@ -55,6 +55,54 @@ pub(crate) fn is_size_sealed(file: &File) -> io::Result<bool> {
     Ok(seals & need == need)
 }
 
+/// What `fd` is, as `/proc/self/fd` names it (`anon_inode:[eventfd]`, `pipe:[…]`,
+/// `/memfd:… (deleted)`).
+fn fd_kind(fd: RawFd) -> io::Result<String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+    Ok(link.to_string_lossy().into_owned())
+}
+
+/// Sets `O_NONBLOCK` on `fd`'s open file description.
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl F_GETFL on an fd the caller owns takes no argument.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl F_SETFL with an integer flag word on an fd the caller owns.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Checks that a segment fd received from a peer is a memfd of exactly `len` bytes sealed
+/// against shrinking and growing (so mapping it can never fault), before it is mapped.
+pub(crate) fn check_peer_segment(file: &File, len: u64) -> io::Result<()> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(bad(format!(
+            "segment is not a regular file ({:?})",
+            meta.file_type()
+        )));
+    }
+    let kind = fd_kind(file.as_raw_fd())?;
+    if !kind.starts_with("/memfd:") {
+        return Err(bad(format!("segment is not a memfd ({kind:?})")));
+    }
+    if meta.len() != len {
+        return Err(bad(format!(
+            "segment is {} bytes, expected {len}",
+            meta.len()
+        )));
+    }
+    if !is_size_sealed(file)? {
+        return Err(bad("segment is not sealed against resizing".into()));
+    }
+    Ok(())
+}
+
 /// A non-blocking eventfd used as a wake-up counter.
 #[derive(Debug)]
 pub(crate) struct EventFd(OwnedFd);
@@ -76,10 +124,24 @@ impl EventFd {
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// Wraps a received fd (checked to be an eventfd by the first `signal`/`drain` using it:
-    /// a wrong fd type only yields an error there, never memory unsafety).
+    /// Wraps an eventfd this process created.
     pub(crate) fn from_owned(fd: OwnedFd) -> Self {
         Self(fd)
+    }
+
+    /// Wraps an fd received from a peer, after checking that it is an eventfd and making it
+    /// non-blocking: anything else (a pipe, a socket, a file) could block the thread that
+    /// signals or drains it, or never wake it.
+    pub(crate) fn from_peer(fd: OwnedFd) -> io::Result<Self> {
+        let kind = fd_kind(fd.as_raw_fd())?;
+        if kind != "anon_inode:[eventfd]" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected an eventfd, got {kind:?}"),
+            ));
+        }
+        set_nonblocking(fd.as_raw_fd())?;
+        Ok(Self(fd))
     }
 
     /// Adds one to the counter, waking a waiter.
@@ -221,4 +283,63 @@ pub(crate) fn async_eventfd(fd: EventFd) -> io::Result<tokio::io::unix::AsyncFd<
     // when the `AsyncFd` drops it) and `as_raw_fd` always returns that same fd.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut p = [0; 2];
+        // SAFETY: pipe writes two fresh fds into the array.
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        // SAFETY: both fds are fresh and owned by nothing else.
+        unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
+    }
+
+    #[test]
+    fn a_peer_eventfd_must_be_an_eventfd_and_is_made_non_blocking() {
+        let (r, w) = pipe();
+        assert!(EventFd::from_peer(r).is_err());
+        assert!(EventFd::from_peer(w).is_err());
+        let file = sealed_memfd(4096).unwrap();
+        assert!(EventFd::from_peer(OwnedFd::from(file)).is_err());
+        // SAFETY: a blocking eventfd, owned by nothing else.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: fresh fd.
+        let ev = EventFd::from_peer(unsafe { OwnedFd::from_raw_fd(raw) }).unwrap();
+        // SAFETY: F_GETFL on a live fd.
+        let flags = unsafe { libc::fcntl(ev.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
+        // Draining an empty, now non-blocking eventfd returns at once.
+        ev.drain().unwrap();
+    }
+
+    #[test]
+    fn a_peer_segment_must_be_a_sealed_memfd_of_the_right_size() {
+        let ok = sealed_memfd(8192).unwrap();
+        check_peer_segment(&ok, 8192).unwrap();
+        assert!(check_peer_segment(&ok, 16384).is_err(), "wrong size");
+        let (r, _w) = pipe();
+        assert!(check_peer_segment(&File::from(r), 0).is_err(), "a pipe");
+        let tmp = std::env::temp_dir().join(format!("manta-seg-{}", std::process::id()));
+        let plain = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .unwrap();
+        let _ = std::fs::remove_file(&tmp);
+        plain.set_len(8192).unwrap();
+        assert!(check_peer_segment(&plain, 8192).is_err(), "not a memfd");
+        // SAFETY: unsealed memfd with valid flags.
+        let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: fresh fd.
+        let unsealed = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+        unsealed.set_len(8192).unwrap();
+        assert!(check_peer_segment(&unsealed, 8192).is_err(), "unsealed");
+    }
 }
