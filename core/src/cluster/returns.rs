@@ -28,15 +28,11 @@
 
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
-
-use super::objects::RemoteObject;
 use super::peer::Peer;
-use super::proto::{ErrorKind, Msg, Outcome};
-use super::submit::wire_error;
+use super::proto::{Msg, Outcome};
 use super::worker::Cluster;
-use crate::error::{Error, TaskError};
-use crate::object::{ObjectCell, ObjectValue, Waiter};
+use crate::error::Error;
+use crate::object::{ObjectCell, Waiter};
 use crate::sync::lock;
 
 impl Cluster {
@@ -81,26 +77,7 @@ impl Cluster {
             tracing::debug!(task_id = id, "completion of an unknown task ignored");
             return;
         };
-        let holder = worker_of(from);
-        let value = match outcome {
-            Outcome::Inline(bytes) => Ok(ObjectValue::inline(Bytes::from(bytes))),
-            Outcome::Stored { len } => Ok(ObjectValue::remote(RemoteObject::new(
-                id,
-                holder,
-                len,
-                self.me.get().cloned().unwrap_or_default(),
-            ))),
-            Outcome::Failed {
-                kind,
-                task,
-                message,
-                cause,
-            } => Err(match kind {
-                ErrorKind::Panic => Error::Task(TaskError::unpack(&task, &message, &cause)),
-                _ => wire_error(kind, task, message, id),
-            }),
-        };
-        cell.complete(value);
+        cell.complete(self.outcome_value(id, worker_of(from), outcome));
     }
 
     /// Steps 2–3, on the executor: when return 0 completes, sends every return to the owner.

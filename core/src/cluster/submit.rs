@@ -527,11 +527,24 @@ impl Cluster {
         };
         self.release_load(f.node, f.worker, &f.load);
         self.release_held_args(&f.held_args);
-        let value = match outcome {
+        f.cell
+            .complete(self.outcome_value(task_id, f.worker, outcome));
+    }
+
+    /// The value of object `id` that worker `holder` reports with `outcome`: inline bytes, a
+    /// lazy payload pulled from the holder on first read, or the error it failed with (a task
+    /// error keeps its typed cause).
+    pub(super) fn outcome_value(
+        &self,
+        id: u64,
+        holder: u64,
+        outcome: Outcome,
+    ) -> Result<ObjectValue, Error> {
+        match outcome {
             Outcome::Inline(bytes) => Ok(ObjectValue::inline(Bytes::from(bytes))),
             Outcome::Stored { len } => Ok(ObjectValue::remote(RemoteObject::new(
-                task_id,
-                f.worker,
+                id,
+                holder,
                 len,
                 self.me.get().cloned().unwrap_or_default(),
             ))),
@@ -542,10 +555,9 @@ impl Cluster {
                 cause,
             } => Err(match kind {
                 ErrorKind::Panic => Error::Task(TaskError::unpack(&task, &message, &cause)),
-                _ => wire_error(kind, task, message, task_id),
+                _ => wire_error(kind, task, message, id),
             }),
-        };
-        f.cell.complete(value);
+        }
     }
 
     /// Worker `index` is gone: its actors restart or die (`supervision.rs`), its tasks are
