@@ -33,6 +33,68 @@ pub(crate) fn spawn_slot(rt: &Arc<crate::runtime::RuntimeInner>) -> Result<(), E
     slot::spawn(rt)
 }
 
+/// Starts `rt`'s monitor thread (see [`monitor`]).
+pub(crate) fn spawn_monitor(rt: &Arc<crate::runtime::RuntimeInner>) -> Result<(), Error> {
+    let rt2 = rt.clone();
+    let handle = thread::Builder::new()
+        .name("manta-monitor".into())
+        .spawn(move || monitor(&rt2))
+        .map_err(|e| Error::Os {
+            what: "starting the scheduler's monitor thread",
+            message: e.to_string(),
+        })?;
+    lock(&rt.scheduler.handles).push(handle);
+    Ok(())
+}
+
+/// How often the monitor looks at slots draining threaded actors.
+const MONITOR_TICK: Duration = Duration::from_millis(10);
+
+/// The monitor: adds a slot when slots draining threaded actors made no progress for a tick
+/// (no call finished) while work is queued and no slot is idle (README, "Threaded actors").
+/// Those slots hold no CPU; their calls may wait for each other (a barrier across
+/// `max_concurrency` calls), and only another slot can start the call they wait for.
+fn monitor(rt: &Arc<crate::runtime::RuntimeInner>) {
+    let s = &rt.scheduler;
+    let mut last = None;
+    while !s.is_shut_down() {
+        if s.threaded_running.load(Ordering::SeqCst) == 0 {
+            last = None;
+            thread::park_timeout(SHUTDOWN_POLL);
+            continue;
+        }
+        let done = s.threaded_calls.load(Ordering::SeqCst);
+        if last == Some(done)
+            && s.num_sleeping.load(Ordering::SeqCst) == 0
+            && s.searching.load(Ordering::SeqCst) == 0
+            && s.has_work()
+            && s.num_slots() < s.stealers.len()
+            && let Err(e) = slot::spawn(rt)
+        {
+            tracing::warn!("could not add a slot for a threaded actor: {e}");
+        }
+        last = Some(done);
+        thread::park_timeout(MONITOR_TICK);
+    }
+}
+
+/// A slot draining a threaded actor, counted while it lives (see [`Scheduler::threaded_drain`]).
+#[derive(Debug)]
+pub(crate) struct ThreadedDrain<'a>(&'a Scheduler);
+
+impl ThreadedDrain<'_> {
+    /// A call finished: progress, for the monitor.
+    pub(crate) fn call_done(&self) {
+        self.0.threaded_calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ThreadedDrain<'_> {
+    fn drop(&mut self) {
+        self.0.threaded_running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A unit of ready work.
 pub(crate) enum Job {
     /// A task whose arguments are resolved; it takes its resources when a slot picks it up.
@@ -73,6 +135,10 @@ pub(crate) struct Scheduler {
     handles: Mutex<Vec<thread::JoinHandle<()>>>,
     /// Tasks completed, for status listings.
     pub(crate) finished: AtomicUsize,
+    /// Slots draining a threaded actor (`max_concurrency > 1`), and calls they finished: the
+    /// monitor's view of whether those slots make progress.
+    threaded_running: AtomicUsize,
+    threaded_calls: AtomicUsize,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -122,7 +188,15 @@ impl Scheduler {
             shutdown_timeout,
             handles: Mutex::new(Vec::new()),
             finished: AtomicUsize::new(0),
+            threaded_running: AtomicUsize::new(0),
+            threaded_calls: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts the calling thread as draining a threaded actor until the guard drops.
+    pub(crate) fn threaded_drain(&self) -> ThreadedDrain<'_> {
+        self.threaded_running.fetch_add(1, Ordering::SeqCst);
+        ThreadedDrain(self)
     }
 
     pub(crate) fn base_slots(&self) -> usize {
