@@ -597,6 +597,11 @@ impl Scheduler {
             t.unpark();
         }
         self.fail_queued();
+        // Slots parked in `get` and the monitor look at the flag now rather than at their
+        // next poll (a spurious unpark is allowed by `park`'s contract).
+        for h in lock(&self.handles).iter() {
+            h.thread().unpark();
+        }
     }
 
     fn fail_queued(&self) {
