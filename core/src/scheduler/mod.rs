@@ -434,6 +434,27 @@ impl Scheduler {
         cell: &Arc<ObjectCell>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
+        self.wait_for_or(cell, deadline, None)
+    }
+
+    /// What else ends a [`Scheduler::wait_for_or`]: `done()` holds; `arm()` runs once, just
+    /// before the thread parks, to arrange that it is unparked when `done()` comes to hold.
+    pub(crate) fn abort_when<'a>(done: &'a dyn Fn() -> bool, arm: &'a dyn Fn()) -> Abort<'a> {
+        Abort { done, arm }
+    }
+
+    /// [`Scheduler::wait_for`] that also returns (`Ok`) as soon as `abort.done()` holds (armed
+    /// just before parking, so a wait that ends while spinning costs nothing more). With an
+    /// `abort`, a thread that is not a slot does
+    /// not drain the awaited call's actor itself (a pure shortcut there): it could not notice
+    /// `abort` while inside that call. Running the awaited *task* (lending, helping) stays: a
+    /// slot needs it to keep nested waits from starving the pool.
+    pub(crate) fn wait_for_or(
+        &self,
+        cell: &Arc<ObjectCell>,
+        deadline: Option<Instant>,
+        abort: Option<Abort<'_>>,
+    ) -> Result<(), Error> {
         let helps = deadline.is_none() && self.inline_get;
         if helps
             && let Some(task) = cell.producer()
@@ -447,18 +468,23 @@ impl Scheduler {
             self.help(task);
         }
         if helps
+            && abort.is_none()
             && !slot::in_slot()
             && let Some(actor) = cell.producer_actor()
         {
             self.help_actor(cell, &actor);
         }
-        if self.spin_until(|| cell.is_ready(), deadline) {
+        let done = || cell.is_ready() || abort.as_ref().is_some_and(|a| (a.done)());
+        if self.spin_until(done, deadline) {
             return Ok(());
+        }
+        if let Some(a) = &abort {
+            (a.arm)();
         }
         if cell.register(Waiter::Thread(thread::current())).is_err() {
             return Ok(());
         }
-        self.park_until(|| cell.is_ready(), deadline)
+        self.park_until(done, deadline)
             .map_err(|waited| match self.is_shut_down() {
                 true => Error::ShutDown,
                 false => Error::Timeout {
@@ -656,6 +682,13 @@ impl Scheduler {
 
 /// How often a thread parked without a deadline looks at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// See [`Scheduler::abort_when`].
+#[derive(Clone, Copy)]
+pub(crate) struct Abort<'a> {
+    done: &'a dyn Fn() -> bool,
+    arm: &'a dyn Fn(),
+}
 
 /// Whose resources a task runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
