@@ -29,11 +29,12 @@
 //!    (`get_all([a.fail(), a.block_until_signalled()])` ran the blocking call on the
 //!    caller's thread, which then never sent the signal).
 //! 7. A *threaded* actor (`max_concurrency > 1`) runs up to `max_concurrency` calls at once
-//!    whatever the node's CPU count, as Ray's threaded actors do on their own threads: while
-//!    a slot drains one, it counts as blocked (it holds no CPU; actor calls take none), so
-//!    queued work — another drainer of the same actor included — makes the pool grow. Three
-//!    calls meeting at a barrier inside a `max_concurrency(3)` actor deadlocked a 2-CPU node
-//!    when drainers needed a free slot each.
+//!    whatever the node's CPU count, as Ray's threaded actors do on their own threads. Its
+//!    drainers run on slots, and a slot draining one is counted (`Scheduler::threaded_drain`)
+//!    with each call it finishes; when such slots make no progress while work is queued and no
+//!    slot is free, the scheduler's monitor adds a slot (scheduler README, "Threaded
+//!    actors"). Three calls meeting at a barrier inside a `max_concurrency(3)` actor
+//!    deadlocked a 2-CPU node when each drainer needed a free slot.
 //!
 //! # Life
 //!
@@ -64,7 +65,7 @@ use crate::id::ActorId;
 use crate::object::{ObjectCell, ObjectRef, ObjectValue, Waiter};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime::{self, RuntimeInner};
-use crate::scheduler::{Blocked, Job, Scheduler};
+use crate::scheduler::{Job, Scheduler};
 use crate::sync::{
     Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, OnceLock, Ordering, RwLock, lock,
 };
@@ -784,7 +785,7 @@ impl ActorCell {
     /// (step 6), then hands the actor back to the slots as a job.
     pub(crate) fn drain_until(self: Arc<Self>, scheduler: &Scheduler, stop: impl Fn() -> bool) {
         // Step 7: a threaded actor's calls run beside the node's tasks, not in its CPU slots.
-        let _threaded = (self.max_concurrency > 1).then(|| Blocked::enter(scheduler));
+        let threaded = (self.max_concurrency > 1).then(|| scheduler.threaded_drain());
         for _ in 0..DRAIN_BATCH {
             if !self.is_alive() || stop() {
                 break;
@@ -802,7 +803,11 @@ impl ActorCell {
                 self.activate();
             }
             self.run(call);
+            if let Some(t) = &threaded {
+                t.call_done();
+            }
         }
+        drop(threaded);
         if self.is_alive() && self.has_runnable() && !self.has_stalled.load(Ordering::SeqCst) {
             // Step 5: batch exhausted with calls left; stay active and go to the back.
             scheduler.push(Job::Actor(self));

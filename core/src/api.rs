@@ -72,9 +72,64 @@ pub fn get_timeout<T: DeserializeOwned + 'static>(
     object.get_timeout(timeout)
 }
 
-/// Gets every object, in order; the first failure is returned.
+/// Gets every object, in order. Fails as soon as any object has failed, as Ray's `get` of a
+/// list does, without waiting for the objects before it: with the error of the first failed
+/// object in the list's order among those complete by then. (A task it waits for that was
+/// still queued may run on the calling thread, as in [`get`]; a failure is then seen when that
+/// task returns.)
 pub fn get_all<T: DeserializeOwned + 'static>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, Error> {
+    use crate::object::failures;
+    // Listening for failures starts only once this call is about to park, so a `get_all`
+    // whose objects complete while it spins or helps costs nothing more (`failures`).
+    let listener = std::cell::RefCell::new(None);
+    let seen = std::cell::Cell::new(0);
+    let found = std::cell::Cell::new(false);
+    for (i, o) in objects.iter().enumerate() {
+        // Every object before `o` is complete and did not fail.
+        let rest = &objects[i + 1..];
+        loop {
+            match o.cell.get() {
+                Some(Err(e)) => return Err(e.clone()),
+                Some(Ok(_)) => break,
+                None => {}
+            }
+            if rest.is_empty() {
+                runtime::wait_cell(&o.cell, None)?;
+                continue;
+            }
+            let arm = || {
+                if listener.borrow().is_none() {
+                    *listener.borrow_mut() = Some(failures::Listener::new());
+                    seen.set(failures::count());
+                    // Failures before listening: once per call.
+                    found.set(first_failure(rest).is_some());
+                }
+            };
+            let moved =
+                || found.get() || (listener.borrow().is_some() && failures::count() != seen.get());
+            let rt = with_current(|rt| rt.clone())?;
+            let abort = crate::scheduler::Scheduler::abort_when(&moved, &arm);
+            rt.scheduler.wait_for_or(&o.cell, None, Some(abort))?;
+            // Some object failed somewhere since we last looked: one of ours?
+            let now = failures::count();
+            if found.get() || (listener.borrow().is_some() && now != seen.get()) {
+                seen.set(now);
+                if let Some(e) = first_failure(rest) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    drop(listener);
     objects.iter().map(ObjectRef::get).collect()
+}
+
+/// The error of the first complete, failed object of `objects`, in order.
+fn first_failure<T>(objects: &[ObjectRef<T>]) -> Option<Error> {
+    objects.iter().find_map(|o| match o.cell.get() {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    })
 }
 
 /// `(ready, not_ready)`, as returned by [`wait`].

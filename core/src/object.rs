@@ -170,6 +170,63 @@ impl Waiter {
     }
 }
 
+/// Failures, for `get_all`: it fails as soon as any of its objects has failed, as Ray's `get`
+/// of a list does, so a thread parked in it for one object must wake when another fails.
+/// Registering on each of a thousand objects would cost a lock per object and per get; instead
+/// every failure anywhere bumps a counter and unparks the (few) threads listening.
+///
+/// A listener (1) joins the list and raises `LISTENERS`, (2) reads `FAILURES`, (3) looks at
+/// its objects, then parks until `FAILURES` moves. A failing completion sets its value, then
+/// bumps `FAILURES` and reads `LISTENERS`, unparking everyone listed if it is not zero. All
+/// four atomics are `SeqCst`: either the completion's bump comes before (2), and (3) sees its
+/// value; or (1) comes before the completion's read of `LISTENERS`, and it unparks the listener.
+pub(crate) mod failures {
+    use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, lock, thread};
+
+    static FAILURES: AtomicU64 = AtomicU64::new(0);
+    static LISTENERS: AtomicUsize = AtomicUsize::new(0);
+    static LIST: Mutex<Vec<thread::Thread>> = Mutex::new(Vec::new());
+
+    /// An object failed (its value is set).
+    pub(crate) fn failed() {
+        FAILURES.fetch_add(1, Ordering::SeqCst);
+        if LISTENERS.load(Ordering::SeqCst) > 0 {
+            for t in lock(&LIST).iter() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Failures so far.
+    pub(crate) fn count() -> u64 {
+        FAILURES.load(Ordering::SeqCst)
+    }
+
+    /// The calling thread, listening for failures while this lives.
+    #[derive(Debug)]
+    pub(crate) struct Listener(thread::ThreadId);
+
+    impl Listener {
+        pub(crate) fn new() -> Self {
+            let me = thread::current();
+            let id = me.id();
+            lock(&LIST).push(me);
+            LISTENERS.fetch_add(1, Ordering::SeqCst);
+            Listener(id)
+        }
+    }
+
+    impl Drop for Listener {
+        fn drop(&mut self) {
+            let mut list = lock(&LIST);
+            if let Some(i) = list.iter().position(|t| t.id() == self.0) {
+                list.swap_remove(i);
+            }
+            LISTENERS.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Counts completions for `wait(refs, n)`; unparks its thread when the count reaches zero.
 #[derive(Debug)]
 pub(crate) struct Latch {
@@ -328,6 +385,9 @@ impl ObjectCell {
     pub(crate) fn complete(&self, value: Result<ObjectValue, Error>) -> bool {
         if self.value.set(value).is_err() {
             return false;
+        }
+        if matches!(self.value.get(), Some(Err(_))) {
+            failures::failed();
         }
         let waiters = std::mem::take(&mut *lock(&self.waiters));
         for w in waiters {

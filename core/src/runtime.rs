@@ -145,6 +145,10 @@ pub(crate) fn init_joining(
             return Err(e);
         }
     }
+    if let Err(e) = crate::scheduler::spawn_monitor(&rt) {
+        rt.scheduler.shutdown();
+        return Err(e);
+    }
     tracing::debug!(slots = base, resources = %rt.scheduler.resources.total_string(), "manta runtime started");
     g.current = Some(rt);
     g.shut_down = false;

@@ -33,6 +33,68 @@ pub(crate) fn spawn_slot(rt: &Arc<crate::runtime::RuntimeInner>) -> Result<(), E
     slot::spawn(rt)
 }
 
+/// Starts `rt`'s monitor thread (see [`monitor`]).
+pub(crate) fn spawn_monitor(rt: &Arc<crate::runtime::RuntimeInner>) -> Result<(), Error> {
+    let rt2 = rt.clone();
+    let handle = thread::Builder::new()
+        .name("manta-monitor".into())
+        .spawn(move || monitor(&rt2))
+        .map_err(|e| Error::Os {
+            what: "starting the scheduler's monitor thread",
+            message: e.to_string(),
+        })?;
+    lock(&rt.scheduler.handles).push(handle);
+    Ok(())
+}
+
+/// How often the monitor looks at slots draining threaded actors.
+const MONITOR_TICK: Duration = Duration::from_millis(10);
+
+/// The monitor: adds a slot when slots draining threaded actors made no progress for a tick
+/// (no call finished) while work is queued and no slot is idle (README, "Threaded actors").
+/// Those slots hold no CPU; their calls may wait for each other (a barrier across
+/// `max_concurrency` calls), and only another slot can start the call they wait for.
+fn monitor(rt: &Arc<crate::runtime::RuntimeInner>) {
+    let s = &rt.scheduler;
+    let mut last = None;
+    while !s.is_shut_down() {
+        if s.threaded_running.load(Ordering::SeqCst) == 0 {
+            last = None;
+            thread::park_timeout(SHUTDOWN_POLL);
+            continue;
+        }
+        let done = s.threaded_calls.load(Ordering::SeqCst);
+        if last == Some(done)
+            && s.num_sleeping.load(Ordering::SeqCst) == 0
+            && s.searching.load(Ordering::SeqCst) == 0
+            && s.has_work()
+            && s.num_slots() < s.stealers.len()
+            && let Err(e) = slot::spawn(rt)
+        {
+            tracing::warn!("could not add a slot for a threaded actor: {e}");
+        }
+        last = Some(done);
+        thread::park_timeout(MONITOR_TICK);
+    }
+}
+
+/// A slot draining a threaded actor, counted while it lives (see [`Scheduler::threaded_drain`]).
+#[derive(Debug)]
+pub(crate) struct ThreadedDrain<'a>(&'a Scheduler);
+
+impl ThreadedDrain<'_> {
+    /// A call finished: progress, for the monitor.
+    pub(crate) fn call_done(&self) {
+        self.0.threaded_calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ThreadedDrain<'_> {
+    fn drop(&mut self) {
+        self.0.threaded_running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A unit of ready work.
 pub(crate) enum Job {
     /// A task whose arguments are resolved; it takes its resources when a slot picks it up.
@@ -73,6 +135,10 @@ pub(crate) struct Scheduler {
     handles: Mutex<Vec<thread::JoinHandle<()>>>,
     /// Tasks completed, for status listings.
     pub(crate) finished: AtomicUsize,
+    /// Slots draining a threaded actor (`max_concurrency > 1`), and calls they finished: the
+    /// monitor's view of whether those slots make progress.
+    threaded_running: AtomicUsize,
+    threaded_calls: AtomicUsize,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -122,7 +188,15 @@ impl Scheduler {
             shutdown_timeout,
             handles: Mutex::new(Vec::new()),
             finished: AtomicUsize::new(0),
+            threaded_running: AtomicUsize::new(0),
+            threaded_calls: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts the calling thread as draining a threaded actor until the guard drops.
+    pub(crate) fn threaded_drain(&self) -> ThreadedDrain<'_> {
+        self.threaded_running.fetch_add(1, Ordering::SeqCst);
+        ThreadedDrain(self)
     }
 
     pub(crate) fn base_slots(&self) -> usize {
@@ -378,6 +452,27 @@ impl Scheduler {
         cell: &Arc<ObjectCell>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
+        self.wait_for_or(cell, deadline, None)
+    }
+
+    /// What else ends a [`Scheduler::wait_for_or`]: `done()` holds; `arm()` runs once, just
+    /// before the thread parks, to arrange that it is unparked when `done()` comes to hold.
+    pub(crate) fn abort_when<'a>(done: &'a dyn Fn() -> bool, arm: &'a dyn Fn()) -> Abort<'a> {
+        Abort { done, arm }
+    }
+
+    /// [`Scheduler::wait_for`] that also returns (`Ok`) as soon as `abort.done()` holds (armed
+    /// just before parking, so a wait that ends while spinning costs nothing more). With an
+    /// `abort`, a thread that is not a slot does
+    /// not drain the awaited call's actor itself (a pure shortcut there): it could not notice
+    /// `abort` while inside that call. Running the awaited *task* (lending, helping) stays: a
+    /// slot needs it to keep nested waits from starving the pool.
+    pub(crate) fn wait_for_or(
+        &self,
+        cell: &Arc<ObjectCell>,
+        deadline: Option<Instant>,
+        abort: Option<Abort<'_>>,
+    ) -> Result<(), Error> {
         let helps = deadline.is_none() && self.inline_get;
         if helps
             && let Some(task) = cell.producer()
@@ -391,20 +486,25 @@ impl Scheduler {
             self.help(task);
         }
         if helps
+            && abort.is_none()
             && !slot::in_slot()
             && let Some(actor) = cell.producer_actor()
         {
             self.help_actor(cell, &actor);
         }
-        if self.spin_until(|| cell.is_ready(), deadline) {
+        let done = || cell.is_ready() || abort.as_ref().is_some_and(|a| (a.done)());
+        if self.spin_until(done, deadline) {
             return Ok(());
+        }
+        if let Some(a) = &abort {
+            (a.arm)();
         }
         if cell.register(Waiter::Thread(thread::current())).is_err() {
             return Ok(());
         }
         // A task cancelled while it waits here is woken and told so (`cancel.rs`, step 3).
         let cancelled = crate::cancel::blocking();
-        self.park_until(|| cell.is_ready() || cancelled(), deadline)
+        self.park_until(|| done() || cancelled(), deadline)
             .map_err(|waited| match self.is_shut_down() {
                 true => Error::ShutDown,
                 false => Error::Timeout {
@@ -544,6 +644,11 @@ impl Scheduler {
             t.unpark();
         }
         self.fail_queued();
+        // Slots parked in `get` and the monitor look at the flag now rather than at their
+        // next poll (a spurious unpark is allowed by `park`'s contract).
+        for h in lock(&self.handles).iter() {
+            h.thread().unpark();
+        }
     }
 
     fn fail_queued(&self) {
@@ -598,6 +703,13 @@ impl Scheduler {
 
 /// How often a thread parked without a deadline looks at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// See [`Scheduler::abort_when`].
+#[derive(Clone, Copy)]
+pub(crate) struct Abort<'a> {
+    done: &'a dyn Fn() -> bool,
+    arm: &'a dyn Fn(),
+}
 
 /// Whose resources a task runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
