@@ -455,6 +455,11 @@ impl std::fmt::Debug for ActorCell {
 }
 
 impl ActorCell {
+    /// How many of its calls may run at once.
+    pub(crate) fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+
     pub(crate) fn new(
         id: ActorId,
         class: &'static ActorClass,

@@ -84,6 +84,17 @@ pub fn get_all<T: DeserializeOwned + 'static>(objects: &[ObjectRef<T>]) -> Resul
     let listener = std::cell::RefCell::new(None);
     let seen = std::cell::Cell::new(0);
     let found = std::cell::Cell::new(false);
+    // Calls of one actor that runs one call at a time complete in order, and a later one
+    // cannot fail before an earlier one is done (a kill fails them all): waiting for each in
+    // turn loses no failure, and lets this thread drain the actor up to its call (`1:1 actor
+    // calls async`), which the failure listener's path does not.
+    let serial = objects.first().is_some_and(|first| {
+        first
+            .cell
+            .producer_actor()
+            .is_some_and(|a| a.max_concurrency() == 1)
+            && objects.iter().all(|o| o.cell.same_actor_call(&first.cell))
+    });
     for (i, o) in objects.iter().enumerate() {
         // Every object before `o` is complete and did not fail.
         let rest = &objects[i + 1..];
@@ -93,7 +104,7 @@ pub fn get_all<T: DeserializeOwned + 'static>(objects: &[ObjectRef<T>]) -> Resul
                 Some(Ok(_)) => break,
                 None => {}
             }
-            if rest.is_empty() {
+            if rest.is_empty() || serial {
                 runtime::wait_cell(&o.cell, None)?;
                 continue;
             }

@@ -373,6 +373,14 @@ impl ObjectCell {
         }
     }
 
+    /// Whether this object and `other` are results of calls of one actor hosted here.
+    pub(crate) fn same_actor_call(&self, other: &ObjectCell) -> bool {
+        matches!(
+            (&self.producer, &other.producer),
+            (Producer::Actor(a), Producer::Actor(b)) if Weak::ptr_eq(a, b)
+        )
+    }
+
     /// The actor hosted here whose call produces this object, if it is one.
     pub(crate) fn producer_actor(&self) -> Option<Arc<ActorCell>> {
         match &self.producer {
