@@ -338,12 +338,34 @@ impl Task {
         name: Option<Box<str>>,
         retries: u32,
     ) -> Arc<Task> {
-        Arc::new_cyclic(|me| Task {
+        Self::build(id, object, body, args, demand, name, retries, 1)
+    }
+
+    /// A task whose results are `object` and the `returns - 1` ids after it.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        id: TaskId,
+        object: ObjectId,
+        body: TaskBody,
+        args: Box<[ArgSlot]>,
+        demand: Demand,
+        name: Option<Box<str>>,
+        retries: u32,
+        returns: usize,
+    ) -> Arc<Task> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Task>| Task {
             id,
             body,
             args,
             result: Arc::new(ObjectCell::pending(object, Some(me.clone()))),
-            extra: Box::new([]),
+            extra: (1..returns as u64)
+                .map(|i| {
+                    Arc::new(ObjectCell::pending(
+                        ObjectId::from_u64(object.as_u64() + i),
+                        Some(me.clone()),
+                    ))
+                })
+                .collect(),
             demand,
             name,
             state: AtomicU8::new(WAITING),
@@ -369,28 +391,16 @@ impl Task {
         name: Option<Box<str>>,
         retries: u32,
     ) -> Arc<Task> {
-        let n = function.num_returns();
-        let task = Arc::new_cyclic(|me: &std::sync::Weak<Task>| Task {
+        let task = Self::build(
             id,
-            body: TaskBody::Function(function),
+            object,
+            TaskBody::Function(function),
             args,
-            result: Arc::new(ObjectCell::pending(object, Some(me.clone()))),
-            extra: (1..n as u64)
-                .map(|i| {
-                    Arc::new(ObjectCell::pending(
-                        ObjectId::from_u64(object.as_u64() + i),
-                        Some(me.clone()),
-                    ))
-                })
-                .collect(),
             demand,
             name,
-            state: AtomicU8::new(WAITING),
-            unresolved: AtomicUsize::new(1),
-            retries_left: AtomicU8::new(retries.min(u8::MAX as u32) as u8),
-            interrupted: AtomicBool::new(false),
-            cancel_state: Mutex::new(CancelState::default()),
-        });
+            retries,
+            function.num_returns(),
+        );
         fail_extra_with(&task.result, &task.extra);
         task
     }

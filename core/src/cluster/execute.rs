@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::owner_of;
 use super::peer::Peer;
 use super::placement::resource_request;
-use super::proto::{ActorInfo, Arg, ErrorKind, Msg, Outcome, Resource};
+use super::proto::{Arg, ErrorKind, Msg, Outcome, Resource};
 use super::worker::Cluster;
 use crate::error::Error;
 use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
@@ -144,22 +144,7 @@ impl Cluster {
         let Some(cell) = rt.kill_pushed(actor_id, restart) else {
             return;
         };
-        self.undetach(actor_id);
-        let actor = ActorInfo {
-            actor_id,
-            name: cell.name().unwrap_or_default().to_owned(),
-            class_name: cell.class_name().to_owned(),
-            worker: self.index,
-            node_id: self.node_id().unwrap_or(0),
-            alive: false,
-            death: "killed (manta::kill, or no handle to it was left)".into(),
-            ..ActorInfo::default()
-        };
-        // The answer is of no use: the receiver is dropped.
-        drop(
-            self.gcs
-                .request(|request_id| Msg::RegisterActor { request_id, actor }),
-        );
+        self.record_actor_death(&cell, "killed (manta::kill, or no handle to it was left)");
     }
 
     /// ReleaseActor from an actor's owner: no handle to it is left anywhere. The host drops
@@ -170,23 +155,9 @@ impl Cluster {
         let Some(cell) = rt.release_pushed(actor_id) else {
             return;
         };
-        let actor = ActorInfo {
-            actor_id,
-            name: cell.name().unwrap_or_default().to_owned(),
-            class_name: cell.class_name().to_owned(),
-            worker: self.index,
-            node_id: self.node_id().unwrap_or(0),
-            alive: false,
-            death: "no handle to it was left".into(),
-            ..Default::default()
-        };
+        self.record_actor_death(&cell, "no handle to it was left");
         // Dropped here or with its last submitted call.
         drop(cell);
-        // The answer is of no use: the receiver is dropped.
-        drop(
-            self.gcs
-                .request(|request_id| Msg::RegisterActor { request_id, actor }),
-        );
     }
 
     /// What this process knows of tasks and objects (`manta list tasks|objects`).
