@@ -206,6 +206,17 @@ pub fn shutdown() {
 }
 
 impl RuntimeInner {
+    /// How often a task submitted with `options` runs again: after a panic
+    /// (`max_task_retries`), and after its worker process dies (`max_task_system_retries`, 3,
+    /// Ray's default); `max_retries` sets both.
+    fn task_retries(&self, options: &TaskOptions) -> (u32, u32) {
+        let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+        let system = options
+            .max_retries
+            .unwrap_or(self.config.max_task_system_retries);
+        (retries, system)
+    }
+
     fn new(
         config: Resolved,
         cluster: Option<Arc<crate::cluster::worker::Cluster>>,
@@ -334,12 +345,7 @@ impl RuntimeInner {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
             let me = self.me();
-            // Panics are retried as `max_task_retries` says, worker deaths as
-            // `max_task_system_retries` (3, Ray's default); `max_retries` sets both.
-            let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
-            let system = options
-                .max_retries
-                .unwrap_or(self.config.max_task_system_retries);
+            let (retries, system) = self.task_retries(options);
             cluster.submit_remote(
                 &me,
                 function.name(),
@@ -413,7 +419,7 @@ impl RuntimeInner {
                 cluster.expect_returns(&cell, &extra);
             }
             let me = self.me();
-            let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+            let (retries, system) = self.task_retries(options);
             cluster.submit_remote(
                 &me,
                 function.name(),
@@ -422,8 +428,9 @@ impl RuntimeInner {
                 &options.resources,
                 options.name.as_deref(),
                 retries,
-                retries,
+                system,
             );
+            crate::cancel::note_child(&cell);
             return (cell, extra);
         }
         let demand = if options.is_default_shape() {

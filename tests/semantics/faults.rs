@@ -31,6 +31,11 @@ pub(crate) const CASES: &[Case] = &[
     )
     .skip(KILLS_ITS_PROCESS),
     Case::new(
+        "faults::a_task_with_several_returns_runs_again_too",
+        returns_run_again,
+    )
+    .skip(KILLS_ITS_PROCESS),
+    Case::new(
         "faults::a_task_that_kills_every_worker_fails_after_its_retries",
         task_out_of_retries,
     )
@@ -71,6 +76,15 @@ fn dies_once(marker: String, x: u64) -> u64 {
     x * 2
 }
 
+/// [`dies_once`] with two returns.
+#[manta::remote(num_returns = 2)]
+fn dies_once_twice(marker: String, x: u64) -> (u64, u64) {
+    if std::fs::File::create_new(&marker).is_ok() {
+        std::process::abort();
+    }
+    (x * 2, x * 3)
+}
+
 #[manta::remote]
 fn always_dies() -> u64 {
     std::process::abort()
@@ -91,6 +105,18 @@ fn task_runs_again(_: &Ctx) {
         "retried on a live worker (3 retries by default)"
     );
     assert_eq!(triple::remote(5).get_timeout(LONG).unwrap(), 15);
+}
+
+fn returns_run_again(_: &Ctx) {
+    let m = marker("once-returns");
+    let (a, b) = dies_once_twice::remote(m.clone(), 7);
+    let r = (a.get_timeout(LONG), b.get_timeout(LONG));
+    let _ = std::fs::remove_file(&m);
+    assert_eq!(
+        (r.0.unwrap(), r.1.unwrap()),
+        (14, 21),
+        "retried on a live worker as a single-return task is"
+    );
 }
 
 fn task_out_of_retries(_: &Ctx) {
