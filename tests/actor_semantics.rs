@@ -1,11 +1,11 @@
 //! Actor semantics that need a runtime of their own (embedded): named actors, kill,
-//! max_concurrency on 4 CPUs, resources freed with the last handle. The rest runs in every mode
+//! max_concurrency on 4 CPUs, resources freed with the last handle, a long call on 1 CPU. The rest runs in every mode
 //! in the semantics matrix (`tests/semantics/actors.rs`).
 
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use manta::Error;
 
@@ -185,4 +185,53 @@ fn a_default_actor_needs_a_cpu_to_be_placed() {
             .unwrap(),
         1
     );
+}
+
+/// An actor whose call can take a while.
+#[manta::actor]
+struct Napper;
+
+#[manta::actor]
+impl Napper {
+    fn new() -> Self {
+        Napper
+    }
+    fn sleep(&self, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+    fn quick(&self) -> u32 {
+        7
+    }
+}
+
+#[manta::remote]
+fn quick_task() -> u32 {
+    8
+}
+
+/// As in Ray, where each actor runs on a worker of its own, an actor's calls take no CPU: on
+/// a 1-CPU runtime a long call of one actor holds back neither another actor's call nor a task
+/// (before the monitor counted every actor's drainers, both waited for the long call).
+#[test]
+fn a_long_actor_call_holds_back_no_other_actor_or_task() {
+    const LONG_MS: u64 = 3_000;
+    let _rt = common::start(manta::Config::default().num_cpus(1.0));
+    let a = Napper::remote();
+    let b = Napper::remote();
+    a.ready().get().unwrap();
+    b.ready().get().unwrap();
+    let t = Instant::now();
+    let long = a.sleep(LONG_MS);
+    std::thread::sleep(Duration::from_millis(50));
+    // With a timeout, `get` leaves the work to the slots (it does not run it on this thread).
+    let bound = Duration::from_secs(20);
+    assert_eq!(b.quick().get_timeout(bound).unwrap(), 7);
+    assert_eq!(quick_task::remote().get_timeout(bound).unwrap(), 8);
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(LONG_MS / 2),
+        "waited {took:?} for the other actor's call and the task: the long call held them back"
+    );
+    assert_eq!(long.get().unwrap(), LONG_MS);
 }

@@ -95,6 +95,29 @@ pub fn get_all<T: DeserializeOwned + 'static>(objects: &[ObjectRef<T>]) -> Resul
             .is_some_and(|a| a.max_concurrency() == 1)
             && objects.iter().all(|o| o.cell.same_actor_call(&first.cell))
     });
+    if serial && let Some(actor) = objects.first().and_then(|o| o.cell.producer_actor()) {
+        // Drain the actor here up to the last call at once, not call by call (each stop
+        // hands the actor back to a slot, and the next wait takes it again), stopping early
+        // at the first call that failed. Calls complete in order: `next` only moves forward.
+        let next = std::cell::Cell::new(0);
+        let done = || {
+            let mut i = next.get();
+            while let Some(o) = objects.get(i) {
+                match o.cell.get() {
+                    Some(Ok(_)) => i += 1,
+                    Some(Err(_)) => break,
+                    None => {
+                        next.set(i);
+                        return false;
+                    }
+                }
+            }
+            next.set(i);
+            true
+        };
+        let rt = with_current(|rt| rt.clone())?;
+        rt.scheduler.drain_actor_until(&actor, &done);
+    }
     for (i, o) in objects.iter().enumerate() {
         // Every object before `o` is complete and did not fail.
         let rest = &objects[i + 1..];

@@ -77,6 +77,38 @@ pub(super) enum Location {
     At { worker: u64, peer: Arc<Peer> },
     /// Its worker died and its owner is starting it again: calls wait here.
     Restarting { parked: Vec<Parked> },
+    /// Dead for good: a call made now fails at once with this error (a call that raced the
+    /// death must not park where nothing would ever complete it).
+    Dead(Error),
+}
+
+impl Location {
+    /// Marks the actor dead with `error`, returning the calls that were parked.
+    fn kill(&mut self, error: Error) -> Vec<Parked> {
+        match std::mem::replace(self, Location::Dead(error)) {
+            Location::Restarting { parked } => parked,
+            Location::At { .. } | Location::Dead(_) => Vec::new(),
+        }
+    }
+
+    /// Points at `worker`, returning the calls parked for it (none unless it was restarting;
+    /// a dead actor stays dead and `None` says so).
+    fn arrive(&mut self, worker: u64, peer: &Arc<Peer>) -> Option<Vec<Parked>> {
+        if let Location::Dead(_) = self {
+            return None;
+        }
+        let old = std::mem::replace(
+            self,
+            Location::At {
+                worker,
+                peer: peer.clone(),
+            },
+        );
+        Some(match old {
+            Location::Restarting { parked } => parked,
+            Location::At { .. } | Location::Dead(_) => Vec::new(),
+        })
+    }
 }
 
 /// A call waiting for its actor's restart.
@@ -123,7 +155,7 @@ impl RemoteActor {
     pub(super) fn target(&self) -> Option<(u64, Arc<Peer>)> {
         match &*lock(&self.0.location) {
             Location::At { worker, peer } => Some((*worker, peer.clone())),
-            Location::Restarting { .. } => None,
+            Location::Restarting { .. } | Location::Dead(_) => None,
         }
     }
 }
@@ -144,6 +176,17 @@ pub(super) struct OwnedActor {
     /// The worker hosting it (or being asked to), and its node slot.
     worker: u64,
     node: usize,
+}
+
+impl OwnedActor {
+    /// The error its calls get once it is dead for good (as `ActorCell::died`).
+    fn died(&self, id: u64, why: &str) -> Error {
+        Error::ActorDied {
+            actor: crate::id::ActorId::from_u64(id),
+            class: self.class.to_owned(),
+            reason: why.to_owned(),
+        }
+    }
 }
 
 /// What `OwnedActor` needs at creation.
@@ -206,6 +249,10 @@ impl Cluster {
                     left: remote.0.max_task_retries,
                     keep,
                 });
+                return;
+            }
+            Location::Dead(error) => {
+                cell.complete(Err(error.clone()));
                 return;
             }
             Location::At { worker, peer } => (*worker, peer.clone()),
@@ -295,13 +342,6 @@ impl Cluster {
                     a.worker = 0;
                     restart.push((*id, self.actor_info(*id, a, true)));
                 } else {
-                    let parked = match std::mem::replace(
-                        &mut *location,
-                        Location::Restarting { parked: Vec::new() },
-                    ) {
-                        Location::Restarting { parked } => parked,
-                        Location::At { .. } => Vec::new(),
-                    };
                     let why = if a.max_restarts == 0 {
                         format!("its worker process {index} died ({reason}); max_restarts is 0")
                     } else {
@@ -311,6 +351,7 @@ impl Cluster {
                             a.num_restarts
                         )
                     };
+                    let parked = location.kill(a.died(*id, &why));
                     let node_id = self.node_id_of(a.node);
                     dead.push((*id, a.cell.clone(), parked, why, node_id));
                 }
@@ -398,16 +439,7 @@ impl Cluster {
                 {
                     let peer = self.peer(info.worker);
                     let mut location = lock(&remote.0.location);
-                    let parked = match std::mem::replace(
-                        &mut *location,
-                        Location::At {
-                            worker: info.worker,
-                            peer: peer.clone(),
-                        },
-                    ) {
-                        Location::Restarting { parked } => parked,
-                        Location::At { .. } => Vec::new(),
-                    };
+                    let parked = location.arrive(info.worker, &peer).unwrap_or_default();
                     for call in parked {
                         self.push_call(info.worker, &peer, id, call);
                     }
@@ -431,26 +463,20 @@ impl Cluster {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(100));
         };
-        let parked = match std::mem::replace(
-            &mut *lock(&remote.0.location),
-            Location::Restarting { parked: Vec::new() },
-        ) {
-            Location::Restarting { parked } => parked,
-            Location::At { .. } => Vec::new(),
-        };
         match cell.upgrade() {
             Some(c) => {
                 let error = match why {
                     Some(why) if !c.is_dead() => c.died(&why),
                     _ => c.died("dead"),
                 };
+                let parked = lock(&remote.0.location).kill(error.clone());
                 for p in parked {
                     p.cell.complete(Err(error.clone()));
                 }
                 c.die(error);
             }
             None => {
-                for p in parked {
+                for p in lock(&remote.0.location).kill(Error::ShutDown) {
                     p.cell.complete(Err(Error::ShutDown));
                 }
             }
@@ -687,15 +713,10 @@ impl Cluster {
             return unwanted();
         };
         let mut location = lock(&a.remote.0.location);
-        let parked = match std::mem::replace(
-            &mut *location,
-            Location::At {
-                worker,
-                peer: peer.clone(),
-            },
-        ) {
-            Location::Restarting { parked } => parked,
-            Location::At { .. } => Vec::new(),
+        let Some(parked) = location.arrive(worker, peer) else {
+            drop(location);
+            drop(owned);
+            return unwanted();
         };
         for call in parked {
             self.push_call(worker, peer, id, call);
@@ -712,13 +733,7 @@ impl Cluster {
         let Some(a) = lock(&self.owned_actors).remove(&id) else {
             return;
         };
-        let parked = match std::mem::replace(
-            &mut *lock(&a.remote.0.location),
-            Location::Restarting { parked: Vec::new() },
-        ) {
-            Location::Restarting { parked } => parked,
-            Location::At { .. } => Vec::new(),
-        };
+        let parked = lock(&a.remote.0.location).kill(a.died(id, why));
         self.actor_dead(
             id,
             &a.cell,

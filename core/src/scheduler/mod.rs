@@ -47,23 +47,25 @@ pub(crate) fn spawn_monitor(rt: &Arc<crate::runtime::RuntimeInner>) -> Result<()
     Ok(())
 }
 
-/// How often the monitor looks at slots draining threaded actors.
+/// How often the monitor looks at slots draining actors.
 const MONITOR_TICK: Duration = Duration::from_millis(10);
 
-/// The monitor: adds a slot when slots draining threaded actors made no progress for a tick
-/// (no call finished) while work is queued and no slot is idle (README, "Threaded actors").
-/// Those slots hold no CPU; their calls may wait for each other (a barrier across
-/// `max_concurrency` calls), and only another slot can start the call they wait for.
+/// The monitor: adds a slot when slots draining actors made no progress for a tick (no call
+/// finished) while work is queued and no slot is idle (README, "Actors and the monitor").
+/// Those slots hold no CPU: an actor's calls take none (as Ray's actors, each on a worker of
+/// its own), so a long call must not keep another actor's calls or a task from starting, and
+/// a threaded actor's calls may wait for each other (a barrier across `max_concurrency`
+/// calls), which only another slot can release.
 fn monitor(rt: &Arc<crate::runtime::RuntimeInner>) {
     let s = &rt.scheduler;
     let mut last = None;
     while !s.is_shut_down() {
-        if s.threaded_running.load(Ordering::SeqCst) == 0 {
+        if s.actor_drains.load(Ordering::SeqCst) == 0 {
             last = None;
             thread::park_timeout(SHUTDOWN_POLL);
             continue;
         }
-        let done = s.threaded_calls.load(Ordering::SeqCst);
+        let done = s.actor_calls.load(Ordering::SeqCst);
         if last == Some(done)
             && s.num_sleeping.load(Ordering::SeqCst) == 0
             && s.searching.load(Ordering::SeqCst) == 0
@@ -71,7 +73,7 @@ fn monitor(rt: &Arc<crate::runtime::RuntimeInner>) {
             && s.num_slots() < s.stealers.len()
             && let Err(e) = slot::spawn(rt)
         {
-            tracing::warn!("could not add a slot for a threaded actor: {e}");
+            tracing::warn!("could not add a slot beside slots running actor calls: {e}");
         }
         last = Some(done);
         thread::park_timeout(MONITOR_TICK);
@@ -80,18 +82,18 @@ fn monitor(rt: &Arc<crate::runtime::RuntimeInner>) {
 
 /// A slot draining a threaded actor, counted while it lives (see [`Scheduler::threaded_drain`]).
 #[derive(Debug)]
-pub(crate) struct ThreadedDrain<'a>(&'a Scheduler);
+pub(crate) struct ActorDrain<'a>(&'a Scheduler);
 
-impl ThreadedDrain<'_> {
+impl ActorDrain<'_> {
     /// A call finished: progress, for the monitor.
     pub(crate) fn call_done(&self) {
-        self.0.threaded_calls.fetch_add(1, Ordering::Relaxed);
+        self.0.actor_calls.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-impl Drop for ThreadedDrain<'_> {
+impl Drop for ActorDrain<'_> {
     fn drop(&mut self) {
-        self.0.threaded_running.fetch_sub(1, Ordering::SeqCst);
+        self.0.actor_drains.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -135,10 +137,10 @@ pub(crate) struct Scheduler {
     handles: Mutex<Vec<thread::JoinHandle<()>>>,
     /// Tasks completed, for status listings.
     pub(crate) finished: AtomicUsize,
-    /// Slots draining a threaded actor (`max_concurrency > 1`), and calls they finished: the
-    /// monitor's view of whether those slots make progress.
-    threaded_running: AtomicUsize,
-    threaded_calls: AtomicUsize,
+    /// Slots draining an actor, and calls they finished: the monitor's view of whether those
+    /// slots make progress.
+    actor_drains: AtomicUsize,
+    actor_calls: AtomicUsize,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -188,15 +190,15 @@ impl Scheduler {
             shutdown_timeout,
             handles: Mutex::new(Vec::new()),
             finished: AtomicUsize::new(0),
-            threaded_running: AtomicUsize::new(0),
-            threaded_calls: AtomicUsize::new(0),
+            actor_drains: AtomicUsize::new(0),
+            actor_calls: AtomicUsize::new(0),
         }
     }
 
-    /// Counts the calling thread as draining a threaded actor until the guard drops.
-    pub(crate) fn threaded_drain(&self) -> ThreadedDrain<'_> {
-        self.threaded_running.fetch_add(1, Ordering::SeqCst);
-        ThreadedDrain(self)
+    /// Counts the calling thread as draining an actor until the guard drops.
+    pub(crate) fn actor_drain(&self) -> ActorDrain<'_> {
+        self.actor_drains.fetch_add(1, Ordering::SeqCst);
+        ActorDrain(self)
     }
 
     pub(crate) fn base_slots(&self) -> usize {
@@ -543,10 +545,21 @@ impl Scheduler {
     /// wait for (an unrelated job may wait for what the caller does next), and no call after
     /// its own (`ActorCell::drain_until`). Slots do not do this, so helping never nests.
     fn help_actor(&self, cell: &Arc<ObjectCell>, actor: &Arc<ActorCell>) {
-        while !cell.is_ready() {
+        self.drain_actor_until(actor, &|| cell.is_ready());
+    }
+
+    /// On a thread that is not a slot (the driver), with inline gets on: takes `actor`'s job
+    /// while it is the next one queued and runs its calls here until `done()` holds before a
+    /// call; then hands the actor back. `get_all` over the calls of one serial actor drains it
+    /// up to the last of them this way, stopping at the first that fails.
+    pub(crate) fn drain_actor_until(&self, actor: &Arc<ActorCell>, done: &dyn Fn() -> bool) {
+        if !self.inline_get || slot::in_slot() {
+            return;
+        }
+        while !done() {
             match steal(|| self.injector.steal()) {
                 Some(Job::Actor(a)) if Arc::ptr_eq(&a, actor) => {
-                    a.drain_until(self, || cell.is_ready());
+                    a.drain_until(self, done);
                 }
                 Some(other) => {
                     self.injector.push(other);
