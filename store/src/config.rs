@@ -75,8 +75,13 @@ pub struct StoreConfig {
     /// The granule of a node arena ([`NodeArena`](crate::NodeArena)): the unit in which the
     /// node's raylet grants its arena to the processes of the node. Raised to a multiple of the
     /// arena's page size, lowered (not below one page) so that the arena holds at least 8
-    /// granules. Only the node arena's creator reads it. Default: 64 MiB.
+    /// granules. Only the node arena's creator reads it. Default: 4 MiB (a large object's
+    /// grant is its size in whole granules, so it wastes less than one).
     pub node_granule: usize,
+    /// What a store on a node arena asks the node for when an object smaller than half of it
+    /// does not fit its extents (small objects then share one grant), and the most it keeps
+    /// wholly free (one such extent) instead of giving it back. Default: 64 MiB.
+    pub node_extent: usize,
 }
 
 impl StoreConfig {
@@ -105,7 +110,8 @@ impl Default for StoreConfig {
             io_uring_entries: 64,
             create_timeout: Duration::from_secs(10),
             numa_nodes: None,
-            node_granule: 64 << 20,
+            node_granule: 4 << 20,
+            node_extent: 64 << 20,
         }
     }
 }

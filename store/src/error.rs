@@ -74,7 +74,7 @@ pub enum StoreError {
     /// `create` found no room after evicting, spilling and waiting for pins to be released.
     #[error(
         "object store full: no room for object {key} ({size} bytes) after {waited:?}; \
-         {used} of {capacity} bytes in use, {pinned} bytes pinned"
+         {used} of the {scope}'s {capacity} bytes in use, {pinned} bytes pinned here"
     )]
     ObjectStoreFull {
         /// The key.
@@ -89,6 +89,9 @@ pub enum StoreError {
         pinned: usize,
         /// Arena size in bytes.
         capacity: usize,
+        /// What `used` and `capacity` count: `"store"` (an arena of its own) or `"node
+        /// arena"` (every process's grants on the node's shared arena).
+        scope: &'static str,
     },
     /// A typed view whose element type does not divide the object's length.
     #[error("object {key}: {len} bytes is not a whole number of {type_name} ({elem} bytes each)")]

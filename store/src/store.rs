@@ -5,9 +5,10 @@
 //! extent per NUMA region. [`Store::on_node`] makes a store on the node's shared arena
 //! (`node.rs`): it starts with no space; its allocator is a growable list of extents, each a
 //! run of granules the node granted it, tagged with the NUMA span it lies in. Step 5 then
-//! first asks the node for a grant (at least one granule, on the caller's NUMA node if it can)
-//! before spilling its own objects, and an extent left wholly free is given back (all but one
-//! spare granule; larger extents at once). The state machine below is the same in both modes:
+//! first asks the node for a grant (a shared `node_extent` for small objects, a large one's
+//! size in whole granules; on the caller's NUMA node if it can) before spilling its own
+//! objects, and an extent left wholly free is given back (all but one spare of at most
+//! `node_extent`). The state machine below is the same in both modes:
 //! it never depends on where a block came from. On a node arena the proactive threshold of
 //! step 5 is node-wide (the node's granted bytes against `spill_threshold` of its capacity, as
 //! of the latest reply from the node). A dropped store gives nothing back explicitly: closing
@@ -584,13 +585,22 @@ impl Store {
             }
             let now = Instant::now();
             if now >= deadline {
+                // On a node arena this store's own extents say nothing of the node's room.
+                let (used, capacity, scope) = match self.node() {
+                    Some(client) => {
+                        let (granted, capacity) = client.node_usage();
+                        (granted, capacity, "node arena")
+                    }
+                    None => (self.alloc.used_bytes(), self.alloc.capacity(), "store"),
+                };
                 return Err(StoreError::ObjectStoreFull {
                     key,
                     size,
                     waited: now - start,
-                    used: self.alloc.used_bytes(),
+                    used,
                     pinned: table.stuck_bytes(),
-                    capacity: self.alloc.capacity(),
+                    capacity,
+                    scope,
                 });
             }
             // On a node arena, space freed by other processes wakes nobody here: poll the node.
@@ -617,40 +627,50 @@ impl Store {
         }
     }
 
-    /// On a node arena, asks for an extent that holds `size` bytes (at least one granule),
-    /// on the NUMA node of region `numa` (else of the calling thread), and adds it. False standalone, when the
-    /// node has no room, or when the channel to it failed.
+    /// On a node arena, asks for an extent that holds `size` bytes, on the NUMA node of region
+    /// `numa` (else of the calling thread), and adds it. An object under half of
+    /// `node_extent` asks for a whole `node_extent` first (small objects share it: one round
+    /// trip to the node per many puts), else, or when the node has no such run, for its size
+    /// in whole granules (a large object wastes less than one granule, so objects just over a
+    /// granule, or half an extent, do not leave half the arena unused). False standalone,
+    /// when the node has no room, or when the channel to it failed.
     fn grow(&self, size: usize, numa: Option<usize>) -> bool {
         let Backing::Node(client) = &self.backing else {
             return false;
         };
         let granule = client.granule();
-        let want = Allocator::round_up(size)
+        let exact = Allocator::round_up(size)
             .max(granule)
             .next_multiple_of(granule);
+        let extent = self.config.node_extent.next_multiple_of(granule);
         // The region asked for, else the calling thread's (no system call with one region).
         let prefer = numa
             .or_else(|| self.local_region())
             .and_then(|i| self.region_nodes.get(i).copied());
-        match client.grant(want, prefer) {
-            Some((offset, len, region)) => {
+        let mut tries = vec![exact];
+        if exact < extent / 2 {
+            tries.insert(0, extent);
+        }
+        for want in tries {
+            if let Some((offset, len, region)) = client.grant(want, prefer) {
                 self.alloc.add(offset, len, region);
                 debug!(offset, len, region, "node arena: extent granted");
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 
-    /// On a node arena, gives back every wholly free extent but one spare granule (hysteresis:
-    /// a store that frees and creates around a granule boundary does not ask the node each
-    /// time; extents larger than a granule go back at once). Never called with the table lock
+    /// On a node arena, gives back every wholly free extent but one spare of at most
+    /// `node_extent` (hysteresis: a store that frees and creates around an extent boundary
+    /// does not ask the node each time; larger extents go back at once). Never called with the table lock
     /// held: it may wait for a round trip to the node.
     fn trim(&self) {
         let Backing::Node(client) = &self.backing else {
             return;
         };
-        for (offset, len) in self.alloc.take_free(client.granule()) {
+        let spare = self.config.node_extent.next_multiple_of(client.granule());
+        for (offset, len) in self.alloc.take_free(spare) {
             if client.give_back(offset, len) {
                 debug!(offset, len, "node arena: extent given back");
             } else {

@@ -205,7 +205,9 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-fn child_store(sock: &str, dir: &str) -> Store {
+/// A store on the node at `sock`; `exact`: every grant just the object's granules (no shared
+/// `node_extent`), so that a test can count granules per object.
+fn child_store(sock: &str, dir: &str, exact: bool) -> Store {
     let addr = SocketAddr::from_abstract_name(sock.as_bytes()).expect("addr");
     let client = NodeClient::connect(&addr, TOKEN).expect("connect to the node arena");
     Store::on_node(
@@ -213,6 +215,11 @@ fn child_store(sock: &str, dir: &str) -> Store {
         StoreConfig {
             spill_dir: dir.into(),
             create_timeout: Duration::from_secs(30),
+            node_extent: if exact {
+                0
+            } else {
+                StoreConfig::default().node_extent
+            },
             ..StoreConfig::default()
         },
     )
@@ -230,7 +237,8 @@ fn child_entry() {
         panic!("bad child spec {spec}");
     };
     match mode {
-        "writer" => writer_child(sock, arg, dir),
+        "writer" => writer_child(sock, arg, dir, false),
+        "writer-exact" => writer_child(sock, arg, dir, true),
         "churn" => churn_child(sock, arg, dir),
         other => panic!("unknown child mode {other}"),
     }
@@ -238,12 +246,12 @@ fn child_entry() {
 
 /// Puts `count` objects of `size` bytes (`arg` = `first_key count size`), pins each, reports
 /// them, then answers `CHECK` commands on stdin by reading in place, until stdin closes.
-fn writer_child(sock: &str, arg: &str, dir: &str) {
+fn writer_child(sock: &str, arg: &str, dir: &str, exact: bool) {
     let nums: Vec<u64> = arg.split(',').map(|s| s.parse().expect("number")).collect();
     let [first, count, size] = nums[..] else {
         panic!("bad writer arg {arg}");
     };
-    let store = child_store(sock, dir);
+    let store = child_store(sock, dir, exact);
     for key in first..first + count {
         let value = pattern(key, size as usize);
         store
@@ -292,7 +300,7 @@ fn churn_child(sock: &str, arg: &str, dir: &str) {
     let (seed, total) = arg.split_once(',').expect("seed,total");
     let seed: u64 = seed.parse().expect("seed");
     let total: usize = total.parse().expect("total");
-    let store = child_store(sock, dir);
+    let store = child_store(sock, dir, false);
     let sizes = [MIB, 3 * MIB + 12_345, 6 * MIB, 2 * MIB - 1];
     let mut keys = Vec::new();
     let mut put = 0;
@@ -432,7 +440,12 @@ fn a_killed_holders_granules_come_back_unless_read_locked() {
     let (arena, _server, sock) = node("kill", 64 * MIB, granule);
     let dir = tempfile::tempdir().expect("tempdir");
     // Three objects of 3 MiB: one granule each.
-    let kid = Kid::spawn("writer", &sock, &format!("7,3,{}", 3 * MIB), dir.path());
+    let kid = Kid::spawn(
+        "writer-exact",
+        &sock,
+        &format!("7,3,{}", 3 * MIB),
+        dir.path(),
+    );
     let objs = kid.objects();
     assert_eq!(arena.stats().granted, 3 * granule);
 
@@ -533,4 +546,55 @@ fn a_wrong_or_overlong_token_gets_no_fd() {
     assert_eq!(arena.stats().clients, 1);
     drop(good);
     assert!(eventually(STEP, || arena.stats().clients == 0));
+}
+
+/// Objects just over a granule's half (or whole) fill the node arena, not half of it: on a
+/// 256 MiB node arena, 32 MiB objects kept pinned fit 7 times (one granule of slack each at
+/// most), and the error for the next one reports the node as full. Granules of 32 MiB (the
+/// old default there) gave each object two of them: 4 fit, and the error said half was free.
+#[test]
+fn pinned_objects_just_over_a_granule_fill_the_node_arena() {
+    let (_arena, _server, sock) = node("fill", 256 * MIB, StoreConfig::default().node_granule);
+    let dir = tempfile_dir("fill");
+    let addr = SocketAddr::from_abstract_name(sock.as_bytes()).expect("addr");
+    let client = NodeClient::connect(&addr, TOKEN).expect("connect to the node arena");
+    let store = Store::on_node(
+        client,
+        StoreConfig {
+            spill_dir: dir.clone(),
+            create_timeout: Duration::from_millis(200),
+            ..StoreConfig::default()
+        },
+    )
+    .expect("store on the node");
+    // A value of 32 MiB and its encoding's few bytes of header.
+    let size = 32 * MIB + 64;
+    let mut kept = 0u64;
+    let error = loop {
+        let key = ObjectKey::from_u128(1000 + u128::from(kept));
+        match store.put(key, &pattern(kept, size)) {
+            Ok(_) => {
+                store.pin(key).expect("pin");
+                kept += 1;
+            }
+            Err(e) => break e.error,
+        }
+        assert!(kept < 16, "more objects than the arena holds");
+    };
+    assert!(
+        kept >= 7,
+        "only {kept} pinned objects of 32 MiB fit in a 256 MiB node arena ({error})"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("node arena"),
+        "the error names the node arena: {text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("manta-store-node-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("spill dir");
+    dir
 }

@@ -113,7 +113,7 @@ impl Regions {
         });
     }
 
-    /// Takes out the extents in which nothing is allocated, except one of exactly `spare`
+    /// Takes out the extents in which nothing is allocated, except one of at most `spare`
     /// bytes (the first such), and returns their `(offset, len)`. The caller gives them back.
     pub(crate) fn take_free(&self, spare: usize) -> Vec<(usize, usize)> {
         let wholly_free = |p: &Extent| p.alloc.free_bytes() == p.alloc.capacity();
@@ -123,7 +123,7 @@ impl Regions {
             let free = parts.iter().filter(|p| wholly_free(p)).count();
             let spares = parts
                 .iter()
-                .filter(|p| wholly_free(p) && p.alloc.capacity() == spare)
+                .filter(|p| wholly_free(p) && p.alloc.capacity() <= spare)
                 .count();
             if free == 0 || (free == 1 && spares == 1) {
                 return Vec::new();
@@ -138,7 +138,7 @@ impl Regions {
             if !wholly_free(p) {
                 return true;
             }
-            if !kept_spare && p.alloc.capacity() == spare {
+            if !kept_spare && p.alloc.capacity() <= spare {
                 kept_spare = true;
                 return true;
             }
