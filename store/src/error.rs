@@ -113,6 +113,24 @@ pub enum StoreError {
         /// The OS error.
         source: io::Error,
     },
+    /// No room for an object, and spilling others to disk to make room failed (a full or
+    /// unwritable spill directory): nothing in memory was lost, the objects that were to be
+    /// spilled stay in memory. Returned at once rather than after waiting, since only a
+    /// delete (or the disk) can make room now.
+    #[error(
+        "object store full: no room for object {key} ({size} bytes), and spilling to {dir} \
+         failed: {source}"
+    )]
+    SpillFailed {
+        /// The key.
+        key: ObjectKey,
+        /// Requested size in bytes.
+        size: usize,
+        /// The spill directory.
+        dir: String,
+        /// The OS error of the failed spill.
+        source: io::Error,
+    },
     /// Reading a spilled object back failed; the object stays spilled.
     #[error("restore of object {key} from its spill file: {source}")]
     Restore {

@@ -571,7 +571,18 @@ impl Store {
             let free = self.alloc.free_bytes();
             // Short of bytes: free the shortfall. Enough bytes but fragmented: free `size` more.
             let to_free = if free >= size { size } else { size - free };
-            if self.relieve(to_free) > 0 {
+            let (freed, failed) = self.relieve_or_fail(to_free);
+            if let Some(source) = failed
+                && freed == 0
+            {
+                return Err(StoreError::SpillFailed {
+                    key,
+                    size,
+                    dir: self.config.spill_dir.display().to_string(),
+                    source,
+                });
+            }
+            if freed > 0 {
                 // On a node arena, extents emptied by the spill go back, so that the next
                 // grant can make one run of them (and other processes can have them).
                 self.trim();
@@ -733,6 +744,12 @@ impl Store {
     /// `spill_min_batch` if it spills at all. Returns the number of objects freed (evicted or
     /// spilled).
     fn relieve(&self, to_free: usize) -> usize {
+        self.relieve_or_fail(to_free).0
+    }
+
+    /// [`Store::relieve`], also returning the error of a spill that failed (its objects stay
+    /// in memory).
+    fn relieve_or_fail(&self, to_free: usize) -> (usize, Option<std::io::Error>) {
         let mut victims = Vec::new();
         let mut items = Vec::new();
         let evicted;
@@ -740,7 +757,7 @@ impl Store {
             let mut table = self.lock();
             let plan = pressure::plan(to_free, self.config.spill_min_batch, &table.candidates());
             if plan.is_empty() {
-                return 0;
+                return (0, None);
             }
             evicted = plan.evict.len();
             for key in plan.evict {
@@ -774,7 +791,7 @@ impl Store {
             }
         }
         if victims.is_empty() {
-            return evicted;
+            return (evicted, None);
         }
         // (b) write them out, no lock held.
         let started = Instant::now();
@@ -786,6 +803,7 @@ impl Store {
         // (c) free the blocks of those still unpinned.
         let mut table = self.lock();
         let mut spilled = 0;
+        let mut failure = None;
         match written {
             Ok(slots) => {
                 table.counters.spill_io.add(bytes, took);
@@ -818,7 +836,18 @@ impl Store {
                 );
             }
             Err(e) => {
-                warn!(error = %e, objects = victims.len(), "spill failed; objects stay in memory");
+                table.counters.spill_failures += 1;
+                // Once, then every 100th: a full disk fails every spill until it has room.
+                if table.counters.spill_failures % 100 == 1 {
+                    warn!(
+                        error = %e,
+                        dir = %self.config.spill_dir.display(),
+                        objects = victims.len(),
+                        failures = table.counters.spill_failures,
+                        "spill failed; objects stay in memory"
+                    );
+                }
+                failure = Some(e);
                 for key in victims {
                     if let Some(Entry {
                         state: State::Sealed { spilling, .. },
@@ -831,7 +860,7 @@ impl Store {
             }
         }
         self.changed.notify_all();
-        evicted + spilled
+        (evicted + spilled, failure)
     }
 
     /// Step 6, after `get` marked `key` Restoring and took its slot.

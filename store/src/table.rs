@@ -63,6 +63,8 @@ pub(crate) struct Counters {
     pub(crate) numa_far: u64,
     pub(crate) spill_io: IoTotals,
     pub(crate) restore_io: IoTotals,
+    /// Spill batches that failed (their objects stayed in memory).
+    pub(crate) spill_failures: u64,
 }
 
 /// Bytes moved to or from spill files and the time it took, summed since start.

@@ -273,3 +273,117 @@ fn spill_all_writes_every_released_primary_and_counts_the_io() {
         "nothing pinned now: everything spills again"
     );
 }
+
+/// A tmpfs of `size` bytes mounted at a fresh directory, unmounted on drop; `None` (and the
+/// reason printed) where this process may not mount (not root, no mount namespace rights).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(size: usize) -> Option<SmallDisk> {
+        let dir = std::env::temp_dir().join(format!("manta-full-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk(dir)),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a small tmpfs: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                let _ = std::fs::remove_dir(&dir);
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: no mount command: {e}");
+                let _ = std::fs::remove_dir(&dir);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A full spill disk loses nothing and says so (issue 13, item 8): with the spill directory on
+/// a 2 MiB tmpfs and an 8 MiB arena, puts go on while spilling has room; then a put that needs
+/// a spill fails at once (not after the create timeout) with an error naming the spill
+/// directory and the full disk, and hands the value back. Every object put before stays
+/// readable, byte for byte — in memory, or spilled and restored once deletes made room.
+#[test]
+fn a_full_spill_disk_fails_the_put_at_once_and_loses_nothing() {
+    const MIB: usize = 1 << 20;
+    let Some(disk) = SmallDisk::mount(2 * MIB) else {
+        return;
+    };
+    init_logs();
+    let store = Store::new(StoreConfig {
+        pages: PageRequest::Small,
+        prefault: true,
+        spill_dir: disk.0.clone(),
+        create_timeout: Duration::from_secs(30),
+        ..StoreConfig::with_capacity(8 * MIB)
+    })
+    .expect("store");
+    let len = MIB - 4096;
+    let mut kept = Vec::new();
+    let failed = loop {
+        let n = kept.len() as u64;
+        let started = std::time::Instant::now();
+        match store.put(ObjectKey::from_u128(n.into()), contents(n, len)) {
+            Ok(_) => kept.push(n),
+            Err(e) => break (e, started.elapsed()),
+        }
+        assert!(
+            kept.len() < 64,
+            "an 8 MiB arena and a 2 MiB disk hold no 64 MiB"
+        );
+    };
+    let (error, took) = failed;
+    assert!(
+        kept.len() >= 8,
+        "the arena and the disk hold at least 8 objects: {} ({})",
+        kept.len(),
+        error.error
+    );
+    let text = error.error.to_string();
+    assert!(
+        text.contains("spilling to") && text.contains("No space left on device"),
+        "the error says the spill disk is full: {text}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "failed after {took:?}: it waited for room that only a delete can make"
+    );
+    assert_eq!(error.value.len(), len, "the value is handed back");
+    // Deletes make room: every object still there reads back exact (restoring the spilled).
+    let in_memory: Vec<u64> = kept
+        .iter()
+        .copied()
+        .filter(|&n| !store.is_spilled(ObjectKey::from_u128(n.into())))
+        .collect();
+    for &n in in_memory.iter().take(3) {
+        store
+            .delete(ObjectKey::from_u128(n.into()))
+            .expect("delete an object in memory");
+    }
+    for &n in kept.iter().filter(|n| !in_memory[..3].contains(n)) {
+        let pinned = store
+            .get(ObjectKey::from_u128(n.into()))
+            .unwrap_or_else(|e| panic!("object {n} unreadable: {e}"));
+        assert!(*pinned == *contents(n, len), "object {n} changed");
+    }
+}
