@@ -446,3 +446,57 @@ fn a_node_stalled_past_the_heartbeat_timeout_leaves_the_cluster() {
          {on_side} of 8 tasks in flight there ran again on the head"
     );
 }
+
+/// Creates a `Keeper` on the node with the `far` resource and hands back its handle: the
+/// task's worker process owns it.
+#[manta::remote]
+fn make_far_keeper() -> (ActorHandle<Keeper>, u32) {
+    let k = Keeper::options().resource("far", 0.5).remote(100);
+    k.ready().get_timeout(LONG).expect("the far actor starts");
+    let d = Keeper::options()
+        .resource("far", 0.5)
+        .name("far-detached")
+        .lifetime_detached()
+        .remote(200);
+    d.ready()
+        .get_timeout(LONG)
+        .expect("the detached actor starts");
+    (k, std::process::id())
+}
+
+/// As in Ray, an actor that is not detached dies with its owner: a task on one node creates
+/// an actor on another and returns its handle; when the task's worker process is killed, the
+/// actor dies, and calls from the driver (a borrower) fail with `ActorDied` naming the owner.
+#[test]
+fn an_actor_dies_with_its_owner_unless_detached() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(
+        NodeSpec::with_resources("near=1"),
+        &[NodeSpec::with_resources("far=1")],
+    );
+    let _rt = common::start(cluster.config());
+    let (keeper, owner_pid) = make_far_keeper::options()
+        .resource("near", 1.0)
+        .remote()
+        .get_timeout(LONG)
+        .expect("the owner task");
+    assert_eq!(keeper.incr().get_timeout(LONG).unwrap(), 101);
+    let host_pid = keeper.pid().get_timeout(LONG).unwrap();
+    assert_ne!(host_pid, owner_pid, "the actor lives in another process");
+    signal(owner_pid, libc::SIGKILL);
+    let reason = eventually_that(
+        "calls to the actor failing after its owner died",
+        LONG,
+        || match keeper.incr().get_timeout(LONG) {
+            Err(Error::ActorDied { reason, .. }) => Some(reason),
+            _ => None,
+        },
+        Option::is_some,
+    )
+    .unwrap();
+    assert!(reason.contains("owner"), "{reason}");
+    // The detached one lives on.
+    let detached = manta::get_actor::<Keeper>("far-detached").expect("the detached actor");
+    assert_eq!(detached.incr().get_timeout(LONG).unwrap(), 201);
+    manta::kill(&detached).expect("kill the detached actor");
+}

@@ -38,11 +38,17 @@ pub(crate) struct RuntimeInner {
     unnamed_detached: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
     /// Actors created here by remote owners (held until killed).
     pushed_actors: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
+    /// Why the latest actors hosted here for remote owners died (at most `BURIED` of them), so
+    /// that a call arriving after the death gets the reason, not just "not hosted here".
+    buried: Mutex<std::collections::VecDeque<(ActorId, Error)>>,
     /// This process's cluster membership, if it joined one.
     pub(crate) cluster: Option<Arc<crate::cluster::worker::Cluster>>,
     default_demand: crate::resources::Demand,
     pub(crate) started: Instant,
 }
+
+/// How many hosted actors' deaths a worker remembers for late calls ([`RuntimeInner::bury`]).
+const BURIED: usize = 1024;
 
 /// An entry of the name table: a detached actor is held by it (until killed or shutdown), any
 /// other named actor only referred to, so that it dies with its last handle (Ray's rule).
@@ -257,6 +263,7 @@ impl RuntimeInner {
             store,
             next_id: AtomicU64::new(cluster.as_ref().map_or(1, |c| c.first_id())),
             pushed_actors: Mutex::new(HashMap::new()),
+            buried: Mutex::new(std::collections::VecDeque::new()),
             cluster,
             escaped: Mutex::new(HashMap::new()),
             actors: Mutex::new(HashMap::new()),
@@ -829,6 +836,10 @@ impl RuntimeInner {
         };
         let cell = self.hosted_actor(ActorId::from_u64(actor_id));
         let Some(cell) = cell else {
+            let id = ActorId::from_u64(actor_id);
+            if let Some((_, why)) = lock(&self.buried).iter().find(|(a, _)| *a == id) {
+                return fail(why.clone());
+            }
             return fail(Error::ActorDied {
                 actor: ActorId::from_u64(actor_id),
                 class: "?".into(),
@@ -878,6 +889,16 @@ impl RuntimeInner {
         {
             c.record_actor_death(cell, "it called manta::exit_actor");
         }
+    }
+
+    /// Remembers why actor `cell`, hosted here for a remote owner, died (the latest
+    /// `BURIED` deaths are kept).
+    pub(crate) fn bury(&self, cell: &ActorCell, why: Error) {
+        let mut buried = lock(&self.buried);
+        if buried.len() >= BURIED {
+            buried.pop_front();
+        }
+        buried.push_back((cell.id(), why));
     }
 
     /// Whether this worker hosts actor `id` for a remote owner.

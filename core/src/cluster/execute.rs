@@ -144,7 +144,9 @@ impl Cluster {
         let Some(cell) = rt.kill_pushed(actor_id, restart) else {
             return;
         };
-        self.record_actor_death(&cell, "killed (manta::kill, or no handle to it was left)");
+        let reason = "killed (manta::kill, or no handle to it was left)";
+        rt.bury(&cell, cell.died(reason));
+        self.record_actor_death(&cell, reason);
     }
 
     /// ReleaseActor from an actor's owner: no handle to it is left anywhere. The host drops

@@ -97,6 +97,30 @@ impl Cluster {
         }
     }
 
+    /// On a host, when worker process `owner` died: every actor hosted here that it owned and
+    /// did not detach dies with it, as in Ray (an actor's lifetime follows its owner's unless
+    /// it is detached). Its calls, from any caller, fail with `ActorDied` saying so.
+    pub(super) fn owner_died(&self, owner: u64) {
+        let Some(rt) = self.runtime() else { return };
+        let keep = lock(&self.detached).clone();
+        let reason = format!(
+            "its owner, worker process {owner}, died (an actor that is not detached dies with \
+             its owner)"
+        );
+        for id in rt.hosted_actors() {
+            let id = id.as_u64();
+            if super::owner_of(id) != owner || keep.contains(&id) {
+                continue;
+            }
+            if let Some(cell) = rt.release_pushed(id) {
+                let why = cell.died(&reason);
+                rt.bury(&cell, why.clone());
+                cell.die(why);
+                self.record_actor_death(&cell, &reason);
+            }
+        }
+    }
+
     /// Step 3, on a host its raylet kept past its job's end: every actor of the job that is
     /// not detached dies, as when the job's workers stop.
     pub(super) fn job_ended(&self, job_id: u64) {

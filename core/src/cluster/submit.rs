@@ -567,6 +567,7 @@ impl Cluster {
         // Before the in-flight table is drained: see the restart protocol's argument.
         self.actors_lost(index, reason);
         self.proxies_lost(index);
+        self.owner_died(index);
         let lost: Vec<(u64, InFlight)> = {
             let mut m = lock(&self.in_flight);
             let ids: Vec<u64> = m
