@@ -1,0 +1,236 @@
+//! Fault benchmarks, each on a local cluster of real processes (a head, raylets and the worker
+//! processes they start, this binary re-executed), printed with what they are compared to:
+//!
+//! - **worker death seen by an owner**: a task running in a worker process that is killed
+//!   (SIGKILL) with no retry left fails with `WorkerCrashed`; time from the kill to that error.
+//! - **actor restart**: an actor with `max_restarts` whose worker process is killed; time from
+//!   the kill to the first call answered by its new instance (target: ≤ 100 ms on one host).
+//! - **raylet death**: a second node's raylet killed; time until the GCS lists the node dead.
+//! - **throughput under kills**: 2 ms tasks for `--seconds` (30) with the job's worker process
+//!   killed every 10 s, against the same run without kills, in the same run (target ≥ 0.8×);
+//!   every result is checked, none may be lost (system retries are left at Ray's default, 3).
+//!
+//! Run with `cargo bench --bench faults [-- --seconds N] [-- --rounds N]`. Times are printed as
+//! the median (and the worst) of `--rounds` (5) kills; nothing is asserted on time.
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/cluster.rs"]
+mod cluster;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cluster::{LocalCluster, NodeSpec, serve_if_worker, signal};
+use manta::Error;
+
+/// Longest any single wait of the benchmark.
+const BOUND: Duration = Duration::from_secs(60);
+
+#[manta::remote]
+fn sleep_ms(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[manta::remote]
+fn square_after(x: u64, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    x * x
+}
+
+#[manta::actor]
+struct Phoenix {
+    calls: u64,
+}
+
+#[manta::actor]
+impl Phoenix {
+    fn new() -> Self {
+        Phoenix { calls: 0 }
+    }
+    fn pid(&mut self) -> u32 {
+        self.calls += 1;
+        std::process::id()
+    }
+}
+
+struct Args {
+    seconds: u64,
+    rounds: usize,
+}
+
+fn args() -> Args {
+    let mut out = Args {
+        seconds: 30,
+        rounds: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => out.seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(30),
+            "--rounds" => out.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn main() -> Result<()> {
+    serve_if_worker();
+    let args = args();
+    println!("== fault benchmarks ({} rounds per time)", args.rounds);
+    let one = LocalCluster::start(NodeSpec::with_resources(""), &[]);
+    manta::init_with(one.config()).context("joining the one-node cluster")?;
+    let crash = worker_death_seen(args.rounds)?;
+    report("worker SIGKILL -> owner gets WorkerCrashed", &crash, None);
+    let restart = actor_restart(args.rounds)?;
+    report(
+        "worker SIGKILL -> restarted actor serving",
+        &restart,
+        Some(Duration::from_millis(100)),
+    );
+    let (with, without) = throughput(&one, args.seconds)?;
+    println!(
+        "{:<44} {:>10.0} tasks/s with a kill every 10 s, {:>10.0} without: {:.2}x (target >= 0.80x)",
+        "throughput of 2 ms tasks under worker kills",
+        with,
+        without,
+        with / without
+    );
+    manta::shutdown();
+    drop(one);
+    let raylet = raylet_death_seen(args.rounds)?;
+    report("raylet SIGKILL -> GCS lists the node dead", &raylet, None);
+    Ok(())
+}
+
+fn report(what: &str, times: &[Duration], target: Option<Duration>) {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    let worst = sorted[sorted.len() - 1];
+    let target = target.map_or(String::new(), |t| {
+        format!(
+            " (target <= {t:?}: {})",
+            if median <= t { "met" } else { "missed" }
+        )
+    });
+    println!("{what:<44} median {median:>10.1?}, worst {worst:>10.1?}{target}");
+}
+
+/// The pid of the job's worker process (the one running tasks), once it runs one.
+fn worker_pid() -> Result<u32> {
+    Ok(sleep_ms::options()
+        .max_retries(0)
+        .remote(0)
+        .get_timeout(BOUND)?)
+}
+
+fn worker_death_seen(rounds: usize) -> Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let pid = worker_pid()?;
+        let running = sleep_ms::options().max_retries(0).remote(60_000);
+        // Let it start there.
+        std::thread::sleep(Duration::from_millis(100));
+        signal(pid, libc::SIGKILL);
+        let killed = Instant::now();
+        match running.get_timeout(BOUND) {
+            Err(Error::WorkerCrashed { .. }) => out.push(killed.elapsed()),
+            other => bail!("expected WorkerCrashed, got {other:?}"),
+        }
+    }
+    Ok(out)
+}
+
+fn actor_restart(rounds: usize) -> Result<Vec<Duration>> {
+    let a = Phoenix::options()
+        .max_restarts(u32::try_from(rounds).unwrap_or(u32::MAX))
+        .remote();
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let pid = a.pid().get_timeout(BOUND)?;
+        signal(pid, libc::SIGKILL);
+        let killed = Instant::now();
+        loop {
+            match a.pid().get_timeout(BOUND) {
+                Ok(new) if new != pid => break,
+                // A call that reached the dead process before its death was known.
+                Ok(_) | Err(Error::ActorDied { .. }) if killed.elapsed() < BOUND => {}
+                other => bail!("the actor did not come back: {other:?}"),
+            }
+        }
+        out.push(killed.elapsed());
+    }
+    Ok(out)
+}
+
+/// Tasks per second over `seconds`, with and without a worker kill every 10 s.
+fn throughput(cluster: &LocalCluster, seconds: u64) -> Result<(f64, f64)> {
+    let with = task_rate(cluster, seconds, true)?;
+    let without = task_rate(cluster, seconds, false)?;
+    Ok((with, without))
+}
+
+fn task_rate(cluster: &LocalCluster, seconds: u64, kill: bool) -> Result<f64> {
+    const BATCH: u64 = 200;
+    let start = Instant::now();
+    let mut next_kill = start + Duration::from_secs(10);
+    let mut done = 0u64;
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let refs: Vec<_> = (i..i + BATCH).map(|x| square_after::remote(x, 2)).collect();
+        if kill && Instant::now() >= next_kill {
+            next_kill += Duration::from_secs(10);
+            // Mid-batch: tasks in flight die with it and run again.
+            std::thread::sleep(Duration::from_millis(20));
+            cluster.kill_worker(None);
+        }
+        for (x, r) in (i..).zip(&refs) {
+            let v = r
+                .get_timeout(BOUND)
+                .with_context(|| format!("task {x} lost"))?;
+            if v != x * x {
+                bail!("task {x} returned {v}");
+            }
+        }
+        done += BATCH;
+        i += BATCH;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+fn raylet_death_seen(rounds: usize) -> Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let mut c = LocalCluster::start(
+            NodeSpec::with_resources(""),
+            &[NodeSpec::with_resources("")],
+        );
+        let state = manta::cluster::query(&c.address, &c.token)?;
+        // The node that joined last: the second one.
+        let victim = state
+            .nodes
+            .iter()
+            .filter(|n| n.alive)
+            .map(|n| n.node_id)
+            .max()
+            .context("a second node")?;
+        let pid = c.node_pid(1);
+        signal(pid, libc::SIGKILL);
+        let killed = Instant::now();
+        loop {
+            let state = manta::cluster::query(&c.address, &c.token)?;
+            if state.nodes.iter().any(|n| n.node_id == victim && !n.alive) {
+                break;
+            }
+            if killed.elapsed() > BOUND {
+                bail!("the killed raylet was never listed dead");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out.push(killed.elapsed());
+        let _ = c.node_exited(1);
+    }
+    Ok(out)
+}
