@@ -188,32 +188,7 @@ impl LocalCluster {
     /// a raylet's workers inherit its `MANTA_SESSION_ROOT` (this cluster's root) and carry
     /// `MANTA_WORKER_RAYLET` (their raylet's address).
     pub(crate) fn worker_pids(&self) -> Vec<(u32, String)> {
-        let root = format!("MANTA_SESSION_ROOT={}", self.root.display());
-        let mut found = Vec::new();
-        let Ok(rd) = std::fs::read_dir("/proc") else {
-            return found;
-        };
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(env) = std::fs::read(e.path().join("environ")) else {
-                continue;
-            };
-            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-            if !vars.contains(&root.as_bytes()) {
-                continue;
-            }
-            // A zombie (killed, not yet reaped by its raylet) has an empty environ.
-            if let Some(raylet) = vars
-                .iter()
-                .find_map(|v| v.strip_prefix(b"MANTA_WORKER_RAYLET".as_slice()))
-                .and_then(|v| v.strip_prefix(b"=".as_slice()))
-            {
-                found.push((pid, String::from_utf8_lossy(raylet).into_owned()));
-            }
-        }
-        found
+        worker_pids_of(&self.root)
     }
 
     /// Kills (SIGKILL) a worker process of this cluster, one of raylet `raylet`'s if given;
@@ -345,4 +320,35 @@ impl Tally {
         self.n += k;
         self.n
     }
+}
+
+/// The worker processes of the cluster whose session root is `root`, as `(pid, raylet
+/// address)`, found by walking `/proc` (see [`LocalCluster::worker_pids`]).
+pub(crate) fn worker_pids_of(root: &std::path::Path) -> Vec<(u32, String)> {
+    let root = format!("MANTA_SESSION_ROOT={}", root.display());
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        if !vars.contains(&root.as_bytes()) {
+            continue;
+        }
+        // A zombie (killed, not yet reaped by its raylet) has an empty environ.
+        if let Some(raylet) = vars
+            .iter()
+            .find_map(|v| v.strip_prefix(b"MANTA_WORKER_RAYLET".as_slice()))
+            .and_then(|v| v.strip_prefix(b"=".as_slice()))
+        {
+            found.push((pid, String::from_utf8_lossy(raylet).into_owned()));
+        }
+    }
+    found
 }

@@ -1,0 +1,239 @@
+//! A bounded chaos run (issue 13): a head and two more nodes of real processes, a driver
+//! running a mixed load — tasks, actor calls, large task results, large `put`s read by tasks —
+//! while a chaos thread SIGKILLs a random worker process about every 700 ms, stops one node
+//! (SIGSTOP) for a moment below the heartbeat timeout, and kills one node's raylet for good.
+//! Every result is checked: correct, or an error of a kind the fault model allows
+//! (`WorkerCrashed` once retries ran out, `ActorDied`, `ObjectLost`), never a wrong value and
+//! never a hang (every wait is bounded; a timeout fails the run). Afterwards no process and no
+//! file of the cluster is left. A head restart is not part of it: the head does not persist
+//! its tables yet.
+//!
+//! `MANTA_CHAOS_SECONDS` (default 15) sets the length; the seed is printed
+//! (`MANTA_CHAOS_SEED` replays one).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::{LocalCluster, NodeSpec, serve_if_worker, signal, worker_pids_of};
+use manta::{Error, ObjectRef};
+
+/// Longest any one result may take, kills included.
+const BOUND: Duration = Duration::from_secs(60);
+const BIG: usize = 256 << 10;
+
+#[manta::remote]
+fn chaos_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(x % 3));
+    x * x
+}
+
+/// A large result: it lives in the producing worker's store until read.
+#[manta::remote]
+fn chaos_big(seed: u64) -> Vec<u8> {
+    pattern(seed, BIG)
+}
+
+/// Reads a large object the driver put.
+#[manta::remote]
+fn chaos_sum(data: Vec<u8>) -> u64 {
+    checksum(&data)
+}
+
+#[manta::actor]
+struct Echo;
+
+#[manta::actor]
+impl Echo {
+    fn new() -> Self {
+        Echo
+    }
+    fn echo(&self, x: u64) -> u64 {
+        x
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A small seeded generator (xorshift), enough to pick victims and pauses.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Outcomes by kind, for the report.
+#[derive(Default, Debug)]
+struct Tally(BTreeMap<&'static str, u64>);
+
+impl Tally {
+    fn add(&mut self, kind: &'static str) {
+        *self.0.entry(kind).or_default() += 1;
+    }
+}
+
+/// Counts `got` if the fault model allows it (`want`, or a clear error of an allowed kind);
+/// panics on a wrong value, a hang or an error of another kind.
+fn judge<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    got: Result<T, Error>,
+    want: T,
+    tally: &mut Tally,
+) {
+    match got {
+        Ok(v) if v == want => tally.add("ok"),
+        Ok(v) => panic!("{what}: wrong value {v:?}, expected {want:?}"),
+        Err(Error::WorkerCrashed { .. }) => tally.add("WorkerCrashed"),
+        Err(Error::ActorDied { .. }) => tally.add("ActorDied"),
+        Err(Error::ObjectLost { .. }) => tally.add("ObjectLost"),
+        Err(e @ Error::Timeout { .. }) => panic!("{what}: a hang: {e}"),
+        Err(e) => panic!("{what}: an error of the wrong kind: {e:?}"),
+    }
+}
+
+#[test]
+fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
+    serve_if_worker();
+    let seconds: u64 = std::env::var("MANTA_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let seed: u64 = std::env::var("MANTA_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("chaos: {seconds} s, MANTA_CHAOS_SEED={seed}");
+    let mut cluster = LocalCluster::start(
+        NodeSpec::with_resources(""),
+        &[NodeSpec::with_resources(""), NodeSpec::with_resources("")],
+    );
+    let root = cluster.root.clone();
+    let rt = common::start(cluster.config());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let chaos = {
+        let stop = stop.clone();
+        let root = root.clone();
+        let pids: Vec<u32> = (0..3).map(|i| cluster.node_pid(i)).collect();
+        std::thread::spawn(move || {
+            let mut rng = Rng(seed);
+            let start = Instant::now();
+            let (mut stopped, mut raylet_killed) = (false, false);
+            let mut kills = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(400 + rng.below(600)));
+                let t = start.elapsed().as_secs_f64() / seconds as f64;
+                if !stopped && t > 0.3 {
+                    // A stall shorter than the heartbeat timeout: the node stays in.
+                    stopped = true;
+                    signal(pids[1], libc::SIGSTOP);
+                    std::thread::sleep(Duration::from_millis(300));
+                    signal(pids[1], libc::SIGCONT);
+                    continue;
+                }
+                if !raylet_killed && t > 0.6 {
+                    raylet_killed = true;
+                    signal(pids[2], libc::SIGKILL);
+                    continue;
+                }
+                let workers: Vec<u32> = worker_pids_of(&root).into_iter().map(|(p, _)| p).collect();
+                if !workers.is_empty() {
+                    let victim = workers[rng.below(workers.len() as u64) as usize];
+                    signal(victim, libc::SIGKILL);
+                    kills += 1;
+                }
+            }
+            kills
+        })
+    };
+
+    let echo = Echo::options()
+        .max_restarts(1_000)
+        .max_task_retries(3)
+        .remote();
+    let mut tally = Tally::default();
+    let start = Instant::now();
+    let mut round = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let base = round * 1_000;
+        let squares: Vec<_> = (base..base + 50).map(chaos_square::remote).collect();
+        let calls: Vec<_> = (base..base + 20).map(|x| echo.echo(x)).collect();
+        let bigs: Vec<ObjectRef<Vec<u8>>> = (base..base + 3).map(chaos_big::remote).collect();
+        let put = manta::put(pattern(base, BIG)).expect("put");
+        let sum = chaos_sum::remote(&put);
+        for (x, r) in (base..).zip(&squares) {
+            judge("task", r.get_timeout(BOUND), x * x, &mut tally);
+        }
+        for (x, r) in (base..).zip(&calls) {
+            judge("actor call", r.get_timeout(BOUND), x, &mut tally);
+        }
+        for (x, r) in (base..).zip(&bigs) {
+            let got = r.get_timeout(BOUND).map(|v| checksum(&v));
+            judge("large result", got, checksum(&pattern(x, BIG)), &mut tally);
+        }
+        judge(
+            "task reading a put",
+            sum.get_timeout(BOUND),
+            checksum(&pattern(base, BIG)),
+            &mut tally,
+        );
+        round += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let kills = chaos.join().expect("the chaos thread");
+    eprintln!(
+        "chaos: {round} rounds, {kills} worker kills, outcomes {:?}",
+        tally.0
+    );
+    assert!(
+        tally.0.get("ok").copied().unwrap_or(0) > 0,
+        "nothing succeeded"
+    );
+    drop(echo);
+    drop(rt);
+    let _ = cluster.node_exited(2);
+    drop(cluster);
+    // Nothing left: no process of the cluster, no file under its root.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !worker_pids_of(&root).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(worker_pids_of(&root), Vec::new(), "worker processes left");
+    assert!(
+        !root.exists(),
+        "the cluster's directory is left: {}",
+        root.display()
+    );
+}
