@@ -30,7 +30,7 @@
 //!    store (and unparks it), or the flag was set before the store's unlock and the check sees
 //!    it: no interrupt is lost.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
 use crate::error::Error;
 use crate::object::ObjectCell;
@@ -41,69 +41,70 @@ use crate::task::{RUNNING, Task};
 pub(crate) use crate::api::CancelOptions;
 
 thread_local! {
-    /// The task this thread is executing, if any (step 1).
-    static CURRENT: RefCell<Option<Arc<Task>>> = const { RefCell::new(None) };
-    /// Whether `CURRENT` is set: a plain flag with no destructor, so that the check on every
-    /// `get` of a thread running no task (the driver) costs one thread-local load.
-    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    /// The task this thread is executing, or null (step 1). A pointer borrowed from the
+    /// `Arc<Task>` the executing frame holds for the guard's lifetime (no reference count
+    /// taken per task: the hot path runs millions of tasks a second), and a plain `Cell`, so
+    /// the check on every `get` of a thread running no task (the driver) is one load.
+    static CURRENT: Cell<*const Task> = const { Cell::new(std::ptr::null()) };
 }
 
 /// Marks the calling thread as running `task` until dropped (step 1).
-pub(crate) struct Running {
-    previous: Option<Arc<Task>>,
+pub(crate) struct Running<'a> {
+    previous: *const Task,
+    /// `CURRENT` points into this `Arc`, alive as long as the borrow.
+    _task: std::marker::PhantomData<&'a Arc<Task>>,
 }
 
-impl Running {
-    pub(crate) fn enter(task: &Arc<Task>) -> Running {
-        let previous = CURRENT.with(|c| c.replace(Some(task.clone())));
-        IN_TASK.with(|t| t.set(true));
-        Running { previous }
+impl<'a> Running<'a> {
+    pub(crate) fn enter(task: &'a Arc<Task>) -> Running<'a> {
+        let previous = CURRENT.with(|c| c.replace(Arc::as_ptr(task)));
+        Running {
+            previous,
+            _task: std::marker::PhantomData,
+        }
     }
 }
 
-impl Drop for Running {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        IN_TASK.with(|t| t.set(previous.is_some()));
-        CURRENT.with(|c| *c.borrow_mut() = previous);
+        CURRENT.with(|c| c.set(self.previous));
     }
+}
+
+/// Runs `f` on the task the calling thread executes, if any.
+#[inline]
+fn with_current<R>(f: impl FnOnce(&Arc<Task>) -> R) -> Option<R> {
+    let ptr = CURRENT.with(Cell::get);
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null `CURRENT` was set by a live `Running` guard on this thread (guards
+    // nest, and each restores its predecessor when dropped), from `Arc::as_ptr` of an
+    // `Arc<Task>` the guard borrows for its lifetime: the allocation is alive, and the
+    // strong count is at least 1 for as long as it is set. `ManuallyDrop` keeps this
+    // temporary `Arc` from giving up a count it never took.
+    let task = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(ptr) });
+    Some(f(&task))
 }
 
 /// The error a cancelled task's Manta calls return, if the calling thread runs a task that was
 /// cancelled.
 #[inline]
 pub(crate) fn check() -> Result<(), Error> {
-    if !IN_TASK.with(Cell::get) {
-        return Ok(());
+    match with_current(|task| task.is_interrupted().then(|| task.cancelled_error())) {
+        Some(Some(e)) => Err(e),
+        _ => Ok(()),
     }
-    CURRENT.with(
-        |c| match c.try_borrow().ok().as_deref().and_then(Option::as_ref) {
-            Some(task) if task.is_interrupted() => Err(task.cancelled_error()),
-            _ => Ok(()),
-        },
-    )
 }
 
 /// The task the calling thread runs, if any.
 pub(crate) fn current() -> Option<Arc<Task>> {
-    if !IN_TASK.with(Cell::get) {
-        return None;
-    }
-    CURRENT.with(|c| c.try_borrow().ok().and_then(|t| t.clone()))
+    with_current(Arc::clone)
 }
 
 /// Notes `cell` as a child of the task the calling thread runs (for recursive cancel).
 pub(crate) fn note_child(cell: &Arc<ObjectCell>) {
-    if !IN_TASK.with(Cell::get) {
-        return;
-    }
-    CURRENT.with(|c| {
-        if let Ok(t) = c.try_borrow()
-            && let Some(task) = t.as_ref()
-        {
-            task.add_child(cell);
-        }
-    });
+    with_current(|task| task.add_child(cell));
 }
 
 /// Registers the calling thread to be unparked if its task is cancelled while it blocks
