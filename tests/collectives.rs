@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use manta::collective::{Communicator, Element, ReduceOp};
 
@@ -209,4 +209,222 @@ fn shm_backend_matches_the_serial_reference() {
 #[test]
 fn tcp_backend_matches_the_serial_reference() {
     every_collective_in_process("tcp", "tcp");
+}
+
+/// Runs `f` with a fresh embedded runtime whose groups use `backend`.
+fn with_backend(backend: &str, timeout: Duration, f: impl FnOnce()) {
+    init(backend, timeout);
+    f();
+    manta::shutdown();
+}
+
+fn is_invalid(e: &manta::Error) -> bool {
+    matches!(e, manta::Error::InvalidArgument { .. })
+}
+
+#[test]
+fn mismatched_calls_fail_with_invalid_argument_on_every_backend() {
+    for backend in ["threads", "shm", "tcp"] {
+        with_backend(backend, Duration::from_secs(20), || {
+            // Lengths, types, ops and roots that differ between members.
+            let cases: [(&str, fn(&Communicator) -> Result<(), manta::Error>); 4] = [
+                ("length", |c| {
+                    let mut v = vec![1f32; 10 + c.rank()];
+                    c.allreduce(&mut v, ReduceOp::Sum)
+                }),
+                ("type", |c| {
+                    if c.rank() == 0 {
+                        c.allreduce(&mut [1f32; 8], ReduceOp::Sum)
+                    } else {
+                        c.allreduce(&mut [1i32; 8], ReduceOp::Sum)
+                    }
+                }),
+                ("op", |c| {
+                    let op = if c.rank() == 0 {
+                        ReduceOp::Sum
+                    } else {
+                        ReduceOp::Max
+                    };
+                    c.allreduce(&mut [1f64; 8], op)
+                }),
+                ("root", |c| c.broadcast(&mut [1u8; 8], c.rank())),
+            ];
+            for (what, case) in cases {
+                let name = format!("mismatch-{backend}-{what}");
+                let errors = on_threads(2, |r| {
+                    let comm = Communicator::join(&name, r, 2).expect("join");
+                    let e = case(&comm)
+                        .expect_err(&format!("{backend} {what}: a mismatched call must fail"));
+                    // The communicator is unusable afterwards, with a clear error.
+                    let again = comm.barrier().expect_err("a failed communicator");
+                    assert!(
+                        matches!(again, manta::Error::Collective { .. }),
+                        "{again:?}"
+                    );
+                    e
+                });
+                assert!(
+                    errors.iter().any(is_invalid),
+                    "{backend} {what}: no member reported InvalidArgument: {errors:?}"
+                );
+                if backend != "tcp" {
+                    // Every member of a shared segment sees every header.
+                    assert!(
+                        errors.iter().all(is_invalid),
+                        "{backend} {what}: {errors:?}"
+                    );
+                }
+                let text = errors.iter().find(|e| is_invalid(e)).unwrap().to_string();
+                assert!(text.contains("rank"), "{text}");
+            }
+        });
+    }
+}
+
+#[test]
+fn a_member_that_leaves_or_panics_fails_the_others_naming_it() {
+    for backend in ["threads", "shm", "tcp"] {
+        // A timeout far above the bound asserted: leaving is seen, not timed out.
+        with_backend(backend, Duration::from_secs(120), || {
+            for how in ["drop", "panic"] {
+                let name = format!("leave-{backend}-{how}");
+                let started = Instant::now();
+                let results = on_threads(3, |r| {
+                    let comm = Communicator::join(&name, r, 3).expect("join");
+                    let mut v = vec![1f32; 300_000];
+                    comm.allreduce(&mut v, ReduceOp::Sum)
+                        .expect("first allreduce");
+                    if r == 2 {
+                        if how == "panic" {
+                            let c = comm.clone();
+                            let t = std::thread::spawn(move || {
+                                let _held = c;
+                                std::thread::sleep(Duration::from_millis(50));
+                                panic!("member 2 fails mid-training");
+                            });
+                            drop(comm);
+                            assert!(t.join().is_err());
+                        } else {
+                            std::thread::sleep(Duration::from_millis(50));
+                            drop(comm);
+                        }
+                        return None;
+                    }
+                    let mut last = Ok(());
+                    for _ in 0..1000 {
+                        last = comm.allreduce(&mut v, ReduceOp::Sum);
+                        if last.is_err() {
+                            break;
+                        }
+                    }
+                    Some(last.expect_err("the survivors' allreduce must fail"))
+                });
+                let elapsed = started.elapsed();
+                for e in results.into_iter().flatten() {
+                    match &e {
+                        manta::Error::Collective { rank, .. } => {
+                            assert_eq!(*rank, Some(2), "{backend} {how}: {e}")
+                        }
+                        other => panic!("{backend} {how}: {other:?}"),
+                    }
+                }
+                assert!(
+                    elapsed < Duration::from_secs(20),
+                    "{backend} {how}: took {elapsed:?}"
+                );
+            }
+        });
+    }
+}
+
+#[test]
+fn a_member_that_never_arrives_times_out_naming_it() {
+    for backend in ["threads", "tcp"] {
+        with_backend(backend, Duration::from_millis(500), || {
+            let name = format!("late-{backend}");
+            let results = on_threads(2, |r| {
+                let comm = Communicator::join(&name, r, 2).expect("join");
+                if r == 1 {
+                    std::thread::sleep(Duration::from_secs(3));
+                    return None;
+                }
+                let started = Instant::now();
+                let e = comm
+                    .allreduce(&mut [1i64; 4], ReduceOp::Sum)
+                    .expect_err("nobody to reduce with");
+                Some((e, started.elapsed()))
+            });
+            let (e, waited) = results.into_iter().flatten().next().unwrap();
+            assert!(
+                matches!(&e, manta::Error::Collective { rank: Some(1), .. }),
+                "{backend}: {e:?}"
+            );
+            assert!(
+                waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+                "{backend}: failed after {waited:?}"
+            );
+        });
+    }
+    // Joining a group whose other members never come is bounded too.
+    with_backend("auto", Duration::from_millis(300), || {
+        let e = Communicator::join("alone", 0, 2).expect_err("nobody else joins");
+        assert!(
+            matches!(&e, manta::Error::Collective { rank: Some(1), .. }),
+            "{e:?}"
+        );
+    });
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_is_sent() {
+    init("auto", Duration::from_secs(10));
+    assert!(is_invalid(&Communicator::join("g", 2, 2).unwrap_err()));
+    assert!(is_invalid(&Communicator::join("", 0, 1).unwrap_err()));
+    let c = Communicator::join("solo", 0, 1).expect("a group of one");
+    let mut out = vec![0f32; 3];
+    assert!(is_invalid(
+        &c.allreduce_into(&[1.0; 2], &mut out, ReduceOp::Sum)
+            .unwrap_err()
+    ));
+    assert!(is_invalid(
+        &c.allgather(&[1.0f32; 2], &mut out).unwrap_err()
+    ));
+    assert!(is_invalid(&c.broadcast(&mut out, 1).unwrap_err()));
+    assert!(is_invalid(&c.send(&out, 0).unwrap_err()));
+    assert!(is_invalid(&c.split(&[0, 0]).unwrap_err()));
+    // A group of one: everything is the identity.
+    let mut v = vec![1.5f32, 2.5];
+    c.allreduce(&mut v, ReduceOp::Avg).unwrap();
+    assert_eq!(v, [1.5, 2.5]);
+    manta::shutdown();
+}
+
+#[test]
+fn split_async_and_stored_forms() {
+    init("auto", Duration::from_secs(20));
+    on_threads(4, |r| {
+        let comm = Communicator::join("parent", r, 4).expect("join");
+        // Two sub-groups: even and odd ranks.
+        let ranks: Vec<usize> = (0..4).filter(|x| x % 2 == r % 2).collect();
+        let sub = comm.split(&ranks).expect("split");
+        assert_eq!((sub.rank(), sub.world_size()), (r / 2, 2));
+        let mut v = vec![r as i64; 5];
+        sub.allreduce(&mut v, ReduceOp::Sum).unwrap();
+        assert_eq!(v, vec![if r % 2 == 0 { 2 } else { 4 }; 5]);
+        // Asynchronous forms resolve in submission order.
+        let a = comm.allreduce_async(vec![1.0f32; 100], ReduceOp::Sum);
+        let b = comm.allgather_async(vec![r as u8; 3]);
+        assert_eq!(manta::block_on(a).unwrap(), vec![4.0; 100]);
+        assert_eq!(
+            manta::block_on(b).unwrap(),
+            vec![0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+        );
+        // Stored vectors: the result lives in the store, read in place.
+        let input = manta::put(vec![r as f64 + 1.0; 200_000]).unwrap();
+        let out = comm.allreduce_ref(&input, ReduceOp::Max).unwrap();
+        let view = out.get_view().unwrap();
+        assert!(view.is_stored());
+        assert!(view.iter().all(|x| *x == 4.0));
+    });
+    manta::shutdown();
 }

@@ -72,11 +72,14 @@ pub(crate) struct TcpBackend {
     rank: usize,
     world: usize,
     conns: Vec<Option<TcpStream>>,
-    /// Streams left mid-frame by a failed transfer (no abort frame may follow).
-    corrupt: Vec<bool>,
+    /// Bytes of a frame a failed transfer left unsent, per peer (an abort frame may follow
+    /// only once they are padded out).
+    unsent: Vec<usize>,
     timeout: Duration,
     seq: u64,
     left: bool,
+    /// The member at fault in this member's failure, passed on in its abort frames.
+    culprit: Option<usize>,
 }
 
 fn peer_fault(rank: usize, what: &str, e: impl std::fmt::Display) -> Fault {
@@ -165,10 +168,11 @@ impl TcpBackend {
             rank,
             world,
             conns,
-            corrupt: vec![false; world],
+            unsent: vec![0; world],
             timeout: settings.timeout,
             seq: 0,
             left: false,
+            culprit: None,
         })
     }
 
@@ -210,12 +214,26 @@ impl TcpBackend {
                 ABORT_MISMATCH => Fault::Mismatch(format!(
                     "rank {peer} found the members' arguments mismatched"
                 )),
-                _ => Fault::Peer {
-                    rank: peer,
-                    message: format!(
-                        "rank {peer} left the group (its communicator failed or was dropped)"
-                    ),
-                },
+                _ => {
+                    let culprit = word(16) as usize;
+                    if culprit == peer || culprit >= self.world {
+                        Fault::Peer {
+                            rank: peer,
+                            message: format!(
+                                "rank {peer} left the group (its communicator failed or was \
+                                 dropped)"
+                            ),
+                        }
+                    } else {
+                        Fault::Peer {
+                            rank: culprit,
+                            message: format!(
+                                "rank {culprit} failed or left the group (reported by rank \
+                                 {peer})"
+                            ),
+                        }
+                    }
+                }
             });
         }
         let theirs = Header::unpack([word(8), word(16)]);
@@ -247,12 +265,15 @@ impl TcpBackend {
     ) -> Result<(), Fault> {
         let mut sent = 0;
         let result = self.transfer_inner(h, seq, send, recv, &mut sent);
+        if let Err(Fault::Peer { rank, .. } | Fault::Timeout { rank, .. }) = &result {
+            self.culprit.get_or_insert(*rank);
+        }
         if let (Err(_), Some((peer, body))) = (&result, send)
             && sent > 0
             && sent < HDR_LEN + body.len()
         {
-            // This stream is left mid-frame: no abort frame may follow on it.
-            self.corrupt[peer] = true;
+            // This stream is left mid-frame.
+            self.unsent[peer] = HDR_LEN + body.len() - sent;
         }
         result
     }
@@ -436,22 +457,48 @@ impl TcpBackend {
         Ok(())
     }
 
-    /// A failure: tell the peers (where their streams allow) and close every connection.
-    fn abort(&mut self, code: u64) {
+    /// A failure: tell the peers why (`code`, and the member at fault) and close every
+    /// connection. A stream left mid-frame is first padded out (bounded in bytes and time),
+    /// so that the abort frame is read as one.
+    fn abort(&mut self, code: u64, culprit: usize) {
         for r in 0..self.world {
+            let unsent = self.unsent[r];
             if let Some(c) = self.conns[r].as_mut() {
-                if !self.corrupt[r] {
-                    let mut f = [0u8; HDR_LEN];
-                    f[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-                    f[4..8].copy_from_slice(&FLAG_ABORT.to_le_bytes());
-                    f[8..16].copy_from_slice(&code.to_le_bytes());
-                    let _ = c.write(&f);
+                let mut f = [0u8; HDR_LEN];
+                f[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+                f[4..8].copy_from_slice(&FLAG_ABORT.to_le_bytes());
+                f[8..16].copy_from_slice(&code.to_le_bytes());
+                f[16..24].copy_from_slice(&(culprit as u64).to_le_bytes());
+                let padded = unsent == 0
+                    || (unsent <= MAX_PAD
+                        && c.set_nonblocking(false).is_ok()
+                        && c.set_write_timeout(Some(Duration::from_millis(200)))
+                            .is_ok()
+                        && {
+                            let zeros = vec![0u8; unsent.min(64 << 10)];
+                            let mut left = unsent;
+                            while left > 0 {
+                                let k = left.min(zeros.len());
+                                if c.write_all(&zeros[..k]).is_err() {
+                                    break;
+                                }
+                                left -= k;
+                            }
+                            left == 0
+                        });
+                if padded {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
+                    let _ = c.write_all(&f);
                 }
                 let _ = c.shutdown(Shutdown::Both);
             }
         }
     }
 }
+
+/// The most bytes of a cut-off frame padded out before an abort frame.
+const MAX_PAD: usize = 16 << 20;
 
 fn would_block(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
@@ -676,6 +723,14 @@ impl Backend for TcpBackend {
                 (false, false) => {}
             }
         }
+        // The chain's end closes the ring back to the root, so that every member hears from
+        // its predecessor (and a member that disagrees about the root is caught).
+        if pos == w - 1 {
+            self.transfer(h, seq, Some((next, &[])), None)?;
+        }
+        if pos == 0 {
+            self.transfer(h, seq, None, Some((prev, Sink::Copy(&mut []))))?;
+        }
         Ok(())
     }
 
@@ -711,11 +766,13 @@ impl Backend for TcpBackend {
     fn leave(&mut self, mismatch: bool) {
         if !self.left {
             self.left = true;
-            self.abort(if mismatch {
+            let culprit = self.culprit.unwrap_or(self.rank);
+            let code = if mismatch {
                 ABORT_MISMATCH
             } else {
                 ABORT_FAILED
-            });
+            };
+            self.abort(code, culprit);
         }
     }
 }
