@@ -222,12 +222,15 @@ fn is_invalid(e: &manta::Error) -> bool {
     matches!(e, manta::Error::InvalidArgument { .. })
 }
 
+/// A collective call made differently by different members.
+type Case = fn(&Communicator) -> Result<(), manta::Error>;
+
 #[test]
 fn mismatched_calls_fail_with_invalid_argument_on_every_backend() {
     for backend in ["threads", "shm", "tcp"] {
         with_backend(backend, Duration::from_secs(20), || {
             // Lengths, types, ops and roots that differ between members.
-            let cases: [(&str, fn(&Communicator) -> Result<(), manta::Error>); 4] = [
+            let cases: [(&str, Case); 4] = [
                 ("length", |c| {
                     let mut v = vec![1f32; 10 + c.rank()];
                     c.allreduce(&mut v, ReduceOp::Sum)
