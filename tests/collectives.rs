@@ -156,15 +156,15 @@ fn check_all_types(comm: &Communicator, chunk: usize) {
 
 const CHUNK: usize = 4096;
 
-fn init(backend: &str, timeout: Duration) {
-    manta::init_with(
+/// The embedded runtime, its groups using `backend`; shut down when dropped.
+fn init(backend: &str, timeout: Duration) -> common::Runtime {
+    common::start(
         manta::Config::default()
             .num_cpus(2.0)
             .collective_backend(backend.to_owned())
             .collective_chunk_bytes(CHUNK)
             .collective_timeout(timeout),
     )
-    .expect("init");
 }
 
 /// Runs `f(rank)` on `w` threads, returning their results in rank order.
@@ -184,7 +184,7 @@ fn on_threads<R: Send>(w: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
 }
 
 fn every_collective_in_process(backend: &str, want: &str) {
-    init(backend, Duration::from_secs(30));
+    let _rt = init(backend, Duration::from_secs(30));
     for w in [1, 2, 3, 4] {
         let name = format!("every-{w}");
         on_threads(w, |r| {
@@ -193,7 +193,6 @@ fn every_collective_in_process(backend: &str, want: &str) {
             check_all_types(&comm, CHUNK);
         });
     }
-    manta::shutdown();
 }
 
 #[test]
@@ -213,9 +212,9 @@ fn tcp_backend_matches_the_serial_reference() {
 
 /// Runs `f` with a fresh embedded runtime whose groups use `backend`.
 fn with_backend(backend: &str, timeout: Duration, f: impl FnOnce()) {
-    init(backend, timeout);
+    let rt = init(backend, timeout);
     f();
-    manta::shutdown();
+    drop(rt);
 }
 
 fn is_invalid(e: &manta::Error) -> bool {
@@ -380,7 +379,7 @@ fn a_member_that_never_arrives_times_out_naming_it() {
 
 #[test]
 fn bad_arguments_are_refused_before_anything_is_sent() {
-    init("auto", Duration::from_secs(10));
+    let _rt = init("auto", Duration::from_secs(10));
     assert!(is_invalid(&Communicator::join("g", 2, 2).unwrap_err()));
     assert!(is_invalid(&Communicator::join("", 0, 1).unwrap_err()));
     let c = Communicator::join("solo", 0, 1).expect("a group of one");
@@ -399,12 +398,11 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
     let mut v = vec![1.5f32, 2.5];
     c.allreduce(&mut v, ReduceOp::Avg).unwrap();
     assert_eq!(v, [1.5, 2.5]);
-    manta::shutdown();
 }
 
 #[test]
 fn split_async_and_stored_forms() {
-    init("auto", Duration::from_secs(20));
+    let _rt = init("auto", Duration::from_secs(20));
     on_threads(4, |r| {
         let comm = Communicator::join("parent", r, 4).expect("join");
         // Two sub-groups: even and odd ranks.
@@ -429,5 +427,176 @@ fn split_async_and_stored_forms() {
         assert!(view.is_stored());
         assert!(view.iter().all(|x| *x == 4.0));
     });
-    manta::shutdown();
+}
+
+// ---- Members in separate processes: worker processes of a local cluster ----
+
+use common::cluster::{LocalCluster, NodeSpec, serve_if_worker};
+
+/// A member of a group, in whatever worker process the cluster placed it.
+#[manta::actor]
+struct Member {
+    comm: Option<Communicator>,
+}
+
+#[manta::actor]
+impl Member {
+    fn new() -> Self {
+        Member { comm: None }
+    }
+
+    /// Joins; returns the backend chosen (or the error).
+    fn join(&mut self, name: String, rank: u64, world: u64) -> String {
+        match Communicator::join(&name, rank as usize, world as usize) {
+            Ok(c) => {
+                let b = c.backend().to_owned();
+                self.comm = Some(c);
+                b
+            }
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    /// Every collective and type against the reference (panics, so the call fails, if not).
+    fn check(&self) -> u32 {
+        check_all_types(self.comm.as_ref().expect("joined"), CHUNK);
+        std::process::id()
+    }
+
+    /// Allreduces a large vector until a call fails; returns the error's rank and text and
+    /// the milliseconds the failing call took.
+    fn allreduce_until_failure(&self, n: u64) -> (Option<u64>, String, u64) {
+        let comm = self.comm.as_ref().expect("joined");
+        let mut v = vec![1f32; n as usize];
+        for _ in 0..10_000 {
+            let t = Instant::now();
+            if let Err(e) = comm.allreduce(&mut v, ReduceOp::Sum) {
+                let rank = match &e {
+                    manta::Error::Collective { rank, .. } => rank.map(|r| r as u64),
+                    _ => None,
+                };
+                return (rank, e.to_string(), t.elapsed().as_millis() as u64);
+            }
+        }
+        (None, "no failure".into(), 0)
+    }
+
+    /// Allreduces a large vector, ending this process abruptly after `after_ms`.
+    fn allreduce_then_die(&self, n: u64, after_ms: u64) -> bool {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(after_ms));
+            std::process::exit(9);
+        });
+        let comm = self.comm.as_ref().expect("joined");
+        let mut v = vec![1f32; n as usize];
+        loop {
+            if comm.allreduce(&mut v, ReduceOp::Sum).is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// A head and three more nodes on this host, each with one member's resource; the members'
+/// processes are distinct, on one host (one boot and network namespace).
+fn member_cluster(
+    env: &[(&str, &str)],
+) -> (
+    LocalCluster,
+    common::Runtime,
+    Vec<manta::ActorHandle<Member>>,
+) {
+    let spec = |i: usize| NodeSpec {
+        num_cpus: 1.0,
+        resources: format!("member{i}=1"),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([("MANTA_COLLECTIVE_CHUNK_BYTES".to_owned(), CHUNK.to_string())])
+            .collect(),
+        ..NodeSpec::default()
+    };
+    let cluster = LocalCluster::start(spec(0), &[spec(1), spec(2), spec(3)]);
+    let rt = common::start(cluster.config());
+    let members = (0..4)
+        .map(|i| {
+            Member::options()
+                .num_cpus(0.0)
+                .resource(&format!("member{i}"), 1.0)
+                .remote()
+        })
+        .collect();
+    (cluster, rt, members)
+}
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn join_all(members: &[manta::ActorHandle<Member>], name: &str) -> Vec<String> {
+    let refs: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(r, m)| m.join(name.to_owned(), r as u64, members.len() as u64))
+        .collect();
+    refs.iter()
+        .map(|r| r.get_timeout(LONG).expect("join call"))
+        .collect()
+}
+
+fn processes_run_every_collective(backend: &str) {
+    serve_if_worker();
+    let (_cluster, _rt, members) = member_cluster(&[("MANTA_COLLECTIVE_BACKEND", backend)]);
+    let want = if backend == "auto" { "shm" } else { backend };
+    assert_eq!(join_all(&members, "procs"), vec![want; 4]);
+    let refs: Vec<_> = members.iter().map(|m| m.check()).collect();
+    let pids: std::collections::BTreeSet<u32> = refs
+        .iter()
+        .map(|r| {
+            r.get_timeout(LONG)
+                .expect("every collective matches the reference")
+        })
+        .collect();
+    assert_eq!(pids.len(), 4, "members in four processes: {pids:?}");
+}
+
+#[test]
+fn processes_of_one_node_use_shm_and_match_the_reference() {
+    processes_run_every_collective("auto");
+}
+
+#[test]
+fn processes_over_tcp_match_the_reference() {
+    processes_run_every_collective("tcp");
+}
+
+fn process_death_fails_the_survivors(backend: &str) {
+    serve_if_worker();
+    let (_cluster, _rt, members) = member_cluster(&[("MANTA_COLLECTIVE_BACKEND", backend)]);
+    join_all(&members, "mortal");
+    // Large enough that the death lands mid-allreduce (many chunks per call).
+    let n = 4 << 20;
+    let survivors: Vec<_> = members[..3]
+        .iter()
+        .map(|m| m.allreduce_until_failure(n))
+        .collect();
+    let _victim = members[3].allreduce_then_die(n, 300);
+    for s in survivors {
+        let (rank, text, ms) = s.get_timeout(LONG).expect("the survivor returns");
+        eprintln!("{backend} survivor: rank {rank:?} in {ms} ms: {text}");
+        assert_eq!(rank, Some(3), "{backend}: {text}");
+        // The timeout is 120 s: the death was seen, not waited out.
+        assert!(
+            ms < 10_000,
+            "{backend}: the failing call took {ms} ms: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_dead_process_fails_every_survivor_over_shm() {
+    process_death_fails_the_survivors("auto");
+}
+
+#[test]
+fn a_dead_process_fails_every_survivor_over_tcp() {
+    process_death_fails_the_survivors("tcp");
 }

@@ -491,7 +491,9 @@ impl TcpBackend {
                     let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
                     let _ = c.write_all(&f);
                 }
-                let _ = c.shutdown(Shutdown::Both);
+                // Only the write side: a peer still sending here must not be reset before it
+                // reads this abort frame.
+                let _ = c.shutdown(Shutdown::Write);
             }
         }
     }
