@@ -14,6 +14,7 @@ mod api;
 mod cancel;
 pub mod cluster;
 mod codec;
+pub mod collective;
 mod config;
 mod error;
 mod id;

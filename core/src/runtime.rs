@@ -40,6 +40,8 @@ pub(crate) struct RuntimeInner {
     pushed_actors: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
     /// This process's cluster membership, if it joined one.
     pub(crate) cluster: Option<Arc<crate::cluster::worker::Cluster>>,
+    /// The key-value store of the embedded runtime (a cluster's lives in its GCS).
+    pub(crate) kv: Mutex<HashMap<String, Vec<u8>>>,
     default_demand: crate::resources::Demand,
     pub(crate) started: Instant,
 }
@@ -258,6 +260,7 @@ impl RuntimeInner {
             next_id: AtomicU64::new(cluster.as_ref().map_or(1, |c| c.first_id())),
             pushed_actors: Mutex::new(HashMap::new()),
             cluster,
+            kv: Mutex::new(HashMap::new()),
             escaped: Mutex::new(HashMap::new()),
             actors: Mutex::new(HashMap::new()),
             named: Mutex::new(HashMap::new()),
