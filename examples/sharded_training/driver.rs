@@ -124,7 +124,9 @@ impl Report {
             .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs() / f64::from(b).abs().max(1e-6))
             .collect();
         let max = |d: &[f64]| d.iter().copied().fold(0.0, f64::max);
-        let strict = diffs.len().min(usize::try_from(strict_steps).unwrap_or(usize::MAX));
+        let strict = diffs
+            .len()
+            .min(usize::try_from(strict_steps).unwrap_or(usize::MAX));
         self.strict_diff = max(&diffs[..strict]);
         self.drift_diff = max(&diffs);
         // A NaN anywhere is a mismatch, whatever the tolerance.
@@ -183,17 +185,22 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
             members.push((spec.clone(), Member::remote(spec)));
         }
     }
-    // Every member must be joining before any can finish: start all, then wait for each.
+    // Every member's thread must have its command before any `finish_*` call holds a slot
+    // (the members may outnumber the slots): start all, wait for the starts, then finish.
+    let who = |spec: &MemberSpec| {
+        let (tp, dp) = (spec.tp_rank, spec.dp_rank);
+        move |e| format!("member tp {tp} dp {dp}: {e}")
+    };
     let started: Vec<_> = members.iter().map(|(_, m)| m.start_join()).collect();
+    for ((spec, _), s) in members.iter().zip(started) {
+        s.get_timeout(timeout)?.map_err(who(spec))?;
+    }
     let joined: Vec<_> = members
         .iter()
-        .zip(started)
-        .map(|((_, m), s)| (s, m.finish_join(opts.timeout_s)))
+        .map(|(_, m)| m.finish_join(opts.timeout_s))
         .collect();
-    for ((spec, _), (s, j)) in members.iter().zip(joined) {
-        let who = |e| format!("member tp {} dp {}: {e}", spec.tp_rank, spec.dp_rank);
-        s.get_timeout(timeout)?.map_err(who)?;
-        j.get_timeout(timeout)?.map_err(who)?;
+    for ((spec, _), j) in members.iter().zip(joined) {
+        j.get_timeout(timeout)?.map_err(who(spec))?;
     }
 
     let bar = ProgressBar::new(opts.steps);
@@ -207,15 +214,16 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
     for step in 0..opts.steps {
         let t = Instant::now();
         let started: Vec<_> = members.iter().map(|(_, m)| m.start_step(step)).collect();
+        for ((spec, _), s) in members.iter().zip(started) {
+            s.get_timeout(timeout)?.map_err(who(spec))?;
+        }
         let finished: Vec<_> = members
             .iter()
             .map(|(_, m)| m.finish_step(opts.timeout_s))
             .collect();
         let mut stats: Vec<StepStats> = Vec::with_capacity(members.len());
-        for (((spec, _), s), f) in members.iter().zip(started).zip(finished) {
-            let who = |e| format!("member tp {} dp {}: {e}", spec.tp_rank, spec.dp_rank);
-            s.get_timeout(timeout)?.map_err(who)?;
-            stats.push(f.get_timeout(timeout)?.map_err(who)?);
+        for ((spec, _), f) in members.iter().zip(finished) {
+            stats.push(f.get_timeout(timeout)?.map_err(who(spec))?);
         }
         let elapsed = t.elapsed().as_secs_f64();
         // The replicas' losses, from each replica's tensor-parallel rank 0.

@@ -68,7 +68,8 @@ enum Outcome {
 
 /// The member's thread: builds the trainer, then runs commands until the actor goes.
 fn serve(spec: MemberSpec, commands: Receiver<Command>, outcomes: Sender<Result<Outcome, String>>) {
-    let mut trainer = Trainer::new(spec.plan, spec.tp_rank, spec.dp_rank).map_err(|e| e.to_string());
+    let mut trainer =
+        Trainer::new(spec.plan, spec.tp_rank, spec.dp_rank).map_err(|e| e.to_string());
     let mut groups: Option<(Communicator, Communicator)> = None;
     for command in commands {
         let outcome = match command {

@@ -224,10 +224,12 @@ impl Params {
 }
 
 fn flat(a: &Array2<f32>) -> &[f32] {
-    a.as_slice().expect("parameters are kept in standard layout")
+    a.as_slice()
+        .expect("parameters are kept in standard layout")
 }
 fn flat1(a: &Array1<f32>) -> &[f32] {
-    a.as_slice().expect("parameters are kept in standard layout")
+    a.as_slice()
+        .expect("parameters are kept in standard layout")
 }
 fn flat_mut(a: &mut Array2<f32>) -> &mut [f32] {
     a.as_slice_mut()

@@ -44,7 +44,10 @@ impl Plan {
             return bad("--tp/--dp", "both must be at least 1".into());
         }
         if s.ctx == 0 || s.embed == 0 || s.hidden == 0 || s.ffn == 0 {
-            return bad("model size", "--ctx, --embed, --hidden, --ffn must be > 0".into());
+            return bad(
+                "model size",
+                "--ctx, --embed, --hidden, --ffn must be > 0".into(),
+            );
         }
         if s.ffn % self.tp != 0 {
             return bad(
@@ -55,7 +58,10 @@ impl Plan {
         if self.batch == 0 || self.batch % self.dp != 0 {
             return bad(
                 "--batch",
-                format!("{} is not a positive multiple of --dp {}", self.batch, self.dp),
+                format!(
+                    "{} is not a positive multiple of --dp {}",
+                    self.batch, self.dp
+                ),
             );
         }
         if s.ctx >= corpus.len() {
@@ -170,9 +176,14 @@ impl Trainer {
         let spent = Cell::new(Duration::ZERO);
         let ctx = self.plan.size.ctx;
         let rows = self.plan.batch / self.plan.dp;
-        let global = self.corpus.batch(self.plan.seed, step, self.plan.batch, ctx);
+        let global = self
+            .corpus
+            .batch(self.plan.seed, step, self.plan.batch, ctx);
         let mine = global.rows(ctx, self.dp_rank * rows, (self.dp_rank + 1) * rows);
-        let tp = Timed { group: tp, spent: &spent };
+        let tp = Timed {
+            group: tp,
+            spent: &spent,
+        };
         let loss = model::loss_and_grads(&self.params, &mine, ctx, &tp, &mut self.grads)?;
         if self.plan.dp > 1 {
             // One flat buffer: one collective per step rather than one per tensor.
@@ -180,7 +191,11 @@ impl Trainer {
             for t in self.grads.tensors() {
                 self.flat.extend_from_slice(t);
             }
-            Timed { group: dp, spent: &spent }.mean(&mut self.flat)?;
+            Timed {
+                group: dp,
+                spent: &spent,
+            }
+            .mean(&mut self.flat)?;
             let mut at = 0;
             for t in self.grads.tensors_mut() {
                 t.copy_from_slice(&self.flat[at..at + t.len()]);
