@@ -49,13 +49,13 @@ impl Plan {
                 "--ctx, --embed, --hidden, --ffn must be > 0".into(),
             );
         }
-        if s.ffn % self.tp != 0 {
+        if !s.ffn.is_multiple_of(self.tp) {
             return bad(
                 "--ffn",
                 format!("{} is not a multiple of --tp {}", s.ffn, self.tp),
             );
         }
-        if self.batch == 0 || self.batch % self.dp != 0 {
+        if self.batch == 0 || !self.batch.is_multiple_of(self.dp) {
             return bad(
                 "--batch",
                 format!(
