@@ -316,7 +316,8 @@ fn assert_trained(opts: &driver::Options, report: &driver::Report) {
 
 #[test]
 fn trains_on_the_embedded_runtime() {
-    let _rt = common::start(manta::Config::default().num_cpus(2.0));
+    // Four members of one CPU each (logical CPUs: the host may have fewer).
+    let _rt = common::start(manta::Config::default().num_cpus(4.0));
     let opts = short_run(2, 2);
     let report = driver::train(&opts).expect("training");
     assert_trained(&opts, &report);
@@ -327,7 +328,7 @@ fn trains_as_the_driver_of_a_one_node_cluster() {
     serve_if_worker();
     let cluster = LocalCluster::start(
         NodeSpec {
-            num_cpus: 2.0,
+            num_cpus: 4.0,
             ..NodeSpec::default()
         },
         &[],
@@ -349,4 +350,7 @@ fn a_bad_plan_is_refused_before_any_member_starts() {
     opts.dp = 2;
     let err = driver::train(&opts).expect_err("batch 63 over dp 2");
     assert!(err.to_string().contains("--batch"), "{err}");
+    opts.batch = 64;
+    let err = driver::train(&opts).expect_err("4 members of 1 CPU on 2 CPUs");
+    assert!(err.to_string().contains("--member-cpus"), "{err}");
 }

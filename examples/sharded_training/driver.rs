@@ -65,6 +65,9 @@ pub(crate) struct Options {
     /// Skip the unsharded replay and its check.
     #[arg(long)]
     pub(crate) no_check: bool,
+    /// CPUs each member holds (it computes on one thread); 0 packs members anywhere.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) member_cpus: f64,
     /// Longest wait for any member's step, in seconds.
     #[arg(long, default_value_t = 300)]
     pub(crate) timeout_s: u64,
@@ -172,6 +175,24 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
         plan.tp * plan.dp,
     );
 
+    // Members that cannot all run at once would wait for each other until the timeout: on the
+    // embedded runtime that is known now (a cluster's free CPUs are its nodes' business).
+    let status = manta::status()?;
+    let cpus = (status.resources.iter())
+        .find(|(name, _, _)| name == "CPU")
+        .map_or(0.0, |&(_, _, total)| total);
+    let wanted = opts.member_cpus * (plan.tp * plan.dp) as f64;
+    if status.cluster.is_none() && wanted > cpus {
+        return Err(manta::Error::InvalidArgument {
+            what: "sharded_training: --member-cpus".into(),
+            message: format!(
+                "{} members of {} CPU each need {wanted} CPUs; the runtime has {cpus}",
+                plan.tp * plan.dp,
+                opts.member_cpus
+            ),
+        }
+        .into());
+    }
     let run = run_name();
     let mut members = Vec::with_capacity(plan.tp * plan.dp);
     for dp_rank in 0..plan.dp {
@@ -182,7 +203,10 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
                 dp_rank,
                 run: run.clone(),
             };
-            members.push((spec.clone(), Member::remote(spec)));
+            let member = Member::options()
+                .num_cpus(opts.member_cpus)
+                .remote(spec.clone());
+            members.push((spec, member));
         }
     }
     // Every member's thread must have its command before any `finish_*` call holds a slot
@@ -193,14 +217,22 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
     };
     let started: Vec<_> = members.iter().map(|(_, m)| m.start_join()).collect();
     for ((spec, _), s) in members.iter().zip(started) {
-        s.get_timeout(timeout)?.map_err(who(spec))?;
+        s.get_timeout(timeout)
+            .map_err(|e| {
+                who(spec)(format!(
+                    "{e} (a member holds --member-cpus {}: are there enough free CPUs?)",
+                    opts.member_cpus
+                ))
+            })?
+            .map_err(who(spec))?;
     }
     let joined: Vec<_> = members
         .iter()
         .map(|(_, m)| m.finish_join(opts.timeout_s))
         .collect();
     for ((spec, _), j) in members.iter().zip(joined) {
-        j.get_timeout(timeout)?.map_err(who(spec))?;
+        let place = j.get_timeout(timeout)?.map_err(who(spec))?;
+        println!("member tp {} dp {}: {place}", spec.tp_rank, spec.dp_rank);
     }
 
     let bar = ProgressBar::new(opts.steps);

@@ -62,7 +62,8 @@ enum Command {
 
 /// What the thread did with a command.
 enum Outcome {
-    Joined,
+    /// Joined, over these backends (tensor-parallel, data-parallel).
+    Joined(&'static str, &'static str),
     Stepped(StepStats),
 }
 
@@ -73,9 +74,10 @@ fn serve(spec: MemberSpec, commands: Receiver<Command>, outcomes: Sender<Result<
     let mut groups: Option<(Communicator, Communicator)> = None;
     for command in commands {
         let outcome = match command {
-            Command::Join => join(&spec).map(|g| {
-                groups = Some(g);
-                Outcome::Joined
+            Command::Join => join(&spec).map(|(tp, dp)| {
+                let joined = Outcome::Joined(tp.backend(), dp.backend());
+                groups = Some((tp, dp));
+                joined
             }),
             Command::Step(step) => match (&mut trainer, &groups) {
                 (Err(e), _) => Err(e.clone()),
@@ -135,10 +137,14 @@ impl Member {
         self.send(Command::Join)
     }
 
-    /// Waits up to `timeout_s` for the join to complete (every member of both groups joined).
-    pub(crate) fn finish_join(&mut self, timeout_s: u64) -> Result<(), String> {
+    /// Waits up to `timeout_s` for the join to complete (every member of both groups joined);
+    /// says where the member runs and which backends its groups use.
+    pub(crate) fn finish_join(&mut self, timeout_s: u64) -> Result<String, String> {
         match self.receive(timeout_s)? {
-            Outcome::Joined => Ok(()),
+            Outcome::Joined(tp, dp) => Ok(format!(
+                "process {}, tp over {tp}, dp over {dp}",
+                std::process::id()
+            )),
             Outcome::Stepped(_) => Err("expected a join, got a step".into()),
         }
     }
@@ -152,7 +158,7 @@ impl Member {
     pub(crate) fn finish_step(&mut self, timeout_s: u64) -> Result<StepStats, String> {
         match self.receive(timeout_s)? {
             Outcome::Stepped(stats) => Ok(stats),
-            Outcome::Joined => Err("expected a step, got a join".into()),
+            Outcome::Joined(..) => Err("expected a step, got a join".into()),
         }
     }
 }
