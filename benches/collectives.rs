@@ -486,12 +486,16 @@ fn two_hosts(a: &Args) -> Result<()> {
     let (backend, manta) = manta_times(&cluster, 2, &a.ops, &a.sizes)?;
     drop(cluster);
     let master = hosts.host(0).ip().to_string();
+    // Gloo finds its address from the host name (loopback in a namespace) unless told the
+    // interface.
     let wrap = |i: usize| {
         vec![
             "ip".to_owned(),
             "netns".into(),
             "exec".into(),
             hosts.host(i).netns().to_owned(),
+            "env".into(),
+            "GLOO_SOCKET_IFNAME=eth0".into(),
         ]
     };
     let gloo = gloo_times(2, &a.ops, &a.sizes, &master, &wrap)
