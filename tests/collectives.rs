@@ -8,6 +8,7 @@
 //! backend by topology and the tcp backend forced.
 
 mod common;
+mod netns;
 
 use std::time::{Duration, Instant};
 
@@ -599,4 +600,56 @@ fn a_dead_process_fails_every_survivor_over_shm() {
 #[test]
 fn a_dead_process_fails_every_survivor_over_tcp() {
     process_death_fails_the_survivors("tcp");
+}
+
+/// Two emulated hosts (network namespaces on a bridge), two members on each: the group spans
+/// nodes, so it runs over TCP, and each host's two members share a worker process.
+#[test]
+fn members_on_two_hosts_run_every_collective_over_tcp() {
+    serve_if_worker();
+    let hosts = match netns::Hosts::create(2) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let spec = |i: usize| NodeSpec {
+        num_cpus: 2.0,
+        resources: format!("host{i}=2"),
+        wrapper: vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            hosts.host(i).netns().into(),
+        ],
+        ip: Some(hosts.host(i).ip().to_string()),
+        env: vec![("MANTA_COLLECTIVE_CHUNK_BYTES".into(), CHUNK.to_string())],
+    };
+    let cluster = LocalCluster::start(spec(0), &[spec(1)]);
+    let _rt = common::start(cluster.config());
+    let members: Vec<_> = (0..4)
+        .map(|r| {
+            Member::options()
+                .num_cpus(0.0)
+                .resource(&format!("host{}", r / 2), 1.0)
+                .remote()
+        })
+        .collect();
+    assert_eq!(join_all(&members, "hosts"), vec!["tcp"; 4]);
+    let refs: Vec<_> = members.iter().map(|m| m.check()).collect();
+    let pids: std::collections::BTreeSet<u32> = refs
+        .iter()
+        .map(|r| {
+            r.get_timeout(LONG)
+                .expect("every collective matches the reference")
+        })
+        .collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "two worker processes, one per host: {pids:?}"
+    );
+    drop(members);
+    drop(cluster);
 }

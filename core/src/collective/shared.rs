@@ -43,6 +43,17 @@ const LINE: usize = 128;
 const PAIR: usize = 64;
 const PAGE: usize = 4096;
 
+/// How long a waiting member spins before it yields its core, where the node has a core for
+/// every member (a peer usually arrives within a few microseconds; spinning is what keeps
+/// small collectives at memory latency: 8-byte allreduce 22 µs with a 256-poll spin, 1.1 µs
+/// with this one, 2 processes on 2 cores).
+const SPIN: Duration = Duration::from_micros(100);
+/// The spin where members outnumber cores: a spinning member would keep the core from the
+/// member it waits for.
+const SPIN_OVERSUBSCRIBED: Duration = Duration::from_micros(2);
+/// How long it then yields before it naps (50 µs at a time) until the peer arrives.
+const YIELD: Duration = Duration::from_millis(5);
+
 /// The collective settings of the runtime's configuration.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -339,6 +350,7 @@ pub(crate) struct SharedBackend {
     pending: Option<(usize, u64)>,
     left: bool,
     name: &'static str,
+    spin: Duration,
 }
 
 impl SharedBackend {
@@ -364,6 +376,11 @@ impl SharedBackend {
             pending: None,
             left: false,
             name,
+            spin: if world <= std::thread::available_parallelism().map_or(1, |n| n.get()) {
+                SPIN
+            } else {
+                SPIN_OVERSUBSCRIBED
+            },
         }
     }
 
@@ -421,25 +438,24 @@ impl SharedBackend {
     /// backing-off poll that sees members leave and the group break.
     fn wait(&self, mut ready: impl FnMut() -> Option<usize>) -> Result<(), Fault> {
         let start = Instant::now();
-        let mut spins = 0u32;
+        let mut polls = 0u32;
         let mut next_check = Duration::from_millis(1);
         loop {
             let Some(lagging) = ready() else {
                 return Ok(());
             };
-            if let Some(f) = self.broken() {
-                return Err(f);
-            }
-            spins += 1;
-            if spins < 256 {
+            polls = polls.wrapping_add(1);
+            if !polls.is_multiple_of(64) {
                 std::hint::spin_loop();
                 continue;
             }
-            if spins < 512 {
-                std::thread::yield_now();
-                continue;
+            if let Some(f) = self.broken() {
+                return Err(f);
             }
             let waited = start.elapsed();
+            if waited < self.spin {
+                continue;
+            }
             if waited >= next_check {
                 next_check = waited + Duration::from_millis(2);
                 if self.gone(lagging) {
@@ -461,8 +477,11 @@ impl SharedBackend {
                     });
                 }
             }
-            let nap = (spins - 512).min(50);
-            std::thread::sleep(Duration::from_micros(nap as u64));
+            if waited < YIELD {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
         }
     }
 
