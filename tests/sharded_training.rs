@@ -354,3 +354,37 @@ fn a_bad_plan_is_refused_before_any_member_starts() {
     let err = driver::train(&opts).expect_err("4 members of 1 CPU on 2 CPUs");
     assert!(err.to_string().contains("--member-cpus"), "{err}");
 }
+
+/// The check fails where the curves part: early beyond `--tolerance`, anywhere beyond
+/// `--drift-tolerance`, on a NaN, or on a curve cut short.
+#[test]
+fn the_loss_check_catches_a_curve_that_parts() {
+    let opts = short_run(2, 1);
+    let reference: Vec<f32> = (0..30).map(|s| 4.0 - 0.05 * s as f32).collect();
+    let check = |losses: Vec<f32>| {
+        let mut r = driver::Report {
+            losses,
+            ..driver::Report::default()
+        };
+        r.compare(reference.clone(), opts.strict_steps);
+        r.matches(&opts)
+    };
+    assert!(check(reference.clone()));
+    let mut early = reference.clone();
+    early[1] *= 1.0 + 1e-3; // (dropping the backward allreduce parts them by 3e-2 in 10 steps)
+    assert!(!check(early));
+    let mut late = reference.clone();
+    late[25] *= 1.0 + 1e-2; // within the drift tolerance after the strict window
+    assert!(check(late.clone()));
+    late[25] = reference[25] * 1.1;
+    assert!(!check(late));
+    let mut nan = reference.clone();
+    nan[20] = f32::NAN;
+    assert!(!check(nan));
+    assert!(!check(reference[..29].to_vec()));
+    let unchecked = driver::Report {
+        losses: reference.clone(),
+        ..driver::Report::default()
+    };
+    assert!(!unchecked.matches(&opts), "no check ran");
+}
