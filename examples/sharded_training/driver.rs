@@ -228,7 +228,7 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
     }
     let joined: Vec<_> = members
         .iter()
-        .map(|(_, m)| m.finish_join(opts.timeout_s))
+        .map(|(_, m)| m.finish_join(opts.timeout_s.max(1)))
         .collect();
     for ((spec, _), j) in members.iter().zip(joined) {
         let place = j.get_timeout(timeout)?.map_err(who(spec))?;
@@ -251,7 +251,7 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
         }
         let finished: Vec<_> = members
             .iter()
-            .map(|(_, m)| m.finish_step(opts.timeout_s))
+            .map(|(_, m)| m.finish_step(opts.timeout_s.max(1)))
             .collect();
         let mut stats: Vec<StepStats> = Vec::with_capacity(members.len());
         for ((spec, _), f) in members.iter().zip(finished) {

@@ -121,7 +121,7 @@ impl Member {
         let name = format!("member-tp{}-dp{}", spec.tp_rank, spec.dp_rank);
         if let Err(e) = std::thread::Builder::new()
             .name(name)
-            .spawn(move || serve(spec, inbox, outbox.clone()))
+            .spawn(move || serve(spec, inbox, outbox))
         {
             // The channels' other ends are gone with the closure: every call says so.
             eprintln!("sharded_training: could not start a member thread: {e}");
