@@ -388,3 +388,46 @@ fn the_loss_check_catches_a_curve_that_parts() {
     };
     assert!(!unchecked.matches(&opts), "no check ran");
 }
+
+/// A member's process killed mid-run: the run ends with an error naming a member, within its
+/// timeouts, rather than hanging.
+#[test]
+fn a_member_killed_mid_run_ends_the_run_with_an_error() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(
+        NodeSpec {
+            num_cpus: 4.0,
+            ..NodeSpec::default()
+        },
+        &[],
+    );
+    let _rt = common::start(cluster.config());
+    let mut opts = short_run(2, 2);
+    opts.steps = 1_000_000; // far more than the run lasts
+    opts.timeout_s = 10;
+    opts.no_check = true;
+    let started = std::time::Instant::now();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Let the members join and train a while, then kill their worker process.
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while cluster.kill_worker(None).is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no worker process to kill"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        driver::train(&opts)
+    });
+    let err = result.expect_err("the run outlived its members");
+    let waited = started.elapsed();
+    eprintln!("the run ended {waited:?} after its start: {err}");
+    assert!(err.to_string().contains("member tp "), "{err}");
+    assert!(
+        waited < std::time::Duration::from_secs(60),
+        "the run took {waited:?} to fail"
+    );
+}

@@ -231,7 +231,9 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
         .map(|(_, m)| m.finish_join(opts.timeout_s.max(1)))
         .collect();
     for ((spec, _), j) in members.iter().zip(joined) {
-        let place = j.get_timeout(timeout)?.map_err(who(spec))?;
+        let place = (j.get_timeout(timeout))
+            .map_err(|e| who(spec)(e.to_string()))?
+            .map_err(who(spec))?;
         println!("member tp {} dp {}: {place}", spec.tp_rank, spec.dp_rank);
     }
 
@@ -247,7 +249,9 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
         let t = Instant::now();
         let started: Vec<_> = members.iter().map(|(_, m)| m.start_step(step)).collect();
         for ((spec, _), s) in members.iter().zip(started) {
-            s.get_timeout(timeout)?.map_err(who(spec))?;
+            (s.get_timeout(timeout))
+                .map_err(|e| who(spec)(e.to_string()))?
+                .map_err(who(spec))?;
         }
         let finished: Vec<_> = members
             .iter()
@@ -255,7 +259,10 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
             .collect();
         let mut stats: Vec<StepStats> = Vec::with_capacity(members.len());
         for ((spec, _), f) in members.iter().zip(finished) {
-            stats.push(f.get_timeout(timeout)?.map_err(who(spec))?);
+            let f = f
+                .get_timeout(timeout)
+                .map_err(|e| who(spec)(e.to_string()))?;
+            stats.push(f.map_err(who(spec))?);
         }
         let elapsed = t.elapsed().as_secs_f64();
         // The replicas' losses, from each replica's tensor-parallel rank 0.
