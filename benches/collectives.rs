@@ -470,6 +470,7 @@ fn two_hosts(a: &Args) -> Result<()> {
         .strip_prefix("gbps=")
         .and_then(|v| v.parse().ok())
         .context("raw stream figure")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let node = |i: usize| NodeSpec {
         num_cpus: 1.0,
         resources: format!("rank{i}=1"),
@@ -480,7 +481,9 @@ fn two_hosts(a: &Args) -> Result<()> {
             hosts.host(i).netns().to_owned(),
         ],
         ip: Some(hosts.host(i).ip().to_string()),
-        env: passed_env().collect(),
+        env: passed_env()
+            .chain([("MANTA_CPU_AFFINITY".into(), (i % cores).to_string())])
+            .collect(),
     };
     let cluster = LocalCluster::start(node(0), &[node(1)]);
     let (backend, manta) = manta_times(&cluster, 2, &a.ops, &a.sizes)?;

@@ -740,3 +740,57 @@ fn fault_error(group: &str, op: &'static str, fault: Fault) -> Error {
 }
 
 mod rendezvous;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_describe_the_call() {
+        let h = Header::new::<f32>(Kind::Broadcast, 123, None, 3);
+        assert_eq!(Header::unpack(h.pack()), h);
+        assert_eq!(h.to_string(), "broadcast of 123 float with root 3");
+        let h = Header::new::<half::bf16>(Kind::Allreduce, 9, Some(ReduceOp::Avg), 0);
+        assert_eq!(Header::unpack(h.pack()), h);
+        assert_eq!(h.to_string(), "allreduce of 9 bfloat16 (avg)");
+        assert_eq!(Header::barrier().to_string(), "barrier");
+    }
+
+    #[test]
+    fn a_mismatch_names_both_ranks_and_calls() {
+        let mine = Header::new::<i32>(Kind::Allreduce, 4, Some(ReduceOp::Sum), 0);
+        let theirs = Header::new::<i32>(Kind::Allreduce, 5, Some(ReduceOp::Sum), 0);
+        assert!(mismatch(0, &mine, &[(0, mine), (1, mine)]).is_none());
+        match mismatch(0, &mine, &[(0, mine), (1, theirs)]) {
+            Some(Fault::Mismatch(m)) => assert_eq!(
+                m,
+                "rank 0 called allreduce of 4 int32 (sum) but rank 1 called allreduce of 5 \
+                 int32 (sum)"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reductions_of_every_type() {
+        let mut a = [1.0f32, 5.0, -2.0];
+        f32::reduce_slice(ReduceOp::Max, &mut a, &[3.0, 4.0, -1.0]);
+        assert_eq!(a, [3.0, 5.0, -1.0]);
+        let mut b = [250u8, 3];
+        u8::reduce_slice(ReduceOp::Sum, &mut b, &[10, 4]);
+        assert_eq!(b, [4, 7], "integer sums wrap");
+        let mut c = [half::f16::from_f32(1.5)];
+        half::f16::reduce_slice(ReduceOp::Prod, &mut c, &[half::f16::from_f32(2.0)]);
+        assert_eq!(c[0].to_f32(), 3.0);
+        assert_eq!(i64::divide(-9, 2), -4);
+        // The type-erased form, on unaligned bytes too.
+        let red = Reducer::of::<i32>(ReduceOp::Min);
+        let mut raw = [0u8; 9];
+        raw[1..5].copy_from_slice(&7i32.to_le_bytes());
+        raw[5..9].copy_from_slice(&(-3i32).to_le_bytes());
+        let src: Vec<u8> = [5i32, 5].iter().flat_map(|x| x.to_le_bytes()).collect();
+        red.apply(&mut raw[1..9], &src);
+        assert_eq!(&raw[1..5], &5i32.to_le_bytes());
+        assert_eq!(&raw[5..9], &(-3i32).to_le_bytes());
+    }
+}

@@ -805,3 +805,59 @@ impl Backend for SharedBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_message_with_at_least_one() {
+        let all: Vec<_> = SharedBackend::chunks(0, 4096).collect();
+        assert_eq!(all, [(0, 0)]);
+        let all: Vec<_> = SharedBackend::chunks(10_000, 4096).collect();
+        assert_eq!(all, [(0, 4096), (4096, 4096), (8192, 1808)]);
+    }
+
+    #[test]
+    fn the_layout_keeps_control_and_data_apart_and_aligned() {
+        let l = Layout {
+            world: 3,
+            chunk: 8192,
+        };
+        assert!(l.pair(2, 2) + PAIR <= l.data());
+        assert_eq!(l.data() % PAGE, 0);
+        assert_eq!(l.slot(1), l.data() + 8192);
+        assert_eq!(l.result(), l.data() + 3 * 8192);
+        assert_eq!(l.outbox(2) + 8192, l.len());
+    }
+
+    #[test]
+    fn a_segment_of_another_group_is_refused() {
+        let l = Layout {
+            world: 2,
+            chunk: PAGE,
+        };
+        let (_mine, fd) = Region::create_memfd(l, 42).unwrap();
+        assert!(Region::attach(std::process::id(), fd, l, 42).is_ok());
+        assert!(Region::attach(std::process::id(), fd, l, 43).is_err());
+        let other = Layout {
+            world: 3,
+            chunk: PAGE,
+        };
+        assert!(Region::attach(std::process::id(), fd, other, 42).is_err());
+        // SAFETY: the test's own descriptor, closed once.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn settings_refuse_unknown_backends_and_tiny_chunks() {
+        let mut c = crate::Config::default().resolve().unwrap();
+        c.collective_backend = "nccl".into();
+        assert!(Settings::from_config(&c).is_err());
+        c.collective_backend = "auto".into();
+        c.collective_chunk_bytes = 100;
+        assert!(Settings::from_config(&c).is_err());
+        c.collective_chunk_bytes = 5000;
+        assert_eq!(Settings::from_config(&c).unwrap().chunk, PAGE);
+    }
+}

@@ -103,8 +103,14 @@ impl TcpBackend {
         let world = addrs.len();
         let mut conns: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
         for (r, addr) in addrs.iter().enumerate().take(rank) {
-            let mut s =
-                TcpStream::connect(addr.as_str()).map_err(|e| peer_fault(r, "connecting to", e))?;
+            let sockaddr: std::net::SocketAddr = addr
+                .parse()
+                .map_err(|e| peer_fault(r, &format!("the address {addr:?} of"), e))?;
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let mut s = TcpStream::connect_timeout(&sockaddr, left)
+                .map_err(|e| peer_fault(r, "connecting to", e))?;
             s.set_nodelay(true)
                 .map_err(|e| peer_fault(r, "configuring the connection to", e))?;
             let mut hello = Vec::with_capacity(28 + token.len());
@@ -776,5 +782,74 @@ impl Backend for TcpBackend {
             };
             self.abort(code, culprit);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_tile_the_buffer_in_whole_elements() {
+        for (n, elem, w) in [(0, 4, 3), (4, 4, 3), (40, 4, 3), (1000, 8, 4), (6, 2, 7)] {
+            let mut end = 0;
+            for i in 0..w {
+                let r = segment(n, elem, w, i);
+                assert_eq!(r.start, end, "contiguous");
+                assert_eq!(r.start % elem, 0);
+                assert_eq!(r.end % elem, 0);
+                end = r.end;
+            }
+            assert_eq!(end, n, "n={n} elem={elem} w={w}");
+        }
+    }
+
+    #[test]
+    fn split2_gives_disjoint_ranges_either_way_round() {
+        let mut buf: Vec<u8> = (0..10).collect();
+        let (a, b) = split2(&mut buf, 0..3, 5..8);
+        assert_eq!(a, [0, 1, 2]);
+        b.fill(0);
+        let (a, b) = split2(&mut buf, 6..9, 1..4);
+        assert_eq!(a, [0, 0, 8]);
+        assert_eq!(b, [1, 2, 3]);
+    }
+
+    #[test]
+    fn tokens_compare_by_content_and_length() {
+        assert!(tokens_equal(b"abc", b"abc"));
+        assert!(!tokens_equal(b"abc", b"abd"));
+        assert!(!tokens_equal(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn a_greeting_with_a_wrong_token_or_group_is_refused() {
+        let listen = TcpListen::bind("127.0.0.1").unwrap();
+        let addr = listen.address().to_owned();
+        let greet = |token: &[u8], nonce: u64, rank: u32| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            let mut hello = Vec::new();
+            hello.extend_from_slice(HELLO_MAGIC);
+            hello.extend_from_slice(&nonce.to_le_bytes());
+            hello.extend_from_slice(&rank.to_le_bytes());
+            hello.extend_from_slice(&2u32.to_le_bytes());
+            hello.extend_from_slice(&(token.len() as u32).to_le_bytes());
+            hello.extend_from_slice(token);
+            s.write_all(&hello).unwrap();
+            let (conn, _) = listen.listener.accept().unwrap();
+            accept_hello(conn, 7, 2, b"secret").map(|(r, _)| r)
+        };
+        assert_eq!(greet(b"secret", 7, 1), Ok(1));
+        assert!(greet(b"wrong!", 7, 1).unwrap_err().contains("token"));
+        assert!(
+            greet(b"secret", 8, 1)
+                .unwrap_err()
+                .contains("another group")
+        );
+        assert!(
+            greet(b"secret", 7, 5)
+                .unwrap_err()
+                .contains("another group")
+        );
     }
 }
