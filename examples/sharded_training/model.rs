@@ -364,8 +364,9 @@ impl Adam {
     /// β₁ and β₂: the usual defaults.
     const B1: f32 = 0.9;
     const B2: f32 = 0.999;
-    /// ε: 1e-6 rather than the usual 1e-8, which let rounding noise in near-zero gradients
-    /// take full-size steps and parted the sharded and unsharded curves about ten times sooner.
+    /// ε: 1e-6 rather than the usual 1e-8, which lets rounding noise in near-zero gradients
+    /// take full-size steps: with 1e-8 the default run's sharded and unsharded losses first
+    /// differed at step 3, with 1e-6 at step 12.
     const EPS: f32 = 1e-6;
 
     /// An optimizer for parameters shaped like `p`, with learning rate `lr`.
