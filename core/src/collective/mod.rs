@@ -746,6 +746,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn communicators_are_send_sync_and_clone() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<Communicator>();
+    }
+
+    #[test]
     fn headers_round_trip_and_describe_the_call() {
         let h = Header::new::<f32>(Kind::Broadcast, 123, None, 3);
         assert_eq!(Header::unpack(h.pack()), h);
