@@ -127,6 +127,7 @@
 extern crate self as manta;
 
 pub use manta_core::cluster;
+pub use manta_core::collective;
 pub use manta_core::register_error;
 pub use manta_core::{
     Actor, ActorHandle, ActorId, ActorOptions, CancelOptions, Config, CpuList, CustomResources,

@@ -327,6 +327,19 @@ catalogue! {
     /// The delay before the first retry of a task whose worker died, doubled at each further
     /// retry up to one second (microseconds in the environment).
     task_retry_delay: Duration = Duration::from_millis(50), env "MANTA_TASK_RETRY_DELAY_US";
+    /// How long a collective operation (`manta::collective`) waits for the other members of
+    /// its group, and `Communicator::join` for all of them to join, before it fails naming a
+    /// member it still waits for (microseconds in the environment). A member whose process
+    /// died or whose communicator was dropped fails the operation sooner, at once.
+    collective_timeout: Duration = Duration::from_secs(120), env "MANTA_COLLECTIVE_TIMEOUT_US";
+    /// Bytes each member of a shared-memory collective group (threads of one process, or
+    /// processes of one node) stages per step; a larger message is processed in chunks of
+    /// this size, and the group's segment holds about `2 × members + 1` of them.
+    collective_chunk_bytes: usize = 4 << 20, env "MANTA_COLLECTIVE_CHUNK_BYTES";
+    /// The backend of new collective groups: `auto` (by topology: threads when every member
+    /// is in one process, shared memory when all are on one node, else TCP), `threads`, `shm`
+    /// or `tcp` (a backend the topology cannot support is an error at `join`).
+    collective_backend: String = "auto".to_owned(), env "MANTA_COLLECTIVE_BACKEND";
     /// A node whose raylet sent no heartbeat for this long is declared dead by the GCS, which
     /// then tells it so: it stops its workers and exits (microseconds in the environment; the
     /// head's is the one that counts). Raylets heartbeat every second.

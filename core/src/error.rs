@@ -208,6 +208,20 @@ pub enum Error {
         /// Which process held it and what became of it.
         reason: String,
     },
+    /// A collective operation failed on a communicator (`manta::collective`): a member died,
+    /// left or did not arrive in time, or an earlier failure left the communicator unusable.
+    /// Mismatched arguments across members are [`Error::InvalidArgument`] instead.
+    #[error("collective {op} on group {group:?} failed{}: {message}", rank.map(|r| format!(" (rank {r})")).unwrap_or_default())]
+    Collective {
+        /// The group's name (as given to `Communicator::join`).
+        group: String,
+        /// The operation (`allreduce`, `join`, ...).
+        op: &'static str,
+        /// The member at fault, when known.
+        rank: Option<usize>,
+        /// What went wrong.
+        message: String,
+    },
     /// The owner of a borrowed object died, and with it the object's value and the
     /// knowledge of where it lives (Ray's `OwnerDiedError`).
     #[error("{object} is gone with its owner: {reason}")]

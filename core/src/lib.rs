@@ -15,6 +15,7 @@ mod api;
 mod cancel;
 pub mod cluster;
 mod codec;
+pub mod collective;
 mod config;
 mod error;
 mod id;

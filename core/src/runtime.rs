@@ -43,6 +43,8 @@ pub(crate) struct RuntimeInner {
     buried: Mutex<std::collections::VecDeque<(ActorId, Error)>>,
     /// This process's cluster membership, if it joined one.
     pub(crate) cluster: Option<Arc<crate::cluster::worker::Cluster>>,
+    /// The key-value store of the embedded runtime (a cluster's lives in its GCS).
+    pub(crate) kv: Mutex<HashMap<String, Vec<u8>>>,
     default_demand: crate::resources::Demand,
     pub(crate) started: Instant,
 }
@@ -265,6 +267,7 @@ impl RuntimeInner {
             pushed_actors: Mutex::new(HashMap::new()),
             buried: Mutex::new(std::collections::VecDeque::new()),
             cluster,
+            kv: Mutex::new(HashMap::new()),
             escaped: Mutex::new(HashMap::new()),
             actors: Mutex::new(HashMap::new()),
             named: Mutex::new(HashMap::new()),

@@ -61,22 +61,16 @@ pub fn session_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp/manta"))
 }
 
-/// The cluster this process joined, or an error saying it joined none.
-fn joined() -> Result<Arc<worker::Cluster>, Error> {
-    crate::runtime::current_inner()
-        .ok_or(Error::NotInitialized)?
-        .cluster
-        .clone()
-        .ok_or_else(|| Error::Cluster {
-            what: "the key-value store".into(),
-            message: "this process runs the embedded runtime, not a cluster".into(),
-        })
-}
-
-/// Stores `value` under `key` in the GCS's key-value store (Ray's internal KV), replacing any
-/// old value; returns whether there was one.
+/// Stores `value` under `key` in the key-value store (Ray's internal KV), replacing any old
+/// value; returns whether there was one. In a cluster the store is the GCS's, shared by every
+/// process of the cluster; embedded, it is an in-process map with the same semantics, shared
+/// by every task and actor of the runtime and emptied by `shutdown`.
 pub fn kv_put(key: &str, value: &[u8]) -> Result<bool, Error> {
-    let c = joined()?;
+    let rt = crate::runtime::current_inner().ok_or(Error::NotInitialized)?;
+    let Some(c) = rt.cluster.clone() else {
+        let mut kv = crate::sync::lock(&rt.kv);
+        return Ok(kv.insert(key.to_owned(), value.to_vec()).is_some());
+    };
     match c.gcs_call(|request_id| proto::Msg::KvPut {
         request_id,
         key: key.to_owned(),
@@ -87,9 +81,13 @@ pub fn kv_put(key: &str, value: &[u8]) -> Result<bool, Error> {
     }
 }
 
-/// The value stored under `key` in the GCS's key-value store, if any.
+/// The value stored under `key` in the key-value store (see [`kv_put`]), if any.
 pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, Error> {
-    let c = joined()?;
+    let rt = crate::runtime::current_inner().ok_or(Error::NotInitialized)?;
+    let Some(c) = rt.cluster.clone() else {
+        let kv = crate::sync::lock(&rt.kv);
+        return Ok(kv.get(key).cloned());
+    };
     match c.gcs_call(|request_id| proto::Msg::KvGet {
         request_id,
         key: key.to_owned(),

@@ -1,0 +1,656 @@
+//! Collective benchmarks in `nccl-tests`' table format (size, count, type, redop, time µs,
+//! algbw, busbw), Manta beside Open MPI and Gloo in the same run, same ranks, same sizes:
+//!
+//! - **one-node**: 2 and 4 ranks, each a separate process on this host. Manta's ranks are
+//!   actors of a local cluster, one per node process (so the group picks its shm backend);
+//!   Open MPI's are `mpirun -np N` of this binary (`MPI_Allreduce`, `MPI_Allgather`,
+//!   `MPI_Reduce_scatter_block`; needs the `mpi` feature, skipped otherwise); Gloo's are N
+//!   processes of `scripts/gloo_collectives.py` in the venv `scripts/compare-collectives`
+//!   makes (skipped where it has no torch).
+//! - **two-hosts** (network namespaces on a bridge; needs root, skipped otherwise): 2 ranks,
+//!   one per namespace (Manta's tcp backend), beside a raw TCP stream between the same
+//!   namespaces and Gloo across them.
+//!
+//! `busbw` follows nccl-tests: allreduce `algbw × 2(n-1)/n`, allgather and reduce-scatter
+//! `algbw × (n-1)/n`, where `size` is the per-rank vector of allreduce and the whole (gathered,
+//! or scattered) vector of the others. Every time is the slowest rank's mean over the
+//! iterations (after 2 warm-up ones).
+//!
+//! Run with `cargo bench --all-features --bench collectives -- [one-node|two-hosts]
+//! [--max-bytes N] [--ranks 2,4] [--ops allreduce,allgather,reduce_scatter]` (or
+//! `scripts/compare-collectives`, which prints the ratios).
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/cluster.rs"]
+mod cluster;
+#[path = "../tests/netns/mod.rs"]
+mod netns;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cluster::{LocalCluster, NodeSpec, serve_if_worker};
+use manta::collective::{Communicator, ReduceOp};
+
+const CHILD_ENV: &str = "MANTA_BENCH_CHILD";
+const OPS: [&str; 3] = ["allreduce", "allgather", "reduce_scatter"];
+
+/// Iterations for a message of `bytes`: about 64 MiB moved, between 3 and 100.
+fn iters(bytes: u64) -> u64 {
+    ((64u64 << 20) / bytes.max(1)).clamp(3, 100)
+}
+
+/// Per-rank input elements (f32) of `op` for a table size of `bytes` with `n` ranks.
+fn count(op: &str, bytes: u64, n: u64) -> u64 {
+    match op {
+        "allreduce" => (bytes / 4).max(1),
+        _ => (bytes / 4 / n).max(1),
+    }
+}
+
+/// The table size of `op` for a per-rank count.
+fn size_of_count(op: &str, count: u64, n: u64) -> u64 {
+    match op {
+        "allreduce" => count * 4,
+        _ => count * 4 * n,
+    }
+}
+
+fn bus_factor(op: &str, n: f64) -> f64 {
+    match op {
+        "allreduce" => 2.0 * (n - 1.0) / n,
+        _ => (n - 1.0) / n,
+    }
+}
+
+/// Mean microseconds per call of `op` for each size, on this member.
+fn time_manta(comm: &Communicator, op: &str, sizes: &[u64]) -> Vec<f64> {
+    let n = comm.world_size() as u64;
+    sizes
+        .iter()
+        .map(|&bytes| {
+            let c = count(op, bytes, n) as usize;
+            let input = vec![
+                1.0f32;
+                if op == "reduce_scatter" {
+                    c * n as usize
+                } else {
+                    c
+                }
+            ];
+            let mut out = vec![0.0f32; if op == "allgather" { c * n as usize } else { c }];
+            let mut call = || match op {
+                "allreduce" => comm.allreduce_into(&input, &mut out, ReduceOp::Sum),
+                "allgather" => comm.allgather(&input, &mut out),
+                _ => comm.reduce_scatter(&input, &mut out, ReduceOp::Sum),
+            };
+            for _ in 0..2 {
+                call().expect("warm-up");
+            }
+            comm.barrier().expect("barrier");
+            let k = iters(bytes);
+            let t = Instant::now();
+            for _ in 0..k {
+                call().expect("collective");
+            }
+            t.elapsed().as_secs_f64() * 1e6 / k as f64
+        })
+        .collect()
+}
+
+/// A rank of the Manta side.
+#[manta::actor]
+struct Rank {
+    comm: Option<Communicator>,
+}
+
+#[manta::actor]
+impl Rank {
+    fn new() -> Self {
+        Rank { comm: None }
+    }
+
+    fn join(&mut self, name: String, rank: u64, world: u64) -> String {
+        let c = Communicator::join(&name, rank as usize, world as usize).expect("join");
+        let b = c.backend().to_owned();
+        self.comm = Some(c);
+        b
+    }
+
+    fn time(&self, op: String, sizes: Vec<u64>) -> Vec<f64> {
+        time_manta(self.comm.as_ref().expect("joined"), &op, &sizes)
+    }
+}
+
+/// `time µs` per op and size: the slowest rank's.
+type Times = BTreeMap<String, Vec<f64>>;
+
+fn slowest(per_rank: Vec<Vec<f64>>) -> Vec<f64> {
+    let mut out = per_rank[0].clone();
+    for r in &per_rank[1..] {
+        for (o, t) in out.iter_mut().zip(r) {
+            *o = o.max(*t);
+        }
+    }
+    out
+}
+
+fn manta_times(
+    cluster: &LocalCluster,
+    n: usize,
+    ops: &[String],
+    sizes: &[u64],
+) -> Result<(String, Times)> {
+    manta::init_with(cluster.config())?;
+    let ranks: Vec<_> = (0..n)
+        .map(|i| {
+            Rank::options()
+                .num_cpus(0.0)
+                .resource(&format!("rank{i}"), 1.0)
+                .remote()
+        })
+        .collect();
+    let name = format!("bench-{n}-{}", std::process::id());
+    let joins: Vec<_> = ranks
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.join(name.clone(), i as u64, n as u64))
+        .collect();
+    let backend = manta::get_all(&joins)?.remove(0);
+    let mut times = Times::new();
+    for op in ops {
+        let refs: Vec<_> = ranks
+            .iter()
+            .map(|r| r.time(op.clone(), sizes.to_vec()))
+            .collect();
+        times.insert(op.clone(), slowest(manta::get_all(&refs)?));
+    }
+    drop(ranks);
+    manta::shutdown();
+    Ok((backend, times))
+}
+
+/// Parses `<impl> <op> <bytes> <time_us>` lines (the MPI child's and the Gloo script's).
+fn parse_lines(text: &str, who: &str) -> Times {
+    let mut per: BTreeMap<String, BTreeMap<u64, f64>> = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() == 4
+            && f[0] == who
+            && let (Ok(b), Ok(t)) = (f[2].parse::<u64>(), f[3].parse::<f64>())
+        {
+            let e = per
+                .entry(f[1].to_owned())
+                .or_default()
+                .entry(b)
+                .or_insert(0.0);
+            *e = e.max(t);
+        }
+    }
+    per.into_iter()
+        .map(|(op, m)| (op, m.into_values().collect()))
+        .collect()
+}
+
+fn mpi_times(n: usize, ops: &[String], sizes: &[u64]) -> Result<Times> {
+    if !cfg!(feature = "mpi") {
+        bail!("built without the `mpi` feature");
+    }
+    let exe = std::env::current_exe()?;
+    let sizes_arg: Vec<String> = sizes.iter().map(u64::to_string).collect();
+    let out = Command::new("mpirun")
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-np",
+        ])
+        .arg(n.to_string())
+        .arg(&exe)
+        .env(
+            CHILD_ENV,
+            format!("mpi:{}:{}", ops.join(","), sizes_arg.join(",")),
+        )
+        .env_remove("MANTA_ADDRESS")
+        .output()
+        .context("running mpirun")?;
+    if !out.status.success() {
+        bail!("mpirun failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(parse_lines(&String::from_utf8_lossy(&out.stdout), "mpi"))
+}
+
+/// The Gloo venv's python, if `scripts/compare-collectives` made one.
+fn gloo_python() -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/gloo-venv/bin/python");
+    p.exists().then_some(p)
+}
+
+/// Gloo: `n` processes of the script, rank i started by `launch(i)` (a namespace wrapper or
+/// none), meeting at `master`.
+fn gloo_times(
+    n: usize,
+    ops: &[String],
+    sizes: &[u64],
+    master: &str,
+    wrap: &dyn Fn(usize) -> Vec<String>,
+) -> Result<Times> {
+    let python = gloo_python().context("no Gloo venv (scripts/compare-collectives makes it)")?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gloo_collectives.py");
+    let sizes_arg: Vec<String> = sizes.iter().map(u64::to_string).collect();
+    let port = 29_500 + (std::process::id() % 1000) as u16;
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            let mut argv = wrap(i);
+            argv.push(python.display().to_string());
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..])
+                .arg(&script)
+                .args(["--ops", &ops.join(","), "--sizes", &sizes_arg.join(",")])
+                .env("MASTER_ADDR", master)
+                .env("MASTER_PORT", port.to_string())
+                .env("RANK", i.to_string())
+                .env("WORLD_SIZE", n.to_string())
+                .stdout(std::process::Stdio::piped());
+            c.spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    let mut text = String::new();
+    for c in children {
+        let out = c.wait_with_output()?;
+        if !out.status.success() {
+            bail!("a Gloo rank failed");
+        }
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(parse_lines(&text, "gloo"))
+}
+
+fn gbps(bytes: u64, us: f64) -> f64 {
+    bytes as f64 / us / 1e3
+}
+
+/// Prints one table: Manta's columns in nccl-tests' format, then each baseline's time and
+/// busbw and Manta's busbw ratio to it.
+fn print_table(
+    title: &str,
+    n: usize,
+    op: &str,
+    sizes: &[u64],
+    manta: &[f64],
+    baselines: &[(&str, Option<&Vec<f64>>)],
+) {
+    println!("\n# {title}: {op}, {n} ranks");
+    print!(
+        "#{:>12} {:>12} {:>6} {:>6} {:>10} {:>8} {:>8}",
+        "size", "count", "type", "redop", "time(us)", "algbw", "busbw"
+    );
+    for (name, _) in baselines {
+        print!(
+            " | {:>10} {:>8} {:>6}",
+            format!("{name} us"),
+            "busbw",
+            "ratio"
+        );
+    }
+    println!();
+    let f = bus_factor(op, n as f64);
+    for (i, &bytes) in sizes.iter().enumerate() {
+        let c = count(op, bytes, n as u64);
+        let size = size_of_count(op, c, n as u64);
+        let redop = if op == "allgather" { "none" } else { "sum" };
+        let algbw = gbps(size, manta[i]);
+        print!(
+            " {:>12} {:>12} {:>6} {:>6} {:>10.1} {:>8.2} {:>8.2}",
+            size,
+            c,
+            "float",
+            redop,
+            manta[i],
+            algbw,
+            algbw * f
+        );
+        for (_, times) in baselines {
+            match times.and_then(|t| t.get(i)) {
+                Some(&t) => {
+                    let bus = gbps(size, t) * f;
+                    print!(" | {:>10.1} {:>8.2} {:>6.2}", t, bus, algbw * f / bus);
+                }
+                None => print!(" | {:>10} {:>8} {:>6}", "-", "-", "-"),
+            }
+        }
+        println!();
+    }
+}
+
+struct Args {
+    modes: Vec<String>,
+    ranks: Vec<usize>,
+    ops: Vec<String>,
+    sizes: Vec<u64>,
+}
+
+fn parse_bytes(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    Ok(num
+        .parse::<u64>()
+        .with_context(|| format!("{s:?} is not a size"))?
+        * mult)
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        modes: Vec::new(),
+        ranks: vec![2, 4],
+        ops: OPS.iter().map(|s| s.to_string()).collect(),
+        sizes: Vec::new(),
+    };
+    let (mut min, mut max) = (8u64, 64u64 << 20);
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "one-node" | "two-hosts" => a.modes.push(arg),
+            "--max-bytes" => max = parse_bytes(&it.next().context("--max-bytes N")?)?,
+            "--min-bytes" => min = parse_bytes(&it.next().context("--min-bytes N")?)?,
+            "--ranks" => {
+                a.ranks = it
+                    .next()
+                    .context("--ranks 2,4")?
+                    .split(',')
+                    .map(|r| r.parse().context("--ranks"))
+                    .collect::<Result<_>>()?
+            }
+            "--ops" => {
+                a.ops = it
+                    .next()
+                    .context("--ops")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect()
+            }
+            _ => {} // cargo bench's own flags (`--bench`)
+        }
+    }
+    if max > 1 << 30 {
+        bail!("--max-bytes is at most 1G");
+    }
+    let mut s = min.max(8);
+    while s <= max {
+        a.sizes.push(s);
+        s *= 4;
+    }
+    if a.modes.is_empty() {
+        a.modes = vec!["one-node".into(), "two-hosts".into()];
+    }
+    Ok(a)
+}
+
+/// The collective settings of this process's environment, passed on to the nodes.
+fn passed_env() -> impl Iterator<Item = (String, String)> {
+    ["MANTA_COLLECTIVE_CHUNK_BYTES", "MANTA_COLLECTIVE_BACKEND"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
+}
+
+fn one_node(a: &Args) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for &n in &a.ranks {
+        // Each rank's worker on its own core (round-robin), as an SPMD launch places ranks;
+        // a node's workers would otherwise all take its first CPU.
+        let node = |i: usize| NodeSpec {
+            num_cpus: 1.0,
+            resources: format!("rank{i}=1"),
+            env: passed_env()
+                .chain([("MANTA_CPU_AFFINITY".into(), (i % cores).to_string())])
+                .collect(),
+            ..NodeSpec::default()
+        };
+        let others: Vec<NodeSpec> = (1..n).map(node).collect();
+        let cluster = LocalCluster::start(node(0), &others);
+        let (backend, manta) = manta_times(&cluster, n, &a.ops, &a.sizes)?;
+        drop(cluster);
+        let mpi = mpi_times(n, &a.ops, &a.sizes)
+            .map_err(|e| println!("# Open MPI skipped: {e:#}"))
+            .ok();
+        let gloo = gloo_times(n, &a.ops, &a.sizes, "127.0.0.1", &|_| Vec::new())
+            .map_err(|e| println!("# Gloo skipped: {e:#}"))
+            .ok();
+        for op in &a.ops {
+            print_table(
+                &format!("one node, manta {backend}"),
+                n,
+                op,
+                &a.sizes,
+                &manta[op],
+                &[
+                    ("mpi", mpi.as_ref().and_then(|m| m.get(op))),
+                    ("gloo", gloo.as_ref().and_then(|g| g.get(op))),
+                ],
+            );
+        }
+    }
+    Ok(())
+}
+
+fn two_hosts(a: &Args) -> Result<()> {
+    let hosts = match netns::Hosts::create(2) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("\n# two hosts: skipped ({e})");
+            return Ok(());
+        }
+    };
+    // Raw TCP stream from A's namespace to B's.
+    let exe = std::env::current_exe()?;
+    let b_addr = SocketAddr::new(hosts.host(1).ip().into(), 47_200);
+    let mut recv = hosts
+        .command(1, &exe)
+        .env(CHILD_ENV, format!("recv:{b_addr}"))
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = hosts
+        .command(0, &exe)
+        .env(CHILD_ENV, format!("send:{b_addr}"))
+        .output()?;
+    let _ = recv.wait();
+    let raw: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("gbps=")
+        .and_then(|v| v.parse().ok())
+        .context("raw stream figure")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let node = |i: usize| NodeSpec {
+        num_cpus: 1.0,
+        resources: format!("rank{i}=1"),
+        wrapper: vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            hosts.host(i).netns().to_owned(),
+        ],
+        ip: Some(hosts.host(i).ip().to_string()),
+        env: passed_env()
+            .chain([("MANTA_CPU_AFFINITY".into(), (i % cores).to_string())])
+            .collect(),
+    };
+    let cluster = LocalCluster::start(node(0), &[node(1)]);
+    let (backend, manta) = manta_times(&cluster, 2, &a.ops, &a.sizes)?;
+    drop(cluster);
+    let master = hosts.host(0).ip().to_string();
+    // Gloo finds its address from the host name (loopback in a namespace) unless told the
+    // interface.
+    let wrap = |i: usize| {
+        vec![
+            "ip".to_owned(),
+            "netns".into(),
+            "exec".into(),
+            hosts.host(i).netns().to_owned(),
+            "env".into(),
+            "GLOO_SOCKET_IFNAME=eth0".into(),
+        ]
+    };
+    let gloo = gloo_times(2, &a.ops, &a.sizes, &master, &wrap)
+        .map_err(|e| println!("# Gloo skipped: {e:#}"))
+        .ok();
+    println!("\n# two hosts: raw TCP stream A -> B {raw:.2} GB/s");
+    for op in &a.ops {
+        print_table(
+            &format!("two hosts, manta {backend}"),
+            2,
+            op,
+            &a.sizes,
+            &manta[op],
+            &[("gloo", gloo.as_ref().and_then(|g| g.get(op)))],
+        );
+        if op == "allreduce" {
+            let last = a.sizes.len() - 1;
+            let c = count(op, a.sizes[last], 2);
+            let bus = gbps(size_of_count(op, c, 2), manta[op][last]) * bus_factor(op, 2.0);
+            println!(
+                "# allreduce busbw at the largest size / raw TCP stream: {:.2}",
+                bus / raw
+            );
+        }
+    }
+    Ok(())
+}
+
+const RAW_BYTES: usize = 256 << 20;
+
+fn child(mode: &str) -> Result<()> {
+    if let Some(addr) = mode.strip_prefix("recv:") {
+        let listener = TcpListener::bind(addr)?;
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < RAW_BYTES {
+            let k = s.read(&mut buf)?;
+            if k == 0 {
+                bail!("sender closed early");
+            }
+            got += k;
+        }
+        s.write_all(&[1])?;
+        return Ok(());
+    }
+    if let Some(addr) = mode.strip_prefix("send:") {
+        let addr: SocketAddr = addr.parse()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let buf = vec![7u8; 1 << 20];
+        let t = Instant::now();
+        for _ in 0..RAW_BYTES >> 20 {
+            s.write_all(&buf)?;
+        }
+        let mut ack = [0u8; 1];
+        s.read_exact(&mut ack)?;
+        println!(
+            "gbps={:.3}",
+            RAW_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9
+        );
+        return Ok(());
+    }
+    if let Some(spec) = mode.strip_prefix("mpi:") {
+        return mpi_child(spec);
+    }
+    bail!("unknown child mode {mode:?}")
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_child(spec: &str) -> Result<()> {
+    use mpi::collective::SystemOperation;
+    use mpi::traits::*;
+    let (ops, sizes) = spec.split_once(':').context("mpi:<ops>:<sizes>")?;
+    let sizes: Vec<u64> = sizes
+        .split(',')
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    let universe = mpi::initialize().context("MPI_Init")?;
+    let world = universe.world();
+    let n = world.size() as u64;
+    for op in ops.split(',') {
+        for &bytes in &sizes {
+            let c = count(op, bytes, n) as usize;
+            let input = vec![
+                1.0f32;
+                if op == "reduce_scatter" {
+                    c * n as usize
+                } else {
+                    c
+                }
+            ];
+            let mut out = vec![0.0f32; if op == "allgather" { c * n as usize } else { c }];
+            let mut call = || match op {
+                "allreduce" => {
+                    world.all_reduce_into(&input[..], &mut out[..], SystemOperation::sum())
+                }
+                "allgather" => world.all_gather_into(&input[..], &mut out[..]),
+                _ => world.reduce_scatter_block_into(
+                    &input[..],
+                    &mut out[..],
+                    SystemOperation::sum(),
+                ),
+            };
+            call();
+            call();
+            world.barrier();
+            let k = iters(bytes);
+            let t = Instant::now();
+            for _ in 0..k {
+                call();
+            }
+            let us = t.elapsed().as_secs_f64() * 1e6 / k as f64;
+            println!("mpi {op} {bytes} {us:.3}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_child(_spec: &str) -> Result<()> {
+    bail!("built without the `mpi` feature")
+}
+
+fn main() -> Result<()> {
+    serve_if_worker();
+    if let Ok(mode) = std::env::var(CHILD_ENV) {
+        return child(&mode);
+    }
+    if std::env::args().any(|a| a == "--list") {
+        println!("collectives: benchmark");
+        return Ok(());
+    }
+    let a = args()?;
+    println!(
+        "# manta collectives beside Open MPI and Gloo, {} ({} cores)",
+        std::env::var("MANTA_BENCH_DATE").unwrap_or_default(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    if a.modes.iter().any(|m| m == "one-node") {
+        one_node(&a)?;
+    }
+    if a.modes.iter().any(|m| m == "two-hosts") {
+        two_hosts(&a)?;
+    }
+    Ok(())
+}

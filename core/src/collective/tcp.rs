@@ -1,0 +1,855 @@
+//! The TCP backend: a full mesh of token-proved connections, ring algorithms for large
+//! messages and recursive doubling for small ones.
+//!
+//! Each pair of members shares one connection; the higher rank connects to the lower and
+//! proves the cluster's token (compared in constant time, read with a bound on its size and
+//! time) together with the group's nonce and its rank, before the listener keeps the
+//! connection. Every message is a frame: a 48-byte header (magic, flags, the operation's
+//! header, the collective's sequence number, the payload's length) and the payload, read
+//! straight into its destination or, for reductions, into a small scratch piece reduced into
+//! the destination as it arrives (pipelined with the transfer).
+//!
+//! Sockets are non-blocking; one loop moves a send and a receive at once (`poll` when neither
+//! can progress), bounded by the collective timeout. A closed connection names its member.
+//! On a failure this member tells its peers why (an abort frame where its stream is at a
+//! frame boundary) and shuts its connections down, so every member waiting on it fails too.
+
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::element::Reducer;
+use super::shared::Settings;
+use super::{Backend, Fault, Header};
+
+const HELLO_MAGIC: &[u8; 8] = b"MNTCOLL1";
+const MAX_TOKEN: usize = 4096;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const FRAME_MAGIC: u32 = 0x4c4f_434d; // "MCOL"
+const HDR_LEN: usize = 48;
+const FLAG_ABORT: u32 = 1;
+const ABORT_MISMATCH: u64 = 1;
+const ABORT_FAILED: u64 = 2;
+/// Messages up to this size use recursive doubling (power-of-two groups).
+const SMALL: usize = 64 << 10;
+/// Scratch piece into which reduced data is received.
+const PIECE: usize = 256 << 10;
+/// Broadcast pipeline piece.
+const BCAST_PIECE: usize = 1 << 20;
+
+/// A bound listener, published before the group knows its backend.
+pub(crate) struct TcpListen {
+    listener: TcpListener,
+    address: String,
+}
+
+impl TcpListen {
+    pub(crate) fn bind(host: &str) -> Result<TcpListen, Fault> {
+        let listener = TcpListener::bind((host, 0))
+            .map_err(|e| Fault::Os(format!("binding a collective listener on {host}: {e}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Fault::Os(format!("collective listener address: {e}")))?
+            .to_string();
+        Ok(TcpListen { listener, address })
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A member of a TCP group.
+pub(crate) struct TcpBackend {
+    rank: usize,
+    world: usize,
+    conns: Vec<Option<TcpStream>>,
+    /// Bytes of a frame a failed transfer left unsent, per peer (an abort frame may follow
+    /// only once they are padded out).
+    unsent: Vec<usize>,
+    timeout: Duration,
+    seq: u64,
+    left: bool,
+    /// The member at fault in this member's failure, passed on in its abort frames.
+    culprit: Option<usize>,
+}
+
+fn peer_fault(rank: usize, what: &str, e: impl std::fmt::Display) -> Fault {
+    Fault::Peer {
+        rank,
+        message: format!("{what} rank {rank}: {e}"),
+    }
+}
+
+impl TcpBackend {
+    /// Connects the mesh: to every lower rank, and accepts every higher one.
+    pub(crate) fn connect(
+        listen: TcpListen,
+        rank: usize,
+        addrs: &[String],
+        nonce: u64,
+        token: &[u8],
+        deadline: Instant,
+        settings: &Settings,
+    ) -> Result<TcpBackend, Fault> {
+        let world = addrs.len();
+        let mut conns: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
+        for (r, addr) in addrs.iter().enumerate().take(rank) {
+            let sockaddr: std::net::SocketAddr = addr
+                .parse()
+                .map_err(|e| peer_fault(r, &format!("the address {addr:?} of"), e))?;
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let mut s = TcpStream::connect_timeout(&sockaddr, left)
+                .map_err(|e| peer_fault(r, "connecting to", e))?;
+            s.set_nodelay(true)
+                .map_err(|e| peer_fault(r, "configuring the connection to", e))?;
+            let mut hello = Vec::with_capacity(28 + token.len());
+            hello.extend_from_slice(HELLO_MAGIC);
+            hello.extend_from_slice(&nonce.to_le_bytes());
+            hello.extend_from_slice(&(rank as u32).to_le_bytes());
+            hello.extend_from_slice(&(world as u32).to_le_bytes());
+            hello.extend_from_slice(&(token.len() as u32).to_le_bytes());
+            hello.extend_from_slice(token);
+            s.write_all(&hello)
+                .map_err(|e| peer_fault(r, "greeting", e))?;
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            s.set_read_timeout(Some(wait))
+                .map_err(|e| peer_fault(r, "configuring", e))?;
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack)
+                .map_err(|e| peer_fault(r, "waiting for the acceptance of", e))?;
+            if ack[0] != 1 {
+                return Err(peer_fault(r, "refused by", "the greeting was refused"));
+            }
+            conns[r] = Some(s);
+        }
+        let listener = listen.listener;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Fault::Os(format!("collective listener: {e}")))?;
+        while let Some(missing) = (rank + 1..world).find(|&r| conns[r].is_none()) {
+            let (s, from) = match listener.accept() {
+                Ok(x) => x,
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    if Instant::now() >= deadline {
+                        return Err(Fault::Timeout {
+                            rank: missing,
+                            waited: settings.timeout,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(e) => return Err(Fault::Os(format!("accepting a collective member: {e}"))),
+            };
+            match accept_hello(s, nonce, world, token) {
+                Ok((r, s)) if r > rank && conns[r].is_none() => conns[r] = Some(s),
+                Ok((r, _)) => {
+                    tracing::warn!(%from, rank = r, "collective: refused a duplicate or misdirected member")
+                }
+                Err(e) => tracing::warn!(%from, error = %e, "collective: refused a connection"),
+            }
+        }
+        for (r, c) in conns.iter().enumerate() {
+            if let Some(c) = c {
+                c.set_nonblocking(true)
+                    .map_err(|e| peer_fault(r, "configuring the connection to", e))?;
+            }
+        }
+        Ok(TcpBackend {
+            rank,
+            world,
+            conns,
+            unsent: vec![0; world],
+            timeout: settings.timeout,
+            seq: 0,
+            left: false,
+            culprit: None,
+        })
+    }
+
+    fn conn(&self, r: usize) -> Result<&TcpStream, Fault> {
+        self.conns[r].as_ref().ok_or_else(|| Fault::Peer {
+            rank: r,
+            message: format!("no connection to rank {r}"),
+        })
+    }
+
+    fn frame(&self, h: &Header, seq: u64, len: usize) -> [u8; HDR_LEN] {
+        let mut f = [0u8; HDR_LEN];
+        let [a, b] = h.pack();
+        f[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        f[8..16].copy_from_slice(&a.to_le_bytes());
+        f[16..24].copy_from_slice(&b.to_le_bytes());
+        f[24..32].copy_from_slice(&seq.to_le_bytes());
+        f[32..40].copy_from_slice(&(len as u64).to_le_bytes());
+        f
+    }
+
+    /// Checks a received frame header against what this member expects.
+    fn check_frame(
+        &self,
+        peer: usize,
+        f: &[u8; HDR_LEN],
+        h: &Header,
+        seq: u64,
+        len: usize,
+    ) -> Result<(), Fault> {
+        let word = |i: usize| u64::from_le_bytes(f[i..i + 8].try_into().unwrap_or([0; 8]));
+        let magic = u32::from_le_bytes(f[0..4].try_into().unwrap_or([0; 4]));
+        let flags = u32::from_le_bytes(f[4..8].try_into().unwrap_or([0; 4]));
+        if magic != FRAME_MAGIC {
+            return Err(peer_fault(peer, "a garbled message from", "bad magic"));
+        }
+        if flags & FLAG_ABORT != 0 {
+            return Err(match word(8) {
+                ABORT_MISMATCH => Fault::Mismatch(format!(
+                    "rank {peer} found the members' arguments mismatched"
+                )),
+                _ => {
+                    let culprit = word(16) as usize;
+                    if culprit == peer || culprit >= self.world {
+                        Fault::Peer {
+                            rank: peer,
+                            message: format!(
+                                "rank {peer} left the group (its communicator failed or was \
+                                 dropped)"
+                            ),
+                        }
+                    } else {
+                        Fault::Peer {
+                            rank: culprit,
+                            message: format!(
+                                "rank {culprit} failed or left the group (reported by rank \
+                                 {peer})"
+                            ),
+                        }
+                    }
+                }
+            });
+        }
+        let theirs = Header::unpack([word(8), word(16)]);
+        if theirs != *h {
+            return Err(Fault::Mismatch(format!(
+                "rank {} called {h} but rank {peer} called {theirs}",
+                self.rank
+            )));
+        }
+        if word(24) != seq || word(32) != len as u64 {
+            return Err(Fault::Mismatch(format!(
+                "rank {} and rank {peer} are out of step: operation {seq} of {len} bytes here, \
+                 {} of {} bytes there",
+                self.rank,
+                word(24),
+                word(32)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends `send` (peer, payload) and receives into `recv` (peer, sink) at once.
+    fn transfer(
+        &mut self,
+        h: &Header,
+        seq: u64,
+        send: Option<(usize, &[u8])>,
+        recv: Option<(usize, Sink<'_>)>,
+    ) -> Result<(), Fault> {
+        let mut sent = 0;
+        let result = self.transfer_inner(h, seq, send, recv, &mut sent);
+        if let Err(Fault::Peer { rank, .. } | Fault::Timeout { rank, .. }) = &result {
+            self.culprit.get_or_insert(*rank);
+        }
+        if let (Err(_), Some((peer, body))) = (&result, send)
+            && sent > 0
+            && sent < HDR_LEN + body.len()
+        {
+            // This stream is left mid-frame.
+            self.unsent[peer] = HDR_LEN + body.len() - sent;
+        }
+        result
+    }
+
+    fn transfer_inner(
+        &mut self,
+        h: &Header,
+        seq: u64,
+        send: Option<(usize, &[u8])>,
+        recv: Option<(usize, Sink<'_>)>,
+        sent: &mut usize,
+    ) -> Result<(), Fault> {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let out_hdr = send.map(|(_, body)| self.frame(h, seq, body.len()));
+        let send_total = send.map_or(0, |(_, b)| HDR_LEN + b.len());
+        let (recv_peer, mut sink) = match recv {
+            Some((p, s)) => (Some(p), Some(s)),
+            None => (None, None),
+        };
+        let recv_total = sink.as_ref().map_or(0, |s| s.len());
+        let mut in_hdr = [0u8; HDR_LEN];
+        let mut hdr_got = 0usize;
+        let mut got = 0usize;
+        let mut recv_done = recv_peer.is_none();
+        loop {
+            let mut progressed = false;
+            if let (Some((peer, body)), Some(hdr)) = (send, &out_hdr)
+                && *sent < send_total
+            {
+                let mut conn = self.conn(peer)?;
+                let r = if *sent < HDR_LEN {
+                    conn.write_vectored(&[IoSlice::new(&hdr[*sent..]), IoSlice::new(body)])
+                } else {
+                    conn.write(&body[*sent - HDR_LEN..])
+                };
+                match r {
+                    Ok(0) => return Err(peer_fault(peer, "sending to", "connection closed")),
+                    Ok(k) => {
+                        *sent += k;
+                        progressed = true;
+                    }
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => return Err(peer_fault(peer, "sending to", e)),
+                }
+            }
+            if let Some(peer) = recv_peer
+                && !recv_done
+            {
+                let mut conn = self.conn(peer)?;
+                let r = if hdr_got < HDR_LEN {
+                    conn.read(&mut in_hdr[hdr_got..])
+                } else {
+                    sink.as_mut().map_or(Ok(0), |s| s.read_from(&mut conn, got))
+                };
+                match r {
+                    Ok(0) if hdr_got < HDR_LEN || got < recv_total => {
+                        return Err(Fault::Peer {
+                            rank: peer,
+                            message: format!(
+                                "rank {peer} closed its connection (it died, failed or left the group)"
+                            ),
+                        });
+                    }
+                    Ok(k) => {
+                        progressed = true;
+                        if hdr_got < HDR_LEN {
+                            hdr_got += k;
+                            if hdr_got == HDR_LEN {
+                                self.check_frame(peer, &in_hdr, h, seq, recv_total)?;
+                            }
+                        } else {
+                            got += k;
+                        }
+                        if hdr_got == HDR_LEN && got == recv_total {
+                            recv_done = true;
+                        }
+                    }
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => return Err(peer_fault(peer, "receiving from", e)),
+                }
+            }
+            if *sent == send_total && recv_done {
+                return Ok(());
+            }
+            if progressed {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let rank = match recv_peer {
+                    Some(p) if !recv_done => p,
+                    _ => send.map_or(self.rank, |(p, _)| p),
+                };
+                return Err(Fault::Timeout {
+                    rank,
+                    waited: now - start,
+                });
+            }
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
+            if let Some((peer, _)) = send
+                && *sent < send_total
+            {
+                fds.push(libc::pollfd {
+                    fd: self.conn(peer)?.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                });
+            }
+            if let Some(peer) = recv_peer
+                && !recv_done
+            {
+                let fd = self.conn(peer)?.as_raw_fd();
+                match fds.iter_mut().find(|p| p.fd == fd) {
+                    Some(p) => p.events |= libc::POLLIN,
+                    None => fds.push(libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    }),
+                }
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the call's duration.
+            unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    wait.as_millis().max(1) as libc::c_int,
+                )
+            };
+        }
+    }
+
+    fn prev(&self, k: usize) -> usize {
+        (self.rank + self.world * 2 - k % self.world) % self.world
+    }
+
+    fn allreduce_bytes(&mut self, h: &Header, out: &mut [u8], red: &Reducer) -> Result<(), Fault> {
+        self.seq += 1;
+        let seq = self.seq;
+        let w = self.world;
+        if w == 1 {
+            return Ok(());
+        }
+        if out.len() <= SMALL && w.is_power_of_two() {
+            let mut tmp = aligned(out.len());
+            let mut mask = 1;
+            while mask < w {
+                let partner = self.rank ^ mask;
+                let t = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut tmp)[..out.len()];
+                self.transfer(h, seq, Some((partner, out)), Some((partner, Sink::Copy(t))))?;
+                red.apply(out, t);
+                mask <<= 1;
+            }
+            return Ok(());
+        }
+        let n = out.len();
+        let seg = |i: usize| segment(n, red.elem, w, i);
+        let next = (self.rank + 1) % w;
+        let prev = self.prev(1);
+        let mut scratch = aligned(PIECE);
+        for s in 0..w - 1 {
+            let a = seg(self.prev(s + 1));
+            let b = seg(self.prev(s + 2));
+            let (sa, sb) = split2(out, a, b);
+            let sink = Sink::Reduce {
+                acc: sb,
+                scratch: bytemuck::cast_slice_mut(&mut scratch),
+                red,
+                done: 0,
+            };
+            self.transfer(h, seq, Some((next, sa)), Some((prev, sink)))?;
+        }
+        for s in 0..w - 1 {
+            let a = seg(self.prev(s));
+            let b = seg(self.prev(s + 1));
+            let (sa, sb) = split2(out, a, b);
+            self.transfer(h, seq, Some((next, sa)), Some((prev, Sink::Copy(sb))))?;
+        }
+        Ok(())
+    }
+
+    /// A failure: tell the peers why (`code`, and the member at fault) and close every
+    /// connection. A stream left mid-frame is first padded out (bounded in bytes and time),
+    /// so that the abort frame is read as one.
+    fn abort(&mut self, code: u64, culprit: usize) {
+        for r in 0..self.world {
+            let unsent = self.unsent[r];
+            if let Some(c) = self.conns[r].as_mut() {
+                let mut f = [0u8; HDR_LEN];
+                f[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+                f[4..8].copy_from_slice(&FLAG_ABORT.to_le_bytes());
+                f[8..16].copy_from_slice(&code.to_le_bytes());
+                f[16..24].copy_from_slice(&(culprit as u64).to_le_bytes());
+                let padded = unsent == 0
+                    || (unsent <= MAX_PAD
+                        && c.set_nonblocking(false).is_ok()
+                        && c.set_write_timeout(Some(Duration::from_millis(200)))
+                            .is_ok()
+                        && {
+                            let zeros = vec![0u8; unsent.min(64 << 10)];
+                            let mut left = unsent;
+                            while left > 0 {
+                                let k = left.min(zeros.len());
+                                if c.write_all(&zeros[..k]).is_err() {
+                                    break;
+                                }
+                                left -= k;
+                            }
+                            left == 0
+                        });
+                if padded {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
+                    let _ = c.write_all(&f);
+                }
+                // Only the write side: a peer still sending here must not be reset before it
+                // reads this abort frame.
+                let _ = c.shutdown(Shutdown::Write);
+            }
+        }
+    }
+}
+
+/// The most bytes of a cut-off frame padded out before an abort frame.
+const MAX_PAD: usize = 16 << 20;
+
+fn would_block(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
+}
+
+/// Reads and checks a connecting member's greeting (bounded in size and time).
+fn accept_hello(
+    mut s: TcpStream,
+    nonce: u64,
+    world: usize,
+    token: &[u8],
+) -> Result<(usize, TcpStream), String> {
+    s.set_nonblocking(false).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 28];
+    s.read_exact(&mut head).map_err(|e| e.to_string())?;
+    if &head[0..8] != HELLO_MAGIC {
+        return Err("not a collective greeting".into());
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().unwrap_or([0; 4]));
+    let their_nonce = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+    let (rank, their_world, len) = (
+        u32_at(16) as usize,
+        u32_at(20) as usize,
+        u32_at(24) as usize,
+    );
+    if len > MAX_TOKEN {
+        return Err("an oversized token".into());
+    }
+    let mut theirs = vec![0u8; len];
+    s.read_exact(&mut theirs).map_err(|e| e.to_string())?;
+    if !tokens_equal(&theirs, token) {
+        return Err("a wrong token".into());
+    }
+    if their_nonce != nonce || their_world != world || rank >= world {
+        return Err(format!(
+            "a member of another group (rank {rank} of {their_world})"
+        ));
+    }
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.write_all(&[1]).map_err(|e| e.to_string())?;
+    Ok((rank, s))
+}
+
+/// Where received payload bytes go.
+enum Sink<'a> {
+    Copy(&'a mut [u8]),
+    /// Received into `scratch` piece by piece, each reduced into `acc` once complete.
+    Reduce {
+        acc: &'a mut [u8],
+        scratch: &'a mut [u8],
+        red: &'a Reducer,
+        /// Bytes of `acc` already reduced.
+        done: usize,
+    },
+}
+
+impl Sink<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Sink::Copy(b) => b.len(),
+            Sink::Reduce { acc, .. } => acc.len(),
+        }
+    }
+
+    /// Reads the payload's bytes from `got` on.
+    fn read_from(&mut self, conn: &mut &TcpStream, got: usize) -> std::io::Result<usize> {
+        match self {
+            Sink::Copy(b) => conn.read(&mut b[got..]),
+            Sink::Reduce {
+                acc,
+                scratch,
+                red,
+                done,
+            } => {
+                let piece = scratch.len();
+                let start = got - *done;
+                let end = piece.min(acc.len() - *done);
+                let k = conn.read(&mut scratch[start..end])?;
+                if start + k == end && end > 0 {
+                    red.apply(&mut acc[*done..*done + end], &scratch[..end]);
+                    *done += end;
+                }
+                Ok(k)
+            }
+        }
+    }
+}
+
+/// A zeroed buffer of at least `n` bytes, aligned for every element type.
+fn aligned(n: usize) -> Vec<u64> {
+    vec![0u64; n.div_ceil(8)]
+}
+
+/// Segment `i` of `w` of `n` bytes of `elem`-byte elements.
+fn segment(n: usize, elem: usize, w: usize, i: usize) -> std::ops::Range<usize> {
+    let m = n / elem;
+    (m * i / w * elem)..(m * (i + 1) / w * elem)
+}
+
+/// Disjoint ranges `a` (read) and `b` (written) of `buf`.
+fn split2(
+    buf: &mut [u8],
+    a: std::ops::Range<usize>,
+    b: std::ops::Range<usize>,
+) -> (&[u8], &mut [u8]) {
+    if a.end <= b.start {
+        let (lo, hi) = buf.split_at_mut(b.start);
+        (&lo[a], &mut hi[..b.end - b.start])
+    } else {
+        let (lo, hi) = buf.split_at_mut(a.start);
+        (&hi[..a.end - a.start], &mut lo[b])
+    }
+}
+
+impl Backend for TcpBackend {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn allreduce(
+        &mut self,
+        h: &Header,
+        input: Option<&[u8]>,
+        out: &mut [u8],
+        red: &Reducer,
+    ) -> Result<(), Fault> {
+        if let Some(input) = input {
+            out.copy_from_slice(input);
+        }
+        self.allreduce_bytes(h, out, red)
+    }
+
+    fn allgather(&mut self, h: &Header, input: &[u8], out: &mut [u8]) -> Result<(), Fault> {
+        self.seq += 1;
+        let seq = self.seq;
+        let (w, n) = (self.world, input.len());
+        out[self.rank * n..(self.rank + 1) * n].copy_from_slice(input);
+        let next = (self.rank + 1) % w;
+        let prev = self.prev(1);
+        for s in 0..w.saturating_sub(1) {
+            let a = self.prev(s);
+            let b = self.prev(s + 1);
+            let (sa, sb) = split2(out, a * n..(a + 1) * n, b * n..(b + 1) * n);
+            self.transfer(h, seq, Some((next, sa)), Some((prev, Sink::Copy(sb))))?;
+        }
+        Ok(())
+    }
+
+    fn reduce_scatter(
+        &mut self,
+        h: &Header,
+        input: &[u8],
+        out: &mut [u8],
+        red: &Reducer,
+    ) -> Result<(), Fault> {
+        self.seq += 1;
+        let seq = self.seq;
+        let (w, n) = (self.world, out.len());
+        if w == 1 {
+            out.copy_from_slice(input);
+            return Ok(());
+        }
+        let block = |i: usize| &input[i * n..(i + 1) * n];
+        let next = (self.rank + 1) % w;
+        let prev = self.prev(1);
+        let mut a = aligned(n);
+        let mut b = aligned(n);
+        let mut scratch = aligned(PIECE.min(n.max(8)));
+        for s in 0..w - 1 {
+            let bb = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut b)[..n];
+            bb.copy_from_slice(block(self.prev(s + 2)));
+            let send: &[u8] = if s == 0 {
+                block(self.prev(1))
+            } else {
+                &bytemuck::cast_slice::<u64, u8>(&a)[..n]
+            };
+            let sink = Sink::Reduce {
+                acc: bb,
+                scratch: &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)
+                    [..PIECE.min(n.max(8)) / red.elem * red.elem],
+                red,
+                done: 0,
+            };
+            self.transfer(h, seq, Some((next, send)), Some((prev, sink)))?;
+            std::mem::swap(&mut a, &mut b);
+        }
+        out.copy_from_slice(&bytemuck::cast_slice::<u64, u8>(&a)[..n]);
+        Ok(())
+    }
+
+    fn broadcast(&mut self, h: &Header, data: &mut [u8], root: usize) -> Result<(), Fault> {
+        self.seq += 1;
+        let seq = self.seq;
+        let w = self.world;
+        if w == 1 {
+            return Ok(());
+        }
+        let pos = (self.rank + w - root) % w;
+        let next = (self.rank + 1) % w;
+        let prev = self.prev(1);
+        let n = data.len();
+        let pieces = n.div_ceil(BCAST_PIECE).max(1);
+        let piece = |k: usize| (k * BCAST_PIECE).min(n)..((k + 1) * BCAST_PIECE).min(n);
+        for k in 0..=pieces {
+            let send = pos + 1 < w && k >= 1;
+            let recv = pos > 0 && k < pieces;
+            match (send, recv) {
+                (true, true) => {
+                    let (sa, sb) = split2(data, piece(k - 1), piece(k));
+                    self.transfer(h, seq, Some((next, sa)), Some((prev, Sink::Copy(sb))))?;
+                }
+                (true, false) => {
+                    let r = piece(k - 1);
+                    self.transfer(h, seq, Some((next, &data[r])), None)?;
+                }
+                (false, true) => {
+                    let r = piece(k);
+                    self.transfer(h, seq, None, Some((prev, Sink::Copy(&mut data[r]))))?;
+                }
+                (false, false) => {}
+            }
+        }
+        // The chain's end closes the ring back to the root, so that every member hears from
+        // its predecessor (and a member that disagrees about the root is caught).
+        if pos == w - 1 {
+            self.transfer(h, seq, Some((next, &[])), None)?;
+        }
+        if pos == 0 {
+            self.transfer(h, seq, None, Some((prev, Sink::Copy(&mut []))))?;
+        }
+        Ok(())
+    }
+
+    fn reduce(
+        &mut self,
+        h: &Header,
+        data: &mut [u8],
+        root: usize,
+        red: &Reducer,
+    ) -> Result<(), Fault> {
+        if self.rank == root {
+            return self.allreduce_bytes(h, data, red);
+        }
+        let mut tmp = aligned(data.len());
+        let t = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut tmp)[..data.len()];
+        t.copy_from_slice(data);
+        self.allreduce_bytes(h, t, red)
+    }
+
+    fn send(&mut self, h: &Header, data: &[u8], dst: usize) -> Result<(), Fault> {
+        self.transfer(h, 0, Some((dst, data)), None)
+    }
+
+    fn recv(&mut self, h: &Header, data: &mut [u8], src: usize) -> Result<(), Fault> {
+        self.transfer(h, 0, None, Some((src, Sink::Copy(data))))
+    }
+
+    fn barrier(&mut self, h: &Header) -> Result<(), Fault> {
+        let red = Reducer::of::<u8>(super::ReduceOp::Sum);
+        self.allreduce_bytes(h, &mut [], &red)
+    }
+
+    fn leave(&mut self, mismatch: bool) {
+        if !self.left {
+            self.left = true;
+            let culprit = self.culprit.unwrap_or(self.rank);
+            let code = if mismatch {
+                ABORT_MISMATCH
+            } else {
+                ABORT_FAILED
+            };
+            self.abort(code, culprit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_tile_the_buffer_in_whole_elements() {
+        for (n, elem, w) in [(0, 4, 3), (4, 4, 3), (40, 4, 3), (1000, 8, 4), (6, 2, 7)] {
+            let mut end = 0;
+            for i in 0..w {
+                let r = segment(n, elem, w, i);
+                assert_eq!(r.start, end, "contiguous");
+                assert_eq!(r.start % elem, 0);
+                assert_eq!(r.end % elem, 0);
+                end = r.end;
+            }
+            assert_eq!(end, n, "n={n} elem={elem} w={w}");
+        }
+    }
+
+    #[test]
+    fn split2_gives_disjoint_ranges_either_way_round() {
+        let mut buf: Vec<u8> = (0..10).collect();
+        let (a, b) = split2(&mut buf, 0..3, 5..8);
+        assert_eq!(a, [0, 1, 2]);
+        b.fill(0);
+        let (a, b) = split2(&mut buf, 6..9, 1..4);
+        assert_eq!(a, [0, 0, 8]);
+        assert_eq!(b, [1, 2, 3]);
+    }
+
+    #[test]
+    fn tokens_compare_by_content_and_length() {
+        assert!(tokens_equal(b"abc", b"abc"));
+        assert!(!tokens_equal(b"abc", b"abd"));
+        assert!(!tokens_equal(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn a_greeting_with_a_wrong_token_or_group_is_refused() {
+        let listen = TcpListen::bind("127.0.0.1").unwrap();
+        let addr = listen.address().to_owned();
+        let greet = |token: &[u8], nonce: u64, rank: u32| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            let mut hello = Vec::new();
+            hello.extend_from_slice(HELLO_MAGIC);
+            hello.extend_from_slice(&nonce.to_le_bytes());
+            hello.extend_from_slice(&rank.to_le_bytes());
+            hello.extend_from_slice(&2u32.to_le_bytes());
+            hello.extend_from_slice(&(token.len() as u32).to_le_bytes());
+            hello.extend_from_slice(token);
+            s.write_all(&hello).unwrap();
+            let (conn, _) = listen.listener.accept().unwrap();
+            accept_hello(conn, 7, 2, b"secret").map(|(r, _)| r)
+        };
+        assert_eq!(greet(b"secret", 7, 1), Ok(1));
+        assert!(greet(b"wrong!", 7, 1).unwrap_err().contains("token"));
+        assert!(
+            greet(b"secret", 8, 1)
+                .unwrap_err()
+                .contains("another group")
+        );
+        assert!(
+            greet(b"secret", 7, 5)
+                .unwrap_err()
+                .contains("another group")
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! The driver: parses the flags, creates the `tp × dp` members, runs the steps with a progress
+//! bar, measures the share of step time spent in collectives, and replays the run unsharded in
+//! this process to check the loss curve.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::member::{Member, MemberSpec};
+use crate::model::{Alone, ModelSize};
+use crate::train::{Plan, StepStats, Trainer};
+
+/// Trains a character-level language model sharded `--tp` ways (Megatron-style tensor
+/// parallelism) on each of `--dp` data-parallel replicas, then checks its loss curve against
+/// the same run unsharded.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "sharded_training")]
+pub(crate) struct Options {
+    /// Tensor-parallel ranks: shards of each block's weights.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) tp: usize,
+    /// Data-parallel replicas: each takes an equal share of every batch.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) dp: usize,
+    /// Training steps.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) steps: u64,
+    /// Characters predicted per step, over all replicas (the global batch).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch: usize,
+    /// Characters of context per prediction.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) ctx: usize,
+    /// Width of a character's embedding.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) embed: usize,
+    /// Width of the residual stream.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) hidden: usize,
+    /// Width of each block's inner layer (a multiple of --tp).
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) ffn: usize,
+    /// Residual MLP blocks.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) blocks: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub(crate) lr: f32,
+    /// Seed of the weights and batches.
+    #[arg(long, default_value_t = 15)]
+    pub(crate) seed: u64,
+    /// Largest relative difference allowed between a step's loss and the unsharded run's over
+    /// the first `--strict-steps` steps.
+    #[arg(long, default_value_t = 1e-4)]
+    pub(crate) tolerance: f64,
+    /// Steps held to `--tolerance`.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) strict_steps: u64,
+    /// Largest relative difference allowed at any step: rounding differs between the sharded
+    /// and the unsharded sums, and training amplifies it step after step.
+    #[arg(long, default_value_t = 5e-2)]
+    pub(crate) drift_tolerance: f64,
+    /// Skip the unsharded replay and its check.
+    #[arg(long)]
+    pub(crate) no_check: bool,
+    /// CPUs each member holds (it computes on one thread); 0 packs members anywhere.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) member_cpus: f64,
+    /// Longest wait for any member's step, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) timeout_s: u64,
+}
+
+impl Options {
+    /// The run these flags describe.
+    pub(crate) fn plan(&self) -> Plan {
+        Plan {
+            size: ModelSize {
+                ctx: self.ctx,
+                embed: self.embed,
+                hidden: self.hidden,
+                ffn: self.ffn,
+                blocks: self.blocks,
+            },
+            batch: self.batch,
+            lr: self.lr,
+            seed: self.seed,
+            tp: self.tp,
+            dp: self.dp,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Report {
+    /// The sharded run's loss at each step (mean over the replicas).
+    pub(crate) losses: Vec<f32>,
+    /// The unsharded run's, when checked.
+    pub(crate) reference: Option<Vec<f32>>,
+    /// Largest relative difference between the two curves over the first steps.
+    pub(crate) strict_diff: f64,
+    /// Largest relative difference between the two curves over the whole run.
+    pub(crate) drift_diff: f64,
+    /// Share of the members' step time spent in collectives (steps after the first).
+    pub(crate) comm_share: f64,
+    /// Predicted characters per second over the run (steps after the first).
+    pub(crate) tokens_per_s: f64,
+}
+
+impl Report {
+    /// Whether the check ran and the curves agree within `opts`' tolerances.
+    pub(crate) fn matches(&self, opts: &Options) -> bool {
+        self.reference.is_some()
+            && self.strict_diff <= opts.tolerance
+            && self.drift_diff <= opts.drift_tolerance
+    }
+
+    /// Compares the run's curve with the unsharded `curve`, the first `strict_steps` apart.
+    pub(crate) fn compare(&mut self, curve: Vec<f32>, strict_steps: u64) {
+        let diffs: Vec<f64> = self
+            .losses
+            .iter()
+            .zip(&curve)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs() / f64::from(b).abs().max(1e-6))
+            .collect();
+        let max = |d: &[f64]| d.iter().copied().fold(0.0, f64::max);
+        let strict = diffs
+            .len()
+            .min(usize::try_from(strict_steps).unwrap_or(usize::MAX));
+        self.strict_diff = max(&diffs[..strict]);
+        self.drift_diff = max(&diffs);
+        // A NaN anywhere is a mismatch, whatever the tolerance.
+        if diffs.iter().any(|d| d.is_nan()) || self.losses.len() != curve.len() {
+            self.strict_diff = f64::INFINITY;
+            self.drift_diff = f64::INFINITY;
+        }
+        self.reference = Some(curve);
+    }
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+/// A name no other run shares: the communicators' prefix.
+fn run_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("sharded-training-{}-{nanos}", std::process::id())
+}
+
+/// Trains as `opts` says on the running runtime (embedded or a cluster's driver).
+pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
+    let plan = opts.plan();
+    let corpus = crate::data::Corpus::shipped();
+    plan.validate(&corpus)?;
+    // A member waits up to `--timeout-s` for its thread; the driver a little longer for it.
+    let timeout = Duration::from_secs(opts.timeout_s.max(1) + 30);
+    println!(
+        "model: ctx {} embed {} hidden {} ffn {} blocks {} ({} parameters, vocabulary {}); \
+         batch {}, tp {} x dp {} = {} members",
+        plan.size.ctx,
+        plan.size.embed,
+        plan.size.hidden,
+        plan.size.ffn,
+        plan.size.blocks,
+        plan.size.parameters(corpus.vocab()),
+        corpus.vocab(),
+        plan.batch,
+        plan.tp,
+        plan.dp,
+        plan.tp * plan.dp,
+    );
+
+    // Members that cannot all run at once would wait for each other until the timeout: on the
+    // embedded runtime that is known now (a cluster's free CPUs are its nodes' business).
+    let status = manta::status()?;
+    let cpus = (status.resources.iter())
+        .find(|(name, _, _)| name == "CPU")
+        .map_or(0.0, |&(_, _, total)| total);
+    let wanted = opts.member_cpus * (plan.tp * plan.dp) as f64;
+    if status.cluster.is_none() && wanted > cpus {
+        return Err(manta::Error::InvalidArgument {
+            what: "sharded_training: --member-cpus".into(),
+            message: format!(
+                "{} members of {} CPU each need {wanted} CPUs; the runtime has {cpus}",
+                plan.tp * plan.dp,
+                opts.member_cpus
+            ),
+        }
+        .into());
+    }
+    let run = run_name();
+    let mut members = Vec::with_capacity(plan.tp * plan.dp);
+    for dp_rank in 0..plan.dp {
+        for tp_rank in 0..plan.tp {
+            let spec = MemberSpec {
+                plan,
+                tp_rank,
+                dp_rank,
+                run: run.clone(),
+            };
+            let member = Member::options()
+                .num_cpus(opts.member_cpus)
+                .remote(spec.clone());
+            members.push((spec, member));
+        }
+    }
+    // Every member's thread must have its command before any `finish_*` call holds a slot
+    // (the members may outnumber the slots): start all, wait for the starts, then finish.
+    let who = |spec: &MemberSpec| {
+        let (tp, dp) = (spec.tp_rank, spec.dp_rank);
+        move |e| format!("member tp {tp} dp {dp}: {e}")
+    };
+    let started: Vec<_> = members.iter().map(|(_, m)| m.start_join()).collect();
+    for ((spec, _), s) in members.iter().zip(started) {
+        s.get_timeout(timeout)
+            .map_err(|e| {
+                who(spec)(format!(
+                    "{e} (a member holds --member-cpus {}: are there enough free CPUs?)",
+                    opts.member_cpus
+                ))
+            })?
+            .map_err(who(spec))?;
+    }
+    let joined: Vec<_> = members
+        .iter()
+        .map(|(_, m)| m.finish_join(opts.timeout_s.max(1)))
+        .collect();
+    for ((spec, _), j) in members.iter().zip(joined) {
+        let place = (j.get_timeout(timeout))
+            .map_err(|e| who(spec)(e.to_string()))?
+            .map_err(who(spec))?;
+        println!("member tp {} dp {}: {place}", spec.tp_rank, spec.dp_rank);
+    }
+
+    let bar = ProgressBar::new(opts.steps);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} step {pos}/{len} {msg} [{elapsed_precise}]",
+    )?);
+    let log_lines = !std::io::stderr().is_terminal();
+    let every = (opts.steps / 10).max(1);
+    let mut report = Report::default();
+    let (mut step_s, mut comm_s, mut wall, mut tokens) = (0.0, 0.0, 0.0, 0.0);
+    for step in 0..opts.steps {
+        let t = Instant::now();
+        let started: Vec<_> = members.iter().map(|(_, m)| m.start_step(step)).collect();
+        for ((spec, _), s) in members.iter().zip(started) {
+            (s.get_timeout(timeout))
+                .map_err(|e| who(spec)(e.to_string()))?
+                .map_err(who(spec))?;
+        }
+        let finished: Vec<_> = members
+            .iter()
+            .map(|(_, m)| m.finish_step(opts.timeout_s.max(1)))
+            .collect();
+        let mut stats: Vec<StepStats> = Vec::with_capacity(members.len());
+        for ((spec, _), f) in members.iter().zip(finished) {
+            let f = f
+                .get_timeout(timeout)
+                .map_err(|e| who(spec)(e.to_string()))?;
+            stats.push(f.map_err(who(spec))?);
+        }
+        let elapsed = t.elapsed().as_secs_f64();
+        // The replicas' losses, from each replica's tensor-parallel rank 0.
+        let loss = members
+            .iter()
+            .zip(&stats)
+            .filter(|((spec, _), _)| spec.tp_rank == 0)
+            .map(|(_, s)| f64::from(s.loss))
+            .sum::<f64>()
+            / plan.dp as f64;
+        report.losses.push(loss as f32);
+        if step > 0 {
+            // The first step pays for warm-up (first touch of every buffer): left out.
+            step_s += stats.iter().map(|s| s.step_s).sum::<f64>();
+            comm_s += stats.iter().map(|s| s.comm_s).sum::<f64>();
+            wall += elapsed;
+            tokens += plan.batch as f64;
+        }
+        let rate = plan.batch as f64 / elapsed;
+        bar.set_message(format!("loss {loss:.4} {rate:.0} tokens/s"));
+        bar.inc(1);
+        if log_lines && (step % every == 0 || step + 1 == opts.steps) {
+            println!("step {step:>5} loss {loss:.4} {rate:>8.0} tokens/s");
+        }
+    }
+    bar.finish();
+    drop(members);
+    report.comm_share = if step_s > 0.0 { comm_s / step_s } else { 0.0 };
+    report.tokens_per_s = if wall > 0.0 { tokens / wall } else { 0.0 };
+    let (first, last) = (
+        report.losses.first().copied().unwrap_or(f32::NAN),
+        report.losses.last().copied().unwrap_or(f32::NAN),
+    );
+    println!(
+        "loss {first:.4} -> {last:.4} over {} steps; {:.0} tokens/s; collectives {:.1}% of step time",
+        opts.steps,
+        report.tokens_per_s,
+        100.0 * report.comm_share
+    );
+
+    if !opts.no_check {
+        let mut reference = Trainer::reference(plan)?;
+        let mut curve = Vec::with_capacity(report.losses.len());
+        for step in 0..opts.steps {
+            curve.push(reference.step(step, &Alone, &Alone)?.loss);
+        }
+        report.compare(curve, opts.strict_steps);
+        println!(
+            "check against the unsharded run: largest relative difference {:.1e} over the first \
+             {} steps (tolerance {:.0e}), {:.1e} over all (drift tolerance {:.0e}): {}",
+            report.strict_diff,
+            opts.strict_steps.min(opts.steps),
+            opts.tolerance,
+            report.drift_diff,
+            opts.drift_tolerance,
+            if report.matches(opts) {
+                "matches"
+            } else {
+                "DOES NOT MATCH"
+            }
+        );
+    }
+    Ok(report)
+}
