@@ -220,6 +220,10 @@ pub struct ActorOptions {
     pub(crate) namespace: Option<String>,
     /// Whether the actor outlives its handles and its owner (until `manta::kill`).
     pub(crate) detached: bool,
+    /// The placement group (and bundle) it is created in.
+    pub(crate) placement: Option<crate::placement_group::InGroup>,
+    /// Its rank in an actor group.
+    pub(crate) member: Option<crate::placement_group::GroupMember>,
 }
 
 impl Default for ActorOptions {
@@ -233,6 +237,8 @@ impl Default for ActorOptions {
             explicit_resources: false,
             namespace: None,
             detached: false,
+            placement: None,
+            member: None,
         }
     }
 }
@@ -328,6 +334,27 @@ impl ActorOptions {
         self.detached = true;
         self
     }
+    /// Creates the actor in bundle `bundle` of placement group `pg` (`None`: any bundle): what
+    /// it asks for comes out of the bundle's reservation (more than the bundle holds is
+    /// refused), and it dies when the group is removed.
+    pub fn placement_group(
+        mut self,
+        pg: &crate::placement_group::PlacementGroup,
+        bundle: Option<usize>,
+    ) -> Self {
+        self.placement = Some(crate::placement_group::InGroup {
+            group: pg.clone(),
+            bundle,
+        });
+        self
+    }
+    /// Makes the actor `member` of an actor group: in its bundle of the group's placement
+    /// group, knowing its rank (`manta::group_rank`). [`crate::ActorGroup::spawn`] hands
+    /// the members out.
+    pub fn group_member(mut self, member: &crate::placement_group::GroupMember) -> Self {
+        self.member = Some(member.clone());
+        self
+    }
 
     /// The key the name is registered under: the name alone in the default namespace, else
     /// `namespace` + U+001F + `name` (a namespace may not contain U+001F).
@@ -401,6 +428,8 @@ pub(crate) struct ActorCell {
     /// Results of the calls running now, and whether each runs on a slot (failed by a kill;
     /// see "Kill" above).
     running: Mutex<Vec<(Arc<ObjectCell>, bool)>>,
+    /// Its rank in an actor group, if it is a member.
+    member: Option<crate::placement_group::Rank>,
 }
 
 pub(crate) use crate::cluster::supervision::RemoteActor;
@@ -485,6 +514,7 @@ impl ActorCell {
             created: OnceLock::new(),
             remote: OnceLock::new(),
             running: Mutex::new(Vec::new()),
+            member: options.member.as_ref().map(|m| m.rank),
         }
     }
 
@@ -547,16 +577,39 @@ impl ActorCell {
     }
 
     pub(crate) fn died(&self, reason: &str) -> Error {
+        let reason = match self.member {
+            // A group's member names its rank (and node) in every error of its death.
+            Some(m) => format!(
+                "{reason} (actor group member rank {} of {}, on node {})",
+                m.rank,
+                m.world_size,
+                runtime::with_current(|rt| rt
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.node_id())
+                    .map_or_else(|| "embedded".to_string(), |n| n.to_string()))
+                .unwrap_or_else(|_| "?".into())
+            ),
+            None => reason.to_string(),
+        };
         Error::ActorDied {
             actor: self.id,
             class: self.class.name.to_string(),
-            reason: reason.to_string(),
+            reason,
         }
+    }
+
+    /// Its rank in an actor group, if it is a member.
+    pub(crate) fn member(&self) -> Option<crate::placement_group::Rank> {
+        self.member
     }
 
     /// Runs the constructor (as the body of the actor's creation task).
     pub(crate) fn construct(self: &Arc<Self>, args: &[ArgSlot]) -> Result<ObjectValue, Error> {
-        let state = (self.class.construct)(&mut ArgReader::new(args))?;
+        let state = {
+            let _member = crate::placement_group::MemberGuard::enter(self.member);
+            (self.class.construct)(&mut ArgReader::new(args))?
+        };
         self.state.replace(Some(state));
         let _ = self.ctor_args.set(args.to_vec().into_boxed_slice());
         self.holds_resources
@@ -841,6 +894,7 @@ impl ActorCell {
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let _in_actor = InActor::enter();
+            let _member = crate::placement_group::MemberGuard::enter(self.member);
             (call.method.invoke)(&self.state, &mut ArgReader::new(&call.args))
         }));
         self.forget_running(&call.result, slot);
