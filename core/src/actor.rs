@@ -224,6 +224,9 @@ pub struct ActorOptions {
     pub(crate) placement: Option<crate::placement_group::InGroup>,
     /// Its rank in an actor group.
     pub(crate) member: Option<crate::placement_group::GroupMember>,
+    /// Its rank in an actor group, where only that travelled (an actor created here for
+    /// an owner in another process).
+    pub(crate) rank: Option<crate::placement_group::Rank>,
 }
 
 impl Default for ActorOptions {
@@ -239,6 +242,7 @@ impl Default for ActorOptions {
             detached: false,
             placement: None,
             member: None,
+            rank: None,
         }
     }
 }
@@ -514,7 +518,7 @@ impl ActorCell {
             created: OnceLock::new(),
             remote: OnceLock::new(),
             running: Mutex::new(Vec::new()),
-            member: options.member.as_ref().map(|m| m.rank),
+            member: options.rank.or(options.member.as_ref().map(|m| m.rank)),
         }
     }
 
@@ -569,7 +573,7 @@ impl ActorCell {
         self.life.load(Ordering::Acquire) == DEAD
     }
 
-    fn death_error(&self) -> Error {
+    pub(crate) fn death_error(&self) -> Error {
         self.death
             .get()
             .cloned()
@@ -579,17 +583,36 @@ impl ActorCell {
     pub(crate) fn died(&self, reason: &str) -> Error {
         let reason = match self.member {
             // A group's member names its rank (and node) in every error of its death.
-            Some(m) => format!(
-                "{reason} (actor group member rank {} of {}, on node {})",
-                m.rank,
-                m.world_size,
-                runtime::with_current(|rt| rt
-                    .cluster
-                    .as_ref()
-                    .and_then(|c| c.node_id())
-                    .map_or_else(|| "embedded".to_string(), |n| n.to_string()))
-                .unwrap_or_else(|_| "?".into())
-            ),
+            Some(m) => {
+                let place = match self.remote.get() {
+                    Some(remote) => {
+                        let worker = remote.worker();
+                        let node = worker.and_then(|w| {
+                            runtime::with_current(|rt| {
+                                rt.cluster.as_ref().and_then(|c| c.node_of_worker(w))
+                            })
+                            .ok()
+                            .flatten()
+                        });
+                        format!(
+                            "on node {} in worker process {}",
+                            node.map_or_else(|| "?".to_string(), |n| n.to_string()),
+                            worker.map_or_else(|| "?".to_string(), |w| w.to_string())
+                        )
+                    }
+                    None => runtime::with_current(|rt| {
+                        rt.cluster
+                            .as_ref()
+                            .and_then(|c| c.node_id())
+                            .map_or_else(|| "on this node".to_string(), |n| format!("on node {n}"))
+                    })
+                    .unwrap_or_else(|_| "on this node".into()),
+                };
+                format!(
+                    "{reason} (actor group member rank {} of {}, {place})",
+                    m.rank, m.world_size
+                )
+            }
             None => reason.to_string(),
         };
         Error::ActorDied {
@@ -670,7 +693,7 @@ impl ActorCell {
                 return cluster.restart_remote(self, remote);
             }
             cluster.kill_remote(remote, self.id.as_u64(), false);
-            cluster.fail_calls_to(self.id.as_u64());
+            cluster.fail_calls_to(self.id.as_u64(), &self.died("killed by manta::kill"));
             self.die(self.died("killed by manta::kill"));
             cluster.record_killed_actor(
                 self.id.as_u64(),

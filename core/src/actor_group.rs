@@ -73,14 +73,19 @@ impl<A: Actor> ActorGroup<A> {
                 },
             };
             let handle = create(member);
-            if handle.as_raw().cell.member()
+            let cell = &handle.as_raw().cell;
+            let wrong = cell.member()
                 != Some(Rank {
                     rank: rank as u32,
                     world_size: world_size as u32,
-                })
-            {
+                });
+            if wrong || cell.is_dead() {
                 for m in &members {
                     let _ = crate::api::kill(m);
+                }
+                if !wrong {
+                    // Refused at creation (its options, or its group): that error.
+                    return Err(cell.death_error());
                 }
                 let _ = crate::api::kill(&handle);
                 return Err(Error::InvalidArgument {

@@ -212,8 +212,7 @@ const PENDING: u8 = 0;
 const CREATED: u8 = 1;
 const REMOVED: u8 = 2;
 
-/// Marker units per bundle, and what each task or actor in it takes (0.001).
-const MARKER_TOTAL: f64 = 1000.0;
+/// What each task or actor in a bundle takes of its marker (1,000 units a bundle).
 const MARKER_TAKE: f64 = 0.001;
 
 /// What a node holds of one group.
@@ -224,6 +223,9 @@ struct Reservation {
     slots: Vec<u32>,
     /// What was carved out of the node's pool at commit.
     carve: Option<Demand>,
+    /// In a cluster: the node of each bundle, and the job's workers holding them.
+    nodes: Vec<u64>,
+    workers: Vec<u64>,
 }
 
 /// One group, shared by its handles and the runtime's table.
@@ -259,27 +261,16 @@ impl GroupRecord {
 
     /// The run-time resources of the group: `(name, total)`.
     fn resources(&self) -> Vec<(String, f64)> {
-        let h = self.id;
-        let mut sums: Vec<(String, f64)> = Vec::new();
-        let mut out = Vec::new();
-        for (i, b) in self.bundles.iter().enumerate() {
-            for (name, amount) in b.entries() {
-                out.push((format!("{name}_group_{i}_{h}"), amount));
-                match sums.iter_mut().find(|(n, _)| n == name) {
-                    Some(e) => e.1 += amount,
-                    None => sums.push((name.to_string(), amount)),
-                }
-            }
-            out.push((format!("bundle_group_{i}_{h}"), MARKER_TOTAL));
-        }
-        for (name, amount) in sums {
-            out.push((format!("{name}_group_{h}"), amount));
-        }
-        out.push((
-            format!("bundle_group_{h}"),
-            MARKER_TOTAL * self.bundles.len() as f64,
-        ));
-        out
+        crate::cluster::pg::group_resources(self.id.0, &self.entries())
+    }
+
+    /// The bundles as `(index, entries)`.
+    fn entries(&self) -> Vec<(usize, Vec<(String, f64)>)> {
+        self.bundles
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, b.entries.clone()))
+            .collect()
     }
 
     /// The sum of the bundles, as one request on the node's pool.
@@ -329,6 +320,11 @@ impl PlacementGroup {
     pub fn is_detached(&self) -> bool {
         self.rec.detached
     }
+    /// The node each bundle is reserved on, in a cluster once created (empty before, and
+    /// embedded).
+    pub fn bundle_nodes(&self) -> Vec<u64> {
+        lock(&self.rec.reservation).nodes.clone()
+    }
     /// Where it stands now.
     pub fn state(&self) -> PlacementGroupState {
         match self.rec.phase() {
@@ -354,8 +350,19 @@ impl PlacementGroup {
         index: Option<usize>,
     ) -> Result<ResourceRequest, Error> {
         let rec = &self.rec;
-        if rec.phase() == REMOVED {
-            return Err(rec.removed());
+        match rec.phase() {
+            REMOVED => return Err(rec.removed()),
+            PENDING if with_current(|rt| rt.cluster.is_some()).unwrap_or(false) => {
+                return Err(Error::InvalidArgument {
+                    what: format!("{what}: placement_group"),
+                    message: format!(
+                        "group {} is not created yet: in a cluster, wait for its ready() \
+                         before putting work in it",
+                        rec.id
+                    ),
+                });
+            }
+            _ => {}
         }
         let n = rec.bundles.len();
         if let Some(i) = index
@@ -527,10 +534,52 @@ pub struct PlacementGroupInfo {
     pub state: PlacementGroupState,
     /// Its bundles.
     pub bundles: Vec<Bundle>,
+    /// The node each bundle is reserved on (in a cluster, once created; else empty).
+    pub bundle_nodes: Vec<u64>,
 }
 
-/// The live groups of this runtime (pending and created), by id.
+impl PlacementGroupInfo {
+    /// A group as the GCS lists it.
+    pub(crate) fn from_row(row: &crate::cluster::proto::PgRow) -> Self {
+        PlacementGroupInfo {
+            id: PlacementGroupId(row.pg_id),
+            name: (!row.name.is_empty()).then(|| row.name.clone()),
+            strategy: strategy_of(row.strategy),
+            state: match row.state {
+                crate::cluster::pg::CREATED => PlacementGroupState::Created,
+                crate::cluster::pg::REMOVED => PlacementGroupState::Removed,
+                _ => PlacementGroupState::Pending,
+            },
+            bundles: row
+                .bundles
+                .iter()
+                .map(|b| Bundle {
+                    entries: b
+                        .resources
+                        .iter()
+                        .map(|r| (r.name.clone(), r.total))
+                        .collect(),
+                })
+                .collect(),
+            bundle_nodes: if row.bundles.iter().all(|b| b.node_id != 0) {
+                row.bundles.iter().map(|b| b.node_id).collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// The live groups (pending and created), by id: this runtime's, or in a cluster every
+/// group the GCS knows.
 pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
+    if let Some(cluster) = with_current(|rt| rt.cluster.clone())? {
+        return Ok(cluster
+            .pg_list()?
+            .iter()
+            .map(PlacementGroupInfo::from_row)
+            .collect());
+    }
     with_current(|rt| {
         let table = lock(&rt.scheduler.groups.table);
         let mut out: Vec<_> = table
@@ -544,6 +593,7 @@ pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
                     strategy: pg.strategy(),
                     state: pg.state(),
                     bundles: pg.bundles().to_vec(),
+                    bundle_nodes: pg.bundle_nodes(),
                 }
             })
             .collect();
@@ -556,6 +606,8 @@ pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     table: Mutex<Table>,
+    /// A worker's bundles installed by their owner: group id -> (resources, carved demand).
+    installed: Mutex<HashMap<u64, (Vec<u32>, Demand)>>,
     /// Groups waiting for resources (a release retries them when not 0).
     num_pending: AtomicUsize,
 }
@@ -574,14 +626,174 @@ impl Groups {
     }
 }
 
+fn strategy_code(s: PlacementStrategy) -> u8 {
+    match s {
+        PlacementStrategy::Pack => 0,
+        PlacementStrategy::Spread => 1,
+        PlacementStrategy::StrictPack => 2,
+        PlacementStrategy::StrictSpread => 3,
+    }
+}
+
+/// The strategy a wire code stands for.
+pub(crate) fn strategy_of(code: u8) -> PlacementStrategy {
+    match code {
+        1 => PlacementStrategy::Spread,
+        2 => PlacementStrategy::StrictPack,
+        3 => PlacementStrategy::StrictSpread,
+        _ => PlacementStrategy::Pack,
+    }
+}
+
+fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecord> {
+    Arc::new(GroupRecord {
+        id,
+        name: b.name.clone(),
+        strategy: b.strategy,
+        bundles: b.bundles.clone(),
+        detached: b.detached,
+        ready: Arc::new(ObjectCell::pending(ObjectId::from_u64(id.0), None)),
+        reservation: Mutex::new(Reservation {
+            phase: PENDING,
+            slots: Vec::new(),
+            carve: None,
+            nodes: Vec::new(),
+            workers: Vec::new(),
+        }),
+        actors: Mutex::new(Vec::new()),
+    })
+}
+
+/// A cluster's group: the GCS places it (`cluster/pg.rs`); this owner keeps the record.
+fn create_in_cluster(
+    rt: &Arc<RuntimeInner>,
+    cluster: &crate::cluster::worker::Cluster,
+    b: PlacementGroupBuilder,
+) -> Result<PlacementGroup, Error> {
+    let s = &rt.scheduler;
+    let id = PlacementGroupId(rt.next_object_id().as_u64());
+    let rec = new_record(id, &b);
+    {
+        let mut table = lock(&s.groups.table);
+        if let Some(name) = &b.name {
+            if table.by_name.contains_key(name) {
+                return Err(Error::InvalidArgument {
+                    what: "placement_group: name".into(),
+                    message: format!("a placement group named {name:?} exists already"),
+                });
+            }
+            table.by_name.insert(name.clone(), rec.clone());
+        }
+        table.by_id.insert(id, rec.clone());
+    }
+    let entries: Vec<Vec<(String, f64)>> = b.bundles.iter().map(|x| x.entries.clone()).collect();
+    let row = crate::cluster::proto::PgRow {
+        pg_id: id.0,
+        name: b.name.clone().unwrap_or_default(),
+        strategy: strategy_code(b.strategy),
+        state: crate::cluster::pg::PENDING,
+        detached: b.detached,
+        job_id: cluster.job_id,
+        bundles: crate::cluster::pg::wire_bundles(&entries),
+    };
+    if let Err(e) = cluster.pg_create(row) {
+        let mut table = lock(&s.groups.table);
+        table.by_id.remove(&id);
+        if let Some(name) = &b.name {
+            table.by_name.remove(name);
+        }
+        return Err(e);
+    }
+    Ok(PlacementGroup { rec })
+}
+
+/// A worker: adds a group's bundles held here (`resources`) to this process's scheduler,
+/// carving `carve` out of its pool.
+pub(crate) fn install(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    resources: &[(String, f64)],
+    carve: &[(String, f64)],
+) -> Result<(), String> {
+    let s = &rt.scheduler;
+    let mut installed = lock(&s.groups.installed);
+    if installed.contains_key(&pg_id) {
+        return Ok(());
+    }
+    let mut request = ResourceRequest::none();
+    for (name, amount) in carve {
+        match name.as_str() {
+            "CPU" => request.num_cpus += amount,
+            "GPU" => request.num_gpus += amount,
+            _ => request.set_custom(name, *amount),
+        }
+    }
+    let carve = s
+        .resources
+        .demand(&request)
+        .map_err(|_| format!("this worker cannot hold {request}"))?;
+    let slots = s.resources.add_dynamic(resources)?;
+    s.resources.force_acquire(&carve);
+    s.resources.commit_dynamic(&slots);
+    installed.insert(pg_id, (slots, carve));
+    drop(installed);
+    s.drain_pending();
+    Ok(())
+}
+
+/// A worker: removes a group's bundles (its owner removed it): its queued tasks fail, its
+/// carved resources go back.
+pub(crate) fn uninstall(rt: &Arc<RuntimeInner>, pg_id: u64) {
+    let s = &rt.scheduler;
+    let Some((slots, carve)) = lock(&s.groups.installed).remove(&pg_id) else {
+        return;
+    };
+    s.resources
+        .remove_dynamic(&slots, true, &PlacementGroupId(pg_id).to_string());
+    s.fail_removed_pending();
+    s.release(&carve);
+}
+
+/// The owner: the group's bundles are in `workers`; returns false if it was removed
+/// meanwhile (the caller takes them back out).
+pub(crate) fn created(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    nodes: Vec<u64>,
+    workers: Vec<u64>,
+) -> bool {
+    let Some(rec) = lock(&rt.scheduler.groups.table)
+        .by_id
+        .get(&PlacementGroupId(pg_id))
+        .cloned()
+    else {
+        return false;
+    };
+    let mut res = lock(&rec.reservation);
+    if res.phase != PENDING {
+        return false;
+    }
+    res.phase = CREATED;
+    res.nodes = nodes;
+    res.workers = workers;
+    drop(res);
+    rec.ready.complete(codec::encode(&()));
+    true
+}
+
+/// The owner could not install a placed group: its `ready()` fails.
+pub(crate) fn install_failed(rt: &Arc<RuntimeInner>, pg_id: u64, error: Error) {
+    if let Some(rec) = lock(&rt.scheduler.groups.table)
+        .by_id
+        .get(&PlacementGroupId(pg_id))
+    {
+        rec.ready.complete(Err(error));
+    }
+}
+
 fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementGroup, Error> {
-    if rt.cluster.is_some() {
-        return Err(Error::Cluster {
-            what: "placement_group".into(),
-            message: "placement groups are placed by the embedded runtime only; \
-                      a cluster's GCS does not reserve bundles yet"
-                .into(),
-        });
+    if let Some(cluster) = &rt.cluster {
+        return create_in_cluster(rt, cluster, b);
     }
     let s = &rt.scheduler;
     let id = PlacementGroupId(rt.next_object_id().as_u64());
@@ -595,20 +807,7 @@ fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementG
             });
         }
     }
-    let rec = Arc::new(GroupRecord {
-        id,
-        name: b.name.clone(),
-        strategy: b.strategy,
-        bundles: b.bundles,
-        detached: b.detached,
-        ready: Arc::new(ObjectCell::pending(ObjectId::from_u64(id.0), None)),
-        reservation: Mutex::new(Reservation {
-            phase: PENDING,
-            slots: Vec::new(),
-            carve: None,
-        }),
-        actors: Mutex::new(Vec::new()),
-    });
+    let rec = new_record(id, &b);
     {
         let mut table = lock(&s.groups.table);
         if let Some(name) = &b.name {
@@ -696,14 +895,36 @@ pub(crate) fn retry_pending(s: &Scheduler) {
 
 fn remove(rt: &Arc<RuntimeInner>, rec: &Arc<GroupRecord>) -> Result<(), Error> {
     let s = &rt.scheduler;
-    let (slots, carve) = {
+    let (slots, carve, workers) = {
         let mut res = lock(&rec.reservation);
         if res.phase == REMOVED {
             return Err(rec.removed());
         }
         res.phase = REMOVED;
-        (std::mem::take(&mut res.slots), res.carve.take())
+        (
+            std::mem::take(&mut res.slots),
+            res.carve.take(),
+            std::mem::take(&mut res.workers),
+        )
     };
+    if let Some(cluster) = &rt.cluster {
+        let outcome = cluster.pg_remove(rec.id.0, &workers);
+        {
+            let mut table = lock(&s.groups.table);
+            table.by_id.remove(&rec.id);
+            if let Some(name) = &rec.name
+                && table.by_name.get(name).is_some_and(|r| r.id == rec.id)
+            {
+                table.by_name.remove(name);
+            }
+        }
+        rec.ready.complete(Err(rec.removed()));
+        let actors = std::mem::take(&mut *lock(&rec.actors));
+        for cell in actors.iter().filter_map(Weak::upgrade) {
+            cell.kill(false, rt);
+        }
+        return outcome;
+    }
     {
         let mut table = lock(&s.groups.table);
         table.by_id.remove(&rec.id);

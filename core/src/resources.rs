@@ -401,6 +401,14 @@ impl NodeResources {
         self.available[CPU].fetch_sub(thousandths, Ordering::Relaxed);
     }
 
+    /// Takes a whole demand even if that drives counters negative (a placement group's
+    /// bundles carved out of a busy worker: nothing new starts until enough is released).
+    pub(crate) fn force_acquire(&self, demand: &Demand) {
+        for &(i, amount) in demand.0.iter() {
+            self.available[i as usize].fetch_sub(amount, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn release(&self, demand: &Demand) {
         for &(i, amount) in demand.0.iter() {
             self.available[i as usize].fetch_add(amount, Ordering::Relaxed);

@@ -787,6 +787,7 @@ impl RuntimeInner {
         name: &str,
         max_concurrency: usize,
         max_restarts: u32,
+        rank: Option<crate::placement_group::Rank>,
     ) -> Arc<ObjectCell> {
         let fail = |e: Error| Arc::new(ObjectCell::ready(ObjectId::from_u64(actor_id), Err(e)));
         let Some(class) = crate::actor::class_by_name(class_name) else {
@@ -805,6 +806,7 @@ impl RuntimeInner {
         if !name.is_empty() {
             options = options.name(name.to_owned());
         }
+        options.rank = rank;
         let id = ActorId::from_u64(actor_id);
         let cell = Arc::new(ActorCell::new(id, class, &options, demand));
         lock(&self.pushed_actors).insert(id, cell.clone());

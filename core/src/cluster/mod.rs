@@ -32,6 +32,7 @@ mod node;
 pub(crate) mod node_store;
 pub(crate) mod objects;
 pub(crate) mod peer;
+pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
