@@ -562,10 +562,9 @@ fn sum_ranks(group: ActorGroup<Shard>) -> usize {
 
 fn passes_to_task(_: &Ctx) {
     let (pg, group) = shards(3);
-    assert_eq!(
-        sum_ranks::remote(group.clone()).get_timeout(LONG).unwrap(),
-        3
-    );
+    // Half a CPU: under srun each rank's 1-CPU share lost a quarter to the group.
+    let sum = sum_ranks::options().num_cpus(0.5).remote(group.clone());
+    assert_eq!(sum.get_timeout(LONG).unwrap(), 3);
     manta::remove_placement_group(&pg).unwrap();
 }
 

@@ -490,14 +490,14 @@ impl Cluster {
         let mut workers = Vec::new();
         for node_id in nodes {
             match self.pg_install_on(&row, node_id) {
-                Ok(w) => workers.push(w),
+                Ok(w) => workers.extend(w),
                 Err(e) => {
                     tracing::error!(pg = row.pg_id, node = node_id, error = %e, "installing a placement group failed");
-                    crate::placement_group::install_failed(rt, row.pg_id, e);
-                    for &w in &workers {
-                        self.peer(w)
-                            .send(msg(PgOp::Cancel, 0, row_on(&row, node_id), ""));
+                    // Nothing stays reserved for a group that cannot be used.
+                    if let Err(e2) = self.pg_remove(row.pg_id, &workers) {
+                        tracing::warn!(pg = row.pg_id, error = %e2, "removing a group that failed to install");
                     }
+                    crate::placement_group::install_failed(rt, row.pg_id, e);
                     return;
                 }
             }
@@ -505,13 +505,19 @@ impl Cluster {
         let nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
         if !crate::placement_group::created(rt, row.pg_id, nodes, workers.clone()) {
             // Removed meanwhile: take the bundles back out.
+            let back = PgRow {
+                pg_id: row.pg_id,
+                ..PgRow::default()
+            };
             for w in workers {
-                self.peer(w).send(msg(PgOp::Cancel, 0, row.clone(), ""));
+                self.peer(w).send(msg(PgOp::Cancel, 0, back.clone(), ""));
             }
         }
     }
 
-    fn pg_install_on(&self, row: &PgRow, node_id: u64) -> Result<u64, Error> {
+    /// Puts the bundles of `row` on node `node_id` in the job's workers there, each bundle
+    /// in one that holds it (an SPMD node has several, each with its share); returns them.
+    fn pg_install_on(&self, row: &PgRow, node_id: u64) -> Result<Vec<u64>, Error> {
         let what = format!(
             "installing placement group {:016x} on node {node_id}",
             row.pg_id
@@ -525,34 +531,65 @@ impl Cluster {
             return Err(cluster_error(what, "the node is not in the node table"));
         };
         self.node_workers(i)?;
-        let bundles = bundles_on(row, node_id);
-        let want = {
-            let refs: Vec<&[(String, f64)]> = bundles.iter().map(|(_, b)| b.as_slice()).collect();
-            sum(&refs)
-        };
-        let resources = group_resources(row.pg_id, &bundles);
         let mut slots = lock(&self.nodes);
         let s = &mut slots[i];
-        let loads: Vec<policy::WorkerLoad<'_>> = s
-            .workers
-            .iter()
-            .map(|w| policy::WorkerLoad {
-                totals: w.totals.as_slice().into(),
-                busy: [].as_slice().into(),
-            })
-            .collect();
-        let Some(j) = policy::pick_worker(&loads, &want, None) else {
-            return Err(cluster_error(
-                what,
-                "no worker of the job there holds the bundles",
-            ));
-        };
-        let w = &mut s.workers[j];
-        w.peer.send(msg(PgOp::Commit, 0, row_on(row, node_id), ""));
-        w.totals.extend(resources.iter().cloned());
-        let index = w.index;
-        s.totals.extend(resources);
-        Ok(index)
+        // Which worker takes which bundle: the policy's choice, counting what it got already.
+        let mut given: Vec<Vec<(String, f64)>> = vec![Vec::new(); s.workers.len()];
+        let mut parts: Vec<Vec<PgBundle>> = vec![Vec::new(); s.workers.len()];
+        for b in row.bundles.iter().filter(|b| b.node_id == node_id) {
+            let want = entries(&b.resources);
+            let loads: Vec<policy::WorkerLoad<'_>> = s
+                .workers
+                .iter()
+                .zip(&given)
+                .map(|(w, g)| policy::WorkerLoad {
+                    totals: w.totals.as_slice().into(),
+                    busy: g.as_slice().into(),
+                })
+                .collect();
+            let fits = |j: usize| {
+                want.iter().all(|(n, a)| {
+                    let total = s.workers[j]
+                        .totals
+                        .iter()
+                        .find(|(t, _)| t == n)
+                        .map_or(0.0, |t| t.1);
+                    let used: f64 = given[j].iter().filter(|(g, _)| g == n).map(|g| g.1).sum();
+                    total - used + 1e-9 >= *a
+                })
+            };
+            let Some(j) = policy::pick_worker(&loads, &want, None).filter(|&j| fits(j)) else {
+                return Err(cluster_error(
+                    what,
+                    format!("no worker of the job there has room for bundle {}", b.index),
+                ));
+            };
+            given[j].extend(want);
+            parts[j].push(b.clone());
+        }
+        let mut out = Vec::new();
+        for (j, bundles) in parts.into_iter().enumerate() {
+            if bundles.is_empty() {
+                continue;
+            }
+            let part = PgRow {
+                bundles,
+                ..row.clone()
+            };
+            let resources = group_resources(row.pg_id, &bundles_on(&part, node_id));
+            let w = &mut s.workers[j];
+            w.peer.send(msg(PgOp::Commit, 0, part, ""));
+            w.totals.extend(resources.iter().cloned());
+            out.push(w.index);
+            // The node's view: the per-bundle names, and the group-wide ones summed.
+            for (name, amount) in resources {
+                match s.totals.iter_mut().find(|(n, _)| *n == name) {
+                    Some(e) => e.1 += amount,
+                    None => s.totals.push((name, amount)),
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
