@@ -717,6 +717,12 @@ impl Gcs {
             s.pgs.account(&g.row, -1.0);
             Self::pg_cancel_at_raylets(s, &g.row);
         }
+        let mut row = g.row;
+        row.state = pg::REMOVED;
+        s.pgs.removed.push_back(row);
+        if s.pgs.removed.len() > pg::KEPT_REMOVED {
+            s.pgs.removed.pop_front();
+        }
         true
     }
 

@@ -47,7 +47,7 @@ mod worker_logs;
 
 pub use node::{
     ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,
-    list_work, query, run_node, stop_cluster,
+    list_placement_groups, list_work, query, run_node, stop_cluster,
 };
 
 use std::path::PathBuf;

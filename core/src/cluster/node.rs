@@ -365,6 +365,34 @@ pub fn list_work(address: &str, token: &str) -> Result<WorkList, Error> {
     })
 }
 
+/// The placement groups of the cluster whose GCS is at `address` (pending, created, and the
+/// last removed ones), by id.
+pub fn list_placement_groups(
+    address: &str,
+    token: &str,
+) -> Result<Vec<crate::PlacementGroupInfo>, Error> {
+    let io = io_runtime()?;
+    io.block_on(async {
+        let what = "listing placement groups";
+        let conn = super::connect(address, token, "cli".into()).await?;
+        let gcs = Peer::spawn(conn, "gcs".into(), Arc::new(RepliesOnly));
+        let reply =
+            gcs.request(|request_id| super::pg::msg(PgOp::List, request_id, PgRow::default(), ""));
+        let reply = tokio::time::timeout(CALL_TIMEOUT, reply)
+            .await
+            .map_err(|_| cluster_error(what, "no reply in time"))?
+            .map_err(|_| cluster_error(what, "connection closed"))??;
+        gcs.shutdown("done");
+        let Msg::Pg { groups, .. } = reply else {
+            return Err(cluster_error(what, "unexpected reply"));
+        };
+        Ok(groups
+            .iter()
+            .map(crate::PlacementGroupInfo::from_row)
+            .collect())
+    })
+}
+
 /// Asks the cluster whose GCS is at `address` to stop (every raylet stops its workers and
 /// exits, then the head).
 pub fn stop_cluster(address: &str, token: &str) -> Result<(), Error> {

@@ -196,7 +196,12 @@ pub(crate) struct GcsGroups {
     pub(crate) reserved: HashMap<u64, Vec<(String, f64)>>,
     /// A retry is scheduled.
     pub(crate) retry_scheduled: bool,
+    /// The last removed groups, for listings (at most [`KEPT_REMOVED`]).
+    pub(crate) removed: std::collections::VecDeque<PgRow>,
 }
+
+/// Removed groups the GCS keeps for `manta list placement-groups`.
+pub(crate) const KEPT_REMOVED: usize = 100;
 
 impl GcsGroups {
     /// Adds (or with `sign` -1, takes away) `row`'s bundles to the per-node reservations.
@@ -218,6 +223,7 @@ impl GcsGroups {
     /// The rows of every group, by id.
     pub(crate) fn rows(&self) -> Vec<PgRow> {
         let mut v: Vec<PgRow> = self.groups.values().map(|g| g.row.clone()).collect();
+        v.extend(self.removed.iter().cloned());
         v.sort_by_key(|r| r.pg_id);
         v
     }
