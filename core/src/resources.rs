@@ -502,6 +502,49 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_resources_wait_commit_retire_and_are_reused() {
+        let n = node(2.0);
+        let slots = n
+            .add_dynamic(&[("CPU_group_0_x".into(), 1.0), ("CPU_group_x".into(), 1.0)])
+            .unwrap();
+        let mut req = ResourceRequest::none();
+        req.set_custom("CPU_group_0_x", 1.0);
+        req.set_custom("CPU_group_x", 1.0);
+        let d = n.demand(&req).unwrap();
+        assert!(!n.try_acquire(&d), "nothing available before the commit");
+        n.commit_dynamic(&slots);
+        assert!(n.try_acquire(&d));
+        assert!(!n.try_acquire(&d), "the bundle holds one CPU");
+        let mut more = req.clone();
+        more.set_custom("CPU_group_0_x", 2.0);
+        assert!(matches!(n.demand(&more), Err(DemandError::Infeasible)));
+        n.remove_dynamic(&slots, true, "group x");
+        assert_eq!(n.removed(&d).as_deref(), Some("group x"));
+        assert!(
+            matches!(n.demand(&req), Err(DemandError::Infeasible)),
+            "the names are gone"
+        );
+        // Held: not reused yet; given back: reused.
+        let again = n.add_dynamic(&[("a".into(), 1.0)]).unwrap();
+        assert!(!slots.contains(&again[0]));
+        n.release(&d);
+        n.remove_dynamic(&again, false, "a");
+        let after_release = n
+            .add_dynamic(&[("b".into(), 1.0), ("c".into(), 1.0)])
+            .unwrap();
+        assert!(
+            after_release
+                .iter()
+                .all(|i| slots.contains(i) || again.contains(i)),
+            "drained indices are reused first: {after_release:?}"
+        );
+        assert!(
+            n.add_dynamic(&[("b".into(), 1.0)]).is_err(),
+            "a name exists"
+        );
+    }
+
+    #[test]
     fn fractional_cpus_are_exact() {
         let n = node(1.0);
         let mut half = ResourceRequest::task_default();

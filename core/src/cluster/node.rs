@@ -551,7 +551,7 @@ impl Raylet {
         let mut v = self.totals();
         // Committed bundles: their resources, used as the workers holding them report.
         let node_id = self.node_id.get().copied().unwrap_or(0);
-        let (added, _) = lock(&self.ledger).resources(node_id);
+        let added = lock(&self.ledger).resources(node_id);
         v.extend(added.into_iter().map(|(name, total)| Resource {
             name,
             total,

@@ -260,7 +260,8 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    fn reserved(&self) -> Vec<(String, f64)> {
+    /// What every reservation takes from the node's own resources.
+    pub(crate) fn reserved(&self) -> Vec<(String, f64)> {
         let rows: Vec<Vec<(String, f64)>> = self
             .groups
             .values()
@@ -307,16 +308,15 @@ impl Ledger {
         self.groups.remove(&pg_id);
     }
 
-    /// The run-time resources of the committed groups, for the node's heartbeat; and what
-    /// every reservation takes from the node's own resources.
-    pub(crate) fn resources(&self, node_id: u64) -> (Vec<(String, f64)>, Vec<(String, f64)>) {
+    /// The run-time resources of the committed groups, for the node's heartbeat.
+    pub(crate) fn resources(&self, node_id: u64) -> Vec<(String, f64)> {
         let mut added = Vec::new();
         for (committed, row) in self.groups.values() {
             if *committed {
                 added.extend(group_resources(row.pg_id, &bundles_on(row, node_id)));
             }
         }
-        (added, self.reserved())
+        added
     }
 
     /// How many groups hold reservations here (for tests and status).
@@ -665,7 +665,7 @@ mod tests {
         assert!(l.prepare(&totals, row(2, 1.0)).is_ok());
         assert!(l.commit(2));
         assert_eq!(l.len(), 1);
-        let (added, reserved) = l.resources(0);
+        let (added, reserved) = (l.resources(0), l.reserved());
         assert!(
             added
                 .iter()
