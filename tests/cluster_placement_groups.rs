@@ -2,8 +2,9 @@
 //! over three nodes and pending with more bundles than nodes, placed when a node joins
 //! (`manta start --address`); a bundle larger than any node is infeasible at once; the
 //! two-phase reservation leaves nothing behind when a raylet dies between prepare and
-//! commit; a group's lifetime follows its creator unless detached; `manta list
-//! placement-groups` and `manta status` show them.
+//! commit; a group's lifetime follows its creator unless detached (and `manta list
+//! placement-groups` shows it); an actor group's member whose worker is killed restarts in its
+//! bundle, with its rank.
 //!
 //! The test binary re-executes itself as a first driver for the lifetime test ([`ROLE`]).
 
@@ -196,4 +197,64 @@ fn a_groups_lifetime_follows_its_creator_unless_detached() {
     assert!(text.contains("kept") && text.contains("CREATED"), "{text}");
     assert!(text.contains("plain") && text.contains("REMOVED"), "{text}");
     assert!(text.contains("PACK"), "{text}");
+}
+
+#[manta::actor]
+pub(crate) struct Member {
+    calls: u64,
+}
+
+#[manta::actor]
+impl Member {
+    pub(crate) fn new() -> Self {
+        Member { calls: 0 }
+    }
+    /// Its pid, rank and world size, and how many calls it took since it was constructed.
+    pub(crate) fn probe(&mut self) -> (u32, Option<usize>, Option<usize>, u64) {
+        self.calls += 1;
+        (
+            std::process::id(),
+            manta::group_rank(),
+            manta::group_world_size(),
+            self.calls,
+        )
+    }
+}
+
+#[test]
+fn a_member_whose_worker_dies_restarts_in_its_bundle() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(node(2.0), &[]);
+    let _rt = common::start(cluster.config());
+    let pg = manta::placement_group(cpus(2, 0.5), S::Pack).unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let group = manta::ActorGroup::spawn(&pg, |m| {
+        Member::options()
+            .group_member(&m)
+            .num_cpus(0.5)
+            .max_restarts(1)
+            .remote()
+    })
+    .unwrap();
+    let before = manta::get_all(&group.call(|m| m.probe())).unwrap();
+    assert_eq!((before[1].1, before[1].2), (Some(1), Some(2)));
+    common::cluster::signal(before[1].0, libc::SIGKILL);
+    let killed = Instant::now();
+    let after = loop {
+        match group.member(1).unwrap().probe().get_timeout(LONG) {
+            Ok(v) => break v,
+            // A call that reached the dead worker names the member's rank.
+            Err(Error::ActorDied { reason, .. }) if killed.elapsed() < LONG => {
+                assert!(reason.contains("rank 1 of 2"), "{reason}");
+            }
+            Err(e) => panic!("the member did not come back: {e}"),
+        }
+    };
+    assert_ne!(after.0, before[1].0, "a replacement worker process");
+    assert_eq!(
+        (after.1, after.2, after.3),
+        (Some(1), Some(2), 1),
+        "same rank, new state"
+    );
+    manta::remove_placement_group(&pg).unwrap();
 }

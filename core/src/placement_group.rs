@@ -223,9 +223,10 @@ struct Reservation {
     slots: Vec<u32>,
     /// What was carved out of the node's pool at commit.
     carve: Option<Demand>,
-    /// In a cluster: the node of each bundle, and the job's workers holding them.
+    /// In a cluster: the node of each bundle, and the job's workers holding them (with the
+    /// indices of the bundles each holds).
     nodes: Vec<u64>,
-    workers: Vec<u64>,
+    workers: Vec<(u64, Vec<u32>)>,
 }
 
 /// One group, shared by its handles and the runtime's table.
@@ -760,7 +761,7 @@ pub(crate) fn created(
     rt: &Arc<RuntimeInner>,
     pg_id: u64,
     nodes: Vec<u64>,
-    workers: Vec<u64>,
+    workers: Vec<(u64, Vec<u32>)>,
 ) -> bool {
     let Some(rec) = lock(&rt.scheduler.groups.table)
         .by_id
@@ -779,6 +780,67 @@ pub(crate) fn created(
     drop(res);
     rec.ready.complete(codec::encode(&()));
     true
+}
+
+/// The owner: the bundles of its created groups held by workers for which `dead` holds, as
+/// rows of those bundles (with their nodes), each with the dead worker.
+pub(crate) fn lost_bundles(
+    rt: &Arc<RuntimeInner>,
+    dead: &dyn Fn(u64) -> bool,
+) -> Vec<(crate::cluster::proto::PgRow, u64)> {
+    let records: Vec<Arc<GroupRecord>> = lock(&rt.scheduler.groups.table)
+        .by_id
+        .values()
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    for rec in records {
+        let res = lock(&rec.reservation);
+        if res.phase != CREATED {
+            continue;
+        }
+        for (worker, indices) in res.workers.iter().filter(|(w, _)| dead(*w)) {
+            let entries: Vec<Vec<(String, f64)>> =
+                rec.bundles.iter().map(|b| b.entries.clone()).collect();
+            let bundles = crate::cluster::pg::wire_bundles(&entries)
+                .into_iter()
+                .filter(|b| indices.contains(&b.index))
+                .map(|mut b| {
+                    b.node_id = res.nodes.get(b.index as usize).copied().unwrap_or(0);
+                    b
+                })
+                .collect();
+            out.push((
+                crate::cluster::proto::PgRow {
+                    pg_id: rec.id.0,
+                    strategy: strategy_code(rec.strategy),
+                    state: crate::cluster::pg::CREATED,
+                    detached: rec.detached,
+                    bundles,
+                    ..Default::default()
+                },
+                *worker,
+            ));
+        }
+    }
+    out
+}
+
+/// The owner: `dead`'s bundles of group `pg_id` are now in `placed`.
+pub(crate) fn replace_worker(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    dead: u64,
+    placed: Vec<(u64, Vec<u32>)>,
+) {
+    if let Some(rec) = lock(&rt.scheduler.groups.table)
+        .by_id
+        .get(&PlacementGroupId(pg_id))
+    {
+        let mut res = lock(&rec.reservation);
+        res.workers.retain(|(w, _)| *w != dead);
+        res.workers.extend(placed);
+    }
 }
 
 /// The owner could not install a placed group: its `ready()` fails.
@@ -908,7 +970,8 @@ fn remove(rt: &Arc<RuntimeInner>, rec: &Arc<GroupRecord>) -> Result<(), Error> {
         )
     };
     if let Some(cluster) = &rt.cluster {
-        let outcome = cluster.pg_remove(rec.id.0, &workers);
+        let held: Vec<u64> = workers.iter().map(|(w, _)| *w).collect();
+        let outcome = cluster.pg_remove(rec.id.0, &held);
         {
             let mut table = lock(&s.groups.table);
             table.by_id.remove(&rec.id);

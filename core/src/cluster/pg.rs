@@ -500,7 +500,8 @@ impl Cluster {
                 Err(e) => {
                     tracing::error!(pg = row.pg_id, node = node_id, error = %e, "installing a placement group failed");
                     // Nothing stays reserved for a group that cannot be used.
-                    if let Err(e2) = self.pg_remove(row.pg_id, &workers) {
+                    let held: Vec<u64> = workers.iter().map(|(w, _)| *w).collect();
+                    if let Err(e2) = self.pg_remove(row.pg_id, &held) {
                         tracing::warn!(pg = row.pg_id, error = %e2, "removing a group that failed to install");
                     }
                     crate::placement_group::install_failed(rt, row.pg_id, e);
@@ -515,15 +516,44 @@ impl Cluster {
                 pg_id: row.pg_id,
                 ..PgRow::default()
             };
-            for w in workers {
+            for (w, _) in workers {
                 self.peer(w).send(msg(PgOp::Cancel, 0, back.clone(), ""));
             }
         }
     }
 
+    /// Puts the bundles that workers now dead held back in live workers of their nodes (the
+    /// raylet starts a replacement), so that restarts and retries of work in them can be
+    /// placed; returns whether any was.
+    pub(super) fn pg_reinstall_lost(&self) -> bool {
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        let dead = lock(&self.dead_workers).clone();
+        let lost = crate::placement_group::lost_bundles(&rt, &|w| dead.contains(&w));
+        let mut any = false;
+        for (row, dead_worker) in lost {
+            let mut nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            let mut placed = Vec::new();
+            for node_id in nodes {
+                match self.pg_install_on(&row, node_id) {
+                    Ok(w) => placed.extend(w),
+                    Err(e) => {
+                        tracing::warn!(pg = row.pg_id, node = node_id, error = %e, "bundles of a dead worker not installed again")
+                    }
+                }
+            }
+            any |= !placed.is_empty();
+            crate::placement_group::replace_worker(&rt, row.pg_id, dead_worker, placed);
+        }
+        any
+    }
+
     /// Puts the bundles of `row` on node `node_id` in the job's workers there, each bundle
     /// in one that holds it (an SPMD node has several, each with its share); returns them.
-    fn pg_install_on(&self, row: &PgRow, node_id: u64) -> Result<Vec<u64>, Error> {
+    fn pg_install_on(&self, row: &PgRow, node_id: u64) -> Result<Vec<(u64, Vec<u32>)>, Error> {
         let what = format!(
             "installing placement group {:016x} on node {node_id}",
             row.pg_id
@@ -578,6 +608,7 @@ impl Cluster {
             if bundles.is_empty() {
                 continue;
             }
+            let indices: Vec<u32> = bundles.iter().map(|b| b.index).collect();
             let part = PgRow {
                 bundles,
                 ..row.clone()
@@ -586,7 +617,7 @@ impl Cluster {
             let w = &mut s.workers[j];
             w.peer.send(msg(PgOp::Commit, 0, part, ""));
             w.totals.extend(resources.iter().cloned());
-            out.push(w.index);
+            out.push((w.index, indices));
             // The node's view: the per-bundle names, and the group-wide ones summed.
             for (name, amount) in resources {
                 match s.totals.iter_mut().find(|(n, _)| *n == name) {

@@ -147,6 +147,7 @@ impl Cluster {
             policy::pick(&loads, &wanted, preferred, 0.5)
         };
         let mut refreshed = false;
+        let mut reinstalled = false;
         loop {
             let mut chosen = pick(&lock(&self.nodes), &passed);
             if chosen.is_none() && !refreshed {
@@ -154,6 +155,16 @@ impl Cluster {
                 self.refresh_nodes()?;
                 refreshed = true;
                 chosen = pick(&lock(&self.nodes), &passed);
+            }
+            if chosen.is_none() && !reinstalled && wanted.iter().any(|(n, _)| n.contains("_group_"))
+            {
+                // A placement group's bundles died with their worker: put them back in the
+                // node's replacement worker, then look again once (`pg.rs`).
+                reinstalled = true;
+                if self.pg_reinstall_lost() {
+                    passed.clear();
+                    continue;
+                }
             }
             let Some(i) = chosen else {
                 let totals: Vec<String> = lock(&self.nodes)
