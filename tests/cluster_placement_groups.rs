@@ -197,6 +197,25 @@ fn a_groups_lifetime_follows_its_creator_unless_detached() {
     assert!(text.contains("kept") && text.contains("CREATED"), "{text}");
     assert!(text.contains("plain") && text.contains("REMOVED"), "{text}");
     assert!(text.contains("PACK"), "{text}");
+    // `manta status` shows what the kept group reserves (from the node's heartbeats).
+    let kept = manta::cluster::list_placement_groups(&cluster.address, &cluster.token)
+        .unwrap()
+        .into_iter()
+        .find(|g| g.name.as_deref() == Some("kept"))
+        .unwrap();
+    let wanted = format!("CPU_group_{}: 0 used of 0.5", kept.id);
+    let status_text = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_manta"))
+            .args(["status", "--address", &cluster.address])
+            .env("MANTA_TOKEN", &cluster.token)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("manta status showing the reservation", LONG, || {
+        status_text().contains(&wanted)
+    });
+    assert!(status_text().contains("reserved by placement groups"));
 }
 
 #[manta::actor]
