@@ -644,19 +644,26 @@ fn group_cases(r: &mut Runner) -> Result<()> {
             let (pg, group) = server_group(n)?;
             let samples = 50;
             let mut times = Vec::with_capacity(samples);
+            let mut single = Vec::with_capacity(samples);
             for _ in 0..samples {
                 let t = Instant::now();
                 manta::get_all(&group.call(|m| m.small_value()))?;
                 times.push(t.elapsed().as_secs_f64() * 1e6);
+                // The baseline: the same members called one by one from here.
+                let t = Instant::now();
+                let refs: Vec<_> = group.members().iter().map(|m| m.small_value()).collect();
+                manta::get_all(&refs)?;
+                single.push(t.elapsed().as_secs_f64() * 1e6);
             }
             manta::remove_placement_group(&pg)?;
             times.sort_by(f64::total_cmp);
-            let p50 = times[samples / 2];
+            single.sort_by(f64::total_cmp);
+            let (p50, s50) = (times[samples / 2], single[samples / 2]);
             line.push(format!(
-                "{n}: {p50:.1} us ({:.2} us/member)",
+                "{n}: {p50:.1} us ({:.2} us/member; single calls {s50:.1} us)",
                 p50 / n as f64
             ));
-            curve.push(json!({"members": n, "p50_us": round2(p50)}));
+            curve.push(json!({"members": n, "p50_us": round2(p50), "single_p50_us": round2(s50)}));
         }
         r.record(
             "actor group broadcast 16..1024 members",
