@@ -445,10 +445,15 @@ pub fn submit<R>(
             message,
         });
     }
-    if options.placement.is_some() {
+    if let Some(placement) = &options.placement {
         return match in_group(function, options) {
-            Ok(options) => with_current(|rt| rt.submit(function, args, &options))
-                .unwrap_or_else(ObjectRef::failed),
+            // In a cluster, work for a group still pending is submitted once it is created
+            // (embedded, the scheduler's pending queue holds it).
+            Ok(grouped) => with_current(|rt| match placement.group.pending_ready(rt) {
+                Some(ready) => rt.submit_after(function, args, &grouped, ready),
+                None => rt.submit(function, args, &grouped),
+            })
+            .unwrap_or_else(ObjectRef::failed),
             Err(e) => ObjectRef::failed(e),
         };
     }
@@ -481,7 +486,12 @@ pub fn submit_returns(
     options: &TaskOptions,
 ) -> Returns {
     let n = function.num_returns();
-    let placed = in_group(function, options);
+    let placed = in_group(function, options).and_then(|grouped| match &options.placement {
+        Some(p) if with_current(|rt| p.group.pending_ready(rt).is_some())? => {
+            Err(p.group.not_created("a task with several returns"))
+        }
+        _ => Ok(grouped),
+    });
     let (first, extra) = placed
         .and_then(|options| with_current(|rt| rt.submit_returns(function, args, &options)))
         .unwrap_or_else(|e| {
@@ -552,6 +562,9 @@ pub fn create_actor<A: Actor>(
         Ok(r) => r,
         Err(e) => return ActorHandle::dead(e),
     };
+    if with_current(|rt| placement.group.pending_ready(rt).is_some()).unwrap_or(false) {
+        return ActorHandle::dead(placement.group.not_created(&what));
+    }
     let options = ActorOptions {
         resources,
         explicit_resources: true,

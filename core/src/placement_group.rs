@@ -351,19 +351,8 @@ impl PlacementGroup {
         index: Option<usize>,
     ) -> Result<ResourceRequest, Error> {
         let rec = &self.rec;
-        match rec.phase() {
-            REMOVED => return Err(rec.removed()),
-            PENDING if with_current(|rt| rt.cluster.is_some()).unwrap_or(false) => {
-                return Err(Error::InvalidArgument {
-                    what: format!("{what}: placement_group"),
-                    message: format!(
-                        "group {} is not created yet: in a cluster, wait for its ready() \
-                         before putting work in it",
-                        rec.id
-                    ),
-                });
-            }
-            _ => {}
+        if rec.phase() == REMOVED {
+            return Err(rec.removed());
         }
         let n = rec.bundles.len();
         if let Some(i) = index
@@ -419,6 +408,24 @@ impl PlacementGroup {
         }
         out.set_custom(&format!("bundle_group_{h}"), MARKER_TAKE);
         Ok(out)
+    }
+
+    /// In a cluster, the group's `ready()` cell while it is still pending (work for it must
+    /// wait for it there); `None` embedded or once created.
+    pub(crate) fn pending_ready(&self, rt: &Arc<RuntimeInner>) -> Option<Arc<ObjectCell>> {
+        (rt.cluster.is_some() && self.rec.phase() == PENDING).then(|| self.rec.ready.clone())
+    }
+
+    /// The error for `what` put in the group while it is pending in a cluster.
+    pub(crate) fn not_created(&self, what: &str) -> Error {
+        Error::InvalidArgument {
+            what: format!("{what}: placement_group"),
+            message: format!(
+                "group {} is not created yet: in a cluster, wait for its ready() before \
+                 creating actors (or tasks with several returns) in it",
+                self.rec.id
+            ),
+        }
     }
 
     /// Notes an actor created in the group (killed when the group is removed).

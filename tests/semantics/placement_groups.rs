@@ -6,8 +6,8 @@
 //! a task.
 //!
 //! In a cluster the GCS places groups over the nodes and the owner installs the bundles in
-//! its job's workers (ARCHITECTURE.md); work for a group not yet created is refused there
-//! (embedded, it waits), which `pending_group_placed_when_resources_free` checks per mode.
+//! its job's workers (ARCHITECTURE.md); a task for a group not yet created waits for it in
+//! every mode, an actor is refused in a cluster until then (docs/API.md).
 
 use std::time::{Duration, Instant};
 
@@ -390,28 +390,30 @@ fn pending_then_placed(ctx: &Ctx) {
     ready(&big);
     let small = manta::placement_group(cpus(2, 0.5), S::Pack).unwrap();
     still_pending(&small);
-    // Work for the pending group: waits embedded; refused in a cluster (wait for ready()).
+    // Work for the pending group waits for it.
     let early = where_am_i::options()
         .num_cpus(0.5)
         .placement_group(&small, Some(0))
         .remote(5);
+    match early.get_timeout(SHORT) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("a task of a pending group: {other:?}"),
+    }
+    // An actor waits embedded; in a cluster it is refused until the group is created.
+    let early_actor = Holder::options().placement_group(&small, Some(1)).remote();
     if ctx.is_cluster() {
-        match early.get_timeout(SHORT) {
-            Err(Error::InvalidArgument { .. }) => {}
-            other => panic!("a task of a pending group in a cluster: {other:?}"),
-        }
-    } else {
-        match early.get_timeout(SHORT) {
-            Err(Error::Timeout { .. }) => {}
-            other => panic!("a task of a pending group: {other:?}"),
-        }
+        assert!(matches!(
+            early_actor.ready().get_timeout(SHORT),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
     let t = Instant::now();
     manta::remove_placement_group(&big).unwrap();
     ready(&small);
     assert!(t.elapsed() < Duration::from_secs(10), "placed once freed");
+    assert_eq!(early.get_timeout(LONG).unwrap(), 5);
     if !ctx.is_cluster() {
-        assert_eq!(early.get_timeout(LONG).unwrap(), 5);
+        assert_eq!(early_actor.poke().get_timeout(LONG).unwrap(), 1);
     }
     let late = where_am_i::options()
         .num_cpus(0.5)
