@@ -526,6 +526,10 @@ impl Cluster {
     /// raylet starts a replacement), so that restarts and retries of work in them can be
     /// placed; returns whether any was.
     pub(super) fn pg_reinstall_lost(&self) -> bool {
+        // One at a time: a second caller (two restarts after one worker's death) waits for
+        // the first to finish, then finds nothing lost and looks again.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = lock(&ONE_AT_A_TIME);
         let Some(rt) = self.runtime() else {
             return false;
         };

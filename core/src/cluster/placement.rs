@@ -159,12 +159,12 @@ impl Cluster {
             if chosen.is_none() && !reinstalled && wanted.iter().any(|(n, _)| n.contains("_group_"))
             {
                 // A placement group's bundles died with their worker: put them back in the
-                // node's replacement worker, then look again once (`pg.rs`).
+                // node's replacement worker (or wait for whoever is doing it), then look
+                // again once (`pg.rs`).
                 reinstalled = true;
-                if self.pg_reinstall_lost() {
-                    passed.clear();
-                    continue;
-                }
+                self.pg_reinstall_lost();
+                passed.clear();
+                continue;
             }
             let Some(i) = chosen else {
                 let totals: Vec<String> = lock(&self.nodes)
