@@ -130,11 +130,14 @@ pub use manta_core::cluster;
 pub use manta_core::collective;
 pub use manta_core::register_error;
 pub use manta_core::{
-    Actor, ActorHandle, ActorId, ActorOptions, CancelOptions, Config, CpuList, CustomResources,
-    Element, Error, IntoArg, NodeStatus, ObjectId, ObjectRef, ObjectStoreStatus, PageKind,
-    PutError, TaskError, TaskId, TaskOptions, View, block_on, cancel, cancel_with, exit_actor, get,
-    get_actor, get_actor_in, get_all, get_timeout, get_view, is_initialized, kill, put, put_ref,
-    registered_functions, restart, status, wait,
+    Actor, ActorGroup, ActorHandle, ActorId, ActorOptions, Bundle, CancelOptions, Config, CpuList,
+    CustomResources, Element, Error, GroupMember, IntoArg, NodeStatus, ObjectId, ObjectRef,
+    ObjectStoreStatus, PageKind, PlacementGroup, PlacementGroupBuilder, PlacementGroupId,
+    PlacementGroupInfo, PlacementGroupState, PlacementStrategy, PutError, TaskError, TaskId,
+    TaskOptions, View, block_on, cancel, cancel_with, exit_actor, get, get_actor, get_actor_in,
+    get_all, get_placement_group, get_timeout, get_view, group_rank, group_world_size,
+    is_initialized, kill, list_placement_groups, placement_group, placement_group_builder, put,
+    put_ref, registered_functions, remove_placement_group, restart, status, wait,
 };
 pub use manta_launcher::{init, init_with, shutdown};
 pub use manta_macros::{actor, remote};

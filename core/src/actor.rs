@@ -223,6 +223,13 @@ pub struct ActorOptions {
     pub(crate) namespace: Option<String>,
     /// Whether the actor outlives its handles and its owner (until `manta::kill`).
     pub(crate) detached: bool,
+    /// The placement group (and bundle) it is created in.
+    pub(crate) placement: Option<crate::placement_group::InGroup>,
+    /// Its rank in an actor group.
+    pub(crate) member: Option<crate::placement_group::GroupMember>,
+    /// Its rank in an actor group, where only that travelled (an actor created here for
+    /// an owner in another process).
+    pub(crate) rank: Option<crate::placement_group::Rank>,
 }
 
 impl Default for ActorOptions {
@@ -236,6 +243,9 @@ impl Default for ActorOptions {
             explicit_resources: false,
             namespace: None,
             detached: false,
+            placement: None,
+            member: None,
+            rank: None,
         }
     }
 }
@@ -331,6 +341,27 @@ impl ActorOptions {
         self.detached = true;
         self
     }
+    /// Creates the actor in bundle `bundle` of placement group `pg` (`None`: any bundle): what
+    /// it asks for comes out of the bundle's reservation (more than the bundle holds is
+    /// refused), and it dies when the group is removed.
+    pub fn placement_group(
+        mut self,
+        pg: &crate::placement_group::PlacementGroup,
+        bundle: Option<usize>,
+    ) -> Self {
+        self.placement = Some(crate::placement_group::InGroup {
+            group: pg.clone(),
+            bundle,
+        });
+        self
+    }
+    /// Makes the actor `member` of an actor group: in its bundle of the group's placement
+    /// group, knowing its rank (`manta::group_rank`). [`crate::ActorGroup::spawn`] hands
+    /// the members out.
+    pub fn group_member(mut self, member: &crate::placement_group::GroupMember) -> Self {
+        self.member = Some(member.clone());
+        self
+    }
 
     /// The key the name is registered under: the name alone in the default namespace, else
     /// `namespace` + U+001F + `name` (a namespace may not contain U+001F).
@@ -404,6 +435,8 @@ pub(crate) struct ActorCell {
     /// Results of the calls running now, and whether each runs on a slot (failed by a kill;
     /// see "Kill" above).
     running: RunningCalls,
+    /// Its rank in an actor group, if it is a member.
+    member: Option<crate::placement_group::Rank>,
 }
 
 /// The results of an actor's running calls, which a kill fails at once. A serial actor
@@ -569,6 +602,7 @@ impl ActorCell {
             created: OnceLock::new(),
             remote: OnceLock::new(),
             running: RunningCalls::new(options.max_concurrency <= 1),
+            member: options.rank.or(options.member.as_ref().map(|m| m.rank)),
         }
     }
 
@@ -623,7 +657,7 @@ impl ActorCell {
         self.life.load(Ordering::Acquire) == DEAD
     }
 
-    fn death_error(&self) -> Error {
+    pub(crate) fn death_error(&self) -> Error {
         self.death
             .get()
             .cloned()
@@ -631,16 +665,58 @@ impl ActorCell {
     }
 
     pub(crate) fn died(&self, reason: &str) -> Error {
+        let reason = match self.member {
+            // A group's member names its rank (and node) in every error of its death.
+            Some(m) => {
+                let place = match self.remote.get() {
+                    Some(remote) => {
+                        let worker = remote.worker();
+                        let node = worker.and_then(|w| {
+                            runtime::with_current(|rt| {
+                                rt.cluster.as_ref().and_then(|c| c.node_of_worker(w))
+                            })
+                            .ok()
+                            .flatten()
+                        });
+                        format!(
+                            "on node {} in worker process {}",
+                            node.map_or_else(|| "?".to_string(), |n| n.to_string()),
+                            worker.map_or_else(|| "?".to_string(), |w| w.to_string())
+                        )
+                    }
+                    None => runtime::with_current(|rt| {
+                        rt.cluster
+                            .as_ref()
+                            .and_then(|c| c.node_id())
+                            .map_or_else(|| "on this node".to_string(), |n| format!("on node {n}"))
+                    })
+                    .unwrap_or_else(|_| "on this node".into()),
+                };
+                format!(
+                    "{reason} (actor group member rank {} of {}, {place})",
+                    m.rank, m.world_size
+                )
+            }
+            None => reason.to_string(),
+        };
         Error::ActorDied {
             actor: self.id,
             class: self.class.name.to_string(),
-            reason: reason.to_string(),
+            reason,
         }
+    }
+
+    /// Its rank in an actor group, if it is a member.
+    pub(crate) fn member(&self) -> Option<crate::placement_group::Rank> {
+        self.member
     }
 
     /// Runs the constructor (as the body of the actor's creation task).
     pub(crate) fn construct(self: &Arc<Self>, args: &[ArgSlot]) -> Result<ObjectValue, Error> {
-        let state = (self.class.construct)(&mut ArgReader::new(args))?;
+        let state = {
+            let _member = crate::placement_group::MemberGuard::enter(self.member);
+            (self.class.construct)(&mut ArgReader::new(args))?
+        };
         self.state.replace(Some(state));
         let _ = self.ctor_args.set(args.to_vec().into_boxed_slice());
         self.holds_resources
@@ -701,7 +777,7 @@ impl ActorCell {
                 return cluster.restart_remote(self, remote);
             }
             cluster.kill_remote(remote, self.id.as_u64(), false);
-            cluster.fail_calls_to(self.id.as_u64());
+            cluster.fail_calls_to(self.id.as_u64(), &self.died("killed by manta::kill"));
             self.die(self.died("killed by manta::kill"));
             cluster.record_killed_actor(
                 self.id.as_u64(),
@@ -938,6 +1014,7 @@ impl ActorCell {
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let _in_actor = InActor::enter();
+            let _member = crate::placement_group::MemberGuard::enter(self.member);
             (method.invoke)(&self.state, &mut ArgReader::new(&args))
         }));
         let cell = self.leave_running(token, slot);

@@ -411,6 +411,10 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 pub struct NodeStatus {
     /// `(name, available, total)` per resource.
     pub resources: Vec<(String, f64, f64)>,
+    /// `(name, available, total)` per resource of a placement group's bundles (reserved:
+    /// the total; used: total minus available), named `CPU_group_<i>_<group>` per bundle and
+    /// `CPU_group_<group>` for the whole group.
+    pub reserved: Vec<(String, f64, f64)>,
     /// Slot threads started (base slots plus those added for blocked tasks).
     pub slots: usize,
     /// Tasks waiting for resources.
@@ -435,6 +439,7 @@ pub struct NodeStatus {
 pub fn status() -> Result<NodeStatus, Error> {
     with_current(|rt| NodeStatus {
         resources: rt.scheduler.resources.snapshot(),
+        reserved: rt.scheduler.resources.dynamic_snapshot(),
         slots: rt.scheduler.num_slots(),
         pending_tasks: rt.scheduler.num_pending(),
         finished_tasks: rt.scheduler.finished.load(Ordering::Relaxed),
@@ -463,7 +468,37 @@ pub fn submit<R>(
             message,
         });
     }
+    if let Some(placement) = &options.placement {
+        return match in_group(function, options) {
+            // In a cluster, work for a group still pending is submitted once it is created
+            // (embedded, the scheduler's pending queue holds it).
+            Ok(grouped) => with_current(|rt| match placement.group.pending_ready(rt) {
+                Some(ready) => rt.submit_after(function, args, &grouped, ready),
+                None => rt.submit(function, args, &grouped),
+            })
+            .unwrap_or_else(ObjectRef::failed),
+            Err(e) => ObjectRef::failed(e),
+        };
+    }
     with_current(|rt| rt.submit(function, args, options)).unwrap_or_else(ObjectRef::failed)
+}
+
+/// A task's options with its placement group's bundle in place of its resources.
+fn in_group(function: &RemoteFunction, options: &TaskOptions) -> Result<TaskOptions, Error> {
+    let Some(placement) = &options.placement else {
+        return Ok(options.clone());
+    };
+    let name = options.name.as_deref().unwrap_or(function.name());
+    let resources = placement.group.rewrite(
+        &format!("task {name}"),
+        &options.resources,
+        placement.bundle,
+    )?;
+    Ok(TaskOptions {
+        resources,
+        placement: None,
+        ..options.clone()
+    })
 }
 
 /// Submits a task of a function with several returns (generated `f::remote` of a
@@ -474,7 +509,14 @@ pub fn submit_returns(
     options: &TaskOptions,
 ) -> Returns {
     let n = function.num_returns();
-    let (first, extra) = with_current(|rt| rt.submit_returns(function, args, options))
+    let placed = in_group(function, options).and_then(|grouped| match &options.placement {
+        Some(p) if with_current(|rt| p.group.pending_ready(rt).is_some())? => {
+            Err(p.group.not_created("a task with several returns"))
+        }
+        _ => Ok(grouped),
+    });
+    let (first, extra) = placed
+        .and_then(|options| with_current(|rt| rt.submit_returns(function, args, &options)))
         .unwrap_or_else(|e| {
             let cell = || {
                 Arc::new(ObjectCell::ready(
@@ -521,8 +563,64 @@ pub fn create_actor<A: Actor>(
             message,
         });
     }
-    match with_current(|rt| rt.create_actor::<A>(args, options)) {
+    let Some(placement) = member_placement::<A>(options) else {
+        return match with_current(|rt| rt.create_actor::<A>(args, options)) {
+            Ok(handle) => handle,
+            Err(e) => ActorHandle::dead(e),
+        };
+    };
+    let placement = match placement {
+        Ok(p) => p,
+        Err(e) => return ActorHandle::dead(e),
+    };
+    let what = format!("actor {}", A::CLASS.name());
+    // Without explicit resources an actor in a bundle takes only the bundle's marker (Ray's
+    // default actor holds nothing once placed).
+    let asked = if options.explicit_resources {
+        options.resources.clone()
+    } else {
+        crate::resources::ResourceRequest::none()
+    };
+    let resources = match placement.group.rewrite(&what, &asked, placement.bundle) {
+        Ok(r) => r,
+        Err(e) => return ActorHandle::dead(e),
+    };
+    if with_current(|rt| placement.group.pending_ready(rt).is_some()).unwrap_or(false) {
+        return ActorHandle::dead(placement.group.not_created(&what));
+    }
+    let options = ActorOptions {
+        resources,
+        explicit_resources: true,
+        placement: None,
+        ..options.clone()
+    };
+    match with_current(|rt| {
+        let handle = rt.create_actor::<A>(args, &options);
+        placement.group.add_actor(actor_cell(&handle), rt);
+        handle
+    }) {
         Ok(handle) => handle,
         Err(e) => ActorHandle::dead(e),
+    }
+}
+
+/// Where an actor goes in its placement group: its own `placement_group` option, or its
+/// actor group's bundle (the member's rank); `None` for neither.
+fn member_placement<A: Actor>(
+    options: &ActorOptions,
+) -> Option<Result<crate::placement_group::InGroup, Error>> {
+    match (&options.placement, &options.member) {
+        (None, None) => None,
+        (None, Some(m)) => Some(Ok(crate::placement_group::InGroup {
+            group: m.group.clone(),
+            bundle: Some(m.rank()),
+        })),
+        (Some(p), None) => Some(Ok(p.clone())),
+        (Some(_), Some(_)) => Some(Err(Error::InvalidArgument {
+            what: format!("actor {}: group_member", A::CLASS.name()),
+            message: "an actor group's member is placed in its own bundle: \
+                      do not also give it a placement_group"
+                .into(),
+        })),
     }
 }

@@ -188,6 +188,13 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// The placement group the call names was removed (`manta::remove_placement_group`):
+    /// its queued tasks fail with this, and so does any later use of it.
+    #[error("placement group {group} was removed")]
+    PlacementGroupRemoved {
+        /// The group's id (and name, if it has one).
+        group: String,
+    },
     /// The worker process running the task died (it crashed, was killed, or became
     /// unreachable) before the task finished, and the task had no retries left (Ray's
     /// `WorkerCrashedError`). Only in a cluster: embedded, tasks run in the caller's process,

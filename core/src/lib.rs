@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod actor;
+mod actor_group;
 #[allow(unsafe_code)] // one system call, argued there
 mod affinity;
 mod api;
@@ -20,6 +21,7 @@ mod config;
 mod error;
 mod id;
 mod object;
+mod placement_group;
 mod resources;
 mod runtime;
 mod scheduler;
@@ -29,6 +31,7 @@ mod task;
 mod view;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};
+pub use actor_group::ActorGroup;
 pub use api::{
     CancelOptions, NodeStatus, Split, block_on, cancel, cancel_with, exit_actor, get, get_actor,
     get_actor_in, get_all, get_timeout, kill, put, put_ref, restart, status, wait,
@@ -38,6 +41,12 @@ pub use error::{Error, PutError, TaskError};
 pub use id::{ActorId, ObjectId, TaskId};
 pub use manta_store::PageKind;
 pub use object::ObjectRef;
+pub use placement_group::{
+    Bundle, GroupMember, PlacementGroup, PlacementGroupBuilder, PlacementGroupId,
+    PlacementGroupInfo, PlacementGroupState, PlacementStrategy, get_placement_group, group_rank,
+    group_world_size, list_placement_groups, placement_group, placement_group_builder,
+    remove_placement_group,
+};
 pub use runtime::{init, init_with, is_initialized, shutdown};
 pub use store::ObjectStoreStatus;
 pub use task::{IntoArg, TaskOptions, registered_functions};

@@ -19,11 +19,12 @@
 //! and takes it again when it wakes, even if others took it meanwhile (Ray does the same); the
 //! node is briefly oversubscribed and no new task starts until enough is released.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::config::Resolved;
 use crate::error::Error;
-use crate::sync::{AtomicI64, Ordering};
+use crate::sync::{AtomicI64, Ordering, RwLock};
 
 /// Thousandths of a unit.
 const SCALE: f64 = 1000.0;
@@ -149,12 +150,37 @@ impl Demand {
     }
 }
 
-/// A node's resources: totals fixed at start, availability as atomics.
+/// How many resources can be added at run time (a placement group's bundles): each is one
+/// counter of a fixed array, so adding one never moves the counters the hot path reads.
+pub(crate) const DYNAMIC_CAPACITY: usize = 1 << 14;
+/// Subtracted from a removed dynamic resource's counter: nothing can take it any more, and
+/// holders still give back what they hold; once all is back the counter reads `total - RETIRED`
+/// and the index may be reused.
+const RETIRED: i64 = 1 << 60;
+
+/// A node's resources: totals fixed at start, availability as atomics; and resources added at
+/// run time (a placement group's bundles), in counters after the static ones.
 #[derive(Debug)]
 pub(crate) struct NodeResources {
     names: Vec<String>,
     total: Vec<i64>,
+    /// `names.len()` static counters, then [`DYNAMIC_CAPACITY`] dynamic ones.
     available: Box<[AtomicI64]>,
+    /// The totals of the dynamic counters (0: free or retired).
+    dynamic_total: Box<[AtomicI64]>,
+    /// Names of the dynamic resources in use, and the indices free or draining.
+    dynamic: RwLock<Dynamic>,
+}
+
+/// The table of run-time resources: only group creation and removal write it, and only
+/// requests naming such a resource read it.
+#[derive(Debug, Default)]
+struct Dynamic {
+    by_name: HashMap<String, u32>,
+    /// Indices never used or fully drained.
+    free: Vec<u32>,
+    /// Removed, with holders possibly still to give back: `(index, total, what it was)`.
+    retired: Vec<(u32, i64, String)>,
 }
 
 fn to_fixed(what: &str, name: &str, amount: f64) -> Result<i64, String> {
@@ -184,12 +210,131 @@ impl NodeResources {
             names.push(name.clone());
             total.push(to_fixed("resource", name, *amount).map_err(bad)?);
         }
-        let available = total.iter().map(|&t| AtomicI64::new(t)).collect();
+        let available = total
+            .iter()
+            .map(|&t| AtomicI64::new(t))
+            .chain((0..DYNAMIC_CAPACITY).map(|_| AtomicI64::new(0)))
+            .collect();
+        let base = names.len() as u32;
+        let dynamic = Dynamic {
+            free: (base..base + DYNAMIC_CAPACITY as u32).rev().collect(),
+            ..Dynamic::default()
+        };
         Ok(NodeResources {
             names,
             total,
             available,
+            dynamic_total: (0..DYNAMIC_CAPACITY).map(|_| AtomicI64::new(0)).collect(),
+            dynamic: RwLock::new(dynamic),
         })
+    }
+
+    fn total_at(&self, i: usize) -> i64 {
+        match self.total.get(i) {
+            Some(&t) => t,
+            None => self.dynamic_total[i - self.names.len()].load(Ordering::Relaxed),
+        }
+    }
+
+    /// Adds resources at run time, each with a total but nothing available yet (what asks for
+    /// them waits until [`NodeResources::commit_dynamic`]); returns their indices. Fails when
+    /// the table is full or a name exists.
+    pub(crate) fn add_dynamic(&self, entries: &[(String, f64)]) -> Result<Vec<u32>, String> {
+        let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
+        // Reuse what removed groups fully gave back.
+        let base = self.names.len();
+        let mut k = 0;
+        while k < table.retired.len() {
+            let (i, total) = (table.retired[k].0, table.retired[k].1);
+            if self.available[i as usize].load(Ordering::Relaxed) == total - RETIRED {
+                self.available[i as usize].store(0, Ordering::Relaxed);
+                self.dynamic_total[i as usize - base].store(0, Ordering::Relaxed);
+                table.retired.swap_remove(k);
+                table.free.push(i);
+            } else {
+                k += 1;
+            }
+        }
+        if table.free.len() < entries.len() {
+            return Err(format!(
+                "the node's table of run-time resources is full ({DYNAMIC_CAPACITY} entries)"
+            ));
+        }
+        if let Some((name, _)) = entries
+            .iter()
+            .find(|(n, _)| table.by_name.contains_key(n) || self.names.contains(n))
+        {
+            return Err(format!("resource {name} exists already"));
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (name, amount) in entries {
+            let fixed = to_fixed("resource", name, *amount)?;
+            let Some(i) = table.free.pop() else {
+                unreachable!("checked above")
+            };
+            self.available[i as usize].store(0, Ordering::Relaxed);
+            self.dynamic_total[i as usize - base].store(fixed, Ordering::Relaxed);
+            table.by_name.insert(name.clone(), i);
+            out.push(i);
+        }
+        Ok(out)
+    }
+
+    /// Makes dynamic resources available: each gets its whole total.
+    pub(crate) fn commit_dynamic(&self, indices: &[u32]) {
+        for &i in indices {
+            let total = self.total_at(i as usize);
+            self.available[i as usize].fetch_add(total, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes dynamic resources: nothing can take them any more, holders give back as they
+    /// end, and the indices are reused once everything is back. `committed` says whether they
+    /// had been made available.
+    pub(crate) fn remove_dynamic(&self, indices: &[u32], committed: bool, label: &str) {
+        let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
+        for &i in indices {
+            let total = self.total_at(i as usize);
+            let shift = if committed { RETIRED } else { RETIRED - total };
+            self.available[i as usize].fetch_sub(shift, Ordering::Relaxed);
+            table.by_name.retain(|_, v| *v != i);
+            table.retired.push((i, total, label.to_string()));
+        }
+    }
+
+    /// What removed `demand`'s resources, if it names a removed dynamic resource (it can
+    /// never be taken).
+    pub(crate) fn removed(&self, demand: &Demand) -> Option<String> {
+        let &(index, _) = demand.0.iter().find(|&&(i, _)| {
+            i as usize >= self.names.len()
+                && self.available[i as usize].load(Ordering::Relaxed) < -(RETIRED / 2)
+        })?;
+        let table = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
+        Some(
+            table
+                .retired
+                .iter()
+                .find(|r| r.0 == index)
+                .map_or_else(|| "?".to_string(), |r| r.2.clone()),
+        )
+    }
+
+    /// `(name, available, total)` of every dynamic resource, in units.
+    pub(crate) fn dynamic_snapshot(&self) -> Vec<(String, f64, f64)> {
+        let table = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = table
+            .by_name
+            .iter()
+            .map(|(n, &i)| {
+                (
+                    n.clone(),
+                    self.available[i as usize].load(Ordering::Relaxed) as f64 / SCALE,
+                    self.total_at(i as usize) as f64 / SCALE,
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Resolves a request by name. A resource this node does not have counts as a total of 0,
@@ -201,8 +346,12 @@ impl NodeResources {
             if fixed == 0 {
                 return Ok(());
             }
-            match self.names.iter().position(|n| n == name) {
-                Some(i) if self.total[i] >= fixed => {
+            let index = self.names.iter().position(|n| n == name).or_else(|| {
+                let table = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
+                table.by_name.get(name).map(|&i| i as usize)
+            });
+            match index {
+                Some(i) if self.total_at(i) >= fixed => {
                     out.push((i as u32, fixed));
                     Ok(())
                 }
@@ -250,6 +399,14 @@ impl NodeResources {
     /// Takes CPU back even if that drives the counter negative (a slot waking from `get`).
     pub(crate) fn force_acquire_cpu(&self, thousandths: i64) {
         self.available[CPU].fetch_sub(thousandths, Ordering::Relaxed);
+    }
+
+    /// Takes a whole demand even if that drives counters negative (a placement group's
+    /// bundles carved out of a busy worker: nothing new starts until enough is released).
+    pub(crate) fn force_acquire(&self, demand: &Demand) {
+        for &(i, amount) in demand.0.iter() {
+            self.available[i as usize].fetch_sub(amount, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn release(&self, demand: &Demand) {
@@ -342,6 +499,49 @@ mod tests {
         let mut neg = ResourceRequest::task_default();
         neg.num_cpus = -1.0;
         assert!(matches!(n.demand(&neg), Err(DemandError::Invalid(_))));
+    }
+
+    #[test]
+    fn dynamic_resources_wait_commit_retire_and_are_reused() {
+        let n = node(2.0);
+        let slots = n
+            .add_dynamic(&[("CPU_group_0_x".into(), 1.0), ("CPU_group_x".into(), 1.0)])
+            .unwrap();
+        let mut req = ResourceRequest::none();
+        req.set_custom("CPU_group_0_x", 1.0);
+        req.set_custom("CPU_group_x", 1.0);
+        let d = n.demand(&req).unwrap();
+        assert!(!n.try_acquire(&d), "nothing available before the commit");
+        n.commit_dynamic(&slots);
+        assert!(n.try_acquire(&d));
+        assert!(!n.try_acquire(&d), "the bundle holds one CPU");
+        let mut more = req.clone();
+        more.set_custom("CPU_group_0_x", 2.0);
+        assert!(matches!(n.demand(&more), Err(DemandError::Infeasible)));
+        n.remove_dynamic(&slots, true, "group x");
+        assert_eq!(n.removed(&d).as_deref(), Some("group x"));
+        assert!(
+            matches!(n.demand(&req), Err(DemandError::Infeasible)),
+            "the names are gone"
+        );
+        // Held: not reused yet; given back: reused.
+        let again = n.add_dynamic(&[("a".into(), 1.0)]).unwrap();
+        assert!(!slots.contains(&again[0]));
+        n.release(&d);
+        n.remove_dynamic(&again, false, "a");
+        let after_release = n
+            .add_dynamic(&[("b".into(), 1.0), ("c".into(), 1.0)])
+            .unwrap();
+        assert!(
+            after_release
+                .iter()
+                .all(|i| slots.contains(i) || again.contains(i)),
+            "drained indices are reused first: {after_release:?}"
+        );
+        assert!(
+            n.add_dynamic(&[("b".into(), 1.0)]).is_err(),
+            "a name exists"
+        );
     }
 
     #[test]

@@ -403,6 +403,61 @@ impl RuntimeInner {
         result
     }
 
+    /// In a cluster, submits a task of `function` once `after` (a placement group's `ready()`)
+    /// completes; if it fails, the task fails with its error. The result's cell exists now.
+    pub(crate) fn submit_after<R>(
+        &self,
+        function: &'static RemoteFunction,
+        args: Vec<Result<ArgSlot, Error>>,
+        options: &TaskOptions,
+        after: Arc<ObjectCell>,
+    ) -> ObjectRef<R> {
+        if let Err(e) = crate::cancel::check() {
+            return ObjectRef::failed(e);
+        }
+        let args = match args.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(a) => a.into_boxed_slice(),
+            Err(e) => return ObjectRef::failed(e),
+        };
+        let Some(cluster) = self.cluster.clone() else {
+            return self.submit(
+                function,
+                args.into_vec().into_iter().map(Ok).collect(),
+                options,
+            );
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
+        let me = self.me();
+        let (retries, system) = self.task_retries(options);
+        let (c2, a2) = (cell.clone(), after.clone());
+        let resources = options.resources.clone();
+        let name = options.name.clone();
+        let submit = move || match a2.get() {
+            Some(Ok(_)) => cluster.submit_remote(
+                &me,
+                function.name(),
+                c2,
+                args,
+                &resources,
+                name.as_deref(),
+                retries,
+                system,
+            ),
+            Some(Err(e)) => {
+                c2.complete(Err(e.clone()));
+            }
+            None => {}
+        };
+        if let Err(crate::object::Waiter::Callback(f)) =
+            after.register(crate::object::Waiter::Callback(Box::new(submit)))
+        {
+            f();
+        }
+        crate::cancel::note_child(&cell);
+        ObjectRef::from_cell(cell)
+    }
+
     /// Submits a task of a function with `num_returns > 1`; returns its first return object
     /// and the others, in order, each with its own id (`first + i`).
     pub(crate) fn submit_returns(
@@ -797,6 +852,7 @@ impl RuntimeInner {
         name: &str,
         max_concurrency: usize,
         max_restarts: u32,
+        rank: Option<crate::placement_group::Rank>,
     ) -> Arc<ObjectCell> {
         let fail = |e: Error| Arc::new(ObjectCell::ready(ObjectId::from_u64(actor_id), Err(e)));
         let Some(class) = crate::actor::class_by_name(class_name) else {
@@ -815,6 +871,7 @@ impl RuntimeInner {
         if !name.is_empty() {
             options = options.name(name.to_owned());
         }
+        options.rank = rank;
         let id = ActorId::from_u64(actor_id);
         let cell = Arc::new(ActorCell::new(id, class, &options, demand));
         lock(&self.pushed_actors).insert(id, cell.clone());

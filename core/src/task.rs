@@ -235,6 +235,8 @@ pub struct TaskOptions {
     pub(crate) resources: ResourceRequest,
     pub(crate) max_retries: Option<u32>,
     pub(crate) name: Option<String>,
+    /// The placement group (and bundle) the task runs in.
+    pub(crate) placement: Option<crate::placement_group::InGroup>,
 }
 
 impl Default for TaskOptions {
@@ -243,6 +245,7 @@ impl Default for TaskOptions {
             resources: ResourceRequest::task_default(),
             max_retries: None,
             name: None,
+            placement: None,
         }
     }
 }
@@ -274,8 +277,23 @@ impl TaskOptions {
         self.name = Some(name.into());
         self
     }
+    /// Runs the task in bundle `bundle` of placement group `pg` (`None`: any bundle): what it
+    /// asks for comes out of the bundle's reservation; asking more than the bundle holds is
+    /// refused ([`crate::Error::Infeasible`]), and it fails with
+    /// [`crate::Error::PlacementGroupRemoved`] if the group is removed before it runs.
+    pub fn placement_group(
+        mut self,
+        pg: &crate::placement_group::PlacementGroup,
+        bundle: Option<usize>,
+    ) -> Self {
+        self.placement = Some(crate::placement_group::InGroup {
+            group: pg.clone(),
+            bundle,
+        });
+        self
+    }
     pub(crate) fn is_default_shape(&self) -> bool {
-        self.resources == ResourceRequest::task_default()
+        self.resources == ResourceRequest::task_default() && self.placement.is_none()
     }
 }
 

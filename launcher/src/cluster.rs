@@ -297,8 +297,22 @@ pub fn status(args: &ClusterArgs) -> Result<()> {
         state.nodes.len() - alive
     );
     let mut totals: Vec<(String, f64, f64)> = Vec::new();
+    // A placement group's resources over all its bundles: `<name>_group_<id>`.
+    let mut groups: Vec<(String, f64, f64)> = Vec::new();
     for n in state.nodes.iter().filter(|n| n.alive) {
         for (name, avail, total) in &n.resources {
+            if let Some((_, rest)) = name.split_once("_group_") {
+                if !rest.contains('_') && !name.starts_with("bundle_group_") {
+                    match groups.iter_mut().find(|t| &t.0 == name) {
+                        Some(t) => {
+                            t.1 += avail;
+                            t.2 += total;
+                        }
+                        None => groups.push((name.clone(), *avail, *total)),
+                    }
+                }
+                continue;
+            }
             match totals.iter_mut().find(|t| &t.0 == name) {
                 Some(t) => {
                     t.1 += avail;
@@ -320,6 +334,13 @@ pub fn status(args: &ClusterArgs) -> Result<()> {
             );
         } else {
             println!("  {name:>19}: {} used of {total}", total - avail);
+        }
+    }
+    if !groups.is_empty() {
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        println!("reserved by placement groups (used of reserved):");
+        for (name, avail, total) in groups {
+            println!("  {name:>36}: {} used of {total}", total - avail);
         }
     }
     println!("nodes:");
@@ -347,7 +368,7 @@ fn print_node_line(n: &cluster::NodeRow) {
     let res: Vec<String> = n
         .resources
         .iter()
-        .filter(|(name, _, _)| name != "object_store_memory")
+        .filter(|(name, _, _)| name != "object_store_memory" && !name.contains("_group_"))
         .map(|(name, _, total)| format!("{name}={total}"))
         .collect();
     println!(
@@ -378,6 +399,32 @@ pub fn list(args: &ListArgs) -> Result<()> {
             );
             for n in &state.nodes {
                 print_node_line(n);
+            }
+        }
+        ListWhat::PlacementGroups => {
+            let groups = cluster::list_placement_groups(&address, &token)?;
+            println!(
+                "  {:>16}  {:<16}  {:<13}  {:<8}  BUNDLES (resources @ node)",
+                "ID", "NAME", "STRATEGY", "STATE"
+            );
+            for g in &groups {
+                let bundles: Vec<String> = g
+                    .bundles
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| match g.bundle_nodes.get(i) {
+                        Some(node) => format!("{b}@{node}"),
+                        None => format!("{b}@-"),
+                    })
+                    .collect();
+                println!(
+                    "  {:>16}  {:<16}  {:<13}  {:<8}  {}",
+                    g.id.to_string(),
+                    g.name.as_deref().unwrap_or("-"),
+                    g.strategy.to_string(),
+                    g.state.to_string(),
+                    bundles.join(" ")
+                );
             }
         }
         ListWhat::Tasks | ListWhat::Objects => {

@@ -211,6 +211,8 @@ pub enum ListWhat {
     Tasks,
     /// Objects held for owners, shared across processes or borrowed, with size and place.
     Objects,
+    /// Placement groups with id, name, strategy, state and their bundles' nodes.
+    PlacementGroups,
 }
 
 /// Arguments of `manta microbenchmark`.

@@ -143,6 +143,17 @@ impl LocalCluster {
         cluster
     }
 
+    /// Starts one more node (`manta start --address`) and returns its index; does not wait
+    /// for it to join.
+    #[allow(dead_code)]
+    pub(crate) fn add_node(&mut self, spec: &NodeSpec) -> usize {
+        let i = self.nodes.len();
+        let args = vec!["--address".to_owned(), self.address.clone()];
+        let child = spawn_node(spec, &self.root, &format!("node-{i}"), &args, &self.token);
+        self.nodes.push(child);
+        i
+    }
+
     /// Waits until `n` nodes are alive in the GCS's table.
     pub(crate) fn wait_nodes(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -25,6 +25,7 @@ mod errors;
 mod faults;
 mod kill;
 mod nesting;
+mod placement_groups;
 mod tasks;
 mod validation;
 
@@ -47,6 +48,7 @@ fn all_cases() -> Vec<Case> {
         faults::CASES,
         kill::CASES,
         nesting::CASES,
+        placement_groups::CASES,
         validation::CASES,
     ]
     .concat()

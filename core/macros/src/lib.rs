@@ -336,6 +336,8 @@ fn expand_remote(func: ItemFn, num_returns: usize) -> syn::Result<TokenStream2> 
                 pub fn max_retries(self, n: u32) -> Self { Options(self.0.max_retries(n)) }
                 /// The task's name in errors and listings.
                 pub fn name(self, name: impl Into<String>) -> Self { Options(self.0.name(name)) }
+                /// Runs the task in bundle `bundle` of placement group `pg` (`None`: any).
+                pub fn placement_group(self, pg: &::manta::PlacementGroup, bundle: ::core::option::Option<usize>) -> Self { Options(self.0.placement_group(pg, bundle)) }
                 /// Submits the task with these options.
                 pub fn remote(&self, #( #names: impl ::manta::IntoArg<#types> ),*) -> #remote_ret {
                     #submit
@@ -531,6 +533,10 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             pub fn namespace(self, namespace: impl Into<String>) -> Self { #options_ty(self.0.namespace(namespace)) }
             /// Makes the actor outlive its handles and its driver, until `manta::kill`.
             pub fn lifetime_detached(self) -> Self { #options_ty(self.0.lifetime_detached()) }
+            /// Creates the actor in bundle `bundle` of placement group `pg` (`None`: any).
+            pub fn placement_group(self, pg: &::manta::PlacementGroup, bundle: ::core::option::Option<usize>) -> Self { #options_ty(self.0.placement_group(pg, bundle)) }
+            /// Makes the actor a member of an actor group (see `manta::ActorGroup::spawn`).
+            pub fn group_member(self, member: &::manta::GroupMember) -> Self { #options_ty(self.0.group_member(member)) }
             /// Creates the actor with these options.
             pub fn remote(&self, #( #names: impl ::manta::IntoArg<#types> ),*) -> ::manta::ActorHandle<#name> {
                 ::manta::__private::create_actor::<#name>(

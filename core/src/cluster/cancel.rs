@@ -36,7 +36,7 @@ use super::worker::{Cluster, IO_THREAD};
 use super::{CALL_TIMEOUT, wait_reply};
 use crate::cancel::CancelOptions;
 use crate::error::Error;
-use crate::id::{ActorId, ObjectId};
+use crate::id::ObjectId;
 use crate::object::ObjectCell;
 use crate::sync::lock;
 use crate::task::RUNNING;
@@ -162,7 +162,7 @@ impl Cluster {
 
     /// `manta::kill` of remote actor `actor_id` (module docs, "Kill"): fails this process's
     /// calls in flight to it at once, without waiting for its host.
-    pub(crate) fn fail_calls_to(&self, actor_id: u64) {
+    pub(crate) fn fail_calls_to(&self, actor_id: u64, error: &Error) {
         let calls: Vec<Arc<ObjectCell>> = {
             let mut in_flight = lock(&self.in_flight);
             let ids: Vec<u64> = in_flight
@@ -175,11 +175,7 @@ impl Cluster {
                 .collect()
         };
         for cell in calls {
-            cell.complete(Err(Error::ActorDied {
-                actor: ActorId::from_u64(actor_id),
-                class: String::new(),
-                reason: "killed by manta::kill".into(),
-            }));
+            cell.complete(Err(error.clone()));
         }
     }
 

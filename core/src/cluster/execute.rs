@@ -104,8 +104,8 @@ impl Cluster {
         args: Vec<Arg>,
         resources: Vec<Resource>,
         name: String,
-        max_concurrency: u32,
-        max_restarts: u32,
+        (max_concurrency, max_restarts): (u32, u32),
+        group: (u32, u32),
     ) {
         let Some(rt) = self.runtime() else { return };
         let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
@@ -118,6 +118,10 @@ impl Cluster {
             &name,
             max_concurrency as usize,
             max_restarts,
+            (group.1 > 0).then_some(crate::placement_group::Rank {
+                rank: group.0,
+                world_size: group.1,
+            }),
         );
         self.reply_when_done(peer, actor_id, class_name, &created);
     }
@@ -332,6 +336,11 @@ pub(super) fn error_to_wire(e: &Error) -> (ErrorKind, String, String) {
             ErrorKind::OwnerDied,
             object.as_u64().to_string(),
             reason.clone(),
+        ),
+        Error::PlacementGroupRemoved { group } => (
+            ErrorKind::Other,
+            super::submit::PG_REMOVED.to_string(),
+            group.clone(),
         ),
         other => (ErrorKind::Other, String::new(), other.to_string()),
     }

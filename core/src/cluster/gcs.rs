@@ -16,8 +16,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::execute::SEP;
 use super::peer::{Handler, Peer};
-use super::proto::{ActorInfo, Msg, Node};
+use super::pg;
+use super::proto::{ActorInfo, Msg, Node, PgOp, PgRow};
 use crate::sync::lock;
 
 /// How a node learns that the GCS declared it dead: the reason of the `Stop` it is sent (at
@@ -59,6 +61,8 @@ struct State {
     next_node: u64,
     next_worker: u64,
     next_job: u64,
+    /// Placement groups (`pg.rs`).
+    pgs: super::pg::GcsGroups,
 }
 
 /// A `manta list` answer being gathered.
@@ -190,6 +194,7 @@ impl Gcs {
                     error: String::new(),
                 });
                 Self::publish(&mut s, &Msg::NodeEvent { node });
+                s.pgs.retry_scheduled = true;
             }
             Msg::Heartbeat {
                 node_id,
@@ -206,6 +211,10 @@ impl Gcs {
                         return;
                     }
                     e.last_heard = Instant::now();
+                    // A removed group's resources leave the node's row.
+                    e.node.resources.retain(|m| {
+                        !m.name.contains("_group_") || resources.iter().any(|r| r.name == m.name)
+                    });
                     for r in resources {
                         match e.node.resources.iter_mut().find(|m| m.name == r.name) {
                             Some(mine) => {
@@ -525,6 +534,21 @@ impl Gcs {
         }
         s.subscribers.retain(|p| !Arc::ptr_eq(p, peer));
         Self::forget_dead_actors(&mut s);
+        // A group's lifetime follows its creator's unless detached.
+        let orphans: Vec<u64> = s
+            .pgs
+            .groups
+            .values()
+            .filter(|g| !g.row.detached && Arc::ptr_eq(&g.owner, peer))
+            .map(|g| g.row.pg_id)
+            .collect();
+        for id in &orphans {
+            tracing::info!(pg = id, "placement group removed with its creator");
+            Self::pg_remove(&mut s, *id);
+        }
+        if !orphans.is_empty() {
+            s.pgs.retry_scheduled = true;
+        }
     }
 
     /// Keeps at most [`MAX_DEAD_ACTORS`] dead actors (the oldest are forgotten first, with
@@ -550,6 +574,302 @@ impl Gcs {
     }
 }
 
+impl Gcs {
+    /// A placement-group message (see `pg.rs` for the protocol).
+    fn pg_message(self: &Arc<Self>, peer: &Arc<Peer>, op: PgOp, request_id: u64, group: PgRow) {
+        let mut s = lock(&self.state);
+        match op {
+            PgOp::Create => {
+                let reply = |state: u8, error: String| {
+                    pg::msg(
+                        PgOp::Reply,
+                        request_id,
+                        PgRow {
+                            state,
+                            ..group.clone()
+                        },
+                        error,
+                    )
+                };
+                if !group.name.is_empty() && s.pgs.names.contains_key(&group.name) {
+                    peer.send(reply(
+                        pg::REMOVED,
+                        format!(
+                            "name: a placement group named {:?} exists already",
+                            group.name
+                        ),
+                    ));
+                    return;
+                }
+                let rooms = Self::rooms(&s);
+                let bundles: Vec<Vec<(String, f64)>> = group
+                    .bundles
+                    .iter()
+                    .map(|b| {
+                        b.resources
+                            .iter()
+                            .map(|r| (r.name.clone(), r.total))
+                            .collect()
+                    })
+                    .collect();
+                if let pg::Choice::Infeasible(i) = pg::choose(&rooms, &bundles, group.strategy) {
+                    let totals: Vec<String> = rooms
+                        .iter()
+                        .map(|r| format!("node {}: {:?}", r.node_id, r.totals))
+                        .collect();
+                    peer.send(reply(
+                        pg::REMOVED,
+                        format!("infeasible: bundle {i}{SEP}{}", totals.join("; ")),
+                    ));
+                    return;
+                }
+                let mut row = group.clone();
+                row.state = pg::PENDING;
+                if !row.name.is_empty() {
+                    s.pgs.names.insert(row.name.clone(), row.pg_id);
+                }
+                s.pgs.groups.insert(
+                    row.pg_id,
+                    pg::GcsGroup {
+                        row: row.clone(),
+                        owner: peer.clone(),
+                        placing: false,
+                    },
+                );
+                peer.send(reply(pg::PENDING, String::new()));
+                drop(s);
+                self.pg_try_place();
+            }
+            PgOp::Remove => {
+                let state = if Self::pg_remove(&mut s, group.pg_id) {
+                    pg::REMOVED
+                } else {
+                    pg::PENDING
+                };
+                peer.send(pg::msg(
+                    PgOp::Reply,
+                    request_id,
+                    PgRow { state, ..group },
+                    String::new(),
+                ));
+                drop(s);
+                self.pg_try_place();
+            }
+            PgOp::List => {
+                let rows = s.pgs.rows();
+                peer.send(Msg::Pg {
+                    op: PgOp::Groups,
+                    request_id,
+                    group: PgRow::default(),
+                    error: String::new(),
+                    groups: rows,
+                });
+            }
+            other => {
+                tracing::warn!(
+                    ?other,
+                    "unexpected placement-group message at the GCS: ignored"
+                );
+            }
+        }
+    }
+
+    /// Every live node's room for groups: totals (of its own resources) and what groups
+    /// leave free.
+    fn rooms(s: &State) -> Vec<pg::NodeRoom> {
+        s.nodes
+            .iter()
+            .filter(|e| e.node.alive)
+            .map(|e| {
+                let totals: Vec<(String, f64)> = e
+                    .node
+                    .resources
+                    .iter()
+                    .filter(|r| !r.name.contains("_group_") && r.name != "object_store_memory")
+                    .map(|r| (r.name.clone(), r.total))
+                    .collect();
+                let mut free = totals.clone();
+                if let Some(reserved) = s.pgs.reserved.get(&e.node.node_id) {
+                    for (name, amount) in reserved {
+                        if let Some(f) = free.iter_mut().find(|(n, _)| n == name) {
+                            f.1 -= amount;
+                        }
+                    }
+                }
+                pg::NodeRoom {
+                    node_id: e.node.node_id,
+                    totals,
+                    free,
+                }
+            })
+            .collect()
+    }
+
+    /// Removes a group: cancels its reservations at the raylets. Returns whether it existed.
+    fn pg_remove(s: &mut State, pg_id: u64) -> bool {
+        let Some(g) = s.pgs.groups.remove(&pg_id) else {
+            return false;
+        };
+        if s.pgs.names.get(&g.row.name) == Some(&pg_id) {
+            s.pgs.names.remove(&g.row.name);
+        }
+        if g.placing || g.row.state == pg::CREATED {
+            s.pgs.account(&g.row, -1.0);
+            Self::pg_cancel_at_raylets(s, &g.row);
+        }
+        let mut row = g.row;
+        row.state = pg::REMOVED;
+        s.pgs.removed.push_back(row);
+        if s.pgs.removed.len() > pg::KEPT_REMOVED {
+            s.pgs.removed.pop_front();
+        }
+        true
+    }
+
+    fn pg_cancel_at_raylets(s: &State, row: &PgRow) {
+        let mut nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        for node_id in nodes {
+            if let Some(e) = s.nodes.iter().find(|e| e.node.node_id == node_id) {
+                e.peer
+                    .send(pg::msg(PgOp::Cancel, 0, pg::row_on(row, node_id), ""));
+            }
+        }
+    }
+
+    /// Tries to place every pending group not being placed: chooses nodes, then runs the
+    /// two-phase reservation for each group that has them.
+    fn pg_try_place(self: &Arc<Self>) {
+        let mut s = lock(&self.state);
+        s.pgs.retry_scheduled = false;
+        let mut ids: Vec<u64> = s
+            .pgs
+            .groups
+            .values()
+            .filter(|g| g.row.state == pg::PENDING && !g.placing)
+            .map(|g| g.row.pg_id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            let rooms = Self::rooms(&s);
+            let Some(g) = s.pgs.groups.get(&id) else {
+                continue;
+            };
+            let bundles: Vec<Vec<(String, f64)>> = g
+                .row
+                .bundles
+                .iter()
+                .map(|b| {
+                    b.resources
+                        .iter()
+                        .map(|r| (r.name.clone(), r.total))
+                        .collect()
+                })
+                .collect();
+            let pg::Choice::Nodes(nodes) = pg::choose(&rooms, &bundles, g.row.strategy) else {
+                continue;
+            };
+            let mut row = g.row.clone();
+            for (b, n) in row.bundles.iter_mut().zip(&nodes) {
+                b.node_id = *n;
+            }
+            s.pgs.account(&row, 1.0);
+            if let Some(g) = s.pgs.groups.get_mut(&id) {
+                g.row = row.clone();
+                g.placing = true;
+            }
+            let mut targets = Vec::new();
+            let mut distinct = nodes.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            for node_id in distinct {
+                let peer = s
+                    .nodes
+                    .iter()
+                    .find(|e| e.node.node_id == node_id)
+                    .map(|e| e.peer.clone());
+                if let Some(peer) = peer {
+                    targets.push((node_id, peer, pg::row_on(&row, node_id)));
+                }
+            }
+            let me = self.clone();
+            tokio::spawn(async move { me.pg_two_phase(id, targets).await });
+        }
+    }
+
+    /// Phase one (prepare at every chosen raylet), then commit or roll back everything.
+    async fn pg_two_phase(self: Arc<Self>, pg_id: u64, targets: Vec<(u64, Arc<Peer>, PgRow)>) {
+        let asks: Vec<_> = targets
+            .iter()
+            .map(|(_, peer, row)| {
+                let row = row.clone();
+                peer.request(move |id| pg::msg(PgOp::Prepare, id, row, ""))
+            })
+            .collect();
+        let mut failure = None;
+        for (rx, (node_id, _, _)) in asks.into_iter().zip(&targets) {
+            let why = match tokio::time::timeout(pg::PREPARE_TIMEOUT, rx).await {
+                Ok(Ok(Ok(Msg::Pg { error, .. }))) if error.is_empty() => continue,
+                Ok(Ok(Ok(Msg::Pg { error, .. }))) => error,
+                Ok(Ok(Ok(other))) => format!("unexpected answer {}", other.name()),
+                Ok(Ok(Err(e))) => e.to_string(),
+                Ok(Err(_)) => "its connection closed".into(),
+                Err(_) => format!("no answer within {:?}", pg::PREPARE_TIMEOUT),
+            };
+            failure.get_or_insert(format!("node {node_id}: {why}"));
+        }
+        let mut s = lock(&self.state);
+        let Some(g) = s.pgs.groups.get_mut(&pg_id) else {
+            // Removed meanwhile (its reservations were taken off then): roll back.
+            for (node_id, peer, row) in &targets {
+                let _ = node_id;
+                peer.send(pg::msg(PgOp::Cancel, 0, row.clone(), ""));
+            }
+            return;
+        };
+        g.placing = false;
+        match failure {
+            None => {
+                g.row.state = pg::CREATED;
+                let row = g.row.clone();
+                let owner = g.owner.clone();
+                for (_, peer, part) in &targets {
+                    peer.send(pg::msg(PgOp::Commit, 0, part.clone(), ""));
+                }
+                tracing::info!(pg = pg_id, "placement group created");
+                owner.send(pg::msg(PgOp::Reply, 0, row, ""));
+            }
+            Some(why) => {
+                tracing::info!(pg = pg_id, %why, "placement group reservation rolled back");
+                let row = g.row.clone();
+                for b in &mut g.row.bundles {
+                    b.node_id = 0;
+                }
+                s.pgs.account(&row, -1.0);
+                for (_, peer, part) in &targets {
+                    peer.send(pg::msg(PgOp::Cancel, 0, part.clone(), ""));
+                }
+                if !s.pgs.retry_scheduled {
+                    s.pgs.retry_scheduled = true;
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        me.pg_try_place();
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs a retry a node join or a driver's exit asked for.
+    fn pg_retry_if_asked(self: &Arc<Self>) {
+        if lock(&self.state).pgs.retry_scheduled {
+            self.pg_try_place();
+        }
+    }
+}
+
 /// The GCS's connection handler.
 pub(crate) struct GcsHandler(pub(crate) Arc<Gcs>);
 
@@ -563,10 +883,20 @@ impl Handler for GcsHandler {
                 objects,
                 ..
             } => self.0.listing_part(request_id, tasks, objects),
-            other => self.0.handle(peer, other),
+            Msg::Pg {
+                op,
+                request_id,
+                group,
+                ..
+            } => self.0.pg_message(peer, op, request_id, group),
+            other => {
+                self.0.handle(peer, other);
+                self.0.pg_retry_if_asked();
+            }
         }
     }
     fn on_close(self: Arc<Self>, peer: &Arc<Peer>, _reason: &str) {
         self.0.closed(peer);
+        self.0.pg_retry_if_asked();
     }
 }

@@ -32,6 +32,7 @@ mod node;
 pub(crate) mod node_store;
 pub(crate) mod objects;
 pub(crate) mod peer;
+pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
@@ -46,7 +47,7 @@ mod worker_logs;
 
 pub use node::{
     ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,
-    list_work, query, run_node, stop_cluster,
+    list_placement_groups, list_work, query, run_node, stop_cluster,
 };
 
 use std::path::PathBuf;

@@ -32,7 +32,7 @@ use manta_transport::{Address, Listener};
 use super::gcs::{DECLARED_DEAD, Gcs, GcsHandler};
 use super::node_store::NodeStore;
 use super::peer::{Handler, Peer};
-use super::proto::{JobWorker, Msg, Node, Resource};
+use super::proto::{JobWorker, Msg, Node, PgOp, PgRow, Resource};
 use super::{CALL_TIMEOUT, cluster_error, transport_config};
 use crate::config::CpuList;
 use crate::error::Error;
@@ -365,6 +365,34 @@ pub fn list_work(address: &str, token: &str) -> Result<WorkList, Error> {
     })
 }
 
+/// The placement groups of the cluster whose GCS is at `address` (pending, created, and the
+/// last removed ones), by id.
+pub fn list_placement_groups(
+    address: &str,
+    token: &str,
+) -> Result<Vec<crate::PlacementGroupInfo>, Error> {
+    let io = io_runtime()?;
+    io.block_on(async {
+        let what = "listing placement groups";
+        let conn = super::connect(address, token, "cli".into()).await?;
+        let gcs = Peer::spawn(conn, "gcs".into(), Arc::new(RepliesOnly));
+        let reply =
+            gcs.request(|request_id| super::pg::msg(PgOp::List, request_id, PgRow::default(), ""));
+        let reply = tokio::time::timeout(CALL_TIMEOUT, reply)
+            .await
+            .map_err(|_| cluster_error(what, "no reply in time"))?
+            .map_err(|_| cluster_error(what, "connection closed"))??;
+        gcs.shutdown("done");
+        let Msg::Pg { groups, .. } = reply else {
+            return Err(cluster_error(what, "unexpected reply"));
+        };
+        Ok(groups
+            .iter()
+            .map(crate::PlacementGroupInfo::from_row)
+            .collect())
+    })
+}
+
 /// Asks the cluster whose GCS is at `address` to stop (every raylet stops its workers and
 /// exits, then the head).
 pub fn stop_cluster(address: &str, token: &str) -> Result<(), Error> {
@@ -511,6 +539,8 @@ struct Raylet {
     store: Option<NodeStore>,
     /// Why the GCS declared this node dead, if it did (the node then exits with an error).
     declared_dead: OnceLock<String>,
+    /// Placement-group bundles reserved here (`pg.rs`).
+    ledger: Mutex<super::pg::Ledger>,
 }
 
 impl Raylet {
@@ -519,6 +549,14 @@ impl Raylet {
     /// (granted bytes in use), or where the node has none, every worker's own arena.
     fn resources(&self) -> Vec<Resource> {
         let mut v = self.totals();
+        // Committed bundles: their resources, used as the workers holding them report.
+        let node_id = self.node_id.get().copied().unwrap_or(0);
+        let added = lock(&self.ledger).resources(node_id);
+        v.extend(added.into_iter().map(|(name, total)| Resource {
+            name,
+            total,
+            available: total,
+        }));
         let workers = lock(&self.workers);
         let mut store = Resource {
             name: "object_store_memory".into(),
@@ -940,6 +978,62 @@ fn reap(mut child: Child) {
     });
 }
 
+impl Raylet {
+    /// The GCS's two-phase reservation of placement-group bundles (`pg.rs`).
+    fn pg_message(&self, peer: &Arc<Peer>, op: PgOp, request_id: u64, group: PgRow) {
+        match op {
+            PgOp::Prepare => {
+                let totals: Vec<(String, f64)> = self
+                    .totals()
+                    .into_iter()
+                    .map(|r| (r.name, r.total))
+                    .collect();
+                let pg_id = group.pg_id;
+                let error = match lock(&self.ledger).prepare(&totals, group) {
+                    Ok(()) => String::new(),
+                    Err(e) => e,
+                };
+                let reply = super::pg::msg(
+                    PgOp::Prepared,
+                    request_id,
+                    PgRow {
+                        pg_id,
+                        ..PgRow::default()
+                    },
+                    error,
+                );
+                // A test hook: a window between prepare and commit in which a test kills
+                // this raylet (the reservation must not leak on the other nodes).
+                match std::env::var("MANTA_TESTING_PG_PREPARE_DELAY_MS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    Some(ms) => {
+                        let peer = peer.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            peer.send(reply);
+                        });
+                    }
+                    None => peer.send(reply),
+                }
+            }
+            PgOp::Commit => {
+                if !lock(&self.ledger).commit(group.pg_id) {
+                    tracing::warn!(pg = group.pg_id, "commit of a group not prepared here");
+                }
+            }
+            PgOp::Cancel => lock(&self.ledger).cancel(group.pg_id),
+            other => {
+                tracing::warn!(
+                    ?other,
+                    "unexpected placement-group message at a raylet: ignored"
+                );
+            }
+        }
+    }
+}
+
 struct RayletHandler(Arc<Raylet>);
 
 impl Handler for RayletHandler {
@@ -995,6 +1089,14 @@ impl Handler for RayletHandler {
                 self.0.stop.notify_one();
             }
             Msg::NodeEvent { .. } | Msg::JobEvent { .. } => {}
+            Msg::Pg {
+                op,
+                request_id,
+                group,
+                ..
+            } if self.0.gcs.get().is_some_and(|g| Arc::ptr_eq(g, peer)) => {
+                self.0.pg_message(peer, op, request_id, group)
+            }
             other => {
                 tracing::warn!(peer = %peer.name, message = other.name(), "unexpected message for a raylet: ignored");
             }
@@ -1089,6 +1191,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             gcs: OnceLock::new(),
             store,
             declared_dead: OnceLock::new(),
+            ledger: Mutex::new(Default::default()),
         });
         let _ = raylet.me.set(Arc::downgrade(&raylet));
         let handler: Arc<dyn Handler> = Arc::new(RayletHandler(raylet.clone()));

@@ -499,6 +499,13 @@ fn reply_id(msg: &Msg) -> Option<u64> {
         | Msg::Work { request_id, .. }
         | Msg::BorrowersAdded { request_id, .. }
         | Msg::CancelReply { request_id, .. } => Some(*request_id),
+        // Placement-group answers; a `PgReply` with request id 0 is an unasked notice.
+        Msg::Pg {
+            op:
+                super::proto::PgOp::Reply | super::proto::PgOp::Prepared | super::proto::PgOp::Groups,
+            request_id,
+            ..
+        } if *request_id != 0 => Some(*request_id),
         _ => None,
     }
 }

@@ -34,9 +34,9 @@ pub(super) struct NodeSlot {
 /// One of the job's worker processes on a node, as this owner sees it.
 pub(super) struct NodeWorker {
     pub(super) index: u64,
-    peer: Arc<Peer>,
+    pub(super) peer: Arc<Peer>,
     /// `(resource, total)` its scheduler holds.
-    totals: Vec<(String, f64)>,
+    pub(super) totals: Vec<(String, f64)>,
     /// This owner's demand in flight there, per resource.
     busy: Vec<(String, f64)>,
 }
@@ -69,7 +69,18 @@ impl Cluster {
             match slots.iter_mut().find(|s| s.node_id == n.node_id) {
                 Some(s) => {
                     s.alive = n.alive;
+                    // Bundles this owner installed stay, even before the node's heartbeat
+                    // lists them (`pg.rs`).
+                    let installed: Vec<(String, f64)> = s
+                        .totals
+                        .iter()
+                        .filter(|(name, _)| {
+                            name.contains("_group_") && !totals.iter().any(|(t, _)| t == name)
+                        })
+                        .cloned()
+                        .collect();
                     s.totals = totals;
+                    s.totals.extend(installed);
                 }
                 None => slots.push(NodeSlot {
                     node_id: n.node_id,
@@ -136,6 +147,7 @@ impl Cluster {
             policy::pick(&loads, &wanted, preferred, 0.5)
         };
         let mut refreshed = false;
+        let mut reinstalled = false;
         loop {
             let mut chosen = pick(&lock(&self.nodes), &passed);
             if chosen.is_none() && !refreshed {
@@ -143,6 +155,16 @@ impl Cluster {
                 self.refresh_nodes()?;
                 refreshed = true;
                 chosen = pick(&lock(&self.nodes), &passed);
+            }
+            if chosen.is_none() && !reinstalled && wanted.iter().any(|(n, _)| n.contains("_group_"))
+            {
+                // A placement group's bundles died with their worker: put them back in the
+                // node's replacement worker (or wait for whoever is doing it), then look
+                // again once (`pg.rs`).
+                reinstalled = true;
+                self.pg_reinstall_lost();
+                passed.clear();
+                continue;
             }
             let Some(i) = chosen else {
                 let totals: Vec<String> = lock(&self.nodes)
@@ -191,7 +213,7 @@ impl Cluster {
 
     /// Makes sure the job's workers on node slot `i` are known: asks that node's raylet for
     /// them on first use (it starts one, or names those that joined by themselves).
-    fn node_workers(&self, i: usize) -> Result<(), Error> {
+    pub(super) fn node_workers(&self, i: usize) -> Result<(), Error> {
         let (node_id, address, totals) = {
             let mut slots = lock(&self.nodes);
             let s = &mut slots[i];

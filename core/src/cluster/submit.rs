@@ -375,6 +375,7 @@ impl Cluster {
             name: name.unwrap_or_default().to_owned(),
             max_concurrency,
             max_restarts,
+            group: actor.member().map_or((0, 0), |m| (m.rank, m.world_size)),
         });
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());
@@ -724,6 +725,8 @@ pub(super) fn wire_error(kind: ErrorKind, task: String, message: String, id: u64
         {
             e
         }
+        // A placement group's removal, packed by `execute::error_to_wire`.
+        ErrorKind::Other if task == PG_REMOVED => Error::PlacementGroupRemoved { group: message },
         ErrorKind::Infeasible | ErrorKind::Store | ErrorKind::Other => Error::Cluster {
             what: if task.is_empty() {
                 "remote task".into()
@@ -734,6 +737,10 @@ pub(super) fn wire_error(kind: ErrorKind, task: String, message: String, id: u64
         },
     }
 }
+
+/// The `task` field of a wire error that is `Error::PlacementGroupRemoved` (its message is
+/// the group).
+pub(super) const PG_REMOVED: &str = "\u{1f}placement group removed";
 
 /// `Infeasible` and the store's errors, whose fields `execute::error_to_wire` packed.
 fn typed_wire_error(kind: ErrorKind, task: &str, message: &str) -> Option<Error> {

@@ -580,16 +580,21 @@ impl Cluster {
                 }
             }
         }
-        let class = lock(&self.owned_actors)
+        let (class, actor) = lock(&self.owned_actors)
             .get(&actor_id)
-            .map_or("actor", |a| a.class);
-        cell.complete(Err(Error::ActorDied {
-            actor: crate::id::ActorId::from_u64(actor_id),
-            class: class.to_owned(),
-            reason: format!(
-                "its worker process {index} died while the call to {method} was in flight \
-                 ({reason})"
-            ),
+            .map_or(("actor", None), |a| (a.class, a.cell.upgrade()));
+        let reason = format!(
+            "its worker process {index} died while the call to {method} was in flight \
+             ({reason})"
+        );
+        // An actor group's member names its rank and node (`ActorCell::died`).
+        cell.complete(Err(match actor {
+            Some(actor) => actor.died(&reason),
+            None => Error::ActorDied {
+                actor: crate::id::ActorId::from_u64(actor_id),
+                class: class.to_owned(),
+                reason,
+            },
         }));
     }
 
@@ -618,6 +623,12 @@ impl Cluster {
         else {
             return;
         };
+        // A group member comes back with its rank (in its bundle: the same request).
+        let group = lock(&self.owned_actors)
+            .get(&id)
+            .and_then(|a| a.cell.upgrade())
+            .and_then(|c| c.member())
+            .map_or((0, 0), |m| (m.rank, m.world_size));
         let Some(rt) = self.runtime() else { return };
         let (node, worker, peer) = match self.place(&request, None) {
             Ok(p) => p,
@@ -681,6 +692,7 @@ impl Cluster {
             name: name.unwrap_or_default(),
             max_concurrency,
             max_restarts: restarts_left,
+            group,
         });
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());

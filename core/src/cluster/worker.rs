@@ -644,6 +644,7 @@ impl Cluster {
             .resources
             .snapshot()
             .into_iter()
+            .chain(rt.scheduler.resources.dynamic_snapshot())
             .map(|(name, available, total)| Resource {
                 name,
                 total,
@@ -717,6 +718,7 @@ impl Handler for WorkerHandler {
                 name,
                 max_concurrency,
                 max_restarts,
+                group,
             } => c.create_pushed_actor(
                 peer,
                 actor_id,
@@ -724,8 +726,8 @@ impl Handler for WorkerHandler {
                 args,
                 resources,
                 name,
-                max_concurrency,
-                max_restarts,
+                (max_concurrency, max_restarts),
+                group,
             ),
             Msg::ActorCall {
                 actor_id,
@@ -746,6 +748,12 @@ impl Handler for WorkerHandler {
                 crate::cancel::CancelOptions { force, recursive },
             ),
             Msg::DetachActor { actor_id } => c.detach_pushed_actor(actor_id),
+            Msg::Pg {
+                op,
+                group,
+                request_id: 0,
+                ..
+            } => c.pg_notice(peer, op, group),
             Msg::JobEvent {
                 job_id,
                 finished: true,

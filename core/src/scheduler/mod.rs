@@ -138,6 +138,8 @@ pub(crate) struct Scheduler {
     pending: Mutex<VecDeque<Arc<Task>>>,
     num_pending: AtomicUsize,
     pub(crate) resources: NodeResources,
+    /// The placement groups reserved (or waiting) on this node.
+    pub(crate) groups: crate::placement_group::Groups,
     spin: Duration,
     inline_get: bool,
     /// CPUs the slots pin themselves to, round-robin (config `cpu_affinity`; empty: none).
@@ -197,6 +199,7 @@ impl Scheduler {
             pending: Mutex::new(VecDeque::new()),
             num_pending: AtomicUsize::new(0),
             resources,
+            groups: Default::default(),
             spin,
             inline_get,
             affinity,
@@ -412,9 +415,41 @@ impl Scheduler {
         }
         self.resources.release(demand);
         self.drain_pending();
+        if self.groups.any_pending() {
+            crate::placement_group::retry_pending(self);
+        }
+    }
+
+    /// Fails the pending tasks whose resources a removed placement group took with it.
+    pub(crate) fn fail_removed_pending(&self) {
+        let failed: Vec<(Arc<Task>, String)> = {
+            let mut pending = lock(&self.pending);
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < pending.len() {
+                match self.resources.removed(&pending[i].demand) {
+                    Some(group) => {
+                        if let Some(task) = pending.remove(i) {
+                            out.push((task, group));
+                        }
+                        self.num_pending.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    None => i += 1,
+                }
+            }
+            out
+        };
+        for (task, group) in failed {
+            fail_task(task, Error::PlacementGroupRemoved { group });
+        }
     }
 
     fn park_pending(&self, task: Arc<Task>) {
+        if let Some(group) = self.resources.removed(&task.demand) {
+            // Its placement group is gone: it can never run.
+            fail_task(task, Error::PlacementGroupRemoved { group });
+            return;
+        }
         {
             let mut pending = lock(&self.pending);
             pending.push_back(task);
@@ -431,6 +466,7 @@ impl Scheduler {
             return;
         }
         let mut ready = Vec::new();
+        let mut removed = Vec::new();
         {
             let mut pending = lock(&self.pending);
             let mut i = 0;
@@ -450,6 +486,12 @@ impl Scheduler {
                         ready.push(task);
                     }
                     self.num_pending.fetch_sub(1, Ordering::SeqCst);
+                } else if let Some(group) = self.resources.removed(&pending[i].demand) {
+                    // Its placement group was removed while it was being parked.
+                    if let Some(task) = pending.remove(i) {
+                        removed.push((task, group));
+                    }
+                    self.num_pending.fetch_sub(1, Ordering::SeqCst);
                 } else {
                     i += 1;
                 }
@@ -457,6 +499,9 @@ impl Scheduler {
         }
         for task in ready {
             self.push(Job::Reserved(task));
+        }
+        for (task, group) in removed {
+            fail_task(task, Error::PlacementGroupRemoved { group });
         }
     }
 
@@ -758,6 +803,16 @@ fn steal(mut attempt: impl FnMut() -> Steal<Job>) -> Option<Job> {
             Steal::Retry => continue,
             Steal::Empty => return None,
         }
+    }
+}
+
+/// Completes a task that will never run with `error`.
+fn fail_task(task: Arc<Task>, error: Error) {
+    if task.cancel() || task.claim() {
+        if let TaskBody::CreateActor(actor) = &task.body {
+            actor.constructor_failed(error.clone());
+        }
+        task.result.complete(Err(error));
     }
 }
 

@@ -399,6 +399,7 @@ pub(crate) fn run(args: &MicrobenchmarkArgs) -> Result<()> {
     }
     ray_cases(&mut r)?;
     extra_cases(&mut r)?;
+    group_cases(&mut r)?;
     manta::shutdown();
 
     // The same round trip with `get` never running the task itself: the cross-thread path.
@@ -569,6 +570,106 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
                 .collect();
             get_done(&refs)
         })?;
+    }
+    // Ray's case: 100 groups of one tiny bundle created, waited for, removed.
+    let num_pgs = 100;
+    r.timeit("placement group create/removal", num_pgs as f64, || {
+        let pgs = (0..num_pgs)
+            .map(|_| {
+                manta::placement_group(
+                    vec![manta::Bundle::cpus(0.001)],
+                    manta::PlacementStrategy::Pack,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for pg in &pgs {
+            pg.ready().get_timeout(Duration::from_secs(30))?;
+        }
+        for pg in &pgs {
+            manta::remove_placement_group(pg)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Members of an actor group of `n` [`Server`]s, one per tiny bundle.
+fn server_group(n: usize) -> Result<(manta::PlacementGroup, manta::ActorGroup<Server>)> {
+    let pg = manta::placement_group(
+        (0..n).map(|_| manta::Bundle::cpus(0.001)).collect(),
+        manta::PlacementStrategy::Pack,
+    )?;
+    pg.ready().get_timeout(Duration::from_secs(30))?;
+    let group = manta::ActorGroup::spawn(&pg, |m| Server::options().group_member(&m).remote())?;
+    manta::get_all(&group.call(|m| m.small_value()))?;
+    Ok((pg, group))
+}
+
+/// Actor groups: `group.call` on 64 members against 64 single calls back to back (the same
+/// 64 actors, the ratio printed), and the time of one call to every member of 16..1024.
+fn group_cases(r: &mut Runner) -> Result<()> {
+    if r.begin("actor group call 64 members vs 64 single calls") {
+        let (pg, group) = server_group(64)?;
+        let samples = 300;
+        let mut group_us = Vec::with_capacity(samples);
+        let mut single_us = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            manta::get_all(&group.call(|m| m.small_value()))?;
+            group_us.push(t.elapsed().as_secs_f64() * 1e6);
+            let t = Instant::now();
+            let refs: Vec<_> = group.members().iter().map(|m| m.small_value()).collect();
+            manta::get_all(&refs)?;
+            single_us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        manta::remove_placement_group(&pg)?;
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (g, s) = (median(&mut group_us), median(&mut single_us));
+        r.record(
+            "actor group call 64 members vs 64 single calls",
+            format!(
+                "group.call p50 {g:.2} us, 64 single calls p50 {s:.2} us, ratio {:.2}",
+                g / s
+            ),
+            json!({"group_us": round2(g), "single_us": round2(s), "ratio": round2(g / s)}),
+        );
+    }
+    if r.begin("actor group broadcast 16..1024 members") {
+        let mut curve = Vec::new();
+        let mut line = Vec::new();
+        for n in [16usize, 64, 256, 1024] {
+            let (pg, group) = server_group(n)?;
+            let samples = 50;
+            let mut times = Vec::with_capacity(samples);
+            let mut single = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                let t = Instant::now();
+                manta::get_all(&group.call(|m| m.small_value()))?;
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+                // The baseline: the same members called one by one from here.
+                let t = Instant::now();
+                let refs: Vec<_> = group.members().iter().map(|m| m.small_value()).collect();
+                manta::get_all(&refs)?;
+                single.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            manta::remove_placement_group(&pg)?;
+            times.sort_by(f64::total_cmp);
+            single.sort_by(f64::total_cmp);
+            let (p50, s50) = (times[samples / 2], single[samples / 2]);
+            line.push(format!(
+                "{n}: {p50:.1} us ({:.2} us/member; single calls {s50:.1} us)",
+                p50 / n as f64
+            ));
+            curve.push(json!({"members": n, "p50_us": round2(p50), "single_p50_us": round2(s50)}));
+        }
+        r.record(
+            "actor group broadcast 16..1024 members",
+            line.join(", "),
+            json!({"curve": curve}),
+        );
     }
     Ok(())
 }

@@ -2,18 +2,44 @@
 
 use super::super::wire as fb;
 use super::{
-    ActorInfo, Arg, ErrorKind, JobWorker, Msg, Node, ObjectRow, Outcome, ProtoError, Resource,
-    TAG_ACTOR_CALL, TAG_ACTOR_REPLY, TAG_ACTORS, TAG_ADD_BORROWERS, TAG_BORROWERS_ADDED,
-    TAG_CANCEL_REPLY, TAG_CANCEL_TASK, TAG_CREATE_ACTOR, TAG_DETACH_ACTOR, TAG_FREE_OBJECT,
-    TAG_GET_NODES, TAG_GET_WORKER, TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR, TAG_KV_GET,
-    TAG_KV_PUT, TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT,
-    TAG_NODES, TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT,
-    TAG_PUSH_TASK, TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED,
-    TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP, TAG_SUBSCRIBE,
-    TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED, TAG_WORKER_INFO,
+    ActorInfo, Arg, ErrorKind, JobWorker, Msg, Node, ObjectRow, Outcome, PgBundle, PgOp, PgRow,
+    ProtoError, Resource, TAG_ACTOR_CALL, TAG_ACTOR_REPLY, TAG_ACTORS, TAG_ADD_BORROWERS,
+    TAG_BORROWERS_ADDED, TAG_CANCEL_REPLY, TAG_CANCEL_TASK, TAG_CREATE_ACTOR, TAG_DETACH_ACTOR,
+    TAG_FREE_OBJECT, TAG_GET_NODES, TAG_GET_WORKER, TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR,
+    TAG_KV_GET, TAG_KV_PUT, TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR,
+    TAG_NODE_EVENT, TAG_NODES, TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED,
+    TAG_PULL_OBJECT, TAG_PUSH_TASK, TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER,
+    TAG_REGISTERED, TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP,
+    TAG_SUBSCRIBE, TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED, TAG_WORKER_INFO,
     TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
 };
 use flatbuffers::{ForwardsUOffset, Vector};
+
+fn pg_row(g: Option<fb::PgRow<'_>>) -> PgRow {
+    let Some(g) = g else {
+        return PgRow::default();
+    };
+    PgRow {
+        pg_id: g.pg_id(),
+        name: string(g.name()),
+        strategy: g.strategy(),
+        state: g.state(),
+        detached: g.detached(),
+        job_id: g.job_id(),
+        bundles: g
+            .bundles()
+            .map(|v| {
+                v.iter()
+                    .map(|b| PgBundle {
+                        index: b.index(),
+                        node_id: b.node_id(),
+                        resources: resources(b.resources()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
 
 // ---- decoding -----------------------------------------------------------------------------
 //
@@ -380,6 +406,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 name: string(t.name()),
                 max_concurrency: t.max_concurrency(),
                 max_restarts: t.max_restarts(),
+                group: (t.group_rank(), t.group_world()),
             }
         }
         TAG_ACTOR_CALL => {
@@ -456,6 +483,19 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 task: string(t.error_task()),
                 message: string(t.error_message()),
                 cause: bytes(t.error_cause()),
+            }
+        }
+        _ if PgOp::from_tag(tag).is_some() => {
+            let t = root!(PgMsg);
+            Msg::Pg {
+                op: PgOp::from_tag(tag).unwrap_or(PgOp::Reply),
+                request_id: t.request_id(),
+                group: pg_row(t.group()),
+                error: string(t.error()),
+                groups: t
+                    .groups()
+                    .map(|v| v.iter().map(|g| pg_row(Some(g))).collect())
+                    .unwrap_or_default(),
             }
         }
         TAG_DETACH_ACTOR => Msg::DetachActor {

@@ -2,7 +2,8 @@
 
 use super::super::wire as fb;
 use super::{
-    ActorInfo, Arg, ErrorKind, JobWorker, Msg, Node, ObjectRow, Outcome, Resource, TaskRow,
+    ActorInfo, Arg, ErrorKind, JobWorker, Msg, Node, ObjectRow, Outcome, PgBundle, PgRow, Resource,
+    TaskRow,
 };
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 
@@ -71,6 +72,38 @@ fn opt_resources<'a>(
     v: &[Resource],
 ) -> Option<Offsets<'a, fb::Resource<'a>>> {
     opt_offsets(fbb, v, build_resource)
+}
+
+fn build_pg_bundle<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    b: &PgBundle,
+) -> WIPOffset<fb::PgBundle<'a>> {
+    let resources = opt_resources(fbb, &b.resources);
+    fb::PgBundle::create(
+        fbb,
+        &fb::PgBundleArgs {
+            index: b.index,
+            node_id: b.node_id,
+            resources,
+        },
+    )
+}
+
+fn build_pg_row<'a>(fbb: &mut FlatBufferBuilder<'a>, g: &PgRow) -> WIPOffset<fb::PgRow<'a>> {
+    let name = opt_str(fbb, &g.name);
+    let bundles = opt_offsets(fbb, &g.bundles, build_pg_bundle);
+    fb::PgRow::create(
+        fbb,
+        &fb::PgRowArgs {
+            pg_id: g.pg_id,
+            name,
+            strategy: g.strategy,
+            state: g.state,
+            detached: g.detached,
+            job_id: g.job_id,
+            bundles,
+        },
+    )
 }
 
 fn build_node<'a>(fbb: &mut FlatBufferBuilder<'a>, n: &Node) -> WIPOffset<fb::Node<'a>> {
@@ -629,6 +662,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             name,
             max_concurrency,
             max_restarts,
+            group,
         } => {
             let class_name = opt_str(fbb, class_name);
             let args = opt_args(fbb, args);
@@ -644,6 +678,8 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     name,
                     max_concurrency: *max_concurrency,
                     max_restarts: *max_restarts,
+                    group_rank: group.0,
+                    group_world: group.1,
                 }
             );
         }
@@ -786,6 +822,26 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     error_task,
                     error_message,
                     error_cause,
+                }
+            );
+        }
+        Msg::Pg {
+            op: _,
+            request_id,
+            group,
+            error,
+            groups,
+        } => {
+            let group = Some(build_pg_row(fbb, group));
+            let error = opt_str(fbb, error);
+            let groups = opt_offsets(fbb, groups, build_pg_row);
+            table!(
+                PgMsg,
+                PgMsgArgs {
+                    request_id: *request_id,
+                    group,
+                    error,
+                    groups,
                 }
             );
         }

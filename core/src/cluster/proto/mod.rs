@@ -10,7 +10,8 @@
 //! every message.
 //!
 //! Tags are stable wire numbers: 1–38 (`NAMES`), then ranges kept apart per area; 60–69
-//! carry actor lifetimes (`DetachActor`, `WorkerDetached`: `cluster/lifetime.rs`).
+//! carry actor lifetimes (`DetachActor`, `WorkerDetached`: `cluster/lifetime.rs`); 70–79
+//! placement groups (one table, `PgMsg`, whose tag says the operation: [`PgOp`]).
 
 use manta_transport::Tag;
 
@@ -28,6 +29,72 @@ pub(crate) struct Resource {
     pub(crate) name: String,
     pub(crate) total: f64,
     pub(crate) available: f64,
+}
+
+/// One bundle of a placement group on the wire.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PgBundle {
+    pub(crate) index: u32,
+    /// The node it is reserved on (0: none yet).
+    pub(crate) node_id: u64,
+    pub(crate) resources: Vec<Resource>,
+}
+
+/// A placement group on the wire (`strategy`, `state`: see `cluster.fbs`, `PgRow`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PgRow {
+    pub(crate) pg_id: u64,
+    pub(crate) name: String,
+    pub(crate) strategy: u8,
+    pub(crate) state: u8,
+    pub(crate) detached: bool,
+    pub(crate) job_id: u64,
+    pub(crate) bundles: Vec<PgBundle>,
+}
+
+/// What a placement-group message asks or says; its tag is `TAG_PG_FIRST + op`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PgOp {
+    Create = 0,
+    Reply = 1,
+    Prepare = 2,
+    Prepared = 3,
+    Commit = 4,
+    Cancel = 5,
+    Remove = 6,
+    List = 7,
+    Groups = 8,
+}
+
+impl PgOp {
+    const ALL: [PgOp; 9] = [
+        PgOp::Create,
+        PgOp::Reply,
+        PgOp::Prepare,
+        PgOp::Prepared,
+        PgOp::Commit,
+        PgOp::Cancel,
+        PgOp::Remove,
+        PgOp::List,
+        PgOp::Groups,
+    ];
+    pub(crate) fn from_tag(tag: u64) -> Option<PgOp> {
+        let i = usize::try_from(tag.checked_sub(TAG_PG_FIRST)?).ok()?;
+        PgOp::ALL.get(i).copied()
+    }
+    fn name(self) -> &'static str {
+        match self {
+            PgOp::Create => "PgCreate",
+            PgOp::Reply => "PgReply",
+            PgOp::Prepare => "PgPrepare",
+            PgOp::Prepared => "PgPrepared",
+            PgOp::Commit => "PgCommit",
+            PgOp::Cancel => "PgCancel",
+            PgOp::Remove => "PgRemove",
+            PgOp::List => "PgList",
+            PgOp::Groups => "PgGroups",
+        }
+    }
 }
 
 /// A node of the GCS's node table.
@@ -293,6 +360,8 @@ pub(crate) enum Msg {
         name: String,
         max_concurrency: u32,
         max_restarts: u32,
+        /// An actor group member's `(rank, world size)`; world 0: not a member.
+        group: (u32, u32),
     },
     ActorCall {
         actor_id: u64,
@@ -306,6 +375,14 @@ pub(crate) enum Msg {
     },
     DetachActor {
         actor_id: u64,
+    },
+    /// Every placement-group message (see [`PgOp`]).
+    Pg {
+        op: PgOp,
+        request_id: u64,
+        group: PgRow,
+        error: String,
+        groups: Vec<PgRow>,
     },
     WorkerDetached {
         index: u64,
@@ -435,6 +512,8 @@ pub(crate) const TAG_CANCEL_REPLY: u64 = 51;
 // Actor lifetimes (60–69).
 pub(crate) const TAG_DETACH_ACTOR: u64 = 60;
 pub(crate) const TAG_WORKER_DETACHED: u64 = 61;
+// Placement groups (70–79): `TAG_PG_FIRST + PgOp`.
+pub(crate) const TAG_PG_FIRST: u64 = 70;
 pub(crate) const TAG_RELEASE_ACTOR: u64 = 41;
 
 /// Table names by tag (`NAMES[tag - 1]`).
@@ -491,6 +570,9 @@ const MORE_NAMES: &[(u64, &str)] = &[
 
 /// The table name a tag stands for, if it is a cluster message's.
 pub(crate) fn tag_name(tag: u64) -> Option<&'static str> {
+    if let Some(op) = PgOp::from_tag(tag) {
+        return Some(op.name());
+    }
     let i = usize::try_from(tag.checked_sub(1)?).ok()?;
     NAMES.get(i).copied().or_else(|| {
         MORE_NAMES
@@ -533,6 +615,7 @@ impl Msg {
             Msg::ActorCall { .. } => TAG_ACTOR_CALL,
             Msg::KillActor { .. } => TAG_KILL_ACTOR,
             Msg::DetachActor { .. } => TAG_DETACH_ACTOR,
+            Msg::Pg { op, .. } => TAG_PG_FIRST + *op as u64,
             Msg::WorkerDetached { .. } => TAG_WORKER_DETACHED,
             Msg::PullObject { .. } => TAG_PULL_OBJECT,
             Msg::ObjectData { .. } => TAG_OBJECT_DATA,

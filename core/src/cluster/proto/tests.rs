@@ -74,7 +74,7 @@ fn args() -> Vec<Arg> {
 
 /// One value of every variant, with non-empty strings and vectors.
 fn samples() -> Vec<Msg> {
-    vec![
+    let mut v = vec![
         Msg::RegisterNode {
             request_id: 1,
             node: node(7, true),
@@ -236,6 +236,7 @@ fn samples() -> Vec<Msg> {
             name: "counter".into(),
             max_concurrency: 8,
             max_restarts: 2,
+            group: (3, 4),
         },
         Msg::ActorCall {
             actor_id: 26,
@@ -292,6 +293,43 @@ fn samples() -> Vec<Msg> {
             cause: vec![1, 2, 3],
         },
         Msg::DetachActor { actor_id: 60 },
+    ];
+    for op in PgOp::ALL {
+        v.push(Msg::Pg {
+            op,
+            request_id: 70 + op as u64,
+            group: PgRow {
+                pg_id: 7,
+                name: "pg".into(),
+                strategy: 3,
+                state: 1,
+                detached: true,
+                job_id: 2,
+                bundles: vec![PgBundle {
+                    index: 1,
+                    node_id: 4,
+                    resources: resources(),
+                }],
+            },
+            error: if op == PgOp::Prepared {
+                "no room".into()
+            } else {
+                String::new()
+            },
+            groups: if op == PgOp::Groups {
+                vec![
+                    PgRow::default(),
+                    PgRow {
+                        pg_id: 9,
+                        ..PgRow::default()
+                    },
+                ]
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    v.extend([
         Msg::WorkerDetached {
             index: 61,
             count: 2,
@@ -328,7 +366,8 @@ fn samples() -> Vec<Msg> {
         Msg::RemoveBorrower {
             object_id: 0xdead_beef,
         },
-    ]
+    ]);
+    v
 }
 
 fn round_trip(fbb: &mut FlatBufferBuilder<'static>, msg: &Msg) {
@@ -350,6 +389,7 @@ fn every_variant_round_trips_through_one_reused_builder() {
             TAG_RELEASE_ACTOR,
         ])
         .chain(60..=61)
+        .chain(70..=78)
         .collect();
     assert_eq!(tags, want, "a sample of every variant");
     let mut fbb = FlatBufferBuilder::new();
@@ -476,6 +516,7 @@ fn tags_are_distinct_stable_and_named() {
             (1..=38).contains(&tag)
                 || (50..=51).contains(&tag)
                 || (60..=61).contains(&tag)
+                || (70..=78).contains(&tag)
                 || tag == TAG_OBJECT_FAILED
                 || tag == TAG_RELEASE_ACTOR,
             "tag {tag}"
@@ -503,6 +544,9 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(TAG_WORKER_DETACHED, 61);
     assert_eq!(tag_name(59), None);
     assert_eq!(tag_name(62), None);
+    assert_eq!(tag_name(70), Some("PgCreate"));
+    assert_eq!(tag_name(78), Some("PgGroups"));
+    assert_eq!(tag_name(79), None);
     assert_eq!(tag_name(u64::MAX), None);
     assert_eq!(TAG_CANCEL_TASK, 50);
     assert_eq!(TAG_CANCEL_REPLY, 51);
@@ -510,7 +554,7 @@ fn tags_are_distinct_stable_and_named() {
 
 #[test]
 fn unknown_tag_is_an_error() {
-    for tag in [0, 39, 59, 62, 1000, u64::MAX] {
+    for tag in [0, 39, 59, 62, 79, 1000, u64::MAX] {
         assert_eq!(decode(tag, &[]), Err(ProtoError::UnknownTag(tag)));
     }
     let e = decode(99, &[]).unwrap_err();
@@ -534,6 +578,7 @@ fn garbage_is_an_error_not_a_panic() {
             TAG_RELEASE_ACTOR,
         ])
         .chain(60..=61)
+        .chain(70..=78)
     {
         assert!(matches!(decode(tag, &[]), Err(ProtoError::Invalid { .. })));
         assert!(decode(tag, &[0xff; 3]).is_err());
@@ -585,7 +630,7 @@ fn a_valid_table_under_the_wrong_tag_does_not_panic() {
     let mut fbb = FlatBufferBuilder::new();
     for msg in samples() {
         let bytes = encode(&msg, &mut fbb).to_vec();
-        for tag in (1..=38).chain(60..=61) {
+        for tag in (1..=38).chain(60..=61).chain(70..=78) {
             let _ = decode(tag, &bytes);
         }
     }

@@ -4910,6 +4910,8 @@ impl<'a> CreateActor<'a> {
   pub const VT_NAME: ::flatbuffers::VOffsetT = 12;
   pub const VT_MAX_CONCURRENCY: ::flatbuffers::VOffsetT = 14;
   pub const VT_MAX_RESTARTS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_GROUP_RANK: ::flatbuffers::VOffsetT = 18;
+  pub const VT_GROUP_WORLD: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4922,6 +4924,8 @@ impl<'a> CreateActor<'a> {
   ) -> ::flatbuffers::WIPOffset<CreateActor<'bldr>> {
     let mut builder = CreateActorBuilder::new(_fbb);
     builder.add_actor_id(args.actor_id);
+    builder.add_group_world(args.group_world);
+    builder.add_group_rank(args.group_rank);
     builder.add_max_restarts(args.max_restarts);
     builder.add_max_concurrency(args.max_concurrency);
     if let Some(x) = args.name { builder.add_name(x); }
@@ -4981,6 +4985,21 @@ impl<'a> CreateActor<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(CreateActor::VT_MAX_RESTARTS, Some(0)).unwrap()}
   }
+  /// An actor group's member: its rank and the group's size (0: not a member).
+  #[inline]
+  pub fn group_rank(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CreateActor::VT_GROUP_RANK, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_world(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CreateActor::VT_GROUP_WORLD, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreateActor<'_> {
@@ -4996,6 +5015,8 @@ impl ::flatbuffers::Verifiable for CreateActor<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<u32>("max_concurrency", Self::VT_MAX_CONCURRENCY, false)?
      .visit_field::<u32>("max_restarts", Self::VT_MAX_RESTARTS, false)?
+     .visit_field::<u32>("group_rank", Self::VT_GROUP_RANK, false)?
+     .visit_field::<u32>("group_world", Self::VT_GROUP_WORLD, false)?
      .finish();
     Ok(())
   }
@@ -5008,6 +5029,8 @@ pub struct CreateActorArgs<'a> {
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub max_concurrency: u32,
     pub max_restarts: u32,
+    pub group_rank: u32,
+    pub group_world: u32,
 }
 impl<'a> Default for CreateActorArgs<'a> {
   #[inline]
@@ -5020,6 +5043,8 @@ impl<'a> Default for CreateActorArgs<'a> {
       name: None,
       max_concurrency: 0,
       max_restarts: 0,
+      group_rank: 0,
+      group_world: 0,
     }
   }
 }
@@ -5058,6 +5083,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateActorBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u32>(CreateActor::VT_MAX_RESTARTS, max_restarts, 0);
   }
   #[inline]
+  pub fn add_group_rank(&mut self, group_rank: u32) {
+    self.fbb_.push_slot::<u32>(CreateActor::VT_GROUP_RANK, group_rank, 0);
+  }
+  #[inline]
+  pub fn add_group_world(&mut self, group_world: u32) {
+    self.fbb_.push_slot::<u32>(CreateActor::VT_GROUP_WORLD, group_world, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateActorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CreateActorBuilder {
@@ -5082,6 +5115,8 @@ impl ::core::fmt::Debug for CreateActor<'_> {
       ds.field("name", &self.name());
       ds.field("max_concurrency", &self.max_concurrency());
       ds.field("max_restarts", &self.max_restarts());
+      ds.field("group_rank", &self.group_rank());
+      ds.field("group_world", &self.group_world());
       ds.finish()
   }
 }
@@ -7742,6 +7777,492 @@ impl ::core::fmt::Debug for ReleaseActor<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ReleaseActor");
       ds.field("actor_id", &self.actor_id());
+      ds.finish()
+  }
+}
+pub enum PgBundleOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One bundle of a placement group: its index, the node it is reserved on (0: none yet) and
+/// its resources.
+pub struct PgBundle<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PgBundle<'a> {
+  type Inner = PgBundle<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PgBundle<'a> {
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RESOURCES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PgBundle { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PgBundleArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PgBundle<'bldr>> {
+    let mut builder = PgBundleBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.resources { builder.add_resources(x); }
+    builder.add_index(args.index);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn index(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(PgBundle::VT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PgBundle::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn resources(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource>>>>(PgBundle::VT_RESOURCES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PgBundle<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("index", Self::VT_INDEX, false)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Resource>>>>("resources", Self::VT_RESOURCES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PgBundleArgs<'a> {
+    pub index: u32,
+    pub node_id: u64,
+    pub resources: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>>>,
+}
+impl<'a> Default for PgBundleArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PgBundleArgs {
+      index: 0,
+      node_id: 0,
+      resources: None,
+    }
+  }
+}
+
+pub struct PgBundleBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PgBundleBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_index(&mut self, index: u32) {
+    self.fbb_.push_slot::<u32>(PgBundle::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(PgBundle::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_resources(&mut self, resources: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Resource<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_RESOURCES, resources);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PgBundleBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PgBundleBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PgBundle<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PgBundle<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PgBundle");
+      ds.field("index", &self.index());
+      ds.field("node_id", &self.node_id());
+      ds.field("resources", &self.resources());
+      ds.finish()
+  }
+}
+pub enum PgRowOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A placement group: strategy 0 PACK, 1 SPREAD, 2 STRICT_PACK, 3 STRICT_SPREAD; state 0
+/// PENDING, 1 CREATED, 2 REMOVED, 3 FAILED (infeasible).
+pub struct PgRow<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PgRow<'a> {
+  type Inner = PgRow<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PgRow<'a> {
+  pub const VT_PG_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_STRATEGY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_DETACHED: ::flatbuffers::VOffsetT = 12;
+  pub const VT_JOB_ID: ::flatbuffers::VOffsetT = 14;
+  pub const VT_BUNDLES: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PgRow { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PgRowArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PgRow<'bldr>> {
+    let mut builder = PgRowBuilder::new(_fbb);
+    builder.add_job_id(args.job_id);
+    builder.add_pg_id(args.pg_id);
+    if let Some(x) = args.bundles { builder.add_bundles(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_detached(args.detached);
+    builder.add_state(args.state);
+    builder.add_strategy(args.strategy);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn pg_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PgRow::VT_PG_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PgRow::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn strategy(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(PgRow::VT_STRATEGY, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn state(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(PgRow::VT_STATE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn detached(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PgRow::VT_DETACHED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn job_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PgRow::VT_JOB_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bundles(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PgBundle<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PgBundle>>>>(PgRow::VT_BUNDLES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PgRow<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("pg_id", Self::VT_PG_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<u8>("strategy", Self::VT_STRATEGY, false)?
+     .visit_field::<u8>("state", Self::VT_STATE, false)?
+     .visit_field::<bool>("detached", Self::VT_DETACHED, false)?
+     .visit_field::<u64>("job_id", Self::VT_JOB_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PgBundle>>>>("bundles", Self::VT_BUNDLES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PgRowArgs<'a> {
+    pub pg_id: u64,
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub strategy: u8,
+    pub state: u8,
+    pub detached: bool,
+    pub job_id: u64,
+    pub bundles: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PgBundle<'a>>>>>,
+}
+impl<'a> Default for PgRowArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PgRowArgs {
+      pg_id: 0,
+      name: None,
+      strategy: 0,
+      state: 0,
+      detached: false,
+      job_id: 0,
+      bundles: None,
+    }
+  }
+}
+
+pub struct PgRowBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PgRowBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_pg_id(&mut self, pg_id: u64) {
+    self.fbb_.push_slot::<u64>(PgRow::VT_PG_ID, pg_id, 0);
+  }
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgRow::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_strategy(&mut self, strategy: u8) {
+    self.fbb_.push_slot::<u8>(PgRow::VT_STRATEGY, strategy, 0);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: u8) {
+    self.fbb_.push_slot::<u8>(PgRow::VT_STATE, state, 0);
+  }
+  #[inline]
+  pub fn add_detached(&mut self, detached: bool) {
+    self.fbb_.push_slot::<bool>(PgRow::VT_DETACHED, detached, false);
+  }
+  #[inline]
+  pub fn add_job_id(&mut self, job_id: u64) {
+    self.fbb_.push_slot::<u64>(PgRow::VT_JOB_ID, job_id, 0);
+  }
+  #[inline]
+  pub fn add_bundles(&mut self, bundles: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PgBundle<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgRow::VT_BUNDLES, bundles);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PgRowBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PgRowBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PgRow<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PgRow<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PgRow");
+      ds.field("pg_id", &self.pg_id());
+      ds.field("name", &self.name());
+      ds.field("strategy", &self.strategy());
+      ds.field("state", &self.state());
+      ds.field("detached", &self.detached());
+      ds.field("job_id", &self.job_id());
+      ds.field("bundles", &self.bundles());
+      ds.finish()
+  }
+}
+pub enum PgMsgOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Every placement-group message; the tag says which (`proto::PgOp`): 70 Create (owner ->
+/// GCS), 71 Reply (GCS -> owner: the group's state and nodes, also sent unasked with
+/// request_id 0 when a pending group is placed), 72 Prepare (GCS -> raylet: reserve these
+/// bundles), 73 Prepared (raylet -> GCS: `error` empty when reserved), 74 Commit (GCS ->
+/// raylet; owner -> worker: add the bundles' resources), 75 Cancel (GCS -> raylet: return the
+/// reservation; owner -> worker: remove the resources), 76 Remove (owner -> GCS), 77 List
+/// (CLI -> GCS), 78 Groups (GCS -> CLI).
+pub struct PgMsg<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PgMsg<'a> {
+  type Inner = PgMsg<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PgMsg<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 8;
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PgMsg { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PgMsgArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PgMsg<'bldr>> {
+    let mut builder = PgMsgBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    if let Some(x) = args.error { builder.add_error(x); }
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PgMsg::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group(&self) -> Option<PgRow<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<PgRow>>(PgMsg::VT_GROUP, None)}
+  }
+  #[inline]
+  pub fn error(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PgMsg::VT_ERROR, None)}
+  }
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PgRow<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PgRow>>>>(PgMsg::VT_GROUPS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PgMsg<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<PgRow>>("group", Self::VT_GROUP, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PgRow>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PgMsgArgs<'a> {
+    pub request_id: u64,
+    pub group: Option<::flatbuffers::WIPOffset<PgRow<'a>>>,
+    pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PgRow<'a>>>>>,
+}
+impl<'a> Default for PgMsgArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PgMsgArgs {
+      request_id: 0,
+      group: None,
+      error: None,
+      groups: None,
+    }
+  }
+}
+
+pub struct PgMsgBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PgMsgBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(PgMsg::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<PgRow<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<PgRow>>(PgMsg::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgMsg::VT_ERROR, error);
+  }
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PgRow<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgMsg::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PgMsgBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PgMsgBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PgMsg<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PgMsg<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PgMsg");
+      ds.field("request_id", &self.request_id());
+      ds.field("group", &self.group());
+      ds.field("error", &self.error());
+      ds.field("groups", &self.groups());
       ds.finish()
   }
 }

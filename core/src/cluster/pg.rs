@@ -1,0 +1,711 @@
+//! Placement groups in a cluster: the GCS places, raylets reserve, owners install.
+//!
+//! 1. The owner sends `PgCreate` to the GCS, which answers at once: an infeasible group (a
+//!    bundle larger than every node) or a taken name is an error, any other group is listed
+//!    PENDING.
+//! 2. The GCS — the one authority that picks nodes — chooses a node per bundle by the group's
+//!    strategy ([`choose`], sans I/O) over each live node's totals minus what groups reserve
+//!    there, and runs Ray's two-phase protocol: `PgPrepare` to each chosen raylet, which
+//!    reserves the bundles in its ledger ([`Ledger`]) if they fit and answers `PgPrepared`;
+//!    when every raylet said yes, `PgCommit` to each; when any said no, did not answer within
+//!    [`PREPARE_TIMEOUT`] or died, `PgCancel` to every chosen raylet (each drops what it
+//!    prepared) and the group is PENDING again. Nothing is half-reserved: a raylet that dies
+//!    takes its ledger with it, the others cancel.
+//! 3. A pending group is tried again when a node joins, a group is removed, and one second
+//!    after a failed attempt.
+//! 4. Committed, the GCS tells the owner (`PgReply` with request id 0 and the bundles' nodes);
+//!    the owner sends `PgCommit` to one of its job's workers on each node, which adds the
+//!    bundles' resources to its scheduler (carved out of its pool), notes them in its view of
+//!    that node and worker, and completes `ready()`. Work in a bundle then asks for the
+//!    bundle's resource names, which only that worker has: ordinary placement sends it there.
+//! 5. Removal: `PgRemove` to the GCS (which cancels at the raylets), `PgCancel` to the
+//!    workers (their queued tasks of the group fail with `PlacementGroupRemoved`), the
+//!    group's actors killed. A driver that leaves removes its groups that are not detached.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::execute::SEP;
+use super::peer::Peer;
+use super::policy;
+use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
+use super::worker::Cluster;
+use super::{CALL_TIMEOUT, cluster_error, wait_reply};
+use crate::error::Error;
+use crate::runtime::RuntimeInner;
+use crate::sync::lock;
+
+/// Group states on the wire.
+pub(crate) const PENDING: u8 = 0;
+pub(crate) const CREATED: u8 = 1;
+pub(crate) const REMOVED: u8 = 2;
+
+/// How long the GCS waits for every raylet's `PgPrepared`.
+pub(crate) const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The run-time resources `bundles` (index, `(name, amount)` entries) of group `pg_id` add to
+/// the node that holds them: per bundle `<name>_group_<i>_<pg>` and a marker
+/// `bundle_group_<i>_<pg>` of 1,000; over them `<name>_group_<pg>` (their sum) and
+/// `bundle_group_<pg>`.
+pub(crate) fn group_resources(
+    pg_id: u64,
+    bundles: &[(usize, Vec<(String, f64)>)],
+) -> Vec<(String, f64)> {
+    let h = format!("{pg_id:016x}");
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, entries) in bundles {
+        for (name, amount) in entries {
+            out.push((format!("{name}_group_{i}_{h}"), *amount));
+            match sums.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 += amount,
+                None => sums.push((name.clone(), *amount)),
+            }
+        }
+        out.push((format!("bundle_group_{i}_{h}"), 1000.0));
+    }
+    for (name, amount) in sums {
+        out.push((format!("{name}_group_{h}"), amount));
+    }
+    out.push((format!("bundle_group_{h}"), 1000.0 * bundles.len() as f64));
+    out
+}
+
+/// The bundles of `row` held by node `node_id`, as [`group_resources`] takes them.
+pub(crate) fn bundles_on(row: &PgRow, node_id: u64) -> Vec<(usize, Vec<(String, f64)>)> {
+    row.bundles
+        .iter()
+        .filter(|b| b.node_id == node_id)
+        .map(|b| (b.index as usize, entries(&b.resources)))
+        .collect()
+}
+
+fn entries(resources: &[Resource]) -> Vec<(String, f64)> {
+    resources
+        .iter()
+        .map(|r| (r.name.clone(), r.total))
+        .collect()
+}
+
+/// The sum of bundles' entries.
+fn sum(bundles: &[&[(String, f64)]]) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for b in bundles {
+        for (name, amount) in b.iter() {
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 += amount,
+                None => out.push((name.clone(), *amount)),
+            }
+        }
+    }
+    out
+}
+
+fn fits(free: &[(String, f64)], want: &[(String, f64)]) -> bool {
+    want.iter().all(|(name, amount)| {
+        free.iter()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, f)| *f + 1e-9 >= *amount)
+    })
+}
+
+fn take(free: &mut [(String, f64)], want: &[(String, f64)]) {
+    for (name, amount) in want {
+        if let Some(e) = free.iter_mut().find(|(n, _)| n == name) {
+            e.1 -= amount;
+        }
+    }
+}
+
+/// One node as [`choose`] sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NodeRoom {
+    pub(crate) node_id: u64,
+    /// `(resource, total)`.
+    pub(crate) totals: Vec<(String, f64)>,
+    /// `(resource, total minus what groups reserve)`.
+    pub(crate) free: Vec<(String, f64)>,
+}
+
+/// Where a group's bundles go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Choice {
+    /// A node per bundle, in bundle order.
+    Nodes(Vec<u64>),
+    /// Not now: resources or nodes are short.
+    NotNow,
+    /// Bundle `i` is larger than every node: never.
+    Infeasible(usize),
+}
+
+/// Chooses nodes for `bundles` by `strategy` (0 PACK, 1 SPREAD, 2 STRICT_PACK, 3
+/// STRICT_SPREAD), Ray's rules: PACK fills nodes in order, SPREAD puts each bundle on the
+/// node holding fewest of the group's bundles so far, STRICT_PACK needs one node for all,
+/// STRICT_SPREAD a distinct node per bundle.
+pub(crate) fn choose(nodes: &[NodeRoom], bundles: &[Vec<(String, f64)>], strategy: u8) -> Choice {
+    if let Some(i) = bundles
+        .iter()
+        .position(|b| !nodes.iter().any(|n| fits(&n.totals, b)))
+    {
+        return Choice::Infeasible(i);
+    }
+    let mut free: Vec<Vec<(String, f64)>> = nodes.iter().map(|n| n.free.clone()).collect();
+    let mut count = vec![0usize; nodes.len()];
+    let mut out = Vec::with_capacity(bundles.len());
+    if strategy == 2 {
+        let all: Vec<&[(String, f64)]> = bundles.iter().map(Vec::as_slice).collect();
+        let total = sum(&all);
+        return match nodes.iter().position(|n| fits(&n.free, &total)) {
+            Some(k) => Choice::Nodes(vec![nodes[k].node_id; bundles.len()]),
+            None => Choice::NotNow,
+        };
+    }
+    for b in bundles {
+        let candidates = (0..nodes.len()).filter(|&k| fits(&free[k], b));
+        let pick = match strategy {
+            1 => candidates.min_by_key(|&k| count[k]),
+            3 => candidates.into_iter().find(|&k| count[k] == 0),
+            _ => candidates.into_iter().next(),
+        };
+        let Some(k) = pick else {
+            return Choice::NotNow;
+        };
+        take(&mut free[k], b);
+        count[k] += 1;
+        out.push(nodes[k].node_id);
+    }
+    Choice::Nodes(out)
+}
+
+/// A group as the GCS keeps it.
+pub(crate) struct GcsGroup {
+    pub(crate) row: PgRow,
+    /// The owner's connection (told when the group is placed).
+    pub(crate) owner: Arc<Peer>,
+    /// A two-phase attempt is under way (its nodes are in `row`).
+    pub(crate) placing: bool,
+}
+
+/// The GCS's placement groups.
+#[derive(Default)]
+pub(crate) struct GcsGroups {
+    pub(crate) groups: HashMap<u64, GcsGroup>,
+    pub(crate) names: HashMap<String, u64>,
+    /// What groups reserve (or are preparing) per node.
+    pub(crate) reserved: HashMap<u64, Vec<(String, f64)>>,
+    /// A retry is scheduled.
+    pub(crate) retry_scheduled: bool,
+    /// The last removed groups, for listings (at most [`KEPT_REMOVED`]).
+    pub(crate) removed: std::collections::VecDeque<PgRow>,
+}
+
+/// Removed groups the GCS keeps for `manta list placement-groups`.
+pub(crate) const KEPT_REMOVED: usize = 100;
+
+impl GcsGroups {
+    /// Adds (or with `sign` -1, takes away) `row`'s bundles to the per-node reservations.
+    pub(crate) fn account(&mut self, row: &PgRow, sign: f64) {
+        for b in &row.bundles {
+            if b.node_id == 0 {
+                continue;
+            }
+            let r = self.reserved.entry(b.node_id).or_default();
+            for res in &b.resources {
+                match r.iter_mut().find(|(n, _)| *n == res.name) {
+                    Some(e) => e.1 += sign * res.total,
+                    None => r.push((res.name.clone(), sign * res.total)),
+                }
+            }
+        }
+    }
+
+    /// The rows of every group, by id.
+    pub(crate) fn rows(&self) -> Vec<PgRow> {
+        let mut v: Vec<PgRow> = self.groups.values().map(|g| g.row.clone()).collect();
+        v.extend(self.removed.iter().cloned());
+        v.sort_by_key(|r| r.pg_id);
+        v
+    }
+}
+
+/// The part of `row` on node `node_id` (its bundles there).
+pub(crate) fn row_on(row: &PgRow, node_id: u64) -> PgRow {
+    PgRow {
+        bundles: row
+            .bundles
+            .iter()
+            .filter(|b| b.node_id == node_id)
+            .cloned()
+            .collect(),
+        ..row.clone()
+    }
+}
+
+/// A message of the placement-group family.
+pub(crate) fn msg(op: PgOp, request_id: u64, group: PgRow, error: impl Into<String>) -> Msg {
+    Msg::Pg {
+        op,
+        request_id,
+        group,
+        error: error.into(),
+        groups: Vec::new(),
+    }
+}
+
+/// A raylet's reservations: what each group holds on this node, prepared or committed.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    groups: HashMap<u64, (bool, PgRow)>,
+}
+
+impl Ledger {
+    /// What every reservation takes from the node's own resources.
+    pub(crate) fn reserved(&self) -> Vec<(String, f64)> {
+        let rows: Vec<Vec<(String, f64)>> = self
+            .groups
+            .values()
+            .flat_map(|(_, row)| row.bundles.iter().map(|b| entries(&b.resources)))
+            .collect();
+        let refs: Vec<&[(String, f64)]> = rows.iter().map(Vec::as_slice).collect();
+        sum(&refs)
+    }
+
+    /// Reserves `row`'s bundles (this node's) if they fit in `totals` beside what is reserved
+    /// already; else says why.
+    pub(crate) fn prepare(&mut self, totals: &[(String, f64)], row: PgRow) -> Result<(), String> {
+        if self.groups.contains_key(&row.pg_id) {
+            return Ok(());
+        }
+        let mut free = totals.to_vec();
+        take(&mut free, &self.reserved());
+        let want: Vec<Vec<(String, f64)>> =
+            row.bundles.iter().map(|b| entries(&b.resources)).collect();
+        let refs: Vec<&[(String, f64)]> = want.iter().map(Vec::as_slice).collect();
+        let want = sum(&refs);
+        if !fits(&free, &want) {
+            return Err(format!(
+                "does not fit: asks {want:?}, free after reservations {free:?}"
+            ));
+        }
+        self.groups.insert(row.pg_id, (false, row));
+        Ok(())
+    }
+
+    /// Makes a prepared reservation final.
+    pub(crate) fn commit(&mut self, pg_id: u64) -> bool {
+        match self.groups.get_mut(&pg_id) {
+            Some(e) => {
+                e.0 = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops a reservation (prepared or committed).
+    pub(crate) fn cancel(&mut self, pg_id: u64) {
+        self.groups.remove(&pg_id);
+    }
+
+    /// The run-time resources of the committed groups, for the node's heartbeat.
+    pub(crate) fn resources(&self, node_id: u64) -> Vec<(String, f64)> {
+        let mut added = Vec::new();
+        for (committed, row) in self.groups.values() {
+            if *committed {
+                added.extend(group_resources(row.pg_id, &bundles_on(row, node_id)));
+            }
+        }
+        added
+    }
+
+    /// How many groups hold reservations here (for tests and status).
+    pub(crate) fn len(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+/// Bundles as they travel.
+pub(crate) fn wire_bundles(bundles: &[Vec<(String, f64)>]) -> Vec<PgBundle> {
+    bundles
+        .iter()
+        .enumerate()
+        .map(|(i, b)| PgBundle {
+            index: i as u32,
+            node_id: 0,
+            resources: b
+                .iter()
+                .map(|(n, a)| Resource {
+                    name: n.clone(),
+                    total: *a,
+                    available: *a,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+impl Cluster {
+    /// Asks the GCS to create a group (owner, step 1): `Ok` once listed (pending), the
+    /// GCS's refusal as an error.
+    pub(crate) fn pg_create(&self, row: PgRow) -> Result<(), Error> {
+        let what = "creating a placement group";
+        let id = row.pg_id;
+        let bundles = row.bundles.clone();
+        let _guard = self.io.enter();
+        let rx = self
+            .gcs
+            .request(|request_id| msg(PgOp::Create, request_id, row, ""));
+        let Msg::Pg { error, .. } = wait_reply(rx, CALL_TIMEOUT, what)? else {
+            return Err(cluster_error(what, "unexpected reply"));
+        };
+        if error.is_empty() {
+            return Ok(());
+        }
+        if let Some(rest) = error.strip_prefix("infeasible: bundle ") {
+            let (i, total) = rest.split_once(SEP).unwrap_or((rest, ""));
+            let request = i
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| bundles.get(i))
+                .map(|b| {
+                    let parts: Vec<String> = b
+                        .resources
+                        .iter()
+                        .map(|r| format!("{}: {}", r.name, r.total))
+                        .collect();
+                    format!("{{{}}}", parts.join(", "))
+                })
+                .unwrap_or_default();
+            return Err(Error::Infeasible {
+                what: format!("placement group {id:016x} bundle {i}"),
+                request,
+                total: total.to_string(),
+            });
+        }
+        if let Some(rest) = error.strip_prefix("name: ") {
+            return Err(Error::InvalidArgument {
+                what: "placement_group: name".into(),
+                message: rest.to_string(),
+            });
+        }
+        Err(cluster_error(what, error))
+    }
+
+    /// Removes a group at the GCS (which cancels its reservations) and its bundles from the
+    /// workers that hold them (`workers`).
+    pub(crate) fn pg_remove(&self, pg_id: u64, workers: &[u64]) -> Result<(), Error> {
+        let what = "removing a placement group";
+        let row = PgRow {
+            pg_id,
+            ..PgRow::default()
+        };
+        for &w in workers {
+            self.peer(w).send(msg(PgOp::Cancel, 0, row.clone(), ""));
+        }
+        {
+            let mut slots = lock(&self.nodes);
+            let h = format!("_{pg_id:016x}");
+            for s in slots.iter_mut() {
+                s.totals.retain(|(n, _)| !n.ends_with(&h));
+                for w in &mut s.workers {
+                    w.totals.retain(|(n, _)| !n.ends_with(&h));
+                }
+            }
+        }
+        let _guard = self.io.enter();
+        let rx = self
+            .gcs
+            .request(|request_id| msg(PgOp::Remove, request_id, row, ""));
+        match wait_reply(rx, CALL_TIMEOUT, what)? {
+            Msg::Pg { .. } => Ok(()),
+            _ => Err(cluster_error(what, "unexpected reply")),
+        }
+    }
+
+    /// The node of one of the job's workers, as this owner knows it.
+    pub(crate) fn node_of_worker(&self, index: u64) -> Option<u64> {
+        lock(&self.nodes)
+            .iter()
+            .find(|s| s.workers.iter().any(|w| w.index == index))
+            .map(|s| s.node_id)
+    }
+
+    /// Every placement group the GCS knows.
+    pub(crate) fn pg_list(&self) -> Result<Vec<PgRow>, Error> {
+        let what = "listing placement groups";
+        let _guard = self.io.enter();
+        let rx = self
+            .gcs
+            .request(|request_id| msg(PgOp::List, request_id, PgRow::default(), ""));
+        match wait_reply(rx, CALL_TIMEOUT, what)? {
+            Msg::Pg { groups, .. } => Ok(groups),
+            _ => Err(cluster_error(what, "unexpected reply")),
+        }
+    }
+
+    /// An unasked placement-group message: the GCS says a group of ours is placed (owner,
+    /// step 4), or an owner installs (`PgCommit`) or removes (`PgCancel`) bundles here.
+    pub(super) fn pg_notice(self: &Arc<Self>, peer: &Arc<Peer>, op: PgOp, group: PgRow) {
+        let Some(rt) = self.runtime() else {
+            return;
+        };
+        match op {
+            PgOp::Reply if Arc::ptr_eq(peer, &self.gcs) && group.state == CREATED => {
+                // Installing asks raylets for workers: not on the I/O thread.
+                let me = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("manta-pg-install".into())
+                    .spawn(move || me.pg_install(&rt, group));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "could not start installing a placement group");
+                }
+            }
+            PgOp::Commit => {
+                let node_id = self.node_id().unwrap_or(0);
+                let resources = group_resources(group.pg_id, &bundles_on(&group, node_id));
+                let carve: Vec<(String, f64)> = {
+                    let all: Vec<Vec<(String, f64)>> = group
+                        .bundles
+                        .iter()
+                        .filter(|b| b.node_id == node_id)
+                        .map(|b| entries(&b.resources))
+                        .collect();
+                    let refs: Vec<&[(String, f64)]> = all.iter().map(Vec::as_slice).collect();
+                    sum(&refs)
+                };
+                if let Err(e) =
+                    crate::placement_group::install(&rt, group.pg_id, &resources, &carve)
+                {
+                    tracing::error!(pg = group.pg_id, error = %e, "could not install a placement group's bundles");
+                }
+            }
+            PgOp::Cancel => crate::placement_group::uninstall(&rt, group.pg_id),
+            other => {
+                tracing::debug!(?other, "placement-group notice ignored");
+            }
+        }
+    }
+
+    /// Owner, step 4: puts each node's bundles in one of the job's workers there and notes
+    /// them in this owner's view, then marks the group created.
+    fn pg_install(&self, rt: &Arc<RuntimeInner>, row: PgRow) {
+        let mut nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut workers = Vec::new();
+        for node_id in nodes {
+            match self.pg_install_on(&row, node_id) {
+                Ok(w) => workers.extend(w),
+                Err(e) => {
+                    tracing::error!(pg = row.pg_id, node = node_id, error = %e, "installing a placement group failed");
+                    // Nothing stays reserved for a group that cannot be used.
+                    let held: Vec<u64> = workers.iter().map(|(w, _)| *w).collect();
+                    if let Err(e2) = self.pg_remove(row.pg_id, &held) {
+                        tracing::warn!(pg = row.pg_id, error = %e2, "removing a group that failed to install");
+                    }
+                    crate::placement_group::install_failed(rt, row.pg_id, e);
+                    return;
+                }
+            }
+        }
+        let nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+        if !crate::placement_group::created(rt, row.pg_id, nodes, workers.clone()) {
+            // Removed meanwhile: take the bundles back out.
+            let back = PgRow {
+                pg_id: row.pg_id,
+                ..PgRow::default()
+            };
+            for (w, _) in workers {
+                self.peer(w).send(msg(PgOp::Cancel, 0, back.clone(), ""));
+            }
+        }
+    }
+
+    /// Puts the bundles that workers now dead held back in live workers of their nodes (the
+    /// raylet starts a replacement), so that restarts and retries of work in them can be
+    /// placed; returns whether any was.
+    pub(super) fn pg_reinstall_lost(&self) -> bool {
+        // One at a time: a second caller (two restarts after one worker's death) waits for
+        // the first to finish, then finds nothing lost and looks again.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = lock(&ONE_AT_A_TIME);
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        let dead = lock(&self.dead_workers).clone();
+        let lost = crate::placement_group::lost_bundles(&rt, &|w| dead.contains(&w));
+        let mut any = false;
+        for (row, dead_worker) in lost {
+            let mut nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            let mut placed = Vec::new();
+            for node_id in nodes {
+                match self.pg_install_on(&row, node_id) {
+                    Ok(w) => placed.extend(w),
+                    Err(e) => {
+                        tracing::warn!(pg = row.pg_id, node = node_id, error = %e, "bundles of a dead worker not installed again")
+                    }
+                }
+            }
+            any |= !placed.is_empty();
+            crate::placement_group::replace_worker(&rt, row.pg_id, dead_worker, placed);
+        }
+        any
+    }
+
+    /// Puts the bundles of `row` on node `node_id` in the job's workers there, each bundle
+    /// in one that holds it (an SPMD node has several, each with its share); returns them.
+    fn pg_install_on(&self, row: &PgRow, node_id: u64) -> Result<Vec<(u64, Vec<u32>)>, Error> {
+        let what = format!(
+            "installing placement group {:016x} on node {node_id}",
+            row.pg_id
+        );
+        let mut slot = lock(&self.nodes).iter().position(|s| s.node_id == node_id);
+        if slot.is_none() {
+            self.refresh_nodes()?;
+            slot = lock(&self.nodes).iter().position(|s| s.node_id == node_id);
+        }
+        let Some(i) = slot else {
+            return Err(cluster_error(what, "the node is not in the node table"));
+        };
+        self.node_workers(i)?;
+        let mut slots = lock(&self.nodes);
+        let s = &mut slots[i];
+        // Which worker takes which bundle: the policy's choice, counting what it got already.
+        let mut given: Vec<Vec<(String, f64)>> = vec![Vec::new(); s.workers.len()];
+        let mut parts: Vec<Vec<PgBundle>> = vec![Vec::new(); s.workers.len()];
+        for b in row.bundles.iter().filter(|b| b.node_id == node_id) {
+            let want = entries(&b.resources);
+            let loads: Vec<policy::WorkerLoad<'_>> = s
+                .workers
+                .iter()
+                .zip(&given)
+                .map(|(w, g)| policy::WorkerLoad {
+                    totals: w.totals.as_slice().into(),
+                    busy: g.as_slice().into(),
+                })
+                .collect();
+            let fits = |j: usize| {
+                want.iter().all(|(n, a)| {
+                    let total = s.workers[j]
+                        .totals
+                        .iter()
+                        .find(|(t, _)| t == n)
+                        .map_or(0.0, |t| t.1);
+                    let used: f64 = given[j].iter().filter(|(g, _)| g == n).map(|g| g.1).sum();
+                    total - used + 1e-9 >= *a
+                })
+            };
+            let Some(j) = policy::pick_worker(&loads, &want, None).filter(|&j| fits(j)) else {
+                return Err(cluster_error(
+                    what,
+                    format!("no worker of the job there has room for bundle {}", b.index),
+                ));
+            };
+            given[j].extend(want);
+            parts[j].push(b.clone());
+        }
+        let mut out = Vec::new();
+        for (j, bundles) in parts.into_iter().enumerate() {
+            if bundles.is_empty() {
+                continue;
+            }
+            let indices: Vec<u32> = bundles.iter().map(|b| b.index).collect();
+            let part = PgRow {
+                bundles,
+                ..row.clone()
+            };
+            let resources = group_resources(row.pg_id, &bundles_on(&part, node_id));
+            let w = &mut s.workers[j];
+            w.peer.send(msg(PgOp::Commit, 0, part, ""));
+            w.totals.extend(resources.iter().cloned());
+            out.push((w.index, indices));
+            // The node's view: the per-bundle names, and the group-wide ones summed.
+            for (name, amount) in resources {
+                match s.totals.iter_mut().find(|(n, _)| *n == name) {
+                    Some(e) => e.1 += amount,
+                    None => s.totals.push((name, amount)),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpus(n: f64) -> Vec<(String, f64)> {
+        vec![("CPU".into(), n)]
+    }
+
+    fn node(id: u64, total: f64, free: f64) -> NodeRoom {
+        NodeRoom {
+            node_id: id,
+            totals: cpus(total),
+            free: cpus(free),
+        }
+    }
+
+    #[test]
+    fn strategies_choose_as_ray() {
+        let nodes = [node(1, 2.0, 2.0), node(2, 2.0, 2.0), node(3, 2.0, 2.0)];
+        let b = vec![cpus(1.0); 3];
+        assert_eq!(
+            choose(&nodes, &b, 0),
+            Choice::Nodes(vec![1, 1, 2]),
+            "PACK fills"
+        );
+        assert_eq!(
+            choose(&nodes, &b, 1),
+            Choice::Nodes(vec![1, 2, 3]),
+            "SPREAD"
+        );
+        assert_eq!(choose(&nodes, &b, 3), Choice::Nodes(vec![1, 2, 3]));
+        assert_eq!(choose(&nodes, &b, 2), Choice::NotNow, "3 CPUs on no node");
+        assert_eq!(
+            choose(&nodes, &vec![cpus(1.0); 2], 2),
+            Choice::Nodes(vec![1, 1])
+        );
+        assert_eq!(
+            choose(&nodes, &vec![cpus(1.0); 4], 3),
+            Choice::NotNow,
+            "STRICT_SPREAD needs a node per bundle"
+        );
+        assert_eq!(choose(&nodes, &[cpus(3.0)], 0), Choice::Infeasible(0));
+    }
+
+    #[test]
+    fn reservations_count() {
+        let nodes = [node(1, 2.0, 0.5), node(2, 2.0, 1.0)];
+        assert_eq!(choose(&nodes, &[cpus(1.0)], 0), Choice::Nodes(vec![2]));
+        assert_eq!(choose(&nodes, &[cpus(1.5)], 0), Choice::NotNow);
+    }
+
+    #[test]
+    fn ledger_prepares_what_fits_and_forgets_cancelled() {
+        let mut l = Ledger::default();
+        let row = |id: u64, n: f64| PgRow {
+            pg_id: id,
+            bundles: wire_bundles(&[cpus(n)]),
+            ..PgRow::default()
+        };
+        let totals = cpus(2.0);
+        assert!(l.prepare(&totals, row(1, 1.5)).is_ok());
+        assert!(l.prepare(&totals, row(2, 1.0)).is_err(), "only 0.5 left");
+        l.cancel(1);
+        assert!(l.prepare(&totals, row(2, 1.0)).is_ok());
+        assert!(l.commit(2));
+        assert_eq!(l.len(), 1);
+        let (added, reserved) = (l.resources(0), l.reserved());
+        assert!(
+            added
+                .iter()
+                .any(|(n, a)| n.starts_with("CPU_group_0_") && *a == 1.0)
+        );
+        assert_eq!(reserved, cpus(1.0));
+    }
+}

@@ -1,0 +1,1089 @@
+//! Placement groups (Ray's): bundles of resources reserved together, all or nothing, that
+//! tasks and actors then run in.
+//!
+//! # Design
+//!
+//! A group's bundles become resources of the node, as in Ray: bundle `i` of group `g` adds
+//! `CPU_group_<i>_<g>` (and `GPU_…`, one per custom resource) holding the bundle's amounts,
+//! `CPU_group_<g>` holding the sum over the bundles (the "any bundle" pool), and markers
+//! `bundle_group_<i>_<g>` / `bundle_group_<g>` (1,000 units each bundle). A task or actor put in
+//! bundle `i` asks for `CPU_group_<i>_<g>` *and* `CPU_group_<g>` instead of `CPU`, plus 0.001
+//! of each marker (so that a task asking for nothing still lands in its bundle); one put in any
+//! bundle asks for the `_group_<g>` names only. These are ordinary requests: the scheduler's
+//! lock-free counters account them, a task that does not fit waits in the pending queue.
+//!
+//! Such resources are added at run time ([`NodeResources::add_dynamic`]) in counters after the
+//! static ones, with nothing available; committing the group carves the sum of its bundles
+//! out of the node's pool (one all-or-nothing `try_acquire`) and makes the bundle resources
+//! available. A group that does not fit stays PENDING; every release of resources retries
+//! pending groups (one relaxed load when there are none). Removal retires the resources (no
+//! new holder, present holders give back, indices are reused once all is back), gives the
+//! carved amounts back to the node, kills the group's actors and fails its queued tasks with
+//! [`Error::PlacementGroupRemoved`].
+//!
+//! Feasibility follows Ray: a bundle larger than the node fails at once with
+//! [`Error::Infeasible`]; a group whose bundles fit one by one but not together (or a
+//! `STRICT_SPREAD` group of more bundles than nodes) stays PENDING.
+//!
+//! Only the embedded runtime places groups today: in a cluster, [`placement_group`] answers
+//! [`Error::Cluster`] (see ARCHITECTURE.md, "Placement groups").
+//!
+//! [`NodeResources::add_dynamic`]: crate::resources::NodeResources::add_dynamic
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::actor::ActorCell;
+use crate::codec;
+use crate::error::Error;
+use crate::id::ObjectId;
+use crate::object::{ObjectCell, ObjectRef};
+use crate::resources::{Demand, ResourceRequest};
+use crate::runtime::{RuntimeInner, with_current};
+use crate::scheduler::Scheduler;
+use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, Weak, lock};
+
+/// How a group's bundles are spread over nodes (Ray's strategies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum PlacementStrategy {
+    /// As few nodes as possible, best effort.
+    Pack,
+    /// As many nodes as possible, best effort.
+    Spread,
+    /// All bundles on one node, or the group waits.
+    StrictPack,
+    /// Every bundle on a node of its own, or the group waits.
+    StrictSpread,
+}
+
+impl fmt::Display for PlacementStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PlacementStrategy::Pack => "PACK",
+            PlacementStrategy::Spread => "SPREAD",
+            PlacementStrategy::StrictPack => "STRICT_PACK",
+            PlacementStrategy::StrictSpread => "STRICT_SPREAD",
+        })
+    }
+}
+
+/// Where a group stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacementGroupState {
+    /// Waiting for resources (or nodes).
+    Pending,
+    /// Every bundle is reserved.
+    Created,
+    /// Removed by [`remove_placement_group`] (or with its creator).
+    Removed,
+}
+
+impl fmt::Display for PlacementGroupState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PlacementGroupState::Pending => "PENDING",
+            PlacementGroupState::Created => "CREATED",
+            PlacementGroupState::Removed => "REMOVED",
+        })
+    }
+}
+
+/// One bundle: the resources reserved together on one node (Ray's `{"CPU": 1, "GPU": 1}`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Bundle {
+    /// `(name, amount)` in the order given; `CPU` and `GPU` by those names.
+    entries: Vec<(String, f64)>,
+}
+
+impl Bundle {
+    /// An empty bundle (a group needs at least one resource in each).
+    pub fn new() -> Self {
+        Bundle::default()
+    }
+    /// A bundle of `n` CPUs.
+    pub fn cpus(n: f64) -> Self {
+        Bundle::new().resource("CPU", n)
+    }
+    /// Adds (or sets) `n` CPUs.
+    pub fn num_cpus(self, n: f64) -> Self {
+        self.resource("CPU", n)
+    }
+    /// Adds (or sets) `n` GPUs.
+    pub fn num_gpus(self, n: f64) -> Self {
+        self.resource("GPU", n)
+    }
+    /// Adds (or sets) an amount of a resource (`"CPU"`, `"GPU"` or a custom one).
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        match self.entries.iter_mut().find(|(n, _)| n == name) {
+            Some(e) => e.1 = amount,
+            None => self.entries.push((name.to_string(), amount)),
+        }
+        self
+    }
+    /// The amount of `name` in the bundle (0 if absent).
+    pub fn amount(&self, name: &str) -> f64 {
+        self.entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |e| e.1)
+    }
+    /// The resources of the bundle, in the order given.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.entries.iter().map(|(n, a)| (n.as_str(), *a))
+    }
+
+    fn check(&self, index: usize) -> Result<(), String> {
+        if self.entries.is_empty() {
+            return Err(format!("bundle {index} is empty"));
+        }
+        for (name, amount) in &self.entries {
+            if name.trim().is_empty() {
+                return Err(format!("bundle {index}: a resource needs a name"));
+            }
+            if name.contains("_group_") {
+                return Err(format!(
+                    "bundle {index}: {name:?} names a placement group's resource"
+                ));
+            }
+            let problem = if !amount.is_finite() {
+                Some(format!("must be a finite number, got {amount}"))
+            } else if *amount < 0.0 {
+                Some(format!("must not be negative, got {amount}"))
+            } else if *amount == 0.0 {
+                Some("0 reserves nothing: leave the resource out".to_string())
+            } else if *amount > 1.0 && amount.fract() != 0.0 {
+                Some(format!(
+                    "quantities over 1 must be whole numbers, got {amount}"
+                ))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Err(format!("bundle {index}: resource {name:?} {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn request(&self) -> ResourceRequest {
+        let mut r = ResourceRequest::none();
+        for (name, amount) in &self.entries {
+            match name.as_str() {
+                "CPU" => r.num_cpus += amount,
+                "GPU" => r.num_gpus += amount,
+                _ => r.set_custom(name, *amount),
+            }
+        }
+        r
+    }
+}
+
+impl fmt::Display for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (k, (name, amount)) in self.entries.iter().enumerate() {
+            if k > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{name}: {amount}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// A placement group's id, unique in the cluster (shown in hex, as in its resources' names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlacementGroupId(u64);
+
+impl PlacementGroupId {
+    /// The raw value.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for PlacementGroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+const PENDING: u8 = 0;
+const CREATED: u8 = 1;
+const REMOVED: u8 = 2;
+
+/// What each task or actor in a bundle takes of its marker (1,000 units a bundle).
+const MARKER_TAKE: f64 = 0.001;
+
+/// What a node holds of one group.
+#[derive(Debug)]
+struct Reservation {
+    phase: u8,
+    /// The group's run-time resources on the node.
+    slots: Vec<u32>,
+    /// What was carved out of the node's pool at commit.
+    carve: Option<Demand>,
+    /// In a cluster: the node of each bundle, and the job's workers holding them (with the
+    /// indices of the bundles each holds).
+    nodes: Vec<u64>,
+    workers: Vec<(u64, Vec<u32>)>,
+}
+
+/// One group, shared by its handles and the runtime's table.
+#[derive(Debug)]
+pub(crate) struct GroupRecord {
+    id: PlacementGroupId,
+    name: Option<String>,
+    strategy: PlacementStrategy,
+    bundles: Vec<Bundle>,
+    detached: bool,
+    ready: Arc<ObjectCell>,
+    reservation: Mutex<Reservation>,
+    actors: Mutex<Vec<Weak<ActorCell>>>,
+}
+
+impl GroupRecord {
+    fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{} ({n:?})", self.id),
+            None => self.id.to_string(),
+        }
+    }
+
+    fn removed(&self) -> Error {
+        Error::PlacementGroupRemoved {
+            group: self.label(),
+        }
+    }
+
+    fn phase(&self) -> u8 {
+        lock(&self.reservation).phase
+    }
+
+    /// The run-time resources of the group: `(name, total)`.
+    fn resources(&self) -> Vec<(String, f64)> {
+        crate::cluster::pg::group_resources(self.id.0, &self.entries())
+    }
+
+    /// The bundles as `(index, entries)`.
+    fn entries(&self) -> Vec<(usize, Vec<(String, f64)>)> {
+        self.bundles
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, b.entries.clone()))
+            .collect()
+    }
+
+    /// The sum of the bundles, as one request on the node's pool.
+    fn sum(&self) -> ResourceRequest {
+        let mut sum = ResourceRequest::none();
+        for b in &self.bundles {
+            let r = b.request();
+            sum.num_cpus += r.num_cpus;
+            sum.num_gpus += r.num_gpus;
+            for (name, amount) in r.custom() {
+                let have = sum.custom().find(|(n, _)| *n == name).map_or(0.0, |e| e.1);
+                sum.set_custom(name, have + amount);
+            }
+        }
+        sum
+    }
+}
+
+/// A handle to a placement group. Cloning it is cheap; dropping it does not remove the group.
+#[derive(Clone, Debug)]
+pub struct PlacementGroup {
+    rec: Arc<GroupRecord>,
+}
+
+impl PlacementGroup {
+    /// The group's id.
+    pub fn id(&self) -> PlacementGroupId {
+        self.rec.id
+    }
+    /// Its name, if it was given one.
+    pub fn name(&self) -> Option<&str> {
+        self.rec.name.as_deref()
+    }
+    /// Its strategy.
+    pub fn strategy(&self) -> PlacementStrategy {
+        self.rec.strategy
+    }
+    /// Its bundles, in order.
+    pub fn bundles(&self) -> &[Bundle] {
+        &self.rec.bundles
+    }
+    /// How many bundles it has.
+    pub fn bundle_count(&self) -> usize {
+        self.rec.bundles.len()
+    }
+    /// Whether it outlives its creator.
+    pub fn is_detached(&self) -> bool {
+        self.rec.detached
+    }
+    /// The node each bundle is reserved on, in a cluster once created (empty before, and
+    /// embedded).
+    pub fn bundle_nodes(&self) -> Vec<u64> {
+        lock(&self.rec.reservation).nodes.clone()
+    }
+    /// Where it stands now.
+    pub fn state(&self) -> PlacementGroupState {
+        match self.rec.phase() {
+            PENDING => PlacementGroupState::Pending,
+            CREATED => PlacementGroupState::Created,
+            _ => PlacementGroupState::Removed,
+        }
+    }
+    /// An object that completes once every bundle is reserved (Ray's `pg.ready()`): use
+    /// `get_timeout` or `wait` on it. It fails with [`Error::PlacementGroupRemoved`] if the
+    /// group is removed first.
+    pub fn ready(&self) -> ObjectRef<()> {
+        ObjectRef::from_cell(self.rec.ready.clone())
+    }
+
+    /// The request of a task or actor put in bundle `index` (`None`: any bundle) in place of
+    /// `request`: checked against the bundle (more than it holds is refused), then renamed to
+    /// the group's resources.
+    pub(crate) fn rewrite(
+        &self,
+        what: &str,
+        request: &ResourceRequest,
+        index: Option<usize>,
+    ) -> Result<ResourceRequest, Error> {
+        let rec = &self.rec;
+        if rec.phase() == REMOVED {
+            return Err(rec.removed());
+        }
+        let n = rec.bundles.len();
+        if let Some(i) = index
+            && i >= n
+        {
+            return Err(Error::InvalidArgument {
+                what: format!("{what}: placement_group bundle index"),
+                message: format!("{i} is out of range: group {} has {n} bundles", rec.id),
+            });
+        }
+        let mut asked: Vec<(String, f64)> = Vec::new();
+        if request.num_cpus > 0.0 {
+            asked.push(("CPU".into(), request.num_cpus));
+        }
+        if request.num_gpus > 0.0 {
+            asked.push(("GPU".into(), request.num_gpus));
+        }
+        asked.extend(request.custom().map(|(n, a)| (n.to_string(), a)));
+        for (name, amount) in &asked {
+            let room = match index {
+                Some(i) => rec.bundles[i].amount(name),
+                None => rec
+                    .bundles
+                    .iter()
+                    .map(|b| b.amount(name))
+                    .fold(0.0, f64::max),
+            };
+            if *amount > room {
+                let (place, holds) = match index {
+                    Some(i) => (format!("bundle {i}"), rec.bundles[i].to_string()),
+                    None => (
+                        "any bundle".to_string(),
+                        format!("at most {room} {name} in one bundle"),
+                    ),
+                };
+                return Err(Error::Infeasible {
+                    what: format!("{what} in placement group {} {place}", rec.id),
+                    request: request.to_string(),
+                    total: holds,
+                });
+            }
+        }
+        let h = rec.id;
+        let mut out = ResourceRequest::none();
+        for (name, amount) in &asked {
+            if let Some(i) = index {
+                out.set_custom(&format!("{name}_group_{i}_{h}"), *amount);
+            }
+            out.set_custom(&format!("{name}_group_{h}"), *amount);
+        }
+        if let Some(i) = index {
+            out.set_custom(&format!("bundle_group_{i}_{h}"), MARKER_TAKE);
+        }
+        out.set_custom(&format!("bundle_group_{h}"), MARKER_TAKE);
+        Ok(out)
+    }
+
+    /// In a cluster, the group's `ready()` cell while it is still pending (work for it must
+    /// wait for it there); `None` embedded or once created.
+    pub(crate) fn pending_ready(&self, rt: &Arc<RuntimeInner>) -> Option<Arc<ObjectCell>> {
+        (rt.cluster.is_some() && self.rec.phase() == PENDING).then(|| self.rec.ready.clone())
+    }
+
+    /// The error for `what` put in the group while it is pending in a cluster.
+    pub(crate) fn not_created(&self, what: &str) -> Error {
+        Error::InvalidArgument {
+            what: format!("{what}: placement_group"),
+            message: format!(
+                "group {} is not created yet: in a cluster, wait for its ready() before \
+                 creating actors (or tasks with several returns) in it",
+                self.rec.id
+            ),
+        }
+    }
+
+    /// Notes an actor created in the group (killed when the group is removed).
+    pub(crate) fn add_actor(&self, cell: &Arc<ActorCell>, rt: &Arc<RuntimeInner>) {
+        lock(&self.rec.actors).push(Arc::downgrade(cell));
+        if self.rec.phase() == REMOVED {
+            // Removed meanwhile: its sweep may have missed this one.
+            cell.kill(false, rt);
+        }
+    }
+}
+
+/// Options of a new placement group; finish with [`PlacementGroupBuilder::create`].
+#[derive(Clone, Debug)]
+pub struct PlacementGroupBuilder {
+    bundles: Vec<Bundle>,
+    strategy: PlacementStrategy,
+    name: Option<String>,
+    detached: bool,
+}
+
+impl PlacementGroupBuilder {
+    /// Registers the group under a name, for [`get_placement_group`].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Makes the group outlive its creator (Ray's `lifetime="detached"`), until
+    /// [`remove_placement_group`]. Embedded, it lives until `shutdown`.
+    pub fn lifetime_detached(mut self) -> Self {
+        self.detached = true;
+        self
+    }
+    /// Creates the group and starts reserving its bundles; returns at once (see
+    /// [`PlacementGroup::ready`]). Fails with [`Error::InvalidArgument`] on bad bundles or a
+    /// taken name, with [`Error::Infeasible`] when a bundle is larger than any node.
+    pub fn create(self) -> Result<PlacementGroup, Error> {
+        let bad = |message: String| Error::InvalidArgument {
+            what: "placement_group".into(),
+            message,
+        };
+        if self.bundles.is_empty() {
+            return Err(bad("the bundle list is empty".into()));
+        }
+        for (i, b) in self.bundles.iter().enumerate() {
+            b.check(i).map_err(bad)?;
+        }
+        if let Some(name) = &self.name
+            && name.trim().is_empty()
+        {
+            return Err(bad(format!("{name:?}: a name must not be empty or blank")));
+        }
+        with_current(|rt| create(rt, self))?
+    }
+}
+
+/// Starts creating a placement group of `bundles` with `strategy`; see
+/// [`PlacementGroupBuilder`] for a name and a detached lifetime.
+pub fn placement_group_builder(
+    bundles: Vec<Bundle>,
+    strategy: PlacementStrategy,
+) -> PlacementGroupBuilder {
+    PlacementGroupBuilder {
+        bundles,
+        strategy,
+        name: None,
+        detached: false,
+    }
+}
+
+/// Creates a placement group of `bundles` with `strategy` (Ray's `placement_group`); returns
+/// at once, the reservation goes on until [`PlacementGroup::ready`] completes. Bad bundles
+/// are [`Error::InvalidArgument`]; a bundle larger than any node is [`Error::Infeasible`].
+pub fn placement_group(
+    bundles: Vec<Bundle>,
+    strategy: PlacementStrategy,
+) -> Result<PlacementGroup, Error> {
+    placement_group_builder(bundles, strategy).create()
+}
+
+/// Removes a group (Ray's `remove_placement_group`): its actors die (`ActorDied`), its queued
+/// tasks fail with [`Error::PlacementGroupRemoved`], its resources go back to the node. Tasks
+/// already running finish (their threads cannot be stopped); the node may be briefly
+/// oversubscribed by them. Removing it again is [`Error::PlacementGroupRemoved`].
+pub fn remove_placement_group(pg: &PlacementGroup) -> Result<(), Error> {
+    with_current(|rt| remove(rt, &pg.rec))?
+}
+
+/// The live group registered under `name` (Ray's `get_placement_group`).
+pub fn get_placement_group(name: &str) -> Result<PlacementGroup, Error> {
+    with_current(|rt| {
+        lock(&rt.scheduler.groups.table)
+            .by_name
+            .get(name)
+            .cloned()
+            .map(|rec| PlacementGroup { rec })
+            .ok_or_else(|| Error::InvalidArgument {
+                what: "get_placement_group".into(),
+                message: format!("no placement group named {name:?}"),
+            })
+    })?
+}
+
+/// What one group looks like in a listing.
+#[derive(Clone, Debug)]
+pub struct PlacementGroupInfo {
+    /// Its id.
+    pub id: PlacementGroupId,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its strategy.
+    pub strategy: PlacementStrategy,
+    /// Its state.
+    pub state: PlacementGroupState,
+    /// Its bundles.
+    pub bundles: Vec<Bundle>,
+    /// The node each bundle is reserved on (in a cluster, once created; else empty).
+    pub bundle_nodes: Vec<u64>,
+}
+
+impl PlacementGroupInfo {
+    /// A group as the GCS lists it.
+    pub(crate) fn from_row(row: &crate::cluster::proto::PgRow) -> Self {
+        PlacementGroupInfo {
+            id: PlacementGroupId(row.pg_id),
+            name: (!row.name.is_empty()).then(|| row.name.clone()),
+            strategy: strategy_of(row.strategy),
+            state: match row.state {
+                crate::cluster::pg::CREATED => PlacementGroupState::Created,
+                crate::cluster::pg::REMOVED => PlacementGroupState::Removed,
+                _ => PlacementGroupState::Pending,
+            },
+            bundles: row
+                .bundles
+                .iter()
+                .map(|b| Bundle {
+                    entries: b
+                        .resources
+                        .iter()
+                        .map(|r| (r.name.clone(), r.total))
+                        .collect(),
+                })
+                .collect(),
+            bundle_nodes: if row.bundles.iter().all(|b| b.node_id != 0) {
+                row.bundles.iter().map(|b| b.node_id).collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// The live groups (pending and created), by id: this runtime's, or in a cluster every
+/// group the GCS knows.
+pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
+    if let Some(cluster) = with_current(|rt| rt.cluster.clone())? {
+        return Ok(cluster
+            .pg_list()?
+            .iter()
+            .map(PlacementGroupInfo::from_row)
+            .collect());
+    }
+    with_current(|rt| {
+        let table = lock(&rt.scheduler.groups.table);
+        let mut out: Vec<_> = table
+            .by_id
+            .values()
+            .map(|rec| {
+                let pg = PlacementGroup { rec: rec.clone() };
+                PlacementGroupInfo {
+                    id: pg.id(),
+                    name: pg.name().map(str::to_string),
+                    strategy: pg.strategy(),
+                    state: pg.state(),
+                    bundles: pg.bundles().to_vec(),
+                    bundle_nodes: pg.bundle_nodes(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|g| g.id);
+        out
+    })
+}
+
+/// The groups of one node's scheduler.
+#[derive(Debug, Default)]
+pub(crate) struct Groups {
+    table: Mutex<Table>,
+    /// A worker's bundles installed by their owner: group id -> (resources, carved demand).
+    installed: Mutex<HashMap<u64, (Vec<u32>, Demand)>>,
+    /// Groups waiting for resources (a release retries them when not 0).
+    num_pending: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_id: HashMap<PlacementGroupId, Arc<GroupRecord>>,
+    by_name: HashMap<String, Arc<GroupRecord>>,
+    pending: Vec<Arc<GroupRecord>>,
+}
+
+impl Groups {
+    /// Whether groups wait for resources (one relaxed load: the release path's cost).
+    pub(crate) fn any_pending(&self) -> bool {
+        self.num_pending.load(Ordering::Relaxed) > 0
+    }
+}
+
+fn strategy_code(s: PlacementStrategy) -> u8 {
+    match s {
+        PlacementStrategy::Pack => 0,
+        PlacementStrategy::Spread => 1,
+        PlacementStrategy::StrictPack => 2,
+        PlacementStrategy::StrictSpread => 3,
+    }
+}
+
+/// The strategy a wire code stands for.
+pub(crate) fn strategy_of(code: u8) -> PlacementStrategy {
+    match code {
+        1 => PlacementStrategy::Spread,
+        2 => PlacementStrategy::StrictPack,
+        3 => PlacementStrategy::StrictSpread,
+        _ => PlacementStrategy::Pack,
+    }
+}
+
+fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecord> {
+    Arc::new(GroupRecord {
+        id,
+        name: b.name.clone(),
+        strategy: b.strategy,
+        bundles: b.bundles.clone(),
+        detached: b.detached,
+        ready: Arc::new(ObjectCell::pending(ObjectId::from_u64(id.0), None)),
+        reservation: Mutex::new(Reservation {
+            phase: PENDING,
+            slots: Vec::new(),
+            carve: None,
+            nodes: Vec::new(),
+            workers: Vec::new(),
+        }),
+        actors: Mutex::new(Vec::new()),
+    })
+}
+
+/// A cluster's group: the GCS places it (`cluster/pg.rs`); this owner keeps the record.
+fn create_in_cluster(
+    rt: &Arc<RuntimeInner>,
+    cluster: &crate::cluster::worker::Cluster,
+    b: PlacementGroupBuilder,
+) -> Result<PlacementGroup, Error> {
+    let s = &rt.scheduler;
+    let id = PlacementGroupId(rt.next_object_id().as_u64());
+    let rec = new_record(id, &b);
+    {
+        let mut table = lock(&s.groups.table);
+        if let Some(name) = &b.name {
+            if table.by_name.contains_key(name) {
+                return Err(Error::InvalidArgument {
+                    what: "placement_group: name".into(),
+                    message: format!("a placement group named {name:?} exists already"),
+                });
+            }
+            table.by_name.insert(name.clone(), rec.clone());
+        }
+        table.by_id.insert(id, rec.clone());
+    }
+    let entries: Vec<Vec<(String, f64)>> = b.bundles.iter().map(|x| x.entries.clone()).collect();
+    let row = crate::cluster::proto::PgRow {
+        pg_id: id.0,
+        name: b.name.clone().unwrap_or_default(),
+        strategy: strategy_code(b.strategy),
+        state: crate::cluster::pg::PENDING,
+        detached: b.detached,
+        job_id: cluster.job_id,
+        bundles: crate::cluster::pg::wire_bundles(&entries),
+    };
+    if let Err(e) = cluster.pg_create(row) {
+        let mut table = lock(&s.groups.table);
+        table.by_id.remove(&id);
+        if let Some(name) = &b.name {
+            table.by_name.remove(name);
+        }
+        return Err(e);
+    }
+    Ok(PlacementGroup { rec })
+}
+
+/// A worker: adds a group's bundles held here (`resources`) to this process's scheduler,
+/// carving `carve` out of its pool.
+pub(crate) fn install(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    resources: &[(String, f64)],
+    carve: &[(String, f64)],
+) -> Result<(), String> {
+    let s = &rt.scheduler;
+    let mut installed = lock(&s.groups.installed);
+    if installed.contains_key(&pg_id) {
+        return Ok(());
+    }
+    let mut request = ResourceRequest::none();
+    for (name, amount) in carve {
+        match name.as_str() {
+            "CPU" => request.num_cpus += amount,
+            "GPU" => request.num_gpus += amount,
+            _ => request.set_custom(name, *amount),
+        }
+    }
+    let carve = s
+        .resources
+        .demand(&request)
+        .map_err(|_| format!("this worker cannot hold {request}"))?;
+    let slots = s.resources.add_dynamic(resources)?;
+    s.resources.force_acquire(&carve);
+    s.resources.commit_dynamic(&slots);
+    installed.insert(pg_id, (slots, carve));
+    drop(installed);
+    s.drain_pending();
+    Ok(())
+}
+
+/// A worker: removes a group's bundles (its owner removed it): its queued tasks fail, its
+/// carved resources go back.
+pub(crate) fn uninstall(rt: &Arc<RuntimeInner>, pg_id: u64) {
+    let s = &rt.scheduler;
+    let Some((slots, carve)) = lock(&s.groups.installed).remove(&pg_id) else {
+        return;
+    };
+    s.resources
+        .remove_dynamic(&slots, true, &PlacementGroupId(pg_id).to_string());
+    s.fail_removed_pending();
+    s.release(&carve);
+}
+
+/// The owner: the group's bundles are in `workers`; returns false if it was removed
+/// meanwhile (the caller takes them back out).
+pub(crate) fn created(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    nodes: Vec<u64>,
+    workers: Vec<(u64, Vec<u32>)>,
+) -> bool {
+    let Some(rec) = lock(&rt.scheduler.groups.table)
+        .by_id
+        .get(&PlacementGroupId(pg_id))
+        .cloned()
+    else {
+        return false;
+    };
+    let mut res = lock(&rec.reservation);
+    if res.phase != PENDING {
+        return false;
+    }
+    res.phase = CREATED;
+    res.nodes = nodes;
+    res.workers = workers;
+    drop(res);
+    rec.ready.complete(codec::encode(&()));
+    true
+}
+
+/// The owner: the bundles of its created groups held by workers for which `dead` holds, as
+/// rows of those bundles (with their nodes), each with the dead worker.
+pub(crate) fn lost_bundles(
+    rt: &Arc<RuntimeInner>,
+    dead: &dyn Fn(u64) -> bool,
+) -> Vec<(crate::cluster::proto::PgRow, u64)> {
+    let records: Vec<Arc<GroupRecord>> = lock(&rt.scheduler.groups.table)
+        .by_id
+        .values()
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    for rec in records {
+        let res = lock(&rec.reservation);
+        if res.phase != CREATED {
+            continue;
+        }
+        for (worker, indices) in res.workers.iter().filter(|(w, _)| dead(*w)) {
+            let entries: Vec<Vec<(String, f64)>> =
+                rec.bundles.iter().map(|b| b.entries.clone()).collect();
+            let bundles = crate::cluster::pg::wire_bundles(&entries)
+                .into_iter()
+                .filter(|b| indices.contains(&b.index))
+                .map(|mut b| {
+                    b.node_id = res.nodes.get(b.index as usize).copied().unwrap_or(0);
+                    b
+                })
+                .collect();
+            out.push((
+                crate::cluster::proto::PgRow {
+                    pg_id: rec.id.0,
+                    strategy: strategy_code(rec.strategy),
+                    state: crate::cluster::pg::CREATED,
+                    detached: rec.detached,
+                    bundles,
+                    ..Default::default()
+                },
+                *worker,
+            ));
+        }
+    }
+    out
+}
+
+/// The owner: `dead`'s bundles of group `pg_id` are now in `placed`.
+pub(crate) fn replace_worker(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    dead: u64,
+    placed: Vec<(u64, Vec<u32>)>,
+) {
+    if let Some(rec) = lock(&rt.scheduler.groups.table)
+        .by_id
+        .get(&PlacementGroupId(pg_id))
+    {
+        let mut res = lock(&rec.reservation);
+        res.workers.retain(|(w, _)| *w != dead);
+        res.workers.extend(placed);
+    }
+}
+
+/// The owner could not install a placed group: its `ready()` fails.
+pub(crate) fn install_failed(rt: &Arc<RuntimeInner>, pg_id: u64, error: Error) {
+    if let Some(rec) = lock(&rt.scheduler.groups.table)
+        .by_id
+        .get(&PlacementGroupId(pg_id))
+    {
+        rec.ready.complete(Err(error));
+    }
+}
+
+fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementGroup, Error> {
+    if let Some(cluster) = &rt.cluster {
+        return create_in_cluster(rt, cluster, b);
+    }
+    let s = &rt.scheduler;
+    let id = PlacementGroupId(rt.next_object_id().as_u64());
+    // A bundle larger than the node can never be placed (Ray's infeasible group).
+    for (i, bundle) in b.bundles.iter().enumerate() {
+        if s.resources.demand(&bundle.request()).is_err() {
+            return Err(Error::Infeasible {
+                what: format!("placement group {id} bundle {i}"),
+                request: bundle.to_string(),
+                total: s.resources.total_string(),
+            });
+        }
+    }
+    let rec = new_record(id, &b);
+    {
+        let mut table = lock(&s.groups.table);
+        if let Some(name) = &b.name {
+            if table.by_name.contains_key(name) {
+                return Err(Error::InvalidArgument {
+                    what: "placement_group: name".into(),
+                    message: format!("a placement group named {name:?} exists already"),
+                });
+            }
+            table.by_name.insert(name.clone(), rec.clone());
+        }
+        let slots = match s.resources.add_dynamic(&rec.resources()) {
+            Ok(slots) => slots,
+            Err(message) => {
+                if let Some(name) = &b.name {
+                    table.by_name.remove(name);
+                }
+                return Err(Error::Cluster {
+                    what: "placement_group".into(),
+                    message,
+                });
+            }
+        };
+        lock(&rec.reservation).slots = slots;
+        table.by_id.insert(id, rec.clone());
+    }
+    if !try_place(s, &rec) && can_ever_fit(&rec) {
+        // Pending: listed first, then tried once more, so a release between the failed try
+        // and the listing is not missed (the pending queue's rule).
+        lock(&s.groups.table).pending.push(rec.clone());
+        s.groups.num_pending.fetch_add(1, Ordering::SeqCst);
+        retry_pending(s);
+    }
+    Ok(PlacementGroup { rec })
+}
+
+/// Whether the node could ever hold the group (STRICT_SPREAD of several bundles needs as
+/// many nodes; bundles that do not fit together need more than this node).
+fn can_ever_fit(rec: &GroupRecord) -> bool {
+    !(rec.strategy == PlacementStrategy::StrictSpread && rec.bundles.len() > 1)
+}
+
+/// Reserves the group on the node if it fits now; returns whether it is created.
+fn try_place(s: &Scheduler, rec: &GroupRecord) -> bool {
+    if !can_ever_fit(rec) {
+        return false;
+    }
+    let Ok(carve) = s.resources.demand(&rec.sum()) else {
+        return false;
+    };
+    let mut res = lock(&rec.reservation);
+    if res.phase != PENDING {
+        return res.phase == CREATED;
+    }
+    if !s.resources.try_acquire(&carve) {
+        return false;
+    }
+    s.resources.commit_dynamic(&res.slots);
+    res.carve = Some(carve);
+    res.phase = CREATED;
+    drop(res);
+    rec.ready.complete(codec::encode(&()));
+    // Tasks submitted to the group while it was pending wait in the pending queue.
+    s.drain_pending();
+    true
+}
+
+/// Tries the pending groups again (a release happened).
+pub(crate) fn retry_pending(s: &Scheduler) {
+    let pending: Vec<_> = lock(&s.groups.table).pending.clone();
+    let mut placed = Vec::new();
+    for rec in pending {
+        if try_place(s, &rec) || rec.phase() != PENDING {
+            placed.push(rec.id);
+        }
+    }
+    if !placed.is_empty() {
+        let mut table = lock(&s.groups.table);
+        let before = table.pending.len();
+        table.pending.retain(|r| !placed.contains(&r.id));
+        let gone = before - table.pending.len();
+        s.groups.num_pending.fetch_sub(gone, Ordering::SeqCst);
+    }
+}
+
+fn remove(rt: &Arc<RuntimeInner>, rec: &Arc<GroupRecord>) -> Result<(), Error> {
+    let s = &rt.scheduler;
+    let (slots, carve, workers) = {
+        let mut res = lock(&rec.reservation);
+        if res.phase == REMOVED {
+            return Err(rec.removed());
+        }
+        res.phase = REMOVED;
+        (
+            std::mem::take(&mut res.slots),
+            res.carve.take(),
+            std::mem::take(&mut res.workers),
+        )
+    };
+    if let Some(cluster) = &rt.cluster {
+        let held: Vec<u64> = workers.iter().map(|(w, _)| *w).collect();
+        let outcome = cluster.pg_remove(rec.id.0, &held);
+        {
+            let mut table = lock(&s.groups.table);
+            table.by_id.remove(&rec.id);
+            if let Some(name) = &rec.name
+                && table.by_name.get(name).is_some_and(|r| r.id == rec.id)
+            {
+                table.by_name.remove(name);
+            }
+        }
+        rec.ready.complete(Err(rec.removed()));
+        let actors = std::mem::take(&mut *lock(&rec.actors));
+        for cell in actors.iter().filter_map(Weak::upgrade) {
+            cell.kill(false, rt);
+        }
+        return outcome;
+    }
+    {
+        let mut table = lock(&s.groups.table);
+        table.by_id.remove(&rec.id);
+        if let Some(name) = &rec.name
+            && table.by_name.get(name).is_some_and(|r| r.id == rec.id)
+        {
+            table.by_name.remove(name);
+        }
+        let before = table.pending.len();
+        table.pending.retain(|r| r.id != rec.id);
+        let gone = before - table.pending.len();
+        s.groups.num_pending.fetch_sub(gone, Ordering::SeqCst);
+    }
+    s.resources
+        .remove_dynamic(&slots, carve.is_some(), &rec.label());
+    rec.ready.complete(Err(rec.removed()));
+    let actors = std::mem::take(&mut *lock(&rec.actors));
+    for cell in actors.iter().filter_map(Weak::upgrade) {
+        cell.kill(false, rt);
+    }
+    s.fail_removed_pending();
+    if let Some(carve) = carve {
+        s.release(&carve);
+    }
+    Ok(())
+}
+
+/// Where a task or actor runs in a group: set by `.placement_group(&pg, bundle)`.
+#[derive(Clone, Debug)]
+pub(crate) struct InGroup {
+    pub(crate) group: PlacementGroup,
+    pub(crate) bundle: Option<usize>,
+}
+
+/// A member's place in an actor group: its placement group, its rank (= its bundle) and the
+/// group's size. [`crate::ActorGroup::spawn`] hands one to the closure that creates each
+/// member; pass it to the actor's options (`A::options().group_member(member)`).
+#[derive(Clone, Debug)]
+pub struct GroupMember {
+    pub(crate) group: PlacementGroup,
+    pub(crate) rank: Rank,
+}
+
+/// A member's rank and its group's size (what the member's methods see).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rank {
+    pub(crate) rank: u32,
+    pub(crate) world_size: u32,
+}
+
+impl GroupMember {
+    /// The member's rank, `0..world_size`.
+    pub fn rank(&self) -> usize {
+        self.rank.rank as usize
+    }
+    /// The number of members.
+    pub fn world_size(&self) -> usize {
+        self.rank.world_size as usize
+    }
+}
+
+std::thread_local! {
+    static MEMBER: std::cell::Cell<Option<Rank>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes `member` the thread's current group member while the guard lives (an actor
+/// group's method or constructor runs).
+pub(crate) struct MemberGuard(Option<Rank>);
+
+impl MemberGuard {
+    pub(crate) fn enter(member: Option<Rank>) -> Self {
+        MemberGuard(MEMBER.with(|m| m.replace(member)))
+    }
+}
+
+impl Drop for MemberGuard {
+    fn drop(&mut self) {
+        MEMBER.with(|m| m.set(self.0));
+    }
+}
+
+/// The rank of the actor-group member whose method (or constructor) calls it; `None`
+/// outside an actor group's member.
+pub fn group_rank() -> Option<usize> {
+    MEMBER.with(|m| m.get().map(|m| m.rank as usize))
+}
+
+/// The size of the actor group whose member's method (or constructor) calls it; `None`
+/// outside an actor group's member.
+pub fn group_world_size() -> Option<usize> {
+    MEMBER.with(|m| m.get().map(|m| m.world_size as usize))
+}

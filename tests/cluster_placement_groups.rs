@@ -1,0 +1,279 @@
+//! Placement groups on real multi-process clusters (Ray's placement-group tests): STRICT_SPREAD
+//! over three nodes and pending with more bundles than nodes, placed when a node joins
+//! (`manta start --address`); a bundle larger than any node is infeasible at once; the
+//! two-phase reservation leaves nothing behind when a raylet dies between prepare and
+//! commit; a group's lifetime follows its creator unless detached (and `manta list
+//! placement-groups` shows it); an actor group's member whose worker is killed restarts in its
+//! bundle, with its rank.
+//!
+//! The test binary re-executes itself as a first driver for the lifetime test ([`ROLE`]).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{LocalCluster, NodeSpec, serve_if_worker};
+use manta::{Bundle, Error, PlacementGroupState, PlacementStrategy as S};
+
+const ROLE: &str = "PG_TEST_FIRST_DRIVER";
+const LONG: Duration = Duration::from_secs(30);
+
+fn node(cpus: f64) -> NodeSpec {
+    NodeSpec {
+        num_cpus: cpus,
+        ..NodeSpec::default()
+    }
+}
+
+fn cpus(n: usize, each: f64) -> Vec<Bundle> {
+    (0..n).map(|_| Bundle::cpus(each)).collect()
+}
+
+#[manta::remote]
+fn where_am_i() -> u64 {
+    manta::status().ok().and_then(|s| s.node_id).unwrap_or(0)
+}
+
+/// Waits until `f` holds, at most `within`.
+fn eventually(what: &str, within: Duration, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn strict_spread_over_three_nodes_then_a_fourth_joins() {
+    serve_if_worker();
+    let mut cluster = LocalCluster::start(node(1.0), &[node(1.0), node(1.0)]);
+    let _rt = common::start(cluster.config());
+
+    let pg = manta::placement_group(cpus(3, 1.0), S::StrictSpread).unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let mut nodes = pg.bundle_nodes();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "one node per bundle: {:?}",
+        pg.bundle_nodes()
+    );
+    // Work in bundle i runs on bundle i's node.
+    for (i, want) in pg.bundle_nodes().iter().enumerate() {
+        let at = where_am_i::options()
+            .placement_group(&pg, Some(i))
+            .remote()
+            .get_timeout(LONG)
+            .unwrap();
+        assert_eq!(at, *want, "bundle {i}'s task ran on its node");
+    }
+    let listed = manta::cluster::list_placement_groups(&cluster.address, &cluster.token).unwrap();
+    let row = listed.iter().find(|g| g.id == pg.id()).unwrap();
+    assert_eq!(row.state, PlacementGroupState::Created);
+    assert_eq!(row.bundle_nodes, pg.bundle_nodes());
+
+    // A bundle larger than any node: infeasible at once.
+    match manta::placement_group(vec![Bundle::cpus(4.0)], S::Pack) {
+        Err(Error::Infeasible { .. }) => {}
+        other => panic!("a bundle larger than any node: {other:?}"),
+    }
+    // One bundle more than nodes: pending, then placed when a fourth node joins.
+    manta::remove_placement_group(&pg).unwrap();
+    let four = manta::placement_group(cpus(4, 1.0), S::StrictSpread).unwrap();
+    match four.ready().get_timeout(Duration::from_secs(1)) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("4 bundles on 3 nodes: {other:?}"),
+    }
+    assert_eq!(four.state(), PlacementGroupState::Pending);
+    cluster.add_node(&node(1.0));
+    four.ready()
+        .get_timeout(LONG)
+        .expect("placed once a fourth node joined");
+    let mut nodes = four.bundle_nodes();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 4);
+    manta::remove_placement_group(&four).unwrap();
+    let listed = manta::cluster::list_placement_groups(&cluster.address, &cluster.token).unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|g| g.id == four.id() && g.state == PlacementGroupState::Removed),
+        "removed groups are listed as REMOVED: {listed:?}"
+    );
+}
+
+#[test]
+fn a_raylet_dying_mid_reservation_leaks_nothing() {
+    serve_if_worker();
+    // Node 1's raylet answers a prepare 3 s late: the window in which it is killed.
+    let slow = NodeSpec {
+        num_cpus: 2.0,
+        env: vec![("MANTA_TESTING_PG_PREPARE_DELAY_MS".into(), "3000".into())],
+        ..NodeSpec::default()
+    };
+    let mut cluster = LocalCluster::start(node(2.0), &[slow]);
+    let _rt = common::start(cluster.config());
+    let pg = manta::placement_group(cpus(2, 2.0), S::StrictSpread).unwrap();
+    // The head prepared at once; the slow node has not answered yet.
+    std::thread::sleep(Duration::from_millis(1000));
+    cluster.kill_node(1);
+    match pg.ready().get_timeout(Duration::from_secs(8)) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("a group half of whose nodes died: {other:?}"),
+    }
+    assert_eq!(pg.state(), PlacementGroupState::Pending);
+    // Everything the head prepared was rolled back: a group needing all of it fits.
+    let whole = manta::placement_group(vec![Bundle::cpus(2.0)], S::StrictPack).unwrap();
+    whole
+        .ready()
+        .get_timeout(LONG)
+        .expect("the head's reservation was rolled back");
+    manta::remove_placement_group(&whole).unwrap();
+    manta::remove_placement_group(&pg).unwrap();
+}
+
+/// The first job: a plain and a detached group, both created, then exit.
+fn first_driver() -> ! {
+    manta::init().expect("the first driver joins");
+    let plain = manta::placement_group_builder(cpus(1, 0.5), S::Pack)
+        .name("plain")
+        .create()
+        .unwrap();
+    let kept = manta::placement_group_builder(cpus(1, 0.5), S::Pack)
+        .name("kept")
+        .lifetime_detached()
+        .create()
+        .unwrap();
+    plain.ready().get_timeout(LONG).unwrap();
+    kept.ready().get_timeout(LONG).unwrap();
+    manta::shutdown();
+    std::process::exit(0);
+}
+
+#[test]
+fn a_groups_lifetime_follows_its_creator_unless_detached() {
+    serve_if_worker();
+    if std::env::var_os(ROLE).is_some() {
+        first_driver();
+    }
+    let cluster = LocalCluster::start(node(2.0), &[]);
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new(exe)
+        .args(std::env::args().skip(1))
+        .env(ROLE, "1")
+        .env("MANTA_ADDRESS", &cluster.address)
+        .env("MANTA_TOKEN", &cluster.token)
+        .stdin(Stdio::null())
+        .status()
+        .expect("starting the first driver");
+    assert!(status.success(), "the first driver failed: {status}");
+    let state_of = |name: &str| {
+        manta::cluster::list_placement_groups(&cluster.address, &cluster.token)
+            .unwrap()
+            .into_iter()
+            .find(|g| g.name.as_deref() == Some(name))
+            .map(|g| g.state)
+    };
+    eventually("the plain group removed with its driver", LONG, || {
+        state_of("plain") == Some(PlacementGroupState::Removed)
+    });
+    assert_eq!(state_of("kept"), Some(PlacementGroupState::Created));
+    // The CLI shows them.
+    let out = Command::new(env!("CARGO_BIN_EXE_manta"))
+        .args(["list", "placement-groups", "--address", &cluster.address])
+        .env("MANTA_TOKEN", &cluster.token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("kept") && text.contains("CREATED"), "{text}");
+    assert!(text.contains("plain") && text.contains("REMOVED"), "{text}");
+    assert!(text.contains("PACK"), "{text}");
+    // `manta status` shows what the kept group reserves (from the node's heartbeats).
+    let kept = manta::cluster::list_placement_groups(&cluster.address, &cluster.token)
+        .unwrap()
+        .into_iter()
+        .find(|g| g.name.as_deref() == Some("kept"))
+        .unwrap();
+    let wanted = format!("CPU_group_{}: 0 used of 0.5", kept.id);
+    let status_text = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_manta"))
+            .args(["status", "--address", &cluster.address])
+            .env("MANTA_TOKEN", &cluster.token)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("manta status showing the reservation", LONG, || {
+        status_text().contains(&wanted)
+    });
+    assert!(status_text().contains("reserved by placement groups"));
+}
+
+#[manta::actor]
+pub(crate) struct Member {
+    calls: u64,
+}
+
+#[manta::actor]
+impl Member {
+    pub(crate) fn new() -> Self {
+        Member { calls: 0 }
+    }
+    /// Its pid, rank and world size, and how many calls it took since it was constructed.
+    pub(crate) fn probe(&mut self) -> (u32, Option<usize>, Option<usize>, u64) {
+        self.calls += 1;
+        (
+            std::process::id(),
+            manta::group_rank(),
+            manta::group_world_size(),
+            self.calls,
+        )
+    }
+}
+
+#[test]
+fn a_member_whose_worker_dies_restarts_in_its_bundle() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(node(2.0), &[]);
+    let _rt = common::start(cluster.config());
+    let pg = manta::placement_group(cpus(2, 0.5), S::Pack).unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let group = manta::ActorGroup::spawn(&pg, |m| {
+        Member::options()
+            .group_member(&m)
+            .num_cpus(0.5)
+            .max_restarts(1)
+            .remote()
+    })
+    .unwrap();
+    let before = manta::get_all(&group.call(|m| m.probe())).unwrap();
+    assert_eq!((before[1].1, before[1].2), (Some(1), Some(2)));
+    common::cluster::signal(before[1].0, libc::SIGKILL);
+    let killed = Instant::now();
+    let after = loop {
+        match group.member(1).unwrap().probe().get_timeout(LONG) {
+            Ok(v) => break v,
+            // A call that reached the dead worker names the member's rank.
+            Err(Error::ActorDied { reason, .. }) if killed.elapsed() < LONG => {
+                assert!(reason.contains("rank 1 of 2"), "{reason}");
+            }
+            Err(e) => panic!("the member did not come back: {e}"),
+        }
+    };
+    assert_ne!(after.0, before[1].0, "a replacement worker process");
+    assert_eq!(
+        (after.1, after.2, after.3),
+        (Some(1), Some(2), 1),
+        "same rank, new state"
+    );
+    manta::remove_placement_group(&pg).unwrap();
+}

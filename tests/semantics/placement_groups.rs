@@ -1,0 +1,581 @@
+//! Ray's placement groups and actor groups: every strategy, `ready()`, bundle accounting (a
+//! bundle's reservation is carved out of the node; work in it takes from the bundle, more than
+//! the bundle holds is refused), removal (its actors die, its queued tasks fail, its resources
+//! come back), bad input, named groups, pending groups placed when resources free up; actor
+//! groups: rank order, slicing, per-member order, a member killed mid-call, a group handed to
+//! a task.
+//!
+//! In a cluster the GCS places groups over the nodes and the owner installs the bundles in
+//! its job's workers (ARCHITECTURE.md); a task for a group not yet created waits for it in
+//! every mode, an actor is refused in a cluster until then (docs/API.md).
+
+use std::time::{Duration, Instant};
+
+use manta::{ActorGroup, Bundle, Error, PlacementGroup, PlacementStrategy as S};
+
+use crate::harness::{Case, Ctx, Mode};
+
+const SRUN_SIZE: &[(Mode, &str)] = &[(
+    Mode::Srun,
+    "sizes its groups by whole nodes; an srun rank's node is shared by three ranks",
+)];
+
+pub(crate) const CASES: &[Case] = &[
+    Case::new("placement_groups::every_strategy_becomes_ready", strategies),
+    Case::new(
+        "placement_groups::bundle_is_carved_out_of_the_node",
+        accounting,
+    ),
+    Case::new(
+        "placement_groups::more_than_the_bundle_is_refused",
+        over_bundle,
+    ),
+    Case::new(
+        "placement_groups::removal_kills_actors_and_fails_tasks",
+        removal,
+    ),
+    Case::new("placement_groups::bad_input_is_refused", bad_input),
+    Case::new("placement_groups::named_groups", named),
+    Case::new(
+        "placement_groups::pending_group_placed_when_resources_free",
+        pending_then_placed,
+    )
+    .skip(SRUN_SIZE),
+    Case::new("placement_groups::any_bundle", any_bundle),
+    Case::new("actor_groups::ranks_and_rank_order", rank_order),
+    Case::new("actor_groups::slice_and_per_member_order", slicing),
+    Case::new("actor_groups::member_killed_mid_call", member_killed),
+    Case::new("actor_groups::handle_passes_to_a_task", passes_to_task),
+    Case::new(
+        "actor_groups::spawn_without_member_is_refused",
+        spawn_checks,
+    ),
+];
+
+const LONG: Duration = Duration::from_secs(30);
+const SHORT: Duration = Duration::from_millis(300);
+
+/// How many nodes of the mode have CPUs.
+fn cpu_nodes(ctx: &Ctx) -> usize {
+    match ctx.mode {
+        Mode::ThreeNodes => 2,
+        _ => 1,
+    }
+}
+
+fn cpus(n: usize, each: f64) -> Vec<Bundle> {
+    (0..n).map(|_| Bundle::cpus(each)).collect()
+}
+
+#[track_caller]
+fn ready(pg: &PlacementGroup) {
+    pg.ready()
+        .get_timeout(LONG)
+        .unwrap_or_else(|e| panic!("group {} not ready: {e}", pg.id()));
+    assert_eq!(pg.state(), manta::PlacementGroupState::Created);
+}
+
+#[track_caller]
+fn still_pending(pg: &PlacementGroup) {
+    match pg.ready().get_timeout(SHORT) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!(
+            "group {} should be pending, ready() gave {other:?}",
+            pg.id()
+        ),
+    }
+    assert_eq!(pg.state(), manta::PlacementGroupState::Pending);
+}
+
+#[manta::remote]
+fn where_am_i(x: i64) -> i64 {
+    x
+}
+
+#[manta::remote]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Sleeps `ms` and returns when it started and ended, in ms since the UNIX epoch.
+#[manta::remote]
+fn timed_nap(ms: u64) -> (u64, u64) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let start = now();
+    std::thread::sleep(Duration::from_millis(ms));
+    (start, now())
+}
+
+fn strategies(ctx: &Ctx) {
+    for s in [S::Pack, S::Spread, S::StrictPack] {
+        let pg = manta::placement_group(cpus(2, 0.5), s).unwrap();
+        ready(&pg);
+        let r = where_am_i::options()
+            .num_cpus(0.5)
+            .placement_group(&pg, Some(1))
+            .remote(7);
+        assert_eq!(r.get_timeout(LONG).unwrap(), 7, "{s}");
+        manta::remove_placement_group(&pg).unwrap();
+    }
+    // One bundle per node: as many bundles as nodes fit, one more waits (Ray's rule).
+    let n = cpu_nodes(ctx);
+    let fit = manta::placement_group(cpus(n, 0.5), S::StrictSpread).unwrap();
+    ready(&fit);
+    if ctx.is_cluster() {
+        let mut nodes = fit.bundle_nodes();
+        nodes.dedup();
+        assert_eq!(
+            nodes.len(),
+            n,
+            "a node per bundle: {:?}",
+            fit.bundle_nodes()
+        );
+    }
+    manta::remove_placement_group(&fit).unwrap();
+    let two = manta::placement_group(cpus(n + 1, 0.5), S::StrictSpread).unwrap();
+    still_pending(&two);
+    manta::remove_placement_group(&two).unwrap();
+    match two.ready().get_timeout(SHORT) {
+        Err(Error::PlacementGroupRemoved { .. }) => {}
+        other => panic!("ready() of a removed pending group: {other:?}"),
+    }
+}
+
+fn accounting(ctx: &Ctx) {
+    let all = ctx.cpus;
+    // The group takes every CPU of a node: a plain task waits (where that node is the only
+    // one with CPUs), one in the bundle runs.
+    let pg = manta::placement_group(vec![Bundle::cpus(all)], S::Pack).unwrap();
+    ready(&pg);
+    if ctx.mode == Mode::Embedded {
+        let status = manta::status().unwrap();
+        let cpu = status.resources.iter().find(|r| r.0 == "CPU").unwrap();
+        assert_eq!(
+            cpu.1, 0.0,
+            "the bundle's CPUs left the node's pool: {cpu:?}"
+        );
+        let reserved = status
+            .reserved
+            .iter()
+            .find(|r| r.0 == format!("CPU_group_0_{}", pg.id()))
+            .unwrap_or_else(|| panic!("status lists the bundle: {:?}", status.reserved));
+        assert_eq!((reserved.1, reserved.2), (all, all));
+    }
+    let plain = where_am_i::remote(1);
+    if matches!(ctx.mode, Mode::Embedded | Mode::OneNode) {
+        match plain.get_timeout(SHORT) {
+            Err(Error::Timeout { .. }) => {}
+            other => panic!("a plain task ran on reserved CPUs: {other:?}"),
+        }
+    }
+    let inside = where_am_i::options()
+        .placement_group(&pg, Some(0))
+        .remote(2);
+    assert_eq!(inside.get_timeout(LONG).unwrap(), 2);
+    manta::remove_placement_group(&pg).unwrap();
+    assert_eq!(plain.get_timeout(LONG).unwrap(), 1, "the CPUs came back");
+    // Two 1-CPU naps in a 1-CPU bundle take turns.
+    let one = manta::placement_group(vec![Bundle::cpus(1.0)], S::Pack).unwrap();
+    ready(&one);
+    let naps: Vec<_> = (0..2)
+        .map(|_| {
+            timed_nap::options()
+                .placement_group(&one, Some(0))
+                .remote(150)
+        })
+        .collect();
+    let (a, b) = (
+        naps[0].get_timeout(LONG).unwrap(),
+        naps[1].get_timeout(LONG).unwrap(),
+    );
+    assert!(
+        a.1 <= b.0 || b.1 <= a.0,
+        "two 1-CPU tasks overlapped in a 1-CPU bundle: {a:?} {b:?}"
+    );
+    manta::remove_placement_group(&one).unwrap();
+    if ctx.mode == Mode::Embedded {
+        let after = manta::status().unwrap();
+        let cpu = after.resources.iter().find(|r| r.0 == "CPU").unwrap();
+        assert_eq!(cpu.1, cpu.2, "every CPU is back: {cpu:?}");
+    }
+}
+
+fn over_bundle(_: &Ctx) {
+    let pg = manta::placement_group(vec![Bundle::cpus(1.0), Bundle::cpus(0.5)], S::Pack).unwrap();
+    ready(&pg);
+    let r = where_am_i::options()
+        .num_cpus(1.0)
+        .placement_group(&pg, Some(1))
+        .remote(1);
+    match r.get_timeout(SHORT) {
+        Err(Error::Infeasible { what, .. }) => assert!(what.contains("bundle 1"), "{what}"),
+        other => panic!("a task over its bundle: {other:?}"),
+    }
+    let gpu = where_am_i::options()
+        .num_gpus(1.0)
+        .placement_group(&pg, None)
+        .remote(1);
+    assert!(
+        matches!(gpu.get_timeout(SHORT), Err(Error::Infeasible { .. })),
+        "a GPU task in a CPU-only group"
+    );
+    let a = Holder::options()
+        .num_cpus(2.0)
+        .placement_group(&pg, Some(0))
+        .remote();
+    assert!(matches!(
+        a.ready().get_timeout(SHORT),
+        Err(Error::Infeasible { .. })
+    ));
+    manta::remove_placement_group(&pg).unwrap();
+}
+
+#[manta::actor]
+pub(crate) struct Holder {
+    calls: u64,
+}
+
+#[manta::actor]
+impl Holder {
+    pub(crate) fn new() -> Self {
+        Holder { calls: 0 }
+    }
+    pub(crate) fn poke(&mut self) -> u64 {
+        self.calls += 1;
+        self.calls
+    }
+}
+
+fn removal(ctx: &Ctx) {
+    let pg = manta::placement_group(vec![Bundle::cpus(1.0)], S::StrictPack).unwrap();
+    ready(&pg);
+    let actor = Holder::options()
+        .num_cpus(1.0)
+        .placement_group(&pg, Some(0))
+        .remote();
+    assert_eq!(actor.poke().get_timeout(LONG).unwrap(), 1);
+    // The actor holds the bundle's CPU: this task waits in the queue.
+    let queued = where_am_i::options()
+        .placement_group(&pg, Some(0))
+        .remote(3);
+    match queued.get_timeout(SHORT) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("the bundle's CPU is held by the actor: {other:?}"),
+    }
+    let cpu_now = || {
+        let status = manta::status().unwrap();
+        status.resources.iter().find(|r| r.0 == "CPU").unwrap().1
+    };
+    let cpu_before = cpu_now();
+    manta::remove_placement_group(&pg).unwrap();
+    match actor.poke().get_timeout(LONG) {
+        Err(Error::ActorDied { .. }) => {}
+        other => panic!("an actor of a removed group: {other:?}"),
+    }
+    match queued.get_timeout(LONG) {
+        Err(Error::PlacementGroupRemoved { .. }) => {}
+        other => panic!("a queued task of a removed group: {other:?}"),
+    }
+    if ctx.mode == Mode::Embedded {
+        assert_eq!(cpu_now(), cpu_before + 1.0, "the bundle's CPU came back");
+        let after = manta::status().unwrap();
+        assert!(
+            !after
+                .reserved
+                .iter()
+                .any(|r| r.0.ends_with(&pg.id().to_string())),
+            "no resource of the group is left: {:?}",
+            after.reserved
+        );
+    }
+    // Used again.
+    let again = where_am_i::options()
+        .placement_group(&pg, Some(0))
+        .remote(4);
+    assert!(matches!(
+        again.get_timeout(SHORT),
+        Err(Error::PlacementGroupRemoved { .. })
+    ));
+    assert!(matches!(
+        manta::remove_placement_group(&pg),
+        Err(Error::PlacementGroupRemoved { .. })
+    ));
+    let late = Holder::options().placement_group(&pg, None).remote();
+    assert!(matches!(
+        late.ready().get_timeout(SHORT),
+        Err(Error::PlacementGroupRemoved { .. })
+    ));
+}
+
+fn bad_input(_: &Ctx) {
+    let invalid = |bundles: Vec<Bundle>, what: &str| match manta::placement_group(bundles, S::Pack)
+    {
+        Err(Error::InvalidArgument { .. }) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    invalid(vec![], "an empty bundle list");
+    invalid(vec![Bundle::new()], "an empty bundle");
+    invalid(vec![Bundle::cpus(0.0)], "a zero amount");
+    invalid(vec![Bundle::cpus(-1.0)], "a negative amount");
+    invalid(vec![Bundle::cpus(f64::NAN)], "a NaN amount");
+    invalid(vec![Bundle::cpus(f64::INFINITY)], "an infinite amount");
+    invalid(
+        vec![Bundle::cpus(1.0), Bundle::new().resource("custom", 0.0)],
+        "a zero custom amount",
+    );
+    invalid(vec![Bundle::cpus(1.5)], "a fractional amount over 1");
+    // A bundle no node can hold fails at once (Ray's infeasible group).
+    match manta::placement_group(vec![Bundle::cpus(1024.0)], S::Pack) {
+        Err(Error::Infeasible { .. }) => {}
+        other => panic!("a bundle larger than any node: {other:?}"),
+    }
+    let pg = manta::placement_group(cpus(2, 0.5), S::Pack).unwrap();
+    ready(&pg);
+    let r = where_am_i::options()
+        .placement_group(&pg, Some(2))
+        .remote(1);
+    match r.get_timeout(SHORT) {
+        Err(Error::InvalidArgument { what, .. }) => assert!(what.contains("bundle"), "{what}"),
+        other => panic!("a bundle index out of range: {other:?}"),
+    }
+    let a = Holder::options().placement_group(&pg, Some(5)).remote();
+    assert!(matches!(
+        a.ready().get_timeout(SHORT),
+        Err(Error::InvalidArgument { .. })
+    ));
+    manta::remove_placement_group(&pg).unwrap();
+}
+
+fn named(_: &Ctx) {
+    let pg = manta::placement_group_builder(cpus(1, 0.5), S::Pack)
+        .name("pg-semantics-named")
+        .create()
+        .unwrap();
+    let found = manta::get_placement_group("pg-semantics-named").unwrap();
+    assert_eq!(found.id(), pg.id());
+    assert_eq!(found.name(), Some("pg-semantics-named"));
+    ready(&found);
+    match manta::placement_group_builder(cpus(1, 0.5), S::Pack)
+        .name("pg-semantics-named")
+        .create()
+    {
+        Err(Error::InvalidArgument { .. }) => {}
+        other => panic!("a taken name: {other:?}"),
+    }
+    assert!(
+        manta::list_placement_groups()
+            .unwrap()
+            .iter()
+            .any(|g| g.id == pg.id() && g.state == manta::PlacementGroupState::Created)
+    );
+    manta::remove_placement_group(&found).unwrap();
+    assert!(matches!(
+        manta::get_placement_group("pg-semantics-named"),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(pg.state(), manta::PlacementGroupState::Removed);
+}
+
+fn pending_then_placed(ctx: &Ctx) {
+    // Every CPU of every node reserved.
+    let n = cpu_nodes(ctx);
+    let strategy = if n > 1 { S::StrictSpread } else { S::Pack };
+    let big = manta::placement_group(cpus(n, ctx.cpus), strategy).unwrap();
+    ready(&big);
+    let small = manta::placement_group(cpus(2, 0.5), S::Pack).unwrap();
+    still_pending(&small);
+    // Work for the pending group waits for it.
+    let early = where_am_i::options()
+        .num_cpus(0.5)
+        .placement_group(&small, Some(0))
+        .remote(5);
+    match early.get_timeout(SHORT) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("a task of a pending group: {other:?}"),
+    }
+    // An actor waits embedded; in a cluster it is refused until the group is created.
+    let early_actor = Holder::options().placement_group(&small, Some(1)).remote();
+    if ctx.is_cluster() {
+        assert!(matches!(
+            early_actor.ready().get_timeout(SHORT),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+    let t = Instant::now();
+    manta::remove_placement_group(&big).unwrap();
+    ready(&small);
+    assert!(t.elapsed() < Duration::from_secs(10), "placed once freed");
+    assert_eq!(early.get_timeout(LONG).unwrap(), 5);
+    if !ctx.is_cluster() {
+        assert_eq!(early_actor.poke().get_timeout(LONG).unwrap(), 1);
+    }
+    let late = where_am_i::options()
+        .num_cpus(0.5)
+        .placement_group(&small, Some(1))
+        .remote(6);
+    assert_eq!(late.get_timeout(LONG).unwrap(), 6);
+    manta::remove_placement_group(&small).unwrap();
+}
+
+fn any_bundle(_: &Ctx) {
+    let pg = manta::placement_group(vec![Bundle::cpus(0.5), Bundle::cpus(1.0)], S::Pack).unwrap();
+    ready(&pg);
+    // Up to the largest bundle; the whole group's 1.5 CPUs run tasks of any bundle.
+    let r = nap::options()
+        .num_cpus(1.0)
+        .placement_group(&pg, None)
+        .remote(10);
+    assert_eq!(r.get_timeout(LONG).unwrap(), 10);
+    let zero = where_am_i::options()
+        .num_cpus(0.0)
+        .placement_group(&pg, Some(0))
+        .remote(9);
+    assert_eq!(zero.get_timeout(LONG).unwrap(), 9);
+    manta::remove_placement_group(&pg).unwrap();
+}
+
+#[manta::actor]
+pub(crate) struct Shard {
+    rank: usize,
+    /// What `group_rank` said in the constructor.
+    ctor_rank: Option<usize>,
+    seen: Vec<u64>,
+}
+
+#[manta::actor]
+impl Shard {
+    pub(crate) fn new(rank: usize) -> Self {
+        Shard {
+            rank,
+            ctor_rank: manta::group_rank(),
+            seen: Vec::new(),
+        }
+    }
+    pub(crate) fn whoami(&self) -> (usize, usize, usize) {
+        assert_eq!(
+            self.ctor_rank,
+            Some(self.rank),
+            "the constructor knew its rank"
+        );
+        (
+            self.rank,
+            manta::group_rank().unwrap_or(usize::MAX),
+            manta::group_world_size().unwrap_or(0),
+        )
+    }
+    pub(crate) fn push(&mut self, x: u64) -> usize {
+        self.seen.push(x);
+        self.seen.len()
+    }
+    pub(crate) fn seen(&self) -> Vec<u64> {
+        self.seen.clone()
+    }
+    pub(crate) fn nap(&self, ms: u64) -> usize {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.rank
+    }
+}
+
+fn shards(n: usize) -> (PlacementGroup, ActorGroup<Shard>) {
+    let pg = manta::placement_group(cpus(n, 0.25), S::Pack).unwrap();
+    ready(&pg);
+    let group = ActorGroup::spawn(&pg, |m| {
+        let rank = m.rank();
+        Shard::options().group_member(&m).remote(rank)
+    })
+    .unwrap();
+    (pg, group)
+}
+
+fn rank_order(_: &Ctx) {
+    let (pg, group) = shards(4);
+    assert_eq!((group.len(), group.world_size()), (4, 4));
+    let who = manta::get_all(&group.call(|m| m.whoami())).unwrap();
+    assert_eq!(
+        who,
+        (0..4).map(|r| (r, r, 4)).collect::<Vec<_>>(),
+        "results in rank order, each member knowing its rank"
+    );
+    assert_eq!(manta::group_rank(), None, "the driver is no member");
+    manta::remove_placement_group(&pg).unwrap();
+}
+
+fn slicing(_: &Ctx) {
+    let (pg, group) = shards(4);
+    let tail = group.slice(2..).unwrap();
+    assert_eq!(tail.ranks(), 2..4);
+    assert_eq!(tail.world_size(), 4);
+    let who = manta::get_all(&tail.call(|m| m.whoami())).unwrap();
+    assert_eq!(who, vec![(2, 2, 4), (3, 3, 4)]);
+    assert!(group.slice(3..5).is_err(), "a slice beyond the group");
+    assert!(tail.slice(0..1).is_err(), "a slice outside the slice");
+    // Calls from one caller stay ordered per member.
+    for i in 0..50u64 {
+        let _ = group.call_ranked(|r, m| m.push(i * 10 + r as u64));
+    }
+    let seen = manta::get_all(&group.call(|m| m.seen())).unwrap();
+    for (r, s) in seen.iter().enumerate() {
+        let want: Vec<u64> = (0..50u64).map(|i| i * 10 + r as u64).collect();
+        assert_eq!(s, &want, "member {r}'s calls in order");
+    }
+    manta::remove_placement_group(&pg).unwrap();
+}
+
+fn member_killed(_: &Ctx) {
+    let (pg, group) = shards(3);
+    manta::get_all(&group.call(|m| m.whoami())).unwrap();
+    let calls = group.call(|m| m.nap(300));
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    manta::kill(group.member(1).unwrap()).unwrap();
+    match calls[1].get_timeout(LONG) {
+        Err(Error::ActorDied { reason, .. }) => {
+            assert!(reason.contains("rank 1 of 3"), "names the rank: {reason}");
+            assert!(reason.contains("node"), "names the node: {reason}");
+            assert!(!reason.contains("node ?"), "knows the node: {reason}");
+        }
+        other => panic!("the killed member's call: {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "failed promptly");
+    assert_eq!(calls[0].get_timeout(LONG).unwrap(), 0);
+    assert_eq!(calls[2].get_timeout(LONG).unwrap(), 2);
+    manta::remove_placement_group(&pg).unwrap();
+    match group.member(0).unwrap().whoami().get_timeout(LONG) {
+        Err(Error::ActorDied { .. }) => {}
+        other => panic!("a member of a removed group: {other:?}"),
+    }
+}
+
+/// Calls every member of `group` and sums their ranks.
+#[manta::remote]
+fn sum_ranks(group: ActorGroup<Shard>) -> usize {
+    manta::get_all(&group.call(|m| m.whoami()))
+        .unwrap()
+        .iter()
+        .map(|w| w.1)
+        .sum()
+}
+
+fn passes_to_task(_: &Ctx) {
+    let (pg, group) = shards(3);
+    // Half a CPU: under srun each rank's 1-CPU share lost a quarter to the group.
+    let sum = sum_ranks::options().num_cpus(0.5).remote(group.clone());
+    assert_eq!(sum.get_timeout(LONG).unwrap(), 3);
+    manta::remove_placement_group(&pg).unwrap();
+}
+
+fn spawn_checks(_: &Ctx) {
+    let pg = manta::placement_group(cpus(2, 0.25), S::Pack).unwrap();
+    ready(&pg);
+    match ActorGroup::<Shard>::spawn(&pg, |m| Shard::remote(m.rank())) {
+        Err(Error::InvalidArgument { .. }) => {}
+        other => panic!("members created without their GroupMember: {other:?}"),
+    }
+    manta::remove_placement_group(&pg).unwrap();
+}
