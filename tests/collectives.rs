@@ -5,7 +5,8 @@
 //! threads backend by topology, and the shm and tcp backends forced by
 //! `collective_backend` (their segment and sockets are real; only the members share a
 //! process). Groups of separate processes (worker processes of a local cluster) run the shm
-//! backend by topology and the tcp backend forced.
+//! backend by topology and the tcp backend forced; members on two emulated hosts (network
+//! namespaces) the hierarchical backend.
 
 mod common;
 mod netns;
@@ -602,10 +603,12 @@ fn a_dead_process_fails_every_survivor_over_tcp() {
     process_death_fails_the_survivors("tcp");
 }
 
-/// Two emulated hosts (network namespaces on a bridge), two members on each: the group spans
-/// nodes, so it runs over TCP, and each host's two members share a worker process.
+/// Two emulated hosts (network namespaces on a bridge), two members on each (sharing a worker
+/// process): the group spans nodes with several members each, so it is hierarchical
+/// (allreduce and barrier within each host, then between the hosts' leaders over TCP; the
+/// rest over TCP between all).
 #[test]
-fn members_on_two_hosts_run_every_collective_over_tcp() {
+fn members_on_two_hosts_run_every_collective_hierarchically() {
     serve_if_worker();
     let hosts = match netns::Hosts::create(2) {
         Ok(h) => h,
@@ -636,7 +639,7 @@ fn members_on_two_hosts_run_every_collective_over_tcp() {
                 .remote()
         })
         .collect();
-    assert_eq!(join_all(&members, "hosts"), vec!["tcp"; 4]);
+    assert_eq!(join_all(&members, "hosts"), vec!["hierarchical"; 4]);
     let refs: Vec<_> = members.iter().map(|m| m.check()).collect();
     let pids: std::collections::BTreeSet<u32> = refs
         .iter()

@@ -351,6 +351,9 @@ pub(crate) struct SharedBackend {
     left: bool,
     name: &'static str,
     spin: Duration,
+    /// The group's rank of each member of this segment (the identity, but in the local part
+    /// of a hierarchical group), for naming members in errors.
+    names: Vec<usize>,
 }
 
 impl SharedBackend {
@@ -359,6 +362,18 @@ impl SharedBackend {
         rank: usize,
         pids: Option<Vec<u32>>,
         timeout: Duration,
+    ) -> Self {
+        let world = region.layout.world;
+        Self::named(region, rank, pids, timeout, (0..world).collect())
+    }
+
+    /// A member whose segment's members have the group ranks `names`.
+    pub(crate) fn named(
+        region: std::sync::Arc<Region>,
+        rank: usize,
+        pids: Option<Vec<u32>>,
+        timeout: Duration,
+        names: Vec<usize>,
     ) -> Self {
         let world = region.layout.world;
         let name = if pids.is_some() { "shm" } else { "threads" };
@@ -381,6 +396,7 @@ impl SharedBackend {
             } else {
                 SPIN_OVERSUBSCRIBED
             },
+            names,
         }
     }
 
@@ -411,7 +427,8 @@ impl SharedBackend {
         if b == 0 {
             return None;
         }
-        let rank = ((b & 0xffff_ffff) - 1) as usize;
+        let local = ((b & 0xffff_ffff) - 1) as usize;
+        let rank = self.names.get(local).copied().unwrap_or(local);
         let message = match b >> 32 {
             BROKEN_LEFT => format!(
                 "rank {rank} left the group (its process died, or its communicator failed or was dropped)"
@@ -464,15 +481,16 @@ impl SharedBackend {
                         return Ok(());
                     }
                     self.break_group(BROKEN_LEFT, lagging);
+                    let rank = self.names[lagging];
                     return Err(self.broken().unwrap_or(Fault::Peer {
-                        rank: lagging,
-                        message: format!("rank {lagging} left the group"),
+                        rank,
+                        message: format!("rank {rank} left the group"),
                     }));
                 }
                 if waited >= self.timeout {
                     self.break_group(BROKEN_TIMEOUT, lagging);
                     return Err(Fault::Timeout {
-                        rank: lagging,
+                        rank: self.names[lagging],
                         waited,
                     });
                 }
@@ -515,10 +533,10 @@ impl SharedBackend {
                     self.rank_word(r, slot).load(Ordering::Relaxed),
                     self.rank_word(r, slot + 8).load(Ordering::Relaxed),
                 ];
-                (r, Header::unpack(w))
+                (self.names[r], Header::unpack(w))
             })
             .collect();
-        match mismatch(self.rank, h, &others) {
+        match mismatch(self.names[self.rank], h, &others) {
             Some(f) => Err(f),
             None => Ok(()),
         }
