@@ -603,6 +603,71 @@ fn a_dead_process_fails_every_survivor_over_tcp() {
     process_death_fails_the_survivors("tcp");
 }
 
+/// Two emulated hosts with two members each, as a local cluster of two nodes.
+fn two_host_members(
+    hosts: &netns::Hosts,
+) -> (
+    LocalCluster,
+    common::Runtime,
+    Vec<manta::ActorHandle<Member>>,
+) {
+    let spec = |i: usize| NodeSpec {
+        num_cpus: 2.0,
+        resources: format!("host{i}=2"),
+        wrapper: vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            hosts.host(i).netns().into(),
+        ],
+        ip: Some(hosts.host(i).ip().to_string()),
+        env: vec![("MANTA_COLLECTIVE_CHUNK_BYTES".into(), CHUNK.to_string())],
+    };
+    let cluster = LocalCluster::start(spec(0), &[spec(1)]);
+    let rt = common::start(cluster.config());
+    let members: Vec<_> = (0..4)
+        .map(|r| {
+            Member::options()
+                .num_cpus(0.0)
+                .resource(&format!("host{}", r / 2), 1.0)
+                .remote()
+        })
+        .collect();
+    (cluster, rt, members)
+}
+
+/// The death of a host's worker process (ranks 2 and 3) mid-allreduce fails the members on
+/// the other host, naming one of the dead, through the leaders and the segment.
+#[test]
+fn a_dead_host_process_fails_the_other_hosts_members() {
+    serve_if_worker();
+    let hosts = match netns::Hosts::create(2) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let (cluster, rt, members) = two_host_members(&hosts);
+    assert_eq!(join_all(&members, "mortal-hosts"), vec!["hierarchical"; 4]);
+    let n = 1 << 20;
+    let survivors: Vec<_> = members[..2]
+        .iter()
+        .map(|m| m.allreduce_until_failure(n))
+        .collect();
+    let _partner = members[2].allreduce_until_failure(n);
+    let _victim = members[3].allreduce_then_die(n, 300);
+    for s in survivors {
+        let (rank, text, ms) = s.get_timeout(LONG).expect("the survivor returns");
+        eprintln!("survivor: rank {rank:?} in {ms} ms: {text}");
+        assert!(matches!(rank, Some(2 | 3)), "{text}");
+        assert!(ms < 10_000, "the failing call took {ms} ms: {text}");
+    }
+    drop(members);
+    drop(rt);
+    drop(cluster);
+}
+
 /// Two emulated hosts (network namespaces on a bridge), two members on each (sharing a worker
 /// process): the group spans nodes with several members each, so it is hierarchical
 /// (allreduce and barrier within each host, then between the hosts' leaders over TCP; the
@@ -617,28 +682,7 @@ fn members_on_two_hosts_run_every_collective_hierarchically() {
             return;
         }
     };
-    let spec = |i: usize| NodeSpec {
-        num_cpus: 2.0,
-        resources: format!("host{i}=2"),
-        wrapper: vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            hosts.host(i).netns().into(),
-        ],
-        ip: Some(hosts.host(i).ip().to_string()),
-        env: vec![("MANTA_COLLECTIVE_CHUNK_BYTES".into(), CHUNK.to_string())],
-    };
-    let cluster = LocalCluster::start(spec(0), &[spec(1)]);
-    let _rt = common::start(cluster.config());
-    let members: Vec<_> = (0..4)
-        .map(|r| {
-            Member::options()
-                .num_cpus(0.0)
-                .resource(&format!("host{}", r / 2), 1.0)
-                .remote()
-        })
-        .collect();
+    let (cluster, _rt, members) = two_host_members(&hosts);
     assert_eq!(join_all(&members, "hosts"), vec!["hierarchical"; 4]);
     let refs: Vec<_> = members.iter().map(|m| m.check()).collect();
     let pids: std::collections::BTreeSet<u32> = refs

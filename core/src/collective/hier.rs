@@ -19,6 +19,17 @@ pub(crate) struct HierBackend {
     pub(crate) leader: bool,
 }
 
+impl HierBackend {
+    /// A leader's failure among the leaders, told to its node's members (who wait for it in
+    /// the segment) with the member at fault.
+    fn pass_on(&self, r: Result<(), Fault>) -> Result<(), Fault> {
+        if let Err(Fault::Peer { rank, .. } | Fault::Timeout { rank, .. }) = &r {
+            self.local.report_remote(*rank);
+        }
+        r
+    }
+}
+
 impl Backend for HierBackend {
     fn name(&self) -> &'static str {
         "hierarchical"
@@ -36,7 +47,8 @@ impl Backend for HierBackend {
         }
         self.local.reduce(h, out, 0, red)?;
         if self.leader {
-            self.tcp.allreduce_among(h, out, red, &self.leaders)?;
+            let r = self.tcp.allreduce_among(h, out, red, &self.leaders);
+            self.pass_on(r)?;
         }
         self.local.broadcast(h, out, 0)
     }
@@ -80,7 +92,8 @@ impl Backend for HierBackend {
     fn barrier(&mut self, h: &Header) -> Result<(), Fault> {
         self.local.barrier(h)?;
         if self.leader {
-            self.tcp.barrier_among(h, &self.leaders)?;
+            let r = self.tcp.barrier_among(h, &self.leaders);
+            self.pass_on(r)?;
         }
         self.local.barrier(h)
     }

@@ -335,6 +335,8 @@ const BROKEN: usize = 32;
 const BROKEN_LEFT: u64 = 1;
 const BROKEN_TIMEOUT: u64 = 2;
 const BROKEN_MISMATCH: u64 = 3;
+/// A member outside the segment (of a hierarchical group) failed; the rank is the group's.
+const BROKEN_REMOTE: u64 = 4;
 
 /// A member of a shared-segment group.
 pub(crate) struct SharedBackend {
@@ -428,16 +430,30 @@ impl SharedBackend {
             return None;
         }
         let local = ((b & 0xffff_ffff) - 1) as usize;
-        let rank = self.names.get(local).copied().unwrap_or(local);
+        let rank = if b >> 32 == BROKEN_REMOTE {
+            local
+        } else {
+            self.names.get(local).copied().unwrap_or(local)
+        };
         let message = match b >> 32 {
             BROKEN_LEFT => format!(
                 "rank {rank} left the group (its process died, or its communicator failed or was dropped)"
             ),
             BROKEN_TIMEOUT => format!("a member timed out waiting for rank {rank}"),
             BROKEN_MISMATCH => format!("rank {rank} saw mismatched arguments"),
+            BROKEN_REMOTE => format!(
+                "rank {rank}, on another node, failed or left the group (reported by this \
+                 node's leader)"
+            ),
             _ => format!("rank {rank} broke the group"),
         };
         Some(Fault::Peer { rank, message })
+    }
+
+    /// Ends every wait of this segment's members: `rank` (of the group, outside the segment)
+    /// failed.
+    pub(crate) fn report_remote(&self, rank: usize) {
+        self.break_group(BROKEN_REMOTE, rank);
     }
 
     /// Whether member `r` is gone: left, or its process is dead (or a zombie).
