@@ -591,6 +591,12 @@ fn process_death_fails_the_survivors(backend: &str) {
             "{backend}: the failing call took {ms} ms: {text}"
         );
     }
+    // Nothing of the group is left in the key-value store (entries are blanked once joined).
+    let keys = (0..4).map(|r| format!("manta.collective/mortal/4/{r}"));
+    for key in keys.chain(["manta.collective/mortal/4/shm".to_owned()]) {
+        let v = manta::cluster::kv_get(&key).expect("kv");
+        assert!(v.is_none_or(|v| v.is_empty()), "{key} left behind");
+    }
 }
 
 #[test]
