@@ -7,9 +7,9 @@
 //!   `MPI_Reduce_scatter_block`; needs the `mpi` feature, skipped otherwise); Gloo's are N
 //!   processes of `scripts/gloo_collectives.py` in the venv `scripts/compare-collectives`
 //!   makes (skipped where it has no torch).
-//! - **two-hosts** (network namespaces on a bridge; needs root, skipped otherwise): 2 ranks,
-//!   one per namespace (Manta's tcp backend), beside a raw TCP stream between the same
-//!   namespaces and Gloo across them.
+//! - **two-hosts** (network namespaces on a bridge; needs root, skipped otherwise): one rank
+//!   per namespace (Manta's tcp backend), or `--per-host N` (Manta's hierarchical backend),
+//!   beside a raw TCP stream between the same namespaces and Gloo across them.
 //!
 //! `busbw` follows nccl-tests: allreduce `algbw × 2(n-1)/n`, allgather and reduce-scatter
 //! `algbw × (n-1)/n`, where `size` is the per-rank vector of allreduce and the whole (gathered,
@@ -17,7 +17,7 @@
 //! iterations (after 2 warm-up ones).
 //!
 //! Run with `cargo bench --all-features --bench collectives -- [one-node|two-hosts]
-//! [--max-bytes N] [--ranks 2,4] [--ops allreduce,allgather,reduce_scatter]` (or
+//! [--max-bytes N] [--ranks 2,4] [--per-host 1] [--ops allreduce,allgather,reduce_scatter]` (or
 //! `scripts/compare-collectives`, which prints the ratios).
 
 #[allow(dead_code, unreachable_pub)]
@@ -331,6 +331,8 @@ fn print_table(
 
 struct Args {
     modes: Vec<String>,
+    /// Ranks per host in two-hosts (2 or more: the hierarchical backend).
+    per_host: usize,
     ranks: Vec<usize>,
     ops: Vec<String>,
     sizes: Vec<u64>,
@@ -353,6 +355,7 @@ fn parse_bytes(s: &str) -> Result<u64> {
 fn args() -> Result<Args> {
     let mut a = Args {
         modes: Vec::new(),
+        per_host: 1,
         ranks: vec![2, 4],
         ops: OPS.iter().map(|s| s.to_string()).collect(),
         sizes: Vec::new(),
@@ -372,6 +375,7 @@ fn args() -> Result<Args> {
                     .map(|r| r.parse().context("--ranks"))
                     .collect::<Result<_>>()?
             }
+            "--per-host" => a.per_host = it.next().context("--per-host N")?.parse()?,
             "--ops" => {
                 a.ops = it
                     .next()
@@ -471,9 +475,16 @@ fn two_hosts(a: &Args) -> Result<()> {
         .and_then(|v| v.parse().ok())
         .context("raw stream figure")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let p = a.per_host;
+    let n = 2 * p;
+    // Host i runs ranks i*p .. (i+1)*p in its one worker process, whose slots take the cores
+    // in turn (one rank per host: each host's rank on its own core).
     let node = |i: usize| NodeSpec {
-        num_cpus: 1.0,
-        resources: format!("rank{i}=1"),
+        num_cpus: p as f64,
+        resources: (i * p..(i + 1) * p)
+            .map(|r| format!("rank{r}=1"))
+            .collect::<Vec<_>>()
+            .join(","),
         wrapper: vec![
             "ip".into(),
             "netns".into(),
@@ -482,33 +493,40 @@ fn two_hosts(a: &Args) -> Result<()> {
         ],
         ip: Some(hosts.host(i).ip().to_string()),
         env: passed_env()
-            .chain([("MANTA_CPU_AFFINITY".into(), (i % cores).to_string())])
+            .chain([(
+                "MANTA_CPU_AFFINITY".into(),
+                if p == 1 {
+                    (i % cores).to_string()
+                } else {
+                    format!("0-{}", cores - 1)
+                },
+            )])
             .collect(),
     };
     let cluster = LocalCluster::start(node(0), &[node(1)]);
-    let (backend, manta) = manta_times(&cluster, 2, &a.ops, &a.sizes)?;
+    let (backend, manta) = manta_times(&cluster, n, &a.ops, &a.sizes)?;
     drop(cluster);
     let master = hosts.host(0).ip().to_string();
     // Gloo finds its address from the host name (loopback in a namespace) unless told the
     // interface.
-    let wrap = |i: usize| {
+    let wrap = |r: usize| {
         vec![
             "ip".to_owned(),
             "netns".into(),
             "exec".into(),
-            hosts.host(i).netns().to_owned(),
+            hosts.host(r / p).netns().to_owned(),
             "env".into(),
             "GLOO_SOCKET_IFNAME=eth0".into(),
         ]
     };
-    let gloo = gloo_times(2, &a.ops, &a.sizes, &master, &wrap)
+    let gloo = gloo_times(n, &a.ops, &a.sizes, &master, &wrap)
         .map_err(|e| println!("# Gloo skipped: {e:#}"))
         .ok();
     println!("\n# two hosts: raw TCP stream A -> B {raw:.2} GB/s");
     for op in &a.ops {
         print_table(
-            &format!("two hosts, manta {backend}"),
-            2,
+            &format!("two hosts, {p} ranks each, manta {backend}"),
+            n,
             op,
             &a.sizes,
             &manta[op],
@@ -516,8 +534,9 @@ fn two_hosts(a: &Args) -> Result<()> {
         );
         if op == "allreduce" {
             let last = a.sizes.len() - 1;
-            let c = count(op, a.sizes[last], 2);
-            let bus = gbps(size_of_count(op, c, 2), manta[op][last]) * bus_factor(op, 2.0);
+            let c = count(op, a.sizes[last], n as u64);
+            let bus =
+                gbps(size_of_count(op, c, n as u64), manta[op][last]) * bus_factor(op, n as f64);
             println!(
                 "# allreduce busbw at the largest size / raw TCP stream: {:.2}",
                 bus / raw

@@ -5,7 +5,8 @@
 //! threads backend by topology, and the shm and tcp backends forced by
 //! `collective_backend` (their segment and sockets are real; only the members share a
 //! process). Groups of separate processes (worker processes of a local cluster) run the shm
-//! backend by topology and the tcp backend forced.
+//! backend by topology and the tcp backend forced; members on two emulated hosts (network
+//! namespaces) the hierarchical backend.
 
 mod common;
 mod netns;
@@ -590,6 +591,12 @@ fn process_death_fails_the_survivors(backend: &str) {
             "{backend}: the failing call took {ms} ms: {text}"
         );
     }
+    // Nothing of the group is left in the key-value store (entries are blanked once joined).
+    let keys = (0..4).map(|r| format!("manta.collective/mortal/4/{r}"));
+    for key in keys.chain(["manta.collective/mortal/4/shm".to_owned()]) {
+        let v = manta::cluster::kv_get(&key).expect("kv");
+        assert!(v.is_none_or(|v| v.is_empty()), "{key} left behind");
+    }
 }
 
 #[test]
@@ -602,18 +609,14 @@ fn a_dead_process_fails_every_survivor_over_tcp() {
     process_death_fails_the_survivors("tcp");
 }
 
-/// Two emulated hosts (network namespaces on a bridge), two members on each: the group spans
-/// nodes, so it runs over TCP, and each host's two members share a worker process.
-#[test]
-fn members_on_two_hosts_run_every_collective_over_tcp() {
-    serve_if_worker();
-    let hosts = match netns::Hosts::create(2) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            return;
-        }
-    };
+/// Two emulated hosts with two members each, as a local cluster of two nodes.
+fn two_host_members(
+    hosts: &netns::Hosts,
+) -> (
+    LocalCluster,
+    common::Runtime,
+    Vec<manta::ActorHandle<Member>>,
+) {
     let spec = |i: usize| NodeSpec {
         num_cpus: 2.0,
         resources: format!("host{i}=2"),
@@ -627,7 +630,7 @@ fn members_on_two_hosts_run_every_collective_over_tcp() {
         env: vec![("MANTA_COLLECTIVE_CHUNK_BYTES".into(), CHUNK.to_string())],
     };
     let cluster = LocalCluster::start(spec(0), &[spec(1)]);
-    let _rt = common::start(cluster.config());
+    let rt = common::start(cluster.config());
     let members: Vec<_> = (0..4)
         .map(|r| {
             Member::options()
@@ -636,7 +639,57 @@ fn members_on_two_hosts_run_every_collective_over_tcp() {
                 .remote()
         })
         .collect();
-    assert_eq!(join_all(&members, "hosts"), vec!["tcp"; 4]);
+    (cluster, rt, members)
+}
+
+/// The death of a host's worker process (ranks 2 and 3) mid-allreduce fails the members on
+/// the other host, naming one of the dead, through the leaders and the segment.
+#[test]
+fn a_dead_host_process_fails_the_other_hosts_members() {
+    serve_if_worker();
+    let hosts = match netns::Hosts::create(2) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let (cluster, rt, members) = two_host_members(&hosts);
+    assert_eq!(join_all(&members, "mortal-hosts"), vec!["hierarchical"; 4]);
+    let n = 1 << 20;
+    let survivors: Vec<_> = members[..2]
+        .iter()
+        .map(|m| m.allreduce_until_failure(n))
+        .collect();
+    let _partner = members[2].allreduce_until_failure(n);
+    let _victim = members[3].allreduce_then_die(n, 300);
+    for s in survivors {
+        let (rank, text, ms) = s.get_timeout(LONG).expect("the survivor returns");
+        eprintln!("survivor: rank {rank:?} in {ms} ms: {text}");
+        assert!(matches!(rank, Some(2 | 3)), "{text}");
+        assert!(ms < 10_000, "the failing call took {ms} ms: {text}");
+    }
+    drop(members);
+    drop(rt);
+    drop(cluster);
+}
+
+/// Two emulated hosts (network namespaces on a bridge), two members on each (sharing a worker
+/// process): the group spans nodes with several members each, so it is hierarchical
+/// (allreduce and barrier within each host, then between the hosts' leaders over TCP; the
+/// rest over TCP between all).
+#[test]
+fn members_on_two_hosts_run_every_collective_hierarchically() {
+    serve_if_worker();
+    let hosts = match netns::Hosts::create(2) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let (cluster, _rt, members) = two_host_members(&hosts);
+    assert_eq!(join_all(&members, "hosts"), vec!["hierarchical"; 4]);
     let refs: Vec<_> = members.iter().map(|m| m.check()).collect();
     let pids: std::collections::BTreeSet<u32> = refs
         .iter()

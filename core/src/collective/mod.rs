@@ -13,7 +13,10 @@
 //!   (its own user);
 //! * **tcp** — members on several nodes: a full mesh of TCP connections, each proving the
 //!   cluster's token before the listener keeps it; ring algorithms for large messages and
-//!   recursive doubling for small ones.
+//!   recursive doubling for small ones;
+//! * **hierarchical** — members on several nodes, some with several members: allreduce and
+//!   barrier go through each node's shared segment to its leader (its lowest rank), between
+//!   the leaders over TCP, and back; the other operations use the TCP mesh of all members.
 //!
 //! The threads and shm backends run one algorithm on one segment layout, NCCL-SHM style: a
 //! message is processed in chunks of `collective_chunk_bytes`; each member stages its chunk in
@@ -36,6 +39,7 @@
 #![allow(unsafe_code)] // shared segments and raw socket calls, each argued where it is
 
 mod element;
+mod hier;
 mod shared;
 mod tcp;
 
@@ -313,7 +317,7 @@ impl Communicator {
         &self.inner.name
     }
 
-    /// The backend the group chose: `threads`, `shm` or `tcp`.
+    /// The backend the group chose: `threads`, `shm`, `tcp` or `hierarchical`.
     pub fn backend(&self) -> &'static str {
         self.inner.backend_name
     }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::hier::HierBackend;
 use super::shared::{Choice, Layout, Region, Settings, SharedBackend};
 use super::tcp::{TcpBackend, TcpListen};
 use super::{Backend, Fault};
@@ -199,45 +200,22 @@ pub(crate) fn join(
                 Box::new(SharedBackend::new(region, rank, None, settings.timeout))
             }
             Choice::Shm => {
-                let shm_key = format!("{prefix}/shm");
-                let (region, fd) = if rank == 0 {
-                    let (region, fd) = Region::create_memfd(layout, group_nonce)?;
-                    crate::cluster::kv_put(&shm_key, format!("{} {fd}", me.pid).as_bytes())
-                        .map_err(kv_fault)?;
-                    (region, Some(fd))
-                } else {
-                    let raw = poll(&shm_key, deadline, start, 0)?;
-                    let text = String::from_utf8_lossy(&raw);
-                    let (pid, fd) = text
-                        .split_once(' ')
-                        .and_then(|(p, f)| Some((p.parse().ok()?, f.parse().ok()?)))
-                        .ok_or_else(|| Fault::Peer {
-                            rank: 0,
-                            message: "rank 0's segment entry is malformed".into(),
-                        })?;
-                    (Region::attach(pid, fd, layout, group_nonce)?, None)
-                };
+                let all: Vec<usize> = (0..world).collect();
                 let pids = entries.iter().map(|e| e.pid).collect();
-                let mut b = SharedBackend::new(
-                    std::sync::Arc::new(region),
-                    rank,
-                    Some(pids),
-                    settings.timeout,
-                );
-                // Everyone mapped the segment once this barrier passes.
-                let done = b.barrier(&super::Header::barrier());
-                if let Some(fd) = fd {
-                    // SAFETY: our own descriptor, closed once (the mappings keep the memory).
-                    unsafe { libc::close(fd) };
-                    crate::cluster::kv_put(&shm_key, b"").map_err(kv_fault)?;
-                }
-                done?;
-                Box::new(b)
+                let seg = Segment {
+                    key: format!("{prefix}/shm"),
+                    members: &all,
+                    pids,
+                    nonce: group_nonce,
+                    deadline,
+                    start,
+                };
+                Box::new(seg.join(rank, settings)?)
             }
             Choice::Tcp => {
                 let listen = listen.ok_or_else(|| Fault::Os("no TCP listener".into()))?;
                 let addrs: Vec<String> = entries.iter().map(|e| e.tcp.clone()).collect();
-                Box::new(TcpBackend::connect(
+                let tcp = TcpBackend::connect(
                     listen,
                     rank,
                     &addrs,
@@ -245,7 +223,33 @@ pub(crate) fn join(
                     token.as_bytes(),
                     deadline,
                     settings,
-                )?)
+                )?;
+                // Several nodes, some with several members: hierarchical (by topology only).
+                let local: Vec<usize> =
+                    (0..world).filter(|&r| entries[r].host == me.host).collect();
+                let mut leaders: Vec<usize> = (0..world)
+                    .filter(|&r| (0..r).all(|q| entries[q].host != entries[r].host))
+                    .collect();
+                leaders.sort_unstable();
+                if settings.choice == Choice::Auto && leaders.len() > 1 && leaders.len() < world {
+                    let seg = Segment {
+                        key: format!("{prefix}/shm{}", local[0]),
+                        members: &local,
+                        pids: local.iter().map(|&r| entries[r].pid).collect(),
+                        nonce: group_nonce ^ local[0] as u64,
+                        deadline,
+                        start,
+                    };
+                    let shared = seg.join(rank, settings)?;
+                    Box::new(HierBackend {
+                        local: shared,
+                        tcp,
+                        leader: leaders.contains(&rank),
+                        leaders,
+                    })
+                } else {
+                    Box::new(tcp)
+                }
             }
         };
         Ok((backend, group_nonce))
@@ -265,6 +269,73 @@ pub(crate) fn join(
         backend,
         nonce: group_nonce,
     })
+}
+
+/// The shared segment of some members of a group (all of them, or one node's): its first
+/// member creates it and publishes it under `key`; the others map it.
+struct Segment<'a> {
+    key: String,
+    /// The members' group ranks, ascending.
+    members: &'a [usize],
+    pids: Vec<u32>,
+    nonce: u64,
+    deadline: Instant,
+    start: Instant,
+}
+
+impl Segment<'_> {
+    fn join(self, rank: usize, settings: &Settings) -> Result<SharedBackend, Fault> {
+        let creator = self.members[0];
+        let index = self
+            .members
+            .iter()
+            .position(|&r| r == rank)
+            .ok_or_else(|| Fault::Os("a segment of members that exclude this one".into()))?;
+        let layout = Layout {
+            world: self.members.len(),
+            chunk: settings.chunk,
+        };
+        let (region, fd) = if index == 0 {
+            let (region, fd) = Region::create_memfd(layout, self.nonce)?;
+            let entry = format!("{} {fd}", std::process::id());
+            crate::cluster::kv_put(&self.key, entry.as_bytes()).map_err(kv_fault)?;
+            (region, Some(fd))
+        } else {
+            let raw = poll(&self.key, self.deadline, self.start, creator)?;
+            let text = String::from_utf8_lossy(&raw);
+            let (pid, fd) = text
+                .split_once(' ')
+                .and_then(|(p, f)| Some((p.parse().ok()?, f.parse().ok()?)))
+                .ok_or_else(|| Fault::Peer {
+                    rank: creator,
+                    message: format!("rank {creator}'s segment entry is malformed"),
+                })?;
+            let region = Region::attach(pid, fd, layout, self.nonce).map_err(|f| match f {
+                Fault::Peer { message, .. } => Fault::Peer {
+                    rank: creator,
+                    message,
+                },
+                other => other,
+            })?;
+            (region, None)
+        };
+        let mut b = SharedBackend::named(
+            std::sync::Arc::new(region),
+            index,
+            Some(self.pids),
+            settings.timeout,
+            self.members.to_vec(),
+        );
+        // Every member mapped the segment once this barrier passes.
+        let done = b.barrier(&super::Header::barrier());
+        if let Some(fd) = fd {
+            // SAFETY: our own descriptor, closed once (the mappings keep the memory).
+            unsafe { libc::close(fd) };
+            crate::cluster::kv_put(&self.key, b"").map_err(kv_fault)?;
+        }
+        done?;
+        Ok(b)
+    }
 }
 
 fn clone_entry(e: &Entry) -> Entry {

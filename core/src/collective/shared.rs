@@ -25,12 +25,15 @@
 //! chunk; after the first sync every member compares all headers, so a mismatch is seen by
 //! all and fails them all before any data is used.
 //!
+//! A waiting member spins, then yields, then sleeps on a futex in the segment (`wake`) that a
+//! member making progress possible (the last to arrive at a sync, a send, a receive, a
+//! failure) bumps and wakes when anyone sleeps (`sleepers`), at most 1 ms at a time.
 //! A waiting member checks, while it waits, that the members it waits for are still there: a
 //! `left` flag (set when a member's communicator drops or fails) and, across processes, that
 //! the member's process is alive. A failure is also published in `broken`, which ends every
 //! other member's wait at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::element::Reducer;
@@ -48,11 +51,12 @@ const PAGE: usize = 4096;
 /// small collectives at memory latency: 8-byte allreduce 22 µs with a 256-poll spin, 1.1 µs
 /// with this one, 2 processes on 2 cores).
 const SPIN: Duration = Duration::from_micros(100);
+/// How long a waiting member then yields its core before it sleeps until woken (a yield
+/// hands the core to a member that shares it at once; a futex wake-up costs tens of µs).
+const YIELD: Duration = Duration::from_micros(200);
 /// The spin where members outnumber cores: a spinning member would keep the core from the
 /// member it waits for.
 const SPIN_OVERSUBSCRIBED: Duration = Duration::from_micros(2);
-/// How long it then yields before it naps (50 µs at a time) until the peer arrives.
-const YIELD: Duration = Duration::from_millis(5);
 
 /// The collective settings of the runtime's configuration.
 #[derive(Clone, Debug)]
@@ -332,9 +336,14 @@ const PLEN: usize = 16;
 const PHDR: usize = 24;
 // `broken`: 0, or (code << 32) | (rank + 1).
 const BROKEN: usize = 32;
+// The word sleeping members wait on (a futex), and how many sleep.
+const WAKE: usize = 40;
+const SLEEPERS: usize = 48;
 const BROKEN_LEFT: u64 = 1;
 const BROKEN_TIMEOUT: u64 = 2;
 const BROKEN_MISMATCH: u64 = 3;
+/// A member outside the segment (of a hierarchical group) failed; the rank is the group's.
+const BROKEN_REMOTE: u64 = 4;
 
 /// A member of a shared-segment group.
 pub(crate) struct SharedBackend {
@@ -351,6 +360,9 @@ pub(crate) struct SharedBackend {
     left: bool,
     name: &'static str,
     spin: Duration,
+    /// The group's rank of each member of this segment (the identity, but in the local part
+    /// of a hierarchical group), for naming members in errors.
+    names: Vec<usize>,
 }
 
 impl SharedBackend {
@@ -359,6 +371,18 @@ impl SharedBackend {
         rank: usize,
         pids: Option<Vec<u32>>,
         timeout: Duration,
+    ) -> Self {
+        let world = region.layout.world;
+        Self::named(region, rank, pids, timeout, (0..world).collect())
+    }
+
+    /// A member whose segment's members have the group ranks `names`.
+    pub(crate) fn named(
+        region: std::sync::Arc<Region>,
+        rank: usize,
+        pids: Option<Vec<u32>>,
+        timeout: Duration,
+        names: Vec<usize>,
     ) -> Self {
         let world = region.layout.world;
         let name = if pids.is_some() { "shm" } else { "threads" };
@@ -381,6 +405,7 @@ impl SharedBackend {
             } else {
                 SPIN_OVERSUBSCRIBED
             },
+            names,
         }
     }
 
@@ -404,6 +429,7 @@ impl SharedBackend {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        self.notify();
     }
 
     fn broken(&self) -> Option<Fault> {
@@ -411,16 +437,31 @@ impl SharedBackend {
         if b == 0 {
             return None;
         }
-        let rank = ((b & 0xffff_ffff) - 1) as usize;
+        let local = ((b & 0xffff_ffff) - 1) as usize;
+        let rank = if b >> 32 == BROKEN_REMOTE {
+            local
+        } else {
+            self.names.get(local).copied().unwrap_or(local)
+        };
         let message = match b >> 32 {
             BROKEN_LEFT => format!(
                 "rank {rank} left the group (its process died, or its communicator failed or was dropped)"
             ),
             BROKEN_TIMEOUT => format!("a member timed out waiting for rank {rank}"),
             BROKEN_MISMATCH => format!("rank {rank} saw mismatched arguments"),
+            BROKEN_REMOTE => format!(
+                "rank {rank}, on another node, failed or left the group (reported by this \
+                 node's leader)"
+            ),
             _ => format!("rank {rank} broke the group"),
         };
         Some(Fault::Peer { rank, message })
+    }
+
+    /// Ends every wait of this segment's members: `rank` (of the group, outside the segment)
+    /// failed.
+    pub(crate) fn report_remote(&self, rank: usize) {
+        self.break_group(BROKEN_REMOTE, rank);
     }
 
     /// Whether member `r` is gone: left, or its process is dead (or a zombie).
@@ -464,24 +505,56 @@ impl SharedBackend {
                         return Ok(());
                     }
                     self.break_group(BROKEN_LEFT, lagging);
+                    let rank = self.names[lagging];
                     return Err(self.broken().unwrap_or(Fault::Peer {
-                        rank: lagging,
-                        message: format!("rank {lagging} left the group"),
+                        rank,
+                        message: format!("rank {rank} left the group"),
                     }));
                 }
                 if waited >= self.timeout {
                     self.break_group(BROKEN_TIMEOUT, lagging);
                     return Err(Fault::Timeout {
-                        rank: lagging,
+                        rank: self.names[lagging],
                         waited,
                     });
                 }
             }
-            if waited < YIELD {
+            if waited < self.spin + YIELD {
                 std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
+                continue;
             }
+            // Sleep on the segment's wake word until a member notifies (or 1 ms passes):
+            // counted as a sleeper first, then the condition checked again, so that a
+            // notifier either sees the sleeper or the sleeper sees its update (both sides
+            // order through a SeqCst fence).
+            let wake = self.wake_word();
+            let seen = wake.load(Ordering::SeqCst);
+            self.region.word(SLEEPERS).fetch_add(1, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if ready().is_none() {
+                self.region.word(SLEEPERS).fetch_sub(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            futex_wait(wake, seen, Duration::from_millis(1));
+            self.region.word(SLEEPERS).fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The 32-bit word sleeping members wait on.
+    fn wake_word(&self) -> &AtomicU32 {
+        // SAFETY: in the control line (in bounds, 4-aligned), only ever accessed atomically
+        // (and by the kernel's futex calls); lives as long as `self`.
+        unsafe { &*self.region.base.add(WAKE).cast::<AtomicU32>() }
+    }
+
+    /// Wakes the members sleeping in `wait`, if any (after this member updated what they
+    /// wait for).
+    fn notify(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.region.word(SLEEPERS).load(Ordering::SeqCst) > 0 {
+            let wake = self.wake_word();
+            wake.fetch_add(1, Ordering::SeqCst);
+            futex_wake(wake);
         }
     }
 
@@ -490,10 +563,15 @@ impl SharedBackend {
         self.seq += 1;
         let target = self.seq;
         self.rank_word(self.rank, SEQ)
-            .store(target, Ordering::Release);
-        self.wait(|| {
-            (0..self.world).find(|&r| self.rank_word(r, SEQ).load(Ordering::Acquire) < target)
-        })
+            .store(target, Ordering::SeqCst);
+        let lagging =
+            || (0..self.world).find(|&r| self.rank_word(r, SEQ).load(Ordering::Acquire) < target);
+        if lagging().is_none() {
+            // The last to arrive wakes the others.
+            self.notify();
+            return Ok(());
+        }
+        self.wait(lagging)
     }
 
     /// Publishes this member's header for the current operation.
@@ -515,10 +593,10 @@ impl SharedBackend {
                     self.rank_word(r, slot).load(Ordering::Relaxed),
                     self.rank_word(r, slot + 8).load(Ordering::Relaxed),
                 ];
-                (r, Header::unpack(w))
+                (self.names[r], Header::unpack(w))
             })
             .collect();
-        match mismatch(self.rank, h, &others) {
+        match mismatch(self.names[self.rank], h, &others) {
             Some(f) => Err(f),
             None => Ok(()),
         }
@@ -567,6 +645,36 @@ impl SharedBackend {
             }
         }
         self.sync()
+    }
+}
+
+/// Sleeps while `word` holds `seen`, at most `timeout` (a shared futex: the segment may be
+/// mapped by several processes).
+fn futex_wait(word: &AtomicU32, seen: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a live, aligned 32-bit word; the timespec outlives the call. A
+    // spurious or early return is fine: the caller checks its condition again.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            seen,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
+/// Wakes every member sleeping on `word`.
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned 32-bit word.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
     }
 }
 
@@ -802,6 +910,7 @@ impl Backend for SharedBackend {
         if !self.left {
             self.left = true;
             self.rank_word(self.rank, LEFT).store(1, Ordering::Release);
+            self.notify();
         }
     }
 }

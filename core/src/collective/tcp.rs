@@ -77,6 +77,8 @@ pub(crate) struct TcpBackend {
     unsent: Vec<usize>,
     timeout: Duration,
     seq: u64,
+    /// Operations among a subset of the members (hierarchical groups' leaders).
+    sub_seq: u64,
     left: bool,
     /// The member at fault in this member's failure, passed on in its abort frames.
     culprit: Option<usize>,
@@ -177,6 +179,7 @@ impl TcpBackend {
             unsent: vec![0; world],
             timeout: settings.timeout,
             seq: 0,
+            sub_seq: 0,
             left: false,
             culprit: None,
         })
@@ -421,7 +424,25 @@ impl TcpBackend {
     fn allreduce_bytes(&mut self, h: &Header, out: &mut [u8], red: &Reducer) -> Result<(), Fault> {
         self.seq += 1;
         let seq = self.seq;
-        let w = self.world;
+        let all: Vec<usize> = (0..self.world).collect();
+        self.allreduce_ring(h, seq, out, red, &all)
+    }
+
+    /// Allreduce among the members `ring` (this member among them), in place.
+    fn allreduce_ring(
+        &mut self,
+        h: &Header,
+        seq: u64,
+        out: &mut [u8],
+        red: &Reducer,
+        ring: &[usize],
+    ) -> Result<(), Fault> {
+        let w = ring.len();
+        let Some(pos) = ring.iter().position(|&r| r == self.rank) else {
+            return Err(Fault::Os(
+                "allreduce among members that exclude this one".into(),
+            ));
+        };
         if w == 1 {
             return Ok(());
         }
@@ -429,7 +450,7 @@ impl TcpBackend {
             let mut tmp = aligned(out.len());
             let mut mask = 1;
             while mask < w {
-                let partner = self.rank ^ mask;
+                let partner = ring[pos ^ mask];
                 let t = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut tmp)[..out.len()];
                 self.transfer(h, seq, Some((partner, out)), Some((partner, Sink::Copy(t))))?;
                 red.apply(out, t);
@@ -439,13 +460,12 @@ impl TcpBackend {
         }
         let n = out.len();
         let seg = |i: usize| segment(n, red.elem, w, i);
-        let next = (self.rank + 1) % w;
-        let prev = self.prev(1);
+        let back = |k: usize| (pos + w * 2 - k % w) % w;
+        let next = ring[(pos + 1) % w];
+        let prev = ring[back(1)];
         let mut scratch = aligned(PIECE);
         for s in 0..w - 1 {
-            let a = seg(self.prev(s + 1));
-            let b = seg(self.prev(s + 2));
-            let (sa, sb) = split2(out, a, b);
+            let (sa, sb) = split2(out, seg(back(s + 1)), seg(back(s + 2)));
             let sink = Sink::Reduce {
                 acc: sb,
                 scratch: bytemuck::cast_slice_mut(&mut scratch),
@@ -455,12 +475,30 @@ impl TcpBackend {
             self.transfer(h, seq, Some((next, sa)), Some((prev, sink)))?;
         }
         for s in 0..w - 1 {
-            let a = seg(self.prev(s));
-            let b = seg(self.prev(s + 1));
-            let (sa, sb) = split2(out, a, b);
+            let (sa, sb) = split2(out, seg(back(s)), seg(back(s + 1)));
             self.transfer(h, seq, Some((next, sa)), Some((prev, Sink::Copy(sb))))?;
         }
         Ok(())
+    }
+
+    /// Allreduce among the members `ring` only (the node leaders of a hierarchical group),
+    /// counted apart from the whole group's operations.
+    pub(crate) fn allreduce_among(
+        &mut self,
+        h: &Header,
+        out: &mut [u8],
+        red: &Reducer,
+        ring: &[usize],
+    ) -> Result<(), Fault> {
+        self.sub_seq += 1;
+        let seq = self.sub_seq | 1 << 63;
+        self.allreduce_ring(h, seq, out, red, ring)
+    }
+
+    /// A barrier among the members `ring` only.
+    pub(crate) fn barrier_among(&mut self, h: &Header, ring: &[usize]) -> Result<(), Fault> {
+        let red = Reducer::of::<u8>(super::ReduceOp::Sum);
+        self.allreduce_among(h, &mut [], &red, ring)
     }
 
     /// A failure: tell the peers why (`code`, and the member at fault) and close every
