@@ -454,10 +454,18 @@ fn a_taken_head_port_moves_the_head_on() {
         return job(&kind);
     }
     let name = "a_taken_head_port_moves_the_head_on";
-    let job_id = 900_000_000 + std::process::id();
-    let port = manta_launcher::spmd::port_for(&format!("slurm-{job_id}.0"));
+    // A job whose head port is free for the squatter to take (another process may hold the
+    // first one tried: the suite runs in parallel).
+    let (job_id, squatter) = (0..32u32)
+        .find_map(|k| {
+            let job_id = 900_000_000u32.wrapping_add(std::process::id().wrapping_mul(32)) + k;
+            let port = manta_launcher::spmd::port_for(&format!("slurm-{job_id}.0"));
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .ok()
+                .map(|l| (job_id, l))
+        })
+        .expect("taking a job's head port");
     // The squatter accepts and hangs up, as a foreign service would.
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("taking the port");
     std::thread::spawn(move || {
         for conn in squatter.incoming() {
             drop(conn);
