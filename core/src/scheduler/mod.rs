@@ -16,6 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use crossbeam_utils::CachePadded;
 
 use crate::actor::ActorCell;
 use crate::error::{Error, TaskError};
@@ -154,8 +155,10 @@ pub(crate) struct Scheduler {
     pub(crate) finished: AtomicUsize,
     /// Slots draining an actor, and calls they finished: the monitor's view of whether those
     /// slots make progress.
-    actor_drains: AtomicUsize,
-    actor_calls: AtomicUsize,
+    /// (Each on a cache line of its own: slots bump them on every actor call, and the
+    /// submitting thread reads `searching` and `num_sleeping` on every push.)
+    actor_drains: CachePadded<AtomicUsize>,
+    actor_calls: CachePadded<AtomicUsize>,
     /// Sleepers the monitor woke because work waited a tick with nobody waking them.
     pub(crate) lost_wakeups: AtomicUsize,
 }
@@ -208,8 +211,8 @@ impl Scheduler {
             shutdown_timeout,
             handles: Mutex::new(Vec::new()),
             finished: AtomicUsize::new(0),
-            actor_drains: AtomicUsize::new(0),
-            actor_calls: AtomicUsize::new(0),
+            actor_drains: CachePadded::new(AtomicUsize::new(0)),
+            actor_calls: CachePadded::new(AtomicUsize::new(0)),
             lost_wakeups: AtomicUsize::new(0),
         }
     }
