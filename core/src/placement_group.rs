@@ -1054,6 +1054,12 @@ impl GroupMember {
     pub fn world_size(&self) -> usize {
         self.rank.world_size as usize
     }
+    /// The name of the group's communicator: pass it to the member (a constructor argument)
+    /// and call [`Communicator::join_group`](crate::collective::Communicator::join_group) with
+    /// it there; every member of the group gets the same name, no other group does.
+    pub fn collective_name(&self) -> String {
+        format!("manta-actor-group-{}", self.group.id().as_u64())
+    }
 }
 
 std::thread_local! {

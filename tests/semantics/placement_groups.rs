@@ -3,7 +3,7 @@
 //! the bundle holds is refused), removal (its actors die, its queued tasks fail, its resources
 //! come back), bad input, named groups, pending groups placed when resources free up; actor
 //! groups: rank order, slicing, per-member order, a member killed mid-call, a group handed to
-//! a task.
+//! a task, members reducing through their group's communicator.
 //!
 //! In a cluster the GCS places groups over the nodes and the owner installs the bundles in
 //! its job's workers (ARCHITECTURE.md); a task for a group not yet created waits for it in
@@ -49,6 +49,10 @@ pub(crate) const CASES: &[Case] = &[
     Case::new(
         "actor_groups::spawn_without_member_is_refused",
         spawn_checks,
+    ),
+    Case::new(
+        "actor_groups::members_allreduce_through_their_group_communicator",
+        group_allreduce,
     ),
 ];
 
@@ -550,6 +554,50 @@ fn member_killed(_: &Ctx) {
         Err(Error::ActorDied { .. }) => {}
         other => panic!("a member of a removed group: {other:?}"),
     }
+}
+
+/// A member that reduces across its group through the group's communicator.
+#[manta::actor]
+pub(crate) struct Reducer {
+    comm: manta::collective::Communicator,
+}
+
+#[manta::actor]
+impl Reducer {
+    pub(crate) fn new(group: String) -> Self {
+        let comm = manta::collective::Communicator::join_group(&group).expect("join the group");
+        Reducer { comm }
+    }
+    /// The sum over the group of `rank + 1`, and this member's rank in the communicator.
+    pub(crate) fn sum(&self) -> (f64, usize) {
+        let mut x = [(self.comm.rank() + 1) as f64];
+        self.comm
+            .allreduce(&mut x, manta::collective::ReduceOp::Sum)
+            .expect("allreduce");
+        (x[0], self.comm.rank())
+    }
+}
+
+/// Members of an actor group get a communicator from the group alone: its name from the
+/// `GroupMember`, their ranks from the group (no rank bookkeeping); outside a member
+/// `join_group` is refused.
+fn group_allreduce(_: &Ctx) {
+    let n = 2;
+    let pg = manta::placement_group(cpus(n, 0.25), S::Pack).unwrap();
+    ready(&pg);
+    let group = ActorGroup::spawn(&pg, |m| {
+        Reducer::options()
+            .group_member(&m)
+            .remote(m.collective_name())
+    })
+    .unwrap();
+    let sums = manta::get_all(&group.call(|m| m.sum())).unwrap();
+    assert_eq!(sums, vec![(3.0, 0), (3.0, 1)], "sums in rank order");
+    match manta::collective::Communicator::join_group("not-a-member") {
+        Err(Error::InvalidArgument { .. }) => {}
+        other => panic!("join_group outside a member: {other:?}"),
+    }
+    manta::remove_placement_group(&pg).unwrap();
 }
 
 /// Calls every member of `group` and sums their ranks.

@@ -261,6 +261,24 @@ fn invalid(what: &str, message: impl Into<String>) -> Error {
 }
 
 impl Communicator {
+    /// [`Communicator::join`] from inside an actor-group member (its constructor or a method):
+    /// the rank and size are the member's own (`manta::group_rank`, `group_world_size`), so
+    /// the group needs no rank bookkeeping; `name` is the group's
+    /// [`GroupMember::collective_name`](crate::placement_group::GroupMember::collective_name).
+    /// Outside a member it is an [`Error::InvalidArgument`].
+    pub fn join_group(name: &str) -> Result<Communicator, Error> {
+        match (
+            crate::placement_group::group_rank(),
+            crate::placement_group::group_world_size(),
+        ) {
+            (Some(rank), Some(world_size)) => Communicator::join(name, rank, world_size),
+            _ => Err(invalid(
+                "Communicator::join_group",
+                "called outside an actor group's member (use Communicator::join)",
+            )),
+        }
+    }
+
     /// Rendezvous through the key-value store (the GCS's in a cluster, in-process embedded);
     /// blocks until all `world_size` ranks joined `name`, bounded by the collective timeout
     /// (`collective_timeout`), and picks the group's backend by where its members run.
