@@ -13,19 +13,10 @@ mod netns;
 
 use std::time::{Duration, Instant};
 
+use common::Rng;
 use manta::collective::{Communicator, Element, ReduceOp};
 
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
     /// Small integers, so that every reduction is exact in every type and order.
     fn small(&mut self) -> i64 {
         (self.next() % 7) as i64 - 3

@@ -53,3 +53,22 @@ pub(crate) fn thread_cpus() -> String {
         })
         .unwrap_or_default()
 }
+
+/// A small seeded generator (xorshift64), for tests that pick sizes, values or victims.
+#[allow(dead_code)] // not every test file uses it
+pub(crate) struct Rng(pub(crate) u64);
+
+#[allow(dead_code)]
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value below `n` (0 when `n` is 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
