@@ -57,26 +57,6 @@ fn worker_processes_leave_no_spill_directory() {
     );
 }
 
-/// The head's pid: our child whose command line has `--head`.
-fn head_pid() -> u32 {
-    let me = std::process::id();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if ppid == Some(me) && String::from_utf8_lossy(&cmd).contains("--head") {
-            return pid;
-        }
-    }
-    panic!("no head process among our children");
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -103,7 +83,8 @@ fn one_job(cluster: &LocalCluster, i: usize) {
 fn the_gcs_gives_back_what_finished_jobs_held() {
     serve_if_worker();
     let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);
-    let pid = head_pid();
+    // The node process is the head itself (`manta start --block`, no wrapper).
+    let pid = cluster.node_pid(0);
     // Warm up: the first jobs size the head's pools and caches.
     for i in 0..5 {
         one_job(&cluster, i);

@@ -18,27 +18,6 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
-/// The head's pid: our child whose command line has `--head`.
-fn head_pid() -> u32 {
-    let me = std::process::id();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // Fields after the command name in parentheses: state, ppid, ...
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if ppid == Some(me) && String::from_utf8_lossy(&cmd).contains("--head") {
-            return pid;
-        }
-    }
-    panic!("no head process among our children");
-}
-
 /// A field of `/proc/PID/status` (the number before any unit).
 fn status_field(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -76,7 +55,8 @@ fn unauthenticated_floods_are_bounded() {
     let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);
     manta::init_with(cluster.config()).expect("the driver joins");
     assert_answers("start-up");
-    let pid = head_pid();
+    // The node process is the head itself (`manta start --block`, no wrapper).
+    let pid = cluster.node_pid(0);
 
     // 1. Memory: 100 connections each sending a Hello of 4 MiB less one byte and holding on
     // (before the fix each made the head buffer 4 MiB until the handshake timed out).
