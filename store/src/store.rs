@@ -658,11 +658,8 @@ impl Store {
         let prefer = numa
             .or_else(|| self.local_region())
             .and_then(|i| self.region_nodes.get(i).copied());
-        let mut tries = vec![exact];
-        if exact < extent / 2 {
-            tries.insert(0, extent);
-        }
-        for want in tries {
+        let shared = (exact < extent / 2).then_some(extent);
+        for want in shared.into_iter().chain([exact]) {
             if let Some((offset, len, region)) = client.grant(want, prefer) {
                 self.alloc.add(offset, len, region);
                 debug!(offset, len, region, "node arena: extent granted");

@@ -65,9 +65,9 @@ fn monitor(rt: &Arc<crate::runtime::RuntimeInner>) {
         // A slot asleep while work is queued, on two looks in a row: a wake-up went missing
         // (serial actors meeting at a barrier lost one in about 1,000 rounds; the cause is
         // not found yet). Waking a slot is harmless if it was not.
-        let now = s.searching.load(Ordering::SeqCst) == 0
-            && s.num_sleeping.load(Ordering::SeqCst) > 0
-            && s.has_work();
+        let queued = s.searching.load(Ordering::SeqCst) == 0 && s.has_work();
+        let asleep = s.num_sleeping.load(Ordering::SeqCst) > 0;
+        let now = queued && asleep;
         if now && asleep_beside_work {
             s.lost_wakeups.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("a slot slept beside queued work: woken by the monitor");
@@ -81,9 +81,8 @@ fn monitor(rt: &Arc<crate::runtime::RuntimeInner>) {
         }
         let done = s.actor_calls.load(Ordering::SeqCst);
         if last == Some(done)
-            && s.num_sleeping.load(Ordering::SeqCst) == 0
-            && s.searching.load(Ordering::SeqCst) == 0
-            && s.has_work()
+            && queued
+            && !asleep
             && s.num_slots() < s.stealers.len()
             && let Err(e) = slot::spawn(rt)
         {
