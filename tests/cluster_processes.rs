@@ -55,6 +55,11 @@ fn sum_refs(refs: Vec<manta::ObjectRef<u64>>) -> u64 {
 }
 
 #[manta::remote]
+fn env_of(name: String) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[manta::remote]
 fn read_kv(key: String) -> Option<Vec<u8>> {
     manta::cluster::kv_get(&key).expect("kv from a worker")
 }
@@ -115,7 +120,15 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
         node(2.0, ""),
         &[node(2.0, ""), node(2.0, "special=1"), node(2.0, "")],
     );
-    manta::init_with(cluster.config()).expect("the driver joins");
+    // A job entry set on the driver's builder reaches its workers; a node entry does not.
+    let config = cluster
+        .config()
+        .call_timeout(Duration::from_secs(29))
+        .num_cpus(7.0);
+    manta::init_with(config).expect("the driver joins");
+    let env = |name: &str| env_of::remote(name.to_owned()).get().unwrap();
+    assert_eq!(env("MANTA_CALL_TIMEOUT_US").as_deref(), Some("29000000"));
+    assert_eq!(env("MANTA_NUM_CPUS").as_deref(), Some("2"));
 
     // Tasks, inline values.
     let refs: Vec<_> = (0..200u64).map(square::remote).collect();

@@ -6,15 +6,27 @@
 //!
 //! Precedence: a value set on the [`Config`] builder wins over the environment, which wins over
 //! the default. A malformed environment value is an error at `init`, never silently ignored.
+//!
+//! Names are regular: entry `foo_bar` is `MANTA_FOO_BAR`, with `_US` appended for a duration
+//! (microseconds in the environment); a unit test holds every entry to it. Each entry has a
+//! [`Scope`]: who reads it, and whether a driver hands its value to its worker processes.
+//! `manta config` prints the catalogue with the values this environment resolves to;
+//! `docs/CONFIG.md` is generated from it (`manta config --markdown`; a unit test fails when the
+//! file is stale). The variables Manta sets for its own child processes, and those only its
+//! test suite reads, are listed in [`INTERNAL`]; any other `MANTA_*` variable in a process's
+//! environment is reported at `init` as unknown (a typo, or a name that changed).
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::sync::{Arc, RwLock};
 
-/// A value that can be read from a `MANTA_*` environment variable.
+/// A value that can be read from a `MANTA_*` environment variable, and written back as one
+/// (`to_env(parse_env(x)) == x` up to spelling).
 trait FromEnv: Sized {
     fn parse_env(raw: &str) -> Result<Self, String>;
+    fn to_env(&self) -> String;
 }
 
 macro_rules! from_env_via_fromstr {
@@ -22,6 +34,9 @@ macro_rules! from_env_via_fromstr {
         impl FromEnv for $t {
             fn parse_env(raw: &str) -> Result<Self, String> {
                 raw.trim().parse::<$t>().map_err(|e| e.to_string())
+            }
+            fn to_env(&self) -> String {
+                self.to_string()
             }
         }
     )*};
@@ -36,6 +51,9 @@ impl FromEnv for bool {
             other => Err(format!("expected true/false, got {other:?}")),
         }
     }
+    fn to_env(&self) -> String {
+        self.to_string()
+    }
 }
 
 impl FromEnv for Duration {
@@ -43,11 +61,32 @@ impl FromEnv for Duration {
         let micros = raw.trim().parse::<u64>().map_err(|e| e.to_string())?;
         Ok(Duration::from_micros(micros))
     }
+    fn to_env(&self) -> String {
+        self.as_micros().to_string()
+    }
+}
+
+/// A duration, or `auto` (empty in the environment too): the runtime picks one.
+impl FromEnv for Option<Duration> {
+    fn parse_env(raw: &str) -> Result<Self, String> {
+        match raw.trim() {
+            "" | "auto" => Ok(None),
+            micros => Duration::parse_env(micros)
+                .map(Some)
+                .map_err(|e| format!("expected microseconds or auto: {e}")),
+        }
+    }
+    fn to_env(&self) -> String {
+        self.map_or_else(|| "auto".to_owned(), |d| d.to_env())
+    }
 }
 
 impl FromEnv for String {
     fn parse_env(raw: &str) -> Result<Self, String> {
         Ok(raw.to_string())
+    }
+    fn to_env(&self) -> String {
+        self.clone()
     }
 }
 
@@ -55,11 +94,17 @@ impl FromEnv for CpuList {
     fn parse_env(raw: &str) -> Result<Self, String> {
         CpuList::parse(raw)
     }
+    fn to_env(&self) -> String {
+        self.to_string()
+    }
 }
 
 impl FromEnv for CustomResources {
     fn parse_env(raw: &str) -> Result<Self, String> {
         CustomResources::parse(raw)
+    }
+    fn to_env(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -169,10 +214,152 @@ impl fmt::Display for CpuList {
     }
 }
 
+/// Who reads an entry of the catalogue, and whether a driver hands it to its workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scope {
+    /// The job's: the driver's value (set on its [`Config`] or in its environment) is given to
+    /// every worker process of its job, so a task reads what its driver set.
+    Job,
+    /// The node's: read by a raylet (`manta start`), which sets it for the worker processes it
+    /// starts; embedded, the process's own. A driver's value is not forwarded.
+    Node,
+    /// The head's: read by the GCS (`manta start --head`).
+    Head,
+    /// Each process's own, never forwarded (a raylet sets a worker's address and token).
+    Process,
+}
+
+impl Scope {
+    /// The scope's name as `manta config` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Job => "job",
+            Scope::Node => "node",
+            Scope::Head => "head",
+            Scope::Process => "process",
+        }
+    }
+}
+
+/// One entry of the catalogue.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Entry {
+    /// The [`Config`] builder method and [`Resolved`] field.
+    pub name: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// Who reads it.
+    pub scope: Scope,
+    /// What it means (its doc comment).
+    pub doc: &'static str,
+    /// Whether it is a duration (microseconds in the environment).
+    pub duration: bool,
+}
+
+/// `MANTA_*` variables outside the catalogue: what Manta sets for its own child processes and
+/// the environment of its launchers, and what only its tests and benchmarks read, as
+/// `(name or prefix*, meaning)`.
+pub const INTERNAL: &[(&str, &str)] = &[
+    (
+        "MANTA_WORKER_RAYLET",
+        "set by a raylet for the worker processes it starts: its address",
+    ),
+    (
+        "MANTA_JOB_ID",
+        "set by a raylet for a worker process: the job it works for",
+    ),
+    (
+        "MANTA_NODE_ID",
+        "set by a raylet for a worker process: its node",
+    ),
+    (
+        "MANTA_NODE_IP",
+        "set by a raylet for a worker process: the address it listens on",
+    ),
+    (
+        "MANTA_SESSION_DIR",
+        "set by `manta start` for its background process: the session directory",
+    ),
+    (
+        "MANTA_SESSION_ROOT",
+        "where session directories live (default /tmp/manta)",
+    ),
+    (
+        "MANTA_SPMD",
+        "0 turns the srun/mpirun bootstrap off for this process",
+    ),
+    (
+        "MANTA_MPI_EXCHANGE",
+        "0 makes an mpirun launch derive ports and token instead of exchanging them through MPI",
+    ),
+    (
+        "MANTA_TESTING_*",
+        "test hooks (delays, faults) read only when set by a test",
+    ),
+    (
+        "MANTA_TEST_CASE",
+        "the semantics matrix: run only these cases",
+    ),
+    ("MANTA_CHAOS_*", "the chaos test: its duration and seed"),
+    ("MANTA_BENCH_*", "benchmarks: the date they record"),
+    ("MANTA_BIN", "tests and scripts: the manta binary to run"),
+    (
+        "MANTA_STORE_REQUIRE_*",
+        "store tests: fail instead of skipping without huge pages",
+    ),
+];
+
+/// The current name of a catalogue variable whose name changed.
+const RENAMED: &[(&str, &str)] = &[
+    ("MANTA_SPIN_US", "MANTA_SPIN_BEFORE_PARK_US"),
+    ("MANTA_TASK_MAX_RETRIES", "MANTA_MAX_TASK_RETRIES"),
+    ("MANTA_TASK_SYSTEM_RETRIES", "MANTA_MAX_TASK_SYSTEM_RETRIES"),
+];
+
+/// Whether `name` is a catalogue variable or an internal one.
+pub fn is_known(name: &str) -> bool {
+    Config::catalogue().iter().any(|e| e.env == name)
+        || INTERNAL.iter().any(|(n, _)| match n.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => *n == name,
+        })
+}
+
+/// The `MANTA_*` variables among `vars` that Manta does not know, each with a hint (the new
+/// name of a renamed one).
+pub fn unknown_vars(vars: impl IntoIterator<Item = String>) -> Vec<String> {
+    vars.into_iter()
+        .filter(|k| k.starts_with("MANTA_") && !is_known(k))
+        .map(|k| match RENAMED.iter().find(|(old, _)| *old == k) {
+            Some((_, new)) => format!("{k} (renamed {new})"),
+            None => k,
+        })
+        .collect()
+}
+
+/// Whether a type, as `stringify!` spells it, is a duration (`Duration`, `Option<Duration>`).
+const fn mentions_duration(ty: &str) -> bool {
+    let (t, d) = (ty.as_bytes(), b"Duration");
+    let mut i = 0;
+    while i + d.len() <= t.len() {
+        let mut j = 0;
+        while j < d.len() && t[i + j] == d[j] {
+            j += 1;
+        }
+        if j == d.len() {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 macro_rules! catalogue {
     ($(
         $(#[doc = $doc:literal])+
-        $field:ident : $ty:ty = $default:expr, env $env:literal;
+        $field:ident : $ty:ty = $default:expr, env $env:literal, $scope:ident;
     )*) => {
         /// Runtime configuration: one field per tunable, each with a default and a `MANTA_*`
         /// environment override (see the module docs for precedence).
@@ -207,7 +394,17 @@ macro_rules! catalogue {
                 &self,
                 var: impl Fn(&str) -> Option<String>,
             ) -> Result<Resolved, Error> {
+                let mut explicit = 0u64;
+                let mut index = 0usize;
+                $(
+                    if self.$field.is_some() || var($env).is_some() {
+                        explicit |= 1 << index;
+                    }
+                    index += 1;
+                )*
+                debug_assert!(index <= 64, "the explicit mask holds 64 entries");
                 Ok(Resolved {
+                    explicit,
                     $( $field: match &self.$field {
                         Some(v) => v.clone(),
                         None => match var($env) {
@@ -220,16 +417,46 @@ macro_rules! catalogue {
                 })
             }
 
-            /// Every entry of the catalogue as `(env var, doc)`, for `manta config --help`-style listings.
-            pub fn catalogue() -> &'static [(&'static str, &'static str)] {
-                &[ $( ($env, concat!($($doc),+)) ),* ]
+            /// Every entry of the catalogue, in declaration order.
+            pub fn catalogue() -> &'static [Entry] {
+                const ENTRIES: &[Entry] = &[ $( Entry {
+                    name: stringify!($field),
+                    env: $env,
+                    scope: Scope::$scope,
+                    doc: concat!($($doc, "\n"),+),
+                    duration: mentions_duration(stringify!($ty)),
+                } ),* ];
+                ENTRIES
             }
         }
 
         /// A [`Config`] with every entry resolved to a value.
         #[derive(Clone, Debug)]
         pub struct Resolved {
+            /// Bit `i`: entry `i` of the catalogue was set (on the builder or in the
+            /// environment) rather than defaulted.
+            explicit: u64,
             $( $(#[doc = $doc])+ pub $field: $ty, )*
+        }
+
+        impl Resolved {
+            /// Every entry's value as its environment variable spells it, in the order of
+            /// [`Config::catalogue`].
+            pub fn env_values(&self) -> Vec<String> {
+                vec![ $( <$ty as FromEnv>::to_env(&self.$field) ),* ]
+            }
+
+            /// Every entry's default as `manta config` prints it (`(per host)` where the
+            /// default is computed from the machine), in the order of [`Config::catalogue`].
+            pub fn default_values() -> Vec<String> {
+                vec![ $(
+                    if stringify!($default).starts_with("default_") {
+                        "(per host)".to_owned()
+                    } else {
+                        <$ty as FromEnv>::to_env(&$default)
+                    }
+                ),* ]
+            }
         }
     };
 }
@@ -242,111 +469,125 @@ fn default_cpus() -> f64 {
 
 catalogue! {
     /// CPUs this node offers to tasks and actors (default: the host's available parallelism).
-    num_cpus: f64 = default_cpus(), env "MANTA_NUM_CPUS";
+    num_cpus: f64 = default_cpus(), env "MANTA_NUM_CPUS", Node;
     /// GPUs this node offers (default 0; GPU discovery arrives with the `gpu` crate).
-    num_gpus: f64 = 0.0, env "MANTA_NUM_GPUS";
+    num_gpus: f64 = 0.0, env "MANTA_NUM_GPUS", Node;
     /// Custom resources this node offers, `name=amount,…`.
-    resources: CustomResources = CustomResources::default(), env "MANTA_RESOURCES";
+    resources: CustomResources = CustomResources::default(), env "MANTA_RESOURCES", Node;
     /// Worker slots (threads) started with the runtime; 0 means one per whole CPU, at least 1.
-    num_slots: usize = 0, env "MANTA_NUM_SLOTS";
+    num_slots: usize = 0, env "MANTA_NUM_SLOTS", Job;
     /// CPUs the slot threads pin themselves to, in the kernel's list notation (`0-3,8`): slot
     /// `i` runs on the `i`-th CPU of the list, round-robin. Empty (the default) pins nothing.
     /// The launcher sets it for the workers it starts (the node's or the rank's CPUs); a
     /// failed pin is a warning, not an error.
-    cpu_affinity: CpuList = CpuList::default(), env "MANTA_CPU_AFFINITY";
+    cpu_affinity: CpuList = CpuList::default(), env "MANTA_CPU_AFFINITY", Node;
     /// Upper bound on slot threads, reached only when slots block in `get` inside tasks.
-    max_slots: usize = 1024, env "MANTA_MAX_SLOTS";
+    max_slots: usize = 1024, env "MANTA_MAX_SLOTS", Job;
     /// How long an idle slot, or a caller waiting in `get`, spins before it parks (microseconds).
-    spin_before_park: Duration = Duration::from_micros(100), env "MANTA_SPIN_US";
+    spin_before_park: Duration = Duration::from_micros(100), env "MANTA_SPIN_BEFORE_PARK_US", Job;
     /// Whether a `get` (without timeout) that finds its task still queued runs it on the caller.
-    inline_get: bool = true, env "MANTA_INLINE_GET";
+    inline_get: bool = true, env "MANTA_INLINE_GET", Job;
     /// How many times a task whose body panics is run again before `get` reports the panic.
-    max_task_retries: u32 = 0, env "MANTA_TASK_MAX_RETRIES";
+    max_task_retries: u32 = 0, env "MANTA_MAX_TASK_RETRIES", Job;
     /// Values whose encoding is at most this many bytes travel inline in task messages.
-    max_inline_object_bytes: usize = 100 * 1024, env "MANTA_MAX_INLINE_OBJECT_BYTES";
+    max_inline_object_bytes: usize = 100 * 1024, env "MANTA_MAX_INLINE_OBJECT_BYTES", Job;
     /// In a cluster, at most this many bytes of a task's arguments travel inline in its
     /// message (Ray's `task_rpc_inlined_bytes_limit`); the rest are held by the caller and
     /// pulled by the executor, so a task message always fits in one transport frame (4 MiB).
-    max_inline_args_bytes: usize = 2 << 20, env "MANTA_MAX_INLINE_ARGS_BYTES";
+    max_inline_args_bytes: usize = 2 << 20, env "MANTA_MAX_INLINE_ARGS_BYTES", Job;
     /// Size of the node's shared-memory object store in bytes (default: 30% of physical memory,
     /// as Ray's). Objects larger than `max_inline_object_bytes` live there.
-    object_store_memory: usize = default_object_store_memory(), env "MANTA_OBJECT_STORE_MEMORY";
+    object_store_memory: usize = default_object_store_memory(), env "MANTA_OBJECT_STORE_MEMORY", Node;
     /// Whether to touch every page of the object store at `init`, so that no put pays
     /// first-touch page faults (slow start and resident memory for faster first puts).
-    object_store_prefault: bool = false, env "MANTA_OBJECT_STORE_PREFAULT";
+    object_store_prefault: bool = false, env "MANTA_OBJECT_STORE_PREFAULT", Node;
     /// Whether to back the object store with huge pages when the node's pool has enough free
     /// ones: 1 GiB pages when the store is large enough (its size rounded down to whole GiB keeps
     /// 7/8 of it), else 2 MiB pages (else 4 KiB pages with transparent huge pages advised, as
     /// when this is false).
-    object_store_huge_pages: bool = true, env "MANTA_OBJECT_STORE_HUGE_PAGES";
+    object_store_huge_pages: bool = true, env "MANTA_OBJECT_STORE_HUGE_PAGES", Node;
     /// NUMA nodes to split the object store's arena across (a node list like `0-1`), one span
     /// bound to each; empty (the default) means every NUMA node of the machine with the
     /// `hwloc` feature, else one unplaced span. The launcher sets it to the NUMA nodes of the
     /// CPUs the node's (or rank's) workers run on.
-    object_store_numa_nodes: CpuList = CpuList::default(), env "MANTA_OBJECT_STORE_NUMA_NODES";
+    object_store_numa_nodes: CpuList = CpuList::default(), env "MANTA_OBJECT_STORE_NUMA_NODES", Node;
     /// Fraction of the object store in use above which unpinned objects are spilled to disk.
-    object_spilling_threshold: f64 = 0.8, env "MANTA_OBJECT_SPILLING_THRESHOLD";
+    object_spilling_threshold: f64 = 0.8, env "MANTA_OBJECT_SPILLING_THRESHOLD", Node;
     /// Directory for spill files (unlinked from birth: nothing is left there); empty means
     /// the system's temporary directory.
-    object_spilling_directory: String = String::new(), env "MANTA_OBJECT_SPILLING_DIRECTORY";
+    object_spilling_directory: String = String::new(), env "MANTA_OBJECT_SPILLING_DIRECTORY", Node;
     /// How long a put (or a task result) waits for room in a full object store before failing
     /// with `ObjectStoreFull` (microseconds in the environment).
-    object_store_put_timeout: Duration = Duration::from_secs(10), env "MANTA_OBJECT_STORE_PUT_TIMEOUT_US";
+    object_store_put_timeout: Duration = Duration::from_secs(10), env "MANTA_OBJECT_STORE_PUT_TIMEOUT_US", Job;
     /// The GCS (`host:port`) of a running cluster to join; empty runs the embedded single-node
     /// runtime. A driver that joins runs no tasks itself: its tasks and actors go to worker
     /// processes the cluster's raylets start from this same binary.
-    address: String = String::new(), env "MANTA_ADDRESS";
+    address: String = String::new(), env "MANTA_ADDRESS", Process;
     /// The cluster's token (printed by `manta start --head`); empty means the one in the
     /// session directory of the cluster at `address`, if this host has it.
-    token: String = String::new(), env "MANTA_TOKEN";
+    token: String = String::new(), env "MANTA_TOKEN", Process;
     /// Whether processes of one host talk over shared-memory rings (else loopback TCP).
-    shm_transport: bool = true, env "MANTA_SHM_TRANSPORT";
+    shm_transport: bool = true, env "MANTA_SHM_TRANSPORT", Job;
     /// Whether a read of an object held by another process of this host (same boot and network
     /// namespace, as for `shm_transport`) maps that process's store arena and reads the object
     /// in place, pinned there while read, instead of copying it into this process's store.
-    zero_copy_node: bool = true, env "MANTA_ZERO_COPY_NODE";
+    zero_copy_node: bool = true, env "MANTA_ZERO_COPY_NODE", Job;
     /// Whether the processes of a cluster node share one object-store arena that the node's
     /// raylet creates (`object_store_memory` is then the node's, and the raylet's environment
     /// sets it), each allocating in extents the raylet grants it; else each process has an
     /// arena of its own of `object_store_memory` bytes. Read by raylets and by the processes
     /// that join them; a process that cannot reach its raylet's arena keeps its own.
-    node_object_store: bool = true, env "MANTA_NODE_OBJECT_STORE";
+    node_object_store: bool = true, env "MANTA_NODE_OBJECT_STORE", Node;
     /// How long `shutdown` waits for slot threads to finish the task each is running (a task
     /// stuck in user code past it is left running, with a warning; microseconds in the
     /// environment).
-    shutdown_timeout: Duration = Duration::from_secs(10), env "MANTA_SHUTDOWN_TIMEOUT_US";
+    shutdown_timeout: Duration = Duration::from_secs(10), env "MANTA_SHUTDOWN_TIMEOUT_US", Job;
     /// The namespace of this job's actor names (Ray's `ray.init(namespace=...)`): `get_actor`
     /// and `ActorOptions::name` use it unless told another. Empty (the default) is the
     /// cluster's default namespace, shared by every job that sets none. A driver's namespace
     /// is its workers'.
-    namespace: String = String::new(), env "MANTA_NAMESPACE";
+    namespace: String = String::new(), env "MANTA_NAMESPACE", Job;
     /// How many times a task whose worker process dies (killed, crashed, or lost with its
     /// node) is run again on a live worker before `get` reports the death; Ray's default is 3.
     /// A task's own `max_retries` sets this and its panic retries (`max_task_retries`) alike.
-    max_task_system_retries: u32 = 3, env "MANTA_TASK_SYSTEM_RETRIES";
+    max_task_system_retries: u32 = 3, env "MANTA_MAX_TASK_SYSTEM_RETRIES", Job;
     /// The delay before the first retry of a task whose worker died, doubled at each further
     /// retry up to one second (microseconds in the environment).
-    task_retry_delay: Duration = Duration::from_millis(50), env "MANTA_TASK_RETRY_DELAY_US";
+    task_retry_delay: Duration = Duration::from_millis(50), env "MANTA_TASK_RETRY_DELAY_US", Job;
     /// How long a collective operation (`manta::collective`) waits for the other members of
     /// its group, and `Communicator::join` for all of them to join, before it fails naming a
     /// member it still waits for (microseconds in the environment). A member whose process
     /// died or whose communicator was dropped fails the operation sooner, at once.
-    collective_timeout: Duration = Duration::from_secs(120), env "MANTA_COLLECTIVE_TIMEOUT_US";
+    collective_timeout: Duration = Duration::from_secs(120), env "MANTA_COLLECTIVE_TIMEOUT_US", Job;
     /// Bytes each member of a shared-memory collective group (threads of one process, or
     /// processes of one node) stages per step; a larger message is processed in chunks of
     /// this size, and the group's segment holds about `2 × members + 1` of them.
-    collective_chunk_bytes: usize = 4 << 20, env "MANTA_COLLECTIVE_CHUNK_BYTES";
+    collective_chunk_bytes: usize = 4 << 20, env "MANTA_COLLECTIVE_CHUNK_BYTES", Job;
     /// The backend of new collective groups: `auto` (by topology: threads when every member
     /// is in one process, shared memory when all are on one node, else TCP), `threads`, `shm`
     /// or `tcp` (a backend the topology cannot support is an error at `join`).
-    collective_backend: String = "auto".to_owned(), env "MANTA_COLLECTIVE_BACKEND";
+    collective_backend: String = "auto".to_owned(), env "MANTA_COLLECTIVE_BACKEND", Job;
     /// A node whose raylet sent no heartbeat for this long is declared dead by the GCS, which
     /// then tells it so: it stops its workers and exits (microseconds in the environment; the
-    /// head's is the one that counts). Raylets heartbeat every second.
-    node_timeout: Duration = Duration::from_secs(10), env "MANTA_NODE_TIMEOUT_US";
+    /// head's is the one that counts). Raylets heartbeat every `heartbeat_interval`.
+    node_timeout: Duration = Duration::from_secs(10), env "MANTA_NODE_TIMEOUT_US", Head;
     /// Worker log files a raylet keeps: those of this many latest jobs (and of every job
     /// still running there); older ones are deleted when it starts a worker for a new job.
-    worker_log_jobs: usize = 100, env "MANTA_WORKER_LOG_JOBS";
+    worker_log_jobs: usize = 100, env "MANTA_WORKER_LOG_JOBS", Node;
+    /// How often a raylet reports to the GCS that it lives, with its free resources (keep it
+    /// well below the head's `node_timeout`).
+    heartbeat_interval: Duration = Duration::from_secs(1), env "MANTA_HEARTBEAT_INTERVAL_US", Node;
+    /// How long a request of the cluster's control plane (to the GCS, a raylet or another
+    /// process: registering, placing a worker, a listing) waits for its reply before it fails
+    /// with a cluster error naming what it waited for.
+    call_timeout: Duration = Duration::from_secs(30), env "MANTA_CALL_TIMEOUT_US", Job;
+    /// Bytes of object pulls a process has in flight at once (its pull window); more wait in
+    /// priority order (`get` before `wait` before task arguments). One pull always may run,
+    /// however large.
+    pull_window_bytes: u64 = 256 << 20, env "MANTA_PULL_WINDOW_BYTES", Job;
+    /// How long a cluster I/O thread spins on an empty shared-memory ring before it parks;
+    /// `auto` (the default) is 50 µs on nodes with at least 8 usable cores, else 0.
+    shm_spin: Option<Duration> = None, env "MANTA_SHM_SPIN_US", Job;
 }
 
 /// 30% of physical memory, as Ray's default object store size.
@@ -379,6 +620,150 @@ impl fmt::Display for CustomResources {
         }
         Ok(())
     }
+}
+
+impl Resolved {
+    /// Whether entry `i` of the catalogue was set rather than defaulted.
+    fn is_explicit(&self, i: usize) -> bool {
+        self.explicit & (1 << i) != 0
+    }
+
+    /// The [`Scope::Job`] entries this configuration set (on the builder or in the
+    /// environment), as environment variables: what a driver gives its worker processes.
+    pub(crate) fn job_env(&self) -> Vec<(String, String)> {
+        let values = self.env_values();
+        Config::catalogue()
+            .iter()
+            .zip(values)
+            .enumerate()
+            .filter(|(i, (e, _))| e.scope == Scope::Job && self.is_explicit(*i))
+            .map(|(_, (e, v))| (e.env.to_owned(), v))
+            .collect()
+    }
+}
+
+/// The environment a driver gives its worker processes: the [`Scope::Job`] entries it set (on
+/// its [`Config`] or in its environment), every `MANTA_*` variable of its environment outside
+/// the catalogue and not set by raylets (test hooks), and `RUST_LOG`/`RUST_BACKTRACE`. Node,
+/// head and process entries are not forwarded: a worker reads those from its raylet.
+pub(crate) fn forwarded_env(config: &Resolved) -> Vec<(String, String)> {
+    const SET_BY_RAYLET: &[&str] = &[
+        "MANTA_WORKER_RAYLET",
+        "MANTA_JOB_ID",
+        "MANTA_NODE_ID",
+        "MANTA_NODE_IP",
+    ];
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            (k.starts_with("MANTA_")
+                && !Config::catalogue().iter().any(|e| e.env == k)
+                && !SET_BY_RAYLET.contains(&k.as_str()))
+                || k == "RUST_LOG"
+                || k == "RUST_BACKTRACE"
+        })
+        .collect();
+    env.extend(config.job_env());
+    env
+}
+
+/// The configuration of this process for code with no runtime at hand (the cluster's I/O
+/// paths, a raylet, the GCS): the one [`install`]ed last.
+static CURRENT: RwLock<Option<Arc<Resolved>>> = RwLock::new(None);
+
+/// Makes `config` the process's (the runtime at `init`, a raylet or GCS at start).
+pub(crate) fn install(config: &Resolved) {
+    let mut current = CURRENT.write().unwrap_or_else(|p| p.into_inner());
+    *current = Some(Arc::new(config.clone()));
+}
+
+/// The process's configuration ([`install`]), else the environment's; a malformed environment
+/// gives the defaults here (`init` and `manta start` report it as an error).
+pub(crate) fn current() -> Arc<Resolved> {
+    if let Some(c) = CURRENT.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return c.clone();
+    }
+    let resolved = Config::default()
+        .resolve()
+        .or_else(|_| Config::default().resolve_from(|_| None))
+        .expect("the defaults resolve");
+    Arc::new(resolved)
+}
+
+/// The catalogue as a table for a terminal: entry, variable, scope, default, value in this
+/// process's environment (`*` marks one set there), meaning; then any unknown `MANTA_*`
+/// variable of the environment.
+pub fn render_table(resolved: &Resolved) -> String {
+    let mut out = String::new();
+    let defaults = Resolved::default_values();
+    let values = resolved.env_values();
+    for (i, e) in Config::catalogue().iter().enumerate() {
+        let mark = if resolved.is_explicit(i) { "*" } else { " " };
+        let value = if e.name == "token" && !values[i].is_empty() {
+            "(hidden)"
+        } else {
+            &values[i]
+        };
+        let doc = e.doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        let meaning = doc.split(". ").next().unwrap_or("");
+        out.push_str(&format!(
+            "{:<26} {:<34} {:<7} default {:<12} {mark} {:<14} {}\n",
+            e.name,
+            e.env,
+            e.scope.name(),
+            defaults[i],
+            value,
+            meaning.trim().trim_end_matches('.'),
+        ));
+    }
+    let unknown = unknown_vars(std::env::vars().map(|(k, _)| k));
+    if !unknown.is_empty() {
+        out.push_str(&format!(
+            "\nunknown MANTA_* variables: {}\n",
+            unknown.join(", ")
+        ));
+    }
+    out
+}
+
+/// The catalogue as the Markdown of `docs/CONFIG.md` (defaults only: nothing of this host).
+pub fn render_markdown() -> String {
+    let mut out = String::from(
+        "# Configuration\n\n\
+         <!-- Generated by `manta config --markdown` from core/src/config.rs; do not edit. -->\n\n\
+         Every tunable of Manta is one entry of the catalogue in `core/src/config.rs`: set it on\n\
+         `manta::Config` (`Config::default().name(value)`) or in the environment (`MANTA_*`;\n\
+         durations in microseconds). The builder wins over the environment, which wins over the\n\
+         default. `manta config` prints this table with the values of the current environment.\n\n\
+         Scopes: **job**: the driver's value, given to its worker processes; **node**: read by a\n\
+         raylet (`manta start`), which sets it for its workers (embedded: the process's own);\n\
+         **head**: read by the GCS; **process**: each process's own, never forwarded.\n\n\
+         | entry | variable | scope | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    let defaults = Resolved::default_values();
+    for (i, e) in Config::catalogue().iter().enumerate() {
+        let doc = e.doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        let default = if defaults[i].is_empty() {
+            "(empty)".to_owned()
+        } else {
+            format!("`{}`", defaults[i])
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {default} | {} |\n",
+            e.name,
+            e.env,
+            e.scope.name(),
+            doc.replace('|', "\\|"),
+        ));
+    }
+    out.push_str(
+        "\nVariables outside the catalogue (set by Manta for its own processes, or read only by\n\
+         its tests); any other `MANTA_*` variable is reported at `init` as unknown:\n\n\
+         | variable | meaning |\n|---|---|\n",
+    );
+    for (name, meaning) in INTERNAL {
+        out.push_str(&format!("| `{name}` | {meaning} |\n"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -431,5 +816,92 @@ mod tests {
     fn bad_bool_is_an_error() {
         assert!(bool::parse_env("maybe").is_err());
         assert!(bool::parse_env("ON").unwrap());
+    }
+
+    #[test]
+    fn every_variable_is_named_after_its_entry() {
+        for e in Config::catalogue() {
+            let mut want = format!("MANTA_{}", e.name.to_ascii_uppercase());
+            if e.duration {
+                want.push_str("_US");
+            }
+            assert_eq!(e.env, want, "entry {}", e.name);
+        }
+    }
+
+    #[test]
+    fn values_written_back_read_the_same() {
+        let env = |k: &str| match k {
+            "MANTA_SHM_SPIN_US" => Some("20".to_string()),
+            "MANTA_CPU_AFFINITY" => Some("0-2,5".to_string()),
+            "MANTA_RESOURCES" => Some("a=1,b=2.5".to_string()),
+            _ => None,
+        };
+        let r = Config::default().num_cpus(3.5).resolve_from(env).unwrap();
+        let values = r.env_values();
+        let again = Config::default()
+            .resolve_from(|k| {
+                let i = Config::catalogue().iter().position(|e| e.env == k)?;
+                Some(values[i].clone())
+            })
+            .unwrap();
+        assert_eq!(again.env_values(), values);
+        assert_eq!(again.shm_spin, Some(Duration::from_micros(20)));
+        assert_eq!(again.num_cpus, 3.5);
+    }
+
+    #[test]
+    fn a_driver_forwards_the_job_entries_it_set_and_nothing_of_its_node() {
+        let env = |k: &str| match k {
+            "MANTA_CALL_TIMEOUT_US" => Some("5000000".to_string()),
+            "MANTA_OBJECT_STORE_MEMORY" => Some("1000000".to_string()),
+            _ => None,
+        };
+        let r = Config::default()
+            .max_inline_object_bytes(1000)
+            .num_cpus(2.0)
+            .resolve_from(env)
+            .unwrap();
+        let mut job = r.job_env();
+        job.sort();
+        assert_eq!(
+            job,
+            vec![
+                ("MANTA_CALL_TIMEOUT_US".to_string(), "5000000".to_string()),
+                (
+                    "MANTA_MAX_INLINE_OBJECT_BYTES".to_string(),
+                    "1000".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_and_renamed_variables_are_reported() {
+        let vars = [
+            "MANTA_NUM_CPUS",
+            "MANTA_NODE_ID",
+            "MANTA_TESTING_ANYTHING",
+            "MANTA_NUM_CPU",
+            "MANTA_SPIN_US",
+            "PATH",
+        ]
+        .map(String::from);
+        assert_eq!(
+            unknown_vars(vars),
+            vec![
+                "MANTA_NUM_CPU".to_string(),
+                "MANTA_SPIN_US (renamed MANTA_SPIN_BEFORE_PARK_US)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn docs_config_md_is_generated_from_the_catalogue() {
+        let on_disk = include_str!("../../docs/CONFIG.md");
+        assert!(
+            on_disk == render_markdown(),
+            "docs/CONFIG.md is stale: run `cargo run --bin manta -- config --markdown > docs/CONFIG.md`"
+        );
     }
 }

@@ -17,7 +17,7 @@ mod cancel;
 pub mod cluster;
 mod codec;
 pub mod collective;
-mod config;
+pub mod config;
 mod error;
 mod id;
 mod object;

@@ -141,6 +141,11 @@ pub(crate) fn init_joining(
     if g.current.is_some() {
         return Err(Error::AlreadyInitialized);
     }
+    crate::config::install(&resolved);
+    let unknown = crate::config::unknown_vars(std::env::vars().map(|(k, _)| k));
+    if !unknown.is_empty() {
+        tracing::warn!(variables = %unknown.join(", "), "unknown MANTA_* variables (see `manta config`)");
+    }
     let cluster = join(&mut resolved)?;
     let rt = Arc::new(RuntimeInner::new(resolved, cluster.clone())?);
     if let Some(c) = &cluster {

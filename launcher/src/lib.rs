@@ -87,6 +87,29 @@ pub enum Command {
     Status(ClusterArgs),
     /// List the cluster's nodes, actors, tasks or objects.
     List(ListArgs),
+    /// Print the configuration catalogue: every tunable, its variable, scope, default and the
+    /// value this environment gives it.
+    Config(ConfigArgs),
+}
+
+/// Arguments of `manta config`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// Print the catalogue as the Markdown of `docs/CONFIG.md` (defaults only).
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+/// `manta config`: the catalogue, with this environment's values (a malformed one is an error
+/// naming its variable), or as Markdown.
+pub fn config(args: &ConfigArgs) -> anyhow::Result<()> {
+    if args.markdown {
+        print!("{}", manta_core::config::render_markdown());
+        return Ok(());
+    }
+    let resolved = manta_core::Config::default().resolve()?;
+    print!("{}", manta_core::config::render_table(&resolved));
+    Ok(())
 }
 
 /// Arguments of `manta start`.

@@ -17,7 +17,7 @@
 //!    registration another thread still has in flight is noted too, to wait for.
 //! 3. When the scope ends, before the decoded value is returned, the thread sends one
 //!    `AddBorrowers{objects}` per owner for the borrows it made and waits for every
-//!    `BorrowersAdded` (with `CALL_TIMEOUT`), then waits for the registrations of other
+//!    `BorrowersAdded` (with `call_timeout()`), then waits for the registrations of other
 //!    threads it found in flight. An object the owner does not know, or an owner that does
 //!    not answer, fails the borrow: its reads return the error.
 //! 4. The owner ([`Cluster::add_borrowers`]) keeps a strong handle on each object in `lent`
@@ -68,7 +68,7 @@ use super::objects::{RemoteKind, RemoteObject};
 use super::peer::Peer;
 use super::proto::Msg;
 use super::worker::{Cluster, IO_THREAD};
-use super::{CALL_TIMEOUT, cluster_error, owner_of, wait_reply};
+use super::{call_timeout, cluster_error, owner_of, wait_reply};
 use crate::actor::ActorCell;
 use crate::error::Error;
 use crate::id::{ActorId, ObjectId};
@@ -205,7 +205,7 @@ impl Cluster {
                     format!("it died or became unreachable ({e})"),
                 )
             };
-            match wait_reply(rx, CALL_TIMEOUT, "registering as a borrower") {
+            match wait_reply(rx, call_timeout(), "registering as a borrower") {
                 Ok(Msg::BorrowersAdded { missing, .. }) => {
                     let missing: HashSet<u64> = missing.into_iter().collect();
                     for r in remotes {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use super::proto::{ActorInfo, Msg};
 use super::worker::{Cluster, IO_THREAD};
-use super::{CALL_TIMEOUT, wait_reply};
+use super::{call_timeout, wait_reply};
 use crate::cancel::CancelOptions;
 use crate::error::Error;
 use crate::id::ObjectId;
@@ -100,9 +100,9 @@ impl Cluster {
                 peer.request(cancel)
             };
             if let Ok(Msg::CancelReply { ending: true, .. }) =
-                wait_reply(rx, CALL_TIMEOUT, "cancelling a task")
+                wait_reply(rx, call_timeout(), "cancelling a task")
             {
-                let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+                let deadline = std::time::Instant::now() + call_timeout();
                 while !peer.is_closed() && std::time::Instant::now() < deadline {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
@@ -111,7 +111,7 @@ impl Cluster {
         }
         let _guard = self.io.enter();
         let rx = peer.request(cancel);
-        match wait_reply(rx, CALL_TIMEOUT, "cancelling an actor call") {
+        match wait_reply(rx, call_timeout(), "cancelling an actor call") {
             Ok(Msg::CancelReply { cancelled, .. }) => cancelled,
             Ok(_) => false,
             Err(e) => {
@@ -219,7 +219,7 @@ impl Cluster {
         let rx = self
             .gcs
             .request(|request_id| Msg::RegisterActor { request_id, actor });
-        if let Err(e) = wait_reply(rx, CALL_TIMEOUT, "recording an actor's death") {
+        if let Err(e) = wait_reply(rx, call_timeout(), "recording an actor's death") {
             tracing::warn!(actor = actor_id, error = %e, "the GCS did not record a killed actor");
         }
     }

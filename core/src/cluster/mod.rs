@@ -255,8 +255,11 @@ use manta_transport::{Address, Connection, TransportConfig};
 
 use crate::error::Error;
 
-/// How long a blocking call to another member waits for its reply.
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a blocking call to another member waits for its reply (`call_timeout` in the
+/// configuration catalogue).
+pub(crate) fn call_timeout() -> Duration {
+    crate::config::current().call_timeout
+}
 
 /// Bits of an id below the creating worker's index.
 pub(crate) const INDEX_SHIFT: u32 = 48;
@@ -283,16 +286,16 @@ pub(crate) fn transport_config(token: &str, name: String) -> TransportConfig {
 const SPIN_MIN_CORES: usize = 8;
 
 /// How long a cluster I/O thread spins on an empty shared-memory ring before it parks:
-/// `MANTA_SHM_SPIN_US` when set, else 50 µs on nodes with at least [`SPIN_MIN_CORES`] usable
-/// cores (the process's affinity mask), else 0.
+/// `shm_spin` of the configuration catalogue when set, else 50 µs on nodes with at least
+/// [`SPIN_MIN_CORES`] usable cores (the process's affinity mask), else 0.
 pub(crate) fn io_spin() -> Duration {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    spin_for(std::env::var("MANTA_SHM_SPIN_US").ok().as_deref(), cores)
+    spin_for(crate::config::current().shm_spin, cores)
 }
 
-fn spin_for(setting: Option<&str>, cores: usize) -> Duration {
-    match setting.and_then(|v| v.trim().parse::<u64>().ok()) {
-        Some(us) => Duration::from_micros(us),
+fn spin_for(setting: Option<Duration>, cores: usize) -> Duration {
+    match setting {
+        Some(spin) => spin,
         None if cores >= SPIN_MIN_CORES => Duration::from_micros(50),
         None => Duration::ZERO,
     }
@@ -392,8 +395,10 @@ mod tests {
         assert_eq!(spin_for(None, SPIN_MIN_CORES - 1), Duration::ZERO);
         assert_eq!(spin_for(None, SPIN_MIN_CORES), Duration::from_micros(50));
         // An explicit setting wins either way; garbage falls back to the default.
-        assert_eq!(spin_for(Some("20"), 2), Duration::from_micros(20));
-        assert_eq!(spin_for(Some("0"), 64), Duration::ZERO);
-        assert_eq!(spin_for(Some("fast"), 2), Duration::ZERO);
+        assert_eq!(
+            spin_for(Some(Duration::from_micros(20)), 2),
+            Duration::from_micros(20)
+        );
+        assert_eq!(spin_for(Some(Duration::ZERO), 64), Duration::ZERO);
     }
 }

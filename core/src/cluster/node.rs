@@ -33,7 +33,7 @@ use super::gcs::{DECLARED_DEAD, Gcs, GcsHandler};
 use super::node_store::NodeStore;
 use super::peer::{Handler, Peer};
 use super::proto::{JobWorker, Msg, Node, PgOp, PgRow, Resource};
-use super::{CALL_TIMEOUT, cluster_error, transport_config};
+use super::{call_timeout, cluster_error, transport_config};
 use crate::config::CpuList;
 use crate::error::Error;
 use crate::sync::lock;
@@ -210,11 +210,11 @@ pub fn query(address: &str, token: &str) -> Result<ClusterState, Error> {
         let nodes = gcs.request(|request_id| Msg::GetNodes { request_id });
         let actors = gcs.request(|request_id| Msg::ListActors { request_id });
         let timeout = |what: &'static str| move |_| cluster_error(what, "no reply in time");
-        let nodes = tokio::time::timeout(CALL_TIMEOUT, nodes)
+        let nodes = tokio::time::timeout(call_timeout(), nodes)
             .await
             .map_err(timeout("reading the node table"))?
             .map_err(|_| cluster_error("reading the node table", "connection closed"))??;
-        let actors = tokio::time::timeout(CALL_TIMEOUT, actors)
+        let actors = tokio::time::timeout(call_timeout(), actors)
             .await
             .map_err(timeout("reading the actor directory"))?
             .map_err(|_| cluster_error("reading the actor directory", "connection closed"))??;
@@ -323,7 +323,7 @@ pub fn list_work(address: &str, token: &str) -> Result<WorkList, Error> {
         let conn = super::connect(address, token, "cli".into()).await?;
         let gcs = Peer::spawn(conn, "gcs".into(), Arc::new(RepliesOnly));
         let reply = gcs.request(|request_id| Msg::ListWork { request_id });
-        let reply = tokio::time::timeout(CALL_TIMEOUT, reply)
+        let reply = tokio::time::timeout(call_timeout(), reply)
             .await
             .map_err(|_| cluster_error("listing work", "no reply in time"))?
             .map_err(|_| cluster_error("listing work", "connection closed"))??;
@@ -378,7 +378,7 @@ pub fn list_placement_groups(
         let gcs = Peer::spawn(conn, "gcs".into(), Arc::new(RepliesOnly));
         let reply =
             gcs.request(|request_id| super::pg::msg(PgOp::List, request_id, PgRow::default(), ""));
-        let reply = tokio::time::timeout(CALL_TIMEOUT, reply)
+        let reply = tokio::time::timeout(call_timeout(), reply)
             .await
             .map_err(|_| cluster_error(what, "no reply in time"))?
             .map_err(|_| cluster_error(what, "connection closed"))??;
@@ -1136,6 +1136,8 @@ fn hostname() -> String {
 /// `on_ready` is called once the node has joined.
 pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<(), Error> {
     let catalogue = crate::config::Config::default().resolve()?;
+    crate::config::install(&catalogue);
+    let heartbeat = catalogue.heartbeat_interval;
     let io = io_runtime()?;
     io.block_on(async move {
         let config = |name: &str| transport_config(&opts.token, name.to_owned());
@@ -1212,7 +1214,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 ..Node::default()
             },
         });
-        let node_id = match tokio::time::timeout(CALL_TIMEOUT, reply).await {
+        let node_id = match tokio::time::timeout(call_timeout(), reply).await {
             Ok(Ok(Ok(Msg::Registered { id, error, .. }))) if error.is_empty() => id,
             Ok(Ok(Ok(Msg::Registered { error, .. }))) => {
                 return Err(cluster_error("registering the node", error));
@@ -1237,7 +1239,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 _ = raylet.stop.notified() => break,
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                _ = tokio::time::sleep(heartbeat) => {
                     raylet.reap();
                     gcs.send(Msg::Heartbeat { node_id, resources: raylet.resources(), store_used: raylet.store_used(), store_pages: raylet.store_pages() });
                 }

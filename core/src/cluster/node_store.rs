@@ -132,7 +132,7 @@ impl super::worker::Cluster {
         let rx = self
             .gcs
             .request(|request_id| super::proto::Msg::GetNodes { request_id });
-        let nodes = match super::wait_reply(rx, super::CALL_TIMEOUT, "reading the node table") {
+        let nodes = match super::wait_reply(rx, super::call_timeout(), "reading the node table") {
             Ok(super::proto::Msg::Nodes { nodes, .. }) => nodes,
             Ok(_) | Err(_) => {
                 tracing::warn!("cannot read the node table: this process keeps its own arena");

@@ -1,5 +1,5 @@
 //! The object manager: pulls of objects held by other processes (a queue ordered get > wait >
-//! task argument, at most [`MAX_PULL_BYTES`] in flight, redirects from an owner to the worker
+//! task argument, at most `pull_window_bytes` (the configuration catalogue) in flight, redirects from an owner to the worker
 //! holding a result), serving other processes' pulls (inline, or a bulk transfer straight into
 //! the reader's store), task arguments pulled once per process, results held for remote owners
 //! and `FreeObject`, and [`RemoteObject`], the lazy payload of an object held elsewhere.
@@ -28,9 +28,7 @@ use crate::sync::lock;
 /// A pending pull: who holds the object, and what to do with it.
 pub(super) type PullDone = Box<dyn FnOnce(Result<Payload, Error>) + Send>;
 
-/// Bytes of pulls in flight at once (more wait, highest priority first).
-const MAX_PULL_BYTES: u64 = 256 << 20;
-/// What an object of unknown size counts as against [`MAX_PULL_BYTES`].
+/// What an object of unknown size counts as against the pull window (`pull_window_bytes`).
 const UNKNOWN_PULL_BYTES: u64 = 1 << 20;
 
 /// A pull waiting for room.
@@ -47,7 +45,7 @@ pub(super) struct QueuedPull {
 }
 
 /// The object manager's pull queue: get (0) before wait (1) before task arguments (2), FIFO
-/// within a priority, and at most [`MAX_PULL_BYTES`] in flight (one pull always may run).
+/// within a priority, and at most `pull_window_bytes` in flight (one pull always may run).
 #[derive(Default)]
 pub(super) struct PullQueue {
     pub(super) in_flight: u64,
@@ -146,13 +144,14 @@ impl Cluster {
 
     /// Starts queued pulls while there is room.
     fn dispatch_pulls(&self) {
+        let window = crate::config::current().pull_window_bytes;
         loop {
             let next = {
                 let mut q = lock(&self.pull_queue);
                 let Some((_, first)) = q.waiting.first_key_value() else {
                     return;
                 };
-                if q.in_flight > 0 && q.in_flight + first.bytes > MAX_PULL_BYTES {
+                if q.in_flight > 0 && q.in_flight + first.bytes > window {
                     return;
                 }
                 let (_, p) = q.waiting.pop_first().expect("checked above");

@@ -31,7 +31,7 @@ use super::peer::Peer;
 use super::policy;
 use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
 use super::worker::Cluster;
-use super::{CALL_TIMEOUT, cluster_error, wait_reply};
+use super::{call_timeout, cluster_error, wait_reply};
 use crate::error::Error;
 use crate::runtime::RuntimeInner;
 use crate::sync::lock;
@@ -356,7 +356,7 @@ impl Cluster {
         let rx = self
             .gcs
             .request(|request_id| msg(PgOp::Create, request_id, row, ""));
-        let Msg::Pg { error, .. } = wait_reply(rx, CALL_TIMEOUT, what)? else {
+        let Msg::Pg { error, .. } = wait_reply(rx, call_timeout(), what)? else {
             return Err(cluster_error(what, "unexpected reply"));
         };
         if error.is_empty() {
@@ -417,7 +417,7 @@ impl Cluster {
         let rx = self
             .gcs
             .request(|request_id| msg(PgOp::Remove, request_id, row, ""));
-        match wait_reply(rx, CALL_TIMEOUT, what)? {
+        match wait_reply(rx, call_timeout(), what)? {
             Msg::Pg { .. } => Ok(()),
             _ => Err(cluster_error(what, "unexpected reply")),
         }
@@ -438,7 +438,7 @@ impl Cluster {
         let rx = self
             .gcs
             .request(|request_id| msg(PgOp::List, request_id, PgRow::default(), ""));
-        match wait_reply(rx, CALL_TIMEOUT, what)? {
+        match wait_reply(rx, call_timeout(), what)? {
             Msg::Pg { groups, .. } => Ok(groups),
             _ => Err(cluster_error(what, "unexpected reply")),
         }

@@ -12,7 +12,7 @@ use super::peer::Peer;
 use super::policy::{self, NodeLoad};
 use super::proto::{Msg, Resource};
 use super::worker::Cluster;
-use super::{CALL_TIMEOUT, cluster_error, wait_reply};
+use super::{call_timeout, cluster_error, wait_reply};
 use crate::error::Error;
 use crate::resources::ResourceRequest;
 use crate::sync::lock;
@@ -55,7 +55,7 @@ impl Cluster {
     pub(crate) fn refresh_nodes(&self) -> Result<(), Error> {
         let _guard = self.io.enter();
         let rx = self.gcs.request(|request_id| Msg::GetNodes { request_id });
-        let Msg::Nodes { nodes, .. } = wait_reply(rx, CALL_TIMEOUT, "reading the node table")?
+        let Msg::Nodes { nodes, .. } = wait_reply(rx, call_timeout(), "reading the node table")?
         else {
             return Err(cluster_error("reading the node table", "unexpected reply"));
         };
@@ -229,7 +229,7 @@ impl Cluster {
         let what = format!("starting a worker on node {node_id}");
         // A raylet may still name a worker whose death this owner saw first (the raylet
         // hears of it a moment later, then starts a replacement): ask again, with backoff.
-        let deadline = Instant::now() + CALL_TIMEOUT;
+        let deadline = Instant::now() + call_timeout();
         let mut pause = Duration::from_millis(5);
         let named = loop {
             let named = self.ask_raylet_for_workers(node_id, &address, &totals, &what)?;
@@ -279,12 +279,13 @@ impl Cluster {
         let raylet = self.raylet(node_id, address);
         let (exe, args, cwd) = self.executable.clone();
         let job_id = self.job_id;
-        let mut env = forwarded_env();
+        let config = self
+            .runtime()
+            .map_or_else(crate::config::current, |rt| Arc::new(rt.config.clone()));
+        let mut env = crate::config::forwarded_env(&config);
         // The job's namespace is its workers' (`get_actor` in a task), set in code or not.
-        if let Some(rt) = self.runtime() {
-            env.retain(|(k, _)| k != "MANTA_NAMESPACE");
-            env.push(("MANTA_NAMESPACE".into(), rt.config.namespace.clone()));
-        }
+        env.retain(|(k, _)| k != "MANTA_NAMESPACE");
+        env.push(("MANTA_NAMESPACE".into(), config.namespace.clone()));
         let _guard = self.io.enter();
         let rx = raylet.request(|request_id| Msg::StartWorker {
             request_id,
@@ -299,7 +300,7 @@ impl Cluster {
             error,
             workers,
             ..
-        } = wait_reply(rx, CALL_TIMEOUT, what)?
+        } = wait_reply(rx, call_timeout(), what)?
         else {
             return Err(cluster_error(what, "unexpected reply"));
         };
@@ -348,29 +349,6 @@ impl Cluster {
             }
         }
     }
-}
-
-/// Environment a driver forwards to its workers (their configuration), less what describes the
-/// driver's own node (its address, resources and CPUs), which each raylet sets for its node.
-fn forwarded_env() -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(k, _)| {
-            (k.starts_with("MANTA_")
-                && !matches!(
-                    k.as_str(),
-                    "MANTA_ADDRESS"
-                        | "MANTA_TOKEN"
-                        | "MANTA_NUM_CPUS"
-                        | "MANTA_NUM_GPUS"
-                        | "MANTA_RESOURCES"
-                        | "MANTA_CPU_AFFINITY"
-                        | "MANTA_OBJECT_STORE_NUMA_NODES"
-                        | "MANTA_NODE_IP"
-                ))
-                || k == "RUST_LOG"
-                || k == "RUST_BACKTRACE"
-        })
-        .collect()
 }
 
 /// A request's non-zero amounts as `(name, amount)` pairs.

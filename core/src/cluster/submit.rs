@@ -15,7 +15,7 @@ use super::placement::{request_pairs, request_resources};
 use super::proto::{Arg, ErrorKind, Msg, Outcome};
 use super::supervision::{NewOwned, RemoteActor};
 use super::worker::Cluster;
-use super::{CALL_TIMEOUT, cluster_error, wait_reply};
+use super::{call_timeout, cluster_error, wait_reply};
 use crate::actor::{ActorCell, ActorOptions};
 use crate::error::{Error, TaskError};
 use crate::id::ObjectId;
@@ -390,7 +390,8 @@ impl Cluster {
         let rx = self
             .gcs
             .request(|request_id| Msg::RegisterActor { request_id, actor });
-        if let Msg::ActorReply { error, .. } = wait_reply(rx, CALL_TIMEOUT, "registering an actor")?
+        if let Msg::ActorReply { error, .. } =
+            wait_reply(rx, call_timeout(), "registering an actor")?
             && !error.is_empty()
         {
             return Err(if !name.is_empty() && error.contains("taken") {
@@ -476,7 +477,7 @@ impl Cluster {
             name: name.to_owned(),
             actor_id,
         });
-        match wait_reply(rx, CALL_TIMEOUT, "looking up an actor")? {
+        match wait_reply(rx, call_timeout(), "looking up an actor")? {
             Msg::ActorReply {
                 found: true, actor, ..
             } => Ok(actor),

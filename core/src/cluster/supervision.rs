@@ -36,12 +36,12 @@
 //! `max_task_retries`), and a thread polls the GCS directory until the actor is ALIVE on a
 //! live worker — then the parked calls are sent as in step 5 — or is gone from it for more
 //! than [`GONE_GRACE`] (the directory may list it dead for a moment before its owner reports
-//! the restart), or [`CALL_TIMEOUT`] passes: then the proxy dies with `ActorDied`.
+//! the restart), or [`call_timeout()`] passes: then the proxy dies with `ActorDied`.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::CALL_TIMEOUT;
+use super::call_timeout;
 use super::peer::Peer;
 use super::placement::{request_pairs, request_resources};
 use super::proto::{ActorInfo, Msg};
@@ -420,7 +420,7 @@ impl Cluster {
     }
 
     fn follow(&self, cell: &Weak<ActorCell>, remote: &RemoteActor, old: u64) {
-        let deadline = Instant::now() + CALL_TIMEOUT;
+        let deadline = Instant::now() + call_timeout();
         let mut gone_since: Option<Instant> = None;
         let mut pause = Duration::from_millis(5);
         let why = loop {
@@ -457,7 +457,8 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 break Some(format!(
-                    "its worker process {old} died and it was not back within {CALL_TIMEOUT:?}"
+                    "its worker process {old} died and it was not back within {:?}",
+                    call_timeout()
                 ));
             }
             std::thread::sleep(pause);
@@ -836,7 +837,7 @@ impl Cluster {
             }
             // Its worker died: the restart under way (or the death) decides.
             None => {
-                let deadline = Instant::now() + CALL_TIMEOUT;
+                let deadline = Instant::now() + call_timeout();
                 while Instant::now() < deadline {
                     if cell.is_dead() {
                         return false;

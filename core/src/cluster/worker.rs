@@ -29,7 +29,7 @@ use super::placement::NodeSlot;
 use super::proto::{Msg, Resource};
 use super::submit::InFlight;
 use super::supervision::OwnedActor;
-use super::{CALL_TIMEOUT, INDEX_SHIFT, cluster_error, host_id, wait_reply};
+use super::{INDEX_SHIFT, call_timeout, cluster_error, host_id, wait_reply};
 use crate::error::Error;
 use crate::object::{ObjectCell, ObjectValue};
 use crate::runtime::RuntimeInner;
@@ -292,7 +292,7 @@ impl Cluster {
             shm_path: shm_path.clone(),
             host_id: host_id(),
         });
-        let (index, job_id) = match wait_reply(rx, CALL_TIMEOUT, "registering with the GCS")? {
+        let (index, job_id) = match wait_reply(rx, call_timeout(), "registering with the GCS")? {
             Msg::Registered {
                 id, job_id, error, ..
             } => {
@@ -411,7 +411,7 @@ impl Cluster {
     pub(crate) fn gcs_call(&self, make: impl FnOnce(u64) -> Msg) -> Result<Msg, Error> {
         let _guard = self.io.enter();
         let rx = self.gcs.request(make);
-        wait_reply(rx, CALL_TIMEOUT, "a request to the GCS")
+        wait_reply(rx, call_timeout(), "a request to the GCS")
     }
 
     pub(super) fn runtime(&self) -> Option<Arc<RuntimeInner>> {

@@ -17,5 +17,6 @@ fn main() -> anyhow::Result<()> {
         Command::Stop(args) => manta_launcher::cluster::stop(&args),
         Command::Status(args) => manta_launcher::cluster::status(&args),
         Command::List(args) => manta_launcher::cluster::list(&args),
+        Command::Config(args) => manta_launcher::config(&args),
     }
 }
