@@ -502,6 +502,7 @@ fn two_hosts(a: &Args) -> Result<()> {
                 },
             )])
             .collect(),
+        ..NodeSpec::default()
     };
     let cluster = LocalCluster::start(node(0), &[node(1)]);
     let (backend, manta) = manta_times(&cluster, n, &a.ops, &a.sizes)?;

@@ -128,6 +128,7 @@ extern crate self as manta;
 
 pub use manta_core::cluster;
 pub use manta_core::collective;
+pub use manta_core::config;
 pub use manta_core::register_error;
 pub use manta_core::{
     Actor, ActorGroup, ActorHandle, ActorId, ActorOptions, Bundle, CancelOptions, Config, CpuList,
@@ -135,10 +136,12 @@ pub use manta_core::{
     ObjectStoreStatus, PageKind, PlacementGroup, PlacementGroupBuilder, PlacementGroupId,
     PlacementGroupInfo, PlacementGroupState, PlacementStrategy, PutError, TaskError, TaskId,
     TaskOptions, View, block_on, cancel, cancel_with, exit_actor, get, get_actor, get_actor_in,
-    get_all, get_placement_group, get_timeout, get_view, group_rank, group_world_size,
+    get_all, get_placement_group, get_timeout, get_view, gpu_ids, group_rank, group_world_size,
     is_initialized, kill, list_placement_groups, placement_group, placement_group_builder, put,
     put_ref, registered_functions, remove_placement_group, restart, status, wait,
 };
+/// CUDA devices: discovery, a worker's context and stream (`manta-gpu`; the `cuda` feature).
+pub use manta_gpu as gpu;
 pub use manta_launcher::{init, init_with, shutdown};
 pub use manta_macros::{actor, remote};
 

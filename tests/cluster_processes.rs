@@ -320,3 +320,41 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
 
     manta::shutdown();
 }
+
+#[manta::remote]
+fn gpus_and_visible(ms: u64) -> (Vec<usize>, Option<String>) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (manta::gpu_ids(), std::env::var("CUDA_VISIBLE_DEVICES").ok())
+}
+
+/// A raylet whose launcher made GPUs 5, 7 and 9 visible, told to offer 2, starts its workers
+/// seeing exactly the first two; two 1-GPU tasks at once hold one device each, as ordinals of
+/// the worker (0 and 1: CUDA's numbering after `CUDA_VISIBLE_DEVICES`).
+#[test]
+fn workers_see_their_nodes_gpus_and_tasks_are_told_which_they_hold() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(
+        NodeSpec {
+            num_cpus: 4.0,
+            num_gpus: Some(2.0),
+            env: vec![("CUDA_VISIBLE_DEVICES".into(), "5,7,9".into())],
+            ..NodeSpec::default()
+        },
+        &[],
+    );
+    manta::init_with(cluster.config()).expect("the driver joins");
+    let refs: Vec<_> = (0..2)
+        .map(|_| gpus_and_visible::options().num_gpus(1.0).remote(300))
+        .collect();
+    let mut got = manta::get_all(&refs).unwrap();
+    got.sort();
+    let visible = Some("5,7".to_string());
+    assert_eq!(
+        got,
+        vec![(vec![0], visible.clone()), (vec![1], visible.clone())]
+    );
+    let (cpu_only, seen) = gpus_and_visible::remote(0).get().unwrap();
+    assert!(cpu_only.is_empty());
+    assert_eq!(seen, visible);
+    manta::shutdown();
+}

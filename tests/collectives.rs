@@ -619,6 +619,7 @@ fn two_host_members(
         ],
         ip: Some(hosts.host(i).ip().to_string()),
         env: vec![("MANTA_COLLECTIVE_CHUNK_BYTES".into(), CHUNK.to_string())],
+        ..NodeSpec::default()
     };
     let cluster = LocalCluster::start(spec(0), &[spec(1)]);
     let rt = common::start(cluster.config());

@@ -262,3 +262,69 @@ fn stress_nested_get() {
     );
     assert_eq!(hangs, 0, "{hangs} of {iterations} iterations hung");
 }
+
+/// The GPUs the task holds, read after `ms` so that tasks submitted together overlap.
+#[manta::remote]
+fn gpus_held(ms: u64) -> Vec<usize> {
+    std::thread::sleep(Duration::from_millis(ms));
+    manta::gpu_ids()
+}
+
+#[manta::actor]
+struct OnGpu;
+
+#[manta::actor]
+impl OnGpu {
+    fn new() -> Self {
+        OnGpu
+    }
+
+    fn ids(&self) -> Vec<usize> {
+        manta::gpu_ids()
+    }
+}
+
+/// Ray's `get_gpu_ids`: a task or actor holding GPUs is told which devices; tasks running at
+/// once hold different ones; fractions share a device, packed two halves to one; an actor keeps
+/// its device for life and a task beside it gets another.
+#[test]
+fn tasks_and_actors_holding_gpus_are_told_which() {
+    let _rt = common::start(
+        manta::Config::default()
+            .num_cpus(8.0)
+            .num_gpus(2.0)
+            .num_slots(8),
+    );
+    assert!(manta::gpu_ids().is_empty(), "the driver holds none");
+    assert_eq!(gpus_held::remote(0).get().unwrap(), Vec::<usize>::new());
+
+    let whole: Vec<_> = (0..2)
+        .map(|_| gpus_held::options().num_gpus(1.0).remote(300))
+        .collect();
+    let mut got: Vec<Vec<usize>> = manta::get_all(&whole).unwrap();
+    got.sort();
+    assert_eq!(got, vec![vec![0], vec![1]]);
+
+    let halves: Vec<_> = (0..4)
+        .map(|_| gpus_held::options().num_gpus(0.5).remote(300))
+        .collect();
+    let got: Vec<Vec<usize>> = manta::get_all(&halves).unwrap();
+    for device in [0, 1] {
+        let sharing = got.iter().filter(|ids| **ids == vec![device]).count();
+        assert_eq!(sharing, 2, "two halves on device {device}: {got:?}");
+    }
+
+    let actor = OnGpu::options().num_gpus(1.0).remote();
+    let mine = actor.ids().get().unwrap();
+    assert_eq!(mine.len(), 1);
+    for _ in 0..3 {
+        assert_eq!(
+            actor.ids().get().unwrap(),
+            mine,
+            "an actor keeps its device"
+        );
+    }
+    let beside = gpus_held::options().num_gpus(1.0).remote(0).get().unwrap();
+    assert_eq!(beside.len(), 1);
+    assert_ne!(beside, mine, "the actor's device is not lent to a task");
+}

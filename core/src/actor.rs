@@ -1015,7 +1015,9 @@ impl ActorCell {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let _in_actor = InActor::enter();
             let _member = crate::placement_group::MemberGuard::enter(self.member);
-            (method.invoke)(&self.state, &mut ArgReader::new(&args))
+            crate::gpus::holding(self.demand.gpus(), || {
+                (method.invoke)(&self.state, &mut ArgReader::new(&args))
+            })
         }));
         let cell = self.leave_running(token, slot);
         if self.is_dead() {

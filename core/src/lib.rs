@@ -19,6 +19,7 @@ mod codec;
 pub mod collective;
 pub mod config;
 mod error;
+mod gpus;
 mod id;
 mod object;
 mod placement_group;
@@ -38,6 +39,7 @@ pub use api::{
 };
 pub use config::{Config, CpuList, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};
+pub use gpus::gpu_ids;
 pub use id::{ActorId, ObjectId, TaskId};
 pub use manta_store::PageKind;
 pub use object::ObjectRef;

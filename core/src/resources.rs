@@ -24,11 +24,14 @@ use std::fmt;
 
 use crate::config::Resolved;
 use crate::error::Error;
-use crate::sync::{AtomicI64, Ordering, RwLock};
+use crate::gpus::{GpuGrant, GpuInstances};
+use crate::sync::{Arc, AtomicI64, Ordering, RwLock};
 
 /// Thousandths of a unit.
 const SCALE: f64 = 1000.0;
 pub(crate) const CPU: usize = 0;
+/// The index of `GPU` in every node's table.
+pub(crate) const GPU: usize = 1;
 
 /// What a task or actor asks for, by name: CPUs, GPUs and custom resources.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,13 +125,36 @@ impl fmt::Display for ResourceRequest {
 }
 
 /// A request resolved against one node's resource table: `(index, thousandths)` pairs with
-/// non-zero amounts. Cheap to test and apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Demand(Box<[(u32, i64)]>);
+/// non-zero amounts, and for a GPU request on a node that numbers its devices, the devices it
+/// holds while acquired ([`GpuGrant`]). Cheap to test and apply.
+#[derive(Clone, Debug)]
+pub(crate) struct Demand(Box<[(u32, i64)]>, Option<Arc<GpuGrant>>);
+
+impl PartialEq for Demand {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Demand {}
 
 impl Demand {
     pub(crate) fn none() -> Self {
-        Demand(Box::new([]))
+        Demand(Box::new([]), None)
+    }
+
+    /// The devices it holds, for a GPU request (see [`crate::gpus`]).
+    pub(crate) fn gpus(&self) -> Option<&GpuGrant> {
+        self.1.as_deref()
+    }
+
+    /// The GPU part, in thousandths.
+    fn gpu(&self) -> i64 {
+        self.0
+            .iter()
+            .filter(|(i, _)| *i as usize == GPU)
+            .map(|(_, a)| a)
+            .sum()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -170,6 +196,8 @@ pub(crate) struct NodeResources {
     dynamic_total: Box<[AtomicI64]>,
     /// Names of the dynamic resources in use, and the indices free or draining.
     dynamic: RwLock<Dynamic>,
+    /// Which devices are free, for requests of `GPU` (none: the node has no GPU).
+    gpus: Option<GpuInstances>,
 }
 
 /// The table of run-time resources: only group creation and removal write it, and only
@@ -215,6 +243,7 @@ impl NodeResources {
             .map(|&t| AtomicI64::new(t))
             .chain((0..DYNAMIC_CAPACITY).map(|_| AtomicI64::new(0)))
             .collect();
+        let gpus = GpuInstances::new(total[GPU]);
         let base = names.len() as u32;
         let dynamic = Dynamic {
             free: (base..base + DYNAMIC_CAPACITY as u32).rev().collect(),
@@ -226,6 +255,7 @@ impl NodeResources {
             available,
             dynamic_total: (0..DYNAMIC_CAPACITY).map(|_| AtomicI64::new(0)).collect(),
             dynamic: RwLock::new(dynamic),
+            gpus,
         })
     }
 
@@ -363,7 +393,9 @@ impl NodeResources {
         for (name, amount) in &req.custom {
             push(name, *amount)?;
         }
-        Ok(Demand(out.into_boxed_slice()))
+        let grant = (self.gpus.is_some() && out.iter().any(|&(i, _)| i as usize == GPU))
+            .then(|| Arc::new(GpuGrant::default()));
+        Ok(Demand(out.into_boxed_slice(), grant))
     }
 
     /// Takes the whole demand or nothing (see the module docs on spurious failure).
@@ -389,6 +421,16 @@ impl NodeResources {
                 }
             }
         }
+        if let (Some(grant), Some(table)) = (&demand.1, &self.gpus)
+            && !table.acquire(demand.gpu(), grant)
+        {
+            // The counter had room but no device fits (fractions spread over every device):
+            // nothing is taken, and the request waits as any other that does not fit.
+            for &(j, taken) in demand.0.iter() {
+                self.available[j as usize].fetch_add(taken, Ordering::Relaxed);
+            }
+            return false;
+        }
         true
     }
 
@@ -410,6 +452,10 @@ impl NodeResources {
     }
 
     pub(crate) fn release(&self, demand: &Demand) {
+        // Devices first: a request the counters admit next finds them free.
+        if let (Some(grant), Some(table)) = (&demand.1, &self.gpus) {
+            table.release(demand.gpu(), grant);
+        }
         for &(i, amount) in demand.0.iter() {
             self.available[i as usize].fetch_add(amount, Ordering::Relaxed);
         }

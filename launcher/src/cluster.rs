@@ -144,6 +144,13 @@ pub fn start(args: &StartArgs) -> Result<()> {
     opts.port = args.port;
     opts.num_cpus = args.num_cpus.unwrap_or(topo.cpus.len() as f64);
     opts.num_gpus = args.num_gpus.unwrap_or(topo.gpus.len() as f64);
+    // Its workers see the node's GPUs (`--num-gpus` fewer: the first ones).
+    opts.gpu_ids = topo
+        .gpus
+        .iter()
+        .take(opts.num_gpus.ceil().max(0.0) as usize)
+        .map(|g| g.id.clone())
+        .collect();
     // The workers' slots get the node's allowed CPUs (the cpuset) and their stores the NUMA
     // nodes of those CPUs, unless the user chose.
     let env = |k: &str| std::env::var(k).ok();

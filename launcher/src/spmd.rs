@@ -349,8 +349,45 @@ impl Head {
 struct Share {
     cpus: f64,
     gpus: f64,
+    /// The launcher's ids of this rank's GPUs (empty where the GPUs are only counted).
+    gpu_ids: Vec<String>,
     cpu_list: CpuList,
     numa_nodes: CpuList,
+}
+
+/// The launcher's ids of the GPUs of local rank `local_rank` of `local`: the node's GPUs
+/// ordered by NUMA node (ranks get their CPUs by NUMA node in rank order too, so a rank's GPUs
+/// sit near its CPUs where the machine allows), split evenly; with fewer GPUs than ranks, one
+/// each to the first ranks.
+fn rank_gpus(gpus: &[topology::Gpu], local_rank: usize, local: usize) -> Vec<String> {
+    let mut ordered: Vec<&topology::Gpu> = gpus.iter().collect();
+    ordered.sort_by_key(|g| g.numa.unwrap_or(usize::MAX));
+    let per_rank = ordered.len() / local.max(1);
+    let mine = if per_rank > 0 {
+        &ordered[local_rank * per_rank..(local_rank + 1) * per_rank]
+    } else {
+        &ordered[local_rank.min(ordered.len())..(local_rank + 1).min(ordered.len())]
+    };
+    mine.iter().map(|g| g.id.clone()).collect()
+}
+
+/// Shows this rank's process only its GPUs (`CUDA_VISIBLE_DEVICES`), before Manta or MPI
+/// start any thread: CUDA reads the variable when it first initialises. Rank 0 is the driver
+/// and keeps every device; its share runs in a worker process its raylet starts bound.
+fn bind_gpus(rank: &Rank, share: &Share) {
+    if rank.rank == 0 || share.gpu_ids.is_empty() {
+        return;
+    }
+    let value = manta_gpu::visible_devices(&share.gpu_ids);
+    if std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| v == value) {
+        return;
+    }
+    tracing::debug!(rank = rank.rank, devices = %value, "binding the rank to its GPUs");
+    // SAFETY: called first thing in `init` on an SPMD rank, before Manta starts any thread
+    // and before MPI is initialised, so no thread of ours reads the environment meanwhile; a
+    // user thread started before `manta::init` that reads the environment would race (the
+    // README asks for `init` before such threads, as MPI_Init does).
+    unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", value) };
 }
 
 impl Share {
@@ -375,15 +412,11 @@ impl Share {
             None if bound => topo.cpus.len() as f64,
             None => topo.cpus.len() as f64 / local as f64,
         };
-        let per_rank = topo.gpus.len() / local;
-        let gpus = if per_rank > 0 {
-            per_rank
-        } else {
-            usize::from((local_rank as usize) < topo.gpus.len())
-        };
+        let gpu_ids = rank_gpus(&topo.gpus, local_rank as usize, local);
         Ok(Share {
             cpus: cpus.max(1.0).floor(),
-            gpus: gpus as f64,
+            gpus: gpu_ids.len() as f64,
+            gpu_ids,
             cpu_list,
             numa_nodes,
         })
@@ -407,6 +440,7 @@ fn node_options(
         let share = Share::of(rank, topo, local_rank)?;
         cpus += share.cpus;
         gpus += share.gpus;
+        opts.gpu_ids.extend(share.gpu_ids);
         cpu_list.extend(share.cpu_list.0);
         numa.extend(share.numa_nodes.0);
     }
@@ -425,6 +459,7 @@ fn node_options(
 pub(crate) fn bootstrap(rank: &Rank, config: Config) -> Result<Head, Error> {
     let topo = topology::discover();
     let share = Share::of(rank, &topo, rank.local_rank)?;
+    bind_gpus(rank, &share);
     let config = config.num_cpus(share.cpus).num_gpus(share.gpus);
     #[cfg(feature = "mpi")]
     if rank.launcher == "mpirun" || rank.pmix {
@@ -507,6 +542,7 @@ fn start_head(
     opts.port = port;
     opts.worker_cpus = Some(share.cpus);
     opts.worker_gpus = Some(share.gpus);
+    opts.worker_gpu_ids = Some(share.gpu_ids.clone());
     opts.cpu_affinity = share.cpu_list.clone();
     opts.numa_nodes = share.numa_nodes.clone();
     opts.joining_workers = rank.local_size.max(1) - 1;
@@ -728,6 +764,40 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    fn gpu(id: &str, numa: Option<usize>) -> topology::Gpu {
+        topology::Gpu {
+            id: id.into(),
+            bus_id: None,
+            numa,
+        }
+    }
+
+    #[test]
+    fn ranks_get_disjoint_gpus_near_their_numa_node() {
+        // Listed out of NUMA order: ranks 0 and 1 take NUMA 0's two, ranks 2 and 3 NUMA 1's.
+        let gpus = [
+            gpu("0", Some(1)),
+            gpu("1", Some(0)),
+            gpu("2", Some(1)),
+            gpu("3", Some(0)),
+        ];
+        let of = |r, n| rank_gpus(&gpus, r, n);
+        assert_eq!(of(0, 2), vec!["1", "3"]);
+        assert_eq!(of(1, 2), vec!["0", "2"]);
+        assert_eq!(
+            (0..4).map(|r| of(r, 4)).collect::<Vec<_>>(),
+            [vec!["1"], vec!["3"], vec!["0"], vec!["2"]]
+        );
+        // More ranks than GPUs: the first ranks get one each, the others none.
+        assert_eq!(of(3, 6), vec!["2"]);
+        assert!(of(4, 6).is_empty() && of(5, 6).is_empty());
+        // Three GPUs over two ranks: one each, the third unused (even shares).
+        let three = [gpu("a", None), gpu("b", None), gpu("c", None)];
+        assert_eq!(rank_gpus(&three, 0, 2), vec!["a"]);
+        assert_eq!(rank_gpus(&three, 1, 2), vec!["b"]);
+        assert!(rank_gpus(&[], 0, 1).is_empty());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub(crate) fn serve_if_worker() {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct NodeSpec {
     pub(crate) num_cpus: f64,
+    /// `--num-gpus`, when set (else the GPUs the node's launcher made visible).
+    pub(crate) num_gpus: Option<f64>,
     pub(crate) resources: String,
     pub(crate) wrapper: Vec<String>,
     pub(crate) ip: Option<String>,
@@ -64,6 +66,10 @@ fn spawn_node(spec: &NodeSpec, root: &PathBuf, name: &str, args: &[String], toke
     argv.push("--block".into());
     argv.push("--num-cpus".into());
     argv.push(spec.num_cpus.to_string());
+    if let Some(gpus) = spec.num_gpus {
+        argv.push("--num-gpus".into());
+        argv.push(gpus.to_string());
+    }
     if !spec.resources.is_empty() {
         argv.push("--resources".into());
         argv.push(spec.resources.clone());

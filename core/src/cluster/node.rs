@@ -71,6 +71,12 @@ pub struct NodeOptions {
     pub worker_cpus: Option<f64>,
     /// GPUs a worker process this raylet starts holds (`None`: `num_gpus`, the whole node).
     pub worker_gpus: Option<f64>,
+    /// The launcher's ids of the node's GPUs (`CUDA_VISIBLE_DEVICES` entries): its workers are
+    /// started seeing these. Empty where the GPUs are only counted: the workers then inherit the
+    /// raylet's `CUDA_VISIBLE_DEVICES`, if any.
+    pub gpu_ids: Vec<String>,
+    /// The ids a worker process this raylet starts sees (`None`: `gpu_ids`, the whole node).
+    pub worker_gpu_ids: Option<Vec<String>>,
     /// The node's topology as found by the launcher, one line for `manta status`.
     pub topology: String,
     /// CPUs the slots of the worker processes this raylet starts pin themselves to
@@ -100,6 +106,8 @@ impl NodeOptions {
             joining_workers: 0,
             worker_cpus: None,
             worker_gpus: None,
+            gpu_ids: Vec::new(),
+            worker_gpu_ids: None,
             topology: String::new(),
             cpu_affinity: CpuList::default(),
             numa_nodes: CpuList::default(),
@@ -747,6 +755,14 @@ impl Raylet {
             .stdin(Stdio::null());
         if !self.opts.cpu_affinity.is_empty() {
             cmd.env("MANTA_CPU_AFFINITY", self.opts.cpu_affinity.to_string());
+        }
+        let gpu_ids = self
+            .opts
+            .worker_gpu_ids
+            .as_ref()
+            .unwrap_or(&self.opts.gpu_ids);
+        if !gpu_ids.is_empty() {
+            cmd.env("CUDA_VISIBLE_DEVICES", gpu_ids.join(","));
         }
         if !self.opts.numa_nodes.is_empty() {
             cmd.env(

@@ -42,10 +42,11 @@ pub(super) fn push_local(job: Job) -> Result<(), Job> {
     })
 }
 
-/// Runs `f` recording that the current thread holds `demand`'s CPU.
+/// Runs `f` recording that the current thread holds `demand`'s CPU (and its GPUs, for
+/// `gpu_ids`).
 pub(super) fn holding<R>(demand: &Demand, f: impl FnOnce() -> R) -> R {
     let prev = HELD_CPU.with(|h| h.replace(demand.cpu()));
-    let r = f();
+    let r = crate::gpus::holding(demand.gpus(), f);
     HELD_CPU.with(|h| h.set(prev));
     r
 }

@@ -1,0 +1,205 @@
+//! Which GPUs a task or actor holds: Ray's GPU instances.
+//!
+//! The node's `GPU` counter (in [`NodeResources`](crate::resources::NodeResources)) says how
+//! much GPU is free; this table says which devices. A request of `n ≥ 1` GPUs (whole, as the
+//! request's validation demands) takes `n` devices nobody holds any of; a fraction takes part
+//! of one device, the fullest one it fits on (best fit, so whole devices stay free for whole
+//! requests). A request admitted by the counter that no device fits (fractions spread over
+//! every device) is refused as a whole and waits, as Ray's instance accounting does.
+//!
+//! Devices are numbered as the process sees them: CUDA's ordinals after the
+//! `CUDA_VISIBLE_DEVICES` the raylet or the launcher set for it, so `gpu_ids()[0]` is what
+//! `manta_gpu::Gpu::open` takes. Only GPU requests touch the table (a mutex: GPU tasks are
+//! few and long); CPU tasks never read it.
+
+use std::cell::Cell;
+
+use crate::sync::{AtomicU64, Mutex, Ordering, lock};
+
+/// Thousandths of a device (`1.0 GPU = 1000`), as the resource counters count.
+const WHOLE: i64 = 1000;
+
+/// The devices one demand holds while acquired: bit `i` is device `i`.
+#[derive(Debug, Default)]
+pub(crate) struct GpuGrant(AtomicU64);
+
+impl GpuGrant {
+    /// The devices held, as a bit mask.
+    pub(crate) fn mask(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The node's devices and what is free of each.
+#[derive(Debug)]
+pub(crate) struct GpuInstances {
+    free: Mutex<Vec<i64>>,
+}
+
+impl GpuInstances {
+    /// A table of `ceil(total)` devices for a node with `total` thousandths of GPU (the last
+    /// holds the remainder of a fractional total); `None` for no GPU, or more than 64 devices
+    /// (the grant's mask), which then count without ids.
+    pub(crate) fn new(total: i64) -> Option<Self> {
+        let devices = (total + WHOLE - 1) / WHOLE;
+        if devices <= 0 || devices > 64 {
+            return None;
+        }
+        let free = (0..devices)
+            .map(|d| (total - d * WHOLE).min(WHOLE))
+            .collect();
+        Some(GpuInstances {
+            free: Mutex::new(free),
+        })
+    }
+
+    /// Takes devices for `amount` thousandths into `grant`; false (nothing taken) when no set
+    /// of devices fits.
+    pub(crate) fn acquire(&self, amount: i64, grant: &GpuGrant) -> bool {
+        let mut free = lock(&self.free);
+        let mut mask = 0u64;
+        if amount >= WHOLE {
+            let want = (amount / WHOLE) as usize;
+            let whole: Vec<usize> = (0..free.len()).filter(|&d| free[d] == WHOLE).collect();
+            if whole.len() < want {
+                return false;
+            }
+            for &d in &whole[..want] {
+                free[d] = 0;
+                mask |= 1 << d;
+            }
+        } else {
+            let best = (0..free.len())
+                .filter(|&d| free[d] >= amount)
+                .min_by_key(|&d| (free[d], d));
+            let Some(d) = best else {
+                return false;
+            };
+            free[d] -= amount;
+            mask = 1 << d;
+        }
+        grant.0.store(mask, Ordering::Release);
+        true
+    }
+
+    /// Gives back what `grant` holds of `amount` thousandths.
+    pub(crate) fn release(&self, amount: i64, grant: &GpuGrant) {
+        let mask = grant.0.swap(0, Ordering::AcqRel);
+        let per_device = amount.min(WHOLE);
+        let mut free = lock(&self.free);
+        for (d, f) in free.iter_mut().enumerate() {
+            if mask & (1 << d) != 0 {
+                *f += per_device;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The devices of the task or actor call the thread runs.
+    static CURRENT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` as a task or actor call holding the devices of `grant` (none: no device).
+pub(crate) fn holding<R>(grant: Option<&GpuGrant>, f: impl FnOnce() -> R) -> R {
+    let mask = grant.map_or(0, GpuGrant::mask);
+    let prev = CURRENT.with(|c| c.replace(mask));
+    let r = f();
+    CURRENT.with(|c| c.set(prev));
+    r
+}
+
+/// The GPUs held by the task or actor calling, as device ordinals of this process (Ray's
+/// `ray.get_gpu_ids()`): empty outside a task or actor, and for one that asked for no GPU. An
+/// actor's devices are its constructor's, held for its life; a fraction of a GPU names the
+/// device it shares.
+///
+/// Unlike Ray, the devices are not made the only visible ones for the call: a worker process
+/// runs many calls at once, so it sees every device its raylet or launcher gave it
+/// (`CUDA_VISIBLE_DEVICES`), and a call opens the ones it holds by these ordinals.
+pub fn gpu_ids() -> Vec<usize> {
+    let mask = CURRENT.with(Cell::get);
+    (0..64).filter(|d| mask & (1 << d) != 0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(g: &GpuGrant) -> Vec<usize> {
+        (0..64).filter(|d| g.mask() & (1 << d) != 0).collect()
+    }
+
+    #[test]
+    fn whole_requests_take_free_devices_and_give_them_back() {
+        let t = GpuInstances::new(4 * WHOLE).unwrap();
+        let (a, b, c) = (
+            GpuGrant::default(),
+            GpuGrant::default(),
+            GpuGrant::default(),
+        );
+        assert!(t.acquire(2 * WHOLE, &a));
+        assert_eq!(ids(&a), vec![0, 1]);
+        assert!(t.acquire(WHOLE, &b));
+        assert_eq!(ids(&b), vec![2]);
+        assert!(!t.acquire(2 * WHOLE, &c), "one device is left");
+        assert_eq!(c.mask(), 0);
+        t.release(2 * WHOLE, &a);
+        assert!(t.acquire(2 * WHOLE, &c));
+        assert_eq!(ids(&c), vec![0, 1]);
+    }
+
+    #[test]
+    fn fractions_pack_onto_the_fullest_device_that_fits() {
+        let t = GpuInstances::new(2 * WHOLE).unwrap();
+        let g: Vec<GpuGrant> = (0..4).map(|_| GpuGrant::default()).collect();
+        assert!(t.acquire(500, &g[0]));
+        assert!(t.acquire(250, &g[1]));
+        assert_eq!(ids(&g[1]), ids(&g[0]), "packed onto the device in use");
+        assert!(t.acquire(500, &g[2]));
+        assert_eq!(ids(&g[2]), vec![1], "does not fit beside the others");
+        // A whole GPU: neither device is wholly free although 0.75 is.
+        let whole = GpuGrant::default();
+        assert!(!t.acquire(WHOLE, &whole));
+        t.release(500, &g[2]);
+        assert!(t.acquire(WHOLE, &whole));
+        assert_eq!(ids(&whole), vec![1]);
+        t.release(500, &g[0]);
+        t.release(250, &g[1]);
+        assert!(t.acquire(WHOLE, &g[3]));
+        assert_eq!(ids(&g[3]), vec![0]);
+    }
+
+    #[test]
+    fn odd_tables() {
+        assert!(GpuInstances::new(0).is_none());
+        assert!(GpuInstances::new(65 * WHOLE).is_none());
+        let half = GpuInstances::new(1500).unwrap();
+        let (a, b) = (GpuGrant::default(), GpuGrant::default());
+        assert!(half.acquire(500, &a));
+        assert_eq!(ids(&a), vec![1], "the fullest that fits is the half device");
+        assert!(half.acquire(600, &b));
+        assert_eq!(ids(&b), vec![0]);
+    }
+
+    #[test]
+    fn the_thread_sees_the_devices_it_holds() {
+        let t = GpuInstances::new(3 * WHOLE).unwrap();
+        let g = GpuGrant::default();
+        let skip = GpuGrant::default();
+        assert!(t.acquire(WHOLE, &skip));
+        assert!(t.acquire(2 * WHOLE, &g));
+        assert_eq!(gpu_ids(), Vec::<usize>::new());
+        let inner = holding(Some(&g), || {
+            let outer = gpu_ids();
+            let nested = holding(None, gpu_ids);
+            (outer, nested)
+        });
+        assert_eq!(
+            inner,
+            (vec![1, 2], vec![]),
+            "a task run inside holds only its own"
+        );
+        assert!(gpu_ids().is_empty());
+    }
+}
