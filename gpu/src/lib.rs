@@ -320,6 +320,10 @@ mod tests {
                 ));
             }
             Err(e) => {
+                assert!(
+                    std::env::var_os("MANTA_TESTING_REQUIRE_GPU").is_none(),
+                    "MANTA_TESTING_REQUIRE_GPU is set but {e}"
+                );
                 eprintln!("skipped: {e}");
                 assert!(matches!(
                     e,
