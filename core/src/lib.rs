@@ -40,7 +40,7 @@ pub use api::{
 pub use config::{Config, CpuList, CustomResources, Resolved};
 pub use error::{Error, PutError, TaskError};
 pub use gpus::gpu_ids;
-pub use id::{ActorId, ObjectId, TaskId};
+pub use id::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 pub use manta_store::PageKind;
 pub use object::ObjectRef;
 pub use placement_group::{

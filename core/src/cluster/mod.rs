@@ -262,11 +262,12 @@ pub(crate) fn call_timeout() -> Duration {
 }
 
 /// Bits of an id below the creating worker's index.
-pub(crate) const INDEX_SHIFT: u32 = 48;
+pub(crate) const INDEX_SHIFT: u32 = crate::id::OWNER_SHIFT;
 
-/// The worker index that created `id` (0: a process outside any cluster).
+/// The worker index that created `id` (0: a process outside any cluster): the raw form of
+/// [`ObjectId::owner`](crate::ObjectId::owner), for the wire's bare ids.
 pub(crate) fn owner_of(id: u64) -> u64 {
-    id >> INDEX_SHIFT
+    crate::ObjectId::from_u64(id).owner().as_u64()
 }
 
 /// Transport settings for a member named `name`.

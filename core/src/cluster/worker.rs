@@ -29,7 +29,7 @@ use super::placement::NodeSlot;
 use super::proto::{Msg, Resource};
 use super::submit::InFlight;
 use super::supervision::OwnedActor;
-use super::{INDEX_SHIFT, call_timeout, cluster_error, host_id, wait_reply};
+use super::{call_timeout, cluster_error, host_id, wait_reply};
 use crate::error::Error;
 use crate::object::{ObjectCell, ObjectValue};
 use crate::runtime::RuntimeInner;
@@ -308,7 +308,7 @@ impl Cluster {
                 ));
             }
         };
-        if index == 0 || index >= 1 << (64 - INDEX_SHIFT) {
+        if index == 0 || index > crate::WorkerId::MAX {
             return Err(cluster_error(
                 "registering with the GCS",
                 format!("bad worker index {index}"),
@@ -444,7 +444,7 @@ impl Cluster {
 
     /// The first id this process hands out.
     pub(crate) fn first_id(&self) -> u64 {
-        (self.index << INDEX_SHIFT) | 1
+        crate::WorkerId::from_u64(self.index).first_id()
     }
 
     /// The node this process works on (`None` for a driver).
