@@ -321,10 +321,25 @@ fn head_and_three_raylets_run_tasks_actors_and_objects() {
     manta::shutdown();
 }
 
+/// Tasks of this worker process arrived at the rendezvous of [`gpus_and_visible`].
+static ARRIVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The GPUs the task holds and the devices its process sees, once `together` tasks of this
+/// process hold theirs at once (bounded: 30 s).
 #[manta::remote]
-fn gpus_and_visible(ms: u64) -> (Vec<usize>, Option<String>) {
-    std::thread::sleep(Duration::from_millis(ms));
-    (manta::gpu_ids(), std::env::var("CUDA_VISIBLE_DEVICES").ok())
+fn gpus_and_visible(together: usize) -> (Vec<usize>, Option<String>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let ids = manta::gpu_ids();
+    let base = ARRIVED.fetch_add(1, SeqCst) / together * together;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ARRIVED.load(SeqCst) < base + together {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task ran beside this one"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (ids, std::env::var("CUDA_VISIBLE_DEVICES").ok())
 }
 
 /// A raylet whose launcher made GPUs 5, 7 and 9 visible, told to offer 2, starts its workers
@@ -344,7 +359,7 @@ fn workers_see_their_nodes_gpus_and_tasks_are_told_which_they_hold() {
     );
     manta::init_with(cluster.config()).expect("the driver joins");
     let refs: Vec<_> = (0..2)
-        .map(|_| gpus_and_visible::options().num_gpus(1.0).remote(300))
+        .map(|_| gpus_and_visible::options().num_gpus(1.0).remote(2))
         .collect();
     let mut got = manta::get_all(&refs).unwrap();
     got.sort();
@@ -353,7 +368,7 @@ fn workers_see_their_nodes_gpus_and_tasks_are_told_which_they_hold() {
         got,
         vec![(vec![0], visible.clone()), (vec![1], visible.clone())]
     );
-    let (cpu_only, seen) = gpus_and_visible::remote(0).get().unwrap();
+    let (cpu_only, seen) = gpus_and_visible::remote(1).get().unwrap();
     assert!(cpu_only.is_empty());
     assert_eq!(seen, visible);
     manta::shutdown();

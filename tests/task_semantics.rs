@@ -263,11 +263,24 @@ fn stress_nested_get() {
     assert_eq!(hangs, 0, "{hangs} of {iterations} iterations hung");
 }
 
-/// The GPUs the task holds, read after `ms` so that tasks submitted together overlap.
+/// Tasks arrived at the rendezvous of [`gpus_held`].
+static ARRIVED: AtomicUsize = AtomicUsize::new(0);
+
+/// The GPUs the task holds, once `together` tasks (counted from `base`) hold theirs at once:
+/// holding is proved simultaneous, whatever the machine's load (bounded: 30 s).
 #[manta::remote]
-fn gpus_held(ms: u64) -> Vec<usize> {
-    std::thread::sleep(Duration::from_millis(ms));
-    manta::gpu_ids()
+fn gpus_held(base: usize, together: usize) -> Vec<usize> {
+    let ids = manta::gpu_ids();
+    ARRIVED.fetch_add(1, Ordering::SeqCst);
+    let deadline = Instant::now() + LONG;
+    while ARRIVED.load(Ordering::SeqCst) < base + together {
+        assert!(
+            Instant::now() < deadline,
+            "the other tasks never ran beside this one"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    ids
 }
 
 #[manta::actor]
@@ -296,17 +309,17 @@ fn tasks_and_actors_holding_gpus_are_told_which() {
             .num_slots(8),
     );
     assert!(manta::gpu_ids().is_empty(), "the driver holds none");
-    assert_eq!(gpus_held::remote(0).get().unwrap(), Vec::<usize>::new());
+    assert_eq!(gpus_held::remote(0, 1).get().unwrap(), Vec::<usize>::new());
 
     let whole: Vec<_> = (0..2)
-        .map(|_| gpus_held::options().num_gpus(1.0).remote(300))
+        .map(|_| gpus_held::options().num_gpus(1.0).remote(1, 2))
         .collect();
     let mut got: Vec<Vec<usize>> = manta::get_all(&whole).unwrap();
     got.sort();
     assert_eq!(got, vec![vec![0], vec![1]]);
 
     let halves: Vec<_> = (0..4)
-        .map(|_| gpus_held::options().num_gpus(0.5).remote(300))
+        .map(|_| gpus_held::options().num_gpus(0.5).remote(3, 4))
         .collect();
     let got: Vec<Vec<usize>> = manta::get_all(&halves).unwrap();
     for device in [0, 1] {
@@ -324,7 +337,11 @@ fn tasks_and_actors_holding_gpus_are_told_which() {
             "an actor keeps its device"
         );
     }
-    let beside = gpus_held::options().num_gpus(1.0).remote(0).get().unwrap();
+    let beside = gpus_held::options()
+        .num_gpus(1.0)
+        .remote(7, 1)
+        .get()
+        .unwrap();
     assert_eq!(beside.len(), 1);
     assert_ne!(beside, mine, "the actor's device is not lent to a task");
 }
