@@ -239,8 +239,8 @@ impl Cluster {
             .filter_map(Weak::upgrade)
             .collect();
         borrowed.extend(
-            lock(&self.borrowed)
-                .values()
+            lock(&self.refs)
+                .borrowed_handles()
                 .filter_map(|e| e.cell.upgrade()),
         );
         for cell in borrowed {

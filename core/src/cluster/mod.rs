@@ -36,6 +36,7 @@ pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
+pub(crate) mod reference_counter;
 mod returns;
 #[allow(unsafe_code)] // one system call (geteuid), argued there
 pub mod session;
