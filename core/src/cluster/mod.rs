@@ -40,6 +40,8 @@ pub(crate) mod reference_counter;
 mod returns;
 #[allow(unsafe_code)] // one system call (geteuid), argued there
 pub mod session;
+#[cfg(test)]
+mod sim;
 mod submit;
 pub(crate) mod supervision;
 mod wire;

@@ -541,6 +541,22 @@ impl Cluster {
         cell
     }
 
+    /// Worker `owner` died: the results held for it go, and with them the references in them
+    /// (nobody can read them any more: a read of a result goes through its owner).
+    pub(super) fn free_results_of(&self, owner: u64) {
+        let freed: Vec<ObjectValue> = {
+            let mut held = lock(&self.held);
+            let ids: Vec<u64> = held
+                .keys()
+                .copied()
+                .filter(|id| super::owner_of(*id) == owner)
+                .collect();
+            ids.into_iter().filter_map(|id| held.remove(&id)).collect()
+        };
+        // Dropped outside the lock: freeing ends borrows of nested refs.
+        drop(freed);
+    }
+
     /// The owner dropped a result we hold.
     pub(crate) fn free_remote(&self, holder: u64, object_id: u64) {
         if self.stopped.load(Ordering::Acquire) {

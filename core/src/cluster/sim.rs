@@ -1,0 +1,1824 @@
+//! A seeded simulated cluster for the sans-I/O protocol cores (tests only): one thread drives
+//! several processes' state machines over a simulated network, with message delay, reordering
+//! between connections (each connection is FIFO, as TCP is), connection loss and process
+//! crash, and checks invariants after every step. A failing seed prints itself; replay it
+//! with `MANTA_SIM_SEED=<seed>` (`MANTA_SIM_TRACE=<n>` shows its last `n` events), or run
+//! more seeds with `MANTA_SIM_SEEDS=<count>`.
+//!
+//! # The model
+//!
+//! - [`Net`] is the network: one FIFO queue per ordered pair of processes, each message
+//!   ready after a seeded delay (never before the one ahead of it on its connection). A step
+//!   delivers the head of one ready connection chosen by the seed, so messages on different
+//!   connections are reordered freely. Process 0 is the GCS; it sends the death notices.
+//! - A [`World`] holds the processes. Each is a worker: its [`ReferenceCounter`] (the real
+//!   one, the code under test) and a model of the shell around it (`borrow.rs`, the task
+//!   and object paths of the core worker): handles are `Rc`s whose drops are the events the
+//!   shell feeds the counter, as `Arc`s are in the runtime; a task's owner holds its arguments
+//!   until `TaskDone`; an executor holds a result with references in it until `FreeObject`;
+//!   deserialising a reference owned elsewhere registers a borrow and waits for the owner's
+//!   answer before the value is used.
+//! - What processes do is a small program of [`Op`]s per process (its driver code) and per
+//!   task (a task's body): put, submit, get, read a value, drop, keep in an actor's state,
+//!   return, exit. A program step that must wait (an answer, a result, a pulled value) is
+//!   tried again later, so the seed interleaves programs with deliveries.
+//! - Faults ([`Chaos`]): a process crashes (its messages are lost, and the GCS tells every
+//!   other process after a delay); a connection is lost (each end takes the other for dead,
+//!   as the core worker does when a connection closes).
+//!
+//! # Invariants (checked after every step)
+//!
+//! 1. No object is freed while a live process holds an acknowledged borrow of it, unless
+//!    one of the two took the other for dead.
+//! 2. Without faults, no borrow registration fails, no read finds its object freed, and no
+//!    owner deserialises a reference to an object of its own that is gone.
+//! 3. Every program finishes (no wait without a bound): when nothing can move, the run fails.
+//! 4. At the end (programs done, then the actors' state dropped as when the job ends, network
+//!    quiet), every object of a live owner is freed, and the live processes' reference
+//!    counters are empty.
+//!
+//! A message to a dead process is dropped on delivery: none matters.
+//!
+//! # Adding a state machine
+//!
+//! A process's state machines live in [`Proc`]; their messages are variants of [`Wire`].
+//! To add one (the pull queue, the GCS's tables, a raylet's worker table):
+//!
+//! 1. add it as a field of [`Proc`] (or of a new node type next to it, driven by the same
+//!    [`Net`]; the GCS is process 0),
+//! 2. add its messages to [`Wire`] and handle them in `World::deliver`, calling the state
+//!    machine and sending what it returns with `World::send`,
+//! 3. feed it the deaths in `World::worker_lost` and the local events in `World::flush`,
+//! 4. state its invariants in `World::check` (after every step) and `World::check_end`,
+//! 5. write scenarios as programs ([`Op`]) and run them over seeds with [`run_seeds`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::{Rc, Weak};
+
+use super::INDEX_SHIFT;
+use super::owner_of;
+use super::reference_counter::{Answer, BorrowHandle, Out, ReferenceCounter, Registration};
+
+/// A small seeded generator (SplitMix64): the same seed, the same run.
+#[derive(Clone, Debug)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`0` when `n` is 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+
+    /// `true` with probability `p`.
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// The network: FIFO connections between processes, each message ready after a delay.
+#[derive(Debug)]
+pub(crate) struct Net<M> {
+    rng: Rng,
+    /// The time, in steps.
+    now: u64,
+    /// The longest delay of a message, in steps.
+    max_delay: u64,
+    /// Per connection `(from, to)`: its messages and when each is ready.
+    links: BTreeMap<(u64, u64), VecDeque<(u64, M)>>,
+}
+
+impl<M> Net<M> {
+    pub(crate) fn new(seed: u64, max_delay: u64) -> Net<M> {
+        Net {
+            rng: Rng::new(seed ^ 0x5eed_0f4e),
+            now: 0,
+            max_delay,
+            links: BTreeMap::new(),
+        }
+    }
+
+    /// Queues `msg` on connection `from → to`.
+    pub(crate) fn send(&mut self, from: u64, to: u64, msg: M) {
+        let delay = self.rng.below(self.max_delay + 1);
+        let q = self.links.entry((from, to)).or_default();
+        let ready = q.back().map_or(0, |(r, _)| *r).max(self.now + delay);
+        q.push_back((ready, msg));
+    }
+
+    /// The connections whose next message is ready.
+    pub(crate) fn ready(&self) -> Vec<(u64, u64)> {
+        self.links
+            .iter()
+            .filter(|(_, q)| q.front().is_some_and(|(r, _)| *r <= self.now))
+            .map(|(l, _)| *l)
+            .collect()
+    }
+
+    /// The next message on connection `link`.
+    pub(crate) fn pop(&mut self, link: (u64, u64)) -> Option<M> {
+        let q = self.links.get_mut(&link)?;
+        let m = q.pop_front().map(|(_, m)| m);
+        if q.is_empty() {
+            self.links.remove(&link);
+        }
+        m
+    }
+
+    /// Drops every message queued between `a` and `b`, both ways (a lost connection).
+    pub(crate) fn cut(&mut self, a: u64, b: u64) {
+        self.links.remove(&(a, b));
+        self.links.remove(&(b, a));
+    }
+
+    /// Whether no message is queued.
+    pub(crate) fn quiet(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Time passes: the next message becomes ready.
+    pub(crate) fn advance(&mut self) {
+        let next = self
+            .links
+            .values()
+            .filter_map(|q| q.front().map(|(r, _)| *r))
+            .min();
+        self.now = next.map_or(self.now + 1, |n| n.max(self.now + 1));
+    }
+}
+
+/// How often faults strike, per step.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Chaos {
+    /// The longest message delay, in steps.
+    pub(crate) max_delay: u64,
+    /// Probability that a worker process (not process 1, the driver) crashes.
+    pub(crate) crash: f64,
+    /// Probability that a connection between two processes is lost.
+    pub(crate) cut: f64,
+    /// Whether the end of a dropped handle (its `end_borrow`, its `FreeObject`) may come
+    /// some steps after the drop: in the runtime another thread may run between a handle's
+    /// last drop and its `Drop`'s work.
+    pub(crate) late_drops: bool,
+}
+
+impl Chaos {
+    /// Delays and reordering only.
+    pub(crate) fn delays() -> Chaos {
+        Chaos {
+            max_delay: 6,
+            late_drops: true,
+            ..Chaos::default()
+        }
+    }
+
+    /// Delays, crashes and lost connections.
+    pub(crate) fn faults() -> Chaos {
+        Chaos {
+            max_delay: 6,
+            crash: 0.01,
+            cut: 0.01,
+            late_drops: true,
+        }
+    }
+}
+
+/// A name for a reference in a program (a variable of the user's code).
+pub(crate) type Name = &'static str;
+
+/// One step of a program (the user code of a process or the body of a task).
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    /// `name = put(value holding nested)`: a new object owned here.
+    Put { name: Name, nested: Vec<Name> },
+    /// `result = task.remote(args...)` on process `to`: the references `args` travel inline
+    /// (the executor borrows them); each of `by_ref` is an argument passed by reference (the
+    /// executor reads its value, not a borrow: the owner holds it until the task is done).
+    Submit {
+        to: u64,
+        args: Vec<Name>,
+        by_ref: Vec<Name>,
+        body: Vec<Op>,
+        result: Name,
+    },
+    /// `into = get(result)`: waits for the task, then deserialises the references in its
+    /// value (a failed task gives none).
+    Get { result: Name, into: Vec<Name> },
+    /// `into = get(of)`: reads the value of object `of` (pulled from its owner) and
+    /// deserialises the references in it.
+    Unwrap { of: Name, into: Vec<Name> },
+    /// Drops a reference.
+    Drop(Name),
+    /// Moves references into this process's actor state.
+    Keep(Vec<Name>),
+    /// Moves references back from the actor state.
+    Take(Vec<Name>),
+    /// Drops the whole actor state.
+    DropKept,
+    /// Ends the task: its result holds these references.
+    Return(Vec<Name>),
+    /// The process exits (crashes).
+    Exit,
+}
+
+/// Shorthands for programs.
+pub(crate) mod ops {
+    use super::{Name, Op};
+
+    pub(crate) fn put(name: Name, nested: &[Name]) -> Op {
+        Op::Put {
+            name,
+            nested: nested.to_vec(),
+        }
+    }
+    pub(crate) fn submit(to: u64, args: &[Name], body: Vec<Op>, result: Name) -> Op {
+        Op::Submit {
+            to,
+            args: args.to_vec(),
+            by_ref: Vec::new(),
+            body,
+            result,
+        }
+    }
+    pub(crate) fn submit_by_ref(to: u64, by_ref: &[Name], body: Vec<Op>, result: Name) -> Op {
+        Op::Submit {
+            to,
+            args: Vec::new(),
+            by_ref: by_ref.to_vec(),
+            body,
+            result,
+        }
+    }
+    pub(crate) fn get(result: Name, into: &[Name]) -> Op {
+        Op::Get {
+            result,
+            into: into.to_vec(),
+        }
+    }
+    pub(crate) fn unwrap(of: Name, into: &[Name]) -> Op {
+        Op::Unwrap {
+            of,
+            into: into.to_vec(),
+        }
+    }
+    pub(crate) fn drop(name: Name) -> Op {
+        Op::Drop(name)
+    }
+    pub(crate) fn keep(names: &[Name]) -> Op {
+        Op::Keep(names.to_vec())
+    }
+    pub(crate) fn take(names: &[Name]) -> Op {
+        Op::Take(names.to_vec())
+    }
+    pub(crate) fn ret(names: &[Name]) -> Op {
+        Op::Return(names.to_vec())
+    }
+    pub(crate) fn drop_kept() -> Op {
+        Op::DropKept
+    }
+    pub(crate) fn exit() -> Op {
+        Op::Exit
+    }
+}
+
+/// The messages of the simulated cluster.
+#[derive(Clone, Debug)]
+pub(crate) enum Wire {
+    AddBorrowers {
+        request_id: u64,
+        objects: Vec<u64>,
+    },
+    BorrowersAdded {
+        request_id: u64,
+        missing: Vec<u64>,
+    },
+    RemoveBorrower {
+        object_id: u64,
+    },
+    /// A task whose result (and id) `task` the sender owns.
+    PushTask {
+        task: u64,
+        args: Vec<u64>,
+        by_ref: Vec<u64>,
+        /// The program's names for `args` then `by_ref` (its body reads them).
+        names: Vec<Name>,
+        body: Vec<Op>,
+    },
+    /// The task's result: the references in it (held by the executor if any).
+    TaskDone {
+        task: u64,
+        nested: Vec<u64>,
+    },
+    /// The owner dropped a result the receiver holds.
+    FreeObject {
+        object_id: u64,
+    },
+    /// Reads an object's value (to its owner, which answers for its results too).
+    Pull {
+        request_id: u64,
+        object_id: u64,
+    },
+    /// The references in the value (`None`: not known here).
+    Value {
+        request_id: u64,
+        nested: Option<Vec<u64>>,
+    },
+    /// From the GCS: `worker` died.
+    WorkerDied {
+        worker: u64,
+    },
+}
+
+/// What the oracle knows of one process, shared with its handles' drops.
+#[derive(Debug)]
+struct Ctx {
+    me: u64,
+    /// Set when the process crashed: its drops are no events.
+    dead: Cell<bool>,
+    /// Ends of borrows and of results, for the shell to handle (as `Drop` calls it).
+    events: RefCell<Vec<Event>>,
+    /// Objects of this process freed since the last check.
+    freed: RefCell<Vec<u64>>,
+}
+
+#[derive(Debug)]
+enum Event {
+    EndBorrow { id: u64, epoch: u64 },
+    FreeResult { holder: u64, id: u64 },
+}
+
+/// An object owned here: dropping the last handle frees it (and its nested references).
+#[derive(Debug)]
+pub(crate) struct Owned {
+    id: u64,
+    nested: Vec<Ref>,
+    ctx: Rc<Ctx>,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if !self.ctx.dead.get() {
+            self.ctx.freed.borrow_mut().push(self.id);
+        }
+    }
+}
+
+/// A result owned here (the task's submitter owns it), held by its executor.
+#[derive(Debug)]
+pub(crate) struct ResultObj {
+    id: u64,
+    holder: u64,
+    /// `None` until the task is done; then the references in its value (empty if it
+    /// failed).
+    nested: RefCell<Option<Vec<u64>>>,
+    /// Whether the executor holds it (it has references in it).
+    held: Cell<bool>,
+    ctx: Rc<Ctx>,
+}
+
+impl Drop for ResultObj {
+    fn drop(&mut self) {
+        if self.ctx.dead.get() {
+            return;
+        }
+        self.ctx.freed.borrow_mut().push(self.id);
+        if self.held.get() {
+            self.ctx.events.borrow_mut().push(Event::FreeResult {
+                holder: self.holder,
+                id: self.id,
+            });
+        }
+    }
+}
+
+/// A borrowed reference's registration (the `RemoteObject` of `borrow.rs`).
+#[derive(Debug)]
+pub(crate) struct Remote {
+    id: u64,
+    epoch: u64,
+    ctx: Rc<Ctx>,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if !self.ctx.dead.get() {
+            self.ctx.events.borrow_mut().push(Event::EndBorrow {
+                id: self.id,
+                epoch: self.epoch,
+            });
+        }
+    }
+}
+
+/// A handle a program holds.
+#[derive(Clone, Debug)]
+pub(crate) enum Ref {
+    Owned(Rc<Owned>),
+    Result(Rc<ResultObj>),
+    Borrowed(Rc<Remote>),
+    /// An argument passed by reference: readable while the task runs, not a handle.
+    Arg(u64),
+}
+
+impl Ref {
+    fn id(&self) -> u64 {
+        match self {
+            Ref::Owned(o) => o.id,
+            Ref::Result(r) => r.id,
+            Ref::Borrowed(b) => b.id,
+            Ref::Arg(id) => *id,
+        }
+    }
+}
+
+/// The borrowed-table entry of the simulated shell.
+#[derive(Debug)]
+pub(crate) struct Entry(Weak<Remote>);
+
+impl BorrowHandle for Entry {
+    fn is_live(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+}
+
+/// An object owned here that other processes may look up (the runtime's escaped table).
+#[derive(Debug)]
+enum Escaped {
+    Owned(Weak<Owned>),
+    Result(Weak<ResultObj>),
+}
+
+/// A program running on a process.
+#[derive(Debug)]
+struct Frame {
+    ops: VecDeque<Op>,
+    vars: HashMap<Name, Ref>,
+    /// The task this frame runs, with its owner, if it is one.
+    task: Option<(u64, u64)>,
+    /// References deserialised, waiting for their registrations (the decode not returned).
+    decoding: Vec<(Name, Ref)>,
+    /// A read in flight: its request and the names for what it brings.
+    pulling: Option<(u64, Vec<Name>)>,
+}
+
+/// A task this process submitted and is waiting for.
+#[derive(Debug)]
+struct InFlight {
+    worker: u64,
+    /// The arguments, held until `TaskDone`.
+    args: Vec<Ref>,
+    result: Weak<ResultObj>,
+}
+
+/// A read in flight: whom it asked, and the answer once it came (`Some(None)`: nothing
+/// there, or the process asked died).
+type Pull = (u64, Option<Option<Vec<u64>>>);
+
+/// One simulated worker process.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    ctx: Rc<Ctx>,
+    alive: bool,
+    pub(crate) rc: ReferenceCounter<Entry, Ref>,
+    escaped: HashMap<u64, Escaped>,
+    next_id: u64,
+    next_request: u64,
+    frames: Vec<Frame>,
+    /// The actor state: references kept past the task that got them.
+    kept: HashMap<Name, Ref>,
+    in_flight: HashMap<u64, InFlight>,
+    /// Results with references in them, held for their owners until `FreeObject`.
+    held: HashMap<u64, Vec<Ref>>,
+    /// Registrations waiting for an answer: the owner and the `(id, epoch)` pairs.
+    registering: HashMap<u64, (u64, Vec<(u64, u64)>)>,
+    /// Reads in flight: the process asked, and the answer once it came.
+    pulls: HashMap<u64, Pull>,
+    /// Reads of results not done yet, answered at `TaskDone`: (reader, request).
+    pull_waiters: HashMap<u64, Vec<(u64, u64)>>,
+    /// Processes this one takes for dead.
+    lost: HashSet<u64>,
+}
+
+/// The simulated cluster.
+#[derive(Debug)]
+pub(crate) struct World {
+    seed: u64,
+    rng: Rng,
+    chaos: Chaos,
+    net: Net<Wire>,
+    /// Processes by worker index; 0 is the GCS (no worker).
+    procs: Vec<Proc>,
+    /// Object ids by the name their creator gave them (tests ask about them).
+    names: HashMap<Name, u64>,
+    /// Whether a fault struck (some invariants hold only without).
+    faulted: bool,
+    pub(crate) steps: u64,
+    /// Broken invariants noticed while handling a message (reported by `check`).
+    violations: Vec<String>,
+    /// What happened, for the report of a failing seed.
+    trace: Vec<String>,
+}
+
+/// Where a step got.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Done,
+    Blocked,
+    Moved,
+}
+
+impl World {
+    /// A cluster of `workers` processes (indices `1..=workers`; 1 is the driver).
+    pub(crate) fn new(workers: u64, seed: u64, chaos: Chaos) -> World {
+        let procs = (0..=workers)
+            .map(|me| {
+                let ctx = Rc::new(Ctx {
+                    me,
+                    dead: Cell::new(false),
+                    events: RefCell::new(Vec::new()),
+                    freed: RefCell::new(Vec::new()),
+                });
+                Proc {
+                    ctx,
+                    alive: me != 0,
+                    rc: ReferenceCounter::new(me),
+                    escaped: HashMap::new(),
+                    next_id: 1,
+                    next_request: 1,
+                    frames: Vec::new(),
+                    kept: HashMap::new(),
+                    in_flight: HashMap::new(),
+                    held: HashMap::new(),
+                    registering: HashMap::new(),
+                    pulls: HashMap::new(),
+                    pull_waiters: HashMap::new(),
+                    lost: HashSet::new(),
+                }
+            })
+            .collect();
+        World {
+            seed,
+            rng: Rng::new(seed),
+            chaos,
+            net: Net::new(seed, chaos.max_delay),
+            procs,
+            names: HashMap::new(),
+            faulted: false,
+            steps: 0,
+            violations: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    /// Starts `ops` as user code on process `p`.
+    pub(crate) fn spawn(&mut self, p: u64, ops: Vec<Op>) {
+        self.procs[p as usize].frames.push(Frame {
+            ops: ops.into(),
+            vars: HashMap::new(),
+            task: None,
+            decoding: Vec::new(),
+            pulling: None,
+        });
+    }
+
+    /// The id of the object created under `name`.
+    pub(crate) fn id(&self, name: Name) -> u64 {
+        self.names[name]
+    }
+
+    /// Whether the owner of object `name` still has it (Ray's `HasReference` on the owner).
+    pub(crate) fn alive(&self, name: Name) -> bool {
+        let id = self.id(name);
+        let p = &self.procs[owner_of(id) as usize];
+        p.alive
+            && match p.escaped.get(&id) {
+                Some(Escaped::Owned(w)) => w.strong_count() > 0,
+                Some(Escaped::Result(w)) => w.strong_count() > 0,
+                None => false,
+            }
+    }
+
+    /// Whether process `p` borrows object `name` (a registration is recorded there).
+    pub(crate) fn borrows(&self, p: u64, name: Name) -> bool {
+        let id = self.id(name);
+        self.procs[p as usize]
+            .rc
+            .borrowed(id)
+            .is_some_and(BorrowHandle::is_live)
+    }
+
+    /// The workers object `name`'s owner lends it to.
+    pub(crate) fn borrowers(&self, name: Name) -> Vec<u64> {
+        let id = self.id(name);
+        let mut b: Vec<u64> = self.procs[owner_of(id) as usize]
+            .rc
+            .borrowers(id)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        b.sort_unstable();
+        b
+    }
+
+    /// Process `p` crashes now.
+    pub(crate) fn crash(&mut self, p: u64) {
+        self.kill(p);
+    }
+
+    /// Runs programs and delivers messages, in the seed's order, until everything is done
+    /// and the network is quiet; checks the invariants after every step.
+    pub(crate) fn run(&mut self) -> Result<(), String> {
+        let limit = 200_000;
+        while self.steps < limit {
+            self.steps += 1;
+            self.fault();
+            let moved = self.step();
+            self.check()?;
+            if !moved {
+                if self.finished() {
+                    if self.end_actors() {
+                        continue;
+                    }
+                    return self.check_end();
+                }
+                if self.net.quiet() {
+                    return Err(self.fail("stuck: programs wait and no message is on its way"));
+                }
+                self.net.advance();
+            }
+        }
+        Err(self.fail("no end after the step limit"))
+    }
+
+    /// Like [`run`](Self::run) but with every program run as far as it can and every
+    /// message delivered in order (no delay, no fault): for step-by-step tests.
+    pub(crate) fn settle(&mut self) {
+        let saved = self.chaos;
+        self.chaos = Chaos::default();
+        loop {
+            let mut moved = false;
+            for p in 1..self.procs.len() as u64 {
+                while self.run_frames(p) {
+                    moved = true;
+                }
+            }
+            while let Some(link) = self.net.ready().first().copied() {
+                if let Some(m) = self.net.pop(link) {
+                    self.deliver(link.0, link.1, m);
+                    moved = true;
+                }
+            }
+            if let Err(e) = self.check() {
+                panic!("{e}");
+            }
+            if !moved {
+                break;
+            }
+        }
+        self.chaos = saved;
+    }
+
+    /// The job ends: every live process drops its actor state (what an actor kept, maybe
+    /// from a task a fault made late). Whether there was any.
+    fn end_actors(&mut self) -> bool {
+        let mut any = false;
+        for p in 1..self.procs.len() {
+            if self.procs[p].alive && !self.procs[p].kept.is_empty() {
+                any = true;
+                let kept = std::mem::take(&mut self.procs[p].kept);
+                drop(kept);
+                self.flush(p as u64);
+            }
+        }
+        any
+    }
+
+    /// Whether every program finished.
+    fn finished(&self) -> bool {
+        self.procs.iter().all(|p| !p.alive || p.frames.is_empty())
+            && self.net.quiet()
+            && (1..self.procs.len()).all(|p| !self.pending(p))
+    }
+
+    fn fail(&self, what: &str) -> String {
+        let tail: Vec<&String> = self.trace.iter().rev().take(trace_len()).collect();
+        format!(
+            "seed {} (replay: MANTA_SIM_SEED={}): {what} after {} steps; last events, newest first:\n{}",
+            self.seed,
+            self.seed,
+            self.steps,
+            tail.iter()
+                .map(|s| format!("  {s}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+
+    fn note(&mut self, s: String) {
+        if self.trace.len() > 4096 {
+            self.trace.drain(..2048);
+        }
+        self.trace.push(s);
+    }
+
+    /// One step chosen by the seed: a delivery or a program's step.
+    fn step(&mut self) -> bool {
+        let late: Vec<usize> = (1..self.procs.len()).filter(|p| self.pending(*p)).collect();
+        if !late.is_empty() && self.rng.chance(0.3) {
+            let p = late[self.rng.below(late.len() as u64) as usize];
+            self.flush(p as u64);
+            return true;
+        }
+        let ready = self.net.ready();
+        let deliver = !ready.is_empty() && self.rng.chance(0.5);
+        if deliver {
+            let link = ready[self.rng.below(ready.len() as u64) as usize];
+            if let Some(m) = self.net.pop(link) {
+                self.deliver(link.0, link.1, m);
+            }
+            return true;
+        }
+        let n = self.procs.len() as u64 - 1;
+        let first = 1 + self.rng.below(n);
+        for k in 0..n {
+            let p = 1 + (first - 1 + k) % n;
+            if self.run_frames(p) {
+                return true;
+            }
+        }
+        if let Some(link) = ready.first().copied() {
+            if let Some(m) = self.net.pop(link) {
+                self.deliver(link.0, link.1, m);
+            }
+            return true;
+        }
+        if let Some(p) = late.first() {
+            self.flush(*p as u64);
+            return true;
+        }
+        false
+    }
+
+    /// Maybe a fault, as the chaos settings say.
+    fn fault(&mut self) {
+        let n = self.procs.len() as u64 - 1;
+        if n < 2 {
+            return;
+        }
+        if self.rng.chance(self.chaos.crash) {
+            let p = 2 + self.rng.below(n - 1);
+            if self.procs[p as usize].alive {
+                self.kill(p);
+            }
+        }
+        if self.rng.chance(self.chaos.cut) {
+            let a = 1 + self.rng.below(n);
+            let b = 1 + self.rng.below(n);
+            if a != b && self.procs[a as usize].alive && self.procs[b as usize].alive {
+                self.faulted = true;
+                self.note(format!("connection {a}-{b} lost"));
+                self.net.cut(a, b);
+                self.worker_lost(a, b);
+                self.worker_lost(b, a);
+            }
+        }
+    }
+
+    /// Process `p` dies: its state goes without a word, and the GCS tells the others.
+    fn kill(&mut self, p: u64) {
+        self.faulted = true;
+        self.note(format!("w{p} crashed"));
+        let proc = &mut self.procs[p as usize];
+        proc.alive = false;
+        proc.ctx.dead.set(true);
+        proc.frames.clear();
+        proc.kept.clear();
+        proc.in_flight.clear();
+        proc.held.clear();
+        drop(proc.rc.leave());
+        proc.escaped.clear();
+        for q in 1..self.procs.len() as u64 {
+            if q != p {
+                self.net.cut(p, q);
+                if self.procs[q as usize].alive {
+                    self.net.send(0, q, Wire::WorkerDied { worker: p });
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: u64, to: u64, m: Wire) {
+        if self.procs[from as usize].lost.contains(&to) {
+            return;
+        }
+        self.net.send(from, to, m);
+    }
+
+    /// Delivers `m` from `from` to `to`.
+    fn deliver(&mut self, from: u64, to: u64, m: Wire) {
+        if !self.procs[to as usize].alive || self.procs[to as usize].lost.contains(&from) {
+            return;
+        }
+        self.note(format!("w{from} -> w{to}: {m:?}"));
+        let me = to;
+        match m {
+            Wire::AddBorrowers {
+                request_id,
+                objects,
+            } => {
+                let p = &mut self.procs[me as usize];
+                let escaped = &p.escaped;
+                let missing =
+                    p.rc.add_borrowers(Some(from), objects, |id| match escaped.get(&id)? {
+                        Escaped::Owned(w) => w.upgrade().map(Ref::Owned),
+                        Escaped::Result(w) => w.upgrade().map(Ref::Result),
+                    });
+                self.send(
+                    me,
+                    from,
+                    Wire::BorrowersAdded {
+                        request_id,
+                        missing,
+                    },
+                );
+            }
+            Wire::BorrowersAdded {
+                request_id,
+                missing,
+            } => {
+                let p = &mut self.procs[me as usize];
+                if let Some((_, borrows)) = p.registering.remove(&request_id) {
+                    let acked =
+                        p.rc.registered(&borrows, Answer::Added { missing: &missing });
+                    if acked.iter().any(|ok| !ok) && !self.faulted {
+                        self.note(format!("w{me}: borrow of {missing:x?} failed: not known"));
+                        self.violation_no_fault("a borrow registration failed");
+                    }
+                }
+            }
+            Wire::RemoveBorrower { object_id } => {
+                let loan = self.procs[me as usize].rc.remove_borrower(from, object_id);
+                drop(loan);
+            }
+            Wire::PushTask {
+                task,
+                args,
+                by_ref,
+                names,
+                body,
+            } => {
+                let mut frame = Frame {
+                    ops: body.into(),
+                    vars: HashMap::new(),
+                    task: Some((from, task)),
+                    decoding: Vec::new(),
+                    pulling: None,
+                };
+                let (inline, by_ref_names) = names.split_at(args.len().min(names.len()));
+                let refs = self.deserialize(me, &args);
+                frame.decoding = inline.iter().copied().zip(refs).collect();
+                for (name, id) in by_ref_names.iter().zip(by_ref) {
+                    frame.vars.insert(name, Ref::Arg(id));
+                }
+                self.procs[me as usize].frames.push(frame);
+            }
+            Wire::TaskDone { task, nested } => {
+                let p = &mut self.procs[me as usize];
+                if let Some(f) = p.in_flight.remove(&task) {
+                    match f.result.upgrade() {
+                        Some(r) => {
+                            r.held.set(!nested.is_empty());
+                            *r.nested.borrow_mut() = Some(nested.clone());
+                        }
+                        None if !nested.is_empty() => {
+                            self.send(me, from, Wire::FreeObject { object_id: task });
+                        }
+                        None => {}
+                    }
+                    drop(f.args);
+                }
+                self.answer_reads(me, task, &nested);
+            }
+            Wire::FreeObject { object_id } => {
+                let held = self.procs[me as usize].held.remove(&object_id);
+                drop(held);
+            }
+            Wire::Pull {
+                request_id,
+                object_id,
+            } => {
+                let p = &mut self.procs[me as usize];
+                let nested = match p.escaped.get(&object_id) {
+                    Some(Escaped::Owned(w)) => w
+                        .upgrade()
+                        .map(|o| o.nested.iter().map(Ref::id).collect::<Vec<_>>()),
+                    Some(Escaped::Result(w)) => match w.upgrade() {
+                        Some(r) => match r.nested.borrow().clone() {
+                            Some(n) => Some(n),
+                            None => {
+                                p.pull_waiters
+                                    .entry(object_id)
+                                    .or_default()
+                                    .push((from, request_id));
+                                return;
+                            }
+                        },
+                        None => None,
+                    },
+                    None => None,
+                };
+                self.send(me, from, Wire::Value { request_id, nested });
+            }
+            Wire::Value { request_id, nested } => {
+                if let Some(slot) = self.procs[me as usize].pulls.get_mut(&request_id) {
+                    slot.1 = Some(nested);
+                }
+            }
+            Wire::WorkerDied { worker } => self.worker_lost(me, worker),
+        }
+        self.maybe_flush(me);
+    }
+
+    /// Process `me` takes `worker` for dead (`worker_lost`).
+    fn worker_lost(&mut self, me: u64, worker: u64) {
+        let p = &mut self.procs[me as usize];
+        if !p.alive || !p.lost.insert(worker) {
+            return;
+        }
+        let loans = p.rc.borrower_died(worker);
+        drop(loans);
+        // The results held for it go (`free_results_of`).
+        let orphans: Vec<u64> = p
+            .held
+            .keys()
+            .copied()
+            .filter(|id| owner_of(*id) == worker)
+            .collect();
+        for id in orphans {
+            let held = p.held.remove(&id);
+            drop(held);
+        }
+        let failed: Vec<u64> = p
+            .registering
+            .iter()
+            .filter(|(_, (owner, _))| *owner == worker)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in failed {
+            if let Some((_, borrows)) = p.registering.remove(&r) {
+                p.rc.registered(&borrows, Answer::Unreachable);
+            }
+        }
+        for (asked, answer) in p.pulls.values_mut() {
+            if *asked == worker && answer.is_none() {
+                *answer = Some(None);
+            }
+        }
+        let lost: Vec<u64> = p
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.worker == worker)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in lost {
+            let p = &mut self.procs[me as usize];
+            if let Some(r) = p.in_flight.remove(&t).and_then(|f| f.result.upgrade()) {
+                *r.nested.borrow_mut() = Some(Vec::new());
+            }
+            self.answer_reads(me, t, &[]);
+        }
+        self.maybe_flush(me);
+    }
+
+    /// Result `task` of process `me` is known (`nested`; empty if it failed): the reads that
+    /// waited for it are answered.
+    fn answer_reads(&mut self, me: u64, task: u64, nested: &[u64]) {
+        let waiters = self.procs[me as usize]
+            .pull_waiters
+            .remove(&task)
+            .unwrap_or_default();
+        for (reader, request_id) in waiters {
+            let nested = Some(nested.to_vec());
+            self.send(me, reader, Wire::Value { request_id, nested });
+        }
+    }
+
+    /// Feeds process `me`'s local events now, or leaves them for a later step when the
+    /// chaos says drops may be late (see [`Chaos::late_drops`]).
+    fn maybe_flush(&mut self, me: u64) {
+        if !(self.chaos.late_drops && self.rng.chance(0.5)) {
+            self.flush(me);
+        }
+    }
+
+    /// Whether process `p` has local events not fed to its shell yet.
+    fn pending(&self, p: usize) -> bool {
+        self.procs[p].alive && !self.procs[p].ctx.events.borrow().is_empty()
+    }
+
+    /// Feeds process `me`'s local events (ends of borrows, freed results) to its shell.
+    fn flush(&mut self, me: u64) {
+        loop {
+            let events: Vec<Event> = self.procs[me as usize]
+                .ctx
+                .events
+                .borrow_mut()
+                .drain(..)
+                .collect();
+            if events.is_empty() {
+                return;
+            }
+            for e in events {
+                match e {
+                    Event::EndBorrow { id, epoch } => {
+                        let out = self.procs[me as usize].rc.end_borrow(id, epoch);
+                        if let Some(Out::RemoveBorrower { owner, object_id }) = out {
+                            self.send(me, owner, Wire::RemoveBorrower { object_id });
+                        }
+                    }
+                    Event::FreeResult { holder, id } => {
+                        if holder == me {
+                            let held = self.procs[me as usize].held.remove(&id);
+                            drop(held);
+                        } else {
+                            self.send(me, holder, Wire::FreeObject { object_id: id });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Process `me` deserialises references `ids`: its own objects are looked up, others'
+    /// are borrowed, the new borrows registered with their owners (answers awaited by the
+    /// caller: see `decoded`).
+    fn deserialize(&mut self, me: u64, ids: &[u64]) -> Vec<Ref> {
+        // The drops before this decode may have ended their borrows, or not yet (another
+        // thread's drop between its last handle and `end_borrow`).
+        self.maybe_flush(me);
+        let mut refs = Vec::new();
+        let mut mine: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for &id in ids {
+            let owner = owner_of(id);
+            let p = &mut self.procs[me as usize];
+            if owner == me {
+                let found = match p.escaped.get(&id) {
+                    Some(Escaped::Owned(w)) => w.upgrade().map(Ref::Owned),
+                    Some(Escaped::Result(w)) => w.upgrade().map(Ref::Result),
+                    None => None,
+                };
+                match found {
+                    Some(r) => refs.push(r),
+                    None => {
+                        self.note(format!("w{me}: own object {id:#x} is gone"));
+                        self.violation_no_fault("an owner deserialised its own freed object");
+                    }
+                }
+                continue;
+            }
+            let live = p.rc.borrowed(id).and_then(|e| e.0.upgrade());
+            let remote = match live {
+                Some(r) => r,
+                None => {
+                    let ctx = p.ctx.clone();
+                    let r = p.rc.begin_borrow(id, |epoch| {
+                        let r = Rc::new(Remote { id, epoch, ctx });
+                        (Entry(Rc::downgrade(&r)), r)
+                    });
+                    mine.entry(owner).or_default().push((id, r.epoch));
+                    r
+                }
+            };
+            refs.push(Ref::Borrowed(remote));
+        }
+        for (owner, borrows) in mine {
+            let p = &mut self.procs[me as usize];
+            let out = p.rc.register(owner, &borrows);
+            if let Some(Out::AddBorrowers { owner, objects }) = out {
+                if p.lost.contains(&owner) {
+                    p.rc.registered(&borrows, Answer::Unreachable);
+                    continue;
+                }
+                let request_id = p.next_request;
+                p.next_request += 1;
+                p.registering.insert(request_id, (owner, borrows));
+                self.send(
+                    me,
+                    owner,
+                    Wire::AddBorrowers {
+                        request_id,
+                        objects,
+                    },
+                );
+            }
+        }
+        refs
+    }
+
+    /// Whether every borrow among `refs` is answered (the decode may return).
+    fn decoded(&self, me: u64, refs: &[(Name, Ref)]) -> bool {
+        let rc = &self.procs[me as usize].rc;
+        refs.iter().all(|(_, r)| match r {
+            Ref::Borrowed(b) => rc.registration(b.id, b.epoch) != Some(Registration::Pending),
+            _ => true,
+        })
+    }
+
+    /// Runs process `p`'s programs one step each; whether any moved.
+    fn run_frames(&mut self, p: u64) -> bool {
+        if !self.procs[p as usize].alive {
+            return false;
+        }
+        let mut moved = false;
+        let mut i = 0;
+        while i < self.procs[p as usize].frames.len() {
+            match self.frame_step(p, i) {
+                Progress::Done => {
+                    let f = self.procs[p as usize].frames.remove(i);
+                    self.end_frame(p, f, Vec::new());
+                    moved = true;
+                    continue;
+                }
+                Progress::Moved => moved = true,
+                Progress::Blocked => {}
+            }
+            if !self.procs[p as usize].alive {
+                return true;
+            }
+            i += 1;
+        }
+        moved
+    }
+
+    /// A frame ended (its ops ran out, or it returned `result`): a task reports to its owner.
+    fn end_frame(&mut self, p: u64, f: Frame, result: Vec<Ref>) {
+        if let Some((owner, task)) = f.task {
+            let nested: Vec<u64> = result.iter().map(Ref::id).collect();
+            // Not held for an owner known dead (`outcome_of`).
+            if !result.is_empty() && !self.procs[p as usize].lost.contains(&owner) {
+                self.procs[p as usize].held.insert(task, result);
+            }
+            self.send(p, owner, Wire::TaskDone { task, nested });
+        }
+        drop(f);
+        self.maybe_flush(p);
+    }
+
+    /// One step of frame `i` of process `p`.
+    fn frame_step(&mut self, p: u64, i: usize) -> Progress {
+        let me = p;
+        // A decode in progress returns once its borrows are answered.
+        if !self.procs[p as usize].frames[i].decoding.is_empty() {
+            let decoding = std::mem::take(&mut self.procs[p as usize].frames[i].decoding);
+            if !self.decoded(me, &decoding) {
+                self.procs[p as usize].frames[i].decoding = decoding;
+                return Progress::Blocked;
+            }
+            let f = &mut self.procs[p as usize].frames[i];
+            f.vars.extend(decoding);
+            return Progress::Moved;
+        }
+        if let Some((request, into)) = self.procs[p as usize].frames[i].pulling.take() {
+            let answer = self.procs[p as usize]
+                .pulls
+                .get(&request)
+                .and_then(|(_, a)| a.clone());
+            let Some(answer) = answer else {
+                self.procs[p as usize].frames[i].pulling = Some((request, into));
+                return Progress::Blocked;
+            };
+            self.procs[p as usize].pulls.remove(&request);
+            let nested = match answer {
+                Some(n) => n,
+                None => {
+                    if !self.faulted {
+                        self.note(format!("w{me}: read of request {request} found nothing"));
+                        self.violation_no_fault("a read found its object freed");
+                    }
+                    Vec::new()
+                }
+            };
+            let refs = self.deserialize(me, &nested);
+            self.procs[p as usize].frames[i].decoding = into.into_iter().zip(refs).collect();
+            return Progress::Moved;
+        }
+        let Some(op) = self.procs[p as usize].frames[i].ops.pop_front() else {
+            return Progress::Done;
+        };
+        self.note(format!("w{me} runs {op:?}"));
+        match op {
+            Op::Put { name, nested } => {
+                let proc = &mut self.procs[p as usize];
+                let f = &proc.frames[i];
+                let nested: Vec<Ref> = nested
+                    .iter()
+                    .filter_map(|n| f.vars.get(n).cloned())
+                    .collect();
+                let id = (me << INDEX_SHIFT) | proc.next_id;
+                proc.next_id += 1;
+                let o = Rc::new(Owned {
+                    id,
+                    nested,
+                    ctx: proc.ctx.clone(),
+                });
+                proc.escaped.insert(id, Escaped::Owned(Rc::downgrade(&o)));
+                proc.frames[i].vars.insert(name, Ref::Owned(o));
+                self.names.insert(name, id);
+            }
+            Op::Submit {
+                to,
+                args,
+                by_ref,
+                body,
+                result,
+            } => {
+                let proc = &mut self.procs[p as usize];
+                let f = &proc.frames[i];
+                let held: Vec<Ref> = args
+                    .iter()
+                    .chain(&by_ref)
+                    .filter_map(|n| f.vars.get(n).cloned())
+                    .collect();
+                let arg_ids: Vec<u64> = args
+                    .iter()
+                    .filter_map(|n| f.vars.get(n))
+                    .map(Ref::id)
+                    .collect();
+                let by_ref_ids: Vec<u64> = by_ref
+                    .iter()
+                    .filter_map(|n| f.vars.get(n))
+                    .map(Ref::id)
+                    .collect();
+                let task = (me << INDEX_SHIFT) | proc.next_id;
+                proc.next_id += 1;
+                let r = Rc::new(ResultObj {
+                    id: task,
+                    holder: to,
+                    nested: RefCell::new(None),
+                    held: Cell::new(false),
+                    ctx: proc.ctx.clone(),
+                });
+                proc.escaped
+                    .insert(task, Escaped::Result(Rc::downgrade(&r)));
+                if proc.lost.contains(&to) {
+                    *r.nested.borrow_mut() = Some(Vec::new());
+                } else {
+                    proc.in_flight.insert(
+                        task,
+                        InFlight {
+                            worker: to,
+                            args: held,
+                            result: Rc::downgrade(&r),
+                        },
+                    );
+                    let mut names = args.clone();
+                    names.extend(by_ref.iter().copied());
+                    self.send(
+                        me,
+                        to,
+                        Wire::PushTask {
+                            task,
+                            args: arg_ids,
+                            by_ref: by_ref_ids,
+                            names,
+                            body,
+                        },
+                    );
+                }
+                self.procs[p as usize].frames[i]
+                    .vars
+                    .insert(result, Ref::Result(r));
+                self.names.insert(result, task);
+            }
+            Op::Get { result, into } => {
+                let r = match self.procs[p as usize].frames[i].vars.get(result) {
+                    Some(Ref::Result(r)) => r.clone(),
+                    _ => return self.bad_program(p, i, "get of no result"),
+                };
+                let nested = r.nested.borrow().clone();
+                let Some(nested) = nested else {
+                    self.procs[p as usize].frames[i]
+                        .ops
+                        .push_front(Op::Get { result, into });
+                    return Progress::Blocked;
+                };
+                let refs = self.deserialize(me, &nested);
+                self.procs[p as usize].frames[i].decoding = into.into_iter().zip(refs).collect();
+            }
+            Op::Unwrap { of, into } => {
+                let Some(r) = self.procs[p as usize].frames[i].vars.get(of).cloned() else {
+                    return self.bad_program(p, i, "unwrap of no reference");
+                };
+                let id = r.id();
+                let owner = owner_of(id);
+                let nested = match &r {
+                    Ref::Owned(o) => Some(o.nested.iter().map(Ref::id).collect::<Vec<_>>()),
+                    Ref::Result(res) => match res.nested.borrow().clone() {
+                        Some(n) => Some(n),
+                        None => {
+                            self.procs[p as usize].frames[i]
+                                .ops
+                                .push_front(Op::Unwrap { of, into });
+                            return Progress::Blocked;
+                        }
+                    },
+                    _ => None,
+                };
+                match nested {
+                    Some(n) => {
+                        let refs = self.deserialize(me, &n);
+                        self.procs[p as usize].frames[i].decoding =
+                            into.into_iter().zip(refs).collect();
+                    }
+                    None => {
+                        let proc = &mut self.procs[p as usize];
+                        let request = proc.next_request;
+                        proc.next_request += 1;
+                        let dead = proc.lost.contains(&owner);
+                        proc.pulls.insert(request, (owner, dead.then_some(None)));
+                        proc.frames[i].pulling = Some((request, into));
+                        self.send(
+                            me,
+                            owner,
+                            Wire::Pull {
+                                request_id: request,
+                                object_id: id,
+                            },
+                        );
+                    }
+                }
+            }
+            Op::Drop(name) => {
+                let r = self.procs[p as usize].frames[i].vars.remove(name);
+                drop(r);
+            }
+            Op::Keep(names) => {
+                let proc = &mut self.procs[p as usize];
+                for n in names {
+                    if let Some(r) = proc.frames[i].vars.remove(n) {
+                        if matches!(r, Ref::Arg(_)) {
+                            return self.bad_program(p, i, "kept an argument passed by reference");
+                        }
+                        proc.kept.insert(n, r);
+                    }
+                }
+            }
+            Op::Take(names) => {
+                let proc = &mut self.procs[p as usize];
+                for n in names {
+                    if let Some(r) = proc.kept.remove(n) {
+                        proc.frames[i].vars.insert(n, r);
+                    }
+                }
+            }
+            Op::DropKept => {
+                let kept = std::mem::take(&mut self.procs[p as usize].kept);
+                drop(kept);
+            }
+            Op::Return(names) => {
+                let f = self.procs[p as usize].frames.remove(i);
+                let result: Vec<Ref> = names
+                    .iter()
+                    .filter_map(|n| f.vars.get(n).cloned())
+                    .collect();
+                if result.iter().any(|r| matches!(r, Ref::Arg(_))) {
+                    self.procs[p as usize].frames.insert(i, f);
+                    return self.bad_program(p, i, "returned an argument passed by reference");
+                }
+                self.end_frame(p, f, result);
+                // The frame is gone: report it as done without a second end.
+                self.procs[p as usize].frames.insert(
+                    i,
+                    Frame {
+                        ops: VecDeque::new(),
+                        vars: HashMap::new(),
+                        task: None,
+                        decoding: Vec::new(),
+                        pulling: None,
+                    },
+                );
+            }
+            Op::Exit => {
+                self.kill(p);
+                return Progress::Moved;
+            }
+        }
+        self.maybe_flush(p);
+        Progress::Moved
+    }
+
+    /// A program names what it does not have: after a fault that is expected (a failed task
+    /// gives nothing), and the step is skipped; otherwise the program is wrong.
+    fn bad_program(&mut self, p: u64, i: usize, what: &str) -> Progress {
+        if self.faulted {
+            return Progress::Moved;
+        }
+        panic!("program error on w{p} (frame {i}): {what}");
+    }
+
+    fn violation_no_fault(&mut self, what: &str) {
+        if !self.faulted {
+            self.violations.push(what.to_owned());
+        }
+    }
+
+    /// The invariants that hold after every step.
+    fn check(&mut self) -> Result<(), String> {
+        if let Some(v) = self.violations.first().cloned() {
+            return Err(self.fail(&v));
+        }
+        for owner in 1..self.procs.len() {
+            let freed: Vec<u64> = self.procs[owner].ctx.freed.borrow_mut().drain(..).collect();
+            for id in freed {
+                for q in 1..self.procs.len() {
+                    let pq = &self.procs[q];
+                    if q == owner || !pq.alive {
+                        continue;
+                    }
+                    let o = owner as u64;
+                    let mutual =
+                        !pq.lost.contains(&o) && !self.procs[owner].lost.contains(&(q as u64));
+                    // A live handle on an acknowledged registration.
+                    let acked = pq
+                        .rc
+                        .borrowed(id)
+                        .and_then(|e| e.0.upgrade())
+                        .and_then(|r| pq.rc.registration(id, r.epoch))
+                        == Some(Registration::Acked);
+                    if mutual && acked {
+                        return Err(
+                            self.fail(&format!("w{owner} freed {id:#x} while w{q} borrows it"))
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The invariants of the end: everything of the live owners is freed.
+    fn check_end(&mut self) -> Result<(), String> {
+        for (i, p) in self.procs.iter().enumerate().skip(1) {
+            if !p.alive {
+                continue;
+            }
+            let live: Vec<u64> = p
+                .escaped
+                .iter()
+                .filter(|(_, e)| match e {
+                    Escaped::Owned(w) => w.strong_count() > 0,
+                    Escaped::Result(w) => w.strong_count() > 0,
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if !live.is_empty() {
+                let what = format!("at the end, w{i} still has objects {live:x?}");
+                return Err(self.fail(&what));
+            }
+            let (borrowed, lent) = p.rc.sizes();
+            if borrowed != 0 || lent != 0 || !p.held.is_empty() || !p.kept.is_empty() {
+                let what = format!(
+                    "at the end, w{i} has {borrowed} borrowed, {lent} lent, {} held, {} kept",
+                    p.held.len(),
+                    p.kept.len()
+                );
+                return Err(self.fail(&what));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many of the last events a failure shows: `MANTA_SIM_TRACE`, default 30.
+fn trace_len() -> usize {
+    std::env::var("MANTA_SIM_TRACE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
+}
+
+/// Runs `scenario` (the world it sets up for a seed) over seeds `1..=seeds` (or
+/// `MANTA_SIM_SEEDS` of them), or over the one seed `MANTA_SIM_SEED` names; panics with the
+/// first failing seed. Returns the steps run.
+pub(crate) fn run_seeds(seeds: u64, scenario: impl Fn(u64) -> World) -> u64 {
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let (first, count) = match env("MANTA_SIM_SEED") {
+        Some(s) => (s, 1),
+        None => (1, env("MANTA_SIM_SEEDS").unwrap_or(seeds)),
+    };
+    let mut steps = 0;
+    for seed in first..first + count {
+        let mut w = scenario(seed);
+        if let Err(e) = w.run() {
+            panic!("{e}");
+        }
+        steps += w.steps;
+    }
+    steps
+}
+
+/// The cluster's reference-counting scenarios (`tests/cluster_refcount.rs`,
+/// `tests/cluster_faults.rs`) as programs, over hundreds of seeds: process 1 is the driver,
+/// 2–4 workers (2 often an actor, which keeps what it is given).
+#[cfg(test)]
+mod tests {
+    use super::ops::*;
+    use super::*;
+
+    const SEEDS: u64 = 300;
+
+    fn world(seed: u64, chaos: Chaos, driver: Vec<Op>) -> World {
+        let mut w = World::new(4, seed, chaos);
+        w.spawn(1, driver);
+        w
+    }
+
+    /// Runs the driver program `driver` over the seeds, with delays only, then with faults.
+    fn scenario(driver: impl Fn() -> Vec<Op>) {
+        run_seeds(SEEDS, |seed| world(seed, Chaos::delays(), driver()));
+        run_seeds(SEEDS, |seed| world(seed, Chaos::faults(), driver()));
+    }
+
+    #[test]
+    fn task_arguments_live_while_the_task_is_in_flight() {
+        scenario(|| {
+            vec![
+                put("arg", &[]),
+                submit_by_ref(2, &["arg"], vec![unwrap("arg", &[])], "r"),
+                drop("arg"),
+                get("r", &[]),
+                drop("r"),
+            ]
+        });
+    }
+
+    #[test]
+    fn a_reference_inside_a_value_keeps_its_object() {
+        scenario(|| {
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                drop("inner"),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![unwrap("outer", &["inner"]), unwrap("inner", &[])],
+                    "r",
+                ),
+                get("r", &[]),
+                drop("r"),
+                drop("outer"),
+            ]
+        });
+    }
+
+    #[test]
+    fn a_returned_reference_outlives_its_task() {
+        scenario(|| {
+            vec![
+                submit(3, &[], vec![put("x", &[]), ret(&["x"])], "r"),
+                get("r", &["x"]),
+                drop("r"),
+                unwrap("x", &[]),
+                drop("x"),
+            ]
+        });
+    }
+
+    #[test]
+    fn an_actor_keeps_a_reference_after_the_driver_dropped_it() {
+        scenario(|| {
+            vec![
+                put("k", &[]),
+                submit(2, &["k"], vec![keep(&["k"])], "r1"),
+                get("r1", &[]),
+                drop("k"),
+                drop("r1"),
+                submit(
+                    2,
+                    &[],
+                    vec![take(&["k"]), unwrap("k", &[]), keep(&["k"])],
+                    "r2",
+                ),
+                get("r2", &[]),
+                submit(2, &[], vec![drop_kept()], "r3"),
+                get("r3", &[]),
+                drop("r2"),
+                drop("r3"),
+            ]
+        });
+    }
+
+    #[test]
+    fn a_borrower_passes_the_reference_on_after_the_owner_dropped_it() {
+        scenario(|| {
+            vec![
+                put("x", &[]),
+                submit(2, &["x"], vec![keep(&["x"])], "r1"),
+                get("r1", &[]),
+                drop("x"),
+                submit(
+                    2,
+                    &[],
+                    vec![
+                        take(&["x"]),
+                        // By value, to a task elsewhere.
+                        submit(3, &["x"], vec![unwrap("x", &[])], "f"),
+                        get("f", &[]),
+                        // Nested in an object of the borrower's, by reference.
+                        put("o", &["x"]),
+                        submit_by_ref(4, &["o"], vec![unwrap("o", &["x"]), unwrap("x", &[])], "g"),
+                        drop("o"),
+                        get("g", &[]),
+                        drop("f"),
+                        drop("g"),
+                        keep(&["x"]),
+                    ],
+                    "r2",
+                ),
+                get("r2", &[]),
+                submit(2, &[], vec![drop_kept()], "r3"),
+                get("r3", &[]),
+                drop("r1"),
+                drop("r2"),
+                drop("r3"),
+            ]
+        });
+    }
+
+    #[test]
+    fn references_returned_in_a_result_are_lent_on_to_a_third_process() {
+        scenario(|| {
+            vec![
+                submit(3, &[], vec![put("y", &[]), ret(&["y"])], "r"),
+                get("r", &["y"]),
+                submit(2, &["y"], vec![keep(&["y"])], "k"),
+                get("k", &[]),
+                drop("y"),
+                drop("r"),
+                submit(
+                    2,
+                    &[],
+                    vec![take(&["y"]), unwrap("y", &[]), keep(&["y"])],
+                    "s",
+                ),
+                get("s", &[]),
+                submit(2, &[], vec![drop_kept()], "d"),
+                get("d", &[]),
+                drop("k"),
+                drop("s"),
+                drop("d"),
+            ]
+        });
+    }
+
+    #[test]
+    fn a_borrowed_reference_returned_through_a_chain_of_tasks() {
+        scenario(|| {
+            vec![
+                submit(3, &[], vec![put("z", &[]), ret(&["z"])], "made"),
+                // A task elsewhere gets the result's value and returns the borrowed id.
+                submit_by_ref(
+                    4,
+                    &["made"],
+                    vec![unwrap("made", &["z"]), ret(&["z"])],
+                    "back",
+                ),
+                drop("made"),
+                get("back", &["z"]),
+                drop("back"),
+                unwrap("z", &[]),
+                drop("z"),
+            ]
+        });
+    }
+
+    #[test]
+    fn a_borrower_that_dies_releases_its_borrows() {
+        scenario(|| {
+            vec![
+                put("z", &[]),
+                submit(2, &["z"], vec![keep(&["z"])], "k"),
+                get("k", &[]),
+                drop("z"),
+                submit(2, &[], vec![exit()], "e"),
+                get("e", &[]),
+                drop("k"),
+                drop("e"),
+            ]
+        });
+    }
+
+    #[test]
+    fn an_owner_that_dies_mid_protocol_fails_its_borrowers_cleanly() {
+        scenario(|| {
+            vec![
+                submit(
+                    2,
+                    &[],
+                    vec![
+                        put("a", &[]),
+                        submit(3, &["a"], vec![keep(&["a"])], "k"),
+                        get("k", &[]),
+                        exit(),
+                    ],
+                    "r",
+                ),
+                get("r", &[]),
+                // The borrower drops what it kept of the dead owner.
+                submit(
+                    3,
+                    &[],
+                    vec![take(&["a"]), unwrap("a", &[]), drop_kept()],
+                    "d",
+                ),
+                get("d", &[]),
+                drop("r"),
+                drop("d"),
+            ]
+        });
+    }
+
+    #[test]
+    fn a_result_held_for_an_owner_that_dies_is_freed() {
+        scenario(|| {
+            vec![
+                put("x", &[]),
+                submit(
+                    2,
+                    &["x"],
+                    vec![
+                        // A result holding a reference of the driver's, held by w3 for w2.
+                        submit(3, &["x"], vec![ret(&["x"])], "held"),
+                        get("held", &[]),
+                        exit(),
+                    ],
+                    "r",
+                ),
+                drop("x"),
+                get("r", &[]),
+                drop("r"),
+            ]
+        });
+    }
+
+    #[test]
+    fn many_references_nested_and_passed_around_at_once() {
+        scenario(|| {
+            let mut d = Vec::new();
+            let names: [Name; 6] = ["m0", "m1", "m2", "m3", "m4", "m5"];
+            for n in names {
+                d.push(put(n, &[]));
+            }
+            d.push(put("all", &names));
+            for (i, to) in [2u64, 3, 4].into_iter().enumerate() {
+                let r: Name = ["t2", "t3", "t4"][i];
+                d.push(submit(
+                    to,
+                    &names,
+                    vec![
+                        unwrap("m0", &[]),
+                        submit(
+                            1 + (to % 3) + 1,
+                            &["m1", "m2"],
+                            vec![keep(&["m1"])],
+                            "inner",
+                        ),
+                        get("inner", &[]),
+                        drop("inner"),
+                        ret(&["m3", "m4"]),
+                    ],
+                    r,
+                ));
+            }
+            for n in names {
+                d.push(drop(n));
+            }
+            for r in ["t2", "t3", "t4"] {
+                d.push(get(r, &["a", "b"]));
+                d.push(unwrap("a", &[]));
+                d.push(drop("a"));
+                d.push(drop("b"));
+                d.push(drop(r));
+            }
+            d.push(drop("all"));
+            for to in [2u64, 3, 4] {
+                d.push(submit(to, &[], vec![drop_kept()], "end"));
+                d.push(get("end", &[]));
+                d.push(drop("end"));
+            }
+            d
+        });
+    }
+}
