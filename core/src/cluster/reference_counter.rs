@@ -313,3 +313,985 @@ impl<B: BorrowHandle, L> ReferenceCounter<B, L> {
         (self.borrowed.len(), self.lent.len())
     }
 }
+
+/// Ray's `reference_count_test.cc` cases on the reference counter: the first through the
+/// counter alone, the distributed ones (`DistributedReferenceCountTest`) on the simulated
+/// cluster of `sim.rs`, step by step (`settle` runs everything that can run; `pause` holds a
+/// process and the messages to it). Process 1 is the owner (or the caller) unless a case says.
+///
+/// Manta's protocol differs from Ray's where its documentation says (`borrow.rs`): a borrower
+/// registers with the owner itself, before the value that carried the reference is used,
+/// instead of being reported by its caller in the task's reply and then asked to report its
+/// end (`WaitForRefRemoved`); local references are `Arc`s, not counts; a result holding
+/// references is held by its executor until its owner frees it. So Ray's "the owner merges
+/// the borrower's counts", "the borrower answers the owner's wait message" become "the
+/// borrower's registration", "its `RemoveBorrower`", and the cases check when each object is
+/// freed and who the owner counts.
+#[cfg(test)]
+mod tests {
+    use super::super::INDEX_SHIFT;
+    use super::super::sim::ops::*;
+    use super::super::sim::{Chaos, Op, World, run_seeds};
+    use super::*;
+
+    /// A step-by-step world of `n` processes (no delay, no fault).
+    fn world(n: u64) -> World {
+        World::new(n, 1, Chaos::default())
+    }
+
+    /// A borrow handle whose liveness a test sets.
+    #[derive(Debug)]
+    struct Handle(bool);
+
+    impl BorrowHandle for Handle {
+        fn is_live(&self) -> bool {
+            self.0
+        }
+    }
+
+    fn id(owner: u64, n: u64) -> u64 {
+        (owner << INDEX_SHIFT) | n
+    }
+
+    // ----- the counter alone ------------------------------------------------------------------
+
+    // Ray: ReferenceCountTest.TestOwnerAddress — the owner of a borrowed object is the process
+    // in its id (Manta puts it there instead of an address table); an id no process owns is
+    // registered at once.
+    #[test]
+    fn test_owner_address() {
+        let mut rc: ReferenceCounter<Handle, ()> = ReferenceCounter::new(2);
+        let x = id(1, 5);
+        let e = rc.begin_borrow(x, |e| (Handle(true), e));
+        assert_eq!(
+            rc.register(1, &[(x, e)]),
+            Some(Out::AddBorrowers {
+                owner: 1,
+                objects: vec![x]
+            })
+        );
+        assert_eq!(rc.registration(x, e), Some(Registration::Pending));
+        assert_eq!(
+            rc.registered(&[(x, e)], Answer::Added { missing: &[] }),
+            [true]
+        );
+        assert_eq!(
+            rc.end_borrow(x, e),
+            Some(Out::RemoveBorrower {
+                owner: 1,
+                object_id: x
+            })
+        );
+        let anon = 7;
+        let e = rc.begin_borrow(anon, |e| (Handle(true), e));
+        assert_eq!(rc.register(0, &[(anon, e)]), None);
+        assert_eq!(rc.registration(anon, e), Some(Registration::Acked));
+    }
+
+    // Ray: ReferenceCountTest.TestBasic — an object lives while the owner's handles or a task
+    // in flight that takes it live, and goes when both are gone.
+    #[test]
+    fn test_basic() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("id1", &[]),
+                put("id2", &[]),
+                submit_by_ref(2, &["id1"], vec![unwrap("id1", &[])], "r1"),
+                submit_by_ref(2, &["id1", "id2"], vec![], "r2"),
+                drop("id1"),
+            ],
+        );
+        w.pause(2);
+        w.settle();
+        assert!(w.alive("id1"), "held by the tasks in flight");
+        assert!(w.alive("id2"), "held by a task and a handle");
+        w.resume(2);
+        w.settle();
+        assert!(!w.alive("id1"));
+        assert!(w.alive("id2"), "the owner's handle");
+        w.exec(1, vec![drop("id2"), drop("r1"), drop("r2")]);
+        w.settle();
+        assert!(!w.alive("id2") && !w.alive("r1") && !w.alive("r2"));
+    }
+
+    // Ray: ReferenceCountTest.TestUnreconstructableObjectOutOfScope — an object goes out of
+    // scope when its last reference goes, be it a handle or a submitted task's.
+    #[test]
+    fn test_unreconstructable_object_out_of_scope() {
+        let mut w = world(2);
+        w.exec(1, vec![put("id", &[])]);
+        w.settle();
+        assert!(w.alive("id"));
+        w.exec(1, vec![drop("id")]);
+        w.settle();
+        assert!(!w.alive("id"));
+        w.exec(
+            1,
+            vec![
+                put("id2", &[]),
+                submit_by_ref(2, &["id2"], vec![], "r"),
+                drop("id2"),
+            ],
+        );
+        w.pause(2);
+        w.settle();
+        assert!(w.alive("id2"));
+        w.resume(2);
+        w.settle();
+        assert!(!w.alive("id2"));
+    }
+
+    // Ray: ReferenceCountTest.TestRepeatedDeserialization (the counter's part) — a new
+    // registration of an object replaces one whose last handle dropped but whose end is not
+    // handled yet; that end then sends nothing, the new one's end removes the borrower.
+    #[test]
+    fn test_replaced_registration_ends_once() {
+        let mut rc: ReferenceCounter<Handle, ()> = ReferenceCounter::new(2);
+        let x = id(1, 9);
+        let old = rc.begin_borrow(x, |e| (Handle(true), e));
+        rc.registered(&[(x, old)], Answer::Added { missing: &[] });
+        if let Some(h) = rc.borrowed_mut(x) {
+            h.0 = false;
+        }
+        let new = rc.begin_borrow(x, |e| (Handle(true), e));
+        assert_ne!(old, new);
+        rc.registered(&[(x, new)], Answer::Added { missing: &[] });
+        assert_eq!(rc.end_borrow(x, old), None);
+        assert_eq!(
+            rc.end_borrow(x, new),
+            Some(Out::RemoveBorrower {
+                owner: 1,
+                object_id: x
+            })
+        );
+        assert_eq!(rc.sizes(), (0, 0));
+    }
+
+    // Ray: ReferenceCountTest.TestFree's lifetime part, lending side — an owner answers
+    // `missing` for an object it no longer has, or does not own, and counts a borrower once
+    // however many times it registers.
+    #[test]
+    fn test_add_borrowers_answers_missing() {
+        let mut rc: ReferenceCounter<Handle, &'static str> = ReferenceCounter::new(1);
+        let mine = id(1, 1);
+        let gone = id(1, 2);
+        let theirs = id(3, 1);
+        let lookup = |i: u64| (i == mine).then_some("loan");
+        assert_eq!(
+            rc.add_borrowers(Some(2), vec![mine, gone, theirs], lookup),
+            vec![gone, theirs]
+        );
+        assert!(rc.add_borrowers(Some(2), vec![mine], |_| None).is_empty());
+        assert!(rc.add_borrowers(Some(4), vec![mine], |_| None).is_empty());
+        assert_eq!(rc.add_borrowers(None, vec![mine], lookup), vec![mine]);
+        assert_eq!(rc.add_borrowers(Some(1), vec![mine], lookup), vec![mine]);
+        assert_eq!(rc.remove_borrower(2, mine), None, "4 still borrows");
+        assert_eq!(rc.remove_borrower(2, mine), None, "not a borrower any more");
+        assert_eq!(rc.borrower_died(4), vec!["loan"]);
+        assert_eq!(rc.sizes(), (0, 0));
+    }
+
+    // ----- DistributedReferenceCountTest -----------------------------------------------------
+
+    // Ray: DistributedReferenceCountTest.TestNoBorrow — a borrower gets a reference, submits
+    // a task with it, waits for it, returns: nothing is left anywhere.
+    #[test]
+    fn test_no_borrow() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![
+                        unwrap("outer", &["inner"]),
+                        submit(3, &["inner"], vec![], "r2"),
+                        get("r2", &[]),
+                        drop("inner"),
+                    ],
+                    "r1",
+                ),
+                drop("outer"),
+                drop("inner"),
+            ],
+        );
+        w.pause(2);
+        w.settle();
+        assert!(w.alive("outer") && w.alive("inner"), "the task holds them");
+        w.resume(2);
+        w.settle();
+        assert!(!w.alive("outer") && !w.alive("inner"));
+        assert!(!w.borrows(2, "inner") && !w.borrows(3, "inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestSimpleBorrower — the borrower returns without
+    // waiting for the task it submitted: its task in flight keeps it a borrower.
+    #[test]
+    fn test_simple_borrower() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![
+                        unwrap("outer", &["inner"]),
+                        submit(3, &["inner"], vec![], "r2"),
+                        drop("inner"),
+                    ],
+                    "r1",
+                ),
+                drop("outer"),
+                drop("inner"),
+            ],
+        );
+        w.pause(3);
+        w.settle();
+        assert!(!w.alive("outer"), "its task is done");
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [2]);
+        assert!(w.borrows(2, "inner"));
+        w.resume(3);
+        w.settle();
+        assert!(!w.alive("inner"));
+        assert!(!w.borrows(2, "inner") && !w.borrows(3, "inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestSimpleBorrowerFailure — as above, then the
+    // borrower dies before its task is done: the owner frees the object.
+    #[test]
+    fn test_simple_borrower_failure() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![
+                        unwrap("outer", &["inner"]),
+                        submit(3, &["inner"], vec![], "r2"),
+                        drop("inner"),
+                    ],
+                    "r1",
+                ),
+                drop("outer"),
+                drop("inner"),
+            ],
+        );
+        w.pause(3);
+        w.settle();
+        assert_eq!(w.borrowers("inner"), [2]);
+        w.crash(2);
+        w.settle();
+        assert!(!w.alive("inner"), "freed once the owner heard of the death");
+        w.resume(3);
+        w.settle();
+        assert!(!w.alive("inner") && !w.borrows(3, "inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestSimpleBorrowerReferenceRemoved — the borrower
+    // keeps the reference past its task, then drops it; the owner frees the object when its
+    // `RemoveBorrower` arrives.
+    #[test]
+    fn test_simple_borrower_reference_removed() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![unwrap("outer", &["inner"]), keep(&["inner"])],
+                    "r",
+                ),
+                drop("outer"),
+                drop("inner"),
+            ],
+        );
+        w.settle();
+        assert!(!w.alive("outer") && w.alive("inner"));
+        assert!(w.borrows(2, "inner"));
+        w.exec(2, vec![drop_kept()]);
+        w.pause(1);
+        w.settle();
+        assert!(!w.borrows(2, "inner"));
+        assert!(w.alive("inner"), "the owner has not heard yet");
+        w.resume(1);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestBorrowerTree — a borrower passes the reference,
+    // nested in an object of its own, to a second borrower and returns without waiting.
+    #[test]
+    fn test_borrower_tree() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![
+                        unwrap("outer", &["inner"]),
+                        put("outer2", &["inner"]),
+                        submit_by_ref(
+                            3,
+                            &["outer2"],
+                            vec![unwrap("outer2", &["inner"]), keep(&["inner"])],
+                            "r2",
+                        ),
+                        drop("inner"),
+                        drop("outer2"),
+                    ],
+                    "r1",
+                ),
+                drop("outer"),
+                drop("inner"),
+            ],
+        );
+        w.pause(3);
+        w.settle();
+        assert!(!w.alive("outer"));
+        assert!(w.alive("outer2"), "its task in flight holds it");
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [2]);
+        w.resume(3);
+        w.settle();
+        assert!(!w.alive("outer2"));
+        assert!(!w.borrows(2, "inner") && w.borrows(3, "inner"));
+        assert_eq!(w.borrowers("inner"), [3]);
+        w.exec(3, vec![drop_kept()]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestNestedObjectNoBorrow — a task reads a reference
+    // inside a reference and drops both before it returns.
+    #[test]
+    fn test_nested_object_no_borrow() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("mid", &["inner"]),
+                put("outer", &["mid"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![
+                        unwrap("outer", &["mid"]),
+                        unwrap("mid", &["inner"]),
+                        drop("mid"),
+                        drop("inner"),
+                    ],
+                    "r",
+                ),
+                drop("outer"),
+                drop("mid"),
+                drop("inner"),
+            ],
+        );
+        w.pause(2);
+        w.settle();
+        assert!(w.alive("outer") && w.alive("mid") && w.alive("inner"));
+        w.resume(2);
+        w.settle();
+        assert!(!w.alive("outer") && !w.alive("mid") && !w.alive("inner"));
+        assert!(!w.borrows(2, "mid") && !w.borrows(2, "inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestNestedObject — as above, but the task keeps the
+    // innermost reference past its end.
+    #[test]
+    fn test_nested_object() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("mid", &["inner"]),
+                put("outer", &["mid"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![
+                        unwrap("outer", &["mid"]),
+                        unwrap("mid", &["inner"]),
+                        drop("mid"),
+                        keep(&["inner"]),
+                    ],
+                    "r",
+                ),
+                drop("outer"),
+                drop("mid"),
+                drop("inner"),
+            ],
+        );
+        w.settle();
+        assert!(!w.alive("outer") && !w.alive("mid"));
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [2]);
+        w.exec(2, vec![drop_kept()]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestNestedObjectDifferentOwners — a borrower wraps
+    // the reference in an object of its own for a second borrower and waits for it; the
+    // second unwraps down to the innermost reference and keeps it.
+    #[test]
+    fn test_nested_object_different_owners() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                put("id1", &[]),
+                put("id2", &["id1"]),
+                put("id3", &["id2"]),
+                submit_by_ref(
+                    2,
+                    &["id3"],
+                    vec![
+                        unwrap("id3", &["id2"]),
+                        put("bid", &["id2"]),
+                        drop("id2"),
+                        submit_by_ref(
+                            3,
+                            &["bid"],
+                            vec![
+                                unwrap("bid", &["id2"]),
+                                unwrap("id2", &["id1"]),
+                                drop("id2"),
+                                keep(&["id1"]),
+                            ],
+                            "r1",
+                        ),
+                        get("r1", &[]),
+                    ],
+                    "r2",
+                ),
+                drop("id1"),
+                drop("id2"),
+                drop("id3"),
+            ],
+        );
+        w.settle();
+        assert!(!w.alive("id3") && !w.alive("id2") && !w.alive("bid"));
+        assert!(w.alive("id1"));
+        assert_eq!(w.borrowers("id1"), [3]);
+        assert!(!w.borrows(2, "id2") && !w.borrows(2, "id1"));
+        w.exec(3, vec![drop_kept()]);
+        w.settle();
+        assert!(!w.alive("id1"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestNestedObjectDifferentOwners2 — as above, but
+    // the first borrower does not wait: its task in flight keeps its object, and so its
+    // borrow of the middle one, until the second borrower is done.
+    #[test]
+    fn test_nested_object_different_owners2() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                put("id1", &[]),
+                put("id2", &["id1"]),
+                put("id3", &["id2"]),
+                submit_by_ref(
+                    2,
+                    &["id3"],
+                    vec![
+                        unwrap("id3", &["id2"]),
+                        put("bid", &["id2"]),
+                        drop("id2"),
+                        submit_by_ref(
+                            3,
+                            &["bid"],
+                            vec![
+                                unwrap("bid", &["id2"]),
+                                unwrap("id2", &["id1"]),
+                                drop("id2"),
+                                keep(&["id1"]),
+                            ],
+                            "r1",
+                        ),
+                    ],
+                    "r2",
+                ),
+                drop("id1"),
+                drop("id2"),
+                drop("id3"),
+            ],
+        );
+        w.pause(3);
+        w.settle();
+        assert!(!w.alive("id3"));
+        assert!(w.alive("bid") && w.alive("id2") && w.alive("id1"));
+        assert_eq!(w.borrowers("id2"), [2]);
+        w.resume(3);
+        w.settle();
+        assert!(!w.alive("bid") && !w.alive("id2"));
+        assert_eq!(w.borrowers("id1"), [3]);
+        w.exec(3, vec![drop_kept()]);
+        w.settle();
+        assert!(!w.alive("id1"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestBorrowerPingPong — the borrower passes the
+    // reference on to a task that runs on the owner: the owner's own deserialisation is no
+    // borrow.
+    #[test]
+    fn test_borrower_ping_pong() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![
+                        unwrap("outer", &["inner"]),
+                        put("outer2", &["inner"]),
+                        submit_by_ref(
+                            1,
+                            &["outer2"],
+                            vec![unwrap("outer2", &["inner"]), keep(&["inner"])],
+                            "r2",
+                        ),
+                        get("r2", &[]),
+                        drop("inner"),
+                    ],
+                    "r1",
+                ),
+                drop("outer"),
+                drop("inner"),
+            ],
+        );
+        w.settle();
+        assert!(w.alive("inner"), "the owner's task keeps it");
+        assert!(w.borrowers("inner").is_empty());
+        assert!(!w.borrows(2, "inner") && !w.alive("outer2"));
+        w.exec(1, vec![drop_kept()]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestDuplicateBorrower — one process gets the same
+    // reference twice: one registration, the object lives until both handles are gone.
+    #[test]
+    fn test_duplicate_borrower() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![unwrap("outer", &["inner"]), keep(&["inner"])],
+                    "r1",
+                ),
+                submit_by_ref(
+                    2,
+                    &["outer"],
+                    vec![unwrap("outer", &["inner"]), ret(&["inner"])],
+                    "r2",
+                ),
+                drop("outer"),
+                drop("inner"),
+                drop("r1"),
+            ],
+        );
+        w.settle();
+        assert_eq!(w.borrowers("inner"), [2]);
+        assert!(!w.alive("outer"));
+        w.exec(2, vec![drop_kept()]);
+        w.settle();
+        assert!(w.alive("inner"), "the held result still has it");
+        assert!(w.borrows(2, "inner"));
+        w.exec(1, vec![drop("r2")]);
+        w.settle();
+        assert!(!w.alive("inner") && !w.borrows(2, "inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestDuplicateNestedObject — a borrower gets the same
+    // reference from two different objects.
+    #[test]
+    fn test_duplicate_nested_object() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("id1", &[]),
+                put("a", &["id1"]),
+                put("b", &["id1"]),
+                submit_by_ref(2, &["a"], vec![unwrap("a", &["id1"]), keep(&["id1"])], "r1"),
+                submit_by_ref(2, &["b"], vec![unwrap("b", &["id1"]), ret(&["id1"])], "r2"),
+                drop("id1"),
+                drop("a"),
+                drop("b"),
+            ],
+        );
+        w.settle();
+        assert!(!w.alive("a") && !w.alive("b"));
+        assert_eq!(w.borrowers("id1"), [2]);
+        w.exec(1, vec![drop("r2")]);
+        w.settle();
+        assert!(w.alive("id1"), "kept");
+        w.exec(2, vec![drop_kept()]);
+        w.settle();
+        assert!(!w.alive("id1"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestReturnObjectIdNoBorrow — the caller drops the
+    // result before it is done; the task returned an object of its executor.
+    #[test]
+    fn test_return_object_id_no_borrow() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                submit(2, &[], vec![put("inner", &[]), ret(&["inner"])], "r"),
+                drop("r"),
+            ],
+        );
+        w.pause(2);
+        w.settle();
+        w.resume(2);
+        w.pause(1);
+        w.settle();
+        assert!(
+            w.alive("inner"),
+            "held in the result until the caller frees it"
+        );
+        w.resume(1);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestReturnObjectIdBorrow — the caller keeps the
+    // result: the object in it lives until the caller drops it.
+    #[test]
+    fn test_return_object_id_borrow() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![submit(
+                2,
+                &[],
+                vec![put("inner", &[]), ret(&["inner"])],
+                "r",
+            )],
+        );
+        w.settle();
+        assert!(w.alive("inner"));
+        w.exec(1, vec![drop("r")]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestReturnObjectIdBorrowChain — the caller passes
+    // the result to a task that reads it and keeps the reference in it.
+    #[test]
+    fn test_return_object_id_borrow_chain() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                submit(3, &[], vec![put("inner", &[]), ret(&["inner"])], "ret"),
+                submit_by_ref(
+                    2,
+                    &["ret"],
+                    vec![unwrap("ret", &["inner"]), keep(&["inner"])],
+                    "ret2",
+                ),
+                drop("ret"),
+            ],
+        );
+        w.settle();
+        assert!(!w.alive("ret"));
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [2]);
+        w.exec(2, vec![drop_kept()]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestReturnBorrowedId — a borrower returns the
+    // borrowed reference in its own result: its executor's hold on the result keeps it a
+    // borrower until the caller drops the result.
+    #[test]
+    fn test_return_borrowed_id() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                submit(3, &[], vec![put("inner", &[]), ret(&["inner"])], "ret"),
+                submit_by_ref(
+                    2,
+                    &["ret"],
+                    vec![unwrap("ret", &["inner"]), ret(&["inner"])],
+                    "bret",
+                ),
+                drop("ret"),
+            ],
+        );
+        w.settle();
+        assert!(!w.alive("ret") && w.alive("bret"));
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [2]);
+        w.exec(1, vec![drop("bret")]);
+        w.pause(3);
+        w.settle();
+        assert!(w.alive("inner"), "the owner has not heard yet");
+        w.resume(3);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestReturnBorrowedIdDeserialize — as above, and the
+    // caller reads the result: it borrows the reference itself.
+    #[test]
+    fn test_return_borrowed_id_deserialize() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                submit(3, &[], vec![put("inner", &[]), ret(&["inner"])], "ret"),
+                submit_by_ref(
+                    2,
+                    &["ret"],
+                    vec![unwrap("ret", &["inner"]), ret(&["inner"])],
+                    "bret",
+                ),
+                drop("ret"),
+                get("bret", &["inner"]),
+                drop("bret"),
+            ],
+        );
+        w.settle();
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [1]);
+        w.exec(1, vec![drop("inner")]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestReturnIdChain — a task returns the result of a
+    // task it submitted, which holds an object of its executor.
+    #[test]
+    fn test_return_id_chain() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![submit(
+                2,
+                &[],
+                vec![
+                    submit(3, &[], vec![put("inner", &[]), ret(&["inner"])], "nested"),
+                    ret(&["nested"]),
+                ],
+                "ret",
+            )],
+        );
+        w.settle();
+        assert!(w.alive("nested") && w.alive("inner"));
+        w.exec(1, vec![drop("ret")]);
+        w.settle();
+        assert!(!w.alive("nested") && !w.alive("inner"));
+    }
+
+    /// The programs of Ray's TestReturnBorrowedIdChain: a task reads the result of a task it
+    /// submitted (an object of that task's executor) and returns the reference in it.
+    fn return_borrowed_id_chain() -> Vec<Op> {
+        vec![submit(
+            2,
+            &[],
+            vec![
+                submit(3, &[], vec![put("inner", &[]), ret(&["inner"])], "nested"),
+                get("nested", &["inner"]),
+                drop("nested"),
+                ret(&["inner"]),
+            ],
+            "ret",
+        )]
+    }
+
+    // Ray: DistributedReferenceCountTest.TestReturnBorrowedIdChain.
+    #[test]
+    fn test_return_borrowed_id_chain() {
+        let mut w = world(3);
+        w.exec(1, return_borrowed_id_chain());
+        w.settle();
+        assert!(!w.alive("nested"));
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [2]);
+        w.exec(1, vec![get("ret", &["inner"]), drop("ret")]);
+        w.settle();
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [1]);
+        w.exec(1, vec![drop("inner")]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: DistributedReferenceCountTest.TestReturnBorrowedIdChainOutOfOrder — the same with
+    // its messages in every order the seeds give (a borrower's registration before or after
+    // the reply that carried the reference, and so on); the simulation checks that nothing
+    // is freed while borrowed and everything is freed at the end.
+    #[test]
+    fn test_return_borrowed_id_chain_out_of_order() {
+        run_seeds(200, |seed| {
+            let mut w = World::new(3, seed, Chaos::delays());
+            let mut driver = return_borrowed_id_chain();
+            driver.extend([get("ret", &["inner"]), drop("ret"), drop("inner")]);
+            w.spawn(1, driver);
+            w
+        });
+    }
+
+    // Ray: ReferenceCountTest.TestDelayedWaitForRefRemoved — a borrower drops the outer
+    // reference while it still uses the inner one.
+    #[test]
+    fn test_delayed_wait_for_ref_removed() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("outer", &["inner"]),
+                submit(2, &["outer"], vec![keep(&["outer"])], "r"),
+            ],
+        );
+        w.settle();
+        w.exec(
+            2,
+            vec![take(&["outer"]), unwrap("outer", &["inner"]), drop("outer")],
+        );
+        w.settle();
+        w.exec(1, vec![drop("outer")]);
+        w.settle();
+        assert!(!w.alive("outer"));
+        assert!(w.alive("inner"));
+        w.exec(1, vec![drop("inner")]);
+        w.settle();
+        assert!(w.alive("inner"), "the borrower still uses it");
+        w.exec(2, vec![drop("inner")]);
+        w.pause(1);
+        w.settle();
+        assert!(w.alive("inner"));
+        w.resume(1);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: ReferenceCountTest.TestRepeatedDeserialization — a borrower deserialises the same
+    // reference again after dropping it: a new registration, ended once.
+    #[test]
+    fn test_repeated_deserialization() {
+        let mut w = world(2);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("mid", &["inner"]),
+                put("outer", &["mid"]),
+                submit(2, &["outer"], vec![keep(&["outer"])], "r"),
+                drop("inner"),
+                drop("mid"),
+                drop("outer"),
+            ],
+        );
+        w.settle();
+        w.exec(
+            2,
+            vec![
+                take(&["outer"]),
+                unwrap("outer", &["mid"]),
+                unwrap("mid", &["inner"]),
+                drop("inner"),
+            ],
+        );
+        w.settle();
+        assert!(!w.borrows(2, "inner"));
+        assert!(w.alive("inner"), "in mid");
+        w.exec(2, vec![drop("outer")]);
+        w.settle();
+        assert!(!w.alive("outer"));
+        assert!(w.alive("mid") && w.alive("inner"));
+        w.exec(2, vec![unwrap("mid", &["inner"]), drop("mid")]);
+        w.settle();
+        assert!(!w.alive("mid"));
+        assert_eq!(w.borrowers("inner"), [2]);
+        w.exec(2, vec![drop("inner")]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+
+    // Ray: ReferenceCountTest.TestForwardNestedRefs — a borrower forwards the outer reference
+    // to a second borrower, which keeps the innermost one.
+    #[test]
+    fn test_forward_nested_refs() {
+        let mut w = world(3);
+        w.exec(
+            1,
+            vec![
+                put("inner", &[]),
+                put("middle", &["inner"]),
+                put("outer", &["middle"]),
+                submit(2, &["outer"], vec![keep(&["outer"])], "k"),
+                drop("inner"),
+                drop("middle"),
+                drop("outer"),
+            ],
+        );
+        w.settle();
+        w.exec(
+            2,
+            vec![
+                take(&["outer"]),
+                submit(
+                    3,
+                    &["outer"],
+                    vec![
+                        unwrap("outer", &["middle"]),
+                        unwrap("middle", &["inner"]),
+                        drop("middle"),
+                        keep(&["inner"]),
+                    ],
+                    "f",
+                ),
+                get("f", &[]),
+                drop("f"),
+                drop("outer"),
+            ],
+        );
+        w.settle();
+        assert!(!w.alive("outer") && !w.alive("middle"));
+        assert!(w.alive("inner"));
+        assert_eq!(w.borrowers("inner"), [3]);
+        w.exec(3, vec![drop_kept()]);
+        w.settle();
+        assert!(!w.alive("inner"));
+    }
+}

@@ -471,6 +471,27 @@ struct Frame {
     decoding: Vec<(Name, Ref)>,
     /// A read in flight: its request and the names for what it brings.
     pulling: Option<(u64, Vec<Name>)>,
+    /// A process's main program (`World::exec`): it stays, with its variables, when its ops
+    /// run out, for the next ops a test gives it.
+    main: bool,
+}
+
+impl Frame {
+    fn new(ops: Vec<Op>, task: Option<(u64, u64)>, main: bool) -> Frame {
+        Frame {
+            ops: ops.into(),
+            vars: HashMap::new(),
+            task,
+            decoding: Vec::new(),
+            pulling: None,
+            main,
+        }
+    }
+
+    /// Whether it has nothing to do.
+    fn idle(&self) -> bool {
+        self.ops.is_empty() && self.decoding.is_empty() && self.pulling.is_none()
+    }
 }
 
 /// A task this process submitted and is waiting for.
@@ -525,6 +546,8 @@ pub(crate) struct World {
     /// Whether a fault struck (some invariants hold only without).
     faulted: bool,
     pub(crate) steps: u64,
+    /// Processes a step-by-step test holds (`pause`).
+    paused: HashSet<u64>,
     /// Broken invariants noticed while handling a message (reported by `check`).
     violations: Vec<String>,
     /// What happened, for the report of a failing seed.
@@ -577,6 +600,7 @@ impl World {
             names: HashMap::new(),
             faulted: false,
             steps: 0,
+            paused: HashSet::new(),
             violations: Vec::new(),
             trace: Vec::new(),
         }
@@ -584,13 +608,29 @@ impl World {
 
     /// Starts `ops` as user code on process `p`.
     pub(crate) fn spawn(&mut self, p: u64, ops: Vec<Op>) {
-        self.procs[p as usize].frames.push(Frame {
-            ops: ops.into(),
-            vars: HashMap::new(),
-            task: None,
-            decoding: Vec::new(),
-            pulling: None,
-        });
+        self.procs[p as usize]
+            .frames
+            .push(Frame::new(ops, None, false));
+    }
+
+    /// Gives `ops` to process `p`'s main program (made on first use), whose variables stay
+    /// between calls: for step-by-step tests, with [`settle`](Self::settle).
+    pub(crate) fn exec(&mut self, p: u64, ops: Vec<Op>) {
+        let frames = &mut self.procs[p as usize].frames;
+        match frames.iter_mut().find(|f| f.main) {
+            Some(f) => f.ops.extend(ops),
+            None => frames.push(Frame::new(ops, None, true)),
+        }
+    }
+
+    /// Process `p` neither runs nor receives until [`resume`](Self::resume)d (its messages
+    /// wait on their connections): a test's way to hold one side of a race.
+    pub(crate) fn pause(&mut self, p: u64) {
+        self.paused.insert(p);
+    }
+
+    pub(crate) fn resume(&mut self, p: u64) {
+        self.paused.remove(&p);
     }
 
     /// The id of the object created under `name`.
@@ -669,11 +709,13 @@ impl World {
         loop {
             let mut moved = false;
             for p in 1..self.procs.len() as u64 {
-                while self.run_frames(p) {
+                while !self.paused.contains(&p) && self.run_frames(p) {
                     moved = true;
                 }
             }
-            while let Some(link) = self.net.ready().first().copied() {
+            let mut ready = self.net.ready();
+            ready.retain(|l| !self.paused.contains(&l.1));
+            for link in ready {
                 if let Some(m) = self.net.pop(link) {
                     self.deliver(link.0, link.1, m);
                     moved = true;
@@ -706,7 +748,9 @@ impl World {
 
     /// Whether every program finished.
     fn finished(&self) -> bool {
-        self.procs.iter().all(|p| !p.alive || p.frames.is_empty())
+        self.procs
+            .iter()
+            .all(|p| !p.alive || p.frames.iter().all(|f| f.main && f.idle()))
             && self.net.quiet()
             && (1..self.procs.len()).all(|p| !self.pending(p))
     }
@@ -878,13 +922,7 @@ impl World {
                 names,
                 body,
             } => {
-                let mut frame = Frame {
-                    ops: body.into(),
-                    vars: HashMap::new(),
-                    task: Some((from, task)),
-                    decoding: Vec::new(),
-                    pulling: None,
-                };
+                let mut frame = Frame::new(body, Some((from, task)), false);
                 let (inline, by_ref_names) = names.split_at(args.len().min(names.len()));
                 let refs = self.deserialize(me, &args);
                 frame.decoding = inline.iter().copied().zip(refs).collect();
@@ -1214,6 +1252,9 @@ impl World {
             return Progress::Moved;
         }
         let Some(op) = self.procs[p as usize].frames[i].ops.pop_front() else {
+            if self.procs[p as usize].frames[i].main {
+                return Progress::Blocked;
+            }
             return Progress::Done;
         };
         self.note(format!("w{me} runs {op:?}"));
@@ -1398,16 +1439,9 @@ impl World {
                 }
                 self.end_frame(p, f, result);
                 // The frame is gone: report it as done without a second end.
-                self.procs[p as usize].frames.insert(
-                    i,
-                    Frame {
-                        ops: VecDeque::new(),
-                        vars: HashMap::new(),
-                        task: None,
-                        decoding: Vec::new(),
-                        pulling: None,
-                    },
-                );
+                self.procs[p as usize]
+                    .frames
+                    .insert(i, Frame::new(Vec::new(), None, false));
             }
             Op::Exit => {
                 self.kill(p);
