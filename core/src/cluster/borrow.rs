@@ -28,9 +28,10 @@
 //!    with the set of borrowing workers, so dropping its own handles no longer frees it.
 //! 5. When the borrowed `RemoteObject` drops (the last cell and value here holding it), the
 //!    borrower sends `RemoveBorrower` (queued, batched by the writer) — only if it is still
-//!    the registration in `borrowed` (each registration has an epoch) and was acknowledged. The owner removes the borrower and
-//!    drops its handle when the set is empty. A borrower's death (`worker_lost`) removes it
-//!    from every set; an owner's death fails its borrowers' reads.
+//!    the registration in `borrowed` (each registration has an epoch) and was acknowledged.
+//!    The owner removes the borrower and drops its handle when the set is empty. A
+//!    borrower's death (`worker_lost`) removes it from every set; an owner's death fails its
+//!    borrowers' reads, and frees the results other workers hold for it.
 //!
 //! Why it is safe: a reference crosses processes only inside something its sender keeps
 //! alive until the receiver is done with it — task arguments (the owner's `InFlight` holds
@@ -40,8 +41,8 @@
 //! before the value is handed over, so before the receiving task can finish and before its
 //! `TaskDone` (or its free of the container) can reach the sender: by the time the sender may
 //! drop its own handle, the owner has already counted the receiver. Step 5's sends are made
-//! under the reference counter's lock, so a later registration of the same object by this process
-//! always reaches the owner after the RemoveBorrower of an earlier one.
+//! under the reference counter's lock, so a later registration of the same object by this
+//! process always reaches the owner after the RemoveBorrower of an earlier one.
 //!
 //! # Actor handles
 //!
