@@ -47,6 +47,7 @@ pub(crate) mod supervision;
 mod wire;
 pub(crate) mod worker;
 mod worker_logs;
+pub(crate) mod worker_table;
 
 pub use node::{
     ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,

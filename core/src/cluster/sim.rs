@@ -17,14 +17,22 @@
 //!   shell feeds the counter, as `Arc`s are in the runtime; a task's owner holds its arguments
 //!   until `TaskDone`; an executor holds a result with references in it until `FreeObject`;
 //!   deserialising a reference owned elsewhere registers a borrow and waits for the owner's
-//!   answer before the value is used.
+//!   answer before the value is used. (One simplification: a read of a result goes to its
+//!   owner, which answers with what `TaskDone` told it; the runtime redirects such a read to
+//!   the executor holding the bytes, whose hold keeps the references in it alive the same.)
 //! - What processes do is a small program of [`Op`]s per process (its driver code) and per
 //!   task (a task's body): put, submit, get, read a value, drop, keep in an actor's state,
 //!   return, exit. A program step that must wait (an answer, a result, a pulled value) is
 //!   tried again later, so the seed interleaves programs with deliveries.
 //! - Faults ([`Chaos`]): a process crashes (its messages are lost, and the GCS tells every
 //!   other process after a delay); a connection is lost (each end takes the other for dead,
-//!   as the core worker does when a connection closes).
+//!   as the core worker does when a connection closes). Besides, the work a handle's drop
+//!   triggers (`end_borrow`, `FreeObject`) may come some steps late, as another thread may
+//!   run between an `Arc`'s last drop and its `Drop`.
+//! - Two ways to run: [`World::run`] interleaves everything as the seed says (the scenarios,
+//!   and random programs, over hundreds of seeds); [`World::exec`] with [`World::settle`]
+//!   and [`World::pause`] goes step by step, for tests that check the state between steps
+//!   (Ray's cases in `reference_counter.rs`).
 //!
 //! # Invariants (checked after every step)
 //!
