@@ -18,7 +18,9 @@
 //! or the cluster stops, the raylet stops its workers (a `Stop` message, then SIGKILL after a
 //! grace period); a worker that joined by itself is forgotten when its connection closes. At
 //! a job's end a worker that reported detached actors (`WorkerDetached`) is kept instead and
-//! told `JobEvent { finished }`, and stopped once it reports none (`lifetime.rs`).
+//! told `JobEvent { finished }`, and stopped once it reports none (`lifetime.rs`). That table
+//! and its protocol are `worker_table.rs`, a state machine without I/O; the raylet here spawns,
+//! polls and kills the processes and sends what it returns.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
