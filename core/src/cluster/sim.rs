@@ -1134,7 +1134,9 @@ impl World {
         // thread's drop between its last handle and `end_borrow`).
         self.maybe_flush(me);
         let mut refs = Vec::new();
-        let mut mine: BTreeMap<u64, (Vec<(u64, u64)>, Vec<Rc<Remote>>)> = BTreeMap::new();
+        // By owner: the new registrations' `(id, epoch)`, and the registrations.
+        type New = (Vec<(u64, u64)>, Vec<Rc<Remote>>);
+        let mut mine: BTreeMap<u64, New> = BTreeMap::new();
         for &id in ids {
             let owner = owner_of(id);
             let p = &mut self.procs[me as usize];
@@ -2351,7 +2353,9 @@ mod raylet {
                         if self.children[&pid].gone.get() {
                             return Ok(());
                         }
-                        self.children.get_mut(&pid).map(|c| c.ready = true);
+                        if let Some(c) = self.children.get_mut(&pid) {
+                            c.ready = true;
+                        }
                         let c = self.conn(pid);
                         let a = self.table.ready(
                             &c,
@@ -2365,7 +2369,9 @@ mod raylet {
                     }
                     RayletWire::WorkerDetached { count } => {
                         let pid = (from - WORKER) as u32;
-                        self.children.get_mut(&pid).map(|c| c.reported = count);
+                        if let Some(c) = self.children.get_mut(&pid) {
+                            c.reported = count;
+                        }
                         let c = self.conn(pid);
                         let a = self.table.detached(&c, count);
                         self.act(a);
@@ -2614,7 +2620,9 @@ mod raylet {
                 .map(|(p, _)| *p)
                 .collect();
             for pid in live {
-                self.children.get_mut(&pid).map(|c| c.detached = 0);
+                if let Some(c) = self.children.get_mut(&pid) {
+                    c.detached = 0;
+                }
                 let m = RayletWire::WorkerDetached { count: 0 };
                 self.net.send(WORKER + pid as u64, RAYLET, m);
             }
