@@ -469,9 +469,9 @@ mod tests {
         assert_eq!(rc.sizes(), (0, 0));
     }
 
-    // Ray: ReferenceCountTest.TestFree's lifetime part, lending side — an owner answers
-    // `missing` for an object it no longer has, or does not own, and counts a borrower once
-    // however many times it registers.
+    // Manta's own (no Ray counterpart: Ray's owner learns of borrowers from task replies) —
+    // an owner answers `missing` for an object it no longer has, or does not own, and counts
+    // a borrower once however many times it registers.
     #[test]
     fn test_add_borrowers_answers_missing() {
         let mut rc: ReferenceCounter<Handle, &'static str> = ReferenceCounter::new(1);
