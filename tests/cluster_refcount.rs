@@ -60,15 +60,27 @@ fn lazy_refs(refs: Vec<ObjectRef<Vec<u8>>>) -> (usize, usize) {
     (before, store_objects())
 }
 
+/// Returns the refs it was given: its result holds them (and its executor holds the result
+/// for its owner until the owner frees it).
+#[manta::remote]
+fn return_refs(v: Vec<ObjectRef<Vec<u8>>>) -> Vec<ObjectRef<Vec<u8>>> {
+    v
+}
+
 #[manta::actor]
 struct Keeper {
     kept: Option<ObjectRef<Vec<u8>>>,
+    /// A result that holds the kept ref, computed on the node with resource `b`.
+    held: Option<ObjectRef<Vec<ObjectRef<Vec<u8>>>>>,
 }
 
 #[manta::actor]
 impl Keeper {
     fn new() -> Self {
-        Keeper { kept: None }
+        Keeper {
+            kept: None,
+            held: None,
+        }
     }
     fn keep(&mut self, r: Vec<ObjectRef<Vec<u8>>>) -> usize {
         self.kept = r.into_iter().next();
@@ -103,6 +115,15 @@ impl Keeper {
     /// Ends this actor's worker process.
     fn exit_process(&self) -> usize {
         std::process::exit(1)
+    }
+    /// Trades the kept ref for the result of a task on the node with resource `b` that
+    /// returns it: that task's worker holds the result, and so the ref, for this process.
+    fn hold_result_on_b(&mut self) -> usize {
+        let r = self.kept.take().expect("a kept ref");
+        let res = return_refs::options().resource("b", 1.0).remote(vec![r]);
+        assert_eq!(res.get().expect("the returned refs").len(), 1);
+        self.held = Some(res);
+        1
     }
 }
 
@@ -278,6 +299,36 @@ fn borrowers_across_processes() {
         driver_store_objects,
     );
 
+    drop(keeper);
+    manta::shutdown();
+}
+
+/// A result held for an owner that dies is freed, and so are the refs in it: a worker on `b`
+/// holds, for the actor's process, a result holding the driver's object; the actor's process
+/// dies; the object is freed.
+#[test]
+fn results_held_for_a_dead_owner_are_freed() {
+    serve_if_worker();
+    let node = NodeSpec::with_resources;
+    let cluster = LocalCluster::start(node("a=1"), &[node("b=1")]);
+    manta::init_with(cluster.config()).expect("the driver joins");
+    let keeper = Keeper::options().num_cpus(1.0).resource("a", 1.0).remote();
+    let y = manta::put(vec![4u8; BIG]).unwrap();
+    keeper.keep(vec![y.clone()]).get().unwrap();
+    assert_eq!(keeper.hold_result_on_b().get().unwrap(), 1);
+    drop(y);
+    assert_eq!(
+        driver_store_objects(),
+        1,
+        "the object is held in b's result"
+    );
+    assert!(keeper.exit_process().get().is_err());
+    eventually(
+        "driver store after the result's owner died",
+        0,
+        SETTLE,
+        driver_store_objects,
+    );
     drop(keeper);
     manta::shutdown();
 }

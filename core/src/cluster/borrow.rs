@@ -8,6 +8,10 @@
 //! or any borrower's handles live, and is freed (locally, or `FreeObject` to the worker that
 //! holds it) when the last of them goes.
 //!
+//! The state of the protocol — the tables `borrowed` and `lent` below — is the
+//! [`ReferenceCounter`] (`reference_counter.rs`), a state machine without I/O; the methods
+//! here feed it what happens and send the messages it returns.
+//!
 //! 1. Deserialising a foreign-owned id ([`Cluster::borrow`]) hands out the process's one live
 //!    cell for it (table `borrowed`), or makes one: already complete, its value a lazy
 //!    [`RemoteObject`] pointing at the owner, pulled on first read (the owner redirects the
@@ -24,9 +28,10 @@
 //!    with the set of borrowing workers, so dropping its own handles no longer frees it.
 //! 5. When the borrowed `RemoteObject` drops (the last cell and value here holding it), the
 //!    borrower sends `RemoveBorrower` (queued, batched by the writer) — only if it is still
-//!    the registration in `borrowed` and was acknowledged. The owner removes the borrower and
-//!    drops its handle when the set is empty. A borrower's death (`worker_lost`) removes it
-//!    from every set; an owner's death fails its borrowers' reads.
+//!    the registration in `borrowed` (each registration has an epoch) and was acknowledged.
+//!    The owner removes the borrower and drops its handle when the set is empty. A
+//!    borrower's death (`worker_lost`) removes it from every set; an owner's death fails its
+//!    borrowers' reads, and frees the results other workers hold for it.
 //!
 //! Why it is safe: a reference crosses processes only inside something its sender keeps
 //! alive until the receiver is done with it — task arguments (the owner's `InFlight` holds
@@ -36,8 +41,8 @@
 //! before the value is handed over, so before the receiving task can finish and before its
 //! `TaskDone` (or its free of the container) can reach the sender: by the time the sender may
 //! drop its own handle, the owner has already counted the receiver. Step 5's sends are made
-//! under the `borrowed` lock, so a later registration of the same object by this process
-//! always reaches the owner after the RemoveBorrower of an earlier one.
+//! under the reference counter's lock, so a later registration of the same object by this
+//! process always reaches the owner after the RemoveBorrower of an earlier one.
 //!
 //! # Actor handles
 //!
@@ -67,6 +72,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use super::objects::{RemoteKind, RemoteObject};
 use super::peer::Peer;
 use super::proto::Msg;
+use super::reference_counter::{Answer, BorrowHandle, Out, ReferenceCounter};
 use super::worker::{Cluster, IO_THREAD};
 use super::{call_timeout, cluster_error, owner_of, wait_reply};
 use crate::actor::ActorCell;
@@ -82,16 +88,16 @@ impl Cluster {
     /// the owner before the deserialisation that made it returns (steps 1–3 of "Borrowers").
     pub(crate) fn borrow(&self, id: ObjectId) -> Arc<ObjectCell> {
         let object_id = id.as_u64();
-        let mut borrowed = lock(&self.borrowed);
+        let mut refs = lock(&self.refs);
         // Every handle taken under the lock is returned or kept past it: dropping the last
         // handle on a `RemoteObject` takes this lock (`end_borrow`).
-        let remote = borrowed.get(&object_id).and_then(|e| e.remote.upgrade());
+        let remote = refs.borrowed(object_id).and_then(|e| e.remote.upgrade());
         let (cell, remote, mine) = match remote {
             Some(remote) => {
-                let live = borrowed.get(&object_id).and_then(|e| e.cell.upgrade());
+                let live = refs.borrowed(object_id).and_then(|e| e.cell.upgrade());
                 let cell = live.unwrap_or_else(|| {
                     let cell = lazy_cell(object_id, &remote);
-                    if let Some(e) = borrowed.get_mut(&object_id) {
+                    if let Some(e) = refs.borrowed_mut(object_id) {
                         e.cell = Arc::downgrade(&cell);
                     }
                     cell
@@ -99,15 +105,15 @@ impl Cluster {
                 (cell, remote, false)
             }
             None => {
-                let remote = self.new_borrow(&mut borrowed, object_id);
+                let remote = self.new_borrow(&mut refs, object_id);
                 let cell = lazy_cell(object_id, &remote);
-                if let Some(e) = borrowed.get_mut(&object_id) {
+                if let Some(e) = refs.borrowed_mut(object_id) {
                     e.cell = Arc::downgrade(&cell);
                 }
                 (cell, remote, true)
             }
         };
-        drop(borrowed);
+        drop(refs);
         if remote.registered.get().is_none() {
             note_borrow(&remote, mine);
         }
@@ -122,46 +128,40 @@ impl Cluster {
     /// Calls do not depend on it: they go to the actor's host through its proxy cell.
     pub(crate) fn borrow_actor(&self, id: ActorId) -> Arc<RemoteObject> {
         let actor_id = id.as_u64();
-        let mut borrowed = lock(&self.borrowed);
-        let found = borrowed.get(&actor_id).and_then(|e| e.remote.upgrade());
+        let mut refs = lock(&self.refs);
+        let found = refs.borrowed(actor_id).and_then(|e| e.remote.upgrade());
         let (remote, mine) = match found {
             Some(remote) => (remote, false),
-            None => (self.new_borrow(&mut borrowed, actor_id), true),
+            None => (self.new_borrow(&mut refs, actor_id), true),
         };
-        drop(borrowed);
+        drop(refs);
         if remote.registered.get().is_none() {
             note_borrow(&remote, mine);
         }
         remote
     }
 
-    /// A new registration for `id` in `borrowed` (whose dead entries are swept now and then),
-    /// with no cell yet.
-    fn new_borrow(&self, borrowed: &mut HashMap<u64, BorrowEntry>, id: u64) -> Arc<RemoteObject> {
-        if borrowed.len() >= self.borrowed_sweep_at.load(Ordering::Relaxed) {
-            borrowed.retain(|_, e| e.remote.strong_count() > 0);
-            self.borrowed_sweep_at
-                .store((borrowed.len() * 2).max(1024), Ordering::Relaxed);
-        }
-        let remote = Arc::new(RemoteObject {
-            id,
-            holder: owner_of(id),
-            len: 0,
-            kind: RemoteKind::Borrowed {
-                registrar: std::thread::current().id(),
-            },
-            registered: OnceLock::new(),
-            local: OnceLock::new(),
-            cluster: self.me.get().cloned().unwrap_or_default(),
-        });
-        borrowed.insert(
-            id,
-            BorrowEntry {
+    /// A new registration for `id` in `borrowed`, with no cell yet.
+    fn new_borrow(&self, refs: &mut References, id: u64) -> Arc<RemoteObject> {
+        refs.begin_borrow(id, |epoch| {
+            let remote = Arc::new(RemoteObject {
+                id,
+                holder: owner_of(id),
+                len: 0,
+                kind: RemoteKind::Borrowed {
+                    registrar: std::thread::current().id(),
+                    epoch,
+                },
+                registered: OnceLock::new(),
+                local: OnceLock::new(),
+                cluster: self.me.get().cloned().unwrap_or_default(),
+            });
+            let entry = BorrowEntry {
                 cell: Weak::new(),
                 remote: Arc::downgrade(&remote),
-            },
-        );
-        remote
+            };
+            (entry, remote)
+        })
     }
 
     /// Registers this process as a borrower of `remotes` (grouped by owner) and waits for each
@@ -174,14 +174,16 @@ impl Cluster {
         let _guard = (!on_io).then(|| self.io.enter());
         let mut waiting = Vec::new();
         for (owner, remotes) in by_owner {
-            if owner == self.index || owner == 0 {
+            let borrows: Vec<(u64, u64)> = remotes.iter().map(|r| (r.id, r.epoch())).collect();
+            let send = lock(&self.refs).register(owner, &borrows);
+            let Some(Out::AddBorrowers { owner, objects }) = send else {
+                // Owned here, or by no process: registered at once.
                 for r in remotes {
                     let _ = r.registered.set(true);
                 }
                 continue;
-            }
+            };
             let peer = self.peer(owner);
-            let objects: Vec<u64> = remotes.iter().map(|r| r.id).collect();
             let rx = peer.request(|request_id| Msg::AddBorrowers {
                 request_id,
                 objects,
@@ -191,68 +193,62 @@ impl Cluster {
                     owner,
                     "borrow registered from an I/O thread without waiting"
                 );
+                lock(&self.refs).registered(&borrows, Answer::Added { missing: &[] });
                 for r in remotes {
                     let _ = r.registered.set(true);
                 }
                 continue;
             }
-            waiting.push((owner, remotes, rx));
+            waiting.push((owner, remotes, borrows, rx));
         }
-        for (owner, remotes, rx) in waiting {
+        for (owner, remotes, borrows, rx) in waiting {
             let unreachable = |e: &dyn std::fmt::Display| {
                 cluster_error(
                     format!("worker process {owner} (the object's owner)"),
                     format!("it died or became unreachable ({e})"),
                 )
             };
-            match wait_reply(rx, call_timeout(), "registering as a borrower") {
+            let e = match wait_reply(rx, call_timeout(), "registering as a borrower") {
                 Ok(Msg::BorrowersAdded { missing, .. }) => {
-                    let missing: HashSet<u64> = missing.into_iter().collect();
-                    for r in remotes {
-                        if missing.contains(&r.id) {
+                    let answer = Answer::Added { missing: &missing };
+                    let acked = lock(&self.refs).registered(&borrows, answer);
+                    for (r, ok) in remotes.iter().zip(acked) {
+                        if ok {
+                            let _ = r.registered.set(true);
+                        } else {
                             r.fail(Error::ObjectFreed {
                                 object: ObjectId::from_u64(r.id),
                             });
-                        } else {
-                            let _ = r.registered.set(true);
                         }
                     }
+                    continue;
                 }
-                Ok(other) => {
-                    let e = unreachable(&format!("unexpected reply {}", other.name()));
-                    for r in remotes {
-                        r.fail(e.clone());
-                    }
-                }
-                Err(e) => {
-                    let e = unreachable(&e);
-                    for r in remotes {
-                        r.fail(e.clone());
-                    }
-                }
+                Ok(other) => unreachable(&format!("unexpected reply {}", other.name())),
+                Err(e) => unreachable(&e),
+            };
+            lock(&self.refs).registered(&borrows, Answer::Unreachable);
+            for r in remotes {
+                r.fail(e.clone());
             }
         }
     }
 
     /// The last handle here on borrowed object `r` dropped: tell its owner (step 5).
     pub(super) fn end_borrow(&self, r: &RemoteObject) {
-        let mut borrowed = lock(&self.borrowed);
-        let ours = borrowed
-            .get(&r.id)
-            .is_none_or(|e| std::ptr::eq(e.remote.as_ptr(), r));
-        if !ours {
-            // A newer borrow of the same object already registered again (the owner keeps one
-            // entry per borrowing process): it sends the RemoveBorrower when it ends.
+        let mut refs = lock(&self.refs);
+        // (A registration a newer one replaced sends nothing: the newer one does.)
+        let send = refs.end_borrow(r.id, r.epoch());
+        let Some(Out::RemoveBorrower { owner, object_id }) = send else {
             return;
-        }
-        borrowed.remove(&r.id);
-        if r.registered.get() != Some(&true) || self.stopped.load(Ordering::Acquire) {
+        };
+        if self.stopped.load(Ordering::Acquire) {
             return;
         }
         // Sent under the lock: a newer borrow's AddBorrowers can only follow it.
-        if let Some(p) = lock(&self.peers).get(&r.holder) {
-            p.send_queued(Msg::RemoveBorrower { object_id: r.id });
+        if let Some(p) = lock(&self.peers).get(&owner) {
+            p.send_queued(Msg::RemoveBorrower { object_id });
         }
+        drop(refs);
     }
 
     // ----- lending (the owner's side of borrowing) ----------------------------------------
@@ -260,51 +256,19 @@ impl Cluster {
     /// AddBorrowers from `peer`: keeps each object it names (owned here) alive until that
     /// worker removes itself or dies; answers which it does not know (step 4).
     pub(super) fn add_borrowers(&self, peer: &Arc<Peer>, request_id: u64, objects: Vec<u64>) {
-        let borrower = peer_index(peer).filter(|b| *b != self.index);
         let rt = self.runtime();
-        let mut missing = Vec::new();
-        match (borrower, rt) {
-            (Some(b), Some(rt)) => {
-                let mut lent = lock(&self.lent);
-                for id in objects {
-                    if let Some(l) = lent.get_mut(&id) {
-                        l.borrowers.insert(b);
-                        continue;
-                    }
-                    // An id names an object or an actor (one counter per owner).
-                    let loan = (owner_of(id) == self.index)
-                        .then(|| {
-                            rt.lookup_escaped(ObjectId::from_u64(id))
-                                .map(Loan::Object)
-                                .or_else(|| rt.owned_actor(ActorId::from_u64(id)).map(Loan::Actor))
-                        })
-                        .flatten();
-                    match loan {
-                        Some(loan) => {
-                            lent.insert(
-                                id,
-                                Lent {
-                                    loan,
-                                    borrowers: HashSet::from([b]),
-                                },
-                            );
-                        }
-                        None => {
-                            tracing::debug!(
-                                object = id,
-                                borrower = b,
-                                "AddBorrowers for an object not owned here (or freed)"
-                            );
-                            missing.push(id);
-                        }
-                    }
-                }
-            }
-            _ => {
-                tracing::debug!(peer = %peer.name, "AddBorrowers from a connection that is no worker: ignored");
-                missing = objects;
-            }
+        let borrower = peer_index(peer).filter(|_| rt.is_some());
+        if borrower.is_none() {
+            tracing::debug!(peer = %peer.name, "AddBorrowers from a connection that is no worker: ignored");
         }
+        // An id names an object or an actor (one counter per owner).
+        let lookup = |id: u64| {
+            let rt = rt.as_ref()?;
+            rt.lookup_escaped(ObjectId::from_u64(id))
+                .map(Loan::Object)
+                .or_else(|| rt.owned_actor(ActorId::from_u64(id)).map(Loan::Actor))
+        };
+        let missing = lock(&self.refs).add_borrowers(borrower, objects, lookup);
         peer.send(Msg::BorrowersAdded {
             request_id,
             missing,
@@ -317,67 +281,41 @@ impl Cluster {
             tracing::debug!(peer = %peer.name, "RemoveBorrower from a connection that is no worker: ignored");
             return;
         };
-        let freed = {
-            let mut lent = lock(&self.lent);
-            let was = lent.get_mut(&object_id).map(|l| {
-                let removed = l.borrowers.remove(&b);
-                (removed, l.borrowers.is_empty())
-            });
-            match was {
-                Some((true, true)) => lent.remove(&object_id),
-                Some((true, false)) => None,
-                _ => {
-                    tracing::debug!(
-                        object = object_id,
-                        borrower = b,
-                        "RemoveBorrower from a worker that is not a borrower: ignored"
-                    );
-                    None
-                }
-            }
-        };
+        let freed = lock(&self.refs).remove_borrower(b, object_id);
         // Dropped outside the lock: freeing may send FreeObject or end borrows of nested refs.
         drop(freed);
     }
 
     /// Worker `index` died: it borrows nothing any more.
     pub(super) fn drop_borrower(&self, index: u64) {
-        let freed: Vec<Lent> = {
-            let mut lent = lock(&self.lent);
-            let mut emptied = Vec::new();
-            for (id, l) in lent.iter_mut() {
-                if l.borrowers.remove(&index) && l.borrowers.is_empty() {
-                    emptied.push(*id);
-                }
-            }
-            emptied
-                .into_iter()
-                .filter_map(|id| lent.remove(&id))
-                .collect()
-        };
+        let freed = lock(&self.refs).borrower_died(index);
         drop(freed);
     }
 }
 
-/// A borrowed object's entry in [`Cluster::borrowed`].
-pub(super) struct BorrowEntry {
+/// The reference counter of a cluster process: borrowed entries hold weak pointers to the
+/// registration and its cell; loans hold the object or actor.
+pub(crate) type References = ReferenceCounter<BorrowEntry, Loan>;
+
+/// A borrowed object's entry in the reference counter.
+#[derive(Debug)]
+pub(crate) struct BorrowEntry {
     /// The cell handed to deserialisers (re-made around `remote` if it died first).
     pub(super) cell: Weak<ObjectCell>,
     /// The registration: its drop ends the borrow.
     pub(super) remote: Weak<RemoteObject>,
 }
 
-/// An object of this process lent to other processes.
-pub(super) struct Lent {
-    /// Keeps the object or actor alive while anyone borrows it.
-    pub(super) loan: Loan,
-    /// Worker indices of the borrowers.
-    pub(super) borrowers: HashSet<u64>,
+impl BorrowHandle for BorrowEntry {
+    fn is_live(&self) -> bool {
+        self.remote.strong_count() > 0
+    }
 }
 
-/// What a [`Lent`] entry keeps alive: dropping the last strong handle on an object frees it;
-/// on an actor's cell, kills the actor (`ActorCell`'s drop, unless it is detached).
-pub(super) enum Loan {
+/// What a loan keeps alive: dropping the last strong handle on an object frees it; on an
+/// actor's cell, kills the actor (`ActorCell`'s drop, unless it is detached).
+#[derive(Debug)]
+pub(crate) enum Loan {
     Object(Arc<ObjectCell>),
     Actor(Arc<ActorCell>),
 }
@@ -452,7 +390,7 @@ fn finish_borrows(noted: Vec<Noted>) {
         }
         if made_here {
             mine.entry(r.holder).or_default().push(r);
-        } else if !matches!(r.kind, RemoteKind::Borrowed { registrar } if registrar == me) {
+        } else if !matches!(r.kind, RemoteKind::Borrowed { registrar, .. } if registrar == me) {
             // (One this thread made in an enclosing decode is registered when that ends.)
             others.push(r);
         }

@@ -60,7 +60,12 @@ impl Cluster {
             Payload::Inline(b) if v.nested.is_empty() => Outcome::Inline(b.to_vec()),
             _ => {
                 let len = v.len() as u64;
-                lock(&self.held).insert(task_id, v.clone());
+                let mut held = lock(&self.held);
+                // Not for an owner known dead: nobody could read or free it (those held
+                // before the death was known go in `free_results_of`).
+                if !lock(&self.dead_workers).contains(&super::owner_of(task_id)) {
+                    held.insert(task_id, v.clone());
+                }
                 Outcome::Stored { len }
             }
         }
@@ -239,8 +244,8 @@ impl Cluster {
             .filter_map(Weak::upgrade)
             .collect();
         borrowed.extend(
-            lock(&self.borrowed)
-                .values()
+            lock(&self.refs)
+                .borrowed_handles()
                 .filter_map(|e| e.cell.upgrade()),
         );
         for cell in borrowed {

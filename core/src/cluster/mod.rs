@@ -36,14 +36,18 @@ pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
+pub(crate) mod reference_counter;
 mod returns;
 #[allow(unsafe_code)] // one system call (geteuid), argued there
 pub mod session;
+#[cfg(test)]
+mod sim;
 mod submit;
 pub(crate) mod supervision;
 mod wire;
 pub(crate) mod worker;
 mod worker_logs;
+pub(crate) mod worker_table;
 
 pub use node::{
     ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,

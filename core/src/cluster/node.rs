@@ -18,9 +18,10 @@
 //! or the cluster stops, the raylet stops its workers (a `Stop` message, then SIGKILL after a
 //! grace period); a worker that joined by itself is forgotten when its connection closes. At
 //! a job's end a worker that reported detached actors (`WorkerDetached`) is kept instead and
-//! told `JobEvent { finished }`, and stopped once it reports none (`lifetime.rs`).
+//! told `JobEvent { finished }`, and stopped once it reports none (`lifetime.rs`). That table
+//! and its protocol are `worker_table.rs`, a state machine without I/O; the raylet here spawns,
+//! polls and kills the processes and sends what it returns.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -32,7 +33,8 @@ use manta_transport::{Address, Listener};
 use super::gcs::{DECLARED_DEAD, Gcs, GcsHandler};
 use super::node_store::NodeStore;
 use super::peer::{Handler, Peer};
-use super::proto::{JobWorker, Msg, Node, PgOp, PgRow, Resource};
+use super::proto::{Msg, Node, PgOp, PgRow, Resource};
+use super::worker_table::{Action, Conn, Process, Worker, WorkerTable};
 use super::{call_timeout, cluster_error, transport_config};
 use crate::config::CpuList;
 use crate::error::Error;
@@ -417,120 +419,28 @@ pub fn stop_cluster(address: &str, token: &str) -> Result<(), Error> {
     })
 }
 
-/// One worker process of a job on this node.
-struct WorkerProc {
-    /// The process, when this raylet started it (`None`: a worker that joined by itself, as
-    /// the ranks of an `srun`/`mpirun` launch do).
-    child: Option<Child>,
-    /// Its worker index (0 until it is ready).
-    index: u64,
-    address: String,
-    /// Its connection, once it reported ready.
-    peer: Option<Arc<Peer>>,
-    /// What its scheduler holds (`WorkerReady`): `(resource, total)`.
-    resources: Vec<Resource>,
-    /// The worker's last report: `(resource, available, total)`, store bytes in use.
-    load: Vec<Resource>,
-    /// The page kind of its store arena, from its reports.
-    store_pages: String,
-    /// How many detached actors it hosts (`WorkerDetached`): it outlives its job while any.
-    detached: u32,
-}
-
-impl WorkerProc {
-    fn started(child: Child) -> WorkerProc {
-        WorkerProc {
-            child: Some(child),
-            index: 0,
-            address: String::new(),
-            peer: None,
-            resources: Vec::new(),
-            load: Vec::new(),
-            store_pages: String::new(),
-            detached: 0,
-        }
+/// The raylet's handle on a connection, for its worker table.
+impl Conn for Arc<Peer> {
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+    fn is_closed(&self) -> bool {
+        Peer::is_closed(self)
     }
 }
 
-/// A job's worker processes on this node, and the owners waiting for them.
-#[derive(Default)]
-struct JobWorkers {
-    procs: Vec<WorkerProc>,
-    /// `StartWorker` requests, answered once every worker the job has here is ready.
-    waiting: Vec<(Arc<Peer>, u64)>,
-    /// The job ended; what is left are workers kept for their detached actors.
-    ended: bool,
-    /// Whether every worker the job was to have here was ready once: from then on a request
-    /// is answered with whatever is alive (a dead SPMD rank is not replaced).
-    assembled: bool,
-}
-
-impl JobWorkers {
-    /// Forgets the workers this raylet started that are gone (exited, or their connection
-    /// closed), reaping them, so that the next `StartWorker` starts a replacement. A worker
-    /// whose connection closed but that still runs is killed: it can no longer be reached.
-    fn forget_dead(&mut self, job_id: u64) {
-        let mut i = 0;
-        while i < self.procs.len() {
-            let w = &mut self.procs[i];
-            let closed = w.peer.as_ref().is_some_and(|p| p.is_closed());
-            let exited = w
-                .child
-                .as_mut()
-                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
-            if w.child.is_none() || !(closed || exited) {
-                i += 1;
-                continue;
-            }
-            let w = self.procs.remove(i);
-            tracing::info!(
-                job = job_id,
-                worker = w.index,
-                "worker process gone: a replacement starts on the next request"
-            );
-            if let Some(child) = w.child {
-                reap(child);
-            }
-        }
+/// The raylet's handle on a worker process it started, for its worker table.
+impl Process for Child {
+    fn pid(&self) -> u32 {
+        self.id()
     }
-
-    /// The reply to a `StartWorker`: every ready worker, the first as `index`/`address`.
-    fn started(&self, request_id: u64) -> Msg {
-        let workers: Vec<JobWorker> = self
-            .procs
-            .iter()
-            .filter(|w| w.peer.is_some())
-            .map(|w| JobWorker {
-                index: w.index,
-                address: w.address.clone(),
-                resources: w.resources.clone(),
-            })
-            .collect();
-        let (index, address) = workers
-            .first()
-            .map(|w| (w.index, w.address.clone()))
-            .unwrap_or_default();
-        Msg::WorkerStarted {
-            request_id,
-            index,
-            address,
-            error: String::new(),
-            workers,
-        }
-    }
-
-    fn fail_waiting(&mut self, error: &str) {
-        for (from, request_id) in self.waiting.drain(..) {
-            from.send(Msg::WorkerStarted {
-                request_id,
-                index: 0,
-                address: String::new(),
-                error: error.to_owned(),
-                workers: Vec::new(),
-            });
-        }
+    fn exited(&mut self) -> Option<String> {
+        self.try_wait().ok().flatten().map(|s| s.to_string())
     }
 }
+
+/// The worker table of a raylet: its connections and child processes.
+type Workers = WorkerTable<Arc<Peer>, Child>;
 
 /// The raylet of this node.
 struct Raylet {
@@ -538,7 +448,8 @@ struct Raylet {
     gcs_address: String,
     address: String,
     opts: NodeOptions,
-    workers: Mutex<HashMap<u64, JobWorkers>>,
+    /// Each job's worker processes here (`worker_table.rs`).
+    workers: Mutex<Workers>,
     stop: tokio::sync::Notify,
     me: OnceLock<Weak<Raylet>>,
     /// This raylet's own connection to the GCS (a peer's self-declared name proves nothing).
@@ -571,7 +482,7 @@ impl Raylet {
             total: 0.0,
             available: 0.0,
         };
-        for w in workers.values().flat_map(|j| j.procs.iter()) {
+        for w in workers.workers() {
             for r in &w.load {
                 if r.name == "object_store_memory" {
                     store.total += r.total;
@@ -600,8 +511,7 @@ impl Raylet {
             return node.pages();
         }
         let mut kinds: Vec<String> = lock(&self.workers)
-            .values()
-            .flat_map(|j| j.procs.iter())
+            .workers()
             .filter(|w| !w.store_pages.is_empty())
             .map(|w| w.store_pages.clone())
             .collect();
@@ -617,8 +527,7 @@ impl Raylet {
             return node.used();
         }
         lock(&self.workers)
-            .values()
-            .flat_map(|j| j.procs.iter())
+            .workers()
             .flat_map(|w| w.load.iter())
             .filter(|r| r.name == "object_store_memory")
             .map(|r| (r.total - r.available).max(0.0) as u64)
@@ -648,22 +557,14 @@ impl Raylet {
         v
     }
 
-    /// Worker processes a job has on this node once all are up: the one this raylet starts
-    /// (if it starts any) and those that join by themselves.
-    fn expected_workers(&self) -> usize {
-        usize::from(self.opts.spawn_workers) + self.opts.joining_workers as usize
-    }
-
-    /// Answers the job's waiting `StartWorker` requests if every worker it has here is ready
-    /// (once assembled: if any is).
-    fn answer_if_ready(&self, job: &mut JobWorkers) {
-        let ready = job.procs.iter().filter(|w| w.peer.is_some()).count();
-        if ready == 0 || (!job.assembled && ready < self.expected_workers()) {
-            return;
-        }
-        job.assembled = true;
-        for (from, request_id) in std::mem::take(&mut job.waiting) {
-            from.send(job.started(request_id));
+    /// Does what the worker table says.
+    fn act(&self, actions: Vec<Action<Arc<Peer>, Child>>) {
+        for a in actions {
+            match a {
+                Action::Send(peer, msg) => peer.send(*msg),
+                Action::Reap(child) => reap(child),
+                Action::Stop(workers) => self.stop_procs(workers),
+            }
         }
     }
 
@@ -679,37 +580,28 @@ impl Raylet {
         env: Vec<(String, String)>,
     ) {
         let mut workers = lock(&self.workers);
-        // Start this raylet's worker for the job unless it has one (running or starting).
-        let start = self.opts.spawn_workers
-            && !workers
-                .get(&job_id)
-                .is_some_and(|job| job.procs.iter().any(|w| w.child.is_some()));
-        if start && let Some(dir) = &self.opts.log_dir {
+        if workers.will_spawn(job_id)
+            && let Some(dir) = &self.opts.log_dir
+        {
             // Retention: the logs of older jobs go before this job's is made.
             let keep = crate::Config::default()
                 .resolve()
                 .map_or(100, |c| c.worker_log_jobs);
-            let running: Vec<u64> = workers.keys().copied().chain([job_id]).collect();
+            let running: Vec<u64> = workers.jobs().chain([job_id]).collect();
             super::worker_logs::prune(dir, keep.max(1), &running);
         }
-        let job = workers.entry(job_id).or_default();
-        // A worker that exited since the last reap (one that ended because a task was
-        // cancelled with force, say) is not offered: its owners are asking for another.
-        job.procs
-            .retain_mut(|w| !matches!(w.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_)))));
-        job.waiting.push((from.clone(), request_id));
-        job.forget_dead(job_id);
-        // Start this raylet's worker for the job unless it has one (running or starting).
-        if self.opts.spawn_workers && !job.procs.iter().any(|w| w.child.is_some()) {
-            match self.spawn(job_id, &executable, args, cwd, env) {
-                Ok(child) => job.procs.push(WorkerProc::started(child)),
-                Err(e) => {
-                    job.fail_waiting(&format!("could not start {executable}: {e}"));
-                    return;
-                }
-            }
-        }
-        self.answer_if_ready(job);
+        let (spawn, mut actions) = workers.start(from.clone(), request_id, job_id);
+        // Started under the lock: one process per job, however many ask at once.
+        actions.extend(if spawn {
+            let child = self
+                .spawn(job_id, &executable, args, cwd, env)
+                .map_err(|e| format!("could not start {executable}: {e}"));
+            workers.spawned(job_id, child)
+        } else {
+            workers.answer(job_id)
+        });
+        drop(workers);
+        self.act(actions);
     }
 
     /// Starts a worker process of `job_id` with this node's share for it.
@@ -795,172 +687,43 @@ impl Raylet {
         pid: u32,
         resources: Vec<Resource>,
     ) {
-        let mut workers = lock(&self.workers);
-        if !workers.contains_key(&job_id) && self.opts.joining_workers == 0 {
-            tracing::warn!(
-                job = job_id,
-                "a worker of an unknown job reported ready: stopping it"
-            );
-            peer.send(Msg::Stop {
-                reason: "unknown job".into(),
-            });
-            return;
-        }
-        let job = workers.entry(job_id).or_default();
-        // The process this raylet started, or one that joined by itself (an SPMD rank).
-        let i = match job
-            .procs
-            .iter()
-            .position(|w| w.peer.is_none() && w.child.as_ref().is_some_and(|c| c.id() == pid))
-        {
-            Some(i) => i,
-            None => {
-                job.procs.push(WorkerProc {
-                    child: None,
-                    index,
-                    address: String::new(),
-                    peer: None,
-                    resources: Vec::new(),
-                    load: Vec::new(),
-                    store_pages: String::new(),
-                    detached: 0,
-                });
-                job.procs.len() - 1
-            }
-        };
-        let w = &mut job.procs[i];
-        w.index = index;
-        w.address = address;
-        w.peer = Some(peer.clone());
-        w.resources = resources;
-        self.answer_if_ready(job);
+        let actions = lock(&self.workers).ready(peer, job_id, index, address, pid, resources);
+        self.act(actions);
     }
 
     /// A connection closed: the worker on it is gone (one this raylet started is killed if it
     /// still runs, and reaped; the job's next `StartWorker` starts a replacement).
     fn connection_closed(&self, peer: &Arc<Peer>) {
-        let mut workers = lock(&self.workers);
-        for (job_id, job) in workers.iter_mut() {
-            let Some(i) = job
-                .procs
-                .iter()
-                .position(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
-            else {
-                continue;
-            };
-            let w = job.procs.remove(i);
-            tracing::info!(job = job_id, worker = w.index, "worker connection closed");
-            if let Some(child) = w.child {
-                reap(child);
-            }
-        }
+        let actions = lock(&self.workers).closed(peer);
+        self.act(actions);
     }
 
     /// Reaps exited workers; fails requests waiting on a job whose worker died before it was
     /// ready.
     fn reap(&self) {
-        let mut workers = lock(&self.workers);
-        for (job_id, job) in workers.iter_mut() {
-            let mut i = 0;
-            while i < job.procs.len() {
-                let exited = match &mut job.procs[i].child {
-                    Some(child) => child.try_wait().ok().flatten(),
-                    None => None,
-                };
-                let Some(status) = exited else {
-                    i += 1;
-                    continue;
-                };
-                let w = job.procs.remove(i);
-                tracing::info!(job = job_id, %status, "worker process exited");
-                if w.peer.is_none() {
-                    job.fail_waiting(&format!(
-                        "the worker process exited before it was ready ({status})"
-                    ));
-                }
-            }
-        }
-        workers.retain(|_, job| !job.procs.is_empty() || !job.waiting.is_empty());
+        let actions = lock(&self.workers).reap();
+        self.act(actions);
     }
 
     /// Stops the workers of `job` (all jobs when `None`): a Stop message, SIGKILL later. At a
     /// job's end a worker hosting detached actors is kept and told the job ended instead
     /// (`cluster/lifetime.rs`, step 3).
     fn stop_workers(&self, job: Option<u64>) {
-        let stopping: Vec<WorkerProc> = {
-            let mut workers = lock(&self.workers);
-            let jobs: Vec<u64> = workers
-                .keys()
-                .copied()
-                .filter(|j| job.is_none_or(|x| x == *j))
-                .collect();
-            let mut stopping = Vec::new();
-            for j in jobs {
-                let Some(mut entry) = workers.remove(&j) else {
-                    continue;
-                };
-                if job.is_none() {
-                    stopping.extend(entry.procs);
-                    continue;
-                }
-                let (kept, gone): (Vec<_>, Vec<_>) =
-                    entry.procs.into_iter().partition(|w| w.detached > 0);
-                stopping.extend(gone);
-                if kept.is_empty() {
-                    continue;
-                }
-                for w in &kept {
-                    if let Some(p) = &w.peer {
-                        p.send(Msg::JobEvent {
-                            job_id: j,
-                            finished: true,
-                        });
-                    }
-                }
-                tracing::info!(
-                    job = j,
-                    workers = kept.len(),
-                    "job finished: keeping the workers of its detached actors"
-                );
-                entry.procs = kept;
-                entry.ended = true;
-                entry.waiting.clear();
-                workers.insert(j, entry);
-            }
-            stopping
-        };
-        self.stop_procs(stopping);
+        let actions = lock(&self.workers).stop(job);
+        self.act(actions);
     }
 
     /// A worker's count of detached actors (`WorkerDetached`, from its own connection); one
     /// kept past its job's end stops at 0.
     fn worker_detached(&self, peer: &Arc<Peer>, count: u32) {
-        let stopping = {
-            let mut workers = lock(&self.workers);
-            let mut stopping = Vec::new();
-            for job in workers.values_mut() {
-                let Some(i) = job
-                    .procs
-                    .iter()
-                    .position(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
-                else {
-                    continue;
-                };
-                job.procs[i].detached = count;
-                if count == 0 && job.ended {
-                    stopping.push(job.procs.remove(i));
-                }
-            }
-            workers.retain(|_, job| !job.ended || !job.procs.is_empty());
-            stopping
-        };
-        self.stop_procs(stopping);
+        let actions = lock(&self.workers).detached(peer, count);
+        self.act(actions);
     }
 
     /// Sends each worker `Stop`, and SIGKILLs a child that has not exited 2 s later.
-    fn stop_procs(&self, stopping: Vec<WorkerProc>) {
+    fn stop_procs(&self, stopping: Vec<Worker<Arc<Peer>, Child>>) {
         for mut w in stopping {
-            if let Some(p) = &w.peer {
+            if let Some(p) = &w.conn {
                 p.send(Msg::Stop {
                     reason: "job finished".into(),
                 });
@@ -1078,17 +841,7 @@ impl Handler for RayletHandler {
                 resources,
                 store_pages,
                 ..
-            } => {
-                let mut workers = lock(&self.0.workers);
-                if let Some(w) = workers
-                    .values_mut()
-                    .flat_map(|j| j.procs.iter_mut())
-                    .find(|w| w.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer)))
-                {
-                    w.load = resources;
-                    w.store_pages = store_pages;
-                }
-            }
+            } => lock(&self.0.workers).heartbeat(peer, resources, store_pages),
             Msg::JobEvent {
                 job_id,
                 finished: true,
@@ -1203,7 +956,10 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             gcs_address: gcs_address.clone(),
             address: address.clone(),
             opts: opts.clone(),
-            workers: Mutex::new(HashMap::new()),
+            workers: Mutex::new(WorkerTable::new(
+                opts.spawn_workers,
+                opts.joining_workers,
+            )),
             stop: tokio::sync::Notify::new(),
             me: OnceLock::new(),
             gcs: OnceLock::new(),

@@ -496,8 +496,8 @@ impl Cluster {
     /// argument alive until the task is done.)
     pub(super) fn pulled(&self, object_id: u64, holder: u64, len: u64) -> Arc<ObjectCell> {
         // A borrowed copy already pulled here serves as well.
-        let remote = lock(&self.borrowed)
-            .get(&object_id)
+        let remote = lock(&self.refs)
+            .borrowed(object_id)
             .and_then(|e| e.remote.upgrade());
         if let Some(data) = remote.as_ref().and_then(|r| r.local_copy()) {
             return Arc::new(ObjectCell::ready(
@@ -540,6 +540,22 @@ impl Cluster {
         cell
     }
 
+    /// Worker `owner` died: the results held for it go, and with them the references in them
+    /// (nobody can read them any more: a read of a result goes through its owner).
+    pub(super) fn free_results_of(&self, owner: u64) {
+        let freed: Vec<ObjectValue> = {
+            let mut held = lock(&self.held);
+            let ids: Vec<u64> = held
+                .keys()
+                .copied()
+                .filter(|id| super::owner_of(*id) == owner)
+                .collect();
+            ids.into_iter().filter_map(|id| held.remove(&id)).collect()
+        };
+        // Dropped outside the lock: freeing ends borrows of nested refs.
+        drop(freed);
+    }
+
     /// The owner dropped a result we hold.
     pub(crate) fn free_remote(&self, holder: u64, object_id: u64) {
         if self.stopped.load(Ordering::Acquire) {
@@ -561,8 +577,12 @@ pub(super) enum RemoteKind {
     /// A result `holder` computed for this process, its owner: FreeObject on drop.
     Held,
     /// A reference (or actor handle) owned by `holder` and deserialised here: RemoveBorrower
-    /// on drop, once registered. `registrar` is the thread that registers it.
-    Borrowed { registrar: std::thread::ThreadId },
+    /// on drop, once registered. `registrar` is the thread that registers it; `epoch`, the
+    /// registration's in the reference counter.
+    Borrowed {
+        registrar: std::thread::ThreadId,
+        epoch: u64,
+    },
 }
 
 /// An object held by another worker process (or, borrowed, by its owner, which redirects a
@@ -593,6 +613,14 @@ impl RemoteObject {
             local: OnceLock::new(),
             cluster,
         })
+    }
+
+    /// A borrow's registration epoch (0 for a held result).
+    pub(super) fn epoch(&self) -> u64 {
+        match self.kind {
+            RemoteKind::Borrowed { epoch, .. } => epoch,
+            RemoteKind::Held => 0,
+        }
     }
 
     /// The local copy, if it was already pulled.

@@ -652,6 +652,7 @@ impl Cluster {
             s.workers.retain(|w| w.index != index);
         }
         self.drop_borrower(index);
+        self.free_results_of(index);
         self.attach_worker_lost(index);
         let failed: Vec<(u64, PullDone)> = {
             let mut pulls = lock(&self.pulls);

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use manta_transport::{Address, Listener};
 
 use super::attach::{ArenaSlot, PinTable};
-use super::borrow::{BorrowEntry, Lent};
+use super::borrow::References;
 use super::objects::{PendingPull, PullQueue};
 use super::peer::{Handler, Peer};
 use super::placement::NodeSlot;
@@ -88,14 +88,9 @@ pub(crate) struct Cluster {
     /// Size of `fetched` at which dead entries are next swept (doubles with the live ones, so
     /// sweeping stays amortised O(1) per pull).
     pub(super) fetched_sweep_at: AtomicUsize,
-    /// References owned elsewhere that were deserialised here: one registration with the
-    /// owner per object while any handle here lives (see "Borrowers" below).
-    pub(super) borrowed: Mutex<HashMap<u64, BorrowEntry>>,
-    /// Size of `borrowed` at which dead entries are next swept.
-    pub(super) borrowed_sweep_at: AtomicUsize,
-    /// Objects this process owns that other processes borrow: a strong handle on each, and
-    /// the borrowing workers' indices.
-    pub(super) lent: Mutex<HashMap<u64, Lent>>,
+    /// The reference counter: references owned elsewhere that were deserialised here, and
+    /// objects this process owns that other processes borrow (`borrow.rs`).
+    pub(super) refs: Mutex<References>,
     pub(super) executable: (String, Vec<String>, String),
     pub(super) stop: tokio::sync::Notify,
     pub(super) stopped: AtomicBool,
@@ -339,9 +334,7 @@ impl Cluster {
             next_pull: AtomicU64::new(1),
             fetched: Mutex::new(HashMap::new()),
             fetched_sweep_at: AtomicUsize::new(1024),
-            borrowed: Mutex::new(HashMap::new()),
-            borrowed_sweep_at: AtomicUsize::new(1024),
-            lent: Mutex::new(HashMap::new()),
+            refs: Mutex::new(References::new(index)),
             executable: (exe, args, cwd),
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
@@ -685,7 +678,7 @@ impl Cluster {
         for f in in_flight {
             f.cell.complete(Err(Error::ShutDown));
         }
-        let lent: Vec<Lent> = lock(&self.lent).drain().map(|(_, l)| l).collect();
+        let lent = lock(&self.refs).leave();
         drop(lent);
         self.attach_leave();
     }
