@@ -20,11 +20,11 @@
 //! a job's end a worker that reported detached actors (`WorkerDetached`) is kept instead and
 //! told `JobEvent { finished }`, and stopped once it reports none (`lifetime.rs`).
 
+use crate::sync::{Arc, Mutex, OnceLock, Weak};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use manta_transport::{Address, Listener};
