@@ -76,7 +76,7 @@ fn monitor(rt: &Arc<crate::runtime::RuntimeInner>) {
         let now = queued && asleep;
         if now && asleep_beside_work && repair {
             s.lost_wakeups.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("a slot slept beside queued work: woken by the monitor");
+            tracing::debug!("a slot slept beside queued work: woken by the monitor");
             s.sleep.wake_one();
         }
         asleep_beside_work = now;
