@@ -1,6 +1,8 @@
 //! The object cell's wake-up (`object/wait_cell.rs`): a getter registers and parks while a
 //! setter (or two racing) completes the cell. The getter always wakes (loom fails a model in
-//! which every thread is blocked), sees the winning value, and exactly one completion wins.
+//! which every thread is blocked), sees the winning value, and exactly one completion wins;
+//! and a waiter that never looks at the cell again (a task waiting for an argument, a future's
+//! waker) is woken exactly once if `register` took it, never if it handed it back.
 
 use loom::sync::Arc;
 
@@ -87,5 +89,33 @@ fn two_getters_one_setter() {
         assert_eq!(get(&cell), 3);
         assert_eq!(getter.join().unwrap(), 3);
         setter.join().unwrap();
+    });
+}
+
+/// A waiter that does not look at the cell again (a task or actor waiting for an argument, a
+/// future's waker): it must be woken exactly once if `register` took it.
+struct Count(Arc<AtomicUsize>);
+
+impl Wake for Count {
+    fn wake(self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn every_registered_waiter_is_woken_once() {
+    loom::model(|| {
+        let cell: Arc<WaitCell<usize, Count>> = Arc::new(WaitCell::new());
+        let woken = Arc::new(AtomicUsize::new(0));
+        let waiter = {
+            let (cell, woken) = (cell.clone(), woken.clone());
+            thread::spawn(move || cell.register(Count(woken)).is_ok())
+        };
+        if cell.set(5) {
+            cell.wake_waiters();
+        }
+        let registered = waiter.join().unwrap();
+        let woken = woken.load(Ordering::Relaxed);
+        assert_eq!(woken, usize::from(registered), "registered: {registered}");
     });
 }
