@@ -14,6 +14,9 @@
 //!    is lost. Waiters are threads parked in `get`, futures' wakers, tasks and actors waiting
 //!    for their arguments, and `wait` latches.
 //!
+//! Steps 2–4 are `object/wait_cell.rs` (`WaitCell`), which stands alone so that its loom model
+//! (`core/loom`, `scripts/loom`) runs it.
+//!
 //! # Ownership and lifetime
 //!
 //! The process that created an object owns it (Ray's ownership model). Its lifetime is its
