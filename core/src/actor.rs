@@ -201,8 +201,8 @@ impl ActorState {
     fn try_clear(&self) {
         let taken = match self.0.try_write() {
             Ok(mut g) => g.take(),
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().take(),
-            Err(std::sync::TryLockError::WouldBlock) => None,
+            Err(crate::sync::TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(crate::sync::TryLockError::WouldBlock) => None,
         };
         drop(taken);
     }
@@ -536,8 +536,9 @@ inventory::collect!(MethodRegistration);
 
 /// The class registered under `name`.
 pub(crate) fn class_by_name(name: &str) -> Option<&'static ActorClass> {
-    static MAP: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static ActorClass>> =
-        std::sync::OnceLock::new();
+    static MAP: crate::sync::OnceLock<
+        std::collections::HashMap<&'static str, &'static ActorClass>,
+    > = crate::sync::OnceLock::new();
     MAP.get_or_init(|| {
         inventory::iter::<ClassRegistration>
             .into_iter()
@@ -550,8 +551,9 @@ pub(crate) fn class_by_name(name: &str) -> Option<&'static ActorClass> {
 
 /// The method registered under `name`.
 pub(crate) fn method_by_name(name: &str) -> Option<&'static ActorMethod> {
-    static MAP: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static ActorMethod>> =
-        std::sync::OnceLock::new();
+    static MAP: crate::sync::OnceLock<
+        std::collections::HashMap<&'static str, &'static ActorMethod>,
+    > = crate::sync::OnceLock::new();
     MAP.get_or_init(|| {
         inventory::iter::<MethodRegistration>
             .into_iter()

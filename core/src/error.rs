@@ -4,8 +4,8 @@
 //! [`TaskError`] (task name and panic message, with `is_*` predicates, as tokio's `JoinError`);
 //! it is stored in the task's result object and handed to every `get` of it.
 
+use crate::sync::Arc;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::id::{ActorId, ObjectId};
@@ -296,7 +296,7 @@ enum TaskErrorKind {
 pub(crate) struct Cause {
     type_name: Box<str>,
     bytes: bytes::Bytes,
-    decoded: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    decoded: crate::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Cause {
@@ -304,7 +304,7 @@ impl Cause {
         Cause {
             type_name: type_name.into(),
             bytes,
-            decoded: std::sync::OnceLock::new(),
+            decoded: crate::sync::OnceLock::new(),
         }
     }
 }

@@ -14,6 +14,9 @@
 //!    is lost. Waiters are threads parked in `get`, futures' wakers, tasks and actors waiting
 //!    for their arguments, and `wait` latches.
 //!
+//! Steps 2–4 are `object/wait_cell.rs` (`WaitCell`), which stands alone so that its loom model
+//! (`core/loom`, `scripts/loom`) runs it.
+//!
 //! # Ownership and lifetime
 //!
 //! The process that created an object owns it (Ray's ownership model). Its lifetime is its
@@ -53,11 +56,13 @@ use crate::error::Error;
 use crate::id::ObjectId;
 use crate::runtime::{self, RuntimeInner};
 use crate::store::StoredObject;
-use crate::sync::{
-    Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, OnceLock, Ordering, Weak, lock, thread,
-};
+use crate::sync::{Arc, AtomicBool, AtomicU8, AtomicUsize, OnceLock, Ordering, Weak, thread};
 use crate::task::Task;
 use crate::view::{Element, View};
+
+mod wait_cell;
+
+use wait_cell::{WaitCell, Wake};
 
 /// An object's sealed contents: encoded bytes plus the objects referenced from inside them.
 #[derive(Clone, Debug)]
@@ -157,7 +162,7 @@ pub(crate) enum Waiter {
     Callback(Box<dyn FnOnce() + Send>),
 }
 
-impl Waiter {
+impl Wake for Waiter {
     fn wake(self) {
         match self {
             Waiter::Thread(t) => t.unpark(),
@@ -269,8 +274,8 @@ enum Producer {
 #[doc(hidden)]
 pub struct ObjectCell {
     id: ObjectId,
-    value: OnceLock<Result<ObjectValue, Error>>,
-    waiters: Mutex<Vec<Waiter>>,
+    /// The value and its waiters (steps 2–4 of the protocol: `object/wait_cell.rs`).
+    value: WaitCell<Result<ObjectValue, Error>, Waiter>,
     /// What will produce this object, for `cancel` and for running it inline in `get`.
     producer: Producer,
     /// Set once the cell is entered in its runtime's escape table.
@@ -314,8 +319,7 @@ impl ObjectCell {
     fn pending_from(id: ObjectId, producer: Producer) -> Self {
         ObjectCell {
             id,
-            value: OnceLock::new(),
-            waiters: Mutex::new(Vec::new()),
+            value: WaitCell::new(),
             producer,
             escaped: AtomicBool::new(false),
             escape_table: OnceLock::new(),
@@ -350,7 +354,7 @@ impl ObjectCell {
 
     pub(crate) fn ready(id: ObjectId, value: Result<ObjectValue, Error>) -> Self {
         let cell = Self::pending(id, None);
-        let _ = cell.value.set(value);
+        cell.value.set(value);
         cell
     }
 
@@ -359,7 +363,7 @@ impl ObjectCell {
     }
 
     pub(crate) fn is_ready(&self) -> bool {
-        self.value.get().is_some()
+        self.value.is_ready()
     }
 
     pub(crate) fn get(&self) -> Option<&Result<ObjectValue, Error>> {
@@ -391,28 +395,20 @@ impl ObjectCell {
 
     /// Step 2–3 of the protocol. Returns whether this call completed the cell.
     pub(crate) fn complete(&self, value: Result<ObjectValue, Error>) -> bool {
-        if self.value.set(value).is_err() {
+        if !self.value.set(value) {
             return false;
         }
         if matches!(self.value.get(), Some(Err(_))) {
             failures::failed();
         }
-        let waiters = std::mem::take(&mut *lock(&self.waiters));
-        for w in waiters {
-            w.wake();
-        }
+        self.value.wake_waiters();
         true
     }
 
     /// Step 4: registers `waiter` unless the cell is already complete, in which case the waiter
     /// is handed back so the caller can act on the value at once.
     pub(crate) fn register(&self, waiter: Waiter) -> Result<(), Waiter> {
-        let mut waiters = lock(&self.waiters);
-        if self.is_ready() {
-            return Err(waiter);
-        }
-        waiters.push(waiter);
-        Ok(())
+        self.value.register(waiter)
     }
 
     /// Enters the cell in `rt`'s escape table (once) so a serialised reference can be resolved.

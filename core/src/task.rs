@@ -125,9 +125,9 @@ pub fn registered_functions() -> impl Iterator<Item = &'static RemoteFunction> {
 
 /// The function registered under `name`.
 pub(crate) fn function_by_name(name: &str) -> Option<&'static RemoteFunction> {
-    static MAP: std::sync::OnceLock<
+    static MAP: crate::sync::OnceLock<
         std::collections::HashMap<&'static str, &'static RemoteFunction>,
-    > = std::sync::OnceLock::new();
+    > = crate::sync::OnceLock::new();
     MAP.get_or_init(|| registered_functions().map(|f| (f.name(), f)).collect())
         .get(name)
         .copied()
@@ -147,7 +147,7 @@ pub(crate) fn fail_extra_with(first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]
             return;
         };
         let Some(Err(e)) = first.get() else { return };
-        for cell in weak.iter().filter_map(std::sync::Weak::upgrade) {
+        for cell in weak.iter().filter_map(crate::sync::Weak::upgrade) {
             cell.complete(Err(e.clone().for_object(cell.id())));
         }
     };
@@ -371,7 +371,7 @@ impl Task {
         retries: u32,
         returns: usize,
     ) -> Arc<Task> {
-        Arc::new_cyclic(|me: &std::sync::Weak<Task>| Task {
+        Arc::new_cyclic(|me: &crate::sync::Weak<Task>| Task {
             id,
             body,
             args,

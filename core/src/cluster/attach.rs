@@ -72,14 +72,14 @@
 //! never written, and the mapping cannot shrink (sealed memfd), so a checked location stays
 //! valid for as long as the mapping is held.
 
+use crate::sync::Ordering;
+use crate::sync::{Arc, Weak};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use manta_store::{AttachedArena, Location, PeerLife, SharedPin, fdpass};

@@ -64,10 +64,10 @@
 //! owner is a borrow registered the same way (`RuntimeInner::actor_borrow`), before it is
 //! returned.
 
+use crate::sync::{Arc, OnceLock, Weak};
+use crate::sync::{AtomicBool, Ordering};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
 
 use super::objects::{RemoteKind, RemoteObject};
 use super::peer::Peer;

@@ -29,7 +29,7 @@
 //! actor's creation counted, and records the death in the GCS's directory (answered before
 //! `kill` returns, so the name is free at once).
 
-use std::sync::Arc;
+use crate::sync::Arc;
 
 use super::proto::{ActorInfo, Msg};
 use super::worker::{Cluster, IO_THREAD};
@@ -43,7 +43,7 @@ use crate::task::RUNNING;
 
 /// Work pushed to this process and not yet done: its name, its owner's worker index and its
 /// result (an entry of `Cluster::executing`, for listings and `CancelTask`).
-pub(super) type Executing = (Box<str>, u64, std::sync::Weak<ObjectCell>);
+pub(super) type Executing = (Box<str>, u64, crate::sync::Weak<ObjectCell>);
 
 /// What a remote actor's creation counts on its placement: node slot, worker, load.
 pub(super) type ActorLoad = (usize, u64, Vec<(String, f64)>);

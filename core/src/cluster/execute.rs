@@ -2,7 +2,7 @@
 //! with `TaskDone` when done), and the listing of what this process knows of tasks and
 //! objects (`manta list tasks|objects`).
 
-use std::sync::{Arc, Weak};
+use crate::sync::{Arc, Weak};
 
 use bytes::Bytes;
 

@@ -12,8 +12,8 @@
 //! index answers "not alive", as for a dead one), and at most `MAX_DEAD_ACTORS` dead actors
 //! are kept for `manta list actors`, so finished jobs do not make the GCS grow.
 
+use crate::sync::{Arc, Mutex};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::execute::SEP;

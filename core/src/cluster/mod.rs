@@ -54,8 +54,8 @@ pub use node::{
     list_placement_groups, list_work, query, run_node, stop_cluster,
 };
 
+use crate::sync::Arc;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::config::Resolved;
 
@@ -362,9 +362,7 @@ pub(crate) fn wait_reply<T>(
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
     let deadline = std::time::Instant::now() + timeout;
-    let waker = Waker::from(std::sync::Arc::new(crate::api::ThreadWaker(
-        std::thread::current(),
-    )));
+    let waker = Waker::from(Arc::new(crate::api::ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut rx = std::pin::pin!(rx);
     loop {

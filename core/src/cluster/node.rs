@@ -22,10 +22,10 @@
 //! and its protocol are `worker_table.rs`, a state machine without I/O; the raylet here spawns,
 //! polls and kills the processes and sends what it returns.
 
+use crate::sync::{Arc, Mutex, OnceLock, Weak};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use manta_transport::{Address, Listener};

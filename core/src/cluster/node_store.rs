@@ -22,9 +22,9 @@
 //! 4. **Death.** A process's connection to the raylet's socket is its lease: when it closes,
 //!    the raylet takes the process's extents back (once no reader holds a lock on them).
 
+use crate::sync::Arc;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
-use std::sync::Arc;
 
 use manta_store::{NodeArena, NodeClient, NodeServer};
 

@@ -11,8 +11,8 @@
 //! from a worker that died fails with `OwnerDied` when that worker owned the object, else
 //! `ObjectLost`.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, Weak};
+use crate::sync::Ordering;
+use crate::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
 

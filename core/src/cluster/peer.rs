@@ -13,9 +13,9 @@
 //!    registers a [`BulkSink`] under the transfer id *before* the reader reads the next frame,
 //!    so the reader always knows where the bytes go. A transfer nobody expects is discarded.
 
+use crate::sync::{Arc, Mutex};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
@@ -513,8 +513,8 @@ fn reply_id(msg: &Msg) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::AtomicUsize;
     use manta_transport::{Address, Listener, TransportConfig};
-    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     /// Counts what the reader hands it.

@@ -22,8 +22,8 @@
 //!    workers (their queued tasks of the group fail with `PlacementGroupRemoved`), the
 //!    group's actors killed. A driver that leaves removes its groups that are not detached.
 
+use crate::sync::Arc;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::execute::SEP;
@@ -528,7 +528,7 @@ impl Cluster {
     pub(super) fn pg_reinstall_lost(&self) -> bool {
         // One at a time: a second caller (two restarts after one worker's death) waits for
         // the first to finish, then finds nothing lost and looks again.
-        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        static ONE_AT_A_TIME: crate::sync::Mutex<()> = crate::sync::Mutex::new(());
         let _one = lock(&ONE_AT_A_TIME);
         let Some(rt) = self.runtime() else {
             return false;

@@ -4,8 +4,8 @@
 //! worker). A node's workers are named by its raylet on first use: the one it starts
 //! (`manta start`), or the SPMD ranks of the node, each with its share.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use crate::sync::Arc;
+use crate::sync::Ordering;
 use std::time::{Duration, Instant};
 
 use super::peer::Peer;

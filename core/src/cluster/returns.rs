@@ -26,7 +26,7 @@
 //! pointing at its lost store while the retry's values for them are ignored (cells are
 //! written once).
 
-use std::sync::{Arc, Weak};
+use crate::sync::{Arc, Weak};
 
 use super::peer::Peer;
 use super::proto::{Msg, Outcome};

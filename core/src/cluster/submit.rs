@@ -4,7 +4,7 @@
 //! has retries, else fails with `WorkerCrashed`; an actor call or creation fails with
 //! `ActorDied`; a pull from that worker with `OwnerDied` or `ObjectLost`.
 
-use std::sync::Arc;
+use crate::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -638,7 +638,7 @@ impl Cluster {
                     let Some((c, rt)) = me
                         .upgrade()
                         .and_then(|c| c.runtime().map(|rt| (c, rt)))
-                        .filter(|(c, _)| !c.stopped.load(std::sync::atomic::Ordering::Acquire))
+                        .filter(|(c, _)| !c.stopped.load(crate::sync::Ordering::Acquire))
                     else {
                         cell.complete(Err(Error::ShutDown));
                         continue;

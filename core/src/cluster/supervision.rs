@@ -38,7 +38,7 @@
 //! than [`GONE_GRACE`] (the directory may list it dead for a moment before its owner reports
 //! the restart), or [`call_timeout()`] passes: then the proxy dies with `ActorDied`.
 
-use std::sync::{Arc, Mutex, Weak};
+use crate::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::call_timeout;

@@ -15,9 +15,9 @@
 //! - `borrow.rs`: Ray's borrower protocol (borrowed references, the owner's `lent` table),
 //!   with its numbered steps and the argument for their correctness.
 
+use crate::sync::{Arc, Mutex, OnceLock, Weak};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use manta_transport::{Address, Listener};
 

@@ -47,10 +47,10 @@ pub use element::{Element, ReduceOp};
 /// The 16-bit float types collectives take (from the `half` crate).
 pub use half::{bf16, f16};
 
+use crate::sync::mpsc;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::error::Error;

@@ -5,8 +5,8 @@
 //! the group uses shared memory across processes. Once every member attached, each member
 //! blanks its keys, so a later group may reuse the name without reading stale entries.
 
+use crate::sync::{LazyLock, Mutex, Weak};
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::hier::HierBackend;
@@ -191,8 +191,8 @@ pub(crate) fn join(
                     match groups.get(&group_nonce).and_then(Weak::upgrade) {
                         Some(r) => r,
                         None => {
-                            let r = std::sync::Arc::new(Region::heap(layout, group_nonce)?);
-                            groups.insert(group_nonce, std::sync::Arc::downgrade(&r));
+                            let r = crate::sync::Arc::new(Region::heap(layout, group_nonce)?);
+                            groups.insert(group_nonce, crate::sync::Arc::downgrade(&r));
                             r
                         }
                     }
@@ -320,7 +320,7 @@ impl Segment<'_> {
             (region, None)
         };
         let mut b = SharedBackend::named(
-            std::sync::Arc::new(region),
+            crate::sync::Arc::new(region),
             index,
             Some(self.pids),
             settings.timeout,

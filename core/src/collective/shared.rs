@@ -33,7 +33,7 @@
 //! the member's process is alive. A failure is also published in `broken`, which ends every
 //! other member's wait at once.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::interprocess::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use super::element::Reducer;
@@ -347,7 +347,7 @@ const BROKEN_REMOTE: u64 = 4;
 
 /// A member of a shared-segment group.
 pub(crate) struct SharedBackend {
-    region: std::sync::Arc<Region>,
+    region: crate::sync::Arc<Region>,
     rank: usize,
     world: usize,
     /// Other members' process ids (across processes), to see them die; `None` for threads.
@@ -367,7 +367,7 @@ pub(crate) struct SharedBackend {
 
 impl SharedBackend {
     pub(crate) fn new(
-        region: std::sync::Arc<Region>,
+        region: crate::sync::Arc<Region>,
         rank: usize,
         pids: Option<Vec<u32>>,
         timeout: Duration,
@@ -378,7 +378,7 @@ impl SharedBackend {
 
     /// A member whose segment's members have the group ranks `names`.
     pub(crate) fn named(
-        region: std::sync::Arc<Region>,
+        region: crate::sync::Arc<Region>,
         rank: usize,
         pids: Option<Vec<u32>>,
         timeout: Duration,
@@ -530,7 +530,7 @@ impl SharedBackend {
             let wake = self.wake_word();
             let seen = wake.load(Ordering::SeqCst);
             self.region.word(SLEEPERS).fetch_add(1, Ordering::SeqCst);
-            std::sync::atomic::fence(Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             if ready().is_none() {
                 self.region.word(SLEEPERS).fetch_sub(1, Ordering::SeqCst);
                 return Ok(());
@@ -550,7 +550,7 @@ impl SharedBackend {
     /// Wakes the members sleeping in `wait`, if any (after this member updated what they
     /// wait for).
     fn notify(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         if self.region.word(SLEEPERS).load(Ordering::SeqCst) > 0 {
             let wake = self.wake_word();
             wake.fetch_add(1, Ordering::SeqCst);

@@ -11,11 +11,12 @@ use std::time::Instant;
 
 use crossbeam_deque::Worker;
 
-use super::{Job, MAX_SEARCHING, Scheduler, fail_job};
+use super::sleep::Pool;
+use super::{Job, Scheduler, fail_job};
 use crate::error::Error;
 use crate::resources::Demand;
 use crate::runtime::RuntimeInner;
-use crate::sync::{Arc, Ordering, fence, lock, thread};
+use crate::sync::{Arc, Ordering, lock, thread};
 
 thread_local! {
     /// The slot's own deque; unset on threads that are not slots.
@@ -64,15 +65,15 @@ pub(super) fn spawn(rt: &Arc<RuntimeInner>) -> Result<(), Error> {
     if scheduler.is_shut_down() {
         return Ok(());
     }
-    let index = scheduler.slots.load(Ordering::Acquire);
-    if index >= scheduler.stealers.len() {
+    let index = scheduler.slots.len();
+    if index >= scheduler.slots.capacity() {
         return Err(Error::Os {
             what: "adding a slot",
             message: "max_slots reached".into(),
         });
     }
     let worker = Worker::new_fifo();
-    let _ = scheduler.stealers[index].set(worker.stealer());
+    let stealer = worker.stealer();
     let rt2 = rt.clone();
     let handle = thread::Builder::new()
         .name(format!("manta-slot-{index}"))
@@ -81,10 +82,15 @@ pub(super) fn spawn(rt: &Arc<RuntimeInner>) -> Result<(), Error> {
             what: "starting a slot thread",
             message: e.to_string(),
         })?;
-    // Publish only after the thread exists: stealers[..slots] are always set.
-    scheduler.slots.store(index + 1, Ordering::Release);
+    // Publish only once the thread exists (it waits for this before taking work).
+    let published = scheduler.slots.publish(index, stealer);
     handles.push(handle);
-    Ok(())
+    // Not expected: `handles` serialises spawns and `index` is the next one. The thread then
+    // waits for shutdown, and is joined with the others.
+    published.map_err(|_| Error::Os {
+        what: "adding a slot",
+        message: format!("slot {index} could not be published"),
+    })
 }
 
 fn main_loop(rt: Arc<RuntimeInner>, me: usize, worker: Worker<Job>) {
@@ -93,26 +99,36 @@ fn main_loop(rt: Arc<RuntimeInner>, me: usize, worker: Worker<Job>) {
     });
     let s = &rt.scheduler;
     // Take no work before `spawn` has published this slot: jobs this slot pushed to its deque
-    // meanwhile would be invisible to `has_work` (it scans `stealers[..slots]`), so a slot
+    // meanwhile would be invisible to `has_work` (it scans the published slots), so a slot
     // going to sleep, or this one blocking in `get`, could miss them — every other slot
     // asleep or blocked, and the job never taken (the `fib(15)`-on-one-CPU hang).
-    while s.slots.load(Ordering::Acquire) <= me {
-        thread::yield_now();
+    if !s.slots.wait_published(me, || s.is_shut_down()) {
+        return;
     }
     pin(s, me);
+    let pool = SlotPool { s, me };
     loop {
-        if let Some(job) = LOCAL.with(|l| l.get().and_then(|w| s.find_work(w, me))) {
+        if let Some(job) = pool.find() {
             s.run_job(job);
             continue;
         }
         if s.is_shut_down() {
             break;
         }
-        if let Some(job) = search(s, me) {
+        // Idle: search for the configured time, then sleep (`sleep.rs`).
+        let until = Instant::now() + s.spin;
+        let spin = || {
+            if Instant::now() >= until {
+                return false;
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            true
+        };
+        if let Some(job) = s.sleep.idle(&pool, spin) {
             s.run_job(job);
-            continue;
         }
-        sleep(s);
     }
     LOCAL.with(|l| {
         if let Some(w) = l.get() {
@@ -141,48 +157,29 @@ fn pin(s: &Scheduler, me: usize) {
     }
 }
 
-/// Spins for work for the configured time, if fewer than `MAX_SEARCHING` slots already do.
-fn search(s: &Scheduler, me: usize) -> Option<Job> {
-    if s.searching.fetch_add(1, Ordering::SeqCst) >= MAX_SEARCHING {
-        s.searching.fetch_sub(1, Ordering::SeqCst);
-        return None;
-    }
-    let until = Instant::now() + s.spin;
-    let found = loop {
-        if let Some(job) = LOCAL.with(|l| l.get().and_then(|w| s.find_work(w, me))) {
-            break Some(job);
-        }
-        if s.is_shut_down() || Instant::now() >= until {
-            break None;
-        }
-        for _ in 0..64 {
-            std::hint::spin_loop();
-        }
-    };
-    let was_last = s.searching.fetch_sub(1, Ordering::SeqCst) == 1;
-    if found.is_some() && was_last && s.has_work() {
-        // A burst may be arriving: hand the searching role on.
-        s.notify();
-    }
-    found
+/// Slot `me` of `s`, as the sleep/wake protocol sees it.
+struct SlotPool<'a> {
+    s: &'a Scheduler,
+    me: usize,
 }
 
-/// Parks until woken; re-checks for work after registering (README, "No lost wake-ups").
-fn sleep(s: &Scheduler) {
-    let me = thread::current();
-    {
-        let mut sleepers = lock(&s.sleepers);
-        sleepers.push(me.clone());
-        s.num_sleeping.fetch_add(1, Ordering::SeqCst);
+impl Pool for SlotPool<'_> {
+    type Job = Job;
+
+    fn find(&self) -> Option<Job> {
+        LOCAL.with(|l| l.get().and_then(|w| self.s.find_work(w, self.me)))
     }
-    fence(Ordering::SeqCst);
-    if !(s.has_work() || s.is_shut_down()) {
-        thread::park();
+
+    fn has_work(&self) -> bool {
+        self.s.has_work()
     }
-    let mut sleepers = lock(&s.sleepers);
-    if let Some(i) = sleepers.iter().position(|t| t.id() == me.id()) {
-        sleepers.swap_remove(i);
-        s.num_sleeping.fetch_sub(1, Ordering::SeqCst);
+
+    fn notify(&self) {
+        self.s.notify();
+    }
+
+    fn is_shut_down(&self) -> bool {
+        self.s.is_shut_down()
     }
 }
 
