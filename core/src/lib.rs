@@ -22,6 +22,7 @@ mod error;
 mod id;
 mod object;
 mod placement_group;
+mod remote;
 mod resources;
 mod runtime;
 mod scheduler;

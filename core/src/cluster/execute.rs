@@ -206,7 +206,7 @@ impl Cluster {
                 Payload::Inline(b) => ("inline", b.len() as u64, self.index),
                 Payload::Stored(s) if s.is_attached() => ("attached", s.len() as u64, self.index),
                 Payload::Stored(s) => ("store", s.len() as u64, self.index),
-                Payload::Remote(r) => ("remote", r.len, r.holder),
+                Payload::Remote(r) => ("remote", r.size(), r.holder()),
             },
         };
         let mut objects: Vec<ObjectRow> = Vec::new();

@@ -49,7 +49,7 @@ impl Cluster {
 
     /// Step 1, on the owner: tells actor `cell`'s host that it is detached.
     pub(crate) fn detach_remote(&self, cell: &ActorCell) {
-        if let Some(remote) = cell.remote() {
+        if let Some(remote) = super::supervision::RemoteActor::of_cell(cell) {
             remote.send_to_host(Msg::DetachActor {
                 actor_id: cell.id().as_u64(),
             });

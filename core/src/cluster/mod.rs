@@ -36,6 +36,7 @@ pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
+mod remote;
 mod returns;
 #[allow(unsafe_code)] // one system call (geteuid), argued there
 pub mod session;
@@ -67,42 +68,12 @@ pub fn session_root() -> PathBuf {
 /// process of the cluster; embedded, it is an in-process map with the same semantics, shared
 /// by every task and actor of the runtime and emptied by `shutdown`.
 pub fn kv_put(key: &str, value: &[u8]) -> Result<bool, Error> {
-    let rt = crate::runtime::current_inner().ok_or(Error::NotInitialized)?;
-    let Some(c) = rt.cluster.clone() else {
-        let mut kv = crate::sync::lock(&rt.kv);
-        return Ok(kv.insert(key.to_owned(), value.to_vec()).is_some());
-    };
-    match c.gcs_call(|request_id| proto::Msg::KvPut {
-        request_id,
-        key: key.to_owned(),
-        value: value.to_vec(),
-    })? {
-        proto::Msg::KvValue { found, .. } => Ok(found),
-        other => Err(unexpected(&other)),
-    }
+    crate::runtime::kv_put(key, value)
 }
 
 /// The value stored under `key` in the key-value store (see [`kv_put`]), if any.
 pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, Error> {
-    let rt = crate::runtime::current_inner().ok_or(Error::NotInitialized)?;
-    let Some(c) = rt.cluster.clone() else {
-        let kv = crate::sync::lock(&rt.kv);
-        return Ok(kv.get(key).cloned());
-    };
-    match c.gcs_call(|request_id| proto::Msg::KvGet {
-        request_id,
-        key: key.to_owned(),
-    })? {
-        proto::Msg::KvValue { found, value, .. } => Ok(found.then_some(value)),
-        other => Err(unexpected(&other)),
-    }
-}
-
-fn unexpected(msg: &proto::Msg) -> Error {
-    Error::Cluster {
-        what: "the GCS".into(),
-        message: format!("unexpected reply {}", msg.name()),
-    }
+    crate::runtime::kv_get(key)
 }
 
 /// The token of the cluster at `address`, from the latest session directory on this host
@@ -122,11 +93,7 @@ pub fn session_token(address: &str) -> Option<String> {
 /// meet over shared memory, and a raylet's node row carries its own so that an SPMD rank finds
 /// the raylet of its machine ([`NodeRow::host_id`]).
 pub fn host_id() -> String {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let net = std::fs::read_link("/proc/self/ns/net")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    format!("{}/{net}", boot.trim())
+    crate::remote::host_id()
 }
 
 /// Where a worker process of an SPMD launch (a rank) joins: its GCS and its node's raylet.
@@ -181,7 +148,7 @@ pub fn serve_worker(config: crate::Config, spec: WorkerSpec) -> Error {
             shm: resolved.shm_transport,
             zero_copy: resolved.zero_copy_node,
         })
-        .map(Some)
+        .map(|c| Some(c as Arc<dyn crate::remote::Remote>))
     };
     match crate::runtime::init_joining(config, join) {
         Ok(()) => Error::Cluster {

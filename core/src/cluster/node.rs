@@ -386,10 +386,7 @@ pub fn list_placement_groups(
         let Msg::Pg { groups, .. } = reply else {
             return Err(cluster_error(what, "unexpected reply"));
         };
-        Ok(groups
-            .iter()
-            .map(crate::PlacementGroupInfo::from_row)
-            .collect())
+        Ok(groups.iter().map(super::pg::info_of).collect())
     })
 }
 

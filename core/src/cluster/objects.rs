@@ -23,6 +23,7 @@ use super::worker::Cluster;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
+use crate::remote::RemoteValue;
 use crate::sync::lock;
 
 /// A pending pull: who holds the object, and what to do with it.
@@ -343,14 +344,14 @@ impl Cluster {
         let data = match &v.data {
             Payload::Remote(r) => match r.local_copy() {
                 Some(local) => local,
-                None if r.id == object_id => {
+                None if r.id() == object_id => {
                     return peer.send(Msg::ObjectData {
                         request_id,
                         found: false,
-                        len: r.len,
+                        len: r.size(),
                         inline: Vec::new(),
                         error: String::new(),
-                        redirect: r.holder,
+                        redirect: r.holder(),
                     });
                 }
                 None => {
@@ -629,6 +630,28 @@ impl RemoteObject {
     pub(super) fn fail(&self, e: Error) {
         let _ = self.local.set(Err(e));
         let _ = self.registered.set(false);
+    }
+}
+
+impl RemoteValue for RemoteObject {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn holder(&self) -> u64 {
+        self.holder
+    }
+
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn fetch(&self) -> Result<Payload, Error> {
+        RemoteObject::fetch(self)
+    }
+
+    fn local_copy(&self) -> Option<Payload> {
+        RemoteObject::local_copy(self)
     }
 }
 

@@ -33,6 +33,11 @@ use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
 use super::worker::Cluster;
 use super::{CALL_TIMEOUT, cluster_error, wait_reply};
 use crate::error::Error;
+use crate::placement_group::{
+    Bundle, LostBundles, PlacementGroupId, PlacementGroupInfo, PlacementGroupState,
+    PlacementStrategy, group_resources,
+};
+use crate::remote::GroupRequest;
 use crate::runtime::RuntimeInner;
 use crate::sync::lock;
 
@@ -43,34 +48,6 @@ pub(crate) const REMOVED: u8 = 2;
 
 /// How long the GCS waits for every raylet's `PgPrepared`.
 pub(crate) const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The run-time resources `bundles` (index, `(name, amount)` entries) of group `pg_id` add to
-/// the node that holds them: per bundle `<name>_group_<i>_<pg>` and a marker
-/// `bundle_group_<i>_<pg>` of 1,000; over them `<name>_group_<pg>` (their sum) and
-/// `bundle_group_<pg>`.
-pub(crate) fn group_resources(
-    pg_id: u64,
-    bundles: &[(usize, Vec<(String, f64)>)],
-) -> Vec<(String, f64)> {
-    let h = format!("{pg_id:016x}");
-    let mut sums: Vec<(String, f64)> = Vec::new();
-    let mut out = Vec::new();
-    for (i, entries) in bundles {
-        for (name, amount) in entries {
-            out.push((format!("{name}_group_{i}_{h}"), *amount));
-            match sums.iter_mut().find(|(n, _)| n == name) {
-                Some(e) => e.1 += amount,
-                None => sums.push((name.clone(), *amount)),
-            }
-        }
-        out.push((format!("bundle_group_{i}_{h}"), 1000.0));
-    }
-    for (name, amount) in sums {
-        out.push((format!("{name}_group_{h}"), amount));
-    }
-    out.push((format!("bundle_group_{h}"), 1000.0 * bundles.len() as f64));
-    out
-}
 
 /// The bundles of `row` held by node `node_id`, as [`group_resources`] takes them.
 pub(crate) fn bundles_on(row: &PgRow, node_id: u64) -> Vec<(usize, Vec<(String, f64)>)> {
@@ -345,6 +322,98 @@ pub(crate) fn wire_bundles(bundles: &[Vec<(String, f64)>]) -> Vec<PgBundle> {
         .collect()
 }
 
+/// A group as the GCS lists it.
+pub(crate) fn info_of(row: &PgRow) -> PlacementGroupInfo {
+    PlacementGroupInfo {
+        id: PlacementGroupId(row.pg_id),
+        name: (!row.name.is_empty()).then(|| row.name.clone()),
+        strategy: strategy_of(row.strategy),
+        state: match row.state {
+            CREATED => PlacementGroupState::Created,
+            REMOVED => PlacementGroupState::Removed,
+            _ => PlacementGroupState::Pending,
+        },
+        bundles: row
+            .bundles
+            .iter()
+            .map(|b| Bundle {
+                entries: b
+                    .resources
+                    .iter()
+                    .map(|r| (r.name.clone(), r.total))
+                    .collect(),
+            })
+            .collect(),
+        bundle_nodes: if row.bundles.iter().all(|b| b.node_id != 0) {
+            row.bundles.iter().map(|b| b.node_id).collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// A strategy's wire code.
+pub(crate) fn strategy_code(s: PlacementStrategy) -> u8 {
+    match s {
+        PlacementStrategy::Pack => 0,
+        PlacementStrategy::Spread => 1,
+        PlacementStrategy::StrictPack => 2,
+        PlacementStrategy::StrictSpread => 3,
+    }
+}
+
+/// The strategy a wire code stands for.
+pub(crate) fn strategy_of(code: u8) -> PlacementStrategy {
+    match code {
+        1 => PlacementStrategy::Spread,
+        2 => PlacementStrategy::StrictPack,
+        3 => PlacementStrategy::StrictSpread,
+        _ => PlacementStrategy::Pack,
+    }
+}
+
+/// A group to create as it travels to the GCS (state PENDING), for job `job_id`.
+pub(crate) fn request_row(group: &GroupRequest<'_>, job_id: u64) -> PgRow {
+    PgRow {
+        pg_id: group.pg_id,
+        name: group.name.unwrap_or_default().to_owned(),
+        strategy: strategy_code(group.strategy),
+        state: PENDING,
+        detached: group.detached,
+        job_id,
+        bundles: wire_bundles(group.bundles),
+    }
+}
+
+/// Bundles a dead worker held, as a row of those bundles (with their nodes), and the worker.
+fn lost_row(lost: LostBundles) -> (PgRow, u64) {
+    let bundles = lost
+        .bundles
+        .into_iter()
+        .map(|(index, node_id, entries)| PgBundle {
+            index,
+            node_id,
+            resources: entries
+                .into_iter()
+                .map(|(name, amount)| Resource {
+                    name,
+                    total: amount,
+                    available: amount,
+                })
+                .collect(),
+        })
+        .collect();
+    let row = PgRow {
+        pg_id: lost.pg_id,
+        strategy: strategy_code(lost.strategy),
+        state: CREATED,
+        detached: lost.detached,
+        bundles,
+        ..Default::default()
+    };
+    (row, lost.worker)
+}
+
 impl Cluster {
     /// Asks the GCS to create a group (owner, step 1): `Ok` once listed (pending), the
     /// GCS's refusal as an error.
@@ -536,7 +605,8 @@ impl Cluster {
         let dead = lock(&self.dead_workers).clone();
         let lost = crate::placement_group::lost_bundles(&rt, &|w| dead.contains(&w));
         let mut any = false;
-        for (row, dead_worker) in lost {
+        for lost in lost {
+            let (row, dead_worker) = lost_row(lost);
             let mut nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
             nodes.sort_unstable();
             nodes.dedup();

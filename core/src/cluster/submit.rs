@@ -20,6 +20,7 @@ use crate::actor::{ActorCell, ActorOptions};
 use crate::error::{Error, TaskError};
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectValue, Payload};
+use crate::remote::RemoteValue;
 use crate::resources::ResourceRequest;
 use crate::runtime::RuntimeInner;
 use crate::sync::lock;
@@ -51,7 +52,7 @@ pub(super) struct InFlight {
 
 /// What keeps an actor alive while a call to it is in flight: its proxy cell, and the
 /// caller's registration as a borrower of it, if any.
-pub(super) type KeepActor = (Arc<ActorCell>, Option<Arc<RemoteObject>>);
+pub(super) type KeepActor = (Arc<ActorCell>, Option<Arc<dyn RemoteValue>>);
 
 impl InFlight {
     /// The actor this is a call of, if it is one (failed at once when this process kills
@@ -156,9 +157,9 @@ impl Cluster {
                 Arg::Inline(b.to_vec())
             }
             Payload::Remote(r) => Arg::Ref {
-                object_id: r.id,
-                holder: r.holder,
-                len: r.len,
+                object_id: r.id(),
+                holder: r.holder(),
+                len: r.size(),
             },
             _ => match cell {
                 Some(cell) => {
@@ -331,7 +332,7 @@ impl Cluster {
             ..Default::default()
         })?;
         let remote = RemoteActor::at(worker, peer.clone(), options.max_task_retries);
-        actor.set_remote(remote.clone());
+        actor.set_remote(Arc::new(remote.clone()));
         self.own_actor(NewOwned {
             cell: actor,
             remote,
@@ -447,7 +448,7 @@ impl Cluster {
     pub(crate) fn call_remote(
         &self,
         actor: &Arc<ActorCell>,
-        borrow: Option<&Arc<RemoteObject>>,
+        borrow: Option<&Arc<dyn RemoteValue>>,
         remote: &RemoteActor,
         method: &'static str,
         cell: Arc<ObjectCell>,

@@ -51,6 +51,7 @@ use crate::actor::ActorCell;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, Waiter};
+use crate::remote::ActorPlace;
 use crate::resources::ResourceRequest;
 use crate::sync::lock;
 use crate::task::ArgSlot;
@@ -131,7 +132,23 @@ impl std::fmt::Debug for Parked {
     }
 }
 
+impl ActorPlace for RemoteActor {
+    fn worker(&self) -> Option<u64> {
+        self.target().map(|(w, _)| w)
+    }
+}
+
 impl RemoteActor {
+    /// The record behind a proxy's place (every place is one: only the cluster makes them).
+    pub(super) fn of(place: &dyn ActorPlace) -> Option<&RemoteActor> {
+        (place as &dyn std::any::Any).downcast_ref()
+    }
+
+    /// The record behind proxy `cell`, if it is one.
+    pub(super) fn of_cell(cell: &ActorCell) -> Option<&RemoteActor> {
+        cell.remote().and_then(|p| RemoteActor::of(&**p))
+    }
+
     pub(super) fn at(worker: u64, peer: Arc<Peer>, max_task_retries: u32) -> RemoteActor {
         RemoteActor(Arc::new(RemoteInner {
             location: Mutex::new(Location::At { worker, peer }),
@@ -385,8 +402,7 @@ impl Cluster {
             if super::owner_of(cell.id().as_u64()) == self.index || cell.is_dead() {
                 continue;
             }
-            if cell
-                .remote()
+            if RemoteActor::of_cell(cell)
                 .and_then(RemoteActor::target)
                 .is_some_and(|(worker, _)| worker == index)
             {
@@ -399,7 +415,7 @@ impl Cluster {
     /// Parks the calls of proxy `cell` until the GCS directory shows its actor alive on a
     /// live worker other than `old` (or it is gone: the proxy dies).
     pub(crate) fn follow_restart(&self, cell: &Arc<ActorCell>, old: u64) {
-        let Some(remote) = cell.remote().cloned() else {
+        let Some(remote) = RemoteActor::of_cell(cell).cloned() else {
             return;
         };
         {

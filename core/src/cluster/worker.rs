@@ -359,6 +359,7 @@ impl Cluster {
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         super::borrow::enable_borrows();
+        super::remote::enable();
         let _ = cluster.me.set(Arc::downgrade(&cluster));
         // Node deaths and joins reach the placement view.
         cluster.gcs.send(Msg::Subscribe { request_id: 0 });
