@@ -64,7 +64,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use super::objects::{RemoteKind, RemoteObject};
+use super::object_manager::{RemoteKind, RemoteObject};
 use super::peer::Peer;
 use super::proto::Msg;
 use super::worker::{Cluster, IO_THREAD};
@@ -250,9 +250,8 @@ impl Cluster {
             return;
         }
         // Sent under the lock: a newer borrow's AddBorrowers can only follow it.
-        if let Some(p) = lock(&self.peers).get(&r.holder) {
-            p.send_queued(Msg::RemoveBorrower { object_id: r.id });
-        }
+        self.peers
+            .send_queued(r.holder, Msg::RemoveBorrower { object_id: r.id });
     }
 
     // ----- lending (the owner's side of borrowing) ----------------------------------------

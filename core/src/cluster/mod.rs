@@ -22,34 +22,39 @@
 //! and pulls the value on first read (`borrow.rs`).
 #![allow(dead_code)]
 
+mod actor_manager;
 mod attach;
 pub(crate) mod borrow;
 pub(crate) mod cancel;
+mod client;
 mod execute;
 pub(crate) mod gcs;
 mod lifetime;
-mod node;
 pub(crate) mod node_store;
-pub(crate) mod objects;
+pub(crate) mod object_manager;
 pub(crate) mod peer;
+mod peers;
 pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
+mod raylet;
 mod remote;
 mod returns;
 #[allow(unsafe_code)] // one system call (geteuid), argued there
 pub mod session;
 mod submit;
 pub(crate) mod supervision;
+mod task_manager;
 mod wire;
 pub(crate) mod worker;
 mod worker_logs;
 
-pub use node::{
-    ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,
-    list_placement_groups, list_work, query, run_node, stop_cluster,
+pub use client::{
+    ActorRow, ClusterState, NodeRow, ObjectListing, TaskListing, WorkList, list_placement_groups,
+    list_work, query, stop_cluster,
 };
+pub use raylet::{NodeOptions, NodeReady, run_node};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -145,7 +145,7 @@ impl super::worker::Cluster {
             }
             super::worker::Role::Driver => nodes
                 .into_iter()
-                .filter(|n| n.alive && n.host_id == self.host_id)
+                .filter(|n| n.alive && n.host_id == self.peers.host_id())
                 .min_by_key(|n| n.node_id),
         }?;
         if mine.arena_socket.is_empty() {

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use super::execute::SEP;
 use super::peer::Peer;
-use super::policy;
 use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
 use super::worker::Cluster;
 use super::{CALL_TIMEOUT, cluster_error, wait_reply};
@@ -58,7 +57,7 @@ pub(crate) fn bundles_on(row: &PgRow, node_id: u64) -> Vec<(usize, Vec<(String, 
         .collect()
 }
 
-fn entries(resources: &[Resource]) -> Vec<(String, f64)> {
+pub(super) fn entries(resources: &[Resource]) -> Vec<(String, f64)> {
     resources
         .iter()
         .map(|r| (r.name.clone(), r.total))
@@ -472,16 +471,7 @@ impl Cluster {
         for &w in workers {
             self.peer(w).send(msg(PgOp::Cancel, 0, row.clone(), ""));
         }
-        {
-            let mut slots = lock(&self.nodes);
-            let h = format!("_{pg_id:016x}");
-            for s in slots.iter_mut() {
-                s.totals.retain(|(n, _)| !n.ends_with(&h));
-                for w in &mut s.workers {
-                    w.totals.retain(|(n, _)| !n.ends_with(&h));
-                }
-            }
-        }
+        self.placement.drop_group(pg_id);
         let _guard = self.io.enter();
         let rx = self
             .gcs
@@ -494,10 +484,7 @@ impl Cluster {
 
     /// The node of one of the job's workers, as this owner knows it.
     pub(crate) fn node_of_worker(&self, index: u64) -> Option<u64> {
-        lock(&self.nodes)
-            .iter()
-            .find(|s| s.workers.iter().any(|w| w.index == index))
-            .map(|s| s.node_id)
+        self.placement.node_of_worker(index)
     }
 
     /// Every placement group the GCS knows.
@@ -602,7 +589,7 @@ impl Cluster {
         let Some(rt) = self.runtime() else {
             return false;
         };
-        let dead = lock(&self.dead_workers).clone();
+        let dead = self.placement.dead_workers();
         let lost = crate::placement_group::lost_bundles(&rt, &|w| dead.contains(&w));
         let mut any = false;
         for lost in lost {
@@ -623,84 +610,6 @@ impl Cluster {
             crate::placement_group::replace_worker(&rt, row.pg_id, dead_worker, placed);
         }
         any
-    }
-
-    /// Puts the bundles of `row` on node `node_id` in the job's workers there, each bundle
-    /// in one that holds it (an SPMD node has several, each with its share); returns them.
-    fn pg_install_on(&self, row: &PgRow, node_id: u64) -> Result<Vec<(u64, Vec<u32>)>, Error> {
-        let what = format!(
-            "installing placement group {:016x} on node {node_id}",
-            row.pg_id
-        );
-        let mut slot = lock(&self.nodes).iter().position(|s| s.node_id == node_id);
-        if slot.is_none() {
-            self.refresh_nodes()?;
-            slot = lock(&self.nodes).iter().position(|s| s.node_id == node_id);
-        }
-        let Some(i) = slot else {
-            return Err(cluster_error(what, "the node is not in the node table"));
-        };
-        self.node_workers(i)?;
-        let mut slots = lock(&self.nodes);
-        let s = &mut slots[i];
-        // Which worker takes which bundle: the policy's choice, counting what it got already.
-        let mut given: Vec<Vec<(String, f64)>> = vec![Vec::new(); s.workers.len()];
-        let mut parts: Vec<Vec<PgBundle>> = vec![Vec::new(); s.workers.len()];
-        for b in row.bundles.iter().filter(|b| b.node_id == node_id) {
-            let want = entries(&b.resources);
-            let loads: Vec<policy::WorkerLoad<'_>> = s
-                .workers
-                .iter()
-                .zip(&given)
-                .map(|(w, g)| policy::WorkerLoad {
-                    totals: w.totals.as_slice().into(),
-                    busy: g.as_slice().into(),
-                })
-                .collect();
-            let fits = |j: usize| {
-                want.iter().all(|(n, a)| {
-                    let total = s.workers[j]
-                        .totals
-                        .iter()
-                        .find(|(t, _)| t == n)
-                        .map_or(0.0, |t| t.1);
-                    let used: f64 = given[j].iter().filter(|(g, _)| g == n).map(|g| g.1).sum();
-                    total - used + 1e-9 >= *a
-                })
-            };
-            let Some(j) = policy::pick_worker(&loads, &want, None).filter(|&j| fits(j)) else {
-                return Err(cluster_error(
-                    what,
-                    format!("no worker of the job there has room for bundle {}", b.index),
-                ));
-            };
-            given[j].extend(want);
-            parts[j].push(b.clone());
-        }
-        let mut out = Vec::new();
-        for (j, bundles) in parts.into_iter().enumerate() {
-            if bundles.is_empty() {
-                continue;
-            }
-            let indices: Vec<u32> = bundles.iter().map(|b| b.index).collect();
-            let part = PgRow {
-                bundles,
-                ..row.clone()
-            };
-            let resources = group_resources(row.pg_id, &bundles_on(&part, node_id));
-            let w = &mut s.workers[j];
-            w.peer.send(msg(PgOp::Commit, 0, part, ""));
-            w.totals.extend(resources.iter().cloned());
-            out.push((w.index, indices));
-            // The node's view: the per-bundle names, and the group-wide ones summed.
-            for (name, amount) in resources {
-                match s.totals.iter_mut().find(|(n, _)| *n == name) {
-                    Some(e) => e.1 += amount,
-                    None => s.totals.push((name, amount)),
-                }
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The object manager: pulls of objects held by other processes (a queue ordered get > wait >
+//! The object manager ([`ObjectManager`], Ray's `ObjectManager` with its `PullManager`): pulls of objects held by other processes (a queue ordered get > wait >
 //! task argument, at most [`MAX_PULL_BYTES`] in flight, redirects from an owner to the worker
 //! holding a result), serving other processes' pulls (inline, or a bulk transfer straight into
 //! the reader's store), task arguments pulled once per process, results held for remote owners
@@ -10,12 +10,18 @@
 //! error as `TaskDone` does, so a task whose argument failed fails with that cause. A pull
 //! from a worker that died fails with `OwnerDied` when that worker owned the object, else
 //! `ObjectLost`.
+//!
+//! Its state (pending and queued pulls, results held for remote owners, arguments fetched
+//! here) is edited in this file only; other files go through [`ObjectManager`]'s methods.
+//! Same-host reads keep theirs in [`Attachments`] (`attach.rs`).
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, Weak};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 
+use super::attach::Attachments;
 use super::peer::{BulkArrival, BulkData, Peer};
 use super::proto::Msg;
 use super::wait_reply;
@@ -110,6 +116,100 @@ fn not_found(request_id: u64, error: String) -> Msg {
     }
 }
 
+/// The object manager's state.
+pub(super) struct ObjectManager {
+    /// Results this process computed for remote owners, until they free them.
+    held: Mutex<HashMap<u64, ObjectValue>>,
+    /// Pulls sent, by request id.
+    pulls: Mutex<HashMap<u64, PendingPull>>,
+    pull_queue: Mutex<PullQueue>,
+    next_pull: AtomicU64,
+    /// Task arguments of other processes pulled (or being pulled) here, so that every task
+    /// reading one shares one transfer and one copy.
+    fetched: Mutex<HashMap<u64, Weak<ObjectCell>>>,
+    /// Size of `fetched` at which dead entries are next swept (doubles with the live ones, so
+    /// sweeping stays amortised O(1) per pull).
+    fetched_sweep_at: AtomicUsize,
+    /// Results up to this size travel inline in `TaskDone`.
+    max_inline: usize,
+    /// Zero-copy reads of objects held by processes of this host (`attach.rs`).
+    pub(super) attach: Attachments,
+}
+
+impl std::fmt::Debug for ObjectManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectManager")
+            .field("held", &lock(&self.held).len())
+            .field("pulls", &lock(&self.pulls).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectManager {
+    pub(super) fn new(max_inline: usize, zero_copy: bool) -> ObjectManager {
+        ObjectManager {
+            held: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
+            pull_queue: Mutex::new(PullQueue::default()),
+            next_pull: AtomicU64::new(1),
+            fetched: Mutex::new(HashMap::new()),
+            fetched_sweep_at: AtomicUsize::new(1024),
+            max_inline,
+            attach: Attachments::new(zero_copy),
+        }
+    }
+
+    /// Keeps `v` under `id` for a remote owner (or an executor) to pull, until freed.
+    pub(super) fn hold(&self, id: u64, v: ObjectValue) {
+        lock(&self.held).insert(id, v);
+    }
+
+    /// Frees held objects `ids` (`FreeObject`, or a task's arguments once it is done).
+    pub(super) fn free(&self, ids: &[u64]) {
+        let freed: Vec<ObjectValue> = {
+            let mut held = lock(&self.held);
+            ids.iter().filter_map(|id| held.remove(id)).collect()
+        };
+        // Dropped outside the lock: a stored value's drop frees its store space.
+        drop(freed);
+    }
+
+    /// What is held here, for listings.
+    pub(super) fn held_rows(&self) -> Vec<(u64, ObjectValue)> {
+        lock(&self.held)
+            .iter()
+            .map(|(id, v)| (*id, v.clone()))
+            .collect()
+    }
+
+    /// The live arguments fetched here, for listings.
+    pub(super) fn fetched_cells(&self) -> Vec<Arc<ObjectCell>> {
+        lock(&self.fetched)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// The pull sent under `request_id`, taken out (its answer arrived).
+    pub(super) fn take_pull(&self, request_id: u64) -> Option<PendingPull> {
+        lock(&self.pulls).remove(&request_id)
+    }
+
+    /// Takes out the pulls sent to the connection named `peer` (its worker died): each
+    /// object's id and completion.
+    pub(super) fn take_pulls_from(&self, peer: &str) -> Vec<(u64, PullDone)> {
+        let mut pulls = lock(&self.pulls);
+        let ids: Vec<u64> = pulls
+            .iter()
+            .filter(|(_, p)| p.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| pulls.remove(&id).map(|p| (p.object_id, p.done)))
+            .collect()
+    }
+}
+
 impl Cluster {
     /// Pulls object `object_id` (about `len` bytes, 0 if unknown) from worker `holder` with
     /// `priority` (0 get, 1 wait, 2 task argument); `done` gets its bytes.
@@ -126,7 +226,7 @@ impl Cluster {
             return done(self.local_payload(object_id));
         }
         {
-            let mut q = lock(&self.pull_queue);
+            let mut q = lock(&self.objects.pull_queue);
             let seq = q.seq;
             q.seq += 1;
             q.waiting.insert(
@@ -149,7 +249,7 @@ impl Cluster {
     fn dispatch_pulls(&self) {
         loop {
             let next = {
-                let mut q = lock(&self.pull_queue);
+                let mut q = lock(&self.objects.pull_queue);
                 let Some((_, first)) = q.waiting.first_key_value() else {
                     return;
                 };
@@ -180,7 +280,7 @@ impl Cluster {
         let done: PullDone = Box::new(move |r| {
             if let Some(c) = me.upgrade() {
                 {
-                    let mut q = lock(&c.pull_queue);
+                    let mut q = lock(&c.objects.pull_queue);
                     q.in_flight = q.in_flight.saturating_sub(bytes);
                 }
                 c.dispatch_pulls();
@@ -216,8 +316,8 @@ impl Cluster {
             ..
         } = req;
         let peer = self.peer(holder);
-        let request_id = self.next_pull.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pulls).insert(
+        let request_id = self.objects.next_pull.fetch_add(1, Ordering::Relaxed);
+        lock(&self.objects.pulls).insert(
             request_id,
             PendingPull {
                 peer: peer.name.clone(),
@@ -280,7 +380,7 @@ impl Cluster {
     /// A value this process holds under `id`: a result kept for a remote owner, or an object
     /// of its own entered in the escape table (`Ok(None)` if neither, or not ready yet).
     fn local_value(&self, id: u64) -> Result<Option<ObjectValue>, Error> {
-        if let Some(v) = lock(&self.held).get(&id) {
+        if let Some(v) = lock(&self.objects.held).get(&id) {
             return Ok(Some(v.clone()));
         }
         let Some(rt) = self.runtime() else {
@@ -299,7 +399,7 @@ impl Cluster {
     /// Serves a pull: replies when the object is ready (waiting for a pending one). With
     /// `pin`, a stored object is pinned for the puller rather than sent (`attach.rs`).
     pub(super) fn serve_pull(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64, pin: bool) {
-        if let Some(v) = lock(&self.held).get(&object_id).cloned() {
+        if let Some(v) = lock(&self.objects.held).get(&object_id).cloned() {
             return self.send_value(peer, request_id, object_id, v, pin);
         }
         let cell = self
@@ -422,7 +522,7 @@ impl Cluster {
         error: String,
         redirect: u64,
     ) {
-        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+        let Some(pending) = lock(&self.objects.pulls).remove(&request_id) else {
             return;
         };
         let done = pending.done;
@@ -447,7 +547,7 @@ impl Cluster {
             return done(Ok(Payload::Inline(Bytes::from(inline))));
         }
         let store = self.runtime().and_then(|rt| rt.store.clone());
-        let max_inline = self.max_inline;
+        let max_inline = self.objects.max_inline;
         peer.expect_bulk(
             request_id,
             Box::new(move |n| match store {
@@ -471,7 +571,7 @@ impl Cluster {
         message: String,
         cause: Vec<u8>,
     ) {
-        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+        let Some(pending) = lock(&self.objects.pulls).remove(&request_id) else {
             return;
         };
         (pending.done)(Err(match kind {
@@ -484,7 +584,7 @@ impl Cluster {
 
     /// A pulled copy of `object_id` made for a task argument, if one is here.
     fn fetched_copy(&self, object_id: u64) -> Option<Payload> {
-        let cell = lock(&self.fetched)
+        let cell = lock(&self.objects.fetched)
             .get(&object_id)
             .and_then(Weak::upgrade)?;
         match cell.get() {
@@ -511,13 +611,14 @@ impl Cluster {
             ));
         }
         drop(remote);
-        let mut fetched = lock(&self.fetched);
+        let mut fetched = lock(&self.objects.fetched);
         if let Some(cell) = fetched.get(&object_id).and_then(Weak::upgrade) {
             return cell;
         }
-        if fetched.len() >= self.fetched_sweep_at.load(Ordering::Relaxed) {
+        if fetched.len() >= self.objects.fetched_sweep_at.load(Ordering::Relaxed) {
             fetched.retain(|_, w| w.strong_count() > 0);
-            self.fetched_sweep_at
+            self.objects
+                .fetched_sweep_at
                 .store((fetched.len() * 2).max(1024), Ordering::Relaxed);
         }
         let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(object_id), None));
@@ -548,12 +649,11 @@ impl Cluster {
             return;
         }
         if holder == self.index {
-            lock(&self.held).remove(&object_id);
+            lock(&self.objects.held).remove(&object_id);
             return;
         }
-        if let Some(p) = lock(&self.peers).get(&holder) {
-            p.send_queued(Msg::FreeObject { object_id });
-        }
+        self.peers
+            .send_queued(holder, Msg::FreeObject { object_id });
     }
 }
 
