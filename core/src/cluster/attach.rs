@@ -272,7 +272,7 @@ async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>, l
             return;
         }
     };
-    if !tokens_equal(&token, c.token.as_bytes()) {
+    if !tokens_equal(&token, c.member.token.as_bytes()) {
         if let Some(suppressed) = log.check() {
             tracing::warn!(suppressed, "arena attach refused: wrong cluster token");
         }
@@ -399,7 +399,7 @@ impl Cluster {
         sock.set_read_timeout(Some(ATTACH_TIMEOUT))
             .and_then(|()| sock.set_write_timeout(Some(ATTACH_TIMEOUT)))
             .map_err(|e| fail("socket timeouts", e))?;
-        let token = self.token.as_bytes();
+        let token = self.member.token.as_bytes();
         let mut proof = Vec::with_capacity(4 + token.len());
         proof.extend_from_slice(&(token.len() as u32).to_le_bytes());
         proof.extend_from_slice(token);

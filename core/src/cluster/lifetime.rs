@@ -114,7 +114,7 @@ impl Cluster {
     /// Step 3, on a host its raylet kept past its job's end: every actor of the job that is
     /// not detached dies, as when the job's workers stop.
     pub(super) fn job_ended(&self, job_id: u64) {
-        if job_id != self.job_id {
+        if job_id != self.member.job_id {
             return;
         }
         let Some(rt) = self.runtime() else { return };

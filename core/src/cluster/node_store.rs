@@ -139,7 +139,7 @@ impl super::worker::Cluster {
                 return None;
             }
         };
-        let mine = match &self.role {
+        let mine = match &self.member.role {
             super::worker::Role::Worker { node_id, .. } => {
                 nodes.into_iter().find(|n| n.node_id == *node_id)
             }
@@ -151,6 +151,6 @@ impl super::worker::Cluster {
         if mine.arena_socket.is_empty() {
             return None;
         }
-        connect(&mine.arena_socket, &self.token)
+        connect(&mine.arena_socket, &self.member.token)
     }
 }

@@ -377,7 +377,7 @@ impl Cluster {
     ) -> Result<Vec<NamedWorker>, Error> {
         let raylet = self.raylet(node_id, address);
         let (exe, args, cwd) = self.placement.executable.clone();
-        let job_id = self.job_id;
+        let job_id = self.member.job_id;
         let mut env = forwarded_env();
         // The job's namespace is its workers' (`get_actor` in a task), set in code or not.
         if let Some(rt) = self.runtime() {
@@ -430,7 +430,7 @@ impl Cluster {
         let (peer, pending) = Peer::pending(format!("raylet:{node_id}"));
         raylets.insert(node_id, peer.clone());
         drop(raylets);
-        let token = self.token.clone();
+        let token = self.member.token.clone();
         let name = self.my_name();
         let handler = self.handler();
         let address = address.to_owned();

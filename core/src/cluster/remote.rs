@@ -59,15 +59,15 @@ impl Remote for Cluster {
     }
 
     fn gcs_address(&self) -> &str {
-        &self.gcs_address
+        &self.member.gcs_address
     }
 
     fn address(&self) -> &str {
-        &self.address
+        &self.member.address
     }
 
     fn token(&self) -> &str {
-        &self.token
+        &self.member.token
     }
 
     fn set_runtime(&self, rt: &Arc<RuntimeInner>) {
@@ -249,7 +249,7 @@ impl Remote for Cluster {
     }
 
     fn pg_create(&self, group: GroupRequest<'_>) -> Result<(), Error> {
-        Cluster::pg_create(self, super::pg::request_row(&group, self.job_id))
+        Cluster::pg_create(self, super::pg::request_row(&group, self.member.job_id))
     }
 
     fn pg_remove(&self, pg_id: u64, workers: &[u64]) -> Result<(), Error> {

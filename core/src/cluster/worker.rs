@@ -56,19 +56,29 @@ pub(crate) enum Role {
     },
 }
 
+/// Who this process is in the cluster, fixed when it joins.
+#[derive(Debug)]
+pub(super) struct Membership {
+    pub(super) role: Role,
+    pub(super) job_id: u64,
+    /// The cluster's token, proved in every handshake.
+    pub(super) token: String,
+    pub(super) gcs_address: String,
+    /// This process's address (`ip:port`).
+    pub(super) address: String,
+}
+
 /// The name of the cluster's I/O thread.
 pub(super) const IO_THREAD: &str = "manta-io";
 
 /// This process's cluster membership.
 pub(crate) struct Cluster {
-    pub(crate) io: IoRuntime,
-    pub(crate) role: Role,
-    pub(crate) index: u64,
-    pub(crate) job_id: u64,
-    pub(crate) token: String,
-    pub(crate) gcs_address: String,
-    pub(crate) address: String,
-    pub(crate) gcs: Arc<Peer>,
+    pub(super) io: IoRuntime,
+    /// Who this process is in the cluster.
+    pub(super) member: Membership,
+    /// Its worker index: the top bits of every id it creates.
+    pub(super) index: u64,
+    pub(super) gcs: Arc<Peer>,
     pub(super) rt: OnceLock<Weak<RuntimeInner>>,
     pub(super) me: OnceLock<Weak<Cluster>>,
     /// Connections to other workers and to this worker's raylet (`peers.rs`).
@@ -97,9 +107,9 @@ pub(crate) struct Cluster {
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("role", &self.role)
+            .field("role", &self.member.role)
             .field("index", &self.index)
-            .field("address", &self.address)
+            .field("address", &self.member.address)
             .finish_non_exhaustive()
     }
 }
@@ -285,12 +295,14 @@ impl Cluster {
         }
         let cluster = Arc::new(Cluster {
             io: IoRuntime(Some(io)),
-            role: opts.role,
+            member: Membership {
+                role: opts.role,
+                job_id,
+                token,
+                gcs_address: opts.gcs_address,
+                address,
+            },
             index,
-            job_id,
-            token,
-            gcs_address: opts.gcs_address,
-            address,
             gcs,
             rt: OnceLock::new(),
             me: OnceLock::new(),
@@ -398,7 +410,7 @@ impl Cluster {
 
     /// The node this process works on (`None` for a driver).
     pub(crate) fn node_id(&self) -> Option<u64> {
-        match &self.role {
+        match &self.member.role {
             Role::Driver => None,
             Role::Worker { node_id, .. } => Some(*node_id),
         }
@@ -406,7 +418,7 @@ impl Cluster {
 
     /// Whether this process runs no work of its own.
     pub(crate) fn is_driver(&self) -> bool {
-        matches!(self.role, Role::Driver)
+        matches!(self.member.role, Role::Driver)
     }
 
     // ----- peers ------------------------------------------------------------------------
@@ -420,7 +432,7 @@ impl Cluster {
             return peer;
         };
         let gcs = self.gcs.clone();
-        let token = self.token.clone();
+        let token = self.member.token.clone();
         let name = self.my_name();
         let handler = self.handler();
         let my_host = if self.peers.shm_path().is_some() {
@@ -477,11 +489,11 @@ impl Cluster {
             raylet,
             job_id,
             node_id,
-        } = &self.role
+        } = &self.member.role
         else {
             std::process::exit(2);
         };
-        let token = self.token.clone();
+        let token = self.member.token.clone();
         let name = self.my_name();
         let handler = self.handler();
         let raylet = raylet.clone();
@@ -497,7 +509,7 @@ impl Cluster {
         let ready = Msg::WorkerReady {
             job_id: *job_id,
             index: self.index,
-            address: self.address.clone(),
+            address: self.member.address.clone(),
             pid: std::process::id(),
             resources,
         };
@@ -533,7 +545,7 @@ impl Cluster {
             // Exit now rather than wait for running tasks (`shutdown` joins them), so that
             // our connections close and owners fail what they had in flight here.
             let lost = if self.gcs.is_closed() {
-                format!("the cluster's head at {}", self.gcs_address)
+                format!("the cluster's head at {}", self.member.gcs_address)
             } else {
                 "this node's raylet".to_owned()
             };
