@@ -38,6 +38,7 @@ pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
+mod pull_queue;
 mod raylet;
 mod remote;
 mod returns;

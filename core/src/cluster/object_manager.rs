@@ -1,8 +1,10 @@
-//! The object manager ([`ObjectManager`], Ray's `ObjectManager` with its `PullManager`): pulls of objects held by other processes (a queue ordered get > wait >
-//! task argument, at most [`MAX_PULL_BYTES`] in flight, redirects from an owner to the worker
-//! holding a result), serving other processes' pulls (inline, or a bulk transfer straight into
-//! the reader's store), task arguments pulled once per process, results held for remote owners
-//! and `FreeObject`, and [`RemoteObject`], the lazy payload of an object held elsewhere.
+//! The object manager ([`ObjectManager`], Ray's `ObjectManager` with its `PullManager`):
+//! pulls of objects held by other processes (admitted by the pull queue, `pull_queue.rs`:
+//! get > wait > task argument, at most [`MAX_PULL_BYTES`] in flight; redirects from an owner
+//! to the worker holding a result), serving other processes' pulls (inline, or a bulk
+//! transfer straight into the reader's store), task arguments pulled once per process,
+//! results held for remote owners and `FreeObject`, and [`RemoteObject`], the lazy payload of
+//! an object held elsewhere.
 //!
 //! A pull is answered with `ObjectData` (found: the value, or a bulk transfer after it; not
 //! found: a redirect to the holder, which may be the puller itself, or a message), with
@@ -24,6 +26,7 @@ use bytes::Bytes;
 use super::attach::Attachments;
 use super::peer::{BulkArrival, BulkData, Peer};
 use super::proto::Msg;
+use super::pull_queue::{PullQueue, Start};
 use super::wait_reply;
 use super::worker::Cluster;
 use crate::error::Error;
@@ -40,26 +43,22 @@ const MAX_PULL_BYTES: u64 = 256 << 20;
 /// What an object of unknown size counts as against [`MAX_PULL_BYTES`].
 const UNKNOWN_PULL_BYTES: u64 = 1 << 20;
 
-/// A pull waiting for room.
-pub(super) struct QueuedPull {
+/// A pull waiting for room in the pull queue (`pull_queue.rs`).
+struct QueuedPull {
     priority: u8,
-    seq: u64,
     holder: u64,
     object_id: u64,
-    bytes: u64,
     done: PullDone,
     /// The cell this pull fills, when nothing else needs it: a pull whose cell every reader
     /// dropped before it started is skipped.
     wanted: Option<Weak<ObjectCell>>,
 }
 
-/// The object manager's pull queue: get (0) before wait (1) before task arguments (2), FIFO
-/// within a priority, and at most [`MAX_PULL_BYTES`] in flight (one pull always may run).
-#[derive(Default)]
-pub(super) struct PullQueue {
-    pub(super) in_flight: u64,
-    pub(super) waiting: std::collections::BTreeMap<(u8, u64), QueuedPull>,
-    pub(super) seq: u64,
+impl QueuedPull {
+    /// Whether every reader of its cell is gone (the pull need not start).
+    fn abandoned(&self) -> bool {
+        self.wanted.as_ref().is_some_and(|w| w.strong_count() == 0)
+    }
 }
 
 /// A pull about to be sent (or waiting for its holder's arena to be attached).
@@ -122,7 +121,8 @@ pub(super) struct ObjectManager {
     held: Mutex<HashMap<u64, ObjectValue>>,
     /// Pulls sent, by request id.
     pulls: Mutex<HashMap<u64, PendingPull>>,
-    pull_queue: Mutex<PullQueue>,
+    /// Get > wait > task argument, at most [`MAX_PULL_BYTES`] in flight (`pull_queue.rs`).
+    pull_queue: Mutex<PullQueue<QueuedPull>>,
     next_pull: AtomicU64,
     /// Task arguments of other processes pulled (or being pulled) here, so that every task
     /// reading one shares one transfer and one copy.
@@ -150,7 +150,7 @@ impl ObjectManager {
         ObjectManager {
             held: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
-            pull_queue: Mutex::new(PullQueue::default()),
+            pull_queue: Mutex::new(PullQueue::new(MAX_PULL_BYTES, UNKNOWN_PULL_BYTES)),
             next_pull: AtomicU64::new(1),
             fetched: Mutex::new(HashMap::new()),
             fetched_sweep_at: AtomicUsize::new(1024),
@@ -225,64 +225,43 @@ impl Cluster {
         if holder == self.index {
             return done(self.local_payload(object_id));
         }
-        {
-            let mut q = lock(&self.objects.pull_queue);
-            let seq = q.seq;
-            q.seq += 1;
-            q.waiting.insert(
-                (priority, seq),
-                QueuedPull {
-                    priority,
-                    seq,
-                    holder,
-                    object_id,
-                    bytes: len.max(UNKNOWN_PULL_BYTES),
-                    done,
-                    wanted,
-                },
-            );
-        }
+        lock(&self.objects.pull_queue).push(
+            priority,
+            len,
+            QueuedPull {
+                priority,
+                holder,
+                object_id,
+                done,
+                wanted,
+            },
+        );
         self.dispatch_pulls();
     }
 
     /// Starts queued pulls while there is room.
     fn dispatch_pulls(&self) {
         loop {
-            let next = {
-                let mut q = lock(&self.objects.pull_queue);
-                let Some((_, first)) = q.waiting.first_key_value() else {
-                    return;
-                };
-                if q.in_flight > 0 && q.in_flight + first.bytes > MAX_PULL_BYTES {
-                    return;
-                }
-                let (_, p) = q.waiting.pop_first().expect("checked above");
-                if p.wanted.as_ref().is_some_and(|w| w.strong_count() == 0) {
-                    continue;
-                }
-                q.in_flight += p.bytes;
-                p
-            };
-            self.start_pull(next);
+            let next = lock(&self.objects.pull_queue).next(QueuedPull::abandoned);
+            match next {
+                Some(Start { bytes, item }) => self.start_pull(item, bytes),
+                None => return,
+            }
         }
     }
 
-    fn start_pull(&self, p: QueuedPull) {
+    fn start_pull(&self, p: QueuedPull, bytes: u64) {
         let QueuedPull {
             priority,
             holder,
             object_id,
-            bytes,
             done,
             ..
         } = p;
         let me = self.me.get().cloned().unwrap_or_default();
         let done: PullDone = Box::new(move |r| {
             if let Some(c) = me.upgrade() {
-                {
-                    let mut q = lock(&c.objects.pull_queue);
-                    q.in_flight = q.in_flight.saturating_sub(bytes);
-                }
+                lock(&c.objects.pull_queue).finished(bytes);
                 c.dispatch_pulls();
             }
             done(r);
