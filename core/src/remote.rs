@@ -232,11 +232,11 @@ pub(crate) fn host_id() -> String {
 /// while decoding are registered with their owners when the decode ends, before the value
 /// reaches its reader (`cluster/borrow.rs`, "Borrowers").
 pub(crate) trait BorrowHook: Send + Sync {
-    /// A decode begins on this thread; returns whether a scope was opened (then
-    /// [`end`](Self::end) follows on the same thread, scopes nesting).
-    fn begin(&self) -> bool;
-    /// The innermost decode begun on this thread ends.
-    fn end(&self);
+    /// A decode begins on this thread: the token its [`end`](Self::end) gives back (on the
+    /// same thread, scopes nesting), or `None` when no scope is needed.
+    fn begin(&self) -> Option<usize>;
+    /// The decode that [`begin`](Self::begin) gave `token` ends.
+    fn end(&self, token: usize);
 }
 
 /// The hook, installed when this process joins a cluster: until then a decode meets no
@@ -250,7 +250,10 @@ pub(crate) fn set_borrow_hook(hook: &'static dyn BorrowHook) {
 
 /// The borrow registration around one decode: begun before a value is deserialised, ended
 /// (and the borrows registered) when dropped.
-pub(crate) struct DecodeScope(&'static dyn BorrowHook);
+pub(crate) struct DecodeScope {
+    hook: &'static dyn BorrowHook,
+    token: usize,
+}
 
 impl std::fmt::Debug for DecodeScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,12 +266,13 @@ impl DecodeScope {
     #[inline]
     pub(crate) fn begin() -> Option<DecodeScope> {
         let hook = *BORROW_HOOK.get()?;
-        hook.begin().then_some(DecodeScope(hook))
+        let token = hook.begin()?;
+        Some(DecodeScope { hook, token })
     }
 }
 
 impl Drop for DecodeScope {
     fn drop(&mut self) {
-        self.0.end();
+        self.hook.end(self.token);
     }
 }

@@ -476,7 +476,7 @@ fn finish_borrows(noted: Vec<Noted>) {
 #[derive(Debug)]
 pub(crate) struct BorrowScope {
     /// The length of the thread's noted borrows when this decode began.
-    start: usize,
+    pub(super) start: usize,
 }
 
 impl BorrowScope {

@@ -4,7 +4,6 @@
 //! Every method here hands the runtime's request to the component that owns the state it
 //! touches; none keeps state of its own.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::borrow::BorrowScope;
@@ -266,39 +265,22 @@ impl Remote for Cluster {
 
 // ----- the borrow hook -----------------------------------------------------------------
 
-thread_local! {
-    /// The borrow scopes of the decodes under way on this thread, innermost last (decodes
-    /// nest: a value decoded while decoding another).
-    static OPEN: RefCell<Vec<BorrowScope>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Opens a [`BorrowScope`] for each decode (`borrow.rs`, "Borrowers").
+/// Opens a [`BorrowScope`] for each decode (`borrow.rs`, "Borrowers"). A scope is its start
+/// in the thread's noted borrows: that number is the token the runtime's `DecodeScope` keeps,
+/// so a decode costs what it did before the seam, plus two indirect calls.
 struct Borrows;
 
 impl BorrowHook for Borrows {
-    fn begin(&self) -> bool {
-        let Some(scope) = BorrowScope::begin() else {
-            return false;
-        };
-        // A refused push (the thread is exiting) drops the scope at once: its borrows are
-        // registered now rather than at the decode's end, which is only earlier.
-        OPEN.try_with(|open| match open.try_borrow_mut() {
-            Ok(mut v) => {
-                v.push(scope);
-                true
-            }
-            Err(_) => false,
-        })
-        .unwrap_or(false)
+    fn begin(&self) -> Option<usize> {
+        let scope = BorrowScope::begin()?;
+        let start = scope.start;
+        // Ended by `end`, which rebuilds it from its start and drops it.
+        std::mem::forget(scope);
+        Some(start)
     }
 
-    fn end(&self) {
-        let scope = OPEN
-            .try_with(|open| open.try_borrow_mut().ok().and_then(|mut v| v.pop()))
-            .ok()
-            .flatten();
-        // Dropped here, outside the thread-local's borrow: registering may decode.
-        drop(scope);
+    fn end(&self, start: usize) {
+        drop(BorrowScope { start });
     }
 }
 
