@@ -66,6 +66,7 @@ use crate::codec;
 use crate::error::{Error, TaskError};
 use crate::id::ActorId;
 use crate::object::{ObjectCell, ObjectRef, ObjectValue, Waiter};
+use crate::remote::{ActorPlace, RemoteValue};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime::{self, RuntimeInner};
 use crate::scheduler::{Job, Scheduler};
@@ -431,7 +432,7 @@ pub(crate) struct ActorCell {
     ctor_args: OnceLock<Box<[ArgSlot]>>,
     created: OnceLock<Arc<ObjectCell>>,
     /// Set when the actor lives in another worker process: this cell is then its proxy.
-    remote: OnceLock<RemoteActor>,
+    remote: OnceLock<Arc<dyn ActorPlace>>,
     /// Results of the calls running now, and whether each runs on a slot (failed by a kill;
     /// see "Kill" above).
     running: RunningCalls,
@@ -520,8 +521,6 @@ impl RunningCalls {
     }
 }
 
-pub(crate) use crate::cluster::supervision::RemoteActor;
-
 /// A link-time registration of an actor class (for creation by name in another process).
 #[derive(Debug)]
 pub struct ClassRegistration(pub &'static ActorClass);
@@ -609,14 +608,14 @@ impl ActorCell {
     }
 
     /// Makes this cell the proxy of an actor living at `remote`.
-    pub(crate) fn set_remote(&self, remote: RemoteActor) {
+    pub(crate) fn set_remote(&self, remote: Arc<dyn ActorPlace>) {
         let _ = self.remote.set(remote);
         let _ = self
             .life
             .compare_exchange(CREATING, ALIVE, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    pub(crate) fn remote(&self) -> Option<&RemoteActor> {
+    pub(crate) fn remote(&self) -> Option<&Arc<dyn ActorPlace>> {
         self.remote.get()
     }
 
@@ -776,9 +775,9 @@ impl ActorCell {
         }
         if let (Some(remote), Some(cluster)) = (self.remote.get(), rt.cluster.as_ref()) {
             if restart {
-                return cluster.restart_remote(self, remote);
+                return cluster.restart_remote(self, &**remote);
             }
-            cluster.kill_remote(remote, self.id.as_u64(), false);
+            cluster.kill_remote(&**remote, self.id.as_u64(), false);
             cluster.fail_calls_to(self.id.as_u64(), &self.died("killed by manta::kill"));
             self.die(self.died("killed by manta::kill"));
             cluster.record_killed_actor(
@@ -814,7 +813,7 @@ impl ActorCell {
         self: &Arc<Self>,
         method: &'static ActorMethod,
         args: Vec<Result<ArgSlot, Error>>,
-        borrow: Option<&Arc<crate::cluster::objects::RemoteObject>>,
+        borrow: Option<&Arc<dyn RemoteValue>>,
     ) -> ObjectRef<R> {
         if self.is_dead() {
             return ObjectRef::failed(self.death_error());
@@ -833,7 +832,7 @@ impl ActorCell {
         if let Some(remote) = self.remote.get() {
             let result = Arc::new(ObjectCell::pending(id, None));
             if let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone()) {
-                cluster.call_remote(self, borrow, remote, method.name, result.clone(), args);
+                cluster.call_remote(self, borrow, &**remote, method.name, result.clone(), args);
             } else {
                 result.complete(Err(Error::ShutDown));
             }
@@ -1088,16 +1087,16 @@ impl Drop for ActorCell {
         if let Some(remote) = self.remote.get()
             && !self.is_dead()
             && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
-            && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
+            && cluster.owns(self.id.as_u64())
         {
-            cluster.release_remote(remote, self.id.as_u64());
+            cluster.release_remote(&**remote, self.id.as_u64());
         }
         // An actor a worker process created and hosts is in the cluster's directory: record
         // its death there (`cluster/submit.rs`, `register_hosted_actor`).
         if self.remote.get().is_none()
             && let Some(cluster) = runtime::current_inner().and_then(|rt| rt.cluster.clone())
             && !cluster.is_driver()
-            && crate::cluster::owner_of(self.id.as_u64()) == cluster.index
+            && cluster.owns(self.id.as_u64())
         {
             cluster.hosted_actor_died(
                 self.id.as_u64(),
@@ -1125,7 +1124,7 @@ pub struct RawActorHandle {
     /// process's registration as a borrower, shared by every handle here; its drop (with the
     /// last of them) tells the owner (`cluster/borrow.rs`).
     #[allow(dead_code)] // held for its drop
-    pub(crate) borrow: Option<Arc<crate::cluster::objects::RemoteObject>>,
+    pub(crate) borrow: Option<Arc<dyn RemoteValue>>,
 }
 
 impl RawActorHandle {

@@ -447,7 +447,7 @@ pub fn status() -> Result<NodeStatus, Error> {
         escaped_objects: rt.escaped_count(),
         uptime: rt.started.elapsed(),
         object_store: rt.store.as_ref().map(|s| s.status()),
-        cluster: rt.cluster.as_ref().map(|c| c.gcs_address.clone()),
+        cluster: rt.cluster.as_ref().map(|c| c.gcs_address().to_owned()),
         node_id: rt.cluster.as_ref().and_then(|c| c.node_id()),
     })
 }

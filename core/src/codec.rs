@@ -217,7 +217,7 @@ pub(crate) fn decode<T: DeserializeOwned + 'static>(
     }
     // References owned by other processes are registered with their owners when this scope
     // ends, before the value is returned.
-    let _borrows = crate::cluster::borrow::BorrowScope::begin();
+    let _borrows = crate::remote::DecodeScope::begin();
     match bincode::serde::decode_from_slice::<T, _>(bytes, config()) {
         Ok((value, _)) => Ok(value),
         Err(e) => Err(Error::Decode {

@@ -23,6 +23,7 @@ mod gpus;
 mod id;
 mod object;
 mod placement_group;
+mod remote;
 mod resources;
 mod runtime;
 mod scheduler;

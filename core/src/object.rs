@@ -54,6 +54,7 @@ use crate::actor::ActorCell;
 use crate::codec::{self, Nested};
 use crate::error::Error;
 use crate::id::ObjectId;
+use crate::remote::RemoteValue;
 use crate::runtime::{self, RuntimeInner};
 use crate::store::StoredObject;
 use crate::sync::{Arc, AtomicBool, AtomicU8, AtomicUsize, OnceLock, Ordering, Weak, thread};
@@ -83,7 +84,7 @@ pub(crate) enum Payload {
     /// Values above `max_inline_object_bytes`: in the shared-memory store.
     Stored(Arc<StoredObject>),
     /// Held by another worker process of the cluster; pulled on first read.
-    Remote(Arc<crate::cluster::objects::RemoteObject>),
+    Remote(Arc<dyn RemoteValue>),
 }
 
 impl ObjectValue {
@@ -116,7 +117,7 @@ impl ObjectValue {
     }
 
     /// A value held by another worker process.
-    pub(crate) fn remote(remote: Arc<crate::cluster::objects::RemoteObject>) -> Self {
+    pub(crate) fn remote(remote: Arc<dyn RemoteValue>) -> Self {
         ObjectValue {
             data: Payload::Remote(remote),
             nested: Box::new([]),
@@ -136,7 +137,7 @@ impl ObjectValue {
         match &self.data {
             Payload::Inline(bytes) => bytes.len(),
             Payload::Stored(stored) => stored.len(),
-            Payload::Remote(remote) => remote.len as usize,
+            Payload::Remote(remote) => remote.size() as usize,
         }
     }
 

@@ -38,6 +38,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectRef};
+use crate::remote::{GroupRequest, Remote};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime::{RuntimeInner, with_current};
 use crate::scheduler::Scheduler;
@@ -92,7 +93,7 @@ impl fmt::Display for PlacementGroupState {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Bundle {
     /// `(name, amount)` in the order given; `CPU` and `GPU` by those names.
-    entries: Vec<(String, f64)>,
+    pub(crate) entries: Vec<(String, f64)>,
 }
 
 impl Bundle {
@@ -193,7 +194,7 @@ impl fmt::Display for Bundle {
 
 /// A placement group's id, unique in the cluster (shown in hex, as in its resources' names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PlacementGroupId(u64);
+pub struct PlacementGroupId(pub(crate) u64);
 
 impl PlacementGroupId {
     /// The raw value.
@@ -262,7 +263,7 @@ impl GroupRecord {
 
     /// The run-time resources of the group: `(name, total)`.
     fn resources(&self) -> Vec<(String, f64)> {
-        crate::cluster::pg::group_resources(self.id.0, &self.entries())
+        group_resources(self.id.0, &self.entries())
     }
 
     /// The bundles as `(index, entries)`.
@@ -546,47 +547,11 @@ pub struct PlacementGroupInfo {
     pub bundle_nodes: Vec<u64>,
 }
 
-impl PlacementGroupInfo {
-    /// A group as the GCS lists it.
-    pub(crate) fn from_row(row: &crate::cluster::proto::PgRow) -> Self {
-        PlacementGroupInfo {
-            id: PlacementGroupId(row.pg_id),
-            name: (!row.name.is_empty()).then(|| row.name.clone()),
-            strategy: strategy_of(row.strategy),
-            state: match row.state {
-                crate::cluster::pg::CREATED => PlacementGroupState::Created,
-                crate::cluster::pg::REMOVED => PlacementGroupState::Removed,
-                _ => PlacementGroupState::Pending,
-            },
-            bundles: row
-                .bundles
-                .iter()
-                .map(|b| Bundle {
-                    entries: b
-                        .resources
-                        .iter()
-                        .map(|r| (r.name.clone(), r.total))
-                        .collect(),
-                })
-                .collect(),
-            bundle_nodes: if row.bundles.iter().all(|b| b.node_id != 0) {
-                row.bundles.iter().map(|b| b.node_id).collect()
-            } else {
-                Vec::new()
-            },
-        }
-    }
-}
-
 /// The live groups (pending and created), by id: this runtime's, or in a cluster every
 /// group the GCS knows.
 pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
     if let Some(cluster) = with_current(|rt| rt.cluster.clone())? {
-        return Ok(cluster
-            .pg_list()?
-            .iter()
-            .map(PlacementGroupInfo::from_row)
-            .collect());
+        return cluster.pg_list();
     }
     with_current(|rt| {
         let table = lock(&rt.scheduler.groups.table);
@@ -634,23 +599,32 @@ impl Groups {
     }
 }
 
-fn strategy_code(s: PlacementStrategy) -> u8 {
-    match s {
-        PlacementStrategy::Pack => 0,
-        PlacementStrategy::Spread => 1,
-        PlacementStrategy::StrictPack => 2,
-        PlacementStrategy::StrictSpread => 3,
+/// The run-time resources `bundles` (index, `(name, amount)` entries) of group `pg_id` add to
+/// the node that holds them: per bundle `<name>_group_<i>_<pg>` and a marker
+/// `bundle_group_<i>_<pg>` of 1,000; over them `<name>_group_<pg>` (their sum) and
+/// `bundle_group_<pg>`.
+pub(crate) fn group_resources(
+    pg_id: u64,
+    bundles: &[(usize, Vec<(String, f64)>)],
+) -> Vec<(String, f64)> {
+    let h = format!("{pg_id:016x}");
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, entries) in bundles {
+        for (name, amount) in entries {
+            out.push((format!("{name}_group_{i}_{h}"), *amount));
+            match sums.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 += amount,
+                None => sums.push((name.clone(), *amount)),
+            }
+        }
+        out.push((format!("bundle_group_{i}_{h}"), 1000.0));
     }
-}
-
-/// The strategy a wire code stands for.
-pub(crate) fn strategy_of(code: u8) -> PlacementStrategy {
-    match code {
-        1 => PlacementStrategy::Spread,
-        2 => PlacementStrategy::StrictPack,
-        3 => PlacementStrategy::StrictSpread,
-        _ => PlacementStrategy::Pack,
+    for (name, amount) in sums {
+        out.push((format!("{name}_group_{h}"), amount));
     }
+    out.push((format!("bundle_group_{h}"), 1000.0 * bundles.len() as f64));
+    out
 }
 
 fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecord> {
@@ -675,7 +649,7 @@ fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecor
 /// A cluster's group: the GCS places it (`cluster/pg.rs`); this owner keeps the record.
 fn create_in_cluster(
     rt: &Arc<RuntimeInner>,
-    cluster: &crate::cluster::worker::Cluster,
+    cluster: &dyn Remote,
     b: PlacementGroupBuilder,
 ) -> Result<PlacementGroup, Error> {
     let s = &rt.scheduler;
@@ -695,16 +669,14 @@ fn create_in_cluster(
         table.by_id.insert(id, rec.clone());
     }
     let entries: Vec<Vec<(String, f64)>> = b.bundles.iter().map(|x| x.entries.clone()).collect();
-    let row = crate::cluster::proto::PgRow {
+    let request = GroupRequest {
         pg_id: id.0,
-        name: b.name.clone().unwrap_or_default(),
-        strategy: strategy_code(b.strategy),
-        state: crate::cluster::pg::PENDING,
+        name: b.name.as_deref(),
+        strategy: b.strategy,
         detached: b.detached,
-        job_id: cluster.job_id,
-        bundles: crate::cluster::pg::wire_bundles(&entries),
+        bundles: &entries,
     };
-    if let Err(e) = cluster.pg_create(row) {
+    if let Err(e) = cluster.pg_create(request) {
         let mut table = lock(&s.groups.table);
         table.by_id.remove(&id);
         if let Some(name) = &b.name {
@@ -789,12 +761,24 @@ pub(crate) fn created(
     true
 }
 
-/// The owner: the bundles of its created groups held by workers for which `dead` holds, as
-/// rows of those bundles (with their nodes), each with the dead worker.
-pub(crate) fn lost_bundles(
-    rt: &Arc<RuntimeInner>,
-    dead: &dyn Fn(u64) -> bool,
-) -> Vec<(crate::cluster::proto::PgRow, u64)> {
+/// One bundle a dead worker held: its index, its node and its `(name, amount)` entries.
+pub(crate) type LostBundle = (u32, u64, Vec<(String, f64)>);
+
+/// Bundles of a created group held by a worker now dead (see [`lost_bundles`]).
+#[derive(Debug)]
+pub(crate) struct LostBundles {
+    pub(crate) pg_id: u64,
+    pub(crate) strategy: PlacementStrategy,
+    pub(crate) detached: bool,
+    /// Each bundle the worker held.
+    pub(crate) bundles: Vec<LostBundle>,
+    /// The dead worker.
+    pub(crate) worker: u64,
+}
+
+/// The owner: the bundles of its created groups held by workers for which `dead` holds,
+/// with their nodes, per group and dead worker.
+pub(crate) fn lost_bundles(rt: &Arc<RuntimeInner>, dead: &dyn Fn(u64) -> bool) -> Vec<LostBundles> {
     let records: Vec<Arc<GroupRecord>> = lock(&rt.scheduler.groups.table)
         .by_id
         .values()
@@ -807,27 +791,23 @@ pub(crate) fn lost_bundles(
             continue;
         }
         for (worker, indices) in res.workers.iter().filter(|(w, _)| dead(*w)) {
-            let entries: Vec<Vec<(String, f64)>> =
-                rec.bundles.iter().map(|b| b.entries.clone()).collect();
-            let bundles = crate::cluster::pg::wire_bundles(&entries)
-                .into_iter()
-                .filter(|b| indices.contains(&b.index))
-                .map(|mut b| {
-                    b.node_id = res.nodes.get(b.index as usize).copied().unwrap_or(0);
-                    b
+            let bundles = rec
+                .bundles
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| indices.contains(&(*i as u32)))
+                .map(|(i, b)| {
+                    let node = res.nodes.get(i).copied().unwrap_or(0);
+                    (i as u32, node, b.entries.clone())
                 })
                 .collect();
-            out.push((
-                crate::cluster::proto::PgRow {
-                    pg_id: rec.id.0,
-                    strategy: strategy_code(rec.strategy),
-                    state: crate::cluster::pg::CREATED,
-                    detached: rec.detached,
-                    bundles,
-                    ..Default::default()
-                },
-                *worker,
-            ));
+            out.push(LostBundles {
+                pg_id: rec.id.0,
+                strategy: rec.strategy,
+                detached: rec.detached,
+                bundles,
+                worker: *worker,
+            });
         }
     }
     out
@@ -862,7 +842,7 @@ pub(crate) fn install_failed(rt: &Arc<RuntimeInner>, pg_id: u64, error: Error) {
 
 fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementGroup, Error> {
     if let Some(cluster) = &rt.cluster {
-        return create_in_cluster(rt, cluster, b);
+        return create_in_cluster(rt, &**cluster, b);
     }
     let s = &rt.scheduler;
     let id = PlacementGroupId(rt.next_object_id().as_u64());

@@ -15,6 +15,7 @@ use crate::config::{Config, Resolved};
 use crate::error::Error;
 use crate::id::{ActorId, ObjectId, TaskId};
 use crate::object::{ObjectCell, ObjectRef};
+use crate::remote::{ActorLocation, Remote, RemoteValue};
 use crate::resources::{DemandError, NodeResources};
 use crate::scheduler::{Job, Scheduler, fail_job};
 use crate::store::ObjectStore;
@@ -42,7 +43,7 @@ pub(crate) struct RuntimeInner {
     /// that a call arriving after the death gets the reason, not just "not hosted here".
     buried: Mutex<std::collections::VecDeque<(ActorId, Error)>>,
     /// This process's cluster membership, if it joined one.
-    pub(crate) cluster: Option<Arc<crate::cluster::worker::Cluster>>,
+    pub(crate) cluster: Option<Arc<dyn Remote>>,
     /// The key-value store of the embedded runtime (a cluster's lives in its GCS).
     pub(crate) kv: Mutex<HashMap<String, Vec<u8>>>,
     default_demand: crate::resources::Demand,
@@ -127,14 +128,14 @@ pub fn init() -> Result<(), Error> {
 
 /// Starts the embedded runtime with `config`.
 pub fn init_with(config: Config) -> Result<(), Error> {
-    init_joining(config, crate::cluster::join_from_env)
+    init_joining(config, crate::remote::join)
 }
 
 /// Starts the runtime, joining the cluster `join` names (if any); a worker process serves
 /// here and never returns.
 pub(crate) fn init_joining(
     config: Config,
-    join: impl FnOnce(&mut Resolved) -> Result<Option<Arc<crate::cluster::worker::Cluster>>, Error>,
+    join: impl FnOnce(&mut Resolved) -> Result<Option<Arc<dyn Remote>>, Error>,
 ) -> Result<(), Error> {
     let mut resolved = config.resolve()?;
     let mut g = lock(&GLOBAL);
@@ -230,10 +231,7 @@ impl RuntimeInner {
         (retries, system)
     }
 
-    fn new(
-        config: Resolved,
-        cluster: Option<Arc<crate::cluster::worker::Cluster>>,
-    ) -> Result<Self, Error> {
+    fn new(config: Resolved, cluster: Option<Arc<dyn Remote>>) -> Result<Self, Error> {
         let resources = NodeResources::new(&config)?;
         let base_slots = match config.num_slots {
             0 => (config.num_cpus.ceil() as usize).max(1),
@@ -729,12 +727,9 @@ impl RuntimeInner {
 
     /// In a cluster, where another process owns actor `id`: this process's borrow of it
     /// (registered with the owner before it returns; `cluster/borrow.rs`).
-    pub(crate) fn actor_borrow(
-        &self,
-        id: ActorId,
-    ) -> Option<Arc<crate::cluster::objects::RemoteObject>> {
+    pub(crate) fn actor_borrow(&self, id: ActorId) -> Option<Arc<dyn RemoteValue>> {
         match &self.cluster {
-            Some(c) if crate::cluster::owner_of(id.as_u64()) != c.index => Some(c.borrow_actor(id)),
+            Some(c) if !c.owns(id.as_u64()) => Some(c.borrow_actor(id)),
             _ => None,
         }
     }
@@ -747,8 +742,8 @@ impl RuntimeInner {
     /// A local proxy cell for an actor another process hosts.
     fn actor_proxy(
         &self,
-        cluster: &Arc<crate::cluster::worker::Cluster>,
-        info: &crate::cluster::proto::ActorInfo,
+        cluster: &Arc<dyn Remote>,
+        info: &ActorLocation,
     ) -> Result<Arc<ActorCell>, Error> {
         let class =
             crate::actor::class_by_name(&info.class_name).ok_or_else(|| Error::Cluster {
@@ -762,7 +757,7 @@ impl RuntimeInner {
             &ActorOptions::default(),
             crate::resources::Demand::none(),
         ));
-        cell.set_remote(cluster.remote_actor(info.worker));
+        cell.set_remote(cluster.actor_at(info.worker));
         if info.restarting {
             // Its owner is restarting it: calls wait until it is back.
             cluster.follow_restart(&cell, info.worker);
@@ -1096,6 +1091,29 @@ pub(crate) fn object_store() -> Option<Arc<ObjectStore>> {
     with_current(|rt| rt.store.clone()).ok().flatten()
 }
 
+/// Stores `value` under `key` in the key-value store (Ray's internal KV), replacing any old
+/// value; returns whether there was one. In a cluster the store is the GCS's, shared by every
+/// process of the cluster; embedded, it is an in-process map with the same semantics, shared
+/// by every task and actor of the runtime and emptied by `shutdown`.
+pub(crate) fn kv_put(key: &str, value: &[u8]) -> Result<bool, Error> {
+    let rt = current_inner().ok_or(Error::NotInitialized)?;
+    match rt.cluster.clone() {
+        Some(c) => c.kv_put(key, value),
+        None => Ok(lock(&rt.kv)
+            .insert(key.to_owned(), value.to_vec())
+            .is_some()),
+    }
+}
+
+/// The value stored under `key` in the key-value store (see [`kv_put`]), if any.
+pub(crate) fn kv_get(key: &str) -> Result<Option<Vec<u8>>, Error> {
+    let rt = current_inner().ok_or(Error::NotInitialized)?;
+    match rt.cluster.clone() {
+        Some(c) => c.kv_get(key),
+        None => Ok(lock(&rt.kv).get(key).cloned()),
+    }
+}
+
 /// Resolves a deserialised object reference.
 pub(crate) fn resolve_escaped(id: ObjectId) -> Result<Arc<ObjectCell>, Error> {
     with_current(|rt| {
@@ -1103,7 +1121,7 @@ pub(crate) fn resolve_escaped(id: ObjectId) -> Result<Arc<ObjectCell>, Error> {
             return Some(cell);
         }
         match &rt.cluster {
-            Some(c) if crate::cluster::owner_of(id.as_u64()) != c.index => Some(c.borrow(id)),
+            Some(c) if !c.owns(id.as_u64()) => Some(c.borrow(id)),
             _ => None,
         }
     })?

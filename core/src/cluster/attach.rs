@@ -72,8 +72,7 @@
 //! never written, and the mapping cannot shrink (sealed memfd), so a checked location stays
 //! valid for as long as the mapping is held.
 
-use crate::sync::Ordering;
-use crate::sync::{Arc, Weak};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering, Weak};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -85,7 +84,7 @@ use std::time::Duration;
 use manta_store::{AttachedArena, Location, PeerLife, SharedPin, fdpass};
 use manta_transport::LogLimiter;
 
-use super::objects::PullReq;
+use super::object_manager::PullReq;
 use super::peer::Peer;
 use super::proto::Msg;
 use super::worker::Cluster;
@@ -102,8 +101,35 @@ const MAX_TOKEN: usize = 4096;
 /// at once (so idle unauthenticated connections cannot pile up tasks and buffers).
 const MAX_PENDING_ATTACHES: usize = 64;
 
+/// Same-host reads as the object manager keeps them: attached arenas of other processes,
+/// pins this process holds for readers, and whether a failed attach was logged already.
+/// Edited in this file only.
+pub(super) struct Attachments {
+    /// Whether reads of objects held by processes of this host go through their attached
+    /// arenas (`zero_copy_node`).
+    zero_copy: bool,
+    /// Arenas of other processes of this host, attached (or being attached) for zero-copy
+    /// reads, by worker index.
+    arenas: Mutex<HashMap<u64, ArenaSlot>>,
+    /// Pins this process holds on objects of its store for readers in other processes.
+    pins: Mutex<PinTable>,
+    /// Whether a failed attach was logged at warning level already (once per process).
+    warned: AtomicBool,
+}
+
+impl Attachments {
+    pub(super) fn new(zero_copy: bool) -> Attachments {
+        Attachments {
+            zero_copy,
+            arenas: Mutex::new(HashMap::new()),
+            pins: Mutex::new(PinTable::default()),
+            warned: AtomicBool::new(false),
+        }
+    }
+}
+
 /// Another process's arena as this process knows it.
-pub(super) enum ArenaSlot {
+enum ArenaSlot {
     /// Being attached; these pulls wait for the outcome.
     Attaching(Vec<PullReq>),
     /// Mapped read-only.
@@ -131,7 +157,7 @@ struct HeldPin {
 
 /// The pins this process holds for readers in other processes, by pin id.
 #[derive(Default)]
-pub(super) struct PinTable {
+struct PinTable {
     next: u64,
     pins: HashMap<u64, HeldPin>,
 }
@@ -245,7 +271,7 @@ async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>, l
             return;
         }
     };
-    if !tokens_equal(&token, c.token.as_bytes()) {
+    if !tokens_equal(&token, c.member.token.as_bytes()) {
         if let Some(suppressed) = log.check() {
             tracing::warn!(suppressed, "arena attach refused: wrong cluster token");
         }
@@ -273,12 +299,16 @@ impl Cluster {
     /// (`Some((req, false))`), or waits for an attach under way (`None`: `req` is queued and
     /// re-sent when the attach ends).
     pub(super) fn pin_gate(&self, req: PullReq) -> Option<(PullReq, bool)> {
-        if !req.try_pin || !self.zero_copy || self.shm_path.is_none() || req.holder == self.index {
+        if !req.try_pin
+            || !self.objects.attach.zero_copy
+            || self.peers.shm_path().is_none()
+            || req.holder == self.index
+        {
             return Some((req, false));
         }
         let holder = req.holder;
         {
-            let mut arenas = lock(&self.arenas);
+            let mut arenas = lock(&self.objects.attach.arenas);
             match arenas.get_mut(&holder) {
                 Some(ArenaSlot::Ready(..)) => return Some((req, true)),
                 Some(ArenaSlot::Unavailable) => return Some((req, false)),
@@ -316,7 +346,7 @@ impl Cluster {
     }
 
     fn attach_failed(&self, holder: u64, error: &str) {
-        if !self.attach_warned.swap(true, Ordering::Relaxed) {
+        if !self.objects.attach.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(holder, %error, "cannot attach the arena of a process on this host: its objects are read by copy (logged once)");
         } else {
             tracing::debug!(holder, %error, "cannot attach an arena: reading by copy");
@@ -326,7 +356,7 @@ impl Cluster {
     /// The end of an attach: records its outcome and sends the pulls that waited for it.
     fn attach_done(&self, holder: u64, slot: ArenaSlot) {
         let waiting = {
-            let mut arenas = lock(&self.arenas);
+            let mut arenas = lock(&self.objects.attach.arenas);
             if !matches!(arenas.get(&holder), Some(ArenaSlot::Attaching(_))) {
                 // The holder was lost meanwhile: its waiting pulls were re-sent then.
                 return;
@@ -359,7 +389,7 @@ impl Cluster {
         else {
             return Ok(None);
         };
-        if shm_path.is_empty() || host_id != self.host_id {
+        if shm_path.is_empty() || host_id != self.peers.host_id() {
             return Ok(None);
         }
         let addr = arena_socket(&shm_path).ok_or("the shared-memory socket is not abstract")?;
@@ -368,7 +398,7 @@ impl Cluster {
         sock.set_read_timeout(Some(ATTACH_TIMEOUT))
             .and_then(|()| sock.set_write_timeout(Some(ATTACH_TIMEOUT)))
             .map_err(|e| fail("socket timeouts", e))?;
-        let token = self.token.as_bytes();
+        let token = self.member.token.as_bytes();
         let mut proof = Vec::with_capacity(4 + token.len());
         proof.extend_from_slice(&(token.len() as u32).to_le_bytes());
         proof.extend_from_slice(token);
@@ -440,7 +470,7 @@ impl Cluster {
             }
         };
         let Location { offset, len } = pin.location();
-        let mut table = lock(&self.pins);
+        let mut table = lock(&self.objects.attach.pins);
         table.next += 1;
         let pin_id = table.next;
         table.pins.insert(
@@ -464,7 +494,7 @@ impl Cluster {
     pub(super) fn unpin_object(&self, peer: &Peer, pin_id: u64) {
         let reader = peer_index(peer);
         let released = {
-            let mut table = lock(&self.pins);
+            let mut table = lock(&self.objects.attach.pins);
             match table.pins.get(&pin_id) {
                 Some(p) if Some(p.reader) == reader => table.pins.remove(&pin_id),
                 Some(_) => {
@@ -496,11 +526,11 @@ impl Cluster {
             let peer = peer.clone();
             move || peer.send_queued(Msg::UnpinObject { pin_id })
         };
-        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+        let Some(pending) = self.objects.take_pull(request_id) else {
             // Nobody waits for it (the pull failed meanwhile): release it at once.
             return unpin();
         };
-        let mapping = match lock(&self.arenas).get(&pending.holder) {
+        let mapping = match lock(&self.objects.attach.arenas).get(&pending.holder) {
             Some(ArenaSlot::Ready(m)) if pending.pin && arena == pending.holder => Some(m.clone()),
             _ => None,
         };
@@ -523,9 +553,8 @@ impl Cluster {
         let release = Box::new(move || {
             if let Some(c) = me.upgrade()
                 && !c.stopped.load(Ordering::Acquire)
-                && let Some(p) = lock(&c.peers).get(&holder)
             {
-                p.send_queued(Msg::UnpinObject { pin_id });
+                c.peers.send_queued(holder, Msg::UnpinObject { pin_id });
             }
         });
         let node_arena = mapping.node_holder.is_some();
@@ -554,7 +583,7 @@ impl Cluster {
     /// Both sides, step 5 and attach step 5: worker `index` is gone.
     pub(super) fn attach_worker_lost(&self, index: u64) {
         // Taken out first: re-sending may find the peer closed and come back here.
-        let slot = lock(&self.arenas).remove(&index);
+        let slot = lock(&self.objects.attach.arenas).remove(&index);
         if let Some(ArenaSlot::Attaching(waiting)) = slot {
             for mut req in waiting {
                 req.try_pin = false;
@@ -562,7 +591,7 @@ impl Cluster {
             }
         }
         let released: Vec<HeldPin> = {
-            let mut table = lock(&self.pins);
+            let mut table = lock(&self.objects.attach.pins);
             let ids: Vec<u64> = table
                 .pins
                 .iter()
@@ -585,8 +614,8 @@ impl Cluster {
 
     /// At `leave`: every mapping and every pin held for readers.
     pub(super) fn attach_leave(&self) {
-        lock(&self.arenas).clear();
-        let pins = std::mem::take(&mut lock(&self.pins).pins);
+        lock(&self.objects.attach.arenas).clear();
+        let pins = std::mem::take(&mut lock(&self.objects.attach.pins).pins);
         drop(pins);
     }
 }

@@ -69,7 +69,7 @@ use crate::sync::{AtomicBool, Ordering};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 
-use super::objects::{RemoteKind, RemoteObject};
+use super::object_manager::{RemoteKind, RemoteObject};
 use super::peer::Peer;
 use super::proto::Msg;
 use super::reference_counter::{Answer, BorrowHandle, Out, ReferenceCounter};
@@ -245,9 +245,8 @@ impl Cluster {
             return;
         }
         // Sent under the lock: a newer borrow's AddBorrowers can only follow it.
-        if let Some(p) = lock(&self.peers).get(&owner) {
-            p.send_queued(Msg::RemoveBorrower { object_id });
-        }
+        self.peers
+            .send_queued(owner, Msg::RemoveBorrower { object_id });
         drop(refs);
     }
 
@@ -415,7 +414,7 @@ fn finish_borrows(noted: Vec<Noted>) {
 #[derive(Debug)]
 pub(crate) struct BorrowScope {
     /// The length of the thread's noted borrows when this decode began.
-    start: usize,
+    pub(super) start: usize,
 }
 
 impl BorrowScope {

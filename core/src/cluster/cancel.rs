@@ -32,21 +32,14 @@
 use crate::sync::Arc;
 
 use super::proto::{ActorInfo, Msg};
+use super::task_manager::Cancelling;
 use super::worker::{Cluster, IO_THREAD};
 use super::{call_timeout, wait_reply};
 use crate::cancel::CancelOptions;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::ObjectCell;
-use crate::sync::lock;
 use crate::task::RUNNING;
-
-/// Work pushed to this process and not yet done: its name, its owner's worker index and its
-/// result (an entry of `Cluster::executing`, for listings and `CancelTask`).
-pub(super) type Executing = (Box<str>, u64, crate::sync::Weak<ObjectCell>);
-
-/// What a remote actor's creation counts on its placement: node slot, worker, load.
-pub(super) type ActorLoad = (usize, u64, Vec<(String, f64)>);
 
 /// Prefix of a pull's error text when the object's task was cancelled, so that a task whose
 /// argument was cancelled fails with `Cancelled` in any process (followed by the task name).
@@ -56,18 +49,8 @@ impl Cluster {
     /// Steps 1–3: cancels work this process owns that runs elsewhere.
     pub(crate) fn cancel_remote(&self, cell: &Arc<ObjectCell>, options: CancelOptions) -> bool {
         let id = cell.id().as_u64();
-        let (worker, call, name) = {
-            let mut in_flight = lock(&self.in_flight);
-            let Some(f) = in_flight.get_mut(&id) else {
-                return false;
-            };
-            if f.call_of().is_none() && f.retry.is_none() {
-                return false; // an actor's creation
-            }
-            if f.call_of().is_none() {
-                f.retry = None;
-            }
-            (f.worker, f.call_of().is_some(), f.name)
+        let Some(Cancelling { worker, call, name }) = self.tasks.begin_cancel(id) else {
+            return false;
         };
         let peer = self.peer(worker);
         let cancel = |request_id| Msg::CancelTask {
@@ -129,9 +112,7 @@ impl Cluster {
         task_id: u64,
         options: CancelOptions,
     ) {
-        let cell = lock(&self.executing)
-            .get(&task_id)
-            .and_then(|e| e.2.upgrade());
+        let cell = self.tasks.executing_result(task_id);
         let (cancelled, running) = match &cell {
             Some(cell) => {
                 let running = cell.producer().is_some_and(|t| t.state() == RUNNING);
@@ -163,18 +144,7 @@ impl Cluster {
     /// `manta::kill` of remote actor `actor_id` (module docs, "Kill"): fails this process's
     /// calls in flight to it at once, without waiting for its host.
     pub(crate) fn fail_calls_to(&self, actor_id: u64, error: &Error) {
-        let calls: Vec<Arc<ObjectCell>> = {
-            let mut in_flight = lock(&self.in_flight);
-            let ids: Vec<u64> = in_flight
-                .iter()
-                .filter(|(_, f)| f.call_of() == Some(actor_id))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.iter()
-                .filter_map(|id| in_flight.remove(id).map(|f| f.cell))
-                .collect()
-        };
-        for cell in calls {
+        for cell in self.tasks.take_calls_to(actor_id) {
             cell.complete(Err(error.clone()));
         }
     }
@@ -183,7 +153,7 @@ impl Cluster {
     /// process created it (every kill for good, also when the last handle of an unnamed actor
     /// goes).
     pub(crate) fn release_actor_load(&self, actor_id: u64) {
-        let load = lock(&self.actor_loads).remove(&actor_id);
+        let load = self.actors.take_load(actor_id);
         if let Some((node, worker, load)) = load {
             self.release_load(Some(node), worker, &load);
         }

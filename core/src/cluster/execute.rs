@@ -2,7 +2,7 @@
 //! with `TaskDone` when done), and the listing of what this process knows of tasks and
 //! objects (`manta list tasks|objects`).
 
-use crate::sync::{Arc, Weak};
+use crate::sync::Arc;
 
 use bytes::Bytes;
 
@@ -36,13 +36,13 @@ impl Cluster {
             .strip_prefix('w')
             .and_then(|i| i.parse().ok())
             .unwrap_or(0);
-        lock(&self.executing).insert(task_id, (name.into(), owner, Arc::downgrade(cell)));
+        self.tasks.executing(task_id, name, owner, cell);
         let me = self.me.get().cloned().unwrap_or_default();
         let peer = peer.clone();
         let c2 = cell.clone();
         let respond = move || {
             let Some(c) = me.upgrade() else { return };
-            lock(&c.executing).remove(&task_id);
+            c.tasks.executed(task_id);
             let outcome = match c2.get() {
                 Some(Ok(v)) => c.outcome_of(task_id, v),
                 Some(Err(e)) => failed_outcome(e),
@@ -60,12 +60,11 @@ impl Cluster {
             Payload::Inline(b) if v.nested.is_empty() => Outcome::Inline(b.to_vec()),
             _ => {
                 let len = v.len() as u64;
-                let mut held = lock(&self.held);
                 // Not for an owner known dead: nobody could read or free it (those held
                 // before the death was known go in `free_results_of`).
-                if !lock(&self.dead_workers).contains(&super::owner_of(task_id)) {
-                    held.insert(task_id, v.clone());
-                }
+                self.objects.hold_unless(task_id, v.clone(), || {
+                    self.placement.is_dead(super::owner_of(task_id))
+                });
                 Outcome::Stored { len }
             }
         }
@@ -175,16 +174,10 @@ impl Cluster {
     pub(super) fn work(&self, request_id: u64) -> Msg {
         use super::proto::{ObjectRow, TaskRow};
         let my_node = self.node_id().unwrap_or(0);
-        let node_of_slot = |slot: Option<usize>| {
-            slot.and_then(|i| lock(&self.nodes).get(i).map(|s| s.node_id))
-                .unwrap_or(0)
-        };
+        let node_of_slot =
+            |slot: Option<usize>| slot.and_then(|i| self.placement.node_id_at(i)).unwrap_or(0);
         let mut tasks: Vec<TaskRow> = Vec::new();
-        let owned: Vec<(u64, &'static str, u64, Option<usize>)> = lock(&self.in_flight)
-            .iter()
-            .map(|(id, f)| (*id, f.name, f.worker, f.node))
-            .collect();
-        for (id, name, worker, slot) in owned {
+        for (id, name, worker, slot) in self.tasks.in_flight_rows() {
             tasks.push(TaskRow {
                 task_id: id,
                 name: name.to_owned(),
@@ -194,12 +187,12 @@ impl Cluster {
                 node_id: node_of_slot(slot),
             });
         }
-        for (id, (name, owner, _)) in lock(&self.executing).iter() {
+        for (id, name, owner) in self.tasks.executing_rows() {
             tasks.push(TaskRow {
-                task_id: *id,
-                name: name.to_string(),
+                task_id: id,
+                name,
                 state: "RUNNING".into(),
-                owner: *owner,
+                owner,
                 worker: self.index,
                 node_id: my_node,
             });
@@ -211,19 +204,19 @@ impl Cluster {
                 Payload::Inline(b) => ("inline", b.len() as u64, self.index),
                 Payload::Stored(s) if s.is_attached() => ("attached", s.len() as u64, self.index),
                 Payload::Stored(s) => ("store", s.len() as u64, self.index),
-                Payload::Remote(r) => ("remote", r.len, r.holder),
+                Payload::Remote(r) => ("remote", r.size(), r.holder()),
             },
         };
         let mut objects: Vec<ObjectRow> = Vec::new();
-        for (id, v) in lock(&self.held).iter() {
-            let (kind, size, holder) = describe(Some(&Ok(v.clone())));
+        for (id, v) in self.objects.held_rows() {
+            let (kind, size, holder) = describe(Some(&Ok(v)));
             objects.push(ObjectRow {
-                object_id: *id,
+                object_id: id,
                 size,
                 kind: kind.into(),
                 role: "held".into(),
                 holder,
-                owner: owner_of(*id),
+                owner: owner_of(id),
             });
         }
         if let Some(rt) = self.runtime() {
@@ -239,10 +232,7 @@ impl Cluster {
                 });
             }
         }
-        let mut borrowed: Vec<Arc<ObjectCell>> = lock(&self.fetched)
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let mut borrowed: Vec<Arc<ObjectCell>> = self.objects.fetched_cells();
         borrowed.extend(
             lock(&self.refs)
                 .borrowed_handles()

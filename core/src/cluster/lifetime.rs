@@ -24,7 +24,6 @@
 use super::proto::{ActorInfo, Msg};
 use super::worker::Cluster;
 use crate::actor::ActorCell;
-use crate::sync::lock;
 
 impl Cluster {
     /// Records in the GCS's directory that actor `cell`, hosted here, died (which frees its
@@ -49,7 +48,7 @@ impl Cluster {
 
     /// Step 1, on the owner: tells actor `cell`'s host that it is detached.
     pub(crate) fn detach_remote(&self, cell: &ActorCell) {
-        if let Some(remote) = cell.remote() {
+        if let Some(remote) = super::supervision::RemoteActor::of_cell(cell) {
             remote.send_to_host(Msg::DetachActor {
                 actor_id: cell.id().as_u64(),
             });
@@ -68,28 +67,19 @@ impl Cluster {
             );
             return;
         }
-        let count = {
-            let mut detached = lock(&self.detached);
-            detached.insert(actor_id);
-            detached.len()
-        };
+        let count = self.actors.detach(actor_id);
         self.report_detached(count);
     }
 
     /// Step 4: actor `actor_id` is no longer hosted here.
     pub(super) fn undetach(&self, actor_id: u64) {
-        let count = {
-            let mut detached = lock(&self.detached);
-            if !detached.remove(&actor_id) {
-                return;
-            }
-            detached.len()
-        };
-        self.report_detached(count);
+        if let Some(count) = self.actors.undetach(actor_id) {
+            self.report_detached(count);
+        }
     }
 
     fn report_detached(&self, count: usize) {
-        if let Some(raylet) = self.raylet_peer.get() {
+        if let Some(raylet) = self.peers.raylet() {
             raylet.send(Msg::WorkerDetached {
                 index: self.index,
                 count: u32::try_from(count).unwrap_or(u32::MAX),
@@ -102,7 +92,7 @@ impl Cluster {
     /// it is detached). Its calls, from any caller, fail with `ActorDied` saying so.
     pub(super) fn owner_died(&self, owner: u64) {
         let Some(rt) = self.runtime() else { return };
-        let keep = lock(&self.detached).clone();
+        let keep = self.actors.detached();
         let reason = format!(
             "its owner, worker process {owner}, died (an actor that is not detached dies with \
              its owner)"
@@ -124,11 +114,11 @@ impl Cluster {
     /// Step 3, on a host its raylet kept past its job's end: every actor of the job that is
     /// not detached dies, as when the job's workers stop.
     pub(super) fn job_ended(&self, job_id: u64) {
-        if job_id != self.job_id {
+        if job_id != self.member.job_id {
             return;
         }
         let Some(rt) = self.runtime() else { return };
-        let keep = lock(&self.detached).clone();
+        let keep = self.actors.detached();
         for id in rt.hosted_actors() {
             if !keep.contains(&id.as_u64()) {
                 self.kill_pushed_actor(id.as_u64(), false);

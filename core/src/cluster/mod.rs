@@ -22,21 +22,26 @@
 //! and pulls the value on first read (`borrow.rs`).
 #![allow(dead_code)]
 
+mod actor_manager;
 mod attach;
 pub(crate) mod borrow;
 pub(crate) mod cancel;
+mod client;
 mod execute;
 pub(crate) mod gcs;
 mod lifetime;
-mod node;
 pub(crate) mod node_store;
-pub(crate) mod objects;
+pub(crate) mod object_manager;
 pub(crate) mod peer;
+mod peers;
 pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;
 pub(crate) mod proto;
+mod pull_queue;
+mod raylet;
 pub(crate) mod reference_counter;
+mod remote;
 mod returns;
 #[allow(unsafe_code)] // one system call (geteuid), argued there
 pub mod session;
@@ -44,15 +49,17 @@ pub mod session;
 mod sim;
 mod submit;
 pub(crate) mod supervision;
+mod task_manager;
 mod wire;
 pub(crate) mod worker;
 mod worker_logs;
 pub(crate) mod worker_table;
 
-pub use node::{
-    ActorRow, ClusterState, NodeOptions, NodeReady, NodeRow, ObjectListing, TaskListing, WorkList,
-    list_placement_groups, list_work, query, run_node, stop_cluster,
+pub use client::{
+    ActorRow, ClusterState, NodeRow, ObjectListing, TaskListing, WorkList, list_placement_groups,
+    list_work, query, stop_cluster,
 };
+pub use raylet::{NodeOptions, NodeReady, run_node};
 
 use crate::sync::Arc;
 use std::path::PathBuf;
@@ -71,42 +78,12 @@ pub fn session_root() -> PathBuf {
 /// process of the cluster; embedded, it is an in-process map with the same semantics, shared
 /// by every task and actor of the runtime and emptied by `shutdown`.
 pub fn kv_put(key: &str, value: &[u8]) -> Result<bool, Error> {
-    let rt = crate::runtime::current_inner().ok_or(Error::NotInitialized)?;
-    let Some(c) = rt.cluster.clone() else {
-        let mut kv = crate::sync::lock(&rt.kv);
-        return Ok(kv.insert(key.to_owned(), value.to_vec()).is_some());
-    };
-    match c.gcs_call(|request_id| proto::Msg::KvPut {
-        request_id,
-        key: key.to_owned(),
-        value: value.to_vec(),
-    })? {
-        proto::Msg::KvValue { found, .. } => Ok(found),
-        other => Err(unexpected(&other)),
-    }
+    crate::runtime::kv_put(key, value)
 }
 
 /// The value stored under `key` in the key-value store (see [`kv_put`]), if any.
 pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, Error> {
-    let rt = crate::runtime::current_inner().ok_or(Error::NotInitialized)?;
-    let Some(c) = rt.cluster.clone() else {
-        let kv = crate::sync::lock(&rt.kv);
-        return Ok(kv.get(key).cloned());
-    };
-    match c.gcs_call(|request_id| proto::Msg::KvGet {
-        request_id,
-        key: key.to_owned(),
-    })? {
-        proto::Msg::KvValue { found, value, .. } => Ok(found.then_some(value)),
-        other => Err(unexpected(&other)),
-    }
-}
-
-fn unexpected(msg: &proto::Msg) -> Error {
-    Error::Cluster {
-        what: "the GCS".into(),
-        message: format!("unexpected reply {}", msg.name()),
-    }
+    crate::runtime::kv_get(key)
 }
 
 /// The token of the cluster at `address`, from the latest session directory on this host
@@ -126,11 +103,7 @@ pub fn session_token(address: &str) -> Option<String> {
 /// meet over shared memory, and a raylet's node row carries its own so that an SPMD rank finds
 /// the raylet of its machine ([`NodeRow::host_id`]).
 pub fn host_id() -> String {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let net = std::fs::read_link("/proc/self/ns/net")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    format!("{}/{net}", boot.trim())
+    crate::remote::host_id()
 }
 
 /// Where a worker process of an SPMD launch (a rank) joins: its GCS and its node's raylet.
@@ -185,7 +158,7 @@ pub fn serve_worker(config: crate::Config, spec: WorkerSpec) -> Error {
             shm: resolved.shm_transport,
             zero_copy: resolved.zero_copy_node,
         })
-        .map(Some)
+        .map(|c| Some(c as Arc<dyn crate::remote::Remote>))
     };
     match crate::runtime::init_joining(config, join) {
         Ok(()) => Error::Cluster {

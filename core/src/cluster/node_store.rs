@@ -139,18 +139,18 @@ impl super::worker::Cluster {
                 return None;
             }
         };
-        let mine = match &self.role {
+        let mine = match &self.member.role {
             super::worker::Role::Worker { node_id, .. } => {
                 nodes.into_iter().find(|n| n.node_id == *node_id)
             }
             super::worker::Role::Driver => nodes
                 .into_iter()
-                .filter(|n| n.alive && n.host_id == self.host_id)
+                .filter(|n| n.alive && n.host_id == self.peers.host_id())
                 .min_by_key(|n| n.node_id),
         }?;
         if mine.arena_socket.is_empty() {
             return None;
         }
-        connect(&mine.arena_socket, &self.token)
+        connect(&mine.arena_socket, &self.member.token)
     }
 }

@@ -28,11 +28,15 @@ use std::time::Duration;
 
 use super::execute::SEP;
 use super::peer::Peer;
-use super::policy;
 use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
 use super::worker::Cluster;
 use super::{call_timeout, cluster_error, wait_reply};
 use crate::error::Error;
+use crate::placement_group::{
+    Bundle, LostBundles, PlacementGroupId, PlacementGroupInfo, PlacementGroupState,
+    PlacementStrategy, group_resources,
+};
+use crate::remote::GroupRequest;
 use crate::runtime::RuntimeInner;
 use crate::sync::lock;
 
@@ -44,34 +48,6 @@ pub(crate) const REMOVED: u8 = 2;
 /// How long the GCS waits for every raylet's `PgPrepared`.
 pub(crate) const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The run-time resources `bundles` (index, `(name, amount)` entries) of group `pg_id` add to
-/// the node that holds them: per bundle `<name>_group_<i>_<pg>` and a marker
-/// `bundle_group_<i>_<pg>` of 1,000; over them `<name>_group_<pg>` (their sum) and
-/// `bundle_group_<pg>`.
-pub(crate) fn group_resources(
-    pg_id: u64,
-    bundles: &[(usize, Vec<(String, f64)>)],
-) -> Vec<(String, f64)> {
-    let h = format!("{pg_id:016x}");
-    let mut sums: Vec<(String, f64)> = Vec::new();
-    let mut out = Vec::new();
-    for (i, entries) in bundles {
-        for (name, amount) in entries {
-            out.push((format!("{name}_group_{i}_{h}"), *amount));
-            match sums.iter_mut().find(|(n, _)| n == name) {
-                Some(e) => e.1 += amount,
-                None => sums.push((name.clone(), *amount)),
-            }
-        }
-        out.push((format!("bundle_group_{i}_{h}"), 1000.0));
-    }
-    for (name, amount) in sums {
-        out.push((format!("{name}_group_{h}"), amount));
-    }
-    out.push((format!("bundle_group_{h}"), 1000.0 * bundles.len() as f64));
-    out
-}
-
 /// The bundles of `row` held by node `node_id`, as [`group_resources`] takes them.
 pub(crate) fn bundles_on(row: &PgRow, node_id: u64) -> Vec<(usize, Vec<(String, f64)>)> {
     row.bundles
@@ -81,7 +57,7 @@ pub(crate) fn bundles_on(row: &PgRow, node_id: u64) -> Vec<(usize, Vec<(String, 
         .collect()
 }
 
-fn entries(resources: &[Resource]) -> Vec<(String, f64)> {
+pub(super) fn entries(resources: &[Resource]) -> Vec<(String, f64)> {
     resources
         .iter()
         .map(|r| (r.name.clone(), r.total))
@@ -345,6 +321,98 @@ pub(crate) fn wire_bundles(bundles: &[Vec<(String, f64)>]) -> Vec<PgBundle> {
         .collect()
 }
 
+/// A group as the GCS lists it.
+pub(crate) fn info_of(row: &PgRow) -> PlacementGroupInfo {
+    PlacementGroupInfo {
+        id: PlacementGroupId(row.pg_id),
+        name: (!row.name.is_empty()).then(|| row.name.clone()),
+        strategy: strategy_of(row.strategy),
+        state: match row.state {
+            CREATED => PlacementGroupState::Created,
+            REMOVED => PlacementGroupState::Removed,
+            _ => PlacementGroupState::Pending,
+        },
+        bundles: row
+            .bundles
+            .iter()
+            .map(|b| Bundle {
+                entries: b
+                    .resources
+                    .iter()
+                    .map(|r| (r.name.clone(), r.total))
+                    .collect(),
+            })
+            .collect(),
+        bundle_nodes: if row.bundles.iter().all(|b| b.node_id != 0) {
+            row.bundles.iter().map(|b| b.node_id).collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// A strategy's wire code.
+pub(crate) fn strategy_code(s: PlacementStrategy) -> u8 {
+    match s {
+        PlacementStrategy::Pack => 0,
+        PlacementStrategy::Spread => 1,
+        PlacementStrategy::StrictPack => 2,
+        PlacementStrategy::StrictSpread => 3,
+    }
+}
+
+/// The strategy a wire code stands for.
+pub(crate) fn strategy_of(code: u8) -> PlacementStrategy {
+    match code {
+        1 => PlacementStrategy::Spread,
+        2 => PlacementStrategy::StrictPack,
+        3 => PlacementStrategy::StrictSpread,
+        _ => PlacementStrategy::Pack,
+    }
+}
+
+/// A group to create as it travels to the GCS (state PENDING), for job `job_id`.
+pub(crate) fn request_row(group: &GroupRequest<'_>, job_id: u64) -> PgRow {
+    PgRow {
+        pg_id: group.pg_id,
+        name: group.name.unwrap_or_default().to_owned(),
+        strategy: strategy_code(group.strategy),
+        state: PENDING,
+        detached: group.detached,
+        job_id,
+        bundles: wire_bundles(group.bundles),
+    }
+}
+
+/// Bundles a dead worker held, as a row of those bundles (with their nodes), and the worker.
+fn lost_row(lost: LostBundles) -> (PgRow, u64) {
+    let bundles = lost
+        .bundles
+        .into_iter()
+        .map(|(index, node_id, entries)| PgBundle {
+            index,
+            node_id,
+            resources: entries
+                .into_iter()
+                .map(|(name, amount)| Resource {
+                    name,
+                    total: amount,
+                    available: amount,
+                })
+                .collect(),
+        })
+        .collect();
+    let row = PgRow {
+        pg_id: lost.pg_id,
+        strategy: strategy_code(lost.strategy),
+        state: CREATED,
+        detached: lost.detached,
+        bundles,
+        ..Default::default()
+    };
+    (row, lost.worker)
+}
+
 impl Cluster {
     /// Asks the GCS to create a group (owner, step 1): `Ok` once listed (pending), the
     /// GCS's refusal as an error.
@@ -403,16 +471,7 @@ impl Cluster {
         for &w in workers {
             self.peer(w).send(msg(PgOp::Cancel, 0, row.clone(), ""));
         }
-        {
-            let mut slots = lock(&self.nodes);
-            let h = format!("_{pg_id:016x}");
-            for s in slots.iter_mut() {
-                s.totals.retain(|(n, _)| !n.ends_with(&h));
-                for w in &mut s.workers {
-                    w.totals.retain(|(n, _)| !n.ends_with(&h));
-                }
-            }
-        }
+        self.placement.drop_group(pg_id);
         let _guard = self.io.enter();
         let rx = self
             .gcs
@@ -425,10 +484,7 @@ impl Cluster {
 
     /// The node of one of the job's workers, as this owner knows it.
     pub(crate) fn node_of_worker(&self, index: u64) -> Option<u64> {
-        lock(&self.nodes)
-            .iter()
-            .find(|s| s.workers.iter().any(|w| w.index == index))
-            .map(|s| s.node_id)
+        self.placement.node_of_worker(index)
     }
 
     /// Every placement group the GCS knows.
@@ -533,10 +589,11 @@ impl Cluster {
         let Some(rt) = self.runtime() else {
             return false;
         };
-        let dead = lock(&self.dead_workers).clone();
+        let dead = self.placement.dead_workers();
         let lost = crate::placement_group::lost_bundles(&rt, &|w| dead.contains(&w));
         let mut any = false;
-        for (row, dead_worker) in lost {
+        for lost in lost {
+            let (row, dead_worker) = lost_row(lost);
             let mut nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
             nodes.sort_unstable();
             nodes.dedup();
@@ -553,84 +610,6 @@ impl Cluster {
             crate::placement_group::replace_worker(&rt, row.pg_id, dead_worker, placed);
         }
         any
-    }
-
-    /// Puts the bundles of `row` on node `node_id` in the job's workers there, each bundle
-    /// in one that holds it (an SPMD node has several, each with its share); returns them.
-    fn pg_install_on(&self, row: &PgRow, node_id: u64) -> Result<Vec<(u64, Vec<u32>)>, Error> {
-        let what = format!(
-            "installing placement group {:016x} on node {node_id}",
-            row.pg_id
-        );
-        let mut slot = lock(&self.nodes).iter().position(|s| s.node_id == node_id);
-        if slot.is_none() {
-            self.refresh_nodes()?;
-            slot = lock(&self.nodes).iter().position(|s| s.node_id == node_id);
-        }
-        let Some(i) = slot else {
-            return Err(cluster_error(what, "the node is not in the node table"));
-        };
-        self.node_workers(i)?;
-        let mut slots = lock(&self.nodes);
-        let s = &mut slots[i];
-        // Which worker takes which bundle: the policy's choice, counting what it got already.
-        let mut given: Vec<Vec<(String, f64)>> = vec![Vec::new(); s.workers.len()];
-        let mut parts: Vec<Vec<PgBundle>> = vec![Vec::new(); s.workers.len()];
-        for b in row.bundles.iter().filter(|b| b.node_id == node_id) {
-            let want = entries(&b.resources);
-            let loads: Vec<policy::WorkerLoad<'_>> = s
-                .workers
-                .iter()
-                .zip(&given)
-                .map(|(w, g)| policy::WorkerLoad {
-                    totals: w.totals.as_slice().into(),
-                    busy: g.as_slice().into(),
-                })
-                .collect();
-            let fits = |j: usize| {
-                want.iter().all(|(n, a)| {
-                    let total = s.workers[j]
-                        .totals
-                        .iter()
-                        .find(|(t, _)| t == n)
-                        .map_or(0.0, |t| t.1);
-                    let used: f64 = given[j].iter().filter(|(g, _)| g == n).map(|g| g.1).sum();
-                    total - used + 1e-9 >= *a
-                })
-            };
-            let Some(j) = policy::pick_worker(&loads, &want, None).filter(|&j| fits(j)) else {
-                return Err(cluster_error(
-                    what,
-                    format!("no worker of the job there has room for bundle {}", b.index),
-                ));
-            };
-            given[j].extend(want);
-            parts[j].push(b.clone());
-        }
-        let mut out = Vec::new();
-        for (j, bundles) in parts.into_iter().enumerate() {
-            if bundles.is_empty() {
-                continue;
-            }
-            let indices: Vec<u32> = bundles.iter().map(|b| b.index).collect();
-            let part = PgRow {
-                bundles,
-                ..row.clone()
-            };
-            let resources = group_resources(row.pg_id, &bundles_on(&part, node_id));
-            let w = &mut s.workers[j];
-            w.peer.send(msg(PgOp::Commit, 0, part, ""));
-            w.totals.extend(resources.iter().cloned());
-            out.push((w.index, indices));
-            // The node's view: the per-bundle names, and the group-wide ones summed.
-            for (name, amount) in resources {
-                match s.totals.iter_mut().find(|(n, _)| *n == name) {
-                    Some(e) => e.1 += amount,
-                    None => s.totals.push((name, amount)),
-                }
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -4,16 +4,18 @@
 //! worker). A node's workers are named by its raylet on first use: the one it starts
 //! (`manta start`), or the SPMD ranks of the node, each with its share.
 
-use crate::sync::Arc;
-use crate::sync::Ordering;
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::peer::Peer;
+use super::pg::{bundles_on, entries, msg};
 use super::policy::{self, NodeLoad};
-use super::proto::{Msg, Resource};
+use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
 use super::worker::Cluster;
 use super::{call_timeout, cluster_error, wait_reply};
 use crate::error::Error;
+use crate::placement_group::group_resources;
 use crate::resources::ResourceRequest;
 use crate::sync::lock;
 
@@ -50,6 +52,102 @@ impl NodeWorker {
     }
 }
 
+/// The node directory as this owner sees it: the node table, its connections to raylets,
+/// and the workers it saw die. Its state is edited here only; other files ask through the
+/// methods below.
+pub(super) struct Placement {
+    nodes: Mutex<Vec<NodeSlot>>,
+    /// Whether `nodes` was read from the GCS since the last node event.
+    loaded: AtomicBool,
+    /// Connections to raylets, by node id (made on first use).
+    raylets: Mutex<HashMap<u64, Arc<Peer>>>,
+    /// Worker processes known dead (their connection closed, or their node died): never
+    /// chosen again, even while a raylet still names them.
+    dead: Mutex<HashSet<u64>>,
+    /// This job's binary, arguments and directory, for the workers raylets start.
+    executable: (String, Vec<String>, String),
+}
+
+impl std::fmt::Debug for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placement")
+            .field("nodes", &lock(&self.nodes).len())
+            .field("dead", &lock(&self.dead).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Placement {
+    /// An empty directory (read from the GCS on first use).
+    pub(super) fn new(executable: (String, Vec<String>, String)) -> Placement {
+        Placement {
+            nodes: Mutex::new(Vec::new()),
+            loaded: AtomicBool::new(false),
+            raylets: Mutex::new(HashMap::new()),
+            dead: Mutex::new(HashSet::new()),
+            executable,
+        }
+    }
+
+    /// A node joined or left: read the table again before the next placement.
+    pub(super) fn invalidate(&self) {
+        self.loaded.store(false, Ordering::Release);
+    }
+
+    /// The id of the node in slot `slot`.
+    pub(super) fn node_id_at(&self, slot: usize) -> Option<u64> {
+        lock(&self.nodes).get(slot).map(|s| s.node_id)
+    }
+
+    /// The node of one of the job's workers.
+    pub(super) fn node_of_worker(&self, index: u64) -> Option<u64> {
+        lock(&self.nodes)
+            .iter()
+            .find(|s| s.workers.iter().any(|w| w.index == index))
+            .map(|s| s.node_id)
+    }
+
+    /// Forgets the resources of placement group `pg_id` in every node's and worker's view.
+    pub(super) fn drop_group(&self, pg_id: u64) {
+        let h = format!("_{pg_id:016x}");
+        for s in lock(&self.nodes).iter_mut() {
+            s.totals.retain(|(n, _)| !n.ends_with(&h));
+            for w in &mut s.workers {
+                w.totals.retain(|(n, _)| !n.ends_with(&h));
+            }
+        }
+    }
+
+    /// Worker `index` died: never chosen again, and gone from its node's list.
+    pub(super) fn worker_died(&self, index: u64) {
+        lock(&self.dead).insert(index);
+    }
+
+    /// Drops worker `index` from its node's list (its connection is gone).
+    pub(super) fn forget_worker(&self, index: u64) {
+        for s in lock(&self.nodes).iter_mut() {
+            s.workers.retain(|w| w.index != index);
+        }
+    }
+
+    /// Whether worker `index` is known dead.
+    pub(super) fn is_dead(&self, index: u64) -> bool {
+        lock(&self.dead).contains(&index)
+    }
+
+    /// The workers known dead.
+    pub(super) fn dead_workers(&self) -> HashSet<u64> {
+        lock(&self.dead).clone()
+    }
+
+    /// Closes the connections to raylets (the process leaves).
+    pub(super) fn close_raylets(&self) {
+        for p in lock(&self.raylets).drain().map(|(_, p)| p) {
+            p.shutdown("shutdown");
+        }
+    }
+}
+
 impl Cluster {
     /// Refreshes the node table from the GCS.
     pub(crate) fn refresh_nodes(&self) -> Result<(), Error> {
@@ -59,7 +157,7 @@ impl Cluster {
         else {
             return Err(cluster_error("reading the node table", "unexpected reply"));
         };
-        let mut slots = lock(&self.nodes);
+        let mut slots = lock(&self.placement.nodes);
         for n in nodes {
             let totals: Vec<(String, f64)> = n
                 .resources
@@ -92,7 +190,7 @@ impl Cluster {
                 }),
             }
         }
-        self.nodes_loaded.store(true, Ordering::Release);
+        self.placement.loaded.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -101,14 +199,14 @@ impl Cluster {
     /// host sends no FIN), and no new work may be placed there.
     pub(super) fn node_died(&self, node_id: u64) {
         let mut lost = Vec::new();
-        for s in lock(&self.nodes).iter_mut() {
+        for s in lock(&self.placement.nodes).iter_mut() {
             if s.node_id == node_id {
                 s.alive = false;
                 lost.extend(s.workers.drain(..).map(|w| w.index));
             }
         }
         for index in lost {
-            if let Some(p) = lock(&self.peers).remove(&index) {
+            if let Some(p) = self.peers.remove(index) {
                 p.shutdown("its node died");
             }
             self.worker_lost(index, &format!("node {node_id} died"));
@@ -124,7 +222,7 @@ impl Cluster {
         request: &ResourceRequest,
         preferred_worker: Option<u64>,
     ) -> Result<(usize, u64, Arc<Peer>), Error> {
-        if !self.nodes_loaded.load(Ordering::Acquire) {
+        if !self.placement.loaded.load(Ordering::Acquire) {
             self.refresh_nodes()?;
         }
         let wanted = request_pairs(request);
@@ -149,12 +247,12 @@ impl Cluster {
         let mut refreshed = false;
         let mut reinstalled = false;
         loop {
-            let mut chosen = pick(&lock(&self.nodes), &passed);
+            let mut chosen = pick(&lock(&self.placement.nodes), &passed);
             if chosen.is_none() && !refreshed {
                 // A node may have joined since: look again once.
                 self.refresh_nodes()?;
                 refreshed = true;
-                chosen = pick(&lock(&self.nodes), &passed);
+                chosen = pick(&lock(&self.placement.nodes), &passed);
             }
             if chosen.is_none() && !reinstalled && wanted.iter().any(|(n, _)| n.contains("_group_"))
             {
@@ -167,7 +265,7 @@ impl Cluster {
                 continue;
             }
             let Some(i) = chosen else {
-                let totals: Vec<String> = lock(&self.nodes)
+                let totals: Vec<String> = lock(&self.placement.nodes)
                     .iter()
                     .filter(|s| s.alive)
                     .map(|s| {
@@ -199,7 +297,7 @@ impl Cluster {
                 });
             };
             self.node_workers(i)?;
-            let slots = lock(&self.nodes);
+            let slots = lock(&self.placement.nodes);
             let workers = &slots[i].workers;
             let loads: Vec<policy::WorkerLoad> = workers.iter().map(NodeWorker::load).collect();
             let preferred =
@@ -215,9 +313,9 @@ impl Cluster {
     /// them on first use (it starts one, or names those that joined by themselves).
     pub(super) fn node_workers(&self, i: usize) -> Result<(), Error> {
         let (node_id, address, totals) = {
-            let mut slots = lock(&self.nodes);
+            let mut slots = lock(&self.placement.nodes);
             let s = &mut slots[i];
-            let dead = lock(&self.dead_workers);
+            let dead = lock(&self.placement.dead);
             s.workers
                 .retain(|w| !w.peer.is_closed() && !dead.contains(&w.index));
             drop(dead);
@@ -233,7 +331,7 @@ impl Cluster {
         let mut pause = Duration::from_millis(5);
         let named = loop {
             let named = self.ask_raylet_for_workers(node_id, &address, &totals, &what)?;
-            let dead = lock(&self.dead_workers);
+            let dead = lock(&self.placement.dead);
             let live: Vec<NamedWorker> = named
                 .into_iter()
                 .filter(|(index, _)| !dead.contains(index))
@@ -260,7 +358,7 @@ impl Cluster {
                 busy: Vec::new(),
             })
             .collect();
-        let mut slots = lock(&self.nodes);
+        let mut slots = lock(&self.placement.nodes);
         // Another thread may have asked at the same time: keep its list (and its load).
         if slots[i].workers.is_empty() {
             slots[i].workers = found;
@@ -277,8 +375,8 @@ impl Cluster {
         what: &str,
     ) -> Result<Vec<NamedWorker>, Error> {
         let raylet = self.raylet(node_id, address);
-        let (exe, args, cwd) = self.executable.clone();
-        let job_id = self.job_id;
+        let (exe, args, cwd) = self.placement.executable.clone();
+        let job_id = self.member.job_id;
         let config = self
             .runtime()
             .map_or_else(crate::config::current, |rt| Arc::new(rt.config.clone()));
@@ -321,9 +419,119 @@ impl Cluster {
         })
     }
 
+    /// The connection to the raylet of node slot `node` (made on first use).
+    pub(super) fn raylet(&self, node_id: u64, address: &str) -> Arc<Peer> {
+        let mut raylets = lock(&self.placement.raylets);
+        if let Some(p) = raylets.get(&node_id)
+            && !p.is_closed()
+        {
+            return p.clone();
+        }
+        let (peer, pending) = Peer::pending(format!("raylet:{node_id}"));
+        raylets.insert(node_id, peer.clone());
+        drop(raylets);
+        let token = self.member.token.clone();
+        let name = self.my_name();
+        let handler = self.handler();
+        let address = address.to_owned();
+        self.io.spawn(async move {
+            match super::connect(&address, &token, name).await {
+                Ok(conn) => pending.attach(conn, handler),
+                Err(e) => pending.fail(handler, &e.to_string()),
+            }
+        });
+        peer
+    }
+
+    /// Puts the bundles of `row` on node `node_id` in the job's workers there, each bundle
+    /// in one that holds it (an SPMD node has several, each with its share); returns them.
+    pub(super) fn pg_install_on(
+        &self,
+        row: &PgRow,
+        node_id: u64,
+    ) -> Result<Vec<(u64, Vec<u32>)>, Error> {
+        let what = format!(
+            "installing placement group {:016x} on node {node_id}",
+            row.pg_id
+        );
+        let mut slot = lock(&self.placement.nodes)
+            .iter()
+            .position(|s| s.node_id == node_id);
+        if slot.is_none() {
+            self.refresh_nodes()?;
+            slot = lock(&self.placement.nodes)
+                .iter()
+                .position(|s| s.node_id == node_id);
+        }
+        let Some(i) = slot else {
+            return Err(cluster_error(what, "the node is not in the node table"));
+        };
+        self.node_workers(i)?;
+        let mut slots = lock(&self.placement.nodes);
+        let s = &mut slots[i];
+        // Which worker takes which bundle: the policy's choice, counting what it got already.
+        let mut given: Vec<Vec<(String, f64)>> = vec![Vec::new(); s.workers.len()];
+        let mut parts: Vec<Vec<PgBundle>> = vec![Vec::new(); s.workers.len()];
+        for b in row.bundles.iter().filter(|b| b.node_id == node_id) {
+            let want = entries(&b.resources);
+            let loads: Vec<policy::WorkerLoad<'_>> = s
+                .workers
+                .iter()
+                .zip(&given)
+                .map(|(w, g)| policy::WorkerLoad {
+                    totals: w.totals.as_slice().into(),
+                    busy: g.as_slice().into(),
+                })
+                .collect();
+            let fits = |j: usize| {
+                want.iter().all(|(n, a)| {
+                    let total = s.workers[j]
+                        .totals
+                        .iter()
+                        .find(|(t, _)| t == n)
+                        .map_or(0.0, |t| t.1);
+                    let used: f64 = given[j].iter().filter(|(g, _)| g == n).map(|g| g.1).sum();
+                    total - used + 1e-9 >= *a
+                })
+            };
+            let Some(j) = policy::pick_worker(&loads, &want, None).filter(|&j| fits(j)) else {
+                return Err(cluster_error(
+                    what,
+                    format!("no worker of the job there has room for bundle {}", b.index),
+                ));
+            };
+            given[j].extend(want);
+            parts[j].push(b.clone());
+        }
+        let mut out = Vec::new();
+        for (j, bundles) in parts.into_iter().enumerate() {
+            if bundles.is_empty() {
+                continue;
+            }
+            let indices: Vec<u32> = bundles.iter().map(|b| b.index).collect();
+            let part = PgRow {
+                bundles,
+                ..row.clone()
+            };
+            let resources = group_resources(row.pg_id, &bundles_on(&part, node_id));
+            let w = &mut s.workers[j];
+            w.peer.send(msg(PgOp::Commit, 0, part, ""));
+            w.totals.extend(resources.iter().cloned());
+            out.push((w.index, indices));
+            // The node's view: the per-bundle names, and the group-wide ones summed.
+            for (name, amount) in resources {
+                match s.totals.iter_mut().find(|(n, _)| *n == name) {
+                    Some(e) => e.1 += amount,
+                    None => s.totals.push((name, amount)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Counts `load` against worker `worker` on node slot `node` (until `release_load`).
     pub(super) fn take_load(&self, node: usize, worker: u64, load: &[(String, f64)]) {
-        let mut slots = lock(&self.nodes);
+        let mut slots = lock(&self.placement.nodes);
         let Some(s) = slots.get_mut(node) else { return };
         s.busy_cpus += cpus_of(load);
         if let Some(w) = s.workers.iter_mut().find(|w| w.index == worker) {
@@ -338,7 +546,7 @@ impl Cluster {
 
     pub(super) fn release_load(&self, node: Option<usize>, worker: u64, load: &[(String, f64)]) {
         let Some(i) = node else { return };
-        let mut slots = lock(&self.nodes);
+        let mut slots = lock(&self.placement.nodes);
         let Some(s) = slots.get_mut(i) else { return };
         s.busy_cpus = (s.busy_cpus - cpus_of(load)).max(0.0);
         if let Some(w) = s.workers.iter_mut().find(|w| w.index == worker) {

@@ -33,17 +33,11 @@ use super::proto::{Msg, Outcome};
 use super::worker::Cluster;
 use crate::error::Error;
 use crate::object::{ObjectCell, Waiter};
-use crate::sync::lock;
 
 impl Cluster {
     /// Step 1: the other returns of task `first` wait in the table for their `TaskDone`.
     pub(crate) fn expect_returns(&self, first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]) {
-        {
-            let mut returns = lock(&self.returns);
-            for cell in extra {
-                returns.insert(cell.id().as_u64(), cell.clone());
-            }
-        }
+        self.tasks.expect_returns(extra);
         let ids: Vec<u64> = extra.iter().map(|c| c.id().as_u64()).collect();
         let me = self.me.get().cloned().unwrap_or_default();
         let first2 = Arc::downgrade(first);
@@ -51,10 +45,7 @@ impl Cluster {
             let (Some(c), Some(first)) = (me.upgrade(), first2.upgrade()) else {
                 return;
             };
-            let left: Vec<Arc<ObjectCell>> = {
-                let mut returns = lock(&c.returns);
-                ids.iter().filter_map(|id| returns.remove(id)).collect()
-            };
+            let left: Vec<Arc<ObjectCell>> = c.tasks.take_returns(&ids);
             for cell in left {
                 let e = match first.get() {
                     Some(Err(e)) => e.clone(),
@@ -73,7 +64,7 @@ impl Cluster {
 
     /// Step 4: a `TaskDone` for no in-flight task may be another return of one.
     pub(super) fn return_done(&self, from: &Arc<Peer>, id: u64, outcome: Outcome) {
-        let Some(cell) = lock(&self.returns).remove(&id) else {
+        let Some(cell) = self.tasks.take_return(id) else {
             tracing::debug!(task_id = id, "completion of an unknown task ignored");
             return;
         };
@@ -89,10 +80,7 @@ impl Cluster {
         cell: &Arc<ObjectCell>,
         extra: Box<[Arc<ObjectCell>]>,
     ) {
-        lock(&self.executing).insert(
-            task_id,
-            (name.into(), worker_of(peer), Arc::downgrade(cell)),
-        );
+        self.tasks.executing(task_id, name, worker_of(peer), cell);
         let me: Weak<Cluster> = self.me.get().cloned().unwrap_or_default();
         let peer = peer.clone();
         let first = Arc::downgrade(cell);
@@ -100,7 +88,7 @@ impl Cluster {
             let (Some(c), Some(first)) = (me.upgrade(), first.upgrade()) else {
                 return;
             };
-            lock(&c.executing).remove(&task_id);
+            c.tasks.executed(task_id);
             let outcome = match first.get() {
                 Some(Ok(v)) => {
                     for cell in extra.iter() {

@@ -9,20 +9,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::objects::{PullDone, RemoteObject};
+use super::object_manager::{PullDone, RemoteObject};
 use super::peer::Peer;
 use super::placement::{request_pairs, request_resources};
 use super::proto::{Arg, ErrorKind, Msg, Outcome};
 use super::supervision::{NewOwned, RemoteActor};
+use super::task_manager::Completion;
 use super::worker::Cluster;
 use super::{call_timeout, cluster_error, wait_reply};
 use crate::actor::{ActorCell, ActorOptions};
 use crate::error::{Error, TaskError};
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectValue, Payload};
+use crate::remote::RemoteValue;
 use crate::resources::ResourceRequest;
 use crate::runtime::RuntimeInner;
-use crate::sync::lock;
 use crate::task::ArgSlot;
 
 /// A task or actor call this process owns that runs elsewhere.
@@ -51,7 +52,7 @@ pub(super) struct InFlight {
 
 /// What keeps an actor alive while a call to it is in flight: its proxy cell, and the
 /// caller's registration as a borrower of it, if any.
-pub(super) type KeepActor = (Arc<ActorCell>, Option<Arc<RemoteObject>>);
+pub(super) type KeepActor = (Arc<ActorCell>, Option<Arc<dyn RemoteValue>>);
 
 impl InFlight {
     /// The actor this is a call of, if it is one (failed at once when this process kills
@@ -156,9 +157,9 @@ impl Cluster {
                 Arg::Inline(b.to_vec())
             }
             Payload::Remote(r) => Arg::Ref {
-                object_id: r.id,
-                holder: r.holder,
-                len: r.len,
+                object_id: r.id(),
+                holder: r.holder(),
+                len: r.size(),
             },
             _ => match cell {
                 Some(cell) => {
@@ -178,7 +179,7 @@ impl Cluster {
                         .runtime()
                         .map(|rt| rt.next_object_id().as_u64())
                         .unwrap_or(0);
-                    lock(&self.held).insert(id, v.clone());
+                    self.objects.hold(id, v.clone());
                     w.held.push(id);
                     Arg::Ref {
                         object_id: id,
@@ -195,10 +196,7 @@ impl Cluster {
         if ids.is_empty() {
             return;
         }
-        let mut held = lock(&self.held);
-        for id in ids {
-            held.remove(id);
-        }
+        self.objects.free(ids);
     }
 
     /// Submits a task to a worker process elsewhere; completes `cell` when it is done. The
@@ -273,7 +271,7 @@ impl Cluster {
         let load = request_pairs(request);
         let resources = request_resources(request);
         self.take_load(node, worker, &load);
-        lock(&self.in_flight).insert(
+        self.tasks.pushed(
             task_id,
             InFlight {
                 cell,
@@ -319,7 +317,7 @@ impl Cluster {
         // `request`.
         let (node, worker, peer) = self.place(&options.placement(), None)?;
         let actor_id = actor.id().as_u64();
-        let node_id = lock(&self.nodes).get(node).map(|s| s.node_id).unwrap_or(0);
+        let node_id = self.placement.node_id_at(node).unwrap_or(0);
         // The directory first, so a taken name fails before anything runs.
         self.register_actor(super::proto::ActorInfo {
             actor_id,
@@ -331,7 +329,7 @@ impl Cluster {
             ..Default::default()
         })?;
         let remote = RemoteActor::at(worker, peer.clone(), options.max_task_retries);
-        actor.set_remote(remote.clone());
+        actor.set_remote(Arc::new(remote.clone()));
         self.own_actor(NewOwned {
             cell: actor,
             remote,
@@ -351,8 +349,8 @@ impl Cluster {
         // An actor holds what it asked for on its worker while it lives (until killed).
         let load = request_pairs(request);
         self.take_load(node, worker, &load);
-        lock(&self.actor_loads).insert(actor_id, (node, worker, load));
-        lock(&self.in_flight).insert(
+        self.actors.count_load(actor_id, (node, worker, load));
+        self.tasks.pushed(
             actor_id,
             InFlight {
                 cell: created,
@@ -448,7 +446,7 @@ impl Cluster {
     pub(crate) fn call_remote(
         &self,
         actor: &Arc<ActorCell>,
-        borrow: Option<&Arc<RemoteObject>>,
+        borrow: Option<&Arc<dyn RemoteValue>>,
         remote: &RemoteActor,
         method: &'static str,
         cell: Arc<ObjectCell>,
@@ -508,24 +506,14 @@ impl Cluster {
 
     /// A task or call we own finished elsewhere.
     pub(super) fn task_done(&self, from: &Arc<Peer>, task_id: u64, outcome: Outcome) {
-        let f = {
-            let mut in_flight = lock(&self.in_flight);
-            match in_flight.remove(&task_id) {
-                // Only the worker it was pushed to completes it: a worker declared dead (its
-                // node was cut off) may still answer for an attempt since retried elsewhere.
-                Some(f) if from.name != format!("w{}", f.worker) => {
-                    tracing::debug!(task_id, from = %from.name, "completion from a previous attempt's worker ignored");
-                    in_flight.insert(task_id, f);
-                    return;
-                }
-                Some(f) => f,
-                None => {
-                    drop(in_flight);
-                    // Another return of a task with several (`returns.rs`), or unknown.
-                    self.return_done(from, task_id, outcome);
-                    return;
-                }
+        let f = match self.tasks.complete(task_id, &from.name) {
+            Completion::Done(f) => f,
+            Completion::OtherAttempt => {
+                tracing::debug!(task_id, from = %from.name, "completion from a previous attempt's worker ignored");
+                return;
             }
+            // Another return of a task with several (`returns.rs`), or unknown.
+            Completion::Unknown => return self.return_done(from, task_id, outcome),
         };
         self.release_load(f.node, f.worker, &f.load);
         self.release_held_args(&f.held_args);
@@ -565,22 +553,12 @@ impl Cluster {
     /// Worker `index` is gone: its actors restart or die (`supervision.rs`), its tasks are
     /// retried or fail, and so are the calls in flight there.
     pub(super) fn worker_lost(&self, index: u64, reason: &str) {
-        lock(&self.dead_workers).insert(index);
+        self.placement.worker_died(index);
         // Before the in-flight table is drained: see the restart protocol's argument.
         self.actors_lost(index, reason);
         self.proxies_lost(index);
         self.owner_died(index);
-        let lost: Vec<(u64, InFlight)> = {
-            let mut m = lock(&self.in_flight);
-            let ids: Vec<u64> = m
-                .iter()
-                .filter(|(_, f)| f.worker == index)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| m.remove(&id).map(|f| (id, f)))
-                .collect()
-        };
+        let lost: Vec<(u64, InFlight)> = self.tasks.take_on_worker(index);
         let death = format!("worker process {index} died or became unreachable ({reason})");
         let first_delay = self
             .runtime()
@@ -648,24 +626,11 @@ impl Cluster {
                 }
             });
         }
-        for s in lock(&self.nodes).iter_mut() {
-            s.workers.retain(|w| w.index != index);
-        }
+        self.placement.forget_worker(index);
         self.drop_borrower(index);
-        self.free_results_of(index);
+        self.objects.free_results_of(index);
         self.attach_worker_lost(index);
-        let failed: Vec<(u64, PullDone)> = {
-            let mut pulls = lock(&self.pulls);
-            let name = format!("w{index}");
-            let ids: Vec<u64> = pulls
-                .iter()
-                .filter(|(_, p)| p.peer == name)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| pulls.remove(&id).map(|p| (p.object_id, p.done)))
-                .collect()
-        };
+        let failed: Vec<(u64, PullDone)> = self.objects.take_pulls_from(&format!("w{index}"));
         for (object_id, done) in failed {
             done(Err(lost_with(object_id, index, &death)));
         }

@@ -51,6 +51,7 @@ use crate::actor::ActorCell;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, Waiter};
+use crate::remote::ActorPlace;
 use crate::resources::ResourceRequest;
 use crate::sync::lock;
 use crate::task::ArgSlot;
@@ -131,7 +132,23 @@ impl std::fmt::Debug for Parked {
     }
 }
 
+impl ActorPlace for RemoteActor {
+    fn worker(&self) -> Option<u64> {
+        self.target().map(|(w, _)| w)
+    }
+}
+
 impl RemoteActor {
+    /// The record behind a proxy's place (every place is one: only the cluster makes them).
+    pub(super) fn of(place: &dyn ActorPlace) -> Option<&RemoteActor> {
+        (place as &dyn std::any::Any).downcast_ref()
+    }
+
+    /// The record behind proxy `cell`, if it is one.
+    pub(super) fn of_cell(cell: &ActorCell) -> Option<&RemoteActor> {
+        cell.remote().and_then(|p| RemoteActor::of(&**p))
+    }
+
     pub(super) fn at(worker: u64, peer: Arc<Peer>, max_task_retries: u32) -> RemoteActor {
         RemoteActor(Arc::new(RemoteInner {
             location: Mutex::new(Location::At { worker, peer }),
@@ -179,6 +196,11 @@ pub(super) struct OwnedActor {
 }
 
 impl OwnedActor {
+    /// Whether its proxy cell still lives.
+    pub(super) fn is_live(&self) -> bool {
+        self.cell.strong_count() > 0
+    }
+
     /// The error its calls get once it is dead for good (as `ActorCell::died`).
     fn died(&self, id: u64, why: &str) -> Error {
         Error::ActorDied {
@@ -223,9 +245,7 @@ impl Cluster {
             worker: new.worker,
             node: new.node,
         };
-        let mut owned = lock(&self.owned_actors);
-        owned.retain(|_, a| a.cell.strong_count() > 0);
-        owned.insert(new.cell.id().as_u64(), record);
+        self.actors.own(new.cell.id().as_u64(), record);
     }
 
     /// Sends a call to a remote actor, or parks it while the actor restarts (step 3); a call
@@ -287,7 +307,7 @@ impl Cluster {
             held: held_args,
             ..
         } = self.wire_args(&rt, &call.args);
-        lock(&self.in_flight).insert(
+        self.tasks.pushed(
             call_id,
             InFlight {
                 cell: call.cell,
@@ -322,7 +342,7 @@ impl Cluster {
         // Handles taken here are dropped after the lock: the last one's drop takes it too.
         let mut held: Vec<Arc<ActorCell>> = Vec::new();
         {
-            let mut owned = lock(&self.owned_actors);
+            let mut owned = self.actors.owned();
             owned.retain(|_, a| match a.cell.upgrade() {
                 Some(c) => {
                     let alive = !c.is_dead();
@@ -385,8 +405,7 @@ impl Cluster {
             if super::owner_of(cell.id().as_u64()) == self.index || cell.is_dead() {
                 continue;
             }
-            if cell
-                .remote()
+            if RemoteActor::of_cell(cell)
                 .and_then(RemoteActor::target)
                 .is_some_and(|(worker, _)| worker == index)
             {
@@ -399,7 +418,7 @@ impl Cluster {
     /// Parks the calls of proxy `cell` until the GCS directory shows its actor alive on a
     /// live worker other than `old` (or it is gone: the proxy dies).
     pub(crate) fn follow_restart(&self, cell: &Arc<ActorCell>, old: u64) {
-        let Some(remote) = cell.remote().cloned() else {
+        let Some(remote) = RemoteActor::of_cell(cell).cloned() else {
             return;
         };
         {
@@ -435,7 +454,7 @@ impl Cluster {
                         && !info.restarting
                         && info.worker != 0
                         && info.worker != old
-                        && !lock(&self.dead_workers).contains(&info.worker) =>
+                        && !self.placement.is_dead(info.worker) =>
                 {
                     let peer = self.peer(info.worker);
                     let mut location = lock(&remote.0.location);
@@ -501,7 +520,7 @@ impl Cluster {
 
     /// The id of node slot `slot`.
     fn node_id_of(&self, slot: usize) -> u64 {
-        lock(&self.nodes).get(slot).map_or(0, |s| s.node_id)
+        self.placement.node_id_at(slot).unwrap_or(0)
     }
 
     /// Records an actor's row in the GCS directory (no answer awaited).
@@ -558,7 +577,7 @@ impl Cluster {
         let args = f.args;
         let keep = f.keep;
         if left > 0 {
-            let owned = lock(&self.owned_actors);
+            let owned = self.actors.owned();
             if let Some(a) = owned.get(&actor_id) {
                 let mut location = lock(&a.remote.0.location);
                 if let Location::Restarting { parked } = &mut *location {
@@ -581,7 +600,9 @@ impl Cluster {
                 }
             }
         }
-        let (class, actor) = lock(&self.owned_actors)
+        let (class, actor) = self
+            .actors
+            .owned()
             .get(&actor_id)
             .map_or(("actor", None), |a| (a.class, a.cell.upgrade()));
         let reason = format!(
@@ -602,7 +623,8 @@ impl Cluster {
     /// Whether owned actor `actor_id` is being restarted (its creation on a dead worker is
     /// then dropped, not failed: the restart re-creates it).
     pub(super) fn is_restarting(&self, actor_id: u64) -> bool {
-        lock(&self.owned_actors)
+        self.actors
+            .owned()
             .get(&actor_id)
             .is_some_and(|a| matches!(&*lock(&a.remote.0.location), Location::Restarting { .. }))
     }
@@ -610,7 +632,7 @@ impl Cluster {
     /// Step 4: places owned actor `id` on a live worker and creates it there again.
     fn restart_actor(&self, id: u64) {
         let Some((request, args, name, class, max_concurrency, restarts_left, old)) =
-            lock(&self.owned_actors).get(&id).map(|a| {
+            self.actors.owned().get(&id).map(|a| {
                 (
                     a.request.clone(),
                     a.args.clone(),
@@ -625,7 +647,9 @@ impl Cluster {
             return;
         };
         // A group member comes back with its rank (in its bundle: the same request).
-        let group = lock(&self.owned_actors)
+        let group = self
+            .actors
+            .owned()
             .get(&id)
             .and_then(|a| a.cell.upgrade())
             .and_then(|c| c.member())
@@ -639,7 +663,7 @@ impl Cluster {
         };
         let pairs = request_pairs(&request);
         let info = {
-            let mut owned = lock(&self.owned_actors);
+            let mut owned = self.actors.owned();
             let Some(a) = owned.get_mut(&id) else { return };
             a.worker = worker;
             a.node = node;
@@ -654,7 +678,7 @@ impl Cluster {
             held: held_args,
             ..
         } = self.wire_args(&rt, &args);
-        lock(&self.in_flight).insert(
+        self.tasks.pushed(
             id,
             InFlight {
                 cell: created.clone(),
@@ -710,7 +734,9 @@ impl Cluster {
                 restart: false,
             })
         };
-        let Some(weak) = lock(&self.owned_actors)
+        let Some(weak) = self
+            .actors
+            .owned()
             .get(&id)
             .filter(|a| a.worker == worker)
             .map(|a| a.cell.clone())
@@ -721,7 +747,7 @@ impl Cluster {
         let Some(_cell) = weak.upgrade().filter(|c| !c.is_dead()) else {
             return unwanted();
         };
-        let owned = lock(&self.owned_actors);
+        let owned = self.actors.owned();
         let Some(a) = owned.get(&id).filter(|a| a.worker == worker) else {
             return unwanted();
         };
@@ -743,7 +769,7 @@ impl Cluster {
 
     /// A restart could not be done: the actor dies for good.
     fn restart_failed(&self, id: u64, why: &str) {
-        let Some(a) = lock(&self.owned_actors).remove(&id) else {
+        let Some(a) = self.actors.disown(id) else {
             return;
         };
         let parked = lock(&a.remote.0.location).kill(a.died(id, why));
@@ -765,7 +791,7 @@ impl Cluster {
         } else {
             // A kill for good gives back the placement load its creation counted (`cancel.rs`).
             self.release_actor_load(actor_id);
-            lock(&self.owned_actors).remove(&actor_id)
+            self.actors.disown(actor_id)
         };
         match remote.target() {
             Some((_, peer)) => peer.send(Msg::KillActor { actor_id, restart }),
@@ -790,11 +816,10 @@ impl Cluster {
     /// the actor was alive and is now restarted or, without restarts left, killed.
     pub(crate) fn restart_remote(&self, cell: &Arc<ActorCell>, remote: &RemoteActor) -> bool {
         let id = cell.id().as_u64();
-        let reachable = |worker: u64, peer: &Arc<Peer>| {
-            !peer.is_closed() && !lock(&self.dead_workers).contains(&worker)
-        };
+        let reachable =
+            |worker: u64, peer: &Arc<Peer>| !peer.is_closed() && !self.placement.is_dead(worker);
         let decided = {
-            let mut owned = lock(&self.owned_actors);
+            let mut owned = self.actors.owned();
             match owned.get_mut(&id) {
                 None => {
                     return match remote.target() {
@@ -831,7 +856,7 @@ impl Cluster {
                 true
             }
             Some((false, _)) => {
-                lock(&self.owned_actors).remove(&id);
+                self.actors.disown(id);
                 cell.die(cell.died("killed by manta::restart: no restarts left"));
                 true
             }

@@ -1,37 +1,42 @@
 //! The core worker: this process's membership in a cluster — owner of what it submits,
 //! executor of what others push to it, server of the objects it holds.
 //!
-//! [`Cluster`] is one value whose methods are split by concern across sibling modules:
+//! [`Cluster`] keeps the process's identity (role, worker index, job, addresses, the GCS
+//! connection, the I/O runtime) and holds one component per concern, each a type in its own
+//! file that owns its state and its locks (Ray's core worker is made the same way):
 //!
-//! - here: joining (registration with the GCS, listeners), connections to other members
-//!   (`peer`, made on first use, over shared memory on the same host), a worker process's
-//!   serve loop, leaving, and [`WorkerHandler`], which dispatches every connection's messages;
-//! - `placement.rs`: the node table and the choice of a node for a task or actor;
-//! - `submit.rs`: work this process owns that runs elsewhere, and its fate when a worker dies;
-//! - `execute.rs`: work other processes push here, and listings;
-//! - `objects.rs`: the object manager (pulls, serving pulls, held results, `FreeObject`);
-//! - `attach.rs`: zero-copy reads on one host (attaching another process's arena, the pins
-//!   its holder keeps for a reader);
+//! - `peers.rs` ([`Peers`]): connections to other workers, made on first use (`peer`, here),
+//!   and a worker's raylet connection;
+//! - `placement.rs` (`Placement`): the node directory, and the choice of a node and worker
+//!   for a task or actor;
+//! - `task_manager.rs` (`TaskManager`): work this process owns that runs elsewhere (pushed
+//!   by `submit.rs`, restarted by `supervision.rs`, cancelled by `cancel.rs`), and work others
+//!   pushed here (`execute.rs`);
+//! - `object_manager.rs` (`ObjectManager`): pulls, serving pulls, held results, `FreeObject`,
+//!   and same-host reads (`attach.rs`);
+//! - `actor_manager.rs` (`ActorManager`): actors this process created elsewhere (restarted by
+//!   `supervision.rs`), their placement loads, the detached actors it hosts (`lifetime.rs`);
 //! - `borrow.rs`: Ray's borrower protocol (borrowed references, the owner's `lent` table),
 //!   with its numbered steps and the argument for their correctness.
+//!
+//! Here: joining (registration with the GCS, listeners), a worker process's serve loop,
+//! leaving, and [`WorkerHandler`], which dispatches every connection's messages. The
+//! runtime reaches all of it through `crate::remote::Remote` (`remote.rs`).
 
-use crate::sync::{Arc, Mutex, OnceLock, Weak};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::collections::{HashMap, HashSet};
+use crate::sync::{Arc, AtomicBool, Mutex, OnceLock, Ordering, Weak};
 
 use manta_transport::{Address, Listener};
 
-use super::attach::{ArenaSlot, PinTable};
+use super::actor_manager::ActorManager;
 use super::borrow::References;
-use super::objects::{PendingPull, PullQueue};
+use super::object_manager::ObjectManager;
 use super::peer::{Handler, Peer};
-use super::placement::NodeSlot;
+use super::peers::Peers;
+use super::placement::Placement;
 use super::proto::{Msg, Resource};
-use super::submit::InFlight;
-use super::supervision::OwnedActor;
+use super::task_manager::TaskManager;
 use super::{call_timeout, cluster_error, host_id, wait_reply};
 use crate::error::Error;
-use crate::object::{ObjectCell, ObjectValue};
 use crate::runtime::RuntimeInner;
 use crate::store::StoredObject;
 use crate::sync::lock;
@@ -49,83 +54,56 @@ pub(crate) enum Role {
     },
 }
 
+/// Who this process is in the cluster, fixed when it joins.
+#[derive(Debug)]
+pub(super) struct Membership {
+    pub(super) role: Role,
+    pub(super) job_id: u64,
+    /// The cluster's token, proved in every handshake.
+    pub(super) token: String,
+    pub(super) gcs_address: String,
+    /// This process's address (`ip:port`).
+    pub(super) address: String,
+}
+
 /// The name of the cluster's I/O thread.
 pub(super) const IO_THREAD: &str = "manta-io";
 
 /// This process's cluster membership.
 pub(crate) struct Cluster {
-    pub(crate) io: IoRuntime,
-    pub(crate) role: Role,
-    pub(crate) index: u64,
-    pub(crate) job_id: u64,
-    pub(crate) token: String,
-    pub(crate) gcs_address: String,
-    pub(crate) address: String,
-    pub(crate) gcs: Arc<Peer>,
+    pub(super) io: IoRuntime,
+    /// Who this process is in the cluster.
+    pub(super) member: Membership,
+    /// Its worker index: the top bits of every id it creates.
+    pub(super) index: u64,
+    pub(super) gcs: Arc<Peer>,
     pub(super) rt: OnceLock<Weak<RuntimeInner>>,
     pub(super) me: OnceLock<Weak<Cluster>>,
-    pub(super) peers: Mutex<HashMap<u64, Arc<Peer>>>,
-    pub(super) raylets: Mutex<HashMap<u64, Arc<Peer>>>,
-    pub(super) nodes: Mutex<Vec<NodeSlot>>,
-    pub(super) nodes_loaded: AtomicBool,
-    pub(super) in_flight: Mutex<HashMap<u64, InFlight>>,
-    /// Worker processes known dead (their connection closed, or their node died): never
-    /// chosen again, even while a raylet still names them.
-    pub(super) dead_workers: Mutex<HashSet<u64>>,
-    /// Actors this process created in worker processes, with what a restart needs.
-    pub(super) owned_actors: Mutex<HashMap<u64, OwnedActor>>,
-    /// Results this process computed for remote owners, until they free them.
-    pub(super) held: Mutex<HashMap<u64, ObjectValue>>,
-    /// Work pushed here and not yet done: id -> (name, owner's worker index, result), for
-    /// listings and `CancelTask`.
-    pub(super) executing: Mutex<HashMap<u64, super::cancel::Executing>>,
-    pub(super) pulls: Mutex<HashMap<u64, PendingPull>>,
-    pub(super) pull_queue: Mutex<PullQueue>,
-    pub(super) next_pull: AtomicU64,
-    /// Task arguments of other processes pulled (or being pulled) here, so that every task
-    /// reading one shares one transfer and one copy.
-    pub(super) fetched: Mutex<HashMap<u64, Weak<ObjectCell>>>,
-    /// Size of `fetched` at which dead entries are next swept (doubles with the live ones, so
-    /// sweeping stays amortised O(1) per pull).
-    pub(super) fetched_sweep_at: AtomicUsize,
+    /// Connections to other workers and to this worker's raylet (`peers.rs`).
+    pub(super) peers: Peers,
+    /// The node directory: nodes, raylets, dead workers (`placement.rs`).
+    pub(super) placement: Placement,
+    /// Work this process owns that runs elsewhere, and work others pushed here.
+    pub(super) tasks: TaskManager,
+    /// Pulls, serving pulls, held results, same-host reads (`object_manager.rs`).
+    pub(super) objects: ObjectManager,
+    /// Actors this process created elsewhere, their placement loads, and the detached
+    /// actors it hosts.
+    pub(super) actors: ActorManager,
     /// The reference counter: references owned elsewhere that were deserialised here, and
-    /// objects this process owns that other processes borrow (`borrow.rs`).
+    /// objects this process owns that other processes borrow (`borrow.rs`,
+    /// `reference_counter.rs`).
     pub(super) refs: Mutex<References>,
-    pub(super) executable: (String, Vec<String>, String),
     pub(super) stop: tokio::sync::Notify,
     pub(super) stopped: AtomicBool,
-    pub(super) max_inline: usize,
-    /// Our shared-memory listener's (abstract) socket.
-    pub(super) shm_path: Option<std::path::PathBuf>,
-    pub(super) host_id: String,
-    /// Whether reads of objects held by processes of this host go through their attached
-    /// arenas (`zero_copy_node`).
-    pub(super) zero_copy: bool,
-    /// Arenas of other processes of this host, attached (or being attached) for zero-copy
-    /// reads, by worker index.
-    pub(super) arenas: Mutex<HashMap<u64, ArenaSlot>>,
-    /// Pins this process holds on objects of its store for readers in other processes.
-    pub(super) pins: Mutex<PinTable>,
-    /// Whether a failed attach was logged at warning level already (once per process).
-    pub(super) attach_warned: AtomicBool,
-    /// What each remote actor this process created counts on its placement: (node slot,
-    /// worker, load), given back when it is killed (`cancel.rs`).
-    pub(super) actor_loads: Mutex<HashMap<u64, super::cancel::ActorLoad>>,
-    /// The other returns of tasks with `num_returns > 1` this process owns, by object id,
-    /// until their `TaskDone` (`returns.rs`).
-    pub(super) returns: Mutex<HashMap<u64, Arc<ObjectCell>>>,
-    /// Detached actors this worker hosts (`lifetime.rs`).
-    pub(super) detached: Mutex<std::collections::HashSet<u64>>,
-    /// A worker's connection to its raylet (set by `serve_as_worker`).
-    pub(super) raylet_peer: OnceLock<Arc<Peer>>,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("role", &self.role)
+            .field("role", &self.member.role)
             .field("index", &self.index)
-            .field("address", &self.address)
+            .field("address", &self.member.address)
             .finish_non_exhaustive()
     }
 }
@@ -311,47 +289,29 @@ impl Cluster {
         }
         let cluster = Arc::new(Cluster {
             io: IoRuntime(Some(io)),
-            role: opts.role,
+            member: Membership {
+                role: opts.role,
+                job_id,
+                token,
+                gcs_address: opts.gcs_address,
+                address,
+            },
             index,
-            job_id,
-            token,
-            gcs_address: opts.gcs_address,
-            address,
             gcs,
             rt: OnceLock::new(),
             me: OnceLock::new(),
-            peers: Mutex::new(HashMap::new()),
-            raylets: Mutex::new(HashMap::new()),
-            nodes: Mutex::new(Vec::new()),
-            nodes_loaded: AtomicBool::new(false),
-            in_flight: Mutex::new(HashMap::new()),
-            dead_workers: Mutex::new(HashSet::new()),
-            owned_actors: Mutex::new(HashMap::new()),
-            held: Mutex::new(HashMap::new()),
-            executing: Mutex::new(HashMap::new()),
-            pulls: Mutex::new(HashMap::new()),
-            pull_queue: Mutex::new(PullQueue::default()),
-            next_pull: AtomicU64::new(1),
-            fetched: Mutex::new(HashMap::new()),
-            fetched_sweep_at: AtomicUsize::new(1024),
+            peers: Peers::new(shm.as_ref().map(|(_, p, _)| p.clone()), host_id()),
+            placement: Placement::new((exe, args, cwd)),
+            tasks: TaskManager::default(),
+            objects: ObjectManager::new(opts.max_inline, opts.zero_copy),
+            actors: ActorManager::default(),
             refs: Mutex::new(References::new(index)),
-            executable: (exe, args, cwd),
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
-            max_inline: opts.max_inline,
-            shm_path: shm.as_ref().map(|(_, p, _)| p.clone()),
-            host_id: host_id(),
-            zero_copy: opts.zero_copy,
-            arenas: Mutex::new(HashMap::new()),
-            pins: Mutex::new(PinTable::default()),
-            attach_warned: AtomicBool::new(false),
-            actor_loads: Mutex::new(HashMap::new()),
-            returns: Mutex::new(HashMap::new()),
-            detached: Mutex::new(std::collections::HashSet::new()),
-            raylet_peer: OnceLock::new(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         super::borrow::enable_borrows();
+        super::remote::enable();
         let _ = cluster.me.set(Arc::downgrade(&cluster));
         // Node deaths and joins reach the placement view.
         cluster.gcs.send(Msg::Subscribe { request_id: 0 });
@@ -411,7 +371,7 @@ impl Cluster {
         self.rt.get().and_then(Weak::upgrade)
     }
 
-    fn handler(&self) -> Arc<dyn Handler> {
+    pub(super) fn handler(&self) -> Arc<dyn Handler> {
         let slot = Arc::new(OnceLock::new());
         if let Some(me) = self.me.get() {
             let _ = slot.set(me.clone());
@@ -420,7 +380,7 @@ impl Cluster {
     }
 
     /// The name this process gives itself in handshakes.
-    fn my_name(&self) -> String {
+    pub(super) fn my_name(&self) -> String {
         format!("w{}", self.index)
     }
 
@@ -431,7 +391,7 @@ impl Cluster {
         let _guard = self.io.enter();
         let peer = Peer::spawn(conn, name.clone(), self.handler());
         if let Some(index) = name.strip_prefix('w').and_then(|i| i.parse::<u64>().ok()) {
-            lock(&self.peers).entry(index).or_insert(peer);
+            self.peers.adopt(index, peer);
         }
     }
 
@@ -442,7 +402,7 @@ impl Cluster {
 
     /// The node this process works on (`None` for a driver).
     pub(crate) fn node_id(&self) -> Option<u64> {
-        match &self.role {
+        match &self.member.role {
             Role::Driver => None,
             Role::Worker { node_id, .. } => Some(*node_id),
         }
@@ -450,28 +410,25 @@ impl Cluster {
 
     /// Whether this process runs no work of its own.
     pub(crate) fn is_driver(&self) -> bool {
-        matches!(self.role, Role::Driver)
+        matches!(self.member.role, Role::Driver)
     }
 
     // ----- peers ------------------------------------------------------------------------
 
     /// The connection to worker `index`, made on first use (its address from the GCS).
     pub(crate) fn peer(&self, index: u64) -> Arc<Peer> {
-        let mut peers = lock(&self.peers);
-        if let Some(p) = peers.get(&index)
-            && !p.is_closed()
-        {
-            return p.clone();
-        }
-        let (peer, pending) = Peer::pending(format!("w{index}"));
-        peers.insert(index, peer.clone());
-        drop(peers);
+        let (peer, pending) = self
+            .peers
+            .live_or_insert(index, || Peer::pending(format!("w{index}")));
+        let Some(pending) = pending else {
+            return peer;
+        };
         let gcs = self.gcs.clone();
-        let token = self.token.clone();
+        let token = self.member.token.clone();
         let name = self.my_name();
         let handler = self.handler();
-        let my_host = if self.shm_path.is_some() {
-            self.host_id.clone()
+        let my_host = if self.peers.shm_path().is_some() {
+            self.peers.host_id().to_owned()
         } else {
             String::new()
         };
@@ -516,30 +473,6 @@ impl Cluster {
         peer
     }
 
-    /// The connection to the raylet of node slot `node` (made on first use).
-    pub(super) fn raylet(&self, node_id: u64, address: &str) -> Arc<Peer> {
-        let mut raylets = lock(&self.raylets);
-        if let Some(p) = raylets.get(&node_id)
-            && !p.is_closed()
-        {
-            return p.clone();
-        }
-        let (peer, pending) = Peer::pending(format!("raylet:{node_id}"));
-        raylets.insert(node_id, peer.clone());
-        drop(raylets);
-        let token = self.token.clone();
-        let name = self.my_name();
-        let handler = self.handler();
-        let address = address.to_owned();
-        self.io.spawn(async move {
-            match super::connect(&address, &token, name).await {
-                Ok(conn) => pending.attach(conn, handler),
-                Err(e) => pending.fail(handler, &e.to_string()),
-            }
-        });
-        peer
-    }
-
     // ----- lifetime ---------------------------------------------------------------------
 
     /// A worker process: tell the raylet we are ready, then serve until told to stop.
@@ -548,11 +481,11 @@ impl Cluster {
             raylet,
             job_id,
             node_id,
-        } = &self.role
+        } = &self.member.role
         else {
             std::process::exit(2);
         };
-        let token = self.token.clone();
+        let token = self.member.token.clone();
         let name = self.my_name();
         let handler = self.handler();
         let raylet = raylet.clone();
@@ -568,14 +501,14 @@ impl Cluster {
         let ready = Msg::WorkerReady {
             job_id: *job_id,
             index: self.index,
-            address: self.address.clone(),
+            address: self.member.address.clone(),
             pid: std::process::id(),
             resources,
         };
         let r = self.io.block_on(async move {
             let conn = super::connect(&raylet, &token, name).await?;
             let peer = Peer::spawn(conn, format!("raylet:{node_id}"), handler);
-            let _ = self.raylet_peer.set(peer.clone());
+            self.peers.set_raylet(peer.clone());
             peer.send(ready);
             Ok::<_, Error>(peer)
         });
@@ -604,7 +537,7 @@ impl Cluster {
             // Exit now rather than wait for running tasks (`shutdown` joins them), so that
             // our connections close and owners fail what they had in flight here.
             let lost = if self.gcs.is_closed() {
-                format!("the cluster's head at {}", self.gcs_address)
+                format!("the cluster's head at {}", self.member.gcs_address)
             } else {
                 "this node's raylet".to_owned()
             };
@@ -668,14 +601,9 @@ impl Cluster {
     pub(crate) fn leave(&self) {
         self.stopped.store(true, Ordering::Release);
         self.gcs.shutdown("shutdown");
-        for p in lock(&self.peers).drain().map(|(_, p)| p) {
-            p.shutdown("shutdown");
-        }
-        for p in lock(&self.raylets).drain().map(|(_, p)| p) {
-            p.shutdown("shutdown");
-        }
-        let in_flight: Vec<InFlight> = lock(&self.in_flight).drain().map(|(_, f)| f).collect();
-        for f in in_flight {
+        self.peers.close_all();
+        self.placement.close_raylets();
+        for f in self.tasks.take_all() {
             f.cell.complete(Err(Error::ShutDown));
         }
         let lent = lock(&self.refs).leave();
@@ -750,7 +678,7 @@ impl Handler for WorkerHandler {
             Msg::JobEvent {
                 job_id,
                 finished: true,
-            } if c.raylet_peer.get().is_some_and(|r| Arc::ptr_eq(r, peer)) => c.job_ended(job_id),
+            } if c.peers.raylet().is_some_and(|r| Arc::ptr_eq(r, peer)) => c.job_ended(job_id),
             Msg::ReleaseActor { actor_id } => c.release_pushed_actor(actor_id),
             Msg::TaskDone { task_id, outcome } => c.task_done(peer, task_id, outcome),
             Msg::PullObject {
@@ -783,8 +711,7 @@ impl Handler for WorkerHandler {
                 redirect,
             } => c.object_data(peer, request_id, found, len, inline, error, redirect),
             Msg::FreeObject { object_id } => {
-                let freed = lock(&c.held).remove(&object_id);
-                drop(freed);
+                c.objects.free(&[object_id]);
             }
             Msg::AddBorrowers {
                 request_id,
@@ -797,7 +724,7 @@ impl Handler for WorkerHandler {
             Msg::ListWork { request_id } => peer.send(c.work(request_id)),
             Msg::NodeEvent { node } if !node.alive => c.node_died(node.node_id),
             Msg::NodeEvent { .. } => {
-                c.nodes_loaded.store(false, Ordering::Release);
+                c.placement.invalidate();
             }
             Msg::Stop { reason } => {
                 tracing::debug!(%reason, "told to stop");
@@ -821,18 +748,9 @@ impl Handler for WorkerHandler {
             .name
             .strip_prefix('w')
             .and_then(|i| i.parse::<u64>().ok())
+            && c.peers.remove_if(index, peer)
         {
-            let recorded = {
-                let mut peers = lock(&c.peers);
-                let is = peers.get(&index).is_some_and(|p| Arc::ptr_eq(p, peer));
-                if is {
-                    peers.remove(&index);
-                }
-                is
-            };
-            if recorded {
-                c.worker_lost(index, reason);
-            }
+            c.worker_lost(index, reason);
         }
     }
 }

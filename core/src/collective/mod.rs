@@ -297,11 +297,11 @@ impl Communicator {
         }
         let rt = crate::runtime::current_inner().ok_or(Error::NotInitialized)?;
         let settings = shared::Settings::from_config(&rt.config)?;
-        let token = rt.cluster.as_ref().map(|c| c.token.clone());
+        let token = rt.cluster.as_ref().map(|c| c.token().to_owned());
         let bind_host = rt
             .cluster
             .as_ref()
-            .and_then(|c| c.address.rsplit_once(':').map(|(h, _)| h.to_owned()));
+            .and_then(|c| c.address().rsplit_once(':').map(|(h, _)| h.to_owned()));
         drop(rt);
         let joined = rendezvous::join(name, rank, world_size, &settings, token, bind_host)
             .map_err(|fault| fault_error(name, "join", fault))?;

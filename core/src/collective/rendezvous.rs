@@ -77,7 +77,7 @@ fn kv_fault(e: crate::error::Error) -> Fault {
 fn poll(key: &str, deadline: Instant, start: Instant, rank: usize) -> Result<Vec<u8>, Fault> {
     let mut nap = Duration::from_micros(200);
     loop {
-        if let Some(v) = crate::cluster::kv_get(key).map_err(kv_fault)?
+        if let Some(v) = crate::runtime::kv_get(key).map_err(kv_fault)?
             && !v.is_empty()
         {
             return Ok(v);
@@ -109,7 +109,7 @@ pub(crate) fn join(
         nonce: nonce(),
         pid: std::process::id(),
         tcp: String::new(),
-        host: crate::cluster::host_id(),
+        host: crate::remote::host_id(),
     };
     // A listener unless the group must be threads; its token is the cluster's (embedded: a
     // fresh one, as only this process's members can use it).
@@ -131,7 +131,7 @@ pub(crate) fn join(
     let my_key = format!("{prefix}/{rank}");
     // A member of an earlier group of this name may not have blanked its entry yet.
     let mut nap = Duration::from_micros(200);
-    while crate::cluster::kv_get(&my_key)
+    while crate::runtime::kv_get(&my_key)
         .map_err(kv_fault)?
         .is_some_and(|v| !v.is_empty())
     {
@@ -144,7 +144,7 @@ pub(crate) fn join(
         std::thread::sleep(nap);
         nap = (nap * 2).min(Duration::from_millis(20));
     }
-    crate::cluster::kv_put(&my_key, &me.encode()).map_err(kv_fault)?;
+    crate::runtime::kv_put(&my_key, &me.encode()).map_err(kv_fault)?;
     let result = (|| {
         let mut entries = Vec::with_capacity(world);
         for r in 0..world {
@@ -257,13 +257,13 @@ pub(crate) fn join(
     let (mut backend, group_nonce) = match result {
         Ok(x) => x,
         Err(f) => {
-            let _ = crate::cluster::kv_put(&my_key, b"");
+            let _ = crate::runtime::kv_put(&my_key, b"");
             return Err(f);
         }
     };
     // Every member read every entry once this barrier passes.
     let done = backend.barrier(&super::Header::barrier());
-    let _ = crate::cluster::kv_put(&my_key, b"");
+    let _ = crate::runtime::kv_put(&my_key, b"");
     done?;
     Ok(Joined {
         backend,
@@ -298,7 +298,7 @@ impl Segment<'_> {
         let (region, fd) = if index == 0 {
             let (region, fd) = Region::create_memfd(layout, self.nonce)?;
             let entry = format!("{} {fd}", std::process::id());
-            crate::cluster::kv_put(&self.key, entry.as_bytes()).map_err(kv_fault)?;
+            crate::runtime::kv_put(&self.key, entry.as_bytes()).map_err(kv_fault)?;
             (region, Some(fd))
         } else {
             let raw = poll(&self.key, self.deadline, self.start, creator)?;
@@ -331,7 +331,7 @@ impl Segment<'_> {
         if let Some(fd) = fd {
             // SAFETY: our own descriptor, closed once (the mappings keep the memory).
             unsafe { libc::close(fd) };
-            crate::cluster::kv_put(&self.key, b"").map_err(kv_fault)?;
+            crate::runtime::kv_put(&self.key, b"").map_err(kv_fault)?;
         }
         done?;
         Ok(b)

@@ -1,8 +1,11 @@
-//! The object manager: pulls of objects held by other processes (a queue ordered get > wait >
-//! task argument, at most `pull_window_bytes` (the configuration catalogue) in flight, redirects from an owner to the worker
-//! holding a result), serving other processes' pulls (inline, or a bulk transfer straight into
-//! the reader's store), task arguments pulled once per process, results held for remote owners
-//! and `FreeObject`, and [`RemoteObject`], the lazy payload of an object held elsewhere.
+//! The object manager ([`ObjectManager`], Ray's `ObjectManager` with its `PullManager`):
+//! pulls of objects held by other processes (admitted by the pull queue, `pull_queue.rs`:
+//! get > wait > task argument, at most `pull_window_bytes` (the configuration catalogue) in
+//! flight; redirects from an owner
+//! to the worker holding a result), serving other processes' pulls (inline, or a bulk
+//! transfer straight into the reader's store), task arguments pulled once per process,
+//! results held for remote owners and `FreeObject`, and [`RemoteObject`], the lazy payload of
+//! an object held elsewhere.
 //!
 //! A pull is answered with `ObjectData` (found: the value, or a bulk transfer after it; not
 //! found: a redirect to the holder, which may be the puller itself, or a message), with
@@ -10,19 +13,26 @@
 //! error as `TaskDone` does, so a task whose argument failed fails with that cause. A pull
 //! from a worker that died fails with `OwnerDied` when that worker owned the object, else
 //! `ObjectLost`.
+//!
+//! Its state (pending and queued pulls, results held for remote owners, arguments fetched
+//! here) is edited in this file only; other files go through [`ObjectManager`]'s methods.
+//! Same-host reads keep theirs in [`Attachments`] (`attach.rs`).
 
-use crate::sync::Ordering;
-use crate::sync::{Arc, OnceLock, Weak};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Weak};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::attach::Attachments;
 use super::peer::{BulkArrival, BulkData, Peer};
 use super::proto::Msg;
+use super::pull_queue::{PullQueue, Start};
 use super::wait_reply;
 use super::worker::Cluster;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
+use crate::remote::RemoteValue;
 use crate::sync::lock;
 
 /// A pending pull: who holds the object, and what to do with it.
@@ -31,26 +41,22 @@ pub(super) type PullDone = Box<dyn FnOnce(Result<Payload, Error>) + Send>;
 /// What an object of unknown size counts as against the pull window (`pull_window_bytes`).
 const UNKNOWN_PULL_BYTES: u64 = 1 << 20;
 
-/// A pull waiting for room.
-pub(super) struct QueuedPull {
+/// A pull waiting for room in the pull queue (`pull_queue.rs`).
+struct QueuedPull {
     priority: u8,
-    seq: u64,
     holder: u64,
     object_id: u64,
-    bytes: u64,
     done: PullDone,
     /// The cell this pull fills, when nothing else needs it: a pull whose cell every reader
     /// dropped before it started is skipped.
     wanted: Option<Weak<ObjectCell>>,
 }
 
-/// The object manager's pull queue: get (0) before wait (1) before task arguments (2), FIFO
-/// within a priority, and at most `pull_window_bytes` in flight (one pull always may run).
-#[derive(Default)]
-pub(super) struct PullQueue {
-    pub(super) in_flight: u64,
-    pub(super) waiting: std::collections::BTreeMap<(u8, u64), QueuedPull>,
-    pub(super) seq: u64,
+impl QueuedPull {
+    /// Whether every reader of its cell is gone (the pull need not start).
+    fn abandoned(&self) -> bool {
+        self.wanted.as_ref().is_some_and(|w| w.strong_count() == 0)
+    }
 }
 
 /// A pull about to be sent (or waiting for its holder's arena to be attached).
@@ -107,6 +113,131 @@ fn not_found(request_id: u64, error: String) -> Msg {
     }
 }
 
+/// The object manager's state.
+pub(super) struct ObjectManager {
+    /// Results this process computed for remote owners, until they free them.
+    held: Mutex<HashMap<u64, ObjectValue>>,
+    /// Pulls sent, by request id.
+    pulls: Mutex<HashMap<u64, PendingPull>>,
+    /// Get > wait > task argument, at most `pull_window_bytes` in flight (`pull_queue.rs`).
+    pull_queue: Mutex<PullQueue<QueuedPull>>,
+    next_pull: AtomicU64,
+    /// Task arguments of other processes pulled (or being pulled) here, so that every task
+    /// reading one shares one transfer and one copy.
+    fetched: Mutex<HashMap<u64, Weak<ObjectCell>>>,
+    /// Size of `fetched` at which dead entries are next swept (doubles with the live ones, so
+    /// sweeping stays amortised O(1) per pull).
+    fetched_sweep_at: AtomicUsize,
+    /// Results up to this size travel inline in `TaskDone`.
+    max_inline: usize,
+    /// Zero-copy reads of objects held by processes of this host (`attach.rs`).
+    pub(super) attach: Attachments,
+}
+
+impl std::fmt::Debug for ObjectManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectManager")
+            .field("held", &lock(&self.held).len())
+            .field("pulls", &lock(&self.pulls).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectManager {
+    pub(super) fn new(max_inline: usize, zero_copy: bool) -> ObjectManager {
+        ObjectManager {
+            held: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
+            pull_queue: Mutex::new(PullQueue::new(
+                crate::config::current().pull_window_bytes,
+                UNKNOWN_PULL_BYTES,
+            )),
+            next_pull: AtomicU64::new(1),
+            fetched: Mutex::new(HashMap::new()),
+            fetched_sweep_at: AtomicUsize::new(1024),
+            max_inline,
+            attach: Attachments::new(zero_copy),
+        }
+    }
+
+    /// Keeps `v` under `id` for its owner, unless `owner_dead` says the owner is known dead
+    /// (checked under the table's lock, so a result is either freed by
+    /// [`ObjectManager::free_results_of`] or never kept).
+    pub(super) fn hold_unless(&self, id: u64, v: ObjectValue, owner_dead: impl FnOnce() -> bool) {
+        let mut held = lock(&self.held);
+        if !owner_dead() {
+            held.insert(id, v);
+        }
+    }
+
+    /// Worker `owner` died: the results held for it go, and with them the references in them
+    /// (nobody can read them any more: a read of a result goes through its owner). Called
+    /// after the death is recorded, so [`ObjectManager::hold_unless`] keeps no more.
+    pub(super) fn free_results_of(&self, owner: u64) {
+        let freed: Vec<ObjectValue> = {
+            let mut held = lock(&self.held);
+            let ids: Vec<u64> = held
+                .keys()
+                .copied()
+                .filter(|id| super::owner_of(*id) == owner)
+                .collect();
+            ids.into_iter().filter_map(|id| held.remove(&id)).collect()
+        };
+        // Dropped outside the lock: freeing ends borrows of nested refs.
+        drop(freed);
+    }
+
+    /// Keeps `v` under `id` for a remote owner (or an executor) to pull, until freed.
+    pub(super) fn hold(&self, id: u64, v: ObjectValue) {
+        lock(&self.held).insert(id, v);
+    }
+
+    /// Frees held objects `ids` (`FreeObject`, or a task's arguments once it is done).
+    pub(super) fn free(&self, ids: &[u64]) {
+        let freed: Vec<ObjectValue> = {
+            let mut held = lock(&self.held);
+            ids.iter().filter_map(|id| held.remove(id)).collect()
+        };
+        // Dropped outside the lock: a stored value's drop frees its store space.
+        drop(freed);
+    }
+
+    /// What is held here, for listings.
+    pub(super) fn held_rows(&self) -> Vec<(u64, ObjectValue)> {
+        lock(&self.held)
+            .iter()
+            .map(|(id, v)| (*id, v.clone()))
+            .collect()
+    }
+
+    /// The live arguments fetched here, for listings.
+    pub(super) fn fetched_cells(&self) -> Vec<Arc<ObjectCell>> {
+        lock(&self.fetched)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// The pull sent under `request_id`, taken out (its answer arrived).
+    pub(super) fn take_pull(&self, request_id: u64) -> Option<PendingPull> {
+        lock(&self.pulls).remove(&request_id)
+    }
+
+    /// Takes out the pulls sent to the connection named `peer` (its worker died): each
+    /// object's id and completion.
+    pub(super) fn take_pulls_from(&self, peer: &str) -> Vec<(u64, PullDone)> {
+        let mut pulls = lock(&self.pulls);
+        let ids: Vec<u64> = pulls
+            .iter()
+            .filter(|(_, p)| p.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| pulls.remove(&id).map(|p| (p.object_id, p.done)))
+            .collect()
+    }
+}
+
 impl Cluster {
     /// Pulls object `object_id` (about `len` bytes, 0 if unknown) from worker `holder` with
     /// `priority` (0 get, 1 wait, 2 task argument); `done` gets its bytes.
@@ -122,65 +253,43 @@ impl Cluster {
         if holder == self.index {
             return done(self.local_payload(object_id));
         }
-        {
-            let mut q = lock(&self.pull_queue);
-            let seq = q.seq;
-            q.seq += 1;
-            q.waiting.insert(
-                (priority, seq),
-                QueuedPull {
-                    priority,
-                    seq,
-                    holder,
-                    object_id,
-                    bytes: len.max(UNKNOWN_PULL_BYTES),
-                    done,
-                    wanted,
-                },
-            );
-        }
+        lock(&self.objects.pull_queue).push(
+            priority,
+            len,
+            QueuedPull {
+                priority,
+                holder,
+                object_id,
+                done,
+                wanted,
+            },
+        );
         self.dispatch_pulls();
     }
 
     /// Starts queued pulls while there is room.
     fn dispatch_pulls(&self) {
-        let window = crate::config::current().pull_window_bytes;
         loop {
-            let next = {
-                let mut q = lock(&self.pull_queue);
-                let Some((_, first)) = q.waiting.first_key_value() else {
-                    return;
-                };
-                if q.in_flight > 0 && q.in_flight + first.bytes > window {
-                    return;
-                }
-                let (_, p) = q.waiting.pop_first().expect("checked above");
-                if p.wanted.as_ref().is_some_and(|w| w.strong_count() == 0) {
-                    continue;
-                }
-                q.in_flight += p.bytes;
-                p
-            };
-            self.start_pull(next);
+            let next = lock(&self.objects.pull_queue).next(QueuedPull::abandoned);
+            match next {
+                Some(Start { bytes, item }) => self.start_pull(item, bytes),
+                None => return,
+            }
         }
     }
 
-    fn start_pull(&self, p: QueuedPull) {
+    fn start_pull(&self, p: QueuedPull, bytes: u64) {
         let QueuedPull {
             priority,
             holder,
             object_id,
-            bytes,
             done,
             ..
         } = p;
         let me = self.me.get().cloned().unwrap_or_default();
         let done: PullDone = Box::new(move |r| {
             if let Some(c) = me.upgrade() {
-                {
-                    let mut q = lock(&c.pull_queue);
-                    q.in_flight = q.in_flight.saturating_sub(bytes);
-                }
+                lock(&c.objects.pull_queue).finished(bytes);
                 c.dispatch_pulls();
             }
             done(r);
@@ -214,8 +323,8 @@ impl Cluster {
             ..
         } = req;
         let peer = self.peer(holder);
-        let request_id = self.next_pull.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pulls).insert(
+        let request_id = self.objects.next_pull.fetch_add(1, Ordering::Relaxed);
+        lock(&self.objects.pulls).insert(
             request_id,
             PendingPull {
                 peer: peer.name.clone(),
@@ -278,7 +387,7 @@ impl Cluster {
     /// A value this process holds under `id`: a result kept for a remote owner, or an object
     /// of its own entered in the escape table (`Ok(None)` if neither, or not ready yet).
     fn local_value(&self, id: u64) -> Result<Option<ObjectValue>, Error> {
-        if let Some(v) = lock(&self.held).get(&id) {
+        if let Some(v) = lock(&self.objects.held).get(&id) {
             return Ok(Some(v.clone()));
         }
         let Some(rt) = self.runtime() else {
@@ -297,7 +406,7 @@ impl Cluster {
     /// Serves a pull: replies when the object is ready (waiting for a pending one). With
     /// `pin`, a stored object is pinned for the puller rather than sent (`attach.rs`).
     pub(super) fn serve_pull(&self, peer: &Arc<Peer>, request_id: u64, object_id: u64, pin: bool) {
-        if let Some(v) = lock(&self.held).get(&object_id).cloned() {
+        if let Some(v) = lock(&self.objects.held).get(&object_id).cloned() {
             return self.send_value(peer, request_id, object_id, v, pin);
         }
         let cell = self
@@ -342,14 +451,14 @@ impl Cluster {
         let data = match &v.data {
             Payload::Remote(r) => match r.local_copy() {
                 Some(local) => local,
-                None if r.id == object_id => {
+                None if r.id() == object_id => {
                     return peer.send(Msg::ObjectData {
                         request_id,
                         found: false,
-                        len: r.len,
+                        len: r.size(),
                         inline: Vec::new(),
                         error: String::new(),
-                        redirect: r.holder,
+                        redirect: r.holder(),
                     });
                 }
                 None => {
@@ -420,7 +529,7 @@ impl Cluster {
         error: String,
         redirect: u64,
     ) {
-        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+        let Some(pending) = lock(&self.objects.pulls).remove(&request_id) else {
             return;
         };
         let done = pending.done;
@@ -445,7 +554,7 @@ impl Cluster {
             return done(Ok(Payload::Inline(Bytes::from(inline))));
         }
         let store = self.runtime().and_then(|rt| rt.store.clone());
-        let max_inline = self.max_inline;
+        let max_inline = self.objects.max_inline;
         peer.expect_bulk(
             request_id,
             Box::new(move |n| match store {
@@ -469,7 +578,7 @@ impl Cluster {
         message: String,
         cause: Vec<u8>,
     ) {
-        let Some(pending) = lock(&self.pulls).remove(&request_id) else {
+        let Some(pending) = lock(&self.objects.pulls).remove(&request_id) else {
             return;
         };
         (pending.done)(Err(match kind {
@@ -482,7 +591,7 @@ impl Cluster {
 
     /// A pulled copy of `object_id` made for a task argument, if one is here.
     fn fetched_copy(&self, object_id: u64) -> Option<Payload> {
-        let cell = lock(&self.fetched)
+        let cell = lock(&self.objects.fetched)
             .get(&object_id)
             .and_then(Weak::upgrade)?;
         match cell.get() {
@@ -509,13 +618,14 @@ impl Cluster {
             ));
         }
         drop(remote);
-        let mut fetched = lock(&self.fetched);
+        let mut fetched = lock(&self.objects.fetched);
         if let Some(cell) = fetched.get(&object_id).and_then(Weak::upgrade) {
             return cell;
         }
-        if fetched.len() >= self.fetched_sweep_at.load(Ordering::Relaxed) {
+        if fetched.len() >= self.objects.fetched_sweep_at.load(Ordering::Relaxed) {
             fetched.retain(|_, w| w.strong_count() > 0);
-            self.fetched_sweep_at
+            self.objects
+                .fetched_sweep_at
                 .store((fetched.len() * 2).max(1024), Ordering::Relaxed);
         }
         let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(object_id), None));
@@ -540,34 +650,17 @@ impl Cluster {
         cell
     }
 
-    /// Worker `owner` died: the results held for it go, and with them the references in them
-    /// (nobody can read them any more: a read of a result goes through its owner).
-    pub(super) fn free_results_of(&self, owner: u64) {
-        let freed: Vec<ObjectValue> = {
-            let mut held = lock(&self.held);
-            let ids: Vec<u64> = held
-                .keys()
-                .copied()
-                .filter(|id| super::owner_of(*id) == owner)
-                .collect();
-            ids.into_iter().filter_map(|id| held.remove(&id)).collect()
-        };
-        // Dropped outside the lock: freeing ends borrows of nested refs.
-        drop(freed);
-    }
-
     /// The owner dropped a result we hold.
     pub(crate) fn free_remote(&self, holder: u64, object_id: u64) {
         if self.stopped.load(Ordering::Acquire) {
             return;
         }
         if holder == self.index {
-            lock(&self.held).remove(&object_id);
+            lock(&self.objects.held).remove(&object_id);
             return;
         }
-        if let Some(p) = lock(&self.peers).get(&holder) {
-            p.send_queued(Msg::FreeObject { object_id });
-        }
+        self.peers
+            .send_queued(holder, Msg::FreeObject { object_id });
     }
 }
 
@@ -656,6 +749,28 @@ impl RemoteObject {
     pub(super) fn fail(&self, e: Error) {
         let _ = self.local.set(Err(e));
         let _ = self.registered.set(false);
+    }
+}
+
+impl RemoteValue for RemoteObject {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn holder(&self) -> u64 {
+        self.holder
+    }
+
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn fetch(&self) -> Result<Payload, Error> {
+        RemoteObject::fetch(self)
+    }
+
+    fn local_copy(&self) -> Option<Payload> {
+        RemoteObject::local_copy(self)
     }
 }
 

@@ -1,0 +1,278 @@
+//! The seam between the local runtime and the cluster: the one way the runtime reaches
+//! other processes.
+//!
+//! The local runtime (runtime, objects, codec, actors, tasks, scheduler, placement groups,
+//! collectives) never names `cluster`. It holds what it needs through the types defined here,
+//! which `cluster` implements:
+//!
+//! - [`Remote`]: this process's membership in a cluster (Ray's core worker, seen from the
+//!   runtime). `RuntimeInner::cluster` is an `Option<Arc<dyn Remote>>`: `None` embedded.
+//! - [`RemoteValue`]: an object held by another process, pulled on first read
+//!   (`Payload::Remote`).
+//! - [`ActorPlace`]: where an actor another process hosts lives, held by its proxy cell.
+//! - [`DecodeScope`]: the borrow registration around one decode, through a hook the cluster
+//!   installs when the process joins ([`set_borrow_hook`]).
+//!
+//! Only [`join`] names `cluster`: it is where a process becomes a member. So the import graph
+//! has one direction: `cluster` depends on the runtime, the runtime on this module alone.
+//! `scripts/check-layering` keeps it so.
+//!
+//! The cost: a call through `dyn Remote` is an indirect call, made only in a cluster (the
+//! embedded runtime finds `None` and goes on), and never more than once per submission.
+
+use std::any::Any;
+
+use crate::actor::{ActorCell, ActorOptions};
+use crate::cancel::CancelOptions;
+use crate::config::Resolved;
+use crate::error::Error;
+use crate::id::{ActorId, ObjectId};
+use crate::object::{ObjectCell, Payload};
+use crate::placement_group::{PlacementGroupInfo, PlacementStrategy};
+use crate::resources::ResourceRequest;
+use crate::runtime::RuntimeInner;
+use crate::sync::{Arc, OnceLock};
+use crate::task::ArgSlot;
+
+/// This process's membership in a cluster, as the local runtime uses it.
+///
+/// Every method is the runtime asking the cluster to do something for it; the cluster calls
+/// back into the runtime through `RuntimeInner` (never through this trait).
+pub(crate) trait Remote: Send + Sync + std::fmt::Debug {
+    // ----- identity ---------------------------------------------------------------------
+
+    /// Whether this process runs no work of its own (a driver).
+    fn is_driver(&self) -> bool;
+    /// Whether this process created (and so owns) object or actor `id`.
+    fn owns(&self, id: u64) -> bool;
+    /// The first id this process hands out.
+    fn first_id(&self) -> u64;
+    /// The node this process works on (`None` for a driver).
+    fn node_id(&self) -> Option<u64>;
+    /// The GCS's address.
+    fn gcs_address(&self) -> &str;
+    /// This process's address (`ip:port`).
+    fn address(&self) -> &str;
+    /// The cluster's token.
+    fn token(&self) -> &str;
+
+    // ----- lifetime ---------------------------------------------------------------------
+
+    /// Gives the cluster its runtime (right after the runtime is made).
+    fn set_runtime(&self, rt: &Arc<RuntimeInner>);
+    /// The node's shared arena, when its raylet has one.
+    fn node_arena(&self) -> Option<manta_store::NodeClient>;
+    /// A worker process: serves until told to stop, then exits.
+    fn serve_as_worker(&self) -> !;
+    /// Leaves the cluster (at `shutdown`): closes connections, fails what is in flight.
+    fn leave(&self);
+
+    // ----- tasks ------------------------------------------------------------------------
+
+    /// Runs task `function` on another process; its result completes `cell`.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_remote(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        function: &'static str,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+        request: &ResourceRequest,
+        name: Option<&str>,
+        max_retries: u32,
+        max_system_retries: u32,
+    );
+    /// The other returns of a task with several, before it is pushed.
+    fn expect_returns(&self, first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]);
+    /// Cancels the work this process owns whose result is `cell`, if it runs elsewhere;
+    /// returns whether it did.
+    fn cancel_remote(&self, cell: &Arc<ObjectCell>, options: CancelOptions) -> bool;
+
+    // ----- actors -----------------------------------------------------------------------
+
+    /// Creates actor `actor` in another process; `created` completes when it is up.
+    fn create_actor_remote(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        actor: &Arc<ActorCell>,
+        created: Arc<ObjectCell>,
+        args: Vec<ArgSlot>,
+        options: &ActorOptions,
+    ) -> Result<(), Error>;
+    /// Marks a remote actor detached at its host.
+    fn detach_remote(&self, cell: &ActorCell);
+    /// Lists an actor this worker hosts in the cluster's directory.
+    fn register_hosted_actor(&self, actor_id: u64, class: &str) -> Result<(), Error>;
+    /// Records the death of an actor this worker hosts.
+    fn hosted_actor_died(&self, actor_id: u64, class: &str, death: &str);
+    /// Records that hosted actor `cell` ended itself.
+    fn record_actor_death(&self, cell: &ActorCell, reason: &str);
+    /// Calls `method` of the remote actor `actor` at `place`; its result completes `cell`.
+    /// `borrow` (this process's borrow of the actor, if any) lives until the call is done.
+    fn call_remote(
+        &self,
+        actor: &Arc<ActorCell>,
+        borrow: Option<&Arc<dyn RemoteValue>>,
+        place: &dyn ActorPlace,
+        method: &'static str,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+    );
+    /// Where actor `actor_id` (or, with id 0, the actor named `name`) lives.
+    fn locate_actor(&self, actor_id: u64, name: &str) -> Result<ActorLocation, Error>;
+    /// The place of an actor hosted by worker `worker`.
+    fn actor_at(&self, worker: u64) -> Arc<dyn ActorPlace>;
+    /// Proxy `cell`'s actor is restarting: its calls wait until it is back at a worker
+    /// other than `old`.
+    fn follow_restart(&self, cell: &Arc<ActorCell>, old: u64);
+    /// The owner's last handle on the actor at `place` went away.
+    fn release_remote(&self, place: &dyn ActorPlace, actor_id: u64);
+    /// Gives back the placement load actor `actor_id`'s creation counted.
+    fn release_actor_load(&self, actor_id: u64);
+    /// Kills actor `actor_id` hosted here for another process; returns whether it was alive.
+    fn kill_hosted(&self, actor_id: u64) -> bool;
+    /// Kills (or, with `restart`, restarts at its host) the remote actor at `place`.
+    fn kill_remote(&self, place: &dyn ActorPlace, actor_id: u64, restart: bool);
+    /// Restarts the remote actor of proxy `cell`; returns whether it will.
+    fn restart_remote(&self, cell: &Arc<ActorCell>, place: &dyn ActorPlace) -> bool;
+    /// Fails the calls in flight to actor `actor_id` with `error`.
+    fn fail_calls_to(&self, actor_id: u64, error: &Error);
+    /// Records in the directory that actor `actor_id` was killed.
+    fn record_killed_actor(&self, actor_id: u64, class_name: &str, worker: u64);
+    /// The node of worker `index`, as this process knows it.
+    fn node_of_worker(&self, index: u64) -> Option<u64>;
+
+    // ----- objects ----------------------------------------------------------------------
+
+    /// A reference to object `id`, owned by another process, deserialised here: a cell
+    /// whose value is pulled on first read, registered with the owner as borrowed.
+    fn borrow(&self, id: ObjectId) -> Arc<ObjectCell>;
+    /// This process's borrow of actor `id`, owned by another process.
+    fn borrow_actor(&self, id: ActorId) -> Arc<dyn RemoteValue>;
+
+    // ----- key-value store, placement groups --------------------------------------------
+
+    /// Stores `value` under `key` in the GCS's key-value store; returns whether it replaced
+    /// a value.
+    fn kv_put(&self, key: &str, value: &[u8]) -> Result<bool, Error>;
+    /// The value under `key` in the GCS's key-value store.
+    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// Asks the GCS to place a group: `Ok` once it is listed (pending).
+    fn pg_create(&self, group: GroupRequest<'_>) -> Result<(), Error>;
+    /// Removes group `pg_id` at the GCS and from the workers that hold its bundles.
+    fn pg_remove(&self, pg_id: u64, workers: &[u64]) -> Result<(), Error>;
+    /// Every placement group the GCS knows.
+    fn pg_list(&self) -> Result<Vec<PlacementGroupInfo>, Error>;
+}
+
+/// A placement group to create in the cluster.
+#[derive(Debug)]
+pub(crate) struct GroupRequest<'a> {
+    pub(crate) pg_id: u64,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) strategy: PlacementStrategy,
+    pub(crate) detached: bool,
+    /// Each bundle's `(resource, amount)` entries.
+    pub(crate) bundles: &'a [Vec<(String, f64)>],
+}
+
+/// Where the cluster's directory says an actor is.
+#[derive(Clone, Debug)]
+pub(crate) struct ActorLocation {
+    pub(crate) actor_id: u64,
+    pub(crate) class_name: String,
+    /// The worker hosting it.
+    pub(crate) worker: u64,
+    /// Its worker died and its owner is starting it again.
+    pub(crate) restarting: bool,
+}
+
+/// An object held by another worker process (or a borrow of one owned there): its bytes are
+/// pulled into this process on first read. Dropping the last handle tells the other side.
+pub(crate) trait RemoteValue: Any + Send + Sync + std::fmt::Debug {
+    /// The object's id.
+    fn id(&self) -> u64;
+    /// The worker that holds it (or, borrowed, its owner, which redirects a pull).
+    fn holder(&self) -> u64;
+    /// The encoding's length in bytes.
+    fn size(&self) -> u64;
+    /// The bytes, pulled from the holder on first call.
+    fn fetch(&self) -> Result<Payload, Error>;
+    /// The local copy, if it was already pulled.
+    fn local_copy(&self) -> Option<Payload>;
+}
+
+/// Where an actor another process hosts lives, as its proxy cell holds it. The cluster's
+/// type behind it is opaque here; the cluster gets it back with [`Any`] (`as &dyn Any`).
+pub(crate) trait ActorPlace: Any + Send + Sync + std::fmt::Debug {
+    /// The hosting worker, unless the actor is restarting.
+    fn worker(&self) -> Option<u64>;
+}
+
+/// Joins the cluster the configuration (or a raylet's environment) names, if any.
+///
+/// The one place the local runtime's side names `cluster`: where a process becomes a member.
+pub(crate) fn join(config: &mut Resolved) -> Result<Option<Arc<dyn Remote>>, Error> {
+    Ok(crate::cluster::join_from_env(config)?.map(|c| c as Arc<dyn Remote>))
+}
+
+/// This host and network namespace (`<boot id>/net:[<inode>]`): processes with equal ids can
+/// meet over shared memory.
+pub(crate) fn host_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let net = std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{}/{net}", boot.trim())
+}
+
+// ----- borrow registration around a decode ---------------------------------------------
+
+/// What decoding a value needs from the cluster: references owned by other processes met
+/// while decoding are registered with their owners when the decode ends, before the value
+/// reaches its reader (`cluster/borrow.rs`, "Borrowers").
+pub(crate) trait BorrowHook: Send + Sync {
+    /// A decode begins on this thread: the token its [`end`](Self::end) gives back (on the
+    /// same thread, scopes nesting), or `None` when no scope is needed.
+    fn begin(&self) -> Option<usize>;
+    /// The decode that [`begin`](Self::begin) gave `token` ends.
+    fn end(&self, token: usize);
+}
+
+/// The hook, installed when this process joins a cluster: until then a decode meets no
+/// reference owned elsewhere and opens no scope (one atomic load).
+static BORROW_HOOK: OnceLock<&'static dyn BorrowHook> = OnceLock::new();
+
+/// Installs the cluster's borrow hook (once per process; later calls change nothing).
+pub(crate) fn set_borrow_hook(hook: &'static dyn BorrowHook) {
+    let _ = BORROW_HOOK.set(hook);
+}
+
+/// The borrow registration around one decode: begun before a value is deserialised, ended
+/// (and the borrows registered) when dropped.
+pub(crate) struct DecodeScope {
+    hook: &'static dyn BorrowHook,
+    token: usize,
+}
+
+impl std::fmt::Debug for DecodeScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecodeScope")
+    }
+}
+
+impl DecodeScope {
+    /// A scope for one decode; `None` in a process that never joined a cluster.
+    #[inline]
+    pub(crate) fn begin() -> Option<DecodeScope> {
+        let hook = *BORROW_HOOK.get()?;
+        let token = hook.begin()?;
+        Some(DecodeScope { hook, token })
+    }
+}
+
+impl Drop for DecodeScope {
+    fn drop(&mut self) {
+        self.hook.end(self.token);
+    }
+}
