@@ -13,8 +13,8 @@
 //! - detached: the detached actors this worker hosts, reported to its raylet so that it
 //!   outlives its job (`lifetime.rs`).
 
+use crate::sync::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
 
 use super::supervision::OwnedActor;
 use crate::sync::lock;

@@ -2,7 +2,7 @@
 //! connects to the GCS as `cli`, asks, and leaves. `list_work` also asks every live worker
 //! for what it owns and runs (`ListWork`).
 
-use std::sync::Arc;
+use crate::sync::Arc;
 use std::time::Duration;
 
 use super::peer::{Handler, Peer};

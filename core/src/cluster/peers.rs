@@ -7,9 +7,9 @@
 //! it (the borrower protocol relies on it: a `RemoveBorrower` precedes a newer
 //! `AddBorrowers`, `borrow.rs`).
 
+use crate::sync::{Arc, Mutex, OnceLock};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 
 use super::peer::{Peer, PendingPeer};
 use super::proto::Msg;

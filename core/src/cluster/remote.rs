@@ -4,7 +4,7 @@
 //! Every method here hands the runtime's request to the component that owns the state it
 //! touches; none keeps state of its own.
 
-use std::sync::Arc;
+use crate::sync::Arc;
 
 use super::borrow::BorrowScope;
 use super::proto::Msg;

@@ -14,8 +14,8 @@
 //! The methods take and give back records; the protocols that decide what to do with them
 //! stay with their files.
 
+use crate::sync::{Arc, Mutex, Weak};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
 
 use super::submit::InFlight;
 use crate::object::ObjectCell;
