@@ -31,7 +31,7 @@ use crate::object::{ObjectCell, Payload};
 use crate::placement_group::{PlacementGroupInfo, PlacementStrategy};
 use crate::resources::ResourceRequest;
 use crate::runtime::RuntimeInner;
-use crate::sync::{Arc, OnceLock};
+use crate::sync::{Arc, AtomicBool, OnceLock, Ordering};
 use crate::task::ArgSlot;
 
 /// This process's membership in a cluster, as the local runtime uses it.
@@ -229,50 +229,80 @@ pub(crate) fn host_id() -> String {
 // ----- borrow registration around a decode ---------------------------------------------
 
 /// What decoding a value needs from the cluster: references owned by other processes met
-/// while decoding are registered with their owners when the decode ends, before the value
-/// reaches its reader (`cluster/borrow.rs`, "Borrowers").
+/// while decoding are noted by the cluster (`cluster/borrow.rs`, "Borrowers") and registered
+/// with their owners when the decode ends, before the value reaches its reader.
 pub(crate) trait BorrowHook: Send + Sync {
-    /// A decode begins on this thread: the token its [`end`](Self::end) gives back (on the
-    /// same thread, scopes nesting), or `None` when no scope is needed.
-    fn begin(&self) -> Option<usize>;
-    /// The decode that [`begin`](Self::begin) gave `token` ends.
-    fn end(&self, token: usize);
+    /// A decode that began with `start` borrows noted on this thread ends with more noted:
+    /// register those past `start`.
+    fn finish(&self, start: usize);
 }
 
-/// The hook, installed when this process joins a cluster: until then a decode meets no
-/// reference owned elsewhere and opens no scope (one atomic load).
+/// The hook, installed when this process joins a cluster.
 static BORROW_HOOK: OnceLock<&'static dyn BorrowHook> = OnceLock::new();
+
+/// Whether a hook is installed: only then can a decode meet a reference owned by another
+/// process, so only then does a decode open a scope (one relaxed load otherwise).
+static MAY_BORROW: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Decodes under way on this thread (nested: a value decoded while decoding another) and
+    /// the number of borrows the cluster noted during them. No destructor: the cheapest kind
+    /// of thread-local, and a decode that meets no reference touches nothing else.
+    static SCOPES: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
 
 /// Installs the cluster's borrow hook (once per process; later calls change nothing).
 pub(crate) fn set_borrow_hook(hook: &'static dyn BorrowHook) {
     let _ = BORROW_HOOK.set(hook);
+    MAY_BORROW.store(true, Ordering::Release);
+}
+
+/// Whether this thread is decoding (a borrow noted now waits for the decode's end).
+pub(crate) fn decoding() -> bool {
+    SCOPES.with(|s| s.get().0 > 0)
+}
+
+/// The cluster noted a borrow: `len` are noted on this thread in all.
+pub(crate) fn set_noted(len: usize) {
+    SCOPES.with(|s| s.set((s.get().0, len)));
 }
 
 /// The borrow registration around one decode: begun before a value is deserialised, ended
-/// (and the borrows registered) when dropped.
+/// (and the borrows noted during it registered) when dropped. A decode that meets no
+/// reference makes no call into the cluster.
+#[derive(Debug)]
 pub(crate) struct DecodeScope {
-    hook: &'static dyn BorrowHook,
-    token: usize,
-}
-
-impl std::fmt::Debug for DecodeScope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DecodeScope")
-    }
+    /// The number of borrows noted on this thread when the decode began.
+    start: usize,
 }
 
 impl DecodeScope {
     /// A scope for one decode; `None` in a process that never joined a cluster.
     #[inline]
     pub(crate) fn begin() -> Option<DecodeScope> {
-        let hook = *BORROW_HOOK.get()?;
-        let token = hook.begin()?;
-        Some(DecodeScope { hook, token })
+        if !MAY_BORROW.load(Ordering::Relaxed) {
+            return None;
+        }
+        let start = SCOPES.with(|s| {
+            let (depth, len) = s.get();
+            s.set((depth + 1, len));
+            len
+        });
+        Some(DecodeScope { start })
     }
 }
 
 impl Drop for DecodeScope {
     fn drop(&mut self) {
-        self.hook.end(self.token);
+        let len = SCOPES.with(|s| {
+            let (depth, len) = s.get();
+            s.set((depth.saturating_sub(1), len.min(self.start)));
+            len
+        });
+        if len > self.start
+            && let Some(hook) = BORROW_HOOK.get()
+        {
+            hook.finish(self.start);
+        }
     }
 }

@@ -17,7 +17,7 @@
 //!    [`RemoteObject`] pointing at the owner, pulled on first read (the owner redirects the
 //!    pull to the worker holding the bytes). Deserialising pulls nothing.
 //! 2. A new borrowed `RemoteObject` is the process's registration: it is noted in the
-//!    decoding thread's [`BorrowScope`] (one per `codec::decode`). A cell found whose
+//!    decoding thread's decode scope (`crate::remote::DecodeScope`, one per `codec::decode`). A cell found whose
 //!    registration another thread still has in flight is noted too, to wait for.
 //! 3. When the scope ends, before the decoded value is returned, the thread sends one
 //!    `AddBorrowers{objects}` per owner for the borrows it made and waits for every
@@ -64,9 +64,9 @@
 //! owner is a borrow registered the same way (`RuntimeInner::actor_borrow`), before it is
 //! returned.
 
+use crate::sync::Ordering;
 use crate::sync::{Arc, OnceLock, Weak};
-use crate::sync::{AtomicBool, Ordering};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use super::object_manager::{RemoteKind, RemoteObject};
@@ -337,34 +337,19 @@ fn peer_index(peer: &Peer) -> Option<u64> {
 type Noted = (Weak<RemoteObject>, bool);
 
 thread_local! {
-    /// Decodes under way on this thread (nested: a value decoded while decoding another) and
-    /// the length of `NOTED`. Kept apart from `NOTED` because it needs no destructor, which
-    /// makes it the cheapest kind of thread-local: a decode that meets no reference touches
-    /// only this.
-    static SCOPES: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
-    /// The borrows of the decodes under way; the innermost decode's are those past the
-    /// length at its start.
+    /// The borrows of the decodes under way on this thread; the innermost decode's are those
+    /// past the count at its start (the decodes and that count: `crate::remote::DecodeScope`).
     static NOTED: RefCell<Vec<Noted>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Whether this process ever joined a cluster: only then can a decode meet a reference owned
-/// by another process, so only then does a decode open a [`BorrowScope`] (two thread-local
-/// accesses: 14 ns of the 26 ns an embedded `get` of a small value took).
-static MAY_BORROW: AtomicBool = AtomicBool::new(false);
-
-/// Called when this process joins a cluster.
-pub(crate) fn enable_borrows() {
-    MAY_BORROW.store(true, Ordering::Relaxed);
 }
 
 /// Defers `remote`'s registration to the end of the current decode, or registers it now.
 fn note_borrow(remote: &Arc<RemoteObject>, mine: bool) {
     let noted = (Arc::downgrade(remote), mine);
-    let deferred = SCOPES.with(|s| s.get().0 > 0)
+    let deferred = crate::remote::decoding()
         && NOTED.with(|n| match n.try_borrow_mut() {
             Ok(mut v) => {
                 v.push(noted.clone());
-                SCOPES.with(|s| s.set((s.get().0, v.len())));
+                crate::remote::set_noted(v.len());
                 true
             }
             Err(_) => false,
@@ -409,46 +394,15 @@ fn finish_borrows(noted: Vec<Noted>) {
     }
 }
 
-/// The borrows of one decode (see [`Cluster::borrow`]): begun before a value is deserialised,
-/// registered with their owners when dropped, so before the decoded value reaches its reader.
-#[derive(Debug)]
-pub(crate) struct BorrowScope {
-    /// The length of the thread's noted borrows when this decode began.
-    pub(super) start: usize,
-}
-
-impl BorrowScope {
-    /// A scope for one decode; `None` in a process that never joined a cluster.
-    pub(crate) fn begin() -> Option<BorrowScope> {
-        if !MAY_BORROW.load(Ordering::Relaxed) {
-            return None;
-        }
-        let start = SCOPES.with(|s| {
-            let (depth, len) = s.get();
-            s.set((depth + 1, len));
-            len
-        });
-        Some(BorrowScope { start })
-    }
-}
-
-impl Drop for BorrowScope {
-    fn drop(&mut self) {
-        let len = SCOPES.with(|s| {
-            let (depth, len) = s.get();
-            s.set((depth.saturating_sub(1), len.min(self.start)));
-            len
-        });
-        let noted = if len > self.start {
-            NOTED.with(|n| match n.try_borrow_mut() {
-                Ok(mut v) if v.len() > self.start => v.split_off(self.start),
-                _ => Vec::new(),
-            })
-        } else {
-            Vec::new()
-        };
-        if !noted.is_empty() {
-            finish_borrows(noted);
-        }
+/// A decode that began with `start` borrows noted on this thread ended with more: registers
+/// those past `start` with their owners (the runtime's `DecodeScope` calls this through the
+/// borrow hook, before the decoded value reaches its reader).
+pub(super) fn finish_decode(start: usize) {
+    let noted = NOTED.with(|n| match n.try_borrow_mut() {
+        Ok(mut v) if v.len() > start => v.split_off(start),
+        _ => Vec::new(),
+    });
+    if !noted.is_empty() {
+        finish_borrows(noted);
     }
 }

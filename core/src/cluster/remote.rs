@@ -6,7 +6,6 @@
 
 use crate::sync::Arc;
 
-use super::borrow::BorrowScope;
 use super::proto::Msg;
 use super::supervision::RemoteActor;
 use super::worker::Cluster;
@@ -265,22 +264,13 @@ impl Remote for Cluster {
 
 // ----- the borrow hook -----------------------------------------------------------------
 
-/// Opens a [`BorrowScope`] for each decode (`borrow.rs`, "Borrowers"). A scope is its start
-/// in the thread's noted borrows: that number is the token the runtime's `DecodeScope` keeps,
-/// so a decode costs what it did before the seam, plus two indirect calls.
+/// Registers the borrows a decode noted (`borrow.rs`, "Borrowers"), called by the runtime's
+/// `DecodeScope` only when the decode met a reference owned elsewhere.
 struct Borrows;
 
 impl BorrowHook for Borrows {
-    fn begin(&self) -> Option<usize> {
-        let scope = BorrowScope::begin()?;
-        let start = scope.start;
-        // Ended by `end`, which rebuilds it from its start and drops it.
-        std::mem::forget(scope);
-        Some(start)
-    }
-
-    fn end(&self, start: usize) {
-        drop(BorrowScope { start });
+    fn finish(&self, start: usize) {
+        super::borrow::finish_decode(start);
     }
 }
 

@@ -1584,7 +1584,7 @@ impl World {
 }
 
 /// The references of a decode, the first named by `into` for the program (a decode waits for
-/// every registration it made, named or not, as `BorrowScope` does).
+/// every registration it made, named or not, as a decode scope does).
 fn bind(into: Vec<Name>, refs: Vec<Ref>) -> Vec<(Option<Name>, Ref)> {
     into.into_iter()
         .map(Some)

@@ -310,7 +310,6 @@ impl Cluster {
             stopped: AtomicBool::new(false),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
-        super::borrow::enable_borrows();
         super::remote::enable();
         let _ = cluster.me.set(Arc::downgrade(&cluster));
         // Node deaths and joins reach the placement view.
