@@ -487,7 +487,9 @@ catalogue! {
     spin_before_park: Duration = Duration::from_micros(100), env "MANTA_SPIN_BEFORE_PARK_US", Job;
     /// Whether a `get` (without timeout) that finds its task still queued runs it on the caller.
     inline_get: bool = true, env "MANTA_INLINE_GET", Job;
-    /// How many times a task whose body panics is run again before `get` reports the panic.
+    /// How many times a task whose body panics or returns `Err` is run again before `get`
+    /// reports the error, when its options do not say (`retry_exceptions`; Ray retries no
+    /// application error by default).
     max_task_retries: u32 = 0, env "MANTA_MAX_TASK_RETRIES", Job;
     /// Values whose encoding is at most this many bytes travel inline in task messages.
     max_inline_object_bytes: usize = 100 * 1024, env "MANTA_MAX_INLINE_OBJECT_BYTES", Job;

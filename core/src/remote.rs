@@ -81,6 +81,7 @@ pub(crate) trait Remote: Send + Sync + std::fmt::Debug {
         name: Option<&str>,
         max_retries: u32,
         max_system_retries: u32,
+        retry_on: crate::task::RetryOn,
     );
     /// The other returns of a task with several, before it is pushed.
     fn expect_returns(&self, first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]);

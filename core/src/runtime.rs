@@ -20,7 +20,7 @@ use crate::resources::{DemandError, NodeResources};
 use crate::scheduler::{Job, Scheduler, fail_job};
 use crate::store::ObjectStore;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, Weak, lock};
-use crate::task::{ArgSlot, RemoteFunction, Task, TaskBody, TaskOptions};
+use crate::task::{ArgSlot, RemoteFunction, RetryOn, Task, TaskBody, TaskOptions};
 
 /// Everything one running runtime owns.
 #[derive(Debug)]
@@ -220,15 +220,19 @@ pub fn shutdown() {
 }
 
 impl RuntimeInner {
-    /// How often a task submitted with `options` runs again: after a panic
-    /// (`max_task_retries`), and after its worker process dies (`max_task_system_retries`, 3,
-    /// Ray's default); `max_retries` sets both.
-    fn task_retries(&self, options: &TaskOptions) -> (u32, u32) {
-        let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+    /// How often a task submitted with `options` runs again, as in Ray: after its worker
+    /// process dies, `max_retries` times (default `max_task_system_retries`, 3); after an
+    /// application error (a panic, an `Err`), as often when `retry_exceptions` says so and for
+    /// the errors it names, else the config's `max_task_retries` times (0 unless set).
+    /// Returns `(application retries, system retries, which application errors)`.
+    fn task_retries(&self, options: &TaskOptions) -> (u32, u32, RetryOn) {
         let system = options
             .max_retries
             .unwrap_or(self.config.max_task_system_retries);
-        (retries, system)
+        match &options.retry_exceptions {
+            Some(on) => (system, system, on.clone()),
+            None => (self.config.max_task_retries, system, None),
+        }
     }
 
     fn new(config: Resolved, cluster: Option<Arc<dyn Remote>>) -> Result<Self, Error> {
@@ -358,7 +362,7 @@ impl RuntimeInner {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
             let me = self.me();
-            let (retries, system) = self.task_retries(options);
+            let (retries, system, retry_on) = self.task_retries(options);
             cluster.submit_remote(
                 &me,
                 function.name(),
@@ -368,6 +372,7 @@ impl RuntimeInner {
                 options.name.as_deref(),
                 retries,
                 system,
+                retry_on,
             );
             crate::cancel::note_child(&cell);
             return ObjectRef::from_cell(cell);
@@ -388,7 +393,7 @@ impl RuntimeInner {
             }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+        let (retries, _, retry_on) = self.task_retries(options);
         let task = Task::new(
             TaskId::from_u64(id),
             ObjectId::from_u64(id),
@@ -396,7 +401,7 @@ impl RuntimeInner {
             args,
             demand,
             options.name.as_deref().map(Box::from),
-            retries,
+            (retries, retry_on),
         );
         let result = ObjectRef::from_cell(task.result.clone());
         crate::cancel::note_child(&task.result);
@@ -432,7 +437,7 @@ impl RuntimeInner {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(id), None));
         let me = self.me();
-        let (retries, system) = self.task_retries(options);
+        let (retries, system, retry_on) = self.task_retries(options);
         let (c2, a2) = (cell.clone(), after.clone());
         let resources = options.resources.clone();
         let name = options.name.clone();
@@ -446,6 +451,7 @@ impl RuntimeInner {
                 name.as_deref(),
                 retries,
                 system,
+                retry_on,
             ),
             Some(Err(e)) => {
                 c2.complete(Err(e.clone()));
@@ -487,7 +493,7 @@ impl RuntimeInner {
                 cluster.expect_returns(&cell, &extra);
             }
             let me = self.me();
-            let (retries, system) = self.task_retries(options);
+            let (retries, system, retry_on) = self.task_retries(options);
             cluster.submit_remote(
                 &me,
                 function.name(),
@@ -497,6 +503,7 @@ impl RuntimeInner {
                 options.name.as_deref(),
                 retries,
                 system,
+                retry_on,
             );
             crate::cancel::note_child(&cell);
             return (cell, extra);
@@ -516,7 +523,7 @@ impl RuntimeInner {
             }
         };
         let id = self.next_id.fetch_add(returns as u64, Ordering::Relaxed);
-        let retries = options.max_retries.unwrap_or(self.config.max_task_retries);
+        let (retries, _, retry_on) = self.task_retries(options);
         let name = options.name.as_deref().map(Box::from);
         let task = Task::with_returns(
             TaskId::from_u64(id),
@@ -525,7 +532,7 @@ impl RuntimeInner {
             args,
             demand,
             name,
-            retries,
+            (retries, retry_on),
         );
         let result = (task.result.clone(), task.extra.clone());
         if task.resolve_arguments() {
@@ -690,7 +697,7 @@ impl RuntimeInner {
             args.into_boxed_slice(),
             cell.demand().clone(),
             None,
-            0,
+            (0, None),
         );
         cell.set_created(task.result.clone());
         if task.resolve_arguments() {
@@ -790,7 +797,7 @@ impl RuntimeInner {
         args: Vec<ArgSlot>,
         request: &crate::resources::ResourceRequest,
         name: Option<String>,
-        max_retries: u32,
+        retries: (u32, RetryOn),
     ) -> (Arc<ObjectCell>, Box<[Arc<ObjectCell>]>) {
         let Some(function) = crate::task::function_by_name(function) else {
             let e = Error::Cluster {
@@ -820,7 +827,7 @@ impl RuntimeInner {
                 args.into_boxed_slice(),
                 demand,
                 name.map(Box::from),
-                max_retries,
+                retries.clone(),
             )
         } else {
             Task::with_returns(
@@ -830,7 +837,7 @@ impl RuntimeInner {
                 args.into_boxed_slice(),
                 demand,
                 name.map(Box::from),
-                max_retries,
+                retries.clone(),
             )
         };
         let result = (task.result.clone(), task.extra.clone());

@@ -229,11 +229,18 @@ impl<'a> ArgReader<'a> {
     }
 }
 
+/// Which application errors a task runs again for (Ray's `retry_exceptions`): `None`, any
+/// (a panic or an `Err`); else only an `Err` of one of these types (their Rust type names).
+pub(crate) type RetryOn = Option<Arc<[Box<str>]>>;
+
 /// Per-call options of a task (Ray's `.options(...)`).
 #[derive(Clone, Debug)]
 pub struct TaskOptions {
     pub(crate) resources: ResourceRequest,
     pub(crate) max_retries: Option<u32>,
+    /// `None`: not set (application errors are retried only by the config's
+    /// `max_task_retries`); `Some(on)`: retried up to `max_retries` times when they match.
+    pub(crate) retry_exceptions: Option<RetryOn>,
     pub(crate) name: Option<String>,
     /// The placement group (and bundle) the task runs in.
     pub(crate) placement: Option<crate::placement_group::InGroup>,
@@ -244,6 +251,7 @@ impl Default for TaskOptions {
         TaskOptions {
             resources: ResourceRequest::task_default(),
             max_retries: None,
+            retry_exceptions: None,
             name: None,
             placement: None,
         }
@@ -266,10 +274,33 @@ impl TaskOptions {
         self.resources.set_custom(name, amount);
         self
     }
-    /// How many times to run the task again if its body panics (default: the config's
-    /// `max_task_retries`, 0 unless set).
+    /// How many times to run the task again after a failure that is retried (Ray's
+    /// `max_retries`; default: the config's `max_task_system_retries`, 3): its worker process
+    /// dying, always; an application error (a panic, or an `Err` returned) only with
+    /// [`retry_exceptions`](Self::retry_exceptions) or
+    /// [`retry_exceptions_of`](Self::retry_exceptions_of), as in Ray.
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = Some(n);
+        self
+    }
+    /// Whether an application error — the body panicking or returning `Err` — runs the task
+    /// again, up to `max_retries` times (Ray's `retry_exceptions=True`). Without it (or
+    /// [`retry_exceptions_of`](Self::retry_exceptions_of)), the first application error is
+    /// the task's result, unless the config's `max_task_retries` says otherwise.
+    pub fn retry_exceptions(mut self, yes: bool) -> Self {
+        self.retry_exceptions = yes.then_some(None);
+        self
+    }
+    /// Runs the task again when its body returns `Err` of type `E` (Ray's
+    /// `retry_exceptions=[E]`), up to `max_retries` times; may be given for several types.
+    /// Other errors, and panics, are its result at once.
+    pub fn retry_exceptions_of<E: 'static>(mut self) -> Self {
+        let mut types: Vec<Box<str>> = match self.retry_exceptions.take() {
+            Some(Some(list)) => list.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        types.push(std::any::type_name::<E>().into());
+        self.retry_exceptions = Some(Some(types.into()));
         self
     }
     /// A name for the task in errors and listings (default: the function's name).
@@ -324,6 +355,8 @@ pub(crate) struct Task {
     state: AtomicU8,
     unresolved: AtomicUsize,
     pub(crate) retries_left: AtomicU8,
+    /// Which application errors use up `retries_left` to run again.
+    pub(crate) retry_on: RetryOn,
     /// Set when the task was cancelled while running (`cancel.rs`, step 2).
     interrupted: AtomicBool,
     /// What cancelling it needs while it runs: the results of the tasks it submitted (for a
@@ -354,7 +387,7 @@ impl Task {
         args: Box<[ArgSlot]>,
         demand: Demand,
         name: Option<Box<str>>,
-        retries: u32,
+        retries: (u32, RetryOn),
     ) -> Arc<Task> {
         Self::build(id, object, body, args, demand, name, retries, 1)
     }
@@ -368,7 +401,7 @@ impl Task {
         args: Box<[ArgSlot]>,
         demand: Demand,
         name: Option<Box<str>>,
-        retries: u32,
+        (retries, retry_on): (u32, RetryOn),
         returns: usize,
     ) -> Arc<Task> {
         Arc::new_cyclic(|me: &crate::sync::Weak<Task>| Task {
@@ -389,6 +422,7 @@ impl Task {
             state: AtomicU8::new(WAITING),
             unresolved: AtomicUsize::new(1),
             retries_left: AtomicU8::new(retries.min(u8::MAX as u32) as u8),
+            retry_on,
             interrupted: AtomicBool::new(false),
             cancel_state: Mutex::new(CancelState::default()),
         })
@@ -407,7 +441,7 @@ impl Task {
         args: Box<[ArgSlot]>,
         demand: Demand,
         name: Option<Box<str>>,
-        retries: u32,
+        retries: (u32, RetryOn),
     ) -> Arc<Task> {
         let task = Self::build(
             id,
@@ -421,6 +455,18 @@ impl Task {
         );
         fail_extra_with(&task.result, &task.extra);
         task
+    }
+
+    /// Whether application error `e` of its body (a panic: `None`) runs it again, retries
+    /// left aside.
+    pub(crate) fn retries_error(&self, returned: Option<&crate::TaskError>) -> bool {
+        match (&self.retry_on, returned) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(types), Some(e)) => e
+                .cause_type_name()
+                .is_some_and(|t| types.iter().any(|x| &**x == t)),
+        }
     }
 
     pub(crate) fn name(&self) -> &str {

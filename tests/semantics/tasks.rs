@@ -13,7 +13,7 @@ pub(crate) const CASES: &[Case] = &[
         "tasks::a_panic_is_an_error_with_name_and_message",
         panic_is_error,
     ),
-    Case::new("tasks::max_retries_reruns_a_panicking_task", max_retries),
+    Case::new("tasks::max_retries_with_retry_exceptions", max_retries),
     Case::new("tasks::infeasible_requests_fail_fast", infeasible),
     Case::new("tasks::wait_keeps_order_and_honours_timeouts", wait_order),
     Case::new("tasks::get_timeout_then_the_object_arrives", get_timeout),
@@ -76,6 +76,20 @@ fn flaky(runs: ActorHandle<Runs>) -> usize {
     n
 }
 
+/// Returns `Err(Shortage)` on its first two runs.
+#[manta::remote]
+fn flaky_err(runs: ActorHandle<Runs>) -> Result<usize, crate::errors::Shortage> {
+    let n = runs.next().get().expect("counting runs");
+    if n > 2 {
+        Ok(n)
+    } else {
+        Err(crate::errors::Shortage {
+            item: "run".into(),
+            missing: (3 - n) as u32,
+        })
+    }
+}
+
 fn nested_refs(_: &Ctx) {
     let inner: Vec<_> = (0..100).map(|i| manta::put(i as i64).unwrap()).collect();
     let outer = manta::put(inner).unwrap(); // `inner` moved in: only `outer` holds them now
@@ -102,24 +116,60 @@ fn panic_is_error(_: &Ctx) {
     assert_eq!(add::remote(1, 1).get_timeout(LONG).unwrap(), 2);
 }
 
+/// Ray's `max_retries` with `retry_exceptions`: an application error runs the task again only
+/// when `retry_exceptions` says so (all errors, or `Err`s of the types named), up to
+/// `max_retries` times; without it, the first panic is the result.
 fn max_retries(_: &Ctx) {
+    let ran = |runs: &ActorHandle<Runs>| runs.next().get_timeout(LONG).unwrap() - 1;
+    // No retry_exceptions: max_retries alone is for worker deaths (Ray's default).
     let runs = Runs::remote();
-    assert!(
-        flaky::options()
-            .max_retries(1)
-            .remote(runs.clone())
-            .get_timeout(LONG)
-            .is_err()
-    );
-    let runs = Runs::remote();
+    let r = flaky::options().max_retries(2).remote(runs.clone());
+    assert!(matches!(r.get_timeout(LONG), Err(Error::Task(_))));
     assert_eq!(
-        flaky::options()
-            .max_retries(2)
-            .remote(runs)
-            .get_timeout(LONG)
-            .unwrap(),
-        3
+        ran(&runs),
+        1,
+        "a panic is not retried without retry_exceptions"
     );
+    // retry_exceptions: too few retries, then enough.
+    let runs = Runs::remote();
+    let r = flaky::options()
+        .max_retries(1)
+        .retry_exceptions(true)
+        .remote(runs.clone());
+    assert!(r.get_timeout(LONG).is_err());
+    assert_eq!(ran(&runs), 2);
+    let runs = Runs::remote();
+    let r = flaky::options()
+        .max_retries(2)
+        .retry_exceptions(true)
+        .remote(runs);
+    assert_eq!(r.get_timeout(LONG).unwrap(), 3);
+    // An `Err` of a type named: retried (in any mode, the list travels with the task).
+    let runs = Runs::remote();
+    let r = flaky_err::options()
+        .max_retries(2)
+        .retry_exceptions_of::<crate::errors::Meltdown>()
+        .retry_exceptions_of::<crate::errors::Shortage>()
+        .remote(runs);
+    assert_eq!(r.get_timeout(LONG).unwrap(), 3);
+    // Another type named: the first `Err` is the result, and so is a panic.
+    let runs = Runs::remote();
+    let r = flaky_err::options()
+        .max_retries(2)
+        .retry_exceptions_of::<crate::errors::Meltdown>()
+        .remote(runs.clone());
+    match r.get_timeout(LONG) {
+        Err(Error::Task(e)) => assert!(e.cause::<crate::errors::Shortage>().is_some(), "{e}"),
+        other => panic!("expected the Shortage, got {other:?}"),
+    }
+    assert_eq!(ran(&runs), 1);
+    let runs = Runs::remote();
+    let r = flaky::options()
+        .max_retries(2)
+        .retry_exceptions_of::<crate::errors::Shortage>()
+        .remote(runs.clone());
+    assert!(r.get_timeout(LONG).is_err());
+    assert_eq!(ran(&runs), 1, "a panic is not an Err of a type named");
 }
 
 fn infeasible(_: &Ctx) {

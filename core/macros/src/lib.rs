@@ -19,8 +19,8 @@ use syn::{FnArg, ImplItem, ItemFn, ItemImpl, ItemStruct, ReturnType, Type, parse
 /// type arguments) is *fallible*, as a Python function that raises is in Ray: `f::remote`
 /// returns an `ObjectRef<T>`, `Ok(v)` is its value, and `Err(e)` fails the task — `get` gives
 /// `Error::Task` whose `downcast_ref::<E>()` is `e`, in every mode (it travels serialised). `E`
-/// must be `Serialize + DeserializeOwned + Display + Send + Sync + 'static`; an `Err` is not
-/// retried (`max_retries` re-runs panics). A one-argument alias such as `io::Result<T>` is not
+/// must be `Serialize + DeserializeOwned + Display + Send + Sync + 'static`; an `Err` runs the
+/// task again only with `retry_exceptions` (as in Ray). A one-argument alias such as `io::Result<T>` is not
 /// recognised and stays the task's value.
 ///
 /// `#[remote(num_returns = N)]` on a function returning an `N`-tuple makes each element its
@@ -332,8 +332,13 @@ fn expand_remote(func: ItemFn, num_returns: usize) -> syn::Result<TokenStream2> 
                 pub fn num_gpus(self, n: f64) -> Self { Options(self.0.num_gpus(n)) }
                 /// An amount of a custom resource the task holds while it runs.
                 pub fn resource(self, name: &str, amount: f64) -> Self { Options(self.0.resource(name, amount)) }
-                /// How many times to run the task again if it panics.
+                /// How many times to run the task again after its worker dies, or after an
+                /// application error `retry_exceptions` covers (Ray's `max_retries`).
                 pub fn max_retries(self, n: u32) -> Self { Options(self.0.max_retries(n)) }
+                /// Whether a panic or an `Err` runs the task again (Ray's `retry_exceptions`).
+                pub fn retry_exceptions(self, yes: bool) -> Self { Options(self.0.retry_exceptions(yes)) }
+                /// Runs the task again when it returns `Err` of type `E`.
+                pub fn retry_exceptions_of<E: 'static>(self) -> Self { Options(self.0.retry_exceptions_of::<E>()) }
                 /// The task's name in errors and listings.
                 pub fn name(self, name: impl Into<String>) -> Self { Options(self.0.name(name)) }
                 /// Runs the task in bundle `bundle` of placement group `pg` (`None`: any).

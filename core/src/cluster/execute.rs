@@ -79,7 +79,7 @@ impl Cluster {
         args: Vec<Arg>,
         resources: Vec<Resource>,
         name: String,
-        max_retries: u32,
+        (max_retries, retry_on): (u32, Vec<String>),
     ) {
         let Some(rt) = self.runtime() else { return };
         let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
@@ -90,7 +90,10 @@ impl Cluster {
             slots,
             &request,
             (!name.is_empty()).then_some(name),
-            max_retries,
+            (
+                max_retries,
+                (!retry_on.is_empty()).then(|| retry_on.into_iter().map(Box::from).collect()),
+            ),
         );
         if extra.is_empty() {
             self.reply_when_done(peer, task_id, function, &cell);

@@ -94,6 +94,7 @@ impl Remote for Cluster {
         name: Option<&str>,
         max_retries: u32,
         max_system_retries: u32,
+        retry_on: crate::task::RetryOn,
     ) {
         Cluster::submit_remote(
             self,
@@ -105,6 +106,7 @@ impl Remote for Cluster {
             name,
             max_retries,
             max_system_retries,
+            retry_on,
         );
     }
 

@@ -95,8 +95,10 @@ pub(super) struct Retry {
     pub(super) function: &'static str,
     pub(super) request: ResourceRequest,
     pub(super) name: Option<String>,
-    /// Retries of a panicking body, done by the executor (sent with the task).
+    /// Retries after an application error, done by the executor (sent with the task).
     pub(super) max_retries: u32,
+    /// Which application errors those are for (sent with the task).
+    pub(super) retry_on: crate::task::RetryOn,
     /// Retries after a worker death this task may still take, and how many it had.
     pub(super) left: u32,
     pub(super) system: u32,
@@ -200,8 +202,9 @@ impl Cluster {
     }
 
     /// Submits a task to a worker process elsewhere; completes `cell` when it is done. The
-    /// executor retries a panicking body `max_retries` times; if the worker dies, the task runs
-    /// again on a live worker, up to `system_retries` times.
+    /// executor runs it again after an application error `retry_on` covers, `max_retries`
+    /// times; if the worker dies, the task runs again on a live worker, up to
+    /// `system_retries` times.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn submit_remote(
         &self,
@@ -213,6 +216,7 @@ impl Cluster {
         name: Option<&str>,
         max_retries: u32,
         system_retries: u32,
+        retry_on: crate::task::RetryOn,
     ) {
         self.push_task(
             rt,
@@ -223,6 +227,7 @@ impl Cluster {
                 request: request.clone(),
                 name: name.map(str::to_owned),
                 max_retries,
+                retry_on,
                 left: system_retries,
                 system: system_retries,
             },
@@ -240,6 +245,11 @@ impl Cluster {
         let function = retry.function;
         let request = &retry.request;
         let max_retries = retry.max_retries;
+        let retry_on: Vec<String> = retry
+            .retry_on
+            .iter()
+            .flat_map(|types| types.iter().map(|t| t.to_string()))
+            .collect();
         let name = retry.name.clone();
         let name = name.as_deref();
         let WireArgs {
@@ -293,6 +303,7 @@ impl Cluster {
             resources,
             name: name.unwrap_or_default().to_owned(),
             max_retries,
+            retry_on,
         });
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());

@@ -629,7 +629,16 @@ impl Handler for WorkerHandler {
                 resources,
                 name,
                 max_retries,
-            } => c.run_pushed_task(peer, task_id, &function, args, resources, name, max_retries),
+                retry_on,
+            } => c.run_pushed_task(
+                peer,
+                task_id,
+                &function,
+                args,
+                resources,
+                name,
+                (max_retries, retry_on),
+            ),
             Msg::CreateActor {
                 actor_id,
                 class_name,

@@ -335,24 +335,33 @@ impl Scheduler {
         });
         let keep_resources =
             matches!(&task.body, TaskBody::CreateActor(_)) && matches!(outcome, Ok(Ok(_)));
+        // An application error runs the task again while it has retries and its
+        // `retry_exceptions` cover the error (a cancelled task — whose body may fail on the
+        // `Cancelled` its calls returned — never).
+        let again = match &outcome {
+            Err(_) => task.retries_error(None),
+            Ok(Err(Error::Task(e))) if e.is_returned_error() => task.retries_error(Some(e)),
+            Ok(_) => false,
+        };
+        let retries = task.retries_left.load(Ordering::Relaxed);
+        if again && retries > 0 && !task.is_interrupted() {
+            task.retries_left.store(retries - 1, Ordering::Relaxed);
+            let what = if outcome.is_err() {
+                "panicked"
+            } else {
+                "failed"
+            };
+            tracing::warn!(task = %task.id, "task {} {what}; retrying ({} left)", task.name(), retries - 1);
+            if holding == Holding::Own {
+                self.release(&task.demand);
+            }
+            task.unclaim();
+            self.push(Job::Task(task));
+            return;
+        }
         let result = match outcome {
             Ok(result) => result,
-            Err(payload) => {
-                let retries = task.retries_left.load(Ordering::Relaxed);
-                // A cancelled task (its body may panic on the `Cancelled` its calls returned)
-                // is never run again.
-                if retries > 0 && !task.is_interrupted() {
-                    task.retries_left.store(retries - 1, Ordering::Relaxed);
-                    tracing::warn!(task = %task.id, "task {} panicked; retrying ({} left)", task.name(), retries - 1);
-                    if holding == Holding::Own {
-                        self.release(&task.demand);
-                    }
-                    task.unclaim();
-                    self.push(Job::Task(task));
-                    return;
-                }
-                Err(Error::Task(TaskError::panic(task.name(), payload.as_ref())))
-            }
+            Err(payload) => Err(Error::Task(TaskError::panic(task.name(), payload.as_ref()))),
         };
         if let (TaskBody::CreateActor(actor), Err(e)) = (&task.body, &result) {
             actor.constructor_failed(e.clone());

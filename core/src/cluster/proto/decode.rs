@@ -375,6 +375,10 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 resources: resources(t.resources()),
                 name: string(t.name()),
                 max_retries: t.max_retries(),
+                retry_on: t
+                    .retry_on()
+                    .map(|v| v.iter().map(str::to_owned).collect())
+                    .unwrap_or_default(),
             }
         }
         TAG_TASK_DONE => {

@@ -604,11 +604,13 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             resources,
             name,
             max_retries,
+            retry_on,
         } => {
             let function = opt_str(fbb, function);
             let args = opt_args(fbb, args);
             let resources = opt_resources(fbb, resources);
             let name = opt_str(fbb, name);
+            let retry_on = opt_strings(fbb, retry_on);
             table!(
                 PushTask,
                 PushTaskArgs {
@@ -618,6 +620,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     resources,
                     name,
                     max_retries: *max_retries,
+                    retry_on,
                 }
             );
         }

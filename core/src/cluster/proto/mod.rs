@@ -347,6 +347,8 @@ pub(crate) enum Msg {
         resources: Vec<Resource>,
         name: String,
         max_retries: u32,
+        /// The error types whose `Err` runs it again; empty: any application error.
+        retry_on: Vec<String>,
     },
     TaskDone {
         task_id: u64,

@@ -210,6 +210,7 @@ fn samples() -> Vec<Msg> {
             resources: resources(),
             name: "add-1".into(),
             max_retries: 3,
+            retry_on: vec!["app::Flaky".into()],
         },
         Msg::TaskDone {
             task_id: 25,
@@ -451,6 +452,7 @@ fn empty_fields_are_left_out_and_read_back_as_empty() {
             resources: Vec::new(),
             name: String::new(),
             max_retries: 0,
+            retry_on: Vec::new(),
         },
         Msg::TaskDone {
             task_id: 1,

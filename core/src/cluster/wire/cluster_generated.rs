@@ -4509,6 +4509,7 @@ impl<'a> PushTask<'a> {
   pub const VT_RESOURCES: ::flatbuffers::VOffsetT = 10;
   pub const VT_NAME: ::flatbuffers::VOffsetT = 12;
   pub const VT_MAX_RETRIES: ::flatbuffers::VOffsetT = 14;
+  pub const VT_RETRY_ON: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4521,6 +4522,7 @@ impl<'a> PushTask<'a> {
   ) -> ::flatbuffers::WIPOffset<PushTask<'bldr>> {
     let mut builder = PushTaskBuilder::new(_fbb);
     builder.add_task_id(args.task_id);
+    if let Some(x) = args.retry_on { builder.add_retry_on(x); }
     builder.add_max_retries(args.max_retries);
     if let Some(x) = args.name { builder.add_name(x); }
     if let Some(x) = args.resources { builder.add_resources(x); }
@@ -4565,12 +4567,21 @@ impl<'a> PushTask<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PushTask::VT_NAME, None)}
   }
+  /// Runs again after an application error this many times.
   #[inline]
   pub fn max_retries(&self) -> u32 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(PushTask::VT_MAX_RETRIES, Some(0)).unwrap()}
+  }
+  /// Only for an `Err` of these types (Rust type names); empty: any application error.
+  #[inline]
+  pub fn retry_on(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(PushTask::VT_RETRY_ON, None)}
   }
 }
 
@@ -4586,6 +4597,7 @@ impl ::flatbuffers::Verifiable for PushTask<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Resource>>>>("resources", Self::VT_RESOURCES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<u32>("max_retries", Self::VT_MAX_RETRIES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("retry_on", Self::VT_RETRY_ON, false)?
      .finish();
     Ok(())
   }
@@ -4597,6 +4609,7 @@ pub struct PushTaskArgs<'a> {
     pub resources: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>>>,
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub max_retries: u32,
+    pub retry_on: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for PushTaskArgs<'a> {
   #[inline]
@@ -4608,6 +4621,7 @@ impl<'a> Default for PushTaskArgs<'a> {
       resources: None,
       name: None,
       max_retries: 0,
+      retry_on: None,
     }
   }
 }
@@ -4642,6 +4656,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PushTaskBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(PushTask::VT_MAX_RETRIES, max_retries, 0);
   }
   #[inline]
+  pub fn add_retry_on(&mut self, retry_on: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PushTask::VT_RETRY_ON, retry_on);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PushTaskBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PushTaskBuilder {
@@ -4665,6 +4683,7 @@ impl ::core::fmt::Debug for PushTask<'_> {
       ds.field("resources", &self.resources());
       ds.field("name", &self.name());
       ds.field("max_retries", &self.max_retries());
+      ds.field("retry_on", &self.retry_on());
       ds.finish()
   }
 }
