@@ -231,7 +231,7 @@ impl Cluster {
                     kind: kind.into(),
                     role: "shared".into(),
                     holder,
-                    owner: owner_of(cell.id().as_u64()),
+                    owner: cell.id().owner().as_u64(),
                 });
             }
         }
@@ -249,7 +249,7 @@ impl Cluster {
                 kind: kind.into(),
                 role: "borrowed".into(),
                 holder,
-                owner: owner_of(cell.id().as_u64()),
+                owner: cell.id().owner().as_u64(),
             });
         }
         Msg::Work {

@@ -402,7 +402,7 @@ impl Cluster {
         let Some(rt) = self.runtime() else { return };
         let cells = rt.actor_cells();
         for cell in &cells {
-            if super::owner_of(cell.id().as_u64()) == self.index || cell.is_dead() {
+            if cell.id().owner().as_u64() == self.index || cell.is_dead() {
                 continue;
             }
             if RemoteActor::of_cell(cell)
