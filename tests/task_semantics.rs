@@ -276,7 +276,8 @@ fn gpus_held(base: usize, together: usize) -> Vec<usize> {
     while ARRIVED.load(Ordering::SeqCst) < base + together {
         assert!(
             Instant::now() < deadline,
-            "the other tasks never ran beside this one"
+            "the other tasks never ran beside this one: {} of {base} + {together} arrived, holding {ids:?}",
+            ARRIVED.load(Ordering::SeqCst)
         );
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -19,14 +19,39 @@ use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 /// Thousandths of a device (`1.0 GPU = 1000`), as the resource counters count.
 const WHOLE: i64 = 1000;
 
+/// A grant being acquired: taken by [`GpuGrant::reserve`], replaced by the devices' mask.
+const RESERVED: u64 = 1 << 63;
+
 /// The devices one demand holds while acquired: bit `i` is device `i`.
+///
+/// The scheduler may try to acquire one task's demand on two threads at once (a slot, and a
+/// waiter that would run it inline); only one of them then claims the task. Counters tolerate
+/// that (the loser gives back), but a demand has one grant, so its acquisition is reserved
+/// first: the second thread finds the grant taken and fails before it touches any counter, and
+/// so can neither replace the first's devices (leaking them) nor hold counters another task
+/// needs meanwhile.
 #[derive(Debug, Default)]
 pub(crate) struct GpuGrant(AtomicU64);
 
 impl GpuGrant {
-    /// The devices held, as a bit mask.
+    /// The devices held, as a bit mask (0 while not held or being acquired).
     pub(crate) fn mask(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        let m = self.0.load(Ordering::Acquire);
+        if m == RESERVED { 0 } else { m }
+    }
+
+    /// Takes the grant for one acquisition; false if it is held or being acquired.
+    pub(crate) fn reserve(&self) -> bool {
+        self.0
+            .compare_exchange(0, RESERVED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Gives up a reservation whose acquisition failed.
+    pub(crate) fn unreserve(&self) {
+        let _ = self
+            .0
+            .compare_exchange(RESERVED, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -38,11 +63,11 @@ pub(crate) struct GpuInstances {
 
 impl GpuInstances {
     /// A table of `ceil(total)` devices for a node with `total` thousandths of GPU (the last
-    /// holds the remainder of a fractional total); `None` for no GPU, or more than 64 devices
-    /// (the grant's mask), which then count without ids.
+    /// holds the remainder of a fractional total); `None` for no GPU, or more than 63 devices
+    /// (the grant's mask, less its reserved bit), which then count without ids.
     pub(crate) fn new(total: i64) -> Option<Self> {
         let devices = (total + WHOLE - 1) / WHOLE;
-        if devices <= 0 || devices > 64 {
+        if devices <= 0 || devices > 63 {
             return None;
         }
         let free = (0..devices)
@@ -53,10 +78,12 @@ impl GpuInstances {
         })
     }
 
-    /// Takes devices for `amount` thousandths into `grant`; false (nothing taken) when no set
-    /// of devices fits.
+    /// Takes devices for `amount` thousandths into `grant`, which the caller reserved
+    /// ([`GpuGrant::reserve`]); false (nothing taken, the reservation kept) when no set of
+    /// devices fits.
     pub(crate) fn acquire(&self, amount: i64, grant: &GpuGrant) -> bool {
         let mut free = lock(&self.free);
+        debug_assert_eq!(grant.0.load(Ordering::Acquire), RESERVED);
         let mut mask = 0u64;
         if amount >= WHOLE {
             let want = (amount / WHOLE) as usize;
@@ -84,9 +111,9 @@ impl GpuInstances {
 
     /// Gives back what `grant` holds of `amount` thousandths.
     pub(crate) fn release(&self, amount: i64, grant: &GpuGrant) {
-        let mask = grant.0.swap(0, Ordering::AcqRel);
         let per_device = amount.min(WHOLE);
         let mut free = lock(&self.free);
+        let mask = grant.0.swap(0, Ordering::AcqRel) & !RESERVED;
         for (d, f) in free.iter_mut().enumerate() {
             if mask & (1 << d) != 0 {
                 *f += per_device;
@@ -130,6 +157,18 @@ mod tests {
         (0..64).filter(|d| g.mask() & (1 << d) != 0).collect()
     }
 
+    /// Reserves `g` and acquires `amount` into it, as `NodeResources::try_acquire` does.
+    fn take(t: &GpuInstances, amount: i64, g: &GpuGrant) -> bool {
+        if !g.reserve() {
+            return false;
+        }
+        let ok = t.acquire(amount, g);
+        if !ok {
+            g.unreserve();
+        }
+        ok
+    }
+
     #[test]
     fn whole_requests_take_free_devices_and_give_them_back() {
         let t = GpuInstances::new(4 * WHOLE).unwrap();
@@ -138,14 +177,14 @@ mod tests {
             GpuGrant::default(),
             GpuGrant::default(),
         );
-        assert!(t.acquire(2 * WHOLE, &a));
+        assert!(take(&t, 2 * WHOLE, &a));
         assert_eq!(ids(&a), vec![0, 1]);
-        assert!(t.acquire(WHOLE, &b));
+        assert!(take(&t, WHOLE, &b));
         assert_eq!(ids(&b), vec![2]);
-        assert!(!t.acquire(2 * WHOLE, &c), "one device is left");
+        assert!(!take(&t, 2 * WHOLE, &c), "one device is left");
         assert_eq!(c.mask(), 0);
         t.release(2 * WHOLE, &a);
-        assert!(t.acquire(2 * WHOLE, &c));
+        assert!(take(&t, 2 * WHOLE, &c));
         assert_eq!(ids(&c), vec![0, 1]);
     }
 
@@ -153,32 +192,52 @@ mod tests {
     fn fractions_pack_onto_the_fullest_device_that_fits() {
         let t = GpuInstances::new(2 * WHOLE).unwrap();
         let g: Vec<GpuGrant> = (0..4).map(|_| GpuGrant::default()).collect();
-        assert!(t.acquire(500, &g[0]));
-        assert!(t.acquire(250, &g[1]));
+        assert!(take(&t, 500, &g[0]));
+        assert!(take(&t, 250, &g[1]));
         assert_eq!(ids(&g[1]), ids(&g[0]), "packed onto the device in use");
-        assert!(t.acquire(500, &g[2]));
+        assert!(take(&t, 500, &g[2]));
         assert_eq!(ids(&g[2]), vec![1], "does not fit beside the others");
         // A whole GPU: neither device is wholly free although 0.75 is.
         let whole = GpuGrant::default();
-        assert!(!t.acquire(WHOLE, &whole));
+        assert!(!take(&t, WHOLE, &whole));
         t.release(500, &g[2]);
-        assert!(t.acquire(WHOLE, &whole));
+        assert!(take(&t, WHOLE, &whole));
         assert_eq!(ids(&whole), vec![1]);
         t.release(500, &g[0]);
         t.release(250, &g[1]);
-        assert!(t.acquire(WHOLE, &g[3]));
+        assert!(take(&t, WHOLE, &g[3]));
         assert_eq!(ids(&g[3]), vec![0]);
+    }
+
+    /// One demand acquired on two threads at once (a slot and an inline waiter): the second
+    /// acquisition fails and the first keeps its devices, which come back on release.
+    #[test]
+    fn a_grant_held_is_not_acquired_again() {
+        let t = GpuInstances::new(2 * WHOLE).unwrap();
+        let g = GpuGrant::default();
+        assert!(take(&t, WHOLE, &g));
+        assert_eq!(ids(&g), vec![0]);
+        assert!(!g.reserve(), "the grant is held");
+        assert_eq!(ids(&g), vec![0], "and keeps its device");
+        t.release(WHOLE, &g);
+        let (a, b) = (GpuGrant::default(), GpuGrant::default());
+        assert!(take(&t, WHOLE, &a) && take(&t, WHOLE, &b), "nothing leaked");
+        // A reservation that found no room is given up: the grant can be taken again.
+        let c = GpuGrant::default();
+        assert!(!take(&t, WHOLE, &c));
+        assert!(c.reserve());
     }
 
     #[test]
     fn odd_tables() {
         assert!(GpuInstances::new(0).is_none());
-        assert!(GpuInstances::new(65 * WHOLE).is_none());
+        assert!(GpuInstances::new(64 * WHOLE).is_none());
+        assert!(GpuInstances::new(63 * WHOLE).is_some());
         let half = GpuInstances::new(1500).unwrap();
         let (a, b) = (GpuGrant::default(), GpuGrant::default());
-        assert!(half.acquire(500, &a));
+        assert!(take(&half, 500, &a));
         assert_eq!(ids(&a), vec![1], "the fullest that fits is the half device");
-        assert!(half.acquire(600, &b));
+        assert!(take(&half, 600, &b));
         assert_eq!(ids(&b), vec![0]);
     }
 
@@ -187,8 +246,8 @@ mod tests {
         let t = GpuInstances::new(3 * WHOLE).unwrap();
         let g = GpuGrant::default();
         let skip = GpuGrant::default();
-        assert!(t.acquire(WHOLE, &skip));
-        assert!(t.acquire(2 * WHOLE, &g));
+        assert!(take(&t, WHOLE, &skip));
+        assert!(take(&t, 2 * WHOLE, &g));
         assert_eq!(gpu_ids(), Vec::<usize>::new());
         let inner = holding(Some(&g), || {
             let outer = gpu_ids();

@@ -148,11 +148,11 @@ impl Demand {
         self.1.as_deref()
     }
 
-    /// The GPU part, in thousandths.
-    fn gpu(&self) -> i64 {
+    /// The part of resource `index`, in thousandths.
+    fn part(&self, index: usize) -> i64 {
         self.0
             .iter()
-            .filter(|(i, _)| *i as usize == GPU)
+            .filter(|(i, _)| *i as usize == index)
             .map(|(_, a)| a)
             .sum()
     }
@@ -168,11 +168,7 @@ impl Demand {
 
     /// The CPU part, in thousandths: what a slot gives back while it blocks.
     pub(crate) fn cpu(&self) -> i64 {
-        self.0
-            .iter()
-            .filter(|(i, _)| *i as usize == CPU)
-            .map(|(_, a)| a)
-            .sum()
+        self.part(CPU)
     }
 }
 
@@ -400,14 +396,28 @@ impl NodeResources {
 
     /// Takes the whole demand or nothing (see the module docs on spurious failure).
     pub(crate) fn try_acquire(&self, demand: &Demand) -> bool {
+        // A GPU demand's devices: reserved before any counter is touched (see `GpuGrant`).
+        let devices = match (&demand.1, &self.gpus) {
+            (Some(grant), Some(table)) => Some((grant, table)),
+            _ => None,
+        };
+        if let Some((grant, _)) = devices
+            && !grant.reserve()
+        {
+            return false;
+        }
+        let unreserve = || {
+            if let Some((grant, _)) = devices {
+                grant.unreserve();
+            }
+        };
         for (k, &(i, amount)) in demand.0.iter().enumerate() {
             let counter = &self.available[i as usize];
             let mut current = counter.load(Ordering::Relaxed);
             loop {
                 if current < amount {
-                    for &(j, taken) in &demand.0[..k] {
-                        self.available[j as usize].fetch_add(taken, Ordering::Relaxed);
-                    }
+                    self.give_back(&demand.0[..k]);
+                    unreserve();
                     return false;
                 }
                 match counter.compare_exchange_weak(
@@ -421,17 +431,23 @@ impl NodeResources {
                 }
             }
         }
-        if let (Some(grant), Some(table)) = (&demand.1, &self.gpus)
-            && !table.acquire(demand.gpu(), grant)
+        if let Some((grant, table)) = devices
+            && !table.acquire(demand.part(GPU), grant)
         {
             // The counter had room but no device fits (fractions spread over every device):
             // nothing is taken, and the request waits as any other that does not fit.
-            for &(j, taken) in demand.0.iter() {
-                self.available[j as usize].fetch_add(taken, Ordering::Relaxed);
-            }
+            self.give_back(&demand.0);
+            unreserve();
             return false;
         }
         true
+    }
+
+    /// Adds `parts` back to their counters.
+    fn give_back(&self, parts: &[(u32, i64)]) {
+        for &(i, amount) in parts {
+            self.available[i as usize].fetch_add(amount, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn release_cpu(&self, thousandths: i64) {
@@ -454,11 +470,9 @@ impl NodeResources {
     pub(crate) fn release(&self, demand: &Demand) {
         // Devices first: a request the counters admit next finds them free.
         if let (Some(grant), Some(table)) = (&demand.1, &self.gpus) {
-            table.release(demand.gpu(), grant);
+            table.release(demand.part(GPU), grant);
         }
-        for &(i, amount) in demand.0.iter() {
-            self.available[i as usize].fetch_add(amount, Ordering::Relaxed);
-        }
+        self.give_back(&demand.0);
     }
 
     /// `(name, available, total)` per resource, in units.
@@ -598,5 +612,31 @@ mod tests {
         let d = n.demand(&half).unwrap();
         assert!(n.try_acquire(&d) && n.try_acquire(&d));
         assert!(!n.try_acquire(&d));
+    }
+
+    /// One GPU demand acquired by two threads at once (a slot and an inline waiter): the
+    /// second fails before it takes anything, so no counter is held meanwhile (another task
+    /// failing then would wait for a release nobody makes) and the first keeps its device.
+    #[test]
+    fn a_gpu_demand_held_is_not_acquired_twice() {
+        let config = Config::default()
+            .num_cpus(4.0)
+            .num_gpus(2.0)
+            .resolve()
+            .unwrap();
+        let n = NodeResources::new(&config).unwrap();
+        let mut req = ResourceRequest::task_default();
+        req.num_gpus = 1.0;
+        let d = n.demand(&req).unwrap();
+        assert!(n.try_acquire(&d));
+        let held = d.gpus().unwrap().mask();
+        assert!(!n.try_acquire(&d), "already held");
+        assert_eq!(d.gpus().unwrap().mask(), held, "keeps its device");
+        let other = n.demand(&req).unwrap();
+        assert!(n.try_acquire(&other), "the second GPU is still free");
+        assert_ne!(other.gpus().unwrap().mask(), held);
+        n.release(&d);
+        n.release(&other);
+        assert_eq!(n.snapshot()[1].1, 2.0, "every GPU is back");
     }
 }
