@@ -25,6 +25,8 @@ use crate::sync::{Arc, RwLock};
 /// A value that can be read from a `MANTA_*` environment variable, and written back as one
 /// (`to_env(parse_env(x)) == x` up to spelling).
 trait FromEnv: Sized {
+    /// Whether the value is a duration (microseconds in the environment, `_US` in its name).
+    const DURATION: bool = false;
     fn parse_env(raw: &str) -> Result<Self, String>;
     fn to_env(&self) -> String;
 }
@@ -57,6 +59,7 @@ impl FromEnv for bool {
 }
 
 impl FromEnv for Duration {
+    const DURATION: bool = true;
     fn parse_env(raw: &str) -> Result<Self, String> {
         let micros = raw.trim().parse::<u64>().map_err(|e| e.to_string())?;
         Ok(Duration::from_micros(micros))
@@ -68,6 +71,7 @@ impl FromEnv for Duration {
 
 /// A duration, or `auto` (empty in the environment too): the runtime picks one.
 impl FromEnv for Option<Duration> {
+    const DURATION: bool = true;
     fn parse_env(raw: &str) -> Result<Self, String> {
         match raw.trim() {
             "" | "auto" => Ok(None),
@@ -258,40 +262,69 @@ pub struct Entry {
     pub duration: bool,
 }
 
-/// `MANTA_*` variables outside the catalogue: what Manta sets for its own child processes and
-/// the environment of its launchers, and what only its tests and benchmarks read, as
-/// `(name or prefix*, meaning)`.
+impl Entry {
+    /// Its doc comment on one line.
+    fn meaning(&self) -> String {
+        self.doc.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// The `MANTA_*` variables outside the catalogue that Manta sets for its own child processes
+/// or reads in its launchers: every reader and writer names them from here.
+pub mod vars {
+    /// Set by a raylet for the worker processes it starts: its address.
+    pub const WORKER_RAYLET: &str = "MANTA_WORKER_RAYLET";
+    /// Set by a raylet for a worker process: the job it works for.
+    pub const JOB_ID: &str = "MANTA_JOB_ID";
+    /// Set by a raylet for a worker process: its node.
+    pub const NODE_ID: &str = "MANTA_NODE_ID";
+    /// Set by a raylet for a worker process: the address it listens on.
+    pub const NODE_IP: &str = "MANTA_NODE_IP";
+    /// Set by `manta start` for its background process: the session directory.
+    pub const SESSION_DIR: &str = "MANTA_SESSION_DIR";
+    /// Where session directories live (default /tmp/manta).
+    pub const SESSION_ROOT: &str = "MANTA_SESSION_ROOT";
+    /// `0` turns the srun/mpirun bootstrap off for this process.
+    pub const SPMD: &str = "MANTA_SPMD";
+    /// `0` makes an mpirun launch derive ports and token instead of exchanging them.
+    pub const MPI_EXCHANGE: &str = "MANTA_MPI_EXCHANGE";
+    /// What a raylet sets for each worker process it starts (never forwarded by a driver).
+    pub const SET_BY_RAYLET: [&str; 4] = [WORKER_RAYLET, JOB_ID, NODE_ID, NODE_IP];
+}
+
+/// `MANTA_*` variables outside the catalogue: [`vars`], and what only Manta's tests and
+/// benchmarks read, as `(name or prefix*, meaning)`.
 pub const INTERNAL: &[(&str, &str)] = &[
     (
-        "MANTA_WORKER_RAYLET",
+        vars::WORKER_RAYLET,
         "set by a raylet for the worker processes it starts: its address",
     ),
     (
-        "MANTA_JOB_ID",
+        vars::JOB_ID,
         "set by a raylet for a worker process: the job it works for",
     ),
     (
-        "MANTA_NODE_ID",
+        vars::NODE_ID,
         "set by a raylet for a worker process: its node",
     ),
     (
-        "MANTA_NODE_IP",
+        vars::NODE_IP,
         "set by a raylet for a worker process: the address it listens on",
     ),
     (
-        "MANTA_SESSION_DIR",
+        vars::SESSION_DIR,
         "set by `manta start` for its background process: the session directory",
     ),
     (
-        "MANTA_SESSION_ROOT",
+        vars::SESSION_ROOT,
         "where session directories live (default /tmp/manta)",
     ),
     (
-        "MANTA_SPMD",
+        vars::SPMD,
         "0 turns the srun/mpirun bootstrap off for this process",
     ),
     (
-        "MANTA_MPI_EXCHANGE",
+        vars::MPI_EXCHANGE,
         "0 makes an mpirun launch derive ports and token instead of exchanging them through MPI",
     ),
     (
@@ -337,23 +370,6 @@ pub fn unknown_vars(vars: impl IntoIterator<Item = String>) -> Vec<String> {
             None => k,
         })
         .collect()
-}
-
-/// Whether a type, as `stringify!` spells it, is a duration (`Duration`, `Option<Duration>`).
-const fn mentions_duration(ty: &str) -> bool {
-    let (t, d) = (ty.as_bytes(), b"Duration");
-    let mut i = 0;
-    while i + d.len() <= t.len() {
-        let mut j = 0;
-        while j < d.len() && t[i + j] == d[j] {
-            j += 1;
-        }
-        if j == d.len() {
-            return true;
-        }
-        i += 1;
-    }
-    false
 }
 
 macro_rules! catalogue {
@@ -424,7 +440,7 @@ macro_rules! catalogue {
                     env: $env,
                     scope: Scope::$scope,
                     doc: concat!($($doc, "\n"),+),
-                    duration: mentions_duration(stringify!($ty)),
+                    duration: <$ty as FromEnv>::DURATION,
                 } ),* ];
                 ENTRIES
             }
@@ -649,17 +665,11 @@ impl Resolved {
 /// the catalogue and not set by raylets (test hooks), and `RUST_LOG`/`RUST_BACKTRACE`. Node,
 /// head and process entries are not forwarded: a worker reads those from its raylet.
 pub(crate) fn forwarded_env(config: &Resolved) -> Vec<(String, String)> {
-    const SET_BY_RAYLET: &[&str] = &[
-        "MANTA_WORKER_RAYLET",
-        "MANTA_JOB_ID",
-        "MANTA_NODE_ID",
-        "MANTA_NODE_IP",
-    ];
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| {
             (k.starts_with("MANTA_")
                 && !Config::catalogue().iter().any(|e| e.env == k)
-                && !SET_BY_RAYLET.contains(&k.as_str()))
+                && !vars::SET_BY_RAYLET.contains(&k.as_str()))
                 || k == "RUST_LOG"
                 || k == "RUST_BACKTRACE"
         })
@@ -705,7 +715,7 @@ pub fn render_table(resolved: &Resolved) -> String {
         } else {
             &values[i]
         };
-        let doc = e.doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        let doc = e.meaning();
         let meaning = doc.split(". ").next().unwrap_or("");
         out.push_str(&format!(
             "{:<26} {:<34} {:<7} default {:<12} {mark} {:<14} {}\n",
@@ -743,7 +753,7 @@ pub fn render_markdown() -> String {
     );
     let defaults = Resolved::default_values();
     for (i, e) in Config::catalogue().iter().enumerate() {
-        let doc = e.doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        let doc = e.meaning();
         let default = if defaults[i].is_empty() {
             "(empty)".to_owned()
         } else {

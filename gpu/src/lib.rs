@@ -10,9 +10,7 @@
 //! - [`driver`] and [`devices`]: whether CUDA can be used, and the devices this process sees
 //!   (name, memory, compute capability, PCI bus id — the id the launcher's topology finds in
 //!   sysfs, so the two can be matched);
-//! - [`Gpu`]: a worker's context and stream on one device;
-//! - [`visible_devices`]: the `CUDA_VISIBLE_DEVICES` value that binds a process to some of the
-//!   devices it was given (the raylet and the SPMD launcher use it).
+//! - [`Gpu`]: a worker's context and stream on one device.
 //!
 //! Device binding per worker and per rank, and `manta::gpu_ids()` inside tasks and actors, are
 //! in `manta-core` and `manta-launcher`; pinned store memory, GPU-resident objects and the NCCL
@@ -89,15 +87,6 @@ pub fn devices() -> Result<Vec<DeviceInfo>, GpuError> {
 /// numbers (function 0: CUDA devices are function 0).
 pub fn pci_bus_id(domain: u32, bus: u32, device: u32) -> String {
     format!("{domain:04x}:{bus:02x}:{device:02x}.0")
-}
-
-/// The `CUDA_VISIBLE_DEVICES` value that shows a process `ids` of the devices its launcher gave
-/// (ids as the launcher's own `CUDA_VISIBLE_DEVICES` or Slurm names them: indices or UUIDs).
-pub fn visible_devices<S: AsRef<str>>(ids: &[S]) -> String {
-    ids.iter()
-        .map(|s| s.as_ref().trim())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// A worker's handle on one device: its context (the device's primary context, shared by
@@ -290,13 +279,6 @@ mod tests {
     fn pci_bus_ids_are_spelled_as_sysfs_does() {
         assert_eq!(pci_bus_id(0, 6, 0), "0000:06:00.0");
         assert_eq!(pci_bus_id(1, 0xaf, 0x1f), "0001:af:1f.0");
-    }
-
-    #[test]
-    fn visible_devices_joins_the_ids_given() {
-        assert_eq!(visible_devices(&["2", " 3"]), "2,3");
-        assert_eq!(visible_devices::<&str>(&[]), "");
-        assert_eq!(visible_devices(&["GPU-1a2b"]), "GPU-1a2b");
     }
 
     /// With no driver (CPU machines, and builds without `cuda`) every entry point is an error

@@ -129,7 +129,7 @@ pub fn start(args: &StartArgs) -> Result<()> {
         }
         (None, false, None) => bail!("a non-head node needs --address"),
     };
-    let dir = match std::env::var_os("MANTA_SESSION_DIR") {
+    let dir = match std::env::var_os(manta_core::config::vars::SESSION_DIR) {
         Some(d) => given_session_dir(PathBuf::from(d))?,
         None => new_session_dir()?,
     };
@@ -201,7 +201,7 @@ fn start_in_background(args: &StartArgs, dir: &Path, token: &str) -> Result<()> 
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .arg("--block")
-        .env("MANTA_SESSION_DIR", dir)
+        .env(manta_core::config::vars::SESSION_DIR, dir)
         .env("MANTA_TOKEN", token)
         .stdin(std::process::Stdio::null())
         .stdout(out)

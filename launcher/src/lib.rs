@@ -28,8 +28,9 @@ pub fn init() -> Result<(), manta_core::Error> {
 /// `MANTA_ADDRESS` names. `MANTA_SPMD=0` turns the SPMD bootstrap off.
 pub fn init_with(config: manta_core::Config) -> Result<(), manta_core::Error> {
     let resolved = config.resolve()?;
-    let joining = !resolved.address.is_empty() || std::env::var_os("MANTA_WORKER_RAYLET").is_some();
-    let spmd_off = std::env::var("MANTA_SPMD").is_ok_and(|v| v == "0");
+    let joining = !resolved.address.is_empty()
+        || std::env::var_os(manta_core::config::vars::WORKER_RAYLET).is_some();
+    let spmd_off = std::env::var(manta_core::config::vars::SPMD).is_ok_and(|v| v == "0");
     if !joining
         && !spmd_off
         && let Some(rank) = spmd::detect(|k| std::env::var(k).ok())

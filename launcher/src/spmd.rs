@@ -125,7 +125,8 @@ pub fn detect(var: impl Fn(&str) -> Option<String>) -> Option<Rank> {
 
 /// Whether the job has a PMIx server to exchange through (and the user did not opt out).
 fn pmix(var: &impl Fn(&str) -> Option<String>) -> bool {
-    var("PMIX_RANK").is_some() && var("MANTA_MPI_EXCHANGE").as_deref() != Some("0")
+    var("PMIX_RANK").is_some()
+        && var(manta_core::config::vars::MPI_EXCHANGE).as_deref() != Some("0")
 }
 
 /// How this process's SPMD cluster found its head: `"mpi"` (broadcast through MPI) or
@@ -378,7 +379,7 @@ fn bind_gpus(rank: &Rank, share: &Share) {
     if rank.rank == 0 || share.gpu_ids.is_empty() {
         return;
     }
-    let value = manta_gpu::visible_devices(&share.gpu_ids);
+    let value = share.gpu_ids.join(",");
     if std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| v == value) {
         return;
     }

@@ -120,7 +120,7 @@ impl Cluster {
             }
             None => (false, false),
         };
-        let restartable = std::env::var_os("MANTA_WORKER_RAYLET").is_some();
+        let restartable = std::env::var_os(crate::config::vars::WORKER_RAYLET).is_some();
         let ending = cancelled && running && options.force && restartable;
         if request_id != 0 {
             peer.send(Msg::CancelReply {

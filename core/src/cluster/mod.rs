@@ -68,7 +68,7 @@ use crate::config::Resolved;
 
 /// Where session directories live: `$MANTA_SESSION_ROOT`, default `/tmp/manta`.
 pub fn session_root() -> PathBuf {
-    std::env::var_os("MANTA_SESSION_ROOT")
+    std::env::var_os(crate::config::vars::SESSION_ROOT)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp/manta"))
 }
@@ -171,7 +171,7 @@ pub fn serve_worker(config: crate::Config, spec: WorkerSpec) -> Error {
 
 /// Joins the cluster the configuration (or a raylet's environment) names, if any.
 pub(crate) fn join_from_env(config: &mut Resolved) -> Result<Option<Arc<worker::Cluster>>, Error> {
-    let raylet = std::env::var("MANTA_WORKER_RAYLET").unwrap_or_default();
+    let raylet = std::env::var(crate::config::vars::WORKER_RAYLET).unwrap_or_default();
     if config.address.is_empty() {
         if !raylet.is_empty() {
             return Err(Error::Config {
@@ -210,8 +210,8 @@ pub(crate) fn join_from_env(config: &mut Resolved) -> Result<Option<Arc<worker::
     } else {
         worker::Role::Worker {
             raylet,
-            job_id: env_u64("MANTA_JOB_ID")?,
-            node_id: env_u64("MANTA_NODE_ID")?,
+            job_id: env_u64(crate::config::vars::JOB_ID)?,
+            node_id: env_u64(crate::config::vars::NODE_ID)?,
         }
     };
     worker::Cluster::join(worker::JoinOptions {

@@ -377,10 +377,16 @@ impl Cluster {
         let raylet = self.raylet(node_id, address);
         let (exe, args, cwd) = self.placement.executable.clone();
         let job_id = self.member.job_id;
-        let config = self
-            .runtime()
-            .map_or_else(crate::config::current, |rt| Arc::new(rt.config.clone()));
-        let mut env = crate::config::forwarded_env(&config);
+        let rt = self.runtime();
+        let installed;
+        let config = match &rt {
+            Some(rt) => &rt.config,
+            None => {
+                installed = crate::config::current();
+                &*installed
+            }
+        };
+        let mut env = crate::config::forwarded_env(config);
         // The job's namespace is its workers' (`get_actor` in a task), set in code or not.
         env.retain(|(k, _)| k != "MANTA_NAMESPACE");
         env.push(("MANTA_NAMESPACE".into(), config.namespace.clone()));

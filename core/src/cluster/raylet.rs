@@ -36,7 +36,7 @@ use super::peer::{Handler, Peer};
 use super::proto::{Msg, Node, PgOp, PgRow, Resource};
 use super::worker_table::{Action, Conn, Process, Worker, WorkerTable};
 use super::{call_timeout, cluster_error, transport_config};
-use crate::config::CpuList;
+use crate::config::{CpuList, vars};
 use crate::error::Error;
 use crate::sync::lock;
 
@@ -347,10 +347,10 @@ impl Raylet {
             .envs(env)
             .env("MANTA_ADDRESS", &self.gcs_address)
             .env("MANTA_TOKEN", &self.opts.token)
-            .env("MANTA_WORKER_RAYLET", &self.address)
-            .env("MANTA_JOB_ID", job_id.to_string())
-            .env("MANTA_NODE_ID", node_id.to_string())
-            .env("MANTA_NODE_IP", self.opts.ip.to_string())
+            .env(vars::WORKER_RAYLET, &self.address)
+            .env(vars::JOB_ID, job_id.to_string())
+            .env(vars::NODE_ID, node_id.to_string())
+            .env(vars::NODE_IP, self.opts.ip.to_string())
             .env(
                 "MANTA_NUM_CPUS",
                 self.opts

@@ -169,9 +169,9 @@ impl Cluster {
                 message: e.to_string(),
             })?;
         let gcs_sock = super::parse_address(&opts.gcs_address)?;
-        let ip = match std::env::var("MANTA_NODE_IP") {
+        let ip = match std::env::var(crate::config::vars::NODE_IP) {
             Ok(ip) if !ip.is_empty() => ip.parse().map_err(|_| Error::Config {
-                key: "MANTA_NODE_IP".into(),
+                key: crate::config::vars::NODE_IP.into(),
                 message: format!("{ip:?} is not an IP address"),
             })?,
             _ => super::local_ip_towards(gcs_sock),
