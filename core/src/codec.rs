@@ -17,7 +17,8 @@
 //! # Where the bytes go: one copy
 //! [`encode`] first learns the encoded size (the fast path knows it; otherwise a counting pass
 //! through bincode's `SizeWriter`, which writes nothing). A value of at most
-//! `max_inline_object_bytes` is then encoded into an inline `Bytes`; a larger one straight into
+//! `max_inline_object_bytes` is then encoded inline (`InlineBytes`: in the value itself up to
+//! 22 bytes, else a `Bytes` buffer); a larger one straight into
 //! a new object of exactly that size in the runtime's shared-memory store
 //! ([`ObjectStore::write`](crate::store::ObjectStore::write)), so its bytes are copied once,
 //! from the value into the mapping. Without a running runtime every value stays inline.
@@ -35,14 +36,13 @@ use std::any::{Any, TypeId};
 use std::cell::RefCell;
 
 use bincode::enc::write::SizeWriter;
-use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::actor::RawActorHandle;
 use crate::error::Error;
 use crate::id::ObjectId;
-use crate::object::{ObjectCell, ObjectValue, Payload};
+use crate::object::{InlineBytes, ObjectCell, ObjectValue, Payload};
 use crate::runtime;
 use crate::sync::Arc;
 
@@ -182,9 +182,7 @@ fn write_payload(
     {
         return store.write(size, fill).map(Payload::Stored);
     }
-    let mut buf = vec![0; size];
-    fill(&mut buf)?;
-    Ok(Payload::Inline(Bytes::from(buf)))
+    InlineBytes::filled(size, fill).map(Payload::Inline)
 }
 
 /// Encodes `value` alone as bytes, with the object codec's serde configuration and no
@@ -303,6 +301,33 @@ mod tests {
         assert_eq!(back, vec![1, 2, 3]);
         let err = decode::<String>(ObjectId::from_u64(1), &[0xff, 0xff]).unwrap_err();
         assert!(matches!(err, Error::Decode { .. }), "{err}");
+    }
+
+    /// Encodings of up to `InlineBytes::SMALL` bytes live in the value itself, longer ones in
+    /// a shared buffer; both read back the same, and `to_bytes` copies a small one out.
+    #[test]
+    fn small_encodings_live_in_the_value() {
+        for n in [0usize, 1, 13, 14, 15, 40] {
+            // A `Vec<u8>` of n elements encodes as an 8-byte count and n bytes.
+            let value: Vec<u8> = (0..n as u8).collect();
+            let v = encode(&value).unwrap();
+            let Payload::Inline(bytes) = &v.data else {
+                panic!("no runtime: values stay inline")
+            };
+            let small = matches!(bytes, InlineBytes::Small { .. });
+            assert_eq!(small, SEQ_HEADER + n <= InlineBytes::SMALL, "{n} elements");
+            assert_eq!(bytes.len(), SEQ_HEADER + n);
+            assert_eq!(&bytes.to_bytes()[..], &bytes[..]);
+            let back: Vec<u8> = decode(ObjectId::from_u64(1), bytes).unwrap();
+            assert_eq!(back, value);
+        }
+        let s = encode(&"short".to_string()).unwrap();
+        assert!(matches!(
+            &s.data,
+            Payload::Inline(InlineBytes::Small { .. })
+        ));
+        let back: String = decode(ObjectId::from_u64(1), inline(&s)).unwrap();
+        assert_eq!(back, "short");
     }
 
     /// The fast path and serde's generic path produce identical bytes, and each decodes the

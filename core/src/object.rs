@@ -79,12 +79,76 @@ pub struct ObjectValue {
 /// Where an object's encoded bytes are.
 #[derive(Clone, Debug)]
 pub(crate) enum Payload {
-    /// Small values: in the process heap.
-    Inline(Bytes),
+    /// Small values: in the process (the smallest in the value itself, no allocation).
+    Inline(InlineBytes),
     /// Values above `max_inline_object_bytes`: in the shared-memory store.
     Stored(Arc<StoredObject>),
     /// Held by another worker process of the cluster; pulled on first read.
     Remote(Arc<dyn RemoteValue>),
+}
+
+/// The bytes of an inline value: encodings of up to [`InlineBytes::SMALL`] bytes (a number,
+/// a short string, a small struct: most results of small tasks and actor calls) live in the
+/// value itself, so encoding them allocates nothing; longer ones share a [`Bytes`].
+#[derive(Clone)]
+pub(crate) enum InlineBytes {
+    Small {
+        len: u8,
+        buf: [u8; InlineBytes::SMALL],
+    },
+    Shared(Bytes),
+}
+
+impl InlineBytes {
+    /// The longest encoding kept in the value itself.
+    pub(crate) const SMALL: usize = 22;
+
+    /// Encodes `size` bytes with `fill`, in the value itself when they fit.
+    pub(crate) fn filled(
+        size: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), Error>,
+    ) -> Result<Self, Error> {
+        if size <= Self::SMALL {
+            let mut buf = [0; Self::SMALL];
+            fill(&mut buf[..size])?;
+            // `size <= SMALL < 256`.
+            let len = size as u8;
+            return Ok(InlineBytes::Small { len, buf });
+        }
+        let mut buf = vec![0; size];
+        fill(&mut buf)?;
+        Ok(InlineBytes::Shared(Bytes::from(buf)))
+    }
+
+    /// The bytes as a [`Bytes`] whose address stays put (a copy for a small value).
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        match self {
+            InlineBytes::Small { .. } => Bytes::copy_from_slice(self),
+            InlineBytes::Shared(b) => b.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for InlineBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            InlineBytes::Small { len, buf } => &buf[..usize::from(*len)],
+            InlineBytes::Shared(b) => b,
+        }
+    }
+}
+
+impl From<Bytes> for InlineBytes {
+    fn from(b: Bytes) -> Self {
+        InlineBytes::Shared(b)
+    }
+}
+
+impl fmt::Debug for InlineBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InlineBytes({} bytes)", self.len())
+    }
 }
 
 impl ObjectValue {
@@ -111,7 +175,7 @@ impl ObjectValue {
     /// A value of inline bytes with no nested references.
     pub(crate) fn inline(bytes: Bytes) -> Self {
         ObjectValue {
-            data: Payload::Inline(bytes),
+            data: Payload::Inline(bytes.into()),
             nested: Box::new([]),
         }
     }

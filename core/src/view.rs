@@ -103,7 +103,7 @@ impl<T: Element> View<T> {
             other => other,
         };
         let held = match data {
-            Payload::Inline(bytes) => Held::Inline(bytes.clone()),
+            Payload::Inline(bytes) => Held::Inline(bytes.to_bytes()),
             Payload::Stored(stored) => Held::Stored {
                 pin: stored.pin(object)?,
                 _object: stored.clone(),

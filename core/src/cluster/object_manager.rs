@@ -551,7 +551,7 @@ impl Cluster {
             return done(Err(super::cancel::pull_error(pending.object_id, error)));
         }
         if len == 0 || !inline.is_empty() {
-            return done(Ok(Payload::Inline(Bytes::from(inline))));
+            return done(Ok(Payload::Inline(Bytes::from(inline).into())));
         }
         let store = self.runtime().and_then(|rt| rt.store.clone());
         let max_inline = self.objects.max_inline;
@@ -563,7 +563,7 @@ impl Cluster {
             }),
             Box::new(move |arrival| match arrival {
                 BulkArrival::Stored(s) => done(Ok(Payload::Stored(s))),
-                BulkArrival::Heap(b) => done(Ok(Payload::Inline(b))),
+                BulkArrival::Heap(b) => done(Ok(Payload::Inline(b.into()))),
                 BulkArrival::Failed(e) => done(Err(e)),
             }),
         );
