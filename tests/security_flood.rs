@@ -28,11 +28,12 @@ fn status_field(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// A frame header: `MNTA`, version 1, kind 1 (Hello), no flags, `len`, reserved zeros.
+/// A frame header: `MNTA`, the protocol's version, kind 1 (Hello), no flags, `len`, reserved
+/// zeros.
 fn hello_header(len: u32) -> [u8; 16] {
     let mut h = [0u8; 16];
     h[..4].copy_from_slice(b"MNTA");
-    h[4..6].copy_from_slice(&1u16.to_le_bytes());
+    h[4..6].copy_from_slice(&manta_transport::PROTOCOL_VERSION.to_le_bytes());
     h[6] = 1;
     h[8..12].copy_from_slice(&len.to_le_bytes());
     h

@@ -7,6 +7,7 @@
 
 mod common;
 
+use manta_transport::auth;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
@@ -160,7 +161,7 @@ fn send_fds(sock: &UnixStream, payload: &[u8], fds: &[RawFd]) {
 enum Proof<'a> {
     /// Nothing: the setup message (with fds) comes first.
     None,
-    /// `MSHA` + length + these bytes.
+    /// The rendezvous proof made with this token.
     Token(&'a [u8]),
 }
 
@@ -169,11 +170,28 @@ enum Proof<'a> {
 fn attack(name: &str, proof: Proof<'_>, segment_len: u64) -> (Vec<u8>, Vec<OwnedFd>) {
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let sock = UnixStream::connect_addr(&addr).expect("connecting to the driver's shm socket");
+    let mut answer = Vec::new();
     if let Proof::Token(t) = proof {
+        // The rendezvous proof: our nonce, the listener's nonce back, our MAC of the token.
+        let mine = [3u8; auth::NONCE_LEN];
         let mut m = b"MSHA".to_vec();
-        m.extend_from_slice(&(t.len() as u16).to_le_bytes());
-        m.extend_from_slice(t);
-        let _ = (&sock).write_all(&m);
+        m.extend_from_slice(&mine);
+        (&sock).write_all(&m).unwrap();
+        let mut theirs = [0u8; auth::NONCE_LEN];
+        std::io::Read::read_exact(&mut (&sock), &mut theirs).unwrap();
+        let mac = auth::prove(t, auth::Role::Connector, &mine, &theirs);
+        (&sock).write_all(&mac).unwrap();
+        let mut verdict = [0u8; 1];
+        std::io::Read::read_exact(&mut (&sock), &mut verdict).unwrap();
+        answer.push(verdict[0]);
+        if verdict[0] == 1 {
+            let mut proof = [0u8; auth::PROOF_LEN];
+            std::io::Read::read_exact(&mut (&sock), &mut proof).unwrap();
+            assert!(
+                auth::verify(t, auth::Role::Listener, &mine, &theirs, &proof),
+                "the listener proves the token in turn"
+            );
+        }
     }
     let capacity = 4096u64;
     let mem = hostile_segment(segment_len, capacity);
@@ -190,9 +208,9 @@ fn attack(name: &str, proof: Proof<'_>, segment_len: u64) -> (Vec<u8>, Vec<Owned
         b_space.as_raw_fd(),
     ];
     send_fds(&sock, &msg, &fds);
-    // The listener answers at most the verdict byte of a proof, then closes the socket.
+    // The listener answers nothing more than the verdict (and its proof), then closes the
+    // socket.
     sock.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
-    let mut answer = Vec::new();
     // Closing with our setup message unread resets the connection: also a close.
     if let Err(e) = std::io::Read::read_to_end(&mut (&sock), &mut answer) {
         assert_eq!(
@@ -241,5 +259,109 @@ fn hostile_shm_peers_never_block_the_driver() {
     assert_answers("the right token with a segment too small");
     assert_eq!(answer, [1], "the token is proven, then the segment refused");
     drop(keep);
+    manta::shutdown();
+}
+
+/// Receives up to `buf.len()` bytes and the fds sent with them.
+fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> (usize, Vec<OwnedFd>) {
+    let mut cbuf = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    // SAFETY: msg points to live buffers.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = usize::try_from(n).expect("recvmsg");
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg`'s control buffer; CMSG_* walk it within its length.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..count {
+                    fds.push(owned(data.add(i).read_unaligned()));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    (n, fds)
+}
+
+/// Plays the arena attach (`core/src/cluster/attach.rs`) with `token`: what came back after
+/// the proof (bytes, fds), or `None` if the holder closed before its nonce (`old_style`:
+/// the plaintext token of the protocol before).
+fn attach_arena(name: &str, token: &[u8], old_style: bool) -> (Vec<u8>, Vec<OwnedFd>) {
+    let addr = SocketAddr::from_abstract_name(format!("{name}.arena").as_bytes()).unwrap();
+    let sock = UnixStream::connect_addr(&addr).expect("connecting to the arena socket");
+    sock.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    let mine = [5u8; auth::NONCE_LEN];
+    if old_style {
+        let mut m = (token.len() as u32).to_le_bytes().to_vec();
+        m.extend_from_slice(token);
+        let _ = (&sock).write_all(&m);
+    } else {
+        let mut m = b"MARN".to_vec();
+        m.extend_from_slice(&mine);
+        (&sock).write_all(&m).unwrap();
+        let mut theirs = [0u8; auth::NONCE_LEN];
+        std::io::Read::read_exact(&mut (&sock), &mut theirs).unwrap();
+        let mac = auth::prove(token, auth::Role::Connector, &mine, &theirs);
+        (&sock).write_all(&mac).unwrap();
+        let mut reply = vec![0u8; auth::PROOF_LEN + 16];
+        let (n, fds) = recv_with_fds(&sock, &mut reply);
+        reply.truncate(n);
+        if n > 0 {
+            assert!(
+                auth::verify(
+                    token,
+                    auth::Role::Listener,
+                    &mine,
+                    &theirs,
+                    &reply[..auth::PROOF_LEN]
+                ),
+                "the holder proves the token with its fd"
+            );
+        }
+        return (reply, fds);
+    }
+    let mut rest = Vec::new();
+    let r = std::io::Read::read_to_end(&mut (&sock), &mut rest);
+    assert!(r.is_ok() || r.unwrap_err().kind() == std::io::ErrorKind::ConnectionReset);
+    (rest, Vec::new())
+}
+
+/// The arena's fd goes only to a requester that proves the token, and the token itself never
+/// crosses the socket (a plaintext token, the protocol before, gets nothing).
+#[test]
+fn the_arena_goes_only_to_a_requester_that_proves_the_token() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);
+    manta::init_with(cluster.config()).expect("the driver joins");
+    assert_answers("start-up");
+    let name = own_shm_socket();
+    let token = cluster.token.as_bytes().to_vec();
+    let (reply, fds) = attach_arena(&name, &token, true);
+    assert!(
+        reply.is_empty() && fds.is_empty(),
+        "a plaintext token gets nothing"
+    );
+    let (reply, fds) = attach_arena(&name, b"not-the-token", false);
+    assert!(
+        reply.is_empty() && fds.is_empty(),
+        "a wrong proof gets nothing"
+    );
+    assert_answers("two refused attaches");
+    let (reply, fds) = attach_arena(&name, &token, false);
+    assert_eq!(reply.len(), auth::PROOF_LEN + 16, "proof, index and length");
+    assert_eq!(fds.len(), 1, "the arena's memfd");
     manta::shutdown();
 }

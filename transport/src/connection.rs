@@ -4,14 +4,22 @@
 //!
 //! # Handshake
 //!
-//! 1. The connector sends `Hello { protocol_version, cluster_token, peer_name }`.
+//! Both sides prove the cluster token; it never travels (`auth.rs`).
+//!
+//! 1. The connector sends `Hello { protocol_version, peer_name, nonce }`.
 //! 2. The listener reads one frame within `handshake_timeout`. Garbage (bad magic, unknown
 //!    kind, a length over [`MAX_HELLO_LEN`] — checked before any payload is read, so an
 //!    unauthenticated peer makes the listener hold no more than that — failed verification)
-//!    gets a (rate-limited) log line and a closed connection.
-//!    A frame or `Hello` of another protocol version, or another token (compared in constant
-//!    time), gets `Refused { reason }`, a log line and a closed connection.
-//! 3. Otherwise the listener answers `HelloAck` and both sides may send anything.
+//!    gets a (rate-limited) log line and a closed connection. A `Hello` of another protocol
+//!    version gets `Refused { reason }`. Otherwise the listener answers
+//!    `Challenge { nonce }`, its own fresh nonce.
+//! 3. The connector answers `Proof`, its MAC of the token over both nonces.
+//! 4. A wrong proof gets `Refused { WrongToken }` (compared in constant time), a log line and
+//!    a closed connection. A right one gets `HelloAck { protocol_version, peer_name, proof }`
+//!    with the listener's own proof, which the connector checks: a listener that cannot make
+//!    it does not hold the token ([`TransportError::Unproven`]), and the connector closes
+//!    without having sent anything it holds.
+//! 5. Both sides may send anything.
 //!
 //! # Cancellation
 //!
@@ -29,6 +37,7 @@
 //! other at the same instant without receiving can stall on full buffers, as with any
 //! blocking stream: split such traffic over two connections.
 
+use crate::auth::{self, Role};
 use crate::config::TransportConfig;
 use crate::error::{FrameError, RefusalReason, Result, TransportError};
 use crate::frame::{FrameKind, PROTOCOL_VERSION};
@@ -307,11 +316,6 @@ impl std::fmt::Debug for Registered {
 /// name fit in a few hundred bytes; `max_frame_len` applies only after the handshake).
 pub const MAX_HELLO_LEN: u32 = 4096;
 
-/// Constant-time equality, so a token's prefix cannot be found by timing refusals.
-pub(crate) fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Connection {
     fn new((r, w): (LinkReader, LinkWriter), peer: String, cfg: &TransportConfig) -> Self {
         Self {
@@ -354,7 +358,7 @@ impl Connection {
 
     // ----- handshake -------------------------------------------------------------------
 
-    /// Connector side of the handshake (steps 1 and 3).
+    /// Connector side of the handshake (steps 1, 3 and the check of step 4).
     pub(crate) async fn client_handshake(
         link: (LinkReader, LinkWriter),
         peer: String,
@@ -362,21 +366,28 @@ impl Connection {
     ) -> Result<Self> {
         let mut c = Self::new(link, peer, cfg);
         let fut = async {
-            let hello = wire::build_hello(
-                &mut c.writer.fbb,
-                PROTOCOL_VERSION,
-                &cfg.cluster_token,
-                &cfg.local_name,
-            )
-            .to_vec();
+            let mine = auth::nonce().map_err(|e| TransportError::Nonce {
+                peer: c.peer_addr().to_owned(),
+                source: e,
+            })?;
+            let hello =
+                wire::build_hello(&mut c.writer.fbb, PROTOCOL_VERSION, &cfg.local_name, &mine)
+                    .to_vec();
             c.writer.write_frame(FrameKind::Hello, &hello).await?;
-            let h = c.reader.read_header().await?;
-            let payload = c.reader.read_payload(h.len).await?;
-            match h.kind {
-                FrameKind::HelloAck => {
-                    let (version, name) =
+            let theirs = match c.handshake_reply().await? {
+                (FrameKind::Challenge, payload) => {
+                    wire::parse_challenge(&payload).map_err(|p| malformed(c.peer_addr(), p))?
+                }
+                (k, _) => return Err(unexpected(c.peer_addr(), k, "in reply to Hello")),
+            };
+            let proof = auth::prove(&cfg.cluster_token, Role::Connector, &mine, &theirs);
+            let msg = wire::build_proof(&mut c.writer.fbb, &proof).to_vec();
+            c.writer.write_frame(FrameKind::Proof, &msg).await?;
+            match c.handshake_reply().await? {
+                (FrameKind::HelloAck, payload) => {
+                    let (version, name, proof) =
                         wire::parse_hello_ack(&payload).map_err(|p| malformed(c.peer_addr(), p))?;
-                    if version != PROTOCOL_VERSION || h.version != PROTOCOL_VERSION {
+                    if version != PROTOCOL_VERSION {
                         return Err(malformed(
                             c.peer_addr(),
                             FrameError::VersionMismatch {
@@ -385,20 +396,16 @@ impl Connection {
                             },
                         ));
                     }
+                    if !auth::verify(&cfg.cluster_token, Role::Listener, &mine, &theirs, &proof) {
+                        tracing::warn!(peer = %c.peer_addr(), "the listener did not prove the cluster token: closing");
+                        return Err(TransportError::Unproven {
+                            peer: c.peer_addr().to_owned(),
+                        });
+                    }
                     c.peer_name = name;
                     Ok(())
                 }
-                FrameKind::Refused => {
-                    let (reason, detail) =
-                        wire::parse_refused(&payload).map_err(|p| malformed(c.peer_addr(), p))?;
-                    tracing::warn!(peer = %c.peer_addr(), %reason, %detail, "handshake refused by peer");
-                    Err(TransportError::Refused {
-                        peer: c.peer_addr().to_owned(),
-                        reason,
-                        detail,
-                    })
-                }
-                k => Err(unexpected(c.peer_addr(), k, "in reply to Hello")),
+                (k, _) => Err(unexpected(c.peer_addr(), k, "in reply to Proof")),
             }
         };
         match tokio::time::timeout(cfg.handshake_timeout, fut).await {
@@ -409,6 +416,44 @@ impl Connection {
                 timeout: cfg.handshake_timeout,
             }),
         }
+    }
+
+    /// The listener's next handshake frame: `Refused` becomes the error it reports, any other
+    /// kind is returned with its payload. The listener is not trusted yet, so a frame over
+    /// [`MAX_HELLO_LEN`] is refused at its header, and one of another version is an error.
+    async fn handshake_reply(&mut self) -> Result<(FrameKind, Vec<u8>)> {
+        let h = self.reader.read_header().await?;
+        if h.len > MAX_HELLO_LEN {
+            self.reader.broken = true;
+            return Err(malformed(
+                self.peer_addr(),
+                FrameError::Oversize {
+                    len: h.len,
+                    max: MAX_HELLO_LEN,
+                },
+            ));
+        }
+        let payload = self.reader.read_payload(h.len).await?;
+        if h.kind == FrameKind::Refused {
+            let (reason, detail) =
+                wire::parse_refused(&payload).map_err(|p| malformed(self.peer_addr(), p))?;
+            tracing::warn!(peer = %self.peer_addr(), %reason, %detail, "handshake refused by peer");
+            return Err(TransportError::Refused {
+                peer: self.peer_addr().to_owned(),
+                reason,
+                detail,
+            });
+        }
+        if h.version != PROTOCOL_VERSION {
+            return Err(malformed(
+                self.peer_addr(),
+                FrameError::VersionMismatch {
+                    found: h.version,
+                    expected: PROTOCOL_VERSION,
+                },
+            ));
+        }
+        Ok((h.kind, payload))
     }
 
     /// Listener side of the handshake (step 2 and 3); failures are logged through `log`.
@@ -444,21 +489,7 @@ impl Connection {
     }
 
     async fn answer_hello(&mut self, cfg: &TransportConfig) -> Result<()> {
-        let h = self.reader.read_header().await?;
-        if h.kind != FrameKind::Hello {
-            return Err(unexpected(self.peer_addr(), h.kind, "as the first frame"));
-        }
-        if h.len > MAX_HELLO_LEN {
-            self.reader.broken = true;
-            return Err(malformed(
-                self.peer_addr(),
-                FrameError::Oversize {
-                    len: h.len,
-                    max: MAX_HELLO_LEN,
-                },
-            ));
-        }
-        let payload = self.reader.read_payload(h.len).await?;
+        let (h, payload) = self.unauthenticated_frame(FrameKind::Hello).await?;
         if h.version != PROTOCOL_VERSION {
             return self.refuse(RefusalReason::WrongVersion, h.version).await;
         }
@@ -475,15 +506,73 @@ impl Connection {
                 .refuse(RefusalReason::WrongVersion, hello.protocol_version)
                 .await;
         }
-        if !tokens_equal(&hello.cluster_token, &cfg.cluster_token) {
+        let theirs = hello.nonce;
+        let mine = auth::nonce().map_err(|e| TransportError::Nonce {
+            peer: self.peer_addr().to_owned(),
+            source: e,
+        })?;
+        let challenge = wire::build_challenge(&mut self.writer.fbb, &mine).to_vec();
+        self.writer
+            .write_frame(FrameKind::Challenge, &challenge)
+            .await?;
+        let (_, payload) = self.unauthenticated_frame(FrameKind::Proof).await?;
+        let proof = match wire::parse_proof(&payload) {
+            Ok(p) => p,
+            Err(p) => {
+                let detail = p.to_string();
+                let _ = self.send_refused(RefusalReason::Malformed, &detail).await;
+                return Err(malformed(self.peer_addr(), p));
+            }
+        };
+        // A short connector nonce would let a peer steer the MAC: refuse it like a wrong proof.
+        if theirs.len() != auth::NONCE_LEN
+            || !auth::verify(&cfg.cluster_token, Role::Connector, &theirs, &mine, &proof)
+        {
             return self
                 .refuse(RefusalReason::WrongToken, PROTOCOL_VERSION)
                 .await;
         }
         self.peer_name = hello.peer_name;
-        let ack =
-            wire::build_hello_ack(&mut self.writer.fbb, PROTOCOL_VERSION, &cfg.local_name).to_vec();
+        let proof = auth::prove(&cfg.cluster_token, Role::Listener, &theirs, &mine);
+        let ack = wire::build_hello_ack(
+            &mut self.writer.fbb,
+            PROTOCOL_VERSION,
+            &cfg.local_name,
+            &proof,
+        )
+        .to_vec();
         self.writer.write_frame(FrameKind::HelloAck, &ack).await
+    }
+
+    /// A frame of `kind` from a peer that has not proven the token: its length is checked
+    /// against [`MAX_HELLO_LEN`] before any payload is read.
+    async fn unauthenticated_frame(
+        &mut self,
+        kind: FrameKind,
+    ) -> Result<(crate::frame::Header, Vec<u8>)> {
+        let h = self.reader.read_header().await?;
+        if h.kind != kind {
+            return Err(unexpected(
+                self.peer_addr(),
+                h.kind,
+                match kind {
+                    FrameKind::Hello => "as the first frame",
+                    _ => "in place of Proof",
+                },
+            ));
+        }
+        if h.len > MAX_HELLO_LEN {
+            self.reader.broken = true;
+            return Err(malformed(
+                self.peer_addr(),
+                FrameError::Oversize {
+                    len: h.len,
+                    max: MAX_HELLO_LEN,
+                },
+            ));
+        }
+        let payload = self.reader.read_payload(h.len).await?;
+        Ok((h, payload))
     }
 
     async fn send_refused(&mut self, reason: RefusalReason, detail: &str) -> Result<()> {

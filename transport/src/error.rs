@@ -164,6 +164,21 @@ pub enum TransportError {
         /// Its detail text.
         detail: String,
     },
+    /// The listener did not prove the cluster token: another cluster's peer, or an impostor
+    /// on a port a peer used to hold. Nothing the connector holds was sent to it.
+    #[error("{peer} did not prove the cluster token: not a peer of this cluster (closed)")]
+    Unproven {
+        /// The listener's address.
+        peer: String,
+    },
+    /// The OS gave no random bytes for a handshake nonce.
+    #[error("handshake with {peer}: no random nonce from the OS: {source}")]
+    Nonce {
+        /// The peer's address.
+        peer: String,
+        /// The OS error.
+        source: io::Error,
+    },
     /// We refused the peer's handshake (it was told why, and the connection closed).
     #[error("refused handshake from {peer}: {reason}")]
     Rejected {

@@ -18,7 +18,7 @@
 use crate::error::FrameError;
 
 /// Version of the wire protocol spoken by this build. Peers must match exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// `b"MNTA"` read as a little-endian u32.
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"MNTA");
@@ -46,6 +46,10 @@ pub(crate) enum FrameKind {
     ReadRequest = 7,
     /// Flatbuffer `ReadResponse`; when ok, `BulkChunk` frames follow.
     ReadResponse = 8,
+    /// Flatbuffer `Challenge`: the listener's nonce, in answer to `Hello`.
+    Challenge = 9,
+    /// Flatbuffer `Proof`: the connector's proof of the token.
+    Proof = 10,
 }
 
 impl FrameKind {
@@ -59,6 +63,8 @@ impl FrameKind {
             6 => Self::BulkChunk,
             7 => Self::ReadRequest,
             8 => Self::ReadResponse,
+            9 => Self::Challenge,
+            10 => Self::Proof,
             _ => return None,
         })
     }

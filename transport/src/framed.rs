@@ -28,6 +28,8 @@ fn kind_name(k: FrameKind) -> &'static str {
     match k {
         FrameKind::Hello => "Hello",
         FrameKind::HelloAck => "HelloAck",
+        FrameKind::Challenge => "Challenge",
+        FrameKind::Proof => "Proof",
         FrameKind::Refused => "Refused",
         FrameKind::Message => "Message",
         FrameKind::BulkBegin => "BulkBegin",

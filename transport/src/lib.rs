@@ -4,8 +4,9 @@
 //! tasks, objects or allocation. Its whole API is:
 //!
 //! - [`Listener::bind`] / [`Listener::accept`] and [`Connection::connect`], each running a
-//!   handshake that refuses another cluster token or protocol version (a listener runs its
-//!   peers' handshakes concurrently, so a silent peer delays no other);
+//!   handshake in which both ends prove the cluster token without sending it ([`auth`]), and
+//!   that refuses another token or protocol version (a listener runs its peers' handshakes
+//!   concurrently, so a silent peer delays no other);
 //! - [`Connection::send`] / [`Connection::recv`] of tagged messages, and
 //!   [`Connection::send_batch`] of many small ones in one write;
 //! - [`Connection::into_split`] into a [`RecvHalf`] and a [`SendHalf`] driven from two tasks
@@ -41,6 +42,7 @@
 //! All operations are `async` on tokio; the runtime must have I/O and time enabled. The crate
 //! reads no environment variables: every tunable is a [`TransportConfig`] field.
 
+pub mod auth;
 mod config;
 mod connection;
 mod error;

@@ -30,24 +30,59 @@ fn header(version: u16, kind: u8, len: u32) -> Vec<u8> {
     h
 }
 
-fn hello(version: u16, token: &[u8]) -> Vec<u8> {
+fn frame(version: u16, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = header(version, kind, body.len() as u32);
+    f.extend_from_slice(body);
+    f
+}
+
+/// A `Hello` with the connector nonce `NONCE`.
+fn hello(version: u16) -> Vec<u8> {
     let mut fbb = flatbuffers::FlatBufferBuilder::new();
-    let t = fbb.create_vector(token);
     let n = fbb.create_string("raw");
+    let nonce = fbb.create_vector(&NONCE);
     let h = fb::Hello::create(
         &mut fbb,
         &fb::HelloArgs {
             protocol_version: version,
-            cluster_token: Some(t),
             peer_name: Some(n),
+            nonce: Some(nonce),
         },
     );
     fbb.finish_minimal(h);
-    let body = fbb.finished_data().to_vec();
-    let mut f = header(version, 1, body.len() as u32);
-    f.extend_from_slice(&body);
-    f
+    frame(version, 1, fbb.finished_data())
 }
+
+/// A `Proof` frame carrying `proof`.
+fn proof_frame(proof: &[u8]) -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let p = fbb.create_vector(proof);
+    let t = fb::Proof::create(&mut fbb, &fb::ProofArgs { proof: Some(p) });
+    fbb.finish_minimal(t);
+    frame(PROTOCOL_VERSION, 10, fbb.finished_data())
+}
+
+/// HMAC-SHA256(token, label ‖ 0 ‖ connector nonce ‖ listener nonce): the handshake's proofs.
+fn mac(token: &[u8], label: &[u8], connector: &[u8], listener: &[u8]) -> Vec<u8> {
+    use hmac::{KeyInit, Mac};
+    let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(token).unwrap();
+    m.update(label);
+    m.update(&[0]);
+    m.update(connector);
+    m.update(listener);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// Reads one frame: (kind, payload).
+fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize];
+    s.read_exact(&mut body).unwrap();
+    (h[6], body)
+}
+
+const NONCE: [u8; 32] = [7; 32];
 
 /// Runs a listener, sends `bytes` from a raw socket (then `close_write` if asked), and returns
 /// the listener's accept error plus everything the raw socket read until the server closed.
@@ -121,7 +156,7 @@ fn truncated_header() {
 
 #[test]
 fn truncated_payload() {
-    let mut f = hello(PROTOCOL_VERSION, TOKEN);
+    let mut f = hello(PROTOCOL_VERSION);
     f.truncate(f.len() - 5);
     let (e, _) = run(f, true);
     assert!(matches!(problem(e), FrameError::Truncated { .. }));
@@ -171,7 +206,7 @@ fn flatbuffer_failing_verification() {
 
 #[test]
 fn wrong_protocol_version_is_refused_with_a_reason() {
-    let (e, reply) = run(hello(PROTOCOL_VERSION + 1, TOKEN), false);
+    let (e, reply) = run(hello(PROTOCOL_VERSION + 1), false);
     assert!(matches!(
         e,
         TransportError::Rejected {
@@ -189,7 +224,15 @@ fn wrong_protocol_version_is_refused_with_a_reason() {
 
 #[test]
 fn wrong_token_is_refused_with_a_reason() {
-    let (e, reply) = run(hello(PROTOCOL_VERSION, b"nope"), false);
+    // A proof made with another token (sent at once: it cannot depend on the challenge).
+    let mut bytes = hello(PROTOCOL_VERSION);
+    bytes.extend_from_slice(&proof_frame(&mac(
+        b"nope",
+        b"manta connector",
+        &NONCE,
+        &[0; 32],
+    )));
+    let (e, reply) = run(bytes, false);
     assert!(matches!(
         e,
         TransportError::Rejected {
@@ -197,8 +240,79 @@ fn wrong_token_is_refused_with_a_reason() {
             ..
         }
     ));
-    let r = flatbuffers::root::<fb::Refused>(&reply[16..]).unwrap();
+    // A Challenge, then a Refused.
+    assert_eq!(reply[6], 9, "the listener's challenge comes first");
+    let first = 16 + u32::from_le_bytes(reply[8..12].try_into().unwrap()) as usize;
+    assert_eq!(reply[first + 6], 3, "then a Refused frame");
+    let r = flatbuffers::root::<fb::Refused>(&reply[first + 16..]).unwrap();
     assert_eq!(r.reason(), fb::RefusedReason::WrongToken);
+}
+
+#[test]
+fn a_proof_in_place_of_hello_or_a_hello_in_place_of_proof_is_malformed() {
+    let (e, _) = run(proof_frame(&[0; 32]), false);
+    assert!(matches!(problem(e), FrameError::Unexpected { .. }));
+    let mut bytes = hello(PROTOCOL_VERSION);
+    bytes.extend_from_slice(&hello(PROTOCOL_VERSION));
+    let (e, _) = run(bytes, false);
+    assert!(matches!(problem(e), FrameError::Unexpected { .. }));
+}
+
+/// An impostor on a port a peer used to hold (another local user, say) learns nothing of the
+/// token from a connector, and the connector refuses it: it cannot prove the token.
+#[test]
+fn an_impostor_listener_never_sees_the_token_and_is_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let impostor = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = impostor.local_addr().unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = impostor.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (kind, hello) = read_frame(&mut s);
+        assert_eq!(kind, 1, "Hello first");
+        // It answers like a listener: a challenge, then an ack with a made-up proof.
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let n = fbb.create_vector(&[1u8; 32]);
+        let c = fb::Challenge::create(&mut fbb, &fb::ChallengeArgs { nonce: Some(n) });
+        fbb.finish_minimal(c);
+        s.write_all(&frame(PROTOCOL_VERSION, 9, fbb.finished_data()))
+            .unwrap();
+        let (kind, proof) = read_frame(&mut s);
+        assert_eq!(kind, 10, "then a Proof");
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let name = fbb.create_string("impostor");
+        let p = fbb.create_vector(&[9u8; 32]);
+        let a = fb::HelloAck::create(
+            &mut fbb,
+            &fb::HelloAckArgs {
+                protocol_version: PROTOCOL_VERSION,
+                peer_name: Some(name),
+                proof: Some(p),
+            },
+        );
+        fbb.finish_minimal(a);
+        s.write_all(&frame(PROTOCOL_VERSION, 2, fbb.finished_data()))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        [hello, proof, rest].concat()
+    });
+    let err = rt.block_on(async {
+        let mut cfg = TransportConfig::new(TOKEN.to_vec(), "victim");
+        cfg.handshake_timeout = Duration::from_secs(5);
+        manta_transport::Connection::connect(&Address::Tcp(addr), &cfg)
+            .await
+            .expect_err("an impostor is refused")
+    });
+    assert!(matches!(err, TransportError::Unproven { .. }), "{err}");
+    let seen = fake.join().unwrap();
+    assert!(
+        !seen.windows(TOKEN.len()).any(|w| w == TOKEN),
+        "the token never reaches the listener"
+    );
 }
 
 #[test]
@@ -224,12 +338,19 @@ fn garbage_after_a_good_handshake_closes_the_connection() {
         let client = std::thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(&hello(PROTOCOL_VERSION, TOKEN)).unwrap();
-            let mut ack = [0u8; 16];
-            s.read_exact(&mut ack).unwrap();
-            assert_eq!(ack[6], 2, "HelloAck");
-            let mut body = vec![0u8; u32::from_le_bytes(ack[8..12].try_into().unwrap()) as usize];
-            s.read_exact(&mut body).unwrap();
+            s.write_all(&hello(PROTOCOL_VERSION)).unwrap();
+            let (kind, challenge) = read_frame(&mut s);
+            assert_eq!(kind, 9, "Challenge");
+            let theirs = flatbuffers::root::<fb::Challenge>(&challenge)
+                .unwrap()
+                .nonce()
+                .unwrap()
+                .bytes()
+                .to_vec();
+            let proof = mac(TOKEN, b"manta connector", &NONCE, &theirs);
+            s.write_all(&proof_frame(&proof)).unwrap();
+            let (kind, _) = read_frame(&mut s);
+            assert_eq!(kind, 2, "HelloAck");
             // A Message frame whose payload is not an Envelope.
             let mut f = header(PROTOCOL_VERSION, 4, 4);
             f.extend_from_slice(&[1, 2, 3, 4]);

@@ -15,16 +15,21 @@
 //! A process listening for shared-memory connections on the abstract Unix socket `@<name>`
 //! (advertised through the GCS as its `shm_path`) also listens on `@<name>.arena`, so it is
 //! advertised by the same entry. Abstract sockets are reachable by anyone in the network
-//! namespace, so the fd goes only to a requester that proves the cluster token:
+//! namespace, so the fd goes only to a requester that proves the cluster token, and a
+//! requester maps only an fd whose sender proved it too (an impostor on a freed name gets
+//! neither the token nor a reader): both proofs are `manta_transport::auth`'s MACs over two
+//! fresh nonces; the token never crosses the socket.
 //!
-//! 1. The requester connects and writes a 4-byte little-endian length and the token.
-//! 2. The holder reads them within [`ATTACH_TIMEOUT`] and compares the token in constant time;
-//!    a wrong or missing token is logged (rate-limited) and the socket closed: no fd is sent.
-//!    At most [`MAX_PENDING_ATTACHES`] requesters may be at this step at once; one beyond that
-//!    is closed at once.
-//! 3. The holder sends its arena's memfd (`SCM_RIGHTS`, [`manta_store::fdpass`]) with 16
-//!    bytes: its worker index and the arena's length (little-endian `u64`s).
-//! 4. The requester checks the index is the holder it asked for and the length is the
+//! 1. The requester connects and writes `b"MARN"` and its nonce.
+//! 2. The holder reads them within [`ATTACH_TIMEOUT`] and answers its own nonce; the
+//!    requester answers its proof; the holder checks it in constant time. A wrong or missing
+//!    proof is logged (rate-limited) and the socket closed: no fd is sent. At most
+//!    [`MAX_PENDING_ATTACHES`] requesters may be at this step at once; one beyond that is
+//!    closed at once.
+//! 3. The holder sends its arena's memfd (`SCM_RIGHTS`, [`manta_store::fdpass`]) with 48
+//!    bytes: its own proof, its worker index and the arena's length (little-endian `u64`s).
+//! 4. The requester checks the holder's proof, that the index is the holder it asked for and
+//!    the length is the
 //!    mapping's, maps the fd read-only ([`AttachedArena::attach`] refuses an fd not sealed
 //!    against shrinking, so nobody can truncate it under the mapping), and caches it per holder
 //!    (`Cluster::arenas`): each peer's arena is mapped at most once. Pulls issued while an
@@ -83,6 +88,7 @@ use std::time::Duration;
 
 use manta_store::{AttachedArena, Location, PeerLife, SharedPin, fdpass};
 use manta_transport::LogLimiter;
+use manta_transport::auth::{self, Role};
 
 use super::object_manager::PullReq;
 use super::peer::Peer;
@@ -95,8 +101,13 @@ use crate::sync::lock;
 
 /// How long either side of an attach waits for the other.
 pub(super) const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first bytes of an attach request (step 1).
+const ATTACH_MAGIC: &[u8; 4] = b"MARN";
+
+/// The holder's reply with its fd (step 3): its proof, worker index and arena length.
+const ATTACH_REPLY: usize = auth::PROOF_LEN + 16;
 /// Longest token a holder reads.
-const MAX_TOKEN: usize = 4096;
 /// Most attaches a holder lets prove their token at once; a requester beyond that is closed
 /// at once (so idle unauthenticated connections cannot pile up tasks and buffers).
 const MAX_PENDING_ATTACHES: usize = 64;
@@ -169,11 +180,6 @@ fn arena_socket(shm: &str) -> Option<SocketAddr> {
     SocketAddr::from_abstract_name(format!("{name}.arena")).ok()
 }
 
-/// Constant-time equality, so that a token's prefix cannot be found by timing refusals.
-fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The worker index a connection's peer claims (`w<index>`).
 fn peer_index(peer: &Peer) -> Option<u64> {
     peer.name.strip_prefix('w').and_then(|i| i.parse().ok())
@@ -237,27 +243,42 @@ pub(super) async fn serve(listener: UnixListener, cluster: Weak<Cluster>) {
 /// Steps 2 and 3 for one requester; refusals are logged through `log`.
 async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>, log: &LogLimiter) {
     use tokio::io::AsyncReadExt;
+    let Some(c) = cluster.upgrade() else { return };
+    let token = c.member.token.clone();
+    drop(c);
     let proof = tokio::time::timeout(ATTACH_TIMEOUT, async {
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_TOKEN {
+        use tokio::io::AsyncWriteExt;
+        let mut magic = [0u8; 4];
+        stream.read_exact(&mut magic).await?;
+        if &magic != ATTACH_MAGIC {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "token too long",
+                "no attach request",
             ));
         }
-        let mut token = vec![0u8; len];
-        stream.read_exact(&mut token).await?;
-        Ok(token)
+        let mut theirs = [0u8; auth::NONCE_LEN];
+        stream.read_exact(&mut theirs).await?;
+        let mine = auth::nonce()?;
+        stream.write_all(&mine).await?;
+        let mut proof = [0u8; auth::PROOF_LEN];
+        stream.read_exact(&mut proof).await?;
+        let token = token.as_bytes();
+        Ok(auth::verify(token, Role::Connector, &theirs, &mine, &proof)
+            .then(|| auth::prove(token, Role::Listener, &theirs, &mine)))
     })
     .await;
     let Some(c) = cluster.upgrade() else { return };
-    let token = match proof {
-        Ok(Ok(t)) => t,
+    let answer = match proof {
+        Ok(Ok(Some(answer))) => answer,
+        Ok(Ok(None)) => {
+            if let Some(suppressed) = log.check() {
+                tracing::warn!(suppressed, "arena attach refused: wrong cluster token");
+            }
+            return;
+        }
         Ok(Err(e)) => {
             if let Some(suppressed) = log.check() {
-                tracing::warn!(error = %e, suppressed, "arena attach refused: no token read");
+                tracing::warn!(error = %e, suppressed, "arena attach refused: no proof read");
             }
             return;
         }
@@ -265,18 +286,12 @@ async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>, l
             if let Some(suppressed) = log.check() {
                 tracing::warn!(
                     suppressed,
-                    "arena attach refused: no token within the timeout"
+                    "arena attach refused: no proof within the timeout"
                 );
             }
             return;
         }
     };
-    if !tokens_equal(&token, c.member.token.as_bytes()) {
-        if let Some(suppressed) = log.check() {
-            tracing::warn!(suppressed, "arena attach refused: wrong cluster token");
-        }
-        return;
-    }
     let Some(store) = c.runtime().and_then(|rt| rt.store.clone()) else {
         tracing::debug!("arena attach refused: this process has no store");
         return;
@@ -284,9 +299,10 @@ async fn serve_one(mut stream: tokio::net::UnixStream, cluster: Weak<Cluster>, l
     let sent = stream.into_std().and_then(|s| {
         s.set_nonblocking(false)?;
         s.set_write_timeout(Some(ATTACH_TIMEOUT))?;
-        let mut payload = [0u8; 16];
-        payload[..8].copy_from_slice(&c.index.to_le_bytes());
-        payload[8..].copy_from_slice(&(store.arena().len() as u64).to_le_bytes());
+        let mut payload = [0u8; ATTACH_REPLY];
+        payload[..auth::PROOF_LEN].copy_from_slice(&answer);
+        payload[auth::PROOF_LEN..][..8].copy_from_slice(&c.index.to_le_bytes());
+        payload[auth::PROOF_LEN + 8..].copy_from_slice(&(store.arena().len() as u64).to_le_bytes());
         fdpass::send_fd(&s, store.arena().fd(), &payload)
     });
     if let Err(e) = sent {
@@ -399,12 +415,18 @@ impl Cluster {
             .and_then(|()| sock.set_write_timeout(Some(ATTACH_TIMEOUT)))
             .map_err(|e| fail("socket timeouts", e))?;
         let token = self.member.token.as_bytes();
-        let mut proof = Vec::with_capacity(4 + token.len());
-        proof.extend_from_slice(&(token.len() as u32).to_le_bytes());
-        proof.extend_from_slice(token);
-        sock.write_all(&proof)
-            .map_err(|e| fail("sending the token", e))?;
-        let mut reply = [0u8; 16];
+        let mine = auth::nonce().map_err(|e| fail("a nonce", e))?;
+        let mut hello = ATTACH_MAGIC.to_vec();
+        hello.extend_from_slice(&mine);
+        sock.write_all(&hello)
+            .map_err(|e| fail("sending the request", e))?;
+        let mut theirs = [0u8; auth::NONCE_LEN];
+        (&sock)
+            .read_exact(&mut theirs)
+            .map_err(|e| fail("receiving the holder's nonce", e))?;
+        sock.write_all(&auth::prove(token, Role::Connector, &mine, &theirs))
+            .map_err(|e| fail("sending the proof", e))?;
+        let mut reply = [0u8; ATTACH_REPLY];
         let (n, fd) =
             fdpass::recv_fd(&sock, &mut reply).map_err(|e| fail("receiving the arena", e))?;
         if n < reply.len() {
@@ -413,8 +435,15 @@ impl Cluster {
                 .read_exact(&mut reply[n..])
                 .map_err(|e| fail("receiving the arena's size", e))?;
         }
-        let index = u64::from_le_bytes(reply[..8].try_into().unwrap_or_default());
-        let len = u64::from_le_bytes(reply[8..].try_into().unwrap_or_default());
+        let (proof, rest) = reply.split_at(auth::PROOF_LEN);
+        if !auth::verify(token, Role::Listener, &mine, &theirs, proof) {
+            // `fd` drops unmapped.
+            return Err(format!(
+                "the arena socket of worker {holder} did not prove the cluster token"
+            ));
+        }
+        let index = u64::from_le_bytes(rest[..8].try_into().unwrap_or_default());
+        let len = u64::from_le_bytes(rest[8..].try_into().unwrap_or_default());
         if index != holder {
             return Err(format!(
                 "the arena socket of worker {holder} answered as worker {index}"

@@ -1,10 +1,12 @@
 //! The TCP backend: a full mesh of token-proved connections, ring algorithms for large
 //! messages and recursive doubling for small ones.
 //!
-//! Each pair of members shares one connection; the higher rank connects to the lower and
-//! proves the cluster's token (compared in constant time, read with a bound on its size and
-//! time) together with the group's nonce and its rank, before the listener keeps the
-//! connection. Every message is a frame: a 48-byte header (magic, flags, the operation's
+//! Each pair of members shares one connection; the higher rank connects to the lower with
+//! the group's nonce, its rank and a fresh nonce of its own; the lower answers its own nonce;
+//! the higher proves the cluster's token with a MAC over both greetings
+//! (`manta_transport::auth`), checked in constant time, with a bound on size and time,
+//! before the listener keeps the connection; the listener then proves the token in turn. The
+//! token never crosses the connection. Every message is a frame: a 48-byte header (magic, flags, the operation's
 //! header, the collective's sequence number, the payload's length) and the payload, read
 //! straight into its destination or, for reductions, into a small scratch piece reduced into
 //! the destination as it arrives (pipelined with the transfer).
@@ -19,12 +21,15 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use manta_transport::auth::{self, Role};
+
 use super::element::Reducer;
 use super::shared::Settings;
 use super::{Backend, Fault, Header};
 
-const HELLO_MAGIC: &[u8; 8] = b"MNTCOLL1";
-const MAX_TOKEN: usize = 4096;
+const HELLO_MAGIC: &[u8; 8] = b"MNTCOLL2";
+/// A greeting: the magic, the group's nonce, rank, world and the connector's nonce.
+const HELLO_LEN: usize = 24 + auth::NONCE_LEN;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const FRAME_MAGIC: u32 = 0x4c4f_434d; // "MCOL"
 const HDR_LEN: usize = 48;
@@ -58,13 +63,6 @@ impl TcpListen {
     pub(crate) fn address(&self) -> &str {
         &self.address
     }
-}
-
-fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A member of a TCP group.
@@ -115,26 +113,12 @@ impl TcpBackend {
                 .map_err(|e| peer_fault(r, "connecting to", e))?;
             s.set_nodelay(true)
                 .map_err(|e| peer_fault(r, "configuring the connection to", e))?;
-            let mut hello = Vec::with_capacity(28 + token.len());
-            hello.extend_from_slice(HELLO_MAGIC);
-            hello.extend_from_slice(&nonce.to_le_bytes());
-            hello.extend_from_slice(&(rank as u32).to_le_bytes());
-            hello.extend_from_slice(&(world as u32).to_le_bytes());
-            hello.extend_from_slice(&(token.len() as u32).to_le_bytes());
-            hello.extend_from_slice(token);
-            s.write_all(&hello)
-                .map_err(|e| peer_fault(r, "greeting", e))?;
             let wait = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
             s.set_read_timeout(Some(wait))
                 .map_err(|e| peer_fault(r, "configuring", e))?;
-            let mut ack = [0u8; 1];
-            s.read_exact(&mut ack)
-                .map_err(|e| peer_fault(r, "waiting for the acceptance of", e))?;
-            if ack[0] != 1 {
-                return Err(peer_fault(r, "refused by", "the greeting was refused"));
-            }
+            greet(&mut s, r, nonce, rank, world, token)?;
             conns[r] = Some(s);
         }
         let listener = listen.listener;
@@ -550,7 +534,48 @@ fn would_block(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
 }
 
-/// Reads and checks a connecting member's greeting (bounded in size and time).
+/// Greets member `r` on `s` as member `rank` of `world` (the connector's side): our nonce,
+/// the proof of the token over both greetings, and the check of `r`'s proof.
+fn greet(
+    s: &mut TcpStream,
+    r: usize,
+    nonce: u64,
+    rank: usize,
+    world: usize,
+    token: &[u8],
+) -> Result<(), Fault> {
+    let mine = auth::nonce().map_err(|e| Fault::Os(format!("a greeting's nonce: {e}")))?;
+    let mut hello = Vec::with_capacity(HELLO_LEN);
+    hello.extend_from_slice(HELLO_MAGIC);
+    hello.extend_from_slice(&nonce.to_le_bytes());
+    hello.extend_from_slice(&(rank as u32).to_le_bytes());
+    hello.extend_from_slice(&(world as u32).to_le_bytes());
+    hello.extend_from_slice(&mine);
+    s.write_all(&hello)
+        .map_err(|e| peer_fault(r, "greeting", e))?;
+    let mut theirs = [0u8; auth::NONCE_LEN];
+    s.read_exact(&mut theirs)
+        .map_err(|e| peer_fault(r, "waiting for the nonce of", e))?;
+    s.write_all(&auth::prove(token, Role::Connector, &hello, &theirs))
+        .map_err(|e| peer_fault(r, "proving the token to", e))?;
+    let mut ack = [0u8; 1 + auth::PROOF_LEN];
+    s.read_exact(&mut ack)
+        .map_err(|e| peer_fault(r, "waiting for the acceptance of", e))?;
+    if ack[0] != 1 {
+        return Err(peer_fault(r, "refused by", "the greeting was refused"));
+    }
+    if !auth::verify(token, Role::Listener, &hello, &theirs, &ack[1..]) {
+        return Err(peer_fault(
+            r,
+            "greeting",
+            "the listener did not prove the cluster token",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads and checks a connecting member's greeting and proof (bounded in size and time), and
+/// proves the token in turn.
 fn accept_hello(
     mut s: TcpStream,
     nonce: u64,
@@ -560,33 +585,32 @@ fn accept_hello(
     s.set_nonblocking(false).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 28];
+    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; HELLO_LEN];
     s.read_exact(&mut head).map_err(|e| e.to_string())?;
     if &head[0..8] != HELLO_MAGIC {
         return Err("not a collective greeting".into());
     }
-    let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().unwrap_or([0; 4]));
-    let their_nonce = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
-    let (rank, their_world, len) = (
-        u32_at(16) as usize,
-        u32_at(20) as usize,
-        u32_at(24) as usize,
-    );
-    if len > MAX_TOKEN {
-        return Err("an oversized token".into());
-    }
-    let mut theirs = vec![0u8; len];
-    s.read_exact(&mut theirs).map_err(|e| e.to_string())?;
-    if !tokens_equal(&theirs, token) {
+    let mine = auth::nonce().map_err(|e| e.to_string())?;
+    s.write_all(&mine).map_err(|e| e.to_string())?;
+    let mut proof = [0u8; auth::PROOF_LEN];
+    s.read_exact(&mut proof).map_err(|e| e.to_string())?;
+    if !auth::verify(token, Role::Connector, &head, &mine, &proof) {
         return Err("a wrong token".into());
     }
+    let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().unwrap_or([0; 4]));
+    let their_nonce = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+    let (rank, their_world) = (u32_at(16) as usize, u32_at(20) as usize);
     if their_nonce != nonce || their_world != world || rank >= world {
         return Err(format!(
             "a member of another group (rank {rank} of {their_world})"
         ));
     }
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    s.write_all(&[1]).map_err(|e| e.to_string())?;
+    let mut ack = vec![1u8];
+    ack.extend_from_slice(&auth::prove(token, Role::Listener, &head, &mine));
+    s.write_all(&ack).map_err(|e| e.to_string())?;
     Ok((rank, s))
 }
 
@@ -854,40 +878,65 @@ mod tests {
     }
 
     #[test]
-    fn tokens_compare_by_content_and_length() {
-        assert!(tokens_equal(b"abc", b"abc"));
-        assert!(!tokens_equal(b"abc", b"abd"));
-        assert!(!tokens_equal(b"abc", b"abcd"));
-    }
-
-    #[test]
     fn a_greeting_with_a_wrong_token_or_group_is_refused() {
         let listen = TcpListen::bind("127.0.0.1").unwrap();
         let addr = listen.address().to_owned();
-        let greet = |token: &[u8], nonce: u64, rank: u32| {
-            let mut s = TcpStream::connect(&addr).unwrap();
-            let mut hello = Vec::new();
-            hello.extend_from_slice(HELLO_MAGIC);
-            hello.extend_from_slice(&nonce.to_le_bytes());
-            hello.extend_from_slice(&rank.to_le_bytes());
-            hello.extend_from_slice(&2u32.to_le_bytes());
-            hello.extend_from_slice(&(token.len() as u32).to_le_bytes());
-            hello.extend_from_slice(token);
-            s.write_all(&hello).unwrap();
+        let greet = |token: &'static [u8], nonce: u64, rank: u32| {
+            let addr = addr.clone();
+            let connector = std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                super::greet(&mut s, 0, nonce, rank as usize, 2, token)
+            });
             let (conn, _) = listen.listener.accept().unwrap();
-            accept_hello(conn, 7, 2, b"secret").map(|(r, _)| r)
+            let accepted = accept_hello(conn, 7, 2, b"secret").map(|(r, _)| r);
+            (accepted, connector.join().unwrap())
         };
-        assert_eq!(greet(b"secret", 7, 1), Ok(1));
-        assert!(greet(b"wrong!", 7, 1).unwrap_err().contains("token"));
+        let (accepted, greeted) = greet(b"secret", 7, 1);
+        assert_eq!(accepted, Ok(1));
+        assert!(greeted.is_ok(), "the listener's proof holds");
+        let (accepted, greeted) = greet(b"wrong!", 7, 1);
+        assert!(accepted.unwrap_err().contains("token"));
+        assert!(greeted.is_err(), "the connector hears of it");
         assert!(
             greet(b"secret", 8, 1)
+                .0
                 .unwrap_err()
                 .contains("another group")
         );
         assert!(
             greet(b"secret", 7, 5)
+                .0
                 .unwrap_err()
                 .contains("another group")
         );
+    }
+
+    /// A listener that does not hold the token gets no token from a connector, and the
+    /// connector refuses it.
+    #[test]
+    fn an_impostor_member_never_sees_the_token() {
+        let listen = TcpListen::bind("127.0.0.1").unwrap();
+        let addr = listen.address().to_owned();
+        let connector = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            super::greet(&mut s, 0, 7, 1, 2, b"secret")
+        });
+        let (mut s, _) = listen.listener.accept().unwrap();
+        let mut seen = vec![0u8; HELLO_LEN];
+        s.read_exact(&mut seen).unwrap();
+        s.write_all(&[1u8; auth::NONCE_LEN]).unwrap();
+        let mut proof = [0u8; auth::PROOF_LEN];
+        s.read_exact(&mut proof).unwrap();
+        seen.extend_from_slice(&proof);
+        let mut ack = vec![1u8];
+        ack.extend_from_slice(&[9u8; auth::PROOF_LEN]);
+        s.write_all(&ack).unwrap();
+        match connector.join().unwrap() {
+            Err(Fault::Peer { message, .. }) => assert!(message.contains("did not prove")),
+            other => panic!("an impostor must be refused: {:?}", other.err()),
+        }
+        assert!(!seen.windows(6).any(|w| w == b"secret"));
     }
 }

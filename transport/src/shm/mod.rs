@@ -7,14 +7,17 @@
 //! 2. The connector creates a memfd of [`ring::segment_len`] bytes, seals it against
 //!    shrinking and growing, maps it, writes the segment header, and creates four eventfds
 //!    (data and space for each ring).
-//! 3. The connector proves the cluster token: `b"MSHA"`, a little-endian `u16` length and the
-//!    token (at most [`MAX_PROOF_TOKEN`] bytes), with no fds.
-//! 4. The listener reads the proof with plain reads (fds sent alongside are never installed:
-//!    the kernel drops them) and compares the token in constant time, all within
-//!    `handshake_timeout`; it answers one byte, 1 (proven) or 0 (wrong token: the connector
-//!    reports [`TransportError::Refused`]). A wrong magic, length or token closes the socket:
-//!    nothing of the peer's is kept, mapped or read further.
-//! 5. Once it has read the 1, the connector sends a 12-byte `b"MSHM"` + capacity message carrying the memfd and the
+//! 3. The connector sends `b"MSHA"` and its 32-byte nonce, with no fds.
+//! 4. The listener reads them with plain reads (fds sent alongside are never installed: the
+//!    kernel drops them) and answers its own nonce; the connector answers its proof of the
+//!    token, HMAC-SHA256 over both nonces (`auth.rs`); the listener checks it in constant
+//!    time, all within `handshake_timeout`, and answers one byte: 0 (wrong token: the
+//!    connector reports [`TransportError::Refused`], and the socket closes), or 1 and its own
+//!    proof, which the connector checks before it hands over anything: a listener that cannot
+//!    prove the token ([`TransportError::Unproven`]) never gets the connector's memory. A
+//!    wrong magic or a short read closes the socket: nothing of the peer's is kept, mapped or
+//!    read further. The token itself never crosses the socket.
+//! 5. The connector sends a 12-byte `b"MSHM"` + capacity message carrying the memfd and the
 //!    eventfds (`SCM_RIGHTS`).
 //! 6. The listener validates every fd before using it: the segment must be a memfd
 //!    (`/proc/self/fd` names it `/memfd:…`) of exactly `segment_len(capacity)` bytes, sealed
@@ -33,6 +36,7 @@ pub(crate) mod sys;
 
 pub(crate) use stream::{ShmReader, ShmWriter};
 
+use crate::auth::{self, Role};
 use crate::config::TransportConfig;
 use crate::error::{RefusalReason, Result, TransportError};
 use ring::Side;
@@ -46,8 +50,6 @@ use tokio::net::{UnixListener, UnixStream};
 
 const SETUP_MAGIC: &[u8; 4] = b"MSHM";
 const PROOF_MAGIC: &[u8; 4] = b"MSHA";
-/// Longest token a listener reads in step 4.
-pub(crate) const MAX_PROOF_TOKEN: usize = 1024;
 
 fn setup_err(peer: &str, detail: impl std::fmt::Display) -> TransportError {
     TransportError::ShmSetup {
@@ -104,26 +106,30 @@ pub(crate) async fn setup(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let peer = format!("shm:{}#peer", path.display());
     let setup = async {
-        // Step 4: the token first, by plain reads (no fd is installed).
-        let mut head = [0u8; 6];
-        sock.read_exact(&mut head).await?;
-        if &head[..4] != PROOF_MAGIC {
+        // Step 4: the proof first, by plain reads (no fd is installed).
+        let mut magic = [0u8; 4];
+        sock.read_exact(&mut magic).await?;
+        if &magic != PROOF_MAGIC {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "no token proof before the setup message",
             ));
         }
-        let len = usize::from(u16::from_le_bytes([head[4], head[5]]));
-        if len > MAX_PROOF_TOKEN {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "token too long"));
-        }
-        let mut token = vec![0u8; len];
-        sock.read_exact(&mut token).await?;
-        let proven = crate::connection::tokens_equal(&token, &cfg.cluster_token);
-        sock.write_all(&[u8::from(proven)]).await?;
-        if !proven {
+        let mut nonce = [0u8; auth::NONCE_LEN];
+        sock.read_exact(&mut nonce).await?;
+        let theirs = &nonce[..];
+        let mine = auth::nonce()?;
+        sock.write_all(&mine).await?;
+        let mut proof = [0u8; auth::PROOF_LEN];
+        sock.read_exact(&mut proof).await?;
+        let token = &cfg.cluster_token;
+        if !auth::verify(token, Role::Connector, theirs, &mine, &proof) {
+            sock.write_all(&[0]).await?;
             return Ok(None);
         }
+        let mut answer = vec![1u8];
+        answer.extend_from_slice(&auth::prove(token, Role::Listener, theirs, &mine));
+        sock.write_all(&answer).await?;
         // Step 6 starts: only now are the peer's fds received.
         let mut buf = [0u8; 12];
         let (n, fds) = loop {
@@ -229,33 +235,53 @@ pub(crate) async fn connect(path: &Path, cfg: &TransportConfig) -> Result<(ShmHa
         evs[2].as_raw_fd(),
         evs[3].as_raw_fd(),
     ];
-    if cfg.cluster_token.len() > MAX_PROOF_TOKEN {
-        return Err(setup_err(&peer, "the cluster token is longer than 1 KiB"));
-    }
-    let mut proof = PROOF_MAGIC.to_vec();
-    proof.extend_from_slice(&(cfg.cluster_token.len() as u16).to_le_bytes());
-    proof.extend_from_slice(&cfg.cluster_token);
-    let send_proof = async {
+    let mine = auth::nonce().map_err(|e| setup_err(&peer, e))?;
+    let mut hello = PROOF_MAGIC.to_vec();
+    hello.extend_from_slice(&mine);
+    let token = &cfg.cluster_token;
+    let prove = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        sock.write_all(&proof).await?;
+        sock.write_all(&hello).await?;
+        let mut theirs = [0u8; auth::NONCE_LEN];
+        sock.read_exact(&mut theirs).await?;
+        sock.write_all(&auth::prove(token, Role::Connector, &mine, &theirs))
+            .await?;
         let mut verdict = [0u8; 1];
         sock.read_exact(&mut verdict).await?;
-        Ok::<_, io::Error>(verdict[0] == 1)
+        if verdict[0] != 1 {
+            return Ok::<_, io::Error>(Err(()));
+        }
+        let mut proof = [0u8; auth::PROOF_LEN];
+        sock.read_exact(&mut proof).await?;
+        Ok(Ok(auth::verify(
+            token,
+            Role::Listener,
+            &mine,
+            &theirs,
+            &proof,
+        )))
     };
-    let proven = tokio::time::timeout(cfg.handshake_timeout, send_proof)
+    let proven = tokio::time::timeout(cfg.handshake_timeout, prove)
         .await
         .map_err(|_| TransportError::HandshakeTimeout {
             peer: peer.clone(),
             timeout: cfg.handshake_timeout,
         })?
         .map_err(|e| setup_err(&peer, e))?;
-    if !proven {
-        tracing::warn!(%peer, "shared-memory connection refused by peer: wrong cluster token");
-        return Err(TransportError::Refused {
-            peer,
-            reason: RefusalReason::WrongToken,
-            detail: "wrong cluster token".into(),
-        });
+    match proven {
+        Err(()) => {
+            tracing::warn!(%peer, "shared-memory connection refused by peer: wrong cluster token");
+            return Err(TransportError::Refused {
+                peer,
+                reason: RefusalReason::WrongToken,
+                detail: "wrong cluster token".into(),
+            });
+        }
+        Ok(false) => {
+            tracing::warn!(%peer, "the shared-memory listener did not prove the cluster token: closing");
+            return Err(TransportError::Unproven { peer });
+        }
+        Ok(true) => {}
     }
     let mut msg = [0u8; 12];
     msg[..4].copy_from_slice(SETUP_MAGIC);

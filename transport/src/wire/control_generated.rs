@@ -105,7 +105,8 @@ impl ::flatbuffers::SimpleToVerifyInSlice for RefusedReason {}
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// First frame on every connection, sent by the connecting side.
+/// First frame on every connection, sent by the connecting side. The cluster token itself
+/// never travels: both sides prove it with HMAC-SHA256 over the two nonces (src/auth.rs).
 pub struct Hello<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -120,8 +121,8 @@ impl<'a> ::flatbuffers::Follow<'a> for Hello<'a> {
 
 impl<'a> Hello<'a> {
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
-  pub const VT_CLUSTER_TOKEN: ::flatbuffers::VOffsetT = 6;
   pub const VT_PEER_NAME: ::flatbuffers::VOffsetT = 8;
+  pub const VT_NONCE: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -133,8 +134,8 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    if let Some(x) = args.nonce { builder.add_nonce(x); }
     if let Some(x) = args.peer_name { builder.add_peer_name(x); }
-    if let Some(x) = args.cluster_token { builder.add_cluster_token(x); }
     builder.add_protocol_version(args.protocol_version);
     builder.finish()
   }
@@ -148,14 +149,6 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(Hello::VT_PROTOCOL_VERSION, Some(0)).unwrap()}
   }
-  /// Shared secret of the cluster; compared in constant time.
-  #[inline]
-  pub fn cluster_token(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-    // Safety:
-    // Created from valid Table for this object
-    // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Hello::VT_CLUSTER_TOKEN, None)}
-  }
   /// Opaque peer name (a node id, a rank), for logs and `Connection::peer_name`.
   #[inline]
   pub fn peer_name(&self) -> Option<&'a str> {
@@ -163,6 +156,14 @@ impl<'a> Hello<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Hello::VT_PEER_NAME, None)}
+  }
+  /// The connector's fresh random nonce (32 bytes).
+  #[inline]
+  pub fn nonce(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Hello::VT_NONCE, None)}
   }
 }
 
@@ -173,24 +174,24 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u16>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("cluster_token", Self::VT_CLUSTER_TOKEN, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("peer_name", Self::VT_PEER_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("nonce", Self::VT_NONCE, false)?
      .finish();
     Ok(())
   }
 }
 pub struct HelloArgs<'a> {
     pub protocol_version: u16,
-    pub cluster_token: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub peer_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub nonce: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
   fn default() -> Self {
     HelloArgs {
       protocol_version: 0,
-      cluster_token: None,
       peer_name: None,
+      nonce: None,
     }
   }
 }
@@ -205,12 +206,12 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u16>(Hello::VT_PROTOCOL_VERSION, protocol_version, 0);
   }
   #[inline]
-  pub fn add_cluster_token(&mut self, cluster_token: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
-    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_CLUSTER_TOKEN, cluster_token);
-  }
-  #[inline]
   pub fn add_peer_name(&mut self, peer_name: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_PEER_NAME, peer_name);
+  }
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Hello::VT_NONCE, nonce);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
@@ -231,15 +232,211 @@ impl ::core::fmt::Debug for Hello<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Hello");
       ds.field("protocol_version", &self.protocol_version());
-      ds.field("cluster_token", &self.cluster_token());
       ds.field("peer_name", &self.peer_name());
+      ds.field("nonce", &self.nonce());
+      ds.finish()
+  }
+}
+pub enum ChallengeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The listener's answer to a Hello: its own fresh random nonce (32 bytes).
+pub struct Challenge<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Challenge<'a> {
+  type Inner = Challenge<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Challenge<'a> {
+  pub const VT_NONCE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Challenge { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ChallengeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Challenge<'bldr>> {
+    let mut builder = ChallengeBuilder::new(_fbb);
+    if let Some(x) = args.nonce { builder.add_nonce(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn nonce(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Challenge::VT_NONCE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Challenge<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("nonce", Self::VT_NONCE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ChallengeArgs<'a> {
+    pub nonce: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ChallengeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ChallengeArgs {
+      nonce: None,
+    }
+  }
+}
+
+pub struct ChallengeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChallengeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_nonce(&mut self, nonce: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Challenge::VT_NONCE, nonce);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChallengeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ChallengeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Challenge<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Challenge<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Challenge");
+      ds.field("nonce", &self.nonce());
+      ds.finish()
+  }
+}
+pub enum ProofOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The connector's proof that it holds the token:
+/// HMAC-SHA256(token, "manta connector" ‖ connector nonce ‖ listener nonce).
+pub struct Proof<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Proof<'a> {
+  type Inner = Proof<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Proof<'a> {
+  pub const VT_PROOF: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Proof { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ProofArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Proof<'bldr>> {
+    let mut builder = ProofBuilder::new(_fbb);
+    if let Some(x) = args.proof { builder.add_proof(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn proof(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Proof::VT_PROOF, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Proof<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("proof", Self::VT_PROOF, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ProofArgs<'a> {
+    pub proof: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ProofArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ProofArgs {
+      proof: None,
+    }
+  }
+}
+
+pub struct ProofBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProofBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_proof(&mut self, proof: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Proof::VT_PROOF, proof);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProofBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ProofBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Proof<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Proof<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Proof");
+      ds.field("proof", &self.proof());
       ds.finish()
   }
 }
 pub enum HelloAckOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// The listener accepted the Hello.
+/// The listener accepted the proof, and proves the token in turn:
+/// HMAC-SHA256(token, "manta listener" ‖ connector nonce ‖ listener nonce).
 pub struct HelloAck<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -255,6 +452,7 @@ impl<'a> ::flatbuffers::Follow<'a> for HelloAck<'a> {
 impl<'a> HelloAck<'a> {
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 4;
   pub const VT_PEER_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PROOF: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -266,6 +464,7 @@ impl<'a> HelloAck<'a> {
     args: &'args HelloAckArgs<'args>
   ) -> ::flatbuffers::WIPOffset<HelloAck<'bldr>> {
     let mut builder = HelloAckBuilder::new(_fbb);
+    if let Some(x) = args.proof { builder.add_proof(x); }
     if let Some(x) = args.peer_name { builder.add_peer_name(x); }
     builder.add_protocol_version(args.protocol_version);
     builder.finish()
@@ -286,6 +485,13 @@ impl<'a> HelloAck<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HelloAck::VT_PEER_NAME, None)}
   }
+  #[inline]
+  pub fn proof(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(HelloAck::VT_PROOF, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for HelloAck<'_> {
@@ -296,6 +502,7 @@ impl ::flatbuffers::Verifiable for HelloAck<'_> {
     v.visit_table(pos)?
      .visit_field::<u16>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("peer_name", Self::VT_PEER_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("proof", Self::VT_PROOF, false)?
      .finish();
     Ok(())
   }
@@ -303,6 +510,7 @@ impl ::flatbuffers::Verifiable for HelloAck<'_> {
 pub struct HelloAckArgs<'a> {
     pub protocol_version: u16,
     pub peer_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub proof: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for HelloAckArgs<'a> {
   #[inline]
@@ -310,6 +518,7 @@ impl<'a> Default for HelloAckArgs<'a> {
     HelloAckArgs {
       protocol_version: 0,
       peer_name: None,
+      proof: None,
     }
   }
 }
@@ -326,6 +535,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloAckBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_peer_name(&mut self, peer_name: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HelloAck::VT_PEER_NAME, peer_name);
+  }
+  #[inline]
+  pub fn add_proof(&mut self, proof: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HelloAck::VT_PROOF, proof);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloAckBuilder<'a, 'b, A> {
@@ -347,6 +560,7 @@ impl ::core::fmt::Debug for HelloAck<'_> {
     let mut ds = f.debug_struct("HelloAck");
       ds.field("protocol_version", &self.protocol_version());
       ds.field("peer_name", &self.peer_name());
+      ds.field("proof", &self.proof());
       ds.finish()
   }
 }

@@ -37,25 +37,25 @@ where
 #[derive(Debug)]
 pub(crate) struct Hello {
     pub(crate) protocol_version: u16,
-    pub(crate) cluster_token: Vec<u8>,
     pub(crate) peer_name: String,
+    pub(crate) nonce: Vec<u8>,
 }
 
 pub(crate) fn build_hello<'b>(
     fbb: &'b mut FlatBufferBuilder<'static>,
     version: u16,
-    token: &[u8],
     name: &str,
+    nonce: &[u8],
 ) -> &'b [u8] {
     fbb.reset();
-    let token = fbb.create_vector(token);
     let name = fbb.create_string(name);
+    let nonce = fbb.create_vector(nonce);
     let t = fb::Hello::create(
         fbb,
         &fb::HelloArgs {
             protocol_version: version,
-            cluster_token: Some(token),
             peer_name: Some(name),
+            nonce: Some(nonce),
         },
     );
     fbb.finish_minimal(t);
@@ -66,38 +66,70 @@ pub(crate) fn parse_hello(buf: &[u8]) -> Result<Hello, FrameError> {
     let h = verify::<fb::Hello>(buf, "Hello")?;
     Ok(Hello {
         protocol_version: h.protocol_version(),
-        cluster_token: h
-            .cluster_token()
-            .map(|v| v.bytes().to_vec())
-            .unwrap_or_default(),
         peer_name: h.peer_name().unwrap_or_default().to_owned(),
+        nonce: h.nonce().map(|v| v.bytes().to_vec()).unwrap_or_default(),
     })
+}
+
+pub(crate) fn build_challenge<'b>(
+    fbb: &'b mut FlatBufferBuilder<'static>,
+    nonce: &[u8],
+) -> &'b [u8] {
+    fbb.reset();
+    let nonce = fbb.create_vector(nonce);
+    let t = fb::Challenge::create(fbb, &fb::ChallengeArgs { nonce: Some(nonce) });
+    fbb.finish_minimal(t);
+    fbb.finished_data()
+}
+
+/// The listener's nonce of a verified `Challenge`.
+pub(crate) fn parse_challenge(buf: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let c = verify::<fb::Challenge>(buf, "Challenge")?;
+    Ok(c.nonce().map(|v| v.bytes().to_vec()).unwrap_or_default())
+}
+
+pub(crate) fn build_proof<'b>(fbb: &'b mut FlatBufferBuilder<'static>, proof: &[u8]) -> &'b [u8] {
+    fbb.reset();
+    let proof = fbb.create_vector(proof);
+    let t = fb::Proof::create(fbb, &fb::ProofArgs { proof: Some(proof) });
+    fbb.finish_minimal(t);
+    fbb.finished_data()
+}
+
+/// The proof of a verified `Proof`.
+pub(crate) fn parse_proof(buf: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let p = verify::<fb::Proof>(buf, "Proof")?;
+    Ok(p.proof().map(|v| v.bytes().to_vec()).unwrap_or_default())
 }
 
 pub(crate) fn build_hello_ack<'b>(
     fbb: &'b mut FlatBufferBuilder<'static>,
     version: u16,
     name: &str,
+    proof: &[u8],
 ) -> &'b [u8] {
     fbb.reset();
     let name = fbb.create_string(name);
+    let proof = fbb.create_vector(proof);
     let t = fb::HelloAck::create(
         fbb,
         &fb::HelloAckArgs {
             protocol_version: version,
             peer_name: Some(name),
+            proof: Some(proof),
         },
     );
     fbb.finish_minimal(t);
     fbb.finished_data()
 }
 
-/// Returns (protocol_version, peer_name) of a verified `HelloAck`.
-pub(crate) fn parse_hello_ack(buf: &[u8]) -> Result<(u16, String), FrameError> {
+/// Returns (protocol_version, peer_name, proof) of a verified `HelloAck`.
+pub(crate) fn parse_hello_ack(buf: &[u8]) -> Result<(u16, String, Vec<u8>), FrameError> {
     let a = verify::<fb::HelloAck>(buf, "HelloAck")?;
     Ok((
         a.protocol_version(),
         a.peer_name().unwrap_or_default().to_owned(),
+        a.proof().map(|v| v.bytes().to_vec()).unwrap_or_default(),
     ))
 }
 
@@ -269,10 +301,10 @@ mod tests {
     #[test]
     fn hello_round_trips_and_garbage_fails_verification() {
         let mut fbb = FlatBufferBuilder::new();
-        let buf = build_hello(&mut fbb, 7, b"secret", "node-1").to_vec();
+        let buf = build_hello(&mut fbb, 7, "node-1", b"nonce").to_vec();
         let h = parse_hello(&buf).expect("valid hello");
         assert_eq!(h.protocol_version, 7);
-        assert_eq!(h.cluster_token, b"secret");
+        assert_eq!(h.nonce, b"nonce");
         assert_eq!(h.peer_name, "node-1");
         assert!(parse_hello(&[0xff; 3]).is_err());
         let mut bad = buf.clone();

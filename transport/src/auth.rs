@@ -1,0 +1,114 @@
+//! Proof of the cluster token by both ends of a connection, without sending it.
+//!
+//! Each side draws a fresh 32-byte nonce; the connector proves first, with
+//! HMAC-SHA256(token, "manta connector" ‖ connector nonce ‖ listener nonce), and the
+//! listener, only once that proof holds, answers with the same MAC under the label
+//! "manta listener". So:
+//!
+//! - an impostor listener (a local user who took a port a cluster peer used to hold) learns no
+//!   token: it gets one MAC over nonces, and cannot complete the handshake, because it cannot
+//!   make the listener's proof;
+//! - a connector without the token gets nothing from a real listener but a challenge nonce;
+//! - a proof cannot be replayed: every handshake covers two fresh nonces, and the labels keep a
+//!   connector's proof from passing as a listener's (or the reverse).
+//!
+//! A MAC given to a peer that turns out not to hold the token lets it guess the token offline;
+//! the tokens Manta makes are 256 random bits, which no guessing reaches.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// Length of each side's nonce.
+pub const NONCE_LEN: usize = 32;
+
+/// Length of a proof (an HMAC-SHA256 tag).
+pub const PROOF_LEN: usize = 32;
+
+/// Which end of the connection makes a proof.
+#[derive(Clone, Copy, Debug)]
+pub enum Role {
+    /// The side that dialled; it proves first.
+    Connector,
+    /// The side that accepted; it proves once the connector's proof holds.
+    Listener,
+}
+
+impl Role {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Role::Connector => b"manta connector",
+            Role::Listener => b"manta listener",
+        }
+    }
+}
+
+/// A fresh random nonce from the OS.
+pub fn nonce() -> std::io::Result<[u8; NONCE_LEN]> {
+    let mut n = [0; NONCE_LEN];
+    getrandom::fill(&mut n).map_err(std::io::Error::other)?;
+    Ok(n)
+}
+
+fn mac(token: &[u8], role: Role, connector: &[u8], listener: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes a key of any length (a long one is hashed first).
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+    mac.update(role.label());
+    mac.update(&[0]);
+    mac.update(connector);
+    mac.update(listener);
+    mac
+}
+
+/// `role`'s proof of `token` over the two nonces.
+pub fn prove(token: &[u8], role: Role, connector: &[u8], listener: &[u8]) -> Vec<u8> {
+    mac(token, role, connector, listener)
+        .finalize()
+        .into_bytes()
+        .to_vec()
+}
+
+/// Whether `proof` is `role`'s proof of `token` over the two nonces (compared in constant
+/// time).
+pub fn verify(token: &[u8], role: Role, connector: &[u8], listener: &[u8], proof: &[u8]) -> bool {
+    proof.len() == PROOF_LEN
+        && mac(token, role, connector, listener)
+            .verify_slice(proof)
+            .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proof_holds_for_its_token_role_and_nonces_only() {
+        let (c, l) = (nonce().unwrap(), nonce().unwrap());
+        assert_ne!(c, l, "nonces are fresh");
+        let p = prove(b"token", Role::Connector, &c, &l);
+        assert_eq!(p.len(), PROOF_LEN);
+        assert!(verify(b"token", Role::Connector, &c, &l, &p));
+        assert!(
+            !verify(b"tokeN", Role::Connector, &c, &l, &p),
+            "another token"
+        );
+        assert!(
+            !verify(b"token", Role::Listener, &c, &l, &p),
+            "another role"
+        );
+        assert!(
+            !verify(b"token", Role::Connector, &l, &c, &p),
+            "nonces swapped"
+        );
+        let other = nonce().unwrap();
+        assert!(
+            !verify(b"token", Role::Connector, &c, &other, &p),
+            "a replay"
+        );
+        assert!(
+            !verify(b"token", Role::Connector, &c, &l, &p[..31]),
+            "truncated"
+        );
+        assert!(!verify(b"token", Role::Connector, &c, &l, &[]), "empty");
+    }
+}
