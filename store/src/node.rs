@@ -2,7 +2,8 @@
 //!
 //! The node's raylet creates a [`NodeArena`] (one memfd, NUMA-placed and pre-faulted as a
 //! standalone store's arena is) and [serves](NodeArena::serve) it on an abstract Unix socket.
-//! Every process of the node connects a [`NodeClient`], proves the cluster token, receives the
+//! Every process of the node connects a [`NodeClient`], proves the cluster token (and has the
+//! server prove it in turn: `manta_auth`, so the token never crosses the socket), receives the
 //! memfd and maps it read-write; its [`Store::on_node`](crate::Store::on_node) then allocates
 //! its objects inside *granules* (fixed-size extents, [`StoreConfig::node_granule`]) that the
 //! server grants it. Node-wide use is bounded by the one arena, and any process reads any
@@ -15,12 +16,15 @@
 //! straddling two spans. The table is the sans-I/O [`Granules`](granules) type.
 //!
 //! # Protocol (wire formats in `node/wire.rs`)
-//! 1. The client connects and writes a 4-byte little-endian length and the token.
-//! 2. The server reads both within 5 s (a length above 4096 closes the connection), compares
-//!    the token in constant time, and on a mismatch logs and closes: no fd is sent.
-//! 3. The server sends the memfd (`SCM_RIGHTS`, [`crate::fdpass`]) with the hello: magic,
-//!    version, page kind, arena length, granule, and the NUMA spans (node, offset, length).
-//!    The client checks the fd is size-sealed and exactly the hello's length, and maps it.
+//! 1. The client connects and writes `b"MNOD"` and its nonce.
+//! 2. The server reads them, answers its own nonce, and reads the client's proof, all within
+//!    5 s and without blocking (`node/pending.rs`); it checks the proof in constant time, and
+//!    on a mismatch logs and closes: no fd is sent.
+//! 3. The server sends its own proof, then the memfd (`SCM_RIGHTS`, [`crate::fdpass`]) with the
+//!    hello: magic, version, page kind, arena length, granule, and the NUMA spans (node,
+//!    offset, length). The client checks the server's proof before it takes the fd (a server
+//!    that cannot prove the token gets nothing mapped), that the fd is size-sealed and exactly
+//!    the hello's length, and maps it.
 //! 4. Then fixed-size request/reply frames, one request in flight per connection: grant (bytes
 //!    wanted, preferred node) and give back (offset, length). Every reply carries the node's
 //!    granted bytes and capacity, which drive the store's node-wide spill threshold. A
@@ -90,6 +94,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use manta_auth::{self as auth, Role};
 use tracing::{debug, info, warn};
 
 use crate::arena::{self, Arena, AttachedArena, PageKind};
@@ -105,8 +110,6 @@ use wire::{Hello, Reply, Request, Status};
 
 /// How long a client has to prove the token, and the client's timeout for every exchange.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest token the server reads.
-const MAX_TOKEN: usize = 4096;
 /// How often dead-held granules are re-checked while any exist.
 const SWEEP_PERIOD: Duration = Duration::from_millis(100);
 /// How often the acceptor looks at the stop flag.
@@ -386,11 +389,6 @@ struct Serving {
     log: LogLimit,
 }
 
-/// Constant-time equality, so that a token's prefix cannot be found by timing refusals.
-fn tokens_equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Waits until one of `fds` is ready or `timeout` passes; their `revents` say which.
 fn poll_fds(fds: &mut [libc::pollfd], timeout: Duration) {
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
@@ -455,11 +453,15 @@ impl Serving {
                 if fds[i + 1].revents == 0 {
                     continue;
                 }
-                match pending[i].read(MAX_TOKEN) {
+                match pending[i].read() {
                     Progress::More => {}
-                    Progress::Token(token) => {
+                    Progress::Proof {
+                        theirs,
+                        mine,
+                        proof,
+                    } => {
                         let p = pending.swap_remove(i);
-                        self.proven(p, &token);
+                        self.proven(p, &theirs, &mine, &proof);
                     }
                     Progress::Refused(why) => {
                         let p = pending.swap_remove(i);
@@ -510,9 +512,10 @@ impl Serving {
         pending.push(Pending::new(id, stream, Instant::now() + EXCHANGE_TIMEOUT));
     }
 
-    /// Step 2's verdict on a whole token: a client that proved it gets a thread of its own.
-    fn proven(self: &Arc<Self>, p: Pending, token: &[u8]) {
-        if !tokens_equal(token, &self.token) {
+    /// Step 2's verdict on a client's proof: a client that proved the token gets a thread of
+    /// its own, which starts with this server's proof (step 3).
+    fn proven(self: &Arc<Self>, p: Pending, theirs: &[u8], mine: &[u8], proof: &[u8]) {
+        if !auth::verify(&self.token, Role::Connector, theirs, mine, proof) {
             if let Some(suppressed) = self.log.check() {
                 warn!(
                     client = p.id,
@@ -526,10 +529,11 @@ impl Serving {
             return;
         }
         let (id, stream) = (p.id, p.stream);
+        let answer = auth::prove(&self.token, Role::Listener, theirs, mine);
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("manta-node-client-{id}"))
-            .spawn(move || me.serve_client(id, stream));
+            .spawn(move || me.serve_client(id, stream, &answer));
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         workers.retain(|h| !h.is_finished());
         match spawned {
@@ -554,11 +558,11 @@ impl Serving {
     }
 
     /// A client that proved the token, on its own thread: step 3, then step 4 until it closes.
-    fn serve_client(self: Arc<Self>, id: ClientId, stream: UnixStream) {
+    fn serve_client(self: Arc<Self>, id: ClientId, stream: UnixStream, answer: &[u8]) {
         if !self.register(id, &stream) {
             return;
         }
-        self.attach(id, &stream);
+        self.attach(id, &stream, answer);
         self.requests(id, &stream);
         self.conns
             .lock()
@@ -567,12 +571,14 @@ impl Serving {
         self.node.client_gone(id, true);
     }
 
-    /// Step 3: the memfd and hello, to a client that proved the token (counted as a client
-    /// from here on, even if the send fails: `client_gone` counts it down).
-    fn attach(&self, id: ClientId, stream: &UnixStream) {
+    /// Step 3: this server's proof, then the memfd and hello, to a client that proved the
+    /// token (counted as a client from here on, even if the send fails: `client_gone` counts
+    /// it down).
+    fn attach(&self, id: ClientId, stream: &UnixStream, answer: &[u8]) {
         self.node.lock().clients += 1;
         let sent = stream
             .set_write_timeout(Some(EXCHANGE_TIMEOUT))
+            .and_then(|()| (&*stream).write_all(answer))
             .and_then(|()| {
                 fdpass::send_fd(stream, self.node.arena.fd(), &self.node.hello().encode())
             });
@@ -715,11 +721,20 @@ impl NodeClient {
         stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
         stream.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
         let token = token.as_bytes();
-        let len = u32::try_from(token.len()).map_err(|_| invalid("token too long"))?;
-        let mut proof = Vec::with_capacity(4 + token.len());
-        proof.extend_from_slice(&len.to_le_bytes());
-        proof.extend_from_slice(token);
-        (&stream).write_all(&proof)?;
+        let mine = auth::nonce()?;
+        let mut request = pending::MAGIC.to_vec();
+        request.extend_from_slice(&mine);
+        (&stream).write_all(&request)?;
+        let mut theirs = [0u8; auth::NONCE_LEN];
+        (&stream).read_exact(&mut theirs)?;
+        (&stream).write_all(&auth::prove(token, Role::Connector, &mine, &theirs))?;
+        let mut proof = [0u8; auth::PROOF_LEN];
+        (&stream).read_exact(&mut proof)?;
+        if !auth::verify(token, Role::Listener, &mine, &theirs, &proof) {
+            return Err(invalid(
+                "the node arena's server did not prove the cluster token",
+            ));
+        }
         let mut buf = vec![0u8; wire::HELLO_MAX];
         let (mut got, fd) = fdpass::recv_fd(&stream, &mut buf)?;
         if got < Hello::HEAD_LEN {
@@ -1000,13 +1015,5 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(tokens_equal(b"abc", b"abc"));
-        assert!(!tokens_equal(b"abc", b"abd"));
-        assert!(!tokens_equal(b"abc", b"ab"));
-        assert!(tokens_equal(b"", b""));
     }
 }

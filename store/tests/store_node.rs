@@ -7,7 +7,7 @@
 //! prints its answers as lines tagged `@@` (the harness may print on the same line first) and
 //! takes commands on stdin. Every wait is bounded; children are killed when a test fails.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+use manta_auth as auth;
 use manta_store::{
     Location, NodeArena, NodeClient, NodeServer, ObjectKey, PageRequest, Store, StoreConfig, fdpass,
 };
@@ -512,7 +513,7 @@ fn a_killed_holders_granules_come_back_unless_read_locked() {
 }
 
 #[test]
-fn a_wrong_or_overlong_token_gets_no_fd() {
+fn a_wrong_token_or_a_plaintext_one_gets_no_fd() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
@@ -520,20 +521,27 @@ fn a_wrong_or_overlong_token_gets_no_fd() {
     let addr = abstract_addr("token");
     assert!(NodeClient::connect(&addr, "not-the-token").is_err());
 
-    // By hand: a wrong token is answered by a close, with no fd.
+    // By hand: a proof made with another token is answered by a close, with no fd.
     let sock = UnixStream::connect_addr(&addr).expect("connect");
     sock.set_read_timeout(Some(STEP)).expect("timeout");
-    let mut proof = 5u32.to_le_bytes().to_vec();
-    proof.extend_from_slice(b"wrong");
-    (&sock).write_all(&proof).expect("write");
+    let mine = [1u8; auth::NONCE_LEN];
+    let mut request = b"MNOD".to_vec();
+    request.extend_from_slice(&mine);
+    (&sock).write_all(&request).expect("write");
+    let mut theirs = [0u8; auth::NONCE_LEN];
+    (&sock).read_exact(&mut theirs).expect("the server's nonce");
+    let wrong = auth::prove(b"wrong", auth::Role::Connector, &mine, &theirs);
+    (&sock).write_all(&wrong).expect("write");
     let mut buf = [0u8; 64];
     let err = fdpass::recv_fd(&sock, &mut buf).expect_err("no fd");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "closed: {err}");
 
-    // A length past the limit is closed at once, before any token byte.
+    // The plaintext token of the protocol before is closed at once, at its first bytes.
     let sock = UnixStream::connect_addr(&addr).expect("connect");
     sock.set_read_timeout(Some(STEP)).expect("timeout");
-    (&sock).write_all(&5000u32.to_le_bytes()).expect("write");
+    let mut old = (TOKEN.len() as u32).to_le_bytes().to_vec();
+    old.extend_from_slice(TOKEN.as_bytes());
+    (&sock).write_all(&old).expect("write");
     let started = Instant::now();
     let err = fdpass::recv_fd(&sock, &mut buf).expect_err("no fd");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "closed: {err}");
@@ -546,6 +554,31 @@ fn a_wrong_or_overlong_token_gets_no_fd() {
     assert_eq!(arena.stats().clients, 1);
     drop(good);
     assert!(eventually(STEP, || arena.stats().clients == 0));
+}
+
+/// A server that cannot prove the token (a local user on a name the raylet held) gets no
+/// token from a client, and the client maps nothing of it.
+#[test]
+fn an_impostor_server_never_sees_the_token_and_is_refused() {
+    let name = format!("manta-test-impostor-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
+    let listener = UnixListener::bind_addr(&addr).expect("bind");
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut seen = vec![0u8; 4 + auth::NONCE_LEN];
+        s.read_exact(&mut seen).expect("request");
+        s.write_all(&[2u8; auth::NONCE_LEN]).expect("nonce");
+        let mut proof = [0u8; auth::PROOF_LEN];
+        s.read_exact(&mut proof).expect("proof");
+        seen.extend_from_slice(&proof);
+        s.write_all(&[7u8; auth::PROOF_LEN])
+            .expect("a made-up proof");
+        seen
+    });
+    let err = NodeClient::connect(&addr, TOKEN).expect_err("an impostor is refused");
+    assert!(err.to_string().contains("did not prove"), "{err}");
+    let seen = fake.join().unwrap();
+    assert!(!seen.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
 }
 
 /// Objects just over a granule's half (or whole) fill the node arena, not half of it: on a

@@ -37,13 +37,13 @@
 //! other at the same instant without receiving can stall on full buffers, as with any
 //! blocking stream: split such traffic over two connections.
 
-use crate::auth::{self, Role};
 use crate::config::TransportConfig;
 use crate::error::{FrameError, RefusalReason, Result, TransportError};
 use crate::frame::{FrameKind, PROTOCOL_VERSION};
 use crate::framed::{Frame, FrameReader, FrameWriter, malformed, unexpected};
 use crate::link::{LinkReader, LinkWriter};
 use crate::wire;
+use manta_auth::{self as auth, Role};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 

@@ -42,7 +42,6 @@
 //! All operations are `async` on tokio; the runtime must have I/O and time enabled. The crate
 //! reads no environment variables: every tunable is a [`TransportConfig`] field.
 
-pub mod auth;
 mod config;
 mod connection;
 mod error;
@@ -65,4 +64,6 @@ pub use error::{FrameError, RefusalReason, Result, TransportError};
 pub use frame::PROTOCOL_VERSION;
 pub use limit::LogLimiter;
 pub use listener::{Address, Listener};
+/// The token proofs of every handshake (the `manta-auth` crate).
+pub use manta_auth as auth;
 pub use split::{RecvHalf, SendHalf};

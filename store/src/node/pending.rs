@@ -2,14 +2,19 @@
 //! `node.rs`), read without blocking by the acceptor thread: no thread is spent on a peer
 //! until it has proven the token.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+use manta_auth as auth;
+
 use super::granules::ClientId;
 
-/// Bytes of the length prefix.
-const LEN: usize = 4;
+/// The first bytes of a client's request (step 1), before its nonce.
+pub(super) const MAGIC: &[u8; 4] = b"MNOD";
+
+/// Bytes of step 1: the magic and the client's nonce.
+const REQUEST: usize = MAGIC.len() + auth::NONCE_LEN;
 
 /// A client still proving the token.
 #[derive(Debug)]
@@ -17,8 +22,12 @@ pub(super) struct Pending {
     pub(super) id: ClientId,
     pub(super) stream: UnixStream,
     pub(super) deadline: Instant,
-    /// The length prefix and the token bytes read so far.
+    /// This server's nonce, once it answered the client's request.
+    mine: Option<[u8; auth::NONCE_LEN]>,
+    /// The client's request, then its proof, as read so far.
     buf: Vec<u8>,
+    /// The client's nonce, once its request was read.
+    theirs: Vec<u8>,
 }
 
 /// What a [`Pending::read`] came to.
@@ -26,8 +35,15 @@ pub(super) struct Pending {
 pub(super) enum Progress {
     /// Nothing more to read now; wait for readiness.
     More,
-    /// The whole token.
-    Token(Vec<u8>),
+    /// The client's proof, with both nonces, to check.
+    Proof {
+        /// The client's nonce.
+        theirs: Vec<u8>,
+        /// This server's nonce.
+        mine: [u8; auth::NONCE_LEN],
+        /// The client's proof.
+        proof: Vec<u8>,
+    },
     /// The client must be refused (why).
     Refused(String),
 }
@@ -39,38 +55,62 @@ impl Pending {
             id,
             stream,
             deadline,
+            mine: None,
             buf: Vec::new(),
+            theirs: Vec::new(),
         }
     }
 
-    /// Bytes wanted in all: the prefix, then the prefix and the token it announces.
-    fn want(&self) -> usize {
-        match self.buf.get(..LEN) {
-            Some(p) => LEN + u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize,
-            None => LEN,
-        }
-    }
-
-    /// Reads what the socket holds (never blocking); tokens over `max_token` bytes are refused
-    /// as soon as their length is read.
-    pub(super) fn read(&mut self, max_token: usize) -> Progress {
+    /// Reads what the socket holds (never blocking): the request, then (after answering it
+    /// with this server's nonce) the proof. Nothing but those fixed lengths is ever read.
+    pub(super) fn read(&mut self) -> Progress {
         loop {
-            let want = self.want();
-            if self.buf.len() >= LEN && want - LEN > max_token {
-                return Progress::Refused(format!("token of {} bytes is too long", want - LEN));
+            let want = if self.mine.is_none() {
+                REQUEST
+            } else {
+                auth::PROOF_LEN
+            };
+            if self.mine.is_none() && self.buf.len() >= MAGIC.len() && &self.buf[..4] != MAGIC {
+                // Refused at its first bytes, not at its length or the deadline.
+                return Progress::Refused("not a node arena request".into());
             }
-            if self.buf.len() == want && self.buf.len() >= LEN {
-                return Progress::Token(self.buf.split_off(LEN));
+            if self.buf.len() == want {
+                let Some(mine) = self.mine else {
+                    self.theirs = self.buf.split_off(MAGIC.len());
+                    self.buf.clear();
+                    match self.answer() {
+                        Ok(()) => continue,
+                        Err(why) => return Progress::Refused(why),
+                    }
+                };
+                return Progress::Proof {
+                    theirs: std::mem::take(&mut self.theirs),
+                    mine,
+                    proof: std::mem::take(&mut self.buf),
+                };
             }
-            let mut chunk = [0u8; 512];
-            let room = (want - self.buf.len()).min(chunk.len());
+            let mut chunk = [0u8; REQUEST];
+            let room = want - self.buf.len();
             match (&self.stream).read(&mut chunk[..room]) {
-                Ok(0) => return Progress::Refused("closed before the token was read".into()),
+                Ok(0) => return Progress::Refused("closed before its proof was read".into()),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::More,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Progress::Refused(format!("no token read: {e}")),
+                Err(e) => return Progress::Refused(format!("no proof read: {e}")),
             }
+        }
+    }
+
+    /// Sends this server's nonce. A fresh socket's buffer always takes the 32 bytes; one that
+    /// does not is refused rather than waited on.
+    fn answer(&mut self) -> Result<(), String> {
+        let mine = auth::nonce().map_err(|e| format!("no nonce: {e}"))?;
+        match (&self.stream).write(&mine) {
+            Ok(n) if n == mine.len() => {
+                self.mine = Some(mine);
+                Ok(())
+            }
+            Ok(_) | Err(_) => Err("could not answer its request".into()),
         }
     }
 }
@@ -78,7 +118,6 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
     use std::time::Duration;
 
     fn pair() -> (Pending, UnixStream) {
@@ -89,24 +128,40 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_token_in_pieces() {
+    fn reads_a_request_and_a_proof_in_pieces() {
         let (mut p, mut peer) = pair();
-        assert_eq!(p.read(64), Progress::More);
-        peer.write_all(&5u32.to_le_bytes()[..3]).unwrap();
-        assert_eq!(p.read(64), Progress::More);
-        peer.write_all(&[0, b's', b'e']).unwrap();
-        assert_eq!(p.read(64), Progress::More);
-        peer.write_all(b"cret").unwrap();
-        assert_eq!(p.read(64), Progress::Token(b"secre".to_vec()));
+        assert_eq!(p.read(), Progress::More);
+        peer.write_all(b"MNO").unwrap();
+        assert_eq!(p.read(), Progress::More);
+        peer.write_all(b"D").unwrap();
+        peer.write_all(&[4; 30]).unwrap();
+        assert_eq!(p.read(), Progress::More);
+        peer.write_all(&[4; 2]).unwrap();
+        assert_eq!(p.read(), Progress::More, "answered, waiting for the proof");
+        let mut nonce = [0u8; auth::NONCE_LEN];
+        peer.read_exact(&mut nonce).unwrap();
+        peer.write_all(&[9; 31]).unwrap();
+        assert_eq!(p.read(), Progress::More);
+        peer.write_all(&[9]).unwrap();
+        assert_eq!(
+            p.read(),
+            Progress::Proof {
+                theirs: vec![4; 32],
+                mine: nonce,
+                proof: vec![9; 32],
+            }
+        );
     }
 
     #[test]
-    fn refuses_long_tokens_and_early_close() {
+    fn refuses_another_request_and_early_close() {
         let (mut p, mut peer) = pair();
-        peer.write_all(&65u32.to_le_bytes()).unwrap();
-        assert!(matches!(p.read(64), Progress::Refused(_)));
+        // The plaintext token of the protocol before: a length, then the token.
+        peer.write_all(&5u32.to_le_bytes()).unwrap();
+        peer.write_all(&[b's'; 32]).unwrap();
+        assert!(matches!(p.read(), Progress::Refused(_)));
         let (mut p, peer) = pair();
         drop(peer);
-        assert!(matches!(p.read(64), Progress::Refused(_)));
+        assert!(matches!(p.read(), Progress::Refused(_)));
     }
 }

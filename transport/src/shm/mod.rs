@@ -36,9 +36,9 @@ pub(crate) mod sys;
 
 pub(crate) use stream::{ShmReader, ShmWriter};
 
-use crate::auth::{self, Role};
 use crate::config::TransportConfig;
 use crate::error::{RefusalReason, Result, TransportError};
+use manta_auth::{self as auth, Role};
 use ring::Side;
 use std::fs::File;
 use std::io;

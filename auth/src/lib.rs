@@ -1,4 +1,6 @@
-//! Proof of the cluster token by both ends of a connection, without sending it.
+//! Proof of the cluster token by both ends of a connection, without sending it: the one
+//! door every handshake of Manta goes through (the transport's connections, its shared-memory
+//! rendezvous, arena attaches, the node arena's socket and collective meshes).
 //!
 //! Each side draws a fresh 32-byte nonce; the connector proves first, with
 //! HMAC-SHA256(token, "manta connector" ‖ connector nonce ‖ listener nonce), and the
