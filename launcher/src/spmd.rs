@@ -25,8 +25,9 @@
 //! head's ports (hashes into 20000–49999, so two jobs on one node use different ports; rank 0
 //! takes the first free one of eight, the others probe them for the one that accepts the job's
 //! token, so a port held by another job or service moves the head on) and the
-//! cluster token (a keyed hash with a per-user secret in `~/.manta/secret`, mode 0600, made
-//! once; clusters share home directories), and the head's host (the first host of
+//! cluster token (HMAC-SHA256 of the job's identity keyed with a per-user secret in
+//! `~/.manta/secret`, made once, mode 0600 in a directory of mode 0700, refused if anyone else
+//! could read or plant it; clusters share home directories), and the head's host (the first host of
 //! `SLURM_STEP_NODELIST`; under `mpirun`, this host when all ranks are local). Ranks other than 0
 //! connect to the head, retrying until it answers (up to 60 s), rather than sleeping.
 //!
@@ -40,7 +41,6 @@
 //!
 //! This module is the only place in Manta that reads Slurm, MPI or PMI environment variables.
 
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -217,60 +217,66 @@ const PORT_CANDIDATES: usize = 8;
 
 /// The per-user secret, made once (`~/.manta/secret`, mode 0600).
 fn user_secret() -> Result<String, Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |message: String| Error::Config {
+    let home = std::env::var_os("HOME").ok_or_else(|| Error::Config {
         key: "~/.manta/secret".into(),
+        message: "HOME is not set".into(),
+    })?;
+    user_secret_in(&std::path::PathBuf::from(home).join(".manta"))
+}
+
+/// The secret in `dir/secret`, made if missing. Anyone who could read or plant it would know
+/// every job's token, so `dir` must be this user's alone (made mode 0700) and the file a
+/// regular file of this user's, mode 0600, not a symlink (`cluster::session`'s checks); else
+/// an error names the path and what is wrong.
+fn user_secret_in(dir: &std::path::Path) -> Result<String, Error> {
+    use cluster::session;
+    let path = dir.join("secret");
+    let fail = |message: String| Error::Config {
+        key: path.display().to_string(),
         message,
     };
-    let home = std::env::var_os("HOME").ok_or_else(|| fail("HOME is not set".into()))?;
-    let dir = std::path::PathBuf::from(home).join(".manta");
-    let path = dir.join("secret");
-    if let Ok(s) = std::fs::read_to_string(&path)
-        && !s.trim().is_empty()
-    {
-        return Ok(s.trim().to_owned());
+    session::ensure_root(dir).map_err(|e| fail(e.to_string()))?;
+    let usable = |s: String| (s.len() == 32).then_some(s);
+    match session::read_private(&path) {
+        Ok(s) => return usable(s).ok_or_else(|| fail("not 32 characters".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e.to_string())),
     }
-    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
     let secret = crate::cluster::new_token().map_err(|e| fail(format!("{e:#}")))?;
-    // create_new: if another rank made it first, use theirs.
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-    {
-        Ok(mut f) => {
-            f.write_all(secret.as_bytes())
-                .map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
-            Ok(secret)
-        }
-        Err(_) => {
+    // `create_new`: if another rank made it first, use theirs.
+    match session::create_private(&path, &secret) {
+        Ok(()) => Ok(secret),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // Lost a race with another rank: wait for its write.
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                if let Ok(s) = std::fs::read_to_string(&path)
-                    && s.trim().len() == 32
-                {
-                    return Ok(s.trim().to_owned());
+                match session::read_private(&path).map(usable) {
+                    Ok(Some(s)) => return Ok(s),
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(fail(e.to_string()));
+                    }
+                    _ => {}
                 }
                 if Instant::now() > deadline {
-                    return Err(fail(format!("{} is unreadable or empty", path.display())));
+                    return Err(fail("unreadable or empty".into()));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        Err(e) => Err(fail(e.to_string())),
     }
 }
 
-/// The job's cluster token: a keyed hash of the job's identity with the user's secret.
+/// The job's cluster token: a keyed hash (HMAC-SHA256) of the job's identity with the user's
+/// secret, as 32 hex digits.
 fn token_for(job_key: &str) -> Result<String, Error> {
     let secret = user_secret()?;
-    let mut a = std::collections::hash_map::DefaultHasher::new();
-    (&secret, job_key, 1u8).hash(&mut a);
-    let mut b = std::collections::hash_map::DefaultHasher::new();
-    (job_key, &secret, 2u8).hash(&mut b);
-    Ok(format!("{:016x}{:016x}", a.finish(), b.finish()))
+    Ok(token_from(&secret, job_key))
+}
+
+fn token_from(secret: &str, job_key: &str) -> String {
+    let mac = manta_auth::derive(secret.as_bytes(), job_key.as_bytes());
+    mac[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn resolve(host: &str) -> Option<IpAddr> {
@@ -758,6 +764,71 @@ pub(crate) fn finish(head: Head) {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn the_user_secret_is_made_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(".manta");
+        let secret = user_secret_in(&dir).unwrap();
+        assert_eq!(secret.len(), 32);
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("secret")), 0o600);
+        assert_eq!(user_secret_in(&dir).unwrap(), secret, "made once");
+    }
+
+    #[test]
+    fn a_secret_others_could_read_or_plant_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |p: &std::path::Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        // Readable by others.
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(".manta");
+        user_secret_in(&dir).unwrap();
+        set(&dir.join("secret"), 0o644);
+        let e = user_secret_in(&dir).unwrap_err().to_string();
+        assert!(e.contains("secret") && e.contains("644"), "{e}");
+        // A symlink to a file someone else chose.
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(".manta");
+        std::fs::create_dir(&dir).unwrap();
+        set(&dir, 0o700);
+        let planted = home.path().join("planted");
+        std::fs::write(&planted, "0123456789abcdef0123456789abcdef").unwrap();
+        set(&planted, 0o600);
+        std::os::unix::fs::symlink(&planted, dir.join("secret")).unwrap();
+        let e = user_secret_in(&dir).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        // A directory others may write to (where they could plant one).
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(".manta");
+        std::fs::create_dir(&dir).unwrap();
+        set(&dir, 0o777);
+        let e = user_secret_in(&dir).unwrap_err().to_string();
+        assert!(e.contains("others may write"), "{e}");
+    }
+
+    #[test]
+    fn job_tokens_are_keyed_hashes_of_the_job() {
+        let t = token_from("0123456789abcdef0123456789abcdef", "slurm:7.0");
+        assert_eq!(t.len(), 32);
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            t,
+            token_from("0123456789abcdef0123456789abcdef", "slurm:7.0")
+        );
+        assert_ne!(
+            t,
+            token_from("0123456789abcdef0123456789abcdef", "slurm:8.0")
+        );
+        assert_ne!(
+            t,
+            token_from("0123456789abcdef0123456789abcdeF", "slurm:7.0")
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = pairs

@@ -105,6 +105,12 @@ pub fn write_private(path: &Path, contents: &str) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    create_private(path, contents)
+}
+
+/// Writes `contents` to a private file `path` that must not exist yet (mode `0600`,
+/// `O_EXCL`, `O_NOFOLLOW`): `AlreadyExists` if anything is there, a symlink included.
+pub fn create_private(path: &Path, contents: &str) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
