@@ -469,11 +469,27 @@ fn two_hosts(a: &Args) -> Result<()> {
         .env(CHILD_ENV, format!("send:{b_addr}"))
         .output()?;
     let _ = recv.wait();
-    let raw: f64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .strip_prefix("gbps=")
-        .and_then(|v| v.parse().ok())
-        .context("raw stream figure")?;
+    let raw = gbps_line(&out.stdout).context("raw stream figure")?;
+    // Raw TCP both ways at once, as a ring allreduce moves its bytes: each host sends to the
+    // other while it receives from it. On a link that is full duplex in hardware this equals
+    // the one-way stream; where the hosts' CPUs carry the link (namespaces on a bridge), both
+    // directions share them.
+    let a_addr = SocketAddr::new(hosts.host(0).ip().into(), 47_201);
+    let listen = hosts
+        .command(0, &exe)
+        .env(CHILD_ENV, format!("xchg-listen:{a_addr}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let dial = hosts
+        .command(1, &exe)
+        .env(CHILD_ENV, format!("xchg-dial:{a_addr}"))
+        .output()?;
+    let listened = listen.wait_with_output()?;
+    let both = gbps_line(&dial.stdout)
+        .zip(gbps_line(&listened.stdout))
+        .map(|(a, b)| a.min(b))
+        .context("raw exchange figure")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let p = a.per_host;
     let n = 2 * p;
@@ -523,7 +539,10 @@ fn two_hosts(a: &Args) -> Result<()> {
     let gloo = gloo_times(n, &a.ops, &a.sizes, &master, &wrap)
         .map_err(|e| println!("# Gloo skipped: {e:#}"))
         .ok();
-    println!("\n# two hosts: raw TCP stream A -> B {raw:.2} GB/s");
+    println!(
+        "\n# two hosts: raw TCP stream A -> B {raw:.2} GB/s; both ways at once \
+         {both:.2} GB/s each way"
+    );
     for op in &a.ops {
         print_table(
             &format!("two hosts, {p} ranks each, manta {backend}"),
@@ -539,8 +558,10 @@ fn two_hosts(a: &Args) -> Result<()> {
             let bus =
                 gbps(size_of_count(op, c, n as u64), manta[op][last]) * bus_factor(op, n as f64);
             println!(
-                "# allreduce busbw at the largest size / raw TCP stream: {:.2}",
-                bus / raw
+                "# allreduce busbw at the largest size / raw TCP stream: {:.2} one way, \
+                 {:.2} both ways at once",
+                bus / raw,
+                bus / both
             );
         }
     }
@@ -548,6 +569,46 @@ fn two_hosts(a: &Args) -> Result<()> {
 }
 
 const RAW_BYTES: usize = 256 << 20;
+
+/// The `gbps=` figure a raw-stream child printed.
+fn gbps_line(out: &[u8]) -> Option<f64> {
+    String::from_utf8_lossy(out)
+        .trim()
+        .strip_prefix("gbps=")
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sends [`RAW_BYTES`] on `s` while it receives as many; prints each way's rate.
+fn exchange(s: TcpStream) -> Result<()> {
+    s.set_nodelay(true)?;
+    let mut tx = s.try_clone()?;
+    let t = Instant::now();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let buf = vec![7u8; 1 << 20];
+        for _ in 0..RAW_BYTES >> 20 {
+            tx.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut rx = &s;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < RAW_BYTES {
+        let k = rx.read(&mut buf)?;
+        if k == 0 {
+            bail!("the peer closed early");
+        }
+        got += k;
+    }
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
+    println!(
+        "gbps={:.3}",
+        RAW_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9
+    );
+    Ok(())
+}
 
 fn child(mode: &str) -> Result<()> {
     if let Some(addr) = mode.strip_prefix("recv:") {
@@ -589,6 +650,24 @@ fn child(mode: &str) -> Result<()> {
             RAW_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9
         );
         return Ok(());
+    }
+    if let Some(addr) = mode.strip_prefix("xchg-listen:") {
+        let (s, _) = TcpListener::bind(addr)?.accept()?;
+        return exchange(s);
+    }
+    if let Some(addr) = mode.strip_prefix("xchg-dial:") {
+        let addr: SocketAddr = addr.parse()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        return exchange(s);
     }
     if let Some(spec) = mode.strip_prefix("mpi:") {
         return mpi_child(spec);
