@@ -42,6 +42,9 @@ const SMALL: usize = 64 << 10;
 const PIECE: usize = 256 << 10;
 /// Broadcast pipeline piece.
 const BCAST_PIECE: usize = 1 << 20;
+/// A transfer that sends and receives at least this much sends from a thread of its own, so
+/// the kernel copies its bytes out while this thread receives (and reduces) on another core.
+const THREADED: usize = 1 << 20;
 
 /// A bound listener, published before the group knows its backend.
 pub(crate) struct TcpListen {
@@ -272,13 +275,19 @@ impl TcpBackend {
     }
 
     fn transfer_inner(
-        &mut self,
+        &self,
         h: &Header,
         seq: u64,
         send: Option<(usize, &[u8])>,
         recv: Option<(usize, Sink<'_>)>,
         sent: &mut usize,
     ) -> Result<(), Fault> {
+        if let Some((peer, body)) = send
+            && body.len() >= THREADED
+            && recv.as_ref().is_some_and(|(_, s)| s.len() >= THREADED)
+        {
+            return self.transfer_threaded(h, seq, (peer, body), recv, sent);
+        }
         let start = Instant::now();
         let deadline = start + self.timeout;
         let out_hdr = send.map(|(_, body)| self.frame(h, seq, body.len()));
@@ -399,6 +408,48 @@ impl TcpBackend {
                 )
             };
         }
+    }
+
+    /// A large send and receive at once: the send on a scoped thread of its own, the receive
+    /// here. Either side's failure stops the other within one poll (100 ms); the sender's
+    /// bytes count in `sent` as the single-threaded loop's do.
+    fn transfer_threaded(
+        &self,
+        h: &Header,
+        seq: u64,
+        (peer, body): (usize, &[u8]),
+        recv: Option<(usize, Sink<'_>)>,
+        sent: &mut usize,
+    ) -> Result<(), Fault> {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let hdr = self.frame(h, seq, body.len());
+        let conn = self.conn(peer)?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (received, (sending, n)) = std::thread::scope(|scope| {
+            let sender = scope.spawn(|| {
+                let mut n = 0;
+                let r = send_all(conn, peer, &hdr, body, (start, deadline), &mut n, &stop);
+                if r.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                (r, n)
+            });
+            let mut none = 0;
+            let received = self.transfer_inner(h, seq, None, recv, &mut none);
+            if received.is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let sending = sender.join().unwrap_or_else(|_| {
+                (
+                    Err(Fault::Os("a collective's sender thread panicked".into())),
+                    0,
+                )
+            });
+            (received, sending)
+        });
+        *sent = n;
+        received.and(sending)
     }
 
     fn prev(&self, k: usize) -> usize {
@@ -570,6 +621,59 @@ fn greet(
             "greeting",
             "the listener did not prove the cluster token",
         ));
+    }
+    Ok(())
+}
+
+/// Sends a frame (`hdr`, `body`) on the non-blocking `conn` to member `peer` by `deadline`
+/// (`(start, deadline)`), counting bytes sent in `sent`; gives up when `stop` is raised (the
+/// receive beside it failed).
+fn send_all(
+    conn: &TcpStream,
+    peer: usize,
+    hdr: &[u8; HDR_LEN],
+    body: &[u8],
+    (start, deadline): (Instant, Instant),
+    sent: &mut usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), Fault> {
+    let total = HDR_LEN + body.len();
+    let mut conn = conn;
+    while *sent < total {
+        let r = if *sent < HDR_LEN {
+            conn.write_vectored(&[IoSlice::new(&hdr[*sent..]), IoSlice::new(body)])
+        } else {
+            conn.write(&body[*sent - HDR_LEN..])
+        };
+        match r {
+            Ok(0) => return Err(peer_fault(peer, "sending to", "connection closed")),
+            Ok(k) => *sent += k,
+            Err(e) if would_block(&e) => {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(peer_fault(
+                        peer,
+                        "sending to",
+                        "the receive beside it failed",
+                    ));
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Fault::Timeout {
+                        rank: peer,
+                        waited: now - start,
+                    });
+                }
+                let mut fd = libc::pollfd {
+                    fd: conn.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let wait = (deadline - now).min(Duration::from_millis(100));
+                // SAFETY: `fd` is one valid pollfd for the call's duration.
+                unsafe { libc::poll(&mut fd, 1, wait.as_millis().max(1) as libc::c_int) };
+            }
+            Err(e) => return Err(peer_fault(peer, "sending to", e)),
+        }
     }
     Ok(())
 }
