@@ -335,6 +335,16 @@ pub(super) fn error_to_wire(e: &Error) -> (ErrorKind, String, String) {
             object.as_u64().to_string(),
             reason.clone(),
         ),
+        Error::ObjectReconstructionFailedMaxAttemptsExceeded { object, reason } => (
+            ErrorKind::ReconstructionMaxAttempts,
+            object.as_u64().to_string(),
+            reason.clone(),
+        ),
+        Error::ObjectReconstructionFailedLineageEvicted { object, reason } => (
+            ErrorKind::LineageEvicted,
+            object.as_u64().to_string(),
+            reason.clone(),
+        ),
         Error::PlacementGroupRemoved { group } => (
             ErrorKind::Other,
             super::submit::PG_REMOVED.to_string(),

@@ -154,6 +154,8 @@ fn error_kind_from_wire(k: fb::ErrorKind) -> ErrorKind {
         fb::ErrorKind::WorkerCrashed => ErrorKind::WorkerCrashed,
         fb::ErrorKind::ObjectLost => ErrorKind::ObjectLost,
         fb::ErrorKind::OwnerDied => ErrorKind::OwnerDied,
+        fb::ErrorKind::ReconstructionMaxAttempts => ErrorKind::ReconstructionMaxAttempts,
+        fb::ErrorKind::LineageEvicted => ErrorKind::LineageEvicted,
         // Other, and kinds a newer peer may add.
         _ => ErrorKind::Other,
     }

@@ -253,6 +253,8 @@ fn error_kind_to_wire(k: ErrorKind) -> fb::ErrorKind {
         ErrorKind::WorkerCrashed => fb::ErrorKind::WorkerCrashed,
         ErrorKind::ObjectLost => fb::ErrorKind::ObjectLost,
         ErrorKind::OwnerDied => fb::ErrorKind::OwnerDied,
+        ErrorKind::ReconstructionMaxAttempts => fb::ErrorKind::ReconstructionMaxAttempts,
+        ErrorKind::LineageEvicted => fb::ErrorKind::LineageEvicted,
     }
 }
 

@@ -173,6 +173,10 @@ pub(crate) enum ErrorKind {
     ObjectLost,
     /// `task` is the object's id (decimal).
     OwnerDied,
+    /// `task` is the object's id (decimal).
+    ReconstructionMaxAttempts,
+    /// `task` is the object's id (decimal).
+    LineageEvicted,
 }
 
 /// The outcome of a task, actor creation or actor call.

@@ -416,6 +416,8 @@ fn every_error_kind_round_trips() {
         ErrorKind::WorkerCrashed,
         ErrorKind::ObjectLost,
         ErrorKind::OwnerDied,
+        ErrorKind::ReconstructionMaxAttempts,
+        ErrorKind::LineageEvicted,
     ] {
         let msg = Msg::TaskDone {
             task_id: 1,

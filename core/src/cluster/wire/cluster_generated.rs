@@ -189,10 +189,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ActorState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_KIND: u8 = 8;
+pub const ENUM_MAX_ERROR_KIND: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 9] = [
+pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 11] = [
   ErrorKind::Panic,
   ErrorKind::ActorDied,
   ErrorKind::Cancelled,
@@ -202,6 +202,8 @@ pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 9] = [
   ErrorKind::WorkerCrashed,
   ErrorKind::ObjectLost,
   ErrorKind::OwnerDied,
+  ErrorKind::ReconstructionMaxAttempts,
+  ErrorKind::LineageEvicted,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -220,9 +222,13 @@ impl ErrorKind {
   /// An object was lost with its holder, or with its owner (`error_task`: the object id).
   pub const ObjectLost: Self = Self(7);
   pub const OwnerDied: Self = Self(8);
+  /// A lost task output could not be rebuilt: its task ran out of retries, or its lineage
+  /// was evicted (`error_task`: the object id).
+  pub const ReconstructionMaxAttempts: Self = Self(9);
+  pub const LineageEvicted: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Panic,
     Self::ActorDied,
@@ -233,6 +239,8 @@ impl ErrorKind {
     Self::WorkerCrashed,
     Self::ObjectLost,
     Self::OwnerDied,
+    Self::ReconstructionMaxAttempts,
+    Self::LineageEvicted,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -246,6 +254,8 @@ impl ErrorKind {
       Self::WorkerCrashed => Some("WorkerCrashed"),
       Self::ObjectLost => Some("ObjectLost"),
       Self::OwnerDied => Some("OwnerDied"),
+      Self::ReconstructionMaxAttempts => Some("ReconstructionMaxAttempts"),
+      Self::LineageEvicted => Some("LineageEvicted"),
       _ => None,
     }
   }
