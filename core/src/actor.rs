@@ -73,7 +73,7 @@ use crate::scheduler::{Job, Scheduler};
 use crate::sync::{
     Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, OnceLock, Ordering, RwLock, lock,
 };
-use crate::task::{ArgReader, ArgSlot};
+use crate::task::{ArgReader, ArgSlot, retry_covers};
 
 /// A type usable as an actor (implemented by `#[manta::actor]`).
 pub trait Actor: Send + Sync + 'static {
@@ -216,6 +216,9 @@ pub struct ActorOptions {
     pub(crate) max_concurrency: usize,
     pub(crate) max_restarts: u32,
     pub(crate) max_task_retries: u32,
+    /// Which application errors of its calls run them again (`max_task_retries` times):
+    /// `None` none, `Some(None)` all, `Some(Some(types))` `Err`s of those types.
+    pub(crate) retry_exceptions: Option<crate::task::RetryOn>,
     pub(crate) name: Option<String>,
     /// Whether any resource was asked for explicitly (else Ray's default: 1 CPU to be
     /// placed, none held).
@@ -240,6 +243,7 @@ impl Default for ActorOptions {
             max_concurrency: 1,
             max_restarts: 0,
             max_task_retries: 0,
+            retry_exceptions: None,
             name: None,
             explicit_resources: false,
             namespace: None,
@@ -299,10 +303,39 @@ impl ActorOptions {
     }
     /// How many times a call that was running when the actor's worker process died is run
     /// again on the restarted actor (default 0: it fails with `ActorDied`, as in Ray). Only
-    /// with `max_restarts`, in a cluster.
+    /// with `max_restarts`, in a cluster. With [`retry_exceptions`](Self::retry_exceptions),
+    /// also how many times a call whose method panics or returns `Err` is run again, in
+    /// every mode.
     pub fn max_task_retries(mut self, n: u32) -> Self {
         self.max_task_retries = n;
         self
+    }
+    /// Whether an application error of a call — its method panicking or returning `Err` —
+    /// runs the call again on the same actor, up to `max_task_retries` times, before its
+    /// next call (Ray's `retry_exceptions=True` with `max_task_retries` on an actor). The
+    /// method runs on the state the failed attempt left.
+    pub fn retry_exceptions(mut self, yes: bool) -> Self {
+        self.retry_exceptions = yes.then_some(None);
+        self
+    }
+    /// Runs a call again when its method returns `Err` of type `E` (Ray's
+    /// `retry_exceptions=[E]`), up to `max_task_retries` times; may be given for several
+    /// types. Other errors, and panics, are its result at once.
+    pub fn retry_exceptions_of<E: 'static>(mut self) -> Self {
+        let mut types: Vec<Box<str>> = match self.retry_exceptions.take() {
+            Some(Some(list)) => list.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        types.push(std::any::type_name::<E>().into());
+        self.retry_exceptions = Some(Some(types.into()));
+        self
+    }
+    /// How often a call is run again after an application error, and for which ones.
+    pub(crate) fn exception_retries(&self) -> (u32, crate::task::RetryOn) {
+        match &self.retry_exceptions {
+            Some(on) => (self.max_task_retries, on.clone()),
+            None => (0, None),
+        }
     }
     /// Registers the actor under a name, for [`crate::get_actor`], in the job's namespace
     /// (unless [`ActorOptions::namespace`] says another). As in Ray, a named actor that is not
@@ -438,6 +471,8 @@ pub(crate) struct ActorCell {
     running: RunningCalls,
     /// Its rank in an actor group, if it is a member.
     member: Option<crate::placement_group::Rank>,
+    /// Retries of a call after an application error, and which ones (`retry_exceptions`).
+    exception_retries: (u32, crate::task::RetryOn),
 }
 
 /// The results of an actor's running calls, which a kill fails at once. A serial actor
@@ -603,6 +638,7 @@ impl ActorCell {
             created: OnceLock::new(),
             remote: OnceLock::new(),
             running: RunningCalls::new(options.max_concurrency <= 1),
+            exception_retries: options.exception_retries(),
             member: options.rank.or(options.member.as_ref().map(|m| m.rank)),
         }
     }
@@ -1013,13 +1049,33 @@ impl ActorCell {
             }
             return;
         }
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let _in_actor = InActor::enter();
-            let _member = crate::placement_group::MemberGuard::enter(self.member);
-            crate::gpus::holding(self.demand.gpus(), || {
-                (method.invoke)(&self.state, &mut ArgReader::new(&args))
-            })
-        }));
+        let (mut retries, retry_on) = (self.exception_retries.0, &self.exception_retries.1);
+        let outcome = loop {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let _in_actor = InActor::enter();
+                let _member = crate::placement_group::MemberGuard::enter(self.member);
+                crate::gpus::holding(self.demand.gpus(), || {
+                    (method.invoke)(&self.state, &mut ArgReader::new(&args))
+                })
+            }));
+            // A panic its `retry_exceptions` cover (all, or a typed panic of a type named)
+            // runs the call again, on the same actor before its next call, while retries are
+            // left (never after a kill, `exit_actor` or a cancel). A method's `Err` is its
+            // value, not an error.
+            let covered = match &outcome {
+                Err(payload) if payload.is::<ExitActor>() => false,
+                Err(payload) if retries > 0 => {
+                    let e = TaskError::panic(method.name, payload.as_ref());
+                    retry_covers(retry_on, e.cause_type_name().is_some().then_some(&e))
+                }
+                _ => false,
+            };
+            if !covered || retries == 0 || !self.is_alive() || crate::cancel::check().is_err() {
+                break outcome;
+            }
+            retries -= 1;
+            tracing::warn!(call = %id, "actor method {} failed; retrying ({retries} left)", method.name);
+        };
         let cell = self.leave_running(token, slot);
         if self.is_dead() {
             // Killed while the method ran: its result was failed by the kill (and is ignored

@@ -529,8 +529,15 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             /// `manta::restart` (default 0).
             pub fn max_restarts(self, n: u32) -> Self { #options_ty(self.0.max_restarts(n)) }
             /// How many times a call running when the actor's worker died runs again on the
-            /// restarted actor (default 0).
+            /// restarted actor (default 0); with `retry_exceptions`, also a call whose method
+            /// panicked.
             pub fn max_task_retries(self, n: u32) -> Self { #options_ty(self.0.max_task_retries(n)) }
+            /// Whether a call whose method panics runs again, up to `max_task_retries` times
+            /// (Ray's `retry_exceptions=True`).
+            pub fn retry_exceptions(self, yes: bool) -> Self { #options_ty(self.0.retry_exceptions(yes)) }
+            /// Runs a call again when its method panics with a payload of type `E` (a
+            /// registered error type), up to `max_task_retries` times.
+            pub fn retry_exceptions_of<E: 'static>(self) -> Self { #options_ty(self.0.retry_exceptions_of::<E>()) }
             /// Registers the actor under a name for `manta::get_actor`, in the job's namespace.
             /// Unless detached, it still dies with its last handle.
             pub fn name(self, name: impl Into<String>) -> Self { #options_ty(self.0.name(name)) }

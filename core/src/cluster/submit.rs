@@ -329,6 +329,14 @@ impl Cluster {
         let name = options.name.as_deref();
         let max_concurrency = options.max_concurrency as u32;
         let max_restarts = options.max_restarts;
+        let (retries, retry_on) = options.exception_retries();
+        let exception_retries = (
+            retries,
+            retry_on
+                .iter()
+                .flat_map(|types| types.iter().map(|t| t.to_string()))
+                .collect::<Vec<String>>(),
+        );
         // Placed where its placement request fits (a default actor needs 1 CPU), holding
         // `request`.
         let (node, worker, peer) = self.place(&options.placement(), None)?;
@@ -353,6 +361,7 @@ impl Cluster {
             request,
             name,
             max_concurrency,
+            exception_retries: exception_retries.clone(),
             max_restarts,
             worker,
             node,
@@ -390,6 +399,7 @@ impl Cluster {
             max_concurrency,
             max_restarts,
             group: actor.member().map_or((0, 0), |m| (m.rank, m.world_size)),
+            exception_retries,
         });
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());

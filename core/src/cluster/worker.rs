@@ -652,6 +652,7 @@ impl Handler for WorkerHandler {
                 max_concurrency,
                 max_restarts,
                 group,
+                exception_retries,
             } => c.create_pushed_actor(
                 peer,
                 actor_id,
@@ -661,6 +662,7 @@ impl Handler for WorkerHandler {
                 name,
                 (max_concurrency, max_restarts),
                 group,
+                exception_retries,
             ),
             Msg::ActorCall {
                 actor_id,

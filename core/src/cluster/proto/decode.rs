@@ -413,6 +413,12 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 max_concurrency: t.max_concurrency(),
                 max_restarts: t.max_restarts(),
                 group: (t.group_rank(), t.group_world()),
+                exception_retries: (
+                    t.exception_retries(),
+                    t.retry_on()
+                        .map(|v| v.iter().map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                ),
             }
         }
         TAG_ACTOR_CALL => {

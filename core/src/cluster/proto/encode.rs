@@ -668,11 +668,13 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             max_concurrency,
             max_restarts,
             group,
+            exception_retries,
         } => {
             let class_name = opt_str(fbb, class_name);
             let args = opt_args(fbb, args);
             let resources = opt_resources(fbb, resources);
             let name = opt_str(fbb, name);
+            let retry_on = opt_strings(fbb, &exception_retries.1);
             table!(
                 CreateActor,
                 CreateActorArgs {
@@ -685,6 +687,8 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     max_restarts: *max_restarts,
                     group_rank: group.0,
                     group_world: group.1,
+                    exception_retries: exception_retries.0,
+                    retry_on,
                 }
             );
         }

@@ -368,6 +368,9 @@ pub(crate) enum Msg {
         max_restarts: u32,
         /// An actor group member's `(rank, world size)`; world 0: not a member.
         group: (u32, u32),
+        /// Runs of a call again after its method panicked, and for which typed panics
+        /// (empty: all): `retry_exceptions` with `max_task_retries`.
+        exception_retries: (u32, Vec<String>),
     },
     ActorCall {
         actor_id: u64,

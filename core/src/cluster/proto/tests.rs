@@ -238,6 +238,7 @@ fn samples() -> Vec<Msg> {
             max_concurrency: 8,
             max_restarts: 2,
             group: (3, 4),
+            exception_retries: (2, vec!["app::Flaky".into()]),
         },
         Msg::ActorCall {
             actor_id: 26,

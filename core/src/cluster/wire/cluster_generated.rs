@@ -4941,6 +4941,8 @@ impl<'a> CreateActor<'a> {
   pub const VT_MAX_RESTARTS: ::flatbuffers::VOffsetT = 16;
   pub const VT_GROUP_RANK: ::flatbuffers::VOffsetT = 18;
   pub const VT_GROUP_WORLD: ::flatbuffers::VOffsetT = 20;
+  pub const VT_EXCEPTION_RETRIES: ::flatbuffers::VOffsetT = 22;
+  pub const VT_RETRY_ON: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4953,6 +4955,8 @@ impl<'a> CreateActor<'a> {
   ) -> ::flatbuffers::WIPOffset<CreateActor<'bldr>> {
     let mut builder = CreateActorBuilder::new(_fbb);
     builder.add_actor_id(args.actor_id);
+    if let Some(x) = args.retry_on { builder.add_retry_on(x); }
+    builder.add_exception_retries(args.exception_retries);
     builder.add_group_world(args.group_world);
     builder.add_group_rank(args.group_rank);
     builder.add_max_restarts(args.max_restarts);
@@ -5029,6 +5033,22 @@ impl<'a> CreateActor<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(CreateActor::VT_GROUP_WORLD, Some(0)).unwrap()}
   }
+  /// Runs of a call again after its method panicked (`max_task_retries` with
+  /// `retry_exceptions`), for the typed panics named in `retry_on` (empty: every panic).
+  #[inline]
+  pub fn exception_retries(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CreateActor::VT_EXCEPTION_RETRIES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn retry_on(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(CreateActor::VT_RETRY_ON, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreateActor<'_> {
@@ -5046,6 +5066,8 @@ impl ::flatbuffers::Verifiable for CreateActor<'_> {
      .visit_field::<u32>("max_restarts", Self::VT_MAX_RESTARTS, false)?
      .visit_field::<u32>("group_rank", Self::VT_GROUP_RANK, false)?
      .visit_field::<u32>("group_world", Self::VT_GROUP_WORLD, false)?
+     .visit_field::<u32>("exception_retries", Self::VT_EXCEPTION_RETRIES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("retry_on", Self::VT_RETRY_ON, false)?
      .finish();
     Ok(())
   }
@@ -5060,6 +5082,8 @@ pub struct CreateActorArgs<'a> {
     pub max_restarts: u32,
     pub group_rank: u32,
     pub group_world: u32,
+    pub exception_retries: u32,
+    pub retry_on: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for CreateActorArgs<'a> {
   #[inline]
@@ -5074,6 +5098,8 @@ impl<'a> Default for CreateActorArgs<'a> {
       max_restarts: 0,
       group_rank: 0,
       group_world: 0,
+      exception_retries: 0,
+      retry_on: None,
     }
   }
 }
@@ -5120,6 +5146,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateActorBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u32>(CreateActor::VT_GROUP_WORLD, group_world, 0);
   }
   #[inline]
+  pub fn add_exception_retries(&mut self, exception_retries: u32) {
+    self.fbb_.push_slot::<u32>(CreateActor::VT_EXCEPTION_RETRIES, exception_retries, 0);
+  }
+  #[inline]
+  pub fn add_retry_on(&mut self, retry_on: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreateActor::VT_RETRY_ON, retry_on);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateActorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CreateActorBuilder {
@@ -5146,6 +5180,8 @@ impl ::core::fmt::Debug for CreateActor<'_> {
       ds.field("max_restarts", &self.max_restarts());
       ds.field("group_rank", &self.group_rank());
       ds.field("group_world", &self.group_world());
+      ds.field("exception_retries", &self.exception_retries());
+      ds.field("retry_on", &self.retry_on());
       ds.finish()
   }
 }
