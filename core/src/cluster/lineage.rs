@@ -269,18 +269,13 @@ impl Lineage {
 
 /// Waits (bounded) for `cell` to complete; its value.
 fn wait_for(cell: &Arc<ObjectCell>) -> Result<ObjectValue, Error> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), Error>>();
     if let Err(Waiter::Callback(f)) = cell.register(Waiter::Callback(Box::new(move || {
-        let _ = tx.send(());
+        let _ = tx.send(Ok(()));
     }))) {
         f();
     }
-    if rx.recv_timeout(RECOVERY_WAIT).is_err() && !cell.is_ready() {
-        return Err(Error::Timeout {
-            object: cell.id(),
-            waited: RECOVERY_WAIT,
-        });
-    }
+    super::wait_reply(rx, RECOVERY_WAIT, "rebuilding a lost object")?;
     match cell.get() {
         Some(r) => r.clone(),
         None => Err(Error::ShutDown),
