@@ -151,6 +151,10 @@ impl ActorClass {
 pub struct ActorMethod {
     name: &'static str,
     invoke: fn(&ActorState, &mut ArgReader<'_>) -> Result<ObjectValue, Error>,
+    /// Its own `retry_exceptions` and `max_task_retries` (`#[method(...)]`), over the
+    /// actor's.
+    retry_exceptions: Option<bool>,
+    max_task_retries: Option<u32>,
 }
 
 impl ActorMethod {
@@ -159,7 +163,28 @@ impl ActorMethod {
         name: &'static str,
         invoke: fn(&ActorState, &mut ArgReader<'_>) -> Result<ObjectValue, Error>,
     ) -> Self {
-        ActorMethod { name, invoke }
+        ActorMethod {
+            name,
+            invoke,
+            retry_exceptions: None,
+            max_task_retries: None,
+        }
+    }
+    /// The method's own retry options (`#[method(retry_exceptions = .., max_task_retries =
+    /// ..)]`, Ray's `@ray.method`), each over the actor's when given.
+    pub const fn with_retries(
+        mut self,
+        retry_exceptions: Option<bool>,
+        max_task_retries: Option<u32>,
+    ) -> Self {
+        self.retry_exceptions = retry_exceptions;
+        self.max_task_retries = max_task_retries;
+        self
+    }
+    /// How many times a call of it whose actor's worker died runs again, given the actor's
+    /// `max_task_retries`.
+    pub(crate) fn task_retries(&self, actor: u32) -> u32 {
+        self.max_task_retries.unwrap_or(actor)
     }
 }
 
@@ -330,13 +355,7 @@ impl ActorOptions {
         self.retry_exceptions = Some(Some(types.into()));
         self
     }
-    /// How often a call is run again after an application error, and for which ones.
-    pub(crate) fn exception_retries(&self) -> (u32, crate::task::RetryOn) {
-        match &self.retry_exceptions {
-            Some(on) => (self.max_task_retries, on.clone()),
-            None => (0, None),
-        }
-    }
+
     /// Registers the actor under a name, for [`crate::get_actor`], in the job's namespace
     /// (unless [`ActorOptions::namespace`] says another). As in Ray, a named actor that is not
     /// detached still dies when its last handle goes (then `get_actor` finds nothing) or with
@@ -471,8 +490,10 @@ pub(crate) struct ActorCell {
     running: RunningCalls,
     /// Its rank in an actor group, if it is a member.
     member: Option<crate::placement_group::Rank>,
-    /// Retries of a call after an application error, and which ones (`retry_exceptions`).
-    exception_retries: (u32, crate::task::RetryOn),
+    /// Its `max_task_retries` and `retry_exceptions`, for calls whose method panics (a
+    /// method's own `#[method(...)]` options override them).
+    max_task_retries: u32,
+    retry_exceptions: Option<crate::task::RetryOn>,
 }
 
 /// The results of an actor's running calls, which a kill fails at once. A serial actor
@@ -638,7 +659,8 @@ impl ActorCell {
             created: OnceLock::new(),
             remote: OnceLock::new(),
             running: RunningCalls::new(options.max_concurrency <= 1),
-            exception_retries: options.exception_retries(),
+            max_task_retries: options.max_task_retries,
+            retry_exceptions: options.retry_exceptions.clone(),
             member: options.rank.or(options.member.as_ref().map(|m| m.rank)),
         }
     }
@@ -1049,7 +1071,17 @@ impl ActorCell {
             }
             return;
         }
-        let (mut retries, retry_on) = (self.exception_retries.0, &self.exception_retries.1);
+        let all: crate::task::RetryOn = None;
+        let retry_on = match method.retry_exceptions {
+            Some(true) => Some(&all),
+            Some(false) => None,
+            None => self.retry_exceptions.as_ref(),
+        };
+        let mut retries = match retry_on {
+            Some(_) => method.task_retries(self.max_task_retries),
+            None => 0,
+        };
+        let retry_on = retry_on.unwrap_or(&all);
         let outcome = loop {
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 let _in_actor = InActor::enter();

@@ -116,14 +116,25 @@ impl Flaky {
         }
         self.runs
     }
+    /// Its own options (Ray's `@ray.method`): retried whatever the actor's.
+    #[method(retry_exceptions = true, max_task_retries = 2)]
+    pub(crate) fn sturdy(&mut self, fails: u32) -> u32 {
+        self.attempt(fails)
+    }
+    /// Never retried on a panic, whatever the actor's options.
+    #[method(retry_exceptions = false)]
+    pub(crate) fn once(&mut self, fails: u32) -> u32 {
+        self.attempt(fails)
+    }
     pub(crate) fn runs(&self) -> u32 {
         self.runs
     }
 }
 
-/// Ray's `retry_exceptions` with `max_task_retries` on an actor: a call whose method panics
-/// runs again on the same actor (its state as the failed run left it), before the caller's
-/// next call, only when `retry_exceptions` covers the panic, up to `max_task_retries` times.
+/// Ray's `retry_exceptions` with `max_task_retries` on an actor and on a method
+/// (`@ray.method`): a call whose method panics runs again on the same actor (its state as the
+/// failed run left it), before the caller's next call, only when `retry_exceptions` covers
+/// the panic, up to `max_task_retries` times.
 fn retry_exceptions(_: &Ctx) {
     // max_task_retries alone is for the actor's process dying: a panic is the result.
     let a = Flaky::options().max_task_retries(2).remote();
@@ -164,6 +175,15 @@ fn retry_exceptions(_: &Ctx) {
         .remote();
     assert!(b.attempt(1).get_timeout(LONG).is_err());
     assert_eq!(b.runs().get_timeout(LONG).unwrap(), 1);
+    // A method's own `#[method(...)]` options win over the actor's.
+    let plain = Flaky::remote();
+    assert_eq!(plain.sturdy(2).get_timeout(LONG).unwrap(), 3);
+    let retried = Flaky::options()
+        .max_task_retries(3)
+        .retry_exceptions(true)
+        .remote();
+    assert!(retried.once(1).get_timeout(LONG).is_err());
+    assert_eq!(retried.runs().get_timeout(LONG).unwrap(), 1);
 }
 
 fn per_caller_order(_: &Ctx) {

@@ -113,7 +113,7 @@ impl Cluster {
         name: String,
         (max_concurrency, max_restarts): (u32, u32),
         group: (u32, u32),
-        (retries, retry_on): (u32, Vec<String>),
+        retries: super::proto::ActorRetries,
     ) {
         let Some(rt) = self.runtime() else { return };
         let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
@@ -130,10 +130,7 @@ impl Cluster {
                 rank: group.0,
                 world_size: group.1,
             }),
-            (
-                retries,
-                (!retry_on.is_empty()).then(|| retry_on.into_iter().map(Box::from).collect()),
-            ),
+            retries,
         );
         self.reply_when_done(peer, actor_id, class_name, &created);
     }

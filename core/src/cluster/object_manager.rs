@@ -566,6 +566,7 @@ impl Cluster {
         }
         let store = self.runtime().and_then(|rt| rt.store.clone());
         let max_inline = self.objects.max_inline;
+        let (object_id, holder, sender) = (pending.object_id, pending.holder, peer.clone());
         peer.expect_bulk(
             request_id,
             Box::new(move |n| match store {
@@ -575,6 +576,11 @@ impl Cluster {
             Box::new(move |arrival| match arrival {
                 BulkArrival::Stored(s) => done(Ok(Payload::Stored(s))),
                 BulkArrival::Heap(b) => done(Ok(Payload::Inline(b))),
+                // Cut off by the holder's death: the object is lost with it (and may be
+                // rebuilt: `lineage.rs`).
+                BulkArrival::Failed(e) if sender.is_closed() => done(Err(
+                    super::submit::lost_with(object_id, holder, &e.to_string()),
+                )),
                 BulkArrival::Failed(e) => done(Err(e)),
             }),
         );

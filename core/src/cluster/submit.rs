@@ -329,14 +329,7 @@ impl Cluster {
         let name = options.name.as_deref();
         let max_concurrency = options.max_concurrency as u32;
         let max_restarts = options.max_restarts;
-        let (retries, retry_on) = options.exception_retries();
-        let exception_retries = (
-            retries,
-            retry_on
-                .iter()
-                .flat_map(|types| types.iter().map(|t| t.to_string()))
-                .collect::<Vec<String>>(),
-        );
+        let exception_retries = super::proto::ActorRetries::of(options);
         // Placed where its placement request fits (a default actor needs 1 CPU), holding
         // `request`.
         let (node, worker, peer) = self.place(&options.placement(), None)?;

@@ -187,8 +187,8 @@ pub(super) struct OwnedActor {
     request: ResourceRequest,
     name: Option<String>,
     max_concurrency: u32,
-    /// Runs of a call again after a panic, and for which typed panics (`CreateActor`).
-    exception_retries: (u32, Vec<String>),
+    /// What runs a call again after a panic (`CreateActor`).
+    exception_retries: super::proto::ActorRetries,
     max_restarts: u32,
     restarts_left: u32,
     num_restarts: u32,
@@ -221,7 +221,7 @@ pub(super) struct NewOwned<'a> {
     pub(super) request: &'a ResourceRequest,
     pub(super) name: Option<&'a str>,
     pub(super) max_concurrency: u32,
-    pub(super) exception_retries: (u32, Vec<String>),
+    pub(super) exception_retries: super::proto::ActorRetries,
     pub(super) max_restarts: u32,
     pub(super) worker: u64,
     pub(super) node: usize,
@@ -263,6 +263,10 @@ impl Cluster {
         args: Box<[ArgSlot]>,
         keep: Option<KeepActor>,
     ) {
+        // The method's own `max_task_retries` (`#[method(...)]`) over the actor's.
+        let left = crate::actor::method_by_name(method).map_or(remote.0.max_task_retries, |m| {
+            m.task_retries(remote.0.max_task_retries)
+        });
         let mut location = lock(&remote.0.location);
         let (worker, peer) = match &mut *location {
             Location::Restarting { parked } => {
@@ -270,7 +274,7 @@ impl Cluster {
                     method,
                     cell,
                     args,
-                    left: remote.0.max_task_retries,
+                    left,
                     keep,
                 });
                 return;
@@ -289,7 +293,7 @@ impl Cluster {
                 method,
                 cell,
                 args,
-                left: remote.0.max_task_retries,
+                left,
                 keep,
             },
         );

@@ -413,12 +413,14 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 max_concurrency: t.max_concurrency(),
                 max_restarts: t.max_restarts(),
                 group: (t.group_rank(), t.group_world()),
-                exception_retries: (
-                    t.exception_retries(),
-                    t.retry_on()
+                exception_retries: super::ActorRetries {
+                    max_task_retries: t.max_task_retries(),
+                    retry_exceptions: t.retry_exceptions(),
+                    retry_on: t
+                        .retry_on()
                         .map(|v| v.iter().map(str::to_owned).collect())
                         .unwrap_or_default(),
-                ),
+                },
             }
         }
         TAG_ACTOR_CALL => {

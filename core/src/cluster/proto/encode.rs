@@ -674,7 +674,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             let args = opt_args(fbb, args);
             let resources = opt_resources(fbb, resources);
             let name = opt_str(fbb, name);
-            let retry_on = opt_strings(fbb, &exception_retries.1);
+            let retry_on = opt_strings(fbb, &exception_retries.retry_on);
             table!(
                 CreateActor,
                 CreateActorArgs {
@@ -687,7 +687,8 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     max_restarts: *max_restarts,
                     group_rank: group.0,
                     group_world: group.1,
-                    exception_retries: exception_retries.0,
+                    max_task_retries: exception_retries.max_task_retries,
+                    retry_exceptions: exception_retries.retry_exceptions,
                     retry_on,
                 }
             );

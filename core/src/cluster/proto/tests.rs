@@ -238,7 +238,11 @@ fn samples() -> Vec<Msg> {
             max_concurrency: 8,
             max_restarts: 2,
             group: (3, 4),
-            exception_retries: (2, vec!["app::Flaky".into()]),
+            exception_retries: super::ActorRetries {
+                max_task_retries: 2,
+                retry_exceptions: true,
+                retry_on: vec!["app::Flaky".into()],
+            },
         },
         Msg::ActorCall {
             actor_id: 26,

@@ -4941,8 +4941,9 @@ impl<'a> CreateActor<'a> {
   pub const VT_MAX_RESTARTS: ::flatbuffers::VOffsetT = 16;
   pub const VT_GROUP_RANK: ::flatbuffers::VOffsetT = 18;
   pub const VT_GROUP_WORLD: ::flatbuffers::VOffsetT = 20;
-  pub const VT_EXCEPTION_RETRIES: ::flatbuffers::VOffsetT = 22;
-  pub const VT_RETRY_ON: ::flatbuffers::VOffsetT = 24;
+  pub const VT_MAX_TASK_RETRIES: ::flatbuffers::VOffsetT = 22;
+  pub const VT_RETRY_EXCEPTIONS: ::flatbuffers::VOffsetT = 24;
+  pub const VT_RETRY_ON: ::flatbuffers::VOffsetT = 26;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4956,7 +4957,7 @@ impl<'a> CreateActor<'a> {
     let mut builder = CreateActorBuilder::new(_fbb);
     builder.add_actor_id(args.actor_id);
     if let Some(x) = args.retry_on { builder.add_retry_on(x); }
-    builder.add_exception_retries(args.exception_retries);
+    builder.add_max_task_retries(args.max_task_retries);
     builder.add_group_world(args.group_world);
     builder.add_group_rank(args.group_rank);
     builder.add_max_restarts(args.max_restarts);
@@ -4965,6 +4966,7 @@ impl<'a> CreateActor<'a> {
     if let Some(x) = args.resources { builder.add_resources(x); }
     if let Some(x) = args.args { builder.add_args(x); }
     if let Some(x) = args.class_name { builder.add_class_name(x); }
+    builder.add_retry_exceptions(args.retry_exceptions);
     builder.finish()
   }
 
@@ -5033,14 +5035,21 @@ impl<'a> CreateActor<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(CreateActor::VT_GROUP_WORLD, Some(0)).unwrap()}
   }
-  /// Runs of a call again after its method panicked (`max_task_retries` with
-  /// `retry_exceptions`), for the typed panics named in `retry_on` (empty: every panic).
+  /// The actor's `max_task_retries` and `retry_exceptions`: with it, a call whose method
+  /// panicked runs again, for the typed panics named in `retry_on` (empty: every panic).
   #[inline]
-  pub fn exception_retries(&self) -> u32 {
+  pub fn max_task_retries(&self) -> u32 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u32>(CreateActor::VT_EXCEPTION_RETRIES, Some(0)).unwrap()}
+    unsafe { self._tab.get::<u32>(CreateActor::VT_MAX_TASK_RETRIES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn retry_exceptions(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CreateActor::VT_RETRY_EXCEPTIONS, Some(false)).unwrap()}
   }
   #[inline]
   pub fn retry_on(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
@@ -5066,7 +5075,8 @@ impl ::flatbuffers::Verifiable for CreateActor<'_> {
      .visit_field::<u32>("max_restarts", Self::VT_MAX_RESTARTS, false)?
      .visit_field::<u32>("group_rank", Self::VT_GROUP_RANK, false)?
      .visit_field::<u32>("group_world", Self::VT_GROUP_WORLD, false)?
-     .visit_field::<u32>("exception_retries", Self::VT_EXCEPTION_RETRIES, false)?
+     .visit_field::<u32>("max_task_retries", Self::VT_MAX_TASK_RETRIES, false)?
+     .visit_field::<bool>("retry_exceptions", Self::VT_RETRY_EXCEPTIONS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("retry_on", Self::VT_RETRY_ON, false)?
      .finish();
     Ok(())
@@ -5082,7 +5092,8 @@ pub struct CreateActorArgs<'a> {
     pub max_restarts: u32,
     pub group_rank: u32,
     pub group_world: u32,
-    pub exception_retries: u32,
+    pub max_task_retries: u32,
+    pub retry_exceptions: bool,
     pub retry_on: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for CreateActorArgs<'a> {
@@ -5098,7 +5109,8 @@ impl<'a> Default for CreateActorArgs<'a> {
       max_restarts: 0,
       group_rank: 0,
       group_world: 0,
-      exception_retries: 0,
+      max_task_retries: 0,
+      retry_exceptions: false,
       retry_on: None,
     }
   }
@@ -5146,8 +5158,12 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateActorBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u32>(CreateActor::VT_GROUP_WORLD, group_world, 0);
   }
   #[inline]
-  pub fn add_exception_retries(&mut self, exception_retries: u32) {
-    self.fbb_.push_slot::<u32>(CreateActor::VT_EXCEPTION_RETRIES, exception_retries, 0);
+  pub fn add_max_task_retries(&mut self, max_task_retries: u32) {
+    self.fbb_.push_slot::<u32>(CreateActor::VT_MAX_TASK_RETRIES, max_task_retries, 0);
+  }
+  #[inline]
+  pub fn add_retry_exceptions(&mut self, retry_exceptions: bool) {
+    self.fbb_.push_slot::<bool>(CreateActor::VT_RETRY_EXCEPTIONS, retry_exceptions, false);
   }
   #[inline]
   pub fn add_retry_on(&mut self, retry_on: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
@@ -5180,7 +5196,8 @@ impl ::core::fmt::Debug for CreateActor<'_> {
       ds.field("max_restarts", &self.max_restarts());
       ds.field("group_rank", &self.group_rank());
       ds.field("group_world", &self.group_world());
-      ds.field("exception_retries", &self.exception_retries());
+      ds.field("max_task_retries", &self.max_task_retries());
+      ds.field("retry_exceptions", &self.retry_exceptions());
       ds.field("retry_on", &self.retry_on());
       ds.finish()
   }
