@@ -243,3 +243,27 @@ fn a_lost_result_whose_lineage_was_evicted_fails_with_its_kind() {
         ),
     }
 }
+
+#[test]
+fn a_results_lineage_and_the_arguments_it_keeps_go_with_the_result() {
+    serve_if_worker();
+    let cluster = two_nodes();
+    let _rt = common::start(cluster.config());
+    let on_node1 = || {
+        common::cluster::worker_store_objects::options()
+            .resource("node1", 1.0)
+            .remote()
+            .get_timeout(LONG)
+            .unwrap()
+    };
+    let a = large_object::options().resource("node1", 1.0).remote(5);
+    let b = grow::options().resource("node1", 1.0).remote(&a);
+    computed(&b);
+    // `a` is kept by `b`'s lineage, though the driver dropped it.
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(on_node1() >= 2, "the argument kept for a rebuild");
+    // `b` freed: its lineage goes, and with it `a`.
+    drop(b);
+    common::cluster::eventually("objects left on node1", 0, LONG, on_node1);
+}
