@@ -9,14 +9,16 @@
 //!    in the executor's store) moves its specification — function, resources, options,
 //!    retries left and argument slots — from the in-flight table into [`Lineage`]
 //!    (`submit.rs`). Inline results need none: their bytes are in the owner. Actor calls are
-//!    not recorded (an actor's state is not rebuilt by running one call again, as in Ray).
+//!    not recorded (an actor's state is not rebuilt by running one call again, as in Ray),
+//!    nor tasks of several returns (not built: their lost outputs are `ObjectLost`).
 //!    The specifications count against `max_lineage_bytes` (an argument's value counts, as
 //!    it is kept alive with them); past it the oldest are evicted and their ids remembered.
 //! 2. **Forget.** The owner's last handle on the result drops (`RemoteObject`'s drop frees
 //!    it at its holder): the specification goes, and with it the arguments it kept.
 //! 3. **Detect.** A pull of the result fails with `ObjectLost` (its holder died), in the
 //!    owner's own `get` (`fetch_remote`), or the owner is asked for it (a borrower, or an
-//!    executor reading it as an argument) while its holder is known dead (`serve_lost`).
+//!    executor reading it as an argument) while its holder is known dead (`serve_lost`). A
+//!    transfer cut off by the holder's death counts as a loss (`object_manager.rs`).
 //!    A borrower or an executor whose pull from the holder failed asks the owner again (a
 //!    bounded number of times, with a pause: the owner may not have seen the death yet).
 //! 4. **Begin.** [`Lineage::begin`] under the table's lock: an attempt under way is joined;
