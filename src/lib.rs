@@ -121,6 +121,31 @@
 //!     pub fn new() -> Self { Cache { hits: std::cell::Cell::new(0) } }
 //! }
 //! ```
+//!
+//! A method's own retries (Ray's `@ray.method`) take only `retry_exceptions` and
+//! `max_task_retries`:
+//!
+//! ```
+//! #[manta::actor]
+//! pub struct Probe { runs: u32 }
+//! #[manta::actor]
+//! impl Probe {
+//!     pub fn new() -> Self { Probe { runs: 0 } }
+//!     #[method(retry_exceptions = true, max_task_retries = 2)]
+//!     pub fn sturdy(&mut self) -> u32 { self.runs += 1; self.runs }
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[manta::actor]
+//! pub struct Probe { runs: u32 }
+//! #[manta::actor]
+//! impl Probe {
+//!     pub fn new() -> Self { Probe { runs: 0 } }
+//!     #[method(retries = 2)] // not an option of a method
+//!     pub fn sturdy(&mut self) -> u32 { self.runs += 1; self.runs }
+//! }
+//! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 #![forbid(unsafe_code)]
 

@@ -3,8 +3,10 @@
 //! while a chaos thread SIGKILLs a random worker process about every 700 ms, stops one node
 //! (SIGSTOP) for a moment below the heartbeat timeout, and kills one node's raylet for good.
 //! Every result is checked: correct, or an error of a kind the fault model allows
-//! (`WorkerCrashed` once retries ran out, `ActorDied`, `ObjectLost`), never a wrong value and
-//! never a hang (every wait is bounded; a timeout fails the run). Afterwards no process and no
+//! (`WorkerCrashed` or `ObjectReconstructionFailedMaxAttemptsExceeded` once retries ran out,
+//! `ActorDied`, `ObjectLost` for what cannot be rebuilt), never a wrong value and never a
+//! hang (every wait is bounded; a timeout fails the run). A large task result lost with its
+//! worker is rebuilt from its lineage: `ObjectLost` there is a failure. Afterwards no process and no
 //! file of the cluster is left. A head restart is not part of it: the head does not persist
 //! its tables yet.
 //!
@@ -78,12 +80,21 @@ impl Tally {
     }
 }
 
+/// Whether a lost value may be reported lost: not for a task's result, which is rebuilt from
+/// its lineage while its task has retries left.
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    Rebuilt,
+    MayBeLost,
+}
+
 /// Counts `got` if the fault model allows it (`want`, or a clear error of an allowed kind);
 /// panics on a wrong value, a hang or an error of another kind.
 fn judge<T: PartialEq + std::fmt::Debug>(
     what: &str,
     got: Result<T, Error>,
     want: T,
+    loss: Loss,
     tally: &mut Tally,
 ) {
     match got {
@@ -91,6 +102,12 @@ fn judge<T: PartialEq + std::fmt::Debug>(
         Ok(v) => panic!("{what}: wrong value {v:?}, expected {want:?}"),
         Err(Error::WorkerCrashed { .. }) => tally.add("WorkerCrashed"),
         Err(Error::ActorDied { .. }) => tally.add("ActorDied"),
+        Err(Error::ObjectReconstructionFailedMaxAttemptsExceeded { .. }) => {
+            tally.add("ObjectReconstructionFailedMaxAttemptsExceeded")
+        }
+        Err(e @ Error::ObjectLost { .. }) if loss == Loss::Rebuilt => {
+            panic!("{what}: lost though it could be rebuilt: {e}")
+        }
         Err(Error::ObjectLost { .. }) => tally.add("ObjectLost"),
         Err(e @ Error::Timeout { .. }) => panic!("{what}: a hang: {e}"),
         Err(e) => panic!("{what}: an error of the wrong kind: {e:?}"),
@@ -173,19 +190,33 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
         let put = manta::put(pattern(base, BIG)).expect("put");
         let sum = chaos_sum::remote(&put);
         for (x, r) in (base..).zip(&squares) {
-            judge("task", r.get_timeout(BOUND), x * x, &mut tally);
+            judge(
+                "task",
+                r.get_timeout(BOUND),
+                x * x,
+                Loss::Rebuilt,
+                &mut tally,
+            );
         }
         for (x, r) in (base..).zip(&calls) {
-            judge("actor call", r.get_timeout(BOUND), x, &mut tally);
+            judge(
+                "actor call",
+                r.get_timeout(BOUND),
+                x,
+                Loss::MayBeLost,
+                &mut tally,
+            );
         }
         for (x, r) in (base..).zip(&bigs) {
             let got = r.get_timeout(BOUND).map(|v| checksum(&v));
-            judge("large result", got, checksum(&pattern(x, BIG)), &mut tally);
+            let want = checksum(&pattern(x, BIG));
+            judge("large result", got, want, Loss::Rebuilt, &mut tally);
         }
         judge(
             "task reading a put",
             sum.get_timeout(BOUND),
             checksum(&pattern(base, BIG)),
+            Loss::Rebuilt,
             &mut tally,
         );
         round += 1;

@@ -73,7 +73,7 @@ use crate::scheduler::{Job, Scheduler};
 use crate::sync::{
     Arc, AtomicBool, AtomicU8, AtomicUsize, Mutex, OnceLock, Ordering, RwLock, lock,
 };
-use crate::task::{ArgReader, ArgSlot};
+use crate::task::{ArgReader, ArgSlot, retry_covers};
 
 /// A type usable as an actor (implemented by `#[manta::actor]`).
 pub trait Actor: Send + Sync + 'static {
@@ -151,6 +151,10 @@ impl ActorClass {
 pub struct ActorMethod {
     name: &'static str,
     invoke: fn(&ActorState, &mut ArgReader<'_>) -> Result<ObjectValue, Error>,
+    /// Its own `retry_exceptions` and `max_task_retries` (`#[method(...)]`), over the
+    /// actor's.
+    retry_exceptions: Option<bool>,
+    max_task_retries: Option<u32>,
 }
 
 impl ActorMethod {
@@ -159,7 +163,28 @@ impl ActorMethod {
         name: &'static str,
         invoke: fn(&ActorState, &mut ArgReader<'_>) -> Result<ObjectValue, Error>,
     ) -> Self {
-        ActorMethod { name, invoke }
+        ActorMethod {
+            name,
+            invoke,
+            retry_exceptions: None,
+            max_task_retries: None,
+        }
+    }
+    /// The method's own retry options (`#[method(retry_exceptions = .., max_task_retries =
+    /// ..)]`, Ray's `@ray.method`), each over the actor's when given.
+    pub const fn with_retries(
+        mut self,
+        retry_exceptions: Option<bool>,
+        max_task_retries: Option<u32>,
+    ) -> Self {
+        self.retry_exceptions = retry_exceptions;
+        self.max_task_retries = max_task_retries;
+        self
+    }
+    /// How many times a call of it whose actor's worker died runs again, given the actor's
+    /// `max_task_retries`.
+    pub(crate) fn task_retries(&self, actor: u32) -> u32 {
+        self.max_task_retries.unwrap_or(actor)
     }
 }
 
@@ -216,6 +241,9 @@ pub struct ActorOptions {
     pub(crate) max_concurrency: usize,
     pub(crate) max_restarts: u32,
     pub(crate) max_task_retries: u32,
+    /// Which application errors of its calls run them again (`max_task_retries` times):
+    /// `None` none, `Some(None)` all, `Some(Some(types))` `Err`s of those types.
+    pub(crate) retry_exceptions: Option<crate::task::RetryOn>,
     pub(crate) name: Option<String>,
     /// Whether any resource was asked for explicitly (else Ray's default: 1 CPU to be
     /// placed, none held).
@@ -240,6 +268,7 @@ impl Default for ActorOptions {
             max_concurrency: 1,
             max_restarts: 0,
             max_task_retries: 0,
+            retry_exceptions: None,
             name: None,
             explicit_resources: false,
             namespace: None,
@@ -299,11 +328,34 @@ impl ActorOptions {
     }
     /// How many times a call that was running when the actor's worker process died is run
     /// again on the restarted actor (default 0: it fails with `ActorDied`, as in Ray). Only
-    /// with `max_restarts`, in a cluster.
+    /// with `max_restarts`, in a cluster. With [`retry_exceptions`](Self::retry_exceptions),
+    /// also how many times a call whose method panics or returns `Err` is run again, in
+    /// every mode.
     pub fn max_task_retries(mut self, n: u32) -> Self {
         self.max_task_retries = n;
         self
     }
+    /// Whether an application error of a call — its method panicking or returning `Err` —
+    /// runs the call again on the same actor, up to `max_task_retries` times, before its
+    /// next call (Ray's `retry_exceptions=True` with `max_task_retries` on an actor). The
+    /// method runs on the state the failed attempt left.
+    pub fn retry_exceptions(mut self, yes: bool) -> Self {
+        self.retry_exceptions = yes.then_some(None);
+        self
+    }
+    /// Runs a call again when its method returns `Err` of type `E` (Ray's
+    /// `retry_exceptions=[E]`), up to `max_task_retries` times; may be given for several
+    /// types. Other errors, and panics, are its result at once.
+    pub fn retry_exceptions_of<E: 'static>(mut self) -> Self {
+        let mut types: Vec<Box<str>> = match self.retry_exceptions.take() {
+            Some(Some(list)) => list.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        types.push(std::any::type_name::<E>().into());
+        self.retry_exceptions = Some(Some(types.into()));
+        self
+    }
+
     /// Registers the actor under a name, for [`crate::get_actor`], in the job's namespace
     /// (unless [`ActorOptions::namespace`] says another). As in Ray, a named actor that is not
     /// detached still dies when its last handle goes (then `get_actor` finds nothing) or with
@@ -438,6 +490,10 @@ pub(crate) struct ActorCell {
     running: RunningCalls,
     /// Its rank in an actor group, if it is a member.
     member: Option<crate::placement_group::Rank>,
+    /// Its `max_task_retries` and `retry_exceptions`, for calls whose method panics (a
+    /// method's own `#[method(...)]` options override them).
+    max_task_retries: u32,
+    retry_exceptions: Option<crate::task::RetryOn>,
 }
 
 /// The results of an actor's running calls, which a kill fails at once. A serial actor
@@ -603,6 +659,8 @@ impl ActorCell {
             created: OnceLock::new(),
             remote: OnceLock::new(),
             running: RunningCalls::new(options.max_concurrency <= 1),
+            max_task_retries: options.max_task_retries,
+            retry_exceptions: options.retry_exceptions.clone(),
             member: options.rank.or(options.member.as_ref().map(|m| m.rank)),
         }
     }
@@ -1013,13 +1071,43 @@ impl ActorCell {
             }
             return;
         }
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let _in_actor = InActor::enter();
-            let _member = crate::placement_group::MemberGuard::enter(self.member);
-            crate::gpus::holding(self.demand.gpus(), || {
-                (method.invoke)(&self.state, &mut ArgReader::new(&args))
-            })
-        }));
+        let all: crate::task::RetryOn = None;
+        let retry_on = match method.retry_exceptions {
+            Some(true) => Some(&all),
+            Some(false) => None,
+            None => self.retry_exceptions.as_ref(),
+        };
+        let mut retries = match retry_on {
+            Some(_) => method.task_retries(self.max_task_retries),
+            None => 0,
+        };
+        let retry_on = retry_on.unwrap_or(&all);
+        let outcome = loop {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let _in_actor = InActor::enter();
+                let _member = crate::placement_group::MemberGuard::enter(self.member);
+                crate::gpus::holding(self.demand.gpus(), || {
+                    (method.invoke)(&self.state, &mut ArgReader::new(&args))
+                })
+            }));
+            // A panic its `retry_exceptions` cover (all, or a typed panic of a type named)
+            // runs the call again, on the same actor before its next call, while retries are
+            // left (never after a kill, `exit_actor` or a cancel). A method's `Err` is its
+            // value, not an error.
+            let covered = match &outcome {
+                Err(payload) if payload.is::<ExitActor>() => false,
+                Err(payload) if retries > 0 => {
+                    let e = TaskError::panic(method.name, payload.as_ref());
+                    retry_covers(retry_on, e.cause_type_name().is_some().then_some(&e))
+                }
+                _ => false,
+            };
+            if !covered || retries == 0 || !self.is_alive() || crate::cancel::check().is_err() {
+                break outcome;
+            }
+            retries -= 1;
+            tracing::warn!(call = %id, "actor method {} failed; retrying ({retries} left)", method.name);
+        };
         let cell = self.leave_running(token, slot);
         if self.is_dead() {
             // Killed while the method ran: its result was failed by the kill (and is ignored

@@ -569,6 +569,12 @@ catalogue! {
     /// node) is run again on a live worker before `get` reports the death; Ray's default is 3.
     /// A task's own `max_retries` sets this and its panic retries (`max_task_retries`) alike.
     max_task_system_retries: u32 = 3, env "MANTA_MAX_TASK_SYSTEM_RETRIES", Job;
+    /// Bytes of task specifications an owner keeps to rebuild lost task outputs (Ray's
+    /// `max_lineage_bytes`): a stored result's task is kept, with its arguments, while the
+    /// result is referenced. Past this, the oldest are dropped, and a loss of their outputs
+    /// fails with `ObjectReconstructionFailedLineageEvicted`. An argument's value counts here
+    /// (it is kept alive with the specification).
+    max_lineage_bytes: usize = 1 << 30, env "MANTA_MAX_LINEAGE_BYTES", Job;
     /// The delay before the first retry of a task whose worker died, doubled at each further
     /// retry up to one second (microseconds in the environment).
     task_retry_delay: Duration = Duration::from_millis(50), env "MANTA_TASK_RETRY_DELAY_US", Job;
@@ -585,15 +591,16 @@ catalogue! {
     /// is in one process, shared memory when all are on one node, else TCP), `threads`, `shm`
     /// or `tcp` (a backend the topology cannot support is an error at `join`).
     collective_backend: String = "auto".to_owned(), env "MANTA_COLLECTIVE_BACKEND", Job;
-    /// A node whose raylet sent no heartbeat for this long is declared dead by the GCS, which
-    /// then tells it so: it stops its workers and exits (microseconds in the environment; the
-    /// head's is the one that counts). Raylets heartbeat every `heartbeat_interval`.
-    node_timeout: Duration = Duration::from_secs(10), env "MANTA_NODE_TIMEOUT_US", Head;
+    /// A node whose raylet missed this many heartbeats in a row (`heartbeat_interval` ×
+    /// this of silence) is declared dead by the GCS, which then tells it so: it stops its
+    /// workers and exits (Ray's `health_check_failure_threshold`; the head's value and its
+    /// `heartbeat_interval` are the ones that count, so give every node the same interval).
+    health_check_failure_threshold: u32 = 10, env "MANTA_HEALTH_CHECK_FAILURE_THRESHOLD", Head;
     /// Worker log files a raylet keeps: those of this many latest jobs (and of every job
     /// still running there); older ones are deleted when it starts a worker for a new job.
     worker_log_jobs: usize = 100, env "MANTA_WORKER_LOG_JOBS", Node;
-    /// How often a raylet reports to the GCS that it lives, with its free resources (keep it
-    /// well below the head's `node_timeout`).
+    /// How often a raylet reports to the GCS that it lives, with its free resources; a node
+    /// silent for `health_check_failure_threshold` intervals is dead.
     heartbeat_interval: Duration = Duration::from_secs(1), env "MANTA_HEARTBEAT_INTERVAL_US", Node;
     /// How long a request of the cluster's control plane (to the GCS, a raylet or another
     /// process: registering, placing a worker, a listing) waits for its reply before it fails

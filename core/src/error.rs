@@ -207,9 +207,31 @@ pub enum Error {
         reason: String,
     },
     /// The object's value is gone: the only process holding it died (Ray's
-    /// `ObjectLostError`). Its owner is alive; lineage reconstruction is not done.
+    /// `ObjectLostError`), and it cannot be rebuilt: it is not the output of a task (an actor
+    /// call's result, or a value held for a task's argument). A lost task output is rebuilt
+    /// from its lineage instead, or fails with one of the two kinds below.
     #[error("{object} was lost: {reason}")]
     ObjectLost {
+        /// The lost object.
+        object: ObjectId,
+        /// Which process held it and what became of it.
+        reason: String,
+    },
+    /// A lost task output could not be rebuilt: its task had no retries left (`max_retries`;
+    /// each rebuild counts as one), or a rebuild itself failed (Ray's
+    /// `ObjectReconstructionFailedMaxAttemptsExceededError`).
+    #[error("{object} was lost and could not be rebuilt: {reason}")]
+    ObjectReconstructionFailedMaxAttemptsExceeded {
+        /// The lost object.
+        object: ObjectId,
+        /// Its task, and why no attempt is left.
+        reason: String,
+    },
+    /// A lost task output could not be rebuilt: its task's specification was dropped to keep
+    /// the owner's lineage under `max_lineage_bytes` (Ray's
+    /// `ObjectReconstructionFailedLineageEvictedError`).
+    #[error("{object} was lost and its lineage was evicted: {reason}")]
+    ObjectReconstructionFailedLineageEvicted {
         /// The lost object.
         object: ObjectId,
         /// Which process held it and what became of it.

@@ -860,6 +860,7 @@ impl RuntimeInner {
         max_concurrency: usize,
         max_restarts: u32,
         rank: Option<crate::placement_group::Rank>,
+        retries: crate::cluster::proto::ActorRetries,
     ) -> Arc<ObjectCell> {
         let fail = |e: Error| Arc::new(ObjectCell::ready(ObjectId::from_u64(actor_id), Err(e)));
         let Some(class) = crate::actor::class_by_name(class_name) else {
@@ -879,6 +880,7 @@ impl RuntimeInner {
             options = options.name(name.to_owned());
         }
         options.rank = rank;
+        retries.apply(&mut options);
         let id = ActorId::from_u64(actor_id);
         let cell = Arc::new(ActorCell::new(id, class, &options, demand));
         lock(&self.pushed_actors).insert(id, cell.clone());

@@ -229,6 +229,18 @@ impl<'a> ArgReader<'a> {
     }
 }
 
+/// Whether `retry_on` covers an application error: a panic (`returned` is `None`) or an `Err`
+/// the body returned.
+pub(crate) fn retry_covers(retry_on: &RetryOn, returned: Option<&crate::TaskError>) -> bool {
+    match (retry_on, returned) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(types), Some(e)) => e
+            .cause_type_name()
+            .is_some_and(|t| types.iter().any(|x| &**x == t)),
+    }
+}
+
 /// Which application errors a task runs again for (Ray's `retry_exceptions`): `None`, any
 /// (a panic or an `Err`); else only an `Err` of one of these types (their Rust type names).
 pub(crate) type RetryOn = Option<Arc<[Box<str>]>>;
@@ -460,13 +472,7 @@ impl Task {
     /// Whether application error `e` of its body (a panic: `None`) runs it again, retries
     /// left aside.
     pub(crate) fn retries_error(&self, returned: Option<&crate::TaskError>) -> bool {
-        match (&self.retry_on, returned) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(types), Some(e)) => e
-                .cause_type_name()
-                .is_some_and(|t| types.iter().any(|x| &**x == t)),
-        }
+        retry_covers(&self.retry_on, returned)
     }
 
     pub(crate) fn name(&self) -> &str {

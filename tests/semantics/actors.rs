@@ -24,6 +24,10 @@ pub(crate) const CASES: &[Case] = &[
     ),
     Case::new("actors::infeasible_actors_fail_fast", infeasible),
     Case::new("actors::async_methods_run_and_return", async_methods),
+    Case::new(
+        "actors::retry_exceptions_runs_a_failed_call_again",
+        retry_exceptions,
+    ),
 ];
 
 const LONG: Duration = Duration::from_secs(30);
@@ -86,6 +90,100 @@ impl Fragile {
     pub(crate) async fn async_echo(&self, x: u32) -> u32 {
         x
     }
+}
+
+/// Fails its first `fails` runs (counted over the actor's life), then returns the run count.
+#[manta::actor]
+pub(crate) struct Flaky {
+    runs: u32,
+}
+
+#[manta::actor]
+impl Flaky {
+    pub(crate) fn new() -> Self {
+        Flaky { runs: 0 }
+    }
+    pub(crate) fn attempt(&mut self, fails: u32) -> u32 {
+        self.runs += 1;
+        assert!(self.runs > fails, "run {} failed", self.runs);
+        self.runs
+    }
+    /// As `attempt`, failing with a typed panic.
+    pub(crate) fn typed(&mut self, fails: u32) -> u32 {
+        self.runs += 1;
+        if self.runs <= fails {
+            std::panic::panic_any(crate::errors::Meltdown { core: 1 });
+        }
+        self.runs
+    }
+    /// Its own options (Ray's `@ray.method`): retried whatever the actor's.
+    #[method(retry_exceptions = true, max_task_retries = 2)]
+    pub(crate) fn sturdy(&mut self, fails: u32) -> u32 {
+        self.attempt(fails)
+    }
+    /// Never retried on a panic, whatever the actor's options.
+    #[method(retry_exceptions = false)]
+    pub(crate) fn once(&mut self, fails: u32) -> u32 {
+        self.attempt(fails)
+    }
+    pub(crate) fn runs(&self) -> u32 {
+        self.runs
+    }
+}
+
+/// Ray's `retry_exceptions` with `max_task_retries` on an actor and on a method
+/// (`@ray.method`): a call whose method panics runs again on the same actor (its state as the
+/// failed run left it), before the caller's next call, only when `retry_exceptions` covers
+/// the panic, up to `max_task_retries` times.
+fn retry_exceptions(_: &Ctx) {
+    // max_task_retries alone is for the actor's process dying: a panic is the result.
+    let a = Flaky::options().max_task_retries(2).remote();
+    assert!(matches!(
+        a.attempt(1).get_timeout(LONG),
+        Err(Error::Task(_))
+    ));
+    assert_eq!(a.runs().get_timeout(LONG).unwrap(), 1);
+    // Too few retries, then enough; the call after it sees the retried state.
+    let a = Flaky::options()
+        .max_task_retries(1)
+        .retry_exceptions(true)
+        .remote();
+    assert!(
+        matches!(a.attempt(2).get_timeout(LONG), Err(Error::Task(e)) if e.message() == "run 2 failed")
+    );
+    let a = Flaky::options()
+        .max_task_retries(2)
+        .retry_exceptions(true)
+        .remote();
+    let r = a.attempt(2);
+    let after = a.runs();
+    assert_eq!(r.get_timeout(LONG).unwrap(), 3);
+    assert_eq!(
+        after.get_timeout(LONG).unwrap(),
+        3,
+        "retried before the next call"
+    );
+    // A typed panic of a type named is retried; an untyped one is not.
+    let a = Flaky::options()
+        .max_task_retries(2)
+        .retry_exceptions_of::<crate::errors::Meltdown>()
+        .remote();
+    assert_eq!(a.typed(2).get_timeout(LONG).unwrap(), 3);
+    let b = Flaky::options()
+        .max_task_retries(2)
+        .retry_exceptions_of::<crate::errors::Meltdown>()
+        .remote();
+    assert!(b.attempt(1).get_timeout(LONG).is_err());
+    assert_eq!(b.runs().get_timeout(LONG).unwrap(), 1);
+    // A method's own `#[method(...)]` options win over the actor's.
+    let plain = Flaky::remote();
+    assert_eq!(plain.sturdy(2).get_timeout(LONG).unwrap(), 3);
+    let retried = Flaky::options()
+        .max_task_retries(3)
+        .retry_exceptions(true)
+        .remote();
+    assert!(retried.once(1).get_timeout(LONG).is_err());
+    assert_eq!(retried.runs().get_timeout(LONG).unwrap(), 1);
 }
 
 fn per_caller_order(_: &Ctx) {

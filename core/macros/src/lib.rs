@@ -80,7 +80,10 @@ fn parse_num_returns(attr: TokenStream2) -> syn::Result<usize> {
 
 /// Makes a struct an actor class. Put it on the struct *and* on its `impl` block (in the same
 /// module): the impl must have a constructor `fn new(..) -> Self`; its `&self`/`&mut self`
-/// methods become remote methods, callable through `ActorHandle<Self>`.
+/// methods become remote methods, callable through `ActorHandle<Self>`. A method may carry
+/// `#[method(retry_exceptions = true|false, max_task_retries = N)]` (Ray's `@ray.method`):
+/// its own retries after a panic (and, for `max_task_retries`, after its actor's worker
+/// died), over the actor's options; the attribute is read and removed here.
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
@@ -387,7 +390,50 @@ fn expand_actor_struct(item: ItemStruct) -> syn::Result<TokenStream2> {
     })
 }
 
-fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
+/// A method's own retry options, from `#[method(retry_exceptions = B, max_task_retries = N)]`
+/// (Ray's `@ray.method(...)`): each `None` unless given.
+#[derive(Default)]
+struct MethodOptions {
+    retry_exceptions: Option<bool>,
+    max_task_retries: Option<u32>,
+}
+
+/// Takes the `#[method(...)]` attribute off an actor method (it is read here, not expanded)
+/// and parses it.
+fn take_method_options(attrs: &mut Vec<syn::Attribute>) -> syn::Result<MethodOptions> {
+    let mut out = MethodOptions::default();
+    let mut err = None;
+    attrs.retain(|a| {
+        if a.path().segments.last().is_none_or(|s| s.ident != "method") {
+            return true;
+        }
+        let parsed = a.parse_nested_meta(|meta| {
+            if meta.path.is_ident("retry_exceptions") {
+                let v: syn::LitBool = meta.value()?.parse()?;
+                out.retry_exceptions = Some(v.value);
+                Ok(())
+            } else if meta.path.is_ident("max_task_retries") {
+                let v: syn::LitInt = meta.value()?.parse()?;
+                out.max_task_retries = Some(v.base10_parse()?);
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "#[method] takes `retry_exceptions = true|false` and `max_task_retries = N`",
+                ))
+            }
+        });
+        if let Err(e) = parsed {
+            err.get_or_insert(e);
+        }
+        false
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+fn expand_actor_impl(mut item: ItemImpl) -> syn::Result<TokenStream2> {
     if !item.generics.params.is_empty() {
         return Err(syn::Error::new(
             item.generics.span(),
@@ -410,8 +456,10 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
 
     let mut constructor = None;
     let mut proxies = Vec::new();
-    for impl_item in &item.items {
+    for impl_item in &mut item.items {
         let ImplItem::Fn(f) = impl_item else { continue };
+        let options = take_method_options(&mut f.attrs)?;
+        let f = &*f;
         let sig = &f.sig;
         match sig.inputs.first() {
             Some(FnArg::Receiver(r)) => {
@@ -446,6 +494,20 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                 let doc = format!(
                     "Calls [`{name}::{method}`] on the actor; returns its result as an object."
                 );
+                let retry = match options.retry_exceptions {
+                    Some(b) => quote!(::core::option::Option::Some(#b)),
+                    None => quote!(::core::option::Option::None),
+                };
+                let count = match options.max_task_retries {
+                    Some(n) => quote!(::core::option::Option::Some(#n)),
+                    None => quote!(::core::option::Option::None),
+                };
+                let retries =
+                    if options.retry_exceptions.is_some() || options.max_task_retries.is_some() {
+                        quote!(.with_retries(#retry, #count))
+                    } else {
+                        quote!()
+                    };
                 proxies.push(quote! {
                     #[doc = #doc]
                     #[allow(clippy::too_many_arguments)]
@@ -462,7 +524,7 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                             ::manta::__private::ActorMethod::new(
                                 ::core::concat!(::core::module_path!(), "::", #label),
                                 __invoke,
-                            );
+                            )#retries;
                         ::manta::__private::inventory::submit! {
                             ::manta::__private::MethodRegistration(&__METHOD)
                         }
@@ -529,8 +591,15 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             /// `manta::restart` (default 0).
             pub fn max_restarts(self, n: u32) -> Self { #options_ty(self.0.max_restarts(n)) }
             /// How many times a call running when the actor's worker died runs again on the
-            /// restarted actor (default 0).
+            /// restarted actor (default 0); with `retry_exceptions`, also a call whose method
+            /// panicked.
             pub fn max_task_retries(self, n: u32) -> Self { #options_ty(self.0.max_task_retries(n)) }
+            /// Whether a call whose method panics runs again, up to `max_task_retries` times
+            /// (Ray's `retry_exceptions=True`).
+            pub fn retry_exceptions(self, yes: bool) -> Self { #options_ty(self.0.retry_exceptions(yes)) }
+            /// Runs a call again when its method panics with a payload of type `E` (a
+            /// registered error type), up to `max_task_retries` times.
+            pub fn retry_exceptions_of<E: 'static>(self) -> Self { #options_ty(self.0.retry_exceptions_of::<E>()) }
             /// Registers the actor under a name for `manta::get_actor`, in the job's namespace.
             /// Unless detached, it still dies with its last handle.
             pub fn name(self, name: impl Into<String>) -> Self { #options_ty(self.0.name(name)) }

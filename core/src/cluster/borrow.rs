@@ -65,7 +65,7 @@
 //! returned.
 
 use crate::sync::Ordering;
-use crate::sync::{Arc, OnceLock, Weak};
+use crate::sync::{Arc, AtomicBool, AtomicU64, OnceLock, Weak};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
@@ -146,7 +146,7 @@ impl Cluster {
         refs.begin_borrow(id, |epoch| {
             let remote = Arc::new(RemoteObject {
                 id,
-                holder: owner_of(id),
+                holder: AtomicU64::new(owner_of(id)),
                 len: 0,
                 kind: RemoteKind::Borrowed {
                     registrar: std::thread::current().id(),
@@ -155,6 +155,7 @@ impl Cluster {
                 registered: OnceLock::new(),
                 local: OnceLock::new(),
                 cluster: self.me.get().cloned().unwrap_or_default(),
+                adopted: AtomicBool::new(false),
             });
             let entry = BorrowEntry {
                 cell: Weak::new(),
@@ -373,7 +374,7 @@ fn finish_borrows(noted: Vec<Noted>) {
             continue;
         }
         if made_here {
-            mine.entry(r.holder).or_default().push(r);
+            mine.entry(r.holder()).or_default().push(r);
         } else if !matches!(r.kind, RemoteKind::Borrowed { registrar, .. } if registrar == me) {
             // (One this thread made in an enclosing decode is registered when that ends.)
             others.push(r);

@@ -113,6 +113,7 @@ impl Cluster {
         name: String,
         (max_concurrency, max_restarts): (u32, u32),
         group: (u32, u32),
+        retries: super::proto::ActorRetries,
     ) {
         let Some(rt) = self.runtime() else { return };
         let slots: Vec<ArgSlot> = args.into_iter().map(|a| self.local_arg(a)).collect();
@@ -129,6 +130,7 @@ impl Cluster {
                 rank: group.0,
                 world_size: group.1,
             }),
+            retries,
         );
         self.reply_when_done(peer, actor_id, class_name, &created);
     }
@@ -332,6 +334,16 @@ pub(super) fn error_to_wire(e: &Error) -> (ErrorKind, String, String) {
         ),
         Error::OwnerDied { object, reason } => (
             ErrorKind::OwnerDied,
+            object.as_u64().to_string(),
+            reason.clone(),
+        ),
+        Error::ObjectReconstructionFailedMaxAttemptsExceeded { object, reason } => (
+            ErrorKind::ReconstructionMaxAttempts,
+            object.as_u64().to_string(),
+            reason.clone(),
+        ),
+        Error::ObjectReconstructionFailedLineageEvicted { object, reason } => (
+            ErrorKind::LineageEvicted,
             object.as_u64().to_string(),
             reason.clone(),
         ),

@@ -3,9 +3,10 @@
 //!
 //! All state sits behind one mutex: the GCS handles registrations and lookups, never the
 //! per-task path, so contention is not a concern. Health: a node is dead when its connection
-//! closes or no heartbeat arrived for `node_timeout` (the configuration catalogue); its death
-//! is published, and the node is told ([`DECLARED_DEAD`]): a stalled raylet that wakes up
-//! exits rather than run on, unseen, holding its store. A job ends
+//! closes or it missed `health_check_failure_threshold` heartbeats in a row (the
+//! configuration catalogue); its death is published, and the node is told
+//! ([`DECLARED_DEAD`]): a stalled raylet that wakes up exits rather than run on, unseen,
+//! holding its store. A job ends
 //! when its driver's connection closes; raylets hear it and stop that job's workers.
 //!
 //! Retention: a worker whose connection closed leaves the worker table (a lookup of an unknown

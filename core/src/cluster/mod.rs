@@ -30,6 +30,7 @@ mod client;
 mod execute;
 pub(crate) mod gcs;
 mod lifetime;
+mod lineage;
 pub(crate) mod node_store;
 pub(crate) mod object_manager;
 pub(crate) mod peer;

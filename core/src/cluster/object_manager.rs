@@ -18,7 +18,7 @@
 //! here) is edited in this file only; other files go through [`ObjectManager`]'s methods.
 //! Same-host reads keep theirs in [`Attachments`] (`attach.rs`).
 
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Weak};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Weak};
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -451,6 +451,17 @@ impl Cluster {
         let data = match &v.data {
             Payload::Remote(r) => match r.local_copy() {
                 Some(local) => local,
+                // A result of ours whose holder died: rebuilt first (`lineage.rs`, step 3).
+                None if r.id() == object_id
+                    && self.placement.is_dead(r.holder())
+                    && let Some(obj) = super::lineage::held_result(&v.data) =>
+                {
+                    let peer = peer.clone();
+                    return self.serve_lost(obj, move |c, r| match r {
+                        Ok(()) => c.send_value(&peer, request_id, object_id, v, pin),
+                        Err(e) => peer.send(failed(request_id, &e)),
+                    });
+                }
                 None if r.id() == object_id => {
                     return peer.send(Msg::ObjectData {
                         request_id,
@@ -555,6 +566,7 @@ impl Cluster {
         }
         let store = self.runtime().and_then(|rt| rt.store.clone());
         let max_inline = self.objects.max_inline;
+        let (object_id, holder, sender) = (pending.object_id, pending.holder, peer.clone());
         peer.expect_bulk(
             request_id,
             Box::new(move |n| match store {
@@ -564,6 +576,11 @@ impl Cluster {
             Box::new(move |arrival| match arrival {
                 BulkArrival::Stored(s) => done(Ok(Payload::Stored(s))),
                 BulkArrival::Heap(b) => done(Ok(Payload::Inline(b.into()))),
+                // Cut off by the holder's death: the object is lost with it (and may be
+                // rebuilt: `lineage.rs`).
+                BulkArrival::Failed(e) if sender.is_closed() => done(Err(
+                    super::submit::lost_with(object_id, holder, &e.to_string()),
+                )),
                 BulkArrival::Failed(e) => done(Err(e)),
             }),
         );
@@ -631,23 +648,46 @@ impl Cluster {
         let cell = Arc::new(ObjectCell::pending(ObjectId::from_u64(object_id), None));
         fetched.insert(object_id, Arc::downgrade(&cell));
         drop(fetched);
-        let weak = Arc::downgrade(&cell);
+        self.pull_arg(object_id, holder, len, Arc::downgrade(&cell), 0);
+        cell
+    }
+
+    /// Pulls task argument `object_id` from `holder` into `cell`. Lost with a holder that is
+    /// not its owner, it is asked of its owner again (which rebuilds it: `lineage.rs`, step
+    /// 3), a bounded number of times.
+    fn pull_arg(&self, object_id: u64, holder: u64, len: u64, cell: Weak<ObjectCell>, asked: u32) {
+        let me = self.me.get().cloned().unwrap_or_default();
+        let wanted = Some(cell.clone());
         self.pull(
             holder,
             object_id,
             2,
             len,
             Box::new(move |r| {
-                if let Some(c) = weak.upgrade() {
+                let owner = super::owner_of(object_id);
+                if let Err(Error::ObjectLost { .. }) = &r
+                    && asked < super::lineage::ASK_OWNER_AGAIN
+                    && let Some(c) = me.upgrade()
+                    && owner != c.index
+                    && !c.placement.is_dead(owner)
+                    && cell.strong_count() > 0
+                {
+                    // Off the I/O thread: the pause lets the owner see the death.
+                    std::thread::spawn(move || {
+                        std::thread::sleep(super::lineage::ASK_OWNER_PAUSE * (1 << asked));
+                        c.pull_arg(object_id, owner, len, cell, asked + 1);
+                    });
+                    return;
+                }
+                if let Some(c) = cell.upgrade() {
                     c.complete(r.map(|data| ObjectValue {
                         data,
                         nested: Box::new([]),
                     }));
                 }
             }),
-            Some(Arc::downgrade(&cell)),
+            wanted,
         );
-        cell
     }
 
     /// The owner dropped a result we hold.
@@ -684,7 +724,8 @@ pub(super) enum RemoteKind {
 #[derive(Debug)]
 pub(crate) struct RemoteObject {
     pub(crate) id: u64,
-    pub(crate) holder: u64,
+    /// The worker holding it; a held result's moves when it is rebuilt (`lineage.rs`).
+    pub(super) holder: AtomicU64,
     pub(crate) len: u64,
     pub(super) kind: RemoteKind,
     /// Borrowed only: set once the owner acknowledged the registration (`true`) or it failed
@@ -692,6 +733,9 @@ pub(crate) struct RemoteObject {
     pub(super) registered: OnceLock<bool>,
     pub(super) local: OnceLock<Result<Payload, Error>>,
     pub(super) cluster: Weak<Cluster>,
+    /// A rebuilt result's copy, taken over by the original reference (`lineage.rs`, step
+    /// 7): dropping this one frees nothing.
+    pub(super) adopted: AtomicBool,
 }
 
 impl RemoteObject {
@@ -699,13 +743,34 @@ impl RemoteObject {
     pub(crate) fn new(id: u64, holder: u64, len: u64, cluster: Weak<Cluster>) -> Arc<Self> {
         Arc::new(RemoteObject {
             id,
-            holder,
+            holder: AtomicU64::new(holder),
             len,
             kind: RemoteKind::Held,
             registered: OnceLock::new(),
             local: OnceLock::new(),
             cluster,
+            adopted: AtomicBool::new(false),
         })
+    }
+
+    /// The worker holding it (or, borrowed, its owner).
+    pub(crate) fn holder(&self) -> u64 {
+        self.holder.load(Ordering::Acquire)
+    }
+
+    /// A rebuilt copy lives at `holder` now (`lineage.rs`, step 7).
+    pub(super) fn set_holder(&self, holder: u64) {
+        self.holder.store(holder, Ordering::Release);
+    }
+
+    /// A rebuild came back inline: its bytes are this object's local copy.
+    pub(super) fn set_local(&self, data: Payload) {
+        let _ = self.local.set(Ok(data));
+    }
+
+    /// Another reference took over this copy: dropping this one frees nothing.
+    pub(super) fn mark_adopted(&self) {
+        self.adopted.store(true, Ordering::Release);
     }
 
     /// A borrow's registration epoch (0 for a held result).
@@ -733,7 +798,8 @@ impl RemoteObject {
         let r = match self.cluster.upgrade() {
             Some(c) => match c.fetched_copy(self.id) {
                 Some(copy) => Ok(copy),
-                None => c.pull_blocking(self.holder, self.id, self.len),
+                // A lost result this process owns is rebuilt (`lineage.rs`).
+                None => c.fetch_remote(self),
             },
             None => Err(Error::ShutDown),
         };
@@ -758,7 +824,7 @@ impl RemoteValue for RemoteObject {
     }
 
     fn holder(&self) -> u64 {
-        self.holder
+        RemoteObject::holder(self)
     }
 
     fn size(&self) -> u64 {
@@ -778,7 +844,11 @@ impl Drop for RemoteObject {
     fn drop(&mut self) {
         if let Some(c) = self.cluster.upgrade() {
             match self.kind {
-                RemoteKind::Held => c.free_remote(self.holder, self.id),
+                RemoteKind::Held if self.adopted.load(Ordering::Acquire) => {}
+                RemoteKind::Held => {
+                    c.lineage.forget(self.id);
+                    c.free_remote(self.holder(), self.id);
+                }
                 RemoteKind::Borrowed { .. } => c.end_borrow(self),
             }
         }

@@ -644,12 +644,16 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 .local_addr()
                 .map_err(|e| cluster_error("starting the GCS", e.to_string()))?
                 .to_string();
-            let gcs = Gcs::new(catalogue.node_timeout);
+            // Dead after this many missed heartbeats in a row (Ray's health checks).
+            let gcs = Gcs::new(
+                heartbeat.saturating_mul(catalogue.health_check_failure_threshold.max(1)),
+            );
             tokio::spawn(accept_loop(listener, Arc::new(GcsHandler(gcs.clone()))));
             let g2 = gcs.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // At least once a heartbeat, so a short interval is checked as often.
+                    tokio::time::sleep(heartbeat.min(Duration::from_secs(1))).await;
                     g2.check_health();
                 }
             });

@@ -2,7 +2,8 @@
 //! processes (`PushTask`, `CreateActor`, `ActorCall`), their completion (`TaskDone`), and what
 //! happens to them when the worker running them dies: a task is retried elsewhere while it
 //! has retries, else fails with `WorkerCrashed`; an actor call or creation fails with
-//! `ActorDied`; a pull from that worker with `OwnerDied` or `ObjectLost`.
+//! `ActorDied`; a pull from that worker with `OwnerDied` or `ObjectLost`, and a stored task
+//! result lost there is rebuilt from its lineage (`lineage.rs`).
 
 use crate::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,11 +159,15 @@ impl Cluster {
                 w.inline_left -= b.len();
                 Arg::Inline(b.to_vec())
             }
-            Payload::Remote(r) => Arg::Ref {
-                object_id: r.id(),
-                holder: r.holder(),
-                len: r.size(),
-            },
+            // Pulled from its holder; one known dead is asked of this owner, which rebuilds
+            // it (`lineage.rs`, step 3).
+            Payload::Remote(r) if cell.is_none() || !self.placement.is_dead(r.holder()) => {
+                Arg::Ref {
+                    object_id: r.id(),
+                    holder: r.holder(),
+                    len: r.size(),
+                }
+            }
             _ => match cell {
                 Some(cell) => {
                     if let Some(rt) = self.runtime() {
@@ -234,8 +239,8 @@ impl Cluster {
         );
     }
 
-    /// Places and pushes a task (a first attempt or a retry).
-    fn push_task(
+    /// Places and pushes a task (a first attempt, a retry or a rebuild).
+    pub(super) fn push_task(
         &self,
         rt: &Arc<RuntimeInner>,
         cell: Arc<ObjectCell>,
@@ -324,6 +329,7 @@ impl Cluster {
         let name = options.name.as_deref();
         let max_concurrency = options.max_concurrency as u32;
         let max_restarts = options.max_restarts;
+        let exception_retries = super::proto::ActorRetries::of(options);
         // Placed where its placement request fits (a default actor needs 1 CPU), holding
         // `request`.
         let (node, worker, peer) = self.place(&options.placement(), None)?;
@@ -348,6 +354,7 @@ impl Cluster {
             request,
             name,
             max_concurrency,
+            exception_retries: exception_retries.clone(),
             max_restarts,
             worker,
             node,
@@ -385,6 +392,7 @@ impl Cluster {
             max_concurrency,
             max_restarts,
             group: actor.member().map_or((0, 0), |m| (m.rank, m.world_size)),
+            exception_retries,
         });
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());
@@ -528,8 +536,23 @@ impl Cluster {
         };
         self.release_load(f.node, f.worker, &f.load);
         self.release_held_args(&f.held_args);
-        f.cell
-            .complete(self.outcome_value(task_id, f.worker, outcome));
+        let InFlight {
+            cell,
+            worker,
+            args,
+            retry,
+            ..
+        } = f;
+        // A stored result's task is kept to rebuild it (`lineage.rs`, step 1), before its
+        // cell completes (whose drop forgets it); so is a rebuild's, even failed (step 6).
+        if let Some(retry) = retry
+            && (matches!(outcome, Outcome::Stored { .. }) || self.lineage.is_running(task_id))
+            && crate::task::function_by_name(retry.function).is_some_and(|f| f.num_returns() == 1)
+        {
+            self.lineage
+                .record(task_id, super::lineage::Spec::new(retry, args));
+        }
+        cell.complete(self.outcome_value(task_id, worker, outcome));
     }
 
     /// The value of object `id` that worker `holder` reports with `outcome`: inline bytes, a
@@ -674,18 +697,19 @@ pub(super) fn wire_error(kind: ErrorKind, task: String, message: String, id: u64
             task,
             reason: message,
         },
-        ErrorKind::ObjectLost | ErrorKind::OwnerDied => {
+        ErrorKind::ObjectLost
+        | ErrorKind::OwnerDied
+        | ErrorKind::ReconstructionMaxAttempts
+        | ErrorKind::LineageEvicted => {
             let object = ObjectId::from_u64(task.parse().unwrap_or(id));
-            if kind == ErrorKind::ObjectLost {
-                Error::ObjectLost {
-                    object,
-                    reason: message,
+            let reason = message;
+            match kind {
+                ErrorKind::ObjectLost => Error::ObjectLost { object, reason },
+                ErrorKind::OwnerDied => Error::OwnerDied { object, reason },
+                ErrorKind::ReconstructionMaxAttempts => {
+                    Error::ObjectReconstructionFailedMaxAttemptsExceeded { object, reason }
                 }
-            } else {
-                Error::OwnerDied {
-                    object,
-                    reason: message,
-                }
+                _ => Error::ObjectReconstructionFailedLineageEvicted { object, reason },
             }
         }
         ErrorKind::Panic => Error::Task(TaskError::remote_panic(&task, &message)),
@@ -791,6 +815,14 @@ mod tests {
                 reason: "worker process 3 died".into(),
             },
             Error::OwnerDied {
+                object,
+                reason: "worker process 3 died".into(),
+            },
+            Error::ObjectReconstructionFailedMaxAttemptsExceeded {
+                object,
+                reason: "m::f has no retries left".into(),
+            },
+            Error::ObjectReconstructionFailedLineageEvicted {
                 object,
                 reason: "worker process 3 died".into(),
             },

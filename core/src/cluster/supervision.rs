@@ -187,6 +187,8 @@ pub(super) struct OwnedActor {
     request: ResourceRequest,
     name: Option<String>,
     max_concurrency: u32,
+    /// What runs a call again after a panic (`CreateActor`).
+    exception_retries: super::proto::ActorRetries,
     max_restarts: u32,
     restarts_left: u32,
     num_restarts: u32,
@@ -219,6 +221,7 @@ pub(super) struct NewOwned<'a> {
     pub(super) request: &'a ResourceRequest,
     pub(super) name: Option<&'a str>,
     pub(super) max_concurrency: u32,
+    pub(super) exception_retries: super::proto::ActorRetries,
     pub(super) max_restarts: u32,
     pub(super) worker: u64,
     pub(super) node: usize,
@@ -239,6 +242,7 @@ impl Cluster {
             request: new.request.clone(),
             name: new.name.map(str::to_owned),
             max_concurrency: new.max_concurrency,
+            exception_retries: new.exception_retries,
             max_restarts: new.max_restarts,
             restarts_left: new.max_restarts,
             num_restarts: 0,
@@ -259,6 +263,10 @@ impl Cluster {
         args: Box<[ArgSlot]>,
         keep: Option<KeepActor>,
     ) {
+        // The method's own `max_task_retries` (`#[method(...)]`) over the actor's.
+        let left = crate::actor::method_by_name(method).map_or(remote.0.max_task_retries, |m| {
+            m.task_retries(remote.0.max_task_retries)
+        });
         let mut location = lock(&remote.0.location);
         let (worker, peer) = match &mut *location {
             Location::Restarting { parked } => {
@@ -266,7 +274,7 @@ impl Cluster {
                     method,
                     cell,
                     args,
-                    left: remote.0.max_task_retries,
+                    left,
                     keep,
                 });
                 return;
@@ -285,7 +293,7 @@ impl Cluster {
                 method,
                 cell,
                 args,
-                left: remote.0.max_task_retries,
+                left,
                 keep,
             },
         );
@@ -631,7 +639,7 @@ impl Cluster {
 
     /// Step 4: places owned actor `id` on a live worker and creates it there again.
     fn restart_actor(&self, id: u64) {
-        let Some((request, args, name, class, max_concurrency, restarts_left, old)) =
+        let Some((request, args, name, class, max_concurrency, restarts_left, old, exceptions)) =
             self.actors.owned().get(&id).map(|a| {
                 (
                     a.request.clone(),
@@ -641,6 +649,7 @@ impl Cluster {
                     a.max_concurrency,
                     a.restarts_left,
                     a.node,
+                    a.exception_retries.clone(),
                 )
             })
         else {
@@ -718,6 +727,7 @@ impl Cluster {
             max_concurrency,
             max_restarts: restarts_left,
             group,
+            exception_retries: exceptions,
         });
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());

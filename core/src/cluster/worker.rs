@@ -85,6 +85,9 @@ pub(crate) struct Cluster {
     pub(super) placement: Placement,
     /// Work this process owns that runs elsewhere, and work others pushed here.
     pub(super) tasks: TaskManager,
+    /// Specifications of tasks whose stored results are referenced, to rebuild them when
+    /// lost (`lineage.rs`).
+    pub(super) lineage: super::lineage::Lineage,
     /// Pulls, serving pulls, held results, same-host reads (`object_manager.rs`).
     pub(super) objects: ObjectManager,
     /// Actors this process created elsewhere, their placement loads, and the detached
@@ -303,6 +306,7 @@ impl Cluster {
             peers: Peers::new(shm.as_ref().map(|(_, p, _)| p.clone()), host_id()),
             placement: Placement::new((exe, args, cwd)),
             tasks: TaskManager::default(),
+            lineage: super::lineage::Lineage::new(crate::config::current().max_lineage_bytes),
             objects: ObjectManager::new(opts.max_inline, opts.zero_copy),
             actors: ActorManager::default(),
             refs: Mutex::new(References::new(index)),
@@ -648,6 +652,7 @@ impl Handler for WorkerHandler {
                 max_concurrency,
                 max_restarts,
                 group,
+                exception_retries,
             } => c.create_pushed_actor(
                 peer,
                 actor_id,
@@ -657,6 +662,7 @@ impl Handler for WorkerHandler {
                 name,
                 (max_concurrency, max_restarts),
                 group,
+                exception_retries,
             ),
             Msg::ActorCall {
                 actor_id,

@@ -154,6 +154,8 @@ fn error_kind_from_wire(k: fb::ErrorKind) -> ErrorKind {
         fb::ErrorKind::WorkerCrashed => ErrorKind::WorkerCrashed,
         fb::ErrorKind::ObjectLost => ErrorKind::ObjectLost,
         fb::ErrorKind::OwnerDied => ErrorKind::OwnerDied,
+        fb::ErrorKind::ReconstructionMaxAttempts => ErrorKind::ReconstructionMaxAttempts,
+        fb::ErrorKind::LineageEvicted => ErrorKind::LineageEvicted,
         // Other, and kinds a newer peer may add.
         _ => ErrorKind::Other,
     }
@@ -411,6 +413,14 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 max_concurrency: t.max_concurrency(),
                 max_restarts: t.max_restarts(),
                 group: (t.group_rank(), t.group_world()),
+                exception_retries: super::ActorRetries {
+                    max_task_retries: t.max_task_retries(),
+                    retry_exceptions: t.retry_exceptions(),
+                    retry_on: t
+                        .retry_on()
+                        .map(|v| v.iter().map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                },
             }
         }
         TAG_ACTOR_CALL => {

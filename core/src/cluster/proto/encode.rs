@@ -253,6 +253,8 @@ fn error_kind_to_wire(k: ErrorKind) -> fb::ErrorKind {
         ErrorKind::WorkerCrashed => fb::ErrorKind::WorkerCrashed,
         ErrorKind::ObjectLost => fb::ErrorKind::ObjectLost,
         ErrorKind::OwnerDied => fb::ErrorKind::OwnerDied,
+        ErrorKind::ReconstructionMaxAttempts => fb::ErrorKind::ReconstructionMaxAttempts,
+        ErrorKind::LineageEvicted => fb::ErrorKind::LineageEvicted,
     }
 }
 
@@ -666,11 +668,13 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             max_concurrency,
             max_restarts,
             group,
+            exception_retries,
         } => {
             let class_name = opt_str(fbb, class_name);
             let args = opt_args(fbb, args);
             let resources = opt_resources(fbb, resources);
             let name = opt_str(fbb, name);
+            let retry_on = opt_strings(fbb, &exception_retries.retry_on);
             table!(
                 CreateActor,
                 CreateActorArgs {
@@ -683,6 +687,9 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     max_restarts: *max_restarts,
                     group_rank: group.0,
                     group_world: group.1,
+                    max_task_retries: exception_retries.max_task_retries,
+                    retry_exceptions: exception_retries.retry_exceptions,
+                    retry_on,
                 }
             );
         }

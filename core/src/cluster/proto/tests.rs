@@ -238,6 +238,11 @@ fn samples() -> Vec<Msg> {
             max_concurrency: 8,
             max_restarts: 2,
             group: (3, 4),
+            exception_retries: super::ActorRetries {
+                max_task_retries: 2,
+                retry_exceptions: true,
+                retry_on: vec!["app::Flaky".into()],
+            },
         },
         Msg::ActorCall {
             actor_id: 26,
@@ -416,6 +421,8 @@ fn every_error_kind_round_trips() {
         ErrorKind::WorkerCrashed,
         ErrorKind::ObjectLost,
         ErrorKind::OwnerDied,
+        ErrorKind::ReconstructionMaxAttempts,
+        ErrorKind::LineageEvicted,
     ] {
         let msg = Msg::TaskDone {
             task_id: 1,

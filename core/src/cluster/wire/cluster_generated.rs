@@ -189,10 +189,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ActorState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_KIND: u8 = 8;
+pub const ENUM_MAX_ERROR_KIND: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 9] = [
+pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 11] = [
   ErrorKind::Panic,
   ErrorKind::ActorDied,
   ErrorKind::Cancelled,
@@ -202,6 +202,8 @@ pub const ENUM_VALUES_ERROR_KIND: [ErrorKind; 9] = [
   ErrorKind::WorkerCrashed,
   ErrorKind::ObjectLost,
   ErrorKind::OwnerDied,
+  ErrorKind::ReconstructionMaxAttempts,
+  ErrorKind::LineageEvicted,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -220,9 +222,13 @@ impl ErrorKind {
   /// An object was lost with its holder, or with its owner (`error_task`: the object id).
   pub const ObjectLost: Self = Self(7);
   pub const OwnerDied: Self = Self(8);
+  /// A lost task output could not be rebuilt: its task ran out of retries, or its lineage
+  /// was evicted (`error_task`: the object id).
+  pub const ReconstructionMaxAttempts: Self = Self(9);
+  pub const LineageEvicted: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Panic,
     Self::ActorDied,
@@ -233,6 +239,8 @@ impl ErrorKind {
     Self::WorkerCrashed,
     Self::ObjectLost,
     Self::OwnerDied,
+    Self::ReconstructionMaxAttempts,
+    Self::LineageEvicted,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -246,6 +254,8 @@ impl ErrorKind {
       Self::WorkerCrashed => Some("WorkerCrashed"),
       Self::ObjectLost => Some("ObjectLost"),
       Self::OwnerDied => Some("OwnerDied"),
+      Self::ReconstructionMaxAttempts => Some("ReconstructionMaxAttempts"),
+      Self::LineageEvicted => Some("LineageEvicted"),
       _ => None,
     }
   }
@@ -4931,6 +4941,9 @@ impl<'a> CreateActor<'a> {
   pub const VT_MAX_RESTARTS: ::flatbuffers::VOffsetT = 16;
   pub const VT_GROUP_RANK: ::flatbuffers::VOffsetT = 18;
   pub const VT_GROUP_WORLD: ::flatbuffers::VOffsetT = 20;
+  pub const VT_MAX_TASK_RETRIES: ::flatbuffers::VOffsetT = 22;
+  pub const VT_RETRY_EXCEPTIONS: ::flatbuffers::VOffsetT = 24;
+  pub const VT_RETRY_ON: ::flatbuffers::VOffsetT = 26;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4943,6 +4956,8 @@ impl<'a> CreateActor<'a> {
   ) -> ::flatbuffers::WIPOffset<CreateActor<'bldr>> {
     let mut builder = CreateActorBuilder::new(_fbb);
     builder.add_actor_id(args.actor_id);
+    if let Some(x) = args.retry_on { builder.add_retry_on(x); }
+    builder.add_max_task_retries(args.max_task_retries);
     builder.add_group_world(args.group_world);
     builder.add_group_rank(args.group_rank);
     builder.add_max_restarts(args.max_restarts);
@@ -4951,6 +4966,7 @@ impl<'a> CreateActor<'a> {
     if let Some(x) = args.resources { builder.add_resources(x); }
     if let Some(x) = args.args { builder.add_args(x); }
     if let Some(x) = args.class_name { builder.add_class_name(x); }
+    builder.add_retry_exceptions(args.retry_exceptions);
     builder.finish()
   }
 
@@ -5019,6 +5035,29 @@ impl<'a> CreateActor<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(CreateActor::VT_GROUP_WORLD, Some(0)).unwrap()}
   }
+  /// The actor's `max_task_retries` and `retry_exceptions`: with it, a call whose method
+  /// panicked runs again, for the typed panics named in `retry_on` (empty: every panic).
+  #[inline]
+  pub fn max_task_retries(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CreateActor::VT_MAX_TASK_RETRIES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn retry_exceptions(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CreateActor::VT_RETRY_EXCEPTIONS, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn retry_on(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(CreateActor::VT_RETRY_ON, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreateActor<'_> {
@@ -5036,6 +5075,9 @@ impl ::flatbuffers::Verifiable for CreateActor<'_> {
      .visit_field::<u32>("max_restarts", Self::VT_MAX_RESTARTS, false)?
      .visit_field::<u32>("group_rank", Self::VT_GROUP_RANK, false)?
      .visit_field::<u32>("group_world", Self::VT_GROUP_WORLD, false)?
+     .visit_field::<u32>("max_task_retries", Self::VT_MAX_TASK_RETRIES, false)?
+     .visit_field::<bool>("retry_exceptions", Self::VT_RETRY_EXCEPTIONS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("retry_on", Self::VT_RETRY_ON, false)?
      .finish();
     Ok(())
   }
@@ -5050,6 +5092,9 @@ pub struct CreateActorArgs<'a> {
     pub max_restarts: u32,
     pub group_rank: u32,
     pub group_world: u32,
+    pub max_task_retries: u32,
+    pub retry_exceptions: bool,
+    pub retry_on: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for CreateActorArgs<'a> {
   #[inline]
@@ -5064,6 +5109,9 @@ impl<'a> Default for CreateActorArgs<'a> {
       max_restarts: 0,
       group_rank: 0,
       group_world: 0,
+      max_task_retries: 0,
+      retry_exceptions: false,
+      retry_on: None,
     }
   }
 }
@@ -5110,6 +5158,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateActorBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u32>(CreateActor::VT_GROUP_WORLD, group_world, 0);
   }
   #[inline]
+  pub fn add_max_task_retries(&mut self, max_task_retries: u32) {
+    self.fbb_.push_slot::<u32>(CreateActor::VT_MAX_TASK_RETRIES, max_task_retries, 0);
+  }
+  #[inline]
+  pub fn add_retry_exceptions(&mut self, retry_exceptions: bool) {
+    self.fbb_.push_slot::<bool>(CreateActor::VT_RETRY_EXCEPTIONS, retry_exceptions, false);
+  }
+  #[inline]
+  pub fn add_retry_on(&mut self, retry_on: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreateActor::VT_RETRY_ON, retry_on);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateActorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CreateActorBuilder {
@@ -5136,6 +5196,9 @@ impl ::core::fmt::Debug for CreateActor<'_> {
       ds.field("max_restarts", &self.max_restarts());
       ds.field("group_rank", &self.group_rank());
       ds.field("group_world", &self.group_world());
+      ds.field("max_task_retries", &self.max_task_retries());
+      ds.field("retry_exceptions", &self.retry_exceptions());
+      ds.field("retry_on", &self.retry_on());
       ds.finish()
   }
 }

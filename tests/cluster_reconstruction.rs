@@ -1,0 +1,269 @@
+//! Lineage reconstruction with real processes (Ray's `test_reconstruction.py`): a large task
+//! result lives in the store of the worker that computed it; when that worker's node is
+//! killed, its owner runs the task again (recursively rebuilding lost arguments first), and
+//! `get` returns the right value. What cannot be rebuilt fails with its own kind.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{LocalCluster, NodeSpec, eventually_that, serve_if_worker};
+use manta::{Error, ObjectRef};
+
+const LONG: Duration = Duration::from_secs(60);
+/// Above the inline threshold (100 KiB): kept in the executor's store.
+const BIG: usize = 1 << 20;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(0x9e37)) as u8)
+        .collect()
+}
+
+#[manta::remote]
+fn large_object(seed: u64) -> Vec<u8> {
+    pattern(seed, BIG)
+}
+
+/// A large result computed from a large argument.
+#[manta::remote]
+fn grow(x: Vec<u8>) -> Vec<u8> {
+    x.iter().map(|b| b.wrapping_add(1)).collect()
+}
+
+/// Returns its argument (Ray's `dependent_task`).
+#[manta::remote]
+fn dependent_task(x: Vec<u8>) -> Vec<u8> {
+    x
+}
+
+/// A byte sum of a large argument.
+#[manta::remote]
+fn sum(x: Vec<u8>) -> u64 {
+    x.iter().map(|b| u64::from(*b)).sum()
+}
+
+/// Reads a reference it holds (it borrows it) after `pause_ms`.
+#[manta::remote]
+fn borrow_and_sum(refs: Vec<ObjectRef<Vec<u8>>>, pause_ms: u64) -> Result<u64, String> {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    refs[0]
+        .get_timeout(Duration::from_secs(50))
+        .map(|v| v.iter().map(|b| u64::from(*b)).sum())
+        .map_err(|e| e.to_string())
+}
+
+#[manta::actor]
+struct Maker;
+
+#[manta::actor]
+impl Maker {
+    fn new() -> Self {
+        Maker
+    }
+    fn make(&self, seed: u64) -> Vec<u8> {
+        pattern(seed, BIG)
+    }
+}
+
+/// A head (`main`) and one node (`node1`) that the test kills.
+fn two_nodes() -> LocalCluster {
+    LocalCluster::start(
+        NodeSpec::with_resources("main=2"),
+        &[NodeSpec::with_resources("node1=2")],
+    )
+}
+
+/// Waits until `r` is computed (its result is not read here: the only copy stays put).
+fn computed<T>(r: &ObjectRef<T>) {
+    eventually_that("the result computed", LONG, || r.is_ready(), |ready| *ready);
+}
+
+/// Kills the node with `node1` (node process `*victim`) and starts a replacement with the
+/// same resources, as Ray's tests do; `*victim` becomes the replacement. Returns once the
+/// GCS lists the old node dead and the new one alive.
+fn replace_node1(cluster: &mut LocalCluster, victim: &mut usize) -> Instant {
+    cluster.kill_node(*victim);
+    let killed = Instant::now();
+    *victim = cluster.add_node(&NodeSpec::with_resources("node1=2"));
+    let dead_want = *victim - 1;
+    eventually_that(
+        "the killed node dead and its replacement alive",
+        LONG,
+        || {
+            manta::cluster::query(&cluster.address, &cluster.token)
+                .map(|s| {
+                    let alive = s.nodes.iter().filter(|n| n.alive).count();
+                    (alive, s.nodes.len() - alive)
+                })
+                .unwrap_or((0, 0))
+        },
+        |(alive, dead)| *alive == 2 && *dead == dead_want,
+    );
+    killed
+}
+
+#[test]
+fn test_basic_reconstruction() {
+    serve_if_worker();
+    let mut cluster = two_nodes();
+    let mut node1 = 1;
+    let _rt = common::start(cluster.config());
+    let obj = large_object::options().resource("node1", 1.0).remote(7);
+    computed(&obj);
+    let killed = replace_node1(&mut cluster, &mut node1);
+    let v = obj.get_timeout(LONG).expect("the lost result rebuilt");
+    assert!(v == pattern(7, BIG), "the rebuilt value differs");
+    eprintln!(
+        "rebuilt a lost 1 MiB result {:?} after the kill",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn a_lost_result_whose_argument_is_lost_too_is_rebuilt_recursively() {
+    serve_if_worker();
+    let mut cluster = two_nodes();
+    let mut node1 = 1;
+    let _rt = common::start(cluster.config());
+    let a = large_object::options().resource("node1", 1.0).remote(3);
+    let b = grow::options().resource("node1", 1.0).remote(&a);
+    computed(&b);
+    // The owner's only hold on `a` is now `b`'s lineage.
+    drop(a);
+    replace_node1(&mut cluster, &mut node1);
+    let v = b.get_timeout(LONG).expect("rebuilt with its argument");
+    let want: Vec<u8> = pattern(3, BIG).iter().map(|x| x.wrapping_add(1)).collect();
+    assert!(v == want, "the rebuilt value differs");
+    // A chain once more, read by a task on the surviving node this time.
+    let s = sum::options().resource("main", 1.0).remote(&b);
+    assert_eq!(
+        s.get_timeout(LONG).unwrap(),
+        want.iter().map(|x| u64::from(*x)).sum::<u64>()
+    );
+}
+
+#[test]
+fn test_basic_reconstruction_put() {
+    serve_if_worker();
+    let mut cluster = two_nodes();
+    let mut node1 = 1;
+    let _rt = common::start(cluster.config());
+    // A put object lives in its owner (the driver): a result computed from it is rebuilt
+    // from the put, which the result's lineage keeps though the driver dropped it.
+    let x = manta::put(pattern(11, BIG)).unwrap();
+    let result = dependent_task::options().resource("node1", 1.0).remote(&x);
+    computed(&result);
+    drop(x);
+    replace_node1(&mut cluster, &mut node1);
+    let v = result.get_timeout(LONG).expect("rebuilt from the put");
+    assert!(v == pattern(11, BIG));
+    // What is not a task output cannot be rebuilt: an actor call's result, lost with its
+    // actor's node, is ObjectLost (as in Ray).
+    let maker = Maker::options().resource("node1", 1.0).remote();
+    let made = maker.make(5);
+    computed(&made);
+    replace_node1(&mut cluster, &mut node1);
+    match made.get_timeout(LONG) {
+        Err(Error::ObjectLost { .. }) => {}
+        other => panic!("expected ObjectLost, got {:?}", other.map(|v| v.len())),
+    }
+}
+
+#[test]
+fn a_lost_result_of_a_task_with_no_retries_fails_with_max_attempts() {
+    serve_if_worker();
+    let mut cluster = two_nodes();
+    let mut node1 = 1;
+    let _rt = common::start(cluster.config());
+    let obj = large_object::options()
+        .resource("node1", 1.0)
+        .max_retries(0)
+        .remote(1);
+    computed(&obj);
+    replace_node1(&mut cluster, &mut node1);
+    match obj.get_timeout(LONG) {
+        Err(Error::ObjectReconstructionFailedMaxAttemptsExceeded { reason, .. }) => {
+            assert!(reason.contains("max_retries"), "{reason}")
+        }
+        other => panic!(
+            "expected ObjectReconstructionFailedMaxAttemptsExceeded, got {:?}",
+            other.map(|v| v.len())
+        ),
+    }
+    // With one retry the same loss is rebuilt, once.
+    let once = large_object::options()
+        .resource("node1", 1.0)
+        .max_retries(1)
+        .remote(2);
+    computed(&once);
+    replace_node1(&mut cluster, &mut node1);
+    assert!(once.get_timeout(LONG).unwrap() == pattern(2, BIG));
+}
+
+#[test]
+fn a_borrower_and_a_task_argument_read_a_rebuilt_result() {
+    serve_if_worker();
+    let mut cluster = two_nodes();
+    let mut node1 = 1;
+    let _rt = common::start(cluster.config());
+    let obj = large_object::options().resource("node1", 1.0).remote(9);
+    computed(&obj);
+    let want: u64 = pattern(9, BIG).iter().map(|b| u64::from(*b)).sum();
+    // A task on the surviving node holds a reference (a borrow) and reads it after the kill.
+    let borrower = borrow_and_sum::options()
+        .resource("main", 1.0)
+        .remote(vec![obj.clone()], 2_000);
+    std::thread::sleep(Duration::from_millis(300));
+    replace_node1(&mut cluster, &mut node1);
+    assert_eq!(borrower.get_timeout(LONG).unwrap(), want);
+    // Lost again: a task given it as an argument reads the rebuilt value.
+    replace_node1(&mut cluster, &mut node1);
+    let s = sum::options().resource("main", 1.0).remote(&obj);
+    assert_eq!(s.get_timeout(LONG).unwrap(), want);
+}
+
+#[test]
+fn a_lost_result_whose_lineage_was_evicted_fails_with_its_kind() {
+    serve_if_worker();
+    let mut cluster = two_nodes();
+    let mut node1 = 1;
+    // A budget no specification fits in: each is evicted as soon as it is recorded.
+    let _rt = common::start(cluster.config().max_lineage_bytes(1));
+    let obj = large_object::options().resource("node1", 1.0).remote(4);
+    computed(&obj);
+    replace_node1(&mut cluster, &mut node1);
+    match obj.get_timeout(LONG) {
+        Err(Error::ObjectReconstructionFailedLineageEvicted { reason, .. }) => {
+            assert!(reason.contains("max_lineage_bytes"), "{reason}")
+        }
+        other => panic!(
+            "expected ObjectReconstructionFailedLineageEvicted, got {:?}",
+            other.map(|v| v.len())
+        ),
+    }
+}
+
+#[test]
+fn a_results_lineage_and_the_arguments_it_keeps_go_with_the_result() {
+    serve_if_worker();
+    let cluster = two_nodes();
+    let _rt = common::start(cluster.config());
+    let on_node1 = || {
+        common::cluster::worker_store_objects::options()
+            .resource("node1", 1.0)
+            .remote()
+            .get_timeout(LONG)
+            .unwrap()
+    };
+    let a = large_object::options().resource("node1", 1.0).remote(5);
+    let b = grow::options().resource("node1", 1.0).remote(&a);
+    computed(&b);
+    // `a` is kept by `b`'s lineage, though the driver dropped it.
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(on_node1() >= 2, "the argument kept for a rebuild");
+    // `b` freed: its lineage goes, and with it `a`.
+    drop(b);
+    common::cluster::eventually("objects left on node1", 0, LONG, on_node1);
+}
