@@ -119,6 +119,15 @@ pub(crate) trait Remote: Send + Sync + std::fmt::Debug {
         cell: Arc<ObjectCell>,
         args: Box<[ArgSlot]>,
     );
+    /// Calls `method` with `args` on every actor of `members` (each hosted by another
+    /// process) as one message relayed by their workers as a tree; their results in order,
+    /// or `None` where it cannot (then each member is called on its own).
+    fn group_call(
+        &self,
+        members: &[&crate::actor::RawActorHandle],
+        method: &'static str,
+        args: &[ArgSlot],
+    ) -> Option<Vec<Arc<ObjectCell>>>;
     /// Where actor `actor_id` (or, with id 0, the actor named `name`) lives.
     fn locate_actor(&self, actor_id: u64, name: &str) -> Result<ActorLocation, Error>;
     /// The place of an actor hosted by worker `worker`.

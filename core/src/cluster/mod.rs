@@ -29,6 +29,7 @@ pub(crate) mod cancel;
 mod client;
 mod execute;
 pub(crate) mod gcs;
+mod group_call;
 mod lifetime;
 pub(crate) mod node_store;
 pub(crate) mod object_manager;

@@ -165,6 +165,15 @@ impl Remote for Cluster {
         }
     }
 
+    fn group_call(
+        &self,
+        members: &[&crate::actor::RawActorHandle],
+        method: &'static str,
+        args: &[ArgSlot],
+    ) -> Option<Vec<Arc<ObjectCell>>> {
+        Cluster::group_call(self, members, method, args)
+    }
+
     fn locate_actor(&self, actor_id: u64, name: &str) -> Result<ActorLocation, Error> {
         let info = Cluster::locate_actor(self, actor_id, name)?;
         Ok(ActorLocation {

@@ -194,7 +194,7 @@ impl Cluster {
     }
 
     /// Frees the arguments held for a task that is done (or whose worker is gone).
-    fn release_held_args(&self, ids: &[u64]) {
+    pub(super) fn release_held_args(&self, ids: &[u64]) {
         if ids.is_empty() {
             return;
         }
@@ -569,6 +569,7 @@ impl Cluster {
         self.actors_lost(index, reason);
         self.proxies_lost(index);
         self.owner_died(index);
+        self.group_relay_lost(index, reason);
         let lost: Vec<(u64, InFlight)> = self.tasks.take_on_worker(index);
         let death = format!("worker process {index} died or became unreachable ({reason})");
         let first_delay = self

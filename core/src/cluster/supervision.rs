@@ -69,6 +69,22 @@ struct RemoteInner {
     location: Mutex<Location>,
     /// How many times a call in flight at a worker's death is run again.
     max_task_retries: u32,
+    /// Whether `fence` holds calls (read before taking its lock).
+    fenced: crate::sync::AtomicBool,
+    /// Group calls relayed to the actor and not answered yet (`group_call.rs`), and the
+    /// calls made since, which wait for them so that they cannot overtake them.
+    fence: Mutex<Fence>,
+}
+
+/// See `RemoteInner::fence`.
+#[derive(Debug, Default)]
+struct Fence {
+    /// Group calls sent and not answered.
+    pending: usize,
+    /// The route they took (a later group call by another route waits too).
+    route: u64,
+    /// Calls made since, in order.
+    parked: Vec<Parked>,
 }
 
 /// A remote actor's location.
@@ -153,7 +169,28 @@ impl RemoteActor {
         RemoteActor(Arc::new(RemoteInner {
             location: Mutex::new(Location::At { worker, peer }),
             max_task_retries,
+            fenced: crate::sync::AtomicBool::new(false),
+            fence: Mutex::new(Fence::default()),
         }))
+    }
+
+    /// How many times a call in flight at its worker's death is run again.
+    pub(super) fn max_task_retries(&self) -> u32 {
+        self.0.max_task_retries
+    }
+
+    /// A group call by `route` is about to be sent: later calls wait for its answer. False
+    /// (nothing changed) if group calls by another route are still unanswered: that one
+    /// could overtake them.
+    pub(super) fn fence_enter(&self, route: u64) -> bool {
+        let mut fence = lock(&self.0.fence);
+        if fence.pending > 0 && fence.route != route {
+            return false;
+        }
+        fence.pending += 1;
+        fence.route = route;
+        self.0.fenced.store(true, crate::sync::Ordering::SeqCst);
+        true
     }
 
     /// The hosting worker, unless the actor is restarting.
@@ -251,6 +288,47 @@ impl Cluster {
     /// Sends a call to a remote actor, or parks it while the actor restarts (step 3); a call
     /// sent to a worker known dead fails at once with `ActorDied`.
     pub(super) fn send_call(
+        &self,
+        remote: &RemoteActor,
+        actor_id: u64,
+        method: &'static str,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+        keep: Option<KeepActor>,
+    ) {
+        if remote.0.fenced.load(crate::sync::Ordering::SeqCst) {
+            let mut fence = lock(&remote.0.fence);
+            if fence.pending > 0 {
+                fence.parked.push(Parked {
+                    method,
+                    cell,
+                    args,
+                    left: remote.0.max_task_retries,
+                    keep,
+                });
+                return;
+            }
+        }
+        self.send_call_now(remote, actor_id, method, cell, args, keep);
+    }
+
+    /// A group call to `remote`'s actor was answered (or failed): with none left, the calls
+    /// that waited for it go, in order, before any later one.
+    pub(super) fn fence_leave(&self, remote: &RemoteActor, actor_id: u64) {
+        let mut fence = lock(&remote.0.fence);
+        if fence.pending > 1 {
+            fence.pending -= 1;
+            return;
+        }
+        for p in std::mem::take(&mut fence.parked) {
+            self.send_call_now(remote, actor_id, p.method, p.cell, p.args, p.keep);
+        }
+        fence.pending = 0;
+        remote.0.fenced.store(false, crate::sync::Ordering::SeqCst);
+    }
+
+    /// [`Cluster::send_call`] past the fence.
+    fn send_call_now(
         &self,
         remote: &RemoteActor,
         actor_id: u64,
@@ -605,6 +683,8 @@ impl Cluster {
             .owned()
             .get(&actor_id)
             .map_or(("actor", None), |a| (a.class, a.cell.upgrade()));
+        // Its record may be gone already (dead for good): the call's own hold on the proxy.
+        let actor = actor.or_else(|| keep.map(|(cell, _)| cell));
         let reason = format!(
             "its worker process {index} died while the call to {method} was in flight \
              ({reason})"
