@@ -100,6 +100,17 @@ pub(crate) trait Remote: Send + Sync + std::fmt::Debug {
         args: Vec<ArgSlot>,
         options: &ActorOptions,
     ) -> Result<(), Error>;
+    /// Creates actor `actor` in another process once `ready` (its placement group's, pending
+    /// now) completes; calls made meanwhile wait for it.
+    fn create_actor_remote_after(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        actor: &Arc<ActorCell>,
+        created: Arc<ObjectCell>,
+        args: Vec<ArgSlot>,
+        options: &ActorOptions,
+        ready: Arc<ObjectCell>,
+    );
     /// Marks a remote actor detached at its host.
     fn detach_remote(&self, cell: &ActorCell);
     /// Lists an actor this worker hosts in the cluster's directory.

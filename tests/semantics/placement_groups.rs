@@ -403,22 +403,43 @@ fn pending_then_placed(ctx: &Ctx) {
         Err(Error::Timeout { .. }) => {}
         other => panic!("a task of a pending group: {other:?}"),
     }
-    // An actor waits embedded; in a cluster it is refused until the group is created.
+    // An actor for it waits for it too (Ray's), and so do the calls made to it meanwhile.
     let early_actor = Holder::options().placement_group(&small, Some(1)).remote();
-    if ctx.is_cluster() {
-        assert!(matches!(
-            early_actor.ready().get_timeout(SHORT),
-            Err(Error::InvalidArgument { .. })
-        ));
+    let early_calls = [early_actor.poke(), early_actor.poke()];
+    for (what, r) in [
+        ("ready", early_actor.ready().get_timeout(SHORT).map(drop)),
+        ("call", early_calls[0].get_timeout(SHORT).map(drop)),
+    ] {
+        match r {
+            Err(Error::Timeout { .. }) => {}
+            other => panic!("{what} of an actor of a pending group: {other:?}"),
+        }
+    }
+    // One for a group removed while pending dies with its calls, at once.
+    let doomed_pg = manta::placement_group(cpus(1, 0.5), S::Pack).unwrap();
+    let doomed = Holder::options()
+        .placement_group(&doomed_pg, Some(0))
+        .remote();
+    let doomed_call = doomed.poke();
+    manta::remove_placement_group(&doomed_pg).unwrap();
+    for (what, r) in [
+        ("ready", doomed.ready().get_timeout(LONG).map(drop)),
+        ("call", doomed_call.get_timeout(LONG).map(drop)),
+    ] {
+        match r {
+            Err(Error::ActorDied { .. } | Error::PlacementGroupRemoved { .. }) => {}
+            other => panic!("{what} of an actor whose pending group was removed: {other:?}"),
+        }
     }
     let t = Instant::now();
     manta::remove_placement_group(&big).unwrap();
     ready(&small);
     assert!(t.elapsed() < Duration::from_secs(10), "placed once freed");
     assert_eq!(early.get_timeout(LONG).unwrap(), 5);
-    if !ctx.is_cluster() {
-        assert_eq!(early_actor.poke().get_timeout(LONG).unwrap(), 1);
-    }
+    early_actor.ready().get_timeout(LONG).unwrap();
+    assert_eq!(early_calls[0].get_timeout(LONG).unwrap(), 1);
+    assert_eq!(early_calls[1].get_timeout(LONG).unwrap(), 2);
+    assert_eq!(early_actor.poke().get_timeout(LONG).unwrap(), 3);
     let late = where_am_i::options()
         .num_cpus(0.5)
         .placement_group(&small, Some(1))

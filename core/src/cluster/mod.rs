@@ -35,6 +35,7 @@ pub(crate) mod node_store;
 pub(crate) mod object_manager;
 pub(crate) mod peer;
 mod peers;
+mod pending_actor;
 pub(crate) mod pg;
 mod placement;
 pub(crate) mod policy;

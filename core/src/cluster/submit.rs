@@ -320,6 +320,19 @@ impl Cluster {
         args: Vec<ArgSlot>,
         options: &ActorOptions,
     ) -> Result<(), Error> {
+        self.create_actor_placed(rt, actor, created, args, options)
+            .map(drop)
+    }
+
+    /// [`Cluster::create_actor_remote`], returning the worker it was sent to.
+    pub(super) fn create_actor_placed(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        actor: &Arc<ActorCell>,
+        created: Arc<ObjectCell>,
+        args: Vec<ArgSlot>,
+        options: &ActorOptions,
+    ) -> Result<(u64, Arc<Peer>), Error> {
         let request = &options.resources;
         let name = options.name.as_deref();
         let max_concurrency = options.max_concurrency as u32;
@@ -339,8 +352,15 @@ impl Cluster {
             alive: true,
             ..Default::default()
         })?;
-        let remote = RemoteActor::at(worker, peer.clone(), options.max_task_retries);
-        actor.set_remote(Arc::new(remote.clone()));
+        let remote = match RemoteActor::of_cell(actor) {
+            // Made while its placement group was pending (`pending_actor.rs`).
+            Some(waiting) => waiting.clone(),
+            None => {
+                let remote = RemoteActor::at(worker, peer.clone(), options.max_task_retries);
+                actor.set_remote(Arc::new(remote.clone()));
+                remote
+            }
+        };
         self.own_actor(NewOwned {
             cell: actor,
             remote,
@@ -389,7 +409,7 @@ impl Cluster {
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());
         }
-        Ok(())
+        Ok((worker, peer))
     }
 
     /// Enters an actor in the GCS's directory (a taken name is `ActorNameTaken`).

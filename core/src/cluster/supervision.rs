@@ -174,6 +174,17 @@ impl RemoteActor {
         }))
     }
 
+    /// An actor not placed yet (its placement group is pending): calls park until it is
+    /// created ([`Cluster::first_arrival`]) or never will be ([`Cluster::never_placed`]).
+    pub(super) fn waiting(max_task_retries: u32) -> RemoteActor {
+        RemoteActor(Arc::new(RemoteInner {
+            location: Mutex::new(Location::Restarting { parked: Vec::new() }),
+            max_task_retries,
+            fenced: crate::sync::AtomicBool::new(false),
+            fence: Mutex::new(Fence::default()),
+        }))
+    }
+
     /// How many times a call in flight at its worker's death is run again.
     pub(super) fn max_task_retries(&self) -> u32 {
         self.0.max_task_retries
@@ -310,6 +321,32 @@ impl Cluster {
             }
         }
         self.send_call_now(remote, actor_id, method, cell, args, keep);
+    }
+
+    /// A waiting actor ([`RemoteActor::waiting`]) was sent to `worker` (its `CreateActor`
+    /// first on `peer`): the calls parked meanwhile follow it, in order, before any later one.
+    pub(super) fn first_arrival(
+        &self,
+        remote: &RemoteActor,
+        actor_id: u64,
+        worker: u64,
+        peer: &Arc<Peer>,
+    ) {
+        let mut location = lock(&remote.0.location);
+        if let Some(parked) = location.arrive(worker, peer) {
+            for call in parked {
+                self.push_call(worker, peer, actor_id, call);
+            }
+        }
+    }
+
+    /// A waiting actor will never be placed (its group removed, or its placement failed):
+    /// the calls parked meanwhile fail with `error`, as will any later one.
+    pub(super) fn never_placed(&self, remote: &RemoteActor, error: &Error) {
+        let parked = lock(&remote.0.location).kill(error.clone());
+        for call in parked {
+            call.cell.complete(Err(error.clone()));
+        }
     }
 
     /// A group call to `remote`'s actor was answered (or failed): with none left, the calls
@@ -884,6 +921,19 @@ impl Cluster {
                             .into(),
                         ..self.actor_info(actor_id, a, false)
                     });
+                } else if !restart {
+                    // Not placed yet (its placement group pending), or restarting at an
+                    // owner this process is not: what waits for it here fails now.
+                    self.never_placed(
+                        remote,
+                        &Error::ActorDied {
+                            actor: crate::id::ActorId::from_u64(actor_id),
+                            class: "?".into(),
+                            reason: "killed (manta::kill, or no handle to it was left) before \
+                                     it was placed"
+                                .into(),
+                        },
+                    );
                 }
             }
         }
