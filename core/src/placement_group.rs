@@ -299,9 +299,144 @@ impl GroupRecord {
 }
 
 /// A handle to a placement group. Cloning it is cheap; dropping it does not remove the group.
+/// It passes to tasks and actors (serde) like an actor handle: there it schedules work into
+/// the same bundles.
 #[derive(Clone, Debug)]
 pub struct PlacementGroup {
     rec: Arc<GroupRecord>,
+}
+
+/// A handle as it travels: what any process needs to address the group's bundles.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireGroup {
+    id: u64,
+    name: Option<String>,
+    strategy: u8,
+    bundles: Vec<Vec<(String, f64)>>,
+    detached: bool,
+}
+
+fn strategy_code(s: PlacementStrategy) -> u8 {
+    match s {
+        PlacementStrategy::Pack => 0,
+        PlacementStrategy::Spread => 1,
+        PlacementStrategy::StrictPack => 2,
+        PlacementStrategy::StrictSpread => 3,
+    }
+}
+
+fn strategy_of(code: u8) -> PlacementStrategy {
+    match code {
+        1 => PlacementStrategy::Spread,
+        2 => PlacementStrategy::StrictPack,
+        3 => PlacementStrategy::StrictSpread,
+        _ => PlacementStrategy::Pack,
+    }
+}
+
+impl serde::Serialize for PlacementGroup {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireGroup {
+            id: self.rec.id.0,
+            name: self.rec.name.clone(),
+            strategy: strategy_code(self.rec.strategy),
+            bundles: self.rec.bundles.iter().map(|b| b.entries.clone()).collect(),
+            detached: self.rec.detached,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PlacementGroup {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireGroup::deserialize(deserializer)?;
+        with_current(|rt| adopt(rt, wire))
+            .and_then(|r| r)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The handle of a group that arrived in this process: the record this process has, or (a
+/// group another process created, in a cluster) a new one whose state the GCS gives. A group
+/// still pending there is watched until the GCS lists it created or removed. One unknown
+/// embedded was removed.
+fn adopt(rt: &Arc<RuntimeInner>, wire: WireGroup) -> Result<PlacementGroup, Error> {
+    let id = PlacementGroupId(wire.id);
+    if let Some(rec) = lock(&rt.scheduler.groups.table).by_id.get(&id).cloned() {
+        return Ok(PlacementGroup { rec });
+    }
+    let b = PlacementGroupBuilder {
+        bundles: wire
+            .bundles
+            .into_iter()
+            .map(|entries| Bundle { entries })
+            .collect(),
+        strategy: strategy_of(wire.strategy),
+        name: wire.name,
+        detached: wire.detached,
+    };
+    let rec = new_record(id, &b);
+    let Some(cluster) = rt.cluster.clone() else {
+        // Embedded, a group not in the table was removed.
+        settle(&rec, None);
+        return Ok(PlacementGroup { rec });
+    };
+    let listed = cluster.pg_list()?.into_iter().find(|g| g.id == id);
+    // Not entered in the table: each handle that arrives asks the GCS afresh (this process
+    // is not told when another removes the group).
+    settle(&rec, listed.as_ref());
+    if rec.phase() == PENDING {
+        let watched = Arc::downgrade(&rec);
+        let spawned = std::thread::Builder::new()
+            .name("manta-pg-watch".into())
+            .spawn(move || watch(&cluster, &watched));
+        if let Err(e) = spawned {
+            rec.ready.complete(Err(Error::Cluster {
+                what: format!("watching placement group {id}"),
+                message: e.to_string(),
+            }));
+        }
+    }
+    Ok(PlacementGroup { rec })
+}
+
+/// Sets a record adopted from another process to what the GCS lists (`None`: removed).
+fn settle(rec: &GroupRecord, listed: Option<&PlacementGroupInfo>) {
+    let mut res = lock(&rec.reservation);
+    match listed.map(|g| g.state) {
+        Some(PlacementGroupState::Pending) => {}
+        Some(PlacementGroupState::Created | PlacementGroupState::Rescheduling) => {
+            res.phase = CREATED;
+            res.nodes = listed.map(|g| g.bundle_nodes.clone()).unwrap_or_default();
+            drop(res);
+            rec.ready.complete(codec::encode(&()));
+        }
+        Some(PlacementGroupState::Removed) | None => {
+            res.phase = REMOVED;
+            drop(res);
+            rec.ready.complete(Err(rec.removed()));
+        }
+    }
+}
+
+/// Polls the GCS while an adopted group is pending (its owner, not this process, is told
+/// when it is placed), until it is created or removed, or the handle is gone.
+fn watch(cluster: &Arc<dyn Remote>, watched: &Weak<GroupRecord>) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let Some(rec) = watched.upgrade() else { return };
+        if rec.phase() != PENDING {
+            return;
+        }
+        match cluster.pg_list() {
+            Ok(groups) => settle(&rec, groups.iter().find(|g| g.id == rec.id)),
+            Err(Error::ShutDown) => {
+                rec.ready.complete(Err(Error::ShutDown));
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "watching a placement group"),
+        }
+    }
 }
 
 impl PlacementGroup {
