@@ -19,18 +19,18 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// A member that reduces across its group through the group's communicator.
 #[manta::actor]
-pub struct Reducer {
+pub(crate) struct Reducer {
     comm: manta::collective::Communicator,
 }
 
 #[manta::actor]
 impl Reducer {
-    pub fn new(group: String) -> Self {
+    pub(crate) fn new(group: String) -> Self {
         let comm = manta::collective::Communicator::join_group(&group).expect("join the group");
         Reducer { comm }
     }
     /// The sum over the group of `(rank + 1) * x`, and this member's rank and pid.
-    pub fn sum(&self, x: f64) -> (f64, usize, u32) {
+    pub(crate) fn sum(&self, x: f64) -> (f64, usize, u32) {
         let mut v = [(self.comm.rank() + 1) as f64 * x; 3];
         self.comm
             .allreduce(&mut v, manta::collective::ReduceOp::Sum)
