@@ -3,7 +3,7 @@
 //! relays it to the others. So a stopped root worker (SIGSTOP) holds back every member's
 //! call, not only its own (a fan-out from the caller would reach the others at once);
 //! results come back in rank order; a direct call made after the group call does not
-//! overtake it; a relay that dies fails the calls it had to forward with `WorkerCrashed`,
+//! overtake it, nor it a direct call made before; a relay that dies fails the calls it had to forward with `WorkerCrashed`,
 //! within a bound, never a hang.
 
 mod common;
@@ -44,6 +44,27 @@ impl Member {
     }
 }
 
+/// Stops process `pid` (SIGSTOP) and waits until the kernel shows it stopped: the signal is
+/// delivered asynchronously, and a process spinning on a shared-memory ring could otherwise
+/// still take a message sent right after.
+fn stop(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name's closing parenthesis.
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        if matches!(state, Some(Some('T' | 't'))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not stop: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Six members spread over the three nodes' workers, and each member's worker pid.
 fn six_members() -> (
     LocalCluster,
@@ -78,7 +99,7 @@ fn a_group_call_is_relayed_by_the_root_worker_in_rank_order() {
     serve_if_worker();
     let (_cluster, _rt, pg, group, pids) = six_members();
     let root = pids[0];
-    signal(root, libc::SIGSTOP);
+    stop(root);
     let refs = group.call(|m| m.push(1));
     // Members on the other workers get nothing while the root cannot relay.
     std::thread::sleep(Duration::from_millis(800));
@@ -104,6 +125,30 @@ fn a_group_call_is_relayed_by_the_root_worker_in_rank_order() {
                 .all(|l| l.last() == Some(&i) && l.len() == i as usize)
         );
     }
+    // Direct calls still on their way, then a group call: it does not overtake them (a
+    // stopped worker finds both waiting, on two connections, when it resumes).
+    let other = pids.iter().copied().find(|&p| p != root).unwrap();
+    for round in 0..5u64 {
+        stop(other);
+        for i in 0..20u64 {
+            for m in group.members() {
+                let _ = m.push(1000 * (round + 1) + i);
+            }
+        }
+        let mark = 1000 * (round + 1) + 999;
+        let refs = group.call(|m| m.push(mark));
+        std::thread::sleep(Duration::from_millis(200));
+        signal(other, libc::SIGCONT);
+        let logs = manta::get_all(&refs).unwrap();
+        for (rank, l) in logs.iter().enumerate() {
+            let tail: Vec<u64> = l[l.len() - 21..].to_vec();
+            let want: Vec<u64> = (0..20u64)
+                .map(|i| 1000 * (round + 1) + i)
+                .chain([mark])
+                .collect();
+            assert_eq!(tail, want, "rank {rank}: the group call after direct ones");
+        }
+    }
     manta::remove_placement_group(&pg).unwrap();
 }
 
@@ -112,7 +157,7 @@ fn a_relay_that_dies_fails_the_calls_below_it_within_a_bound() {
     serve_if_worker();
     let (_cluster, _rt, pg, group, pids) = six_members();
     let root = pids[0];
-    signal(root, libc::SIGSTOP);
+    stop(root);
     let refs = group.call(|m| m.push(1));
     std::thread::sleep(Duration::from_millis(300));
     signal(root, libc::SIGKILL);

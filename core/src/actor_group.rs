@@ -227,6 +227,8 @@ impl<A: Actor> ActorGroup<A> {
                 return None;
             }
         }
+        // A cancelled caller's calls fail one by one (`Cancelled`), as direct calls do.
+        crate::cancel::check().ok()?;
         let rt = crate::runtime::current_inner()?;
         let cluster = rt.cluster.as_ref()?;
         let members: Vec<&RawActorHandle> = self.members.iter().map(|m| m.as_raw()).collect();

@@ -11,7 +11,10 @@
 //! calls to it wait in its proxy (`supervision.rs`, `Fence`) and go, in order, when the
 //! answer comes. A later group call by the same route needs no wait (each hop is one ordered
 //! connection, and every worker forwards in arrival order); one by another route (a slice,
-//! another fan-out) goes member by member and waits at the fence.
+//! another fan-out), or while calls wait at a fence, goes member by member and waits there.
+//! The other way round, a relayed call could overtake an earlier direct call still on its
+//! way: while the last call sent to a member on its own is unanswered, the group call goes
+//! member by member too.
 //!
 //! A relay's death: the calls it had to forward may never arrive, and no worker on their way
 //! answers for them. The caller knows each call's relays (the tree is a pure function of the
@@ -117,6 +120,13 @@ impl Cluster {
             }
             let remote = RemoteActor::of_cell(&m.cell)?;
             let (worker, _) = remote.target()?;
+            // A call sent on its own and unanswered: the relayed one could overtake it.
+            if remote
+                .last_direct()
+                .is_some_and(|id| self.tasks.is_in_flight(id))
+            {
+                return None;
+            }
             if worker == self.index {
                 return None;
             }

@@ -71,6 +71,9 @@ struct RemoteInner {
     max_task_retries: u32,
     /// Whether `fence` holds calls (read before taking its lock).
     fenced: crate::sync::AtomicBool,
+    /// The last call sent to the actor on its own (0: none): a group call, relayed, must not
+    /// overtake it while it is unanswered (`group_call.rs`).
+    last_direct: crate::sync::AtomicU64,
     /// Group calls relayed to the actor and not answered yet (`group_call.rs`), and the
     /// calls made since, which wait for them so that they cannot overtake them.
     fence: Mutex<Fence>,
@@ -170,6 +173,7 @@ impl RemoteActor {
             location: Mutex::new(Location::At { worker, peer }),
             max_task_retries,
             fenced: crate::sync::AtomicBool::new(false),
+            last_direct: crate::sync::AtomicU64::new(0),
             fence: Mutex::new(Fence::default()),
         }))
     }
@@ -181,8 +185,14 @@ impl RemoteActor {
             location: Mutex::new(Location::Restarting { parked: Vec::new() }),
             max_task_retries,
             fenced: crate::sync::AtomicBool::new(false),
+            last_direct: crate::sync::AtomicU64::new(0),
             fence: Mutex::new(Fence::default()),
         }))
+    }
+
+    /// The last call sent to the actor on its own, if any (its id).
+    pub(super) fn last_direct(&self) -> Option<u64> {
+        Some(self.0.last_direct.load(crate::sync::Ordering::Relaxed)).filter(|&id| id != 0)
     }
 
     /// How many times a call in flight at its worker's death is run again.
@@ -191,11 +201,11 @@ impl RemoteActor {
     }
 
     /// A group call by `route` is about to be sent: later calls wait for its answer. False
-    /// (nothing changed) if group calls by another route are still unanswered: that one
-    /// could overtake them.
+    /// (nothing changed) if group calls by another route are still unanswered, or calls
+    /// wait behind them: that one could overtake them.
     pub(super) fn fence_enter(&self, route: u64) -> bool {
         let mut fence = lock(&self.0.fence);
-        if fence.pending > 0 && fence.route != route {
+        if fence.pending > 0 && (fence.route != route || !fence.parked.is_empty()) {
             return false;
         }
         fence.pending += 1;
@@ -335,7 +345,7 @@ impl Cluster {
         let mut location = lock(&remote.0.location);
         if let Some(parked) = location.arrive(worker, peer) {
             for call in parked {
-                self.push_call(worker, peer, actor_id, call);
+                self.push_call(remote, worker, peer, actor_id, call);
             }
         }
     }
@@ -393,6 +403,7 @@ impl Cluster {
             Location::At { worker, peer } => (*worker, peer.clone()),
         };
         self.push_call(
+            remote,
             worker,
             &peer,
             actor_id,
@@ -411,12 +422,23 @@ impl Cluster {
     }
 
     /// Enters a call in the in-flight table and sends it (under its actor's location lock).
-    fn push_call(&self, worker: u64, peer: &Arc<Peer>, actor_id: u64, call: Parked) {
+    fn push_call(
+        &self,
+        remote: &RemoteActor,
+        worker: u64,
+        peer: &Arc<Peer>,
+        actor_id: u64,
+        call: Parked,
+    ) {
         let Some(rt) = self.runtime() else {
             call.cell.complete(Err(Error::ShutDown));
             return;
         };
         let call_id = call.cell.id().as_u64();
+        remote
+            .0
+            .last_direct
+            .store(call_id, crate::sync::Ordering::Relaxed);
         let WireArgs {
             args: wire_args,
             held: held_args,
@@ -575,7 +597,7 @@ impl Cluster {
                     let mut location = lock(&remote.0.location);
                     let parked = location.arrive(info.worker, &peer).unwrap_or_default();
                     for call in parked {
-                        self.push_call(info.worker, &peer, id, call);
+                        self.push_call(remote, info.worker, &peer, id, call);
                     }
                     return;
                 }
@@ -875,7 +897,7 @@ impl Cluster {
             return unwanted();
         };
         for call in parked {
-            self.push_call(worker, peer, id, call);
+            self.push_call(&a.remote, worker, peer, id, call);
         }
         drop(location);
         let info = self.actor_info(id, a, false);
