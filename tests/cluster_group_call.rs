@@ -132,7 +132,7 @@ fn a_group_call_is_relayed_by_the_root_worker_in_rank_order() {
         stop(other);
         for i in 0..20u64 {
             for m in group.members() {
-                let _ = m.push(1000 * (round + 1) + i);
+                drop(m.push(1000 * (round + 1) + i));
             }
         }
         let mark = 1000 * (round + 1) + 999;
