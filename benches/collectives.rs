@@ -395,6 +395,11 @@ fn args() -> Result<Args> {
         a.sizes.push(s);
         s *= 4;
     }
+    // The largest size asked for is always measured (`--max-bytes 1G` ends at 1 GiB, not at
+    // the last power of 4 below it).
+    if max >= min.max(8) && a.sizes.last() != Some(&max) {
+        a.sizes.push(max);
+    }
     if a.modes.is_empty() {
         a.modes = vec!["one-node".into(), "two-hosts".into()];
     }

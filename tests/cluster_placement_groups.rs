@@ -277,3 +277,95 @@ fn a_member_whose_worker_dies_restarts_in_its_bundle() {
     );
     manta::remove_placement_group(&pg).unwrap();
 }
+
+#[manta::actor]
+pub(crate) struct Placed {
+    calls: u64,
+}
+
+#[manta::actor]
+impl Placed {
+    pub(crate) fn new() -> Self {
+        Placed { calls: 0 }
+    }
+    /// Its worker's pid and node, and how many calls it took since it was constructed.
+    pub(crate) fn probe(&mut self) -> (u32, u64, u64) {
+        self.calls += 1;
+        (std::process::id(), where_am_i(), self.calls)
+    }
+}
+
+/// Ray's RESCHEDULING: a node holding a bundle of a created group dies (its raylet and
+/// worker killed); the group shows it, work for that bundle waits, and once a fresh node
+/// joins the bundle is reserved there (two-phase, as at creation), the member restarts in it
+/// and the waiting task runs there.
+#[test]
+fn a_bundle_whose_node_died_is_placed_again_on_a_fresh_node() {
+    serve_if_worker();
+    let mut cluster = LocalCluster::start(node(1.0), &[node(1.0)]);
+    let _rt = common::start(cluster.config());
+    let pg = manta::placement_group(cpus(2, 1.0), S::StrictSpread).unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let group = manta::ActorGroup::spawn(&pg, |m| {
+        Placed::options()
+            .group_member(&m)
+            .num_cpus(1.0)
+            .max_restarts(1)
+            .remote()
+    })
+    .unwrap();
+    let before = manta::get_all(&group.call(|m| m.probe())).unwrap();
+    let nodes = pg.bundle_nodes();
+    assert_eq!((before[0].1, before[1].1), (nodes[0], nodes[1]));
+    let head_node = where_am_i::options()
+        .num_cpus(0.0)
+        .remote()
+        .get_timeout(LONG);
+    // The rank whose bundle is on node 1 (the second node process).
+    let dying = (0..2)
+        .find(|&r| Some(nodes[r]) != head_node.as_ref().ok().copied())
+        .unwrap_or(1);
+    cluster.kill_node(1);
+    common::cluster::signal(before[dying].0, libc::SIGKILL);
+    eventually("the group rescheduling", LONG, || {
+        pg.state() == PlacementGroupState::Rescheduling
+    });
+    // STRICT_SPREAD: the head holds the other bundle, so the lost one waits for a new node.
+    let waiting = where_am_i::options()
+        .num_cpus(0.0)
+        .placement_group(&pg, Some(dying))
+        .remote();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        waiting.get_timeout(Duration::ZERO).is_err(),
+        "work for a lost bundle waits"
+    );
+    assert_eq!(pg.state(), PlacementGroupState::Rescheduling);
+    cluster.add_node(&node(1.0));
+    eventually("the group created again", LONG, || {
+        pg.state() == PlacementGroupState::Created
+    });
+    let moved = pg.bundle_nodes();
+    assert_eq!(moved[1 - dying], nodes[1 - dying], "the other bundle stays");
+    assert!(
+        moved[dying] != nodes[dying] && moved[dying] != moved[1 - dying],
+        "placed on the fresh node: {nodes:?} -> {moved:?}"
+    );
+    assert_eq!(waiting.get_timeout(LONG).unwrap(), moved[dying]);
+    let after = group
+        .member(dying)
+        .unwrap()
+        .probe()
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!(after.1, moved[dying], "the member serves in its new bundle");
+    assert_eq!(after.2, 1, "restarted: new state");
+    let other = group
+        .member(1 - dying)
+        .unwrap()
+        .probe()
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!((other.0, other.2), (before[1 - dying].0, 2), "untouched");
+    manta::remove_placement_group(&pg).unwrap();
+}

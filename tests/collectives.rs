@@ -667,9 +667,9 @@ fn a_dead_host_process_fails_the_other_hosts_members() {
 }
 
 /// Two emulated hosts (network namespaces on a bridge), two members on each (sharing a worker
-/// process): the group spans nodes with several members each, so it is hierarchical
-/// (allreduce and barrier within each host, then between the hosts' leaders over TCP; the
-/// rest over TCP between all).
+/// process): the group spans nodes with several members each, so it is hierarchical (every
+/// collective within each host, then between the hosts' leaders over TCP; send/recv over
+/// TCP between all).
 #[test]
 fn members_on_two_hosts_run_every_collective_hierarchically() {
     serve_if_worker();

@@ -1215,6 +1215,46 @@ pub struct RawActorHandle {
     pub(crate) borrow: Option<Arc<dyn RemoteValue>>,
 }
 
+/// A call recorded instead of submitted (see [`record_calls`]): its method, its arguments and
+/// the placeholder result handed to the caller.
+pub(crate) struct RecordedCall {
+    pub(crate) method: &'static ActorMethod,
+    pub(crate) args: Vec<Result<ArgSlot, Error>>,
+    pub(crate) placeholder: Arc<ObjectCell>,
+}
+
+std::thread_local! {
+    /// Whether this thread records actor calls instead of submitting them.
+    static RECORDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The calls recorded so far.
+    static RECORDED: std::cell::RefCell<Vec<RecordedCall>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the actor calls it makes recorded, not submitted: their results are
+/// placeholders (failed refs). An actor group records its call once per member this way to
+/// learn the method and arguments, and sends them as one tree (`ActorGroup::call`).
+pub(crate) fn record_calls<T>(f: impl FnOnce() -> T) -> (T, Vec<RecordedCall>) {
+    struct Stop(bool);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            RECORDING.with(|r| r.set(self.0));
+        }
+    }
+    let _stop = Stop(RECORDING.with(|r| r.replace(true)));
+    let before = RECORDED.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    let out = f();
+    let calls = RECORDED.with(|r| std::mem::replace(&mut *r.borrow_mut(), before));
+    (out, calls)
+}
+
+impl RecordedCall {
+    /// The placeholder's typed ref (what the recorded caller got).
+    pub(crate) fn is<R>(&self, r: &ObjectRef<R>) -> bool {
+        Arc::ptr_eq(&self.placeholder, &r.cell)
+    }
+}
+
 impl RawActorHandle {
     /// Submits a call of `method` (used by generated code).
     pub fn call<R>(
@@ -1222,7 +1262,26 @@ impl RawActorHandle {
         method: &'static ActorMethod,
         args: Vec<Result<ArgSlot, Error>>,
     ) -> ObjectRef<R> {
+        if RECORDING.with(std::cell::Cell::get) {
+            let placeholder = ObjectRef::<R>::failed(Error::InvalidArgument {
+                what: "ActorGroup::call".into(),
+                message: "a call made while the group records its call was not sent".into(),
+            });
+            RECORDED.with(|r| {
+                r.borrow_mut().push(RecordedCall {
+                    method,
+                    args,
+                    placeholder: placeholder.cell.clone(),
+                })
+            });
+            return placeholder;
+        }
         self.cell.call(method, args, self.borrow.as_ref())
+    }
+
+    /// The method's registered name.
+    pub(crate) fn method_name(method: &'static ActorMethod) -> &'static str {
+        method.name
     }
 
     /// The actor's id.

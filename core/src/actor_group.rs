@@ -13,10 +13,27 @@ use std::ops::{Bound, RangeBounds};
 
 use serde::{Deserialize, Serialize};
 
-use crate::actor::{Actor, ActorHandle};
+use crate::actor::{Actor, ActorHandle, RawActorHandle, RecordedCall, record_calls};
 use crate::error::Error;
 use crate::object::ObjectRef;
 use crate::placement_group::{GroupMember, PlacementGroup, Rank};
+use crate::task::ArgSlot;
+
+/// Whether two arguments are the same value for every member: equal inline bytes with no
+/// nested references, or the same object.
+fn same_arg(a: &ArgSlot, b: &ArgSlot) -> bool {
+    use crate::object::Payload;
+    match (a, b) {
+        (ArgSlot::Value(a), ArgSlot::Value(b)) => match (&a.data, &b.data) {
+            (Payload::Inline(x), Payload::Inline(y)) => {
+                a.nested.is_empty() && b.nested.is_empty() && x[..] == y[..]
+            }
+            _ => false,
+        },
+        (ArgSlot::Ref(a), ArgSlot::Ref(b)) => crate::sync::Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
 
 /// N actors of class `A`, one per bundle of a placement group (see the module docs).
 #[derive(Serialize, Deserialize)]
@@ -137,9 +154,85 @@ impl<A: Actor> ActorGroup<A> {
     }
 
     /// Calls `f` on every member in rank order and returns their results in that order:
-    /// `group.call(|m| m.step(3))`.
+    /// `group.call(|m| m.step(3))`. `f` runs once per member and should make one call.
+    ///
+    /// In a cluster, when every member gets the same method and arguments (inline values or
+    /// the same `ObjectRef`s) and lives in another process, the call travels as a tree: the
+    /// caller sends one message to the first worker hosting members, which calls its own and
+    /// forwards the rest to `group_call_fanout` workers, and so on; each member's result comes
+    /// back to the caller directly. Calls from this caller stay ordered per member (a later
+    /// call to a member waits here until the member answered the tree's call). Otherwise, and
+    /// embedded (one process: a call is a push onto the member's mailbox), each member gets
+    /// its call from the caller.
     pub fn call<R>(&self, mut f: impl FnMut(&ActorHandle<A>) -> ObjectRef<R>) -> Vec<ObjectRef<R>> {
-        self.members.iter().map(&mut f).collect()
+        let in_cluster = self.members.len() >= 2
+            && crate::runtime::current_inner().is_some_and(|rt| rt.cluster.is_some());
+        if !in_cluster {
+            return self.members.iter().map(&mut f).collect();
+        }
+        // Record each member's call, then send them as one tree or, failing that, one by one.
+        let recorded: Vec<(ObjectRef<R>, Vec<RecordedCall>)> =
+            self.members.iter().map(|m| record_calls(|| f(m))).collect();
+        if let Some(cells) = self.tree_call(&recorded) {
+            return cells.into_iter().map(ObjectRef::from_cell).collect();
+        }
+        recorded
+            .into_iter()
+            .zip(&self.members)
+            .map(|((returned, calls), m)| {
+                let mut result = None;
+                for call in calls {
+                    let is_returned = call.is(&returned);
+                    let r: ObjectRef<R> = m.as_raw().call(call.method, call.args);
+                    if is_returned {
+                        result = Some(r);
+                    }
+                }
+                result.unwrap_or(returned)
+            })
+            .collect()
+    }
+
+    /// Sends the recorded calls as one tree, if they are one call of one method with the
+    /// same arguments on every member and the cluster can relay it.
+    fn tree_call<R>(
+        &self,
+        recorded: &[(ObjectRef<R>, Vec<RecordedCall>)],
+    ) -> Option<Vec<crate::sync::Arc<crate::object::ObjectCell>>> {
+        let (first_ref, first) = recorded.first()?;
+        let [first] = first.as_slice() else {
+            return None;
+        };
+        if !first.is(first_ref) {
+            return None;
+        }
+        let args: Vec<ArgSlot> = first
+            .args
+            .iter()
+            .map(|a| a.as_ref().ok().cloned())
+            .collect::<Option<_>>()?;
+        for (returned, calls) in &recorded[1..] {
+            let [call] = calls.as_slice() else {
+                return None;
+            };
+            if !call.is(returned)
+                || !std::ptr::eq(call.method, first.method)
+                || call.args.len() != args.len()
+                || !call
+                    .args
+                    .iter()
+                    .zip(&args)
+                    .all(|(a, b)| a.as_ref().is_ok_and(|a| same_arg(a, b)))
+            {
+                return None;
+            }
+        }
+        // A cancelled caller's calls fail one by one (`Cancelled`), as direct calls do.
+        crate::cancel::check().ok()?;
+        let rt = crate::runtime::current_inner()?;
+        let cluster = rt.cluster.as_ref()?;
+        let members: Vec<&RawActorHandle> = self.members.iter().map(|m| m.as_raw()).collect();
+        cluster.group_call(&members, RawActorHandle::method_name(first.method), &args)
     }
 
     /// Calls `f(rank, member)` on every member in rank order: per-member arguments.

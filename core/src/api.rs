@@ -585,9 +585,6 @@ pub fn create_actor<A: Actor>(
         Ok(r) => r,
         Err(e) => return ActorHandle::dead(e),
     };
-    if with_current(|rt| placement.group.pending_ready(rt).is_some()).unwrap_or(false) {
-        return ActorHandle::dead(placement.group.not_created(&what));
-    }
     let options = ActorOptions {
         resources,
         explicit_resources: true,
@@ -595,7 +592,9 @@ pub fn create_actor<A: Actor>(
         ..options.clone()
     };
     match with_current(|rt| {
-        let handle = rt.create_actor::<A>(args, &options);
+        // In a cluster, an actor for a group still pending is created once the group is
+        // (embedded, the scheduler's pending queue holds its constructor).
+        let handle = rt.create_actor_after::<A>(args, &options, placement.group.pending_ready(rt));
         placement.group.add_actor(actor_cell(&handle), rt);
         handle
     }) {

@@ -578,6 +578,10 @@ catalogue! {
     /// The delay before the first retry of a task whose worker died, doubled at each further
     /// retry up to one second (microseconds in the environment).
     task_retry_delay: Duration = Duration::from_millis(50), env "MANTA_TASK_RETRY_DELAY_US", Job;
+    /// How many workers each hop of an actor group's call forwards it to (`ActorGroup::call`
+    /// in a cluster: the caller sends one message, the workers hosting members relay it as a
+    /// tree of this fan-out); 0 sends one call per member from the caller instead.
+    group_call_fanout: u32 = 2, env "MANTA_GROUP_CALL_FANOUT", Job;
     /// How long a collective operation (`manta::collective`) waits for the other members of
     /// its group, and `Communicator::join` for all of them to join, before it fails naming a
     /// member it still waits for (microseconds in the environment). A member whose process

@@ -77,6 +77,9 @@ pub enum PlacementGroupState {
     Created,
     /// Removed by [`remove_placement_group`] (or with its creator).
     Removed,
+    /// Created, and some bundles' node died: they are being placed again (in a cluster;
+    /// Ray's RESCHEDULING). Work for those bundles waits for it.
+    Rescheduling,
 }
 
 impl fmt::Display for PlacementGroupState {
@@ -85,6 +88,7 @@ impl fmt::Display for PlacementGroupState {
             PlacementGroupState::Pending => "PENDING",
             PlacementGroupState::Created => "CREATED",
             PlacementGroupState::Removed => "REMOVED",
+            PlacementGroupState::Rescheduling => "RESCHEDULING",
         })
     }
 }
@@ -228,6 +232,9 @@ struct Reservation {
     /// indices of the bundles each holds).
     nodes: Vec<u64>,
     workers: Vec<(u64, Vec<u32>)>,
+    /// Created, and some bundles' node died: the GCS places them again; the cell completes
+    /// when it has (work for the group waits for it, as for `ready()`).
+    rescheduling: Option<Arc<ObjectCell>>,
 }
 
 /// One group, shared by its handles and the runtime's table.
@@ -292,9 +299,144 @@ impl GroupRecord {
 }
 
 /// A handle to a placement group. Cloning it is cheap; dropping it does not remove the group.
+/// It passes to tasks and actors (serde) like an actor handle: there it schedules work into
+/// the same bundles.
 #[derive(Clone, Debug)]
 pub struct PlacementGroup {
     rec: Arc<GroupRecord>,
+}
+
+/// A handle as it travels: what any process needs to address the group's bundles.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireGroup {
+    id: u64,
+    name: Option<String>,
+    strategy: u8,
+    bundles: Vec<Vec<(String, f64)>>,
+    detached: bool,
+}
+
+fn strategy_code(s: PlacementStrategy) -> u8 {
+    match s {
+        PlacementStrategy::Pack => 0,
+        PlacementStrategy::Spread => 1,
+        PlacementStrategy::StrictPack => 2,
+        PlacementStrategy::StrictSpread => 3,
+    }
+}
+
+fn strategy_of(code: u8) -> PlacementStrategy {
+    match code {
+        1 => PlacementStrategy::Spread,
+        2 => PlacementStrategy::StrictPack,
+        3 => PlacementStrategy::StrictSpread,
+        _ => PlacementStrategy::Pack,
+    }
+}
+
+impl serde::Serialize for PlacementGroup {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireGroup {
+            id: self.rec.id.0,
+            name: self.rec.name.clone(),
+            strategy: strategy_code(self.rec.strategy),
+            bundles: self.rec.bundles.iter().map(|b| b.entries.clone()).collect(),
+            detached: self.rec.detached,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PlacementGroup {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireGroup::deserialize(deserializer)?;
+        with_current(|rt| adopt(rt, wire))
+            .and_then(|r| r)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The handle of a group that arrived in this process: the record this process has, or (a
+/// group another process created, in a cluster) a new one whose state the GCS gives. A group
+/// still pending there is watched until the GCS lists it created or removed. One unknown
+/// embedded was removed.
+fn adopt(rt: &Arc<RuntimeInner>, wire: WireGroup) -> Result<PlacementGroup, Error> {
+    let id = PlacementGroupId(wire.id);
+    if let Some(rec) = lock(&rt.scheduler.groups.table).by_id.get(&id).cloned() {
+        return Ok(PlacementGroup { rec });
+    }
+    let b = PlacementGroupBuilder {
+        bundles: wire
+            .bundles
+            .into_iter()
+            .map(|entries| Bundle { entries })
+            .collect(),
+        strategy: strategy_of(wire.strategy),
+        name: wire.name,
+        detached: wire.detached,
+    };
+    let rec = new_record(id, &b);
+    let Some(cluster) = rt.cluster.clone() else {
+        // Embedded, a group not in the table was removed.
+        settle(&rec, None);
+        return Ok(PlacementGroup { rec });
+    };
+    let listed = cluster.pg_list()?.into_iter().find(|g| g.id == id);
+    // Not entered in the table: each handle that arrives asks the GCS afresh (this process
+    // is not told when another removes the group).
+    settle(&rec, listed.as_ref());
+    if rec.phase() == PENDING {
+        let watched = Arc::downgrade(&rec);
+        let spawned = std::thread::Builder::new()
+            .name("manta-pg-watch".into())
+            .spawn(move || watch(&cluster, &watched));
+        if let Err(e) = spawned {
+            rec.ready.complete(Err(Error::Cluster {
+                what: format!("watching placement group {id}"),
+                message: e.to_string(),
+            }));
+        }
+    }
+    Ok(PlacementGroup { rec })
+}
+
+/// Sets a record adopted from another process to what the GCS lists (`None`: removed).
+fn settle(rec: &GroupRecord, listed: Option<&PlacementGroupInfo>) {
+    let mut res = lock(&rec.reservation);
+    match listed.map(|g| g.state) {
+        Some(PlacementGroupState::Pending) => {}
+        Some(PlacementGroupState::Created | PlacementGroupState::Rescheduling) => {
+            res.phase = CREATED;
+            res.nodes = listed.map(|g| g.bundle_nodes.clone()).unwrap_or_default();
+            drop(res);
+            rec.ready.complete(codec::encode(&()));
+        }
+        Some(PlacementGroupState::Removed) | None => {
+            res.phase = REMOVED;
+            drop(res);
+            rec.ready.complete(Err(rec.removed()));
+        }
+    }
+}
+
+/// Polls the GCS while an adopted group is pending (its owner, not this process, is told
+/// when it is placed), until it is created or removed, or the handle is gone.
+fn watch(cluster: &Arc<dyn Remote>, watched: &Weak<GroupRecord>) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let Some(rec) = watched.upgrade() else { return };
+        if rec.phase() != PENDING {
+            return;
+        }
+        match cluster.pg_list() {
+            Ok(groups) => settle(&rec, groups.iter().find(|g| g.id == rec.id)),
+            Err(Error::ShutDown) => {
+                rec.ready.complete(Err(Error::ShutDown));
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "watching a placement group"),
+        }
+    }
 }
 
 impl PlacementGroup {
@@ -329,8 +471,10 @@ impl PlacementGroup {
     }
     /// Where it stands now.
     pub fn state(&self) -> PlacementGroupState {
-        match self.rec.phase() {
+        let res = lock(&self.rec.reservation);
+        match res.phase {
             PENDING => PlacementGroupState::Pending,
+            CREATED if res.rescheduling.is_some() => PlacementGroupState::Rescheduling,
             CREATED => PlacementGroupState::Created,
             _ => PlacementGroupState::Removed,
         }
@@ -411,10 +555,18 @@ impl PlacementGroup {
         Ok(out)
     }
 
-    /// In a cluster, the group's `ready()` cell while it is still pending (work for it must
-    /// wait for it there); `None` embedded or once created.
+    /// In a cluster, the group's `ready()` cell while it is still pending, or a cell that
+    /// completes once bundles whose node died are placed again (work for it must wait for
+    /// it there); `None` embedded or while created.
     pub(crate) fn pending_ready(&self, rt: &Arc<RuntimeInner>) -> Option<Arc<ObjectCell>> {
-        (rt.cluster.is_some() && self.rec.phase() == PENDING).then(|| self.rec.ready.clone())
+        rt.cluster.as_ref()?;
+        let res = lock(&self.rec.reservation);
+        match res.phase {
+            PENDING => Some(self.rec.ready.clone()),
+            // Some bundles are being placed again (their node died): until they are.
+            CREATED => res.rescheduling.clone(),
+            _ => None,
+        }
     }
 
     /// The error for `what` put in the group while it is pending in a cluster.
@@ -641,6 +793,7 @@ fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecor
             carve: None,
             nodes: Vec::new(),
             workers: Vec::new(),
+            rescheduling: None,
         }),
         actors: Mutex::new(Vec::new()),
     })
@@ -759,6 +912,87 @@ pub(crate) fn created(
     drop(res);
     rec.ready.complete(codec::encode(&()));
     true
+}
+
+fn record(rt: &Arc<RuntimeInner>, pg_id: u64) -> Option<Arc<GroupRecord>> {
+    lock(&rt.scheduler.groups.table)
+        .by_id
+        .get(&PlacementGroupId(pg_id))
+        .cloned()
+}
+
+/// The owner: some of created group `pg_id`'s bundles lost their node; the GCS places them
+/// again.
+pub(crate) fn rescheduling(rt: &Arc<RuntimeInner>, pg_id: u64) {
+    if let Some(rec) = record(rt, pg_id) {
+        let mut res = lock(&rec.reservation);
+        if res.phase == CREATED && res.rescheduling.is_none() {
+            let id = ObjectId::from_u64(rec.id.0);
+            res.rescheduling = Some(Arc::new(ObjectCell::pending(id, None)));
+        }
+    }
+}
+
+/// The owner: whether a created group named in `wanted` (run-time resource names, which end
+/// in the group's id) waits for bundles to be placed again: it is rescheduling, or a bundle's
+/// node is one `node_dead` says is dead (the GCS has yet to say).
+pub(crate) fn awaits_rescheduling(
+    rt: &Arc<RuntimeInner>,
+    wanted: &[(String, f64)],
+    node_dead: &dyn Fn(u64) -> bool,
+) -> bool {
+    wanted
+        .iter()
+        .filter(|(n, _)| n.contains("_group_"))
+        .filter_map(|(n, _)| u64::from_str_radix(n.get(n.len().saturating_sub(16)..)?, 16).ok())
+        .filter_map(|id| record(rt, id))
+        .any(|rec| {
+            let res = lock(&rec.reservation);
+            res.phase == CREATED
+                && (res.rescheduling.is_some() || res.nodes.iter().any(|&n| node_dead(n)))
+        })
+}
+
+/// The owner: created group `pg_id` was placed again, its bundles now on `nodes`; returns the
+/// indices of the bundles that moved (to install), or `None` if it is not created here.
+pub(crate) fn moved_bundles(rt: &Arc<RuntimeInner>, pg_id: u64, nodes: &[u64]) -> Option<Vec<u32>> {
+    let rec = record(rt, pg_id)?;
+    let res = lock(&rec.reservation);
+    if res.phase != CREATED {
+        return None;
+    }
+    Some(
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| res.nodes.get(*i) != Some(n))
+            .map(|(i, _)| i as u32)
+            .collect(),
+    )
+}
+
+/// The owner: the bundles `moved` of group `pg_id` are now on `nodes`, held by `placed`.
+pub(crate) fn rescheduled(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    nodes: Vec<u64>,
+    moved: &[u32],
+    placed: Vec<(u64, Vec<u32>)>,
+) {
+    if let Some(rec) = record(rt, pg_id) {
+        let mut res = lock(&rec.reservation);
+        for (_, indices) in &mut res.workers {
+            indices.retain(|i| !moved.contains(i));
+        }
+        res.workers.retain(|(_, indices)| !indices.is_empty());
+        res.workers.extend(placed);
+        res.nodes = nodes;
+        let done = res.rescheduling.take();
+        drop(res);
+        if let Some(done) = done {
+            done.complete(codec::encode(&()));
+        }
+    }
 }
 
 /// One bundle a dead worker held: its index, its node and its `(name, amount)` entries.
@@ -969,6 +1203,9 @@ fn remove(rt: &Arc<RuntimeInner>, rec: &Arc<GroupRecord>) -> Result<(), Error> {
             }
         }
         rec.ready.complete(Err(rec.removed()));
+        if let Some(waiting) = lock(&rec.reservation).rescheduling.take() {
+            waiting.complete(Err(rec.removed()));
+        }
         let actors = std::mem::take(&mut *lock(&rec.actors));
         for cell in actors.iter().filter_map(Weak::upgrade) {
             cell.kill(false, rt);

@@ -100,6 +100,17 @@ pub(crate) trait Remote: Send + Sync + std::fmt::Debug {
         args: Vec<ArgSlot>,
         options: &ActorOptions,
     ) -> Result<(), Error>;
+    /// Creates actor `actor` in another process once `ready` (its placement group's, pending
+    /// now) completes; calls made meanwhile wait for it.
+    fn create_actor_remote_after(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        actor: &Arc<ActorCell>,
+        created: Arc<ObjectCell>,
+        args: Vec<ArgSlot>,
+        options: &ActorOptions,
+        ready: Arc<ObjectCell>,
+    );
     /// Marks a remote actor detached at its host.
     fn detach_remote(&self, cell: &ActorCell);
     /// Lists an actor this worker hosts in the cluster's directory.
@@ -119,6 +130,15 @@ pub(crate) trait Remote: Send + Sync + std::fmt::Debug {
         cell: Arc<ObjectCell>,
         args: Box<[ArgSlot]>,
     );
+    /// Calls `method` with `args` on every actor of `members` (each hosted by another
+    /// process) as one message relayed by their workers as a tree; their results in order,
+    /// or `None` where it cannot (then each member is called on its own).
+    fn group_call(
+        &self,
+        members: &[&crate::actor::RawActorHandle],
+        method: &'static str,
+        args: &[ArgSlot],
+    ) -> Option<Vec<Arc<ObjectCell>>>;
     /// Where actor `actor_id` (or, with id 0, the actor named `name`) lives.
     fn locate_actor(&self, actor_id: u64, name: &str) -> Result<ActorLocation, Error>;
     /// The place of an actor hosted by worker `worker`.

@@ -547,6 +547,18 @@ impl RuntimeInner {
         args: Vec<Result<ArgSlot, Error>>,
         options: &ActorOptions,
     ) -> ActorHandle<A> {
+        self.create_actor_after(args, options, None)
+    }
+
+    /// [`RuntimeInner::create_actor`]; in a cluster, with `after` (a pending placement
+    /// group's `ready()`), the actor is placed and created once it completes, and calls made
+    /// meanwhile wait for it.
+    pub(crate) fn create_actor_after<A: Actor>(
+        self: &Arc<Self>,
+        args: Vec<Result<ArgSlot, Error>>,
+        options: &ActorOptions,
+        after: Option<Arc<ObjectCell>>,
+    ) -> ActorHandle<A> {
         let class: &'static ActorClass = A::CLASS;
         // A name is registered under its key in its namespace (`ActorOptions::name_key`).
         let keyed;
@@ -586,14 +598,28 @@ impl RuntimeInner {
             };
             let created = Arc::new(ObjectCell::pending(ObjectId::from_u64(id.as_u64()), None));
             cell.set_created(created.clone());
-            if let Err(e) = cluster.create_actor_remote(self, &cell, created.clone(), args, options)
-            {
-                created.complete(Err(e.clone()));
-                cell.die(e);
-                return handle;
-            }
-            if options.detached {
-                cluster.detach_remote(&cell);
+            match after {
+                // Placed, created and detached once the group is.
+                Some(ready) => cluster.create_actor_remote_after(
+                    self,
+                    &cell,
+                    created.clone(),
+                    args,
+                    options,
+                    ready,
+                ),
+                None => {
+                    if let Err(e) =
+                        cluster.create_actor_remote(self, &cell, created.clone(), args, options)
+                    {
+                        created.complete(Err(e.clone()));
+                        cell.die(e);
+                        return handle;
+                    }
+                    if options.detached {
+                        cluster.detach_remote(&cell);
+                    }
+                }
             }
             let weak = Arc::downgrade(&cell);
             let c2 = created.clone();

@@ -1,6 +1,7 @@
-//! The driver: parses the flags, creates the `tp × dp` members, runs the steps with a progress
-//! bar, measures the share of step time spent in collectives, and replays the run unsharded in
-//! this process to check the loss curve.
+//! The driver: parses the flags, creates the `tp × dp` members (an actor group in a placement
+//! group), runs the steps (one `group.call` each) with a progress bar, measures the share of
+//! step time spent in collectives, and replays the run unsharded in this process to check the
+//! loss curve.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -8,7 +9,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::member::{Member, MemberSpec};
+use manta::{ActorGroup, Bundle, PlacementStrategy};
+
+use crate::member::{Member, ranks as member_ranks};
 use crate::model::{Alone, ModelSize};
 use crate::train::{Plan, StepStats, Trainer};
 
@@ -65,7 +68,7 @@ pub(crate) struct Options {
     /// Skip the unsharded replay and its check.
     #[arg(long)]
     pub(crate) no_check: bool,
-    /// CPUs each member holds (it computes on one thread); 0 packs members anywhere.
+    /// CPUs each member's bundle holds (it computes on one thread); 0 packs members anywhere.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) member_cpus: f64,
     /// Longest wait for any member's step, in seconds.
@@ -143,22 +146,13 @@ impl Report {
 
 type Failure = Box<dyn std::error::Error>;
 
-/// A name no other run shares: the communicators' prefix.
-fn run_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("sharded-training-{}-{nanos}", std::process::id())
-}
-
 /// Trains as `opts` says on the running runtime (embedded or a cluster's driver).
 pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
     let plan = opts.plan();
     let corpus = crate::data::Corpus::shipped();
     plan.validate(&corpus)?;
-    // A member waits up to `--timeout-s` for its thread; the driver a little longer for it.
-    let timeout = Duration::from_secs(opts.timeout_s.max(1) + 30);
+    // The longest wait for a member's step (its collectives have their own bound).
+    let timeout = Duration::from_secs(opts.timeout_s.max(1));
     println!(
         "model: ctx {} embed {} hidden {} ffn {} blocks {} ({} parameters, vocabulary {}); \
          batch {}, tp {} x dp {} = {} members",
@@ -193,48 +187,43 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
         }
         .into());
     }
-    let run = run_name();
-    let mut members = Vec::with_capacity(plan.tp * plan.dp);
-    for dp_rank in 0..plan.dp {
-        for tp_rank in 0..plan.tp {
-            let spec = MemberSpec {
-                plan,
-                tp_rank,
-                dp_rank,
-                run: run.clone(),
-            };
-            let member = Member::options()
-                .num_cpus(opts.member_cpus)
-                .remote(spec.clone());
-            members.push((spec, member));
-        }
-    }
-    // Every member's thread must have its command before any `finish_*` call holds a slot
-    // (the members may outnumber the slots): start all, wait for the starts, then finish.
-    let who = |spec: &MemberSpec| {
-        let (tp, dp) = (spec.tp_rank, spec.dp_rank);
+    // One bundle a member, all or nothing; member `dp_rank * tp + tp_rank` in bundle of its rank.
+    let n = plan.tp * plan.dp;
+    let cpus = if opts.member_cpus > 0.0 {
+        opts.member_cpus
+    } else {
+        0.001
+    };
+    let pg = manta::placement_group(
+        (0..n).map(|_| Bundle::cpus(cpus)).collect(),
+        PlacementStrategy::Pack,
+    )?;
+    pg.ready().get_timeout(timeout).map_err(|e| {
+        format!(
+            "placing {n} members of {cpus} CPU: {e} (a member holds --member-cpus {}: are \
+             there enough free CPUs?)",
+            opts.member_cpus
+        )
+    })?;
+    let group = ActorGroup::spawn(&pg, |m| {
+        let member = Member::options().group_member(&m);
+        let member = if opts.member_cpus > 0.0 {
+            member.num_cpus(opts.member_cpus)
+        } else {
+            member
+        };
+        member.remote(plan, m.collective_name())
+    })?;
+    let who = |rank: usize| {
+        let (tp, dp) = member_ranks(&plan, rank);
         move |e| format!("member tp {tp} dp {dp}: {e}")
     };
-    let started: Vec<_> = members.iter().map(|(_, m)| m.start_join()).collect();
-    for ((spec, _), s) in members.iter().zip(started) {
-        s.get_timeout(timeout)
-            .map_err(|e| {
-                who(spec)(format!(
-                    "{e} (a member holds --member-cpus {}: are there enough free CPUs?)",
-                    opts.member_cpus
-                ))
-            })?
-            .map_err(who(spec))?;
-    }
-    let joined: Vec<_> = members
-        .iter()
-        .map(|(_, m)| m.finish_join(opts.timeout_s.max(1)))
-        .collect();
-    for ((spec, _), j) in members.iter().zip(joined) {
-        let place = (j.get_timeout(timeout))
-            .map_err(|e| who(spec)(e.to_string()))?
-            .map_err(who(spec))?;
-        println!("member tp {} dp {}: {place}", spec.tp_rank, spec.dp_rank);
+    for (rank, place) in group.call(|m| m.place()).into_iter().enumerate() {
+        let place = (place.get_timeout(timeout))
+            .map_err(|e| who(rank)(e.to_string()))?
+            .map_err(who(rank))?;
+        let (tp, dp) = member_ranks(&plan, rank);
+        println!("member tp {tp} dp {dp}: {place}");
     }
 
     let bar = ProgressBar::new(opts.steps);
@@ -247,29 +236,19 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
     let (mut step_s, mut comm_s, mut wall, mut tokens) = (0.0, 0.0, 0.0, 0.0);
     for step in 0..opts.steps {
         let t = Instant::now();
-        let started: Vec<_> = members.iter().map(|(_, m)| m.start_step(step)).collect();
-        for ((spec, _), s) in members.iter().zip(started) {
-            (s.get_timeout(timeout))
-                .map_err(|e| who(spec)(e.to_string()))?
-                .map_err(who(spec))?;
-        }
-        let finished: Vec<_> = members
-            .iter()
-            .map(|(_, m)| m.finish_step(opts.timeout_s.max(1)))
-            .collect();
-        let mut stats: Vec<StepStats> = Vec::with_capacity(members.len());
-        for ((spec, _), f) in members.iter().zip(finished) {
+        // One direct call of every member (a tree of workers in a cluster).
+        let mut stats: Vec<StepStats> = Vec::with_capacity(n);
+        for (rank, f) in group.call(|m| m.step(step)).into_iter().enumerate() {
             let f = f
                 .get_timeout(timeout)
-                .map_err(|e| who(spec)(e.to_string()))?;
-            stats.push(f.map_err(who(spec))?);
+                .map_err(|e| who(rank)(e.to_string()))?;
+            stats.push(f.map_err(who(rank))?);
         }
         let elapsed = t.elapsed().as_secs_f64();
         // The replicas' losses, from each replica's tensor-parallel rank 0.
-        let loss = members
-            .iter()
+        let loss = (0..n)
             .zip(&stats)
-            .filter(|((spec, _), _)| spec.tp_rank == 0)
+            .filter(|(rank, _)| member_ranks(&plan, *rank).0 == 0)
             .map(|(_, s)| f64::from(s.loss))
             .sum::<f64>()
             / plan.dp as f64;
@@ -289,7 +268,8 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
         }
     }
     bar.finish();
-    drop(members);
+    manta::remove_placement_group(&pg)?;
+    drop(group);
     report.comm_share = if step_s > 0.0 { comm_s / step_s } else { 0.0 };
     report.tokens_per_s = if wall > 0.0 { tokens / wall } else { 0.0 };
     let (first, last) = (

@@ -1,49 +1,17 @@
-//! A member of the training group: one actor per (data-parallel replica, tensor-parallel rank),
-//! given its ranks in its constructor. It joins two communicators by name — its replica's
-//! tensor-parallel group and its shard's data-parallel group — and then runs the steps the
-//! driver asks for, every member the same step at the same time.
-//!
-//! A member computes on a thread of its own, and its actor methods come in pairs: `start_*`
-//! hands the thread a command and returns at once, `finish_*` waits (bounded) for the outcome.
-//! A collective blocks until every peer has reached it, so a method that ran one would hold a
-//! runtime slot while waiting for peers whose own calls may still be queued behind it (with
-//! more members than slots, for certain); here a slot only ever waits for its own member's
-//! thread, which needs no slot to make progress.
-
-use std::sync::Mutex;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+//! A member of the training group: one actor of an actor group (`ActorGroup`) per
+//! (data-parallel replica, tensor-parallel rank), member `dp_rank * tp + tp_rank` in its
+//! bundle of the run's placement group. Its constructor joins the group's communicator
+//! (`Communicator::join_group`: the name comes from the group, the rank and size from the
+//! member) and splits it into its replica's tensor-parallel group and its shard's
+//! data-parallel group. A training step is one direct method call on every member
+//! (`group.call(|m| m.step(s))`), which computes and blocks in its collectives until its peers
+//! reach them; the runtime adds a slot when actor calls wait like this while others queue
+//! (ARCHITECTURE.md, "Actors and the monitor"), so the members need no threads of their own.
 
 use manta::collective::{Communicator, ReduceOp};
-use serde::{Deserialize, Serialize};
 
 use crate::model::Reduce;
 use crate::train::{Plan, StepStats, Trainer};
-
-/// What a member needs to know: the run and its place in it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct MemberSpec {
-    /// The run's shape.
-    pub(crate) plan: Plan,
-    /// Rank in the tensor-parallel group (which shard of each block).
-    pub(crate) tp_rank: usize,
-    /// Rank in the data-parallel group (which rows of each batch).
-    pub(crate) dp_rank: usize,
-    /// A name unique to the run; the communicators' names start with it.
-    pub(crate) run: String,
-}
-
-impl MemberSpec {
-    /// The name of this member's tensor-parallel communicator (one per replica).
-    pub(crate) fn tp_group(&self) -> String {
-        format!("{}/tp/{}", self.run, self.dp_rank)
-    }
-
-    /// The name of this member's data-parallel communicator (one per shard).
-    pub(crate) fn dp_group(&self) -> String {
-        format!("{}/dp/{}", self.run, self.tp_rank)
-    }
-}
 
 impl Reduce for Communicator {
     fn sum(&self, data: &mut [f32]) -> Result<(), manta::Error> {
@@ -54,128 +22,77 @@ impl Reduce for Communicator {
     }
 }
 
-/// A command for a member's thread.
-enum Command {
-    Join,
-    Step(u64),
+/// A member's trainer and communicators, once joined.
+struct Joined {
+    trainer: Trainer,
+    tp: Communicator,
+    dp: Communicator,
+    /// The whole group's communicator (the other two are split from it).
+    _group: Communicator,
 }
 
-/// What the thread did with a command.
-enum Outcome {
-    /// Joined, over these backends (tensor-parallel, data-parallel).
-    Joined(&'static str, &'static str),
-    Stepped(StepStats),
+/// A member's (tensor-parallel, data-parallel) ranks for its group rank.
+pub(crate) fn ranks(plan: &Plan, rank: usize) -> (usize, usize) {
+    (rank % plan.tp, rank / plan.tp)
 }
 
-/// The member's thread: builds the trainer, then runs commands until the actor goes.
-fn serve(spec: MemberSpec, commands: Receiver<Command>, outcomes: Sender<Result<Outcome, String>>) {
-    let mut trainer =
-        Trainer::new(spec.plan, spec.tp_rank, spec.dp_rank).map_err(|e| e.to_string());
-    let mut groups: Option<(Communicator, Communicator)> = None;
-    for command in commands {
-        let outcome = match command {
-            Command::Join => join(&spec).map(|(tp, dp)| {
-                let joined = Outcome::Joined(tp.backend(), dp.backend());
-                groups = Some((tp, dp));
-                joined
-            }),
-            Command::Step(step) => match (&mut trainer, &groups) {
-                (Err(e), _) => Err(e.clone()),
-                (_, None) => Err("step before join".to_owned()),
-                (Ok(t), Some((tp, dp))) => t
-                    .step(step, tp, dp)
-                    .map(Outcome::Stepped)
-                    .map_err(|e| format!("step {step}: {e}")),
-            },
-        };
-        if outcomes.send(outcome).is_err() {
-            return;
-        }
-    }
-}
-
-/// Joins the member's tensor- and data-parallel communicators.
-fn join(spec: &MemberSpec) -> Result<(Communicator, Communicator), String> {
-    let (tp_name, dp_name) = (spec.tp_group(), spec.dp_group());
-    let tp = Communicator::join(&tp_name, spec.tp_rank, spec.plan.tp)
-        .map_err(|e| format!("joining {tp_name}: {e}"))?;
-    let dp = Communicator::join(&dp_name, spec.dp_rank, spec.plan.dp)
-        .map_err(|e| format!("joining {dp_name}: {e}"))?;
-    Ok((tp, dp))
+/// Joins the group's communicator and splits it; builds the trainer.
+fn join(plan: Plan, group: &str) -> Result<Joined, String> {
+    let rank = manta::group_rank().ok_or("not an actor group's member")?;
+    let (tp_rank, dp_rank) = ranks(&plan, rank);
+    let trainer = Trainer::new(plan, tp_rank, dp_rank).map_err(|e| e.to_string())?;
+    let whole = Communicator::join_group(group).map_err(|e| format!("joining {group}: {e}"))?;
+    // This replica's ranks (consecutive), then this shard's (every tp-th).
+    let replica: Vec<usize> = (0..plan.tp).map(|t| dp_rank * plan.tp + t).collect();
+    let shard: Vec<usize> = (0..plan.dp).map(|d| d * plan.tp + tp_rank).collect();
+    let tp = whole
+        .split(&replica)
+        .map_err(|e| format!("the tensor-parallel group: {e}"))?;
+    let dp = whole
+        .split(&shard)
+        .map_err(|e| format!("the data-parallel group: {e}"))?;
+    Ok(Joined {
+        trainer,
+        tp,
+        dp,
+        _group: whole,
+    })
 }
 
 /// One rank of the sharded model.
 #[manta::actor]
 pub(crate) struct Member {
-    commands: Sender<Command>,
-    outcomes: Mutex<Receiver<Result<Outcome, String>>>,
+    joined: Result<Joined, String>,
 }
 
 #[manta::actor]
 impl Member {
-    /// The member at `spec`'s ranks: starts its thread, which builds its shard of the initial
-    /// weights. The thread ends when the actor goes (after the command it is running).
-    pub(crate) fn new(spec: MemberSpec) -> Self {
-        let (commands, inbox) = mpsc::channel();
-        let (outbox, outcomes) = mpsc::channel();
-        let name = format!("member-tp{}-dp{}", spec.tp_rank, spec.dp_rank);
-        if let Err(e) = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || serve(spec, inbox, outbox))
-        {
-            // The channels' other ends are gone with the closure: every call says so.
-            eprintln!("sharded_training: could not start a member thread: {e}");
-        }
+    /// The member of its group rank: builds its shard of the initial weights and joins the
+    /// communicator of actor group `group` (its `collective_name`), which returns once every
+    /// member joined (bounded by the collective timeout). A failure is kept and reported by
+    /// every call.
+    pub(crate) fn new(plan: Plan, group: String) -> Self {
         Member {
-            commands,
-            outcomes: Mutex::new(outcomes),
+            joined: join(plan, &group),
         }
     }
 
-    /// Starts joining both communicators (returns at once).
-    pub(crate) fn start_join(&mut self) -> Result<(), String> {
-        self.send(Command::Join)
+    /// Where the member runs and which backends its groups use.
+    pub(crate) fn place(&self) -> Result<String, String> {
+        let j = self.joined.as_ref().map_err(Clone::clone)?;
+        Ok(format!(
+            "process {}, tp over {}, dp over {}",
+            std::process::id(),
+            j.tp.backend(),
+            j.dp.backend()
+        ))
     }
 
-    /// Waits up to `timeout_s` for the join to complete (every member of both groups joined);
-    /// says where the member runs and which backends its groups use.
-    pub(crate) fn finish_join(&mut self, timeout_s: u64) -> Result<String, String> {
-        match self.receive(timeout_s)? {
-            Outcome::Joined(tp, dp) => Ok(format!(
-                "process {}, tp over {tp}, dp over {dp}",
-                std::process::id()
-            )),
-            Outcome::Stepped(_) => Err("expected a join, got a step".into()),
-        }
-    }
-
-    /// Starts training step `step` (returns at once).
-    pub(crate) fn start_step(&mut self, step: u64) -> Result<(), String> {
-        self.send(Command::Step(step))
-    }
-
-    /// Waits up to `timeout_s` for the step started last, and reports its loss and timings.
-    pub(crate) fn finish_step(&mut self, timeout_s: u64) -> Result<StepStats, String> {
-        match self.receive(timeout_s)? {
-            Outcome::Stepped(stats) => Ok(stats),
-            Outcome::Joined(..) => Err("expected a step, got a join".into()),
-        }
-    }
-}
-
-impl Member {
-    fn send(&self, command: Command) -> Result<(), String> {
-        self.commands
-            .send(command)
-            .map_err(|_| "the member's thread has ended".to_owned())
-    }
-
-    fn receive(&self, timeout_s: u64) -> Result<Outcome, String> {
-        let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        match outcomes.recv_timeout(Duration::from_secs(timeout_s)) {
-            Ok(outcome) => outcome,
-            Err(RecvTimeoutError::Timeout) => Err(format!("no outcome within {timeout_s} s")),
-            Err(RecvTimeoutError::Disconnected) => Err("the member's thread has ended".into()),
-        }
+    /// Runs training step `step`: its loss and timings.
+    pub(crate) fn step(&mut self, step: u64) -> Result<StepStats, String> {
+        let j = self.joined.as_mut().map_err(|e| e.clone())?;
+        j.trainer
+            .step(step, &j.tp, &j.dp)
+            .map_err(|e| format!("step {step}: {e}"))
     }
 }

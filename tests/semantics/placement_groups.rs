@@ -20,6 +20,12 @@ const SRUN_SIZE: &[(Mode, &str)] = &[(
     "sizes its groups by whole nodes; an srun rank's node is shared by three ranks",
 )];
 
+const SRUN_HANDLE: &[(Mode, &str)] = &[(
+    Mode::Srun,
+    "a rank given the handle sees no node with the bundle's resources: no raylet reports \
+     group resources under srun, and only the owner knows which rank holds a bundle",
+)];
+
 pub(crate) const CASES: &[Case] = &[
     Case::new("placement_groups::every_strategy_becomes_ready", strategies),
     Case::new(
@@ -42,6 +48,7 @@ pub(crate) const CASES: &[Case] = &[
     )
     .skip(SRUN_SIZE),
     Case::new("placement_groups::any_bundle", any_bundle),
+    Case::new("placement_groups::handle_passes_to_a_task", handle_passes).skip(SRUN_HANDLE),
     Case::new("actor_groups::ranks_and_rank_order", rank_order),
     Case::new("actor_groups::slice_and_per_member_order", slicing),
     Case::new("actor_groups::member_killed_mid_call", member_killed),
@@ -403,28 +410,100 @@ fn pending_then_placed(ctx: &Ctx) {
         Err(Error::Timeout { .. }) => {}
         other => panic!("a task of a pending group: {other:?}"),
     }
-    // An actor waits embedded; in a cluster it is refused until the group is created.
+    // An actor for it waits for it too (Ray's), and so do the calls made to it meanwhile.
     let early_actor = Holder::options().placement_group(&small, Some(1)).remote();
-    if ctx.is_cluster() {
-        assert!(matches!(
-            early_actor.ready().get_timeout(SHORT),
-            Err(Error::InvalidArgument { .. })
-        ));
+    let early_calls = [early_actor.poke(), early_actor.poke()];
+    for (what, r) in [
+        ("ready", early_actor.ready().get_timeout(SHORT).map(drop)),
+        ("call", early_calls[0].get_timeout(SHORT).map(drop)),
+    ] {
+        match r {
+            Err(Error::Timeout { .. }) => {}
+            other => panic!("{what} of an actor of a pending group: {other:?}"),
+        }
+    }
+    // One for a group removed while pending dies with its calls, at once.
+    let doomed_pg = manta::placement_group(cpus(1, 0.5), S::Pack).unwrap();
+    let doomed = Holder::options()
+        .placement_group(&doomed_pg, Some(0))
+        .remote();
+    let doomed_call = doomed.poke();
+    manta::remove_placement_group(&doomed_pg).unwrap();
+    for (what, r) in [
+        ("ready", doomed.ready().get_timeout(LONG).map(drop)),
+        ("call", doomed_call.get_timeout(LONG).map(drop)),
+    ] {
+        match r {
+            Err(Error::ActorDied { .. } | Error::PlacementGroupRemoved { .. }) => {}
+            other => panic!("{what} of an actor whose pending group was removed: {other:?}"),
+        }
     }
     let t = Instant::now();
     manta::remove_placement_group(&big).unwrap();
     ready(&small);
     assert!(t.elapsed() < Duration::from_secs(10), "placed once freed");
     assert_eq!(early.get_timeout(LONG).unwrap(), 5);
-    if !ctx.is_cluster() {
-        assert_eq!(early_actor.poke().get_timeout(LONG).unwrap(), 1);
-    }
+    early_actor.ready().get_timeout(LONG).unwrap();
+    assert_eq!(early_calls[0].get_timeout(LONG).unwrap(), 1);
+    assert_eq!(early_calls[1].get_timeout(LONG).unwrap(), 2);
+    assert_eq!(early_actor.poke().get_timeout(LONG).unwrap(), 3);
     let late = where_am_i::options()
         .num_cpus(0.5)
         .placement_group(&small, Some(1))
         .remote(6);
     assert_eq!(late.get_timeout(LONG).unwrap(), 6);
     manta::remove_placement_group(&small).unwrap();
+}
+
+/// The node this runs on (0 embedded).
+#[manta::remote]
+fn node_here() -> u64 {
+    manta::status().ok().and_then(|s| s.node_id).unwrap_or(0)
+}
+
+/// Given a group's handle: runs a task in bundle `i` and creates an actor there, and says
+/// where the task ran and what the actor answered.
+#[manta::remote]
+fn use_bundle(pg: PlacementGroup, i: usize) -> Result<(u64, u64, u64), String> {
+    let node = node_here::options()
+        .num_cpus(0.0)
+        .placement_group(&pg, Some(i))
+        .remote()
+        .get_timeout(LONG)
+        .map_err(|e| format!("{e:?}"))?;
+    let holder = Holder::options().placement_group(&pg, Some(i)).remote();
+    let poked = holder
+        .poke()
+        .get_timeout(LONG)
+        .map_err(|e| format!("{e:?}"))?;
+    let n = pg.bundle_count() as u64;
+    Ok((node, poked, n))
+}
+
+/// A `PlacementGroup` handle passes to a task (another process in a cluster), which schedules
+/// work into the group's bundles with it; once the group is removed, work through the handle
+/// there fails with `PlacementGroupRemoved`.
+fn handle_passes(ctx: &Ctx) {
+    let pg = manta::placement_group(cpus(2, 0.25), S::Pack).unwrap();
+    ready(&pg);
+    let (node, poked, n) = use_bundle::options()
+        .num_cpus(0.25)
+        .remote(pg.clone(), 1)
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!((poked, n), (1, 2));
+    if ctx.is_cluster() {
+        assert_eq!(node, pg.bundle_nodes()[1], "ran on bundle 1's node");
+    }
+    manta::remove_placement_group(&pg).unwrap();
+    match use_bundle::options()
+        .num_cpus(0.25)
+        .remote(pg.clone(), 0)
+        .get_timeout(LONG)
+    {
+        Err(Error::Task(e)) if e.to_string().contains("PlacementGroupRemoved") => {}
+        other => panic!("a removed group through a passed handle: {other:?}"),
+    }
 }
 
 fn any_bundle(_: &Ctx) {

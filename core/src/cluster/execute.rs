@@ -18,7 +18,7 @@ use crate::task::ArgSlot;
 
 impl Cluster {
     /// An argument from the wire as a local slot (a pending cell pulled from its holder).
-    fn local_arg(&self, arg: Arg) -> ArgSlot {
+    pub(super) fn local_arg(&self, arg: Arg) -> ArgSlot {
         match arg {
             Arg::Inline(v) => ArgSlot::Value(ObjectValue::inline(Bytes::from(v))),
             Arg::Ref {
@@ -30,7 +30,13 @@ impl Cluster {
     }
 
     /// When `cell` completes, tells `peer` (the owner) with TaskDone{task_id}.
-    fn reply_when_done(&self, peer: &Arc<Peer>, task_id: u64, name: &str, cell: &Arc<ObjectCell>) {
+    pub(super) fn reply_when_done(
+        &self,
+        peer: &Arc<Peer>,
+        task_id: u64,
+        name: &str,
+        cell: &Arc<ObjectCell>,
+    ) {
         let owner = peer
             .name
             .strip_prefix('w')

@@ -152,6 +152,38 @@ impl Gcs {
             reason: format!("{DECLARED_DEAD} ({why})"),
         });
         Self::publish(state, &Msg::NodeEvent { node });
+        Self::pg_node_dead(state, node_id);
+    }
+
+    /// Node `node_id` died: the bundles of created groups it held are placed again
+    /// (`pg.rs`, step 6).
+    fn pg_node_dead(state: &mut State, node_id: u64) {
+        let mut lost = Vec::new();
+        for g in state.pgs.groups.values_mut() {
+            let created = matches!(g.row.state, pg::CREATED | pg::RESCHEDULING);
+            if g.placing || !created || !g.row.bundles.iter().any(|b| b.node_id == node_id) {
+                continue;
+            }
+            lost.push(pg::row_on(&g.row, node_id));
+            for b in &mut g.row.bundles {
+                if b.node_id == node_id {
+                    b.node_id = 0;
+                }
+            }
+            g.row.state = pg::RESCHEDULING;
+            tracing::warn!(
+                pg = g.row.pg_id,
+                node = node_id,
+                "placement group rescheduling"
+            );
+            g.owner.send(pg::msg(PgOp::Reply, 0, g.row.clone(), ""));
+        }
+        for row in &lost {
+            state.pgs.account(row, -1.0);
+        }
+        if !lost.is_empty() {
+            state.pgs.retry_scheduled = true;
+        }
     }
 
     /// Declares silent nodes dead (called periodically).
@@ -714,7 +746,7 @@ impl Gcs {
         if s.pgs.names.get(&g.row.name) == Some(&pg_id) {
             s.pgs.names.remove(&g.row.name);
         }
-        if g.placing || g.row.state == pg::CREATED {
+        if g.placing || matches!(g.row.state, pg::CREATED | pg::RESCHEDULING) {
             s.pgs.account(&g.row, -1.0);
             Self::pg_cancel_at_raylets(s, &g.row);
         }
@@ -748,7 +780,7 @@ impl Gcs {
             .pgs
             .groups
             .values()
-            .filter(|g| g.row.state == pg::PENDING && !g.placing)
+            .filter(|g| matches!(g.row.state, pg::PENDING | pg::RESCHEDULING) && !g.placing)
             .map(|g| g.row.pg_id)
             .collect();
         ids.sort_unstable();
@@ -757,6 +789,50 @@ impl Gcs {
             let Some(g) = s.pgs.groups.get(&id) else {
                 continue;
             };
+            if g.row.state == pg::RESCHEDULING {
+                let Ok(chosen) = pg::choose_missing(&rooms, &g.row) else {
+                    continue;
+                };
+                let mut row = g.row.clone();
+                for (index, node) in &chosen {
+                    if let Some(b) = row.bundles.iter_mut().find(|b| b.index == *index) {
+                        b.node_id = *node;
+                    }
+                }
+                // Only the bundles placed again go to the raylets (and are counted).
+                let fresh = PgRow {
+                    bundles: row
+                        .bundles
+                        .iter()
+                        .filter(|b| chosen.iter().any(|(i, _)| *i == b.index))
+                        .cloned()
+                        .collect(),
+                    ..row.clone()
+                };
+                s.pgs.account(&fresh, 1.0);
+                if let Some(g) = s.pgs.groups.get_mut(&id) {
+                    g.row = row;
+                    g.placing = true;
+                }
+                let mut distinct: Vec<u64> = chosen.iter().map(|(_, n)| *n).collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                let targets: Vec<(u64, Arc<Peer>, PgRow)> = distinct
+                    .into_iter()
+                    .filter_map(|node_id| {
+                        let peer = s
+                            .nodes
+                            .iter()
+                            .find(|e| e.node.node_id == node_id)?
+                            .peer
+                            .clone();
+                        Some((node_id, peer, pg::row_on(&fresh, node_id)))
+                    })
+                    .collect();
+                let me = self.clone();
+                tokio::spawn(async move { me.pg_two_phase(id, targets).await });
+                continue;
+            }
             let bundles: Vec<Vec<(String, f64)>> = g
                 .row
                 .bundles
@@ -843,9 +919,29 @@ impl Gcs {
             }
             Some(why) => {
                 tracing::info!(pg = pg_id, %why, "placement group reservation rolled back");
-                let row = g.row.clone();
+                // Only this attempt's bundles (a rescheduling group keeps its others).
+                let attempt: Vec<u32> = if g.row.state == pg::RESCHEDULING {
+                    targets
+                        .iter()
+                        .flat_map(|(_, _, part)| part.bundles.iter().map(|b| b.index))
+                        .collect()
+                } else {
+                    g.row.bundles.iter().map(|b| b.index).collect()
+                };
+                let row = PgRow {
+                    bundles: g
+                        .row
+                        .bundles
+                        .iter()
+                        .filter(|b| attempt.contains(&b.index))
+                        .cloned()
+                        .collect(),
+                    ..g.row.clone()
+                };
                 for b in &mut g.row.bundles {
-                    b.node_id = 0;
+                    if attempt.contains(&b.index) {
+                        b.node_id = 0;
+                    }
                 }
                 s.pgs.account(&row, -1.0);
                 for (_, peer, part) in &targets {

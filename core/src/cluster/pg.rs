@@ -21,6 +21,14 @@
 //! 5. Removal: `PgRemove` to the GCS (which cancels at the raylets), `PgCancel` to the
 //!    workers (their queued tasks of the group fail with `PlacementGroupRemoved`), the
 //!    group's actors killed. A driver that leaves removes its groups that are not detached.
+//! 6. A node dies holding bundles of a created group (Ray's RESCHEDULING): the GCS takes
+//!    those bundles off it (their reservations went with its raylet), marks the group
+//!    RESCHEDULING and tells the owner, then places only those bundles again
+//!    ([`choose_missing`], keeping the strategy) with the same two-phase protocol (a raylet's
+//!    [`Ledger`] adds them beside the group's other bundles there; a rollback cancels only
+//!    them). Committed, the GCS sends the owner the whole row: the owner installs the bundles
+//!    that moved and completes the group's rescheduling cell, which work for the group waited
+//!    on (`PlacementGroup::pending_ready`; a restart waits in `place`).
 
 use crate::sync::Arc;
 use std::collections::HashMap;
@@ -44,6 +52,8 @@ use crate::sync::lock;
 pub(crate) const PENDING: u8 = 0;
 pub(crate) const CREATED: u8 = 1;
 pub(crate) const REMOVED: u8 = 2;
+/// Some bundles' node died: they are being placed again (Ray's RESCHEDULING).
+pub(crate) const RESCHEDULING: u8 = 4;
 
 /// How long the GCS waits for every raylet's `PgPrepared`.
 pub(crate) const PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -154,6 +164,35 @@ pub(crate) fn choose(nodes: &[NodeRoom], bundles: &[Vec<(String, f64)>], strateg
     Choice::Nodes(out)
 }
 
+/// Chooses nodes for the bundles of `row` that have none (`node_id` 0: their node died),
+/// beside those still placed, keeping the strategy: STRICT_PACK on the node of the others
+/// (any, if none is left), STRICT_SPREAD on nodes holding none of the group, PACK and SPREAD
+/// anywhere. Returns the bundles' indices with their nodes. A bundle no live node could ever
+/// hold is `NotNow` here: a node may join.
+pub(crate) fn choose_missing(nodes: &[NodeRoom], row: &PgRow) -> Result<Vec<(u32, u64)>, Choice> {
+    let missing: Vec<&PgBundle> = row.bundles.iter().filter(|b| b.node_id == 0).collect();
+    let placed: Vec<u64> = row
+        .bundles
+        .iter()
+        .filter(|b| b.node_id != 0)
+        .map(|b| b.node_id)
+        .collect();
+    let allowed: Vec<NodeRoom> = nodes
+        .iter()
+        .filter(|n| match row.strategy {
+            2 => placed.is_empty() || placed.contains(&n.node_id),
+            3 => !placed.contains(&n.node_id),
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    let bundles: Vec<Vec<(String, f64)>> = missing.iter().map(|b| entries(&b.resources)).collect();
+    match choose(&allowed, &bundles, row.strategy) {
+        Choice::Nodes(chosen) => Ok(missing.iter().map(|b| b.index).zip(chosen).collect()),
+        Choice::Infeasible(_) | Choice::NotNow => Err(Choice::NotNow),
+    }
+}
+
 /// A group as the GCS keeps it.
 pub(crate) struct GcsGroup {
     pub(crate) row: PgRow,
@@ -229,10 +268,11 @@ pub(crate) fn msg(op: PgOp, request_id: u64, group: PgRow, error: impl Into<Stri
     }
 }
 
-/// A raylet's reservations: what each group holds on this node, prepared or committed.
+/// A raylet's reservations: the bundles each group holds on this node, each prepared or
+/// committed (a group placed again after a node's death adds bundles beside its others).
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
-    groups: HashMap<u64, (bool, PgRow)>,
+    groups: HashMap<u64, Vec<(bool, PgBundle)>>,
 }
 
 impl Ledger {
@@ -241,22 +281,31 @@ impl Ledger {
         let rows: Vec<Vec<(String, f64)>> = self
             .groups
             .values()
-            .flat_map(|(_, row)| row.bundles.iter().map(|b| entries(&b.resources)))
+            .flat_map(|bundles| bundles.iter().map(|(_, b)| entries(&b.resources)))
             .collect();
         let refs: Vec<&[(String, f64)]> = rows.iter().map(Vec::as_slice).collect();
         sum(&refs)
     }
 
-    /// Reserves `row`'s bundles (this node's) if they fit in `totals` beside what is reserved
-    /// already; else says why.
+    /// Reserves `row`'s bundles (this node's) that are not reserved yet, if they fit in
+    /// `totals` beside what is reserved already; else says why.
     pub(crate) fn prepare(&mut self, totals: &[(String, f64)], row: PgRow) -> Result<(), String> {
-        if self.groups.contains_key(&row.pg_id) {
+        let have: Vec<u32> = self
+            .groups
+            .get(&row.pg_id)
+            .map(|v| v.iter().map(|(_, b)| b.index).collect())
+            .unwrap_or_default();
+        let new: Vec<PgBundle> = row
+            .bundles
+            .into_iter()
+            .filter(|b| !have.contains(&b.index))
+            .collect();
+        if new.is_empty() {
             return Ok(());
         }
         let mut free = totals.to_vec();
         take(&mut free, &self.reserved());
-        let want: Vec<Vec<(String, f64)>> =
-            row.bundles.iter().map(|b| entries(&b.resources)).collect();
+        let want: Vec<Vec<(String, f64)>> = new.iter().map(|b| entries(&b.resources)).collect();
         let refs: Vec<&[(String, f64)]> = want.iter().map(Vec::as_slice).collect();
         let want = sum(&refs);
         if !fits(&free, &want) {
@@ -264,32 +313,51 @@ impl Ledger {
                 "does not fit: asks {want:?}, free after reservations {free:?}"
             ));
         }
-        self.groups.insert(row.pg_id, (false, row));
+        self.groups
+            .entry(row.pg_id)
+            .or_default()
+            .extend(new.into_iter().map(|b| (false, b)));
         Ok(())
     }
 
-    /// Makes a prepared reservation final.
+    /// Makes a group's prepared reservations final.
     pub(crate) fn commit(&mut self, pg_id: u64) -> bool {
         match self.groups.get_mut(&pg_id) {
-            Some(e) => {
-                e.0 = true;
+            Some(bundles) => {
+                for b in bundles {
+                    b.0 = true;
+                }
                 true
             }
             None => false,
         }
     }
 
-    /// Drops a reservation (prepared or committed).
-    pub(crate) fn cancel(&mut self, pg_id: u64) {
-        self.groups.remove(&pg_id);
+    /// Drops the reservations of `row`'s bundles (prepared or committed); of all the group's
+    /// here when it lists none.
+    pub(crate) fn cancel(&mut self, row: &PgRow) {
+        let Some(bundles) = self.groups.get_mut(&row.pg_id) else {
+            return;
+        };
+        if !row.bundles.is_empty() {
+            bundles.retain(|(_, b)| !row.bundles.iter().any(|x| x.index == b.index));
+        }
+        if row.bundles.is_empty() || bundles.is_empty() {
+            self.groups.remove(&row.pg_id);
+        }
     }
 
-    /// The run-time resources of the committed groups, for the node's heartbeat.
-    pub(crate) fn resources(&self, node_id: u64) -> Vec<(String, f64)> {
+    /// The run-time resources of the committed bundles, for the node's heartbeat.
+    pub(crate) fn resources(&self, _node_id: u64) -> Vec<(String, f64)> {
         let mut added = Vec::new();
-        for (committed, row) in self.groups.values() {
-            if *committed {
-                added.extend(group_resources(row.pg_id, &bundles_on(row, node_id)));
+        for (pg_id, bundles) in &self.groups {
+            let committed: Vec<(usize, Vec<(String, f64)>)> = bundles
+                .iter()
+                .filter(|(c, _)| *c)
+                .map(|(_, b)| (b.index as usize, entries(&b.resources)))
+                .collect();
+            if !committed.is_empty() {
+                added.extend(group_resources(*pg_id, &committed));
             }
         }
         added
@@ -330,6 +398,7 @@ pub(crate) fn info_of(row: &PgRow) -> PlacementGroupInfo {
         state: match row.state {
             CREATED => PlacementGroupState::Created,
             REMOVED => PlacementGroupState::Removed,
+            RESCHEDULING => PlacementGroupState::Rescheduling,
             _ => PlacementGroupState::Pending,
         },
         bundles: row
@@ -507,6 +576,9 @@ impl Cluster {
             return;
         };
         match op {
+            PgOp::Reply if Arc::ptr_eq(peer, &self.gcs) && group.state == RESCHEDULING => {
+                crate::placement_group::rescheduling(&rt, group.pg_id);
+            }
             PgOp::Reply if Arc::ptr_eq(peer, &self.gcs) && group.state == CREATED => {
                 // Installing asks raylets for workers: not on the I/O thread.
                 let me = self.clone();
@@ -546,6 +618,10 @@ impl Cluster {
     /// Owner, step 4: puts each node's bundles in one of the job's workers there and notes
     /// them in this owner's view, then marks the group created.
     fn pg_install(&self, rt: &Arc<RuntimeInner>, row: PgRow) {
+        let nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+        if let Some(moved) = crate::placement_group::moved_bundles(rt, row.pg_id, &nodes) {
+            return self.pg_install_moved(rt, row, nodes, moved);
+        }
         let mut nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
         nodes.sort_unstable();
         nodes.dedup();
@@ -576,6 +652,44 @@ impl Cluster {
                 self.peer(w).send(msg(PgOp::Cancel, 0, back.clone(), ""));
             }
         }
+    }
+
+    /// Owner, step 6: a created group was placed again; puts the bundles that moved in workers
+    /// of their new nodes.
+    fn pg_install_moved(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        row: PgRow,
+        nodes: Vec<u64>,
+        moved: Vec<u32>,
+    ) {
+        let part = PgRow {
+            bundles: row
+                .bundles
+                .iter()
+                .filter(|b| moved.contains(&b.index))
+                .cloned()
+                .collect(),
+            ..row.clone()
+        };
+        let mut targets: Vec<u64> = part.bundles.iter().map(|b| b.node_id).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let mut placed = Vec::new();
+        for node_id in targets {
+            match self.pg_install_on(&part, node_id) {
+                Ok(w) => placed.extend(w),
+                Err(e) => {
+                    tracing::error!(pg = row.pg_id, node = node_id, error = %e, "installing rescheduled bundles failed");
+                }
+            }
+        }
+        tracing::info!(
+            pg = row.pg_id,
+            ?moved,
+            "placement group bundles placed again"
+        );
+        crate::placement_group::rescheduled(rt, row.pg_id, nodes, &moved, placed);
     }
 
     /// Puts the bundles that workers now dead held back in live workers of their nodes (the
@@ -675,7 +789,10 @@ mod tests {
         let totals = cpus(2.0);
         assert!(l.prepare(&totals, row(1, 1.5)).is_ok());
         assert!(l.prepare(&totals, row(2, 1.0)).is_err(), "only 0.5 left");
-        l.cancel(1);
+        l.cancel(&PgRow {
+            pg_id: 1,
+            ..PgRow::default()
+        });
         assert!(l.prepare(&totals, row(2, 1.0)).is_ok());
         assert!(l.commit(2));
         assert_eq!(l.len(), 1);
@@ -686,5 +803,95 @@ mod tests {
                 .any(|(n, a)| n.starts_with("CPU_group_0_") && *a == 1.0)
         );
         assert_eq!(reserved, cpus(1.0));
+    }
+    fn placed(strategy: u8, nodes: &[u64]) -> PgRow {
+        let mut row = PgRow {
+            pg_id: 7,
+            strategy,
+            bundles: wire_bundles(&vec![cpus(1.0); nodes.len()]),
+            ..PgRow::default()
+        };
+        for (b, n) in row.bundles.iter_mut().zip(nodes) {
+            b.node_id = *n;
+        }
+        row
+    }
+
+    #[test]
+    fn lost_bundles_are_placed_again_by_the_strategy() {
+        let nodes = [node(1, 2.0, 1.0), node(2, 2.0, 2.0), node(3, 2.0, 2.0)];
+        // Bundle 1's node (4) died.
+        assert_eq!(
+            choose_missing(&nodes, &placed(0, &[1, 0])),
+            Ok(vec![(1, 1)]),
+            "PACK"
+        );
+        assert_eq!(
+            choose_missing(&nodes, &placed(3, &[1, 0, 2])),
+            Ok(vec![(1, 3)]),
+            "STRICT_SPREAD avoids the group's nodes"
+        );
+        assert_eq!(
+            choose_missing(&nodes[..2], &placed(3, &[1, 0, 2])),
+            Err(Choice::NotNow),
+            "STRICT_SPREAD waits for a node"
+        );
+        assert_eq!(
+            choose_missing(&nodes, &placed(2, &[2, 0])),
+            Ok(vec![(1, 2)]),
+            "STRICT_PACK beside the others"
+        );
+        assert_eq!(
+            choose_missing(&nodes, &placed(2, &[0, 0])),
+            Ok(vec![(0, 2), (1, 2)]),
+            "STRICT_PACK anywhere once all were lost"
+        );
+        assert_eq!(
+            choose_missing(&[node(1, 0.5, 0.5)], &placed(0, &[0])),
+            Err(Choice::NotNow),
+            "too large for the live nodes: a node may join"
+        );
+    }
+
+    #[test]
+    fn a_ledger_adds_bundles_beside_a_groups_others_and_cancels_them_alone() {
+        let mut l = Ledger::default();
+        let totals = cpus(3.0);
+        let mut first = placed(0, &[9, 9]);
+        first.bundles.truncate(1);
+        assert!(l.prepare(&totals, first.clone()).is_ok());
+        assert!(l.commit(7));
+        // Bundle 1 placed again here: reserved beside bundle 0, not skipped.
+        let mut second = placed(0, &[9, 9]);
+        second.bundles.remove(0);
+        assert!(l.prepare(&totals, second.clone()).is_ok());
+        assert_eq!(l.reserved(), cpus(2.0));
+        assert!(
+            !l.resources(9)
+                .iter()
+                .any(|(n, _)| n.starts_with("CPU_group_1_")),
+            "not committed yet"
+        );
+        // Rolled back: bundle 0 stays.
+        l.cancel(&second);
+        assert_eq!(l.reserved(), cpus(1.0));
+        assert!(
+            l.resources(9)
+                .iter()
+                .any(|(n, _)| n.starts_with("CPU_group_0_"))
+        );
+        assert!(l.prepare(&totals, second).is_ok());
+        assert!(l.commit(7));
+        assert!(
+            l.resources(9)
+                .iter()
+                .any(|(n, _)| n.starts_with("CPU_group_1_"))
+        );
+        // The whole group's (the row lists every bundle here, or none).
+        l.cancel(&PgRow {
+            pg_id: 7,
+            ..PgRow::default()
+        });
+        assert_eq!(l.len(), 0);
     }
 }

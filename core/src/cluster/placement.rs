@@ -246,6 +246,7 @@ impl Cluster {
         };
         let mut refreshed = false;
         let mut reinstalled = false;
+        let mut awaited = false;
         loop {
             let mut chosen = pick(&lock(&self.placement.nodes), &passed);
             if chosen.is_none() && !refreshed {
@@ -261,6 +262,20 @@ impl Cluster {
                 // again once (`pg.rs`).
                 reinstalled = true;
                 self.pg_reinstall_lost();
+                passed.clear();
+                continue;
+            }
+            let unreachable: Vec<u64> = {
+                let slots = lock(&self.placement.nodes);
+                passed
+                    .iter()
+                    .filter_map(|&k| slots.get(k).map(|s| s.node_id))
+                    .collect()
+            };
+            if chosen.is_none() && !awaited && self.await_rescheduled(&wanted, &unreachable) {
+                // A bundle's node died and the GCS placed it again elsewhere: look again.
+                awaited = true;
+                refreshed = false;
                 passed.clear();
                 continue;
             }
@@ -296,7 +311,17 @@ impl Cluster {
                     },
                 });
             };
-            self.node_workers(i)?;
+            if let Err(e) = self.node_workers(i) {
+                // Its raylet is unreachable (the node died, unknown to this view yet): another
+                // node, or a group's bundles placed again elsewhere, may do.
+                if passed.contains(&i) || !wanted.iter().any(|(n, _)| n.contains("_group_")) {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "a node chosen for bundle work is unreachable");
+                passed.push(i);
+                let _ = self.refresh_nodes();
+                continue;
+            }
             let slots = lock(&self.placement.nodes);
             let workers = &slots[i].workers;
             let loads: Vec<policy::WorkerLoad> = workers.iter().map(NodeWorker::load).collect();
@@ -451,6 +476,36 @@ impl Cluster {
 
     /// Puts the bundles of `row` on node `node_id` in the job's workers there, each bundle
     /// in one that holds it (an SPMD node has several, each with its share); returns them.
+    /// Waits (at most `call_timeout`) while a placement group that `wanted` names has bundles
+    /// whose node died (or is `unreachable`), until the GCS has placed them again and this
+    /// owner installed them; returns whether it waited for that and it happened.
+    fn await_rescheduled(&self, wanted: &[(String, f64)], unreachable: &[u64]) -> bool {
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        let node_dead = |node_id: u64| {
+            unreachable.contains(&node_id)
+                || !lock(&self.placement.nodes)
+                    .iter()
+                    .any(|s| s.node_id == node_id && s.alive)
+        };
+        if !crate::placement_group::awaits_rescheduling(&rt, wanted, &node_dead) {
+            return false;
+        }
+        let deadline = std::time::Instant::now() + call_timeout();
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if self.stopped.load(Ordering::Acquire) {
+                return false;
+            }
+            let _ = self.refresh_nodes();
+            if !crate::placement_group::awaits_rescheduling(&rt, wanted, &node_dead) {
+                return true;
+            }
+        }
+        false
+    }
+
     pub(super) fn pg_install_on(
         &self,
         row: &PgRow,

@@ -524,7 +524,7 @@ impl Raylet {
                     tracing::warn!(pg = group.pg_id, "commit of a group not prepared here");
                 }
             }
-            PgOp::Cancel => lock(&self.ledger).cancel(group.pg_id),
+            PgOp::Cancel => lock(&self.ledger).cancel(&group),
             other => {
                 tracing::warn!(
                     ?other,

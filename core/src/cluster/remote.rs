@@ -129,6 +129,18 @@ impl Remote for Cluster {
         Cluster::create_actor_remote(self, rt, actor, created, args, options)
     }
 
+    fn create_actor_remote_after(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        actor: &Arc<ActorCell>,
+        created: Arc<ObjectCell>,
+        args: Vec<ArgSlot>,
+        options: &ActorOptions,
+        ready: Arc<ObjectCell>,
+    ) {
+        Cluster::create_actor_after(self, rt, actor, created, args, options, ready);
+    }
+
     fn detach_remote(&self, cell: &ActorCell) {
         Cluster::detach_remote(self, cell);
     }
@@ -163,6 +175,15 @@ impl Remote for Cluster {
                 }));
             }
         }
+    }
+
+    fn group_call(
+        &self,
+        members: &[&crate::actor::RawActorHandle],
+        method: &'static str,
+        args: &[ArgSlot],
+    ) -> Option<Vec<Arc<ObjectCell>>> {
+        Cluster::group_call(self, members, method, args)
     }
 
     fn locate_actor(&self, actor_id: u64, name: &str) -> Result<ActorLocation, Error> {

@@ -199,7 +199,7 @@ impl Cluster {
     }
 
     /// Frees the arguments held for a task that is done (or whose worker is gone).
-    fn release_held_args(&self, ids: &[u64]) {
+    pub(super) fn release_held_args(&self, ids: &[u64]) {
         if ids.is_empty() {
             return;
         }
@@ -325,6 +325,19 @@ impl Cluster {
         args: Vec<ArgSlot>,
         options: &ActorOptions,
     ) -> Result<(), Error> {
+        self.create_actor_placed(rt, actor, created, args, options)
+            .map(drop)
+    }
+
+    /// [`Cluster::create_actor_remote`], returning the worker it was sent to.
+    pub(super) fn create_actor_placed(
+        &self,
+        rt: &Arc<RuntimeInner>,
+        actor: &Arc<ActorCell>,
+        created: Arc<ObjectCell>,
+        args: Vec<ArgSlot>,
+        options: &ActorOptions,
+    ) -> Result<(u64, Arc<Peer>), Error> {
         let request = &options.resources;
         let name = options.name.as_deref();
         let max_concurrency = options.max_concurrency as u32;
@@ -345,8 +358,15 @@ impl Cluster {
             alive: true,
             ..Default::default()
         })?;
-        let remote = RemoteActor::at(worker, peer.clone(), options.max_task_retries);
-        actor.set_remote(Arc::new(remote.clone()));
+        let remote = match RemoteActor::of_cell(actor) {
+            // Made while its placement group was pending (`pending_actor.rs`).
+            Some(waiting) => waiting.clone(),
+            None => {
+                let remote = RemoteActor::at(worker, peer.clone(), options.max_task_retries);
+                actor.set_remote(Arc::new(remote.clone()));
+                remote
+            }
+        };
         self.own_actor(NewOwned {
             cell: actor,
             remote,
@@ -397,7 +417,7 @@ impl Cluster {
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());
         }
-        Ok(())
+        Ok((worker, peer))
     }
 
     /// Enters an actor in the GCS's directory (a taken name is `ActorNameTaken`).
@@ -592,6 +612,7 @@ impl Cluster {
         self.actors_lost(index, reason);
         self.proxies_lost(index);
         self.owner_died(index);
+        self.group_relay_lost(index, reason);
         let lost: Vec<(u64, InFlight)> = self.tasks.take_on_worker(index);
         let death = format!("worker process {index} died or became unreachable ({reason})");
         let first_delay = self

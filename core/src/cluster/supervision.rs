@@ -69,6 +69,25 @@ struct RemoteInner {
     location: Mutex<Location>,
     /// How many times a call in flight at a worker's death is run again.
     max_task_retries: u32,
+    /// Whether `fence` holds calls (read before taking its lock).
+    fenced: crate::sync::AtomicBool,
+    /// The last call sent to the actor on its own (0: none): a group call, relayed, must not
+    /// overtake it while it is unanswered (`group_call.rs`).
+    last_direct: crate::sync::AtomicU64,
+    /// Group calls relayed to the actor and not answered yet (`group_call.rs`), and the
+    /// calls made since, which wait for them so that they cannot overtake them.
+    fence: Mutex<Fence>,
+}
+
+/// See `RemoteInner::fence`.
+#[derive(Debug, Default)]
+struct Fence {
+    /// Group calls sent and not answered.
+    pending: usize,
+    /// The route they took (a later group call by another route waits too).
+    route: u64,
+    /// Calls made since, in order.
+    parked: Vec<Parked>,
 }
 
 /// A remote actor's location.
@@ -153,7 +172,46 @@ impl RemoteActor {
         RemoteActor(Arc::new(RemoteInner {
             location: Mutex::new(Location::At { worker, peer }),
             max_task_retries,
+            fenced: crate::sync::AtomicBool::new(false),
+            last_direct: crate::sync::AtomicU64::new(0),
+            fence: Mutex::new(Fence::default()),
         }))
+    }
+
+    /// An actor not placed yet (its placement group is pending): calls park until it is
+    /// created ([`Cluster::first_arrival`]) or never will be ([`Cluster::never_placed`]).
+    pub(super) fn waiting(max_task_retries: u32) -> RemoteActor {
+        RemoteActor(Arc::new(RemoteInner {
+            location: Mutex::new(Location::Restarting { parked: Vec::new() }),
+            max_task_retries,
+            fenced: crate::sync::AtomicBool::new(false),
+            last_direct: crate::sync::AtomicU64::new(0),
+            fence: Mutex::new(Fence::default()),
+        }))
+    }
+
+    /// The last call sent to the actor on its own, if any (its id).
+    pub(super) fn last_direct(&self) -> Option<u64> {
+        Some(self.0.last_direct.load(crate::sync::Ordering::Relaxed)).filter(|&id| id != 0)
+    }
+
+    /// How many times a call in flight at its worker's death is run again.
+    pub(super) fn max_task_retries(&self) -> u32 {
+        self.0.max_task_retries
+    }
+
+    /// A group call by `route` is about to be sent: later calls wait for its answer. False
+    /// (nothing changed) if group calls by another route are still unanswered, or calls
+    /// wait behind them: that one could overtake them.
+    pub(super) fn fence_enter(&self, route: u64) -> bool {
+        let mut fence = lock(&self.0.fence);
+        if fence.pending > 0 && (fence.route != route || !fence.parked.is_empty()) {
+            return false;
+        }
+        fence.pending += 1;
+        fence.route = route;
+        self.0.fenced.store(true, crate::sync::Ordering::SeqCst);
+        true
     }
 
     /// The hosting worker, unless the actor is restarting.
@@ -263,10 +321,74 @@ impl Cluster {
         args: Box<[ArgSlot]>,
         keep: Option<KeepActor>,
     ) {
-        // The method's own `max_task_retries` (`#[method(...)]`) over the actor's.
-        let left = crate::actor::method_by_name(method).map_or(remote.0.max_task_retries, |m| {
-            m.task_retries(remote.0.max_task_retries)
-        });
+        if remote.0.fenced.load(crate::sync::Ordering::SeqCst) {
+            let mut fence = lock(&remote.0.fence);
+            if fence.pending > 0 {
+                fence.parked.push(Parked {
+                    method,
+                    cell,
+                    args,
+                    left: call_retries(remote, method),
+                    keep,
+                });
+                return;
+            }
+        }
+        self.send_call_now(remote, actor_id, method, cell, args, keep);
+    }
+
+    /// A waiting actor ([`RemoteActor::waiting`]) was sent to `worker` (its `CreateActor`
+    /// first on `peer`): the calls parked meanwhile follow it, in order, before any later one.
+    pub(super) fn first_arrival(
+        &self,
+        remote: &RemoteActor,
+        actor_id: u64,
+        worker: u64,
+        peer: &Arc<Peer>,
+    ) {
+        let mut location = lock(&remote.0.location);
+        if let Some(parked) = location.arrive(worker, peer) {
+            for call in parked {
+                self.push_call(remote, worker, peer, actor_id, call);
+            }
+        }
+    }
+
+    /// A waiting actor will never be placed (its group removed, or its placement failed):
+    /// the calls parked meanwhile fail with `error`, as will any later one.
+    pub(super) fn never_placed(&self, remote: &RemoteActor, error: &Error) {
+        let parked = lock(&remote.0.location).kill(error.clone());
+        for call in parked {
+            call.cell.complete(Err(error.clone()));
+        }
+    }
+
+    /// A group call to `remote`'s actor was answered (or failed): with none left, the calls
+    /// that waited for it go, in order, before any later one.
+    pub(super) fn fence_leave(&self, remote: &RemoteActor, actor_id: u64) {
+        let mut fence = lock(&remote.0.fence);
+        if fence.pending > 1 {
+            fence.pending -= 1;
+            return;
+        }
+        for p in std::mem::take(&mut fence.parked) {
+            self.send_call_now(remote, actor_id, p.method, p.cell, p.args, p.keep);
+        }
+        fence.pending = 0;
+        remote.0.fenced.store(false, crate::sync::Ordering::SeqCst);
+    }
+
+    /// [`Cluster::send_call`] past the fence.
+    fn send_call_now(
+        &self,
+        remote: &RemoteActor,
+        actor_id: u64,
+        method: &'static str,
+        cell: Arc<ObjectCell>,
+        args: Box<[ArgSlot]>,
+        keep: Option<KeepActor>,
+    ) {
+        let left = call_retries(remote, method);
         let mut location = lock(&remote.0.location);
         let (worker, peer) = match &mut *location {
             Location::Restarting { parked } => {
@@ -286,6 +408,7 @@ impl Cluster {
             Location::At { worker, peer } => (*worker, peer.clone()),
         };
         self.push_call(
+            remote,
             worker,
             &peer,
             actor_id,
@@ -304,12 +427,23 @@ impl Cluster {
     }
 
     /// Enters a call in the in-flight table and sends it (under its actor's location lock).
-    fn push_call(&self, worker: u64, peer: &Arc<Peer>, actor_id: u64, call: Parked) {
+    fn push_call(
+        &self,
+        remote: &RemoteActor,
+        worker: u64,
+        peer: &Arc<Peer>,
+        actor_id: u64,
+        call: Parked,
+    ) {
         let Some(rt) = self.runtime() else {
             call.cell.complete(Err(Error::ShutDown));
             return;
         };
         let call_id = call.cell.id().as_u64();
+        remote
+            .0
+            .last_direct
+            .store(call_id, crate::sync::Ordering::Relaxed);
         let WireArgs {
             args: wire_args,
             held: held_args,
@@ -468,7 +602,7 @@ impl Cluster {
                     let mut location = lock(&remote.0.location);
                     let parked = location.arrive(info.worker, &peer).unwrap_or_default();
                     for call in parked {
-                        self.push_call(info.worker, &peer, id, call);
+                        self.push_call(remote, info.worker, &peer, id, call);
                     }
                     return;
                 }
@@ -613,6 +747,8 @@ impl Cluster {
             .owned()
             .get(&actor_id)
             .map_or(("actor", None), |a| (a.class, a.cell.upgrade()));
+        // Its record may be gone already (dead for good): the call's own hold on the proxy.
+        let actor = actor.or_else(|| keep.map(|(cell, _)| cell));
         let reason = format!(
             "its worker process {index} died while the call to {method} was in flight \
              ({reason})"
@@ -768,7 +904,7 @@ impl Cluster {
             return unwanted();
         };
         for call in parked {
-            self.push_call(worker, peer, id, call);
+            self.push_call(&a.remote, worker, peer, id, call);
         }
         drop(location);
         let info = self.actor_info(id, a, false);
@@ -814,6 +950,19 @@ impl Cluster {
                             .into(),
                         ..self.actor_info(actor_id, a, false)
                     });
+                } else if !restart {
+                    // Not placed yet (its placement group pending), or restarting at an
+                    // owner this process is not: what waits for it here fails now.
+                    self.never_placed(
+                        remote,
+                        &Error::ActorDied {
+                            actor: crate::id::ActorId::from_u64(actor_id),
+                            class: "?".into(),
+                            reason: "killed (manta::kill, or no handle to it was left) before \
+                                     it was placed"
+                                .into(),
+                        },
+                    );
                 }
             }
         }
@@ -889,4 +1038,12 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The retries a call of `method` to `remote`'s actor has: the method's own
+/// `max_task_retries` (`#[method(...)]`) over the actor's.
+fn call_retries(remote: &RemoteActor, method: &str) -> u32 {
+    crate::actor::method_by_name(method).map_or(remote.0.max_task_retries, |m| {
+        m.task_retries(remote.0.max_task_retries)
+    })
 }

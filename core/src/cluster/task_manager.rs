@@ -75,6 +75,11 @@ impl TaskManager {
         lock(&self.in_flight).insert(id, f);
     }
 
+    /// Whether work `id` is in flight (pushed, not answered).
+    pub(super) fn is_in_flight(&self, id: u64) -> bool {
+        lock(&self.in_flight).contains_key(&id)
+    }
+
     /// A `TaskDone` for `id` from the connection named `from` (only the worker the attempt
     /// was pushed to, `w<index>`, completes it: a worker declared dead, its node cut off, may
     /// still answer for an attempt since retried elsewhere).

@@ -99,6 +99,8 @@ pub(crate) struct Cluster {
     pub(super) refs: Mutex<References>,
     pub(super) stop: tokio::sync::Notify,
     pub(super) stopped: AtomicBool,
+    /// The actor group calls this process relays through workers (`group_call.rs`).
+    pub(super) group_relays: super::group_call::GroupRelays,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -312,6 +314,7 @@ impl Cluster {
             refs: Mutex::new(References::new(index)),
             stop: tokio::sync::Notify::new(),
             stopped: AtomicBool::new(false),
+            group_relays: Default::default(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         super::remote::enable();
@@ -670,6 +673,13 @@ impl Handler for WorkerHandler {
                 method,
                 args,
             } => c.call_pushed_actor(peer, actor_id, call_id, &method, args),
+            Msg::GroupCall {
+                caller,
+                method,
+                args,
+                targets,
+                fanout,
+            } => c.group_call_pushed(caller, method, args, targets, fanout),
             Msg::KillActor { actor_id, restart } => c.kill_pushed_actor(actor_id, restart),
             Msg::CancelTask {
                 request_id,

@@ -241,11 +241,21 @@ pub(crate) fn join(
                         start,
                     };
                     let shared = seg.join(rank, settings)?;
+                    let leader_of: Vec<usize> = (0..world)
+                        .map(|r| {
+                            (0..=r)
+                                .find(|&q| entries[q].host == entries[r].host)
+                                .unwrap_or(r)
+                        })
+                        .collect();
                     Box::new(HierBackend {
                         local: shared,
                         tcp,
                         leader: leaders.contains(&rank),
                         leaders,
+                        rank,
+                        members: local,
+                        leader_of,
                     })
                 } else {
                     Box::new(tcp)

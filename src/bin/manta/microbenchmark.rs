@@ -593,81 +593,88 @@ fn ray_cases(r: &mut Runner) -> Result<()> {
     Ok(())
 }
 
-/// Members of an actor group of `n` [`Server`]s, one per tiny bundle.
+/// Members of an actor group of `n` [`Server`]s, one per tiny bundle, spread over the nodes
+/// (embedded: one node).
 fn server_group(n: usize) -> Result<(manta::PlacementGroup, manta::ActorGroup<Server>)> {
     let pg = manta::placement_group(
         (0..n).map(|_| manta::Bundle::cpus(0.001)).collect(),
-        manta::PlacementStrategy::Pack,
+        manta::PlacementStrategy::Spread,
     )?;
-    pg.ready().get_timeout(Duration::from_secs(30))?;
+    pg.ready().get_timeout(Duration::from_secs(60))?;
     let group = manta::ActorGroup::spawn(&pg, |m| Server::options().group_member(&m).remote())?;
     manta::get_all(&group.call(|m| m.small_value()))?;
     Ok((pg, group))
 }
 
+/// p50 of `samples` rounds of: `group.call` to every member (the time until `call` returned,
+/// and until every result was in), then the same members called one by one from here (the
+/// same two times).
+fn group_rounds(group: &manta::ActorGroup<Server>, samples: usize) -> Result<[f64; 4]> {
+    let mut v: [Vec<f64>; 4] = Default::default();
+    for _ in 0..samples {
+        let t = Instant::now();
+        let refs = group.call(|m| m.small_value());
+        v[0].push(t.elapsed().as_secs_f64() * 1e6);
+        manta::get_all(&refs)?;
+        v[1].push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        let refs: Vec<_> = group.members().iter().map(|m| m.small_value()).collect();
+        v[2].push(t.elapsed().as_secs_f64() * 1e6);
+        manta::get_all(&refs)?;
+        v[3].push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(v.map(|mut x| {
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    }))
+}
+
 /// Actor groups: `group.call` on 64 members against 64 single calls back to back (the same
-/// 64 actors, the ratio printed), and the time of one call to every member of 16..1024.
+/// 64 actors, the ratio printed), and the time of one call to every member of 16..1024, with
+/// its growth from 16 members beside the growth of N and of log N.
 fn group_cases(r: &mut Runner) -> Result<()> {
     if r.begin("actor group call 64 members vs 64 single calls") {
         let (pg, group) = server_group(64)?;
-        let samples = 300;
-        let mut group_us = Vec::with_capacity(samples);
-        let mut single_us = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            let t = Instant::now();
-            manta::get_all(&group.call(|m| m.small_value()))?;
-            group_us.push(t.elapsed().as_secs_f64() * 1e6);
-            let t = Instant::now();
-            let refs: Vec<_> = group.members().iter().map(|m| m.small_value()).collect();
-            manta::get_all(&refs)?;
-            single_us.push(t.elapsed().as_secs_f64() * 1e6);
-        }
+        let [gi, g, si, s] = group_rounds(&group, 300)?;
         manta::remove_placement_group(&pg)?;
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (g, s) = (median(&mut group_us), median(&mut single_us));
         r.record(
             "actor group call 64 members vs 64 single calls",
             format!(
-                "group.call p50 {g:.2} us, 64 single calls p50 {s:.2} us, ratio {:.2}",
+                "group.call p50 {g:.2} us (issued in {gi:.2}), 64 single calls p50 {s:.2} us \
+                 (issued in {si:.2}), ratio {:.2}",
                 g / s
             ),
-            json!({"group_us": round2(g), "single_us": round2(s), "ratio": round2(g / s)}),
+            json!({"group_us": round2(g), "single_us": round2(s), "ratio": round2(g / s),
+                   "group_issue_us": round2(gi), "single_issue_us": round2(si)}),
         );
     }
     if r.begin("actor group broadcast 16..1024 members") {
         let mut curve = Vec::new();
         let mut line = Vec::new();
+        let mut first: Option<(f64, f64)> = None;
         for n in [16usize, 64, 256, 1024] {
             let (pg, group) = server_group(n)?;
-            let samples = 50;
-            let mut times = Vec::with_capacity(samples);
-            let mut single = Vec::with_capacity(samples);
-            for _ in 0..samples {
-                let t = Instant::now();
-                manta::get_all(&group.call(|m| m.small_value()))?;
-                times.push(t.elapsed().as_secs_f64() * 1e6);
-                // The baseline: the same members called one by one from here.
-                let t = Instant::now();
-                let refs: Vec<_> = group.members().iter().map(|m| m.small_value()).collect();
-                manta::get_all(&refs)?;
-                single.push(t.elapsed().as_secs_f64() * 1e6);
-            }
+            let [gi, g, si, s] = group_rounds(&group, 50)?;
             manta::remove_placement_group(&pg)?;
-            times.sort_by(f64::total_cmp);
-            single.sort_by(f64::total_cmp);
-            let (p50, s50) = (times[samples / 2], single[samples / 2]);
+            let (g16, gi16) = *first.get_or_insert((g, gi));
             line.push(format!(
-                "{n}: {p50:.1} us ({:.2} us/member; single calls {s50:.1} us)",
-                p50 / n as f64
+                "{n}: {g:.1} us, x{:.2} of 16's (N x{:.0}, log N x{:.2}), issued in {gi:.1} us \
+                 (x{:.2}); single calls {s:.1} us (issued in {si:.1} us), ratio {:.2}",
+                g / g16,
+                n as f64 / 16.0,
+                (n as f64).log2() / 4.0,
+                gi / gi16,
+                g / s
             ));
-            curve.push(json!({"members": n, "p50_us": round2(p50), "single_p50_us": round2(s50)}));
+            curve.push(
+                json!({"members": n, "p50_us": round2(g), "issue_p50_us": round2(gi),
+                "single_p50_us": round2(s), "single_issue_p50_us": round2(si),
+                "growth_from_16": round2(g / g16), "issue_growth_from_16": round2(gi / gi16)}),
+            );
         }
         r.record(
             "actor group broadcast 16..1024 members",
-            line.join(", "),
+            line.join("; "),
             json!({"curve": curve}),
         );
     }

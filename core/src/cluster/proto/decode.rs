@@ -2,16 +2,16 @@
 
 use super::super::wire as fb;
 use super::{
-    ActorInfo, Arg, ErrorKind, JobWorker, Msg, Node, ObjectRow, Outcome, PgBundle, PgOp, PgRow,
-    ProtoError, Resource, TAG_ACTOR_CALL, TAG_ACTOR_REPLY, TAG_ACTORS, TAG_ADD_BORROWERS,
-    TAG_BORROWERS_ADDED, TAG_CANCEL_REPLY, TAG_CANCEL_TASK, TAG_CREATE_ACTOR, TAG_DETACH_ACTOR,
-    TAG_FREE_OBJECT, TAG_GET_NODES, TAG_GET_WORKER, TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR,
-    TAG_KV_GET, TAG_KV_PUT, TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR,
-    TAG_NODE_EVENT, TAG_NODES, TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED,
-    TAG_PULL_OBJECT, TAG_PUSH_TASK, TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER,
-    TAG_REGISTERED, TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP,
-    TAG_SUBSCRIBE, TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED, TAG_WORKER_INFO,
-    TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
+    ActorInfo, Arg, ErrorKind, GroupTarget, JobWorker, Msg, Node, ObjectRow, Outcome, PgBundle,
+    PgOp, PgRow, ProtoError, Resource, TAG_ACTOR_CALL, TAG_ACTOR_REPLY, TAG_ACTORS,
+    TAG_ADD_BORROWERS, TAG_BORROWERS_ADDED, TAG_CANCEL_REPLY, TAG_CANCEL_TASK, TAG_CREATE_ACTOR,
+    TAG_DETACH_ACTOR, TAG_FREE_OBJECT, TAG_GET_NODES, TAG_GET_WORKER, TAG_GROUP_CALL,
+    TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR, TAG_KV_GET, TAG_KV_PUT, TAG_KV_VALUE,
+    TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT, TAG_NODES, TAG_OBJECT_DATA,
+    TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT, TAG_PUSH_TASK, TAG_REGISTER_ACTOR,
+    TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED, TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER,
+    TAG_START_WORKER, TAG_STOP, TAG_SUBSCRIBE, TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK,
+    TAG_WORKER_DETACHED, TAG_WORKER_INFO, TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
 };
 use flatbuffers::{ForwardsUOffset, Vector};
 
@@ -520,6 +520,27 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
             Msg::WorkerDetached {
                 index: t.index(),
                 count: t.count(),
+            }
+        }
+        TAG_GROUP_CALL => {
+            let t = root!(GroupCall);
+            Msg::GroupCall {
+                caller: t.caller(),
+                method: string(t.method()),
+                args: args(t.args()),
+                targets: t
+                    .targets()
+                    .map(|v| {
+                        v.iter()
+                            .map(|g| GroupTarget {
+                                actor_id: g.actor_id(),
+                                call_id: g.call_id(),
+                                worker: g.worker(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                fanout: t.fanout(),
             }
         }
         TAG_RELEASE_ACTOR => Msg::ReleaseActor {

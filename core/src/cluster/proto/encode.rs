@@ -872,6 +872,31 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                 }
             );
         }
+        Msg::GroupCall {
+            caller,
+            method,
+            args,
+            targets,
+            fanout,
+        } => {
+            let method = opt_str(fbb, method);
+            let args = opt_args(fbb, args);
+            let wire: Vec<fb::GroupTarget> = targets
+                .iter()
+                .map(|t| fb::GroupTarget::new(t.actor_id, t.call_id, t.worker))
+                .collect();
+            let targets = (!wire.is_empty()).then(|| fbb.create_vector(&wire));
+            table!(
+                GroupCall,
+                GroupCallArgs {
+                    caller: *caller,
+                    method,
+                    args,
+                    targets,
+                    fanout: *fanout,
+                }
+            );
+        }
         Msg::ReleaseActor { actor_id } => {
             table!(
                 ReleaseActor,

@@ -31,6 +31,14 @@ pub(crate) struct Resource {
     pub(crate) available: f64,
 }
 
+/// One member a [`Msg::GroupCall`] reaches: the actor, the call's id and its host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GroupTarget {
+    pub(crate) actor_id: u64,
+    pub(crate) call_id: u64,
+    pub(crate) worker: u64,
+}
+
 /// One bundle of a placement group on the wire.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct PgBundle {
@@ -416,6 +424,14 @@ pub(crate) enum Msg {
         actor_id: u64,
         restart: bool,
     },
+    /// A call of `method` on every target, relayed as a tree (`cluster/group_call.rs`).
+    GroupCall {
+        caller: u64,
+        method: String,
+        args: Vec<Arg>,
+        targets: Vec<GroupTarget>,
+        fanout: u32,
+    },
     DetachActor {
         actor_id: u64,
     },
@@ -558,6 +574,8 @@ pub(crate) const TAG_WORKER_DETACHED: u64 = 61;
 // Placement groups (70–79): `TAG_PG_FIRST + PgOp`.
 pub(crate) const TAG_PG_FIRST: u64 = 70;
 pub(crate) const TAG_RELEASE_ACTOR: u64 = 41;
+// Actor groups (100–109).
+pub(crate) const TAG_GROUP_CALL: u64 = 100;
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -609,6 +627,7 @@ const MORE_NAMES: &[(u64, &str)] = &[
     (TAG_CANCEL_REPLY, "CancelReply"),
     (TAG_DETACH_ACTOR, "DetachActor"),
     (TAG_WORKER_DETACHED, "WorkerDetached"),
+    (TAG_GROUP_CALL, "GroupCall"),
 ];
 
 /// The table name a tag stands for, if it is a cluster message's.
@@ -674,6 +693,7 @@ impl Msg {
             Msg::CancelReply { .. } => TAG_CANCEL_REPLY,
             Msg::ObjectFailed { .. } => TAG_OBJECT_FAILED,
             Msg::ReleaseActor { .. } => TAG_RELEASE_ACTOR,
+            Msg::GroupCall { .. } => TAG_GROUP_CALL,
         }
     }
 

@@ -254,6 +254,24 @@ fn samples() -> Vec<Msg> {
             actor_id: 26,
             restart: true,
         },
+        Msg::GroupCall {
+            caller: 3,
+            method: "Counter::incr".into(),
+            args: args(),
+            targets: vec![
+                GroupTarget {
+                    actor_id: 26,
+                    call_id: 40,
+                    worker: 5,
+                },
+                GroupTarget {
+                    actor_id: 27,
+                    call_id: 41,
+                    worker: 6,
+                },
+            ],
+            fanout: 2,
+        },
         Msg::CancelTask {
             request_id: 50,
             task_id: 0xfeed,
@@ -393,6 +411,7 @@ fn every_variant_round_trips_through_one_reused_builder() {
             TAG_CANCEL_REPLY,
             TAG_OBJECT_FAILED,
             TAG_RELEASE_ACTOR,
+            TAG_GROUP_CALL,
         ])
         .chain(60..=61)
         .chain(70..=78)
@@ -527,7 +546,8 @@ fn tags_are_distinct_stable_and_named() {
                 || (60..=61).contains(&tag)
                 || (70..=78).contains(&tag)
                 || tag == TAG_OBJECT_FAILED
-                || tag == TAG_RELEASE_ACTOR,
+                || tag == TAG_RELEASE_ACTOR
+                || tag == TAG_GROUP_CALL,
             "tag {tag}"
         );
         assert_eq!(tag_name(tag), Some(msg.name()));
@@ -556,6 +576,9 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(tag_name(70), Some("PgCreate"));
     assert_eq!(tag_name(78), Some("PgGroups"));
     assert_eq!(tag_name(79), None);
+    assert_eq!(TAG_GROUP_CALL, 100);
+    assert_eq!(tag_name(100), Some("GroupCall"));
+    assert_eq!(tag_name(101), None);
     assert_eq!(tag_name(u64::MAX), None);
     assert_eq!(TAG_CANCEL_TASK, 50);
     assert_eq!(TAG_CANCEL_REPLY, 51);
@@ -563,7 +586,7 @@ fn tags_are_distinct_stable_and_named() {
 
 #[test]
 fn unknown_tag_is_an_error() {
-    for tag in [0, 39, 59, 62, 79, 1000, u64::MAX] {
+    for tag in [0, 39, 59, 62, 79, 101, 1000, u64::MAX] {
         assert_eq!(decode(tag, &[]), Err(ProtoError::UnknownTag(tag)));
     }
     let e = decode(99, &[]).unwrap_err();
@@ -585,6 +608,7 @@ fn garbage_is_an_error_not_a_panic() {
             TAG_CANCEL_REPLY,
             TAG_OBJECT_FAILED,
             TAG_RELEASE_ACTOR,
+            TAG_GROUP_CALL,
         ])
         .chain(60..=61)
         .chain(70..=78)

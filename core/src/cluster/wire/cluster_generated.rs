@@ -310,6 +310,167 @@ impl<'a> ::flatbuffers::Verifiable for ErrorKind {
 }
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ErrorKind {}
+/// One member a group call reaches: the actor, the call's id (its result's) and the worker
+/// that hosts it.
+// struct GroupTarget, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct GroupTarget(pub [u8; 24]);
+impl Default for GroupTarget { 
+  fn default() -> Self { 
+    Self([0; 24])
+  }
+}
+impl ::core::fmt::Debug for GroupTarget {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("GroupTarget")
+      .field("actor_id", &self.actor_id())
+      .field("call_id", &self.call_id())
+      .field("worker", &self.worker())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for GroupTarget {}
+impl<'a> ::flatbuffers::Follow<'a> for GroupTarget {
+  type Inner = &'a GroupTarget;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a GroupTarget>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a GroupTarget {
+  type Inner = &'a GroupTarget;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<GroupTarget>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for GroupTarget {
+    type Output = GroupTarget;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const GroupTarget as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for GroupTarget {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> GroupTarget {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    actor_id: u64,
+    call_id: u64,
+    worker: u64,
+  ) -> Self {
+    let mut s = Self([0; 24]);
+    s.set_actor_id(actor_id);
+    s.set_call_id(call_id);
+    s.set_worker(worker);
+    s
+  }
+
+  pub fn actor_id(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_actor_id(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn call_id(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_call_id(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn worker(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[16..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_worker(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[16..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
 pub enum ResourceOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -8345,6 +8506,174 @@ impl ::core::fmt::Debug for PgMsg<'_> {
       ds.field("group", &self.group());
       ds.field("error", &self.error());
       ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+pub enum GroupCallOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// caller -> a worker hosting members (tag 100): a call of `method` on every target (ordered
+/// by worker). The worker calls its own targets and forwards the others as `fanout` runs of
+/// workers, each to the first worker of its run (a tree: no O(N) fan-out from the caller);
+/// each target's worker answers TaskDone{task_id = call_id} to worker `caller`.
+pub struct GroupCall<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupCall<'a> {
+  type Inner = GroupCall<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupCall<'a> {
+  pub const VT_CALLER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_METHOD: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ARGS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TARGETS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FANOUT: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupCall { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupCallArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupCall<'bldr>> {
+    let mut builder = GroupCallBuilder::new(_fbb);
+    builder.add_caller(args.caller);
+    builder.add_fanout(args.fanout);
+    if let Some(x) = args.targets { builder.add_targets(x); }
+    if let Some(x) = args.args { builder.add_args(x); }
+    if let Some(x) = args.method { builder.add_method(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn caller(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupCall::VT_CALLER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn method(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupCall::VT_METHOD, None)}
+  }
+  #[inline]
+  pub fn args(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Arg<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Arg>>>>(GroupCall::VT_ARGS, None)}
+  }
+  #[inline]
+  pub fn targets(&self) -> Option<::flatbuffers::Vector<'a, GroupTarget>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, GroupTarget>>>(GroupCall::VT_TARGETS, None)}
+  }
+  #[inline]
+  pub fn fanout(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(GroupCall::VT_FANOUT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupCall<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("caller", Self::VT_CALLER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("method", Self::VT_METHOD, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Arg>>>>("args", Self::VT_ARGS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, GroupTarget>>>("targets", Self::VT_TARGETS, false)?
+     .visit_field::<u32>("fanout", Self::VT_FANOUT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupCallArgs<'a> {
+    pub caller: u64,
+    pub method: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub args: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Arg<'a>>>>>,
+    pub targets: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, GroupTarget>>>,
+    pub fanout: u32,
+}
+impl<'a> Default for GroupCallArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupCallArgs {
+      caller: 0,
+      method: None,
+      args: None,
+      targets: None,
+      fanout: 0,
+    }
+  }
+}
+
+pub struct GroupCallBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupCallBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_caller(&mut self, caller: u64) {
+    self.fbb_.push_slot::<u64>(GroupCall::VT_CALLER, caller, 0);
+  }
+  #[inline]
+  pub fn add_method(&mut self, method: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupCall::VT_METHOD, method);
+  }
+  #[inline]
+  pub fn add_args(&mut self, args: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Arg<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupCall::VT_ARGS, args);
+  }
+  #[inline]
+  pub fn add_targets(&mut self, targets: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , GroupTarget>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupCall::VT_TARGETS, targets);
+  }
+  #[inline]
+  pub fn add_fanout(&mut self, fanout: u32) {
+    self.fbb_.push_slot::<u32>(GroupCall::VT_FANOUT, fanout, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupCallBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupCallBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupCall<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupCall<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupCall");
+      ds.field("caller", &self.caller());
+      ds.field("method", &self.method());
+      ds.field("args", &self.args());
+      ds.field("targets", &self.targets());
+      ds.field("fanout", &self.fanout());
       ds.finish()
   }
 }
