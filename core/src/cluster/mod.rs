@@ -29,6 +29,7 @@ pub(crate) mod cancel;
 mod client;
 mod execute;
 pub(crate) mod gcs;
+mod gcs_tables;
 mod lifetime;
 pub(crate) mod node_store;
 pub(crate) mod object_manager;

@@ -155,18 +155,17 @@ pub(crate) fn choose(nodes: &[NodeRoom], bundles: &[Vec<(String, f64)>], strateg
 }
 
 /// A group as the GCS keeps it.
-pub(crate) struct GcsGroup {
+pub(crate) struct GcsGroup<C> {
     pub(crate) row: PgRow,
     /// The owner's connection (told when the group is placed).
-    pub(crate) owner: Arc<Peer>,
+    pub(crate) owner: C,
     /// A two-phase attempt is under way (its nodes are in `row`).
     pub(crate) placing: bool,
 }
 
-/// The GCS's placement groups.
-#[derive(Default)]
-pub(crate) struct GcsGroups {
-    pub(crate) groups: HashMap<u64, GcsGroup>,
+/// The GCS's placement groups (`C`: a connection, as `gcs_tables.rs` has them).
+pub(crate) struct GcsGroups<C> {
+    pub(crate) groups: HashMap<u64, GcsGroup<C>>,
     pub(crate) names: HashMap<String, u64>,
     /// What groups reserve (or are preparing) per node.
     pub(crate) reserved: HashMap<u64, Vec<(String, f64)>>,
@@ -179,7 +178,19 @@ pub(crate) struct GcsGroups {
 /// Removed groups the GCS keeps for `manta list placement-groups`.
 pub(crate) const KEPT_REMOVED: usize = 100;
 
-impl GcsGroups {
+impl<C> Default for GcsGroups<C> {
+    fn default() -> Self {
+        GcsGroups {
+            groups: HashMap::new(),
+            names: HashMap::new(),
+            reserved: HashMap::new(),
+            retry_scheduled: false,
+            removed: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<C> GcsGroups<C> {
     /// Adds (or with `sign` -1, takes away) `row`'s bundles to the per-node reservations.
     pub(crate) fn account(&mut self, row: &PgRow, sign: f64) {
         for b in &row.bundles {

@@ -10,7 +10,10 @@
 //! - [`Net`] is the network: one FIFO queue per ordered pair of processes, each message
 //!   ready after a seeded delay (never before the one ahead of it on its connection). A step
 //!   delivers the head of one ready connection chosen by the seed, so messages on different
-//!   connections are reordered freely. Process 0 is the GCS; it sends the death notices.
+//!   connections are reordered freely. Process 0 is the GCS: the real one
+//!   (`gcs_tables.rs`), with every process registered as a node of one worker and
+//!   subscribed; a crash closes the process's GCS connection, and the node death the GCS
+//!   publishes is how the others learn it.
 //! - A [`World`] holds the processes. Each is a worker: its [`ReferenceCounter`] (the real
 //!   one, the code under test) and a model of the shell around it (`borrow.rs`, the task
 //!   and object paths of the core worker): handles are `Rc`s whose drops are the events the
@@ -25,7 +28,7 @@
 //!   return, exit. A program step that must wait (an answer, a result, a pulled value) is
 //!   tried again later, so the seed interleaves programs with deliveries.
 //! - Faults ([`Chaos`]): a process crashes (its messages are lost, and the GCS tells every
-//!   other process after a delay); a connection is lost (each end takes the other for dead,
+//!   other process, its notices delayed as any message); a connection is lost (each end takes the other for dead,
 //!   as the core worker does when a connection closes). Besides, the work a handle's drop
 //!   triggers (`end_borrow`, `FreeObject`) may come some steps late, as another thread may
 //!   run between an `Arc`'s last drop and its `Drop`.
@@ -43,7 +46,7 @@
 //! 3. Every program finishes (no wait without a bound): when nothing can move, the run fails.
 //! 4. At the end (programs done, then the actors' state dropped as when the job ends, network
 //!    quiet), every object of a live owner is freed, and the live processes' reference
-//!    counters are empty.
+//!    counters are empty; the GCS lists exactly the crashed processes' nodes dead.
 //!
 //! A message to a dead process is dropped on delivery: none matters.
 //!
@@ -63,19 +66,24 @@
 //! A state machine that talks to other parties than workers' reference counters can have a
 //! world of its own on the same [`Net`] and [`Rng`]: the `raylet` module below drives the
 //! raylet's worker table (`worker_table.rs`) with owners asking for workers, worker
-//! processes that boot, crash and host detached actors, and the GCS ending jobs, with its
-//! invariants after every step (one process per job at a time, every request answered once
-//! with ready workers of its job and never one whose connection closed, an assembled SPMD
-//! job answered at once, nothing kept past its job but hosts of detached actors, nothing
-//! running at the end).
+//! processes that boot, crash and host detached actors, and the real GCS tables ending jobs
+//! when their drivers leave, with its invariants after every step (one process per job at a
+//! time, every request answered once with ready workers of its job and never one whose
+//! connection closed, an assembled SPMD job answered at once, nothing kept past its job but
+//! hosts of detached actors, nothing running at the end).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::{Rc, Weak};
 
+use std::time::{Duration, Instant};
+
 use super::INDEX_SHIFT;
+use super::gcs_tables::{self, GcsTables};
 use super::owner_of;
+use super::proto::{Msg, Node};
 use super::reference_counter::{Answer, BorrowHandle, Out, ReferenceCounter, Registration};
+use super::worker_table::Conn;
 
 /// A small seeded generator (SplitMix64): the same seed, the same run.
 #[derive(Clone, Debug)]
@@ -352,10 +360,30 @@ pub(crate) enum Wire {
         request_id: u64,
         nested: Option<Vec<u64>>,
     },
-    /// From the GCS: `worker` died.
-    WorkerDied {
-        worker: u64,
-    },
+    /// From the GCS (its node death notices are the ones that matter).
+    Gcs(Msg),
+}
+
+/// A connection to the simulated GCS: the process's index, and whether it closed.
+#[derive(Clone, Debug)]
+pub(crate) struct Link(u64, Rc<Cell<bool>>);
+
+impl Conn for Link {
+    fn same(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+    fn is_closed(&self) -> bool {
+        self.1.get()
+    }
+}
+
+/// The simulated GCS: the real tables, one connection per process, and its clock (a step is
+/// a millisecond; no process heartbeats, so the node timeout is longer than any run).
+#[derive(Debug)]
+struct SimGcs {
+    tables: GcsTables<Link>,
+    links: Vec<Link>,
+    t0: Instant,
 }
 
 /// What the oracle knows of one process, shared with its handles' drops.
@@ -564,6 +592,7 @@ pub(crate) struct World {
     net: Net<Wire>,
     /// Processes by worker index; 0 is the GCS (no worker).
     procs: Vec<Proc>,
+    gcs: SimGcs,
     /// Object ids by the name their creator gave them (tests ask about them).
     names: HashMap<Name, u64>,
     /// Whether a fault struck (some invariants hold only without).
@@ -616,12 +645,19 @@ impl World {
                 }
             })
             .collect();
-        World {
+        let mut w = World {
             seed,
             rng: Rng::new(seed),
             chaos,
             net: Net::new(seed, chaos.max_delay),
             procs,
+            gcs: SimGcs {
+                tables: GcsTables::new(Duration::from_secs(3600)),
+                links: (0..=workers)
+                    .map(|p| Link(p, Rc::new(Cell::new(false))))
+                    .collect(),
+                t0: Instant::now(),
+            },
             names: HashMap::new(),
             faulted: false,
             lenient: false,
@@ -629,7 +665,47 @@ impl World {
             paused: HashSet::new(),
             violations: Vec::new(),
             trace: Vec::new(),
+        };
+        // Every process joins as a node (node id = its index) and subscribes to the GCS.
+        for p in 1..=workers {
+            let node = Node {
+                address: format!("w{p}"),
+                ..Node::default()
+            };
+            w.to_gcs(
+                p,
+                Msg::RegisterNode {
+                    request_id: p,
+                    node,
+                },
+            );
+            w.to_gcs(p, Msg::Subscribe { request_id: 0 });
         }
+        w
+    }
+
+    /// Feeds the GCS `event` and sends what it returns to the live processes.
+    fn gcs_event(&mut self, event: gcs_tables::Event<Link>) {
+        let now = self.gcs.t0 + Duration::from_millis(self.steps);
+        for out in self.gcs.tables.handle(now, event) {
+            match out {
+                gcs_tables::Out::Send(to, msg) => {
+                    if self.procs[to.0 as usize].alive {
+                        self.net.send(0, to.0, Wire::Gcs(msg));
+                    }
+                }
+                other => self
+                    .violations
+                    .push(format!("unexpected GCS output {other:?}")),
+            }
+        }
+    }
+
+    /// Process `p` sends the GCS `msg` (at once: its connection to the GCS is not what the
+    /// simulation varies).
+    fn to_gcs(&mut self, p: u64, msg: Msg) {
+        let link = self.gcs.links[p as usize].clone();
+        self.gcs_event(gcs_tables::Event::Message(link, msg));
     }
 
     /// Starts `ops` as user code on process `p`.
@@ -708,6 +784,7 @@ impl World {
         let limit = 200_000;
         while self.steps < limit {
             self.steps += 1;
+            self.gcs_event(gcs_tables::Event::Tick);
             self.fault();
             let moved = self.step();
             self.check()?;
@@ -881,11 +958,12 @@ impl World {
         for q in 1..self.procs.len() as u64 {
             if q != p {
                 self.net.cut(p, q);
-                if self.procs[q as usize].alive {
-                    self.net.send(0, q, Wire::WorkerDied { worker: p });
-                }
             }
         }
+        // Its GCS connection closes: the GCS declares its node dead to the others.
+        let link = self.gcs.links[p as usize].clone();
+        link.1.set(true);
+        self.gcs_event(gcs_tables::Event::Closed(link));
     }
 
     fn send(&mut self, from: u64, to: u64, m: Wire) {
@@ -1010,7 +1088,15 @@ impl World {
                     slot.1 = Some(nested);
                 }
             }
-            Wire::WorkerDied { worker } => self.worker_lost(me, worker),
+            Wire::Gcs(Msg::NodeEvent { node }) if !node.alive => {
+                // Each process is a node of one worker: its node's death is its death.
+                self.worker_lost(me, node.node_id);
+            }
+            Wire::Gcs(Msg::Registered { id, .. }) if id != me => {
+                self.violations
+                    .push(format!("w{me} registered as node {id}, not {me}"));
+            }
+            Wire::Gcs(_) => {}
         }
         self.maybe_flush(me);
     }
@@ -1553,6 +1639,14 @@ impl World {
     /// The invariants of the end: everything of the live owners is freed.
     fn check_end(&mut self) -> Result<(), String> {
         for (i, p) in self.procs.iter().enumerate().skip(1) {
+            let listed = self.gcs.tables.node_alive(i as u64);
+            if listed != Some(p.alive) {
+                let what = format!(
+                    "at the end, the GCS lists w{i}'s node as alive: {listed:?}, but it is {}",
+                    if p.alive { "alive" } else { "dead" }
+                );
+                return Err(self.fail(&what));
+            }
             if !p.alive {
                 continue;
             }
@@ -2164,6 +2258,10 @@ mod raylet {
         spmd: bool,
         /// Jobs whose owners got workers once.
         assembled: HashSet<u64>,
+        /// The GCS (the real tables): the owners are its drivers, the raylet subscribes; a
+        /// job ends when its driver's connection closes.
+        gcs: GcsTables<Link>,
+        t0: Instant,
     }
 
     impl RayletWorld {
@@ -2191,7 +2289,27 @@ mod raylet {
                 violation: None,
                 spmd,
                 assembled: HashSet::new(),
+                gcs: GcsTables::new(Duration::from_secs(3600)),
+                t0: Instant::now(),
             };
+            // The owners start their jobs (job `j` is owner `j`'s); the raylet subscribes.
+            for o in 1..=jobs {
+                let msg = Msg::RegisterWorker {
+                    request_id: 1,
+                    node_id: 0,
+                    job_id: 0,
+                    address: format!("o{o}"),
+                    pid: o as u32,
+                    executable: "app".into(),
+                    args: Vec::new(),
+                    cwd: String::new(),
+                    shm_path: String::new(),
+                    host_id: String::new(),
+                };
+                w.gcs_event(gcs_tables::Event::Message(Link(o, Rc::default()), msg));
+            }
+            let sub = Msg::Subscribe { request_id: 0 };
+            w.gcs_event(gcs_tables::Event::Message(Link(RAYLET, Rc::default()), sub));
             if spmd {
                 // The ranks start with the job and report ready by themselves.
                 for job_id in 1..=jobs {
@@ -2203,6 +2321,33 @@ mod raylet {
                 }
             }
             w
+        }
+
+        /// Feeds the GCS `event`; sends its job events to the raylet.
+        fn gcs_event(&mut self, event: gcs_tables::Event<Link>) {
+            let now = self.t0 + Duration::from_millis(self.steps);
+            for out in self.gcs.handle(now, event) {
+                match out {
+                    gcs_tables::Out::Send(
+                        to,
+                        Msg::JobEvent {
+                            job_id,
+                            finished: true,
+                        },
+                    ) if to.0 == RAYLET => {
+                        self.net.send(GCS, RAYLET, RayletWire::JobEnded { job_id });
+                    }
+                    gcs_tables::Out::Send(to, Msg::Registered { job_id, .. }) if to.0 != job_id => {
+                        let what = format!("owner {} got job {job_id}", to.0);
+                        self.violation.get_or_insert(what);
+                    }
+                    gcs_tables::Out::Send(..) => {}
+                    other => {
+                        let what = format!("unexpected GCS output {other:?}");
+                        self.violation.get_or_insert(what);
+                    }
+                }
+            }
         }
 
         /// A new worker process of `job_id` (started, or a rank), booting.
@@ -2509,9 +2654,10 @@ mod raylet {
                         .map(|(o, _)| *o)
                         .collect();
                     if let Some(&o) = done.first() {
+                        // Its driver leaves: the GCS ends the job.
                         self.ended.insert(o);
-                        self.net
-                            .send(GCS, RAYLET, RayletWire::JobEnded { job_id: o });
+                        let closed = Link(o, Rc::new(Cell::new(true)));
+                        self.gcs_event(gcs_tables::Event::Closed(closed));
                         return Ok(true);
                     }
                 }

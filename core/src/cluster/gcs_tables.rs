@@ -1,0 +1,1573 @@
+//! The GCS's tables as a state machine without I/O: nodes (with their health), workers, jobs,
+//! the actor directory with its names, the key-value store, placement groups and the
+//! subscribers of node and job events. [`GcsTables::handle`] takes one [`Event`] (a message on
+//! a connection, a closed connection, a tick of the clock, the answer to a placement-group
+//! prepare, a timer that fired) with the time it happened and returns what to do ([`Out`]:
+//! messages to send, prepares to ask, timers to set). `gcs.rs` is the shell: it owns the
+//! sockets and the clock and feeds this. `sim.rs` drives the same type over its simulated
+//! network.
+//!
+//! # The protocol
+//!
+//! 1. **Nodes.** `RegisterNode` adds a node (a fresh id) and publishes `NodeEvent`. A node is
+//!    dead when its connection closes or no `Heartbeat` came for `node_timeout` (checked on
+//!    every [`Event::Tick`]): its workers and the actors on it are marked dead, the death is
+//!    published, and the node is sent `Stop` with [`DECLARED_DEAD`] (and again in answer to
+//!    any later heartbeat): a stalled raylet that wakes up leaves rather than runs on unseen.
+//! 2. **Workers and jobs.** `RegisterWorker` with job 0 is a driver: it starts a job (a fresh
+//!    id). A worker whose connection closes is forgotten (a lookup of an unknown index answers
+//!    "not alive"), its actors are marked dead, and a driver's close ends its job
+//!    (`JobEvent { finished }` to subscribers) and removes its placement groups that are not
+//!    detached.
+//! 3. **Actors.** `RegisterActor` records an actor (alive, restarting, or a death report); a
+//!    live actor's name is refused while another live actor holds it; a death report keeps
+//!    the name table as it is (the name may belong to a newer actor). `LookupActor` finds a
+//!    live actor by name or id. At most [`MAX_DEAD_ACTORS`] dead actors are kept.
+//! 4. **KV.** `KvPut` answers with the previous value, `KvGet` with the value.
+//! 5. **Placement groups** (`pg.rs` has the protocol): a create is checked and listed PENDING;
+//!    placing chooses nodes and emits [`Out::Prepare`] per node, whose answers come back as
+//!    [`Event::Prepared`]; all yes commits, any no rolls back and retries 1 s later
+//!    ([`Event::PgRetry`]).
+//! 6. **Listings** (`manta list tasks|objects`): every live worker is asked; the answer goes
+//!    when all answered or at [`Event::ListingDue`], [`LISTING_TIMEOUT`] later, partial.
+//!
+//! Every answer and notice is an [`Out::Send`] on the connection it is for, in the order the
+//! events came; the shell sends them in that order.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::execute::SEP;
+use super::pg;
+use super::proto::{ActorInfo, Msg, Node, ObjectRow, PgOp, PgRow, TaskRow};
+use super::worker_table::Conn;
+
+/// How a node learns that the GCS declared it dead: the reason of the `Stop` it is sent (at
+/// once, and again in answer to any later heartbeat), which makes its raylet stop its workers
+/// and exit with an error, releasing its store. A node declared dead never comes back under
+/// its id; restarted, it joins as a new node.
+pub(crate) const DECLARED_DEAD: &str = "declared dead by the GCS";
+
+/// Dead actors the GCS keeps for `manta list actors` (as Ray's bounded cache of destroyed
+/// actors); beyond that the oldest are forgotten.
+pub(crate) const MAX_DEAD_ACTORS: usize = 1000;
+
+/// How long the GCS waits for every worker's part of a listing.
+pub(crate) const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long after a failed placement attempt pending groups are tried again.
+pub(crate) const PG_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What happens to the GCS.
+#[derive(Debug)]
+pub(crate) enum Event<C> {
+    /// A message arrived on connection `C`.
+    Message(C, Msg),
+    /// Connection `C` closed.
+    Closed(C),
+    /// The clock moved (the shell ticks every second): silent nodes are declared dead.
+    Tick,
+    /// Node `node_id`'s answer to group `pg_id`'s prepare: `None` if it reserved, else why
+    /// not (a refusal, no answer in time, a closed connection).
+    Prepared {
+        pg_id: u64,
+        node_id: u64,
+        error: Option<String>,
+    },
+    /// Listing `id`'s time is up.
+    ListingDue { id: u64 },
+    /// Try pending placement groups again.
+    PgRetry,
+}
+
+/// What the shell must do.
+#[derive(Debug)]
+pub(crate) enum Out<C> {
+    /// Send `Msg` on connection `C`.
+    Send(C, Msg),
+    /// Ask the raylet on `C` (node `node_id`) to prepare `row` for group `pg_id`, and feed its
+    /// answer back as [`Event::Prepared`] (within [`pg::PREPARE_TIMEOUT`]).
+    Prepare {
+        to: C,
+        pg_id: u64,
+        node_id: u64,
+        row: PgRow,
+    },
+    /// Feed `Event` back after `Duration`.
+    Later(Duration, Event<C>),
+    /// `manta stop` asked the cluster to stop (every live node was sent `Stop`).
+    StopRequested,
+}
+
+struct NodeEntry<C> {
+    node: Node,
+    conn: C,
+    since: Instant,
+    last_heard: Instant,
+}
+
+struct WorkerEntry<C> {
+    node_id: u64,
+    job_id: u64,
+    address: String,
+    shm_path: String,
+    host_id: String,
+    alive: bool,
+    conn: C,
+    is_driver: bool,
+}
+
+/// A `manta list` answer being gathered.
+struct Listing<C> {
+    asker: C,
+    request_id: u64,
+    waiting: usize,
+    tasks: Vec<TaskRow>,
+    objects: Vec<ObjectRow>,
+}
+
+/// A two-phase placement attempt under way.
+struct Attempt<C> {
+    /// Each chosen node, its raylet's connection and its part of the group.
+    targets: Vec<(u64, C, PgRow)>,
+    /// Answers still to come.
+    waiting: usize,
+    /// The first refusal.
+    failure: Option<String>,
+}
+
+/// The GCS's tables and their protocol (module doc).
+pub(crate) struct GcsTables<C> {
+    nodes: Vec<NodeEntry<C>>,
+    workers: HashMap<u64, WorkerEntry<C>>,
+    jobs: HashMap<u64, bool>,
+    kv: HashMap<String, Vec<u8>>,
+    actors: HashMap<u64, ActorInfo>,
+    named: HashMap<String, u64>,
+    subscribers: Vec<C>,
+    listings: HashMap<u64, Listing<C>>,
+    attempts: HashMap<u64, Attempt<C>>,
+    next_listing: u64,
+    next_node: u64,
+    next_worker: u64,
+    next_job: u64,
+    pgs: pg::GcsGroups<C>,
+    /// A node silent for this long is declared dead.
+    node_timeout: Duration,
+}
+
+impl<C> std::fmt::Debug for GcsTables<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsTables")
+            .field("nodes", &self.nodes.len())
+            .field("workers", &self.workers.len())
+            .field("actors", &self.actors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outputs of one event, gathered while it is handled.
+type Outs<C> = Vec<Out<C>>;
+
+impl<C: Conn> GcsTables<C> {
+    pub(crate) fn new(node_timeout: Duration) -> GcsTables<C> {
+        GcsTables {
+            nodes: Vec::new(),
+            workers: HashMap::new(),
+            jobs: HashMap::new(),
+            kv: HashMap::new(),
+            actors: HashMap::new(),
+            named: HashMap::new(),
+            subscribers: Vec::new(),
+            listings: HashMap::new(),
+            attempts: HashMap::new(),
+            next_listing: 1,
+            next_node: 1,
+            next_worker: 1,
+            next_job: 1,
+            pgs: pg::GcsGroups::default(),
+            node_timeout,
+        }
+    }
+
+    /// Handles one event that happened at `now`; returns what to do, in order.
+    pub(crate) fn handle(&mut self, now: Instant, event: Event<C>) -> Vec<Out<C>> {
+        let mut out = Vec::new();
+        match event {
+            Event::Message(from, msg) => self.message(now, &from, msg, &mut out),
+            Event::Closed(conn) => self.closed(now, &conn, &mut out),
+            Event::Tick => self.check_health(now, &mut out),
+            Event::Prepared {
+                pg_id,
+                node_id,
+                error,
+            } => self.prepared(pg_id, node_id, error, &mut out),
+            Event::ListingDue { id } => self.finish_listing(id, true, &mut out),
+            Event::PgRetry => {
+                self.pgs.retry_scheduled = false;
+                self.pg_try_place(&mut out);
+            }
+        }
+        if self.pgs.retry_scheduled && !matches!(out.last(), Some(Out::StopRequested)) {
+            // A node joined, a group went or a driver left: try pending groups now.
+            self.pgs.retry_scheduled = false;
+            self.pg_try_place(&mut out);
+        }
+        out
+    }
+
+    /// `Stop` for every live node (the head stopping).
+    pub(crate) fn stop_all(&self, reason: &str) -> Vec<Out<C>> {
+        let mut out = Vec::new();
+        self.stop_nodes(reason, &mut out);
+        out
+    }
+
+    /// Whether node `node_id` is listed alive.
+    #[cfg(test)]
+    pub(crate) fn node_alive(&self, node_id: u64) -> Option<bool> {
+        self.nodes
+            .iter()
+            .find(|e| e.node.node_id == node_id)
+            .map(|e| e.node.alive)
+    }
+
+    /// The number of workers in the table, of jobs running, and of actors kept.
+    #[cfg(test)]
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.workers.len(),
+            self.jobs.values().filter(|r| **r).count(),
+            self.actors.len(),
+        )
+    }
+
+    fn node_view(e: &NodeEntry<C>, now: Instant) -> Node {
+        let mut n = e.node.clone();
+        n.age_s = now.saturating_duration_since(e.since).as_secs_f64();
+        n
+    }
+
+    fn publish(&mut self, msg: &Msg, out: &mut Outs<C>) {
+        self.subscribers.retain(|p| !p.is_closed());
+        for p in &self.subscribers {
+            out.push(Out::Send(p.clone(), msg.clone()));
+        }
+    }
+
+    fn node_dead(&mut self, i: usize, why: &str, now: Instant, out: &mut Outs<C>) {
+        let e = &mut self.nodes[i];
+        if !e.node.alive {
+            return;
+        }
+        e.node.alive = false;
+        e.node.death = why.to_owned();
+        tracing::warn!(node = e.node.node_id, address = %e.node.address, why, "node dead");
+        let node = Self::node_view(e, now);
+        let conn = e.conn.clone();
+        let node_id = node.node_id;
+        for w in self.workers.values_mut() {
+            if w.node_id == node_id {
+                w.alive = false;
+            }
+        }
+        for a in self.actors.values_mut() {
+            if a.node_id == node_id && a.alive {
+                a.alive = false;
+                a.death = format!("its node {node_id} died ({why})");
+            }
+        }
+        // A node merely silent may still run: tell it (it reads this when it wakes up).
+        out.push(Out::Send(
+            conn,
+            Msg::Stop {
+                reason: format!("{DECLARED_DEAD} ({why})"),
+            },
+        ));
+        self.publish(&Msg::NodeEvent { node }, out);
+    }
+
+    fn check_health(&mut self, now: Instant, out: &mut Outs<C>) {
+        let silent: Vec<usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.node.alive && now.saturating_duration_since(e.last_heard) > self.node_timeout
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in silent {
+            self.node_dead(i, "no heartbeat", now, out);
+        }
+    }
+
+    fn message(&mut self, now: Instant, peer: &C, msg: Msg, out: &mut Outs<C>) {
+        let reply = |out: &mut Outs<C>, m: Msg| out.push(Out::Send(peer.clone(), m));
+        match msg {
+            Msg::RegisterNode {
+                request_id,
+                mut node,
+            } => {
+                let id = self.next_node;
+                self.next_node += 1;
+                node.node_id = id;
+                node.alive = true;
+                tracing::info!(node = id, address = %node.address, "node joined");
+                self.nodes.push(NodeEntry {
+                    node: node.clone(),
+                    conn: peer.clone(),
+                    since: now,
+                    last_heard: now,
+                });
+                reply(
+                    out,
+                    Msg::Registered {
+                        request_id,
+                        id,
+                        job_id: 0,
+                        error: String::new(),
+                    },
+                );
+                self.publish(&Msg::NodeEvent { node }, out);
+                self.pgs.retry_scheduled = true;
+            }
+            Msg::Heartbeat {
+                node_id,
+                resources,
+                store_used,
+                store_pages,
+            } => {
+                let Some(e) = self.nodes.iter_mut().find(|e| e.node.node_id == node_id) else {
+                    return;
+                };
+                if !e.node.alive {
+                    // Declared dead: it must leave, not come back under this id.
+                    let reason = format!("{DECLARED_DEAD} ({})", e.node.death);
+                    reply(out, Msg::Stop { reason });
+                    return;
+                }
+                e.last_heard = now;
+                // A removed group's resources leave the node's row.
+                e.node.resources.retain(|m| {
+                    !m.name.contains("_group_") || resources.iter().any(|r| r.name == m.name)
+                });
+                for r in resources {
+                    match e.node.resources.iter_mut().find(|m| m.name == r.name) {
+                        Some(mine) => {
+                            mine.available = r.available;
+                            mine.total = r.total;
+                        }
+                        None => e.node.resources.push(r),
+                    }
+                }
+                e.node.store_used = store_used;
+                if !store_pages.is_empty() {
+                    e.node.store_pages = store_pages;
+                }
+            }
+            Msg::RegisterWorker {
+                request_id,
+                node_id,
+                job_id,
+                address,
+                executable,
+                pid,
+                shm_path,
+                host_id,
+                ..
+            } => {
+                let index = self.next_worker;
+                self.next_worker += 1;
+                let is_driver = job_id == 0;
+                let job_id = if is_driver {
+                    let j = self.next_job;
+                    self.next_job += 1;
+                    self.jobs.insert(j, true);
+                    tracing::info!(job = j, %executable, pid, "job started");
+                    j
+                } else {
+                    job_id
+                };
+                self.workers.insert(
+                    index,
+                    WorkerEntry {
+                        node_id,
+                        job_id,
+                        address,
+                        shm_path,
+                        host_id,
+                        alive: true,
+                        conn: peer.clone(),
+                        is_driver,
+                    },
+                );
+                reply(
+                    out,
+                    Msg::Registered {
+                        request_id,
+                        id: index,
+                        job_id,
+                        error: String::new(),
+                    },
+                );
+            }
+            Msg::GetNodes { request_id } => {
+                let mut nodes: Vec<Node> =
+                    self.nodes.iter().map(|e| Self::node_view(e, now)).collect();
+                for n in &mut nodes {
+                    n.workers = self
+                        .workers
+                        .values()
+                        .filter(|w| {
+                            w.node_id == n.node_id && w.alive && !w.is_driver && !w.conn.is_closed()
+                        })
+                        .count() as u32;
+                }
+                reply(out, Msg::Nodes { request_id, nodes });
+            }
+            Msg::GetWorker { request_id, index } => {
+                let m = match self.workers.get(&index) {
+                    Some(w) => Msg::WorkerInfo {
+                        request_id,
+                        index,
+                        node_id: w.node_id,
+                        job_id: w.job_id,
+                        address: w.address.clone(),
+                        alive: w.alive,
+                        shm_path: w.shm_path.clone(),
+                        host_id: w.host_id.clone(),
+                    },
+                    None => Msg::WorkerInfo {
+                        request_id,
+                        index,
+                        node_id: 0,
+                        job_id: 0,
+                        address: String::new(),
+                        alive: false,
+                        shm_path: String::new(),
+                        host_id: String::new(),
+                    },
+                };
+                reply(out, m);
+            }
+            Msg::KvPut {
+                request_id,
+                key,
+                value,
+            } => {
+                let old = self.kv.insert(key, value);
+                reply(
+                    out,
+                    Msg::KvValue {
+                        request_id,
+                        found: old.is_some(),
+                        value: old.unwrap_or_default(),
+                    },
+                );
+            }
+            Msg::KvGet { request_id, key } => {
+                let v = self.kv.get(&key).cloned();
+                reply(
+                    out,
+                    Msg::KvValue {
+                        request_id,
+                        found: v.is_some(),
+                        value: v.unwrap_or_default(),
+                    },
+                );
+            }
+            Msg::RegisterActor { request_id, actor } => {
+                let m = self.register_actor(request_id, actor);
+                reply(out, m);
+            }
+            Msg::LookupActor {
+                request_id,
+                name,
+                actor_id,
+            } => {
+                let id = if name.is_empty() {
+                    Some(actor_id)
+                } else {
+                    self.named.get(&name).copied()
+                };
+                let found = id
+                    .and_then(|id| self.actors.get(&id))
+                    .filter(|a| a.alive)
+                    .cloned();
+                reply(
+                    out,
+                    Msg::ActorReply {
+                        request_id,
+                        found: found.is_some(),
+                        actor: found.unwrap_or_default(),
+                        error: String::new(),
+                    },
+                );
+            }
+            Msg::ListActors { request_id } => {
+                let mut actors: Vec<ActorInfo> = self.actors.values().cloned().collect();
+                actors.sort_by_key(|a| a.actor_id);
+                reply(out, Msg::Actors { request_id, actors });
+            }
+            Msg::Subscribe { .. } => self.subscribers.push(peer.clone()),
+            Msg::Stop { reason } => {
+                tracing::info!(%reason, "cluster stop requested");
+                self.stop_nodes(&reason, out);
+                out.push(Out::StopRequested);
+            }
+            Msg::ListWork { request_id } => self.start_listing(peer, request_id, out),
+            Msg::Work {
+                request_id,
+                tasks,
+                objects,
+                ..
+            } => self.listing_part(request_id, tasks, objects, out),
+            Msg::Pg {
+                op,
+                request_id,
+                group,
+                ..
+            } => self.pg_message(peer, op, request_id, group, out),
+            other => {
+                tracing::warn!(
+                    message = other.name(),
+                    "unexpected message for the GCS: ignored"
+                );
+            }
+        }
+    }
+
+    fn register_actor(&mut self, request_id: u64, actor: ActorInfo) -> Msg {
+        let taken = actor.alive
+            && !actor.name.is_empty()
+            && self
+                .named
+                .get(&actor.name)
+                .and_then(|id| self.actors.get(id))
+                .is_some_and(|a| a.alive && a.actor_id != actor.actor_id);
+        if taken {
+            return Msg::ActorReply {
+                request_id,
+                found: false,
+                actor: ActorInfo::default(),
+                error: format!("the name {:?} is taken", actor.name),
+            };
+        }
+        // A death report (alive: false) leaves the name table alone: the name may already
+        // belong to a newer actor. A killer may not know the name or node (a handle looked up
+        // by name): the directory keeps what it had.
+        let mut actor = actor;
+        if !actor.alive
+            && let Some(known) = self.actors.get(&actor.actor_id)
+        {
+            if actor.name.is_empty() {
+                actor.name = known.name.clone();
+            }
+            if actor.node_id == 0 {
+                actor.node_id = known.node_id;
+            }
+        }
+        if !actor.name.is_empty() && actor.alive {
+            self.named.insert(actor.name.clone(), actor.actor_id);
+        }
+        self.actors.insert(actor.actor_id, actor.clone());
+        Msg::ActorReply {
+            request_id,
+            found: true,
+            actor,
+            error: String::new(),
+        }
+    }
+
+    /// Asks every live worker for its part of a listing; answers when all did, or at
+    /// [`Event::ListingDue`] with what came (marked partial).
+    fn start_listing(&mut self, asker: &C, request_id: u64, out: &mut Outs<C>) {
+        let id = self.next_listing;
+        self.next_listing += 1;
+        let workers: Vec<C> = self
+            .workers
+            .values()
+            .filter(|w| w.alive && !w.conn.is_closed())
+            .map(|w| w.conn.clone())
+            .collect();
+        if workers.is_empty() {
+            out.push(Out::Send(
+                asker.clone(),
+                Msg::Work {
+                    request_id,
+                    tasks: Vec::new(),
+                    objects: Vec::new(),
+                    partial: false,
+                },
+            ));
+            return;
+        }
+        self.listings.insert(
+            id,
+            Listing {
+                asker: asker.clone(),
+                request_id,
+                waiting: workers.len(),
+                tasks: Vec::new(),
+                objects: Vec::new(),
+            },
+        );
+        for w in workers {
+            out.push(Out::Send(w, Msg::ListWork { request_id: id }));
+        }
+        out.push(Out::Later(LISTING_TIMEOUT, Event::ListingDue { id }));
+    }
+
+    fn listing_part(
+        &mut self,
+        id: u64,
+        tasks: Vec<TaskRow>,
+        objects: Vec<ObjectRow>,
+        out: &mut Outs<C>,
+    ) {
+        let Some(l) = self.listings.get_mut(&id) else {
+            return;
+        };
+        l.tasks.extend(tasks);
+        l.objects.extend(objects);
+        l.waiting = l.waiting.saturating_sub(1);
+        if l.waiting == 0 {
+            self.finish_listing(id, false, out);
+        }
+    }
+
+    fn finish_listing(&mut self, id: u64, partial: bool, out: &mut Outs<C>) {
+        let Some(mut l) = self.listings.remove(&id) else {
+            return;
+        };
+        l.tasks.sort_by_key(|t| t.task_id);
+        l.objects.sort_by_key(|o| o.object_id);
+        out.push(Out::Send(
+            l.asker,
+            Msg::Work {
+                request_id: l.request_id,
+                tasks: l.tasks,
+                objects: l.objects,
+                partial,
+            },
+        ));
+    }
+
+    fn stop_nodes(&self, reason: &str, out: &mut Outs<C>) {
+        for e in self.nodes.iter().filter(|e| e.node.alive) {
+            out.push(Out::Send(
+                e.conn.clone(),
+                Msg::Stop {
+                    reason: reason.to_owned(),
+                },
+            ));
+        }
+    }
+
+    fn closed(&mut self, now: Instant, peer: &C, out: &mut Outs<C>) {
+        if let Some(i) = self.nodes.iter().position(|e| e.conn.same(peer)) {
+            self.node_dead(i, "its connection closed", now, out);
+        }
+        let gone: Vec<(u64, u64, bool)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.conn.same(peer))
+            .map(|(i, w)| (*i, w.job_id, w.is_driver))
+            .collect();
+        for (index, job, driver) in gone {
+            // Forgotten, not kept as dead: the entry held the closed connection (its buffers),
+            // ≈ 19 KB per finished job. `GetWorker` of an unknown index answers "not alive".
+            self.workers.remove(&index);
+            for a in self.actors.values_mut() {
+                if a.worker == index && a.alive {
+                    a.alive = false;
+                    a.death = format!("its worker process {index} exited");
+                }
+            }
+            if driver && self.jobs.insert(job, false) == Some(true) {
+                tracing::info!(job, "job finished (driver left)");
+                self.publish(
+                    &Msg::JobEvent {
+                        job_id: job,
+                        finished: true,
+                    },
+                    out,
+                );
+            }
+        }
+        self.subscribers.retain(|p| !p.same(peer));
+        self.forget_dead_actors();
+        // A group's lifetime follows its creator's unless detached.
+        let orphans: Vec<u64> = self
+            .pgs
+            .groups
+            .values()
+            .filter(|g| !g.row.detached && g.owner.same(peer))
+            .map(|g| g.row.pg_id)
+            .collect();
+        for id in &orphans {
+            tracing::info!(pg = id, "placement group removed with its creator");
+            self.pg_remove(*id, out);
+        }
+        if !orphans.is_empty() {
+            self.pgs.retry_scheduled = true;
+        }
+    }
+
+    /// Keeps at most [`MAX_DEAD_ACTORS`] dead actors (the oldest are forgotten first, with
+    /// their names), so the table does not grow with every finished job.
+    fn forget_dead_actors(&mut self) {
+        let mut dead: Vec<u64> = self
+            .actors
+            .values()
+            .filter(|a| !a.alive)
+            .map(|a| a.actor_id)
+            .collect();
+        if dead.len() <= MAX_DEAD_ACTORS {
+            return;
+        }
+        dead.sort_unstable();
+        for id in &dead[..dead.len() - MAX_DEAD_ACTORS] {
+            if let Some(a) = self.actors.remove(id)
+                && self.named.get(&a.name) == Some(id)
+            {
+                self.named.remove(&a.name);
+            }
+        }
+    }
+
+    // ----- placement groups ----------------------------------------------------------------
+
+    /// A placement-group message (see `pg.rs` for the protocol).
+    fn pg_message(&mut self, peer: &C, op: PgOp, request_id: u64, group: PgRow, out: &mut Outs<C>) {
+        match op {
+            PgOp::Create => {
+                let reply = |state: u8, error: String| {
+                    pg::msg(
+                        PgOp::Reply,
+                        request_id,
+                        PgRow {
+                            state,
+                            ..group.clone()
+                        },
+                        error,
+                    )
+                };
+                if !group.name.is_empty() && self.pgs.names.contains_key(&group.name) {
+                    let why = format!(
+                        "name: a placement group named {:?} exists already",
+                        group.name
+                    );
+                    out.push(Out::Send(peer.clone(), reply(pg::REMOVED, why)));
+                    return;
+                }
+                let rooms = self.rooms();
+                if let pg::Choice::Infeasible(i) =
+                    pg::choose(&rooms, &bundle_needs(&group), group.strategy)
+                {
+                    let totals: Vec<String> = rooms
+                        .iter()
+                        .map(|r| format!("node {}: {:?}", r.node_id, r.totals))
+                        .collect();
+                    let why = format!("infeasible: bundle {i}{SEP}{}", totals.join("; "));
+                    out.push(Out::Send(peer.clone(), reply(pg::REMOVED, why)));
+                    return;
+                }
+                let mut row = group.clone();
+                row.state = pg::PENDING;
+                if !row.name.is_empty() {
+                    self.pgs.names.insert(row.name.clone(), row.pg_id);
+                }
+                self.pgs.groups.insert(
+                    row.pg_id,
+                    pg::GcsGroup {
+                        row: row.clone(),
+                        owner: peer.clone(),
+                        placing: false,
+                    },
+                );
+                out.push(Out::Send(peer.clone(), reply(pg::PENDING, String::new())));
+                self.pg_try_place(out);
+            }
+            PgOp::Remove => {
+                let state = if self.pg_remove(group.pg_id, out) {
+                    pg::REMOVED
+                } else {
+                    pg::PENDING
+                };
+                out.push(Out::Send(
+                    peer.clone(),
+                    pg::msg(PgOp::Reply, request_id, PgRow { state, ..group }, ""),
+                ));
+                self.pg_try_place(out);
+            }
+            PgOp::List => {
+                let rows = self.pgs.rows();
+                out.push(Out::Send(
+                    peer.clone(),
+                    Msg::Pg {
+                        op: PgOp::Groups,
+                        request_id,
+                        group: PgRow::default(),
+                        error: String::new(),
+                        groups: rows,
+                    },
+                ));
+            }
+            other => {
+                tracing::warn!(
+                    ?other,
+                    "unexpected placement-group message at the GCS: ignored"
+                );
+            }
+        }
+    }
+
+    /// Every live node's room for groups: totals (of its own resources) and what groups
+    /// leave free.
+    fn rooms(&self) -> Vec<pg::NodeRoom> {
+        self.nodes
+            .iter()
+            .filter(|e| e.node.alive)
+            .map(|e| {
+                let totals: Vec<(String, f64)> = e
+                    .node
+                    .resources
+                    .iter()
+                    .filter(|r| !r.name.contains("_group_") && r.name != "object_store_memory")
+                    .map(|r| (r.name.clone(), r.total))
+                    .collect();
+                let mut free = totals.clone();
+                if let Some(reserved) = self.pgs.reserved.get(&e.node.node_id) {
+                    for (name, amount) in reserved {
+                        if let Some(f) = free.iter_mut().find(|(n, _)| n == name) {
+                            f.1 -= amount;
+                        }
+                    }
+                }
+                pg::NodeRoom {
+                    node_id: e.node.node_id,
+                    totals,
+                    free,
+                }
+            })
+            .collect()
+    }
+
+    /// Removes a group: cancels its reservations at the raylets. Returns whether it existed.
+    fn pg_remove(&mut self, pg_id: u64, out: &mut Outs<C>) -> bool {
+        let Some(g) = self.pgs.groups.remove(&pg_id) else {
+            return false;
+        };
+        if self.pgs.names.get(&g.row.name) == Some(&pg_id) {
+            self.pgs.names.remove(&g.row.name);
+        }
+        if g.placing || g.row.state == pg::CREATED {
+            self.pgs.account(&g.row, -1.0);
+            self.pg_cancel_at_raylets(&g.row, out);
+        }
+        let mut row = g.row;
+        row.state = pg::REMOVED;
+        self.pgs.removed.push_back(row);
+        if self.pgs.removed.len() > pg::KEPT_REMOVED {
+            self.pgs.removed.pop_front();
+        }
+        true
+    }
+
+    fn pg_cancel_at_raylets(&self, row: &PgRow, out: &mut Outs<C>) {
+        let mut nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        for node_id in nodes {
+            if let Some(e) = self.nodes.iter().find(|e| e.node.node_id == node_id) {
+                out.push(Out::Send(
+                    e.conn.clone(),
+                    pg::msg(PgOp::Cancel, 0, pg::row_on(row, node_id), ""),
+                ));
+            }
+        }
+    }
+
+    /// Tries to place every pending group not being placed: chooses nodes, then starts the
+    /// two-phase reservation for each group that has them.
+    fn pg_try_place(&mut self, out: &mut Outs<C>) {
+        let mut ids: Vec<u64> = self
+            .pgs
+            .groups
+            .values()
+            .filter(|g| g.row.state == pg::PENDING && !g.placing)
+            .map(|g| g.row.pg_id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            let rooms = self.rooms();
+            let Some(g) = self.pgs.groups.get(&id) else {
+                continue;
+            };
+            let pg::Choice::Nodes(nodes) =
+                pg::choose(&rooms, &bundle_needs(&g.row), g.row.strategy)
+            else {
+                continue;
+            };
+            let mut row = g.row.clone();
+            for (b, n) in row.bundles.iter_mut().zip(&nodes) {
+                b.node_id = *n;
+            }
+            self.pgs.account(&row, 1.0);
+            if let Some(g) = self.pgs.groups.get_mut(&id) {
+                g.row = row.clone();
+                g.placing = true;
+            }
+            let mut distinct = nodes.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let mut targets = Vec::new();
+            for node_id in distinct {
+                if let Some(e) = self.nodes.iter().find(|e| e.node.node_id == node_id) {
+                    targets.push((node_id, e.conn.clone(), pg::row_on(&row, node_id)));
+                }
+            }
+            for (node_id, conn, part) in &targets {
+                out.push(Out::Prepare {
+                    to: conn.clone(),
+                    pg_id: id,
+                    node_id: *node_id,
+                    row: part.clone(),
+                });
+            }
+            let waiting = targets.len();
+            self.attempts.insert(
+                id,
+                Attempt {
+                    targets,
+                    waiting,
+                    failure: None,
+                },
+            );
+            if waiting == 0 {
+                self.attempt_done(id, out);
+            }
+        }
+    }
+
+    /// One raylet's answer to a prepare.
+    fn prepared(&mut self, pg_id: u64, node_id: u64, error: Option<String>, out: &mut Outs<C>) {
+        let Some(a) = self.attempts.get_mut(&pg_id) else {
+            return;
+        };
+        if let Some(why) = error {
+            a.failure.get_or_insert(format!("node {node_id}: {why}"));
+        }
+        a.waiting = a.waiting.saturating_sub(1);
+        if a.waiting == 0 {
+            self.attempt_done(pg_id, out);
+        }
+    }
+
+    /// Every chosen raylet answered: commit everywhere, or roll back everywhere.
+    fn attempt_done(&mut self, pg_id: u64, out: &mut Outs<C>) {
+        let Some(attempt) = self.attempts.remove(&pg_id) else {
+            return;
+        };
+        let cancel_all = |out: &mut Outs<C>| {
+            for (_, conn, part) in &attempt.targets {
+                out.push(Out::Send(
+                    conn.clone(),
+                    pg::msg(PgOp::Cancel, 0, part.clone(), ""),
+                ));
+            }
+        };
+        let Some(g) = self.pgs.groups.get_mut(&pg_id) else {
+            // Removed meanwhile (its reservations were taken off then): roll back.
+            cancel_all(out);
+            return;
+        };
+        g.placing = false;
+        match attempt.failure {
+            None => {
+                g.row.state = pg::CREATED;
+                let row = g.row.clone();
+                let owner = g.owner.clone();
+                for (_, conn, part) in &attempt.targets {
+                    out.push(Out::Send(
+                        conn.clone(),
+                        pg::msg(PgOp::Commit, 0, part.clone(), ""),
+                    ));
+                }
+                tracing::info!(pg = pg_id, "placement group created");
+                out.push(Out::Send(owner, pg::msg(PgOp::Reply, 0, row, "")));
+            }
+            Some(why) => {
+                tracing::info!(pg = pg_id, %why, "placement group reservation rolled back");
+                let row = g.row.clone();
+                for b in &mut g.row.bundles {
+                    b.node_id = 0;
+                }
+                self.pgs.account(&row, -1.0);
+                cancel_all(out);
+                out.push(Out::Later(PG_RETRY_AFTER, Event::PgRetry));
+            }
+        }
+    }
+}
+
+/// A group's bundles as `(resource, amount)` lists, as `pg::choose` takes them.
+fn bundle_needs(group: &PgRow) -> Vec<Vec<(String, f64)>> {
+    group
+        .bundles
+        .iter()
+        .map(|b| {
+            b.resources
+                .iter()
+                .map(|r| (r.name.clone(), r.total))
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::proto::{PgBundle, Resource};
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A connection: its number and whether it closed.
+    #[derive(Clone, Debug)]
+    struct C(u64, Rc<Cell<bool>>);
+
+    impl Conn for C {
+        fn same(&self, other: &Self) -> bool {
+            self.0 == other.0
+        }
+        fn is_closed(&self) -> bool {
+            self.1.get()
+        }
+    }
+
+    struct T {
+        gcs: GcsTables<C>,
+        t0: Instant,
+        now: Duration,
+        conns: HashMap<u64, C>,
+    }
+
+    impl T {
+        fn new() -> T {
+            T {
+                gcs: GcsTables::new(Duration::from_secs(10)),
+                t0: Instant::now(),
+                now: Duration::ZERO,
+                conns: HashMap::new(),
+            }
+        }
+        fn conn(&mut self, n: u64) -> C {
+            self.conns
+                .entry(n)
+                .or_insert_with(|| C(n, Rc::new(Cell::new(false))))
+                .clone()
+        }
+        fn at(&self) -> Instant {
+            self.t0 + self.now
+        }
+        fn send(&mut self, from: u64, msg: Msg) -> Vec<Out<C>> {
+            let c = self.conn(from);
+            let at = self.at();
+            self.gcs.handle(at, Event::Message(c, msg))
+        }
+        fn close(&mut self, n: u64) -> Vec<Out<C>> {
+            let c = self.conn(n);
+            c.1.set(true);
+            let at = self.at();
+            self.gcs.handle(at, Event::Closed(c))
+        }
+        fn tick(&mut self, after: Duration) -> Vec<Out<C>> {
+            self.now += after;
+            let at = self.at();
+            self.gcs.handle(at, Event::Tick)
+        }
+        /// Registers node connection `n` with `cpus` CPUs and subscribes it; its id.
+        fn node(&mut self, n: u64, cpus: f64) -> u64 {
+            let out = self.send(
+                n,
+                Msg::RegisterNode {
+                    request_id: 1,
+                    node: Node {
+                        address: format!("10.0.0.{n}:1"),
+                        resources: vec![Resource {
+                            name: "CPU".into(),
+                            total: cpus,
+                            available: cpus,
+                        }],
+                        ..Node::default()
+                    },
+                },
+            );
+            self.send(n, Msg::Subscribe { request_id: 0 });
+            match &out[0] {
+                Out::Send(to, Msg::Registered { id, .. }) if to.0 == n => *id,
+                other => panic!("no registration: {other:?}"),
+            }
+        }
+        /// Registers worker connection `n` (a driver with job 0); its (index, job).
+        fn worker(&mut self, n: u64, node_id: u64, job_id: u64) -> (u64, u64) {
+            let out = self.send(
+                n,
+                Msg::RegisterWorker {
+                    request_id: 1,
+                    node_id,
+                    job_id,
+                    address: format!("w{n}"),
+                    pid: 1,
+                    executable: "app".into(),
+                    args: Vec::new(),
+                    cwd: String::new(),
+                    shm_path: String::new(),
+                    host_id: String::new(),
+                },
+            );
+            match &out[..] {
+                [Out::Send(_, Msg::Registered { id, job_id, .. })] => (*id, *job_id),
+                other => panic!("no registration: {other:?}"),
+            }
+        }
+        fn actor(&mut self, from: u64, actor: ActorInfo) -> Msg {
+            match self
+                .send(
+                    from,
+                    Msg::RegisterActor {
+                        request_id: 7,
+                        actor,
+                    },
+                )
+                .pop()
+            {
+                Some(Out::Send(_, m)) => m,
+                other => panic!("no answer: {other:?}"),
+            }
+        }
+        fn lookup(&mut self, name: &str) -> Option<ActorInfo> {
+            let m = self.send(
+                9,
+                Msg::LookupActor {
+                    request_id: 3,
+                    name: name.into(),
+                    actor_id: 0,
+                },
+            );
+            match m.into_iter().next() {
+                Some(Out::Send(_, Msg::ActorReply { found, actor, .. })) => found.then_some(actor),
+                other => panic!("no answer: {other:?}"),
+            }
+        }
+    }
+
+    /// The messages sent to connection `n`.
+    fn to(out: &[Out<C>], n: u64) -> Vec<&Msg> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Send(c, m) if c.0 == n => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn named(name: &str, id: u64, worker: u64, node_id: u64) -> ActorInfo {
+        ActorInfo {
+            actor_id: id,
+            name: name.into(),
+            class_name: "A".into(),
+            worker,
+            node_id,
+            alive: true,
+            ..ActorInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_node_whose_connection_closes_is_declared_dead_to_every_subscriber() {
+        let mut t = T::new();
+        let a = t.node(1, 2.0);
+        let b = t.node(2, 2.0);
+        assert_eq!((a, b), (1, 2));
+        let (w, _) = t.worker(3, b, 1);
+        t.actor(3, named("x", 100, w, b));
+        let out = t.close(2);
+        // Node 1 hears that node 2 died; node 2's own connection is closed (its `Stop` is
+        // sent anyway, harmless).
+        let notices = to(&out, 1);
+        assert!(
+            matches!(notices[..], [Msg::NodeEvent { node }] if node.node_id == b && !node.alive && node.death == "its connection closed"),
+            "{notices:?}"
+        );
+        assert_eq!(t.gcs.node_alive(b), Some(false));
+        assert_eq!(t.gcs.node_alive(a), Some(true));
+        // Its worker is not alive, its actor is gone from lookups.
+        let info = t.send(
+            9,
+            Msg::GetWorker {
+                request_id: 1,
+                index: w,
+            },
+        );
+        assert!(matches!(
+            to(&info, 9)[..],
+            [Msg::WorkerInfo { alive: false, .. }]
+        ));
+        assert_eq!(t.lookup("x"), None);
+    }
+
+    #[test]
+    fn a_silent_node_is_declared_dead_and_told_again_when_it_wakes_up() {
+        let mut t = T::new();
+        let a = t.node(1, 2.0);
+        let b = t.node(2, 2.0);
+        t.tick(Duration::from_secs(6));
+        let hb = |id| Msg::Heartbeat {
+            node_id: id,
+            resources: Vec::new(),
+            store_used: 0,
+            store_pages: String::new(),
+        };
+        assert!(t.send(1, hb(a)).is_empty());
+        let out = t.tick(Duration::from_secs(6));
+        // Node 2 was silent for 12 s: dead, told so, and node 1 hears it.
+        assert_eq!(t.gcs.node_alive(b), Some(false));
+        assert_eq!(t.gcs.node_alive(a), Some(true));
+        assert!(
+            matches!(to(&out, 2)[..], [Msg::Stop { reason }, ..] if reason.starts_with(DECLARED_DEAD)),
+            "{out:?}"
+        );
+        assert!(matches!(to(&out, 1)[..], [Msg::NodeEvent { node }] if !node.alive));
+        // It wakes up: its heartbeat is answered with `Stop`, and it stays dead.
+        let out = t.send(2, hb(b));
+        assert!(
+            matches!(to(&out, 2)[..], [Msg::Stop { reason }] if reason.contains("no heartbeat"))
+        );
+        assert_eq!(t.gcs.node_alive(b), Some(false));
+        // No second death notice.
+        t.send(1, hb(a));
+        assert!(to(&t.tick(Duration::from_secs(5)), 1).is_empty());
+    }
+
+    #[test]
+    fn a_job_ends_when_its_driver_leaves_and_its_workers_are_forgotten() {
+        let mut t = T::new();
+        let n = t.node(1, 2.0);
+        let (driver, job) = t.worker(5, 0, 0);
+        let (other_driver, job2) = t.worker(6, 0, 0);
+        assert_eq!((job, job2), (1, 2));
+        assert_ne!(driver, other_driver);
+        let (w, wjob) = t.worker(7, n, job);
+        assert_eq!(wjob, job);
+        t.actor(7, named("", 200, w, n));
+        assert_eq!(t.gcs.sizes(), (3, 2, 1));
+        let out = t.close(5);
+        assert!(
+            matches!(to(&out, 1)[..], [Msg::JobEvent { job_id, finished: true }] if *job_id == job),
+            "{out:?}"
+        );
+        // The job's worker exits: forgotten, its actor listed dead with the reason.
+        t.close(7);
+        assert_eq!(t.gcs.sizes(), (1, 1, 1));
+        let listed = t.send(9, Msg::ListActors { request_id: 1 });
+        assert!(
+            matches!(to(&listed, 9)[..], [Msg::Actors { actors, .. }] if !actors[0].alive && actors[0].death.contains("exited")),
+            "{listed:?}"
+        );
+        // A worker closing ends no job; the second driver's job runs on.
+        assert!(to(&t.close(7), 1).is_empty());
+        assert_eq!(t.gcs.sizes().1, 1);
+    }
+
+    #[test]
+    fn a_named_actor_holds_its_name_until_it_dies_then_the_name_is_free() {
+        let mut t = T::new();
+        let n = t.node(1, 2.0);
+        assert!(matches!(
+            t.actor(3, named("svc", 10, 4, n)),
+            Msg::ActorReply { found: true, .. }
+        ));
+        assert_eq!(t.lookup("svc").map(|a| a.actor_id), Some(10));
+        // Taken while the first lives.
+        assert!(matches!(
+            t.actor(3, named("svc", 11, 4, n)),
+            Msg::ActorReply { found: false, error, .. } if error.contains("taken")
+        ));
+        // Re-registering itself (a restart) is fine.
+        let mut again = named("svc", 10, 5, n);
+        again.num_restarts = 1;
+        assert!(matches!(
+            t.actor(3, again),
+            Msg::ActorReply { found: true, .. }
+        ));
+        // A death report that does not know the name keeps it, and the actor is not found.
+        let death = ActorInfo {
+            actor_id: 10,
+            alive: false,
+            death: "killed".into(),
+            ..ActorInfo::default()
+        };
+        assert!(
+            matches!(t.actor(3, death), Msg::ActorReply { actor, .. } if actor.name == "svc" && actor.node_id == n)
+        );
+        assert_eq!(t.lookup("svc"), None);
+        // The name is free for a new actor; a late death report of the old one leaves it.
+        assert!(matches!(
+            t.actor(3, named("svc", 12, 4, n)),
+            Msg::ActorReply { found: true, .. }
+        ));
+        let late = ActorInfo {
+            actor_id: 10,
+            alive: false,
+            ..ActorInfo::default()
+        };
+        t.actor(3, late);
+        assert_eq!(t.lookup("svc").map(|a| a.actor_id), Some(12));
+    }
+
+    #[test]
+    fn dead_actors_beyond_the_bound_are_forgotten_with_their_names() {
+        let mut t = T::new();
+        let n = t.node(1, 2.0);
+        let (w, _) = t.worker(3, n, 1);
+        for id in 1..=(MAX_DEAD_ACTORS as u64 + 5) {
+            t.actor(3, named(&format!("a{id}"), id, w, n));
+        }
+        t.close(3);
+        assert_eq!(t.gcs.sizes().2, MAX_DEAD_ACTORS);
+        assert!(!t.gcs.named.contains_key("a1"));
+        assert!(
+            t.gcs
+                .named
+                .contains_key(&format!("a{}", MAX_DEAD_ACTORS + 5))
+        );
+    }
+
+    #[test]
+    fn kv_put_answers_the_previous_value_and_get_the_current_one() {
+        let mut t = T::new();
+        let put = |t: &mut T, v: &[u8]| {
+            t.send(
+                1,
+                Msg::KvPut {
+                    request_id: 1,
+                    key: "k".into(),
+                    value: v.to_vec(),
+                },
+            )
+        };
+        assert!(matches!(
+            to(&put(&mut t, b"a"), 1)[..],
+            [Msg::KvValue { found: false, .. }]
+        ));
+        assert!(
+            matches!(to(&put(&mut t, b"b"), 1)[..], [Msg::KvValue { found: true, value, .. }] if value == b"a")
+        );
+        let get = |t: &mut T, k: &str| {
+            t.send(
+                2,
+                Msg::KvGet {
+                    request_id: 2,
+                    key: k.into(),
+                },
+            )
+        };
+        assert!(
+            matches!(to(&get(&mut t, "k"), 2)[..], [Msg::KvValue { found: true, value, .. }] if value == b"b")
+        );
+        assert!(matches!(
+            to(&get(&mut t, "nope"), 2)[..],
+            [Msg::KvValue { found: false, .. }]
+        ));
+    }
+
+    fn group(pg_id: u64, cpus: &[f64]) -> PgRow {
+        PgRow {
+            pg_id,
+            strategy: 1,
+            bundles: cpus
+                .iter()
+                .enumerate()
+                .map(|(i, c)| PgBundle {
+                    index: i as u32,
+                    node_id: 0,
+                    resources: vec![Resource {
+                        name: "CPU".into(),
+                        total: *c,
+                        available: *c,
+                    }],
+                })
+                .collect(),
+            ..PgRow::default()
+        }
+    }
+
+    fn prepares(out: &[Out<C>]) -> Vec<(u64, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Prepare { pg_id, node_id, .. } => Some((*pg_id, *node_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_is_committed_when_every_raylet_prepared_and_rolled_back_otherwise() {
+        let mut t = T::new();
+        let a = t.node(1, 2.0);
+        let b = t.node(2, 2.0);
+        let create = |pg_id| Msg::Pg {
+            op: PgOp::Create,
+            request_id: 4,
+            group: group(pg_id, &[1.0, 1.0]),
+            error: String::new(),
+            groups: Vec::new(),
+        };
+        let out = t.send(5, create(1));
+        assert!(
+            matches!(to(&out, 5)[..], [Msg::Pg { op: PgOp::Reply, group, .. }] if group.state == pg::PENDING)
+        );
+        // SPREAD: one bundle per node.
+        assert_eq!(prepares(&out), vec![(1, a), (1, b)]);
+        let at = t.at();
+        assert!(
+            t.gcs
+                .handle(
+                    at,
+                    Event::Prepared {
+                        pg_id: 1,
+                        node_id: a,
+                        error: None
+                    }
+                )
+                .is_empty()
+        );
+        let out = t.gcs.handle(
+            at,
+            Event::Prepared {
+                pg_id: 1,
+                node_id: b,
+                error: None,
+            },
+        );
+        assert!(matches!(
+            to(&out, 1)[..],
+            [Msg::Pg {
+                op: PgOp::Commit,
+                ..
+            }]
+        ));
+        assert!(matches!(
+            to(&out, 2)[..],
+            [Msg::Pg {
+                op: PgOp::Commit,
+                ..
+            }]
+        ));
+        assert!(
+            matches!(to(&out, 5)[..], [Msg::Pg { op: PgOp::Reply, group, .. }] if group.state == pg::CREATED)
+        );
+        // A second group: one raylet refuses; both cancel, and a retry is due.
+        let out = t.send(5, create(2));
+        assert_eq!(prepares(&out), vec![(2, a), (2, b)]);
+        t.gcs.handle(
+            at,
+            Event::Prepared {
+                pg_id: 2,
+                node_id: a,
+                error: None,
+            },
+        );
+        let out = t.gcs.handle(
+            at,
+            Event::Prepared {
+                pg_id: 2,
+                node_id: b,
+                error: Some("no room".into()),
+            },
+        );
+        assert!(matches!(
+            to(&out, 1)[..],
+            [Msg::Pg {
+                op: PgOp::Cancel,
+                ..
+            }]
+        ));
+        assert!(matches!(
+            to(&out, 2)[..],
+            [Msg::Pg {
+                op: PgOp::Cancel,
+                ..
+            }]
+        ));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Out::Later(_, Event::PgRetry)))
+        );
+        // The retry prepares again; the owner leaving removes the pending group (and cancels
+        // what is being prepared).
+        let out = t.gcs.handle(at, Event::PgRetry);
+        assert_eq!(prepares(&out), vec![(2, a), (2, b)]);
+        let out = t.close(5);
+        assert_eq!(
+            to(&out, 1).len(),
+            2,
+            "both groups cancelled at node 1: {out:?}"
+        );
+        assert!(t.gcs.pgs.groups.is_empty());
+    }
+
+    #[test]
+    fn a_listing_answers_when_every_worker_did_or_partially_when_due() {
+        let mut t = T::new();
+        let n = t.node(1, 2.0);
+        t.worker(3, n, 1);
+        t.worker(4, n, 1);
+        let out = t.send(9, Msg::ListWork { request_id: 8 });
+        let id = match to(&out, 3)[..] {
+            [Msg::ListWork { request_id }] => *request_id,
+            _ => panic!("{out:?}"),
+        };
+        assert!(matches!(
+            out.last(),
+            Some(Out::Later(_, Event::ListingDue { .. }))
+        ));
+        let part = Msg::Work {
+            request_id: id,
+            tasks: vec![TaskRow {
+                task_id: 1,
+                ..TaskRow::default()
+            }],
+            objects: Vec::new(),
+            partial: false,
+        };
+        assert!(t.send(3, part).is_empty());
+        let at = t.at();
+        let out = t.gcs.handle(at, Event::ListingDue { id });
+        assert!(
+            matches!(to(&out, 9)[..], [Msg::Work { request_id: 8, tasks, partial: true, .. }] if tasks.len() == 1)
+        );
+        // Late parts and timers of a finished listing change nothing.
+        assert!(t.gcs.handle(at, Event::ListingDue { id }).is_empty());
+    }
+
+    #[test]
+    fn stop_tells_every_live_node_and_the_shell() {
+        let mut t = T::new();
+        t.node(1, 2.0);
+        t.node(2, 2.0);
+        t.close(2);
+        let out = t.send(
+            9,
+            Msg::Stop {
+                reason: "manta stop".into(),
+            },
+        );
+        assert_eq!(to(&out, 1).len(), 1);
+        assert!(to(&out, 2).is_empty());
+        assert!(matches!(out.last(), Some(Out::StopRequested)));
+    }
+}
