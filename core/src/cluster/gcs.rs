@@ -8,10 +8,15 @@
 //! All state sits behind one mutex, and what an event returns is sent under it, so every
 //! connection sees the GCS's messages in the order of its state changes. The GCS handles
 //! registrations and lookups, never the per-task path, so contention is not a concern.
+//!
+//! With a session directory (`manta start --head`), an event that changed what is saved
+//! saves the tables there (`gcs_store.rs`) before its answers are sent, and a GCS started on
+//! a session that has saved tables restores them and serves on the port it had.
 
 use crate::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::gcs_store::GcsStore;
 use super::gcs_tables::{Event, GcsTables, Out};
 use super::peer::{Handler, Peer};
 use super::pg;
@@ -23,6 +28,8 @@ pub(crate) use super::gcs_tables::DECLARED_DEAD;
 /// The GCS's state and message handling.
 pub(crate) struct Gcs {
     tables: Mutex<GcsTables<Arc<Peer>>>,
+    /// Where the tables are saved (`None`: nowhere), and whether the last save failed.
+    store: Mutex<Option<(GcsStore, bool)>>,
     /// Set when `manta stop` asked the cluster to stop.
     pub(crate) stop: tokio::sync::Notify,
 }
@@ -34,17 +41,77 @@ impl std::fmt::Debug for Gcs {
 }
 
 impl Gcs {
-    pub(crate) fn new(node_timeout: Duration) -> Arc<Gcs> {
-        Arc::new(Gcs {
-            tables: Mutex::new(GcsTables::new(node_timeout)),
+    /// A GCS; with `store`, its tables restored from what was saved there, if anything was.
+    pub(crate) fn new(
+        node_timeout: Duration,
+        store: Option<GcsStore>,
+    ) -> Result<Arc<Gcs>, crate::error::Error> {
+        let what = "restoring the GCS's saved tables";
+        let tables = match store.as_ref().map(GcsStore::load).transpose() {
+            Ok(Some(Some(records))) => {
+                let t = GcsTables::restore(node_timeout, records, Instant::now())
+                    .map_err(|e| super::cluster_error(what, e))?;
+                tracing::info!(
+                    address = t.address(),
+                    "GCS tables restored: members may rejoin"
+                );
+                t
+            }
+            Ok(_) => GcsTables::new(node_timeout),
+            Err(e) => return Err(super::cluster_error(what, e.to_string())),
+        };
+        Ok(Arc::new(Gcs {
+            tables: Mutex::new(tables),
+            store: Mutex::new(store.map(|s| (s, false))),
             stop: tokio::sync::Notify::new(),
-        })
+        }))
+    }
+
+    /// The port of the address the restored tables were served on (`None`: not restored).
+    pub(crate) fn saved_port(&self) -> Option<u16> {
+        let t = lock(&self.tables);
+        t.address()
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+    }
+
+    /// Records the address the GCS serves on (saved with the tables).
+    pub(crate) fn set_address(&self, address: String) {
+        let mut t = lock(&self.tables);
+        t.set_address(address);
+        self.save(&mut t);
+    }
+
+    /// Saves the tables if they changed (under the tables' lock: before any answer goes).
+    fn save(&self, tables: &mut GcsTables<Arc<Peer>>) {
+        if !tables.take_dirty() {
+            return;
+        }
+        let mut store = lock(&self.store);
+        let Some((store, failing)) = store.as_mut() else {
+            return;
+        };
+        match store.save(&tables.snapshot(Instant::now())) {
+            Ok(()) if *failing => {
+                *failing = false;
+                tracing::info!(path = %store.path().display(), "GCS tables saved again");
+            }
+            Ok(()) => {}
+            Err(e) if !*failing => {
+                // Logged once per streak: the GCS serves on, but a restart would lose what
+                // changed meanwhile.
+                *failing = true;
+                tracing::error!(path = %store.path().display(), error = %e, "cannot save the GCS tables");
+            }
+            Err(_) => {}
+        }
     }
 
     /// Feeds `event` to the tables and does what they return (on the I/O runtime).
     fn run(self: &Arc<Self>, event: Event<Arc<Peer>>) {
         let mut tables = lock(&self.tables);
         let outs = tables.handle(Instant::now(), event);
+        self.save(&mut tables);
         self.act(outs);
     }
 

@@ -30,6 +30,21 @@
 //!    ([`Event::PgRetry`]).
 //! 6. **Listings** (`manta list tasks|objects`): every live worker is asked; the answer goes
 //!    when all answered or at [`Event::ListingDue`], [`LISTING_TIMEOUT`] later, partial.
+//! 7. **Stop** (`manta stop`): every live node is sent `Stop`, and the shell told
+//!    ([`Out::StopRequested`]).
+//! 8. **Rejoining a restarted GCS.** A raylet that lost the GCS registers again with
+//!    `RegisterNode` carrying its node id, a worker or driver with `RejoinWorker` carrying its
+//!    index. A restored member without a connection takes the new one and is answered
+//!    `Registered` (a worker with its job); a node declared dead meanwhile is answered with
+//!    [`DECLARED_DEAD`], an id the tables do not hold with an error: the member then stops.
+//! 9. **Saving.** An event that changed what is saved marks the tables dirty
+//!    ([`GcsTables::take_dirty`]); the shell then saves [`GcsTables::snapshot`] before it
+//!    sends the event's answers. Heartbeats, lookups and listings change nothing saved.
+//! 10. **Restoring** ([`GcsTables::restore`]): every member is without a connection. Nodes
+//!     get a full `node_timeout` from the restore to rejoin or heartbeat, then are declared
+//!     dead as ever (published to the members that rejoined). Workers and drivers that did not
+//!     rejoin within `node_timeout` are gone: their actors are dead, their jobs end; groups
+//!     whose owner did not come back are removed unless detached.
 //!
 //! Every answer and notice is an [`Out::Send`] on the connection it is for, in the order the
 //! events came; the shell sends them in that order.
@@ -54,6 +69,9 @@ pub(crate) const MAX_DEAD_ACTORS: usize = 1000;
 
 /// How long the GCS waits for every worker's part of a listing.
 pub(crate) const LISTING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The version of the saved tables' format ([`GcsTables::snapshot`]).
+pub(crate) const SAVED_VERSION: u32 = 1;
 
 /// How long after a failed placement attempt pending groups are tried again.
 pub(crate) const PG_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -101,7 +119,8 @@ pub(crate) enum Out<C> {
 
 struct NodeEntry<C> {
     node: Node,
-    conn: C,
+    /// Its raylet's connection (`None`: restored from the saved tables, not rejoined yet).
+    conn: Option<C>,
     since: Instant,
     last_heard: Instant,
 }
@@ -113,7 +132,8 @@ struct WorkerEntry<C> {
     shm_path: String,
     host_id: String,
     alive: bool,
-    conn: C,
+    /// Its connection (`None`: restored from the saved tables, not rejoined yet).
+    conn: Option<C>,
     is_driver: bool,
 }
 
@@ -154,6 +174,12 @@ pub(crate) struct GcsTables<C> {
     pgs: pg::GcsGroups<C>,
     /// A node silent for this long is declared dead.
     node_timeout: Duration,
+    /// The tables changed in what is saved since [`take_dirty`](Self::take_dirty).
+    dirty: bool,
+    /// When the tables were restored (until the restored workers rejoined or were given up).
+    restored_at: Option<Instant>,
+    /// The address the GCS serves on (saved, so a restart binds it again).
+    address: String,
 }
 
 impl<C> std::fmt::Debug for GcsTables<C> {
@@ -187,12 +213,34 @@ impl<C: Conn> GcsTables<C> {
             next_job: 1,
             pgs: pg::GcsGroups::default(),
             node_timeout,
+            dirty: false,
+            restored_at: None,
+            address: String::new(),
         }
     }
 
     /// Handles one event that happened at `now`; returns what to do, in order.
     pub(crate) fn handle(&mut self, now: Instant, event: Event<C>) -> Vec<Out<C>> {
         let mut out = Vec::new();
+        let changes = match &event {
+            Event::Message(_, m) => !matches!(
+                m,
+                Msg::Heartbeat { .. }
+                    | Msg::GetNodes { .. }
+                    | Msg::GetWorker { .. }
+                    | Msg::KvGet { .. }
+                    | Msg::LookupActor { .. }
+                    | Msg::ListActors { .. }
+                    | Msg::ListWork { .. }
+                    | Msg::Work { .. }
+                    | Msg::Subscribe { .. }
+                    | Msg::Pg { op: PgOp::List, .. }
+            ),
+            Event::Prepared { .. } | Event::PgRetry => true,
+            // These mark what they change themselves.
+            Event::Closed(_) | Event::Tick | Event::ListingDue { .. } => false,
+        };
+        self.dirty |= changes;
         match event {
             Event::Message(from, msg) => self.message(now, &from, msg, &mut out),
             Event::Closed(conn) => self.closed(now, &conn, &mut out),
@@ -266,6 +314,7 @@ impl<C: Conn> GcsTables<C> {
         let node = Self::node_view(e, now);
         let conn = e.conn.clone();
         let node_id = node.node_id;
+        self.dirty = true;
         for w in self.workers.values_mut() {
             if w.node_id == node_id {
                 w.alive = false;
@@ -278,12 +327,14 @@ impl<C: Conn> GcsTables<C> {
             }
         }
         // A node merely silent may still run: tell it (it reads this when it wakes up).
-        out.push(Out::Send(
-            conn,
-            Msg::Stop {
-                reason: format!("{DECLARED_DEAD} ({why})"),
-            },
-        ));
+        if let Some(conn) = conn {
+            out.push(Out::Send(
+                conn,
+                Msg::Stop {
+                    reason: format!("{DECLARED_DEAD} ({why})"),
+                },
+            ));
+        }
         self.publish(&Msg::NodeEvent { node }, out);
     }
 
@@ -300,11 +351,42 @@ impl<C: Conn> GcsTables<C> {
         for i in silent {
             self.node_dead(i, "no heartbeat", now, out);
         }
+        // Restored workers that did not rejoin within a node timeout are gone.
+        if let Some(at) = self.restored_at
+            && now.saturating_duration_since(at) > self.node_timeout
+        {
+            self.restored_at = None;
+            let lost: Vec<u64> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.conn.is_none())
+                .map(|(i, _)| *i)
+                .collect();
+            for index in lost {
+                tracing::warn!(worker = index, "worker did not rejoin the restarted GCS");
+                self.worker_gone(index, out);
+            }
+            let orphans: Vec<u64> = self
+                .pgs
+                .groups
+                .values()
+                .filter(|g| !g.row.detached && g.owner.is_none())
+                .map(|g| g.row.pg_id)
+                .collect();
+            for id in orphans {
+                self.pg_remove(id, out);
+            }
+            self.forget_dead_actors();
+            self.dirty = true;
+        }
     }
 
     fn message(&mut self, now: Instant, peer: &C, msg: Msg, out: &mut Outs<C>) {
         let reply = |out: &mut Outs<C>, m: Msg| out.push(Out::Send(peer.clone(), m));
         match msg {
+            Msg::RegisterNode { request_id, node } if node.node_id != 0 => {
+                self.rejoin_node(now, peer, request_id, node, out);
+            }
             Msg::RegisterNode {
                 request_id,
                 mut node,
@@ -316,7 +398,7 @@ impl<C: Conn> GcsTables<C> {
                 tracing::info!(node = id, address = %node.address, "node joined");
                 self.nodes.push(NodeEntry {
                     node: node.clone(),
-                    conn: peer.clone(),
+                    conn: Some(peer.clone()),
                     since: now,
                     last_heard: now,
                 });
@@ -398,7 +480,7 @@ impl<C: Conn> GcsTables<C> {
                         shm_path,
                         host_id,
                         alive: true,
-                        conn: peer.clone(),
+                        conn: Some(peer.clone()),
                         is_driver,
                     },
                 );
@@ -412,6 +494,17 @@ impl<C: Conn> GcsTables<C> {
                     },
                 );
             }
+            Msg::RejoinWorker {
+                request_id,
+                index,
+                address,
+                shm_path,
+                host_id,
+                ..
+            } => {
+                let m = self.rejoin_worker(peer, request_id, index, address, shm_path, host_id);
+                reply(out, m);
+            }
             Msg::GetNodes { request_id } => {
                 let mut nodes: Vec<Node> =
                     self.nodes.iter().map(|e| Self::node_view(e, now)).collect();
@@ -420,7 +513,10 @@ impl<C: Conn> GcsTables<C> {
                         .workers
                         .values()
                         .filter(|w| {
-                            w.node_id == n.node_id && w.alive && !w.is_driver && !w.conn.is_closed()
+                            w.node_id == n.node_id
+                                && w.alive
+                                && !w.is_driver
+                                && !w.conn.as_ref().is_some_and(Conn::is_closed)
                         })
                         .count() as u32;
                 }
@@ -538,6 +634,298 @@ impl<C: Conn> GcsTables<C> {
         }
     }
 
+    /// A raylet that lost the GCS registers again under its node id (step 8).
+    fn rejoin_node(
+        &mut self,
+        now: Instant,
+        peer: &C,
+        request_id: u64,
+        node: Node,
+        out: &mut Outs<C>,
+    ) {
+        let id = node.node_id;
+        let answer = |error: String| Msg::Registered {
+            request_id,
+            id,
+            job_id: 0,
+            error,
+        };
+        let Some(e) = self.nodes.iter_mut().find(|e| e.node.node_id == id) else {
+            let why = format!("node {id} is unknown to this GCS (its tables were not restored)");
+            out.push(Out::Send(peer.clone(), answer(why)));
+            return;
+        };
+        if !e.node.alive {
+            let why = format!("{DECLARED_DEAD} ({})", e.node.death);
+            out.push(Out::Send(peer.clone(), answer(why)));
+            return;
+        }
+        if e.conn.as_ref().is_some_and(|c| !c.is_closed()) {
+            let why = format!("node {id} is connected already");
+            out.push(Out::Send(peer.clone(), answer(why)));
+            return;
+        }
+        tracing::info!(node = id, address = %node.address, "node rejoined");
+        e.conn = Some(peer.clone());
+        e.last_heard = now;
+        e.node.address = node.address;
+        e.node.resources = node.resources;
+        e.node.arena_socket = node.arena_socket;
+        let view = Self::node_view(e, now);
+        out.push(Out::Send(peer.clone(), answer(String::new())));
+        self.publish(&Msg::NodeEvent { node: view }, out);
+        self.pgs.retry_scheduled = true;
+    }
+
+    /// A worker or driver that lost the GCS registers again under its index (step 8).
+    fn rejoin_worker(
+        &mut self,
+        peer: &C,
+        request_id: u64,
+        index: u64,
+        address: String,
+        shm_path: String,
+        host_id: String,
+    ) -> Msg {
+        let mut answer = Msg::Registered {
+            request_id,
+            id: index,
+            job_id: 0,
+            error: String::new(),
+        };
+        let Some(w) = self.workers.get_mut(&index) else {
+            if let Msg::Registered { error, .. } = &mut answer {
+                *error = format!("worker {index} is unknown to this GCS (gone, or never saved)");
+            }
+            return answer;
+        };
+        if !w.alive || w.conn.as_ref().is_some_and(|c| !c.is_closed()) {
+            if let Msg::Registered { error, .. } = &mut answer {
+                *error = format!("worker {index} is dead or connected already");
+            }
+            return answer;
+        }
+        tracing::info!(worker = index, job = w.job_id, "worker rejoined");
+        w.conn = Some(peer.clone());
+        w.address = address;
+        w.shm_path = shm_path;
+        w.host_id = host_id;
+        if let Msg::Registered { job_id, .. } = &mut answer {
+            *job_id = w.job_id;
+        }
+        for g in self.pgs.groups.values_mut() {
+            if g.owner_worker == index && g.owner.is_none() {
+                g.owner = Some(peer.clone());
+            }
+        }
+        answer
+    }
+
+    // ----- saving and restoring --------------------------------------------------------------
+
+    /// Whether the saved part of the tables changed since the last call.
+    pub(crate) fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Records the address the GCS serves on (saved with the tables).
+    pub(crate) fn set_address(&mut self, address: String) {
+        self.address = address;
+        self.dirty = true;
+    }
+
+    /// The tables to save, as records (step 9): a `GcsCounters` header, the node rows, one
+    /// `RejoinWorker` per live worker, one `JobEvent` per job, one `KvPut` per key, the actor
+    /// rows, one `Pg` per group (its owner's worker index as the request id). Connections,
+    /// subscribers, listings and attempts under way are not saved.
+    pub(crate) fn snapshot(&self, now: Instant) -> Vec<Msg> {
+        let mut v = vec![Msg::GcsCounters {
+            version: SAVED_VERSION,
+            next_node: self.next_node,
+            next_worker: self.next_worker,
+            next_job: self.next_job,
+            address: self.address.clone(),
+        }];
+        v.push(Msg::Nodes {
+            request_id: 0,
+            nodes: self.nodes.iter().map(|e| Self::node_view(e, now)).collect(),
+        });
+        let mut workers: Vec<(&u64, &WorkerEntry<C>)> =
+            self.workers.iter().filter(|(_, w)| w.alive).collect();
+        workers.sort_by_key(|(i, _)| **i);
+        for (index, w) in workers {
+            v.push(Msg::RejoinWorker {
+                request_id: 0,
+                index: *index,
+                node_id: w.node_id,
+                job_id: w.job_id,
+                address: w.address.clone(),
+                shm_path: w.shm_path.clone(),
+                host_id: w.host_id.clone(),
+                driver: w.is_driver,
+            });
+        }
+        let mut jobs: Vec<(&u64, &bool)> = self.jobs.iter().collect();
+        jobs.sort();
+        for (job_id, running) in jobs {
+            v.push(Msg::JobEvent {
+                job_id: *job_id,
+                finished: !running,
+            });
+        }
+        let mut keys: Vec<&String> = self.kv.keys().collect();
+        keys.sort();
+        for key in keys {
+            v.push(Msg::KvPut {
+                request_id: 0,
+                key: key.clone(),
+                value: self.kv[key].clone(),
+            });
+        }
+        let mut actors: Vec<ActorInfo> = self.actors.values().cloned().collect();
+        actors.sort_by_key(|a| a.actor_id);
+        v.push(Msg::Actors {
+            request_id: 0,
+            actors,
+        });
+        let mut groups: Vec<&pg::GcsGroup<C>> = self.pgs.groups.values().collect();
+        groups.sort_by_key(|g| g.row.pg_id);
+        for g in groups {
+            let mut row = g.row.clone();
+            if g.placing {
+                // The attempt dies with this GCS and the group is placed again. (A raylet
+                // that had prepared it keeps that reservation: not reconciled yet.)
+                row.state = pg::PENDING;
+                for b in &mut row.bundles {
+                    b.node_id = 0;
+                }
+            }
+            v.push(pg::msg(PgOp::Groups, g.owner_worker, row, ""));
+        }
+        for row in &self.pgs.removed {
+            v.push(pg::msg(PgOp::Groups, 0, row.clone(), ""));
+        }
+        v
+    }
+
+    /// Tables restored from `records` (what [`snapshot`](Self::snapshot) returned before a
+    /// restart), at `now`: every node, worker and group owner is without a connection until
+    /// it rejoins; a node that does not is declared dead after `node_timeout` (step 10).
+    pub(crate) fn restore(
+        node_timeout: Duration,
+        records: Vec<Msg>,
+        now: Instant,
+    ) -> Result<GcsTables<C>, String> {
+        let mut t = GcsTables::new(node_timeout);
+        let mut records = records.into_iter();
+        match records.next() {
+            Some(Msg::GcsCounters {
+                version,
+                next_node,
+                next_worker,
+                next_job,
+                address,
+            }) => {
+                if version != SAVED_VERSION {
+                    return Err(format!(
+                        "saved by format version {version}, this GCS reads {SAVED_VERSION}"
+                    ));
+                }
+                t.next_node = next_node;
+                t.next_worker = next_worker;
+                t.next_job = next_job;
+                t.address = address;
+            }
+            _ => return Err("no header".into()),
+        }
+        for m in records {
+            match m {
+                Msg::Nodes { nodes, .. } => {
+                    for n in nodes {
+                        let age = Duration::try_from_secs_f64(n.age_s).unwrap_or_default();
+                        t.nodes.push(NodeEntry {
+                            since: now.checked_sub(age).unwrap_or(now),
+                            last_heard: now,
+                            conn: None,
+                            node: n,
+                        });
+                    }
+                }
+                Msg::RejoinWorker {
+                    index,
+                    node_id,
+                    job_id,
+                    address,
+                    shm_path,
+                    host_id,
+                    driver,
+                    ..
+                } => {
+                    t.workers.insert(
+                        index,
+                        WorkerEntry {
+                            node_id,
+                            job_id,
+                            address,
+                            shm_path,
+                            host_id,
+                            alive: true,
+                            conn: None,
+                            is_driver: driver,
+                        },
+                    );
+                }
+                Msg::JobEvent { job_id, finished } => {
+                    t.jobs.insert(job_id, !finished);
+                }
+                Msg::KvPut { key, value, .. } => {
+                    t.kv.insert(key, value);
+                }
+                Msg::Actors { actors, .. } => {
+                    for a in actors {
+                        if a.alive && !a.name.is_empty() {
+                            t.named.insert(a.name.clone(), a.actor_id);
+                        }
+                        t.actors.insert(a.actor_id, a);
+                    }
+                }
+                Msg::Pg {
+                    request_id, group, ..
+                } if group.state == pg::REMOVED => {
+                    let _ = request_id;
+                    t.pgs.removed.push_back(group);
+                }
+                Msg::Pg {
+                    request_id, group, ..
+                } => {
+                    if !group.name.is_empty() {
+                        t.pgs.names.insert(group.name.clone(), group.pg_id);
+                    }
+                    if group.state == pg::CREATED {
+                        t.pgs.account(&group, 1.0);
+                    }
+                    t.pgs.groups.insert(
+                        group.pg_id,
+                        pg::GcsGroup {
+                            row: group,
+                            owner: None,
+                            owner_worker: request_id,
+                            placing: false,
+                        },
+                    );
+                }
+                other => return Err(format!("unexpected record {}", other.name())),
+            }
+        }
+        t.restored_at = Some(now);
+        Ok(t)
+    }
+
+    /// The address saved with the tables (empty if none).
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
     fn register_actor(&mut self, request_id: u64, actor: ActorInfo) -> Msg {
         let taken = actor.alive
             && !actor.name.is_empty()
@@ -588,8 +976,9 @@ impl<C: Conn> GcsTables<C> {
         let workers: Vec<C> = self
             .workers
             .values()
-            .filter(|w| w.alive && !w.conn.is_closed())
-            .map(|w| w.conn.clone())
+            .filter(|w| w.alive)
+            .filter_map(|w| w.conn.clone())
+            .filter(|c| !c.is_closed())
             .collect();
         if workers.is_empty() {
             out.push(Out::Send(
@@ -656,45 +1045,30 @@ impl<C: Conn> GcsTables<C> {
 
     fn stop_nodes(&self, reason: &str, out: &mut Outs<C>) {
         for e in self.nodes.iter().filter(|e| e.node.alive) {
-            out.push(Out::Send(
-                e.conn.clone(),
-                Msg::Stop {
-                    reason: reason.to_owned(),
-                },
-            ));
+            if let Some(conn) = &e.conn {
+                out.push(Out::Send(
+                    conn.clone(),
+                    Msg::Stop {
+                        reason: reason.to_owned(),
+                    },
+                ));
+            }
         }
     }
 
     fn closed(&mut self, now: Instant, peer: &C, out: &mut Outs<C>) {
-        if let Some(i) = self.nodes.iter().position(|e| e.conn.same(peer)) {
+        let is = |c: &Option<C>| c.as_ref().is_some_and(|c| c.same(peer));
+        if let Some(i) = self.nodes.iter().position(|e| is(&e.conn)) {
             self.node_dead(i, "its connection closed", now, out);
         }
-        let gone: Vec<(u64, u64, bool)> = self
+        let gone: Vec<u64> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.conn.same(peer))
-            .map(|(i, w)| (*i, w.job_id, w.is_driver))
+            .filter(|(_, w)| is(&w.conn))
+            .map(|(i, _)| *i)
             .collect();
-        for (index, job, driver) in gone {
-            // Forgotten, not kept as dead: the entry held the closed connection (its buffers),
-            // ≈ 19 KB per finished job. `GetWorker` of an unknown index answers "not alive".
-            self.workers.remove(&index);
-            for a in self.actors.values_mut() {
-                if a.worker == index && a.alive {
-                    a.alive = false;
-                    a.death = format!("its worker process {index} exited");
-                }
-            }
-            if driver && self.jobs.insert(job, false) == Some(true) {
-                tracing::info!(job, "job finished (driver left)");
-                self.publish(
-                    &Msg::JobEvent {
-                        job_id: job,
-                        finished: true,
-                    },
-                    out,
-                );
-            }
+        for index in gone {
+            self.worker_gone(index, out);
         }
         self.subscribers.retain(|p| !p.same(peer));
         self.forget_dead_actors();
@@ -703,7 +1077,7 @@ impl<C: Conn> GcsTables<C> {
             .pgs
             .groups
             .values()
-            .filter(|g| !g.row.detached && g.owner.same(peer))
+            .filter(|g| !g.row.detached && is(&g.owner))
             .map(|g| g.row.pg_id)
             .collect();
         for id in &orphans {
@@ -712,6 +1086,34 @@ impl<C: Conn> GcsTables<C> {
         }
         if !orphans.is_empty() {
             self.pgs.retry_scheduled = true;
+            self.dirty = true;
+        }
+    }
+
+    /// Worker `index` is gone (its connection closed, or it did not rejoin after a restart).
+    fn worker_gone(&mut self, index: u64, out: &mut Outs<C>) {
+        // Forgotten, not kept as dead: the entry held the closed connection (its buffers),
+        // ≈ 19 KB per finished job. `GetWorker` of an unknown index answers "not alive".
+        let Some(w) = self.workers.remove(&index) else {
+            return;
+        };
+        self.dirty = true;
+        for a in self.actors.values_mut() {
+            if a.worker == index && a.alive {
+                a.alive = false;
+                a.death = format!("its worker process {index} exited");
+            }
+        }
+        let job = w.job_id;
+        if w.is_driver && self.jobs.insert(job, false) == Some(true) {
+            tracing::info!(job, "job finished (driver left)");
+            self.publish(
+                &Msg::JobEvent {
+                    job_id: job,
+                    finished: true,
+                },
+                out,
+            );
         }
     }
 
@@ -754,6 +1156,12 @@ impl<C: Conn> GcsTables<C> {
                         error,
                     )
                 };
+                if let Some(g) = self.pgs.groups.get(&group.pg_id) {
+                    // Asked again (the owner's request outlived a restart of the GCS).
+                    let state = g.row.state;
+                    out.push(Out::Send(peer.clone(), reply(state, String::new())));
+                    return;
+                }
                 if !group.name.is_empty() && self.pgs.names.contains_key(&group.name) {
                     let why = format!(
                         "name: a placement group named {:?} exists already",
@@ -779,11 +1187,17 @@ impl<C: Conn> GcsTables<C> {
                 if !row.name.is_empty() {
                     self.pgs.names.insert(row.name.clone(), row.pg_id);
                 }
+                let owner_worker = self
+                    .workers
+                    .iter()
+                    .find(|(_, w)| w.conn.as_ref().is_some_and(|c| c.same(peer)))
+                    .map_or(0, |(i, _)| *i);
                 self.pgs.groups.insert(
                     row.pg_id,
                     pg::GcsGroup {
                         row: row.clone(),
-                        owner: peer.clone(),
+                        owner: Some(peer.clone()),
+                        owner_worker,
                         placing: false,
                     },
                 );
@@ -829,7 +1243,7 @@ impl<C: Conn> GcsTables<C> {
     fn rooms(&self) -> Vec<pg::NodeRoom> {
         self.nodes
             .iter()
-            .filter(|e| e.node.alive)
+            .filter(|e| e.node.alive && e.conn.is_some())
             .map(|e| {
                 let totals: Vec<(String, f64)> = e
                     .node
@@ -881,9 +1295,14 @@ impl<C: Conn> GcsTables<C> {
         nodes.sort_unstable();
         nodes.dedup();
         for node_id in nodes {
-            if let Some(e) = self.nodes.iter().find(|e| e.node.node_id == node_id) {
+            if let Some(conn) = self
+                .nodes
+                .iter()
+                .find(|e| e.node.node_id == node_id)
+                .and_then(|e| e.conn.clone())
+            {
                 out.push(Out::Send(
-                    e.conn.clone(),
+                    conn,
                     pg::msg(PgOp::Cancel, 0, pg::row_on(row, node_id), ""),
                 ));
             }
@@ -925,8 +1344,13 @@ impl<C: Conn> GcsTables<C> {
             distinct.dedup();
             let mut targets = Vec::new();
             for node_id in distinct {
-                if let Some(e) = self.nodes.iter().find(|e| e.node.node_id == node_id) {
-                    targets.push((node_id, e.conn.clone(), pg::row_on(&row, node_id)));
+                if let Some(conn) = self
+                    .nodes
+                    .iter()
+                    .find(|e| e.node.node_id == node_id)
+                    .and_then(|e| e.conn.clone())
+                {
+                    targets.push((node_id, conn, pg::row_on(&row, node_id)));
                 }
             }
             for (node_id, conn, part) in &targets {
@@ -997,7 +1421,9 @@ impl<C: Conn> GcsTables<C> {
                     ));
                 }
                 tracing::info!(pg = pg_id, "placement group created");
-                out.push(Out::Send(owner, pg::msg(PgOp::Reply, 0, row, "")));
+                if let Some(owner) = owner {
+                    out.push(Out::Send(owner, pg::msg(PgOp::Reply, 0, row, "")));
+                }
             }
             Some(why) => {
                 tracing::info!(pg = pg_id, %why, "placement group reservation rolled back");
@@ -1028,15 +1454,15 @@ fn bundle_needs(group: &PgRow) -> Vec<Vec<(String, f64)>> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
-    use crate::cluster::proto::{PgBundle, Resource};
+    use crate::cluster::proto::Resource;
     use std::cell::Cell;
     use std::rc::Rc;
 
     /// A connection: its number and whether it closed.
     #[derive(Clone, Debug)]
-    struct C(u64, Rc<Cell<bool>>);
+    pub(super) struct C(pub(super) u64, pub(super) Rc<Cell<bool>>);
 
     impl Conn for C {
         fn same(&self, other: &Self) -> bool {
@@ -1047,15 +1473,23 @@ mod tests {
         }
     }
 
-    struct T {
-        gcs: GcsTables<C>,
-        t0: Instant,
-        now: Duration,
+    pub(super) struct T {
+        pub(super) gcs: GcsTables<C>,
+        pub(super) t0: Instant,
+        pub(super) now: Duration,
         conns: HashMap<u64, C>,
     }
 
     impl T {
-        fn new() -> T {
+        pub(super) fn with(gcs: GcsTables<C>, t0: Instant, now: Duration) -> T {
+            T {
+                gcs,
+                t0,
+                now,
+                conns: HashMap::new(),
+            }
+        }
+        pub(super) fn new() -> T {
             T {
                 gcs: GcsTables::new(Duration::from_secs(10)),
                 t0: Instant::now(),
@@ -1063,33 +1497,33 @@ mod tests {
                 conns: HashMap::new(),
             }
         }
-        fn conn(&mut self, n: u64) -> C {
+        pub(super) fn conn(&mut self, n: u64) -> C {
             self.conns
                 .entry(n)
                 .or_insert_with(|| C(n, Rc::new(Cell::new(false))))
                 .clone()
         }
-        fn at(&self) -> Instant {
+        pub(super) fn at(&self) -> Instant {
             self.t0 + self.now
         }
-        fn send(&mut self, from: u64, msg: Msg) -> Vec<Out<C>> {
+        pub(super) fn send(&mut self, from: u64, msg: Msg) -> Vec<Out<C>> {
             let c = self.conn(from);
             let at = self.at();
             self.gcs.handle(at, Event::Message(c, msg))
         }
-        fn close(&mut self, n: u64) -> Vec<Out<C>> {
+        pub(super) fn close(&mut self, n: u64) -> Vec<Out<C>> {
             let c = self.conn(n);
             c.1.set(true);
             let at = self.at();
             self.gcs.handle(at, Event::Closed(c))
         }
-        fn tick(&mut self, after: Duration) -> Vec<Out<C>> {
+        pub(super) fn tick(&mut self, after: Duration) -> Vec<Out<C>> {
             self.now += after;
             let at = self.at();
             self.gcs.handle(at, Event::Tick)
         }
         /// Registers node connection `n` with `cpus` CPUs and subscribes it; its id.
-        fn node(&mut self, n: u64, cpus: f64) -> u64 {
+        pub(super) fn node(&mut self, n: u64, cpus: f64) -> u64 {
             let out = self.send(
                 n,
                 Msg::RegisterNode {
@@ -1112,7 +1546,7 @@ mod tests {
             }
         }
         /// Registers worker connection `n` (a driver with job 0); its (index, job).
-        fn worker(&mut self, n: u64, node_id: u64, job_id: u64) -> (u64, u64) {
+        pub(super) fn worker(&mut self, n: u64, node_id: u64, job_id: u64) -> (u64, u64) {
             let out = self.send(
                 n,
                 Msg::RegisterWorker {
@@ -1133,7 +1567,7 @@ mod tests {
                 other => panic!("no registration: {other:?}"),
             }
         }
-        fn actor(&mut self, from: u64, actor: ActorInfo) -> Msg {
+        pub(super) fn actor(&mut self, from: u64, actor: ActorInfo) -> Msg {
             match self
                 .send(
                     from,
@@ -1148,7 +1582,7 @@ mod tests {
                 other => panic!("no answer: {other:?}"),
             }
         }
-        fn lookup(&mut self, name: &str) -> Option<ActorInfo> {
+        pub(super) fn lookup(&mut self, name: &str) -> Option<ActorInfo> {
             let m = self.send(
                 9,
                 Msg::LookupActor {
@@ -1165,7 +1599,7 @@ mod tests {
     }
 
     /// The messages sent to connection `n`.
-    fn to(out: &[Out<C>], n: u64) -> Vec<&Msg> {
+    pub(super) fn to(out: &[Out<C>], n: u64) -> Vec<&Msg> {
         out.iter()
             .filter_map(|o| match o {
                 Out::Send(c, m) if c.0 == n => Some(m),
@@ -1174,7 +1608,7 @@ mod tests {
             .collect()
     }
 
-    fn named(name: &str, id: u64, worker: u64, node_id: u64) -> ActorInfo {
+    pub(super) fn named(name: &str, id: u64, worker: u64, node_id: u64) -> ActorInfo {
         ActorInfo {
             actor_id: id,
             name: name.into(),
@@ -1185,6 +1619,13 @@ mod tests {
             ..ActorInfo::default()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::cluster::proto::{PgBundle, Resource};
 
     #[test]
     fn a_node_whose_connection_closes_is_declared_dead_to_every_subscriber() {
@@ -1569,5 +2010,212 @@ mod tests {
         assert_eq!(to(&out, 1).len(), 1);
         assert!(to(&out, 2).is_empty());
         assert!(matches!(out.last(), Some(Out::StopRequested)));
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::cluster::proto;
+
+    /// The tables saved, through the wire encoding, and restored at `at`.
+    fn restart(t: &T, at: Instant) -> GcsTables<C> {
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let records: Vec<Msg> = t
+            .gcs
+            .snapshot(t.at())
+            .iter()
+            .map(|m| {
+                fbb.reset();
+                let bytes = proto::encode(m, &mut fbb).to_vec();
+                proto::decode(m.tag_u64(), &bytes).expect("a saved record decodes")
+            })
+            .collect();
+        GcsTables::restore(Duration::from_secs(10), records, at).expect("restored")
+    }
+
+    fn rejoin_worker(index: u64) -> Msg {
+        Msg::RejoinWorker {
+            request_id: 5,
+            index,
+            node_id: 0,
+            job_id: 0,
+            address: format!("w{index}-again"),
+            shm_path: String::new(),
+            host_id: String::new(),
+            driver: false,
+        }
+    }
+
+    #[test]
+    fn restored_tables_take_their_members_back_and_give_up_the_missing() {
+        let mut t = T::new();
+        let a = t.node(1, 2.0);
+        let b = t.node(2, 2.0);
+        let (driver, job) = t.worker(5, 0, 0);
+        let (w, _) = t.worker(6, a, job);
+        t.actor(6, named("svc", 77, w, a));
+        t.send(
+            5,
+            Msg::KvPut {
+                request_id: 1,
+                key: "k".into(),
+                value: b"v".to_vec(),
+            },
+        );
+        assert!(t.gcs.take_dirty());
+        // Lookups and heartbeats change nothing saved.
+        t.lookup("svc");
+        t.send(
+            1,
+            Msg::Heartbeat {
+                node_id: a,
+                resources: Vec::new(),
+                store_used: 0,
+                store_pages: String::new(),
+            },
+        );
+        assert!(!t.gcs.take_dirty());
+
+        // The head dies; restarted, its tables come back without connections.
+        let mut r = T::with(restart(&t, t.at()), t.t0, t.now);
+        assert_eq!(r.lookup("svc").map(|x| x.actor_id), Some(77));
+        let got = r.send(
+            9,
+            Msg::KvGet {
+                request_id: 2,
+                key: "k".into(),
+            },
+        );
+        assert!(
+            matches!(to(&got, 9)[..], [Msg::KvValue { found: true, value, .. }] if value == b"v")
+        );
+        // New ids continue where the old GCS stopped.
+        let (fresh, fresh_job) = r.worker(8, 0, 0);
+        assert!(fresh > w && fresh_job > job, "{fresh} {fresh_job}");
+
+        // Node a's raylet rejoins under its id (a new connection) and subscribes.
+        let rejoined = r.send(
+            11,
+            Msg::RegisterNode {
+                request_id: 3,
+                node: Node {
+                    node_id: a,
+                    address: "10.0.0.1:2".into(),
+                    ..Node::default()
+                },
+            },
+        );
+        assert!(
+            matches!(to(&rejoined, 11)[..], [Msg::Registered { id, error, .. }] if *id == a && error.is_empty()),
+            "{rejoined:?}"
+        );
+        r.send(11, Msg::Subscribe { request_id: 0 });
+        // The driver and the worker rejoin; an unknown index is refused.
+        let back = r.send(15, rejoin_worker(driver));
+        assert!(
+            matches!(to(&back, 15)[..], [Msg::Registered { id, job_id, error, .. }] if *id == driver && *job_id == job && error.is_empty())
+        );
+        r.send(16, rejoin_worker(w));
+        let refused = r.send(17, rejoin_worker(999));
+        assert!(
+            matches!(to(&refused, 17)[..], [Msg::Registered { error, .. }] if error.contains("unknown"))
+        );
+
+        // Node b never comes back: dead after the node timeout, and the rejoined hear it.
+        r.send(
+            11,
+            Msg::Heartbeat {
+                node_id: a,
+                resources: Vec::new(),
+                store_used: 0,
+                store_pages: String::new(),
+            },
+        );
+        assert!(to(&r.tick(Duration::from_secs(5)), 11).is_empty());
+        r.send(
+            11,
+            Msg::Heartbeat {
+                node_id: a,
+                resources: Vec::new(),
+                store_used: 0,
+                store_pages: String::new(),
+            },
+        );
+        let out = r.tick(Duration::from_secs(6));
+        assert!(
+            matches!(to(&out, 11)[..], [Msg::NodeEvent { node }] if node.node_id == b && !node.alive),
+            "{out:?}"
+        );
+        assert_eq!(r.gcs.node_alive(a), Some(true));
+        // Too late to rejoin as b.
+        let late = r.send(
+            12,
+            Msg::RegisterNode {
+                request_id: 4,
+                node: Node {
+                    node_id: b,
+                    ..Node::default()
+                },
+            },
+        );
+        assert!(
+            matches!(to(&late, 12)[..], [Msg::Registered { error, .. }] if error.starts_with(DECLARED_DEAD))
+        );
+        // The rejoined driver leaving ends its job as before.
+        let out = r.close(15);
+        assert!(
+            matches!(to(&out, 11)[..], [Msg::JobEvent { job_id, finished: true }] if *job_id == job)
+        );
+    }
+
+    #[test]
+    fn a_driver_that_does_not_rejoin_ends_its_job_after_the_node_timeout() {
+        let mut t = T::new();
+        let a = t.node(1, 2.0);
+        let (_, job) = t.worker(5, 0, 0);
+        let mut r = T::with(restart(&t, t.at()), t.t0, t.now);
+        r.send(
+            11,
+            Msg::RegisterNode {
+                request_id: 3,
+                node: Node {
+                    node_id: a,
+                    ..Node::default()
+                },
+            },
+        );
+        r.send(11, Msg::Subscribe { request_id: 0 });
+        let hb = Msg::Heartbeat {
+            node_id: a,
+            resources: Vec::new(),
+            store_used: 0,
+            store_pages: String::new(),
+        };
+        r.send(11, hb.clone());
+        assert!(to(&r.tick(Duration::from_secs(8)), 11).is_empty());
+        r.send(11, hb);
+        let out = r.tick(Duration::from_secs(3));
+        assert!(
+            matches!(to(&out, 11)[..], [Msg::JobEvent { job_id, finished: true }] if *job_id == job),
+            "{out:?}"
+        );
+        assert_eq!(r.gcs.sizes(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_saved_table_of_another_version_is_refused() {
+        let records = vec![Msg::GcsCounters {
+            version: SAVED_VERSION + 1,
+            next_node: 1,
+            next_worker: 1,
+            next_job: 1,
+            address: String::new(),
+        }];
+        let r = GcsTables::<C>::restore(Duration::from_secs(1), records, Instant::now());
+        assert!(r.is_err_and(|e| e.contains("version")));
+        let r = GcsTables::<C>::restore(Duration::from_secs(1), Vec::new(), Instant::now());
+        assert!(r.is_err());
     }
 }

@@ -157,8 +157,11 @@ pub(crate) fn choose(nodes: &[NodeRoom], bundles: &[Vec<(String, f64)>], strateg
 /// A group as the GCS keeps it.
 pub(crate) struct GcsGroup<C> {
     pub(crate) row: PgRow,
-    /// The owner's connection (told when the group is placed).
-    pub(crate) owner: C,
+    /// The owner's connection (told when the group is placed); `None` after a restart of the
+    /// GCS until the owner rejoins.
+    pub(crate) owner: Option<C>,
+    /// The owner's worker index (0: not a worker), which finds it again after a restart.
+    pub(crate) owner_worker: u64,
     /// A two-phase attempt is under way (its nodes are in `row`).
     pub(crate) placing: bool,
 }
@@ -518,7 +521,7 @@ impl Cluster {
             return;
         };
         match op {
-            PgOp::Reply if Arc::ptr_eq(peer, &self.gcs) && group.state == CREATED => {
+            PgOp::Reply if self.gcs.is(peer) && group.state == CREATED => {
                 // Installing asks raylets for workers: not on the I/O thread.
                 let me = self.clone();
                 let spawned = std::thread::Builder::new()

@@ -296,7 +296,16 @@ impl Cluster {
                     },
                 });
             };
-            self.node_workers(i)?;
+            if let Err(e) = self.node_workers(i) {
+                // A raylet that cannot be reached is gone, whether or not the GCS has said so
+                // yet (it may be restarting): its slot was marked dead; look elsewhere.
+                if lock(&self.placement.nodes)[i].alive {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "a raylet is gone: placing elsewhere");
+                passed.push(i);
+                continue;
+            }
             let slots = lock(&self.placement.nodes);
             let workers = &slots[i].workers;
             let loads: Vec<policy::WorkerLoad> = workers.iter().map(NodeWorker::load).collect();
@@ -399,12 +408,22 @@ impl Cluster {
             cwd,
             env,
         });
+        let reply = wait_reply(rx, call_timeout(), what);
+        if reply.is_err() && raylet.is_closed() {
+            // Its connection failed: the node is dead to this owner until the GCS's node
+            // table says otherwise (the next refresh).
+            for slot in lock(&self.placement.nodes).iter_mut() {
+                if slot.node_id == node_id {
+                    slot.alive = false;
+                }
+            }
+        }
         let Msg::WorkerStarted {
             index,
             error,
             workers,
             ..
-        } = wait_reply(rx, call_timeout(), what)?
+        } = reply?
         else {
             return Err(cluster_error(what, "unexpected reply"));
         };

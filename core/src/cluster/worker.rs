@@ -29,6 +29,7 @@ use manta_transport::{Address, Listener};
 
 use super::actor_manager::ActorManager;
 use super::borrow::References;
+use super::gcs_link::GcsLink;
 use super::object_manager::ObjectManager;
 use super::peer::{Handler, Peer};
 use super::peers::Peers;
@@ -76,7 +77,8 @@ pub(crate) struct Cluster {
     pub(super) member: Membership,
     /// Its worker index: the top bits of every id it creates.
     pub(super) index: u64,
-    pub(super) gcs: Arc<Peer>,
+    /// The link to the GCS, which rejoins a restarted head (`gcs_link.rs`).
+    pub(super) gcs: Arc<GcsLink>,
     pub(super) rt: OnceLock<Weak<RuntimeInner>>,
     pub(super) me: OnceLock<Weak<Cluster>>,
     /// Connections to other workers and to this worker's raylet (`peers.rs`).
@@ -287,6 +289,24 @@ impl Cluster {
                 format!("bad worker index {index}"),
             ));
         }
+        let gcs = GcsLink::new(
+            gcs,
+            opts.gcs_address.clone(),
+            token.clone(),
+            format!("w{index}"),
+            handler.clone(),
+            io.handle().clone(),
+        );
+        gcs.set_rejoin(Msg::RejoinWorker {
+            request_id: 0,
+            index,
+            node_id,
+            job_id,
+            address: address.clone(),
+            shm_path: shm_path.clone(),
+            host_id: host_id(),
+            driver: matches!(opts.role, Role::Driver),
+        });
         let cluster = Arc::new(Cluster {
             io: IoRuntime(Some(io)),
             member: Membership {
@@ -752,6 +772,10 @@ impl Handler for WorkerHandler {
         // Names are the remote's own choice: act only on the connection recorded for a worker
         // (a member closing some other connection that calls itself `w<N>` changes nothing).
         // A worker's raylet connection is watched by `serve_as_worker`.
+        if c.gcs.is(peer) {
+            c.gcs.lost(peer, reason);
+            return;
+        }
         if let Some(index) = peer
             .name
             .strip_prefix('w')
