@@ -60,6 +60,8 @@ impl Gcs {
             Ok(_) => GcsTables::new(node_timeout),
             Err(e) => return Err(super::cluster_error(what, e.to_string())),
         };
+        let mut tables = tables;
+        tables.set_saves(store.is_some());
         Ok(Arc::new(Gcs {
             tables: Mutex::new(tables),
             store: Mutex::new(store.map(|s| (s, false))),

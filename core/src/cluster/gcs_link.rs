@@ -1,7 +1,9 @@
 //! A worker's or driver's connection to the GCS, which outlives a restart of the head.
 //!
-//! 1. Joining registers on a first connection (`worker.rs`); the link then knows how to
-//!    register again: a `RejoinWorker` with the process's index, job, node and addresses.
+//! 1. Joining registers on a first connection (`worker.rs`). When the GCS answered that it
+//!    saves its tables (`Registered.saved`: a head with a session directory), the link then
+//!    knows how to register again: a `RejoinWorker` with the process's index, job, node and
+//!    addresses. Otherwise a GCS lost is lost for good, as it cannot come back.
 //! 2. When that connection closes (not by [`GcsLink::shutdown`]), the link rejoins in the
 //!    background: it connects again every `backoff` (20 ms, doubling to 500 ms), sends
 //!    `RejoinWorker` and, once the GCS answered `Registered`, makes that connection the

@@ -180,6 +180,8 @@ pub(crate) struct GcsTables<C> {
     restored_at: Option<Instant>,
     /// The address the GCS serves on (saved, so a restart binds it again).
     address: String,
+    /// The shell saves the tables: members are told to rejoin after a restart.
+    saves: bool,
 }
 
 impl<C> std::fmt::Debug for GcsTables<C> {
@@ -216,6 +218,7 @@ impl<C: Conn> GcsTables<C> {
             dirty: false,
             restored_at: None,
             address: String::new(),
+            saves: false,
         }
     }
 
@@ -409,6 +412,7 @@ impl<C: Conn> GcsTables<C> {
                         id,
                         job_id: 0,
                         error: String::new(),
+                        saved: self.saves,
                     },
                 );
                 self.publish(&Msg::NodeEvent { node }, out);
@@ -491,6 +495,7 @@ impl<C: Conn> GcsTables<C> {
                         id: index,
                         job_id,
                         error: String::new(),
+                        saved: self.saves,
                     },
                 );
             }
@@ -644,11 +649,13 @@ impl<C: Conn> GcsTables<C> {
         out: &mut Outs<C>,
     ) {
         let id = node.node_id;
+        let saved = self.saves;
         let answer = |error: String| Msg::Registered {
             request_id,
             id,
             job_id: 0,
             error,
+            saved,
         };
         let Some(e) = self.nodes.iter_mut().find(|e| e.node.node_id == id) else {
             let why = format!("node {id} is unknown to this GCS (its tables were not restored)");
@@ -692,6 +699,7 @@ impl<C: Conn> GcsTables<C> {
             id: index,
             job_id: 0,
             error: String::new(),
+            saved: self.saves,
         };
         let Some(w) = self.workers.get_mut(&index) else {
             if let Msg::Registered { error, .. } = &mut answer {
@@ -726,6 +734,11 @@ impl<C: Conn> GcsTables<C> {
     /// Whether the saved part of the tables changed since the last call.
     pub(crate) fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// The shell saves the tables (members are told so, and rejoin after a restart).
+    pub(crate) fn set_saves(&mut self, saves: bool) {
+        self.saves = saves;
     }
 
     /// Records the address the GCS serves on (saved with the tables).
@@ -2202,6 +2215,35 @@ mod restart_tests {
             "{out:?}"
         );
         assert_eq!(r.gcs.sizes(), (0, 0, 0));
+    }
+
+    #[test]
+    fn members_are_told_whether_the_tables_are_saved() {
+        let saved = |t: &mut T, n| match t
+            .send(
+                n,
+                Msg::RegisterNode {
+                    request_id: 1,
+                    node: Node::default(),
+                },
+            )
+            .into_iter()
+            .next()
+        {
+            Some(Out::Send(_, Msg::Registered { saved, .. })) => saved,
+            other => panic!("{other:?}"),
+        };
+        let mut t = T::new();
+        assert!(!saved(&mut t, 1));
+        t.gcs.set_saves(true);
+        assert!(saved(&mut t, 2));
+        let (w, _) = t.worker(4, 1, 1);
+        let mut r = T::with(restart(&t, t.at()), t.t0, t.now);
+        r.gcs.set_saves(true);
+        let back = r.send(3, rejoin_worker(w));
+        assert!(
+            matches!(to(&back, 3)[..], [Msg::Registered { saved: true, error, .. }] if error.is_empty())
+        );
     }
 
     #[test]

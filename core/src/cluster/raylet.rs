@@ -184,6 +184,8 @@ struct Raylet {
     gcs: Mutex<Option<Arc<Peer>>>,
     /// Its GCS connection closed: the main loop rejoins.
     gcs_lost: tokio::sync::Notify,
+    /// The GCS said it saves its tables: one that is lost may come back (else the node stops).
+    gcs_saves: crate::sync::AtomicBool,
     /// The node's object-store arena, shared by its processes (`None`: each keeps its own).
     store: Option<NodeStore>,
     /// Why the GCS declared this node dead, if it did (the node then exits with an error).
@@ -219,7 +221,12 @@ impl Raylet {
         *lock(&self.gcs) = Some(gcs.clone());
         let reply = gcs.request(|request_id| Msg::RegisterNode { request_id, node });
         let id = match tokio::time::timeout(call_timeout(), reply).await {
-            Ok(Ok(Ok(Msg::Registered { id, error, .. }))) if error.is_empty() => id,
+            Ok(Ok(Ok(Msg::Registered {
+                id, error, saved, ..
+            }))) if error.is_empty() => {
+                self.gcs_saves.store(saved, crate::sync::Ordering::Release);
+                id
+            }
             Ok(Ok(Ok(Msg::Registered { error, .. }))) => {
                 return Err((true, cluster_error(what, error)));
             }
@@ -639,8 +646,14 @@ impl Handler for RayletHandler {
 
     fn on_close(self: Arc<Self>, peer: &Arc<Peer>, _reason: &str) {
         if self.0.is_gcs(peer) {
-            tracing::warn!("lost the GCS: rejoining");
-            self.0.gcs_lost.notify_one();
+            if self.0.gcs_saves.load(crate::sync::Ordering::Acquire) {
+                tracing::warn!("lost the GCS: rejoining");
+                self.0.gcs_lost.notify_one();
+            } else {
+                // Its tables are not saved anywhere: it cannot come back.
+                tracing::warn!("lost the GCS: node stopping");
+                self.0.stop.notify_one();
+            }
         }
         self.0.connection_closed(peer);
     }
@@ -737,6 +750,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             me: OnceLock::new(),
             gcs: Mutex::new(None),
             gcs_lost: tokio::sync::Notify::new(),
+            gcs_saves: crate::sync::AtomicBool::new(false),
             store,
             declared_dead: OnceLock::new(),
             ledger: Mutex::new(Default::default()),

@@ -267,22 +267,27 @@ impl Cluster {
             shm_path: shm_path.clone(),
             host_id: host_id(),
         });
-        let (index, job_id) = match wait_reply(rx, call_timeout(), "registering with the GCS")? {
-            Msg::Registered {
-                id, job_id, error, ..
-            } => {
-                if !error.is_empty() {
-                    return Err(cluster_error("registering with the GCS", error));
+        let (index, job_id, saved) =
+            match wait_reply(rx, call_timeout(), "registering with the GCS")? {
+                Msg::Registered {
+                    id,
+                    job_id,
+                    error,
+                    saved,
+                    ..
+                } => {
+                    if !error.is_empty() {
+                        return Err(cluster_error("registering with the GCS", error));
+                    }
+                    (id, job_id, saved)
                 }
-                (id, job_id)
-            }
-            other => {
-                return Err(cluster_error(
-                    "registering with the GCS",
-                    format!("unexpected reply {other:?}"),
-                ));
-            }
-        };
+                other => {
+                    return Err(cluster_error(
+                        "registering with the GCS",
+                        format!("unexpected reply {other:?}"),
+                    ));
+                }
+            };
         if index == 0 || index > crate::WorkerId::MAX {
             return Err(cluster_error(
                 "registering with the GCS",
@@ -297,16 +302,19 @@ impl Cluster {
             handler.clone(),
             io.handle().clone(),
         );
-        gcs.set_rejoin(Msg::RejoinWorker {
-            request_id: 0,
-            index,
-            node_id,
-            job_id,
-            address: address.clone(),
-            shm_path: shm_path.clone(),
-            host_id: host_id(),
-            driver: matches!(opts.role, Role::Driver),
-        });
+        // A GCS that saves nothing cannot come back: losing it is final (`gcs_link.rs`).
+        if saved {
+            gcs.set_rejoin(Msg::RejoinWorker {
+                request_id: 0,
+                index,
+                node_id,
+                job_id,
+                address: address.clone(),
+                shm_path: shm_path.clone(),
+                host_id: host_id(),
+                driver: matches!(opts.role, Role::Driver),
+            });
+        }
         let cluster = Arc::new(Cluster {
             io: IoRuntime(Some(io)),
             member: Membership {

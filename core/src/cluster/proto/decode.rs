@@ -197,6 +197,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 id: t.id(),
                 job_id: t.job_id(),
                 error: string(t.error()),
+                saved: t.saved(),
             }
         }
         TAG_HEARTBEAT => {

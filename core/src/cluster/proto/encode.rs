@@ -317,6 +317,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             id,
             job_id,
             error,
+            saved,
         } => {
             let error = opt_str(fbb, error);
             table!(
@@ -326,6 +327,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     id: *id,
                     job_id: *job_id,
                     error,
+                    saved: *saved,
                 }
             );
         }

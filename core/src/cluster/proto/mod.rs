@@ -242,6 +242,8 @@ pub(crate) enum Msg {
         id: u64,
         job_id: u64,
         error: String,
+        /// The GCS saves its tables: a member that loses it rejoins it after a restart.
+        saved: bool,
     },
     Heartbeat {
         node_id: u64,

@@ -96,6 +96,7 @@ fn samples() -> Vec<Msg> {
             id: 11,
             job_id: 3,
             error: "name taken".into(),
+            saved: true,
         },
         Msg::Heartbeat {
             node_id: 7,

@@ -1130,7 +1130,8 @@ impl ::core::fmt::Debug for RegisterWorker<'_> {
 pub enum RegisteredOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// GCS -> member: the id given (node id, or worker index and job id), or why not.
+/// GCS -> member: the id given (node id, or worker index and job id), or why not; `saved`:
+/// the GCS saves its tables, so a member that loses it rejoins it after a restart.
 pub struct Registered<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1148,6 +1149,7 @@ impl<'a> Registered<'a> {
   pub const VT_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_JOB_ID: ::flatbuffers::VOffsetT = 8;
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SAVED: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1163,6 +1165,7 @@ impl<'a> Registered<'a> {
     builder.add_id(args.id);
     builder.add_request_id(args.request_id);
     if let Some(x) = args.error { builder.add_error(x); }
+    builder.add_saved(args.saved);
     builder.finish()
   }
 
@@ -1195,6 +1198,13 @@ impl<'a> Registered<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Registered::VT_ERROR, None)}
   }
+  #[inline]
+  pub fn saved(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Registered::VT_SAVED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Registered<'_> {
@@ -1207,6 +1217,7 @@ impl ::flatbuffers::Verifiable for Registered<'_> {
      .visit_field::<u64>("id", Self::VT_ID, false)?
      .visit_field::<u64>("job_id", Self::VT_JOB_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<bool>("saved", Self::VT_SAVED, false)?
      .finish();
     Ok(())
   }
@@ -1216,6 +1227,7 @@ pub struct RegisteredArgs<'a> {
     pub id: u64,
     pub job_id: u64,
     pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub saved: bool,
 }
 impl<'a> Default for RegisteredArgs<'a> {
   #[inline]
@@ -1225,6 +1237,7 @@ impl<'a> Default for RegisteredArgs<'a> {
       id: 0,
       job_id: 0,
       error: None,
+      saved: false,
     }
   }
 }
@@ -1251,6 +1264,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegisteredBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Registered::VT_ERROR, error);
   }
   #[inline]
+  pub fn add_saved(&mut self, saved: bool) {
+    self.fbb_.push_slot::<bool>(Registered::VT_SAVED, saved, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RegisteredBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RegisteredBuilder {
@@ -1272,6 +1289,7 @@ impl ::core::fmt::Debug for Registered<'_> {
       ds.field("id", &self.id());
       ds.field("job_id", &self.job_id());
       ds.field("error", &self.error());
+      ds.field("saved", &self.saved());
       ds.finish()
   }
 }
