@@ -86,14 +86,20 @@ impl Gcs {
 
     /// Saves the tables if they changed (under the tables' lock: before any answer goes).
     fn save(&self, tables: &mut GcsTables<Arc<Peer>>) {
-        if !tables.take_dirty() {
+        let changes = tables.take_changes();
+        if changes.is_empty() {
             return;
         }
         let mut store = lock(&self.store);
         let Some((store, failing)) = store.as_mut() else {
             return;
         };
-        match store.save(&tables.snapshot(Instant::now())) {
+        let saved = if store.needs_rewrite() {
+            store.rewrite(&tables.snapshot())
+        } else {
+            store.append(&changes)
+        };
+        match saved {
             Ok(()) if *failing => {
                 *failing = false;
                 tracing::info!(path = %store.path().display(), "GCS tables saved again");

@@ -37,9 +37,12 @@
 //!    index. A restored member without a connection takes the new one and is answered
 //!    `Registered` (a worker with its job); a node declared dead meanwhile is answered with
 //!    [`DECLARED_DEAD`], an id the tables do not hold with an error: the member then stops.
-//! 9. **Saving.** An event that changed what is saved marks the tables dirty
-//!    ([`GcsTables::take_dirty`]); the shell then saves [`GcsTables::snapshot`] before it
-//!    sends the event's answers. Heartbeats, lookups and listings change nothing saved.
+//! 9. **Saving.** Every change of a saved entry (a node's row, a live worker, a running job,
+//!    a KV entry, an actor, a group, the next ids) notes its key; after the event the shell
+//!    takes the changes ([`GcsTables::take_changes`]: each key's record now, or `None` if its
+//!    entry is gone) and saves them before it sends the event's answers (or, now and then,
+//!    the whole [`GcsTables::snapshot`]). Heartbeats, lookups and listings change nothing
+//!    saved.
 //! 10. **Restoring** ([`GcsTables::restore`]): every member is without a connection. Nodes
 //!     get a full `node_timeout` from the restore to rejoin or heartbeat, then are declared
 //!     dead as ever (published to the members that rejoined). Workers and drivers that did not
@@ -49,10 +52,11 @@
 //! Every answer and notice is an [`Out::Send`] on the connection it is for, in the order the
 //! events came; the shell sends them in that order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::execute::SEP;
+use super::gcs_store::Key;
 use super::pg;
 use super::proto::{ActorInfo, Msg, Node, ObjectRow, PgOp, PgRow, TaskRow};
 use super::worker_table::Conn;
@@ -174,8 +178,8 @@ pub(crate) struct GcsTables<C> {
     pgs: pg::GcsGroups<C>,
     /// A node silent for this long is declared dead.
     node_timeout: Duration,
-    /// The tables changed in what is saved since [`take_dirty`](Self::take_dirty).
-    dirty: bool,
+    /// The saved entries changed since [`take_changes`](Self::take_changes).
+    changed: HashSet<Key>,
     /// When the tables were restored (until the restored workers rejoined or were given up).
     restored_at: Option<Instant>,
     /// The address the GCS serves on (saved, so a restart binds it again).
@@ -215,7 +219,7 @@ impl<C: Conn> GcsTables<C> {
             next_job: 1,
             pgs: pg::GcsGroups::default(),
             node_timeout,
-            dirty: false,
+            changed: HashSet::new(),
             restored_at: None,
             address: String::new(),
             saves: false,
@@ -225,25 +229,6 @@ impl<C: Conn> GcsTables<C> {
     /// Handles one event that happened at `now`; returns what to do, in order.
     pub(crate) fn handle(&mut self, now: Instant, event: Event<C>) -> Vec<Out<C>> {
         let mut out = Vec::new();
-        let changes = match &event {
-            Event::Message(_, m) => !matches!(
-                m,
-                Msg::Heartbeat { .. }
-                    | Msg::GetNodes { .. }
-                    | Msg::GetWorker { .. }
-                    | Msg::KvGet { .. }
-                    | Msg::LookupActor { .. }
-                    | Msg::ListActors { .. }
-                    | Msg::ListWork { .. }
-                    | Msg::Work { .. }
-                    | Msg::Subscribe { .. }
-                    | Msg::Pg { op: PgOp::List, .. }
-            ),
-            Event::Prepared { .. } | Event::PgRetry => true,
-            // These mark what they change themselves.
-            Event::Closed(_) | Event::Tick | Event::ListingDue { .. } => false,
-        };
-        self.dirty |= changes;
         match event {
             Event::Message(from, msg) => self.message(now, &from, msg, &mut out),
             Event::Closed(conn) => self.closed(now, &conn, &mut out),
@@ -317,16 +302,18 @@ impl<C: Conn> GcsTables<C> {
         let node = Self::node_view(e, now);
         let conn = e.conn.clone();
         let node_id = node.node_id;
-        self.dirty = true;
-        for w in self.workers.values_mut() {
-            if w.node_id == node_id {
+        self.changed.insert(Key::Node(node_id));
+        for (i, w) in self.workers.iter_mut() {
+            if w.node_id == node_id && w.alive {
                 w.alive = false;
+                self.changed.insert(Key::Worker(*i));
             }
         }
         for a in self.actors.values_mut() {
             if a.node_id == node_id && a.alive {
                 a.alive = false;
                 a.death = format!("its node {node_id} died ({why})");
+                self.changed.insert(Key::Actor(a.actor_id));
             }
         }
         // A node merely silent may still run: tell it (it reads this when it wakes up).
@@ -380,7 +367,6 @@ impl<C: Conn> GcsTables<C> {
                 self.pg_remove(id, out);
             }
             self.forget_dead_actors();
-            self.dirty = true;
         }
     }
 
@@ -398,6 +384,8 @@ impl<C: Conn> GcsTables<C> {
                 self.next_node += 1;
                 node.node_id = id;
                 node.alive = true;
+                self.changed.insert(Key::Header);
+                self.changed.insert(Key::Node(id));
                 tracing::info!(node = id, address = %node.address, "node joined");
                 self.nodes.push(NodeEntry {
                     node: node.clone(),
@@ -465,11 +453,14 @@ impl<C: Conn> GcsTables<C> {
             } => {
                 let index = self.next_worker;
                 self.next_worker += 1;
+                self.changed.insert(Key::Header);
+                self.changed.insert(Key::Worker(index));
                 let is_driver = job_id == 0;
                 let job_id = if is_driver {
                     let j = self.next_job;
                     self.next_job += 1;
                     self.jobs.insert(j, true);
+                    self.changed.insert(Key::Job(j));
                     tracing::info!(job = j, %executable, pid, "job started");
                     j
                 } else {
@@ -557,6 +548,7 @@ impl<C: Conn> GcsTables<C> {
                 key,
                 value,
             } => {
+                self.changed.insert(Key::Kv(key.clone()));
                 let old = self.kv.insert(key, value);
                 reply(
                     out,
@@ -673,6 +665,7 @@ impl<C: Conn> GcsTables<C> {
             return;
         }
         tracing::info!(node = id, address = %node.address, "node rejoined");
+        self.changed.insert(Key::Node(id));
         e.conn = Some(peer.clone());
         e.last_heard = now;
         e.node.address = node.address;
@@ -714,6 +707,7 @@ impl<C: Conn> GcsTables<C> {
             return answer;
         }
         tracing::info!(worker = index, job = w.job_id, "worker rejoined");
+        self.changed.insert(Key::Worker(index));
         w.conn = Some(peer.clone());
         w.address = address;
         w.shm_path = shm_path;
@@ -731,9 +725,93 @@ impl<C: Conn> GcsTables<C> {
 
     // ----- saving and restoring --------------------------------------------------------------
 
-    /// Whether the saved part of the tables changed since the last call.
-    pub(crate) fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
+    /// The saved entries that changed since the last call, each with its record now (`None`:
+    /// the entry is gone); empty if none did.
+    pub(crate) fn take_changes(&mut self) -> Vec<(Key, Option<Msg>)> {
+        let mut changed: Vec<Key> = self.changed.drain().collect();
+        changed.sort_by_key(|k| matches!(k, Key::Header));
+        changed
+            .into_iter()
+            .map(|k| {
+                let m = self.record(&k);
+                (k, m)
+            })
+            .collect()
+    }
+
+    /// The record saved for `key` now (`None`: nothing is saved under it).
+    fn record(&self, key: &Key) -> Option<Msg> {
+        match key {
+            Key::Header => Some(Msg::GcsCounters {
+                version: SAVED_VERSION,
+                next_node: self.next_node,
+                next_worker: self.next_worker,
+                next_job: self.next_job,
+                address: self.address.clone(),
+            }),
+            Key::Node(id) => {
+                let e = self.nodes.iter().find(|e| e.node.node_id == *id)?;
+                // What stays: not its age, store use or run-time resources, which a heartbeat
+                // changes (a restored node's age counts from the restart).
+                let mut row = e.node.clone();
+                row.age_s = 0.0;
+                row.store_used = 0;
+                row.store_pages = String::new();
+                row.workers = 0;
+                row.resources.retain(|r| !r.name.contains("_group_"));
+                for r in &mut row.resources {
+                    r.available = r.total;
+                }
+                Some(Msg::Nodes {
+                    request_id: 0,
+                    nodes: vec![row],
+                })
+            }
+            Key::Worker(index) => {
+                let w = self.workers.get(index).filter(|w| w.alive)?;
+                Some(Msg::RejoinWorker {
+                    request_id: 0,
+                    index: *index,
+                    node_id: w.node_id,
+                    job_id: w.job_id,
+                    address: w.address.clone(),
+                    shm_path: w.shm_path.clone(),
+                    host_id: w.host_id.clone(),
+                    driver: w.is_driver,
+                })
+            }
+            // Only running jobs: a finished one's id is never handed out again.
+            Key::Job(id) => self.jobs.get(id).filter(|r| **r).map(|_| Msg::JobEvent {
+                job_id: *id,
+                finished: false,
+            }),
+            Key::Kv(key) => self.kv.get(key).map(|value| Msg::KvPut {
+                request_id: 0,
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            Key::Actor(id) => self.actors.get(id).map(|a| Msg::RegisterActor {
+                request_id: 0,
+                actor: a.clone(),
+            }),
+            Key::Group(id) => {
+                if let Some(g) = self.pgs.groups.get(id) {
+                    let mut row = g.row.clone();
+                    if g.placing {
+                        // The attempt dies with this GCS and the group is placed again. (A
+                        // raylet that had prepared it keeps that reservation: not reconciled
+                        // yet.)
+                        row.state = pg::PENDING;
+                        for b in &mut row.bundles {
+                            b.node_id = 0;
+                        }
+                    }
+                    return Some(pg::msg(PgOp::Groups, g.owner_worker, row, ""));
+                }
+                let row = self.pgs.removed.iter().find(|r| r.pg_id == *id)?;
+                Some(pg::msg(PgOp::Groups, 0, row.clone(), ""))
+            }
+        }
     }
 
     /// The shell saves the tables (members are told so, and rejoin after a restart).
@@ -744,81 +822,36 @@ impl<C: Conn> GcsTables<C> {
     /// Records the address the GCS serves on (saved with the tables).
     pub(crate) fn set_address(&mut self, address: String) {
         self.address = address;
-        self.dirty = true;
+        self.changed.insert(Key::Header);
     }
 
-    /// The tables to save, as records (step 9): a `GcsCounters` header, the node rows, one
-    /// `RejoinWorker` per live worker, one `JobEvent` per job, one `KvPut` per key, the actor
-    /// rows, one `Pg` per group (its owner's worker index as the request id). Connections,
-    /// subscribers, listings and attempts under way are not saved.
-    pub(crate) fn snapshot(&self, now: Instant) -> Vec<Msg> {
-        let mut v = vec![Msg::GcsCounters {
-            version: SAVED_VERSION,
-            next_node: self.next_node,
-            next_worker: self.next_worker,
-            next_job: self.next_job,
-            address: self.address.clone(),
-        }];
-        v.push(Msg::Nodes {
-            request_id: 0,
-            nodes: self.nodes.iter().map(|e| Self::node_view(e, now)).collect(),
-        });
-        let mut workers: Vec<(&u64, &WorkerEntry<C>)> =
-            self.workers.iter().filter(|(_, w)| w.alive).collect();
-        workers.sort_by_key(|(i, _)| **i);
-        for (index, w) in workers {
-            v.push(Msg::RejoinWorker {
-                request_id: 0,
-                index: *index,
-                node_id: w.node_id,
-                job_id: w.job_id,
-                address: w.address.clone(),
-                shm_path: w.shm_path.clone(),
-                host_id: w.host_id.clone(),
-                driver: w.is_driver,
-            });
-        }
-        let mut jobs: Vec<(&u64, &bool)> = self.jobs.iter().collect();
-        jobs.sort();
-        for (job_id, running) in jobs {
-            v.push(Msg::JobEvent {
-                job_id: *job_id,
-                finished: !running,
-            });
-        }
-        let mut keys: Vec<&String> = self.kv.keys().collect();
-        keys.sort();
-        for key in keys {
-            v.push(Msg::KvPut {
-                request_id: 0,
-                key: key.clone(),
-                value: self.kv[key].clone(),
-            });
-        }
-        let mut actors: Vec<ActorInfo> = self.actors.values().cloned().collect();
-        actors.sort_by_key(|a| a.actor_id);
-        v.push(Msg::Actors {
-            request_id: 0,
-            actors,
-        });
-        let mut groups: Vec<&pg::GcsGroup<C>> = self.pgs.groups.values().collect();
-        groups.sort_by_key(|g| g.row.pg_id);
-        for g in groups {
-            let mut row = g.row.clone();
-            if g.placing {
-                // The attempt dies with this GCS and the group is placed again. (A raylet
-                // that had prepared it keeps that reservation: not reconciled yet.)
-                row.state = pg::PENDING;
-                for b in &mut row.bundles {
-                    b.node_id = 0;
-                }
-            }
-            v.push(pg::msg(PgOp::Groups, g.owner_worker, row, ""));
-        }
-        for row in &self.pgs.removed {
-            v.push(pg::msg(PgOp::Groups, 0, row.clone(), ""));
-        }
-        v
+    /// The tables to save, one record per entry (step 9; `gcs_store.rs` keys them and saves
+    /// what changed): a `GcsCounters` header, a `Nodes` of one row per node (its age and
+    /// store use left out: they change all the time, and a restored node's age counts from
+    /// the restart), one `RejoinWorker` per live worker, one `JobEvent` per job, one `KvPut`
+    /// per key, one `RegisterActor` per actor, one `Pg` per group (its owner's worker index as
+    /// the request id). Connections, subscribers, listings and attempts under way are not
+    /// saved.
+    pub(crate) fn snapshot(&self) -> Vec<Msg> {
+        let mut keys = vec![Key::Header];
+        keys.extend(self.nodes.iter().map(|e| Key::Node(e.node.node_id)));
+        let mut workers: Vec<u64> = self.workers.keys().copied().collect();
+        workers.sort_unstable();
+        keys.extend(workers.into_iter().map(Key::Worker));
+        let mut jobs: Vec<u64> = self.jobs.keys().copied().collect();
+        jobs.sort_unstable();
+        keys.extend(jobs.into_iter().map(Key::Job));
+        let mut kv: Vec<&String> = self.kv.keys().collect();
+        kv.sort();
+        keys.extend(kv.into_iter().map(|k| Key::Kv(k.clone())));
+        let mut actors: Vec<u64> = self.actors.keys().copied().collect();
+        actors.sort_unstable();
+        keys.extend(actors.into_iter().map(Key::Actor));
+        let mut groups: Vec<u64> = self.pgs.groups.keys().copied().collect();
+        groups.extend(self.pgs.removed.iter().map(|r| r.pg_id));
+        groups.sort_unstable();
+        keys.extend(groups.into_iter().map(Key::Group));
+        keys.iter().filter_map(|k| self.record(k)).collect()
     }
 
     /// Tables restored from `records` (what [`snapshot`](Self::snapshot) returned before a
@@ -894,13 +927,11 @@ impl<C: Conn> GcsTables<C> {
                 Msg::KvPut { key, value, .. } => {
                     t.kv.insert(key, value);
                 }
-                Msg::Actors { actors, .. } => {
-                    for a in actors {
-                        if a.alive && !a.name.is_empty() {
-                            t.named.insert(a.name.clone(), a.actor_id);
-                        }
-                        t.actors.insert(a.actor_id, a);
+                Msg::RegisterActor { actor: a, .. } => {
+                    if a.alive && !a.name.is_empty() {
+                        t.named.insert(a.name.clone(), a.actor_id);
                     }
+                    t.actors.insert(a.actor_id, a);
                 }
                 Msg::Pg {
                     request_id, group, ..
@@ -930,6 +961,7 @@ impl<C: Conn> GcsTables<C> {
                 other => return Err(format!("unexpected record {}", other.name())),
             }
         }
+        t.nodes.sort_by_key(|e| e.node.node_id);
         t.restored_at = Some(now);
         Ok(t)
     }
@@ -972,6 +1004,7 @@ impl<C: Conn> GcsTables<C> {
         if !actor.name.is_empty() && actor.alive {
             self.named.insert(actor.name.clone(), actor.actor_id);
         }
+        self.changed.insert(Key::Actor(actor.actor_id));
         self.actors.insert(actor.actor_id, actor.clone());
         Msg::ActorReply {
             request_id,
@@ -1099,7 +1132,6 @@ impl<C: Conn> GcsTables<C> {
         }
         if !orphans.is_empty() {
             self.pgs.retry_scheduled = true;
-            self.dirty = true;
         }
     }
 
@@ -1110,15 +1142,17 @@ impl<C: Conn> GcsTables<C> {
         let Some(w) = self.workers.remove(&index) else {
             return;
         };
-        self.dirty = true;
+        self.changed.insert(Key::Worker(index));
         for a in self.actors.values_mut() {
             if a.worker == index && a.alive {
                 a.alive = false;
                 a.death = format!("its worker process {index} exited");
+                self.changed.insert(Key::Actor(a.actor_id));
             }
         }
         let job = w.job_id;
         if w.is_driver && self.jobs.insert(job, false) == Some(true) {
+            self.changed.insert(Key::Job(job));
             tracing::info!(job, "job finished (driver left)");
             self.publish(
                 &Msg::JobEvent {
@@ -1144,6 +1178,7 @@ impl<C: Conn> GcsTables<C> {
         }
         dead.sort_unstable();
         for id in &dead[..dead.len() - MAX_DEAD_ACTORS] {
+            self.changed.insert(Key::Actor(*id));
             if let Some(a) = self.actors.remove(id)
                 && self.named.get(&a.name) == Some(id)
             {
@@ -1205,6 +1240,7 @@ impl<C: Conn> GcsTables<C> {
                     .iter()
                     .find(|(_, w)| w.conn.as_ref().is_some_and(|c| c.same(peer)))
                     .map_or(0, |(i, _)| *i);
+                self.changed.insert(Key::Group(row.pg_id));
                 self.pgs.groups.insert(
                     row.pg_id,
                     pg::GcsGroup {
@@ -1287,6 +1323,7 @@ impl<C: Conn> GcsTables<C> {
         let Some(g) = self.pgs.groups.remove(&pg_id) else {
             return false;
         };
+        self.changed.insert(Key::Group(pg_id));
         if self.pgs.names.get(&g.row.name) == Some(&pg_id) {
             self.pgs.names.remove(&g.row.name);
         }
@@ -1297,8 +1334,10 @@ impl<C: Conn> GcsTables<C> {
         let mut row = g.row;
         row.state = pg::REMOVED;
         self.pgs.removed.push_back(row);
-        if self.pgs.removed.len() > pg::KEPT_REMOVED {
-            self.pgs.removed.pop_front();
+        if self.pgs.removed.len() > pg::KEPT_REMOVED
+            && let Some(old) = self.pgs.removed.pop_front()
+        {
+            self.changed.insert(Key::Group(old.pg_id));
         }
         true
     }
@@ -1351,6 +1390,7 @@ impl<C: Conn> GcsTables<C> {
             if let Some(g) = self.pgs.groups.get_mut(&id) {
                 g.row = row.clone();
                 g.placing = true;
+                self.changed.insert(Key::Group(id));
             }
             let mut distinct = nodes.clone();
             distinct.sort_unstable();
@@ -1422,6 +1462,7 @@ impl<C: Conn> GcsTables<C> {
             return;
         };
         g.placing = false;
+        self.changed.insert(Key::Group(pg_id));
         match attempt.failure {
             None => {
                 g.row.state = pg::CREATED;
@@ -2037,7 +2078,7 @@ mod restart_tests {
         let mut fbb = flatbuffers::FlatBufferBuilder::new();
         let records: Vec<Msg> = t
             .gcs
-            .snapshot(t.at())
+            .snapshot()
             .iter()
             .map(|m| {
                 fbb.reset();
@@ -2077,7 +2118,7 @@ mod restart_tests {
                 value: b"v".to_vec(),
             },
         );
-        assert!(t.gcs.take_dirty());
+        assert!(!t.gcs.take_changes().is_empty());
         // Lookups and heartbeats change nothing saved.
         t.lookup("svc");
         t.send(
@@ -2089,7 +2130,7 @@ mod restart_tests {
                 store_pages: String::new(),
             },
         );
-        assert!(!t.gcs.take_dirty());
+        assert!(t.gcs.take_changes().is_empty());
 
         // The head dies; restarted, its tables come back without connections.
         let mut r = T::with(restart(&t, t.at()), t.t0, t.now);
@@ -2244,6 +2285,177 @@ mod restart_tests {
         assert!(
             matches!(to(&back, 3)[..], [Msg::Registered { saved: true, error, .. }] if error.is_empty())
         );
+    }
+
+    /// The saved entries, keyed.
+    fn keyed(records: Vec<Msg>) -> HashMap<Key, Msg> {
+        records
+            .into_iter()
+            .map(|m| (Key::of(&m).expect("a saved record"), m))
+            .collect()
+    }
+
+    #[test]
+    fn the_changes_replayed_are_the_tables_saved_whole() {
+        use crate::cluster::proto::{PgBundle, Resource};
+        for seed in 1..=300u64 {
+            let mut rng = crate::cluster::sim::Rng::new(seed);
+            let mut t = T::new();
+            // What the file holds: the first save writes everything, then only changes.
+            let mut saved = keyed(t.gcs.snapshot());
+            t.gcs.take_changes();
+            let mut next_conn = 100u64;
+            let mut nodes: Vec<(u64, u64)> = Vec::new();
+            let mut workers: Vec<(u64, u64)> = Vec::new();
+            let mut next_actor = 1u64;
+            let mut next_pg = 1u64;
+            let mut trace = Vec::new();
+            for step in 0..80 {
+                let op = rng.below(11);
+                trace.push(op);
+                next_conn += 1;
+                let c = next_conn;
+                match op {
+                    0 => nodes.push((c, t.node(c, 2.0))),
+                    1 => workers.push((c, t.worker(c, 0, 0).0)),
+                    2 if !nodes.is_empty() => {
+                        let (_, n) = nodes[rng.below(nodes.len() as u64) as usize];
+                        workers.push((c, t.worker(c, n, 1).0));
+                    }
+                    3 if !workers.is_empty() => {
+                        let (wc, w) = workers[rng.below(workers.len() as u64) as usize];
+                        let name = if rng.chance(0.5) {
+                            format!("n{}", rng.below(4))
+                        } else {
+                            String::new()
+                        };
+                        let node_id = nodes.first().map_or(0, |n| n.1);
+                        t.actor(wc, named(&name, next_actor, w, node_id));
+                        next_actor += 1;
+                    }
+                    4 if next_actor > 1 => {
+                        let death = ActorInfo {
+                            actor_id: 1 + rng.below(next_actor - 1),
+                            alive: false,
+                            death: "killed".into(),
+                            ..ActorInfo::default()
+                        };
+                        t.actor(c, death);
+                    }
+                    5 => {
+                        let key = format!("k{}", rng.below(3));
+                        let value = vec![rng.below(256) as u8];
+                        t.send(
+                            c,
+                            Msg::KvPut {
+                                request_id: 1,
+                                key,
+                                value,
+                            },
+                        );
+                    }
+                    6 if !workers.is_empty() || !nodes.is_empty() => {
+                        let all: Vec<u64> = workers
+                            .iter()
+                            .chain(&nodes)
+                            .map(|(conn, _)| *conn)
+                            .collect();
+                        let gone = all[rng.below(all.len() as u64) as usize];
+                        t.close(gone);
+                    }
+                    7 => {
+                        for (conn, id) in nodes.clone() {
+                            if rng.chance(0.7) {
+                                t.send(
+                                    conn,
+                                    Msg::Heartbeat {
+                                        node_id: id,
+                                        resources: Vec::new(),
+                                        store_used: 1,
+                                        store_pages: "4 KiB".into(),
+                                    },
+                                );
+                            }
+                        }
+                        t.tick(Duration::from_secs(1 + rng.below(8)));
+                    }
+                    8 if !workers.is_empty() => {
+                        let (wc, _) = workers[rng.below(workers.len() as u64) as usize];
+                        let group = PgRow {
+                            pg_id: next_pg,
+                            strategy: 0,
+                            bundles: vec![PgBundle {
+                                index: 0,
+                                node_id: 0,
+                                resources: vec![Resource {
+                                    name: "CPU".into(),
+                                    total: 1.0,
+                                    available: 1.0,
+                                }],
+                            }],
+                            ..PgRow::default()
+                        };
+                        next_pg += 1;
+                        let out = t.send(
+                            wc,
+                            Msg::Pg {
+                                op: PgOp::Create,
+                                request_id: 1,
+                                group,
+                                error: String::new(),
+                                groups: Vec::new(),
+                            },
+                        );
+                        let at = t.at();
+                        for o in out {
+                            if let Out::Prepare { pg_id, node_id, .. } = o {
+                                let error = rng.chance(0.3).then(|| "no room".to_owned());
+                                t.gcs.handle(
+                                    at,
+                                    Event::Prepared {
+                                        pg_id,
+                                        node_id,
+                                        error,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    9 if next_pg > 1 => {
+                        let group = PgRow {
+                            pg_id: 1 + rng.below(next_pg - 1),
+                            ..PgRow::default()
+                        };
+                        t.send(
+                            c,
+                            Msg::Pg {
+                                op: PgOp::Remove,
+                                request_id: 1,
+                                group,
+                                error: String::new(),
+                                groups: Vec::new(),
+                            },
+                        );
+                    }
+                    _ => {
+                        let at = t.at();
+                        t.gcs.handle(at, Event::PgRetry);
+                    }
+                }
+                for (k, m) in t.gcs.take_changes() {
+                    match m {
+                        Some(m) => saved.insert(k, m),
+                        None => saved.remove(&k),
+                    };
+                }
+                let whole = keyed(t.gcs.snapshot());
+                assert!(
+                    saved == whole,
+                    "seed {seed}, step {step} (ops {trace:?}): the changes replayed differ from \
+                     the tables:\n{saved:#?}\nvs\n{whole:#?}"
+                );
+            }
+        }
     }
 
     #[test]

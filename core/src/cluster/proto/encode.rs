@@ -877,6 +877,17 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                 }
             );
         }
+        Msg::GcsForget { kind, id, name } => {
+            let name = opt_str(fbb, name);
+            table!(
+                GcsForget,
+                GcsForgetArgs {
+                    kind: *kind,
+                    id: *id,
+                    name,
+                }
+            );
+        }
         Msg::GcsCounters {
             version,
             next_node,

@@ -12,8 +12,8 @@
 //! Tags are stable wire numbers: 1–38 (`NAMES`), then ranges kept apart per area; 60–69
 //! carry actor lifetimes (`DetachActor`, `WorkerDetached`: `cluster/lifetime.rs`); 70–79
 //! placement groups (one table, `PgMsg`, whose tag says the operation: [`PgOp`]); 90–99 the
-//! head's restart (`RejoinWorker`, and `GcsCounters`, which only the GCS's saved tables hold:
-//! `cluster/gcs_store.rs`).
+//! head's restart (`RejoinWorker`, and `GcsCounters` and `GcsForget`, which only the GCS's
+//! saved tables hold: `cluster/gcs_store.rs`).
 
 use manta_transport::Tag;
 
@@ -476,6 +476,12 @@ pub(crate) enum Msg {
         host_id: String,
         driver: bool,
     },
+    /// A record of the GCS's saved tables (never sent): the entry under this key is gone.
+    GcsForget {
+        kind: u8,
+        id: u64,
+        name: String,
+    },
     /// The header of the GCS's saved tables (never sent).
     GcsCounters {
         version: u32,
@@ -542,6 +548,7 @@ pub(crate) const TAG_PG_FIRST: u64 = 70;
 // Head restart (90–99).
 pub(crate) const TAG_REJOIN_WORKER: u64 = 90;
 pub(crate) const TAG_GCS_COUNTERS: u64 = 91;
+pub(crate) const TAG_GCS_FORGET: u64 = 92;
 pub(crate) const TAG_RELEASE_ACTOR: u64 = 41;
 
 /// Table names by tag (`NAMES[tag - 1]`).
@@ -596,6 +603,7 @@ const MORE_NAMES: &[(u64, &str)] = &[
     (TAG_WORKER_DETACHED, "WorkerDetached"),
     (TAG_REJOIN_WORKER, "RejoinWorker"),
     (TAG_GCS_COUNTERS, "GcsCounters"),
+    (TAG_GCS_FORGET, "GcsForget"),
 ];
 
 /// The table name a tag stands for, if it is a cluster message's.
@@ -663,6 +671,7 @@ impl Msg {
             Msg::ReleaseActor { .. } => TAG_RELEASE_ACTOR,
             Msg::RejoinWorker { .. } => TAG_REJOIN_WORKER,
             Msg::GcsCounters { .. } => TAG_GCS_COUNTERS,
+            Msg::GcsForget { .. } => TAG_GCS_FORGET,
         }
     }
 

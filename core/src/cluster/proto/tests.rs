@@ -342,6 +342,11 @@ fn samples() -> Vec<Msg> {
             host_id: "boot:ns".into(),
             driver: true,
         },
+        Msg::GcsForget {
+            kind: 3,
+            id: 12,
+            name: "key".into(),
+        },
         Msg::GcsCounters {
             version: 1,
             next_node: 4,
@@ -409,7 +414,7 @@ fn every_variant_round_trips_through_one_reused_builder() {
         ])
         .chain(60..=61)
         .chain(70..=78)
-        .chain(90..=91)
+        .chain(90..=92)
         .collect();
     assert_eq!(tags, want, "a sample of every variant");
     let mut fbb = FlatBufferBuilder::new();
@@ -538,7 +543,7 @@ fn tags_are_distinct_stable_and_named() {
                 || (50..=51).contains(&tag)
                 || (60..=61).contains(&tag)
                 || (70..=78).contains(&tag)
-                || (90..=91).contains(&tag)
+                || (90..=92).contains(&tag)
                 || tag == TAG_OBJECT_FAILED
                 || tag == TAG_RELEASE_ACTOR,
             "tag {tag}"
@@ -574,7 +579,8 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(TAG_CANCEL_REPLY, 51);
     assert_eq!(TAG_REJOIN_WORKER, 90);
     assert_eq!(TAG_GCS_COUNTERS, 91);
-    assert_eq!(tag_name(92), None);
+    assert_eq!(TAG_GCS_FORGET, 92);
+    assert_eq!(tag_name(93), None);
 }
 
 #[test]
