@@ -70,6 +70,13 @@ fn a_job_survives_a_head_killed_and_restarted_on_its_session() {
     let (side, doomed) = (id_of("side"), id_of("doomed"));
     let old_head = state.nodes.iter().map(|n| n.node_id).min().unwrap();
 
+    // A placement group reserved on the side node (committed there before the crash).
+    let pg = manta::placement_group(
+        vec![manta::Bundle::cpus(1.0).resource("side", 0.25)],
+        manta::PlacementStrategy::Pack,
+    )
+    .unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
     // A named actor on the side node, and a job of tasks and actor calls under way.
     let counter = Counter::options()
         .resource("side", 0.5)
@@ -118,6 +125,18 @@ fn a_job_survives_a_head_killed_and_restarted_on_its_session() {
         },
         |v| *v == (Some(true), Some(false), Some(false)),
     );
+    // The group is still created, on the side node, and work in its bundle runs.
+    let groups = manta::list_placement_groups().unwrap();
+    let row = groups
+        .iter()
+        .find(|g| g.id == pg.id())
+        .expect("the group after the restart");
+    assert_eq!(row.state, manta::PlacementGroupState::Created);
+    assert_eq!(row.bundle_nodes, vec![side]);
+    let in_bundle = slow_square::options()
+        .placement_group(&pg, Some(0))
+        .remote(9, 0);
+    assert_eq!(in_bundle.get_timeout(LONG).unwrap(), 81);
     // New work runs (on the side node and the restarted head's node).
     let more: Vec<_> = (0..20u64).map(|i| slow_square::remote(i, 1)).collect();
     for (i, r) in more.iter().enumerate() {

@@ -35,7 +35,9 @@
 //! 8. **Rejoining a restarted GCS.** A raylet that lost the GCS registers again with
 //!    `RegisterNode` carrying its node id, a worker or driver with `RejoinWorker` carrying its
 //!    index. A restored member without a connection takes the new one and is answered
-//!    `Registered` (a worker with its job); a node declared dead meanwhile is answered with
+//!    `Registered` (a worker with its job; a node after `PgCommit` of its created groups'
+//!    parts, since a commit may have been lost with the old GCS, whereupon the raylet drops
+//!    what it holds only prepared); a node declared dead meanwhile is answered with
 //!    [`DECLARED_DEAD`], an id the tables do not hold with an error: the member then stops.
 //! 9. **Saving.** Every change of a saved entry (a node's row, a live worker, a running job,
 //!    a KV entry, an actor, a group, the next ids) notes its key; after the event the shell
@@ -667,6 +669,21 @@ impl<C: Conn> GcsTables<C> {
         tracing::info!(node = id, address = %node.address, "node rejoined");
         self.changed.insert(Key::Node(id));
         e.conn = Some(peer.clone());
+        // Its created groups' parts, committed again before the answer (a commit may have been
+        // lost with the old GCS; the raylet then drops what is only prepared).
+        let mut created: Vec<&pg::GcsGroup<C>> = self
+            .pgs
+            .groups
+            .values()
+            .filter(|g| g.row.state == pg::CREATED && g.row.bundles.iter().any(|b| b.node_id == id))
+            .collect();
+        created.sort_by_key(|g| g.row.pg_id);
+        for g in created {
+            out.push(Out::Send(
+                peer.clone(),
+                pg::msg(PgOp::Commit, 0, pg::row_on(&g.row, id), ""),
+            ));
+        }
         e.last_heard = now;
         e.node.address = node.address;
         e.node.resources = node.resources;
@@ -798,9 +815,8 @@ impl<C: Conn> GcsTables<C> {
                 if let Some(g) = self.pgs.groups.get(id) {
                     let mut row = g.row.clone();
                     if g.placing {
-                        // The attempt dies with this GCS and the group is placed again. (A
-                        // raylet that had prepared it keeps that reservation: not reconciled
-                        // yet.)
+                        // The attempt dies with this GCS and the group is placed again (its
+                        // raylets drop what they prepared when they rejoin: step 8).
                         row.state = pg::PENDING;
                         for b in &mut row.bundles {
                             b.node_id = 0;
@@ -2221,6 +2237,70 @@ mod restart_tests {
         let out = r.close(15);
         assert!(
             matches!(to(&out, 11)[..], [Msg::JobEvent { job_id, finished: true }] if *job_id == job)
+        );
+    }
+
+    #[test]
+    fn a_rejoining_node_is_sent_its_created_groups_commits_before_its_answer() {
+        use crate::cluster::proto::{PgBundle, Resource};
+        let mut t = T::new();
+        t.node(1, 2.0);
+        let b = t.node(2, 2.0);
+        t.worker(5, 0, 0);
+        let group = PgRow {
+            pg_id: 7,
+            strategy: 1,
+            bundles: (0..2)
+                .map(|i| PgBundle {
+                    index: i,
+                    node_id: 0,
+                    resources: vec![Resource {
+                        name: "CPU".into(),
+                        total: 1.0,
+                        available: 1.0,
+                    }],
+                })
+                .collect(),
+            ..PgRow::default()
+        };
+        let out = t.send(
+            5,
+            Msg::Pg {
+                op: PgOp::Create,
+                request_id: 1,
+                group,
+                error: String::new(),
+                groups: Vec::new(),
+            },
+        );
+        let at = t.at();
+        for o in out {
+            if let Out::Prepare { pg_id, node_id, .. } = o {
+                t.gcs.handle(
+                    at,
+                    Event::Prepared {
+                        pg_id,
+                        node_id,
+                        error: None,
+                    },
+                );
+            }
+        }
+        let mut r = T::with(restart(&t, t.at()), t.t0, t.now);
+        let out = r.send(
+            11,
+            Msg::RegisterNode {
+                request_id: 3,
+                node: Node {
+                    node_id: b,
+                    ..Node::default()
+                },
+            },
+        );
+        let sent = to(&out, 11);
+        assert!(
+            matches!(sent[..], [Msg::Pg { op: PgOp::Commit, group, .. }, Msg::Registered { .. }] if group.pg_id == 7 && group.bundles.iter().all(|x| x.node_id == b)),
+            "{sent:?}"
         );
     }
 

@@ -298,6 +298,14 @@ impl Ledger {
         self.groups.remove(&pg_id);
     }
 
+    /// Drops every reservation prepared and not committed (the GCS that asked restarted: its
+    /// attempts died with it); returns how many.
+    pub(crate) fn drop_prepared(&mut self) -> usize {
+        let before = self.groups.len();
+        self.groups.retain(|_, (committed, _)| *committed);
+        before - self.groups.len()
+    }
+
     /// The run-time resources of the committed groups, for the node's heartbeat.
     pub(crate) fn resources(&self, node_id: u64) -> Vec<(String, f64)> {
         let mut added = Vec::new();
@@ -700,5 +708,23 @@ mod tests {
                 .any(|(n, a)| n.starts_with("CPU_group_0_") && *a == 1.0)
         );
         assert_eq!(reserved, cpus(1.0));
+    }
+
+    #[test]
+    fn a_lost_gcs_leaves_only_committed_reservations() {
+        let mut l = Ledger::default();
+        let row = |id: u64| PgRow {
+            pg_id: id,
+            bundles: wire_bundles(&[cpus(0.5)]),
+            ..PgRow::default()
+        };
+        let totals = cpus(2.0);
+        for id in 1..=3 {
+            assert!(l.prepare(&totals, row(id)).is_ok());
+        }
+        assert!(l.commit(2));
+        assert_eq!(l.drop_prepared(), 2);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.reserved(), cpus(0.5));
     }
 }

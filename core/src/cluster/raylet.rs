@@ -219,6 +219,7 @@ impl Raylet {
         };
         let gcs = Peer::spawn(conn, "gcs".into(), handler.clone());
         *lock(&self.gcs) = Some(gcs.clone());
+        let rejoining = node.node_id != 0;
         let reply = gcs.request(|request_id| Msg::RegisterNode { request_id, node });
         let id = match tokio::time::timeout(call_timeout(), reply).await {
             Ok(Ok(Ok(Msg::Registered {
@@ -233,6 +234,17 @@ impl Raylet {
             Ok(Ok(Err(e))) => return Err((false, e)),
             _ => return Err((false, cluster_error(what, "no reply from the GCS"))),
         };
+        if rejoining {
+            // The restarted GCS re-sent the commits of its created groups before answering;
+            // what is only prepared belonged to attempts that died with the old one.
+            let dropped = lock(&self.ledger).drop_prepared();
+            if dropped > 0 {
+                tracing::info!(
+                    dropped,
+                    "placement reservations of a lost GCS's attempts dropped"
+                );
+            }
+        }
         gcs.send(Msg::Subscribe { request_id: 0 });
         Ok((gcs, id))
     }
