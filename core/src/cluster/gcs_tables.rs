@@ -2384,17 +2384,16 @@ mod restart_tests {
             // What the file holds: the first save writes everything, then only changes.
             let mut saved = keyed(t.gcs.snapshot());
             t.gcs.take_changes();
-            let mut next_conn = 100u64;
             let mut nodes: Vec<(u64, u64)> = Vec::new();
             let mut workers: Vec<(u64, u64)> = Vec::new();
             let mut next_actor = 1u64;
             let mut next_pg = 1u64;
             let mut trace = Vec::new();
-            for step in 0..80 {
+            for step in 0..80u64 {
                 let op = rng.below(11);
                 trace.push(op);
-                next_conn += 1;
-                let c = next_conn;
+                // A fresh connection number for what joins at this step.
+                let c = 101 + step;
                 match op {
                     0 => nodes.push((c, t.node(c, 2.0))),
                     1 => workers.push((c, t.worker(c, 0, 0).0)),

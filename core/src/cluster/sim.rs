@@ -672,14 +672,14 @@ impl World {
                 address: format!("w{p}"),
                 ..Node::default()
             };
-            w.to_gcs(
+            w.tell_gcs(
                 p,
                 Msg::RegisterNode {
                     request_id: p,
                     node,
                 },
             );
-            w.to_gcs(p, Msg::Subscribe { request_id: 0 });
+            w.tell_gcs(p, Msg::Subscribe { request_id: 0 });
         }
         w
     }
@@ -703,7 +703,7 @@ impl World {
 
     /// Process `p` sends the GCS `msg` (at once: its connection to the GCS is not what the
     /// simulation varies).
-    fn to_gcs(&mut self, p: u64, msg: Msg) {
+    fn tell_gcs(&mut self, p: u64, msg: Msg) {
         let link = self.gcs.links[p as usize].clone();
         self.gcs_event(gcs_tables::Event::Message(link, msg));
     }
