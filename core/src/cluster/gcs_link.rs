@@ -7,7 +7,11 @@
 //! 2. When that connection closes (not by [`GcsLink::shutdown`]), the link rejoins in the
 //!    background: it connects again every `backoff` (20 ms, doubling to 500 ms), sends
 //!    `RejoinWorker` and, once the GCS answered `Registered`, makes that connection the
-//!    current one, subscribes to node and job events again, and sends what was held.
+//!    current one, subscribes to node and job events again, and sends what was held. Then it
+//!    reads the node table and hands every dead node to the process as a `NodeEvent`: a node
+//!    that died while the process was away was published before it subscribed again (as
+//!    Ray's subscribers re-read the node table when they resubscribe). The simulated cluster
+//!    (`sim.rs`) checks this over seeds.
 //! 3. A restarted GCS that does not know the process (its tables were not saved, or it gave
 //!    the process up) answers with an error: the link has failed, for good. So it has when
 //!    `gcs_reconnect_timeout` passed without an answer.
@@ -259,6 +263,16 @@ impl GcsLink {
                         peer.send(m);
                     }
                     tracing::info!(address = %self.address, after = ?since.elapsed(), "rejoined the GCS");
+                    let nodes = peer.request(|request_id| Msg::GetNodes { request_id });
+                    if let Ok(Ok(Ok(Msg::Nodes { nodes, .. }))) =
+                        tokio::time::timeout(call_timeout(), nodes).await
+                    {
+                        for node in nodes.into_iter().filter(|n| !n.alive) {
+                            self.handler
+                                .clone()
+                                .on_message(&peer, Msg::NodeEvent { node });
+                        }
+                    }
                     return;
                 }
                 Ok(Ok(Ok(Msg::Registered { error, .. }))) => {

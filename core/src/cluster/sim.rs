@@ -197,6 +197,9 @@ pub(crate) struct Chaos {
     /// some steps after the drop: in the runtime another thread may run between a handle's
     /// last drop and its `Drop`'s work.
     pub(crate) late_drops: bool,
+    /// Whether the GCS restarts once, from its saved tables: processes heartbeat, rejoin it
+    /// after a delay, and one that crashed meanwhile is declared dead by the node timeout.
+    pub(crate) gcs_restart: bool,
 }
 
 impl Chaos {
@@ -216,6 +219,15 @@ impl Chaos {
             crash: 0.01,
             cut: 0.01,
             late_drops: true,
+            gcs_restart: false,
+        }
+    }
+
+    /// Faults, and a restart of the GCS.
+    pub(crate) fn head_restart() -> Chaos {
+        Chaos {
+            gcs_restart: true,
+            ..Chaos::faults()
         }
     }
 }
@@ -384,7 +396,19 @@ struct SimGcs {
     tables: GcsTables<Link>,
     links: Vec<Link>,
     t0: Instant,
+    node_timeout: Duration,
+    /// It restarted (once per run).
+    restarted: bool,
+    /// Processes that lost it, and the step at which each rejoins.
+    rejoin_at: BTreeMap<u64, u64>,
+    /// Processes that rejoined and wait for its answer (then they read its node table).
+    rejoining: HashSet<u64>,
 }
+
+/// With [`Chaos::gcs_restart`]: the node timeout (in steps, a step being a millisecond), and
+/// how often a process heartbeats.
+const SIM_NODE_TIMEOUT: u64 = 200;
+const SIM_HEARTBEAT: u64 = 20;
 
 /// What the oracle knows of one process, shared with its handles' drops.
 #[derive(Debug)]
@@ -651,12 +675,24 @@ impl World {
             chaos,
             net: Net::new(seed, chaos.max_delay),
             procs,
-            gcs: SimGcs {
-                tables: GcsTables::new(Duration::from_secs(3600)),
-                links: (0..=workers)
-                    .map(|p| Link(p, Rc::new(Cell::new(false))))
-                    .collect(),
-                t0: Instant::now(),
+            gcs: {
+                // Without restarts no process heartbeats: the timeout is longer than any run.
+                let node_timeout = if chaos.gcs_restart {
+                    Duration::from_millis(SIM_NODE_TIMEOUT)
+                } else {
+                    Duration::from_secs(3600)
+                };
+                SimGcs {
+                    tables: GcsTables::new(node_timeout),
+                    links: (0..=workers)
+                        .map(|p| Link(p, Rc::new(Cell::new(false))))
+                        .collect(),
+                    t0: Instant::now(),
+                    node_timeout,
+                    restarted: false,
+                    rejoin_at: BTreeMap::new(),
+                    rejoining: HashSet::new(),
+                }
             },
             names: HashMap::new(),
             faulted: false,
@@ -699,6 +735,96 @@ impl World {
                     .push(format!("unexpected GCS output {other:?}")),
             }
         }
+    }
+
+    /// With [`Chaos::gcs_restart`], what the GCS's life adds to a step: every live process
+    /// connected to it heartbeats now and then; once, the GCS restarts from its saved tables
+    /// (every connection to it lost; each live process rejoins after a delay); processes due
+    /// rejoin.
+    fn gcs_step(&mut self) {
+        if !self.chaos.gcs_restart {
+            return;
+        }
+        if self.steps.is_multiple_of(SIM_HEARTBEAT) {
+            for p in 1..self.procs.len() as u64 {
+                if self.procs[p as usize].alive && !self.gcs.rejoin_at.contains_key(&p) {
+                    let hb = Msg::Heartbeat {
+                        node_id: p,
+                        resources: Vec::new(),
+                        store_used: 0,
+                        store_pages: String::new(),
+                    };
+                    self.tell_gcs(p, hb);
+                }
+            }
+        }
+        if !self.gcs.restarted && self.steps > 20 && self.rng.chance(0.02) {
+            self.restart_gcs();
+        }
+        let due: Vec<u64> = self
+            .gcs
+            .rejoin_at
+            .iter()
+            .filter(|(_, at)| **at <= self.steps)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.gcs.rejoin_at.remove(&p);
+            if !self.procs[p as usize].alive {
+                continue;
+            }
+            self.note(format!("w{p} rejoins the GCS"));
+            self.gcs.rejoining.insert(p);
+            let node = Node {
+                node_id: p,
+                address: format!("w{p}"),
+                ..Node::default()
+            };
+            self.tell_gcs(
+                p,
+                Msg::RegisterNode {
+                    request_id: p,
+                    node,
+                },
+            );
+            self.tell_gcs(p, Msg::Subscribe { request_id: 0 });
+        }
+    }
+
+    /// The GCS dies and starts again from its saved tables (the changes it noted, replayed
+    /// over what it saved at first, as its file holds them).
+    fn restart_gcs(&mut self) {
+        self.faulted = true;
+        self.gcs.restarted = true;
+        self.note("the GCS restarts".into());
+        let now = self.gcs.t0 + Duration::from_millis(self.steps);
+        let records = self.gcs.tables.snapshot();
+        match GcsTables::restore(self.gcs.node_timeout, records, now) {
+            Ok(t) => self.gcs.tables = t,
+            Err(e) => self
+                .violations
+                .push(format!("the GCS did not restore: {e}")),
+        }
+        for link in &self.gcs.links {
+            link.1.set(true);
+        }
+        self.gcs.links = (0..self.procs.len() as u64)
+            .map(|p| Link(p, Rc::new(Cell::new(false))))
+            .collect();
+        for p in 1..self.procs.len() as u64 {
+            if self.procs[p as usize].alive {
+                let at = self.steps + 5 + self.rng.below(SIM_NODE_TIMEOUT / 4);
+                self.gcs.rejoin_at.insert(p, at);
+            }
+        }
+    }
+
+    /// Whether the GCS still has to notice something: a process rejoining, or one that
+    /// crashed while it was down and that only its node timeout can find.
+    fn gcs_pending(&self) -> bool {
+        !self.gcs.rejoin_at.is_empty()
+            || (1..self.procs.len())
+                .any(|p| !self.procs[p].alive && self.gcs.tables.node_alive(p as u64) == Some(true))
     }
 
     /// Process `p` sends the GCS `msg` (at once: its connection to the GCS is not what the
@@ -785,6 +911,7 @@ impl World {
         while self.steps < limit {
             self.steps += 1;
             self.gcs_event(gcs_tables::Event::Tick);
+            self.gcs_step();
             self.fault();
             let moved = self.step();
             self.check()?;
@@ -793,9 +920,18 @@ impl World {
                     if self.end_actors() {
                         continue;
                     }
+                    if self.chaos.gcs_restart && !self.gcs.restarted {
+                        // The programs were quicker: the GCS restarts at their end.
+                        self.restart_gcs();
+                        continue;
+                    }
+                    if self.gcs_pending() {
+                        // Time passes until the GCS has noticed what it must.
+                        continue;
+                    }
                     return self.check_end();
                 }
-                if self.net.quiet() {
+                if self.net.quiet() && !self.gcs_pending() {
                     return Err(self.fail("stuck: programs wait and no message is on its way"));
                 }
                 self.net.advance();
@@ -1095,6 +1231,20 @@ impl World {
             Wire::Gcs(Msg::Registered { id, .. }) if id != me => {
                 self.violations
                     .push(format!("w{me} registered as node {id}, not {me}"));
+            }
+            Wire::Gcs(Msg::Registered { error, .. }) if !error.is_empty() => {
+                self.violations
+                    .push(format!("w{me} was refused by the GCS: {error}"));
+            }
+            Wire::Gcs(Msg::Registered { .. }) if self.gcs.rejoining.remove(&me) => {
+                // Rejoined: deaths published while it was away are in the node table
+                // (`gcs_link.rs`, step 2).
+                self.tell_gcs(me, Msg::GetNodes { request_id: 0 });
+            }
+            Wire::Gcs(Msg::Nodes { nodes, .. }) => {
+                for n in nodes.iter().filter(|n| !n.alive && n.node_id != me) {
+                    self.worker_lost(me, n.node_id);
+                }
             }
             Wire::Gcs(_) => {}
         }
@@ -2092,6 +2242,17 @@ mod tests {
                 w
             });
         }
+    }
+
+    #[test]
+    fn random_programs_through_a_restart_of_the_gcs() {
+        run_seeds(SEEDS, |seed| {
+            let mut w = World::new(4, seed, Chaos::head_restart());
+            w.lenient = true;
+            let mut rng = Rng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+            w.spawn(1, program(&mut rng, 3, Vec::new(), Vec::new(), false, true));
+            w
+        });
     }
 
     #[test]
