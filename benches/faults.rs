@@ -10,6 +10,10 @@
 //!   computed it) is killed; time from the kill to the right value back at the owner (the
 //!   task run again from its lineage, in a replacement worker process), beside the same task
 //!   computed and fetched fresh in the same run.
+//! - **head restart**: the head process (GCS and its raylet) killed and at once started again
+//!   on its session, under a driver with a named actor on a second node; time from the kill
+//!   until the cluster serves again: the named actor found through the GCS and answering, and
+//!   a new task run.
 //! - **throughput under kills**: 2 ms tasks for `--seconds` (30) with the job's worker process
 //!   killed every 10 s, against the same run without kills, in the same run (target ≥ 0.8×);
 //!   every result is checked, none may be lost (system retries are left at Ray's default, 3).
@@ -118,7 +122,50 @@ fn main() -> Result<()> {
     drop(one);
     let raylet = raylet_death_seen(args.rounds)?;
     report("raylet SIGKILL -> GCS lists the node dead", &raylet, None);
+    let head = head_restart(args.rounds)?;
+    report("head SIGKILL + restart -> serving again", &head, None);
     Ok(())
+}
+
+/// Kills the head and starts it again on its session, `rounds` times; each time, how long
+/// until the cluster serves again (module doc).
+fn head_restart(rounds: usize) -> Result<Vec<Duration>> {
+    let mut c = LocalCluster::start(
+        NodeSpec::with_resources(""),
+        &[NodeSpec::with_resources("side=1")],
+    );
+    manta::init_with(c.config()).context("joining the two-node cluster")?;
+    let keeper = Phoenix::options()
+        .resource("side", 0.5)
+        .name("phoenix")
+        .remote();
+    keeper.pid().get_timeout(BOUND)?;
+    let mut out = Vec::new();
+    for round in 0..rounds as u64 {
+        if square_after::remote(round, 0).get_timeout(BOUND)? != round * round {
+            bail!("a task before the kill returned a wrong value");
+        }
+        c.kill_head();
+        let killed = Instant::now();
+        c.restart_head();
+        loop {
+            let found = manta::get_actor::<Phoenix>("phoenix")
+                .ok()
+                .and_then(|a| a.pid().get_timeout(BOUND).ok())
+                .is_some();
+            if found && square_after::remote(7, 0).get_timeout(BOUND).ok() == Some(49) {
+                break;
+            }
+            if killed.elapsed() > BOUND {
+                bail!("the cluster did not serve again after the head's restart");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out.push(killed.elapsed());
+    }
+    manta::shutdown();
+    drop(c);
+    Ok(out)
 }
 
 fn report(what: &str, times: &[Duration], target: Option<Duration>) {

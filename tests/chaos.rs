@@ -1,14 +1,15 @@
 //! A bounded chaos run (issue 13): a head and two more nodes of real processes, a driver
 //! running a mixed load — tasks, actor calls, large task results, large `put`s read by tasks —
 //! while a chaos thread SIGKILLs a random worker process about every 700 ms, stops one node
-//! (SIGSTOP) for a moment below the heartbeat timeout, and kills one node's raylet for good.
+//! (SIGSTOP) for a moment below the heartbeat timeout, and kills one node's raylet for good;
+//! and midway through a round the driver kills the head (SIGKILL) and starts it again on its
+//! session, which restores the GCS's tables while the round's work is in flight.
 //! Every result is checked: correct, or an error of a kind the fault model allows
 //! (`WorkerCrashed` or `ObjectReconstructionFailedMaxAttemptsExceeded` once retries ran out,
 //! `ActorDied`, `ObjectLost` for what cannot be rebuilt), never a wrong value and never a
 //! hang (every wait is bounded; a timeout fails the run). A large task result lost with its
-//! worker is rebuilt from its lineage: `ObjectLost` there is a failure. Afterwards no process and no
-//! file of the cluster is left. A head restart is not part of it: the head does not persist
-//! its tables yet.
+//! worker is rebuilt from its lineage: `ObjectLost` there is a failure. Afterwards no process
+//! and no file of the cluster is left.
 //!
 //! `MANTA_CHAOS_SECONDS` (default 15) sets the length; the seed is printed
 //! (`MANTA_CHAOS_SEED` replays one).
@@ -182,6 +183,7 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
     let mut tally = Tally::default();
     let start = Instant::now();
     let mut round = 0u64;
+    let mut head_restarted = None;
     while start.elapsed() < Duration::from_secs(seconds) {
         let base = round * 1_000;
         let squares: Vec<_> = (base..base + 50).map(chaos_square::remote).collect();
@@ -189,6 +191,13 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
         let bigs: Vec<ObjectRef<Vec<u8>>> = (base..base + 3).map(chaos_big::remote).collect();
         let put = manta::put(pattern(base, BIG)).expect("put");
         let sum = chaos_sum::remote(&put);
+        if head_restarted.is_none() && start.elapsed().as_secs_f64() > 0.45 * seconds as f64 {
+            // The head dies with this round in flight, and comes back on its session.
+            cluster.kill_head();
+            std::thread::sleep(Duration::from_millis(200));
+            cluster.restart_head();
+            head_restarted = Some(round);
+        }
         for (x, r) in (base..).zip(&squares) {
             judge(
                 "task",
@@ -224,8 +233,13 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
     stop.store(true, Ordering::SeqCst);
     let kills = chaos.join().expect("the chaos thread");
     eprintln!(
-        "chaos: {round} rounds, {kills} worker kills, outcomes {:?}",
+        "chaos: {round} rounds, {kills} worker kills, head restarted in round {head_restarted:?}, \
+         outcomes {:?}",
         tally.0
+    );
+    assert!(
+        head_restarted.is_some(),
+        "the run ended before the head's restart"
     );
     assert!(
         tally.0.get("ok").copied().unwrap_or(0) > 0,

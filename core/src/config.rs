@@ -606,6 +606,11 @@ catalogue! {
     /// How often a raylet reports to the GCS that it lives, with its free resources; a node
     /// silent for `health_check_failure_threshold` intervals is dead.
     heartbeat_interval: Duration = Duration::from_secs(1), env "MANTA_HEARTBEAT_INTERVAL_US", Node;
+    /// How long a raylet, worker or driver that lost its connection to the GCS keeps trying
+    /// to rejoin it (the head restarted on the same session: `manta start --head`), with
+    /// backoff, before it fails: a raylet stops, a worker exits, a driver's calls that need
+    /// the GCS fail. Calls that need the GCS meanwhile wait (within their `call_timeout`).
+    gcs_reconnect_timeout: Duration = Duration::from_secs(30), env "MANTA_GCS_RECONNECT_TIMEOUT_US", Node;
     /// How long a request of the cluster's control plane (to the GCS, a raylet or another
     /// process: registering, placing a worker, a listing) waits for its reply before it fails
     /// with a cluster error naming what it waited for.

@@ -107,11 +107,19 @@ fn init_logging() {
 
 /// `manta start`.
 pub fn start(args: &StartArgs) -> Result<()> {
+    let dir = match std::env::var_os(manta_core::config::vars::SESSION_DIR) {
+        Some(d) => given_session_dir(PathBuf::from(d))?,
+        None => new_session_dir()?,
+    };
     let token = match (
         given_token(args.token.as_ref(), args.token_file.as_ref())?,
         args.head,
     ) {
         (Some(t), _) => t,
+        // A head started again on its session keeps the session's token: its members
+        // rejoin with it.
+        (None, true) if restarting(&dir) => session::read_private(&dir.join("token"))
+            .context("the session's token (restarting its head)")?,
         (None, true) => new_token()?,
         (None, false) => latest_session_token(args.address.as_deref().unwrap_or_default())?,
     };
@@ -128,10 +136,6 @@ pub fn start(args: &StartArgs) -> Result<()> {
             cluster::local_ip_towards(peer)
         }
         (None, false, None) => bail!("a non-head node needs --address"),
-    };
-    let dir = match std::env::var_os(manta_core::config::vars::SESSION_DIR) {
-        Some(d) => given_session_dir(PathBuf::from(d))?,
-        None => new_session_dir()?,
     };
     if !args.block {
         return start_in_background(args, &dir, &token);
@@ -162,6 +166,10 @@ pub fn start(args: &StartArgs) -> Result<()> {
     opts.topology = topo.node_line(&opts.cpu_affinity, &opts.numa_nodes);
     opts.resources = args.resources.clone().unwrap_or_default().0;
     opts.log_dir = Some(dir.join("logs"));
+    if args.head {
+        // The GCS saves its tables here, and restores them when started here again.
+        opts.gcs_state_dir = Some(dir.clone());
+    }
     let head = args.head;
     let dir2 = dir.clone();
     let result = cluster::run_node(opts, move |ready| {
@@ -186,7 +194,17 @@ pub fn start(args: &StartArgs) -> Result<()> {
     if head && let Err(e) = session::remove_secrets(&dir) {
         tracing::warn!(error = %e, "the session's token was not removed");
     }
+    if head && result.is_ok() {
+        // Stopped, not lost: nothing is left to restore.
+        let _ = std::fs::remove_file(dir.join(cluster::GCS_TABLES_FILE));
+    }
     result.map_err(anyhow::Error::from)
+}
+
+/// Whether `dir` is the session of a head that died: its GCS saved tables there and left
+/// its token.
+fn restarting(dir: &Path) -> bool {
+    dir.join(cluster::GCS_TABLES_FILE).exists() && dir.join("token").exists()
 }
 
 /// Re-runs `manta start ... --block` detached, waits until it has joined, prints how to use it.
@@ -197,6 +215,8 @@ fn start_in_background(args: &StartArgs, dir: &Path, token: &str) -> Result<()> 
         .join("logs")
         .join(if args.head { "head.log" } else { "node.log" });
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    // A session started again (its head restarting) has the last run's marker.
+    let _ = std::fs::remove_file(dir.join("ready"));
     let err = out.try_clone()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1))

@@ -244,7 +244,7 @@ fn user_secret_in(dir: &std::path::Path) -> Result<String, Error> {
     }
     let secret = crate::cluster::new_token().map_err(|e| fail(format!("{e:#}")))?;
     // `create_new`: if another rank made it first, use theirs.
-    match session::create_private(&path, &secret) {
+    match session::create_private(&path, secret.as_bytes()) {
         Ok(()) => Ok(secret),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // Lost a race with another rank: wait for its write.

@@ -50,6 +50,7 @@ pub(crate) struct LocalCluster {
     pub(crate) token: String,
     pub(crate) root: PathBuf,
     nodes: Vec<Child>,
+    head: NodeSpec,
 }
 
 /// The `manta` binary: cargo's, or `MANTA_BIN` where the tests run from a copy built elsewhere.
@@ -80,7 +81,12 @@ fn spawn_node(spec: &NodeSpec, root: &PathBuf, name: &str, args: &[String], toke
     }
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("logs")).unwrap();
-    let log = std::fs::File::create(dir.join("node.log")).unwrap();
+    // Appended to: a head started again on its session keeps the first run's log.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .unwrap();
     Command::new(&argv[0])
         .args(&argv[1..])
         .env("MANTA_SESSION_ROOT", root)
@@ -127,6 +133,7 @@ impl LocalCluster {
         let token = "test-token-0123456789".to_owned();
         let head_args = vec!["--head".to_owned(), "--port".to_owned(), "0".to_owned()];
         let mut nodes = vec![spawn_node(&head, &root, "node-0", &head_args, &token)];
+        let head_spec = head.clone();
         let head_dir = root.join("node-0");
         let address = wait_for(&head_dir.join("address"), "the head");
         for (i, spec) in others.iter().enumerate() {
@@ -144,6 +151,7 @@ impl LocalCluster {
             token,
             root,
             nodes,
+            head: head_spec,
         };
         cluster.wait_nodes(1 + others.len());
         cluster
@@ -158,6 +166,22 @@ impl LocalCluster {
         let child = spawn_node(spec, &self.root, &format!("node-{i}"), &args, &self.token);
         self.nodes.push(child);
         i
+    }
+
+    /// Kills the head process (SIGKILL), its GCS and its raylet.
+    #[allow(dead_code)]
+    pub(crate) fn kill_head(&mut self) {
+        let _ = self.nodes[0].kill();
+        let _ = self.nodes[0].wait();
+    }
+
+    /// Starts the head again on its session after [`kill_head`](Self::kill_head) (`manta
+    /// start --head` with the same session directory): its GCS restores its saved tables and
+    /// serves on the same port. Returns once the process runs, not once it serves.
+    #[allow(dead_code)]
+    pub(crate) fn restart_head(&mut self) {
+        let args = vec!["--head".to_owned(), "--port".to_owned(), "0".to_owned()];
+        self.nodes[0] = spawn_node(&self.head, &self.root, "node-0", &args, &self.token);
     }
 
     /// Waits until `n` nodes are alive in the GCS's table.

@@ -6,14 +6,15 @@
 //!
 //! - owned: an [`OwnedActor`] record per actor this process created elsewhere, with what a
 //!   restart needs. The restart protocol (`supervision.rs`) holds this table's lock across a
-//!   record's location lock (lock order: owned table, then location), so it takes the table
-//!   with [`ActorManager::owned`]; every other file goes through the named methods.
+//!   record's location lock (lock order: owned table, then location): its steps run as
+//!   closures under the lock, through [`ActorManager::with_owned`] (the whole table) and
+//!   [`ActorManager::with_record`] (one record), so the guard never leaves this file.
 //! - loads: the placement load each remote actor's creation counts (node slot, worker,
 //!   resources), given back when it is killed (`cancel.rs`).
 //! - detached: the detached actors this worker hosts, reported to its raylet so that it
 //!   outlives its job (`lifetime.rs`).
 
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::Mutex;
 use std::collections::{HashMap, HashSet};
 
 use super::supervision::OwnedActor;
@@ -43,10 +44,20 @@ impl std::fmt::Debug for ActorManager {
 impl ActorManager {
     // ----- owned actors -----------------------------------------------------------------
 
-    /// The owned table, locked: for the restart protocol's steps that hold it across a
-    /// record's location (`supervision.rs`).
-    pub(super) fn owned(&self) -> MutexGuard<'_, HashMap<u64, OwnedActor>> {
-        lock(&self.owned)
+    /// Runs `step` on the owned table, under its lock: a step of the restart protocol that
+    /// holds the table across a record's location (`supervision.rs`). `step` must not call
+    /// back into this manager's owned table.
+    pub(super) fn with_owned<R>(&self, step: impl FnOnce(&mut HashMap<u64, OwnedActor>) -> R) -> R {
+        step(&mut lock(&self.owned))
+    }
+
+    /// Runs `step` on actor `id`'s record under the table's lock; `None` if there is none.
+    pub(super) fn with_record<R>(
+        &self,
+        id: u64,
+        step: impl FnOnce(&mut OwnedActor) -> R,
+    ) -> Option<R> {
+        lock(&self.owned).get_mut(&id).map(step)
     }
 
     /// Records actor `id`, created elsewhere; forgets records whose cell is gone.

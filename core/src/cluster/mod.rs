@@ -29,6 +29,9 @@ pub(crate) mod cancel;
 mod client;
 mod execute;
 pub(crate) mod gcs;
+mod gcs_link;
+mod gcs_store;
+mod gcs_tables;
 mod group_call;
 mod lifetime;
 mod lineage;
@@ -63,6 +66,10 @@ pub use client::{
     list_work, query, stop_cluster,
 };
 pub use raylet::{NodeOptions, NodeReady, run_node};
+
+/// The file of a head's session directory where its GCS saves its tables (mode `0600`; no
+/// secret in it): `manta start --head` on that session restores them.
+pub const GCS_TABLES_FILE: &str = gcs_store::FILE;
 
 use crate::sync::Arc;
 use std::path::PathBuf;

@@ -194,18 +194,20 @@ pub(crate) fn choose_missing(nodes: &[NodeRoom], row: &PgRow) -> Result<Vec<(u32
 }
 
 /// A group as the GCS keeps it.
-pub(crate) struct GcsGroup {
+pub(crate) struct GcsGroup<C> {
     pub(crate) row: PgRow,
-    /// The owner's connection (told when the group is placed).
-    pub(crate) owner: Arc<Peer>,
+    /// The owner's connection (told when the group is placed); `None` after a restart of the
+    /// GCS until the owner rejoins.
+    pub(crate) owner: Option<C>,
+    /// The owner's worker index (0: not a worker), which finds it again after a restart.
+    pub(crate) owner_worker: u64,
     /// A two-phase attempt is under way (its nodes are in `row`).
     pub(crate) placing: bool,
 }
 
-/// The GCS's placement groups.
-#[derive(Default)]
-pub(crate) struct GcsGroups {
-    pub(crate) groups: HashMap<u64, GcsGroup>,
+/// The GCS's placement groups (`C`: a connection, as `gcs_tables.rs` has them).
+pub(crate) struct GcsGroups<C> {
+    pub(crate) groups: HashMap<u64, GcsGroup<C>>,
     pub(crate) names: HashMap<String, u64>,
     /// What groups reserve (or are preparing) per node.
     pub(crate) reserved: HashMap<u64, Vec<(String, f64)>>,
@@ -218,7 +220,19 @@ pub(crate) struct GcsGroups {
 /// Removed groups the GCS keeps for `manta list placement-groups`.
 pub(crate) const KEPT_REMOVED: usize = 100;
 
-impl GcsGroups {
+impl<C> Default for GcsGroups<C> {
+    fn default() -> Self {
+        GcsGroups {
+            groups: HashMap::new(),
+            names: HashMap::new(),
+            reserved: HashMap::new(),
+            retry_scheduled: false,
+            removed: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<C> GcsGroups<C> {
     /// Adds (or with `sign` -1, takes away) `row`'s bundles to the per-node reservations.
     pub(crate) fn account(&mut self, row: &PgRow, sign: f64) {
         for b in &row.bundles {
@@ -345,6 +359,19 @@ impl Ledger {
         if row.bundles.is_empty() || bundles.is_empty() {
             self.groups.remove(&row.pg_id);
         }
+    }
+
+    /// Drops every bundle reservation prepared and not committed (the GCS that asked
+    /// restarted: its attempts died with it); returns how many groups lost one.
+    pub(crate) fn drop_prepared(&mut self) -> usize {
+        let mut dropped = 0;
+        for bundles in self.groups.values_mut() {
+            let before = bundles.len();
+            bundles.retain(|(committed, _)| *committed);
+            dropped += usize::from(bundles.len() != before);
+        }
+        self.groups.retain(|_, bundles| !bundles.is_empty());
+        dropped
     }
 
     /// The run-time resources of the committed bundles, for the node's heartbeat.
@@ -576,10 +603,10 @@ impl Cluster {
             return;
         };
         match op {
-            PgOp::Reply if Arc::ptr_eq(peer, &self.gcs) && group.state == RESCHEDULING => {
+            PgOp::Reply if self.gcs.is(peer) && group.state == RESCHEDULING => {
                 crate::placement_group::rescheduling(&rt, group.pg_id);
             }
-            PgOp::Reply if Arc::ptr_eq(peer, &self.gcs) && group.state == CREATED => {
+            PgOp::Reply if self.gcs.is(peer) && group.state == CREATED => {
                 // Installing asks raylets for workers: not on the I/O thread.
                 let me = self.clone();
                 let spawned = std::thread::Builder::new()
@@ -893,5 +920,23 @@ mod tests {
             ..PgRow::default()
         });
         assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn a_lost_gcs_leaves_only_committed_reservations() {
+        let mut l = Ledger::default();
+        let row = |id: u64| PgRow {
+            pg_id: id,
+            bundles: wire_bundles(&[cpus(0.5)]),
+            ..PgRow::default()
+        };
+        let totals = cpus(2.0);
+        for id in 1..=3 {
+            assert!(l.prepare(&totals, row(id)).is_ok());
+        }
+        assert!(l.commit(2));
+        assert_eq!(l.drop_prepared(), 2);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.reserved(), cpus(0.5));
     }
 }

@@ -312,14 +312,19 @@ impl Cluster {
                 });
             };
             if let Err(e) = self.node_workers(i) {
-                // Its raylet is unreachable (the node died, unknown to this view yet): another
-                // node, or a group's bundles placed again elsewhere, may do.
-                if passed.contains(&i) || !wanted.iter().any(|(n, _)| n.contains("_group_")) {
+                // Its raylet is unreachable: gone, whether or not the GCS has said so yet (it
+                // may be restarting: its slot was marked dead), or a node a group's bundle left
+                // (placed again elsewhere): look elsewhere.
+                let gone = !lock(&self.placement.nodes)[i].alive;
+                let bundle = wanted.iter().any(|(n, _)| n.contains("_group_"));
+                if passed.contains(&i) || !(gone || bundle) {
                     return Err(e);
                 }
-                tracing::debug!(error = %e, "a node chosen for bundle work is unreachable");
+                tracing::debug!(error = %e, "a node's raylet is unreachable: placing elsewhere");
                 passed.push(i);
-                let _ = self.refresh_nodes();
+                if bundle {
+                    let _ = self.refresh_nodes();
+                }
                 continue;
             }
             let slots = lock(&self.placement.nodes);
@@ -424,12 +429,22 @@ impl Cluster {
             cwd,
             env,
         });
+        let reply = wait_reply(rx, call_timeout(), what);
+        if reply.is_err() && raylet.is_closed() {
+            // Its connection failed: the node is dead to this owner until the GCS's node
+            // table says otherwise (the next refresh).
+            for slot in lock(&self.placement.nodes).iter_mut() {
+                if slot.node_id == node_id {
+                    slot.alive = false;
+                }
+            }
+        }
         let Msg::WorkerStarted {
             index,
             error,
             workers,
             ..
-        } = wait_reply(rx, call_timeout(), what)?
+        } = reply?
         else {
             return Err(cluster_error(what, "unexpected reply"));
         };

@@ -31,6 +31,7 @@ use std::time::Duration;
 use manta_transport::{Address, Listener};
 
 use super::gcs::{DECLARED_DEAD, Gcs, GcsHandler};
+use super::gcs_store::GcsStore;
 use super::node_store::NodeStore;
 use super::peer::{Handler, Peer};
 use super::proto::{Msg, Node, PgOp, PgRow, Resource};
@@ -87,6 +88,9 @@ pub struct NodeOptions {
     /// NUMA nodes the object stores of the worker processes this raylet starts split their
     /// arenas across (`MANTA_OBJECT_STORE_NUMA_NODES`); empty: the raylet sets nothing.
     pub numa_nodes: CpuList,
+    /// Where the head's GCS saves its tables (the session directory), and restores them from
+    /// when it starts again there; `None`: nowhere (a head that dies takes the cluster).
+    pub gcs_state_dir: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -113,6 +117,7 @@ impl NodeOptions {
             topology: String::new(),
             cpu_affinity: CpuList::default(),
             numa_nodes: CpuList::default(),
+            gcs_state_dir: None,
         }
     }
 }
@@ -174,8 +179,13 @@ struct Raylet {
     workers: Mutex<Workers>,
     stop: tokio::sync::Notify,
     me: OnceLock<Weak<Raylet>>,
-    /// This raylet's own connection to the GCS (a peer's self-declared name proves nothing).
-    gcs: OnceLock<Arc<Peer>>,
+    /// This raylet's own connection to the GCS (a peer's self-declared name proves nothing);
+    /// replaced when it rejoins a restarted GCS.
+    gcs: Mutex<Option<Arc<Peer>>>,
+    /// Its GCS connection closed: the main loop rejoins.
+    gcs_lost: tokio::sync::Notify,
+    /// The GCS said it saves its tables: one that is lost may come back (else the node stops).
+    gcs_saves: crate::sync::AtomicBool,
     /// The node's object-store arena, shared by its processes (`None`: each keeps its own).
     store: Option<NodeStore>,
     /// Why the GCS declared this node dead, if it did (the node then exits with an error).
@@ -185,6 +195,60 @@ struct Raylet {
 }
 
 impl Raylet {
+    /// Whether `peer` is this raylet's current GCS connection.
+    fn is_gcs(&self, peer: &Arc<Peer>) -> bool {
+        lock(&self.gcs)
+            .as_ref()
+            .is_some_and(|g| Arc::ptr_eq(g, peer))
+    }
+
+    /// Connects to the GCS and registers the node (as `node.node_id` when rejoining); the
+    /// connection and the node's id. `Err((fatal, why))`: fatal when the GCS answered with a
+    /// refusal (the node was declared dead, or is unknown to it), else worth another try.
+    async fn register(
+        self: &Arc<Self>,
+        handler: &Arc<dyn Handler>,
+        node: Node,
+    ) -> Result<(Arc<Peer>, u64), (bool, Error)> {
+        let what = "registering the node";
+        let connect = super::connect(&self.gcs_address, &self.opts.token, "raylet".into());
+        let conn = match tokio::time::timeout(call_timeout(), connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err((false, e)),
+            Err(_) => return Err((false, cluster_error(what, "no connection in time"))),
+        };
+        let gcs = Peer::spawn(conn, "gcs".into(), handler.clone());
+        *lock(&self.gcs) = Some(gcs.clone());
+        let rejoining = node.node_id != 0;
+        let reply = gcs.request(|request_id| Msg::RegisterNode { request_id, node });
+        let id = match tokio::time::timeout(call_timeout(), reply).await {
+            Ok(Ok(Ok(Msg::Registered {
+                id, error, saved, ..
+            }))) if error.is_empty() => {
+                self.gcs_saves.store(saved, crate::sync::Ordering::Release);
+                id
+            }
+            Ok(Ok(Ok(Msg::Registered { error, .. }))) => {
+                return Err((true, cluster_error(what, error)));
+            }
+            Ok(Ok(Err(e))) => return Err((false, e)),
+            _ => return Err((false, cluster_error(what, "no reply from the GCS"))),
+        };
+        if rejoining {
+            // The restarted GCS re-sent the commits of its created groups before answering;
+            // what is only prepared belonged to attempts that died with the old one.
+            let dropped = lock(&self.ledger).drop_prepared();
+            if dropped > 0 {
+                tracing::info!(
+                    dropped,
+                    "placement reservations of a lost GCS's attempts dropped"
+                );
+            }
+        }
+        gcs.send(Msg::Subscribe { request_id: 0 });
+        Ok((gcs, id))
+    }
+
     /// The node's resources with what its workers last reported in use subtracted, and the
     /// object store as the `object_store_memory` resource, as Ray reports it: the node arena
     /// (granted bytes in use), or where the node has none, every worker's own arena.
@@ -570,7 +634,7 @@ impl Handler for RayletHandler {
             } => self.0.stop_workers(Some(job_id)),
             Msg::WorkerDetached { count, .. } => self.0.worker_detached(peer, count),
             Msg::Stop { reason } => {
-                let from_gcs = self.0.gcs.get().is_some_and(|g| Arc::ptr_eq(g, peer));
+                let from_gcs = self.0.is_gcs(peer);
                 if from_gcs && reason.starts_with(DECLARED_DEAD) {
                     tracing::error!(%reason, "this node was declared dead: stopping its workers and leaving");
                     let _ = self.0.declared_dead.set(reason);
@@ -585,9 +649,7 @@ impl Handler for RayletHandler {
                 request_id,
                 group,
                 ..
-            } if self.0.gcs.get().is_some_and(|g| Arc::ptr_eq(g, peer)) => {
-                self.0.pg_message(peer, op, request_id, group)
-            }
+            } if self.0.is_gcs(peer) => self.0.pg_message(peer, op, request_id, group),
             other => {
                 tracing::warn!(peer = %peer.name, message = other.name(), "unexpected message for a raylet: ignored");
             }
@@ -595,9 +657,15 @@ impl Handler for RayletHandler {
     }
 
     fn on_close(self: Arc<Self>, peer: &Arc<Peer>, _reason: &str) {
-        if self.0.gcs.get().is_some_and(|g| Arc::ptr_eq(g, peer)) {
-            tracing::warn!("lost the GCS: node stopping");
-            self.0.stop.notify_one();
+        if self.0.is_gcs(peer) {
+            if self.0.gcs_saves.load(crate::sync::Ordering::Acquire) {
+                tracing::warn!("lost the GCS: rejoining");
+                self.0.gcs_lost.notify_one();
+            } else {
+                // Its tables are not saved anywhere: it cannot come back.
+                tracing::warn!("lost the GCS: node stopping");
+                self.0.stop.notify_one();
+            }
         }
         self.0.connection_closed(peer);
     }
@@ -623,7 +691,8 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Runs a node until the cluster is stopped (`manta stop`), the GCS is lost, or SIGTERM/SIGINT.
+/// Runs a node until the cluster is stopped (`manta stop`), the GCS is lost for longer than
+/// `gcs_reconnect_timeout`, or SIGTERM/SIGINT.
 /// `on_ready` is called once the node has joined.
 pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<(), Error> {
     let catalogue = crate::config::Config::default().resolve()?;
@@ -634,8 +703,18 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
         let config = |name: &str| transport_config(&opts.token, name.to_owned());
         let mut gcs_state = None;
         let gcs_address = if opts.head {
+            let store = opts.gcs_state_dir.as_deref().map(GcsStore::new);
+            // Dead after this many missed heartbeats in a row (Ray's health checks).
+            let node_timeout =
+                heartbeat.saturating_mul(catalogue.health_check_failure_threshold.max(1));
+            let gcs = Gcs::new(node_timeout, store)?;
+            // Restored: serve where the members look for it (unless a port was given).
+            let port = match (opts.port, gcs.saved_port()) {
+                (0, Some(p)) => p,
+                (p, _) => p,
+            };
             let listener = Listener::bind(
-                &Address::Tcp(SocketAddr::new(opts.ip, opts.port)),
+                &Address::Tcp(SocketAddr::new(opts.ip, port)),
                 config("gcs"),
             )
             .await
@@ -644,10 +723,7 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 .local_addr()
                 .map_err(|e| cluster_error("starting the GCS", e.to_string()))?
                 .to_string();
-            // Dead after this many missed heartbeats in a row (Ray's health checks).
-            let gcs = Gcs::new(
-                heartbeat.saturating_mul(catalogue.health_check_failure_threshold.max(1)),
-            );
+            gcs.set_address(addr.clone());
             tokio::spawn(accept_loop(listener, Arc::new(GcsHandler(gcs.clone()))));
             let g2 = gcs.clone();
             tokio::spawn(async move {
@@ -688,7 +764,9 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
             )),
             stop: tokio::sync::Notify::new(),
             me: OnceLock::new(),
-            gcs: OnceLock::new(),
+            gcs: Mutex::new(None),
+            gcs_lost: tokio::sync::Notify::new(),
+            gcs_saves: crate::sync::AtomicBool::new(false),
             store,
             declared_dead: OnceLock::new(),
             ledger: Mutex::new(Default::default()),
@@ -696,35 +774,25 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
         let _ = raylet.me.set(Arc::downgrade(&raylet));
         let handler: Arc<dyn Handler> = Arc::new(RayletHandler(raylet.clone()));
         tokio::spawn(accept_loop(listener, handler.clone()));
-        let conn = super::connect(&gcs_address, &opts.token, "raylet".into()).await?;
-        let gcs = Peer::spawn(conn, "gcs".into(), handler);
-        let _ = raylet.gcs.set(gcs.clone());
-        let reply = gcs.request(|request_id| Msg::RegisterNode {
-            request_id,
-            node: Node {
-                address: address.clone(),
-                hostname: hostname(),
-                alive: true,
-                resources: raylet.resources(),
-                topology: opts.topology.clone(),
-                host_id: super::host_id(),
-                arena_socket,
-                ..Node::default()
-            },
-        });
-        let node_id = match tokio::time::timeout(call_timeout(), reply).await {
-            Ok(Ok(Ok(Msg::Registered { id, error, .. }))) if error.is_empty() => id,
-            Ok(Ok(Ok(Msg::Registered { error, .. }))) => {
-                return Err(cluster_error("registering the node", error));
-            }
-            Ok(Ok(Err(e))) => return Err(e),
-            _ => return Err(cluster_error("registering the node", "no reply from the GCS")),
+        let node_row = |node_id: u64| Node {
+            node_id,
+            address: address.clone(),
+            hostname: hostname(),
+            alive: true,
+            resources: raylet.resources(),
+            topology: opts.topology.clone(),
+            host_id: super::host_id(),
+            arena_socket: arena_socket.clone(),
+            ..Node::default()
+        };
+        let node_id = match raylet.register(&handler, node_row(0)).await {
+            Ok((_, id)) => id,
+            Err((_, e)) => return Err(e),
         };
         let _ = raylet.node_id.set(node_id);
-        gcs.send(Msg::Subscribe { request_id: 0 });
         on_ready(&NodeReady {
             gcs_address: gcs_address.clone(),
-            raylet_address: address,
+            raylet_address: address.clone(),
             node_id,
         });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -732,14 +800,54 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
                 what: "installing a SIGTERM handler",
                 message: e.to_string(),
             })?;
+        // The GCS lost (its connection closed, not a `Stop`): rejoin under this node's id,
+        // every `backoff` (doubling to 1 s), for at most `gcs_reconnect_timeout`.
+        let reconnect_within = catalogue.gcs_reconnect_timeout;
+        let mut lost_since: Option<std::time::Instant> = None;
+        let mut backoff = Duration::from_millis(50);
+        let mut failure = None;
         loop {
+            let wait = if lost_since.is_some() { backoff } else { heartbeat };
             tokio::select! {
                 _ = raylet.stop.notified() => break,
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
-                _ = tokio::time::sleep(heartbeat) => {
+                _ = raylet.gcs_lost.notified() => {
+                    lost_since.get_or_insert_with(std::time::Instant::now);
+                }
+                _ = tokio::time::sleep(wait) => {
                     raylet.reap();
-                    gcs.send(Msg::Heartbeat { node_id, resources: raylet.resources(), store_used: raylet.store_used(), store_pages: raylet.store_pages() });
+                    let Some(since) = lost_since else {
+                        let gcs = lock(&raylet.gcs).clone();
+                        if let Some(gcs) = gcs {
+                            gcs.send(Msg::Heartbeat { node_id, resources: raylet.resources(), store_used: raylet.store_used(), store_pages: raylet.store_pages() });
+                        }
+                        continue;
+                    };
+                    match raylet.register(&handler, node_row(node_id)).await {
+                        Ok(_) => {
+                            tracing::info!(node = node_id, "rejoined the GCS");
+                            lost_since = None;
+                            backoff = Duration::from_millis(50);
+                        }
+                        Err((true, e)) => {
+                            tracing::error!(error = %e, "the GCS refused this node's return: stopping");
+                            failure = Some(e);
+                            break;
+                        }
+                        Err((false, e)) if since.elapsed() > reconnect_within => {
+                            let why = format!(
+                                "unreachable for {reconnect_within:?} (gcs_reconnect_timeout): {e}"
+                            );
+                            tracing::error!(%why, "lost the GCS: stopping");
+                            failure = Some(cluster_error(format!("the GCS at {gcs_address}"), why));
+                            break;
+                        }
+                        Err((false, e)) => {
+                            tracing::debug!(error = %e, "the GCS is not back yet");
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                    }
                 }
             }
         }
@@ -751,7 +859,12 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
         }
         // Wait for this node's workers to exit (stop_workers kills them after 2 s).
         tokio::time::sleep(Duration::from_millis(100)).await;
-        gcs.shutdown("node stopped");
+        if let Some(gcs) = lock(&raylet.gcs).take() {
+            gcs.shutdown("node stopped");
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
         match raylet.declared_dead.get() {
             Some(reason) => Err(cluster_error(format!("node {node_id}"), reason.clone())),
             None => Ok(()),

@@ -94,6 +94,11 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
 /// Writes `contents` to a new private file `path` (mode `0600`, `O_EXCL`, `O_NOFOLLOW`; step
 /// 3). An old regular file of ours there is replaced; a symlink or another's file is refused.
 pub fn write_private(path: &Path, contents: &str) -> io::Result<()> {
+    write_private_bytes(path, contents.as_bytes())
+}
+
+/// [`write_private`] of bytes.
+pub(crate) fn write_private_bytes(path: &Path, contents: &[u8]) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
             return Err(refused(path, "it is a symbolic link"));
@@ -110,7 +115,7 @@ pub fn write_private(path: &Path, contents: &str) -> io::Result<()> {
 
 /// Writes `contents` to a private file `path` that must not exist yet (mode `0600`,
 /// `O_EXCL`, `O_NOFOLLOW`): `AlreadyExists` if anything is there, a symlink included.
-pub fn create_private(path: &Path, contents: &str) -> io::Result<()> {
+pub fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -118,12 +123,19 @@ pub fn create_private(path: &Path, contents: &str) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))?;
-    f.write_all(contents.as_bytes())
+    f.write_all(contents)
 }
 
 /// Reads a private file: opened without following a symlink, it must be a regular file owned
 /// by this user with no group or other access (step 4). Returns its trimmed contents.
 pub fn read_private(path: &Path) -> io::Result<String> {
+    let bytes = read_private_bytes(path, 64 << 10)?;
+    let s = String::from_utf8(bytes).map_err(|_| refused(path, "it is not text"))?;
+    Ok(s.trim().to_owned())
+}
+
+/// [`read_private`] of bytes: at most `limit` of them (a longer file is an error).
+pub(crate) fn read_private_bytes(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -154,9 +166,15 @@ pub fn read_private(path: &Path) -> io::Result<String> {
             ),
         ));
     }
-    let mut s = String::new();
-    (&f).take(64 << 10).read_to_string(&mut s)?;
-    Ok(s.trim().to_owned())
+    let mut bytes = Vec::new();
+    (&f).take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(refused(
+            path,
+            format_args!("it is larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The directory `<root>/session_latest` points at, checked (step 4).

@@ -10,7 +10,10 @@
 //! - [`Net`] is the network: one FIFO queue per ordered pair of processes, each message
 //!   ready after a seeded delay (never before the one ahead of it on its connection). A step
 //!   delivers the head of one ready connection chosen by the seed, so messages on different
-//!   connections are reordered freely. Process 0 is the GCS; it sends the death notices.
+//!   connections are reordered freely. Process 0 is the GCS: the real one
+//!   (`gcs_tables.rs`), with every process registered as a node of one worker and
+//!   subscribed; a crash closes the process's GCS connection, and the node death the GCS
+//!   publishes is how the others learn it.
 //! - A [`World`] holds the processes. Each is a worker: its [`ReferenceCounter`] (the real
 //!   one, the code under test) and a model of the shell around it (`borrow.rs`, the task
 //!   and object paths of the core worker): handles are `Rc`s whose drops are the events the
@@ -25,7 +28,7 @@
 //!   return, exit. A program step that must wait (an answer, a result, a pulled value) is
 //!   tried again later, so the seed interleaves programs with deliveries.
 //! - Faults ([`Chaos`]): a process crashes (its messages are lost, and the GCS tells every
-//!   other process after a delay); a connection is lost (each end takes the other for dead,
+//!   other process, its notices delayed as any message); a connection is lost (each end takes the other for dead,
 //!   as the core worker does when a connection closes). Besides, the work a handle's drop
 //!   triggers (`end_borrow`, `FreeObject`) may come some steps late, as another thread may
 //!   run between an `Arc`'s last drop and its `Drop`.
@@ -43,7 +46,7 @@
 //! 3. Every program finishes (no wait without a bound): when nothing can move, the run fails.
 //! 4. At the end (programs done, then the actors' state dropped as when the job ends, network
 //!    quiet), every object of a live owner is freed, and the live processes' reference
-//!    counters are empty.
+//!    counters are empty; the GCS lists exactly the crashed processes' nodes dead.
 //!
 //! A message to a dead process is dropped on delivery: none matters.
 //!
@@ -63,19 +66,24 @@
 //! A state machine that talks to other parties than workers' reference counters can have a
 //! world of its own on the same [`Net`] and [`Rng`]: the `raylet` module below drives the
 //! raylet's worker table (`worker_table.rs`) with owners asking for workers, worker
-//! processes that boot, crash and host detached actors, and the GCS ending jobs, with its
-//! invariants after every step (one process per job at a time, every request answered once
-//! with ready workers of its job and never one whose connection closed, an assembled SPMD
-//! job answered at once, nothing kept past its job but hosts of detached actors, nothing
-//! running at the end).
+//! processes that boot, crash and host detached actors, and the real GCS tables ending jobs
+//! when their drivers leave, with its invariants after every step (one process per job at a
+//! time, every request answered once with ready workers of its job and never one whose
+//! connection closed, an assembled SPMD job answered at once, nothing kept past its job but
+//! hosts of detached actors, nothing running at the end).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::{Rc, Weak};
 
+use std::time::{Duration, Instant};
+
 use super::INDEX_SHIFT;
+use super::gcs_tables::{self, GcsTables};
 use super::owner_of;
+use super::proto::{Msg, Node};
 use super::reference_counter::{Answer, BorrowHandle, Out, ReferenceCounter, Registration};
+use super::worker_table::Conn;
 
 /// A small seeded generator (SplitMix64): the same seed, the same run.
 #[derive(Clone, Debug)]
@@ -189,6 +197,9 @@ pub(crate) struct Chaos {
     /// some steps after the drop: in the runtime another thread may run between a handle's
     /// last drop and its `Drop`'s work.
     pub(crate) late_drops: bool,
+    /// Whether the GCS restarts once, from its saved tables: processes heartbeat, rejoin it
+    /// after a delay, and one that crashed meanwhile is declared dead by the node timeout.
+    pub(crate) gcs_restart: bool,
 }
 
 impl Chaos {
@@ -208,6 +219,15 @@ impl Chaos {
             crash: 0.01,
             cut: 0.01,
             late_drops: true,
+            gcs_restart: false,
+        }
+    }
+
+    /// Faults, and a restart of the GCS.
+    pub(crate) fn head_restart() -> Chaos {
+        Chaos {
+            gcs_restart: true,
+            ..Chaos::faults()
         }
     }
 }
@@ -352,11 +372,43 @@ pub(crate) enum Wire {
         request_id: u64,
         nested: Option<Vec<u64>>,
     },
-    /// From the GCS: `worker` died.
-    WorkerDied {
-        worker: u64,
-    },
+    /// From the GCS (its node death notices are the ones that matter).
+    Gcs(Msg),
 }
+
+/// A connection to the simulated GCS: the process's index, and whether it closed.
+#[derive(Clone, Debug)]
+pub(crate) struct Link(u64, Rc<Cell<bool>>);
+
+impl Conn for Link {
+    fn same(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+    fn is_closed(&self) -> bool {
+        self.1.get()
+    }
+}
+
+/// The simulated GCS: the real tables, one connection per process, and its clock (a step is
+/// a millisecond; no process heartbeats, so the node timeout is longer than any run).
+#[derive(Debug)]
+struct SimGcs {
+    tables: GcsTables<Link>,
+    links: Vec<Link>,
+    t0: Instant,
+    node_timeout: Duration,
+    /// It restarted (once per run).
+    restarted: bool,
+    /// Processes that lost it, and the step at which each rejoins.
+    rejoin_at: BTreeMap<u64, u64>,
+    /// Processes that rejoined and wait for its answer (then they read its node table).
+    rejoining: HashSet<u64>,
+}
+
+/// With [`Chaos::gcs_restart`]: the node timeout (in steps, a step being a millisecond), and
+/// how often a process heartbeats.
+const SIM_NODE_TIMEOUT: u64 = 200;
+const SIM_HEARTBEAT: u64 = 20;
 
 /// What the oracle knows of one process, shared with its handles' drops.
 #[derive(Debug)]
@@ -564,6 +616,7 @@ pub(crate) struct World {
     net: Net<Wire>,
     /// Processes by worker index; 0 is the GCS (no worker).
     procs: Vec<Proc>,
+    gcs: SimGcs,
     /// Object ids by the name their creator gave them (tests ask about them).
     names: HashMap<Name, u64>,
     /// Whether a fault struck (some invariants hold only without).
@@ -616,12 +669,31 @@ impl World {
                 }
             })
             .collect();
-        World {
+        let mut w = World {
             seed,
             rng: Rng::new(seed),
             chaos,
             net: Net::new(seed, chaos.max_delay),
             procs,
+            gcs: {
+                // Without restarts no process heartbeats: the timeout is longer than any run.
+                let node_timeout = if chaos.gcs_restart {
+                    Duration::from_millis(SIM_NODE_TIMEOUT)
+                } else {
+                    Duration::from_secs(3600)
+                };
+                SimGcs {
+                    tables: GcsTables::new(node_timeout),
+                    links: (0..=workers)
+                        .map(|p| Link(p, Rc::new(Cell::new(false))))
+                        .collect(),
+                    t0: Instant::now(),
+                    node_timeout,
+                    restarted: false,
+                    rejoin_at: BTreeMap::new(),
+                    rejoining: HashSet::new(),
+                }
+            },
             names: HashMap::new(),
             faulted: false,
             lenient: false,
@@ -629,7 +701,137 @@ impl World {
             paused: HashSet::new(),
             violations: Vec::new(),
             trace: Vec::new(),
+        };
+        // Every process joins as a node (node id = its index) and subscribes to the GCS.
+        for p in 1..=workers {
+            let node = Node {
+                address: format!("w{p}"),
+                ..Node::default()
+            };
+            w.tell_gcs(
+                p,
+                Msg::RegisterNode {
+                    request_id: p,
+                    node,
+                },
+            );
+            w.tell_gcs(p, Msg::Subscribe { request_id: 0 });
         }
+        w
+    }
+
+    /// Feeds the GCS `event` and sends what it returns to the live processes.
+    fn gcs_event(&mut self, event: gcs_tables::Event<Link>) {
+        let now = self.gcs.t0 + Duration::from_millis(self.steps);
+        for out in self.gcs.tables.handle(now, event) {
+            match out {
+                gcs_tables::Out::Send(to, msg) => {
+                    if self.procs[to.0 as usize].alive {
+                        self.net.send(0, to.0, Wire::Gcs(msg));
+                    }
+                }
+                other => self
+                    .violations
+                    .push(format!("unexpected GCS output {other:?}")),
+            }
+        }
+    }
+
+    /// With [`Chaos::gcs_restart`], what the GCS's life adds to a step: every live process
+    /// connected to it heartbeats now and then; once, the GCS restarts from its saved tables
+    /// (every connection to it lost; each live process rejoins after a delay); processes due
+    /// rejoin.
+    fn gcs_step(&mut self) {
+        if !self.chaos.gcs_restart {
+            return;
+        }
+        if self.steps.is_multiple_of(SIM_HEARTBEAT) {
+            for p in 1..self.procs.len() as u64 {
+                if self.procs[p as usize].alive && !self.gcs.rejoin_at.contains_key(&p) {
+                    let hb = Msg::Heartbeat {
+                        node_id: p,
+                        resources: Vec::new(),
+                        store_used: 0,
+                        store_pages: String::new(),
+                    };
+                    self.tell_gcs(p, hb);
+                }
+            }
+        }
+        if !self.gcs.restarted && self.steps > 20 && self.rng.chance(0.02) {
+            self.restart_gcs();
+        }
+        let due: Vec<u64> = self
+            .gcs
+            .rejoin_at
+            .iter()
+            .filter(|(_, at)| **at <= self.steps)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.gcs.rejoin_at.remove(&p);
+            if !self.procs[p as usize].alive {
+                continue;
+            }
+            self.note(format!("w{p} rejoins the GCS"));
+            self.gcs.rejoining.insert(p);
+            let node = Node {
+                node_id: p,
+                address: format!("w{p}"),
+                ..Node::default()
+            };
+            self.tell_gcs(
+                p,
+                Msg::RegisterNode {
+                    request_id: p,
+                    node,
+                },
+            );
+            self.tell_gcs(p, Msg::Subscribe { request_id: 0 });
+        }
+    }
+
+    /// The GCS dies and starts again from its saved tables (the changes it noted, replayed
+    /// over what it saved at first, as its file holds them).
+    fn restart_gcs(&mut self) {
+        self.faulted = true;
+        self.gcs.restarted = true;
+        self.note("the GCS restarts".into());
+        let now = self.gcs.t0 + Duration::from_millis(self.steps);
+        let records = self.gcs.tables.snapshot();
+        match GcsTables::restore(self.gcs.node_timeout, records, now) {
+            Ok(t) => self.gcs.tables = t,
+            Err(e) => self
+                .violations
+                .push(format!("the GCS did not restore: {e}")),
+        }
+        for link in &self.gcs.links {
+            link.1.set(true);
+        }
+        self.gcs.links = (0..self.procs.len() as u64)
+            .map(|p| Link(p, Rc::new(Cell::new(false))))
+            .collect();
+        for p in 1..self.procs.len() as u64 {
+            if self.procs[p as usize].alive {
+                let at = self.steps + 5 + self.rng.below(SIM_NODE_TIMEOUT / 4);
+                self.gcs.rejoin_at.insert(p, at);
+            }
+        }
+    }
+
+    /// Whether the GCS still has to notice something: a process rejoining, or one that
+    /// crashed while it was down and that only its node timeout can find.
+    fn gcs_pending(&self) -> bool {
+        !self.gcs.rejoin_at.is_empty()
+            || (1..self.procs.len())
+                .any(|p| !self.procs[p].alive && self.gcs.tables.node_alive(p as u64) == Some(true))
+    }
+
+    /// Process `p` sends the GCS `msg` (at once: its connection to the GCS is not what the
+    /// simulation varies).
+    fn tell_gcs(&mut self, p: u64, msg: Msg) {
+        let link = self.gcs.links[p as usize].clone();
+        self.gcs_event(gcs_tables::Event::Message(link, msg));
     }
 
     /// Starts `ops` as user code on process `p`.
@@ -708,6 +910,8 @@ impl World {
         let limit = 200_000;
         while self.steps < limit {
             self.steps += 1;
+            self.gcs_event(gcs_tables::Event::Tick);
+            self.gcs_step();
             self.fault();
             let moved = self.step();
             self.check()?;
@@ -716,9 +920,18 @@ impl World {
                     if self.end_actors() {
                         continue;
                     }
+                    if self.chaos.gcs_restart && !self.gcs.restarted {
+                        // The programs were quicker: the GCS restarts at their end.
+                        self.restart_gcs();
+                        continue;
+                    }
+                    if self.gcs_pending() {
+                        // Time passes until the GCS has noticed what it must.
+                        continue;
+                    }
                     return self.check_end();
                 }
-                if self.net.quiet() {
+                if self.net.quiet() && !self.gcs_pending() {
                     return Err(self.fail("stuck: programs wait and no message is on its way"));
                 }
                 self.net.advance();
@@ -881,11 +1094,12 @@ impl World {
         for q in 1..self.procs.len() as u64 {
             if q != p {
                 self.net.cut(p, q);
-                if self.procs[q as usize].alive {
-                    self.net.send(0, q, Wire::WorkerDied { worker: p });
-                }
             }
         }
+        // Its GCS connection closes: the GCS declares its node dead to the others.
+        let link = self.gcs.links[p as usize].clone();
+        link.1.set(true);
+        self.gcs_event(gcs_tables::Event::Closed(link));
     }
 
     fn send(&mut self, from: u64, to: u64, m: Wire) {
@@ -1010,7 +1224,29 @@ impl World {
                     slot.1 = Some(nested);
                 }
             }
-            Wire::WorkerDied { worker } => self.worker_lost(me, worker),
+            Wire::Gcs(Msg::NodeEvent { node }) if !node.alive => {
+                // Each process is a node of one worker: its node's death is its death.
+                self.worker_lost(me, node.node_id);
+            }
+            Wire::Gcs(Msg::Registered { id, .. }) if id != me => {
+                self.violations
+                    .push(format!("w{me} registered as node {id}, not {me}"));
+            }
+            Wire::Gcs(Msg::Registered { error, .. }) if !error.is_empty() => {
+                self.violations
+                    .push(format!("w{me} was refused by the GCS: {error}"));
+            }
+            Wire::Gcs(Msg::Registered { .. }) if self.gcs.rejoining.remove(&me) => {
+                // Rejoined: deaths published while it was away are in the node table
+                // (`gcs_link.rs`, step 2).
+                self.tell_gcs(me, Msg::GetNodes { request_id: 0 });
+            }
+            Wire::Gcs(Msg::Nodes { nodes, .. }) => {
+                for n in nodes.iter().filter(|n| !n.alive && n.node_id != me) {
+                    self.worker_lost(me, n.node_id);
+                }
+            }
+            Wire::Gcs(_) => {}
         }
         self.maybe_flush(me);
     }
@@ -1553,6 +1789,14 @@ impl World {
     /// The invariants of the end: everything of the live owners is freed.
     fn check_end(&mut self) -> Result<(), String> {
         for (i, p) in self.procs.iter().enumerate().skip(1) {
+            let listed = self.gcs.tables.node_alive(i as u64);
+            if listed != Some(p.alive) {
+                let what = format!(
+                    "at the end, the GCS lists w{i}'s node as alive: {listed:?}, but it is {}",
+                    if p.alive { "alive" } else { "dead" }
+                );
+                return Err(self.fail(&what));
+            }
             if !p.alive {
                 continue;
             }
@@ -2001,6 +2245,17 @@ mod tests {
     }
 
     #[test]
+    fn random_programs_through_a_restart_of_the_gcs() {
+        run_seeds(SEEDS, |seed| {
+            let mut w = World::new(4, seed, Chaos::head_restart());
+            w.lenient = true;
+            let mut rng = Rng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+            w.spawn(1, program(&mut rng, 3, Vec::new(), Vec::new(), false, true));
+            w
+        });
+    }
+
+    #[test]
     fn many_references_nested_and_passed_around_at_once() {
         scenario(|| {
             let mut d = Vec::new();
@@ -2164,6 +2419,10 @@ mod raylet {
         spmd: bool,
         /// Jobs whose owners got workers once.
         assembled: HashSet<u64>,
+        /// The GCS (the real tables): the owners are its drivers, the raylet subscribes; a
+        /// job ends when its driver's connection closes.
+        gcs: GcsTables<Link>,
+        t0: Instant,
     }
 
     impl RayletWorld {
@@ -2191,7 +2450,27 @@ mod raylet {
                 violation: None,
                 spmd,
                 assembled: HashSet::new(),
+                gcs: GcsTables::new(Duration::from_secs(3600)),
+                t0: Instant::now(),
             };
+            // The owners start their jobs (job `j` is owner `j`'s); the raylet subscribes.
+            for o in 1..=jobs {
+                let msg = Msg::RegisterWorker {
+                    request_id: 1,
+                    node_id: 0,
+                    job_id: 0,
+                    address: format!("o{o}"),
+                    pid: o as u32,
+                    executable: "app".into(),
+                    args: Vec::new(),
+                    cwd: String::new(),
+                    shm_path: String::new(),
+                    host_id: String::new(),
+                };
+                w.gcs_event(gcs_tables::Event::Message(Link(o, Rc::default()), msg));
+            }
+            let sub = Msg::Subscribe { request_id: 0 };
+            w.gcs_event(gcs_tables::Event::Message(Link(RAYLET, Rc::default()), sub));
             if spmd {
                 // The ranks start with the job and report ready by themselves.
                 for job_id in 1..=jobs {
@@ -2203,6 +2482,33 @@ mod raylet {
                 }
             }
             w
+        }
+
+        /// Feeds the GCS `event`; sends its job events to the raylet.
+        fn gcs_event(&mut self, event: gcs_tables::Event<Link>) {
+            let now = self.t0 + Duration::from_millis(self.steps);
+            for out in self.gcs.handle(now, event) {
+                match out {
+                    gcs_tables::Out::Send(
+                        to,
+                        Msg::JobEvent {
+                            job_id,
+                            finished: true,
+                        },
+                    ) if to.0 == RAYLET => {
+                        self.net.send(GCS, RAYLET, RayletWire::JobEnded { job_id });
+                    }
+                    gcs_tables::Out::Send(to, Msg::Registered { job_id, .. }) if to.0 != job_id => {
+                        let what = format!("owner {} got job {job_id}", to.0);
+                        self.violation.get_or_insert(what);
+                    }
+                    gcs_tables::Out::Send(..) => {}
+                    other => {
+                        let what = format!("unexpected GCS output {other:?}");
+                        self.violation.get_or_insert(what);
+                    }
+                }
+            }
         }
 
         /// A new worker process of `job_id` (started, or a rank), booting.
@@ -2509,9 +2815,10 @@ mod raylet {
                         .map(|(o, _)| *o)
                         .collect();
                     if let Some(&o) = done.first() {
+                        // Its driver leaves: the GCS ends the job.
                         self.ended.insert(o);
-                        self.net
-                            .send(GCS, RAYLET, RayletWire::JobEnded { job_id: o });
+                        let closed = Link(o, Rc::new(Cell::new(true)));
+                        self.gcs_event(gcs_tables::Event::Closed(closed));
                         return Ok(true);
                     }
                 }

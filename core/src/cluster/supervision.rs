@@ -483,8 +483,7 @@ impl Cluster {
         let mut dead = Vec::new();
         // Handles taken here are dropped after the lock: the last one's drop takes it too.
         let mut held: Vec<Arc<ActorCell>> = Vec::new();
-        {
-            let mut owned = self.actors.owned();
+        self.actors.with_owned(|owned| {
             owned.retain(|_, a| match a.cell.upgrade() {
                 Some(c) => {
                     let alive = !c.is_dead();
@@ -521,7 +520,7 @@ impl Cluster {
             for (id, ..) in &dead {
                 owned.remove(id);
             }
-        }
+        });
         drop(held);
         for (id, cell, parked, why, node_id) in dead {
             self.actor_dead(id, &cell, parked, &why, (index, node_id));
@@ -715,38 +714,43 @@ impl Cluster {
         else {
             return;
         };
-        let cell = f.cell;
-        let args = f.args;
-        let keep = f.keep;
+        let mut call = Some(Parked {
+            method,
+            cell: f.cell,
+            args: f.args,
+            left: left.saturating_sub(1),
+            keep: f.keep,
+        });
         if left > 0 {
-            let owned = self.actors.owned();
-            if let Some(a) = owned.get(&actor_id) {
+            self.actors.with_record(actor_id, |a| {
                 let mut location = lock(&a.remote.0.location);
-                if let Location::Restarting { parked } = &mut *location {
+                if let Location::Restarting { parked } = &mut *location
+                    && let Some(call) = call.take()
+                {
                     // Ahead of calls made since the death was seen, in submission order.
                     let at = parked
                         .iter()
-                        .position(|p| p.cell.id().as_u64() > cell.id().as_u64())
+                        .position(|p| p.cell.id().as_u64() > call.cell.id().as_u64())
                         .unwrap_or(parked.len());
-                    parked.insert(
-                        at,
-                        Parked {
-                            method,
-                            cell,
-                            args,
-                            left: left - 1,
-                            keep,
-                        },
-                    );
-                    return;
+                    parked.insert(at, call);
                 }
-            }
+            });
         }
+        // Not parked: it fails (its arguments and keep-alive held until then).
+        let Some(Parked {
+            method,
+            cell,
+            args: _args,
+            keep,
+            ..
+        }) = call
+        else {
+            return;
+        };
         let (class, actor) = self
             .actors
-            .owned()
-            .get(&actor_id)
-            .map_or(("actor", None), |a| (a.class, a.cell.upgrade()));
+            .with_record(actor_id, |a| (a.class, a.cell.upgrade()))
+            .unwrap_or(("actor", None));
         // Its record may be gone already (dead for good): the call's own hold on the proxy.
         let actor = actor.or_else(|| keep.map(|(cell, _)| cell));
         let reason = format!(
@@ -768,15 +772,16 @@ impl Cluster {
     /// then dropped, not failed: the restart re-creates it).
     pub(super) fn is_restarting(&self, actor_id: u64) -> bool {
         self.actors
-            .owned()
-            .get(&actor_id)
-            .is_some_and(|a| matches!(&*lock(&a.remote.0.location), Location::Restarting { .. }))
+            .with_record(actor_id, |a| {
+                matches!(&*lock(&a.remote.0.location), Location::Restarting { .. })
+            })
+            .unwrap_or(false)
     }
 
     /// Step 4: places owned actor `id` on a live worker and creates it there again.
     fn restart_actor(&self, id: u64) {
         let Some((request, args, name, class, max_concurrency, restarts_left, old, exceptions)) =
-            self.actors.owned().get(&id).map(|a| {
+            self.actors.with_record(id, |a| {
                 (
                     a.request.clone(),
                     a.args.clone(),
@@ -794,9 +799,8 @@ impl Cluster {
         // A group member comes back with its rank (in its bundle: the same request).
         let group = self
             .actors
-            .owned()
-            .get(&id)
-            .and_then(|a| a.cell.upgrade())
+            .with_record(id, |a| a.cell.upgrade())
+            .flatten()
             .and_then(|c| c.member())
             .map_or((0, 0), |m| (m.rank, m.world_size));
         let Some(rt) = self.runtime() else { return };
@@ -807,12 +811,12 @@ impl Cluster {
             }
         };
         let pairs = request_pairs(&request);
-        let info = {
-            let mut owned = self.actors.owned();
-            let Some(a) = owned.get_mut(&id) else { return };
+        let Some(info) = self.actors.with_record(id, |a| {
             a.worker = worker;
             a.node = node;
             self.actor_info(id, a, true)
+        }) else {
+            return;
         };
         self.release_load(Some(old), 0, &pairs);
         self.take_load(node, worker, &pairs);
@@ -882,10 +886,8 @@ impl Cluster {
         };
         let Some(weak) = self
             .actors
-            .owned()
-            .get(&id)
-            .filter(|a| a.worker == worker)
-            .map(|a| a.cell.clone())
+            .with_record(id, |a| (a.worker == worker).then(|| a.cell.clone()))
+            .flatten()
         else {
             return unwanted();
         };
@@ -893,22 +895,24 @@ impl Cluster {
         let Some(_cell) = weak.upgrade().filter(|c| !c.is_dead()) else {
             return unwanted();
         };
-        let owned = self.actors.owned();
-        let Some(a) = owned.get(&id).filter(|a| a.worker == worker) else {
+        let info = self
+            .actors
+            .with_record(id, |a| {
+                if a.worker != worker {
+                    return None;
+                }
+                let mut location = lock(&a.remote.0.location);
+                let parked = location.arrive(worker, peer)?;
+                for call in parked {
+                    self.push_call(&a.remote, worker, peer, id, call);
+                }
+                drop(location);
+                Some(self.actor_info(id, a, false))
+            })
+            .flatten();
+        let Some(info) = info else {
             return unwanted();
         };
-        let mut location = lock(&a.remote.0.location);
-        let Some(parked) = location.arrive(worker, peer) else {
-            drop(location);
-            drop(owned);
-            return unwanted();
-        };
-        for call in parked {
-            self.push_call(&a.remote, worker, peer, id, call);
-        }
-        drop(location);
-        let info = self.actor_info(id, a, false);
-        drop(owned);
         tracing::info!(actor = id, worker, "actor restarted");
         self.tell_gcs(info);
     }
@@ -977,37 +981,37 @@ impl Cluster {
         let id = cell.id().as_u64();
         let reachable =
             |worker: u64, peer: &Arc<Peer>| !peer.is_closed() && !self.placement.is_dead(worker);
-        let decided = {
-            let mut owned = self.actors.owned();
-            match owned.get_mut(&id) {
-                None => {
-                    return match remote.target() {
-                        Some((worker, peer)) if reachable(worker, &peer) => {
-                            peer.send(Msg::KillActor {
-                                actor_id: id,
-                                restart: true,
-                            });
-                            true
-                        }
-                        _ => false,
-                    };
+        // `Err(answer)`: not owned here; `Ok(None)`: its worker is gone; `Ok(Some(..))`: asked.
+        let decided = self.actors.with_owned(|owned| match owned.get_mut(&id) {
+            None => Err(match remote.target() {
+                Some((worker, peer)) if reachable(worker, &peer) => {
+                    peer.send(Msg::KillActor {
+                        actor_id: id,
+                        restart: true,
+                    });
+                    true
                 }
-                Some(a) => match remote.target() {
-                    Some((worker, peer)) if reachable(worker, &peer) => {
-                        let restart = a.restarts_left > 0;
-                        if restart {
-                            a.restarts_left -= 1;
-                            a.num_restarts += 1;
-                        }
-                        peer.send(Msg::KillActor {
-                            actor_id: id,
-                            restart,
-                        });
-                        Some((restart, self.actor_info(id, a, false)))
+                _ => false,
+            }),
+            Some(a) => Ok(match remote.target() {
+                Some((worker, peer)) if reachable(worker, &peer) => {
+                    let restart = a.restarts_left > 0;
+                    if restart {
+                        a.restarts_left -= 1;
+                        a.num_restarts += 1;
                     }
-                    _ => None,
-                },
-            }
+                    peer.send(Msg::KillActor {
+                        actor_id: id,
+                        restart,
+                    });
+                    Some((restart, self.actor_info(id, a, false)))
+                }
+                _ => None,
+            }),
+        });
+        let decided = match decided {
+            Ok(d) => d,
+            Err(answer) => return answer,
         };
         match decided {
             Some((true, info)) => {

@@ -29,6 +29,7 @@ use manta_transport::{Address, Listener};
 
 use super::actor_manager::ActorManager;
 use super::borrow::References;
+use super::gcs_link::GcsLink;
 use super::object_manager::ObjectManager;
 use super::peer::{Handler, Peer};
 use super::peers::Peers;
@@ -76,7 +77,8 @@ pub(crate) struct Cluster {
     pub(super) member: Membership,
     /// Its worker index: the top bits of every id it creates.
     pub(super) index: u64,
-    pub(super) gcs: Arc<Peer>,
+    /// The link to the GCS, which rejoins a restarted head (`gcs_link.rs`).
+    pub(super) gcs: Arc<GcsLink>,
     pub(super) rt: OnceLock<Weak<RuntimeInner>>,
     pub(super) me: OnceLock<Weak<Cluster>>,
     /// Connections to other workers and to this worker's raylet (`peers.rs`).
@@ -270,27 +272,53 @@ impl Cluster {
             shm_path: shm_path.clone(),
             host_id: host_id(),
         });
-        let (index, job_id) = match wait_reply(rx, call_timeout(), "registering with the GCS")? {
-            Msg::Registered {
-                id, job_id, error, ..
-            } => {
-                if !error.is_empty() {
-                    return Err(cluster_error("registering with the GCS", error));
+        let (index, job_id, saved) =
+            match wait_reply(rx, call_timeout(), "registering with the GCS")? {
+                Msg::Registered {
+                    id,
+                    job_id,
+                    error,
+                    saved,
+                    ..
+                } => {
+                    if !error.is_empty() {
+                        return Err(cluster_error("registering with the GCS", error));
+                    }
+                    (id, job_id, saved)
                 }
-                (id, job_id)
-            }
-            other => {
-                return Err(cluster_error(
-                    "registering with the GCS",
-                    format!("unexpected reply {other:?}"),
-                ));
-            }
-        };
+                other => {
+                    return Err(cluster_error(
+                        "registering with the GCS",
+                        format!("unexpected reply {other:?}"),
+                    ));
+                }
+            };
         if index == 0 || index > crate::WorkerId::MAX {
             return Err(cluster_error(
                 "registering with the GCS",
                 format!("bad worker index {index}"),
             ));
+        }
+        let gcs = GcsLink::new(
+            gcs,
+            opts.gcs_address.clone(),
+            token.clone(),
+            format!("w{index}"),
+            handler.clone(),
+            io.handle().clone(),
+        );
+        // A GCS that saves nothing cannot come back: losing it is final (`gcs_link.rs`).
+        if saved {
+            gcs.set_rejoin(Msg::RejoinWorker {
+                request_id: 0,
+                index,
+                node_id,
+                job_id,
+                address: address.clone(),
+                shm_path: shm_path.clone(),
+                host_id: host_id(),
+                driver: matches!(opts.role, Role::Driver),
+            });
         }
         let cluster = Arc::new(Cluster {
             io: IoRuntime(Some(io)),
@@ -768,6 +796,10 @@ impl Handler for WorkerHandler {
         // Names are the remote's own choice: act only on the connection recorded for a worker
         // (a member closing some other connection that calls itself `w<N>` changes nothing).
         // A worker's raylet connection is watched by `serve_as_worker`.
+        if c.gcs.is(peer) {
+            c.gcs.lost(peer, reason);
+            return;
+        }
         if let Some(index) = peer
             .name
             .strip_prefix('w')

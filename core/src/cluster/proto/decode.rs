@@ -5,13 +5,14 @@ use super::{
     ActorInfo, Arg, ErrorKind, GroupTarget, JobWorker, Msg, Node, ObjectRow, Outcome, PgBundle,
     PgOp, PgRow, ProtoError, Resource, TAG_ACTOR_CALL, TAG_ACTOR_REPLY, TAG_ACTORS,
     TAG_ADD_BORROWERS, TAG_BORROWERS_ADDED, TAG_CANCEL_REPLY, TAG_CANCEL_TASK, TAG_CREATE_ACTOR,
-    TAG_DETACH_ACTOR, TAG_FREE_OBJECT, TAG_GET_NODES, TAG_GET_WORKER, TAG_GROUP_CALL,
-    TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR, TAG_KV_GET, TAG_KV_PUT, TAG_KV_VALUE,
-    TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT, TAG_NODES, TAG_OBJECT_DATA,
-    TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT, TAG_PUSH_TASK, TAG_REGISTER_ACTOR,
-    TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED, TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER,
-    TAG_START_WORKER, TAG_STOP, TAG_SUBSCRIBE, TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK,
-    TAG_WORKER_DETACHED, TAG_WORKER_INFO, TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
+    TAG_DETACH_ACTOR, TAG_FREE_OBJECT, TAG_GCS_COUNTERS, TAG_GCS_FORGET, TAG_GET_NODES,
+    TAG_GET_WORKER, TAG_GROUP_CALL, TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR, TAG_KV_GET,
+    TAG_KV_PUT, TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT,
+    TAG_NODES, TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT,
+    TAG_PUSH_TASK, TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED,
+    TAG_REJOIN_WORKER, TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP,
+    TAG_SUBSCRIBE, TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED, TAG_WORKER_INFO,
+    TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
 };
 use flatbuffers::{ForwardsUOffset, Vector};
 
@@ -199,6 +200,7 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 id: t.id(),
                 job_id: t.job_id(),
                 error: string(t.error()),
+                saved: t.saved(),
             }
         }
         TAG_HEARTBEAT => {
@@ -510,6 +512,37 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                     .groups()
                     .map(|v| v.iter().map(|g| pg_row(Some(g))).collect())
                     .unwrap_or_default(),
+            }
+        }
+        TAG_REJOIN_WORKER => {
+            let t = root!(RejoinWorker);
+            Msg::RejoinWorker {
+                request_id: t.request_id(),
+                index: t.index(),
+                node_id: t.node_id(),
+                job_id: t.job_id(),
+                address: string(t.address()),
+                shm_path: string(t.shm_path()),
+                host_id: string(t.host_id()),
+                driver: t.driver(),
+            }
+        }
+        TAG_GCS_FORGET => {
+            let t = root!(GcsForget);
+            Msg::GcsForget {
+                kind: t.kind(),
+                id: t.id(),
+                name: string(t.name()),
+            }
+        }
+        TAG_GCS_COUNTERS => {
+            let t = root!(GcsCounters);
+            Msg::GcsCounters {
+                version: t.version(),
+                next_node: t.next_node(),
+                next_worker: t.next_worker(),
+                next_job: t.next_job(),
+                address: string(t.address()),
             }
         }
         TAG_DETACH_ACTOR => Msg::DetachActor {

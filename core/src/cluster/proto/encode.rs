@@ -319,6 +319,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
             id,
             job_id,
             error,
+            saved,
         } => {
             let error = opt_str(fbb, error);
             table!(
@@ -328,6 +329,7 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     id: *id,
                     job_id: *job_id,
                     error,
+                    saved: *saved,
                 }
             );
         }
@@ -852,6 +854,63 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     group,
                     error,
                     groups,
+                }
+            );
+        }
+        Msg::RejoinWorker {
+            request_id,
+            index,
+            node_id,
+            job_id,
+            address,
+            shm_path,
+            host_id,
+            driver,
+        } => {
+            let address = opt_str(fbb, address);
+            let shm_path = opt_str(fbb, shm_path);
+            let host_id = opt_str(fbb, host_id);
+            table!(
+                RejoinWorker,
+                RejoinWorkerArgs {
+                    request_id: *request_id,
+                    index: *index,
+                    node_id: *node_id,
+                    job_id: *job_id,
+                    address,
+                    shm_path,
+                    host_id,
+                    driver: *driver,
+                }
+            );
+        }
+        Msg::GcsForget { kind, id, name } => {
+            let name = opt_str(fbb, name);
+            table!(
+                GcsForget,
+                GcsForgetArgs {
+                    kind: *kind,
+                    id: *id,
+                    name,
+                }
+            );
+        }
+        Msg::GcsCounters {
+            version,
+            next_node,
+            next_worker,
+            next_job,
+            address,
+        } => {
+            let address = opt_str(fbb, address);
+            table!(
+                GcsCounters,
+                GcsCountersArgs {
+                    version: *version,
+                    next_node: *next_node,
+                    next_worker: *next_worker,
+                    next_job: *next_job,
+                    address,
                 }
             );
         }

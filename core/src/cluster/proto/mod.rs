@@ -11,7 +11,9 @@
 //!
 //! Tags are stable wire numbers: 1–38 (`NAMES`), then ranges kept apart per area; 60–69
 //! carry actor lifetimes (`DetachActor`, `WorkerDetached`: `cluster/lifetime.rs`); 70–79
-//! placement groups (one table, `PgMsg`, whose tag says the operation: [`PgOp`]).
+//! placement groups (one table, `PgMsg`, whose tag says the operation: [`PgOp`]); 90–99 the
+//! head's restart (`RejoinWorker`, and `GcsCounters` and `GcsForget`, which only the GCS's
+//! saved tables hold: `cluster/gcs_store.rs`).
 
 use manta_transport::Tag;
 
@@ -287,6 +289,8 @@ pub(crate) enum Msg {
         id: u64,
         job_id: u64,
         error: String,
+        /// The GCS saves its tables: a member that loses it rejoins it after a restart.
+        saved: bool,
     },
     Heartbeat {
         node_id: u64,
@@ -518,6 +522,31 @@ pub(crate) enum Msg {
         cancelled: bool,
         ending: bool,
     },
+    /// A worker or driver re-registers with a restarted GCS under the ids it had.
+    RejoinWorker {
+        request_id: u64,
+        index: u64,
+        node_id: u64,
+        job_id: u64,
+        address: String,
+        shm_path: String,
+        host_id: String,
+        driver: bool,
+    },
+    /// A record of the GCS's saved tables (never sent): the entry under this key is gone.
+    GcsForget {
+        kind: u8,
+        id: u64,
+        name: String,
+    },
+    /// The header of the GCS's saved tables (never sent).
+    GcsCounters {
+        version: u32,
+        next_node: u64,
+        next_worker: u64,
+        next_job: u64,
+        address: String,
+    },
 }
 
 // ---- tags ---------------------------------------------------------------------------------
@@ -573,6 +602,10 @@ pub(crate) const TAG_DETACH_ACTOR: u64 = 60;
 pub(crate) const TAG_WORKER_DETACHED: u64 = 61;
 // Placement groups (70–79): `TAG_PG_FIRST + PgOp`.
 pub(crate) const TAG_PG_FIRST: u64 = 70;
+// Head restart (90–99).
+pub(crate) const TAG_REJOIN_WORKER: u64 = 90;
+pub(crate) const TAG_GCS_COUNTERS: u64 = 91;
+pub(crate) const TAG_GCS_FORGET: u64 = 92;
 pub(crate) const TAG_RELEASE_ACTOR: u64 = 41;
 // Actor groups (100–109).
 pub(crate) const TAG_GROUP_CALL: u64 = 100;
@@ -628,6 +661,9 @@ const MORE_NAMES: &[(u64, &str)] = &[
     (TAG_DETACH_ACTOR, "DetachActor"),
     (TAG_WORKER_DETACHED, "WorkerDetached"),
     (TAG_GROUP_CALL, "GroupCall"),
+    (TAG_REJOIN_WORKER, "RejoinWorker"),
+    (TAG_GCS_COUNTERS, "GcsCounters"),
+    (TAG_GCS_FORGET, "GcsForget"),
 ];
 
 /// The table name a tag stands for, if it is a cluster message's.
@@ -694,6 +730,9 @@ impl Msg {
             Msg::ObjectFailed { .. } => TAG_OBJECT_FAILED,
             Msg::ReleaseActor { .. } => TAG_RELEASE_ACTOR,
             Msg::GroupCall { .. } => TAG_GROUP_CALL,
+            Msg::RejoinWorker { .. } => TAG_REJOIN_WORKER,
+            Msg::GcsCounters { .. } => TAG_GCS_COUNTERS,
+            Msg::GcsForget { .. } => TAG_GCS_FORGET,
         }
     }
 

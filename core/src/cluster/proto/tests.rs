@@ -96,6 +96,7 @@ fn samples() -> Vec<Msg> {
             id: 11,
             job_id: 3,
             error: "name taken".into(),
+            saved: true,
         },
         Msg::Heartbeat {
             node_id: 7,
@@ -354,6 +355,28 @@ fn samples() -> Vec<Msg> {
         });
     }
     v.extend([
+        Msg::RejoinWorker {
+            request_id: 90,
+            index: 7,
+            node_id: 2,
+            job_id: 3,
+            address: "10.0.0.1:4000".into(),
+            shm_path: "@manta-w7".into(),
+            host_id: "boot:ns".into(),
+            driver: true,
+        },
+        Msg::GcsForget {
+            kind: 3,
+            id: 12,
+            name: "key".into(),
+        },
+        Msg::GcsCounters {
+            version: 1,
+            next_node: 4,
+            next_worker: 9,
+            next_job: 2,
+            address: "127.0.0.1:6379".into(),
+        },
         Msg::WorkerDetached {
             index: 61,
             count: 2,
@@ -415,6 +438,7 @@ fn every_variant_round_trips_through_one_reused_builder() {
         ])
         .chain(60..=61)
         .chain(70..=78)
+        .chain(90..=92)
         .collect();
     assert_eq!(tags, want, "a sample of every variant");
     let mut fbb = FlatBufferBuilder::new();
@@ -545,6 +569,7 @@ fn tags_are_distinct_stable_and_named() {
                 || (50..=51).contains(&tag)
                 || (60..=61).contains(&tag)
                 || (70..=78).contains(&tag)
+                || (90..=92).contains(&tag)
                 || tag == TAG_OBJECT_FAILED
                 || tag == TAG_RELEASE_ACTOR
                 || tag == TAG_GROUP_CALL,
@@ -582,6 +607,10 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(tag_name(u64::MAX), None);
     assert_eq!(TAG_CANCEL_TASK, 50);
     assert_eq!(TAG_CANCEL_REPLY, 51);
+    assert_eq!(TAG_REJOIN_WORKER, 90);
+    assert_eq!(TAG_GCS_COUNTERS, 91);
+    assert_eq!(TAG_GCS_FORGET, 92);
+    assert_eq!(tag_name(93), None);
 }
 
 #[test]

@@ -1301,7 +1301,8 @@ impl ::core::fmt::Debug for RegisterWorker<'_> {
 pub enum RegisteredOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// GCS -> member: the id given (node id, or worker index and job id), or why not.
+/// GCS -> member: the id given (node id, or worker index and job id), or why not; `saved`:
+/// the GCS saves its tables, so a member that loses it rejoins it after a restart.
 pub struct Registered<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1319,6 +1320,7 @@ impl<'a> Registered<'a> {
   pub const VT_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_JOB_ID: ::flatbuffers::VOffsetT = 8;
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SAVED: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1334,6 +1336,7 @@ impl<'a> Registered<'a> {
     builder.add_id(args.id);
     builder.add_request_id(args.request_id);
     if let Some(x) = args.error { builder.add_error(x); }
+    builder.add_saved(args.saved);
     builder.finish()
   }
 
@@ -1366,6 +1369,13 @@ impl<'a> Registered<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Registered::VT_ERROR, None)}
   }
+  #[inline]
+  pub fn saved(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Registered::VT_SAVED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Registered<'_> {
@@ -1378,6 +1388,7 @@ impl ::flatbuffers::Verifiable for Registered<'_> {
      .visit_field::<u64>("id", Self::VT_ID, false)?
      .visit_field::<u64>("job_id", Self::VT_JOB_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("error", Self::VT_ERROR, false)?
+     .visit_field::<bool>("saved", Self::VT_SAVED, false)?
      .finish();
     Ok(())
   }
@@ -1387,6 +1398,7 @@ pub struct RegisteredArgs<'a> {
     pub id: u64,
     pub job_id: u64,
     pub error: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub saved: bool,
 }
 impl<'a> Default for RegisteredArgs<'a> {
   #[inline]
@@ -1396,6 +1408,7 @@ impl<'a> Default for RegisteredArgs<'a> {
       id: 0,
       job_id: 0,
       error: None,
+      saved: false,
     }
   }
 }
@@ -1422,6 +1435,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegisteredBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Registered::VT_ERROR, error);
   }
   #[inline]
+  pub fn add_saved(&mut self, saved: bool) {
+    self.fbb_.push_slot::<bool>(Registered::VT_SAVED, saved, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RegisteredBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     RegisteredBuilder {
@@ -1443,6 +1460,7 @@ impl ::core::fmt::Debug for Registered<'_> {
       ds.field("id", &self.id());
       ds.field("job_id", &self.job_id());
       ds.field("error", &self.error());
+      ds.field("saved", &self.saved());
       ds.finish()
   }
 }
@@ -8020,6 +8038,522 @@ impl ::core::fmt::Debug for ReleaseActor<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ReleaseActor");
       ds.field("actor_id", &self.actor_id());
+      ds.finish()
+  }
+}
+pub enum RejoinWorkerOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// worker or driver -> a restarted GCS (tag 90): re-registers under the index (and job, and
+/// node) it had, after its GCS connection was lost; answered with Registered (an error when
+/// the GCS no longer knows it). Also the worker rows of the GCS's saved tables.
+pub struct RejoinWorker<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RejoinWorker<'a> {
+  type Inner = RejoinWorker<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RejoinWorker<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_JOB_ID: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SHM_PATH: ::flatbuffers::VOffsetT = 14;
+  pub const VT_HOST_ID: ::flatbuffers::VOffsetT = 16;
+  pub const VT_DRIVER: ::flatbuffers::VOffsetT = 18;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RejoinWorker { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RejoinWorkerArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RejoinWorker<'bldr>> {
+    let mut builder = RejoinWorkerBuilder::new(_fbb);
+    builder.add_job_id(args.job_id);
+    builder.add_node_id(args.node_id);
+    builder.add_index(args.index);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.host_id { builder.add_host_id(x); }
+    if let Some(x) = args.shm_path { builder.add_shm_path(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.add_driver(args.driver);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RejoinWorker::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RejoinWorker::VT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RejoinWorker::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn job_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RejoinWorker::VT_JOB_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RejoinWorker::VT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn shm_path(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RejoinWorker::VT_SHM_PATH, None)}
+  }
+  #[inline]
+  pub fn host_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RejoinWorker::VT_HOST_ID, None)}
+  }
+  #[inline]
+  pub fn driver(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(RejoinWorker::VT_DRIVER, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RejoinWorker<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<u64>("job_id", Self::VT_JOB_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("shm_path", Self::VT_SHM_PATH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host_id", Self::VT_HOST_ID, false)?
+     .visit_field::<bool>("driver", Self::VT_DRIVER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RejoinWorkerArgs<'a> {
+    pub request_id: u64,
+    pub index: u64,
+    pub node_id: u64,
+    pub job_id: u64,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shm_path: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub host_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub driver: bool,
+}
+impl<'a> Default for RejoinWorkerArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RejoinWorkerArgs {
+      request_id: 0,
+      index: 0,
+      node_id: 0,
+      job_id: 0,
+      address: None,
+      shm_path: None,
+      host_id: None,
+      driver: false,
+    }
+  }
+}
+
+pub struct RejoinWorkerBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RejoinWorkerBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(RejoinWorker::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(RejoinWorker::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(RejoinWorker::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_job_id(&mut self, job_id: u64) {
+    self.fbb_.push_slot::<u64>(RejoinWorker::VT_JOB_ID, job_id, 0);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RejoinWorker::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_shm_path(&mut self, shm_path: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RejoinWorker::VT_SHM_PATH, shm_path);
+  }
+  #[inline]
+  pub fn add_host_id(&mut self, host_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RejoinWorker::VT_HOST_ID, host_id);
+  }
+  #[inline]
+  pub fn add_driver(&mut self, driver: bool) {
+    self.fbb_.push_slot::<bool>(RejoinWorker::VT_DRIVER, driver, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RejoinWorkerBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RejoinWorkerBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RejoinWorker<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RejoinWorker<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RejoinWorker");
+      ds.field("request_id", &self.request_id());
+      ds.field("index", &self.index());
+      ds.field("node_id", &self.node_id());
+      ds.field("job_id", &self.job_id());
+      ds.field("address", &self.address());
+      ds.field("shm_path", &self.shm_path());
+      ds.field("host_id", &self.host_id());
+      ds.field("driver", &self.driver());
+      ds.finish()
+  }
+}
+pub enum GcsForgetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A record of the GCS's saved tables (tag 92; never sent): the entry saved under this key
+/// is gone (`kind` and `id`, or `name` for a key-value entry, as `gcs_store.rs` keys them).
+pub struct GcsForget<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GcsForget<'a> {
+  type Inner = GcsForget<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GcsForget<'a> {
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GcsForget { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GcsForgetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GcsForget<'bldr>> {
+    let mut builder = GcsForgetBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn kind(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(GcsForget::VT_KIND, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GcsForget::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GcsForget::VT_NAME, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GcsForget<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u8>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GcsForgetArgs<'a> {
+    pub kind: u8,
+    pub id: u64,
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GcsForgetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GcsForgetArgs {
+      kind: 0,
+      id: 0,
+      name: None,
+    }
+  }
+}
+
+pub struct GcsForgetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GcsForgetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_kind(&mut self, kind: u8) {
+    self.fbb_.push_slot::<u8>(GcsForget::VT_KIND, kind, 0);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(GcsForget::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GcsForget::VT_NAME, name);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GcsForgetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GcsForgetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GcsForget<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GcsForget<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GcsForget");
+      ds.field("kind", &self.kind());
+      ds.field("id", &self.id());
+      ds.field("name", &self.name());
+      ds.finish()
+  }
+}
+pub enum GcsCountersOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The first record of the GCS's saved tables (tag 91; never sent): the format version, the
+/// next ids the GCS hands out, and the address it served on.
+pub struct GcsCounters<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GcsCounters<'a> {
+  type Inner = GcsCounters<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GcsCounters<'a> {
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NEXT_NODE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NEXT_WORKER: ::flatbuffers::VOffsetT = 8;
+  pub const VT_NEXT_JOB: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GcsCounters { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GcsCountersArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GcsCounters<'bldr>> {
+    let mut builder = GcsCountersBuilder::new(_fbb);
+    builder.add_next_job(args.next_job);
+    builder.add_next_worker(args.next_worker);
+    builder.add_next_node(args.next_node);
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.add_version(args.version);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn version(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(GcsCounters::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn next_node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GcsCounters::VT_NEXT_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn next_worker(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GcsCounters::VT_NEXT_WORKER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn next_job(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GcsCounters::VT_NEXT_JOB, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GcsCounters::VT_ADDRESS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GcsCounters<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("version", Self::VT_VERSION, false)?
+     .visit_field::<u64>("next_node", Self::VT_NEXT_NODE, false)?
+     .visit_field::<u64>("next_worker", Self::VT_NEXT_WORKER, false)?
+     .visit_field::<u64>("next_job", Self::VT_NEXT_JOB, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GcsCountersArgs<'a> {
+    pub version: u32,
+    pub next_node: u64,
+    pub next_worker: u64,
+    pub next_job: u64,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GcsCountersArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GcsCountersArgs {
+      version: 0,
+      next_node: 0,
+      next_worker: 0,
+      next_job: 0,
+      address: None,
+    }
+  }
+}
+
+pub struct GcsCountersBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GcsCountersBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_version(&mut self, version: u32) {
+    self.fbb_.push_slot::<u32>(GcsCounters::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_next_node(&mut self, next_node: u64) {
+    self.fbb_.push_slot::<u64>(GcsCounters::VT_NEXT_NODE, next_node, 0);
+  }
+  #[inline]
+  pub fn add_next_worker(&mut self, next_worker: u64) {
+    self.fbb_.push_slot::<u64>(GcsCounters::VT_NEXT_WORKER, next_worker, 0);
+  }
+  #[inline]
+  pub fn add_next_job(&mut self, next_job: u64) {
+    self.fbb_.push_slot::<u64>(GcsCounters::VT_NEXT_JOB, next_job, 0);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GcsCounters::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GcsCountersBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GcsCountersBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GcsCounters<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GcsCounters<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GcsCounters");
+      ds.field("version", &self.version());
+      ds.field("next_node", &self.next_node());
+      ds.field("next_worker", &self.next_worker());
+      ds.field("next_job", &self.next_job());
+      ds.field("address", &self.address());
       ds.finish()
   }
 }
