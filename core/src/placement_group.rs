@@ -39,6 +39,7 @@ use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectRef};
 use crate::remote::{GroupRequest, Remote};
+use crate::resources::{CPU_NAME, GPU_NAME};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime::{RuntimeInner, with_current};
 use crate::scheduler::Scheduler;
@@ -107,15 +108,15 @@ impl Bundle {
     }
     /// A bundle of `n` CPUs.
     pub fn cpus(n: f64) -> Self {
-        Bundle::new().resource("CPU", n)
+        Bundle::new().resource(CPU_NAME, n)
     }
     /// Adds (or sets) `n` CPUs.
     pub fn num_cpus(self, n: f64) -> Self {
-        self.resource("CPU", n)
+        self.resource(CPU_NAME, n)
     }
     /// Adds (or sets) `n` GPUs.
     pub fn num_gpus(self, n: f64) -> Self {
-        self.resource("GPU", n)
+        self.resource(GPU_NAME, n)
     }
     /// Adds (or sets) an amount of a resource (`"CPU"`, `"GPU"` or a custom one).
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
@@ -174,8 +175,8 @@ impl Bundle {
         let mut r = ResourceRequest::none();
         for (name, amount) in &self.entries {
             match name.as_str() {
-                "CPU" => r.num_cpus += amount,
-                "GPU" => r.num_gpus += amount,
+                CPU_NAME => r.num_cpus += amount,
+                GPU_NAME => r.num_gpus += amount,
                 _ => r.set_custom(name, *amount),
             }
         }
@@ -510,10 +511,10 @@ impl PlacementGroup {
         }
         let mut asked: Vec<(String, f64)> = Vec::new();
         if request.num_cpus > 0.0 {
-            asked.push(("CPU".into(), request.num_cpus));
+            asked.push((CPU_NAME.into(), request.num_cpus));
         }
         if request.num_gpus > 0.0 {
-            asked.push(("GPU".into(), request.num_gpus));
+            asked.push((GPU_NAME.into(), request.num_gpus));
         }
         asked.extend(request.custom().map(|(n, a)| (n.to_string(), a)));
         for (name, amount) in &asked {
@@ -856,8 +857,8 @@ pub(crate) fn install(
     let mut request = ResourceRequest::none();
     for (name, amount) in carve {
         match name.as_str() {
-            "CPU" => request.num_cpus += amount,
-            "GPU" => request.num_gpus += amount,
+            CPU_NAME => request.num_cpus += amount,
+            GPU_NAME => request.num_gpus += amount,
             _ => request.set_custom(name, *amount),
         }
     }

@@ -27,6 +27,11 @@ use crate::error::Error;
 use crate::gpus::{GpuGrant, GpuInstances};
 use crate::sync::{Arc, AtomicI64, Ordering, RwLock};
 
+/// The name of the CPU resource (Ray's `"CPU"`), the one place it is spelled.
+pub(crate) const CPU_NAME: &str = "CPU";
+/// The name of the GPU resource (Ray's `"GPU"`), the one place it is spelled.
+pub(crate) const GPU_NAME: &str = "GPU";
+
 /// Thousandths of a unit.
 const SCALE: f64 = 1000.0;
 pub(crate) const CPU: usize = 0;
@@ -222,10 +227,10 @@ impl NodeResources {
             key: "resources".into(),
             message,
         };
-        let mut names = vec!["CPU".to_string(), "GPU".to_string()];
+        let mut names = vec![CPU_NAME.to_string(), GPU_NAME.to_string()];
         let mut total = vec![
-            to_fixed("resource", "CPU", config.num_cpus).map_err(bad)?,
-            to_fixed("resource", "GPU", config.num_gpus).map_err(bad)?,
+            to_fixed("resource", CPU_NAME, config.num_cpus).map_err(bad)?,
+            to_fixed("resource", GPU_NAME, config.num_gpus).map_err(bad)?,
         ];
         for (name, amount) in &config.resources.0 {
             if names.iter().any(|n| n == name) {
@@ -384,8 +389,8 @@ impl NodeResources {
                 _ => Err(DemandError::Infeasible),
             }
         };
-        push("CPU", req.num_cpus)?;
-        push("GPU", req.num_gpus)?;
+        push(CPU_NAME, req.num_cpus)?;
+        push(GPU_NAME, req.num_gpus)?;
         for (name, amount) in &req.custom {
             push(name, *amount)?;
         }

@@ -886,7 +886,7 @@ impl RuntimeInner {
         max_concurrency: usize,
         max_restarts: u32,
         rank: Option<crate::placement_group::Rank>,
-        retries: crate::cluster::proto::ActorRetries,
+        retries: crate::remote::ActorRetries,
     ) -> Arc<ObjectCell> {
         let fail = |e: Error| Arc::new(ObjectCell::ready(ObjectId::from_u64(actor_id), Err(e)));
         let Some(class) = crate::actor::class_by_name(class_name) else {

@@ -4,6 +4,7 @@
 //! worker). A node's workers are named by its raylet on first use: the one it starts
 //! (`manta start`), or the SPMD ranks of the node, each with its share.
 
+use crate::resources::{CPU_NAME, GPU_NAME};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -639,10 +640,10 @@ impl Cluster {
 pub(crate) fn request_pairs(r: &ResourceRequest) -> Vec<(String, f64)> {
     let mut v = Vec::new();
     if r.num_cpus > 0.0 {
-        v.push(("CPU".to_string(), r.num_cpus));
+        v.push((CPU_NAME.to_string(), r.num_cpus));
     }
     if r.num_gpus > 0.0 {
-        v.push(("GPU".to_string(), r.num_gpus));
+        v.push((GPU_NAME.to_string(), r.num_gpus));
     }
     for (name, amount) in r.custom() {
         v.push((name.to_string(), amount));
@@ -653,7 +654,7 @@ pub(crate) fn request_pairs(r: &ResourceRequest) -> Vec<(String, f64)> {
 /// The CPUs among request pairs.
 fn cpus_of(load: &[(String, f64)]) -> f64 {
     load.iter()
-        .filter(|(n, _)| n == "CPU")
+        .filter(|(n, _)| n == CPU_NAME)
         .map(|(_, a)| *a)
         .sum()
 }
@@ -673,8 +674,8 @@ pub(super) fn resource_request(resources: &[Resource]) -> ResourceRequest {
     let mut r = ResourceRequest::none();
     for res in resources {
         match res.name.as_str() {
-            "CPU" => r.num_cpus = res.total,
-            "GPU" => r.num_gpus = res.total,
+            CPU_NAME => r.num_cpus = res.total,
+            GPU_NAME => r.num_gpus = res.total,
             other => r.set_custom(other, res.total),
         }
     }

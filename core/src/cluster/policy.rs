@@ -25,6 +25,7 @@
 //!
 //! A node none of whose workers covers the request is passed over by the caller.
 
+use crate::resources::CPU_NAME;
 use std::borrow::Cow;
 
 /// `(resource name, amount)` pairs, borrowed from the caller's tables on the submit path (no
@@ -58,7 +59,7 @@ impl NodeLoad<'_> {
     }
 
     fn utilisation(&self) -> f64 {
-        let cpus = self.total("CPU");
+        let cpus = self.total(CPU_NAME);
         if cpus <= 0.0 {
             return if self.busy_cpus > 0.0 { 1.0 } else { 0.0 };
         }
@@ -151,7 +152,7 @@ pub(crate) fn pick_worker(
         if !w.feasible(request) {
             continue;
         }
-        let (fits, free) = (w.fits(request), w.free("CPU"));
+        let (fits, free) = (w.fits(request), w.free(CPU_NAME));
         // Room first, then free CPUs; the first worker wins ties.
         let better = best.is_none_or(|(best_fits, best_free, _)| {
             if fits == best_fits {

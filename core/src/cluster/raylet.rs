@@ -22,6 +22,7 @@
 //! and its protocol are `worker_table.rs`, a state machine without I/O; the raylet here spawns,
 //! polls and kills the processes and sends what it returns.
 
+use crate::resources::{CPU_NAME, GPU_NAME};
 use crate::sync::{Arc, Mutex, OnceLock, Weak};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -322,13 +323,13 @@ impl Raylet {
 
     fn totals(&self) -> Vec<Resource> {
         let mut v = vec![Resource {
-            name: "CPU".into(),
+            name: CPU_NAME.into(),
             total: self.opts.num_cpus,
             available: self.opts.num_cpus,
         }];
         if self.opts.num_gpus > 0.0 {
             v.push(Resource {
-                name: "GPU".into(),
+                name: GPU_NAME.into(),
                 total: self.opts.num_gpus,
                 available: self.opts.num_gpus,
             });

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use manta_transport::auth::{self, Role};
 
+use crate::sync::{AtomicBool, Ordering};
+
 use super::element::Reducer;
 use super::shared::Settings;
 use super::{Backend, Fault, Header};
@@ -425,20 +427,20 @@ impl TcpBackend {
         let deadline = start + self.timeout;
         let hdr = self.frame(h, seq, body.len());
         let conn = self.conn(peer)?;
-        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = AtomicBool::new(false);
         let (received, (sending, n)) = std::thread::scope(|scope| {
             let sender = scope.spawn(|| {
                 let mut n = 0;
                 let r = send_all(conn, peer, &hdr, body, (start, deadline), &mut n, &stop);
                 if r.is_err() {
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
                 }
                 (r, n)
             });
             let mut none = 0;
             let received = self.transfer_inner(h, seq, None, recv, &mut none);
             if received.is_err() {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
             }
             let sending = sender.join().unwrap_or_else(|_| {
                 (
@@ -635,7 +637,7 @@ fn send_all(
     body: &[u8],
     (start, deadline): (Instant, Instant),
     sent: &mut usize,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &AtomicBool,
 ) -> Result<(), Fault> {
     let total = HDR_LEN + body.len();
     let mut conn = conn;
@@ -649,7 +651,7 @@ fn send_all(
             Ok(0) => return Err(peer_fault(peer, "sending to", "connection closed")),
             Ok(k) => *sent += k,
             Err(e) if would_block(&e) => {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
                     return Err(peer_fault(
                         peer,
                         "sending to",

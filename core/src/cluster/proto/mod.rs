@@ -189,40 +189,9 @@ pub(crate) enum ErrorKind {
     LineageEvicted,
 }
 
-/// An actor's retries of its calls after a panic, as `CreateActor` carries them.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct ActorRetries {
-    /// `ActorOptions::max_task_retries`.
-    pub(crate) max_task_retries: u32,
-    /// Whether `retry_exceptions` is set.
-    pub(crate) retry_exceptions: bool,
-    /// The typed panics it covers (empty: all).
-    pub(crate) retry_on: Vec<String>,
-}
-
-impl ActorRetries {
-    /// What `options` say.
-    pub(crate) fn of(options: &crate::actor::ActorOptions) -> ActorRetries {
-        ActorRetries {
-            max_task_retries: options.max_task_retries,
-            retry_exceptions: options.retry_exceptions.is_some(),
-            retry_on: options
-                .retry_exceptions
-                .iter()
-                .flatten()
-                .flat_map(|types| types.iter().map(|t| t.to_string()))
-                .collect(),
-        }
-    }
-
-    /// Sets them on `options` (the host's copy of the actor's).
-    pub(crate) fn apply(self, options: &mut crate::actor::ActorOptions) {
-        options.max_task_retries = self.max_task_retries;
-        options.retry_exceptions = self.retry_exceptions.then(|| {
-            (!self.retry_on.is_empty()).then(|| self.retry_on.into_iter().map(Box::from).collect())
-        });
-    }
-}
+/// An actor's retries of its calls after a panic, as `CreateActor` carries them (defined
+/// at the seam, `crate::remote`, since the local runtime applies them).
+pub(crate) use crate::remote::ActorRetries;
 
 /// The outcome of a task, actor creation or actor call.
 #[derive(Clone, Debug, PartialEq)]
