@@ -347,12 +347,9 @@ impl ActorOptions {
     /// `retry_exceptions=[E]`), up to `max_task_retries` times; may be given for several
     /// types. Other errors, and panics, are its result at once.
     pub fn retry_exceptions_of<E: 'static>(mut self) -> Self {
-        let mut types: Vec<Box<str>> = match self.retry_exceptions.take() {
-            Some(Some(list)) => list.iter().cloned().collect(),
-            _ => Vec::new(),
-        };
-        types.push(std::any::type_name::<E>().into());
-        self.retry_exceptions = Some(Some(types.into()));
+        self.retry_exceptions = Some(Some(crate::task::with_retry_type::<E>(
+            self.retry_exceptions.take(),
+        )));
         self
     }
 

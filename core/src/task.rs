@@ -245,6 +245,17 @@ pub(crate) fn retry_covers(retry_on: &RetryOn, returned: Option<&crate::TaskErro
 /// (a panic or an `Err`); else only an `Err` of one of these types (their Rust type names).
 pub(crate) type RetryOn = Option<Arc<[Box<str>]>>;
 
+/// The types of `retry_exceptions_of` so far (`current`) with `E` added: the list a task's
+/// or an actor's options hold.
+pub(crate) fn with_retry_type<E: 'static>(current: Option<RetryOn>) -> Arc<[Box<str>]> {
+    let mut types: Vec<Box<str>> = match current {
+        Some(Some(list)) => list.iter().cloned().collect(),
+        _ => Vec::new(),
+    };
+    types.push(std::any::type_name::<E>().into());
+    types.into()
+}
+
 /// Per-call options of a task (Ray's `.options(...)`).
 #[derive(Clone, Debug)]
 pub struct TaskOptions {
@@ -307,12 +318,9 @@ impl TaskOptions {
     /// `retry_exceptions=[E]`), up to `max_retries` times; may be given for several types.
     /// Other errors, and panics, are its result at once.
     pub fn retry_exceptions_of<E: 'static>(mut self) -> Self {
-        let mut types: Vec<Box<str>> = match self.retry_exceptions.take() {
-            Some(Some(list)) => list.iter().cloned().collect(),
-            _ => Vec::new(),
-        };
-        types.push(std::any::type_name::<E>().into());
-        self.retry_exceptions = Some(Some(types.into()));
+        self.retry_exceptions = Some(Some(crate::task::with_retry_type::<E>(
+            self.retry_exceptions.take(),
+        )));
         self
     }
     /// A name for the task in errors and listings (default: the function's name).

@@ -423,17 +423,7 @@ impl Connection {
     /// [`MAX_HELLO_LEN`] is refused at its header, and one of another version is an error.
     async fn handshake_reply(&mut self) -> Result<(FrameKind, Vec<u8>)> {
         let h = self.reader.read_header().await?;
-        if h.len > MAX_HELLO_LEN {
-            self.reader.broken = true;
-            return Err(malformed(
-                self.peer_addr(),
-                FrameError::Oversize {
-                    len: h.len,
-                    max: MAX_HELLO_LEN,
-                },
-            ));
-        }
-        let payload = self.reader.read_payload(h.len).await?;
+        let payload = self.unauthenticated_payload(h.len).await?;
         if h.kind == FrameKind::Refused {
             let (reason, detail) =
                 wire::parse_refused(&payload).map_err(|p| malformed(self.peer_addr(), p))?;
@@ -561,18 +551,24 @@ impl Connection {
                 },
             ));
         }
-        if h.len > MAX_HELLO_LEN {
+        let payload = self.unauthenticated_payload(h.len).await?;
+        Ok((h, payload))
+    }
+
+    /// A handshake frame's payload of `len` bytes from a peer not trusted yet: over
+    /// [`MAX_HELLO_LEN`] it is refused at its header, before any byte is read.
+    async fn unauthenticated_payload(&mut self, len: u32) -> Result<Vec<u8>> {
+        if len > MAX_HELLO_LEN {
             self.reader.broken = true;
             return Err(malformed(
                 self.peer_addr(),
                 FrameError::Oversize {
-                    len: h.len,
+                    len,
                     max: MAX_HELLO_LEN,
                 },
             ));
         }
-        let payload = self.reader.read_payload(h.len).await?;
-        Ok((h, payload))
+        self.reader.read_payload(len).await
     }
 
     async fn send_refused(&mut self, reason: RefusalReason, detail: &str) -> Result<()> {
