@@ -70,7 +70,7 @@
 //! [`NodeArena::serve`] runs an acceptor, one thread per client that proved the token (blocking
 //! reads of its requests), and the sweeper. The acceptor `poll`s the listener and the clients
 //! still proving the token (every 100 ms at least, for the stop flag and their 5 s deadlines)
-//! and reads their tokens without blocking (`node/pending.rs`): an unauthenticated connection
+//! and reads their proofs without blocking (`node/pending.rs`): an unauthenticated connection
 //! costs no thread (a flood of 1,100 idle ones made 506 threads when each had its own), and at
 //! most [`MAX_PENDING`] may be pending at once (one beyond that is closed at once). Warnings
 //! about refused connections are rate-limited (10 lines per 10 s, then a count of those
@@ -424,7 +424,7 @@ impl Serving {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Accepts connections and reads their tokens (steps 1–2) without blocking, then hands
+    /// Accepts connections and reads their proofs (steps 1–2) without blocking, then hands
     /// each proven client to a thread of its own.
     fn accept_loop(self: Arc<Self>, listener: UnixListener) {
         let mut pending: Vec<Pending> = Vec::new();
@@ -435,7 +435,7 @@ impl Serving {
                 if !alive && let Some(suppressed) = self.log.check() {
                     warn!(
                         client = p.id,
-                        suppressed, "node arena: connection refused: no token within 5 s"
+                        suppressed, "node arena: connection refused: no proof within 5 s"
                     );
                 }
                 alive
