@@ -203,6 +203,37 @@ fn tcp_backend_matches_the_serial_reference() {
     every_collective_in_process("tcp", "tcp");
 }
 
+/// A tcp transfer of 1 MiB or more sends from a thread of its own while the caller receives
+/// and reduces (`THREADED` in `core/src/collective/tcp.rs`): large allreduces and
+/// reduce-scatters (ring segments of about 1.5 MiB) still match the serial reference.
+#[test]
+fn tcp_large_transfers_match_the_serial_reference() {
+    let _rt = init("tcp", Duration::from_secs(60));
+    let n = (3 << 20) / 8 + 3;
+    let input = |rank: usize| -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 7 + rank * 13) % 1000) as f64)
+            .collect()
+    };
+    let (a, b) = (input(0), input(1));
+    let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    on_threads(2, |r| {
+        let comm = Communicator::join("large", r, 2).expect("join");
+        assert_eq!(comm.backend(), "tcp");
+        let mut data = input(r);
+        comm.allreduce(&mut data, ReduceOp::Sum).expect("allreduce");
+        assert!(data == sum, "allreduce of {n} f64 differs at rank {r}");
+        let both: Vec<f64> = (0..2 * n).map(|i| ((i * 3 + r) % 977) as f64).collect();
+        let mut out = vec![0.0f64; n];
+        comm.reduce_scatter(&both, &mut out, ReduceOp::Sum)
+            .expect("reduce_scatter");
+        let want: Vec<f64> = (r * n..(r + 1) * n)
+            .map(|i| ((i * 3) % 977 + (i * 3 + 1) % 977) as f64)
+            .collect();
+        assert!(out == want, "reduce_scatter of {n} f64 differs at rank {r}");
+    });
+}
+
 /// Runs `f` with a fresh embedded runtime whose groups use `backend`.
 fn with_backend(backend: &str, timeout: Duration, f: impl FnOnce()) {
     let rt = init(backend, timeout);
