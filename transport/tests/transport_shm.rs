@@ -116,6 +116,50 @@ async fn listener_removes_its_socket_and_refuses_wrong_token() {
     .expect("test timed out");
 }
 
+/// A socket that cannot prove the token (a local user on a path a listener held) gets no
+/// token and no memory from a connector: it sees only nonces and a MAC, and the connector,
+/// checking its made-up proof, fails with `Unproven` before it passes any fd.
+#[tokio::test]
+async fn an_impostor_shm_listener_never_sees_the_token_or_an_fd() {
+    use std::io::{Read, Write};
+    let path = sock_path();
+    let impostor = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = impostor.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut seen = vec![0u8; 4 + 32];
+        s.read_exact(&mut seen).unwrap();
+        s.write_all(&[2u8; 32]).unwrap();
+        let mut proof = [0u8; 32];
+        s.read_exact(&mut proof).unwrap();
+        seen.extend_from_slice(&proof);
+        let mut verdict = vec![1u8];
+        verdict.extend_from_slice(&[9u8; 32]);
+        s.write_all(&verdict).unwrap();
+        // Whatever comes next (nothing: the connector closes) is read too.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        seen.extend_from_slice(&rest);
+        seen
+    });
+    let err = tokio::time::timeout(
+        LIMIT,
+        Connection::connect(&Address::Shm(path.clone()), &cfg("victim")),
+    )
+    .await
+    .expect("test timed out")
+    .expect_err("an impostor is refused");
+    assert!(matches!(err, TransportError::Unproven { .. }), "{err}");
+    let seen = fake.join().unwrap();
+    assert_eq!(
+        seen.len(),
+        4 + 32 + 32,
+        "nothing after the proof: no setup message"
+    );
+    assert!(!seen.windows(14).any(|w| w == b"cluster-secret"));
+    let _ = std::fs::remove_file(&path);
+}
+
 fn spawn_child(mode: &str, path: &std::path::Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
