@@ -200,6 +200,62 @@ fn nested_gets(tasks: u64, bound: Duration) -> Result<(), usize> {
 
 /// Issue 11, item 2: 1,000 tasks `f`, each blocking in `get` on a `g` that blocks on an `h`,
 /// on one CPU. It deadlocked with a few hundred done, and `shutdown` then hung too.
+static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits until the test opens `GATE` (bounded: a missed opening fails the task, not the run).
+#[manta::remote]
+fn wait_for_gate() -> bool {
+    let t = Instant::now();
+    while !GATE.load(Ordering::SeqCst) {
+        if t.elapsed() > LONG {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// A driver `get` of a queued task whose CPU is taken takes the task's job off the queue to
+/// run it itself (so no slot frees it), finds it cannot, and must queue it again: the task
+/// still runs once the CPU is free.
+#[test]
+fn a_task_waited_for_while_the_cpu_is_busy_still_runs() {
+    let _rt = common::start(manta::Config::default().num_cpus(1.0));
+    for _ in 0..20 {
+        let busy = sleep_ms::remote(20);
+        // Let the slot take `busy` (and its CPU) before `add` is queued.
+        std::thread::sleep(Duration::from_millis(5));
+        let r = add::remote(2, 3);
+        // `get` without a deadline: the one that runs the task inline if it can.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(r.get());
+        });
+        assert_eq!(
+            rx.recv_timeout(LONG).expect("the task never ran").unwrap(),
+            5
+        );
+        assert_eq!(busy.get_timeout(LONG).unwrap(), 20);
+    }
+}
+
+/// `get_all` runs queued tasks of its own objects on the driver, but never a task it does
+/// not wait for: here one that waits for the driver to open a gate after `get_all` returns.
+/// Run on the driver, it would never return.
+#[test]
+fn get_all_runs_no_task_it_does_not_wait_for() {
+    let _rt = common::start(manta::Config::default().num_cpus(2.0));
+    GATE.store(false, Ordering::SeqCst);
+    let gate = wait_for_gate::remote();
+    let refs: Vec<_> = (0..200).map(|i| add::remote(i, 1)).collect();
+    let t = Instant::now();
+    let sums = manta::get_all(&refs).unwrap();
+    assert!(t.elapsed() < LONG, "get_all waited for the gate");
+    assert_eq!(sums, (1..=200).collect::<Vec<i64>>());
+    GATE.store(true, Ordering::SeqCst);
+    assert!(gate.get_timeout(LONG).unwrap());
+}
+
 #[test]
 fn nested_blocking_gets_on_one_cpu_finish() {
     let rt = common::start(manta::Config::default().num_cpus(1.0));

@@ -118,9 +118,27 @@ pub fn get_all<T: DeserializeOwned + 'static>(objects: &[ObjectRef<T>]) -> Resul
         let rt = with_current(|rt| rt.clone())?;
         rt.scheduler.drain_actor_until(&actor, &done);
     }
+    // The next object whose task the injector may hold: tasks are queued in the order they
+    // were submitted, which is usually the order of `objects`.
+    let ahead = std::cell::Cell::new(0);
+    let mut wanted = |cell: &ObjectCell| {
+        let from = ahead.get();
+        let window = &objects[from..objects.len().min(from + 64)];
+        match window.iter().position(|o| std::ptr::eq(&*o.cell, cell)) {
+            Some(k) => {
+                ahead.set(from + k + 1);
+                true
+            }
+            None => false,
+        }
+    };
     for (i, o) in objects.iter().enumerate() {
         // Every object before `o` is complete and did not fail.
         let rest = &objects[i + 1..];
+        if !serial && !rest.is_empty() && !o.cell.is_ready() {
+            ahead.set(ahead.get().max(i));
+            with_current(|rt| rt.scheduler.help_wanted(&mut wanted))?;
+        }
         loop {
             match o.cell.get() {
                 Some(Err(e)) => return Err(e.clone()),

@@ -522,6 +522,10 @@ impl Scheduler {
         abort: Option<Abort<'_>>,
     ) -> Result<(), Error> {
         let helps = deadline.is_none() && self.inline_get;
+        let own_job = match cell.producer() {
+            Some(task) if helps => self.take_own_job(&task),
+            _ => None,
+        };
         if helps
             && let Some(task) = cell.producer()
             && self.help_lending(&task)
@@ -530,8 +534,13 @@ impl Scheduler {
             return Ok(());
         }
         let _blocked = slot::Blocked::enter(self);
-        if helps && let Some(task) = cell.producer() {
-            self.help(task);
+        let ran = helps && cell.producer().is_some_and(|task| self.help(task));
+        if !ran
+            && let Some(Job::Task(task)) = own_job
+            && task.state() == QUEUED
+        {
+            // It could not run here (its resources are taken): back to the slots.
+            self.push(Job::Task(task));
         }
         if helps
             && abort.is_none()
@@ -617,16 +626,81 @@ impl Scheduler {
         }
     }
 
-    /// Runs a queued task on the calling thread, if it fits now.
-    fn help(&self, task: Arc<Task>) {
-        if task.state() != QUEUED || !self.resources.try_acquire(&task.demand) {
+    /// On a thread that is not a slot (the driver), about to run `task` itself: takes the
+    /// task's job off the injector when it is the only job queued there, which is the case
+    /// of a driver that submits and then waits (`single client tasks sync`).
+    ///
+    /// Left queued, that job would be popped by the slot the submit woke, found already run,
+    /// and dropped there: often the task's last reference, so the slot frees memory the
+    /// driver allocated while the driver allocates the next task, and the two contend for
+    /// the allocator's arena lock (glibc's), a futex each time. This is what cost the
+    /// one-client task cases a fifth of their rate. Another job, popped by a race with a
+    /// pusher, goes back to the injector. The caller must push the job back if the task is
+    /// still queued after its attempts to run it.
+    fn take_own_job(&self, task: &Arc<Task>) -> Option<Job> {
+        if slot::in_slot() || task.state() != QUEUED || self.injector.len() != 1 {
+            return None;
+        }
+        match steal(|| self.injector.steal())? {
+            Job::Task(t) if Arc::ptr_eq(&t, task) => Some(Job::Task(t)),
+            other => {
+                self.injector.push(other);
+                self.notify();
+                None
+            }
+        }
+    }
+
+    /// On a thread that is not a slot (the driver) waiting for several objects (`get_all`):
+    /// runs here the queued tasks at the injector's front while each produces an object the
+    /// caller waits for (`wanted`, given the task's result) and its resources are free, and
+    /// drops on the way the jobs of tasks already run or cancelled. It stops at the first
+    /// other job, which goes back to the injector: the caller runs nothing it does not wait
+    /// for (an unrelated task may wait for what the caller does next).
+    ///
+    /// A driver that submits a batch and then waits for all of it so runs its share of the
+    /// batch beside the slots, as rayon's `join` does, and frees on its own thread what it
+    /// allocated (`single client tasks async`; see [`Scheduler::take_own_job`]).
+    pub(crate) fn help_wanted(&self, wanted: &mut dyn FnMut(&ObjectCell) -> bool) {
+        if !self.inline_get || slot::in_slot() {
             return;
+        }
+        let _blocked = slot::Blocked::enter(self);
+        while let Some(job) = steal(|| self.injector.steal()) {
+            match job {
+                Job::Task(task) if task.state() != QUEUED => {}
+                Job::Task(task) if wanted(&task.result) => {
+                    if !self.help(task.clone()) {
+                        if task.state() == QUEUED {
+                            self.push(Job::Task(task));
+                        }
+                        return;
+                    }
+                    if matches!(task.result.get(), Some(Err(_))) {
+                        return; // the caller fails at once
+                    }
+                }
+                other => {
+                    self.injector.push(other);
+                    self.notify();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs a queued task on the calling thread, if it fits now; returns whether it ran it.
+    fn help(&self, task: Arc<Task>) -> bool {
+        if task.state() != QUEUED || !self.resources.try_acquire(&task.demand) {
+            return false;
         }
         if task.claim() {
             let _running = slot::Blocked::suspend(self);
             self.execute(task);
+            true
         } else {
             self.release(&task.demand);
+            false
         }
     }
 
