@@ -645,6 +645,9 @@ impl TcpBackend {
         let received = AtomicUsize::new(0);
         let sent = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
+        // Which side failed first (1: the receiver, 2: the sender): the other side's failure
+        // only follows from `stop`, and the first one's names the member at fault.
+        let first = AtomicUsize::new(0);
         let mut scratch = self.scratch();
         let this = &*self;
         let conn_out = this.conn(next)?;
@@ -654,7 +657,8 @@ impl TcpBackend {
         let shared = SharedBuf(base);
         let (received_result, (sent_result, unsent)) = std::thread::scope(|scope| {
             let me = std::thread::current();
-            let (order, at, received, sent, stop) = (&order, &at, &received, &sent, &stop);
+            let (order, at, received, sent, stop, first) =
+                (&order, &at, &received, &sent, &stop, &first);
             let sender = scope.spawn(move || {
                 let shared = shared;
                 let mut unsent = 0;
@@ -698,7 +702,8 @@ impl TcpBackend {
                     Ok(())
                 })();
                 if r.is_err() {
-                    stop.store(true, Ordering::Relaxed);
+                    let _ = first.compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire);
+                    stop.store(true, Ordering::Release);
                     me.unpark();
                 }
                 (r, unsent)
@@ -738,7 +743,8 @@ impl TcpBackend {
                 Ok(())
             })();
             if r.is_err() {
-                stop.store(true, Ordering::Relaxed);
+                let _ = first.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+                stop.store(true, Ordering::Release);
                 sender_thread.unpark();
             }
             let sending = sender.join().unwrap_or_else(|_| {
@@ -751,7 +757,11 @@ impl TcpBackend {
         });
         self.scratch = scratch;
         self.unsent[next] = unsent;
-        let result = received_result.and(sent_result);
+        let result = if first.load(Ordering::Acquire) == 2 {
+            sent_result.and(received_result)
+        } else {
+            received_result.and(sent_result)
+        };
         if let Err(Fault::Peer { rank, .. } | Fault::Timeout { rank, .. }) = &result {
             self.culprit.get_or_insert(*rank);
         }
