@@ -279,9 +279,14 @@ fn mismatched_calls_fail_with_invalid_argument_on_every_backend() {
     for backend in ["threads", "shm", "tcp"] {
         with_backend(backend, Duration::from_secs(20), || {
             // Lengths, types, ops and roots that differ between members.
-            let cases: [(&str, Case); 4] = [
+            let cases: [(&str, Case); 5] = [
                 ("length", |c| {
                     let mut v = vec![1f32; 10 + c.rank()];
+                    c.allreduce(&mut v, ReduceOp::Sum)
+                }),
+                // 2 MiB: tcp's pipelined allreduce.
+                ("large length", |c| {
+                    let mut v = vec![1f32; (1 << 19) + c.rank()];
                     c.allreduce(&mut v, ReduceOp::Sum)
                 }),
                 ("type", |c| {
