@@ -9,7 +9,9 @@
 //!   makes (skipped where it has no torch).
 //! - **two-hosts** (network namespaces on a bridge; needs root, skipped otherwise): one rank
 //!   per namespace (Manta's tcp backend), or `--per-host N` (Manta's hierarchical backend),
-//!   beside a raw TCP stream between the same namespaces and Gloo across them.
+//!   beside a raw TCP stream and a raw exchange both ways at once between the same namespaces
+//!   (each measured as the OS places the processes and with each host on its own core; the
+//!   better figure counts) and Gloo across them.
 //!
 //! `busbw` follows nccl-tests: allreduce `algbw × 2(n-1)/n`, allgather and reduce-scatter
 //! `algbw × (n-1)/n`, where `size` is the per-rank vector of allreduce and the whole (gathered,
@@ -461,41 +463,12 @@ fn two_hosts(a: &Args) -> Result<()> {
             return Ok(());
         }
     };
-    // Raw TCP stream from A's namespace to B's.
-    let exe = std::env::current_exe()?;
-    let b_addr = SocketAddr::new(hosts.host(1).ip().into(), 47_200);
-    let mut recv = hosts
-        .command(1, &exe)
-        .env(CHILD_ENV, format!("recv:{b_addr}"))
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = hosts
-        .command(0, &exe)
-        .env(CHILD_ENV, format!("send:{b_addr}"))
-        .output()?;
-    let _ = recv.wait();
-    let raw = gbps_line(&out.stdout).context("raw stream figure")?;
-    // Raw TCP both ways at once, as a ring allreduce moves its bytes: each host sends to the
-    // other while it receives from it. On a link that is full duplex in hardware this equals
-    // the one-way stream; where the hosts' CPUs carry the link (namespaces on a bridge), both
-    // directions share them.
-    let a_addr = SocketAddr::new(hosts.host(0).ip().into(), 47_201);
-    let listen = hosts
-        .command(0, &exe)
-        .env(CHILD_ENV, format!("xchg-listen:{a_addr}"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let dial = hosts
-        .command(1, &exe)
-        .env(CHILD_ENV, format!("xchg-dial:{a_addr}"))
-        .output()?;
-    let listened = listen.wait_with_output()?;
-    let both = gbps_line(&dial.stdout)
-        .zip(gbps_line(&listened.stdout))
-        .map(|(a, b)| a.min(b))
-        .context("raw exchange figure")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The raw baselines, twice: as the OS places the processes, and with each host's process
+    // pinned to its own core (as the ranks are, one per host); the better of the two counts.
+    let (raw_free, both_free) = raw_tcp(&hosts, None, 47_200)?;
+    let (raw_pinned, both_pinned) = raw_tcp(&hosts, Some(cores), 47_210)?;
+    let (raw, both) = (raw_free.max(raw_pinned), both_free.max(both_pinned));
     let p = a.per_host;
     let n = 2 * p;
     // Host i runs ranks i*p .. (i+1)*p in its one worker process, whose slots take the cores
@@ -546,7 +519,8 @@ fn two_hosts(a: &Args) -> Result<()> {
         .ok();
     println!(
         "\n# two hosts: raw TCP stream A -> B {raw:.2} GB/s; both ways at once \
-         {both:.2} GB/s each way"
+         {both:.2} GB/s each way (the better of: unplaced {raw_free:.2} and {both_free:.2}, \
+         each host on its own core {raw_pinned:.2} and {both_pinned:.2})"
     );
     for op in &a.ops {
         print_table(
@@ -574,6 +548,54 @@ fn two_hosts(a: &Args) -> Result<()> {
 }
 
 const RAW_BYTES: usize = 256 << 20;
+
+/// A raw TCP stream from host 0 to host 1 and a raw exchange both ways at once, in GB/s (each
+/// way), on ports from `port`; with `pin` (the cores), host `i`'s process runs on core
+/// `i % cores` only (`taskset`).
+fn raw_tcp(hosts: &netns::Hosts, pin: Option<usize>, port: u16) -> Result<(f64, f64)> {
+    let exe = std::env::current_exe()?;
+    let command = |i: usize| {
+        let mut c = match pin {
+            Some(cores) => {
+                let mut c = hosts.command(i, "taskset");
+                c.arg("-c").arg((i % cores).to_string()).arg(&exe);
+                c
+            }
+            None => hosts.command(i, &exe),
+        };
+        c.stdout(std::process::Stdio::piped());
+        c
+    };
+    // A stream from A's namespace to B's.
+    let b_addr = SocketAddr::new(hosts.host(1).ip().into(), port);
+    let recv = command(1)
+        .env(CHILD_ENV, format!("recv:{b_addr}"))
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = command(0)
+        .env(CHILD_ENV, format!("send:{b_addr}"))
+        .output()?;
+    let _ = recv.wait_with_output();
+    let raw = gbps_line(&out.stdout).context("raw stream figure")?;
+    // Both ways at once, as a ring allreduce moves its bytes: each host sends to the other
+    // while it receives from it. On a link that is full duplex in hardware this equals the
+    // one-way stream; where the hosts' CPUs carry the link (namespaces on a bridge), both
+    // directions share them.
+    let a_addr = SocketAddr::new(hosts.host(0).ip().into(), port + 1);
+    let listen = command(0)
+        .env(CHILD_ENV, format!("xchg-listen:{a_addr}"))
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let dial = command(1)
+        .env(CHILD_ENV, format!("xchg-dial:{a_addr}"))
+        .output()?;
+    let listened = listen.wait_with_output()?;
+    let both = gbps_line(&dial.stdout)
+        .zip(gbps_line(&listened.stdout))
+        .map(|(a, b)| a.min(b))
+        .context("raw exchange figure")?;
+    Ok((raw, both))
+}
 
 /// The `gbps=` figure a raw-stream child printed.
 fn gbps_line(out: &[u8]) -> Option<f64> {

@@ -204,8 +204,10 @@ fn tcp_backend_matches_the_serial_reference() {
 }
 
 /// A tcp transfer of 1 MiB or more sends from a thread of its own while the caller receives
-/// and reduces (`THREADED` in `core/src/collective/tcp.rs`): large allreduces and
-/// reduce-scatters (ring segments of about 1.5 MiB) still match the serial reference.
+/// and reduces (`THREADED` in `core/src/collective/tcp.rs`): large allreduces (in place and
+/// out of place, where the input is reduced piece by piece into the output) and
+/// reduce-scatters (ring segments of about 1.5 MiB) still match the serial reference, with
+/// two members and with three (uneven segments).
 #[test]
 fn tcp_large_transfers_match_the_serial_reference() {
     let _rt = init("tcp", Duration::from_secs(60));
@@ -215,14 +217,38 @@ fn tcp_large_transfers_match_the_serial_reference() {
             .map(|i| ((i * 7 + rank * 13) % 1000) as f64)
             .collect()
     };
-    let (a, b) = (input(0), input(1));
+    let (a, b, c) = (input(0), input(1), input(2));
     let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    let sum3: Vec<f64> = sum.iter().zip(&c).map(|(x, y)| x + y).collect();
+    on_threads(3, |r| {
+        let comm = Communicator::join("large3", r, 3).expect("join");
+        let mut out = vec![-1.0f64; n];
+        comm.allreduce_into(&input(r), &mut out, ReduceOp::Sum)
+            .expect("allreduce_into");
+        assert!(
+            out == sum3,
+            "allreduce_into of {n} f64 differs at rank {r} of 3"
+        );
+        let mut data = input(r);
+        comm.allreduce(&mut data, ReduceOp::Max).expect("allreduce");
+        let max: Vec<f64> = (0..n).map(|i| a[i].max(b[i]).max(c[i])).collect();
+        assert!(
+            data == max,
+            "allreduce max of {n} f64 differs at rank {r} of 3"
+        );
+    });
     on_threads(2, |r| {
         let comm = Communicator::join("large", r, 2).expect("join");
         assert_eq!(comm.backend(), "tcp");
         let mut data = input(r);
         comm.allreduce(&mut data, ReduceOp::Sum).expect("allreduce");
         assert!(data == sum, "allreduce of {n} f64 differs at rank {r}");
+        let mine = input(r);
+        let mut out = vec![-1.0f64; n];
+        comm.allreduce_into(&mine, &mut out, ReduceOp::Sum)
+            .expect("allreduce_into");
+        assert!(out == sum, "allreduce_into of {n} f64 differs at rank {r}");
+        assert!(mine == input(r), "allreduce_into left its input alone");
         let both: Vec<f64> = (0..2 * n).map(|i| ((i * 3 + r) % 977) as f64).collect();
         let mut out = vec![0.0f64; n];
         comm.reduce_scatter(&both, &mut out, ReduceOp::Sum)
@@ -253,9 +279,14 @@ fn mismatched_calls_fail_with_invalid_argument_on_every_backend() {
     for backend in ["threads", "shm", "tcp"] {
         with_backend(backend, Duration::from_secs(20), || {
             // Lengths, types, ops and roots that differ between members.
-            let cases: [(&str, Case); 4] = [
+            let cases: [(&str, Case); 5] = [
                 ("length", |c| {
                     let mut v = vec![1f32; 10 + c.rank()];
+                    c.allreduce(&mut v, ReduceOp::Sum)
+                }),
+                // 2 MiB: tcp's pipelined allreduce.
+                ("large length", |c| {
+                    let mut v = vec![1f32; (1 << 19) + c.rank()];
                     c.allreduce(&mut v, ReduceOp::Sum)
                 }),
                 ("type", |c| {

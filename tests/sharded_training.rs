@@ -312,6 +312,15 @@ fn assert_trained(opts: &driver::Options, report: &driver::Report) {
         report.drift_diff
     );
     assert!(report.comm_share > 0.0 && report.comm_share < 1.0);
+    // Each call's fastest member spends some time in it, and no more than the members'
+    // mean; the driver's time outside the steps is a share of its wall time.
+    assert!(
+        report.own_share > 0.0 && report.own_share <= report.comm_share + 1e-9,
+        "own share {} against the collective share {}",
+        report.own_share,
+        report.comm_share
+    );
+    assert!((0.0..1.0).contains(&report.outside_share));
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub(crate) struct Options {
     #[arg(long, default_value_t = 100)]
     pub(crate) steps: u64,
     /// Characters predicted per step, over all replicas (the global batch).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 1024)]
     pub(crate) batch: usize,
     /// Characters of context per prediction.
     #[arg(long, default_value_t = 16)]
@@ -109,6 +109,12 @@ pub(crate) struct Report {
     pub(crate) drift_diff: f64,
     /// Share of the members' step time spent in collectives (steps after the first).
     pub(crate) comm_share: f64,
+    /// The part of `comm_share` that is the collectives' own cost: each call's fastest
+    /// member's time in it (the rest of `comm_share` is members waiting for a later one).
+    pub(crate) own_share: f64,
+    /// Share of the driver's wall time outside the members' steps (calls, results, the
+    /// driver's own work).
+    pub(crate) outside_share: f64,
     /// Predicted characters per second over the run (steps after the first).
     pub(crate) tokens_per_s: f64,
 }
@@ -234,6 +240,7 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
     let every = (opts.steps / 10).max(1);
     let mut report = Report::default();
     let (mut step_s, mut comm_s, mut wall, mut tokens) = (0.0, 0.0, 0.0, 0.0);
+    let (mut own_s, mut slowest_step_s) = (0.0, 0.0);
     for step in 0..opts.steps {
         let t = Instant::now();
         // One direct call of every member (a tree of workers in a cluster).
@@ -257,6 +264,12 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
             // The first step pays for warm-up (first touch of every buffer): left out.
             step_s += stats.iter().map(|s| s.step_s).sum::<f64>();
             comm_s += stats.iter().map(|s| s.comm_s).sum::<f64>();
+            let calls = stats.iter().map(|s| s.calls_s.len()).min().unwrap_or(0);
+            own_s += n as f64
+                * (0..calls)
+                    .map(|i| stats.iter().map(|s| s.calls_s[i]).fold(f64::MAX, f64::min))
+                    .sum::<f64>();
+            slowest_step_s += stats.iter().map(|s| s.step_s).fold(0.0, f64::max);
             wall += elapsed;
             tokens += plan.batch as f64;
         }
@@ -271,6 +284,12 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
     manta::remove_placement_group(&pg)?;
     drop(group);
     report.comm_share = if step_s > 0.0 { comm_s / step_s } else { 0.0 };
+    report.own_share = if step_s > 0.0 { own_s / step_s } else { 0.0 };
+    report.outside_share = if wall > 0.0 {
+        (wall - slowest_step_s).max(0.0) / wall
+    } else {
+        0.0
+    };
     report.tokens_per_s = if wall > 0.0 { tokens / wall } else { 0.0 };
     let (first, last) = (
         report.losses.first().copied().unwrap_or(f32::NAN),
@@ -281,6 +300,15 @@ pub(crate) fn train(opts: &Options) -> Result<Report, Failure> {
         opts.steps,
         report.tokens_per_s,
         100.0 * report.comm_share
+    );
+    println!(
+        "step time: compute {:.1}%, collectives {:.1}% ({:.1}% each call's fastest member, \
+         {:.1}% waiting for a later member); outside the members' steps {:.1}% of wall time",
+        100.0 * (1.0 - report.comm_share),
+        100.0 * report.comm_share,
+        100.0 * report.own_share,
+        100.0 * (report.comm_share - report.own_share).max(0.0),
+        100.0 * report.outside_share
     );
 
     if !opts.no_check {

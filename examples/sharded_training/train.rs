@@ -5,7 +5,7 @@
 //!
 //! Time spent inside reductions is counted apart from the rest, for the collective share.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,7 @@ impl Plan {
 }
 
 /// What one rank measured in one step.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct StepStats {
     /// Mean loss over this rank's rows, before the update.
     pub(crate) loss: f32,
@@ -83,26 +83,36 @@ pub(crate) struct StepStats {
     pub(crate) step_s: f64,
     /// Seconds of it spent inside collectives (tensor- and data-parallel).
     pub(crate) comm_s: f64,
+    /// Seconds inside each collective call, in the order of the calls (every member makes
+    /// the same calls in the same order): the driver takes each call's fastest member as
+    /// the call's own cost, the rest as waiting for a later member.
+    pub(crate) calls_s: Vec<f64>,
 }
 
-/// A group reduction that adds the time spent in it to a counter.
+/// A group reduction that adds the time spent in it to a counter and a list.
 struct Timed<'a, R> {
     group: &'a R,
     spent: &'a Cell<Duration>,
+    calls: &'a RefCell<Vec<f64>>,
+}
+
+impl<R> Timed<'_, R> {
+    fn timed(&self, f: impl FnOnce() -> Result<(), manta::Error>) -> Result<(), manta::Error> {
+        let t = Instant::now();
+        let r = f();
+        let took = t.elapsed();
+        self.spent.set(self.spent.get() + took);
+        self.calls.borrow_mut().push(took.as_secs_f64());
+        r
+    }
 }
 
 impl<R: Reduce> Reduce for Timed<'_, R> {
     fn sum(&self, data: &mut [f32]) -> Result<(), manta::Error> {
-        let t = Instant::now();
-        let r = self.group.sum(data);
-        self.spent.set(self.spent.get() + t.elapsed());
-        r
+        self.timed(|| self.group.sum(data))
     }
     fn mean(&self, data: &mut [f32]) -> Result<(), manta::Error> {
-        let t = Instant::now();
-        let r = self.group.mean(data);
-        self.spent.set(self.spent.get() + t.elapsed());
-        r
+        self.timed(|| self.group.mean(data))
     }
 }
 
@@ -174,6 +184,7 @@ impl Trainer {
     ) -> Result<StepStats, manta::Error> {
         let start = Instant::now();
         let spent = Cell::new(Duration::ZERO);
+        let calls = RefCell::new(Vec::new());
         let ctx = self.plan.size.ctx;
         let rows = self.plan.batch / self.plan.dp;
         let global = self
@@ -183,6 +194,7 @@ impl Trainer {
         let tp = Timed {
             group: tp,
             spent: &spent,
+            calls: &calls,
         };
         let loss = model::loss_and_grads(&self.params, &mine, ctx, &tp, &mut self.grads)?;
         if self.plan.dp > 1 {
@@ -194,6 +206,7 @@ impl Trainer {
             Timed {
                 group: dp,
                 spent: &spent,
+                calls: &calls,
             }
             .mean(&mut self.flat)?;
             let mut at = 0;
@@ -207,6 +220,7 @@ impl Trainer {
             loss,
             step_s: start.elapsed().as_secs_f64(),
             comm_s: spent.get().as_secs_f64(),
+            calls_s: calls.into_inner(),
         })
     }
 }

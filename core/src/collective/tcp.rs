@@ -11,6 +11,13 @@
 //! straight into its destination or, for reductions, into a small scratch piece reduced into
 //! the destination as it arrives (pipelined with the transfer).
 //!
+//! An allreduce of 1 MiB or more per member is one pipeline: every step's segment goes in
+//! chunks of 256 KiB, the chunks of all steps share each connection in one interleaved
+//! order, a thread of its own sends while the caller receives and reduces, and a chunk is sent
+//! on as soon as the chunk it depends on is in (a reduced chunk leaves while still in cache;
+//! no step waits for the whole of the one before). Out of place, the input is reduced into
+//! the output piece by piece, never copied into it whole.
+//!
 //! Sockets are non-blocking; one loop moves a send and a receive at once (`poll` when neither
 //! can progress), bounded by the collective timeout. A closed connection names its member.
 //! On a failure this member tells its peers why (an abort frame where its stream is at a
@@ -23,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use manta_transport::auth::{self, Role};
 
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 
 use super::element::Reducer;
 use super::shared::Settings;
@@ -47,6 +54,14 @@ const BCAST_PIECE: usize = 1 << 20;
 /// A transfer that sends and receives at least this much sends from a thread of its own, so
 /// the kernel copies its bytes out while this thread receives (and reduces) on another core.
 const THREADED: usize = 1 << 20;
+/// Allreduces of at least this many bytes per member run as one pipeline (see
+/// [`TcpBackend::allreduce_pipelined`]).
+const PIPELINED: usize = 1 << 20;
+/// A pipelined allreduce's frames carry at most this many bytes of a segment.
+const CHUNK: usize = 256 << 10;
+/// How many chunks each step of a pipelined allreduce runs ahead of the next in the order of
+/// frames on a connection.
+const LAG: usize = 2;
 
 /// A bound listener, published before the group knows its backend.
 pub(crate) struct TcpListen {
@@ -85,6 +100,8 @@ pub(crate) struct TcpBackend {
     left: bool,
     /// The member at fault in this member's failure, passed on in its abort frames.
     culprit: Option<usize>,
+    /// Reductions' receive piece, kept between collectives (see [`TcpBackend::scratch`]).
+    scratch: Vec<u64>,
 }
 
 fn peer_fault(rank: usize, what: &str, e: impl std::fmt::Display) -> Fault {
@@ -171,6 +188,7 @@ impl TcpBackend {
             sub_seq: 0,
             left: false,
             culprit: None,
+            scratch: Vec::new(),
         })
     }
 
@@ -454,22 +472,44 @@ impl TcpBackend {
         received.and(sending)
     }
 
+    /// The scratch piece reductions receive into (allocated once, and touched once, per
+    /// member), taken out while a collective uses it.
+    fn scratch(&mut self) -> Vec<u64> {
+        let s = std::mem::take(&mut self.scratch);
+        if s.len() * 8 >= PIECE {
+            s
+        } else {
+            aligned(PIECE)
+        }
+    }
+
     fn prev(&self, k: usize) -> usize {
         (self.rank + self.world * 2 - k % self.world) % self.world
     }
 
-    fn allreduce_bytes(&mut self, h: &Header, out: &mut [u8], red: &Reducer) -> Result<(), Fault> {
+    /// Allreduce among all members: of `input` into `out`, or in place in `out`.
+    fn allreduce_bytes(
+        &mut self,
+        h: &Header,
+        input: Option<&[u8]>,
+        out: &mut [u8],
+        red: &Reducer,
+    ) -> Result<(), Fault> {
         self.seq += 1;
         let seq = self.seq;
         let all: Vec<usize> = (0..self.world).collect();
-        self.allreduce_ring(h, seq, out, red, &all)
+        self.allreduce_ring(h, seq, input, out, red, &all)
     }
 
-    /// Allreduce among the members `ring` (this member among them), in place.
+    /// Allreduce among the members `ring` (this member among them), of `input` into `out`
+    /// or (`None`) in place. Out of place, the input is never copied whole into `out`: the
+    /// first step sends from it, and each received piece is reduced with the input's piece
+    /// into `out` while both are in cache.
     fn allreduce_ring(
         &mut self,
         h: &Header,
         seq: u64,
+        input: Option<&[u8]>,
         out: &mut [u8],
         red: &Reducer,
         ring: &[usize],
@@ -480,6 +520,11 @@ impl TcpBackend {
                 "allreduce among members that exclude this one".into(),
             ));
         };
+        if let Some(input) = input
+            && (w == 1 || (out.len() <= SMALL && w.is_power_of_two()))
+        {
+            out.copy_from_slice(input);
+        }
         if w == 1 {
             return Ok(());
         }
@@ -495,27 +540,232 @@ impl TcpBackend {
             }
             return Ok(());
         }
+        if out.len() >= PIPELINED {
+            return self.allreduce_pipelined(h, seq, input, out, red, ring, pos);
+        }
         let n = out.len();
         let seg = |i: usize| segment(n, red.elem, w, i);
         let back = |k: usize| (pos + w * 2 - k % w) % w;
         let next = ring[(pos + 1) % w];
         let prev = ring[back(1)];
-        let mut scratch = aligned(PIECE);
+        let mut scratch = self.scratch();
+        let mut result = Ok(());
         for s in 0..w - 1 {
             let (sa, sb) = split2(out, seg(back(s + 1)), seg(back(s + 2)));
+            // The first step sends and reduces the input's own pieces; later ones send what
+            // the step before reduced into `out`.
+            let (sa, base) = match input {
+                Some(input) if s == 0 => (&input[seg(back(1))], Some(&input[seg(back(2))])),
+                Some(input) => (sa, Some(&input[seg(back(s + 2))])),
+                None => (sa, None),
+            };
             let sink = Sink::Reduce {
                 acc: sb,
+                base,
                 scratch: bytemuck::cast_slice_mut(&mut scratch),
                 red,
                 done: 0,
             };
-            self.transfer(h, seq, Some((next, sa)), Some((prev, sink)))?;
+            result = self.transfer(h, seq, Some((next, sa)), Some((prev, sink)));
+            if result.is_err() {
+                break;
+            }
         }
+        self.scratch = scratch;
+        result?;
         for s in 0..w - 1 {
             let (sa, sb) = split2(out, seg(back(s)), seg(back(s + 1)));
             self.transfer(h, seq, Some((next, sa)), Some((prev, Sink::Copy(sb))))?;
         }
         Ok(())
+    }
+
+    /// A large ring allreduce as one pipeline: each step's segment travels in frames of
+    /// [`CHUNK`] bytes, and frames of all `2(w-1)` steps share each connection in one order
+    /// (chunk `c` of step `s` at `c + s·LAG`), so that a chunk reduced in one step is sent on
+    /// in the next while it is still in cache, and no step waits for the whole of the one
+    /// before it. A thread of its own sends; this one receives and reduces. The sender sends
+    /// chunk `c` of step `s` once chunk `c` of step `s - 1` is in (reduced, or copied); the
+    /// receiver writes chunk `c` of allgather step `t` only once chunk `c` of reduce-scatter
+    /// step `t` (the same bytes of `out`) is sent. So the two threads never touch the same
+    /// bytes of `out` at once, whatever the peers send.
+    #[allow(clippy::too_many_arguments)]
+    fn allreduce_pipelined(
+        &mut self,
+        h: &Header,
+        seq: u64,
+        input: Option<&[u8]>,
+        out: &mut [u8],
+        red: &Reducer,
+        ring: &[usize],
+        pos: usize,
+    ) -> Result<(), Fault> {
+        let w = ring.len();
+        let n = out.len();
+        let steps = 2 * (w - 1);
+        let seg = |i: usize| segment(n, red.elem, w, i);
+        let back = |k: usize| (pos + w * 2 - k % w) % w;
+        let next = ring[(pos + 1) % w];
+        let prev = ring[back(1)];
+        let chunks = (0..w)
+            .map(|i| seg(i).len())
+            .max()
+            .unwrap_or(0)
+            .div_ceil(CHUNK)
+            .max(1);
+        let chunk = |i: usize, c: usize| {
+            let r = seg(i);
+            let a = (r.start + c * CHUNK).min(r.end);
+            a..(a + CHUNK).min(r.end)
+        };
+        // Step s sends segment `back(s + 1)` (reduce-scatter) or `back(s - (w - 1))`
+        // (allgather), and receives `back(s + 2)` or `back(s - (w - 1) + 1)`.
+        let sends = |s: usize| {
+            if s < w - 1 {
+                back(s + 1)
+            } else {
+                back(s + 1 - w)
+            }
+        };
+        let recvs = |s: usize| {
+            if s < w - 1 {
+                back(s + 2)
+            } else {
+                back(s + 2 - w)
+            }
+        };
+        let mut order: Vec<(usize, usize)> = (0..steps)
+            .flat_map(|s| (0..chunks).map(move |c| (s, c)))
+            .collect();
+        order.sort_by_key(|&(s, c)| (c + s * LAG, s));
+        let mut at = vec![0usize; steps * chunks];
+        for (k, &(s, c)) in order.iter().enumerate() {
+            at[s * chunks + c] = k;
+        }
+        let received = AtomicUsize::new(0);
+        let sent = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        // Which side failed first (1: the receiver, 2: the sender): the other side's failure
+        // only follows from `stop`, and the first one's names the member at fault.
+        let first = AtomicUsize::new(0);
+        let mut scratch = self.scratch();
+        let this = &*self;
+        let conn_out = this.conn(next)?;
+        let conn_in = this.conn(prev)?;
+        let timeout = this.timeout;
+        let base = out.as_mut_ptr();
+        let shared = SharedBuf(base);
+        let (received_result, (sent_result, unsent)) = std::thread::scope(|scope| {
+            let me = std::thread::current();
+            let (order, at, received, sent, stop, first) =
+                (&order, &at, &received, &sent, &stop, &first);
+            let sender = scope.spawn(move || {
+                let shared = shared;
+                let mut unsent = 0;
+                let r = (|| {
+                    for (k, &(s, c)) in order.iter().enumerate() {
+                        if s > 0 {
+                            let dep = at[(s - 1) * chunks + c];
+                            wait_until(received, dep + 1, stop, timeout, prev)?;
+                        }
+                        let range = chunk(sends(s), c);
+                        let body: &[u8] = match input {
+                            Some(input) if s == 0 => &input[range],
+                            // SAFETY: `out` outlives the scope; these bytes are only read
+                            // here once the receiver's write of them is done (the wait
+                            // above, with Acquire), and the receiver writes them again
+                            // only after `sent` passes this frame (see the method's doc).
+                            _ => unsafe {
+                                std::slice::from_raw_parts(shared.0.add(range.start), range.len())
+                            },
+                        };
+                        let hdr = this.frame(h, seq, body.len());
+                        let mut done = 0;
+                        let r = send_all(
+                            conn_out,
+                            next,
+                            &hdr,
+                            body,
+                            (Instant::now(), Instant::now() + timeout),
+                            &mut done,
+                            stop,
+                        );
+                        if r.is_err() {
+                            if done > 0 {
+                                unsent = HDR_LEN + body.len() - done;
+                            }
+                            return r;
+                        }
+                        sent.store(k + 1, Ordering::Release);
+                        me.unpark();
+                    }
+                    Ok(())
+                })();
+                if r.is_err() {
+                    let _ = first.compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire);
+                    stop.store(true, Ordering::Release);
+                    me.unpark();
+                }
+                (r, unsent)
+            });
+            let sender_thread = sender.thread().clone();
+            let r = (|| {
+                let scratch: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch);
+                for (k, &(s, c)) in order.iter().enumerate() {
+                    let range = chunk(recvs(s), c);
+                    if s >= w - 1 {
+                        // Allgather: these bytes were sent in reduce-scatter step s - (w - 1).
+                        let dep = at[(s + 1 - w) * chunks + c];
+                        wait_until(sent, dep + 1, stop, timeout, next)?;
+                    }
+                    let mut hdr = [0u8; HDR_LEN];
+                    read_full(conn_in, prev, &mut hdr, timeout, stop)?;
+                    this.check_frame(prev, &hdr, h, seq, range.len())?;
+                    // SAFETY: `out` outlives the scope, and the sender reads these bytes
+                    // only before this step's wait above or after `received` passes this
+                    // frame (see the method's doc).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(shared.0.add(range.start), range.len())
+                    };
+                    if s < w - 1 {
+                        let tmp = &mut scratch[..range.len()];
+                        read_full(conn_in, prev, tmp, timeout, stop)?;
+                        if let Some(input) = input {
+                            dst.copy_from_slice(&input[range]);
+                        }
+                        red.apply(dst, tmp);
+                    } else {
+                        read_full(conn_in, prev, dst, timeout, stop)?;
+                    }
+                    received.store(k + 1, Ordering::Release);
+                    sender_thread.unpark();
+                }
+                Ok(())
+            })();
+            if r.is_err() {
+                let _ = first.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+                stop.store(true, Ordering::Release);
+                sender_thread.unpark();
+            }
+            let sending = sender.join().unwrap_or_else(|_| {
+                (
+                    Err(Fault::Os("a collective's sender thread panicked".into())),
+                    0,
+                )
+            });
+            (r, sending)
+        });
+        self.scratch = scratch;
+        self.unsent[next] = unsent;
+        let result = if first.load(Ordering::Acquire) == 2 {
+            sent_result.and(received_result)
+        } else {
+            received_result.and(sent_result)
+        };
+        if let Err(Fault::Peer { rank, .. } | Fault::Timeout { rank, .. }) = &result {
+            self.culprit.get_or_insert(*rank);
+        }
+        result
     }
 
     /// Allreduce among the members `ring` only (the node leaders of a hierarchical group),
@@ -529,7 +779,7 @@ impl TcpBackend {
     ) -> Result<(), Fault> {
         self.sub_seq += 1;
         let seq = self.sub_seq | 1 << 63;
-        self.allreduce_ring(h, seq, out, red, ring)
+        self.allreduce_ring(h, seq, None, out, red, ring)
     }
 
     /// A barrier among the members `ring` only.
@@ -680,6 +930,102 @@ fn send_all(
     Ok(())
 }
 
+/// `out` of a pipelined allreduce, written by its receiving thread and read by its sending
+/// thread at disjoint bytes (see [`TcpBackend::allreduce_pipelined`]).
+#[derive(Clone, Copy)]
+struct SharedBuf(*mut u8);
+
+// SAFETY: the pointer is only dereferenced inside the scope that borrows the buffer, by two
+// threads that touch disjoint bytes at any time (the waits of `allreduce_pipelined`).
+unsafe impl Send for SharedBuf {}
+
+/// Waits until `counter` reaches `target` (the other thread of a pipelined allreduce
+/// advances it and unparks this one); fails when `stop` is raised or after `timeout`
+/// without it, blaming member `peer` (whose data the wait is for).
+fn wait_until(
+    counter: &AtomicUsize,
+    target: usize,
+    stop: &AtomicBool,
+    timeout: Duration,
+    peer: usize,
+) -> Result<(), Fault> {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    while counter.load(Ordering::Acquire) < target {
+        if stop.load(Ordering::Relaxed) {
+            return Err(peer_fault(
+                peer,
+                "exchanging with",
+                "the other direction failed",
+            ));
+        }
+        if spins < 64 {
+            spins += 1;
+            std::hint::spin_loop();
+            continue;
+        }
+        let waited = start.elapsed();
+        if waited >= timeout {
+            return Err(Fault::Timeout { rank: peer, waited });
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes from the non-blocking `conn` of member `peer`, with at
+/// most `timeout` without progress; gives up when `stop` is raised.
+fn read_full(
+    conn: &TcpStream,
+    peer: usize,
+    buf: &mut [u8],
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<(), Fault> {
+    let mut conn = conn;
+    let mut got = 0;
+    let mut since = Instant::now();
+    while got < buf.len() {
+        match conn.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(Fault::Peer {
+                    rank: peer,
+                    message: format!(
+                        "rank {peer} closed its connection (it died, failed or left the group)"
+                    ),
+                });
+            }
+            Ok(k) => {
+                got += k;
+                since = Instant::now();
+            }
+            Err(e) if would_block(&e) => {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(peer_fault(
+                        peer,
+                        "receiving from",
+                        "the send beside it failed",
+                    ));
+                }
+                let waited = since.elapsed();
+                if waited >= timeout {
+                    return Err(Fault::Timeout { rank: peer, waited });
+                }
+                let mut fd = libc::pollfd {
+                    fd: conn.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let wait = (timeout - waited).min(Duration::from_millis(100));
+                // SAFETY: `fd` is one valid pollfd for the call's duration.
+                unsafe { libc::poll(&mut fd, 1, wait.as_millis().max(1) as libc::c_int) };
+            }
+            Err(e) => return Err(peer_fault(peer, "receiving from", e)),
+        }
+    }
+    Ok(())
+}
+
 /// Reads and checks a connecting member's greeting and proof (bounded in size and time), and
 /// proves the token in turn.
 fn accept_hello(
@@ -723,9 +1069,11 @@ fn accept_hello(
 /// Where received payload bytes go.
 enum Sink<'a> {
     Copy(&'a mut [u8]),
-    /// Received into `scratch` piece by piece, each reduced into `acc` once complete.
+    /// Received into `scratch` piece by piece, each reduced into `acc` once complete (with
+    /// `base`'s piece copied into `acc` first, where given: an out-of-place reduction).
     Reduce {
         acc: &'a mut [u8],
+        base: Option<&'a [u8]>,
         scratch: &'a mut [u8],
         red: &'a Reducer,
         /// Bytes of `acc` already reduced.
@@ -747,6 +1095,7 @@ impl Sink<'_> {
             Sink::Copy(b) => conn.read(&mut b[got..]),
             Sink::Reduce {
                 acc,
+                base,
                 scratch,
                 red,
                 done,
@@ -756,7 +1105,11 @@ impl Sink<'_> {
                 let end = piece.min(acc.len() - *done);
                 let k = conn.read(&mut scratch[start..end])?;
                 if start + k == end && end > 0 {
-                    red.apply(&mut acc[*done..*done + end], &scratch[..end]);
+                    let into = &mut acc[*done..*done + end];
+                    if let Some(base) = base {
+                        into.copy_from_slice(&base[*done..*done + end]);
+                    }
+                    red.apply(into, &scratch[..end]);
                     *done += end;
                 }
                 Ok(k)
@@ -803,10 +1156,7 @@ impl Backend for TcpBackend {
         out: &mut [u8],
         red: &Reducer,
     ) -> Result<(), Fault> {
-        if let Some(input) = input {
-            out.copy_from_slice(input);
-        }
-        self.allreduce_bytes(h, out, red)
+        self.allreduce_bytes(h, input, out, red)
     }
 
     fn allgather(&mut self, h: &Header, input: &[u8], out: &mut [u8]) -> Result<(), Fault> {
@@ -847,7 +1197,6 @@ impl Backend for TcpBackend {
         let mut scratch = aligned(PIECE.min(n.max(8)));
         for s in 0..w - 1 {
             let bb = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut b)[..n];
-            bb.copy_from_slice(block(self.prev(s + 2)));
             let send: &[u8] = if s == 0 {
                 block(self.prev(1))
             } else {
@@ -855,6 +1204,7 @@ impl Backend for TcpBackend {
             };
             let sink = Sink::Reduce {
                 acc: bb,
+                base: Some(block(self.prev(s + 2))),
                 scratch: &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)
                     [..PIECE.min(n.max(8)) / red.elem * red.elem],
                 red,
@@ -918,12 +1268,11 @@ impl Backend for TcpBackend {
         red: &Reducer,
     ) -> Result<(), Fault> {
         if self.rank == root {
-            return self.allreduce_bytes(h, data, red);
+            return self.allreduce_bytes(h, None, data, red);
         }
         let mut tmp = aligned(data.len());
         let t = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut tmp)[..data.len()];
-        t.copy_from_slice(data);
-        self.allreduce_bytes(h, t, red)
+        self.allreduce_bytes(h, Some(data), t, red)
     }
 
     fn send(&mut self, h: &Header, data: &[u8], dst: usize) -> Result<(), Fault> {
@@ -936,7 +1285,7 @@ impl Backend for TcpBackend {
 
     fn barrier(&mut self, h: &Header) -> Result<(), Fault> {
         let red = Reducer::of::<u8>(super::ReduceOp::Sum);
-        self.allreduce_bytes(h, &mut [], &red)
+        self.allreduce_bytes(h, None, &mut [], &red)
     }
 
     fn leave(&mut self, mismatch: bool) {
