@@ -25,6 +25,12 @@ fn large_object(seed: u64) -> Vec<u8> {
     pattern(seed, BIG)
 }
 
+/// Two large outputs, each its own object.
+#[manta::remote(num_returns = 2)]
+fn two_large(seed: u64) -> (Vec<u8>, Vec<u8>) {
+    (pattern(seed, BIG), pattern(seed + 1, BIG))
+}
+
 /// A large result computed from a large argument.
 #[manta::remote]
 fn grow(x: Vec<u8>) -> Vec<u8> {
@@ -266,4 +272,72 @@ fn a_results_lineage_and_the_arguments_it_keeps_go_with_the_result() {
     // `b` freed: its lineage goes, and with it `a`.
     drop(b);
     common::cluster::eventually("objects left on node1", 0, LONG, on_node1);
+}
+
+#[test]
+fn both_outputs_of_a_task_with_two_returns_are_rebuilt_by_one_run() {
+    serve_if_worker();
+    let mut cluster = two_nodes();
+    let mut node1 = 1;
+    let _rt = common::start(cluster.config());
+    // One retry: both outputs must come back from one run.
+    let (a, b) = two_large::options()
+        .resource("node1", 1.0)
+        .max_retries(1)
+        .remote(20);
+    computed(&a);
+    computed(&b);
+    replace_node1(&mut cluster, &mut node1);
+    // The second output's loss rebuilds the task; the first adopts the same run's copy.
+    assert!(b.get_timeout(LONG).expect("output 1 rebuilt") == pattern(21, BIG));
+    assert!(a.get_timeout(LONG).expect("output 0 rebuilt") == pattern(20, BIG));
+    // A task on the surviving node reads both as arguments.
+    let s = sum::options().resource("main", 1.0).remote(&a);
+    assert_eq!(
+        s.get_timeout(LONG).unwrap(),
+        pattern(20, BIG).iter().map(|x| u64::from(*x)).sum::<u64>()
+    );
+}
+
+#[test]
+fn one_output_of_a_task_with_two_returns_is_rebuilt_and_the_other_dropped_again() {
+    serve_if_worker();
+    let mut cluster = two_nodes();
+    let mut node1 = 1;
+    let _rt = common::start(cluster.config());
+    let on_node1 = || {
+        common::cluster::worker_store_objects::options()
+            .resource("node1", 1.0)
+            .remote()
+            .get_timeout(LONG)
+            .unwrap()
+    };
+    let (a, b) = two_large::options().resource("node1", 1.0).remote(30);
+    computed(&b);
+    // Only output 1 is referenced: the task's lineage stays for it.
+    drop(a);
+    replace_node1(&mut cluster, &mut node1);
+    assert!(b.get_timeout(LONG).expect("output 1 rebuilt") == pattern(31, BIG));
+    // The run made output 0 again, which nobody holds: it is freed on the new node.
+    common::cluster::eventually("objects left on the new node1", 1, LONG, on_node1);
+    drop(b);
+    common::cluster::eventually("objects left on the new node1", 0, LONG, on_node1);
+    // Out of retries: its kind.
+    let (c, d) = two_large::options()
+        .resource("node1", 1.0)
+        .max_retries(0)
+        .remote(40);
+    computed(&d);
+    replace_node1(&mut cluster, &mut node1);
+    for (i, r) in [c, d].into_iter().enumerate() {
+        match r.get_timeout(LONG) {
+            Err(Error::ObjectReconstructionFailedMaxAttemptsExceeded { reason, .. }) => {
+                assert!(reason.contains("max_retries"), "{reason}")
+            }
+            other => panic!(
+                "output {i}: expected ObjectReconstructionFailedMaxAttemptsExceeded, got {:?}",
+                other.map(|v| v.len())
+            ),
+        }
+    }
 }

@@ -21,10 +21,14 @@
 //!    complete before return 0, which is the in-flight task (retried, failed with its worker,
 //!    listed) as any single-return task is.
 //!
-//! No message is new: a return is answered as a task of its own id would be. Not covered: a
-//! worker that dies after sending some returns and before return 0 leaves those returns
-//! pointing at its lost store while the retry's values for them are ignored (cells are
-//! written once).
+//! The cells of returns `1..n` also travel with the task's retry record (`Retry::extra`), so
+//! that return 0's `TaskDone` keeps the task's lineage for every stored return
+//! (`lineage.rs`, step 1), and a rebuild expects its returns as step 1 does.
+//!
+//! No message is new: a return is answered as a task of its own id would be. A worker that
+//! dies after sending some returns and before return 0 leaves those returns pointing at its
+//! lost store (cells are written once): the retry's values for them are ignored, and a read
+//! of one rebuilds it from the lineage its retry's return 0 kept (one more retry spent).
 
 use crate::sync::{Arc, Weak};
 
@@ -35,8 +39,16 @@ use crate::error::Error;
 use crate::object::{ObjectCell, Waiter};
 
 impl Cluster {
-    /// Step 1: the other returns of task `first` wait in the table for their `TaskDone`.
+    /// Step 1 for a first run, before `submit_remote`: the other returns of task `first`
+    /// wait in the table for their `TaskDone`, and go with the task's retry record (for its
+    /// lineage: `lineage.rs`, step 1).
     pub(crate) fn expect_returns(&self, first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]) {
+        self.tasks.stash_returns(first.id().as_u64(), extra);
+        self.await_returns(first, extra);
+    }
+
+    /// Step 1: the other returns of task `first` wait in the table for their `TaskDone`.
+    pub(super) fn await_returns(&self, first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]) {
         self.tasks.expect_returns(extra);
         let ids: Vec<u64> = extra.iter().map(|c| c.id().as_u64()).collect();
         let me = self.me.get().cloned().unwrap_or_default();

@@ -103,6 +103,9 @@ pub(super) struct Retry {
     /// Retries after a worker death this task may still take, and how many it had.
     pub(super) left: u32,
     pub(super) system: u32,
+    /// The cells of its other returns (a task with several, `returns.rs`), while in flight;
+    /// taken out when its specification is kept for lineage (`lineage.rs`).
+    pub(super) extra: Box<[Arc<ObjectCell>]>,
 }
 
 /// The longest pause before retrying a task whose worker died (the first is
@@ -223,6 +226,7 @@ impl Cluster {
         system_retries: u32,
         retry_on: crate::task::RetryOn,
     ) {
+        let extra = self.tasks.take_stashed(cell.id().as_u64());
         self.push_task(
             rt,
             cell,
@@ -235,6 +239,7 @@ impl Cluster {
                 retry_on,
                 left: system_retries,
                 system: system_retries,
+                extra,
             },
         );
     }
@@ -563,16 +568,35 @@ impl Cluster {
             retry,
             ..
         } = f;
-        // A stored result's task is kept to rebuild it (`lineage.rs`, step 1), before its
-        // cell completes (whose drop forgets it); so is a rebuild's, even failed (step 6).
-        if let Some(retry) = retry
-            && (matches!(outcome, Outcome::Stored { .. }) || self.lineage.is_running(task_id))
-            && crate::task::function_by_name(retry.function).is_some_and(|f| f.num_returns() == 1)
-        {
-            self.lineage
-                .record(task_id, super::lineage::Spec::new(retry, args));
+        let value = self.outcome_value(task_id, worker, outcome);
+        // A task's stored outputs keep its specification to rebuild them (`lineage.rs`, step
+        // 1), recorded before its cell completes (whose drop forgets it); so is a rebuild's,
+        // even failed (step 6), whose TaskDone adopts the lost outputs (step 7).
+        if let Some(mut retry) = retry {
+            let extra = std::mem::take(&mut retry.extra);
+            let held = |i: usize, v: Option<&Result<ObjectValue, Error>>| match v {
+                Some(Ok(v)) => super::lineage::held_result(&v.data)
+                    .map(|o| (task_id + i as u64, Arc::downgrade(&o))),
+                _ => None,
+            };
+            let outputs: super::lineage::Outputs = held(0, Some(&value))
+                .into_iter()
+                .chain(
+                    extra
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| held(i + 1, c.get())),
+                )
+                .collect();
+            if (!outputs.is_empty() || self.lineage.is_running(task_id))
+                && let Some(rebuilt) =
+                    self.lineage
+                        .record(task_id, super::lineage::Spec::new(retry, args), outputs)
+            {
+                self.adopt_rebuilt(task_id, rebuilt, &value, &extra);
+            }
         }
-        cell.complete(self.outcome_value(task_id, worker, outcome));
+        cell.complete(value);
     }
 
     /// The value of object `id` that worker `holder` reports with `outcome`: inline bytes, a
