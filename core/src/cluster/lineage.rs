@@ -22,9 +22,15 @@
 //! 3. **Detect.** A pull of the result fails with `ObjectLost` (its holder died), in the
 //!    owner's own `get` (`fetch_remote`), or the owner is asked for it (a borrower, or an
 //!    executor reading it as an argument) while its holder is known dead (`serve_lost`). A
-//!    transfer cut off by the holder's death counts as a loss (`object_manager.rs`).
+//!    transfer cut off by the holder's death counts as a loss (`object_manager.rs`; the
+//!    connection is marked closed before the transfer's reader hears of it, `peer.rs`).
 //!    A borrower or an executor whose pull from the holder failed asks the owner again (a
-//!    bounded number of times, with a pause: the owner may not have seen the death yet).
+//!    bounded number of times, with a pause: the owner may not have seen the death yet); an
+//!    owner's result given as a task argument is entered in its escape table when the task
+//!    is sent, so that the owner can answer that. Tested with real processes in
+//!    `tests/cluster_reconstruction.rs`, the windows widened by two test hooks:
+//!    `MANTA_TESTING_BULK_PAUSE` (`peer.rs`) and `MANTA_TESTING_DEATH_NOTICE_DELAY_MS`
+//!    (`submit.rs`).
 //! 4. **Begin.** [`Lineage::begin`] under the table's lock finds the output's task: an
 //!    attempt under way is joined; else the specification is taken out, one retry is spent
 //!    (`max_retries`, shared with worker deaths, as in Ray), and fresh cells, one per return

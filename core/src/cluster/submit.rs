@@ -163,8 +163,15 @@ impl Cluster {
                 Arg::Inline(b.to_vec())
             }
             // Pulled from its holder; one known dead is asked of this owner, which rebuilds
-            // it (`lineage.rs`, step 3).
+            // it (`lineage.rs`, step 3). So is one the executor finds dead (`pull_arg`): the
+            // owner's cell is entered in the escape table to be found then.
             Payload::Remote(r) if cell.is_none() || !self.placement.is_dead(r.holder()) => {
+                if let Some(cell) = cell
+                    && super::owner_of(r.id()) == self.index
+                    && let Some(rt) = self.runtime()
+                {
+                    cell.escape(&rt);
+                }
                 Arg::Ref {
                     object_id: r.id(),
                     holder: r.holder(),
@@ -631,6 +638,9 @@ impl Cluster {
     /// Worker `index` is gone: its actors restart or die (`supervision.rs`), its tasks are
     /// retried or fail, and so are the calls in flight there.
     pub(super) fn worker_lost(&self, index: u64, reason: &str) {
+        if testing_late_death(self, index, reason) {
+            return;
+        }
         self.placement.worker_died(index);
         // Before the in-flight table is drained: see the restart protocol's argument.
         self.actors_lost(index, reason);
@@ -714,6 +724,50 @@ impl Cluster {
             done(Err(lost_with(object_id, index, &death)));
         }
     }
+}
+
+/// Test hook: with `MANTA_TESTING_DEATH_NOTICE_DELAY_MS=<ms>`, this process learns of each
+/// worker's death that long late (the first notice is put off; those meanwhile are dropped),
+/// so a test can have others reach a dead worker before this owner knows. Whether the
+/// notice was put off.
+fn testing_late_death(c: &Cluster, index: u64, reason: &str) -> bool {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    /// Workers whose death notice is put off (`false`) or was (`true`).
+    static LATE: std::sync::Mutex<Vec<(u64, bool)>> = std::sync::Mutex::new(Vec::new());
+    let Some(delay) = *DELAY.get_or_init(|| {
+        std::env::var("MANTA_TESTING_DEATH_NOTICE_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis)
+    }) else {
+        return false;
+    };
+    {
+        let mut late = LATE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match late.iter().find(|(i, _)| *i == index) {
+            Some((_, true)) => return false,
+            Some((_, false)) => return true,
+            None => late.push((index, false)),
+        }
+    }
+    let me = c.me.get().cloned().unwrap_or_default();
+    let reason = reason.to_owned();
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let mut late = LATE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = late.iter_mut().find(|(i, _)| *i == index) {
+            entry.1 = true;
+        }
+        drop(late);
+        if let Some(c) = me.upgrade() {
+            c.worker_lost(index, &reason);
+        }
+    });
+    true
 }
 
 /// The error of a pull of `object_id` from worker `index`, which died: its owner's death
