@@ -14,6 +14,10 @@
 //!   on its session, under a driver with a named actor on a second node; time from the kill
 //!   until the cluster serves again: the named actor found through the GCS and answering, and
 //!   a new task run.
+//! - **GCS writes, synced or not**: a driver's `kv_put`s one after another (each a change the
+//!   head saves, and syncs to the disk with `gcs_sync`, before it answers), on a one-node
+//!   cluster whose head syncs and on one whose head does not, alternating, in the same run:
+//!   the cost of the head's durability across a machine crash.
 //! - **throughput under kills**: 2 ms tasks for `--seconds` (30) with the job's worker process
 //!   killed every 10 s, against the same run without kills, in the same run (target ≥ 0.8×);
 //!   every result is checked, none may be lost (system retries are left at Ray's default, 3).
@@ -124,7 +128,41 @@ fn main() -> Result<()> {
     report("raylet SIGKILL -> GCS lists the node dead", &raylet, None);
     let head = head_restart(args.rounds)?;
     report("head SIGKILL + restart -> serving again", &head, None);
+    let (synced, unsynced) = gcs_writes(args.rounds)?;
+    report("GCS kv_put answered, gcs_sync on", &synced, None);
+    report("  (same, gcs_sync off, same run)", &unsynced, None);
     Ok(())
+}
+
+/// Times of 200 `kv_put`s one after another on a one-node cluster whose head syncs its saved
+/// tables, and on one whose head does not: one of each per round, alternating which first.
+fn gcs_writes(rounds: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    const PUTS: u32 = 200;
+    let (mut synced, mut unsynced) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for sync in [round % 2 == 0, round % 2 == 1] {
+            let head = NodeSpec {
+                env: vec![("MANTA_GCS_SYNC".into(), sync.to_string())],
+                ..NodeSpec::with_resources("")
+            };
+            let c = LocalCluster::start(head, &[]);
+            manta::init_with(c.config()).context("joining the cluster")?;
+            let value = vec![7u8; 64];
+            let started = Instant::now();
+            for i in 0..PUTS {
+                manta::cluster::kv_put(&format!("k{}", i % 16), &value)?;
+            }
+            let per_put = started.elapsed() / PUTS;
+            manta::shutdown();
+            drop(c);
+            if sync {
+                synced.push(per_put);
+            } else {
+                unsynced.push(per_put);
+            }
+        }
+    }
+    Ok((synced, unsynced))
 }
 
 /// Kills the head and starts it again on its session, `rounds` times; each time, how long
