@@ -1,5 +1,7 @@
 //! A bounded chaos run (issue 13): a head and two more nodes of real processes, a driver
-//! running a mixed load — tasks, actor calls, large task results, large `put`s read by tasks —
+//! running a mixed load — tasks, actor calls, large task results (of tasks with one return
+//! and with two, one of whose outputs is dropped unread in every other pair), large `put`s
+//! read by tasks —
 //! while a chaos thread SIGKILLs a random worker process about every 700 ms, stops one node
 //! (SIGSTOP) for a moment below the heartbeat timeout, and kills one node's raylet for good;
 //! and midway through a round the driver kills the head (SIGKILL) and starts it again on its
@@ -39,6 +41,12 @@ fn chaos_square(x: u64) -> u64 {
 #[manta::remote]
 fn chaos_big(seed: u64) -> Vec<u8> {
     pattern(seed, BIG)
+}
+
+/// Two large results, each its own object (a task of several returns).
+#[manta::remote(num_returns = 2)]
+fn chaos_pair(seed: u64) -> (Vec<u8>, Vec<u8>) {
+    (pattern(seed, BIG), pattern(!seed, BIG))
 }
 
 /// Reads a large object the driver put.
@@ -189,6 +197,13 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
         let squares: Vec<_> = (base..base + 50).map(chaos_square::remote).collect();
         let calls: Vec<_> = (base..base + 20).map(|x| echo.echo(x)).collect();
         let bigs: Vec<ObjectRef<Vec<u8>>> = (base..base + 3).map(chaos_big::remote).collect();
+        let pairs: Vec<(Option<ObjectRef<Vec<u8>>>, ObjectRef<Vec<u8>>)> = (base..base + 2)
+            .map(|x| {
+                let (a, b) = chaos_pair::remote(x);
+                // Every other pair keeps only its second output.
+                (Some(a).filter(|_| x % 2 == 0), b)
+            })
+            .collect();
         let put = manta::put(pattern(base, BIG)).expect("put");
         let sum = chaos_sum::remote(&put);
         if head_restarted.is_none() && start.elapsed().as_secs_f64() > 0.45 * seconds as f64 {
@@ -220,6 +235,16 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
             let got = r.get_timeout(BOUND).map(|v| checksum(&v));
             let want = checksum(&pattern(x, BIG));
             judge("large result", got, want, Loss::Rebuilt, &mut tally);
+        }
+        for (x, (a, b)) in (base..).zip(&pairs) {
+            if let Some(a) = a {
+                let got = a.get_timeout(BOUND).map(|v| checksum(&v));
+                let want = checksum(&pattern(x, BIG));
+                judge("first of two results", got, want, Loss::Rebuilt, &mut tally);
+            }
+            let got = b.get_timeout(BOUND).map(|v| checksum(&v));
+            let want = checksum(&pattern(!x, BIG));
+            judge("second of two results", got, want, Loss::Rebuilt, &mut tally);
         }
         judge(
             "task reading a put",
