@@ -79,6 +79,9 @@ fn checksum(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The outputs of a [`chaos_pair`] task kept to be read (the first only in every other one).
+type Pair = (Option<ObjectRef<Vec<u8>>>, ObjectRef<Vec<u8>>);
+
 /// Outcomes by kind, for the report.
 #[derive(Default, Debug)]
 struct Tally(BTreeMap<&'static str, u64>);
@@ -197,7 +200,7 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
         let squares: Vec<_> = (base..base + 50).map(chaos_square::remote).collect();
         let calls: Vec<_> = (base..base + 20).map(|x| echo.echo(x)).collect();
         let bigs: Vec<ObjectRef<Vec<u8>>> = (base..base + 3).map(chaos_big::remote).collect();
-        let pairs: Vec<(Option<ObjectRef<Vec<u8>>>, ObjectRef<Vec<u8>>)> = (base..base + 2)
+        let pairs: Vec<Pair> = (base..base + 2)
             .map(|x| {
                 let (a, b) = chaos_pair::remote(x);
                 // Every other pair keeps only its second output.
@@ -244,7 +247,13 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
             }
             let got = b.get_timeout(BOUND).map(|v| checksum(&v));
             let want = checksum(&pattern(!x, BIG));
-            judge("second of two results", got, want, Loss::Rebuilt, &mut tally);
+            judge(
+                "second of two results",
+                got,
+                want,
+                Loss::Rebuilt,
+                &mut tally,
+            );
         }
         judge(
             "task reading a put",

@@ -546,3 +546,44 @@ fn readers_that_reach_a_dead_holder_before_its_owner_knows_ask_again() {
     let want: u64 = pattern(13, BIG).iter().map(|b| u64::from(*b)).sum();
     assert_eq!(got.expect("both reads rebuilt"), (want, want));
 }
+
+#[test]
+fn a_return_sent_before_its_worker_died_is_taken_from_the_retry() {
+    serve_if_worker();
+    // The first worker to run a task of two returns sends the second and exits before the
+    // first: the task runs again, and its second return comes twice.
+    let hook = hook_path("returns");
+    let _ = std::fs::remove_file(&hook);
+    let mut node1 = NodeSpec::with_resources("node1=2");
+    node1.env.push((
+        "MANTA_TESTING_EXIT_BETWEEN_RETURNS".into(),
+        hook.display().to_string(),
+    ));
+    let cluster = LocalCluster::start(NodeSpec::with_resources("main=2"), &[node1]);
+    let _rt = common::start(cluster.config());
+    // Its one retry goes to the worker's death: the second return must not need a rebuild.
+    let (a, b) = two_large::options()
+        .resource("node1", 1.0)
+        .max_retries(1)
+        .remote(60);
+    // The first return, from the retry; then the second, whose first copy died.
+    let got_a = a.get_timeout(LONG);
+    let got_b = b.get_timeout(LONG);
+    assert!(
+        hook.exists(),
+        "the first worker did not exit between the returns"
+    );
+    let _ = std::fs::remove_file(&hook);
+    assert!(got_b.expect("the second return, from the retry") == pattern(61, BIG));
+    assert!(got_a.expect("the first return") == pattern(60, BIG));
+    // Both freed: nothing left on the node (the retry's copies were not leaked).
+    drop((a, b));
+    let on_node1 = || {
+        common::cluster::worker_store_objects::options()
+            .resource("node1", 1.0)
+            .remote()
+            .get_timeout(LONG)
+            .unwrap()
+    };
+    common::cluster::eventually("objects left on node1", 0, LONG, on_node1);
+}

@@ -179,6 +179,16 @@ impl TaskManager {
         stashed.remove(&first).unwrap_or_default()
     }
 
+    /// The cell of return `id` of a task in flight at worker `worker` (its retry record has
+    /// it), if there is one: a scan, for the rare return that comes again (`returns.rs`).
+    pub(super) fn extra_return(&self, id: u64, worker: u64) -> Option<Arc<ObjectCell>> {
+        lock(&self.in_flight)
+            .values()
+            .filter(|f| f.worker == worker)
+            .filter_map(|f| f.retry.as_ref())
+            .find_map(|r| r.extra.iter().find(|c| c.id().as_u64() == id).cloned())
+    }
+
     /// Return `id` arrived (or its task failed): its cell, if it was expected.
     pub(super) fn take_return(&self, id: u64) -> Option<Arc<ObjectCell>> {
         lock(&self.returns).remove(&id)
