@@ -14,8 +14,9 @@
 //!   on its session, under a driver with a named actor on a second node; time from the kill
 //!   until the cluster serves again: the named actor found through the GCS and answering, and
 //!   a new task run.
-//! - **GCS writes, synced or not**: a driver's `kv_put`s one after another (each a change the
-//!   head saves, and syncs to the disk with `gcs_sync`, before it answers), on a one-node
+//! - **GCS writes, synced or not**: a driver's `kv_put`s one after another, from one thread
+//!   and from 8 at once (each a change the head saves, and syncs to the disk with
+//!   `gcs_sync`, before it answers; syncs are shared by the saves written meanwhile), on a one-node
 //!   cluster whose head syncs and on one whose head does not, alternating, in the same run:
 //!   the cost of the head's durability across a machine crash.
 //! - **throughput under kills**: 2 ms tasks for `--seconds` (30) with the job's worker process
@@ -128,15 +129,19 @@ fn main() -> Result<()> {
     report("raylet SIGKILL -> GCS lists the node dead", &raylet, None);
     let head = head_restart(args.rounds)?;
     report("head SIGKILL + restart -> serving again", &head, None);
-    let (synced, unsynced) = gcs_writes(args.rounds)?;
+    let (synced, unsynced) = gcs_writes(args.rounds, 1)?;
     report("GCS kv_put answered, gcs_sync on", &synced, None);
     report("  (same, gcs_sync off, same run)", &unsynced, None);
+    let (synced, unsynced) = gcs_writes(args.rounds, 8)?;
+    report("  8 threads at once, gcs_sync on", &synced, None);
+    report("  8 threads at once, gcs_sync off", &unsynced, None);
     Ok(())
 }
 
-/// Times of 200 `kv_put`s one after another on a one-node cluster whose head syncs its saved
-/// tables, and on one whose head does not: one of each per round, alternating which first.
-fn gcs_writes(rounds: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+/// Time per `kv_put` of 200 one after another from each of `threads` threads, on a one-node
+/// cluster whose head syncs its saved tables, and on one whose head does not: one of each
+/// per round, alternating which first.
+fn gcs_writes(rounds: usize, threads: u32) -> Result<(Vec<Duration>, Vec<Duration>)> {
     const PUTS: u32 = 200;
     let (mut synced, mut unsynced) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -147,12 +152,23 @@ fn gcs_writes(rounds: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
             };
             let c = LocalCluster::start(head, &[]);
             manta::init_with(c.config()).context("joining the cluster")?;
-            let value = vec![7u8; 64];
             let started = Instant::now();
-            for i in 0..PUTS {
-                manta::cluster::kv_put(&format!("k{}", i % 16), &value)?;
+            let putters: Vec<_> = (0..threads)
+                .map(|t| {
+                    std::thread::spawn(move || -> Result<()> {
+                        let value = vec![7u8; 64];
+                        for i in 0..PUTS {
+                            manta::cluster::kv_put(&format!("k{t}-{}", i % 16), &value)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for p in putters {
+                p.join()
+                    .map_err(|_| anyhow::anyhow!("a putter panicked"))??;
             }
-            let per_put = started.elapsed() / PUTS;
+            let per_put = started.elapsed() / (PUTS * threads);
             manta::shutdown();
             drop(c);
             if sync {

@@ -20,8 +20,9 @@
 //!
 //! Durability: the file survives the head process being killed (the kernel has the bytes),
 //! and, with `gcs_sync` (the default), a crash of the machine too for every change a member
-//! was told of: each save is one write and one `sync_data` (an event's changes, however
-//! many entries, are synced once, before its answers go), and a rewrite syncs the new file
+//! was told of: each save is one write, and one `sync_data` covers it before the event's
+//! answers go (an event's changes, however many entries, are synced once; the GCS syncs
+//! the saves of several events at once, `gcs.rs`), and a rewrite syncs the new file
 //! before renaming it over the old one and then syncs the directory, so that the rename (and
 //! a file's creation) is on the disk too. This holds as far as the disk keeps what it
 //! acknowledged. Without `gcs_sync`, a crash of the machine may lose the last changes.
@@ -116,8 +117,10 @@ pub(crate) struct GcsStore {
     /// The journal's size, and the size of its live records when last rewritten whole.
     size: u64,
     live: u64,
-    /// Whether each save is synced to the disk (`gcs_sync`).
+    /// Whether saves are synced to the disk (`gcs_sync`).
     sync: bool,
+    /// Whether an append syncs itself (else its owner syncs [`GcsStore::sync_handle`]).
+    sync_appends: bool,
     /// A journal below this size is never compacted ([`MIN_COMPACT`]).
     min_compact: u64,
 }
@@ -134,6 +137,7 @@ impl GcsStore {
             size: 0,
             live: 0,
             sync: true,
+            sync_appends: true,
             min_compact: MIN_COMPACT,
         }
     }
@@ -149,6 +153,20 @@ impl GcsStore {
     pub(crate) fn synced(mut self, sync: bool) -> GcsStore {
         self.sync = sync;
         self
+    }
+
+    /// Appends are no longer synced by the store: its owner syncs them, several at once,
+    /// through [`GcsStore::sync_handle`] (group commit, `gcs.rs`). Whether saves are to be
+    /// synced at all.
+    pub(crate) fn defer_append_sync(&mut self) -> bool {
+        self.sync_appends = false;
+        self.sync
+    }
+
+    /// The journal's file, to sync what was appended to it (`None` before the first save or
+    /// after a failed one: the next save rewrites and syncs it whole).
+    pub(crate) fn sync_handle(&self) -> Option<File> {
+        self.file.as_ref().and_then(|f| f.try_clone().ok())
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -231,11 +249,13 @@ impl GcsStore {
         let Some(file) = self.file.as_mut() else {
             return Err(io::Error::other("the saved tables are not open"));
         };
-        let written = file.write_all(&self.buf).and_then(|()| match self.sync {
-            // One sync for every record of the save (module doc).
-            true => file.sync_data(),
-            false => Ok(()),
-        });
+        let written =
+            file.write_all(&self.buf)
+                .and_then(|()| match self.sync && self.sync_appends {
+                    // One sync for every record of the save (module doc).
+                    true => file.sync_data(),
+                    false => Ok(()),
+                });
         if let Err(e) = written {
             // A part that went is dropped on reading; the next save rewrites the file.
             self.file = None;
