@@ -503,11 +503,11 @@ fn a_transfer_cut_off_by_the_holders_death_is_rebuilt() {
 #[test]
 fn readers_that_reach_a_dead_holder_before_its_owner_knows_ask_again() {
     serve_if_worker();
-    // The owner (a task on the head node) learns of a worker's death a second late; its
+    // The owner (a task on the head node) learns of a worker's death 0.6 s late; its
     // readers, on another node, at once.
     let mut head = NodeSpec::with_resources("main=2");
     head.env
-        .push(("MANTA_TESTING_DEATH_NOTICE_DELAY_MS".into(), "1000".into()));
+        .push(("MANTA_TESTING_DEATH_NOTICE_DELAY_MS".into(), "600".into()));
     let mut cluster = LocalCluster::start(
         head,
         &[
