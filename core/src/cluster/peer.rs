@@ -423,7 +423,11 @@ async fn testing_bulk_pause(len: u64) {
     if len < 1 << 20 {
         return;
     }
-    let Some(path) = std::env::var_os("MANTA_TESTING_BULK_PAUSE") else {
+    static HOOK: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    let Some(path) = HOOK
+        .get_or_init(|| std::env::var_os("MANTA_TESTING_BULK_PAUSE"))
+        .clone()
+    else {
         return;
     };
     let mut paused = path.clone();
