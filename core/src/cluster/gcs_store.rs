@@ -24,7 +24,8 @@
 //! answers go (an event's changes, however many entries, are synced once; the GCS syncs
 //! the saves of several events at once, `gcs.rs`), and a rewrite syncs the new file
 //! before renaming it over the old one and then syncs the directory, so that the rename (and
-//! a file's creation) is on the disk too. This holds as far as the disk keeps what it
+//! a file's creation) is on the disk too (the first rewrite of a process syncs the session
+//! directory's parent as well, for a session directory just made). This holds as far as the disk keeps what it
 //! acknowledged. Without `gcs_sync`, a crash of the machine may lose the last changes.
 
 use std::collections::HashMap;
@@ -123,6 +124,8 @@ pub(crate) struct GcsStore {
     sync_appends: bool,
     /// A journal below this size is never compacted ([`MIN_COMPACT`]).
     min_compact: u64,
+    /// Whether the session directory's entry in its parent was synced (once per process).
+    parent_synced: bool,
 }
 
 impl GcsStore {
@@ -139,6 +142,7 @@ impl GcsStore {
             sync: true,
             sync_appends: true,
             min_compact: MIN_COMPACT,
+            parent_synced: false,
         }
     }
 
@@ -282,8 +286,15 @@ impl GcsStore {
         if self.sync
             && let Some(dir) = self.path.parent()
         {
-            // The rename (and the file's creation) on the disk too.
+            // The rename (and the file's creation) on the disk too; the first time, the
+            // session directory's own entry as well (it may be new).
             File::open(dir)?.sync_all()?;
+            if !self.parent_synced {
+                if let Some(parent) = dir.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
+                self.parent_synced = true;
+            }
         }
         self.size = self.buf.len() as u64;
         self.live = self.size;
