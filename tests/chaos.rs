@@ -82,13 +82,18 @@ fn checksum(bytes: &[u8]) -> u64 {
 /// The outputs of a [`chaos_pair`] task kept to be read (the first only in every other one).
 type Pair = (Option<ObjectRef<Vec<u8>>>, ObjectRef<Vec<u8>>);
 
-/// Outcomes by kind, for the report.
+/// Outcomes by kind, for the report, with the first error of each kind.
 #[derive(Default, Debug)]
-struct Tally(BTreeMap<&'static str, u64>);
+struct Tally(BTreeMap<&'static str, u64>, BTreeMap<&'static str, String>);
 
 impl Tally {
     fn add(&mut self, kind: &'static str) {
         *self.0.entry(kind).or_default() += 1;
+    }
+
+    fn failed(&mut self, kind: &'static str, what: &str, e: &Error) {
+        self.add(kind);
+        self.1.entry(kind).or_insert_with(|| format!("{what}: {e}"));
     }
 }
 
@@ -112,15 +117,15 @@ fn judge<T: PartialEq + std::fmt::Debug>(
     match got {
         Ok(v) if v == want => tally.add("ok"),
         Ok(v) => panic!("{what}: wrong value {v:?}, expected {want:?}"),
-        Err(Error::WorkerCrashed { .. }) => tally.add("WorkerCrashed"),
-        Err(Error::ActorDied { .. }) => tally.add("ActorDied"),
-        Err(Error::ObjectReconstructionFailedMaxAttemptsExceeded { .. }) => {
-            tally.add("ObjectReconstructionFailedMaxAttemptsExceeded")
+        Err(e @ Error::WorkerCrashed { .. }) => tally.failed("WorkerCrashed", what, &e),
+        Err(e @ Error::ActorDied { .. }) => tally.failed("ActorDied", what, &e),
+        Err(e @ Error::ObjectReconstructionFailedMaxAttemptsExceeded { .. }) => {
+            tally.failed("ObjectReconstructionFailedMaxAttemptsExceeded", what, &e)
         }
         Err(e @ Error::ObjectLost { .. }) if loss == Loss::Rebuilt => {
             panic!("{what}: lost though it could be rebuilt: {e}")
         }
-        Err(Error::ObjectLost { .. }) => tally.add("ObjectLost"),
+        Err(e @ Error::ObjectLost { .. }) => tally.failed("ObjectLost", what, &e),
         Err(e @ Error::Timeout { .. }) => panic!("{what}: a hang: {e}"),
         Err(e) => panic!("{what}: an error of the wrong kind: {e:?}"),
     }
@@ -268,8 +273,8 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
     let kills = chaos.join().expect("the chaos thread");
     eprintln!(
         "chaos: {round} rounds, {kills} worker kills, head restarted in round {head_restarted:?}, \
-         outcomes {:?}",
-        tally.0
+         outcomes {:?}, first errors {:?}",
+        tally.0, tally.1
     );
     assert!(
         head_restarted.is_some(),
