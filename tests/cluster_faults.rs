@@ -270,6 +270,31 @@ fn an_actor_restart_outlives_a_worker_that_fails_to_start() {
 }
 
 #[test]
+fn a_task_outlives_a_worker_that_fails_to_start() {
+    fail_one_start_if_armed();
+    serve_if_worker();
+    let dir = std::env::temp_dir().join(format!("manta-fail-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let head = NodeSpec {
+        env: vec![(
+            "TEST_FAIL_ONE_WORKER_START".into(),
+            dir.display().to_string(),
+        )],
+        ..NodeSpec::with_resources("")
+    };
+    let cluster = LocalCluster::start(head, &[]);
+    let _rt = common::start(cluster.config());
+    // The job's first worker process exits before it is ready.
+    std::fs::write(dir.join("armed"), b"").unwrap();
+    let got = slow_square::remote(7, 0).get_timeout(LONG);
+    let fired = dir.join("fired").exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(fired, "no worker start failed: nothing was tested");
+    assert_eq!(got.expect("placed on the next worker started"), 49);
+}
+
+#[test]
 fn an_actor_killed_while_it_restarts_stays_dead() {
     serve_if_worker();
     let cluster = LocalCluster::start(NodeSpec::with_resources(""), &[]);

@@ -286,7 +286,7 @@ impl Cluster {
             })
             .max()
             .map(|(_, holder)| holder);
-        let (node, worker, peer) = match self.place(request, preferred) {
+        let (node, worker, peer) = match self.place_task(request, preferred, &cell) {
             Ok(p) => p,
             Err(e) => {
                 self.release_held_args(&held_args);
@@ -325,6 +325,34 @@ impl Cluster {
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());
         }
+    }
+
+    /// Places task `cell`: a failure that may pass (a worker process that exited before it
+    /// was ready, say while the head restarts, or a raylet that did not answer) is tried
+    /// again, 6 times with a pause doubling from 50 ms (about 3 s in all), while the task is
+    /// not done (cancelled); `Infeasible` is final at once.
+    fn place_task(
+        &self,
+        request: &ResourceRequest,
+        preferred: Option<u64>,
+        cell: &ObjectCell,
+    ) -> Result<(usize, u64, Arc<Peer>), Error> {
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..6 {
+            match self.place(request, preferred) {
+                Err(e)
+                    if !matches!(e, Error::Infeasible { .. })
+                        && cell.get().is_none()
+                        && !self.stopped.load(crate::sync::Ordering::Acquire) =>
+                {
+                    tracing::info!(task = %cell.id(), error = %e, ?pause, "a task could not be placed: trying again");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.place(request, preferred)
     }
 
     /// Creates an actor in a worker process elsewhere; `created` completes when its
