@@ -327,10 +327,10 @@ impl Cluster {
         }
     }
 
-    /// Places task `cell`: a failure that may pass (a worker process that exited before it
-    /// was ready, say while the head restarts, or a raylet that did not answer) is tried
-    /// again, 6 times with a pause doubling from 50 ms (about 3 s in all), while the task is
-    /// not done (cancelled); `Infeasible` is final at once.
+    /// Places task `cell`: a failure that may pass (`Error::Cluster`: a worker process that
+    /// exited before it was ready, say while the head restarts, or a raylet that did not
+    /// answer) is tried again, 6 times with a pause doubling from 50 ms (about 3 s in all),
+    /// while the task is not done (cancelled); any other (`Infeasible`) is final at once.
     fn place_task(
         &self,
         request: &ResourceRequest,
@@ -340,9 +340,8 @@ impl Cluster {
         let mut pause = Duration::from_millis(50);
         for _ in 0..6 {
             match self.place(request, preferred) {
-                Err(e)
-                    if !matches!(e, Error::Infeasible { .. })
-                        && cell.get().is_none()
+                Err(e @ Error::Cluster { .. })
+                    if cell.get().is_none()
                         && !self.stopped.load(crate::sync::Ordering::Acquire) =>
                 {
                     tracing::info!(task = %cell.id(), error = %e, ?pause, "a task could not be placed: trying again");

@@ -881,16 +881,17 @@ impl Cluster {
         }
     }
 
-    /// Step 4's placement (a node slot, a worker and its connection): like a task's, but a failure that may pass (a worker process that
-    /// exited before it was ready, say while the head restarts, or a raylet that did not
+    /// Step 4's placement (a node slot, a worker and its connection), as a task's
+    /// (`Cluster::place_task`): a failure that may pass (`Error::Cluster`: a worker process
+    /// that exited before it was ready, say while the head restarts, or a raylet that did not
     /// answer) is tried again, 6 times with a pause doubling from 50 ms (about 3 s in all),
-    /// while the actor is still wanted; `Infeasible` is final at once. `None`: the actor
-    /// is no longer this process's to restart.
+    /// while the actor is still wanted; any other (`Infeasible`) is final at once. `None`:
+    /// the actor is no longer this process's to restart.
     fn place_again(&self, id: u64, request: &ResourceRequest) -> Option<Result<Placed, Error>> {
         let mut pause = Duration::from_millis(50);
         for _ in 0..6 {
             match self.place(request, None) {
-                Err(e) if !matches!(e, Error::Infeasible { .. }) => {
+                Err(e @ Error::Cluster { .. }) => {
                     tracing::info!(actor = id, error = %e, ?pause, "an actor's restart could not be placed: trying again");
                     std::thread::sleep(pause);
                     pause *= 2;
