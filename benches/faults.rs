@@ -9,11 +9,17 @@
 //! - **lost result rebuilt**: a 1 MiB task result whose holder (the worker process that
 //!   computed it) is killed; time from the kill to the right value back at the owner (the
 //!   task run again from its lineage, in a replacement worker process), beside the same task
-//!   computed and fetched fresh in the same run.
+//!   computed and fetched fresh in the same run; and both 1 MiB results of a task of two
+//!   returns, rebuilt by one run of it.
 //! - **head restart**: the head process (GCS and its raylet) killed and at once started again
 //!   on its session, under a driver with a named actor on a second node; time from the kill
 //!   until the cluster serves again: the named actor found through the GCS and answering, and
 //!   a new task run.
+//! - **GCS writes, synced or not**: a driver's `kv_put`s one after another, from one thread
+//!   and from 8 at once (each a change the head saves, and syncs to the disk with
+//!   `gcs_sync`, before it answers; syncs are shared by the saves written meanwhile), on a one-node
+//!   cluster whose head syncs and on one whose head does not, alternating, in the same run:
+//!   the cost of the head's durability across a machine crash.
 //! - **throughput under kills**: 2 ms tasks for `--seconds` (30) with the job's worker process
 //!   killed every 10 s, against the same run without kills, in the same run (target ≥ 0.8×);
 //!   every result is checked, none may be lost (system retries are left at Ray's default, 3).
@@ -50,6 +56,13 @@ fn square_after(x: u64, ms: u64) -> u64 {
 #[manta::remote]
 fn large_result(seed: u64) -> Vec<u8> {
     (0..1u64 << 20).map(|i| (i ^ seed) as u8).collect()
+}
+
+/// Two 1 MiB results, each its own object.
+#[manta::remote(num_returns = 2)]
+fn large_pair(seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let one = |s: u64| (0..1u64 << 20).map(|i| (i ^ s) as u8).collect();
+    (one(seed), one(!seed))
 }
 
 #[manta::actor]
@@ -110,6 +123,8 @@ fn main() -> Result<()> {
         None,
     );
     report("  (same task computed and fetched fresh)", &fresh, None);
+    let pair = lost_pair_rebuilt(args.rounds)?;
+    report("holder SIGKILL -> both of 2 returns rebuilt", &pair, None);
     let (with, without) = throughput(&one, args.seconds)?;
     println!(
         "{:<44} {:>10.0} tasks/s with a kill every 10 s, {:>10.0} without: {:.2}x (target >= 0.80x)",
@@ -124,7 +139,56 @@ fn main() -> Result<()> {
     report("raylet SIGKILL -> GCS lists the node dead", &raylet, None);
     let head = head_restart(args.rounds)?;
     report("head SIGKILL + restart -> serving again", &head, None);
+    let (synced, unsynced) = gcs_writes(args.rounds, 1)?;
+    report("GCS kv_put answered, gcs_sync on", &synced, None);
+    report("  (same, gcs_sync off, same run)", &unsynced, None);
+    let (synced, unsynced) = gcs_writes(args.rounds, 8)?;
+    report("  8 threads at once, gcs_sync on", &synced, None);
+    report("  8 threads at once, gcs_sync off", &unsynced, None);
     Ok(())
+}
+
+/// Time per `kv_put` of 200 one after another from each of `threads` threads, on a one-node
+/// cluster whose head syncs its saved tables, and on one whose head does not: one of each
+/// per round, alternating which first.
+fn gcs_writes(rounds: usize, threads: u32) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    const PUTS: u32 = 200;
+    let (mut synced, mut unsynced) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for sync in [round % 2 == 0, round % 2 == 1] {
+            let head = NodeSpec {
+                env: vec![("MANTA_GCS_SYNC".into(), sync.to_string())],
+                ..NodeSpec::with_resources("")
+            };
+            let c = LocalCluster::start(head, &[]);
+            manta::init_with(c.config()).context("joining the cluster")?;
+            let started = Instant::now();
+            let putters: Vec<_> = (0..threads)
+                .map(|t| {
+                    std::thread::spawn(move || -> Result<()> {
+                        let value = vec![7u8; 64];
+                        for i in 0..PUTS {
+                            manta::cluster::kv_put(&format!("k{t}-{}", i % 16), &value)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for p in putters {
+                p.join()
+                    .map_err(|_| anyhow::anyhow!("a putter panicked"))??;
+            }
+            let per_put = started.elapsed() / (PUTS * threads);
+            manta::shutdown();
+            drop(c);
+            if sync {
+                synced.push(per_put);
+            } else {
+                unsynced.push(per_put);
+            }
+        }
+    }
+    Ok((synced, unsynced))
 }
 
 /// Kills the head and starts it again on its session, `rounds` times; each time, how long
@@ -255,6 +319,28 @@ fn lost_result_rebuilt(rounds: usize) -> Result<(Vec<Duration>, Vec<Duration>)> 
         }
     }
     Ok((rebuilt, fresh))
+}
+
+/// Times from the kill of the holder of a task's two large results to both values back at
+/// the owner (one run of the task rebuilds both).
+fn lost_pair_rebuilt(rounds: usize) -> Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    for round in 0..rounds as u64 {
+        let one = |s: u64| -> Vec<u8> { (0..1u64 << 20).map(|i| (i ^ s) as u8).collect() };
+        let pid = worker_pid()?;
+        let (a, b) = large_pair::remote(round);
+        while !(a.is_ready() && b.is_ready()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        signal(pid, libc::SIGKILL);
+        let killed = Instant::now();
+        let (got_b, got_a) = (b.get_timeout(BOUND)?, a.get_timeout(BOUND)?);
+        out.push(killed.elapsed());
+        if got_a != one(round) || got_b != one(!round) {
+            bail!("round {round}: wrong values rebuilt");
+        }
+    }
+    Ok(out)
 }
 
 /// Tasks per second over `seconds`, with and without a worker kill every 10 s.

@@ -1,5 +1,7 @@
 //! A bounded chaos run (issue 13): a head and two more nodes of real processes, a driver
-//! running a mixed load — tasks, actor calls, large task results, large `put`s read by tasks —
+//! running a mixed load — tasks, actor calls, large task results (of tasks with one return
+//! and with two, one of whose outputs is dropped unread in every other pair), large `put`s
+//! read by tasks —
 //! while a chaos thread SIGKILLs a random worker process about every 700 ms, stops one node
 //! (SIGSTOP) for a moment below the heartbeat timeout, and kills one node's raylet for good;
 //! and midway through a round the driver kills the head (SIGKILL) and starts it again on its
@@ -41,6 +43,12 @@ fn chaos_big(seed: u64) -> Vec<u8> {
     pattern(seed, BIG)
 }
 
+/// Two large results, each its own object (a task of several returns).
+#[manta::remote(num_returns = 2)]
+fn chaos_pair(seed: u64) -> (Vec<u8>, Vec<u8>) {
+    (pattern(seed, BIG), pattern(!seed, BIG))
+}
+
 /// Reads a large object the driver put.
 #[manta::remote]
 fn chaos_sum(data: Vec<u8>) -> u64 {
@@ -71,13 +79,21 @@ fn checksum(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Outcomes by kind, for the report.
+/// The outputs of a [`chaos_pair`] task kept to be read (the first only in every other one).
+type Pair = (Option<ObjectRef<Vec<u8>>>, ObjectRef<Vec<u8>>);
+
+/// Outcomes by kind, for the report, with the first error of each kind.
 #[derive(Default, Debug)]
-struct Tally(BTreeMap<&'static str, u64>);
+struct Tally(BTreeMap<&'static str, u64>, BTreeMap<&'static str, String>);
 
 impl Tally {
     fn add(&mut self, kind: &'static str) {
         *self.0.entry(kind).or_default() += 1;
+    }
+
+    fn failed(&mut self, kind: &'static str, what: &str, e: &Error) {
+        self.add(kind);
+        self.1.entry(kind).or_insert_with(|| format!("{what}: {e}"));
     }
 }
 
@@ -101,15 +117,15 @@ fn judge<T: PartialEq + std::fmt::Debug>(
     match got {
         Ok(v) if v == want => tally.add("ok"),
         Ok(v) => panic!("{what}: wrong value {v:?}, expected {want:?}"),
-        Err(Error::WorkerCrashed { .. }) => tally.add("WorkerCrashed"),
-        Err(Error::ActorDied { .. }) => tally.add("ActorDied"),
-        Err(Error::ObjectReconstructionFailedMaxAttemptsExceeded { .. }) => {
-            tally.add("ObjectReconstructionFailedMaxAttemptsExceeded")
+        Err(e @ Error::WorkerCrashed { .. }) => tally.failed("WorkerCrashed", what, &e),
+        Err(e @ Error::ActorDied { .. }) => tally.failed("ActorDied", what, &e),
+        Err(e @ Error::ObjectReconstructionFailedMaxAttemptsExceeded { .. }) => {
+            tally.failed("ObjectReconstructionFailedMaxAttemptsExceeded", what, &e)
         }
         Err(e @ Error::ObjectLost { .. }) if loss == Loss::Rebuilt => {
             panic!("{what}: lost though it could be rebuilt: {e}")
         }
-        Err(Error::ObjectLost { .. }) => tally.add("ObjectLost"),
+        Err(e @ Error::ObjectLost { .. }) => tally.failed("ObjectLost", what, &e),
         Err(e @ Error::Timeout { .. }) => panic!("{what}: a hang: {e}"),
         Err(e) => panic!("{what}: an error of the wrong kind: {e:?}"),
     }
@@ -189,6 +205,13 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
         let squares: Vec<_> = (base..base + 50).map(chaos_square::remote).collect();
         let calls: Vec<_> = (base..base + 20).map(|x| echo.echo(x)).collect();
         let bigs: Vec<ObjectRef<Vec<u8>>> = (base..base + 3).map(chaos_big::remote).collect();
+        let pairs: Vec<Pair> = (base..base + 2)
+            .map(|x| {
+                let (a, b) = chaos_pair::remote(x);
+                // Every other pair keeps only its second output.
+                (Some(a).filter(|_| x % 2 == 0), b)
+            })
+            .collect();
         let put = manta::put(pattern(base, BIG)).expect("put");
         let sum = chaos_sum::remote(&put);
         if head_restarted.is_none() && start.elapsed().as_secs_f64() > 0.45 * seconds as f64 {
@@ -221,6 +244,22 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
             let want = checksum(&pattern(x, BIG));
             judge("large result", got, want, Loss::Rebuilt, &mut tally);
         }
+        for (x, (a, b)) in (base..).zip(&pairs) {
+            if let Some(a) = a {
+                let got = a.get_timeout(BOUND).map(|v| checksum(&v));
+                let want = checksum(&pattern(x, BIG));
+                judge("first of two results", got, want, Loss::Rebuilt, &mut tally);
+            }
+            let got = b.get_timeout(BOUND).map(|v| checksum(&v));
+            let want = checksum(&pattern(!x, BIG));
+            judge(
+                "second of two results",
+                got,
+                want,
+                Loss::Rebuilt,
+                &mut tally,
+            );
+        }
         judge(
             "task reading a put",
             sum.get_timeout(BOUND),
@@ -234,8 +273,8 @@ fn a_mixed_load_under_random_kills_gives_right_results_or_clear_errors() {
     let kills = chaos.join().expect("the chaos thread");
     eprintln!(
         "chaos: {round} rounds, {kills} worker kills, head restarted in round {head_restarted:?}, \
-         outcomes {:?}",
-        tally.0
+         outcomes {:?}, first errors {:?}",
+        tally.0, tally.1
     );
     assert!(
         head_restarted.is_some(),

@@ -213,6 +213,87 @@ impl SlowStart {
     }
 }
 
+/// In a worker process of the test below: exits at once, as a worker that failed to start
+/// (status 3), when the test armed it (`<dir>/armed` exists, `<dir>` from
+/// `TEST_FAIL_ONE_WORKER_START`) and it is the first to take `<dir>/fired`.
+fn fail_one_start_if_armed() {
+    if std::env::var_os("MANTA_WORKER_RAYLET").is_none() {
+        return;
+    }
+    let Some(dir) = std::env::var_os("TEST_FAIL_ONE_WORKER_START").map(std::path::PathBuf::from)
+    else {
+        return;
+    };
+    if dir.join("armed").exists() && std::fs::File::create_new(dir.join("fired")).is_ok() {
+        std::process::exit(3);
+    }
+}
+
+#[test]
+fn an_actor_restart_outlives_a_worker_that_fails_to_start() {
+    fail_one_start_if_armed();
+    serve_if_worker();
+    let dir = std::env::temp_dir().join(format!("manta-fail-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let head = NodeSpec {
+        env: vec![(
+            "TEST_FAIL_ONE_WORKER_START".into(),
+            dir.display().to_string(),
+        )],
+        ..NodeSpec::with_resources("")
+    };
+    let cluster = LocalCluster::start(head, &[]);
+    let _rt = common::start(cluster.config());
+    let a = Keeper::options().max_restarts(1).remote(10);
+    assert_eq!(a.incr().get_timeout(LONG).unwrap(), 11);
+    let pid = a.pid().get_timeout(LONG).unwrap();
+    // The next worker process started (the restart's) exits before it is ready.
+    std::fs::write(dir.join("armed"), b"").unwrap();
+    signal(pid, libc::SIGKILL);
+    let killed = Instant::now();
+    let first = loop {
+        match a.incr().get_timeout(LONG) {
+            Ok(v) => break v,
+            Err(Error::ActorDied { reason, .. }) if reason.contains("could not be placed") => {
+                panic!("the restart gave up: {reason}")
+            }
+            // A call that reached the dead worker before its death was known fails.
+            Err(Error::ActorDied { .. }) if killed.elapsed() < LONG => continue,
+            Err(e) => panic!("the actor did not come back: {e}"),
+        }
+    };
+    let fired = dir.join("fired").exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(fired, "no worker start failed: nothing was tested");
+    assert_eq!(first, 11, "restarted, its constructor run again");
+}
+
+#[test]
+fn a_task_outlives_a_worker_that_fails_to_start() {
+    fail_one_start_if_armed();
+    serve_if_worker();
+    let dir = std::env::temp_dir().join(format!("manta-fail-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let head = NodeSpec {
+        env: vec![(
+            "TEST_FAIL_ONE_WORKER_START".into(),
+            dir.display().to_string(),
+        )],
+        ..NodeSpec::with_resources("")
+    };
+    let cluster = LocalCluster::start(head, &[]);
+    let _rt = common::start(cluster.config());
+    // The job's first worker process exits before it is ready.
+    std::fs::write(dir.join("armed"), b"").unwrap();
+    let got = slow_square::remote(7, 0).get_timeout(LONG);
+    let fired = dir.join("fired").exists();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(fired, "no worker start failed: nothing was tested");
+    assert_eq!(got.expect("placed on the next worker started"), 49);
+}
+
 #[test]
 fn an_actor_killed_while_it_restarts_stays_dead() {
     serve_if_worker();

@@ -600,6 +600,11 @@ catalogue! {
     /// workers and exits (Ray's `health_check_failure_threshold`; the head's value and its
     /// `heartbeat_interval` are the ones that count, so give every node the same interval).
     health_check_failure_threshold: u32 = 10, env "MANTA_HEALTH_CHECK_FAILURE_THRESHOLD", Head;
+    /// Whether the head syncs its saved tables (`gcs_tables` in the session directory) to the
+    /// disk before it acknowledges a change, so that a crash of the machine, not only of the
+    /// head process, loses nothing acknowledged; off, the kernel writes them back when it
+    /// likes (faster on a slow disk, for clusters nobody needs back after a crash).
+    gcs_sync: bool = true, env "MANTA_GCS_SYNC", Head;
     /// Worker log files a raylet keeps: those of this many latest jobs (and of every job
     /// still running there); older ones are deleted when it starts a worker for a new job.
     worker_log_jobs: usize = 100, env "MANTA_WORKER_LOG_JOBS", Node;

@@ -65,7 +65,7 @@
 //! returned.
 
 use crate::sync::Ordering;
-use crate::sync::{Arc, AtomicBool, AtomicU64, OnceLock, Weak};
+use crate::sync::{Arc, AtomicU64, OnceLock, Weak};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
@@ -155,7 +155,7 @@ impl Cluster {
                 registered: OnceLock::new(),
                 local: OnceLock::new(),
                 cluster: self.me.get().cloned().unwrap_or_default(),
-                adopted: AtomicBool::new(false),
+                adopted: crate::sync::AtomicU8::new(super::object_manager::OWN),
             });
             let entry = BorrowEntry {
                 cell: Weak::new(),

@@ -16,9 +16,17 @@
 //! Records are framed as tag (8 bytes, little endian), length (4 bytes) and the flatbuffers
 //! payload, which `proto::decode` verifies on reading. A record cut short at the end (the
 //! process killed during its append, before the event's answers were sent) is dropped with a
-//! warning. The file survives the head process being killed (the kernel has the bytes); it is
-//! not synced to the disk, so a crash of the machine may lose the last changes. Nothing secret
-//! is in it: the token never is.
+//! warning. Nothing secret is in it: the token never is.
+//!
+//! Durability: the file survives the head process being killed (the kernel has the bytes),
+//! and, with `gcs_sync` (the default), a crash of the machine too for every change a member
+//! was told of: each save is one write, and one `sync_data` covers it before the event's
+//! answers go (an event's changes, however many entries, are synced once; the GCS syncs
+//! the saves of several events at once, `gcs.rs`), and a rewrite syncs the new file
+//! before renaming it over the old one and then syncs the directory, so that the rename (and
+//! a file's creation) is on the disk too (the first rewrite of a process syncs the session
+//! directory's parent as well, for a session directory just made). This holds as far as the disk keeps what it
+//! acknowledged. Without `gcs_sync`, a crash of the machine may lose the last changes.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -110,6 +118,14 @@ pub(crate) struct GcsStore {
     /// The journal's size, and the size of its live records when last rewritten whole.
     size: u64,
     live: u64,
+    /// Whether saves are synced to the disk (`gcs_sync`).
+    sync: bool,
+    /// Whether an append syncs itself (else its owner syncs [`GcsStore::sync_handle`]).
+    sync_appends: bool,
+    /// A journal below this size is never compacted ([`MIN_COMPACT`]).
+    min_compact: u64,
+    /// Whether the session directory's entry in its parent was synced (once per process).
+    parent_synced: bool,
 }
 
 impl GcsStore {
@@ -123,7 +139,38 @@ impl GcsStore {
             file: None,
             size: 0,
             live: 0,
+            sync: true,
+            sync_appends: true,
+            min_compact: MIN_COMPACT,
+            parent_synced: false,
         }
+    }
+
+    /// The store, compacting a journal from `bytes` (tests: to compact often).
+    #[cfg(test)]
+    pub(crate) fn compacting_from(mut self, bytes: u64) -> GcsStore {
+        self.min_compact = bytes;
+        self
+    }
+
+    /// The store, syncing each save to the disk or not (`gcs_sync`; on by default).
+    pub(crate) fn synced(mut self, sync: bool) -> GcsStore {
+        self.sync = sync;
+        self
+    }
+
+    /// Appends are no longer synced by the store: its owner syncs them, several at once,
+    /// through [`GcsStore::sync_handle`] (group commit, `gcs.rs`). Whether saves are to be
+    /// synced at all.
+    pub(crate) fn defer_append_sync(&mut self) -> bool {
+        self.sync_appends = false;
+        self.sync
+    }
+
+    /// The journal's file, to sync what was appended to it (`None` before the first save or
+    /// after a failed one: the next save rewrites and syncs it whole).
+    pub(crate) fn sync_handle(&self) -> Option<File> {
+        self.file.as_ref().and_then(|f| f.try_clone().ok())
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -188,7 +235,7 @@ impl GcsStore {
     /// Whether the next save must rewrite the file whole (with every record): the first save
     /// of this process, after a failed append, and when the journal has grown too long.
     pub(crate) fn needs_rewrite(&self) -> bool {
-        self.file.is_none() || self.size > MIN_COMPACT.max(2 * self.live)
+        self.file.is_none() || self.size > self.min_compact.max(2 * self.live)
     }
 
     /// Appends `changes`: each entry's new record, or `None` for an entry that is gone.
@@ -206,7 +253,14 @@ impl GcsStore {
         let Some(file) = self.file.as_mut() else {
             return Err(io::Error::other("the saved tables are not open"));
         };
-        if let Err(e) = file.write_all(&self.buf) {
+        let written =
+            file.write_all(&self.buf)
+                .and_then(|()| match self.sync && self.sync_appends {
+                    // One sync for every record of the save (module doc).
+                    true => file.sync_data(),
+                    false => Ok(()),
+                });
+        if let Err(e) = written {
             // A part that went is dropped on reading; the next save rewrites the file.
             self.file = None;
             return Err(e);
@@ -224,7 +278,24 @@ impl GcsStore {
             frame(&mut self.fbb, &mut self.buf, m)?;
         }
         session::write_private_bytes(&self.tmp, &self.buf)?;
+        if self.sync {
+            // Its bytes on the disk before the rename makes it the tables.
+            open_no_follow(&self.tmp)?.sync_data()?;
+        }
         std::fs::rename(&self.tmp, &self.path)?;
+        if self.sync
+            && let Some(dir) = self.path.parent()
+        {
+            // The rename (and the file's creation) on the disk too; the first time, the
+            // session directory's own entry as well (it may be new).
+            File::open(dir)?.sync_all()?;
+            if !self.parent_synced {
+                if let Some(parent) = dir.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
+                self.parent_synced = true;
+            }
+        }
         self.size = self.buf.len() as u64;
         self.live = self.size;
         self.file = Some(
@@ -235,6 +306,14 @@ impl GcsStore {
         );
         Ok(())
     }
+}
+
+/// Opens `path` to read, not following a symbolic link.
+fn open_no_follow(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// Appends `m` to `buf`, framed.
@@ -354,7 +433,8 @@ mod tests {
     #[test]
     fn a_long_journal_is_rewritten_whole() {
         let d = dir("compact");
-        let mut store = GcsStore::new(&d);
+        // 5,000 saves: not synced, to stay quick (the first test syncs).
+        let mut store = GcsStore::new(&d).synced(false);
         let mut records = vec![header(1)];
         save(&mut store, &records, &[]);
         // Actors come and go: without rewrites the journal would grow without end.

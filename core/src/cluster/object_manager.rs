@@ -18,7 +18,7 @@
 //! here) is edited in this file only; other files go through [`ObjectManager`]'s methods.
 //! Same-host reads keep theirs in [`Attachments`] (`attach.rs`).
 
-use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Weak};
+use crate::sync::{Arc, AtomicU8, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Weak};
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -733,10 +733,18 @@ pub(crate) struct RemoteObject {
     pub(super) registered: OnceLock<bool>,
     pub(super) local: OnceLock<Result<Payload, Error>>,
     pub(super) cluster: Weak<Cluster>,
-    /// A rebuilt result's copy, taken over by the original reference (`lineage.rs`, step
-    /// 7): dropping this one frees nothing.
-    pub(super) adopted: AtomicBool,
+    /// A rebuilt output's copy (`lineage.rs`, step 7): [`OWN`] if not one,
+    /// [`ADOPTED`] (taken over by the original reference: dropping this one frees nothing) or
+    /// [`SPARE`] (nobody adopted it: dropping it frees the copy and leaves the lineage).
+    pub(super) adopted: AtomicU8,
 }
+
+/// [`RemoteObject::adopted`]: an object of its own.
+pub(super) const OWN: u8 = 0;
+/// [`RemoteObject::adopted`]: a copy the original reference took over.
+const ADOPTED: u8 = 1;
+/// [`RemoteObject::adopted`]: a copy nobody took over.
+const SPARE: u8 = 2;
 
 impl RemoteObject {
     /// A result `holder` keeps for this process (which owns it).
@@ -749,7 +757,7 @@ impl RemoteObject {
             registered: OnceLock::new(),
             local: OnceLock::new(),
             cluster,
-            adopted: AtomicBool::new(false),
+            adopted: AtomicU8::new(OWN),
         })
     }
 
@@ -770,7 +778,12 @@ impl RemoteObject {
 
     /// Another reference took over this copy: dropping this one frees nothing.
     pub(super) fn mark_adopted(&self) {
-        self.adopted.store(true, Ordering::Release);
+        self.adopted.store(ADOPTED, Ordering::Release);
+    }
+
+    /// A rebuilt copy nobody took over: dropping it frees the copy, and only that.
+    pub(super) fn mark_spare(&self) {
+        self.adopted.store(SPARE, Ordering::Release);
     }
 
     /// A borrow's registration epoch (0 for a held result).
@@ -844,11 +857,14 @@ impl Drop for RemoteObject {
     fn drop(&mut self) {
         if let Some(c) = self.cluster.upgrade() {
             match self.kind {
-                RemoteKind::Held if self.adopted.load(Ordering::Acquire) => {}
-                RemoteKind::Held => {
-                    c.lineage.forget(self.id);
-                    c.free_remote(self.holder(), self.id);
-                }
+                RemoteKind::Held => match self.adopted.load(Ordering::Acquire) {
+                    ADOPTED => {}
+                    SPARE => c.free_remote(self.holder(), self.id),
+                    _ => {
+                        c.lineage.forget(self.id);
+                        c.free_remote(self.holder(), self.id);
+                    }
+                },
                 RemoteKind::Borrowed { .. } => c.end_borrow(self),
             }
         }

@@ -416,6 +416,33 @@ async fn write_loop(peer: Arc<Peer>, send: SendHalf, mut rx: mpsc::UnboundedRece
     }
 }
 
+/// Test hook: with `MANTA_TESTING_BULK_PAUSE=<path>`, the first bulk transfer of 1 MiB or
+/// more that this process receives (the first to create `<path>.paused`) waits, unread,
+/// until `<path>.go` exists (at most a minute), so a test can kill its sender mid-transfer.
+async fn testing_bulk_pause(len: u64) {
+    if len < 1 << 20 {
+        return;
+    }
+    static HOOK: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    let Some(path) = HOOK
+        .get_or_init(|| std::env::var_os("MANTA_TESTING_BULK_PAUSE"))
+        .clone()
+    else {
+        return;
+    };
+    let mut paused = path.clone();
+    paused.push(".paused");
+    if std::fs::File::create_new(&paused).is_err() {
+        return;
+    }
+    let mut go = path;
+    go.push(".go");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::path::Path::new(&go).exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 async fn read_loop(peer: Arc<Peer>, mut recv: RecvHalf, handler: Arc<dyn Handler>) {
     let reason = loop {
         let incoming = match recv.recv().await {
@@ -447,6 +474,7 @@ async fn read_loop(peer: Arc<Peer>, mut recv: RecvHalf, handler: Arc<dyn Handler
                     tracing::warn!(peer = %peer.name, transfer = id, "unexpected bulk transfer discarded");
                     continue;
                 };
+                testing_bulk_pause(len).await;
                 let received: Result<BulkArrival, String> = match (expected.alloc)(len) {
                     Ok(Some(mut writing)) => b
                         .read_into(writing.as_mut_slice())
@@ -470,11 +498,18 @@ async fn read_loop(peer: Arc<Peer>, mut recv: RecvHalf, handler: Arc<dyn Handler
                 match received {
                     Ok(arrival) => (expected.sink)(arrival),
                     Err(reason) => {
+                        // The connection is done for: closed before the sink runs, so that it
+                        // sees a transfer cut off by its sender's end as such (a pull of an
+                        // object lost with its holder: `object_manager.rs`).
+                        let first = peer.close(&reason);
                         (expected.sink)(BulkArrival::Failed(Error::Cluster {
                             what: format!("transfer from {}", peer.name),
                             message: reason.clone(),
                         }));
-                        break reason;
+                        if first {
+                            handler.on_close(&peer, &reason);
+                        }
+                        return;
                     }
                 }
             }

@@ -704,7 +704,10 @@ pub fn run_node(opts: NodeOptions, on_ready: impl FnOnce(&NodeReady)) -> Result<
         let config = |name: &str| transport_config(&opts.token, name.to_owned());
         let mut gcs_state = None;
         let gcs_address = if opts.head {
-            let store = opts.gcs_state_dir.as_deref().map(GcsStore::new);
+            let store = opts
+                .gcs_state_dir
+                .as_deref()
+                .map(|dir| GcsStore::new(dir).synced(catalogue.gcs_sync));
             // Dead after this many missed heartbeats in a row (Ray's health checks).
             let node_timeout =
                 heartbeat.saturating_mul(catalogue.health_check_failure_threshold.max(1));

@@ -21,10 +21,18 @@
 //!    complete before return 0, which is the in-flight task (retried, failed with its worker,
 //!    listed) as any single-return task is.
 //!
-//! No message is new: a return is answered as a task of its own id would be. Not covered: a
-//! worker that dies after sending some returns and before return 0 leaves those returns
-//! pointing at its lost store while the retry's values for them are ignored (cells are
-//! written once).
+//! The cells of returns `1..n` also travel with the task's retry record (`Retry::extra`), so
+//! that return 0's `TaskDone` keeps the task's lineage for every stored return
+//! (`lineage.rs`, step 1), and a rebuild expects its returns as step 1 does.
+//!
+//! 5. A return's `TaskDone` that finds no cell in the table (`late_return`) comes from a
+//!    retry of a task whose worker died after sending that return and before return 0: the
+//!    cell, written once, points at the dead worker's store. If the task is in flight at the
+//!    sender and the return's copy is at a dead worker, it takes the sender's copy instead
+//!    (as a rebuild's output is adopted, `lineage.rs`); else nobody waits for it (its task
+//!    was cancelled, or failed meanwhile) and the sender's copy is freed.
+//!
+//! No message is new: a return is answered as a task of its own id would be.
 
 use crate::sync::{Arc, Weak};
 
@@ -35,8 +43,16 @@ use crate::error::Error;
 use crate::object::{ObjectCell, Waiter};
 
 impl Cluster {
-    /// Step 1: the other returns of task `first` wait in the table for their `TaskDone`.
+    /// Step 1 for a first run, before `submit_remote`: the other returns of task `first`
+    /// wait in the table for their `TaskDone`, and go with the task's retry record (for its
+    /// lineage: `lineage.rs`, step 1).
     pub(crate) fn expect_returns(&self, first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]) {
+        self.tasks.stash_returns(first.id().as_u64(), extra);
+        self.await_returns(first, extra);
+    }
+
+    /// Step 1: the other returns of task `first` wait in the table for their `TaskDone`.
+    pub(super) fn await_returns(&self, first: &Arc<ObjectCell>, extra: &[Arc<ObjectCell>]) {
         self.tasks.expect_returns(extra);
         let ids: Vec<u64> = extra.iter().map(|c| c.id().as_u64()).collect();
         let me = self.me.get().cloned().unwrap_or_default();
@@ -65,10 +81,30 @@ impl Cluster {
     /// Step 4: a `TaskDone` for no in-flight task may be another return of one.
     pub(super) fn return_done(&self, from: &Arc<Peer>, id: u64, outcome: Outcome) {
         let Some(cell) = self.tasks.take_return(id) else {
-            tracing::debug!(task_id = id, "completion of an unknown task ignored");
-            return;
+            return self.late_return(from, id, outcome);
         };
         cell.complete(self.outcome_value(id, worker_of(from), outcome));
+    }
+
+    /// Step 5: return `id` came again, from a retry (or for nobody).
+    fn late_return(&self, from: &Arc<Peer>, id: u64, outcome: Outcome) {
+        let sender = worker_of(from);
+        let original = self
+            .tasks
+            .extra_return(id, sender)
+            .and_then(|cell| match cell.get() {
+                Some(Ok(v)) => super::lineage::held_result(&v.data),
+                _ => None,
+            })
+            .filter(|o| o.local_copy().is_none() && self.placement.is_dead(o.holder()));
+        match (original, outcome) {
+            (Some(o), Outcome::Stored { .. }) => o.set_holder(sender),
+            (Some(o), Outcome::Inline(bytes)) => o.set_local(crate::object::Payload::Inline(
+                bytes::Bytes::from(bytes).into(),
+            )),
+            (None, Outcome::Stored { .. }) => self.free_remote(sender, id),
+            _ => tracing::debug!(task_id = id, "completion of an unknown task ignored"),
+        }
     }
 
     /// Steps 2–3, on the executor: when return 0 completes, sends every return to the owner.
@@ -106,6 +142,7 @@ impl Cluster {
                             outcome,
                         });
                     }
+                    testing_exit_between_returns();
                     c.outcome_of(task_id, v)
                 }
                 Some(Err(e)) => super::execute::failed_outcome(e),
@@ -116,6 +153,19 @@ impl Cluster {
         if let Err(Waiter::Callback(f)) = cell.register(Waiter::Callback(Box::new(respond))) {
             f();
         }
+    }
+}
+
+/// Test hook: with `MANTA_TESTING_EXIT_BETWEEN_RETURNS=<path>`, the first process to create
+/// `<path>` exits after sending a task's other returns and before its return 0 (once the
+/// writer had a moment to send them), as a worker dying at that point would.
+fn testing_exit_between_returns() {
+    let Some(path) = std::env::var_os("MANTA_TESTING_EXIT_BETWEEN_RETURNS") else {
+        return;
+    };
+    if std::fs::File::create_new(path).is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::process::exit(101);
     }
 }
 

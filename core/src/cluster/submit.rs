@@ -103,6 +103,9 @@ pub(super) struct Retry {
     /// Retries after a worker death this task may still take, and how many it had.
     pub(super) left: u32,
     pub(super) system: u32,
+    /// The cells of its other returns (a task with several, `returns.rs`), while in flight;
+    /// taken out when its specification is kept for lineage (`lineage.rs`).
+    pub(super) extra: Box<[Arc<ObjectCell>]>,
 }
 
 /// The longest pause before retrying a task whose worker died (the first is
@@ -160,8 +163,15 @@ impl Cluster {
                 Arg::Inline(b.to_vec())
             }
             // Pulled from its holder; one known dead is asked of this owner, which rebuilds
-            // it (`lineage.rs`, step 3).
+            // it (`lineage.rs`, step 3). So is one the executor finds dead (`pull_arg`): the
+            // owner's cell is entered in the escape table to be found then.
             Payload::Remote(r) if cell.is_none() || !self.placement.is_dead(r.holder()) => {
+                if let Some(cell) = cell
+                    && super::owner_of(r.id()) == self.index
+                    && let Some(rt) = self.runtime()
+                {
+                    cell.escape(&rt);
+                }
                 Arg::Ref {
                     object_id: r.id(),
                     holder: r.holder(),
@@ -223,6 +233,7 @@ impl Cluster {
         system_retries: u32,
         retry_on: crate::task::RetryOn,
     ) {
+        let extra = self.tasks.take_stashed(cell.id().as_u64());
         self.push_task(
             rt,
             cell,
@@ -235,6 +246,7 @@ impl Cluster {
                 retry_on,
                 left: system_retries,
                 system: system_retries,
+                extra,
             },
         );
     }
@@ -274,7 +286,7 @@ impl Cluster {
             })
             .max()
             .map(|(_, holder)| holder);
-        let (node, worker, peer) = match self.place(request, preferred) {
+        let (node, worker, peer) = match self.place_task(request, preferred, &cell) {
             Ok(p) => p,
             Err(e) => {
                 self.release_held_args(&held_args);
@@ -313,6 +325,33 @@ impl Cluster {
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());
         }
+    }
+
+    /// Places task `cell`: a failure that may pass (`Error::Cluster`: a worker process that
+    /// exited before it was ready, say while the head restarts, or a raylet that did not
+    /// answer) is tried again, 6 times with a pause doubling from 50 ms (about 3 s in all),
+    /// while the task is not done (cancelled); any other (`Infeasible`) is final at once.
+    fn place_task(
+        &self,
+        request: &ResourceRequest,
+        preferred: Option<u64>,
+        cell: &ObjectCell,
+    ) -> Result<(usize, u64, Arc<Peer>), Error> {
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..6 {
+            match self.place(request, preferred) {
+                Err(e @ Error::Cluster { .. })
+                    if cell.get().is_none()
+                        && !self.stopped.load(crate::sync::Ordering::Acquire) =>
+                {
+                    tracing::info!(task = %cell.id(), error = %e, ?pause, "a task could not be placed: trying again");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.place(request, preferred)
     }
 
     /// Creates an actor in a worker process elsewhere; `created` completes when its
@@ -563,16 +602,35 @@ impl Cluster {
             retry,
             ..
         } = f;
-        // A stored result's task is kept to rebuild it (`lineage.rs`, step 1), before its
-        // cell completes (whose drop forgets it); so is a rebuild's, even failed (step 6).
-        if let Some(retry) = retry
-            && (matches!(outcome, Outcome::Stored { .. }) || self.lineage.is_running(task_id))
-            && crate::task::function_by_name(retry.function).is_some_and(|f| f.num_returns() == 1)
-        {
-            self.lineage
-                .record(task_id, super::lineage::Spec::new(retry, args));
+        let value = self.outcome_value(task_id, worker, outcome);
+        // A task's stored outputs keep its specification to rebuild them (`lineage.rs`, step
+        // 1), recorded before its cell completes (whose drop forgets it); so is a rebuild's,
+        // even failed (step 6), whose TaskDone adopts the lost outputs (step 7).
+        if let Some(mut retry) = retry {
+            let extra = std::mem::take(&mut retry.extra);
+            let held = |i: usize, v: Option<&Result<ObjectValue, Error>>| match v {
+                Some(Ok(v)) => super::lineage::held_result(&v.data)
+                    .map(|o| (task_id + i as u64, Arc::downgrade(&o))),
+                _ => None,
+            };
+            let outputs: super::lineage::Outputs = held(0, Some(&value))
+                .into_iter()
+                .chain(
+                    extra
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| held(i + 1, c.get())),
+                )
+                .collect();
+            if (!outputs.is_empty() || self.lineage.is_running(task_id))
+                && let Some(rebuilt) =
+                    self.lineage
+                        .record(task_id, super::lineage::Spec::new(retry, args), outputs)
+            {
+                self.adopt_rebuilt(task_id, rebuilt, &value, &extra);
+            }
         }
-        cell.complete(self.outcome_value(task_id, worker, outcome));
+        cell.complete(value);
     }
 
     /// The value of object `id` that worker `holder` reports with `outcome`: inline bytes, a
@@ -607,6 +665,9 @@ impl Cluster {
     /// Worker `index` is gone: its actors restart or die (`supervision.rs`), its tasks are
     /// retried or fail, and so are the calls in flight there.
     pub(super) fn worker_lost(&self, index: u64, reason: &str) {
+        if testing_late_death(self, index, reason) {
+            return;
+        }
         self.placement.worker_died(index);
         // Before the in-flight table is drained: see the restart protocol's argument.
         self.actors_lost(index, reason);
@@ -690,6 +751,50 @@ impl Cluster {
             done(Err(lost_with(object_id, index, &death)));
         }
     }
+}
+
+/// Test hook: with `MANTA_TESTING_DEATH_NOTICE_DELAY_MS=<ms>`, this process learns of each
+/// worker's death that long late (the first notice is put off; those meanwhile are dropped),
+/// so a test can have others reach a dead worker before this owner knows. Whether the
+/// notice was put off.
+fn testing_late_death(c: &Cluster, index: u64, reason: &str) -> bool {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    /// Workers whose death notice is put off (`false`) or was (`true`).
+    static LATE: std::sync::Mutex<Vec<(u64, bool)>> = std::sync::Mutex::new(Vec::new());
+    let Some(delay) = *DELAY.get_or_init(|| {
+        std::env::var("MANTA_TESTING_DEATH_NOTICE_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis)
+    }) else {
+        return false;
+    };
+    {
+        let mut late = LATE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match late.iter().find(|(i, _)| *i == index) {
+            Some((_, true)) => return false,
+            Some((_, false)) => return true,
+            None => late.push((index, false)),
+        }
+    }
+    let me = c.me.get().cloned().unwrap_or_default();
+    let reason = reason.to_owned();
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let mut late = LATE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = late.iter_mut().find(|(i, _)| *i == index) {
+            entry.1 = true;
+        }
+        drop(late);
+        if let Some(c) = me.upgrade() {
+            c.worker_lost(index, &reason);
+        }
+    });
+    true
 }
 
 /// The error of a pull of `object_id` from worker `index`, which died: its owner's death

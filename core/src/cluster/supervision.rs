@@ -20,7 +20,10 @@
 //! 3. Calls made while the actor is `Restarting` are parked, not sent (`call_remote`).
 //! 4. A thread places the actor (the raylet starts a replacement worker, or another node
 //!    takes it) and sends `CreateActor` with the original arguments; the creation is in flight
-//!    like a task. If that worker dies too, step 1 runs again for it.
+//!    like a task. If that worker dies too, step 1 runs again for it. A placement that fails
+//!    for a reason that may pass (a replacement worker process that exited before it was
+//!    ready, a raylet that did not answer) is tried again a bounded number of times
+//!    (`place_again`); `Infeasible`, or the last failure, kills the actor for good.
 //! 5. When the constructor has run, under the location's lock the location becomes `At` the
 //!    new worker and the parked calls are sent in order before any later call can be (a later
 //!    call takes the same lock), and the directory lists the actor ALIVE with its restart
@@ -55,6 +58,9 @@ use crate::remote::ActorPlace;
 use crate::resources::ResourceRequest;
 use crate::sync::lock;
 use crate::task::ArgSlot;
+
+/// Where a restart goes: a node slot, a worker and its connection (`Cluster::place`).
+type Placed = (usize, u64, Arc<Peer>);
 
 /// How long a proxy waits for an actor missing from the directory to reappear (as restarting)
 /// before it takes it for dead.
@@ -804,11 +810,12 @@ impl Cluster {
             .and_then(|c| c.member())
             .map_or((0, 0), |m| (m.rank, m.world_size));
         let Some(rt) = self.runtime() else { return };
-        let (node, worker, peer) = match self.place(&request, None) {
-            Ok(p) => p,
-            Err(e) => {
+        let (node, worker, peer) = match self.place_again(id, &request) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
                 return self.restart_failed(id, &format!("it could not be placed again: {e}"));
             }
+            None => return, // killed or dropped meanwhile
         };
         let pairs = request_pairs(&request);
         let Some(info) = self.actors.with_record(id, |a| {
@@ -872,6 +879,32 @@ impl Cluster {
         if peer.is_closed() {
             self.worker_lost(worker, &peer.closed_error().to_string());
         }
+    }
+
+    /// Step 4's placement (a node slot, a worker and its connection), as a task's
+    /// (`Cluster::place_task`): a failure that may pass (`Error::Cluster`: a worker process
+    /// that exited before it was ready, say while the head restarts, or a raylet that did not
+    /// answer) is tried again, 6 times with a pause doubling from 50 ms (about 3 s in all),
+    /// while the actor is still wanted; any other (`Infeasible`) is final at once. `None`:
+    /// the actor is no longer this process's to restart.
+    fn place_again(&self, id: u64, request: &ResourceRequest) -> Option<Result<Placed, Error>> {
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..6 {
+            match self.place(request, None) {
+                Err(e @ Error::Cluster { .. }) => {
+                    tracing::info!(actor = id, error = %e, ?pause, "an actor's restart could not be placed: trying again");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    if self.stopped.load(crate::sync::Ordering::Acquire)
+                        || self.actors.with_record(id, |_| ()).is_none()
+                    {
+                        return None;
+                    }
+                }
+                other => return Some(other),
+            }
+        }
+        Some(self.place(request, None))
     }
 
     /// Step 5: the constructor ran again on `worker`: send the parked calls, in order.

@@ -54,6 +54,9 @@ pub(super) struct Cancelling {
 pub(super) struct TaskManager {
     in_flight: Mutex<HashMap<u64, InFlight>>,
     returns: Mutex<HashMap<u64, Arc<ObjectCell>>>,
+    /// The other returns of a task with several, from `expect_returns` to its
+    /// `submit_remote`, by the task's id.
+    stashed: Mutex<HashMap<u64, Box<[Arc<ObjectCell>]>>>,
     executing: Mutex<HashMap<u64, Executing>>,
 }
 
@@ -160,6 +163,30 @@ impl TaskManager {
         for cell in extra {
             returns.insert(cell.id().as_u64(), cell.clone());
         }
+    }
+
+    /// Keeps the other returns `extra` of task `first` for its submission to take.
+    pub(super) fn stash_returns(&self, first: u64, extra: &[Arc<ObjectCell>]) {
+        lock(&self.stashed).insert(first, extra.into());
+    }
+
+    /// The other returns of task `first` stashed for its submission (none for a task of one).
+    pub(super) fn take_stashed(&self, first: u64) -> Box<[Arc<ObjectCell>]> {
+        let mut stashed = lock(&self.stashed);
+        if stashed.is_empty() {
+            return Box::new([]);
+        }
+        stashed.remove(&first).unwrap_or_default()
+    }
+
+    /// The cell of return `id` of a task in flight at worker `worker` (its retry record has
+    /// it), if there is one: a scan, for the rare return that comes again (`returns.rs`).
+    pub(super) fn extra_return(&self, id: u64, worker: u64) -> Option<Arc<ObjectCell>> {
+        lock(&self.in_flight)
+            .values()
+            .filter(|f| f.worker == worker)
+            .filter_map(|f| f.retry.as_ref())
+            .find_map(|r| r.extra.iter().find(|c| c.id().as_u64() == id).cloned())
     }
 
     /// Return `id` arrived (or its task failed): its cell, if it was expected.
