@@ -1,4 +1,6 @@
-//! Pinning the calling thread to CPUs (`sched_setaffinity(2)`), for slot threads.
+//! Pinning the calling thread to CPUs (`sched_setaffinity(2)`), for slot threads and for work
+//! in a placement group's bundle (its CPU set, [`CpuCell`]), and reading the calling thread's
+//! CPUs (`sched_getaffinity(2)`).
 //!
 //! This is one of the two modules of `manta-core` with hand-written `unsafe` (a single system
 //! call; the other is `cluster/session.rs`'s `geteuid`), so the rest of the crate stays
@@ -46,6 +48,108 @@ pub(crate) fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The CPUs the calling thread may run on (`sched_getaffinity(2)` of the thread), sorted.
+pub(crate) fn current_thread_cpus() -> std::io::Result<Vec<usize>> {
+    let bits = libc::c_ulong::BITS as usize;
+    // Grown until the kernel's mask fits (EINVAL: too small), up to `CpuList::MAX` CPUs.
+    let mut words = 1024 / bits;
+    loop {
+        let mut mask = vec![0 as libc::c_ulong; words];
+        let len = mask.len() * std::mem::size_of::<libc::c_ulong>();
+        // SAFETY: sched_getaffinity(pid, len, mask) writes at most `len` bytes through `mask`,
+        // which points to the live vector `mask` of exactly that many bytes; pid 0 names the
+        // calling thread. On success it returns how many bytes it wrote (at most `len`).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getaffinity,
+                0 as libc::pid_t,
+                len,
+                mask.as_mut_ptr(),
+            )
+        };
+        if rc >= 0 {
+            let mut out = Vec::new();
+            for (w, word) in mask.iter().enumerate() {
+                for b in 0..bits {
+                    if word & (1 << b) != 0 {
+                        out.push(w * bits + b);
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) || words * bits > crate::CpuList::MAX {
+            return Err(e);
+        }
+        words *= 2;
+    }
+}
+
+/// The CPU set of a placement group's bundle on this node, shared by every demand that names
+/// the bundle (`resources.rs`): set when the bundle is committed here, empty while the bundle
+/// has none (fractional CPUs, or too few CPUs in the node's mask).
+#[derive(Debug, Default)]
+pub(crate) struct CpuCell(crate::sync::Mutex<Option<std::sync::Arc<[usize]>>>);
+
+impl CpuCell {
+    /// Sets the CPUs (empty: none).
+    pub(crate) fn set(&self, cpus: &[usize]) {
+        *crate::sync::lock(&self.0) = (!cpus.is_empty()).then(|| cpus.into());
+    }
+
+    /// The CPUs, if any.
+    pub(crate) fn get(&self) -> Option<std::sync::Arc<[usize]>> {
+        crate::sync::lock(&self.0).clone()
+    }
+}
+
+/// Runs `f` with the calling thread pinned to `cell`'s CPUs (when it has some), then puts the
+/// thread's previous CPUs back; nests. A pin the kernel refuses is logged once and `f` runs
+/// where the thread runs.
+pub(crate) fn pinned<R>(cell: Option<&CpuCell>, f: impl FnOnce() -> R) -> R {
+    let Some(cpus) = cell.and_then(CpuCell::get) else {
+        return f();
+    };
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let warn = |what: &str, e: &std::io::Error| {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(cpus = ?&*cpus, error = %e, "{what} (logged once)");
+        }
+    };
+    let before = match current_thread_cpus() {
+        Ok(before) => before,
+        Err(e) => {
+            warn(
+                "could not read a thread's CPUs: a bundle's work runs unpinned",
+                &e,
+            );
+            return f();
+        }
+    };
+    if before.as_slice() == &*cpus {
+        return f();
+    }
+    if let Err(e) = pin_current_thread(&cpus) {
+        warn(
+            "could not pin a thread to its bundle's CPUs: it runs unpinned",
+            &e,
+        );
+        return f();
+    }
+    // Put back even if `f` unwinds (a panicking task is caught further up the same thread).
+    struct Restore(Vec<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Err(e) = pin_current_thread(&self.0) {
+                tracing::warn!(cpus = ?self.0, error = %e, "could not restore a thread's CPUs");
+            }
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
 /// The CPU slot `slot` pins itself to: the list's entries in turn (`None`: no pinning).
 pub(crate) fn cpu_for_slot(list: &[usize], slot: usize) -> Option<usize> {
     (!list.is_empty()).then(|| list[slot % list.len()])
@@ -54,6 +158,7 @@ pub(crate) fn cpu_for_slot(list: &[usize], slot: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CpuList;
 
     /// The calling thread's CPUs, as the kernel reports them.
     fn my_cpus() -> String {
@@ -72,6 +177,38 @@ mod tests {
         let list = [2, 5, 7];
         let got: Vec<_> = (0..5).map(|s| cpu_for_slot(&list, s)).collect();
         assert_eq!(got, [Some(2), Some(5), Some(7), Some(2), Some(5)]);
+    }
+
+    #[test]
+    fn a_bundles_cell_pins_for_the_call_and_puts_back() {
+        let before = current_thread_cpus().unwrap();
+        assert_eq!(
+            CpuList(before.clone()).to_string(),
+            my_cpus(),
+            "sched_getaffinity agrees with the kernel's status"
+        );
+        let cell = CpuCell::default();
+        // No CPUs: nothing changes.
+        assert_eq!(pinned(Some(&cell), current_thread_cpus).unwrap(), before);
+        assert_eq!(pinned(None, current_thread_cpus).unwrap(), before);
+        let last = *before.last().unwrap();
+        cell.set(&[last]);
+        let (inside, before) = std::thread::spawn(move || {
+            let inside = pinned(Some(&cell), || {
+                let here = current_thread_cpus().unwrap();
+                let other = CpuCell::default();
+                other.set(&[before[0]]);
+                let nested = pinned(Some(&other), || current_thread_cpus().unwrap());
+                assert_eq!(current_thread_cpus().unwrap(), here, "nested put back");
+                (here, nested)
+            });
+            assert_eq!(current_thread_cpus().unwrap(), before, "put back");
+            (inside, before)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside.0, vec![last]);
+        assert_eq!(inside.1, vec![before[0]], "the nested cell's CPU");
     }
 
     #[test]

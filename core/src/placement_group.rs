@@ -21,6 +21,11 @@
 //! carved amounts back to the node, kills the group's actors and fails its queued tasks with
 //! [`Error::PlacementGroupRemoved`].
 //!
+//! A bundle asking for whole CPUs also gets a CPU set of its own when committed (embedded, from
+//! this scheduler's [`crate::topology::CpuSets`]; in a cluster, from its node's raylet): work
+//! whose demand names the bundle's marker runs pinned to it (`affinity::pinned`), work in any
+//! bundle to the union of the group's sets on the node.
+//!
 //! Feasibility follows Ray: a bundle larger than the node fails at once with
 //! [`Error::Infeasible`]; a group whose bundles fit one by one but not together (or a
 //! `STRICT_SPREAD` group of more bundles than nodes) stays PENDING.
@@ -34,12 +39,14 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::actor::ActorCell;
+use crate::affinity::CpuCell;
 use crate::codec;
+use crate::config::CpuList;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectRef};
 use crate::remote::{GroupRequest, Remote};
-use crate::resources::{CPU_NAME, GPU_NAME};
+use crate::resources::{CPU_NAME, GPU_NAME, NodeResources};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime::{RuntimeInner, with_current};
 use crate::scheduler::Scheduler;
@@ -236,6 +243,13 @@ struct Reservation {
     /// Created, and some bundles' node died: the GCS places them again; the cell completes
     /// when it has (work for the group waits for it, as for `ready()`).
     rescheduling: Option<Arc<ObjectCell>>,
+    /// Each bundle's CPU set (empty: not pinned), once created (`topology.rs`).
+    cpus: Vec<Vec<usize>>,
+    /// Why bundles that ask for whole CPUs are not pinned, if any is not.
+    cpu_note: Option<String>,
+    /// Embedded: the cells work in each bundle is pinned through, then the group's (any
+    /// bundle: the union of the bundles' sets).
+    cells: Vec<std::sync::Arc<CpuCell>>,
 }
 
 /// One group, shared by its handles and the runtime's table.
@@ -409,6 +423,10 @@ fn settle(rec: &GroupRecord, listed: Option<&PlacementGroupInfo>) {
         Some(PlacementGroupState::Created | PlacementGroupState::Rescheduling) => {
             res.phase = CREATED;
             res.nodes = listed.map(|g| g.bundle_nodes.clone()).unwrap_or_default();
+            res.cpus = listed
+                .map(|g| g.bundle_cpus.iter().map(|c| c.0.clone()).collect())
+                .unwrap_or_default();
+            res.cpu_note = listed.and_then(|g| g.cpu_note.clone());
             drop(res);
             rec.ready.complete(codec::encode(&()));
         }
@@ -469,6 +487,22 @@ impl PlacementGroup {
     /// embedded).
     pub fn bundle_nodes(&self) -> Vec<u64> {
         lock(&self.rec.reservation).nodes.clone()
+    }
+    /// Each bundle's CPU set, once created: the logical CPUs of its node that its tasks and
+    /// actors are pinned to, no two bundles sharing one. A bundle asking for a fraction of a
+    /// CPU, or one its node had too few CPUs left for, has an empty list (see
+    /// [`PlacementGroup::cpu_note`]). In a cluster, as the owner knows them; elsewhere empty.
+    pub fn bundle_cpus(&self) -> Vec<CpuList> {
+        lock(&self.rec.reservation)
+            .cpus
+            .iter()
+            .map(|c| CpuList(c.clone()))
+            .collect()
+    }
+    /// Why bundles asking for whole CPUs are not pinned (too few CPUs left in the node's
+    /// affinity mask), if any is not.
+    pub fn cpu_note(&self) -> Option<String> {
+        lock(&self.rec.reservation).cpu_note.clone()
     }
     /// Where it stands now.
     pub fn state(&self) -> PlacementGroupState {
@@ -698,6 +732,11 @@ pub struct PlacementGroupInfo {
     pub bundles: Vec<Bundle>,
     /// The node each bundle is reserved on (in a cluster, once created; else empty).
     pub bundle_nodes: Vec<u64>,
+    /// Each bundle's CPU set once created (empty: not pinned; see
+    /// [`PlacementGroup::bundle_cpus`]); empty before.
+    pub bundle_cpus: Vec<CpuList>,
+    /// Why bundles asking for whole CPUs are not pinned, if any is not.
+    pub cpu_note: Option<String>,
 }
 
 /// The live groups (pending and created), by id: this runtime's, or in a cluster every
@@ -720,6 +759,8 @@ pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
                     state: pg.state(),
                     bundles: pg.bundles().to_vec(),
                     bundle_nodes: pg.bundle_nodes(),
+                    bundle_cpus: pg.bundle_cpus(),
+                    cpu_note: pg.cpu_note(),
                 }
             })
             .collect();
@@ -736,6 +777,8 @@ pub(crate) struct Groups {
     installed: Mutex<HashMap<u64, (Vec<u32>, Demand)>>,
     /// Groups waiting for resources (a release retries them when not 0).
     num_pending: AtomicUsize,
+    /// Embedded: the CPU sets of this node's bundles.
+    cpu_sets: crate::topology::CpuSets,
 }
 
 #[derive(Debug, Default)]
@@ -780,6 +823,42 @@ pub(crate) fn group_resources(
     out
 }
 
+/// The CPU-set cells of a group's run-time resources `names` (as [`group_resources`] lists
+/// them) at `slots` on a node: one per bundle held there, by its marker, then the group's
+/// (by the group's marker, for work in any bundle).
+fn cpu_cells(
+    resources: &NodeResources,
+    pg_id: u64,
+    names: &[(String, f64)],
+    slots: &[u32],
+) -> Vec<std::sync::Arc<CpuCell>> {
+    let group = format!("bundle_group_{pg_id:016x}");
+    let mut bundles = Vec::new();
+    let mut whole = None;
+    for ((name, _), &slot) in names.iter().zip(slots) {
+        if *name == group {
+            whole = Some(resources.cpu_cell(slot, 1));
+        } else if name.starts_with("bundle_group_") {
+            bundles.push(resources.cpu_cell(slot, 0));
+        }
+    }
+    bundles.extend(whole);
+    bundles
+}
+
+/// Sets the cells (bundles', then the group's) to the bundles' CPU sets and their union.
+fn set_cells(cells: &[std::sync::Arc<CpuCell>], cpus: &[Vec<usize>]) {
+    let Some((group, bundles)) = cells.split_last() else {
+        return;
+    };
+    for (cell, set) in bundles.iter().zip(cpus) {
+        cell.set(set);
+    }
+    let mut all: Vec<usize> = cpus.iter().flatten().copied().collect();
+    all.sort_unstable();
+    group.set(&all);
+}
+
 fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecord> {
     Arc::new(GroupRecord {
         id,
@@ -795,6 +874,9 @@ fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecor
             nodes: Vec::new(),
             workers: Vec::new(),
             rescheduling: None,
+            cpus: Vec::new(),
+            cpu_note: None,
+            cells: Vec::new(),
         }),
         actors: Mutex::new(Vec::new()),
     })
@@ -842,12 +924,14 @@ fn create_in_cluster(
 }
 
 /// A worker: adds a group's bundles held here (`resources`) to this process's scheduler,
-/// carving `carve` out of its pool.
+/// carving `carve` out of its pool; work in them is pinned to `cpus` (each bundle's CPU set,
+/// as its node's raylet chose it, in the order of `resources`).
 pub(crate) fn install(
     rt: &Arc<RuntimeInner>,
     pg_id: u64,
     resources: &[(String, f64)],
     carve: &[(String, f64)],
+    cpus: &[Vec<usize>],
 ) -> Result<(), String> {
     let s = &rt.scheduler;
     let mut installed = lock(&s.groups.installed);
@@ -867,6 +951,7 @@ pub(crate) fn install(
         .demand(&request)
         .map_err(|_| format!("this worker cannot hold {request}"))?;
     let slots = s.resources.add_dynamic(resources)?;
+    set_cells(&cpu_cells(&s.resources, pg_id, resources, &slots), cpus);
     s.resources.force_acquire(&carve);
     s.resources.commit_dynamic(&slots);
     installed.insert(pg_id, (slots, carve));
@@ -920,6 +1005,21 @@ fn record(rt: &Arc<RuntimeInner>, pg_id: u64) -> Option<Arc<GroupRecord>> {
         .by_id
         .get(&PlacementGroupId(pg_id))
         .cloned()
+}
+
+/// The owner: the CPU sets the bundles of group `pg_id` have on their nodes, and why any that
+/// wanted one has none.
+pub(crate) fn set_cpus(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    cpus: Vec<Vec<usize>>,
+    note: Option<String>,
+) {
+    if let Some(rec) = record(rt, pg_id) {
+        let mut res = lock(&rec.reservation);
+        res.cpus = cpus;
+        res.cpu_note = note;
+    }
 }
 
 /// The owner: some of created group `pg_id`'s bundles lost their node; the GCS places them
@@ -996,8 +1096,9 @@ pub(crate) fn rescheduled(
     }
 }
 
-/// One bundle a dead worker held: its index, its node and its `(name, amount)` entries.
-pub(crate) type LostBundle = (u32, u64, Vec<(String, f64)>);
+/// One bundle a dead worker held: its index, its node, its `(name, amount)` entries and its
+/// CPU set there.
+pub(crate) type LostBundle = (u32, u64, Vec<(String, f64)>, Vec<usize>);
 
 /// Bundles of a created group held by a worker now dead (see [`lost_bundles`]).
 #[derive(Debug)]
@@ -1033,7 +1134,8 @@ pub(crate) fn lost_bundles(rt: &Arc<RuntimeInner>, dead: &dyn Fn(u64) -> bool) -
                 .filter(|(i, _)| indices.contains(&(*i as u32)))
                 .map(|(i, b)| {
                     let node = res.nodes.get(i).copied().unwrap_or(0);
-                    (i as u32, node, b.entries.clone())
+                    let cpus = res.cpus.get(i).cloned().unwrap_or_default();
+                    (i as u32, node, b.entries.clone(), cpus)
                 })
                 .collect();
             out.push(LostBundles {
@@ -1115,7 +1217,11 @@ fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementG
                 });
             }
         };
-        lock(&rec.reservation).slots = slots;
+        let cells = cpu_cells(&s.resources, id.0, &rec.resources(), &slots);
+        let mut res = lock(&rec.reservation);
+        res.slots = slots;
+        res.cells = cells;
+        drop(res);
         table.by_id.insert(id, rec.clone());
     }
     if !try_place(s, &rec) && can_ever_fit(&rec) {
@@ -1149,6 +1255,21 @@ fn try_place(s: &Scheduler, rec: &GroupRecord) -> bool {
     if !s.resources.try_acquire(&carve) {
         return false;
     }
+    let wants: Vec<usize> = rec
+        .bundles
+        .iter()
+        .map(|b| crate::topology::whole_cpus(b.amount(CPU_NAME)))
+        .collect();
+    let (cpus, note) = s
+        .groups
+        .cpu_sets
+        .take(s.affinity(), &wants, &vec![None; wants.len()]);
+    set_cells(&res.cells, &cpus);
+    if let Some(note) = &note {
+        tracing::warn!(pg = %rec.id, "placement group bundles {note}");
+    }
+    res.cpus = cpus;
+    res.cpu_note = note;
     s.resources.commit_dynamic(&res.slots);
     res.carve = Some(carve);
     res.phase = CREATED;
@@ -1185,6 +1306,9 @@ fn remove(rt: &Arc<RuntimeInner>, rec: &Arc<GroupRecord>) -> Result<(), Error> {
             return Err(rec.removed());
         }
         res.phase = REMOVED;
+        if rt.cluster.is_none() {
+            s.groups.cpu_sets.give_back(&res.cpus);
+        }
         (
             std::mem::take(&mut res.slots),
             res.carve.take(),

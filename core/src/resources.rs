@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::affinity::CpuCell;
 use crate::config::Resolved;
 use crate::error::Error;
 use crate::gpus::{GpuGrant, GpuInstances};
@@ -130,10 +131,15 @@ impl fmt::Display for ResourceRequest {
 }
 
 /// A request resolved against one node's resource table: `(index, thousandths)` pairs with
-/// non-zero amounts, and for a GPU request on a node that numbers its devices, the devices it
-/// holds while acquired ([`GpuGrant`]). Cheap to test and apply.
+/// non-zero amounts, for a GPU request on a node that numbers its devices the devices it
+/// holds while acquired ([`GpuGrant`]), and for work in a placement group's bundle the
+/// bundle's CPU set ([`CpuCell`]). Cheap to test and apply.
 #[derive(Clone, Debug)]
-pub(crate) struct Demand(Box<[(u32, i64)]>, Option<Arc<GpuGrant>>);
+pub(crate) struct Demand(
+    Box<[(u32, i64)]>,
+    Option<Arc<GpuGrant>>,
+    Option<std::sync::Arc<CpuCell>>,
+);
 
 impl PartialEq for Demand {
     fn eq(&self, other: &Self) -> bool {
@@ -145,12 +151,17 @@ impl Eq for Demand {}
 
 impl Demand {
     pub(crate) fn none() -> Self {
-        Demand(Box::new([]), None)
+        Demand(Box::new([]), None, None)
     }
 
     /// The devices it holds, for a GPU request (see [`crate::gpus`]).
     pub(crate) fn gpus(&self) -> Option<&GpuGrant> {
         self.1.as_deref()
+    }
+
+    /// The CPU set of the placement-group bundle it runs in (see [`crate::topology`]).
+    pub(crate) fn cpu_set(&self) -> Option<&CpuCell> {
+        self.2.as_deref()
     }
 
     /// The part of resource `index`, in thousandths.
@@ -210,6 +221,9 @@ struct Dynamic {
     free: Vec<u32>,
     /// Removed, with holders possibly still to give back: `(index, total, what it was)`.
     retired: Vec<(u32, i64, String)>,
+    /// CPU sets of bundles, by the index of a resource that names the bundle, with a rank:
+    /// a demand naming several takes the lowest (one bundle's set before its group's).
+    cpu_sets: HashMap<u32, (u8, std::sync::Arc<CpuCell>)>,
 }
 
 fn to_fixed(what: &str, name: &str, amount: f64) -> Result<i64, String> {
@@ -311,6 +325,18 @@ impl NodeResources {
         Ok(out)
     }
 
+    /// The CPU set of work that asks for dynamic resource `index` (created empty); among the
+    /// cells of one demand's resources the one of lowest `rank` applies.
+    pub(crate) fn cpu_cell(&self, index: u32, rank: u8) -> std::sync::Arc<CpuCell> {
+        let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
+        table
+            .cpu_sets
+            .entry(index)
+            .or_insert_with(|| (rank, Default::default()))
+            .1
+            .clone()
+    }
+
     /// Makes dynamic resources available: each gets its whole total.
     pub(crate) fn commit_dynamic(&self, indices: &[u32]) {
         for &i in indices {
@@ -329,6 +355,7 @@ impl NodeResources {
             let shift = if committed { RETIRED } else { RETIRED - total };
             self.available[i as usize].fetch_sub(shift, Ordering::Relaxed);
             table.by_name.retain(|_, v| *v != i);
+            table.cpu_sets.remove(&i);
             table.retired.push((i, total, label.to_string()));
         }
     }
@@ -372,6 +399,7 @@ impl NodeResources {
     /// which makes the request infeasible rather than an error of its own.
     pub(crate) fn demand(&self, req: &ResourceRequest) -> Result<Demand, DemandError> {
         let mut out = Vec::with_capacity(2 + req.custom.len());
+        let mut cpu_set: Option<(u8, std::sync::Arc<CpuCell>)> = None;
         let mut push = |name: &str, amount: f64| -> Result<(), DemandError> {
             let fixed = to_fixed("request", name, amount).map_err(DemandError::Invalid)?;
             if fixed == 0 {
@@ -379,7 +407,13 @@ impl NodeResources {
             }
             let index = self.names.iter().position(|n| n == name).or_else(|| {
                 let table = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
-                table.by_name.get(name).map(|&i| i as usize)
+                let i = *table.by_name.get(name)?;
+                if let Some((rank, cell)) = table.cpu_sets.get(&i)
+                    && cpu_set.as_ref().is_none_or(|(r, _)| rank < r)
+                {
+                    cpu_set = Some((*rank, cell.clone()));
+                }
+                Some(i as usize)
             });
             match index {
                 Some(i) if self.total_at(i) >= fixed => {
@@ -396,7 +430,11 @@ impl NodeResources {
         }
         let grant = (self.gpus.is_some() && out.iter().any(|&(i, _)| i as usize == GPU))
             .then(|| Arc::new(GpuGrant::default()));
-        Ok(Demand(out.into_boxed_slice(), grant))
+        Ok(Demand(
+            out.into_boxed_slice(),
+            grant,
+            cpu_set.map(|(_, cell)| cell),
+        ))
     }
 
     /// Takes the whole demand or nothing (see the module docs on spurious failure).

@@ -431,7 +431,7 @@ pub fn list(args: &ListArgs) -> Result<()> {
         ListWhat::PlacementGroups => {
             let groups = cluster::list_placement_groups(&address, &token)?;
             println!(
-                "  {:>16}  {:<16}  {:<13}  {:<8}  BUNDLES (resources @ node)",
+                "  {:>16}  {:<16}  {:<13}  {:<8}  BUNDLES (resources @ node cpus [set])",
                 "ID", "NAME", "STRATEGY", "STATE"
             );
             for g in &groups {
@@ -439,9 +439,15 @@ pub fn list(args: &ListArgs) -> Result<()> {
                     .bundles
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| match g.bundle_nodes.get(i) {
-                        Some(node) => format!("{b}@{node}"),
-                        None => format!("{b}@-"),
+                    .map(|(i, b)| {
+                        let node = g
+                            .bundle_nodes
+                            .get(i)
+                            .map_or_else(|| "-".to_owned(), u64::to_string);
+                        match g.bundle_cpus.get(i) {
+                            Some(set) if !set.is_empty() => format!("{b}@{node} cpus [{set}]"),
+                            _ => format!("{b}@{node}"),
+                        }
                     })
                     .collect();
                 println!(
@@ -452,6 +458,9 @@ pub fn list(args: &ListArgs) -> Result<()> {
                     g.state.to_string(),
                     bundles.join(" ")
                 );
+                if let Some(note) = &g.cpu_note {
+                    println!("  {:>16}  {note}", "");
+                }
             }
         }
         ListWhat::Tasks | ListWhat::Objects => {

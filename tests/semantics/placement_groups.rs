@@ -49,6 +49,10 @@ pub(crate) const CASES: &[Case] = &[
     .skip(SRUN_SIZE),
     Case::new("placement_groups::any_bundle", any_bundle),
     Case::new("placement_groups::handle_passes_to_a_task", handle_passes).skip(SRUN_HANDLE),
+    Case::new(
+        "placement_groups::bundles_pinned_to_disjoint_cpus",
+        pinned_cpus,
+    ),
     Case::new("actor_groups::ranks_and_rank_order", rank_order),
     Case::new("actor_groups::slice_and_per_member_order", slicing),
     Case::new("actor_groups::member_killed_mid_call", member_killed),
@@ -521,6 +525,113 @@ fn any_bundle(_: &Ctx) {
         .remote(9);
     assert_eq!(zero.get_timeout(LONG).unwrap(), 9);
     manta::remove_placement_group(&pg).unwrap();
+}
+
+/// The CPUs the calling thread may run on, as `sched_getaffinity` reports them.
+fn thread_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most its
+    // size into it, and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+#[manta::remote]
+fn cpus_here() -> Vec<usize> {
+    thread_cpus()
+}
+
+/// An actor that reports the CPUs its constructor and its calls ran on.
+#[manta::actor]
+pub(crate) struct CpuReporter {
+    at_start: Vec<usize>,
+}
+
+#[manta::actor]
+impl CpuReporter {
+    pub(crate) fn new() -> Self {
+        CpuReporter {
+            at_start: thread_cpus(),
+        }
+    }
+    pub(crate) fn cpus(&self) -> (Vec<usize>, Vec<usize>) {
+        (self.at_start.clone(), thread_cpus())
+    }
+}
+
+/// A bundle asking for whole CPUs gets a CPU set of its own, disjoint from the other bundles':
+/// its tasks and actors (constructor and calls) run pinned to it; work in any bundle runs on
+/// the union; the sets come back on removal. Where a node has too few CPUs in its mask, the
+/// group is created all the same and says why it is not pinned.
+fn pinned_cpus(ctx: &Ctx) {
+    let pg = manta::placement_group(vec![Bundle::cpus(1.0); 2], S::StrictPack).unwrap();
+    ready(&pg);
+    let sets: Vec<Vec<usize>> = pg.bundle_cpus().into_iter().map(|l| l.0).collect();
+    assert_eq!(sets.len(), 2);
+    if sets.iter().any(Vec::is_empty) {
+        let note = pg.cpu_note().expect("an unpinned bundle says why");
+        assert!(note.contains("affinity mask"), "{note}");
+        assert!(
+            ctx.mode == crate::harness::Mode::Srun,
+            "{}: bundles of 1 CPU on a 2-CPU node are pinned ({note})",
+            ctx.mode
+        );
+        manta::remove_placement_group(&pg).unwrap();
+        return;
+    }
+    assert!(sets.iter().all(|s| s.len() == 1), "one CPU each: {sets:?}");
+    assert_ne!(sets[0], sets[1], "disjoint: {sets:?}");
+    assert_eq!(pg.cpu_note(), None);
+    for (i, set) in sets.iter().enumerate() {
+        let task = cpus_here::options()
+            .num_cpus(1.0)
+            .placement_group(&pg, Some(i))
+            .remote()
+            .get_timeout(LONG)
+            .unwrap();
+        assert_eq!(&task, set, "a task in bundle {i}");
+        let a = CpuReporter::options()
+            .placement_group(&pg, Some(i))
+            .remote();
+        for _ in 0..2 {
+            let (ctor, call) = a.cpus().get_timeout(LONG).unwrap();
+            assert_eq!((&ctor, &call), (set, set), "an actor in bundle {i}");
+        }
+    }
+    let mut union: Vec<usize> = sets.concat();
+    union.sort_unstable();
+    let any = cpus_here::options()
+        .num_cpus(1.0)
+        .placement_group(&pg, None)
+        .remote()
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!(any, union, "any bundle: the group's CPUs");
+    // The listing shows the sets.
+    let listed = manta::list_placement_groups()
+        .unwrap()
+        .into_iter()
+        .find(|g| g.id == pg.id())
+        .unwrap();
+    let listed: Vec<Vec<usize>> = listed.bundle_cpus.into_iter().map(|l| l.0).collect();
+    assert_eq!(listed, sets);
+    manta::remove_placement_group(&pg).unwrap();
+    // Given back: a new group of the same shape is pinned again.
+    let again = manta::placement_group(vec![Bundle::cpus(1.0); 2], S::StrictPack).unwrap();
+    ready(&again);
+    let mut sets2: Vec<Vec<usize>> = again.bundle_cpus().into_iter().map(|l| l.0).collect();
+    sets2.sort();
+    let mut sorted = sets.clone();
+    sorted.sort();
+    assert_eq!(sets2, sorted, "the CPUs came back");
+    manta::remove_placement_group(&again).unwrap();
 }
 
 #[manta::actor]

@@ -99,6 +99,12 @@ pub(crate) enum Event<C> {
         node_id: u64,
         error: Option<String>,
     },
+    /// The CPU sets a raylet gave group `pg_id`'s bundles it prepared (sent before their
+    /// [`Event::Prepared`]).
+    BundleCpus {
+        pg_id: u64,
+        bundles: Vec<super::proto::PgBundle>,
+    },
     /// Listing `id`'s time is up.
     ListingDue { id: u64 },
     /// Try pending placement groups again.
@@ -241,6 +247,16 @@ impl<C: Conn> GcsTables<C> {
                 node_id,
                 error,
             } => self.prepared(pg_id, node_id, error, &mut out),
+            Event::BundleCpus { pg_id, bundles } => {
+                if let Some(g) = self.pgs.groups.get_mut(&pg_id) {
+                    for b in &mut g.row.bundles {
+                        if let Some(x) = bundles.iter().find(|x| x.index == b.index) {
+                            b.cpus.clone_from(&x.cpus);
+                            b.cpu_note.clone_from(&x.cpu_note);
+                        }
+                    }
+                }
+            }
             Event::ListingDue { id } => self.finish_listing(id, true, &mut out),
             Event::PgRetry => {
                 self.pgs.retry_scheduled = false;
@@ -2015,6 +2031,7 @@ mod tests {
                         total: *c,
                         available: *c,
                     }],
+                    ..PgBundle::default()
                 })
                 .collect(),
             ..PgRow::default()
@@ -2364,6 +2381,7 @@ mod restart_tests {
                         total: 1.0,
                         available: 1.0,
                     }],
+                    ..PgBundle::default()
                 })
                 .collect(),
             ..PgRow::default()
@@ -2576,6 +2594,7 @@ mod restart_tests {
                                     total: 1.0,
                                     available: 1.0,
                                 }],
+                                ..PgBundle::default()
                             }],
                             ..PgRow::default()
                         };

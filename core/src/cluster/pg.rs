@@ -39,6 +39,7 @@ use super::peer::Peer;
 use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
 use super::worker::Cluster;
 use super::{call_timeout, cluster_error, wait_reply};
+use crate::config::CpuList;
 use crate::error::Error;
 use crate::placement_group::{
     Bundle, LostBundles, PlacementGroupId, PlacementGroupInfo, PlacementGroupState,
@@ -287,6 +288,8 @@ pub(crate) fn msg(op: PgOp, request_id: u64, group: PgRow, error: impl Into<Stri
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     groups: HashMap<u64, Vec<(bool, PgBundle)>>,
+    /// The CPU sets of the bundles reserved here (`topology.rs`).
+    cpu_sets: crate::topology::CpuSets,
 }
 
 impl Ledger {
@@ -302,8 +305,15 @@ impl Ledger {
     }
 
     /// Reserves `row`'s bundles (this node's) that are not reserved yet, if they fit in
-    /// `totals` beside what is reserved already; else says why.
-    pub(crate) fn prepare(&mut self, totals: &[(String, f64)], row: PgRow) -> Result<(), String> {
+    /// `totals` beside what is reserved already, giving each that asks for whole CPUs a CPU
+    /// set of its own out of `node_cpus` (empty: the process's affinity mask); returns the
+    /// bundles reserved now with their sets, else says why not.
+    pub(crate) fn prepare(
+        &mut self,
+        totals: &[(String, f64)],
+        node_cpus: &[usize],
+        row: PgRow,
+    ) -> Result<Vec<PgBundle>, String> {
         let have: Vec<u32> = self
             .groups
             .get(&row.pg_id)
@@ -315,7 +325,7 @@ impl Ledger {
             .filter(|b| !have.contains(&b.index))
             .collect();
         if new.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut free = totals.to_vec();
         take(&mut free, &self.reserved());
@@ -327,11 +337,40 @@ impl Ledger {
                 "does not fit: asks {want:?}, free after reservations {free:?}"
             ));
         }
+        let wants: Vec<usize> = new
+            .iter()
+            .map(|b| {
+                let cpus = b.resources.iter().find(|r| r.name == "CPU");
+                crate::topology::whole_cpus(cpus.map_or(0.0, |r| r.total))
+            })
+            .collect();
+        let (sets, note) = self
+            .cpu_sets
+            .take(node_cpus, &wants, &vec![None; wants.len()]);
+        if let Some(note) = &note {
+            tracing::warn!(pg = row.pg_id, "placement group bundles {note}");
+        }
+        let mut new = new;
+        for ((b, set), want) in new.iter_mut().zip(sets).zip(&wants) {
+            b.cpus = set.iter().map(|&c| c as u32).collect();
+            if *want > 0 && set.is_empty() {
+                b.cpu_note = note.clone().unwrap_or_default();
+            }
+        }
         self.groups
             .entry(row.pg_id)
             .or_default()
-            .extend(new.into_iter().map(|b| (false, b)));
-        Ok(())
+            .extend(new.iter().cloned().map(|b| (false, b)));
+        Ok(new)
+    }
+
+    /// Gives the CPU sets of `bundles` back.
+    fn give_back(&self, bundles: &[(bool, PgBundle)]) {
+        let sets: Vec<Vec<usize>> = bundles
+            .iter()
+            .map(|(_, b)| b.cpus.iter().map(|&c| c as usize).collect())
+            .collect();
+        self.cpu_sets.give_back(&sets);
     }
 
     /// Makes a group's prepared reservations final.
@@ -353,24 +392,36 @@ impl Ledger {
         let Some(bundles) = self.groups.get_mut(&row.pg_id) else {
             return;
         };
-        if !row.bundles.is_empty() {
-            bundles.retain(|(_, b)| !row.bundles.iter().any(|x| x.index == b.index));
-        }
-        if row.bundles.is_empty() || bundles.is_empty() {
+        let gone: Vec<(bool, PgBundle)> = if row.bundles.is_empty() {
+            std::mem::take(bundles)
+        } else {
+            let (gone, kept) = std::mem::take(bundles)
+                .into_iter()
+                .partition(|(_, b)| row.bundles.iter().any(|x| x.index == b.index));
+            *bundles = kept;
+            gone
+        };
+        if bundles.is_empty() {
             self.groups.remove(&row.pg_id);
         }
+        self.give_back(&gone);
     }
 
     /// Drops every bundle reservation prepared and not committed (the GCS that asked
     /// restarted: its attempts died with it); returns how many groups lost one.
     pub(crate) fn drop_prepared(&mut self) -> usize {
         let mut dropped = 0;
+        let mut gone = Vec::new();
         for bundles in self.groups.values_mut() {
-            let before = bundles.len();
-            bundles.retain(|(committed, _)| *committed);
-            dropped += usize::from(bundles.len() != before);
+            let (kept, lost): (Vec<_>, Vec<_>) = std::mem::take(bundles)
+                .into_iter()
+                .partition(|(committed, _)| *committed);
+            dropped += usize::from(!lost.is_empty());
+            gone.extend(lost);
+            *bundles = kept;
         }
         self.groups.retain(|_, bundles| !bundles.is_empty());
+        self.give_back(&gone);
         dropped
     }
 
@@ -404,6 +455,8 @@ pub(crate) fn wire_bundles(bundles: &[Vec<(String, f64)>]) -> Vec<PgBundle> {
         .map(|(i, b)| PgBundle {
             index: i as u32,
             node_id: 0,
+            cpus: Vec::new(),
+            cpu_note: String::new(),
             resources: b
                 .iter()
                 .map(|(n, a)| Resource {
@@ -444,7 +497,34 @@ pub(crate) fn info_of(row: &PgRow) -> PlacementGroupInfo {
         } else {
             Vec::new()
         },
+        bundle_cpus: if row.state == CREATED || row.state == RESCHEDULING {
+            row_cpus(row).into_iter().map(CpuList).collect()
+        } else {
+            Vec::new()
+        },
+        cpu_note: cpu_note(row),
     }
+}
+
+/// Each bundle's CPU set in `row`, in bundle order.
+fn row_cpus(row: &PgRow) -> Vec<Vec<usize>> {
+    let mut bundles: Vec<&PgBundle> = row.bundles.iter().collect();
+    bundles.sort_by_key(|b| b.index);
+    bundles
+        .iter()
+        .map(|b| b.cpus.iter().map(|&c| c as usize).collect())
+        .collect()
+}
+
+/// Why bundles of `row` that asked for whole CPUs have no set, if any has none.
+pub(crate) fn cpu_note(row: &PgRow) -> Option<String> {
+    let notes: Vec<String> = row
+        .bundles
+        .iter()
+        .filter(|b| !b.cpu_note.is_empty())
+        .map(|b| format!("node {}: {}", b.node_id, b.cpu_note))
+        .collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
 }
 
 /// A strategy's wire code.
@@ -485,9 +565,11 @@ fn lost_row(lost: LostBundles) -> (PgRow, u64) {
     let bundles = lost
         .bundles
         .into_iter()
-        .map(|(index, node_id, entries)| PgBundle {
+        .map(|(index, node_id, entries, cpus)| PgBundle {
             index,
             node_id,
+            cpus: cpus.into_iter().map(|c| c as u32).collect(),
+            cpu_note: String::new(),
             resources: entries
                 .into_iter()
                 .map(|(name, amount)| Resource {
@@ -629,8 +711,14 @@ impl Cluster {
                     let refs: Vec<&[(String, f64)]> = all.iter().map(Vec::as_slice).collect();
                     sum(&refs)
                 };
+                let cpus: Vec<Vec<usize>> = group
+                    .bundles
+                    .iter()
+                    .filter(|b| b.node_id == node_id)
+                    .map(|b| b.cpus.iter().map(|&c| c as usize).collect())
+                    .collect();
                 if let Err(e) =
-                    crate::placement_group::install(&rt, group.pg_id, &resources, &carve)
+                    crate::placement_group::install(&rt, group.pg_id, &resources, &carve, &cpus)
                 {
                     tracing::error!(pg = group.pg_id, error = %e, "could not install a placement group's bundles");
                 }
@@ -669,6 +757,7 @@ impl Cluster {
             }
         }
         let nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+        crate::placement_group::set_cpus(rt, row.pg_id, row_cpus(&row), cpu_note(&row));
         if !crate::placement_group::created(rt, row.pg_id, nodes, workers.clone()) {
             // Removed meanwhile: take the bundles back out.
             let back = PgRow {
@@ -716,6 +805,7 @@ impl Cluster {
             ?moved,
             "placement group bundles placed again"
         );
+        crate::placement_group::set_cpus(rt, row.pg_id, row_cpus(&row), cpu_note(&row));
         crate::placement_group::rescheduled(rt, row.pg_id, nodes, &moved, placed);
     }
 
@@ -814,13 +904,16 @@ mod tests {
             ..PgRow::default()
         };
         let totals = cpus(2.0);
-        assert!(l.prepare(&totals, row(1, 1.5)).is_ok());
-        assert!(l.prepare(&totals, row(2, 1.0)).is_err(), "only 0.5 left");
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], row(1, 1.5)).is_ok());
+        assert!(
+            l.prepare(&totals, &[0, 1, 2, 3], row(2, 1.0)).is_err(),
+            "only 0.5 left"
+        );
         l.cancel(&PgRow {
             pg_id: 1,
             ..PgRow::default()
         });
-        assert!(l.prepare(&totals, row(2, 1.0)).is_ok());
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], row(2, 1.0)).is_ok());
         assert!(l.commit(2));
         assert_eq!(l.len(), 1);
         let (added, reserved) = (l.resources(0), l.reserved());
@@ -886,12 +979,12 @@ mod tests {
         let totals = cpus(3.0);
         let mut first = placed(0, &[9, 9]);
         first.bundles.truncate(1);
-        assert!(l.prepare(&totals, first.clone()).is_ok());
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], first.clone()).is_ok());
         assert!(l.commit(7));
         // Bundle 1 placed again here: reserved beside bundle 0, not skipped.
         let mut second = placed(0, &[9, 9]);
         second.bundles.remove(0);
-        assert!(l.prepare(&totals, second.clone()).is_ok());
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], second.clone()).is_ok());
         assert_eq!(l.reserved(), cpus(2.0));
         assert!(
             !l.resources(9)
@@ -907,7 +1000,7 @@ mod tests {
                 .iter()
                 .any(|(n, _)| n.starts_with("CPU_group_0_"))
         );
-        assert!(l.prepare(&totals, second).is_ok());
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], second).is_ok());
         assert!(l.commit(7));
         assert!(
             l.resources(9)
@@ -923,6 +1016,39 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_gives_bundles_of_whole_cpus_disjoint_sets_and_takes_them_back() {
+        let mut l = Ledger::default();
+        let totals = cpus(4.0);
+        let node = [4, 5, 6, 7];
+        let row = |id: u64, each: &[f64]| PgRow {
+            pg_id: id,
+            bundles: wire_bundles(&each.iter().map(|&n| cpus(n)).collect::<Vec<_>>()),
+            ..PgRow::default()
+        };
+        let first = l.prepare(&totals, &node, row(1, &[1.0, 0.5, 2.0])).unwrap();
+        let sets: Vec<&[u32]> = first.iter().map(|b| b.cpus.as_slice()).collect();
+        assert_eq!(
+            sets,
+            [&[4][..], &[][..], &[5, 6][..]],
+            "a fraction gets none"
+        );
+        assert!(first.iter().all(|b| b.cpu_note.is_empty()));
+        // One CPU left in the mask (though the resources have room): a second group of 1 + 1
+        // gets one set and says why the other has none.
+        let second = l.prepare(&cpus(6.0), &node, row(2, &[1.0, 1.0])).unwrap();
+        assert_eq!(second[0].cpus, [7]);
+        assert!(second[1].cpus.is_empty());
+        assert!(second[1].cpu_note.contains("affinity mask"), "{second:?}");
+        // Cancelled, its set comes back.
+        l.cancel(&PgRow {
+            pg_id: 1,
+            ..PgRow::default()
+        });
+        let third = l.prepare(&cpus(8.0), &node, row(3, &[3.0])).unwrap();
+        assert_eq!(third[0].cpus, [4, 5, 6]);
+    }
+
+    #[test]
     fn a_lost_gcs_leaves_only_committed_reservations() {
         let mut l = Ledger::default();
         let row = |id: u64| PgRow {
@@ -932,7 +1058,7 @@ mod tests {
         };
         let totals = cpus(2.0);
         for id in 1..=3 {
-            assert!(l.prepare(&totals, row(id)).is_ok());
+            assert!(l.prepare(&totals, &[0, 1, 2, 3], row(id)).is_ok());
         }
         assert!(l.commit(2));
         assert_eq!(l.drop_prepared(), 2);

@@ -555,15 +555,18 @@ impl Raylet {
                     .map(|r| (r.name, r.total))
                     .collect();
                 let pg_id = group.pg_id;
-                let error = match lock(&self.ledger).prepare(&totals, group) {
-                    Ok(()) => String::new(),
-                    Err(e) => e,
-                };
+                let (bundles, error) =
+                    match lock(&self.ledger).prepare(&totals, &self.opts.cpu_affinity.0, group) {
+                        Ok(bundles) => (bundles, String::new()),
+                        Err(e) => (Vec::new(), e),
+                    };
+                // The bundles reserved now, with the CPU sets this node gave them.
                 let reply = super::pg::msg(
                     PgOp::Prepared,
                     request_id,
                     PgRow {
                         pg_id,
+                        bundles,
                         ..PgRow::default()
                     },
                     error,

@@ -44,10 +44,10 @@ pub(super) fn push_local(job: Job) -> Result<(), Job> {
 }
 
 /// Runs `f` recording that the current thread holds `demand`'s CPU (and its GPUs, for
-/// `gpu_ids`).
+/// `gpu_ids`), pinned to its placement-group bundle's CPU set if it has one.
 pub(super) fn holding<R>(demand: &Demand, f: impl FnOnce() -> R) -> R {
     let prev = HELD_CPU.with(|h| h.replace(demand.cpu()));
-    let r = crate::gpus::holding(demand.gpus(), f);
+    let r = crate::affinity::pinned(demand.cpu_set(), || crate::gpus::holding(demand.gpus(), f));
     HELD_CPU.with(|h| h.set(prev));
     r
 }

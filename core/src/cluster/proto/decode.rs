@@ -35,6 +35,8 @@ fn pg_row(g: Option<fb::PgRow<'_>>) -> PgRow {
                         index: b.index(),
                         node_id: b.node_id(),
                         resources: resources(b.resources()),
+                        cpus: b.cpus().map(|v| v.iter().collect()).unwrap_or_default(),
+                        cpu_note: string(b.cpu_note()),
                     })
                     .collect()
             })

@@ -79,12 +79,16 @@ fn build_pg_bundle<'a>(
     b: &PgBundle,
 ) -> WIPOffset<fb::PgBundle<'a>> {
     let resources = opt_resources(fbb, &b.resources);
+    let cpus = (!b.cpus.is_empty()).then(|| fbb.create_vector(&b.cpus));
+    let cpu_note = opt_str(fbb, &b.cpu_note);
     fb::PgBundle::create(
         fbb,
         &fb::PgBundleArgs {
             index: b.index,
             node_id: b.node_id,
             resources,
+            cpus,
+            cpu_note,
         },
     )
 }

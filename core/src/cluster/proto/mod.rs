@@ -48,6 +48,10 @@ pub(crate) struct PgBundle {
     /// The node it is reserved on (0: none yet).
     pub(crate) node_id: u64,
     pub(crate) resources: Vec<Resource>,
+    /// Its CPU set on its node (empty: not pinned).
+    pub(crate) cpus: Vec<u32>,
+    /// Why a bundle that asked for whole CPUs has no set (empty otherwise).
+    pub(crate) cpu_note: String,
 }
 
 /// A placement group on the wire (`strategy`, `state`: see `cluster.fbs`, `PgRow`).

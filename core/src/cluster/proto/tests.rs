@@ -330,11 +330,20 @@ fn samples() -> Vec<Msg> {
                 state: 1,
                 detached: true,
                 job_id: 2,
-                bundles: vec![PgBundle {
-                    index: 1,
-                    node_id: 4,
-                    resources: resources(),
-                }],
+                bundles: vec![
+                    PgBundle {
+                        index: 1,
+                        node_id: 4,
+                        resources: resources(),
+                        cpus: vec![2, 3],
+                        cpu_note: String::new(),
+                    },
+                    PgBundle {
+                        index: 2,
+                        cpu_note: "unpinned: 2 CPUs".into(),
+                        ..PgBundle::default()
+                    },
+                ],
             },
             error: if op == PgOp::Prepared {
                 "no room".into()

@@ -8560,8 +8560,9 @@ impl ::core::fmt::Debug for GcsCounters<'_> {
 pub enum PgBundleOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// One bundle of a placement group: its index, the node it is reserved on (0: none yet) and
-/// its resources.
+/// One bundle of a placement group: its index, the node it is reserved on (0: none yet), its
+/// resources, and the CPU set its node's raylet gave it when it asked for whole CPUs (empty:
+/// not pinned, `cpu_note` says why when it wanted one).
 pub struct PgBundle<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -8578,6 +8579,8 @@ impl<'a> PgBundle<'a> {
   pub const VT_INDEX: ::flatbuffers::VOffsetT = 4;
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_RESOURCES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CPUS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_CPU_NOTE: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -8590,6 +8593,8 @@ impl<'a> PgBundle<'a> {
   ) -> ::flatbuffers::WIPOffset<PgBundle<'bldr>> {
     let mut builder = PgBundleBuilder::new(_fbb);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.cpu_note { builder.add_cpu_note(x); }
+    if let Some(x) = args.cpus { builder.add_cpus(x); }
     if let Some(x) = args.resources { builder.add_resources(x); }
     builder.add_index(args.index);
     builder.finish()
@@ -8617,6 +8622,20 @@ impl<'a> PgBundle<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource>>>>(PgBundle::VT_RESOURCES, None)}
   }
+  #[inline]
+  pub fn cpus(&self) -> Option<::flatbuffers::Vector<'a, u32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u32>>>(PgBundle::VT_CPUS, None)}
+  }
+  #[inline]
+  pub fn cpu_note(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PgBundle::VT_CPU_NOTE, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PgBundle<'_> {
@@ -8628,6 +8647,8 @@ impl ::flatbuffers::Verifiable for PgBundle<'_> {
      .visit_field::<u32>("index", Self::VT_INDEX, false)?
      .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Resource>>>>("resources", Self::VT_RESOURCES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u32>>>("cpus", Self::VT_CPUS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("cpu_note", Self::VT_CPU_NOTE, false)?
      .finish();
     Ok(())
   }
@@ -8636,6 +8657,8 @@ pub struct PgBundleArgs<'a> {
     pub index: u32,
     pub node_id: u64,
     pub resources: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>>>,
+    pub cpus: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u32>>>,
+    pub cpu_note: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for PgBundleArgs<'a> {
   #[inline]
@@ -8644,6 +8667,8 @@ impl<'a> Default for PgBundleArgs<'a> {
       index: 0,
       node_id: 0,
       resources: None,
+      cpus: None,
+      cpu_note: None,
     }
   }
 }
@@ -8666,6 +8691,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PgBundleBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_RESOURCES, resources);
   }
   #[inline]
+  pub fn add_cpus(&mut self, cpus: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_CPUS, cpus);
+  }
+  #[inline]
+  pub fn add_cpu_note(&mut self, cpu_note: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_CPU_NOTE, cpu_note);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PgBundleBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PgBundleBuilder {
@@ -8686,6 +8719,8 @@ impl ::core::fmt::Debug for PgBundle<'_> {
       ds.field("index", &self.index());
       ds.field("node_id", &self.node_id());
       ds.field("resources", &self.resources());
+      ds.field("cpus", &self.cpus());
+      ds.field("cpu_note", &self.cpu_note());
       ds.finish()
   }
 }
