@@ -4,7 +4,7 @@
 //! two-phase reservation leaves nothing behind when a raylet dies between prepare and
 //! commit; a group's lifetime follows its creator unless detached (and `manta list
 //! placement-groups` shows it); an actor group's member whose worker is killed restarts in its
-//! bundle, with its rank.
+//! bundle, with its rank; bundles of GPUs hold devices of their own (embedded and cluster).
 //!
 //! The test binary re-executes itself as a first driver for the lifetime test ([`ROLE`]).
 
@@ -368,4 +368,65 @@ fn a_bundle_whose_node_died_is_placed_again_on_a_fresh_node() {
         .unwrap();
     assert_eq!((other.0, other.2), (before[1 - dying].0, 2), "untouched");
     manta::remove_placement_group(&pg).unwrap();
+}
+
+#[manta::remote]
+fn gpus_here() -> Vec<usize> {
+    manta::gpu_ids()
+}
+
+/// Two bundles of one GPU each get a device each: their work's `gpu_ids()` names the bundle's
+/// device (the topology's choice: on a node without a reported topology, in order), and a task
+/// in any bundle sees both. The devices come back on removal.
+fn gpu_bundles_hold_their_devices() {
+    let bundle = || Bundle::cpus(1.0).num_gpus(1.0);
+    let pg = manta::placement_group(vec![bundle(), bundle()], S::StrictPack).unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let gpus = pg.bundle_gpus();
+    let mut all: Vec<usize> = gpus.concat();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1], "a device each: {gpus:?}");
+    for (i, want) in gpus.iter().enumerate() {
+        let got = gpus_here::options()
+            .num_gpus(1.0)
+            .placement_group(&pg, Some(i))
+            .remote()
+            .get_timeout(LONG)
+            .unwrap();
+        assert_eq!(&got, want, "bundle {i}");
+    }
+    let any = gpus_here::options()
+        .num_gpus(1.0)
+        .placement_group(&pg, None)
+        .remote()
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!(any, [0, 1]);
+    manta::remove_placement_group(&pg).unwrap();
+    let again = manta::placement_group(vec![bundle(), bundle()], S::StrictPack).unwrap();
+    again.ready().get_timeout(LONG).unwrap();
+    assert_eq!(again.bundle_gpus().concat().len(), 2, "given back");
+    manta::remove_placement_group(&again).unwrap();
+}
+
+#[test]
+fn gpu_bundles_hold_their_devices_embedded() {
+    let _rt = common::start(manta::Config::default().num_cpus(2.0).num_gpus(2.0));
+    gpu_bundles_hold_their_devices();
+}
+
+#[test]
+fn gpu_bundles_hold_their_devices_in_a_cluster() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(
+        NodeSpec {
+            num_cpus: 2.0,
+            num_gpus: Some(2.0),
+            env: vec![("CUDA_VISIBLE_DEVICES".into(), "0,1".into())],
+            ..NodeSpec::default()
+        },
+        &[],
+    );
+    let _rt = common::start(cluster.config());
+    gpu_bundles_hold_their_devices();
 }

@@ -1083,8 +1083,8 @@ impl ActorCell {
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 let _in_actor = InActor::enter();
                 let _member = crate::placement_group::MemberGuard::enter(self.member);
-                crate::affinity::pinned(self.demand.cpu_set(), || {
-                    crate::gpus::holding(self.demand.gpus(), || {
+                crate::affinity::in_bundle(self.demand.bundle(), |bundle_gpus| {
+                    crate::gpus::holding(self.demand.gpus(), bundle_gpus, || {
                         (method.invoke)(&self.state, &mut ArgReader::new(&args))
                     })
                 })

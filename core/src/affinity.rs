@@ -1,5 +1,5 @@
 //! Pinning the calling thread to CPUs (`sched_setaffinity(2)`), for slot threads and for work
-//! in a placement group's bundle (its CPU set, [`CpuCell`]), and reading the calling thread's
+//! in a placement group's bundle (its CPU set, [`BundleCell`]), and reading the calling thread's
 //! CPUs (`sched_getaffinity(2)`).
 //!
 //! This is one of the two modules of `manta-core` with hand-written `unsafe` (a single system
@@ -86,35 +86,57 @@ pub(crate) fn current_thread_cpus() -> std::io::Result<Vec<usize>> {
     }
 }
 
-/// The CPU set of a placement group's bundle on this node, shared by every demand that names
-/// the bundle (`resources.rs`): set when the bundle is committed here, empty while the bundle
-/// has none (fractional CPUs, or too few CPUs in the node's mask).
-#[derive(Debug, Default)]
-pub(crate) struct CpuCell(crate::sync::Mutex<Option<std::sync::Arc<[usize]>>>);
+/// Where work in a placement group's bundle runs on this node: the bundle's CPU set (empty: not
+/// pinned) and its GPUs (ordinals; empty: none given).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct BundlePlace {
+    pub(crate) cpus: Vec<usize>,
+    pub(crate) gpus: Vec<usize>,
+}
 
-impl CpuCell {
-    /// Sets the CPUs (empty: none).
-    pub(crate) fn set(&self, cpus: &[usize]) {
-        *crate::sync::lock(&self.0) = (!cpus.is_empty()).then(|| cpus.into());
+impl BundlePlace {
+    /// The GPUs as a mask (bit `d`: device `d`; devices past 63 are left out).
+    pub(crate) fn gpu_mask(&self) -> u64 {
+        self.gpus
+            .iter()
+            .filter(|&&d| d < 64)
+            .fold(0, |m, &d| m | (1 << d))
+    }
+}
+
+/// The place of a placement group's bundle on this node, shared by every demand that names the
+/// bundle (`resources.rs`): set when the bundle is committed here.
+#[derive(Debug, Default)]
+pub(crate) struct BundleCell(crate::sync::Mutex<Option<std::sync::Arc<BundlePlace>>>);
+
+impl BundleCell {
+    /// Sets the bundle's CPUs and GPUs (both empty: nothing to apply).
+    pub(crate) fn set(&self, cpus: &[usize], gpus: &[usize]) {
+        *crate::sync::lock(&self.0) = (!cpus.is_empty() || !gpus.is_empty()).then(|| {
+            std::sync::Arc::new(BundlePlace {
+                cpus: cpus.to_vec(),
+                gpus: gpus.to_vec(),
+            })
+        });
     }
 
-    /// The CPUs, if any.
-    pub(crate) fn get(&self) -> Option<std::sync::Arc<[usize]>> {
+    /// The place, if it has CPUs or GPUs.
+    pub(crate) fn get(&self) -> Option<std::sync::Arc<BundlePlace>> {
         crate::sync::lock(&self.0).clone()
     }
 }
 
-/// Runs `f` with the calling thread pinned to `cell`'s CPUs (when it has some), then puts the
-/// thread's previous CPUs back; nests. A pin the kernel refuses is logged once and `f` runs
-/// where the thread runs.
-pub(crate) fn pinned<R>(cell: Option<&CpuCell>, f: impl FnOnce() -> R) -> R {
-    let Some(cpus) = cell.and_then(CpuCell::get) else {
+/// Runs `f` with the calling thread pinned to `cpus` (when not empty), then puts the thread's
+/// previous CPUs back; nests. A pin the kernel refuses is logged once and `f` runs where the
+/// thread runs.
+pub(crate) fn pinned<R>(cpus: &[usize], f: impl FnOnce() -> R) -> R {
+    if cpus.is_empty() {
         return f();
-    };
+    }
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let warn = |what: &str, e: &std::io::Error| {
         if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::warn!(cpus = ?&*cpus, error = %e, "{what} (logged once)");
+            tracing::warn!(?cpus, error = %e, "{what} (logged once)");
         }
     };
     let before = match current_thread_cpus() {
@@ -127,10 +149,10 @@ pub(crate) fn pinned<R>(cell: Option<&CpuCell>, f: impl FnOnce() -> R) -> R {
             return f();
         }
     };
-    if before.as_slice() == &*cpus {
+    if before.as_slice() == cpus {
         return f();
     }
-    if let Err(e) = pin_current_thread(&cpus) {
+    if let Err(e) = pin_current_thread(cpus) {
         warn(
             "could not pin a thread to its bundle's CPUs: it runs unpinned",
             &e,
@@ -148,6 +170,14 @@ pub(crate) fn pinned<R>(cell: Option<&CpuCell>, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(before);
     f()
+}
+
+/// Runs `f` in the place `cell` gives (pinned to its CPUs), passing its GPUs' mask (0: none).
+pub(crate) fn in_bundle<R>(cell: Option<&BundleCell>, f: impl FnOnce(u64) -> R) -> R {
+    match cell.and_then(BundleCell::get) {
+        Some(place) => pinned(&place.cpus, || f(place.gpu_mask())),
+        None => f(0),
+    }
 }
 
 /// The CPU slot `slot` pins itself to: the list's entries in turn (`None`: no pinning).
@@ -187,28 +217,28 @@ mod tests {
             my_cpus(),
             "sched_getaffinity agrees with the kernel's status"
         );
-        let cell = CpuCell::default();
-        // No CPUs: nothing changes.
-        assert_eq!(pinned(Some(&cell), current_thread_cpus).unwrap(), before);
-        assert_eq!(pinned(None, current_thread_cpus).unwrap(), before);
+        let cell = BundleCell::default();
+        // Nothing set: nothing changes.
+        assert_eq!(
+            in_bundle(Some(&cell), |g| (g, current_thread_cpus().unwrap())),
+            (0, before.clone())
+        );
+        assert_eq!(in_bundle(None, |_| current_thread_cpus().unwrap()), before);
         let last = *before.last().unwrap();
-        cell.set(&[last]);
+        cell.set(&[last], &[1, 3]);
         let (inside, before) = std::thread::spawn(move || {
-            let inside = pinned(Some(&cell), || {
+            let inside = in_bundle(Some(&cell), |gpus| {
                 let here = current_thread_cpus().unwrap();
-                let other = CpuCell::default();
-                other.set(&[before[0]]);
-                let nested = pinned(Some(&other), || current_thread_cpus().unwrap());
+                let nested = pinned(&[before[0]], || current_thread_cpus().unwrap());
                 assert_eq!(current_thread_cpus().unwrap(), here, "nested put back");
-                (here, nested)
+                (gpus, here, nested)
             });
             assert_eq!(current_thread_cpus().unwrap(), before, "put back");
             (inside, before)
         })
         .join()
         .unwrap();
-        assert_eq!(inside.0, vec![last]);
-        assert_eq!(inside.1, vec![before[0]], "the nested cell's CPU");
+        assert_eq!(inside, (0b1010, vec![last], vec![before[0]]));
     }
 
     #[test]

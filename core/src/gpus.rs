@@ -127,9 +127,13 @@ thread_local! {
     static CURRENT: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Runs `f` as a task or actor call holding the devices of `grant` (none: no device).
-pub(crate) fn holding<R>(grant: Option<&GpuGrant>, f: impl FnOnce() -> R) -> R {
-    let mask = grant.map_or(0, GpuGrant::mask);
+/// Runs `f` as a task or actor call holding the devices of `grant`, else those of its
+/// placement-group bundle (`bundle`, a mask; 0: no device).
+pub(crate) fn holding<R>(grant: Option<&GpuGrant>, bundle: u64, f: impl FnOnce() -> R) -> R {
+    let mask = match grant.map_or(0, GpuGrant::mask) {
+        0 => bundle,
+        m => m,
+    };
     let prev = CURRENT.with(|c| c.replace(mask));
     let r = f();
     CURRENT.with(|c| c.set(prev));
@@ -249,15 +253,16 @@ mod tests {
         assert!(take(&t, WHOLE, &skip));
         assert!(take(&t, 2 * WHOLE, &g));
         assert_eq!(gpu_ids(), Vec::<usize>::new());
-        let inner = holding(Some(&g), || {
+        let inner = holding(Some(&g), 0, || {
             let outer = gpu_ids();
-            let nested = holding(None, gpu_ids);
-            (outer, nested)
+            let nested = holding(None, 0, gpu_ids);
+            let bundle = holding(None, 0b101, gpu_ids);
+            (outer, nested, bundle)
         });
         assert_eq!(
             inner,
-            (vec![1, 2], vec![]),
-            "a task run inside holds only its own"
+            (vec![1, 2], vec![], vec![0, 2]),
+            "a task run inside holds only its own (a bundle's: the bundle's)"
         );
         assert!(gpu_ids().is_empty());
     }

@@ -30,7 +30,7 @@ mod scheduler;
 mod store;
 mod sync;
 mod task;
-mod topology;
+pub mod topology;
 mod view;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};

@@ -22,7 +22,7 @@
 //! [`Error::PlacementGroupRemoved`].
 //!
 //! A bundle asking for whole CPUs also gets a CPU set of its own when committed (embedded, from
-//! this scheduler's [`crate::topology::CpuSets`]; in a cluster, from its node's raylet): work
+//! this scheduler's [`crate::topology::NodeSets`]; in a cluster, from its node's raylet): work
 //! whose demand names the bundle's marker runs pinned to it (`affinity::pinned`), work in any
 //! bundle to the union of the group's sets on the node.
 //!
@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::actor::ActorCell;
-use crate::affinity::CpuCell;
+use crate::affinity::BundleCell;
 use crate::codec;
 use crate::config::CpuList;
 use crate::error::Error;
@@ -245,11 +245,13 @@ struct Reservation {
     rescheduling: Option<Arc<ObjectCell>>,
     /// Each bundle's CPU set (empty: not pinned), once created (`topology.rs`).
     cpus: Vec<Vec<usize>>,
+    /// Each bundle's GPUs (ordinals on its node's workers; empty: none given), once created.
+    gpus: Vec<Vec<usize>>,
     /// Why bundles that ask for whole CPUs are not pinned, if any is not.
     cpu_note: Option<String>,
     /// Embedded: the cells work in each bundle is pinned through, then the group's (any
     /// bundle: the union of the bundles' sets).
-    cells: Vec<std::sync::Arc<CpuCell>>,
+    cells: Vec<std::sync::Arc<BundleCell>>,
 }
 
 /// One group, shared by its handles and the runtime's table.
@@ -498,6 +500,13 @@ impl PlacementGroup {
             .iter()
             .map(|c| CpuList(c.clone()))
             .collect()
+    }
+    /// Each bundle's GPUs once created, as device ordinals of the processes that run its work
+    /// (what [`crate::gpu_ids`] says there): whole GPUs taken from one PCIe switch, else one
+    /// NUMA node, where the node reports its topology. Empty for a bundle asking for none or
+    /// a fraction, and before creation.
+    pub fn bundle_gpus(&self) -> Vec<Vec<usize>> {
+        lock(&self.rec.reservation).gpus.clone()
     }
     /// Why bundles asking for whole CPUs are not pinned (too few CPUs left in the node's
     /// affinity mask), if any is not.
@@ -778,7 +787,7 @@ pub(crate) struct Groups {
     /// Groups waiting for resources (a release retries them when not 0).
     num_pending: AtomicUsize,
     /// Embedded: the CPU sets of this node's bundles.
-    cpu_sets: crate::topology::CpuSets,
+    node_sets: crate::topology::NodeSets,
 }
 
 #[derive(Debug, Default)]
@@ -823,40 +832,45 @@ pub(crate) fn group_resources(
     out
 }
 
-/// The CPU-set cells of a group's run-time resources `names` (as [`group_resources`] lists
+/// The place cells of a group's run-time resources `names` (as [`group_resources`] lists
 /// them) at `slots` on a node: one per bundle held there, by its marker, then the group's
 /// (by the group's marker, for work in any bundle).
-fn cpu_cells(
+fn bundle_cells(
     resources: &NodeResources,
     pg_id: u64,
     names: &[(String, f64)],
     slots: &[u32],
-) -> Vec<std::sync::Arc<CpuCell>> {
+) -> Vec<std::sync::Arc<BundleCell>> {
     let group = format!("bundle_group_{pg_id:016x}");
     let mut bundles = Vec::new();
     let mut whole = None;
     for ((name, _), &slot) in names.iter().zip(slots) {
         if *name == group {
-            whole = Some(resources.cpu_cell(slot, 1));
+            whole = Some(resources.bundle_cell(slot, 1));
         } else if name.starts_with("bundle_group_") {
-            bundles.push(resources.cpu_cell(slot, 0));
+            bundles.push(resources.bundle_cell(slot, 0));
         }
     }
     bundles.extend(whole);
     bundles
 }
 
-/// Sets the cells (bundles', then the group's) to the bundles' CPU sets and their union.
-fn set_cells(cells: &[std::sync::Arc<CpuCell>], cpus: &[Vec<usize>]) {
+/// Sets the cells (bundles', then the group's) to the bundles' CPU sets and GPUs, and the
+/// group's to their unions.
+fn set_cells(cells: &[std::sync::Arc<BundleCell>], cpus: &[Vec<usize>], gpus: &[Vec<usize>]) {
     let Some((group, bundles)) = cells.split_last() else {
         return;
     };
-    for (cell, set) in bundles.iter().zip(cpus) {
-        cell.set(set);
+    let none = Vec::new();
+    for (i, cell) in bundles.iter().enumerate() {
+        cell.set(cpus.get(i).unwrap_or(&none), gpus.get(i).unwrap_or(&none));
     }
-    let mut all: Vec<usize> = cpus.iter().flatten().copied().collect();
-    all.sort_unstable();
-    group.set(&all);
+    let union = |sets: &[Vec<usize>]| {
+        let mut all: Vec<usize> = sets.iter().flatten().copied().collect();
+        all.sort_unstable();
+        all
+    };
+    group.set(&union(cpus), &union(gpus));
 }
 
 fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecord> {
@@ -875,6 +889,7 @@ fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecor
             workers: Vec::new(),
             rescheduling: None,
             cpus: Vec::new(),
+            gpus: Vec::new(),
             cpu_note: None,
             cells: Vec::new(),
         }),
@@ -924,14 +939,15 @@ fn create_in_cluster(
 }
 
 /// A worker: adds a group's bundles held here (`resources`) to this process's scheduler,
-/// carving `carve` out of its pool; work in them is pinned to `cpus` (each bundle's CPU set,
-/// as its node's raylet chose it, in the order of `resources`).
+/// carving `carve` out of its pool; work in them is pinned to `cpus` and holds `gpus` (each
+/// bundle's CPU set and GPUs, as its node's raylet chose them, in the order of `resources`).
 pub(crate) fn install(
     rt: &Arc<RuntimeInner>,
     pg_id: u64,
     resources: &[(String, f64)],
     carve: &[(String, f64)],
     cpus: &[Vec<usize>],
+    gpus: &[Vec<usize>],
 ) -> Result<(), String> {
     let s = &rt.scheduler;
     let mut installed = lock(&s.groups.installed);
@@ -951,7 +967,11 @@ pub(crate) fn install(
         .demand(&request)
         .map_err(|_| format!("this worker cannot hold {request}"))?;
     let slots = s.resources.add_dynamic(resources)?;
-    set_cells(&cpu_cells(&s.resources, pg_id, resources, &slots), cpus);
+    set_cells(
+        &bundle_cells(&s.resources, pg_id, resources, &slots),
+        cpus,
+        gpus,
+    );
     s.resources.force_acquire(&carve);
     s.resources.commit_dynamic(&slots);
     installed.insert(pg_id, (slots, carve));
@@ -1007,17 +1027,19 @@ fn record(rt: &Arc<RuntimeInner>, pg_id: u64) -> Option<Arc<GroupRecord>> {
         .cloned()
 }
 
-/// The owner: the CPU sets the bundles of group `pg_id` have on their nodes, and why any that
-/// wanted one has none.
+/// The owner: the CPU sets and GPUs the bundles of group `pg_id` have on their nodes, and why
+/// any that wanted a CPU set has none.
 pub(crate) fn set_cpus(
     rt: &Arc<RuntimeInner>,
     pg_id: u64,
     cpus: Vec<Vec<usize>>,
+    gpus: Vec<Vec<usize>>,
     note: Option<String>,
 ) {
     if let Some(rec) = record(rt, pg_id) {
         let mut res = lock(&rec.reservation);
         res.cpus = cpus;
+        res.gpus = gpus;
         res.cpu_note = note;
     }
 }
@@ -1097,8 +1119,8 @@ pub(crate) fn rescheduled(
 }
 
 /// One bundle a dead worker held: its index, its node, its `(name, amount)` entries and its
-/// CPU set there.
-pub(crate) type LostBundle = (u32, u64, Vec<(String, f64)>, Vec<usize>);
+/// CPU set and GPUs there.
+pub(crate) type LostBundle = (u32, u64, Vec<(String, f64)>, (Vec<usize>, Vec<usize>));
 
 /// Bundles of a created group held by a worker now dead (see [`lost_bundles`]).
 #[derive(Debug)]
@@ -1135,7 +1157,8 @@ pub(crate) fn lost_bundles(rt: &Arc<RuntimeInner>, dead: &dyn Fn(u64) -> bool) -
                 .map(|(i, b)| {
                     let node = res.nodes.get(i).copied().unwrap_or(0);
                     let cpus = res.cpus.get(i).cloned().unwrap_or_default();
-                    (i as u32, node, b.entries.clone(), cpus)
+                    let gpus = res.gpus.get(i).cloned().unwrap_or_default();
+                    (i as u32, node, b.entries.clone(), (cpus, gpus))
                 })
                 .collect();
             out.push(LostBundles {
@@ -1217,7 +1240,7 @@ fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementG
                 });
             }
         };
-        let cells = cpu_cells(&s.resources, id.0, &rec.resources(), &slots);
+        let cells = bundle_cells(&s.resources, id.0, &rec.resources(), &slots);
         let mut res = lock(&rec.reservation);
         res.slots = slots;
         res.cells = cells;
@@ -1255,16 +1278,29 @@ fn try_place(s: &Scheduler, rec: &GroupRecord) -> bool {
     if !s.resources.try_acquire(&carve) {
         return false;
     }
-    let wants: Vec<usize> = rec
-        .bundles
+    let whole = |name: &str| -> Vec<usize> {
+        rec.bundles
+            .iter()
+            .map(|b| crate::topology::whole_units(b.amount(name)))
+            .collect()
+    };
+    // The bundles' GPUs: out of the devices the carve holds, by topology; their CPU sets on
+    // the NUMA node of their GPUs.
+    let held = carve.gpus().map_or(0, crate::gpus::GpuGrant::mask);
+    let devices: std::collections::BTreeSet<usize> =
+        (0..64).filter(|d| held & (1 << d) != 0).collect();
+    let places = s.groups.node_sets.gpu_places();
+    let gpus = crate::topology::split_gpus(&places, &devices, &whole(GPU_NAME));
+    let near: Vec<Option<usize>> = gpus
         .iter()
-        .map(|b| crate::topology::whole_cpus(b.amount(CPU_NAME)))
+        .map(|g| crate::topology::numa_of_gpus(&places, g))
         .collect();
     let (cpus, note) = s
         .groups
-        .cpu_sets
-        .take(s.affinity(), &wants, &vec![None; wants.len()]);
-    set_cells(&res.cells, &cpus);
+        .node_sets
+        .take(s.affinity(), &whole(CPU_NAME), &near);
+    set_cells(&res.cells, &cpus, &gpus);
+    res.gpus = gpus;
     if let Some(note) = &note {
         tracing::warn!(pg = %rec.id, "placement group bundles {note}");
     }
@@ -1307,7 +1343,8 @@ fn remove(rt: &Arc<RuntimeInner>, rec: &Arc<GroupRecord>) -> Result<(), Error> {
         }
         res.phase = REMOVED;
         if rt.cluster.is_none() {
-            s.groups.cpu_sets.give_back(&res.cpus);
+            s.groups.node_sets.give_back(&res.cpus);
+            s.groups.node_sets.give_back_gpus(&res.gpus);
         }
         (
             std::mem::take(&mut res.slots),

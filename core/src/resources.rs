@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::affinity::CpuCell;
+use crate::affinity::BundleCell;
 use crate::config::Resolved;
 use crate::error::Error;
 use crate::gpus::{GpuGrant, GpuInstances};
@@ -133,12 +133,12 @@ impl fmt::Display for ResourceRequest {
 /// A request resolved against one node's resource table: `(index, thousandths)` pairs with
 /// non-zero amounts, for a GPU request on a node that numbers its devices the devices it
 /// holds while acquired ([`GpuGrant`]), and for work in a placement group's bundle the
-/// bundle's CPU set ([`CpuCell`]). Cheap to test and apply.
+/// bundle's place ([`BundleCell`]). Cheap to test and apply.
 #[derive(Clone, Debug)]
 pub(crate) struct Demand(
     Box<[(u32, i64)]>,
     Option<Arc<GpuGrant>>,
-    Option<std::sync::Arc<CpuCell>>,
+    Option<std::sync::Arc<BundleCell>>,
 );
 
 impl PartialEq for Demand {
@@ -159,8 +159,9 @@ impl Demand {
         self.1.as_deref()
     }
 
-    /// The CPU set of the placement-group bundle it runs in (see [`crate::topology`]).
-    pub(crate) fn cpu_set(&self) -> Option<&CpuCell> {
+    /// The place (CPU set, GPUs) of the placement-group bundle it runs in (see
+    /// [`crate::topology`]).
+    pub(crate) fn bundle(&self) -> Option<&BundleCell> {
         self.2.as_deref()
     }
 
@@ -223,7 +224,7 @@ struct Dynamic {
     retired: Vec<(u32, i64, String)>,
     /// CPU sets of bundles, by the index of a resource that names the bundle, with a rank:
     /// a demand naming several takes the lowest (one bundle's set before its group's).
-    cpu_sets: HashMap<u32, (u8, std::sync::Arc<CpuCell>)>,
+    bundle_cells: HashMap<u32, (u8, std::sync::Arc<BundleCell>)>,
 }
 
 fn to_fixed(what: &str, name: &str, amount: f64) -> Result<i64, String> {
@@ -327,10 +328,10 @@ impl NodeResources {
 
     /// The CPU set of work that asks for dynamic resource `index` (created empty); among the
     /// cells of one demand's resources the one of lowest `rank` applies.
-    pub(crate) fn cpu_cell(&self, index: u32, rank: u8) -> std::sync::Arc<CpuCell> {
+    pub(crate) fn bundle_cell(&self, index: u32, rank: u8) -> std::sync::Arc<BundleCell> {
         let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
         table
-            .cpu_sets
+            .bundle_cells
             .entry(index)
             .or_insert_with(|| (rank, Default::default()))
             .1
@@ -355,7 +356,7 @@ impl NodeResources {
             let shift = if committed { RETIRED } else { RETIRED - total };
             self.available[i as usize].fetch_sub(shift, Ordering::Relaxed);
             table.by_name.retain(|_, v| *v != i);
-            table.cpu_sets.remove(&i);
+            table.bundle_cells.remove(&i);
             table.retired.push((i, total, label.to_string()));
         }
     }
@@ -399,7 +400,7 @@ impl NodeResources {
     /// which makes the request infeasible rather than an error of its own.
     pub(crate) fn demand(&self, req: &ResourceRequest) -> Result<Demand, DemandError> {
         let mut out = Vec::with_capacity(2 + req.custom.len());
-        let mut cpu_set: Option<(u8, std::sync::Arc<CpuCell>)> = None;
+        let mut cpu_set: Option<(u8, std::sync::Arc<BundleCell>)> = None;
         let mut push = |name: &str, amount: f64| -> Result<(), DemandError> {
             let fixed = to_fixed("request", name, amount).map_err(DemandError::Invalid)?;
             if fixed == 0 {
@@ -408,7 +409,7 @@ impl NodeResources {
             let index = self.names.iter().position(|n| n == name).or_else(|| {
                 let table = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
                 let i = *table.by_name.get(name)?;
-                if let Some((rank, cell)) = table.cpu_sets.get(&i)
+                if let Some((rank, cell)) = table.bundle_cells.get(&i)
                     && cpu_set.as_ref().is_none_or(|(r, _)| rank < r)
                 {
                     cpu_set = Some((*rank, cell.clone()));

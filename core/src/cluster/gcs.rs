@@ -138,12 +138,12 @@ impl Gcs {
                     tokio::spawn(async move {
                         let error = match tokio::time::timeout(pg::PREPARE_TIMEOUT, rx).await {
                             Ok(Ok(Ok(Msg::Pg { error, group, .. }))) if error.is_empty() => {
-                                // The CPU sets the raylet gave the bundles, noted first.
-                                if group
-                                    .bundles
-                                    .iter()
-                                    .any(|b| !b.cpus.is_empty() || !b.cpu_note.is_empty())
-                                {
+                                // The CPU sets and GPUs the raylet gave the bundles, first.
+                                if group.bundles.iter().any(|b| {
+                                    !b.cpus.is_empty()
+                                        || !b.gpus.is_empty()
+                                        || !b.cpu_note.is_empty()
+                                }) {
                                     me.run(Event::BundleCpus {
                                         pg_id,
                                         bundles: group.bundles,

@@ -99,8 +99,8 @@ pub(crate) enum Event<C> {
         node_id: u64,
         error: Option<String>,
     },
-    /// The CPU sets a raylet gave group `pg_id`'s bundles it prepared (sent before their
-    /// [`Event::Prepared`]).
+    /// The CPU sets and GPUs a raylet gave group `pg_id`'s bundles it prepared (sent before
+    /// their [`Event::Prepared`]).
     BundleCpus {
         pg_id: u64,
         bundles: Vec<super::proto::PgBundle>,
@@ -252,6 +252,7 @@ impl<C: Conn> GcsTables<C> {
                     for b in &mut g.row.bundles {
                         if let Some(x) = bundles.iter().find(|x| x.index == b.index) {
                             b.cpus.clone_from(&x.cpus);
+                            b.gpus.clone_from(&x.gpus);
                             b.cpu_note.clone_from(&x.cpu_note);
                         }
                     }

@@ -289,7 +289,7 @@ pub(crate) fn msg(op: PgOp, request_id: u64, group: PgRow, error: impl Into<Stri
 pub(crate) struct Ledger {
     groups: HashMap<u64, Vec<(bool, PgBundle)>>,
     /// The CPU sets of the bundles reserved here (`topology.rs`).
-    cpu_sets: crate::topology::CpuSets,
+    node_sets: crate::topology::NodeSets,
 }
 
 impl Ledger {
@@ -337,22 +337,29 @@ impl Ledger {
                 "does not fit: asks {want:?}, free after reservations {free:?}"
             ));
         }
-        let wants: Vec<usize> = new
+        let whole = |name: &str| -> Vec<usize> {
+            new.iter()
+                .map(|b| {
+                    let r = b.resources.iter().find(|r| r.name == name);
+                    crate::topology::whole_units(r.map_or(0.0, |r| r.total))
+                })
+                .collect()
+        };
+        let wants = whole("CPU");
+        // GPUs by the node's topology, the CPU set on their NUMA node.
+        let node_gpus = totals
             .iter()
-            .map(|b| {
-                let cpus = b.resources.iter().find(|r| r.name == "CPU");
-                crate::topology::whole_cpus(cpus.map_or(0.0, |r| r.total))
-            })
-            .collect();
-        let (sets, note) = self
-            .cpu_sets
-            .take(node_cpus, &wants, &vec![None; wants.len()]);
+            .find(|(n, _)| n == "GPU")
+            .map_or(0, |(_, t)| *t as usize);
+        let (gpus, near) = self.node_sets.take_gpus(node_gpus, &whole("GPU"));
+        let (sets, note) = self.node_sets.take(node_cpus, &wants, &near);
         if let Some(note) = &note {
             tracing::warn!(pg = row.pg_id, "placement group bundles {note}");
         }
         let mut new = new;
-        for ((b, set), want) in new.iter_mut().zip(sets).zip(&wants) {
+        for (((b, set), want), gpus) in new.iter_mut().zip(sets).zip(&wants).zip(gpus) {
             b.cpus = set.iter().map(|&c| c as u32).collect();
+            b.gpus = gpus.iter().map(|&d| d as u32).collect();
             if *want > 0 && set.is_empty() {
                 b.cpu_note = note.clone().unwrap_or_default();
             }
@@ -364,13 +371,13 @@ impl Ledger {
         Ok(new)
     }
 
-    /// Gives the CPU sets of `bundles` back.
+    /// Gives the CPU sets and GPUs of `bundles` back.
     fn give_back(&self, bundles: &[(bool, PgBundle)]) {
-        let sets: Vec<Vec<usize>> = bundles
-            .iter()
-            .map(|(_, b)| b.cpus.iter().map(|&c| c as usize).collect())
-            .collect();
-        self.cpu_sets.give_back(&sets);
+        let of = |v: &[u32]| v.iter().map(|&c| c as usize).collect::<Vec<usize>>();
+        let cpus: Vec<Vec<usize>> = bundles.iter().map(|(_, b)| of(&b.cpus)).collect();
+        let gpus: Vec<Vec<usize>> = bundles.iter().map(|(_, b)| of(&b.gpus)).collect();
+        self.node_sets.give_back(&cpus);
+        self.node_sets.give_back_gpus(&gpus);
     }
 
     /// Makes a group's prepared reservations final.
@@ -456,6 +463,7 @@ pub(crate) fn wire_bundles(bundles: &[Vec<(String, f64)>]) -> Vec<PgBundle> {
             index: i as u32,
             node_id: 0,
             cpus: Vec::new(),
+            gpus: Vec::new(),
             cpu_note: String::new(),
             resources: b
                 .iter()
@@ -498,7 +506,10 @@ pub(crate) fn info_of(row: &PgRow) -> PlacementGroupInfo {
             Vec::new()
         },
         bundle_cpus: if row.state == CREATED || row.state == RESCHEDULING {
-            row_cpus(row).into_iter().map(CpuList).collect()
+            row_sets(row, |b| &b.cpus)
+                .into_iter()
+                .map(CpuList)
+                .collect()
         } else {
             Vec::new()
         },
@@ -506,13 +517,13 @@ pub(crate) fn info_of(row: &PgRow) -> PlacementGroupInfo {
     }
 }
 
-/// Each bundle's CPU set in `row`, in bundle order.
-fn row_cpus(row: &PgRow) -> Vec<Vec<usize>> {
+/// Each bundle's CPU set (or GPUs: `f` picks) in `row`, in bundle order.
+fn row_sets(row: &PgRow, f: fn(&PgBundle) -> &[u32]) -> Vec<Vec<usize>> {
     let mut bundles: Vec<&PgBundle> = row.bundles.iter().collect();
     bundles.sort_by_key(|b| b.index);
     bundles
         .iter()
-        .map(|b| b.cpus.iter().map(|&c| c as usize).collect())
+        .map(|b| f(b).iter().map(|&c| c as usize).collect())
         .collect()
 }
 
@@ -565,10 +576,11 @@ fn lost_row(lost: LostBundles) -> (PgRow, u64) {
     let bundles = lost
         .bundles
         .into_iter()
-        .map(|(index, node_id, entries, cpus)| PgBundle {
+        .map(|(index, node_id, entries, (cpus, gpus))| PgBundle {
             index,
             node_id,
             cpus: cpus.into_iter().map(|c| c as u32).collect(),
+            gpus: gpus.into_iter().map(|d| d as u32).collect(),
             cpu_note: String::new(),
             resources: entries
                 .into_iter()
@@ -711,15 +723,23 @@ impl Cluster {
                     let refs: Vec<&[(String, f64)]> = all.iter().map(Vec::as_slice).collect();
                     sum(&refs)
                 };
-                let cpus: Vec<Vec<usize>> = group
-                    .bundles
-                    .iter()
-                    .filter(|b| b.node_id == node_id)
-                    .map(|b| b.cpus.iter().map(|&c| c as usize).collect())
-                    .collect();
-                if let Err(e) =
-                    crate::placement_group::install(&rt, group.pg_id, &resources, &carve, &cpus)
-                {
+                let here = |f: fn(&PgBundle) -> &[u32]| -> Vec<Vec<usize>> {
+                    group
+                        .bundles
+                        .iter()
+                        .filter(|b| b.node_id == node_id)
+                        .map(|b| f(b).iter().map(|&c| c as usize).collect())
+                        .collect()
+                };
+                let (cpus, gpus) = (here(|b| &b.cpus), here(|b| &b.gpus));
+                if let Err(e) = crate::placement_group::install(
+                    &rt,
+                    group.pg_id,
+                    &resources,
+                    &carve,
+                    &cpus,
+                    &gpus,
+                ) {
                     tracing::error!(pg = group.pg_id, error = %e, "could not install a placement group's bundles");
                 }
             }
@@ -757,7 +777,13 @@ impl Cluster {
             }
         }
         let nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
-        crate::placement_group::set_cpus(rt, row.pg_id, row_cpus(&row), cpu_note(&row));
+        crate::placement_group::set_cpus(
+            rt,
+            row.pg_id,
+            row_sets(&row, |b| &b.cpus),
+            row_sets(&row, |b| &b.gpus),
+            cpu_note(&row),
+        );
         if !crate::placement_group::created(rt, row.pg_id, nodes, workers.clone()) {
             // Removed meanwhile: take the bundles back out.
             let back = PgRow {
@@ -805,7 +831,13 @@ impl Cluster {
             ?moved,
             "placement group bundles placed again"
         );
-        crate::placement_group::set_cpus(rt, row.pg_id, row_cpus(&row), cpu_note(&row));
+        crate::placement_group::set_cpus(
+            rt,
+            row.pg_id,
+            row_sets(&row, |b| &b.cpus),
+            row_sets(&row, |b| &b.gpus),
+            cpu_note(&row),
+        );
         crate::placement_group::rescheduled(rt, row.pg_id, nodes, &moved, placed);
     }
 

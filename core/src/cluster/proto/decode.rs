@@ -37,6 +37,7 @@ fn pg_row(g: Option<fb::PgRow<'_>>) -> PgRow {
                         resources: resources(b.resources()),
                         cpus: b.cpus().map(|v| v.iter().collect()).unwrap_or_default(),
                         cpu_note: string(b.cpu_note()),
+                        gpus: b.gpus().map(|v| v.iter().collect()).unwrap_or_default(),
                     })
                     .collect()
             })

@@ -81,6 +81,7 @@ fn build_pg_bundle<'a>(
     let resources = opt_resources(fbb, &b.resources);
     let cpus = (!b.cpus.is_empty()).then(|| fbb.create_vector(&b.cpus));
     let cpu_note = opt_str(fbb, &b.cpu_note);
+    let gpus = (!b.gpus.is_empty()).then(|| fbb.create_vector(&b.gpus));
     fb::PgBundle::create(
         fbb,
         &fb::PgBundleArgs {
@@ -89,6 +90,7 @@ fn build_pg_bundle<'a>(
             resources,
             cpus,
             cpu_note,
+            gpus,
         },
     )
 }

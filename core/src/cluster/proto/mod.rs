@@ -52,6 +52,8 @@ pub(crate) struct PgBundle {
     pub(crate) cpus: Vec<u32>,
     /// Why a bundle that asked for whole CPUs has no set (empty otherwise).
     pub(crate) cpu_note: String,
+    /// Its GPUs on its node (ordinals; empty: none given).
+    pub(crate) gpus: Vec<u32>,
 }
 
 /// A placement group on the wire (`strategy`, `state`: see `cluster.fbs`, `PgRow`).

@@ -337,6 +337,7 @@ fn samples() -> Vec<Msg> {
                         resources: resources(),
                         cpus: vec![2, 3],
                         cpu_note: String::new(),
+                        gpus: vec![0, 1],
                     },
                     PgBundle {
                         index: 2,

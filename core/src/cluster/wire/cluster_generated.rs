@@ -8561,8 +8561,8 @@ pub enum PgBundleOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// One bundle of a placement group: its index, the node it is reserved on (0: none yet), its
-/// resources, and the CPU set its node's raylet gave it when it asked for whole CPUs (empty:
-/// not pinned, `cpu_note` says why when it wanted one).
+/// resources, the CPU set its node's raylet gave it when it asked for whole CPUs (empty: not
+/// pinned, `cpu_note` says why when it wanted one) and the GPUs (ordinals) it gave it.
 pub struct PgBundle<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -8581,6 +8581,7 @@ impl<'a> PgBundle<'a> {
   pub const VT_RESOURCES: ::flatbuffers::VOffsetT = 8;
   pub const VT_CPUS: ::flatbuffers::VOffsetT = 10;
   pub const VT_CPU_NOTE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_GPUS: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -8593,6 +8594,7 @@ impl<'a> PgBundle<'a> {
   ) -> ::flatbuffers::WIPOffset<PgBundle<'bldr>> {
     let mut builder = PgBundleBuilder::new(_fbb);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.gpus { builder.add_gpus(x); }
     if let Some(x) = args.cpu_note { builder.add_cpu_note(x); }
     if let Some(x) = args.cpus { builder.add_cpus(x); }
     if let Some(x) = args.resources { builder.add_resources(x); }
@@ -8636,6 +8638,13 @@ impl<'a> PgBundle<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PgBundle::VT_CPU_NOTE, None)}
   }
+  #[inline]
+  pub fn gpus(&self) -> Option<::flatbuffers::Vector<'a, u32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u32>>>(PgBundle::VT_GPUS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PgBundle<'_> {
@@ -8649,6 +8658,7 @@ impl ::flatbuffers::Verifiable for PgBundle<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Resource>>>>("resources", Self::VT_RESOURCES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u32>>>("cpus", Self::VT_CPUS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("cpu_note", Self::VT_CPU_NOTE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u32>>>("gpus", Self::VT_GPUS, false)?
      .finish();
     Ok(())
   }
@@ -8659,6 +8669,7 @@ pub struct PgBundleArgs<'a> {
     pub resources: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>>>,
     pub cpus: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u32>>>,
     pub cpu_note: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub gpus: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u32>>>,
 }
 impl<'a> Default for PgBundleArgs<'a> {
   #[inline]
@@ -8669,6 +8680,7 @@ impl<'a> Default for PgBundleArgs<'a> {
       resources: None,
       cpus: None,
       cpu_note: None,
+      gpus: None,
     }
   }
 }
@@ -8699,6 +8711,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PgBundleBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_CPU_NOTE, cpu_note);
   }
   #[inline]
+  pub fn add_gpus(&mut self, gpus: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_GPUS, gpus);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PgBundleBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PgBundleBuilder {
@@ -8721,6 +8737,7 @@ impl ::core::fmt::Debug for PgBundle<'_> {
       ds.field("resources", &self.resources());
       ds.field("cpus", &self.cpus());
       ds.field("cpu_note", &self.cpu_note());
+      ds.field("gpus", &self.gpus());
       ds.finish()
   }
 }
