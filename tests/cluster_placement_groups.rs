@@ -295,14 +295,45 @@ impl Placed {
     }
 }
 
+/// An actor keeping a group's handle in a worker process (not the group's owner).
+#[manta::actor]
+pub(crate) struct Keeper {
+    pg: manta::PlacementGroup,
+}
+
+#[manta::actor]
+impl Keeper {
+    pub(crate) fn new(pg: manta::PlacementGroup) -> Self {
+        Keeper { pg }
+    }
+    /// The group's state and bundles' nodes as this handle sees them.
+    pub(crate) fn seen(&self) -> (String, Vec<u64>) {
+        (self.pg.state().to_string(), self.pg.bundle_nodes())
+    }
+    /// Runs a task in bundle `i`: the node it ran on.
+    pub(crate) fn run_in(&self, i: usize) -> u64 {
+        where_am_i::options()
+            .num_cpus(0.0)
+            .placement_group(&self.pg, Some(i))
+            .remote()
+            .get_timeout(LONG)
+            .unwrap()
+    }
+}
+
 /// Ray's RESCHEDULING: a node holding a bundle of a created group dies (its raylet and
 /// worker killed); the group shows it, work for that bundle waits, and once a fresh node
 /// joins the bundle is reserved there (two-phase, as at creation), the member restarts in it
-/// and the waiting task runs there.
+/// and the waiting task runs there. A handle kept in another process (an actor on the head)
+/// follows: it sees RESCHEDULING, then the bundle's new node, and its work lands there.
 #[test]
 fn a_bundle_whose_node_died_is_placed_again_on_a_fresh_node() {
     serve_if_worker();
-    let mut cluster = LocalCluster::start(node(1.0), &[node(1.0)]);
+    let head = NodeSpec {
+        resources: "head=1".into(),
+        ..node(1.0)
+    };
+    let mut cluster = LocalCluster::start(head, &[node(1.0)]);
     let _rt = common::start(cluster.config());
     let pg = manta::placement_group(cpus(2, 1.0), S::StrictSpread).unwrap();
     pg.ready().get_timeout(LONG).unwrap();
@@ -325,10 +356,21 @@ fn a_bundle_whose_node_died_is_placed_again_on_a_fresh_node() {
     let dying = (0..2)
         .find(|&r| Some(nodes[r]) != head_node.as_ref().ok().copied())
         .unwrap_or(1);
+    let keeper = Keeper::options()
+        .num_cpus(0.0)
+        .resource("head", 0.5)
+        .remote(pg.clone());
+    assert_eq!(
+        keeper.seen().get_timeout(LONG).unwrap(),
+        ("CREATED".to_string(), nodes.clone())
+    );
     cluster.kill_node(1);
     common::cluster::signal(before[dying].0, libc::SIGKILL);
     eventually("the group rescheduling", LONG, || {
         pg.state() == PlacementGroupState::Rescheduling
+    });
+    eventually("the kept handle seeing it rescheduling", LONG, || {
+        keeper.seen().get_timeout(LONG).unwrap().0 == "RESCHEDULING"
     });
     // STRICT_SPREAD: the head holds the other bundle, so the lost one waits for a new node.
     let waiting = where_am_i::options()
@@ -352,6 +394,13 @@ fn a_bundle_whose_node_died_is_placed_again_on_a_fresh_node() {
         "placed on the fresh node: {nodes:?} -> {moved:?}"
     );
     assert_eq!(waiting.get_timeout(LONG).unwrap(), moved[dying]);
+    eventually("the kept handle seeing the new node", LONG, || {
+        keeper.seen().get_timeout(LONG).unwrap() == ("CREATED".to_string(), moved.clone())
+    });
+    assert_eq!(
+        keeper.run_in(dying).get_timeout(LONG).unwrap(),
+        moved[dying]
+    );
     let after = group
         .member(dying)
         .unwrap()

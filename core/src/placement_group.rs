@@ -392,16 +392,32 @@ fn adopt(rt: &Arc<RuntimeInner>, wire: WireGroup) -> Result<PlacementGroup, Erro
         name: wire.name,
         detached: wire.detached,
     };
-    let rec = new_record(id, &b);
     let Some(cluster) = rt.cluster.clone() else {
         // Embedded, a group not in the table was removed.
-        settle(&rec, None);
+        let rec = new_record(id, &b);
+        settle(&rec, None, None);
         return Ok(PlacementGroup { rec });
     };
-    let listed = cluster.pg_list()?.into_iter().find(|g| g.id == id);
-    // Not entered in the table: each handle that arrives asks the GCS afresh (this process
-    // is not told when another removes the group).
-    settle(&rec, listed.as_ref());
+    // One record per group in this process, followed through the GCS (`PgWatch`): noted
+    // before the GCS is asked, so that a notice racing the answer finds it.
+    let rec = {
+        let mut watched = lock(&rt.scheduler.groups.watched);
+        watched.retain(|_, w| w.strong_count() > 0);
+        if let Some(rec) = watched.get(&id).and_then(Weak::upgrade) {
+            return Ok(PlacementGroup { rec });
+        }
+        let rec = new_record(id, &b);
+        watched.insert(id, Arc::downgrade(&rec));
+        rec
+    };
+    let listed = match cluster.pg_watch(id.0) {
+        Ok(listed) => listed,
+        Err(e) => {
+            lock(&rt.scheduler.groups.watched).remove(&id);
+            return Err(e);
+        }
+    };
+    settle(&rec, Some(&listed), Some(rt));
     if rec.phase() == PENDING {
         let watched = Arc::downgrade(&rec);
         let spawned = std::thread::Builder::new()
@@ -417,27 +433,79 @@ fn adopt(rt: &Arc<RuntimeInner>, wire: WireGroup) -> Result<PlacementGroup, Erro
     Ok(PlacementGroup { rec })
 }
 
-/// Sets a record adopted from another process to what the GCS lists (`None`: removed).
-fn settle(rec: &GroupRecord, listed: Option<&PlacementGroupInfo>) {
+/// Sets a record adopted from another process to what the GCS says (`None`: removed). Removed
+/// is final; rescheduling makes work for the group wait (as at its owner) until the GCS says
+/// it is created again, with its bundles' new nodes. With `rt`, a removal kills the actors
+/// this process created in the group, as the owner does with its own.
+fn settle(rec: &GroupRecord, listed: Option<&PlacementGroupInfo>, rt: Option<&Arc<RuntimeInner>>) {
     let mut res = lock(&rec.reservation);
-    match listed.map(|g| g.state) {
-        Some(PlacementGroupState::Pending) => {}
-        Some(PlacementGroupState::Created | PlacementGroupState::Rescheduling) => {
+    if res.phase == REMOVED {
+        return;
+    }
+    match (listed, listed.map(|g| g.state)) {
+        (_, Some(PlacementGroupState::Pending)) => {}
+        (
+            Some(g),
+            Some(state @ (PlacementGroupState::Created | PlacementGroupState::Rescheduling)),
+        ) => {
             res.phase = CREATED;
-            res.nodes = listed.map(|g| g.bundle_nodes.clone()).unwrap_or_default();
-            res.cpus = listed
-                .map(|g| g.bundle_cpus.iter().map(|c| c.0.clone()).collect())
-                .unwrap_or_default();
-            res.cpu_note = listed.and_then(|g| g.cpu_note.clone());
+            if !g.bundle_nodes.is_empty() {
+                res.nodes.clone_from(&g.bundle_nodes);
+            }
+            if !g.bundle_cpus.is_empty() {
+                res.cpus = g.bundle_cpus.iter().map(|c| c.0.clone()).collect();
+                res.gpus.clone_from(&g.bundle_gpus);
+            }
+            res.cpu_note.clone_from(&g.cpu_note);
+            let placed = if state == PlacementGroupState::Rescheduling {
+                if res.rescheduling.is_none() {
+                    let id = ObjectId::from_u64(rec.id.0);
+                    res.rescheduling = Some(Arc::new(ObjectCell::pending(id, None)));
+                }
+                None
+            } else {
+                res.rescheduling.take()
+            };
             drop(res);
             rec.ready.complete(codec::encode(&()));
+            if let Some(placed) = placed {
+                placed.complete(codec::encode(&()));
+            }
         }
-        Some(PlacementGroupState::Removed) | None => {
+        _ => {
             res.phase = REMOVED;
+            let waiting = res.rescheduling.take();
             drop(res);
             rec.ready.complete(Err(rec.removed()));
+            if let Some(waiting) = waiting {
+                waiting.complete(Err(rec.removed()));
+            }
+            if let Some(rt) = rt {
+                let actors = std::mem::take(&mut *lock(&rec.actors));
+                for cell in actors.iter().filter_map(Weak::upgrade) {
+                    cell.kill(false, rt);
+                }
+            }
         }
     }
+}
+
+/// A notice from the GCS about group `listed.id`: applied to this process's record if it
+/// follows the group through a handle (it is not its owner); returns whether it does.
+pub(crate) fn follow(rt: &Arc<RuntimeInner>, listed: &PlacementGroupInfo) -> bool {
+    let rec = {
+        let mut watched = lock(&rt.scheduler.groups.watched);
+        let rec = watched.get(&listed.id).and_then(Weak::upgrade);
+        if rec.is_none() || listed.state == PlacementGroupState::Removed {
+            watched.remove(&listed.id);
+        }
+        rec
+    };
+    let Some(rec) = rec else {
+        return false;
+    };
+    settle(&rec, Some(listed), Some(rt));
+    true
 }
 
 /// Polls the GCS while an adopted group is pending (its owner, not this process, is told
@@ -450,7 +518,7 @@ fn watch(cluster: &Arc<dyn Remote>, watched: &Weak<GroupRecord>) {
             return;
         }
         match cluster.pg_list() {
-            Ok(groups) => settle(&rec, groups.iter().find(|g| g.id == rec.id)),
+            Ok(groups) => settle(&rec, groups.iter().find(|g| g.id == rec.id), None),
             Err(Error::ShutDown) => {
                 rec.ready.complete(Err(Error::ShutDown));
                 return;
@@ -744,6 +812,8 @@ pub struct PlacementGroupInfo {
     /// Each bundle's CPU set once created (empty: not pinned; see
     /// [`PlacementGroup::bundle_cpus`]); empty before.
     pub bundle_cpus: Vec<CpuList>,
+    /// Each bundle's GPUs once created ([`PlacementGroup::bundle_gpus`]); empty before.
+    pub bundle_gpus: Vec<Vec<usize>>,
     /// Why bundles asking for whole CPUs are not pinned, if any is not.
     pub cpu_note: Option<String>,
 }
@@ -769,6 +839,7 @@ pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
                     bundles: pg.bundles().to_vec(),
                     bundle_nodes: pg.bundle_nodes(),
                     bundle_cpus: pg.bundle_cpus(),
+                    bundle_gpus: pg.bundle_gpus(),
                     cpu_note: pg.cpu_note(),
                 }
             })
@@ -786,6 +857,9 @@ pub(crate) struct Groups {
     installed: Mutex<HashMap<u64, (Vec<u32>, Demand)>>,
     /// Groups waiting for resources (a release retries them when not 0).
     num_pending: AtomicUsize,
+    /// Groups this process follows through handles from other processes (in a cluster): one
+    /// record per group, told of its changes by the GCS (`follow`).
+    watched: Mutex<HashMap<PlacementGroupId, Weak<GroupRecord>>>,
     /// Embedded: the CPU sets of this node's bundles.
     node_sets: crate::topology::NodeSets,
 }
@@ -1073,6 +1147,25 @@ pub(crate) fn awaits_rescheduling(
             let res = lock(&rec.reservation);
             res.phase == CREATED
                 && (res.rescheduling.is_some() || res.nodes.iter().any(|&n| node_dead(n)))
+        })
+}
+
+/// A process following groups through handles: whether `wanted` (run-time resource names)
+/// names a group it follows that is created (so its resources are on their way to the node
+/// views: see `Cluster::await_followed`).
+pub(crate) fn follows_created(rt: &Arc<RuntimeInner>, wanted: &[(String, f64)]) -> bool {
+    wanted
+        .iter()
+        .filter(|(n, _)| n.contains("_group_"))
+        .filter_map(|(n, _)| u64::from_str_radix(n.get(n.len().saturating_sub(16)..)?, 16).ok())
+        .filter_map(|id| {
+            lock(&rt.scheduler.groups.watched)
+                .get(&PlacementGroupId(id))
+                .and_then(Weak::upgrade)
+        })
+        .any(|rec| {
+            let res = lock(&rec.reservation);
+            res.phase == CREATED && res.rescheduling.is_none()
         })
 }
 

@@ -53,6 +53,11 @@ pub(crate) const CASES: &[Case] = &[
         "placement_groups::bundles_pinned_to_disjoint_cpus",
         pinned_cpus,
     ),
+    Case::new(
+        "placement_groups::a_kept_handle_follows_removal",
+        kept_handle,
+    )
+    .skip(SRUN_HANDLE),
     Case::new("actor_groups::ranks_and_rank_order", rank_order),
     Case::new("actor_groups::slice_and_per_member_order", slicing),
     Case::new("actor_groups::member_killed_mid_call", member_killed),
@@ -507,6 +512,63 @@ fn handle_passes(ctx: &Ctx) {
     {
         Err(Error::Task(e)) if e.to_string().contains("PlacementGroupRemoved") => {}
         other => panic!("a removed group through a passed handle: {other:?}"),
+    }
+}
+
+/// An actor keeping a group's handle (in a cluster, in another process than the group's
+/// owner): it sees the group's state, and schedules into it.
+#[manta::actor]
+pub(crate) struct Keeper {
+    pg: PlacementGroup,
+}
+
+#[manta::actor]
+impl Keeper {
+    pub(crate) fn new(pg: PlacementGroup) -> Self {
+        Keeper { pg }
+    }
+    pub(crate) fn state(&self) -> String {
+        self.pg.state().to_string()
+    }
+    pub(crate) fn nodes(&self) -> Vec<u64> {
+        self.pg.bundle_nodes()
+    }
+    /// Runs a task in bundle `i`: where it ran, or the error.
+    pub(crate) fn run_in(&self, i: usize) -> Result<u64, String> {
+        node_here::options()
+            .num_cpus(0.0)
+            .placement_group(&self.pg, Some(i))
+            .remote()
+            .get_timeout(LONG)
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// A handle kept by an actor sees its group removed by the creator, and scheduling into it
+/// then fails as it does for the creator (`PlacementGroupRemoved`), not as an unknown
+/// resource.
+fn kept_handle(ctx: &Ctx) {
+    let pg = manta::placement_group(cpus(2, 0.25), S::Pack).unwrap();
+    ready(&pg);
+    let keeper = Keeper::options().num_cpus(0.0).remote(pg.clone());
+    assert_eq!(keeper.state().get_timeout(LONG).unwrap(), "CREATED");
+    let ran = keeper.run_in(1).get_timeout(LONG).unwrap().unwrap();
+    if ctx.is_cluster() {
+        assert_eq!(ran, pg.bundle_nodes()[1]);
+        assert_eq!(keeper.nodes().get_timeout(LONG).unwrap(), pg.bundle_nodes());
+    }
+    manta::remove_placement_group(&pg).unwrap();
+    let deadline = Instant::now() + LONG;
+    while keeper.state().get_timeout(LONG).unwrap() != "REMOVED" {
+        assert!(
+            Instant::now() < deadline,
+            "the kept handle never saw the removal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match keeper.run_in(0).get_timeout(LONG).unwrap() {
+        Err(e) if e.contains("PlacementGroupRemoved") => {}
+        other => panic!("a removed group through a kept handle: {other:?}"),
     }
 }
 

@@ -313,7 +313,8 @@ fn with_request_id(mut msg: Msg, id: u64) -> Msg {
         | Msg::ListActors { request_id }
         | Msg::ListWork { request_id }
         | Msg::Subscribe { request_id }
-        | Msg::Pg { request_id, .. } => *request_id = id,
+        | Msg::Pg { request_id, .. }
+        | Msg::PgWatch { request_id, .. } => *request_id = id,
         _ => {}
     }
     msg

@@ -374,6 +374,7 @@ impl<C: Conn> GcsTables<C> {
             if let Some(owner) = g.owner.clone() {
                 out.push(Out::Send(owner, pg::msg(PgOp::Reply, 0, g.row.clone(), "")));
             }
+            pg::tell_watchers(&mut g.watchers, &g.row, out);
             self.changed.insert(Key::Group(id));
         }
         for row in &lost {
@@ -678,6 +679,13 @@ impl<C: Conn> GcsTables<C> {
                 group,
                 ..
             } => self.pg_message(peer, op, request_id, group, out),
+            Msg::PgWatch { request_id, pg_id } => {
+                let row = self.pgs.watch(peer, pg_id);
+                out.push(Out::Send(
+                    peer.clone(),
+                    pg::msg(PgOp::Reply, request_id, row, ""),
+                ));
+            }
             other => {
                 tracing::warn!(
                     message = other.name(),
@@ -1048,6 +1056,7 @@ impl<C: Conn> GcsTables<C> {
                             owner: None,
                             owner_worker: request_id,
                             placing: false,
+                            watchers: Vec::new(),
                         },
                     );
                 }
@@ -1341,6 +1350,7 @@ impl<C: Conn> GcsTables<C> {
                         owner: Some(peer.clone()),
                         owner_worker,
                         placing: false,
+                        watchers: Vec::new(),
                     },
                 );
                 out.push(Out::Send(peer.clone(), reply(pg::PENDING, String::new())));
@@ -1424,8 +1434,9 @@ impl<C: Conn> GcsTables<C> {
             self.pgs.account(&g.row, -1.0);
             self.pg_cancel_at_raylets(&g.row, out);
         }
-        let mut row = g.row;
+        let (mut row, mut watchers) = (g.row, g.watchers);
         row.state = pg::REMOVED;
+        pg::tell_watchers(&mut watchers, &row, out);
         self.pgs.removed.push_back(row);
         if self.pgs.removed.len() > pg::KEPT_REMOVED
             && let Some(old) = self.pgs.removed.pop_front()
@@ -1595,6 +1606,7 @@ impl<C: Conn> GcsTables<C> {
                     ));
                 }
                 tracing::info!(pg = pg_id, "placement group created");
+                pg::tell_watchers(&mut g.watchers, &row, out);
                 if let Some(owner) = owner {
                     out.push(Out::Send(owner, pg::msg(PgOp::Reply, 0, row, "")));
                 }

@@ -35,9 +35,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::execute::SEP;
+use super::gcs_tables::Out;
 use super::peer::Peer;
 use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
 use super::worker::Cluster;
+use super::worker_table::Conn;
 use super::{call_timeout, cluster_error, wait_reply};
 use crate::config::CpuList;
 use crate::error::Error;
@@ -204,6 +206,10 @@ pub(crate) struct GcsGroup<C> {
     pub(crate) owner_worker: u64,
     /// A two-phase attempt is under way (its nodes are in `row`).
     pub(crate) placing: bool,
+    /// Connections of processes holding a handle to the group that asked to follow it
+    /// (`PgWatch`): told when it is created, rescheduling or removed. Not saved: after a
+    /// restart of the GCS they are not told until they watch again.
+    pub(crate) watchers: Vec<C>,
 }
 
 /// The GCS's placement groups (`C`: a connection, as `gcs_tables.rs` has them).
@@ -230,6 +236,36 @@ impl<C> Default for GcsGroups<C> {
             retry_scheduled: false,
             removed: std::collections::VecDeque::new(),
         }
+    }
+}
+
+/// Sends `row` (a group's new state) to its watchers, dropping those whose connection closed.
+pub(crate) fn tell_watchers<C: Conn>(watchers: &mut Vec<C>, row: &PgRow, out: &mut Vec<Out<C>>) {
+    watchers.retain(|w| !w.is_closed());
+    for w in watchers.iter() {
+        out.push(Out::Send(w.clone(), msg(PgOp::Reply, 0, row.clone(), "")));
+    }
+}
+
+impl<C: Conn> GcsGroups<C> {
+    /// `peer` follows group `pg_id` from now on; returns its row as it stands (state REMOVED
+    /// for a group removed or never known).
+    pub(crate) fn watch(&mut self, peer: &C, pg_id: u64) -> PgRow {
+        if let Some(g) = self.groups.get_mut(&pg_id) {
+            if !g.watchers.iter().any(|w| w.same(peer)) {
+                g.watchers.push(peer.clone());
+            }
+            return g.row.clone();
+        }
+        self.removed
+            .iter()
+            .find(|r| r.pg_id == pg_id)
+            .cloned()
+            .unwrap_or(PgRow {
+                pg_id,
+                state: REMOVED,
+                ..PgRow::default()
+            })
     }
 }
 
@@ -513,6 +549,11 @@ pub(crate) fn info_of(row: &PgRow) -> PlacementGroupInfo {
         } else {
             Vec::new()
         },
+        bundle_gpus: if row.state == CREATED || row.state == RESCHEDULING {
+            row_sets(row, |b| &b.gpus)
+        } else {
+            Vec::new()
+        },
         cpu_note: cpu_note(row),
     }
 }
@@ -677,6 +718,19 @@ impl Cluster {
         self.placement.node_of_worker(index)
     }
 
+    /// Follows a group this process holds a handle to (`PgWatch`): its row as it stands.
+    pub(crate) fn pg_watch(&self, pg_id: u64) -> Result<PgRow, Error> {
+        let what = "following a placement group";
+        let _guard = self.io.enter();
+        let rx = self
+            .gcs
+            .request(|request_id| Msg::PgWatch { request_id, pg_id });
+        match wait_reply(rx, call_timeout(), what)? {
+            Msg::Pg { group, .. } => Ok(group),
+            _ => Err(cluster_error(what, "unexpected reply")),
+        }
+    }
+
     /// Every placement group the GCS knows.
     pub(crate) fn pg_list(&self) -> Result<Vec<PgRow>, Error> {
         let what = "listing placement groups";
@@ -696,6 +750,13 @@ impl Cluster {
         let Some(rt) = self.runtime() else {
             return;
         };
+        // A group this process follows through a handle (not its owner).
+        if op == PgOp::Reply
+            && self.gcs.is(peer)
+            && crate::placement_group::follow(&rt, &info_of(&group))
+        {
+            return;
+        }
         match op {
             PgOp::Reply if self.gcs.is(peer) && group.state == RESCHEDULING => {
                 crate::placement_group::rescheduling(&rt, group.pg_id);

@@ -920,6 +920,15 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                 }
             );
         }
+        Msg::PgWatch { request_id, pg_id } => {
+            table!(
+                PgWatch,
+                PgWatchArgs {
+                    request_id: *request_id,
+                    pg_id: *pg_id
+                }
+            );
+        }
         Msg::DetachActor { actor_id } => {
             table!(
                 DetachActor,

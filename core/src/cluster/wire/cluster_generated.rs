@@ -9095,6 +9095,123 @@ impl ::core::fmt::Debug for PgMsg<'_> {
       ds.finish()
   }
 }
+pub enum PgWatchOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A process holding a handle to group `pg_id` it does not own -> GCS (tag 120): tell this
+/// connection of the group's changes. The GCS answers at once with a `PgReply` (this
+/// `request_id`; the group's row, or state REMOVED when it knows no such group), then sends
+/// a `PgReply` with request id 0 whenever the group is created, rescheduling or removed.
+pub struct PgWatch<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PgWatch<'a> {
+  type Inner = PgWatch<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PgWatch<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PG_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PgWatch { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PgWatchArgs
+  ) -> ::flatbuffers::WIPOffset<PgWatch<'bldr>> {
+    let mut builder = PgWatchBuilder::new(_fbb);
+    builder.add_pg_id(args.pg_id);
+    builder.add_request_id(args.request_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PgWatch::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn pg_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PgWatch::VT_PG_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PgWatch<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u64>("pg_id", Self::VT_PG_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PgWatchArgs {
+    pub request_id: u64,
+    pub pg_id: u64,
+}
+impl<'a> Default for PgWatchArgs {
+  #[inline]
+  fn default() -> Self {
+    PgWatchArgs {
+      request_id: 0,
+      pg_id: 0,
+    }
+  }
+}
+
+pub struct PgWatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PgWatchBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(PgWatch::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_pg_id(&mut self, pg_id: u64) {
+    self.fbb_.push_slot::<u64>(PgWatch::VT_PG_ID, pg_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PgWatchBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PgWatchBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PgWatch<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PgWatch<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PgWatch");
+      ds.field("request_id", &self.request_id());
+      ds.field("pg_id", &self.pg_id());
+      ds.finish()
+  }
+}
 pub enum GroupCallOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
