@@ -20,12 +20,6 @@ const SRUN_SIZE: &[(Mode, &str)] = &[(
     "sizes its groups by whole nodes; an srun rank's node is shared by three ranks",
 )];
 
-const SRUN_HANDLE: &[(Mode, &str)] = &[(
-    Mode::Srun,
-    "a rank given the handle sees no node with the bundle's resources: no raylet reports \
-     group resources under srun, and only the owner knows which rank holds a bundle",
-)];
-
 pub(crate) const CASES: &[Case] = &[
     Case::new("placement_groups::every_strategy_becomes_ready", strategies),
     Case::new(
@@ -48,7 +42,7 @@ pub(crate) const CASES: &[Case] = &[
     )
     .skip(SRUN_SIZE),
     Case::new("placement_groups::any_bundle", any_bundle),
-    Case::new("placement_groups::handle_passes_to_a_task", handle_passes).skip(SRUN_HANDLE),
+    Case::new("placement_groups::handle_passes_to_a_task", handle_passes),
     Case::new(
         "placement_groups::bundles_pinned_to_disjoint_cpus",
         pinned_cpus,
@@ -56,8 +50,7 @@ pub(crate) const CASES: &[Case] = &[
     Case::new(
         "placement_groups::a_kept_handle_follows_removal",
         kept_handle,
-    )
-    .skip(SRUN_HANDLE),
+    ),
     Case::new("actor_groups::ranks_and_rank_order", rank_order),
     Case::new("actor_groups::slice_and_per_member_order", slicing),
     Case::new("actor_groups::member_killed_mid_call", member_killed),
