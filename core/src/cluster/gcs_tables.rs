@@ -2060,6 +2060,75 @@ mod tests {
             .collect()
     }
 
+    /// A process holding a handle follows the group: `PgWatch` answers the row as it stands,
+    /// then the watcher hears of the group's creation (with the CPU sets the raylet gave) and
+    /// of its removal; a group the GCS never knew reads REMOVED.
+    #[test]
+    fn a_watcher_hears_of_creation_and_removal() {
+        let mut t = T::new();
+        let a = t.node(1, 2.0);
+        let pg_msg = |op, group| Msg::Pg {
+            op,
+            request_id: 4,
+            group,
+            error: String::new(),
+            groups: Vec::new(),
+        };
+        t.send(5, pg_msg(PgOp::Create, group(1, &[1.0])));
+        let out = t.send(
+            7,
+            Msg::PgWatch {
+                request_id: 9,
+                pg_id: 1,
+            },
+        );
+        assert!(
+            matches!(to(&out, 7)[..], [Msg::Pg { op: PgOp::Reply, request_id: 9, group, .. }] if group.state == pg::PENDING)
+        );
+        let at = t.at();
+        let cpus = PgBundle {
+            index: 0,
+            cpus: vec![1],
+            ..PgBundle::default()
+        };
+        t.gcs.handle(
+            at,
+            Event::BundleCpus {
+                pg_id: 1,
+                bundles: vec![cpus],
+            },
+        );
+        let out = t.gcs.handle(
+            at,
+            Event::Prepared {
+                pg_id: 1,
+                node_id: a,
+                error: None,
+            },
+        );
+        assert!(
+            matches!(to(&out, 7)[..], [Msg::Pg { op: PgOp::Reply, request_id: 0, group, .. }] if group.state == pg::CREATED && group.bundles[0].cpus == [1])
+        );
+        let gone = PgRow {
+            pg_id: 1,
+            ..PgRow::default()
+        };
+        let out = t.send(5, pg_msg(PgOp::Remove, gone));
+        assert!(
+            matches!(to(&out, 7)[..], [Msg::Pg { op: PgOp::Reply, request_id: 0, group, .. }] if group.state == pg::REMOVED)
+        );
+        let out = t.send(
+            7,
+            Msg::PgWatch {
+                request_id: 10,
+                pg_id: 99,
+            },
+        );
+        assert!(
+            matches!(to(&out, 7)[..], [Msg::Pg { op: PgOp::Reply, request_id: 10, group, .. }] if group.state == pg::REMOVED && group.pg_id == 99)
+        );
+    }
+
     #[test]
     fn a_group_is_committed_when_every_raylet_prepared_and_rolled_back_otherwise() {
         let mut t = T::new();
