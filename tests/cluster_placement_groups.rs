@@ -424,9 +424,10 @@ fn gpus_here() -> Vec<usize> {
     manta::gpu_ids()
 }
 
-/// Two bundles of one GPU each get a device each: their work's `gpu_ids()` names the bundle's
-/// device (the topology's choice: on a node without a reported topology, in order), and a task
-/// in any bundle sees both. The devices come back on removal.
+/// On a node of three GPUs, two bundles of one GPU each get a device each: their work's
+/// `gpu_ids()` names the bundle's device (the topology's choice: on a node without a reported
+/// topology, in order), a task in any bundle sees both, and work outside the group gets the
+/// third. The devices come back on removal.
 fn gpu_bundles_hold_their_devices() {
     let bundle = || Bundle::cpus(1.0).num_gpus(1.0);
     let pg = manta::placement_group(vec![bundle(), bundle()], S::StrictPack).unwrap();
@@ -451,6 +452,13 @@ fn gpu_bundles_hold_their_devices() {
         .get_timeout(LONG)
         .unwrap();
     assert_eq!(any, [0, 1]);
+    // Work outside the group gets the node's third device, not a bundle's.
+    let outside = gpus_here::options()
+        .num_gpus(1.0)
+        .remote()
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!(outside, [2], "a bundle's device given to other work");
     manta::remove_placement_group(&pg).unwrap();
     let again = manta::placement_group(vec![bundle(), bundle()], S::StrictPack).unwrap();
     again.ready().get_timeout(LONG).unwrap();
@@ -460,7 +468,7 @@ fn gpu_bundles_hold_their_devices() {
 
 #[test]
 fn gpu_bundles_hold_their_devices_embedded() {
-    let _rt = common::start(manta::Config::default().num_cpus(2.0).num_gpus(2.0));
+    let _rt = common::start(manta::Config::default().num_cpus(3.0).num_gpus(3.0));
     gpu_bundles_hold_their_devices();
 }
 
@@ -469,9 +477,9 @@ fn gpu_bundles_hold_their_devices_in_a_cluster() {
     serve_if_worker();
     let cluster = LocalCluster::start(
         NodeSpec {
-            num_cpus: 2.0,
-            num_gpus: Some(2.0),
-            env: vec![("CUDA_VISIBLE_DEVICES".into(), "0,1".into())],
+            num_cpus: 3.0,
+            num_gpus: Some(3.0),
+            env: vec![("CUDA_VISIBLE_DEVICES".into(), "0,1,2".into())],
             ..NodeSpec::default()
         },
         &[],

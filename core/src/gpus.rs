@@ -109,6 +109,28 @@ impl GpuInstances {
         true
     }
 
+    /// Takes whole `devices` (ordinals; others ignored) for a holder outside the table: their
+    /// free amount drops by a whole device, so no request fits on them until [`Self::unhold`]
+    /// (work already on one gives back as usual).
+    pub(crate) fn hold(&self, devices: &[usize]) {
+        let mut free = lock(&self.free);
+        for &d in devices {
+            if let Some(f) = free.get_mut(d) {
+                *f -= WHOLE;
+            }
+        }
+    }
+
+    /// Gives back what [`Self::hold`] took.
+    pub(crate) fn unhold(&self, devices: &[usize]) {
+        let mut free = lock(&self.free);
+        for &d in devices {
+            if let Some(f) = free.get_mut(d) {
+                *f += WHOLE;
+            }
+        }
+    }
+
     /// Gives back what `grant` holds of `amount` thousandths.
     pub(crate) fn release(&self, amount: i64, grant: &GpuGrant) {
         let per_device = amount.min(WHOLE);
@@ -230,6 +252,19 @@ mod tests {
         let c = GpuGrant::default();
         assert!(!take(&t, WHOLE, &c));
         assert!(c.reserve());
+    }
+
+    #[test]
+    fn held_devices_go_to_no_request_until_given_back() {
+        let t = GpuInstances::new(3 * WHOLE).unwrap();
+        t.hold(&[0, 1, 7]);
+        let (a, b) = (GpuGrant::default(), GpuGrant::default());
+        assert!(take(&t, WHOLE, &a));
+        assert_eq!(ids(&a), vec![2], "the one not held");
+        assert!(!take(&t, 500, &b), "not even a fraction of a held one");
+        t.unhold(&[0, 1, 7]);
+        assert!(take(&t, 500, &b));
+        assert_eq!(ids(&b), vec![0]);
     }
 
     #[test]

@@ -853,8 +853,9 @@ pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     table: Mutex<Table>,
-    /// A worker's bundles installed by their owner: group id -> (resources, carved demand).
-    installed: Mutex<HashMap<u64, (Vec<u32>, Demand)>>,
+    /// A worker's bundles installed by their owner: group id -> (resources, carved demand,
+    /// the bundles' GPUs, kept off this worker's other GPU work).
+    installed: Mutex<HashMap<u64, (Vec<u32>, Demand, Vec<usize>)>>,
     /// Groups waiting for resources (a release retries them when not 0).
     num_pending: AtomicUsize,
     /// Groups this process follows through handles from other processes (in a cluster): one
@@ -1047,8 +1048,11 @@ pub(crate) fn install(
         gpus,
     );
     s.resources.force_acquire(&carve);
+    // The bundles' devices are theirs: the worker's device table gives them to no other work.
+    let devices: Vec<usize> = gpus.iter().flatten().copied().collect();
+    s.resources.hold_devices(&devices);
     s.resources.commit_dynamic(&slots);
-    installed.insert(pg_id, (slots, carve));
+    installed.insert(pg_id, (slots, carve, devices));
     drop(installed);
     s.drain_pending();
     Ok(())
@@ -1058,9 +1062,10 @@ pub(crate) fn install(
 /// carved resources go back.
 pub(crate) fn uninstall(rt: &Arc<RuntimeInner>, pg_id: u64) {
     let s = &rt.scheduler;
-    let Some((slots, carve)) = lock(&s.groups.installed).remove(&pg_id) else {
+    let Some((slots, carve, devices)) = lock(&s.groups.installed).remove(&pg_id) else {
         return;
     };
+    s.resources.release_devices(&devices);
     s.resources
         .remove_dynamic(&slots, true, &PlacementGroupId(pg_id).to_string());
     s.fail_removed_pending();

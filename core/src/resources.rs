@@ -519,6 +519,22 @@ impl NodeResources {
         self.give_back(&demand.0);
     }
 
+    /// Takes whole `devices` out of the device table for something that holds them outside it
+    /// (a placement group's bundles installed in a worker): no request gets them until
+    /// [`NodeResources::release_devices`].
+    pub(crate) fn hold_devices(&self, devices: &[usize]) {
+        if let Some(table) = &self.gpus {
+            table.hold(devices);
+        }
+    }
+
+    /// Gives back what [`NodeResources::hold_devices`] took.
+    pub(crate) fn release_devices(&self, devices: &[usize]) {
+        if let Some(table) = &self.gpus {
+            table.unhold(devices);
+        }
+    }
+
     /// `(name, available, total)` per resource, in units.
     pub(crate) fn snapshot(&self) -> Vec<(String, f64, f64)> {
         self.names

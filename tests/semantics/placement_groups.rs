@@ -629,7 +629,11 @@ fn pinned_cpus(ctx: &Ctx) {
     let pg = manta::placement_group(vec![Bundle::cpus(1.0); 2], S::StrictPack).unwrap();
     ready(&pg);
     let sets: Vec<Vec<usize>> = pg.bundle_cpus().into_iter().map(|l| l.0).collect();
-    eprintln!("[{}] bundle CPU sets {sets:?} ({:?})", ctx.mode, pg.cpu_note());
+    eprintln!(
+        "[{}] bundle CPU sets {sets:?} ({:?})",
+        ctx.mode,
+        pg.cpu_note()
+    );
     assert_eq!(sets.len(), 2);
     if sets.iter().any(Vec::is_empty) {
         let note = pg.cpu_note().expect("an unpinned bundle says why");
