@@ -24,7 +24,7 @@
 //! A bundle asking for whole CPUs also gets a CPU set of its own when committed (embedded, from
 //! this scheduler's [`crate::topology::NodeSets`]; in a cluster, from its node's raylet): work
 //! whose demand names the bundle's marker runs pinned to it (`affinity::pinned`), work in any
-//! bundle to the union of the group's sets on the node.
+//! bundle to the union of the sets of the group's bundles held in the process it runs in.
 //!
 //! Feasibility follows Ray: a bundle larger than the node fails at once with
 //! [`Error::Infeasible`]; a group whose bundles fit one by one but not together (or a
