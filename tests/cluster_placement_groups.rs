@@ -486,4 +486,23 @@ fn gpu_bundles_hold_their_devices_in_a_cluster() {
     );
     let _rt = common::start(cluster.config());
     gpu_bundles_hold_their_devices();
+    // The CLI lists a group's CPU sets and GPUs.
+    let bundle = || Bundle::cpus(1.0).num_gpus(1.0);
+    let pg = manta::placement_group(vec![bundle(), bundle()], S::StrictPack).unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_manta"))
+        .args(["list", "placement-groups", "--address", &cluster.address])
+        .env("MANTA_TOKEN", &cluster.token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&pg.id().to_string()))
+        .unwrap_or_else(|| panic!("the group is listed: {text}"));
+    for (cpus, gpus) in pg.bundle_cpus().iter().zip(pg.bundle_gpus()) {
+        let want = format!("cpus [{cpus}] gpus [{}]", manta::CpuList(gpus));
+        assert!(line.contains(&want), "{want} in {line}");
+    }
+    manta::remove_placement_group(&pg).unwrap();
 }

@@ -431,7 +431,7 @@ pub fn list(args: &ListArgs) -> Result<()> {
         ListWhat::PlacementGroups => {
             let groups = cluster::list_placement_groups(&address, &token)?;
             println!(
-                "  {:>16}  {:<16}  {:<13}  {:<8}  BUNDLES (resources @ node cpus [set])",
+                "  {:>16}  {:<16}  {:<13}  {:<8}  BUNDLES (resources @ node, cpus [set], gpus [ids])",
                 "ID", "NAME", "STRATEGY", "STATE"
             );
             for g in &groups {
@@ -444,10 +444,14 @@ pub fn list(args: &ListArgs) -> Result<()> {
                             .bundle_nodes
                             .get(i)
                             .map_or_else(|| "-".to_owned(), u64::to_string);
-                        match g.bundle_cpus.get(i) {
-                            Some(set) if !set.is_empty() => format!("{b}@{node} cpus [{set}]"),
-                            _ => format!("{b}@{node}"),
+                        let mut line = format!("{b}@{node}");
+                        if let Some(set) = g.bundle_cpus.get(i).filter(|s| !s.is_empty()) {
+                            line.push_str(&format!(" cpus [{set}]"));
                         }
+                        if let Some(ids) = g.bundle_gpus.get(i).filter(|g| !g.is_empty()) {
+                            line.push_str(&format!(" gpus [{}]", manta_core::CpuList(ids.clone())));
+                        }
+                        line
                     })
                     .collect();
                 println!(
