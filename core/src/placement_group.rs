@@ -853,9 +853,8 @@ pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     table: Mutex<Table>,
-    /// A worker's bundles installed by their owner: group id -> (resources, carved demand,
-    /// the bundles' GPUs, kept off this worker's other GPU work).
-    installed: Mutex<HashMap<u64, (Vec<u32>, Demand, Vec<usize>)>>,
+    /// A worker's bundles installed by their owner, by group id.
+    installed: Mutex<HashMap<u64, Installed>>,
     /// Groups waiting for resources (a release retries them when not 0).
     num_pending: AtomicUsize,
     /// Groups this process follows through handles from other processes (in a cluster): one
@@ -864,6 +863,10 @@ pub(crate) struct Groups {
     /// Embedded: the CPU sets of this node's bundles.
     node_sets: crate::topology::NodeSets,
 }
+
+/// A group's bundles installed in a worker: their run-time resources, the demand carved out of
+/// the worker's pool, and their GPUs (kept off the worker's other GPU work).
+type Installed = (Vec<u32>, Demand, Vec<usize>);
 
 #[derive(Debug, Default)]
 struct Table {
