@@ -916,6 +916,41 @@ mod tests {
         assert_eq!(CpuTopology::read(&here).cpus.len(), here.len());
     }
 
+    /// hwloc's reading of a synthetic machine (`HWLOC_SYNTHETIC`, which hwloc loads instead of
+    /// the real one): 2 packages × 2 NUMA nodes × 2 cores, and a bundle of 2 placed on one
+    /// NUMA node of it. The test runs itself again with the variable set (the crate sets no
+    /// environment variable of its own process).
+    #[cfg(feature = "hwloc")]
+    #[test]
+    fn hwloc_reads_packages_and_numa_nodes() {
+        if std::env::var_os("HWLOC_SYNTHETIC").is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "topology::tests::hwloc_reads_packages_and_numa_nodes",
+                    "--exact",
+                ])
+                .env("HWLOC_SYNTHETIC", "package:2 numa:2 core:2 pu:1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
+        let t = hwloc_read(&(0..8).collect::<Vec<_>>()).expect("hwloc loads the synthetic machine");
+        let places: Vec<(usize, usize, usize)> =
+            t.cpus.iter().map(|p| (p.cpu, p.package, p.numa)).collect();
+        assert_eq!(
+            places,
+            (0..8).map(|c| (c, c / 4, c / 2)).collect::<Vec<_>>(),
+            "{t:?}"
+        );
+        assert_eq!(
+            choose_cpus(&t, &free([0, 2, 3, 4, 5]), 2, None),
+            Some(vec![2, 3]),
+            "one NUMA node, best fit"
+        );
+    }
+
     /// A fresh directory under the system's temp dir (no tempfile crate in `manta-core`).
     fn tempfile_dir() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!(
