@@ -506,3 +506,84 @@ fn gpu_bundles_hold_their_devices_in_a_cluster() {
     }
     manta::remove_placement_group(&pg).unwrap();
 }
+
+/// An actor holding one GPU for its life.
+#[manta::actor]
+pub(crate) struct GpuHolder;
+
+#[manta::actor]
+impl GpuHolder {
+    pub(crate) fn new() -> Self {
+        GpuHolder
+    }
+    pub(crate) fn gpus(&self) -> Vec<usize> {
+        manta::gpu_ids()
+    }
+}
+
+/// On a machine of 2 NUMA nodes × 2 PCIe switches × 2 GPUs (the test hook
+/// `MANTA_TESTING_GPU_TOPOLOGY` stands in for it), with device 0 held, a bundle of two GPUs
+/// gets both of one switch (2, 3), not the two lowest free (1, 2) across switches; a bundle of
+/// four then gets NUMA node 1's.
+#[test]
+fn gpu_bundles_follow_the_topology_embedded() {
+    // SAFETY: this test's own process (nextest runs each test in one), before the runtime
+    // starts any thread that could read the environment.
+    unsafe {
+        std::env::set_var(
+            "MANTA_TESTING_GPU_TOPOLOGY",
+            "0:a,0:a,0:b,0:b,1:c,1:c,1:d,1:d",
+        )
+    };
+    let _rt = common::start(manta::Config::default().num_cpus(2.0).num_gpus(8.0));
+    let holder = GpuHolder::options().num_gpus(1.0).remote();
+    assert_eq!(holder.gpus().get_timeout(LONG).unwrap(), [0]);
+    let two = manta::placement_group(vec![Bundle::new().num_gpus(2.0)], S::Pack).unwrap();
+    two.ready().get_timeout(LONG).unwrap();
+    assert_eq!(two.bundle_gpus(), [vec![2, 3]], "one switch");
+    let four = manta::placement_group(vec![Bundle::new().num_gpus(4.0)], S::Pack).unwrap();
+    four.ready().get_timeout(LONG).unwrap();
+    assert_eq!(four.bundle_gpus(), [vec![4, 5, 6, 7]], "one NUMA node");
+    manta::remove_placement_group(&two).unwrap();
+    manta::remove_placement_group(&four).unwrap();
+}
+
+/// The same choice by a node's raylet: its launcher's machine has 2 NUMA nodes × 2 switches ×
+/// 2 GPUs (the test hook in the node's environment); a bundle of one GPU takes device 0, then
+/// a bundle of two takes switch b's (2, 3), not 1 and 2 across switches.
+#[test]
+fn gpu_bundles_follow_the_topology_in_a_cluster() {
+    serve_if_worker();
+    let cluster = LocalCluster::start(
+        NodeSpec {
+            num_cpus: 2.0,
+            num_gpus: Some(8.0),
+            env: vec![
+                ("CUDA_VISIBLE_DEVICES".into(), "0,1,2,3,4,5,6,7".into()),
+                (
+                    "MANTA_TESTING_GPU_TOPOLOGY".into(),
+                    "0:a,0:a,0:b,0:b,1:c,1:c,1:d,1:d".into(),
+                ),
+            ],
+            ..NodeSpec::default()
+        },
+        &[],
+    );
+    let _rt = common::start(cluster.config());
+    let one = manta::placement_group(vec![Bundle::new().num_gpus(1.0)], S::Pack).unwrap();
+    one.ready().get_timeout(LONG).unwrap();
+    assert_eq!(one.bundle_gpus(), [vec![0]]);
+    let two = manta::placement_group(vec![Bundle::new().num_gpus(2.0)], S::Pack).unwrap();
+    two.ready().get_timeout(LONG).unwrap();
+    assert_eq!(two.bundle_gpus(), [vec![2, 3]], "one switch");
+    let got = gpus_here::options()
+        .num_cpus(0.0)
+        .num_gpus(2.0)
+        .placement_group(&two, Some(0))
+        .remote()
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!(got, [2, 3], "its work holds them");
+    manta::remove_placement_group(&one).unwrap();
+    manta::remove_placement_group(&two).unwrap();
+}

@@ -31,7 +31,7 @@ const RESERVED: u64 = 1 << 63;
 /// so can neither replace the first's devices (leaking them) nor hold counters another task
 /// needs meanwhile.
 #[derive(Debug, Default)]
-pub(crate) struct GpuGrant(AtomicU64);
+pub(crate) struct GpuGrant(AtomicU64, AtomicU64);
 
 impl GpuGrant {
     /// The devices held, as a bit mask (0 while not held or being acquired).
@@ -45,6 +45,13 @@ impl GpuGrant {
         self.0
             .compare_exchange(0, RESERVED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Asks for exactly the devices of `mask` when a whole-device request is acquired, if they
+    /// are all wholly free then (else the usual choice): a placement group's carve, whose
+    /// devices were chosen by topology.
+    pub(crate) fn prefer(&self, mask: u64) {
+        self.1.store(mask & !RESERVED, Ordering::Relaxed);
     }
 
     /// Gives up a reservation whose acquisition failed.
@@ -91,6 +98,17 @@ impl GpuInstances {
             if whole.len() < want {
                 return false;
             }
+            let preferred = grant.1.load(Ordering::Relaxed);
+            let chosen: Vec<usize> = whole
+                .iter()
+                .copied()
+                .filter(|d| preferred & (1 << d) != 0)
+                .collect();
+            let whole = if chosen.len() == want && preferred.count_ones() as usize == want {
+                chosen
+            } else {
+                whole
+            };
             for &d in &whole[..want] {
                 free[d] = 0;
                 mask |= 1 << d;
@@ -107,6 +125,12 @@ impl GpuInstances {
         }
         grant.0.store(mask, Ordering::Release);
         true
+    }
+
+    /// The devices nobody holds any of.
+    pub(crate) fn wholly_free(&self) -> std::collections::BTreeSet<usize> {
+        let free = lock(&self.free);
+        (0..free.len()).filter(|&d| free[d] == WHOLE).collect()
     }
 
     /// Takes whole `devices` (ordinals; others ignored) for a holder outside the table: their
@@ -252,6 +276,27 @@ mod tests {
         let c = GpuGrant::default();
         assert!(!take(&t, WHOLE, &c));
         assert!(c.reserve());
+    }
+
+    #[test]
+    fn a_preferred_set_is_taken_when_wholly_free() {
+        let t = GpuInstances::new(4 * WHOLE).unwrap();
+        let g = GpuGrant::default();
+        g.prefer(0b1100);
+        assert!(take(&t, 2 * WHOLE, &g));
+        assert_eq!(ids(&g), vec![2, 3], "the preferred devices");
+        // Not all free: the usual choice.
+        let (a, b) = (GpuGrant::default(), GpuGrant::default());
+        a.prefer(0b0110);
+        assert!(take(&t, 2 * WHOLE, &a));
+        assert_eq!(ids(&a), vec![0, 1]);
+        t.release(2 * WHOLE, &g);
+        b.prefer(0b0100);
+        assert!(
+            take(&t, 2 * WHOLE, &b),
+            "a preference of the wrong size is ignored"
+        );
+        assert_eq!(ids(&b), vec![2, 3]);
     }
 
     #[test]

@@ -1376,21 +1376,36 @@ fn try_place(s: &Scheduler, rec: &GroupRecord) -> bool {
     if res.phase != PENDING {
         return res.phase == CREATED;
     }
-    if !s.resources.try_acquire(&carve) {
-        return false;
-    }
     let whole = |name: &str| -> Vec<usize> {
         rec.bundles
             .iter()
             .map(|b| crate::topology::whole_units(b.amount(name)))
             .collect()
     };
+    // The group's devices: chosen by topology among the wholly free ones, if they are still
+    // free when the carve is acquired.
+    let places = s.groups.node_sets.gpu_places();
+    if let Some(grant) = carve.gpus() {
+        let plan = crate::topology::split_gpus(
+            &places,
+            &s.resources.wholly_free_devices(),
+            &whole(GPU_NAME),
+        );
+        let mask = plan
+            .iter()
+            .flatten()
+            .filter(|&&d| d < 63)
+            .fold(0, |m, &d| m | (1 << d));
+        grant.prefer(mask);
+    }
+    if !s.resources.try_acquire(&carve) {
+        return false;
+    }
     // The bundles' GPUs: out of the devices the carve holds, by topology; their CPU sets on
     // the NUMA node of their GPUs.
     let held = carve.gpus().map_or(0, crate::gpus::GpuGrant::mask);
     let devices: std::collections::BTreeSet<usize> =
         (0..64).filter(|d| held & (1 << d) != 0).collect();
-    let places = s.groups.node_sets.gpu_places();
     let gpus = crate::topology::split_gpus(&places, &devices, &whole(GPU_NAME));
     let near: Vec<Option<usize>> = gpus
         .iter()

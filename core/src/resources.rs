@@ -519,6 +519,14 @@ impl NodeResources {
         self.give_back(&demand.0);
     }
 
+    /// The devices no request holds any of (for choosing a placement group's by topology).
+    pub(crate) fn wholly_free_devices(&self) -> std::collections::BTreeSet<usize> {
+        self.gpus
+            .as_ref()
+            .map(GpuInstances::wholly_free)
+            .unwrap_or_default()
+    }
+
     /// Takes whole `devices` out of the device table for something that holds them outside it
     /// (a placement group's bundles installed in a worker): no request gets them until
     /// [`NodeResources::release_devices`].

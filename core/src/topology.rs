@@ -213,10 +213,31 @@ pub(crate) fn gpu_places(gpus: &[Gpu], pci: &[PciDisplay]) -> Vec<GpuPlace> {
 }
 
 /// This process's GPUs and where they sit, from its environment and `/sys` (empty on a node
-/// without GPUs).
+/// without GPUs). The test hook `MANTA_TESTING_GPU_TOPOLOGY` (`numa:switch,…`, one entry per
+/// device in ordinal order) stands in for a machine with GPUs.
 pub(crate) fn read_gpu_places() -> Vec<GpuPlace> {
+    if let Ok(fake) = std::env::var("MANTA_TESTING_GPU_TOPOLOGY") {
+        return parse_gpu_places(&fake);
+    }
     let pci = pci_displays(Path::new("/sys"));
     gpu_places(&locate_gpus(|k| std::env::var(k).ok(), &pci), &pci)
+}
+
+/// `numa:switch,…` (one entry per device, in ordinal order; a part that is not a number, or
+/// missing, is unknown).
+fn parse_gpu_places(s: &str) -> Vec<GpuPlace> {
+    s.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .enumerate()
+        .map(|(device, e)| {
+            let (numa, switch) = e.trim().split_once(':').unwrap_or((e.trim(), ""));
+            GpuPlace {
+                device,
+                numa: numa.parse().ok(),
+                switch: (!switch.is_empty()).then(|| switch.to_owned()),
+            }
+        })
+        .collect()
 }
 
 /// `want` devices out of `free` (ordinals of `gpus`): all behind one PCIe switch if a switch
@@ -822,6 +843,11 @@ mod tests {
         );
         // A node without GPUs: an empty topology, nothing chosen.
         assert!(gpu_places(&[], &[]).is_empty());
+        assert!(parse_gpu_places("").is_empty());
+        let parsed = parse_gpu_places("0:a,1:b,x");
+        assert_eq!(parsed[1].numa, Some(1));
+        assert_eq!(parsed[1].switch.as_deref(), Some("b"));
+        assert_eq!((parsed[2].numa, parsed[2].switch.clone()), (None, None));
         assert!(split_gpus(&[], &free(0..0), &[1]).iter().all(Vec::is_empty));
         // CPU sets follow the GPUs' NUMA node.
         let sets = NodeSets::with_topology(CpuTopology::synthetic(2, 1, 4));
