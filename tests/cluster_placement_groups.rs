@@ -587,3 +587,34 @@ fn gpu_bundles_follow_the_topology_in_a_cluster() {
     manta::remove_placement_group(&one).unwrap();
     manta::remove_placement_group(&two).unwrap();
 }
+
+/// A handle kept in another process follows its group across a restart of the head: the
+/// restarted GCS does not keep its watchers, so the process watches again when it rejoins, and
+/// sees the group removed afterwards.
+#[test]
+fn a_kept_handle_follows_removal_across_a_head_restart() {
+    serve_if_worker();
+    let head = NodeSpec {
+        env: vec![("MANTA_NODE_TIMEOUT_US".into(), "3000000".into())],
+        ..NodeSpec::with_resources("")
+    };
+    let mut cluster = LocalCluster::start(head, &[NodeSpec::with_resources("side=1")]);
+    let _rt = common::start(cluster.config());
+    let pg =
+        manta::placement_group(vec![Bundle::cpus(0.5).resource("side", 0.25)], S::Pack).unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let keeper = Keeper::options()
+        .num_cpus(0.0)
+        .resource("side", 0.5)
+        .remote(pg.clone());
+    assert_eq!(keeper.seen().get_timeout(LONG).unwrap().0, "CREATED");
+    cluster.kill_head();
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.restart_head();
+    // The driver's removal waits for its own rejoin; the keeper's process rejoins by itself.
+    std::thread::sleep(Duration::from_millis(1500));
+    manta::remove_placement_group(&pg).unwrap();
+    eventually("the kept handle seeing the removal", LONG, || {
+        keeper.seen().get_timeout(LONG).unwrap().0 == "REMOVED"
+    });
+}

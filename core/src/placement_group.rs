@@ -490,6 +490,11 @@ fn settle(rec: &GroupRecord, listed: Option<&PlacementGroupInfo>, rt: Option<&Ar
     }
 }
 
+/// Whether this process created group `pg_id` (it is in its table as owner).
+pub(crate) fn owns(rt: &Arc<RuntimeInner>, pg_id: u64) -> bool {
+    record(rt, pg_id).is_some()
+}
+
 /// A notice from the GCS about group `listed.id`: applied to this process's record if it
 /// follows the group through a handle (it is not its owner); returns whether it does.
 pub(crate) fn follow(rt: &Arc<RuntimeInner>, listed: &PlacementGroupInfo) -> bool {

@@ -207,8 +207,8 @@ pub(crate) struct GcsGroup<C> {
     /// A two-phase attempt is under way (its nodes are in `row`).
     pub(crate) placing: bool,
     /// Connections of processes holding a handle to the group that asked to follow it
-    /// (`PgWatch`): told when it is created, rescheduling or removed. Not saved: after a
-    /// restart of the GCS they are not told until they watch again.
+    /// (`PgWatch`): told when it is created, rescheduling or removed. Not saved: processes
+    /// watch again when they rejoin a restarted GCS (`GcsLink`).
     pub(crate) watchers: Vec<C>,
 }
 
@@ -721,6 +721,7 @@ impl Cluster {
     /// Follows a group this process holds a handle to (`PgWatch`): its row as it stands.
     pub(crate) fn pg_watch(&self, pg_id: u64) -> Result<PgRow, Error> {
         let what = "following a placement group";
+        self.gcs.note_watch(pg_id, true);
         let _guard = self.io.enter();
         let rx = self
             .gcs
@@ -751,10 +752,16 @@ impl Cluster {
             return;
         };
         // A group this process follows through a handle (not its owner).
+        // A group this process follows through a handle (not its owner), or followed and let
+        // go (its handles dropped): never the owner's steps below.
         if op == PgOp::Reply
             && self.gcs.is(peer)
-            && crate::placement_group::follow(&rt, &info_of(&group))
+            && (crate::placement_group::follow(&rt, &info_of(&group))
+                || !crate::placement_group::owns(&rt, group.pg_id))
         {
+            if group.state == REMOVED {
+                self.gcs.note_watch(group.pg_id, false);
+            }
             return;
         }
         match op {
