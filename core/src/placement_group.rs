@@ -915,6 +915,16 @@ pub(crate) fn group_resources(
     out
 }
 
+/// The rank of group `pg_id`'s run-time resource `name` among the cells of a demand: 0 for a
+/// bundle's marker, 1 for the group's (any bundle), none for the others.
+fn marker_rank(pg_id: u64, name: &str) -> Option<u8> {
+    if name == format!("bundle_group_{pg_id:016x}") {
+        Some(1)
+    } else {
+        name.starts_with("bundle_group_").then_some(0)
+    }
+}
+
 /// The place cells of a group's run-time resources `names` (as [`group_resources`] lists
 /// them) at `slots` on a node: one per bundle held there, by its marker, then the group's
 /// (by the group's marker, for work in any bundle).
@@ -1049,7 +1059,9 @@ pub(crate) fn install(
         .resources
         .demand(&request)
         .map_err(|_| format!("this worker cannot hold {request}"))?;
-    let slots = s.resources.add_dynamic(resources)?;
+    let slots = s
+        .resources
+        .add_dynamic(resources, &|n| marker_rank(pg_id, n))?;
     set_cells(
         &bundle_cells(&s.resources, pg_id, resources, &slots),
         cpus,
@@ -1334,7 +1346,10 @@ fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementG
             }
             table.by_name.insert(name.clone(), rec.clone());
         }
-        let slots = match s.resources.add_dynamic(&rec.resources()) {
+        let slots = match s
+            .resources
+            .add_dynamic(&rec.resources(), &|n| marker_rank(id.0, n))
+        {
             Ok(slots) => slots,
             Err(message) => {
                 if let Some(name) = &b.name {

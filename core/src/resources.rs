@@ -222,8 +222,9 @@ struct Dynamic {
     free: Vec<u32>,
     /// Removed, with holders possibly still to give back: `(index, total, what it was)`.
     retired: Vec<(u32, i64, String)>,
-    /// CPU sets of bundles, by the index of a resource that names the bundle, with a rank:
-    /// a demand naming several takes the lowest (one bundle's set before its group's).
+    /// Places (CPU set, GPUs) of bundles, by the index of a resource that names the bundle,
+    /// with a rank: a demand naming several takes the lowest (one bundle's before its
+    /// group's).
     bundle_cells: HashMap<u32, (u8, std::sync::Arc<BundleCell>)>,
 }
 
@@ -284,8 +285,13 @@ impl NodeResources {
 
     /// Adds resources at run time, each with a total but nothing available yet (what asks for
     /// them waits until [`NodeResources::commit_dynamic`]); returns their indices. Fails when
-    /// the table is full or a name exists.
-    pub(crate) fn add_dynamic(&self, entries: &[(String, f64)]) -> Result<Vec<u32>, String> {
+    /// the table is full or a name exists. A [`BundleCell`] (empty) is made for each entry that `cell_rank` gives a rank, in the
+    /// same step, so that no demand naming the entry misses it ([`NodeResources::bundle_cell`]).
+    pub(crate) fn add_dynamic(
+        &self,
+        entries: &[(String, f64)],
+        cell_rank: &dyn Fn(&str) -> Option<u8>,
+    ) -> Result<Vec<u32>, String> {
         let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
         // Reuse what removed groups fully gave back.
         let base = self.names.len();
@@ -321,13 +327,16 @@ impl NodeResources {
             self.available[i as usize].store(0, Ordering::Relaxed);
             self.dynamic_total[i as usize - base].store(fixed, Ordering::Relaxed);
             table.by_name.insert(name.clone(), i);
+            if let Some(rank) = cell_rank(name) {
+                table.bundle_cells.insert(i, (rank, Default::default()));
+            }
             out.push(i);
         }
         Ok(out)
     }
 
-    /// The CPU set of work that asks for dynamic resource `index` (created empty); among the
-    /// cells of one demand's resources the one of lowest `rank` applies.
+    /// The place of work that asks for dynamic resource `index` (created empty if it has none);
+    /// among the cells of one demand's resources the one of lowest `rank` applies.
     pub(crate) fn bundle_cell(&self, index: u32, rank: u8) -> std::sync::Arc<BundleCell> {
         let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
         table
@@ -400,7 +409,7 @@ impl NodeResources {
     /// which makes the request infeasible rather than an error of its own.
     pub(crate) fn demand(&self, req: &ResourceRequest) -> Result<Demand, DemandError> {
         let mut out = Vec::with_capacity(2 + req.custom.len());
-        let mut cpu_set: Option<(u8, std::sync::Arc<BundleCell>)> = None;
+        let mut bundle: Option<(u8, std::sync::Arc<BundleCell>)> = None;
         let mut push = |name: &str, amount: f64| -> Result<(), DemandError> {
             let fixed = to_fixed("request", name, amount).map_err(DemandError::Invalid)?;
             if fixed == 0 {
@@ -410,9 +419,9 @@ impl NodeResources {
                 let table = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
                 let i = *table.by_name.get(name)?;
                 if let Some((rank, cell)) = table.bundle_cells.get(&i)
-                    && cpu_set.as_ref().is_none_or(|(r, _)| rank < r)
+                    && bundle.as_ref().is_none_or(|(r, _)| rank < r)
                 {
-                    cpu_set = Some((*rank, cell.clone()));
+                    bundle = Some((*rank, cell.clone()));
                 }
                 Some(i as usize)
             });
@@ -434,7 +443,7 @@ impl NodeResources {
         Ok(Demand(
             out.into_boxed_slice(),
             grant,
-            cpu_set.map(|(_, cell)| cell),
+            bundle.map(|(_, cell)| cell),
         ))
     }
 
@@ -633,7 +642,10 @@ mod tests {
     fn dynamic_resources_wait_commit_retire_and_are_reused() {
         let n = node(2.0);
         let slots = n
-            .add_dynamic(&[("CPU_group_0_x".into(), 1.0), ("CPU_group_x".into(), 1.0)])
+            .add_dynamic(
+                &[("CPU_group_0_x".into(), 1.0), ("CPU_group_x".into(), 1.0)],
+                &|_| None,
+            )
             .unwrap();
         let mut req = ResourceRequest::none();
         req.set_custom("CPU_group_0_x", 1.0);
@@ -653,12 +665,12 @@ mod tests {
             "the names are gone"
         );
         // Held: not reused yet; given back: reused.
-        let again = n.add_dynamic(&[("a".into(), 1.0)]).unwrap();
+        let again = n.add_dynamic(&[("a".into(), 1.0)], &|_| None).unwrap();
         assert!(!slots.contains(&again[0]));
         n.release(&d);
         n.remove_dynamic(&again, false, "a");
         let after_release = n
-            .add_dynamic(&[("b".into(), 1.0), ("c".into(), 1.0)])
+            .add_dynamic(&[("b".into(), 1.0), ("c".into(), 1.0)], &|_| None)
             .unwrap();
         assert!(
             after_release
@@ -667,7 +679,7 @@ mod tests {
             "drained indices are reused first: {after_release:?}"
         );
         assert!(
-            n.add_dynamic(&[("b".into(), 1.0)]).is_err(),
+            n.add_dynamic(&[("b".into(), 1.0)], &|_| None).is_err(),
             "a name exists"
         );
     }
