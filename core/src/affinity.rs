@@ -107,13 +107,13 @@ impl BundlePlace {
 /// The place of a placement group's bundle on this node, shared by every demand that names the
 /// bundle (`resources.rs`): set when the bundle is committed here.
 #[derive(Debug, Default)]
-pub(crate) struct BundleCell(crate::sync::Mutex<Option<std::sync::Arc<BundlePlace>>>);
+pub(crate) struct BundleCell(crate::sync::Mutex<Option<crate::sync::Arc<BundlePlace>>>);
 
 impl BundleCell {
     /// Sets the bundle's CPUs and GPUs (both empty: nothing to apply).
     pub(crate) fn set(&self, cpus: &[usize], gpus: &[usize]) {
         *crate::sync::lock(&self.0) = (!cpus.is_empty() || !gpus.is_empty()).then(|| {
-            std::sync::Arc::new(BundlePlace {
+            crate::sync::Arc::new(BundlePlace {
                 cpus: cpus.to_vec(),
                 gpus: gpus.to_vec(),
             })
@@ -121,7 +121,7 @@ impl BundleCell {
     }
 
     /// The place, if it has CPUs or GPUs.
-    pub(crate) fn get(&self) -> Option<std::sync::Arc<BundlePlace>> {
+    pub(crate) fn get(&self) -> Option<crate::sync::Arc<BundlePlace>> {
         crate::sync::lock(&self.0).clone()
     }
 }
@@ -133,9 +133,9 @@ pub(crate) fn pinned<R>(cpus: &[usize], f: impl FnOnce() -> R) -> R {
     if cpus.is_empty() {
         return f();
     }
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static WARNED: crate::sync::AtomicBool = crate::sync::AtomicBool::new(false);
     let warn = |what: &str, e: &std::io::Error| {
-        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if !WARNED.swap(true, crate::sync::Ordering::Relaxed) {
             tracing::warn!(?cpus, error = %e, "{what} (logged once)");
         }
     };

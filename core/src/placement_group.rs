@@ -251,7 +251,7 @@ struct Reservation {
     cpu_note: Option<String>,
     /// Embedded: the cells work in each bundle is pinned through, then the group's (any
     /// bundle: the union of the bundles' sets).
-    cells: Vec<std::sync::Arc<BundleCell>>,
+    cells: Vec<Arc<BundleCell>>,
 }
 
 /// One group, shared by its handles and the runtime's table.
@@ -933,7 +933,7 @@ fn bundle_cells(
     pg_id: u64,
     names: &[(String, f64)],
     slots: &[u32],
-) -> Vec<std::sync::Arc<BundleCell>> {
+) -> Vec<Arc<BundleCell>> {
     let group = format!("bundle_group_{pg_id:016x}");
     let mut bundles = Vec::new();
     let mut whole = None;
@@ -950,7 +950,7 @@ fn bundle_cells(
 
 /// Sets the cells (bundles', then the group's) to the bundles' CPU sets and GPUs, and the
 /// group's to their unions.
-fn set_cells(cells: &[std::sync::Arc<BundleCell>], cpus: &[Vec<usize>], gpus: &[Vec<usize>]) {
+fn set_cells(cells: &[Arc<BundleCell>], cpus: &[Vec<usize>], gpus: &[Vec<usize>]) {
     let Some((group, bundles)) = cells.split_last() else {
         return;
     };

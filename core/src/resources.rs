@@ -138,7 +138,7 @@ impl fmt::Display for ResourceRequest {
 pub(crate) struct Demand(
     Box<[(u32, i64)]>,
     Option<Arc<GpuGrant>>,
-    Option<std::sync::Arc<BundleCell>>,
+    Option<Arc<BundleCell>>,
 );
 
 impl PartialEq for Demand {
@@ -225,7 +225,7 @@ struct Dynamic {
     /// Places (CPU set, GPUs) of bundles, by the index of a resource that names the bundle,
     /// with a rank: a demand naming several takes the lowest (one bundle's before its
     /// group's).
-    bundle_cells: HashMap<u32, (u8, std::sync::Arc<BundleCell>)>,
+    bundle_cells: HashMap<u32, (u8, Arc<BundleCell>)>,
 }
 
 fn to_fixed(what: &str, name: &str, amount: f64) -> Result<i64, String> {
@@ -337,7 +337,7 @@ impl NodeResources {
 
     /// The place of work that asks for dynamic resource `index` (created empty if it has none);
     /// among the cells of one demand's resources the one of lowest `rank` applies.
-    pub(crate) fn bundle_cell(&self, index: u32, rank: u8) -> std::sync::Arc<BundleCell> {
+    pub(crate) fn bundle_cell(&self, index: u32, rank: u8) -> Arc<BundleCell> {
         let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
         table
             .bundle_cells
@@ -409,7 +409,7 @@ impl NodeResources {
     /// which makes the request infeasible rather than an error of its own.
     pub(crate) fn demand(&self, req: &ResourceRequest) -> Result<Demand, DemandError> {
         let mut out = Vec::with_capacity(2 + req.custom.len());
-        let mut bundle: Option<(u8, std::sync::Arc<BundleCell>)> = None;
+        let mut bundle: Option<(u8, Arc<BundleCell>)> = None;
         let mut push = |name: &str, amount: f64| -> Result<(), DemandError> {
             let fixed = to_fixed("request", name, amount).map_err(DemandError::Invalid)?;
             if fixed == 0 {

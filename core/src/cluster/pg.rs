@@ -48,6 +48,7 @@ use crate::placement_group::{
     PlacementStrategy, group_resources,
 };
 use crate::remote::GroupRequest;
+use crate::resources::{CPU_NAME, GPU_NAME};
 use crate::runtime::RuntimeInner;
 use crate::sync::lock;
 
@@ -381,13 +382,13 @@ impl Ledger {
                 })
                 .collect()
         };
-        let wants = whole("CPU");
+        let wants = whole(CPU_NAME);
         // GPUs by the node's topology, the CPU set on their NUMA node.
         let node_gpus = totals
             .iter()
-            .find(|(n, _)| n == "GPU")
+            .find(|(n, _)| n == GPU_NAME)
             .map_or(0, |(_, t)| *t as usize);
-        let (gpus, near) = self.node_sets.take_gpus(node_gpus, &whole("GPU"));
+        let (gpus, near) = self.node_sets.take_gpus(node_gpus, &whole(GPU_NAME));
         let (sets, note) = self.node_sets.take(node_cpus, &wants, &near);
         if let Some(note) = &note {
             tracing::warn!(pg = row.pg_id, "placement group bundles {note}");
