@@ -1,8 +1,8 @@
-//! A node's CPU topology as placement groups see it, and the choice of each bundle's CPU set.
+//! A node's CPU and GPU topology as placement groups see it, and each bundle's CPUs and GPUs.
 //!
 //! A bundle that asks for whole CPUs gets that many logical CPUs of its own on its node: no two
 //! bundles share one, and the work run in the bundle is pinned to them (`affinity.rs`). The
-//! choice is sans I/O ([`choose_cpus`] over a [`CpuTopology`] and the CPUs free), preferring,
+//! choice is sans I/O (`choose_cpus` over a `CpuTopology` and the CPUs free), preferring,
 //! in order:
 //!
 //! 1. one NUMA node (of one package), the one near the bundle's GPUs when it asks for some;
@@ -39,7 +39,7 @@
 //! NVIDIA device.
 //!
 //! A bundle asking for whole GPUs takes them from one PCIe switch where it can, else from one
-//! NUMA node ([`choose_gpus`]), and its CPU set from that NUMA node. A node without GPUs has an
+//! NUMA node (`choose_gpus`), and its CPU set from that NUMA node. A node without GPUs has an
 //! empty GPU topology.
 
 use std::collections::{BTreeMap, BTreeSet};
