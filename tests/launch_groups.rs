@@ -2,7 +2,9 @@
 //! binary, started by Open MPI's launcher, brings up a cluster from `manta::init()` (rank 0 the
 //! head and driver, every rank a worker process); the driver reserves a group of four bundles
 //! spread over the ranks, spawns an actor group in it whose members join the group's
-//! communicator, allreduces through it, and calls every member as one group call.
+//! communicator, allreduces through it, and calls every member as one group call; a task in
+//! another rank given the group's handle runs work in a bundle (in the rank holding it), and
+//! once the group is removed a handle passed again is refused as at the creator.
 //!
 //! Needs Open MPI (`scripts/setup --mpi`); where `mpirun` is missing the test prints why and
 //! passes.
@@ -39,6 +41,24 @@ impl Reducer {
     }
 }
 
+#[manta::remote]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+/// Given the group's handle in another rank: the pid of a task run there in bundle `i`, and
+/// this task's own pid.
+#[manta::remote]
+fn via_handle(pg: manta::PlacementGroup, i: usize) -> Result<(u32, u32), String> {
+    let there = pid::options()
+        .num_cpus(0.0)
+        .placement_group(&pg, Some(i))
+        .remote()
+        .get_timeout(LONG)
+        .map_err(|e| format!("{e:?}"))?;
+    Ok((there, std::process::id()))
+}
+
 /// Rank 0's job (the other ranks serve inside `init`).
 fn job() {
     manta::init().expect("init under mpirun");
@@ -69,7 +89,29 @@ fn job() {
             pids.len()
         );
     }
+    // The handle in another rank: a task in bundle 0's rank schedules into bundle 3, which
+    // runs in bundle 3's rank (the member's process).
+    let members = manta::get_all(&group.call(|m| m.sum(1.0))).unwrap();
+    let (there, here) = via_handle::options()
+        .num_cpus(0.0)
+        .placement_group(&pg, Some(0))
+        .remote(pg.clone(), 3)
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!(here, members[0].2, "the task ran in bundle 0's rank");
+    assert_eq!(there, members[3].2, "its task ran in bundle 3's rank");
+    println!("groups-job: ok handle in another rank");
     manta::remove_placement_group(&pg).unwrap();
+    // Removed: a handle passed now is refused as the creator is.
+    match via_handle::options()
+        .num_cpus(0.0)
+        .remote(pg.clone(), 1)
+        .get_timeout(LONG)
+    {
+        Err(manta::Error::Task(e)) if e.to_string().contains("PlacementGroupRemoved") => {}
+        other => panic!("a removed group through a passed handle: {other:?}"),
+    }
+    println!("groups-job: ok removed handle refused");
     manta::shutdown();
 }
 
@@ -124,4 +166,12 @@ fn mpirun_four_ranks_run_an_actor_group_with_its_communicator() {
             "{text}"
         );
     }
+    assert!(
+        text.contains("groups-job: ok handle in another rank"),
+        "{text}"
+    );
+    assert!(
+        text.contains("groups-job: ok removed handle refused"),
+        "{text}"
+    );
 }

@@ -1083,8 +1083,10 @@ impl ActorCell {
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 let _in_actor = InActor::enter();
                 let _member = crate::placement_group::MemberGuard::enter(self.member);
-                crate::gpus::holding(self.demand.gpus(), || {
-                    (method.invoke)(&self.state, &mut ArgReader::new(&args))
+                crate::affinity::in_bundle(self.demand.bundle(), |bundle_gpus| {
+                    crate::gpus::holding(self.demand.gpus(), bundle_gpus, || {
+                        (method.invoke)(&self.state, &mut ArgReader::new(&args))
+                    })
                 })
             }));
             // A panic its `retry_exceptions` cover (all, or a typed panic of a type named)

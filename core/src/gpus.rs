@@ -31,7 +31,7 @@ const RESERVED: u64 = 1 << 63;
 /// so can neither replace the first's devices (leaking them) nor hold counters another task
 /// needs meanwhile.
 #[derive(Debug, Default)]
-pub(crate) struct GpuGrant(AtomicU64);
+pub(crate) struct GpuGrant(AtomicU64, AtomicU64);
 
 impl GpuGrant {
     /// The devices held, as a bit mask (0 while not held or being acquired).
@@ -45,6 +45,13 @@ impl GpuGrant {
         self.0
             .compare_exchange(0, RESERVED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Asks for exactly the devices of `mask` when a whole-device request is acquired, if they
+    /// are all wholly free then (else the usual choice): a placement group's carve, whose
+    /// devices were chosen by topology.
+    pub(crate) fn prefer(&self, mask: u64) {
+        self.1.store(mask & !RESERVED, Ordering::Relaxed);
     }
 
     /// Gives up a reservation whose acquisition failed.
@@ -91,6 +98,17 @@ impl GpuInstances {
             if whole.len() < want {
                 return false;
             }
+            let preferred = grant.1.load(Ordering::Relaxed);
+            let chosen: Vec<usize> = whole
+                .iter()
+                .copied()
+                .filter(|d| preferred & (1 << d) != 0)
+                .collect();
+            let whole = if chosen.len() == want && preferred.count_ones() as usize == want {
+                chosen
+            } else {
+                whole
+            };
             for &d in &whole[..want] {
                 free[d] = 0;
                 mask |= 1 << d;
@@ -107,6 +125,34 @@ impl GpuInstances {
         }
         grant.0.store(mask, Ordering::Release);
         true
+    }
+
+    /// The devices nobody holds any of.
+    pub(crate) fn wholly_free(&self) -> std::collections::BTreeSet<usize> {
+        let free = lock(&self.free);
+        (0..free.len()).filter(|&d| free[d] == WHOLE).collect()
+    }
+
+    /// Takes whole `devices` (ordinals; others ignored) for a holder outside the table: their
+    /// free amount drops by a whole device, so no request fits on them until [`Self::unhold`]
+    /// (work already on one gives back as usual).
+    pub(crate) fn hold(&self, devices: &[usize]) {
+        let mut free = lock(&self.free);
+        for &d in devices {
+            if let Some(f) = free.get_mut(d) {
+                *f -= WHOLE;
+            }
+        }
+    }
+
+    /// Gives back what [`Self::hold`] took.
+    pub(crate) fn unhold(&self, devices: &[usize]) {
+        let mut free = lock(&self.free);
+        for &d in devices {
+            if let Some(f) = free.get_mut(d) {
+                *f += WHOLE;
+            }
+        }
     }
 
     /// Gives back what `grant` holds of `amount` thousandths.
@@ -127,9 +173,13 @@ thread_local! {
     static CURRENT: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Runs `f` as a task or actor call holding the devices of `grant` (none: no device).
-pub(crate) fn holding<R>(grant: Option<&GpuGrant>, f: impl FnOnce() -> R) -> R {
-    let mask = grant.map_or(0, GpuGrant::mask);
+/// Runs `f` as a task or actor call holding the devices of `grant`, else those of its
+/// placement-group bundle (`bundle`, a mask; 0: no device).
+pub(crate) fn holding<R>(grant: Option<&GpuGrant>, bundle: u64, f: impl FnOnce() -> R) -> R {
+    let mask = match grant.map_or(0, GpuGrant::mask) {
+        0 => bundle,
+        m => m,
+    };
     let prev = CURRENT.with(|c| c.replace(mask));
     let r = f();
     CURRENT.with(|c| c.set(prev));
@@ -229,6 +279,40 @@ mod tests {
     }
 
     #[test]
+    fn a_preferred_set_is_taken_when_wholly_free() {
+        let t = GpuInstances::new(4 * WHOLE).unwrap();
+        let g = GpuGrant::default();
+        g.prefer(0b1100);
+        assert!(take(&t, 2 * WHOLE, &g));
+        assert_eq!(ids(&g), vec![2, 3], "the preferred devices");
+        // Not all free: the usual choice.
+        let (a, b) = (GpuGrant::default(), GpuGrant::default());
+        a.prefer(0b0110);
+        assert!(take(&t, 2 * WHOLE, &a));
+        assert_eq!(ids(&a), vec![0, 1]);
+        t.release(2 * WHOLE, &g);
+        b.prefer(0b0100);
+        assert!(
+            take(&t, 2 * WHOLE, &b),
+            "a preference of the wrong size is ignored"
+        );
+        assert_eq!(ids(&b), vec![2, 3]);
+    }
+
+    #[test]
+    fn held_devices_go_to_no_request_until_given_back() {
+        let t = GpuInstances::new(3 * WHOLE).unwrap();
+        t.hold(&[0, 1, 7]);
+        let (a, b) = (GpuGrant::default(), GpuGrant::default());
+        assert!(take(&t, WHOLE, &a));
+        assert_eq!(ids(&a), vec![2], "the one not held");
+        assert!(!take(&t, 500, &b), "not even a fraction of a held one");
+        t.unhold(&[0, 1, 7]);
+        assert!(take(&t, 500, &b));
+        assert_eq!(ids(&b), vec![0]);
+    }
+
+    #[test]
     fn odd_tables() {
         assert!(GpuInstances::new(0).is_none());
         assert!(GpuInstances::new(64 * WHOLE).is_none());
@@ -249,15 +333,16 @@ mod tests {
         assert!(take(&t, WHOLE, &skip));
         assert!(take(&t, 2 * WHOLE, &g));
         assert_eq!(gpu_ids(), Vec::<usize>::new());
-        let inner = holding(Some(&g), || {
+        let inner = holding(Some(&g), 0, || {
             let outer = gpu_ids();
-            let nested = holding(None, gpu_ids);
-            (outer, nested)
+            let nested = holding(None, 0, gpu_ids);
+            let bundle = holding(None, 0b101, gpu_ids);
+            (outer, nested, bundle)
         });
         assert_eq!(
             inner,
-            (vec![1, 2], vec![]),
-            "a task run inside holds only its own"
+            (vec![1, 2], vec![], vec![0, 2]),
+            "a task run inside holds only its own (a bundle's: the bundle's)"
         );
         assert!(gpu_ids().is_empty());
     }

@@ -30,6 +30,7 @@ mod scheduler;
 mod store;
 mod sync;
 mod task;
+pub mod topology;
 mod view;
 
 pub use actor::{Actor, ActorHandle, ActorOptions};

@@ -21,6 +21,11 @@
 //! carved amounts back to the node, kills the group's actors and fails its queued tasks with
 //! [`Error::PlacementGroupRemoved`].
 //!
+//! A bundle asking for whole CPUs also gets a CPU set of its own when committed (embedded, from
+//! this scheduler's [`crate::topology::NodeSets`]; in a cluster, from its node's raylet): work
+//! whose demand names the bundle's marker runs pinned to it (`affinity::pinned`), work in any
+//! bundle to the union of the sets of the group's bundles held in the process it runs in.
+//!
 //! Feasibility follows Ray: a bundle larger than the node fails at once with
 //! [`Error::Infeasible`]; a group whose bundles fit one by one but not together (or a
 //! `STRICT_SPREAD` group of more bundles than nodes) stays PENDING.
@@ -34,12 +39,14 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::actor::ActorCell;
+use crate::affinity::BundleCell;
 use crate::codec;
+use crate::config::CpuList;
 use crate::error::Error;
 use crate::id::ObjectId;
 use crate::object::{ObjectCell, ObjectRef};
 use crate::remote::{GroupRequest, Remote};
-use crate::resources::{CPU_NAME, GPU_NAME};
+use crate::resources::{CPU_NAME, GPU_NAME, NodeResources};
 use crate::resources::{Demand, ResourceRequest};
 use crate::runtime::{RuntimeInner, with_current};
 use crate::scheduler::Scheduler;
@@ -236,6 +243,15 @@ struct Reservation {
     /// Created, and some bundles' node died: the GCS places them again; the cell completes
     /// when it has (work for the group waits for it, as for `ready()`).
     rescheduling: Option<Arc<ObjectCell>>,
+    /// Each bundle's CPU set (empty: not pinned), once created (`topology.rs`).
+    cpus: Vec<Vec<usize>>,
+    /// Each bundle's GPUs (ordinals on its node's workers; empty: none given), once created.
+    gpus: Vec<Vec<usize>>,
+    /// Why bundles that ask for whole CPUs are not pinned, if any is not.
+    cpu_note: Option<String>,
+    /// Embedded: the cells work in each bundle is pinned through, then the group's (any
+    /// bundle: the union of the bundles' sets).
+    cells: Vec<Arc<BundleCell>>,
 }
 
 /// One group, shared by its handles and the runtime's table.
@@ -376,16 +392,32 @@ fn adopt(rt: &Arc<RuntimeInner>, wire: WireGroup) -> Result<PlacementGroup, Erro
         name: wire.name,
         detached: wire.detached,
     };
-    let rec = new_record(id, &b);
     let Some(cluster) = rt.cluster.clone() else {
         // Embedded, a group not in the table was removed.
-        settle(&rec, None);
+        let rec = new_record(id, &b);
+        settle(&rec, None, None);
         return Ok(PlacementGroup { rec });
     };
-    let listed = cluster.pg_list()?.into_iter().find(|g| g.id == id);
-    // Not entered in the table: each handle that arrives asks the GCS afresh (this process
-    // is not told when another removes the group).
-    settle(&rec, listed.as_ref());
+    // One record per group in this process, followed through the GCS (`PgWatch`): noted
+    // before the GCS is asked, so that a notice racing the answer finds it.
+    let rec = {
+        let mut watched = lock(&rt.scheduler.groups.watched);
+        watched.retain(|_, w| w.strong_count() > 0);
+        if let Some(rec) = watched.get(&id).and_then(Weak::upgrade) {
+            return Ok(PlacementGroup { rec });
+        }
+        let rec = new_record(id, &b);
+        watched.insert(id, Arc::downgrade(&rec));
+        rec
+    };
+    let listed = match cluster.pg_watch(id.0) {
+        Ok(listed) => listed,
+        Err(e) => {
+            lock(&rt.scheduler.groups.watched).remove(&id);
+            return Err(e);
+        }
+    };
+    settle(&rec, Some(&listed), Some(rt));
     if rec.phase() == PENDING {
         let watched = Arc::downgrade(&rec);
         let spawned = std::thread::Builder::new()
@@ -401,23 +433,84 @@ fn adopt(rt: &Arc<RuntimeInner>, wire: WireGroup) -> Result<PlacementGroup, Erro
     Ok(PlacementGroup { rec })
 }
 
-/// Sets a record adopted from another process to what the GCS lists (`None`: removed).
-fn settle(rec: &GroupRecord, listed: Option<&PlacementGroupInfo>) {
+/// Sets a record adopted from another process to what the GCS says (`None`: removed). Removed
+/// is final; rescheduling makes work for the group wait (as at its owner) until the GCS says
+/// it is created again, with its bundles' new nodes. With `rt`, a removal kills the actors
+/// this process created in the group, as the owner does with its own.
+fn settle(rec: &GroupRecord, listed: Option<&PlacementGroupInfo>, rt: Option<&Arc<RuntimeInner>>) {
     let mut res = lock(&rec.reservation);
-    match listed.map(|g| g.state) {
-        Some(PlacementGroupState::Pending) => {}
-        Some(PlacementGroupState::Created | PlacementGroupState::Rescheduling) => {
+    if res.phase == REMOVED {
+        return;
+    }
+    match (listed, listed.map(|g| g.state)) {
+        (_, Some(PlacementGroupState::Pending)) => {}
+        (
+            Some(g),
+            Some(state @ (PlacementGroupState::Created | PlacementGroupState::Rescheduling)),
+        ) => {
             res.phase = CREATED;
-            res.nodes = listed.map(|g| g.bundle_nodes.clone()).unwrap_or_default();
+            if !g.bundle_nodes.is_empty() {
+                res.nodes.clone_from(&g.bundle_nodes);
+            }
+            if !g.bundle_cpus.is_empty() {
+                res.cpus = g.bundle_cpus.iter().map(|c| c.0.clone()).collect();
+                res.gpus.clone_from(&g.bundle_gpus);
+            }
+            res.cpu_note.clone_from(&g.cpu_note);
+            let placed = if state == PlacementGroupState::Rescheduling {
+                if res.rescheduling.is_none() {
+                    let id = ObjectId::from_u64(rec.id.0);
+                    res.rescheduling = Some(Arc::new(ObjectCell::pending(id, None)));
+                }
+                None
+            } else {
+                res.rescheduling.take()
+            };
             drop(res);
             rec.ready.complete(codec::encode(&()));
+            if let Some(placed) = placed {
+                placed.complete(codec::encode(&()));
+            }
         }
-        Some(PlacementGroupState::Removed) | None => {
+        _ => {
             res.phase = REMOVED;
+            let waiting = res.rescheduling.take();
             drop(res);
             rec.ready.complete(Err(rec.removed()));
+            if let Some(waiting) = waiting {
+                waiting.complete(Err(rec.removed()));
+            }
+            if let Some(rt) = rt {
+                let actors = std::mem::take(&mut *lock(&rec.actors));
+                for cell in actors.iter().filter_map(Weak::upgrade) {
+                    cell.kill(false, rt);
+                }
+            }
         }
     }
+}
+
+/// Whether this process created group `pg_id` (it is in its table as owner).
+pub(crate) fn owns(rt: &Arc<RuntimeInner>, pg_id: u64) -> bool {
+    record(rt, pg_id).is_some()
+}
+
+/// A notice from the GCS about group `listed.id`: applied to this process's record if it
+/// follows the group through a handle (it is not its owner); returns whether it does.
+pub(crate) fn follow(rt: &Arc<RuntimeInner>, listed: &PlacementGroupInfo) -> bool {
+    let rec = {
+        let mut watched = lock(&rt.scheduler.groups.watched);
+        let rec = watched.get(&listed.id).and_then(Weak::upgrade);
+        if rec.is_none() || listed.state == PlacementGroupState::Removed {
+            watched.remove(&listed.id);
+        }
+        rec
+    };
+    let Some(rec) = rec else {
+        return false;
+    };
+    settle(&rec, Some(listed), Some(rt));
+    true
 }
 
 /// Polls the GCS while an adopted group is pending (its owner, not this process, is told
@@ -430,7 +523,7 @@ fn watch(cluster: &Arc<dyn Remote>, watched: &Weak<GroupRecord>) {
             return;
         }
         match cluster.pg_list() {
-            Ok(groups) => settle(&rec, groups.iter().find(|g| g.id == rec.id)),
+            Ok(groups) => settle(&rec, groups.iter().find(|g| g.id == rec.id), None),
             Err(Error::ShutDown) => {
                 rec.ready.complete(Err(Error::ShutDown));
                 return;
@@ -469,6 +562,29 @@ impl PlacementGroup {
     /// embedded).
     pub fn bundle_nodes(&self) -> Vec<u64> {
         lock(&self.rec.reservation).nodes.clone()
+    }
+    /// Each bundle's CPU set, once created: the logical CPUs of its node that its tasks and
+    /// actors are pinned to, no two bundles sharing one. A bundle asking for a fraction of a
+    /// CPU, or one its node had too few CPUs left for, has an empty list (see
+    /// [`PlacementGroup::cpu_note`]). In a cluster, as the owner knows them; elsewhere empty.
+    pub fn bundle_cpus(&self) -> Vec<CpuList> {
+        lock(&self.rec.reservation)
+            .cpus
+            .iter()
+            .map(|c| CpuList(c.clone()))
+            .collect()
+    }
+    /// Each bundle's GPUs once created, as device ordinals of the processes that run its work
+    /// (what [`crate::gpu_ids`] says there): whole GPUs taken from one PCIe switch, else one
+    /// NUMA node, where the node reports its topology. Empty for a bundle asking for none or
+    /// a fraction, and before creation.
+    pub fn bundle_gpus(&self) -> Vec<Vec<usize>> {
+        lock(&self.rec.reservation).gpus.clone()
+    }
+    /// Why bundles asking for whole CPUs are not pinned (too few CPUs left in the node's
+    /// affinity mask), if any is not.
+    pub fn cpu_note(&self) -> Option<String> {
+        lock(&self.rec.reservation).cpu_note.clone()
     }
     /// Where it stands now.
     pub fn state(&self) -> PlacementGroupState {
@@ -698,6 +814,13 @@ pub struct PlacementGroupInfo {
     pub bundles: Vec<Bundle>,
     /// The node each bundle is reserved on (in a cluster, once created; else empty).
     pub bundle_nodes: Vec<u64>,
+    /// Each bundle's CPU set once created (empty: not pinned; see
+    /// [`PlacementGroup::bundle_cpus`]); empty before.
+    pub bundle_cpus: Vec<CpuList>,
+    /// Each bundle's GPUs once created ([`PlacementGroup::bundle_gpus`]); empty before.
+    pub bundle_gpus: Vec<Vec<usize>>,
+    /// Why bundles asking for whole CPUs are not pinned, if any is not.
+    pub cpu_note: Option<String>,
 }
 
 /// The live groups (pending and created), by id: this runtime's, or in a cluster every
@@ -720,6 +843,9 @@ pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
                     state: pg.state(),
                     bundles: pg.bundles().to_vec(),
                     bundle_nodes: pg.bundle_nodes(),
+                    bundle_cpus: pg.bundle_cpus(),
+                    bundle_gpus: pg.bundle_gpus(),
+                    cpu_note: pg.cpu_note(),
                 }
             })
             .collect();
@@ -732,11 +858,20 @@ pub fn list_placement_groups() -> Result<Vec<PlacementGroupInfo>, Error> {
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     table: Mutex<Table>,
-    /// A worker's bundles installed by their owner: group id -> (resources, carved demand).
-    installed: Mutex<HashMap<u64, (Vec<u32>, Demand)>>,
+    /// A worker's bundles installed by their owner, by group id.
+    installed: Mutex<HashMap<u64, Installed>>,
     /// Groups waiting for resources (a release retries them when not 0).
     num_pending: AtomicUsize,
+    /// Groups this process follows through handles from other processes (in a cluster): one
+    /// record per group, told of its changes by the GCS (`follow`).
+    watched: Mutex<HashMap<PlacementGroupId, Weak<GroupRecord>>>,
+    /// Embedded: the CPU sets of this node's bundles.
+    node_sets: crate::topology::NodeSets,
 }
+
+/// A group's bundles installed in a worker: their run-time resources, the demand carved out of
+/// the worker's pool, and their GPUs (kept off the worker's other GPU work).
+type Installed = (Vec<u32>, Demand, Vec<usize>);
 
 #[derive(Debug, Default)]
 struct Table {
@@ -780,6 +915,57 @@ pub(crate) fn group_resources(
     out
 }
 
+/// The rank of group `pg_id`'s run-time resource `name` among the cells of a demand: 0 for a
+/// bundle's marker, 1 for the group's (any bundle), none for the others.
+fn marker_rank(pg_id: u64, name: &str) -> Option<u8> {
+    if name == format!("bundle_group_{pg_id:016x}") {
+        Some(1)
+    } else {
+        name.starts_with("bundle_group_").then_some(0)
+    }
+}
+
+/// The place cells of a group's run-time resources `names` (as [`group_resources`] lists
+/// them) at `slots` on a node: one per bundle held there, by its marker, then the group's
+/// (by the group's marker, for work in any bundle).
+fn bundle_cells(
+    resources: &NodeResources,
+    pg_id: u64,
+    names: &[(String, f64)],
+    slots: &[u32],
+) -> Vec<Arc<BundleCell>> {
+    let group = format!("bundle_group_{pg_id:016x}");
+    let mut bundles = Vec::new();
+    let mut whole = None;
+    for ((name, _), &slot) in names.iter().zip(slots) {
+        if *name == group {
+            whole = Some(resources.bundle_cell(slot, 1));
+        } else if name.starts_with("bundle_group_") {
+            bundles.push(resources.bundle_cell(slot, 0));
+        }
+    }
+    bundles.extend(whole);
+    bundles
+}
+
+/// Sets the cells (bundles', then the group's) to the bundles' CPU sets and GPUs, and the
+/// group's to their unions.
+fn set_cells(cells: &[Arc<BundleCell>], cpus: &[Vec<usize>], gpus: &[Vec<usize>]) {
+    let Some((group, bundles)) = cells.split_last() else {
+        return;
+    };
+    let none = Vec::new();
+    for (i, cell) in bundles.iter().enumerate() {
+        cell.set(cpus.get(i).unwrap_or(&none), gpus.get(i).unwrap_or(&none));
+    }
+    let union = |sets: &[Vec<usize>]| {
+        let mut all: Vec<usize> = sets.iter().flatten().copied().collect();
+        all.sort_unstable();
+        all
+    };
+    group.set(&union(cpus), &union(gpus));
+}
+
 fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecord> {
     Arc::new(GroupRecord {
         id,
@@ -795,6 +981,10 @@ fn new_record(id: PlacementGroupId, b: &PlacementGroupBuilder) -> Arc<GroupRecor
             nodes: Vec::new(),
             workers: Vec::new(),
             rescheduling: None,
+            cpus: Vec::new(),
+            gpus: Vec::new(),
+            cpu_note: None,
+            cells: Vec::new(),
         }),
         actors: Mutex::new(Vec::new()),
     })
@@ -842,12 +1032,15 @@ fn create_in_cluster(
 }
 
 /// A worker: adds a group's bundles held here (`resources`) to this process's scheduler,
-/// carving `carve` out of its pool.
+/// carving `carve` out of its pool; work in them is pinned to `cpus` and holds `gpus` (each
+/// bundle's CPU set and GPUs, as its node's raylet chose them, in the order of `resources`).
 pub(crate) fn install(
     rt: &Arc<RuntimeInner>,
     pg_id: u64,
     resources: &[(String, f64)],
     carve: &[(String, f64)],
+    cpus: &[Vec<usize>],
+    gpus: &[Vec<usize>],
 ) -> Result<(), String> {
     let s = &rt.scheduler;
     let mut installed = lock(&s.groups.installed);
@@ -866,10 +1059,20 @@ pub(crate) fn install(
         .resources
         .demand(&request)
         .map_err(|_| format!("this worker cannot hold {request}"))?;
-    let slots = s.resources.add_dynamic(resources)?;
+    let slots = s
+        .resources
+        .add_dynamic(resources, &|n| marker_rank(pg_id, n))?;
+    set_cells(
+        &bundle_cells(&s.resources, pg_id, resources, &slots),
+        cpus,
+        gpus,
+    );
     s.resources.force_acquire(&carve);
+    // The bundles' devices are theirs: the worker's device table gives them to no other work.
+    let devices: Vec<usize> = gpus.iter().flatten().copied().collect();
+    s.resources.hold_devices(&devices);
     s.resources.commit_dynamic(&slots);
-    installed.insert(pg_id, (slots, carve));
+    installed.insert(pg_id, (slots, carve, devices));
     drop(installed);
     s.drain_pending();
     Ok(())
@@ -879,9 +1082,10 @@ pub(crate) fn install(
 /// carved resources go back.
 pub(crate) fn uninstall(rt: &Arc<RuntimeInner>, pg_id: u64) {
     let s = &rt.scheduler;
-    let Some((slots, carve)) = lock(&s.groups.installed).remove(&pg_id) else {
+    let Some((slots, carve, devices)) = lock(&s.groups.installed).remove(&pg_id) else {
         return;
     };
+    s.resources.release_devices(&devices);
     s.resources
         .remove_dynamic(&slots, true, &PlacementGroupId(pg_id).to_string());
     s.fail_removed_pending();
@@ -922,6 +1126,23 @@ fn record(rt: &Arc<RuntimeInner>, pg_id: u64) -> Option<Arc<GroupRecord>> {
         .cloned()
 }
 
+/// The owner: the CPU sets and GPUs the bundles of group `pg_id` have on their nodes, and why
+/// any that wanted a CPU set has none.
+pub(crate) fn set_cpus(
+    rt: &Arc<RuntimeInner>,
+    pg_id: u64,
+    cpus: Vec<Vec<usize>>,
+    gpus: Vec<Vec<usize>>,
+    note: Option<String>,
+) {
+    if let Some(rec) = record(rt, pg_id) {
+        let mut res = lock(&rec.reservation);
+        res.cpus = cpus;
+        res.gpus = gpus;
+        res.cpu_note = note;
+    }
+}
+
 /// The owner: some of created group `pg_id`'s bundles lost their node; the GCS places them
 /// again.
 pub(crate) fn rescheduling(rt: &Arc<RuntimeInner>, pg_id: u64) {
@@ -951,6 +1172,25 @@ pub(crate) fn awaits_rescheduling(
             let res = lock(&rec.reservation);
             res.phase == CREATED
                 && (res.rescheduling.is_some() || res.nodes.iter().any(|&n| node_dead(n)))
+        })
+}
+
+/// A process following groups through handles: whether `wanted` (run-time resource names)
+/// names a group it follows that is created (so its resources are on their way to the node
+/// views: see `Cluster::await_followed`).
+pub(crate) fn follows_created(rt: &Arc<RuntimeInner>, wanted: &[(String, f64)]) -> bool {
+    wanted
+        .iter()
+        .filter(|(n, _)| n.contains("_group_"))
+        .filter_map(|(n, _)| u64::from_str_radix(n.get(n.len().saturating_sub(16)..)?, 16).ok())
+        .filter_map(|id| {
+            lock(&rt.scheduler.groups.watched)
+                .get(&PlacementGroupId(id))
+                .and_then(Weak::upgrade)
+        })
+        .any(|rec| {
+            let res = lock(&rec.reservation);
+            res.phase == CREATED && res.rescheduling.is_none()
         })
 }
 
@@ -996,8 +1236,9 @@ pub(crate) fn rescheduled(
     }
 }
 
-/// One bundle a dead worker held: its index, its node and its `(name, amount)` entries.
-pub(crate) type LostBundle = (u32, u64, Vec<(String, f64)>);
+/// One bundle a dead worker held: its index, its node, its `(name, amount)` entries and its
+/// CPU set and GPUs there.
+pub(crate) type LostBundle = (u32, u64, Vec<(String, f64)>, (Vec<usize>, Vec<usize>));
 
 /// Bundles of a created group held by a worker now dead (see [`lost_bundles`]).
 #[derive(Debug)]
@@ -1033,7 +1274,9 @@ pub(crate) fn lost_bundles(rt: &Arc<RuntimeInner>, dead: &dyn Fn(u64) -> bool) -
                 .filter(|(i, _)| indices.contains(&(*i as u32)))
                 .map(|(i, b)| {
                     let node = res.nodes.get(i).copied().unwrap_or(0);
-                    (i as u32, node, b.entries.clone())
+                    let cpus = res.cpus.get(i).cloned().unwrap_or_default();
+                    let gpus = res.gpus.get(i).cloned().unwrap_or_default();
+                    (i as u32, node, b.entries.clone(), (cpus, gpus))
                 })
                 .collect();
             out.push(LostBundles {
@@ -1103,7 +1346,10 @@ fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementG
             }
             table.by_name.insert(name.clone(), rec.clone());
         }
-        let slots = match s.resources.add_dynamic(&rec.resources()) {
+        let slots = match s
+            .resources
+            .add_dynamic(&rec.resources(), &|n| marker_rank(id.0, n))
+        {
             Ok(slots) => slots,
             Err(message) => {
                 if let Some(name) = &b.name {
@@ -1115,7 +1361,11 @@ fn create(rt: &Arc<RuntimeInner>, b: PlacementGroupBuilder) -> Result<PlacementG
                 });
             }
         };
-        lock(&rec.reservation).slots = slots;
+        let cells = bundle_cells(&s.resources, id.0, &rec.resources(), &slots);
+        let mut res = lock(&rec.reservation);
+        res.slots = slots;
+        res.cells = cells;
+        drop(res);
         table.by_id.insert(id, rec.clone());
     }
     if !try_place(s, &rec) && can_ever_fit(&rec) {
@@ -1146,9 +1396,52 @@ fn try_place(s: &Scheduler, rec: &GroupRecord) -> bool {
     if res.phase != PENDING {
         return res.phase == CREATED;
     }
+    let whole = |name: &str| -> Vec<usize> {
+        rec.bundles
+            .iter()
+            .map(|b| crate::topology::whole_units(b.amount(name)))
+            .collect()
+    };
+    // The group's devices: chosen by topology among the wholly free ones, if they are still
+    // free when the carve is acquired.
+    let places = s.groups.node_sets.gpu_places();
+    if let Some(grant) = carve.gpus() {
+        let plan = crate::topology::split_gpus(
+            &places,
+            &s.resources.wholly_free_devices(),
+            &whole(GPU_NAME),
+        );
+        let mask = plan
+            .iter()
+            .flatten()
+            .filter(|&&d| d < 63)
+            .fold(0, |m, &d| m | (1 << d));
+        grant.prefer(mask);
+    }
     if !s.resources.try_acquire(&carve) {
         return false;
     }
+    // The bundles' GPUs: out of the devices the carve holds, by topology; their CPU sets on
+    // the NUMA node of their GPUs.
+    let held = carve.gpus().map_or(0, crate::gpus::GpuGrant::mask);
+    let devices: std::collections::BTreeSet<usize> =
+        (0..64).filter(|d| held & (1 << d) != 0).collect();
+    let gpus = crate::topology::split_gpus(&places, &devices, &whole(GPU_NAME));
+    let near: Vec<Option<usize>> = gpus
+        .iter()
+        .map(|g| crate::topology::numa_of_gpus(&places, g))
+        .collect();
+    let (cpus, note) = s
+        .groups
+        .node_sets
+        .take(s.affinity(), &whole(CPU_NAME), &near);
+    set_cells(&res.cells, &cpus, &gpus);
+    res.gpus = gpus;
+    if let Some(note) = &note {
+        tracing::warn!(pg = %rec.id, "placement group bundles {note}");
+    }
+    res.cpus = cpus;
+    res.cpu_note = note;
     s.resources.commit_dynamic(&res.slots);
     res.carve = Some(carve);
     res.phase = CREATED;
@@ -1185,6 +1478,10 @@ fn remove(rt: &Arc<RuntimeInner>, rec: &Arc<GroupRecord>) -> Result<(), Error> {
             return Err(rec.removed());
         }
         res.phase = REMOVED;
+        if rt.cluster.is_none() {
+            s.groups.node_sets.give_back(&res.cpus);
+            s.groups.node_sets.give_back_gpus(&res.gpus);
+        }
         (
             std::mem::take(&mut res.slots),
             res.carve.take(),

@@ -184,6 +184,10 @@ pub(crate) trait Remote: Send + Sync + std::fmt::Debug {
     fn pg_remove(&self, pg_id: u64, workers: &[u64]) -> Result<(), Error>;
     /// Every placement group the GCS knows.
     fn pg_list(&self) -> Result<Vec<PlacementGroupInfo>, Error>;
+    /// Follows group `pg_id` (a handle to it arrived here, its owner is elsewhere): returns it
+    /// as it stands (state `Removed` if the GCS knows no such group); its later changes come
+    /// as notices ([`crate::placement_group`]'s `follow`).
+    fn pg_watch(&self, pg_id: u64) -> Result<PlacementGroupInfo, Error>;
 }
 
 /// A placement group to create in the cluster.

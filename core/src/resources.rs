@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::affinity::BundleCell;
 use crate::config::Resolved;
 use crate::error::Error;
 use crate::gpus::{GpuGrant, GpuInstances};
@@ -130,10 +131,15 @@ impl fmt::Display for ResourceRequest {
 }
 
 /// A request resolved against one node's resource table: `(index, thousandths)` pairs with
-/// non-zero amounts, and for a GPU request on a node that numbers its devices, the devices it
-/// holds while acquired ([`GpuGrant`]). Cheap to test and apply.
+/// non-zero amounts, for a GPU request on a node that numbers its devices the devices it
+/// holds while acquired ([`GpuGrant`]), and for work in a placement group's bundle the
+/// bundle's place ([`BundleCell`]). Cheap to test and apply.
 #[derive(Clone, Debug)]
-pub(crate) struct Demand(Box<[(u32, i64)]>, Option<Arc<GpuGrant>>);
+pub(crate) struct Demand(
+    Box<[(u32, i64)]>,
+    Option<Arc<GpuGrant>>,
+    Option<Arc<BundleCell>>,
+);
 
 impl PartialEq for Demand {
     fn eq(&self, other: &Self) -> bool {
@@ -145,12 +151,18 @@ impl Eq for Demand {}
 
 impl Demand {
     pub(crate) fn none() -> Self {
-        Demand(Box::new([]), None)
+        Demand(Box::new([]), None, None)
     }
 
     /// The devices it holds, for a GPU request (see [`crate::gpus`]).
     pub(crate) fn gpus(&self) -> Option<&GpuGrant> {
         self.1.as_deref()
+    }
+
+    /// The place (CPU set, GPUs) of the placement-group bundle it runs in (see
+    /// [`crate::topology`]).
+    pub(crate) fn bundle(&self) -> Option<&BundleCell> {
+        self.2.as_deref()
     }
 
     /// The part of resource `index`, in thousandths.
@@ -210,6 +222,10 @@ struct Dynamic {
     free: Vec<u32>,
     /// Removed, with holders possibly still to give back: `(index, total, what it was)`.
     retired: Vec<(u32, i64, String)>,
+    /// Places (CPU set, GPUs) of bundles, by the index of a resource that names the bundle,
+    /// with a rank: a demand naming several takes the lowest (one bundle's before its
+    /// group's).
+    bundle_cells: HashMap<u32, (u8, Arc<BundleCell>)>,
 }
 
 fn to_fixed(what: &str, name: &str, amount: f64) -> Result<i64, String> {
@@ -269,8 +285,13 @@ impl NodeResources {
 
     /// Adds resources at run time, each with a total but nothing available yet (what asks for
     /// them waits until [`NodeResources::commit_dynamic`]); returns their indices. Fails when
-    /// the table is full or a name exists.
-    pub(crate) fn add_dynamic(&self, entries: &[(String, f64)]) -> Result<Vec<u32>, String> {
+    /// the table is full or a name exists. A [`BundleCell`] (empty) is made for each entry that `cell_rank` gives a rank, in the
+    /// same step, so that no demand naming the entry misses it ([`NodeResources::bundle_cell`]).
+    pub(crate) fn add_dynamic(
+        &self,
+        entries: &[(String, f64)],
+        cell_rank: &dyn Fn(&str) -> Option<u8>,
+    ) -> Result<Vec<u32>, String> {
         let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
         // Reuse what removed groups fully gave back.
         let base = self.names.len();
@@ -306,9 +327,24 @@ impl NodeResources {
             self.available[i as usize].store(0, Ordering::Relaxed);
             self.dynamic_total[i as usize - base].store(fixed, Ordering::Relaxed);
             table.by_name.insert(name.clone(), i);
+            if let Some(rank) = cell_rank(name) {
+                table.bundle_cells.insert(i, (rank, Default::default()));
+            }
             out.push(i);
         }
         Ok(out)
+    }
+
+    /// The place of work that asks for dynamic resource `index` (created empty if it has none);
+    /// among the cells of one demand's resources the one of lowest `rank` applies.
+    pub(crate) fn bundle_cell(&self, index: u32, rank: u8) -> Arc<BundleCell> {
+        let mut table = self.dynamic.write().unwrap_or_else(|p| p.into_inner());
+        table
+            .bundle_cells
+            .entry(index)
+            .or_insert_with(|| (rank, Default::default()))
+            .1
+            .clone()
     }
 
     /// Makes dynamic resources available: each gets its whole total.
@@ -329,6 +365,7 @@ impl NodeResources {
             let shift = if committed { RETIRED } else { RETIRED - total };
             self.available[i as usize].fetch_sub(shift, Ordering::Relaxed);
             table.by_name.retain(|_, v| *v != i);
+            table.bundle_cells.remove(&i);
             table.retired.push((i, total, label.to_string()));
         }
     }
@@ -372,6 +409,7 @@ impl NodeResources {
     /// which makes the request infeasible rather than an error of its own.
     pub(crate) fn demand(&self, req: &ResourceRequest) -> Result<Demand, DemandError> {
         let mut out = Vec::with_capacity(2 + req.custom.len());
+        let mut bundle: Option<(u8, Arc<BundleCell>)> = None;
         let mut push = |name: &str, amount: f64| -> Result<(), DemandError> {
             let fixed = to_fixed("request", name, amount).map_err(DemandError::Invalid)?;
             if fixed == 0 {
@@ -379,7 +417,13 @@ impl NodeResources {
             }
             let index = self.names.iter().position(|n| n == name).or_else(|| {
                 let table = self.dynamic.read().unwrap_or_else(|p| p.into_inner());
-                table.by_name.get(name).map(|&i| i as usize)
+                let i = *table.by_name.get(name)?;
+                if let Some((rank, cell)) = table.bundle_cells.get(&i)
+                    && bundle.as_ref().is_none_or(|(r, _)| rank < r)
+                {
+                    bundle = Some((*rank, cell.clone()));
+                }
+                Some(i as usize)
             });
             match index {
                 Some(i) if self.total_at(i) >= fixed => {
@@ -396,7 +440,11 @@ impl NodeResources {
         }
         let grant = (self.gpus.is_some() && out.iter().any(|&(i, _)| i as usize == GPU))
             .then(|| Arc::new(GpuGrant::default()));
-        Ok(Demand(out.into_boxed_slice(), grant))
+        Ok(Demand(
+            out.into_boxed_slice(),
+            grant,
+            bundle.map(|(_, cell)| cell),
+        ))
     }
 
     /// Takes the whole demand or nothing (see the module docs on spurious failure).
@@ -478,6 +526,30 @@ impl NodeResources {
             table.release(demand.part(GPU), grant);
         }
         self.give_back(&demand.0);
+    }
+
+    /// The devices no request holds any of (for choosing a placement group's by topology).
+    pub(crate) fn wholly_free_devices(&self) -> std::collections::BTreeSet<usize> {
+        self.gpus
+            .as_ref()
+            .map(GpuInstances::wholly_free)
+            .unwrap_or_default()
+    }
+
+    /// Takes whole `devices` out of the device table for something that holds them outside it
+    /// (a placement group's bundles installed in a worker): no request gets them until
+    /// [`NodeResources::release_devices`].
+    pub(crate) fn hold_devices(&self, devices: &[usize]) {
+        if let Some(table) = &self.gpus {
+            table.hold(devices);
+        }
+    }
+
+    /// Gives back what [`NodeResources::hold_devices`] took.
+    pub(crate) fn release_devices(&self, devices: &[usize]) {
+        if let Some(table) = &self.gpus {
+            table.unhold(devices);
+        }
     }
 
     /// `(name, available, total)` per resource, in units.
@@ -570,7 +642,10 @@ mod tests {
     fn dynamic_resources_wait_commit_retire_and_are_reused() {
         let n = node(2.0);
         let slots = n
-            .add_dynamic(&[("CPU_group_0_x".into(), 1.0), ("CPU_group_x".into(), 1.0)])
+            .add_dynamic(
+                &[("CPU_group_0_x".into(), 1.0), ("CPU_group_x".into(), 1.0)],
+                &|_| None,
+            )
             .unwrap();
         let mut req = ResourceRequest::none();
         req.set_custom("CPU_group_0_x", 1.0);
@@ -590,12 +665,12 @@ mod tests {
             "the names are gone"
         );
         // Held: not reused yet; given back: reused.
-        let again = n.add_dynamic(&[("a".into(), 1.0)]).unwrap();
+        let again = n.add_dynamic(&[("a".into(), 1.0)], &|_| None).unwrap();
         assert!(!slots.contains(&again[0]));
         n.release(&d);
         n.remove_dynamic(&again, false, "a");
         let after_release = n
-            .add_dynamic(&[("b".into(), 1.0), ("c".into(), 1.0)])
+            .add_dynamic(&[("b".into(), 1.0), ("c".into(), 1.0)], &|_| None)
             .unwrap();
         assert!(
             after_release
@@ -604,7 +679,7 @@ mod tests {
             "drained indices are reused first: {after_release:?}"
         );
         assert!(
-            n.add_dynamic(&[("b".into(), 1.0)]).is_err(),
+            n.add_dynamic(&[("b".into(), 1.0)], &|_| None).is_err(),
             "a name exists"
         );
     }

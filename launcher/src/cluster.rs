@@ -431,7 +431,7 @@ pub fn list(args: &ListArgs) -> Result<()> {
         ListWhat::PlacementGroups => {
             let groups = cluster::list_placement_groups(&address, &token)?;
             println!(
-                "  {:>16}  {:<16}  {:<13}  {:<8}  BUNDLES (resources @ node)",
+                "  {:>16}  {:<16}  {:<13}  {:<8}  BUNDLES (resources @ node, cpus [set], gpus [ids])",
                 "ID", "NAME", "STRATEGY", "STATE"
             );
             for g in &groups {
@@ -439,9 +439,19 @@ pub fn list(args: &ListArgs) -> Result<()> {
                     .bundles
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| match g.bundle_nodes.get(i) {
-                        Some(node) => format!("{b}@{node}"),
-                        None => format!("{b}@-"),
+                    .map(|(i, b)| {
+                        let node = g
+                            .bundle_nodes
+                            .get(i)
+                            .map_or_else(|| "-".to_owned(), u64::to_string);
+                        let mut line = format!("{b}@{node}");
+                        if let Some(set) = g.bundle_cpus.get(i).filter(|s| !s.is_empty()) {
+                            line.push_str(&format!(" cpus [{set}]"));
+                        }
+                        if let Some(ids) = g.bundle_gpus.get(i).filter(|g| !g.is_empty()) {
+                            line.push_str(&format!(" gpus [{}]", manta_core::CpuList(ids.clone())));
+                        }
+                        line
                     })
                     .collect();
                 println!(
@@ -452,6 +462,9 @@ pub fn list(args: &ListArgs) -> Result<()> {
                     g.state.to_string(),
                     bundles.join(" ")
                 );
+                if let Some(note) = &g.cpu_note {
+                    println!("  {:>16}  {note}", "");
+                }
             }
         }
         ListWhat::Tasks | ListWhat::Objects => {

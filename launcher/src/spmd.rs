@@ -457,7 +457,9 @@ fn node_options(
     }
     opts.num_cpus = cpus;
     opts.num_gpus = gpus;
-    opts.topology = topo.node_line(&CpuList(cpu_list), &CpuList(numa));
+    opts.topology = topo.node_line(&CpuList(cpu_list.clone()), &CpuList(numa));
+    // Bundles' CPU sets come from every rank's CPUs here, not the raylet's rank's alone.
+    opts.bundle_cpus = CpuList(cpu_list);
     Ok(opts)
 }
 

@@ -8,23 +8,9 @@
 //! `/proc` files, and the summary says which.
 //!
 //! # GPUs
-//! GPUs are found on the PCI bus through sysfs in both builds (`/sys/bus/pci/devices/*`:
-//! `vendor`, `class`, `numa_node`): display controllers of class VGA (`0x0300xx`) or 3D
-//! (`0x0302xx`). hwloc knows them too, but hwloc 2 filters I/O objects out unless a type filter
-//! is set, and the hwloc2 crate (2.2) does not expose `hwloc_topology_set_type_filter`.
-//! Only NVIDIA's (vendor `0x10de`) count as GPUs: they are what CUDA sees, whereas a server's
-//! other VGA controller is usually its BMC's console, not a compute device.
-//!
-//! Which of them this process may use is the launcher's word: `CUDA_VISIBLE_DEVICES`, else
-//! `SLURM_STEP_GPUS` / `SLURM_JOB_GPUS`; with none of these set, every NVIDIA GPU (as CUDA does).
-//! An index `i` is located as the `i`-th NVIDIA GPU in PCI bus order: that is CUDA's numbering
-//! only with `CUDA_DEVICE_ORDER=PCI_BUS_ID` (nvidia-smi's order; CUDA's default puts the fastest
-//! device first), and Slurm's indices are assumed to follow bus order too (an assumption about
-//! the site's `gres.conf`, not checked here). When Slurm names the step's GPUs and `CUDA_VISIBLE_DEVICES` lists as
-//! many, Slurm's indices locate them: inside a device cgroup Slurm renumbers
-//! `CUDA_VISIBLE_DEVICES` from 0 while sysfs still shows every GPU of the host. A GPU named by
-//! UUID (`GPU-…`, `MIG-…`), or by an index beyond what sysfs shows, stays count-only (its id,
-//! no bus id or NUMA node), and so do all of them when sysfs shows no NVIDIA device.
+//! GPUs are found on the PCI bus through sysfs and matched to the launcher's
+//! `CUDA_VISIBLE_DEVICES` / Slurm variables by `manta_core::topology` (re-exported here: its
+//! module docs give the rules), which placement groups use too.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -46,110 +32,7 @@ pub struct Topology {
     pub source: &'static str,
 }
 
-/// A GPU this process may use.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Gpu {
-    /// The launcher's id for it (`CUDA_VISIBLE_DEVICES` entry), or its index in PCI bus order
-    /// when the launcher named none.
-    pub id: String,
-    /// Its PCI bus id (`0000:17:00.0`), when it was located on the bus.
-    pub bus_id: Option<String>,
-    /// The NUMA node it is attached to, when located and the platform says.
-    pub numa: Option<usize>,
-}
-
-/// A display controller (PCI class VGA or 3D) found in sysfs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PciDisplay {
-    /// PCI bus id (`0000:17:00.0`).
-    pub bus_id: String,
-    /// PCI vendor id (`0x10de`: NVIDIA).
-    pub vendor: u16,
-    /// PCI class code (`0x030200`: 3D controller).
-    pub class: u32,
-    /// NUMA node, `None` when sysfs says -1 (unknown, or a one-node machine).
-    pub numa: Option<usize>,
-}
-
-/// PCI vendor id of NVIDIA.
-const NVIDIA: u16 = 0x10de;
-
-/// The VGA (`0x0300xx`) and 3D (`0x0302xx`) controllers under `<sys>/bus/pci/devices`, in bus
-/// order; `sys` is `/sys` except in tests. Unreadable or malformed entries are skipped.
-pub fn pci_displays(sys: &Path) -> Vec<PciDisplay> {
-    let hex = |dir: &Path, file: &str| {
-        let raw = std::fs::read_to_string(dir.join(file)).ok()?;
-        u32::from_str_radix(raw.trim().trim_start_matches("0x"), 16).ok()
-    };
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(sys.join("bus/pci/devices")) else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let path = e.path();
-        let (Some(class), Some(vendor)) = (hex(&path, "class"), hex(&path, "vendor")) else {
-            continue;
-        };
-        if !matches!(class >> 8, 0x0300 | 0x0302) {
-            continue;
-        }
-        let numa = std::fs::read_to_string(path.join("numa_node"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .and_then(|n| usize::try_from(n).ok());
-        out.push(PciDisplay {
-            bus_id: e.file_name().to_string_lossy().into_owned(),
-            vendor: u16::try_from(vendor).unwrap_or(0),
-            class,
-            numa,
-        });
-    }
-    out.sort_by(|a, b| a.bus_id.cmp(&b.bus_id));
-    out
-}
-
-/// The launcher's list of GPUs from the first of `keys` that is set (`None`: none is).
-fn gpu_list(var: &impl Fn(&str) -> Option<String>, keys: &[&str]) -> Option<Vec<String>> {
-    let v = keys.iter().find_map(|k| var(k))?;
-    let v = v.trim();
-    if v.is_empty() || v == "NoDevFiles" || v == "-1" {
-        return Some(Vec::new());
-    }
-    Some(v.split(',').map(|s| s.trim().to_owned()).collect())
-}
-
-/// The GPUs this process may use, from the launcher's environment (`var`) located among the
-/// display controllers found (`pci`): sans I/O; the rules are in the module docs.
-pub fn locate_gpus(var: impl Fn(&str) -> Option<String>, pci: &[PciDisplay]) -> Vec<Gpu> {
-    let nvidia: Vec<&PciDisplay> = pci.iter().filter(|d| d.vendor == NVIDIA).collect();
-    let slurm = gpu_list(&var, &["SLURM_STEP_GPUS", "SLURM_JOB_GPUS"]);
-    let Some(ids) = gpu_list(&var, &["CUDA_VISIBLE_DEVICES"]).or_else(|| slurm.clone()) else {
-        return nvidia
-            .iter()
-            .enumerate()
-            .map(|(i, d)| Gpu {
-                id: i.to_string(),
-                bus_id: Some(d.bus_id.clone()),
-                numa: d.numa,
-            })
-            .collect();
-    };
-    let keys = match slurm {
-        Some(s) if s.len() == ids.len() => s,
-        _ => ids.clone(),
-    };
-    ids.into_iter()
-        .zip(keys)
-        .map(|(id, key)| {
-            let found = key.parse::<usize>().ok().and_then(|i| nvidia.get(i));
-            Gpu {
-                id,
-                bus_id: found.map(|d| d.bus_id.clone()),
-                numa: found.and_then(|d| d.numa),
-            }
-        })
-        .collect()
-}
+pub use manta_core::topology::{Gpu, PciDisplay, locate_gpus, pci_displays};
 
 /// Parses a kernel CPU list (`0-3,8,10-11`).
 pub fn parse_cpu_list(s: &str) -> Vec<usize> {
@@ -458,20 +341,6 @@ impl Topology {
             self.nics.join(","),
             self.source
         )
-    }
-}
-
-impl std::fmt::Display for Gpu {
-    /// `0=0000:17:00.0@numa0`; the id alone when the GPU was not located.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.id)?;
-        if let Some(bus) = &self.bus_id {
-            write!(f, "={bus}")?;
-        }
-        if let Some(n) = self.numa {
-            write!(f, "@numa{n}")?;
-        }
-        Ok(())
     }
 }
 

@@ -20,12 +20,6 @@ const SRUN_SIZE: &[(Mode, &str)] = &[(
     "sizes its groups by whole nodes; an srun rank's node is shared by three ranks",
 )];
 
-const SRUN_HANDLE: &[(Mode, &str)] = &[(
-    Mode::Srun,
-    "a rank given the handle sees no node with the bundle's resources: no raylet reports \
-     group resources under srun, and only the owner knows which rank holds a bundle",
-)];
-
 pub(crate) const CASES: &[Case] = &[
     Case::new("placement_groups::every_strategy_becomes_ready", strategies),
     Case::new(
@@ -48,7 +42,15 @@ pub(crate) const CASES: &[Case] = &[
     )
     .skip(SRUN_SIZE),
     Case::new("placement_groups::any_bundle", any_bundle),
-    Case::new("placement_groups::handle_passes_to_a_task", handle_passes).skip(SRUN_HANDLE),
+    Case::new("placement_groups::handle_passes_to_a_task", handle_passes),
+    Case::new(
+        "placement_groups::bundles_pinned_to_disjoint_cpus",
+        pinned_cpus,
+    ),
+    Case::new(
+        "placement_groups::a_kept_handle_follows_removal",
+        kept_handle,
+    ),
     Case::new("actor_groups::ranks_and_rank_order", rank_order),
     Case::new("actor_groups::slice_and_per_member_order", slicing),
     Case::new("actor_groups::member_killed_mid_call", member_killed),
@@ -506,6 +508,63 @@ fn handle_passes(ctx: &Ctx) {
     }
 }
 
+/// An actor keeping a group's handle (in a cluster, in another process than the group's
+/// owner): it sees the group's state, and schedules into it.
+#[manta::actor]
+pub(crate) struct Keeper {
+    pg: PlacementGroup,
+}
+
+#[manta::actor]
+impl Keeper {
+    pub(crate) fn new(pg: PlacementGroup) -> Self {
+        Keeper { pg }
+    }
+    pub(crate) fn state(&self) -> String {
+        self.pg.state().to_string()
+    }
+    pub(crate) fn nodes(&self) -> Vec<u64> {
+        self.pg.bundle_nodes()
+    }
+    /// Runs a task in bundle `i`: where it ran, or the error.
+    pub(crate) fn run_in(&self, i: usize) -> Result<u64, String> {
+        node_here::options()
+            .num_cpus(0.0)
+            .placement_group(&self.pg, Some(i))
+            .remote()
+            .get_timeout(LONG)
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// A handle kept by an actor sees its group removed by the creator, and scheduling into it
+/// then fails as it does for the creator (`PlacementGroupRemoved`), not as an unknown
+/// resource.
+fn kept_handle(ctx: &Ctx) {
+    let pg = manta::placement_group(cpus(2, 0.25), S::Pack).unwrap();
+    ready(&pg);
+    let keeper = Keeper::options().num_cpus(0.0).remote(pg.clone());
+    assert_eq!(keeper.state().get_timeout(LONG).unwrap(), "CREATED");
+    let ran = keeper.run_in(1).get_timeout(LONG).unwrap().unwrap();
+    if ctx.is_cluster() {
+        assert_eq!(ran, pg.bundle_nodes()[1]);
+        assert_eq!(keeper.nodes().get_timeout(LONG).unwrap(), pg.bundle_nodes());
+    }
+    manta::remove_placement_group(&pg).unwrap();
+    let deadline = Instant::now() + LONG;
+    while keeper.state().get_timeout(LONG).unwrap() != "REMOVED" {
+        assert!(
+            Instant::now() < deadline,
+            "the kept handle never saw the removal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match keeper.run_in(0).get_timeout(LONG).unwrap() {
+        Err(e) if e.contains("PlacementGroupRemoved") => {}
+        other => panic!("a removed group through a kept handle: {other:?}"),
+    }
+}
+
 fn any_bundle(_: &Ctx) {
     let pg = manta::placement_group(vec![Bundle::cpus(0.5), Bundle::cpus(1.0)], S::Pack).unwrap();
     ready(&pg);
@@ -521,6 +580,123 @@ fn any_bundle(_: &Ctx) {
         .remote(9);
     assert_eq!(zero.get_timeout(LONG).unwrap(), 9);
     manta::remove_placement_group(&pg).unwrap();
+}
+
+/// The CPUs the calling thread may run on, as `sched_getaffinity` reports them.
+fn thread_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most its
+    // size into it, and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+#[manta::remote]
+fn cpus_here() -> Vec<usize> {
+    thread_cpus()
+}
+
+/// An actor that reports the CPUs its constructor and its calls ran on.
+#[manta::actor]
+pub(crate) struct CpuReporter {
+    at_start: Vec<usize>,
+}
+
+#[manta::actor]
+impl CpuReporter {
+    pub(crate) fn new() -> Self {
+        CpuReporter {
+            at_start: thread_cpus(),
+        }
+    }
+    pub(crate) fn cpus(&self) -> (Vec<usize>, Vec<usize>) {
+        (self.at_start.clone(), thread_cpus())
+    }
+}
+
+/// A bundle asking for whole CPUs gets a CPU set of its own, disjoint from the other bundles':
+/// its tasks and actors (constructor and calls) run pinned to it; work in any bundle runs on
+/// the union; the sets come back on removal. Where a node has too few CPUs in its mask, the
+/// group is created all the same and says why it is not pinned.
+fn pinned_cpus(ctx: &Ctx) {
+    let pg = manta::placement_group(vec![Bundle::cpus(1.0); 2], S::StrictPack).unwrap();
+    ready(&pg);
+    let sets: Vec<Vec<usize>> = pg.bundle_cpus().into_iter().map(|l| l.0).collect();
+    eprintln!(
+        "[{}] bundle CPU sets {sets:?} ({:?})",
+        ctx.mode,
+        pg.cpu_note()
+    );
+    assert_eq!(sets.len(), 2);
+    if sets.iter().any(Vec::is_empty) {
+        let note = pg.cpu_note().expect("an unpinned bundle says why");
+        assert!(note.contains("affinity mask"), "{note}");
+        assert!(
+            ctx.mode == crate::harness::Mode::Srun,
+            "{}: bundles of 1 CPU on a 2-CPU node are pinned ({note})",
+            ctx.mode
+        );
+        manta::remove_placement_group(&pg).unwrap();
+        return;
+    }
+    assert!(sets.iter().all(|s| s.len() == 1), "one CPU each: {sets:?}");
+    assert_ne!(sets[0], sets[1], "disjoint: {sets:?}");
+    assert_eq!(pg.cpu_note(), None);
+    for (i, set) in sets.iter().enumerate() {
+        let task = cpus_here::options()
+            .num_cpus(1.0)
+            .placement_group(&pg, Some(i))
+            .remote()
+            .get_timeout(LONG)
+            .unwrap();
+        assert_eq!(&task, set, "a task in bundle {i}");
+        let a = CpuReporter::options()
+            .placement_group(&pg, Some(i))
+            .remote();
+        for _ in 0..2 {
+            let (ctor, call) = a.cpus().get_timeout(LONG).unwrap();
+            assert_eq!((&ctor, &call), (set, set), "an actor in bundle {i}");
+        }
+    }
+    let mut union: Vec<usize> = sets.concat();
+    union.sort_unstable();
+    let any = cpus_here::options()
+        .num_cpus(1.0)
+        .placement_group(&pg, None)
+        .remote()
+        .get_timeout(LONG)
+        .unwrap();
+    // Any bundle: the sets of the bundles held where it runs (under srun the node's ranks
+    // may hold one bundle each).
+    assert!(
+        any == union || sets.contains(&any),
+        "any bundle: the group's CPUs there, got {any:?} of {sets:?}"
+    );
+    // The listing shows the sets.
+    let listed = manta::list_placement_groups()
+        .unwrap()
+        .into_iter()
+        .find(|g| g.id == pg.id())
+        .unwrap();
+    let listed: Vec<Vec<usize>> = listed.bundle_cpus.into_iter().map(|l| l.0).collect();
+    assert_eq!(listed, sets);
+    manta::remove_placement_group(&pg).unwrap();
+    // Given back: a new group of the same shape is pinned again.
+    let again = manta::placement_group(vec![Bundle::cpus(1.0); 2], S::StrictPack).unwrap();
+    ready(&again);
+    let mut sets2: Vec<Vec<usize>> = again.bundle_cpus().into_iter().map(|l| l.0).collect();
+    sets2.sort();
+    let mut sorted = sets.clone();
+    sorted.sort();
+    assert_eq!(sets2, sorted, "the CPUs came back");
+    manta::remove_placement_group(&again).unwrap();
 }
 
 #[manta::actor]

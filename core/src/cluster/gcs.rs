@@ -224,7 +224,20 @@ impl Gcs {
                     let me = self.clone();
                     self.spawn(async move {
                         let error = match tokio::time::timeout(pg::PREPARE_TIMEOUT, rx).await {
-                            Ok(Ok(Ok(Msg::Pg { error, .. }))) if error.is_empty() => None,
+                            Ok(Ok(Ok(Msg::Pg { error, group, .. }))) if error.is_empty() => {
+                                // The CPU sets and GPUs the raylet gave the bundles, first.
+                                if group.bundles.iter().any(|b| {
+                                    !b.cpus.is_empty()
+                                        || !b.gpus.is_empty()
+                                        || !b.cpu_note.is_empty()
+                                }) {
+                                    me.run(Event::BundleCpus {
+                                        pg_id,
+                                        bundles: group.bundles,
+                                    });
+                                }
+                                None
+                            }
                             Ok(Ok(Ok(Msg::Pg { error, .. }))) => Some(error),
                             Ok(Ok(Ok(other))) => {
                                 Some(format!("unexpected answer {}", other.name()))

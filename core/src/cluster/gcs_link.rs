@@ -60,6 +60,9 @@ pub(crate) struct GcsLink {
     io: tokio::runtime::Handle,
     /// What registers this process again (`RejoinWorker`), once it registered.
     rejoin: Mutex<Option<Msg>>,
+    /// Placement groups this process follows through handles (`PgWatch`): watched again
+    /// after a rejoin, since a restarted GCS does not keep its watchers.
+    watched_groups: Mutex<std::collections::BTreeSet<u64>>,
     shut: AtomicBool,
 }
 
@@ -90,8 +93,19 @@ impl GcsLink {
             handler,
             io,
             rejoin: Mutex::new(None),
+            watched_groups: Mutex::new(Default::default()),
             shut: AtomicBool::new(false),
         })
+    }
+
+    /// Notes that this process follows group `pg_id` (`true`) or no longer does (`false`).
+    pub(crate) fn note_watch(&self, pg_id: u64, watching: bool) {
+        let mut watched = lock(&self.watched_groups);
+        if watching {
+            watched.insert(pg_id);
+        } else {
+            watched.remove(&pg_id);
+        }
     }
 
     /// Step 1: how this process registers again (a `RejoinWorker`).
@@ -262,6 +276,14 @@ impl GcsLink {
                     for m in held {
                         peer.send(m);
                     }
+                    // Follow the groups again: the answers come as notices (request id 0).
+                    let watched: Vec<u64> = lock(&self.watched_groups).iter().copied().collect();
+                    for pg_id in watched {
+                        peer.send(Msg::PgWatch {
+                            request_id: 0,
+                            pg_id,
+                        });
+                    }
                     tracing::info!(address = %self.address, after = ?since.elapsed(), "rejoined the GCS");
                     let nodes = peer.request(|request_id| Msg::GetNodes { request_id });
                     if let Ok(Ok(Ok(Msg::Nodes { nodes, .. }))) =
@@ -313,7 +335,8 @@ fn with_request_id(mut msg: Msg, id: u64) -> Msg {
         | Msg::ListActors { request_id }
         | Msg::ListWork { request_id }
         | Msg::Subscribe { request_id }
-        | Msg::Pg { request_id, .. } => *request_id = id,
+        | Msg::Pg { request_id, .. }
+        | Msg::PgWatch { request_id, .. } => *request_id = id,
         _ => {}
     }
     msg

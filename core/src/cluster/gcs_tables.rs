@@ -99,6 +99,12 @@ pub(crate) enum Event<C> {
         node_id: u64,
         error: Option<String>,
     },
+    /// The CPU sets and GPUs a raylet gave group `pg_id`'s bundles it prepared (sent before
+    /// their [`Event::Prepared`]).
+    BundleCpus {
+        pg_id: u64,
+        bundles: Vec<super::proto::PgBundle>,
+    },
     /// Listing `id`'s time is up.
     ListingDue { id: u64 },
     /// Try pending placement groups again.
@@ -241,6 +247,17 @@ impl<C: Conn> GcsTables<C> {
                 node_id,
                 error,
             } => self.prepared(pg_id, node_id, error, &mut out),
+            Event::BundleCpus { pg_id, bundles } => {
+                if let Some(g) = self.pgs.groups.get_mut(&pg_id) {
+                    for b in &mut g.row.bundles {
+                        if let Some(x) = bundles.iter().find(|x| x.index == b.index) {
+                            b.cpus.clone_from(&x.cpus);
+                            b.gpus.clone_from(&x.gpus);
+                            b.cpu_note.clone_from(&x.cpu_note);
+                        }
+                    }
+                }
+            }
             Event::ListingDue { id } => self.finish_listing(id, true, &mut out),
             Event::PgRetry => {
                 self.pgs.retry_scheduled = false;
@@ -357,6 +374,7 @@ impl<C: Conn> GcsTables<C> {
             if let Some(owner) = g.owner.clone() {
                 out.push(Out::Send(owner, pg::msg(PgOp::Reply, 0, g.row.clone(), "")));
             }
+            pg::tell_watchers(&mut g.watchers, &g.row, out);
             self.changed.insert(Key::Group(id));
         }
         for row in &lost {
@@ -661,6 +679,13 @@ impl<C: Conn> GcsTables<C> {
                 group,
                 ..
             } => self.pg_message(peer, op, request_id, group, out),
+            Msg::PgWatch { request_id, pg_id } => {
+                let row = self.pgs.watch(peer, pg_id);
+                out.push(Out::Send(
+                    peer.clone(),
+                    pg::msg(PgOp::Reply, request_id, row, ""),
+                ));
+            }
             other => {
                 tracing::warn!(
                     message = other.name(),
@@ -1031,6 +1056,7 @@ impl<C: Conn> GcsTables<C> {
                             owner: None,
                             owner_worker: request_id,
                             placing: false,
+                            watchers: Vec::new(),
                         },
                     );
                 }
@@ -1324,6 +1350,7 @@ impl<C: Conn> GcsTables<C> {
                         owner: Some(peer.clone()),
                         owner_worker,
                         placing: false,
+                        watchers: Vec::new(),
                     },
                 );
                 out.push(Out::Send(peer.clone(), reply(pg::PENDING, String::new())));
@@ -1407,8 +1434,9 @@ impl<C: Conn> GcsTables<C> {
             self.pgs.account(&g.row, -1.0);
             self.pg_cancel_at_raylets(&g.row, out);
         }
-        let mut row = g.row;
+        let (mut row, mut watchers) = (g.row, g.watchers);
         row.state = pg::REMOVED;
+        pg::tell_watchers(&mut watchers, &row, out);
         self.pgs.removed.push_back(row);
         if self.pgs.removed.len() > pg::KEPT_REMOVED
             && let Some(old) = self.pgs.removed.pop_front()
@@ -1578,6 +1606,7 @@ impl<C: Conn> GcsTables<C> {
                     ));
                 }
                 tracing::info!(pg = pg_id, "placement group created");
+                pg::tell_watchers(&mut g.watchers, &row, out);
                 if let Some(owner) = owner {
                     out.push(Out::Send(owner, pg::msg(PgOp::Reply, 0, row, "")));
                 }
@@ -2015,6 +2044,7 @@ mod tests {
                         total: *c,
                         available: *c,
                     }],
+                    ..PgBundle::default()
                 })
                 .collect(),
             ..PgRow::default()
@@ -2028,6 +2058,75 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A process holding a handle follows the group: `PgWatch` answers the row as it stands,
+    /// then the watcher hears of the group's creation (with the CPU sets the raylet gave) and
+    /// of its removal; a group the GCS never knew reads REMOVED.
+    #[test]
+    fn a_watcher_hears_of_creation_and_removal() {
+        let mut t = T::new();
+        let a = t.node(1, 2.0);
+        let pg_msg = |op, group| Msg::Pg {
+            op,
+            request_id: 4,
+            group,
+            error: String::new(),
+            groups: Vec::new(),
+        };
+        t.send(5, pg_msg(PgOp::Create, group(1, &[1.0])));
+        let out = t.send(
+            7,
+            Msg::PgWatch {
+                request_id: 9,
+                pg_id: 1,
+            },
+        );
+        assert!(
+            matches!(to(&out, 7)[..], [Msg::Pg { op: PgOp::Reply, request_id: 9, group, .. }] if group.state == pg::PENDING)
+        );
+        let at = t.at();
+        let cpus = PgBundle {
+            index: 0,
+            cpus: vec![1],
+            ..PgBundle::default()
+        };
+        t.gcs.handle(
+            at,
+            Event::BundleCpus {
+                pg_id: 1,
+                bundles: vec![cpus],
+            },
+        );
+        let out = t.gcs.handle(
+            at,
+            Event::Prepared {
+                pg_id: 1,
+                node_id: a,
+                error: None,
+            },
+        );
+        assert!(
+            matches!(to(&out, 7)[..], [Msg::Pg { op: PgOp::Reply, request_id: 0, group, .. }] if group.state == pg::CREATED && group.bundles[0].cpus == [1])
+        );
+        let gone = PgRow {
+            pg_id: 1,
+            ..PgRow::default()
+        };
+        let out = t.send(5, pg_msg(PgOp::Remove, gone));
+        assert!(
+            matches!(to(&out, 7)[..], [Msg::Pg { op: PgOp::Reply, request_id: 0, group, .. }] if group.state == pg::REMOVED)
+        );
+        let out = t.send(
+            7,
+            Msg::PgWatch {
+                request_id: 10,
+                pg_id: 99,
+            },
+        );
+        assert!(
+            matches!(to(&out, 7)[..], [Msg::Pg { op: PgOp::Reply, request_id: 10, group, .. }] if group.state == pg::REMOVED && group.pg_id == 99)
+        );
     }
 
     #[test]
@@ -2364,6 +2463,7 @@ mod restart_tests {
                         total: 1.0,
                         available: 1.0,
                     }],
+                    ..PgBundle::default()
                 })
                 .collect(),
             ..PgRow::default()
@@ -2587,6 +2687,7 @@ mod restart_tests {
                                     total: 1.0,
                                     available: 1.0,
                                 }],
+                                ..PgBundle::default()
                             }],
                             ..PgRow::default()
                         };

@@ -35,16 +35,20 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::execute::SEP;
+use super::gcs_tables::Out;
 use super::peer::Peer;
 use super::proto::{Msg, PgBundle, PgOp, PgRow, Resource};
 use super::worker::Cluster;
+use super::worker_table::Conn;
 use super::{call_timeout, cluster_error, wait_reply};
+use crate::config::CpuList;
 use crate::error::Error;
 use crate::placement_group::{
     Bundle, LostBundles, PlacementGroupId, PlacementGroupInfo, PlacementGroupState,
     PlacementStrategy, group_resources,
 };
 use crate::remote::GroupRequest;
+use crate::resources::{CPU_NAME, GPU_NAME};
 use crate::runtime::RuntimeInner;
 use crate::sync::lock;
 
@@ -203,6 +207,10 @@ pub(crate) struct GcsGroup<C> {
     pub(crate) owner_worker: u64,
     /// A two-phase attempt is under way (its nodes are in `row`).
     pub(crate) placing: bool,
+    /// Connections of processes holding a handle to the group that asked to follow it
+    /// (`PgWatch`): told when it is created, rescheduling or removed. Not saved: processes
+    /// watch again when they rejoin a restarted GCS (`GcsLink`).
+    pub(crate) watchers: Vec<C>,
 }
 
 /// The GCS's placement groups (`C`: a connection, as `gcs_tables.rs` has them).
@@ -229,6 +237,36 @@ impl<C> Default for GcsGroups<C> {
             retry_scheduled: false,
             removed: std::collections::VecDeque::new(),
         }
+    }
+}
+
+/// Sends `row` (a group's new state) to its watchers, dropping those whose connection closed.
+pub(crate) fn tell_watchers<C: Conn>(watchers: &mut Vec<C>, row: &PgRow, out: &mut Vec<Out<C>>) {
+    watchers.retain(|w| !w.is_closed());
+    for w in watchers.iter() {
+        out.push(Out::Send(w.clone(), msg(PgOp::Reply, 0, row.clone(), "")));
+    }
+}
+
+impl<C: Conn> GcsGroups<C> {
+    /// `peer` follows group `pg_id` from now on; returns its row as it stands (state REMOVED
+    /// for a group removed or never known).
+    pub(crate) fn watch(&mut self, peer: &C, pg_id: u64) -> PgRow {
+        if let Some(g) = self.groups.get_mut(&pg_id) {
+            if !g.watchers.iter().any(|w| w.same(peer)) {
+                g.watchers.push(peer.clone());
+            }
+            return g.row.clone();
+        }
+        self.removed
+            .iter()
+            .find(|r| r.pg_id == pg_id)
+            .cloned()
+            .unwrap_or(PgRow {
+                pg_id,
+                state: REMOVED,
+                ..PgRow::default()
+            })
     }
 }
 
@@ -287,6 +325,8 @@ pub(crate) fn msg(op: PgOp, request_id: u64, group: PgRow, error: impl Into<Stri
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     groups: HashMap<u64, Vec<(bool, PgBundle)>>,
+    /// The CPU sets of the bundles reserved here (`topology.rs`).
+    node_sets: crate::topology::NodeSets,
 }
 
 impl Ledger {
@@ -302,8 +342,15 @@ impl Ledger {
     }
 
     /// Reserves `row`'s bundles (this node's) that are not reserved yet, if they fit in
-    /// `totals` beside what is reserved already; else says why.
-    pub(crate) fn prepare(&mut self, totals: &[(String, f64)], row: PgRow) -> Result<(), String> {
+    /// `totals` beside what is reserved already, giving each that asks for whole CPUs a CPU
+    /// set of its own out of `node_cpus` (empty: the process's affinity mask); returns the
+    /// bundles reserved now with their sets, else says why not.
+    pub(crate) fn prepare(
+        &mut self,
+        totals: &[(String, f64)],
+        node_cpus: &[usize],
+        row: PgRow,
+    ) -> Result<Vec<PgBundle>, String> {
         let have: Vec<u32> = self
             .groups
             .get(&row.pg_id)
@@ -315,7 +362,7 @@ impl Ledger {
             .filter(|b| !have.contains(&b.index))
             .collect();
         if new.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut free = totals.to_vec();
         take(&mut free, &self.reserved());
@@ -327,11 +374,47 @@ impl Ledger {
                 "does not fit: asks {want:?}, free after reservations {free:?}"
             ));
         }
+        let whole = |name: &str| -> Vec<usize> {
+            new.iter()
+                .map(|b| {
+                    let r = b.resources.iter().find(|r| r.name == name);
+                    crate::topology::whole_units(r.map_or(0.0, |r| r.total))
+                })
+                .collect()
+        };
+        let wants = whole(CPU_NAME);
+        // GPUs by the node's topology, the CPU set on their NUMA node.
+        let node_gpus = totals
+            .iter()
+            .find(|(n, _)| n == GPU_NAME)
+            .map_or(0, |(_, t)| *t as usize);
+        let (gpus, near) = self.node_sets.take_gpus(node_gpus, &whole(GPU_NAME));
+        let (sets, note) = self.node_sets.take(node_cpus, &wants, &near);
+        if let Some(note) = &note {
+            tracing::warn!(pg = row.pg_id, "placement group bundles {note}");
+        }
+        let mut new = new;
+        for (((b, set), want), gpus) in new.iter_mut().zip(sets).zip(&wants).zip(gpus) {
+            b.cpus = set.iter().map(|&c| c as u32).collect();
+            b.gpus = gpus.iter().map(|&d| d as u32).collect();
+            if *want > 0 && set.is_empty() {
+                b.cpu_note = note.clone().unwrap_or_default();
+            }
+        }
         self.groups
             .entry(row.pg_id)
             .or_default()
-            .extend(new.into_iter().map(|b| (false, b)));
-        Ok(())
+            .extend(new.iter().cloned().map(|b| (false, b)));
+        Ok(new)
+    }
+
+    /// Gives the CPU sets and GPUs of `bundles` back.
+    fn give_back(&self, bundles: &[(bool, PgBundle)]) {
+        let of = |v: &[u32]| v.iter().map(|&c| c as usize).collect::<Vec<usize>>();
+        let cpus: Vec<Vec<usize>> = bundles.iter().map(|(_, b)| of(&b.cpus)).collect();
+        let gpus: Vec<Vec<usize>> = bundles.iter().map(|(_, b)| of(&b.gpus)).collect();
+        self.node_sets.give_back(&cpus);
+        self.node_sets.give_back_gpus(&gpus);
     }
 
     /// Makes a group's prepared reservations final.
@@ -353,24 +436,36 @@ impl Ledger {
         let Some(bundles) = self.groups.get_mut(&row.pg_id) else {
             return;
         };
-        if !row.bundles.is_empty() {
-            bundles.retain(|(_, b)| !row.bundles.iter().any(|x| x.index == b.index));
-        }
-        if row.bundles.is_empty() || bundles.is_empty() {
+        let gone: Vec<(bool, PgBundle)> = if row.bundles.is_empty() {
+            std::mem::take(bundles)
+        } else {
+            let (gone, kept) = std::mem::take(bundles)
+                .into_iter()
+                .partition(|(_, b)| row.bundles.iter().any(|x| x.index == b.index));
+            *bundles = kept;
+            gone
+        };
+        if bundles.is_empty() {
             self.groups.remove(&row.pg_id);
         }
+        self.give_back(&gone);
     }
 
     /// Drops every bundle reservation prepared and not committed (the GCS that asked
     /// restarted: its attempts died with it); returns how many groups lost one.
     pub(crate) fn drop_prepared(&mut self) -> usize {
         let mut dropped = 0;
+        let mut gone = Vec::new();
         for bundles in self.groups.values_mut() {
-            let before = bundles.len();
-            bundles.retain(|(committed, _)| *committed);
-            dropped += usize::from(bundles.len() != before);
+            let (kept, lost): (Vec<_>, Vec<_>) = std::mem::take(bundles)
+                .into_iter()
+                .partition(|(committed, _)| *committed);
+            dropped += usize::from(!lost.is_empty());
+            gone.extend(lost);
+            *bundles = kept;
         }
         self.groups.retain(|_, bundles| !bundles.is_empty());
+        self.give_back(&gone);
         dropped
     }
 
@@ -404,6 +499,9 @@ pub(crate) fn wire_bundles(bundles: &[Vec<(String, f64)>]) -> Vec<PgBundle> {
         .map(|(i, b)| PgBundle {
             index: i as u32,
             node_id: 0,
+            cpus: Vec::new(),
+            gpus: Vec::new(),
+            cpu_note: String::new(),
             resources: b
                 .iter()
                 .map(|(n, a)| Resource {
@@ -444,7 +542,42 @@ pub(crate) fn info_of(row: &PgRow) -> PlacementGroupInfo {
         } else {
             Vec::new()
         },
+        bundle_cpus: if row.state == CREATED || row.state == RESCHEDULING {
+            row_sets(row, |b| &b.cpus)
+                .into_iter()
+                .map(CpuList)
+                .collect()
+        } else {
+            Vec::new()
+        },
+        bundle_gpus: if row.state == CREATED || row.state == RESCHEDULING {
+            row_sets(row, |b| &b.gpus)
+        } else {
+            Vec::new()
+        },
+        cpu_note: cpu_note(row),
     }
+}
+
+/// Each bundle's CPU set (or GPUs: `f` picks) in `row`, in bundle order.
+fn row_sets(row: &PgRow, f: fn(&PgBundle) -> &[u32]) -> Vec<Vec<usize>> {
+    let mut bundles: Vec<&PgBundle> = row.bundles.iter().collect();
+    bundles.sort_by_key(|b| b.index);
+    bundles
+        .iter()
+        .map(|b| f(b).iter().map(|&c| c as usize).collect())
+        .collect()
+}
+
+/// Why bundles of `row` that asked for whole CPUs have no set, if any has none.
+pub(crate) fn cpu_note(row: &PgRow) -> Option<String> {
+    let notes: Vec<String> = row
+        .bundles
+        .iter()
+        .filter(|b| !b.cpu_note.is_empty())
+        .map(|b| format!("node {}: {}", b.node_id, b.cpu_note))
+        .collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
 }
 
 /// A strategy's wire code.
@@ -485,9 +618,12 @@ fn lost_row(lost: LostBundles) -> (PgRow, u64) {
     let bundles = lost
         .bundles
         .into_iter()
-        .map(|(index, node_id, entries)| PgBundle {
+        .map(|(index, node_id, entries, (cpus, gpus))| PgBundle {
             index,
             node_id,
+            cpus: cpus.into_iter().map(|c| c as u32).collect(),
+            gpus: gpus.into_iter().map(|d| d as u32).collect(),
+            cpu_note: String::new(),
             resources: entries
                 .into_iter()
                 .map(|(name, amount)| Resource {
@@ -583,6 +719,20 @@ impl Cluster {
         self.placement.node_of_worker(index)
     }
 
+    /// Follows a group this process holds a handle to (`PgWatch`): its row as it stands.
+    pub(crate) fn pg_watch(&self, pg_id: u64) -> Result<PgRow, Error> {
+        let what = "following a placement group";
+        self.gcs.note_watch(pg_id, true);
+        let _guard = self.io.enter();
+        let rx = self
+            .gcs
+            .request(|request_id| Msg::PgWatch { request_id, pg_id });
+        match wait_reply(rx, call_timeout(), what)? {
+            Msg::Pg { group, .. } => Ok(group),
+            _ => Err(cluster_error(what, "unexpected reply")),
+        }
+    }
+
     /// Every placement group the GCS knows.
     pub(crate) fn pg_list(&self) -> Result<Vec<PgRow>, Error> {
         let what = "listing placement groups";
@@ -602,6 +752,19 @@ impl Cluster {
         let Some(rt) = self.runtime() else {
             return;
         };
+        // A group this process follows through a handle (not its owner).
+        // A group this process follows through a handle (not its owner), or followed and let
+        // go (its handles dropped): never the owner's steps below.
+        if op == PgOp::Reply
+            && self.gcs.is(peer)
+            && (crate::placement_group::follow(&rt, &info_of(&group))
+                || !crate::placement_group::owns(&rt, group.pg_id))
+        {
+            if group.state == REMOVED {
+                self.gcs.note_watch(group.pg_id, false);
+            }
+            return;
+        }
         match op {
             PgOp::Reply if self.gcs.is(peer) && group.state == RESCHEDULING => {
                 crate::placement_group::rescheduling(&rt, group.pg_id);
@@ -629,9 +792,23 @@ impl Cluster {
                     let refs: Vec<&[(String, f64)]> = all.iter().map(Vec::as_slice).collect();
                     sum(&refs)
                 };
-                if let Err(e) =
-                    crate::placement_group::install(&rt, group.pg_id, &resources, &carve)
-                {
+                let here = |f: fn(&PgBundle) -> &[u32]| -> Vec<Vec<usize>> {
+                    group
+                        .bundles
+                        .iter()
+                        .filter(|b| b.node_id == node_id)
+                        .map(|b| f(b).iter().map(|&c| c as usize).collect())
+                        .collect()
+                };
+                let (cpus, gpus) = (here(|b| &b.cpus), here(|b| &b.gpus));
+                if let Err(e) = crate::placement_group::install(
+                    &rt,
+                    group.pg_id,
+                    &resources,
+                    &carve,
+                    &cpus,
+                    &gpus,
+                ) {
                     tracing::error!(pg = group.pg_id, error = %e, "could not install a placement group's bundles");
                 }
             }
@@ -669,6 +846,13 @@ impl Cluster {
             }
         }
         let nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
+        crate::placement_group::set_cpus(
+            rt,
+            row.pg_id,
+            row_sets(&row, |b| &b.cpus),
+            row_sets(&row, |b| &b.gpus),
+            cpu_note(&row),
+        );
         if !crate::placement_group::created(rt, row.pg_id, nodes, workers.clone()) {
             // Removed meanwhile: take the bundles back out.
             let back = PgRow {
@@ -715,6 +899,13 @@ impl Cluster {
             pg = row.pg_id,
             ?moved,
             "placement group bundles placed again"
+        );
+        crate::placement_group::set_cpus(
+            rt,
+            row.pg_id,
+            row_sets(&row, |b| &b.cpus),
+            row_sets(&row, |b| &b.gpus),
+            cpu_note(&row),
         );
         crate::placement_group::rescheduled(rt, row.pg_id, nodes, &moved, placed);
     }
@@ -814,13 +1005,16 @@ mod tests {
             ..PgRow::default()
         };
         let totals = cpus(2.0);
-        assert!(l.prepare(&totals, row(1, 1.5)).is_ok());
-        assert!(l.prepare(&totals, row(2, 1.0)).is_err(), "only 0.5 left");
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], row(1, 1.5)).is_ok());
+        assert!(
+            l.prepare(&totals, &[0, 1, 2, 3], row(2, 1.0)).is_err(),
+            "only 0.5 left"
+        );
         l.cancel(&PgRow {
             pg_id: 1,
             ..PgRow::default()
         });
-        assert!(l.prepare(&totals, row(2, 1.0)).is_ok());
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], row(2, 1.0)).is_ok());
         assert!(l.commit(2));
         assert_eq!(l.len(), 1);
         let (added, reserved) = (l.resources(0), l.reserved());
@@ -886,12 +1080,12 @@ mod tests {
         let totals = cpus(3.0);
         let mut first = placed(0, &[9, 9]);
         first.bundles.truncate(1);
-        assert!(l.prepare(&totals, first.clone()).is_ok());
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], first.clone()).is_ok());
         assert!(l.commit(7));
         // Bundle 1 placed again here: reserved beside bundle 0, not skipped.
         let mut second = placed(0, &[9, 9]);
         second.bundles.remove(0);
-        assert!(l.prepare(&totals, second.clone()).is_ok());
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], second.clone()).is_ok());
         assert_eq!(l.reserved(), cpus(2.0));
         assert!(
             !l.resources(9)
@@ -907,7 +1101,7 @@ mod tests {
                 .iter()
                 .any(|(n, _)| n.starts_with("CPU_group_0_"))
         );
-        assert!(l.prepare(&totals, second).is_ok());
+        assert!(l.prepare(&totals, &[0, 1, 2, 3], second).is_ok());
         assert!(l.commit(7));
         assert!(
             l.resources(9)
@@ -923,6 +1117,39 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_gives_bundles_of_whole_cpus_disjoint_sets_and_takes_them_back() {
+        let mut l = Ledger::default();
+        let totals = cpus(4.0);
+        let node = [4, 5, 6, 7];
+        let row = |id: u64, each: &[f64]| PgRow {
+            pg_id: id,
+            bundles: wire_bundles(&each.iter().map(|&n| cpus(n)).collect::<Vec<_>>()),
+            ..PgRow::default()
+        };
+        let first = l.prepare(&totals, &node, row(1, &[1.0, 0.5, 2.0])).unwrap();
+        let sets: Vec<&[u32]> = first.iter().map(|b| b.cpus.as_slice()).collect();
+        assert_eq!(
+            sets,
+            [&[4][..], &[][..], &[5, 6][..]],
+            "a fraction gets none"
+        );
+        assert!(first.iter().all(|b| b.cpu_note.is_empty()));
+        // One CPU left in the mask (though the resources have room): a second group of 1 + 1
+        // gets one set and says why the other has none.
+        let second = l.prepare(&cpus(6.0), &node, row(2, &[1.0, 1.0])).unwrap();
+        assert_eq!(second[0].cpus, [7]);
+        assert!(second[1].cpus.is_empty());
+        assert!(second[1].cpu_note.contains("affinity mask"), "{second:?}");
+        // Cancelled, its set comes back.
+        l.cancel(&PgRow {
+            pg_id: 1,
+            ..PgRow::default()
+        });
+        let third = l.prepare(&cpus(8.0), &node, row(3, &[3.0])).unwrap();
+        assert_eq!(third[0].cpus, [4, 5, 6]);
+    }
+
+    #[test]
     fn a_lost_gcs_leaves_only_committed_reservations() {
         let mut l = Ledger::default();
         let row = |id: u64| PgRow {
@@ -932,7 +1159,7 @@ mod tests {
         };
         let totals = cpus(2.0);
         for id in 1..=3 {
-            assert!(l.prepare(&totals, row(id)).is_ok());
+            assert!(l.prepare(&totals, &[0, 1, 2, 3], row(id)).is_ok());
         }
         assert!(l.commit(2));
         assert_eq!(l.drop_prepared(), 2);

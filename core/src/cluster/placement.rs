@@ -248,6 +248,7 @@ impl Cluster {
         let mut refreshed = false;
         let mut reinstalled = false;
         let mut awaited = false;
+        let mut followed = false;
         loop {
             let mut chosen = pick(&lock(&self.placement.nodes), &passed);
             if chosen.is_none() && !refreshed {
@@ -273,6 +274,14 @@ impl Cluster {
                     .filter_map(|&k| slots.get(k).map(|s| s.node_id))
                     .collect()
             };
+            if chosen.is_none() && !followed && self.await_followed(&wanted) {
+                // A group this process follows through a handle was (re)placed: its nodes'
+                // heartbeats now carry the bundles' resources.
+                followed = true;
+                refreshed = false;
+                passed.clear();
+                continue;
+            }
             if chosen.is_none() && !awaited && self.await_rescheduled(&wanted, &unreachable) {
                 // A bundle's node died and the GCS placed it again elsewhere: look again.
                 awaited = true;
@@ -517,6 +526,62 @@ impl Cluster {
             let _ = self.refresh_nodes();
             if !crate::placement_group::awaits_rescheduling(&rt, wanted, &node_dead) {
                 return true;
+            }
+        }
+        false
+    }
+
+    /// Waits (at most `call_timeout`) while `wanted` names a created group this process
+    /// follows through a handle (not its owner) and no live node in this process's view has
+    /// its resources yet: the GCS's notice that it was placed (again) runs ahead of the
+    /// heartbeats of its new nodes. Returns whether the view then has them.
+    fn await_followed(&self, wanted: &[(String, f64)]) -> bool {
+        let Some(rt) = self.runtime() else {
+            return false;
+        };
+        if !crate::placement_group::follows_created(&rt, wanted) {
+            return false;
+        }
+        let names: Vec<&str> = wanted
+            .iter()
+            .filter(|(n, _)| n.contains("_group_"))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let has =
+            |totals: &[(String, f64)]| names.iter().all(|n| totals.iter().any(|(t, _)| t == n));
+        let deadline = std::time::Instant::now() + call_timeout();
+        while std::time::Instant::now() < deadline {
+            if self.stopped.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let _ = self.refresh_nodes();
+            let nodes: Vec<usize> = lock(&self.placement.nodes)
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.alive && has(&s.totals))
+                .map(|(i, _)| i)
+                .collect();
+            for i in nodes {
+                // Workers named before the bundles reached them: ask the node's raylet again
+                // (it names the same workers, with the bundles they last reported holding).
+                {
+                    let mut slots = lock(&self.placement.nodes);
+                    if !slots[i].workers.iter().any(|w| has(&w.totals)) {
+                        slots[i].workers.clear();
+                    }
+                }
+                if self.node_workers(i).is_ok()
+                    && lock(&self.placement.nodes)[i]
+                        .workers
+                        .iter()
+                        .any(|w| has(&w.totals))
+                {
+                    return true;
+                }
+            }
+            if !crate::placement_group::follows_created(&rt, wanted) {
+                return false;
             }
         }
         false

@@ -86,6 +86,10 @@ pub struct NodeOptions {
     /// CPUs the slots of the worker processes this raylet starts pin themselves to
     /// (`MANTA_CPU_AFFINITY` in their environment); empty: the raylet sets nothing.
     pub cpu_affinity: CpuList,
+    /// The node's CPUs that placement-group bundles' CPU sets are taken from (`topology.rs`);
+    /// empty: `cpu_affinity`, or if that is empty too the raylet's own affinity mask. Under
+    /// `srun`/`mpirun` the launcher sets the CPUs of all the node's ranks.
+    pub bundle_cpus: CpuList,
     /// NUMA nodes the object stores of the worker processes this raylet starts split their
     /// arenas across (`MANTA_OBJECT_STORE_NUMA_NODES`); empty: the raylet sets nothing.
     pub numa_nodes: CpuList,
@@ -117,6 +121,7 @@ impl NodeOptions {
             worker_gpu_ids: None,
             topology: String::new(),
             cpu_affinity: CpuList::default(),
+            bundle_cpus: CpuList::default(),
             numa_nodes: CpuList::default(),
             gcs_state_dir: None,
         }
@@ -545,6 +550,15 @@ fn reap(mut child: Child) {
 }
 
 impl Raylet {
+    /// The CPUs bundles' CPU sets come from (see [`NodeOptions::bundle_cpus`]).
+    fn bundle_cpus(&self) -> &[usize] {
+        if self.opts.bundle_cpus.is_empty() {
+            &self.opts.cpu_affinity.0
+        } else {
+            &self.opts.bundle_cpus.0
+        }
+    }
+
     /// The GCS's two-phase reservation of placement-group bundles (`pg.rs`).
     fn pg_message(&self, peer: &Arc<Peer>, op: PgOp, request_id: u64, group: PgRow) {
         match op {
@@ -555,15 +569,18 @@ impl Raylet {
                     .map(|r| (r.name, r.total))
                     .collect();
                 let pg_id = group.pg_id;
-                let error = match lock(&self.ledger).prepare(&totals, group) {
-                    Ok(()) => String::new(),
-                    Err(e) => e,
-                };
+                let (bundles, error) =
+                    match lock(&self.ledger).prepare(&totals, self.bundle_cpus(), group) {
+                        Ok(bundles) => (bundles, String::new()),
+                        Err(e) => (Vec::new(), e),
+                    };
+                // The bundles reserved now, with the CPU sets this node gave them.
                 let reply = super::pg::msg(
                     PgOp::Prepared,
                     request_id,
                     PgRow {
                         pg_id,
+                        bundles,
                         ..PgRow::default()
                     },
                     error,

@@ -277,6 +277,10 @@ impl Remote for Cluster {
         Cluster::pg_remove(self, pg_id, workers)
     }
 
+    fn pg_watch(&self, pg_id: u64) -> Result<PlacementGroupInfo, Error> {
+        Ok(super::pg::info_of(&Cluster::pg_watch(self, pg_id)?))
+    }
+
     fn pg_list(&self) -> Result<Vec<PlacementGroupInfo>, Error> {
         Ok(Cluster::pg_list(self)?
             .iter()

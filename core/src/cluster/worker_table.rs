@@ -404,16 +404,29 @@ fn forget_dead<C: Conn, P: Process>(job: &mut Job<C, P>, job_id: u64) -> Vec<Act
     actions
 }
 
-/// The reply to a `StartWorker`: every ready worker, the first as `index`/`address`.
+/// The reply to a `StartWorker`: every ready worker, the first as `index`/`address`, with what
+/// it holds: its resources at start and the placement-group bundles it last reported holding
+/// (so that a process other than the group's owner can route bundle work to it).
 fn started<C, P>(job: &Job<C, P>, request_id: u64) -> Msg {
     let workers: Vec<JobWorker> = job
         .procs
         .iter()
         .filter(|w| w.conn.is_some())
-        .map(|w| JobWorker {
-            index: w.index,
-            address: w.address.clone(),
-            resources: w.resources.clone(),
+        .map(|w| {
+            let mut resources = w.resources.clone();
+            resources.extend(
+                w.load
+                    .iter()
+                    .filter(|r| r.name.contains("_group_"))
+                    .filter(|r| !resources.iter().any(|m| m.name == r.name))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            JobWorker {
+                index: w.index,
+                address: w.address.clone(),
+                resources,
+            }
         })
         .collect();
     let (index, address) = workers

@@ -178,6 +178,12 @@ impl std::fmt::Debug for Scheduler {
 const PENDING_SCAN: usize = 64;
 
 impl Scheduler {
+    /// The CPUs the slots pin themselves to (config `cpu_affinity`; empty: none): the node's
+    /// CPUs for placement-group bundles' sets.
+    pub(crate) fn affinity(&self) -> &[usize] {
+        &self.affinity
+    }
+
     pub(crate) fn new(
         resources: NodeResources,
         base_slots: usize,

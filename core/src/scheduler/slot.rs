@@ -44,10 +44,13 @@ pub(super) fn push_local(job: Job) -> Result<(), Job> {
 }
 
 /// Runs `f` recording that the current thread holds `demand`'s CPU (and its GPUs, for
-/// `gpu_ids`).
+/// `gpu_ids`), pinned to its placement-group bundle's CPU set if it has one (and holding the
+/// bundle's GPUs).
 pub(super) fn holding<R>(demand: &Demand, f: impl FnOnce() -> R) -> R {
     let prev = HELD_CPU.with(|h| h.replace(demand.cpu()));
-    let r = crate::gpus::holding(demand.gpus(), f);
+    let r = crate::affinity::in_bundle(demand.bundle(), |bundle_gpus| {
+        crate::gpus::holding(demand.gpus(), bundle_gpus, f)
+    });
     HELD_CPU.with(|h| h.set(prev));
     r
 }

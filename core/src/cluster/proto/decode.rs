@@ -8,11 +8,11 @@ use super::{
     TAG_DETACH_ACTOR, TAG_FREE_OBJECT, TAG_GCS_COUNTERS, TAG_GCS_FORGET, TAG_GET_NODES,
     TAG_GET_WORKER, TAG_GROUP_CALL, TAG_HEARTBEAT, TAG_JOB_EVENT, TAG_KILL_ACTOR, TAG_KV_GET,
     TAG_KV_PUT, TAG_KV_VALUE, TAG_LIST_ACTORS, TAG_LIST_WORK, TAG_LOOKUP_ACTOR, TAG_NODE_EVENT,
-    TAG_NODES, TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PULL_OBJECT,
-    TAG_PUSH_TASK, TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER, TAG_REGISTERED,
-    TAG_REJOIN_WORKER, TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER, TAG_START_WORKER, TAG_STOP,
-    TAG_SUBSCRIBE, TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED, TAG_WORKER_INFO,
-    TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
+    TAG_NODES, TAG_OBJECT_DATA, TAG_OBJECT_FAILED, TAG_OBJECT_PINNED, TAG_PG_WATCH,
+    TAG_PULL_OBJECT, TAG_PUSH_TASK, TAG_REGISTER_ACTOR, TAG_REGISTER_NODE, TAG_REGISTER_WORKER,
+    TAG_REGISTERED, TAG_REJOIN_WORKER, TAG_RELEASE_ACTOR, TAG_REMOVE_BORROWER, TAG_START_WORKER,
+    TAG_STOP, TAG_SUBSCRIBE, TAG_TASK_DONE, TAG_UNPIN_OBJECT, TAG_WORK, TAG_WORKER_DETACHED,
+    TAG_WORKER_INFO, TAG_WORKER_READY, TAG_WORKER_STARTED, TaskRow, tag_name,
 };
 use flatbuffers::{ForwardsUOffset, Vector};
 
@@ -35,6 +35,9 @@ fn pg_row(g: Option<fb::PgRow<'_>>) -> PgRow {
                         index: b.index(),
                         node_id: b.node_id(),
                         resources: resources(b.resources()),
+                        cpus: b.cpus().map(|v| v.iter().collect()).unwrap_or_default(),
+                        cpu_note: string(b.cpu_note()),
+                        gpus: b.gpus().map(|v| v.iter().collect()).unwrap_or_default(),
                     })
                     .collect()
             })
@@ -543,6 +546,13 @@ pub(crate) fn decode(tag: u64, payload: &[u8]) -> Result<Msg, ProtoError> {
                 next_worker: t.next_worker(),
                 next_job: t.next_job(),
                 address: string(t.address()),
+            }
+        }
+        TAG_PG_WATCH => {
+            let t = root!(PgWatch);
+            Msg::PgWatch {
+                request_id: t.request_id(),
+                pg_id: t.pg_id(),
             }
         }
         TAG_DETACH_ACTOR => Msg::DetachActor {

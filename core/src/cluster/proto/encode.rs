@@ -79,12 +79,18 @@ fn build_pg_bundle<'a>(
     b: &PgBundle,
 ) -> WIPOffset<fb::PgBundle<'a>> {
     let resources = opt_resources(fbb, &b.resources);
+    let cpus = (!b.cpus.is_empty()).then(|| fbb.create_vector(&b.cpus));
+    let cpu_note = opt_str(fbb, &b.cpu_note);
+    let gpus = (!b.gpus.is_empty()).then(|| fbb.create_vector(&b.gpus));
     fb::PgBundle::create(
         fbb,
         &fb::PgBundleArgs {
             index: b.index,
             node_id: b.node_id,
             resources,
+            cpus,
+            cpu_note,
+            gpus,
         },
     )
 }
@@ -911,6 +917,15 @@ pub(crate) fn encode<'b>(msg: &Msg, fbb: &'b mut FlatBufferBuilder<'static>) -> 
                     next_worker: *next_worker,
                     next_job: *next_job,
                     address,
+                }
+            );
+        }
+        Msg::PgWatch { request_id, pg_id } => {
+            table!(
+                PgWatch,
+                PgWatchArgs {
+                    request_id: *request_id,
+                    pg_id: *pg_id
                 }
             );
         }

@@ -13,7 +13,8 @@
 //! carry actor lifetimes (`DetachActor`, `WorkerDetached`: `cluster/lifetime.rs`); 70–79
 //! placement groups (one table, `PgMsg`, whose tag says the operation: [`PgOp`]); 90–99 the
 //! head's restart (`RejoinWorker`, and `GcsCounters` and `GcsForget`, which only the GCS's
-//! saved tables hold: `cluster/gcs_store.rs`).
+//! saved tables hold: `cluster/gcs_store.rs`); 100–109 actor groups; 120–129 placement-group
+//! handles held by processes other than the group's owner (`PgWatch`).
 
 use manta_transport::Tag;
 
@@ -48,6 +49,12 @@ pub(crate) struct PgBundle {
     /// The node it is reserved on (0: none yet).
     pub(crate) node_id: u64,
     pub(crate) resources: Vec<Resource>,
+    /// Its CPU set on its node (empty: not pinned).
+    pub(crate) cpus: Vec<u32>,
+    /// Why a bundle that asked for whole CPUs has no set (empty otherwise).
+    pub(crate) cpu_note: String,
+    /// Its GPUs on its node (ordinals; empty: none given).
+    pub(crate) gpus: Vec<u32>,
 }
 
 /// A placement group on the wire (`strategy`, `state`: see `cluster.fbs`, `PgRow`).
@@ -408,6 +415,11 @@ pub(crate) enum Msg {
     DetachActor {
         actor_id: u64,
     },
+    /// Watch placement group `pg_id` from a process holding a handle to it (`cluster/pg.rs`).
+    PgWatch {
+        request_id: u64,
+        pg_id: u64,
+    },
     /// Every placement-group message (see [`PgOp`]).
     Pg {
         op: PgOp,
@@ -578,6 +590,8 @@ pub(crate) const TAG_GCS_FORGET: u64 = 92;
 pub(crate) const TAG_RELEASE_ACTOR: u64 = 41;
 // Actor groups (100–109).
 pub(crate) const TAG_GROUP_CALL: u64 = 100;
+// Placement-group handles (120–129).
+pub(crate) const TAG_PG_WATCH: u64 = 120;
 
 /// Table names by tag (`NAMES[tag - 1]`).
 const NAMES: [&str; 38] = [
@@ -630,6 +644,7 @@ const MORE_NAMES: &[(u64, &str)] = &[
     (TAG_DETACH_ACTOR, "DetachActor"),
     (TAG_WORKER_DETACHED, "WorkerDetached"),
     (TAG_GROUP_CALL, "GroupCall"),
+    (TAG_PG_WATCH, "PgWatch"),
     (TAG_REJOIN_WORKER, "RejoinWorker"),
     (TAG_GCS_COUNTERS, "GcsCounters"),
     (TAG_GCS_FORGET, "GcsForget"),
@@ -682,6 +697,7 @@ impl Msg {
             Msg::ActorCall { .. } => TAG_ACTOR_CALL,
             Msg::KillActor { .. } => TAG_KILL_ACTOR,
             Msg::DetachActor { .. } => TAG_DETACH_ACTOR,
+            Msg::PgWatch { .. } => TAG_PG_WATCH,
             Msg::Pg { op, .. } => TAG_PG_FIRST + *op as u64,
             Msg::WorkerDetached { .. } => TAG_WORKER_DETACHED,
             Msg::PullObject { .. } => TAG_PULL_OBJECT,

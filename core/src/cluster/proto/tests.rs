@@ -318,6 +318,10 @@ fn samples() -> Vec<Msg> {
             cause: vec![1, 2, 3],
         },
         Msg::DetachActor { actor_id: 60 },
+        Msg::PgWatch {
+            request_id: 120,
+            pg_id: 7,
+        },
     ];
     for op in PgOp::ALL {
         v.push(Msg::Pg {
@@ -330,11 +334,21 @@ fn samples() -> Vec<Msg> {
                 state: 1,
                 detached: true,
                 job_id: 2,
-                bundles: vec![PgBundle {
-                    index: 1,
-                    node_id: 4,
-                    resources: resources(),
-                }],
+                bundles: vec![
+                    PgBundle {
+                        index: 1,
+                        node_id: 4,
+                        resources: resources(),
+                        cpus: vec![2, 3],
+                        cpu_note: String::new(),
+                        gpus: vec![0, 1],
+                    },
+                    PgBundle {
+                        index: 2,
+                        cpu_note: "unpinned: 2 CPUs".into(),
+                        ..PgBundle::default()
+                    },
+                ],
             },
             error: if op == PgOp::Prepared {
                 "no room".into()
@@ -435,6 +449,7 @@ fn every_variant_round_trips_through_one_reused_builder() {
             TAG_OBJECT_FAILED,
             TAG_RELEASE_ACTOR,
             TAG_GROUP_CALL,
+            TAG_PG_WATCH,
         ])
         .chain(60..=61)
         .chain(70..=78)
@@ -569,6 +584,7 @@ fn tags_are_distinct_stable_and_named() {
                 || (50..=51).contains(&tag)
                 || (60..=61).contains(&tag)
                 || (70..=78).contains(&tag)
+                || tag == TAG_PG_WATCH
                 || (90..=92).contains(&tag)
                 || tag == TAG_OBJECT_FAILED
                 || tag == TAG_RELEASE_ACTOR
@@ -604,6 +620,9 @@ fn tags_are_distinct_stable_and_named() {
     assert_eq!(TAG_GROUP_CALL, 100);
     assert_eq!(tag_name(100), Some("GroupCall"));
     assert_eq!(tag_name(101), None);
+    assert_eq!(TAG_PG_WATCH, 120);
+    assert_eq!(tag_name(120), Some("PgWatch"));
+    assert_eq!(tag_name(121), None);
     assert_eq!(tag_name(u64::MAX), None);
     assert_eq!(TAG_CANCEL_TASK, 50);
     assert_eq!(TAG_CANCEL_REPLY, 51);
@@ -615,7 +634,7 @@ fn tags_are_distinct_stable_and_named() {
 
 #[test]
 fn unknown_tag_is_an_error() {
-    for tag in [0, 39, 59, 62, 79, 101, 1000, u64::MAX] {
+    for tag in [0, 39, 59, 62, 79, 101, 121, 1000, u64::MAX] {
         assert_eq!(decode(tag, &[]), Err(ProtoError::UnknownTag(tag)));
     }
     let e = decode(99, &[]).unwrap_err();

@@ -8560,8 +8560,9 @@ impl ::core::fmt::Debug for GcsCounters<'_> {
 pub enum PgBundleOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// One bundle of a placement group: its index, the node it is reserved on (0: none yet) and
-/// its resources.
+/// One bundle of a placement group: its index, the node it is reserved on (0: none yet), its
+/// resources, the CPU set its node's raylet gave it when it asked for whole CPUs (empty: not
+/// pinned, `cpu_note` says why when it wanted one) and the GPUs (ordinals) it gave it.
 pub struct PgBundle<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -8578,6 +8579,9 @@ impl<'a> PgBundle<'a> {
   pub const VT_INDEX: ::flatbuffers::VOffsetT = 4;
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_RESOURCES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CPUS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_CPU_NOTE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_GPUS: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -8590,6 +8594,9 @@ impl<'a> PgBundle<'a> {
   ) -> ::flatbuffers::WIPOffset<PgBundle<'bldr>> {
     let mut builder = PgBundleBuilder::new(_fbb);
     builder.add_node_id(args.node_id);
+    if let Some(x) = args.gpus { builder.add_gpus(x); }
+    if let Some(x) = args.cpu_note { builder.add_cpu_note(x); }
+    if let Some(x) = args.cpus { builder.add_cpus(x); }
     if let Some(x) = args.resources { builder.add_resources(x); }
     builder.add_index(args.index);
     builder.finish()
@@ -8617,6 +8624,27 @@ impl<'a> PgBundle<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource>>>>(PgBundle::VT_RESOURCES, None)}
   }
+  #[inline]
+  pub fn cpus(&self) -> Option<::flatbuffers::Vector<'a, u32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u32>>>(PgBundle::VT_CPUS, None)}
+  }
+  #[inline]
+  pub fn cpu_note(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PgBundle::VT_CPU_NOTE, None)}
+  }
+  #[inline]
+  pub fn gpus(&self) -> Option<::flatbuffers::Vector<'a, u32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u32>>>(PgBundle::VT_GPUS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PgBundle<'_> {
@@ -8628,6 +8656,9 @@ impl ::flatbuffers::Verifiable for PgBundle<'_> {
      .visit_field::<u32>("index", Self::VT_INDEX, false)?
      .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Resource>>>>("resources", Self::VT_RESOURCES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u32>>>("cpus", Self::VT_CPUS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("cpu_note", Self::VT_CPU_NOTE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u32>>>("gpus", Self::VT_GPUS, false)?
      .finish();
     Ok(())
   }
@@ -8636,6 +8667,9 @@ pub struct PgBundleArgs<'a> {
     pub index: u32,
     pub node_id: u64,
     pub resources: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Resource<'a>>>>>,
+    pub cpus: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u32>>>,
+    pub cpu_note: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub gpus: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u32>>>,
 }
 impl<'a> Default for PgBundleArgs<'a> {
   #[inline]
@@ -8644,6 +8678,9 @@ impl<'a> Default for PgBundleArgs<'a> {
       index: 0,
       node_id: 0,
       resources: None,
+      cpus: None,
+      cpu_note: None,
+      gpus: None,
     }
   }
 }
@@ -8666,6 +8703,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PgBundleBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_RESOURCES, resources);
   }
   #[inline]
+  pub fn add_cpus(&mut self, cpus: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_CPUS, cpus);
+  }
+  #[inline]
+  pub fn add_cpu_note(&mut self, cpu_note: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_CPU_NOTE, cpu_note);
+  }
+  #[inline]
+  pub fn add_gpus(&mut self, gpus: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PgBundle::VT_GPUS, gpus);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PgBundleBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PgBundleBuilder {
@@ -8686,6 +8735,9 @@ impl ::core::fmt::Debug for PgBundle<'_> {
       ds.field("index", &self.index());
       ds.field("node_id", &self.node_id());
       ds.field("resources", &self.resources());
+      ds.field("cpus", &self.cpus());
+      ds.field("cpu_note", &self.cpu_note());
+      ds.field("gpus", &self.gpus());
       ds.finish()
   }
 }
@@ -9040,6 +9092,123 @@ impl ::core::fmt::Debug for PgMsg<'_> {
       ds.field("group", &self.group());
       ds.field("error", &self.error());
       ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+pub enum PgWatchOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A process holding a handle to group `pg_id` it does not own -> GCS (tag 120): tell this
+/// connection of the group's changes. The GCS answers at once with a `PgReply` (this
+/// `request_id`; the group's row, or state REMOVED when it knows no such group), then sends
+/// a `PgReply` with request id 0 whenever the group is created, rescheduling or removed.
+pub struct PgWatch<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PgWatch<'a> {
+  type Inner = PgWatch<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PgWatch<'a> {
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PG_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PgWatch { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PgWatchArgs
+  ) -> ::flatbuffers::WIPOffset<PgWatch<'bldr>> {
+    let mut builder = PgWatchBuilder::new(_fbb);
+    builder.add_pg_id(args.pg_id);
+    builder.add_request_id(args.request_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PgWatch::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn pg_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PgWatch::VT_PG_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PgWatch<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .visit_field::<u64>("pg_id", Self::VT_PG_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PgWatchArgs {
+    pub request_id: u64,
+    pub pg_id: u64,
+}
+impl<'a> Default for PgWatchArgs {
+  #[inline]
+  fn default() -> Self {
+    PgWatchArgs {
+      request_id: 0,
+      pg_id: 0,
+    }
+  }
+}
+
+pub struct PgWatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PgWatchBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(PgWatch::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn add_pg_id(&mut self, pg_id: u64) {
+    self.fbb_.push_slot::<u64>(PgWatch::VT_PG_ID, pg_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PgWatchBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PgWatchBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PgWatch<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PgWatch<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PgWatch");
+      ds.field("request_id", &self.request_id());
+      ds.field("pg_id", &self.pg_id());
       ds.finish()
   }
 }
