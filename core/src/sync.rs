@@ -34,7 +34,7 @@ pub(crate) use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence,
 };
 #[cfg(not(manta_loom))]
-pub(crate) use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 #[cfg(not(manta_loom))]
 pub(crate) use std::thread;
 
@@ -45,7 +45,7 @@ pub(crate) use loom::sync::atomic::{
 };
 #[cfg(manta_loom)]
 #[allow(unused_imports)]
-pub(crate) use loom::sync::{Mutex, MutexGuard, RwLock};
+pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard, RwLock};
 #[cfg(manta_loom)]
 pub(crate) use loom_once::OnceLock;
 #[cfg(manta_loom)]

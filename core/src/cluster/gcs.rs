@@ -44,14 +44,14 @@ pub(crate) struct Gcs {
     /// Answers waiting for their saves to be synced (`None`: saves are not synced).
     unsynced: Option<Unsynced>,
     /// The I/O runtime, on which the syncer sends the answers.
-    io: std::sync::OnceLock<tokio::runtime::Handle>,
+    io: crate::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// The group commit's state (module doc).
 struct Unsynced {
     queue: Mutex<Queue>,
     /// Wakes the syncer: a save was written.
-    wake: std::sync::Condvar,
+    wake: crate::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -103,9 +103,9 @@ impl Gcs {
             stop: tokio::sync::Notify::new(),
             unsynced: synced.then(|| Unsynced {
                 queue: Mutex::new(Queue::default()),
-                wake: std::sync::Condvar::new(),
+                wake: crate::sync::Condvar::new(),
             }),
-            io: std::sync::OnceLock::new(),
+            io: crate::sync::OnceLock::new(),
         });
         if synced {
             let me = Arc::downgrade(&gcs);
@@ -300,7 +300,7 @@ impl Drop for Gcs {
 
 /// The syncer (module doc): syncs the journal whenever saves were written since the last
 /// sync, then sends the answers that waited for them, in order. Ends with the GCS.
-fn syncer(gcs: &std::sync::Weak<Gcs>) {
+fn syncer(gcs: &crate::sync::Weak<Gcs>) {
     loop {
         let Some(g) = gcs.upgrade() else { return };
         let Some(u) = &g.unsynced else { return };
@@ -312,7 +312,7 @@ fn syncer(gcs: &std::sync::Weak<Gcs>) {
                     .wake
                     .wait_timeout(q, Duration::from_secs(1))
                     .map_or_else(|e| e.into_inner().0, |(q, _)| q);
-                if std::sync::Arc::strong_count(&g) == 1 {
+                if Arc::strong_count(&g) == 1 {
                     return;
                 }
             }

@@ -423,7 +423,7 @@ async fn testing_bulk_pause(len: u64) {
     if len < 1 << 20 {
         return;
     }
-    static HOOK: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    static HOOK: crate::sync::OnceLock<Option<std::ffi::OsString>> = crate::sync::OnceLock::new();
     let Some(path) = HOOK
         .get_or_init(|| std::env::var_os("MANTA_TESTING_BULK_PAUSE"))
         .clone()

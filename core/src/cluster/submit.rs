@@ -758,9 +758,9 @@ impl Cluster {
 /// so a test can have others reach a dead worker before this owner knows. Whether the
 /// notice was put off.
 fn testing_late_death(c: &Cluster, index: u64, reason: &str) -> bool {
-    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    static DELAY: crate::sync::OnceLock<Option<Duration>> = crate::sync::OnceLock::new();
     /// Workers whose death notice is put off (`false`) or was (`true`).
-    static LATE: std::sync::Mutex<Vec<(u64, bool)>> = std::sync::Mutex::new(Vec::new());
+    static LATE: crate::sync::Mutex<Vec<(u64, bool)>> = crate::sync::Mutex::new(Vec::new());
     let Some(delay) = *DELAY.get_or_init(|| {
         std::env::var("MANTA_TESTING_DEATH_NOTICE_DELAY_MS")
             .ok()
@@ -770,9 +770,7 @@ fn testing_late_death(c: &Cluster, index: u64, reason: &str) -> bool {
         return false;
     };
     {
-        let mut late = LATE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut late = crate::sync::lock(&LATE);
         match late.iter().find(|(i, _)| *i == index) {
             Some((_, true)) => return false,
             Some((_, false)) => return true,
@@ -783,9 +781,7 @@ fn testing_late_death(c: &Cluster, index: u64, reason: &str) -> bool {
     let reason = reason.to_owned();
     std::thread::spawn(move || {
         std::thread::sleep(delay);
-        let mut late = LATE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut late = crate::sync::lock(&LATE);
         if let Some(entry) = late.iter_mut().find(|(i, _)| *i == index) {
             entry.1 = true;
         }
