@@ -569,6 +569,18 @@ fn row_sets(row: &PgRow, f: fn(&PgBundle) -> &[u32]) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// Tells the runtime each bundle's CPU and GPU sets from a committed row, and why a bundle
+/// is not pinned, if it is not.
+fn set_bundle_sets(rt: &Arc<RuntimeInner>, row: &PgRow) {
+    crate::placement_group::set_cpus(
+        rt,
+        row.pg_id,
+        row_sets(row, |b| &b.cpus),
+        row_sets(row, |b| &b.gpus),
+        cpu_note(row),
+    );
+}
+
 /// Why bundles of `row` that asked for whole CPUs have no set, if any has none.
 pub(crate) fn cpu_note(row: &PgRow) -> Option<String> {
     let notes: Vec<String> = row
@@ -846,13 +858,7 @@ impl Cluster {
             }
         }
         let nodes: Vec<u64> = row.bundles.iter().map(|b| b.node_id).collect();
-        crate::placement_group::set_cpus(
-            rt,
-            row.pg_id,
-            row_sets(&row, |b| &b.cpus),
-            row_sets(&row, |b| &b.gpus),
-            cpu_note(&row),
-        );
+        set_bundle_sets(rt, &row);
         if !crate::placement_group::created(rt, row.pg_id, nodes, workers.clone()) {
             // Removed meanwhile: take the bundles back out.
             let back = PgRow {
@@ -900,13 +906,7 @@ impl Cluster {
             ?moved,
             "placement group bundles placed again"
         );
-        crate::placement_group::set_cpus(
-            rt,
-            row.pg_id,
-            row_sets(&row, |b| &b.cpus),
-            row_sets(&row, |b| &b.gpus),
-            cpu_note(&row),
-        );
+        set_bundle_sets(rt, &row);
         crate::placement_group::rescheduled(rt, row.pg_id, nodes, &moved, placed);
     }
 

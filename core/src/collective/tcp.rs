@@ -915,19 +915,25 @@ fn send_all(
                         waited: now - start,
                     });
                 }
-                let mut fd = libc::pollfd {
-                    fd: conn.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                let wait = (deadline - now).min(Duration::from_millis(100));
-                // SAFETY: `fd` is one valid pollfd for the call's duration.
-                unsafe { libc::poll(&mut fd, 1, wait.as_millis().max(1) as libc::c_int) };
+                poll_once(conn.as_raw_fd(), libc::POLLOUT, deadline - now);
             }
             Err(e) => return Err(peer_fault(peer, "sending to", e)),
         }
     }
     Ok(())
+}
+
+/// Waits until `fd` is ready for `events`, at most `left` and at most 100 ms (the callers
+/// loop, looking at their deadline and their peers' faults between waits).
+fn poll_once(fd: std::os::fd::RawFd, events: libc::c_short, left: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let wait = left.min(Duration::from_millis(100));
+    // SAFETY: `pfd` is one valid pollfd for the call's duration.
+    unsafe { libc::poll(&mut pfd, 1, wait.as_millis().max(1) as libc::c_int) };
 }
 
 /// `out` of a pipelined allreduce, written by its receiving thread and read by its sending
@@ -1011,14 +1017,7 @@ fn read_full(
                 if waited >= timeout {
                     return Err(Fault::Timeout { rank: peer, waited });
                 }
-                let mut fd = libc::pollfd {
-                    fd: conn.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                let wait = (timeout - waited).min(Duration::from_millis(100));
-                // SAFETY: `fd` is one valid pollfd for the call's duration.
-                unsafe { libc::poll(&mut fd, 1, wait.as_millis().max(1) as libc::c_int) };
+                poll_once(conn.as_raw_fd(), libc::POLLIN, timeout - waited);
             }
             Err(e) => return Err(peer_fault(peer, "receiving from", e)),
         }
