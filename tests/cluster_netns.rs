@@ -130,6 +130,54 @@ fn three_hosts_in_network_namespaces() {
         "24 tasks of 100 ms should run on all three hosts"
     );
 
+    // Placement groups across the hosts, each strategy: the hosts a group's bundles ran on,
+    // as tasks in each bundle report them.
+    let hosts_of = |pg: &manta::PlacementGroup, n: usize| -> BTreeSet<String> {
+        let refs: Vec<_> = (0..n)
+            .map(|b| {
+                node_ip::options()
+                    .num_cpus(0.5)
+                    .placement_group(pg, Some(b))
+                    .remote(0u64)
+            })
+            .collect();
+        manta::get_all(&refs).unwrap().into_iter().collect()
+    };
+    let group = |strategy| {
+        let pg = manta::placement_group(vec![manta::Bundle::cpus(0.5); 3], strategy).unwrap();
+        pg.ready().get_timeout(Duration::from_secs(30)).unwrap();
+        pg
+    };
+    use manta::PlacementStrategy as S;
+    let spread = group(S::StrictSpread);
+    assert_eq!(
+        hosts_of(&spread, 3),
+        all,
+        "STRICT_SPREAD: one bundle per host"
+    );
+    manta::remove_placement_group(&spread).unwrap();
+    let pack = group(S::StrictPack);
+    assert_eq!(
+        hosts_of(&pack, 3).len(),
+        1,
+        "STRICT_PACK: every bundle on one host"
+    );
+    manta::remove_placement_group(&pack).unwrap();
+    for strategy in [S::Pack, S::Spread] {
+        let pg = group(strategy);
+        assert!(!hosts_of(&pg, 3).is_empty(), "{strategy}");
+        manta::remove_placement_group(&pg).unwrap();
+    }
+    // A bundle per host, and a fourth: the group cannot be placed on three hosts.
+    let four = manta::placement_group(vec![manta::Bundle::cpus(0.5); 4], S::StrictSpread).unwrap();
+    assert!(
+        four.ready()
+            .get_timeout(Duration::from_millis(500))
+            .is_err(),
+        "STRICT_SPREAD of 4 bundles placed on 3 hosts"
+    );
+    manta::remove_placement_group(&four).unwrap();
+
     // An actor that lives on host 2 (the only node with `host2`).
     let pinned = Pinned::options().resource("host2", 1.0).remote();
     for n in 1..=3u64 {
