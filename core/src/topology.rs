@@ -331,19 +331,20 @@ pub(crate) fn numa_of_gpus(gpus: &[GpuPlace], devices: &[usize]) -> Option<usize
 
 /// Where one logical CPU sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct CpuPlace {
+pub struct CpuPlace {
     /// The OS's CPU number.
-    pub(crate) cpu: usize,
+    pub cpu: usize,
     /// Its package (socket).
-    pub(crate) package: usize,
+    pub package: usize,
     /// Its NUMA node.
-    pub(crate) numa: usize,
+    pub numa: usize,
 }
 
 /// The CPUs of a node with their packages and NUMA nodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct CpuTopology {
-    pub(crate) cpus: Vec<CpuPlace>,
+pub struct CpuTopology {
+    /// The CPUs, in the order the source lists them.
+    pub cpus: Vec<CpuPlace>,
 }
 
 impl CpuTopology {
@@ -383,22 +384,7 @@ impl CpuTopology {
 
     /// The topology of `allowed` from a sysfs tree rooted at `sys`.
     pub(crate) fn from_sysfs(sys: &Path, allowed: &[usize]) -> Self {
-        let mut numa_of: BTreeMap<usize, usize> = BTreeMap::new();
-        if let Ok(dir) = std::fs::read_dir(sys.join("devices/system/node")) {
-            for e in dir.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let Some(node) = name
-                    .strip_prefix("node")
-                    .and_then(|n| n.parse::<usize>().ok())
-                else {
-                    continue;
-                };
-                let list = std::fs::read_to_string(e.path().join("cpulist")).unwrap_or_default();
-                for cpu in CpuList::parse(list.trim()).map(|l| l.0).unwrap_or_default() {
-                    numa_of.insert(cpu, node);
-                }
-            }
-        }
+        let numa_of = sysfs_numa_of(sys);
         let cpus = allowed
             .iter()
             .map(|&cpu| {
@@ -420,8 +406,33 @@ impl CpuTopology {
     }
 }
 
+/// Each CPU's NUMA node, from `devices/system/node/node*/cpulist` of the sysfs tree rooted at
+/// `sys`; empty where the kernel lists no NUMA node.
+pub fn sysfs_numa_of(sys: &Path) -> BTreeMap<usize, usize> {
+    let mut numa_of = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(sys.join("devices/system/node")) else {
+        return numa_of;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(node) = name
+            .strip_prefix("node")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let list = std::fs::read_to_string(e.path().join("cpulist")).unwrap_or_default();
+        for cpu in CpuList::parse(list.trim()).map(|l| l.0).unwrap_or_default() {
+            numa_of.insert(cpu, node);
+        }
+    }
+    numa_of
+}
+
+/// The places of `allowed` as hwloc sees them, in hwloc's order of its processing units;
+/// `None` when hwloc cannot load the topology or finds none of `allowed`.
 #[cfg(feature = "hwloc")]
-fn hwloc_read(allowed: &[usize]) -> Option<CpuTopology> {
+pub fn hwloc_read(allowed: &[usize]) -> Option<CpuTopology> {
     use hwloc2::{ObjectType, Topology};
     let topo = Topology::new()?;
     let mut cpus = Vec::new();

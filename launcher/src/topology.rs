@@ -3,9 +3,9 @@
 //! sit on, the GPUs the launcher gave it with their PCI bus ids and NUMA nodes, and its network
 //! interfaces (InfiniBand devices marked).
 //!
-//! Cores and NUMA nodes come from hwloc when built with the `hwloc` feature (the hwloc2 crate;
-//! its NUMA-object iterator is avoided, see PLATFORM.md), else from the kernel's `/sys` and
-//! `/proc` files, and the summary says which.
+//! Cores and NUMA nodes come from hwloc when built with the `hwloc` feature, else from the
+//! kernel's `/sys` and `/proc` files, and the summary says which; both readings are
+//! `manta_core::topology`'s (`hwloc_read`, `sysfs_numa_of`), the ones placement groups use.
 //!
 //! # GPUs
 //! GPUs are found on the PCI bus through sysfs and matched to the launcher's
@@ -156,60 +156,36 @@ pub fn rank_cpus(numa: &[(usize, Vec<usize>)], local_rank: usize, local_size: us
     cpus[j * cpus.len() / k..(j + 1) * cpus.len() / k].to_vec()
 }
 
+/// The NUMA nodes holding any of `allowed`, from `/sys` (`manta_core::topology::sysfs_numa_of`);
+/// empty when the kernel lists none.
 fn sysfs_numa(allowed: &[usize]) -> NumaNodes {
-    let mut nodes = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/sys/devices/system/node") else {
-        return nodes;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(id) = name
-            .strip_prefix("node")
-            .and_then(|n| n.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        let cpus = std::fs::read_to_string(e.path().join("cpulist"))
-            .map(|s| parse_cpu_list(&s))
-            .unwrap_or_default();
-        let mine: Vec<usize> = cpus.into_iter().filter(|c| allowed.contains(c)).collect();
-        if !mine.is_empty() {
-            nodes.push((id, mine));
-        }
+    let places = manta_core::topology::sysfs_numa_of(Path::new("/sys"))
+        .into_iter()
+        .filter(|(cpu, _)| allowed.contains(cpu));
+    group_by_numa(places.map(|(cpu, numa)| (numa, cpu)))
+}
+
+/// `(numa, cpu)` pairs as NUMA nodes in order, each with its CPUs in the order given.
+fn group_by_numa(pairs: impl Iterator<Item = (usize, usize)>) -> NumaNodes {
+    let mut numa: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (node, cpu) in pairs {
+        numa.entry(node).or_default().push(cpu);
     }
-    nodes.sort();
-    nodes
+    numa.into_iter().collect()
 }
 
 /// NUMA nodes with their CPUs.
 type NumaNodes = Vec<(usize, Vec<usize>)>;
 
+/// The allowed CPUs in hwloc's order and their NUMA nodes (`manta_core::topology::hwloc_read`).
 #[cfg(feature = "hwloc")]
 fn hwloc_topology(allowed: &[usize]) -> Option<(Vec<usize>, NumaNodes)> {
-    use hwloc2::{ObjectType, Topology as Hw};
-    let topo = Hw::new()?;
-    let cores: Vec<usize> = topo
-        .objects_with_type(&ObjectType::PU)
-        .ok()?
-        .iter()
-        .map(|pu| pu.os_index() as usize)
-        .filter(|c| allowed.contains(c))
-        .collect();
-    // NUMA nodes through each PU's ancestors' node sets, not objects_with_type(NUMANode),
-    // which maps hwloc 2's NUMA depth wrongly (PLATFORM.md).
-    let mut numa: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    for pu in topo.objects_with_type(&ObjectType::PU).ok()? {
-        let cpu = pu.os_index() as usize;
-        if !allowed.contains(&cpu) {
-            continue;
-        }
-        let node = pu
-            .nodeset()
-            .and_then(|ns| ns.into_iter().next())
-            .map_or(0, |n| n as usize);
-        numa.entry(node).or_default().push(cpu);
-    }
-    Some((cores, numa.into_iter().collect()))
+    let topo = manta_core::topology::hwloc_read(allowed)?;
+    let cores = topo.cpus.iter().map(|p| p.cpu).collect();
+    Some((
+        cores,
+        group_by_numa(topo.cpus.iter().map(|p| (p.numa, p.cpu))),
+    ))
 }
 
 fn nics() -> Vec<String> {
