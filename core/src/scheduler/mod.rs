@@ -528,19 +528,18 @@ impl Scheduler {
         abort: Option<Abort<'_>>,
     ) -> Result<(), Error> {
         let helps = deadline.is_none() && self.inline_get;
-        let own_job = match cell.producer() {
-            Some(task) if helps => self.take_own_job(&task),
-            _ => None,
-        };
-        if helps
-            && let Some(task) = cell.producer()
-            && self.help_lending(&task)
+        // The queued task producing `cell`, when this wait may run it itself (given up
+        // before the thread parks).
+        let producer = if helps { cell.producer() } else { None };
+        let own_job = producer.as_ref().and_then(|task| self.take_own_job(task));
+        if let Some(task) = &producer
+            && self.help_lending(task)
             && cell.is_ready()
         {
             return Ok(());
         }
         let _blocked = slot::Blocked::enter(self);
-        let ran = helps && cell.producer().is_some_and(|task| self.help(task));
+        let ran = producer.is_some_and(|task| self.help(task));
         if !ran
             && let Some(Job::Task(task)) = own_job
             && task.state() == QUEUED
