@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 use crate::actor::RawActorHandle;
 use crate::error::Error;
 use crate::id::ObjectId;
-use crate::object::{InlineBytes, ObjectCell, ObjectValue, Payload};
+use crate::object::{InlineBytes, NestedRefs, ObjectCell, ObjectValue, Payload};
 use crate::runtime;
 use crate::sync::Arc;
 
@@ -130,7 +130,7 @@ pub fn encode<T: Serialize + 'static>(value: &T) -> Result<ObjectValue, Error> {
         })?;
         return Ok(ObjectValue {
             data,
-            nested: Box::new([]),
+            nested: NestedRefs::default(),
         });
     }
     let previous = COLLECTOR.with(|c| c.borrow_mut().replace(Vec::new()));
@@ -140,7 +140,7 @@ pub fn encode<T: Serialize + 'static>(value: &T) -> Result<ObjectValue, Error> {
         .unwrap_or_default();
     Ok(ObjectValue {
         data: data?,
-        nested: nested.into_boxed_slice(),
+        nested: NestedRefs::new(nested),
     })
 }
 

@@ -57,7 +57,7 @@ use crate::id::ObjectId;
 use crate::remote::RemoteValue;
 use crate::runtime::{self, RuntimeInner};
 use crate::store::StoredObject;
-use crate::sync::{Arc, AtomicBool, AtomicU8, AtomicUsize, OnceLock, Ordering, Weak, thread};
+use crate::sync::{Arc, AtomicU8, AtomicUsize, OnceLock, Ordering, Weak, thread};
 use crate::task::Task;
 use crate::view::{Element, View};
 
@@ -72,8 +72,23 @@ pub struct ObjectValue {
     pub(crate) data: Payload,
     /// Strong handles on the objects and actors whose references are serialised in `bytes`;
     /// held only so that they live as long as this value.
-    #[allow(dead_code)]
-    pub(crate) nested: Box<[Nested]>,
+    pub(crate) nested: NestedRefs,
+}
+
+/// The objects and actors referenced from inside a value, kept alive with it. One word (most
+/// values reference nothing), so that a value and its cell stay small (see [`ObjectCell`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NestedRefs(#[allow(dead_code)] Option<Box<Vec<Nested>>>);
+
+impl NestedRefs {
+    pub(crate) fn new(nested: Vec<Nested>) -> Self {
+        NestedRefs((!nested.is_empty()).then(|| Box::new(nested)))
+    }
+
+    /// Whether the value references nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
 }
 
 /// Where an object's encoded bytes are.
@@ -176,7 +191,7 @@ impl ObjectValue {
     pub(crate) fn inline(bytes: Bytes) -> Self {
         ObjectValue {
             data: Payload::Inline(bytes.into()),
-            nested: Box::new([]),
+            nested: NestedRefs::default(),
         }
     }
 
@@ -184,7 +199,7 @@ impl ObjectValue {
     pub(crate) fn remote(remote: Arc<dyn RemoteValue>) -> Self {
         ObjectValue {
             data: Payload::Remote(remote),
-            nested: Box::new([]),
+            nested: NestedRefs::default(),
         }
     }
 
@@ -336,15 +351,19 @@ enum Producer {
 }
 
 /// One object of the in-process memory store (see the module docs for the protocol).
+///
+/// A cell is allocated for every task and actor call, and freed in bursts as results are
+/// read: it is kept at most 104 bytes, so that with its `Arc` counts it stays in the
+/// allocator's fast bins (glibc serves chunks up to 128 bytes from them without coalescing).
+/// Hence the boxed error (errors are rare and large) and the one-word waiter list.
 #[doc(hidden)]
 pub struct ObjectCell {
     id: ObjectId,
     /// The value and its waiters (steps 2–4 of the protocol: `object/wait_cell.rs`).
-    value: WaitCell<Result<ObjectValue, Error>, Waiter>,
+    value: WaitCell<Result<ObjectValue, Box<Error>>, Waiter>,
     /// What will produce this object, for `cancel` and for running it inline in `get`.
     producer: Producer,
-    /// Set once the cell is entered in its runtime's escape table.
-    escaped: AtomicBool,
+    /// The runtime whose escape table the cell is entered in, once it is.
     escape_table: OnceLock<Weak<RuntimeInner>>,
     /// For the result of an actor call run here: whether the call started or was cancelled
     /// first (`CALL_*`; the one compare-and-swap that leaves `CALL_QUEUED` wins).
@@ -386,7 +405,6 @@ impl ObjectCell {
             id,
             value: WaitCell::new(),
             producer,
-            escaped: AtomicBool::new(false),
             escape_table: OnceLock::new(),
             call: AtomicU8::new(CALL_NONE),
         }
@@ -419,7 +437,7 @@ impl ObjectCell {
 
     pub(crate) fn ready(id: ObjectId, value: Result<ObjectValue, Error>) -> Self {
         let cell = Self::pending(id, None);
-        cell.value.set(value);
+        cell.value.set(value.map_err(Box::new));
         cell
     }
 
@@ -431,8 +449,9 @@ impl ObjectCell {
         self.value.is_ready()
     }
 
-    pub(crate) fn get(&self) -> Option<&Result<ObjectValue, Error>> {
-        self.value.get()
+    /// The value or the failure, once the cell is complete.
+    pub(crate) fn get(&self) -> Option<Result<&ObjectValue, &Error>> {
+        self.value.get().map(|r| r.as_ref().map_err(|e| &**e))
     }
 
     pub(crate) fn producer(&self) -> Option<Arc<Task>> {
@@ -460,7 +479,7 @@ impl ObjectCell {
 
     /// Step 2–3 of the protocol. Returns whether this call completed the cell.
     pub(crate) fn complete(&self, value: Result<ObjectValue, Error>) -> bool {
-        if !self.value.set(value) {
+        if !self.value.set(value.map_err(Box::new)) {
             return false;
         }
         if matches!(self.value.get(), Some(Err(_))) {
@@ -478,12 +497,15 @@ impl ObjectCell {
 
     /// Enters the cell in `rt`'s escape table (once) so a serialised reference can be resolved.
     pub(crate) fn escape(self: &Arc<Self>, rt: &Arc<RuntimeInner>) {
-        if !self.escaped.swap(true, Ordering::AcqRel) {
-            let _ = self.escape_table.set(Arc::downgrade(rt));
+        if self.escape_table.get().is_none() && self.escape_table.set(Arc::downgrade(rt)).is_ok()
+        {
             rt.escape(self);
         }
     }
 }
+
+// The size argued in the struct's docs.
+const _: () = assert!(std::mem::size_of::<ObjectCell>() <= 104);
 
 impl Drop for ObjectCell {
     fn drop(&mut self) {

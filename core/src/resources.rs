@@ -136,7 +136,9 @@ impl fmt::Display for ResourceRequest {
 /// bundle's place ([`BundleCell`]). Cheap to test and apply.
 #[derive(Clone, Debug)]
 pub(crate) struct Demand(
-    Box<[(u32, i64)]>,
+    /// Shared, so that a task of the default shape clones its node's demand without
+    /// allocating.
+    Arc<[(u32, i64)]>,
     Option<Arc<GpuGrant>>,
     Option<Arc<BundleCell>>,
 );
@@ -151,7 +153,7 @@ impl Eq for Demand {}
 
 impl Demand {
     pub(crate) fn none() -> Self {
-        Demand(Box::new([]), None, None)
+        Demand(Arc::new([]), None, None)
     }
 
     /// The devices it holds, for a GPU request (see [`crate::gpus`]).
@@ -441,7 +443,7 @@ impl NodeResources {
         let grant = (self.gpus.is_some() && out.iter().any(|&(i, _)| i as usize == GPU))
             .then(|| Arc::new(GpuGrant::default()));
         Ok(Demand(
-            out.into_boxed_slice(),
+            out.into(),
             grant,
             bundle.map(|(_, cell)| cell),
         ))

@@ -54,6 +54,37 @@ pub(crate) use loom_thread as thread;
 #[allow(unused_imports)]
 pub(crate) use std::sync::{Arc, LazyLock, TryLockError, Weak, mpsc};
 
+/// `UnsafeCell` with loom's closure API (`with`, `with_mut`), so that a modelled module's
+/// unsynchronised accesses are seen by the model: loom's under loom, std's (wrapped) otherwise.
+#[cfg(manta_loom)]
+pub(crate) use loom::cell::UnsafeCell;
+#[cfg(not(manta_loom))]
+pub(crate) use std_cell::UnsafeCell;
+
+/// std's `UnsafeCell` behind loom's API (see [`UnsafeCell`]).
+#[cfg(not(manta_loom))]
+mod std_cell {
+    /// A cell whose contents are reached through raw pointers, in a closure.
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(crate) const fn new(value: T) -> Self {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+
+        /// Runs `f` with a pointer to read the contents through.
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Runs `f` with a pointer to write the contents through.
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+}
+
 /// Atomics in memory shared between processes (the collectives' shared regions): always
 /// std's, in every build (see the module docs).
 #[allow(unused_imports)]

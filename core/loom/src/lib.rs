@@ -27,6 +27,7 @@ mod sync;
 mod publish;
 #[path = "../../src/scheduler/sleep.rs"]
 mod sleep;
+#[allow(unsafe_code)] // the cell's state word and value, argued there
 #[path = "../../src/object/wait_cell.rs"]
 mod wait_cell;
 

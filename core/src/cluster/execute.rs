@@ -208,7 +208,7 @@ impl Cluster {
                 node_id: my_node,
             });
         }
-        let describe = |v: Option<&Result<ObjectValue, Error>>| match v {
+        let describe = |v: Option<Result<&ObjectValue, &Error>>| match v {
             None => ("pending", 0, self.index),
             Some(Err(_)) => ("failed", 0, self.index),
             Some(Ok(v)) => match &v.data {
@@ -220,7 +220,7 @@ impl Cluster {
         };
         let mut objects: Vec<ObjectRow> = Vec::new();
         for (id, v) in self.objects.held_rows() {
-            let (kind, size, holder) = describe(Some(&Ok(v)));
+            let (kind, size, holder) = describe(Some(Ok(&v)));
             objects.push(ObjectRow {
                 object_id: id,
                 size,

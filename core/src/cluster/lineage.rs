@@ -395,7 +395,7 @@ fn wait_for(cell: &Arc<ObjectCell>) -> Result<ObjectValue, Error> {
     }
     super::wait_reply(rx, RECOVERY_WAIT, "rebuilding a lost object")?;
     match cell.get() {
-        Some(r) => r.clone(),
+        Some(r) => r.cloned().map_err(Error::clone),
         None => Err(Error::ShutDown),
     }
 }
@@ -512,7 +512,7 @@ impl Cluster {
         first: &Result<ObjectValue, Error>,
         extra: &[Arc<ObjectCell>],
     ) {
-        let values = std::iter::once(Some(first)).chain(extra.iter().map(|c| c.get()));
+        let values = std::iter::once(Some(first.as_ref())).chain(extra.iter().map(|c| c.get()));
         for (i, value) in values.enumerate() {
             let Some(Ok(v)) = value else { continue };
             let id = task + i as u64;

@@ -31,7 +31,7 @@ use super::wait_reply;
 use super::worker::Cluster;
 use crate::error::Error;
 use crate::id::ObjectId;
-use crate::object::{ObjectCell, ObjectValue, Payload, Waiter};
+use crate::object::{NestedRefs, ObjectCell, ObjectValue, Payload, Waiter};
 use crate::remote::RemoteValue;
 use crate::sync::lock;
 
@@ -486,7 +486,7 @@ impl Cluster {
                                 object_id,
                                 ObjectValue {
                                     data,
-                                    nested: Box::new([]),
+                                    nested: NestedRefs::default(),
                                 },
                                 pin,
                             ),
@@ -630,7 +630,7 @@ impl Cluster {
                 ObjectId::from_u64(object_id),
                 Ok(ObjectValue {
                     data,
-                    nested: Box::new([]),
+                    nested: NestedRefs::default(),
                 }),
             ));
         }
@@ -682,7 +682,7 @@ impl Cluster {
                 if let Some(c) = cell.upgrade() {
                     c.complete(r.map(|data| ObjectValue {
                         data,
-                        nested: Box::new([]),
+                        nested: NestedRefs::default(),
                     }));
                 }
             }),

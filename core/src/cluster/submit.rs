@@ -608,12 +608,12 @@ impl Cluster {
         // even failed (step 6), whose TaskDone adopts the lost outputs (step 7).
         if let Some(mut retry) = retry {
             let extra = std::mem::take(&mut retry.extra);
-            let held = |i: usize, v: Option<&Result<ObjectValue, Error>>| match v {
+            let held = |i: usize, v: Option<Result<&ObjectValue, &Error>>| match v {
                 Some(Ok(v)) => super::lineage::held_result(&v.data)
                     .map(|o| (task_id + i as u64, Arc::downgrade(&o))),
                 _ => None,
             };
-            let outputs: super::lineage::Outputs = held(0, Some(&value))
+            let outputs: super::lineage::Outputs = held(0, Some(value.as_ref()))
                 .into_iter()
                 .chain(
                     extra

@@ -119,3 +119,27 @@ fn every_registered_waiter_is_woken_once() {
         assert_eq!(woken, usize::from(registered), "registered: {registered}");
     });
 }
+
+/// Two waiters push onto the list at once while the cell is claimed, set and drained: each
+/// is woken exactly once if it was taken, and none is lost between the claim and the take.
+#[test]
+fn two_registrations_race_a_completion() {
+    loom::model(|| {
+        let cell: Arc<WaitCell<usize, Count>> = Arc::new(WaitCell::new());
+        let woken = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (cell, woken) = (cell.clone(), woken.clone());
+                thread::spawn(move || cell.register(Count(woken)).is_ok())
+            })
+            .collect();
+        if cell.set(5) {
+            cell.wake_waiters();
+        }
+        let registered: usize = waiters
+            .into_iter()
+            .map(|w| usize::from(w.join().unwrap()))
+            .sum();
+        assert_eq!(woken.load(Ordering::Relaxed), registered);
+    });
+}
