@@ -78,6 +78,7 @@ pub struct ObjectValue {
 /// The objects and actors referenced from inside a value, kept alive with it. One word (most
 /// values reference nothing), so that a value and its cell stay small (see [`ObjectCell`]).
 #[derive(Clone, Debug, Default)]
+#[allow(clippy::box_collection)] // the box is the point: one word where a `Vec` is three
 pub(crate) struct NestedRefs(#[allow(dead_code)] Option<Box<Vec<Nested>>>);
 
 impl NestedRefs {
@@ -497,8 +498,7 @@ impl ObjectCell {
 
     /// Enters the cell in `rt`'s escape table (once) so a serialised reference can be resolved.
     pub(crate) fn escape(self: &Arc<Self>, rt: &Arc<RuntimeInner>) {
-        if self.escape_table.get().is_none() && self.escape_table.set(Arc::downgrade(rt)).is_ok()
-        {
+        if self.escape_table.get().is_none() && self.escape_table.set(Arc::downgrade(rt)).is_ok() {
             rt.escape(self);
         }
     }

@@ -442,11 +442,7 @@ impl NodeResources {
         }
         let grant = (self.gpus.is_some() && out.iter().any(|&(i, _)| i as usize == GPU))
             .then(|| Arc::new(GpuGrant::default()));
-        Ok(Demand(
-            out.into(),
-            grant,
-            bundle.map(|(_, cell)| cell),
-        ))
+        Ok(Demand(out.into(), grant, bundle.map(|(_, cell)| cell)))
     }
 
     /// Takes the whole demand or nothing (see the module docs on spurious failure).
