@@ -6,13 +6,14 @@
 //! # The cell protocol
 //!
 //! 1. A cell is created pending, by `put` (and at once completed) or by submitting a task.
-//! 2. Exactly one completion wins (`OnceLock::set`): the task's result, its failure, a
-//!    cancellation or the runtime's shutdown. Later completions are ignored.
-//! 3. The completer then takes the waiter list under its mutex and wakes every waiter.
-//! 4. A waiter registers under the same mutex after re-checking completion. So either the
-//!    registration happens before step 3's take (and is woken), or it sees the value: no wake-up
-//!    is lost. Waiters are threads parked in `get`, futures' wakers, tasks and actors waiting
-//!    for their arguments, and `wait` latches.
+//! 2. Exactly one completion wins (it claims the cell's state word first): the task's result,
+//!    its failure, a cancellation or the runtime's shutdown. Later completions are ignored.
+//! 3. The completer writes the value, publishes it, then takes the waiter list from the same
+//!    word and wakes every waiter.
+//! 4. A waiter registers by pushing itself onto the list with a compare-and-swap that fails
+//!    once the value is published. So either the push lands before step 3's take (and is
+//!    woken), or it sees the value: no wake-up is lost. Waiters are threads parked in `get`,
+//!    futures' wakers, tasks and actors waiting for their arguments, and `wait` latches.
 //!
 //! Steps 2–4 are `object/wait_cell.rs` (`WaitCell`), which stands alone so that its loom model
 //! (`core/loom`, `scripts/loom`) runs it.
