@@ -386,7 +386,10 @@ pub(crate) struct Task {
 
 #[derive(Default)]
 struct CancelState {
-    children: Vec<Weak<ObjectCell>>,
+    /// Boxed when there is one: most tasks submit none, and a task is allocated per call, so
+    /// one word here instead of three keeps it in the allocator's next smaller size class.
+    #[allow(clippy::box_collection)]
+    children: Option<Box<Vec<Weak<ObjectCell>>>>,
     parked: Option<thread::Thread>,
 }
 
@@ -580,7 +583,7 @@ impl Task {
     /// then, so a long-running task that submits many keeps a short list.
     pub(crate) fn add_child(&self, cell: &Arc<ObjectCell>) {
         let mut state = lock(&self.cancel_state);
-        let children = &mut state.children;
+        let children = state.children.get_or_insert_with(Box::default);
         if children.len() >= 64 && children.len().is_power_of_two() {
             children.retain(|c| c.upgrade().is_some_and(|c| !c.is_ready()));
         }
@@ -589,7 +592,7 @@ impl Task {
 
     /// The live, unfinished children (taken: a task is cancelled once).
     pub(crate) fn take_children(&self) -> Vec<Arc<ObjectCell>> {
-        let children = std::mem::take(&mut lock(&self.cancel_state).children);
+        let children = lock(&self.cancel_state).children.take().unwrap_or_default();
         children
             .iter()
             .filter_map(Weak::upgrade)
