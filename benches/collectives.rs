@@ -668,17 +668,21 @@ fn exchange(s: TcpStream) -> Result<()> {
 const RAW_AR_BYTES: usize = 64 << 20;
 const RAW_AR_ITERS: usize = 5;
 
-/// The minimal 2-rank float-sum allreduce by hand on plain sockets (no framing, no
-/// pipelining between its halves): each side sends the half the other reduces while it
-/// receives the half it reduces, summing each 256 KiB piece as it arrives (in cache), then
-/// sends its reduced half while it receives the other's into place. Prints its busbw
+/// The minimal 2-rank float-sum allreduce by hand on plain sockets (no framing, no header,
+/// one connection): each side sends the half the other reduces while it receives the half
+/// it reduces, summing each 256 KiB piece as it arrives (in cache) and sending the reduced
+/// piece straight back (pipelined: piece `c` of the half it sends, then reduced piece
+/// `c - 1`), while it receives the other's reduced pieces into place. Prints its busbw
 /// (nccl-tests' for 2 ranks: the vector's bytes over the time), the median of
 /// [`RAW_AR_ITERS`].
 fn raw_allreduce(s: TcpStream, low: bool) -> Result<()> {
+    use std::sync::{Condvar, Mutex};
+    const PIECE: usize = (256 << 10) / 4;
     s.set_nodelay(true)?;
     let n = RAW_AR_BYTES / 4;
     let mut v = vec![1f32; n];
-    let mut piece = vec![0f32; (256 << 10) / 4];
+    let mut back = vec![0f32; n / 2];
+    let mut piece = vec![0f32; PIECE];
     let mut tx = s.try_clone()?;
     let mut rx = &s;
     let mut rates = Vec::new();
@@ -686,25 +690,50 @@ fn raw_allreduce(s: TcpStream, low: bool) -> Result<()> {
         let t = Instant::now();
         let (lo, hi) = v.split_at_mut(n / 2);
         let (mine, theirs) = if low { (lo, hi) } else { (hi, lo) };
+        let mine: Vec<Mutex<&mut [f32]>> = mine.chunks_mut(PIECE).map(Mutex::new).collect();
+        let theirs = &*theirs;
+        let k = mine.len();
+        let reduced = (Mutex::new(0usize), Condvar::new());
         std::thread::scope(|scope| -> Result<()> {
-            let tx = &mut tx;
-            let theirs = &*theirs;
-            let sender = scope.spawn(move || tx.write_all(bytemuck::cast_slice(theirs)));
-            for acc in mine.chunks_mut(piece.len()) {
-                let got = &mut piece[..acc.len()];
-                rx.read_exact(bytemuck::cast_slice_mut(got))?;
-                acc.iter_mut().zip(got.iter()).for_each(|(a, b)| *a += b);
+            let (tx, mine, reduced) = (&mut tx, &mine, &reduced);
+            let sender = scope.spawn(move || -> Result<()> {
+                for c in 0..=k {
+                    if c < k {
+                        let end = ((c + 1) * PIECE).min(theirs.len());
+                        tx.write_all(bytemuck::cast_slice(&theirs[c * PIECE..end]))?;
+                    }
+                    if c >= 1 {
+                        let mut done = reduced.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                        while *done < c {
+                            done = reduced
+                                .1
+                                .wait(done)
+                                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                        }
+                        drop(done);
+                        let m = mine[c - 1]
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                        tx.write_all(bytemuck::cast_slice(&m[..]))?;
+                    }
+                }
+                Ok(())
+            });
+            for c in 0..=k {
+                if c < k {
+                    let mut m = mine[c].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    let got = &mut piece[..m.len()];
+                    rx.read_exact(bytemuck::cast_slice_mut(got))?;
+                    m.iter_mut().zip(got.iter()).for_each(|(a, b)| *a += b);
+                    drop(m);
+                    *reduced.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = c + 1;
+                    reduced.1.notify_one();
+                }
+                if c >= 1 {
+                    let end = (c * PIECE).min(back.len());
+                    rx.read_exact(bytemuck::cast_slice_mut(&mut back[(c - 1) * PIECE..end]))?;
+                }
             }
-            sender
-                .join()
-                .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
-            Ok(())
-        })?;
-        std::thread::scope(|scope| -> Result<()> {
-            let tx = &mut tx;
-            let mine = &*mine;
-            let sender = scope.spawn(move || tx.write_all(bytemuck::cast_slice(mine)));
-            rx.read_exact(bytemuck::cast_slice_mut(theirs))?;
             sender
                 .join()
                 .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
@@ -713,7 +742,9 @@ fn raw_allreduce(s: TcpStream, low: bool) -> Result<()> {
         if it > 0 {
             rates.push(RAW_AR_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9);
         }
-        if v.iter().any(|&x| x != 2.0) {
+        // This side's reduced half in place, the other's received into `back`.
+        let reduced_here = if low { &v[..n / 2] } else { &v[n / 2..] };
+        if reduced_here.iter().chain(&back).any(|&x| x != 2.0) {
             bail!("the raw allreduce computed a wrong sum");
         }
         v.fill(1.0);
