@@ -9,9 +9,10 @@
 //!   makes (skipped where it has no torch).
 //! - **two-hosts** (network namespaces on a bridge; needs root, skipped otherwise): one rank
 //!   per namespace (Manta's tcp backend), or `--per-host N` (Manta's hierarchical backend),
-//!   beside a raw TCP stream and a raw exchange both ways at once between the same namespaces
-//!   (each measured as the OS places the processes and with each host on its own core; the
-//!   better figure counts) and Gloo across them.
+//!   beside a raw TCP stream, a raw exchange both ways at once and a raw 2-rank allreduce by
+//!   hand (plain sockets, pipelined per piece, no framing) between the same namespaces (each
+//!   measured as the OS places the processes and with each host on its own core; the better
+//!   figure counts) and Gloo across them.
 //!
 //! `busbw` follows nccl-tests: allreduce `algbw × 2(n-1)/n`, allgather and reduce-scatter
 //! `algbw × (n-1)/n`, where `size` is the per-rank vector of allreduce and the whole (gathered,
