@@ -48,6 +48,10 @@ use super::{Backend, Fault, Header, ReduceOp};
 /// rounds).
 const SPLIT_MIN: usize = 64 << 10;
 
+/// The most bytes of a split-path buffer kept for the next collective (a larger one is
+/// freed after use, so that one huge call does not pin its buffers for the group's life).
+const KEEP: usize = 64 << 20;
+
 pub(crate) struct HierBackend {
     local: SharedBackend,
     tcp: TcpBackend,
@@ -62,7 +66,8 @@ pub(crate) struct HierBackend {
     leader_of: Vec<usize>,
     /// Where every node has as many members as this one: the split path's rings.
     split: Option<Split>,
-    /// The split path's buffers, kept between collectives (touched once, not per call).
+    /// The split path's buffers, kept between collectives (touched once, not per call) up to
+    /// [`KEEP`] bytes each.
     scratch: [Vec<u64>; 2],
 }
 
@@ -179,6 +184,16 @@ impl HierBackend {
         blame(&mut self.tcp, r)
     }
 
+    /// Puts back the split path's buffers, those within [`KEEP`] (an empty one keeps what
+    /// was there).
+    fn keep(&mut self, bufs: [Vec<u64>; 2]) {
+        for (slot, buf) in self.scratch.iter_mut().zip(bufs) {
+            if !buf.is_empty() && buf.len() * 8 <= KEEP {
+                *slot = buf;
+            }
+        }
+    }
+
     /// Whether an operation on `n` bytes takes the split path.
     fn splits(&self, n: usize) -> bool {
         self.split.is_some() && n >= SPLIT_MIN
@@ -189,8 +204,8 @@ impl HierBackend {
         self.leader_of.get(r) == Some(&self.members[0])
     }
 
-    /// The split path's allreduce of the first `main` bytes (a multiple of the member
-    /// count's elements) of `input` (or, `None`, of `out` in place) into `out`.
+    /// The split path's allreduce of `input` (or, `None`, of `out` in place) into `out`, whose
+    /// length is a whole number of elements per member of the node.
     fn split_allreduce(
         &mut self,
         h: &Header,
@@ -212,7 +227,7 @@ impl HierBackend {
         pass_on(&self.local, r)?;
         let r = self.local.allgather(h, mine, out);
         blame(&mut self.tcp, r)?;
-        self.scratch[0] = buf;
+        self.keep([buf, Vec::new()]);
         Ok(())
     }
 }
@@ -274,7 +289,7 @@ impl Backend for HierBackend {
                     out[r * n..(r + 1) * n].copy_from_slice(&all[from..from + n]);
                 }
             }
-            self.scratch = [ring, node];
+            self.keep([ring, node]);
             return Ok(());
         }
         let mut node = aligned(n * self.members.len());
@@ -323,7 +338,7 @@ impl Backend for HierBackend {
                 .tcp
                 .reduce_scatter_among(h, mine, out, red, &split.peers);
             pass_on(&self.local, r)?;
-            self.scratch = [share, stage];
+            self.keep([share, stage]);
             return Ok(());
         }
         let mut all = aligned(input.len());
