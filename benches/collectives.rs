@@ -9,9 +9,10 @@
 //!   makes (skipped where it has no torch).
 //! - **two-hosts** (network namespaces on a bridge; needs root, skipped otherwise): one rank
 //!   per namespace (Manta's tcp backend), or `--per-host N` (Manta's hierarchical backend),
-//!   beside a raw TCP stream and a raw exchange both ways at once between the same namespaces
-//!   (each measured as the OS places the processes and with each host on its own core; the
-//!   better figure counts) and Gloo across them.
+//!   beside a raw TCP stream, a raw exchange both ways at once and a raw 2-rank allreduce by
+//!   hand (plain sockets, pipelined per piece, no framing) between the same namespaces (each
+//!   measured as the OS places the processes and with each host on its own core; the better
+//!   figure counts) and Gloo across them.
 //!
 //! `busbw` follows nccl-tests: allreduce `algbw × 2(n-1)/n`, allgather and reduce-scatter
 //! `algbw × (n-1)/n`, where `size` is the per-rank vector of allreduce and the whole (gathered,
@@ -466,9 +467,13 @@ fn two_hosts(a: &Args) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // The raw baselines, twice: as the OS places the processes, and with each host's process
     // pinned to its own core (as the ranks are, one per host); the better of the two counts.
-    let (raw_free, both_free) = raw_tcp(&hosts, None, 47_200)?;
-    let (raw_pinned, both_pinned) = raw_tcp(&hosts, Some(cores), 47_210)?;
-    let (raw, both) = (raw_free.max(raw_pinned), both_free.max(both_pinned));
+    let (raw_free, both_free, ar_free) = raw_tcp(&hosts, None, 47_200)?;
+    let (raw_pinned, both_pinned, ar_pinned) = raw_tcp(&hosts, Some(cores), 47_210)?;
+    let (raw, both, by_hand) = (
+        raw_free.max(raw_pinned),
+        both_free.max(both_pinned),
+        ar_free.max(ar_pinned),
+    );
     let p = a.per_host;
     let n = 2 * p;
     // Host i runs ranks i*p .. (i+1)*p in its one worker process, whose slots take the cores
@@ -522,6 +527,13 @@ fn two_hosts(a: &Args) -> Result<()> {
          {both:.2} GB/s each way (the better of: unplaced {raw_free:.2} and {both_free:.2}, \
          each host on its own core {raw_pinned:.2} and {both_pinned:.2})"
     );
+    println!(
+        "# two hosts: a raw 2-rank allreduce by hand (plain sockets, {} MiB float sum) \
+         {by_hand:.2} GB/s busbw = {:.2} x the one-way stream (unplaced {ar_free:.2}, each \
+         host on its own core {ar_pinned:.2})",
+        RAW_AR_BYTES >> 20,
+        by_hand / raw
+    );
     for op in &a.ops {
         print_table(
             &format!("two hosts, {p} ranks each, manta {backend}"),
@@ -538,9 +550,10 @@ fn two_hosts(a: &Args) -> Result<()> {
                 gbps(size_of_count(op, c, n as u64), manta[op][last]) * bus_factor(op, n as f64);
             println!(
                 "# allreduce busbw at the largest size / raw TCP stream: {:.2} one way, \
-                 {:.2} both ways at once",
+                 {:.2} both ways at once; / the raw allreduce by hand: {:.2}",
                 bus / raw,
-                bus / both
+                bus / both,
+                bus / by_hand
             );
         }
     }
@@ -552,7 +565,7 @@ const RAW_BYTES: usize = 256 << 20;
 /// A raw TCP stream from host 0 to host 1 and a raw exchange both ways at once, in GB/s (each
 /// way), on ports from `port`; with `pin` (the cores), host `i`'s process runs on core
 /// `i % cores` only (`taskset`).
-fn raw_tcp(hosts: &netns::Hosts, pin: Option<usize>, port: u16) -> Result<(f64, f64)> {
+fn raw_tcp(hosts: &netns::Hosts, pin: Option<usize>, port: u16) -> Result<(f64, f64, f64)> {
     let exe = std::env::current_exe()?;
     let command = |i: usize| {
         let mut c = match pin {
@@ -594,7 +607,21 @@ fn raw_tcp(hosts: &netns::Hosts, pin: Option<usize>, port: u16) -> Result<(f64, 
         .zip(gbps_line(&listened.stdout))
         .map(|(a, b)| a.min(b))
         .context("raw exchange figure")?;
-    Ok((raw, both))
+    // The minimal 2-rank allreduce by hand, on the same two hosts.
+    let a_addr = SocketAddr::new(hosts.host(0).ip().into(), port + 2);
+    let listen = command(0)
+        .env(CHILD_ENV, format!("ar-listen:{a_addr}"))
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let dial = command(1)
+        .env(CHILD_ENV, format!("ar-dial:{a_addr}"))
+        .output()?;
+    let listened = listen.wait_with_output()?;
+    let allreduce = gbps_line(&dial.stdout)
+        .zip(gbps_line(&listened.stdout))
+        .map(|(a, b)| a.min(b))
+        .context("raw allreduce figure")?;
+    Ok((raw, both, allreduce))
 }
 
 /// The `gbps=` figure a raw-stream child printed.
@@ -634,6 +661,97 @@ fn exchange(s: TcpStream) -> Result<()> {
         "gbps={:.3}",
         RAW_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9
     );
+    Ok(())
+}
+
+/// Bytes per rank of the raw allreduce baseline, and its timed iterations (after one
+/// warm-up).
+const RAW_AR_BYTES: usize = 64 << 20;
+const RAW_AR_ITERS: usize = 5;
+
+/// The minimal 2-rank float-sum allreduce by hand on plain sockets (no framing, no header,
+/// one connection): each side sends the half the other reduces while it receives the half
+/// it reduces, summing each 256 KiB piece as it arrives (in cache) and sending the reduced
+/// piece straight back (pipelined: piece `c` of the half it sends, then reduced piece
+/// `c - 1`), while it receives the other's reduced pieces into place. Prints its busbw
+/// (nccl-tests' for 2 ranks: the vector's bytes over the time), the median of
+/// [`RAW_AR_ITERS`].
+fn raw_allreduce(s: TcpStream, low: bool) -> Result<()> {
+    use std::sync::{Condvar, Mutex};
+    const PIECE: usize = (256 << 10) / 4;
+    s.set_nodelay(true)?;
+    let n = RAW_AR_BYTES / 4;
+    let mut v = vec![1f32; n];
+    let mut back = vec![0f32; n / 2];
+    let mut piece = vec![0f32; PIECE];
+    let mut tx = s.try_clone()?;
+    let mut rx = &s;
+    let mut rates = Vec::new();
+    for it in 0..=RAW_AR_ITERS {
+        let t = Instant::now();
+        let (lo, hi) = v.split_at_mut(n / 2);
+        let (mine, theirs) = if low { (lo, hi) } else { (hi, lo) };
+        let mine: Vec<Mutex<&mut [f32]>> = mine.chunks_mut(PIECE).map(Mutex::new).collect();
+        let theirs = &*theirs;
+        let k = mine.len();
+        let reduced = (Mutex::new(0usize), Condvar::new());
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, mine, reduced) = (&mut tx, &mine, &reduced);
+            let sender = scope.spawn(move || -> Result<()> {
+                for c in 0..=k {
+                    if c < k {
+                        let end = ((c + 1) * PIECE).min(theirs.len());
+                        tx.write_all(bytemuck::cast_slice(&theirs[c * PIECE..end]))?;
+                    }
+                    if c >= 1 {
+                        let mut done = reduced.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                        while *done < c {
+                            done = reduced
+                                .1
+                                .wait(done)
+                                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                        }
+                        drop(done);
+                        let m = mine[c - 1]
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                        tx.write_all(bytemuck::cast_slice(&m[..]))?;
+                    }
+                }
+                Ok(())
+            });
+            for c in 0..=k {
+                if c < k {
+                    let mut m = mine[c].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    let got = &mut piece[..m.len()];
+                    rx.read_exact(bytemuck::cast_slice_mut(got))?;
+                    m.iter_mut().zip(got.iter()).for_each(|(a, b)| *a += b);
+                    drop(m);
+                    *reduced.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = c + 1;
+                    reduced.1.notify_one();
+                }
+                if c >= 1 {
+                    let end = (c * PIECE).min(back.len());
+                    rx.read_exact(bytemuck::cast_slice_mut(&mut back[(c - 1) * PIECE..end]))?;
+                }
+            }
+            sender
+                .join()
+                .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
+            Ok(())
+        })?;
+        if it > 0 {
+            rates.push(RAW_AR_BYTES as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+        // This side's reduced half in place, the other's received into `back`.
+        let reduced_here = if low { &v[..n / 2] } else { &v[n / 2..] };
+        if reduced_here.iter().chain(&back).any(|&x| x != 2.0) {
+            bail!("the raw allreduce computed a wrong sum");
+        }
+        v.fill(1.0);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("gbps={:.3}", rates[rates.len() / 2]);
     Ok(())
 }
 
@@ -695,6 +813,24 @@ fn child(mode: &str) -> Result<()> {
             }
         };
         return exchange(s);
+    }
+    if let Some(addr) = mode.strip_prefix("ar-listen:") {
+        let (s, _) = TcpListener::bind(addr)?.accept()?;
+        return raw_allreduce(s, true);
+    }
+    if let Some(addr) = mode.strip_prefix("ar-dial:") {
+        let addr: SocketAddr = addr.parse()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        return raw_allreduce(s, false);
     }
     if let Some(spec) = mode.strip_prefix("mpi:") {
         return mpi_child(spec);

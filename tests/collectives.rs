@@ -137,6 +137,48 @@ fn check_type<T: Num>(comm: &Communicator, chunk_elems: usize) {
     }
 }
 
+/// Allreduce (in place and out of place), reduce-scatter and allgather of vectors large
+/// enough for the hierarchical backend's split path (64 KiB and more), counts that are not
+/// multiples of the members per node nor of the group's size, every op, against the serial
+/// reference; `elems` scales the sizes to the type.
+fn check_large<T: Num>(comm: &Communicator, elems: usize) {
+    let (me, w) = (comm.rank(), comm.world_size());
+    let input = |rank: usize, n: usize, salt: u64| -> Vec<T> {
+        let mut rng = Rng(0x51ed_270b ^ ((rank as u64 + 1) * 104_729) ^ ((n as u64) << 24) ^ salt);
+        (0..n).map(|_| T::from_i(rng.small())).collect()
+    };
+    for (salt, n) in [elems + 1, 3 * elems + w + 1].into_iter().enumerate() {
+        let salt = salt as u64;
+        for op in OPS {
+            let all: Vec<Vec<T>> = (0..w).map(|r| input(r, n, salt)).collect();
+            let want = reference(&all, op);
+            let mut data = all[me].clone();
+            comm.allreduce(&mut data, op).expect("allreduce");
+            assert!(data == want, "allreduce {op} n={n} rank {me} {}", T::NAME);
+            let mut out = vec![T::from_i(0); n];
+            comm.allreduce_into(&all[me], &mut out, op)
+                .expect("allreduce_into");
+            assert!(out == want, "allreduce_into {op} n={n} {}", T::NAME);
+            let per = n / w + 1;
+            let all_rs: Vec<Vec<T>> = (0..w).map(|r| input(r, per * w, salt + 99)).collect();
+            let full = reference(&all_rs, op);
+            let mut out = vec![T::from_i(0); per];
+            comm.reduce_scatter(&all_rs[me], &mut out, op)
+                .expect("reduce_scatter");
+            assert!(
+                out == full[me * per..(me + 1) * per],
+                "reduce_scatter {op} n={per} {}",
+                T::NAME
+            );
+        }
+        let per = n / w + 1;
+        let all: Vec<Vec<T>> = (0..w).map(|r| input(r, per, salt + 7)).collect();
+        let mut out = vec![T::from_i(0); per * w];
+        comm.allgather(&all[me], &mut out).expect("allgather");
+        assert!(out == all.concat(), "allgather n={per} {}", T::NAME);
+    }
+}
+
 fn check_all_types(comm: &Communicator, chunk: usize) {
     check_type::<f32>(comm, chunk / 4);
     check_type::<f64>(comm, chunk / 8);
@@ -518,6 +560,25 @@ impl Member {
         std::process::id()
     }
 
+    /// [`check_large`] in a few types (panics, so the call fails, if a result is wrong).
+    fn check_large(&self) -> u32 {
+        let comm = self.comm.as_ref().expect("joined");
+        check_large::<f32>(comm, 1 << 16);
+        check_large::<i64>(comm, 1 << 14);
+        check_large::<manta::collective::bf16>(comm, 1 << 15);
+        check_large::<u8>(comm, 1 << 16);
+        // Shares of 1 MiB and more cross the network in the TCP backend's pipeline.
+        let (me, w) = (comm.rank(), comm.world_size());
+        let n = (1 << 20) + 3;
+        let mut data: Vec<f32> = (0..n).map(|i| ((i + me) % 5) as f32).collect();
+        let want: Vec<f32> = (0..n)
+            .map(|i| (0..w).map(|r| ((i + r) % 5) as f32).sum())
+            .collect();
+        comm.allreduce(&mut data, ReduceOp::Sum).expect("allreduce");
+        assert!(data == want, "allreduce of {n} float");
+        std::process::id()
+    }
+
     /// Allreduces a large vector until a call fails; returns the error's rank and text and
     /// the milliseconds the failing call took.
     fn allreduce_until_failure(&self, n: u64) -> (Option<u64>, String, u64) {
@@ -670,9 +731,22 @@ fn two_host_members(
     common::Runtime,
     Vec<manta::ActorHandle<Member>>,
 ) {
+    host_members(hosts, &[2, 2])
+}
+
+/// Two emulated hosts with `per_host[i]` members on host `i` (ranks in host order), as a
+/// local cluster of two nodes.
+fn host_members(
+    hosts: &netns::Hosts,
+    per_host: &[usize; 2],
+) -> (
+    LocalCluster,
+    common::Runtime,
+    Vec<manta::ActorHandle<Member>>,
+) {
     let spec = |i: usize| NodeSpec {
         num_cpus: 2.0,
-        resources: format!("host{i}=2"),
+        resources: format!("host{i}={}", per_host[i]),
         wrapper: vec![
             "ip".into(),
             "netns".into(),
@@ -685,15 +759,30 @@ fn two_host_members(
     };
     let cluster = LocalCluster::start(spec(0), &[spec(1)]);
     let rt = common::start(cluster.config());
-    let members: Vec<_> = (0..4)
-        .map(|r| {
+    let members: Vec<_> = (0..2)
+        .flat_map(|i| (0..per_host[i]).map(move |_| i))
+        .map(|i| {
             Member::options()
                 .num_cpus(0.0)
-                .resource(&format!("host{}", r / 2), 1.0)
+                .resource(&format!("host{i}"), 1.0)
                 .remote()
         })
         .collect();
     (cluster, rt, members)
+}
+
+/// Runs `check` on every member; the members' worker processes.
+fn check_every_member(
+    members: &[manta::ActorHandle<Member>],
+    check: impl Fn(&manta::ActorHandle<Member>) -> manta::ObjectRef<u32>,
+) -> std::collections::BTreeSet<u32> {
+    let refs: Vec<_> = members.iter().map(check).collect();
+    refs.iter()
+        .map(|r| {
+            r.get_timeout(LONG)
+                .expect("every collective matches the reference")
+        })
+        .collect()
 }
 
 /// The death of a host's worker process (ranks 2 and 3) mid-allreduce fails the members on
@@ -744,19 +833,34 @@ fn members_on_two_hosts_run_every_collective_hierarchically() {
     };
     let (cluster, _rt, members) = two_host_members(&hosts);
     assert_eq!(join_all(&members, "hosts"), vec!["hierarchical"; 4]);
-    let refs: Vec<_> = members.iter().map(|m| m.check()).collect();
-    let pids: std::collections::BTreeSet<u32> = refs
-        .iter()
-        .map(|r| {
-            r.get_timeout(LONG)
-                .expect("every collective matches the reference")
-        })
-        .collect();
+    let pids = check_every_member(&members, |m| m.check());
     assert_eq!(
         pids.len(),
         2,
         "two worker processes, one per host: {pids:?}"
     );
+    // Even nodes: large vectors take the split path (each member on a ring of its own).
+    check_every_member(&members, |m| m.check_large());
+    drop(members);
+    drop(cluster);
+}
+
+/// Two members on one host and one on the other: uneven nodes, so every operation goes
+/// through the leaders, at every size.
+#[test]
+fn uneven_hosts_run_every_collective_through_the_leaders() {
+    serve_if_worker();
+    let hosts = match netns::Hosts::create(2) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let (cluster, _rt, members) = host_members(&hosts, &[2, 1]);
+    assert_eq!(join_all(&members, "uneven"), vec!["hierarchical"; 3]);
+    check_every_member(&members, |m| m.check());
+    check_every_member(&members, |m| m.check_large());
     drop(members);
     drop(cluster);
 }

@@ -14,9 +14,11 @@
 //! * **tcp** — members on several nodes: a full mesh of TCP connections, each proving the
 //!   cluster's token before the listener keeps it; ring algorithms for large messages and
 //!   recursive doubling for small ones;
-//! * **hierarchical** — members on several nodes, some with several members: allreduce and
-//!   barrier go through each node's shared segment to its leader (its lowest rank), between
-//!   the leaders over TCP, and back; the other operations use the TCP mesh of all members.
+//! * **hierarchical** — members on several nodes, some with several members: within each
+//!   node through its shared segment, across nodes over TCP, either by the leaders (each
+//!   node's lowest rank) alone or, for large vectors where every node has as many members,
+//!   by every member with its share on a ring of its own (see `hier.rs`); send/recv use the
+//!   TCP mesh of all members.
 //!
 //! The threads and shm backends run one algorithm on one segment layout, NCCL-SHM style: a
 //! message is processed in chunks of `collective_chunk_bytes`; each member stages its chunk in

@@ -248,15 +248,9 @@ pub(crate) fn join(
                                 .unwrap_or(r)
                         })
                         .collect();
-                    Box::new(HierBackend {
-                        local: shared,
-                        tcp,
-                        leader: leaders.contains(&rank),
-                        leaders,
-                        rank,
-                        members: local,
-                        leader_of,
-                    })
+                    Box::new(HierBackend::new(
+                        shared, tcp, rank, leaders, local, leader_of,
+                    ))
                 } else {
                     Box::new(tcp)
                 }

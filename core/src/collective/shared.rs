@@ -761,7 +761,8 @@ impl Backend for SharedBackend {
         // Each slot holds one piece of every block.
         let piece = (self.chunk() / self.world / red.elem).max(1) * red.elem;
         for (i, (off, len)) in Self::chunks(n, piece).enumerate() {
-            for j in 0..self.world {
+            // The other members' blocks only: this member reduces its own from its input.
+            for j in (0..self.world).filter(|&j| j != self.rank) {
                 // SAFETY: this member's slot, free since the previous sync.
                 unsafe { self.region.bytes_mut(l.slot(self.rank) + j * len, len) }
                     .copy_from_slice(&input[j * n + off..j * n + off + len]);
@@ -775,11 +776,18 @@ impl Backend for SharedBackend {
             }
             let dst = &mut out[off..off + len];
             let mine = self.rank * len;
-            // SAFETY: slots are only read until the next sync.
-            unsafe {
-                dst.copy_from_slice(self.region.bytes(l.slot(0) + mine, len));
-                for r in 1..self.world {
-                    red.apply(dst, self.region.bytes(l.slot(r) + mine, len));
+            let own = &input[self.rank * n + off..self.rank * n + off + len];
+            for r in 0..self.world {
+                let src = if r == self.rank {
+                    own
+                } else {
+                    // SAFETY: slots are only read until the next sync.
+                    unsafe { self.region.bytes(l.slot(r) + mine, len) }
+                };
+                if r == 0 {
+                    dst.copy_from_slice(src);
+                } else {
+                    red.apply(dst, src);
                 }
             }
             self.sync()?;

@@ -515,11 +515,7 @@ impl TcpBackend {
         ring: &[usize],
     ) -> Result<(), Fault> {
         let w = ring.len();
-        let Some(pos) = ring.iter().position(|&r| r == self.rank) else {
-            return Err(Fault::Os(
-                "allreduce among members that exclude this one".into(),
-            ));
-        };
+        let pos = position(ring, self.rank)?;
         if let Some(input) = input
             && (w == 1 || (out.len() <= SMALL && w.is_power_of_two()))
         {
@@ -768,6 +764,115 @@ impl TcpBackend {
         result
     }
 
+    /// Ring allgather among the members `ring` (this member among them): block `i` of
+    /// `out` (of `input.len()` bytes) is `ring[i]`'s input.
+    fn allgather_ring(
+        &mut self,
+        h: &Header,
+        seq: u64,
+        input: &[u8],
+        out: &mut [u8],
+        ring: &[usize],
+    ) -> Result<(), Fault> {
+        let (w, n) = (ring.len(), input.len());
+        let pos = position(ring, self.rank)?;
+        out[pos * n..(pos + 1) * n].copy_from_slice(input);
+        let back = |k: usize| (pos + w * 2 - k % w) % w;
+        let (next, prev) = (ring[(pos + 1) % w], ring[back(1)]);
+        for s in 0..w.saturating_sub(1) {
+            let (a, b) = (back(s), back(s + 1));
+            let (sa, sb) = split2(out, a * n..(a + 1) * n, b * n..(b + 1) * n);
+            self.transfer(h, seq, Some((next, sa)), Some((prev, Sink::Copy(sb))))?;
+        }
+        Ok(())
+    }
+
+    /// Ring reduce-scatter among the members `ring` (this member among them): `out` gets
+    /// block `i` (of `out.len()` bytes) of the members' reduced `input`, where `ring[i]` is
+    /// this member.
+    fn reduce_scatter_ring(
+        &mut self,
+        h: &Header,
+        seq: u64,
+        input: &[u8],
+        out: &mut [u8],
+        red: &Reducer,
+        ring: &[usize],
+    ) -> Result<(), Fault> {
+        let (w, n) = (ring.len(), out.len());
+        let pos = position(ring, self.rank)?;
+        if w == 1 {
+            out.copy_from_slice(input);
+            return Ok(());
+        }
+        let block = |i: usize| &input[i * n..(i + 1) * n];
+        let back = |k: usize| (pos + w * 2 - k % w) % w;
+        let (next, prev) = (ring[(pos + 1) % w], ring[back(1)]);
+        let mut a = aligned(n);
+        let mut b = aligned(n);
+        let mut scratch = aligned(PIECE.min(n.max(8)));
+        for s in 0..w - 1 {
+            let bb = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut b)[..n];
+            let send: &[u8] = if s == 0 {
+                block(back(1))
+            } else {
+                &bytemuck::cast_slice::<u64, u8>(&a)[..n]
+            };
+            let sink = Sink::Reduce {
+                acc: bb,
+                base: Some(block(back(s + 2))),
+                scratch: &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)
+                    [..PIECE.min(n.max(8)) / red.elem * red.elem],
+                red,
+                done: 0,
+            };
+            self.transfer(h, seq, Some((next, send)), Some((prev, sink)))?;
+            std::mem::swap(&mut a, &mut b);
+        }
+        out.copy_from_slice(&bytemuck::cast_slice::<u64, u8>(&a)[..n]);
+        Ok(())
+    }
+
+    /// The next sequence number of the operations among a subset of the members (counted
+    /// apart from the whole group's: every member of one subset makes the same such calls).
+    fn next_sub_seq(&mut self) -> u64 {
+        self.sub_seq += 1;
+        self.sub_seq | 1 << 63
+    }
+
+    /// [`allgather`](Backend::allgather) among the members `ring` only (block `i` of `out`
+    /// from `ring[i]`).
+    pub(crate) fn allgather_among(
+        &mut self,
+        h: &Header,
+        input: &[u8],
+        out: &mut [u8],
+        ring: &[usize],
+    ) -> Result<(), Fault> {
+        let seq = self.next_sub_seq();
+        self.allgather_ring(h, seq, input, out, ring)
+    }
+
+    /// [`reduce_scatter`](Backend::reduce_scatter) among the members `ring` only (this
+    /// member gets block `i` where `ring[i]` is this member).
+    pub(crate) fn reduce_scatter_among(
+        &mut self,
+        h: &Header,
+        input: &[u8],
+        out: &mut [u8],
+        red: &Reducer,
+        ring: &[usize],
+    ) -> Result<(), Fault> {
+        let seq = self.next_sub_seq();
+        self.reduce_scatter_ring(h, seq, input, out, red, ring)
+    }
+
+    /// Names `rank` as the member at fault in this member's abort frames (a failure seen
+    /// outside this backend: a hierarchical group's segment), unless one is named already.
+    pub(crate) fn blame(&mut self, rank: usize) {
+        self.culprit.get_or_insert(rank);
+    }
+
     /// Allreduce among the members `ring` only (the node leaders of a hierarchical group),
     /// counted apart from the whole group's operations.
     pub(crate) fn allreduce_among(
@@ -777,8 +882,7 @@ impl TcpBackend {
         red: &Reducer,
         ring: &[usize],
     ) -> Result<(), Fault> {
-        self.sub_seq += 1;
-        let seq = self.sub_seq | 1 << 63;
+        let seq = self.next_sub_seq();
         self.allreduce_ring(h, seq, None, out, red, ring)
     }
 
@@ -1117,6 +1221,13 @@ impl Sink<'_> {
     }
 }
 
+/// This member's position in `ring`.
+fn position(ring: &[usize], rank: usize) -> Result<usize, Fault> {
+    ring.iter()
+        .position(|&r| r == rank)
+        .ok_or_else(|| Fault::Os("an operation among members that exclude this one".into()))
+}
+
 /// A zeroed buffer of at least `n` bytes, aligned for every element type.
 fn aligned(n: usize) -> Vec<u64> {
     vec![0u64; n.div_ceil(8)]
@@ -1161,17 +1272,8 @@ impl Backend for TcpBackend {
     fn allgather(&mut self, h: &Header, input: &[u8], out: &mut [u8]) -> Result<(), Fault> {
         self.seq += 1;
         let seq = self.seq;
-        let (w, n) = (self.world, input.len());
-        out[self.rank * n..(self.rank + 1) * n].copy_from_slice(input);
-        let next = (self.rank + 1) % w;
-        let prev = self.prev(1);
-        for s in 0..w.saturating_sub(1) {
-            let a = self.prev(s);
-            let b = self.prev(s + 1);
-            let (sa, sb) = split2(out, a * n..(a + 1) * n, b * n..(b + 1) * n);
-            self.transfer(h, seq, Some((next, sa)), Some((prev, Sink::Copy(sb))))?;
-        }
-        Ok(())
+        let all: Vec<usize> = (0..self.world).collect();
+        self.allgather_ring(h, seq, input, out, &all)
     }
 
     fn reduce_scatter(
@@ -1183,37 +1285,8 @@ impl Backend for TcpBackend {
     ) -> Result<(), Fault> {
         self.seq += 1;
         let seq = self.seq;
-        let (w, n) = (self.world, out.len());
-        if w == 1 {
-            out.copy_from_slice(input);
-            return Ok(());
-        }
-        let block = |i: usize| &input[i * n..(i + 1) * n];
-        let next = (self.rank + 1) % w;
-        let prev = self.prev(1);
-        let mut a = aligned(n);
-        let mut b = aligned(n);
-        let mut scratch = aligned(PIECE.min(n.max(8)));
-        for s in 0..w - 1 {
-            let bb = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut b)[..n];
-            let send: &[u8] = if s == 0 {
-                block(self.prev(1))
-            } else {
-                &bytemuck::cast_slice::<u64, u8>(&a)[..n]
-            };
-            let sink = Sink::Reduce {
-                acc: bb,
-                base: Some(block(self.prev(s + 2))),
-                scratch: &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch)
-                    [..PIECE.min(n.max(8)) / red.elem * red.elem],
-                red,
-                done: 0,
-            };
-            self.transfer(h, seq, Some((next, send)), Some((prev, sink)))?;
-            std::mem::swap(&mut a, &mut b);
-        }
-        out.copy_from_slice(&bytemuck::cast_slice::<u64, u8>(&a)[..n]);
-        Ok(())
+        let all: Vec<usize> = (0..self.world).collect();
+        self.reduce_scatter_ring(h, seq, input, out, red, &all)
     }
 
     fn broadcast(&mut self, h: &Header, data: &mut [u8], root: usize) -> Result<(), Fault> {
