@@ -590,37 +590,29 @@ fn raw_tcp(hosts: &netns::Hosts, pin: Option<usize>, port: u16) -> Result<(f64, 
         .output()?;
     let _ = recv.wait_with_output();
     let raw = gbps_line(&out.stdout).context("raw stream figure")?;
+    // Host 0 listens as `listen`, host 1 dials it as `dial`; the lower of their figures.
+    let pair = |listen: &str, dial: &str, port: u16, what: &'static str| -> Result<f64> {
+        let a_addr = SocketAddr::new(hosts.host(0).ip().into(), port);
+        let listener = command(0)
+            .env(CHILD_ENV, format!("{listen}:{a_addr}"))
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let dialer = command(1)
+            .env(CHILD_ENV, format!("{dial}:{a_addr}"))
+            .output()?;
+        let listened = listener.wait_with_output()?;
+        gbps_line(&dialer.stdout)
+            .zip(gbps_line(&listened.stdout))
+            .map(|(a, b)| a.min(b))
+            .context(what)
+    };
     // Both ways at once, as a ring allreduce moves its bytes: each host sends to the other
     // while it receives from it. On a link that is full duplex in hardware this equals the
     // one-way stream; where the hosts' CPUs carry the link (namespaces on a bridge), both
     // directions share them.
-    let a_addr = SocketAddr::new(hosts.host(0).ip().into(), port + 1);
-    let listen = command(0)
-        .env(CHILD_ENV, format!("xchg-listen:{a_addr}"))
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let dial = command(1)
-        .env(CHILD_ENV, format!("xchg-dial:{a_addr}"))
-        .output()?;
-    let listened = listen.wait_with_output()?;
-    let both = gbps_line(&dial.stdout)
-        .zip(gbps_line(&listened.stdout))
-        .map(|(a, b)| a.min(b))
-        .context("raw exchange figure")?;
+    let both = pair("xchg-listen", "xchg-dial", port + 1, "raw exchange figure")?;
     // The minimal 2-rank allreduce by hand, on the same two hosts.
-    let a_addr = SocketAddr::new(hosts.host(0).ip().into(), port + 2);
-    let listen = command(0)
-        .env(CHILD_ENV, format!("ar-listen:{a_addr}"))
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let dial = command(1)
-        .env(CHILD_ENV, format!("ar-dial:{a_addr}"))
-        .output()?;
-    let listened = listen.wait_with_output()?;
-    let allreduce = gbps_line(&dial.stdout)
-        .zip(gbps_line(&listened.stdout))
-        .map(|(a, b)| a.min(b))
-        .context("raw allreduce figure")?;
+    let allreduce = pair("ar-listen", "ar-dial", port + 2, "raw allreduce figure")?;
     Ok((raw, both, allreduce))
 }
 
