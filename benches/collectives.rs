@@ -747,6 +747,19 @@ fn raw_allreduce(s: TcpStream, low: bool) -> Result<()> {
     Ok(())
 }
 
+/// Connects to the child listening at `addr`, retrying for up to 10 s while it starts.
+fn dial(addr: &str) -> Result<TcpStream> {
+    let addr: SocketAddr = addr.parse()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return Ok(s),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn child(mode: &str) -> Result<()> {
     if let Some(addr) = mode.strip_prefix("recv:") {
         let listener = TcpListener::bind(addr)?;
@@ -764,17 +777,7 @@ fn child(mode: &str) -> Result<()> {
         return Ok(());
     }
     if let Some(addr) = mode.strip_prefix("send:") {
-        let addr: SocketAddr = addr.parse()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut s = loop {
-            match TcpStream::connect(addr) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let mut s = dial(addr)?;
         let buf = vec![7u8; 1 << 20];
         let t = Instant::now();
         for _ in 0..RAW_BYTES >> 20 {
@@ -793,36 +796,14 @@ fn child(mode: &str) -> Result<()> {
         return exchange(s);
     }
     if let Some(addr) = mode.strip_prefix("xchg-dial:") {
-        let addr: SocketAddr = addr.parse()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let s = loop {
-            match TcpStream::connect(addr) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        return exchange(s);
+        return exchange(dial(addr)?);
     }
     if let Some(addr) = mode.strip_prefix("ar-listen:") {
         let (s, _) = TcpListener::bind(addr)?.accept()?;
         return raw_allreduce(s, true);
     }
     if let Some(addr) = mode.strip_prefix("ar-dial:") {
-        let addr: SocketAddr = addr.parse()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let s = loop {
-            match TcpStream::connect(addr) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        return raw_allreduce(s, false);
+        return raw_allreduce(dial(addr)?, false);
     }
     if let Some(spec) = mode.strip_prefix("mpi:") {
         return mpi_child(spec);
