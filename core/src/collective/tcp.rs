@@ -655,6 +655,12 @@ impl TcpBackend {
             let me = std::thread::current();
             let (order, at, received, sent, stop, first) =
                 (&order, &at, &received, &sent, &stop, &first);
+            // A side failed: note which if it was first, stop the other side and wake it.
+            let fail = move |side: usize, other: &std::thread::Thread| {
+                let _ = first.compare_exchange(0, side, Ordering::AcqRel, Ordering::Acquire);
+                stop.store(true, Ordering::Release);
+                other.unpark();
+            };
             let sender = scope.spawn(move || {
                 let shared = shared;
                 let mut unsent = 0;
@@ -698,9 +704,7 @@ impl TcpBackend {
                     Ok(())
                 })();
                 if r.is_err() {
-                    let _ = first.compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire);
-                    stop.store(true, Ordering::Release);
-                    me.unpark();
+                    fail(2, &me);
                 }
                 (r, unsent)
             });
@@ -739,9 +743,7 @@ impl TcpBackend {
                 Ok(())
             })();
             if r.is_err() {
-                let _ = first.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
-                stop.store(true, Ordering::Release);
-                sender_thread.unpark();
+                fail(1, &sender_thread);
             }
             let sending = sender.join().unwrap_or_else(|_| {
                 (
