@@ -35,15 +35,7 @@ pub(super) fn create(
     let rec = new_record(id, &b);
     {
         let mut table = lock(&s.groups.table);
-        if let Some(name) = &b.name {
-            if table.by_name.contains_key(name) {
-                return Err(Error::InvalidArgument {
-                    what: "placement_group: name".into(),
-                    message: format!("a placement group named {name:?} exists already"),
-                });
-            }
-            table.by_name.insert(name.clone(), rec.clone());
-        }
+        table.claim_name(b.name.as_deref(), &rec)?;
         let slots = match s
             .resources
             .add_dynamic(&rec.resources(), &|n| marker_rank(id.0, n))

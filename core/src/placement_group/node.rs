@@ -43,6 +43,25 @@ pub(super) struct Table {
     pub(super) pending: Vec<Arc<GroupRecord>>,
 }
 
+impl Table {
+    /// Enters `rec` under `name`, if it has one: a name taken already is an error.
+    pub(super) fn claim_name(
+        &mut self,
+        name: Option<&str>,
+        rec: &Arc<GroupRecord>,
+    ) -> Result<(), Error> {
+        let Some(name) = name else { return Ok(()) };
+        if self.by_name.contains_key(name) {
+            return Err(Error::InvalidArgument {
+                what: "placement_group: name".into(),
+                message: format!("a placement group named {name:?} exists already"),
+            });
+        }
+        self.by_name.insert(name.to_owned(), rec.clone());
+        Ok(())
+    }
+}
+
 impl Groups {
     /// Whether groups wait for resources (one relaxed load: the release path's cost).
     pub(crate) fn any_pending(&self) -> bool {
@@ -164,15 +183,7 @@ pub(super) fn create_in_cluster(
     let rec = new_record(id, &b);
     {
         let mut table = lock(&s.groups.table);
-        if let Some(name) = &b.name {
-            if table.by_name.contains_key(name) {
-                return Err(Error::InvalidArgument {
-                    what: "placement_group: name".into(),
-                    message: format!("a placement group named {name:?} exists already"),
-                });
-            }
-            table.by_name.insert(name.clone(), rec.clone());
-        }
+        table.claim_name(b.name.as_deref(), &rec)?;
         table.by_id.insert(id, rec.clone());
     }
     let entries: Vec<Vec<(String, f64)>> = b.bundles.iter().map(|x| x.entries.clone()).collect();
