@@ -229,10 +229,9 @@ fn fail_one_start_if_armed() {
     }
 }
 
-#[test]
-fn an_actor_restart_outlives_a_worker_that_fails_to_start() {
-    fail_one_start_if_armed();
-    serve_if_worker();
+/// A one-node cluster whose worker starts run `fail_one_start_if_armed` with the directory
+/// returned (empty: not armed yet).
+fn cluster_failing_one_start() -> (std::path::PathBuf, LocalCluster) {
     let dir = std::env::temp_dir().join(format!("manta-fail-start-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -244,6 +243,14 @@ fn an_actor_restart_outlives_a_worker_that_fails_to_start() {
         ..NodeSpec::with_resources("")
     };
     let cluster = LocalCluster::start(head, &[]);
+    (dir, cluster)
+}
+
+#[test]
+fn an_actor_restart_outlives_a_worker_that_fails_to_start() {
+    fail_one_start_if_armed();
+    serve_if_worker();
+    let (dir, cluster) = cluster_failing_one_start();
     let _rt = common::start(cluster.config());
     let a = Keeper::options().max_restarts(1).remote(10);
     assert_eq!(a.incr().get_timeout(LONG).unwrap(), 11);
@@ -273,17 +280,7 @@ fn an_actor_restart_outlives_a_worker_that_fails_to_start() {
 fn a_task_outlives_a_worker_that_fails_to_start() {
     fail_one_start_if_armed();
     serve_if_worker();
-    let dir = std::env::temp_dir().join(format!("manta-fail-start-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let head = NodeSpec {
-        env: vec![(
-            "TEST_FAIL_ONE_WORKER_START".into(),
-            dir.display().to_string(),
-        )],
-        ..NodeSpec::with_resources("")
-    };
-    let cluster = LocalCluster::start(head, &[]);
+    let (dir, cluster) = cluster_failing_one_start();
     let _rt = common::start(cluster.config());
     // The job's first worker process exits before it is ready.
     std::fs::write(dir.join("armed"), b"").unwrap();
