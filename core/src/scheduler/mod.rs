@@ -531,10 +531,9 @@ impl Scheduler {
         let drains = helps && abort.is_none() && !slot::in_slot();
         // The call of an actor hosted here: drained on this thread at once, before a slot
         // polling the injector takes the actor's job (`1:1 actor calls sync`).
-        let actor = if drains { cell.producer_actor() } else { None };
-        if let Some(actor) = &actor {
+        if drains && let Some(actor) = cell.producer_actor() {
             let _blocked = slot::Blocked::enter(self);
-            self.help_actor(cell, actor);
+            self.help_actor(cell, &actor);
             if cell.is_ready() {
                 return Ok(());
             }
@@ -557,9 +556,6 @@ impl Scheduler {
         {
             // It could not run here (its resources are taken): back to the slots.
             self.push(Job::Task(task));
-        }
-        if let Some(actor) = &actor {
-            self.help_actor(cell, actor);
         }
         let done = || cell.is_ready() || abort.as_ref().is_some_and(|a| (a.done)());
         if self.spin_until(done, deadline) {
