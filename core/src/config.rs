@@ -590,7 +590,7 @@ catalogue! {
     /// Bytes each member of a shared-memory collective group (threads of one process, or
     /// processes of one node) stages per step; a larger message is processed in chunks of
     /// this size, and the group's segment holds about `2 × members + 1` of them.
-    collective_chunk_bytes: usize = 4 << 20, env "MANTA_COLLECTIVE_CHUNK_BYTES", Job;
+    collective_chunk_bytes: usize = 1 << 20, env "MANTA_COLLECTIVE_CHUNK_BYTES", Job;
     /// The backend of new collective groups: `auto` (by topology: threads when every member
     /// is in one process, shared memory when all are on one node, else TCP), `threads`, `shm`
     /// or `tcp` (a backend the topology cannot support is an error at `join`).

@@ -21,8 +21,10 @@
 //!   TCP mesh of all members.
 //!
 //! The threads and shm backends run one algorithm on one segment layout, NCCL-SHM style: a
-//! message is processed in chunks of `collective_chunk_bytes`; each member stages its chunk in
-//! its slot, and every member reduces its own slice of the chunk from all slots at once.
+//! message is processed in chunks of `collective_chunk_bytes`; each member stages the others'
+//! slices of its chunk in its slot, and every member reduces its own slice of the chunk from
+//! its input and all other slots at once, writing it to its output and to a result area the
+//! others copy from.
 //!
 //! Every operation carries a small header (kind, element type, reduce op, count, root) that
 //! each member checks against the others': mismatched calls fail with

@@ -15,9 +15,10 @@
 //! Each member counts its synchronisation points (`seq`) and publishes the count with release
 //! ordering; `sync` waits (acquire) until every member's count reached its own. Every
 //! operation of a given header makes the same number of syncs on every member, so the counts
-//! stay in step. Per chunk of an allreduce: each member copies its chunk into its slot, syncs,
-//! reduces its own 1/W of the chunk from every slot into the result, syncs, and copies the
-//! result out. A slot is written only after the sync that ended the previous reads of it, and
+//! stay in step. Per chunk of an allreduce: each member copies the others' shares of its chunk
+//! into its slot (its own share it reads in place), syncs, reduces its own 1/W of the chunk
+//! from its input and the others' slots into the result and its output, syncs, and copies the
+//! others' shares of the result out. A slot is written only after the sync that ended the previous reads of it, and
 //! the result only after the sync that follows the last copy out of it; those two facts are
 //! the whole of the data-race argument for the raw copies below.
 //!
@@ -57,6 +58,9 @@ const YIELD: Duration = Duration::from_micros(200);
 /// The spin where members outnumber cores: a spinning member would keep the core from the
 /// member it waits for.
 const SPIN_OVERSUBSCRIBED: Duration = Duration::from_micros(2);
+/// The bytes an allreduce reduces at a time: its writes of a block to the result and to the
+/// member's own buffer read it from L1.
+const REDUCE_BLOCK: usize = 16 << 10;
 
 /// The collective settings of the runtime's configuration.
 #[derive(Clone, Debug)]
@@ -622,11 +626,55 @@ impl SharedBackend {
 
     /// This member's share `[lo, hi)` in bytes of `len` bytes of `elem`-byte elements.
     fn share(&self, len: usize, elem: usize) -> (usize, usize) {
+        self.share_of(self.rank, len, elem)
+    }
+
+    /// Member `r`'s share `[lo, hi)` in bytes of `len` bytes of `elem`-byte elements.
+    fn share_of(&self, r: usize, len: usize, elem: usize) -> (usize, usize) {
         let m = len / elem;
-        (
-            m * self.rank / self.world * elem,
-            m * (self.rank + 1) / self.world * elem,
-        )
+        (m * r / self.world * elem, m * (r + 1) / self.world * elem)
+    }
+
+    /// Reduces this member's share `[lo, hi)` of a chunk: every member's elements in rank
+    /// order (this member's from `own`, or from `chunk` itself when `None`: in place; the
+    /// others' from their slots) into the segment at `result`, and into `chunk`. A block at
+    /// a time, so that each block is written to both while it is in the cache.
+    fn reduce_own(
+        &self,
+        result: usize,
+        own: Option<&[u8]>,
+        chunk: &mut [u8],
+        lo: usize,
+        hi: usize,
+        red: &Reducer,
+    ) {
+        let l = self.region.layout;
+        let block = REDUCE_BLOCK / red.elem * red.elem;
+        let mut b = lo;
+        while b < hi {
+            let n = block.min(hi - b);
+            // SAFETY: between the sync after staging and the next one, slots are only read,
+            // and this member alone writes its share of the result.
+            let res = unsafe { self.region.bytes_mut(result + b, n) };
+            for r in 0..self.world {
+                let src = if r == self.rank {
+                    match own {
+                        Some(own) => &own[b..b + n],
+                        None => &chunk[b..b + n],
+                    }
+                } else {
+                    // SAFETY: as above.
+                    unsafe { self.region.bytes(l.slot(r) + b, n) }
+                };
+                if r == 0 {
+                    res.copy_from_slice(src);
+                } else {
+                    red.apply(res, src);
+                }
+            }
+            chunk[b..b + n].copy_from_slice(res);
+            b += n;
+        }
     }
 
     /// The reduction (into the result buffer) and sync of a chunk of `len` staged bytes.
@@ -704,12 +752,18 @@ impl Backend for SharedBackend {
         let l = self.region.layout;
         let chunk = self.chunk() / red.elem * red.elem;
         for (i, (off, len)) in Self::chunks(out.len(), chunk).enumerate() {
-            let src = match input {
-                Some(input) => &input[off..off + len],
-                None => &out[off..off + len],
-            };
-            // SAFETY: this member's slot; the others last read it before the previous sync.
-            unsafe { self.region.bytes_mut(l.slot(self.rank), len) }.copy_from_slice(src);
+            // Only the others' shares go through this member's slot: it reduces its own share
+            // reading its input directly.
+            for j in (0..self.world).filter(|&j| j != self.rank) {
+                let (lo, hi) = self.share_of(j, len, red.elem);
+                let src = match input {
+                    Some(input) => &input[off + lo..off + hi],
+                    None => &out[off + lo..off + hi],
+                };
+                // SAFETY: this member's slot; the others last read it before the previous sync.
+                unsafe { self.region.bytes_mut(l.slot(self.rank) + lo, hi - lo) }
+                    .copy_from_slice(src);
+            }
             if i == 0 {
                 self.publish(h);
             }
@@ -717,10 +771,17 @@ impl Backend for SharedBackend {
             if i == 0 {
                 self.check_headers(h)?;
             }
-            self.reduce_chunk(len, red)?;
-            // SAFETY: the result is complete (synced) and written again only after the next
-            // sync, which this member reaches only after this copy.
-            out[off..off + len].copy_from_slice(unsafe { self.region.bytes(l.result(), len) });
+            let (lo, hi) = self.share(len, red.elem);
+            let own = input.map(|input| &input[off..off + len]);
+            self.reduce_own(l.result(), own, &mut out[off..off + len], lo, hi, red);
+            self.sync()?;
+            for j in (0..self.world).filter(|&j| j != self.rank) {
+                let (lo, hi) = self.share_of(j, len, red.elem);
+                // SAFETY: the result is complete (synced) and written again only after the
+                // next sync, which this member reaches only after this copy.
+                out[off + lo..off + hi]
+                    .copy_from_slice(unsafe { self.region.bytes(l.result() + lo, hi - lo) });
+            }
         }
         Ok(())
     }
