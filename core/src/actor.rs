@@ -603,9 +603,8 @@ pub(crate) fn class_by_name(name: &str) -> Option<&'static ActorClass> {
 
 /// The method registered under `name`.
 pub(crate) fn method_by_name(name: &str) -> Option<&'static ActorMethod> {
-    static MAP: crate::sync::OnceLock<
-        std::collections::HashMap<&'static str, &'static ActorMethod>,
-    > = crate::sync::OnceLock::new();
+    static MAP: crate::sync::OnceLock<rustc_hash::FxHashMap<&'static str, &'static ActorMethod>> =
+        crate::sync::OnceLock::new();
     MAP.get_or_init(|| {
         inventory::iter::<MethodRegistration>
             .into_iter()

@@ -6,6 +6,7 @@
 //! it, `shutdown` clears it), reached through a thread-local cache validated by a global
 //! generation counter, so the hot path costs one atomic load, not a lock.
 
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -31,14 +32,14 @@ pub(crate) struct RuntimeInner {
     /// then inline).
     pub(crate) store: Option<Arc<ObjectStore>>,
     next_id: AtomicU64,
-    escaped: Mutex<HashMap<ObjectId, Weak<ObjectCell>>>,
-    actors: Mutex<HashMap<ActorId, Weak<ActorCell>>>,
+    escaped: Mutex<FxHashMap<ObjectId, Weak<ObjectCell>>>,
+    actors: Mutex<FxHashMap<ActorId, Weak<ActorCell>>>,
     /// Named actors this process created, by name key (`ActorOptions::name_key`).
     named: Mutex<HashMap<String, Named>>,
     /// Detached actors without a name this process created, held until killed.
     unnamed_detached: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
     /// Actors created here by remote owners (held until killed).
-    pushed_actors: Mutex<HashMap<ActorId, Arc<ActorCell>>>,
+    pushed_actors: Mutex<FxHashMap<ActorId, Arc<ActorCell>>>,
     /// Why the latest actors hosted here for remote owners died (at most `BURIED` of them), so
     /// that a call arriving after the death gets the reason, not just "not hosted here".
     buried: Mutex<std::collections::VecDeque<(ActorId, Error)>>,
@@ -271,12 +272,12 @@ impl RuntimeInner {
             scheduler,
             store,
             next_id: AtomicU64::new(cluster.as_ref().map_or(1, |c| c.first_id())),
-            pushed_actors: Mutex::new(HashMap::new()),
+            pushed_actors: Mutex::new(FxHashMap::default()),
             buried: Mutex::new(std::collections::VecDeque::new()),
             cluster,
             kv: Mutex::new(HashMap::new()),
-            escaped: Mutex::new(HashMap::new()),
-            actors: Mutex::new(HashMap::new()),
+            escaped: Mutex::new(FxHashMap::default()),
+            actors: Mutex::new(FxHashMap::default()),
             named: Mutex::new(HashMap::new()),
             unnamed_detached: Mutex::new(HashMap::new()),
             default_demand,

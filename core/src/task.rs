@@ -126,7 +126,7 @@ pub fn registered_functions() -> impl Iterator<Item = &'static RemoteFunction> {
 /// The function registered under `name`.
 pub(crate) fn function_by_name(name: &str) -> Option<&'static RemoteFunction> {
     static MAP: crate::sync::OnceLock<
-        std::collections::HashMap<&'static str, &'static RemoteFunction>,
+        rustc_hash::FxHashMap<&'static str, &'static RemoteFunction>,
     > = crate::sync::OnceLock::new();
     MAP.get_or_init(|| registered_functions().map(|f| (f.name(), f)).collect())
         .get(name)

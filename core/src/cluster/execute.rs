@@ -37,12 +37,8 @@ impl Cluster {
         name: &str,
         cell: &Arc<ObjectCell>,
     ) {
-        let owner = peer
-            .name
-            .strip_prefix('w')
-            .and_then(|i| i.parse().ok())
-            .unwrap_or(0);
-        self.tasks.executing(task_id, name, owner, cell);
+        self.tasks
+            .executing(task_id, name, peer.worker.unwrap_or(0), cell);
         let me = self.me.get().cloned().unwrap_or_default();
         let peer = peer.clone();
         let c2 = cell.clone();

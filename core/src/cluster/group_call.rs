@@ -283,7 +283,7 @@ impl Cluster {
             ids
         };
         for (call_id, worker) in lost {
-            if let Completion::Done(f) = self.tasks.complete(call_id, &format!("w{worker}")) {
+            if let Completion::Done(f) = self.tasks.complete(call_id, Some(worker)) {
                 f.cell.complete(Err(Error::WorkerCrashed {
                     task: f.name.to_owned(),
                     reason: format!(

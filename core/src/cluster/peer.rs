@@ -69,6 +69,8 @@ struct Expected {
 pub(crate) struct Peer {
     /// Who it is (`gcs`, `raylet:<node>`, `w<index>`, or the address).
     pub(crate) name: String,
+    /// The worker index of a `w<index>` peer.
+    pub(crate) worker: Option<u64>,
     tx: mpsc::UnboundedSender<Out>,
     next_request: AtomicU64,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Result<Msg, Error>>>>,
@@ -100,6 +102,7 @@ impl Peer {
     fn new(name: String) -> (Arc<Peer>, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let peer = Arc::new(Peer {
+            worker: name.strip_prefix('w').and_then(|i| i.parse().ok()),
             name,
             tx,
             next_request: AtomicU64::new(1),

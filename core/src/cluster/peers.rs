@@ -8,7 +8,7 @@
 //! `AddBorrowers`, `borrow.rs`).
 
 use crate::sync::{Arc, Mutex, OnceLock};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::{Path, PathBuf};
 
 use super::peer::{Peer, PendingPeer};
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Peers {
 impl Peers {
     pub(super) fn new(shm_path: Option<PathBuf>, host_id: String) -> Peers {
         Peers {
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::new(HashMap::default()),
             raylet: OnceLock::new(),
             shm_path,
             host_id,

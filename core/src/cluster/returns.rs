@@ -83,12 +83,12 @@ impl Cluster {
         let Some(cell) = self.tasks.take_return(id) else {
             return self.late_return(from, id, outcome);
         };
-        cell.complete(self.outcome_value(id, worker_of(from), outcome));
+        cell.complete(self.outcome_value(id, from.worker.unwrap_or(0), outcome));
     }
 
     /// Step 5: return `id` came again, from a retry (or for nobody).
     fn late_return(&self, from: &Arc<Peer>, id: u64, outcome: Outcome) {
-        let sender = worker_of(from);
+        let sender = from.worker.unwrap_or(0);
         let original = self
             .tasks
             .extra_return(id, sender)
@@ -116,7 +116,8 @@ impl Cluster {
         cell: &Arc<ObjectCell>,
         extra: Box<[Arc<ObjectCell>]>,
     ) {
-        self.tasks.executing(task_id, name, worker_of(peer), cell);
+        self.tasks
+            .executing(task_id, name, peer.worker.unwrap_or(0), cell);
         let me: Weak<Cluster> = self.me.get().cloned().unwrap_or_default();
         let peer = peer.clone();
         let first = Arc::downgrade(cell);
@@ -167,12 +168,4 @@ fn testing_exit_between_returns() {
         std::thread::sleep(std::time::Duration::from_millis(300));
         std::process::exit(101);
     }
-}
-
-/// The worker index a peer's connection names (`w<index>`; 0 if it names none).
-fn worker_of(peer: &Peer) -> u64 {
-    peer.name
-        .strip_prefix('w')
-        .and_then(|i| i.parse().ok())
-        .unwrap_or(0)
 }

@@ -584,7 +584,7 @@ impl Cluster {
 
     /// A task or call we own finished elsewhere.
     pub(super) fn task_done(&self, from: &Arc<Peer>, task_id: u64, outcome: Outcome) {
-        let f = match self.tasks.complete(task_id, &from.name) {
+        let f = match self.tasks.complete(task_id, from.worker) {
             Completion::Done(f) => f,
             Completion::OtherAttempt => {
                 tracing::debug!(task_id, from = %from.name, "completion from a previous attempt's worker ignored");

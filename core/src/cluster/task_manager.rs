@@ -15,7 +15,7 @@
 //! stay with their files.
 
 use crate::sync::{Arc, Mutex, Weak};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use super::submit::InFlight;
 use crate::object::ObjectCell;
@@ -83,13 +83,13 @@ impl TaskManager {
         lock(&self.in_flight).contains_key(&id)
     }
 
-    /// A `TaskDone` for `id` from the connection named `from` (only the worker the attempt
-    /// was pushed to, `w<index>`, completes it: a worker declared dead, its node cut off, may
-    /// still answer for an attempt since retried elsewhere).
-    pub(super) fn complete(&self, id: u64, from: &str) -> Completion {
+    /// A `TaskDone` for `id` from worker `from` (only the worker the attempt was pushed to
+    /// completes it: a worker declared dead, its node cut off, may still answer for an
+    /// attempt since retried elsewhere).
+    pub(super) fn complete(&self, id: u64, from: Option<u64>) -> Completion {
         let mut in_flight = lock(&self.in_flight);
         match in_flight.get(&id) {
-            Some(f) if from != format!("w{}", f.worker) => Completion::OtherAttempt,
+            Some(f) if from != Some(f.worker) => Completion::OtherAttempt,
             Some(_) => in_flight
                 .remove(&id)
                 .map_or(Completion::Unknown, Completion::Done),
