@@ -91,10 +91,17 @@ fn with_current<R>(f: impl FnOnce(&Arc<Task>) -> R) -> Option<R> {
 /// cancelled.
 #[inline]
 pub(crate) fn check() -> Result<(), Error> {
-    match with_current(|task| task.is_interrupted().then(|| task.cancelled_error())) {
+    match with_current(|task| task.is_interrupted().then(|| cancelled(task))) {
         Some(Some(e)) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// The cancelled task's error (out of line: every Manta call checks, few are cancelled).
+#[cold]
+#[inline(never)]
+fn cancelled(task: &Arc<Task>) -> Error {
+    task.cancelled_error()
 }
 
 /// The task the calling thread runs, if any.

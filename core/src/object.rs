@@ -148,6 +148,7 @@ impl InlineBytes {
 
 impl std::ops::Deref for InlineBytes {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         match self {
             InlineBytes::Small { len, buf } => &buf[..usize::from(*len)],

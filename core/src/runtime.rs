@@ -1100,11 +1100,18 @@ fn failed_returns(n: usize, error: Error) -> (Arc<ObjectCell>, Box<[Arc<ObjectCe
 }
 
 /// Blocks until `cell` completes (or `deadline`), using the current runtime's scheduler.
+#[inline]
 pub(crate) fn wait_cell(cell: &Arc<ObjectCell>, deadline: Option<Instant>) -> Result<(), Error> {
     crate::cancel::check()?;
     if cell.is_ready() {
         return Ok(());
     }
+    wait_pending(cell, deadline)
+}
+
+/// [`wait_cell`] of a cell not complete yet (out of line: a `get` of a ready value skips it).
+#[inline(never)]
+fn wait_pending(cell: &Arc<ObjectCell>, deadline: Option<Instant>) -> Result<(), Error> {
     let rt = with_current(|rt| rt.clone())?;
     rt.scheduler.wait_for(cell, deadline)
 }
