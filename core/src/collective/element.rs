@@ -196,6 +196,16 @@ impl Reducer {
     pub(crate) fn apply(&self, dst: &mut [u8], src: &[u8]) {
         (self.f)(self.op, dst, &src[..dst.len()]);
     }
+
+    /// `dst` = the first of `srcs`, then `dst op src` for each of the others, in order.
+    pub(crate) fn fold<'a>(&self, dst: &mut [u8], mut srcs: impl Iterator<Item = &'a [u8]>) {
+        if let Some(first) = srcs.next() {
+            dst.copy_from_slice(&first[..dst.len()]);
+        }
+        for src in srcs {
+            self.apply(dst, src);
+        }
+    }
 }
 
 fn reduce_bytes<T: Element>(op: ReduceOp, dst: &mut [u8], src: &[u8]) {

@@ -656,22 +656,20 @@ impl SharedBackend {
             // SAFETY: between the sync after staging and the next one, slots are only read,
             // and this member alone writes its share of the result.
             let res = unsafe { self.region.bytes_mut(result + b, n) };
-            for r in 0..self.world {
-                let src = if r == self.rank {
-                    match own {
-                        Some(own) => &own[b..b + n],
-                        None => &chunk[b..b + n],
+            red.fold(
+                res,
+                (0..self.world).map(|r| {
+                    if r == self.rank {
+                        match own {
+                            Some(own) => &own[b..b + n],
+                            None => &chunk[b..b + n],
+                        }
+                    } else {
+                        // SAFETY: as above.
+                        unsafe { self.region.bytes(l.slot(r) + b, n) }
                     }
-                } else {
-                    // SAFETY: as above.
-                    unsafe { self.region.bytes(l.slot(r) + b, n) }
-                };
-                if r == 0 {
-                    res.copy_from_slice(src);
-                } else {
-                    red.apply(res, src);
-                }
-            }
+                }),
+            );
             chunk[b..b + n].copy_from_slice(res);
             b += n;
         }
@@ -685,11 +683,10 @@ impl SharedBackend {
             // SAFETY: between the sync after staging and the next one, slots are only read,
             // and this member alone writes its share of the result.
             unsafe {
-                let out = self.region.bytes_mut(l.result() + lo, hi - lo);
-                out.copy_from_slice(self.region.bytes(l.slot(0) + lo, hi - lo));
-                for r in 1..self.world {
-                    red.apply(out, self.region.bytes(l.slot(r) + lo, hi - lo));
-                }
+                red.fold(
+                    self.region.bytes_mut(l.result() + lo, hi - lo),
+                    (0..self.world).map(|r| self.region.bytes(l.slot(r) + lo, hi - lo)),
+                );
             }
         }
         self.sync()
@@ -838,19 +835,17 @@ impl Backend for SharedBackend {
             let dst = &mut out[off..off + len];
             let mine = self.rank * len;
             let own = &input[self.rank * n + off..self.rank * n + off + len];
-            for r in 0..self.world {
-                let src = if r == self.rank {
-                    own
-                } else {
-                    // SAFETY: slots are only read until the next sync.
-                    unsafe { self.region.bytes(l.slot(r) + mine, len) }
-                };
-                if r == 0 {
-                    dst.copy_from_slice(src);
-                } else {
-                    red.apply(dst, src);
-                }
-            }
+            red.fold(
+                dst,
+                (0..self.world).map(|r| {
+                    if r == self.rank {
+                        own
+                    } else {
+                        // SAFETY: slots are only read until the next sync.
+                        unsafe { self.region.bytes(l.slot(r) + mine, len) }
+                    }
+                }),
+            );
             self.sync()?;
         }
         Ok(())
