@@ -58,13 +58,17 @@ fn assert_died<T: serde::de::DeserializeOwned + std::fmt::Debug + 'static>(
 }
 
 /// The kill-mid-call scenario, also run in a loop by `scripts/stress-actor-kill`.
-pub(crate) fn kill_mid_call(name: &str, nap_ms: u64) {
+/// `step` is told where the scenario is (so a stress loop can say where a hung run stopped).
+pub(crate) fn kill_mid_call(name: &str, nap_ms: u64, step: &dyn Fn(&'static str)) {
+    step("creating the actor");
     let a = Napper::options().name(name).remote();
     a.ready().get_timeout(LONG).unwrap();
+    step("waiting for the call to start");
     let probe = Probe::new("kill");
     let running = a.nap(nap_ms, probe.path());
     let queued = a.naps();
     probe.wait_for("started", LONG);
+    step("killing the actor");
     let t = Instant::now();
     assert!(manta::kill(&a).unwrap(), "the actor was alive");
     let took = t.elapsed();
@@ -72,24 +76,28 @@ pub(crate) fn kill_mid_call(name: &str, nap_ms: u64) {
         took < KILL_BOUND,
         "kill waited {took:?} (for the running call?)"
     );
+    step("getting the killed calls");
     assert_died("the running call", &running);
     assert_died("the queued call", &queued);
     assert_died("a call after the kill", &a.naps());
+    step("looking the name up");
     match manta::get_actor::<Napper>(name) {
         Err(Error::ActorNotFound { .. }) => {}
         other => panic!("get_actor of a killed actor's name: {other:?}"),
     }
+    step("calling a new actor of the name");
     let b = Napper::options().name(name).remote();
     assert_eq!(
         b.naps().get_timeout(LONG).unwrap(),
         0,
         "a new actor takes the name"
     );
+    step("killing the new actor");
     assert!(manta::kill(&b).unwrap());
 }
 
 fn mid_call(ctx: &Ctx) {
-    kill_mid_call(&format!("kill-mid-call-{}", ctx.mode), 3_000);
+    kill_mid_call(&format!("kill-mid-call-{}", ctx.mode), 3_000, &|_| {});
 }
 
 fn by_lookup(ctx: &Ctx) {
@@ -135,9 +143,16 @@ pub(crate) fn stress(iterations: usize, nap_ms: u64, per_iteration: Duration) ->
     let (mut hangs, mut failures) = (0, 0);
     for i in 0..iterations {
         let (tx, rx) = std::sync::mpsc::channel();
+        let at = std::sync::Arc::new(std::sync::Mutex::new(""));
+        let mark = at.clone();
         std::thread::spawn(move || {
+            let step = |s: &'static str| *mark.lock().unwrap_or_else(|e| e.into_inner()) = s;
             let r = std::panic::catch_unwind(|| {
-                kill_mid_call(&format!("stress-kill-{}-{i}", std::process::id()), nap_ms)
+                kill_mid_call(
+                    &format!("stress-kill-{}-{i}", std::process::id()),
+                    nap_ms,
+                    &step,
+                )
             });
             let _ = tx.send(r.is_ok());
         });
@@ -149,7 +164,8 @@ pub(crate) fn stress(iterations: usize, nap_ms: u64, per_iteration: Duration) ->
             }
             Err(_) => {
                 hangs += 1;
-                eprintln!("stress: iteration {i} HUNG (no end within {per_iteration:?})");
+                let at = *at.lock().unwrap_or_else(|e| e.into_inner());
+                eprintln!("stress: iteration {i} HUNG (no end within {per_iteration:?}, {at})");
                 if hangs >= 3 {
                     break;
                 }
