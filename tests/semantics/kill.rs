@@ -166,6 +166,14 @@ pub(crate) fn stress(iterations: usize, nap_ms: u64, per_iteration: Duration) ->
                 hangs += 1;
                 let at = *at.lock().unwrap_or_else(|e| e.into_inner());
                 eprintln!("stress: iteration {i} HUNG (no end within {per_iteration:?}, {at})");
+                // Whether it ends later (a wait that times out panics above) or never.
+                let more = Duration::from_secs(60);
+                let end = match rx.recv_timeout(more) {
+                    Ok(true) => "it then ended",
+                    Ok(false) => "it then failed (its panic is above)",
+                    Err(_) => "it did not end",
+                };
+                eprintln!("stress: iteration {i}: {end} within {more:?} more");
                 if hangs >= 3 {
                     break;
                 }
