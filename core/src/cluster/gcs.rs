@@ -19,7 +19,9 @@
 //! every save written before it, so while one runs the I/O thread goes on handling events
 //! and their saves share the next. Answers leave the queue in the order of their events, and
 //! an event that saved nothing answers at once only when nothing waits before it: every
-//! connection still sees the GCS's messages in the order of its state changes.
+//! connection still sees the GCS's messages in the order of its state changes. A queued
+//! answer always waits for a sync still to come; an event whose save the syncer already
+//! synced (between the save and its answer) answers at once like one that saved nothing.
 
 use crate::sync::{Arc, Mutex};
 use std::collections::VecDeque;
@@ -196,12 +198,16 @@ impl Gcs {
             return self.act(outs);
         };
         let mut q = lock(&u.queue);
-        if !saved && q.answers.is_empty() {
+        let after = q.written;
+        // Every queued answer waits for a sync still to come (`after > synced`): the syncer
+        // sends all those a sync covers as it records it. So a save the syncer already
+        // synced (it took the lock between `save` and here) has nothing left to wait for;
+        // queued, its answers would wait for the next save, which may never come.
+        if (!saved || after <= q.synced) && q.answers.is_empty() {
             // In order: nothing waits before them (the lock keeps it so while they go).
             self.act(outs);
             return;
         }
-        let after = q.written;
         if !outs.is_empty() {
             q.answers.push_back((after, outs));
         }
