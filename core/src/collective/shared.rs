@@ -18,9 +18,9 @@
 //! stay in step. Per chunk of an allreduce: each member copies the others' shares of its chunk
 //! into its slot (its own share it reads in place), syncs, reduces its own 1/W of the chunk
 //! from its input and the others' slots into the result and its output, syncs, and copies the
-//! others' shares of the result out. A slot is written only after the sync that ended the previous reads of it, and
-//! the result only after the sync that follows the last copy out of it; those two facts are
-//! the whole of the data-race argument for the raw copies below.
+//! others' shares of the result out. A slot is written only after the sync that ended the
+//! previous reads of it, and the result only after the sync that follows the last copy out of
+//! it; those two facts are the whole of the data-race argument for the raw copies below.
 //!
 //! A member's header goes to the header slot of its operation's parity along with its first
 //! chunk; after the first sync every member compares all headers, so a mismatch is seen by
@@ -635,27 +635,20 @@ impl SharedBackend {
         (m * r / self.world * elem, m * (r + 1) / self.world * elem)
     }
 
-    /// Reduces this member's share `[lo, hi)` of a chunk: every member's elements in rank
-    /// order (this member's from `own`, or from `chunk` itself when `None`: in place; the
-    /// others' from their slots) into the segment at `result`, and into `chunk`. A block at
-    /// a time, so that each block is written to both while it is in the cache.
-    fn reduce_own(
-        &self,
-        result: usize,
-        own: Option<&[u8]>,
-        chunk: &mut [u8],
-        lo: usize,
-        hi: usize,
-        red: &Reducer,
-    ) {
+    /// Reduces this member's share of a chunk: every member's elements in rank order (this
+    /// member's from `own`, or from `chunk` itself when `None`: in place; the others' from
+    /// their slots) into the segment's result, and into `chunk`. A block at a time, so that
+    /// each block is written to both while it is in the cache.
+    fn reduce_own(&self, own: Option<&[u8]>, chunk: &mut [u8], red: &Reducer) {
         let l = self.region.layout;
+        let (lo, hi) = self.share(chunk.len(), red.elem);
         let block = REDUCE_BLOCK / red.elem * red.elem;
         let mut b = lo;
         while b < hi {
             let n = block.min(hi - b);
             // SAFETY: between the sync after staging and the next one, slots are only read,
             // and this member alone writes its share of the result.
-            let res = unsafe { self.region.bytes_mut(result + b, n) };
+            let res = unsafe { self.region.bytes_mut(l.result() + b, n) };
             red.fold(
                 res,
                 (0..self.world).map(|r| {
@@ -768,9 +761,8 @@ impl Backend for SharedBackend {
             if i == 0 {
                 self.check_headers(h)?;
             }
-            let (lo, hi) = self.share(len, red.elem);
             let own = input.map(|input| &input[off..off + len]);
-            self.reduce_own(l.result(), own, &mut out[off..off + len], lo, hi, red);
+            self.reduce_own(own, &mut out[off..off + len], red);
             self.sync()?;
             for j in (0..self.world).filter(|&j| j != self.rank) {
                 let (lo, hi) = self.share_of(j, len, red.elem);
